@@ -2,3 +2,15 @@
 //! and adaptive bitrate, quality statistics and the `Codec` trait.
 //!
 //! It never holds keys: packets leave it in the clear and are protected by `hush-srtp`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+pub mod rtcp;
+pub mod rtp;
+pub mod sim;
+mod time;
+mod wire;
+
+pub use error::{Error, ParseError};
+pub use time::Instant;
