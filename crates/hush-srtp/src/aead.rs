@@ -1,0 +1,89 @@
+//! The AES-GCM backend behind the packet transforms.
+//!
+//! Everything above this module sees one small surface: seal in place returning a detached tag,
+//! open in place against a detached tag. The default backend is RustCrypto's `aes-gcm` (AES-NI
+//! and CLMUL are detected at run time).
+
+use aes_gcm::aead::generic_array::GenericArray;
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
+
+use crate::Error;
+
+/// Length of a GCM nonce (the SRTP IV), in bytes.
+pub(crate) const NONCE_LEN: usize = 12;
+/// Length of a GCM tag, in bytes.
+pub(crate) const TAG_LEN: usize = 16;
+
+/// A keyed AES-GCM instance. Its key schedule is wiped when dropped (the `zeroize` features of
+/// `aes` and `ghash`).
+pub(crate) struct Aead(Inner);
+
+enum Inner {
+    Aes128(Box<Aes128Gcm>),
+    Aes256(Box<Aes256Gcm>),
+}
+
+impl Aead {
+    /// Whether [`Aead::open`] leaves `buf` untouched when the tag does not verify. The
+    /// `aes-gcm` backend checks the tag before it decrypts anything.
+    pub(crate) const OPEN_PRESERVES_ON_FAILURE: bool = true;
+
+    /// Keys an instance with a 16- or 32-byte session key.
+    pub(crate) fn new(key: &[u8]) -> Result<Self, Error> {
+        match key.len() {
+            16 => Ok(Self(Inner::Aes128(Box::new(Aes128Gcm::new(
+                GenericArray::from_slice(key),
+            ))))),
+            32 => Ok(Self(Inner::Aes256(Box::new(Aes256Gcm::new(
+                GenericArray::from_slice(key),
+            ))))),
+            got => Err(Error::BadKeyLength { expected: 16, got }),
+        }
+    }
+
+    /// Encrypts `buf` in place and returns the tag over `aad` and the ciphertext.
+    #[inline]
+    pub(crate) fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], Error> {
+        let nonce = GenericArray::from_slice(nonce);
+        let tag = match &self.0 {
+            Inner::Aes128(c) => c.encrypt_in_place_detached(nonce, aad, buf),
+            Inner::Aes256(c) => c.encrypt_in_place_detached(nonce, aad, buf),
+        }
+        .map_err(|_| Error::Internal("AES-GCM refused to encrypt"))?;
+        Ok(tag.into())
+    }
+
+    /// Verifies `tag` over `aad` and the ciphertext in `buf`, then decrypts `buf` in place.
+    #[inline]
+    pub(crate) fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Error> {
+        let nonce = GenericArray::from_slice(nonce);
+        let tag = GenericArray::from_slice(tag);
+        match &self.0 {
+            Inner::Aes128(c) => c.decrypt_in_place_detached(nonce, aad, buf, tag),
+            Inner::Aes256(c) => c.decrypt_in_place_detached(nonce, aad, buf, tag),
+        }
+        .map_err(|_| Error::AuthFailed)
+    }
+}
+
+impl core::fmt::Debug for Aead {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let bits = match self.0 {
+            Inner::Aes128(_) => 128,
+            Inner::Aes256(_) => 256,
+        };
+        write!(f, "Aead(AES-{bits}-GCM, key redacted)")
+    }
+}
