@@ -1,10 +1,7 @@
 //! hush: end-to-end encrypted calls built on the Signal Protocol.
 //!
-//! This facade crate re-exports the building blocks; the `Client`/`Call` API arrives on top of
-//! them.
+//! This facade crate holds the call state machine ([`machine`]); the `Client`/`Call` API and
+//! its tokio drivers join it to the crates underneath (`hush-crypto`, `hush-srtp`,
+//! `hush-signaling`, `hush-net`, `hush-media`).
 
-pub use hush_crypto as crypto;
-pub use hush_media as media;
-pub use hush_net as net;
-pub use hush_signaling as signaling;
-pub use hush_srtp as srtp;
+pub mod machine;
