@@ -1,4 +1,22 @@
 //! Call signaling for hush: wire messages, sealing and opening them with Signal sessions, the
-//! `Transport` trait that carries them, and the relay server that routes and queues them.
+//! [`Transport`] trait that carries them, and the client side of the hush relay protocol.
 //!
 //! It never parses media.
+#![forbid(unsafe_code)]
+
+pub mod device;
+pub mod envelope;
+mod error;
+pub mod frame;
+pub mod message;
+pub mod proto;
+pub mod transport;
+
+pub use device::{DeviceId, DeviceSigner};
+pub use envelope::{CiphertextKind, Envelope, MessageId};
+pub use error::Error;
+pub use message::{
+    Answer, CallMedia, CallMessage, Content, Hangup, HangupReason, IceCandidates, IceParameters,
+    Offer,
+};
+pub use transport::{DeliveryTag, MemoryNetwork, MemoryTransport, Received, Transport};

@@ -1,0 +1,100 @@
+//! The crate's error type.
+
+use crate::proto::relay::ErrorCode;
+
+/// Everything that can go wrong in hush-signaling.
+///
+/// Variants are grouped by who is to blame: malformed input from the network, a peer or relay
+/// that misbehaves, the local environment (I/O, closed transport), and API misuse.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bytes from the network could not be decoded or break a structural rule.
+    #[error("malformed input: {0}")]
+    Malformed(&'static str),
+    /// The sender used a format version this build does not understand.
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u32),
+    /// A well-formed message whose body type this build does not know (a newer sender).
+    #[error("unsupported message type")]
+    UnsupportedMessage,
+    /// A frame exceeded the configured maximum size.
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Announced or actual size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The relay answered a request (or the connection) with an error.
+    #[error("relay error {code:?}: {message}")]
+    Relay {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable detail from the relay.
+        message: String,
+    },
+    /// Authentication with the relay (or of the relay's challenge) failed.
+    #[error("authentication failed: {0}")]
+    AuthFailed(&'static str),
+    /// A message with this id was already accepted.
+    #[error("replayed message")]
+    Replay,
+    /// A message is older than the accepted window (or too far in the future).
+    #[error("stale message")]
+    Stale,
+    /// The sealed content does not match the envelope that carried it.
+    #[error("envelope does not match its sealed content: {0}")]
+    Mismatch(&'static str),
+    /// The envelope is addressed to another device.
+    #[error("envelope addressed to another device")]
+    WrongRecipient,
+    /// Sealing a message failed (no session with the peer, store failure...).
+    #[error("sealing failed: {0}")]
+    Seal(String),
+    /// Opening a sealed message failed (bad ciphertext, untrusted identity, duplicate...).
+    #[error("opening failed: {0}")]
+    Open(String),
+    /// The transport or connection is closed.
+    #[error("transport closed")]
+    Closed,
+    /// An operation did not finish in time.
+    #[error("timed out")]
+    Timeout,
+    /// Socket I/O failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The WebSocket layer failed.
+    #[error("websocket: {0}")]
+    WebSocket(String),
+    /// The caller broke an API precondition (never caused by network input).
+    #[error("api misuse: {0}")]
+    ApiMisuse(&'static str),
+    /// An internal invariant did not hold; reported instead of panicking.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl Error {
+    /// The relay error code that best describes this error, for answering a client.
+    pub fn relay_code(&self) -> ErrorCode {
+        match self {
+            Self::Malformed(_) => ErrorCode::MalformedFrame,
+            Self::UnsupportedVersion(_) | Self::UnsupportedMessage => ErrorCode::UnsupportedVersion,
+            Self::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            Self::Relay { code, .. } => *code,
+            Self::AuthFailed(_) => ErrorCode::AuthFailed,
+            Self::Replay => ErrorCode::Duplicate,
+            Self::Stale => ErrorCode::Stale,
+            Self::Mismatch(_) | Self::WrongRecipient => ErrorCode::InvalidEnvelope,
+            Self::Timeout => ErrorCode::Timeout,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(_: prost::DecodeError) -> Self {
+        Self::Malformed("protobuf decode error")
+    }
+}

@@ -1,0 +1,459 @@
+//! Typed call messages and the sealed [`Content`] that carries them.
+
+use prost::Message as _;
+
+use crate::device::DeviceId;
+use crate::envelope::MessageId;
+use crate::proto::signaling as pb;
+use crate::Error;
+
+/// Content format version produced by this build.
+pub const CONTENT_VERSION: u32 = 1;
+
+/// Most candidates one [`IceCandidates`] batch may carry.
+pub const MAX_CANDIDATES_PER_BATCH: usize = 64;
+/// Longest accepted candidate line.
+pub const MAX_CANDIDATE_LEN: usize = 512;
+/// Longest accepted opaque key-agreement payload.
+pub const MAX_KEY_AGREEMENT_LEN: usize = 4096;
+/// Longest accepted ICE ufrag or password.
+pub const MAX_ICE_CREDENTIAL_LEN: usize = 256;
+
+/// Kind of media a call starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallMedia {
+    /// Audio only.
+    Audio,
+    /// Audio and video.
+    Video,
+}
+
+/// ICE credentials for one ICE generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceParameters {
+    /// ICE username fragment.
+    pub ufrag: String,
+    /// ICE password.
+    pub pwd: String,
+}
+
+/// Caller to callee: start a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Call id chosen by the caller.
+    pub call_id: u64,
+    /// Media the call starts with.
+    pub media: CallMedia,
+    /// Opaque key-agreement payload from hush-crypto (the caller's ephemeral public key etc.).
+    pub key_agreement: Vec<u8>,
+    /// The caller's ICE credentials, if it already has them.
+    pub ice: Option<IceParameters>,
+}
+
+/// Callee to caller: accept the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Call id from the offer.
+    pub call_id: u64,
+    /// Opaque key-agreement payload from hush-crypto.
+    pub key_agreement: Vec<u8>,
+    /// The callee's ICE credentials.
+    pub ice: Option<IceParameters>,
+}
+
+/// A batch of trickled ICE candidates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceCandidates {
+    /// Call id.
+    pub call_id: u64,
+    /// ICE generation (incremented by an ICE restart).
+    pub generation: u32,
+    /// Candidates in SDP `candidate-attribute` form.
+    pub candidates: Vec<String>,
+    /// No more candidates follow for this generation.
+    pub end_of_candidates: bool,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HangupReason {
+    /// One side hung up.
+    Normal,
+    /// The callee declined.
+    Declined,
+    /// The callee is busy.
+    Busy,
+    /// Nobody answered in time, or the connection could not be established.
+    Timeout,
+    /// Another device of the callee accepted the call.
+    AcceptedElsewhere,
+    /// A reason this build does not know (sent by a newer peer); treat as normal.
+    Unknown(i32),
+}
+
+impl HangupReason {
+    fn to_proto(self) -> i32 {
+        match self {
+            Self::Normal => pb::HangupReason::Normal as i32,
+            Self::Declined => pb::HangupReason::Declined as i32,
+            Self::Busy => pb::HangupReason::Busy as i32,
+            Self::Timeout => pb::HangupReason::Timeout as i32,
+            Self::AcceptedElsewhere => pb::HangupReason::AcceptedElsewhere as i32,
+            Self::Unknown(v) => v,
+        }
+    }
+
+    fn from_proto(v: i32) -> Self {
+        match pb::HangupReason::try_from(v) {
+            Ok(pb::HangupReason::Normal | pb::HangupReason::Unspecified) => Self::Normal,
+            Ok(pb::HangupReason::Declined) => Self::Declined,
+            Ok(pb::HangupReason::Busy) => Self::Busy,
+            Ok(pb::HangupReason::Timeout) => Self::Timeout,
+            Ok(pb::HangupReason::AcceptedElsewhere) => Self::AcceptedElsewhere,
+            Err(_) => Self::Unknown(v),
+        }
+    }
+}
+
+/// End the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hangup {
+    /// Call id.
+    pub call_id: u64,
+    /// Why.
+    pub reason: HangupReason,
+}
+
+/// One call signaling message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallMessage {
+    /// Start a call.
+    Offer(Offer),
+    /// Accept a call.
+    Answer(Answer),
+    /// Trickled ICE candidates.
+    IceCandidates(IceCandidates),
+    /// End a call.
+    Hangup(Hangup),
+    /// The callee is in another call.
+    Busy {
+        /// Call id.
+        call_id: u64,
+    },
+    /// The callee's device is ringing.
+    Ringing {
+        /// Call id.
+        call_id: u64,
+    },
+}
+
+impl CallMessage {
+    /// The call this message belongs to.
+    pub fn call_id(&self) -> u64 {
+        match self {
+            Self::Offer(m) => m.call_id,
+            Self::Answer(m) => m.call_id,
+            Self::IceCandidates(m) => m.call_id,
+            Self::Hangup(m) => m.call_id,
+            Self::Busy { call_id } | Self::Ringing { call_id } => *call_id,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Offer(_) => "offer",
+            Self::Answer(_) => "answer",
+            Self::IceCandidates(_) => "ice-candidates",
+            Self::Hangup(_) => "hangup",
+            Self::Busy { .. } => "busy",
+            Self::Ringing { .. } => "ringing",
+        }
+    }
+
+    fn to_proto(&self) -> pb::content::Body {
+        use pb::content::Body;
+        match self {
+            Self::Offer(m) => Body::Offer(pb::Offer {
+                call_id: m.call_id,
+                media: match m.media {
+                    CallMedia::Audio => pb::CallMedia::Audio as i32,
+                    CallMedia::Video => pb::CallMedia::Video as i32,
+                },
+                key_agreement: m.key_agreement.clone(),
+                ice: m.ice.as_ref().map(ice_to_proto),
+            }),
+            Self::Answer(m) => Body::Answer(pb::Answer {
+                call_id: m.call_id,
+                key_agreement: m.key_agreement.clone(),
+                ice: m.ice.as_ref().map(ice_to_proto),
+            }),
+            Self::IceCandidates(m) => Body::IceCandidates(pb::IceCandidates {
+                call_id: m.call_id,
+                generation: m.generation,
+                candidates: m
+                    .candidates
+                    .iter()
+                    .map(|c| pb::IceCandidate { candidate: c.clone() })
+                    .collect(),
+                end_of_candidates: m.end_of_candidates,
+            }),
+            Self::Hangup(m) => {
+                Body::Hangup(pb::Hangup { call_id: m.call_id, reason: m.reason.to_proto() })
+            }
+            Self::Busy { call_id } => Body::Busy(pb::Busy { call_id: *call_id }),
+            Self::Ringing { call_id } => Body::Ringing(pb::Ringing { call_id: *call_id }),
+        }
+    }
+
+    fn from_proto(body: Option<pb::content::Body>) -> Result<Self, Error> {
+        use pb::content::Body;
+        // An unknown oneof field number (a message type from a newer version) decodes as None.
+        let Some(body) = body else {
+            return Err(Error::UnsupportedMessage);
+        };
+        Ok(match body {
+            Body::Offer(m) => {
+                let media = match pb::CallMedia::try_from(m.media) {
+                    Ok(pb::CallMedia::Audio) => CallMedia::Audio,
+                    Ok(pb::CallMedia::Video) => CallMedia::Video,
+                    Ok(pb::CallMedia::Unspecified) => {
+                        return Err(Error::Malformed("offer media missing"))
+                    }
+                    Err(_) => return Err(Error::UnsupportedMessage),
+                };
+                check_key_agreement(&m.key_agreement)?;
+                Self::Offer(Offer {
+                    call_id: m.call_id,
+                    media,
+                    key_agreement: m.key_agreement,
+                    ice: m.ice.map(ice_from_proto).transpose()?,
+                })
+            }
+            Body::Answer(m) => {
+                check_key_agreement(&m.key_agreement)?;
+                Self::Answer(Answer {
+                    call_id: m.call_id,
+                    key_agreement: m.key_agreement,
+                    ice: m.ice.map(ice_from_proto).transpose()?,
+                })
+            }
+            Body::IceCandidates(m) => {
+                if m.candidates.len() > MAX_CANDIDATES_PER_BATCH {
+                    return Err(Error::Malformed("too many ICE candidates in one batch"));
+                }
+                if m.candidates.iter().any(|c| c.candidate.len() > MAX_CANDIDATE_LEN) {
+                    return Err(Error::Malformed("ICE candidate too long"));
+                }
+                Self::IceCandidates(IceCandidates {
+                    call_id: m.call_id,
+                    generation: m.generation,
+                    candidates: m.candidates.into_iter().map(|c| c.candidate).collect(),
+                    end_of_candidates: m.end_of_candidates,
+                })
+            }
+            Body::Hangup(m) => Self::Hangup(Hangup {
+                call_id: m.call_id,
+                reason: HangupReason::from_proto(m.reason),
+            }),
+            Body::Busy(m) => Self::Busy { call_id: m.call_id },
+            Body::Ringing(m) => Self::Ringing { call_id: m.call_id },
+        })
+    }
+}
+
+fn check_key_agreement(bytes: &[u8]) -> Result<(), Error> {
+    if bytes.is_empty() {
+        return Err(Error::Malformed("key agreement payload missing"));
+    }
+    if bytes.len() > MAX_KEY_AGREEMENT_LEN {
+        return Err(Error::Malformed("key agreement payload too long"));
+    }
+    Ok(())
+}
+
+fn ice_to_proto(p: &IceParameters) -> pb::IceParameters {
+    pb::IceParameters { ufrag: p.ufrag.clone(), pwd: p.pwd.clone() }
+}
+
+fn ice_from_proto(p: pb::IceParameters) -> Result<IceParameters, Error> {
+    if p.ufrag.len() > MAX_ICE_CREDENTIAL_LEN || p.pwd.len() > MAX_ICE_CREDENTIAL_LEN {
+        return Err(Error::Malformed("ICE credentials too long"));
+    }
+    Ok(IceParameters { ufrag: p.ufrag, pwd: p.pwd })
+}
+
+/// The plaintext sealed inside an envelope: the call message plus copies of the routing fields,
+/// so a relay cannot re-route, re-date or re-label a sealed message without detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// Equals the envelope id.
+    pub message_id: MessageId,
+    /// Equals the envelope sender.
+    pub sender: DeviceId,
+    /// Equals the envelope recipient.
+    pub recipient: DeviceId,
+    /// Equals the envelope timestamp.
+    pub timestamp_ms: u64,
+    /// The call message.
+    pub message: CallMessage,
+}
+
+impl Content {
+    /// Encodes to protobuf bytes (the plaintext that gets sealed).
+    pub fn encode(&self) -> Vec<u8> {
+        pb::Content {
+            version: CONTENT_VERSION,
+            message_id: self.message_id.to_vec(),
+            sender: self.sender.as_bytes().to_vec(),
+            recipient: self.recipient.as_bytes().to_vec(),
+            timestamp_ms: self.timestamp_ms,
+            body: Some(self.message.to_proto()),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes and validates opened plaintext.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let p = pb::Content::decode(bytes)?;
+        match p.version {
+            0 => return Err(Error::Malformed("content version missing")),
+            CONTENT_VERSION => {}
+            v => return Err(Error::UnsupportedVersion(v)),
+        }
+        Ok(Self {
+            message_id: MessageId::try_from(p.message_id.as_slice())
+                .map_err(|_| Error::Malformed("message id must be 16 bytes"))?,
+            sender: DeviceId::from_slice(&p.sender)?,
+            recipient: DeviceId::from_slice(&p.recipient)?,
+            timestamp_ms: p.timestamp_ms,
+            message: CallMessage::from_proto(p.body)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn content(message: CallMessage) -> Content {
+        Content {
+            message_id: [5; 16],
+            sender: DeviceId::from_bytes([1; 32]),
+            recipient: DeviceId::from_bytes([2; 32]),
+            timestamp_ms: 42,
+            message,
+        }
+    }
+
+    fn all_messages() -> Vec<CallMessage> {
+        let ice = Some(IceParameters { ufrag: "uf".into(), pwd: "pw".into() });
+        vec![
+            CallMessage::Offer(Offer {
+                call_id: 1,
+                media: CallMedia::Video,
+                key_agreement: vec![1, 2, 3],
+                ice: ice.clone(),
+            }),
+            CallMessage::Answer(Answer { call_id: 1, key_agreement: vec![4], ice }),
+            CallMessage::IceCandidates(IceCandidates {
+                call_id: 1,
+                generation: 2,
+                candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into()],
+                end_of_candidates: true,
+            }),
+            CallMessage::Hangup(Hangup { call_id: 1, reason: HangupReason::AcceptedElsewhere }),
+            CallMessage::Busy { call_id: 9 },
+            CallMessage::Ringing { call_id: 9 },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in all_messages() {
+            let c = content(m);
+            assert_eq!(Content::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn every_hangup_reason_round_trips() {
+        for reason in [
+            HangupReason::Normal,
+            HangupReason::Declined,
+            HangupReason::Busy,
+            HangupReason::Timeout,
+            HangupReason::AcceptedElsewhere,
+            HangupReason::Unknown(99),
+        ] {
+            let c = content(CallMessage::Hangup(Hangup { call_id: 3, reason }));
+            assert_eq!(Content::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn unknown_body_and_version_are_errors_not_panics() {
+        let mut p = pb::Content {
+            version: CONTENT_VERSION,
+            message_id: vec![5; 16],
+            sender: vec![1; 32],
+            recipient: vec![2; 32],
+            timestamp_ms: 1,
+            body: None,
+        };
+        // A future message type: oneof field number 40, length-delimited, empty.
+        let mut bytes = p.encode_to_vec();
+        bytes.extend_from_slice(&[0xc2, 0x02, 0x00]);
+        assert!(matches!(Content::decode(&bytes), Err(Error::UnsupportedMessage)));
+        p.version = 2;
+        p.body = Some(pb::content::Body::Busy(pb::Busy { call_id: 1 }));
+        assert!(matches!(
+            Content::decode(&p.encode_to_vec()),
+            Err(Error::UnsupportedVersion(2))
+        ));
+    }
+
+    #[test]
+    fn oversized_fields_rejected() {
+        let c = content(CallMessage::IceCandidates(IceCandidates {
+            call_id: 1,
+            generation: 0,
+            candidates: vec!["x".into(); MAX_CANDIDATES_PER_BATCH + 1],
+            end_of_candidates: false,
+        }));
+        assert!(Content::decode(&c.encode()).is_err());
+        let c = content(CallMessage::Offer(Offer {
+            call_id: 1,
+            media: CallMedia::Audio,
+            key_agreement: vec![0; MAX_KEY_AGREEMENT_LEN + 1],
+            ice: None,
+        }));
+        assert!(Content::decode(&c.encode()).is_err());
+        let c = content(CallMessage::Answer(Answer { call_id: 1, key_agreement: vec![], ice: None }));
+        assert!(Content::decode(&c.encode()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Content::decode(&bytes);
+        }
+
+        #[test]
+        fn ice_batches_round_trip(
+            call_id in any::<u64>(),
+            generation in any::<u32>(),
+            candidates in proptest::collection::vec("[ -~]{0,64}", 0..8),
+            eoc in any::<bool>(),
+        ) {
+            let c = content(CallMessage::IceCandidates(IceCandidates {
+                call_id, generation, candidates, end_of_candidates: eoc,
+            }));
+            prop_assert_eq!(Content::decode(&c.encode()).unwrap(), c);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The [`Transport`] trait and its implementations.
+//!
+//! A transport moves [`Envelope`]s between devices: an in-memory network for tests and
+//! simulators ([`MemoryNetwork`]), and a connection to a hush relay over TCP or WebSocket
+//! ([`RelayClient`]). An app can implement [`Transport`] on its own connection (for example
+//! its existing chat socket).
+
+mod memory;
+mod relay;
+
+use std::future::Future;
+
+pub use memory::{MemoryNetwork, MemoryTransport};
+pub use relay::{ws_config, FetchedBundle, RelayClient, RelayClientConfig, RELAY_PROTOCOL_VERSION};
+
+use crate::device::DeviceId;
+use crate::envelope::Envelope;
+use crate::Error;
+
+/// Identifies one received envelope for [`Transport::ack`].
+///
+/// For a relay it is the relay's delivery id; transports without acknowledgements use 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryTag(pub u64);
+
+/// An envelope handed over by a transport, with the tag to acknowledge it by.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The envelope, as it arrived (not yet opened or checked).
+    pub envelope: Envelope,
+    /// Acknowledge with this once the envelope has been processed.
+    pub tag: DeliveryTag,
+}
+
+/// Moves sealed envelopes between devices.
+///
+/// Delivery may be at-least-once: a transport with a durable queue (the relay) redelivers an
+/// envelope until it is acknowledged, and [`crate::SignalingClient`] drops the duplicates.
+pub trait Transport: Send {
+    /// The address of this end.
+    fn local_device(&self) -> DeviceId;
+
+    /// Sends an envelope to `envelope.recipient`. Resolves once the transport has taken
+    /// responsibility for it (for a relay: it is stored durably).
+    fn send(&mut self, envelope: Envelope) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Waits for the next envelope addressed to this device.
+    ///
+    /// Must be cancel-safe (usable in `tokio::select!`): if the future is dropped before it
+    /// completes, no envelope is lost.
+    fn recv(&mut self) -> impl Future<Output = Result<Received, Error>> + Send;
+
+    /// Acknowledges a received envelope so the transport may forget it.
+    fn ack(&mut self, tag: DeliveryTag) -> impl Future<Output = Result<(), Error>> + Send;
+}

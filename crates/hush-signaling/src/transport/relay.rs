@@ -1,0 +1,564 @@
+//! The client side of the hush relay protocol, over TCP (length-prefixed frames) or WebSocket.
+//!
+//! A [`RelayClient`] runs two background tasks per connection: a reader that dispatches frames
+//! from the relay (deliveries to a queue, responses to the request waiting for them) and a
+//! writer that drains a bounded frame queue into the socket. The public methods only talk to
+//! those tasks over channels, so they are cancel-safe.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::{DeliveryTag, Received, Transport};
+use crate::device::{sign_challenge, DeviceId, DeviceSigner, AUTH_NONCE_LEN};
+use crate::envelope::Envelope;
+use crate::frame::{self, decode_server_frame, encode_client_frame, DEFAULT_MAX_FRAME_LEN};
+use crate::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
+use crate::Error;
+
+/// Relay protocol version spoken by this build.
+pub const RELAY_PROTOCOL_VERSION: u32 = 1;
+
+/// Settings for a [`RelayClient`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayClientConfig {
+    /// Largest frame accepted from the relay.
+    pub max_frame_len: usize,
+    /// How long the connect + authentication handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long a request (send, upload, fetch, ping) may wait for its response.
+    pub request_timeout: Duration,
+    /// Deliveries buffered before the reader stops reading from the socket (backpressure).
+    pub delivery_buffer: usize,
+}
+
+impl Default for RelayClientConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            delivery_buffer: 256,
+        }
+    }
+}
+
+/// A prekey bundle fetched from the relay's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBundle {
+    /// Whose bundle.
+    pub device: DeviceId,
+    /// The opaque bundle bytes the device uploaded.
+    pub bundle: Vec<u8>,
+    /// One one-time prekey `(id, bytes)`, handed out to this fetcher only; `None` when the
+    /// device has run out.
+    pub one_time_prekey: Option<(u64, Vec<u8>)>,
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<pb::response::Result, Error>>>;
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Why the relay closed the connection, if it said so.
+    close_reason: Mutex<Option<(ErrorCode, String)>>,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn closed_error(&self) -> Error {
+        match &*self.close_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Some((code, message)) => Error::Relay { code: *code, message: message.clone() },
+            None => Error::Closed,
+        }
+    }
+}
+
+/// An authenticated connection to a hush relay. Implements [`Transport`].
+pub struct RelayClient {
+    device: DeviceId,
+    config: RelayClientConfig,
+    writer: mpsc::Sender<Vec<u8>>,
+    deliveries: mpsc::Receiver<Received>,
+    shared: Arc<Shared>,
+    next_request: AtomicU64,
+    queued_at_auth: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RelayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayClient").field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RelayClient {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Frames from the reader task that the handshake waits for.
+type Control = mpsc::Sender<server_frame::Frame>;
+
+impl RelayClient {
+    /// Connects over TCP and authenticates with `signer`'s device key.
+    pub async fn connect_tcp(
+        addr: SocketAddr,
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+    ) -> Result<Self, Error> {
+        let timeout = config.handshake_timeout;
+        with_timeout(timeout, async {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Self::connect_stream(stream, signer, config).await
+        })
+        .await
+    }
+
+    /// Authenticates over an already-connected byte stream (TCP, TLS, a Unix socket...)
+    /// carrying length-prefixed frames.
+    pub async fn connect_stream<S>(
+        stream: S,
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, mut write) = tokio::io::split(stream);
+        let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = writer_rx.recv().await {
+                if frame::write_frame(&mut write, &frame).await.is_err() {
+                    break;
+                }
+                // Coalesce whatever is already queued into one flush.
+                while let Ok(frame) = writer_rx.try_recv() {
+                    if frame::write_frame(&mut write, &frame).await.is_err() {
+                        return;
+                    }
+                }
+                if write.flush().await.is_err() {
+                    break;
+                }
+            }
+            let _ = write.shutdown().await;
+        });
+        let max = config.max_frame_len;
+        let reader = move |dispatch: Dispatcher| async move {
+            let mut read = read;
+            loop {
+                match frame::read_frame(&mut read, max).await {
+                    Ok(Some(bytes)) => {
+                        if !dispatch.handle(&bytes).await {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "relay connection read failed");
+                        break;
+                    }
+                }
+            }
+            dispatch.finish();
+        };
+        Self::start(signer, config, writer_tx, writer, reader).await
+    }
+
+    /// Connects over WebSocket (`ws://host:port/`) and authenticates.
+    pub async fn connect_ws(
+        addr: SocketAddr,
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+    ) -> Result<Self, Error> {
+        let timeout = config.handshake_timeout;
+        with_timeout(timeout, async {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Self::connect_ws_stream(stream, &format!("ws://{addr}/"), signer, config).await
+        })
+        .await
+    }
+
+    /// Runs the WebSocket client handshake for `url` over an already-connected stream, then
+    /// authenticates.
+    pub async fn connect_ws_stream<S>(
+        stream: S,
+        url: &str,
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ws_config = ws_config(config.max_frame_len);
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
+                .await
+                .map_err(|e| Error::WebSocket(e.to_string()))?;
+        let (mut sink, mut source) = ws.split();
+        let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = writer_rx.recv().await {
+                if sink.feed(WsMessage::Binary(frame.into())).await.is_err() {
+                    return;
+                }
+                while let Ok(frame) = writer_rx.try_recv() {
+                    if sink.feed(WsMessage::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let reader = move |dispatch: Dispatcher| async move {
+            while let Some(msg) = source.next().await {
+                match msg {
+                    Ok(WsMessage::Binary(bytes)) => {
+                        if !dispatch.handle(&bytes).await {
+                            break;
+                        }
+                    }
+                    Ok(WsMessage::Close(_)) | Err(_) => break,
+                    // Ping/pong are answered by tungstenite; text frames are not part of the
+                    // protocol and are ignored.
+                    Ok(_) => {}
+                }
+            }
+            dispatch.finish();
+        };
+        Self::start(signer, config, writer_tx, writer, reader).await
+    }
+
+    async fn start<R, F>(
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+        writer_tx: mpsc::Sender<Vec<u8>>,
+        writer_task: tokio::task::JoinHandle<()>,
+        reader: R,
+    ) -> Result<Self, Error>
+    where
+        R: FnOnce(Dispatcher) -> F,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shared = Arc::new(Shared { pending: Mutex::default(), close_reason: Mutex::default() });
+        let (deliveries_tx, deliveries) = mpsc::channel(config.delivery_buffer.max(1));
+        let (control_tx, mut control_rx) = mpsc::channel(4);
+        let dispatch = Dispatcher {
+            shared: shared.clone(),
+            deliveries: deliveries_tx,
+            control: Some(control_tx),
+        };
+        let reader_task = tokio::spawn(reader(dispatch));
+        let mut client = Self {
+            device: signer.device_id(),
+            config,
+            writer: writer_tx,
+            deliveries,
+            shared,
+            next_request: AtomicU64::new(1),
+            queued_at_auth: 0,
+            tasks: vec![reader_task, writer_task],
+        };
+        let timeout = client.config.handshake_timeout;
+        let queued = with_timeout(timeout, async {
+            let nonce = match control_rx.recv().await {
+                Some(server_frame::Frame::Challenge(c)) => {
+                    if c.version != RELAY_PROTOCOL_VERSION {
+                        return Err(Error::UnsupportedVersion(c.version));
+                    }
+                    <[u8; AUTH_NONCE_LEN]>::try_from(c.nonce.as_slice())
+                        .map_err(|_| Error::Malformed("challenge nonce must be 32 bytes"))?
+                }
+                Some(server_frame::Frame::Error(e)) => return Err(relay_error(e)),
+                Some(_) => return Err(Error::Malformed("expected a challenge")),
+                None => return Err(client.shared.closed_error()),
+            };
+            let signature = sign_challenge(signer, &nonce);
+            client
+                .write(client_frame::Frame::Auth(pb::AuthResponse {
+                    version: RELAY_PROTOCOL_VERSION,
+                    device_key: signer.device_id().as_bytes().to_vec(),
+                    signature: signature.to_vec(),
+                }))
+                .await?;
+            match control_rx.recv().await {
+                Some(server_frame::Frame::AuthOk(ok)) => Ok(ok.queued),
+                Some(server_frame::Frame::Error(e)) => Err(relay_error(e)),
+                Some(_) => Err(Error::Malformed("expected auth result")),
+                None => Err(client.shared.closed_error()),
+            }
+        })
+        .await?;
+        client.queued_at_auth = queued;
+        Ok(client)
+    }
+
+    /// How many envelopes the relay said were queued for this device when it connected.
+    pub fn queued_at_auth(&self) -> u64 {
+        self.queued_at_auth
+    }
+
+    /// Publishes this device's prekey bundle and adds one-time prekeys `(id, bytes)`.
+    pub async fn upload_prekeys(
+        &self,
+        bundle: Vec<u8>,
+        one_time_prekeys: Vec<(u64, Vec<u8>)>,
+        replace_one_time_prekeys: bool,
+    ) -> Result<(), Error> {
+        let request_id = self.request_id();
+        let frame = client_frame::Frame::UploadPrekeys(pb::UploadPrekeys {
+            request_id,
+            bundle,
+            one_time_prekeys: one_time_prekeys
+                .into_iter()
+                .map(|(id, data)| pb::OneTimePrekey { id, data })
+                .collect(),
+            replace_one_time_prekeys,
+        });
+        match self.request(request_id, frame).await? {
+            pb::response::Result::Done(_) => Ok(()),
+            _ => Err(Error::Malformed("unexpected response to upload")),
+        }
+    }
+
+    /// Fetches `device`'s prekey bundle (consuming one of its one-time prekeys).
+    pub async fn fetch_bundle(&self, device: DeviceId) -> Result<FetchedBundle, Error> {
+        let request_id = self.request_id();
+        let frame = client_frame::Frame::FetchBundle(pb::FetchBundle {
+            request_id,
+            device: device.as_bytes().to_vec(),
+        });
+        match self.request(request_id, frame).await? {
+            pb::response::Result::Bundle(b) => {
+                let got = DeviceId::from_slice(&b.device)?;
+                if got != device {
+                    return Err(Error::Mismatch("relay returned another device's bundle"));
+                }
+                Ok(FetchedBundle {
+                    device,
+                    bundle: b.bundle,
+                    one_time_prekey: b.one_time_prekey.map(|k| (k.id, k.data)),
+                })
+            }
+            _ => Err(Error::Malformed("unexpected response to fetch")),
+        }
+    }
+
+    /// Stores an envelope at the relay for its recipient; resolves once it is stored durably.
+    pub async fn send_envelope(&self, envelope: Envelope) -> Result<(), Error> {
+        let request_id = self.request_id();
+        let frame = client_frame::Frame::Send(pb::Send {
+            request_id,
+            envelope: Some(envelope.into_proto()),
+        });
+        match self.request(request_id, frame).await? {
+            pb::response::Result::Done(_) => Ok(()),
+            _ => Err(Error::Malformed("unexpected response to send")),
+        }
+    }
+
+    /// Acknowledges deliveries so the relay deletes them.
+    pub async fn ack_deliveries(&self, ids: Vec<u64>) -> Result<(), Error> {
+        self.write(client_frame::Frame::Ack(pb::Ack { delivery_ids: ids })).await
+    }
+
+    /// Round trip to the relay.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let nonce = self.request_id();
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending().insert(nonce, tx);
+        self.write(client_frame::Frame::Ping(pb::Ping { nonce })).await?;
+        self.await_response(nonce, rx).await.map(|_| ())
+    }
+
+    /// Sends a raw, already-encoded frame (no length prefix). For tests of the relay's
+    /// handling of hostile clients; normal code never needs it.
+    pub async fn dangerous_send_raw_frame(&self, frame: Vec<u8>) -> Result<(), Error> {
+        self.writer.send(frame).await.map_err(|_| self.shared.closed_error())
+    }
+
+    fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn write(&self, frame: client_frame::Frame) -> Result<(), Error> {
+        self.writer.send(encode_client_frame(frame)).await.map_err(|_| self.shared.closed_error())
+    }
+
+    async fn request(
+        &self,
+        request_id: u64,
+        frame: client_frame::Frame,
+    ) -> Result<pb::response::Result, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending().insert(request_id, tx);
+        if let Err(e) = self.write(frame).await {
+            self.shared.pending().remove(&request_id);
+            return Err(e);
+        }
+        self.await_response(request_id, rx).await
+    }
+
+    async fn await_response(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Result<pb::response::Result, Error>>,
+    ) -> Result<pb::response::Result, Error> {
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.shared.closed_error()),
+            Err(_) => {
+                self.shared.pending().remove(&id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+}
+
+impl Transport for RelayClient {
+    fn local_device(&self) -> DeviceId {
+        self.device
+    }
+
+    async fn send(&mut self, envelope: Envelope) -> Result<(), Error> {
+        self.send_envelope(envelope).await
+    }
+
+    async fn recv(&mut self) -> Result<Received, Error> {
+        match self.deliveries.recv().await {
+            Some(r) => Ok(r),
+            None => Err(self.shared.closed_error()),
+        }
+    }
+
+    async fn ack(&mut self, tag: DeliveryTag) -> Result<(), Error> {
+        self.ack_deliveries(vec![tag.0]).await
+    }
+}
+
+/// The reader task's side: routes each frame from the relay.
+struct Dispatcher {
+    shared: Arc<Shared>,
+    deliveries: mpsc::Sender<Received>,
+    control: Option<Control>,
+}
+
+impl Dispatcher {
+    /// Handles one frame; `false` ends the connection.
+    async fn handle(&self, bytes: &[u8]) -> bool {
+        let frame = match decode_server_frame(bytes) {
+            Ok(f) => f,
+            Err(Error::UnsupportedMessage) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed frame from relay");
+                return false;
+            }
+        };
+        match frame {
+            server_frame::Frame::Deliver(d) => {
+                let Some(envelope) = d.envelope else {
+                    tracing::warn!("relay delivered an empty envelope");
+                    return true;
+                };
+                match Envelope::from_proto(envelope) {
+                    Ok(envelope) => {
+                        let received = Received { envelope, tag: DeliveryTag(d.delivery_id) };
+                        // Awaiting here applies backpressure to the relay when the app is slow.
+                        self.deliveries.send(received).await.is_ok()
+                    }
+                    Err(e) => {
+                        // Unusable: acknowledge nothing, the app never sees it. Log no bytes.
+                        tracing::warn!(error = %e, delivery = d.delivery_id, "invalid envelope from relay");
+                        true
+                    }
+                }
+            }
+            server_frame::Frame::Response(r) => {
+                let result = match r.result {
+                    Some(pb::response::Result::Error(e)) => Err(relay_error(e)),
+                    Some(other) => Ok(other),
+                    None => Err(Error::UnsupportedMessage),
+                };
+                if let Some(tx) = self.shared.pending().remove(&r.request_id) {
+                    let _ = tx.send(result);
+                }
+                true
+            }
+            server_frame::Frame::Pong(p) => {
+                if let Some(tx) = self.shared.pending().remove(&p.nonce) {
+                    let _ = tx.send(Ok(pb::response::Result::Done(pb::Done {})));
+                }
+                true
+            }
+            server_frame::Frame::Error(e) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                tracing::debug!(?code, message = %e.message, "relay reported an error");
+                *self.shared.close_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((code, e.message.clone()));
+                if let Some(c) = &self.control {
+                    let _ = c.try_send(server_frame::Frame::Error(e));
+                }
+                true
+            }
+            f @ (server_frame::Frame::Challenge(_) | server_frame::Frame::AuthOk(_)) => {
+                if let Some(c) = &self.control {
+                    let _ = c.try_send(f);
+                }
+                true
+            }
+        }
+    }
+
+    /// The connection ended: fail every waiting request.
+    fn finish(self) {
+        let err = self.shared.closed_error();
+        for (_, tx) in self.shared.pending().drain() {
+            let _ = tx.send(Err(match &err {
+                Error::Relay { code, message } => Error::Relay { code: *code, message: message.clone() },
+                _ => Error::Closed,
+            }));
+        }
+    }
+}
+
+fn relay_error(e: pb::RelayError) -> Error {
+    Error::Relay {
+        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+        message: e.message,
+    }
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, fut).await.unwrap_or(Err(Error::Timeout))
+}
+
+/// WebSocket limits matching the relay frame limit.
+pub fn ws_config(max_frame_len: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame_len))
+        .max_frame_size(Some(max_frame_len))
+}
