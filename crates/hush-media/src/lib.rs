@@ -5,7 +5,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod codec;
 mod error;
+pub mod jitter;
+pub mod nack;
+pub mod red;
 pub mod rtcp;
 pub mod rtp;
 pub mod sim;

@@ -1,0 +1,184 @@
+//! Opus on the pure-Rust `opus-pure` codec (no C toolchain or cmake needed).
+
+use opus_pure::{Application, OpusDecoder, OpusEncoder, MAX_PACKET_BYTES};
+
+use super::Codec;
+use crate::error::Error;
+
+/// Opus at 48 kHz with a fixed frame duration, on `opus-pure`.
+pub struct OpusCodec {
+    enc: OpusEncoder,
+    dec: OpusDecoder,
+    channels: usize,
+    frame: usize,
+    scratch: Vec<u8>,
+    pcm: Vec<i16>,
+}
+
+impl std::fmt::Debug for OpusCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusCodec")
+            .field("channels", &self.channels)
+            .field("frame", &self.frame)
+            .field("bitrate_bps", &self.enc.bitrate_bps)
+            .field("inband_fec", &self.enc.use_inband_fec)
+            .finish_non_exhaustive()
+    }
+}
+
+fn codec_err(e: opus_pure::Error) -> Error {
+    Error::Codec(e.to_string())
+}
+
+impl OpusCodec {
+    /// A VoIP-tuned Opus codec: `channels` (1 or 2), `frame_ms` (10, 20, 40 or 60), at
+    /// `bitrate_bps`.
+    pub fn new(channels: usize, frame_ms: u32, bitrate_bps: u32) -> Result<Self, Error> {
+        if !matches!(frame_ms, 10 | 20 | 40 | 60) {
+            return Err(Error::InvalidArgument("Opus frame must be 10, 20, 40 or 60 ms"));
+        }
+        let mut enc = OpusEncoder::new(48_000, channels, Application::Voip).map_err(codec_err)?;
+        enc.bitrate_bps = bitrate_bps.min(510_000) as i32;
+        let dec = OpusDecoder::new(48_000, channels).map_err(codec_err)?;
+        Ok(Self {
+            enc,
+            dec,
+            channels,
+            frame: 48 * frame_ms as usize,
+            scratch: vec![0; MAX_PACKET_BYTES],
+            pcm: Vec::new(),
+        })
+    }
+
+    fn decode_into(
+        &mut self,
+        out: &mut Vec<i16>,
+        f: impl FnOnce(&mut OpusDecoder, usize, &mut [i16]) -> opus_pure::Result<usize>,
+    ) -> Result<usize, Error> {
+        self.pcm.resize(self.frame * self.channels, 0);
+        let n = f(&mut self.dec, self.frame, &mut self.pcm).map_err(codec_err)?;
+        let samples = (n * self.channels).min(self.pcm.len());
+        out.extend_from_slice(&self.pcm[..samples]);
+        Ok(samples)
+    }
+}
+
+impl Codec for OpusCodec {
+    type Sample = i16;
+
+    fn clock_rate(&self) -> u32 {
+        48_000
+    }
+
+    fn frame_samples(&self) -> usize {
+        self.frame * self.channels
+    }
+
+    fn encode(&mut self, input: &[i16], out: &mut Vec<u8>) -> Result<(), Error> {
+        if input.len() != self.frame * self.channels {
+            return Err(Error::InvalidArgument("input is not one frame"));
+        }
+        let n = self
+            .enc
+            .encode_s16(input, self.frame, &mut self.scratch)
+            .map_err(codec_err)?;
+        out.extend_from_slice(&self.scratch[..n]);
+        Ok(())
+    }
+
+    fn decode(&mut self, packet: &[u8], out: &mut Vec<i16>) -> Result<usize, Error> {
+        if packet.is_empty() {
+            // An empty packet means PLC to opus-pure; keep that an explicit `conceal` call.
+            return Err(Error::Codec("empty Opus packet".into()));
+        }
+        self.decode_into(out, |d, frame, pcm| d.decode_s16(packet, frame, pcm))
+    }
+
+    fn decode_fec(&mut self, next_packet: &[u8], out: &mut Vec<i16>) -> Result<usize, Error> {
+        if next_packet.is_empty() {
+            return self.conceal(out);
+        }
+        self.decode_into(out, |d, frame, pcm| d.decode_fec_s16(next_packet, frame, pcm))
+    }
+
+    fn conceal(&mut self, out: &mut Vec<i16>) -> Result<usize, Error> {
+        self.decode_into(out, |d, frame, pcm| d.decode_s16(&[], frame, pcm))
+    }
+
+    fn set_bitrate(&mut self, bps: u32) {
+        self.enc.bitrate_bps = bps.clamp(6_000, 510_000) as i32;
+    }
+
+    fn set_fec(&mut self, enabled: bool, expected_loss_percent: u8) {
+        self.enc.use_inband_fec = enabled;
+        self.enc.packet_loss_perc = i32::from(expected_loss_percent.min(100));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A voiced, speech-like test signal: harmonics of a gliding pitch with a syllable envelope.
+    pub(crate) fn speech(frames: usize, frame: usize) -> Vec<i16> {
+        (0..frames * frame)
+            .map(|i| {
+                let t = i as f64 / 48_000.0;
+                let f0 = 140.0 + 30.0 * (t * 1.3).sin();
+                let env = 0.5 + 0.5 * (t * 2.0 * std::f64::consts::PI * 3.0).sin().abs();
+                let s: f64 = (1..6)
+                    .map(|h| (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin() / h as f64)
+                    .sum();
+                (s * env * 6000.0) as i16
+            })
+            .collect()
+    }
+
+    fn energy(x: &[i16]) -> f64 {
+        x.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / x.len().max(1) as f64
+    }
+
+    #[test]
+    fn encode_decode_fec_and_conceal() {
+        let mut c = OpusCodec::new(1, 20, 24_000).unwrap();
+        c.set_fec(true, 20);
+        let pcm = speech(50, 960);
+        let packets: Vec<Vec<u8>> = pcm
+            .chunks(960)
+            .map(|f| {
+                let mut out = Vec::new();
+                c.encode(f, &mut out).unwrap();
+                out
+            })
+            .collect();
+        let mean_len = packets.iter().map(Vec::len).sum::<usize>() / packets.len();
+        assert!((30..120).contains(&mean_len), "{mean_len} bytes at 24 kbps");
+        let mut d = OpusCodec::new(1, 20, 24_000).unwrap();
+        let mut out = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            let n = match i {
+                30 => d.decode_fec(&packets[31], &mut out).unwrap(),
+                40 => d.conceal(&mut out).unwrap(),
+                _ => d.decode(p, &mut out).unwrap(),
+            };
+            assert_eq!(n, 960);
+        }
+        assert_eq!(out.len(), 50 * 960);
+        // The FEC-rebuilt frame carries real signal, not silence.
+        assert!(energy(&out[30 * 960..31 * 960]) > 0.1 * energy(&out[29 * 960..30 * 960]));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut d = OpusCodec::new(1, 20, 24_000).unwrap();
+        let mut out = Vec::new();
+        assert!(d.decode(&[], &mut out).is_err());
+        for b in 0..=255u8 {
+            let _ = d.decode(&[b, 0xff, 0xff, 0xff], &mut out);
+            let _ = d.decode_fec(&[b, 3, 0xff], &mut out);
+        }
+        assert!(OpusCodec::new(1, 25, 24_000).is_err());
+        let mut e = OpusCodec::new(1, 20, 24_000).unwrap();
+        assert!(e.encode(&[0; 100], &mut Vec::new()).is_err());
+    }
+}
