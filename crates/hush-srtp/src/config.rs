@@ -34,7 +34,6 @@ impl SrtpConfig {
     pub const DEFAULT_REKEY_GRACE_PACKETS: u64 = 512;
 
     /// Starts from the defaults.
-    #[must_use]
     pub fn builder() -> SrtpConfigBuilder {
         SrtpConfigBuilder {
             config: Self::default(),

@@ -594,10 +594,9 @@ impl SrtpContext {
             Some(i) => self.rx_rtcp.entries[i].1.accept(index),
             None => {
                 debug!(ssrc, "srtcp: new receive stream");
-                self.rx_rtcp.entries.push((
-                    ssrc,
-                    ReplayWindow::new(self.config.replay_window(), index),
-                ));
+                self.rx_rtcp
+                    .entries
+                    .push((ssrc, ReplayWindow::new(self.config.replay_window(), index)));
             }
         }
         self.authenticated(which);
@@ -711,5 +710,34 @@ mod tests {
             hex::encode(rtcp_nonce(&salt, 0x4d61_7273, 0x5d4)),
             "517524055203726f207170bb"
         );
+    }
+
+    /// At the end of the 48-bit index space (ROC 2^32 - 1, SEQ 0xffff) the sender stops.
+    #[test]
+    fn sender_stops_at_end_of_index_space() {
+        let mut ctx = SrtpContext::new(Suite::AeadAes128Gcm, &[1; 16], &[2; 12]).unwrap();
+        ctx.tx_rtp
+            .entries
+            .push((9, ReplayWindow::new(64, crate::replay::MAX_SRTP_INDEX - 1)));
+        let mut p = vec![0x80, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        ctx.protect_rtp(&mut p).unwrap();
+        assert_eq!(
+            ctx.highest_rtp_index_sent(9),
+            Some(crate::replay::MAX_SRTP_INDEX)
+        );
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        assert_eq!(ctx.protect_rtp(&mut p), Err(Error::KeyExhausted));
+    }
+
+    /// The SRTCP index stops at 2^31 - 1.
+    #[test]
+    fn srtcp_index_space_ends() {
+        let mut ctx = SrtpContext::new(Suite::AeadAes128Gcm, &[1; 16], &[2; 12]).unwrap();
+        ctx.set_next_srtcp_index(9, MAX_SRTCP_INDEX);
+        let mut p = vec![0x80, 201, 0, 1, 0, 0, 0, 9];
+        ctx.protect_rtcp(&mut p).unwrap();
+        assert_eq!(&p[p.len() - 4..], &[0xff, 0xff, 0xff, 0xff]);
+        let mut p = vec![0x80, 201, 0, 1, 0, 0, 0, 9];
+        assert_eq!(ctx.protect_rtcp(&mut p), Err(Error::KeyExhausted));
     }
 }

@@ -120,10 +120,7 @@ mod tests {
         assert_eq!(h.len, 12 + 8 + 8);
         assert_eq!(h.ssrc, 9);
         // With a 16-byte trailer the same bytes no longer fit.
-        assert!(matches!(
-            parse_rtp(&p, 16),
-            Err(Error::MalformedHeader(_))
-        ));
+        assert!(matches!(parse_rtp(&p, 16), Err(Error::MalformedHeader(_))));
     }
 
     #[test]

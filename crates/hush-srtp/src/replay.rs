@@ -172,7 +172,9 @@ mod tests {
             let mut seen = BTreeSet::from([5000u64]);
             let mut max = 5000u64;
             for _ in 0..20_000 {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let delta = (state >> 33) % (size as u64 * 3);
                 let i = (max + size as u64).saturating_sub(delta);
                 let expect = if i > max {
@@ -210,6 +212,9 @@ mod tests {
         assert_eq!(estimate_index(0x0002_8000, 0x0000), Some(0x0002_0000));
         // End of the index space.
         assert_eq!(estimate_index(MAX_SRTP_INDEX, 0), None);
-        assert_eq!(estimate_index(MAX_SRTP_INDEX - 1, 0xffff), Some(MAX_SRTP_INDEX));
+        assert_eq!(
+            estimate_index(MAX_SRTP_INDEX - 1, 0xffff),
+            Some(MAX_SRTP_INDEX)
+        );
     }
 }
