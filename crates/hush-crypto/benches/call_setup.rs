@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the call-setup benchmark.
+fn main() {}
