@@ -1,0 +1,282 @@
+//! Two sans-IO connections over a simulated network with a virtual clock.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hush_net::{CandidateKind, Config, Connection, ConnectionState, Event, Role};
+
+struct Side {
+    conn: Connection,
+    sockets: Vec<SocketAddr>,
+    events: Vec<Event>,
+    received: Vec<Vec<u8>>,
+    candidates: VecDeque<String>,
+}
+
+struct Pair {
+    now: Instant,
+    a: Side,
+    b: Side,
+    /// Drop everything sent to these addresses (a "network change").
+    blackhole: Vec<SocketAddr>,
+    delivered: usize,
+    /// Whether restart credentials are carried automatically.
+    signaling: bool,
+}
+
+fn side(role: Role, now: Instant, sock: SocketAddr) -> Side {
+    let config = Config::builder()
+        .include_loopback(true)
+        .consent_timeout(Duration::from_millis(600))
+        .keepalive_interval(Duration::from_millis(100))
+        .failed_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut conn = Connection::new(config, role, now).unwrap();
+    conn.add_local_sockets(now, &[sock]);
+    Side {
+        conn,
+        sockets: vec![sock],
+        events: Vec::new(),
+        received: Vec::new(),
+        candidates: VecDeque::new(),
+    }
+}
+
+impl Pair {
+    fn new() -> Self {
+        let now = Instant::now();
+        let a = side(Role::Controlling, now, "10.0.0.1:1000".parse().unwrap());
+        let b = side(Role::Controlled, now, "10.0.0.2:2000".parse().unwrap());
+        let mut p = Self {
+            now,
+            a,
+            b,
+            blackhole: Vec::new(),
+            delivered: 0,
+            signaling: true,
+        };
+        p.collect();
+        let (ca, cb) = (p.a.conn.local_credentials(), p.b.conn.local_credentials());
+        p.a.conn.set_remote_credentials(now, cb).unwrap();
+        p.b.conn.set_remote_credentials(now, ca).unwrap();
+        p
+    }
+
+    /// Moves output of both sides: packets to the other side, events into lists, candidates
+    /// across "signaling" (instant here).
+    fn collect(&mut self) -> bool {
+        let mut progressed = false;
+        for from_a in [true, false] {
+            let (src, dst) = if from_a {
+                (&mut self.a, &mut self.b)
+            } else {
+                (&mut self.b, &mut self.a)
+            };
+            while let Some(ev) = src.conn.poll_event() {
+                progressed = true;
+                // Signaling, in order: credentials first, then the candidates that follow.
+                match &ev {
+                    Event::LocalCandidate(c) => {
+                        src.candidates.push_back(c.clone());
+                    }
+                    Event::Restarted { credentials } if self.signaling => {
+                        src.candidates.clear();
+                        dst.conn
+                            .set_remote_credentials(self.now, credentials.clone())
+                            .unwrap();
+                    }
+                    _ => {}
+                }
+                src.events.push(ev);
+            }
+            while let Some(c) = src.candidates.pop_front() {
+                dst.conn.add_remote_candidate(self.now, &c).unwrap();
+            }
+            while let Some(d) = src.conn.poll_datagram() {
+                src.received.push(d);
+            }
+            while let Some(t) = src.conn.poll_transmit() {
+                progressed = true;
+                if self.blackhole.contains(&t.destination) || self.blackhole.contains(&t.source) {
+                    continue;
+                }
+                if dst.sockets.contains(&t.destination) {
+                    self.delivered += 1;
+                    dst.conn
+                        .handle_packet(self.now, t.source, t.destination, &t.contents);
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Runs until both are idle, then advances the clock to the next deadline.
+    fn step(&mut self) {
+        while self.collect() {}
+        let next = [self.a.conn.poll_timeout(), self.b.conn.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let next = next.unwrap_or(self.now + Duration::from_millis(10));
+        // One millisecond of "latency" at least, so time moves.
+        self.now = next.max(self.now + Duration::from_millis(1));
+        self.a.conn.handle_timeout(self.now);
+        self.b.conn.handle_timeout(self.now);
+    }
+
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            self.step();
+            while self.collect() {}
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn connected(s: &Side) -> bool {
+    s.conn.state() == ConnectionState::Connected
+}
+
+#[test]
+fn host_pair_connects_and_carries_datagrams_unchanged() {
+    let mut p = Pair::new();
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    let path = p.a.conn.path(p.now).unwrap();
+    assert_eq!(path.kind, CandidateKind::Host);
+    assert_eq!(path.remote, "10.0.0.2:2000".parse().unwrap());
+    assert!(p
+        .a
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PathSelected(_))));
+    assert!(p
+        .b
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PathSelected(_))));
+
+    let media: Vec<Vec<u8>> = (0u8..20)
+        .map(|i| vec![0x80, 96, 0, i, 1, 2, 3, i])
+        .collect();
+    for m in &media {
+        p.a.conn.send_datagram(p.now, m).unwrap();
+    }
+    p.b.conn.send_datagram(p.now, &[0x80, 0, 9, 9]).unwrap();
+    while p.collect() {}
+    assert_eq!(p.b.received, media);
+    assert_eq!(p.a.received, vec![vec![0x80, 0, 9, 9]]);
+}
+
+#[test]
+fn sending_before_a_path_is_an_error() {
+    let now = Instant::now();
+    let mut s = side(Role::Controlling, now, "10.0.0.1:1000".parse().unwrap());
+    assert!(matches!(
+        s.conn.send_datagram(now, &[0x80, 0]),
+        Err(hush_net::Error::NotConnected)
+    ));
+    assert!(matches!(
+        s.conn.add_remote_candidate(now, "garbage"),
+        Err(hush_net::Error::InvalidCandidate(_))
+    ));
+    assert!(s
+        .conn
+        .set_remote_credentials(now, hush_net::IceCredentials::new("", ""))
+        .is_err());
+}
+
+#[test]
+fn unreachable_peer_fails_with_no_route() {
+    let mut p = Pair::new();
+    p.blackhole = vec![
+        "10.0.0.1:1000".parse().unwrap(),
+        "10.0.0.2:2000".parse().unwrap(),
+    ];
+    assert!(p.run_until(Duration::from_secs(10), |p| p.a.conn.state()
+        == ConnectionState::Failed));
+    assert!(p
+        .a
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Failed(hush_net::Error::NoRoute))));
+}
+
+fn move_b(p: &mut Pair) -> SocketAddr {
+    let old: SocketAddr = "10.0.0.2:2000".parse().unwrap();
+    let new: SocketAddr = "10.0.0.3:2001".parse().unwrap();
+    p.blackhole.push(old);
+    p.b.sockets = vec![new];
+    p.b.conn.remove_local_socket(p.now, old);
+    p.b.conn.add_local_sockets(p.now, &[new]);
+    new
+}
+
+fn flows_on(p: &mut Pair, new: SocketAddr) {
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        p.a.conn.path(p.now).is_some_and(|x| x.remote == new) && connected(&p.b)
+    }));
+    p.a.conn.send_datagram(p.now, &[0x80, 1, 2, 3]).unwrap();
+    p.b.conn.send_datagram(p.now, &[0x80, 4, 5, 6]).unwrap();
+    while p.collect() {}
+    assert!(p.b.received.contains(&vec![0x80, 1, 2, 3]));
+    assert!(p.a.received.contains(&vec![0x80, 4, 5, 6]));
+}
+
+#[test]
+fn app_restart_after_address_change_restores_flow() {
+    let mut p = Pair::new();
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    let new = move_b(&mut p);
+    // The app restarts on the network change; the credentials travel through signaling
+    // (collect() forwards them), A restarts in turn and answers with its own.
+    let creds = p.b.conn.restart(p.now).unwrap();
+    assert_ne!(creds, p.a.conn.local_credentials());
+    flows_on(&mut p, new);
+    let restarts = |s: &Side| {
+        s.events
+            .iter()
+            .filter(|e| matches!(e, Event::Restarted { .. }))
+            .count()
+    };
+    assert_eq!(restarts(&p.a), 1);
+    assert_eq!(restarts(&p.b), 1);
+}
+
+#[test]
+fn consent_loss_triggers_automatic_restart() {
+    let mut p = Pair::new();
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    let new = move_b(&mut p);
+    // Nobody calls restart: consent expires and the connection restarts by itself.
+    assert!(p.run_until(Duration::from_secs(5), |p| p
+        .a
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::StateChanged(ConnectionState::Disconnected)))));
+    flows_on(&mut p, new);
+}
+
+#[test]
+fn media_keeps_flowing_on_the_old_path_during_a_restart() {
+    let mut p = Pair::new();
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    p.signaling = false; // credentials are "in flight"
+    let _ = p.a.conn.restart(p.now).unwrap();
+    while p.collect() {}
+    assert!(p.a.conn.path(p.now).is_none());
+    p.a.conn.send_datagram(p.now, &[0x80, 7]).unwrap();
+    p.b.conn.send_datagram(p.now, &[0x80, 8]).unwrap();
+    while p.collect() {}
+    assert!(p.b.received.contains(&vec![0x80, 7]));
+    assert!(p.a.received.contains(&vec![0x80, 8]));
+}
