@@ -10,7 +10,6 @@ mod device;
 mod error;
 mod store;
 mod suite;
-mod suite_impl;
 mod wire;
 
 pub use libsignal_protocol as signal;
