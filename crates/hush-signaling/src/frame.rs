@@ -2,7 +2,8 @@
 //!
 //! Over TCP each frame is a `u32` big-endian length followed by that many bytes of protobuf
 //! ([`proto::relay::ClientFrame`] from a device, [`proto::relay::ServerFrame`] from the relay).
-//! Over WebSocket each frame is one binary message with no length prefix.
+//! A TCP client first sends [`TCP_PREAMBLE`]. Over WebSocket each frame is one binary message
+//! with no length prefix.
 //!
 //! [`proto::relay::ClientFrame`]: crate::proto::relay::ClientFrame
 //! [`proto::relay::ServerFrame`]: crate::proto::relay::ServerFrame
@@ -15,6 +16,11 @@ use crate::Error;
 
 /// Default (and recommended) largest frame, in bytes, excluding the length prefix.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Bytes a client sends first on a raw TCP connection, before any frame. They tell the relay
+/// (which serves WebSocket on the same port; a WebSocket upgrade starts with `GET `) that
+/// length-prefixed frames follow, and which framing version.
+pub const TCP_PREAMBLE: [u8; 4] = *b"hsh1";
 
 /// Length of the TCP length prefix.
 pub const LENGTH_PREFIX_LEN: usize = 4;

@@ -4,15 +4,24 @@
 //! It never parses media.
 #![forbid(unsafe_code)]
 
+mod client;
 pub mod device;
 pub mod envelope;
 mod error;
 pub mod frame;
 pub mod message;
 pub mod proto;
+mod replay;
+mod seal;
 pub mod transport;
 
+pub use client::{
+    IncomingMessage, SignalingClient, SignalingConfig, SignalingEvent, SignalingStats, SystemClock,
+    WallClock,
+};
 pub use device::{DeviceId, DeviceSigner};
+pub use replay::ReplayGuard;
+pub use seal::{Sealed, Sealer};
 pub use envelope::{CiphertextKind, Envelope, MessageId};
 pub use error::Error;
 pub use message::{

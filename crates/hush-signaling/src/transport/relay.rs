@@ -144,6 +144,9 @@ impl RelayClient {
         let (read, mut write) = tokio::io::split(stream);
         let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(1024);
         let writer = tokio::spawn(async move {
+            if write.write_all(&frame::TCP_PREAMBLE).await.is_err() {
+                return;
+            }
             while let Some(frame) = writer_rx.recv().await {
                 if frame::write_frame(&mut write, &frame).await.is_err() {
                     break;

@@ -1,0 +1,547 @@
+//! One client connection: authenticate, deliver the backlog, then serve requests and live
+//! deliveries until the client leaves or breaks the protocol.
+//!
+//! Errors for a single request (forged sender, stale or duplicate envelope, rate limit, queue
+//! full) are answered in a `Response` and the connection stays up. Errors that make the byte
+//! stream untrustworthy (oversize or malformed frame, frames before authentication) are sent
+//! as a top-level `RelayError` frame and the connection is closed. Nothing a client sends can
+//! affect another client's connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hush_signaling::device::{verify_challenge, AUTH_NONCE_LEN};
+use hush_signaling::frame::{decode_client_frame, encode_deliver_frame, encode_server_frame};
+use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
+use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
+use hush_signaling::{DeviceId, Envelope, Error};
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::io::{self, ReadEvent, Writer};
+use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
+use crate::store::{InsertDone, Op, StoreError};
+use crate::Shared;
+
+/// Largest opaque bundle accepted.
+const MAX_BUNDLE_LEN: usize = 16 * 1024;
+/// Largest one-time prekey accepted.
+const MAX_ONE_TIME_PREKEY_LEN: usize = 4 * 1024;
+/// Most one-time prekeys in one upload.
+const MAX_PREKEYS_PER_UPLOAD: usize = 200;
+/// Most frames handled before flushing and yielding.
+const MAX_EVENTS_PER_WAKE: usize = 128;
+
+/// Decrements the open-connection gauge when a connection ends, however it ends.
+struct ConnGuard(Arc<Shared>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted socket to the end.
+pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let _guard = ConnGuard(shared.clone());
+    let _ = stream.set_nodelay(true);
+    let handshake = shared.config.handshake_timeout;
+    let (mut writer, mut frames) =
+        match tokio::time::timeout(handshake, io::accept(stream, shared.config.max_frame_len)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection setup failed");
+                return;
+            }
+            Err(_) => return,
+        };
+    let device = match tokio::time::timeout(handshake, authenticate(&shared, &mut writer, &mut frames)).await {
+        Ok(Ok(device)) => device,
+        Ok(Err((code, message))) => {
+            if code == ErrorCode::AuthFailed {
+                shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.metrics.protocol_violations.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(%peer, ?code, message, "authentication refused");
+            close_with(&mut writer, code, message).await;
+            return;
+        }
+        Err(_) => {
+            close_with(&mut writer, ErrorCode::Timeout, "authentication timed out").await;
+            return;
+        }
+    };
+    shared.metrics.authenticated.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, %device, "authenticated");
+    let mut conn = Conn::new(shared.clone(), device, writer);
+    let reason = conn.serve(&mut frames).await;
+    tracing::debug!(%peer, %device, ?reason, "connection closed");
+    conn.finish().await;
+    shared.metrics.authenticated.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn close_with(writer: &mut Writer, code: ErrorCode, message: &str) {
+    let frame = encode_server_frame(server_frame::Frame::Error(pb::RelayError {
+        code: code as i32,
+        message: message.to_owned(),
+    }));
+    let _ = writer.send(frame).await;
+    writer.close().await;
+}
+
+type Refusal = (ErrorCode, &'static str);
+
+/// Challenge–response: the client proves it holds the device key it claims.
+async fn authenticate(
+    shared: &Shared,
+    writer: &mut Writer,
+    frames: &mut mpsc::Receiver<ReadEvent>,
+) -> Result<DeviceId, Refusal> {
+    let nonce: [u8; AUTH_NONCE_LEN] = rand::random();
+    let challenge = encode_server_frame(server_frame::Frame::Challenge(pb::Challenge {
+        version: RELAY_PROTOCOL_VERSION,
+        nonce: nonce.to_vec(),
+    }));
+    let sent = async {
+        writer.send(challenge).await?;
+        writer.flush().await
+    };
+    if sent.await.is_err() {
+        return Err((ErrorCode::Internal, "write failed"));
+    }
+    let bytes = match frames.recv().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => return Err(stream_refusal(&e)),
+        None => return Err((ErrorCode::Unauthenticated, "closed before authenticating")),
+    };
+    let auth = match decode_client_frame(&bytes) {
+        Ok(client_frame::Frame::Auth(a)) => a,
+        Ok(_) => return Err((ErrorCode::Unauthenticated, "authenticate first")),
+        Err(_) => return Err((ErrorCode::MalformedFrame, "malformed frame")),
+    };
+    if auth.version != RELAY_PROTOCOL_VERSION {
+        return Err((ErrorCode::UnsupportedVersion, "unsupported relay protocol version"));
+    }
+    let device =
+        DeviceId::from_slice(&auth.device_key).map_err(|_| (ErrorCode::AuthFailed, "bad device key"))?;
+    verify_challenge(&device, &nonce, &auth.signature)
+        .map_err(|_| (ErrorCode::AuthFailed, "signature does not verify"))?;
+    let _ = shared;
+    Ok(device)
+}
+
+fn stream_refusal(e: &Error) -> Refusal {
+    match e {
+        Error::FrameTooLarge { .. } => (ErrorCode::FrameTooLarge, "frame too large"),
+        _ => (ErrorCode::MalformedFrame, "malformed stream"),
+    }
+}
+
+/// Token bucket for per-connection rate limiting.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why the serve loop ended.
+#[derive(Debug)]
+#[allow(dead_code, reason = "the fields are read through Debug in the close log")]
+enum End {
+    ClientClosed,
+    Kicked(Kick),
+    Violation(ErrorCode),
+    WriteFailed,
+    Shutdown,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    device: DeviceId,
+    conn_id: u64,
+    writer: Writer,
+    bucket: Bucket,
+    recent: RecentIds,
+    done_tx: mpsc::UnboundedSender<InsertDone>,
+    done_rx: mpsc::UnboundedReceiver<InsertDone>,
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, device: DeviceId, writer: Writer) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let recent = shared.parked.take(&device);
+        let rate = f64::from(shared.config.rate_limit_per_sec);
+        let burst = f64::from(shared.config.rate_limit_burst.max(1));
+        Self {
+            device,
+            conn_id,
+            writer,
+            bucket: Bucket { tokens: burst, last: Instant::now(), rate, burst },
+            recent,
+            done_tx,
+            done_rx,
+            shared,
+        }
+    }
+
+    async fn serve(&mut self, frames: &mut mpsc::Receiver<ReadEvent>) -> End {
+        let (live_tx, mut live_rx) = mpsc::channel(self.shared.config.delivery_buffer.max(1));
+        let kick = Arc::new(Notify::new());
+        let kick_reason = Arc::new(Mutex::new(None));
+        self.shared.registry.register(
+            self.device,
+            ConnHandle {
+                conn_id: self.conn_id,
+                live: live_tx,
+                kick: kick.clone(),
+                kick_reason: kick_reason.clone(),
+            },
+        );
+        let mut shutdown = self.shared.shutdown.subscribe();
+        // Backlog: everything committed before this point. Live pushes queue up meanwhile.
+        let (reply, backlog) = oneshot::channel();
+        let load = Op::Load {
+            device: self.device,
+            limit: self.shared.config.max_queue_per_device,
+            reply,
+        };
+        if self.shared.store.send(load).await.is_err() {
+            return End::Violation(ErrorCode::Internal);
+        }
+        let Ok(Ok(backlog)) = backlog.await else {
+            self.send_error(ErrorCode::Internal, "cannot load queue").await;
+            return End::Violation(ErrorCode::Internal);
+        };
+        let ok = encode_server_frame(server_frame::Frame::AuthOk(pb::AuthOk {
+            queued: backlog.rows.len() as u64,
+        }));
+        if self.writer.send(ok).await.is_err() {
+            return End::WriteFailed;
+        }
+        for (id, envelope) in backlog.rows {
+            if self.deliver(id, &envelope).await.is_err() {
+                return End::WriteFailed;
+            }
+        }
+        if self.writer.flush().await.is_err() {
+            return End::WriteFailed;
+        }
+        let watermark = backlog.watermark;
+        loop {
+            let mut handled = 0;
+            let step = tokio::select! {
+                biased;
+                () = kick.notified() => {
+                    let why = lock(&kick_reason).unwrap_or(Kick::Replaced);
+                    let (code, msg) = match why {
+                        Kick::SlowConsumer => (ErrorCode::SlowConsumer, "delivery queue overflowed; reconnect"),
+                        Kick::Replaced => (ErrorCode::Unspecified, "connection replaced"),
+                    };
+                    self.send_error(code, msg).await;
+                    Err(End::Kicked(why))
+                }
+                _ = shutdown.changed() => Err(End::Shutdown),
+                Some(done) = self.done_rx.recv() => self.on_done(done).await,
+                Some(live) = live_rx.recv() => self.on_live(live, watermark).await,
+                event = frames.recv() => self.on_read(event).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            handled += 1;
+            // Drain what is already waiting before one flush.
+            while handled < MAX_EVENTS_PER_WAKE {
+                let step = if let Ok(done) = self.done_rx.try_recv() {
+                    self.on_done(done).await
+                } else if let Ok(live) = live_rx.try_recv() {
+                    self.on_live(live, watermark).await
+                } else if let Ok(event) = frames.try_recv() {
+                    self.on_read(Some(event)).await
+                } else {
+                    break;
+                };
+                if let Err(end) = step {
+                    return end;
+                }
+                handled += 1;
+            }
+            if self.writer.flush().await.is_err() {
+                return End::WriteFailed;
+            }
+        }
+    }
+
+    async fn finish(mut self) {
+        self.shared.registry.unregister(&self.device, self.conn_id);
+        let max_age = self.shared.config.max_envelope_age.as_millis() as u64;
+        let recent = std::mem::take(&mut self.recent);
+        self.shared.parked.park(self.device, recent, now_ms(), max_age);
+        self.writer.close().await;
+    }
+
+    async fn deliver(&mut self, id: u64, envelope: &[u8]) -> Result<(), Error> {
+        self.writer.send(encode_deliver_frame(id, envelope)).await?;
+        self.shared.metrics.envelopes_delivered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn on_live(&mut self, live: Live, watermark: u64) -> Result<(), End> {
+        // At or below the watermark it was committed before the backlog load, so it was in it.
+        if live.id > watermark && self.deliver(live.id, &live.envelope).await.is_err() {
+            return Err(End::WriteFailed);
+        }
+        Ok(())
+    }
+
+    async fn on_done(&mut self, done: InsertDone) -> Result<(), End> {
+        let result = match done.result {
+            Ok(_) => {
+                self.shared.metrics.envelopes_received.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.observe_send_latency(done.received.elapsed());
+                Ok(())
+            }
+            Err(StoreError::QueueFull) => Err((ErrorCode::QueueFull, "recipient queue is full")),
+            Err(_) => Err((ErrorCode::Internal, "storage failed")),
+        };
+        self.respond(done.request_id, result.map(|()| pb::response::Result::Done(pb::Done {})))
+            .await
+    }
+
+    async fn on_read(&mut self, event: Option<ReadEvent>) -> Result<(), End> {
+        let bytes = match event {
+            None => return Err(End::ClientClosed),
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
+                let (code, msg) = stream_refusal(&e);
+                self.shared.metrics.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                self.send_error(code, msg).await;
+                return Err(End::Violation(code));
+            }
+        };
+        let frame = match decode_client_frame(&bytes) {
+            Ok(f) => f,
+            Err(Error::UnsupportedMessage) => {
+                // A frame type from a newer client: refuse it, keep the connection.
+                self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                self.send_error(ErrorCode::UnsupportedVersion, "unknown frame type").await;
+                return Ok(());
+            }
+            Err(_) => {
+                self.shared.metrics.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                self.send_error(ErrorCode::MalformedFrame, "malformed frame").await;
+                return Err(End::Violation(ErrorCode::MalformedFrame));
+            }
+        };
+        match frame {
+            client_frame::Frame::Send(send) => self.on_send(send).await,
+            client_frame::Frame::Ack(ack) => {
+                let n = ack.delivery_ids.len() as u64;
+                if n > 0 {
+                    self.shared.metrics.envelopes_acked.fetch_add(n, Ordering::Relaxed);
+                    let op = Op::Ack { device: self.device, ids: ack.delivery_ids };
+                    if self.shared.store.send(op).await.is_err() {
+                        return Err(End::Violation(ErrorCode::Internal));
+                    }
+                }
+                Ok(())
+            }
+            client_frame::Frame::UploadPrekeys(up) => self.on_upload(up).await,
+            client_frame::Frame::FetchBundle(fetch) => self.on_fetch(fetch).await,
+            client_frame::Frame::Ping(ping) => {
+                if !self.bucket.take(Instant::now()) {
+                    self.shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let pong = encode_server_frame(server_frame::Frame::Pong(pb::Pong { nonce: ping.nonce }));
+                self.writer.send(pong).await.map_err(|_| End::WriteFailed)
+            }
+            client_frame::Frame::Auth(_) => {
+                self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                self.send_error(ErrorCode::Unspecified, "already authenticated").await;
+                Ok(())
+            }
+        }
+    }
+
+    fn rate_limited(&mut self) -> bool {
+        if self.bucket.take(Instant::now()) {
+            false
+        } else {
+            self.shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    async fn on_send(&mut self, send: pb::Send) -> Result<(), End> {
+        let received = Instant::now();
+        let request_id = send.request_id;
+        if self.rate_limited() {
+            return self.respond(request_id, Err((ErrorCode::RateLimited, "rate limit exceeded"))).await;
+        }
+        let Some(envelope) = send.envelope else {
+            return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "no envelope"))).await;
+        };
+        let envelope = match Envelope::from_proto(envelope) {
+            Ok(e) => e,
+            Err(Error::UnsupportedVersion(_) | Error::UnsupportedMessage) => {
+                return self
+                    .respond(request_id, Err((ErrorCode::UnsupportedVersion, "unsupported envelope")))
+                    .await
+            }
+            Err(_) => {
+                return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "invalid envelope"))).await
+            }
+        };
+        if envelope.sender != self.device {
+            tracing::debug!(device = %self.device, claimed = %envelope.sender, "forged sender refused");
+            return self
+                .respond(request_id, Err((ErrorCode::ForgedSender, "sender is not the authenticated device")))
+                .await;
+        }
+        let cfg = &self.shared.config;
+        let refused = self.recent.check(
+            envelope.id,
+            envelope.timestamp_ms,
+            now_ms(),
+            cfg.max_envelope_age.as_millis() as u64,
+            cfg.max_clock_skew.as_millis() as u64,
+            cfg.replay_cache_per_device,
+        );
+        match refused {
+            Ok(()) => {}
+            Err(Refused::Stale) => {
+                return self.respond(request_id, Err((ErrorCode::Stale, "envelope timestamp out of window"))).await
+            }
+            Err(Refused::Duplicate) => {
+                return self.respond(request_id, Err((ErrorCode::Duplicate, "envelope already accepted"))).await
+            }
+        }
+        let recipient = envelope.recipient;
+        let op = Op::Insert {
+            request_id,
+            recipient,
+            envelope: envelope.into_proto().encode_to_vec(),
+            received,
+            done: self.done_tx.clone(),
+        };
+        if self.shared.store.send(op).await.is_err() {
+            return Err(End::Violation(ErrorCode::Internal));
+        }
+        Ok(())
+    }
+
+    async fn on_upload(&mut self, up: pb::UploadPrekeys) -> Result<(), End> {
+        let request_id = up.request_id;
+        if self.rate_limited() {
+            return self.respond(request_id, Err((ErrorCode::RateLimited, "rate limit exceeded"))).await;
+        }
+        if up.bundle.is_empty() || up.bundle.len() > MAX_BUNDLE_LEN {
+            return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "bad bundle size"))).await;
+        }
+        if up.one_time_prekeys.len() > MAX_PREKEYS_PER_UPLOAD
+            || up.one_time_prekeys.iter().any(|k| k.data.is_empty() || k.data.len() > MAX_ONE_TIME_PREKEY_LEN)
+        {
+            return self
+                .respond(request_id, Err((ErrorCode::InvalidEnvelope, "bad one-time prekeys")))
+                .await;
+        }
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Upload {
+            device: self.device,
+            bundle: up.bundle,
+            one_time_prekeys: up.one_time_prekeys.into_iter().map(|k| (k.id, k.data)).collect(),
+            replace: up.replace_one_time_prekeys,
+            reply,
+        };
+        if self.shared.store.send(op).await.is_err() {
+            return Err(End::Violation(ErrorCode::Internal));
+        }
+        // Uploads are rare; waiting inline keeps the code simple.
+        let result = match rx.await {
+            Ok(Ok(())) => Ok(pb::response::Result::Done(pb::Done {})),
+            Ok(Err(StoreError::TooManyPrekeys)) => {
+                Err((ErrorCode::QueueFull, "too many one-time prekeys stored"))
+            }
+            _ => Err((ErrorCode::Internal, "storage failed")),
+        };
+        self.respond(request_id, result).await
+    }
+
+    async fn on_fetch(&mut self, fetch: pb::FetchBundle) -> Result<(), End> {
+        let request_id = fetch.request_id;
+        if self.rate_limited() {
+            return self.respond(request_id, Err((ErrorCode::RateLimited, "rate limit exceeded"))).await;
+        }
+        let Ok(device) = DeviceId::from_slice(&fetch.device) else {
+            return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "bad device id"))).await;
+        };
+        let (reply, rx) = oneshot::channel();
+        if self.shared.store.send(Op::Fetch { device, reply }).await.is_err() {
+            return Err(End::Violation(ErrorCode::Internal));
+        }
+        let result = match rx.await {
+            Ok(Ok(b)) => Ok(pb::response::Result::Bundle(pb::Bundle {
+                device: device.as_bytes().to_vec(),
+                bundle: b.bundle,
+                one_time_prekey: b.one_time_prekey.map(|(id, data)| pb::OneTimePrekey { id, data }),
+            })),
+            Ok(Err(StoreError::NotFound)) => Err((ErrorCode::NotFound, "no bundle for that device")),
+            _ => Err((ErrorCode::Internal, "storage failed")),
+        };
+        self.respond(request_id, result).await
+    }
+
+    async fn respond(
+        &mut self,
+        request_id: u64,
+        result: Result<pb::response::Result, Refusal>,
+    ) -> Result<(), End> {
+        let result = match result {
+            Ok(r) => r,
+            Err((code, message)) => {
+                self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                pb::response::Result::Error(pb::RelayError { code: code as i32, message: message.to_owned() })
+            }
+        };
+        let frame = encode_server_frame(server_frame::Frame::Response(pb::Response {
+            request_id,
+            result: Some(result),
+        }));
+        self.writer.send(frame).await.map_err(|_| End::WriteFailed)
+    }
+
+    async fn send_error(&mut self, code: ErrorCode, message: &str) {
+        let frame = encode_server_frame(server_frame::Frame::Error(pb::RelayError {
+            code: code as i32,
+            message: message.to_owned(),
+        }));
+        let _ = self.writer.send(frame).await;
+        let _ = self.writer.flush().await;
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

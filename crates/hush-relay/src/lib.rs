@@ -1,0 +1,267 @@
+//! The hush signaling relay.
+//!
+//! Devices connect over TCP (length-prefixed frames) or WebSocket on one port, authenticate
+//! with their ed25519 device key (challenge–response, no accounts or passwords), publish prekey
+//! bundles, fetch each other's bundles (each one-time prekey is handed out once), and send
+//! sealed envelopes. The relay stores every envelope durably in SQLite before acknowledging
+//! it, pushes it to the recipient if online, and deletes it only when the recipient
+//! acknowledges it, so nothing is lost across a crash (`kill -9`) and restart.
+//!
+//! The relay only ever sees routing metadata (sender, recipient, time, ciphertext kind) and
+//! Signal ciphertext; it logs no payloads. Prometheus metrics are served on a separate port.
+//!
+//! Run it as a binary (`cargo run -p hush-relay -- --listen 127.0.0.1:7400 --db relay.db`) or
+//! embed it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hush_relay::RelayError> {
+//! let config = hush_relay::RelayConfig::new("127.0.0.1:0".parse().unwrap(), "relay.db".into());
+//! let relay = hush_relay::Relay::bind(config).await?;
+//! println!("relay on {}", relay.local_addr());
+//! tokio::spawn(relay.serve());
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod conn;
+mod io;
+pub mod metrics;
+mod state;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use metrics::Metrics;
+
+use state::{ParkedRecent, Registry};
+use store::{Op, StoreLimits};
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncMode {
+    /// fsync on every commit: survives power loss and OS crashes, not only process crashes.
+    Full,
+    /// WAL without fsync per commit: survives a process crash (`kill -9`), may lose the last
+    /// commits on power loss or an OS crash.
+    Normal,
+}
+
+/// Relay settings. Start from [`RelayConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Address for client connections (TCP and WebSocket on the same port).
+    pub listen: SocketAddr,
+    /// Address for the Prometheus endpoint (`GET /metrics`); `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// SQLite database file (created if missing).
+    pub db_path: PathBuf,
+    /// Durability of commits.
+    pub sync: SyncMode,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_len: usize,
+    /// Most simultaneous connections; more are refused.
+    pub max_connections: u64,
+    /// Requests per second a connection may make (sustained).
+    pub rate_limit_per_sec: u32,
+    /// Requests a connection may make in a burst.
+    pub rate_limit_burst: u32,
+    /// Most envelopes queued for one device; sends beyond are refused with `QueueFull`.
+    pub max_queue_per_device: u32,
+    /// Most one-time prekeys stored per device.
+    pub max_one_time_prekeys: u32,
+    /// Live deliveries buffered per connection; a connection that falls further behind is
+    /// closed and reloads its queue on reconnect.
+    pub delivery_buffer: usize,
+    /// Time allowed for the WebSocket upgrade and authentication.
+    pub handshake_timeout: Duration,
+    /// Envelopes stamped earlier than this before now are refused as stale.
+    pub max_envelope_age: Duration,
+    /// Envelopes stamped later than this after now are refused as stale.
+    pub max_clock_skew: Duration,
+    /// Envelope ids remembered per sender to refuse replays.
+    pub replay_cache_per_device: usize,
+    /// Most store operations per transaction (group commit).
+    pub max_batch: usize,
+}
+
+impl RelayConfig {
+    /// Defaults suitable for a small deployment.
+    pub fn new(listen: SocketAddr, db_path: PathBuf) -> Self {
+        Self {
+            listen,
+            metrics_listen: None,
+            db_path,
+            sync: SyncMode::Full,
+            max_frame_len: hush_signaling::frame::DEFAULT_MAX_FRAME_LEN,
+            max_connections: 100_000,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 200,
+            max_queue_per_device: 1000,
+            max_one_time_prekeys: 1000,
+            delivery_buffer: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_envelope_age: Duration::from_secs(300),
+            max_clock_skew: Duration::from_secs(60),
+            replay_cache_per_device: 4096,
+            max_batch: 2048,
+        }
+    }
+}
+
+/// Errors starting or running the relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Binding or accepting failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The database could not be opened or initialised.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+}
+
+/// State shared by all connections.
+pub(crate) struct Shared {
+    pub(crate) config: RelayConfig,
+    pub(crate) store: mpsc::Sender<Op>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) parked: ParkedRecent,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) next_conn_id: AtomicU64,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// A bound relay, ready to [`serve`](Self::serve).
+pub struct Relay {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("listen", &self.local_addr()).finish_non_exhaustive()
+    }
+}
+
+/// Stops a running relay from another task.
+#[derive(Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl std::fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShutdownHandle")
+    }
+}
+
+impl ShutdownHandle {
+    /// Stops accepting connections and closes every open one.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Relay {
+    /// Opens the database and binds the listeners.
+    pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::default());
+        let limits = StoreLimits {
+            max_queue_per_device: config.max_queue_per_device,
+            max_one_time_prekeys: config.max_one_time_prekeys,
+            max_batch: config.max_batch.max(1),
+        };
+        let path = config.db_path.clone();
+        let sync = config.sync;
+        let (m, r) = (metrics.clone(), registry.clone());
+        let store = tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
+            .await
+            .map_err(|_| std::io::Error::other("store setup panicked"))??;
+        let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
+        let (shutdown, _) = watch::channel(false);
+        Ok(Self {
+            listener,
+            metrics_listener,
+            shared: Arc::new(Shared {
+                config,
+                store,
+                registry,
+                parked: ParkedRecent::default(),
+                metrics,
+                next_conn_id: AtomicU64::new(1),
+                shutdown,
+            }),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address; fall back to the configured one.
+        self.listener.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// The metrics endpoint's address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Live metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// A handle that stops [`serve`](Self::serve).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.shutdown.clone())
+    }
+
+    /// Accepts and serves connections until shut down.
+    pub async fn serve(self) -> Result<(), RelayError> {
+        let Self { listener, metrics_listener, shared } = self;
+        let metrics_task =
+            metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
+        let mut shutdown = shared.shutdown.subscribe();
+        tracing::info!(addr = %listener.local_addr()?, "relay listening");
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if shared.metrics.connections.load(Ordering::Relaxed)
+                        >= shared.config.max_connections
+                    {
+                        tracing::warn!(%peer, "connection limit reached; refusing");
+                        drop(stream);
+                        continue;
+                    }
+                    tokio::spawn(conn::run(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        shared.registry.kick_all();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        Ok(())
+    }
+}

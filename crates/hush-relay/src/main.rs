@@ -1,0 +1,117 @@
+//! `hush-relay` command line: `hush-relay --listen 127.0.0.1:7400 --db relay.db`.
+
+use std::process::ExitCode;
+
+use hush_relay::{Relay, RelayConfig, SyncMode};
+
+const USAGE: &str = "usage: hush-relay --listen ADDR:PORT --db PATH [options]
+
+options:
+  --metrics ADDR:PORT     serve Prometheus metrics at http://ADDR:PORT/metrics
+  --sync full|normal      SQLite durability (default full: fsync every commit;
+                          normal survives kill -9 but not power loss)
+  --max-frame BYTES       largest client frame (default 65536)
+  --max-connections N     (default 100000)
+  --rate N                requests per second per connection (default 50)
+  --burst N               request burst per connection (default 200)
+  --max-queue N           envelopes queued per device (default 1000)
+  --delivery-buffer N     live deliveries buffered per connection (default 1024)
+  --worker-threads N      tokio worker threads (default: number of CPUs)
+
+logging: HUSH_RELAY_LOG=error|warn|info|debug|trace (default info)";
+
+fn parse() -> Result<(RelayConfig, Option<usize>), String> {
+    let mut args = std::env::args().skip(1);
+    let mut listen = None;
+    let mut db = None;
+    let mut rest = Vec::new();
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--listen" => listen = Some(value.parse().map_err(|e| format!("--listen: {e}"))?),
+            "--db" => db = Some(value.into()),
+            _ => rest.push((flag, value)),
+        }
+    }
+    let (Some(listen), Some(db)) = (listen, db) else {
+        return Err("--listen and --db are required".into());
+    };
+    let mut config = RelayConfig::new(listen, db);
+    let mut threads = None;
+    for (flag, value) in rest {
+        let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--metrics" => {
+                config.metrics_listen = Some(value.parse().map_err(|e| format!("--metrics: {e}"))?)
+            }
+            "--sync" => {
+                config.sync = match value.as_str() {
+                    "full" => SyncMode::Full,
+                    "normal" => SyncMode::Normal,
+                    _ => return Err("--sync must be full or normal".into()),
+                }
+            }
+            "--max-frame" => config.max_frame_len = num(&value)? as usize,
+            "--max-connections" => config.max_connections = num(&value)?,
+            "--rate" => config.rate_limit_per_sec = num(&value)? as u32,
+            "--burst" => config.rate_limit_burst = num(&value)? as u32,
+            "--max-queue" => config.max_queue_per_device = num(&value)? as u32,
+            "--delivery-buffer" => config.delivery_buffer = num(&value)? as usize,
+            "--worker-threads" => threads = Some(num(&value)? as usize),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok((config, threads))
+}
+
+fn main() -> ExitCode {
+    let (config, threads) = match parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("hush-relay: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match std::env::var("HUSH_RELAY_LOG").as_deref() {
+        Ok("error") => tracing::Level::ERROR,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hush-relay: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let relay = Relay::bind(config).await?;
+        // Printed on stdout so scripts and tests can find the ports when they asked for :0.
+        println!("listening {}", relay.local_addr());
+        if let Some(m) = relay.metrics_addr() {
+            println!("metrics {m}");
+        }
+        relay.serve().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hush-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

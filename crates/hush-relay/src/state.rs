@@ -1,0 +1,201 @@
+//! State shared by all connections: who is online, and per-sender replay caches.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hush_signaling::{DeviceId, MessageId};
+use tokio::sync::{mpsc, Notify};
+
+/// An envelope committed to the queue, pushed to its recipient's connection if online.
+pub(crate) struct Live {
+    pub(crate) id: u64,
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// Why a connection was told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Its delivery queue overflowed (the device reads too slowly); it reconnects and reloads.
+    SlowConsumer,
+    /// The same device connected again.
+    Replaced,
+}
+
+/// An online device's connection, as seen from elsewhere.
+pub(crate) struct ConnHandle {
+    pub(crate) conn_id: u64,
+    pub(crate) live: mpsc::Sender<Live>,
+    pub(crate) kick: Arc<Notify>,
+    pub(crate) kick_reason: Arc<Mutex<Option<Kick>>>,
+}
+
+impl ConnHandle {
+    fn kick(&self, why: Kick) {
+        *lock(&self.kick_reason) = Some(why);
+        self.kick.notify_one();
+    }
+}
+
+/// Online devices.
+#[derive(Default)]
+pub(crate) struct Registry {
+    online: Mutex<HashMap<DeviceId, ConnHandle>>,
+}
+
+impl Registry {
+    /// Registers a connection; an older connection of the same device is told to close.
+    pub(crate) fn register(&self, device: DeviceId, handle: ConnHandle) {
+        if let Some(old) = lock(&self.online).insert(device, handle) {
+            old.kick(Kick::Replaced);
+        }
+    }
+
+    /// Removes `device` if it is still registered by connection `conn_id`.
+    pub(crate) fn unregister(&self, device: &DeviceId, conn_id: u64) {
+        let mut online = lock(&self.online);
+        if online.get(device).is_some_and(|h| h.conn_id == conn_id) {
+            online.remove(device);
+        }
+    }
+
+    /// Hands a committed envelope to its recipient's connection, if online. A connection whose
+    /// queue is full is closed: the envelope stays in the database and is delivered on reconnect.
+    pub(crate) fn push(&self, recipient: &DeviceId, live: Live) {
+        let mut online = lock(&self.online);
+        let Some(handle) = online.get(recipient) else { return };
+        match handle.live.try_send(live) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                handle.kick(Kick::SlowConsumer);
+                online.remove(recipient);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                online.remove(recipient);
+            }
+        }
+    }
+
+    /// Tells every connection to close (shutdown).
+    pub(crate) fn kick_all(&self) {
+        for h in lock(&self.online).values() {
+            h.kick(Kick::Replaced);
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a task panicked while holding it; the maps stay consistent
+    // (every critical section is a single insert/remove), so keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a sender's envelope was refused by the replay cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Stale,
+    Duplicate,
+}
+
+/// Recently accepted envelope ids of one sender, bounded in count and age.
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds {
+    set: HashSet<MessageId>,
+    order: VecDeque<(MessageId, u64)>,
+    /// Envelopes stamped before this (ms) are refused: their ids may have been evicted.
+    floor_ms: u64,
+}
+
+impl RecentIds {
+    /// Accepts `(id, timestamp)` once; refuses replays and envelopes outside the time window.
+    pub(crate) fn check(
+        &mut self,
+        id: MessageId,
+        timestamp_ms: u64,
+        now_ms: u64,
+        max_age_ms: u64,
+        max_skew_ms: u64,
+        capacity: usize,
+    ) -> Result<(), Refused> {
+        let oldest_ok = now_ms.saturating_sub(max_age_ms);
+        if timestamp_ms < oldest_ok || timestamp_ms > now_ms.saturating_add(max_skew_ms) {
+            return Err(Refused::Stale);
+        }
+        while let Some(&(old, ts)) = self.order.front() {
+            if ts >= oldest_ok {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&old);
+        }
+        if timestamp_ms < self.floor_ms {
+            return Err(Refused::Stale);
+        }
+        if !self.set.insert(id) {
+            return Err(Refused::Duplicate);
+        }
+        self.order.push_back((id, timestamp_ms));
+        while self.order.len() > capacity {
+            if let Some((old, ts)) = self.order.pop_front() {
+                self.set.remove(&old);
+                self.floor_ms = self.floor_ms.max(ts.saturating_add(1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every remembered id has aged out.
+    pub(crate) fn is_expired(&self, now_ms: u64, max_age_ms: u64) -> bool {
+        self.order.back().is_none_or(|&(_, ts)| ts < now_ms.saturating_sub(max_age_ms))
+    }
+}
+
+/// Replay caches of devices that are offline, kept until they age out.
+#[derive(Default)]
+pub(crate) struct ParkedRecent {
+    parked: Mutex<HashMap<DeviceId, RecentIds>>,
+}
+
+impl ParkedRecent {
+    pub(crate) fn take(&self, device: &DeviceId) -> RecentIds {
+        lock(&self.parked).remove(device).unwrap_or_default()
+    }
+
+    pub(crate) fn park(&self, device: DeviceId, recent: RecentIds, now_ms: u64, max_age_ms: u64) {
+        let mut parked = lock(&self.parked);
+        if !recent.is_expired(now_ms, max_age_ms) {
+            parked.insert(device, recent);
+        }
+        // Amortised cleanup: drop caches that aged out.
+        if parked.len() > 1024 && parked.len().is_power_of_two() {
+            parked.retain(|_, r| !r.is_expired(now_ms, max_age_ms));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_refuse_replays_and_stale() {
+        let mut r = RecentIds::default();
+        let now = 1_000_000;
+        assert_eq!(r.check([1; 16], now, now, 1000, 500, 8), Ok(()));
+        assert_eq!(r.check([1; 16], now, now, 1000, 500, 8), Err(Refused::Duplicate));
+        assert_eq!(r.check([2; 16], now - 1001, now, 1000, 500, 8), Err(Refused::Stale));
+        assert_eq!(r.check([3; 16], now + 501, now, 1000, 500, 8), Err(Refused::Stale));
+        assert_eq!(r.check([4; 16], now + 500, now, 1000, 500, 8), Ok(()));
+    }
+
+    #[test]
+    fn recent_ids_capacity_raises_floor() {
+        let mut r = RecentIds::default();
+        let now = 1_000_000;
+        for i in 0..4u8 {
+            assert_eq!(r.check([i; 16], now + u64::from(i), now + 10, 1000, 500, 2), Ok(()));
+        }
+        // Ids 0 and 1 were evicted; their replay is refused as stale rather than accepted.
+        assert_eq!(r.check([0; 16], now, now + 10, 1000, 500, 2), Err(Refused::Stale));
+        assert_eq!(r.check([1; 16], now + 1, now + 10, 1000, 500, 2), Err(Refused::Stale));
+    }
+}
