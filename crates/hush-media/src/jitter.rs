@@ -132,9 +132,9 @@ pub struct JitterStats {
     pub fec: u64,
     /// Missing frames concealed.
     pub concealed: u64,
-    /// Frames that arrived after their tick.
+    /// Frames that arrived after their tick (redundant copies not counted).
     pub late: u64,
-    /// Duplicate frames dropped.
+    /// Duplicate frames dropped (redundant copies not counted).
     pub duplicates: u64,
     /// Total filler played to build delay.
     pub stretched: Duration,
@@ -270,12 +270,15 @@ impl JitterBuffer {
                 }
             }
         }
+        // Redundant copies usually arrive after the original or after the frame was played;
+        // that is their normal life, not lateness.
+        let counted = recovery != Recovery::Redundancy;
         if ext < self.next_ts {
-            self.stats.late += 1;
+            self.stats.late += u64::from(counted);
             return InsertOutcome::Late;
         }
         if self.frames.contains_key(&ext) {
-            self.stats.duplicates += 1;
+            self.stats.duplicates += u64::from(counted);
             return InsertOutcome::Duplicate;
         }
         self.frames.insert(ext, Buffered { payload, recovery });
@@ -369,11 +372,6 @@ impl JitterBuffer {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_tick
-    }
-
-    /// The extended timestamp of the next frame to play (for the session's NACK deadline).
-    pub(crate) fn next_ext_ts(&self) -> Option<u64> {
-        self.next_tick.map(|_| self.next_ts)
     }
 
     /// Frames waiting for their tick.

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cc;
 pub mod codec;
 mod error;
 pub mod jitter;
@@ -12,9 +13,16 @@ pub mod nack;
 pub mod red;
 pub mod rtcp;
 pub mod rtp;
+mod session;
 pub mod sim;
+pub mod stats;
 mod time;
 mod wire;
 
 pub use error::{Error, ParseError};
+pub use session::{
+    EncoderTarget, Event, MediaSession, SessionConfig, StreamIds, Transmit, TransmitKind,
+    WIRE_OVERHEAD,
+};
+pub use stats::QualityStats;
 pub use time::Instant;

@@ -183,6 +183,25 @@ impl RtxSender {
     }
 }
 
+impl RtxSender {
+    /// A padding-only packet on the RTX stream (for bandwidth probing); `timestamp` should be
+    /// a recent media timestamp.
+    pub fn padding_packet(&mut self, timestamp: u32) -> RtpPacket {
+        let header = crate::rtp::RtpHeader {
+            payload_type: self.rtx_payload_type,
+            sequence_number: self.next_rtx_seq,
+            timestamp,
+            ssrc: self.rtx_ssrc,
+            ..Default::default()
+        };
+        self.next_rtx_seq = self.next_rtx_seq.wrapping_add(1);
+        RtpPacket {
+            header,
+            payload: Vec::new(),
+        }
+    }
+}
+
 /// Turns a received RTX packet back into the original: the first two payload bytes are the
 /// original sequence number (RFC 4588 §4). `None` if the payload is too short.
 pub fn unwrap_rtx(rtx: &RtpPacket, media_ssrc: u32, media_payload_type: u8) -> Option<RtpPacket> {

@@ -180,6 +180,17 @@ impl RtpPacket {
         out.extend_from_slice(&self.payload);
     }
 
+    /// Appends the wire form with `padding` bytes of RTP padding (P bit set; 0 means none).
+    pub fn write_padded(&self, out: &mut Vec<u8>, padding: u8) {
+        let start = out.len();
+        self.write(out);
+        if padding > 0 {
+            out[start] |= 0x20;
+            out.extend(std::iter::repeat_n(0, usize::from(padding) - 1));
+            out.push(padding);
+        }
+    }
+
     /// The wire form as a new vector.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(12 + self.payload.len() + 16);
@@ -292,6 +303,17 @@ mod tests {
         let bytes = p.to_vec();
         assert_eq!(&bytes[12..14], &[0x10, 0x00]);
         assert_eq!(RtpPacket::parse(&bytes).unwrap(), p);
+    }
+
+    #[test]
+    fn padding_only_packet() {
+        let mut p = RtpPacket::default();
+        p.header.set_transport_seq(3, 9);
+        let mut bytes = Vec::new();
+        p.write_padded(&mut bytes, 200);
+        let q = RtpPacket::parse(&bytes).unwrap();
+        assert!(q.payload.is_empty());
+        assert_eq!(q.header.transport_seq(3), Some(9));
     }
 
     #[test]

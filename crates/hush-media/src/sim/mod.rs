@@ -27,9 +27,11 @@
 //! }
 //! ```
 
+pub mod call;
 mod loss;
 mod rng;
 
+pub use call::{CallConfig, CallMetrics, CallSim, Wire};
 pub use loss::LossModel;
 pub use rng::SimRng;
 

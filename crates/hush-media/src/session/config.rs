@@ -1,0 +1,105 @@
+//! Configuration of a [`MediaSession`](super::MediaSession).
+
+use std::time::{Duration, SystemTime};
+
+use crate::cc::CcConfig;
+use crate::jitter::JitterConfig;
+use crate::rtp::ExtensionIds;
+
+/// Identifiers of one media stream in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamIds {
+    /// SSRC of the media.
+    pub ssrc: u32,
+    /// SSRC of its retransmissions (RFC 4588 SSRC multiplexing).
+    pub rtx_ssrc: u32,
+}
+
+/// Settings of a media session, agreed with the peer during call setup.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our audio stream.
+    pub local_audio: StreamIds,
+    /// Our video stream, if we send video.
+    pub local_video: Option<StreamIds>,
+    /// The peer's audio stream.
+    pub remote_audio: StreamIds,
+    /// The peer's video stream, if it sends video.
+    pub remote_video: Option<StreamIds>,
+    /// Payload type of Opus.
+    pub opus_pt: u8,
+    /// Payload type of RED (RFC 2198) audio, or `None` if RED was not negotiated.
+    pub red_pt: Option<u8>,
+    /// Payload type of audio RTX; it retransmits RED if RED is on, Opus otherwise.
+    pub audio_rtx_pt: u8,
+    /// Payload type of video.
+    pub video_pt: u8,
+    /// Payload type of video RTX.
+    pub video_rtx_pt: u8,
+    /// Header extension ids.
+    pub extensions: ExtensionIds,
+    /// Duration of one audio frame.
+    pub audio_frame: Duration,
+    /// Jitter buffer settings.
+    pub jitter: JitterConfig,
+    /// Congestion control settings.
+    pub cc: CcConfig,
+    /// RTCP CNAME.
+    pub cname: String,
+    /// Wall-clock time at the session's start instant, for RTCP NTP timestamps.
+    pub wallclock: SystemTime,
+    /// Interval of RTCP sender/receiver reports.
+    pub report_interval: Duration,
+    /// Interval of transport-wide feedback.
+    pub feedback_interval: Duration,
+    /// Largest RTP payload of a video packet.
+    pub max_payload: usize,
+    /// Below this much video bitrate, video pauses (audio-only fallback).
+    pub video_min_bps: u64,
+    /// Above this RTT, NACK is not used for audio (the retransmission would come too late)
+    /// and RED carries the recovery alone.
+    pub audio_nack_max_rtt: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            local_audio: StreamIds {
+                ssrc: 0x1000_0001,
+                rtx_ssrc: 0x1000_0002,
+            },
+            local_video: None,
+            remote_audio: StreamIds {
+                ssrc: 0x2000_0001,
+                rtx_ssrc: 0x2000_0002,
+            },
+            remote_video: None,
+            opus_pt: 111,
+            red_pt: Some(63),
+            audio_rtx_pt: 112,
+            video_pt: 96,
+            video_rtx_pt: 97,
+            extensions: ExtensionIds::default(),
+            audio_frame: Duration::from_millis(20),
+            jitter: JitterConfig::default(),
+            cc: CcConfig::default(),
+            cname: "hush".into(),
+            wallclock: SystemTime::UNIX_EPOCH,
+            report_interval: Duration::from_millis(500),
+            feedback_interval: Duration::from_millis(50),
+            max_payload: 1150,
+            video_min_bps: 60_000,
+            audio_nack_max_rtt: Duration::from_millis(250),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The configuration of the peer: local and remote streams swapped.
+    pub fn mirrored(&self) -> Self {
+        let mut c = self.clone();
+        std::mem::swap(&mut c.local_audio, &mut c.remote_audio);
+        std::mem::swap(&mut c.local_video, &mut c.remote_video);
+        c
+    }
+}

@@ -1,0 +1,457 @@
+//! [`MediaSession`]: the sans-IO engine of one call's media, composing packetization, the
+//! jitter buffer, loss recovery, congestion control and statistics.
+
+mod config;
+mod recv;
+mod rtcp;
+
+pub use config::{SessionConfig, StreamIds};
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::cc::CongestionController;
+use crate::error::Error;
+use crate::jitter::{JitterBuffer, Playout};
+use crate::nack::{NackScheduler, RtxSender};
+use crate::red::RedEncoder;
+use crate::rtp::{is_rtcp, AudioLevel, Packetizer, RtpPacket, VideoDepacketizer, VideoFrame};
+use crate::stats::QualityStats;
+use crate::Instant;
+use recv::{RateMeter, RecvStream};
+
+/// Bytes each packet costs on the wire beyond the RTP packet: SRTP tag (16) and IPv4/UDP (28).
+pub const WIRE_OVERHEAD: usize = 44;
+
+/// Whether a datagram to send is RTP or RTCP (the driver protects them differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransmitKind {
+    /// An RTP packet: protect with `SrtpContext::protect_rtp`.
+    Rtp,
+    /// An RTCP packet: protect with `SrtpContext::protect_rtcp`.
+    Rtcp,
+}
+
+/// A datagram for the driver to protect and send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// RTP or RTCP.
+    pub kind: TransmitKind,
+    /// The packet, in the clear.
+    pub data: Vec<u8>,
+}
+
+/// What the encoders should do, after congestion control and loss changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderTarget {
+    /// Audio codec bitrate.
+    pub audio_bps: u32,
+    /// Video codec bitrate (0 while audio-only).
+    pub video_bps: u32,
+    /// Video is paused: the target is below the video threshold.
+    pub audio_only: bool,
+    /// Turn the audio codec's in-band FEC on.
+    pub inband_fec: bool,
+    /// The loss rate the audio codec should protect against.
+    pub expected_loss_percent: u8,
+}
+
+/// Something for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// An audio playout action for the decoder, one per tick.
+    Audio(Playout),
+    /// A complete video frame.
+    Video(VideoFrame),
+    /// The peer needs a keyframe of our video.
+    KeyframeRequested,
+    /// New encoder settings; apply them with [`Codec::set_bitrate`](crate::codec::Codec::set_bitrate)
+    /// and [`Codec::set_fec`](crate::codec::Codec::set_fec).
+    EncoderTarget(EncoderTarget),
+}
+
+/// The media engine of one call. Sans-IO: it never reads a clock or touches a socket.
+///
+/// Method groups, in the quinn style:
+/// - inputs: [`handle_packet`](Self::handle_packet) (a decrypted RTP or RTCP datagram) and
+///   [`handle_timeout`](Self::handle_timeout);
+/// - application commands: [`send_audio`](Self::send_audio), [`send_video`](Self::send_video);
+/// - outputs, drained after every input or command: [`poll_transmit`](Self::poll_transmit),
+///   [`poll_event`](Self::poll_event), then [`poll_timeout`](Self::poll_timeout);
+/// - getters: [`stats`](Self::stats), [`target_bps`](Self::target_bps).
+///
+/// `now` must never go backwards. Calling `handle_timeout` early or twice is harmless.
+#[derive(Debug)]
+pub struct MediaSession {
+    config: SessionConfig,
+    start: Instant,
+    audio_pz: Packetizer,
+    audio_ts: u32,
+    audio_sent_any: bool,
+    red: RedEncoder,
+    red_distance: usize,
+    red_hold_until: Option<Instant>,
+    audio_rtx: RtxSender,
+    video_pz: Option<Packetizer>,
+    video_rtx: Option<RtxSender>,
+    packets_sent: u32,
+    octets_sent: u32,
+    last_rtp_ts: u32,
+    cc: CongestionController,
+    probe_queue: VecDeque<(Instant, u32)>,
+    send_rate: RateMeter,
+    recv_rate: RateMeter,
+    audio_rx: RecvStream,
+    video_rx: RecvStream,
+    jitter: JitterBuffer,
+    audio_nack: NackScheduler,
+    video_nack: NackScheduler,
+    depack: VideoDepacketizer,
+    video_gap_since: Option<Instant>,
+    last_pli: Option<Instant>,
+    twcc_rx: crate::cc::TwccRecorder,
+    last_sr: Option<(u32, Instant)>,
+    rtt: Option<Duration>,
+    remote_loss: f64,
+    last_audio_loss: Option<Instant>,
+    next_report: Instant,
+    next_feedback: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    target: Option<EncoderTarget>,
+    nacks_sent: u64,
+    retransmissions_sent: u64,
+}
+
+impl MediaSession {
+    /// A session starting at `now`.
+    pub fn new(config: SessionConfig, now: Instant) -> Self {
+        let ext = config.extensions;
+        let audio_pt = config.red_pt.unwrap_or(config.opus_pt);
+        let seed = config.local_audio.ssrc;
+        let video_pz = config
+            .local_video
+            .map(|v| Packetizer::new(v.ssrc, config.video_pt, (seed >> 3) as u16, ext, config.max_payload));
+        let video_rtx = config
+            .local_video
+            .map(|v| RtxSender::new(v.rtx_ssrc, config.video_rtx_pt));
+        let mut jitter_cfg = config.jitter.clone();
+        jitter_cfg.frame_duration = config.audio_frame;
+        Self {
+            start: now,
+            audio_pz: Packetizer::new(config.local_audio.ssrc, audio_pt, seed as u16, ext, 1500),
+            audio_ts: seed.rotate_left(7),
+            audio_sent_any: false,
+            red: RedEncoder::new(),
+            red_distance: 0,
+            red_hold_until: None,
+            audio_rtx: RtxSender::new(config.local_audio.rtx_ssrc, config.audio_rtx_pt),
+            video_pz,
+            video_rtx,
+            packets_sent: 0,
+            octets_sent: 0,
+            last_rtp_ts: 0,
+            cc: CongestionController::new(config.cc.clone()),
+            probe_queue: VecDeque::new(),
+            send_rate: RateMeter::default(),
+            recv_rate: RateMeter::default(),
+            audio_rx: RecvStream::new(jitter_cfg.clock_rate),
+            video_rx: RecvStream::new(90_000),
+            jitter: JitterBuffer::new(jitter_cfg),
+            audio_nack: NackScheduler::default(),
+            video_nack: NackScheduler::default(),
+            depack: VideoDepacketizer::new(),
+            video_gap_since: None,
+            last_pli: None,
+            twcc_rx: crate::cc::TwccRecorder::default(),
+            last_sr: None,
+            rtt: None,
+            remote_loss: 0.0,
+            last_audio_loss: None,
+            next_report: now + config.report_interval / 2,
+            next_feedback: now + config.feedback_interval,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            target: None,
+            nacks_sent: 0,
+            retransmissions_sent: 0,
+            config,
+        }
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The congestion controller's current target, in bits per second (all media).
+    pub fn target_bps(&self) -> u64 {
+        self.cc.target_bps()
+    }
+
+    /// The congestion controller (for inspection).
+    pub fn congestion_controller(&self) -> &CongestionController {
+        &self.cc
+    }
+
+    /// The RTT measured from RTCP reports, if any yet.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    fn audio_ts_step(&self) -> u32 {
+        (self.config.audio_frame.as_secs_f64() * f64::from(self.config.jitter.clock_rate)).round()
+            as u32
+    }
+
+    /// Sends one encoded audio frame (one frame duration after the previous one).
+    pub fn send_audio(&mut self, now: Instant, frame: &[u8], level: Option<AudioLevel>) {
+        let ts = self.audio_ts;
+        self.audio_ts = self.audio_ts.wrapping_add(self.audio_ts_step());
+        let payload = match self.config.red_pt {
+            Some(_) => self.red.encode(self.config.opus_pt, ts, frame, self.red_distance),
+            None => frame.to_vec(),
+        };
+        let first = !self.audio_sent_any;
+        self.audio_sent_any = true;
+        let packet = self.audio_pz.audio(ts, &payload, level, first);
+        self.audio_rtx.on_sent(now, &packet);
+        self.last_rtp_ts = ts;
+        self.send_rtp(now, packet, None, 0);
+        self.update_target(now);
+    }
+
+    /// Sends one encoded video frame, split into packets. Ignored without a local video stream.
+    pub fn send_video(&mut self, now: Instant, frame: &[u8], keyframe: bool) {
+        let ts = (now.saturating_duration_since(self.start).as_secs_f64() * 90_000.0) as u32;
+        let Some(pz) = self.video_pz.as_mut() else {
+            return;
+        };
+        for packet in pz.video(ts, frame, keyframe) {
+            if let Some(rtx) = self.video_rtx.as_mut() {
+                rtx.on_sent(now, &packet);
+            }
+            self.send_rtp(now, packet, None, 0);
+        }
+    }
+
+    fn send_rtp(&mut self, now: Instant, mut packet: RtpPacket, probe: Option<u32>, padding: u8) {
+        let is_media = probe.is_none() && padding == 0;
+        if let Some(id) = self.config.extensions.transport_cc {
+            // The extension adds 4 bytes (one-byte form, padded) if no other is present.
+            let size = packet.payload.len() + 12 + 8 + usize::from(padding) + WIRE_OVERHEAD;
+            let seq = self.cc.on_packet_sent(now, size, probe);
+            packet.header.set_transport_seq(id, seq);
+        }
+        let mut data = Vec::with_capacity(packet.payload.len() + 40);
+        packet.write_padded(&mut data, padding);
+        if is_media {
+            self.packets_sent = self.packets_sent.wrapping_add(1);
+            self.octets_sent = self.octets_sent.wrapping_add(packet.payload.len() as u32);
+        }
+        self.send_rate.add(now, data.len() + WIRE_OVERHEAD);
+        self.transmits.push_back(Transmit {
+            kind: TransmitKind::Rtp,
+            data,
+        });
+    }
+
+    fn send_rtcp(&mut self, now: Instant, data: Vec<u8>) {
+        self.send_rate.add(now, data.len() + WIRE_OVERHEAD);
+        self.transmits.push_back(Transmit {
+            kind: TransmitKind::Rtcp,
+            data,
+        });
+    }
+
+    /// Handles one datagram from the peer, already decrypted and authenticated by SRTP.
+    /// RTP and RTCP are told apart by RFC 5761 demultiplexing.
+    pub fn handle_packet(&mut self, now: Instant, data: &[u8]) -> Result<(), Error> {
+        self.recv_rate.add(now, data.len() + WIRE_OVERHEAD);
+        if is_rtcp(data) {
+            let packets = crate::rtcp::parse_compound(data)?;
+            self.handle_rtcp(now, packets);
+        } else {
+            let packet = RtpPacket::parse(data)?;
+            self.handle_rtp(now, packet)?;
+        }
+        self.flush_nacks(now);
+        self.drain_playout();
+        Ok(())
+    }
+
+    /// Runs timers due at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.jitter.handle_timeout(now);
+        self.drain_playout();
+        self.flush_nacks(now);
+        self.check_video_gap(now);
+        if now >= self.next_report {
+            self.send_report(now);
+            self.next_report = now + self.config.report_interval;
+        }
+        if now >= self.next_feedback {
+            self.send_feedback(now);
+            self.next_feedback = now + self.config.feedback_interval;
+        }
+        if let Some(p) = self.cc.poll_probe(now) {
+            let size = 255 + 12 + 8 + WIRE_OVERHEAD;
+            let n = p.bytes.div_ceil(size).max(5);
+            let gap = Duration::from_secs_f64(size as f64 * 8.0 / p.rate_bps.max(1) as f64);
+            for i in 0..n {
+                self.probe_queue.push_back((now + gap * i as u32, p.cluster));
+            }
+        }
+        while let Some(&(at, cluster)) = self.probe_queue.front() {
+            if at > now {
+                break;
+            }
+            self.probe_queue.pop_front();
+            let ts = self.last_rtp_ts;
+            let packet = match self.video_rtx.as_mut() {
+                Some(rtx) => rtx.padding_packet(ts),
+                None => self.audio_rtx.padding_packet(ts),
+            };
+            self.send_rtp(now, packet, Some(cluster), 255);
+        }
+        self.update_target(now);
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let nack = self.audio_nack_enabled().then(|| self.audio_nack.poll_timeout());
+        [
+            self.jitter.poll_timeout(),
+            nack.flatten(),
+            self.video_nack.poll_timeout(),
+            Some(self.next_report),
+            Some(self.next_feedback),
+            self.probe_queue.front().map(|(t, _)| *t),
+            self.video_gap_since.map(|t| t + self.video_gap_limit()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn drain_playout(&mut self) {
+        while let Some(p) = self.jitter.poll_playout() {
+            self.events.push_back(Event::Audio(p));
+        }
+        while let Some(f) = self.depack.poll_frame() {
+            self.events.push_back(Event::Video(f));
+        }
+    }
+
+    fn rtt_or_default(&self) -> Duration {
+        self.rtt.unwrap_or(Duration::from_millis(100))
+    }
+
+    fn audio_nack_enabled(&self) -> bool {
+        self.rtt_or_default() <= self.config.audio_nack_max_rtt
+    }
+
+    fn update_target(&mut self, now: Instant) {
+        let loss = self.cc.loss_fraction().max(self.remote_loss);
+        // RED depth follows loss, and holds for a while once raised.
+        let want = if loss > 0.08 {
+            2
+        } else if loss > 0.01 {
+            1
+        } else {
+            0
+        };
+        let hold = self.red_hold_until.is_some_and(|t| now < t);
+        if want > self.red_distance || (want < self.red_distance && !hold) {
+            self.red_distance = want;
+            if want > 0 {
+                self.red_hold_until = Some(now + Duration::from_secs(10));
+            }
+        }
+        let t = self.allocate(loss);
+        if self.target.is_none_or(|old| significant_change(&old, &t)) {
+            self.target = Some(t);
+            self.events.push_back(Event::EncoderTarget(t));
+        }
+    }
+
+    fn allocate(&self, loss: f64) -> EncoderTarget {
+        let target = self.cc.target_bps() as f64;
+        let pps = 1.0 / self.config.audio_frame.as_secs_f64().max(0.001);
+        let overhead = pps * (12.0 + 8.0 + 1.0 + WIRE_OVERHEAD as f64) * 8.0;
+        let copies = 1.0 + self.red_distance as f64;
+        let audio = ((target * 0.5 - overhead) / copies).clamp(8_000.0, 32_000.0);
+        let audio_total = audio * copies + overhead;
+        let has_video = self.video_pz.is_some();
+        let video = (target - audio_total) * 0.9;
+        let min_video = self.config.video_min_bps as f64;
+        let was_audio_only = self.target.is_some_and(|t| t.audio_only);
+        let resume = if was_audio_only { 1.3 * min_video } else { min_video };
+        let audio_only = !has_video || video < resume;
+        EncoderTarget {
+            audio_bps: audio as u32,
+            video_bps: if audio_only { 0 } else { video as u32 },
+            audio_only,
+            inband_fec: loss > 0.01,
+            expected_loss_percent: (loss * 100.0).round().clamp(0.0, 100.0) as u8,
+        }
+    }
+
+    /// Quality statistics at `now`.
+    pub fn stats(&mut self, now: Instant) -> QualityStats {
+        let js = self.jitter.stats();
+        let expected = self.audio_rx.expected();
+        let lost = self.audio_rx.lost();
+        let due = js.played + js.concealed + js.fec;
+        QualityStats {
+            rtt: self.rtt,
+            jitter: self.audio_rx.jitter(),
+            jitter_p95: self.jitter.jitter_p95(),
+            playout_delay: self.jitter.target_delay(),
+            packets_received: self.audio_rx.received(),
+            packets_lost: lost,
+            loss_before_recovery: if expected == 0 { 0.0 } else { lost as f64 / expected as f64 },
+            loss_after_recovery: if due == 0 { 0.0 } else { js.concealed as f64 / due as f64 },
+            frames_played: js.played,
+            frames_recovered_rtx: js.recovered_rtx,
+            frames_recovered_red: js.recovered_red,
+            frames_fec: js.fec,
+            frames_concealed: js.concealed,
+            frames_late: js.late,
+            nacks_sent: self.nacks_sent,
+            retransmissions_sent: self.retransmissions_sent,
+            remote_loss: self.remote_loss,
+            send_bps: self.send_rate.bps(now),
+            recv_bps: self.recv_rate.bps(now),
+            target_bps: self.cc.target_bps(),
+            audio_only: self.target.is_some_and(|t| t.audio_only),
+        }
+    }
+}
+
+fn significant_change(old: &EncoderTarget, new: &EncoderTarget) -> bool {
+    let rel = |a: u32, b: u32| (f64::from(a) - f64::from(b)).abs() > 0.05 * f64::from(a.max(1));
+    old.audio_only != new.audio_only
+        || old.inband_fec != new.inband_fec
+        || old.expected_loss_percent.abs_diff(new.expected_loss_percent) >= 5
+        || rel(old.audio_bps, new.audio_bps)
+        || rel(old.video_bps, new.video_bps)
+}
+
+#[cfg(test)]
+mod tests;

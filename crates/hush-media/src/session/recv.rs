@@ -1,0 +1,307 @@
+//! The receive path of a [`MediaSession`]: RTP demultiplexing, receive statistics, NACKs.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::MediaSession;
+use crate::error::Error;
+use crate::jitter::Recovery;
+use crate::nack::unwrap_rtx;
+use crate::rtcp::{Nack, Pli, RtcpPacket};
+use crate::rtp::RtpPacket;
+use crate::wire::SeqUnwrapper;
+use crate::{red, Instant};
+
+/// Bytes over the last second.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RateMeter {
+    window: VecDeque<(Instant, usize)>,
+    bytes: usize,
+}
+
+impl RateMeter {
+    pub(crate) fn add(&mut self, now: Instant, bytes: usize) {
+        self.window.push_back((now, bytes));
+        self.bytes += bytes;
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(t, b)) = self.window.front() {
+            if now.saturating_duration_since(t) <= Duration::from_secs(1) {
+                break;
+            }
+            self.window.pop_front();
+            self.bytes -= b;
+        }
+    }
+
+    pub(crate) fn bps(&mut self, now: Instant) -> u64 {
+        self.expire(now);
+        self.bytes as u64 * 8
+    }
+}
+
+/// RFC 3550 receive statistics of one remote stream (originals only).
+#[derive(Debug, Clone)]
+pub(crate) struct RecvStream {
+    clock_rate: u32,
+    unwrap: SeqUnwrapper,
+    base: Option<u64>,
+    highest: u64,
+    received: u64,
+    expected_prior: u64,
+    received_prior: u64,
+    jitter: f64,
+    last_transit: Option<f64>,
+}
+
+impl RecvStream {
+    pub(crate) fn new(clock_rate: u32) -> Self {
+        Self {
+            clock_rate,
+            unwrap: SeqUnwrapper::default(),
+            base: None,
+            highest: 0,
+            received: 0,
+            expected_prior: 0,
+            received_prior: 0,
+            jitter: 0.0,
+            last_transit: None,
+        }
+    }
+
+    /// Records an original packet; returns its extended sequence number.
+    pub(crate) fn on_packet(&mut self, arrival_secs: f64, seq: u16, ts: u32) -> u64 {
+        let ext = self.unwrap.unwrap(seq);
+        let base = *self.base.get_or_insert(ext);
+        self.highest = self.highest.max(ext).max(base);
+        self.received += 1;
+        // RFC 3550 §A.8, in timestamp units.
+        let transit = arrival_secs * f64::from(self.clock_rate) - f64::from(ts);
+        if let Some(last) = self.last_transit {
+            let mut d = (transit - last).abs();
+            // A timestamp wrap looks like a huge step; ignore it.
+            if d > f64::from(u32::MAX / 2) {
+                d = 0.0;
+            }
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+        ext
+    }
+
+    /// Extended sequence number of `seq` without recording it.
+    pub(crate) fn peek(&self, seq: u16) -> u64 {
+        self.unwrap.peek(seq)
+    }
+
+    pub(crate) fn expected(&self) -> u64 {
+        self.base.map_or(0, |b| self.highest + 1 - b)
+    }
+
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub(crate) fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.received)
+    }
+
+    pub(crate) fn jitter(&self) -> Duration {
+        Duration::from_secs_f64(self.jitter / f64::from(self.clock_rate))
+    }
+
+    pub(crate) fn has_data(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// Fields of a report block: (fraction lost, cumulative lost, highest seq, jitter).
+    pub(crate) fn report(&mut self) -> (u8, i32, u32, u32) {
+        let expected = self.expected();
+        let interval_expected = expected - self.expected_prior;
+        let interval_received = self.received - self.received_prior;
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost_interval = interval_expected.saturating_sub(interval_received);
+        let fraction = if interval_expected == 0 {
+            0
+        } else {
+            ((lost_interval << 8) / interval_expected).min(255) as u8
+        };
+        let cumulative = (expected as i64 - self.received as i64).clamp(-(1 << 23), (1 << 23) - 1);
+        (fraction, cumulative as i32, self.highest as u32, self.jitter as u32)
+    }
+}
+
+impl MediaSession {
+    pub(super) fn handle_rtp(&mut self, now: Instant, packet: RtpPacket) -> Result<(), Error> {
+        if let Some(id) = self.config.extensions.transport_cc {
+            if let Some(seq) = packet.header.transport_seq(id) {
+                self.twcc_rx.record(now, seq);
+            }
+        }
+        let ssrc = packet.header.ssrc;
+        let arrival = now.saturating_duration_since(self.start).as_secs_f64();
+        let audio = self.config.remote_audio;
+        let video = self.config.remote_video;
+        let audio_pt = self.config.red_pt.unwrap_or(self.config.opus_pt);
+        if ssrc == audio.ssrc {
+            let h = &packet.header;
+            let ext = self.audio_rx.on_packet(arrival, h.sequence_number, h.timestamp);
+            let before = self.audio_nack.missing_count();
+            self.audio_nack.on_packet(now, ext);
+            if self.audio_nack.missing_count() > before {
+                self.last_audio_loss = Some(now);
+            }
+            self.on_audio(now, &packet, ext, Recovery::None)
+        } else if ssrc == audio.rtx_ssrc {
+            if packet.payload.is_empty() {
+                return Ok(()); // padding (probe)
+            }
+            let orig = unwrap_rtx(&packet, audio.ssrc, audio_pt)
+                .ok_or(Error::Unexpected("short RTX packet"))?;
+            let ext = self.audio_rx.peek(orig.header.sequence_number);
+            self.audio_nack.on_packet(now, ext);
+            self.on_audio(now, &orig, ext, Recovery::Retransmission)
+        } else if let Some(v) = video.filter(|v| v.ssrc == ssrc) {
+            let h = &packet.header;
+            let ext = self.video_rx.on_packet(arrival, h.sequence_number, h.timestamp);
+            self.video_nack.on_packet(now, ext);
+            let _ = v;
+            self.on_video(now, &packet, ext);
+            Ok(())
+        } else if let Some(v) = video.filter(|v| v.rtx_ssrc == ssrc) {
+            if packet.payload.is_empty() {
+                return Ok(());
+            }
+            let orig = unwrap_rtx(&packet, v.ssrc, self.config.video_pt)
+                .ok_or(Error::Unexpected("short RTX packet"))?;
+            let ext = self.video_rx.peek(orig.header.sequence_number);
+            self.video_nack.on_packet(now, ext);
+            self.on_video(now, &orig, ext);
+            Ok(())
+        } else {
+            Err(Error::Unexpected("RTP packet from an unknown SSRC"))
+        }
+    }
+
+    fn on_audio(
+        &mut self,
+        now: Instant,
+        packet: &RtpPacket,
+        ext_seq: u64,
+        recovery: Recovery,
+    ) -> Result<(), Error> {
+        let ts = packet.header.timestamp;
+        let pt = packet.header.payload_type;
+        if Some(pt) == self.config.red_pt {
+            let blocks = red::decode(&packet.payload)?;
+            let step = u64::from(self.audio_ts_step().max(1));
+            for b in blocks {
+                if b.timestamp_offset == 0 {
+                    self.jitter.insert(now, ts, b.data, recovery);
+                } else {
+                    let back = u64::from(b.timestamp_offset) / step;
+                    if let Some(s) = ext_seq.checked_sub(back) {
+                        self.audio_nack.forget(s);
+                    }
+                    let rts = ts.wrapping_sub(u32::from(b.timestamp_offset));
+                    self.jitter.insert(now, rts, b.data, Recovery::Redundancy);
+                }
+            }
+            Ok(())
+        } else if pt == self.config.opus_pt {
+            self.jitter.insert(now, ts, packet.payload.clone(), recovery);
+            Ok(())
+        } else {
+            Err(Error::Unexpected("unknown audio payload type"))
+        }
+    }
+
+    fn on_video(&mut self, now: Instant, packet: &RtpPacket, ext_seq: u64) {
+        let h = &packet.header;
+        self.depack.push(ext_seq, h.timestamp, h.marker, &packet.payload);
+        if self.depack.has_gap() {
+            self.video_gap_since.get_or_insert(now);
+        } else {
+            self.video_gap_since = None;
+        }
+    }
+
+    pub(super) fn video_gap_limit(&self) -> Duration {
+        (self.rtt_or_default() * 3).max(Duration::from_millis(200))
+    }
+
+    pub(super) fn check_video_gap(&mut self, now: Instant) {
+        let Some(since) = self.video_gap_since else {
+            return;
+        };
+        if now.saturating_duration_since(since) >= self.video_gap_limit() {
+            self.video_gap_since = None;
+            if self.depack.skip_missing() {
+                self.request_keyframe(now);
+            }
+            self.drain_playout();
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant) {
+        let Some(v) = self.config.remote_video else {
+            return;
+        };
+        if self
+            .last_pli
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(300))
+        {
+            return;
+        }
+        self.last_pli = Some(now);
+        let pli = RtcpPacket::Pli(Pli {
+            sender_ssrc: self.config.local_audio.ssrc,
+            media_ssrc: v.ssrc,
+        });
+        self.send_rtcp(now, crate::rtcp::write_compound(&[pli]));
+    }
+
+    pub(super) fn flush_nacks(&mut self, now: Instant) {
+        let rtt = self.rtt_or_default();
+        if self.audio_nack_enabled() {
+            // Audio: retry at most while a retransmission could still be played.
+            let lost = self.audio_nack.poll_nacks(now, rtt);
+            self.send_nack(now, self.config.remote_audio.ssrc, &lost);
+            let recent = self
+                .last_audio_loss
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
+            let extra = if recent {
+                rtt + self.config.audio_frame + Duration::from_millis(10)
+            } else {
+                Duration::ZERO
+            };
+            self.jitter.set_extra_delay(extra);
+        } else {
+            self.jitter.set_extra_delay(Duration::ZERO);
+        }
+        if let Some(v) = self.config.remote_video {
+            let lost = self.video_nack.poll_nacks(now, rtt);
+            self.send_nack(now, v.ssrc, &lost);
+        }
+    }
+
+    fn send_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u64]) {
+        if lost.is_empty() {
+            return;
+        }
+        self.nacks_sent += lost.len() as u64;
+        let nack = RtcpPacket::Nack(Nack {
+            sender_ssrc: self.config.local_audio.ssrc,
+            media_ssrc,
+            lost: lost.iter().map(|&s| s as u16).collect(),
+        });
+        self.send_rtcp(now, crate::rtcp::write_compound(&[nack]));
+    }
+
+    pub(super) fn has_audio_data(&self) -> bool {
+        self.audio_rx.has_data()
+    }
+}

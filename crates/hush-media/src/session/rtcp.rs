@@ -1,0 +1,158 @@
+//! The RTCP side of a [`MediaSession`]: reports, RTT, feedback handling.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::MediaSession;
+use crate::rtcp::{write_compound, ReceiverReport, ReportBlock, RtcpPacket, Sdes, SenderReport};
+use crate::Instant;
+
+/// Seconds from 1900 (NTP era 0) to 1970.
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+impl MediaSession {
+    /// 64-bit NTP time of `now`, from the configured wall clock at the session start.
+    fn ntp(&self, now: Instant) -> u64 {
+        let wall = self.config.wallclock + now.saturating_duration_since(self.start);
+        let since_unix = wall.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let secs = since_unix.as_secs() + NTP_UNIX_OFFSET;
+        let frac = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
+        (secs << 32) | frac
+    }
+
+    fn report_blocks(&mut self, now: Instant) -> Vec<ReportBlock> {
+        let (lsr, dlsr) = match self.last_sr {
+            Some((lsr, at)) => {
+                let d = now.saturating_duration_since(at).as_secs_f64() * 65536.0;
+                (lsr, d as u32)
+            }
+            None => (0, 0),
+        };
+        let mut blocks = Vec::new();
+        if self.has_audio_data() {
+            let (fraction_lost, cumulative_lost, highest_seq, jitter) = self.audio_rx.report();
+            blocks.push(ReportBlock {
+                ssrc: self.config.remote_audio.ssrc,
+                fraction_lost,
+                cumulative_lost,
+                highest_seq,
+                jitter,
+                last_sr: lsr,
+                delay_since_last_sr: dlsr,
+            });
+        }
+        if let Some(v) = self.config.remote_video.filter(|_| self.video_rx.has_data()) {
+            let (fraction_lost, cumulative_lost, highest_seq, jitter) = self.video_rx.report();
+            blocks.push(ReportBlock {
+                ssrc: v.ssrc,
+                fraction_lost,
+                cumulative_lost,
+                highest_seq,
+                jitter,
+                last_sr: lsr,
+                delay_since_last_sr: dlsr,
+            });
+        }
+        blocks
+    }
+
+    pub(super) fn send_report(&mut self, now: Instant) {
+        let reports = self.report_blocks(now);
+        let ssrc = self.config.local_audio.ssrc;
+        let first = if self.audio_sent_any {
+            RtcpPacket::SenderReport(SenderReport {
+                ssrc,
+                ntp_time: self.ntp(now),
+                rtp_time: self.last_rtp_ts,
+                packet_count: self.packets_sent,
+                octet_count: self.octets_sent,
+                reports,
+            })
+        } else {
+            RtcpPacket::ReceiverReport(ReceiverReport { ssrc, reports })
+        };
+        let sdes = RtcpPacket::Sdes(Sdes {
+            chunks: vec![(ssrc, self.config.cname.as_bytes().to_vec())],
+        });
+        self.send_rtcp(now, write_compound(&[first, sdes]));
+    }
+
+    pub(super) fn send_feedback(&mut self, now: Instant) {
+        let media = self.config.remote_audio.ssrc;
+        let ssrc = self.config.local_audio.ssrc;
+        let mut packets = Vec::new();
+        while let Some(fb) = self.twcc_rx.build(ssrc, media) {
+            packets.push(RtcpPacket::TransportFeedback(fb));
+            if packets.len() >= 4 {
+                break;
+            }
+        }
+        if !packets.is_empty() {
+            self.send_rtcp(now, write_compound(&packets));
+        }
+    }
+
+    pub(super) fn handle_rtcp(&mut self, now: Instant, packets: Vec<RtcpPacket>) {
+        for p in packets {
+            match p {
+                RtcpPacket::SenderReport(sr) => {
+                    if sr.ssrc == self.config.remote_audio.ssrc {
+                        self.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+                    }
+                    self.on_report_blocks(now, &sr.reports);
+                }
+                RtcpPacket::ReceiverReport(rr) => self.on_report_blocks(now, &rr.reports),
+                RtcpPacket::Nack(n) => self.on_nack(now, n.media_ssrc, &n.lost),
+                RtcpPacket::Pli(p) => {
+                    if self.config.local_video.is_some_and(|v| v.ssrc == p.media_ssrc) {
+                        self.events.push_back(super::Event::KeyframeRequested);
+                    }
+                }
+                RtcpPacket::TransportFeedback(fb) => {
+                    self.cc.on_feedback(now, &fb);
+                    self.update_target(now);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_report_blocks(&mut self, now: Instant, blocks: &[ReportBlock]) {
+        let ours = self.config.local_audio.ssrc;
+        for b in blocks.iter().filter(|b| b.ssrc == ours) {
+            self.remote_loss = f64::from(b.fraction_lost) / 256.0;
+            if b.last_sr == 0 {
+                continue;
+            }
+            let now_mid = (self.ntp(now) >> 16) as u32;
+            let rtt = now_mid.wrapping_sub(b.last_sr).wrapping_sub(b.delay_since_last_sr);
+            // Anything over a minute is a bogus report (or clock trouble): ignore.
+            if rtt < 60 * 65536 {
+                let rtt = Duration::from_secs_f64(f64::from(rtt) / 65536.0);
+                self.rtt = Some(match self.rtt {
+                    Some(old) => old.mul_f64(0.75) + rtt.mul_f64(0.25),
+                    None => rtt,
+                });
+                self.cc.set_rtt(rtt);
+            }
+        }
+    }
+
+    fn on_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u16]) {
+        let rtt = self.rtt_or_default();
+        let packets = if media_ssrc == self.config.local_audio.ssrc {
+            self.audio_rtx.on_nack(now, lost, rtt)
+        } else if let Some(rtx) = self
+            .video_rtx
+            .as_mut()
+            .filter(|_| self.config.local_video.is_some_and(|v| v.ssrc == media_ssrc))
+        {
+            rtx.on_nack(now, lost, rtt)
+        } else {
+            Vec::new()
+        };
+        for p in packets {
+            self.retransmissions_sent += 1;
+            self.send_rtp(now, p, None, 0);
+        }
+    }
+}
