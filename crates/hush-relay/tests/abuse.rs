@@ -1,0 +1,302 @@
+//! Hostile and broken clients: each is refused with a clear error, and the relay keeps serving
+//! the well-behaved client connected alongside.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{connect, start_relay, test_config, try_connect, TempDir, ToySealer, Wire};
+use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use hush_signaling::frame::{
+    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+};
+use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
+use hush_signaling::{
+    CallMessage, CiphertextKind, DeviceId, DeviceSigner, Envelope, Error, MemoryNetwork,
+    SignalingClient, SignalingEvent,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn envelope(from: DeviceId, to: DeviceId) -> Envelope {
+    Envelope {
+        id: rand::random(),
+        sender: from,
+        recipient: to,
+        timestamp_ms: now_ms(),
+        kind: CiphertextKind::Signal,
+        ciphertext: vec![0xab; 64],
+    }
+}
+
+fn relay_code(e: &Error) -> ErrorCode {
+    match e {
+        Error::Relay { code, .. } => *code,
+        other => panic!("expected a relay error, got {other:?}"),
+    }
+}
+
+/// A hand-driven TCP client for sending what RelayClient never would.
+struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&TCP_PREAMBLE).await.unwrap();
+        Self { stream }
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        // The relay may already have closed; a failed write is fine for these tests.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    async fn send(&mut self, frame: client_frame::Frame) {
+        let bytes = length_prefixed(&encode_client_frame(frame)).unwrap();
+        self.send_bytes(&bytes).await;
+    }
+
+    async fn recv(&mut self) -> Option<server_frame::Frame> {
+        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut self.stream, 1 << 20))
+            .await
+            .expect("relay answers in time")
+            .ok()??;
+        Some(decode_server_frame(&frame).unwrap())
+    }
+
+    /// Reads until the relay closes, returning the last error frame seen.
+    async fn closing_error(&mut self) -> ErrorCode {
+        let mut code = None;
+        while let Some(f) = self.recv().await {
+            if let server_frame::Frame::Error(e) = f {
+                code = Some(ErrorCode::try_from(e.code).unwrap());
+            }
+        }
+        code.expect("an error frame before close")
+    }
+
+    async fn authenticate(&mut self, key: &dyn DeviceSigner) {
+        let Some(server_frame::Frame::Challenge(c)) = self.recv().await else { panic!("challenge") };
+        let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.try_into().unwrap();
+        self.send(client_frame::Frame::Auth(pb::AuthResponse {
+            version: 1,
+            device_key: key.device_id().as_bytes().to_vec(),
+            signature: sign_challenge(key, &nonce).to_vec(),
+        }))
+        .await;
+        assert!(matches!(self.recv().await, Some(server_frame::Frame::AuthOk(_))));
+    }
+}
+
+/// A healthy client that must keep working next to the hostile ones.
+async fn bystander_still_served(addr: std::net::SocketAddr, key: &dyn DeviceSigner) {
+    let client = connect(Wire::Tcp, addr, key).await;
+    client.ping().await.expect("relay still serves others");
+    let peer = generate_device_key().device_id();
+    client.send_envelope(envelope(key.device_id(), peer)).await.expect("send still works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_client_is_refused() {
+    let dir = TempDir::new("unauth");
+    let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
+    let good = generate_device_key();
+    let good_conn = connect(Wire::Tcp, addr, &good).await;
+
+    let mut raw = Raw::connect(addr).await;
+    assert!(matches!(raw.recv().await, Some(server_frame::Frame::Challenge(_))));
+    let victim = generate_device_key().device_id();
+    raw.send(client_frame::Frame::Send(pb::Send {
+        request_id: 1,
+        envelope: Some(envelope(victim, good.device_id()).into_proto()),
+    }))
+    .await;
+    assert_eq!(raw.closing_error().await, ErrorCode::Unauthenticated);
+
+    good_conn.ping().await.unwrap();
+    bystander_still_served(addr, &generate_device_key()).await;
+}
+
+/// Claims someone else's device id but can only sign with its own key.
+struct Impostor {
+    claimed: DeviceId,
+    real: ed25519_dalek::SigningKey,
+}
+
+impl DeviceSigner for Impostor {
+    fn device_id(&self) -> DeviceId {
+        self.claimed
+    }
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.real.sign(message)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_fails_authentication() {
+    let dir = TempDir::new("impostor");
+    let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
+    let victim = generate_device_key();
+    let impostor = Impostor { claimed: victim.device_id(), real: generate_device_key() };
+    for wire in [Wire::Tcp, Wire::Ws] {
+        let err = try_connect(wire, addr, &impostor).await.expect_err("impostor refused");
+        assert_eq!(relay_code(&err), ErrorCode::AuthFailed);
+    }
+    bystander_still_served(addr, &victim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_sender_is_refused_and_connection_survives() {
+    let dir = TempDir::new("forged");
+    let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
+    let alice = generate_device_key();
+    let bob = generate_device_key();
+    let mallory = generate_device_key();
+    let mallory_conn = connect(Wire::Tcp, addr, &mallory).await;
+    let mut bob_conn = connect(Wire::Tcp, addr, &bob).await;
+
+    let forged = envelope(alice.device_id(), bob.device_id());
+    let err = mallory_conn.send_envelope(forged).await.expect_err("forged sender refused");
+    assert_eq!(relay_code(&err), ErrorCode::ForgedSender);
+    // Mallory's connection is still usable for legitimate requests.
+    mallory_conn.ping().await.unwrap();
+    mallory_conn.send_envelope(envelope(mallory.device_id(), bob.device_id())).await.unwrap();
+    // Bob receives only Mallory's honest envelope.
+    let got = tokio::time::timeout(Duration::from_secs(5), hush_signaling::Transport::recv(&mut bob_conn))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.envelope.sender, mallory.device_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_stale_envelopes_are_refused() {
+    let dir = TempDir::new("replay");
+    let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
+    let alice = generate_device_key();
+    let bob = generate_device_key().device_id();
+    let conn = connect(Wire::Tcp, addr, &alice).await;
+    let e = envelope(alice.device_id(), bob);
+    conn.send_envelope(e.clone()).await.unwrap();
+    assert_eq!(relay_code(&conn.send_envelope(e.clone()).await.unwrap_err()), ErrorCode::Duplicate);
+    // The replay cache outlives the connection.
+    drop(conn);
+    let conn = connect(Wire::Tcp, addr, &alice).await;
+    assert_eq!(relay_code(&conn.send_envelope(e).await.unwrap_err()), ErrorCode::Duplicate);
+    let mut old = envelope(alice.device_id(), bob);
+    old.timestamp_ms -= 3_600_000;
+    assert_eq!(relay_code(&conn.send_envelope(old).await.unwrap_err()), ErrorCode::Stale);
+    let mut future = envelope(alice.device_id(), bob);
+    future.timestamp_ms += 3_600_000;
+    assert_eq!(relay_code(&conn.send_envelope(future).await.unwrap_err()), ErrorCode::Stale);
+    conn.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reaching_the_recipient_is_dropped_by_the_client() {
+    // Whatever a relay does, the recipient's SignalingClient drops a replayed envelope.
+    let net = MemoryNetwork::new();
+    net.start_recording();
+    let (a, b) = (generate_device_key().device_id(), generate_device_key().device_id());
+    let mut alice = SignalingClient::new(net.endpoint(a), ToySealer { local: a });
+    let mut bob = SignalingClient::new(net.endpoint(b), ToySealer { local: b });
+    alice.send(b, CallMessage::Busy { call_id: 3 }).await.unwrap();
+    assert!(matches!(bob.recv().await.unwrap(), SignalingEvent::Message(_)));
+    let captured = net.recorded().pop().unwrap();
+    net.inject(captured.clone()).unwrap();
+    match bob.recv().await.unwrap() {
+        SignalingEvent::Dropped { reason: Error::Replay, .. } => {}
+        other => panic!("replay not dropped: {other:?}"),
+    }
+    // A relabelled copy (fresh id and time to dodge the replay cache): the sealed routing
+    // copy no longer matches the envelope.
+    let mut redated = captured;
+    redated.id = rand::random();
+    redated.timestamp_ms += 1;
+    net.inject(redated).unwrap();
+    match bob.recv().await.unwrap() {
+        SignalingEvent::Dropped { reason: Error::Mismatch(_), .. } => {}
+        other => panic!("re-dated envelope not dropped: {other:?}"),
+    }
+    assert_eq!(bob.stats().received, 1);
+    assert_eq!(bob.stats().dropped_replay, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_garbage_frames_close_only_that_connection() {
+    let dir = TempDir::new("garbage");
+    let mut config = test_config(dir.path());
+    config.max_frame_len = 4096;
+    let (addr, _, _shutdown) = start_relay(config).await;
+    let good = generate_device_key();
+    let good_conn = connect(Wire::Tcp, addr, &good).await;
+
+    // Oversize length prefix after authenticating.
+    let mut raw = Raw::connect(addr).await;
+    raw.authenticate(&generate_device_key()).await;
+    raw.send_bytes(&(1u32 << 20).to_be_bytes()).await;
+    assert_eq!(raw.closing_error().await, ErrorCode::FrameTooLarge);
+
+    // Oversize before authenticating.
+    let mut raw = Raw::connect(addr).await;
+    raw.send_bytes(&u32::MAX.to_be_bytes()).await;
+    assert_eq!(raw.closing_error().await, ErrorCode::FrameTooLarge);
+
+    // Garbage protobuf after authenticating.
+    let mut raw = Raw::connect(addr).await;
+    raw.authenticate(&generate_device_key()).await;
+    raw.send_bytes(&length_prefixed(&[0xff; 32]).unwrap()).await;
+    assert_eq!(raw.closing_error().await, ErrorCode::MalformedFrame);
+
+    // Wrong preamble: closed without crashing anything.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01\x00garbage").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "connection closed");
+
+    // Oversize over WebSocket.
+    let ws = connect(Wire::Ws, addr, &generate_device_key()).await;
+    ws.dangerous_send_raw_frame(vec![0; 8192]).await.unwrap();
+    let err = ws.ping().await.expect_err("connection closed after oversize message");
+    assert!(matches!(err, Error::Closed | Error::Relay { .. }), "{err:?}");
+
+    // An unknown frame type from a newer client is refused, the connection stays.
+    good_conn.dangerous_send_raw_frame(vec![0xf2, 0x01, 0x00]).await.unwrap();
+    good_conn.ping().await.unwrap();
+    bystander_still_served(addr, &good).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_queue_bound_answer_with_errors() {
+    let dir = TempDir::new("limits");
+    let mut config = test_config(dir.path());
+    config.rate_limit_per_sec = 1;
+    config.rate_limit_burst = 5;
+    config.max_queue_per_device = 3;
+    let (addr, _, _shutdown) = start_relay(config).await;
+    let alice = generate_device_key();
+    let bob = generate_device_key().device_id();
+    let conn = connect(Wire::Tcp, addr, &alice).await;
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(match conn.send_envelope(envelope(alice.device_id(), bob)).await {
+            Ok(()) => ErrorCode::Unspecified,
+            Err(e) => relay_code(&e),
+        });
+    }
+    assert_eq!(&codes[..3], &[ErrorCode::Unspecified; 3], "{codes:?}");
+    assert_eq!(&codes[3..5], &[ErrorCode::QueueFull; 2], "{codes:?}");
+    assert_eq!(&codes[5..], &[ErrorCode::RateLimited; 3], "{codes:?}");
+    // Others are unaffected by Alice's limit.
+    bystander_still_served(addr, &generate_device_key()).await;
+}
