@@ -13,6 +13,9 @@ mod suite;
 mod wire;
 
 pub use libsignal_protocol as signal;
+/// The `rand` version whose RNG traits this crate (and libsignal) take, re-exported so callers
+/// can name compatible RNG types.
+pub use rand;
 
 pub use call::{
     Answer, CallId, CallKeyExchange, IncomingOffer, MediaKeys, Offer, PendingOffer, SecretBytes,
