@@ -224,11 +224,16 @@ impl JitterBuffer {
         if self.transits.len() < 10 {
             return self.config.initial_delay.max(self.extra_delay);
         }
-        (self.jitter_p95().mul_f64(self.config.headroom.max(0.0)) + self.extra_delay).clamp(self.config.min_delay, self.config.max_delay)
+        (self.jitter_p95().mul_f64(self.config.headroom.max(0.0)) + self.extra_delay)
+            .clamp(self.config.min_delay, self.config.max_delay)
     }
 
     fn min_transit(&self) -> f64 {
-        self.transits.iter().copied().reduce(f64::min).unwrap_or(0.0)
+        self.transits
+            .iter()
+            .copied()
+            .reduce(f64::min)
+            .unwrap_or(0.0)
     }
 
     fn media_secs(&self, ext_ts: u64, epoch_ts: u64) -> f64 {
@@ -251,8 +256,7 @@ impl JitterBuffer {
         if recovery == Recovery::None {
             self.last_arrival = Some(now);
         }
-        if self.next_tick.is_none() || (idle && recovery == Recovery::None && ext >= self.next_ts)
-        {
+        if self.next_tick.is_none() || (idle && recovery == Recovery::None && ext >= self.next_ts) {
             // Start (or restart after a pause) playout at this frame.
             self.epoch = Some((now, ext));
             self.transits.clear();

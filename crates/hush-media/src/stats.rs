@@ -66,27 +66,132 @@ impl QualityStats {
             let _ = writeln!(out, "hush_media_{name}{l} {v}");
         };
         let secs = |d: Duration| d.as_secs_f64();
-        put("rtt_seconds", "gauge", "Round-trip time from RTCP.", self.rtt.map_or(f64::NAN, secs));
-        put("jitter_seconds", "gauge", "RFC 3550 interarrival jitter.", secs(self.jitter));
-        put("jitter_p95_seconds", "gauge", "p95 of measured jitter.", secs(self.jitter_p95));
-        put("playout_delay_seconds", "gauge", "Jitter buffer target delay.", secs(self.playout_delay));
-        put("packets_received_total", "counter", "Audio packets received.", self.packets_received as f64);
-        put("packets_lost_total", "counter", "Audio packets lost before recovery.", self.packets_lost as f64);
-        put("loss_before_recovery_ratio", "gauge", "Loss before recovery.", self.loss_before_recovery);
-        put("loss_after_recovery_ratio", "gauge", "Frames concealed over frames due.", self.loss_after_recovery);
-        put("frames_played_total", "counter", "Audio frames played.", self.frames_played as f64);
-        put("frames_recovered_rtx_total", "counter", "Frames recovered by retransmission.", self.frames_recovered_rtx as f64);
-        put("frames_recovered_red_total", "counter", "Frames recovered by RED.", self.frames_recovered_red as f64);
-        put("frames_fec_total", "counter", "Frames rebuilt from in-band FEC.", self.frames_fec as f64);
-        put("frames_concealed_total", "counter", "Frames concealed.", self.frames_concealed as f64);
-        put("frames_late_total", "counter", "Frames too late to play.", self.frames_late as f64);
-        put("nacks_sent_total", "counter", "Packets NACKed.", self.nacks_sent as f64);
-        put("retransmissions_sent_total", "counter", "Retransmissions sent.", self.retransmissions_sent as f64);
-        put("remote_loss_ratio", "gauge", "Loss the peer reports.", self.remote_loss);
-        put("send_bits_per_second", "gauge", "Send rate.", self.send_bps as f64);
-        put("recv_bits_per_second", "gauge", "Receive rate.", self.recv_bps as f64);
-        put("target_bits_per_second", "gauge", "Congestion control target.", self.target_bps as f64);
-        put("audio_only", "gauge", "1 while video is paused for bandwidth.", f64::from(u8::from(self.audio_only)));
+        put(
+            "rtt_seconds",
+            "gauge",
+            "Round-trip time from RTCP.",
+            self.rtt.map_or(f64::NAN, secs),
+        );
+        put(
+            "jitter_seconds",
+            "gauge",
+            "RFC 3550 interarrival jitter.",
+            secs(self.jitter),
+        );
+        put(
+            "jitter_p95_seconds",
+            "gauge",
+            "p95 of measured jitter.",
+            secs(self.jitter_p95),
+        );
+        put(
+            "playout_delay_seconds",
+            "gauge",
+            "Jitter buffer target delay.",
+            secs(self.playout_delay),
+        );
+        put(
+            "packets_received_total",
+            "counter",
+            "Audio packets received.",
+            self.packets_received as f64,
+        );
+        put(
+            "packets_lost_total",
+            "counter",
+            "Audio packets lost before recovery.",
+            self.packets_lost as f64,
+        );
+        put(
+            "loss_before_recovery_ratio",
+            "gauge",
+            "Loss before recovery.",
+            self.loss_before_recovery,
+        );
+        put(
+            "loss_after_recovery_ratio",
+            "gauge",
+            "Frames concealed over frames due.",
+            self.loss_after_recovery,
+        );
+        put(
+            "frames_played_total",
+            "counter",
+            "Audio frames played.",
+            self.frames_played as f64,
+        );
+        put(
+            "frames_recovered_rtx_total",
+            "counter",
+            "Frames recovered by retransmission.",
+            self.frames_recovered_rtx as f64,
+        );
+        put(
+            "frames_recovered_red_total",
+            "counter",
+            "Frames recovered by RED.",
+            self.frames_recovered_red as f64,
+        );
+        put(
+            "frames_fec_total",
+            "counter",
+            "Frames rebuilt from in-band FEC.",
+            self.frames_fec as f64,
+        );
+        put(
+            "frames_concealed_total",
+            "counter",
+            "Frames concealed.",
+            self.frames_concealed as f64,
+        );
+        put(
+            "frames_late_total",
+            "counter",
+            "Frames too late to play.",
+            self.frames_late as f64,
+        );
+        put(
+            "nacks_sent_total",
+            "counter",
+            "Packets NACKed.",
+            self.nacks_sent as f64,
+        );
+        put(
+            "retransmissions_sent_total",
+            "counter",
+            "Retransmissions sent.",
+            self.retransmissions_sent as f64,
+        );
+        put(
+            "remote_loss_ratio",
+            "gauge",
+            "Loss the peer reports.",
+            self.remote_loss,
+        );
+        put(
+            "send_bits_per_second",
+            "gauge",
+            "Send rate.",
+            self.send_bps as f64,
+        );
+        put(
+            "recv_bits_per_second",
+            "gauge",
+            "Receive rate.",
+            self.recv_bps as f64,
+        );
+        put(
+            "target_bits_per_second",
+            "gauge",
+            "Congestion control target.",
+            self.target_bps as f64,
+        );
+        put(
+            "audio_only",
+            "gauge",
+            "1 while video is paused for bandwidth.",
+            f64::from(u8::from(self.audio_only)),
+        );
         out
     }
 }

@@ -128,9 +128,13 @@ impl TrendlineDetector {
 
     fn detect(&mut self, trend: f64, send_delta_ms: f64, now_ms: f64) {
         if trend > self.threshold {
-            let since = *self.overuse_since_ms.get_or_insert(now_ms - send_delta_ms / 2.0);
+            let since = *self
+                .overuse_since_ms
+                .get_or_insert(now_ms - send_delta_ms / 2.0);
             self.overuse_count += 1;
-            if now_ms - since > OVERUSE_TIME_MS && self.overuse_count > 1 && trend >= self.prev_trend
+            if now_ms - since > OVERUSE_TIME_MS
+                && self.overuse_count > 1
+                && trend >= self.prev_trend
             {
                 self.usage = Usage::Overuse;
                 self.overuse_since_ms = Some(now_ms);
@@ -149,7 +153,11 @@ impl TrendlineDetector {
         // Adaptive threshold (GCC §5.4), ignoring spikes far above it.
         let last = self.last_threshold_update_ms.unwrap_or(now_ms);
         if trend.abs() <= self.threshold + 15.0 {
-            let k = if trend.abs() < self.threshold { K_DOWN } else { K_UP };
+            let k = if trend.abs() < self.threshold {
+                K_DOWN
+            } else {
+                K_UP
+            };
             let dt = (now_ms - last).min(100.0);
             self.threshold += k * (trend.abs() - self.threshold) * dt;
             self.threshold = self.threshold.clamp(6.0, 600.0);

@@ -212,7 +212,8 @@ mod tests {
         assert_eq!(res.iter().filter(|r| r.recv_us.is_none()).count(), 4);
         let recv: Vec<i64> = res.iter().filter_map(|r| r.recv_us).collect();
         // Arrivals 10 ms apart (up to the 250 µs tick), except across a lost packet.
-        assert!(recv.windows(2).all(|w| (w[1] - w[0] - 10_000).abs() <= 250
-            || (w[1] - w[0] - 20_000).abs() <= 250));
+        assert!(recv
+            .windows(2)
+            .all(|w| (w[1] - w[0] - 10_000).abs() <= 250 || (w[1] - w[0] - 20_000).abs() <= 250));
     }
 }

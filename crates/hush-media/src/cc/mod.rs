@@ -13,8 +13,8 @@
 //!   (multiplicative increase ~8 %/s, decrease to 0.85 × the acknowledged rate, deeper when a
 //!   standing queue must drain);
 //! - a loss-based rate: cut by half the loss fraction above 10 % loss, raised 5 %/s below 2 %;
-//! - probing: short padding bursts at twice the target; the receive rate of a burst measures
-//!   the path, so the estimate climbs quickly when capacity returns.
+//! - probing: short padding bursts at two or three times the target; the receive rate during
+//!   a burst measures the path, so the estimate climbs quickly when capacity returns.
 //!
 //! The target is the smaller of the two rates, within `[min_bps, max_bps]`.
 
@@ -106,7 +106,12 @@ pub struct CongestionController {
     next_probe_at: Option<Instant>,
     next_cluster: u32,
     probes: BTreeMap<u32, ProbeAcc>,
+    probe_result: Option<(Instant, f64)>,
+    last_probe_saturated: bool,
 }
+
+/// How long a probe's measurement stands in for the acknowledged rate.
+const PROBE_VALID: Duration = Duration::from_secs(5);
 
 impl CongestionController {
     /// A controller starting at `config.start_bps`.
@@ -131,6 +136,8 @@ impl CongestionController {
             next_probe_at: None,
             next_cluster: 1,
             probes: BTreeMap::new(),
+            probe_result: None,
+            last_probe_saturated: false,
         }
     }
 
@@ -170,11 +177,19 @@ impl CongestionController {
         if !self.config.probing {
             return None;
         }
-        let due = *self.next_probe_at.get_or_insert(now + Duration::from_millis(500));
+        let due = *self
+            .next_probe_at
+            .get_or_insert(now + Duration::from_millis(500));
         if now < due {
             return None;
         }
-        self.next_probe_at = Some(now + self.config.probe_interval);
+        // Probe often while the path keeps taking more, less once it is saturated.
+        let interval = if self.last_probe_saturated {
+            self.config.probe_interval * 3
+        } else {
+            self.config.probe_interval
+        };
+        self.next_probe_at = Some(now + interval);
         let target = self.target_bps();
         let recently_cut = self
             .last_decrease
@@ -186,7 +201,8 @@ impl CongestionController {
         {
             return None;
         }
-        let rate_bps = (target * 2).min(self.config.max_bps * 3 / 2);
+        let factor = if self.last_probe_saturated { 2 } else { 3 };
+        let rate_bps = (target * factor).min(self.config.max_bps * 3 / 2);
         let bytes = ((rate_bps as f64 * 0.05 / 8.0) as usize).max(5 * 1000);
         let cluster = self.next_cluster;
         self.next_cluster = self.next_cluster.wrapping_add(1);
@@ -267,7 +283,7 @@ impl CongestionController {
         acc.last_recv = acc.last_recv.max(recv);
     }
 
-    fn finish_probes(&mut self) {
+    fn finish_probes(&mut self, now: Instant) {
         let done: Vec<u32> = self
             .probes
             .iter()
@@ -275,15 +291,28 @@ impl CongestionController {
             .map(|(&c, _)| c)
             .collect();
         for c in done {
-            let Some(acc) = self.probes.remove(&c) else { continue };
-            let Some(first) = acc.first_recv else { continue };
+            let Some(acc) = self.probes.remove(&c) else {
+                continue;
+            };
+            let Some(first) = acc.first_recv else {
+                continue;
+            };
             let span = (acc.last_recv - first) as f64 / 1e6;
             if span <= 0.0 {
                 continue;
             }
-            let delivered = acc.bytes_after_first as f64 * 8.0 / span;
+            // Everything that arrived while the probe did went through the path together.
+            let bytes: usize = self
+                .acked
+                .iter()
+                .filter(|(t, _)| *t > first && *t <= acc.last_recv)
+                .map(|(_, s)| s)
+                .sum();
+            let delivered = bytes.max(acc.bytes_after_first) as f64 * 8.0 / span;
             let measured = delivered.min(acc.rate_bps as f64);
-            if measured > self.delay_rate {
+            self.last_probe_saturated = delivered < 0.9 * acc.rate_bps as f64;
+            self.probe_result = Some((now, measured * 0.95));
+            if measured * 0.95 > self.delay_rate {
                 self.delay_rate = measured * 0.95;
                 self.loss_rate = self.loss_rate.max(self.delay_rate);
                 self.state = RateState::Hold;
@@ -305,7 +334,7 @@ impl CongestionController {
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64())
             .min(1.0);
         self.last_update = Some(now);
-        self.finish_probes();
+        self.finish_probes(now);
         let acked = self.acked_bps();
         match self.detector.usage() {
             Usage::Overuse => {
@@ -313,7 +342,15 @@ impl CongestionController {
                     .last_decrease
                     .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
                 if since > self.rtt + Duration::from_millis(100) {
-                    let base = acked.unwrap_or(self.delay_rate).min(self.delay_rate);
+                    // Right after a probe, its measurement is the best capacity estimate.
+                    let probed = self
+                        .probe_result
+                        .filter(|(t, _)| now.saturating_duration_since(*t) < Duration::from_secs(1))
+                        .map(|(_, r)| r);
+                    let base = acked
+                        .unwrap_or(self.delay_rate)
+                        .max(probed.unwrap_or(0.0))
+                        .min(self.delay_rate);
                     // A standing queue drains only if we send well below capacity.
                     let drain = (1.0 - self.queue_delay_ms / 1000.0).clamp(0.5, 0.85);
                     self.delay_rate = base * drain;
@@ -328,8 +365,13 @@ impl CongestionController {
                 } else {
                     self.delay_rate *= 1.08f64.powf(dt);
                     if let Some(a) = acked {
-                        // Do not run far ahead of what actually gets through.
-                        self.delay_rate = self.delay_rate.min(1.5 * a + 10_000.0);
+                        // Do not run far ahead of what actually gets through, unless a recent
+                        // probe showed the path takes more.
+                        let probed = self
+                            .probe_result
+                            .filter(|(t, _)| now.saturating_duration_since(*t) < PROBE_VALID)
+                            .map_or(0.0, |(_, r)| r);
+                        self.delay_rate = self.delay_rate.min((1.5 * a + 10_000.0).max(probed));
                     }
                 }
             }

@@ -5,13 +5,13 @@
 //! [`Playout`](crate::jitter::Playout) says: decode a frame, decode the next frame's in-band
 //! FEC, or conceal.
 
-mod opus;
 #[cfg(feature = "libopus")]
 mod libopus;
+mod opus;
 
-pub use self::opus::OpusCodec;
 #[cfg(feature = "libopus")]
 pub use self::libopus::LibOpusCodec;
+pub use self::opus::OpusCodec;
 
 use crate::error::Error;
 

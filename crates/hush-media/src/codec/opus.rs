@@ -35,7 +35,9 @@ impl OpusCodec {
     /// `bitrate_bps`.
     pub fn new(channels: usize, frame_ms: u32, bitrate_bps: u32) -> Result<Self, Error> {
         if !matches!(frame_ms, 10 | 20 | 40 | 60) {
-            return Err(Error::InvalidArgument("Opus frame must be 10, 20, 40 or 60 ms"));
+            return Err(Error::InvalidArgument(
+                "Opus frame must be 10, 20, 40 or 60 ms",
+            ));
         }
         let mut enc = OpusEncoder::new(48_000, channels, Application::Voip).map_err(codec_err)?;
         enc.bitrate_bps = bitrate_bps.min(510_000) as i32;
@@ -98,7 +100,9 @@ impl Codec for OpusCodec {
         if next_packet.is_empty() {
             return self.conceal(out);
         }
-        self.decode_into(out, |d, frame, pcm| d.decode_fec_s16(next_packet, frame, pcm))
+        self.decode_into(out, |d, frame, pcm| {
+            d.decode_fec_s16(next_packet, frame, pcm)
+        })
     }
 
     fn conceal(&mut self, out: &mut Vec<i16>) -> Result<usize, Error> {

@@ -67,7 +67,10 @@ fn steady_stream_plays_everything() {
     let s = jb.stats();
     assert_eq!(s.played, 100);
     assert_eq!(s.concealed + s.fec + s.late, 0);
-    assert_eq!(played_ts(&out), (0..100).map(|i| i * STEP).collect::<Vec<_>>());
+    assert_eq!(
+        played_ts(&out),
+        (0..100).map(|i| i * STEP).collect::<Vec<_>>()
+    );
     // No jitter: the target falls to zero and compression brings the delay down.
     assert_eq!(jb.jitter_p95(), Duration::ZERO);
     assert!(s.shortened >= ms(20), "{:?}", s.shortened);
@@ -113,8 +116,14 @@ fn fec_for_a_missing_frame_when_next_is_there() {
 fn late_and_duplicate_frames_are_dropped() {
     let mut jb = JitterBuffer::new(JitterConfig::default());
     let t0 = Instant::now();
-    assert_eq!(jb.insert(t0, 0, vec![0], Recovery::None), InsertOutcome::Buffered);
-    assert_eq!(jb.insert(t0, 0, vec![0], Recovery::None), InsertOutcome::Duplicate);
+    assert_eq!(
+        jb.insert(t0, 0, vec![0], Recovery::None),
+        InsertOutcome::Buffered
+    );
+    assert_eq!(
+        jb.insert(t0, 0, vec![0], Recovery::None),
+        InsertOutcome::Duplicate
+    );
     jb.handle_timeout(t0 + ms(100));
     assert_eq!(
         jb.insert(t0 + ms(100), STEP, vec![1], Recovery::None),

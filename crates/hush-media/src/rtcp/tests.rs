@@ -81,7 +81,13 @@ fn unknown_types_are_skipped() {
     .write(&mut bytes);
     let p = parse_compound(&bytes).unwrap();
     assert_eq!(p.len(), 2);
-    assert!(matches!(p[0], RtcpPacket::Unknown { packet_type: 204, .. }));
+    assert!(matches!(
+        p[0],
+        RtcpPacket::Unknown {
+            packet_type: 204,
+            ..
+        }
+    ));
 }
 
 fn arb_feedback() -> impl Strategy<Value = TransportFeedback> {
@@ -98,14 +104,16 @@ fn arb_feedback() -> impl Strategy<Value = TransportFeedback> {
             0..200,
         ),
     )
-        .prop_map(|(base_seq, reference_time, feedback_count, packets)| TransportFeedback {
-            sender_ssrc: 5,
-            media_ssrc: 6,
-            base_seq,
-            reference_time,
-            feedback_count,
-            packets,
-        })
+        .prop_map(
+            |(base_seq, reference_time, feedback_count, packets)| TransportFeedback {
+                sender_ssrc: 5,
+                media_ssrc: 6,
+                base_seq,
+                reference_time,
+                feedback_count,
+                packets,
+            },
+        )
 }
 
 proptest! {

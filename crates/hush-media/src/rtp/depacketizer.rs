@@ -130,8 +130,7 @@ impl VideoDepacketizer {
             // Walk consecutive packets of the same timestamp until the marker.
             let ts = part.timestamp;
             let mut end = None;
-            let mut seq = first;
-            for (&s, p) in self.parts.range(first..) {
+            for (seq, (&s, p)) in (first..).zip(self.parts.range(first..)) {
                 if s != seq || p.timestamp != ts || (s != first && p.desc & GENERIC_START != 0) {
                     break;
                 }
@@ -139,7 +138,6 @@ impl VideoDepacketizer {
                     end = Some(s);
                     break;
                 }
-                seq += 1;
             }
             let Some(end) = end else {
                 return;
@@ -167,7 +165,12 @@ mod tests {
     use super::*;
     use crate::rtp::{ExtensionIds, Packetizer};
 
-    fn packets(p: &mut Packetizer, ts: u32, len: usize, key: bool) -> Vec<(u64, u32, bool, Vec<u8>)> {
+    fn packets(
+        p: &mut Packetizer,
+        ts: u32,
+        len: usize,
+        key: bool,
+    ) -> Vec<(u64, u32, bool, Vec<u8>)> {
         let frame: Vec<u8> = (0..len).map(|i| i as u8).collect();
         p.video(ts, &frame, key)
             .into_iter()

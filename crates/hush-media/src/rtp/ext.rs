@@ -82,10 +82,22 @@ mod tests {
     #[test]
     fn audio_level_and_twcc_round_trip() {
         let mut p = RtpPacket::default();
-        p.header.set_audio_level(1, AudioLevel { voice: true, level: 30 });
+        p.header.set_audio_level(
+            1,
+            AudioLevel {
+                voice: true,
+                level: 30,
+            },
+        );
         p.header.set_transport_seq(3, 0xABCD);
         let q = RtpPacket::parse(&p.to_vec()).unwrap();
-        assert_eq!(q.header.audio_level(1), Some(AudioLevel { voice: true, level: 30 }));
+        assert_eq!(
+            q.header.audio_level(1),
+            Some(AudioLevel {
+                voice: true,
+                level: 30
+            })
+        );
         assert_eq!(q.header.transport_seq(3), Some(0xABCD));
         assert_eq!(q.header.transport_seq(4), None);
     }

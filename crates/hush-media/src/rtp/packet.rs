@@ -171,7 +171,7 @@ impl RtpPacket {
                 }
                 out.extend_from_slice(&e.data);
             }
-            while (out.len() - start) % 4 != 0 {
+            while !(out.len() - start).is_multiple_of(4) {
                 out.push(0);
             }
             let words = ((out.len() - start) / 4) as u16;
@@ -284,10 +284,14 @@ mod tests {
         // CSRC count promises 4 bytes that are not there.
         assert!(RtpPacket::parse(&[0x81, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
         // Extension length promises more than is there.
-        let b = [0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xBE, 0xDE, 0, 2, 0x10, 1];
+        let b = [
+            0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xBE, 0xDE, 0, 2, 0x10, 1,
+        ];
         assert!(RtpPacket::parse(&b).is_err());
         // One-byte element longer than the extension block.
-        let b = [0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xBE, 0xDE, 0, 1, 0x1F, 1, 2, 3];
+        let b = [
+            0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xBE, 0xDE, 0, 1, 0x1F, 1, 2, 3,
+        ];
         assert_eq!(RtpPacket::parse(&b), Err(ParseError::BadExtension));
     }
 
@@ -324,7 +328,11 @@ mod tests {
     }
 
     fn arb_ext(two_byte: bool) -> impl Strategy<Value = Extension> {
-        let (ids, lens) = if two_byte { (1u8..=255, 0usize..=40) } else { (1u8..=14, 1usize..=16) };
+        let (ids, lens) = if two_byte {
+            (1u8..=255, 0usize..=40)
+        } else {
+            (1u8..=14, 1usize..=16)
+        };
         (ids, proptest::collection::vec(any::<u8>(), lens))
             .prop_map(|(id, data)| Extension { id, data })
     }

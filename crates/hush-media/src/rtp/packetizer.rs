@@ -90,7 +90,9 @@ impl Packetizer {
         let n = frame.len().div_ceil(chunk).max(1);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let part = frame.get(i * chunk..((i + 1) * chunk).min(frame.len())).unwrap_or(&[]);
+            let part = frame
+                .get(i * chunk..((i + 1) * chunk).min(frame.len()))
+                .unwrap_or(&[]);
             let header = self.header(timestamp, i + 1 == n);
             let mut desc = 0;
             if i == 0 {
@@ -115,7 +117,15 @@ mod tests {
     #[test]
     fn audio_packets_count_up() {
         let mut p = Packetizer::new(7, 111, 65535, ExtensionIds::default(), 1200);
-        let a = p.audio(0, &[1, 2], Some(AudioLevel { voice: true, level: 10 }), true);
+        let a = p.audio(
+            0,
+            &[1, 2],
+            Some(AudioLevel {
+                voice: true,
+                level: 10,
+            }),
+            true,
+        );
         let b = p.audio(960, &[3], None, false);
         assert_eq!(a.header.sequence_number, 65535);
         assert_eq!(b.header.sequence_number, 0);

@@ -131,9 +131,15 @@ impl MediaSession {
         let ext = config.extensions;
         let audio_pt = config.red_pt.unwrap_or(config.opus_pt);
         let seed = config.local_audio.ssrc;
-        let video_pz = config
-            .local_video
-            .map(|v| Packetizer::new(v.ssrc, config.video_pt, (seed >> 3) as u16, ext, config.max_payload));
+        let video_pz = config.local_video.map(|v| {
+            Packetizer::new(
+                v.ssrc,
+                config.video_pt,
+                (seed >> 3) as u16,
+                ext,
+                config.max_payload,
+            )
+        });
         let video_rtx = config
             .local_video
             .map(|v| RtxSender::new(v.rtx_ssrc, config.video_rtx_pt));
@@ -211,7 +217,9 @@ impl MediaSession {
         let ts = self.audio_ts;
         self.audio_ts = self.audio_ts.wrapping_add(self.audio_ts_step());
         let payload = match self.config.red_pt {
-            Some(_) => self.red.encode(self.config.opus_pt, ts, frame, self.red_distance),
+            Some(_) => self
+                .red
+                .encode(self.config.opus_pt, ts, frame, self.red_distance),
             None => frame.to_vec(),
         };
         let first = !self.audio_sent_any;
@@ -278,14 +286,14 @@ impl MediaSession {
             self.handle_rtp(now, packet)?;
         }
         self.flush_nacks(now);
-        self.drain_playout();
+        self.drain_playout(now);
         Ok(())
     }
 
     /// Runs timers due at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.jitter.handle_timeout(now);
-        self.drain_playout();
+        self.drain_playout(now);
         self.flush_nacks(now);
         self.check_video_gap(now);
         if now >= self.next_report {
@@ -301,7 +309,8 @@ impl MediaSession {
             let n = p.bytes.div_ceil(size).max(5);
             let gap = Duration::from_secs_f64(size as f64 * 8.0 / p.rate_bps.max(1) as f64);
             for i in 0..n {
-                self.probe_queue.push_back((now + gap * i as u32, p.cluster));
+                self.probe_queue
+                    .push_back((now + gap * i as u32, p.cluster));
             }
         }
         while let Some(&(at, cluster)) = self.probe_queue.front() {
@@ -334,7 +343,9 @@ impl MediaSession {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let nack = self.audio_nack_enabled().then(|| self.audio_nack.poll_timeout());
+        let nack = self
+            .audio_nack_enabled()
+            .then(|| self.audio_nack.poll_timeout());
         [
             self.jitter.poll_timeout(),
             nack.flatten(),
@@ -349,8 +360,18 @@ impl MediaSession {
         .min()
     }
 
-    fn drain_playout(&mut self) {
+    fn drain_playout(&mut self, now: Instant) {
         while let Some(p) = self.jitter.poll_playout() {
+            // A frame missing at its tick (not merely reordered) is what makes waiting for
+            // retransmissions worth its delay.
+            let missing = match &p {
+                Playout::Frame { recovery, .. } => *recovery != crate::jitter::Recovery::None,
+                Playout::Fec { .. } | Playout::Conceal { .. } => true,
+                Playout::Stretch { .. } => false,
+            };
+            if missing {
+                self.last_audio_loss = Some(now);
+            }
             self.events.push_back(Event::Audio(p));
         }
         while let Some(f) = self.depack.poll_frame() {
@@ -401,7 +422,11 @@ impl MediaSession {
         let video = (target - audio_total) * 0.9;
         let min_video = self.config.video_min_bps as f64;
         let was_audio_only = self.target.is_some_and(|t| t.audio_only);
-        let resume = if was_audio_only { 1.3 * min_video } else { min_video };
+        let resume = if was_audio_only {
+            1.3 * min_video
+        } else {
+            min_video
+        };
         let audio_only = !has_video || video < resume;
         EncoderTarget {
             audio_bps: audio as u32,
@@ -425,8 +450,16 @@ impl MediaSession {
             playout_delay: self.jitter.target_delay(),
             packets_received: self.audio_rx.received(),
             packets_lost: lost,
-            loss_before_recovery: if expected == 0 { 0.0 } else { lost as f64 / expected as f64 },
-            loss_after_recovery: if due == 0 { 0.0 } else { js.concealed as f64 / due as f64 },
+            loss_before_recovery: if expected == 0 {
+                0.0
+            } else {
+                lost as f64 / expected as f64
+            },
+            loss_after_recovery: if due == 0 {
+                0.0
+            } else {
+                js.concealed as f64 / due as f64
+            },
             frames_played: js.played,
             frames_recovered_rtx: js.recovered_rtx,
             frames_recovered_red: js.recovered_red,
@@ -448,7 +481,10 @@ fn significant_change(old: &EncoderTarget, new: &EncoderTarget) -> bool {
     let rel = |a: u32, b: u32| (f64::from(a) - f64::from(b)).abs() > 0.05 * f64::from(a.max(1));
     old.audio_only != new.audio_only
         || old.inband_fec != new.inband_fec
-        || old.expected_loss_percent.abs_diff(new.expected_loss_percent) >= 5
+        || old
+            .expected_loss_percent
+            .abs_diff(new.expected_loss_percent)
+            >= 5
         || rel(old.audio_bps, new.audio_bps)
         || rel(old.video_bps, new.video_bps)
 }

@@ -124,13 +124,16 @@ impl RecvStream {
         self.expected_prior = expected;
         self.received_prior = self.received;
         let lost_interval = interval_expected.saturating_sub(interval_received);
-        let fraction = if interval_expected == 0 {
-            0
-        } else {
-            ((lost_interval << 8) / interval_expected).min(255) as u8
-        };
+        let fraction = (lost_interval << 8)
+            .checked_div(interval_expected)
+            .map_or(0, |f| f.min(255) as u8);
         let cumulative = (expected as i64 - self.received as i64).clamp(-(1 << 23), (1 << 23) - 1);
-        (fraction, cumulative as i32, self.highest as u32, self.jitter as u32)
+        (
+            fraction,
+            cumulative as i32,
+            self.highest as u32,
+            self.jitter as u32,
+        )
     }
 }
 
@@ -148,12 +151,10 @@ impl MediaSession {
         let audio_pt = self.config.red_pt.unwrap_or(self.config.opus_pt);
         if ssrc == audio.ssrc {
             let h = &packet.header;
-            let ext = self.audio_rx.on_packet(arrival, h.sequence_number, h.timestamp);
-            let before = self.audio_nack.missing_count();
+            let ext = self
+                .audio_rx
+                .on_packet(arrival, h.sequence_number, h.timestamp);
             self.audio_nack.on_packet(now, ext);
-            if self.audio_nack.missing_count() > before {
-                self.last_audio_loss = Some(now);
-            }
             self.on_audio(now, &packet, ext, Recovery::None)
         } else if ssrc == audio.rtx_ssrc {
             if packet.payload.is_empty() {
@@ -166,7 +167,9 @@ impl MediaSession {
             self.on_audio(now, &orig, ext, Recovery::Retransmission)
         } else if let Some(v) = video.filter(|v| v.ssrc == ssrc) {
             let h = &packet.header;
-            let ext = self.video_rx.on_packet(arrival, h.sequence_number, h.timestamp);
+            let ext = self
+                .video_rx
+                .on_packet(arrival, h.sequence_number, h.timestamp);
             self.video_nack.on_packet(now, ext);
             let _ = v;
             self.on_video(now, &packet, ext);
@@ -212,7 +215,8 @@ impl MediaSession {
             }
             Ok(())
         } else if pt == self.config.opus_pt {
-            self.jitter.insert(now, ts, packet.payload.clone(), recovery);
+            self.jitter
+                .insert(now, ts, packet.payload.clone(), recovery);
             Ok(())
         } else {
             Err(Error::Unexpected("unknown audio payload type"))
@@ -221,7 +225,8 @@ impl MediaSession {
 
     fn on_video(&mut self, now: Instant, packet: &RtpPacket, ext_seq: u64) {
         let h = &packet.header;
-        self.depack.push(ext_seq, h.timestamp, h.marker, &packet.payload);
+        self.depack
+            .push(ext_seq, h.timestamp, h.marker, &packet.payload);
         if self.depack.has_gap() {
             self.video_gap_since.get_or_insert(now);
         } else {
@@ -242,7 +247,7 @@ impl MediaSession {
             if self.depack.skip_missing() {
                 self.request_keyframe(now);
             }
-            self.drain_playout();
+            self.drain_playout(now);
         }
     }
 

@@ -40,7 +40,11 @@ impl MediaSession {
                 delay_since_last_sr: dlsr,
             });
         }
-        if let Some(v) = self.config.remote_video.filter(|_| self.video_rx.has_data()) {
+        if let Some(v) = self
+            .config
+            .remote_video
+            .filter(|_| self.video_rx.has_data())
+        {
             let (fraction_lost, cumulative_lost, highest_seq, jitter) = self.video_rx.report();
             blocks.push(ReportBlock {
                 ssrc: v.ssrc,
@@ -102,10 +106,13 @@ impl MediaSession {
                 }
                 RtcpPacket::ReceiverReport(rr) => self.on_report_blocks(now, &rr.reports),
                 RtcpPacket::Nack(n) => self.on_nack(now, n.media_ssrc, &n.lost),
-                RtcpPacket::Pli(p) => {
-                    if self.config.local_video.is_some_and(|v| v.ssrc == p.media_ssrc) {
-                        self.events.push_back(super::Event::KeyframeRequested);
-                    }
+                RtcpPacket::Pli(p)
+                    if self
+                        .config
+                        .local_video
+                        .is_some_and(|v| v.ssrc == p.media_ssrc) =>
+                {
+                    self.events.push_back(super::Event::KeyframeRequested);
                 }
                 RtcpPacket::TransportFeedback(fb) => {
                     self.cc.on_feedback(now, &fb);
@@ -124,7 +131,9 @@ impl MediaSession {
                 continue;
             }
             let now_mid = (self.ntp(now) >> 16) as u32;
-            let rtt = now_mid.wrapping_sub(b.last_sr).wrapping_sub(b.delay_since_last_sr);
+            let rtt = now_mid
+                .wrapping_sub(b.last_sr)
+                .wrapping_sub(b.delay_since_last_sr);
             // Anything over a minute is a bogus report (or clock trouble): ignore.
             if rtt < 60 * 65536 {
                 let rtt = Duration::from_secs_f64(f64::from(rtt) / 65536.0);
@@ -141,11 +150,11 @@ impl MediaSession {
         let rtt = self.rtt_or_default();
         let packets = if media_ssrc == self.config.local_audio.ssrc {
             self.audio_rtx.on_nack(now, lost, rtt)
-        } else if let Some(rtx) = self
-            .video_rtx
-            .as_mut()
-            .filter(|_| self.config.local_video.is_some_and(|v| v.ssrc == media_ssrc))
-        {
+        } else if let Some(rtx) = self.video_rtx.as_mut().filter(|_| {
+            self.config
+                .local_video
+                .is_some_and(|v| v.ssrc == media_ssrc)
+        }) {
             rtx.on_nack(now, lost, rtt)
         } else {
             Vec::new()

@@ -33,7 +33,11 @@ fn ten_percent_loss_recovers_99_percent() {
     let mut call = CallSim::new(lossy(LossModel::Random(0.10), 20), Instant::now());
     call.run_until(Duration::from_secs(60));
     let m = call.metrics();
-    assert!(m.played_fraction() >= 0.99, "{:.4} {m:?}", m.played_fraction());
+    assert!(
+        m.played_fraction() >= 0.99,
+        "{:.4} {m:?}",
+        m.played_fraction()
+    );
     assert!(m.played_rtx + m.played_red > 0);
 }
 
@@ -55,5 +59,7 @@ fn stats_snapshot_reflects_loss() {
     assert!(s.loss_after_recovery < 0.01, "{s:?}");
     assert!(s.nacks_sent > 0 && s.rtt.is_some());
     assert!(call.a.stats(now).retransmissions_sent > 0);
-    assert!(s.to_prometheus("").contains("hush_media_frames_played_total"));
+    assert!(s
+        .to_prometheus("")
+        .contains("hush_media_frames_played_total"));
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{NetSim, SimConfig, SimPacket};
 use crate::jitter::{Playout, Recovery};
-use crate::session::{Event, MediaSession, SessionConfig, WIRE_OVERHEAD};
+use crate::session::{Event, MediaSession, SessionConfig, StreamIds, WIRE_OVERHEAD};
 use crate::Instant;
 
 /// A datagram in flight, with its send time so the harness can measure one-way delay.
@@ -35,7 +35,8 @@ pub struct CallConfig {
     pub session: SessionConfig,
     /// Encoded audio frame size in bytes (60 bytes is ~24 kbps Opus at 20 ms).
     pub audio_frame_bytes: usize,
-    /// Whether A also sends video at the target bitrate (30 frames/s).
+    /// Whether A also sends video at the target bitrate (30 frames/s). If the session config
+    /// has no local video stream, one is added.
     pub video: bool,
 }
 
@@ -131,7 +132,13 @@ pub struct CallSim {
 
 impl CallSim {
     /// A call starting at `t0` (any instant; only differences matter).
-    pub fn new(config: CallConfig, t0: Instant) -> Self {
+    pub fn new(mut config: CallConfig, t0: Instant) -> Self {
+        if config.video && config.session.local_video.is_none() {
+            config.session.local_video = Some(StreamIds {
+                ssrc: 0x1000_0003,
+                rtx_ssrc: 0x1000_0004,
+            });
+        }
         let b_config = config.session.mirrored();
         Self {
             t0,
@@ -224,20 +231,29 @@ impl CallSim {
         }
         if now >= self.next_sample {
             let target = self.a.target_bps();
-            self.metrics.timeline.push((
-                now - self.t0,
-                target,
-                self.max_owd,
-                self.video_bps,
-            ));
+            self.metrics
+                .timeline
+                .push((now - self.t0, target, self.max_owd, self.video_bps));
             self.max_owd = Duration::ZERO;
             self.next_sample += Duration::from_millis(100);
         }
         while let Some(t) = self.a.poll_transmit() {
-            self.ab.handle_packet(now, Wire { data: t.data, sent: now });
+            self.ab.handle_packet(
+                now,
+                Wire {
+                    data: t.data,
+                    sent: now,
+                },
+            );
         }
         while let Some(t) = self.b.poll_transmit() {
-            self.ba.handle_packet(now, Wire { data: t.data, sent: now });
+            self.ba.handle_packet(
+                now,
+                Wire {
+                    data: t.data,
+                    sent: now,
+                },
+            );
         }
         while let Some(e) = self.a.poll_event() {
             match e {

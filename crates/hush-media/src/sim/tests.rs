@@ -48,7 +48,12 @@ fn same_seed_same_outcome() {
     let (b, sb) = run(c.clone(), 500, Duration::from_millis(20), 100);
     assert_eq!(sa, sb);
     assert_eq!(a, b);
-    let (c2, _) = run(SimConfig { seed: 2, ..c }, 500, Duration::from_millis(20), 100);
+    let (c2, _) = run(
+        SimConfig { seed: 2, ..c },
+        500,
+        Duration::from_millis(20),
+        100,
+    );
     assert_ne!(a, c2);
 }
 

@@ -1,0 +1,203 @@
+//! Measures the media engine on the deterministic simulator and prints the figures that
+//! docs/benchmarks.md records.
+//!
+//! Run: `cargo run --release -p hush-media --example media_sim`
+
+use std::time::{Duration, Instant};
+
+use hush_media::sim::{CallConfig, CallSim, Jitter, LossModel, SimConfig};
+
+fn link(seed: u64, one_way_ms: u64, loss: LossModel) -> SimConfig {
+    SimConfig {
+        seed,
+        delay: Duration::from_millis(one_way_ms),
+        loss,
+        ..SimConfig::default()
+    }
+}
+
+fn loss_run(name: &str, loss: LossModel, seeds: &[u64]) {
+    let mut total = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for &seed in seeds {
+        let config = CallConfig {
+            a_to_b: link(seed, 20, loss),
+            b_to_a: link(seed + 1000, 20, loss),
+            ..CallConfig::default()
+        };
+        let mut call = CallSim::new(config, Instant::now());
+        call.run_until(Duration::from_secs(120));
+        let m = call.metrics();
+        total.0 += m.played_original;
+        total.1 += m.played_rtx;
+        total.2 += m.played_red;
+        total.3 += m.fec;
+        total.4 += m.concealed;
+        total.5 += call.b.stats(call.now()).packets_lost;
+    }
+    let (orig, rtx, red, fec, conc, lost) = total;
+    let due = orig + rtx + red + fec + conc;
+    println!(
+        "| {name} | {:.2} % | {:.2} % | {rtx} / {red} / {fec} | {conc} | {:.2} % |",
+        100.0 * lost as f64 / due as f64,
+        100.0 * (orig + rtx + red) as f64 / due as f64,
+        100.0 * conc as f64 / due as f64,
+    );
+}
+
+fn jitter_run(jitter: Jitter, reorder: bool) {
+    let config = CallConfig {
+        a_to_b: SimConfig {
+            seed: 5,
+            delay: Duration::from_millis(30),
+            jitter,
+            reorder,
+            ..SimConfig::default()
+        },
+        ..CallConfig::default()
+    };
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(120));
+    let m = call.metrics();
+    let p95 = jitter.p95().as_secs_f64() * 1000.0;
+    let mean = m.added_delay_mean() * 1000.0;
+    println!(
+        "| {jitter:?}, reorder {reorder} | {p95:.1} ms | {mean:.1} ms ({:.2} ×) | {:.1} ms | {:.2} % |",
+        mean / p95,
+        m.added_delay_quantile(0.95) * 1000.0,
+        100.0 * m.played_fraction()
+    );
+}
+
+fn bandwidth_steps() {
+    let cap = |bps| SimConfig {
+        seed: 9,
+        delay: Duration::from_millis(20),
+        rate_bps: Some(bps),
+        queue_bytes: 100_000,
+        ..SimConfig::default()
+    };
+    let config = CallConfig {
+        a_to_b: cap(1_000_000),
+        video: true,
+        ..CallConfig::default()
+    };
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(20));
+    call.ab.set_rate(Some(150_000));
+    call.run_until(Duration::from_secs(40));
+    call.ab.set_rate(Some(1_000_000));
+    call.run_until(Duration::from_secs(60));
+    let tl = &call.metrics().timeline;
+    for (step_at, cap_bps) in [(0u64, 1_000_000u64), (20, 150_000), (40, 1_000_000)] {
+        let from = Duration::from_secs(step_at);
+        let within = |t: Duration| t >= from && t < from + Duration::from_secs(20);
+        // First time from which the target stays within 20 % of the cap for a whole second.
+        let close = |s: &&(Duration, u64, Duration, u32)| {
+            (s.1 as f64 - cap_bps as f64).abs() <= 0.2 * cap_bps as f64
+        };
+        let window: Vec<_> = tl.iter().filter(|s| within(s.0)).collect();
+        let est_ok = window
+            .windows(10)
+            .find(|w| w.iter().all(close))
+            .map(|w| (w[0].0 - from).as_secs_f64());
+        let delay_ok = tl
+            .iter()
+            .filter(|s| within(s.0) && s.0 >= from + Duration::from_millis(500))
+            .find(|s| s.2 < Duration::from_millis(100))
+            .map(|s| (s.0 - from).as_secs_f64());
+        let last = tl
+            .iter()
+            .filter(|s| within(s.0) && s.0 >= from + Duration::from_secs(5))
+            .collect::<Vec<_>>();
+        let (min, max) = last
+            .iter()
+            .fold((u64::MAX, 0), |(a, b), s| (a.min(s.1), b.max(s.1)));
+        let max_owd = last.iter().map(|s| s.2).max().unwrap_or_default();
+        println!(
+            "| {step_at} s → {} kbps | {} | {} | {}–{} kbps | {} ms |",
+            cap_bps / 1000,
+            est_ok.map_or("never".into(), |t| format!("{t:.1} s")),
+            delay_ok.map_or("never".into(), |t| format!("{t:.1} s")),
+            min / 1000,
+            max / 1000,
+            max_owd.as_millis()
+        );
+    }
+    if std::env::var_os("HUSH_TIMELINE").is_some() {
+        for s in tl {
+            println!(
+                "{:.1} {} {} {}",
+                s.0.as_secs_f64(),
+                s.1,
+                s.2.as_millis(),
+                s.3
+            );
+        }
+    }
+}
+
+fn cpu_per_call() {
+    // One call, 50 audio packets/s each way, no codec; measures both engines plus the
+    // simulator, so the figure is an upper bound for one side.
+    let config = CallConfig {
+        a_to_b: link(1, 20, LossModel::Random(0.02)),
+        b_to_a: link(2, 20, LossModel::Random(0.02)),
+        ..CallConfig::default()
+    };
+    let simulated = Duration::from_secs(600);
+    let mut call = CallSim::new(config, Instant::now());
+    let wall = Instant::now();
+    call.run_until(simulated);
+    let cpu = wall.elapsed();
+    println!(
+        "| two engines + simulator, 2 % loss | {:.1} s simulated in {:.1} ms | {:.4} % of one core (both sides) |",
+        simulated.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0,
+        100.0 * cpu.as_secs_f64() / simulated.as_secs_f64()
+    );
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("bandwidth") {
+        bandwidth_steps();
+        return;
+    }
+    let seeds = [1, 2, 3, 4, 5];
+    println!(
+        "### Loss recovery (20 ms audio, 40 ms RTT, 5 seeds × 120 s, both directions lossy)\n"
+    );
+    println!("| loss model | lost before recovery | played without concealment | recovered rtx / red / fec | concealed frames | concealed |");
+    println!("|---|---|---|---|---|---|");
+    loss_run("random 10 %", LossModel::Random(0.10), &seeds);
+    loss_run("random 20 %", LossModel::Random(0.20), &seeds);
+    loss_run(
+        "burst 10 %, mean burst 3",
+        LossModel::bursty(0.10, 3.0),
+        &seeds,
+    );
+    loss_run(
+        "burst 10 %, mean burst 6",
+        LossModel::bursty(0.10, 6.0),
+        &seeds,
+    );
+    loss_run(
+        "burst 20 %, mean burst 4",
+        LossModel::bursty(0.20, 4.0),
+        &seeds,
+    );
+    println!("\n### Jitter buffer (no loss, 30 ms base delay, 120 s)\n");
+    println!("| jitter | configured p95 | mean added delay | p95 added delay | played |");
+    println!("|---|---|---|---|---|");
+    jitter_run(Jitter::Uniform(Duration::from_millis(40)), true);
+    jitter_run(Jitter::Uniform(Duration::from_millis(100)), true);
+    jitter_run(Jitter::Exponential(Duration::from_millis(10)), true);
+    jitter_run(Jitter::Exponential(Duration::from_millis(20)), false);
+    println!(
+        "\n### Bandwidth steps (cap 1 Mbps → 150 kbps at 20 s → 1 Mbps at 40 s; audio + video)\n"
+    );
+    println!("| step | target within 20 % of cap after | one-way delay < 100 ms after | target range 5–20 s after | max one-way delay 5–20 s after |");
+    println!("|---|---|---|---|---|");
+    bandwidth_steps();
+    println!("\n### Engine CPU\n");
+    cpu_per_call();
+}
