@@ -133,8 +133,8 @@ impl DeviceSigner for Impostor {
     fn device_id(&self) -> DeviceId {
         self.claimed
     }
-    fn sign(&self, message: &[u8]) -> [u8; 64] {
-        self.real.sign(message)
+    fn sign_challenge(&self, challenge: &[u8]) -> [u8; 64] {
+        self.real.sign_challenge(challenge)
     }
 }
 

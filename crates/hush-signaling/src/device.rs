@@ -12,8 +12,11 @@ pub const DEVICE_ID_LEN: usize = 32;
 /// Length of the relay's authentication nonce.
 pub const AUTH_NONCE_LEN: usize = 32;
 
-/// Domain separator for the relay authentication signature.
+/// Domain separator for the relay challenge.
 const AUTH_CONTEXT: &[u8] = b"hush-relay-auth-v1\0";
+
+/// Label of the signed message (shared with hush-crypto's `DeviceSigningKey::sign_challenge`).
+const CHALLENGE_LABEL: &[u8] = b"hush relay challenge v1";
 
 /// A device address: the device's 32-byte ed25519 public key.
 ///
@@ -70,13 +73,15 @@ impl From<&VerifyingKey> for DeviceId {
 
 /// Something that holds a device's ed25519 private key and can answer relay challenges.
 ///
-/// Implemented for [`ed25519_dalek::SigningKey`]; an app that keeps the key elsewhere (a
-/// hardware keystore, hush-crypto's identity store) implements it itself.
+/// Implemented for [`ed25519_dalek::SigningKey`] and (feature `crypto`) for
+/// `hush_crypto::DeviceSigningKey`; an app that keeps the key elsewhere (a hardware keystore)
+/// implements it itself.
 pub trait DeviceSigner: Send + Sync {
     /// This device's address (its ed25519 public key).
     fn device_id(&self) -> DeviceId;
-    /// Signs `message` with the device key.
-    fn sign(&self, message: &[u8]) -> [u8; 64];
+    /// Signs a relay challenge: an ed25519 signature over
+    /// `"hush relay challenge v1" || u32_be(len(challenge)) || challenge`.
+    fn sign_challenge(&self, challenge: &[u8]) -> [u8; 64];
 }
 
 impl DeviceSigner for SigningKey {
@@ -84,9 +89,18 @@ impl DeviceSigner for SigningKey {
         DeviceId::from(&self.verifying_key())
     }
 
-    fn sign(&self, message: &[u8]) -> [u8; 64] {
-        Signer::sign(self, message).to_bytes()
+    fn sign_challenge(&self, challenge: &[u8]) -> [u8; 64] {
+        Signer::sign(self, &labelled(challenge)).to_bytes()
     }
+}
+
+/// The message actually signed for a challenge.
+fn labelled(challenge: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHALLENGE_LABEL.len() + 4 + challenge.len());
+    m.extend_from_slice(CHALLENGE_LABEL);
+    m.extend_from_slice(&u32::try_from(challenge.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.extend_from_slice(challenge);
+    m
 }
 
 /// The bytes a device signs to answer a relay challenge:
@@ -101,7 +115,7 @@ pub fn auth_message(nonce: &[u8; AUTH_NONCE_LEN], device: &DeviceId) -> Vec<u8> 
 
 /// Signs a relay challenge.
 pub fn sign_challenge(signer: &dyn DeviceSigner, nonce: &[u8; AUTH_NONCE_LEN]) -> [u8; 64] {
-    signer.sign(&auth_message(nonce, &signer.device_id()))
+    signer.sign_challenge(&auth_message(nonce, &signer.device_id()))
 }
 
 /// Verifies a device's answer to a relay challenge (strict ed25519 verification: rejects
@@ -115,7 +129,7 @@ pub fn verify_challenge(
         .map_err(|_| Error::AuthFailed("device key is not a valid ed25519 key"))?;
     let sig = Signature::from_slice(signature)
         .map_err(|_| Error::AuthFailed("signature must be 64 bytes"))?;
-    key.verify_strict(&auth_message(nonce, device), &sig)
+    key.verify_strict(&labelled(&auth_message(nonce, device)), &sig)
         .map_err(|_| Error::AuthFailed("bad signature"))
 }
 

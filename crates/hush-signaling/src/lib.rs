@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 mod client;
+#[cfg(feature = "crypto")]
+pub mod crypto;
 pub mod device;
 pub mod envelope;
 mod error;
