@@ -237,6 +237,13 @@ impl IceAgent {
         Ok(added.then_some((addr, kind)))
     }
 
+    /// Sets the remote credentials without starting checks (inbound checks are answered).
+    pub(crate) fn set_remote_credentials(&mut self, remote: &IceCredentials) -> Result<(), Error> {
+        self.inner
+            .set_remote_credentials(remote.ufrag.clone(), remote.pwd.clone())
+            .map_err(|_| Error::InvalidCredentials)
+    }
+
     /// Sets the remote credentials and starts (or continues) connectivity checks.
     pub(crate) fn start(&mut self, now: Instant, remote: &IceCredentials) -> Result<(), Error> {
         let controlling = self.inner.role();

@@ -93,6 +93,10 @@ struct Session {
     alloc_failed: bool,
     perm_tx: HashMap<TxId, SocketAddr>,
     pending: HashMap<SocketAddr, VecDeque<Vec<u8>>>,
+    /// Peers the server refused (or stopped answering for): not asked again this generation.
+    refused: Vec<SocketAddr>,
+    /// Peers already retried once after a stale nonce.
+    stale_retried: Vec<SocketAddr>,
 }
 
 impl Session {
@@ -127,6 +131,7 @@ pub struct Connection {
     sessions: Vec<Session>,
     remote_credentials: Option<IceCredentials>,
     remote_addrs: Vec<SocketAddr>,
+    checks_started: bool,
     selected: Option<Path>,
     previous: Option<Path>,
     state: ConnectionState,
@@ -149,6 +154,7 @@ impl Connection {
             sessions: Vec::new(),
             remote_credentials: None,
             remote_addrs: Vec::new(),
+            checks_started: false,
             selected: None,
             previous: None,
             state: ConnectionState::New,
@@ -235,7 +241,14 @@ impl Connection {
             }
             None => {}
         }
-        self.agent.start(now, &credentials)?;
+        // Checks (and the nomination waits, which count from their start) begin with the first
+        // remote candidate, so a relay pair cannot win just because candidates trickled late.
+        if self.remote_addrs.is_empty() {
+            self.agent.set_remote_credentials(&credentials)?;
+        } else {
+            self.agent.start(now, &credentials)?;
+            self.checks_started = true;
+        }
         self.remote_credentials = Some(credentials);
         self.pump(now);
         Ok(())
@@ -254,6 +267,12 @@ impl Connection {
             }
             for i in 0..self.sessions.len() {
                 self.permit(now, i, addr);
+            }
+            if !self.checks_started {
+                if let Some(c) = self.remote_credentials.clone() {
+                    self.agent.start(now, &c)?;
+                    self.checks_started = true;
+                }
             }
         }
         self.pump(now);
@@ -446,6 +465,8 @@ impl Connection {
                 alloc_failed: false,
                 perm_tx: HashMap::new(),
                 pending: HashMap::new(),
+                refused: Vec::new(),
+                stale_retried: Vec::new(),
             };
             Self::start_session(now, &mut s, p2p);
             self.sessions.push(s);
@@ -485,6 +506,7 @@ impl Connection {
         self.agent.restart(now)?;
         self.remote_credentials = None;
         self.remote_addrs.clear();
+        self.checks_started = false;
         self.gathering_reported = false;
         let creds = self.agent.local_credentials();
         self.events.push_back(Event::Restarted {
@@ -503,6 +525,8 @@ impl Connection {
             let s = &mut self.sessions[i];
             s.mapped = None;
             s.binding_tx = None;
+            s.refused.clear();
+            s.stale_retried.clear();
             Self::start_session(now, s, p2p);
             if let Some(relayed) = s.relayed {
                 match self.agent.add_relay(relayed) {
@@ -610,7 +634,7 @@ impl Connection {
     fn permit(&mut self, now: Instant, i: usize, peer: SocketAddr) {
         let s = &mut self.sessions[i];
         let Some(relayed) = s.relayed else { return };
-        if peer.is_ipv4() != relayed.is_ipv4() {
+        if peer.is_ipv4() != relayed.is_ipv4() || s.refused.contains(&peer) {
             return;
         }
         match s.client.create_permission(now, relayed, peer) {
@@ -775,6 +799,7 @@ impl Connection {
                 }
                 if let Some(peer) = s.perm_tx.remove(&tx) {
                     s.pending.remove(&peer);
+                    s.refused.push(peer);
                     report = true;
                 }
                 if report {
@@ -797,12 +822,14 @@ impl Connection {
                 let Some(peer) = s.perm_tx.remove(&tx) else {
                     return;
                 };
-                if code == 438 {
-                    // Stale nonce: the client took the new nonce; ask again.
+                if code == 438 && !s.stale_retried.contains(&peer) {
+                    // Stale nonce: the client took the new nonce; ask again, once.
+                    s.stale_retried.push(peer);
                     self.permit(now, i, peer);
                     return;
                 }
                 s.pending.remove(&peer);
+                s.refused.push(peer);
                 let err = Error::TurnPermissionRefused { server, peer, code };
                 tracing::warn!(error = %err, "TURN permission refused");
                 self.events.push_back(Event::ServerError(err));

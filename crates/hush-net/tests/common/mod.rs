@@ -88,7 +88,7 @@ impl Coturn {
         let mut conf = format!(
             "listening-ip={ip}\nrelay-ip={ip}\nlistening-port={port}\nrealm={REALM}\n\
              no-tls\nno-dtls\nno-tcp\nno-cli\nfingerprint\n\
-             no-software-attribute\nno-multicast-peers\nsimple-log\nlog-file={log}\n\
+             no-software-attribute\nverbose\nno-multicast-peers\nsimple-log\nlog-file={log}\n\
              pidfile={pid}\nuserdb={db}\nmin-port=40000\nmax-port=40999\n",
             ip = addr.ip(),
             port = addr.port(),
@@ -172,7 +172,11 @@ impl Drop for Coturn {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("coturn log kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -192,6 +196,11 @@ pub fn sh(args: &[&str]) {
 
 /// Whether network namespaces and iptables can be used here (needs root / CAP_NET_ADMIN).
 pub fn netns_capable() -> bool {
+    static CAPABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAPABLE.get_or_init(probe_netns)
+}
+
+fn probe_netns() -> bool {
     if !hush_testkit::on_path("ip") || !hush_testkit::on_path("iptables") {
         return false;
     }
@@ -259,12 +268,25 @@ pub fn veth(a: &Netns, ia: &str, addr_a: &str, b: &Netns, ib: &str, addr_b: &str
     b.ip(&["link", "set", ib, "up"]);
 }
 
-/// Two peers, each behind its own NAT router (iptables MASQUERADE), joined by an "internet"
-/// namespace that hosts the TURN server at 10.99.0.1. With `block_direct` the internet drops
-/// traffic between the two NATs, so only the relay connects them.
+/// How the two peers of a [`NatTopology`] can reach each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Both behind NAT and the internet drops traffic between the two NATs: only the relay
+    /// connects them.
+    Blocked,
+    /// Both behind NAT, traffic between the NATs allowed (hole punching may or may not work:
+    /// Linux MASQUERADE changes the port when the peer's packet arrives first).
+    BothNat,
+    /// A behind NAT, B with a public address (192.168.2.2 routed by the internet): a direct
+    /// path exists.
+    BPublic,
+}
+
+/// Two peers, each behind its own router (iptables MASQUERADE NAT), joined by an "internet"
+/// namespace that hosts the TURN server at 10.99.0.1.
 ///
 /// Addresses (all inside these namespaces): peer A 192.168.1.2 behind NAT 10.99.1.2, peer B
-/// 192.168.2.2 behind NAT 10.99.2.2.
+/// 192.168.2.2 behind NAT 10.99.2.2 (or routed as is with [`Reach::BPublic`]).
 pub struct NatTopology {
     // Field order = drop order: peers' namespaces go last.
     pub a: Netns,
@@ -272,12 +294,14 @@ pub struct NatTopology {
     pub ra: Netns,
     pub rb: Netns,
     pub net: Netns,
+    pub void: Netns,
     pub turn_ip: IpAddr,
 }
 
 impl NatTopology {
-    pub fn new(tag: &str, block_direct: bool) -> Self {
+    pub fn new(tag: &str, reach: Reach) -> Self {
         let net = Netns::new(&format!("{tag}-n"));
+        let void = Netns::new(&format!("{tag}-v"));
         let ra = Netns::new(&format!("{tag}-ra"));
         let rb = Netns::new(&format!("{tag}-rb"));
         let a = Netns::new(&format!("{tag}-a"));
@@ -285,28 +309,32 @@ impl NatTopology {
         // The TURN server's address lives on the internet namespace's loopback.
         net.ip(&["addr", "add", "10.99.0.1/32", "dev", "lo"]);
         net.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        // Like the internet, unroutable (private) destinations vanish silently instead of
+        // failing the sender locally: the default route leads into a namespace that does not
+        // forward.
+        veth(&net, "void", "10.99.9.1/30", &void, "in", "10.99.9.2/30");
+        net.ip(&["route", "add", "default", "via", "10.99.9.2"]);
         veth(&net, "to-ra", "10.99.1.1/24", &ra, "wan", "10.99.1.2/24");
         veth(&net, "to-rb", "10.99.2.1/24", &rb, "wan", "10.99.2.2/24");
         veth(&ra, "lan", "192.168.1.1/24", &a, "eth0", "192.168.1.2/24");
         veth(&rb, "lan", "192.168.2.1/24", &b, "eth0", "192.168.2.2/24");
-        for (r, up) in [(&ra, "10.99.1.1"), (&rb, "10.99.2.1")] {
+        let b_nat = reach != Reach::BPublic;
+        for (r, up, nat) in [(&ra, "10.99.1.1", true), (&rb, "10.99.2.1", b_nat)] {
             r.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
             r.ip(&["route", "add", "default", "via", up]);
-            r.exec(&[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-            ]);
+            if nat {
+                let masquerade = "-t nat -A POSTROUTING -o wan -j MASQUERADE";
+                let mut args = vec!["iptables"];
+                args.extend(masquerade.split(' '));
+                r.exec(&args);
+            }
+        }
+        if !b_nat {
+            net.ip(&["route", "add", "192.168.2.0/24", "via", "10.99.2.2"]);
         }
         a.ip(&["route", "add", "default", "via", "192.168.1.1"]);
         b.ip(&["route", "add", "default", "via", "192.168.2.1"]);
-        if block_direct {
+        if reach == Reach::Blocked {
             net.exec(&[
                 "iptables", "-A", "FORWARD", "-i", "to-ra", "-o", "to-rb", "-j", "DROP",
             ]);
@@ -320,6 +348,7 @@ impl NatTopology {
             ra,
             rb,
             net,
+            void,
             turn_ip: "10.99.0.1".parse().expect("ip"),
         }
     }

@@ -15,10 +15,13 @@ pub enum Dir {
     ToClient,
 }
 
+/// Everything the proxy saw, in order.
+pub type Recording = Arc<Mutex<Vec<(Dir, Vec<u8>)>>>;
+
 pub struct RecordingProxy {
     /// Where clients should send (use this as the TURN server address).
     pub addr: SocketAddr,
-    pub recorded: Arc<Mutex<Vec<(Dir, Vec<u8>)>>>,
+    pub recorded: Recording,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -31,7 +34,7 @@ impl RecordingProxy {
             .expect("timeout");
         let addr = listen.local_addr().expect("addr");
         let listen = Arc::new(listen);
-        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let recorded: Recording = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, rec, st) = (listen.clone(), recorded.clone(), stop.clone());
         let main = std::thread::spawn(move || {
