@@ -157,9 +157,24 @@ fn cpu_per_call() {
     );
 }
 
+fn jitter_table() {
+    println!("\n### Jitter buffer (no loss, 30 ms base delay, 120 s)\n");
+    println!("| jitter | configured p95 | mean added delay | p95 added delay | played |");
+    println!("|---|---|---|---|---|");
+    jitter_run(Jitter::Uniform(Duration::from_millis(40)), true);
+    jitter_run(Jitter::Uniform(Duration::from_millis(100)), true);
+    jitter_run(Jitter::Exponential(Duration::from_millis(10)), true);
+    jitter_run(Jitter::Exponential(Duration::from_millis(20)), false);
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("bandwidth") {
         bandwidth_steps();
+        return;
+    }
+    let only = std::env::args().nth(1);
+    if only.as_deref() == Some("jitter") {
+        jitter_table();
         return;
     }
     let seeds = [1, 2, 3, 4, 5];
@@ -185,13 +200,7 @@ fn main() {
         LossModel::bursty(0.20, 4.0),
         &seeds,
     );
-    println!("\n### Jitter buffer (no loss, 30 ms base delay, 120 s)\n");
-    println!("| jitter | configured p95 | mean added delay | p95 added delay | played |");
-    println!("|---|---|---|---|---|");
-    jitter_run(Jitter::Uniform(Duration::from_millis(40)), true);
-    jitter_run(Jitter::Uniform(Duration::from_millis(100)), true);
-    jitter_run(Jitter::Exponential(Duration::from_millis(10)), true);
-    jitter_run(Jitter::Exponential(Duration::from_millis(20)), false);
+    jitter_table();
     println!(
         "\n### Bandwidth steps (cap 1 Mbps → 150 kbps at 20 s → 1 Mbps at 40 s; audio + video)\n"
     );

@@ -116,6 +116,7 @@ pub struct MediaSession {
     rtt: Option<Duration>,
     remote_loss: f64,
     last_audio_loss: Option<Instant>,
+    loss_samples: VecDeque<(Instant, u64)>,
     next_report: Instant,
     next_feedback: Instant,
     transmits: VecDeque<Transmit>,
@@ -176,6 +177,7 @@ impl MediaSession {
             rtt: None,
             remote_loss: 0.0,
             last_audio_loss: None,
+            loss_samples: VecDeque::new(),
             next_report: now + config.report_interval / 2,
             next_feedback: now + config.feedback_interval,
             transmits: VecDeque::new(),
@@ -296,6 +298,7 @@ impl MediaSession {
         self.drain_playout(now);
         self.flush_nacks(now);
         self.check_video_gap(now);
+        self.sample_loss(now);
         if now >= self.next_report {
             self.send_report(now);
             self.next_report = now + self.config.report_interval;
@@ -360,22 +363,32 @@ impl MediaSession {
         .min()
     }
 
-    fn drain_playout(&mut self, now: Instant) {
+    fn drain_playout(&mut self, _now: Instant) {
         while let Some(p) = self.jitter.poll_playout() {
-            // A frame missing at its tick (not merely reordered) is what makes waiting for
-            // retransmissions worth its delay.
-            let missing = match &p {
-                Playout::Frame { recovery, .. } => *recovery != crate::jitter::Recovery::None,
-                Playout::Fec { .. } | Playout::Conceal { .. } => true,
-                Playout::Stretch { .. } => false,
-            };
-            if missing {
-                self.last_audio_loss = Some(now);
-            }
             self.events.push_back(Event::Audio(p));
         }
         while let Some(f) = self.depack.poll_frame() {
             self.events.push_back(Event::Video(f));
+        }
+    }
+
+    /// Notes real loss (not reordering or lateness): packets still missing a second after
+    /// they were due. That is what makes waiting for retransmissions worth its delay.
+    fn sample_loss(&mut self, now: Instant) {
+        if self
+            .loss_samples
+            .back()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.loss_samples.push_back((now, self.audio_rx.lost()));
+        while self.loss_samples.len() > 8 {
+            self.loss_samples.pop_front();
+        }
+        let n = self.loss_samples.len();
+        if n >= 4 && self.loss_samples[n - 3].1 > self.loss_samples[0].1 {
+            self.last_audio_loss = Some(now);
         }
     }
 
