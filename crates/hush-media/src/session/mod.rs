@@ -372,8 +372,8 @@ impl MediaSession {
         }
     }
 
-    /// Notes real loss (not reordering or lateness): packets still missing a second after
-    /// they were due. That is what makes waiting for retransmissions worth its delay.
+    /// Notes real loss (not reordering or lateness): holes that no original packet filled
+    /// within a second. That is what makes waiting for retransmissions worth its delay.
     fn sample_loss(&mut self, now: Instant) {
         if self
             .loss_samples
@@ -382,13 +382,13 @@ impl MediaSession {
         {
             return;
         }
-        self.loss_samples.push_back((now, self.audio_rx.lost()));
-        while self.loss_samples.len() > 8 {
-            self.loss_samples.pop_front();
-        }
-        let n = self.loss_samples.len();
-        if n >= 4 && self.loss_samples[n - 3].1 > self.loss_samples[0].1 {
+        let lost = self.audio_rx.settled_lost(now);
+        if self.loss_samples.back().is_some_and(|(_, l)| lost > *l) {
             self.last_audio_loss = Some(now);
+        }
+        self.loss_samples.push_back((now, lost));
+        while self.loss_samples.len() > 2 {
+            self.loss_samples.pop_front();
         }
     }
 

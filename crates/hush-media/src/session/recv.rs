@@ -54,7 +54,14 @@ pub(crate) struct RecvStream {
     received_prior: u64,
     jitter: f64,
     last_transit: Option<f64>,
+    /// Gaps not yet filled by an original packet, with when they were noticed.
+    holes: std::collections::BTreeMap<u64, Instant>,
+    /// Holes never filled by an original within [`SETTLE`]: real loss, not reordering.
+    settled_lost: u64,
 }
+
+/// How long a hole may stay open before it counts as loss rather than reordering.
+const SETTLE: Duration = Duration::from_millis(1000);
 
 impl RecvStream {
     pub(crate) fn new(clock_rate: u32) -> Self {
@@ -68,13 +75,22 @@ impl RecvStream {
             received_prior: 0,
             jitter: 0.0,
             last_transit: None,
+            holes: std::collections::BTreeMap::new(),
+            settled_lost: 0,
         }
     }
 
     /// Records an original packet; returns its extended sequence number.
-    pub(crate) fn on_packet(&mut self, arrival_secs: f64, seq: u16, ts: u32) -> u64 {
+    pub(crate) fn on_packet(&mut self, now: Instant, arrival_secs: f64, seq: u16, ts: u32) -> u64 {
         let ext = self.unwrap.unwrap(seq);
         let base = *self.base.get_or_insert(ext);
+        if ext > self.highest.max(base) + 1 && ext - self.highest < 1000 {
+            for s in self.highest + 1..ext {
+                self.holes.insert(s, now);
+            }
+        } else {
+            self.holes.remove(&ext);
+        }
         self.highest = self.highest.max(ext).max(base);
         self.received += 1;
         // RFC 3550 §A.8, in timestamp units.
@@ -94,6 +110,18 @@ impl RecvStream {
     /// Extended sequence number of `seq` without recording it.
     pub(crate) fn peek(&self, seq: u16) -> u64 {
         self.unwrap.peek(seq)
+    }
+
+    /// Packets lost for good (holes older than a second), so far.
+    pub(crate) fn settled_lost(&mut self, now: Instant) -> u64 {
+        while let Some((&s, &t)) = self.holes.first_key_value() {
+            if now.saturating_duration_since(t) < SETTLE {
+                break;
+            }
+            self.holes.remove(&s);
+            self.settled_lost += 1;
+        }
+        self.settled_lost
     }
 
     pub(crate) fn expected(&self) -> u64 {
@@ -153,7 +181,7 @@ impl MediaSession {
             let h = &packet.header;
             let ext = self
                 .audio_rx
-                .on_packet(arrival, h.sequence_number, h.timestamp);
+                .on_packet(now, arrival, h.sequence_number, h.timestamp);
             self.audio_nack.on_packet(now, ext);
             self.on_audio(now, &packet, ext, Recovery::None)
         } else if ssrc == audio.rtx_ssrc {
@@ -169,7 +197,7 @@ impl MediaSession {
             let h = &packet.header;
             let ext = self
                 .video_rx
-                .on_packet(arrival, h.sequence_number, h.timestamp);
+                .on_packet(now, arrival, h.sequence_number, h.timestamp);
             self.video_nack.on_packet(now, ext);
             let _ = v;
             self.on_video(now, &packet, ext);
