@@ -2,6 +2,8 @@
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if let Err(e) = protoc_bin_vendored::protoc_bin_path() {
-        println!("cargo:warning=no vendored protoc for this host ({e}); set PROTOC to a protoc binary");
+        println!(
+            "cargo:warning=no vendored protoc for this host ({e}); set PROTOC to a protoc binary"
+        );
     }
 }

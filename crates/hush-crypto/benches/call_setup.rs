@@ -11,7 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hush_crypto::rand::rngs::StdRng;
 use hush_crypto::rand::SeedableRng;
 use hush_crypto::signal::{DeviceId, IdentityKeyPair};
-use hush_crypto::{complete_now, CallKeyExchange, Device, DeviceStore, MemoryBackend, ProtocolAddress};
+use hush_crypto::{
+    complete_now, CallKeyExchange, Device, DeviceStore, MemoryBackend, ProtocolAddress,
+};
 
 fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -42,55 +44,66 @@ fn bench_call_setup(c: &mut Criterion) {
     let reply = run(bob.seal(&a, b"hi", now())).expect("seal");
     run(alice.open(&b, &reply)).expect("open");
 
-    c.bench_function("call setup: sealed offer -> sealed answer -> both MediaKeys", |bench| {
-        bench.iter(|| {
-            let (mut pending, sealed_offer) = run(alice.start_call(&b, now())).expect("offer");
-            let incoming = run(bob.receive_offer(&a, &sealed_offer)).expect("receive");
-            let (sealed_answer, bob_keys) = run(bob.accept_call(&a, incoming, now())).expect("accept");
-            let alice_keys = run(alice.receive_answer(&b, &mut pending, &sealed_answer)).expect("finish");
-            (alice_keys, bob_keys)
-        })
-    });
+    c.bench_function(
+        "call setup: sealed offer -> sealed answer -> both MediaKeys",
+        |bench| {
+            bench.iter(|| {
+                let (mut pending, sealed_offer) = run(alice.start_call(&b, now())).expect("offer");
+                let incoming = run(bob.receive_offer(&a, &sealed_offer)).expect("receive");
+                let (sealed_answer, bob_keys) =
+                    run(bob.accept_call(&a, incoming, now())).expect("accept");
+                let alice_keys =
+                    run(alice.receive_answer(&b, &mut pending, &sealed_answer)).expect("finish");
+                (alice_keys, bob_keys)
+            })
+        },
+    );
 
     let mut rng = StdRng::seed_from_u64(3);
     let ida = *IdentityKeyPair::generate(&mut rng).identity_key();
     let idb = *IdentityKeyPair::generate(&mut rng).identity_key();
     let caller = CallKeyExchange::new(ida);
     let mut callee = CallKeyExchange::new(idb);
-    c.bench_function("call key agreement only (offer, accept, finish; no Signal)", |bench| {
-        bench.iter(|| {
-            let (mut pending, offer) = caller.offer(&idb, &mut rng);
-            let (answer, callee_keys) = callee
-                .receive_offer(&offer, &ida)
-                .expect("receive")
-                .accept(&mut rng)
-                .expect("accept");
-            (pending.finish(&answer).expect("finish"), callee_keys)
-        })
-    });
+    c.bench_function(
+        "call key agreement only (offer, accept, finish; no Signal)",
+        |bench| {
+            bench.iter(|| {
+                let (mut pending, offer) = caller.offer(&idb, &mut rng);
+                let (answer, callee_keys) = callee
+                    .receive_offer(&offer, &ida)
+                    .expect("receive")
+                    .accept(&mut rng)
+                    .expect("accept");
+                (pending.finish(&answer).expect("finish"), callee_keys)
+            })
+        },
+    );
 }
 
 fn bench_session_setup(c: &mut Criterion) {
     let b = addr("bob");
     let mut bob = device(10);
     let mut seed = 100u64;
-    c.bench_function("session setup from bundle (PQXDH initiator + first message opened)", |bench| {
-        bench.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                seed += 1;
-                let mut alice = device(seed);
-                let a = addr(&format!("alice{seed}"));
-                let bundle = bob.fresh_bundle(now()).expect("bundle");
-                let start = Instant::now();
-                run(alice.process_bundle(&b, &bundle, now())).expect("session");
-                let first = run(alice.seal(&b, b"hello", now())).expect("seal");
-                run(bob.open(&a, &first)).expect("open");
-                total += start.elapsed();
-            }
-            total
-        })
-    });
+    c.bench_function(
+        "session setup from bundle (PQXDH initiator + first message opened)",
+        |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    seed += 1;
+                    let mut alice = device(seed);
+                    let a = addr(&format!("alice{seed}"));
+                    let bundle = bob.fresh_bundle(now()).expect("bundle");
+                    let start = Instant::now();
+                    run(alice.process_bundle(&b, &bundle, now())).expect("session");
+                    let first = run(alice.seal(&b, b"hello", now())).expect("seal");
+                    run(bob.open(&a, &first)).expect("open");
+                    total += start.elapsed();
+                }
+                total
+            })
+        },
+    );
 }
 
 criterion_group! {

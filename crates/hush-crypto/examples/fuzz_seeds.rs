@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use hush_crypto::rand::rngs::StdRng;
 use hush_crypto::rand::SeedableRng;
 use hush_crypto::signal::{DeviceId, IdentityKeyPair};
-use hush_crypto::{complete_now, CallKeyExchange, Device, DeviceStore, MemoryBackend, ProtocolAddress};
+use hush_crypto::{
+    complete_now, CallKeyExchange, Device, DeviceStore, MemoryBackend, ProtocolAddress,
+};
 
 fn device(seed: u64) -> Device<MemoryBackend> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -29,7 +31,9 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn main() {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "fuzz/corpus".into());
     let out = Path::new(&out);
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
 
@@ -40,15 +44,29 @@ fn main() {
     let caller = CallKeyExchange::new(a);
     let mut callee = CallKeyExchange::new(b);
     let (_pending, offer) = caller.offer(&b, &mut rng);
-    let (answer, _) = callee.receive_offer(&offer, &a).expect("offer").accept(&mut rng).expect("accept");
+    let (answer, _) = callee
+        .receive_offer(&offer, &a)
+        .expect("offer")
+        .accept(&mut rng)
+        .expect("accept");
     write(out, "crypto_offer_answer", "offer", &offer.encode());
     write(out, "crypto_offer_answer", "answer", &answer.encode());
 
     // Bundles.
     let mut carol = device(9);
     let mut upload = carol.prepare_upload(2, 1, now).expect("upload");
-    write(out, "crypto_bundle", "upload", &upload.encode().expect("encode"));
-    write(out, "crypto_bundle", "peer_bundle", &upload.take_bundle().encode().expect("encode"));
+    write(
+        out,
+        "crypto_bundle",
+        "upload",
+        &upload.encode().expect("encode"),
+    );
+    write(
+        out,
+        "crypto_bundle",
+        "peer_bundle",
+        &upload.take_bundle().encode().expect("encode"),
+    );
     write(out, "crypto_bundle", "peer_bundle_last_resort", &{
         upload.take_bundle();
         upload.take_bundle().encode().expect("encode")
@@ -58,14 +76,28 @@ fn main() {
     let mut alice = device(1);
     let mut bob = device(2);
     let bundle = bob.fresh_bundle(now).expect("bundle");
-    complete_now(alice.process_bundle(&addr("bob"), &bundle, now)).expect("sync").expect("session");
-    let hello = complete_now(alice.seal(&addr("bob"), b"hello", now)).expect("sync").expect("seal");
-    complete_now(bob.open(&addr("alice"), &hello)).expect("sync").expect("open");
-    let prekey = complete_now(alice.seal(&addr("bob"), b"second", now)).expect("sync").expect("seal");
+    complete_now(alice.process_bundle(&addr("bob"), &bundle, now))
+        .expect("sync")
+        .expect("session");
+    let hello = complete_now(alice.seal(&addr("bob"), b"hello", now))
+        .expect("sync")
+        .expect("seal");
+    complete_now(bob.open(&addr("alice"), &hello))
+        .expect("sync")
+        .expect("open");
+    let prekey = complete_now(alice.seal(&addr("bob"), b"second", now))
+        .expect("sync")
+        .expect("seal");
     write(out, "crypto_open", "prekey_message", &prekey);
-    let reply = complete_now(bob.seal(&addr("alice"), b"reply", now)).expect("sync").expect("seal");
-    complete_now(alice.open(&addr("bob"), &reply)).expect("sync").expect("open");
-    let (_pending, sealed_offer) = complete_now(alice.start_call(&addr("bob"), now)).expect("sync").expect("call");
+    let reply = complete_now(bob.seal(&addr("alice"), b"reply", now))
+        .expect("sync")
+        .expect("seal");
+    complete_now(alice.open(&addr("bob"), &reply))
+        .expect("sync")
+        .expect("open");
+    let (_pending, sealed_offer) = complete_now(alice.start_call(&addr("bob"), now))
+        .expect("sync")
+        .expect("call");
     write(out, "crypto_open", "whisper_offer", &sealed_offer);
     println!("seeds written under {}", out.display());
 }

@@ -74,7 +74,11 @@ impl DeviceSigningKey {
 
 impl fmt::Debug for DeviceSigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceSigningKey({:?}, <secret redacted>)", self.auth_key())
+        write!(
+            f,
+            "DeviceSigningKey({:?}, <secret redacted>)",
+            self.auth_key()
+        )
     }
 }
 
@@ -152,7 +156,11 @@ fn challenge_message(challenge: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(CHALLENGE_LABEL.len() + 4 + challenge.len());
     m.extend_from_slice(CHALLENGE_LABEL);
     // Challenges are relay nonces (tens of bytes); saturating keeps this total, never panics.
-    m.extend_from_slice(&u32::try_from(challenge.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.extend_from_slice(
+        &u32::try_from(challenge.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     m.extend_from_slice(challenge);
     m
 }
@@ -189,12 +197,21 @@ mod tests {
         let key = DeviceSigningKey::generate(&mut rng);
         let sig = key.binding(&identity, 42, 3, &mut rng).unwrap();
         let auth = key.auth_key();
-        auth.verify_binding(identity.identity_key(), 42, 3, &sig).unwrap();
-        assert!(auth.verify_binding(other.identity_key(), 42, 3, &sig).is_err());
-        assert!(auth.verify_binding(identity.identity_key(), 42, 4, &sig).is_err());
-        assert!(auth.verify_binding(identity.identity_key(), 43, 3, &sig).is_err());
+        auth.verify_binding(identity.identity_key(), 42, 3, &sig)
+            .unwrap();
+        assert!(auth
+            .verify_binding(other.identity_key(), 42, 3, &sig)
+            .is_err());
+        assert!(auth
+            .verify_binding(identity.identity_key(), 42, 4, &sig)
+            .is_err());
+        assert!(auth
+            .verify_binding(identity.identity_key(), 43, 3, &sig)
+            .is_err());
         let swapped = DeviceSigningKey::generate(&mut rng).auth_key();
-        assert!(swapped.verify_binding(identity.identity_key(), 42, 3, &sig).is_err());
+        assert!(swapped
+            .verify_binding(identity.identity_key(), 42, 3, &sig)
+            .is_err());
     }
 
     #[test]

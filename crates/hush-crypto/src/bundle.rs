@@ -17,7 +17,9 @@
 //!
 //! Public keys use libsignal's serialization (a type byte, then the key).
 
-use libsignal_protocol::{kem, DeviceId, IdentityKey, KyberPreKeyId, PreKeyBundle, PreKeyId, PublicKey, SignedPreKeyId};
+use libsignal_protocol::{
+    kem, DeviceId, IdentityKey, KyberPreKeyId, PreKeyBundle, PreKeyId, PublicKey, SignedPreKeyId,
+};
 
 use crate::auth::DeviceAuthKey;
 use crate::error::{Error, Result};
@@ -97,8 +99,12 @@ pub struct DeviceKeys {
 impl DeviceKeys {
     /// Checks the binding of the ed25519 key to the identity key.
     pub fn verify(&self) -> Result<()> {
-        self.auth_key
-            .verify_binding(&self.identity_key, self.registration_id, self.device_id, &self.auth_binding)
+        self.auth_key.verify_binding(
+            &self.identity_key,
+            self.registration_id,
+            self.device_id,
+            &self.auth_binding,
+        )
     }
 
     fn encode(&self, w: &mut Writer) -> Result<()> {
@@ -115,8 +121,8 @@ impl DeviceKeys {
         if DeviceId::new(device_id).is_err() {
             return Err(r.malformed("device id out of range"));
         }
-        let identity_key =
-            IdentityKey::decode(r.bytes16(MAX_EC_KEY)?).map_err(|_| r.malformed("bad identity key"))?;
+        let identity_key = IdentityKey::decode(r.bytes16(MAX_EC_KEY)?)
+            .map_err(|_| r.malformed("bad identity key"))?;
         let auth_key = DeviceAuthKey::from_bytes(&r.array()?)?;
         let auth_binding = r.bytes16(MAX_SIGNATURE)?.to_vec();
         Ok(Self {
@@ -147,8 +153,16 @@ impl PeerBundle {
     /// Checks every signature: the ed25519 binding, the signed prekey and the Kyber prekey.
     pub fn verify(&self) -> Result<()> {
         self.device.verify()?;
-        verify_prekey_signature(&self.device.identity_key, &self.signed.public.serialize(), &self.signed.signature)?;
-        verify_prekey_signature(&self.device.identity_key, &self.kyber.public.serialize(), &self.kyber.signature)
+        verify_prekey_signature(
+            &self.device.identity_key,
+            &self.signed.public.serialize(),
+            &self.signed.signature,
+        )?;
+        verify_prekey_signature(
+            &self.device.identity_key,
+            &self.kyber.public.serialize(),
+            &self.kyber.signature,
+        )
     }
 
     /// The libsignal form, for `process_prekey_bundle`.
@@ -158,7 +172,9 @@ impl PeerBundle {
         Ok(PreKeyBundle::new(
             self.device.registration_id,
             device_id,
-            self.one_time.as_ref().map(|k| (PreKeyId::from(k.id), k.public)),
+            self.one_time
+                .as_ref()
+                .map(|k| (PreKeyId::from(k.id), k.public)),
             SignedPreKeyId::from(self.signed.id),
             self.signed.public,
             self.signed.signature.clone(),
@@ -233,7 +249,11 @@ impl BundleUpload {
         let id = &self.device.identity_key;
         self.device.verify()?;
         verify_prekey_signature(id, &self.signed.public.serialize(), &self.signed.signature)?;
-        verify_prekey_signature(id, &self.last_resort_kyber.public.serialize(), &self.last_resort_kyber.signature)?;
+        verify_prekey_signature(
+            id,
+            &self.last_resort_kyber.public.serialize(),
+            &self.last_resort_kyber.signature,
+        )?;
         for k in &self.kyber_one_time {
             verify_prekey_signature(id, &k.public.serialize(), &k.signature)?;
         }
@@ -246,17 +266,24 @@ impl BundleUpload {
         PeerBundle {
             device: self.device.clone(),
             signed: self.signed.clone(),
-            kyber: self.kyber_one_time.pop().unwrap_or_else(|| self.last_resort_kyber.clone()),
+            kyber: self
+                .kyber_one_time
+                .pop()
+                .unwrap_or_else(|| self.last_resort_kyber.clone()),
             one_time: self.one_time.pop(),
         }
     }
 
     /// Encodes the upload.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        if self.one_time.len() > MAX_UPLOAD_PRE_KEYS || self.kyber_one_time.len() > MAX_UPLOAD_KYBER_PRE_KEYS {
+        if self.one_time.len() > MAX_UPLOAD_PRE_KEYS
+            || self.kyber_one_time.len() > MAX_UPLOAD_KYBER_PRE_KEYS
+        {
             return Err(Error::InvalidArgument("too many prekeys for one upload"));
         }
-        let mut w = Writer::with_capacity(2000 + 40 * self.one_time.len() + 1800 * self.kyber_one_time.len());
+        let mut w = Writer::with_capacity(
+            2000 + 40 * self.one_time.len() + 1800 * self.kyber_one_time.len(),
+        );
         w.u8(BUNDLE_UPLOAD_TAG);
         w.u8(BUNDLE_VERSION);
         self.device.encode(&mut w)?;
@@ -286,12 +313,16 @@ impl BundleUpload {
         if n > MAX_UPLOAD_PRE_KEYS {
             return Err(r.malformed("too many one-time prekeys"));
         }
-        let one_time = (0..n).map(|_| decode_one_time(&mut r)).collect::<Result<Vec<_>>>()?;
+        let one_time = (0..n)
+            .map(|_| decode_one_time(&mut r))
+            .collect::<Result<Vec<_>>>()?;
         let m = usize::from(r.u16()?);
         if m > MAX_UPLOAD_KYBER_PRE_KEYS {
             return Err(r.malformed("too many one-time Kyber prekeys"));
         }
-        let kyber_one_time = (0..m).map(|_| decode_kyber(&mut r)).collect::<Result<Vec<_>>>()?;
+        let kyber_one_time = (0..m)
+            .map(|_| decode_kyber(&mut r))
+            .collect::<Result<Vec<_>>>()?;
         r.finish()?;
         Ok(Self {
             device,
@@ -317,7 +348,10 @@ fn check_header(r: &mut Reader<'_>, tag: u8) -> Result<()> {
     }
     let version = r.u8()?;
     if version != BUNDLE_VERSION {
-        return Err(Error::UnsupportedVersion { what: "bundle", version });
+        return Err(Error::UnsupportedVersion {
+            what: "bundle",
+            version,
+        });
     }
     Ok(())
 }
@@ -329,7 +363,8 @@ fn encode_one_time(w: &mut Writer, k: &OneTimePreKeyPublic) -> Result<()> {
 
 fn decode_one_time(r: &mut Reader<'_>) -> Result<OneTimePreKeyPublic> {
     let id = r.u32()?;
-    let public = PublicKey::deserialize(r.bytes16(MAX_EC_KEY)?).map_err(|_| r.malformed("bad EC public key"))?;
+    let public = PublicKey::deserialize(r.bytes16(MAX_EC_KEY)?)
+        .map_err(|_| r.malformed("bad EC public key"))?;
     Ok(OneTimePreKeyPublic { id, public })
 }
 
@@ -341,9 +376,14 @@ fn encode_signed(w: &mut Writer, k: &SignedPreKeyPublic) -> Result<()> {
 
 fn decode_signed(r: &mut Reader<'_>) -> Result<SignedPreKeyPublic> {
     let id = r.u32()?;
-    let public = PublicKey::deserialize(r.bytes16(MAX_EC_KEY)?).map_err(|_| r.malformed("bad EC public key"))?;
+    let public = PublicKey::deserialize(r.bytes16(MAX_EC_KEY)?)
+        .map_err(|_| r.malformed("bad EC public key"))?;
     let signature = r.bytes16(MAX_SIGNATURE)?.to_vec();
-    Ok(SignedPreKeyPublic { id, public, signature })
+    Ok(SignedPreKeyPublic {
+        id,
+        public,
+        signature,
+    })
 }
 
 fn encode_kyber(w: &mut Writer, k: &KyberPreKeyPublic) -> Result<()> {
@@ -354,8 +394,12 @@ fn encode_kyber(w: &mut Writer, k: &KyberPreKeyPublic) -> Result<()> {
 
 fn decode_kyber(r: &mut Reader<'_>) -> Result<KyberPreKeyPublic> {
     let id = r.u32()?;
-    let public =
-        kem::PublicKey::deserialize(r.bytes16(MAX_KYBER_KEY)?).map_err(|_| r.malformed("bad Kyber public key"))?;
+    let public = kem::PublicKey::deserialize(r.bytes16(MAX_KYBER_KEY)?)
+        .map_err(|_| r.malformed("bad Kyber public key"))?;
     let signature = r.bytes16(MAX_SIGNATURE)?.to_vec();
-    Ok(KyberPreKeyPublic { id, public, signature })
+    Ok(KyberPreKeyPublic {
+        id,
+        public,
+        signature,
+    })
 }

@@ -4,8 +4,9 @@
 use std::time::SystemTime;
 
 use libsignal_protocol::{
-    message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage, CiphertextMessageType, Fingerprint,
-    IdentityKey, PreKeySignalMessage, ProtocolAddress, SignalMessage, SignalProtocolError, Timestamp,
+    message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage,
+    CiphertextMessageType, Fingerprint, IdentityKey, PreKeySignalMessage, ProtocolAddress,
+    SignalMessage, SignalProtocolError, Timestamp,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -128,7 +129,12 @@ impl<B: Backend> Device<B> {
     /// if there are none yet, plus `one_time` fresh one-time EC prekeys and `kyber_one_time`
     /// fresh one-time Kyber prekeys (replenishment). Only the fresh keys are listed, so a key
     /// the relay already handed out is never handed out again.
-    pub fn prepare_upload(&mut self, one_time: usize, kyber_one_time: usize, now: SystemTime) -> Result<BundleUpload> {
+    pub fn prepare_upload(
+        &mut self,
+        one_time: usize,
+        kyber_one_time: usize,
+        now: SystemTime,
+    ) -> Result<BundleUpload> {
         let ts = timestamp(now);
         let signed = match self.store.current_signed_pre_key()? {
             Some(k) => k,
@@ -136,10 +142,14 @@ impl<B: Backend> Device<B> {
         };
         let last_resort_kyber = match self.store.current_last_resort_kyber_pre_key()? {
             Some(k) => k,
-            None => self.store.rotate_last_resort_kyber_pre_key(ts, &mut self.rng)?,
+            None => self
+                .store
+                .rotate_last_resort_kyber_pre_key(ts, &mut self.rng)?,
         };
         let one_time = self.store.generate_pre_keys(one_time, &mut self.rng)?;
-        let kyber_one_time = self.store.generate_kyber_pre_keys(kyber_one_time, ts, &mut self.rng)?;
+        let kyber_one_time =
+            self.store
+                .generate_kyber_pre_keys(kyber_one_time, ts, &mut self.rng)?;
         Ok(BundleUpload {
             device: self.device_keys()?,
             signed,
@@ -157,13 +167,15 @@ impl<B: Backend> Device<B> {
 
     /// Makes a new signed EC prekey current (rotate e.g. weekly, then upload).
     pub fn rotate_signed_pre_key(&mut self, now: SystemTime) -> Result<()> {
-        self.store.rotate_signed_pre_key(timestamp(now), &mut self.rng)?;
+        self.store
+            .rotate_signed_pre_key(timestamp(now), &mut self.rng)?;
         Ok(())
     }
 
     /// Makes a new last-resort Kyber prekey current.
     pub fn rotate_last_resort_kyber_pre_key(&mut self, now: SystemTime) -> Result<()> {
-        self.store.rotate_last_resort_kyber_pre_key(timestamp(now), &mut self.rng)?;
+        self.store
+            .rotate_last_resort_kyber_pre_key(timestamp(now), &mut self.rng)?;
         Ok(())
     }
 
@@ -182,7 +194,12 @@ impl<B: Backend> Device<B> {
     /// Starts a Signal (PQXDH) session with `peer` from its bundle. Verifies every signature
     /// in the bundle first. A bundle whose identity differs from the one on record for `peer`
     /// fails with [`Error::IdentityChanged`].
-    pub async fn process_bundle(&mut self, peer: &ProtocolAddress, bundle: &PeerBundle, now: SystemTime) -> Result<()> {
+    pub async fn process_bundle(
+        &mut self,
+        peer: &ProtocolAddress,
+        bundle: &PeerBundle,
+        now: SystemTime,
+    ) -> Result<()> {
         if bundle.device.device_id != u8::from(peer.device_id()) {
             return Err(Error::Malformed {
                 what: "peer bundle",
@@ -202,24 +219,47 @@ impl<B: Backend> Device<B> {
         let signal_bundle = bundle.to_signal()?;
         let mut sessions = self.store.handle();
         let mut identities = self.store.handle();
-        process_prekey_bundle(peer, &mut sessions, &mut identities, &signal_bundle, now, &mut self.rng)
-            .await
-            .map_err(|e| identity_error(e, peer, Some(bundle.device.identity_key)))?;
+        process_prekey_bundle(
+            peer,
+            &mut sessions,
+            &mut identities,
+            &signal_bundle,
+            now,
+            &mut self.rng,
+        )
+        .await
+        .map_err(|e| identity_error(e, peer, Some(bundle.device.identity_key)))?;
         debug!(%peer, "session started from bundle");
         Ok(())
     }
 
     /// Encrypts `plaintext` for `peer` with the Double Ratchet.
-    pub async fn seal(&mut self, peer: &ProtocolAddress, plaintext: &[u8], now: SystemTime) -> Result<Vec<u8>> {
+    pub async fn seal(
+        &mut self,
+        peer: &ProtocolAddress,
+        plaintext: &[u8],
+        now: SystemTime,
+    ) -> Result<Vec<u8>> {
         let mut sessions = self.store.handle();
         let mut identities = self.store.handle();
-        let msg = message_encrypt(plaintext, peer, &mut sessions, &mut identities, now, &mut self.rng)
-            .await
-            .map_err(|e| identity_error(e, peer, None))?;
+        let msg = message_encrypt(
+            plaintext,
+            peer,
+            &mut sessions,
+            &mut identities,
+            now,
+            &mut self.rng,
+        )
+        .await
+        .map_err(|e| identity_error(e, peer, None))?;
         let kind = match msg.message_type() {
             CiphertextMessageType::PreKey => SEALED_PREKEY,
             CiphertextMessageType::Whisper => SEALED_WHISPER,
-            _ => return Err(Error::Internal("unexpected ciphertext type from message_encrypt")),
+            _ => {
+                return Err(Error::Internal(
+                    "unexpected ciphertext type from message_encrypt",
+                ))
+            }
         };
         let body = msg.serialize();
         let mut out = Vec::with_capacity(1 + body.len());
@@ -242,12 +282,15 @@ impl<B: Backend> Device<B> {
         let (kind, body) = sealed.split_first().ok_or(malformed("empty"))?;
         let (msg, presented) = match *kind {
             SEALED_PREKEY => {
-                let m = PreKeySignalMessage::try_from(body).map_err(|_| malformed("bad prekey message"))?;
+                let m = PreKeySignalMessage::try_from(body)
+                    .map_err(|_| malformed("bad prekey message"))?;
                 let id = *m.identity_key();
                 (CiphertextMessage::PreKeySignalMessage(m), Some(id))
             }
             SEALED_WHISPER => (
-                CiphertextMessage::SignalMessage(SignalMessage::try_from(body).map_err(|_| malformed("bad message"))?),
+                CiphertextMessage::SignalMessage(
+                    SignalMessage::try_from(body).map_err(|_| malformed("bad message"))?,
+                ),
                 None,
             ),
             _ => return Err(malformed("unknown type")),
@@ -273,7 +316,11 @@ impl<B: Backend> Device<B> {
 
     /// Records `identity` as `peer`'s trusted identity after the user verified the new safety
     /// number. Until this is called, a changed identity is refused.
-    pub fn accept_identity(&mut self, peer: &ProtocolAddress, identity: &IdentityKey) -> Result<()> {
+    pub fn accept_identity(
+        &mut self,
+        peer: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> Result<()> {
         self.store.set_peer_identity(peer, identity)?;
         Ok(())
     }
@@ -281,8 +328,16 @@ impl<B: Backend> Device<B> {
     /// The safety number between this device and `peer` (libsignal fingerprint, version 2,
     /// 5200 iterations). `local_id`/`peer_id` are the stable account identifiers both apps
     /// use (Signal uses service ids).
-    pub fn safety_number(&self, local_id: &[u8], peer: &ProtocolAddress, peer_id: &[u8]) -> Result<SafetyNumber> {
-        let remote = self.store.peer_identity(peer)?.ok_or_else(|| Error::NoSession(peer.clone()))?;
+    pub fn safety_number(
+        &self,
+        local_id: &[u8],
+        peer: &ProtocolAddress,
+        peer_id: &[u8],
+    ) -> Result<SafetyNumber> {
+        let remote = self
+            .store
+            .peer_identity(peer)?
+            .ok_or_else(|| Error::NoSession(peer.clone()))?;
         let fp = Fingerprint::new(
             FINGERPRINT_VERSION,
             FINGERPRINT_ITERATIONS,
@@ -298,19 +353,33 @@ impl<B: Backend> Device<B> {
     // ---- calls over the Signal session ----
 
     /// Caller: makes an offer for `peer` and seals it. Keep the `PendingOffer` until the answer.
-    pub async fn start_call(&mut self, peer: &ProtocolAddress, now: SystemTime) -> Result<(PendingOffer, Vec<u8>)> {
-        let peer_identity = self.store.peer_identity(peer)?.ok_or_else(|| Error::NoSession(peer.clone()))?;
+    pub async fn start_call(
+        &mut self,
+        peer: &ProtocolAddress,
+        now: SystemTime,
+    ) -> Result<(PendingOffer, Vec<u8>)> {
+        let peer_identity = self
+            .store
+            .peer_identity(peer)?
+            .ok_or_else(|| Error::NoSession(peer.clone()))?;
         let (pending, offer) = self.calls.offer(&peer_identity, &mut self.rng);
         let sealed = self.seal(peer, &offer.encode(), now).await?;
         Ok((pending, sealed))
     }
 
     /// Callee: opens a sealed offer from `peer` and validates it (the call may ring).
-    pub async fn receive_offer(&mut self, peer: &ProtocolAddress, sealed: &[u8]) -> Result<IncomingOffer> {
+    pub async fn receive_offer(
+        &mut self,
+        peer: &ProtocolAddress,
+        sealed: &[u8],
+    ) -> Result<IncomingOffer> {
         let bytes = zeroize::Zeroizing::new(self.open(peer, sealed).await?);
         let offer = Offer::decode(&bytes)?;
         // The identity the Signal session just authenticated.
-        let peer_identity = self.store.peer_identity(peer)?.ok_or_else(|| Error::NoSession(peer.clone()))?;
+        let peer_identity = self
+            .store
+            .peer_identity(peer)?
+            .ok_or_else(|| Error::NoSession(peer.clone()))?;
         self.calls.receive_offer(&offer, &peer_identity)
     }
 
@@ -340,7 +409,9 @@ impl<B: Backend> Device<B> {
 
 impl<B: Backend> std::fmt::Debug for Device<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Device")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -356,24 +427,37 @@ impl SafetyNumber {
 
     /// The bytes to put in a QR code.
     pub fn scannable(&self) -> Result<Vec<u8>> {
-        self.0.scannable.serialize().map_err(|_| Error::Internal("fingerprint encoding"))
+        self.0
+            .scannable
+            .serialize()
+            .map_err(|_| Error::Internal("fingerprint encoding"))
     }
 
     /// Whether the QR-code bytes scanned from the peer's screen match.
     pub fn matches_scanned(&self, scanned: &[u8]) -> Result<bool> {
-        self.0.scannable.compare(scanned).map_err(|_| Error::Malformed {
-            what: "scanned fingerprint",
-            reason: "not a fingerprint",
-        })
+        self.0
+            .scannable
+            .compare(scanned)
+            .map_err(|_| Error::Malformed {
+                what: "scanned fingerprint",
+                reason: "not a fingerprint",
+            })
     }
 }
 
 fn timestamp(now: SystemTime) -> Timestamp {
-    let ms = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     Timestamp::from_epoch_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-fn identity_error(e: SignalProtocolError, peer: &ProtocolAddress, presented: Option<IdentityKey>) -> Error {
+fn identity_error(
+    e: SignalProtocolError,
+    peer: &ProtocolAddress,
+    presented: Option<IdentityKey>,
+) -> Error {
     match e {
         SignalProtocolError::UntrustedIdentity(_) => {
             warn!(%peer, "untrusted (changed) identity");

@@ -17,23 +17,24 @@ pub use libsignal_protocol as signal;
 /// can name compatible RNG types.
 pub use rand;
 
+pub use auth::{DeviceAuthKey, DeviceSigningKey, AUTH_SIGNATURE_LEN};
+pub use bundle::{
+    BundleUpload, DeviceKeys, KyberPreKeyPublic, OneTimePreKeyPublic, PeerBundle,
+    SignedPreKeyPublic, BUNDLE_UPLOAD_TAG, BUNDLE_VERSION, MAX_UPLOAD_KYBER_PRE_KEYS,
+    MAX_UPLOAD_PRE_KEYS, PEER_BUNDLE_TAG,
+};
 pub use call::{
     Answer, CallId, CallKeyExchange, IncomingOffer, MediaKeys, Offer, PendingOffer, SecretBytes,
     Side, ANSWER_TAG, CALL_PROTOCOL_VERSION, CONFIRM_LEN, DEFAULT_SEEN_CALL_IDS,
     MAX_OFFERED_SUITES, OFFER_TAG,
 };
-pub use error::{Error, Result, StoreError};
-pub use suite::{master_key_len, suite_code, suite_from_code, Suite, MASTER_SALT_LEN};
-pub use auth::{DeviceAuthKey, DeviceSigningKey, AUTH_SIGNATURE_LEN};
-pub use bundle::{
-    BundleUpload, DeviceKeys, KyberPreKeyPublic, OneTimePreKeyPublic, PeerBundle, SignedPreKeyPublic,
-    BUNDLE_UPLOAD_TAG, BUNDLE_VERSION, MAX_UPLOAD_KYBER_PRE_KEYS, MAX_UPLOAD_PRE_KEYS, PEER_BUNDLE_TAG,
-};
 pub use device::{Device, SafetyNumber, MAX_SEALED_LEN, SEALED_PREKEY, SEALED_WHISPER};
+pub use error::{Error, Result, StoreError};
 pub use libsignal_protocol::{IdentityKey, ProtocolAddress};
 #[cfg(feature = "sqlite")]
 pub use store::SqliteBackend;
 pub use store::{Backend, DeviceStore, MemoryBackend, StoreHandle, Table};
+pub use suite::{master_key_len, suite_code, suite_from_code, Suite, MASTER_SALT_LEN};
 
 /// Polls `fut` once and returns its output if it completed.
 ///

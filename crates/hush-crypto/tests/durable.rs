@@ -1,4 +1,5 @@
 //! The SQLite store keeps identity, sessions and prekeys across a restart.
+#![cfg(feature = "sqlite")]
 
 mod common;
 
@@ -32,7 +33,8 @@ impl Drop for TempDb {
 
 fn open(path: &std::path::Path, seed: u64) -> Device<SqliteBackend> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let store = DeviceStore::open_or_create(SqliteBackend::open(path).unwrap(), 1, &mut rng).unwrap();
+    let store =
+        DeviceStore::open_or_create(SqliteBackend::open(path).unwrap(), 1, &mut rng).unwrap();
     Device::with_rng(store, StdRng::seed_from_u64(seed + 1))
 }
 
@@ -89,13 +91,17 @@ fn restart_keeps_identity_sessions_and_prekeys() {
 #[test]
 fn create_refuses_an_existing_device_and_open_finds_none_in_an_empty_db() {
     let db = TempDb::new("create");
-    assert!(DeviceStore::open(SqliteBackend::open(db.file()).unwrap()).unwrap().is_none());
+    assert!(DeviceStore::open(SqliteBackend::open(db.file()).unwrap())
+        .unwrap()
+        .is_none());
     let mut rng = StdRng::seed_from_u64(5);
     let store = DeviceStore::create(SqliteBackend::open(db.file()).unwrap(), 7, &mut rng).unwrap();
     let id = *store.identity_key();
     drop(store);
     assert!(DeviceStore::create(SqliteBackend::open(db.file()).unwrap(), 7, &mut rng).is_err());
-    let store = DeviceStore::open(SqliteBackend::open(db.file()).unwrap()).unwrap().unwrap();
+    let store = DeviceStore::open(SqliteBackend::open(db.file()).unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(*store.identity_key(), id);
     assert_eq!(u8::from(store.device_id()), 7);
 }

@@ -13,7 +13,10 @@ fn seal_open_both_ways() {
     assert_eq!(reply[0], SEALED_WHISPER);
     assert_eq!(run(p.alice.open(&p.bob_addr, &reply)).unwrap(), b"hi alice");
     let m = run(p.alice.seal(&p.bob_addr, b"secret words", now())).unwrap();
-    assert!(!m.windows(12).any(|w| w == b"secret words"), "ciphertext hides the plaintext");
+    assert!(
+        !m.windows(12).any(|w| w == b"secret words"),
+        "ciphertext hides the plaintext"
+    );
     assert_eq!(run(p.bob.open(&p.alice_addr, &m)).unwrap(), b"secret words");
 }
 
@@ -30,8 +33,16 @@ fn first_message_is_a_prekey_message_and_consumes_the_one_time_prekey() {
     let first = run(alice.seal(&b, b"one", now())).unwrap();
     assert_eq!(first[0], SEALED_PREKEY);
     assert_eq!(run(bob.open(&a, &first)).unwrap(), b"one");
-    assert_eq!(bob.one_time_pre_key_count().unwrap(), 0, "one-time EC prekey consumed");
-    assert_eq!(bob.kyber_one_time_pre_key_count().unwrap(), 0, "one-time Kyber prekey consumed");
+    assert_eq!(
+        bob.one_time_pre_key_count().unwrap(),
+        0,
+        "one-time EC prekey consumed"
+    );
+    assert_eq!(
+        bob.kyber_one_time_pre_key_count().unwrap(),
+        0,
+        "one-time Kyber prekey consumed"
+    );
 
     // A second device that fetched the same bundle (a relay bug or replay) cannot use it.
     let mut mallory = device(12, 1);
@@ -50,10 +61,19 @@ fn replenishment_adds_fresh_keys_only() {
     assert_eq!(more.one_time.len(), 3);
     assert_eq!(bob.one_time_pre_key_count().unwrap(), 8);
     let old: Vec<u32> = up.one_time.iter().map(|k| k.id).collect();
-    assert!(more.one_time.iter().all(|k| !old.contains(&k.id)), "fresh ids");
-    assert_eq!(up.signed.id, more.signed.id, "signed prekey reused until rotated");
+    assert!(
+        more.one_time.iter().all(|k| !old.contains(&k.id)),
+        "fresh ids"
+    );
+    assert_eq!(
+        up.signed.id, more.signed.id,
+        "signed prekey reused until rotated"
+    );
     bob.rotate_signed_pre_key(now()).unwrap();
-    assert_ne!(bob.prepare_upload(0, 0, now()).unwrap().signed.id, up.signed.id);
+    assert_ne!(
+        bob.prepare_upload(0, 0, now()).unwrap().signed.id,
+        up.signed.id
+    );
 }
 
 #[test]
@@ -66,8 +86,14 @@ fn relay_hands_out_each_one_time_key_once_then_last_resort() {
     let bundles: Vec<PeerBundle> = (0..3).map(|_| relay.take_bundle()).collect();
     assert!(bundles[0].one_time.is_some() && bundles[1].one_time.is_some());
     assert!(bundles[2].one_time.is_none());
-    assert_ne!(bundles[0].one_time.as_ref().unwrap().id, bundles[1].one_time.as_ref().unwrap().id);
-    assert_eq!(bundles[1].kyber.id, up.last_resort_kyber.id, "falls back to the last-resort Kyber key");
+    assert_ne!(
+        bundles[0].one_time.as_ref().unwrap().id,
+        bundles[1].one_time.as_ref().unwrap().id
+    );
+    assert_eq!(
+        bundles[1].kyber.id, up.last_resort_kyber.id,
+        "falls back to the last-resort Kyber key"
+    );
     // Every bundle works, including the one without one-time keys.
     for (i, bundle) in bundles.iter().enumerate() {
         let mut peer = device(300 + i as u64, 1);
@@ -104,16 +130,24 @@ fn tampered_bundle_is_rejected() {
     }
     // One-time prekey ids and public keys are unsigned in PQXDH bundles (as in Signal); a flip
     // there passes process_bundle but the session then fails at the first message.
-    assert!(rejected * 10 >= checked * 8, "{rejected}/{checked} rejected");
+    assert!(
+        rejected * 10 >= checked * 8,
+        "{rejected}/{checked} rejected"
+    );
 }
 
 #[test]
 fn out_of_order_and_lost_messages() {
     let mut p = pair(50);
-    let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| run(p.alice.seal(&p.bob_addr, &[i], now())).unwrap()).collect();
+    let msgs: Vec<Vec<u8>> = (0..10u8)
+        .map(|i| run(p.alice.seal(&p.bob_addr, &[i], now())).unwrap())
+        .collect();
     // Deliver 9, 3, 5, 0 ... and drop 2, 7 entirely.
     for i in [9usize, 3, 5, 0, 1, 8, 4, 6] {
-        assert_eq!(run(p.bob.open(&p.alice_addr, &msgs[i])).unwrap(), vec![i as u8]);
+        assert_eq!(
+            run(p.bob.open(&p.alice_addr, &msgs[i])).unwrap(),
+            vec![i as u8]
+        );
     }
     // A duplicate is refused.
     assert!(run(p.bob.open(&p.alice_addr, &msgs[3])).is_err());
@@ -145,24 +179,43 @@ fn identity_change_is_detected_and_needs_explicit_approval() {
         }
         other => panic!("expected IdentityChanged, got {other:?}"),
     }
-    let before = p.alice.safety_number(b"alice", &p.bob_addr, b"bob").unwrap().display();
+    let before = p
+        .alice
+        .safety_number(b"alice", &p.bob_addr, b"bob")
+        .unwrap()
+        .display();
     // The user verifies the new safety number and approves.
     let key = *new_bob.identity_key();
     p.alice.accept_identity(&p.bob_addr, &key).unwrap();
-    assert_ne!(p.alice.safety_number(b"alice", &p.bob_addr, b"bob").unwrap().display(), before);
+    assert_ne!(
+        p.alice
+            .safety_number(b"alice", &p.bob_addr, b"bob")
+            .unwrap()
+            .display(),
+        before
+    );
     assert_eq!(run(p.alice.open(&p.bob_addr, &m)).unwrap(), b"it's me");
 }
 
 #[test]
 fn safety_numbers_match_on_both_sides() {
     let p = pair(70);
-    let a = p.alice.safety_number(b"alice", &p.bob_addr, b"bob").unwrap();
-    let b = p.bob.safety_number(b"bob", &p.alice_addr, b"alice").unwrap();
+    let a = p
+        .alice
+        .safety_number(b"alice", &p.bob_addr, b"bob")
+        .unwrap();
+    let b = p
+        .bob
+        .safety_number(b"bob", &p.alice_addr, b"alice")
+        .unwrap();
     assert_eq!(a.display(), b.display());
     assert_eq!(a.display().len(), 60);
     assert!(a.matches_scanned(&b.scannable().unwrap()).unwrap());
     let other = pair(71);
-    let c = other.bob.safety_number(b"bob", &other.alice_addr, b"alice").unwrap();
+    let c = other
+        .bob
+        .safety_number(b"bob", &other.alice_addr, b"alice")
+        .unwrap();
     assert!(!a.matches_scanned(&c.scannable().unwrap()).unwrap());
 }
 
@@ -184,8 +237,14 @@ fn garbage_never_panics_in_open() {
 #[test]
 fn no_session_is_a_typed_error() {
     let mut alice = device(90, 1);
-    assert!(matches!(run(alice.seal(&addr("nobody", 1), b"x", now())), Err(Error::NoSession(_))));
-    assert!(matches!(run(alice.start_call(&addr("nobody", 1), now())), Err(Error::NoSession(_))));
+    assert!(matches!(
+        run(alice.seal(&addr("nobody", 1), b"x", now())),
+        Err(Error::NoSession(_))
+    ));
+    assert!(matches!(
+        run(alice.start_call(&addr("nobody", 1), now())),
+        Err(Error::NoSession(_))
+    ));
 }
 
 #[test]
@@ -194,7 +253,10 @@ fn relay_auth_key_is_bound_to_the_identity() {
     let mut up = bob.prepare_upload(1, 0, now()).unwrap();
     up.verify().unwrap();
     let sig = bob.sign_challenge(b"relay nonce");
-    up.device.auth_key.verify_challenge(b"relay nonce", &sig).unwrap();
+    up.device
+        .auth_key
+        .verify_challenge(b"relay nonce", &sig)
+        .unwrap();
     // Swap in another device's ed25519 key: the binding fails.
     let eve = device(96, 1);
     up.device.auth_key = eve.signing_key().auth_key();

@@ -9,7 +9,8 @@ use rand::{rngs::OsRng, Rng, TryRngCore};
 
 fn run<F: std::future::Future>(f: F) -> F::Output {
     // The in-memory stores never suspend, so the future completes on its first poll.
-    f.now_or_never().expect("in-memory store futures complete immediately")
+    f.now_or_never()
+        .expect("in-memory store futures complete immediately")
 }
 
 fn bundle_for(store: &mut InMemSignalProtocolStore, device: u8) -> PreKeyBundle {
@@ -26,11 +27,20 @@ fn bundle_for(store: &mut InMemSignalProtocolStore, device: u8) -> PreKeyBundle 
         .private_key()
         .calculate_signature(&kyber.public_key.serialize(), &mut rng)
         .unwrap();
-    let (pk_id, spk_id, kpk_id) = (PreKeyId::from(1), SignedPreKeyId::from(2), KyberPreKeyId::from(3));
+    let (pk_id, spk_id, kpk_id) = (
+        PreKeyId::from(1),
+        SignedPreKeyId::from(2),
+        KyberPreKeyId::from(3),
+    );
     run(store.save_pre_key(pk_id, &PreKeyRecord::new(pk_id, &pre_key))).unwrap();
     run(store.save_signed_pre_key(
         spk_id,
-        &SignedPreKeyRecord::new(spk_id, Timestamp::from_epoch_millis(1), &signed, &signed_sig),
+        &SignedPreKeyRecord::new(
+            spk_id,
+            Timestamp::from_epoch_millis(1),
+            &signed,
+            &signed_sig,
+        ),
     ))
     .unwrap();
     run(store.save_kyber_pre_key(
@@ -56,8 +66,16 @@ fn bundle_for(store: &mut InMemSignalProtocolStore, device: u8) -> PreKeyBundle 
 #[test]
 fn session_from_prekey_bundle_exchanges_messages() {
     let mut rng = OsRng.unwrap_err();
-    let mut alice = InMemSignalProtocolStore::new(IdentityKeyPair::generate(&mut rng), rng.random_range(1..16380)).unwrap();
-    let mut bob = InMemSignalProtocolStore::new(IdentityKeyPair::generate(&mut rng), rng.random_range(1..16380)).unwrap();
+    let mut alice = InMemSignalProtocolStore::new(
+        IdentityKeyPair::generate(&mut rng),
+        rng.random_range(1..16380),
+    )
+    .unwrap();
+    let mut bob = InMemSignalProtocolStore::new(
+        IdentityKeyPair::generate(&mut rng),
+        rng.random_range(1..16380),
+    )
+    .unwrap();
     let alice_addr = ProtocolAddress::new("alice".into(), DeviceId::new(1).unwrap());
     let bob_addr = ProtocolAddress::new("bob".into(), DeviceId::new(1).unwrap());
 

@@ -135,7 +135,11 @@ impl CallKeyExchange {
     ///
     /// Fails with [`Error::ReplayedOffer`] for a call id seen before, [`Error::NoCommonSuite`]
     /// if no offered suite is acceptable, [`Error::NonContributory`] for a low-order ephemeral.
-    pub fn receive_offer(&mut self, offer: &Offer, peer_identity: &IdentityKey) -> Result<IncomingOffer> {
+    pub fn receive_offer(
+        &mut self,
+        offer: &Offer,
+        peer_identity: &IdentityKey,
+    ) -> Result<IncomingOffer> {
         if offer.version != CALL_PROTOCOL_VERSION {
             return Err(Error::UnsupportedVersion {
                 what: "offer",
@@ -312,7 +316,10 @@ impl IncomingOffer {
         self.accept_with_seed(&seed)
     }
 
-    pub(crate) fn accept_with_seed(self, seed: &Zeroizing<[u8; 32]>) -> Result<(Answer, MediaKeys)> {
+    pub(crate) fn accept_with_seed(
+        self,
+        seed: &Zeroizing<[u8; 32]>,
+    ) -> Result<(Answer, MediaKeys)> {
         let secret = ephemeral_from_seed(seed);
         let callee_ephemeral = X25519Public::from(&secret).to_bytes();
         if callee_ephemeral == self.offer.caller_ephemeral {
@@ -346,7 +353,8 @@ impl IncomingOffer {
             confirm: *confirm,
         };
         debug!(call_id = %self.offer.call_id, suite = ?self.suite, "call keys derived (callee)");
-        let keys = MediaKeys::from_epoch_secret(self.suite, Side::Callee, self.offer.call_id, 0, s0)?;
+        let keys =
+            MediaKeys::from_epoch_secret(self.suite, Side::Callee, self.offer.call_id, 0, s0)?;
         Ok((answer, keys))
     }
 }

@@ -144,19 +144,32 @@ impl<B: Backend> DeviceStore<B> {
 
     /// Creates a new device (identity key pair, registration id, ed25519 key) in an empty
     /// `backend`. `device_id` must be in 1..=127.
-    pub fn create<R: rand::CryptoRng + rand::Rng>(mut backend: B, device_id: u8, rng: &mut R) -> Result<Self> {
+    pub fn create<R: rand::CryptoRng + rand::Rng>(
+        mut backend: B,
+        device_id: u8,
+        rng: &mut R,
+    ) -> Result<Self> {
         if backend.get(Table::Meta, META_IDENTITY)?.is_some() {
             return Err(Error::InvalidArgument("backend already holds a device"));
         }
-        let device_id = DeviceId::new(device_id).map_err(|_| Error::InvalidArgument("device id must be 1..=127"))?;
+        let device_id = DeviceId::new(device_id)
+            .map_err(|_| Error::InvalidArgument("device id must be 1..=127"))?;
         let identity = IdentityKeyPair::generate(rng);
         let registration_id = rng.random_range(1..=16380u32);
         let signing_key = DeviceSigningKey::generate(rng);
-        backend.put(Table::Meta, META_REGISTRATION, &registration_id.to_be_bytes())?;
+        backend.put(
+            Table::Meta,
+            META_REGISTRATION,
+            &registration_id.to_be_bytes(),
+        )?;
         backend.put(Table::Meta, META_DEVICE, &[u8::from(device_id)])?;
         backend.put(Table::Meta, META_ED25519, signing_key.to_seed().as_ref())?;
         // The identity goes last: its presence marks a complete device.
-        backend.put(Table::Meta, META_IDENTITY, &Zeroizing::new(identity.serialize().into_vec()))?;
+        backend.put(
+            Table::Meta,
+            META_IDENTITY,
+            &Zeroizing::new(identity.serialize().into_vec()),
+        )?;
         Ok(Self {
             backend: RefCell::new(backend),
             identity,
@@ -167,7 +180,11 @@ impl<B: Backend> DeviceStore<B> {
     }
 
     /// Opens the device in `backend`, creating it first if the backend is empty.
-    pub fn open_or_create<R: rand::CryptoRng + rand::Rng>(backend: B, device_id: u8, rng: &mut R) -> Result<Self> {
+    pub fn open_or_create<R: rand::CryptoRng + rand::Rng>(
+        backend: B,
+        device_id: u8,
+        rng: &mut R,
+    ) -> Result<Self> {
         if backend.get(Table::Meta, META_IDENTITY)?.is_some() {
             Self::open(backend)?.ok_or(Error::Internal("device vanished while opening"))
         } else {
@@ -221,11 +238,17 @@ impl<B: Backend> DeviceStore<B> {
 
     /// Records `identity` as the trusted identity of `peer`, replacing an older one. Call this
     /// only after the user verified the new safety number.
-    pub fn set_peer_identity(&self, peer: &ProtocolAddress, identity: &IdentityKey) -> Result<IdentityChange> {
+    pub fn set_peer_identity(
+        &self,
+        peer: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> Result<IdentityChange> {
         let key = address_key(peer);
         let old = self.get(Table::Identities, &key)?;
         self.put(Table::Identities, &key, &identity.serialize())?;
-        Ok(IdentityChange::from_changed(old.is_some_and(|o| *o != *identity.serialize())))
+        Ok(IdentityChange::from_changed(
+            old.is_some_and(|o| *o != *identity.serialize()),
+        ))
     }
 
     /// Whether a Signal session with `peer` exists.
@@ -254,13 +277,21 @@ impl<B: Backend> DeviceStore<B> {
     }
 
     /// Generates `n` one-time EC prekeys, stores them, and returns their public halves.
-    pub fn generate_pre_keys<R: rand::CryptoRng + rand::Rng>(&self, n: usize, rng: &mut R) -> Result<Vec<OneTimePreKeyPublic>> {
+    pub fn generate_pre_keys<R: rand::CryptoRng + rand::Rng>(
+        &self,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<Vec<OneTimePreKeyPublic>> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let id = self.next_id(META_NEXT_PREKEY)?;
             let pair = KeyPair::generate(rng);
             let record = PreKeyRecord::new(PreKeyId::from(id), &pair);
-            self.put(Table::PreKeys, &id.to_be_bytes(), &Zeroizing::new(record.serialize()?))?;
+            self.put(
+                Table::PreKeys,
+                &id.to_be_bytes(),
+                &Zeroizing::new(record.serialize()?),
+            )?;
             out.push(OneTimePreKeyPublic {
                 id,
                 public: pair.public_key,
@@ -277,12 +308,18 @@ impl<B: Backend> DeviceStore<B> {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Vec<KyberPreKeyPublic>> {
-        (0..n).map(|_| self.new_kyber(KYBER_ONE_TIME, now, rng)).collect()
+        (0..n)
+            .map(|_| self.new_kyber(KYBER_ONE_TIME, now, rng))
+            .collect()
     }
 
     /// Makes a new signed EC prekey the current one. Older signed prekeys stay so that
     /// in-flight prekey messages still decrypt.
-    pub fn rotate_signed_pre_key<R: rand::CryptoRng + rand::Rng>(&self, now: Timestamp, rng: &mut R) -> Result<SignedPreKeyPublic> {
+    pub fn rotate_signed_pre_key<R: rand::CryptoRng + rand::Rng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<SignedPreKeyPublic> {
         let id = self.next_id(META_NEXT_SIGNED)?;
         let pair = KeyPair::generate(rng);
         let signature = self
@@ -291,7 +328,11 @@ impl<B: Backend> DeviceStore<B> {
             .calculate_signature(&pair.public_key.serialize(), rng)
             .map_err(SignalProtocolError::from)?;
         let record = SignedPreKeyRecord::new(SignedPreKeyId::from(id), now, &pair, &signature);
-        self.put(Table::SignedPreKeys, &id.to_be_bytes(), &Zeroizing::new(record.serialize()?))?;
+        self.put(
+            Table::SignedPreKeys,
+            &id.to_be_bytes(),
+            &Zeroizing::new(record.serialize()?),
+        )?;
         self.put(Table::Meta, META_CURRENT_SIGNED, &id.to_be_bytes())?;
         Ok(SignedPreKeyPublic {
             id,
@@ -317,7 +358,9 @@ impl<B: Backend> DeviceStore<B> {
         let Some(id) = read_u32(&*self.backend.borrow(), META_CURRENT_SIGNED)? else {
             return Ok(None);
         };
-        let bytes = self.get(Table::SignedPreKeys, &id.to_be_bytes())?.ok_or(corrupt())?;
+        let bytes = self
+            .get(Table::SignedPreKeys, &id.to_be_bytes())?
+            .ok_or(corrupt())?;
         let record = SignedPreKeyRecord::deserialize(&bytes)?;
         Ok(Some(SignedPreKeyPublic {
             id,
@@ -339,7 +382,12 @@ impl<B: Backend> DeviceStore<B> {
         }))
     }
 
-    fn new_kyber<R: rand::CryptoRng + rand::Rng>(&self, kind: u8, now: Timestamp, rng: &mut R) -> Result<KyberPreKeyPublic> {
+    fn new_kyber<R: rand::CryptoRng + rand::Rng>(
+        &self,
+        kind: u8,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<KyberPreKeyPublic> {
         let id = self.next_id(META_NEXT_KYBER)?;
         let pair = kem::KeyPair::generate(kem::KeyType::Kyber1024, rng);
         let signature = self
@@ -370,7 +418,11 @@ impl<B: Backend> DeviceStore<B> {
     /// Allocates the next id from a counter (1..=0xFF_FFFF, wrapping).
     fn next_id(&self, counter: &[u8]) -> Result<u32> {
         let current = read_u32(&*self.backend.borrow(), counter)?.unwrap_or(1);
-        let next = if current >= MAX_PREKEY_ID { 1 } else { current + 1 };
+        let next = if current >= MAX_PREKEY_ID {
+            1
+        } else {
+            current + 1
+        };
         self.put(Table::Meta, counter, &next.to_be_bytes())?;
         Ok(current.clamp(1, MAX_PREKEY_ID))
     }
@@ -438,8 +490,14 @@ impl<B: Backend> IdentityKeyStore for StoreHandle<'_, B> {
         Ok(self.0.registration_id)
     }
 
-    async fn save_identity(&mut self, address: &ProtocolAddress, identity: &IdentityKey) -> SignalResult<IdentityChange> {
-        self.0.set_peer_identity(address, identity).map_err(to_signal)
+    async fn save_identity(
+        &mut self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> SignalResult<IdentityChange> {
+        self.0
+            .set_peer_identity(address, identity)
+            .map_err(to_signal)
     }
 
     async fn is_trusted_identity(
@@ -468,7 +526,11 @@ impl<B: Backend> SessionStore for StoreHandle<'_, B> {
         }
     }
 
-    async fn store_session(&mut self, address: &ProtocolAddress, record: &SessionRecord) -> SignalResult<()> {
+    async fn store_session(
+        &mut self,
+        address: &ProtocolAddress,
+        record: &SessionRecord,
+    ) -> SignalResult<()> {
         let bytes = Zeroizing::new(record.serialize()?);
         Ok(self.0.put(Table::Sessions, &address_key(address), &bytes)?)
     }
@@ -486,11 +548,14 @@ impl<B: Backend> PreKeyStore for StoreHandle<'_, B> {
 
     async fn save_pre_key(&mut self, id: PreKeyId, record: &PreKeyRecord) -> SignalResult<()> {
         let bytes = Zeroizing::new(record.serialize()?);
-        Ok(self.0.put(Table::PreKeys, &u32::from(id).to_be_bytes(), &bytes)?)
+        Ok(self
+            .0
+            .put(Table::PreKeys, &u32::from(id).to_be_bytes(), &bytes)?)
     }
 
     async fn remove_pre_key(&mut self, id: PreKeyId) -> SignalResult<()> {
-        self.0.delete(Table::PreKeys, &u32::from(id).to_be_bytes())?;
+        self.0
+            .delete(Table::PreKeys, &u32::from(id).to_be_bytes())?;
         Ok(())
     }
 }
@@ -505,9 +570,15 @@ impl<B: Backend> SignedPreKeyStore for StoreHandle<'_, B> {
         SignedPreKeyRecord::deserialize(&Zeroizing::new(bytes))
     }
 
-    async fn save_signed_pre_key(&mut self, id: SignedPreKeyId, record: &SignedPreKeyRecord) -> SignalResult<()> {
+    async fn save_signed_pre_key(
+        &mut self,
+        id: SignedPreKeyId,
+        record: &SignedPreKeyRecord,
+    ) -> SignalResult<()> {
         let bytes = Zeroizing::new(record.serialize()?);
-        Ok(self.0.put(Table::SignedPreKeys, &u32::from(id).to_be_bytes(), &bytes)?)
+        Ok(self
+            .0
+            .put(Table::SignedPreKeys, &u32::from(id).to_be_bytes(), &bytes)?)
     }
 }
 
@@ -521,10 +592,16 @@ impl<B: Backend> KyberPreKeyStore for StoreHandle<'_, B> {
     }
 
     /// Saved through the libsignal trait, a Kyber prekey counts as one-time.
-    async fn save_kyber_pre_key(&mut self, id: KyberPreKeyId, record: &KyberPreKeyRecord) -> SignalResult<()> {
+    async fn save_kyber_pre_key(
+        &mut self,
+        id: KyberPreKeyId,
+        record: &KyberPreKeyRecord,
+    ) -> SignalResult<()> {
         let mut value = Zeroizing::new(vec![KYBER_ONE_TIME]);
         value.extend_from_slice(&record.serialize()?);
-        Ok(self.0.put(Table::KyberPreKeys, &u32::from(id).to_be_bytes(), &value)?)
+        Ok(self
+            .0
+            .put(Table::KyberPreKeys, &u32::from(id).to_be_bytes(), &value)?)
     }
 
     async fn mark_kyber_pre_key_used(
@@ -534,7 +611,10 @@ impl<B: Backend> KyberPreKeyStore for StoreHandle<'_, B> {
         base_key: &PublicKey,
     ) -> SignalResult<()> {
         let id_bytes = u32::from(id).to_be_bytes();
-        let kind = self.0.get(Table::KyberPreKeys, &id_bytes)?.and_then(|v| v.first().copied());
+        let kind = self
+            .0
+            .get(Table::KyberPreKeys, &id_bytes)?
+            .and_then(|v| v.first().copied());
         match kind {
             Some(KYBER_LAST_RESORT) => {
                 let mut seen = id_bytes.to_vec();

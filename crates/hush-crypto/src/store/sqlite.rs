@@ -47,7 +47,9 @@ impl SqliteBackend {
 
 impl std::fmt::Debug for SqliteBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteBackend").field("path", &self.conn.path()).finish()
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.conn.path())
+            .finish()
     }
 }
 
@@ -55,7 +57,10 @@ impl Backend for SqliteBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
             .prepare_cached("SELECT v FROM hush_kv WHERE tbl = ?1 AND k = ?2")
-            .and_then(|mut s| s.query_row(params![table.id(), key], |r| r.get(0)).optional())
+            .and_then(|mut s| {
+                s.query_row(params![table.id(), key], |r| r.get(0))
+                    .optional()
+            })
             .map_err(StoreError::new)
     }
 
