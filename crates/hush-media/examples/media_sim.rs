@@ -178,6 +178,7 @@ fn main() {
         return;
     }
     let seeds = [1, 2, 3, 4, 5];
+    let loss_only = only.as_deref() == Some("loss");
     println!(
         "### Loss recovery (20 ms audio, 40 ms RTT, 5 seeds × 120 s, both directions lossy)\n"
     );
@@ -200,6 +201,9 @@ fn main() {
         LossModel::bursty(0.20, 4.0),
         &seeds,
     );
+    if loss_only {
+        return;
+    }
     jitter_table();
     println!(
         "\n### Bandwidth steps (cap 1 Mbps → 150 kbps at 20 s → 1 Mbps at 40 s; audio + video)\n"

@@ -228,6 +228,9 @@ impl MediaSession {
         let pt = packet.header.payload_type;
         if Some(pt) == self.config.red_pt {
             let blocks = red::decode(&packet.payload)?;
+            if recovery == Recovery::None {
+                self.remote_red_depth = blocks.len().saturating_sub(1);
+            }
             let step = u64::from(self.audio_ts_step().max(1));
             for b in blocks {
                 if b.timestamp_offset == 0 {
@@ -306,8 +309,11 @@ impl MediaSession {
             let recent = self
                 .last_audio_loss
                 .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
+            // A frame whose RED copies were lost too is noticed only when the packet after
+            // the last of them arrives, RED depth + 1 frames after it was due.
+            let frames = self.remote_red_depth as u32 + 1;
             let extra = if recent {
-                rtt + self.config.audio_frame + Duration::from_millis(10)
+                rtt + self.config.audio_frame * frames + Duration::from_millis(10)
             } else {
                 Duration::ZERO
             };

@@ -125,3 +125,13 @@ fn bandwidth_drop_and_recovery() {
         between(50, 60).next()
     );
 }
+
+#[test]
+fn real_loss_makes_room_for_retransmissions() {
+    let mut call = CallSim::new(lossy(LossModel::Random(0.10), 20), Instant::now());
+    call.run_until(Duration::from_secs(10));
+    let now = call.now();
+    let s = call.b.stats(now);
+    // RTT 40 ms + one frame + margin on top of a jitter-free path.
+    assert!(s.playout_delay >= Duration::from_millis(60), "{s:?}");
+}
