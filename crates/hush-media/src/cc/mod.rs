@@ -353,7 +353,7 @@ impl CongestionController {
                         .min(self.delay_rate);
                     // A standing queue drains only if we send well below capacity.
                     let drain = (1.0 - self.queue_delay_ms / 1000.0).clamp(0.5, 0.85);
-                    self.delay_rate = base * drain;
+                    self.delay_rate = (base.max(acked.unwrap_or(0.0)) * drain).min(self.delay_rate);
                     self.last_decrease = Some(now);
                 }
                 self.state = RateState::Hold;
