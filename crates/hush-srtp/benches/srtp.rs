@@ -7,15 +7,19 @@
 //!    aes-128-gcm` (the hardware limit), all measured in this run with the same method: copy
 //!    the packet into a work buffer, then transform it in place.
 //!
-//! Run: `cargo bench -p hush-srtp --bench srtp` (add `-- --table-only` to skip criterion).
+//! Run: `cargo bench -p hush-srtp --bench srtp` (add `-- --table-only` to skip criterion), and
+//! with `--features ring` for the ring backend (the "raw" column is then ring's AES-GCM).
 
 use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+#[cfg(not(feature = "ring"))]
 use aes_gcm::aead::generic_array::GenericArray;
+#[cfg(not(feature = "ring"))]
 use aes_gcm::aead::AeadInPlace;
+#[cfg(not(feature = "ring"))]
 use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hush_srtp::{SrtpContext, Suite};
@@ -24,7 +28,9 @@ const PAYLOADS: [usize; 2] = [160, 1200];
 const BATCH: usize = 4096;
 
 fn key(suite: Suite) -> Vec<u8> {
-    (0..suite.key_len() as u8).map(|i| i.wrapping_mul(7) + 1).collect()
+    (0..suite.key_len() as u8)
+        .map(|i| i.wrapping_mul(7) + 1)
+        .collect()
 }
 
 fn salt() -> [u8; 12] {
@@ -115,21 +121,36 @@ struct Raw {
     buf: Vec<u8>,
 }
 
+#[cfg(not(feature = "ring"))]
 enum RawAead {
     A128(Box<Aes128Gcm>),
     A256(Box<Aes256Gcm>),
 }
 
+#[cfg(feature = "ring")]
+struct RawAead(ring::aead::LessSafeKey);
+
 impl Raw {
     fn new(suite: Suite, payload: usize) -> Self {
         let k = key(suite);
+        #[cfg(not(feature = "ring"))]
         let aead = match suite {
-            Suite::AeadAes128Gcm => RawAead::A128(Box::new(Aes128Gcm::new(
-                GenericArray::from_slice(&k),
-            ))),
-            Suite::AeadAes256Gcm => RawAead::A256(Box::new(Aes256Gcm::new(
-                GenericArray::from_slice(&k),
-            ))),
+            Suite::AeadAes128Gcm => {
+                RawAead::A128(Box::new(Aes128Gcm::new(GenericArray::from_slice(&k))))
+            }
+            Suite::AeadAes256Gcm => {
+                RawAead::A256(Box::new(Aes256Gcm::new(GenericArray::from_slice(&k))))
+            }
+        };
+        #[cfg(feature = "ring")]
+        let aead = {
+            let alg = match suite {
+                Suite::AeadAes128Gcm => &ring::aead::AES_128_GCM,
+                Suite::AeadAes256Gcm => &ring::aead::AES_256_GCM,
+            };
+            RawAead(ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(alg, &k).unwrap(),
+            ))
         };
         Self {
             aead,
@@ -142,13 +163,30 @@ impl Raw {
     fn step(&mut self) {
         self.buf.clear();
         self.buf.extend_from_slice(&self.template);
-        let nonce = GenericArray::from_slice(&[7u8; 12]);
         let (aad, body) = self.buf.split_at_mut(12);
-        let tag = match &self.aead {
-            RawAead::A128(c) => c.encrypt_in_place_detached(nonce, aad, body),
-            RawAead::A256(c) => c.encrypt_in_place_detached(nonce, aad, body),
-        }
-        .unwrap();
+        #[cfg(not(feature = "ring"))]
+        let tag: [u8; 16] = {
+            let nonce = GenericArray::from_slice(&[7u8; 12]);
+            match &self.aead {
+                RawAead::A128(c) => c.encrypt_in_place_detached(nonce, aad, body),
+                RawAead::A256(c) => c.encrypt_in_place_detached(nonce, aad, body),
+            }
+            .unwrap()
+            .into()
+        };
+        #[cfg(feature = "ring")]
+        let tag: [u8; 16] = self
+            .aead
+            .0
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key([7u8; 12]),
+                ring::aead::Aad::from(&*aad),
+                body,
+            )
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
         self.buf.extend_from_slice(&tag);
         black_box(&self.buf);
     }
@@ -160,7 +198,9 @@ fn criterion_benches(c: &mut Criterion) {
         g.throughput(Throughput::Elements(1));
         for payload in PAYLOADS {
             let mut p = Protect::new(suite, payload);
-            g.bench_function(BenchmarkId::new("protect", payload), |b| b.iter(|| p.step()));
+            g.bench_function(BenchmarkId::new("protect", payload), |b| {
+                b.iter(|| p.step())
+            });
             let mut u = Unprotect::new(suite, payload);
             g.bench_function(BenchmarkId::new("unprotect", payload), |b| {
                 b.iter(|| u.step())
@@ -212,7 +252,11 @@ fn libsrtp_pps(suite: Suite, payload: usize, n: u64) -> Option<(f64, f64)> {
             return None;
         }
     }
-    let bits = if suite == Suite::AeadAes128Gcm { "128" } else { "256" };
+    let bits = if suite == Suite::AeadAes128Gcm {
+        "128"
+    } else {
+        "256"
+    };
     let mut best = (0.0f64, 0.0f64);
     for _ in 0..5 {
         let out = Command::new(&exe)
@@ -239,11 +283,20 @@ fn openssl_bytes_per_s(suite: Suite, bytes: usize) -> Option<f64> {
         "aes-256-gcm"
     };
     let out = Command::new("openssl")
-        .args(["speed", "-mr", "-seconds", "2", "-bytes", &bytes.to_string(), "-evp", alg])
+        .args([
+            "speed",
+            "-mr",
+            "-seconds",
+            "2",
+            "-bytes",
+            &bytes.to_string(),
+            "-evp",
+            alg,
+        ])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // Machine-readable line: "+F:<n>:<alg>:<bytes per second>"
     text.lines()
         .find(|l| l.starts_with("+F:"))
@@ -254,7 +307,14 @@ fn openssl_bytes_per_s(suite: Suite, bytes: usize) -> Option<f64> {
 fn table() {
     let n = 300_000;
     println!();
-    println!("## side by side (packets/s, best of 5; 12-byte RTP header + payload)");
+    let backend = if cfg!(feature = "ring") {
+        "ring"
+    } else {
+        "aes-gcm"
+    };
+    println!(
+        "## side by side, backend {backend} (packets/s, best of 5; 12-byte RTP header + payload)"
+    );
     println!();
     println!(
         "| suite | payload | hush protect | hush unprotect | backend raw AES-GCM | libsrtp protect | \
@@ -274,7 +334,8 @@ fn table() {
             // Same bytes per packet as SRTP encrypts: the payload (plus 12 bytes of AAD).
             let ossl = openssl_bytes_per_s(suite, payload + 12).map(|b| b / (payload + 12) as f64);
             let fmt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:.0}", v));
-            let ratio = |a: f64, b: Option<f64>| b.map_or("n/a".to_owned(), |b| format!("{:.2}×", a / b));
+            let ratio =
+                |a: f64, b: Option<f64>| b.map_or("n/a".to_owned(), |b| format!("{:.2}×", a / b));
             println!(
                 "| {suite} | {payload} | {protect:.0} | {unprotect:.0} | {raw:.0} | {} | {} | {} | {} | {} | {:.2}× | {} |",
                 fmt(lib.map(|l| l.0)),

@@ -15,6 +15,9 @@ use std::sync::OnceLock;
 use common::{key, salt, SUITES};
 use hush_srtp::{SrtpContext, Suite};
 
+/// One of the four packet transforms of a context.
+type Transform = fn(&mut SrtpContext, &mut Vec<u8>) -> Result<(), hush_srtp::Error>;
+
 const COMPONENT: &str = "libsrtp2 (apt: libsrtp2-dev) and a C compiler (cc)";
 
 fn libsrtp_present() -> bool {
@@ -138,11 +141,7 @@ fn rtcp_packets() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn hush_all(
-    ctx: &mut SrtpContext,
-    packets: &[Vec<u8>],
-    f: fn(&mut SrtpContext, &mut Vec<u8>) -> Result<(), hush_srtp::Error>,
-) -> Vec<Option<Vec<u8>>> {
+fn hush_all(ctx: &mut SrtpContext, packets: &[Vec<u8>], f: Transform) -> Vec<Option<Vec<u8>>> {
     packets
         .iter()
         .map(|p| {
@@ -155,29 +154,24 @@ fn hush_all(
 fn check_direction(suite: Suite, rtcp: bool) {
     let k = key(suite, 0x3c);
     let s = salt(0xc3);
-    let (plain, protect, unprotect, hush_protect, hush_unprotect): (
-        Vec<Vec<u8>>,
-        &str,
-        &str,
-        fn(&mut SrtpContext, &mut Vec<u8>) -> Result<(), hush_srtp::Error>,
-        fn(&mut SrtpContext, &mut Vec<u8>) -> Result<(), hush_srtp::Error>,
-    ) = if rtcp {
-        (
-            rtcp_packets(),
-            "protect-rtcp",
-            "unprotect-rtcp",
-            SrtpContext::protect_rtcp,
-            SrtpContext::unprotect_rtcp,
-        )
-    } else {
-        (
-            rtp_packets(),
-            "protect-rtp",
-            "unprotect-rtp",
-            SrtpContext::protect_rtp,
-            SrtpContext::unprotect_rtp,
-        )
-    };
+    let (plain, protect, unprotect, hush_protect, hush_unprotect): (_, _, _, Transform, Transform) =
+        if rtcp {
+            (
+                rtcp_packets(),
+                "protect-rtcp",
+                "unprotect-rtcp",
+                SrtpContext::protect_rtcp,
+                SrtpContext::unprotect_rtcp,
+            )
+        } else {
+            (
+                rtp_packets(),
+                "protect-rtp",
+                "unprotect-rtp",
+                SrtpContext::protect_rtp,
+                SrtpContext::unprotect_rtp,
+            )
+        };
 
     // Same inputs, same keys: byte-identical output.
     let from_libsrtp = libsrtp(protect, suite, &k, &s, &plain);
