@@ -2,8 +2,9 @@
 //!
 //! A [`ReplayWindow`] remembers the highest packet index accepted and which of the `size`
 //! indices just below it were seen, in a ring of 64-bit words (the layout WireGuard uses for its
-//! nonce window): one extra word lets the ring advance a word at a time without ever
-//! overwriting a bit still inside the window. Nothing is allocated per packet.
+//! nonce window): at least one word more than the window needs (rounded up to a power of two,
+//! so the ring index is a mask) lets the ring advance a word at a time without ever overwriting
+//! a bit still inside the window. Nothing is allocated per packet.
 
 /// Largest replay window this crate accepts, in packets.
 pub(crate) const MAX_WINDOW: usize = 32_768;
@@ -24,19 +25,23 @@ pub(crate) struct ReplayWindow {
     max: u64,
     /// Window length in packets (a multiple of 64).
     size: u64,
-    /// Ring of `size / 64 + 1` words; bit `i % 64` of word `(i / 64) % words` is index `i`.
+    /// Ring of at least `size / 64 + 1` words, a power of two; bit `i % 64` of word
+    /// `(i / 64) & mask` is index `i`.
     bits: Box<[u64]>,
+    /// Number of words minus one.
+    mask: u64,
 }
 
 impl ReplayWindow {
     /// A window of `size` packets (a multiple of 64, checked by the config) whose first accepted
     /// index is `first`.
     pub(crate) fn new(size: usize, first: u64) -> Self {
-        let words = size / 64 + 1;
+        let words = (size / 64 + 1).next_power_of_two();
         let mut w = Self {
             max: first,
             size: size as u64,
             bits: vec![0u64; words].into_boxed_slice(),
+            mask: words as u64 - 1,
         };
         w.set(first);
         w
@@ -48,8 +53,8 @@ impl ReplayWindow {
     }
 
     fn word_of(&self, index: u64) -> usize {
-        // The modulus is the number of words, so the result fits in usize.
-        ((index >> 6) % self.bits.len() as u64) as usize
+        // Masked to the number of words, so the result fits in usize and indexes `bits`.
+        ((index >> 6) & self.mask) as usize
     }
 
     fn set(&mut self, index: u64) {
@@ -77,10 +82,9 @@ impl ReplayWindow {
         if index > self.max {
             let current = self.max >> 6;
             let target = index >> 6;
-            let words = self.bits.len() as u64;
-            let clear = (target - current).min(words);
+            let clear = (target - current).min(self.mask + 1);
             for step in 1..=clear {
-                let w = ((current + step) % words) as usize;
+                let w = ((current + step) & self.mask) as usize;
                 self.bits[w] = 0;
             }
             self.max = index;
