@@ -5,3 +5,4 @@
 //! `hush-signaling`, `hush-net`, `hush-media`).
 
 pub mod machine;
+pub mod media_path;

@@ -1,0 +1,244 @@
+//! The media path of one call: SRTP protection (`hush-srtp`) around the media engine
+//! (`hush-media`), keyed by the call's [`MediaKeys`].
+//!
+//! A [`MediaPath`] exists only once a call's keys do, that is after the callee accepted: no key,
+//! no path, no media in either direction. It is sans-IO: encrypted datagrams and `now` in,
+//! encrypted datagrams, media events and a deadline out. The driver moves the datagrams over the
+//! ICE connection.
+//!
+//! ```
+//! use std::time::Instant;
+//! use hush::media_path::MediaPath;
+//! # fn keys() -> (hush_crypto::MediaKeys, hush_crypto::MediaKeys) { hush::media_path::test_keys() }
+//! let (alice_keys, bob_keys) = keys();
+//! let now = Instant::now();
+//! let config = hush_media::SessionConfig::default();
+//! let mut alice = MediaPath::new(&alice_keys, config.clone(), now).unwrap();
+//! let mut bob = MediaPath::new(&bob_keys, config.mirrored(), now).unwrap();
+//! alice.send_audio(now, &[0xf8, 0xff, 0xfe]); // one (silent) Opus frame
+//! while let Some(datagram) = alice.poll_datagram() {
+//!     bob.handle_datagram(now, &datagram).unwrap();
+//! }
+//! assert_eq!(bob.stats().unprotect_failures, 0);
+//! ```
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use hush_crypto::MediaKeys;
+use hush_media::{Event, MediaSession, SessionConfig, TransmitKind};
+use hush_srtp::SrtpContext;
+use tracing::debug;
+
+/// Why a datagram was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaPathError {
+    /// SRTP refused the packet: forged, corrupted, replayed, or under a key we do not have.
+    #[error("srtp: {0}")]
+    Srtp(#[from] hush_srtp::Error),
+    /// The packet authenticated but the media engine could not parse it.
+    #[error("media: {0}")]
+    Media(#[from] hush_media::Error),
+}
+
+/// Counters of the protection layer of one call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Datagrams protected and handed out for sending.
+    pub sent: u64,
+    /// Datagrams that authenticated and reached the media engine.
+    pub received: u64,
+    /// Datagrams that failed to authenticate or were replays.
+    pub unprotect_failures: u64,
+}
+
+/// SRTP + media engine for one call. See the [module docs](self).
+pub struct MediaPath {
+    tx: SrtpContext,
+    rx: SrtpContext,
+    session: MediaSession,
+    out: VecDeque<Vec<u8>>,
+    stats: PathStats,
+}
+
+impl MediaPath {
+    /// Keys the path with `keys` (send and receive contexts) and starts the media engine.
+    pub fn new(
+        keys: &MediaKeys,
+        config: SessionConfig,
+        now: Instant,
+    ) -> Result<Self, hush_srtp::Error> {
+        Ok(Self {
+            tx: SrtpContext::new(keys.suite, &keys.send_key, &keys.send_salt)?,
+            rx: SrtpContext::new(keys.suite, &keys.recv_key, &keys.recv_salt)?,
+            session: MediaSession::new(config, now),
+            out: VecDeque::new(),
+            stats: PathStats::default(),
+        })
+    }
+
+    /// Sends one encoded audio frame.
+    pub fn send_audio(&mut self, now: Instant, frame: &[u8]) {
+        self.session.send_audio(now, frame, None);
+        self.protect_transmits();
+    }
+
+    /// Handles one datagram received on the call's ICE path: authenticates and decrypts it,
+    /// then feeds it to the media engine. Nothing changes if it does not authenticate.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<(), MediaPathError> {
+        let mut packet = datagram.to_vec();
+        let unprotected = if is_rtcp(&packet) {
+            self.rx.unprotect_rtcp(&mut packet)
+        } else {
+            self.rx.unprotect_rtp(&mut packet)
+        };
+        if let Err(e) = unprotected {
+            self.stats.unprotect_failures += 1;
+            debug!(error = %e, "media datagram refused");
+            return Err(e.into());
+        }
+        self.stats.received += 1;
+        let handled = self.session.handle_packet(now, &packet);
+        self.protect_transmits();
+        handled.map_err(Into::into)
+    }
+
+    /// Runs the media engine's timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+        self.protect_transmits();
+    }
+
+    /// The next protected datagram to send.
+    #[must_use]
+    pub fn poll_datagram(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// The next media event (audio playout, encoder target, ...).
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.session.poll_event()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+
+    /// Counters of the protection layer.
+    pub fn stats(&self) -> PathStats {
+        self.stats
+    }
+
+    /// The media engine's quality statistics.
+    pub fn quality(&mut self, now: Instant) -> hush_media::QualityStats {
+        self.session.stats(now)
+    }
+
+    /// The media engine (for its getters).
+    pub fn session(&self) -> &MediaSession {
+        &self.session
+    }
+
+    fn protect_transmits(&mut self) {
+        while let Some(t) = self.session.poll_transmit() {
+            let mut data = t.data;
+            let protected = match t.kind {
+                TransmitKind::Rtp => self.tx.protect_rtp(&mut data),
+                TransmitKind::Rtcp => self.tx.protect_rtcp(&mut data),
+            };
+            match protected {
+                Ok(()) => {
+                    self.stats.sent += 1;
+                    self.out.push_back(data);
+                }
+                // Only a key at its packet limit fails here; the packet is dropped, never sent
+                // in the clear.
+                Err(e) => debug!(error = %e, "could not protect an outgoing packet"),
+            }
+        }
+    }
+}
+
+/// RTP and RTCP share the path (RFC 5761): RTCP packet types 192–223 sit where an RTP packet has
+/// its marker bit and payload type.
+fn is_rtcp(packet: &[u8]) -> bool {
+    packet.get(1).is_some_and(|b| (192..=223).contains(b))
+}
+
+/// Two mirrored sets of media keys from a real key exchange, for doc examples and tests.
+#[doc(hidden)]
+pub fn test_keys() -> (MediaKeys, MediaKeys) {
+    use hush_crypto::signal::IdentityKeyPair;
+    use hush_crypto::CallKeyExchange;
+    let mut rng = rand::rng();
+    let a_id = IdentityKeyPair::generate(&mut rng);
+    let b_id = IdentityKeyPair::generate(&mut rng);
+    let alice = CallKeyExchange::new(*a_id.identity_key());
+    let mut bob = CallKeyExchange::new(*b_id.identity_key());
+    let (mut pending, offer) = alice.offer(b_id.identity_key(), &mut rng);
+    let incoming = bob
+        .receive_offer(&offer, a_id.identity_key())
+        .expect("well-formed offer");
+    let (answer, bob_keys) = incoming.accept(&mut rng).expect("accept");
+    let alice_keys = pending.finish(&answer).expect("matching answer");
+    (alice_keys, bob_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_flows_both_ways_and_forgeries_change_nothing() {
+        let (ak, bk) = test_keys();
+        let t0 = Instant::now();
+        let config = SessionConfig::default();
+        let mut alice = MediaPath::new(&ak, config.clone(), t0).unwrap();
+        let mut bob = MediaPath::new(&bk, config.mirrored(), t0).unwrap();
+        let frame = [0xf8, 0xff, 0xfe];
+        for i in 0..10u32 {
+            let now = t0 + std::time::Duration::from_millis(20 * u64::from(i));
+            alice.send_audio(now, &frame);
+            bob.send_audio(now, &frame);
+            while let Some(d) = alice.poll_datagram() {
+                bob.handle_datagram(now, &d).unwrap();
+            }
+            while let Some(d) = bob.poll_datagram() {
+                alice.handle_datagram(now, &d).unwrap();
+            }
+        }
+        assert!(bob.stats().received >= 10 && alice.stats().received >= 10);
+
+        // A forged packet and a replay are refused and counted.
+        alice.send_audio(t0, &frame);
+        let good = alice.poll_datagram().unwrap();
+        let mut forged = good.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            bob.handle_datagram(t0, &forged),
+            Err(MediaPathError::Srtp(_))
+        ));
+        bob.handle_datagram(t0, &good).unwrap();
+        assert!(bob.handle_datagram(t0, &good).is_err(), "replay refused");
+        assert_eq!(bob.stats().unprotect_failures, 2);
+    }
+
+    #[test]
+    fn keys_of_another_call_cannot_decrypt() {
+        let (ak, _) = test_keys();
+        let (_, other_bk) = test_keys();
+        let t0 = Instant::now();
+        let config = SessionConfig::default();
+        let mut alice = MediaPath::new(&ak, config.clone(), t0).unwrap();
+        let mut stranger = MediaPath::new(&other_bk, config.mirrored(), t0).unwrap();
+        alice.send_audio(t0, &[1, 2, 3]);
+        let d = alice.poll_datagram().unwrap();
+        assert!(stranger.handle_datagram(t0, &d).is_err());
+        assert_eq!(stranger.stats().received, 0);
+    }
+}
