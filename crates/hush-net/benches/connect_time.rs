@@ -1,0 +1,124 @@
+//! Time from the first candidate to a selected pair, on loopback (host path) and through a
+//! real coturn (relay path), median of N runs.
+//!
+//! Run: `cargo bench -p hush-net --bench connect_time` (needs `turnserver` for the relay row;
+//! `HUSH_NET_BENCH_RUNS` sets N, default 30).
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use hush_net::driver::{self, Bind};
+use hush_net::{CandidateKind, Config, Event, Policy, Role, TurnCredentials};
+
+/// One connection attempt; returns the time from the first candidate handed to a peer until
+/// both peers report a selected path, the time from creating the connections (gathering
+/// included) to the same point, and the path kind.
+async fn connect_once(make: impl Fn() -> Config) -> (Duration, Duration, CandidateKind) {
+    let start = Instant::now();
+    let bind = Bind::Addresses(vec!["127.0.0.1".parse().unwrap()]);
+    let mut a = driver::start(make(), Role::Controlling, bind.clone())
+        .await
+        .unwrap();
+    let mut b = driver::start(make(), Role::Controlled, bind).await.unwrap();
+    a.handle
+        .set_remote_credentials(b.credentials.clone())
+        .await
+        .unwrap();
+    b.handle
+        .set_remote_credentials(a.credentials.clone())
+        .await
+        .unwrap();
+    let mut first: Option<Instant> = None;
+    let (mut done_a, mut done_b) = (None, None);
+    let mut kind = CandidateKind::Host;
+    while done_a.is_none() || done_b.is_none() {
+        tokio::select! {
+            ev = a.events.recv() => match ev.unwrap() {
+                Event::LocalCandidate(c) => {
+                    first.get_or_insert_with(Instant::now);
+                    b.handle.add_remote_candidate(c).await.unwrap();
+                }
+                Event::PathSelected(p) => { kind = p.kind; done_a = Some(Instant::now()); }
+                _ => {}
+            },
+            ev = b.events.recv() => match ev.unwrap() {
+                Event::LocalCandidate(c) => {
+                    first.get_or_insert_with(Instant::now);
+                    a.handle.add_remote_candidate(c).await.unwrap();
+                }
+                Event::PathSelected(_) => { done_b = Some(Instant::now()); }
+                _ => {}
+            },
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("no path within 10 s"),
+        }
+    }
+    let end = done_a.max(done_b).unwrap();
+    let _ = a.handle.close().await;
+    let _ = b.handle.close().await;
+    (end - first.unwrap(), end - start, kind)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn report(name: &str, v: Vec<Duration>) {
+    let n = v.len();
+    let (min, max) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+    println!(
+        "{name:<34} n={n:<3} median={:>8.2} ms  min={:>8.2} ms  max={:>8.2} ms",
+        median(v).as_secs_f64() * 1e3,
+        min.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    let runs: usize = std::env::var("HUSH_NET_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut host, mut host_total) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (d, t, k) =
+                connect_once(|| Config::builder().include_loopback(true).build().unwrap()).await;
+            assert_eq!(k, CandidateKind::Host);
+            host.push(d);
+            host_total.push(t);
+        }
+        report("hush-net host: candidate->pair", host);
+        report("hush-net host: start->pair", host_total);
+
+        if !common::coturn_present() {
+            println!("hush-net relay (coturn)             NOT RUN: turnserver missing");
+            return;
+        }
+        let turn = common::Coturn::start(common::Auth::long_term());
+        let (mut relay, mut relay_total) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (d, t, k) = connect_once(|| {
+                Config::builder()
+                    .policy(Policy::RelayOnly)
+                    .turn_server(turn.addr, TurnCredentials::long_term("alice", "wonderland"))
+                    .build()
+                    .unwrap()
+            })
+            .await;
+            assert_eq!(k, CandidateKind::Relay);
+            relay.push(d);
+            relay_total.push(t);
+        }
+        report("hush-net relay: candidate->pair", relay);
+        report("hush-net relay: start->pair", relay_total);
+    });
+}
