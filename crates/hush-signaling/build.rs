@@ -11,7 +11,9 @@ fn main() {
             println!("cargo:warning=no vendored protoc for this host ({e}); using PROTOC/PATH");
         }
     }
-    if let Err(e) = config.compile_protos(&["proto/signaling.proto", "proto/relay.proto"], &["proto"]) {
+    if let Err(e) =
+        config.compile_protos(&["proto/signaling.proto", "proto/relay.proto"], &["proto"])
+    {
         panic!("compiling signaling protos failed: {e}");
     }
 }

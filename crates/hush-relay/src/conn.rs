@@ -47,26 +47,41 @@ impl Drop for ConnGuard {
 /// Serves one accepted socket to the end.
 pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let _guard = ConnGuard(shared.clone());
     let _ = stream.set_nodelay(true);
     let handshake = shared.config.handshake_timeout;
-    let (mut writer, mut frames) =
-        match tokio::time::timeout(handshake, io::accept(stream, shared.config.max_frame_len)).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "connection setup failed");
-                return;
-            }
-            Err(_) => return,
-        };
-    let device = match tokio::time::timeout(handshake, authenticate(&shared, &mut writer, &mut frames)).await {
+    let (mut writer, mut frames) = match tokio::time::timeout(
+        handshake,
+        io::accept(stream, shared.config.max_frame_len),
+    )
+    .await
+    {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection setup failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let device = match tokio::time::timeout(
+        handshake,
+        authenticate(&shared, &mut writer, &mut frames),
+    )
+    .await
+    {
         Ok(Ok(device)) => device,
         Ok(Err((code, message))) => {
             if code == ErrorCode::AuthFailed {
                 shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
             } else {
-                shared.metrics.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
             }
             tracing::debug!(%peer, ?code, message, "authentication refused");
             close_with(&mut writer, code, message).await;
@@ -126,10 +141,13 @@ async fn authenticate(
         Err(_) => return Err((ErrorCode::MalformedFrame, "malformed frame")),
     };
     if auth.version != RELAY_PROTOCOL_VERSION {
-        return Err((ErrorCode::UnsupportedVersion, "unsupported relay protocol version"));
+        return Err((
+            ErrorCode::UnsupportedVersion,
+            "unsupported relay protocol version",
+        ));
     }
-    let device =
-        DeviceId::from_slice(&auth.device_key).map_err(|_| (ErrorCode::AuthFailed, "bad device key"))?;
+    let device = DeviceId::from_slice(&auth.device_key)
+        .map_err(|_| (ErrorCode::AuthFailed, "bad device key"))?;
     verify_challenge(&device, &nonce, &auth.signature)
         .map_err(|_| (ErrorCode::AuthFailed, "signature does not verify"))?;
     let _ = shared;
@@ -167,7 +185,10 @@ impl Bucket {
 
 /// Why the serve loop ended.
 #[derive(Debug)]
-#[allow(dead_code, reason = "the fields are read through Debug in the close log")]
+#[allow(
+    dead_code,
+    reason = "the fields are read through Debug in the close log"
+)]
 enum End {
     ClientClosed,
     Kicked(Kick),
@@ -198,7 +219,12 @@ impl Conn {
             device,
             conn_id,
             writer,
-            bucket: Bucket { tokens: burst, last: Instant::now(), rate, burst },
+            bucket: Bucket {
+                tokens: burst,
+                last: Instant::now(),
+                rate,
+                burst,
+            },
             recent,
             done_tx,
             done_rx,
@@ -231,7 +257,8 @@ impl Conn {
             return End::Violation(ErrorCode::Internal);
         }
         let Ok(Ok(backlog)) = backlog.await else {
-            self.send_error(ErrorCode::Internal, "cannot load queue").await;
+            self.send_error(ErrorCode::Internal, "cannot load queue")
+                .await;
             return End::Violation(ErrorCode::Internal);
         };
         let ok = encode_server_frame(server_frame::Frame::AuthOk(pb::AuthOk {
@@ -297,13 +324,18 @@ impl Conn {
         self.shared.registry.unregister(&self.device, self.conn_id);
         let max_age = self.shared.config.max_envelope_age.as_millis() as u64;
         let recent = std::mem::take(&mut self.recent);
-        self.shared.parked.park(self.device, recent, now_ms(), max_age);
+        self.shared
+            .parked
+            .park(self.device, recent, now_ms(), max_age);
         self.writer.close().await;
     }
 
     async fn deliver(&mut self, id: u64, envelope: &[u8]) -> Result<(), Error> {
         self.writer.send(encode_deliver_frame(id, envelope)).await?;
-        self.shared.metrics.envelopes_delivered.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .envelopes_delivered
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -318,15 +350,23 @@ impl Conn {
     async fn on_done(&mut self, done: InsertDone) -> Result<(), End> {
         let result = match done.result {
             Ok(_) => {
-                self.shared.metrics.envelopes_received.fetch_add(1, Ordering::Relaxed);
-                self.shared.metrics.observe_send_latency(done.received.elapsed());
+                self.shared
+                    .metrics
+                    .envelopes_received
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .observe_send_latency(done.received.elapsed());
                 Ok(())
             }
             Err(StoreError::QueueFull) => Err((ErrorCode::QueueFull, "recipient queue is full")),
             Err(_) => Err((ErrorCode::Internal, "storage failed")),
         };
-        self.respond(done.request_id, result.map(|()| pb::response::Result::Done(pb::Done {})))
-            .await
+        self.respond(
+            done.request_id,
+            result.map(|()| pb::response::Result::Done(pb::Done {})),
+        )
+        .await
     }
 
     async fn on_read(&mut self, event: Option<ReadEvent>) -> Result<(), End> {
@@ -335,7 +375,10 @@ impl Conn {
             Some(Ok(bytes)) => bytes,
             Some(Err(e)) => {
                 let (code, msg) = stream_refusal(&e);
-                self.shared.metrics.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
                 self.send_error(code, msg).await;
                 return Err(End::Violation(code));
             }
@@ -345,12 +388,17 @@ impl Conn {
             Err(Error::UnsupportedMessage) => {
                 // A frame type from a newer client: refuse it, keep the connection.
                 self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                self.send_error(ErrorCode::UnsupportedVersion, "unknown frame type").await;
+                self.send_error(ErrorCode::UnsupportedVersion, "unknown frame type")
+                    .await;
                 return Ok(());
             }
             Err(_) => {
-                self.shared.metrics.protocol_violations.fetch_add(1, Ordering::Relaxed);
-                self.send_error(ErrorCode::MalformedFrame, "malformed frame").await;
+                self.shared
+                    .metrics
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send_error(ErrorCode::MalformedFrame, "malformed frame")
+                    .await;
                 return Err(End::Violation(ErrorCode::MalformedFrame));
             }
         };
@@ -359,8 +407,14 @@ impl Conn {
             client_frame::Frame::Ack(ack) => {
                 let n = ack.delivery_ids.len() as u64;
                 if n > 0 {
-                    self.shared.metrics.envelopes_acked.fetch_add(n, Ordering::Relaxed);
-                    let op = Op::Ack { device: self.device, ids: ack.delivery_ids };
+                    self.shared
+                        .metrics
+                        .envelopes_acked
+                        .fetch_add(n, Ordering::Relaxed);
+                    let op = Op::Ack {
+                        device: self.device,
+                        ids: ack.delivery_ids,
+                    };
                     if self.shared.store.send(op).await.is_err() {
                         return Err(End::Violation(ErrorCode::Internal));
                     }
@@ -371,15 +425,20 @@ impl Conn {
             client_frame::Frame::FetchBundle(fetch) => self.on_fetch(fetch).await,
             client_frame::Frame::Ping(ping) => {
                 if !self.bucket.take(Instant::now()) {
-                    self.shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                let pong = encode_server_frame(server_frame::Frame::Pong(pb::Pong { nonce: ping.nonce }));
+                let pong =
+                    encode_server_frame(server_frame::Frame::Pong(pb::Pong { nonce: ping.nonce }));
                 self.writer.send(pong).await.map_err(|_| End::WriteFailed)
             }
             client_frame::Frame::Auth(_) => {
                 self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                self.send_error(ErrorCode::Unspecified, "already authenticated").await;
+                self.send_error(ErrorCode::Unspecified, "already authenticated")
+                    .await;
                 Ok(())
             }
         }
@@ -389,7 +448,10 @@ impl Conn {
         if self.bucket.take(Instant::now()) {
             false
         } else {
-            self.shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
             true
         }
     }
@@ -398,26 +460,47 @@ impl Conn {
         let received = Instant::now();
         let request_id = send.request_id;
         if self.rate_limited() {
-            return self.respond(request_id, Err((ErrorCode::RateLimited, "rate limit exceeded"))).await;
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
+                )
+                .await;
         }
         let Some(envelope) = send.envelope else {
-            return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "no envelope"))).await;
+            return self
+                .respond(request_id, Err((ErrorCode::InvalidEnvelope, "no envelope")))
+                .await;
         };
         let envelope = match Envelope::from_proto(envelope) {
             Ok(e) => e,
             Err(Error::UnsupportedVersion(_) | Error::UnsupportedMessage) => {
                 return self
-                    .respond(request_id, Err((ErrorCode::UnsupportedVersion, "unsupported envelope")))
+                    .respond(
+                        request_id,
+                        Err((ErrorCode::UnsupportedVersion, "unsupported envelope")),
+                    )
                     .await
             }
             Err(_) => {
-                return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "invalid envelope"))).await
+                return self
+                    .respond(
+                        request_id,
+                        Err((ErrorCode::InvalidEnvelope, "invalid envelope")),
+                    )
+                    .await
             }
         };
         if envelope.sender != self.device {
             tracing::debug!(device = %self.device, claimed = %envelope.sender, "forged sender refused");
             return self
-                .respond(request_id, Err((ErrorCode::ForgedSender, "sender is not the authenticated device")))
+                .respond(
+                    request_id,
+                    Err((
+                        ErrorCode::ForgedSender,
+                        "sender is not the authenticated device",
+                    )),
+                )
                 .await;
         }
         let cfg = &self.shared.config;
@@ -432,10 +515,20 @@ impl Conn {
         match refused {
             Ok(()) => {}
             Err(Refused::Stale) => {
-                return self.respond(request_id, Err((ErrorCode::Stale, "envelope timestamp out of window"))).await
+                return self
+                    .respond(
+                        request_id,
+                        Err((ErrorCode::Stale, "envelope timestamp out of window")),
+                    )
+                    .await
             }
             Err(Refused::Duplicate) => {
-                return self.respond(request_id, Err((ErrorCode::Duplicate, "envelope already accepted"))).await
+                return self
+                    .respond(
+                        request_id,
+                        Err((ErrorCode::Duplicate, "envelope already accepted")),
+                    )
+                    .await
             }
         }
         let recipient = envelope.recipient;
@@ -455,23 +548,43 @@ impl Conn {
     async fn on_upload(&mut self, up: pb::UploadPrekeys) -> Result<(), End> {
         let request_id = up.request_id;
         if self.rate_limited() {
-            return self.respond(request_id, Err((ErrorCode::RateLimited, "rate limit exceeded"))).await;
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
+                )
+                .await;
         }
         if up.bundle.is_empty() || up.bundle.len() > MAX_BUNDLE_LEN {
-            return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "bad bundle size"))).await;
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::InvalidEnvelope, "bad bundle size")),
+                )
+                .await;
         }
         if up.one_time_prekeys.len() > MAX_PREKEYS_PER_UPLOAD
-            || up.one_time_prekeys.iter().any(|k| k.data.is_empty() || k.data.len() > MAX_ONE_TIME_PREKEY_LEN)
+            || up
+                .one_time_prekeys
+                .iter()
+                .any(|k| k.data.is_empty() || k.data.len() > MAX_ONE_TIME_PREKEY_LEN)
         {
             return self
-                .respond(request_id, Err((ErrorCode::InvalidEnvelope, "bad one-time prekeys")))
+                .respond(
+                    request_id,
+                    Err((ErrorCode::InvalidEnvelope, "bad one-time prekeys")),
+                )
                 .await;
         }
         let (reply, rx) = oneshot::channel();
         let op = Op::Upload {
             device: self.device,
             bundle: up.bundle,
-            one_time_prekeys: up.one_time_prekeys.into_iter().map(|k| (k.id, k.data)).collect(),
+            one_time_prekeys: up
+                .one_time_prekeys
+                .into_iter()
+                .map(|k| (k.id, k.data))
+                .collect(),
             replace: up.replace_one_time_prekeys,
             reply,
         };
@@ -492,22 +605,42 @@ impl Conn {
     async fn on_fetch(&mut self, fetch: pb::FetchBundle) -> Result<(), End> {
         let request_id = fetch.request_id;
         if self.rate_limited() {
-            return self.respond(request_id, Err((ErrorCode::RateLimited, "rate limit exceeded"))).await;
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
+                )
+                .await;
         }
         let Ok(device) = DeviceId::from_slice(&fetch.device) else {
-            return self.respond(request_id, Err((ErrorCode::InvalidEnvelope, "bad device id"))).await;
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::InvalidEnvelope, "bad device id")),
+                )
+                .await;
         };
         let (reply, rx) = oneshot::channel();
-        if self.shared.store.send(Op::Fetch { device, reply }).await.is_err() {
+        if self
+            .shared
+            .store
+            .send(Op::Fetch { device, reply })
+            .await
+            .is_err()
+        {
             return Err(End::Violation(ErrorCode::Internal));
         }
         let result = match rx.await {
             Ok(Ok(b)) => Ok(pb::response::Result::Bundle(pb::Bundle {
                 device: device.as_bytes().to_vec(),
                 bundle: b.bundle,
-                one_time_prekey: b.one_time_prekey.map(|(id, data)| pb::OneTimePrekey { id, data }),
+                one_time_prekey: b
+                    .one_time_prekey
+                    .map(|(id, data)| pb::OneTimePrekey { id, data }),
             })),
-            Ok(Err(StoreError::NotFound)) => Err((ErrorCode::NotFound, "no bundle for that device")),
+            Ok(Err(StoreError::NotFound)) => {
+                Err((ErrorCode::NotFound, "no bundle for that device"))
+            }
             _ => Err((ErrorCode::Internal, "storage failed")),
         };
         self.respond(request_id, result).await
@@ -522,7 +655,10 @@ impl Conn {
             Ok(r) => r,
             Err((code, message)) => {
                 self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                pb::response::Result::Error(pb::RelayError { code: code as i32, message: message.to_owned() })
+                pb::response::Result::Error(pb::RelayError {
+                    code: code as i32,
+                    message: message.to_owned(),
+                })
             }
         };
         let frame = encode_server_frame(server_frame::Frame::Response(pb::Response {
@@ -543,5 +679,7 @@ impl Conn {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

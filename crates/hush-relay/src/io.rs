@@ -76,9 +76,10 @@ pub(crate) async fn accept(
     }
     let (tx, rx) = mpsc::channel(64);
     if first[0] == b'G' {
-        let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
-            .await
-            .map_err(ws_err)?;
+        let ws =
+            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
+                .await
+                .map_err(ws_err)?;
         let (sink, source) = ws.split();
         tokio::spawn(read_ws(source, tx));
         Ok((Writer::Ws(sink), rx))
@@ -112,10 +113,7 @@ async fn read_tcp(mut read: OwnedReadHalf, max: usize, tx: mpsc::Sender<ReadEven
     }
 }
 
-async fn read_ws(
-    mut source: SplitStream<WebSocketStream<TcpStream>>,
-    tx: mpsc::Sender<ReadEvent>,
-) {
+async fn read_ws(mut source: SplitStream<WebSocketStream<TcpStream>>, tx: mpsc::Sender<ReadEvent>) {
     while let Some(msg) = source.next().await {
         let event = match msg {
             Ok(Message::Binary(b)) => Ok(b.to_vec()),

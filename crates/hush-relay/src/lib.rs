@@ -149,7 +149,9 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("listen", &self.local_addr()).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("listen", &self.local_addr())
+            .finish_non_exhaustive()
     }
 }
 
@@ -210,12 +212,16 @@ impl Relay {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address; fall back to the configured one.
-        self.listener.local_addr().unwrap_or(self.shared.config.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.shared.config.listen)
     }
 
     /// The metrics endpoint's address, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Live metrics.
@@ -230,7 +236,11 @@ impl Relay {
 
     /// Accepts and serves connections until shut down.
     pub async fn serve(self) -> Result<(), RelayError> {
-        let Self { listener, metrics_listener, shared } = self;
+        let Self {
+            listener,
+            metrics_listener,
+            shared,
+        } = self;
         let metrics_task =
             metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
         let mut shutdown = shared.shutdown.subscribe();

@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Upper bounds (seconds) of the send-latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 12] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
 
 /// Counters and gauges the relay exports. All relaxed atomics: cheap to bump on hot paths.
 #[derive(Debug, Default)]
@@ -54,18 +55,28 @@ impl Metrics {
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ns
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Renders all metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric("hush_relay_connections", "gauge", "Open connections.", g(&self.connections));
+        metric(
+            "hush_relay_connections",
+            "gauge",
+            "Open connections.",
+            g(&self.connections),
+        );
         metric(
             "hush_relay_authenticated_connections",
             "gauge",
@@ -102,8 +113,18 @@ impl Metrics {
             "Delivery acknowledgements.",
             g(&self.envelopes_acked),
         );
-        metric("hush_relay_queue_depth", "gauge", "Envelopes queued.", g(&self.queue_depth));
-        metric("hush_relay_rejected_total", "counter", "Rejected requests.", g(&self.rejected));
+        metric(
+            "hush_relay_queue_depth",
+            "gauge",
+            "Envelopes queued.",
+            g(&self.queue_depth),
+        );
+        metric(
+            "hush_relay_rejected_total",
+            "counter",
+            "Rejected requests.",
+            g(&self.rejected),
+        );
         metric(
             "hush_relay_rate_limited_total",
             "counter",

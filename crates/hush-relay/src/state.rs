@@ -62,7 +62,9 @@ impl Registry {
     /// queue is full is closed: the envelope stays in the database and is delivered on reconnect.
     pub(crate) fn push(&self, recipient: &DeviceId, live: Live) {
         let mut online = lock(&self.online);
-        let Some(handle) = online.get(recipient) else { return };
+        let Some(handle) = online.get(recipient) else {
+            return;
+        };
         match handle.live.try_send(live) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -145,7 +147,9 @@ impl RecentIds {
 
     /// Whether every remembered id has aged out.
     pub(crate) fn is_expired(&self, now_ms: u64, max_age_ms: u64) -> bool {
-        self.order.back().is_none_or(|&(_, ts)| ts < now_ms.saturating_sub(max_age_ms))
+        self.order
+            .back()
+            .is_none_or(|&(_, ts)| ts < now_ms.saturating_sub(max_age_ms))
     }
 }
 
@@ -181,9 +185,18 @@ mod tests {
         let mut r = RecentIds::default();
         let now = 1_000_000;
         assert_eq!(r.check([1; 16], now, now, 1000, 500, 8), Ok(()));
-        assert_eq!(r.check([1; 16], now, now, 1000, 500, 8), Err(Refused::Duplicate));
-        assert_eq!(r.check([2; 16], now - 1001, now, 1000, 500, 8), Err(Refused::Stale));
-        assert_eq!(r.check([3; 16], now + 501, now, 1000, 500, 8), Err(Refused::Stale));
+        assert_eq!(
+            r.check([1; 16], now, now, 1000, 500, 8),
+            Err(Refused::Duplicate)
+        );
+        assert_eq!(
+            r.check([2; 16], now - 1001, now, 1000, 500, 8),
+            Err(Refused::Stale)
+        );
+        assert_eq!(
+            r.check([3; 16], now + 501, now, 1000, 500, 8),
+            Err(Refused::Stale)
+        );
         assert_eq!(r.check([4; 16], now + 500, now, 1000, 500, 8), Ok(()));
     }
 
@@ -192,10 +205,19 @@ mod tests {
         let mut r = RecentIds::default();
         let now = 1_000_000;
         for i in 0..4u8 {
-            assert_eq!(r.check([i; 16], now + u64::from(i), now + 10, 1000, 500, 2), Ok(()));
+            assert_eq!(
+                r.check([i; 16], now + u64::from(i), now + 10, 1000, 500, 2),
+                Ok(())
+            );
         }
         // Ids 0 and 1 were evicted; their replay is refused as stale rather than accepted.
-        assert_eq!(r.check([0; 16], now, now + 10, 1000, 500, 2), Err(Refused::Stale));
-        assert_eq!(r.check([1; 16], now + 1, now + 10, 1000, 500, 2), Err(Refused::Stale));
+        assert_eq!(
+            r.check([0; 16], now, now + 10, 1000, 500, 2),
+            Err(Refused::Stale)
+        );
+        assert_eq!(
+            r.check([1; 16], now + 1, now + 10, 1000, 500, 2),
+            Err(Refused::Stale)
+        );
     }
 }

@@ -138,11 +138,22 @@ pub(crate) fn open(
     let total: u64 = depth.values().map(|&n| u64::from(n)).sum();
     metrics.queue_depth.store(total, Ordering::Relaxed);
     let last_id: u64 = conn
-        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'queue'", [], |r| r.get(0))
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'queue'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?
         .unwrap_or(0);
     let (tx, rx) = mpsc::channel(64 * 1024);
-    let worker = Worker { conn, depth, last_id, limits, metrics, registry };
+    let worker = Worker {
+        conn,
+        depth,
+        last_id,
+        limits,
+        metrics,
+        registry,
+    };
     std::thread::Builder::new()
         .name("hush-relay-store".into())
         .spawn(move || worker.run(rx))
@@ -161,10 +172,17 @@ struct Worker {
 
 /// An answer to send once the batch is committed.
 enum Reply {
-    Insert(mpsc::UnboundedSender<InsertDone>, InsertDone, Option<(DeviceId, Vec<u8>)>),
+    Insert(
+        mpsc::UnboundedSender<InsertDone>,
+        InsertDone,
+        Option<(DeviceId, Vec<u8>)>,
+    ),
     Load(oneshot::Sender<StoreResult<Backlog>>, StoreResult<Backlog>),
     Upload(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
-    Fetch(oneshot::Sender<StoreResult<BundleOut>>, StoreResult<BundleOut>),
+    Fetch(
+        oneshot::Sender<StoreResult<BundleOut>>,
+        StoreResult<BundleOut>,
+    ),
 }
 
 impl Worker {
@@ -188,23 +206,25 @@ impl Worker {
         let mut replies = Vec::with_capacity(batch.len());
         let committed = match self.conn.transaction() {
             Ok(tx) => {
-                let ok = batch.drain(..).all(|op| match Self::apply(
-                    &tx,
-                    &mut self.depth,
-                    &mut self.last_id,
-                    &self.limits,
-                    &self.metrics,
-                    op,
-                ) {
-                    Ok(reply) => {
-                        if let Some(r) = reply {
-                            replies.push(r);
+                let ok = batch.drain(..).all(|op| {
+                    match Self::apply(
+                        &tx,
+                        &mut self.depth,
+                        &mut self.last_id,
+                        &self.limits,
+                        &self.metrics,
+                        op,
+                    ) {
+                        Ok(reply) => {
+                            if let Some(r) = reply {
+                                replies.push(r);
+                            }
+                            true
                         }
-                        true
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "store operation failed");
-                        false
+                        Err(e) => {
+                            tracing::error!(error = %e, "store operation failed");
+                            false
+                        }
                     }
                 });
                 ok && tx.commit().is_ok()
@@ -257,7 +277,13 @@ impl Worker {
         op: Op,
     ) -> Result<Option<Reply>, rusqlite::Error> {
         Ok(Some(match op {
-            Op::Insert { request_id, recipient, envelope, received, done } => {
+            Op::Insert {
+                request_id,
+                recipient,
+                envelope,
+                received,
+                done,
+            } => {
                 let count = depth.entry(recipient).or_insert(0);
                 let mut live = None;
                 let result = if *count >= limits.max_queue_per_device {
@@ -272,7 +298,15 @@ impl Worker {
                     live = Some((recipient, envelope));
                     Ok(id)
                 };
-                Reply::Insert(done, InsertDone { request_id, received, result }, live)
+                Reply::Insert(
+                    done,
+                    InsertDone {
+                        request_id,
+                        received,
+                        result,
+                    },
+                    live,
+                )
             }
             Op::Ack { device, ids } => {
                 let mut stmt =
@@ -282,7 +316,9 @@ impl Worker {
                     let Ok(id) = i64::try_from(id) else { continue };
                     removed += stmt.execute(params![id, device.as_bytes().as_slice()])? as u32;
                 }
-                metrics.queue_depth.fetch_sub(u64::from(removed), Ordering::Relaxed);
+                metrics
+                    .queue_depth
+                    .fetch_sub(u64::from(removed), Ordering::Relaxed);
                 if let Some(n) = depth.get_mut(&device) {
                     *n = n.saturating_sub(removed);
                     if *n == 0 {
@@ -291,7 +327,11 @@ impl Worker {
                 }
                 return Ok(None);
             }
-            Op::Load { device, limit, reply } => {
+            Op::Load {
+                device,
+                limit,
+                reply,
+            } => {
                 let mut stmt = tx.prepare_cached(
                     "SELECT id, envelope FROM queue WHERE recipient = ?1 ORDER BY id LIMIT ?2",
                 )?;
@@ -301,9 +341,21 @@ impl Worker {
                     })?
                     .map(|r| r.map(|(id, env)| (u64::try_from(id).unwrap_or(0), env)))
                     .collect::<Result<Vec<_>, _>>()?;
-                Reply::Load(reply, Ok(Backlog { rows, watermark: *last_id }))
+                Reply::Load(
+                    reply,
+                    Ok(Backlog {
+                        rows,
+                        watermark: *last_id,
+                    }),
+                )
             }
-            Op::Upload { device, bundle, one_time_prekeys, replace, reply } => {
+            Op::Upload {
+                device,
+                bundle,
+                one_time_prekeys,
+                replace,
+                reply,
+            } => {
                 let dev = device.as_bytes().as_slice();
                 if replace {
                     tx.prepare_cached("DELETE FROM one_time_prekeys WHERE device = ?1")?
@@ -317,8 +369,10 @@ impl Worker {
                 {
                     Err(StoreError::TooManyPrekeys)
                 } else {
-                    tx.prepare_cached("INSERT OR REPLACE INTO bundles (device, bundle) VALUES (?1, ?2)")?
-                        .execute(params![dev, bundle])?;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO bundles (device, bundle) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![dev, bundle])?;
                     let mut stmt = tx.prepare_cached(
                         "INSERT OR REPLACE INTO one_time_prekeys (device, id, data) VALUES (?1, ?2, ?3)",
                     )?;

@@ -19,7 +19,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn envelope(from: DeviceId, to: DeviceId) -> Envelope {
@@ -63,10 +66,13 @@ impl Raw {
     }
 
     async fn recv(&mut self) -> Option<server_frame::Frame> {
-        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut self.stream, 1 << 20))
-            .await
-            .expect("relay answers in time")
-            .ok()??;
+        let frame = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_frame(&mut self.stream, 1 << 20),
+        )
+        .await
+        .expect("relay answers in time")
+        .ok()??;
         Some(decode_server_frame(&frame).unwrap())
     }
 
@@ -82,7 +88,9 @@ impl Raw {
     }
 
     async fn authenticate(&mut self, key: &dyn DeviceSigner) {
-        let Some(server_frame::Frame::Challenge(c)) = self.recv().await else { panic!("challenge") };
+        let Some(server_frame::Frame::Challenge(c)) = self.recv().await else {
+            panic!("challenge")
+        };
         let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.try_into().unwrap();
         self.send(client_frame::Frame::Auth(pb::AuthResponse {
             version: 1,
@@ -90,7 +98,10 @@ impl Raw {
             signature: sign_challenge(key, &nonce).to_vec(),
         }))
         .await;
-        assert!(matches!(self.recv().await, Some(server_frame::Frame::AuthOk(_))));
+        assert!(matches!(
+            self.recv().await,
+            Some(server_frame::Frame::AuthOk(_))
+        ));
     }
 }
 
@@ -99,7 +110,10 @@ async fn bystander_still_served(addr: std::net::SocketAddr, key: &dyn DeviceSign
     let client = connect(Wire::Tcp, addr, key).await;
     client.ping().await.expect("relay still serves others");
     let peer = generate_device_key().device_id();
-    client.send_envelope(envelope(key.device_id(), peer)).await.expect("send still works");
+    client
+        .send_envelope(envelope(key.device_id(), peer))
+        .await
+        .expect("send still works");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +124,10 @@ async fn unauthenticated_client_is_refused() {
     let good_conn = connect(Wire::Tcp, addr, &good).await;
 
     let mut raw = Raw::connect(addr).await;
-    assert!(matches!(raw.recv().await, Some(server_frame::Frame::Challenge(_))));
+    assert!(matches!(
+        raw.recv().await,
+        Some(server_frame::Frame::Challenge(_))
+    ));
     let victim = generate_device_key().device_id();
     raw.send(client_frame::Frame::Send(pb::Send {
         request_id: 1,
@@ -143,9 +160,14 @@ async fn wrong_key_fails_authentication() {
     let dir = TempDir::new("impostor");
     let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
     let victim = generate_device_key();
-    let impostor = Impostor { claimed: victim.device_id(), real: generate_device_key() };
+    let impostor = Impostor {
+        claimed: victim.device_id(),
+        real: generate_device_key(),
+    };
     for wire in [Wire::Tcp, Wire::Ws] {
-        let err = try_connect(wire, addr, &impostor).await.expect_err("impostor refused");
+        let err = try_connect(wire, addr, &impostor)
+            .await
+            .expect_err("impostor refused");
         assert_eq!(relay_code(&err), ErrorCode::AuthFailed);
     }
     bystander_still_served(addr, &victim).await;
@@ -162,16 +184,25 @@ async fn forged_sender_is_refused_and_connection_survives() {
     let mut bob_conn = connect(Wire::Tcp, addr, &bob).await;
 
     let forged = envelope(alice.device_id(), bob.device_id());
-    let err = mallory_conn.send_envelope(forged).await.expect_err("forged sender refused");
+    let err = mallory_conn
+        .send_envelope(forged)
+        .await
+        .expect_err("forged sender refused");
     assert_eq!(relay_code(&err), ErrorCode::ForgedSender);
     // Mallory's connection is still usable for legitimate requests.
     mallory_conn.ping().await.unwrap();
-    mallory_conn.send_envelope(envelope(mallory.device_id(), bob.device_id())).await.unwrap();
-    // Bob receives only Mallory's honest envelope.
-    let got = tokio::time::timeout(Duration::from_secs(5), hush_signaling::Transport::recv(&mut bob_conn))
+    mallory_conn
+        .send_envelope(envelope(mallory.device_id(), bob.device_id()))
         .await
-        .unwrap()
         .unwrap();
+    // Bob receives only Mallory's honest envelope.
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        hush_signaling::Transport::recv(&mut bob_conn),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(got.envelope.sender, mallory.device_id());
 }
 
@@ -184,17 +215,29 @@ async fn replayed_and_stale_envelopes_are_refused() {
     let conn = connect(Wire::Tcp, addr, &alice).await;
     let e = envelope(alice.device_id(), bob);
     conn.send_envelope(e.clone()).await.unwrap();
-    assert_eq!(relay_code(&conn.send_envelope(e.clone()).await.unwrap_err()), ErrorCode::Duplicate);
+    assert_eq!(
+        relay_code(&conn.send_envelope(e.clone()).await.unwrap_err()),
+        ErrorCode::Duplicate
+    );
     // The replay cache outlives the connection.
     drop(conn);
     let conn = connect(Wire::Tcp, addr, &alice).await;
-    assert_eq!(relay_code(&conn.send_envelope(e).await.unwrap_err()), ErrorCode::Duplicate);
+    assert_eq!(
+        relay_code(&conn.send_envelope(e).await.unwrap_err()),
+        ErrorCode::Duplicate
+    );
     let mut old = envelope(alice.device_id(), bob);
     old.timestamp_ms -= 3_600_000;
-    assert_eq!(relay_code(&conn.send_envelope(old).await.unwrap_err()), ErrorCode::Stale);
+    assert_eq!(
+        relay_code(&conn.send_envelope(old).await.unwrap_err()),
+        ErrorCode::Stale
+    );
     let mut future = envelope(alice.device_id(), bob);
     future.timestamp_ms += 3_600_000;
-    assert_eq!(relay_code(&conn.send_envelope(future).await.unwrap_err()), ErrorCode::Stale);
+    assert_eq!(
+        relay_code(&conn.send_envelope(future).await.unwrap_err()),
+        ErrorCode::Stale
+    );
     conn.ping().await.unwrap();
 }
 
@@ -203,15 +246,27 @@ async fn replay_reaching_the_recipient_is_dropped_by_the_client() {
     // Whatever a relay does, the recipient's SignalingClient drops a replayed envelope.
     let net = MemoryNetwork::new();
     net.start_recording();
-    let (a, b) = (generate_device_key().device_id(), generate_device_key().device_id());
+    let (a, b) = (
+        generate_device_key().device_id(),
+        generate_device_key().device_id(),
+    );
     let mut alice = SignalingClient::new(net.endpoint(a), ToySealer { local: a });
     let mut bob = SignalingClient::new(net.endpoint(b), ToySealer { local: b });
-    alice.send(b, CallMessage::Busy { call_id: 3 }).await.unwrap();
-    assert!(matches!(bob.recv().await.unwrap(), SignalingEvent::Message(_)));
+    alice
+        .send(b, CallMessage::Busy { call_id: 3 })
+        .await
+        .unwrap();
+    assert!(matches!(
+        bob.recv().await.unwrap(),
+        SignalingEvent::Message(_)
+    ));
     let captured = net.recorded().pop().unwrap();
     net.inject(captured.clone()).unwrap();
     match bob.recv().await.unwrap() {
-        SignalingEvent::Dropped { reason: Error::Replay, .. } => {}
+        SignalingEvent::Dropped {
+            reason: Error::Replay,
+            ..
+        } => {}
         other => panic!("replay not dropped: {other:?}"),
     }
     // A relabelled copy (fresh id and time to dodge the replay cache): the sealed routing
@@ -221,7 +276,10 @@ async fn replay_reaching_the_recipient_is_dropped_by_the_client() {
     redated.timestamp_ms += 1;
     net.inject(redated).unwrap();
     match bob.recv().await.unwrap() {
-        SignalingEvent::Dropped { reason: Error::Mismatch(_), .. } => {}
+        SignalingEvent::Dropped {
+            reason: Error::Mismatch(_),
+            ..
+        } => {}
         other => panic!("re-dated envelope not dropped: {other:?}"),
     }
     assert_eq!(bob.stats().received, 1);
@@ -258,20 +316,32 @@ async fn oversize_and_garbage_frames_close_only_that_connection() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"\x16\x03\x01\x00garbage").await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap_or(0);
     assert_eq!(n, 0, "connection closed");
 
     // Oversize over WebSocket.
     let ws = connect(Wire::Ws, addr, &generate_device_key()).await;
     ws.dangerous_send_raw_frame(vec![0; 8192]).await.unwrap();
-    let err = ws.ping().await.expect_err("connection closed after oversize message");
-    assert!(matches!(err, Error::Closed | Error::Relay { .. }), "{err:?}");
+    let err = ws
+        .ping()
+        .await
+        .expect_err("connection closed after oversize message");
+    assert!(
+        matches!(err, Error::Closed | Error::Relay { .. }),
+        "{err:?}"
+    );
 
     // An unknown frame type from a newer client is refused, the connection stays.
-    good_conn.dangerous_send_raw_frame(vec![0xf2, 0x01, 0x00]).await.unwrap();
+    good_conn
+        .dangerous_send_raw_frame(vec![0xf2, 0x01, 0x00])
+        .await
+        .unwrap();
     good_conn.ping().await.unwrap();
     bystander_still_served(addr, &good).await;
 }
@@ -289,10 +359,12 @@ async fn rate_limit_and_queue_bound_answer_with_errors() {
     let conn = connect(Wire::Tcp, addr, &alice).await;
     let mut codes = Vec::new();
     for _ in 0..8 {
-        codes.push(match conn.send_envelope(envelope(alice.device_id(), bob)).await {
-            Ok(()) => ErrorCode::Unspecified,
-            Err(e) => relay_code(&e),
-        });
+        codes.push(
+            match conn.send_envelope(envelope(alice.device_id(), bob)).await {
+                Ok(()) => ErrorCode::Unspecified,
+                Err(e) => relay_code(&e),
+            },
+        );
     }
     assert_eq!(&codes[..3], &[ErrorCode::Unspecified; 3], "{codes:?}");
     assert_eq!(&codes[3..5], &[ErrorCode::QueueFull; 2], "{codes:?}");

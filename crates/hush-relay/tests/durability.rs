@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use common::{connect, metric, scrape, TempDir, ToySealer, Wire};
 use hush_signaling::device::generate_device_key;
-use hush_signaling::{CallMessage, DeviceSigner, Hangup, HangupReason, SignalingClient, SignalingEvent};
+use hush_signaling::{
+    CallMessage, DeviceSigner, Hangup, HangupReason, SignalingClient, SignalingEvent,
+};
 
 struct RelayProcess {
     child: Child,
@@ -23,7 +25,13 @@ struct RelayProcess {
 impl RelayProcess {
     fn start(db: &std::path::Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hush-relay"))
-            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--db"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--db",
+            ])
             .arg(db)
             .env("HUSH_RELAY_LOG", "warn")
             .stdout(Stdio::piped())
@@ -32,12 +40,22 @@ impl RelayProcess {
             .expect("spawn relay binary");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut next_addr = |prefix: &str| -> SocketAddr {
-            let line = lines.next().expect("relay output").expect("read relay output");
-            line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
+            let line = lines
+                .next()
+                .expect("relay output")
+                .expect("read relay output");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .parse()
+                .unwrap()
         };
         let addr = next_addr("listening ");
         let metrics = next_addr("metrics ");
-        Self { child, addr, metrics }
+        Self {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -71,7 +89,13 @@ async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
     let mut sent = HashSet::new();
     for call_id in 0..MESSAGES {
         let id = alice
-            .send(bob_id, CallMessage::Hangup(Hangup { call_id, reason: HangupReason::Timeout }))
+            .send(
+                bob_id,
+                CallMessage::Hangup(Hangup {
+                    call_id,
+                    reason: HangupReason::Timeout,
+                }),
+            )
             .await
             .unwrap();
         sent.insert(id);
@@ -87,16 +111,27 @@ async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
     let mut got = HashSet::new();
     let mut call_ids = Vec::new();
     for _ in 0..MESSAGES {
-        let event = tokio::time::timeout(Duration::from_secs(10), bob.recv()).await.unwrap().unwrap();
-        let SignalingEvent::Message(m) = event else { panic!("dropped: {event:?}") };
+        let event = tokio::time::timeout(Duration::from_secs(10), bob.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let SignalingEvent::Message(m) = event else {
+            panic!("dropped: {event:?}")
+        };
         assert_eq!(m.from, alice_id);
         assert!(got.insert(m.id), "duplicate delivery");
         call_ids.push(m.message.call_id());
     }
     assert_eq!(got, sent);
-    assert_eq!(call_ids, (0..MESSAGES).collect::<Vec<_>>(), "queue order is kept");
+    assert_eq!(
+        call_ids,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "queue order is kept"
+    );
     // Nothing more arrives.
-    assert!(tokio::time::timeout(Duration::from_millis(300), bob.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), bob.recv())
+        .await
+        .is_err());
 
     // 3. Wait until the acknowledgements are committed, crash again: nothing is redelivered.
     let mut depth = u64::MAX;
@@ -112,7 +147,11 @@ async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
     relay.kill9();
     let relay = RelayProcess::start(&db);
     let bob_relay = connect(Wire::Tcp, relay.addr, &bob_key).await;
-    assert_eq!(bob_relay.queued_at_auth(), 0, "acknowledged envelopes stay deleted");
+    assert_eq!(
+        bob_relay.queued_at_auth(),
+        0,
+        "acknowledged envelopes stay deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,22 +165,36 @@ async fn unacknowledged_deliveries_are_redelivered_after_kill9() {
     let relay = RelayProcess::start(&db);
     let bob_relay = connect(Wire::Tcp, relay.addr, &bob_key).await;
     let alice_relay = connect(Wire::Tcp, relay.addr, &alice_key).await;
-    let mut alice = SignalingClient::new(alice_relay, ToySealer { local: alice_key.device_id() });
-    alice.send(bob_id, CallMessage::Ringing { call_id: 1 }).await.unwrap();
+    let mut alice = SignalingClient::new(
+        alice_relay,
+        ToySealer {
+            local: alice_key.device_id(),
+        },
+    );
+    alice
+        .send(bob_id, CallMessage::Ringing { call_id: 1 })
+        .await
+        .unwrap();
     // Bob receives the envelope at transport level but never acknowledges it.
     let mut bob_relay = bob_relay;
-    let first = tokio::time::timeout(Duration::from_secs(5), hush_signaling::Transport::recv(&mut bob_relay))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        hush_signaling::Transport::recv(&mut bob_relay),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     relay.kill9();
 
     let relay = RelayProcess::start(&db);
     let mut bob_relay = connect(Wire::Tcp, relay.addr, &bob_key).await;
-    let again = tokio::time::timeout(Duration::from_secs(5), hush_signaling::Transport::recv(&mut bob_relay))
-        .await
-        .unwrap()
-        .unwrap();
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        hush_signaling::Transport::recv(&mut bob_relay),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(again.envelope, first.envelope);
     drop(relay);
 }

@@ -34,7 +34,11 @@ async fn round_trip(wire: Wire) {
 
     let bob_relay = connect(wire, addr, &bob_key).await;
     bob_relay
-        .upload_prekeys(b"bob-bundle".to_vec(), vec![(1, b"otpk-1".to_vec()), (2, b"otpk-2".to_vec())], false)
+        .upload_prekeys(
+            b"bob-bundle".to_vec(),
+            vec![(1, b"otpk-1".to_vec()), (2, b"otpk-2".to_vec())],
+            false,
+        )
         .await
         .unwrap();
     let alice_relay = connect(wire, addr, &alice_key).await;
@@ -47,12 +51,18 @@ async fn round_trip(wire: Wire) {
     assert_eq!(b2.one_time_prekey, Some((2, b"otpk-2".to_vec())));
     let b3 = alice_relay.fetch_bundle(bob_id).await.unwrap();
     assert_eq!(b3.one_time_prekey, None);
-    assert!(alice_relay.fetch_bundle(generate_device_key().device_id()).await.is_err());
+    assert!(alice_relay
+        .fetch_bundle(generate_device_key().device_id())
+        .await
+        .is_err());
 
     let mut alice = SignalingClient::new(alice_relay, ToySealer { local: alice_id });
     let mut bob = SignalingClient::new(bob_relay, ToySealer { local: bob_id });
 
-    let ice = Some(IceParameters { ufrag: "ufA".into(), pwd: "pwA".into() });
+    let ice = Some(IceParameters {
+        ufrag: "ufA".into(),
+        pwd: "pwA".into(),
+    });
     let offer = CallMessage::Offer(Offer {
         call_id: 7,
         media: CallMedia::Audio,
@@ -64,11 +74,16 @@ async fn round_trip(wire: Wire) {
     assert_eq!(got.from, alice_id);
     assert_eq!(got.message, offer);
 
-    bob.send(alice_id, CallMessage::Ringing { call_id: 7 }).await.unwrap();
+    bob.send(alice_id, CallMessage::Ringing { call_id: 7 })
+        .await
+        .unwrap();
     let answer = CallMessage::Answer(Answer {
         call_id: 7,
         key_agreement: vec![2; 40],
-        ice: Some(IceParameters { ufrag: "ufB".into(), pwd: "pwB".into() }),
+        ice: Some(IceParameters {
+            ufrag: "ufB".into(),
+            pwd: "pwB".into(),
+        }),
     });
     bob.send(alice_id, answer.clone()).await.unwrap();
     let candidates = CallMessage::IceCandidates(IceCandidates {
@@ -78,11 +93,17 @@ async fn round_trip(wire: Wire) {
         end_of_candidates: true,
     });
     bob.send(alice_id, candidates.clone()).await.unwrap();
-    assert_eq!(expect_message(&mut alice).await.message, CallMessage::Ringing { call_id: 7 });
+    assert_eq!(
+        expect_message(&mut alice).await.message,
+        CallMessage::Ringing { call_id: 7 }
+    );
     assert_eq!(expect_message(&mut alice).await.message, answer);
     assert_eq!(expect_message(&mut alice).await.message, candidates);
 
-    let hangup = CallMessage::Hangup(Hangup { call_id: 7, reason: HangupReason::Normal });
+    let hangup = CallMessage::Hangup(Hangup {
+        call_id: 7,
+        reason: HangupReason::Normal,
+    });
     alice.send(bob_id, hangup.clone()).await.unwrap();
     assert_eq!(expect_message(&mut bob).await.message, hangup);
 

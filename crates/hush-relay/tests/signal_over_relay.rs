@@ -21,11 +21,18 @@ fn sealer(device_id: u8) -> SignalSealer<MemoryBackend> {
     SignalSealer::new(Device::new(store))
 }
 
-async fn next(client: &mut SignalingClient<RelayClient, SignalSealer<MemoryBackend>>) -> SignalingEvent {
-    tokio::time::timeout(Duration::from_secs(10), client.recv()).await.expect("in time").expect("transport")
+async fn next(
+    client: &mut SignalingClient<RelayClient, SignalSealer<MemoryBackend>>,
+) -> SignalingEvent {
+    tokio::time::timeout(Duration::from_secs(10), client.recv())
+        .await
+        .expect("in time")
+        .expect("transport")
 }
 
-async fn message(client: &mut SignalingClient<RelayClient, SignalSealer<MemoryBackend>>) -> IncomingMessage {
+async fn message(
+    client: &mut SignalingClient<RelayClient, SignalSealer<MemoryBackend>>,
+) -> IncomingMessage {
     match next(client).await {
         SignalingEvent::Message(m) => m,
         other => panic!("expected a message, got {other:?}"),
@@ -53,9 +60,12 @@ async fn signal_call(wire: Wire) {
     let (alice_id, bob_id) = (alice_sealer.device_id(), bob_sealer.device_id());
 
     // Bob publishes his prekeys, then goes offline.
-    let (bundle, one_time) = bob_sealer.publish(3, 2).unwrap();
+    let material = bob_sealer.publish(3, 2).unwrap();
     let bob_relay = connect(wire, addr, bob_sealer.signer()).await;
-    bob_relay.upload_prekeys(bundle, one_time, false).await.unwrap();
+    bob_relay
+        .upload_prekeys(material.bundle, material.one_time_prekeys, false)
+        .await
+        .unwrap();
     drop(bob_relay);
 
     // Alice fetches Bob's bundle and starts a session.
@@ -66,25 +76,38 @@ async fn signal_call(wire: Wire) {
     alice.sealer_mut().start_session(&fetched).unwrap();
 
     // Offer with the per-call key agreement from hush-crypto.
-    let bob_identity = hush_crypto::PeerBundle::decode(&fetched.one_time_prekey.as_ref().unwrap().1)
-        .unwrap()
-        .device
-        .identity_key;
-    let (mut pending, offer_payload) =
-        alice.sealer_mut().device().calls().offer(&bob_identity, &mut rand::rng());
+    let bob_identity =
+        hush_crypto::PeerBundle::decode(&fetched.one_time_prekey.as_ref().unwrap().1)
+            .unwrap()
+            .device
+            .identity_key;
+    let (mut pending, offer_payload) = alice
+        .sealer_mut()
+        .device()
+        .calls()
+        .offer(&bob_identity, &mut rand::rng());
     let secret_pwd = "ice-pwd-that-only-bob-may-read";
     let offer = CallMessage::Offer(Offer {
         call_id: 99,
         media: CallMedia::Video,
         key_agreement: offer_payload.encode(),
-        ice: Some(IceParameters { ufrag: "aliceufrag".into(), pwd: secret_pwd.into() }),
+        ice: Some(IceParameters {
+            ufrag: "aliceufrag".into(),
+            pwd: secret_pwd.into(),
+        }),
     });
     alice.send(bob_id, offer.clone()).await.unwrap();
 
     // While Bob is offline the relay holds the envelope: no plaintext of the offer in it.
     let stored = database_bytes(dir.path());
-    assert!(!contains(&stored, secret_pwd.as_bytes()), "ICE password visible to the relay");
-    assert!(!contains(&stored, &offer_payload.encode()[..32]), "key agreement visible to the relay");
+    assert!(
+        !contains(&stored, secret_pwd.as_bytes()),
+        "ICE password visible to the relay"
+    );
+    assert!(
+        !contains(&stored, &offer_payload.encode()[..32]),
+        "key agreement visible to the relay"
+    );
     assert!(!contains(&stored, b"aliceufrag"));
 
     // Bob comes online and gets the sealed offer as a PreKey message.
@@ -94,39 +117,70 @@ async fn signal_call(wire: Wire) {
     assert_eq!(got.from, alice_id);
     assert_eq!(got.kind, CiphertextKind::PreKey);
     assert_eq!(got.message, offer);
-    let CallMessage::Offer(received_offer) = got.message else { unreachable!() };
+    let CallMessage::Offer(received_offer) = got.message else {
+        unreachable!()
+    };
 
     // Bob accepts: the answer carries his half of the key agreement.
     let alice_address = bob.sealer_mut().address_of(&alice_id).unwrap();
-    let alice_identity = bob.sealer_mut().device().store().peer_identity(&alice_address).unwrap().unwrap();
+    let alice_identity = bob
+        .sealer_mut()
+        .device()
+        .store()
+        .peer_identity(&alice_address)
+        .unwrap()
+        .unwrap();
     let incoming = bob
         .sealer_mut()
         .device_mut()
         .calls_mut()
-        .receive_offer(&hush_crypto::Offer::decode(&received_offer.key_agreement).unwrap(), &alice_identity)
+        .receive_offer(
+            &hush_crypto::Offer::decode(&received_offer.key_agreement).unwrap(),
+            &alice_identity,
+        )
         .unwrap();
     let (answer_payload, bob_keys) = incoming.accept(&mut rand::rng()).unwrap();
-    bob.send(alice_id, CallMessage::Ringing { call_id: 99 }).await.unwrap();
+    bob.send(alice_id, CallMessage::Ringing { call_id: 99 })
+        .await
+        .unwrap();
     bob.send(
         alice_id,
-        CallMessage::Answer(Answer { call_id: 99, key_agreement: answer_payload.encode(), ice: None }),
+        CallMessage::Answer(Answer {
+            call_id: 99,
+            key_agreement: answer_payload.encode(),
+            ice: None,
+        }),
     )
     .await
     .unwrap();
 
-    assert_eq!(message(&mut alice).await.message, CallMessage::Ringing { call_id: 99 });
+    assert_eq!(
+        message(&mut alice).await.message,
+        CallMessage::Ringing { call_id: 99 }
+    );
     let answer = message(&mut alice).await;
     assert_eq!(answer.kind, CiphertextKind::Signal);
-    let CallMessage::Answer(answer) = answer.message else { panic!("expected the answer") };
-    let alice_keys = pending.finish(&hush_crypto::Answer::decode(&answer.key_agreement).unwrap()).unwrap();
+    let CallMessage::Answer(answer) = answer.message else {
+        panic!("expected the answer")
+    };
+    let alice_keys = pending
+        .finish(&hush_crypto::Answer::decode(&answer.key_agreement).unwrap())
+        .unwrap();
     assert_eq!(alice_keys.send_key.expose(), bob_keys.recv_key.expose());
     assert_eq!(alice_keys.recv_key.expose(), bob_keys.send_key.expose());
     assert_ne!(alice_keys.send_key.expose(), alice_keys.recv_key.expose());
 
     // Hangup; a replay of it (as a relay might do) is dropped.
-    let hangup = CallMessage::Hangup(Hangup { call_id: 99, reason: HangupReason::Normal });
+    let hangup = CallMessage::Hangup(Hangup {
+        call_id: 99,
+        reason: HangupReason::Normal,
+    });
     let envelope = alice.seal(bob_id, hangup.clone()).await.unwrap();
-    alice.transport().send_envelope(envelope.clone()).await.unwrap();
+    alice
+        .transport()
+        .send_envelope(envelope.clone())
+        .await
+        .unwrap();
     assert_eq!(message(&mut bob).await.message, hangup);
     match bob.process(envelope).await {
         Err(Error::Replay) => {}

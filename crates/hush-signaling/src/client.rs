@@ -24,7 +24,9 @@ pub struct SystemClock;
 
 impl WallClock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -255,9 +257,12 @@ impl<T: Transport, S: Sealer> SignalingClient<T, S> {
         }
         let now = self.config.clock.now_ms();
         // Cheap checks before the expensive (and ratchet-advancing) open.
-        self.guard.check(now, &envelope.sender, &envelope.id, envelope.timestamp_ms)?;
-        let mut plaintext =
-            self.sealer.open(&envelope.sender, envelope.kind, &envelope.ciphertext).await?;
+        self.guard
+            .check(now, &envelope.sender, &envelope.id, envelope.timestamp_ms)?;
+        let mut plaintext = self
+            .sealer
+            .open(&envelope.sender, envelope.kind, &envelope.ciphertext)
+            .await?;
         let content = Content::decode(&plaintext);
         plaintext.iter_mut().for_each(|b| *b = 0);
         let content = content?;
@@ -273,7 +278,12 @@ impl<T: Transport, S: Sealer> SignalingClient<T, S> {
         if content.timestamp_ms != envelope.timestamp_ms {
             return Err(Error::Mismatch("timestamp"));
         }
-        self.guard.accept(now, &content.sender, &content.message_id, content.timestamp_ms)?;
+        self.guard.accept(
+            now,
+            &content.sender,
+            &content.message_id,
+            content.timestamp_ms,
+        )?;
         Ok(IncomingMessage {
             from: content.sender,
             id: content.message_id,

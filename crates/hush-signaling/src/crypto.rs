@@ -32,8 +32,17 @@ impl DeviceSigner for hush_crypto::DeviceSigningKey {
     }
 
     fn sign_challenge(&self, challenge: &[u8]) -> [u8; 64] {
-        hush_crypto::DeviceSigningKey::sign_challenge(self, challenge)
+        Self::sign_challenge(self, challenge)
     }
+}
+
+/// What a device uploads to the relay's prekey directory.
+#[derive(Debug, Clone)]
+pub struct PrekeyMaterial {
+    /// The base bundle (no one-time prekey), handed out when one-time prekeys run out.
+    pub bundle: Vec<u8>,
+    /// `(id, bundle with that one-time prekey)`, each handed out once.
+    pub one_time_prekeys: Vec<(u64, Vec<u8>)>,
 }
 
 /// A hush-crypto [`Device`] used as a [`Sealer`].
@@ -44,7 +53,9 @@ pub struct SignalSealer<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for SignalSealer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignalSealer").field("peers", &self.peers.len()).finish_non_exhaustive()
+        f.debug_struct("SignalSealer")
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,13 +72,17 @@ fn now_or_err<T>(
 }
 
 fn signal_device_id(id: u8) -> Result<hush_crypto::signal::DeviceId, Error> {
-    hush_crypto::signal::DeviceId::new(id).map_err(|_| Error::Malformed("Signal device id out of range"))
+    hush_crypto::signal::DeviceId::new(id)
+        .map_err(|_| Error::Malformed("Signal device id out of range"))
 }
 
 impl<B: Backend> SignalSealer<B> {
     /// Wraps a device.
     pub fn new(device: Device<B>) -> Self {
-        Self { device, peers: HashMap::new() }
+        Self {
+            device,
+            peers: HashMap::new(),
+        }
     }
 
     /// This device's relay address (its ed25519 device key).
@@ -100,14 +115,14 @@ impl<B: Backend> SignalSealer<B> {
         Ok(address)
     }
 
-    /// Prekey material to upload to the relay: `(bundle, one_time_prekeys)` for
+    /// Prekey material to upload to the relay with
     /// [`crate::transport::RelayClient::upload_prekeys`]. `one_time` fresh one-time prekeys
     /// are generated (each paired with a one-time Kyber key while `kyber_one_time` lasts).
     pub fn publish(
         &mut self,
         one_time: usize,
         kyber_one_time: usize,
-    ) -> Result<(Vec<u8>, Vec<(u64, Vec<u8>)>), Error> {
+    ) -> Result<PrekeyMaterial, Error> {
         let upload = self
             .device
             .prepare_upload(one_time, kyber_one_time, SystemTime::now())
@@ -124,26 +139,39 @@ impl<B: Backend> SignalSealer<B> {
             let item = PeerBundle {
                 device: upload.device.clone(),
                 signed: upload.signed.clone(),
-                kyber: kyber.pop().unwrap_or_else(|| upload.last_resort_kyber.clone()),
+                kyber: kyber
+                    .pop()
+                    .unwrap_or_else(|| upload.last_resort_kyber.clone()),
                 one_time: Some(k.clone()),
             };
             items.push((u64::from(k.id), item.encode().map_err(crypto_err)?));
         }
-        Ok((base.encode().map_err(crypto_err)?, items))
+        Ok(PrekeyMaterial {
+            bundle: base.encode().map_err(crypto_err)?,
+            one_time_prekeys: items,
+        })
     }
 
     /// Starts a Signal session with `peer` from a bundle fetched from the relay. Refuses a
     /// bundle whose device key is not `peer` (a relay handing out someone else's bundle).
     pub fn start_session(&mut self, fetched: &FetchedBundle) -> Result<(), Error> {
-        let bytes = fetched.one_time_prekey.as_ref().map_or(&fetched.bundle, |(_, b)| b);
+        let bytes = fetched
+            .one_time_prekey
+            .as_ref()
+            .map_or(&fetched.bundle, |(_, b)| b);
         let bundle = PeerBundle::decode(bytes).map_err(crypto_err)?;
         if DeviceId::from_bytes(bundle.device.auth_key.to_bytes()) != fetched.device {
             return Err(Error::Mismatch("bundle belongs to another device"));
         }
-        let address =
-            ProtocolAddress::new(fetched.device.to_hex(), signal_device_id(bundle.device.device_id)?);
-        now_or_err(self.device.process_bundle(&address, &bundle, SystemTime::now()))
-            .map_err(crypto_err)?;
+        let address = ProtocolAddress::new(
+            fetched.device.to_hex(),
+            signal_device_id(bundle.device.device_id)?,
+        );
+        now_or_err(
+            self.device
+                .process_bundle(&address, &bundle, SystemTime::now()),
+        )
+        .map_err(crypto_err)?;
         self.peers.insert(fetched.device, address);
         Ok(())
     }
@@ -154,13 +182,18 @@ impl<B: Backend + Send> Sealer for SignalSealer<B> {
         let address = self.address_of(peer)?;
         let sealed = now_or_err(self.device.seal(&address, plaintext, SystemTime::now()))
             .map_err(crypto_err)?;
-        let (kind, body) = sealed.split_first().ok_or(Error::Internal("empty sealed message"))?;
+        let (kind, body) = sealed
+            .split_first()
+            .ok_or(Error::Internal("empty sealed message"))?;
         let kind = match *kind {
             hush_crypto::SEALED_PREKEY => CiphertextKind::PreKey,
             hush_crypto::SEALED_WHISPER => CiphertextKind::Signal,
             _ => return Err(Error::Internal("unknown sealed message type")),
         };
-        Ok(Sealed { kind, ciphertext: body.to_vec() })
+        Ok(Sealed {
+            kind,
+            ciphertext: body.to_vec(),
+        })
     }
 
     async fn open(

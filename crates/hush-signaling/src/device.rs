@@ -98,7 +98,11 @@ impl DeviceSigner for SigningKey {
 fn labelled(challenge: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(CHALLENGE_LABEL.len() + 4 + challenge.len());
     m.extend_from_slice(CHALLENGE_LABEL);
-    m.extend_from_slice(&u32::try_from(challenge.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.extend_from_slice(
+        &u32::try_from(challenge.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     m.extend_from_slice(challenge);
     m
 }

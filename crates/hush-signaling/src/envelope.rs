@@ -107,9 +107,19 @@ impl Envelope {
             return Err(Error::Malformed("empty ciphertext"));
         }
         if p.ciphertext.len() > MAX_CIPHERTEXT_LEN {
-            return Err(Error::FrameTooLarge { size: p.ciphertext.len(), max: MAX_CIPHERTEXT_LEN });
+            return Err(Error::FrameTooLarge {
+                size: p.ciphertext.len(),
+                max: MAX_CIPHERTEXT_LEN,
+            });
         }
-        Ok(Self { id, sender, recipient, timestamp_ms: p.timestamp_ms, kind, ciphertext: p.ciphertext })
+        Ok(Self {
+            id,
+            sender,
+            recipient,
+            timestamp_ms: p.timestamp_ms,
+            kind,
+            ciphertext: p.ciphertext,
+        })
     }
 
     /// The protobuf form.
@@ -171,12 +181,21 @@ mod tests {
     fn rejects_bad_fields() {
         let mut p = sample().to_proto();
         p.version = 2;
-        assert!(matches!(Envelope::from_proto(p.clone()), Err(Error::UnsupportedVersion(2))));
+        assert!(matches!(
+            Envelope::from_proto(p.clone()),
+            Err(Error::UnsupportedVersion(2))
+        ));
         p.version = 0;
-        assert!(matches!(Envelope::from_proto(p.clone()), Err(Error::Malformed(_))));
+        assert!(matches!(
+            Envelope::from_proto(p.clone()),
+            Err(Error::Malformed(_))
+        ));
         p.version = 1;
         p.kind = 77;
-        assert!(matches!(Envelope::from_proto(p.clone()), Err(Error::UnsupportedMessage)));
+        assert!(matches!(
+            Envelope::from_proto(p.clone()),
+            Err(Error::UnsupportedMessage)
+        ));
         p.kind = 1;
         p.sender.pop();
         assert!(Envelope::from_proto(p.clone()).is_err());
@@ -187,7 +206,10 @@ mod tests {
         p.ciphertext.clear();
         assert!(Envelope::from_proto(p.clone()).is_err());
         p.ciphertext = vec![0; MAX_CIPHERTEXT_LEN + 1];
-        assert!(matches!(Envelope::from_proto(p), Err(Error::FrameTooLarge { .. })));
+        assert!(matches!(
+            Envelope::from_proto(p),
+            Err(Error::FrameTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -27,12 +27,16 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 
 /// Decodes a frame sent by a device. Unknown frame types are reported, not crashed on.
 pub fn decode_client_frame(bytes: &[u8]) -> Result<pb::client_frame::Frame, Error> {
-    pb::ClientFrame::decode(bytes)?.frame.ok_or(Error::UnsupportedMessage)
+    pb::ClientFrame::decode(bytes)?
+        .frame
+        .ok_or(Error::UnsupportedMessage)
 }
 
 /// Decodes a frame sent by the relay.
 pub fn decode_server_frame(bytes: &[u8]) -> Result<pb::server_frame::Frame, Error> {
-    pb::ServerFrame::decode(bytes)?.frame.ok_or(Error::UnsupportedMessage)
+    pb::ServerFrame::decode(bytes)?
+        .frame
+        .ok_or(Error::UnsupportedMessage)
 }
 
 /// Encodes a device frame (without length prefix).
@@ -50,7 +54,9 @@ pub fn encode_server_frame(frame: pb::server_frame::Frame) -> Vec<u8> {
 pub fn encode_deliver_frame(delivery_id: u64, envelope: &[u8]) -> Vec<u8> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     // Deliver: field 1 varint, field 2 bytes.
-    let inner_len = 1 + encoded_len_varint(delivery_id) + 1
+    let inner_len = 1
+        + encoded_len_varint(delivery_id)
+        + 1
         + encoded_len_varint(envelope.len() as u64)
         + envelope.len();
     let mut out = Vec::with_capacity(inner_len + 8);
@@ -91,7 +97,11 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects frames longer than `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { buf: Vec::new(), max, failed: None }
+        Self {
+            buf: Vec::new(),
+            max,
+            failed: None,
+        }
     }
 
     /// Appends received bytes.
@@ -104,7 +114,10 @@ impl FrameDecoder {
     /// Returns the next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, Error> {
         if let Some(size) = self.failed {
-            return Err(Error::FrameTooLarge { size, max: self.max });
+            return Err(Error::FrameTooLarge {
+                size,
+                max: self.max,
+            });
         }
         let Some(prefix) = self.buf.first_chunk::<LENGTH_PREFIX_LEN>() else {
             return Ok(None);
@@ -113,7 +126,10 @@ impl FrameDecoder {
         if len > self.max {
             self.failed = Some(len);
             self.buf = Vec::new();
-            return Err(Error::FrameTooLarge { size: len, max: self.max });
+            return Err(Error::FrameTooLarge {
+                size: len,
+                max: self.max,
+            });
         }
         if self.buf.len() < LENGTH_PREFIX_LEN + len {
             return Ok(None);
@@ -166,8 +182,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Writes one length-prefixed frame (does not flush).
 pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> Result<(), Error> {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| Error::FrameTooLarge { size: frame.len(), max: u32::MAX as usize })?;
+    let len = u32::try_from(frame.len()).map_err(|_| Error::FrameTooLarge {
+        size: frame.len(),
+        max: u32::MAX as usize,
+    })?;
     writer.write_all(&len.to_be_bytes()).await?;
     writer.write_all(frame).await?;
     Ok(())
@@ -198,7 +216,10 @@ mod tests {
     fn decoder_rejects_oversize_and_stays_failed() {
         let mut d = FrameDecoder::new(4);
         d.push(&length_prefixed(b"12345").unwrap());
-        assert!(matches!(d.next_frame(), Err(Error::FrameTooLarge { size: 5, max: 4 })));
+        assert!(matches!(
+            d.next_frame(),
+            Err(Error::FrameTooLarge { size: 5, max: 4 })
+        ));
         d.push(&length_prefixed(b"1").unwrap());
         assert!(d.next_frame().is_err());
     }
@@ -206,15 +227,26 @@ mod tests {
     #[test]
     fn unknown_frame_type_is_an_error() {
         // Field 30 (unknown oneof member), empty message.
-        assert!(matches!(decode_client_frame(&[0xf2, 0x01, 0x00]), Err(Error::UnsupportedMessage)));
-        assert!(matches!(decode_server_frame(&[]), Err(Error::UnsupportedMessage)));
+        assert!(matches!(
+            decode_client_frame(&[0xf2, 0x01, 0x00]),
+            Err(Error::UnsupportedMessage)
+        ));
+        assert!(matches!(
+            decode_server_frame(&[]),
+            Err(Error::UnsupportedMessage)
+        ));
         assert!(decode_client_frame(&[0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]
     fn hand_encoded_deliver_matches_prost() {
         use crate::proto::signaling::Envelope;
-        let env = Envelope { version: 1, id: vec![1; 16], ciphertext: vec![7; 300], ..Default::default() };
+        let env = Envelope {
+            version: 1,
+            id: vec![1; 16],
+            ciphertext: vec![7; 300],
+            ..Default::default()
+        };
         let bytes = env.encode_to_vec();
         for id in [0u64, 1, 127, 128, u64::MAX] {
             let frame = encode_deliver_frame(id, &bytes);

@@ -22,12 +22,12 @@ pub use client::{
     WallClock,
 };
 pub use device::{DeviceId, DeviceSigner};
-pub use replay::ReplayGuard;
-pub use seal::{Sealed, Sealer};
 pub use envelope::{CiphertextKind, Envelope, MessageId};
 pub use error::Error;
 pub use message::{
     Answer, CallMedia, CallMessage, Content, Hangup, HangupReason, IceCandidates, IceParameters,
     Offer,
 };
+pub use replay::ReplayGuard;
+pub use seal::{Sealed, Sealer};
 pub use transport::{DeliveryTag, MemoryNetwork, MemoryTransport, Received, Transport};

@@ -197,13 +197,16 @@ impl CallMessage {
                 candidates: m
                     .candidates
                     .iter()
-                    .map(|c| pb::IceCandidate { candidate: c.clone() })
+                    .map(|c| pb::IceCandidate {
+                        candidate: c.clone(),
+                    })
                     .collect(),
                 end_of_candidates: m.end_of_candidates,
             }),
-            Self::Hangup(m) => {
-                Body::Hangup(pb::Hangup { call_id: m.call_id, reason: m.reason.to_proto() })
-            }
+            Self::Hangup(m) => Body::Hangup(pb::Hangup {
+                call_id: m.call_id,
+                reason: m.reason.to_proto(),
+            }),
             Self::Busy { call_id } => Body::Busy(pb::Busy { call_id: *call_id }),
             Self::Ringing { call_id } => Body::Ringing(pb::Ringing { call_id: *call_id }),
         }
@@ -245,7 +248,10 @@ impl CallMessage {
                 if m.candidates.len() > MAX_CANDIDATES_PER_BATCH {
                     return Err(Error::Malformed("too many ICE candidates in one batch"));
                 }
-                if m.candidates.iter().any(|c| c.candidate.len() > MAX_CANDIDATE_LEN) {
+                if m.candidates
+                    .iter()
+                    .any(|c| c.candidate.len() > MAX_CANDIDATE_LEN)
+                {
                     return Err(Error::Malformed("ICE candidate too long"));
                 }
                 Self::IceCandidates(IceCandidates {
@@ -276,14 +282,20 @@ fn check_key_agreement(bytes: &[u8]) -> Result<(), Error> {
 }
 
 fn ice_to_proto(p: &IceParameters) -> pb::IceParameters {
-    pb::IceParameters { ufrag: p.ufrag.clone(), pwd: p.pwd.clone() }
+    pb::IceParameters {
+        ufrag: p.ufrag.clone(),
+        pwd: p.pwd.clone(),
+    }
 }
 
 fn ice_from_proto(p: pb::IceParameters) -> Result<IceParameters, Error> {
     if p.ufrag.len() > MAX_ICE_CREDENTIAL_LEN || p.pwd.len() > MAX_ICE_CREDENTIAL_LEN {
         return Err(Error::Malformed("ICE credentials too long"));
     }
-    Ok(IceParameters { ufrag: p.ufrag, pwd: p.pwd })
+    Ok(IceParameters {
+        ufrag: p.ufrag,
+        pwd: p.pwd,
+    })
 }
 
 /// The plaintext sealed inside an envelope: the call message plus copies of the routing fields,
@@ -351,7 +363,10 @@ mod tests {
     }
 
     fn all_messages() -> Vec<CallMessage> {
-        let ice = Some(IceParameters { ufrag: "uf".into(), pwd: "pw".into() });
+        let ice = Some(IceParameters {
+            ufrag: "uf".into(),
+            pwd: "pw".into(),
+        });
         vec![
             CallMessage::Offer(Offer {
                 call_id: 1,
@@ -359,14 +374,21 @@ mod tests {
                 key_agreement: vec![1, 2, 3],
                 ice: ice.clone(),
             }),
-            CallMessage::Answer(Answer { call_id: 1, key_agreement: vec![4], ice }),
+            CallMessage::Answer(Answer {
+                call_id: 1,
+                key_agreement: vec![4],
+                ice,
+            }),
             CallMessage::IceCandidates(IceCandidates {
                 call_id: 1,
                 generation: 2,
                 candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into()],
                 end_of_candidates: true,
             }),
-            CallMessage::Hangup(Hangup { call_id: 1, reason: HangupReason::AcceptedElsewhere }),
+            CallMessage::Hangup(Hangup {
+                call_id: 1,
+                reason: HangupReason::AcceptedElsewhere,
+            }),
             CallMessage::Busy { call_id: 9 },
             CallMessage::Ringing { call_id: 9 },
         ]
@@ -408,7 +430,10 @@ mod tests {
         // A future message type: oneof field number 40, length-delimited, empty.
         let mut bytes = p.encode_to_vec();
         bytes.extend_from_slice(&[0xc2, 0x02, 0x00]);
-        assert!(matches!(Content::decode(&bytes), Err(Error::UnsupportedMessage)));
+        assert!(matches!(
+            Content::decode(&bytes),
+            Err(Error::UnsupportedMessage)
+        ));
         p.version = 2;
         p.body = Some(pb::content::Body::Busy(pb::Busy { call_id: 1 }));
         assert!(matches!(
@@ -433,7 +458,11 @@ mod tests {
             ice: None,
         }));
         assert!(Content::decode(&c.encode()).is_err());
-        let c = content(CallMessage::Answer(Answer { call_id: 1, key_agreement: vec![], ice: None }));
+        let c = content(CallMessage::Answer(Answer {
+            call_id: 1,
+            key_agreement: vec![],
+            ice: None,
+        }));
         assert!(Content::decode(&c.encode()).is_err());
     }
 

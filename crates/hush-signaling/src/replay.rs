@@ -113,13 +113,25 @@ mod tests {
         let mut g = ReplayGuard::new(1000, 100, 16);
         let now = 10_000;
         g.accept(now, &A, &[1; 16], now).unwrap();
-        assert!(matches!(g.accept(now, &A, &[1; 16], now), Err(Error::Replay)));
+        assert!(matches!(
+            g.accept(now, &A, &[1; 16], now),
+            Err(Error::Replay)
+        ));
         // Same id from another sender is a different message.
         g.accept(now, &B, &[1; 16], now).unwrap();
-        assert!(matches!(g.accept(now, &A, &[2; 16], now - 1001), Err(Error::Stale)));
-        assert!(matches!(g.accept(now, &A, &[2; 16], now + 101), Err(Error::Stale)));
+        assert!(matches!(
+            g.accept(now, &A, &[2; 16], now - 1001),
+            Err(Error::Stale)
+        ));
+        assert!(matches!(
+            g.accept(now, &A, &[2; 16], now + 101),
+            Err(Error::Stale)
+        ));
         // After the window passes, the remembered id is forgotten but its timestamp is stale.
-        assert!(matches!(g.accept(now + 2000, &A, &[1; 16], now), Err(Error::Stale)));
+        assert!(matches!(
+            g.accept(now + 2000, &A, &[1; 16], now),
+            Err(Error::Stale)
+        ));
         assert!(g.is_empty());
     }
 

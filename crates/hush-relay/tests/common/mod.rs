@@ -27,7 +27,10 @@ impl Sealer for ToySealer {
     async fn seal(&mut self, peer: &DeviceId, plaintext: &[u8]) -> Result<Sealed, Error> {
         let mut ciphertext = tag(&self.local, peer).to_vec();
         ciphertext.extend(plaintext.iter().map(|b| b ^ 0x5a));
-        Ok(Sealed { kind: CiphertextKind::Signal, ciphertext })
+        Ok(Sealed {
+            kind: CiphertextKind::Signal,
+            ciphertext,
+        })
     }
 
     async fn open(
@@ -69,7 +72,9 @@ pub enum Wire {
 }
 
 pub async fn connect(wire: Wire, addr: SocketAddr, key: &dyn DeviceSigner) -> RelayClient {
-    try_connect(wire, addr, key).await.expect("connect to relay")
+    try_connect(wire, addr, key)
+        .await
+        .expect("connect to relay")
 }
 
 pub async fn try_connect(
@@ -113,7 +118,9 @@ impl Drop for TempDir {
 pub async fn scrape(metrics: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out

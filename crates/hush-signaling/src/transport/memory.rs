@@ -45,13 +45,19 @@ impl MemoryNetwork {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock only means another test thread panicked; the data is still usable.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The transport for `device`. Several handles for one device share its queue.
     pub fn endpoint(&self, device: DeviceId) -> MemoryTransport {
         let notify = self.lock().notify.entry(device).or_default().clone();
-        MemoryTransport { network: self.clone(), device, notify }
+        MemoryTransport {
+            network: self.clone(),
+            device,
+            notify,
+        }
     }
 
     /// Starts recording every envelope routed from now on.
@@ -120,10 +126,17 @@ impl Transport for MemoryTransport {
             // Register interest before checking, so a notify between the check and the wait
             // is not lost. Cancel-safe: nothing is dequeued until it is returned.
             let notified = self.notify.notified();
-            if let Some(envelope) =
-                self.network.lock().queues.get_mut(&self.device).and_then(VecDeque::pop_front)
+            if let Some(envelope) = self
+                .network
+                .lock()
+                .queues
+                .get_mut(&self.device)
+                .and_then(VecDeque::pop_front)
             {
-                return Ok(Received { envelope, tag: DeliveryTag(0) });
+                return Ok(Received {
+                    envelope,
+                    tag: DeliveryTag(0),
+                });
             }
             notified.await;
         }

@@ -75,12 +75,21 @@ struct Shared {
 
 impl Shared {
     fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn closed_error(&self) -> Error {
-        match &*self.close_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            Some((code, message)) => Error::Relay { code: *code, message: message.clone() },
+        match &*self
+            .close_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some((code, message)) => Error::Relay {
+                code: *code,
+                message: message.clone(),
+            },
             None => Error::Closed,
         }
     }
@@ -100,7 +109,9 @@ pub struct RelayClient {
 
 impl std::fmt::Debug for RelayClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayClient").field("device", &self.device).finish_non_exhaustive()
+        f.debug_struct("RelayClient")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
     }
 }
 
@@ -264,7 +275,10 @@ impl RelayClient {
         R: FnOnce(Dispatcher) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let shared = Arc::new(Shared { pending: Mutex::default(), close_reason: Mutex::default() });
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            close_reason: Mutex::default(),
+        });
         let (deliveries_tx, deliveries) = mpsc::channel(config.delivery_buffer.max(1));
         let (control_tx, mut control_rx) = mpsc::channel(4);
         let dispatch = Dispatcher {
@@ -383,7 +397,8 @@ impl RelayClient {
 
     /// Acknowledges deliveries so the relay deletes them.
     pub async fn ack_deliveries(&self, ids: Vec<u64>) -> Result<(), Error> {
-        self.write(client_frame::Frame::Ack(pb::Ack { delivery_ids: ids })).await
+        self.write(client_frame::Frame::Ack(pb::Ack { delivery_ids: ids }))
+            .await
     }
 
     /// Round trip to the relay.
@@ -391,14 +406,18 @@ impl RelayClient {
         let nonce = self.request_id();
         let (tx, rx) = oneshot::channel();
         self.shared.pending().insert(nonce, tx);
-        self.write(client_frame::Frame::Ping(pb::Ping { nonce })).await?;
+        self.write(client_frame::Frame::Ping(pb::Ping { nonce }))
+            .await?;
         self.await_response(nonce, rx).await.map(|_| ())
     }
 
     /// Sends a raw, already-encoded frame (no length prefix). For tests of the relay's
     /// handling of hostile clients; normal code never needs it.
     pub async fn dangerous_send_raw_frame(&self, frame: Vec<u8>) -> Result<(), Error> {
-        self.writer.send(frame).await.map_err(|_| self.shared.closed_error())
+        self.writer
+            .send(frame)
+            .await
+            .map_err(|_| self.shared.closed_error())
     }
 
     fn request_id(&self) -> u64 {
@@ -406,7 +425,10 @@ impl RelayClient {
     }
 
     async fn write(&self, frame: client_frame::Frame) -> Result<(), Error> {
-        self.writer.send(encode_client_frame(frame)).await.map_err(|_| self.shared.closed_error())
+        self.writer
+            .send(encode_client_frame(frame))
+            .await
+            .map_err(|_| self.shared.closed_error())
     }
 
     async fn request(
@@ -486,7 +508,10 @@ impl Dispatcher {
                 };
                 match Envelope::from_proto(envelope) {
                     Ok(envelope) => {
-                        let received = Received { envelope, tag: DeliveryTag(d.delivery_id) };
+                        let received = Received {
+                            envelope,
+                            tag: DeliveryTag(d.delivery_id),
+                        };
                         // Awaiting here applies backpressure to the relay when the app is slow.
                         self.deliveries.send(received).await.is_ok()
                     }
@@ -517,7 +542,11 @@ impl Dispatcher {
             server_frame::Frame::Error(e) => {
                 let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
                 tracing::debug!(?code, message = %e.message, "relay reported an error");
-                *self.shared.close_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                *self
+                    .shared
+                    .close_reason
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some((code, e.message.clone()));
                 if let Some(c) = &self.control {
                     let _ = c.try_send(server_frame::Frame::Error(e));
@@ -538,7 +567,10 @@ impl Dispatcher {
         let err = self.shared.closed_error();
         for (_, tx) in self.shared.pending().drain() {
             let _ = tx.send(Err(match &err {
-                Error::Relay { code, message } => Error::Relay { code: *code, message: message.clone() },
+                Error::Relay { code, message } => Error::Relay {
+                    code: *code,
+                    message: message.clone(),
+                },
                 _ => Error::Closed,
             }));
         }
@@ -556,7 +588,9 @@ async fn with_timeout<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    tokio::time::timeout(limit, fut).await.unwrap_or(Err(Error::Timeout))
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout))
 }
 
 /// WebSocket limits matching the relay frame limit.
