@@ -168,6 +168,15 @@ fn envelope(from: DeviceId, to: DeviceId, base: Instant) -> Envelope {
     }
 }
 
+/// CPU seconds (user + system) used so far by process `pid` (Linux /proc; 100 ticks/s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the command name: field 14 (utime) and 15 (stime) are at indexes 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -298,9 +307,12 @@ async fn run(args: Args) {
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let d0 = peak_phase.delivered.load(Ordering::Relaxed);
     let t0 = Instant::now();
+    let (relay_cpu0, bench_cpu0) = (cpu_seconds(relay.child.id()), cpu_seconds(std::process::id()));
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let delivered = peak_phase.delivered.load(Ordering::Relaxed) - d0;
     let peak = delivered as f64 / t0.elapsed().as_secs_f64();
+    let relay_cpu = cpu_seconds(relay.child.id()) - relay_cpu0;
+    let bench_cpu = cpu_seconds(std::process::id()) - bench_cpu0;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
@@ -309,6 +321,14 @@ async fn run(args: Args) {
         "peak throughput: {peak:.0} envelopes/s end to end ({delivered} delivered in {} s, {} send errors)",
         args.seconds,
         errors.load(Ordering::Relaxed)
+    );
+    let per_env = relay_cpu / delivered.max(1) as f64;
+    println!(
+        "cpu during peak: relay {:.2} cores, clients {:.2} cores; relay {:.1} us CPU per envelope (store + deliver + ack) => {:.0} envelopes/s per dedicated core",
+        relay_cpu / args.seconds as f64,
+        bench_cpu / args.seconds as f64,
+        per_env * 1e6,
+        1.0 / per_env
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
 

@@ -21,7 +21,7 @@ use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::io::{self, ReadEvent, Writer};
+use crate::io::{self, Reader, Writer};
 use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
 use crate::store::{InsertDone, Op, StoreError};
 use crate::Shared;
@@ -116,7 +116,7 @@ type Refusal = (ErrorCode, &'static str);
 async fn authenticate(
     shared: &Shared,
     writer: &mut Writer,
-    frames: &mut mpsc::Receiver<ReadEvent>,
+    frames: &mut Reader,
 ) -> Result<DeviceId, Refusal> {
     let nonce: [u8; AUTH_NONCE_LEN] = rand::random();
     let challenge = encode_server_frame(server_frame::Frame::Challenge(pb::Challenge {
@@ -130,7 +130,7 @@ async fn authenticate(
     if sent.await.is_err() {
         return Err((ErrorCode::Internal, "write failed"));
     }
-    let bytes = match frames.recv().await {
+    let bytes = match frames.next().await {
         Some(Ok(bytes)) => bytes,
         Some(Err(e)) => return Err(stream_refusal(&e)),
         None => return Err((ErrorCode::Unauthenticated, "closed before authenticating")),
@@ -232,7 +232,7 @@ impl Conn {
         }
     }
 
-    async fn serve(&mut self, frames: &mut mpsc::Receiver<ReadEvent>) -> End {
+    async fn serve(&mut self, frames: &mut Reader) -> End {
         let (live_tx, mut live_rx) = mpsc::channel(self.shared.config.delivery_buffer.max(1));
         let kick = Arc::new(Notify::new());
         let kick_reason = Arc::new(Mutex::new(None));
@@ -276,11 +276,16 @@ impl Conn {
             return End::WriteFailed;
         }
         let watermark = backlog.watermark;
+        // Created once (not per loop turn): both end the connection when they fire.
+        let kicked = kick.notified();
+        tokio::pin!(kicked);
+        let stopped = shutdown.changed();
+        tokio::pin!(stopped);
         loop {
             let mut handled = 0;
             let step = tokio::select! {
                 biased;
-                () = kick.notified() => {
+                () = &mut kicked => {
                     let why = lock(&kick_reason).unwrap_or(Kick::Replaced);
                     let (code, msg) = match why {
                         Kick::SlowConsumer => (ErrorCode::SlowConsumer, "delivery queue overflowed; reconnect"),
@@ -289,10 +294,10 @@ impl Conn {
                     self.send_error(code, msg).await;
                     Err(End::Kicked(why))
                 }
-                _ = shutdown.changed() => Err(End::Shutdown),
+                _ = &mut stopped => Err(End::Shutdown),
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(live) = live_rx.recv() => self.on_live(live, watermark).await,
-                event = frames.recv() => self.on_read(event).await,
+                event = frames.next() => self.on_read(event).await,
             };
             if let Err(end) = step {
                 return end;
@@ -304,7 +309,7 @@ impl Conn {
                     self.on_done(done).await
                 } else if let Ok(live) = live_rx.try_recv() {
                     self.on_live(live, watermark).await
-                } else if let Ok(event) = frames.try_recv() {
+                } else if let Some(event) = frames.try_next() {
                     self.on_read(Some(event)).await
                 } else {
                     break;
@@ -369,7 +374,7 @@ impl Conn {
         .await
     }
 
-    async fn on_read(&mut self, event: Option<ReadEvent>) -> Result<(), End> {
+    async fn on_read(&mut self, event: Option<io::ReadEvent>) -> Result<(), End> {
         let bytes = match event {
             None => return Err(End::ClientClosed),
             Some(Ok(bytes)) => bytes,

@@ -4,13 +4,12 @@
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use hush_signaling::frame::{read_frame, write_frame, TCP_PREAMBLE};
+use hush_signaling::frame::{write_frame, TCP_PREAMBLE};
 use hush_signaling::transport::ws_config;
 use hush_signaling::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -63,26 +62,98 @@ fn ws_err(e: tungstenite::Error) -> Error {
     }
 }
 
-/// Sniffs the protocol, runs the WebSocket handshake if needed, and starts a reader task that
-/// sends frames to the returned channel (bounded: a slow relay stops reading the socket).
-pub(crate) async fn accept(
-    stream: TcpStream,
-    max_frame_len: usize,
-) -> Result<(Writer, mpsc::Receiver<ReadEvent>), Error> {
+/// The read side of a connection. [`Reader::next`] is cancel-safe, so the connection task can
+/// wait on it in `select!` directly, with no reader task and channel hop per frame.
+pub(crate) enum Reader {
+    Tcp { read: OwnedReadHalf, buf: Vec<u8>, start: usize, max: usize, failed: bool },
+    Ws { source: SplitStream<WebSocketStream<TcpStream>>, failed: bool },
+}
+
+impl Reader {
+    /// The next frame, an error (after which the stream is unusable), or `None` at end of
+    /// stream. Cancel-safe: bytes read before cancellation stay buffered.
+    pub(crate) async fn next(&mut self) -> Option<ReadEvent> {
+        loop {
+            if let Some(event) = self.try_next() {
+                return Some(event);
+            }
+            match self {
+                Self::Tcp { read, buf, start, failed, .. } => {
+                    if *failed {
+                        return None;
+                    }
+                    if *start > 0 {
+                        buf.drain(..*start);
+                        *start = 0;
+                    }
+                    buf.reserve(8 * 1024);
+                    match read.read_buf(buf).await {
+                        Ok(0) if buf.is_empty() => return None,
+                        Ok(0) => {
+                            *failed = true;
+                            return Some(Err(Error::Malformed("stream ended inside a frame")));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            *failed = true;
+                            return Some(Err(Error::Io(e)));
+                        }
+                    }
+                }
+                Self::Ws { source, failed } => {
+                    if *failed {
+                        return None;
+                    }
+                    let event = match source.next().await? {
+                        Ok(Message::Binary(b)) => Ok(b.to_vec()),
+                        Ok(Message::Text(_)) => Err(Error::Malformed("text websocket frame")),
+                        Ok(Message::Close(_)) => return None,
+                        Ok(_) => continue,
+                        Err(e) => Err(ws_err(e)),
+                    };
+                    *failed = event.is_err();
+                    return Some(event);
+                }
+            }
+        }
+    }
+
+    /// A frame that is already buffered, without waiting.
+    pub(crate) fn try_next(&mut self) -> Option<ReadEvent> {
+        let Self::Tcp { buf, start, max, failed, .. } = self else { return None };
+        if *failed {
+            return None;
+        }
+        let avail = &buf[*start..];
+        let prefix = avail.first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > *max {
+            *failed = true;
+            return Some(Err(Error::FrameTooLarge { size: len, max: *max }));
+        }
+        let frame = avail.get(4..4 + len)?.to_vec();
+        *start += 4 + len;
+        if *start == buf.len() {
+            buf.clear();
+            *start = 0;
+        }
+        Some(Ok(frame))
+    }
+}
+
+/// Sniffs the protocol and runs the WebSocket handshake if needed.
+pub(crate) async fn accept(stream: TcpStream, max_frame_len: usize) -> Result<(Writer, Reader), Error> {
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
     if n == 0 {
         return Err(Error::Closed);
     }
-    let (tx, rx) = mpsc::channel(64);
     if first[0] == b'G' {
-        let ws =
-            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
-                .await
-                .map_err(ws_err)?;
+        let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
+            .await
+            .map_err(ws_err)?;
         let (sink, source) = ws.split();
-        tokio::spawn(read_ws(source, tx));
-        Ok((Writer::Ws(sink), rx))
+        Ok((Writer::Ws(sink), Reader::Ws { source, failed: false }))
     } else {
         let mut stream = stream;
         let mut preamble = [0u8; 4];
@@ -91,40 +162,7 @@ pub(crate) async fn accept(
             return Err(Error::Malformed("unknown protocol preamble"));
         }
         let (read, write) = stream.into_split();
-        tokio::spawn(read_tcp(read, max_frame_len, tx));
-        Ok((Writer::Tcp(BufWriter::with_capacity(16 * 1024, write)), rx))
-    }
-}
-
-async fn read_tcp(mut read: OwnedReadHalf, max: usize, tx: mpsc::Sender<ReadEvent>) {
-    loop {
-        match read_frame(&mut read, max).await {
-            Ok(Some(frame)) => {
-                if tx.send(Ok(frame)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        }
-    }
-}
-
-async fn read_ws(mut source: SplitStream<WebSocketStream<TcpStream>>, tx: mpsc::Sender<ReadEvent>) {
-    while let Some(msg) = source.next().await {
-        let event = match msg {
-            Ok(Message::Binary(b)) => Ok(b.to_vec()),
-            Ok(Message::Text(_)) => Err(Error::Malformed("text websocket frame")),
-            Ok(Message::Close(_)) => return,
-            Ok(_) => continue,
-            Err(e) => Err(ws_err(e)),
-        };
-        let stop = event.is_err();
-        if tx.send(event).await.is_err() || stop {
-            return;
-        }
+        let reader = Reader::Tcp { read, buf: Vec::new(), start: 0, max: max_frame_len, failed: false };
+        Ok((Writer::Tcp(BufWriter::with_capacity(16 * 1024, write)), reader))
     }
 }
