@@ -59,13 +59,13 @@ pub fn classify(packet: &[u8]) -> PacketKind {
     }
 }
 
-/// Whether `packet` has a plausible STUN header: top two bits zero, magic cookie, a body length
-/// that is a multiple of 4 and matches the datagram.
+/// Whether `packet` has a plausible STUN header: first byte 0–3 (RFC 7983's STUN range), magic
+/// cookie, a body length that is a multiple of 4 and matches the datagram.
 pub fn is_stun(packet: &[u8]) -> bool {
     let Some(header) = packet.get(..STUN_HEADER_LEN) else {
         return false;
     };
-    if header[0] & 0xC0 != 0 {
+    if header[0] > 3 {
         return false;
     }
     let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
@@ -145,6 +145,11 @@ mod tests {
         assert!(!is_stun(&q));
         assert!(!is_stun(&stun_header(4)[..19]));
         assert_eq!(classify(&q), PacketKind::Unknown);
+        // The magic cookie alone does not make STUN outside the 0–3 range (fuzz finding).
+        let mut z = stun_header(0);
+        z[0] = 0x10;
+        assert!(!is_stun(&z));
+        assert_eq!(classify(&z), PacketKind::Zrtp);
         assert_eq!(stun_transaction_id(&stun_header(0)), Some([7u8; 12]));
         assert_eq!(stun_transaction_id(&[0u8; 10]), None);
     }
