@@ -176,7 +176,7 @@ impl RelayClient {
         });
         let max = config.max_frame_len;
         let reader = move |dispatch: Dispatcher| async move {
-            let mut read = read;
+            let mut read = tokio::io::BufReader::with_capacity(16 * 1024, read);
             loop {
                 match frame::read_frame(&mut read, max).await {
                     Ok(Some(bytes)) => {
