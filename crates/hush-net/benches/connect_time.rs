@@ -5,7 +5,6 @@
 //! `HUSH_NET_BENCH_RUNS` sets N, default 30).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};

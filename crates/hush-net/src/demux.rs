@@ -70,7 +70,7 @@ pub fn is_stun(packet: &[u8]) -> bool {
     }
     let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
     let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    cookie == MAGIC_COOKIE && len % 4 == 0 && STUN_HEADER_LEN + len == packet.len()
+    cookie == MAGIC_COOKIE && len & 3 == 0 && STUN_HEADER_LEN + len == packet.len()
 }
 
 /// The STUN transaction id of a message whose header [`is_stun`] accepted.

@@ -31,7 +31,7 @@ fn conn(now: Instant) -> Connection {
 /// A STUN-looking header followed by arbitrary attributes, to get past the first checks.
 fn stun_like() -> impl Strategy<Value = Vec<u8>> {
     (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(ty, body)| {
-        let len = body.len() - body.len() % 4;
+        let len = body.len() & !3;
         let mut p = vec![];
         p.extend_from_slice(&(ty & 0x3fff).to_be_bytes());
         p.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
