@@ -132,6 +132,8 @@ pub struct Connection {
     remote_credentials: Option<IceCredentials>,
     remote_addrs: Vec<SocketAddr>,
     checks_started: bool,
+    /// After a restart, when to give up if no new path is found.
+    restart_deadline: Option<Instant>,
     selected: Option<Path>,
     previous: Option<Path>,
     state: ConnectionState,
@@ -155,6 +157,7 @@ impl Connection {
             remote_credentials: None,
             remote_addrs: Vec::new(),
             checks_started: false,
+            restart_deadline: None,
             selected: None,
             previous: None,
             state: ConnectionState::New,
@@ -375,6 +378,14 @@ impl Connection {
         for s in &mut self.sessions {
             s.client.handle_timeout(now);
         }
+        if self.restart_deadline.is_some_and(|d| d <= now) {
+            // The restart found no new path in time: the peer is gone.
+            self.restart_deadline = None;
+            self.selected = None;
+            self.previous = None;
+            self.set_state(ConnectionState::Failed);
+            self.events.push_back(Event::Failed(Error::NoRoute));
+        }
         self.pump(now);
     }
 
@@ -405,6 +416,9 @@ impl Connection {
             return None;
         }
         let mut t = self.agent.poll_timeout();
+        if let Some(d) = self.restart_deadline {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
         for s in &mut self.sessions {
             if let Some(st) = s.client.poll_timeout() {
                 t = Some(t.map_or(st, |t| t.min(st)));
@@ -507,6 +521,8 @@ impl Connection {
         self.remote_credentials = None;
         self.remote_addrs.clear();
         self.checks_started = false;
+        self.restart_deadline =
+            Some(now + self.config.consent_timeout + self.config.failed_timeout);
         self.gathering_reported = false;
         let creds = self.agent.local_credentials();
         self.events.push_back(Event::Restarted {
@@ -721,6 +737,7 @@ impl Connection {
                 tracing::info!(kind = %info.kind, local = %info.local, remote = %info.remote, "path selected");
                 self.selected = Some(path);
                 self.previous = None;
+                self.restart_deadline = None;
                 self.ever_connected = true;
                 self.set_state(ConnectionState::Connected);
                 self.events.push_back(Event::PathSelected(info));

@@ -280,3 +280,23 @@ fn media_keeps_flowing_on_the_old_path_during_a_restart() {
     assert!(p.b.received.contains(&vec![0x80, 7]));
     assert!(p.a.received.contains(&vec![0x80, 8]));
 }
+
+#[test]
+fn restart_without_answer_fails_with_no_route() {
+    let mut p = Pair::new();
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    // The peer vanishes: consent is lost, the automatic restart gets no answer.
+    p.signaling = false;
+    p.blackhole = vec![
+        "10.0.0.1:1000".parse().unwrap(),
+        "10.0.0.2:2000".parse().unwrap(),
+    ];
+    assert!(p.run_until(Duration::from_secs(10), |p| p.a.conn.state()
+        == ConnectionState::Failed));
+    assert!(p
+        .a
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Failed(hush_net::Error::NoRoute))));
+}
