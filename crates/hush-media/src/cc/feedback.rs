@@ -123,6 +123,7 @@ pub struct SendHistory {
     next_seq: u64,
     sent: BTreeMap<u64, Sent>,
     last_ref_us: Option<i64>,
+    outstanding: usize,
 }
 
 impl SendHistory {
@@ -138,14 +139,23 @@ impl SendHistory {
                 probe,
             },
         );
+        self.outstanding += size;
         while self
             .sent
             .first_key_value()
             .is_some_and(|(_, s)| now.saturating_duration_since(s.time) > Duration::from_secs(3))
         {
-            self.sent.pop_first();
+            if let Some((_, s)) = self.sent.pop_first() {
+                self.outstanding = self.outstanding.saturating_sub(s.size);
+            }
         }
         seq as u16
+    }
+
+    /// Bytes sent that no feedback has covered yet (in flight, queued, or whose feedback is
+    /// still on its way); packets older than 3 s are forgotten.
+    pub fn outstanding_bytes(&self) -> usize {
+        self.outstanding
     }
 
     /// Resolves a feedback message against the history. Unknown sequence numbers are skipped.
@@ -183,6 +193,15 @@ impl SendHistory {
                 });
             }
         }
+        // Everything up to the end of this report is settled: reported now, or never to be
+        // reported (the receiver moves on past it).
+        let end = base + fb.packets.len() as i64;
+        if end > 0 {
+            let rest = self.sent.split_off(&(end as u64));
+            let settled: usize = self.sent.values().map(|s| s.size).sum();
+            self.outstanding = self.outstanding.saturating_sub(settled);
+            self.sent = rest;
+        }
         out
     }
 }
@@ -212,6 +231,10 @@ mod tests {
         assert_eq!(res.iter().filter(|r| r.recv_us.is_none()).count(), 4);
         let recv: Vec<i64> = res.iter().filter_map(|r| r.recv_us).collect();
         // Arrivals 10 ms apart (up to the 250 µs tick), except across a lost packet.
+        assert_eq!(hist.outstanding_bytes(), 0);
+        // The same report again resolves nothing and settles nothing twice.
+        assert!(hist.on_feedback(&fb).is_empty());
+        assert_eq!(hist.outstanding_bytes(), 0);
         assert!(recv
             .windows(2)
             .all(|w| (w[1] - w[0] - 10_000).abs() <= 250 || (w[1] - w[0] - 20_000).abs() <= 250));

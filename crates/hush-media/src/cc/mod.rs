@@ -9,26 +9,39 @@
 //! moved away from.
 //!
 //! [`CongestionController`] combines:
-//! - a delay-based rate: a trendline overuse detector ([`delay`]) drives an AIMD controller
-//!   (multiplicative increase ~8 %/s, decrease to 0.85 × the acknowledged rate, deeper when a
-//!   standing queue must drain);
-//! - a loss-based rate: cut by half the loss fraction above 10 % loss, raised 5 %/s below 2 %;
-//! - probing: short padding bursts at two or three times the target; the receive rate during
-//!   a burst measures the path, so the estimate climbs quickly when capacity returns.
+//! - a delay-based rate: a trendline overuse detector ([`delay`]) drives an AIMD controller.
+//!   On overuse the rate becomes 0.85 × the *acknowledged* rate (what the receiver got over the
+//!   last 250 ms, which is the bottleneck's capacity while its queue is busy), once per episode;
+//!   it holds while the queue drains; then it rises additively near the capacity measured at
+//!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
+//!   1.5 × the acknowledged rate + 10 kbps;
+//! - a loss-based rate: cut by half the loss fraction above 10 % loss (never below 0.85 × the
+//!   acknowledged rate: losses from an overflowing queue must not take the rate under what
+//!   the path delivers), raised 5 %/s below 2 %;
+//! - probing: short padding bursts at two or three times the target, only while the delay is
+//!   at its baseline and no overuse happened for two seconds; the receive rate during a burst
+//!   measures the path, so the estimate climbs in a few steps when capacity returns.
 //!
 //! The target is the smaller of the two rates, within `[min_bps, max_bps]`.
 
+mod acked;
 pub mod delay;
 mod feedback;
+mod probe;
+mod rate;
 
 pub use delay::{TrendlineDetector, Usage};
 pub use feedback::{PacketResult, SendHistory, TwccRecorder};
+pub use probe::Probe;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::rtcp::TransportFeedback;
 use crate::Instant;
+use acked::Delivered;
+use probe::{Conditions, ProbeResult, Prober};
+use rate::{AimdRate, BETA};
 
 /// Congestion controller settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +52,8 @@ pub struct CcConfig {
     pub min_bps: u64,
     /// Highest target.
     pub max_bps: u64,
-    /// Time between probes while the estimate is climbing.
+    /// Time between probes while the estimate is climbing (twice that once a probe found the
+    /// path saturated).
     pub probe_interval: Duration,
     /// Whether to probe with padding at all.
     pub probing: bool,
@@ -57,32 +71,20 @@ impl Default for CcConfig {
     }
 }
 
-/// A request to send a burst of padding to probe the path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Probe {
-    /// Cluster id, to pass back to [`CongestionController::on_packet_sent`].
-    pub cluster: u32,
-    /// Rate to send the burst at.
-    pub rate_bps: u64,
-    /// Total bytes in the burst.
-    pub bytes: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RateState {
-    Hold,
-    Increase,
-}
-
-#[derive(Debug, Clone, Default)]
-struct ProbeAcc {
-    rate_bps: u64,
-    sent: u32,
-    reported: u32,
-    bytes_after_first: usize,
-    first_recv: Option<i64>,
-    last_recv: i64,
-}
+/// Queueing delay under which the path counts as idle (probing allowed).
+const BASELINE_DELAY_MS: f64 = 20.0;
+/// No probing this long after an overuse.
+const QUIET_AFTER_OVERUSE: Duration = Duration::from_secs(2);
+/// A probe's measurement stands in for the acknowledged rate at an overuse this long.
+const PROBE_VALID: Duration = Duration::from_secs(1);
+/// Overuse this soon after a probe started (plus an RTT) is the probe's own queue.
+const PROBE_GUARD: Duration = Duration::from_millis(300);
+/// Queue the congestion window allows on top of the round trip.
+const WINDOW_QUEUE: Duration = Duration::from_millis(100);
+/// Pushback never asks the encoders for less than this (or the target, if lower).
+const MIN_PUSHBACK_BPS: f64 = 30_000.0;
+/// Time between pushback updates.
+const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
 /// The sender-side congestion controller. Feed it sent packets and feedback; read
 /// [`target_bps`](Self::target_bps). Sans-IO: every input carries `now`.
@@ -91,64 +93,85 @@ pub struct CongestionController {
     config: CcConfig,
     history: SendHistory,
     detector: TrendlineDetector,
-    delay_rate: f64,
+    delay: AimdRate,
     loss_rate: f64,
-    state: RateState,
     last_update: Option<Instant>,
-    last_decrease: Option<Instant>,
     last_loss_decrease: Option<Instant>,
-    acked: VecDeque<(i64, usize)>,
+    delivered: Delivered,
+    /// (arrival µs, one-way delay µs up to a clock offset) over the last 10 s.
     owd: VecDeque<(i64, i64)>,
     send_epoch: Option<Instant>,
     queue_delay_ms: f64,
     losses: VecDeque<(Instant, bool)>,
     rtt: Duration,
-    next_probe_at: Option<Instant>,
-    next_cluster: u32,
-    probes: BTreeMap<u32, ProbeAcc>,
-    probe_result: Option<(Instant, f64)>,
-    last_probe_saturated: bool,
+    min_rtt: Option<Duration>,
+    prober: Prober,
+    /// Last probe measurement: when, and the rate the path delivered.
+    probed: Option<(Instant, f64)>,
+    pushback: f64,
+    last_pushback: Option<Instant>,
+    /// Until when overuse is blamed on our last probe burst.
+    probe_guard_until: Option<Instant>,
 }
-
-/// How long a probe's measurement stands in for the acknowledged rate.
-const PROBE_VALID: Duration = Duration::from_secs(5);
 
 impl CongestionController {
     /// A controller starting at `config.start_bps`.
     pub fn new(config: CcConfig) -> Self {
         let start = config.start_bps as f64;
         Self {
+            prober: Prober::new(config.probe_interval),
             config,
             history: SendHistory::default(),
             detector: TrendlineDetector::default(),
-            delay_rate: start,
+            delay: AimdRate::new(start),
             loss_rate: start,
-            state: RateState::Increase,
             last_update: None,
-            last_decrease: None,
             last_loss_decrease: None,
-            acked: VecDeque::new(),
+            delivered: Delivered::default(),
             owd: VecDeque::new(),
             send_epoch: None,
             queue_delay_ms: 0.0,
             losses: VecDeque::new(),
             rtt: Duration::from_millis(100),
-            next_probe_at: None,
-            next_cluster: 1,
-            probes: BTreeMap::new(),
-            probe_result: None,
-            last_probe_saturated: false,
+            min_rtt: None,
+            probed: None,
+            pushback: 1.0,
+            last_pushback: None,
+            probe_guard_until: None,
         }
     }
 
     /// The bitrate the encoders should share, in bits per second.
     pub fn target_bps(&self) -> u64 {
-        (self.delay_rate.min(self.loss_rate) as u64).clamp(self.config.min_bps, self.config.max_bps)
+        (self.delay.rate().min(self.loss_rate) as u64)
+            .clamp(self.config.min_bps, self.config.max_bps)
     }
 
-    /// Queueing delay seen in the last feedback, above the lowest one-way delay seen.
+    /// The rate the encoders should produce now: [`target_bps`](Self::target_bps) scaled
+    /// down while more data is outstanding than a congestion window of target × (lowest
+    /// RTT + 100 ms) allows, as WebRTC's congestion-window pushback does. A queue that built up
+    /// before the estimate fell then drains quickly, while the estimate itself stays at what
+    /// the path can carry.
+    pub fn encoder_bps(&self) -> u64 {
+        let target = self.target_bps() as f64;
+        (target * self.pushback).max(target.min(MIN_PUSHBACK_BPS)) as u64
+    }
+
+    /// Bytes sent that feedback has not covered yet.
+    pub fn outstanding_bytes(&self) -> usize {
+        self.history.outstanding_bytes()
+    }
+
+    /// Queueing delay: the lowest one-way delay in the last feedback above the lowest one
+    /// seen over 10 s (the lowest, so that jitter does not count as queue).
     pub fn queue_delay(&self) -> Duration {
         Duration::from_secs_f64(self.queue_delay_ms.max(0.0) / 1000.0)
+    }
+
+    /// The bottleneck capacity measured at recent overuses, in bits per second, while the
+    /// acknowledged rate stays near it.
+    pub fn link_capacity_bps(&self) -> Option<u64> {
+        self.delay.capacity().map(|c| c as u64)
     }
 
     /// Loss fraction over the last second of feedback (before any recovery).
@@ -162,65 +185,76 @@ impl CongestionController {
     /// Tells the controller the round-trip time.
     pub fn set_rtt(&mut self, rtt: Duration) {
         self.rtt = rtt;
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+    }
+
+    /// Registers a datagram sent without a transport sequence number (RTCP): it shares the
+    /// bottleneck, so the acknowledged rate counts it.
+    pub fn on_untracked_sent(&mut self, now: Instant, size: usize) {
+        self.delivered.on_untracked_sent(now, size);
     }
 
     /// Registers a packet being sent; returns the transport sequence number to put in it.
     pub fn on_packet_sent(&mut self, now: Instant, size: usize, probe: Option<u32>) -> u16 {
-        if let Some(acc) = probe.and_then(|c| self.probes.get_mut(&c)) {
-            acc.sent += 1;
+        if let Some(c) = probe {
+            self.prober.on_sent(c);
         }
-        self.history.on_send(now, size, probe)
+        let seq = self.history.on_send(now, size, probe);
+        self.update_pushback(now);
+        seq
     }
 
-    /// A probe to send now, if one is due.
+    /// Congestion-window pushback (WebRTC's `CongestionWindowPushbackController`): the
+    /// encoder share shrinks while the window overflows and recovers once it empties.
+    fn update_pushback(&mut self, now: Instant) {
+        if self
+            .last_pushback
+            .is_some_and(|t| now.saturating_duration_since(t) < PUSHBACK_PERIOD)
+        {
+            return;
+        }
+        self.last_pushback = Some(now);
+        let rtt = self.min_rtt.unwrap_or(self.rtt);
+        let window = self.target_bps() as f64 / 8.0 * (rtt + WINDOW_QUEUE).as_secs_f64();
+        let fill = self.history.outstanding_bytes() as f64 / window.max(1.0);
+        self.pushback = if fill > 1.5 {
+            self.pushback * 0.9
+        } else if fill > 1.0 {
+            self.pushback * 0.95
+        } else if fill < 0.1 {
+            1.0
+        } else {
+            (self.pushback * 1.05).min(1.0)
+        };
+    }
+
+    /// A probe to send now, if one is due. Probes wait while the detector sees the queue
+    /// grow or drain, while the delay is above its baseline, for two seconds after an
+    /// overuse, and while loss is above 5 %.
     pub fn poll_probe(&mut self, now: Instant) -> Option<Probe> {
         if !self.config.probing {
             return None;
         }
-        let due = *self
-            .next_probe_at
-            .get_or_insert(now + Duration::from_millis(500));
-        if now < due {
-            return None;
-        }
-        // Probe often while the path keeps taking more, less once it is saturated.
-        let interval = if self.last_probe_saturated {
-            self.config.probe_interval * 3
-        } else {
-            self.config.probe_interval
-        };
-        self.next_probe_at = Some(now + interval);
-        let target = self.target_bps();
-        let recently_cut = self
-            .last_decrease
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(1500));
-        if target >= self.config.max_bps
-            || self.detector.usage() != Usage::Normal
-            || recently_cut
-            || self.loss_fraction() > 0.05
-        {
-            return None;
-        }
-        let factor = if self.last_probe_saturated { 2 } else { 3 };
-        let rate_bps = (target * factor).min(self.config.max_bps * 3 / 2);
-        let bytes = ((rate_bps as f64 * 0.05 / 8.0) as usize).max(5 * 1000);
-        let cluster = self.next_cluster;
-        self.next_cluster = self.next_cluster.wrapping_add(1);
-        self.probes.insert(
-            cluster,
-            ProbeAcc {
-                rate_bps,
-                ..ProbeAcc::default()
+        let after_overuse = self
+            .delay
+            .last_overuse()
+            .is_some_and(|t| now.saturating_duration_since(t) < QUIET_AFTER_OVERUSE);
+        let quiet = self.detector.usage() == Usage::Normal
+            && self.queue_delay_ms < BASELINE_DELAY_MS
+            && !after_overuse
+            && self.loss_fraction() <= 0.05;
+        let probe = self.prober.poll(
+            now,
+            Conditions {
+                target_bps: self.target_bps(),
+                max_bps: self.config.max_bps,
+                quiet,
             },
         );
-        while self.probes.len() > 4 {
-            self.probes.pop_first();
+        if probe.is_some() {
+            self.probe_guard_until = Some(now + PROBE_GUARD + self.rtt);
         }
-        Some(Probe {
-            cluster,
-            rate_bps,
-            bytes,
-        })
+        probe
     }
 
     /// Handles a transport-wide feedback message.
@@ -230,8 +264,8 @@ impl CongestionController {
             self.losses.push_back((now, r.recv_us.is_none()));
             let Some(recv) = r.recv_us else { continue };
             self.detector.on_packet(r.send_time, recv);
-            self.acked.push_back((recv, r.size));
-            self.on_probe_result(r, recv);
+            self.delivered.on_arrival(recv, r.size, r.send_time);
+            self.prober.on_result(r, recv);
         }
         self.track_queue_delay(&results);
         while self
@@ -241,91 +275,33 @@ impl CongestionController {
         {
             self.losses.pop_front();
         }
-        if let Some(&(last, _)) = self.acked.back() {
-            while self.acked.front().is_some_and(|(t, _)| last - t > 500_000) {
-                self.acked.pop_front();
-            }
-        }
+        self.delivered.prune();
         self.update(now);
     }
 
     fn track_queue_delay(&mut self, results: &[PacketResult]) {
         // One-way delay up to an unknown clock offset; its minimum over 10 s is the base.
+        let mut lowest: Option<i64> = None;
         for r in results {
             let Some(recv) = r.recv_us else { continue };
             let send_us = self.send_us(r.send_time);
-            self.owd.push_back((recv, recv - send_us));
+            let d = recv - send_us;
+            self.owd.push_back((recv, d));
+            lowest = Some(lowest.map_or(d, |l| l.min(d)));
         }
-        let Some(&(last, latest)) = self.owd.back() else {
+        let (Some(&(last, _)), Some(lowest)) = (self.owd.back(), lowest) else {
             return;
         };
         while self.owd.front().is_some_and(|(t, _)| last - t > 10_000_000) {
             self.owd.pop_front();
         }
-        let min = self.owd.iter().map(|(_, d)| *d).min().unwrap_or(latest);
-        self.queue_delay_ms = (latest - min) as f64 / 1000.0;
+        let base = self.owd.iter().map(|(_, d)| *d).min().unwrap_or(lowest);
+        self.queue_delay_ms = (lowest - base) as f64 / 1000.0;
     }
 
     fn send_us(&mut self, t: Instant) -> i64 {
         let epoch = *self.send_epoch.get_or_insert(t);
         t.saturating_duration_since(epoch).as_micros() as i64
-    }
-
-    fn on_probe_result(&mut self, r: &PacketResult, recv: i64) {
-        let Some(acc) = r.probe.and_then(|c| self.probes.get_mut(&c)) else {
-            return;
-        };
-        acc.reported += 1;
-        match acc.first_recv {
-            None => acc.first_recv = Some(recv),
-            Some(_) => acc.bytes_after_first += r.size,
-        }
-        acc.last_recv = acc.last_recv.max(recv);
-    }
-
-    fn finish_probes(&mut self, now: Instant) {
-        let done: Vec<u32> = self
-            .probes
-            .iter()
-            .filter(|(_, a)| a.sent >= 5 && a.reported * 10 >= a.sent * 8)
-            .map(|(&c, _)| c)
-            .collect();
-        for c in done {
-            let Some(acc) = self.probes.remove(&c) else {
-                continue;
-            };
-            let Some(first) = acc.first_recv else {
-                continue;
-            };
-            let span = (acc.last_recv - first) as f64 / 1e6;
-            if span <= 0.0 {
-                continue;
-            }
-            // Everything that arrived while the probe did went through the path together.
-            let bytes: usize = self
-                .acked
-                .iter()
-                .filter(|(t, _)| *t > first && *t <= acc.last_recv)
-                .map(|(_, s)| s)
-                .sum();
-            let delivered = bytes.max(acc.bytes_after_first) as f64 * 8.0 / span;
-            let measured = delivered.min(acc.rate_bps as f64);
-            self.last_probe_saturated = delivered < 0.9 * acc.rate_bps as f64;
-            self.probe_result = Some((now, measured * 0.95));
-            if measured * 0.95 > self.delay_rate {
-                self.delay_rate = measured * 0.95;
-                self.loss_rate = self.loss_rate.max(self.delay_rate);
-                self.state = RateState::Hold;
-            }
-        }
-    }
-
-    fn acked_bps(&self) -> Option<f64> {
-        let (first, _) = self.acked.front()?;
-        let (last, _) = self.acked.back()?;
-        let span = ((last - first) as f64 / 1e6).max(0.1);
-        let bytes: usize = self.acked.iter().map(|(_, s)| s).sum();
-        (self.acked.len() >= 5).then(|| bytes as f64 * 8.0 / span)
     }
 
     fn update(&mut self, now: Instant) {
@@ -334,66 +310,73 @@ impl CongestionController {
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64())
             .min(1.0);
         self.last_update = Some(now);
-        self.finish_probes(now);
-        let acked = self.acked_bps();
+        let known = self
+            .delay
+            .capacity()
+            .unwrap_or(0.0)
+            .max(self.target_bps() as f64);
+        for ProbeResult { bps, saturated } in self.prober.finish(now, &self.delivered, known) {
+            self.probed = Some((now, bps));
+            self.delay.on_probe(bps, saturated);
+            self.loss_rate = self.loss_rate.max(self.delay.rate());
+        }
+        let acked = self.delivered.rate_bps();
+        // Right after a probe, the rate it measured is the better capacity sample: the short
+        // window around a probe-induced overuse is mostly the application's own (lower) rate.
+        let probed = self
+            .probed
+            .filter(|(t, _)| now.saturating_duration_since(*t) < PROBE_VALID)
+            .map(|(_, r)| r);
+        let capacity_sample = match (acked, probed) {
+            (Some(a), Some(p)) => Some(a.max(p)),
+            (a, p) => a.or(p),
+        };
         match self.detector.usage() {
-            Usage::Overuse => {
-                let since = self
-                    .last_decrease
-                    .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
-                if since > self.rtt + Duration::from_millis(100) {
-                    // Right after a probe, its measurement is the best capacity estimate.
-                    let probed = self
-                        .probe_result
-                        .filter(|(t, _)| now.saturating_duration_since(*t) < Duration::from_secs(1))
-                        .map(|(_, r)| r);
-                    let base = acked
-                        .unwrap_or(self.delay_rate)
-                        .max(probed.unwrap_or(0.0))
-                        .min(self.delay_rate);
-                    // A standing queue drains only if we send well below capacity.
-                    let drain = (1.0 - self.queue_delay_ms / 1000.0).clamp(0.5, 0.85);
-                    self.delay_rate = (base.max(acked.unwrap_or(0.0)) * drain).min(self.delay_rate);
-                    self.last_decrease = Some(now);
-                }
-                self.state = RateState::Hold;
-            }
-            Usage::Underuse => self.state = RateState::Hold,
-            Usage::Normal => {
-                if self.state == RateState::Hold {
-                    self.state = RateState::Increase;
-                } else {
-                    self.delay_rate *= 1.08f64.powf(dt);
-                    if let Some(a) = acked {
-                        // Do not run far ahead of what actually gets through, unless a recent
-                        // probe showed the path takes more.
-                        let probed = self
-                            .probe_result
-                            .filter(|(t, _)| now.saturating_duration_since(*t) < PROBE_VALID)
-                            .map_or(0.0, |(_, r)| r);
-                        self.delay_rate = self.delay_rate.min((1.5 * a + 10_000.0).max(probed));
-                    }
-                }
-            }
+            Usage::Overuse if self.probe_overuse(now) => self.delay.on_probe_overuse(now),
+            Usage::Overuse => self.delay.on_overuse(now, capacity_sample, self.rtt),
+            Usage::Underuse => self.delay.on_underuse(),
+            Usage::Normal => self.delay.on_normal(dt, acked, self.rtt),
         }
-        // Loss-based rate.
-        let loss = self.loss_fraction();
-        if self.losses.len() >= 20 {
-            if loss > 0.10 {
-                let since = self
-                    .last_loss_decrease
-                    .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
-                if since > Duration::from_millis(300) + self.rtt {
-                    self.loss_rate = self.loss_rate.min(self.delay_rate) * (1.0 - 0.5 * loss);
-                    self.last_loss_decrease = Some(now);
-                }
-            } else if loss < 0.02 {
-                self.loss_rate *= 1.05f64.powf(dt);
-                self.loss_rate = self.loss_rate.max(self.delay_rate);
-            }
-        }
+        self.update_loss_rate(now, dt, acked);
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
-        self.delay_rate = self.delay_rate.clamp(min, max);
+        self.delay.clamp(min, max);
         self.loss_rate = self.loss_rate.clamp(min, max * 1.5);
+        self.last_pushback = None;
+        self.update_pushback(now);
+    }
+
+    /// Whether an overuse now is our last probe's doing: it started moments ago, and our
+    /// rate is below the known capacity (so without the burst there would be no queue).
+    fn probe_overuse(&self, now: Instant) -> bool {
+        let recent = self.probe_guard_until.is_some_and(|t| now < t);
+        let below = self
+            .delay
+            .capacity()
+            .is_some_and(|c| self.delay.rate() <= c);
+        recent && below
+    }
+
+    fn update_loss_rate(&mut self, now: Instant, dt: f64, acked: Option<f64>) {
+        let loss = self.loss_fraction();
+        if self.losses.len() < 20 {
+            return;
+        }
+        if loss > 0.10 {
+            let since = self
+                .last_loss_decrease
+                .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+            if since > Duration::from_millis(300) + self.rtt {
+                let current = self.loss_rate.min(self.delay.rate());
+                let cut = current * (1.0 - 0.5 * loss);
+                // Whatever the cause (an overflowing queue, a lossy radio), the path still
+                // delivers the acknowledged rate: going far below it only starves the codec.
+                let floor = acked.map_or(0.0, |a| BETA * a).min(current);
+                self.loss_rate = cut.max(floor);
+                self.last_loss_decrease = Some(now);
+            }
+        } else if loss < 0.02 {
+            self.loss_rate *= 1.05f64.powf(dt);
+            self.loss_rate = self.loss_rate.max(self.delay.rate());
+        }
     }
 }

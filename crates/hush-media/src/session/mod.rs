@@ -100,8 +100,9 @@ pub struct MediaSession {
     octets_sent: u32,
     last_rtp_ts: u32,
     cc: CongestionController,
-    probe_queue: VecDeque<(Instant, u32)>,
+    probe_queue: VecDeque<(Instant, u32, u8)>,
     send_rate: RateMeter,
+    rtcp_rate: RateMeter,
     recv_rate: RateMeter,
     audio_rx: RecvStream,
     video_rx: RecvStream,
@@ -164,6 +165,7 @@ impl MediaSession {
             cc: CongestionController::new(config.cc.clone()),
             probe_queue: VecDeque::new(),
             send_rate: RateMeter::default(),
+            rtcp_rate: RateMeter::default(),
             recv_rate: RateMeter::default(),
             audio_rx: RecvStream::new(jitter_cfg.clock_rate),
             video_rx: RecvStream::new(90_000),
@@ -272,6 +274,8 @@ impl MediaSession {
 
     fn send_rtcp(&mut self, now: Instant, data: Vec<u8>) {
         self.send_rate.add(now, data.len() + WIRE_OVERHEAD);
+        self.cc.on_untracked_sent(now, data.len() + WIRE_OVERHEAD);
+        self.rtcp_rate.add(now, data.len() + WIRE_OVERHEAD);
         self.transmits.push_back(Transmit {
             kind: TransmitKind::Rtcp,
             data,
@@ -310,15 +314,20 @@ impl MediaSession {
             self.next_feedback = now + self.config.feedback_interval;
         }
         if let Some(p) = self.cc.poll_probe(now) {
-            let size = 255 + 12 + 8 + WIRE_OVERHEAD;
+            // At least five packets; small ones for a small burst, so that a probe into a slow
+            // bottleneck adds little queue.
+            let header = 12 + 8 + WIRE_OVERHEAD;
+            let padding = (p.bytes / 5).saturating_sub(header).clamp(36, 255);
+            let size = padding + header;
+            let padding = padding as u8; // at most 255: clamped above
             let n = p.bytes.div_ceil(size).max(5);
             let gap = Duration::from_secs_f64(size as f64 * 8.0 / p.rate_bps.max(1) as f64);
             for i in 0..n {
                 self.probe_queue
-                    .push_back((now + gap * i as u32, p.cluster));
+                    .push_back((now + gap * i as u32, p.cluster, padding));
             }
         }
-        while let Some(&(at, cluster)) = self.probe_queue.front() {
+        while let Some(&(at, cluster, padding)) = self.probe_queue.front() {
             if at > now {
                 break;
             }
@@ -328,7 +337,7 @@ impl MediaSession {
                 Some(rtx) => rtx.padding_packet(ts),
                 None => self.audio_rtx.padding_packet(ts),
             };
-            self.send_rtp(now, packet, Some(cluster), 255);
+            self.send_rtp(now, packet, Some(cluster), padding);
         }
         self.update_target(now);
     }
@@ -357,7 +366,7 @@ impl MediaSession {
             self.video_nack.poll_timeout(),
             Some(self.next_report),
             Some(self.next_feedback),
-            self.probe_queue.front().map(|(t, _)| *t),
+            self.probe_queue.front().map(|(t, _, _)| *t),
             self.video_gap_since.map(|t| t + self.video_gap_limit()),
         ]
         .into_iter()
@@ -419,15 +428,19 @@ impl MediaSession {
                 self.red_hold_until = Some(now + Duration::from_secs(10));
             }
         }
-        let t = self.allocate(loss);
+        let rtcp_bps = self.rtcp_rate.bps(now) as f64;
+        let t = self.allocate(loss, rtcp_bps);
         if self.target.is_none_or(|old| significant_change(&old, &t)) {
             self.target = Some(t);
             self.events.push_back(Event::EncoderTarget(t));
         }
     }
 
-    fn allocate(&self, loss: f64) -> EncoderTarget {
-        let target = self.cc.target_bps() as f64;
+    /// Splits the congestion controller's encoder rate between audio and video. The estimate
+    /// covers everything we send on the path, so our own RTCP comes off it first.
+    fn allocate(&self, loss: f64, rtcp_bps: f64) -> EncoderTarget {
+        let encoder = self.cc.encoder_bps() as f64;
+        let target = (encoder - rtcp_bps).max(encoder * 0.5);
         let pps = 1.0 / self.config.audio_frame.as_secs_f64().max(0.001);
         let overhead = pps * (12.0 + 8.0 + 1.0 + WIRE_OVERHEAD as f64) * 8.0;
         let copies = 1.0 + self.red_distance as f64;

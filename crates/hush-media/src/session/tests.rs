@@ -51,13 +51,15 @@ fn twenty_percent_loss_recovers_95_percent() {
 
 #[test]
 fn stats_snapshot_reflects_loss() {
+    // 60 s: with RED depth 2 covering most single and double losses, NACKs go out only for
+    // the rarer runs of three, a few per minute at 10 % random loss.
     let mut call = CallSim::new(lossy(LossModel::Random(0.10), 20), Instant::now());
-    call.run_until(Duration::from_secs(20));
+    call.run_until(Duration::from_secs(60));
     let now = call.now();
     let s = call.b.stats(now);
     assert!((0.07..0.13).contains(&s.loss_before_recovery), "{s:?}");
     assert!(s.loss_after_recovery < 0.01, "{s:?}");
-    assert!(s.nacks_sent > 0 && s.rtt.is_some());
+    assert!(s.nacks_sent > 0 && s.rtt.is_some(), "{s:?}");
     assert!(call.a.stats(now).retransmissions_sent > 0);
     assert!(s
         .to_prometheus("")
@@ -83,47 +85,85 @@ fn jitter_without_reorder_adds_at_most_one_and_a_half_p95() {
     assert!(ratio <= 1.5, "{ratio}");
 }
 
-#[test]
-fn bandwidth_drop_and_recovery() {
+/// One timeline sample: (time, A's target, max one-way delay A→B, video bps asked for).
+type Sample = (Duration, u64, Duration, u32);
+
+/// A call with video whose A→B cap follows `steps` (from time, bps); returns the timeline.
+fn stepped_call(steps: &[(u64, u64)], end: u64, one_way_ms: u64, seed: u64) -> Vec<Sample> {
     let cap = |bps| SimConfig {
-        seed: 9,
-        delay: Duration::from_millis(20),
+        seed,
+        delay: Duration::from_millis(one_way_ms),
         rate_bps: Some(bps),
         queue_bytes: 100_000,
         ..SimConfig::default()
     };
     let config = CallConfig {
-        a_to_b: cap(1_000_000),
+        a_to_b: cap(steps[0].1),
+        b_to_a: SimConfig {
+            seed: seed + 1,
+            delay: Duration::from_millis(one_way_ms),
+            ..SimConfig::default()
+        },
         video: true,
         ..CallConfig::default()
     };
     let mut call = CallSim::new(config, Instant::now());
-    call.run_until(Duration::from_secs(20));
-    call.ab.set_rate(Some(150_000));
-    call.run_until(Duration::from_secs(40));
-    call.ab.set_rate(Some(1_000_000));
-    call.run_until(Duration::from_secs(60));
-    let tl = &call.metrics().timeline;
-    let between = |a: u64, b: u64| {
-        tl.iter()
-            .filter(move |s| s.0 >= Duration::from_secs(a) && s.0 < Duration::from_secs(b))
-    };
-    // Converges near 1 Mbps at the start.
-    assert!(between(5, 20).all(|s| (700_000..=1_100_000).contains(&s.1)));
-    // After the drop: the queue drains within 5 s and stays small; video pauses.
-    // (Probe bursts still push single samples higher; most of the time it is under 100 ms.)
-    let low = between(25, 40)
-        .filter(|s| s.2 < Duration::from_millis(100))
-        .count();
-    assert!(low * 10 >= between(25, 40).count() * 8, "{low}");
-    assert!(between(25, 40).all(|s| s.2 < Duration::from_millis(300)));
-    assert!(between(25, 40).all(|s| s.1 <= 180_000 && s.3 == 0));
-    // The estimate comes back up once the cap is lifted.
-    assert!(
-        between(50, 60).all(|s| s.1 >= 700_000),
-        "{:?}",
-        between(50, 60).next()
-    );
+    for w in steps.windows(2) {
+        call.run_until(Duration::from_secs(w[1].0));
+        call.ab.set_rate(Some(w[1].1));
+    }
+    call.run_until(Duration::from_secs(end));
+    call.metrics().timeline.clone()
+}
+
+fn between(tl: &[Sample], a: f64, b: f64) -> impl Iterator<Item = &Sample> {
+    tl.iter()
+        .filter(move |s| s.0.as_secs_f64() >= a && s.0.as_secs_f64() < b)
+}
+
+/// Asserts that from `step + 5 s` until `until`, the target stays within 20 % of `cap` and
+/// the queueing delay (one-way delay above `base`) under 80 ms: the convergence
+/// targets (one-way delay under 100 ms on its 20 ms path), held, not just touched.
+fn assert_settled(tl: &[Sample], base: Duration, step: f64, until: f64, cap: u64) {
+    let cap = cap as f64;
+    for s in between(tl, step + 5.0, until) {
+        let t = s.0.as_secs_f64();
+        assert!(
+            (s.1 as f64 - cap).abs() <= 0.2 * cap,
+            "target {} at {t:.1} s, cap {cap} since {step} s",
+            s.1
+        );
+        assert!(
+            s.2 < base + Duration::from_millis(80),
+            "one-way delay {:?} at {t:.1} s, cap {cap} since {step} s",
+            s.2
+        );
+    }
+}
+
+#[test]
+fn bandwidth_drop_and_recovery() {
+    // The scenario: 1 Mbps → 150 kbps at 20 s → 1 Mbps at 40 s.
+    let tl = stepped_call(&[(0, 1_000_000), (20, 150_000), (40, 1_000_000)], 60, 20, 9);
+    let base = Duration::from_millis(20);
+    assert_settled(&tl, base, 0.0, 20.0, 1_000_000);
+    assert_settled(&tl, base, 20.0, 40.0, 150_000);
+    assert_settled(&tl, base, 40.0, 60.0, 1_000_000);
+    // Within a second of the drop the estimate is already within 20 %, and video pauses
+    // (audio-only fallback) until the cap is lifted.
+    assert!(between(&tl, 21.0, 40.0).all(|s| (120_000..=180_000).contains(&s.1)));
+    assert!(between(&tl, 21.0, 40.0).all(|s| s.3 == 0));
+    assert!(between(&tl, 45.0, 60.0).all(|s| s.3 > 0));
+}
+
+#[test]
+fn bandwidth_drop_converges_on_a_longer_path() {
+    // Another shape: 600 kbps → 200 kbps → 800 kbps, 50 ms one way (RTT 100 ms).
+    let tl = stepped_call(&[(0, 600_000), (15, 200_000), (35, 800_000)], 55, 50, 21);
+    let base = Duration::from_millis(50);
+    assert_settled(&tl, base, 0.0, 15.0, 600_000);
+    assert_settled(&tl, base, 15.0, 35.0, 200_000);
+    assert_settled(&tl, base, 35.0, 55.0, 800_000);
 }
 
 #[test]
