@@ -157,6 +157,17 @@ impl CongestionController {
         (target * self.pushback).max(target.min(MIN_PUSHBACK_BPS)) as u64
     }
 
+    /// Whether more data is outstanding than the congestion window (target × (lowest RTT +
+    /// 100 ms)) allows: a queue is standing somewhere on the path.
+    pub fn window_full(&self) -> bool {
+        self.history.outstanding_bytes() as f64 > self.window_bytes()
+    }
+
+    fn window_bytes(&self) -> f64 {
+        let rtt = self.min_rtt.unwrap_or(self.rtt);
+        (self.target_bps() as f64 / 8.0 * (rtt + WINDOW_QUEUE).as_secs_f64()).max(1.0)
+    }
+
     /// Bytes sent that feedback has not covered yet.
     pub fn outstanding_bytes(&self) -> usize {
         self.history.outstanding_bytes()
@@ -214,9 +225,7 @@ impl CongestionController {
             return;
         }
         self.last_pushback = Some(now);
-        let rtt = self.min_rtt.unwrap_or(self.rtt);
-        let window = self.target_bps() as f64 / 8.0 * (rtt + WINDOW_QUEUE).as_secs_f64();
-        let fill = self.history.outstanding_bytes() as f64 / window.max(1.0);
+        let fill = self.history.outstanding_bytes() as f64 / self.window_bytes();
         self.pushback = if fill > 1.5 {
             self.pushback * 0.9
         } else if fill > 1.0 {

@@ -148,18 +148,32 @@ impl MediaSession {
 
     fn on_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u16]) {
         let rtt = self.rtt_or_default();
+        // While the congestion window is over-full the losses are our own queue overflowing:
+        // resending big video packets into it only keeps it full. Audio retransmissions are
+        // small and keep the call intelligible, so they still go (within the budget below).
+        let congested = self.cc.window_full();
         let packets = if media_ssrc == self.config.local_audio.ssrc {
             self.audio_rtx.on_nack(now, lost, rtt)
         } else if let Some(rtx) = self.video_rtx.as_mut().filter(|_| {
-            self.config
-                .local_video
-                .is_some_and(|v| v.ssrc == media_ssrc)
+            !congested
+                && self
+                    .config
+                    .local_video
+                    .is_some_and(|v| v.ssrc == media_ssrc)
         }) {
             rtx.on_nack(now, lost, rtt)
         } else {
             Vec::new()
         };
+        // Retransmissions never take more than half the target over a second (WebRTC bounds
+        // them by the target too).
+        let budget = self.cc.target_bps() / 2;
         for p in packets {
+            let bits = (p.payload.len() + 12 + 8 + super::WIRE_OVERHEAD) as u64 * 8;
+            if self.rtx_rate.bps(now) + bits > budget {
+                break;
+            }
+            self.rtx_rate.add(now, bits as usize / 8);
             self.retransmissions_sent += 1;
             self.send_rtp(now, p, None, 0);
         }

@@ -90,11 +90,22 @@ type Sample = (Duration, u64, Duration, u32);
 
 /// A call with video whose A→B cap follows `steps` (from time, bps); returns the timeline.
 fn stepped_call(steps: &[(u64, u64)], end: u64, one_way_ms: u64, seed: u64) -> Vec<Sample> {
+    stepped_call_queue(steps, end, one_way_ms, seed, 100_000)
+}
+
+/// [`stepped_call`] with a bottleneck queue of `queue_bytes`.
+fn stepped_call_queue(
+    steps: &[(u64, u64)],
+    end: u64,
+    one_way_ms: u64,
+    seed: u64,
+    queue_bytes: usize,
+) -> Vec<Sample> {
     let cap = |bps| SimConfig {
         seed,
         delay: Duration::from_millis(one_way_ms),
         rate_bps: Some(bps),
-        queue_bytes: 100_000,
+        queue_bytes,
         ..SimConfig::default()
     };
     let config = CallConfig {
@@ -164,6 +175,14 @@ fn bandwidth_drop_converges_on_a_longer_path() {
     assert_settled(&tl, base, 0.0, 15.0, 600_000);
     assert_settled(&tl, base, 15.0, 35.0, 200_000);
     assert_settled(&tl, base, 35.0, 55.0, 800_000);
+}
+
+#[test]
+fn shallow_queue_overflow_does_not_sink_the_estimate() {
+    // A 15 kB bottleneck queue: after the drop it overflows and drops packets (loss well over
+    // 10 %). The loss-based rate must not take the estimate far below what the path delivers.
+    let tl = stepped_call_queue(&[(0, 1_000_000), (20, 150_000)], 40, 20, 9, 15_000);
+    assert_settled(&tl, Duration::from_millis(20), 20.0, 40.0, 150_000);
 }
 
 #[test]
