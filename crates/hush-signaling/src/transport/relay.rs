@@ -65,15 +65,51 @@ pub struct FetchedBundle {
     pub one_time_prekey: Option<(u64, Vec<u8>)>,
 }
 
+/// What the writer task sends.
+enum Out {
+    /// An encoded frame.
+    Frame(Vec<u8>),
+    /// Send every acknowledgement collected so far in one frame.
+    Acks,
+}
+
 type Pending = HashMap<u64, oneshot::Sender<Result<pb::response::Result, Error>>>;
 
 struct Shared {
     pending: Mutex<Pending>,
+    /// Delivery ids waiting to be acknowledged; the writer sends them as one `Ack` frame.
+    acks: Mutex<Vec<u64>>,
     /// Why the relay closed the connection, if it said so.
     close_reason: Mutex<Option<(ErrorCode, String)>>,
 }
 
 impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::default(),
+            acks: Mutex::default(),
+            close_reason: Mutex::default(),
+        })
+    }
+
+    /// Turns a queued [`Out`] into the bytes to write (`None`: nothing to write).
+    fn render(&self, out: Out) -> Option<Vec<u8>> {
+        match out {
+            Out::Frame(f) => Some(f),
+            Out::Acks => {
+                let ids = std::mem::take(
+                    &mut *self
+                        .acks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                (!ids.is_empty()).then(|| {
+                    encode_client_frame(client_frame::Frame::Ack(pb::Ack { delivery_ids: ids }))
+                })
+            }
+        }
+    }
+
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending
             .lock()
@@ -99,7 +135,7 @@ impl Shared {
 pub struct RelayClient {
     device: DeviceId,
     config: RelayClientConfig,
-    writer: mpsc::Sender<Vec<u8>>,
+    writer: mpsc::Sender<Out>,
     deliveries: mpsc::Receiver<Received>,
     shared: Arc<Shared>,
     next_request: AtomicU64,
@@ -153,17 +189,24 @@ impl RelayClient {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read, mut write) = tokio::io::split(stream);
-        let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let (writer_tx, mut writer_rx) = mpsc::channel::<Out>(1024);
+        let shared = Shared::new();
+        let sh = shared.clone();
         let writer = tokio::spawn(async move {
             if write.write_all(&frame::TCP_PREAMBLE).await.is_err() {
                 return;
             }
-            while let Some(frame) = writer_rx.recv().await {
-                if frame::write_frame(&mut write, &frame).await.is_err() {
-                    break;
+            while let Some(out) = writer_rx.recv().await {
+                if let Some(frame) = sh.render(out) {
+                    if frame::write_frame(&mut write, &frame).await.is_err() {
+                        break;
+                    }
                 }
                 // Coalesce whatever is already queued into one flush.
-                while let Ok(frame) = writer_rx.try_recv() {
+                while let Ok(out) = writer_rx.try_recv() {
+                    let Some(frame) = sh.render(out) else {
+                        continue;
+                    };
                     if frame::write_frame(&mut write, &frame).await.is_err() {
                         return;
                     }
@@ -193,7 +236,7 @@ impl RelayClient {
             }
             dispatch.finish();
         };
-        Self::start(signer, config, writer_tx, writer, reader).await
+        Self::start(signer, config, shared, writer_tx, writer, reader).await
     }
 
     /// Connects over WebSocket (`ws://host:port/`) and authenticates.
@@ -228,13 +271,20 @@ impl RelayClient {
                 .await
                 .map_err(|e| Error::WebSocket(e.to_string()))?;
         let (mut sink, mut source) = ws.split();
-        let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let (writer_tx, mut writer_rx) = mpsc::channel::<Out>(1024);
+        let shared = Shared::new();
+        let sh = shared.clone();
         let writer = tokio::spawn(async move {
-            while let Some(frame) = writer_rx.recv().await {
-                if sink.feed(WsMessage::Binary(frame.into())).await.is_err() {
-                    return;
+            while let Some(out) = writer_rx.recv().await {
+                if let Some(frame) = sh.render(out) {
+                    if sink.feed(WsMessage::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
                 }
-                while let Ok(frame) = writer_rx.try_recv() {
+                while let Ok(out) = writer_rx.try_recv() {
+                    let Some(frame) = sh.render(out) else {
+                        continue;
+                    };
                     if sink.feed(WsMessage::Binary(frame.into())).await.is_err() {
                         return;
                     }
@@ -261,13 +311,14 @@ impl RelayClient {
             }
             dispatch.finish();
         };
-        Self::start(signer, config, writer_tx, writer, reader).await
+        Self::start(signer, config, shared, writer_tx, writer, reader).await
     }
 
     async fn start<R, F>(
         signer: &dyn DeviceSigner,
         config: RelayClientConfig,
-        writer_tx: mpsc::Sender<Vec<u8>>,
+        shared: Arc<Shared>,
+        writer_tx: mpsc::Sender<Out>,
         writer_task: tokio::task::JoinHandle<()>,
         reader: R,
     ) -> Result<Self, Error>
@@ -275,10 +326,6 @@ impl RelayClient {
         R: FnOnce(Dispatcher) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let shared = Arc::new(Shared {
-            pending: Mutex::default(),
-            close_reason: Mutex::default(),
-        });
         let (deliveries_tx, deliveries) = mpsc::channel(config.delivery_buffer.max(1));
         let (control_tx, mut control_rx) = mpsc::channel(4);
         let dispatch = Dispatcher {
@@ -395,10 +442,26 @@ impl RelayClient {
         }
     }
 
-    /// Acknowledges deliveries so the relay deletes them.
+    /// Acknowledges deliveries so the relay deletes them. Acknowledgements made while the
+    /// connection is busy writing are sent together in one frame.
     pub async fn ack_deliveries(&self, ids: Vec<u64>) -> Result<(), Error> {
-        self.write(client_frame::Frame::Ack(pb::Ack { delivery_ids: ids }))
-            .await
+        let was_empty = {
+            let mut acks = self
+                .shared
+                .acks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let was_empty = acks.is_empty();
+            acks.extend(ids);
+            was_empty
+        };
+        if was_empty {
+            self.writer
+                .send(Out::Acks)
+                .await
+                .map_err(|_| self.shared.closed_error())?;
+        }
+        Ok(())
     }
 
     /// Round trip to the relay.
@@ -415,7 +478,7 @@ impl RelayClient {
     /// handling of hostile clients; normal code never needs it.
     pub async fn dangerous_send_raw_frame(&self, frame: Vec<u8>) -> Result<(), Error> {
         self.writer
-            .send(frame)
+            .send(Out::Frame(frame))
             .await
             .map_err(|_| self.shared.closed_error())
     }
@@ -426,7 +489,7 @@ impl RelayClient {
 
     async fn write(&self, frame: client_frame::Frame) -> Result<(), Error> {
         self.writer
-            .send(encode_client_frame(frame))
+            .send(Out::Frame(encode_client_frame(frame)))
             .await
             .map_err(|_| self.shared.closed_error())
     }
