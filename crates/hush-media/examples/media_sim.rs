@@ -68,56 +68,73 @@ fn jitter_run(jitter: Jitter, reorder: bool) {
     );
 }
 
-fn bandwidth_steps() {
+/// One call with video whose A→B cap follows `steps` (from time in s, bps) until `end` s;
+/// prints one table row per step.
+fn bandwidth_steps(steps: &[(u64, u64)], end: u64, one_way_ms: u64, queue_bytes: usize) {
+    let base = Duration::from_millis(one_way_ms);
     let cap = |bps| SimConfig {
         seed: 9,
-        delay: Duration::from_millis(20),
+        delay: base,
         rate_bps: Some(bps),
-        queue_bytes: 100_000,
+        queue_bytes,
         ..SimConfig::default()
     };
     let config = CallConfig {
-        a_to_b: cap(1_000_000),
+        a_to_b: cap(steps[0].1),
+        b_to_a: SimConfig {
+            seed: 10,
+            delay: base,
+            ..SimConfig::default()
+        },
         video: true,
         ..CallConfig::default()
     };
     let mut call = CallSim::new(config, Instant::now());
-    call.run_until(Duration::from_secs(20));
-    call.ab.set_rate(Some(150_000));
-    call.run_until(Duration::from_secs(40));
-    call.ab.set_rate(Some(1_000_000));
-    call.run_until(Duration::from_secs(60));
+    for w in steps.windows(2) {
+        call.run_until(Duration::from_secs(w[1].0));
+        call.ab.set_rate(Some(w[1].1));
+    }
+    call.run_until(Duration::from_secs(end));
     let tl = &call.metrics().timeline;
-    for (step_at, cap_bps) in [(0u64, 1_000_000u64), (20, 150_000), (40, 1_000_000)] {
+    // Queueing allowed: the "one-way delay under 100 ms" on its 20 ms path.
+    let limit = base + Duration::from_millis(80);
+    for (k, &(step_at, cap_bps)) in steps.iter().enumerate() {
         let from = Duration::from_secs(step_at);
-        let within = |t: Duration| t >= from && t < from + Duration::from_secs(20);
-        // First time from which the target stays within 20 % of the cap for a whole second.
-        let close = |s: &&(Duration, u64, Duration, u32)| {
+        let to = Duration::from_secs(steps.get(k + 1).map_or(end, |s| s.0));
+        let within = |t: Duration| t >= from && t < to;
+        let close = |s: &(Duration, u64, Duration, u32)| {
             (s.1 as f64 - cap_bps as f64).abs() <= 0.2 * cap_bps as f64
         };
         let window: Vec<_> = tl.iter().filter(|s| within(s.0)).collect();
+        // From when on the target stays within 20 % of the cap (until the next step).
         let est_ok = window
-            .windows(10)
-            .find(|w| w.iter().all(close))
-            .map(|w| (w[0].0 - from).as_secs_f64());
-        let delay_ok = tl
             .iter()
-            .filter(|s| within(s.0) && s.0 >= from + Duration::from_millis(500))
-            .find(|s| s.2 < Duration::from_millis(100))
-            .map(|s| (s.0 - from).as_secs_f64());
-        let last = tl
+            .rposition(|s| !close(s))
+            .map_or(Some(0.0), |i| {
+                window.get(i + 1).map(|s| (s.0 - from).as_secs_f64())
+            });
+        // From when on the one-way delay stays under the limit.
+        let delay_ok = window
             .iter()
-            .filter(|s| within(s.0) && s.0 >= from + Duration::from_secs(5))
+            .rposition(|s| s.2 >= limit)
+            .map_or(Some(0.0), |i| {
+                window.get(i + 1).map(|s| (s.0 - from).as_secs_f64())
+            });
+        let last = window
+            .iter()
+            .filter(|s| s.0 >= from + Duration::from_secs(5))
             .collect::<Vec<_>>();
         let (min, max) = last
             .iter()
             .fold((u64::MAX, 0), |(a, b), s| (a.min(s.1), b.max(s.1)));
         let max_owd = last.iter().map(|s| s.2).max().unwrap_or_default();
+        let peak_owd = window.iter().map(|s| s.2).max().unwrap_or_default();
         println!(
-            "| {step_at} s → {} kbps | {} | {} | {}–{} kbps | {} ms |",
+            "| {step_at} s → {} kbps | {} | {} | {} ms | {}–{} kbps | {} ms |",
             cap_bps / 1000,
             est_ok.map_or("never".into(), |t| format!("{t:.1} s")),
             delay_ok.map_or("never".into(), |t| format!("{t:.1} s")),
+            peak_owd.as_millis(),
             min / 1000,
             max / 1000,
             max_owd.as_millis()
@@ -134,6 +151,35 @@ fn bandwidth_steps() {
             );
         }
     }
+}
+
+fn bandwidth_table() {
+    let head = |title: &str| {
+        println!("\n### {title}\n");
+        println!("| step | target within 20 % of cap from | one-way delay < base + 80 ms from | peak one-way delay | target range from 5 s on | max one-way delay from 5 s on |");
+        println!("|---|---|---|---|---|---|");
+    };
+    head("Bandwidth steps (A→B cap 1 Mbps → 150 kbps at 20 s → 1 Mbps at 40 s; 20 ms one way; 100 kB queue; audio + video)");
+    bandwidth_steps(
+        &[(0, 1_000_000), (20, 150_000), (40, 1_000_000)],
+        60,
+        20,
+        100_000,
+    );
+    head("Bandwidth steps, shallow queue (same, 15 kB queue: the drop overflows it)");
+    bandwidth_steps(
+        &[(0, 1_000_000), (20, 150_000), (40, 1_000_000)],
+        60,
+        20,
+        15_000,
+    );
+    head("Bandwidth steps, longer path (600 → 200 → 800 kbps; 50 ms one way; 100 kB queue)");
+    bandwidth_steps(
+        &[(0, 600_000), (15, 200_000), (35, 800_000)],
+        55,
+        50,
+        100_000,
+    );
 }
 
 fn cpu_per_call() {
@@ -169,7 +215,16 @@ fn jitter_table() {
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("bandwidth") {
-        bandwidth_steps();
+        if std::env::var_os("HUSH_TIMELINE").is_some() {
+            bandwidth_steps(
+                &[(0, 1_000_000), (20, 150_000), (40, 1_000_000)],
+                60,
+                20,
+                100_000,
+            );
+        } else {
+            bandwidth_table();
+        }
         return;
     }
     let only = std::env::args().nth(1);
@@ -205,12 +260,7 @@ fn main() {
         return;
     }
     jitter_table();
-    println!(
-        "\n### Bandwidth steps (cap 1 Mbps → 150 kbps at 20 s → 1 Mbps at 40 s; audio + video)\n"
-    );
-    println!("| step | target within 20 % of cap after | one-way delay < 100 ms after | target range 5–20 s after | max one-way delay 5–20 s after |");
-    println!("|---|---|---|---|---|");
-    bandwidth_steps();
+    bandwidth_table();
     println!("\n### Engine CPU\n");
     cpu_per_call();
 }
