@@ -46,7 +46,18 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let backend = BOB.with(|b| b.borrow_mut().get_or_insert_with(bob_backend).clone());
+    let backend = BOB.with(|b| {
+        b.borrow_mut()
+            .get_or_insert_with(|| {
+                // libfuzzer-sys aborts on every panic, even one that `Device::open` catches
+                // (it catches panics inside libsignal, e.g. the SPQR epoch underflow kept in
+                // crates/hush-crypto/tests/data). Restore the default hook: a panic that is not
+                // caught still unwinds into the FFI boundary and aborts, so it is still found.
+                drop(std::panic::take_hook());
+                bob_backend()
+            })
+            .clone()
+    });
     let store = DeviceStore::open(backend)
         .expect("open store")
         .expect("device present");

@@ -1,6 +1,10 @@
 //! A device: its store, Signal sessions with peers (seal/open), prekey upkeep, safety numbers,
 //! and the Signal-sealed call setup.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use libsignal_protocol::{
@@ -219,16 +223,20 @@ impl<B: Backend> Device<B> {
         let signal_bundle = bundle.to_signal()?;
         let mut sessions = self.store.handle();
         let mut identities = self.store.handle();
-        process_prekey_bundle(
+        let processed = CatchPanic(Box::pin(process_prekey_bundle(
             peer,
             &mut sessions,
             &mut identities,
             &signal_bundle,
             now,
             &mut self.rng,
-        )
+        )))
         .await
-        .map_err(|e| identity_error(e, peer, Some(bundle.device.identity_key)))?;
+        .map_err(|_| Error::Malformed {
+            what: "peer bundle",
+            reason: "rejected by libsignal (panic caught)",
+        })?;
+        processed.map_err(|e| identity_error(e, peer, Some(bundle.device.identity_key)))?;
         debug!(%peer, "session started from bundle");
         Ok(())
     }
@@ -300,7 +308,10 @@ impl<B: Backend> Device<B> {
         let mut pre_keys = self.store.handle();
         let signed = self.store.handle();
         let mut kyber = self.store.handle();
-        message_decrypt(
+        // libsignal's dependencies can panic on some malformed input (found by fuzzing: an
+        // SPQR epoch underflow). The panic happens while decrypting, before anything is stored,
+        // so refusing the message leaves the session intact.
+        let decrypted = CatchPanic(Box::pin(message_decrypt(
             &msg,
             peer,
             &mut sessions,
@@ -309,9 +320,15 @@ impl<B: Backend> Device<B> {
             &signed,
             &mut kyber,
             &mut self.rng,
-        )
-        .await
-        .map_err(|e| identity_error(e, peer, presented))
+        )))
+        .await;
+        match decrypted {
+            Ok(result) => result.map_err(|e| identity_error(e, peer, presented)),
+            Err(_) => {
+                warn!(%peer, "libsignal panicked on a received message; refused");
+                Err(malformed("rejected by libsignal (panic caught)"))
+            }
+        }
     }
 
     /// Records `identity` as `peer`'s trusted identity after the user verified the new safety
@@ -442,6 +459,22 @@ impl SafetyNumber {
                 what: "scanned fingerprint",
                 reason: "not a fingerprint",
             })
+    }
+}
+
+/// Polls a boxed future inside `catch_unwind`, turning a panic in a dependency into an error.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
     }
 }
 
