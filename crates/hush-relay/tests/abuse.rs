@@ -253,7 +253,7 @@ async fn replay_reaching_the_recipient_is_dropped_by_the_client() {
     let mut alice = SignalingClient::new(net.endpoint(a), ToySealer { local: a });
     let mut bob = SignalingClient::new(net.endpoint(b), ToySealer { local: b });
     alice
-        .send(b, CallMessage::Busy { call_id: 3 })
+        .send(b, CallMessage::Busy { call_id: [3; 16] })
         .await
         .unwrap();
     assert!(matches!(

@@ -92,7 +92,7 @@ async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
             .send(
                 bob_id,
                 CallMessage::Hangup(Hangup {
-                    call_id,
+                    call_id: numbered_call_id(call_id),
                     reason: HangupReason::Timeout,
                 }),
             )
@@ -125,7 +125,7 @@ async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
     assert_eq!(got, sent);
     assert_eq!(
         call_ids,
-        (0..MESSAGES).collect::<Vec<_>>(),
+        (0..MESSAGES).map(numbered_call_id).collect::<Vec<_>>(),
         "queue order is kept"
     );
     // Nothing more arrives.
@@ -172,7 +172,7 @@ async fn unacknowledged_deliveries_are_redelivered_after_kill9() {
         },
     );
     alice
-        .send(bob_id, CallMessage::Ringing { call_id: 1 })
+        .send(bob_id, CallMessage::Ringing { call_id: [1; 16] })
         .await
         .unwrap();
     // Bob receives the envelope at transport level but never acknowledges it.
@@ -197,4 +197,11 @@ async fn unacknowledged_deliveries_are_redelivered_after_kill9() {
     .unwrap();
     assert_eq!(again.envelope, first.envelope);
     drop(relay);
+}
+
+/// A call id that carries `n` (so the queue order can be checked).
+fn numbered_call_id(n: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    id
 }

@@ -64,7 +64,7 @@ async fn round_trip(wire: Wire) {
         pwd: "pwA".into(),
     });
     let offer = CallMessage::Offer(Offer {
-        call_id: 7,
+        call_id: [7; 16],
         media: CallMedia::Audio,
         key_agreement: vec![1; 40],
         ice,
@@ -74,11 +74,11 @@ async fn round_trip(wire: Wire) {
     assert_eq!(got.from, alice_id);
     assert_eq!(got.message, offer);
 
-    bob.send(alice_id, CallMessage::Ringing { call_id: 7 })
+    bob.send(alice_id, CallMessage::Ringing { call_id: [7; 16] })
         .await
         .unwrap();
     let answer = CallMessage::Answer(Answer {
-        call_id: 7,
+        call_id: [7; 16],
         key_agreement: vec![2; 40],
         ice: Some(IceParameters {
             ufrag: "ufB".into(),
@@ -87,7 +87,7 @@ async fn round_trip(wire: Wire) {
     });
     bob.send(alice_id, answer.clone()).await.unwrap();
     let candidates = CallMessage::IceCandidates(IceCandidates {
-        call_id: 7,
+        call_id: [7; 16],
         generation: 0,
         candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host".into()],
         end_of_candidates: true,
@@ -95,13 +95,13 @@ async fn round_trip(wire: Wire) {
     bob.send(alice_id, candidates.clone()).await.unwrap();
     assert_eq!(
         expect_message(&mut alice).await.message,
-        CallMessage::Ringing { call_id: 7 }
+        CallMessage::Ringing { call_id: [7; 16] }
     );
     assert_eq!(expect_message(&mut alice).await.message, answer);
     assert_eq!(expect_message(&mut alice).await.message, candidates);
 
     let hangup = CallMessage::Hangup(Hangup {
-        call_id: 7,
+        call_id: [7; 16],
         reason: HangupReason::Normal,
     });
     alice.send(bob_id, hangup.clone()).await.unwrap();

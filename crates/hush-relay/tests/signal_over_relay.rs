@@ -88,7 +88,7 @@ async fn signal_call(wire: Wire) {
         .offer(&bob_identity, &mut rand::rng());
     let secret_pwd = "ice-pwd-that-only-bob-may-read";
     let offer = CallMessage::Offer(Offer {
-        call_id: 99,
+        call_id: [99; 16],
         media: CallMedia::Video,
         key_agreement: offer_payload.encode(),
         ice: Some(IceParameters {
@@ -140,13 +140,13 @@ async fn signal_call(wire: Wire) {
         )
         .unwrap();
     let (answer_payload, bob_keys) = incoming.accept(&mut rand::rng()).unwrap();
-    bob.send(alice_id, CallMessage::Ringing { call_id: 99 })
+    bob.send(alice_id, CallMessage::Ringing { call_id: [99; 16] })
         .await
         .unwrap();
     bob.send(
         alice_id,
         CallMessage::Answer(Answer {
-            call_id: 99,
+            call_id: [99; 16],
             key_agreement: answer_payload.encode(),
             ice: None,
         }),
@@ -156,7 +156,7 @@ async fn signal_call(wire: Wire) {
 
     assert_eq!(
         message(&mut alice).await.message,
-        CallMessage::Ringing { call_id: 99 }
+        CallMessage::Ringing { call_id: [99; 16] }
     );
     let answer = message(&mut alice).await;
     assert_eq!(answer.kind, CiphertextKind::Signal);
@@ -172,7 +172,7 @@ async fn signal_call(wire: Wire) {
 
     // Hangup; a replay of it (as a relay might do) is dropped.
     let hangup = CallMessage::Hangup(Hangup {
-        call_id: 99,
+        call_id: [99; 16],
         reason: HangupReason::Normal,
     });
     let envelope = alice.seal(bob_id, hangup.clone()).await.unwrap();

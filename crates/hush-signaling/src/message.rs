@@ -19,6 +19,9 @@ pub const MAX_KEY_AGREEMENT_LEN: usize = 4096;
 /// Longest accepted ICE ufrag or password.
 pub const MAX_ICE_CREDENTIAL_LEN: usize = 256;
 
+/// A call id: 16 random bytes chosen by the caller (the same id the key agreement binds).
+pub type CallId = [u8; 16];
+
 /// Kind of media a call starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -42,7 +45,7 @@ pub struct IceParameters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
     /// Call id chosen by the caller.
-    pub call_id: u64,
+    pub call_id: CallId,
     /// Media the call starts with.
     pub media: CallMedia,
     /// Opaque key-agreement payload from hush-crypto (the caller's ephemeral public key etc.).
@@ -55,7 +58,7 @@ pub struct Offer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// Call id from the offer.
-    pub call_id: u64,
+    pub call_id: CallId,
     /// Opaque key-agreement payload from hush-crypto.
     pub key_agreement: Vec<u8>,
     /// The callee's ICE credentials.
@@ -66,7 +69,7 @@ pub struct Answer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceCandidates {
     /// Call id.
-    pub call_id: u64,
+    pub call_id: CallId,
     /// ICE generation (incremented by an ICE restart).
     pub generation: u32,
     /// Candidates in SDP `candidate-attribute` form.
@@ -121,7 +124,7 @@ impl HangupReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hangup {
     /// Call id.
-    pub call_id: u64,
+    pub call_id: CallId,
     /// Why.
     pub reason: HangupReason,
 }
@@ -141,18 +144,18 @@ pub enum CallMessage {
     /// The callee is in another call.
     Busy {
         /// Call id.
-        call_id: u64,
+        call_id: CallId,
     },
     /// The callee's device is ringing.
     Ringing {
         /// Call id.
-        call_id: u64,
+        call_id: CallId,
     },
 }
 
 impl CallMessage {
     /// The call this message belongs to.
-    pub fn call_id(&self) -> u64 {
+    pub fn call_id(&self) -> CallId {
         match self {
             Self::Offer(m) => m.call_id,
             Self::Answer(m) => m.call_id,
@@ -178,7 +181,7 @@ impl CallMessage {
         use pb::content::Body;
         match self {
             Self::Offer(m) => Body::Offer(pb::Offer {
-                call_id: m.call_id,
+                call_id: m.call_id.to_vec(),
                 media: match m.media {
                     CallMedia::Audio => pb::CallMedia::Audio as i32,
                     CallMedia::Video => pb::CallMedia::Video as i32,
@@ -187,12 +190,12 @@ impl CallMessage {
                 ice: m.ice.as_ref().map(ice_to_proto),
             }),
             Self::Answer(m) => Body::Answer(pb::Answer {
-                call_id: m.call_id,
+                call_id: m.call_id.to_vec(),
                 key_agreement: m.key_agreement.clone(),
                 ice: m.ice.as_ref().map(ice_to_proto),
             }),
             Self::IceCandidates(m) => Body::IceCandidates(pb::IceCandidates {
-                call_id: m.call_id,
+                call_id: m.call_id.to_vec(),
                 generation: m.generation,
                 candidates: m
                     .candidates
@@ -204,11 +207,15 @@ impl CallMessage {
                 end_of_candidates: m.end_of_candidates,
             }),
             Self::Hangup(m) => Body::Hangup(pb::Hangup {
-                call_id: m.call_id,
+                call_id: m.call_id.to_vec(),
                 reason: m.reason.to_proto(),
             }),
-            Self::Busy { call_id } => Body::Busy(pb::Busy { call_id: *call_id }),
-            Self::Ringing { call_id } => Body::Ringing(pb::Ringing { call_id: *call_id }),
+            Self::Busy { call_id } => Body::Busy(pb::Busy {
+                call_id: call_id.to_vec(),
+            }),
+            Self::Ringing { call_id } => Body::Ringing(pb::Ringing {
+                call_id: call_id.to_vec(),
+            }),
         }
     }
 
@@ -230,7 +237,7 @@ impl CallMessage {
                 };
                 check_key_agreement(&m.key_agreement)?;
                 Self::Offer(Offer {
-                    call_id: m.call_id,
+                    call_id: call_id_from_proto(&m.call_id)?,
                     media,
                     key_agreement: m.key_agreement,
                     ice: m.ice.map(ice_from_proto).transpose()?,
@@ -239,7 +246,7 @@ impl CallMessage {
             Body::Answer(m) => {
                 check_key_agreement(&m.key_agreement)?;
                 Self::Answer(Answer {
-                    call_id: m.call_id,
+                    call_id: call_id_from_proto(&m.call_id)?,
                     key_agreement: m.key_agreement,
                     ice: m.ice.map(ice_from_proto).transpose()?,
                 })
@@ -255,20 +262,30 @@ impl CallMessage {
                     return Err(Error::Malformed("ICE candidate too long"));
                 }
                 Self::IceCandidates(IceCandidates {
-                    call_id: m.call_id,
+                    call_id: call_id_from_proto(&m.call_id)?,
                     generation: m.generation,
                     candidates: m.candidates.into_iter().map(|c| c.candidate).collect(),
                     end_of_candidates: m.end_of_candidates,
                 })
             }
             Body::Hangup(m) => Self::Hangup(Hangup {
-                call_id: m.call_id,
+                call_id: call_id_from_proto(&m.call_id)?,
                 reason: HangupReason::from_proto(m.reason),
             }),
-            Body::Busy(m) => Self::Busy { call_id: m.call_id },
-            Body::Ringing(m) => Self::Ringing { call_id: m.call_id },
+            Body::Busy(m) => Self::Busy {
+                call_id: call_id_from_proto(&m.call_id)?,
+            },
+            Body::Ringing(m) => Self::Ringing {
+                call_id: call_id_from_proto(&m.call_id)?,
+            },
         })
     }
+}
+
+fn call_id_from_proto(bytes: &[u8]) -> Result<CallId, Error> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Malformed("call id must be 16 bytes"))
 }
 
 fn check_key_agreement(bytes: &[u8]) -> Result<(), Error> {
@@ -369,28 +386,28 @@ mod tests {
         });
         vec![
             CallMessage::Offer(Offer {
-                call_id: 1,
+                call_id: [1; 16],
                 media: CallMedia::Video,
                 key_agreement: vec![1, 2, 3],
                 ice: ice.clone(),
             }),
             CallMessage::Answer(Answer {
-                call_id: 1,
+                call_id: [1; 16],
                 key_agreement: vec![4],
                 ice,
             }),
             CallMessage::IceCandidates(IceCandidates {
-                call_id: 1,
+                call_id: [1; 16],
                 generation: 2,
                 candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into()],
                 end_of_candidates: true,
             }),
             CallMessage::Hangup(Hangup {
-                call_id: 1,
+                call_id: [1; 16],
                 reason: HangupReason::AcceptedElsewhere,
             }),
-            CallMessage::Busy { call_id: 9 },
-            CallMessage::Ringing { call_id: 9 },
+            CallMessage::Busy { call_id: [9; 16] },
+            CallMessage::Ringing { call_id: [9; 16] },
         ]
     }
 
@@ -412,7 +429,10 @@ mod tests {
             HangupReason::AcceptedElsewhere,
             HangupReason::Unknown(99),
         ] {
-            let c = content(CallMessage::Hangup(Hangup { call_id: 3, reason }));
+            let c = content(CallMessage::Hangup(Hangup {
+                call_id: [3; 16],
+                reason,
+            }));
             assert_eq!(Content::decode(&c.encode()).unwrap(), c);
         }
     }
@@ -435,7 +455,9 @@ mod tests {
             Err(Error::UnsupportedMessage)
         ));
         p.version = 2;
-        p.body = Some(pb::content::Body::Busy(pb::Busy { call_id: 1 }));
+        p.body = Some(pb::content::Body::Busy(pb::Busy {
+            call_id: vec![1; 16],
+        }));
         assert!(matches!(
             Content::decode(&p.encode_to_vec()),
             Err(Error::UnsupportedVersion(2))
@@ -445,21 +467,21 @@ mod tests {
     #[test]
     fn oversized_fields_rejected() {
         let c = content(CallMessage::IceCandidates(IceCandidates {
-            call_id: 1,
+            call_id: [1; 16],
             generation: 0,
             candidates: vec!["x".into(); MAX_CANDIDATES_PER_BATCH + 1],
             end_of_candidates: false,
         }));
         assert!(Content::decode(&c.encode()).is_err());
         let c = content(CallMessage::Offer(Offer {
-            call_id: 1,
+            call_id: [1; 16],
             media: CallMedia::Audio,
             key_agreement: vec![0; MAX_KEY_AGREEMENT_LEN + 1],
             ice: None,
         }));
         assert!(Content::decode(&c.encode()).is_err());
         let c = content(CallMessage::Answer(Answer {
-            call_id: 1,
+            call_id: [1; 16],
             key_agreement: vec![],
             ice: None,
         }));
@@ -474,7 +496,7 @@ mod tests {
 
         #[test]
         fn ice_batches_round_trip(
-            call_id in any::<u64>(),
+            call_id in any::<[u8; 16]>(),
             generation in any::<u32>(),
             candidates in proptest::collection::vec("[ -~]{0,64}", 0..8),
             eoc in any::<bool>(),

@@ -27,10 +27,18 @@ impl Sealer for MaskSealer {
         let mut ciphertext = peer.as_bytes()[..4].to_vec();
         let m = mask(&self.local, peer);
         ciphertext.extend(plaintext.iter().map(|b| b ^ m));
-        Ok(Sealed { kind: CiphertextKind::Signal, ciphertext })
+        Ok(Sealed {
+            kind: CiphertextKind::Signal,
+            ciphertext,
+        })
     }
 
-    async fn open(&mut self, peer: &DeviceId, _: CiphertextKind, ct: &[u8]) -> Result<Vec<u8>, Error> {
+    async fn open(
+        &mut self,
+        peer: &DeviceId,
+        _: CiphertextKind,
+        ct: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let (to, body) = ct.split_at_checked(4).ok_or(Error::Open("short".into()))?;
         if to != &self.local.as_bytes()[..4] {
             return Err(Error::Open("not for us".into()));
@@ -53,7 +61,10 @@ impl WallClock for TestClock {
 type Client = SignalingClient<MemoryTransport, MaskSealer>;
 
 fn pair(net: &MemoryNetwork, clock: &Arc<TestClock>) -> (Client, Client) {
-    let (a, b) = (generate_device_key().device_id(), generate_device_key().device_id());
+    let (a, b) = (
+        generate_device_key().device_id(),
+        generate_device_key().device_id(),
+    );
     let mut config = SignalingConfig::default();
     config.clock = clock.clone();
     config.max_age = Duration::from_secs(60);
@@ -65,11 +76,19 @@ fn pair(net: &MemoryNetwork, clock: &Arc<TestClock>) -> (Client, Client) {
 }
 
 async fn recv(c: &mut Client) -> SignalingEvent {
-    tokio::time::timeout(Duration::from_secs(5), c.recv()).await.unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(5), c.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn offer() -> CallMessage {
-    CallMessage::Offer(Offer { call_id: 1, media: CallMedia::Audio, key_agreement: vec![7; 32], ice: None })
+    CallMessage::Offer(Offer {
+        call_id: [1; 16],
+        media: CallMedia::Audio,
+        key_agreement: vec![7; 32],
+        ice: None,
+    })
 }
 
 #[tokio::test]
@@ -78,16 +97,23 @@ async fn typed_messages_flow_both_ways() {
     let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
     let (mut a, mut b) = pair(&net, &clock);
     a.send(b.local_device(), offer()).await.unwrap();
-    let SignalingEvent::Message(m) = recv(&mut b).await else { panic!() };
-    assert_eq!((m.from, m.message, m.sent_at_ms), (a.local_device(), offer(), 1_000_000));
+    let SignalingEvent::Message(m) = recv(&mut b).await else {
+        panic!()
+    };
+    assert_eq!(
+        (m.from, m.message, m.sent_at_ms),
+        (a.local_device(), offer(), 1_000_000)
+    );
     let ice = CallMessage::IceCandidates(IceCandidates {
-        call_id: 1,
+        call_id: [1; 16],
         generation: 1,
         candidates: vec!["candidate:2 1 udp 1 10.0.0.1 9 typ host".into(); 3],
         end_of_candidates: false,
     });
     b.send(a.local_device(), ice.clone()).await.unwrap();
-    let SignalingEvent::Message(m) = recv(&mut a).await else { panic!() };
+    let SignalingEvent::Message(m) = recv(&mut a).await else {
+        panic!()
+    };
     assert_eq!(m.message, ice);
 }
 
@@ -99,12 +125,24 @@ async fn stale_and_future_messages_are_dropped() {
     // Sealed now, delivered 61 s later (an old offer must not ring).
     a.send(b.local_device(), offer()).await.unwrap();
     clock.0.store(1_061_000, Ordering::Relaxed);
-    assert!(matches!(recv(&mut b).await, SignalingEvent::Dropped { reason: Error::Stale, .. }));
+    assert!(matches!(
+        recv(&mut b).await,
+        SignalingEvent::Dropped {
+            reason: Error::Stale,
+            ..
+        }
+    ));
     // Sealed by a sender whose clock runs 11 s ahead.
     clock.0.store(1_072_000, Ordering::Relaxed);
     a.send(b.local_device(), offer()).await.unwrap();
     clock.0.store(1_061_000, Ordering::Relaxed);
-    assert!(matches!(recv(&mut b).await, SignalingEvent::Dropped { reason: Error::Stale, .. }));
+    assert!(matches!(
+        recv(&mut b).await,
+        SignalingEvent::Dropped {
+            reason: Error::Stale,
+            ..
+        }
+    ));
     assert_eq!(b.stats().dropped_stale, 2);
     assert_eq!(b.stats().received, 0);
 }
@@ -115,7 +153,10 @@ async fn misrouted_or_relabelled_envelopes_are_dropped() {
     net.start_recording();
     let clock = Arc::new(TestClock(AtomicU64::new(5_000_000)));
     let (mut a, mut b) = pair(&net, &clock);
-    let hangup = CallMessage::Hangup(Hangup { call_id: 4, reason: HangupReason::Declined });
+    let hangup = CallMessage::Hangup(Hangup {
+        call_id: [4; 16],
+        reason: HangupReason::Declined,
+    });
     let env = a.seal(b.local_device(), hangup).await.unwrap();
     // Claimed sender changed by a relay: the sealed copy disagrees (and the seal does not open).
     let mut forged = env.clone();
@@ -127,20 +168,42 @@ async fn misrouted_or_relabelled_envelopes_are_dropped() {
     let c = generate_device_key().device_id();
     let mut config = SignalingConfig::default();
     config.clock = clock.clone();
-    let mut c_client = SignalingClient::with_config(net.endpoint(c), MaskSealer { local: c }, config);
+    let mut c_client =
+        SignalingClient::with_config(net.endpoint(c), MaskSealer { local: c }, config);
     // ... as is: not addressed to this device.
-    assert!(matches!(c_client.process(env.clone()).await, Err(Error::WrongRecipient)));
+    assert!(matches!(
+        c_client.process(env.clone()).await,
+        Err(Error::WrongRecipient)
+    ));
     // ... relabelled for it: the seal is for someone else and does not open.
     let mut misrouted = env.clone();
     misrouted.recipient = c;
     net.inject(misrouted).unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), c_client.recv()).await.unwrap().unwrap();
-    assert!(matches!(event, SignalingEvent::Dropped { reason: Error::Open(_), .. }), "{event:?}");
+    let event = tokio::time::timeout(Duration::from_secs(5), c_client.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            event,
+            SignalingEvent::Dropped {
+                reason: Error::Open(_),
+                ..
+            }
+        ),
+        "{event:?}"
+    );
     // The genuine envelope still goes through once.
     net.inject(env.clone()).unwrap();
     assert!(matches!(recv(&mut b).await, SignalingEvent::Message(_)));
     net.inject(env).unwrap();
-    assert!(matches!(recv(&mut b).await, SignalingEvent::Dropped { reason: Error::Replay, .. }));
+    assert!(matches!(
+        recv(&mut b).await,
+        SignalingEvent::Dropped {
+            reason: Error::Replay,
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
@@ -159,8 +222,13 @@ async fn unsupported_content_version_is_dropped_not_crashed_on() {
         timestamp_ms: 5_000_000,
         body: None,
     };
-    let mut sealer = MaskSealer { local: a.local_device() };
-    let sealed = sealer.seal(&b.local_device(), &content.encode_to_vec()).await.unwrap();
+    let mut sealer = MaskSealer {
+        local: a.local_device(),
+    };
+    let sealed = sealer
+        .seal(&b.local_device(), &content.encode_to_vec())
+        .await
+        .unwrap();
     net.inject(hush_signaling::Envelope {
         id,
         sender: a.local_device(),
@@ -172,7 +240,10 @@ async fn unsupported_content_version_is_dropped_not_crashed_on() {
     .unwrap();
     assert!(matches!(
         recv(&mut b).await,
-        SignalingEvent::Dropped { reason: Error::UnsupportedVersion(9), .. }
+        SignalingEvent::Dropped {
+            reason: Error::UnsupportedVersion(9),
+            ..
+        }
     ));
     assert_eq!(b.stats().dropped_invalid, 1);
     let _ = a;

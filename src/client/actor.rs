@@ -1,0 +1,588 @@
+//! The client's actor: one tokio task that owns the signaling client, the call state machine and
+//! the key exchange, and starts one media task per call. It only moves values between them; the
+//! decisions are the machine's.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Instant;
+
+use hush_crypto::{Backend, IncomingOffer, PendingOffer};
+use hush_net::driver::Started;
+use hush_net::{CandidateKind, IceCredentials, Role};
+use hush_signaling::crypto::SignalSealer;
+use hush_signaling::{
+    CallMedia, CallMessage, DeviceId, IceParameters, IncomingMessage, SignalingClient,
+    SignalingEvent, Transport,
+};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::call::{Call, CallEvent, IncomingCall};
+use super::media::{MediaCommand, MediaTask};
+use super::{ClientConfig, Command, NET_START_TIMEOUT};
+use crate::machine::{
+    CallId, CallMachine, CallState, Event, HangupReason, Output, PeerId, Side, Signal,
+};
+use crate::Error;
+
+/// What the machine carries opaquely for the actor.
+#[derive(Debug)]
+pub(super) enum Payload {
+    Offer(hush_signaling::Offer),
+    Answer(hush_signaling::Answer),
+    Candidates(hush_signaling::IceCandidates),
+}
+
+/// The active call's plumbing.
+struct Current {
+    id: CallId,
+    pending: Option<PendingOffer>,
+    media: mpsc::UnboundedSender<MediaCommand>,
+    events: mpsc::UnboundedSender<CallEvent>,
+    suite: Arc<StdMutex<&'static str>>,
+    path: Option<CandidateKind>,
+}
+
+pub(super) struct Actor<T, B: Backend> {
+    signaling: SignalingClient<T, SignalSealer<B>>,
+    machine: CallMachine<Payload>,
+    config: ClientConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    self_tx: mpsc::UnboundedSender<Command>,
+    incoming_tx: mpsc::UnboundedSender<IncomingCall>,
+    current: Option<Current>,
+    /// The validated offer of the call ringing here, kept for the answer.
+    ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>)>,
+    transport_open: bool,
+}
+
+enum Wake {
+    Command(Option<Command>),
+    Signal(Result<SignalingEvent, hush_signaling::Error>),
+    Timer,
+}
+
+impl<T, B> Actor<T, B>
+where
+    T: Transport + 'static,
+    B: Backend + Send + 'static,
+{
+    pub(super) fn new(
+        signaling: SignalingClient<T, SignalSealer<B>>,
+        config: ClientConfig,
+        commands: mpsc::UnboundedReceiver<Command>,
+        self_tx: mpsc::UnboundedSender<Command>,
+        incoming_tx: mpsc::UnboundedSender<IncomingCall>,
+    ) -> Self {
+        Self {
+            signaling,
+            machine: CallMachine::new(config.timeouts),
+            config,
+            commands,
+            self_tx,
+            incoming_tx,
+            current: None,
+            ringing_offer: None,
+            transport_open: true,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let span = info_span!("hush_client", device = %short(&self.signaling.local_device()));
+        async move {
+            loop {
+                let deadline = self.machine.poll_timeout();
+                let wake = tokio::select! {
+                    c = self.commands.recv() => Wake::Command(c),
+                    e = self.signaling.recv(), if self.transport_open => Wake::Signal(e),
+                    () = sleep_until(deadline) => Wake::Timer,
+                };
+                match wake {
+                    Wake::Command(None | Some(Command::Shutdown)) => {
+                        if let Some((id, _, _)) = self.machine.active() {
+                            let _ = self.machine.hangup(id);
+                        }
+                        self.drain().await;
+                        break;
+                    }
+                    Wake::Command(Some(c)) => self.on_command(c).await,
+                    Wake::Signal(Ok(SignalingEvent::Message(m))) => self.on_message(m),
+                    Wake::Signal(Ok(other)) => debug!(event = ?other, "signaling event"),
+                    Wake::Signal(Err(e)) => {
+                        warn!(error = %e, "signaling transport failed; no more incoming messages");
+                        self.transport_open = false;
+                    }
+                    Wake::Timer => self.machine.handle_timeout(Instant::now()),
+                }
+                self.drain().await;
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    // ----- commands from the application and the media tasks -----
+
+    async fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Call(peer, reply) => {
+                let r = self.place_call(peer).await;
+                let _ = reply.send(r);
+            }
+            Command::Accept(id, reply) => {
+                let r = self.accept(id).await;
+                let _ = reply.send(r);
+            }
+            Command::Reject(id) => {
+                self.ringing_offer = None;
+                let _ = self.machine.reject(id);
+            }
+            Command::Hangup(id) => {
+                let _ = self.machine.hangup(id);
+            }
+            Command::LocalCandidate(id, line) => self.trickle(id, line).await,
+            Command::PathUp(id, kind) => {
+                if let Some(cur) = self.current.as_mut().filter(|c| c.id == id) {
+                    let was = cur.path.replace(kind);
+                    let connected =
+                        matches!(self.machine.active(), Some((_, _, CallState::Connected)));
+                    if connected && was.is_some_and(|w| w != kind) {
+                        let _ = cur.events.send(CallEvent::PathChanged { path: kind });
+                    }
+                }
+                let _ = self.machine.path_up(id);
+            }
+            Command::PathDown(id) => {
+                let _ = self.machine.path_down(Instant::now(), id);
+            }
+            Command::NetFailed(id) => {
+                let _ = self.machine.fail(id);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    async fn place_call(&mut self, peer: DeviceId) -> Result<Call, Error> {
+        if self.machine.active().is_some() {
+            return Err(Error::Busy);
+        }
+        let sealer = self.signaling.sealer_mut();
+        let address = sealer.address_of(&peer)?;
+        let identity = sealer
+            .device()
+            .store()
+            .peer_identity(&address)?
+            .ok_or(Error::NoSession)?;
+        let (pending, offer) = sealer.device().calls().offer(&identity, &mut rand::rng());
+        let id = CallId(*offer.call_id().as_bytes());
+        let net = start_net(&self.config, Role::Controlling).await?;
+        let creds = net.credentials.clone();
+        let (call, mut current) = self.start_media(id, peer, net, self.config.media.clone());
+        current.pending = Some(pending);
+        self.current = Some(current);
+        let message = hush_signaling::Offer {
+            call_id: id.0,
+            media: CallMedia::Audio,
+            key_agreement: offer.encode(),
+            ice: Some(ice_parameters(creds)),
+        };
+        if let Err(e) =
+            self.machine
+                .call(Instant::now(), peer_id(&peer), id, Payload::Offer(message))
+        {
+            self.stop_current();
+            return Err(e.into());
+        }
+        info!(call = ?id, "calling");
+        Ok(call)
+    }
+
+    async fn accept(&mut self, id: CallId) -> Result<Call, Error> {
+        let ringing =
+            matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id);
+        let peer = self.machine.active_peer().and_then(device_id);
+        let offer = self.ringing_offer.take().filter(|(o, _, _)| *o == id);
+        let (Some(peer), Some((_, incoming, remote_ice)), true) = (peer, offer, ringing) else {
+            return Err(Error::CallEnded);
+        };
+        let net = start_net(&self.config, Role::Controlled).await?;
+        let creds = net.credentials.clone();
+        // The keys exist from here on, and only because the user accepted.
+        let (answer, keys) = incoming.accept(&mut rand::rng())?;
+        let suite = keys.suite.name();
+        let (call, current) = self.start_media(id, peer, net, self.config.media.mirrored());
+        *current.suite.lock().unwrap_or_else(|e| e.into_inner()) = suite;
+        let _ = current.media.send(MediaCommand::Keys(Box::new(keys)));
+        if let Some(ice) = remote_ice {
+            let _ = current
+                .media
+                .send(MediaCommand::RemoteCredentials(IceCredentials::new(
+                    ice.ufrag, ice.pwd,
+                )));
+        }
+        self.current = Some(current);
+        let message = hush_signaling::Answer {
+            call_id: id.0,
+            key_agreement: answer.encode(),
+            ice: Some(ice_parameters(creds)),
+        };
+        if let Err(e) = self
+            .machine
+            .accept(Instant::now(), id, Payload::Answer(message))
+        {
+            self.stop_current();
+            return Err(e.into());
+        }
+        info!(call = ?id, "accepted");
+        Ok(call)
+    }
+
+    async fn trickle(&mut self, id: CallId, line: String) {
+        let Some(peer) = self
+            .machine
+            .active()
+            .filter(|(a, _, _)| *a == id)
+            .and_then(|_| self.machine.active_peer())
+            .and_then(device_id)
+        else {
+            return;
+        };
+        let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
+            call_id: id.0,
+            generation: 0,
+            candidates: vec![line],
+            end_of_candidates: false,
+        });
+        if let Err(e) = self.signaling.send(peer, message).await {
+            warn!(error = %e, "could not send a candidate");
+        }
+    }
+
+    fn start_media(
+        &self,
+        id: CallId,
+        peer: DeviceId,
+        net: Started,
+        session: hush_media::SessionConfig,
+    ) -> (Call, Current) {
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (audio_tx, audio_rx) = mpsc::channel(256);
+        let suite = Arc::new(StdMutex::new(""));
+        let task = MediaTask {
+            call_id: id,
+            net,
+            commands: media_rx,
+            actor: self.self_tx.clone(),
+            audio_out: audio_tx,
+            session,
+            send_loss: self.config.simulated_send_loss,
+        };
+        tokio::spawn(task.run().instrument(info_span!("hush_media", call = ?id)));
+        let call = Call {
+            id,
+            peer,
+            actor: self.self_tx.clone(),
+            media: media_tx.clone(),
+            events: Mutex::new(events_rx),
+            audio: Mutex::new(audio_rx),
+            suite: suite.clone(),
+        };
+        let current = Current {
+            id,
+            pending: None,
+            media: media_tx,
+            events: events_tx,
+            suite,
+            path: None,
+        };
+        (call, current)
+    }
+
+    fn stop_current(&mut self) {
+        if let Some(cur) = self.current.take() {
+            let _ = cur.media.send(MediaCommand::Stop);
+        }
+    }
+
+    // ----- messages from the peer -----
+
+    fn on_message(&mut self, m: IncomingMessage) {
+        let from = peer_id(&m.from);
+        let signal = match m.message {
+            CallMessage::Offer(offer) => {
+                let id = CallId(offer.call_id);
+                match self.validate_offer(&m.from, &offer) {
+                    Ok(incoming) => {
+                        let ice = offer.ice.clone();
+                        self.machine.handle_signal(
+                            Instant::now(),
+                            &from,
+                            Signal::Offer {
+                                call_id: id,
+                                payload: Payload::Offer(offer),
+                            },
+                        );
+                        // Keep the offer only if it rings now (not busy, not a lost glare).
+                        if matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id)
+                        {
+                            self.ringing_offer = Some((id, incoming, ice));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "offer refused"),
+                }
+                return;
+            }
+            CallMessage::Answer(a) => Signal::Answer {
+                call_id: CallId(a.call_id),
+                payload: Payload::Answer(a),
+            },
+            CallMessage::IceCandidates(c) => Signal::IceCandidates {
+                call_id: CallId(c.call_id),
+                payload: Payload::Candidates(c),
+            },
+            CallMessage::Hangup(h) => Signal::Hangup {
+                call_id: CallId(h.call_id),
+                reason: hangup_from_wire(h.reason),
+            },
+            CallMessage::Busy { call_id } => Signal::Busy {
+                call_id: CallId(call_id),
+            },
+            CallMessage::Ringing { call_id } => Signal::Ringing {
+                call_id: CallId(call_id),
+            },
+            other => {
+                debug!(kind = other.kind(), "message ignored");
+                return;
+            }
+        };
+        self.machine.handle_signal(Instant::now(), &from, signal);
+    }
+
+    /// Checks an offer's key agreement against the Signal session it arrived on, before the
+    /// call may ring: version, suites, a contributory ephemeral, a call id never seen before.
+    fn validate_offer(
+        &mut self,
+        from: &DeviceId,
+        offer: &hush_signaling::Offer,
+    ) -> Result<IncomingOffer, Error> {
+        let payload = hush_crypto::Offer::decode(&offer.key_agreement)?;
+        if payload.call_id().as_bytes() != &offer.call_id {
+            return Err(Error::Signaling(hush_signaling::Error::Mismatch(
+                "offer call id differs from its key agreement",
+            )));
+        }
+        let sealer = self.signaling.sealer_mut();
+        let address = sealer.address_of(from)?;
+        let identity = sealer
+            .device()
+            .store()
+            .peer_identity(&address)?
+            .ok_or(Error::NoSession)?;
+        Ok(sealer
+            .device_mut()
+            .calls_mut()
+            .receive_offer(&payload, &identity)?)
+    }
+
+    // ----- machine outputs -----
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                Output::Send { peer, signal } => {
+                    let Some(to) = device_id(&peer) else {
+                        continue;
+                    };
+                    let message = to_wire(signal);
+                    if let Err(e) = self.signaling.send(to, message).await {
+                        warn!(error = %e, "could not send a call message");
+                    }
+                }
+                Output::Event(event) => self.on_machine_event(event),
+            }
+        }
+    }
+
+    fn on_machine_event(&mut self, event: Event<Payload>) {
+        match event {
+            Event::Incoming {
+                call_id,
+                peer,
+                replaces_outgoing,
+                ..
+            } => {
+                let Some(peer) = device_id(&peer) else {
+                    return;
+                };
+                let _ = self.incoming_tx.send(IncomingCall {
+                    id: call_id,
+                    peer,
+                    replaces_outgoing,
+                    actor: self.self_tx.clone(),
+                });
+            }
+            Event::RemoteRinging { call_id } => self.to_app(call_id, CallEvent::Ringing),
+            Event::Answered { call_id, answer } => self.answered(call_id, answer),
+            Event::RemoteCandidates {
+                call_id,
+                candidates: Payload::Candidates(c),
+            } => {
+                if let Some(cur) = self.current.as_ref().filter(|c| c.id == call_id) {
+                    for line in c.candidates {
+                        let _ = cur.media.send(MediaCommand::RemoteCandidate(line));
+                    }
+                }
+            }
+            Event::RemoteCandidates { .. } => {}
+            Event::Connected { call_id } => {
+                let path = self
+                    .current
+                    .as_ref()
+                    .and_then(|c| c.path)
+                    .unwrap_or(CandidateKind::Host);
+                self.to_app(call_id, CallEvent::Connected { path });
+            }
+            Event::Reconnecting { call_id } => self.to_app(call_id, CallEvent::Reconnecting),
+            Event::Ended { call_id, reason } => {
+                if self
+                    .ringing_offer
+                    .as_ref()
+                    .is_some_and(|(id, _, _)| *id == call_id)
+                {
+                    self.ringing_offer = None;
+                }
+                if self.current.as_ref().is_some_and(|c| c.id == call_id) {
+                    self.to_app(call_id, CallEvent::Ended(reason));
+                    self.stop_current();
+                }
+            }
+        }
+    }
+
+    /// Caller: the answer arrived. Finish the key exchange; a bad answer ends the call.
+    fn answered(&mut self, call_id: CallId, answer: Payload) {
+        let Payload::Answer(answer) = answer else {
+            return;
+        };
+        let Some(cur) = self.current.as_mut().filter(|c| c.id == call_id) else {
+            return;
+        };
+        let keys = hush_crypto::Answer::decode(&answer.key_agreement).and_then(|a| {
+            cur.pending
+                .as_mut()
+                .ok_or(hush_crypto::Error::Internal("no pending offer"))?
+                .finish(&a)
+        });
+        cur.pending = None;
+        match keys {
+            Ok(keys) => {
+                *cur.suite.lock().unwrap_or_else(|e| e.into_inner()) = keys.suite.name();
+                let _ = cur.media.send(MediaCommand::Keys(Box::new(keys)));
+                if let Some(ice) = answer.ice {
+                    let _ = cur
+                        .media
+                        .send(MediaCommand::RemoteCredentials(IceCredentials::new(
+                            ice.ufrag, ice.pwd,
+                        )));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "answer refused; ending the call");
+                let _ = self.machine.fail(call_id);
+            }
+        }
+    }
+
+    fn to_app(&self, call_id: CallId, event: CallEvent) {
+        if let Some(cur) = self.current.as_ref().filter(|c| c.id == call_id) {
+            let _ = cur.events.send(event);
+        }
+    }
+}
+
+/// Starts the ICE driver for one call (it binds sockets and begins gathering).
+async fn start_net(config: &ClientConfig, role: Role) -> Result<Started, Error> {
+    let start = hush_net::driver::start(config.net.clone(), role, config.bind.clone());
+    match tokio::time::timeout(NET_START_TIMEOUT, start).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::NetStartTimeout),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn short(d: &DeviceId) -> String {
+    d.to_hex().chars().take(8).collect()
+}
+
+fn peer_id(d: &DeviceId) -> PeerId {
+    PeerId(d.to_hex())
+}
+
+fn device_id(p: &PeerId) -> Option<DeviceId> {
+    let bytes = hex::decode(&p.0).ok()?;
+    DeviceId::from_slice(&bytes).ok()
+}
+
+fn ice_parameters(c: IceCredentials) -> IceParameters {
+    IceParameters {
+        ufrag: c.ufrag,
+        pwd: c.pwd,
+    }
+}
+
+fn hangup_to_wire(r: HangupReason) -> hush_signaling::HangupReason {
+    match r {
+        HangupReason::Declined => hush_signaling::HangupReason::Declined,
+        HangupReason::Busy => hush_signaling::HangupReason::Busy,
+        HangupReason::Timeout => hush_signaling::HangupReason::Timeout,
+        HangupReason::AcceptedElsewhere => hush_signaling::HangupReason::AcceptedElsewhere,
+        _ => hush_signaling::HangupReason::Normal,
+    }
+}
+
+fn hangup_from_wire(r: hush_signaling::HangupReason) -> HangupReason {
+    match r {
+        hush_signaling::HangupReason::Declined => HangupReason::Declined,
+        hush_signaling::HangupReason::Busy => HangupReason::Busy,
+        hush_signaling::HangupReason::Timeout => HangupReason::Timeout,
+        hush_signaling::HangupReason::AcceptedElsewhere => HangupReason::AcceptedElsewhere,
+        _ => HangupReason::Normal,
+    }
+}
+
+fn to_wire(signal: Signal<Payload>) -> CallMessage {
+    match signal {
+        Signal::Offer {
+            payload: Payload::Offer(o),
+            ..
+        } => CallMessage::Offer(o),
+        Signal::Answer {
+            payload: Payload::Answer(a),
+            ..
+        } => CallMessage::Answer(a),
+        Signal::IceCandidates {
+            payload: Payload::Candidates(c),
+            ..
+        } => CallMessage::IceCandidates(c),
+        Signal::Ringing { call_id } => CallMessage::Ringing { call_id: call_id.0 },
+        Signal::Busy { call_id } => CallMessage::Busy { call_id: call_id.0 },
+        Signal::Hangup { call_id, reason } => CallMessage::Hangup(hush_signaling::Hangup {
+            call_id: call_id.0,
+            reason: hangup_to_wire(reason),
+        }),
+        // A payload that does not match its message kind cannot be built by the actor; send a
+        // hangup for that call rather than panic.
+        Signal::Offer { call_id, .. }
+        | Signal::Answer { call_id, .. }
+        | Signal::IceCandidates { call_id, .. } => CallMessage::Hangup(hush_signaling::Hangup {
+            call_id: call_id.0,
+            reason: hush_signaling::HangupReason::Normal,
+        }),
+    }
+}

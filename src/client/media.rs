@@ -1,0 +1,279 @@
+//! The per-call media task: the ICE connection (`hush-net` driver), the [`MediaPath`] once keys
+//! exist, and the Opus codec between PCM and the media engine.
+
+use std::time::Instant;
+
+use hush_crypto::MediaKeys;
+use hush_media::codec::{Codec, OpusCodec};
+use hush_media::jitter::Playout;
+use hush_media::{Event as MediaEvent, SessionConfig};
+use hush_net::driver::Started;
+use hush_net::{CandidateKind, ConnectionState, Event as NetEvent, IceCredentials};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::call::{AudioFrame, FrameSource};
+use super::Command;
+use crate::machine::CallId;
+use crate::media_path::MediaPath;
+
+/// Commands from the actor and the [`Call`](super::Call) handle to the media task.
+#[derive(Debug)]
+pub(crate) enum MediaCommand {
+    /// The call's keys: media may flow from now on.
+    Keys(Box<MediaKeys>),
+    /// The peer's ICE credentials.
+    RemoteCredentials(IceCredentials),
+    /// One remote candidate line.
+    RemoteCandidate(String),
+    /// One 20 ms PCM frame to send.
+    Audio(Vec<i16>),
+    /// Mute or unmute.
+    Mute(bool),
+    /// Report statistics.
+    Stats(oneshot::Sender<(Option<CandidateKind>, MediaStats)>),
+    /// End: close ICE, destroy keys.
+    Stop,
+}
+
+/// Media counters of a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MediaStats {
+    /// Audio frames encoded and sent.
+    pub frames_sent: u64,
+    /// Audio frames played from a received packet.
+    pub frames_received: u64,
+    /// Audio frames rebuilt from in-band FEC.
+    pub frames_fec: u64,
+    /// Audio frames concealed (nothing arrived in time).
+    pub frames_concealed: u64,
+    /// Datagrams refused by SRTP (forged, corrupted, replayed).
+    pub srtp_failures: u64,
+    /// Datagrams that arrived before the call's keys existed, dropped unread.
+    pub dropped_before_keys: u64,
+    /// PCM frames the application offered before media was allowed, dropped unencoded.
+    pub unsent_before_keys: u64,
+    /// Round-trip time from RTCP, if known.
+    pub rtt_ms: Option<f64>,
+    /// The congestion controller's target bitrate.
+    pub target_bps: u64,
+}
+
+/// What the media task needs to start.
+pub(crate) struct MediaTask {
+    pub(crate) call_id: CallId,
+    pub(crate) net: Started,
+    pub(crate) commands: mpsc::UnboundedReceiver<MediaCommand>,
+    pub(crate) actor: mpsc::UnboundedSender<Command>,
+    pub(crate) audio_out: mpsc::Sender<AudioFrame>,
+    pub(crate) session: SessionConfig,
+    /// Fraction of outgoing datagrams dropped on purpose (a test and demo knob).
+    pub(crate) send_loss: f64,
+}
+
+struct State {
+    path: Option<MediaPath>,
+    codec: OpusCodec,
+    stats: MediaStats,
+    kind: Option<CandidateKind>,
+    muted: bool,
+    pcm: Vec<i16>,
+    encoded: Vec<u8>,
+}
+
+impl MediaTask {
+    pub(crate) async fn run(mut self) {
+        let codec = match OpusCodec::new(1, 20, 32_000) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "opus codec unavailable");
+                let _ = self.actor.send(Command::NetFailed(self.call_id));
+                return;
+            }
+        };
+        let mut st = State {
+            path: None,
+            codec,
+            stats: MediaStats::default(),
+            kind: None,
+            muted: false,
+            pcm: Vec::with_capacity(960),
+            encoded: Vec::with_capacity(400),
+        };
+        loop {
+            let deadline = st.path.as_ref().and_then(MediaPath::poll_timeout);
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = self.net.events.recv() => match ev {
+                    Some(ev) => self.on_net_event(&mut st, ev),
+                    None => break,
+                },
+                d = self.net.datagrams.recv() => match d {
+                    Some(d) => match st.path.as_mut() {
+                        Some(path) => {
+                            if path.handle_datagram(Instant::now(), &d).is_err() {
+                                st.stats.srtp_failures = path.stats().unprotect_failures;
+                            }
+                        }
+                        None => st.stats.dropped_before_keys += 1,
+                    },
+                    None => break,
+                },
+                c = self.commands.recv() => match c {
+                    None | Some(MediaCommand::Stop) => break,
+                    Some(c) => self.on_command(&mut st, c).await,
+                },
+                () = sleep => {
+                    if let Some(path) = st.path.as_mut() {
+                        path.handle_timeout(Instant::now());
+                    }
+                }
+            }
+            self.drain(&mut st);
+        }
+        let _ = self.net.handle.close().await;
+        // Dropping the path drops the SRTP contexts, which zeroize their keys.
+        drop(st.path.take());
+        debug!(call_id = ?self.call_id, "media task ended");
+    }
+
+    fn on_net_event(&self, st: &mut State, ev: NetEvent) {
+        match ev {
+            NetEvent::LocalCandidate(line) => {
+                let _ = self.actor.send(Command::LocalCandidate(self.call_id, line));
+            }
+            NetEvent::PathSelected(info) => {
+                st.kind = Some(info.kind);
+                let _ = self.actor.send(Command::PathUp(self.call_id, info.kind));
+            }
+            NetEvent::StateChanged(ConnectionState::Disconnected) => {
+                let _ = self.actor.send(Command::PathDown(self.call_id));
+            }
+            NetEvent::Failed(e) => {
+                warn!(error = %e, "ICE failed");
+                let _ = self.actor.send(Command::NetFailed(self.call_id));
+            }
+            NetEvent::ServerError(e) => warn!(error = %e, "STUN/TURN server problem"),
+            other => debug!(event = ?other, "ICE event"),
+        }
+    }
+
+    async fn on_command(&self, st: &mut State, c: MediaCommand) {
+        match c {
+            MediaCommand::Keys(keys) => {
+                match MediaPath::new(&keys, self.session.clone(), Instant::now()) {
+                    // `keys` drops here: the SRTP contexts hold the only copies.
+                    Ok(path) => st.path = Some(path),
+                    Err(e) => {
+                        warn!(error = %e, "could not key the media path");
+                        let _ = self.actor.send(Command::NetFailed(self.call_id));
+                    }
+                }
+            }
+            MediaCommand::RemoteCredentials(creds) => {
+                if let Err(e) = self.net.handle.set_remote_credentials(creds).await {
+                    warn!(error = %e, "remote ICE credentials refused");
+                }
+            }
+            MediaCommand::RemoteCandidate(line) => {
+                if let Err(e) = self.net.handle.add_remote_candidate(line).await {
+                    debug!(error = %e, "remote candidate refused");
+                }
+            }
+            MediaCommand::Audio(pcm) => self.send_audio(st, &pcm),
+            MediaCommand::Mute(m) => st.muted = m,
+            MediaCommand::Stats(reply) => {
+                let now = Instant::now();
+                if let Some(path) = st.path.as_mut() {
+                    st.stats.srtp_failures = path.stats().unprotect_failures;
+                    st.stats.target_bps = path.session().target_bps();
+                    st.stats.rtt_ms = path.session().rtt().map(|r| r.as_secs_f64() * 1e3);
+                    let _ = path.quality(now);
+                }
+                let _ = reply.send((st.kind, st.stats));
+            }
+            MediaCommand::Stop => {}
+        }
+    }
+
+    fn send_audio(&self, st: &mut State, pcm: &[i16]) {
+        let Some(path) = st.path.as_mut() else {
+            st.stats.unsent_before_keys += 1;
+            return;
+        };
+        if st.muted {
+            return;
+        }
+        st.encoded.clear();
+        match st.codec.encode(pcm, &mut st.encoded) {
+            Ok(()) => {
+                path.send_audio(Instant::now(), &st.encoded);
+                st.stats.frames_sent += 1;
+            }
+            Err(e) => debug!(error = %e, "encode failed"),
+        }
+    }
+
+    /// Sends what the path produced and plays what it released.
+    fn drain(&self, st: &mut State) {
+        let Some(path) = st.path.as_mut() else {
+            return;
+        };
+        while let Some(d) = path.poll_datagram() {
+            if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
+                continue;
+            }
+            if let Err(e) = self.net.handle.send(d) {
+                debug!(error = %e, "send failed");
+            }
+        }
+        while let Some(ev) = path.poll_event() {
+            match ev {
+                MediaEvent::Audio(playout) => {
+                    st.pcm.clear();
+                    let (decoded, source) = match playout {
+                        Playout::Frame { payload, .. } => {
+                            (st.codec.decode(&payload, &mut st.pcm), FrameSource::Decoded)
+                        }
+                        Playout::Fec { next_payload, .. } => (
+                            st.codec.decode_fec(&next_payload, &mut st.pcm),
+                            FrameSource::Fec,
+                        ),
+                        Playout::Conceal { .. } => {
+                            (st.codec.conceal(&mut st.pcm), FrameSource::Concealed)
+                        }
+                        // Filler to build delay: not a frame of the stream.
+                        Playout::Stretch { .. } => continue,
+                    };
+                    let source = if decoded.is_err() {
+                        FrameSource::Concealed
+                    } else {
+                        source
+                    };
+                    match source {
+                        FrameSource::Decoded => st.stats.frames_received += 1,
+                        FrameSource::Fec => st.stats.frames_fec += 1,
+                        FrameSource::Concealed => st.stats.frames_concealed += 1,
+                    }
+                    // A slow application loses frames rather than stalling the call.
+                    let _ = self.audio_out.try_send(AudioFrame {
+                        pcm: st.pcm.clone(),
+                        source,
+                    });
+                }
+                MediaEvent::EncoderTarget(t) => {
+                    st.codec.set_bitrate(t.audio_bps);
+                    st.codec.set_fec(t.inband_fec, t.expected_loss_percent);
+                }
+                _ => {}
+            }
+        }
+    }
+}

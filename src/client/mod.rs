@@ -1,0 +1,210 @@
+//! The application-facing API: [`Client`], [`Call`], [`IncomingCall`].
+//!
+//! A [`Client`] owns one device's signaling (a [`SignalingClient`] sealing with its Signal
+//! sessions) and runs a tokio task, the *actor*, that joins the sans-IO
+//! [`CallMachine`](crate::machine::CallMachine) to the signaling transport, the key exchange of
+//! `hush-crypto`, and one media task per call (ICE from `hush-net`, SRTP and the media engine via
+//! [`MediaPath`](crate::media_path::MediaPath), Opus).
+//!
+//! ```text
+//!  app ──call/accept/hangup──▶ actor ──seal/send──▶ Transport ──▶ relay ──▶ peer
+//!                               │  ▲ machine outputs / signaling events
+//!                 keys, ICE cand│  │path up/down, local candidates
+//!                               ▼  │
+//!  app ◀──PCM frames/events── media task ◀──UDP (ICE path)──▶ peer
+//! ```
+//!
+//! Keys are derived only when the callee accepts (callee) or the answer arrives (caller), and
+//! the media task encrypts and decrypts nothing before it has them.
+
+mod actor;
+mod call;
+mod media;
+
+use std::time::Duration;
+
+use hush_crypto::Backend;
+use hush_media::SessionConfig;
+use hush_net::driver::Bind;
+use hush_net::CandidateKind;
+use hush_signaling::crypto::SignalSealer;
+use hush_signaling::{DeviceId, SignalingClient, Transport};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+pub use call::{AudioFrame, Call, CallEvent, CallStats, FrameSource, IncomingCall};
+pub use media::MediaStats;
+
+use crate::machine::{CallId, Timeouts};
+use crate::Error;
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// ICE settings: STUN/TURN servers, policy (P2P first or relay only).
+    pub net: hush_net::Config,
+    /// Which local addresses ICE binds.
+    pub bind: Bind,
+    /// Ring, connect and reconnect timeouts.
+    pub timeouts: Timeouts,
+    /// Media engine settings; the callee uses the mirrored streams.
+    pub media: SessionConfig,
+    /// Fraction (0.0–1.0) of outgoing media datagrams dropped on purpose, to try loss recovery.
+    /// Zero in real use.
+    pub simulated_send_loss: f64,
+}
+
+impl ClientConfig {
+    /// A configuration with these ICE settings and defaults for the rest.
+    pub fn new(net: hush_net::Config) -> Self {
+        Self {
+            net,
+            bind: Bind::Interfaces,
+            timeouts: Timeouts::default(),
+            media: SessionConfig::default(),
+            simulated_send_loss: 0.0,
+        }
+    }
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder<T, B: Backend> {
+    signaling: SignalingClient<T, SignalSealer<B>>,
+    config: ClientConfig,
+}
+
+impl<T, B> ClientBuilder<T, B>
+where
+    T: Transport + 'static,
+    B: Backend + Send + 'static,
+{
+    /// Sets the configuration.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the ICE configuration.
+    pub fn net(mut self, net: hush_net::Config) -> Self {
+        self.config.net = net;
+        self
+    }
+
+    /// Sets the local addresses ICE binds.
+    pub fn bind(mut self, bind: Bind) -> Self {
+        self.config.bind = bind;
+        self
+    }
+
+    /// Sets the call timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Starts the client's actor on the current tokio runtime.
+    pub fn build(self) -> Client {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let local = self.signaling.local_device();
+        let actor = actor::Actor::new(
+            self.signaling,
+            self.config,
+            cmd_rx,
+            cmd_tx.clone(),
+            incoming_tx,
+        );
+        tokio::spawn(actor.run());
+        Client {
+            local,
+            commands: cmd_tx,
+            incoming: Mutex::new(incoming_rx),
+        }
+    }
+}
+
+/// One device's calling endpoint.
+///
+/// ```no_run
+/// # async fn demo(client: hush::Client, bob: hush_signaling::DeviceId) -> Result<(), hush::Error> {
+/// let call = client.call(bob).await?;
+/// while let Some(event) = call.next_event().await {
+///     if let hush::CallEvent::Connected { .. } = event {
+///         call.send_audio(&[0i16; 960])?;
+///         let _frame = call.recv_audio().await;
+///         call.hangup()?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    local: DeviceId,
+    commands: mpsc::UnboundedSender<Command>,
+    incoming: Mutex<mpsc::UnboundedReceiver<IncomingCall>>,
+}
+
+impl Client {
+    /// A builder over a signaling client whose sealer holds this device's Signal sessions, with
+    /// the ICE settings `net` (STUN/TURN servers, policy).
+    pub fn builder<T, B>(
+        signaling: SignalingClient<T, SignalSealer<B>>,
+        net: hush_net::Config,
+    ) -> ClientBuilder<T, B>
+    where
+        T: Transport + 'static,
+        B: Backend + Send + 'static,
+    {
+        ClientBuilder {
+            signaling,
+            config: ClientConfig::new(net),
+        }
+    }
+
+    /// This device's address.
+    pub fn device_id(&self) -> DeviceId {
+        self.local
+    }
+
+    /// Calls `peer` (a device this one has a Signal session with). Returns once the sealed
+    /// offer is sent; follow [`Call::next_event`] for ringing, connected and ended.
+    pub async fn call(&self, peer: DeviceId) -> Result<Call, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Call(peer, tx))
+            .map_err(|_| Error::ClientClosed)?;
+        rx.await.map_err(|_| Error::ClientClosed)?
+    }
+
+    /// The next incoming call; `None` once the client stopped.
+    pub async fn incoming(&self) -> Option<IncomingCall> {
+        self.incoming.lock().await.recv().await
+    }
+
+    /// Stops the client: ends any call (telling the peer) and the actor.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Messages to the actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Call(DeviceId, oneshot::Sender<Result<Call, Error>>),
+    Accept(CallId, oneshot::Sender<Result<Call, Error>>),
+    Reject(CallId),
+    Hangup(CallId),
+    LocalCandidate(CallId, String),
+    PathUp(CallId, CandidateKind),
+    PathDown(CallId),
+    NetFailed(CallId),
+    Shutdown,
+}
+
+/// How long a client waits for an ICE driver to start.
+pub(crate) const NET_START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,40 @@
+//! The facade's error type.
+
+/// Why a `hush` operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another call is active on this client.
+    #[error("another call is active")]
+    Busy,
+    /// There is no Signal session with the peer: fetch its prekey bundle and start one first.
+    #[error("no Signal session with this peer")]
+    NoSession,
+    /// The call has ended; its handle no longer does anything.
+    #[error("the call has ended")]
+    CallEnded,
+    /// The client has shut down.
+    #[error("the client has shut down")]
+    ClientClosed,
+    /// The ICE driver did not start in time (interface scan or socket binding hung).
+    #[error("the network layer did not start in time")]
+    NetStartTimeout,
+    /// The call state machine refused the command.
+    #[error(transparent)]
+    Command(#[from] crate::machine::CommandError),
+    /// Signaling failed (sealing, transport, relay).
+    #[error("signaling: {0}")]
+    Signaling(#[from] hush_signaling::Error),
+    /// A Signal-session or key-exchange step failed (identity change, tampered answer, ...).
+    #[error("crypto: {0}")]
+    Crypto(#[from] hush_crypto::Error),
+    /// ICE/TURN failed.
+    #[error("network: {0}")]
+    Net(#[from] hush_net::Error),
+    /// The media engine or codec failed.
+    #[error("media: {0}")]
+    Media(#[from] hush_media::Error),
+    /// SRTP setup failed.
+    #[error("srtp: {0}")]
+    Srtp(#[from] hush_srtp::Error),
+}
