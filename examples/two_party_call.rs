@@ -1,129 +1,332 @@
-//! Two parties exchange SRTP-protected audio packets over real UDP sockets on loopback.
+//! A whole hush call between two devices on this machine.
 //!
-//! This is the first stage of the two-party call example: each direction gets its own fresh
-//! master key and salt (printed only as fingerprints); Alice sends 5 s of 20 ms RTP audio
-//! packets plus an RTCP report to Bob through `hush-srtp`, Bob does the same back, and each
-//! receiver authenticates, decrypts and checks every packet. The last line printed is a JSON summary; the process exits non-zero if any
-//! packet failed.
+//! With no arguments it starts a hush relay in-process on loopback, creates Alice and Bob with
+//! fresh Signal identities, has Bob publish his prekeys and Alice fetch them (PQXDH session),
+//! and then Alice calls Bob through the public `Client`/`Call` API: sealed offer, ringing,
+//! accept, sealed answer, per-call keys, ICE over real UDP sockets, SRTP, the media engine and
+//! Opus. Each side sends 5 s of a tone (Alice 440 Hz, Bob 660 Hz); each receiver checks that it
+//! decodes the other's tone. Both print statistics, Alice hangs up.
 //!
-//! Run with `cargo run --example two_party_call`.
+//! The last line printed is one JSON object; the exit status is non-zero if the call failed.
+//!
+//! ```text
+//! cargo run --example two_party_call [-- --relay ADDR] [--loss PCT] [--seconds N]
+//!                                       [--relay-only --turn ADDR --turn-user U --turn-pass P]
+//! ```
+//!
+//! `--relay ADDR` uses a running `hush-relay` instead of the in-process one; `--loss PCT`
+//! drops that share of each side's outgoing media packets; `--relay-only` sends media through
+//! the TURN server given with `--turn` (long-term credentials), hiding each device's address.
 
-use std::error::Error;
-use std::net::UdpSocket;
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hush_srtp::{SrtpContext, Suite};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
+use hush::machine::EndReason;
+use hush::{Call, CallEvent, Client, ClientConfig, FrameSource};
+use hush_crypto::{Device, DeviceStore, MemoryBackend};
+use hush_net::driver::Bind;
+use hush_net::{Policy, TurnCredentials};
+use hush_relay::{Relay, RelayConfig};
+use hush_signaling::crypto::SignalSealer;
+use hush_signaling::transport::{RelayClient, RelayClientConfig};
+use hush_signaling::SignalingClient;
 
-const FRAMES: u16 = 250; // 5 s of 20 ms frames
-const SSRC: u32 = 0x1234_5678;
+type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-fn fingerprint(key: &[u8], salt: &[u8]) -> String {
-    let digest = Sha256::new()
-        .chain_update(key)
-        .chain_update(salt)
-        .finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+#[derive(Debug)]
+struct Args {
+    relay: Option<SocketAddr>,
+    loss: f64,
+    seconds: u32,
+    relay_only: bool,
+    turn: Option<SocketAddr>,
+    turn_user: String,
+    turn_pass: String,
 }
 
-/// A 12-byte RTP header (version 2, payload type 111 = Opus) followed by `payload`.
-fn rtp_packet(seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12 + payload.len() + Suite::RTP_OVERHEAD);
-    p.extend_from_slice(&[0x80, 111]);
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
-    p.extend_from_slice(&SSRC.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
+fn parse_args() -> Result<Args, Failure> {
+    let mut args = Args {
+        relay: None,
+        loss: 0.0,
+        seconds: 5,
+        relay_only: false,
+        turn: None,
+        turn_user: String::new(),
+        turn_pass: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--relay" => args.relay = Some(value()?.parse()?),
+            "--loss" => args.loss = value()?.parse::<f64>()? / 100.0,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--relay-only" => args.relay_only = true,
+            "--turn" => args.turn = Some(value()?.parse()?),
+            "--turn-user" => args.turn_user = value()?,
+            "--turn-pass" => args.turn_pass = value()?,
+            other => return Err(format!("unknown flag {other}").into()),
+        }
+    }
+    if args.relay_only && args.turn.is_none() {
+        return Err("--relay-only needs --turn ADDR (a TURN server)".into());
+    }
+    Ok(args)
 }
 
-fn frame_payload(seq: u16) -> Vec<u8> {
-    // Stand-in for an encoded audio frame: 60 bytes that differ per frame.
-    (0..60u16)
-        .map(|i| (seq.wrapping_mul(31).wrapping_add(i)) as u8)
+fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> {
+    let store = DeviceStore::create(MemoryBackend::new(), signal_device_id, &mut rand::rng())?;
+    Ok(SignalSealer::new(Device::new(store)))
+}
+
+fn client_config(args: &Args) -> Result<ClientConfig, Failure> {
+    let mut net = hush_net::Config::builder().include_loopback(true);
+    if let Some(turn) = args.turn {
+        net = net.turn_server(
+            turn,
+            TurnCredentials::long_term(args.turn_user.clone(), args.turn_pass.clone()),
+        );
+    }
+    if args.relay_only {
+        net = net.policy(Policy::RelayOnly);
+    }
+    let mut config = ClientConfig::new(net.build()?);
+    config.bind = Bind::Addresses(vec!["127.0.0.1".parse()?]);
+    config.simulated_send_loss = args.loss;
+    Ok(config)
+}
+
+/// 20 ms of a `hz` tone at 48 kHz, frame `n` of the stream.
+fn tone(hz: f64, n: u32) -> Vec<i16> {
+    (0..960u32)
+        .map(|i| {
+            let t = f64::from(n * 960 + i) / 48_000.0;
+            (8_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+        })
         .collect()
 }
 
-struct Direction {
-    name: &'static str,
-    tx: SrtpContext,
-    rx: SrtpContext,
+/// Estimates the dominant frequency of a frame from its zero crossings.
+fn frequency(pcm: &[i16]) -> f64 {
+    let crossings = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    crossings as f64 / 2.0 / (pcm.len() as f64 / 48_000.0)
 }
 
-impl Direction {
-    /// Fresh master key and salt for one direction, shared by its sender and receiver.
-    fn new(name: &'static str, suite: Suite) -> Result<Self, hush_srtp::Error> {
-        let mut rng = rand::rng();
-        let mut key = vec![0u8; suite.key_len()];
-        let mut salt = vec![0u8; suite.salt_len()];
-        rng.fill_bytes(&mut key);
-        rng.fill_bytes(&mut salt);
-        println!("{name} master key fingerprint {}", fingerprint(&key, &salt));
-        Ok(Self {
-            name,
-            tx: SrtpContext::new(suite, &key, &salt)?,
-            rx: SrtpContext::new(suite, &key, &salt)?,
+#[derive(Debug, Default)]
+struct Heard {
+    decoded: u32,
+    fec: u32,
+    concealed: u32,
+    on_pitch: u32,
+    first_at: Option<Instant>,
+    /// Concealed frames since the last real one: counted only once the stream goes on (the
+    /// tail after the peer stopped talking is silence, not loss).
+    trailing: u32,
+}
+
+/// Sends `frames` of a tone at microphone pace while receiving the peer's, then reports.
+async fn talk(call: &Call, send_hz: f64, expect_hz: f64, frames: u32) -> Heard {
+    let mut heard = Heard::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let end = Instant::now() + Duration::from_millis(u64::from(frames) * 20 + 600);
+    let mut n = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick(), if n < frames => {
+                let _ = call.send_audio(&tone(send_hz, n));
+                n += 1;
+            }
+            frame = call.recv_audio() => {
+                let Some(frame) = frame else { break };
+                match frame.source {
+                    FrameSource::Decoded => heard.decoded += 1,
+                    FrameSource::Fec => heard.fec += 1,
+                    FrameSource::Concealed => heard.trailing += 1,
+                }
+                if frame.source != FrameSource::Concealed {
+                    if heard.first_at.is_some() {
+                        heard.concealed += heard.trailing;
+                    }
+                    heard.trailing = 0;
+                    heard.first_at.get_or_insert_with(Instant::now);
+                    if (frequency(&frame.pcm) - expect_hz).abs() < 60.0 {
+                        heard.on_pitch += 1;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(end.into()) => break,
+        }
+    }
+    heard
+}
+
+async fn wait_connected(call: &Call) -> Result<String, Failure> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), call.next_event()).await? {
+            Some(CallEvent::Connected { path }) => return Ok(path.to_string()),
+            Some(CallEvent::Ended(reason)) => return Err(format!("call ended: {reason:?}").into()),
+            Some(_) => {}
+            None => return Err("client stopped".into()),
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, Failure> {
+    // The signaling relay: in-process unless one was given.
+    let scratch = std::env::temp_dir().join(format!("hush-example-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let relay_addr = match args.relay {
+        Some(a) => a,
+        None => {
+            let relay = Relay::bind(RelayConfig::new(
+                "127.0.0.1:0".parse()?,
+                scratch.join("relay.db"),
+            ))
+            .await?;
+            let addr = relay.local_addr();
+            tokio::spawn(relay.serve());
+            addr
+        }
+    };
+    println!("relay at {relay_addr}");
+
+    // Two devices with fresh identities. Bob publishes prekeys; Alice fetches them.
+    let mut alice_sealer = sealer(1)?;
+    let mut bob_sealer = sealer(2)?;
+    let bob_relay = RelayClient::connect_tcp(
+        relay_addr,
+        bob_sealer.signer(),
+        RelayClientConfig::default(),
+    )
+    .await?;
+    let material = bob_sealer.publish(4, 2)?;
+    bob_relay
+        .upload_prekeys(material.bundle, material.one_time_prekeys, false)
+        .await?;
+    let alice_relay = RelayClient::connect_tcp(
+        relay_addr,
+        alice_sealer.signer(),
+        RelayClientConfig::default(),
+    )
+    .await?;
+    let fetched = alice_relay.fetch_bundle(bob_sealer.device_id()).await?;
+    alice_sealer.start_session(&fetched)?;
+    let bob_id = bob_sealer.device_id();
+
+    let config = client_config(&args)?;
+    let alice = Client::builder(
+        SignalingClient::new(alice_relay, alice_sealer),
+        config.net.clone(),
+    )
+    .config(config.clone())
+    .build();
+    let bob = Client::builder(
+        SignalingClient::new(bob_relay, bob_sealer),
+        config.net.clone(),
+    )
+    .config(config)
+    .build();
+
+    // Bob answers whatever rings, talks, and tells Alice when he is done.
+    let (bob_done_tx, bob_done) = tokio::sync::oneshot::channel::<()>();
+    let bob_side = tokio::spawn(async move {
+        let incoming = tokio::time::timeout(Duration::from_secs(10), bob.incoming())
+            .await?
+            .ok_or("bob's client stopped")?;
+        println!(
+            "bob: incoming call from {}",
+            short(&incoming.peer().to_hex())
+        );
+        let call = incoming.accept().await?;
+        wait_connected(&call).await?;
+        let frames = args.seconds * 50;
+        let heard = talk(&call, 660.0, 440.0, frames).await;
+        let stats = call.stats().await?;
+        println!("bob: {stats:?}");
+        let _ = bob_done_tx.send(());
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(ev) = call.next_event().await {
+                if let CallEvent::Ended(reason) = ev {
+                    return Some(reason);
+                }
+            }
+            None
         })
-    }
-
-    /// Sends 5 s of audio packets and one RTCP report from `from` to `to`, checking each.
-    fn run(&mut self, from: &UdpSocket, to: &UdpSocket) -> Result<(u32, u32), Box<dyn Error>> {
-        let (mut sent, mut received) = (0u32, 0u32);
-        let mut buf = vec![0u8; 1500];
-        for seq in 0..FRAMES {
-            let mut packet = rtp_packet(seq, &frame_payload(seq));
-            self.tx.protect_rtp(&mut packet)?;
-            if packet.windows(8).any(|w| w == &frame_payload(seq)[..8]) {
-                return Err("plaintext visible on the wire".into());
-            }
-            from.send_to(&packet, to.local_addr()?)?;
-            sent += 1;
-            let n = to.recv(&mut buf)?;
-            let mut got = buf[..n].to_vec();
-            if self.rx.unprotect_rtp(&mut got).is_ok() && got[12..] == frame_payload(seq)[..] {
-                received += 1;
-            }
-        }
-        // One RTCP receiver report (RFC 3550, no report blocks).
-        let mut rtcp = vec![0x80, 201, 0, 1];
-        rtcp.extend_from_slice(&SSRC.to_be_bytes());
-        let clear = rtcp.clone();
-        self.tx.protect_rtcp(&mut rtcp)?;
-        from.send_to(&rtcp, to.local_addr()?)?;
-        let n = to.recv(&mut buf)?;
-        let mut got = buf[..n].to_vec();
-        if self.rx.unprotect_rtcp(&mut got).is_err() || got != clear {
-            return Err(format!("{}: RTCP did not round-trip", self.name).into());
-        }
-        Ok((sent, received))
-    }
-}
-
-fn main() -> Result<(), Box<dyn Error>> {
-    let suite = Suite::AeadAes128Gcm;
-    let alice = UdpSocket::bind("127.0.0.1:0")?;
-    let bob = UdpSocket::bind("127.0.0.1:0")?;
-    for s in [&alice, &bob] {
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    }
-    let mut alice_to_bob = Direction::new("alice->bob", suite)?;
-    let mut bob_to_alice = Direction::new("bob->alice", suite)?;
+        .await?;
+        Ok::<_, Failure>((heard, ended, bob))
+    });
 
     let start = Instant::now();
-    let (sent_ab, recv_ab) = alice_to_bob.run(&alice, &bob)?;
-    let (sent_ba, recv_ba) = bob_to_alice.run(&bob, &alice)?;
-    let (sent, received) = (sent_ab + sent_ba, recv_ab + recv_ba);
-    let ok = received == sent && sent == 2 * u32::from(FRAMES);
+    let call = alice.call(bob_id).await?;
+    println!("alice: calling {}", short(&bob_id.to_hex()));
+    let path = wait_connected(&call).await?;
+    println!("alice: connected over a {path} path");
+    let frames = args.seconds * 50;
+    let heard = talk(&call, 440.0, 660.0, frames).await;
+    let stats = call.stats().await?;
+    println!("alice: {stats:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(5), bob_done).await;
+    call.hangup()?;
+    let (bob_heard, bob_ended, _bob) = bob_side.await??;
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    println!("alice heard: {heard:?}");
+    println!("bob heard:   {bob_heard:?}");
+    let setup_ms = bob_heard
+        .first_at
+        .map_or(-1.0, |t| t.duration_since(start).as_secs_f64() * 1e3);
+    let playable = |h: &Heard| h.decoded + h.fec;
+    let need = frames * 9 / 10;
+    let ok = playable(&heard) >= need
+        && playable(&bob_heard) >= need
+        && heard.on_pitch >= need * 9 / 10
+        && bob_heard.on_pitch >= need * 9 / 10
+        && bob_ended == Some(EndReason::RemoteHangup(hush::machine::HangupReason::Normal));
     println!(
-        "{{\"frames_sent\":{sent},\"frames_received\":{received},\"suite\":\"{}\",\"elapsed_ms\":{},\"result\":\"{}\"}}",
-        suite.name(),
-        start.elapsed().as_millis(),
+        "{{\"setup_ms\":{setup_ms:.1},\"frames_sent\":{},\"frames_received\":{},\"frames_concealed\":{},\"path\":\"{path}\",\"suite\":\"{}\",\"result\":\"{}\"}}",
+        stats.media.frames_sent,
+        playable(&bob_heard),
+        bob_heard.concealed,
+        stats.suite,
         if ok { "ok" } else { "failed" }
     );
-    if ok {
-        Ok(())
-    } else {
-        Err("the call did not work".into())
+    Ok(ok)
+}
+
+fn short(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("two_party_call: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("two_party_call: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("two_party_call: {e}");
+            println!(
+                "{{\"result\":\"failed\",\"error\":\"{}\"}}",
+                e.to_string().replace('"', "'")
+            );
+            ExitCode::FAILURE
+        }
     }
 }
