@@ -171,8 +171,16 @@ fn envelope(from: DeviceId, to: DeviceId, base: Instant) -> Envelope {
 /// CPU seconds (user + system) used so far by process `pid` (Linux /proc; 100 ticks/s).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: field 14 (utime) and 15 (stime) are at indexes 11 and 12.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -307,7 +315,10 @@ async fn run(args: Args) {
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let d0 = peak_phase.delivered.load(Ordering::Relaxed);
     let t0 = Instant::now();
-    let (relay_cpu0, bench_cpu0) = (cpu_seconds(relay.child.id()), cpu_seconds(std::process::id()));
+    let (relay_cpu0, bench_cpu0) = (
+        cpu_seconds(relay.child.id()),
+        cpu_seconds(std::process::id()),
+    );
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let delivered = peak_phase.delivered.load(Ordering::Relaxed) - d0;
     let peak = delivered as f64 / t0.elapsed().as_secs_f64();

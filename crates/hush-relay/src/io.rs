@@ -65,8 +65,17 @@ fn ws_err(e: tungstenite::Error) -> Error {
 /// The read side of a connection. [`Reader::next`] is cancel-safe, so the connection task can
 /// wait on it in `select!` directly, with no reader task and channel hop per frame.
 pub(crate) enum Reader {
-    Tcp { read: OwnedReadHalf, buf: Vec<u8>, start: usize, max: usize, failed: bool },
-    Ws { source: SplitStream<WebSocketStream<TcpStream>>, failed: bool },
+    Tcp {
+        read: OwnedReadHalf,
+        buf: Vec<u8>,
+        start: usize,
+        max: usize,
+        failed: bool,
+    },
+    Ws {
+        source: SplitStream<WebSocketStream<TcpStream>>,
+        failed: bool,
+    },
 }
 
 impl Reader {
@@ -78,7 +87,13 @@ impl Reader {
                 return Some(event);
             }
             match self {
-                Self::Tcp { read, buf, start, failed, .. } => {
+                Self::Tcp {
+                    read,
+                    buf,
+                    start,
+                    failed,
+                    ..
+                } => {
                     if *failed {
                         return None;
                     }
@@ -120,7 +135,16 @@ impl Reader {
 
     /// A frame that is already buffered, without waiting.
     pub(crate) fn try_next(&mut self) -> Option<ReadEvent> {
-        let Self::Tcp { buf, start, max, failed, .. } = self else { return None };
+        let Self::Tcp {
+            buf,
+            start,
+            max,
+            failed,
+            ..
+        } = self
+        else {
+            return None;
+        };
         if *failed {
             return None;
         }
@@ -129,7 +153,10 @@ impl Reader {
         let len = u32::from_be_bytes(*prefix) as usize;
         if len > *max {
             *failed = true;
-            return Some(Err(Error::FrameTooLarge { size: len, max: *max }));
+            return Some(Err(Error::FrameTooLarge {
+                size: len,
+                max: *max,
+            }));
         }
         let frame = avail.get(4..4 + len)?.to_vec();
         *start += 4 + len;
@@ -142,18 +169,28 @@ impl Reader {
 }
 
 /// Sniffs the protocol and runs the WebSocket handshake if needed.
-pub(crate) async fn accept(stream: TcpStream, max_frame_len: usize) -> Result<(Writer, Reader), Error> {
+pub(crate) async fn accept(
+    stream: TcpStream,
+    max_frame_len: usize,
+) -> Result<(Writer, Reader), Error> {
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
     if n == 0 {
         return Err(Error::Closed);
     }
     if first[0] == b'G' {
-        let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
-            .await
-            .map_err(ws_err)?;
+        let ws =
+            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
+                .await
+                .map_err(ws_err)?;
         let (sink, source) = ws.split();
-        Ok((Writer::Ws(sink), Reader::Ws { source, failed: false }))
+        Ok((
+            Writer::Ws(sink),
+            Reader::Ws {
+                source,
+                failed: false,
+            },
+        ))
     } else {
         let mut stream = stream;
         let mut preamble = [0u8; 4];
@@ -162,7 +199,16 @@ pub(crate) async fn accept(stream: TcpStream, max_frame_len: usize) -> Result<(W
             return Err(Error::Malformed("unknown protocol preamble"));
         }
         let (read, write) = stream.into_split();
-        let reader = Reader::Tcp { read, buf: Vec::new(), start: 0, max: max_frame_len, failed: false };
-        Ok((Writer::Tcp(BufWriter::with_capacity(16 * 1024, write)), reader))
+        let reader = Reader::Tcp {
+            read,
+            buf: Vec::new(),
+            start: 0,
+            max: max_frame_len,
+            failed: false,
+        };
+        Ok((
+            Writer::Tcp(BufWriter::with_capacity(16 * 1024, write)),
+            reader,
+        ))
     }
 }
