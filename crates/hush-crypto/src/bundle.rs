@@ -92,7 +92,7 @@ pub struct DeviceKeys {
     pub identity_key: IdentityKey,
     /// The device's ed25519 key for relay authentication.
     pub auth_key: DeviceAuthKey,
-    /// The identity key's signature binding `auth_key` (see [`crate::auth`]).
+    /// The identity key's signature binding `auth_key` (see [`DeviceAuthKey::verify_binding`](crate::DeviceAuthKey::verify_binding)).
     pub auth_binding: Vec<u8>,
 }
 
