@@ -30,30 +30,58 @@ pub(crate) fn loopback_config() -> ClientConfig {
 
 /// Alice and Bob on an in-memory signaling network; Alice has fetched Bob's bundle.
 pub(crate) fn pair(config: ClientConfig) -> (Client, Client, MemoryNetwork) {
-    let network = MemoryNetwork::new();
-    let mut alice = sealer(1);
-    let mut bob = sealer(2);
-    let material = bob.publish(2, 1).expect("prekeys");
-    let fetched = FetchedBundle {
-        device: bob.device_id(),
-        bundle: material.bundle,
-        one_time_prekey: material.one_time_prekeys.into_iter().next(),
-    };
-    alice.start_session(&fetched).expect("session from bundle");
-    let (a_id, b_id) = (alice.device_id(), bob.device_id());
-    let alice = Client::builder(
-        SignalingClient::new(network.endpoint(a_id), alice),
-        config.net.clone(),
-    )
-    .config(config.clone())
-    .build();
-    let bob = Client::builder(
-        SignalingClient::new(network.endpoint(b_id), bob),
-        config.net.clone(),
-    )
-    .config(config)
-    .build();
+    let (mut clients, network) = devices(2, config);
+    let bob = clients.pop().expect("two clients");
+    let alice = clients.pop().expect("two clients");
     (alice, bob, network)
+}
+
+/// `n` devices on an in-memory signaling network; each has fetched the bundle of every device
+/// after it, so device `i` can call any device `j > i` (and be called back once contacted).
+pub(crate) fn devices(n: u8, config: ClientConfig) -> (Vec<Client>, MemoryNetwork) {
+    let network = MemoryNetwork::new();
+    let mut sealers: Vec<_> = (1..=n).map(sealer).collect();
+    for j in 1..sealers.len() {
+        let material = sealers[j].publish(usize::from(n), 1).expect("prekeys");
+        let device = sealers[j].device_id();
+        let mut one_time = material.one_time_prekeys.into_iter();
+        for earlier in sealers.iter_mut().take(j) {
+            let fetched = FetchedBundle {
+                device,
+                bundle: material.bundle.clone(),
+                one_time_prekey: one_time.next(),
+            };
+            earlier
+                .start_session(&fetched)
+                .expect("session from bundle");
+        }
+    }
+    let clients = sealers
+        .into_iter()
+        .map(|s| {
+            let endpoint = network.endpoint(s.device_id());
+            Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
+                .config(config.clone())
+                .build()
+        })
+        .collect();
+    (clients, network)
+}
+
+/// The next incoming call, failing after `secs`.
+pub(crate) async fn next_incoming(client: &Client, secs: u64) -> hush::IncomingCall {
+    tokio::time::timeout(Duration::from_secs(secs), client.incoming())
+        .await
+        .expect("rings in time")
+        .expect("client alive")
+}
+
+/// Waits for the call's end and returns why.
+pub(crate) async fn ended(call: &hush::Call, secs: u64) -> hush::machine::EndReason {
+    match wait_for(call, secs, |e| matches!(e, CallEvent::Ended(_))).await {
+        CallEvent::Ended(reason) => reason,
+        other => unreachable!("wait_for returned {other:?}"),
+    }
 }
 
 /// Waits for an event matching `pred`, failing after `secs`.
