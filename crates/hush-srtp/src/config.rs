@@ -127,7 +127,10 @@ impl SrtpConfigBuilder {
     /// Checks the values and returns the config.
     pub fn build(self) -> Result<SrtpConfig, Error> {
         let c = self.config;
-        if c.replay_window < 64 || c.replay_window > MAX_WINDOW || !c.replay_window.is_multiple_of(64) {
+        if c.replay_window < 64
+            || c.replay_window > MAX_WINDOW
+            || !c.replay_window.is_multiple_of(64)
+        {
             return Err(Error::InvalidConfig(
                 "replay_window must be a multiple of 64 from 64 to 32768",
             ));
