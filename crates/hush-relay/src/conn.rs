@@ -56,7 +56,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
     let handshake = shared.config.handshake_timeout;
     let (mut writer, mut frames) = match tokio::time::timeout(
         handshake,
-        io::accept(stream, shared.config.max_frame_len),
+        io::accept(stream, shared.config.max_frame_len, shared.tls.as_ref()),
     )
     .await
     {

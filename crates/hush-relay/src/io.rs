@@ -1,25 +1,33 @@
-//! Frame I/O for one accepted socket: length-prefixed TCP or WebSocket, told apart by the first
-//! bytes (a WebSocket upgrade starts with `GET `; a TCP client starts with
-//! [`TCP_PREAMBLE`](hush_signaling::frame::TCP_PREAMBLE)).
+//! Frame I/O for one accepted socket: length-prefixed TCP or WebSocket, optionally inside TLS,
+//! told apart by the first bytes (a WebSocket upgrade starts with `GET `; a framed client starts
+//! with [`TCP_PREAMBLE`](hush_signaling::frame::TCP_PREAMBLE)).
+//!
+//! The halves are boxed so one connection task serves every combination (TCP, WebSocket, each
+//! with or without TLS) without being generic.
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hush_signaling::frame::{write_frame, TCP_PREAMBLE};
 use hush_signaling::transport::ws_config;
 use hush_signaling::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
-/// What the reader task reports: a frame, or why reading stopped.
+/// What reading produces: a frame, or why reading stopped.
 pub(crate) type ReadEvent = Result<Vec<u8>, Error>;
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+type WsSource = Pin<Box<dyn Stream<Item = Result<Message, tungstenite::Error>> + Send>>;
+type WsSink = Pin<Box<dyn Sink<Message, Error = tungstenite::Error> + Send>>;
 
 /// The write side of a connection.
 pub(crate) enum Writer {
-    Tcp(BufWriter<OwnedWriteHalf>),
-    Ws(SplitSink<WebSocketStream<TcpStream>, Message>),
+    Tcp(BufWriter<BoxWrite>),
+    Ws(WsSink),
 }
 
 impl Writer {
@@ -66,19 +74,29 @@ fn ws_err(e: tungstenite::Error) -> Error {
 /// wait on it in `select!` directly, with no reader task and channel hop per frame.
 pub(crate) enum Reader {
     Tcp {
-        read: OwnedReadHalf,
+        read: BoxRead,
         buf: Vec<u8>,
         start: usize,
         max: usize,
         failed: bool,
     },
     Ws {
-        source: SplitStream<WebSocketStream<TcpStream>>,
+        source: WsSource,
         failed: bool,
     },
 }
 
 impl Reader {
+    fn framed(read: BoxRead, max: usize) -> Self {
+        Self::Tcp {
+            read,
+            buf: Vec::new(),
+            start: 0,
+            max,
+            failed: false,
+        }
+    }
+
     /// The next frame, an error (after which the stream is unusable), or `None` at end of
     /// stream. Cancel-safe: bytes read before cancellation stay buffered.
     pub(crate) async fn next(&mut self) -> Option<ReadEvent> {
@@ -168,47 +186,135 @@ impl Reader {
     }
 }
 
-/// Sniffs the protocol and runs the WebSocket handshake if needed.
+/// TLS settings for accepting connections (feature `tls`).
+#[cfg(feature = "tls")]
+pub(crate) type Tls = tokio_rustls::TlsAcceptor;
+/// Placeholder when the `tls` feature is off.
+#[cfg(not(feature = "tls"))]
+pub(crate) type Tls = std::convert::Infallible;
+
+/// Runs the TLS handshake if configured, sniffs the protocol, runs the WebSocket handshake if
+/// needed.
 pub(crate) async fn accept(
     stream: TcpStream,
     max_frame_len: usize,
+    tls: Option<&Tls>,
 ) -> Result<(Writer, Reader), Error> {
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = tls {
+        let stream = acceptor.accept(stream).await?;
+        return accept_stream(stream, max_frame_len).await;
+    }
+    #[cfg(not(feature = "tls"))]
+    if let Some(never) = tls {
+        match *never {}
+    }
+    // Plain TCP: peek, so the framed path keeps tokio's split halves (no lock per operation).
     let mut first = [0u8; 1];
-    let n = stream.peek(&mut first).await?;
-    if n == 0 {
+    if stream.peek(&mut first).await? == 0 {
         return Err(Error::Closed);
     }
     if first[0] == b'G' {
-        let ws =
-            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
-                .await
-                .map_err(ws_err)?;
-        let (sink, source) = ws.split();
-        Ok((
-            Writer::Ws(sink),
-            Reader::Ws {
-                source,
-                failed: false,
+        return websocket(stream, max_frame_len).await;
+    }
+    let mut stream = stream;
+    let mut preamble = [0u8; 4];
+    stream.read_exact(&mut preamble).await?;
+    if preamble != TCP_PREAMBLE {
+        return Err(Error::Malformed("unknown protocol preamble"));
+    }
+    let (read, write) = stream.into_split();
+    Ok((
+        Writer::Tcp(BufWriter::with_capacity(16 * 1024, Box::new(write))),
+        Reader::framed(Box::new(read), max_frame_len),
+    ))
+}
+
+/// Protocol sniffing on a stream that cannot peek (TLS): reads the first four bytes and replays
+/// them to the WebSocket handshake if it is one.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+async fn accept_stream<S>(mut stream: S, max_frame_len: usize) -> Result<(Writer, Reader), Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut first = [0u8; 4];
+    stream.read_exact(&mut first).await?;
+    if first == TCP_PREAMBLE {
+        let (read, write) = tokio::io::split(stream);
+        return Ok((
+            Writer::Tcp(BufWriter::with_capacity(16 * 1024, Box::new(write))),
+            Reader::framed(Box::new(read), max_frame_len),
+        ));
+    }
+    if &first == b"GET " {
+        return websocket(
+            Prefixed {
+                prefix: first,
+                pos: 0,
+                inner: stream,
             },
-        ))
-    } else {
-        let mut stream = stream;
-        let mut preamble = [0u8; 4];
-        stream.read_exact(&mut preamble).await?;
-        if preamble != TCP_PREAMBLE {
-            return Err(Error::Malformed("unknown protocol preamble"));
-        }
-        let (read, write) = stream.into_split();
-        let reader = Reader::Tcp {
-            read,
-            buf: Vec::new(),
-            start: 0,
-            max: max_frame_len,
+            max_frame_len,
+        )
+        .await;
+    }
+    Err(Error::Malformed("unknown protocol preamble"))
+}
+
+async fn websocket<S>(stream: S, max_frame_len: usize) -> Result<(Writer, Reader), Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(max_frame_len)))
+        .await
+        .map_err(ws_err)?;
+    let (sink, source) = ws.split();
+    Ok((
+        Writer::Ws(Box::pin(sink)),
+        Reader::Ws {
+            source: Box::pin(source),
             failed: false,
-        };
-        Ok((
-            Writer::Tcp(BufWriter::with_capacity(16 * 1024, write)),
-            reader,
-        ))
+        },
+    ))
+}
+
+/// A stream whose first bytes were already read: replays them, then reads the stream.
+struct Prefixed<S> {
+    prefix: [u8; 4],
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let rest = &self.prefix[self.pos..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -39,6 +39,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use metrics::Metrics;
+/// The rustls version the relay's TLS support is built on (feature `tls`).
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;
 
 use state::{ParkedRecent, Registry};
 use store::{Op, StoreLimits};
@@ -91,6 +94,9 @@ pub struct RelayConfig {
     pub replay_cache_per_device: usize,
     /// Most store operations per transaction (group commit).
     pub max_batch: usize,
+    /// Serve TLS (TCP and WebSocket) with this configuration instead of plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl RelayConfig {
@@ -113,6 +119,8 @@ impl RelayConfig {
             max_clock_skew: Duration::from_secs(60),
             replay_cache_per_device: 4096,
             max_batch: 2048,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -127,6 +135,43 @@ pub enum RelayError {
     /// The database could not be opened or initialised.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// Builds a TLS server configuration (ring provider, TLS 1.2 and 1.3) from a PEM certificate
+/// chain and a PEM private key.
+#[cfg(feature = "tls")]
+pub fn load_tls_config(
+    cert_chain_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, RelayError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |e: &dyn std::fmt::Display| RelayError::Tls(e.to_string());
+    let certs = CertificateDer::pem_file_iter(cert_chain_pem)
+        .map_err(|e| tls_err(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| tls_err(&e))?;
+    tls_config(certs, key)
+}
+
+/// Builds a TLS server configuration (ring provider) from DER certificates and key.
+#[cfg(feature = "tls")]
+pub fn tls_config(
+    certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, RelayError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    Ok(Arc::new(config))
 }
 
 /// State shared by all connections.
@@ -138,6 +183,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) tls: Option<io::Tls>,
 }
 
 /// A bound relay, ready to [`serve`](Self::serve).
@@ -194,6 +240,10 @@ impl Relay {
             None => None,
         };
         let (shutdown, _) = watch::channel(false);
+        #[cfg(feature = "tls")]
+        let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
         Ok(Self {
             listener,
             metrics_listener,
@@ -205,6 +255,7 @@ impl Relay {
                 metrics,
                 next_conn_id: AtomicU64::new(1),
                 shutdown,
+                tls,
             }),
         })
     }

@@ -17,6 +17,8 @@ options:
   --max-queue N           envelopes queued per device (default 1000)
   --delivery-buffer N     live deliveries buffered per connection (default 1024)
   --worker-threads N      tokio worker threads (default: number of CPUs)
+  --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls)
+  --tls-key PATH          ... and this PEM private key
 
 logging: HUSH_RELAY_LOG=error|warn|info|debug|trace (default info)";
 
@@ -41,6 +43,8 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
     };
     let mut config = RelayConfig::new(listen, db);
     let mut threads = None;
+    let mut tls_cert: Option<std::path::PathBuf> = None;
+    let mut tls_key: Option<std::path::PathBuf> = None;
     for (flag, value) in rest {
         let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
@@ -61,8 +65,22 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             "--max-queue" => config.max_queue_per_device = num(&value)? as u32,
             "--delivery-buffer" => config.delivery_buffer = num(&value)? as usize,
             "--worker-threads" => threads = Some(num(&value)? as usize),
+            "--tls-cert" => tls_cert = Some(value.into()),
+            "--tls-key" => tls_key = Some(value.into()),
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    match (tls_cert, tls_key) {
+        (None, None) => {}
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => {
+            config.tls = Some(hush_relay::load_tls_config(&cert, &key).map_err(|e| e.to_string())?)
+        }
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => {
+            return Err("this build has no TLS support (build with --features tls)".into())
+        }
+        _ => return Err("--tls-cert and --tls-key go together".into()),
     }
     Ok((config, threads))
 }
