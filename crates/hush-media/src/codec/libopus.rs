@@ -1,6 +1,6 @@
 //! Opus on libopus (the `opus` crate), behind the `libopus` feature, for interop tests.
 
-use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+use opus::{Application, Bitrate, Channels, Decoder, Encoder, Signal};
 
 use super::Codec;
 use crate::error::Error;
@@ -44,6 +44,8 @@ impl LibOpusCodec {
         let mut enc = Encoder::new(48_000, ch, Application::Voip).map_err(codec_err)?;
         enc.set_bitrate(Bitrate::Bits(bitrate_bps.min(510_000) as i32))
             .map_err(codec_err)?;
+        // Speech, as for the pure-Rust adapter: keeps SILK (and its in-band FEC) in use.
+        enc.set_signal(Signal::Voice).map_err(codec_err)?;
         let dec = Decoder::new(48_000, ch).map_err(codec_err)?;
         Ok(Self {
             enc,

@@ -11,7 +11,7 @@ mod opus;
 
 #[cfg(feature = "libopus")]
 pub use self::libopus::LibOpusCodec;
-pub use self::opus::OpusCodec;
+pub use self::opus::{has_inband_fec, OpusCodec};
 
 use crate::error::Error;
 

@@ -1,6 +1,6 @@
 //! Opus on the pure-Rust `opus-pure` codec (no C toolchain or cmake needed).
 
-use opus_pure::{Application, OpusDecoder, OpusEncoder, MAX_PACKET_BYTES};
+use opus_pure::{Application, OpusDecoder, OpusEncoder, Signal, MAX_PACKET_BYTES};
 
 use super::Codec;
 use crate::error::Error;
@@ -41,6 +41,9 @@ impl OpusCodec {
         }
         let mut enc = OpusEncoder::new(48_000, channels, Application::Voip).map_err(codec_err)?;
         enc.bitrate_bps = bitrate_bps.min(510_000) as i32;
+        // Calls carry speech: without the hint the encoder may take a harmonic voice for music
+        // and code it as CELT, which has no in-band FEC.
+        enc.signal_type = Some(Signal::Voice);
         let dec = OpusDecoder::new(48_000, channels).map_err(codec_err)?;
         Ok(Self {
             enc,
@@ -119,6 +122,33 @@ impl Codec for OpusCodec {
     }
 }
 
+/// Whether an Opus packet carries in-band FEC (LBRR data) for the frame before it, so that
+/// decoding its FEC rebuilds that frame instead of concealing it. Reads the SILK header bits
+/// the way libopus's `opus_packet_has_lbrr` does: the LBRR flag follows the voice-activity
+/// flags at the start of the first frame. CELT-only packets never carry it. Packets that
+/// hold several frames of unequal size (codes 2 and 3) are reported as having none.
+pub fn has_inband_fec(packet: &[u8]) -> bool {
+    let (Some(&toc), Some(&first)) = (packet.first(), packet.get(1)) else {
+        return false;
+    };
+    let config = usize::from(toc >> 3);
+    if config >= 16 || toc & 0x3 >= 2 {
+        return false;
+    }
+    // SILK-only configs 0..=11 cycle 10/20/40/60 ms; hybrid 12..=15 cycle 10/20 ms. A SILK
+    // frame is 20 ms, so 40 and 60 ms packets hold two and three of them, each with a VAD bit.
+    let frame_ms = if config < 12 {
+        [10, 20, 40, 60][config % 4]
+    } else {
+        [10, 20][config % 2]
+    };
+    let silk_frames = (frame_ms / 20).max(1);
+    let mid = (first >> (7 - silk_frames)) & 1 == 1;
+    let stereo = toc & 0x4 != 0;
+    let side = stereo && (first >> (6 - 2 * silk_frames)) & 1 == 1;
+    mid || side
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -170,6 +200,68 @@ pub(crate) mod tests {
         assert_eq!(out.len(), 50 * 960);
         // The FEC-rebuilt frame carries real signal, not silence.
         assert!(energy(&out[30 * 960..31 * 960]) > 0.1 * energy(&out[29 * 960..30 * 960]));
+    }
+
+    #[test]
+    fn inband_fec_flag_follows_the_encoder() {
+        let pcm = speech(50, 960);
+        let encode_all = |fec: bool| {
+            let mut c = OpusCodec::new(1, 20, 24_000).unwrap();
+            c.set_fec(fec, if fec { 10 } else { 0 });
+            pcm.chunks(960)
+                .map(|f| {
+                    let mut out = Vec::new();
+                    c.encode(f, &mut out).unwrap();
+                    has_inband_fec(&out)
+                })
+                .filter(|&lbrr| lbrr)
+                .count()
+        };
+        assert_eq!(encode_all(false), 0);
+        // Voiced frames carry LBRR; the synthetic voice's quiet dips do not.
+        assert!(encode_all(true) >= 30, "{}", encode_all(true));
+        assert!(!has_inband_fec(&[]) && !has_inband_fec(&[0x08]));
+        // A CELT-only TOC (config 31) never carries it, whatever follows.
+        assert!(!has_inband_fec(&[31 << 3, 0xff]));
+    }
+
+    #[test]
+    fn inband_fec_flag_agrees_with_the_decoder() {
+        // Decoding the FEC of a packet without LBRR is plain concealment; with LBRR it is not.
+        let mut c = OpusCodec::new(1, 20, 24_000).unwrap();
+        c.set_fec(true, 10);
+        let packets: Vec<Vec<u8>> = speech(40, 960)
+            .chunks(960)
+            .map(|f| {
+                let mut out = Vec::new();
+                c.encode(f, &mut out).unwrap();
+                out
+            })
+            .collect();
+        let (mut with, mut without) = (0, 0);
+        for k in 5..39 {
+            // Two decoders in the same state.
+            let warmed = || {
+                let mut d = OpusCodec::new(1, 20, 24_000).unwrap();
+                let mut warm = Vec::new();
+                for p in &packets[..k] {
+                    d.decode(p, &mut warm).unwrap();
+                }
+                d
+            };
+            let (mut d, mut plc) = (warmed(), warmed());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            d.decode_fec(&packets[k + 1], &mut a).unwrap();
+            plc.conceal(&mut b).unwrap();
+            let lbrr = has_inband_fec(&packets[k + 1]);
+            assert_eq!(a != b, lbrr, "packet {}", k + 1);
+            if lbrr {
+                with += 1;
+            } else {
+                without += 1;
+            }
+        }
+        assert!(with > 0 && without > 0, "{with} {without}");
     }
 
     #[test]

@@ -446,7 +446,11 @@ impl MediaSession {
         let pps = 1.0 / self.config.audio_frame.as_secs_f64().max(0.001);
         let overhead = pps * (12.0 + 8.0 + 1.0 + WIRE_OVERHEAD as f64) * 8.0;
         let copies = 1.0 + self.red_distance as f64;
-        let audio = ((target * 0.5 - overhead) / copies).clamp(8_000.0, 32_000.0);
+        // With in-band FEC on, Opus spends bits on LBRR only above ~16 kbps wideband, raised
+        // by the expected loss (libopus's SILK: 16 kbps × (1.25 − loss), ~18.4 kbps at 10 %),
+        // so audio keeps 24 kbps then.
+        let floor = if loss > 0.01 { 24_000.0 } else { 8_000.0 };
+        let audio = ((target * 0.5 - overhead) / copies).clamp(floor, 32_000.0);
         let audio_total = audio * copies + overhead;
         let has_video = self.video_pz.is_some();
         let video = (target - audio_total) * 0.9;

@@ -302,13 +302,13 @@ impl MediaSession {
 
     pub(super) fn flush_nacks(&mut self, now: Instant) {
         let rtt = self.rtt_or_default();
+        let recent = self
+            .last_audio_loss
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
         if self.audio_nack_enabled() {
             // Audio: retry at most while a retransmission could still be played.
             let lost = self.audio_nack.poll_nacks(now, rtt);
             self.send_nack(now, self.config.remote_audio.ssrc, &lost);
-            let recent = self
-                .last_audio_loss
-                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
             // A frame whose RED copies were lost too is noticed only when the packet after
             // the last of them arrives, RED depth + 1 frames after it was due.
             let frames = self.remote_red_depth as u32 + 1;
@@ -318,6 +318,11 @@ impl MediaSession {
                 Duration::ZERO
             };
             self.jitter.set_extra_delay(extra);
+        } else if recent {
+            // No retransmissions: still hold one frame more, so that the packet after a lost
+            // one is here in time to rebuild it from its in-band FEC.
+            self.jitter
+                .set_extra_delay(self.config.audio_frame + Duration::from_millis(10));
         } else {
             self.jitter.set_extra_delay(Duration::ZERO);
         }
