@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use hush_media::sim::{CallConfig, CallSim, Jitter, LossModel, SimConfig};
+use hush_media::{MediaSession, SessionConfig};
 
 fn link(seed: u64, one_way_ms: u64, loss: LossModel) -> SimConfig {
     SimConfig {
@@ -232,6 +233,13 @@ fn bandwidth_table() {
     );
 }
 
+fn cpu_table() {
+    println!("| run | cost | share of one core |");
+    println!("|---|---|---|");
+    cpu_per_call();
+    cpu_engine_only();
+}
+
 fn cpu_per_call() {
     // One call, 50 audio packets/s each way, no codec; measures both engines plus the
     // simulator, so the figure is an upper bound for one side.
@@ -250,6 +258,54 @@ fn cpu_per_call() {
         simulated.as_secs_f64(),
         cpu.as_secs_f64() * 1000.0,
         100.0 * cpu.as_secs_f64() / simulated.as_secs_f64()
+    );
+}
+
+/// Two sessions handing their datagrams straight to each other one 20 ms tick later (no
+/// simulator, no codec), every 50th datagram dropped (2 %), on a virtual clock: the timed
+/// loop is the engine's own work, both sides, for 50 audio packets/s each way.
+fn cpu_engine_only() {
+    let t0 = Instant::now();
+    let config = SessionConfig::default();
+    let mut a = MediaSession::new(config.mirrored(), t0);
+    let mut b = MediaSession::new(config, t0);
+    let frame = [0x5au8; 60];
+    let ticks = 30_000u32; // 600 s
+    let (mut to_a, mut to_b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
+    let mut datagrams = 0u64;
+    let mut events = 0u64;
+    let wall = Instant::now();
+    for i in 0..ticks {
+        let now = t0 + Duration::from_millis(20) * i;
+        for d in std::mem::take(&mut to_a) {
+            let _ = a.handle_packet(now, &d);
+        }
+        for d in std::mem::take(&mut to_b) {
+            let _ = b.handle_packet(now, &d);
+        }
+        a.send_audio(now, &frame, None);
+        b.send_audio(now, &frame, None);
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        for (s, out) in [(&mut a, &mut to_b), (&mut b, &mut to_a)] {
+            while let Some(t) = s.poll_transmit() {
+                datagrams += 1;
+                if datagrams % 50 != 0 {
+                    out.push(t.data);
+                }
+            }
+            while s.poll_event().is_some() {
+                events += 1;
+            }
+        }
+    }
+    let cpu = wall.elapsed().as_secs_f64();
+    let simulated = f64::from(ticks) * 0.020;
+    println!(
+        "| two engines back to back (no simulator), 2 % loss | {simulated:.0} s simulated in {:.1} ms ({datagrams} datagrams, {events} events; {:.2} µs per datagram sent and received) | {:.4} % of one core per side |",
+        cpu * 1000.0,
+        cpu * 1e6 / datagrams as f64,
+        100.0 * cpu / 2.0 / simulated
     );
 }
 
@@ -286,6 +342,10 @@ fn main() {
         opus_table();
         return;
     }
+    if only.as_deref() == Some("cpu") {
+        cpu_table();
+        return;
+    }
     let seeds = [1, 2, 3, 4, 5];
     let loss_only = only.as_deref() == Some("loss");
     println!(
@@ -317,5 +377,5 @@ fn main() {
     jitter_table();
     bandwidth_table();
     println!("\n### Engine CPU\n");
-    cpu_per_call();
+    cpu_table();
 }
