@@ -290,7 +290,7 @@ fn cpu_engine_only() {
         for (s, out) in [(&mut a, &mut to_b), (&mut b, &mut to_a)] {
             while let Some(t) = s.poll_transmit() {
                 datagrams += 1;
-                if datagrams % 50 != 0 {
+                if !datagrams.is_multiple_of(50) {
                     out.push(t.data);
                 }
             }
