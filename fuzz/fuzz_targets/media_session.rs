@@ -10,8 +10,14 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let config = SessionConfig {
-        local_video: Some(StreamIds { ssrc: 0x1000_0003, rtx_ssrc: 0x1000_0004 }),
-        remote_video: Some(StreamIds { ssrc: 0x2000_0003, rtx_ssrc: 0x2000_0004 }),
+        local_video: Some(StreamIds {
+            ssrc: 0x1000_0003,
+            rtx_ssrc: 0x1000_0004,
+        }),
+        remote_video: Some(StreamIds {
+            ssrc: 0x2000_0003,
+            rtx_ssrc: 0x2000_0004,
+        }),
         ..SessionConfig::default()
     };
     let mut s = MediaSession::new(config, t0);

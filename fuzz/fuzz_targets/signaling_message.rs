@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, content);
     }
     // The first byte picks a raw message type; the rest is its body.
-    let Some((&which, body)) = data.split_first() else { return };
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
     match which % 8 {
         0 => drop(pb::Offer::decode(body)),
         1 => drop(pb::Answer::decode(body)),
