@@ -14,6 +14,8 @@ const WINDOW_US: i64 = 250_000;
 const KEEP_US: i64 = 500_000;
 /// Untracked sends kept.
 const KEEP_UNTRACKED: Duration = Duration::from_secs(3);
+/// Most arrivals kept, whatever the (peer-reported) arrival times say.
+const MAX_ARRIVALS: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
@@ -51,8 +53,12 @@ impl Delivered {
         }
     }
 
-    /// Forgets arrivals too old to matter.
+    /// Forgets arrivals too old to matter (and the oldest beyond a hard bound, since arrival
+    /// times come from the peer's feedback and may go backwards).
     pub(super) fn prune(&mut self) {
+        while self.arrivals.len() > MAX_ARRIVALS {
+            self.arrivals.pop_front();
+        }
         if let Some(last) = self.arrivals.back().map(|a| a.recv_us) {
             while self
                 .arrivals
@@ -140,6 +146,19 @@ mod tests {
         d.untracked.clear();
         let rtp_only = d.rate_bps().unwrap();
         assert!((rtp_only - 120_000.0).abs() < 1_000.0, "{rtp_only}");
+    }
+
+    #[test]
+    fn backwards_arrival_times_stay_bounded() {
+        // A peer's feedback may claim arrivals that go back in time; memory stays bounded.
+        let t0 = Instant::now();
+        let mut d = Delivered::default();
+        for i in 0..10_000i64 {
+            d.on_arrival(-i * 1000, 100, t0);
+            d.prune();
+        }
+        assert!(d.arrivals.len() <= MAX_ARRIVALS);
+        let _ = d.rate_bps();
     }
 
     #[test]

@@ -81,6 +81,8 @@ const PROBE_VALID: Duration = Duration::from_secs(1);
 const PROBE_GUARD: Duration = Duration::from_millis(300);
 /// Queue the congestion window allows on top of the round trip.
 const WINDOW_QUEUE: Duration = Duration::from_millis(100);
+/// Most one-way delay samples kept (10 s at 800 packets/s).
+const MAX_OWD_SAMPLES: usize = 8192;
 /// Pushback never asks the encoders for less than this (or the target, if lower).
 const MIN_PUSHBACK_BPS: f64 = 30_000.0;
 /// Time between pushback updates.
@@ -301,7 +303,10 @@ impl CongestionController {
         let (Some(&(last, _)), Some(lowest)) = (self.owd.back(), lowest) else {
             return;
         };
-        while self.owd.front().is_some_and(|(t, _)| last - t > 10_000_000) {
+        // Arrival times come from the peer: bound the history whatever they say.
+        while self.owd.len() > MAX_OWD_SAMPLES
+            || self.owd.front().is_some_and(|(t, _)| last - t > 10_000_000)
+        {
             self.owd.pop_front();
         }
         let base = self.owd.iter().map(|(_, d)| *d).min().unwrap_or(lowest);
