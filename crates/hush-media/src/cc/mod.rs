@@ -210,7 +210,7 @@ impl CongestionController {
     /// Registers a packet being sent; returns the transport sequence number to put in it.
     pub fn on_packet_sent(&mut self, now: Instant, size: usize, probe: Option<u32>) -> u16 {
         if let Some(c) = probe {
-            self.prober.on_sent(c);
+            self.prober.on_sent(now, c);
         }
         let seq = self.history.on_send(now, size, probe);
         self.update_pushback(now);

@@ -55,6 +55,8 @@ struct Cluster {
     bytes_after_first: usize,
     first_recv: Option<i64>,
     last_recv: i64,
+    first_sent: Option<Instant>,
+    last_sent: Option<Instant>,
 }
 
 /// Schedules probes and turns their feedback into rate measurements.
@@ -126,10 +128,12 @@ impl Prober {
         })
     }
 
-    /// A packet of cluster `cluster` was sent.
-    pub(super) fn on_sent(&mut self, cluster: u32) {
+    /// A packet of cluster `cluster` was sent at `now`.
+    pub(super) fn on_sent(&mut self, now: Instant, cluster: u32) {
         if let Some(c) = self.clusters.get_mut(&cluster) {
             c.sent += 1;
+            c.first_sent.get_or_insert(now);
+            c.last_sent = Some(now);
         }
     }
 
@@ -172,6 +176,16 @@ impl Prober {
             };
             let span = (c.last_recv - first) as f64 / 1e6;
             if span <= 0.0 {
+                continue;
+            }
+            // Arrivals bunched to under half the time the packets took to send measure the
+            // path's jitter, not its rate (a saturated path only spreads them): no verdict
+            // from this one (WebRTC's probe estimator drops the same ratio).
+            let sent_span = match (c.first_sent, c.last_sent) {
+                (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+                _ => 0.0,
+            };
+            if span < 0.5 * sent_span {
                 continue;
             }
             // Everything that arrived while the probe did went through the path together.

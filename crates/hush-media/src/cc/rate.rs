@@ -134,14 +134,18 @@ impl AimdRate {
     /// A probe measured the path at `bps`: the rate rises to 95 % of it if that is higher.
     /// A `saturated` probe (the path delivered less than the burst's rate) measured the
     /// capacity itself, which becomes a capacity sample; one that got through whole, above
-    /// the known capacity, shows that the capacity is no longer known.
+    /// the known capacity, replaces it.
     pub(super) fn on_probe(&mut self, bps: f64, saturated: bool) {
-        let outside = self.capacity.upper_bound().is_some_and(|u| bps > u)
-            || (saturated && self.capacity.lower_bound().is_some_and(|l| bps < l));
-        if outside {
+        let above = self.capacity.upper_bound().is_some_and(|u| bps > u);
+        let below = saturated && self.capacity.lower_bound().is_some_and(|l| bps < l);
+        if above || below {
             self.capacity = LinkCapacity::default();
         }
-        if saturated {
+        // A probe that got through whole shows the path takes at least `bps`; keep that as
+        // the capacity rather than none, so the rate does not climb multiplicatively past it
+        // on the strength of one short (and, with jitter, noisy) burst. The next probe, soon
+        // after one that found room, looks further.
+        if saturated || above {
             self.capacity.on_overuse(bps);
         }
         let rate = PROBE_SHARE * bps;
@@ -306,11 +310,11 @@ mod tests {
         r.on_overuse(t0, Some(150_000.0), RTT);
         r.on_normal(0.1, Some(600_000.0), RTT);
         assert_eq!(r.capacity(), None);
-        // A probe that got through whole far above the capacity resets it too, and lifts
-        // the rate.
+        // A probe that got through whole far above the capacity replaces it, and lifts the
+        // rate.
         r.on_overuse(t0 + Duration::from_secs(1), Some(150_000.0), RTT);
         r.on_probe(900_000.0, false);
-        assert_eq!(r.capacity(), None);
+        assert_eq!(r.capacity(), Some(900_000.0));
         assert_eq!(r.rate(), PROBE_SHARE * 900_000.0);
         // A saturated probe measured the capacity.
         r.on_probe(1_000_000.0, true);
