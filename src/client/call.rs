@@ -63,6 +63,9 @@ pub struct CallStats {
     pub path: Option<CandidateKind>,
     /// Media-level counters.
     pub media: MediaStats,
+    /// The media engine's quality statistics (jitter, loss before and after recovery, RTT,
+    /// bitrate); `None` before keys exist. `to_prometheus` renders them for scraping.
+    pub quality: Option<hush_media::QualityStats>,
 }
 
 /// An established or establishing call. Dropping it does not end the call; call
@@ -121,9 +124,14 @@ impl Call {
         self.media
             .send(MediaCommand::Stats(tx))
             .map_err(|_| Error::CallEnded)?;
-        let (path, media) = rx.await.map_err(|_| Error::CallEnded)?;
+        let (path, media, quality) = rx.await.map_err(|_| Error::CallEnded)?;
         let suite = *self.suite.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(CallStats { suite, path, media })
+        Ok(CallStats {
+            suite,
+            path,
+            media,
+            quality,
+        })
     }
 
     /// Ends the call (from any state) and tells the peer.

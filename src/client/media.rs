@@ -6,7 +6,7 @@ use std::time::Instant;
 use hush_crypto::MediaKeys;
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::Playout;
-use hush_media::{Event as MediaEvent, SessionConfig};
+use hush_media::{Event as MediaEvent, QualityStats, SessionConfig};
 use hush_net::driver::Started;
 use hush_net::{CandidateKind, ConnectionState, Event as NetEvent, IceCredentials};
 use rand::Rng;
@@ -32,7 +32,7 @@ pub(crate) enum MediaCommand {
     /// Mute or unmute.
     Mute(bool),
     /// Report statistics.
-    Stats(oneshot::Sender<(Option<CandidateKind>, MediaStats)>),
+    Stats(oneshot::Sender<(Option<CandidateKind>, MediaStats, Option<QualityStats>)>),
     /// End: close ICE, destroy keys.
     Stop,
 }
@@ -191,13 +191,14 @@ impl MediaTask {
             MediaCommand::Mute(m) => st.muted = m,
             MediaCommand::Stats(reply) => {
                 let now = Instant::now();
+                let mut quality = None;
                 if let Some(path) = st.path.as_mut() {
                     st.stats.srtp_failures = path.stats().unprotect_failures;
                     st.stats.target_bps = path.session().target_bps();
                     st.stats.rtt_ms = path.session().rtt().map(|r| r.as_secs_f64() * 1e3);
-                    let _ = path.quality(now);
+                    quality = Some(path.quality(now));
                 }
-                let _ = reply.send((st.kind, st.stats));
+                let _ = reply.send((st.kind, st.stats, quality));
             }
             MediaCommand::Stop => {}
         }

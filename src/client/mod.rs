@@ -55,12 +55,20 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// A configuration with these ICE settings and defaults for the rest.
+    ///
+    /// Calls are audio-only for now, so the congestion controller is capped at 200 kbps (Opus
+    /// with redundancy needs far less) and does not probe with padding: probing only pays off
+    /// for video.
     pub fn new(net: hush_net::Config) -> Self {
+        let mut media = SessionConfig::default();
+        media.cc.max_bps = AUDIO_MAX_BPS;
+        media.cc.start_bps = media.cc.start_bps.min(AUDIO_MAX_BPS);
+        media.cc.probing = false;
         Self {
             net,
             bind: Bind::Interfaces,
             timeouts: Timeouts::default(),
-            media: SessionConfig::default(),
+            media,
             simulated_send_loss: 0.0,
         }
     }
@@ -205,6 +213,9 @@ pub(crate) enum Command {
     NetFailed(CallId),
     Shutdown,
 }
+
+/// Highest bitrate an audio-only call asks for.
+const AUDIO_MAX_BPS: u64 = 200_000;
 
 /// How long a client waits for an ICE driver to start.
 pub(crate) const NET_START_TIMEOUT: Duration = Duration::from_secs(10);
