@@ -1,8 +1,12 @@
 //! hush: end-to-end encrypted calls built on the Signal Protocol.
 //!
-//! This facade crate holds the call state machine ([`machine`]); the `Client`/`Call` API and
-//! its tokio drivers join it to the crates underneath (`hush-crypto`, `hush-srtp`,
-//! `hush-signaling`, `hush-net`, `hush-media`).
+//! This facade crate is what an application uses: [`Client`] places and receives calls,
+//! [`Call`] carries PCM audio, events and statistics, [`IncomingCall`] is accepted or rejected.
+//! Underneath, the sans-IO call state machine ([`machine`]) decides what happens, and tokio tasks
+//! join it to the crates that do the work: `hush-crypto` (Signal sessions, per-call keys),
+//! `hush-signaling` (sealed messages over a transport), `hush-net` (ICE), `hush-srtp` and
+//! `hush-media` (joined in [`media_path`]). See [`client`] for the flow and
+//! `examples/two_party_call.rs` for a whole call.
 
 pub mod client;
 mod error;
