@@ -17,7 +17,7 @@
 //! let mut bob = MediaPath::new(&bob_keys, config.mirrored(), now).unwrap();
 //! alice.send_audio(now, &[0xf8, 0xff, 0xfe]); // one (silent) Opus frame
 //! while let Some(datagram) = alice.poll_datagram() {
-//!     bob.handle_datagram(now, &datagram).unwrap();
+//!     bob.handle_datagram(now, datagram).unwrap();
 //! }
 //! assert_eq!(bob.stats().unprotect_failures, 0);
 //! ```
@@ -84,10 +84,13 @@ impl MediaPath {
         self.protect_transmits();
     }
 
-    /// Handles one datagram received on the call's ICE path: authenticates and decrypts it,
-    /// then feeds it to the media engine. Nothing changes if it does not authenticate.
-    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<(), MediaPathError> {
-        let mut packet = datagram.to_vec();
+    /// Handles one datagram received on the call's ICE path: authenticates and decrypts it in
+    /// place, then feeds it to the media engine. Nothing changes if it does not authenticate.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        mut packet: Vec<u8>,
+    ) -> Result<(), MediaPathError> {
         let unprotected = if is_rtcp(&packet) {
             self.rx.unprotect_rtcp(&mut packet)
         } else {
@@ -205,10 +208,10 @@ mod tests {
             alice.send_audio(now, &frame);
             bob.send_audio(now, &frame);
             while let Some(d) = alice.poll_datagram() {
-                bob.handle_datagram(now, &d).unwrap();
+                bob.handle_datagram(now, d).unwrap();
             }
             while let Some(d) = bob.poll_datagram() {
-                alice.handle_datagram(now, &d).unwrap();
+                alice.handle_datagram(now, d).unwrap();
             }
         }
         assert!(bob.stats().received >= 10 && alice.stats().received >= 10);
@@ -220,11 +223,11 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         assert!(matches!(
-            bob.handle_datagram(t0, &forged),
+            bob.handle_datagram(t0, forged),
             Err(MediaPathError::Srtp(_))
         ));
-        bob.handle_datagram(t0, &good).unwrap();
-        assert!(bob.handle_datagram(t0, &good).is_err(), "replay refused");
+        bob.handle_datagram(t0, good.clone()).unwrap();
+        assert!(bob.handle_datagram(t0, good).is_err(), "replay refused");
         assert_eq!(bob.stats().unprotect_failures, 2);
     }
 
@@ -238,7 +241,7 @@ mod tests {
         let mut stranger = MediaPath::new(&other_bk, config.mirrored(), t0).unwrap();
         alice.send_audio(t0, &[1, 2, 3]);
         let d = alice.poll_datagram().unwrap();
-        assert!(stranger.handle_datagram(t0, &d).is_err());
+        assert!(stranger.handle_datagram(t0, d).is_err());
         assert_eq!(stranger.stats().received, 0);
     }
 }

@@ -162,6 +162,14 @@ where
     }
 
     async fn place_call(&mut self, peer: DeviceId) -> Result<Call, Error> {
+        // Calling the device whose call rings here right now: both users want to talk, so
+        // this is an accept (the other half of glare, when its offer won the race).
+        if let Some((id, Side::Callee, CallState::Ringing)) = self.machine.active() {
+            if self.machine.active_peer() == Some(&peer_id(&peer)) {
+                info!(call = ?id, "calling the device that is ringing us: accepting its call");
+                return self.accept(id).await;
+            }
+        }
         if self.machine.active().is_some() {
             return Err(Error::Busy);
         }

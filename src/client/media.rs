@@ -118,7 +118,7 @@ impl MediaTask {
                 d = self.net.datagrams.recv() => match d {
                     Some(d) => match st.path.as_mut() {
                         Some(path) => {
-                            if path.handle_datagram(Instant::now(), &d).is_err() {
+                            if path.handle_datagram(Instant::now(), d).is_err() {
                                 st.stats.srtp_failures = path.stats().unprotect_failures;
                             }
                         }
