@@ -173,14 +173,13 @@ where
         if self.machine.active().is_some() {
             return Err(Error::Busy);
         }
-        let sealer = self.signaling.sealer_mut();
-        let address = sealer.address_of(&peer)?;
-        let identity = sealer
+        let identity = self.session_identity(&peer)?;
+        let (pending, offer) = self
+            .signaling
+            .sealer_mut()
             .device()
-            .store()
-            .peer_identity(&address)?
-            .ok_or(Error::NoSession)?;
-        let (pending, offer) = sealer.device().calls().offer(&identity, &mut rand::rng());
+            .calls()
+            .offer(&identity, &mut rand::rng());
         let id = CallId(*offer.call_id().as_bytes());
         let net = start_net(&self.config, Role::Controlling).await?;
         let creds = net.credentials.clone();
@@ -379,17 +378,25 @@ where
                 "offer call id differs from its key agreement",
             )));
         }
-        let sealer = self.signaling.sealer_mut();
-        let address = sealer.address_of(from)?;
-        let identity = sealer
-            .device()
-            .store()
-            .peer_identity(&address)?
-            .ok_or(Error::NoSession)?;
-        Ok(sealer
+        let identity = self.session_identity(from)?;
+        Ok(self
+            .signaling
+            .sealer_mut()
             .device_mut()
             .calls_mut()
             .receive_offer(&payload, &identity)?)
+    }
+
+    /// The identity key the Signal session with `peer` authenticated (the one the call keys
+    /// are bound to).
+    fn session_identity(&mut self, peer: &DeviceId) -> Result<hush_crypto::IdentityKey, Error> {
+        let sealer = self.signaling.sealer_mut();
+        let address = sealer.address_of(peer)?;
+        sealer
+            .device()
+            .store()
+            .peer_identity(&address)?
+            .ok_or(Error::NoSession)
     }
 
     // ----- machine outputs -----
