@@ -20,6 +20,8 @@
 
 use std::io::Write;
 
+pub mod coturn;
+
 /// Environment variable that turns a missing system component into a test failure.
 pub const REQUIRE_ENV: &str = "HUSH_REQUIRE_SYSTEM_TESTS";
 

@@ -1,11 +1,10 @@
-//! Test harness: coturn on loopback or in a network namespace, network namespaces with NAT,
-//! and the `hush-net-peer` helper process. Everything started here is stopped on Drop.
+//! Test harness: network namespaces with NAT and the `hush-net-peer` helper process (coturn
+//! comes from `hush_testkit::coturn`). Everything started here is stopped on Drop.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,172 +12,7 @@ use std::time::{Duration, Instant};
 pub mod nodes;
 pub mod proxy;
 
-/// How the TURN server authenticates.
-#[derive(Clone, Debug)]
-pub enum Auth {
-    /// Long-term credentials.
-    LongTerm { user: String, pass: String },
-    /// TURN REST API shared secret (`use-auth-secret`).
-    Rest { secret: String },
-}
-
-impl Auth {
-    pub fn long_term() -> Self {
-        Self::LongTerm {
-            user: "alice".into(),
-            pass: "wonderland".into(),
-        }
-    }
-}
-
-pub const REALM: &str = "hush.test";
-
-pub fn coturn_present() -> bool {
-    hush_testkit::on_path("turnserver")
-}
-
-/// A unique scratch directory under the system temp dir.
-fn scratch(tag: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("hush-net-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-/// A coturn process with a generated configuration.
-pub struct Coturn {
-    child: Child,
-    /// The server's UDP listening address.
-    pub addr: SocketAddr,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Coturn {
-    /// Starts coturn on 127.0.0.1 on a free port.
-    pub fn start(auth: Auth) -> Self {
-        Self::start_loopback(auth, true)
-    }
-
-    /// Starts coturn on 127.0.0.1; `loopback_peers` false makes it refuse (403) every
-    /// permission for a loopback peer.
-    pub fn start_loopback(auth: Auth, loopback_peers: bool) -> Self {
-        let port = {
-            let s = UdpSocket::bind("127.0.0.1:0").expect("probe socket");
-            s.local_addr().expect("addr").port()
-        };
-        Self::spawn(
-            None,
-            SocketAddr::new([127, 0, 0, 1].into(), port),
-            auth,
-            loopback_peers,
-        )
-    }
-
-    /// Starts coturn inside network namespace `ns`, listening on `ip:3478`.
-    pub fn start_in(ns: &str, ip: IpAddr, auth: Auth) -> Self {
-        Self::spawn(Some(ns), SocketAddr::new(ip, 3478), auth, true)
-    }
-
-    fn spawn(ns: Option<&str>, addr: SocketAddr, auth: Auth, loopback_peers: bool) -> Self {
-        let dir = scratch("coturn");
-        let log = dir.join("turn.log");
-        let mut conf = format!(
-            "listening-ip={ip}\nrelay-ip={ip}\nlistening-port={port}\nrealm={REALM}\n\
-             no-tls\nno-dtls\nno-tcp\nno-cli\nfingerprint\n\
-             no-software-attribute\nverbose\nno-multicast-peers\nsimple-log\nlog-file={log}\n\
-             pidfile={pid}\nuserdb={db}\nmin-port=40000\nmax-port=40999\n",
-            ip = addr.ip(),
-            port = addr.port(),
-            log = log.display(),
-            pid = dir.join("turn.pid").display(),
-            db = dir.join("turndb").display(),
-        );
-        if loopback_peers {
-            conf.push_str("allow-loopback-peers\n");
-        }
-        match &auth {
-            Auth::LongTerm { user, pass } => {
-                conf.push_str(&format!("lt-cred-mech\nuser={user}:{pass}\n"));
-            }
-            Auth::Rest { secret } => {
-                conf.push_str(&format!("use-auth-secret\nstatic-auth-secret={secret}\n"));
-            }
-        }
-        let conf_path = dir.join("turnserver.conf");
-        std::fs::write(&conf_path, conf).expect("write coturn config");
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "turnserver"]);
-                c
-            }
-            None => Command::new("turnserver"),
-        };
-        cmd.arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start turnserver");
-        let me = Self {
-            child,
-            addr,
-            dir,
-            log,
-        };
-        me.wait_ready(ns.is_none());
-        me
-    }
-
-    fn wait_ready(&self, probe: bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        if probe {
-            // Ask for a STUN Binding until the server answers.
-            let sock = UdpSocket::bind("127.0.0.1:0").expect("probe");
-            sock.set_read_timeout(Some(Duration::from_millis(50)))
-                .expect("timeout");
-            let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
-            req.extend_from_slice(&[0x5a; 12]);
-            let mut buf = [0u8; 1500];
-            while Instant::now() < deadline {
-                let _ = sock.send_to(&req, self.addr);
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    if n >= 20 && buf[0] == 0x01 && buf[1] == 0x01 {
-                        return;
-                    }
-                }
-            }
-        } else {
-            while Instant::now() < deadline {
-                if self.log_text().contains("DB connection success") {
-                    std::thread::sleep(Duration::from_millis(300));
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("coturn did not start; log:\n{}", self.log_text());
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("coturn log kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+pub use hush_testkit::coturn::{coturn_present, Auth, Coturn};
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(args: &[&str]) {
