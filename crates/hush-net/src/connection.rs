@@ -214,12 +214,60 @@ impl Connection {
         self.pump(now);
     }
 
-    /// Forgets a local socket (its address went away): sessions on it are dropped. Follow with
-    /// [`restart`](Self::restart) to move the call to the remaining sockets.
+    /// Forgets a local socket (its address went away): TURN allocations made from it are
+    /// released (the release requests still come out of [`poll_transmit`](Self::poll_transmit)
+    /// with this socket as source; sending them is best effort) and its sessions are dropped.
+    /// Follow with [`restart`](Self::restart) to move the call to the remaining sockets, or use
+    /// [`network_changed`](Self::network_changed), which does both.
     pub fn remove_local_socket(&mut self, now: Instant, socket: SocketAddr) {
-        self.sockets.retain(|s| *s != socket);
-        self.sessions.retain(|s| s.socket != socket);
+        let _gone = self.forget_socket(now, socket);
         self.pump(now);
+    }
+
+    /// The device changed network (Wi-Fi → mobile, new addresses, or just new local ports):
+    /// every current local socket not in `sockets` is forgotten (as with
+    /// [`remove_local_socket`](Self::remove_local_socket)), `sockets` are announced (as with
+    /// [`add_local_sockets`](Self::add_local_sockets)), and ICE restarts on them.
+    ///
+    /// Returns the new local credentials. They also come out as [`Event::Restarted`], followed by
+    /// the new candidates ([`Event::LocalCandidate`]): send the credentials to the peer first,
+    /// then the candidates. The peer hands them to its own
+    /// [`set_remote_credentials`](Self::set_remote_credentials), which makes it restart in turn
+    /// (its own [`Event::Restarted`] with its new credentials, to send back here); nothing else
+    /// is needed on either side.
+    ///
+    /// Media sent meanwhile goes out on the previous path only if that path's local socket is
+    /// still among `sockets`; otherwise it is dropped until the new path is selected.
+    pub fn network_changed(
+        &mut self,
+        now: Instant,
+        sockets: &[SocketAddr],
+    ) -> Result<IceCredentials, Error> {
+        if self.state == ConnectionState::Closed {
+            return Err(Error::Closed);
+        }
+        if sockets.is_empty() {
+            return Err(Error::InvalidConfig("no local socket to move to"));
+        }
+        let mut gone = Vec::new();
+        for old in self.sockets.clone() {
+            if !sockets.contains(&old) {
+                gone.extend(self.forget_socket(now, old));
+            }
+        }
+        let creds = self.restart_inner(now)?;
+        // The path kept for media during the restart is useless if its socket is gone.
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|p| gone.contains(&p.local.base))
+        {
+            self.previous = None;
+        }
+        // New sockets gather after the restart, so their candidates belong to the new
+        // generation (and follow the Restarted event).
+        self.add_local_sockets(now, sockets);
+        Ok(creds)
     }
 
     /// Sets the peer's ICE credentials and starts connectivity checks. New credentials from the
@@ -503,6 +551,32 @@ impl Connection {
                 Err(e) => tracing::debug!(error = %e, "TURN allocate not sent"),
             }
         }
+    }
+
+    /// Drops socket `socket`: releases its allocations (requests queued as transmits) and drops
+    /// its sessions. Returns the local bases that went with it (the socket and its relayed
+    /// addresses); empty if the socket was unknown.
+    fn forget_socket(&mut self, now: Instant, socket: SocketAddr) -> Vec<SocketAddr> {
+        if !self.sockets.contains(&socket) {
+            return Vec::new();
+        }
+        self.sockets.retain(|s| *s != socket);
+        let mut gone = vec![socket];
+        for s in self.sessions.iter_mut().filter(|s| s.socket == socket) {
+            if let Some(relayed) = s.relayed {
+                s.client.release(now, relayed);
+                gone.push(relayed);
+            }
+            while let Some(out) = s.client.poll_out() {
+                self.transmits.push_back(Transmit {
+                    source: out.local,
+                    destination: out.dest,
+                    contents: out.bytes,
+                });
+            }
+        }
+        self.sessions.retain(|s| s.socket != socket);
+        gone
     }
 
     fn add_host(&mut self, socket: SocketAddr) {

@@ -41,6 +41,7 @@ enum Command {
     AddRemoteCandidate(String, oneshot::Sender<Result<(), Error>>),
     Send(Vec<u8>),
     Restart(oneshot::Sender<Result<IceCredentials, Error>>),
+    NetworkChanged(oneshot::Sender<Result<IceCredentials, Error>>),
     Path(oneshot::Sender<Option<PathInfo>>),
     LocalSockets(oneshot::Sender<Vec<SocketAddr>>),
     Close(oneshot::Sender<()>),
@@ -102,6 +103,32 @@ impl Handle {
     /// and returns the new credentials to send to the peer.
     pub async fn restart(&self) -> Result<IceCredentials, Error> {
         self.ask(Command::Restart).await?
+    }
+
+    /// The device changed network (Wi-Fi → mobile, an address changed, or the app just wants
+    /// fresh sockets): binds new sockets per the configured [`Bind`] (new ports, even on the
+    /// same addresses), switches the connection to them, closes the old ones (after sending the
+    /// release of any TURN allocation made from them), and restarts ICE.
+    ///
+    /// Returns the new local credentials. The same credentials come out as
+    /// [`Event::Restarted`], followed by the new candidates as [`Event::LocalCandidate`];
+    /// relay them to the peer like any restart (credentials first, then candidates; sending
+    /// them from the event alone is enough, a duplicate is ignored by the peer).
+    ///
+    /// **What the peer does**: on receiving the new credentials it calls
+    /// [`Handle::set_remote_credentials`] with them and then [`Handle::add_remote_candidate`]
+    /// for each candidate that follows. That call makes the peer restart too: it emits its own
+    /// [`Event::Restarted`] with its new credentials (and then its candidates), which go back
+    /// to this side the same way and are given to this side's
+    /// [`Handle::set_remote_credentials`]. This side does not restart again (its remote
+    /// credentials were cleared by its own restart), so there is no ping-pong. The peer never
+    /// calls [`Handle::restart`] itself for this.
+    ///
+    /// When returns, the old sockets are closed. Fails with [`Error::InvalidConfig`] (and
+    /// changes nothing) if no socket could be bound, for example while no network is up; call
+    /// it again when one is.
+    pub async fn network_changed(&self) -> Result<IceCredentials, Error> {
+        self.ask(Command::NetworkChanged).await?
     }
 
     /// The selected path, if any.
@@ -207,16 +234,10 @@ impl Driver {
             if self.sockets.keys().any(|a| a.ip() == ip) {
                 continue;
             }
-            let socket = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
-                Ok(s) => Arc::new(s),
-                Err(e) => {
-                    tracing::warn!(%ip, error = %e, "cannot bind");
-                    continue;
-                }
+            let Some((local, sock)) = self.bind_one(ip).await else {
+                continue;
             };
-            let local = socket.local_addr()?;
-            let reader = tokio::spawn(read_loop(socket.clone(), local, self.pkt_tx.clone()));
-            self.sockets.insert(local, Sock { socket, reader });
+            self.sockets.insert(local, sock);
             added.push(local);
         }
         if !added.is_empty() {
@@ -224,6 +245,57 @@ impl Driver {
             self.conn.add_local_sockets(now, &added);
         }
         Ok(())
+    }
+
+    /// Binds one socket on `ip`, port chosen by the OS, and starts its reader.
+    async fn bind_one(&self, ip: IpAddr) -> Option<(SocketAddr, Sock)> {
+        let socket = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::warn!(%ip, error = %e, "cannot bind");
+                return None;
+            }
+        };
+        let local = match socket.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%ip, error = %e, "bound socket has no address");
+                return None;
+            }
+        };
+        let reader = tokio::spawn(read_loop(socket.clone(), local, self.pkt_tx.clone()));
+        Some((local, Sock { socket, reader }))
+    }
+
+    /// Replaces every socket by fresh ones and restarts ICE (see [`Handle::network_changed`]).
+    async fn network_changed(&mut self) -> Result<IceCredentials, Error> {
+        let mut fresh = Vec::new();
+        for ip in self.wanted() {
+            if let Some(s) = self.bind_one(ip).await {
+                fresh.push(s);
+            }
+        }
+        if fresh.is_empty() {
+            return Err(Error::InvalidConfig("no usable local address to bind"));
+        }
+        let old: Vec<SocketAddr> = self.sockets.keys().copied().collect();
+        let addrs: Vec<SocketAddr> = fresh.iter().map(|(a, _)| *a).collect();
+        self.sockets.extend(fresh);
+        let now = self.now();
+        let result = self.conn.network_changed(now, &addrs);
+        let retire = if result.is_ok() { old } else { addrs };
+        // Release requests for allocations on the old sockets go out before they close.
+        self.flush().await;
+        for addr in retire {
+            if let Some(s) = self.sockets.remove(&addr) {
+                s.reader.abort();
+                // Resolves once the reader (and its handle on the socket) is dropped.
+                let _ = s.reader.await;
+                drop(s.socket);
+                tracing::info!(%addr, "socket closed after network change");
+            }
+        }
+        result
     }
 
     async fn flush(&mut self) {
@@ -315,6 +387,10 @@ impl Driver {
             }
             Command::Restart(reply) => {
                 let r = self.conn.restart(now);
+                let _ = reply.send(r);
+            }
+            Command::NetworkChanged(reply) => {
+                let r = self.network_changed().await;
                 let _ = reply.send(r);
             }
             Command::Path(reply) => {

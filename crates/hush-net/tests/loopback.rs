@@ -213,3 +213,125 @@ async fn silent_turn_server_is_a_timeout_error() {
         "{e:?}"
     );
 }
+
+/// Drains what a node observed so far without waiting; returns how many restarts it saw.
+fn restarts_seen(n: &mut common::nodes::Node) -> usize {
+    let mut count = 0;
+    while let Ok(s) = n.seen.try_recv() {
+        if matches!(s, Seen::Restarted) {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Exchanges `n` datagrams each way, checking they arrive unchanged.
+async fn flows(a: &mut common::nodes::Node, b: &mut common::nodes::Node, tag: u8, n: u8) {
+    // Datagrams sent while the new path is being nominated may be lost: wait for the first
+    // that gets through, then require every following one.
+    let probe = |i: u8| {
+        let mut m = media(i);
+        m[2] = tag;
+        m
+    };
+    let mut got = false;
+    for _ in 0..100 {
+        a.handle.send(probe(0)).unwrap();
+        if tokio::time::timeout(Duration::from_millis(50), b.datagrams.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d == probe(0))
+        {
+            got = true;
+            break;
+        }
+    }
+    assert!(got, "media does not get through");
+    while let Ok(_stale) = b.datagrams.try_recv() {}
+    for i in 1..n {
+        a.handle.send(probe(i)).unwrap();
+        b.handle.send(probe(100 + i)).unwrap();
+    }
+    for i in 1..n {
+        assert_eq!(b.recv(T).await.expect("B receives"), probe(i));
+        assert_eq!(a.recv(T).await.expect("A receives"), probe(100 + i));
+    }
+}
+
+async fn network_change_moves_the_flow(cfg: impl Fn() -> Config) {
+    let (mut a, mut b) = pair(cfg(), cfg(), loopback()).await;
+    let before_a = a.path(T).await.expect("A selects a path");
+    b.path(T).await.expect("B selects a path");
+    flows(&mut a, &mut b, 1, 10).await;
+    let old = a.handle.local_sockets().await.unwrap();
+    assert_eq!(restarts_seen(&mut a) + restarts_seen(&mut b), 0);
+
+    // A "moves to another network": fresh sockets (new ports on loopback), ICE restart.
+    let creds = a.handle.network_changed().await.expect("network change");
+    let new = a.handle.local_sockets().await.unwrap();
+    assert!(!new.is_empty());
+    assert!(new.iter().all(|n| !old.contains(n)), "{old:?} → {new:?}");
+    // The old sockets are closed when network_changed returns: their ports are free again.
+    let _reuse: Vec<std::net::UdpSocket> = old
+        .iter()
+        .map(|o| std::net::UdpSocket::bind(o).expect("old socket closed"))
+        .collect();
+
+    // The test's signaling relays A's Restarted credentials to B's set_remote_credentials, B
+    // restarts in turn and its credentials come back: a new path, on A's new socket.
+    let (mut ra, mut rb) = (0, 0);
+    let after_a = a
+        .wait_for(T, |s| match s {
+            Seen::Path(p) => Some(p),
+            Seen::Restarted => {
+                ra += 1;
+                None
+            }
+            _ => None,
+        })
+        .await
+        .expect("A selects a new path");
+    let after_b = b
+        .wait_for(T, |s| match s {
+            Seen::Path(p) => Some(p),
+            Seen::Restarted => {
+                rb += 1;
+                None
+            }
+            _ => None,
+        })
+        .await
+        .expect("B selects a new path");
+    assert_ne!(after_a.local, before_a.local);
+    assert_eq!(after_a.kind, before_a.kind);
+    if after_a.kind == CandidateKind::Host {
+        assert!(new.contains(&after_a.local), "{after_a:?} not on {new:?}");
+        assert!(new.contains(&after_b.remote), "{after_b:?} not to {new:?}");
+    }
+    flows(&mut a, &mut b, 2, 20).await;
+    // Exactly one restart on each side (A asked, B followed): no ping-pong.
+    assert_eq!(ra + restarts_seen(&mut a), 1);
+    assert_eq!(rb + restarts_seen(&mut b), 1);
+    assert_ne!(creds, a.handle.network_changed().await.unwrap());
+    a.handle.close().await.unwrap();
+    b.handle.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_change_moves_a_host_flow_to_fresh_sockets() {
+    network_change_moves_the_flow(|| Config::builder().include_loopback(true).build().unwrap())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_change_moves_a_relay_flow_to_a_new_allocation() {
+    if !hush_testkit::system_component("coturn (turnserver)", coturn_present()) {
+        return;
+    }
+    let turn = Coturn::start(Auth::long_term());
+    network_change_moves_the_flow(|| {
+        relay_cfg(turn.addr, TurnCredentials::long_term("alice", "wonderland"))
+    })
+    .await;
+}

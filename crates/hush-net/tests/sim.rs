@@ -300,3 +300,44 @@ fn restart_without_answer_fails_with_no_route() {
         .iter()
         .any(|e| matches!(e, Event::Failed(hush_net::Error::NoRoute))));
 }
+
+#[test]
+fn network_changed_moves_the_flow_to_the_new_socket() {
+    let mut p = Pair::new();
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    let old: SocketAddr = "10.0.0.2:2000".parse().unwrap();
+    let new: SocketAddr = "10.0.0.3:2001".parse().unwrap();
+    p.blackhole.push(old);
+    p.b.sockets = vec![new];
+    let creds = p.b.conn.network_changed(p.now, &[new]).unwrap();
+    assert_eq!(p.b.conn.local_sockets(), &[new]);
+    // Restarted comes first, then the new generation's candidate on the new socket.
+    let n = p.b.events.len();
+    p.collect();
+    assert!(
+        matches!(&p.b.events[n], Event::Restarted { credentials } if *credentials == creds),
+        "{:?}",
+        &p.b.events[n..]
+    );
+    let candidates: Vec<&String> = p.b.events[n..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::LocalCandidate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(candidates.len(), 1, "{:?}", &p.b.events[n..]);
+    assert!(candidates[0].contains("10.0.0.3 2001"), "{candidates:?}");
+    // The peer's set_remote_credentials (in collect) makes it restart once; no ping-pong.
+    flows_on(&mut p, new);
+    let restarts = |s: &Side| {
+        s.events
+            .iter()
+            .filter(|e| matches!(e, Event::Restarted { .. }))
+            .count()
+    };
+    assert_eq!(restarts(&p.a), 1);
+    assert_eq!(restarts(&p.b), 1);
+    assert!(p.b.conn.network_changed(p.now, &[]).is_err());
+}
