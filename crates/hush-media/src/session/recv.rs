@@ -182,7 +182,13 @@ impl MediaSession {
             let ext = self
                 .audio_rx
                 .on_packet(now, arrival, h.sequence_number, h.timestamp);
+            let missing = self.audio_nack.missing_count();
             self.audio_nack.on_packet(now, ext);
+            if self.audio_nack.missing_count() > missing {
+                // A gap in the sequence is the earliest sign of loss (the settled count in
+                // `sample_loss` lags a second behind): hold room for recovery from now on.
+                self.last_audio_loss = Some(now);
+            }
             self.on_audio(now, &packet, ext, Recovery::None)
         } else if ssrc == audio.rtx_ssrc {
             if packet.payload.is_empty() {
