@@ -380,6 +380,7 @@ impl TurnClient {
     pub(crate) fn new(
         local: SocketAddr,
         server: SocketAddr,
+        stream: bool,
         credentials: Option<(&str, &str)>,
         rto: Duration,
     ) -> Result<Self, Error> {
@@ -391,7 +392,13 @@ impl TurnClient {
             stun_serv_addr: server.to_string(),
             turn_serv_addr: turn,
             local_addr: local,
-            transport_protocol: TransportProtocol::UDP,
+            // Over a stream rtc-turn sends each request once (no retransmission) and still
+            // asks for a UDP relay (REQUESTED-TRANSPORT); the framing is hush's (crate::framing).
+            transport_protocol: if stream {
+                TransportProtocol::TCP
+            } else {
+                TransportProtocol::UDP
+            },
             username,
             password,
             realm: String::new(),

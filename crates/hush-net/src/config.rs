@@ -1,7 +1,7 @@
 //! Configuration: policy, STUN/TURN servers, timers.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -93,13 +93,168 @@ impl fmt::Debug for TurnCredentials {
     }
 }
 
-/// A TURN server (UDP transport) and the credentials to use with it.
+/// How the client reaches a TURN server. Whatever the transport, the relayed address on the
+/// server is UDP: only the leg between this device and the server changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TurnTransport {
+    /// UDP (`turn:host:port`, the default).
+    Udp,
+    /// TCP (`turn:host:port?transport=tcp`): for networks that block UDP.
+    Tcp,
+    /// TLS over TCP (`turns:host:port`): for networks that only let HTTPS-like traffic out.
+    /// The server's certificate is verified against the configured roots
+    /// ([`ConfigBuilder::turn_tls_roots`]) for `server_name`.
+    Tls {
+        /// The name the certificate must be valid for: a DNS name, or the IP address as text.
+        server_name: String,
+    },
+}
+
+impl TurnTransport {
+    /// The kind of transport, without the TLS server name.
+    pub fn kind(&self) -> Transport {
+        match self {
+            Self::Udp => Transport::Udp,
+            Self::Tcp => Transport::Tcp,
+            Self::Tls { .. } => Transport::Tls,
+        }
+    }
+}
+
+/// The transport a [`Transmit`](crate::Transmit) goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Transport {
+    /// A UDP datagram from the host socket.
+    #[default]
+    Udp,
+    /// A message on the TCP connection from the host socket's address to the destination.
+    Tcp,
+    /// A message on the TLS connection from the host socket's address to the destination.
+    Tls,
+}
+
+/// A TURN server, how to reach it, and the credentials to use with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnServer {
-    /// The server's UDP address.
+    /// The server's address.
     pub addr: SocketAddr,
     /// Credentials for the allocation.
     pub credentials: TurnCredentials,
+    /// How to reach it.
+    pub transport: TurnTransport,
+}
+
+impl TurnServer {
+    /// A TURN server reached over UDP.
+    pub fn udp(addr: SocketAddr, credentials: TurnCredentials) -> Self {
+        Self {
+            addr,
+            credentials,
+            transport: TurnTransport::Udp,
+        }
+    }
+
+    /// A TURN server reached over TCP.
+    pub fn tcp(addr: SocketAddr, credentials: TurnCredentials) -> Self {
+        Self {
+            addr,
+            credentials,
+            transport: TurnTransport::Tcp,
+        }
+    }
+
+    /// A TURN server reached over TLS; its certificate must be valid for `server_name`.
+    pub fn tls(
+        addr: SocketAddr,
+        server_name: impl Into<String>,
+        credentials: TurnCredentials,
+    ) -> Self {
+        Self {
+            addr,
+            credentials,
+            transport: TurnTransport::Tls {
+                server_name: server_name.into(),
+            },
+        }
+    }
+
+    /// Parses a WebRTC-style TURN URL (RFC 7065): `turn:<host>[:<port>][?transport=udp|tcp]`
+    /// or `turns:<host>[:<port>][?transport=tcp]`. The default port is 3478 for `turn:` and
+    /// 5349 for `turns:`.
+    ///
+    /// `host` must be an IP address (IPv6 in brackets): this crate does no DNS. To use a name,
+    /// resolve it and build the server with [`TurnServer::tls`] (the name is what the
+    /// certificate is checked against). For `turns:` with an IP address, the certificate must
+    /// be valid for that IP address.
+    pub fn from_url(url: &str, credentials: TurnCredentials) -> Result<Self, Error> {
+        let bad = || {
+            Error::InvalidConfig("TURN URL: expected turn:/turns:<ip>[:port][?transport=udp|tcp]")
+        };
+        let (secure, rest) = if let Some(r) = url.strip_prefix("turns:") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("turn:") {
+            (false, r)
+        } else {
+            return Err(bad());
+        };
+        let (hostport, query) = match rest.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (rest, None),
+        };
+        let tcp = match query {
+            None => secure,
+            Some("transport=udp") if !secure => false,
+            Some("transport=tcp") => true,
+            Some(_) => return Err(bad()),
+        };
+        let default_port = if secure { 5349 } else { 3478 };
+        let (ip, port): (IpAddr, u16) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (ip, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => default_port,
+                None => return Err(bad()),
+            };
+            (ip.parse().map_err(|_| bad())?, port)
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h.parse().map_err(|_| bad())?, p.parse().map_err(|_| bad())?),
+                None => (hostport.parse().map_err(|_| bad())?, default_port),
+            }
+        };
+        if port == 0 {
+            return Err(bad());
+        }
+        let addr = SocketAddr::new(ip, port);
+        Ok(match (secure, tcp) {
+            (true, _) => Self::tls(addr, ip.to_string(), credentials),
+            (false, true) => Self::tcp(addr, credentials),
+            (false, false) => Self::udp(addr, credentials),
+        })
+    }
+}
+
+/// Which certificates a TLS connection to a TURN server is verified against.
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TlsRoots {
+    /// The Mozilla root programme's CAs (compiled in, `webpki-roots`).
+    #[default]
+    WebPki,
+    /// Only these certificates (DER), as trust anchors. A self-signed server certificate can be
+    /// pinned this way.
+    Custom(Vec<Vec<u8>>),
+}
+
+impl fmt::Debug for TlsRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WebPki => f.write_str("WebPki"),
+            Self::Custom(c) => write!(f, "Custom({} certificates)", c.len()),
+        }
+    }
 }
 
 /// Minimum waits before the controlling agent may nominate a pair whose candidates are of a
@@ -155,6 +310,7 @@ pub struct Config {
     pub(crate) waits: Option<AcceptanceWaits>,
     pub(crate) restart_on_consent_loss: bool,
     pub(crate) turn_rto: Duration,
+    pub(crate) tls_roots: TlsRoots,
 }
 
 impl Config {
@@ -174,6 +330,7 @@ impl Config {
                 waits: None,
                 restart_on_consent_loss: true,
                 turn_rto: Duration::from_millis(200),
+                tls_roots: TlsRoots::WebPki,
             },
         }
     }
@@ -201,6 +358,11 @@ impl Config {
     pub fn turn_servers(&self) -> &[TurnServer] {
         &self.turn_servers
     }
+
+    /// The roots TLS connections to TURN servers are verified against.
+    pub fn tls_roots(&self) -> &TlsRoots {
+        &self.tls_roots
+    }
 }
 
 /// Builder for [`Config`].
@@ -222,11 +384,31 @@ impl ConfigBuilder {
         self
     }
 
-    /// Adds a TURN server (UDP). It is also asked for a server-reflexive address.
+    /// Adds a TURN server reached over UDP. It is also asked for a server-reflexive address.
     pub fn turn_server(mut self, addr: SocketAddr, credentials: TurnCredentials) -> Self {
         self.config
             .turn_servers
-            .push(TurnServer { addr, credentials });
+            .push(TurnServer::udp(addr, credentials));
+        self
+    }
+
+    /// Adds a TURN server with any transport (see [`TurnServer::tcp`], [`TurnServer::tls`],
+    /// [`TurnServer::from_url`]). Only UDP servers are asked for a server-reflexive address.
+    pub fn turn(mut self, server: TurnServer) -> Self {
+        self.config.turn_servers.push(server);
+        self
+    }
+
+    /// Adds a TURN server from a WebRTC-style URL (`turn:ip:port?transport=tcp`,
+    /// `turns:ip:port`); see [`TurnServer::from_url`].
+    pub fn turn_url(self, url: &str, credentials: TurnCredentials) -> Result<Self, Error> {
+        Ok(self.turn(TurnServer::from_url(url, credentials)?))
+    }
+
+    /// The roots TLS (`turns:`) servers' certificates are verified against (default
+    /// [`TlsRoots::WebPki`]).
+    pub fn turn_tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.config.tls_roots = roots;
         self
     }
 
@@ -343,5 +525,41 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(c.acceptance_waits(), AcceptanceWaits::ZERO);
+    }
+
+    #[test]
+    fn turn_urls_parse_like_webrtc() {
+        let c = || TurnCredentials::long_term("u", "p");
+        let t = TurnServer::from_url("turn:192.0.2.1", c()).unwrap();
+        assert_eq!(t.addr, "192.0.2.1:3478".parse().unwrap());
+        assert_eq!(t.transport, TurnTransport::Udp);
+        let t = TurnServer::from_url("turn:192.0.2.1:80?transport=tcp", c()).unwrap();
+        assert_eq!(t.addr, "192.0.2.1:80".parse().unwrap());
+        assert_eq!(t.transport, TurnTransport::Tcp);
+        let t = TurnServer::from_url("turn:192.0.2.1:3479?transport=udp", c()).unwrap();
+        assert_eq!(t.transport.kind(), Transport::Udp);
+        let t = TurnServer::from_url("turns:[2001:db8::1]", c()).unwrap();
+        assert_eq!(t.addr, "[2001:db8::1]:5349".parse().unwrap());
+        assert_eq!(
+            t.transport,
+            TurnTransport::Tls {
+                server_name: "2001:db8::1".into()
+            }
+        );
+        let t = TurnServer::from_url("turns:10.0.0.1:443?transport=tcp", c()).unwrap();
+        assert_eq!(t.transport.kind(), Transport::Tls);
+        for bad in [
+            "stun:1.2.3.4",
+            "turn:",
+            "turn:host.example",
+            "turn:1.2.3.4:0",
+            "turn:1.2.3.4:99999",
+            "turn:1.2.3.4?transport=sctp",
+            "turns:1.2.3.4?transport=udp",
+            "turn:[::1",
+            "turn:[::1]x",
+        ] {
+            assert!(TurnServer::from_url(bad, c()).is_err(), "{bad}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::adapter::{
     AgentEvent, AgentState, CandInfo, IceAgent, RelaySend, TurnClient, TurnEvent, TxId,
 };
 use crate::candidate::{CandidateKind, IceCredentials, PathInfo};
-use crate::config::{Config, Policy, Role};
+use crate::config::{Config, Policy, Role, Transport};
 use crate::demux::{self, PacketKind};
 use crate::error::Error;
 
@@ -17,7 +17,14 @@ pub const MAX_DATAGRAM: usize = 65_000;
 /// Packets held per peer while a TURN permission is being installed.
 const MAX_PENDING_PER_PEER: usize = 64;
 
-/// A UDP datagram to send: from the local socket `source` to `destination`.
+/// A message to send: from the local socket `source` to `destination`.
+///
+/// With [`Transport::Udp`] it is one UDP datagram from host socket `source`. With
+/// [`Transport::Tcp`] or [`Transport::Tls`] it is one complete STUN or ChannelData message for
+/// the stream (TURN over TCP/TLS) from `source`'s IP address to the TURN server
+/// `destination`: the driver opens that connection on first use (one per `source`,
+/// `destination` and transport), writes the message on it (see [`crate::framing`]), and feeds
+/// the messages it receives back with [`Connection::handle_stream_message`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct Transmit {
@@ -25,7 +32,9 @@ pub struct Transmit {
     pub source: SocketAddr,
     /// Where to send it.
     pub destination: SocketAddr,
-    /// The datagram.
+    /// How to send it.
+    pub transport: Transport,
+    /// The datagram or message.
     pub contents: Vec<u8>,
 }
 
@@ -84,6 +93,8 @@ struct Path {
 struct Session {
     socket: SocketAddr,
     server: SocketAddr,
+    /// How the server is reached (UDP from `socket`, or a stream from `socket`'s address).
+    transport: Transport,
     client: TurnClient,
     turn: bool,
     binding_tx: Option<TxId>,
@@ -383,6 +394,7 @@ impl Connection {
                 self.transmits.push_back(Transmit {
                     source: out.local,
                     destination: out.dest,
+                    transport: s.transport,
                     contents: out.bytes,
                 });
             }
@@ -406,7 +418,7 @@ impl Connection {
         if let Some(i) = self
             .sessions
             .iter()
-            .position(|s| s.server == from && s.socket == local)
+            .position(|s| s.server == from && s.socket == local && s.transport == Transport::Udp)
         {
             self.sessions[i].client.handle_read(now, local, from, bytes);
         } else if self.config.policy == Policy::RelayOnly {
@@ -414,6 +426,75 @@ impl Connection {
         } else {
             self.handle_peer_packet(now, local, from, bytes);
         }
+        self.pump(now);
+    }
+
+    /// Handles one STUN or ChannelData message received on the stream (TURN over TCP/TLS) that
+    /// the driver opened for a [`Transmit`] with this `source` (`local`), `destination`
+    /// (`server`) and `transport`. Cut the stream into messages with
+    /// [`framing::StreamDecoder`](crate::framing::StreamDecoder).
+    pub fn handle_stream_message(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        server: SocketAddr,
+        transport: Transport,
+        message: &[u8],
+    ) {
+        if self.state == ConnectionState::Closed {
+            return;
+        }
+        if let Some(i) = self
+            .sessions
+            .iter()
+            .position(|s| s.server == server && s.socket == local && s.transport == transport)
+        {
+            self.sessions[i]
+                .client
+                .handle_read(now, local, server, message);
+        } else {
+            tracing::trace!(%server, "stream message for no session dropped");
+        }
+        self.pump(now);
+    }
+
+    /// The stream (TURN over TCP/TLS) for this `local`, `server` and `transport` could not be
+    /// opened (connection refused, TLS handshake or certificate failure) or was closed or broke
+    /// (framing error). The allocation made over it is gone with it (an allocation
+    /// belongs to its 5-tuple, here the connection: RFC 8656 §2.2): reported as
+    /// [`Error::TurnConnectionFailed`] in an [`Event::ServerError`].
+    pub fn stream_failed(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        server: SocketAddr,
+        transport: Transport,
+        reason: String,
+    ) {
+        if self.state == ConnectionState::Closed {
+            return;
+        }
+        let Some(i) = self
+            .sessions
+            .iter()
+            .position(|s| s.server == server && s.socket == local && s.transport == transport)
+        else {
+            return;
+        };
+        let s = &mut self.sessions[i];
+        s.alloc_tx = None;
+        s.binding_tx = None;
+        s.alloc_failed = true;
+        s.relayed = None;
+        s.perm_tx.clear();
+        s.pending.clear();
+        tracing::warn!(%server, ?transport, %reason, "TURN connection failed");
+        self.events
+            .push_back(Event::ServerError(Error::TurnConnectionFailed {
+                server,
+                transport,
+                reason,
+            }));
         self.pump(now);
     }
 
@@ -487,7 +568,7 @@ impl Connection {
         if p2p {
             for &server in &self.config.stun_servers {
                 if server.is_ipv4() == socket.is_ipv4() {
-                    new_sessions.push((server, None));
+                    new_sessions.push((server, Transport::Udp, None));
                 }
             }
         }
@@ -495,6 +576,7 @@ impl Connection {
             if t.addr.is_ipv4() == socket.is_ipv4() {
                 new_sessions.push((
                     t.addr,
+                    t.transport.kind(),
                     Some((
                         t.credentials.username().to_owned(),
                         t.credentials.password().to_owned(),
@@ -502,10 +584,11 @@ impl Connection {
                 ));
             }
         }
-        for (server, creds) in new_sessions {
+        for (server, transport, creds) in new_sessions {
             let client = match TurnClient::new(
                 socket,
                 server,
+                transport != Transport::Udp,
                 creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
                 rto,
             ) {
@@ -518,6 +601,7 @@ impl Connection {
             let mut s = Session {
                 socket,
                 server,
+                transport,
                 client,
                 turn: creds.is_some(),
                 binding_tx: None,
@@ -536,7 +620,8 @@ impl Connection {
     }
 
     fn start_session(now: Instant, s: &mut Session, p2p: bool) {
-        if p2p {
+        // A reflexive address seen over TCP is no UDP candidate: Binding only over UDP.
+        if p2p && s.transport == Transport::Udp {
             match s.client.binding(now) {
                 Ok(t) => s.binding_tx = Some(t),
                 Err(e) => tracing::debug!(error = %e, "STUN binding not sent"),
@@ -571,6 +656,7 @@ impl Connection {
                 self.transmits.push_back(Transmit {
                     source: out.local,
                     destination: out.dest,
+                    transport: s.transport,
                     contents: out.bytes,
                 });
             }
@@ -705,6 +791,7 @@ impl Connection {
             self.transmits.push_back(Transmit {
                 source: local,
                 destination: dest,
+                transport: Transport::Udp,
                 contents: bytes,
             });
         } else {
@@ -753,11 +840,13 @@ impl Connection {
                     progressed = true;
                     self.on_turn_event(now, i, ev);
                 }
+                let transport = self.sessions[i].transport;
                 while let Some(out) = self.sessions[i].client.poll_out() {
                     progressed = true;
                     self.transmits.push_back(Transmit {
                         source: out.local,
                         destination: out.dest,
+                        transport,
                         contents: out.bytes,
                     });
                 }

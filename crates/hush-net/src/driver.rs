@@ -3,20 +3,32 @@
 //! The driver only moves bytes and time: it binds one UDP socket per local address, feeds
 //! received datagrams and timer expiries to the core, sends what the core emits, and forwards
 //! events and media to the application through channels. No protocol logic lives here.
+//!
+//! TURN over TCP and TLS: for a [`Transmit`](crate::Transmit) on a stream transport the driver
+//! opens one TCP connection (from the host socket's IP address) per socket, server and
+//! transport, with a rustls handshake for TLS (roots from [`Config::tls_roots`]), writes the
+//! core's messages on it ([`framing::frame_for_stream`]) and cuts what it reads into messages
+//! ([`framing::StreamDecoder`]) for [`Connection::handle_stream_message`]. A connection that
+//! cannot be opened or breaks is reported to [`Connection::stream_failed`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 use crate::candidate::{IceCredentials, PathInfo};
-use crate::config::{Config, Role};
-use crate::connection::{Connection, Event};
+use crate::config::{Config, Role, TlsRoots, Transport, TurnTransport};
+use crate::connection::{Connection, Event, Transmit};
 use crate::error::Error;
+use crate::framing::{frame_for_stream, StreamDecoder};
 use crate::interfaces::host_addresses;
 
 /// How many received media datagrams wait for the application before new ones are dropped
@@ -24,6 +36,8 @@ use crate::interfaces::host_addresses;
 const DATAGRAM_QUEUE: usize = 4096;
 /// Largest UDP datagram read.
 const RECV_BUF: usize = 65_536;
+/// How long opening a TCP connection (and the TLS handshake) to a TURN server may take.
+const STREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Which local addresses the driver binds sockets on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,12 +168,33 @@ struct Sock {
 
 type Received = (Instant, SocketAddr, SocketAddr, Vec<u8>);
 
+/// A stream to a TURN server: (host socket it belongs to, server, transport).
+type StreamKey = (SocketAddr, SocketAddr, Transport);
+
+/// What a stream task reports.
+enum StreamIn {
+    /// One complete STUN/ChannelData message, and when it was read.
+    Message(StreamKey, Instant, Vec<u8>),
+    /// The stream with this id could not be opened or broke.
+    Failed(StreamKey, u64, String),
+}
+
+struct Stream {
+    id: u64,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
 struct Driver {
     conn: Connection,
     bind: Bind,
     include_loopback: bool,
     sockets: HashMap<SocketAddr, Sock>,
     pkt_tx: mpsc::Sender<Received>,
+    streams: HashMap<StreamKey, Stream>,
+    next_stream: u64,
+    stream_tx: mpsc::Sender<StreamIn>,
+    tls: Option<Arc<ClientConfig>>,
+    tls_names: HashMap<SocketAddr, String>,
     events: mpsc::UnboundedSender<Event>,
     datagrams: mpsc::Sender<Vec<u8>>,
     last_now: Instant,
@@ -169,18 +204,37 @@ struct Driver {
 pub async fn start(config: Config, role: Role, bind: Bind) -> Result<Started, Error> {
     let now = Instant::now();
     let include_loopback = config.include_loopback();
+    let tls_names: HashMap<SocketAddr, String> = config
+        .turn_servers()
+        .iter()
+        .filter_map(|t| match &t.transport {
+            TurnTransport::Tls { server_name } => Some((t.addr, server_name.clone())),
+            _ => None,
+        })
+        .collect();
+    let tls = if tls_names.is_empty() {
+        None
+    } else {
+        Some(tls_config(config.tls_roots())?)
+    };
     let conn = Connection::new(config, role, now)?;
     let credentials = conn.local_credentials();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (dg_tx, dg_rx) = mpsc::channel(DATAGRAM_QUEUE);
     let (pkt_tx, pkt_rx) = mpsc::channel(1024);
+    let (stream_tx, stream_rx) = mpsc::channel(1024);
     let mut driver = Driver {
         conn,
         bind,
         include_loopback,
         sockets: HashMap::new(),
         pkt_tx,
+        streams: HashMap::new(),
+        next_stream: 0,
+        stream_tx,
+        tls,
+        tls_names,
         events: ev_tx,
         datagrams: dg_tx,
         last_now: now,
@@ -189,7 +243,7 @@ pub async fn start(config: Config, role: Role, bind: Bind) -> Result<Started, Er
     if driver.sockets.is_empty() {
         return Err(Error::InvalidConfig("no usable local address to bind"));
     }
-    tokio::spawn(driver.run(cmd_rx, pkt_rx));
+    tokio::spawn(driver.run(cmd_rx, pkt_rx, stream_rx));
     Ok(Started {
         handle: Handle { tx: cmd_tx },
         events: ev_rx,
@@ -294,15 +348,67 @@ impl Driver {
                 drop(s.socket);
                 tracing::info!(%addr, "socket closed after network change");
             }
+            // Dropping the sender lets the stream task write what is queued, then close.
+            self.streams.retain(|k, _| k.0 != addr);
         }
         result
+    }
+
+    /// Queues a message on the stream for `t`, opening the stream first if needed.
+    fn stream_send(&mut self, t: Transmit) {
+        let key = (t.source, t.destination, t.transport);
+        if !self.sockets.contains_key(&t.source) {
+            tracing::debug!(source = %t.source, "stream message for a retired socket dropped");
+            return;
+        }
+        if !self.streams.contains_key(&key) {
+            let tls = match t.transport {
+                Transport::Tls => {
+                    let name = self
+                        .tls_names
+                        .get(&t.destination)
+                        .cloned()
+                        .unwrap_or_else(|| t.destination.ip().to_string());
+                    Some((self.tls.clone(), name))
+                }
+                _ => None,
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let id = self.next_stream;
+            self.next_stream += 1;
+            tokio::spawn(stream_task(key, id, tls, rx, self.stream_tx.clone()));
+            self.streams.insert(key, Stream { id, tx });
+        }
+        if let Some(s) = self.streams.get(&key) {
+            let _ = s.tx.send(t.contents);
+        }
+    }
+
+    fn stream_in(&mut self, msg: StreamIn) {
+        match msg {
+            StreamIn::Message(key, at, bytes) => {
+                let now = at.max(self.last_now);
+                self.last_now = now;
+                self.conn
+                    .handle_stream_message(now, key.0, key.1, key.2, &bytes);
+            }
+            StreamIn::Failed(key, id, reason) => {
+                if self.streams.get(&key).is_some_and(|s| s.id == id) {
+                    self.streams.remove(&key);
+                    let now = self.now();
+                    self.conn.stream_failed(now, key.0, key.1, key.2, reason);
+                }
+            }
+        }
     }
 
     async fn flush(&mut self) {
         loop {
             let mut restarted = false;
             while let Some(t) = self.conn.poll_transmit() {
-                if let Some(s) = self.sockets.get(&t.source) {
+                if t.transport != Transport::Udp {
+                    self.stream_send(t);
+                } else if let Some(s) = self.sockets.get(&t.source) {
                     if let Err(e) = s.socket.send_to(&t.contents, t.destination).await {
                         tracing::debug!(to = %t.destination, error = %e, "send failed");
                     }
@@ -333,6 +439,7 @@ impl Driver {
         mut self,
         mut cmds: mpsc::UnboundedReceiver<Command>,
         mut pkts: mpsc::Receiver<Received>,
+        mut stream_in: mpsc::Receiver<StreamIn>,
     ) {
         loop {
             self.flush().await;
@@ -356,6 +463,7 @@ impl Driver {
                     self.last_now = now;
                     self.conn.handle_packet(now, from, local, &bytes);
                 }
+                Some(msg) = stream_in.recv() => self.stream_in(msg),
                 () = sleep => {
                     let now = self.now();
                     self.conn.handle_timeout(now);
@@ -426,6 +534,122 @@ async fn read_loop(socket: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<R
                 tracing::trace!(%local, error = %e, "recv error");
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     return;
+                }
+            }
+        }
+    }
+}
+
+/// The rustls client configuration for TURN over TLS, on the ring provider.
+fn tls_config(roots: &TlsRoots) -> Result<Arc<ClientConfig>, Error> {
+    let mut store = RootCertStore::empty();
+    match roots {
+        TlsRoots::WebPki => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        TlsRoots::Custom(certs) => {
+            for der in certs {
+                if let Err(e) = store.add(CertificateDer::from(der.clone())) {
+                    tracing::warn!(error = %e, "TLS root certificate ignored");
+                }
+            }
+        }
+    }
+    if store.is_empty() {
+        return Err(Error::InvalidConfig("no usable TLS root certificate"));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| Error::InvalidConfig("TLS protocol versions"))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Opens the stream for `key` and runs it until the driver drops its sender (clean close) or
+/// it fails (reported with `id`).
+async fn stream_task(
+    key: StreamKey,
+    id: u64,
+    tls: Option<(Option<Arc<ClientConfig>>, String)>,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    out: mpsc::Sender<StreamIn>,
+) {
+    if let Err(reason) = run_stream(key, tls, rx, &out).await {
+        let _ = out.send(StreamIn::Failed(key, id, reason)).await;
+    }
+}
+
+async fn run_stream(
+    key: StreamKey,
+    tls: Option<(Option<Arc<ClientConfig>>, String)>,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    out: &mpsc::Sender<StreamIn>,
+) -> Result<(), String> {
+    let (local, server, _) = key;
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(local.ip(), 0))
+        .map_err(|e| format!("bind {}: {e}", local.ip()))?;
+    let tcp = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, socket.connect(server))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => pump_stream(key, tcp, rx, out).await,
+        Some((config, name)) => {
+            let config = config.ok_or_else(|| "no TLS configuration".to_owned())?;
+            let name = ServerName::try_from(name.clone())
+                .map_err(|_| format!("invalid TLS server name {name:?}"))?;
+            let tls = tokio::time::timeout(
+                STREAM_CONNECT_TIMEOUT,
+                TlsConnector::from(config).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| "TLS handshake timed out".to_owned())?
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+            pump_stream(key, tls, rx, out).await
+        }
+    }
+}
+
+async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    key: StreamKey,
+    stream: S,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    out: &mpsc::Sender<StreamIn>,
+) -> Result<(), String> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut decoder = StreamDecoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(m) => writer
+                    .write_all(&frame_for_stream(&m))
+                    .await
+                    .map_err(|e| format!("write: {e}"))?,
+                None => {
+                    let _ = writer.shutdown().await;
+                    return Ok(());
+                }
+            },
+            n = reader.read(&mut buf) => {
+                let n = n.map_err(|e| format!("read: {e}"))?;
+                let Some(bytes) = buf.get(..n).filter(|b| !b.is_empty()) else {
+                    return Err("closed by the server".to_owned());
+                };
+                decoder.push(bytes);
+                let at = Instant::now();
+                while let Some(m) = decoder.next_message().map_err(|e| e.to_string())? {
+                    if out.send(StreamIn::Message(key, at, m)).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -38,6 +38,17 @@ pub enum Error {
         /// The STUN error code the server answered with (0 if it gave none).
         code: u16,
     },
+    /// The TCP or TLS connection to a TURN server could not be opened (refused, TLS handshake
+    /// or certificate verification failed) or broke; any allocation made over it is gone.
+    #[error("TURN server {server} over {transport:?}: {reason}")]
+    TurnConnectionFailed {
+        /// The TURN server.
+        server: SocketAddr,
+        /// The transport that failed.
+        transport: crate::config::Transport,
+        /// What happened (for logs).
+        reason: String,
+    },
     /// A STUN or TURN server did not answer in time.
     #[error("{server} did not answer in time")]
     Timeout {

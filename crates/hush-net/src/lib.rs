@@ -47,11 +47,13 @@ mod connection;
 pub mod demux;
 pub mod driver;
 mod error;
+pub mod framing;
 mod interfaces;
 
 pub use candidate::{CandidateKind, IceCredentials, PathInfo};
 pub use config::{
-    AcceptanceWaits, Config, ConfigBuilder, Policy, Role, TurnCredentials, TurnServer,
+    AcceptanceWaits, Config, ConfigBuilder, Policy, Role, TlsRoots, Transport, TurnCredentials,
+    TurnServer, TurnTransport,
 };
 pub use connection::{Connection, ConnectionState, Event, Transmit, MAX_DATAGRAM};
 pub use error::Error;

@@ -111,6 +111,7 @@ pub struct CoturnBuilder {
     port: Option<u16>,
     tls_port: Option<u16>,
     loopback_peers: bool,
+    udp: bool,
     tcp: bool,
     tls: bool,
 }
@@ -148,7 +149,15 @@ impl CoturnBuilder {
         self
     }
 
-    /// Also listens for TURN over TCP (RFC 6062 framing, same port as UDP). Default false.
+    /// Whether to listen for TURN over UDP (default true). False (`no-udp`) proves that a client
+    /// really uses TCP or TLS; the relayed addresses stay UDP either way.
+    pub fn udp(mut self, yes: bool) -> Self {
+        self.udp = yes;
+        self
+    }
+
+    /// Also listens for TURN over TCP (stream framing of RFC 8656 §12.5, same port as UDP).
+    /// Default false.
     pub fn tcp(mut self, yes: bool) -> Self {
         self.tcp = yes;
         self
@@ -171,6 +180,7 @@ impl CoturnBuilder {
 /// removed, on Drop (the directory is kept, and its path printed, when the test panicked).
 #[derive(Debug)]
 pub struct Coturn {
+    udp: bool,
     child: Child,
     /// The server's UDP listening address.
     pub addr: SocketAddr,
@@ -192,6 +202,7 @@ impl Coturn {
             port: None,
             tls_port: None,
             loopback_peers: true,
+            udp: true,
             tcp: false,
             tls: false,
         }
@@ -213,7 +224,8 @@ impl Coturn {
         Self::builder(auth).netns(ns).ip(ip).start()
     }
 
-    /// The UDP listening address (same as [`Coturn::addr`]).
+    /// The UDP listening address (same as [`Coturn::addr`]; nothing listens there when started
+    /// with `udp(false)`).
     pub fn udp_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -263,6 +275,9 @@ impl Coturn {
         if !b.tcp {
             conf.push_str("no-tcp\n");
         }
+        if !b.udp {
+            conf.push_str("no-udp\n");
+        }
         let (mut tls_addr, mut cert_der, mut cert_pem) = (None, None, None);
         if b.tls {
             let tls_port = b
@@ -309,6 +324,7 @@ impl Coturn {
         let child = cmd.spawn().expect("start turnserver");
         let addr = SocketAddr::new(ip, port);
         let me = Self {
+            udp: b.udp,
             child,
             addr,
             tcp_addr: b.tcp.then_some(addr),
@@ -325,7 +341,7 @@ impl Coturn {
     fn wait_ready(&self, probe: bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         if probe {
-            if self.udp_answers(deadline)
+            if (!self.udp || self.udp_answers(deadline))
                 && self.tcp_addr.is_none_or(|a| tcp_accepts(a, deadline, true))
                 && self
                     .tls_addr
@@ -496,6 +512,30 @@ mod tests {
             Instant::now() + Duration::from_secs(2),
             true
         ));
+    }
+
+    #[test]
+    fn stream_only_server_does_not_answer_udp() {
+        if !crate::system_component("coturn (turnserver) + openssl", coturn_tls_present()) {
+            return;
+        }
+        let turn = Coturn::builder(Auth::long_term())
+            .udp(false)
+            .tcp(true)
+            .tls(true)
+            .start();
+        let tcp = turn.tcp_addr().expect("tcp");
+        assert!(tcp_accepts(
+            tcp,
+            Instant::now() + Duration::from_secs(2),
+            true
+        ));
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        sock.send_to(&binding_request(), turn.udp_addr()).unwrap();
+        let mut buf = [0u8; 100];
+        assert!(sock.recv_from(&mut buf).is_err(), "no UDP listener");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Test harness: network namespaces with NAT and the `hush-net-peer` helper process (coturn
 //! comes from `hush_testkit::coturn`). Everything started here is stopped on Drop.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
