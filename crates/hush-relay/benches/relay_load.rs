@@ -1,30 +1,56 @@
 //! Load benchmark: starts the relay binary as a child process and N authenticated clients on
 //! loopback, then measures
 //!   1. connection setup (TCP + challenge–response) for N concurrent clients,
-//!   2. peak end-to-end throughput (envelopes/s sender → relay (durable) → recipient, closed
-//!      loop, every delivery acknowledged),
+//!   2. peak end-to-end throughput (envelopes/s sender → relay → recipient, closed loop, every
+//!      delivery acknowledged, every send answered by the relay),
 //!   3. end-to-end latency p50/p99 at half of the measured peak (open loop, paced).
 //!
 //! Run: `cargo bench -p hush-relay --bench relay_load -- [--clients 10000] [--seconds 10]
-//!       [--sync full|normal] [--in-flight 1]`
-//! Loopback only; every phase is bounded in time.
+//!       [--sync full|normal] [--in-flight 1] [--senders M] [--relay-threads N]
+//!       [--gen-threads N]`
+//!
+//! `--senders M`: only M of the N connected clients send during phase 2 (default: all), each to
+//! a partner half the ring away; all N stay connected, and all N send in phase 3. A closed loop
+//! over 10,000 clients keeps 10,000 × K envelopes queued in the system, so each waits
+//! (10,000 × K) / throughput — hundreds of milliseconds — which measures queueing, not the
+//! relay; fewer senders bound the envelopes in flight.
+//! `--in-flight K`: each client sends its envelopes in bursts of K (one write), and sends the
+//! next burst when the relay has answered all K (closed loop; in phase 3 bursts are paced).
+//! K = 1 is one envelope at a time per client; real clients send bursts (an offer followed by
+//! trickled ICE candidates, answers to several devices).
+//!
+//! The clients are a lean load generator, not [`hush_signaling::transport::RelayClient`]: one
+//! task per connection that writes pre-encoded frames (only the id and send time are patched
+//! per envelope), reads whole buffers of frames, walks the few protobuf fields it needs without
+//! allocating, and acknowledges all deliveries of one read in one `Ack` frame (as `RelayClient`
+//! does). The relay cannot tell the difference: same protocol, same frames. Loopback only;
+//! every phase is bounded in time.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hush_signaling::device::generate_device_key;
-use hush_signaling::transport::{RelayClient, RelayClientConfig};
-use hush_signaling::{CiphertextKind, DeviceId, DeviceSigner, Envelope, Transport};
-use tokio::net::TcpSocket;
+use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use hush_signaling::frame::{
+    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+};
+use hush_signaling::proto::relay::{self as pb, client_frame, server_frame};
+use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
+use hush_signaling::{CiphertextKind, DeviceId, DeviceSigner, Envelope};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
 
 struct Args {
     clients: usize,
     seconds: u64,
     sync: String,
     in_flight: usize,
+    senders: Option<usize>,
+    relay_threads: Option<usize>,
+    gen_threads: usize,
 }
 
 fn args() -> Args {
@@ -33,6 +59,9 @@ fn args() -> Args {
         seconds: 10,
         sync: "full".into(),
         in_flight: 1,
+        senders: None,
+        relay_threads: None,
+        gen_threads: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,7 +70,12 @@ fn args() -> Args {
             "--clients" => a.clients = val().parse().expect("--clients N"),
             "--seconds" => a.seconds = val().parse().expect("--seconds N"),
             "--sync" => a.sync = val(),
-            "--in-flight" => a.in_flight = val().parse().expect("--in-flight N"),
+            "--in-flight" => a.in_flight = val().parse::<usize>().expect("--in-flight K").max(1),
+            "--senders" => a.senders = Some(val().parse().expect("--senders M")),
+            "--relay-threads" => a.relay_threads = Some(val().parse().expect("--relay-threads N")),
+            "--gen-threads" => {
+                a.gen_threads = val().parse::<usize>().expect("--gen-threads N").max(1)
+            }
             _ => {} // cargo bench passes --bench; ignore unknown flags
         }
     }
@@ -67,26 +101,30 @@ impl Drop for Relay {
     }
 }
 
-fn start_relay(db: &std::path::Path, sync: &str, clients: usize) -> Relay {
+fn start_relay(db: &std::path::Path, args: &Args) -> Relay {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hush-relay"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--sync",
-            sync,
-        ])
-        .args([
-            "--rate",
-            "1000000",
-            "--burst",
-            "1000000",
-            "--max-queue",
-            "100000",
-        ])
-        .args(["--max-connections", &(clients + 100).to_string()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hush-relay"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--sync",
+        &args.sync,
+    ])
+    .args([
+        "--rate",
+        "1000000",
+        "--burst",
+        "1000000",
+        "--max-queue",
+        "100000",
+    ])
+    .args(["--max-connections", &(args.clients + 100).to_string()]);
+    if let Some(n) = args.relay_threads {
+        cmd.args(["--worker-threads", &n.to_string()]);
+    }
+    let mut child = cmd
         .arg("--db")
         .arg(db)
         .env("HUSH_RELAY_LOG", "warn")
@@ -115,8 +153,7 @@ fn start_relay(db: &std::path::Path, sync: &str, clients: usize) -> Relay {
 }
 
 async fn scrape(metrics: SocketAddr, name: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    let mut s = TcpStream::connect(metrics).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
@@ -126,8 +163,9 @@ async fn scrape(metrics: SocketAddr, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Connects from 127.0.0.x source addresses so ephemeral ports never run short.
-async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> RelayClient {
+/// Connects from 127.0.x.y source addresses so ephemeral ports never run short, and
+/// authenticates (challenge–response).
+async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStream {
     let src = IpAddr::V4(Ipv4Addr::new(
         127,
         0,
@@ -136,36 +174,28 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> RelayCl
     ));
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(src, 0)).unwrap();
-    let stream = socket.connect(relay).await.unwrap();
+    let mut stream = socket.connect(relay).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let mut config = RelayClientConfig::default();
-    config.request_timeout = Duration::from_secs(30);
-    config.handshake_timeout = Duration::from_secs(60);
-    RelayClient::connect_stream(stream, key, config)
+    stream.write_all(&TCP_PREAMBLE).await.unwrap();
+    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let Ok(server_frame::Frame::Challenge(c)) = decode_server_frame(&frame) else {
+        panic!("expected a challenge");
+    };
+    let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.as_slice().try_into().unwrap();
+    let auth = encode_client_frame(client_frame::Frame::Auth(pb::AuthResponse {
+        version: RELAY_PROTOCOL_VERSION,
+        device_key: key.device_id().as_bytes().to_vec(),
+        signature: sign_challenge(key, &nonce).to_vec(),
+    }));
+    stream
+        .write_all(&length_prefixed(&auth).unwrap())
         .await
-        .expect("authenticate")
-}
-
-/// Latency samples (µs) and counters for one phase.
-#[derive(Default)]
-struct Phase {
-    delivered: AtomicU64,
-    samples: Mutex<Vec<u32>>,
-    recording: AtomicBool,
-}
-
-fn envelope(from: DeviceId, to: DeviceId, base: Instant) -> Envelope {
-    // The ciphertext stands in for a sealed message: 100 bytes, starting with the send time.
-    let mut ciphertext = vec![0x5a; 100];
-    ciphertext[..16].copy_from_slice(&base.elapsed().as_nanos().to_be_bytes());
-    Envelope {
-        id: rand::random(),
-        sender: from,
-        recipient: to,
-        timestamp_ms: now_ms(),
-        kind: CiphertextKind::Signal,
-        ciphertext,
-    }
+        .unwrap();
+    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let Ok(server_frame::Frame::AuthOk(_)) = decode_server_frame(&frame) else {
+        panic!("authentication refused");
+    };
+    stream
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (Linux /proc; 100 ticks/s).
@@ -185,12 +215,351 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Latency histogram, 10 µs buckets up to 2 s (lock-free: clients record from any thread).
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+const BUCKET_US: u64 = 10;
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            buckets: (0..200_000).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    f64::from(sorted[idx]) / 1000.0
+
+    fn record(&self, us: u64) {
+        let i = ((us / BUCKET_US) as usize).min(self.buckets.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// `(count, [p50, p99, max])` in milliseconds (upper bucket bounds).
+    fn summary(&self) -> (u64, [f64; 3]) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let at = |q: f64| {
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+                }
+            }
+            f64::NAN
+        };
+        (total, [at(0.50), at(0.99), at(1.0)])
+    }
+}
+
+/// What the clients do; changed through a watch channel.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Only acknowledge deliveries.
+    Idle,
+    /// Send a burst of K, wait until the relay answered all K, repeat.
+    Closed,
+    /// Send a burst of K every period, whatever came back (open loop).
+    Paced(Duration),
+    /// Close the connection.
+    Quit,
+}
+
+/// Shared counters of the load generator.
+struct Stats {
+    delivered: AtomicU64,
+    answered: AtomicU64,
+    errors: AtomicU64,
+    recording: AtomicBool,
+    latency: Histogram,
+}
+
+/// A `Send` frame (length prefix included) encoded once; each envelope copies it and patches
+/// the envelope id and the send time in place.
+struct Template {
+    bytes: Vec<u8>,
+    id_at: usize,
+    time_at: usize,
+}
+
+const ID_MARK: [u8; 16] = [0xa5; 16];
+const TIME_MARK: [u8; 8] = [0xc3; 8];
+
+impl Template {
+    fn new(from: DeviceId, to: DeviceId) -> Self {
+        // The ciphertext stands in for a sealed message: 100 bytes, starting with the send time.
+        let mut ciphertext = vec![0x5a; 100];
+        ciphertext[..8].copy_from_slice(&TIME_MARK);
+        let envelope = Envelope {
+            id: ID_MARK,
+            sender: from,
+            recipient: to,
+            timestamp_ms: now_ms(),
+            kind: CiphertextKind::Signal,
+            ciphertext,
+        };
+        let frame = encode_client_frame(client_frame::Frame::Send(pb::Send {
+            request_id: 1,
+            envelope: Some(envelope.into_proto()),
+        }));
+        let bytes = length_prefixed(&frame).unwrap();
+        let find = |mark: &[u8]| bytes.windows(mark.len()).position(|w| w == mark).unwrap();
+        let (id_at, time_at) = (find(&ID_MARK), find(&TIME_MARK));
+        Self {
+            bytes,
+            id_at,
+            time_at,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>, client: u32, seq: u64, sent_ns: u64) {
+        let at = out.len();
+        out.extend_from_slice(&self.bytes);
+        let id = &mut out[at + self.id_at..at + self.id_at + 16];
+        id[..4].copy_from_slice(&client.to_be_bytes());
+        id[4..12].copy_from_slice(&seq.to_be_bytes());
+        out[at + self.time_at..at + self.time_at + 8].copy_from_slice(&sent_ns.to_be_bytes());
+    }
+}
+
+/// Minimal protobuf walking (no allocation) for the server frames the generator needs.
+mod wire {
+    pub(crate) fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*pos)?;
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Calls `f(field, varint, bytes)` for each field of a message; `bytes` is empty for
+    /// varints.
+    pub(crate) fn fields<'a>(b: &'a [u8], mut f: impl FnMut(u64, u64, &'a [u8])) -> Option<()> {
+        let mut pos = 0;
+        while pos < b.len() {
+            let key = varint(b, &mut pos)?;
+            match key & 7 {
+                0 => {
+                    let v = varint(b, &mut pos)?;
+                    f(key >> 3, v, &[]);
+                }
+                2 => {
+                    let len = varint(b, &mut pos)? as usize;
+                    let bytes = b.get(pos..pos.checked_add(len)?)?;
+                    pos += len;
+                    f(key >> 3, 0, bytes);
+                }
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+}
+
+/// What one server frame means to the generator.
+enum Event {
+    /// `(delivery id, send time in ns since the run's base instant)`
+    Deliver(u64, u64),
+    Answer {
+        ok: bool,
+    },
+    Other,
+}
+
+fn parse(frame: &[u8]) -> Event {
+    let mut event = Event::Other;
+    wire::fields(frame, |field, _, body| match field {
+        3 => {
+            let (mut id, mut sent) = (0, 0);
+            wire::fields(body, |f, v, envelope| match f {
+                1 => id = v,
+                2 => {
+                    wire::fields(envelope, |f, _, ct| {
+                        if f == 7 && ct.len() >= 8 {
+                            sent = u64::from_be_bytes(ct[..8].try_into().unwrap());
+                        }
+                    });
+                }
+                _ => {}
+            });
+            event = Event::Deliver(id, sent);
+        }
+        4 => {
+            let mut ok = false;
+            wire::fields(body, |f, _, _| ok |= f == 2);
+            event = Event::Answer { ok };
+        }
+        5 => event = Event::Answer { ok: false },
+        _ => {}
+    });
+    event
+}
+
+/// One client connection: sends per [`Mode`], acknowledges every delivery, counts.
+async fn client(
+    index: u32,
+    mut stream: TcpStream,
+    templates: watch::Receiver<Arc<Vec<Template>>>,
+    mut mode: watch::Receiver<Mode>,
+    burst: usize,
+    peak_sender: bool,
+    stats: Arc<Stats>,
+    base: Instant,
+) {
+    let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let mut acks: Vec<u64> = Vec::with_capacity(64);
+    let mut outstanding = 0usize;
+    let mut seq = 0u64;
+    let mut current = *mode.borrow_and_update();
+    let mut next_tick = tokio::time::Instant::now();
+    let mut ack_frame = Vec::with_capacity(256);
+    let send_burst = |wbuf: &mut Vec<u8>, seq: &mut u64| {
+        let sent = base.elapsed().as_nanos() as u64;
+        let t = templates.borrow();
+        for _ in 0..burst {
+            t[index as usize].write(wbuf, index, *seq, sent);
+            *seq += 1;
+        }
+    };
+    loop {
+        if current == Mode::Closed && peak_sender && outstanding == 0 {
+            send_burst(&mut wbuf, &mut seq);
+            outstanding = burst;
+        }
+        if !acks.is_empty() {
+            // Ack { repeated uint64 delivery_ids = 1 } (packed) inside ClientFrame field 3.
+            ack_frame.clear();
+            let mut packed = Vec::with_capacity(acks.len() * 5);
+            for &id in &acks {
+                prost::encoding::encode_varint(id, &mut packed);
+            }
+            let mut ack = Vec::with_capacity(packed.len() + 6);
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut ack);
+            prost::encoding::encode_varint(packed.len() as u64, &mut ack);
+            ack.extend_from_slice(&packed);
+            prost::encoding::encode_key(
+                3,
+                prost::encoding::WireType::LengthDelimited,
+                &mut ack_frame,
+            );
+            prost::encoding::encode_varint(ack.len() as u64, &mut ack_frame);
+            ack_frame.extend_from_slice(&ack);
+            wbuf.extend_from_slice(&(ack_frame.len() as u32).to_be_bytes());
+            wbuf.extend_from_slice(&ack_frame);
+            acks.clear();
+        }
+        if !wbuf.is_empty() {
+            if stream.write_all(&wbuf).await.is_err() {
+                return;
+            }
+            wbuf.clear();
+        }
+        let paced = match current {
+            Mode::Paced(_) => Some(next_tick),
+            _ => None,
+        };
+        tokio::select! {
+            r = stream.read_buf(&mut rbuf) => {
+                match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                current = *mode.borrow_and_update();
+                match current {
+                    Mode::Quit => return,
+                    Mode::Paced(period) => {
+                        // Spread the clients' phases over one period.
+                        next_tick = tokio::time::Instant::now()
+                            + period.mul_f64(f64::from(index % 10_007) / 10_007.0);
+                    }
+                    Mode::Closed | Mode::Idle => {}
+                }
+                outstanding = 0;
+                continue;
+            }
+            () = tokio::time::sleep_until(paced.unwrap_or(next_tick)), if paced.is_some() => {
+                if let Mode::Paced(period) = current {
+                    next_tick += period;
+                    if next_tick < tokio::time::Instant::now() {
+                        // Fell behind (machine busy): skip rather than burst to catch up.
+                        next_tick = tokio::time::Instant::now() + period;
+                    }
+                    send_burst(&mut wbuf, &mut seq);
+                }
+                continue;
+            }
+        }
+        // Every complete frame in the buffer.
+        let mut pos = 0;
+        let (mut delivered, mut answered, mut errors) = (0, 0, 0);
+        let now_ns = base.elapsed().as_nanos() as u64;
+        let recording = stats.recording.load(Ordering::Relaxed);
+        while let Some(prefix) = rbuf.get(pos..pos + 4) {
+            let len = u32::from_be_bytes(prefix.try_into().unwrap()) as usize;
+            let Some(frame) = rbuf.get(pos + 4..pos + 4 + len) else {
+                break;
+            };
+            match parse(frame) {
+                Event::Deliver(id, sent) => {
+                    acks.push(id);
+                    delivered += 1;
+                    if recording {
+                        stats.latency.record(now_ns.saturating_sub(sent) / 1000);
+                    }
+                }
+                Event::Answer { ok } => {
+                    answered += 1;
+                    outstanding = outstanding.saturating_sub(1);
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                Event::Other => {}
+            }
+            pos += 4 + len;
+        }
+        rbuf.drain(..pos);
+        if delivered > 0 {
+            stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        }
+        if answered > 0 {
+            stats.answered.fetch_add(answered, Ordering::Relaxed);
+        }
+        if errors > 0 {
+            stats.errors.fetch_add(errors, Ordering::Relaxed);
+        }
+    }
 }
 
 fn main() {
@@ -203,21 +572,35 @@ fn main() {
     if rlimit::Resource::NOFILE.set(target, target).is_err() {
         rlimit::Resource::NOFILE.set(hard, hard).unwrap();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = if args.gen_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.gen_threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(run(args));
 }
 
 async fn run(args: Args) {
     let dir = std::env::temp_dir().join(format!("hush-relay-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let relay = start_relay(&dir.join("relay.db"), &args.sync, args.clients);
+    let relay = start_relay(&dir.join("relay.db"), &args);
     let n = args.clients;
+    let k = args.in_flight;
+    let senders = args.senders.unwrap_or(n).min(n);
     println!(
-        "relay_load: {n} clients, sync={}, {} s per phase, loopback, 2 processes",
-        args.sync, args.seconds
+        "relay_load: {n} clients, sync={}, bursts of {k} in flight per client, relay worker threads {}, generator threads {}, {} s per phase, loopback, load average {}",
+        args.sync,
+        args.relay_threads.map_or("default".to_string(), |t| t.to_string()),
+        args.gen_threads,
+        args.seconds,
+        load_average()
     );
 
     // Phase 1: connect and authenticate everyone.
@@ -233,9 +616,9 @@ async fn run(args: Args) {
             connect(i, addr, key.as_ref()).await
         }));
     }
-    let mut clients = Vec::with_capacity(n);
+    let mut streams = Vec::with_capacity(n);
     for h in handles {
-        clients.push(h.await.unwrap());
+        streams.push(h.await.unwrap());
     }
     let connect_secs = start.elapsed().as_secs_f64();
     let authenticated = scrape(relay.metrics, "hush_relay_authenticated_connections").await;
@@ -248,153 +631,114 @@ async fn run(args: Args) {
         "every client holds an authenticated connection"
     );
 
-    // Split each client into a receive loop (acks everything) and a shared send handle.
     let base = Instant::now();
-    let phase = Arc::new(Mutex::new(Arc::new(Phase::default())));
-    let mut senders = Vec::with_capacity(n);
-    for mut client in clients {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<(Envelope, tokio::sync::oneshot::Sender<bool>)>(64);
-        let phase = phase.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    r = client.recv() => {
-                        let Ok(r) = r else { return };
-                        let sent = u128::from_be_bytes(r.envelope.ciphertext[..16].try_into().unwrap());
-                        let lat_us = (base.elapsed().as_nanos().saturating_sub(sent) / 1000) as u32;
-                        let p = phase.lock().unwrap().clone();
-                        p.delivered.fetch_add(1, Ordering::Relaxed);
-                        if p.recording.load(Ordering::Relaxed) {
-                            p.samples.lock().unwrap().push(lat_us);
-                        }
-                        let _ = client.ack(r.tag).await;
-                    }
-                    cmd = rx.recv() => {
-                        let Some((env, done)) = cmd else { return };
-                        let ok = client.send_envelope(env).await.is_ok();
-                        let _ = done.send(ok);
-                    }
-                }
-            }
-        });
-        senders.push(tx);
+    let stats = Arc::new(Stats {
+        delivered: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        recording: AtomicBool::new(false),
+        latency: Histogram::new(),
+    });
+    let partner = |i: usize| ids[(i + n / 2 + 1) % n];
+    let make_templates = || {
+        Arc::new(
+            (0..n)
+                .map(|i| Template::new(ids[i], partner(i)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (templates_tx, templates_rx) = watch::channel(make_templates());
+    let (mode_tx, mode_rx) = watch::channel(Mode::Idle);
+    let mut tasks = Vec::with_capacity(n);
+    for (i, stream) in streams.into_iter().enumerate() {
+        tasks.push(tokio::spawn(client(
+            i as u32,
+            stream,
+            templates_rx.clone(),
+            mode_rx.clone(),
+            k,
+            // Spread over the clients; each sends to a partner half the ring away.
+            i * senders / n != (i + 1) * senders / n,
+            stats.clone(),
+            base,
+        )));
     }
-    let senders = Arc::new(senders);
-    let ids = Arc::new(ids);
 
-    // Phase 2: peak throughput, closed loop (each client keeps `in_flight` sends outstanding
-    // to its partner).
-    let peak_phase = Arc::new(Phase::default());
-    *phase.lock().unwrap() = peak_phase.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        for _ in 0..args.in_flight {
-            let (senders, ids, stop, errors) =
-                (senders.clone(), ids.clone(), stop.clone(), errors.clone());
-            tasks.push(tokio::spawn(async move {
-                let to = ids[(i + n / 2 + 1) % n];
-                while !stop.load(Ordering::Relaxed) {
-                    let (done, wait) = tokio::sync::oneshot::channel();
-                    if senders[i]
-                        .send((envelope(ids[i], to, base), done))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    if !wait.await.unwrap_or(false) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-    }
+    // Phase 2: peak throughput, closed loop.
+    let relay_pid = relay.child.id();
+    mode_tx.send_replace(Mode::Closed);
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
-    let d0 = peak_phase.delivered.load(Ordering::Relaxed);
+    let (d0, a0, e0) = (
+        stats.delivered.load(Ordering::Relaxed),
+        stats.answered.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+    );
+    let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
     let t0 = Instant::now();
-    let (relay_cpu0, bench_cpu0) = (
-        cpu_seconds(relay.child.id()),
-        cpu_seconds(std::process::id()),
-    );
+    let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
+    let load_before = load_average();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let delivered = peak_phase.delivered.load(Ordering::Relaxed) - d0;
-    let peak = delivered as f64 / t0.elapsed().as_secs_f64();
-    let relay_cpu = cpu_seconds(relay.child.id()) - relay_cpu0;
-    let bench_cpu = cpu_seconds(std::process::id()) - bench_cpu0;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
-    }
+    let delivered = stats.delivered.load(Ordering::Relaxed) - d0;
+    let answered = stats.answered.load(Ordering::Relaxed) - a0;
+    let errors = stats.errors.load(Ordering::Relaxed) - e0;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let relay_cpu = cpu_seconds(relay_pid) - relay_cpu0;
+    let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
+    let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
+    let peak = delivered as f64 / elapsed;
+    mode_tx.send_replace(Mode::Idle);
     println!(
-        "peak throughput: {peak:.0} envelopes/s end to end ({delivered} delivered in {} s, {} send errors)",
-        args.seconds,
-        errors.load(Ordering::Relaxed)
+        "peak throughput ({senders} of the {n} clients sending, closed loop, {} envelopes in flight): {peak:.0} envelopes/s end to end ({delivered} delivered and acknowledged, {answered} sends answered, {errors} errors, {stored} written to SQLite, in {elapsed:.1} s; load average {load_before} -> {})",
+        senders * k,
+        load_average()
     );
-    let per_env = relay_cpu / delivered.max(1) as f64;
+    let per_env = |cpu: f64| cpu / delivered.max(1) as f64 * 1e6;
     println!(
-        "cpu during peak: relay {:.2} cores, clients {:.2} cores; relay {:.1} us CPU per envelope (store + deliver + ack) => {:.0} envelopes/s per dedicated core",
-        relay_cpu / args.seconds as f64,
-        bench_cpu / args.seconds as f64,
-        per_env * 1e6,
-        1.0 / per_env
+        "cpu during peak: relay {:.2} cores, generator {:.2} cores; per envelope: relay {:.1} us, generator {:.1} us => relay alone {:.0} envelopes/s per core",
+        relay_cpu / elapsed,
+        gen_cpu / elapsed,
+        per_env(relay_cpu),
+        per_env(gen_cpu),
+        1e6 / per_env(relay_cpu)
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Phase 3: latency at half of peak, open loop: every client sends at rate/N per second.
+    // Phase 3: latency at half of peak, open loop: every client sends a burst every period.
     let rate = (peak / 2.0).max(1.0);
-    let lat_phase = Arc::new(Phase::default());
-    *phase.lock().unwrap() = lat_phase.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let per_client = Duration::from_secs_f64(n as f64 / rate);
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let (senders, ids, stop) = (senders.clone(), ids.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let to = ids[(i + 1) % n];
-            // Spread the clients' phases over one period.
-            let offset = per_client.mul_f64(i as f64 / n as f64);
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + offset, per_client);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let (done, wait) = tokio::sync::oneshot::channel();
-                if senders[i]
-                    .send((envelope(ids[i], to, base), done))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let _ = wait.await;
-            }
-        }));
-    }
+    let period = Duration::from_secs_f64((n * k) as f64 / rate);
+    templates_tx.send_replace(make_templates()); // fresh timestamps
+    mode_tx.send_replace(Mode::Paced(period));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    lat_phase.recording.store(true, Ordering::Relaxed);
-    let d0 = lat_phase.delivered.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    lat_phase.recording.store(false, Ordering::Relaxed);
-    let achieved =
-        (lat_phase.delivered.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let mut samples = std::mem::take(&mut *lat_phase.samples.lock().unwrap());
-    samples.sort_unstable();
-    println!(
-        "latency at half of peak ({rate:.0}/s offered, {achieved:.0}/s delivered): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples; send -> durable store -> recipient)",
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.99),
-        percentile(&samples, 1.0),
-        samples.len()
+    stats.latency.clear();
+    stats.recording.store(true, Ordering::Relaxed);
+    let (d0, e0) = (
+        stats.delivered.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
     );
-    let relay_p = scrape(relay.metrics, "hush_relay_envelopes_received_total").await;
-    println!("relay counted {relay_p} envelopes stored in total");
+    let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
+    let t0 = Instant::now();
+    let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
+    let load_before = load_average();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stats.recording.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let delivered = stats.delivered.load(Ordering::Relaxed) - d0;
+    let errors = stats.errors.load(Ordering::Relaxed) - e0;
+    let relay_cpu = cpu_seconds(relay_pid) - relay_cpu0;
+    let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
+    let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
+    mode_tx.send_replace(Mode::Quit);
+    let (samples, [p50, p99, max]) = stats.latency.summary();
+    println!(
+        "latency at half of peak ({rate:.0}/s offered in bursts of {k} every {:.1} ms per client, {:.0}/s delivered, {errors} errors, {stored} written to SQLite): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({samples} samples; sender's write -> recipient's read; cpu relay {:.2} / generator {:.2} cores; load average {load_before} -> {})",
+        period.as_secs_f64() * 1000.0,
+        delivered as f64 / elapsed,
+        relay_cpu / elapsed,
+        gen_cpu / elapsed,
+        load_average()
+    );
     for t in tasks {
-        t.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);

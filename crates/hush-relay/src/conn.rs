@@ -7,6 +7,7 @@
 //! as a top-level `RelayError` frame and the connection is closed. Nothing a client sends can
 //! affect another client's connection.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -267,15 +268,22 @@ impl Conn {
         if self.writer.send(ok).await.is_err() {
             return End::WriteFailed;
         }
+        // Envelopes in the backlog may also be among the live pushes (pushed at admission, or
+        // after their commit): each is delivered once.
+        let mut in_backlog = HashSet::with_capacity(backlog.rows.len());
         for (id, envelope) in backlog.rows {
-            if self.deliver(id, &envelope).await.is_err() {
+            in_backlog.insert(id);
+            if self
+                .deliver(encode_deliver_frame(id, &envelope))
+                .await
+                .is_err()
+            {
                 return End::WriteFailed;
             }
         }
         if self.writer.flush().await.is_err() {
             return End::WriteFailed;
         }
-        let watermark = backlog.watermark;
         // Created once (not per loop turn): both end the connection when they fire.
         let kicked = kick.notified();
         tokio::pin!(kicked);
@@ -296,7 +304,7 @@ impl Conn {
                 }
                 _ = &mut stopped => Err(End::Shutdown),
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
-                Some(live) = live_rx.recv() => self.on_live(live, watermark).await,
+                Some(live) = live_rx.recv() => self.on_live(live, &in_backlog).await,
                 event = frames.next() => self.on_read(event).await,
             };
             if let Err(end) = step {
@@ -308,7 +316,7 @@ impl Conn {
                 let step = if let Ok(done) = self.done_rx.try_recv() {
                     self.on_done(done).await
                 } else if let Ok(live) = live_rx.try_recv() {
-                    self.on_live(live, watermark).await
+                    self.on_live(live, &in_backlog).await
                 } else if let Some(event) = frames.try_next() {
                     self.on_read(Some(event)).await
                 } else {
@@ -335,8 +343,8 @@ impl Conn {
         self.writer.close().await;
     }
 
-    async fn deliver(&mut self, id: u64, envelope: &[u8]) -> Result<(), Error> {
-        self.writer.send(encode_deliver_frame(id, envelope)).await?;
+    async fn deliver(&mut self, frame: Vec<u8>) -> Result<(), Error> {
+        self.writer.send(frame).await?;
         self.shared
             .metrics
             .envelopes_delivered
@@ -344,9 +352,8 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_live(&mut self, live: Live, watermark: u64) -> Result<(), End> {
-        // At or below the watermark it was committed before the backlog load, so it was in it.
-        if live.id > watermark && self.deliver(live.id, &live.envelope).await.is_err() {
+    async fn on_live(&mut self, live: Live, in_backlog: &HashSet<u64>) -> Result<(), End> {
+        if !in_backlog.contains(&live.id) && self.deliver(live.frame).await.is_err() {
             return Err(End::WriteFailed);
         }
         Ok(())
@@ -416,12 +423,16 @@ impl Conn {
                         .metrics
                         .envelopes_acked
                         .fetch_add(n, Ordering::Relaxed);
-                    let op = Op::Ack {
-                        device: self.device,
-                        ids: ack.delivery_ids,
-                    };
-                    if self.shared.store.send(op).await.is_err() {
-                        return Err(End::Violation(ErrorCode::Internal));
+                    // Envelopes not yet written are settled in memory; the rest are deleted.
+                    let ids = self.shared.pending.ack(&self.device, ack.delivery_ids);
+                    if !ids.is_empty() {
+                        let op = Op::Ack {
+                            device: self.device,
+                            ids,
+                        };
+                        if self.shared.store.send(op).await.is_err() {
+                            return Err(End::Violation(ErrorCode::Internal));
+                        }
                     }
                 }
                 Ok(())
@@ -537,17 +548,24 @@ impl Conn {
             }
         }
         let recipient = envelope.recipient;
-        let op = Op::Insert {
-            request_id,
+        // Pushed to the recipient now if online; answered once committed or acknowledged.
+        match self.shared.pending.admit(
+            &self.shared.registry,
             recipient,
-            envelope: envelope.into_proto().encode_to_vec(),
+            envelope.into_proto().encode_to_vec(),
+            request_id,
             received,
-            done: self.done_tx.clone(),
-        };
-        if self.shared.store.send(op).await.is_err() {
-            return Err(End::Violation(ErrorCode::Internal));
+            &self.done_tx,
+        ) {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                self.respond(
+                    request_id,
+                    Err((ErrorCode::QueueFull, "recipient queue is full")),
+                )
+                .await
+            }
         }
-        Ok(())
     }
 
     async fn on_upload(&mut self, up: pb::UploadPrekeys) -> Result<(), End> {

@@ -26,6 +26,7 @@
 mod conn;
 mod io;
 pub mod metrics;
+mod pending;
 mod state;
 mod store;
 
@@ -94,6 +95,12 @@ pub struct RelayConfig {
     pub replay_cache_per_device: usize,
     /// Most store operations per transaction (group commit).
     pub max_batch: usize,
+    /// How long an accepted envelope waits for its recipient's acknowledgement before it is
+    /// written to the database. An envelope its online recipient acknowledges within this time
+    /// is never written; the sender is answered when the envelope is either committed or
+    /// acknowledged, so nothing a sender was told is accepted can be lost in a crash. Longer
+    /// means fewer writes and later answers for envelopes to offline devices.
+    pub commit_delay: Duration,
     /// Serve TLS (TCP and WebSocket) with this configuration instead of plain TCP.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -119,6 +126,7 @@ impl RelayConfig {
             max_clock_skew: Duration::from_secs(60),
             replay_cache_per_device: 4096,
             max_batch: 2048,
+            commit_delay: Duration::from_millis(20),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -178,6 +186,7 @@ pub fn tls_config(
 pub(crate) struct Shared {
     pub(crate) config: RelayConfig,
     pub(crate) store: mpsc::Sender<Op>,
+    pub(crate) pending: Arc<pending::Pending>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) parked: ParkedRecent,
     pub(crate) metrics: Arc<Metrics>,
@@ -227,13 +236,15 @@ impl Relay {
             max_queue_per_device: config.max_queue_per_device,
             max_one_time_prekeys: config.max_one_time_prekeys,
             max_batch: config.max_batch.max(1),
+            commit_delay: config.commit_delay,
         };
         let path = config.db_path.clone();
         let sync = config.sync;
         let (m, r) = (metrics.clone(), registry.clone());
-        let store = tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
-            .await
-            .map_err(|_| std::io::Error::other("store setup panicked"))??;
+        let (store, pending) =
+            tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
+                .await
+                .map_err(|_| std::io::Error::other("store setup panicked"))??;
         let listener = TcpListener::bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await?),
@@ -250,6 +261,7 @@ impl Relay {
             shared: Arc::new(Shared {
                 config,
                 store,
+                pending,
                 registry,
                 parked: ParkedRecent::default(),
                 metrics,

@@ -25,8 +25,12 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Failed authentications.
     pub auth_failures: AtomicU64,
-    /// Envelopes accepted (stored durably).
+    /// Envelopes accepted (committed to the database or acknowledged by their recipient).
     pub envelopes_received: AtomicU64,
+    /// Envelopes written to the database.
+    pub envelopes_stored: AtomicU64,
+    /// Envelopes their recipient acknowledged before they were written (never stored).
+    pub envelopes_unstored: AtomicU64,
     /// Envelopes written to a recipient's connection.
     pub envelopes_delivered: AtomicU64,
     /// Acknowledgements received.
@@ -98,8 +102,20 @@ impl Metrics {
         metric(
             "hush_relay_envelopes_received_total",
             "counter",
-            "Envelopes stored.",
+            "Envelopes accepted (stored, or acknowledged by the recipient first).",
             g(&self.envelopes_received),
+        );
+        metric(
+            "hush_relay_envelopes_stored_total",
+            "counter",
+            "Envelopes written to the database.",
+            g(&self.envelopes_stored),
+        );
+        metric(
+            "hush_relay_envelopes_unstored_total",
+            "counter",
+            "Envelopes acknowledged by their recipient before being written (never stored).",
+            g(&self.envelopes_unstored),
         );
         metric(
             "hush_relay_envelopes_delivered_total",
@@ -140,7 +156,7 @@ impl Metrics {
         let name = "hush_relay_send_latency_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Time from a send request to its durable acknowledgement.\n# TYPE {name} histogram"
+            "# HELP {name} Time from a send request to its answer (committed or acknowledged by the recipient).\n# TYPE {name} histogram"
         );
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {

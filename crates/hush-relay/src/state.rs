@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hush_signaling::{DeviceId, MessageId};
 use tokio::sync::{mpsc, Notify};
 
-/// An envelope committed to the queue, pushed to its recipient's connection if online.
+/// An envelope for an online recipient: its delivery id and its encoded `Deliver` frame.
 pub(crate) struct Live {
     pub(crate) id: u64,
-    pub(crate) envelope: Vec<u8>,
+    pub(crate) frame: Vec<u8>,
 }
 
 /// Why a connection was told to close.
@@ -58,21 +58,30 @@ impl Registry {
         }
     }
 
-    /// Hands a committed envelope to its recipient's connection, if online. A connection whose
-    /// queue is full is closed: the envelope stays in the database and is delivered on reconnect.
-    pub(crate) fn push(&self, recipient: &DeviceId, live: Live) {
+    /// Hands an envelope to its recipient's connection, if online and not connection `except`
+    /// (which already has it); returns the connection it was queued to. A connection whose
+    /// queue is full is closed: the envelope stays queued and is delivered on reconnect.
+    pub(crate) fn push(
+        &self,
+        recipient: &DeviceId,
+        live: Live,
+        except: Option<u64>,
+    ) -> Option<u64> {
         let mut online = lock(&self.online);
-        let Some(handle) = online.get(recipient) else {
-            return;
-        };
+        let handle = online.get(recipient)?;
+        if except == Some(handle.conn_id) {
+            return None;
+        }
         match handle.live.try_send(live) {
-            Ok(()) => {}
+            Ok(()) => Some(handle.conn_id),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 handle.kick(Kick::SlowConsumer);
                 online.remove(recipient);
+                None
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 online.remove(recipient);
+                None
             }
         }
     }

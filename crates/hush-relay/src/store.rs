@@ -1,23 +1,26 @@
 //! Durable state in SQLite: the store-and-forward queue and the prekey directory.
 //!
-//! One dedicated thread owns the database connection. Connection tasks send it [`Op`]s; it
-//! takes every op already waiting (up to a batch limit), runs them in one transaction, commits,
-//! and only then answers. Group commit gives durability (an answered `Insert` is on disk, in
-//! the WAL) at tens of thousands of envelopes per second instead of one fsync per envelope.
-//!
-//! Queue ids come from `AUTOINCREMENT`, so they only grow: a connection can tell a live
-//! delivery it already sent in its backlog by comparing ids with the backlog's watermark.
+//! One dedicated thread owns the database connection. Connection tasks send it [`Op`]s, and
+//! admit envelopes to [`Pending`]; the thread takes every op already waiting (up to a batch
+//! limit) and every admitted envelope whose commit delay has passed without an
+//! acknowledgement, runs them in one transaction, commits, and only then answers. Group commit
+//! gives durability (an answered envelope is on disk, in the WAL) at tens of thousands of
+//! envelopes per second instead of one fsync per envelope; the commit delay lets envelopes that
+//! their online recipient acknowledges at once skip SQLite altogether.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use hush_signaling::frame::encode_deliver_frame;
 use hush_signaling::DeviceId;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::pending::{Entry, Pending};
 use crate::state::{Live, Registry};
 use crate::SyncMode;
 
@@ -37,10 +40,11 @@ pub(crate) enum StoreError {
     Database,
 }
 
-/// Completion of an insert, delivered to the sending connection's completion queue.
+/// The answer to a send, delivered to the sending connection's completion queue once the
+/// envelope is committed or acknowledged by its recipient.
 pub(crate) struct InsertDone {
     pub(crate) request_id: u64,
-    pub(crate) received: std::time::Instant,
+    pub(crate) received: Instant,
     pub(crate) result: StoreResult<u64>,
 }
 
@@ -48,9 +52,6 @@ pub(crate) struct InsertDone {
 pub(crate) struct Backlog {
     /// `(delivery id, encoded envelope)` in id order.
     pub(crate) rows: Vec<(u64, Vec<u8>)>,
-    /// Every id up to this was committed before the load: live deliveries at or below it are
-    /// already in `rows` (or were acknowledged).
-    pub(crate) watermark: u64,
 }
 
 /// A bundle handed out by the directory.
@@ -61,13 +62,6 @@ pub(crate) struct BundleOut {
 
 /// Work for the store thread.
 pub(crate) enum Op {
-    Insert {
-        request_id: u64,
-        recipient: DeviceId,
-        envelope: Vec<u8>,
-        received: std::time::Instant,
-        done: mpsc::UnboundedSender<InsertDone>,
-    },
     Ack {
         device: DeviceId,
         ids: Vec<u64>,
@@ -96,6 +90,7 @@ pub(crate) struct StoreLimits {
     pub(crate) max_queue_per_device: u32,
     pub(crate) max_one_time_prekeys: u32,
     pub(crate) max_batch: usize,
+    pub(crate) commit_delay: Duration,
 }
 
 /// Opens (creating if needed) the database and starts the store thread.
@@ -105,7 +100,7 @@ pub(crate) fn open(
     limits: StoreLimits,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
-) -> Result<mpsc::Sender<Op>, rusqlite::Error> {
+) -> Result<(mpsc::Sender<Op>, Arc<Pending>), rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
@@ -135,9 +130,7 @@ pub(crate) fn open(
          );",
     )?;
     let depth = load_depth(&conn)?;
-    let total: u64 = depth.values().map(|&n| u64::from(n)).sum();
-    metrics.queue_depth.store(total, Ordering::Relaxed);
-    let last_id: u64 = conn
+    let last_id: i64 = conn
         .query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'queue'",
             [],
@@ -145,116 +138,162 @@ pub(crate) fn open(
         )
         .optional()?
         .unwrap_or(0);
+    let pending = Arc::new(Pending::new(
+        depth,
+        u64::try_from(last_id).unwrap_or(0),
+        limits.commit_delay,
+        limits.max_queue_per_device,
+        metrics.clone(),
+    ));
     let (tx, rx) = mpsc::channel(64 * 1024);
     let worker = Worker {
         conn,
-        depth,
-        last_id,
         limits,
         metrics,
         registry,
+        pending: pending.clone(),
     };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|_| rusqlite::Error::InvalidQuery)?;
     std::thread::Builder::new()
         .name("hush-relay-store".into())
-        .spawn(move || worker.run(rx))
+        .spawn(move || runtime.block_on(worker.run(rx)))
         .map_err(|_| rusqlite::Error::InvalidQuery)?;
-    Ok(tx)
+    Ok((tx, pending))
 }
 
 struct Worker {
     conn: Connection,
-    depth: HashMap<DeviceId, u32>,
-    last_id: u64,
     limits: StoreLimits,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    pending: Arc<Pending>,
 }
 
 /// An answer to send once the batch is committed.
 enum Reply {
-    Insert(
-        mpsc::UnboundedSender<InsertDone>,
-        InsertDone,
-        Option<(DeviceId, Vec<u8>)>,
-    ),
     Load(oneshot::Sender<StoreResult<Backlog>>, StoreResult<Backlog>),
     Upload(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
     Fetch(
         oneshot::Sender<StoreResult<BundleOut>>,
         StoreResult<BundleOut>,
     ),
+    /// Rows deleted for a device's acknowledgements.
+    Acked(DeviceId, u32),
 }
 
 impl Worker {
-    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+    /// Runs on the store thread's own single-threaded runtime (for the timed waits); all
+    /// database work is synchronous.
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut batch = Vec::with_capacity(self.limits.max_batch);
-        while let Some(op) = rx.blocking_recv() {
-            batch.push(op);
+        loop {
+            let due_at = self.pending.next_due();
+            let mut closed = false;
+            tokio::select! {
+                biased;
+                op = rx.recv() => match op {
+                    Some(op) => batch.push(op),
+                    None => closed = true,
+                },
+                () = sleep_until(due_at), if due_at.is_some() => {}
+                () = self.pending.admitted(), if due_at.is_none() => continue,
+            }
             while batch.len() < self.limits.max_batch {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
-            self.run_batch(&mut batch);
+            // Every envelope admitted before the ops were taken is either in `due`, still
+            // waiting, or settled by its recipient: an acknowledgement in `batch` for one of
+            // `due` was sent after it was taken, and is applied after its insert below.
+            let due = self.pending.take_due(Instant::now(), closed);
+            if !batch.is_empty() || !due.is_empty() {
+                self.run_batch(due, &mut batch);
+            }
+            if closed {
+                break;
+            }
         }
         tracing::debug!("store thread exiting");
     }
 
-    fn run_batch(&mut self, batch: &mut Vec<Op>) {
-        let last_before = self.last_id;
+    fn run_batch(&mut self, due: Vec<(u64, Entry)>, batch: &mut Vec<Op>) {
         let mut replies = Vec::with_capacity(batch.len());
+        let mut inserted = Vec::with_capacity(due.len());
+        let mut refused = Vec::new();
         let committed = match self.conn.transaction() {
             Ok(tx) => {
-                let ok = batch.drain(..).all(|op| {
-                    match Self::apply(
-                        &tx,
-                        &mut self.depth,
-                        &mut self.last_id,
-                        &self.limits,
-                        &self.metrics,
-                        op,
-                    ) {
-                        Ok(reply) => {
-                            if let Some(r) = reply {
-                                replies.push(r);
-                            }
-                            true
-                        }
+                let mut ok = true;
+                for (id, entry) in due {
+                    if !ok {
+                        inserted.push((id, entry));
+                        continue;
+                    }
+                    match Self::insert(&tx, id, &entry) {
+                        Ok(true) => inserted.push((id, entry)),
+                        Ok(false) => refused.push(entry),
                         Err(e) => {
-                            tracing::error!(error = %e, "store operation failed");
-                            false
+                            tracing::error!(error = %e, "store insert failed");
+                            inserted.push((id, entry));
+                            ok = false;
                         }
                     }
-                });
+                }
+                for op in batch.drain(..) {
+                    if !ok {
+                        continue;
+                    }
+                    match Self::apply(&tx, &self.limits, op) {
+                        Ok(reply) => replies.push(reply),
+                        Err(e) => {
+                            tracing::error!(error = %e, "store operation failed");
+                            ok = false;
+                        }
+                    }
+                }
                 ok && tx.commit().is_ok()
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot begin transaction");
+                inserted.extend(due);
                 batch.clear();
                 false
             }
         };
+        for entry in refused {
+            // An envelope with this id is already stored (ids only grow; not expected).
+            self.pending.release(&entry.recipient, 1);
+            entry.answer(Err(StoreError::Database));
+        }
         if !committed {
-            // Roll back the in-memory view and fail every request in the batch.
-            self.last_id = last_before;
-            self.depth = load_depth(&self.conn).unwrap_or_default();
-            let total: u64 = self.depth.values().map(|&n| u64::from(n)).sum();
-            self.metrics.queue_depth.store(total, Ordering::Relaxed);
+            // Nothing of the batch happened: fail every request in it.
+            for (_, entry) in inserted {
+                self.pending.release(&entry.recipient, 1);
+                entry.answer(Err(StoreError::Database));
+            }
             for r in replies {
                 fail(r);
             }
             return;
         }
+        self.metrics
+            .envelopes_stored
+            .fetch_add(inserted.len() as u64, Ordering::Relaxed);
+        for (id, entry) in inserted {
+            // Committed: push to the recipient's current connection unless it already has it
+            // (a device that reconnected meanwhile may have missed it in its backlog), then
+            // answer the sender.
+            let frame = encode_deliver_frame(id, &entry.envelope);
+            self.registry
+                .push(&entry.recipient, Live { id, frame }, entry.pushed_to);
+            entry.answer(Ok(id));
+        }
         for r in replies {
             match r {
-                Reply::Insert(tx, done, live) => {
-                    // Committed: push to the recipient if online, then answer the sender.
-                    if let (Ok(id), Some((recipient, envelope))) = (&done.result, live) {
-                        self.registry.push(&recipient, Live { id: *id, envelope });
-                    }
-                    let _ = tx.send(done);
-                }
                 Reply::Load(tx, v) => {
                     let _ = tx.send(v);
                 }
@@ -264,50 +303,35 @@ impl Worker {
                 Reply::Fetch(tx, v) => {
                     let _ = tx.send(v);
                 }
+                Reply::Acked(device, n) => self.pending.release(&device, n),
             }
         }
     }
 
+    /// Inserts an admitted envelope; `false` if its id is already taken (never expected:
+    /// ids only grow).
+    fn insert(tx: &rusqlite::Transaction<'_>, id: u64, entry: &Entry) -> rusqlite::Result<bool> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        let n = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO queue (id, recipient, envelope) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                id,
+                entry.recipient.as_bytes().as_slice(),
+                &entry.envelope
+            ])?;
+        Ok(n == 1)
+    }
+
     fn apply(
         tx: &rusqlite::Transaction<'_>,
-        depth: &mut HashMap<DeviceId, u32>,
-        last_id: &mut u64,
         limits: &StoreLimits,
-        metrics: &Metrics,
         op: Op,
-    ) -> Result<Option<Reply>, rusqlite::Error> {
-        Ok(Some(match op {
-            Op::Insert {
-                request_id,
-                recipient,
-                envelope,
-                received,
-                done,
-            } => {
-                let count = depth.entry(recipient).or_insert(0);
-                let mut live = None;
-                let result = if *count >= limits.max_queue_per_device {
-                    Err(StoreError::QueueFull)
-                } else {
-                    tx.prepare_cached("INSERT INTO queue (recipient, envelope) VALUES (?1, ?2)")?
-                        .execute(params![recipient.as_bytes().as_slice(), &envelope])?;
-                    *count += 1;
-                    metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-                    let id = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-                    *last_id = (*last_id).max(id);
-                    live = Some((recipient, envelope));
-                    Ok(id)
-                };
-                Reply::Insert(
-                    done,
-                    InsertDone {
-                        request_id,
-                        received,
-                        result,
-                    },
-                    live,
-                )
-            }
+    ) -> Result<Reply, rusqlite::Error> {
+        Ok(match op {
             Op::Ack { device, ids } => {
                 let mut stmt =
                     tx.prepare_cached("DELETE FROM queue WHERE id = ?1 AND recipient = ?2")?;
@@ -316,16 +340,7 @@ impl Worker {
                     let Ok(id) = i64::try_from(id) else { continue };
                     removed += stmt.execute(params![id, device.as_bytes().as_slice()])? as u32;
                 }
-                metrics
-                    .queue_depth
-                    .fetch_sub(u64::from(removed), Ordering::Relaxed);
-                if let Some(n) = depth.get_mut(&device) {
-                    *n = n.saturating_sub(removed);
-                    if *n == 0 {
-                        depth.remove(&device);
-                    }
-                }
-                return Ok(None);
+                Reply::Acked(device, removed)
             }
             Op::Load {
                 device,
@@ -341,13 +356,7 @@ impl Worker {
                     })?
                     .map(|r| r.map(|(id, env)| (u64::try_from(id).unwrap_or(0), env)))
                     .collect::<Result<Vec<_>, _>>()?;
-                Reply::Load(
-                    reply,
-                    Ok(Backlog {
-                        rows,
-                        watermark: *last_id,
-                    }),
-                )
+                Reply::Load(reply, Ok(Backlog { rows }))
             }
             Op::Upload {
                 device,
@@ -415,7 +424,7 @@ impl Worker {
                 };
                 Reply::Fetch(reply, result)
             }
-        }))
+        })
     }
 }
 
@@ -435,10 +444,7 @@ fn load_depth(conn: &Connection) -> Result<HashMap<DeviceId, u32>, rusqlite::Err
 
 fn fail(r: Reply) {
     match r {
-        Reply::Insert(tx, mut done, _) => {
-            done.result = Err(StoreError::Database);
-            let _ = tx.send(done);
-        }
+        Reply::Acked(..) => {}
         Reply::Load(tx, _) => {
             let _ = tx.send(Err(StoreError::Database));
         }
@@ -448,5 +454,13 @@ fn fail(r: Reply) {
         Reply::Fetch(tx, _) => {
             let _ = tx.send(Err(StoreError::Database));
         }
+    }
+}
+
+/// Sleeps until `at` (forever for `None`; the caller guards that branch).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

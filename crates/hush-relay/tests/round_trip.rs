@@ -91,6 +91,7 @@ async fn round_trip(wire: Wire) {
         generation: 0,
         candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host".into()],
         end_of_candidates: true,
+        ice: None,
     });
     bob.send(alice_id, candidates.clone()).await.unwrap();
     assert_eq!(

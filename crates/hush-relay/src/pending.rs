@@ -1,0 +1,246 @@
+//! Accepted envelopes not yet written to SQLite, and the per-device queue bound.
+//!
+//! When a device sends an envelope, the relay admits it here (refusing it if the recipient's
+//! queue is full), gives it a delivery id, and pushes it at once to the recipient's connection
+//! if the recipient is online. The store thread writes an admitted envelope to SQLite only
+//! once it has waited [`RelayConfig::commit_delay`](crate::RelayConfig::commit_delay) for it:
+//!
+//! - if the recipient acknowledges it first, it is dropped from here and never written, and
+//!   the sender is answered at that moment (the recipient has it);
+//! - otherwise the store thread takes it, inserts it, commits, and only then answers the
+//!   sender.
+//!
+//! Either way the sender's answer ("accepted") comes only once the envelope is committed or
+//! acknowledged by its recipient, so a crash loses nothing a sender was told was accepted. An
+//! acknowledgement that arrives after the store thread took the envelope goes to the store
+//! as a delete, which the store applies after the insert (one thread, in order).
+//!
+//! Delivery ids are allocated here, in admission order. They start above both the largest id
+//! in the database and the current time in microseconds, so ids handed out before a crash for
+//! envelopes that were never written are not reused after a restart (unless the relay had
+//! admitted more than one envelope per microsecond on average since it started).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hush_signaling::frame::encode_deliver_frame;
+use hush_signaling::DeviceId;
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::Metrics;
+use crate::state::{lock, Live, Registry};
+use crate::store::{InsertDone, StoreError};
+
+/// An admitted envelope waiting for its recipient's acknowledgement or the store thread.
+pub(crate) struct Entry {
+    pub(crate) recipient: DeviceId,
+    /// The encoded envelope.
+    pub(crate) envelope: Vec<u8>,
+    /// The connection it was pushed to at admission, if any.
+    pub(crate) pushed_to: Option<u64>,
+    pub(crate) request_id: u64,
+    pub(crate) received: Instant,
+    /// Where the sender's answer goes.
+    pub(crate) done: mpsc::UnboundedSender<InsertDone>,
+}
+
+impl Entry {
+    /// Answers the sender.
+    pub(crate) fn answer(self, result: Result<u64, StoreError>) {
+        let _ = self.done.send(InsertDone {
+            request_id: self.request_id,
+            received: self.received,
+            result,
+        });
+    }
+}
+
+struct Inner {
+    next_id: u64,
+    entries: HashMap<u64, Entry>,
+    /// Admission order with each entry's admission time; ids of entries acknowledged meanwhile
+    /// stay here until they reach the front.
+    order: VecDeque<(u64, Instant)>,
+    /// Unacknowledged envelopes per recipient: in SQLite or admitted here.
+    depth: HashMap<DeviceId, u32>,
+}
+
+/// See the module documentation.
+pub(crate) struct Pending {
+    inner: Mutex<Inner>,
+    /// Wakes the store thread when the first entry arrives.
+    wake: Notify,
+    delay: Duration,
+    max_queue: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// What [`Pending::ack`] could not settle: ids the store must delete.
+pub(crate) type Leftover = Vec<u64>;
+
+impl Pending {
+    /// `depth` and `max_id` come from the database.
+    pub(crate) fn new(
+        depth: HashMap<DeviceId, u32>,
+        max_id: u64,
+        delay: Duration,
+        max_queue: u32,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let total: u64 = depth.values().map(|&n| u64::from(n)).sum();
+        metrics.queue_depth.store(total, Ordering::Relaxed);
+        Self {
+            inner: Mutex::new(Inner {
+                // SQLite rowids are i64.
+                next_id: max_id
+                    .saturating_add(1)
+                    .max(now_us)
+                    .min(i64::MAX as u64 / 2),
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+                depth,
+            }),
+            wake: Notify::new(),
+            delay,
+            max_queue,
+            metrics,
+        }
+    }
+
+    /// Admits an envelope for `recipient` and pushes it to the recipient's connection if it is
+    /// online. Refuses it if the recipient's queue is full.
+    pub(crate) fn admit(
+        &self,
+        registry: &Registry,
+        recipient: DeviceId,
+        envelope: Vec<u8>,
+        request_id: u64,
+        received: Instant,
+        done: &mpsc::UnboundedSender<InsertDone>,
+    ) -> Result<u64, StoreError> {
+        let mut inner = lock(&self.inner);
+        let count = inner.depth.entry(recipient).or_insert(0);
+        if *count >= self.max_queue {
+            return Err(StoreError::QueueFull);
+        }
+        *count += 1;
+        let id = inner.next_id;
+        inner.next_id += 1;
+        // Pushed under the lock: an acknowledgement cannot overtake the entry.
+        let frame = encode_deliver_frame(id, &envelope);
+        let pushed_to = registry.push(&recipient, Live { id, frame }, None);
+        let first = inner.order.is_empty();
+        inner.order.push_back((id, received));
+        inner.entries.insert(
+            id,
+            Entry {
+                recipient,
+                envelope,
+                pushed_to,
+                request_id,
+                received,
+                done: done.clone(),
+            },
+        );
+        drop(inner);
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if first {
+            self.wake.notify_one();
+        }
+        Ok(id)
+    }
+
+    /// Settles `device`'s acknowledgements of envelopes still here (answering their senders);
+    /// returns the ids the store must delete.
+    pub(crate) fn ack(&self, device: &DeviceId, ids: Vec<u64>) -> Leftover {
+        let mut leftover = Vec::new();
+        let mut settled = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            for id in ids {
+                // Only the recipient may acknowledge an envelope.
+                if inner
+                    .entries
+                    .get(&id)
+                    .is_some_and(|e| e.recipient == *device)
+                {
+                    if let Some(entry) = inner.entries.remove(&id) {
+                        settled.push((id, entry));
+                    }
+                } else {
+                    leftover.push(id);
+                }
+            }
+            if !settled.is_empty() {
+                Self::release_locked(&mut inner, device, settled.len() as u32);
+            }
+        }
+        if !settled.is_empty() {
+            self.metrics
+                .queue_depth
+                .fetch_sub(settled.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .envelopes_unstored
+                .fetch_add(settled.len() as u64, Ordering::Relaxed);
+        }
+        for (id, entry) in settled {
+            entry.answer(Ok(id));
+        }
+        leftover
+    }
+
+    /// `n` of `device`'s envelopes left the queue (deleted, or never written).
+    pub(crate) fn release(&self, device: &DeviceId, n: u32) {
+        if n == 0 {
+            return;
+        }
+        Self::release_locked(&mut lock(&self.inner), device, n);
+        self.metrics
+            .queue_depth
+            .fetch_sub(u64::from(n), Ordering::Relaxed);
+    }
+
+    fn release_locked(inner: &mut Inner, device: &DeviceId, n: u32) {
+        if let Some(count) = inner.depth.get_mut(device) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                inner.depth.remove(device);
+            }
+        }
+    }
+
+    /// When the oldest entry is due, if there is one.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        lock(&self.inner)
+            .order
+            .front()
+            .map(|&(_, at)| at + self.delay)
+    }
+
+    /// Waits until an entry is admitted into an empty table (returns at once if one was
+    /// admitted since the last call).
+    pub(crate) async fn admitted(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Takes the entries due by `now` (all of them when `all`), in admission order.
+    pub(crate) fn take_due(&self, now: Instant, all: bool) -> Vec<(u64, Entry)> {
+        let mut inner = lock(&self.inner);
+        let mut due = Vec::new();
+        while let Some(&(id, at)) = inner.order.front() {
+            if !all && at + self.delay > now {
+                break;
+            }
+            inner.order.pop_front();
+            if let Some(entry) = inner.entries.remove(&id) {
+                due.push((id, entry));
+            }
+        }
+        due
+    }
+}
