@@ -14,7 +14,7 @@ pub mod machine;
 pub mod media_path;
 
 pub use client::{
-    AudioFrame, Call, CallEvent, CallStats, Client, ClientBuilder, ClientConfig, FrameSource,
-    IncomingCall, MediaStats,
+    AudioFrame, Call, CallEvent, CallStats, Client, ClientBuilder, ClientConfig, ClientEvent,
+    FrameSource, IncomingCall, MediaStats,
 };
 pub use error::Error;

@@ -18,7 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::call::{Call, CallEvent, IncomingCall};
 use super::media::{MediaCommand, MediaTask};
-use super::{ClientConfig, Command, NET_START_TIMEOUT};
+use super::{ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
 use crate::machine::{
     CallId, CallMachine, CallState, Event, HangupReason, Output, PeerId, Side, Signal,
 };
@@ -40,6 +40,20 @@ struct Current {
     events: mpsc::UnboundedSender<CallEvent>,
     suite: Arc<StdMutex<&'static str>>,
     path: Option<CandidateKind>,
+    /// Our ICE generation: how many times our side restarted (its candidates carry it).
+    generation: u32,
+    /// The peer's latest ICE generation; candidates of older ones are stale.
+    remote_generation: u32,
+    /// An ICE restart is under way: the next selected path is reported as a path change.
+    restarting: bool,
+}
+
+/// The channels between the actor, the [`Client`](super::Client) and the call tasks.
+pub(super) struct Channels {
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) self_tx: mpsc::UnboundedSender<Command>,
+    pub(super) incoming: mpsc::UnboundedSender<IncomingCall>,
+    pub(super) events: mpsc::Sender<ClientEvent>,
 }
 
 pub(super) struct Actor<T, B: Backend> {
@@ -49,6 +63,7 @@ pub(super) struct Actor<T, B: Backend> {
     commands: mpsc::UnboundedReceiver<Command>,
     self_tx: mpsc::UnboundedSender<Command>,
     incoming_tx: mpsc::UnboundedSender<IncomingCall>,
+    events_tx: mpsc::Sender<ClientEvent>,
     current: Option<Current>,
     /// The validated offer of the call ringing here, kept for the answer.
     ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>)>,
@@ -69,17 +84,16 @@ where
     pub(super) fn new(
         signaling: SignalingClient<T, SignalSealer<B>>,
         config: ClientConfig,
-        commands: mpsc::UnboundedReceiver<Command>,
-        self_tx: mpsc::UnboundedSender<Command>,
-        incoming_tx: mpsc::UnboundedSender<IncomingCall>,
+        channels: Channels,
     ) -> Self {
         Self {
             signaling,
             machine: CallMachine::new(config.timeouts),
             config,
-            commands,
-            self_tx,
-            incoming_tx,
+            commands: channels.commands,
+            self_tx: channels.self_tx,
+            incoming_tx: channels.incoming,
+            events_tx: channels.events,
             current: None,
             ringing_offer: None,
             transport_open: true,
@@ -106,6 +120,10 @@ where
                     }
                     Wake::Command(Some(c)) => self.on_command(c).await,
                     Wake::Signal(Ok(SignalingEvent::Message(m))) => self.on_message(m),
+                    Wake::Signal(Ok(SignalingEvent::Dropped {
+                        from,
+                        reason: hush_signaling::Error::IdentityChanged { new_identity },
+                    })) => self.identity_changed(from, new_identity.as_deref()),
                     Wake::Signal(Ok(other)) => debug!(event = ?other, "signaling event"),
                     Wake::Signal(Err(e)) => {
                         warn!(error = %e, "signaling transport failed; no more incoming messages");
@@ -140,12 +158,19 @@ where
                 let _ = self.machine.hangup(id);
             }
             Command::LocalCandidate(id, line) => self.trickle(id, line).await,
+            Command::LocalRestart(id, credentials) => self.restarted(id, credentials).await,
+            Command::AcceptIdentity(peer, identity, reply) => {
+                let _ = reply.send(self.accept_identity(&peer, &identity));
+            }
             Command::PathUp(id, kind) => {
                 if let Some(cur) = self.current.as_mut().filter(|c| c.id == id) {
                     let was = cur.path.replace(kind);
-                    let connected =
-                        matches!(self.machine.active(), Some((_, _, CallState::Connected)));
-                    if connected && was.is_some_and(|w| w != kind) {
+                    let restarted = std::mem::take(&mut cur.restarting);
+                    let connected = matches!(
+                        self.machine.active(),
+                        Some((_, _, CallState::Connected | CallState::Reconnecting))
+                    );
+                    if connected && (restarted || was.is_some_and(|w| w != kind)) {
                         let _ = cur.events.send(CallEvent::PathChanged { path: kind });
                     }
                 }
@@ -253,15 +278,80 @@ where
         else {
             return;
         };
+        let generation = self.current.as_ref().map_or(0, |c| c.generation);
         let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
             call_id: id.0,
-            generation: 0,
+            generation,
             candidates: vec![line],
             end_of_candidates: false,
+            ice: None,
         });
         if let Err(e) = self.signaling.send(peer, message).await {
             warn!(error = %e, "could not send a candidate");
         }
+    }
+
+    /// Our ICE agent restarted (network change, consent loss, or answering the peer's
+    /// restart): a new generation starts with the new credentials; its candidates follow.
+    async fn restarted(&mut self, id: CallId, credentials: IceCredentials) {
+        let Some(peer) = self
+            .machine
+            .active()
+            .filter(|(a, _, _)| *a == id)
+            .and_then(|_| self.machine.active_peer())
+            .and_then(device_id)
+        else {
+            return;
+        };
+        let Some(cur) = self.current.as_mut().filter(|c| c.id == id) else {
+            return;
+        };
+        cur.generation += 1;
+        cur.restarting = true;
+        info!(call = ?id, generation = cur.generation, "ICE restarted; sending new credentials");
+        let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
+            call_id: id.0,
+            generation: cur.generation,
+            candidates: Vec::new(),
+            end_of_candidates: false,
+            ice: Some(ice_parameters(credentials)),
+        });
+        if let Err(e) = self.signaling.send(peer, message).await {
+            warn!(error = %e, "could not send the ICE restart");
+        }
+    }
+
+    /// A message from `from` presented a changed identity key: tell the call with it, or the
+    /// application.
+    fn identity_changed(&mut self, from: DeviceId, new_identity: Option<&[u8]>) {
+        let new_identity = new_identity.and_then(|b| hush_crypto::IdentityKey::decode(b).ok());
+        warn!(peer = %short(&from), "a message presented a changed identity key; refused");
+        let in_call = self.machine.active_peer() == Some(&peer_id(&from));
+        match self.current.as_ref().filter(|_| in_call) {
+            Some(cur) => {
+                let _ = cur.events.send(CallEvent::IdentityChanged { new_identity });
+            }
+            None => {
+                // Bounded: a flood of forged messages must not grow memory.
+                let _ = self.events_tx.try_send(ClientEvent::IdentityChanged {
+                    peer: from,
+                    new_identity,
+                });
+            }
+        }
+    }
+
+    /// Trusts a peer's new identity key (the user verified it).
+    fn accept_identity(
+        &mut self,
+        peer: &DeviceId,
+        identity: &hush_crypto::IdentityKey,
+    ) -> Result<(), Error> {
+        let sealer = self.signaling.sealer_mut();
+        let address = sealer.address_of(peer)?;
+        sealer.device_mut().accept_identity(&address, identity)?;
+        info!(peer = %short(peer), "new identity key accepted by the user");
+        Ok(())
     }
 
     fn start_media(
@@ -301,6 +391,9 @@ where
             events: events_tx,
             suite,
             path: None,
+            generation: 0,
+            remote_generation: 0,
+            restarting: false,
         };
         (call, current)
     }
@@ -442,7 +535,21 @@ where
                 call_id,
                 candidates: Payload::Candidates(c),
             } => {
-                if let Some(cur) = self.current.as_ref().filter(|c| c.id == call_id) {
+                if let Some(cur) = self.current.as_mut().filter(|c| c.id == call_id) {
+                    if c.generation < cur.remote_generation {
+                        debug!(generation = c.generation, "stale ICE candidates ignored");
+                        return;
+                    }
+                    if let Some(ice) = c.ice.filter(|_| c.generation > cur.remote_generation) {
+                        // The peer restarted: its new credentials before its new candidates.
+                        cur.remote_generation = c.generation;
+                        cur.restarting = true;
+                        let _ =
+                            cur.media
+                                .send(MediaCommand::RemoteCredentials(IceCredentials::new(
+                                    ice.ufrag, ice.pwd,
+                                )));
+                    }
                     for line in c.candidates {
                         let _ = cur.media.send(MediaCommand::RemoteCandidate(line));
                     }

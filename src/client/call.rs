@@ -29,6 +29,15 @@ pub enum CallEvent {
     },
     /// The path was lost; ICE is trying to restore it.
     Reconnecting,
+    /// A message claiming to come from the peer presented a Signal identity key other than
+    /// the one this call's keys are bound to (the peer's safety number changed). The message
+    /// was not opened; the call keeps the keys agreed with the verified identity. Show it to
+    /// the user; accept the new identity only after they verify it
+    /// ([`Client::accept_identity`](super::Client::accept_identity)).
+    IdentityChanged {
+        /// The new identity key, when the message carried one.
+        new_identity: Option<hush_crypto::IdentityKey>,
+    },
     /// The call ended. Its keys are destroyed.
     Ended(EndReason),
 }
@@ -132,6 +141,21 @@ impl Call {
             media,
             quality,
         })
+    }
+
+    /// Tells the call that this device's network changed (Wi-Fi → mobile, a new address, or
+    /// the app wants fresh sockets): ICE binds new sockets, restarts with new credentials and
+    /// sends them to the peer over signaling; media resumes on the new path without a new
+    /// call. Path events follow ([`CallEvent::PathChanged`] once the new path is up).
+    ///
+    /// Fails with [`Error::Net`] if no socket could be bound (no network yet): call it again
+    /// when one is up.
+    pub async fn network_changed(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.media
+            .send(MediaCommand::NetworkChanged(tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
     }
 
     /// Ends the call (from any state) and tells the peer.

@@ -33,6 +33,8 @@ pub(crate) enum MediaCommand {
     Mute(bool),
     /// Report statistics.
     Stats(oneshot::Sender<(Option<CandidateKind>, MediaStats, Option<QualityStats>)>),
+    /// The device's network changed: new sockets and an ICE restart.
+    NetworkChanged(oneshot::Sender<Result<(), crate::Error>>),
     /// End: close ICE, destroy keys.
     Stop,
 }
@@ -160,6 +162,13 @@ impl MediaTask {
                 warn!(error = %e, "ICE failed");
                 let _ = self.actor.send(Command::NetFailed(self.call_id));
             }
+            NetEvent::Restarted { credentials } => {
+                // Our side restarted (network change, consent loss, or the peer's restart):
+                // the peer needs the new credentials before our new candidates.
+                let _ = self
+                    .actor
+                    .send(Command::LocalRestart(self.call_id, credentials));
+            }
             NetEvent::ServerError(e) => warn!(error = %e, "STUN/TURN server problem"),
             other => debug!(event = ?other, "ICE event"),
         }
@@ -186,6 +195,13 @@ impl MediaTask {
                 if let Err(e) = self.net.handle.add_remote_candidate(line).await {
                     debug!(error = %e, "remote candidate refused");
                 }
+            }
+            MediaCommand::NetworkChanged(reply) => {
+                let r = self.net.handle.network_changed().await;
+                if let Err(e) = &r {
+                    warn!(error = %e, "could not move the call to the new network");
+                }
+                let _ = reply.send(r.map(|_| ()).map_err(crate::Error::from));
             }
             MediaCommand::Audio(pcm) => self.send_audio(st, &pcm),
             MediaCommand::Mute(m) => st.muted = m,

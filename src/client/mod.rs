@@ -26,7 +26,7 @@ use std::time::Duration;
 use hush_crypto::Backend;
 use hush_media::SessionConfig;
 use hush_net::driver::Bind;
-use hush_net::CandidateKind;
+use hush_net::{CandidateKind, IceCredentials};
 use hush_signaling::crypto::SignalSealer;
 use hush_signaling::{DeviceId, SignalingClient, Transport};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -113,19 +113,24 @@ where
     pub fn build(self) -> Client {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(CLIENT_EVENT_BACKLOG);
         let local = self.signaling.local_device();
         let actor = actor::Actor::new(
             self.signaling,
             self.config,
-            cmd_rx,
-            cmd_tx.clone(),
-            incoming_tx,
+            actor::Channels {
+                commands: cmd_rx,
+                self_tx: cmd_tx.clone(),
+                incoming: incoming_tx,
+                events: events_tx,
+            },
         );
         tokio::spawn(actor.run());
         Client {
             local,
             commands: cmd_tx,
             incoming: Mutex::new(incoming_rx),
+            events: Mutex::new(events_rx),
         }
     }
 }
@@ -149,6 +154,24 @@ pub struct Client {
     local: DeviceId,
     commands: mpsc::UnboundedSender<Command>,
     incoming: Mutex<mpsc::UnboundedReceiver<IncomingCall>>,
+    events: Mutex<mpsc::Receiver<ClientEvent>>,
+}
+
+/// Something that happened to the client outside any call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A message claiming to come from `peer` presented a Signal identity key other than the
+    /// one on record (its safety number changed: a reinstall, or someone else using its
+    /// address). Nothing it sent was opened, so a call it placed does not ring. Show it to the
+    /// user; after they verify the new safety number, [`Client::accept_identity`] trusts it.
+    /// During a call with `peer` the call reports [`CallEvent::IdentityChanged`] instead.
+    IdentityChanged {
+        /// The device whose identity changed.
+        peer: DeviceId,
+        /// The new identity key, when the message carried one.
+        new_identity: Option<hush_crypto::IdentityKey>,
+    },
 }
 
 impl Client {
@@ -188,6 +211,27 @@ impl Client {
         self.incoming.lock().await.recv().await
     }
 
+    /// The next client-level event (see [`ClientEvent`]); `None` once the client stopped.
+    /// Events the application does not read are kept up to a small backlog, then dropped.
+    pub async fn next_event(&self) -> Option<ClientEvent> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Trusts `identity` as `peer`'s Signal identity from now on, after the user verified the
+    /// changed safety number ([`ClientEvent::IdentityChanged`]). Messages it sends afterwards
+    /// are opened again (the ones refused before are gone: the peer has to call again).
+    pub async fn accept_identity(
+        &self,
+        peer: DeviceId,
+        identity: hush_crypto::IdentityKey,
+    ) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::AcceptIdentity(peer, Box::new(identity), tx))
+            .map_err(|_| Error::ClientClosed)?;
+        rx.await.map_err(|_| Error::ClientClosed)?
+    }
+
     /// Stops the client: ends any call (telling the peer) and the actor.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
@@ -208,11 +252,20 @@ pub(crate) enum Command {
     Reject(CallId),
     Hangup(CallId),
     LocalCandidate(CallId, String),
+    LocalRestart(CallId, IceCredentials),
+    AcceptIdentity(
+        DeviceId,
+        Box<hush_crypto::IdentityKey>,
+        oneshot::Sender<Result<(), Error>>,
+    ),
     PathUp(CallId, CandidateKind),
     PathDown(CallId),
     NetFailed(CallId),
     Shutdown,
 }
+
+/// Client events kept for an application that does not read them.
+const CLIENT_EVENT_BACKLOG: usize = 32;
 
 /// Highest bitrate an audio-only call asks for.
 const AUDIO_MAX_BPS: u64 = 200_000;

@@ -111,3 +111,73 @@ pub(crate) fn tone(n: u32) -> Vec<i16> {
         })
         .collect()
 }
+
+/// Alice calls Bob, Bob accepts; returns both calls once each side is connected.
+pub(crate) async fn connect(alice: &Client, bob: &Client) -> (hush::Call, hush::Call) {
+    let call = alice.call(bob.device_id()).await.expect("offer sent");
+    let answered = next_incoming(bob, 10)
+        .await
+        .accept()
+        .await
+        .expect("accepted");
+    wait_for(&call, 10, |e| matches!(e, CallEvent::Connected { .. })).await;
+    wait_for(&answered, 10, |e| matches!(e, CallEvent::Connected { .. })).await;
+    (call, answered)
+}
+
+/// What one side of a conversation heard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Heard {
+    /// Frames decoded from a received packet (original, retransmission or redundant copy).
+    pub(crate) decoded: u32,
+    /// Frames rebuilt from in-band FEC.
+    pub(crate) fec: u32,
+    /// Frames concealed between two real frames (the tail after the peer stopped talking is
+    /// silence, not loss, and is not counted).
+    pub(crate) concealed: u32,
+    trailing: u32,
+}
+
+impl Heard {
+    /// Frames the listener heard as audio (decoded or rebuilt).
+    pub(crate) fn playable(&self) -> u32 {
+        self.decoded + self.fec
+    }
+
+    fn note(&mut self, source: hush::FrameSource) {
+        if source == hush::FrameSource::Concealed {
+            self.trailing += 1;
+            return;
+        }
+        if self.playable() > 0 {
+            self.concealed += self.trailing;
+        }
+        self.trailing = 0;
+        match source {
+            hush::FrameSource::Fec => self.fec += 1,
+            _ => self.decoded += 1,
+        }
+    }
+}
+
+/// Both sides talk for `frames` 20 ms frames at microphone pace (then listen 600 ms more);
+/// returns what `a` and `b` heard.
+pub(crate) async fn converse(a: &hush::Call, b: &hush::Call, frames: u32) -> (Heard, Heard) {
+    let (mut heard_a, mut heard_b) = (Heard::default(), Heard::default());
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let end = tokio::time::Instant::now() + Duration::from_millis(u64::from(frames) * 20 + 600);
+    let mut n = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick(), if n < frames => {
+                a.send_audio(&tone(n)).expect("call live");
+                b.send_audio(&tone(n)).expect("call live");
+                n += 1;
+            }
+            f = a.recv_audio() => heard_a.note(f.expect("call live").source),
+            f = b.recv_audio() => heard_b.note(f.expect("call live").source),
+            () = tokio::time::sleep_until(end) => break,
+        }
+    }
+    (heard_a, heard_b)
+}

@@ -209,6 +209,11 @@ impl<B: Backend + Send> Sealer for SignalSealer<B> {
             CiphertextKind::Signal => hush_crypto::SEALED_WHISPER,
         });
         sealed.extend_from_slice(ciphertext);
-        now_or_err(self.device.open(&address, &sealed)).map_err(|e| Error::Open(e.to_string()))
+        now_or_err(self.device.open(&address, &sealed)).map_err(|e| match e {
+            hush_crypto::Error::IdentityChanged { new_identity, .. } => Error::IdentityChanged {
+                new_identity: new_identity.map(|k| k.serialize().to_vec()),
+            },
+            other => Error::Open(other.to_string()),
+        })
     }
 }

@@ -52,9 +52,18 @@ pub enum Error {
     /// Sealing a message failed (no session with the peer, store failure...).
     #[error("sealing failed: {0}")]
     Seal(String),
-    /// Opening a sealed message failed (bad ciphertext, untrusted identity, duplicate...).
+    /// Opening a sealed message failed (bad ciphertext, duplicate, no session...).
     #[error("opening failed: {0}")]
     Open(String),
+    /// The sender presented a Signal identity key other than the one on record for it (its
+    /// safety number changed: a reinstall, or someone else using its address). Nothing it
+    /// sends is opened until the app has the user verify and accept the new identity.
+    #[error("the sender's identity key changed; not trusted until the user verifies it")]
+    IdentityChanged {
+        /// The new identity key in its serialized (libsignal) form, when the message carried
+        /// one.
+        new_identity: Option<Vec<u8>>,
+    },
     /// The transport or connection is closed.
     #[error("transport closed")]
     Closed,

@@ -76,6 +76,10 @@ pub struct IceCandidates {
     pub candidates: Vec<String>,
     /// No more candidates follow for this generation.
     pub end_of_candidates: bool,
+    /// Set when this batch starts a new generation (an ICE restart, for example after a
+    /// network change): the sender's new ICE credentials, which the peer must apply before
+    /// the candidates of this generation.
+    pub ice: Option<IceParameters>,
 }
 
 /// Why a call ended.
@@ -205,6 +209,7 @@ impl CallMessage {
                     })
                     .collect(),
                 end_of_candidates: m.end_of_candidates,
+                ice: m.ice.as_ref().map(ice_to_proto),
             }),
             Self::Hangup(m) => Body::Hangup(pb::Hangup {
                 call_id: m.call_id.to_vec(),
@@ -266,6 +271,7 @@ impl CallMessage {
                     generation: m.generation,
                     candidates: m.candidates.into_iter().map(|c| c.candidate).collect(),
                     end_of_candidates: m.end_of_candidates,
+                    ice: m.ice.map(ice_from_proto).transpose()?,
                 })
             }
             Body::Hangup(m) => Self::Hangup(Hangup {
@@ -401,6 +407,10 @@ mod tests {
                 generation: 2,
                 candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into()],
                 end_of_candidates: true,
+                ice: Some(IceParameters {
+                    ufrag: "restarted".into(),
+                    pwd: "a-new-ice-password-24ch".into(),
+                }),
             }),
             CallMessage::Hangup(Hangup {
                 call_id: [1; 16],
@@ -471,6 +481,7 @@ mod tests {
             generation: 0,
             candidates: vec!["x".into(); MAX_CANDIDATES_PER_BATCH + 1],
             end_of_candidates: false,
+            ice: None,
         }));
         assert!(Content::decode(&c.encode()).is_err());
         let c = content(CallMessage::Offer(Offer {
@@ -500,9 +511,11 @@ mod tests {
             generation in any::<u32>(),
             candidates in proptest::collection::vec("[ -~]{0,64}", 0..8),
             eoc in any::<bool>(),
+            restart in any::<bool>(),
         ) {
+            let ice = restart.then(|| IceParameters { ufrag: "u".into(), pwd: "p".into() });
             let c = content(CallMessage::IceCandidates(IceCandidates {
-                call_id, generation, candidates, end_of_candidates: eoc,
+                call_id, generation, candidates, end_of_candidates: eoc, ice,
             }));
             prop_assert_eq!(Content::decode(&c.encode()).unwrap(), c);
         }

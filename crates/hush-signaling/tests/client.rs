@@ -109,6 +109,7 @@ async fn typed_messages_flow_both_ways() {
         generation: 1,
         candidates: vec!["candidate:2 1 udp 1 10.0.0.1 9 typ host".into(); 3],
         end_of_candidates: false,
+        ice: None,
     });
     b.send(a.local_device(), ice.clone()).await.unwrap();
     let SignalingEvent::Message(m) = recv(&mut a).await else {
