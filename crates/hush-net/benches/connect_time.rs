@@ -1,8 +1,8 @@
 //! Time from the first candidate to a selected pair, on loopback (host path) and through a
 //! real coturn (relay path), median of N runs.
 //!
-//! Run: `cargo bench -p hush-net --bench connect_time` (needs `turnserver` for the relay row;
-//! `HUSH_NET_BENCH_RUNS` sets N, default 30).
+//! Run: `cargo bench -p hush-net --bench connect_time` (needs `turnserver` for the relay rows,
+//! and `openssl` for the TURN-over-TLS row; `HUSH_NET_BENCH_RUNS` sets N, default 30).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use hush_net::driver::{self, Bind};
-use hush_net::{CandidateKind, Config, Event, Policy, Role, TurnCredentials};
+use hush_net::{CandidateKind, Config, Event, Policy, Role, TlsRoots, TurnCredentials, TurnServer};
 
 /// One connection attempt; returns the time from the first candidate handed to a peer until
 /// both peers report a selected path, the time from creating the connections (gathering
@@ -102,22 +102,52 @@ fn main() {
             println!("hush-net relay (coturn)             NOT RUN: turnserver missing");
             return;
         }
-        let turn = common::Coturn::start(common::Auth::long_term());
-        let (mut relay, mut relay_total) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let (d, t, k) = connect_once(|| {
-                Config::builder()
-                    .policy(Policy::RelayOnly)
-                    .turn_server(turn.addr, TurnCredentials::long_term("alice", "wonderland"))
-                    .build()
-                    .unwrap()
-            })
-            .await;
-            assert_eq!(k, CandidateKind::Relay);
-            relay.push(d);
-            relay_total.push(t);
+        let tls = hush_testkit::coturn::coturn_tls_present();
+        let turn = common::Coturn::builder(common::Auth::long_term())
+            .tcp(true)
+            .tls(tls)
+            .start();
+        let creds = || TurnCredentials::long_term("alice", "wonderland");
+        let mut servers = vec![
+            ("udp", TurnServer::udp(turn.udp_addr(), creds())),
+            (
+                "tcp",
+                TurnServer::tcp(turn.tcp_addr().expect("tcp listener"), creds()),
+            ),
+        ];
+        if let Some(addr) = turn.tls_addr() {
+            servers.push((
+                "tls",
+                TurnServer::tls(addr, hush_testkit::coturn::TLS_SERVER_NAME, creds()),
+            ));
+        } else {
+            println!("hush-net relay over TLS             NOT RUN: openssl missing");
         }
-        report("hush-net relay: candidate->pair", relay);
-        report("hush-net relay: start->pair", relay_total);
+        let roots = TlsRoots::Custom(
+            turn.tls_cert_der()
+                .map(<[u8]>::to_vec)
+                .into_iter()
+                .collect(),
+        );
+        for (name, server) in servers {
+            let (mut relay, mut relay_total) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let (d, t, k) = connect_once(|| {
+                    let mut b = Config::builder()
+                        .policy(Policy::RelayOnly)
+                        .turn(server.clone());
+                    if name == "tls" {
+                        b = b.turn_tls_roots(roots.clone());
+                    }
+                    b.build().unwrap()
+                })
+                .await;
+                assert_eq!(k, CandidateKind::Relay);
+                relay.push(d);
+                relay_total.push(t);
+            }
+            report(&format!("hush-net relay/{name}: candidate->pair"), relay);
+            report(&format!("hush-net relay/{name}: start->pair"), relay_total);
+        }
     });
 }
