@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -81,6 +81,9 @@ struct Shared {
     acks: Mutex<Vec<u64>>,
     /// Why the relay closed the connection, if it said so.
     close_reason: Mutex<Option<(ErrorCode, String)>>,
+    /// Set by the reader when the connection ended, before it fails the waiting requests: a
+    /// request registered after that would never be answered.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl Shared {
             pending: Mutex::default(),
             acks: Mutex::default(),
             close_reason: Mutex::default(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -108,6 +112,20 @@ impl Shared {
                 })
             }
         }
+    }
+
+    /// Registers a request waiting for its response; fails if the connection already ended.
+    fn register(
+        &self,
+        id: u64,
+        tx: oneshot::Sender<Result<pb::response::Result, Error>>,
+    ) -> Result<(), Error> {
+        self.pending().insert(id, tx);
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending().remove(&id);
+            return Err(self.closed_error());
+        }
+        Ok(())
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -468,7 +486,7 @@ impl RelayClient {
     pub async fn ping(&self) -> Result<(), Error> {
         let nonce = self.request_id();
         let (tx, rx) = oneshot::channel();
-        self.shared.pending().insert(nonce, tx);
+        self.shared.register(nonce, tx)?;
         self.write(client_frame::Frame::Ping(pb::Ping { nonce }))
             .await?;
         self.await_response(nonce, rx).await.map(|_| ())
@@ -500,7 +518,7 @@ impl RelayClient {
         frame: client_frame::Frame,
     ) -> Result<pb::response::Result, Error> {
         let (tx, rx) = oneshot::channel();
-        self.shared.pending().insert(request_id, tx);
+        self.shared.register(request_id, tx)?;
         if let Err(e) = self.write(frame).await {
             self.shared.pending().remove(&request_id);
             return Err(e);
@@ -627,6 +645,7 @@ impl Dispatcher {
 
     /// The connection ended: fail every waiting request.
     fn finish(self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
         let err = self.shared.closed_error();
         for (_, tx) in self.shared.pending().drain() {
             let _ = tx.send(Err(match &err {
