@@ -3,9 +3,12 @@
 //! Devices connect over TCP (length-prefixed frames) or WebSocket on one port, authenticate
 //! with their ed25519 device key (challenge–response, no accounts or passwords), publish prekey
 //! bundles, fetch each other's bundles (each one-time prekey is handed out once), and send
-//! sealed envelopes. The relay stores every envelope durably in SQLite before acknowledging
-//! it, pushes it to the recipient if online, and deletes it only when the recipient
-//! acknowledges it, so nothing is lost across a crash (`kill -9`) and restart.
+//! sealed envelopes. The relay pushes an envelope to its recipient at once if the recipient
+//! is online, and answers the sender only once the envelope is either committed to SQLite or
+//! acknowledged by the recipient: an envelope acknowledged within
+//! [`RelayConfig::commit_delay`] is never written, any other is written (group commit) and
+//! deleted only when the recipient acknowledges it. So nothing a sender was told is accepted
+//! is lost across a crash (`kill -9`) and restart.
 //!
 //! The relay only ever sees routing metadata (sender, recipient, time, ciphertext kind) and
 //! Signal ciphertext; it logs no payloads. Prometheus metrics are served on a separate port.

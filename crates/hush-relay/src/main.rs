@@ -16,6 +16,11 @@ options:
   --burst N               request burst per connection (default 200)
   --max-queue N           envelopes queued per device (default 1000)
   --delivery-buffer N     live deliveries buffered per connection (default 1024)
+  --commit-delay-ms MS    how long an accepted envelope waits for its recipient's
+                          acknowledgement before it is written to the database
+                          (default 20); acknowledged ones are never written, and a
+                          sender is answered only once its envelope is committed
+                          or acknowledged
   --worker-threads N      tokio worker threads (default: number of CPUs)
   --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls)
   --tls-key PATH          ... and this PEM private key
@@ -64,6 +69,9 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             "--burst" => config.rate_limit_burst = num(&value)? as u32,
             "--max-queue" => config.max_queue_per_device = num(&value)? as u32,
             "--delivery-buffer" => config.delivery_buffer = num(&value)? as usize,
+            "--commit-delay-ms" => {
+                config.commit_delay = std::time::Duration::from_millis(num(&value)?)
+            }
             "--worker-threads" => threads = Some(num(&value)? as usize),
             "--tls-cert" => tls_cert = Some(value.into()),
             "--tls-key" => tls_key = Some(value.into()),

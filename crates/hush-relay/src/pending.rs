@@ -244,3 +244,110 @@ impl Pending {
         due
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(b: u8) -> DeviceId {
+        DeviceId::from_slice(&[b; 32]).unwrap()
+    }
+
+    fn pending(max_queue: u32) -> (Pending, Registry) {
+        let metrics = Arc::new(Metrics::default());
+        (
+            Pending::new(
+                HashMap::new(),
+                0,
+                Duration::from_millis(20),
+                max_queue,
+                metrics,
+            ),
+            Registry::default(),
+        )
+    }
+
+    #[test]
+    fn only_the_recipient_settles_and_the_sender_is_answered_then() {
+        let (p, registry) = pending(10);
+        let (bob, mallory) = (device(1), device(2));
+        let (done, mut answers) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let id = p
+            .admit(&registry, bob, vec![1, 2, 3], 7, now, &done)
+            .unwrap();
+        assert!(answers.try_recv().is_err(), "not answered before ack");
+        // Another device's acknowledgement settles nothing; it goes to the store (which
+        // deletes only rows addressed to that device).
+        assert_eq!(p.ack(&mallory, vec![id]), vec![id]);
+        assert!(answers.try_recv().is_err());
+        assert_eq!(p.ack(&bob, vec![id, id + 100]), vec![id + 100]);
+        let answer = answers.try_recv().unwrap();
+        assert_eq!((answer.request_id, answer.result.ok()), (7, Some(id)));
+        // Settled: nothing left for the store, even long after the delay.
+        assert!(p.take_due(now + Duration::from_secs(60), false).is_empty());
+        assert_eq!(p.metrics.envelopes_unstored.load(Ordering::Relaxed), 1);
+        assert_eq!(p.metrics.queue_depth.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn unacknowledged_envelopes_become_due_after_the_delay_in_order() {
+        let (p, registry) = pending(10);
+        let bob = device(1);
+        let (done, mut answers) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let a = p.admit(&registry, bob, vec![1], 1, t0, &done).unwrap();
+        let b = p
+            .admit(
+                &registry,
+                bob,
+                vec![2],
+                2,
+                t0 + Duration::from_millis(5),
+                &done,
+            )
+            .unwrap();
+        assert!(b > a);
+        assert_eq!(p.next_due(), Some(t0 + Duration::from_millis(20)));
+        assert!(p.take_due(t0 + Duration::from_millis(19), false).is_empty());
+        let due = p.take_due(t0 + Duration::from_millis(20), false);
+        assert_eq!(due.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![a]);
+        // Taken by the store: an acknowledgement now must go to the store as a delete.
+        assert_eq!(p.ack(&bob, vec![a]), vec![a]);
+        assert!(
+            answers.try_recv().is_err(),
+            "answered only after the commit"
+        );
+        let rest = p.take_due(t0, true);
+        assert_eq!(rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![b]);
+        assert_eq!(p.next_due(), None);
+    }
+
+    #[test]
+    fn queue_bound_counts_admitted_and_stored_envelopes() {
+        let metrics = Arc::new(Metrics::default());
+        let bob = device(1);
+        let p = Pending::new(
+            HashMap::from([(bob, 2)]),
+            41,
+            Duration::from_millis(20),
+            3,
+            metrics,
+        );
+        let registry = Registry::default();
+        let (done, _answers) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let id = p.admit(&registry, bob, vec![1], 1, now, &done).unwrap();
+        assert!(id > 41, "ids start above the stored ones");
+        assert!(matches!(
+            p.admit(&registry, bob, vec![2], 2, now, &done),
+            Err(StoreError::QueueFull)
+        ));
+        // Another recipient is unaffected; a delete frees a slot.
+        assert!(p
+            .admit(&registry, device(2), vec![3], 3, now, &done)
+            .is_ok());
+        p.release(&bob, 1);
+        assert!(p.admit(&registry, bob, vec![4], 4, now, &done).is_ok());
+    }
+}

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use common::{connect, metric, scrape, TempDir, ToySealer, Wire};
 use hush_signaling::device::generate_device_key;
+use hush_signaling::transport::RelayClient;
 use hush_signaling::{
-    CallMessage, DeviceSigner, Hangup, HangupReason, SignalingClient, SignalingEvent,
+    CallMessage, CiphertextKind, DeviceId, DeviceSigner, Envelope, Hangup, HangupReason, Received,
+    SignalingClient, SignalingEvent, Transport,
 };
 
 struct RelayProcess {
@@ -24,7 +26,12 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(db: &std::path::Path) -> Self {
+        Self::start_with(db, &[])
+    }
+
+    fn start_with(db: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hush-relay"))
+            .args(extra)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -177,24 +184,18 @@ async fn unacknowledged_deliveries_are_redelivered_after_kill9() {
         .unwrap();
     // Bob receives the envelope at transport level but never acknowledges it.
     let mut bob_relay = bob_relay;
-    let first = tokio::time::timeout(
-        Duration::from_secs(5),
-        hush_signaling::Transport::recv(&mut bob_relay),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), Transport::recv(&mut bob_relay))
+        .await
+        .unwrap()
+        .unwrap();
     relay.kill9();
 
     let relay = RelayProcess::start(&db);
     let mut bob_relay = connect(Wire::Tcp, relay.addr, &bob_key).await;
-    let again = tokio::time::timeout(
-        Duration::from_secs(5),
-        hush_signaling::Transport::recv(&mut bob_relay),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), Transport::recv(&mut bob_relay))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.envelope, first.envelope);
     drop(relay);
 }
@@ -204,4 +205,105 @@ fn numbered_call_id(n: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_be_bytes());
     id
+}
+
+fn raw_envelope(from: DeviceId, to: DeviceId, n: u8) -> Envelope {
+    Envelope {
+        id: rand::random(),
+        sender: from,
+        recipient: to,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        kind: CiphertextKind::Signal,
+        ciphertext: vec![n; 48],
+    }
+}
+
+async fn next_delivery(client: &mut RelayClient) -> Received {
+    tokio::time::timeout(Duration::from_secs(10), client.recv())
+        .await
+        .expect("delivery in time")
+        .expect("delivery")
+}
+
+const BURST: u8 = 20;
+
+/// The online fast path pushes an envelope to its recipient before it is written, but the
+/// sender is answered only once it is committed (or acknowledged): with a recipient that never
+/// acknowledges, every answered send survives an immediate `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_sends_to_a_silent_online_recipient_survive_kill9() {
+    let dir = TempDir::new("silent-recipient");
+    let db = dir.path().join("relay.db");
+    let (alice_key, bob_key) = (generate_device_key(), generate_device_key());
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
+    // A long delay: the envelopes reach Bob well before they are written.
+    let relay = RelayProcess::start_with(&db, &["--commit-delay-ms", "300"]);
+    let mut bob = connect(Wire::Tcp, relay.addr, &bob_key).await;
+    let alice = connect(Wire::Tcp, relay.addr, &alice_key).await;
+    let sends = (0..BURST).map(|n| alice.send_envelope(raw_envelope(alice_id, bob_id, n)));
+    let answers = futures_util::future::join_all(sends).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let mut live = Vec::new();
+    for _ in 0..BURST {
+        live.push(next_delivery(&mut bob).await.envelope);
+    }
+    // Bob never acknowledges. Crash right after the last answer.
+    relay.kill9();
+
+    let relay = RelayProcess::start(&db);
+    let mut bob = connect(Wire::Tcp, relay.addr, &bob_key).await;
+    assert_eq!(bob.queued_at_auth(), u64::from(BURST));
+    for envelope in live {
+        assert_eq!(next_delivery(&mut bob).await.envelope, envelope);
+    }
+    drop(relay);
+}
+
+/// Envelopes their online recipient acknowledges before the commit delay ends are never
+/// written: the senders are answered on the acknowledgement, nothing is left in the store,
+/// and nothing comes back after a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_acknowledged_before_commit_are_answered_and_never_stored() {
+    let dir = TempDir::new("fast-ack");
+    let db = dir.path().join("relay.db");
+    let (alice_key, bob_key) = (generate_device_key(), generate_device_key());
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
+    // Longer than any request timeout: an answer can only come from Bob's acknowledgement.
+    let relay = RelayProcess::start_with(&db, &["--commit-delay-ms", "600000"]);
+    let mut bob = connect(Wire::Tcp, relay.addr, &bob_key).await;
+    let acker = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..BURST {
+            let r = next_delivery(&mut bob).await;
+            bob.ack(r.tag).await.unwrap();
+            got.push(r.envelope);
+        }
+        (bob, got)
+    });
+    let alice = connect(Wire::Tcp, relay.addr, &alice_key).await;
+    let sent: Vec<Envelope> = (0..BURST)
+        .map(|n| raw_envelope(alice_id, bob_id, n))
+        .collect();
+    let answers =
+        futures_util::future::join_all(sent.iter().map(|e| alice.send_envelope(e.clone()))).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let (bob, got) = acker.await.unwrap();
+    assert_eq!(got, sent);
+    let text = scrape(relay.metrics).await;
+    assert_eq!(metric(&text, "hush_relay_envelopes_stored_total"), 0);
+    assert_eq!(
+        metric(&text, "hush_relay_envelopes_unstored_total"),
+        u64::from(BURST)
+    );
+    assert_eq!(metric(&text, "hush_relay_queue_depth"), 0);
+    drop(bob);
+    relay.kill9();
+
+    let relay = RelayProcess::start(&db);
+    let bob = connect(Wire::Tcp, relay.addr, &bob_key).await;
+    assert_eq!(bob.queued_at_auth(), 0, "nothing was written");
+    drop(relay);
 }
