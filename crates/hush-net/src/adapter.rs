@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc_ice::candidate::candidate_host::CandidateHostConfig;
+use rtc_ice::candidate::candidate_pair::CandidatePairState;
 use rtc_ice::candidate::candidate_relay::CandidateRelayConfig;
 use rtc_ice::candidate::candidate_server_reflexive::CandidateServerReflexiveConfig;
 use rtc_ice::candidate::{unmarshal_candidate, Candidate, CandidateConfig, CandidateType};
@@ -324,6 +325,16 @@ impl IceAgent {
                 _ => continue,
             });
         }
+    }
+
+    /// How many candidate pairs exist, and how many of them have failed.
+    pub(crate) fn pair_summary(&self, now: Instant) -> (usize, usize) {
+        let stats = self.inner.get_candidate_pairs_stats(now);
+        let failed = stats
+            .iter()
+            .filter(|p| p.state == CandidatePairState::Failed)
+            .count();
+        (stats.len(), failed)
     }
 
     /// The latest round-trip time measured on the pair of the two candidate ids.

@@ -311,6 +311,7 @@ pub struct Config {
     pub(crate) restart_on_consent_loss: bool,
     pub(crate) turn_rto: Duration,
     pub(crate) tls_roots: TlsRoots,
+    pub(crate) remote_quiet: Duration,
 }
 
 impl Config {
@@ -331,6 +332,7 @@ impl Config {
                 restart_on_consent_loss: true,
                 turn_rto: Duration::from_millis(200),
                 tls_roots: TlsRoots::WebPki,
+                remote_quiet: Duration::from_secs(3),
             },
         }
     }
@@ -452,6 +454,17 @@ impl ConfigBuilder {
     /// Overrides the per-type nomination waits.
     pub fn acceptance_waits(mut self, waits: AcceptanceWaits) -> Self {
         self.config.waits = Some(waits);
+        self
+    }
+
+    /// When the peer does not signal the end of its candidates
+    /// ([`Connection::remote_gathering_complete`](crate::Connection::remote_gathering_complete)),
+    /// how long after its last candidate it is assumed to have sent them all (default 3 s).
+    /// Once that holds, local gathering is complete and every pair has failed, the connection
+    /// fails with [`Error::NoRoute`] at once instead of at the ICE agent's timeout
+    /// (consent timeout + failed timeout, 30 s by default).
+    pub fn remote_candidates_quiet(mut self, quiet: Duration) -> Self {
+        self.config.remote_quiet = quiet;
         self
     }
 

@@ -63,7 +63,10 @@ pub enum Event {
     /// A local candidate (SDP `candidate` attribute value) to trickle to the peer in an
     /// `IceCandidates` message.
     LocalCandidate(String),
-    /// All candidates of the current generation have been gathered.
+    /// All candidates of the current generation have been gathered. Relay it to the peer as
+    /// end-of-candidates: there it goes to
+    /// [`remote_gathering_complete`](Connection::remote_gathering_complete), so a call that
+    /// cannot connect fails with [`Error::NoRoute`] as soon as every pair has failed.
     GatheringComplete,
     /// The connection state changed.
     StateChanged(ConnectionState),
@@ -149,6 +152,10 @@ pub struct Connection {
     previous: Option<Path>,
     state: ConnectionState,
     ever_connected: bool,
+    /// The peer said it has sent all candidates of this generation.
+    remote_candidates_complete: bool,
+    /// When the last remote candidate of this generation was added.
+    last_remote_candidate: Option<Instant>,
     gathering_reported: bool,
     gathering_started: bool,
     transmits: VecDeque<Transmit>,
@@ -173,6 +180,8 @@ impl Connection {
             previous: None,
             state: ConnectionState::New,
             ever_connected: false,
+            remote_candidates_complete: false,
+            last_remote_candidate: None,
             gathering_reported: false,
             gathering_started: false,
             transmits: VecDeque::new(),
@@ -324,6 +333,7 @@ impl Connection {
         }
         if let Some((addr, kind)) = self.agent.add_remote(line)? {
             tracing::debug!(%addr, %kind, "remote candidate");
+            self.last_remote_candidate = Some(now);
             if !self.remote_addrs.contains(&addr) {
                 self.remote_addrs.push(addr);
             }
@@ -339,6 +349,19 @@ impl Connection {
         }
         self.pump(now);
         Ok(())
+    }
+
+    /// The peer has sent all its candidates of the current generation (its
+    /// [`Event::GatheringComplete`], relayed over signaling; RFC 8838's end-of-candidates).
+    ///
+    /// Optional: it lets [`Error::NoRoute`] come as soon as every candidate pair has failed
+    /// (about `max_binding_requests × check_interval`, 2 s by default, after the last pair was
+    /// formed) instead of waiting [`ConfigBuilder::remote_candidates_quiet`](crate::ConfigBuilder::remote_candidates_quiet)
+    /// for more candidates. A new generation (ICE restart) clears it.
+    pub fn remote_gathering_complete(&mut self, now: Instant) {
+        self.remote_candidates_complete = true;
+        self.check_no_route(now);
+        self.pump(now);
     }
 
     /// Sends a media datagram on the selected path (or, during an ICE restart, on the previous
@@ -510,11 +533,10 @@ impl Connection {
         if self.restart_deadline.is_some_and(|d| d <= now) {
             // The restart found no new path in time: the peer is gone.
             self.restart_deadline = None;
-            self.selected = None;
             self.previous = None;
-            self.set_state(ConnectionState::Failed);
-            self.events.push_back(Event::Failed(Error::NoRoute));
+            self.fail_no_route();
         }
+        self.check_no_route(now);
         self.pump(now);
     }
 
@@ -680,6 +702,8 @@ impl Connection {
         self.agent.restart(now)?;
         self.remote_credentials = None;
         self.remote_addrs.clear();
+        self.remote_candidates_complete = false;
+        self.last_remote_candidate = None;
         self.checks_started = false;
         self.restart_deadline =
             Some(now + self.config.consent_timeout + self.config.failed_timeout);
@@ -713,6 +737,42 @@ impl Connection {
             }
         }
         Ok(creds)
+    }
+
+    /// State `Failed` with [`Error::NoRoute`], reported once.
+    fn fail_no_route(&mut self) {
+        self.selected = None;
+        if self.state != ConnectionState::Failed {
+            self.set_state(ConnectionState::Failed);
+            self.events.push_back(Event::Failed(Error::NoRoute));
+        }
+    }
+
+    /// Fails early with [`Error::NoRoute`] when no path can come any more: this side has never
+    /// connected (after a connection, restarts and their deadline decide), its gathering is
+    /// complete, the peer's candidates are complete (it said so, or none came for the quiet
+    /// time), and every candidate pair has failed (or none could be formed).
+    fn check_no_route(&mut self, now: Instant) {
+        if self.ever_connected
+            || self.selected.is_some()
+            || !matches!(self.state, ConnectionState::New | ConnectionState::Checking)
+            || self.remote_credentials.is_none()
+            || !self.gathering_reported
+        {
+            return;
+        }
+        let remote_done = self.remote_candidates_complete
+            || self
+                .last_remote_candidate
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.remote_quiet);
+        if !remote_done {
+            return;
+        }
+        let (pairs, failed) = self.agent.pair_summary(now);
+        if failed == pairs {
+            tracing::info!(pairs, "every candidate pair failed; no route");
+            self.fail_no_route();
+        }
     }
 
     fn set_state(&mut self, state: ConnectionState) {
@@ -888,9 +948,7 @@ impl Connection {
                         self.events.push_back(Event::ServerError(e));
                     }
                 } else {
-                    self.selected = None;
-                    self.set_state(ConnectionState::Failed);
-                    self.events.push_back(Event::Failed(Error::NoRoute));
+                    self.fail_no_route();
                 }
             }
             AgentEvent::State(AgentState::Other) => {}

@@ -53,6 +53,7 @@ pub enum Bind {
 enum Command {
     SetRemoteCredentials(IceCredentials, oneshot::Sender<Result<(), Error>>),
     AddRemoteCandidate(String, oneshot::Sender<Result<(), Error>>),
+    RemoteGatheringComplete,
     Send(Vec<u8>),
     Restart(oneshot::Sender<Result<IceCredentials, Error>>),
     NetworkChanged(oneshot::Sender<Result<IceCredentials, Error>>),
@@ -103,6 +104,16 @@ impl Handle {
     pub async fn add_remote_candidate(&self, line: impl Into<String>) -> Result<(), Error> {
         let line = line.into();
         self.ask(|tx| Command::AddRemoteCandidate(line, tx)).await?
+    }
+
+    /// The peer has sent all its candidates of the current generation (its
+    /// [`Event::GatheringComplete`] relayed over signaling). Optional; lets
+    /// [`Error::NoRoute`] come as soon as every pair has failed (see
+    /// [`Connection::remote_gathering_complete`]).
+    pub fn remote_gathering_complete(&self) -> Result<(), Error> {
+        self.tx
+            .send(Command::RemoteGatheringComplete)
+            .map_err(|_| Error::Closed)
     }
 
     /// Sends a media datagram on the selected path. Fire-and-forget, like UDP: a datagram sent
@@ -488,6 +499,7 @@ impl Driver {
             Command::AddRemoteCandidate(line, reply) => {
                 let _ = reply.send(self.conn.add_remote_candidate(now, &line));
             }
+            Command::RemoteGatheringComplete => self.conn.remote_gathering_complete(now),
             Command::Send(d) => {
                 if let Err(e) = self.conn.send_datagram(now, &d) {
                     tracing::trace!(error = %e, "datagram not sent");

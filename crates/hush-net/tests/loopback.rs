@@ -335,3 +335,36 @@ async fn network_change_moves_a_relay_flow_to_a_new_allocation() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_with_rejected_credentials_fails_with_no_route_at_once() {
+    if !hush_testkit::system_component("coturn (turnserver)", coturn_present()) {
+        return;
+    }
+    let turn = Coturn::start(Auth::long_term());
+    let bad = || TurnCredentials::long_term("alice", "not-the-password");
+    let (mut a, mut b) = pair(
+        relay_cfg(turn.addr, bad()),
+        relay_cfg(turn.addr, bad()),
+        loopback(),
+    )
+    .await;
+    // Neither side can have a candidate; both said so (GatheringComplete relayed as
+    // end-of-candidates): NoRoute well before the ICE agent's own 30 s timeout (T is 10 s).
+    for n in [&mut a, &mut b] {
+        let mut auth = false;
+        let e = n
+            .wait_for(T, |s| match s {
+                Seen::ServerError(Error::TurnAuthFailed { .. }) => {
+                    auth = true;
+                    None
+                }
+                Seen::Failed(e) => Some(e),
+                _ => None,
+            })
+            .await
+            .expect("Failed within T");
+        assert!(matches!(e, Error::NoRoute), "{e:?}");
+        assert!(auth, "the cause was reported first");
+    }
+}

@@ -25,14 +25,21 @@ struct Pair {
     signaling: bool,
 }
 
-fn side(role: Role, now: Instant, sock: SocketAddr) -> Side {
-    let config = Config::builder()
+fn fast_config() -> Config {
+    Config::builder()
         .include_loopback(true)
         .consent_timeout(Duration::from_millis(600))
         .keepalive_interval(Duration::from_millis(100))
         .failed_timeout(Duration::from_secs(2))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn side(role: Role, now: Instant, sock: SocketAddr) -> Side {
+    side_with(fast_config(), role, now, sock)
+}
+
+fn side_with(config: Config, role: Role, now: Instant, sock: SocketAddr) -> Side {
     let mut conn = Connection::new(config, role, now).unwrap();
     conn.add_local_sockets(now, &[sock]);
     Side {
@@ -46,9 +53,23 @@ fn side(role: Role, now: Instant, sock: SocketAddr) -> Side {
 
 impl Pair {
     fn new() -> Self {
+        Self::with(fast_config)
+    }
+
+    fn with(config: impl Fn() -> Config) -> Self {
         let now = Instant::now();
-        let a = side(Role::Controlling, now, "10.0.0.1:1000".parse().unwrap());
-        let b = side(Role::Controlled, now, "10.0.0.2:2000".parse().unwrap());
+        let a = side_with(
+            config(),
+            Role::Controlling,
+            now,
+            "10.0.0.1:1000".parse().unwrap(),
+        );
+        let b = side_with(
+            config(),
+            Role::Controlled,
+            now,
+            "10.0.0.2:2000".parse().unwrap(),
+        );
         let mut p = Self {
             now,
             a,
@@ -340,4 +361,79 @@ fn network_changed_moves_the_flow_to_the_new_socket() {
     assert_eq!(restarts(&p.a), 1);
     assert_eq!(restarts(&p.b), 1);
     assert!(p.b.conn.network_changed(p.now, &[]).is_err());
+}
+
+fn no_route_events(s: &Side) -> usize {
+    s.events
+        .iter()
+        .filter(|e| matches!(e, Event::Failed(hush_net::Error::NoRoute)))
+        .count()
+}
+
+/// The default timers: the ICE agent alone would declare failure after consent timeout +
+/// failed timeout = 30 s of checking.
+fn default_timers() -> Config {
+    Config::builder().include_loopback(true).build().unwrap()
+}
+
+#[test]
+fn no_route_comes_when_every_pair_has_failed_not_at_the_agent_timeout() {
+    let mut p = Pair::with(default_timers);
+    let start = p.now;
+    p.blackhole = vec![
+        "10.0.0.1:1000".parse().unwrap(),
+        "10.0.0.2:2000".parse().unwrap(),
+    ];
+    assert!(p.run_until(Duration::from_secs(40), |p| p.a.conn.state()
+        == ConnectionState::Failed
+        && p.b.conn.state() == ConnectionState::Failed));
+    // Virtual clock: pairs fail after 100 checks × 20 ms, then the 3 s quiet time for more
+    // remote candidates runs out (it started at the last candidate, so they overlap).
+    let took = p.now - start;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(no_route_events(&p.a), 1);
+    assert_eq!(no_route_events(&p.b), 1);
+    // The agent's own timeout later does not report it again.
+    p.run_until(Duration::from_secs(35), |_| false);
+    assert_eq!(no_route_events(&p.a), 1);
+    assert_eq!(no_route_events(&p.b), 1);
+}
+
+#[test]
+fn end_of_candidates_lets_no_route_come_as_the_last_pair_fails() {
+    let mut p = Pair::with(|| {
+        Config::builder()
+            .include_loopback(true)
+            .remote_candidates_quiet(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    });
+    let start = p.now;
+    p.blackhole = vec![
+        "10.0.0.1:1000".parse().unwrap(),
+        "10.0.0.2:2000".parse().unwrap(),
+    ];
+    // Without the signal the long quiet time holds the verdict back...
+    assert!(!p.run_until(Duration::from_secs(4), |p| p.a.conn.state()
+        == ConnectionState::Failed));
+    // ...the peer's end-of-candidates releases it at once (every pair has failed by now).
+    p.a.conn.remote_gathering_complete(p.now);
+    p.b.conn.remote_gathering_complete(p.now);
+    assert_eq!(p.a.conn.state(), ConnectionState::Failed);
+    assert_eq!(p.b.conn.state(), ConnectionState::Failed);
+    assert!(p.now - start < Duration::from_secs(5));
+    while p.collect() {}
+    assert_eq!(no_route_events(&p.a), 1);
+}
+
+#[test]
+fn end_of_candidates_does_not_fail_a_connection_that_works() {
+    let mut p = Pair::with(default_timers);
+    p.a.conn.remote_gathering_complete(p.now);
+    p.b.conn.remote_gathering_complete(p.now);
+    assert!(p.run_until(Duration::from_secs(5), |p| connected(&p.a)
+        && connected(&p.b)));
+    p.run_until(Duration::from_secs(5), |_| false);
+    assert!(connected(&p.a) && connected(&p.b));
+    assert_eq!(no_route_events(&p.a) + no_route_events(&p.b), 0);
 }

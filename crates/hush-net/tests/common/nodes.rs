@@ -105,6 +105,10 @@ async fn signal(
                 let _ = peer.set_remote_credentials(credentials).await;
                 let _ = seen.send(Seen::Restarted);
             }
+            Event::GatheringComplete => {
+                // End-of-candidates, as the facade relays it.
+                let _ = peer.remote_gathering_complete();
+            }
             Event::PathSelected(p) => {
                 let _ = seen.send(Seen::Path(p));
             }
