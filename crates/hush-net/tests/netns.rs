@@ -116,6 +116,29 @@ fn direct_route_through_nat_picks_a_direct_path() {
     deliver(&mut a, &mut b, "80600003aa55", T);
 }
 
+#[test]
+fn both_behind_nat_hole_punching_picks_a_direct_path() {
+    if !available() {
+        return;
+    }
+    // Both peers behind MASQUERADE NATs with stateful firewalls (see `Reach::BothNat`): the
+    // checks punch holes in both NATs and a direct pair (host ↔ the peer's server-reflexive
+    // address) beats the relay.
+    let topo = NatTopology::new("punch", Reach::BothNat);
+    let _turn = Coturn::start_in(&topo.net.name, topo.turn_ip, Auth::long_term());
+    let turn = format!("{}:3478", topo.turn_ip);
+    let mut a = spawn("A", &topo.a, &peer_args("controlling", &turn, "2000"));
+    let mut b = spawn("B", &topo.b, &peer_args("controlled", &turn, "2000"));
+    let (pa, pb) = connect(&mut a, &mut b, T);
+    assert_ne!(kind(&pa), "relay", "{pa}\nA {:#?}\nB {:#?}", a.log, b.log);
+    assert_ne!(kind(&pb), "relay", "{pb}");
+    // Each sees the other at its NAT's public address (with the port the NAT kept).
+    assert!(pa.contains(" 10.99.2.2:"), "{pa}");
+    assert!(pb.contains(" 10.99.1.2:"), "{pb}");
+    deliver(&mut a, &mut b, "80600005beef", T);
+    deliver(&mut b, &mut a, "80600006f00d", T);
+}
+
 /// B's address changes mid-flow (moved to another interface of its namespace); ICE restart
 /// (asked by B's app, or automatic on consent loss) restores the flow. Returns the media gap.
 fn address_change(app_restart: bool) -> Duration {
