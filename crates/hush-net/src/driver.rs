@@ -4,11 +4,11 @@
 //! received datagrams and timer expiries to the core, sends what the core emits, and forwards
 //! events and media to the application through channels. No protocol logic lives here.
 //!
-//! TURN over TCP and TLS: for a [`Transmit`](crate::Transmit) on a stream transport the driver
+//! TURN over TCP and TLS: for a [`Transmit`] on a stream transport the driver
 //! opens one TCP connection (from the host socket's IP address) per socket, server and
 //! transport, with a rustls handshake for TLS (roots from [`Config::tls_roots`]), writes the
-//! core's messages on it ([`framing::frame_for_stream`]) and cuts what it reads into messages
-//! ([`framing::StreamDecoder`]) for [`Connection::handle_stream_message`]. A connection that
+//! core's messages on it ([`crate::framing::frame_for_stream`]) and cuts what it reads into messages
+//! ([`crate::framing::StreamDecoder`]) for [`Connection::handle_stream_message`]. A connection that
 //! cannot be opened or breaks is reported to [`Connection::stream_failed`].
 
 use std::collections::HashMap;

@@ -17,7 +17,19 @@
 //! (STUN Binding for server-reflexive candidates; TURN allocate, refresh, permissions and
 //! channel bindings for relay candidates). All webrtc-rs types stay inside one private module.
 //!
-//! [`driver`] joins a [`Connection`] to tokio UDP sockets.
+//! [`driver`] joins a [`Connection`] to tokio UDP sockets, and to TCP/TLS connections for TURN
+//! servers reached over a stream (`turn:…?transport=tcp`, `turns:`; [`framing`] cuts those
+//! streams into messages).
+//!
+//! # Signaling the application relays
+//!
+//! * [`Event::LocalCandidate`] → the peer's `add_remote_candidate`.
+//! * [`Event::GatheringComplete`] → the peer's `remote_gathering_complete` (optional
+//!   end-of-candidates; makes [`Error::NoRoute`] come as soon as every pair has failed).
+//! * [`Event::Restarted`] (from `restart`, `network_changed`, consent loss, or the peer's new
+//!   credentials) → the peer's `set_remote_credentials`, then the candidates that follow. The
+//!   peer restarts in turn on its own and its `Restarted` comes back the same way; nobody calls
+//!   `restart` in reply.
 //!
 //! # Loop
 //!
