@@ -20,10 +20,10 @@ use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
 use hush_signaling::{DeviceId, Envelope, Error};
 use prost::Message as _;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::io::{self, Reader, Writer};
-use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
+use crate::state::{ConnHandle, Kick, Live, RecentIds, Refused};
 use crate::store::{InsertDone, Op, StoreError};
 use crate::Shared;
 
@@ -195,7 +195,6 @@ enum End {
     Kicked(Kick),
     Violation(ErrorCode),
     WriteFailed,
-    Shutdown,
 }
 
 struct Conn {
@@ -235,18 +234,16 @@ impl Conn {
 
     async fn serve(&mut self, frames: &mut Reader) -> End {
         let (live_tx, mut live_rx) = mpsc::channel(self.shared.config.delivery_buffer.max(1));
-        let kick = Arc::new(Notify::new());
-        let kick_reason = Arc::new(Mutex::new(None));
+        let (kick, mut kicked) = oneshot::channel();
         self.shared.registry.register(
             self.device,
             ConnHandle {
                 conn_id: self.conn_id,
                 live: live_tx,
-                kick: kick.clone(),
-                kick_reason: kick_reason.clone(),
+                kick: Mutex::new(Some(kick)),
             },
         );
-        let mut shutdown = self.shared.shutdown.subscribe();
+
         // Backlog: everything committed before this point. Live pushes queue up meanwhile.
         let (reply, backlog) = oneshot::channel();
         let load = Op::Load {
@@ -285,24 +282,22 @@ impl Conn {
             return End::WriteFailed;
         }
         // Created once (not per loop turn): both end the connection when they fire.
-        let kicked = kick.notified();
-        tokio::pin!(kicked);
-        let stopped = shutdown.changed();
-        tokio::pin!(stopped);
+
         loop {
             let mut handled = 0;
             let step = tokio::select! {
                 biased;
-                () = &mut kicked => {
-                    let why = lock(&kick_reason).unwrap_or(Kick::Replaced);
+                why = &mut kicked => {
+                    // Shutdown kicks every connection, including ones registered later.
+                    let why = why.unwrap_or(Kick::Shutdown);
                     let (code, msg) = match why {
                         Kick::SlowConsumer => (ErrorCode::SlowConsumer, "delivery queue overflowed; reconnect"),
                         Kick::Replaced => (ErrorCode::Unspecified, "connection replaced"),
+                        Kick::Shutdown => (ErrorCode::Unspecified, "relay shutting down"),
                     };
                     self.send_error(code, msg).await;
                     Err(End::Kicked(why))
                 }
-                _ = &mut stopped => Err(End::Shutdown),
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(live) = live_rx.recv() => self.on_live(live, &in_backlog).await,
                 event = frames.next() => self.on_read(event).await,
@@ -488,6 +483,9 @@ impl Conn {
                 .respond(request_id, Err((ErrorCode::InvalidEnvelope, "no envelope")))
                 .await;
         };
+        // Encoded as received (after the checks below pass): the same bytes as re-encoding the
+        // validated envelope, without copying its fields.
+        let encoded = envelope.encode_to_vec();
         let envelope = match Envelope::from_proto(envelope) {
             Ok(e) => e,
             Err(Error::UnsupportedVersion(_) | Error::UnsupportedMessage) => {
@@ -552,7 +550,7 @@ impl Conn {
         match self.shared.pending.admit(
             &self.shared.registry,
             recipient,
-            envelope.into_proto().encode_to_vec(),
+            encoded,
             request_id,
             received,
             &self.done_tx,

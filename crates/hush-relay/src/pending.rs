@@ -58,13 +58,28 @@ impl Entry {
 }
 
 struct Inner {
-    next_id: u64,
-    entries: HashMap<u64, Entry>,
-    /// Admission order with each entry's admission time; ids of entries acknowledged meanwhile
-    /// stay here until they reach the front.
-    order: VecDeque<(u64, Instant)>,
+    /// Delivery id of `slots[0]`.
+    base: u64,
+    /// Admitted envelopes in admission (= id) order: slot `i` holds id `base + i`, `None` once
+    /// acknowledged. The front slot is never `None` (settled slots are popped at once), so the
+    /// front is the oldest entry still waiting.
+    slots: VecDeque<Option<Entry>>,
     /// Unacknowledged envelopes per recipient: in SQLite or admitted here.
     depth: HashMap<DeviceId, u32>,
+}
+
+impl Inner {
+    fn slot(&mut self, id: u64) -> Option<&mut Option<Entry>> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(i)
+    }
+
+    fn pop_settled(&mut self) {
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
 }
 
 /// See the module documentation.
@@ -97,12 +112,11 @@ impl Pending {
         Self {
             inner: Mutex::new(Inner {
                 // SQLite rowids are i64.
-                next_id: max_id
+                base: max_id
                     .saturating_add(1)
                     .max(now_us)
                     .min(i64::MAX as u64 / 2),
-                entries: HashMap::new(),
-                order: VecDeque::new(),
+                slots: VecDeque::new(),
                 depth,
             }),
             wake: Notify::new(),
@@ -129,24 +143,19 @@ impl Pending {
             return Err(StoreError::QueueFull);
         }
         *count += 1;
-        let id = inner.next_id;
-        inner.next_id += 1;
+        let id = inner.base + inner.slots.len() as u64;
         // Pushed under the lock: an acknowledgement cannot overtake the entry.
         let frame = encode_deliver_frame(id, &envelope);
         let pushed_to = registry.push(&recipient, Live { id, frame }, None);
-        let first = inner.order.is_empty();
-        inner.order.push_back((id, received));
-        inner.entries.insert(
-            id,
-            Entry {
-                recipient,
-                envelope,
-                pushed_to,
-                request_id,
-                received,
-                done: done.clone(),
-            },
-        );
+        let first = inner.slots.is_empty();
+        inner.slots.push_back(Some(Entry {
+            recipient,
+            envelope,
+            pushed_to,
+            request_id,
+            received,
+            done: done.clone(),
+        }));
         drop(inner);
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         if first {
@@ -163,20 +172,18 @@ impl Pending {
         {
             let mut inner = lock(&self.inner);
             for id in ids {
-                // Only the recipient may acknowledge an envelope.
-                if inner
-                    .entries
-                    .get(&id)
-                    .is_some_and(|e| e.recipient == *device)
-                {
-                    if let Some(entry) = inner.entries.remove(&id) {
-                        settled.push((id, entry));
+                match inner.slot(id) {
+                    // Only the recipient may acknowledge an envelope.
+                    Some(slot) if slot.as_ref().is_some_and(|e| e.recipient == *device) => {
+                        if let Some(entry) = slot.take() {
+                            settled.push((id, entry));
+                        }
                     }
-                } else {
-                    leftover.push(id);
+                    _ => leftover.push(id),
                 }
             }
             if !settled.is_empty() {
+                inner.pop_settled();
                 Self::release_locked(&mut inner, device, settled.len() as u32);
             }
         }
@@ -217,9 +224,10 @@ impl Pending {
     /// When the oldest entry is due, if there is one.
     pub(crate) fn next_due(&self) -> Option<Instant> {
         lock(&self.inner)
-            .order
+            .slots
             .front()
-            .map(|&(_, at)| at + self.delay)
+            .and_then(|slot| slot.as_ref())
+            .map(|e| e.received + self.delay)
     }
 
     /// Waits until an entry is admitted into an empty table (returns at once if one was
@@ -232,14 +240,20 @@ impl Pending {
     pub(crate) fn take_due(&self, now: Instant, all: bool) -> Vec<(u64, Entry)> {
         let mut inner = lock(&self.inner);
         let mut due = Vec::new();
-        while let Some(&(id, at)) = inner.order.front() {
-            if !all && at + self.delay > now {
+        while let Some(front) = inner.slots.front() {
+            if !all
+                && front
+                    .as_ref()
+                    .is_some_and(|e| e.received + self.delay > now)
+            {
                 break;
             }
-            inner.order.pop_front();
-            if let Some(entry) = inner.entries.remove(&id) {
+            let id = inner.base;
+            if let Some(Some(entry)) = inner.slots.pop_front() {
                 due.push((id, entry));
             }
+            inner.base += 1;
+            inner.pop_settled();
         }
         due
     }

@@ -1,10 +1,12 @@
 //! State shared by all connections: who is online, and per-sender replay caches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use hush_signaling::{DeviceId, MessageId};
-use tokio::sync::{mpsc, Notify};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
 
 /// An envelope for an online recipient: its delivery id and its encoded `Deliver` frame.
 pub(crate) struct Live {
@@ -19,20 +21,23 @@ pub(crate) enum Kick {
     SlowConsumer,
     /// The same device connected again.
     Replaced,
+    /// The relay is shutting down.
+    Shutdown,
 }
 
 /// An online device's connection, as seen from elsewhere.
 pub(crate) struct ConnHandle {
     pub(crate) conn_id: u64,
     pub(crate) live: mpsc::Sender<Live>,
-    pub(crate) kick: Arc<Notify>,
-    pub(crate) kick_reason: Arc<Mutex<Option<Kick>>>,
+    /// Tells the connection to close, once (a oneshot: cheap for the connection to poll).
+    pub(crate) kick: Mutex<Option<oneshot::Sender<Kick>>>,
 }
 
 impl ConnHandle {
     fn kick(&self, why: Kick) {
-        *lock(&self.kick_reason) = Some(why);
-        self.kick.notify_one();
+        if let Some(tx) = lock(&self.kick).take() {
+            let _ = tx.send(why);
+        }
     }
 }
 
@@ -40,12 +45,19 @@ impl ConnHandle {
 #[derive(Default)]
 pub(crate) struct Registry {
     online: Mutex<HashMap<DeviceId, ConnHandle>>,
+    /// Set at shutdown: connections registering later are told to close at once.
+    closed: AtomicBool,
 }
 
 impl Registry {
     /// Registers a connection; an older connection of the same device is told to close.
     pub(crate) fn register(&self, device: DeviceId, handle: ConnHandle) {
-        if let Some(old) = lock(&self.online).insert(device, handle) {
+        let mut online = lock(&self.online);
+        if self.closed.load(Ordering::SeqCst) {
+            handle.kick(Kick::Shutdown);
+            return;
+        }
+        if let Some(old) = online.insert(device, handle) {
             old.kick(Kick::Replaced);
         }
     }
@@ -88,8 +100,10 @@ impl Registry {
 
     /// Tells every connection to close (shutdown).
     pub(crate) fn kick_all(&self) {
-        for h in lock(&self.online).values() {
-            h.kick(Kick::Replaced);
+        let online = lock(&self.online);
+        self.closed.store(true, Ordering::SeqCst);
+        for h in online.values() {
+            h.kick(Kick::Shutdown);
         }
     }
 }
