@@ -327,6 +327,16 @@ impl IceAgent {
         }
     }
 
+    /// How many local candidates the agent holds.
+    pub(crate) fn local_candidate_count(&self) -> usize {
+        self.inner.get_local_candidates().len()
+    }
+
+    /// Whether this agent is (currently) the controlling one.
+    pub(crate) fn is_controlling(&self) -> bool {
+        self.inner.role()
+    }
+
     /// How many candidate pairs exist, and how many of them have failed.
     pub(crate) fn pair_summary(&self, now: Instant) -> (usize, usize) {
         let stats = self.inner.get_candidate_pairs_stats(now);

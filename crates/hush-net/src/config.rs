@@ -460,9 +460,10 @@ impl ConfigBuilder {
     /// When the peer does not signal the end of its candidates
     /// ([`Connection::remote_gathering_complete`](crate::Connection::remote_gathering_complete)),
     /// how long after its last candidate it is assumed to have sent them all (default 3 s).
-    /// Once that holds, local gathering is complete and every pair has failed, the connection
-    /// fails with [`Error::NoRoute`] at once instead of at the ICE agent's timeout
-    /// (consent timeout + failed timeout, 30 s by default).
+    /// Once that holds, local gathering is complete and every pair has failed, the controlling
+    /// side fails with [`Error::NoRoute`] at once instead of at the ICE agent's timeout
+    /// (consent timeout + failed timeout, 30 s by default); see
+    /// [`Connection::remote_gathering_complete`](crate::Connection::remote_gathering_complete).
     pub fn remote_candidates_quiet(mut self, quiet: Duration) -> Self {
         self.config.remote_quiet = quiet;
         self

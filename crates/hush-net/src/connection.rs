@@ -354,10 +354,16 @@ impl Connection {
     /// The peer has sent all its candidates of the current generation (its
     /// [`Event::GatheringComplete`], relayed over signaling; RFC 8838's end-of-candidates).
     ///
-    /// Optional: it lets [`Error::NoRoute`] come as soon as every candidate pair has failed
-    /// (about `max_binding_requests × check_interval`, 2 s by default, after the last pair was
-    /// formed) instead of waiting [`ConfigBuilder::remote_candidates_quiet`](crate::ConfigBuilder::remote_candidates_quiet)
+    /// Optional: it lets the controlling side fail with [`Error::NoRoute`] as soon as every
+    /// candidate pair has failed (about `max_binding_requests × check_interval`, 2 s by default,
+    /// after the last pair was formed) instead of waiting
+    /// [`ConfigBuilder::remote_candidates_quiet`](crate::ConfigBuilder::remote_candidates_quiet)
     /// for more candidates. A new generation (ICE restart) clears it.
+    ///
+    /// The controlling side judges its pairs on the assumption that the peer already had this
+    /// side's credentials when this side got the peer's (true with offer/answer: the offerer
+    /// controls, and the answer is sent after the offer was applied). The controlled side
+    /// fails early only when no pair can exist at all (for example no local candidate).
     pub fn remote_gathering_complete(&mut self, now: Instant) {
         self.remote_candidates_complete = true;
         self.check_no_route(now);
@@ -748,10 +754,19 @@ impl Connection {
         }
     }
 
-    /// Fails early with [`Error::NoRoute`] when no path can come any more: this side has never
-    /// connected (after a connection, restarts and their deadline decide), its gathering is
-    /// complete, the peer's candidates are complete (it said so, or none came for the quiet
-    /// time), and every candidate pair has failed (or none could be formed).
+    /// Fails early with [`Error::NoRoute`] when no path can come any more, before this side has
+    /// ever connected (after a connection, restarts and their deadline decide) and once its own
+    /// gathering is complete:
+    ///
+    /// * it has no candidate at all (say every TURN allocation was refused under
+    ///   [`Policy::RelayOnly`]): nothing can ever be checked;
+    /// * or the peer's candidates are complete (it said so, or none came for the quiet time)
+    ///   and no pair can be formed with them;
+    /// * or, on the controlling side only, they are complete and every pair has failed. The
+    ///   controlled side does not judge its failed pairs: its checks may have failed only
+    ///   because the controlling side did not have its credentials yet (the answer still in
+    ///   flight), and the controlling side's later checks revive them. It learns the verdict
+    ///   from the controlling side (which ends the call) or from the agent's timeout.
     fn check_no_route(&mut self, now: Instant) {
         if self.ever_connected
             || self.selected.is_some()
@@ -759,6 +774,11 @@ impl Connection {
             || self.remote_credentials.is_none()
             || !self.gathering_reported
         {
+            return;
+        }
+        if self.agent.local_candidate_count() == 0 {
+            tracing::info!("no local candidate; no route");
+            self.fail_no_route();
             return;
         }
         let remote_done = self.remote_candidates_complete
@@ -769,7 +789,7 @@ impl Connection {
             return;
         }
         let (pairs, failed) = self.agent.pair_summary(now);
-        if failed == pairs {
+        if pairs == 0 || (failed == pairs && self.agent.is_controlling()) {
             tracing::info!(pairs, "every candidate pair failed; no route");
             self.fail_no_route();
         }
