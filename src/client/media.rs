@@ -113,19 +113,12 @@ impl MediaTask {
                 }
             };
             tokio::select! {
-                ev = self.net.events.recv() => match ev {
-                    Some(ev) => self.on_net_event(&mut st, ev),
+                d = self.net.datagrams.recv() => match d {
+                    Some(d) => self.on_datagram(&mut st, d),
                     None => break,
                 },
-                d = self.net.datagrams.recv() => match d {
-                    Some(d) => match st.path.as_mut() {
-                        Some(path) => {
-                            if path.handle_datagram(Instant::now(), d).is_err() {
-                                st.stats.srtp_failures = path.stats().unprotect_failures;
-                            }
-                        }
-                        None => st.stats.dropped_before_keys += 1,
-                    },
+                ev = self.net.events.recv() => match ev {
+                    Some(ev) => self.on_net_event(&mut st, ev),
                     None => break,
                 },
                 c = self.commands.recv() => match c {
@@ -133,6 +126,12 @@ impl MediaTask {
                     Some(c) => self.on_command(&mut st, c).await,
                 },
                 () = sleep => {
+                    // After the task was starved of CPU, the datagrams that arrived meanwhile
+                    // go to the jitter buffer before its playout timer runs, or frames that
+                    // are here would be concealed.
+                    while let Ok(d) = self.net.datagrams.try_recv() {
+                        self.on_datagram(&mut st, d);
+                    }
                     if let Some(path) = st.path.as_mut() {
                         path.handle_timeout(Instant::now());
                     }
@@ -144,6 +143,17 @@ impl MediaTask {
         // Dropping the path drops the SRTP contexts, which zeroize their keys.
         drop(st.path.take());
         debug!(call_id = ?self.call_id, "media task ended");
+    }
+
+    fn on_datagram(&self, st: &mut State, d: Vec<u8>) {
+        match st.path.as_mut() {
+            Some(path) => {
+                if path.handle_datagram(Instant::now(), d).is_err() {
+                    st.stats.srtp_failures = path.stats().unprotect_failures;
+                }
+            }
+            None => st.stats.dropped_before_keys += 1,
+        }
     }
 
     fn on_net_event(&self, st: &mut State, ev: NetEvent) {
