@@ -12,11 +12,14 @@
 //! ```text
 //! cargo run --example two_party_call [-- --relay ADDR] [--loss PCT] [--seconds N]
 //!                                       [--relay-only --turn ADDR --turn-user U --turn-pass P]
+//!                                       [--network-change-at SECS]
 //! ```
 //!
 //! `--relay ADDR` uses a running `hush-relay` instead of the in-process one; `--loss PCT`
 //! drops that share of each side's outgoing media packets; `--relay-only` sends media through
-//! the TURN server given with `--turn` (long-term credentials), hiding each device's address.
+//! the TURN server given with `--turn` (long-term credentials), hiding each device's address;
+//! `--network-change-at SECS` has Bob's device change network that far into the call (new
+//! sockets, ICE restart over signaling, media resumes on the new path).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -43,6 +46,7 @@ struct Args {
     turn: Option<SocketAddr>,
     turn_user: String,
     turn_pass: String,
+    network_change_at: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, Failure> {
@@ -54,6 +58,7 @@ fn parse_args() -> Result<Args, Failure> {
         turn: None,
         turn_user: String::new(),
         turn_pass: String::new(),
+        network_change_at: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Args, Failure> {
             "--turn" => args.turn = Some(value()?.parse()?),
             "--turn-user" => args.turn_user = value()?,
             "--turn-pass" => args.turn_pass = value()?,
+            "--network-change-at" => args.network_change_at = Some(value()?.parse()?),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -241,14 +247,25 @@ async fn run(args: Args) -> Result<bool, Failure> {
         let call = incoming.accept().await?;
         wait_connected(&call).await?;
         let frames = args.seconds * 50;
-        let heard = talk(&call, 660.0, 440.0, frames).await;
+        let move_network = async {
+            let Some(at) = args.network_change_at else {
+                return Ok::<_, Failure>(());
+            };
+            tokio::time::sleep(Duration::from_secs_f64(at)).await;
+            call.network_changed().await?;
+            println!("bob: network changed; ICE restarted with new sockets");
+            Ok(())
+        };
+        let (heard, moved) = tokio::join!(talk(&call, 660.0, 440.0, frames), move_network);
+        moved?;
         let stats = call.stats().await?;
         println!("bob: {stats:?}");
         let _ = bob_done_tx.send(());
         let ended = tokio::time::timeout(Duration::from_secs(5), async {
             while let Some(ev) = call.next_event().await {
-                if let CallEvent::Ended(reason) = ev {
-                    return Some(reason);
+                match ev {
+                    CallEvent::Ended(reason) => return Some(reason),
+                    other => println!("bob: {other:?}"),
                 }
             }
             None

@@ -157,7 +157,8 @@ where
             Command::Hangup(id) => {
                 let _ = self.machine.hangup(id);
             }
-            Command::LocalCandidate(id, line) => self.trickle(id, line).await,
+            Command::LocalCandidate(id, line) => self.trickle(id, Some(line)).await,
+            Command::LocalGatheringDone(id) => self.trickle(id, None).await,
             Command::LocalRestart(id, credentials) => self.restarted(id, credentials).await,
             Command::AcceptIdentity(peer, identity, reply) => {
                 let _ = reply.send(self.accept_identity(&peer, &identity));
@@ -268,7 +269,8 @@ where
         Ok(call)
     }
 
-    async fn trickle(&mut self, id: CallId, line: String) {
+    /// Sends one local candidate to the peer, or (`None`) the end of this generation's.
+    async fn trickle(&mut self, id: CallId, line: Option<String>) {
         let Some(peer) = self
             .machine
             .active()
@@ -282,8 +284,8 @@ where
         let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
             call_id: id.0,
             generation,
-            candidates: vec![line],
-            end_of_candidates: false,
+            end_of_candidates: line.is_none(),
+            candidates: line.into_iter().collect(),
             ice: None,
         });
         if let Err(e) = self.signaling.send(peer, message).await {
@@ -552,6 +554,9 @@ where
                     }
                     for line in c.candidates {
                         let _ = cur.media.send(MediaCommand::RemoteCandidate(line));
+                    }
+                    if c.end_of_candidates {
+                        let _ = cur.media.send(MediaCommand::RemoteGatheringComplete);
                     }
                 }
             }

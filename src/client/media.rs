@@ -27,6 +27,8 @@ pub(crate) enum MediaCommand {
     RemoteCredentials(IceCredentials),
     /// One remote candidate line.
     RemoteCandidate(String),
+    /// The peer has sent all its candidates of the current generation.
+    RemoteGatheringComplete,
     /// One 20 ms PCM frame to send.
     Audio(Vec<i16>),
     /// Mute or unmute.
@@ -172,6 +174,9 @@ impl MediaTask {
                 warn!(error = %e, "ICE failed");
                 let _ = self.actor.send(Command::NetFailed(self.call_id));
             }
+            NetEvent::GatheringComplete => {
+                let _ = self.actor.send(Command::LocalGatheringDone(self.call_id));
+            }
             NetEvent::Restarted { credentials } => {
                 // Our side restarted (network change, consent loss, or the peer's restart):
                 // the peer needs the new credentials before our new candidates.
@@ -205,6 +210,9 @@ impl MediaTask {
                 if let Err(e) = self.net.handle.add_remote_candidate(line).await {
                     debug!(error = %e, "remote candidate refused");
                 }
+            }
+            MediaCommand::RemoteGatheringComplete => {
+                let _ = self.net.handle.remote_gathering_complete();
             }
             MediaCommand::NetworkChanged(reply) => {
                 let r = self.net.handle.network_changed().await;

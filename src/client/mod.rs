@@ -253,6 +253,7 @@ pub(crate) enum Command {
     Hangup(CallId),
     LocalCandidate(CallId, String),
     LocalRestart(CallId, IceCredentials),
+    LocalGatheringDone(CallId),
     AcceptIdentity(
         DeviceId,
         Box<hush_crypto::IdentityKey>,
