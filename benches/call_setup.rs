@@ -1,50 +1,187 @@
-//! Call setup time and memory over many sequential calls, through the public API.
+//! Call setup time, memory and CPU per call, and memory over many sequential calls, through the
+//! public API.
 //!
 //! Each call: Alice calls Bob (sealed offer over the in-memory signaling network), Bob accepts
-//! at once, ICE connects over loopback UDP, and Alice sends 20 ms Opus frames until Bob decodes
-//! the first one. Setup time is `Client::call` → Bob's first decoded frame. After each call
-//! Alice hangs up and both sides see it end. Resident memory is sampled from /proc.
+//! at once, ICE connects over loopback UDP, and Alice sends 20 ms Opus frames at microphone pace
+//! (from the moment `Client::call` returns) until Bob decodes the first one. Setup time is
+//! `Client::call` → Bob's first decoded frame. After each call Alice hangs up and both sides
+//! see it end. Resident memory is sampled from /proc every `--rss-every` calls.
 //!
-//! `cargo bench --bench call_setup -- [--calls N]` (default 100).
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+//! `--cpu SECS` keeps one call connected for SECS with audio both ways and reads the process's
+//! CPU time (/proc/self/stat) over that interval. `--concurrent K` sets up K client pairs, reads
+//! resident memory with the clients idle, then with K calls connected (audio both ways), and
+//! reports the difference per call and the CPU per call over `--hold SECS` (default 10).
+//!
+//! `--playout-delay-ms D` sets the jitter buffer's initial delay for the setup series (40 ms by
+//! default): the first frame is played that long after its packet arrived, so with 0 the
+//! series shows first packet decrypted and decoded, the counterpart of webrtc-rs's first RTP read.
+//!
+//! The last line printed is one JSON object with every figure measured in that run.
+//!
+//! `cargo bench --bench call_setup -- [--calls N] [--rss-every M] [--cpu SECS]
+//! [--concurrent K] [--hold SECS] [--playout-delay-ms D]` (default `--calls 100 --rss-every
+//! 100`; `--calls 0` skips the setup series).
 
 use std::time::{Duration, Instant};
 
-use hush::{CallEvent, FrameSource};
+use hush::{Call, CallEvent, Client, ClientConfig, FrameSource};
+use hush_crypto::{Device, DeviceStore, MemoryBackend};
+use hush_net::driver::Bind;
+use hush_signaling::crypto::SignalSealer;
+use hush_signaling::transport::FetchedBundle;
+use hush_signaling::{MemoryNetwork, SignalingClient};
 
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// ICE on loopback only: host candidates, no STUN or TURN; `playout_delay` overrides the
+/// jitter buffer's initial delay (40 ms by default).
+fn loopback_config(playout_delay: Option<Duration>) -> ClientConfig {
+    let net = hush_net::Config::builder()
+        .include_loopback(true)
+        .build()
+        .expect("valid ICE config");
+    let mut config = ClientConfig::new(net);
+    config.bind = Bind::Addresses(vec!["127.0.0.1".parse().expect("address")]);
+    if let Some(d) = playout_delay {
+        config.media.jitter.initial_delay = d;
+    }
+    config
+}
+
+/// Alice and Bob with fresh identities on their own in-memory signaling network; Alice holds a
+/// Signal session with Bob (she fetched his bundle).
+fn pair(playout_delay: Option<Duration>) -> (Client, Client, MemoryNetwork) {
+    let new = |id| {
+        let store = DeviceStore::create(MemoryBackend::new(), id, &mut rand::rng())
+            .expect("in-memory store");
+        SignalSealer::new(Device::new(store))
+    };
+    let (mut alice, mut bob) = (new(1), new(2));
+    let material = bob.publish(1, 1).expect("prekeys");
+    alice
+        .start_session(&FetchedBundle {
+            device: bob.device_id(),
+            bundle: material.bundle,
+            one_time_prekey: material.one_time_prekeys.into_iter().next(),
+        })
+        .expect("session from bundle");
+    let network = MemoryNetwork::new();
+    let config = loopback_config(playout_delay);
+    let mut clients = [alice, bob].into_iter().map(|s| {
+        let endpoint = network.endpoint(s.device_id());
+        Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
+            .config(config.clone())
+            .build()
+    });
+    let (alice, bob) = (clients.next().expect("alice"), clients.next().expect("bob"));
+    (alice, bob, network)
+}
+
+/// 20 ms of a 440 Hz tone at 48 kHz, starting at frame `n`.
+fn tone(n: u32) -> Vec<i16> {
+    (0..960u32)
+        .map(|i| {
+            let t = f64::from(n * 960 + i) / 48_000.0;
+            (8_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+        })
+        .collect()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of the whole process (all threads), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let ticks_per_s = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / ticks_per_s)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn one_call(alice: &hush::Client, bob: &hush::Client) -> Result<Duration, String> {
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A JSON number, or null when not finite.
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The milestones of one call, each from `Client::call`.
+struct Setup {
+    /// Bob's `Connected` event (ICE pair selected, keys in place on his side).
+    callee_connected: Option<Duration>,
+    /// Bob's first decoded frame.
+    first_decoded: Duration,
+}
+
+/// Places a call from Alice to Bob, Bob accepts at once; returns both ends once Bob decoded a
+/// frame, and the milestones.
+async fn connect(alice: &Client, bob: &Client) -> Result<(Call, Call, Setup), String> {
     let start = Instant::now();
     let call = alice
         .call(bob.device_id())
         .await
         .map_err(|e| e.to_string())?;
-    let incoming = tokio::time::timeout(Duration::from_secs(5), bob.incoming())
-        .await
-        .map_err(|_| "no ring")?
-        .ok_or("bob stopped")?;
-    let answered = incoming.accept().await.map_err(|e| e.to_string())?;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut n = 0;
-    let first = loop {
+    // The microphone starts with the call: frames before Bob's answer are dropped by design.
+    let incoming = loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let _ = call.send_audio(&common::tone(n));
+                let _ = call.send_audio(&tone(n));
+                n += 1;
+                if n > 250 {
+                    return Err("no ring within 5 s".into());
+                }
+            }
+            i = bob.incoming() => break i.ok_or("bob stopped")?,
+        }
+    };
+    let answered = incoming.accept().await.map_err(|e| e.to_string())?;
+    let mut callee_connected = None;
+    let first_decoded = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let _ = call.send_audio(&tone(n));
                 n += 1;
                 if n > 250 {
                     return Err("no audio within 5 s".into());
+                }
+            }
+            e = answered.next_event(), if callee_connected.is_none() => {
+                match e.ok_or("bob stopped")? {
+                    CallEvent::Connected { .. } => callee_connected = Some(start.elapsed()),
+                    CallEvent::Ended(r) => return Err(format!("ended: {r:?}")),
+                    _ => {}
                 }
             }
             f = answered.recv_audio() => {
@@ -55,8 +192,20 @@ async fn one_call(alice: &hush::Client, bob: &hush::Client) -> Result<Duration, 
             }
         }
     };
+    Ok((
+        call,
+        answered,
+        Setup {
+            callee_connected,
+            first_decoded,
+        },
+    ))
+}
+
+/// Alice hangs up; waits until both ends report the end.
+async fn hang_up(call: &Call, answered: &Call) -> Result<(), String> {
     call.hangup().map_err(|e| e.to_string())?;
-    for c in [&call, &answered] {
+    for c in [call, answered] {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), c.next_event()).await {
                 Ok(Some(CallEvent::Ended(_))) => break,
@@ -65,15 +214,225 @@ async fn one_call(alice: &hush::Client, bob: &hush::Client) -> Result<Duration, 
             }
         }
     }
-    Ok(first)
+    Ok(())
+}
+
+/// Frames played at each end while talking.
+#[derive(Default, Clone, Copy)]
+struct Played {
+    /// Decoded from a received packet, at Alice and at Bob.
+    decoded: [u64; 2],
+    /// Rebuilt from FEC or concealed, at both ends together.
+    not_decoded: u64,
+}
+
+/// Audio both ways at microphone pace, each end draining what it plays, for `hold`.
+async fn talk(a: &Call, b: &Call, hold: Duration) -> Played {
+    let deadline = tokio::time::Instant::now() + hold;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let (mut n, mut played) = (0u32, Played::default());
+    let mut count = |end: usize, f: hush::AudioFrame| {
+        if f.source == FrameSource::Decoded {
+            played.decoded[end] += 1;
+        } else {
+            played.not_decoded += 1;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return played,
+            _ = ticker.tick() => {
+                let pcm = tone(n);
+                let _ = a.send_audio(&pcm);
+                let _ = b.send_audio(&pcm);
+                n += 1;
+            }
+            Some(f) = a.recv_audio() => count(0, f),
+            Some(f) = b.recv_audio() => count(1, f),
+        }
+    }
+}
+
+/// `calls` sequential calls between one pair; setup times and resident memory.
+async fn sequential(calls: usize, every: usize, playout_delay: Option<Duration>) -> String {
+    let (alice, bob, _net) = pair(playout_delay);
+    let mut first = Vec::with_capacity(calls);
+    let mut connected = Vec::with_capacity(calls);
+    let mut rss = vec![(0, rss_kib())];
+    let mut failed = 0;
+    for i in 0..calls {
+        let result = async {
+            let (call, answered, setup) = connect(&alice, &bob).await?;
+            hang_up(&call, &answered).await?;
+            Ok::<_, String>(setup)
+        }
+        .await;
+        match result {
+            Ok(s) => {
+                first.push(ms(s.first_decoded));
+                if let Some(c) = s.callee_connected {
+                    connected.push(ms(c));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("call {i}: {e}");
+            }
+        }
+        if (i + 1) % every == 0 || i + 1 == calls {
+            rss.push((i + 1, rss_kib()));
+        }
+    }
+    first.sort_by(f64::total_cmp);
+    connected.sort_by(f64::total_cmp);
+    let (median, p95) = (percentile(&first, 0.5), percentile(&first, 0.95));
+    let (min, max) = (
+        first.first().copied().unwrap_or(f64::NAN),
+        first.last().copied().unwrap_or(f64::NAN),
+    );
+    println!(
+        "hush: {calls} calls ({failed} failed); Client::call -> first decoded frame at the callee: median {median:.1} ms, p95 {p95:.1} ms, min {min:.1}, max {max:.1}; callee Connected event: median {:.1} ms",
+        percentile(&connected, 0.5)
+    );
+    let samples: Vec<String> = rss.iter().map(|(n, k)| format!("{n}: {k}")).collect();
+    println!(
+        "resident memory (KiB) after N calls: {}",
+        samples.join(", ")
+    );
+    let rss_json: Vec<String> = rss.iter().map(|(n, k)| format!("[{n},{k}]")).collect();
+    format!(
+        "\"playout_delay_ms\":{},\"calls\":{calls},\"failed\":{failed},\"median_ms\":{},\"p95_ms\":{},\"min_ms\":{},\"max_ms\":{},\"callee_connected_median_ms\":{},\"rss_kib\":[{}]",
+        playout_delay.map_or("null".into(), |d| d.as_millis().to_string()),
+        num(median),
+        num(p95),
+        num(min),
+        num(max),
+        num(percentile(&connected, 0.5)),
+        rss_json.join(",")
+    )
+}
+
+/// One call held for `secs` with audio both ways; CPU of the whole process over that time.
+async fn cpu(secs: u64) -> String {
+    let (alice, bob, _net) = pair(None);
+    let (call, answered, _) = connect(&alice, &bob).await.expect("call connects");
+    // Let the first second (jitter buffer fill, bitrate ramp) pass before measuring.
+    talk(&call, &answered, Duration::from_secs(1)).await;
+    let (c0, t0) = (cpu_time(), Instant::now());
+    let played = talk(&call, &answered, Duration::from_secs(secs)).await;
+    let ([got_a, got_b], other) = (played.decoded, played.not_decoded);
+    let (used, wall) = (cpu_time() - c0, t0.elapsed());
+    hang_up(&call, &answered).await.expect("hangup");
+    let pct = 100.0 * used.as_secs_f64() / wall.as_secs_f64();
+    println!(
+        "hush: one call, audio both ways for {:.1} s: {:.2} % of one core for the call (both ends in this process), {:.2} % per end; frames decoded {got_a} by Alice, {got_b} by Bob, {other} concealed or from FEC",
+        wall.as_secs_f64(),
+        pct,
+        pct / 2.0
+    );
+    format!(
+        "\"cpu_hold_s\":{:.1},\"cpu_pct_per_call\":{},\"cpu_pct_per_end\":{},\"cpu_frames_decoded\":[{got_a},{got_b}],\"cpu_frames_not_decoded\":{other}",
+        wall.as_secs_f64(),
+        num(pct),
+        num(pct / 2.0)
+    )
+}
+
+/// `k` client pairs, each with one connected call and audio both ways; memory and CPU per call.
+async fn concurrent(k: usize, hold: u64) -> String {
+    let rss_start = rss_kib();
+    let pairs: Vec<_> = (0..k).map(|_| pair(None)).collect();
+    // Let the client actors settle before the idle sample.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_kib();
+    let mut calls = Vec::with_capacity(k);
+    for (alice, bob, _) in &pairs {
+        calls.push(connect(alice, bob).await.expect("call connects"));
+    }
+    let talks: Vec<_> = calls
+        .iter()
+        .map(|(a, b, _)| talk(a, b, Duration::from_secs(1)))
+        .collect();
+    futures_join(talks).await;
+    let (c0, t0) = (cpu_time(), Instant::now());
+    let talks: Vec<_> = calls
+        .iter()
+        .map(|(a, b, _)| talk(a, b, Duration::from_secs(hold)))
+        .collect();
+    let decoded = futures_join(talks).await;
+    let (used, wall) = (cpu_time() - c0, t0.elapsed());
+    let rss_connected = rss_kib();
+    for (a, b, _) in &calls {
+        hang_up(a, b).await.expect("hangup");
+    }
+    let expected = 2 * k as u64 * (hold * 50);
+    let got: u64 = decoded.iter().map(|p| p.decoded[0] + p.decoded[1]).sum();
+    let other: u64 = decoded.iter().map(|p| p.not_decoded).sum();
+    let per_call_kib = (rss_connected.saturating_sub(rss_idle)) as f64 / k as f64;
+    let per_pair_kib = (rss_idle.saturating_sub(rss_start)) as f64 / k as f64;
+    let pct = 100.0 * used.as_secs_f64() / wall.as_secs_f64();
+    println!(
+        "hush: {k} concurrent calls ({} clients): resident {rss_start} KiB before the clients, {rss_idle} KiB with the clients idle, {rss_connected} KiB with {k} calls connected -> {:.0} KiB per connected call (both ends), {:.0} KiB per idle client pair; CPU {:.1} % of one core in total, {:.2} % per call, over {:.1} s; {got} of ~{expected} frames decoded, {other} concealed or from FEC",
+        2 * k,
+        per_call_kib,
+        per_pair_kib,
+        pct,
+        pct / k as f64,
+        wall.as_secs_f64()
+    );
+    format!(
+        "\"concurrent\":{k},\"rss_kib_start\":{rss_start},\"rss_kib_idle\":{rss_idle},\"rss_kib_connected\":{rss_connected},\"kib_per_call\":{},\"kib_per_idle_pair\":{},\"concurrent_cpu_pct_total\":{},\"concurrent_cpu_pct_per_call\":{},\"hold_s\":{:.1},\"frames_decoded\":{got},\"frames_not_decoded\":{other},\"frames_expected\":{expected}",
+        num(per_call_kib),
+        num(per_pair_kib),
+        num(pct),
+        num(pct / k as f64),
+        wall.as_secs_f64()
+    )
+}
+
+/// Runs the futures concurrently on this task and returns their outputs in order.
+async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 fn main() {
-    let mut calls = 100usize;
+    let (mut calls, mut every, mut cpu_secs, mut k, mut hold) =
+        (100usize, 100usize, None, None, 10);
+    let mut playout_delay = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--calls" {
-            calls = args.next().and_then(|v| v.parse().ok()).unwrap_or(calls);
+        let mut value = || args.next().and_then(|v| v.parse::<usize>().ok());
+        match a.as_str() {
+            "--calls" => calls = value().unwrap_or(calls),
+            "--rss-every" => every = value().unwrap_or(every).max(1),
+            "--cpu" => cpu_secs = value(),
+            "--concurrent" => k = value().filter(|&k| k > 0),
+            "--hold" => hold = value().unwrap_or(hold),
+            "--playout-delay-ms" => {
+                playout_delay = value().map(|ms| Duration::from_millis(ms as u64));
+            }
+            // cargo bench passes --bench; anything else is a mistake worth seeing.
+            "--bench" => {}
+            other => eprintln!("ignored argument {other}"),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -81,32 +440,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let mut json = vec!["\"impl\":\"hush\"".to_string()];
     rt.block_on(async {
-        let (alice, bob, _net) = common::pair(common::loopback_config());
-        let mut setups = Vec::with_capacity(calls);
-        let mut rss = Vec::new();
-        let mut failures = 0;
-        for i in 0..calls {
-            match one_call(&alice, &bob).await {
-                Ok(d) => setups.push(d.as_secs_f64() * 1e3),
-                Err(e) => {
-                    failures += 1;
-                    eprintln!("call {i}: {e}");
-                }
-            }
-            if i == 9 || i + 1 == calls || (i + 1) % 50 == 0 {
-                rss.push((i + 1, rss_kib().unwrap_or(0)));
-            }
+        if calls > 0 {
+            json.push(sequential(calls, every, playout_delay).await);
         }
-        setups.sort_by(f64::total_cmp);
-        println!(
-            "calls: {calls} ({failures} failed); setup (call -> first decoded frame at the callee): median {:.1} ms, p95 {:.1} ms, min {:.1} ms, max {:.1} ms",
-            percentile(&setups, 0.5),
-            percentile(&setups, 0.95),
-            setups.first().copied().unwrap_or(0.0),
-            setups.last().copied().unwrap_or(0.0),
-        );
-        let samples: Vec<String> = rss.iter().map(|(n, k)| format!("after {n}: {k} KiB")).collect();
-        println!("resident memory: {}", samples.join(", "));
+        if let Some(s) = cpu_secs {
+            json.push(cpu(s as u64).await);
+        }
+        if let Some(k) = k {
+            json.push(concurrent(k, hold as u64).await);
+        }
     });
+    println!("{{{}}}", json.join(","));
 }
