@@ -36,27 +36,32 @@ const MAX_PREKEYS_PER_UPLOAD: usize = 200;
 /// Most frames handled before flushing and yielding.
 const MAX_EVENTS_PER_WAKE: usize = 128;
 
-/// Decrements the open-connection gauge when a connection ends, however it ends.
-struct ConnGuard(Arc<Shared>);
+/// Decrements the open-connection gauge and the per-address count when a connection ends,
+/// however it ends.
+struct ConnGuard(Arc<Shared>, std::net::IpAddr);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.release_ip(self.1);
     }
 }
 
-/// Serves one accepted socket to the end.
+/// Serves one accepted socket to the end (its address was already counted by
+/// `Shared::admit_ip`).
 pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
     shared
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let _guard = ConnGuard(shared.clone());
+    let _guard = ConnGuard(shared.clone(), peer.ip());
     let _ = stream.set_nodelay(true);
-    let handshake = shared.config.handshake_timeout;
-    let (mut writer, mut frames) = match tokio::time::timeout(
-        handshake,
+    // One deadline for everything before authentication: an unauthenticated connection cannot
+    // stay open longer, whatever it sends.
+    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let (mut writer, mut frames) = match tokio::time::timeout_at(
+        deadline,
         io::accept(stream, shared.config.max_frame_len, shared.tls.as_ref()),
     )
     .await
@@ -68,31 +73,29 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         }
         Err(_) => return,
     };
-    let device = match tokio::time::timeout(
-        handshake,
-        authenticate(&shared, &mut writer, &mut frames),
-    )
-    .await
-    {
-        Ok(Ok(device)) => device,
-        Ok(Err((code, message))) => {
-            if code == ErrorCode::AuthFailed {
-                shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            } else {
-                shared
-                    .metrics
-                    .protocol_violations
-                    .fetch_add(1, Ordering::Relaxed);
+    let device =
+        match tokio::time::timeout_at(deadline, authenticate(&shared, &mut writer, &mut frames))
+            .await
+        {
+            Ok(Ok(device)) => device,
+            Ok(Err((code, message))) => {
+                if code == ErrorCode::AuthFailed {
+                    shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared
+                        .metrics
+                        .protocol_violations
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(%peer, ?code, message, "authentication refused");
+                close_with(&mut writer, code, message).await;
+                return;
             }
-            tracing::debug!(%peer, ?code, message, "authentication refused");
-            close_with(&mut writer, code, message).await;
-            return;
-        }
-        Err(_) => {
-            close_with(&mut writer, ErrorCode::Timeout, "authentication timed out").await;
-            return;
-        }
-    };
+            Err(_) => {
+                close_with(&mut writer, ErrorCode::Timeout, "authentication timed out").await;
+                return;
+            }
+        };
     shared.metrics.authenticated.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, %device, "authenticated");
     let mut conn = Conn::new(shared.clone(), device, writer);

@@ -10,6 +10,13 @@
 //! deleted only when the recipient acknowledges it. So nothing a sender was told is accepted
 //! is lost across a crash (`kill -9`) and restart.
 //!
+//! Limits ([`RelayConfig`], all configurable, also from the command line): largest frame,
+//! total connections and connections per IP address (refused at accept), a deadline for the
+//! whole unauthenticated phase ([`RelayConfig::handshake_timeout`]: a connection that idles or
+//! trickles bytes without authenticating is closed), per-connection request rate, envelopes
+//! queued per device, live deliveries buffered per connection. A client that breaks them gets
+//! an error and, for stream-level violations, is disconnected; other clients are unaffected.
+//!
 //! The relay only ever sees routing metadata (sender, recipient, time, ciphertext kind) and
 //! Signal ciphertext; it logs no payloads. Prometheus metrics are served on a separate port.
 //!
@@ -33,10 +40,11 @@ mod pending;
 mod state;
 mod store;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -77,6 +85,10 @@ pub struct RelayConfig {
     pub max_frame_len: usize,
     /// Most simultaneous connections; more are refused.
     pub max_connections: u64,
+    /// Most simultaneous connections from one IP address (authenticated or not); more from
+    /// that address are refused. Generous by default: many devices can share an address
+    /// behind carrier-grade NAT.
+    pub max_connections_per_ip: u32,
     /// Requests per second a connection may make (sustained).
     pub rate_limit_per_sec: u32,
     /// Requests a connection may make in a burst.
@@ -88,7 +100,10 @@ pub struct RelayConfig {
     /// Live deliveries buffered per connection; a connection that falls further behind is
     /// closed and reloads its queue on reconnect.
     pub delivery_buffer: usize,
-    /// Time allowed for the WebSocket upgrade and authentication.
+    /// Time an unauthenticated connection may stay open: from accepting it to the end of
+    /// authentication (TLS handshake, WebSocket upgrade and challenge–response together). A
+    /// connection that idles or trickles bytes without authenticating is closed when it runs
+    /// out.
     pub handshake_timeout: Duration,
     /// Envelopes stamped earlier than this before now are refused as stale.
     pub max_envelope_age: Duration,
@@ -119,6 +134,7 @@ impl RelayConfig {
             sync: SyncMode::Full,
             max_frame_len: hush_signaling::frame::DEFAULT_MAX_FRAME_LEN,
             max_connections: 100_000,
+            max_connections_per_ip: 1000,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
             max_queue_per_device: 1000,
@@ -196,6 +212,32 @@ pub(crate) struct Shared {
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tls: Option<io::Tls>,
+    /// Open connections per remote address.
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl Shared {
+    /// Counts a connection from `ip`; `false` (nothing counted) if `ip` is at its limit.
+    fn admit_ip(&self, ip: IpAddr) -> bool {
+        let mut per_ip = state::lock(&self.per_ip);
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.max_connections_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection from `ip` ended.
+    pub(crate) fn release_ip(&self, ip: IpAddr) {
+        let mut per_ip = state::lock(&self.per_ip);
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 /// A bound relay, ready to [`serve`](Self::serve).
@@ -271,6 +313,7 @@ impl Relay {
                 next_conn_id: AtomicU64::new(1),
                 shutdown,
                 tls,
+                per_ip: Mutex::default(),
             }),
         })
     }
@@ -322,6 +365,19 @@ impl Relay {
                         >= shared.config.max_connections
                     {
                         tracing::warn!(%peer, "connection limit reached; refusing");
+                        shared
+                            .metrics
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    }
+                    if !shared.admit_ip(peer.ip()) {
+                        tracing::debug!(%peer, "per-address connection limit reached; refusing");
+                        shared
+                            .metrics
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
                         drop(stream);
                         continue;
                     }

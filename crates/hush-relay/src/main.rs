@@ -12,6 +12,13 @@ options:
                           normal survives kill -9 but not power loss)
   --max-frame BYTES       largest client frame (default 65536)
   --max-connections N     (default 100000)
+  --max-connections-per-ip N
+                          simultaneous connections from one IP address, authenticated
+                          or not (default 1000; carrier-grade NAT puts many devices
+                          behind one address)
+  --auth-timeout-ms MS    an unauthenticated connection is closed this long after it
+                          was accepted, whatever it sent (TLS, WebSocket upgrade and
+                          challenge-response must all be done by then; default 10000)
   --rate N                requests per second per connection (default 50)
   --burst N               request burst per connection (default 200)
   --max-queue N           envelopes queued per device (default 1000)
@@ -65,6 +72,10 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             }
             "--max-frame" => config.max_frame_len = num(&value)? as usize,
             "--max-connections" => config.max_connections = num(&value)?,
+            "--max-connections-per-ip" => config.max_connections_per_ip = num(&value)? as u32,
+            "--auth-timeout-ms" => {
+                config.handshake_timeout = std::time::Duration::from_millis(num(&value)?)
+            }
             "--rate" => config.rate_limit_per_sec = num(&value)? as u32,
             "--burst" => config.rate_limit_burst = num(&value)? as u32,
             "--max-queue" => config.max_queue_per_device = num(&value)? as u32,

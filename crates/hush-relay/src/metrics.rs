@@ -23,6 +23,8 @@ pub struct Metrics {
     pub authenticated: AtomicU64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Connections refused at accept (total or per-address limit).
+    pub connections_refused: AtomicU64,
     /// Failed authentications.
     pub auth_failures: AtomicU64,
     /// Envelopes accepted (committed to the database or acknowledged by their recipient).
@@ -92,6 +94,12 @@ impl Metrics {
             "counter",
             "Connections accepted.",
             g(&self.connections_total),
+        );
+        metric(
+            "hush_relay_connections_refused_total",
+            "counter",
+            "Connections refused by the total or per-address connection limit.",
+            g(&self.connections_refused),
         );
         metric(
             "hush_relay_auth_failures_total",

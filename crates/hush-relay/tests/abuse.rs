@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{connect, start_relay, test_config, try_connect, TempDir, ToySealer, Wire};
+use common::{connect, metric, start_relay, test_config, try_connect, TempDir, ToySealer, Wire};
 use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
@@ -371,4 +371,138 @@ async fn rate_limit_and_queue_bound_answer_with_errors() {
     assert_eq!(&codes[5..], &[ErrorCode::RateLimited; 3], "{codes:?}");
     // Others are unaffected by Alice's limit.
     bystander_still_served(addr, &generate_device_key()).await;
+}
+
+/// Reads until the relay closes the stream (EOF or reset); panics if it stays open 10 s.
+async fn wait_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(stream, &mut buf),
+        )
+        .await
+        .expect("relay closes the connection")
+        .unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_unauthenticated_connections_are_closed() {
+    let dir = TempDir::new("auth-timeout");
+    let mut config = test_config(dir.path());
+    config.handshake_timeout = Duration::from_millis(300);
+    let (addr, metrics, _shutdown) = start_relay(config).await;
+
+    // Connects and sends nothing at all.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    wait_closed(&mut idle).await;
+
+    // Sends the preamble, takes the challenge, then trickles a frame one byte at a time,
+    // never completing it: the deadline covers the whole unauthenticated phase.
+    let mut trickler = Raw::connect(addr).await;
+    assert!(matches!(
+        trickler.recv().await,
+        Some(server_frame::Frame::Challenge(_))
+    ));
+    let trickle = async {
+        for b in [0u8, 0, 1, 0].into_iter().chain(std::iter::repeat(0x0a)) {
+            if trickler.stream.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+    assert_eq!(trickler.closing_error().await, ErrorCode::Timeout);
+
+    // Starts a WebSocket upgrade and stalls halfway through the request head.
+    let mut ws = TcpStream::connect(addr).await.unwrap();
+    ws.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n")
+        .await
+        .unwrap();
+    wait_closed(&mut ws).await;
+
+    // The relay's gauge drops once each connection task has ended.
+    let mut open = u64::MAX;
+    for _ in 0..100 {
+        open = metric(&common::scrape(metrics).await, "hush_relay_connections");
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, 0, "nothing left open");
+    // Authenticated clients are not subject to it.
+    let key = generate_device_key();
+    let client = connect(Wire::Tcp, addr, &key).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.ping().await.expect("authenticated connection stays");
+}
+
+/// Connects from `source` (any 127.x.y.z address works on Linux loopback).
+async fn connect_from(source: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the relay serves a connection from `source` (sends its challenge) or drops it.
+async fn served_from(source: [u8; 4], addr: std::net::SocketAddr) -> Option<TcpStream> {
+    let mut stream = connect_from(source, addr).await;
+    stream.write_all(&TCP_PREAMBLE).await.ok()?;
+    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream, 1 << 16))
+        .await
+        .expect("relay answers or closes in time")
+        .ok()??;
+    matches!(
+        decode_server_frame(&frame),
+        Ok(server_frame::Frame::Challenge(_))
+    )
+    .then_some(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_connection_limit_refuses_only_that_address() {
+    let dir = TempDir::new("per-ip");
+    let mut config = test_config(dir.path());
+    config.max_connections_per_ip = 2;
+    let (addr, metrics, _shutdown) = start_relay(config).await;
+    let crowded = [127, 0, 0, 7];
+
+    let first = served_from(crowded, addr).await.expect("first served");
+    let second = served_from(crowded, addr).await.expect("second served");
+    assert!(
+        served_from(crowded, addr).await.is_none(),
+        "third from the same address is refused"
+    );
+    assert!(
+        metric(
+            &common::scrape(metrics).await,
+            "hush_relay_connections_refused_total"
+        ) >= 1
+    );
+    // Another address is unaffected, and so is an authenticated client.
+    let _other = served_from([127, 0, 0, 8], addr)
+        .await
+        .expect("other address served");
+    bystander_still_served(addr, &generate_device_key()).await;
+
+    // A slot frees when a connection from the address closes.
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        again = served_from(crowded, addr).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "served again after one closed");
+    drop(second);
 }
