@@ -23,6 +23,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use hush_crypto::MediaKeys;
@@ -69,13 +70,15 @@ impl MediaPath {
         config: SessionConfig,
         now: Instant,
     ) -> Result<Self, hush_srtp::Error> {
-        Ok(Self {
+        let path = Self {
             tx: SrtpContext::new(keys.suite, &keys.send_key, &keys.send_salt)?,
             rx: SrtpContext::new(keys.suite, &keys.recv_key, &keys.recv_salt)?,
             session: MediaSession::new(config, now),
             out: VecDeque::new(),
             stats: PathStats::default(),
-        })
+        };
+        LIVE_PATHS.fetch_add(1, Ordering::Relaxed);
+        Ok(path)
     }
 
     /// Sends one encoded audio frame.
@@ -170,6 +173,23 @@ impl MediaPath {
 /// its marker bit and payload type.
 fn is_rtcp(packet: &[u8]) -> bool {
     packet.get(1).is_some_and(|b| (192..=223).contains(b))
+}
+
+impl Drop for MediaPath {
+    fn drop(&mut self) {
+        // The SRTP contexts wipe their keys as they drop, right after this.
+        LIVE_PATHS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keyed media paths alive in this process.
+static LIVE_PATHS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many keyed [`MediaPath`]s (SRTP contexts holding call keys) exist in this process right
+/// now: a test hook showing that a call's keys are gone once it ended.
+#[doc(hidden)]
+pub fn live_keyed_paths() -> usize {
+    LIVE_PATHS.load(Ordering::Relaxed)
 }
 
 /// Two mirrored sets of media keys from a real key exchange, for doc examples and tests.

@@ -52,6 +52,9 @@ async fn call_connects_carries_audio_and_hangs_up() {
     assert_eq!(stats.suite, "AEAD_AES_256_GCM");
     assert_eq!(sent.suite, stats.suite);
 
+    // Both ends of the call hold keyed SRTP contexts (this is the only test in this binary).
+    assert_eq!(hush::media_path::live_keyed_paths(), 2);
+
     call.hangup().expect("hangup");
     assert_eq!(
         wait_for(&answered, 5, |e| matches!(e, CallEvent::Ended(_))).await,
@@ -61,4 +64,13 @@ async fn call_connects_carries_audio_and_hangs_up() {
         wait_for(&call, 5, |e| matches!(e, CallEvent::Ended(_))).await,
         CallEvent::Ended(EndReason::LocalHangup)
     );
+    // Hangup destroys the keys: both media tasks dropped their SRTP contexts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while hush::media_path::live_keyed_paths() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "call keys still alive after hangup"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -19,9 +19,10 @@ pub(crate) const NONCE_LEN: usize = 12;
 /// Length of a GCM tag, in bytes.
 pub(crate) const TAG_LEN: usize = 16;
 
-/// A keyed AES-GCM instance. Its key schedule is wiped when dropped (the `zeroize` features of
-/// `aes` and `ghash`; ring wipes its own keys). Boxed so that moving a context never leaves copies
-/// of the key schedule behind.
+/// A keyed AES-GCM instance. Its key schedule is wiped when dropped: by the `zeroize` features
+/// of `aes` and `ghash`, or, with ring (which does not wipe its keys), by overwriting the key in
+/// place with the schedule of an all-zero key. Boxed so that moving a context never leaves
+/// copies of the key schedule behind.
 pub(crate) struct Aead(Inner);
 
 #[cfg(not(feature = "ring"))]
@@ -94,6 +95,26 @@ impl Aead {
         match self.0 {
             Inner::Aes128(_) => 128,
             Inner::Aes256(_) => 256,
+        }
+    }
+}
+
+#[cfg(feature = "ring")]
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // ring keeps the expanded key inline in `LessSafeKey` and has no zeroize support:
+        // assigning through the box rewrites the same heap bytes with an all-zero key's
+        // schedule before the allocation is freed; `black_box` keeps the store from being
+        // optimized away as dead.
+        let alg = if self.bits == 256 {
+            &ring::aead::AES_256_GCM
+        } else {
+            &ring::aead::AES_128_GCM
+        };
+        let zero = [0u8; 32];
+        if let Ok(k) = ring::aead::UnboundKey::new(alg, &zero[..alg.key_len()]) {
+            *self.key = ring::aead::LessSafeKey::new(k);
+            std::hint::black_box(&*self.key);
         }
     }
 }
