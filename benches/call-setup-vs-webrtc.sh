@@ -3,7 +3,9 @@
 #
 #   benches/call-setup-vs-webrtc.sh [CALLS] [RSS_EVERY]      (defaults 100 and 100)
 #
-# hush:      benches/call_setup.rs, Client::call -> first decoded frame at the callee.
+# hush:      benches/call_setup.rs, Client::call -> first decoded frame at the callee, twice:
+#            default 40 ms jitter-buffer playout delay, and playout delay 0 (first packet
+#            decrypted and decoded, the counterpart of webrtc-rs's first RTP read).
 # webrtc-rs: crates/hush-net/bench-webrtc/src/bin/call_setup.rs, create_offer -> first RTP
 #            packet read at the answerer, twice: webrtc-rs defaults (200 ms ICE check interval)
 #            and with a 20 ms check interval (what hush-net uses).
@@ -29,11 +31,13 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 last_json() { grep '^{' | tail -n 1; }
 hush=$(cargo bench --bench call_setup -- --calls "$calls" --rss-every "$every" | tee /dev/stderr | last_json)
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+hush0=$(cargo bench --bench call_setup -- --calls "$calls" --rss-every "$every" --playout-delay-ms 0 | tee /dev/stderr | last_json)
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 ref=$("$webrtc_target/release/call_setup" --calls "$calls" --rss-every "$every" | last_json)
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 tuned=$("$webrtc_target/release/call_setup" --calls "$calls" --rss-every "$every" --ice-check-ms 20 | last_json)
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%s\n%s\n%s\n' "$hush" "$ref" "$tuned"
+printf '%s\n' "$hush" "$hush0" "$ref" "$tuned"
 
 row() { # name json
   jq -r --arg n "$1" '[$n, .calls, .failed, .median_ms, .p95_ms, .min_ms, .max_ms,
@@ -44,9 +48,15 @@ ratio() { # json-a json-b field
 }
 {
   echo -e "impl\tcalls\tfailed\tmedian_ms\tp95_ms\tmin_ms\tmax_ms\trss_first_kib\trss_last_kib"
-  row "hush" "$hush"
+  row "hush (40 ms playout delay)" "$hush"
+  row "hush (playout delay 0)" "$hush0"
   row "webrtc-rs (defaults)" "$ref"
   row "webrtc-rs (20 ms ICE checks)" "$tuned"
 } | column -t -s $'\t'
-echo "hush / webrtc-rs (defaults):         median $(ratio "$hush" "$ref" median_ms), p95 $(ratio "$hush" "$ref" p95_ms)"
-echo "hush / webrtc-rs (20 ms ICE checks): median $(ratio "$hush" "$tuned" median_ms), p95 $(ratio "$hush" "$tuned" p95_ms)"
+for h in hush hush0; do
+  label=$([ $h = hush ] && echo "hush (40 ms playout)" || echo "hush (playout 0)    ")
+  for r in ref tuned; do
+    rl=$([ $r = ref ] && echo "webrtc-rs (defaults)        " || echo "webrtc-rs (20 ms ICE checks)")
+    echo "$label / $rl: median $(ratio "${!h}" "${!r}" median_ms), p95 $(ratio "${!h}" "${!r}" p95_ms)"
+  done
+done
