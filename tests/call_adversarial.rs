@@ -6,12 +6,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{connect, converse, ended, loopback_config, next_incoming, sealer};
+use common::{connect, converse, ended, loopback_config, next_incoming, sealer, start_session};
 use hush::machine::{EndReason, Timeouts};
 use hush::{CallEvent, Client, ClientConfig, ClientEvent};
 use hush_crypto::MemoryBackend;
 use hush_signaling::crypto::SignalSealer;
-use hush_signaling::transport::FetchedBundle;
 use hush_signaling::{
     CallMedia, CallMessage, DeliveryTag, DeviceId, Envelope, MemoryNetwork, MemoryTransport,
     Received, SignalingClient, Transport,
@@ -38,24 +37,9 @@ fn world(config: ClientConfig) -> World {
     let mut bob = sealer(2);
     let mut mallory = sealer(2);
     let bob_id = bob.device_id();
-    let alice_id = alice.device_id();
 
-    let material = bob.publish(1, 1).expect("prekeys");
-    alice
-        .start_session(&FetchedBundle {
-            device: bob_id,
-            bundle: material.bundle,
-            one_time_prekey: material.one_time_prekeys.into_iter().next(),
-        })
-        .expect("alice starts a session with bob");
-    let material = alice.publish(1, 1).expect("prekeys");
-    mallory
-        .start_session(&FetchedBundle {
-            device: alice_id,
-            bundle: material.bundle,
-            one_time_prekey: material.one_time_prekeys.into_iter().next(),
-        })
-        .expect("mallory starts a session with alice");
+    start_session(&mut alice, &mut bob);
+    start_session(&mut mallory, &mut alice);
 
     let alice_identity = *alice.device().identity_key();
     let mallory_identity = *mallory.device().identity_key();
@@ -233,14 +217,7 @@ async fn a_tampering_relay_makes_calls_fail_cleanly_and_the_clients_keep_working
     let network = MemoryNetwork::new();
     let mut alice = sealer(1);
     let mut bob = sealer(2);
-    let material = bob.publish(1, 1).expect("prekeys");
-    alice
-        .start_session(&FetchedBundle {
-            device: bob.device_id(),
-            bundle: material.bundle,
-            one_time_prekey: material.one_time_prekeys.into_iter().next(),
-        })
-        .expect("session");
+    start_session(&mut alice, &mut bob);
     let mode = Arc::new(Mutex::new(Tamper::Nothing));
     let alice_transport = TamperingTransport {
         inner: network.endpoint(alice.device_id()),
@@ -297,14 +274,7 @@ fn tampered_pair(config: &ClientConfig, bob_mode: Arc<Mutex<Tamper>>) -> (Client
     let network = MemoryNetwork::new();
     let mut alice = sealer(1);
     let mut bob = sealer(2);
-    let material = bob.publish(1, 1).expect("prekeys");
-    alice
-        .start_session(&FetchedBundle {
-            device: bob.device_id(),
-            bundle: material.bundle,
-            one_time_prekey: material.one_time_prekeys.into_iter().next(),
-        })
-        .expect("session");
+    start_session(&mut alice, &mut bob);
     let alice_endpoint = network.endpoint(alice.device_id());
     let bob_transport = TamperingTransport {
         inner: network.endpoint(bob.device_id()),

@@ -269,15 +269,18 @@ where
         Ok(call)
     }
 
-    /// Sends one local candidate to the peer, or (`None`) the end of this generation's.
-    async fn trickle(&mut self, id: CallId, line: Option<String>) {
-        let Some(peer) = self
-            .machine
+    /// The remote device of call `id`, if it is the active call.
+    fn peer_of(&self, id: CallId) -> Option<DeviceId> {
+        self.machine
             .active()
             .filter(|(a, _, _)| *a == id)
             .and_then(|_| self.machine.active_peer())
             .and_then(device_id)
-        else {
+    }
+
+    /// Sends one local candidate to the peer, or (`None`) the end of this generation's.
+    async fn trickle(&mut self, id: CallId, line: Option<String>) {
+        let Some(peer) = self.peer_of(id) else {
             return;
         };
         let generation = self.current.as_ref().map_or(0, |c| c.generation);
@@ -296,13 +299,7 @@ where
     /// Our ICE agent restarted (network change, consent loss, or answering the peer's
     /// restart): a new generation starts with the new credentials; its candidates follow.
     async fn restarted(&mut self, id: CallId, credentials: IceCredentials) {
-        let Some(peer) = self
-            .machine
-            .active()
-            .filter(|(a, _, _)| *a == id)
-            .and_then(|_| self.machine.active_peer())
-            .and_then(device_id)
-        else {
+        let Some(peer) = self.peer_of(id) else {
             return;
         };
         let Some(cur) = self.current.as_mut().filter(|c| c.id == id) else {

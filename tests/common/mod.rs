@@ -17,6 +17,21 @@ pub(crate) fn sealer(signal_device_id: u8) -> SignalSealer<MemoryBackend> {
     SignalSealer::new(Device::new(store))
 }
 
+/// `from` starts a Signal session with `to` from a bundle `to` publishes now (with a one-time
+/// prekey), as if fetched from a relay.
+pub(crate) fn start_session(
+    from: &mut SignalSealer<MemoryBackend>,
+    to: &mut SignalSealer<MemoryBackend>,
+) {
+    let material = to.publish(1, 1).expect("prekeys");
+    from.start_session(&FetchedBundle {
+        device: to.device_id(),
+        bundle: material.bundle,
+        one_time_prekey: material.one_time_prekeys.into_iter().next(),
+    })
+    .expect("session from bundle");
+}
+
 /// ICE on loopback only.
 pub(crate) fn loopback_config() -> ClientConfig {
     let net = hush_net::Config::builder()
