@@ -162,3 +162,37 @@ async fn an_old_answer_replayed_into_a_new_call_does_nothing() {
     assert_eq!(second.stats().await.unwrap().suite, "");
     second.hangup().unwrap();
 }
+
+#[test]
+fn a_client_built_outside_a_runtime_runs_on_the_given_one() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let network = hush_signaling::MemoryNetwork::new();
+    let mut alice = common::sealer(1);
+    let mut bob = common::sealer(2);
+    common::start_session(&mut alice, &mut bob);
+    let config = loopback_config();
+    // No runtime is entered here: the builder spawns on the handle it was given.
+    let build = |s: hush_signaling::crypto::SignalSealer<hush_crypto::MemoryBackend>| {
+        let endpoint = network.endpoint(s.device_id());
+        hush::Client::builder(
+            hush_signaling::SignalingClient::new(endpoint, s),
+            config.net.clone(),
+        )
+        .config(config.clone())
+        .runtime(runtime.handle().clone())
+        .build()
+    };
+    let (alice, bob) = (build(alice), build(bob));
+    runtime.block_on(async {
+        let call = alice.call(bob.device_id()).await.unwrap();
+        next_incoming(&bob, 5).await.reject().unwrap();
+        assert_eq!(
+            ended(&call, 5).await,
+            EndReason::RemoteHangup(HangupReason::Declined)
+        );
+    });
+}

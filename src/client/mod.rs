@@ -78,6 +78,7 @@ impl ClientConfig {
 pub struct ClientBuilder<T, B: Backend> {
     signaling: SignalingClient<T, SignalSealer<B>>,
     config: ClientConfig,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl<T, B> ClientBuilder<T, B>
@@ -109,7 +110,28 @@ where
         self
     }
 
-    /// Starts the client's actor on the current tokio runtime.
+    /// Runs the client (its actor and every call's media task) on this tokio runtime instead
+    /// of the one `build` is called from. The runtime must have its I/O and time drivers
+    /// enabled.
+    ///
+    /// ```no_run
+    /// # fn demo(builder: hush::ClientBuilder<hush_signaling::MemoryTransport, hush_crypto::MemoryBackend>) {
+    /// let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    /// let client = builder.runtime(runtime.handle().clone()).build(); // callable outside it
+    /// # }
+    /// ```
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// Starts the client's actor on the runtime given with [`runtime`](Self::runtime), or else
+    /// on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Without [`runtime`](Self::runtime), when called outside a tokio runtime (as
+    /// `tokio::spawn` does).
     pub fn build(self) -> Client {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
@@ -125,7 +147,10 @@ where
                 events: events_tx,
             },
         );
-        tokio::spawn(actor.run());
+        match self.runtime {
+            Some(handle) => drop(handle.spawn(actor.run())),
+            None => drop(tokio::spawn(actor.run())),
+        }
         Client {
             local,
             commands: cmd_tx,
@@ -188,6 +213,7 @@ impl Client {
         ClientBuilder {
             signaling,
             config: ClientConfig::new(net),
+            runtime: None,
         }
     }
 
