@@ -118,6 +118,10 @@ pub struct MediaSession {
     rtt: Option<Duration>,
     remote_loss: f64,
     last_audio_loss: Option<Instant>,
+    /// Gaps in the audio sequence not yet filled by an original: `(sequence, seen at)`.
+    suspected_loss: VecDeque<(u64, Instant)>,
+    /// Highest audio sequence number received (extended).
+    audio_highest: Option<u64>,
     remote_red_depth: usize,
     loss_samples: VecDeque<(Instant, u64)>,
     next_report: Instant,
@@ -182,6 +186,8 @@ impl MediaSession {
             rtt: None,
             remote_loss: 0.0,
             last_audio_loss: None,
+            suspected_loss: VecDeque::new(),
+            audio_highest: None,
             remote_red_depth: 0,
             loss_samples: VecDeque::new(),
             next_report: now + config.report_interval / 2,

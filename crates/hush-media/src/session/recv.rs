@@ -12,6 +12,9 @@ use crate::rtp::RtpPacket;
 use crate::wire::SeqUnwrapper;
 use crate::{red, Instant};
 
+/// Most audio sequence gaps tracked as suspected losses at once.
+const MAX_SUSPECTED: usize = 64;
+
 /// Bytes over the last second.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RateMeter {
@@ -182,13 +185,8 @@ impl MediaSession {
             let ext = self
                 .audio_rx
                 .on_packet(now, arrival, h.sequence_number, h.timestamp);
-            let missing = self.audio_nack.missing_count();
+            self.note_audio_sequence(now, ext);
             self.audio_nack.on_packet(now, ext);
-            if self.audio_nack.missing_count() > missing {
-                // A gap in the sequence is the earliest sign of loss (the settled count in
-                // `sample_loss` lags a second behind): hold room for recovery from now on.
-                self.last_audio_loss = Some(now);
-            }
             self.on_audio(now, &packet, ext, Recovery::None)
         } else if ssrc == audio.rtx_ssrc {
             if packet.payload.is_empty() {
@@ -306,7 +304,42 @@ impl MediaSession {
         self.send_rtcp(now, crate::rtcp::write_compound(&[pli]));
     }
 
+    /// Tracks gaps in the audio sequence as suspected losses: an original that arrives later
+    /// (reordering) clears its suspicion; one still missing after the settle time counts as a
+    /// loss right away, long before the one-second settled count of `sample_loss` sees it.
+    fn note_audio_sequence(&mut self, now: Instant, ext: u64) {
+        match self.audio_highest {
+            Some(h) if ext > h => {
+                let first = (h + 1).max(ext.saturating_sub(MAX_SUSPECTED as u64));
+                for s in first..ext {
+                    if self.suspected_loss.len() == MAX_SUSPECTED {
+                        self.suspected_loss.pop_front();
+                    }
+                    self.suspected_loss.push_back((s, now));
+                }
+            }
+            Some(_) => self.suspected_loss.retain(|(s, _)| *s != ext),
+            None => {}
+        }
+        self.audio_highest = Some(self.audio_highest.map_or(ext, |h| h.max(ext)));
+    }
+
+    /// Suspected losses older than the settle time are losses: hold room for recovery.
+    fn confirm_suspected_losses(&mut self, now: Instant) {
+        // Reordered packets come within the jitter; a hole that outlasts four times the
+        // jitter p95 (and at least 100 ms) is loss.
+        let settle = (self.jitter.jitter_p95() * 4).max(Duration::from_millis(100));
+        while let Some(&(_, since)) = self.suspected_loss.front() {
+            if now.saturating_duration_since(since) < settle {
+                break;
+            }
+            self.suspected_loss.pop_front();
+            self.last_audio_loss = Some(now);
+        }
+    }
+
     pub(super) fn flush_nacks(&mut self, now: Instant) {
+        self.confirm_suspected_losses(now);
         let rtt = self.rtt_or_default();
         let recent = self
             .last_audio_loss

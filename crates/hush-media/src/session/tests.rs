@@ -237,3 +237,40 @@ fn opus_with_red_and_rtx_decodes_cleanly() {
     assert!(m.played_red > 0 && m.opus_decoded >= m.played_original + m.played_red);
     assert!(m.played_fraction() >= 0.98, "{:.4}", m.played_fraction());
 }
+
+#[test]
+fn losses_in_the_first_seconds_are_recovered_too() {
+    // A loopback-like path (1 ms one way): the jitter target is below one frame, so a lost
+    // packet's RED copy (in the next packet, 20 ms later) arrives after its frame was due
+    // unless the buffer starts holding room as soon as loss is seen, not a second later.
+    let mut call = CallSim::new(lossy(LossModel::Random(0.10), 1), Instant::now());
+    call.run_until(Duration::from_secs(3));
+    let m = call.metrics();
+    assert!(
+        m.played_fraction() >= 0.97,
+        "{:.4} {m:?}",
+        m.played_fraction()
+    );
+}
+
+#[test]
+fn reordering_alone_does_not_hold_room_for_loss() {
+    let jitter = crate::sim::Jitter::Exponential(Duration::from_millis(10));
+    let link = |seed| SimConfig {
+        seed,
+        delay: Duration::from_millis(30),
+        jitter,
+        reorder: true,
+        ..SimConfig::default()
+    };
+    let config = CallConfig {
+        a_to_b: link(7),
+        b_to_a: link(8),
+        ..CallConfig::default()
+    };
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(60));
+    let m = call.metrics();
+    let ratio = m.added_delay_mean() / jitter.p95().as_secs_f64();
+    assert!(ratio <= 1.5, "{ratio} {m:?}");
+}
