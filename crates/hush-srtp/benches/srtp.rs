@@ -228,9 +228,10 @@ fn libsrtp_tool() -> Option<std::path::PathBuf> {
     if !Path::new("/usr/include/srtp2/srtp.h").exists() {
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("hush-srtp-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let exe = dir.join("srtp_tool");
+    // Cargo's scratch directory for benches (inside the target directory): nothing is left
+    // behind in /tmp.
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("srtp_tool_bench.{}", std::process::id()));
     if !exe.exists() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/srtp_tool.c");
         let ok = Command::new("cc")

@@ -28,13 +28,16 @@ fn libsrtp_present() -> bool {
 fn tool() -> &'static Path {
     static TOOL: OnceLock<PathBuf> = OnceLock::new();
     TOOL.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hush-srtp-interop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // Cargo's scratch directory for integration tests (inside the target directory), so
+        // nothing is left behind in /tmp; built under a per-process name, then renamed into
+        // place, so concurrent test processes never run a half-written binary.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
         let exe = dir.join("srtp_tool");
+        let partial = dir.join(format!("srtp_tool.{}", std::process::id()));
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/srtp_tool.c");
         let out = Command::new("cc")
             .args(["-O2", "-o"])
-            .arg(&exe)
+            .arg(&partial)
             .arg(&src)
             .arg("-lsrtp2")
             .output()
@@ -45,6 +48,7 @@ fn tool() -> &'static Path {
             src.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        std::fs::rename(&partial, &exe).expect("move the tool into place");
         exe
     })
 }
