@@ -230,8 +230,7 @@ fn libsrtp_tool() -> Option<std::path::PathBuf> {
     }
     // Cargo's scratch directory for benches (inside the target directory): nothing is left
     // behind in /tmp.
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("srtp_tool_bench.{}", std::process::id()));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("srtp_tool_bench");
     if !exe.exists() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/srtp_tool.c");
         let ok = Command::new("cc")
