@@ -425,7 +425,7 @@ async fn client(
     index: u32,
     mut stream: TcpStream,
     templates: watch::Receiver<Arc<Vec<Template>>>,
-    mut mode: watch::Receiver<Mode>,
+    mut mode: tokio::sync::mpsc::UnboundedReceiver<Mode>,
     burst: usize,
     peak_sender: bool,
     stats: Arc<Stats>,
@@ -436,8 +436,10 @@ async fn client(
     let mut acks: Vec<u64> = Vec::with_capacity(64);
     let mut outstanding = 0usize;
     let mut seq = 0u64;
-    let mut current = *mode.borrow_and_update();
+    let mut current = Mode::Idle;
     let mut next_tick = tokio::time::Instant::now();
+    let tick = tokio::time::sleep_until(next_tick);
+    tokio::pin!(tick);
     let mut ack_frame = Vec::with_capacity(256);
     let send_burst = |wbuf: &mut Vec<u8>, seq: &mut u64| {
         let sent = base.elapsed().as_nanos() as u64;
@@ -480,10 +482,7 @@ async fn client(
             }
             wbuf.clear();
         }
-        let paced = match current {
-            Mode::Paced(_) => Some(next_tick),
-            _ => None,
-        };
+        let paced = matches!(current, Mode::Paced(_));
         tokio::select! {
             r = stream.read_buf(&mut rbuf) => {
                 match r {
@@ -491,30 +490,33 @@ async fn client(
                     Ok(_) => {}
                 }
             }
-            changed = mode.changed() => {
-                if changed.is_err() {
+            changed = mode.recv() => {
+                let Some(changed) = changed else {
                     return;
-                }
-                current = *mode.borrow_and_update();
+                };
+                current = changed;
                 match current {
                     Mode::Quit => return,
                     Mode::Paced(period) => {
                         // Spread the clients' phases over one period.
                         next_tick = tokio::time::Instant::now()
                             + period.mul_f64(f64::from(index % 10_007) / 10_007.0);
+                        tick.as_mut().reset(next_tick);
                     }
                     Mode::Closed | Mode::Idle => {}
                 }
                 outstanding = 0;
                 continue;
             }
-            () = tokio::time::sleep_until(paced.unwrap_or(next_tick)), if paced.is_some() => {
+            // One timer per client, reset on each tick (not re-created per loop turn).
+            () = &mut tick, if paced => {
                 if let Mode::Paced(period) = current {
                     next_tick += period;
                     if next_tick < tokio::time::Instant::now() {
                         // Fell behind (machine busy): skip rather than burst to catch up.
                         next_tick = tokio::time::Instant::now() + period;
                     }
+                    tick.as_mut().reset(next_tick);
                     send_burst(&mut wbuf, &mut seq);
                 }
                 continue;
@@ -648,14 +650,22 @@ async fn run(args: Args) {
         )
     };
     let (templates_tx, templates_rx) = watch::channel(make_templates());
-    let (mode_tx, mode_rx) = watch::channel(Mode::Idle);
+    // One channel per client: cheap to poll on every loop turn (a watch would lock per poll).
+    let mut mode_txs = Vec::with_capacity(n);
+    let set_mode = |txs: &Vec<tokio::sync::mpsc::UnboundedSender<Mode>>, m: Mode| {
+        for tx in txs {
+            let _ = tx.send(m);
+        }
+    };
     let mut tasks = Vec::with_capacity(n);
     for (i, stream) in streams.into_iter().enumerate() {
+        let (mode_tx, mode_rx) = tokio::sync::mpsc::unbounded_channel();
+        mode_txs.push(mode_tx);
         tasks.push(tokio::spawn(client(
             i as u32,
             stream,
             templates_rx.clone(),
-            mode_rx.clone(),
+            mode_rx,
             k,
             // Spread over the clients; each sends to a partner half the ring away.
             i * senders / n != (i + 1) * senders / n,
@@ -666,7 +676,7 @@ async fn run(args: Args) {
 
     // Phase 2: peak throughput, closed loop.
     let relay_pid = relay.child.id();
-    mode_tx.send_replace(Mode::Closed);
+    set_mode(&mode_txs, Mode::Closed);
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let (d0, a0, e0) = (
         stats.delivered.load(Ordering::Relaxed),
@@ -686,7 +696,7 @@ async fn run(args: Args) {
     let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
     let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
     let peak = delivered as f64 / elapsed;
-    mode_tx.send_replace(Mode::Idle);
+    set_mode(&mode_txs, Mode::Idle);
     println!(
         "peak throughput ({senders} of the {n} clients sending, closed loop, {} envelopes in flight): {peak:.0} envelopes/s end to end ({delivered} delivered and acknowledged, {answered} sends answered, {errors} errors, {stored} written to SQLite, in {elapsed:.1} s; load average {load_before} -> {})",
         senders * k,
@@ -707,7 +717,7 @@ async fn run(args: Args) {
     let rate = (peak / 2.0).max(1.0);
     let period = Duration::from_secs_f64((n * k) as f64 / rate);
     templates_tx.send_replace(make_templates()); // fresh timestamps
-    mode_tx.send_replace(Mode::Paced(period));
+    set_mode(&mode_txs, Mode::Paced(period));
     tokio::time::sleep(Duration::from_secs(2)).await;
     stats.latency.clear();
     stats.recording.store(true, Ordering::Relaxed);
@@ -727,7 +737,7 @@ async fn run(args: Args) {
     let relay_cpu = cpu_seconds(relay_pid) - relay_cpu0;
     let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
     let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
-    mode_tx.send_replace(Mode::Quit);
+    set_mode(&mode_txs, Mode::Quit);
     let (samples, [p50, p99, max]) = stats.latency.summary();
     println!(
         "latency at half of peak ({rate:.0}/s offered in bursts of {k} every {:.1} ms per client, {:.0}/s delivered, {errors} errors, {stored} written to SQLite): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({samples} samples; sender's write -> recipient's read; cpu relay {:.2} / generator {:.2} cores; load average {load_before} -> {})",
