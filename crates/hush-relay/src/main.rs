@@ -28,7 +28,8 @@ options:
                           (default 20); acknowledged ones are never written, and a
                           sender is answered only once its envelope is committed
                           or acknowledged
-  --worker-threads N      tokio worker threads (default: number of CPUs)
+  --worker-threads N      tokio worker threads (default: number of CPUs; 1 runs
+                          connections on one thread, with the database on another)
   --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls)
   --tls-key PATH          ... and this PEM private key
 
@@ -126,10 +127,16 @@ fn main() -> ExitCode {
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .init();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing machinery; the store has its own
+    // thread either way).
+    let mut rt = if threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     rt.enable_all();
-    if let Some(n) = threads {
-        rt.worker_threads(n.max(1));
+    if let Some(n) = threads.filter(|&n| n > 1) {
+        rt.worker_threads(n);
     }
     let rt = match rt.build() {
         Ok(rt) => rt,
