@@ -7,7 +7,10 @@
 //!
 //! Run: `cargo bench -p hush-relay --bench relay_load -- [--clients 10000] [--seconds 10]
 //!       [--sync full|normal] [--in-flight 1] [--senders M] [--relay-threads N]
-//!       [--gen-threads N]`
+//!       [--commit-delay-ms MS] [--gen-threads N]`
+//!
+//! `--relay-threads` and `--commit-delay-ms` are passed to the relay (`--worker-threads`,
+//! `--commit-delay-ms`); unset, the relay's defaults apply.
 //!
 //! `--senders M`: only M of the N connected clients send during phase 2 (default: all), each to
 //! a partner half the ring away; all N stay connected, and all N send in phase 3. A closed loop
@@ -50,6 +53,7 @@ struct Args {
     in_flight: usize,
     senders: Option<usize>,
     relay_threads: Option<usize>,
+    commit_delay_ms: Option<u64>,
     gen_threads: usize,
 }
 
@@ -61,6 +65,7 @@ fn args() -> Args {
         in_flight: 1,
         senders: None,
         relay_threads: None,
+        commit_delay_ms: None,
         gen_threads: 1,
     };
     let mut it = std::env::args().skip(1);
@@ -71,6 +76,9 @@ fn args() -> Args {
             "--seconds" => a.seconds = val().parse().expect("--seconds N"),
             "--sync" => a.sync = val(),
             "--in-flight" => a.in_flight = val().parse::<usize>().expect("--in-flight K").max(1),
+            "--commit-delay-ms" => {
+                a.commit_delay_ms = Some(val().parse().expect("--commit-delay-ms MS"))
+            }
             "--senders" => a.senders = Some(val().parse().expect("--senders M")),
             "--relay-threads" => a.relay_threads = Some(val().parse().expect("--relay-threads N")),
             "--gen-threads" => {
@@ -123,6 +131,9 @@ fn start_relay(db: &std::path::Path, args: &Args) -> Relay {
     .args(["--max-connections", &(args.clients + 100).to_string()]);
     if let Some(n) = args.relay_threads {
         cmd.args(["--worker-threads", &n.to_string()]);
+    }
+    if let Some(ms) = args.commit_delay_ms {
+        cmd.args(["--commit-delay-ms", &ms.to_string()]);
     }
     let mut child = cmd
         .arg("--db")

@@ -113,8 +113,9 @@ pub struct RelayConfig {
     pub replay_cache_per_device: usize,
     /// Most store operations per transaction (group commit).
     pub max_batch: usize,
-    /// How long an accepted envelope waits for its recipient's acknowledgement before it is
-    /// written to the database. An envelope its online recipient acknowledges within this time
+    /// How long an accepted envelope pushed to its online recipient waits for the recipient's
+    /// acknowledgement before it is written to the database (envelopes for offline devices are
+    /// written at the next group commit). An envelope its online recipient acknowledges within this time
     /// is never written; the sender is answered when the envelope is either committed or
     /// acknowledged, so nothing a sender was told is accepted can be lost in a crash. Longer
     /// means fewer writes and later answers for envelopes to offline devices.

@@ -23,11 +23,12 @@ options:
   --burst N               request burst per connection (default 200)
   --max-queue N           envelopes queued per device (default 1000)
   --delivery-buffer N     live deliveries buffered per connection (default 1024)
-  --commit-delay-ms MS    how long an accepted envelope waits for its recipient's
-                          acknowledgement before it is written to the database
-                          (default 20); acknowledged ones are never written, and a
-                          sender is answered only once its envelope is committed
-                          or acknowledged
+  --commit-delay-ms MS    how long an envelope pushed to its online recipient waits
+                          for the acknowledgement before it is written to the
+                          database (default 20); acknowledged ones are never
+                          written, ones for offline devices are written at once,
+                          and a sender is answered only once its envelope is
+                          committed or acknowledged
   --worker-threads N      tokio worker threads (default: number of CPUs; 1 runs
                           connections on one thread, with the database on another)
   --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls)

@@ -8,7 +8,8 @@
 //! - if the recipient acknowledges it first, it is dropped from here and never written, and
 //!   the sender is answered at that moment (the recipient has it);
 //! - otherwise the store thread takes it, inserts it, commits, and only then answers the
-//!   sender.
+//!   sender. An envelope whose recipient was offline at admission cannot be acknowledged, so
+//!   it is written at the next group commit without waiting.
 //!
 //! Either way the sender's answer ("accepted") comes only once the envelope is committed or
 //! acknowledged by its recipient, so a crash loses nothing a sender was told was accepted. An
@@ -66,6 +67,9 @@ struct Inner {
     slots: VecDeque<Option<Entry>>,
     /// Unacknowledged envelopes per recipient: in SQLite or admitted here.
     depth: HashMap<DeviceId, u32>,
+    /// Entries whose recipient was offline at admission: nothing can acknowledge them, so
+    /// they are written at the next group commit, without waiting for the delay.
+    offline: usize,
 }
 
 impl Inner {
@@ -85,7 +89,8 @@ impl Inner {
 /// See the module documentation.
 pub(crate) struct Pending {
     inner: Mutex<Inner>,
-    /// Wakes the store thread when the first entry arrives.
+    /// Wakes the store thread when an entry arrives in an empty table, or one for an offline
+    /// recipient.
     wake: Notify,
     delay: Duration,
     max_queue: u32,
@@ -118,6 +123,7 @@ impl Pending {
                     .min(i64::MAX as u64 / 2),
                 slots: VecDeque::new(),
                 depth,
+                offline: 0,
             }),
             wake: Notify::new(),
             delay,
@@ -147,7 +153,10 @@ impl Pending {
         // Pushed under the lock: an acknowledgement cannot overtake the entry.
         let frame = encode_deliver_frame(id, &envelope);
         let pushed_to = registry.push(&recipient, Live { id, frame }, None);
-        let first = inner.slots.is_empty();
+        let first = inner.slots.is_empty() || pushed_to.is_none();
+        if pushed_to.is_none() {
+            inner.offline += 1;
+        }
         inner.slots.push_back(Some(Entry {
             recipient,
             envelope,
@@ -176,6 +185,10 @@ impl Pending {
                     // Only the recipient may acknowledge an envelope.
                     Some(slot) if slot.as_ref().is_some_and(|e| e.recipient == *device) => {
                         if let Some(entry) = slot.take() {
+                            if entry.pushed_to.is_none() {
+                                // Delivered by a connection opened since (after its commit).
+                                inner.offline -= 1;
+                            }
                             settled.push((id, entry));
                         }
                     }
@@ -222,8 +235,12 @@ impl Pending {
     }
 
     /// When the oldest entry is due, if there is one.
-    pub(crate) fn next_due(&self) -> Option<Instant> {
-        lock(&self.inner)
+    pub(crate) fn next_due(&self, now: Instant) -> Option<Instant> {
+        let inner = lock(&self.inner);
+        if inner.offline > 0 {
+            return Some(now);
+        }
+        inner
             .slots
             .front()
             .and_then(|slot| slot.as_ref())
@@ -255,6 +272,20 @@ impl Pending {
             inner.base += 1;
             inner.pop_settled();
         }
+        // Entries for offline recipients further back (admission times only grow, so no other
+        // entry there is due yet).
+        if inner.offline > 0 {
+            let base = inner.base;
+            for (i, slot) in inner.slots.iter_mut().enumerate() {
+                if slot.as_ref().is_some_and(|e| e.pushed_to.is_none()) {
+                    if let Some(entry) = slot.take() {
+                        due.push((base + i as u64, entry));
+                    }
+                }
+            }
+            inner.pop_settled();
+        }
+        inner.offline -= due.iter().filter(|(_, e)| e.pushed_to.is_none()).count();
         due
     }
 }
@@ -265,6 +296,21 @@ mod tests {
 
     fn device(b: u8) -> DeviceId {
         DeviceId::from_slice(&[b; 32]).unwrap()
+    }
+
+    /// Registers a connection for `device`; returns its live-delivery queue.
+    fn online(registry: &Registry, device: DeviceId) -> mpsc::Receiver<Live> {
+        let (live, rx) = mpsc::channel(16);
+        let (kick, _) = tokio::sync::oneshot::channel();
+        registry.register(
+            device,
+            crate::state::ConnHandle {
+                conn_id: 1,
+                live,
+                kick: Mutex::new(Some(kick)),
+            },
+        );
+        rx
     }
 
     fn pending(max_queue: u32) -> (Pending, Registry) {
@@ -285,12 +331,14 @@ mod tests {
     fn only_the_recipient_settles_and_the_sender_is_answered_then() {
         let (p, registry) = pending(10);
         let (bob, mallory) = (device(1), device(2));
+        let mut bob_live = online(&registry, bob);
         let (done, mut answers) = mpsc::unbounded_channel();
         let now = Instant::now();
         let id = p
             .admit(&registry, bob, vec![1, 2, 3], 7, now, &done)
             .unwrap();
         assert!(answers.try_recv().is_err(), "not answered before ack");
+        assert_eq!(bob_live.try_recv().unwrap().id, id, "pushed at admission");
         // Another device's acknowledgement settles nothing; it goes to the store (which
         // deletes only rows addressed to that device).
         assert_eq!(p.ack(&mallory, vec![id]), vec![id]);
@@ -308,6 +356,7 @@ mod tests {
     fn unacknowledged_envelopes_become_due_after_the_delay_in_order() {
         let (p, registry) = pending(10);
         let bob = device(1);
+        let _bob_live = online(&registry, bob);
         let (done, mut answers) = mpsc::unbounded_channel();
         let t0 = Instant::now();
         let a = p.admit(&registry, bob, vec![1], 1, t0, &done).unwrap();
@@ -322,7 +371,7 @@ mod tests {
             )
             .unwrap();
         assert!(b > a);
-        assert_eq!(p.next_due(), Some(t0 + Duration::from_millis(20)));
+        assert_eq!(p.next_due(t0), Some(t0 + Duration::from_millis(20)));
         assert!(p.take_due(t0 + Duration::from_millis(19), false).is_empty());
         let due = p.take_due(t0 + Duration::from_millis(20), false);
         assert_eq!(due.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![a]);
@@ -334,7 +383,7 @@ mod tests {
         );
         let rest = p.take_due(t0, true);
         assert_eq!(rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![b]);
-        assert_eq!(p.next_due(), None);
+        assert_eq!(p.next_due(t0), None);
     }
 
     #[test]
@@ -363,5 +412,32 @@ mod tests {
             .is_ok());
         p.release(&bob, 1);
         assert!(p.admit(&registry, bob, vec![4], 4, now, &done).is_ok());
+    }
+
+    #[test]
+    fn envelopes_for_offline_recipients_are_due_at_once() {
+        let metrics = Arc::new(Metrics::default());
+        let p = Pending::new(HashMap::new(), 0, Duration::from_secs(60), 10, metrics);
+        let registry = Registry::default();
+        let (bob, carol) = (
+            DeviceId::from_slice(&[1; 32]).unwrap(),
+            DeviceId::from_slice(&[2; 32]).unwrap(),
+        );
+        let _bob_live = online(&registry, bob);
+        let (done, _answers) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let waiting = p.admit(&registry, bob, vec![1], 1, t0, &done).unwrap();
+        let offline = p.admit(&registry, carol, vec![2], 2, t0, &done).unwrap();
+        // Carol is offline: nothing can acknowledge hers, so it is written at once; Bob's
+        // waits for his acknowledgement.
+        assert_eq!(p.next_due(t0), Some(t0));
+        let due = p.take_due(t0, false);
+        assert_eq!(
+            due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![offline]
+        );
+        assert_eq!(p.next_due(t0), Some(t0 + Duration::from_secs(60)));
+        assert!(p.ack(&bob, vec![waiting]).is_empty());
+        assert_eq!(p.next_due(t0), None);
     }
 }

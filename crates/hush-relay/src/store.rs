@@ -190,7 +190,7 @@ impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut batch = Vec::with_capacity(self.limits.max_batch);
         loop {
-            let due_at = self.pending.next_due();
+            let due_at = self.pending.next_due(Instant::now());
             let mut closed = false;
             tokio::select! {
                 biased;
@@ -199,7 +199,8 @@ impl Worker {
                     None => closed = true,
                 },
                 () = sleep_until(due_at), if due_at.is_some() => {}
-                () = self.pending.admitted(), if due_at.is_none() => continue,
+                // An entry in an empty table, or one for an offline recipient (due at once).
+                () = self.pending.admitted() => continue,
             }
             while batch.len() < self.limits.max_batch {
                 match rx.try_recv() {
