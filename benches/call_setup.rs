@@ -16,11 +16,15 @@
 //! default): the first frame is played that long after its packet arrived, so with 0 the
 //! series shows first packet decrypted and decoded, the counterpart of webrtc-rs's first RTP read.
 //!
+//! `--replay-window-s S` sets the signaling replay guard's window (`SignalingConfig::max_age`,
+//! 120 s by default): every message id of that window is remembered, so resident memory grows
+//! with the calls of the last S seconds and is flat after that.
+//!
 //! The last line printed is one JSON object with every figure measured in that run.
 //!
 //! `cargo bench --bench call_setup -- [--calls N] [--rss-every M] [--cpu SECS]
-//! [--concurrent K] [--hold SECS] [--playout-delay-ms D]` (default `--calls 100 --rss-every
-//! 100`; `--calls 0` skips the setup series).
+//! [--concurrent K] [--hold SECS] [--playout-delay-ms D] [--replay-window-s S]` (default
+//! `--calls 100 --rss-every 100`; `--calls 0` skips the setup series).
 
 use std::time::{Duration, Instant};
 
@@ -29,10 +33,18 @@ use hush_crypto::{Device, DeviceStore, MemoryBackend};
 use hush_net::driver::Bind;
 use hush_signaling::crypto::SignalSealer;
 use hush_signaling::transport::FetchedBundle;
-use hush_signaling::{MemoryNetwork, SignalingClient};
+use hush_signaling::{MemoryNetwork, SignalingClient, SignalingConfig};
 
-/// ICE on loopback only: host candidates, no STUN or TURN; `playout_delay` overrides the
-/// jitter buffer's initial delay (40 ms by default).
+/// Knobs the bench may turn away from the defaults.
+#[derive(Clone, Copy, Default)]
+struct Knobs {
+    /// The jitter buffer's initial delay (40 ms by default).
+    playout_delay: Option<Duration>,
+    /// The signaling replay guard's window, `SignalingConfig::max_age` (120 s by default).
+    replay_window: Option<Duration>,
+}
+
+/// ICE on loopback only: host candidates, no STUN or TURN.
 fn loopback_config(playout_delay: Option<Duration>) -> ClientConfig {
     let net = hush_net::Config::builder()
         .include_loopback(true)
@@ -48,7 +60,7 @@ fn loopback_config(playout_delay: Option<Duration>) -> ClientConfig {
 
 /// Alice and Bob with fresh identities on their own in-memory signaling network; Alice holds a
 /// Signal session with Bob (she fetched his bundle).
-fn pair(playout_delay: Option<Duration>) -> (Client, Client, MemoryNetwork) {
+fn pair(knobs: Knobs) -> (Client, Client, MemoryNetwork) {
     let new = |id| {
         let store = DeviceStore::create(MemoryBackend::new(), id, &mut rand::rng())
             .expect("in-memory store");
@@ -64,10 +76,15 @@ fn pair(playout_delay: Option<Duration>) -> (Client, Client, MemoryNetwork) {
         })
         .expect("session from bundle");
     let network = MemoryNetwork::new();
-    let config = loopback_config(playout_delay);
+    let config = loopback_config(knobs.playout_delay);
+    let mut signaling = SignalingConfig::default();
+    if let Some(w) = knobs.replay_window {
+        signaling.max_age = w;
+    }
     let mut clients = [alice, bob].into_iter().map(|s| {
         let endpoint = network.endpoint(s.device_id());
-        Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
+        let signaling = SignalingClient::with_config(endpoint, s, signaling.clone());
+        Client::builder(signaling, config.net.clone())
             .config(config.clone())
             .build()
     });
@@ -147,13 +164,15 @@ struct Setup {
 /// frame, and the milestones.
 async fn connect(alice: &Client, bob: &Client) -> Result<(Call, Call, Setup), String> {
     let start = Instant::now();
+    // The microphone starts with the call, at a random phase of its 20 ms frame clock (the
+    // webrtc-rs reference does the same): frames before Bob's answer are dropped by design.
+    let phase = Duration::from_micros(rand::random_range(0..20_000));
+    let mut ticker = tokio::time::interval_at((start + phase).into(), Duration::from_millis(20));
     let call = alice
         .call(bob.device_id())
         .await
         .map_err(|e| e.to_string())?;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut n = 0;
-    // The microphone starts with the call: frames before Bob's answer are dropped by design.
     let incoming = loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -254,8 +273,8 @@ async fn talk(a: &Call, b: &Call, hold: Duration) -> Played {
 }
 
 /// `calls` sequential calls between one pair; setup times and resident memory.
-async fn sequential(calls: usize, every: usize, playout_delay: Option<Duration>) -> String {
-    let (alice, bob, _net) = pair(playout_delay);
+async fn sequential(calls: usize, every: usize, knobs: Knobs) -> String {
+    let (alice, bob, _net) = pair(knobs);
     let mut first = Vec::with_capacity(calls);
     let mut connected = Vec::with_capacity(calls);
     let mut rss = vec![(0, rss_kib())];
@@ -294,6 +313,18 @@ async fn sequential(calls: usize, every: usize, playout_delay: Option<Duration>)
         "hush: {calls} calls ({failed} failed); Client::call -> first decoded frame at the callee: median {median:.1} ms, p95 {p95:.1} ms, min {min:.1}, max {max:.1}; callee Connected event: median {:.1} ms",
         percentile(&connected, 0.5)
     );
+    let mut buckets = std::collections::BTreeMap::new();
+    for v in &first {
+        *buckets.entry((v / 10.0) as u64 * 10).or_insert(0u32) += 1;
+    }
+    let buckets: Vec<String> = buckets
+        .iter()
+        .map(|(b, n)| format!("{b}-{}: {n}", b + 10))
+        .collect();
+    println!(
+        "setup times in 10 ms buckets (ms: calls): {}",
+        buckets.join(", ")
+    );
     let samples: Vec<String> = rss.iter().map(|(n, k)| format!("{n}: {k}")).collect();
     println!(
         "resident memory (KiB) after N calls: {}",
@@ -301,8 +332,13 @@ async fn sequential(calls: usize, every: usize, playout_delay: Option<Duration>)
     );
     let rss_json: Vec<String> = rss.iter().map(|(n, k)| format!("[{n},{k}]")).collect();
     format!(
-        "\"playout_delay_ms\":{},\"calls\":{calls},\"failed\":{failed},\"median_ms\":{},\"p95_ms\":{},\"min_ms\":{},\"max_ms\":{},\"callee_connected_median_ms\":{},\"rss_kib\":[{}]",
-        playout_delay.map_or("null".into(), |d| d.as_millis().to_string()),
+        "\"playout_delay_ms\":{},\"replay_window_s\":{},\"calls\":{calls},\"failed\":{failed},\"median_ms\":{},\"p95_ms\":{},\"min_ms\":{},\"max_ms\":{},\"callee_connected_median_ms\":{},\"rss_kib\":[{}]",
+        knobs
+            .playout_delay
+            .map_or("null".into(), |d| d.as_millis().to_string()),
+        knobs
+            .replay_window
+            .map_or("null".into(), |d| d.as_secs().to_string()),
         num(median),
         num(p95),
         num(min),
@@ -314,7 +350,7 @@ async fn sequential(calls: usize, every: usize, playout_delay: Option<Duration>)
 
 /// One call held for `secs` with audio both ways; CPU of the whole process over that time.
 async fn cpu(secs: u64) -> String {
-    let (alice, bob, _net) = pair(None);
+    let (alice, bob, _net) = pair(Knobs::default());
     let (call, answered, _) = connect(&alice, &bob).await.expect("call connects");
     // Let the first second (jitter buffer fill, bitrate ramp) pass before measuring.
     talk(&call, &answered, Duration::from_secs(1)).await;
@@ -341,7 +377,7 @@ async fn cpu(secs: u64) -> String {
 /// `k` client pairs, each with one connected call and audio both ways; memory and CPU per call.
 async fn concurrent(k: usize, hold: u64) -> String {
     let rss_start = rss_kib();
-    let pairs: Vec<_> = (0..k).map(|_| pair(None)).collect();
+    let pairs: Vec<_> = (0..k).map(|_| pair(Knobs::default())).collect();
     // Let the client actors settle before the idle sample.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib();
@@ -417,7 +453,7 @@ async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
 fn main() {
     let (mut calls, mut every, mut cpu_secs, mut k, mut hold) =
         (100usize, 100usize, None, None, 10);
-    let mut playout_delay = None;
+    let mut knobs = Knobs::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse::<usize>().ok());
@@ -427,8 +463,11 @@ fn main() {
             "--cpu" => cpu_secs = value(),
             "--concurrent" => k = value().filter(|&k| k > 0),
             "--hold" => hold = value().unwrap_or(hold),
+            "--replay-window-s" => {
+                knobs.replay_window = value().map(|s| Duration::from_secs(s as u64));
+            }
             "--playout-delay-ms" => {
-                playout_delay = value().map(|ms| Duration::from_millis(ms as u64));
+                knobs.playout_delay = value().map(|ms| Duration::from_millis(ms as u64));
             }
             // cargo bench passes --bench; anything else is a mistake worth seeing.
             "--bench" => {}
@@ -443,7 +482,7 @@ fn main() {
     let mut json = vec!["\"impl\":\"hush\"".to_string()];
     rt.block_on(async {
         if calls > 0 {
-            json.push(sequential(calls, every, playout_delay).await);
+            json.push(sequential(calls, every, knobs).await);
         }
         if let Some(s) = cpu_secs {
             json.push(cpu(s as u64).await);

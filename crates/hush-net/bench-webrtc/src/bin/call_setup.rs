@@ -2,8 +2,8 @@
 //!
 //! Two peer connections in one process on loopback (host candidates only, no STUN/TURN). The
 //! offerer has an Opus audio track (`TrackLocalStaticSample`) that writes one 20 ms frame every
-//! 20 ms from the moment the track exists (before the offer: webrtc-rs drops what it cannot send
-//! yet, exactly as hush drops frames sent before the answer). The answerer has its own Opus track
+//! 20 ms from the start of the call, at a random phase of that 20 ms clock (webrtc-rs drops what
+//! it cannot send yet, as hush drops frames sent before the answer). The answerer has its own Opus track
 //! (audio both ways, as in a call) and reads RTP in `on_track`. The clock runs from
 //! `create_offer` on the offerer to the first RTP packet the answerer reads (SRTP-decrypted by
 //! webrtc-rs). Signaling is non-trickle, as webrtc-rs's own examples do it: each side waits for
@@ -166,22 +166,27 @@ async fn peer(
     Ok((pc, track))
 }
 
+/// A random number from std's randomly keyed hasher (no rand dependency to build).
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() as u32
 }
 
-/// Writes one 20 ms Opus frame every 20 ms until aborted; write errors (not bound yet, not
-/// connected yet) are ignored, as a microphone keeps producing frames regardless.
-fn pace(track: Arc<TrackLocalStaticSample>) -> tokio::task::JoinHandle<()> {
+/// Writes one 20 ms Opus frame every 20 ms from `start` until aborted; write errors (not bound
+/// yet, not connected yet) are ignored, as a microphone keeps producing frames regardless.
+fn pace(track: Arc<TrackLocalStaticSample>, start: Instant) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let ssrc = track.ssrcs().await.first().copied().unwrap_or_default();
         let mut frame = vec![0x55u8; 80];
         frame[0] = 0xFC; // TOC: SILK+CELT hybrid FB, 20 ms, stereo flag off, one frame.
         let data = Bytes::from(frame);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval_at(start.into(), Duration::from_millis(20));
         loop {
             tick.tick().await;
             let _ = track
@@ -213,8 +218,13 @@ async fn once(ice_check: Option<Duration>) -> Result<Phases, String> {
     let (otx, mut orx) = mpsc::unbounded_channel();
     let (atx, mut arx) = mpsc::unbounded_channel();
     let (offerer, otrack) = peer(otx, ice_check).await?;
-    let osend = pace(otrack);
     let t0 = Instant::now();
+    // The offerer's microphone starts with the call, at a random phase of its 20 ms frame clock
+    // (hush's bench does the same).
+    let osend = pace(
+        otrack,
+        t0 + Duration::from_micros(u64::from(rand_u32() % 20_000)),
+    );
     let result = async {
         let offer = offerer
             .create_offer(None)
@@ -227,7 +237,7 @@ async fn once(ice_check: Option<Duration>) -> Result<Phases, String> {
         let og = wait(&mut orx, Ev::Gathered).await?;
         let offer = offerer.local_description().await.ok_or("no offer")?;
         let (answerer, atrack) = peer(atx, ice_check).await?;
-        let asend = pace(atrack);
+        let asend = pace(atrack, Instant::now());
         let inner = async {
             answerer
                 .set_remote_description(offer)
