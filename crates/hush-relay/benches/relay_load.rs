@@ -226,6 +226,21 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Seconds the threads of process `pid` spent runnable but waiting for a CPU (Linux
+/// schedstat): how much other processes (and the two processes of the bench, which share
+/// the cores) held them back.
+fn cpu_wait_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split(' ').nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 1e9
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -697,8 +712,10 @@ async fn run(args: Args) {
     let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
     let t0 = Instant::now();
     let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
+    let wait0 = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id());
     let load_before = load_average();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let waited = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id()) - wait0;
     let delivered = stats.delivered.load(Ordering::Relaxed) - d0;
     let answered = stats.answered.load(Ordering::Relaxed) - a0;
     let errors = stats.errors.load(Ordering::Relaxed) - e0;
@@ -715,9 +732,10 @@ async fn run(args: Args) {
     );
     let per_env = |cpu: f64| cpu / delivered.max(1) as f64 * 1e6;
     println!(
-        "cpu during peak: relay {:.2} cores, generator {:.2} cores; per envelope: relay {:.1} us, generator {:.1} us => relay alone {:.0} envelopes/s per core",
+        "cpu during peak: relay {:.2} cores, generator {:.2} cores, their threads waited {:.2} s per s for a CPU; per envelope: relay {:.1} us, generator {:.1} us => relay alone {:.0} envelopes/s per core",
         relay_cpu / elapsed,
         gen_cpu / elapsed,
+        waited / elapsed,
         per_env(relay_cpu),
         per_env(gen_cpu),
         1e6 / per_env(relay_cpu)
@@ -739,9 +757,11 @@ async fn run(args: Args) {
     let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
     let t0 = Instant::now();
     let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
+    let wait0 = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id());
     let load_before = load_average();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stats.recording.store(false, Ordering::Relaxed);
+    let waited = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id()) - wait0;
     let elapsed = t0.elapsed().as_secs_f64();
     let delivered = stats.delivered.load(Ordering::Relaxed) - d0;
     let errors = stats.errors.load(Ordering::Relaxed) - e0;
@@ -751,11 +771,12 @@ async fn run(args: Args) {
     set_mode(&mode_txs, Mode::Quit);
     let (samples, [p50, p99, max]) = stats.latency.summary();
     println!(
-        "latency at half of peak ({rate:.0}/s offered in bursts of {k} every {:.1} ms per client, {:.0}/s delivered, {errors} errors, {stored} written to SQLite): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({samples} samples; sender's write -> recipient's read; cpu relay {:.2} / generator {:.2} cores; load average {load_before} -> {})",
+        "latency at half of peak ({rate:.0}/s offered in bursts of {k} every {:.1} ms per client, {:.0}/s delivered, {errors} errors, {stored} written to SQLite): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({samples} samples; sender's write -> recipient's read; cpu relay {:.2} / generator {:.2} cores, waited {:.2} s per s for a CPU; load average {load_before} -> {})",
         period.as_secs_f64() * 1000.0,
         delivered as f64 / elapsed,
         relay_cpu / elapsed,
         gen_cpu / elapsed,
+        waited / elapsed,
         load_average()
     );
     for t in tasks {
