@@ -116,9 +116,11 @@ async fn relay_only_call(turn: &Coturn, url: String, roots: Option<hush_net::Tls
     config.net = net.build().expect("ICE config");
     let (alice, bob, _network) = common::pair(config);
     let (call, answered) = connect(&alice, &bob).await;
-    let (heard_alice, heard_bob) = converse(&call, &answered, 50).await;
+    // 2 s each way. Through TURN over TCP/TLS a stalled segment delays the ones behind it, and
+    // the tests of this binary run side by side: ask for 90 % of the frames, not all.
+    let (heard_alice, heard_bob) = converse(&call, &answered, 100).await;
     assert!(
-        heard_alice.playable() >= 45 && heard_bob.playable() >= 45,
+        heard_alice.playable() >= 90 && heard_bob.playable() >= 90,
         "{url}: alice {heard_alice:?}, bob {heard_bob:?}; coturn log:\n{}",
         turn.log_text()
     );
