@@ -446,17 +446,32 @@ fn parse(frame: &[u8]) -> Event {
     event
 }
 
+/// What one client is.
+struct ClientSetup {
+    index: u32,
+    /// Envelopes per burst.
+    burst: usize,
+    /// Whether it sends in phase 2.
+    peak_sender: bool,
+    stats: Arc<Stats>,
+    /// Time origin of the send stamps.
+    base: Instant,
+}
+
 /// One client connection: sends per [`Mode`], acknowledges every delivery, counts.
 async fn client(
-    index: u32,
+    setup: ClientSetup,
     mut stream: TcpStream,
     templates: watch::Receiver<Arc<Vec<Template>>>,
     mut mode: tokio::sync::mpsc::UnboundedReceiver<Mode>,
-    burst: usize,
-    peak_sender: bool,
-    stats: Arc<Stats>,
-    base: Instant,
 ) {
+    let ClientSetup {
+        index,
+        burst,
+        peak_sender,
+        stats,
+        base,
+    } = setup;
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut acks: Vec<u64> = Vec::with_capacity(64);
@@ -687,16 +702,19 @@ async fn run(args: Args) {
     for (i, stream) in streams.into_iter().enumerate() {
         let (mode_tx, mode_rx) = tokio::sync::mpsc::unbounded_channel();
         mode_txs.push(mode_tx);
+        let setup = ClientSetup {
+            index: i as u32,
+            burst: k,
+            // Spread over the clients; each sends to a partner half the ring away.
+            peak_sender: i * senders / n != (i + 1) * senders / n,
+            stats: stats.clone(),
+            base,
+        };
         tasks.push(tokio::spawn(client(
-            i as u32,
+            setup,
             stream,
             templates_rx.clone(),
             mode_rx,
-            k,
-            // Spread over the clients; each sends to a partner half the ring away.
-            i * senders / n != (i + 1) * senders / n,
-            stats.clone(),
-            base,
         )));
     }
 
