@@ -29,13 +29,15 @@ echo "commit $(git rev-parse --short HEAD)$(git diff --quiet -- src benches crat
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 last_json() { grep '^{' | tail -n 1; }
-hush=$(cargo bench --bench call_setup -- --calls "$calls" --rss-every "$every" | tee /dev/stderr | last_json)
+# Runs a command, copies its output to stderr (the human-readable lines), prints its JSON line.
+json_of() { local out; out=$("$@"); printf '%s\n' "$out" >&2; printf '%s\n' "$out" | last_json; }
+hush=$(json_of cargo bench --bench call_setup -- --calls "$calls" --rss-every "$every")
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-hush0=$(cargo bench --bench call_setup -- --calls "$calls" --rss-every "$every" --playout-delay-ms 0 | tee /dev/stderr | last_json)
+hush0=$(json_of cargo bench --bench call_setup -- --calls "$calls" --rss-every "$every" --playout-delay-ms 0)
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-ref=$("$webrtc_target/release/call_setup" --calls "$calls" --rss-every "$every" | last_json)
+ref=$(json_of "$webrtc_target/release/call_setup" --calls "$calls" --rss-every "$every")
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-tuned=$("$webrtc_target/release/call_setup" --calls "$calls" --rss-every "$every" --ice-check-ms 20 | last_json)
+tuned=$(json_of "$webrtc_target/release/call_setup" --calls "$calls" --rss-every "$every" --ice-check-ms 20)
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%s\n' "$hush" "$hush0" "$ref" "$tuned"
 

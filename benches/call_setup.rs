@@ -26,6 +26,7 @@
 //! [--concurrent K] [--hold SECS] [--playout-delay-ms D] [--replay-window-s S]` (default
 //! `--calls 100 --rss-every 100`; `--calls 0` skips the setup series).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hush::{Call, CallEvent, Client, ClientConfig, FrameSource};
@@ -383,23 +384,34 @@ async fn concurrent(k: usize, hold: u64) -> String {
     let rss_idle = rss_kib();
     let mut calls = Vec::with_capacity(k);
     for (alice, bob, _) in &pairs {
-        calls.push(connect(alice, bob).await.expect("call connects"));
+        let (a, b, _) = connect(alice, bob).await.expect("call connects");
+        calls.push(Arc::new((a, b)));
     }
-    let talks: Vec<_> = calls
-        .iter()
-        .map(|(a, b, _)| talk(a, b, Duration::from_secs(1)))
-        .collect();
-    futures_join(talks).await;
+    // Each call talks on its own task, as each call of an app would be fed by its own audio
+    // thread; the first second (jitter buffer fill) is not measured.
+    let talk_all = |hold: Duration| {
+        let tasks: Vec<_> = calls
+            .iter()
+            .map(|c| {
+                let c = Arc::clone(c);
+                tokio::spawn(async move { talk(&c.0, &c.1, hold).await })
+            })
+            .collect();
+        async move {
+            let mut played = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                played.push(t.await.expect("talk task"));
+            }
+            played
+        }
+    };
+    talk_all(Duration::from_secs(1)).await;
     let (c0, t0) = (cpu_time(), Instant::now());
-    let talks: Vec<_> = calls
-        .iter()
-        .map(|(a, b, _)| talk(a, b, Duration::from_secs(hold)))
-        .collect();
-    let decoded = futures_join(talks).await;
+    let decoded = talk_all(Duration::from_secs(hold)).await;
     let (used, wall) = (cpu_time() - c0, t0.elapsed());
     let rss_connected = rss_kib();
-    for (a, b, _) in &calls {
-        hang_up(a, b).await.expect("hangup");
+    for c in &calls {
+        hang_up(&c.0, &c.1).await.expect("hangup");
     }
     let expected = 2 * k as u64 * (hold * 50);
     let got: u64 = decoded.iter().map(|p| p.decoded[0] + p.decoded[1]).sum();
@@ -424,30 +436,6 @@ async fn concurrent(k: usize, hold: u64) -> String {
         num(pct / k as f64),
         wall.as_secs_f64()
     )
-}
-
-/// Runs the futures concurrently on this task and returns their outputs in order.
-async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 fn main() {
