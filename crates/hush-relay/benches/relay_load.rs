@@ -728,6 +728,7 @@ async fn run(args: Args) {
         stats.errors.load(Ordering::Relaxed),
     );
     let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
+    let commits0 = scrape(relay.metrics, "hush_relay_store_commits_total").await;
     let t0 = Instant::now();
     let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
     let wait0 = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id());
@@ -741,10 +742,11 @@ async fn run(args: Args) {
     let relay_cpu = cpu_seconds(relay_pid) - relay_cpu0;
     let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
     let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
+    let commits = scrape(relay.metrics, "hush_relay_store_commits_total").await - commits0;
     let peak = delivered as f64 / elapsed;
     set_mode(&mode_txs, Mode::Idle);
     println!(
-        "peak throughput ({senders} of the {n} clients sending, closed loop, {} envelopes in flight): {peak:.0} envelopes/s end to end ({delivered} delivered and acknowledged, {answered} sends answered, {errors} errors, {stored} written to SQLite, in {elapsed:.1} s; load average {load_before} -> {})",
+        "peak throughput ({senders} of the {n} clients sending, closed loop, {} envelopes in flight): {peak:.0} envelopes/s end to end ({delivered} delivered and acknowledged, {answered} sends answered, {errors} errors, {stored} written to SQLite in {commits} commits, in {elapsed:.1} s; load average {load_before} -> {})",
         senders * k,
         load_average()
     );

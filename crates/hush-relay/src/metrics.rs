@@ -33,6 +33,8 @@ pub struct Metrics {
     pub envelopes_stored: AtomicU64,
     /// Envelopes their recipient acknowledged before they were written (never stored).
     pub envelopes_unstored: AtomicU64,
+    /// Database transactions committed (group commits).
+    pub store_commits: AtomicU64,
     /// Envelopes written to a recipient's connection.
     pub envelopes_delivered: AtomicU64,
     /// Acknowledgements received.
@@ -118,6 +120,12 @@ impl Metrics {
             "counter",
             "Envelopes written to the database.",
             g(&self.envelopes_stored),
+        );
+        metric(
+            "hush_relay_store_commits_total",
+            "counter",
+            "Database transactions committed (group commits).",
+            g(&self.store_commits),
         );
         metric(
             "hush_relay_envelopes_unstored_total",

@@ -281,6 +281,7 @@ impl Worker {
             }
             return;
         }
+        self.metrics.store_commits.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .envelopes_stored
             .fetch_add(inserted.len() as u64, Ordering::Relaxed);
