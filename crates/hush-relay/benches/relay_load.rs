@@ -6,17 +6,22 @@
 //!   3. end-to-end latency p50/p99 at half of the measured peak (open loop, paced).
 //!
 //! Run: `cargo bench -p hush-relay --bench relay_load -- [--clients 10000] [--seconds 10]
-//!       [--sync full|normal] [--in-flight 1] [--senders M] [--relay-threads N]
-//!       [--commit-delay-ms MS] [--gen-threads N]`
+//!       [--sync full|normal] [--in-flight 1] [--senders M] [--pairs] [--latency-all]
+//!       [--relay-threads N] [--commit-delay-ms MS] [--gen-threads N]`
 //!
 //! `--relay-threads` and `--commit-delay-ms` are passed to the relay (`--worker-threads`,
 //! `--commit-delay-ms`); unset, the relay's defaults apply.
 //!
-//! `--senders M`: only M of the N connected clients send during phase 2 (default: all), each to
-//! a partner half the ring away; all N stay connected, and all N send in phase 3. A closed loop
-//! over 10,000 clients keeps 10,000 × K envelopes queued in the system, so each waits
-//! (10,000 × K) / throughput — hundreds of milliseconds — which measures queueing, not the
-//! relay; fewer senders bound the envelopes in flight.
+//! `--senders M`: only M of the N connected clients send (default: all), each to a partner half
+//! the ring away (client i to i + N/2 + 1: every client sends to one device and receives from
+//! another); all N stay connected. A closed loop over 10,000 clients keeps 10,000 × K envelopes
+//! queued in the system, so each waits (10,000 × K) / throughput — hundreds of milliseconds —
+//! which measures queueing, not the relay; fewer senders bound the envelopes in flight.
+//! Phase 3 runs the same M senders, paced at half of their peak rate (the same load at half
+//! the rate); `--latency-all` paces all N clients instead (same total rate, spread thinner).
+//! `--pairs`: clients talk in pairs (0 ↔ 1, 2 ↔ 3, …, as the two devices of a call do) instead
+//! of the ring; a pair in a closed loop falls into lock-step, so a client's acknowledgement
+//! and its next send often share one write, and so do the relay's delivery and answer to it.
 //! `--in-flight K`: each client sends its envelopes in bursts of K (one write), and sends the
 //! next burst when the relay has answered all K (closed loop; in phase 3 bursts are paced).
 //! K = 1 is one envelope at a time per client; real clients send bursts (an offer followed by
@@ -52,6 +57,8 @@ struct Args {
     sync: String,
     in_flight: usize,
     senders: Option<usize>,
+    pairs: bool,
+    latency_all: bool,
     relay_threads: Option<usize>,
     commit_delay_ms: Option<u64>,
     gen_threads: usize,
@@ -64,6 +71,8 @@ fn args() -> Args {
         sync: "full".into(),
         in_flight: 1,
         senders: None,
+        pairs: false,
+        latency_all: false,
         relay_threads: None,
         commit_delay_ms: None,
         gen_threads: 1,
@@ -79,6 +88,8 @@ fn args() -> Args {
             "--commit-delay-ms" => {
                 a.commit_delay_ms = Some(val().parse().expect("--commit-delay-ms MS"))
             }
+            "--pairs" => a.pairs = true,
+            "--latency-all" => a.latency_all = true,
             "--senders" => a.senders = Some(val().parse().expect("--senders M")),
             "--relay-threads" => a.relay_threads = Some(val().parse().expect("--relay-threads N")),
             "--gen-threads" => {
@@ -453,6 +464,8 @@ struct ClientSetup {
     burst: usize,
     /// Whether it sends in phase 2.
     peak_sender: bool,
+    /// Whether it sends in phase 3.
+    paced_sender: bool,
     stats: Arc<Stats>,
     /// Time origin of the send stamps.
     base: Instant,
@@ -469,6 +482,7 @@ async fn client(
         index,
         burst,
         peak_sender,
+        paced_sender,
         stats,
         base,
     } = setup;
@@ -523,7 +537,7 @@ async fn client(
             }
             wbuf.clear();
         }
-        let paced = matches!(current, Mode::Paced(_));
+        let paced = paced_sender && matches!(current, Mode::Paced(_));
         tokio::select! {
             r = stream.read_buf(&mut rbuf) => {
                 match r {
@@ -637,8 +651,10 @@ async fn run(args: Args) {
     let n = args.clients;
     let k = args.in_flight;
     let senders = args.senders.unwrap_or(n).min(n);
+    let pairs = args.pairs;
     println!(
-        "relay_load: {n} clients, sync={}, bursts of {k} in flight per client, relay worker threads {}, generator threads {}, {} s per phase, loopback, load average {}",
+        "relay_load: {n} clients, {}, sync={}, bursts of {k} in flight per client, relay worker threads {}, generator threads {}, {} s per phase, loopback, load average {}",
+        if args.pairs { "in pairs" } else { "ring" },
         args.sync,
         args.relay_threads.map_or("default".to_string(), |t| t.to_string()),
         args.gen_threads,
@@ -682,7 +698,23 @@ async fn run(args: Args) {
         recording: AtomicBool::new(false),
         latency: Histogram::new(),
     });
-    let partner = |i: usize| ids[(i + n / 2 + 1) % n];
+    let partner = |i: usize| {
+        if pairs {
+            ids[(i ^ 1) % n]
+        } else {
+            ids[(i + n / 2 + 1) % n]
+        }
+    };
+    // Senders spread over the clients (both of a pair with `--pairs`).
+    let is_sender = |i: usize| {
+        if pairs {
+            let (p, np, sp) = (i / 2, n.div_ceil(2), senders.div_ceil(2));
+            p * sp / np != (p + 1) * sp / np
+        } else {
+            i * senders / n != (i + 1) * senders / n
+        }
+    };
+    let paced = if args.latency_all { n } else { senders };
     let make_templates = || {
         Arc::new(
             (0..n)
@@ -705,8 +737,8 @@ async fn run(args: Args) {
         let setup = ClientSetup {
             index: i as u32,
             burst: k,
-            // Spread over the clients; each sends to a partner half the ring away.
-            peak_sender: i * senders / n != (i + 1) * senders / n,
+            peak_sender: is_sender(i),
+            paced_sender: args.latency_all || is_sender(i),
             stats: stats.clone(),
             base,
         };
@@ -764,7 +796,7 @@ async fn run(args: Args) {
 
     // Phase 3: latency at half of peak, open loop: every client sends a burst every period.
     let rate = (peak / 2.0).max(1.0);
-    let period = Duration::from_secs_f64((n * k) as f64 / rate);
+    let period = Duration::from_secs_f64((paced * k) as f64 / rate);
     templates_tx.send_replace(make_templates()); // fresh timestamps
     set_mode(&mode_txs, Mode::Paced(period));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -791,7 +823,7 @@ async fn run(args: Args) {
     set_mode(&mode_txs, Mode::Quit);
     let (samples, [p50, p99, max]) = stats.latency.summary();
     println!(
-        "latency at half of peak ({rate:.0}/s offered in bursts of {k} every {:.1} ms per client, {:.0}/s delivered, {errors} errors, {stored} written to SQLite): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({samples} samples; sender's write -> recipient's read; cpu relay {:.2} / generator {:.2} cores, waited {:.2} s per s for a CPU; load average {load_before} -> {})",
+        "latency at half of peak ({rate:.0}/s offered by {paced} clients in bursts of {k} every {:.1} ms each, {:.0}/s delivered, {errors} errors, {stored} written to SQLite): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({samples} samples; sender's write -> recipient's read; cpu relay {:.2} / generator {:.2} cores, waited {:.2} s per s for a CPU; load average {load_before} -> {})",
         period.as_secs_f64() * 1000.0,
         delivered as f64 / elapsed,
         relay_cpu / elapsed,
