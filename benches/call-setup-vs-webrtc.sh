@@ -4,7 +4,7 @@
 #   benches/call-setup-vs-webrtc.sh [CALLS] [RSS_EVERY]      (defaults 100 and 100)
 #
 # hush:      benches/call_setup.rs, Client::call -> first decoded frame at the callee, twice:
-#            default 40 ms jitter-buffer playout delay, and playout delay 0 (first packet
+#            default 20 ms jitter-buffer playout delay, and playout delay 0 (first packet
 #            decrypted and decoded, the counterpart of webrtc-rs's first RTP read).
 # webrtc-rs: crates/hush-net/bench-webrtc/src/bin/call_setup.rs, create_offer -> first RTP
 #            packet read at the answerer, twice: webrtc-rs defaults (200 ms ICE check interval)
@@ -50,13 +50,13 @@ ratio() { # json-a json-b field
 }
 {
   echo -e "impl\tcalls\tfailed\tmedian_ms\tp95_ms\tmin_ms\tmax_ms\trss_first_kib\trss_last_kib"
-  row "hush (40 ms playout delay)" "$hush"
+  row "hush (20 ms playout delay)" "$hush"
   row "hush (playout delay 0)" "$hush0"
   row "webrtc-rs (defaults)" "$ref"
   row "webrtc-rs (20 ms ICE checks)" "$tuned"
 } | column -t -s $'\t'
 for h in hush hush0; do
-  label=$([ $h = hush ] && echo "hush (40 ms playout)" || echo "hush (playout 0)    ")
+  label=$([ $h = hush ] && echo "hush (20 ms playout)" || echo "hush (playout 0)    ")
   for r in ref tuned; do
     rl=$([ $r = ref ] && echo "webrtc-rs (defaults)        " || echo "webrtc-rs (20 ms ICE checks)")
     echo "$label / $rl: median $(ratio "${!h}" "${!r}" median_ms), p95 $(ratio "${!h}" "${!r}" p95_ms)"

@@ -12,8 +12,8 @@
 //! resident memory with the clients idle, then with K calls connected (audio both ways), and
 //! reports the difference per call and the CPU per call over `--hold SECS` (default 10).
 //!
-//! `--playout-delay-ms D` sets the jitter buffer's initial delay for the setup series (40 ms by
-//! default): the first frame is played that long after its packet arrived, so with 0 the
+//! `--playout-delay-ms D` sets the jitter buffer's initial delay for the setup series (20 ms, the
+//! facade's default): the first frame is played that long after its packet arrived, so with 0 the
 //! series shows first packet decrypted and decoded, the counterpart of webrtc-rs's first RTP read.
 //!
 //! `--replay-window-s S` sets the signaling replay guard's window (`SignalingConfig::max_age`,
