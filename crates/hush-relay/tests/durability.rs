@@ -307,3 +307,57 @@ async fn envelopes_acknowledged_before_commit_are_answered_and_never_stored() {
     assert_eq!(bob.queued_at_auth(), 0, "nothing was written");
     drop(relay);
 }
+
+/// A recipient that drops its connection without acknowledging an envelope it was pushed at
+/// admission, and reconnects before the envelope is written, still gets it — once — on the new
+/// connection (the store pushes it there after the commit; the new connection's backlog was
+/// loaded before it existed in the database). Either order of commit and reconnection must
+/// deliver it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_pushed_to_a_dropped_connection_reaches_the_next_one_once() {
+    let dir = TempDir::new("reconnect-before-commit");
+    let mut config = common::test_config(dir.path());
+    config.commit_delay = Duration::from_millis(500);
+    let (addr, metrics, _shutdown) = common::start_relay(config).await;
+    let (alice_key, bob_key) = (generate_device_key(), generate_device_key());
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
+
+    let mut bob = connect(Wire::Tcp, addr, &bob_key).await;
+    let alice = connect(Wire::Tcp, addr, &alice_key).await;
+    let sent = raw_envelope(alice_id, bob_id, 7);
+    let answer = {
+        let sent = sent.clone();
+        tokio::spawn(async move { alice.send_envelope(sent).await })
+    };
+    assert_eq!(next_delivery(&mut bob).await.envelope, sent, "pushed live");
+    drop(bob); // no acknowledgement
+
+    let mut bob = connect(Wire::Tcp, addr, &bob_key).await;
+    let again = next_delivery(&mut bob).await;
+    assert_eq!(again.envelope, sent, "delivered to the new connection");
+    answer
+        .await
+        .unwrap()
+        .expect("answered once committed (Bob did not acknowledge)");
+    assert_eq!(
+        metric(&scrape(metrics).await, "hush_relay_envelopes_stored_total"),
+        1
+    );
+    // Exactly once on this connection: nothing else arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), bob.recv())
+            .await
+            .is_err(),
+        "no duplicate delivery"
+    );
+    bob.ack(again.tag).await.unwrap();
+    let mut depth = u64::MAX;
+    for _ in 0..100 {
+        depth = metric(&scrape(metrics).await, "hush_relay_queue_depth");
+        if depth == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(depth, 0, "deleted after the acknowledgement");
+}
