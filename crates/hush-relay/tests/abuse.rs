@@ -506,3 +506,65 @@ async fn per_address_connection_limit_refuses_only_that_address() {
     assert!(again.is_some(), "served again after one closed");
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_of_a_device_replaces_the_first() {
+    let dir = TempDir::new("replace");
+    let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
+    let (alice, bob) = (generate_device_key(), generate_device_key());
+    let first = connect(Wire::Tcp, addr, &bob).await;
+    let mut second = connect(Wire::Tcp, addr, &bob).await;
+    // The first connection is told to close and does.
+    let mut closed = None;
+    for _ in 0..100 {
+        if let Err(e) = first.ping().await {
+            closed = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        matches!(closed, Some(Error::Closed | Error::Relay { .. })),
+        "{closed:?}"
+    );
+    // Deliveries go to the new one.
+    let sender = connect(Wire::Tcp, addr, &alice).await;
+    let sent = envelope(alice.device_id(), bob.device_id());
+    sender.send_envelope(sent.clone()).await.unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        hush_signaling::Transport::recv(&mut second),
+    )
+    .await
+    .expect("delivered in time")
+    .unwrap();
+    assert_eq!(got.envelope, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection() {
+    let dir = TempDir::new("shutdown");
+    let (addr, _, shutdown) = start_relay(test_config(dir.path())).await;
+    let clients = [
+        connect(Wire::Tcp, addr, &generate_device_key()).await,
+        connect(Wire::Ws, addr, &generate_device_key()).await,
+    ];
+    for c in &clients {
+        c.ping().await.unwrap();
+    }
+    shutdown.shutdown();
+    for c in &clients {
+        let mut result = Ok(());
+        for _ in 0..100 {
+            result = c.ping().await;
+            if result.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            matches!(result, Err(Error::Closed | Error::Relay { .. })),
+            "{result:?}"
+        );
+    }
+}
