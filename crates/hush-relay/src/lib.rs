@@ -277,7 +277,7 @@ impl Relay {
     /// Opens the database and binds the listeners.
     pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
         let metrics = Arc::new(Metrics::default());
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(metrics.clone()));
         let limits = StoreLimits {
             max_queue_per_device: config.max_queue_per_device,
             max_one_time_prekeys: config.max_one_time_prekeys,

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Connections closed for a protocol violation (malformed, oversize, unauthenticated).
     pub protocol_violations: AtomicU64,
+    /// Connections closed because they read their deliveries too slowly (their queue
+    /// overflowed; they reload it on reconnect).
+    pub slow_consumers: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
@@ -162,6 +165,12 @@ impl Metrics {
             "counter",
             "Requests rejected by the rate limit.",
             g(&self.rate_limited),
+        );
+        metric(
+            "hush_relay_slow_consumers_total",
+            "counter",
+            "Connections closed because their delivery queue overflowed.",
+            g(&self.slow_consumers),
         );
         metric(
             "hush_relay_protocol_violations_total",

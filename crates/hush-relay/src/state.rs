@@ -5,8 +5,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use hush_signaling::{DeviceId, MessageId};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
 
 /// An envelope for an online recipient: its delivery id and its encoded `Deliver` frame.
 pub(crate) struct Live {
@@ -47,9 +50,19 @@ pub(crate) struct Registry {
     online: Mutex<HashMap<DeviceId, ConnHandle>>,
     /// Set at shutdown: connections registering later are told to close at once.
     closed: AtomicBool,
+    /// Where slow consumers are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    /// An empty registry counting into `metrics`.
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     /// Registers a connection; an older connection of the same device is told to close.
     pub(crate) fn register(&self, device: DeviceId, handle: ConnHandle) {
         let mut online = lock(&self.online);
@@ -88,6 +101,7 @@ impl Registry {
             Ok(()) => Some(handle.conn_id),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 handle.kick(Kick::SlowConsumer);
+                self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 online.remove(recipient);
                 None
             }

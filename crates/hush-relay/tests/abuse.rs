@@ -568,3 +568,70 @@ async fn shutdown_closes_every_connection() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_is_cut_off_and_reloads_its_queue() {
+    let dir = TempDir::new("slow-consumer");
+    let mut config = test_config(dir.path());
+    config.delivery_buffer = 4;
+    config.rate_limit_per_sec = 100_000;
+    config.rate_limit_burst = 100_000;
+    let (addr, metrics, _shutdown) = start_relay(config).await;
+    let (alice, bob) = (generate_device_key(), generate_device_key());
+    // Bob authenticates, then never reads: the relay's socket buffers fill, then his
+    // delivery queue, and the relay cuts him off instead of buffering without bound.
+    let mut stalled = Raw::connect(addr).await;
+    stalled.authenticate(&bob).await;
+    let sender = connect(Wire::Tcp, addr, &alice).await;
+    const N: usize = 300;
+    let sent: Vec<Envelope> = (0..N)
+        .map(|_| {
+            let mut e = envelope(alice.device_id(), bob.device_id());
+            e.ciphertext = vec![0x5c; 40 * 1024];
+            e
+        })
+        .collect();
+    let answers =
+        futures_util::future::join_all(sent.iter().map(|e| sender.send_envelope(e.clone()))).await;
+    assert!(answers.iter().all(Result::is_ok));
+    assert!(
+        metric(
+            &common::scrape(metrics).await,
+            "hush_relay_slow_consumers_total"
+        ) >= 1,
+        "cut off"
+    );
+    bystander_still_served(addr, &generate_device_key()).await;
+    drop(stalled);
+
+    // Every envelope is still queued (none was acknowledged) and arrives once on reconnect.
+    let mut bob_again = None;
+    for _ in 0..100 {
+        let c = connect(Wire::Tcp, addr, &bob).await;
+        if c.queued_at_auth() == N as u64 {
+            bob_again = Some(c);
+            break;
+        }
+        // The stalled connection may not have been unregistered yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut bob_again = bob_again.expect("whole queue reloaded");
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            hush_signaling::Transport::recv(&mut bob_again),
+        )
+        .await
+        .expect("delivered in time")
+        .unwrap();
+        hush_signaling::Transport::ack(&mut bob_again, r.tag)
+            .await
+            .unwrap();
+        got.push(r.envelope.id);
+    }
+    let mut want: Vec<_> = sent.iter().map(|e| e.id).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want, "each exactly once");
+}
