@@ -61,12 +61,15 @@ impl ClientConfig {
     /// for video. The first frame is held one frame time (20 ms) before it plays, not the
     /// media engine's generic 40 ms: the jitter buffer raises its delay within the first ten
     /// packets when the path is jittery, and the callee hears the caller that much sooner.
+    /// It never keeps less than 10 ms, so that the device's own scheduling hiccups on an almost
+    /// jitter-free path (loopback, a LAN) do not make frames late.
     pub fn new(net: hush_net::Config) -> Self {
         let mut media = SessionConfig::default();
         media.cc.max_bps = AUDIO_MAX_BPS;
         media.cc.start_bps = media.cc.start_bps.min(AUDIO_MAX_BPS);
         media.cc.probing = false;
         media.jitter.initial_delay = AUDIO_INITIAL_PLAYOUT_DELAY;
+        media.jitter.min_delay = AUDIO_MIN_PLAYOUT_DELAY;
         Self {
             net,
             bind: Bind::Interfaces,
@@ -299,6 +302,11 @@ const CLIENT_EVENT_BACKLOG: usize = 32;
 
 /// How long the first audio frame of a call waits in the jitter buffer before it plays.
 const AUDIO_INITIAL_PLAYOUT_DELAY: Duration = Duration::from_millis(20);
+
+/// The least delay the jitter buffer keeps: on a path with almost no jitter (loopback, a LAN)
+/// its measured target would be a few milliseconds, and any scheduling hiccup of the device
+/// itself would make a frame late.
+const AUDIO_MIN_PLAYOUT_DELAY: Duration = Duration::from_millis(10);
 
 /// Highest bitrate an audio-only call asks for.
 const AUDIO_MAX_BPS: u64 = 200_000;
