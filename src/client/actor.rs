@@ -157,8 +157,9 @@ where
             Command::Hangup(id) => {
                 let _ = self.machine.hangup(id);
             }
-            Command::LocalCandidate(id, line) => self.trickle(id, Some(line)).await,
-            Command::LocalGatheringDone(id) => self.trickle(id, None).await,
+            Command::LocalCandidates(id, lines, complete) => {
+                self.trickle(id, lines, complete).await;
+            }
             Command::LocalRestart(id, credentials) => self.restarted(id, credentials).await,
             Command::AcceptIdentity(peer, identity, reply) => {
                 let _ = reply.send(self.accept_identity(&peer, &identity));
@@ -278,21 +279,32 @@ where
             .and_then(device_id)
     }
 
-    /// Sends one local candidate to the peer, or (`None`) the end of this generation's.
-    async fn trickle(&mut self, id: CallId, line: Option<String>) {
+    /// Sends local candidates to the peer, as few messages as the batch limit allows; the
+    /// last one says whether gathering of this generation is complete.
+    async fn trickle(&mut self, id: CallId, lines: Vec<String>, complete: bool) {
         let Some(peer) = self.peer_of(id) else {
             return;
         };
         let generation = self.current.as_ref().map_or(0, |c| c.generation);
-        let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
-            call_id: id.0,
-            generation,
-            end_of_candidates: line.is_none(),
-            candidates: line.into_iter().collect(),
-            ice: None,
-        });
-        if let Err(e) = self.signaling.send(peer, message).await {
-            warn!(error = %e, "could not send a candidate");
+        let mut chunks: Vec<Vec<String>> = lines
+            .chunks(hush_signaling::message::MAX_CANDIDATES_PER_BATCH)
+            .map(<[String]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        for (i, candidates) in chunks.into_iter().enumerate() {
+            let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
+                call_id: id.0,
+                generation,
+                candidates,
+                end_of_candidates: complete && i == last,
+                ice: None,
+            });
+            if let Err(e) = self.signaling.send(peer, message).await {
+                warn!(error = %e, "could not send candidates");
+            }
         }
     }
 

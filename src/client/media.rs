@@ -77,6 +77,13 @@ pub(crate) struct MediaTask {
     pub(crate) send_loss: f64,
 }
 
+/// Local candidates (and the end of gathering) taken from the ICE driver in one go.
+#[derive(Default)]
+struct CandidateBatch {
+    lines: Vec<String>,
+    complete: bool,
+}
+
 struct State {
     path: Option<MediaPath>,
     codec: OpusCodec,
@@ -120,7 +127,17 @@ impl MediaTask {
                     None => break,
                 },
                 ev = self.net.events.recv() => match ev {
-                    Some(ev) => self.on_net_event(&mut st, ev),
+                    Some(ev) => {
+                        // Events already queued are taken together, so that the candidates
+                        // gathered in one go (and the end of gathering) travel in one
+                        // signaling message.
+                        let mut batch = CandidateBatch::default();
+                        self.on_net_event(&mut st, ev, &mut batch);
+                        while let Ok(ev) = self.net.events.try_recv() {
+                            self.on_net_event(&mut st, ev, &mut batch);
+                        }
+                        self.flush_candidates(&mut batch);
+                    }
                     None => break,
                 },
                 c = self.commands.recv() => match c {
@@ -158,11 +175,10 @@ impl MediaTask {
         }
     }
 
-    fn on_net_event(&self, st: &mut State, ev: NetEvent) {
+    fn on_net_event(&self, st: &mut State, ev: NetEvent, batch: &mut CandidateBatch) {
         match ev {
-            NetEvent::LocalCandidate(line) => {
-                let _ = self.actor.send(Command::LocalCandidate(self.call_id, line));
-            }
+            NetEvent::LocalCandidate(line) => batch.lines.push(line),
+            NetEvent::GatheringComplete => batch.complete = true,
             NetEvent::PathSelected(info) => {
                 st.kind = Some(info.kind);
                 let _ = self.actor.send(Command::PathUp(self.call_id, info.kind));
@@ -174,12 +190,11 @@ impl MediaTask {
                 warn!(error = %e, "ICE failed");
                 let _ = self.actor.send(Command::NetFailed(self.call_id));
             }
-            NetEvent::GatheringComplete => {
-                let _ = self.actor.send(Command::LocalGatheringDone(self.call_id));
-            }
             NetEvent::Restarted { credentials } => {
                 // Our side restarted (network change, consent loss, or the peer's restart):
-                // the peer needs the new credentials before our new candidates.
+                // the peer needs the new credentials before our new candidates (and after the
+                // old generation's).
+                self.flush_candidates(batch);
                 let _ = self
                     .actor
                     .send(Command::LocalRestart(self.call_id, credentials));
@@ -187,6 +202,18 @@ impl MediaTask {
             NetEvent::ServerError(e) => warn!(error = %e, "STUN/TURN server problem"),
             other => debug!(event = ?other, "ICE event"),
         }
+    }
+
+    /// Hands the batched local candidates to the actor, to send in one message.
+    fn flush_candidates(&self, batch: &mut CandidateBatch) {
+        if batch.lines.is_empty() && !batch.complete {
+            return;
+        }
+        let lines = std::mem::take(&mut batch.lines);
+        let complete = std::mem::take(&mut batch.complete);
+        let _ = self
+            .actor
+            .send(Command::LocalCandidates(self.call_id, lines, complete));
     }
 
     async fn on_command(&self, st: &mut State, c: MediaCommand) {

@@ -283,9 +283,9 @@ pub(crate) enum Command {
     Accept(CallId, oneshot::Sender<Result<Call, Error>>),
     Reject(CallId),
     Hangup(CallId),
-    LocalCandidate(CallId, String),
+    /// Local candidates to send, and whether gathering of this generation is complete.
+    LocalCandidates(CallId, Vec<String>, bool),
     LocalRestart(CallId, IceCredentials),
-    LocalGatheringDone(CallId),
     AcceptIdentity(
         DeviceId,
         Box<hush_crypto::IdentityKey>,
