@@ -327,8 +327,17 @@ impl MediaSession {
     /// Suspected losses older than the settle time are losses: hold room for recovery.
     fn confirm_suspected_losses(&mut self, now: Instant) {
         // Reordered packets come within the jitter; a hole that outlasts four times the
-        // jitter p95 (and at least 100 ms) is loss.
-        let settle = (self.jitter.jitter_p95() * 4).max(Duration::from_millis(100));
+        // jitter p95 (and at least 100 ms) is loss. This runs for every packet: the p95 (a
+        // sort of the transit window) is computed only once the oldest hole is old enough.
+        const MIN_SETTLE: Duration = Duration::from_millis(100);
+        let oldest = match self.suspected_loss.front() {
+            Some(&(_, since)) => now.saturating_duration_since(since),
+            None => return,
+        };
+        if oldest < MIN_SETTLE {
+            return;
+        }
+        let settle = (self.jitter.jitter_p95() * 4).max(MIN_SETTLE);
         while let Some(&(_, since)) = self.suspected_loss.front() {
             if now.saturating_duration_since(since) < settle {
                 break;
