@@ -156,15 +156,7 @@ pub(crate) mod tests {
     /// A voiced, speech-like test signal: harmonics of a gliding pitch with a syllable envelope.
     pub(crate) fn speech(frames: usize, frame: usize) -> Vec<i16> {
         (0..frames * frame)
-            .map(|i| {
-                let t = i as f64 / 48_000.0;
-                let f0 = 140.0 + 30.0 * (t * 1.3).sin();
-                let env = 0.5 + 0.5 * (t * 2.0 * std::f64::consts::PI * 3.0).sin().abs();
-                let s: f64 = (1..6)
-                    .map(|h| (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin() / h as f64)
-                    .sum();
-                (s * env * 6000.0) as i16
-            })
+            .map(|i| crate::sim::call::voiced_sample(i as f64 / 48_000.0))
             .collect()
     }
 

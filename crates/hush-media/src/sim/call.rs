@@ -180,20 +180,28 @@ struct Voice {
     n: u64,
 }
 
+/// One 48 kHz sample, at `t` seconds, of a voiced speech-like signal: five harmonics of a
+/// gliding pitch under a syllable envelope (no pauses).
+pub(crate) fn voiced_sample(t: f64) -> i16 {
+    let f0 = 140.0 + 30.0 * (t * 1.3).sin();
+    let env = 0.5 + 0.5 * (t * 2.0 * std::f64::consts::PI * 3.0).sin().abs();
+    let s: f64 = (1..6)
+        .map(|h| (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin() / h as f64)
+        .sum();
+    (s * env * 6000.0) as i16
+}
+
 impl Voice {
     fn frame(&mut self, samples: usize) -> Vec<i16> {
         let out = (0..samples as u64)
             .map(|i| {
                 let t = (self.n + i) as f64 / 48_000.0;
+                // A 0.3 s pause every 2 s.
                 if t % 2.0 > 1.7 {
-                    return 0;
+                    0
+                } else {
+                    voiced_sample(t)
                 }
-                let f0 = 140.0 + 30.0 * (t * 1.3).sin();
-                let env = 0.5 + 0.5 * (t * 2.0 * std::f64::consts::PI * 3.0).sin().abs();
-                let s: f64 = (1..6)
-                    .map(|h| (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin() / h as f64)
-                    .sum();
-                (s * env * 6000.0) as i16
             })
             .collect();
         self.n += samples as u64;
