@@ -431,6 +431,18 @@ impl Connection {
         self.sessions.clear();
     }
 
+    /// The TURN session on local socket `local` with `server` over `transport`.
+    fn session_index(
+        &self,
+        local: SocketAddr,
+        server: SocketAddr,
+        transport: Transport,
+    ) -> Option<usize> {
+        self.sessions
+            .iter()
+            .position(|s| s.server == server && s.socket == local && s.transport == transport)
+    }
+
     // ----- inputs -----
 
     /// Handles a datagram received on local socket `local` from `from`.
@@ -444,11 +456,7 @@ impl Connection {
         if self.state == ConnectionState::Closed {
             return;
         }
-        if let Some(i) = self
-            .sessions
-            .iter()
-            .position(|s| s.server == from && s.socket == local && s.transport == Transport::Udp)
-        {
+        if let Some(i) = self.session_index(local, from, Transport::Udp) {
             self.sessions[i].client.handle_read(now, local, from, bytes);
         } else if self.config.policy == Policy::RelayOnly {
             tracing::trace!(%from, "direct packet dropped (relay-only)");
@@ -473,11 +481,7 @@ impl Connection {
         if self.state == ConnectionState::Closed {
             return;
         }
-        if let Some(i) = self
-            .sessions
-            .iter()
-            .position(|s| s.server == server && s.socket == local && s.transport == transport)
-        {
+        if let Some(i) = self.session_index(local, server, transport) {
             self.sessions[i]
                 .client
                 .handle_read(now, local, server, message);

@@ -362,19 +362,18 @@ impl Relay {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    if shared.metrics.connections.load(Ordering::Relaxed)
+                    let refused = if shared.metrics.connections.load(Ordering::Relaxed)
                         >= shared.config.max_connections
                     {
                         tracing::warn!(%peer, "connection limit reached; refusing");
-                        shared
-                            .metrics
-                            .connections_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                        drop(stream);
-                        continue;
-                    }
-                    if !shared.admit_ip(peer.ip()) {
+                        true
+                    } else if !shared.admit_ip(peer.ip()) {
                         tracing::debug!(%peer, "per-address connection limit reached; refusing");
+                        true
+                    } else {
+                        false
+                    };
+                    if refused {
                         shared
                             .metrics
                             .connections_refused
