@@ -1,43 +1,20 @@
 //! Fuzzes `Device::open` (sealed Signal message parsing and decryption) on a device that
 //! already has a session with the sender. Nothing may panic. The setup is deterministic
-//! (seeded RNGs) and matches `crates/hush-crypto/examples/fuzz_seeds.rs`, which writes valid
-//! sealed messages as seeds.
+//! (`hush_crypto::fuzzing`, seeded RNGs), the same that `crates/hush-crypto/examples/fuzz_seeds.rs`
+//! uses to write valid sealed messages as seeds.
 #![no_main]
 
 use std::cell::RefCell;
-use std::time::{Duration, SystemTime};
 
+use hush_crypto::fuzzing::{addr, alice_and_bob};
 use hush_crypto::rand::rngs::StdRng;
 use hush_crypto::rand::SeedableRng;
-use hush_crypto::signal::DeviceId;
-use hush_crypto::{complete_now, Device, DeviceStore, MemoryBackend, ProtocolAddress};
+use hush_crypto::{complete_now, Device, DeviceStore, MemoryBackend};
 use libfuzzer_sys::fuzz_target;
-
-fn device(seed: u64) -> Device<MemoryBackend> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let store = DeviceStore::create(MemoryBackend::new(), 1, &mut rng).expect("create");
-    Device::with_rng(store, StdRng::seed_from_u64(seed ^ 0x5eed))
-}
-
-fn addr(name: &str) -> ProtocolAddress {
-    ProtocolAddress::new(name.into(), DeviceId::new(1).expect("valid id"))
-}
 
 /// Bob's backend after Alice started a session and Bob opened her first message.
 fn bob_backend() -> MemoryBackend {
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mut alice = device(1);
-    let mut bob = device(2);
-    let bundle = bob.fresh_bundle(now).expect("bundle");
-    complete_now(alice.process_bundle(&addr("bob"), &bundle, now))
-        .expect("sync")
-        .expect("session");
-    let hello = complete_now(alice.seal(&addr("bob"), b"hello", now))
-        .expect("sync")
-        .expect("seal");
-    complete_now(bob.open(&addr("alice"), &hello))
-        .expect("sync")
-        .expect("open");
+    let (_alice, bob) = alice_and_bob();
     bob.into_store().into_backend()
 }
 

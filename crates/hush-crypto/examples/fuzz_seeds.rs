@@ -1,28 +1,16 @@
 //! Writes valid seed inputs for the hush-crypto fuzz targets.
 //!
 //! Run from the repository root: `cargo run -p hush-crypto --example fuzz_seeds -- fuzz/corpus`
-//! The device setup matches `fuzz/fuzz_targets/crypto_open.rs` (same seeds), so the sealed
-//! messages open on the fuzz target's device.
+//! The devices come from `hush_crypto::fuzzing`, as in `fuzz/fuzz_targets/crypto_open.rs`, so
+//! the sealed messages open on the fuzz target's device.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
+use hush_crypto::fuzzing::{addr, alice_and_bob, device};
 use hush_crypto::rand::rngs::StdRng;
 use hush_crypto::rand::SeedableRng;
-use hush_crypto::signal::{DeviceId, IdentityKeyPair};
-use hush_crypto::{
-    complete_now, CallKeyExchange, Device, DeviceStore, MemoryBackend, ProtocolAddress,
-};
-
-fn device(seed: u64) -> Device<MemoryBackend> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let store = DeviceStore::create(MemoryBackend::new(), 1, &mut rng).expect("create");
-    Device::with_rng(store, StdRng::seed_from_u64(seed ^ 0x5eed))
-}
-
-fn addr(name: &str) -> ProtocolAddress {
-    ProtocolAddress::new(name.into(), DeviceId::new(1).expect("valid id"))
-}
+use hush_crypto::signal::IdentityKeyPair;
+use hush_crypto::{complete_now, CallKeyExchange};
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
     let d = dir.join(target);
@@ -35,7 +23,7 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "fuzz/corpus".into());
     let out = Path::new(&out);
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let now = hush_crypto::fuzzing::now();
 
     // Offer and answer.
     let mut rng = StdRng::seed_from_u64(1);
@@ -73,18 +61,7 @@ fn main() {
     });
 
     // Sealed messages from Alice to Bob, as the crypto_open target's Bob sees them.
-    let mut alice = device(1);
-    let mut bob = device(2);
-    let bundle = bob.fresh_bundle(now).expect("bundle");
-    complete_now(alice.process_bundle(&addr("bob"), &bundle, now))
-        .expect("sync")
-        .expect("session");
-    let hello = complete_now(alice.seal(&addr("bob"), b"hello", now))
-        .expect("sync")
-        .expect("seal");
-    complete_now(bob.open(&addr("alice"), &hello))
-        .expect("sync")
-        .expect("open");
+    let (mut alice, mut bob) = alice_and_bob();
     let prekey = complete_now(alice.seal(&addr("bob"), b"second", now))
         .expect("sync")
         .expect("seal");

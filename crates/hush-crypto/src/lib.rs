@@ -8,6 +8,8 @@ mod bundle;
 mod call;
 mod device;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod store;
 mod suite;
 mod wire;
