@@ -286,24 +286,27 @@ where
             return;
         };
         let generation = self.current.as_ref().map_or(0, |c| c.generation);
-        let mut chunks: Vec<Vec<String>> = lines
-            .chunks(hush_signaling::message::MAX_CANDIDATES_PER_BATCH)
-            .map(<[String]>::to_vec)
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        let last = chunks.len() - 1;
-        for (i, candidates) in chunks.into_iter().enumerate() {
+        let mut rest = lines;
+        loop {
+            // The first batch-limit's worth goes now (moved, not copied); the rest after it.
+            let tail = rest.split_off(
+                rest.len()
+                    .min(hush_signaling::message::MAX_CANDIDATES_PER_BATCH),
+            );
+            let candidates = std::mem::replace(&mut rest, tail);
+            let last = rest.is_empty();
             let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
                 call_id: id.0,
                 generation,
                 candidates,
-                end_of_candidates: complete && i == last,
+                end_of_candidates: complete && last,
                 ice: None,
             });
             if let Err(e) = self.signaling.send(peer, message).await {
                 warn!(error = %e, "could not send candidates");
+            }
+            if last {
+                break;
             }
         }
     }
