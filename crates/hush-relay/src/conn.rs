@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::io::{self, Reader, Writer};
-use crate::state::{ConnHandle, Kick, Live, RecentIds, Refused};
+use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
 use crate::store::{InsertDone, Op, StoreError};
 use crate::Shared;
 
@@ -206,7 +206,8 @@ struct Conn {
     conn_id: u64,
     writer: Writer,
     bucket: Bucket,
-    recent: RecentIds,
+    /// This device's replay cache, shared with its other connections.
+    recent: Arc<Mutex<RecentIds>>,
     done_tx: mpsc::UnboundedSender<InsertDone>,
     done_rx: mpsc::UnboundedReceiver<InsertDone>,
 }
@@ -215,7 +216,7 @@ impl Conn {
     fn new(shared: Arc<Shared>, device: DeviceId, writer: Writer) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let recent = shared.parked.take(&device);
+        let recent = shared.replay_caches.of(&device);
         let rate = f64::from(shared.config.rate_limit_per_sec);
         let burst = f64::from(shared.config.rate_limit_burst.max(1));
         Self {
@@ -334,10 +335,11 @@ impl Conn {
     async fn finish(mut self) {
         self.shared.registry.unregister(&self.device, self.conn_id);
         let max_age = self.shared.config.max_envelope_age.as_millis() as u64;
-        let recent = std::mem::take(&mut self.recent);
-        self.shared
-            .parked
-            .park(self.device, recent, now_ms(), max_age);
+        let device = self.device;
+        let shared = self.shared.clone();
+        // Our handle on the cache goes before the release, so that it can see it unused.
+        self.recent = Arc::default();
+        shared.replay_caches.release(&device, now_ms(), max_age);
         self.writer.close().await;
     }
 
@@ -521,7 +523,7 @@ impl Conn {
                 .await;
         }
         let cfg = &self.shared.config;
-        let refused = self.recent.check(
+        let refused = lock(&self.recent).check(
             envelope.id,
             envelope.timestamp_ms,
             now_ms(),

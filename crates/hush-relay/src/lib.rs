@@ -55,7 +55,7 @@ pub use metrics::Metrics;
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;
 
-use state::{ParkedRecent, Registry};
+use state::{Registry, ReplayCaches};
 use store::{Op, StoreLimits};
 
 /// How hard SQLite works to make a commit durable.
@@ -208,7 +208,7 @@ pub(crate) struct Shared {
     pub(crate) store: mpsc::Sender<Op>,
     pub(crate) pending: Arc<pending::Pending>,
     pub(crate) registry: Arc<Registry>,
-    pub(crate) parked: ParkedRecent,
+    pub(crate) replay_caches: ReplayCaches,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -309,7 +309,7 @@ impl Relay {
                 store,
                 pending,
                 registry,
-                parked: ParkedRecent::default(),
+                replay_caches: ReplayCaches::default(),
                 metrics,
                 next_conn_id: AtomicU64::new(1),
                 shutdown,

@@ -190,25 +190,33 @@ impl RecentIds {
     }
 }
 
-/// Replay caches of devices that are offline, kept until they age out.
+/// Each sender device's replay cache, shared by all its connections and kept after they end
+/// until its ids age out. Shared rather than handed from one connection to the next: a device
+/// that reconnects is served by its new connection while the old one may still be closing, and
+/// both must refuse the same replays.
 #[derive(Default)]
-pub(crate) struct ParkedRecent {
-    parked: Mutex<HashMap<DeviceId, RecentIds>>,
+pub(crate) struct ReplayCaches {
+    caches: Mutex<HashMap<DeviceId, Arc<Mutex<RecentIds>>>>,
 }
 
-impl ParkedRecent {
-    pub(crate) fn take(&self, device: &DeviceId) -> RecentIds {
-        lock(&self.parked).remove(device).unwrap_or_default()
+impl ReplayCaches {
+    /// The replay cache of `device` (created empty if it has none).
+    pub(crate) fn of(&self, device: &DeviceId) -> Arc<Mutex<RecentIds>> {
+        lock(&self.caches).entry(*device).or_default().clone()
     }
 
-    pub(crate) fn park(&self, device: DeviceId, recent: RecentIds, now_ms: u64, max_age_ms: u64) {
-        let mut parked = lock(&self.parked);
-        if !recent.is_expired(now_ms, max_age_ms) {
-            parked.insert(device, recent);
+    /// A connection of `device` ended: forget caches that no connection holds and whose ids
+    /// all aged out (amortised over the map).
+    pub(crate) fn release(&self, device: &DeviceId, now_ms: u64, max_age_ms: u64) {
+        let mut caches = lock(&self.caches);
+        let unused_and_expired = |c: &Arc<Mutex<RecentIds>>| {
+            Arc::strong_count(c) == 1 && lock(c).is_expired(now_ms, max_age_ms)
+        };
+        if caches.get(device).is_some_and(unused_and_expired) {
+            caches.remove(device);
         }
-        // Amortised cleanup: drop caches that aged out.
-        if parked.len() > 1024 && parked.len().is_power_of_two() {
-            parked.retain(|_, r| !r.is_expired(now_ms, max_age_ms));
+        if caches.len() > 1024 && caches.len().is_power_of_two() {
+            caches.retain(|_, c| !unused_and_expired(c));
         }
     }
 }
@@ -216,6 +224,36 @@ impl ParkedRecent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_of_one_device_share_its_replay_cache() {
+        let caches = ReplayCaches::default();
+        let device = DeviceId::from_bytes([7; 32]);
+        let now = 1_000_000;
+        let old_conn = caches.of(&device);
+        // The new connection is served before the old one has finished closing.
+        let new_conn = caches.of(&device);
+        assert_eq!(
+            lock(&old_conn).check([1; 16], now, now, 1000, 500, 8),
+            Ok(())
+        );
+        assert_eq!(
+            lock(&new_conn).check([1; 16], now, now, 1000, 500, 8),
+            Err(Refused::Duplicate)
+        );
+        // Kept after both connections ended, until its ids age out.
+        drop((old_conn, new_conn));
+        caches.release(&device, now, 1000);
+        assert_eq!(
+            lock(&caches.of(&device)).check([1; 16], now, now, 1000, 500, 8),
+            Err(Refused::Duplicate)
+        );
+        caches.release(&device, now + 2000, 1000);
+        assert_eq!(
+            lock(&caches.of(&device)).check([1; 16], now + 2000, now + 2000, 1000, 500, 8),
+            Ok(())
+        );
+    }
 
     #[test]
     fn recent_ids_refuse_replays_and_stale() {
