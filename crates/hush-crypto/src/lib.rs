@@ -35,7 +35,7 @@ pub use error::{Error, Result, StoreError};
 pub use libsignal_protocol::{IdentityKey, ProtocolAddress};
 #[cfg(feature = "sqlite")]
 pub use store::SqliteBackend;
-pub use store::{Backend, DeviceStore, MemoryBackend, StoreHandle, Table};
+pub use store::{Backend, DeviceStore, MemoryBackend, PeerPin, StoreHandle, Table};
 pub use suite::{master_key_len, suite_code, suite_from_code, Suite, MASTER_SALT_LEN};
 
 /// Polls `fut` once and returns its output if it completed.

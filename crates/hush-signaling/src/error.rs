@@ -2,6 +2,10 @@
 
 use crate::proto::relay::ErrorCode;
 
+/// A sealer's own error, kept as the typed source of [`Error::Seal`] and [`Error::Open`]
+/// (downcast it to the sealer's error type to inspect it).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in hush-signaling.
 ///
 /// Variants are grouped by who is to blame: malformed input from the network, a peer or relay
@@ -49,12 +53,14 @@ pub enum Error {
     /// The envelope is addressed to another device.
     #[error("envelope addressed to another device")]
     WrongRecipient,
-    /// Sealing a message failed (no session with the peer, store failure...).
+    /// Sealing a message failed (no session with the peer, store failure...). The sealer's own
+    /// error is the source (with the `crypto` feature, a `hush_crypto::Error`).
     #[error("sealing failed: {0}")]
-    Seal(String),
-    /// Opening a sealed message failed (bad ciphertext, duplicate, no session...).
+    Seal(#[source] BoxError),
+    /// Opening a sealed message failed (bad ciphertext, duplicate, no session...). The
+    /// sealer's own error is the source.
     #[error("opening failed: {0}")]
-    Open(String),
+    Open(#[source] BoxError),
     /// The sender presented a Signal identity key other than the one on record for it (its
     /// safety number changed: a reinstall, or someone else using its address). Nothing it
     /// sends is opened until the app has the user verify and accept the new identity.
