@@ -9,6 +9,8 @@
 //! prekeys). Both complete every operation synchronously, so the async libsignal futures built
 //! on them are ready on their first poll (see [`crate::complete_now`]).
 
+#[cfg(feature = "sqlite")]
+mod cipher;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -24,6 +26,8 @@ use libsignal_protocol::{
 };
 use zeroize::Zeroizing;
 
+#[cfg(feature = "sqlite")]
+pub use cipher::StoreKey;
 pub use memory::MemoryBackend;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteBackend;
