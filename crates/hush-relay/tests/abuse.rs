@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{connect, metric, start_relay, test_config, try_connect, TempDir, ToySealer, Wire};
+use common::{
+    connect, metric, registered_key, start_relay, test_config, try_connect, TempDir, ToySealer,
+    Wire,
+};
 use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
@@ -109,7 +112,7 @@ impl Raw {
 async fn bystander_still_served(addr: std::net::SocketAddr, key: &dyn DeviceSigner) {
     let client = connect(Wire::Tcp, addr, key).await;
     client.ping().await.expect("relay still serves others");
-    let peer = generate_device_key().device_id();
+    let peer = registered_key(addr).await.device_id();
     client
         .send_envelope(envelope(key.device_id(), peer))
         .await
@@ -178,7 +181,7 @@ async fn forged_sender_is_refused_and_connection_survives() {
     let dir = TempDir::new("forged");
     let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
     let alice = generate_device_key();
-    let bob = generate_device_key();
+    let bob = registered_key(addr).await;
     let mallory = generate_device_key();
     let mallory_conn = connect(Wire::Tcp, addr, &mallory).await;
     let mut bob_conn = connect(Wire::Tcp, addr, &bob).await;
@@ -211,7 +214,7 @@ async fn replayed_and_stale_envelopes_are_refused() {
     let dir = TempDir::new("replay");
     let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
     let alice = generate_device_key();
-    let bob = generate_device_key().device_id();
+    let bob = registered_key(addr).await.device_id();
     let conn = connect(Wire::Tcp, addr, &alice).await;
     let e = envelope(alice.device_id(), bob);
     conn.send_envelope(e.clone()).await.unwrap();
@@ -355,7 +358,7 @@ async fn rate_limit_and_queue_bound_answer_with_errors() {
     config.max_queue_per_device = 3;
     let (addr, _, _shutdown) = start_relay(config).await;
     let alice = generate_device_key();
-    let bob = generate_device_key().device_id();
+    let bob = registered_key(addr).await.device_id();
     let conn = connect(Wire::Tcp, addr, &alice).await;
     let mut codes = Vec::new();
     for _ in 0..8 {
@@ -511,7 +514,7 @@ async fn per_address_connection_limit_refuses_only_that_address() {
 async fn a_second_connection_of_a_device_replaces_the_first() {
     let dir = TempDir::new("replace");
     let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
-    let (alice, bob) = (generate_device_key(), generate_device_key());
+    let (alice, bob) = (generate_device_key(), registered_key(addr).await);
     let first = connect(Wire::Tcp, addr, &bob).await;
     let mut second = connect(Wire::Tcp, addr, &bob).await;
     // The first connection is told to close and does.
@@ -576,8 +579,10 @@ async fn a_device_that_stops_reading_is_cut_off_and_reloads_its_queue() {
     config.delivery_buffer = 4;
     config.rate_limit_per_sec = 100_000;
     config.rate_limit_burst = 100_000;
+    // One sender fills Bob's queue here: lift the per-sender quota.
+    config.max_queue_per_sender = 1000;
     let (addr, metrics, _shutdown) = start_relay(config).await;
-    let (alice, bob) = (generate_device_key(), generate_device_key());
+    let (alice, bob) = (generate_device_key(), registered_key(addr).await);
     // Bob authenticates, then never reads: the relay's socket buffers fill, then his
     // delivery queue, and the relay cuts him off instead of buffering without bound.
     let mut stalled = Raw::connect(addr).await;
