@@ -224,7 +224,7 @@ enum End {
     Kicked(Kick),
     Violation(ErrorCode),
     WriteFailed,
-    /// A write made no progress within the write timeout (the client stopped reading).
+    /// A write did not complete within the write timeout (the client stopped reading).
     WriteTimedOut,
     /// No frame from the client within the idle timeout.
     Idle,

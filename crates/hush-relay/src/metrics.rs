@@ -56,7 +56,7 @@ pub struct Metrics {
     pub unknown_recipients: AtomicU64,
     /// Sends refused because the sender used up its quota for that recipient.
     pub sender_quota_refusals: AtomicU64,
-    /// Connections closed because a write made no progress within `write_timeout`.
+    /// Connections closed because a write did not complete within `write_timeout`.
     pub write_timeouts: AtomicU64,
     /// Authenticated connections closed after `idle_timeout` without a frame from the client.
     pub idle_timeouts: AtomicU64,
@@ -214,7 +214,7 @@ impl Metrics {
         metric(
             "hush_relay_write_timeouts_total",
             "counter",
-            "Connections closed because a write made no progress in time.",
+            "Connections closed because a write did not complete in time.",
             g(&self.write_timeouts),
         );
         metric(

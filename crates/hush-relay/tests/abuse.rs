@@ -9,6 +9,8 @@ use common::{
     connect, metric, registered_key, start_relay, test_config, try_connect, TempDir, ToySealer,
     Wire,
 };
+use hush_crypto::{Backend, Device, DeviceStore, MemoryBackend, Table};
+use hush_signaling::crypto::SignalSealer;
 use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
@@ -1042,12 +1044,40 @@ async fn uploaded_bundles_are_verified_and_must_be_the_uploaders() {
         upload_code(&bob_conn, b"bob-bundle".to_vec(), vec![]).await,
         ErrorCode::InvalidBundle
     );
+    // One-time items from a second identity that holds Bob's ed25519 key (his key moved into
+    // another device store): each verifies on its own, but not as Bob's with his base bundle.
+    let mut backend = DeviceStore::create(MemoryBackend::new(), 1, &mut rand::rng())
+        .unwrap()
+        .into_backend();
+    backend
+        .put(
+            Table::Meta,
+            b"ed25519_seed",
+            bob.signer().to_seed().as_ref(),
+        )
+        .unwrap();
+    let mut twin = SignalSealer::new(Device::new(DeviceStore::open(backend).unwrap().unwrap()));
+    assert_eq!(
+        twin.device_id(),
+        bob.device_id(),
+        "the twin holds Bob's key"
+    );
+    let twin_material = twin.publish(1, 1).unwrap();
+    assert_eq!(
+        upload_code(
+            &bob_conn,
+            bob_material.bundle.clone(),
+            twin_material.one_time_prekeys
+        )
+        .await,
+        ErrorCode::InvalidBundle
+    );
     assert_eq!(
         metric(
             &common::scrape(metrics).await,
             "hush_relay_invalid_bundles_total"
         ),
-        4
+        5
     );
     // Nothing of it was stored: Bob has no bundle yet.
     let err = mallory_conn
