@@ -27,6 +27,10 @@
 //! K = 1 is one envelope at a time per client; real clients send bursts (an offer followed by
 //! trickled ICE candidates, answers to several devices).
 //!
+//! The relay delivers only to devices that published a prekey bundle, so each client is a
+//! hush-crypto device that uploads its (verified) base bundle after connecting; the bundles
+//! are made before phase 1 and uploaded after it, outside every measured phase.
+//!
 //! The clients are a lean load generator, not [`hush_signaling::transport::RelayClient`]: one
 //! task per connection that writes pre-encoded frames (only the id and send time are patched
 //! per envelope), reads whole buffers of frames, walks the few protobuf fields it needs without
@@ -40,7 +44,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use hush_crypto::{Device, DeviceSigningKey, DeviceStore, MemoryBackend};
+use hush_signaling::device::{sign_challenge, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
 };
@@ -138,6 +143,8 @@ fn start_relay(db: &std::path::Path, args: &Args) -> Relay {
         "1000000",
         "--max-queue",
         "100000",
+        "--max-queue-per-sender",
+        "100000",
     ])
     .args(["--max-connections", &(args.clients + 100).to_string()]);
     if let Some(n) = args.relay_threads {
@@ -218,6 +225,41 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStre
         panic!("authentication refused");
     };
     stream
+}
+
+/// A fresh device: its key and its encoded base bundle (no one-time prekeys).
+fn device_with_bundle() -> (DeviceSigningKey, Vec<u8>) {
+    let store = DeviceStore::create(MemoryBackend::new(), 1, &mut rand::rng()).unwrap();
+    let mut device = Device::new(store);
+    let bundle = device
+        .prepare_upload(0, 0, SystemTime::now())
+        .unwrap()
+        .take_bundle()
+        .encode()
+        .unwrap();
+    (device.signing_key().clone(), bundle)
+}
+
+/// Publishes `bundle` on an authenticated connection and waits for the relay's answer.
+async fn upload_bundle(stream: &mut TcpStream, bundle: Vec<u8>) {
+    let upload = encode_client_frame(client_frame::Frame::UploadPrekeys(pb::UploadPrekeys {
+        request_id: 1,
+        bundle,
+        one_time_prekeys: Vec::new(),
+        replace_one_time_prekeys: false,
+    }));
+    stream
+        .write_all(&length_prefixed(&upload).unwrap())
+        .await
+        .unwrap();
+    let frame = read_frame(stream, 1 << 16).await.unwrap().unwrap();
+    let Ok(server_frame::Frame::Response(pb::Response {
+        result: Some(pb::response::Result::Done(_)),
+        ..
+    })) = decode_server_frame(&frame)
+    else {
+        panic!("bundle upload refused");
+    };
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (Linux /proc; 100 ticks/s).
@@ -662,9 +704,21 @@ async fn run(args: Args) {
         load_average()
     );
 
-    // Phase 1: connect and authenticate everyone.
-    let keys: Vec<_> = (0..n).map(|_| Arc::new(generate_device_key())).collect();
+    // Devices and their bundles (not timed).
+    let made = Instant::now();
+    let (keys, mut bundles): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| {
+            let (key, bundle) = device_with_bundle();
+            (Arc::new(key), Some(bundle))
+        })
+        .unzip();
+    println!(
+        "devices: {n} identities and bundles made in {:.2} s",
+        made.elapsed().as_secs_f64()
+    );
     let ids: Vec<DeviceId> = keys.iter().map(|k| k.device_id()).collect();
+
+    // Phase 1: connect and authenticate everyone.
     let start = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let mut handles = Vec::with_capacity(n);
@@ -688,6 +742,26 @@ async fn run(args: Args) {
     assert_eq!(
         authenticated as usize, n,
         "every client holds an authenticated connection"
+    );
+    // Every client publishes its bundle (not timed): the relay delivers only to devices that
+    // did.
+    let uploaded = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for (mut stream, bundle) in streams.into_iter().zip(bundles.iter_mut()) {
+        let (sem, bundle) = (sem.clone(), bundle.take().unwrap_or_default());
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.unwrap();
+            upload_bundle(&mut stream, bundle).await;
+            stream
+        }));
+    }
+    let mut streams = Vec::with_capacity(n);
+    for h in handles {
+        streams.push(h.await.unwrap());
+    }
+    println!(
+        "bundles: {n} uploaded in {:.2} s",
+        uploaded.elapsed().as_secs_f64()
     );
 
     let base = Instant::now();

@@ -67,9 +67,16 @@ async fn framed_and_websocket_clients_over_tls() {
     let trusted = connector(&cert);
 
     let alice = generate_device_key();
-    let bob = generate_device_key();
+    let mut bob_sealer = common::new_sealer(1);
+    let bob = bob_sealer.signer().clone();
     let alice_conn = tls_client(addr, &trusted, &alice, false).await.unwrap();
     let mut bob_conn = tls_client(addr, &trusted, &bob, true).await.unwrap();
+    // Bob publishes his bundle: the relay accepts envelopes only for devices that did.
+    let material = bob_sealer.publish(0, 0).unwrap();
+    bob_conn
+        .upload_prekeys(material.bundle, material.one_time_prekeys, false)
+        .await
+        .unwrap();
     alice_conn.ping().await.unwrap();
     let envelope = Envelope {
         id: rand::random(),
