@@ -40,9 +40,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
-    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+    decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame};
 use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
@@ -50,6 +51,7 @@ use hush_signaling::{CiphertextKind, DeviceId, DeviceSigner, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio_util::codec::Framed;
 
 struct Args {
     clients: usize,
@@ -199,7 +201,8 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStre
     let mut stream = socket.connect(relay).await.unwrap();
     stream.set_nodelay(true).unwrap();
     stream.write_all(&TCP_PREAMBLE).await.unwrap();
-    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let mut frames = Framed::new(stream, RelayFrameCodec::new(1 << 16));
+    let frame = frames.next().await.unwrap().unwrap();
     let Ok(server_frame::Frame::Challenge(c)) = decode_server_frame(&frame) else {
         panic!("expected a challenge");
     };
@@ -209,15 +212,19 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStre
         device_key: key.device_id().as_bytes().to_vec(),
         signature: sign_challenge(key, &nonce).to_vec(),
     }));
-    stream
+    frames
+        .get_mut()
         .write_all(&length_prefixed(&auth).unwrap())
         .await
         .unwrap();
-    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let frame = frames.next().await.unwrap().unwrap();
     let Ok(server_frame::Frame::AuthOk(_)) = decode_server_frame(&frame) else {
         panic!("authentication refused");
     };
-    stream
+    // A fresh device has no backlog: nothing follows AuthOk until the clients send.
+    let parts = frames.into_parts();
+    assert!(parts.read_buf.is_empty(), "frames after AuthOk");
+    parts.io
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (Linux /proc; 100 ticks/s).

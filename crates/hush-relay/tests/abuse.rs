@@ -6,9 +6,10 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{connect, metric, start_relay, test_config, try_connect, TempDir, ToySealer, Wire};
+use futures_util::StreamExt;
 use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
-    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+    decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
 use hush_signaling::{
@@ -17,6 +18,7 @@ use hush_signaling::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, FramedRead};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -45,19 +47,22 @@ fn relay_code(e: &Error) -> ErrorCode {
 
 /// A hand-driven TCP client for sending what RelayClient never would.
 struct Raw {
-    stream: TcpStream,
+    /// Reads with the relay frame decoder; writes go straight to the socket.
+    stream: Framed<TcpStream, RelayFrameCodec>,
 }
 
 impl Raw {
     async fn connect(addr: std::net::SocketAddr) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&TCP_PREAMBLE).await.unwrap();
-        Self { stream }
+        Self {
+            stream: Framed::new(stream, RelayFrameCodec::new(1 << 20)),
+        }
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) {
         // The relay may already have closed; a failed write is fine for these tests.
-        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.get_mut().write_all(bytes).await;
     }
 
     async fn send(&mut self, frame: client_frame::Frame) {
@@ -66,13 +71,10 @@ impl Raw {
     }
 
     async fn recv(&mut self) -> Option<server_frame::Frame> {
-        let frame = tokio::time::timeout(
-            Duration::from_secs(5),
-            read_frame(&mut self.stream, 1 << 20),
-        )
-        .await
-        .expect("relay answers in time")
-        .ok()??;
+        let frame = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+            .await
+            .expect("relay answers in time")?
+            .ok()?;
         Some(decode_server_frame(&frame).unwrap())
     }
 
@@ -410,7 +412,7 @@ async fn idle_and_trickling_unauthenticated_connections_are_closed() {
     ));
     let trickle = async {
         for b in [0u8, 0, 1, 0].into_iter().chain(std::iter::repeat(0x0a)) {
-            if trickler.stream.write_all(&[b]).await.is_err() {
+            if trickler.stream.get_mut().write_all(&[b]).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -456,10 +458,13 @@ async fn connect_from(source: [u8; 4], addr: std::net::SocketAddr) -> TcpStream 
 async fn served_from(source: [u8; 4], addr: std::net::SocketAddr) -> Option<TcpStream> {
     let mut stream = connect_from(source, addr).await;
     stream.write_all(&TCP_PREAMBLE).await.ok()?;
-    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream, 1 << 16))
+    // Only the challenge comes before the client answers: nothing is read past it.
+    let mut frames = FramedRead::new(&mut stream, RelayFrameCodec::new(1 << 16));
+    let frame = tokio::time::timeout(Duration::from_secs(5), frames.next())
         .await
-        .expect("relay answers or closes in time")
-        .ok()??;
+        .expect("relay answers or closes in time")?
+        .ok()?;
+    drop(frames);
     matches!(
         decode_server_frame(&frame),
         Ok(server_frame::Frame::Challenge(_))

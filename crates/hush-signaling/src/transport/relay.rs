@@ -17,11 +17,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::codec::FramedRead;
 
 use super::{DeliveryTag, Received, Transport};
 use crate::device::{sign_challenge, DeviceId, DeviceSigner, AUTH_NONCE_LEN};
 use crate::envelope::Envelope;
-use crate::frame::{self, decode_server_frame, encode_client_frame, DEFAULT_MAX_FRAME_LEN};
+use crate::frame::{
+    self, decode_server_frame, encode_client_frame, RelayFrameCodec, DEFAULT_MAX_FRAME_LEN,
+};
 use crate::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
 use crate::Error;
 
@@ -237,15 +240,14 @@ impl RelayClient {
         });
         let max = config.max_frame_len;
         let reader = move |dispatch: Dispatcher| async move {
-            let mut read = tokio::io::BufReader::with_capacity(16 * 1024, read);
-            loop {
-                match frame::read_frame(&mut read, max).await {
-                    Ok(Some(bytes)) => {
+            let mut frames = FramedRead::with_capacity(read, RelayFrameCodec::new(max), 16 * 1024);
+            while let Some(frame) = frames.next().await {
+                match frame {
+                    Ok(bytes) => {
                         if !dispatch.handle(&bytes).await {
                             break;
                         }
                     }
-                    Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "relay connection read failed");
                         break;
