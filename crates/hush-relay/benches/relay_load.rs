@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use hush_signaling::device::{generate_device_key, sign_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
@@ -207,10 +207,13 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStre
         panic!("expected a challenge");
     };
     let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.as_slice().try_into().unwrap();
+    // Plaintext loopback: the answer is bound to the relay's key.
+    let binding = ChannelBinding::RelayKey(c.relay_key.as_slice().try_into().unwrap());
     let auth = encode_client_frame(client_frame::Frame::Auth(pb::AuthResponse {
         version: RELAY_PROTOCOL_VERSION,
         device_key: key.device_id().as_bytes().to_vec(),
-        signature: sign_challenge(key, &nonce).to_vec(),
+        signature: sign_challenge(key, &nonce, &binding).to_vec(),
+        binding_type: binding.binding_type() as i32,
     }));
     frames
         .get_mut()

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hush_signaling::device::ChannelBinding;
 use hush_signaling::frame::{check_preamble, write_frame, RelayFrameCodec, TCP_PREAMBLE};
 use hush_signaling::transport::ws_config;
 use hush_signaling::Error;
@@ -142,16 +143,19 @@ pub(crate) type Tls = tokio_rustls::TlsAcceptor;
 pub(crate) type Tls = std::convert::Infallible;
 
 /// Runs the TLS handshake if configured, sniffs the protocol, runs the WebSocket handshake if
-/// needed.
+/// needed. Also returns the connection's TLS channel binding (RFC 9266 `tls-exporter`) when
+/// the relay terminates TLS, `None` on plaintext.
 pub(crate) async fn accept(
     stream: TcpStream,
     max_frame_len: usize,
     tls: Option<&Tls>,
-) -> Result<(Writer, Reader), Error> {
+) -> Result<(Writer, Reader, Option<ChannelBinding>), Error> {
     #[cfg(feature = "tls")]
     if let Some(acceptor) = tls {
         let stream = acceptor.accept(stream).await?;
-        return accept_stream(stream, max_frame_len).await;
+        let exporter = hush_signaling::transport::tls_exporter(stream.get_ref().1)?;
+        let (writer, reader) = accept_stream(stream, max_frame_len).await?;
+        return Ok((writer, reader, Some(ChannelBinding::TlsExporter(exporter))));
     }
     #[cfg(not(feature = "tls"))]
     if let Some(never) = tls {
@@ -163,7 +167,8 @@ pub(crate) async fn accept(
         return Err(Error::Closed);
     }
     if first[0] == b'G' {
-        return websocket(stream, max_frame_len).await;
+        let (writer, reader) = websocket(stream, max_frame_len).await?;
+        return Ok((writer, reader, None));
     }
     let mut stream = stream;
     let mut preamble = [0u8; TCP_PREAMBLE.len()];
@@ -173,6 +178,7 @@ pub(crate) async fn accept(
     Ok((
         Writer::Tcp(BufWriter::with_capacity(16 * 1024, Box::new(write))),
         Reader::framed(Box::new(read), max_frame_len),
+        None,
     ))
 }
 

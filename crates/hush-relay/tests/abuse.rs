@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{connect, metric, start_relay, test_config, try_connect, TempDir, ToySealer, Wire};
 use futures_util::StreamExt;
-use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use hush_signaling::device::{generate_device_key, sign_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
+use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
 use hush_signaling::{
     CallMessage, CiphertextKind, DeviceId, DeviceSigner, Envelope, Error, MemoryNetwork,
     SignalingClient, SignalingEvent,
@@ -94,10 +95,12 @@ impl Raw {
             panic!("challenge")
         };
         let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.try_into().unwrap();
+        let binding = ChannelBinding::RelayKey(c.relay_key.try_into().unwrap());
         self.send(client_frame::Frame::Auth(pb::AuthResponse {
-            version: 1,
+            version: RELAY_PROTOCOL_VERSION,
             device_key: key.device_id().as_bytes().to_vec(),
-            signature: sign_challenge(key, &nonce).to_vec(),
+            signature: sign_challenge(key, &nonce, &binding).to_vec(),
+            binding_type: binding.binding_type() as i32,
         }))
         .await;
         assert!(matches!(
