@@ -347,10 +347,16 @@ async fn stalled_readers(seconds: u64) {
         // Authenticates with a raw socket, then never reads from it again.
         let mut stream = TcpStream::connect(relay.addr).await.unwrap();
         stream.write_all(&TCP_PREAMBLE).await.unwrap();
-        let frame = hush_signaling::frame::read_frame(&mut stream, 1 << 16)
+        // Only the challenge comes before the client answers: nothing is read past it.
+        let mut frames = tokio_util::codec::FramedRead::new(
+            &mut stream,
+            hush_signaling::frame::RelayFrameCodec::new(1 << 16),
+        );
+        let frame = futures_util::StreamExt::next(&mut frames)
             .await
             .unwrap()
             .unwrap();
+        drop(frames);
         let Ok(hush_signaling::proto::relay::server_frame::Frame::Challenge(c)) =
             hush_signaling::frame::decode_server_frame(&frame)
         else {
@@ -358,10 +364,14 @@ async fn stalled_readers(seconds: u64) {
         };
         let nonce: [u8; hush_signaling::device::AUTH_NONCE_LEN] =
             c.nonce.as_slice().try_into().unwrap();
+        let binding =
+            hush_signaling::device::ChannelBinding::RelayKey(c.relay_key.try_into().unwrap());
         let auth = encode_client_frame(client_frame::Frame::Auth(pb::AuthResponse {
             version: hush_signaling::transport::RELAY_PROTOCOL_VERSION,
             device_key: s.device_id().as_bytes().to_vec(),
-            signature: hush_signaling::device::sign_challenge(s.signer(), &nonce).to_vec(),
+            signature: hush_signaling::device::sign_challenge(s.signer(), &nonce, &binding)
+                .to_vec(),
+            binding_type: binding.binding_type() as i32,
         }));
         stream
             .write_all(&length_prefixed(&auth).unwrap())

@@ -44,10 +44,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use hush_crypto::{Device, DeviceSigningKey, DeviceStore, MemoryBackend};
-use hush_signaling::device::{sign_challenge, AUTH_NONCE_LEN};
+use hush_signaling::device::{sign_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
-    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+    decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame};
 use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
@@ -55,6 +56,7 @@ use hush_signaling::{CiphertextKind, DeviceId, DeviceSigner, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio_util::codec::{Framed, FramedRead};
 
 struct Args {
     clients: usize,
@@ -206,25 +208,33 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStre
     let mut stream = socket.connect(relay).await.unwrap();
     stream.set_nodelay(true).unwrap();
     stream.write_all(&TCP_PREAMBLE).await.unwrap();
-    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let mut frames = Framed::new(stream, RelayFrameCodec::new(1 << 16));
+    let frame = frames.next().await.unwrap().unwrap();
     let Ok(server_frame::Frame::Challenge(c)) = decode_server_frame(&frame) else {
         panic!("expected a challenge");
     };
     let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.as_slice().try_into().unwrap();
+    // Plaintext loopback: the answer is bound to the relay's key.
+    let binding = ChannelBinding::RelayKey(c.relay_key.as_slice().try_into().unwrap());
     let auth = encode_client_frame(client_frame::Frame::Auth(pb::AuthResponse {
         version: RELAY_PROTOCOL_VERSION,
         device_key: key.device_id().as_bytes().to_vec(),
-        signature: sign_challenge(key, &nonce).to_vec(),
+        signature: sign_challenge(key, &nonce, &binding).to_vec(),
+        binding_type: binding.binding_type() as i32,
     }));
-    stream
+    frames
+        .get_mut()
         .write_all(&length_prefixed(&auth).unwrap())
         .await
         .unwrap();
-    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let frame = frames.next().await.unwrap().unwrap();
     let Ok(server_frame::Frame::AuthOk(_)) = decode_server_frame(&frame) else {
         panic!("authentication refused");
     };
-    stream
+    // A fresh device has no backlog: nothing follows AuthOk until the clients send.
+    let parts = frames.into_parts();
+    assert!(parts.read_buf.is_empty(), "frames after AuthOk");
+    parts.io
 }
 
 /// A fresh device: its key and its encoded base bundle (no one-time prekeys).
@@ -252,7 +262,10 @@ async fn upload_bundle(stream: &mut TcpStream, bundle: Vec<u8>) {
         .write_all(&length_prefixed(&upload).unwrap())
         .await
         .unwrap();
-    let frame = read_frame(stream, 1 << 16).await.unwrap().unwrap();
+    // Nothing but the answer comes before the clients start sending (no backlog).
+    let mut frames = FramedRead::new(stream, RelayFrameCodec::new(1 << 16));
+    let frame = frames.next().await.unwrap().unwrap();
+    assert!(frames.read_buffer().is_empty(), "frames after the answer");
     let Ok(server_frame::Frame::Response(pb::Response {
         result: Some(pb::response::Result::Done(_)),
         ..

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hush_signaling::device::{verify_challenge, AUTH_NONCE_LEN};
+use hush_signaling::device::{verify_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{decode_client_frame, encode_deliver_frame, encode_server_frame};
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
 use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
@@ -76,7 +76,7 @@ pub(crate) async fn run(
     // One deadline for everything before authentication: an unauthenticated connection cannot
     // stay open longer, whatever it sends.
     let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
-    let (mut writer, mut frames) = match tokio::time::timeout_at(
+    let (mut writer, mut frames, tls) = match tokio::time::timeout_at(
         deadline,
         io::accept(stream, shared.config.max_frame_len, shared.tls.as_ref()),
     )
@@ -89,35 +89,37 @@ pub(crate) async fn run(
         }
         Err(_) => return,
     };
-    let device =
-        match tokio::time::timeout_at(deadline, authenticate(&shared, &mut writer, &mut frames))
-            .await
-        {
-            Ok(Ok(device)) => device,
-            Ok(Err((code, message))) => {
-                if code == ErrorCode::AuthFailed {
-                    shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared
-                        .metrics
-                        .protocol_violations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::debug!(%peer, ?code, message, "authentication refused");
-                close_with(&mut writer, code, message, shared.config.write_timeout).await;
-                return;
+    let device = match tokio::time::timeout_at(
+        deadline,
+        authenticate(&shared, tls, &mut writer, &mut frames),
+    )
+    .await
+    {
+        Ok(Ok(device)) => device,
+        Ok(Err((code, message))) => {
+            if code == ErrorCode::AuthFailed {
+                shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared
+                    .metrics
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
-                close_with(
-                    &mut writer,
-                    ErrorCode::Timeout,
-                    "authentication timed out",
-                    shared.config.write_timeout,
-                )
-                .await;
-                return;
-            }
-        };
+            tracing::debug!(%peer, ?code, message, "authentication refused");
+            close_with(&mut writer, code, message, shared.config.write_timeout).await;
+            return;
+        }
+        Err(_) => {
+            close_with(
+                &mut writer,
+                ErrorCode::Timeout,
+                "authentication timed out",
+                shared.config.write_timeout,
+            )
+            .await;
+            return;
+        }
+    };
     shared.metrics.authenticated.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, %device, "authenticated");
     let mut conn = Conn::new(shared.clone(), device, writer);
@@ -142,9 +144,13 @@ async fn close_with(writer: &mut Writer, code: ErrorCode, message: &str, limit: 
 
 type Refusal = (ErrorCode, &'static str);
 
-/// Challenge–response: the client proves it holds the device key it claims.
+/// Challenge–response: the client proves it holds the device key it claims, with a signature
+/// bound to this connection: to `tls` (the TLS exporter binding) when the relay terminates
+/// TLS, else to the relay's own key. An answer made on another connection (a man in the
+/// middle forwarding a victim's answer onto his own connection to this relay) does not verify.
 async fn authenticate(
     shared: &Shared,
+    tls: Option<ChannelBinding>,
     writer: &mut Writer,
     frames: &mut Reader,
 ) -> Result<DeviceId, Refusal> {
@@ -152,6 +158,7 @@ async fn authenticate(
     let challenge = encode_server_frame(server_frame::Frame::Challenge(pb::Challenge {
         version: RELAY_PROTOCOL_VERSION,
         nonce: nonce.to_vec(),
+        relay_key: shared.relay_key.to_vec(),
     }));
     let sent = async {
         writer.send(challenge).await?;
@@ -171,16 +178,33 @@ async fn authenticate(
         Err(_) => return Err((ErrorCode::MalformedFrame, "malformed frame")),
     };
     if auth.version != RELAY_PROTOCOL_VERSION {
+        // Version 1 answers bind no channel: refused, so they cannot be relayed.
         return Err((
             ErrorCode::UnsupportedVersion,
-            "unsupported relay protocol version",
+            "unsupported relay protocol version (version 2, channel-bound, is required)",
         ));
+    }
+    let expected = tls.unwrap_or(ChannelBinding::RelayKey(shared.relay_key));
+    if auth.binding_type != expected.binding_type() as i32 {
+        return Err(match expected {
+            ChannelBinding::TlsExporter(_) => (
+                ErrorCode::AuthFailed,
+                "this listener is TLS: bind the answer to the TLS exporter",
+            ),
+            ChannelBinding::RelayKey(_) => (
+                ErrorCode::AuthFailed,
+                "this listener is plaintext: bind the answer to the relay key",
+            ),
+        });
     }
     let device = DeviceId::from_slice(&auth.device_key)
         .map_err(|_| (ErrorCode::AuthFailed, "bad device key"))?;
-    verify_challenge(&device, &nonce, &auth.signature)
-        .map_err(|_| (ErrorCode::AuthFailed, "signature does not verify"))?;
-    let _ = shared;
+    verify_challenge(&device, &nonce, &expected, &auth.signature).map_err(|_| {
+        (
+            ErrorCode::AuthFailed,
+            "signature does not verify for this connection",
+        )
+    })?;
     Ok(device)
 }
 
@@ -360,8 +384,8 @@ impl Conn {
                     self.on_done(done).await
                 } else if let Ok(live) = live_rx.try_recv() {
                     self.on_live(live, &in_backlog).await
-                } else if let Some(event) = frames.try_next() {
-                    self.on_read(Some(event)).await
+                } else if let Some(event) = frames.try_next().await {
+                    self.on_read(event).await
                 } else {
                     break;
                 };

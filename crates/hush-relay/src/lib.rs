@@ -46,6 +46,7 @@
 mod bundles;
 mod conn;
 mod io;
+mod key;
 pub mod metrics;
 mod pending;
 mod state;
@@ -152,7 +153,15 @@ pub struct RelayConfig {
     /// acknowledged, so nothing a sender was told is accepted can be lost in a crash. Longer
     /// means fewer writes and later answers for envelopes to offline devices.
     pub commit_delay: Duration,
-    /// Serve TLS (TCP and WebSocket) with this configuration instead of plain TCP.
+    /// The relay's long-term ed25519 key file (created on first start, owner-only). Its public
+    /// key is sent in every challenge; devices on a plaintext connection sign over it and may
+    /// pin it. Default: `<db_path>.key`. Keep it with the database: a new key makes clients
+    /// that pinned the old one refuse this relay.
+    pub key_path: PathBuf,
+    /// Serve TLS (TCP and WebSocket) with this configuration instead of plain TCP: the
+    /// production setting (devices bind their authentication to the TLS connection). Build it
+    /// with [`tls_config`] or [`load_tls_config`]; a configuration of your own must keep
+    /// `require_ems` set if it allows TLS 1.2 (RFC 9266 §3).
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -161,6 +170,7 @@ impl RelayConfig {
     /// Defaults suitable for a small deployment.
     pub fn new(listen: SocketAddr, db_path: PathBuf) -> Self {
         Self {
+            key_path: key::default_path(&db_path),
             listen,
             metrics_listen: None,
             db_path,
@@ -203,6 +213,21 @@ pub enum RelayError {
     /// The TLS certificate or key could not be loaded.
     #[error("tls: {0}")]
     Tls(String),
+    /// The relay key file could not be read or created.
+    #[error("relay key file {path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The relay key file does not hold a 32-byte key.
+    #[error("relay key file {path} is not a 32-byte ed25519 key")]
+    KeyFormat {
+        /// The key file.
+        path: PathBuf,
+    },
 }
 
 /// Builds a TLS server configuration (ring provider, TLS 1.2 and 1.3) from a PEM certificate
@@ -223,19 +248,23 @@ pub fn load_tls_config(
     tls_config(certs, key)
 }
 
-/// Builds a TLS server configuration (ring provider) from DER certificates and key.
+/// Builds a TLS server configuration (ring provider, TLS 1.2 with the extended master secret
+/// required, and 1.3) from DER certificates and key.
 #[cfg(feature = "tls")]
 pub fn tls_config(
     certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| RelayError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| RelayError::Tls(e.to_string()))?;
+    // RFC 9266 §3: without the extended master secret a TLS 1.2 exporter is not unique to
+    // the connection, so it is no channel binding.
+    config.require_ems = true;
     Ok(Arc::new(config))
 }
 
@@ -250,6 +279,8 @@ pub(crate) struct Shared {
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tls: Option<io::Tls>,
+    /// The relay's public key, sent in every challenge.
+    pub(crate) relay_key: [u8; 32],
     /// Open connections per remote address (IPv6: per /64, see [`address_key`]).
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// One-time prekeys taken per requesting device.
@@ -369,6 +400,10 @@ impl Relay {
             tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
                 .await
                 .map_err(|_| std::io::Error::other("store setup panicked"))??;
+        let key_path = config.key_path.clone();
+        let relay_key = tokio::task::spawn_blocking(move || key::load_or_create(&key_path))
+            .await
+            .map_err(|_| std::io::Error::other("relay key setup panicked"))??;
         let listener = TcpListener::bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await?),
@@ -392,6 +427,7 @@ impl Relay {
                 next_conn_id: AtomicU64::new(1),
                 shutdown,
                 tls,
+                relay_key,
                 per_ip: Mutex::default(),
                 fetch_quotas: FetchQuotas::default(),
             }),
@@ -411,6 +447,12 @@ impl Relay {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The relay's public key (ed25519), as sent in its challenges: what clients pin in
+    /// `RelayClientConfig::relay_key`.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.relay_key
     }
 
     /// Live metrics.
@@ -433,7 +475,12 @@ impl Relay {
         let metrics_task =
             metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
         let mut shutdown = shared.shutdown.subscribe();
-        tracing::info!(addr = %listener.local_addr()?, "relay listening");
+        let (addr, key) = (listener.local_addr()?, hex(&shared.relay_key));
+        if shared.tls.is_some() {
+            tracing::info!(%addr, relay_key = %key, "relay listening (TLS)");
+        } else {
+            tracing::warn!(%addr, relay_key = %key, "relay listening on plaintext TCP/WebSocket: for local use only; production relays serve TLS (--tls-cert, --tls-key), to which devices bind their authentication");
+        }
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -473,6 +520,15 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Lowercase hex, for logging the relay key.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]

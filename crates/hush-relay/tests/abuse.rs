@@ -9,19 +9,22 @@ use common::{
     connect, metric, registered_key, start_relay, test_config, try_connect, TempDir, ToySealer,
     Wire,
 };
+use futures_util::StreamExt;
 use hush_crypto::{Backend, Device, DeviceStore, MemoryBackend, Table};
 use hush_signaling::crypto::SignalSealer;
-use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use hush_signaling::device::{generate_device_key, sign_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
-    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+    decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
+use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
 use hush_signaling::{
     CallMessage, CiphertextKind, DeviceId, DeviceSigner, Envelope, Error, MemoryNetwork,
     SignalingClient, SignalingEvent,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, FramedRead};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -50,19 +53,22 @@ fn relay_code(e: &Error) -> ErrorCode {
 
 /// A hand-driven TCP client for sending what RelayClient never would.
 struct Raw {
-    stream: TcpStream,
+    /// Reads with the relay frame decoder; writes go straight to the socket.
+    stream: Framed<TcpStream, RelayFrameCodec>,
 }
 
 impl Raw {
     async fn connect(addr: std::net::SocketAddr) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&TCP_PREAMBLE).await.unwrap();
-        Self { stream }
+        Self {
+            stream: Framed::new(stream, RelayFrameCodec::new(1 << 20)),
+        }
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) {
         // The relay may already have closed; a failed write is fine for these tests.
-        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.get_mut().write_all(bytes).await;
     }
 
     async fn send(&mut self, frame: client_frame::Frame) {
@@ -71,13 +77,10 @@ impl Raw {
     }
 
     async fn recv(&mut self) -> Option<server_frame::Frame> {
-        let frame = tokio::time::timeout(
-            Duration::from_secs(5),
-            read_frame(&mut self.stream, 1 << 20),
-        )
-        .await
-        .expect("relay answers in time")
-        .ok()??;
+        let frame = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+            .await
+            .expect("relay answers in time")?
+            .ok()?;
         Some(decode_server_frame(&frame).unwrap())
     }
 
@@ -97,10 +100,12 @@ impl Raw {
             panic!("challenge")
         };
         let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.try_into().unwrap();
+        let binding = ChannelBinding::RelayKey(c.relay_key.try_into().unwrap());
         self.send(client_frame::Frame::Auth(pb::AuthResponse {
-            version: 1,
+            version: RELAY_PROTOCOL_VERSION,
             device_key: key.device_id().as_bytes().to_vec(),
-            signature: sign_challenge(key, &nonce).to_vec(),
+            signature: sign_challenge(key, &nonce, &binding).to_vec(),
+            binding_type: binding.binding_type() as i32,
         }))
         .await;
         assert!(matches!(
@@ -415,7 +420,7 @@ async fn idle_and_trickling_unauthenticated_connections_are_closed() {
     ));
     let trickle = async {
         for b in [0u8, 0, 1, 0].into_iter().chain(std::iter::repeat(0x0a)) {
-            if trickler.stream.write_all(&[b]).await.is_err() {
+            if trickler.stream.get_mut().write_all(&[b]).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -461,10 +466,13 @@ async fn connect_from(source: [u8; 4], addr: std::net::SocketAddr) -> TcpStream 
 async fn served_from(source: [u8; 4], addr: std::net::SocketAddr) -> Option<TcpStream> {
     let mut stream = connect_from(source, addr).await;
     stream.write_all(&TCP_PREAMBLE).await.ok()?;
-    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream, 1 << 16))
+    // Only the challenge comes before the client answers: nothing is read past it.
+    let mut frames = FramedRead::new(&mut stream, RelayFrameCodec::new(1 << 16));
+    let frame = tokio::time::timeout(Duration::from_secs(5), frames.next())
         .await
-        .expect("relay answers or closes in time")
-        .ok()??;
+        .expect("relay answers or closes in time")?
+        .ok()?;
+    drop(frames);
     matches!(
         decode_server_frame(&frame),
         Ok(server_frame::Frame::Challenge(_))
@@ -929,10 +937,12 @@ async fn a_burst_of_accepts_cannot_pass_the_connection_limit() {
         s.set_nonblocking(true).unwrap();
         let mut s = TcpStream::from_std(s).unwrap();
         let _ = s.write_all(&TCP_PREAMBLE).await;
-        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s, 1 << 16))
+        let mut frames = FramedRead::new(&mut s, RelayFrameCodec::new(1 << 16));
+        let frame = tokio::time::timeout(Duration::from_secs(5), frames.next())
             .await
             .expect("served or closed in time");
-        if let Ok(Some(frame)) = frame {
+        drop(frames);
+        if let Some(Ok(frame)) = frame {
             if matches!(
                 decode_server_frame(&frame),
                 Ok(server_frame::Frame::Challenge(_))

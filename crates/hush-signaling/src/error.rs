@@ -41,6 +41,14 @@ pub enum Error {
     /// Authentication with the relay (or of the relay's challenge) failed.
     #[error("authentication failed: {0}")]
     AuthFailed(&'static str),
+    /// The relay presented a public key other than the one pinned in
+    /// `RelayClientConfig::relay_key`: it is another relay (or relays another relay's
+    /// challenge). Nothing was signed.
+    #[error("the relay's key is not the pinned relay key")]
+    RelayKeyMismatch {
+        /// The key the relay presented.
+        presented: [u8; 32],
+    },
     /// A message with this id was already accepted.
     #[error("replayed message")]
     Replay,
@@ -79,6 +87,10 @@ pub enum Error {
     /// Socket I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS to the relay failed (feature `tls`).
+    #[cfg(feature = "tls")]
+    #[error("tls: {0}")]
+    Tls(#[source] tokio_rustls::rustls::Error),
     /// The WebSocket layer failed.
     #[error("websocket: {0}")]
     WebSocket(String),
@@ -98,7 +110,7 @@ impl Error {
             Self::UnsupportedVersion(_) | Self::UnsupportedMessage => ErrorCode::UnsupportedVersion,
             Self::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Self::Relay { code, .. } => *code,
-            Self::AuthFailed(_) => ErrorCode::AuthFailed,
+            Self::AuthFailed(_) | Self::RelayKeyMismatch { .. } => ErrorCode::AuthFailed,
             Self::Replay => ErrorCode::Duplicate,
             Self::Stale => ErrorCode::Stale,
             Self::Mismatch(_) | Self::WrongRecipient => ErrorCode::InvalidEnvelope,
