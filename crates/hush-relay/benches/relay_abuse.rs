@@ -3,17 +3,20 @@
 //! relay's memory (resident set, peak), its database size, and how many of the honest
 //! clients' requests succeeded during the attack.
 //!
-//! Run: `cargo bench -p hush-relay --bench relay_abuse -- [--seconds 10]`
+//! Run: `cargo bench -p hush-relay --bench relay_abuse -- [--seconds 10] [--relay PATH]`
+//!
+//! `--relay PATH` runs another `hush-relay` binary (e.g. one built from an older commit, to
+//! compare); only flags every version knows are passed to it.
 //!
 //! Attacks:
 //!   1. queue flood: attacker devices send 4 KiB envelopes to one offline victim as fast as
-//!      the relay answers (1 attacker device, then 20), while 10 honest devices each send the
-//!      victim one small envelope (a call offer) per second;
+//!      the relay answers (1 attacker device for 3 × `--seconds`, then 20), while 10 honest
+//!      devices each send the victim one small envelope (a call offer) per second;
 //!   2. invented recipients: 20 attacker devices send 4 KiB envelopes to made-up device ids,
 //!      honest senders as in 1;
 //!   3. stalled readers: 10 devices authenticate and never read again while 5 attacker
-//!      devices send them 40 KiB envelopes (relay run with `--write-timeout-ms 5000`); an
-//!      honest device keeps pinging;
+//!      devices send them 40 KiB envelopes; an honest device keeps pinging until 35 s after
+//!      the attack (the default write timeout is 30 s);
 //!   4. one-time prekey drain: one attacker device fetches the victim's bundle as fast as the
 //!      relay answers; afterwards an honest device fetches it.
 
@@ -48,13 +51,16 @@ impl Drop for Relay {
     }
 }
 
-fn start_relay(name: &str, extra: &[&str]) -> Relay {
+/// The relay binary to run (`--relay PATH`, else the one built with this bench).
+static RELAY_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn start_relay(name: &str) -> Relay {
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("hush-relay-abuse-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hush-relay"))
+    let bin = RELAY_BIN.get_or_init(|| env!("CARGO_BIN_EXE_hush-relay").into());
+    let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .args(extra)
         .arg("--db")
         .arg(dir.join("relay.db"))
         .env("HUSH_RELAY_LOG", "error")
@@ -289,7 +295,7 @@ fn honest_rate(t: &Tally) -> String {
 
 async fn queue_flood(seconds: u64, attackers: usize) {
     println!("1. queue flood: {attackers} attacker device(s) -> one offline victim, 4 KiB envelopes, {seconds} s");
-    let relay = start_relay("flood", &[]);
+    let relay = start_relay("flood");
     let victim = registered(relay.addr, 0).await.device_id();
     let until = Instant::now() + Duration::from_secs(seconds);
     let (bad, good) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
@@ -312,7 +318,7 @@ async fn queue_flood(seconds: u64, attackers: usize) {
 
 async fn invented_recipients(seconds: u64) {
     println!("2. invented recipients: 20 attacker devices -> random device ids, 4 KiB envelopes, {seconds} s");
-    let relay = start_relay("invented", &[]);
+    let relay = start_relay("invented");
     let victim = registered(relay.addr, 0).await.device_id();
     let until = Instant::now() + Duration::from_secs(seconds);
     let (bad, good) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
@@ -336,9 +342,9 @@ async fn invented_recipients(seconds: u64) {
 async fn stalled_readers(seconds: u64) {
     const STALLED: usize = 10;
     println!(
-        "3. stalled readers: {STALLED} devices authenticate and never read; 5 attacker devices send them 40 KiB envelopes for {seconds} s (relay --write-timeout-ms 5000)"
+        "3. stalled readers: {STALLED} devices authenticate and never read; 5 attacker devices send them 40 KiB envelopes for {seconds} s, then 35 s of observation (default write timeout 30 s)"
     );
-    let relay = start_relay("stalled", &["--write-timeout-ms", "5000"]);
+    let relay = start_relay("stalled");
     let mut stalled = Vec::new();
     let mut targets = Vec::new();
     for _ in 0..STALLED {
@@ -389,7 +395,7 @@ async fn stalled_readers(seconds: u64) {
     let pick = move || targets[next.fetch_add(1, Ordering::Relaxed) as usize % targets.len()];
     let tasks = spawn_flood(relay.addr, 5, 40 * 1024, pick, until, bad.clone());
     let (mut pings, mut pongs) = (0, 0);
-    while Instant::now() < until + Duration::from_secs(6) {
+    while Instant::now() < until + Duration::from_secs(35) {
         pings += 1;
         if pinger.ping().await.is_ok() {
             pongs += 1;
@@ -401,7 +407,7 @@ async fn stalled_readers(seconds: u64) {
     }
     println!("  attackers: {}", bad.line());
     println!(
-        "  authenticated connections: {before} before, {} after (the relay closed {} stalled ones after the write timeout; write timeouts counted: {}); honest pings answered {pongs}/{pings}",
+        "  authenticated connections: {before} before, {} after (the relay closed {} of the stalled ones; write timeouts counted: {}); honest pings answered {pongs}/{pings}",
         relay.metric("hush_relay_authenticated_connections").await,
         before.saturating_sub(relay.metric("hush_relay_authenticated_connections").await),
         relay.metric("hush_relay_write_timeouts_total").await
@@ -412,7 +418,7 @@ async fn stalled_readers(seconds: u64) {
 
 async fn prekey_drain(seconds: u64) {
     println!("4. one-time prekey drain: one attacker device fetches the victim's bundle back to back for {seconds} s");
-    let relay = start_relay("drain", &[]);
+    let relay = start_relay("drain");
     let victim = registered(relay.addr, 100).await.device_id();
     let key = generate_device_key();
     let attacker = client(relay.addr, &key).await;
@@ -449,6 +455,9 @@ fn main() {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .expect("--seconds N");
+        } else if flag == "--relay" {
+            let path = args.next().expect("--relay PATH");
+            let _ = RELAY_BIN.set(path.into());
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -458,7 +467,9 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("relay_abuse: default relay limits unless said, loopback, {seconds} s per attack");
-        queue_flood(seconds, 1).await;
+        // Three times as long with one attacker: at the default rate limit (50/s, burst 200)
+        // one device needs 16 s to fill a shared queue of 1000.
+        queue_flood(seconds * 3, 1).await;
         queue_flood(seconds, 20).await;
         invented_recipients(seconds).await;
         stalled_readers(seconds).await;

@@ -660,7 +660,15 @@ impl Conn {
             received,
             &self.done_tx,
         ) {
-            Ok(_) => Ok(()),
+            Ok(admitted) => {
+                if let Some(sender) = admitted.evict_stored {
+                    let op = Op::Evict { recipient, sender };
+                    if self.shared.store.send(op).await.is_err() {
+                        return Err(End::Violation(ErrorCode::Internal));
+                    }
+                }
+                Ok(())
+            }
             Err(e) => {
                 let counter = match e {
                     StoreError::UnknownRecipient => Some(&self.shared.metrics.unknown_recipients),
@@ -878,6 +886,10 @@ fn refusal(e: &StoreError) -> Refusal {
         StoreError::UnknownRecipient => (
             ErrorCode::UnknownRecipient,
             "recipient has published no bundle",
+        ),
+        StoreError::Evicted => (
+            ErrorCode::SenderQuotaExceeded,
+            "dropped from the recipient's full queue: you have the most envelopes queued there",
         ),
         _ => (ErrorCode::Internal, "storage failed"),
     }

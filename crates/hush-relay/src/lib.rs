@@ -7,8 +7,10 @@
 //! is online, and answers the sender only once the envelope is either committed to SQLite or
 //! acknowledged by the recipient: an envelope acknowledged within
 //! [`RelayConfig::commit_delay`] is never written, any other is written (group commit) and
-//! deleted only when the recipient acknowledges it. So nothing a sender was told is accepted
-//! is lost across a crash (`kill -9`) and restart.
+//! deleted when the recipient acknowledges it (or, unread, once it is older than
+//! [`RelayConfig::max_envelope_age`], or evicted from a full queue when its sender has the most
+//! queued there). So nothing a sender was told is accepted is lost across a crash (`kill -9`)
+//! and restart.
 //!
 //! Limits ([`RelayConfig`], all configurable, also from the command line): largest frame,
 //! total connections and connections per IP address or IPv6 /64 (counted and refused at
@@ -105,8 +107,9 @@ pub struct RelayConfig {
     pub rate_limit_per_sec: u32,
     /// Requests a connection may make in a burst.
     pub rate_limit_burst: u32,
-    /// Most envelopes queued for one device, all senders together; sends beyond are refused
-    /// with `QueueFull`.
+    /// Most envelopes queued for one device, all senders together. When it is full, an
+    /// envelope from a sender with at least two fewer queued than the heaviest sender evicts
+    /// that sender's oldest envelope; other sends are refused with `QueueFull`.
     pub max_queue_per_device: u32,
     /// Most envelopes one sender may have queued for one recipient; sends beyond are refused
     /// with `SenderQuotaExceeded` while other senders still get through (up to

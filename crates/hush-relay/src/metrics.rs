@@ -52,6 +52,8 @@ pub struct Metrics {
     pub slow_consumers: AtomicU64,
     /// Queued envelopes deleted unread because they outlived `max_envelope_age`.
     pub envelopes_expired: AtomicU64,
+    /// Queued envelopes dropped from a full queue to make room for a sender with fewer queued.
+    pub envelopes_evicted: AtomicU64,
     /// Sends refused because the recipient has no bundle.
     pub unknown_recipients: AtomicU64,
     /// Sends refused because the sender used up its quota for that recipient.
@@ -198,6 +200,12 @@ impl Metrics {
             "counter",
             "Queued envelopes deleted unread after max_envelope_age.",
             g(&self.envelopes_expired),
+        );
+        metric(
+            "hush_relay_envelopes_evicted_total",
+            "counter",
+            "Queued envelopes dropped from a full queue for a sender with fewer queued.",
+            g(&self.envelopes_evicted),
         );
         metric(
             "hush_relay_unknown_recipients_total",

@@ -21,8 +21,11 @@
 //! at most [`RelayConfig::max_queue_per_sender`](crate::RelayConfig::max_queue_per_sender)
 //! envelopes queued for one recipient, and every recipient at most
 //! [`RelayConfig::max_queue_per_device`](crate::RelayConfig::max_queue_per_device) in all. The
-//! per-sender quota keeps one flooding sender from taking the whole queue, so other senders'
-//! call offers still get through.
+//! per-sender quota keeps one flooding sender from taking the whole queue. When the whole
+//! queue is full anyway (several flooding senders), an envelope from a sender with at least two
+//! fewer queued than the heaviest sender evicts the heaviest sender's oldest envelope: queue
+//! space is shared fairly, so an honest sender's call offer gets through unless the queue is
+//! split among as many senders as it holds envelopes.
 //!
 //! Delivery ids are allocated here, in admission order. They start above both the largest id
 //! in the database and the current time in microseconds, so ids handed out before a crash for
@@ -76,9 +79,9 @@ struct Inner {
     slots: VecDeque<Option<Entry>>,
     /// Unacknowledged envelopes per recipient: in SQLite or admitted here.
     depth: HashMap<DeviceId, u32>,
-    /// The same per `(recipient, sender)` pair (rows stored before senders were recorded count
-    /// only in `depth`).
-    pairs: HashMap<(DeviceId, DeviceId), u32>,
+    /// The same per recipient and sender (rows stored before senders were recorded count only
+    /// in `depth`).
+    pairs: HashMap<DeviceId, HashMap<DeviceId, u32>>,
     /// Devices that published a bundle: the only valid recipients.
     known: HashSet<DeviceId>,
     /// Entries whose recipient was offline at admission: nothing can acknowledge them, so
@@ -90,6 +93,20 @@ impl Inner {
     fn slot(&mut self, id: u64) -> Option<&mut Option<Entry>> {
         let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
         self.slots.get_mut(i)
+    }
+
+    /// Takes the oldest entry from `sender` for `recipient` still here, if any.
+    fn take_oldest(&mut self, recipient: &DeviceId, sender: &DeviceId) -> Option<Entry> {
+        let slot = self.slots.iter_mut().find(|slot| {
+            slot.as_ref()
+                .is_some_and(|e| e.recipient == *recipient && e.sender == *sender)
+        })?;
+        let entry = slot.take()?;
+        if entry.pushed_to.is_none() {
+            self.offline -= 1;
+        }
+        self.pop_settled();
+        Some(entry)
     }
 
     fn pop_settled(&mut self) {
@@ -125,12 +142,23 @@ pub(crate) struct QueueLimits {
 pub(crate) struct Stored {
     /// Queued envelopes per recipient.
     pub(crate) depth: HashMap<DeviceId, u32>,
-    /// Queued envelopes per `(recipient, sender)`.
-    pub(crate) pairs: HashMap<(DeviceId, DeviceId), u32>,
+    /// Queued envelopes per recipient and sender.
+    pub(crate) pairs: HashMap<DeviceId, HashMap<DeviceId, u32>>,
     /// Devices with a bundle.
     pub(crate) known: HashSet<DeviceId>,
     /// Largest delivery id stored.
     pub(crate) max_id: u64,
+}
+
+/// An admitted envelope.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// Its delivery id.
+    #[allow(dead_code, reason = "read by the unit tests")]
+    pub(crate) id: u64,
+    /// The queue was full: the sender whose oldest stored envelope for this recipient the store
+    /// must delete to make room (an evicted envelope not yet stored was dropped here already).
+    pub(crate) evict_stored: Option<DeviceId>,
 }
 
 /// What [`Pending::ack`] could not settle: ids the store must delete.
@@ -189,7 +217,8 @@ impl Pending {
 
     /// Admits an envelope from `sender` for `recipient` and pushes it to the recipient's
     /// connection if it is online. Refuses it if the recipient has no bundle, if the sender
-    /// used up its quota for this recipient, or if the recipient's queue is full.
+    /// used up its quota for this recipient, or if the recipient's queue is full and no other
+    /// sender has at least two more queued (else that sender's oldest envelope is evicted).
     #[allow(
         clippy::too_many_arguments,
         reason = "one call site; the arguments are the envelope and where to answer"
@@ -203,20 +232,40 @@ impl Pending {
         request_id: u64,
         received: Instant,
         done: &mpsc::UnboundedSender<InsertDone>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Admitted, StoreError> {
         let mut inner = lock(&self.inner);
         if !inner.known.contains(&recipient) {
             return Err(StoreError::UnknownRecipient);
         }
-        if inner.pairs.get(&(recipient, sender)).copied().unwrap_or(0) >= self.limits.per_sender {
+        let senders = inner.pairs.get(&recipient);
+        let mine = senders.and_then(|m| m.get(&sender)).copied().unwrap_or(0);
+        if mine >= self.limits.per_sender {
             return Err(StoreError::SenderQuota);
         }
-        let count = inner.depth.entry(recipient).or_insert(0);
-        if *count >= self.limits.per_recipient {
-            return Err(StoreError::QueueFull);
+        let mut evicted = None;
+        let mut evict_stored = None;
+        if inner.depth.get(&recipient).copied().unwrap_or(0) >= self.limits.per_recipient {
+            let heaviest = senders
+                .and_then(|m| m.iter().max_by_key(|(_, n)| **n))
+                .map(|(s, n)| (*s, *n));
+            match heaviest {
+                Some((heavy, n)) if n > mine + 1 => {
+                    Self::release_locked(&mut inner, &recipient, Some(&heavy), 1);
+                    match inner.take_oldest(&recipient, &heavy) {
+                        Some(entry) => evicted = Some(entry),
+                        None => evict_stored = Some(heavy),
+                    }
+                }
+                _ => return Err(StoreError::QueueFull),
+            }
         }
-        *count += 1;
-        *inner.pairs.entry((recipient, sender)).or_insert(0) += 1;
+        *inner.depth.entry(recipient).or_insert(0) += 1;
+        *inner
+            .pairs
+            .entry(recipient)
+            .or_default()
+            .entry(sender)
+            .or_insert(0) += 1;
         let id = inner.base + inner.slots.len() as u64;
         // Pushed under the lock: an acknowledgement cannot overtake the entry.
         let frame = encode_deliver_frame(id, &envelope);
@@ -235,11 +284,22 @@ impl Pending {
             done: done.clone(),
         }));
         drop(inner);
-        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if evicted.is_some() || evict_stored.is_some() {
+            // One in, one out.
+            self.metrics
+                .envelopes_evicted
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(entry) = evicted {
+            // Not stored yet, so its sender was not answered yet: it is refused now.
+            entry.answer(Err(StoreError::Evicted));
+        }
         if first {
             self.wake.notify_one();
         }
-        Ok(id)
+        Ok(Admitted { id, evict_stored })
     }
 
     /// Settles `device`'s acknowledgements of envelopes still here (answering their senders);
@@ -304,13 +364,15 @@ impl Pending {
                 inner.depth.remove(device);
             }
         }
-        if let Some(sender) = sender {
-            let key = (*device, *sender);
-            if let Some(count) = inner.pairs.get_mut(&key) {
+        if let (Some(sender), Some(senders)) = (sender, inner.pairs.get_mut(device)) {
+            if let Some(count) = senders.get_mut(sender) {
                 *count = count.saturating_sub(n);
                 if *count == 0 {
-                    inner.pairs.remove(&key);
+                    senders.remove(sender);
                 }
+            }
+            if senders.is_empty() {
+                inner.pairs.remove(device);
             }
         }
     }
@@ -431,7 +493,8 @@ mod tests {
         let now = Instant::now();
         let id = p
             .admit(&registry, alice(), bob, vec![1, 2, 3], 7, now, &done)
-            .unwrap();
+            .unwrap()
+            .id;
         assert!(answers.try_recv().is_err(), "not answered before ack");
         assert_eq!(bob_live.try_recv().unwrap().id, id, "pushed at admission");
         // Another device's acknowledgement settles nothing; it goes to the store (which
@@ -456,7 +519,8 @@ mod tests {
         let t0 = Instant::now();
         let a = p
             .admit(&registry, alice(), bob, vec![1], 1, t0, &done)
-            .unwrap();
+            .unwrap()
+            .id;
         let b = p
             .admit(
                 &registry,
@@ -467,7 +531,8 @@ mod tests {
                 t0 + Duration::from_millis(5),
                 &done,
             )
-            .unwrap();
+            .unwrap()
+            .id;
         assert!(b > a);
         assert_eq!(p.next_due(t0), Some(t0 + Duration::from_millis(20)));
         assert!(p.take_due(t0 + Duration::from_millis(19), false).is_empty());
@@ -502,7 +567,8 @@ mod tests {
         let now = Instant::now();
         let id = p
             .admit(&registry, alice(), bob, vec![1], 1, now, &done)
-            .unwrap();
+            .unwrap()
+            .id;
         assert!(id > 41, "ids start above the stored ones");
         assert!(matches!(
             p.admit(&registry, alice(), bob, vec![2], 2, now, &done),
@@ -531,10 +597,12 @@ mod tests {
         let t0 = Instant::now();
         let waiting = p
             .admit(&registry, alice(), bob, vec![1], 1, t0, &done)
-            .unwrap();
+            .unwrap()
+            .id;
         let offline = p
             .admit(&registry, alice(), carol, vec![2], 2, t0, &done)
-            .unwrap();
+            .unwrap()
+            .id;
         // Carol is offline: nothing can acknowledge hers, so it is written at once; Bob's
         // waits for his acknowledgement.
         assert_eq!(p.next_due(t0), Some(t0));
@@ -579,5 +647,57 @@ mod tests {
         // A delete of one of Mallory's envelopes gives her one slot back.
         p.release(&bob, Some(&mallory), 1);
         assert!(admit(mallory, bob).is_ok());
+    }
+
+    #[test]
+    fn a_full_queue_evicts_the_heaviest_senders_oldest_envelope_for_a_lighter_sender() {
+        let p = with(Stored::default(), Duration::from_millis(20), 4, 4);
+        let registry = Registry::default();
+        let (bob, mallory) = (device(1), device(7));
+        let (mallory_done, mut mallory_answers) = mpsc::unbounded_channel();
+        let (done, _answers) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let first = p
+            .admit(&registry, mallory, bob, vec![1], 1, now, &mallory_done)
+            .unwrap()
+            .id;
+        for n in 2..=4 {
+            p.admit(
+                &registry,
+                mallory,
+                bob,
+                vec![n],
+                u64::from(n),
+                now,
+                &mallory_done,
+            )
+            .unwrap();
+        }
+        // Bob's queue is full of Mallory's. Alice's envelope takes the place of Mallory's
+        // oldest, which was not stored yet: Mallory is told it was dropped.
+        let admitted = p
+            .admit(&registry, alice(), bob, vec![9], 9, now, &done)
+            .unwrap();
+        assert!(admitted.evict_stored.is_none(), "evicted in memory");
+        let answer = mallory_answers.try_recv().unwrap();
+        assert_eq!(answer.request_id, 1);
+        assert!(matches!(answer.result, Err(StoreError::Evicted)));
+        let due: Vec<u64> = p.take_due(now, true).iter().map(|(id, _)| *id).collect();
+        assert!(!due.contains(&first), "the evicted envelope is not written");
+        assert_eq!(due.len(), 4);
+        // Now stored (taken by the store): Mallory has 3, Alice 1, so Carol's evicts one of
+        // Mallory's from the database.
+        let carol = device(8);
+        let admitted = p
+            .admit(&registry, carol, bob, vec![10], 10, now, &done)
+            .unwrap();
+        assert_eq!(admitted.evict_stored, Some(mallory));
+        // Mallory 2, Alice 1, Carol 1: nobody has two more than Alice, so the queue is full.
+        assert!(matches!(
+            p.admit(&registry, alice(), bob, vec![11], 11, now, &done),
+            Err(StoreError::QueueFull)
+        ));
+        assert_eq!(p.metrics.envelopes_evicted.load(Ordering::Relaxed), 2);
+        assert_eq!(p.metrics.queue_depth.load(Ordering::Relaxed), 4);
     }
 }

@@ -44,6 +44,8 @@ pub(crate) enum StoreError {
     SenderQuota,
     #[error("recipient has no bundle")]
     UnknownRecipient,
+    #[error("dropped to make room for a sender with fewer envelopes queued")]
+    Evicted,
     #[error("no bundle for that device")]
     NotFound,
     #[error("too many one-time prekeys")]
@@ -89,6 +91,12 @@ pub(crate) enum Op {
         one_time_prekeys: Vec<(u64, Vec<u8>)>,
         replace: bool,
         reply: oneshot::Sender<StoreResult<()>>,
+    },
+    /// Deletes the oldest stored envelope from `sender` for `recipient` (evicted from a full
+    /// queue; the queue counts were already adjusted).
+    Evict {
+        recipient: DeviceId,
+        sender: DeviceId,
     },
     Fetch {
         device: DeviceId,
@@ -211,6 +219,8 @@ enum Reply {
         oneshot::Sender<StoreResult<BundleOut>>,
         StoreResult<BundleOut>,
     ),
+    /// Nothing to answer.
+    Nothing,
     /// Rows deleted for a device's acknowledgements: the sender of each (`None` for rows
     /// stored before senders were recorded).
     Acked(DeviceId, Vec<Option<DeviceId>>),
@@ -351,6 +361,7 @@ impl Worker {
                 Reply::Fetch(tx, v) => {
                     let _ = tx.send(v);
                 }
+                Reply::Nothing => {}
                 Reply::Acked(device, senders) => {
                     for sender in senders {
                         self.pending.release(&device, sender.as_ref(), 1);
@@ -456,6 +467,22 @@ impl Worker {
                     }
                 }
                 Reply::Acked(device, senders)
+            }
+            Op::Evict { recipient, sender } => {
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM queue WHERE id = (SELECT id FROM queue WHERE recipient = ?1 AND sender = ?2 ORDER BY id LIMIT 1)",
+                    )?
+                    .execute(params![
+                        recipient.as_bytes().as_slice(),
+                        sender.as_bytes().as_slice()
+                    ])?;
+                if n == 0 {
+                    // Acknowledged or expired meanwhile (and released then too): the counts
+                    // are one low until the recipient's queue drains.
+                    tracing::debug!(%recipient, %sender, "evicted envelope already gone");
+                }
+                Reply::Nothing
             }
             Op::Load {
                 device,
@@ -582,7 +609,7 @@ fn load_stored(conn: &Connection) -> Result<Stored, rusqlite::Error> {
         };
         *stored.depth.entry(recipient).or_insert(0) += n;
         if let Some(sender) = sender.and_then(|s| DeviceId::from_slice(&s).ok()) {
-            stored.pairs.insert((recipient, sender), n);
+            stored.pairs.entry(recipient).or_default().insert(sender, n);
         }
     }
     let mut stmt = conn.prepare("SELECT device FROM bundles")?;
@@ -596,7 +623,7 @@ fn load_stored(conn: &Connection) -> Result<Stored, rusqlite::Error> {
 
 fn fail(r: Reply) {
     match r {
-        Reply::Acked(..) => {}
+        Reply::Acked(..) | Reply::Nothing => {}
         Reply::Load(tx, _) => {
             let _ = tx.send(Err(StoreError::Database));
         }

@@ -747,6 +747,64 @@ async fn a_flooding_sender_is_held_to_its_quota_and_an_honest_offer_gets_through
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooders_with_many_keys_share_a_full_queue_and_an_honest_offer_still_gets_through() {
+    let dir = TempDir::new("sybil-flood");
+    let mut config = test_config(dir.path());
+    config.rate_limit_per_sec = 100_000;
+    config.rate_limit_burst = 100_000;
+    config.max_queue_per_device = 200;
+    let (addr, metrics, _shutdown) = start_relay(config).await;
+    let victim = registered_key(addr).await;
+    // Four keys, each up to its quota of 100: twice what the victim's queue holds.
+    let mut accepted = 0;
+    for _ in 0..4 {
+        let key = generate_device_key();
+        let conn = connect(Wire::Tcp, addr, &key).await;
+        let flood = (0..100)
+            .map(|_| envelope(key.device_id(), victim.device_id()))
+            .collect();
+        accepted += count(&send_all(&conn, flood).await, ErrorCode::Unspecified);
+    }
+    assert!(accepted >= 200, "{accepted}");
+    // The queue is full; Alice, with nothing queued, takes the place of the oldest envelope
+    // of a flooder with the most queued.
+    let alice = generate_device_key();
+    let mut alice_client = SignalingClient::new(
+        connect(Wire::Tcp, addr, &alice).await,
+        ToySealer {
+            local: alice.device_id(),
+        },
+    );
+    alice_client
+        .send(victim.device_id(), CallMessage::Busy { call_id: [6; 16] })
+        .await
+        .expect("an honest sender's offer gets through a full queue");
+    let text = common::scrape(metrics).await;
+    assert!(metric(&text, "hush_relay_envelopes_evicted_total") >= 1);
+    assert_eq!(
+        metric(&text, "hush_relay_queue_depth"),
+        200,
+        "still bounded"
+    );
+    let mut victim_conn = connect(Wire::Tcp, addr, &victim).await;
+    assert_eq!(victim_conn.queued_at_auth(), 200);
+    let mut from_alice = 0;
+    for _ in 0..200 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            hush_signaling::Transport::recv(&mut victim_conn),
+        )
+        .await
+        .expect("delivered in time")
+        .unwrap();
+        if r.envelope.sender == alice.device_id() {
+            from_alice += 1;
+        }
+    }
+    assert_eq!(from_alice, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_leaves_the_database_bounded() {
     let dir = TempDir::new("db-flood");
     let mut config = test_config(dir.path());
