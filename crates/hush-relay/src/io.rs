@@ -93,7 +93,7 @@ impl Reader {
         Self::Tcp(FramedRead::with_capacity(
             read,
             RelayFrameCodec::new(max),
-            8 * 1024,
+            READ_CHUNK,
         ))
     }
 
@@ -101,7 +101,10 @@ impl Reader {
     /// stream. Cancel-safe: bytes read before cancellation stay buffered.
     pub(crate) async fn next(&mut self) -> Option<ReadEvent> {
         match self {
-            Self::Tcp(frames) => frames.next().await.map(|f| f.map(BytesMut::freeze)),
+            Self::Tcp(frames) => {
+                reserve_read_space(frames);
+                frames.next().await.map(|f| f.map(BytesMut::freeze))
+            }
             Self::Ws { source, failed } => loop {
                 if *failed {
                     return None;
@@ -127,6 +130,7 @@ impl Reader {
         let Self::Tcp(frames) = self else {
             return None;
         };
+        reserve_read_space(frames);
         std::future::poll_fn(|cx| match Pin::new(&mut *frames).poll_next(cx) {
             Poll::Ready(event) => Poll::Ready(Some(event.map(|f| f.map(BytesMut::freeze)))),
             Poll::Pending => Poll::Ready(None),
@@ -134,6 +138,17 @@ impl Reader {
         .await
     }
 }
+
+/// Room for at least [`READ_CHUNK`] more bytes before the `FramedRead` reads (it only ensures
+/// one byte, so after many frames were cut off the buffer a read could be a few bytes): one
+/// read takes whatever the socket has, as the hand-written reader did before. A no-op when the
+/// room is there; otherwise the space of frames already handed out (and dropped) is reused.
+fn reserve_read_space(frames: &mut FramedRead<BoxRead, RelayFrameCodec>) {
+    frames.read_buffer_mut().reserve(READ_CHUNK);
+}
+
+/// Bytes of free buffer space each socket read gets, at least.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// TLS settings for accepting connections (feature `tls`).
 #[cfg(feature = "tls")]
