@@ -384,8 +384,8 @@ impl Conn {
                     self.on_done(done).await
                 } else if let Ok(live) = live_rx.try_recv() {
                     self.on_live(live, &in_backlog).await
-                } else if let Some(event) = frames.try_next().await {
-                    self.on_read(event).await
+                } else if let Some(event) = frames.try_next() {
+                    self.on_read(Some(event)).await
                 } else {
                     break;
                 };

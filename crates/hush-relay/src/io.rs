@@ -17,7 +17,7 @@ use hush_signaling::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 
 /// What reading produces: a frame, or why reading stopped.
 pub(crate) type ReadEvent = Result<Bytes, Error>;
@@ -93,7 +93,7 @@ impl Reader {
         Self::Tcp(FramedRead::with_capacity(
             read,
             RelayFrameCodec::new(max),
-            8 * 1024,
+            READ_CHUNK,
         ))
     }
 
@@ -101,7 +101,10 @@ impl Reader {
     /// stream. Cancel-safe: bytes read before cancellation stay buffered.
     pub(crate) async fn next(&mut self) -> Option<ReadEvent> {
         match self {
-            Self::Tcp(frames) => frames.next().await.map(|f| f.map(BytesMut::freeze)),
+            Self::Tcp(frames) => {
+                reserve_read_space(frames);
+                frames.next().await.map(|f| f.map(BytesMut::freeze))
+            }
             Self::Ws { source, failed } => loop {
                 if *failed {
                     return None;
@@ -119,21 +122,32 @@ impl Reader {
         }
     }
 
-    /// What [`Self::next`] has ready without waiting: `Some(event)` (a frame, an error, or the
-    /// end of the stream as `Some(None)`), or `None` when it would have to wait. Polls once
-    /// with this task's waker (framed TCP: decodes what is buffered, or reads what the socket
-    /// already has); WebSocket connections always report `None`.
-    pub(crate) async fn try_next(&mut self) -> Option<Option<ReadEvent>> {
+    /// A frame that is already buffered, without waiting and without touching the socket
+    /// (framed TCP; WebSocket connections report `None`). Runs the same decoder on the
+    /// `FramedRead`'s own buffer, so [`Self::next`] goes on from whatever is left.
+    pub(crate) fn try_next(&mut self) -> Option<ReadEvent> {
         let Self::Tcp(frames) = self else {
             return None;
         };
-        std::future::poll_fn(|cx| match Pin::new(&mut *frames).poll_next(cx) {
-            Poll::Ready(event) => Poll::Ready(Some(event.map(|f| f.map(BytesMut::freeze)))),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await
+        // Decoder and buffer are borrowed through the FramedRead one at a time: the buffer is
+        // moved out (an empty BytesMut takes its place, no allocation) and back.
+        let mut buf = std::mem::take(frames.read_buffer_mut());
+        let event = frames.decoder_mut().decode(&mut buf).transpose();
+        *frames.read_buffer_mut() = buf;
+        event.map(|e| e.map(BytesMut::freeze))
     }
 }
+
+/// Room for at least [`READ_CHUNK`] more bytes before the `FramedRead` reads (it only ensures
+/// one byte, so after many frames were cut off the buffer a read could be a few bytes): one
+/// read takes whatever the socket has, as the hand-written reader did before. A no-op when the
+/// room is there; otherwise the space of frames already handed out (and dropped) is reused.
+fn reserve_read_space(frames: &mut FramedRead<BoxRead, RelayFrameCodec>) {
+    frames.read_buffer_mut().reserve(READ_CHUNK);
+}
+
+/// Bytes of free buffer space each socket read gets, at least.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// TLS settings for accepting connections (feature `tls`).
 #[cfg(feature = "tls")]
@@ -292,7 +306,7 @@ mod tests {
                 event = reader.next() => panic!("a partial frame came out: {event:?}"),
                 () = std::future::ready(()) => {}
             }
-            assert!(reader.try_next().await.is_none(), "split {split}");
+            assert!(reader.try_next().is_none(), "split {split}");
             client.write_all(&wire[split..]).await.unwrap();
             let frame = reader.next().await.unwrap().unwrap();
             assert_eq!(&frame[..], b"0123456789", "split {split}");
@@ -301,21 +315,24 @@ mod tests {
         assert!(reader.next().await.is_none());
     }
 
-    /// `try_next` hands out buffered frames one by one, then reports the end of the stream.
+    /// `try_next` hands out buffered frames one by one and never waits; `next` goes on from
+    /// what it left.
     #[tokio::test]
-    async fn try_next_drains_buffered_frames_then_the_end() {
+    async fn try_next_drains_buffered_frames_only() {
         let (mut client, server) = tokio::io::duplex(1024);
         let mut reader = Reader::framed(Box::new(server), 64);
         let mut wire = length_prefixed(b"a").unwrap();
         wire.extend(length_prefixed(b"bc").unwrap());
-        client.write_all(&wire).await.unwrap();
-        drop(client);
+        wire.extend(length_prefixed(b"def").unwrap());
+        client.write_all(&wire[..wire.len() - 2]).await.unwrap();
         assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"a");
-        assert_eq!(
-            &reader.try_next().await.unwrap().unwrap().unwrap()[..],
-            b"bc"
-        );
-        assert!(matches!(reader.try_next().await, Some(None)));
+        assert_eq!(&reader.try_next().unwrap().unwrap()[..], b"bc");
+        assert!(reader.try_next().is_none(), "half a frame is not a frame");
+        client.write_all(&wire[wire.len() - 2..]).await.unwrap();
+        drop(client);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"def");
+        assert!(reader.try_next().is_none());
+        assert!(reader.next().await.is_none());
     }
 
     /// An oversized length ends the stream with `FrameTooLarge`, then nothing more.

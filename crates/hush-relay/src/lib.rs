@@ -1,16 +1,17 @@
 //! The hush signaling relay.
 //!
-//! Devices connect over TCP (length-prefixed frames) or WebSocket on one port, authenticate
-//! with their ed25519 device key (challenge–response, no accounts or passwords), publish prekey
-//! bundles, fetch each other's bundles (each one-time prekey is handed out once), and send
-//! sealed envelopes. The relay pushes an envelope to its recipient at once if the recipient
-//! is online, and answers the sender only once the envelope is either committed to SQLite or
-//! acknowledged by the recipient: an envelope acknowledged within
-//! [`RelayConfig::commit_delay`] is never written, any other is written (group commit) and
-//! deleted when the recipient acknowledges it (or, unread, once it is older than
-//! [`RelayConfig::max_envelope_age`], or evicted from a full queue when its sender has the most
-//! queued there). So nothing a sender was told is accepted is lost across a crash (`kill -9`)
-//! and restart.
+//! Devices connect over TCP (length-prefixed frames) or WebSocket on one port, inside TLS in
+//! production (feature `tls`, `RelayConfig::tls`), authenticate with their ed25519 device key
+//! (challenge–response, no accounts or passwords; the answer is bound to the connection: to the TLS
+//! exporter, or on a plaintext listener to the relay's own key, see `docs/relay-auth.md`), publish
+//! prekey bundles, fetch each other's bundles (each one-time prekey is handed out once), and send
+//! sealed envelopes. The relay pushes an envelope to its recipient at once if the recipient is
+//! online, and answers the sender only once the envelope is either committed to SQLite or
+//! acknowledged by the recipient: an envelope acknowledged within [`RelayConfig::commit_delay`] is
+//! never written, any other is written (group commit) and deleted when the recipient acknowledges
+//! it (or, unread, once it is older than [`RelayConfig::max_envelope_age`], or evicted from a full
+//! queue when its sender has the most queued there). So nothing a sender was told is accepted is
+//! lost across a crash (`kill -9`) and restart.
 //!
 //! Limits ([`RelayConfig`], all configurable, also from the command line): largest frame,
 //! total connections and connections per IP address or IPv6 /64 (counted and refused at

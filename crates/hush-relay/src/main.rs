@@ -46,8 +46,14 @@ options:
                           committed or acknowledged
   --worker-threads N      tokio worker threads (default: number of CPUs; 1 runs
                           connections on one thread, with the database on another)
-  --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls)
+  --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls):
+                          the production setting; devices bind their authentication to
+                          the TLS connection. Without it the listener is plaintext, for
+                          local use only (it says so in a warning at startup)
   --tls-key PATH          ... and this PEM private key
+  --key PATH              the relay's ed25519 key file, created on first start (default:
+                          the --db path with .key appended); its public key is in every
+                          challenge and devices may pin it: keep it with the database
 
 logging: HUSH_RELAY_LOG=error|warn|info|debug|trace (default info)";
 
@@ -117,6 +123,7 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             "--worker-threads" => threads = Some(num(&value)? as usize),
             "--tls-cert" => tls_cert = Some(value.into()),
             "--tls-key" => tls_key = Some(value.into()),
+            "--key" => config.key_path = value.into(),
             _ => return Err(format!("unknown option {flag}")),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Authentication answers the relay's challenge with the device key, bound to the connection
 //! ([`ChannelBinding`]): over TLS to the relay itself, to the connection's RFC 9266
-//! `tls-exporter` value (use [`RelayClient::connect_tls`] / [`RelayClient::connect_wss`], or
+//! `tls-exporter` value (use `RelayClient::connect_tls` / `RelayClient::connect_wss`, or
 //! pass the exporter of your own TLS connection with [`ClientChannel::Tls`]); over plaintext,
 //! to the relay's public key, which [`RelayClientConfig::relay_key`] can pin. TLS is the
 //! production setting: plaintext binding only stops a relay from passing this device's
@@ -54,7 +54,7 @@ pub enum ClientChannel {
     /// before the relay (a terminating proxy), where the relay sees plaintext.
     Plaintext,
     /// TLS terminated by the relay: the answer is bound to this connection's RFC 9266
-    /// `tls-exporter` value (see [`tls_exporter`] with feature `tls`, or compute it with your
+    /// `tls-exporter` value (see `tls_exporter` with feature `tls`, or compute it with your
     /// TLS library: label `"EXPORTER-Channel-Binding"`, no context, 32 bytes).
     Tls {
         /// The exporter value of the TLS connection the frames travel in.
@@ -224,7 +224,7 @@ type Control = mpsc::Sender<server_frame::Frame>;
 impl RelayClient {
     /// Connects over plaintext TCP and authenticates with `signer`'s device key, bound to the
     /// relay's key ([`ClientChannel::Plaintext`]). For local use and tests: in production
-    /// connect with [`Self::connect_tls`].
+    /// connect with `connect_tls` (feature `tls`).
     pub async fn connect_tcp(
         addr: SocketAddr,
         signer: &dyn DeviceSigner,
@@ -316,7 +316,8 @@ impl RelayClient {
     }
 
     /// Connects over plaintext WebSocket (`ws://host:port/`) and authenticates, bound to the
-    /// relay's key. For local use and tests: in production connect with [`Self::connect_wss`].
+    /// relay's key. For local use and tests: in production connect with `connect_wss` (feature
+    /// `tls`).
     pub async fn connect_ws(
         addr: SocketAddr,
         signer: &dyn DeviceSigner,
