@@ -197,7 +197,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
     };
     println!("relay at {relay_addr}");
 
-    // Two devices with fresh identities. Bob publishes prekeys; Alice fetches them.
+    // Two devices with fresh identities. Both publish prekeys; Alice fetches Bob's.
     let mut alice_sealer = sealer(1)?;
     let mut bob_sealer = sealer(2)?;
     let bob_relay = RelayClient::connect_tcp(
@@ -216,6 +216,11 @@ async fn run(args: Args) -> Result<bool, Failure> {
         RelayClientConfig::default(),
     )
     .await?;
+    // Alice publishes hers too: the relay accepts envelopes only for devices that did.
+    let material = alice_sealer.publish(4, 2)?;
+    alice_relay
+        .upload_prekeys(material.bundle, material.one_time_prekeys, false)
+        .await?;
     let fetched = alice_relay.fetch_bundle(bob_sealer.device_id()).await?;
     alice_sealer.start_session(&fetched)?;
     let bob_id = bob_sealer.device_id();

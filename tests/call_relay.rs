@@ -65,6 +65,12 @@ async fn relay_pair(relay: &LocalRelay, config: &ClientConfig) -> (Client, Clien
         RelayClient::connect_tcp(relay.addr, alice.signer(), RelayClientConfig::default())
             .await
             .expect("alice authenticates");
+    // Alice publishes hers too: the relay accepts envelopes only for devices that did.
+    let material = alice.publish(1, 1).expect("prekeys");
+    alice_relay
+        .upload_prekeys(material.bundle, material.one_time_prekeys, false)
+        .await
+        .expect("prekeys uploaded");
     let fetched = alice_relay
         .fetch_bundle(bob.device_id())
         .await

@@ -361,9 +361,9 @@ where
         peer: &DeviceId,
         identity: &hush_crypto::IdentityKey,
     ) -> Result<(), Error> {
-        let sealer = self.signaling.sealer_mut();
-        let address = sealer.address_of(peer)?;
-        sealer.device_mut().accept_identity(&address, identity)?;
+        self.signaling
+            .sealer_mut()
+            .accept_identity(peer, identity)?;
         info!(peer = %short(peer), "new identity key accepted by the user");
         Ok(())
     }
@@ -497,12 +497,9 @@ where
     /// The identity key the Signal session with `peer` authenticated (the one the call keys
     /// are bound to).
     fn session_identity(&mut self, peer: &DeviceId) -> Result<hush_crypto::IdentityKey, Error> {
-        let sealer = self.signaling.sealer_mut();
-        let address = sealer.address_of(peer)?;
-        sealer
-            .device()
-            .store()
-            .peer_identity(&address)?
+        self.signaling
+            .sealer_mut()
+            .peer_identity(peer)?
             .ok_or(Error::NoSession)
     }
 

@@ -1,11 +1,19 @@
 //! ed25519 device keys for authenticating to the relay, bound to the Signal identity.
 //!
 //! The device signs relay challenges with its [`DeviceSigningKey`]. Its public half,
-//! [`DeviceAuthKey`], travels in every uploaded bundle together with a *binding signature*: the
-//! Signal identity key (XEd25519) signs
-//! `"hush device auth key v1" || registration_id u32be || device_id u8 || ed25519_public [32]`.
-//! A relay that checks the binding knows the ed25519 key belongs to the holder of the Signal
-//! identity, so a device cannot upload bundles or fetch envelopes for another identity.
+//! [`DeviceAuthKey`], is the device's hush address, and travels in every uploaded bundle bound
+//! to the Signal identity *both ways*:
+//!
+//! * the Signal identity key (XEd25519) signs
+//!   `"hush device auth key v1" || registration_id u32be || device_id u8 || ed25519_public [32]`
+//!   (the identity vouches for the ed25519 key), and
+//! * the ed25519 key signs
+//!   `"hush device identity v1" || registration_id u32be || device_id u8 || identity_key [33]`
+//!   (the device address vouches for the identity).
+//!
+//! A relay or peer that checks both knows the two keys were put together by the holder of both
+//! secrets: nobody can pair someone else's device address with their own Signal identity (the
+//! bundle substitution a malicious relay would need), nor claim someone else's identity.
 //!
 //! Challenge signatures cover `"hush relay challenge v1" || len u32be || challenge`, so a
 //! signature made here cannot be replayed as a signature over anything else.
@@ -19,6 +27,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 const BINDING_LABEL: &[u8] = b"hush device auth key v1";
+const IDENTITY_BINDING_LABEL: &[u8] = b"hush device identity v1";
 const CHALLENGE_LABEL: &[u8] = b"hush relay challenge v1";
 /// Length of an ed25519 signature.
 pub const AUTH_SIGNATURE_LEN: usize = 64;
@@ -69,6 +78,25 @@ impl DeviceSigningKey {
             .calculate_signature(&msg, rng)
             .map_err(libsignal_protocol::SignalProtocolError::from)?
             .into_vec())
+    }
+}
+
+impl DeviceSigningKey {
+    /// The reverse binding signature: this ed25519 key vouches for the Signal `identity` (see
+    /// the module docs).
+    pub(crate) fn identity_binding(
+        &self,
+        identity: &IdentityKey,
+        registration_id: u32,
+        device_id: u8,
+    ) -> [u8; AUTH_SIGNATURE_LEN] {
+        self.0
+            .sign(&identity_binding_message(
+                registration_id,
+                device_id,
+                identity,
+            ))
+            .to_bytes()
     }
 }
 
@@ -133,6 +161,27 @@ impl DeviceAuthKey {
     }
 }
 
+impl DeviceAuthKey {
+    /// Checks that this ed25519 key vouched for `identity` for the given registration and
+    /// device id (strict ed25519 verification).
+    pub fn verify_identity_binding(
+        &self,
+        identity: &IdentityKey,
+        registration_id: u32,
+        device_id: u8,
+        signature: &[u8],
+    ) -> Result<()> {
+        let sig = Signature::from_slice(signature)
+            .map_err(|_| Error::BadSignature("device identity binding malformed"))?;
+        self.0
+            .verify_strict(
+                &identity_binding_message(registration_id, device_id, identity),
+                &sig,
+            )
+            .map_err(|_| Error::BadSignature("device identity binding"))
+    }
+}
+
 impl fmt::Debug for DeviceAuthKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DeviceAuthKey(")?;
@@ -149,6 +198,20 @@ fn binding_message(registration_id: u32, device_id: u8, key: &DeviceAuthKey) -> 
     m.extend_from_slice(&registration_id.to_be_bytes());
     m.push(device_id);
     m.extend_from_slice(&key.to_bytes());
+    m
+}
+
+fn identity_binding_message(
+    registration_id: u32,
+    device_id: u8,
+    identity: &IdentityKey,
+) -> Vec<u8> {
+    let identity = identity.serialize();
+    let mut m = Vec::with_capacity(IDENTITY_BINDING_LABEL.len() + 5 + identity.len());
+    m.extend_from_slice(IDENTITY_BINDING_LABEL);
+    m.extend_from_slice(&registration_id.to_be_bytes());
+    m.push(device_id);
+    m.extend_from_slice(&identity);
     m
 }
 
@@ -211,6 +274,40 @@ mod tests {
         let swapped = DeviceSigningKey::generate(&mut rng).auth_key();
         assert!(swapped
             .verify_binding(identity.identity_key(), 42, 3, &sig)
+            .is_err());
+    }
+
+    #[test]
+    fn identity_binding_checks_key_identity_and_ids() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let other = IdentityKeyPair::generate(&mut rng);
+        let key = DeviceSigningKey::generate(&mut rng);
+        let sig = key.identity_binding(identity.identity_key(), 42, 3);
+        let auth = key.auth_key();
+        auth.verify_identity_binding(identity.identity_key(), 42, 3, &sig)
+            .unwrap();
+        assert!(auth
+            .verify_identity_binding(other.identity_key(), 42, 3, &sig)
+            .is_err());
+        assert!(auth
+            .verify_identity_binding(identity.identity_key(), 42, 7, &sig)
+            .is_err());
+        assert!(auth
+            .verify_identity_binding(identity.identity_key(), 43, 3, &sig)
+            .is_err());
+        assert!(auth
+            .verify_identity_binding(identity.identity_key(), 42, 3, &sig[..63])
+            .is_err());
+        let swapped = DeviceSigningKey::generate(&mut rng).auth_key();
+        assert!(swapped
+            .verify_identity_binding(identity.identity_key(), 42, 3, &sig)
+            .is_err());
+        // A challenge signature is never a valid identity binding (labels differ).
+        let challenge = identity.identity_key().serialize();
+        let as_challenge = key.sign_challenge(&challenge);
+        assert!(auth
+            .verify_identity_binding(identity.identity_key(), 42, 3, &as_challenge)
             .is_err());
     }
 

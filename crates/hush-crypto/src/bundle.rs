@@ -7,26 +7,28 @@
 //! ```text
 //! DeviceKeys   = registration_id u32 | device_id u8 (1..=127) | identity_key bytes16 (≤64)
 //!              | ed25519_auth_key [32] | auth_binding_signature bytes16 (≤128)
+//!              | identity_binding_signature [64]
 //! OneTime      = id u32 | public_key bytes16 (≤64)
 //! Signed       = id u32 | public_key bytes16 (≤64) | signature bytes16 (≤128)
 //! Kyber        = id u32 | public_key bytes16 (≤2048) | signature bytes16 (≤128)
-//! PeerBundle   = 0x10 | version u8 (=1) | DeviceKeys | Signed | Kyber | has_one_time u8 (0|1) | [OneTime]
-//! BundleUpload = 0x11 | version u8 (=1) | DeviceKeys | Signed | Kyber (last resort)
+//! PeerBundle   = 0x10 | version u8 (=2) | DeviceKeys | Signed | Kyber | has_one_time u8 (0|1) | [OneTime]
+//! BundleUpload = 0x11 | version u8 (=2) | DeviceKeys | Signed | Kyber (last resort)
 //!              | n u16 (≤500) | n × OneTime | m u16 (≤100) | m × Kyber (one-time)
 //! ```
 //!
-//! Public keys use libsignal's serialization (a type byte, then the key).
+//! Public keys use libsignal's serialization (a type byte, then the key). Version 1 bundles
+//! (no identity binding) are refused.
 
 use libsignal_protocol::{
     kem, DeviceId, IdentityKey, KyberPreKeyId, PreKeyBundle, PreKeyId, PublicKey, SignedPreKeyId,
 };
 
-use crate::auth::DeviceAuthKey;
+use crate::auth::{DeviceAuthKey, AUTH_SIGNATURE_LEN};
 use crate::error::{Error, Result};
 use crate::wire::{Reader, Writer};
 
-/// Version byte of the bundle encodings.
-pub const BUNDLE_VERSION: u8 = 1;
+/// Version byte of the bundle encodings (2: the device key also signs the identity).
+pub const BUNDLE_VERSION: u8 = 2;
 /// First byte of an encoded [`PeerBundle`].
 pub const PEER_BUNDLE_TAG: u8 = 0x10;
 /// First byte of an encoded [`BundleUpload`].
@@ -94,16 +96,26 @@ pub struct DeviceKeys {
     pub auth_key: DeviceAuthKey,
     /// The identity key's signature binding `auth_key` (see [`DeviceAuthKey::verify_binding`](crate::DeviceAuthKey::verify_binding)).
     pub auth_binding: Vec<u8>,
+    /// The ed25519 key's signature binding `identity_key` (see
+    /// [`DeviceAuthKey::verify_identity_binding`](crate::DeviceAuthKey::verify_identity_binding)).
+    pub identity_binding: [u8; AUTH_SIGNATURE_LEN],
 }
 
 impl DeviceKeys {
-    /// Checks the binding of the ed25519 key to the identity key.
+    /// Checks the binding of the ed25519 key and the identity key, both ways: the identity
+    /// signed the ed25519 key, and the ed25519 key signed the identity.
     pub fn verify(&self) -> Result<()> {
         self.auth_key.verify_binding(
             &self.identity_key,
             self.registration_id,
             self.device_id,
             &self.auth_binding,
+        )?;
+        self.auth_key.verify_identity_binding(
+            &self.identity_key,
+            self.registration_id,
+            self.device_id,
+            &self.identity_binding,
         )
     }
 
@@ -112,7 +124,9 @@ impl DeviceKeys {
         w.u8(self.device_id);
         w.bytes16(&self.identity_key.serialize())?;
         w.put(&self.auth_key.to_bytes());
-        w.bytes16(&self.auth_binding)
+        w.bytes16(&self.auth_binding)?;
+        w.put(&self.identity_binding);
+        Ok(())
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self> {
@@ -125,12 +139,14 @@ impl DeviceKeys {
             .map_err(|_| r.malformed("bad identity key"))?;
         let auth_key = DeviceAuthKey::from_bytes(&r.array()?)?;
         let auth_binding = r.bytes16(MAX_SIGNATURE)?.to_vec();
+        let identity_binding = r.array()?;
         Ok(Self {
             registration_id,
             device_id,
             identity_key,
             auth_key,
             auth_binding,
+            identity_binding,
         })
     }
 }

@@ -20,7 +20,7 @@ use crate::auth::DeviceSigningKey;
 use crate::bundle::{BundleUpload, DeviceKeys, PeerBundle};
 use crate::call::{Answer, CallKeyExchange, IncomingOffer, MediaKeys, Offer, PendingOffer};
 use crate::error::{Error, Result};
-use crate::store::{Backend, DeviceStore};
+use crate::store::{Backend, DeviceStore, PeerPin};
 use crate::suite::Suite;
 
 /// Largest sealed message [`Device::open`] looks at.
@@ -120,12 +120,18 @@ impl<B: Backend> Device<B> {
             u8::from(store.device_id()),
             &mut self.rng,
         )?;
+        let identity_binding = store.signing_key().identity_binding(
+            store.identity_key(),
+            store.registration_id(),
+            u8::from(store.device_id()),
+        );
         Ok(DeviceKeys {
             registration_id: store.registration_id(),
             device_id: u8::from(store.device_id()),
             identity_key: *store.identity_key(),
             auth_key: store.signing_key().auth_key(),
             auth_binding,
+            identity_binding,
         })
     }
 
@@ -196,8 +202,12 @@ impl<B: Backend> Device<B> {
     // ---- sessions ----
 
     /// Starts a Signal (PQXDH) session with `peer` from its bundle. Verifies every signature
-    /// in the bundle first. A bundle whose identity differs from the one on record for `peer`
-    /// fails with [`Error::IdentityChanged`].
+    /// in the bundle first (the prekeys, and the identity/device-key binding both ways).
+    ///
+    /// Identities are pinned per peer *name*: a bundle whose identity differs from the one
+    /// pinned for `peer.name()` fails with [`Error::IdentityChanged`], whatever Signal device id
+    /// it claims; so does a bundle whose device id differs from one pinned from an earlier
+    /// verified bundle. On success the bundle's identity and device id are pinned.
     pub async fn process_bundle(
         &mut self,
         peer: &ProtocolAddress,
@@ -211,9 +221,16 @@ impl<B: Backend> Device<B> {
             });
         }
         bundle.verify()?;
-        if let Some(known) = self.store.peer_identity(peer)? {
-            if known != bundle.device.identity_key {
+        if let Some(pin) = self.store.peer_pin(peer.name())? {
+            if pin.identity != bundle.device.identity_key {
                 warn!(%peer, "bundle carries a different identity key");
+                return Err(Error::IdentityChanged {
+                    peer: peer.clone(),
+                    new_identity: Some(bundle.device.identity_key),
+                });
+            }
+            if !pin.admits_device(peer.device_id()) {
+                warn!(%peer, pinned = %pin.device_id, "bundle carries a different Signal device id");
                 return Err(Error::IdentityChanged {
                     peer: peer.clone(),
                     new_identity: Some(bundle.device.identity_key),
@@ -237,6 +254,14 @@ impl<B: Backend> Device<B> {
             reason: "rejected by libsignal (panic caught)",
         })?;
         processed.map_err(|e| identity_error(e, peer, Some(bundle.device.identity_key)))?;
+        self.store.set_peer_pin(
+            peer,
+            &PeerPin {
+                identity: bundle.device.identity_key,
+                device_id: peer.device_id(),
+                from_bundle: true,
+            },
+        )?;
         debug!(%peer, "session started from bundle");
         Ok(())
     }
@@ -332,7 +357,8 @@ impl<B: Backend> Device<B> {
     }
 
     /// Records `identity` as `peer`'s trusted identity after the user verified the new safety
-    /// number. Until this is called, a changed identity is refused.
+    /// number. Until this is called, a changed identity (or a changed device id in a bundle) is
+    /// refused. The device id is pinned again by the next verified bundle.
     pub fn accept_identity(
         &mut self,
         peer: &ProtocolAddress,

@@ -33,9 +33,9 @@ pub use call::{
 pub use device::{Device, SafetyNumber, MAX_SEALED_LEN, SEALED_PREKEY, SEALED_WHISPER};
 pub use error::{Error, Result, StoreError};
 pub use libsignal_protocol::{IdentityKey, ProtocolAddress};
+pub use store::{Backend, DeviceStore, MemoryBackend, PeerPin, StoreHandle, Table};
 #[cfg(feature = "sqlite")]
-pub use store::SqliteBackend;
-pub use store::{Backend, DeviceStore, MemoryBackend, StoreHandle, Table};
+pub use store::{SqliteBackend, StoreKey};
 pub use suite::{master_key_len, suite_code, suite_from_code, Suite, MASTER_SALT_LEN};
 
 /// Polls `fut` once and returns its output if it completed.

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{addr, device, now, pair, run};
-use hush_crypto::{BundleUpload, Error, PeerBundle, SEALED_PREKEY, SEALED_WHISPER};
+use hush_crypto::{
+    Backend, BundleUpload, Device, DeviceStore, Error, MemoryBackend, PeerBundle, Table,
+    SEALED_PREKEY, SEALED_WHISPER,
+};
 
 #[test]
 fn seal_open_both_ways() {
@@ -261,4 +264,169 @@ fn relay_auth_key_is_bound_to_the_identity() {
     let eve = device(96, 1);
     up.device.auth_key = eve.signing_key().auth_key();
     assert!(up.verify().is_err());
+}
+
+#[test]
+fn the_device_key_must_sign_the_identity_too() {
+    let mut bob = device(97, 1);
+    let mut up = bob.prepare_upload(1, 0, now()).unwrap();
+    // Pair Bob's device key with Eve's identity, bound one way (Eve's identity signs Bob's
+    // device key, as Eve can), with Bob's identity binding copied over: refused.
+    let mut eve = device(98, 1);
+    let mut eve_bundle = eve.fresh_bundle(now()).unwrap();
+    let bob_auth = up.device.auth_key;
+    eve_bundle.device.auth_key = bob_auth;
+    eve_bundle.device.identity_binding = up.device.identity_binding;
+    assert!(matches!(
+        eve_bundle.device.verify(),
+        Err(Error::BadSignature(_))
+    ));
+    let mut alice = device(99, 1);
+    assert!(matches!(
+        run(alice.process_bundle(&addr("bob", 1), &eve_bundle, now())),
+        Err(Error::BadSignature(_))
+    ));
+    // Tampering with the identity binding of a genuine upload is refused as well.
+    up.device.identity_binding[10] ^= 1;
+    assert!(matches!(up.verify(), Err(Error::BadSignature(_))));
+}
+
+#[test]
+fn version_1_bundles_are_refused() {
+    let mut bob = device(100, 1);
+    let mut bytes = bob.fresh_bundle(now()).unwrap().encode().unwrap();
+    bytes[1] = 1;
+    assert!(matches!(
+        PeerBundle::decode(&bytes),
+        Err(Error::UnsupportedVersion { version: 1, .. })
+    ));
+}
+
+/// A device with a fresh identity but `stolen`'s device key: its bundles are bound both ways.
+fn with_device_key_of(
+    stolen: &Device<MemoryBackend>,
+    seed: u64,
+    device_id: u8,
+) -> Device<MemoryBackend> {
+    let fresh = device(seed, device_id).into_store();
+    let mut backend = fresh.into_backend();
+    backend
+        .put(
+            Table::Meta,
+            b"ed25519_seed",
+            stolen.signing_key().to_seed().as_ref(),
+        )
+        .unwrap();
+    Device::new(DeviceStore::open(backend).unwrap().unwrap())
+}
+
+#[test]
+fn identity_is_pinned_per_peer_name_whatever_the_signal_device_id() {
+    for forged_device in [1u8, 7] {
+        let mut p = pair(110 + u64::from(forged_device));
+        let mut mallory = with_device_key_of(&p.bob, 120, forged_device);
+        let bundle = mallory.fresh_bundle(now()).unwrap();
+        bundle.verify().unwrap();
+        let forged_addr = addr("bob", forged_device);
+        match run(p.alice.process_bundle(&forged_addr, &bundle, now())) {
+            Err(Error::IdentityChanged { new_identity, .. }) => {
+                assert_eq!(new_identity.as_ref(), Some(mallory.identity_key()));
+            }
+            other => panic!("device {forged_device}: expected IdentityChanged, got {other:?}"),
+        }
+        // Messages under the forged device id from Mallory's identity are refused too.
+        let alice_bundle = p.alice.fresh_bundle(now()).unwrap();
+        run(mallory.process_bundle(&p.alice_addr, &alice_bundle, now())).unwrap();
+        let m = run(mallory.seal(&p.alice_addr, b"it's bob, honest", now())).unwrap();
+        assert!(matches!(
+            run(p.alice.open(&forged_addr, &m)),
+            Err(Error::IdentityChanged { .. })
+        ));
+        // Bob's own session is untouched.
+        let m = run(p.alice.seal(&p.bob_addr, b"still you", now())).unwrap();
+        assert_eq!(run(p.bob.open(&p.alice_addr, &m)).unwrap(), b"still you");
+    }
+}
+
+#[test]
+fn a_device_id_pinned_from_a_bundle_only_moves_once_accepted() {
+    let mut p = pair(130);
+    // Same identity, another Signal device id (Bob's store rewritten to device 9).
+    let bob_store = std::mem::replace(&mut p.bob, device(131, 1)).into_store();
+    let mut backend = bob_store.into_backend();
+    backend.put(Table::Meta, b"device_id", &[9]).unwrap();
+    let mut bob9 = Device::new(DeviceStore::open(backend).unwrap().unwrap());
+    let bundle = bob9.fresh_bundle(now()).unwrap();
+    let bob9_addr = addr("bob", 9);
+    assert!(matches!(
+        run(p.alice.process_bundle(&bob9_addr, &bundle, now())),
+        Err(Error::IdentityChanged { .. })
+    ));
+    let key = *bob9.identity_key();
+    p.alice.accept_identity(&bob9_addr, &key).unwrap();
+    run(p.alice.process_bundle(&bob9_addr, &bundle, now())).unwrap();
+    let pin = p.alice.store().peer_pin("bob").unwrap().unwrap();
+    assert_eq!((u8::from(pin.device_id), pin.from_bundle), (9, true));
+}
+
+#[test]
+fn a_peer_that_wrote_first_can_later_be_reached_by_its_bundle() {
+    // Bob starts the session, so Alice labels him device 1 (an assumed pin); his bundle says
+    // device 5 with the same identity: accepted, and the bundle's device id is pinned.
+    let mut alice = device(140, 1);
+    let mut bob = device(141, 5);
+    let alice_bundle = alice.fresh_bundle(now()).unwrap();
+    run(bob.process_bundle(&addr("alice", 1), &alice_bundle, now())).unwrap();
+    let m = run(bob.seal(&addr("alice", 1), b"hi", now())).unwrap();
+    assert_eq!(run(alice.open(&addr("bob", 1), &m)).unwrap(), b"hi");
+    let pin = alice.store().peer_pin("bob").unwrap().unwrap();
+    assert!(!pin.from_bundle);
+    let bundle = bob.fresh_bundle(now()).unwrap();
+    run(alice.process_bundle(&addr("bob", 5), &bundle, now())).unwrap();
+    let pin = alice.store().peer_pin("bob").unwrap().unwrap();
+    assert_eq!((u8::from(pin.device_id), pin.from_bundle), (5, true));
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn identities_recorded_per_address_by_older_stores_are_migrated() {
+    use hush_crypto::SqliteBackend;
+    let p = pair(150);
+    let bob_identity = *p.bob.identity_key();
+    let path = std::env::temp_dir().join(format!("hush-migrate-{}.db", rand::random::<u64>()));
+    {
+        let store =
+            DeviceStore::create(SqliteBackend::open(&path).unwrap(), 1, &mut rand::rng()).unwrap();
+        let mut backend = store.into_backend();
+        // The old layout: identity under (device id byte ‖ name).
+        let mut key = vec![7u8];
+        key.extend_from_slice(b"bob");
+        backend
+            .put(Table::Identities, &key, &bob_identity.serialize())
+            .unwrap();
+    }
+    let store = DeviceStore::open(SqliteBackend::open(&path).unwrap())
+        .unwrap()
+        .unwrap();
+    let pin = store.peer_pin("bob").unwrap().unwrap();
+    assert_eq!(pin.identity, bob_identity);
+    assert_eq!(u8::from(pin.device_id), 7);
+    assert!(store
+        .into_backend()
+        .keys(Table::Identities)
+        .unwrap()
+        .is_empty());
+    // A bundle with another identity under any device id is refused by the migrated pin.
+    let mut alice = Device::new(
+        DeviceStore::open(SqliteBackend::open(&path).unwrap())
+            .unwrap()
+            .unwrap(),
+    );
+    let mut mallory = device(151, 1);
+    let bundle = mallory.fresh_bundle(now()).unwrap();
+    assert!(matches!(
+        run(alice.process_bundle(&addr("bob", 1), &bundle, now())),
+        Err(Error::IdentityChanged { .. })
+    ));
+    let _ = std::fs::remove_file(&path);
 }

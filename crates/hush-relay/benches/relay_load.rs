@@ -27,6 +27,10 @@
 //! K = 1 is one envelope at a time per client; real clients send bursts (an offer followed by
 //! trickled ICE candidates, answers to several devices).
 //!
+//! The relay delivers only to devices that published a prekey bundle, so each client is a
+//! hush-crypto device that uploads its (verified) base bundle after connecting; the bundles
+//! are made before phase 1 and uploaded after it, outside every measured phase.
+//!
 //! The clients are a lean load generator, not [`hush_signaling::transport::RelayClient`]: one
 //! task per connection that writes pre-encoded frames (only the id and send time are patched
 //! per envelope), reads whole buffers of frames, walks the few protobuf fields it needs without
@@ -40,9 +44,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hush_signaling::device::{generate_device_key, sign_challenge, AUTH_NONCE_LEN};
+use futures_util::StreamExt;
+use hush_crypto::{Device, DeviceSigningKey, DeviceStore, MemoryBackend};
+use hush_signaling::device::{sign_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{
-    decode_server_frame, encode_client_frame, length_prefixed, read_frame, TCP_PREAMBLE,
+    decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame};
 use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
@@ -50,6 +56,7 @@ use hush_signaling::{CiphertextKind, DeviceId, DeviceSigner, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio_util::codec::{Framed, FramedRead};
 
 struct Args {
     clients: usize,
@@ -138,6 +145,8 @@ fn start_relay(db: &std::path::Path, args: &Args) -> Relay {
         "1000000",
         "--max-queue",
         "100000",
+        "--max-queue-per-sender",
+        "100000",
     ])
     .args(["--max-connections", &(args.clients + 100).to_string()]);
     if let Some(n) = args.relay_threads {
@@ -199,25 +208,71 @@ async fn connect(i: usize, relay: SocketAddr, key: &dyn DeviceSigner) -> TcpStre
     let mut stream = socket.connect(relay).await.unwrap();
     stream.set_nodelay(true).unwrap();
     stream.write_all(&TCP_PREAMBLE).await.unwrap();
-    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let mut frames = Framed::new(stream, RelayFrameCodec::new(1 << 16));
+    let frame = frames.next().await.unwrap().unwrap();
     let Ok(server_frame::Frame::Challenge(c)) = decode_server_frame(&frame) else {
         panic!("expected a challenge");
     };
     let nonce: [u8; AUTH_NONCE_LEN] = c.nonce.as_slice().try_into().unwrap();
+    // Plaintext loopback: the answer is bound to the relay's key.
+    let binding = ChannelBinding::RelayKey(c.relay_key.as_slice().try_into().unwrap());
     let auth = encode_client_frame(client_frame::Frame::Auth(pb::AuthResponse {
         version: RELAY_PROTOCOL_VERSION,
         device_key: key.device_id().as_bytes().to_vec(),
-        signature: sign_challenge(key, &nonce).to_vec(),
+        signature: sign_challenge(key, &nonce, &binding).to_vec(),
+        binding_type: binding.binding_type() as i32,
     }));
-    stream
+    frames
+        .get_mut()
         .write_all(&length_prefixed(&auth).unwrap())
         .await
         .unwrap();
-    let frame = read_frame(&mut stream, 1 << 16).await.unwrap().unwrap();
+    let frame = frames.next().await.unwrap().unwrap();
     let Ok(server_frame::Frame::AuthOk(_)) = decode_server_frame(&frame) else {
         panic!("authentication refused");
     };
+    // A fresh device has no backlog: nothing follows AuthOk until the clients send.
+    let parts = frames.into_parts();
+    assert!(parts.read_buf.is_empty(), "frames after AuthOk");
+    parts.io
+}
+
+/// A fresh device: its key and its encoded base bundle (no one-time prekeys).
+fn device_with_bundle() -> (DeviceSigningKey, Vec<u8>) {
+    let store = DeviceStore::create(MemoryBackend::new(), 1, &mut rand::rng()).unwrap();
+    let mut device = Device::new(store);
+    let bundle = device
+        .prepare_upload(0, 0, SystemTime::now())
+        .unwrap()
+        .take_bundle()
+        .encode()
+        .unwrap();
+    (device.signing_key().clone(), bundle)
+}
+
+/// Publishes `bundle` on an authenticated connection and waits for the relay's answer.
+async fn upload_bundle(stream: &mut TcpStream, bundle: Vec<u8>) {
+    let upload = encode_client_frame(client_frame::Frame::UploadPrekeys(pb::UploadPrekeys {
+        request_id: 1,
+        bundle,
+        one_time_prekeys: Vec::new(),
+        replace_one_time_prekeys: false,
+    }));
     stream
+        .write_all(&length_prefixed(&upload).unwrap())
+        .await
+        .unwrap();
+    // Nothing but the answer comes before the clients start sending (no backlog).
+    let mut frames = FramedRead::new(stream, RelayFrameCodec::new(1 << 16));
+    let frame = frames.next().await.unwrap().unwrap();
+    assert!(frames.read_buffer().is_empty(), "frames after the answer");
+    let Ok(server_frame::Frame::Response(pb::Response {
+        result: Some(pb::response::Result::Done(_)),
+        ..
+    })) = decode_server_frame(&frame)
+    else {
+        panic!("bundle upload refused");
+    };
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (Linux /proc; 100 ticks/s).
@@ -662,9 +717,21 @@ async fn run(args: Args) {
         load_average()
     );
 
-    // Phase 1: connect and authenticate everyone.
-    let keys: Vec<_> = (0..n).map(|_| Arc::new(generate_device_key())).collect();
+    // Devices and their bundles (not timed).
+    let made = Instant::now();
+    let (keys, mut bundles): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| {
+            let (key, bundle) = device_with_bundle();
+            (Arc::new(key), Some(bundle))
+        })
+        .unzip();
+    println!(
+        "devices: {n} identities and bundles made in {:.2} s",
+        made.elapsed().as_secs_f64()
+    );
     let ids: Vec<DeviceId> = keys.iter().map(|k| k.device_id()).collect();
+
+    // Phase 1: connect and authenticate everyone.
     let start = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let mut handles = Vec::with_capacity(n);
@@ -688,6 +755,26 @@ async fn run(args: Args) {
     assert_eq!(
         authenticated as usize, n,
         "every client holds an authenticated connection"
+    );
+    // Every client publishes its bundle (not timed): the relay delivers only to devices that
+    // did.
+    let uploaded = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for (mut stream, bundle) in streams.into_iter().zip(bundles.iter_mut()) {
+        let (sem, bundle) = (sem.clone(), bundle.take().unwrap_or_default());
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.unwrap();
+            upload_bundle(&mut stream, bundle).await;
+            stream
+        }));
+    }
+    let mut streams = Vec::with_capacity(n);
+    for h in handles {
+        streams.push(h.await.unwrap());
+    }
+    println!(
+        "bundles: {n} uploaded in {:.2} s",
+        uploaded.elapsed().as_secs_f64()
     );
 
     let base = Instant::now();

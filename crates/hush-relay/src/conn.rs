@@ -6,14 +6,20 @@
 //! stream untrustworthy (oversize or malformed frame, frames before authentication) are sent
 //! as a top-level `RelayError` frame and the connection is closed. Nothing a client sends can
 //! affect another client's connection.
+//!
+//! Deadlines after authentication: every write must complete within
+//! [`RelayConfig::write_timeout`](crate::RelayConfig::write_timeout) (a device that stops
+//! reading is cut off and its slot freed, instead of holding its task in a blocked write where
+//! it never sees its slow-consumer kick), and a client that sends no frame for
+//! [`RelayConfig::idle_timeout`](crate::RelayConfig::idle_timeout) is closed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hush_signaling::device::{verify_challenge, AUTH_NONCE_LEN};
+use hush_signaling::device::{verify_challenge, ChannelBinding, AUTH_NONCE_LEN};
 use hush_signaling::frame::{decode_client_frame, encode_deliver_frame, encode_server_frame};
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
 use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
@@ -22,6 +28,7 @@ use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bundles::check_upload;
 use crate::io::{self, Reader, Writer};
 use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
 use crate::store::{InsertDone, Op, StoreError};
@@ -36,9 +43,20 @@ const MAX_PREKEYS_PER_UPLOAD: usize = 200;
 /// Most frames handled before flushing and yielding.
 const MAX_EVENTS_PER_WAKE: usize = 128;
 
-/// Decrements the open-connection gauge and the per-address count when a connection ends,
-/// however it ends.
-struct ConnGuard(Arc<Shared>, std::net::IpAddr);
+/// A connection counted at accept (open-connection gauge, per-address count); uncounts it
+/// when the connection ends, however it ends.
+pub(crate) struct ConnGuard(Arc<Shared>, std::net::IpAddr);
+
+impl ConnGuard {
+    /// Takes over a connection `Shared::admit` counted under address key `key`.
+    pub(crate) fn new(shared: Arc<Shared>, key: std::net::IpAddr) -> Self {
+        shared
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        Self(shared, key)
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -47,20 +65,18 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Serves one accepted socket to the end (its address was already counted by
-/// `Shared::admit_ip`).
-pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    shared
-        .metrics
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
-    let _guard = ConnGuard(shared.clone(), peer.ip());
+/// Serves one accepted socket to the end (counted at accept, uncounted when `_guard` drops).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _guard: ConnGuard,
+) {
     let _ = stream.set_nodelay(true);
     // One deadline for everything before authentication: an unauthenticated connection cannot
     // stay open longer, whatever it sends.
     let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
-    let (mut writer, mut frames) = match tokio::time::timeout_at(
+    let (mut writer, mut frames, tls) = match tokio::time::timeout_at(
         deadline,
         io::accept(stream, shared.config.max_frame_len, shared.tls.as_ref()),
     )
@@ -73,29 +89,37 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         }
         Err(_) => return,
     };
-    let device =
-        match tokio::time::timeout_at(deadline, authenticate(&shared, &mut writer, &mut frames))
-            .await
-        {
-            Ok(Ok(device)) => device,
-            Ok(Err((code, message))) => {
-                if code == ErrorCode::AuthFailed {
-                    shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared
-                        .metrics
-                        .protocol_violations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::debug!(%peer, ?code, message, "authentication refused");
-                close_with(&mut writer, code, message).await;
-                return;
+    let device = match tokio::time::timeout_at(
+        deadline,
+        authenticate(&shared, tls, &mut writer, &mut frames),
+    )
+    .await
+    {
+        Ok(Ok(device)) => device,
+        Ok(Err((code, message))) => {
+            if code == ErrorCode::AuthFailed {
+                shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared
+                    .metrics
+                    .protocol_violations
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
-                close_with(&mut writer, ErrorCode::Timeout, "authentication timed out").await;
-                return;
-            }
-        };
+            tracing::debug!(%peer, ?code, message, "authentication refused");
+            close_with(&mut writer, code, message, shared.config.write_timeout).await;
+            return;
+        }
+        Err(_) => {
+            close_with(
+                &mut writer,
+                ErrorCode::Timeout,
+                "authentication timed out",
+                shared.config.write_timeout,
+            )
+            .await;
+            return;
+        }
+    };
     shared.metrics.authenticated.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, %device, "authenticated");
     let mut conn = Conn::new(shared.clone(), device, writer);
@@ -105,20 +129,28 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
     shared.metrics.authenticated.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn close_with(writer: &mut Writer, code: ErrorCode, message: &str) {
+/// Sends a last error and closes, giving up after `limit` (a client that does not read).
+async fn close_with(writer: &mut Writer, code: ErrorCode, message: &str, limit: Duration) {
     let frame = encode_server_frame(server_frame::Frame::Error(pb::RelayError {
         code: code as i32,
         message: message.to_owned(),
     }));
-    let _ = writer.send(frame).await;
-    writer.close().await;
+    let _ = tokio::time::timeout(limit, async {
+        let _ = writer.send(frame).await;
+        writer.close().await;
+    })
+    .await;
 }
 
 type Refusal = (ErrorCode, &'static str);
 
-/// Challenge–response: the client proves it holds the device key it claims.
+/// Challenge–response: the client proves it holds the device key it claims, with a signature
+/// bound to this connection: to `tls` (the TLS exporter binding) when the relay terminates
+/// TLS, else to the relay's own key. An answer made on another connection (a man in the
+/// middle forwarding a victim's answer onto his own connection to this relay) does not verify.
 async fn authenticate(
     shared: &Shared,
+    tls: Option<ChannelBinding>,
     writer: &mut Writer,
     frames: &mut Reader,
 ) -> Result<DeviceId, Refusal> {
@@ -126,6 +158,7 @@ async fn authenticate(
     let challenge = encode_server_frame(server_frame::Frame::Challenge(pb::Challenge {
         version: RELAY_PROTOCOL_VERSION,
         nonce: nonce.to_vec(),
+        relay_key: shared.relay_key.to_vec(),
     }));
     let sent = async {
         writer.send(challenge).await?;
@@ -145,16 +178,33 @@ async fn authenticate(
         Err(_) => return Err((ErrorCode::MalformedFrame, "malformed frame")),
     };
     if auth.version != RELAY_PROTOCOL_VERSION {
+        // Version 1 answers bind no channel: refused, so they cannot be relayed.
         return Err((
             ErrorCode::UnsupportedVersion,
-            "unsupported relay protocol version",
+            "unsupported relay protocol version (version 2, channel-bound, is required)",
         ));
+    }
+    let expected = tls.unwrap_or(ChannelBinding::RelayKey(shared.relay_key));
+    if auth.binding_type != expected.binding_type() as i32 {
+        return Err(match expected {
+            ChannelBinding::TlsExporter(_) => (
+                ErrorCode::AuthFailed,
+                "this listener is TLS: bind the answer to the TLS exporter",
+            ),
+            ChannelBinding::RelayKey(_) => (
+                ErrorCode::AuthFailed,
+                "this listener is plaintext: bind the answer to the relay key",
+            ),
+        });
     }
     let device = DeviceId::from_slice(&auth.device_key)
         .map_err(|_| (ErrorCode::AuthFailed, "bad device key"))?;
-    verify_challenge(&device, &nonce, &auth.signature)
-        .map_err(|_| (ErrorCode::AuthFailed, "signature does not verify"))?;
-    let _ = shared;
+    verify_challenge(&device, &nonce, &expected, &auth.signature).map_err(|_| {
+        (
+            ErrorCode::AuthFailed,
+            "signature does not verify for this connection",
+        )
+    })?;
     Ok(device)
 }
 
@@ -198,6 +248,10 @@ enum End {
     Kicked(Kick),
     Violation(ErrorCode),
     WriteFailed,
+    /// A write did not complete within the write timeout (the client stopped reading).
+    WriteTimedOut,
+    /// No frame from the client within the idle timeout.
+    Idle,
 }
 
 struct Conn {
@@ -208,6 +262,8 @@ struct Conn {
     bucket: Bucket,
     /// This device's replay cache, shared with its other connections.
     recent: Arc<Mutex<RecentIds>>,
+    /// When the client's last frame arrived (for the idle timeout).
+    last_read: Instant,
     done_tx: mpsc::UnboundedSender<InsertDone>,
     done_rx: mpsc::UnboundedReceiver<InsertDone>,
 }
@@ -230,6 +286,7 @@ impl Conn {
                 burst,
             },
             recent,
+            last_read: Instant::now(),
             done_tx,
             done_rx,
             shared,
@@ -266,26 +323,25 @@ impl Conn {
         let ok = encode_server_frame(server_frame::Frame::AuthOk(pb::AuthOk {
             queued: backlog.rows.len() as u64,
         }));
-        if self.writer.send(ok).await.is_err() {
-            return End::WriteFailed;
+        if let Err(end) = self.write(ok).await {
+            return end;
         }
         // Envelopes in the backlog may also be among the live pushes (pushed at admission, or
         // after their commit): each is delivered once.
         let mut in_backlog = HashSet::with_capacity(backlog.rows.len());
         for (id, envelope) in backlog.rows {
             in_backlog.insert(id);
-            if self
-                .deliver(encode_deliver_frame(id, &envelope))
-                .await
-                .is_err()
-            {
-                return End::WriteFailed;
+            if let Err(end) = self.deliver(encode_deliver_frame(id, &envelope)).await {
+                return end;
             }
         }
-        if self.writer.flush().await.is_err() {
-            return End::WriteFailed;
+        if let Err(end) = self.flush().await {
+            return end;
         }
-        // Created once (not per loop turn): both end the connection when they fire.
+        // Created once (not per loop turn); pushed back by frames as they arrive.
+        let idle_timeout = self.shared.config.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
 
         loop {
             let mut handled = 0;
@@ -305,6 +361,18 @@ impl Conn {
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(live) = live_rx.recv() => self.on_live(live, &in_backlog).await,
                 event = frames.next() => self.on_read(event).await,
+                () = &mut idle => {
+                    let deadline = self.last_read + idle_timeout;
+                    if deadline > Instant::now() {
+                        // Frames arrived since the timer was set.
+                        idle.as_mut().reset(deadline.into());
+                        continue;
+                    }
+                    self.shared.metrics.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.send_error(ErrorCode::Timeout, "idle timeout: no frame received")
+                        .await;
+                    Err(End::Idle)
+                }
             };
             if let Err(end) = step {
                 return end;
@@ -316,8 +384,8 @@ impl Conn {
                     self.on_done(done).await
                 } else if let Ok(live) = live_rx.try_recv() {
                     self.on_live(live, &in_backlog).await
-                } else if let Some(event) = frames.try_next() {
-                    self.on_read(Some(event)).await
+                } else if let Some(event) = frames.try_next().await {
+                    self.on_read(event).await
                 } else {
                     break;
                 };
@@ -326,8 +394,8 @@ impl Conn {
                 }
                 handled += 1;
             }
-            if self.writer.flush().await.is_err() {
-                return End::WriteFailed;
+            if let Err(end) = self.flush().await {
+                return end;
             }
         }
     }
@@ -340,11 +408,40 @@ impl Conn {
         // Our handle on the cache goes before the release, so that it can see it unused.
         self.recent = Arc::default();
         shared.replay_caches.release(&device, now_ms(), max_age);
-        self.writer.close().await;
+        let limit = shared.config.write_timeout;
+        let _ = tokio::time::timeout(limit, self.writer.close()).await;
     }
 
-    async fn deliver(&mut self, frame: Vec<u8>) -> Result<(), Error> {
-        self.writer.send(frame).await?;
+    /// Queues one frame; fails the connection if the write does not complete in time.
+    async fn write(&mut self, frame: Vec<u8>) -> Result<(), End> {
+        match tokio::time::timeout(self.shared.config.write_timeout, self.writer.send(frame)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::WriteFailed),
+            Err(_) => Err(self.write_timed_out()),
+        }
+    }
+
+    /// Writes out the queued frames; fails the connection if that does not complete in time.
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(self.shared.config.write_timeout, self.writer.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::WriteFailed),
+            Err(_) => Err(self.write_timed_out()),
+        }
+    }
+
+    fn write_timed_out(&self) -> End {
+        self.shared
+            .metrics
+            .write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(device = %self.device, "write timed out; closing");
+        End::WriteTimedOut
+    }
+
+    async fn deliver(&mut self, frame: Vec<u8>) -> Result<(), End> {
+        self.write(frame).await?;
         self.shared
             .metrics
             .envelopes_delivered
@@ -353,8 +450,8 @@ impl Conn {
     }
 
     async fn on_live(&mut self, live: Live, in_backlog: &HashSet<u64>) -> Result<(), End> {
-        if !in_backlog.contains(&live.id) && self.deliver(live.frame).await.is_err() {
-            return Err(End::WriteFailed);
+        if !in_backlog.contains(&live.id) {
+            self.deliver(live.frame).await?;
         }
         Ok(())
     }
@@ -371,8 +468,7 @@ impl Conn {
                     .observe_send_latency(done.received.elapsed());
                 Ok(())
             }
-            Err(StoreError::QueueFull) => Err((ErrorCode::QueueFull, "recipient queue is full")),
-            Err(_) => Err((ErrorCode::Internal, "storage failed")),
+            Err(e) => Err(refusal(&e)),
         };
         self.respond(
             done.request_id,
@@ -384,7 +480,10 @@ impl Conn {
     async fn on_read(&mut self, event: Option<io::ReadEvent>) -> Result<(), End> {
         let bytes = match event {
             None => return Err(End::ClientClosed),
-            Some(Ok(bytes)) => bytes,
+            Some(Ok(bytes)) => {
+                self.last_read = Instant::now();
+                bytes
+            }
             Some(Err(e)) => {
                 let (code, msg) = stream_refusal(&e);
                 self.shared
@@ -449,7 +548,7 @@ impl Conn {
                 }
                 let pong =
                     encode_server_frame(server_frame::Frame::Pong(pb::Pong { nonce: ping.nonce }));
-                self.writer.send(pong).await.map_err(|_| End::WriteFailed)
+                self.write(pong).await
             }
             client_frame::Frame::Auth(_) => {
                 self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -554,6 +653,7 @@ impl Conn {
         // Pushed to the recipient now if online; answered once committed or acknowledged.
         match self.shared.pending.admit(
             &self.shared.registry,
+            self.device,
             recipient,
             encoded,
             request_id,
@@ -561,12 +661,17 @@ impl Conn {
             &self.done_tx,
         ) {
             Ok(_) => Ok(()),
-            Err(_) => {
-                self.respond(
-                    request_id,
-                    Err((ErrorCode::QueueFull, "recipient queue is full")),
-                )
-                .await
+            Err(e) => {
+                let counter = match e {
+                    StoreError::UnknownRecipient => Some(&self.shared.metrics.unknown_recipients),
+                    StoreError::SenderQuota => Some(&self.shared.metrics.sender_quota_refusals),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(device = %self.device, %recipient, error = %e, "send refused");
+                self.respond(request_id, Err(refusal(&e))).await
             }
         }
     }
@@ -602,15 +707,55 @@ impl Conn {
                 )
                 .await;
         }
+        let device = self.device;
+        let bundle = up.bundle;
+        let one_time_prekeys: Vec<(u64, Vec<u8>)> = up
+            .one_time_prekeys
+            .into_iter()
+            .map(|k| (k.id, k.data))
+            .collect();
+        // Signature checks are CPU work (up to a few hundred bundles): off the runtime's
+        // threads.
+        let checked = tokio::task::spawn_blocking(move || {
+            check_upload(&device, &bundle, &one_time_prekeys).map(|()| (bundle, one_time_prekeys))
+        })
+        .await;
+        let (bundle, one_time_prekeys) = match checked {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(e)) => {
+                self.shared
+                    .metrics
+                    .invalid_bundles
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%device, error = %e, "prekey upload refused");
+                let message = match e {
+                    crate::bundles::BundleError::Decode { .. } => "bundle does not decode",
+                    crate::bundles::BundleError::Verify { .. } => "bundle does not verify",
+                    crate::bundles::BundleError::NotTheUploader { .. } => {
+                        "bundle belongs to another device"
+                    }
+                    crate::bundles::BundleError::Mismatch { .. } => {
+                        "bundles carry different identities"
+                    }
+                };
+                return self
+                    .respond(request_id, Err((ErrorCode::InvalidBundle, message)))
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .respond(
+                        request_id,
+                        Err((ErrorCode::Internal, "bundle check failed")),
+                    )
+                    .await;
+            }
+        };
         let (reply, rx) = oneshot::channel();
         let op = Op::Upload {
-            device: self.device,
-            bundle: up.bundle,
-            one_time_prekeys: up
-                .one_time_prekeys
-                .into_iter()
-                .map(|k| (k.id, k.data))
-                .collect(),
+            device,
+            bundle,
+            one_time_prekeys,
             replace: up.replace_one_time_prekeys,
             reply,
         };
@@ -646,11 +791,28 @@ impl Conn {
                 )
                 .await;
         };
+        // A one-time prekey only while the requester's quota lasts; past it, the base bundle
+        // (sessions still start; the target's one-time prekeys are not drained).
+        let one_time = self.shared.fetch_quotas.take(
+            &self.device,
+            self.shared.config.prekey_fetches_per_minute,
+            Instant::now(),
+        );
+        if !one_time {
+            self.shared
+                .metrics
+                .prekey_fetches_limited
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let (reply, rx) = oneshot::channel();
         if self
             .shared
             .store
-            .send(Op::Fetch { device, reply })
+            .send(Op::Fetch {
+                device,
+                one_time,
+                reply,
+            })
             .await
             .is_err()
         {
@@ -691,7 +853,7 @@ impl Conn {
             request_id,
             result: Some(result),
         }));
-        self.writer.send(frame).await.map_err(|_| End::WriteFailed)
+        self.write(frame).await
     }
 
     async fn send_error(&mut self, code: ErrorCode, message: &str) {
@@ -699,8 +861,25 @@ impl Conn {
             code: code as i32,
             message: message.to_owned(),
         }));
-        let _ = self.writer.send(frame).await;
-        let _ = self.writer.flush().await;
+        if self.write(frame).await.is_ok() {
+            let _ = self.flush().await;
+        }
+    }
+}
+
+/// The answer to a send the queue refused.
+fn refusal(e: &StoreError) -> Refusal {
+    match e {
+        StoreError::QueueFull => (ErrorCode::QueueFull, "recipient queue is full"),
+        StoreError::SenderQuota => (
+            ErrorCode::SenderQuotaExceeded,
+            "too many envelopes queued from you for this recipient",
+        ),
+        StoreError::UnknownRecipient => (
+            ErrorCode::UnknownRecipient,
+            "recipient has published no bundle",
+        ),
+        _ => (ErrorCode::Internal, "storage failed"),
     }
 }
 

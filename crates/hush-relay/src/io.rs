@@ -8,16 +8,19 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use hush_signaling::frame::{write_frame, TCP_PREAMBLE};
+use hush_signaling::device::ChannelBinding;
+use hush_signaling::frame::{check_preamble, write_frame, RelayFrameCodec, TCP_PREAMBLE};
 use hush_signaling::transport::ws_config;
 use hush_signaling::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::codec::FramedRead;
 
 /// What reading produces: a frame, or why reading stopped.
-pub(crate) type ReadEvent = Result<Vec<u8>, Error>;
+pub(crate) type ReadEvent = Result<Bytes, Error>;
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -73,13 +76,12 @@ fn ws_err(e: tungstenite::Error) -> Error {
 /// The read side of a connection. [`Reader::next`] is cancel-safe, so the connection task can
 /// wait on it in `select!` directly, with no reader task and channel hop per frame.
 pub(crate) enum Reader {
-    Tcp {
-        read: BoxRead,
-        buf: Vec<u8>,
-        start: usize,
-        max: usize,
-        failed: bool,
-    },
+    /// Length-prefixed frames, decoded by the one relay frame decoder
+    /// ([`RelayFrameCodec`], also what the client and the `relay_frame` fuzz target run).
+    /// Cancel-safe because the `FramedRead` owns its buffer: when `next()` is dropped in
+    /// `select!` after reading part of a frame, those bytes stay in the buffer and the next
+    /// call continues from them.
+    Tcp(FramedRead<BoxRead, RelayFrameCodec>),
     Ws {
         source: WsSource,
         failed: bool,
@@ -88,101 +90,48 @@ pub(crate) enum Reader {
 
 impl Reader {
     fn framed(read: BoxRead, max: usize) -> Self {
-        Self::Tcp {
+        Self::Tcp(FramedRead::with_capacity(
             read,
-            buf: Vec::new(),
-            start: 0,
-            max,
-            failed: false,
-        }
+            RelayFrameCodec::new(max),
+            8 * 1024,
+        ))
     }
 
     /// The next frame, an error (after which the stream is unusable), or `None` at end of
     /// stream. Cancel-safe: bytes read before cancellation stay buffered.
     pub(crate) async fn next(&mut self) -> Option<ReadEvent> {
-        loop {
-            if let Some(event) = self.try_next() {
+        match self {
+            Self::Tcp(frames) => frames.next().await.map(|f| f.map(BytesMut::freeze)),
+            Self::Ws { source, failed } => loop {
+                if *failed {
+                    return None;
+                }
+                let event = match source.next().await? {
+                    Ok(Message::Binary(b)) => Ok(b),
+                    Ok(Message::Text(_)) => Err(Error::Malformed("text websocket frame")),
+                    Ok(Message::Close(_)) => return None,
+                    Ok(_) => continue,
+                    Err(e) => Err(ws_err(e)),
+                };
+                *failed = event.is_err();
                 return Some(event);
-            }
-            match self {
-                Self::Tcp {
-                    read,
-                    buf,
-                    start,
-                    failed,
-                    ..
-                } => {
-                    if *failed {
-                        return None;
-                    }
-                    if *start > 0 {
-                        buf.drain(..*start);
-                        *start = 0;
-                    }
-                    buf.reserve(8 * 1024);
-                    match read.read_buf(buf).await {
-                        Ok(0) if buf.is_empty() => return None,
-                        Ok(0) => {
-                            *failed = true;
-                            return Some(Err(Error::Malformed("stream ended inside a frame")));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            *failed = true;
-                            return Some(Err(Error::Io(e)));
-                        }
-                    }
-                }
-                Self::Ws { source, failed } => {
-                    if *failed {
-                        return None;
-                    }
-                    let event = match source.next().await? {
-                        Ok(Message::Binary(b)) => Ok(b.to_vec()),
-                        Ok(Message::Text(_)) => Err(Error::Malformed("text websocket frame")),
-                        Ok(Message::Close(_)) => return None,
-                        Ok(_) => continue,
-                        Err(e) => Err(ws_err(e)),
-                    };
-                    *failed = event.is_err();
-                    return Some(event);
-                }
-            }
+            },
         }
     }
 
-    /// A frame that is already buffered, without waiting.
-    pub(crate) fn try_next(&mut self) -> Option<ReadEvent> {
-        let Self::Tcp {
-            buf,
-            start,
-            max,
-            failed,
-            ..
-        } = self
-        else {
+    /// What [`Self::next`] has ready without waiting: `Some(event)` (a frame, an error, or the
+    /// end of the stream as `Some(None)`), or `None` when it would have to wait. Polls once
+    /// with this task's waker (framed TCP: decodes what is buffered, or reads what the socket
+    /// already has); WebSocket connections always report `None`.
+    pub(crate) async fn try_next(&mut self) -> Option<Option<ReadEvent>> {
+        let Self::Tcp(frames) = self else {
             return None;
         };
-        if *failed {
-            return None;
-        }
-        let avail = &buf[*start..];
-        let prefix = avail.first_chunk::<4>()?;
-        let len = u32::from_be_bytes(*prefix) as usize;
-        if len > *max {
-            *failed = true;
-            return Some(Err(Error::FrameTooLarge {
-                size: len,
-                max: *max,
-            }));
-        }
-        let frame = avail.get(4..4 + len)?.to_vec();
-        *start += 4 + len;
-        if *start == buf.len() {
-            buf.clear();
-            *start = 0;
-        }
-        Some(Ok(frame))
+        std::future::poll_fn(|cx| match Pin::new(&mut *frames).poll_next(cx) {
+            Poll::Ready(event) => Poll::Ready(Some(event.map(|f| f.map(BytesMut::freeze)))),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
     }
 }
 
@@ -194,16 +143,19 @@ pub(crate) type Tls = tokio_rustls::TlsAcceptor;
 pub(crate) type Tls = std::convert::Infallible;
 
 /// Runs the TLS handshake if configured, sniffs the protocol, runs the WebSocket handshake if
-/// needed.
+/// needed. Also returns the connection's TLS channel binding (RFC 9266 `tls-exporter`) when
+/// the relay terminates TLS, `None` on plaintext.
 pub(crate) async fn accept(
     stream: TcpStream,
     max_frame_len: usize,
     tls: Option<&Tls>,
-) -> Result<(Writer, Reader), Error> {
+) -> Result<(Writer, Reader, Option<ChannelBinding>), Error> {
     #[cfg(feature = "tls")]
     if let Some(acceptor) = tls {
         let stream = acceptor.accept(stream).await?;
-        return accept_stream(stream, max_frame_len).await;
+        let exporter = hush_signaling::transport::tls_exporter(stream.get_ref().1)?;
+        let (writer, reader) = accept_stream(stream, max_frame_len).await?;
+        return Ok((writer, reader, Some(ChannelBinding::TlsExporter(exporter))));
     }
     #[cfg(not(feature = "tls"))]
     if let Some(never) = tls {
@@ -215,18 +167,18 @@ pub(crate) async fn accept(
         return Err(Error::Closed);
     }
     if first[0] == b'G' {
-        return websocket(stream, max_frame_len).await;
+        let (writer, reader) = websocket(stream, max_frame_len).await?;
+        return Ok((writer, reader, None));
     }
     let mut stream = stream;
-    let mut preamble = [0u8; 4];
+    let mut preamble = [0u8; TCP_PREAMBLE.len()];
     stream.read_exact(&mut preamble).await?;
-    if preamble != TCP_PREAMBLE {
-        return Err(Error::Malformed("unknown protocol preamble"));
-    }
+    check_preamble(&preamble)?;
     let (read, write) = stream.into_split();
     Ok((
         Writer::Tcp(BufWriter::with_capacity(16 * 1024, Box::new(write))),
         Reader::framed(Box::new(read), max_frame_len),
+        None,
     ))
 }
 
@@ -237,9 +189,9 @@ async fn accept_stream<S>(mut stream: S, max_frame_len: usize) -> Result<(Writer
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let mut first = [0u8; 4];
+    let mut first = [0u8; TCP_PREAMBLE.len()];
     stream.read_exact(&mut first).await?;
-    if first == TCP_PREAMBLE {
+    if check_preamble(&first).is_ok() {
         let (read, write) = tokio::io::split(stream);
         return Ok((
             Writer::Tcp(BufWriter::with_capacity(16 * 1024, Box::new(write))),
@@ -316,5 +268,73 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hush_signaling::frame::length_prefixed;
+
+    /// `next()` dropped in `select!` after reading half a frame loses nothing: the frame
+    /// completes on the next call.
+    #[tokio::test]
+    async fn reader_is_cancel_safe_inside_a_frame() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = Reader::framed(Box::new(server), 64);
+        let wire = length_prefixed(b"0123456789").unwrap();
+        for split in 1..wire.len() {
+            client.write_all(&wire[..split]).await.unwrap();
+            // The reader is polled first, takes the partial frame and waits; the other branch
+            // is ready and wins, dropping the reader's future.
+            tokio::select! {
+                biased;
+                event = reader.next() => panic!("a partial frame came out: {event:?}"),
+                () = std::future::ready(()) => {}
+            }
+            assert!(reader.try_next().await.is_none(), "split {split}");
+            client.write_all(&wire[split..]).await.unwrap();
+            let frame = reader.next().await.unwrap().unwrap();
+            assert_eq!(&frame[..], b"0123456789", "split {split}");
+        }
+        drop(client);
+        assert!(reader.next().await.is_none());
+    }
+
+    /// `try_next` hands out buffered frames one by one, then reports the end of the stream.
+    #[tokio::test]
+    async fn try_next_drains_buffered_frames_then_the_end() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = Reader::framed(Box::new(server), 64);
+        let mut wire = length_prefixed(b"a").unwrap();
+        wire.extend(length_prefixed(b"bc").unwrap());
+        client.write_all(&wire).await.unwrap();
+        drop(client);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"a");
+        assert_eq!(
+            &reader.try_next().await.unwrap().unwrap().unwrap()[..],
+            b"bc"
+        );
+        assert!(matches!(reader.try_next().await, Some(None)));
+    }
+
+    /// An oversized length ends the stream with `FrameTooLarge`, then nothing more.
+    #[tokio::test]
+    async fn oversize_is_reported_once() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = Reader::framed(Box::new(server), 4);
+        client
+            .write_all(&length_prefixed(b"12345").unwrap())
+            .await
+            .unwrap();
+        client
+            .write_all(&length_prefixed(b"1").unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(
+            reader.next().await,
+            Some(Err(Error::FrameTooLarge { size: 5, max: 4 }))
+        ));
+        assert!(reader.next().await.is_none());
     }
 }

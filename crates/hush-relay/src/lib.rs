@@ -11,11 +11,21 @@
 //! is lost across a crash (`kill -9`) and restart.
 //!
 //! Limits ([`RelayConfig`], all configurable, also from the command line): largest frame,
-//! total connections and connections per IP address (refused at accept), a deadline for the
-//! whole unauthenticated phase ([`RelayConfig::handshake_timeout`]: a connection that idles or
-//! trickles bytes without authenticating is closed), per-connection request rate, envelopes
-//! queued per device, live deliveries buffered per connection. A client that breaks them gets
-//! an error and, for stream-level violations, is disconnected; other clients are unaffected.
+//! total connections and connections per IP address or IPv6 /64 (counted and refused at
+//! accept), a deadline for the whole unauthenticated phase
+//! ([`RelayConfig::handshake_timeout`]: a connection that idles or trickles bytes without
+//! authenticating is closed), a write deadline (a device that stops reading is cut off) and an
+//! idle deadline after authentication, per-connection request rate, envelopes queued per
+//! recipient and per (sender, recipient), envelopes only for devices that published a bundle,
+//! an age after which queued envelopes are deleted unread, one-time prekeys handed out per
+//! requester and minute, live deliveries buffered per connection. A client that breaks them
+//! gets an error and, for stream-level violations, is disconnected; other clients are
+//! unaffected.
+//!
+//! Uploaded bundles are checked before they are stored: each must decode as a
+//! [`hush_crypto::PeerBundle`], verify (identity binding and prekey signatures), belong to the
+//! authenticated device, and carry the same identity, registration id and device id as the
+//! others of the upload.
 //!
 //! The relay only ever sees routing metadata (sender, recipient, time, ciphertext kind) and
 //! Signal ciphertext; it logs no payloads. Prometheus metrics are served on a separate port.
@@ -33,8 +43,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod bundles;
 mod conn;
 mod io;
+mod key;
 pub mod metrics;
 mod pending;
 mod state;
@@ -55,7 +67,7 @@ pub use metrics::Metrics;
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;
 
-use state::{Registry, ReplayCaches};
+use state::{FetchQuotas, Registry, ReplayCaches};
 use store::{Op, StoreLimits};
 
 /// How hard SQLite works to make a commit durable.
@@ -93,8 +105,13 @@ pub struct RelayConfig {
     pub rate_limit_per_sec: u32,
     /// Requests a connection may make in a burst.
     pub rate_limit_burst: u32,
-    /// Most envelopes queued for one device; sends beyond are refused with `QueueFull`.
+    /// Most envelopes queued for one device, all senders together; sends beyond are refused
+    /// with `QueueFull`.
     pub max_queue_per_device: u32,
+    /// Most envelopes one sender may have queued for one recipient; sends beyond are refused
+    /// with `SenderQuotaExceeded` while other senders still get through (up to
+    /// [`max_queue_per_device`](Self::max_queue_per_device)).
+    pub max_queue_per_sender: u32,
     /// Most one-time prekeys stored per device.
     pub max_one_time_prekeys: u32,
     /// Live deliveries buffered per connection; a connection that falls further behind is
@@ -105,8 +122,24 @@ pub struct RelayConfig {
     /// connection that idles or trickles bytes without authenticating is closed when it runs
     /// out.
     pub handshake_timeout: Duration,
-    /// Envelopes stamped earlier than this before now are refused as stale.
+    /// Envelopes stamped earlier than this before now are refused as stale, and queued
+    /// envelopes admitted longer ago than this are deleted unread (see
+    /// [`sweep_interval`](Self::sweep_interval)).
     pub max_envelope_age: Duration,
+    /// How often expired envelopes are deleted: an envelope stays queued at most
+    /// `max_envelope_age + sweep_interval`.
+    pub sweep_interval: Duration,
+    /// How long one write to a client (a frame, or flushing the buffered ones) may take; a
+    /// device that stops reading is cut off when it runs out, freeing its connection slot.
+    pub write_timeout: Duration,
+    /// An authenticated connection that sends no frame (not even a ping) for this long is
+    /// closed. Clients that stay connected while idle must ping more often than this.
+    pub idle_timeout: Duration,
+    /// One-time prekeys one requesting device may take per minute (bundle fetches that
+    /// consume one; the bucket holds as many). Past it, fetches still succeed but come without
+    /// a one-time prekey (the base bundle: a session still starts, on the signed and
+    /// last-resort prekeys), so a device cannot drain another's one-time prekeys.
+    pub prekey_fetches_per_minute: u32,
     /// Envelopes stamped later than this after now are refused as stale.
     pub max_clock_skew: Duration,
     /// Envelope ids remembered per sender to refuse replays.
@@ -120,7 +153,15 @@ pub struct RelayConfig {
     /// acknowledged, so nothing a sender was told is accepted can be lost in a crash. Longer
     /// means fewer writes and later answers for envelopes to offline devices.
     pub commit_delay: Duration,
-    /// Serve TLS (TCP and WebSocket) with this configuration instead of plain TCP.
+    /// The relay's long-term ed25519 key file (created on first start, owner-only). Its public
+    /// key is sent in every challenge; devices on a plaintext connection sign over it and may
+    /// pin it. Default: `<db_path>.key`. Keep it with the database: a new key makes clients
+    /// that pinned the old one refuse this relay.
+    pub key_path: PathBuf,
+    /// Serve TLS (TCP and WebSocket) with this configuration instead of plain TCP: the
+    /// production setting (devices bind their authentication to the TLS connection). Build it
+    /// with [`tls_config`] or [`load_tls_config`]; a configuration of your own must keep
+    /// `require_ems` set if it allows TLS 1.2 (RFC 9266 §3).
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -129,6 +170,7 @@ impl RelayConfig {
     /// Defaults suitable for a small deployment.
     pub fn new(listen: SocketAddr, db_path: PathBuf) -> Self {
         Self {
+            key_path: key::default_path(&db_path),
             listen,
             metrics_listen: None,
             db_path,
@@ -139,10 +181,15 @@ impl RelayConfig {
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
             max_queue_per_device: 1000,
+            max_queue_per_sender: 100,
             max_one_time_prekeys: 1000,
             delivery_buffer: 1024,
             handshake_timeout: Duration::from_secs(10),
             max_envelope_age: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(15 * 60),
+            prekey_fetches_per_minute: 30,
             max_clock_skew: Duration::from_secs(60),
             replay_cache_per_device: 4096,
             max_batch: 2048,
@@ -166,6 +213,21 @@ pub enum RelayError {
     /// The TLS certificate or key could not be loaded.
     #[error("tls: {0}")]
     Tls(String),
+    /// The relay key file could not be read or created.
+    #[error("relay key file {path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The relay key file does not hold a 32-byte key.
+    #[error("relay key file {path} is not a 32-byte ed25519 key")]
+    KeyFormat {
+        /// The key file.
+        path: PathBuf,
+    },
 }
 
 /// Builds a TLS server configuration (ring provider, TLS 1.2 and 1.3) from a PEM certificate
@@ -186,19 +248,23 @@ pub fn load_tls_config(
     tls_config(certs, key)
 }
 
-/// Builds a TLS server configuration (ring provider) from DER certificates and key.
+/// Builds a TLS server configuration (ring provider, TLS 1.2 with the extended master secret
+/// required, and 1.3) from DER certificates and key.
 #[cfg(feature = "tls")]
 pub fn tls_config(
     certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| RelayError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| RelayError::Tls(e.to_string()))?;
+    // RFC 9266 §3: without the extended master secret a TLS 1.2 exporter is not unique to
+    // the connection, so it is no channel binding.
+    config.require_ems = true;
     Ok(Arc::new(config))
 }
 
@@ -213,29 +279,69 @@ pub(crate) struct Shared {
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tls: Option<io::Tls>,
-    /// Open connections per remote address.
+    /// The relay's public key, sent in every challenge.
+    pub(crate) relay_key: [u8; 32],
+    /// Open connections per remote address (IPv6: per /64, see [`address_key`]).
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// One-time prekeys taken per requesting device.
+    pub(crate) fetch_quotas: FetchQuotas,
+}
+
+/// What the per-address connection limit counts a peer as: its IPv4 address, or the /64 its
+/// IPv6 address is in (one subscriber usually gets a whole /64, so counting single IPv6
+/// addresses would let one host open a limit's worth of connections per address it picks).
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Total,
+    PerAddress,
 }
 
 impl Shared {
-    /// Counts a connection from `ip`; `false` (nothing counted) if `ip` is at its limit.
-    fn admit_ip(&self, ip: IpAddr) -> bool {
-        let mut per_ip = state::lock(&self.per_ip);
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.config.max_connections_per_ip {
-            return false;
+    /// Counts a connection from `peer` in the open-connection gauge and its address's count,
+    /// at accept (before its task runs, so a burst of accepts cannot pass the limits); the
+    /// guard uncounts it when the connection ends. Nothing is counted if a limit is reached.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<conn::ConnGuard, Refused> {
+        let open = self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        if open >= self.config.max_connections {
+            self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Total);
         }
-        *n += 1;
-        true
+        let key = address_key(peer);
+        {
+            let mut per_ip = state::lock(&self.per_ip);
+            let n = per_ip.entry(key).or_insert(0);
+            if *n >= self.config.max_connections_per_ip {
+                drop(per_ip);
+                self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+                return Err(Refused::PerAddress);
+            }
+            *n += 1;
+        }
+        Ok(conn::ConnGuard::new(self.clone(), key))
     }
 
-    /// A connection from `ip` ended.
-    pub(crate) fn release_ip(&self, ip: IpAddr) {
+    /// A connection counted under `key` ended.
+    pub(crate) fn release_ip(&self, key: IpAddr) {
         let mut per_ip = state::lock(&self.per_ip);
-        if let Some(n) = per_ip.get_mut(&ip) {
+        if let Some(n) = per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&ip);
+                per_ip.remove(&key);
             }
         }
     }
@@ -280,6 +386,9 @@ impl Relay {
         let registry = Arc::new(Registry::new(metrics.clone()));
         let limits = StoreLimits {
             max_queue_per_device: config.max_queue_per_device,
+            max_queue_per_sender: config.max_queue_per_sender,
+            max_envelope_age: config.max_envelope_age,
+            sweep_interval: config.sweep_interval,
             max_one_time_prekeys: config.max_one_time_prekeys,
             max_batch: config.max_batch.max(1),
             commit_delay: config.commit_delay,
@@ -291,6 +400,10 @@ impl Relay {
             tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
                 .await
                 .map_err(|_| std::io::Error::other("store setup panicked"))??;
+        let key_path = config.key_path.clone();
+        let relay_key = tokio::task::spawn_blocking(move || key::load_or_create(&key_path))
+            .await
+            .map_err(|_| std::io::Error::other("relay key setup panicked"))??;
         let listener = TcpListener::bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await?),
@@ -314,7 +427,9 @@ impl Relay {
                 next_conn_id: AtomicU64::new(1),
                 shutdown,
                 tls,
+                relay_key,
                 per_ip: Mutex::default(),
+                fetch_quotas: FetchQuotas::default(),
             }),
         })
     }
@@ -332,6 +447,12 @@ impl Relay {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The relay's public key (ed25519), as sent in its challenges: what clients pin in
+    /// `RelayClientConfig::relay_key`.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.relay_key
     }
 
     /// Live metrics.
@@ -354,35 +475,38 @@ impl Relay {
         let metrics_task =
             metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
         let mut shutdown = shared.shutdown.subscribe();
-        tracing::info!(addr = %listener.local_addr()?, "relay listening");
+        let (addr, key) = (listener.local_addr()?, hex(&shared.relay_key));
+        if shared.tls.is_some() {
+            tracing::info!(%addr, relay_key = %key, "relay listening (TLS)");
+        } else {
+            tracing::warn!(%addr, relay_key = %key, "relay listening on plaintext TCP/WebSocket: for local use only; production relays serve TLS (--tls-cert, --tls-key), to which devices bind their authentication");
+        }
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = shutdown.changed() => break,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let refused = if shared.metrics.connections.load(Ordering::Relaxed)
-                        >= shared.config.max_connections
-                    {
-                        tracing::warn!(%peer, "connection limit reached; refusing");
-                        true
-                    } else if !shared.admit_ip(peer.ip()) {
-                        tracing::debug!(%peer, "per-address connection limit reached; refusing");
-                        true
-                    } else {
-                        false
-                    };
-                    if refused {
+                Ok((stream, peer)) => match shared.admit(peer.ip()) {
+                    Ok(guard) => {
+                        tokio::spawn(conn::run(shared.clone(), stream, peer, guard));
+                    }
+                    Err(why) => {
+                        match why {
+                            Refused::Total => {
+                                tracing::warn!(%peer, "connection limit reached; refusing");
+                            }
+                            Refused::PerAddress => {
+                                tracing::debug!(%peer, "per-address connection limit reached; refusing");
+                            }
+                        }
                         shared
                             .metrics
                             .connections_refused
                             .fetch_add(1, Ordering::Relaxed);
                         drop(stream);
-                        continue;
                     }
-                    tokio::spawn(conn::run(shared.clone(), stream, peer));
-                }
+                },
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -395,5 +519,41 @@ impl Relay {
             t.abort();
         }
         Ok(())
+    }
+}
+
+/// Lowercase hex, for logging the relay key.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_peers_are_counted_per_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // One /64: one count, whatever the interface identifier.
+        assert_eq!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:2:ffff:ffff:ffff:fffe"))
+        );
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:abcd::7")),
+            ip("2001:db8:1:2::")
+        );
+        // The neighbouring /64 is someone else.
+        assert_ne!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:3::1"))
+        );
+        // IPv4 stays per address, also when it arrives IPv4-mapped on a dual-stack socket.
+        assert_ne!(address_key(ip("192.0.2.1")), address_key(ip("192.0.2.2")));
+        assert_eq!(address_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 }

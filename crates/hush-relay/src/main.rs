@@ -21,7 +21,22 @@ options:
                           challenge-response must all be done by then; default 10000)
   --rate N                requests per second per connection (default 50)
   --burst N               request burst per connection (default 200)
-  --max-queue N           envelopes queued per device (default 1000)
+  --max-queue N           envelopes queued per device, all senders together
+                          (default 1000)
+  --max-queue-per-sender N
+                          envelopes one sender may have queued for one recipient
+                          (default 100; past it the sender gets
+                          SENDER_QUOTA_EXCEEDED, others still get through)
+  --max-envelope-age-s S  envelopes stamped longer ago are refused, and queued ones
+                          admitted longer ago are deleted unread (default 300)
+  --sweep-interval-ms MS  how often expired envelopes are deleted (default 10000)
+  --write-timeout-ms MS   a write to a client that takes longer closes the
+                          connection (a device that stops reading; default 30000)
+  --idle-timeout-s S      an authenticated client that sends no frame for this long
+                          is disconnected (default 900; clients ping more often)
+  --prekey-fetches-per-minute N
+                          one-time prekeys one device may take per minute; past it,
+                          fetches get the bundle without one (default 30)
   --delivery-buffer N     live deliveries buffered per connection (default 1024)
   --commit-delay-ms MS    how long an envelope pushed to its online recipient waits
                           for the acknowledgement before it is written to the
@@ -81,6 +96,20 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             "--rate" => config.rate_limit_per_sec = num(&value)? as u32,
             "--burst" => config.rate_limit_burst = num(&value)? as u32,
             "--max-queue" => config.max_queue_per_device = num(&value)? as u32,
+            "--max-queue-per-sender" => config.max_queue_per_sender = num(&value)? as u32,
+            "--max-envelope-age-s" => {
+                config.max_envelope_age = std::time::Duration::from_secs(num(&value)?)
+            }
+            "--sweep-interval-ms" => {
+                config.sweep_interval = std::time::Duration::from_millis(num(&value)?)
+            }
+            "--write-timeout-ms" => {
+                config.write_timeout = std::time::Duration::from_millis(num(&value)?)
+            }
+            "--idle-timeout-s" => {
+                config.idle_timeout = std::time::Duration::from_secs(num(&value)?)
+            }
+            "--prekey-fetches-per-minute" => config.prekey_fetches_per_minute = num(&value)? as u32,
             "--delivery-buffer" => config.delivery_buffer = num(&value)? as usize,
             "--commit-delay-ms" => {
                 config.commit_delay = std::time::Duration::from_millis(num(&value)?)

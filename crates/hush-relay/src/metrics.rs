@@ -50,6 +50,21 @@ pub struct Metrics {
     /// Connections closed because they read their deliveries too slowly (their queue
     /// overflowed; they reload it on reconnect).
     pub slow_consumers: AtomicU64,
+    /// Queued envelopes deleted unread because they outlived `max_envelope_age`.
+    pub envelopes_expired: AtomicU64,
+    /// Sends refused because the recipient has no bundle.
+    pub unknown_recipients: AtomicU64,
+    /// Sends refused because the sender used up its quota for that recipient.
+    pub sender_quota_refusals: AtomicU64,
+    /// Connections closed because a write did not complete within `write_timeout`.
+    pub write_timeouts: AtomicU64,
+    /// Authenticated connections closed after `idle_timeout` without a frame from the client.
+    pub idle_timeouts: AtomicU64,
+    /// Bundle fetches answered without a one-time prekey because the requester used up its
+    /// quota.
+    pub prekey_fetches_limited: AtomicU64,
+    /// Prekey uploads refused because a bundle did not verify or was not the uploader's.
+    pub invalid_bundles: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
@@ -177,6 +192,48 @@ impl Metrics {
             "counter",
             "Connections closed for protocol violations.",
             g(&self.protocol_violations),
+        );
+        metric(
+            "hush_relay_envelopes_expired_total",
+            "counter",
+            "Queued envelopes deleted unread after max_envelope_age.",
+            g(&self.envelopes_expired),
+        );
+        metric(
+            "hush_relay_unknown_recipients_total",
+            "counter",
+            "Sends refused because the recipient has no bundle.",
+            g(&self.unknown_recipients),
+        );
+        metric(
+            "hush_relay_sender_quota_refusals_total",
+            "counter",
+            "Sends refused because the sender used up its quota for that recipient.",
+            g(&self.sender_quota_refusals),
+        );
+        metric(
+            "hush_relay_write_timeouts_total",
+            "counter",
+            "Connections closed because a write did not complete in time.",
+            g(&self.write_timeouts),
+        );
+        metric(
+            "hush_relay_idle_timeouts_total",
+            "counter",
+            "Authenticated connections closed after the idle timeout.",
+            g(&self.idle_timeouts),
+        );
+        metric(
+            "hush_relay_prekey_fetches_limited_total",
+            "counter",
+            "Bundle fetches answered without a one-time prekey (requester over its quota).",
+            g(&self.prekey_fetches_limited),
+        );
+        metric(
+            "hush_relay_invalid_bundles_total",
+            "counter",
+            "Prekey uploads refused because a bundle did not verify or was not the uploader's.",
+            g(&self.invalid_bundles),
         );
         let name = "hush_relay_send_latency_seconds";
         let _ = writeln!(

@@ -16,12 +16,20 @@
 //! acknowledgement that arrives after the store thread took the envelope goes to the store
 //! as a delete, which the store applies after the insert (one thread, in order).
 //!
+//! Queue bounds, checked at admission: the recipient must have published a bundle (an
+//! envelope for a device nobody can reach would only fill the database), each sender may have
+//! at most [`RelayConfig::max_queue_per_sender`](crate::RelayConfig::max_queue_per_sender)
+//! envelopes queued for one recipient, and every recipient at most
+//! [`RelayConfig::max_queue_per_device`](crate::RelayConfig::max_queue_per_device) in all. The
+//! per-sender quota keeps one flooding sender from taking the whole queue, so other senders'
+//! call offers still get through.
+//!
 //! Delivery ids are allocated here, in admission order. They start above both the largest id
 //! in the database and the current time in microseconds, so ids handed out before a crash for
 //! envelopes that were never written are not reused after a restart (unless the relay had
 //! admitted more than one envelope per microsecond on average since it started).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +44,7 @@ use crate::store::{InsertDone, StoreError};
 
 /// An admitted envelope waiting for its recipient's acknowledgement or the store thread.
 pub(crate) struct Entry {
+    pub(crate) sender: DeviceId,
     pub(crate) recipient: DeviceId,
     /// The encoded envelope.
     pub(crate) envelope: Vec<u8>,
@@ -67,6 +76,11 @@ struct Inner {
     slots: VecDeque<Option<Entry>>,
     /// Unacknowledged envelopes per recipient: in SQLite or admitted here.
     depth: HashMap<DeviceId, u32>,
+    /// The same per `(recipient, sender)` pair (rows stored before senders were recorded count
+    /// only in `depth`).
+    pairs: HashMap<(DeviceId, DeviceId), u32>,
+    /// Devices that published a bundle: the only valid recipients.
+    known: HashSet<DeviceId>,
     /// Entries whose recipient was offline at admission: nothing can acknowledge them, so
     /// they are written at the next group commit, without waiting for the delay.
     offline: usize,
@@ -93,22 +107,49 @@ pub(crate) struct Pending {
     /// recipient.
     wake: Notify,
     delay: Duration,
-    max_queue: u32,
+    limits: QueueLimits,
     metrics: Arc<Metrics>,
+}
+
+/// Queue bounds enforced at admission.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Most envelopes queued for one recipient, all senders together.
+    pub(crate) per_recipient: u32,
+    /// Most envelopes one sender may have queued for one recipient.
+    pub(crate) per_sender: u32,
+}
+
+/// What the database holds at startup.
+#[derive(Default)]
+pub(crate) struct Stored {
+    /// Queued envelopes per recipient.
+    pub(crate) depth: HashMap<DeviceId, u32>,
+    /// Queued envelopes per `(recipient, sender)`.
+    pub(crate) pairs: HashMap<(DeviceId, DeviceId), u32>,
+    /// Devices with a bundle.
+    pub(crate) known: HashSet<DeviceId>,
+    /// Largest delivery id stored.
+    pub(crate) max_id: u64,
 }
 
 /// What [`Pending::ack`] could not settle: ids the store must delete.
 pub(crate) type Leftover = Vec<u64>;
 
 impl Pending {
-    /// `depth` and `max_id` come from the database.
+    /// Starts from what the database holds.
     pub(crate) fn new(
-        depth: HashMap<DeviceId, u32>,
-        max_id: u64,
+        stored: Stored,
         delay: Duration,
-        max_queue: u32,
+        limits: QueueLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let Stored {
+            depth,
+            pairs,
+            known,
+            max_id,
+        } = stored;
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -123,20 +164,40 @@ impl Pending {
                     .min(i64::MAX as u64 / 2),
                 slots: VecDeque::new(),
                 depth,
+                pairs,
+                known,
                 offline: 0,
             }),
             wake: Notify::new(),
             delay,
-            max_queue,
+            limits,
             metrics,
         }
     }
 
-    /// Admits an envelope for `recipient` and pushes it to the recipient's connection if it is
-    /// online. Refuses it if the recipient's queue is full.
+    /// `device` published a bundle: envelopes for it are accepted from now on.
+    pub(crate) fn add_known(&self, device: DeviceId) {
+        lock(&self.inner).known.insert(device);
+    }
+
+    /// The delivery id the next admitted envelope gets: every envelope admitted so far has a
+    /// smaller one.
+    pub(crate) fn next_id(&self) -> u64 {
+        let inner = lock(&self.inner);
+        inner.base + inner.slots.len() as u64
+    }
+
+    /// Admits an envelope from `sender` for `recipient` and pushes it to the recipient's
+    /// connection if it is online. Refuses it if the recipient has no bundle, if the sender
+    /// used up its quota for this recipient, or if the recipient's queue is full.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the envelope and where to answer"
+    )]
     pub(crate) fn admit(
         &self,
         registry: &Registry,
+        sender: DeviceId,
         recipient: DeviceId,
         envelope: Vec<u8>,
         request_id: u64,
@@ -144,11 +205,18 @@ impl Pending {
         done: &mpsc::UnboundedSender<InsertDone>,
     ) -> Result<u64, StoreError> {
         let mut inner = lock(&self.inner);
+        if !inner.known.contains(&recipient) {
+            return Err(StoreError::UnknownRecipient);
+        }
+        if inner.pairs.get(&(recipient, sender)).copied().unwrap_or(0) >= self.limits.per_sender {
+            return Err(StoreError::SenderQuota);
+        }
         let count = inner.depth.entry(recipient).or_insert(0);
-        if *count >= self.max_queue {
+        if *count >= self.limits.per_recipient {
             return Err(StoreError::QueueFull);
         }
         *count += 1;
+        *inner.pairs.entry((recipient, sender)).or_insert(0) += 1;
         let id = inner.base + inner.slots.len() as u64;
         // Pushed under the lock: an acknowledgement cannot overtake the entry.
         let frame = encode_deliver_frame(id, &envelope);
@@ -158,6 +226,7 @@ impl Pending {
             inner.offline += 1;
         }
         inner.slots.push_back(Some(Entry {
+            sender,
             recipient,
             envelope,
             pushed_to,
@@ -197,7 +266,9 @@ impl Pending {
             }
             if !settled.is_empty() {
                 inner.pop_settled();
-                Self::release_locked(&mut inner, device, settled.len() as u32);
+                for (_, entry) in &settled {
+                    Self::release_locked(&mut inner, device, Some(&entry.sender), 1);
+                }
             }
         }
         if !settled.is_empty() {
@@ -214,22 +285,32 @@ impl Pending {
         leftover
     }
 
-    /// `n` of `device`'s envelopes left the queue (deleted, or never written).
-    pub(crate) fn release(&self, device: &DeviceId, n: u32) {
+    /// `n` envelopes from `sender` (`None`: not recorded) for `device` left the queue
+    /// (deleted, expired, or never written).
+    pub(crate) fn release(&self, device: &DeviceId, sender: Option<&DeviceId>, n: u32) {
         if n == 0 {
             return;
         }
-        Self::release_locked(&mut lock(&self.inner), device, n);
+        Self::release_locked(&mut lock(&self.inner), device, sender, n);
         self.metrics
             .queue_depth
             .fetch_sub(u64::from(n), Ordering::Relaxed);
     }
 
-    fn release_locked(inner: &mut Inner, device: &DeviceId, n: u32) {
+    fn release_locked(inner: &mut Inner, device: &DeviceId, sender: Option<&DeviceId>, n: u32) {
         if let Some(count) = inner.depth.get_mut(device) {
             *count = count.saturating_sub(n);
             if *count == 0 {
                 inner.depth.remove(device);
+            }
+        }
+        if let Some(sender) = sender {
+            let key = (*device, *sender);
+            if let Some(count) = inner.pairs.get_mut(&key) {
+                *count = count.saturating_sub(n);
+                if *count == 0 {
+                    inner.pairs.remove(&key);
+                }
             }
         }
     }
@@ -313,15 +394,29 @@ mod tests {
         rx
     }
 
+    /// The sender of every envelope in these tests unless said otherwise.
+    fn alice() -> DeviceId {
+        device(9)
+    }
+
+    /// A table where devices 1 to 4 have bundles.
+    fn with(stored: Stored, delay: Duration, per_recipient: u32, per_sender: u32) -> Pending {
+        let mut stored = stored;
+        stored.known.extend((1..=4).map(device));
+        let limits = QueueLimits {
+            per_recipient,
+            per_sender,
+        };
+        Pending::new(stored, delay, limits, Arc::new(Metrics::default()))
+    }
+
     fn pending(max_queue: u32) -> (Pending, Registry) {
-        let metrics = Arc::new(Metrics::default());
         (
-            Pending::new(
-                HashMap::new(),
-                0,
+            with(
+                Stored::default(),
                 Duration::from_millis(20),
                 max_queue,
-                metrics,
+                max_queue,
             ),
             Registry::default(),
         )
@@ -335,7 +430,7 @@ mod tests {
         let (done, mut answers) = mpsc::unbounded_channel();
         let now = Instant::now();
         let id = p
-            .admit(&registry, bob, vec![1, 2, 3], 7, now, &done)
+            .admit(&registry, alice(), bob, vec![1, 2, 3], 7, now, &done)
             .unwrap();
         assert!(answers.try_recv().is_err(), "not answered before ack");
         assert_eq!(bob_live.try_recv().unwrap().id, id, "pushed at admission");
@@ -359,10 +454,13 @@ mod tests {
         let _bob_live = online(&registry, bob);
         let (done, mut answers) = mpsc::unbounded_channel();
         let t0 = Instant::now();
-        let a = p.admit(&registry, bob, vec![1], 1, t0, &done).unwrap();
+        let a = p
+            .admit(&registry, alice(), bob, vec![1], 1, t0, &done)
+            .unwrap();
         let b = p
             .admit(
                 &registry,
+                alice(),
                 bob,
                 vec![2],
                 2,
@@ -388,36 +486,41 @@ mod tests {
 
     #[test]
     fn queue_bound_counts_admitted_and_stored_envelopes() {
-        let metrics = Arc::new(Metrics::default());
         let bob = device(1);
-        let p = Pending::new(
-            HashMap::from([(bob, 2)]),
-            41,
+        let p = with(
+            Stored {
+                depth: HashMap::from([(bob, 2)]),
+                max_id: 41,
+                ..Stored::default()
+            },
             Duration::from_millis(20),
             3,
-            metrics,
+            3,
         );
         let registry = Registry::default();
         let (done, _answers) = mpsc::unbounded_channel();
         let now = Instant::now();
-        let id = p.admit(&registry, bob, vec![1], 1, now, &done).unwrap();
+        let id = p
+            .admit(&registry, alice(), bob, vec![1], 1, now, &done)
+            .unwrap();
         assert!(id > 41, "ids start above the stored ones");
         assert!(matches!(
-            p.admit(&registry, bob, vec![2], 2, now, &done),
+            p.admit(&registry, alice(), bob, vec![2], 2, now, &done),
             Err(StoreError::QueueFull)
         ));
         // Another recipient is unaffected; a delete frees a slot.
         assert!(p
-            .admit(&registry, device(2), vec![3], 3, now, &done)
+            .admit(&registry, alice(), device(2), vec![3], 3, now, &done)
             .is_ok());
-        p.release(&bob, 1);
-        assert!(p.admit(&registry, bob, vec![4], 4, now, &done).is_ok());
+        p.release(&bob, None, 1);
+        assert!(p
+            .admit(&registry, alice(), bob, vec![4], 4, now, &done)
+            .is_ok());
     }
 
     #[test]
     fn envelopes_for_offline_recipients_are_due_at_once() {
-        let metrics = Arc::new(Metrics::default());
-        let p = Pending::new(HashMap::new(), 0, Duration::from_secs(60), 10, metrics);
+        let p = with(Stored::default(), Duration::from_secs(60), 10, 10);
         let registry = Registry::default();
         let (bob, carol) = (
             DeviceId::from_slice(&[1; 32]).unwrap(),
@@ -426,8 +529,12 @@ mod tests {
         let _bob_live = online(&registry, bob);
         let (done, _answers) = mpsc::unbounded_channel();
         let t0 = Instant::now();
-        let waiting = p.admit(&registry, bob, vec![1], 1, t0, &done).unwrap();
-        let offline = p.admit(&registry, carol, vec![2], 2, t0, &done).unwrap();
+        let waiting = p
+            .admit(&registry, alice(), bob, vec![1], 1, t0, &done)
+            .unwrap();
+        let offline = p
+            .admit(&registry, alice(), carol, vec![2], 2, t0, &done)
+            .unwrap();
         // Carol is offline: nothing can acknowledge hers, so it is written at once; Bob's
         // waits for his acknowledgement.
         assert_eq!(p.next_due(t0), Some(t0));
@@ -439,5 +546,38 @@ mod tests {
         assert_eq!(p.next_due(t0), Some(t0 + Duration::from_secs(60)));
         assert!(p.ack(&bob, vec![waiting]).is_empty());
         assert_eq!(p.next_due(t0), None);
+    }
+
+    #[test]
+    fn each_sender_has_a_quota_per_recipient_and_unknown_recipients_are_refused() {
+        let p = with(Stored::default(), Duration::from_millis(20), 5, 2);
+        let registry = Registry::default();
+        let (bob, mallory, carol) = (device(1), device(7), device(8));
+        let (done, _answers) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let admit = |from: DeviceId, to: DeviceId| {
+            p.admit(&registry, from, to, vec![0], 1, now, &done)
+                .map(|_| ())
+        };
+        // Mallory floods Bob: two accepted, then her quota for Bob is spent.
+        assert!(admit(mallory, bob).is_ok());
+        assert!(admit(mallory, bob).is_ok());
+        assert!(matches!(admit(mallory, bob), Err(StoreError::SenderQuota)));
+        // Alice and Carol still get through, up to Bob's total.
+        assert!(admit(alice(), bob).is_ok());
+        assert!(admit(carol, bob).is_ok());
+        assert!(admit(carol, bob).is_ok());
+        assert!(matches!(admit(alice(), bob), Err(StoreError::QueueFull)));
+        // A device without a bundle receives nothing; once it has one it does.
+        let dave = device(5);
+        assert!(matches!(
+            admit(alice(), dave),
+            Err(StoreError::UnknownRecipient)
+        ));
+        p.add_known(dave);
+        assert!(admit(alice(), dave).is_ok());
+        // A delete of one of Mallory's envelopes gives her one slot back.
+        p.release(&bob, Some(&mallory), 1);
+        assert!(admit(mallory, bob).is_ok());
     }
 }

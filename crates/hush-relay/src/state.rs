@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use hush_signaling::{DeviceId, MessageId};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -221,9 +222,59 @@ impl ReplayCaches {
     }
 }
 
+/// One-time prekeys handed out per requesting device: a token bucket per device that holds
+/// `per_minute` tokens and refills at `per_minute` a minute, shared by all the device's
+/// connections (reconnecting does not refill it).
+#[derive(Default)]
+pub(crate) struct FetchQuotas {
+    buckets: Mutex<HashMap<DeviceId, (f64, Instant)>>,
+}
+
+impl FetchQuotas {
+    /// Takes one one-time prekey for `device` if its quota allows; `false` if it is used up.
+    pub(crate) fn take(&self, device: &DeviceId, per_minute: u32, now: Instant) -> bool {
+        let capacity = f64::from(per_minute);
+        let rate = capacity / 60.0;
+        let mut buckets = lock(&self.buckets);
+        // Forget devices whose bucket refilled (amortised over the map): the map holds only
+        // devices that fetched in the last minute or so.
+        if buckets.len() >= 1024 && buckets.len().is_power_of_two() {
+            buckets.retain(|_, (tokens, last)| {
+                *tokens + now.saturating_duration_since(*last).as_secs_f64() * rate < capacity
+            });
+        }
+        let (tokens, last) = buckets.entry(*device).or_insert((capacity, now));
+        *tokens =
+            (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(capacity);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fetch_quota_is_per_device_and_refills() {
+        let quotas = FetchQuotas::default();
+        let (alice, bob) = (DeviceId::from_bytes([1; 32]), DeviceId::from_bytes([2; 32]));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(quotas.take(&alice, 3, t0));
+        }
+        assert!(!quotas.take(&alice, 3, t0), "used up");
+        assert!(quotas.take(&bob, 3, t0), "another requester has its own");
+        // 3 a minute: one more after 20 s.
+        assert!(quotas.take(&alice, 3, t0 + Duration::from_secs(20)));
+        assert!(!quotas.take(&alice, 3, t0 + Duration::from_secs(21)));
+    }
 
     #[test]
     fn connections_of_one_device_share_its_replay_cache() {

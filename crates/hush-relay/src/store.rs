@@ -7,8 +7,16 @@
 //! gives durability (an answered envelope is on disk, in the WAL) at tens of thousands of
 //! envelopes per second instead of one fsync per envelope; the commit delay lets envelopes that
 //! their online recipient acknowledges at once skip SQLite altogether.
+//!
+//! The same thread sweeps expired envelopes on a timer: every
+//! [`RelayConfig::sweep_interval`](crate::RelayConfig::sweep_interval) it deletes every envelope
+//! admitted more than [`RelayConfig::max_envelope_age`](crate::RelayConfig::max_envelope_age)
+//! ago, whether or not its recipient ever comes back. Delivery ids grow with admission time, so
+//! the thread only remembers, once per sweep, the next id to be handed out and when: every id
+//! below a mark taken `max_envelope_age` ago is expired (deleted by a range scan of the primary
+//! key, no index on time needed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +28,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::pending::{Entry, Pending};
+use crate::pending::{Entry, Pending, QueueLimits, Stored};
 use crate::state::{Live, Registry};
 use crate::SyncMode;
 
@@ -32,6 +40,10 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 pub(crate) enum StoreError {
     #[error("recipient queue is full")]
     QueueFull,
+    #[error("sender's quota for this recipient is used up")]
+    SenderQuota,
+    #[error("recipient has no bundle")]
+    UnknownRecipient,
     #[error("no bundle for that device")]
     NotFound,
     #[error("too many one-time prekeys")]
@@ -80,6 +92,8 @@ pub(crate) enum Op {
     },
     Fetch {
         device: DeviceId,
+        /// Whether to hand out (and delete) a one-time prekey if one is left.
+        one_time: bool,
         reply: oneshot::Sender<StoreResult<BundleOut>>,
     },
 }
@@ -88,6 +102,9 @@ pub(crate) enum Op {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StoreLimits {
     pub(crate) max_queue_per_device: u32,
+    pub(crate) max_queue_per_sender: u32,
+    pub(crate) max_envelope_age: Duration,
+    pub(crate) sweep_interval: Duration,
     pub(crate) max_one_time_prekeys: u32,
     pub(crate) max_batch: usize,
     pub(crate) commit_delay: Duration,
@@ -129,7 +146,8 @@ pub(crate) fn open(
              PRIMARY KEY (device, id)
          );",
     )?;
-    let depth = load_depth(&conn)?;
+    migrate(&conn)?;
+    let mut stored = load_stored(&conn)?;
     let last_id: i64 = conn
         .query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'queue'",
@@ -138,20 +156,26 @@ pub(crate) fn open(
         )
         .optional()?
         .unwrap_or(0);
+    stored.max_id = u64::try_from(last_id).unwrap_or(0);
     let pending = Arc::new(Pending::new(
-        depth,
-        u64::try_from(last_id).unwrap_or(0),
+        stored,
         limits.commit_delay,
-        limits.max_queue_per_device,
+        QueueLimits {
+            per_recipient: limits.max_queue_per_device,
+            per_sender: limits.max_queue_per_sender,
+        },
         metrics.clone(),
     ));
     let (tx, rx) = mpsc::channel(64 * 1024);
+    // Everything stored before this start was admitted before now.
+    let marks = VecDeque::from([(Instant::now(), pending.next_id())]);
     let worker = Worker {
         conn,
         limits,
         metrics,
         registry,
         pending: pending.clone(),
+        marks,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -170,18 +194,26 @@ struct Worker {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     pending: Arc<Pending>,
+    /// `(when, next delivery id then)`, oldest first: every envelope with a smaller id was
+    /// admitted before `when`.
+    marks: VecDeque<(Instant, u64)>,
 }
+
+/// A deleted row: its recipient and sender (NULL for rows stored before senders were
+/// recorded).
+type ExpiredRow = (Vec<u8>, Option<Vec<u8>>);
 
 /// An answer to send once the batch is committed.
 enum Reply {
     Load(oneshot::Sender<StoreResult<Backlog>>, StoreResult<Backlog>),
-    Upload(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
+    Upload(oneshot::Sender<StoreResult<()>>, StoreResult<()>, DeviceId),
     Fetch(
         oneshot::Sender<StoreResult<BundleOut>>,
         StoreResult<BundleOut>,
     ),
-    /// Rows deleted for a device's acknowledgements.
-    Acked(DeviceId, u32),
+    /// Rows deleted for a device's acknowledgements: the sender of each (`None` for rows
+    /// stored before senders were recorded).
+    Acked(DeviceId, Vec<Option<DeviceId>>),
 }
 
 impl Worker {
@@ -189,6 +221,8 @@ impl Worker {
     /// database work is synchronous.
     async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut batch = Vec::with_capacity(self.limits.max_batch);
+        let sweep_every = self.limits.sweep_interval.max(Duration::from_millis(10));
+        let mut next_sweep = Instant::now() + sweep_every;
         loop {
             let due_at = self.pending.next_due(Instant::now());
             let mut closed = false;
@@ -201,6 +235,11 @@ impl Worker {
                 () = sleep_until(due_at), if due_at.is_some() => {}
                 // An entry in an empty table, or one for an offline recipient (due at once).
                 () = self.pending.admitted() => continue,
+                () = tokio::time::sleep_until(next_sweep.into()) => {
+                    self.sweep();
+                    next_sweep = Instant::now() + sweep_every;
+                    continue;
+                }
             }
             while batch.len() < self.limits.max_batch {
                 match rx.try_recv() {
@@ -267,13 +306,15 @@ impl Worker {
         };
         for entry in refused {
             // An envelope with this id is already stored (ids only grow; not expected).
-            self.pending.release(&entry.recipient, 1);
+            self.pending
+                .release(&entry.recipient, Some(&entry.sender), 1);
             entry.answer(Err(StoreError::Database));
         }
         if !committed {
             // Nothing of the batch happened: fail every request in it.
             for (_, entry) in inserted {
-                self.pending.release(&entry.recipient, 1);
+                self.pending
+                    .release(&entry.recipient, Some(&entry.sender), 1);
                 entry.answer(Err(StoreError::Database));
             }
             for r in replies {
@@ -299,15 +340,80 @@ impl Worker {
                 Reply::Load(tx, v) => {
                     let _ = tx.send(v);
                 }
-                Reply::Upload(tx, v) => {
+                Reply::Upload(tx, v, device) => {
+                    if v.is_ok() {
+                        // Before the uploader hears back: envelopes sent to it after that
+                        // are accepted.
+                        self.pending.add_known(device);
+                    }
                     let _ = tx.send(v);
                 }
                 Reply::Fetch(tx, v) => {
                     let _ = tx.send(v);
                 }
-                Reply::Acked(device, n) => self.pending.release(&device, n),
+                Reply::Acked(device, senders) => {
+                    for sender in senders {
+                        self.pending.release(&device, sender.as_ref(), 1);
+                    }
+                }
             }
         }
+    }
+
+    /// Deletes every envelope admitted more than `max_envelope_age` ago (see the module
+    /// documentation), in its own transaction.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.marks.push_back((now, self.pending.next_id()));
+        // The newest mark at least `max_envelope_age` old bounds what has expired.
+        let mut bound = None;
+        while let Some(&(at, id)) = self.marks.front() {
+            if now.saturating_duration_since(at) < self.limits.max_envelope_age {
+                break;
+            }
+            bound = Some(id);
+            self.marks.pop_front();
+        }
+        let Some(bound) = bound.and_then(|b| i64::try_from(b).ok()) else {
+            return;
+        };
+        let rows = match self.delete_below(bound) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "sweeping expired envelopes failed");
+                return;
+            }
+        };
+        if rows.is_empty() {
+            return;
+        }
+        tracing::debug!(expired = rows.len(), "expired envelopes deleted");
+        self.metrics
+            .envelopes_expired
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let mut counts: HashMap<(DeviceId, Option<DeviceId>), u32> = HashMap::new();
+        for (recipient, sender) in rows {
+            let Ok(recipient) = DeviceId::from_slice(&recipient) else {
+                continue;
+            };
+            let sender = sender.and_then(|s| DeviceId::from_slice(&s).ok());
+            *counts.entry((recipient, sender)).or_insert(0) += 1;
+        }
+        for ((recipient, sender), n) in counts {
+            self.pending.release(&recipient, sender.as_ref(), n);
+        }
+    }
+
+    /// Deletes every queued envelope with an id below `bound`; returns their recipients and
+    /// senders.
+    fn delete_below(&mut self, bound: i64) -> rusqlite::Result<Vec<ExpiredRow>> {
+        let tx = self.conn.transaction()?;
+        let rows = tx
+            .prepare_cached("DELETE FROM queue WHERE id < ?1 RETURNING recipient, sender")?
+            .query_map(params![bound], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(rows)
     }
 
     /// Inserts an admitted envelope; `false` if its id is already taken (never expected:
@@ -318,12 +424,13 @@ impl Worker {
         };
         let n = tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO queue (id, recipient, envelope) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO queue (id, recipient, envelope, sender) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![
                 id,
                 entry.recipient.as_bytes().as_slice(),
-                &entry.envelope
+                &entry.envelope,
+                entry.sender.as_bytes().as_slice()
             ])?;
         Ok(n == 1)
     }
@@ -335,14 +442,20 @@ impl Worker {
     ) -> Result<Reply, rusqlite::Error> {
         Ok(match op {
             Op::Ack { device, ids } => {
-                let mut stmt =
-                    tx.prepare_cached("DELETE FROM queue WHERE id = ?1 AND recipient = ?2")?;
-                let mut removed = 0u32;
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM queue WHERE id = ?1 AND recipient = ?2 RETURNING sender",
+                )?;
+                let mut senders = Vec::new();
                 for id in ids {
                     let Ok(id) = i64::try_from(id) else { continue };
-                    removed += stmt.execute(params![id, device.as_bytes().as_slice()])? as u32;
+                    let sender: Option<Option<Vec<u8>>> = stmt
+                        .query_row(params![id, device.as_bytes().as_slice()], |r| r.get(0))
+                        .optional()?;
+                    if let Some(sender) = sender {
+                        senders.push(sender.and_then(|s| DeviceId::from_slice(&s).ok()));
+                    }
                 }
-                Reply::Acked(device, removed)
+                Reply::Acked(device, senders)
             }
             Op::Load {
                 device,
@@ -393,9 +506,13 @@ impl Worker {
                     }
                     Ok(())
                 };
-                Reply::Upload(reply, result)
+                Reply::Upload(reply, result, device)
             }
-            Op::Fetch { device, reply } => {
+            Op::Fetch {
+                device,
+                one_time,
+                reply,
+            } => {
                 let dev = device.as_bytes().as_slice();
                 let bundle: Option<Vec<u8>> = tx
                     .prepare_cached("SELECT bundle FROM bundles WHERE device = ?1")?
@@ -403,6 +520,10 @@ impl Worker {
                     .optional()?;
                 let result = match bundle {
                     None => Err(StoreError::NotFound),
+                    Some(bundle) if !one_time => Ok(BundleOut {
+                        bundle,
+                        one_time_prekey: None,
+                    }),
                     Some(bundle) => {
                         let otpk: Option<(i64, Vec<u8>)> = tx
                             .prepare_cached(
@@ -430,18 +551,47 @@ impl Worker {
     }
 }
 
-/// Queue length per recipient, from the database.
-fn load_depth(conn: &Connection) -> Result<HashMap<DeviceId, u32>, rusqlite::Error> {
-    let mut depth = HashMap::new();
-    let mut stmt = conn.prepare("SELECT recipient, count(*) FROM queue GROUP BY recipient")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u32>(1)?)))?;
+/// Adds the `sender` column to a queue table created before senders were recorded (its rows
+/// keep a NULL sender and count only towards their recipient's total).
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_sender = conn
+        .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'sender'")?
+        .exists([])?;
+    if !has_sender {
+        conn.execute_batch("ALTER TABLE queue ADD COLUMN sender BLOB")?;
+    }
+    Ok(())
+}
+
+/// Queue lengths per recipient and per (recipient, sender), and the devices with a bundle.
+fn load_stored(conn: &Connection) -> Result<Stored, rusqlite::Error> {
+    let mut stored = Stored::default();
+    let mut stmt =
+        conn.prepare("SELECT recipient, sender, count(*) FROM queue GROUP BY recipient, sender")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, Option<Vec<u8>>>(1)?,
+            r.get::<_, u32>(2)?,
+        ))
+    })?;
     for row in rows {
-        let (device, n) = row?;
-        if let Ok(device) = DeviceId::from_slice(&device) {
-            depth.insert(device, n);
+        let (recipient, sender, n) = row?;
+        let Ok(recipient) = DeviceId::from_slice(&recipient) else {
+            continue;
+        };
+        *stored.depth.entry(recipient).or_insert(0) += n;
+        if let Some(sender) = sender.and_then(|s| DeviceId::from_slice(&s).ok()) {
+            stored.pairs.insert((recipient, sender), n);
         }
     }
-    Ok(depth)
+    let mut stmt = conn.prepare("SELECT device FROM bundles")?;
+    for device in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+        if let Ok(device) = DeviceId::from_slice(&device?) {
+            stored.known.insert(device);
+        }
+    }
+    Ok(stored)
 }
 
 fn fail(r: Reply) {
@@ -450,7 +600,7 @@ fn fail(r: Reply) {
         Reply::Load(tx, _) => {
             let _ = tx.send(Err(StoreError::Database));
         }
-        Reply::Upload(tx, _) => {
+        Reply::Upload(tx, _, _) => {
             let _ = tx.send(Err(StoreError::Database));
         }
         Reply::Fetch(tx, _) => {

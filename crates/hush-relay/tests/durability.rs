@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{connect, metric, scrape, TempDir, ToySealer, Wire};
+use common::{connect, metric, registered_key, scrape, TempDir, ToySealer, Wire};
 use hush_signaling::device::generate_device_key;
 use hush_signaling::transport::RelayClient;
 use hush_signaling::{
@@ -85,12 +85,12 @@ const MESSAGES: u64 = 40;
 async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
     let dir = TempDir::new("durability");
     let db = dir.path().join("relay.db");
-    let alice_key = generate_device_key();
-    let bob_key = generate_device_key();
-    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
-
-    // 1. Bob is offline; Alice sends. Each send returns only after the relay committed it.
+    // 1. Bob published his bundle and is offline; Alice sends. Each send returns only after
+    // the relay committed it.
     let relay = RelayProcess::start(&db);
+    let alice_key = generate_device_key();
+    let bob_key = registered_key(relay.addr).await;
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
     let alice_relay = connect(Wire::Tcp, relay.addr, &alice_key).await;
     let mut alice = SignalingClient::new(alice_relay, ToySealer { local: alice_id });
     let mut sent = HashSet::new();
@@ -165,11 +165,10 @@ async fn queued_envelopes_survive_kill9_and_arrive_exactly_once() {
 async fn unacknowledged_deliveries_are_redelivered_after_kill9() {
     let dir = TempDir::new("redeliver");
     let db = dir.path().join("relay.db");
-    let alice_key = generate_device_key();
-    let bob_key = generate_device_key();
-    let bob_id = bob_key.device_id();
-
     let relay = RelayProcess::start(&db);
+    let alice_key = generate_device_key();
+    let bob_key = registered_key(relay.addr).await;
+    let bob_id = bob_key.device_id();
     let bob_relay = connect(Wire::Tcp, relay.addr, &bob_key).await;
     let alice_relay = connect(Wire::Tcp, relay.addr, &alice_key).await;
     let mut alice = SignalingClient::new(
@@ -237,10 +236,10 @@ const BURST: u8 = 20;
 async fn answered_sends_to_a_silent_online_recipient_survive_kill9() {
     let dir = TempDir::new("silent-recipient");
     let db = dir.path().join("relay.db");
-    let (alice_key, bob_key) = (generate_device_key(), generate_device_key());
-    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
     // A long delay: the envelopes reach Bob well before they are written.
     let relay = RelayProcess::start_with(&db, &["--commit-delay-ms", "300"]);
+    let (alice_key, bob_key) = (generate_device_key(), registered_key(relay.addr).await);
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
     let mut bob = connect(Wire::Tcp, relay.addr, &bob_key).await;
     let alice = connect(Wire::Tcp, relay.addr, &alice_key).await;
     let sends = (0..BURST).map(|n| alice.send_envelope(raw_envelope(alice_id, bob_id, n)));
@@ -269,10 +268,10 @@ async fn answered_sends_to_a_silent_online_recipient_survive_kill9() {
 async fn envelopes_acknowledged_before_commit_are_answered_and_never_stored() {
     let dir = TempDir::new("fast-ack");
     let db = dir.path().join("relay.db");
-    let (alice_key, bob_key) = (generate_device_key(), generate_device_key());
-    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
     // Longer than any request timeout: an answer can only come from Bob's acknowledgement.
     let relay = RelayProcess::start_with(&db, &["--commit-delay-ms", "600000"]);
+    let (alice_key, bob_key) = (generate_device_key(), registered_key(relay.addr).await);
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
     let mut bob = connect(Wire::Tcp, relay.addr, &bob_key).await;
     let acker = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -319,7 +318,7 @@ async fn envelope_pushed_to_a_dropped_connection_reaches_the_next_one_once() {
     let mut config = common::test_config(dir.path());
     config.commit_delay = Duration::from_millis(500);
     let (addr, metrics, _shutdown) = common::start_relay(config).await;
-    let (alice_key, bob_key) = (generate_device_key(), generate_device_key());
+    let (alice_key, bob_key) = (generate_device_key(), registered_key(addr).await);
     let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
 
     let mut bob = connect(Wire::Tcp, addr, &bob_key).await;

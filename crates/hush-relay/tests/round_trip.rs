@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{connect, metric, scrape, start_relay, test_config, TempDir, ToySealer, Wire};
+use common::{
+    connect, metric, new_sealer, registered_key, scrape, start_relay, test_config, TempDir,
+    ToySealer, Wire,
+};
 use hush_signaling::device::generate_device_key;
 use hush_signaling::{
     Answer, CallMedia, CallMessage, DeviceSigner, Hangup, HangupReason, IceCandidates,
@@ -28,27 +31,28 @@ where
 async fn round_trip(wire: Wire) {
     let dir = TempDir::new("round-trip");
     let (addr, metrics_addr, shutdown) = start_relay(test_config(dir.path())).await;
-    let alice_key = generate_device_key();
-    let bob_key = generate_device_key();
+    // Alice publishes a bundle too: the relay accepts envelopes only for devices that did.
+    let alice_key = registered_key(addr).await;
+    let mut bob_sealer = new_sealer(1);
+    let bob_key = bob_sealer.signer().clone();
     let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
 
+    let material = bob_sealer.publish(2, 2).unwrap();
+    let mut one_time = material.one_time_prekeys.clone();
+    one_time.sort_by_key(|(id, _)| *id);
     let bob_relay = connect(wire, addr, &bob_key).await;
     bob_relay
-        .upload_prekeys(
-            b"bob-bundle".to_vec(),
-            vec![(1, b"otpk-1".to_vec()), (2, b"otpk-2".to_vec())],
-            false,
-        )
+        .upload_prekeys(material.bundle.clone(), material.one_time_prekeys, false)
         .await
         .unwrap();
     let alice_relay = connect(wire, addr, &alice_key).await;
 
     // Each one-time prekey is handed out once, then the bundle comes without one.
     let b1 = alice_relay.fetch_bundle(bob_id).await.unwrap();
-    assert_eq!(b1.bundle, b"bob-bundle");
-    assert_eq!(b1.one_time_prekey, Some((1, b"otpk-1".to_vec())));
+    assert_eq!(b1.bundle, material.bundle);
+    assert_eq!(b1.one_time_prekey.as_ref(), Some(&one_time[0]));
     let b2 = alice_relay.fetch_bundle(bob_id).await.unwrap();
-    assert_eq!(b2.one_time_prekey, Some((2, b"otpk-2".to_vec())));
+    assert_eq!(b2.one_time_prekey.as_ref(), Some(&one_time[1]));
     let b3 = alice_relay.fetch_bundle(bob_id).await.unwrap();
     assert_eq!(b3.one_time_prekey, None);
     assert!(alice_relay

@@ -55,7 +55,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn signal_call(wire: Wire) {
     let dir = TempDir::new("signal");
     let (addr, _, _shutdown) = start_relay(test_config(dir.path())).await;
-    let alice_sealer = sealer(1);
+    let mut alice_sealer = sealer(1);
     let mut bob_sealer = sealer(2);
     let (alice_id, bob_id) = (alice_sealer.device_id(), bob_sealer.device_id());
 
@@ -70,6 +70,16 @@ async fn signal_call(wire: Wire) {
 
     // Alice fetches Bob's bundle and starts a session.
     let alice_relay = connect(wire, addr, alice_sealer.signer()).await;
+    // Alice publishes hers too: the relay accepts envelopes only for devices that did.
+    let alice_material = alice_sealer.publish(1, 1).unwrap();
+    alice_relay
+        .upload_prekeys(
+            alice_material.bundle,
+            alice_material.one_time_prekeys,
+            false,
+        )
+        .await
+        .unwrap();
     let fetched = alice_relay.fetch_bundle(bob_id).await.unwrap();
     assert!(fetched.one_time_prekey.is_some());
     let mut alice = SignalingClient::new(alice_relay, alice_sealer);

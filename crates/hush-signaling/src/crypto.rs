@@ -6,7 +6,16 @@
 //! A hush device is addressed by its ed25519 device key ([`DeviceId`]); libsignal addresses
 //! sessions by `ProtocolAddress { name, device_id }`. [`SignalSealer`] uses the hex device key
 //! as the name, with the Signal device id from the peer's bundle (or 1 for a peer that
-//! contacted us first), and remembers the mapping.
+//! contacted us first).
+//!
+//! # Pinning
+//!
+//! The peer's Signal identity and device id are pinned per [`DeviceId`] in the device store
+//! (so a restart keeps them): a bundle for a known device that carries another identity, or
+//! another device id than an earlier verified bundle, is refused with
+//! [`Error::IdentityChanged`] until the app calls [`SignalSealer::accept_identity`]. A bundle
+//! must also be bound both ways (the identity signs the device key, the device key signs the
+//! identity), so nobody can pair a device address with an identity that is not its own.
 //!
 //! # Bundles on the relay
 //!
@@ -17,6 +26,8 @@
 
 use std::collections::HashMap;
 use std::time::SystemTime;
+
+use hush_crypto::IdentityKey;
 
 use hush_crypto::{complete_now, Backend, Device, PeerBundle, ProtocolAddress};
 
@@ -45,22 +56,34 @@ pub struct PrekeyMaterial {
     pub one_time_prekeys: Vec<(u64, Vec<u8>)>,
 }
 
+/// Most refused bundles remembered for [`SignalSealer::accept_identity`] (one per peer).
+const MAX_REFUSED_BUNDLES: usize = 64;
+
 /// A hush-crypto [`Device`] used as a [`Sealer`].
 pub struct SignalSealer<B: Backend> {
     device: Device<B>,
-    peers: HashMap<DeviceId, ProtocolAddress>,
+    /// The last bundle refused for a changed identity or device id, per peer: the Signal
+    /// device id and identity it carried, so that accepting that identity also moves the pin
+    /// to that device id. Bounded; only bundles that verified (signed by the peer's device key)
+    /// get here.
+    refused: HashMap<DeviceId, (u8, IdentityKey)>,
 }
 
 impl<B: Backend> std::fmt::Debug for SignalSealer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignalSealer")
-            .field("peers", &self.peers.len())
+            .field("refused_bundles", &self.refused.len())
             .finish_non_exhaustive()
     }
 }
 
 fn crypto_err(e: hush_crypto::Error) -> Error {
-    Error::Seal(e.to_string())
+    match e {
+        hush_crypto::Error::IdentityChanged { new_identity, .. } => Error::IdentityChanged {
+            new_identity: new_identity.map(|k| k.serialize().to_vec()),
+        },
+        other => Error::Seal(Box::new(other)),
+    }
 }
 
 /// Runs a hush-crypto future that completes on its first poll (true for the shipped store
@@ -81,7 +104,7 @@ impl<B: Backend> SignalSealer<B> {
     pub fn new(device: Device<B>) -> Self {
         Self {
             device,
-            peers: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -105,14 +128,44 @@ impl<B: Backend> SignalSealer<B> {
         &mut self.device
     }
 
-    /// The Signal address used for `peer`.
-    pub fn address_of(&mut self, peer: &DeviceId) -> Result<ProtocolAddress, Error> {
-        if let Some(a) = self.peers.get(peer) {
-            return Ok(a.clone());
-        }
-        let address = ProtocolAddress::new(peer.to_hex(), signal_device_id(1)?);
-        self.peers.insert(*peer, address.clone());
-        Ok(address)
+    /// The Signal address used for `peer`: the device id pinned in the device store, or 1 for
+    /// a peer never seen.
+    pub fn address_of(&self, peer: &DeviceId) -> Result<ProtocolAddress, Error> {
+        let name = peer.to_hex();
+        let device_id = match self.device.store().peer_pin(&name).map_err(crypto_err)? {
+            Some(pin) => pin.device_id,
+            None => signal_device_id(1)?,
+        };
+        Ok(ProtocolAddress::new(name, device_id))
+    }
+
+    /// The identity key pinned for `peer`, if any.
+    pub fn peer_identity(&self, peer: &DeviceId) -> Result<Option<IdentityKey>, Error> {
+        Ok(self
+            .device
+            .store()
+            .peer_pin(&peer.to_hex())
+            .map_err(crypto_err)?
+            .map(|p| p.identity))
+    }
+
+    /// Trusts `identity` for `peer` after the user verified the new safety number (shown when
+    /// a message or bundle failed with [`Error::IdentityChanged`]). If the last bundle refused
+    /// for `peer` carried this identity, its Signal device id is pinned too, so
+    /// [`start_session`](Self::start_session) with that bundle now succeeds.
+    pub fn accept_identity(
+        &mut self,
+        peer: &DeviceId,
+        identity: &IdentityKey,
+    ) -> Result<(), Error> {
+        let device_id = match self.refused.remove(peer) {
+            Some((device_id, refused)) if refused == *identity => signal_device_id(device_id)?,
+            _ => self.address_of(peer)?.device_id(),
+        };
+        let address = ProtocolAddress::new(peer.to_hex(), device_id);
+        self.device
+            .accept_identity(&address, identity)
+            .map_err(crypto_err)
     }
 
     /// Prekey material to upload to the relay with
@@ -153,7 +206,10 @@ impl<B: Backend> SignalSealer<B> {
     }
 
     /// Starts a Signal session with `peer` from a bundle fetched from the relay. Refuses a
-    /// bundle whose device key is not `peer` (a relay handing out someone else's bundle).
+    /// bundle whose device key is not `peer` (a relay handing out someone else's bundle), one
+    /// not bound both ways to its identity, and — with [`Error::IdentityChanged`] — one whose
+    /// identity or Signal device id differs from what is pinned for `peer` (see the module
+    /// docs), until [`accept_identity`](Self::accept_identity).
     pub fn start_session(&mut self, fetched: &FetchedBundle) -> Result<(), Error> {
         let bytes = fetched
             .one_time_prekey
@@ -167,13 +223,23 @@ impl<B: Backend> SignalSealer<B> {
             fetched.device.to_hex(),
             signal_device_id(bundle.device.device_id)?,
         );
-        now_or_err(
-            self.device
-                .process_bundle(&address, &bundle, SystemTime::now()),
-        )
-        .map_err(crypto_err)?;
-        self.peers.insert(fetched.device, address);
-        Ok(())
+        let processed = now_or_err(self.device.process_bundle(
+            &address,
+            &bundle,
+            SystemTime::now(),
+        ));
+        if let Err(hush_crypto::Error::IdentityChanged { .. }) = &processed {
+            if self.refused.len() >= MAX_REFUSED_BUNDLES
+                && !self.refused.contains_key(&fetched.device)
+            {
+                self.refused.clear();
+            }
+            self.refused.insert(
+                fetched.device,
+                (bundle.device.device_id, bundle.device.identity_key),
+            );
+        }
+        processed.map_err(crypto_err)
     }
 }
 
@@ -213,7 +279,7 @@ impl<B: Backend + Send> Sealer for SignalSealer<B> {
             hush_crypto::Error::IdentityChanged { new_identity, .. } => Error::IdentityChanged {
                 new_identity: new_identity.map(|k| k.serialize().to_vec()),
             },
-            other => Error::Open(other.to_string()),
+            other => Error::Open(Box::new(other)),
         })
     }
 }

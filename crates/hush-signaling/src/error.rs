@@ -2,6 +2,10 @@
 
 use crate::proto::relay::ErrorCode;
 
+/// A sealer's own error, kept as the typed source of [`Error::Seal`] and [`Error::Open`]
+/// (downcast it to the sealer's error type to inspect it).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in hush-signaling.
 ///
 /// Variants are grouped by who is to blame: malformed input from the network, a peer or relay
@@ -37,6 +41,14 @@ pub enum Error {
     /// Authentication with the relay (or of the relay's challenge) failed.
     #[error("authentication failed: {0}")]
     AuthFailed(&'static str),
+    /// The relay presented a public key other than the one pinned in
+    /// `RelayClientConfig::relay_key`: it is another relay (or relays another relay's
+    /// challenge). Nothing was signed.
+    #[error("the relay's key is not the pinned relay key")]
+    RelayKeyMismatch {
+        /// The key the relay presented.
+        presented: [u8; 32],
+    },
     /// A message with this id was already accepted.
     #[error("replayed message")]
     Replay,
@@ -49,12 +61,14 @@ pub enum Error {
     /// The envelope is addressed to another device.
     #[error("envelope addressed to another device")]
     WrongRecipient,
-    /// Sealing a message failed (no session with the peer, store failure...).
+    /// Sealing a message failed (no session with the peer, store failure...). The sealer's own
+    /// error is the source (with the `crypto` feature, a `hush_crypto::Error`).
     #[error("sealing failed: {0}")]
-    Seal(String),
-    /// Opening a sealed message failed (bad ciphertext, duplicate, no session...).
+    Seal(#[source] BoxError),
+    /// Opening a sealed message failed (bad ciphertext, duplicate, no session...). The
+    /// sealer's own error is the source.
     #[error("opening failed: {0}")]
-    Open(String),
+    Open(#[source] BoxError),
     /// The sender presented a Signal identity key other than the one on record for it (its
     /// safety number changed: a reinstall, or someone else using its address). Nothing it
     /// sends is opened until the app has the user verify and accept the new identity.
@@ -73,6 +87,10 @@ pub enum Error {
     /// Socket I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS to the relay failed (feature `tls`).
+    #[cfg(feature = "tls")]
+    #[error("tls: {0}")]
+    Tls(#[source] tokio_rustls::rustls::Error),
     /// The WebSocket layer failed.
     #[error("websocket: {0}")]
     WebSocket(String),
@@ -92,7 +110,7 @@ impl Error {
             Self::UnsupportedVersion(_) | Self::UnsupportedMessage => ErrorCode::UnsupportedVersion,
             Self::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Self::Relay { code, .. } => *code,
-            Self::AuthFailed(_) => ErrorCode::AuthFailed,
+            Self::AuthFailed(_) | Self::RelayKeyMismatch { .. } => ErrorCode::AuthFailed,
             Self::Replay => ErrorCode::Duplicate,
             Self::Stale => ErrorCode::Stale,
             Self::Mismatch(_) | Self::WrongRecipient => ErrorCode::InvalidEnvelope,

@@ -8,8 +8,10 @@
 //! [`proto::relay::ClientFrame`]: crate::proto::relay::ClientFrame
 //! [`proto::relay::ServerFrame`]: crate::proto::relay::ServerFrame
 
+use bytes::{Buf, BytesMut};
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use crate::proto::relay as pb;
 use crate::Error;
@@ -83,101 +85,96 @@ pub fn length_prefixed(frame: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// A sans-IO decoder for length-prefixed frames: push bytes in, pull whole frames out.
-///
-/// After an error (an oversized length) the decoder stays failed: a byte stream cannot be
-/// resynchronised once a length prefix is untrustworthy.
-#[derive(Debug)]
-pub struct FrameDecoder {
-    buf: Vec<u8>,
-    max: usize,
-    failed: Option<usize>,
+/// Checks the first bytes of a framed TCP connection (what a relay reads before any frame).
+pub fn check_preamble(first: &[u8]) -> Result<(), Error> {
+    if first == TCP_PREAMBLE {
+        Ok(())
+    } else {
+        Err(Error::Malformed("unknown protocol preamble"))
+    }
 }
 
-impl FrameDecoder {
-    /// A decoder that rejects frames longer than `max` bytes.
+/// The one decoder for length-prefixed relay frames, used by the relay (for what devices send)
+/// and by [`RelayClient`](crate::transport::RelayClient) (for what the relay sends), and fuzzed
+/// as such (`fuzz/fuzz_targets/relay_frame.rs`).
+///
+/// It is tokio-util's [`LengthDelimitedCodec`] set to this protocol (`u32` big-endian length,
+/// prefix stripped, frames longer than `max` refused), with its errors mapped to [`Error`]:
+/// an oversized length is [`Error::FrameTooLarge`], a stream that ends inside a frame is
+/// [`Error::Malformed`]. Drive it with a [`FramedRead`](tokio_util::codec::FramedRead) (which
+/// keeps the bytes read so far in its own buffer, so waiting on it in `select!` loses nothing
+/// when another branch wins) or call [`Decoder::decode`] on a buffer directly.
+///
+/// After an error the stream cannot be resynchronised (a length prefix is untrustworthy);
+/// `FramedRead` ends the stream after yielding the error.
+#[derive(Debug)]
+pub struct RelayFrameCodec {
+    inner: LengthDelimitedCodec,
+    max: usize,
+}
+
+impl RelayFrameCodec {
+    /// A decoder that refuses frames longer than `max` bytes (excluding the length prefix).
     pub fn new(max: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            max,
-            failed: None,
-        }
+        let inner = LengthDelimitedCodec::builder()
+            .length_field_offset(0)
+            .length_field_length(LENGTH_PREFIX_LEN)
+            // The prefix stays in the buffer until its whole frame is there (and is cut off
+            // the returned frame below): so the buffer is empty exactly at frame boundaries,
+            // which is how the end of the stream is told apart from a cut-off frame.
+            .length_adjustment(LENGTH_PREFIX_LEN as isize)
+            .num_skip(0)
+            .big_endian()
+            .max_frame_length(max)
+            .new_codec();
+        Self { inner, max }
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.failed.is_none() {
-            self.buf.extend_from_slice(bytes);
-        }
+    /// The largest frame accepted.
+    pub fn max_frame_len(&self) -> usize {
+        self.max
     }
 
-    /// Returns the next complete frame, `Ok(None)` if more bytes are needed.
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, Error> {
-        if let Some(size) = self.failed {
-            return Err(Error::FrameTooLarge {
+    fn map_err(&self, src: &BytesMut, e: std::io::Error) -> Error {
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>())
+        {
+            // The codec refuses an oversized length before consuming the prefix, so the
+            // announced size is still at the front of the buffer (only used in the message).
+            let size = src
+                .first_chunk::<LENGTH_PREFIX_LEN>()
+                .map_or(0, |p| u32::from_be_bytes(*p) as usize);
+            return Error::FrameTooLarge {
                 size,
                 max: self.max,
-            });
+            };
         }
-        let Some(prefix) = self.buf.first_chunk::<LENGTH_PREFIX_LEN>() else {
-            return Ok(None);
-        };
-        let len = u32::from_be_bytes(*prefix) as usize;
-        if len > self.max {
-            self.failed = Some(len);
-            self.buf = Vec::new();
-            return Err(Error::FrameTooLarge {
-                size: len,
-                max: self.max,
-            });
-        }
-        if self.buf.len() < LENGTH_PREFIX_LEN + len {
-            return Ok(None);
-        }
-        let frame = self.buf[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len].to_vec();
-        self.buf.drain(..LENGTH_PREFIX_LEN + len);
-        Ok(Some(frame))
-    }
-
-    /// Bytes buffered but not yet returned as a frame.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+        Error::Io(e)
     }
 }
 
-/// Reads one length-prefixed frame. `Ok(None)` on a clean end of stream at a frame boundary.
-///
-/// Not cancel-safe: use it from a task that owns the reader.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max: usize,
-) -> Result<Option<Vec<u8>>, Error> {
-    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
-    let mut got = 0;
-    while got < LENGTH_PREFIX_LEN {
-        let n = reader.read(&mut prefix[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(Error::Malformed("stream ended inside a length prefix"))
-            };
+impl Decoder for RelayFrameCodec {
+    type Item = BytesMut;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+        match self.inner.decode(src) {
+            Ok(Some(mut frame)) => {
+                frame.advance(LENGTH_PREFIX_LEN);
+                Ok(Some(frame))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.map_err(src, e)),
         }
-        got += n;
     }
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > max {
-        return Err(Error::FrameTooLarge { size: len, max });
-    }
-    let mut frame = vec![0u8; len];
-    reader.read_exact(&mut frame).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Malformed("stream ended inside a frame")
-        } else {
-            Error::Io(e)
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(Error::Malformed("stream ended inside a frame")),
         }
-    })?;
-    Ok(Some(frame))
+    }
 }
 
 /// Writes one length-prefixed frame (does not flush).
@@ -196,32 +193,69 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[test]
-    fn decoder_splits_frames_across_pushes() {
-        let mut d = FrameDecoder::new(16);
-        let mut wire = length_prefixed(b"hello").unwrap();
-        wire.extend(length_prefixed(b"").unwrap());
-        wire.extend(length_prefixed(b"world!").unwrap());
-        for chunk in wire.chunks(3) {
-            d.push(chunk);
+    /// Feeds `wire` in chunks of `chunk` bytes and decodes everything, like `FramedRead`.
+    fn decode_all(max: usize, wire: &[u8], chunk: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let mut codec = RelayFrameCodec::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for c in wire.chunks(chunk.max(1)) {
+            buf.extend_from_slice(c);
+            while let Some(f) = codec.decode(&mut buf)? {
+                out.push(f.to_vec());
+            }
         }
-        assert_eq!(d.next_frame().unwrap().unwrap(), b"hello");
-        assert_eq!(d.next_frame().unwrap().unwrap(), b"");
-        assert_eq!(d.next_frame().unwrap().unwrap(), b"world!");
-        assert_eq!(d.next_frame().unwrap(), None);
-        assert_eq!(d.buffered(), 0);
+        while let Some(f) = codec.decode_eof(&mut buf)? {
+            out.push(f.to_vec());
+        }
+        Ok(out)
     }
 
     #[test]
-    fn decoder_rejects_oversize_and_stays_failed() {
-        let mut d = FrameDecoder::new(4);
-        d.push(&length_prefixed(b"12345").unwrap());
+    fn decoder_splits_frames_across_chunks() {
+        let mut wire = length_prefixed(b"hello").unwrap();
+        wire.extend(length_prefixed(b"").unwrap());
+        wire.extend(length_prefixed(b"world!").unwrap());
+        for chunk in 1..=wire.len() {
+            let frames = decode_all(16, &wire, chunk).unwrap();
+            assert_eq!(frames, [&b"hello"[..], b"", b"world!"], "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn decoder_rejects_oversize_with_its_size() {
+        let mut wire = length_prefixed(b"1234").unwrap();
+        wire.extend(length_prefixed(b"12345").unwrap());
+        for chunk in [1, 3, wire.len()] {
+            assert!(matches!(
+                decode_all(4, &wire, chunk),
+                Err(Error::FrameTooLarge { size: 5, max: 4 })
+            ));
+        }
         assert!(matches!(
-            d.next_frame(),
-            Err(Error::FrameTooLarge { size: 5, max: 4 })
+            decode_all(4, &u32::MAX.to_be_bytes(), 1),
+            Err(Error::FrameTooLarge {
+                size: 0xffff_ffff,
+                max: 4
+            })
         ));
-        d.push(&length_prefixed(b"1").unwrap());
-        assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn decoder_tells_a_cut_off_frame_from_a_clean_end() {
+        let wire = length_prefixed(b"abc").unwrap();
+        // Cut inside the prefix, right after it (the case where only a length arrived), and
+        // inside the body.
+        for cut in [1, 3, 4, 6] {
+            assert!(
+                matches!(
+                    decode_all(16, &wire[..cut], 1),
+                    Err(Error::Malformed("stream ended inside a frame"))
+                ),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(decode_all(16, &wire, 2).unwrap(), [b"abc"]);
+        assert!(decode_all(16, &[], 1).unwrap().is_empty());
     }
 
     #[test]
@@ -263,30 +297,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn async_read_write_round_trip() {
-        let (mut a, mut b) = tokio::io::duplex(64);
+    async fn framed_read_write_round_trip() {
+        use futures_util::StreamExt;
+        let (mut a, b) = tokio::io::duplex(64);
         let writer = tokio::spawn(async move {
             write_frame(&mut a, b"abc").await.unwrap();
             write_frame(&mut a, &[0u8; 100]).await.unwrap();
         });
-        assert_eq!(read_frame(&mut b, 100).await.unwrap().unwrap(), b"abc");
-        assert_eq!(read_frame(&mut b, 100).await.unwrap().unwrap().len(), 100);
+        let mut frames = tokio_util::codec::FramedRead::new(b, RelayFrameCodec::new(100));
+        assert_eq!(&frames.next().await.unwrap().unwrap()[..], b"abc");
+        assert_eq!(frames.next().await.unwrap().unwrap().len(), 100);
         writer.await.unwrap();
-        assert_eq!(read_frame(&mut b, 100).await.unwrap(), None);
+        assert!(frames.next().await.is_none());
     }
 
     proptest! {
         #[test]
         fn decoder_never_panics(chunks in proptest::collection::vec(
             proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
-            let mut d = FrameDecoder::new(128);
-            for c in &chunks {
-                d.push(c);
-                while let Ok(Some(f)) = d.next_frame() {
-                    let _ = decode_client_frame(&f);
-                    let _ = decode_server_frame(&f);
+            let mut codec = RelayFrameCodec::new(128);
+            let mut buf = BytesMut::new();
+            'outer: for c in &chunks {
+                buf.extend_from_slice(c);
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(f)) => {
+                            prop_assert!(f.len() <= 128);
+                            let _ = decode_client_frame(&f);
+                            let _ = decode_server_frame(&f);
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'outer,
+                    }
                 }
             }
+        }
+
+        #[test]
+        fn any_split_gives_back_the_frames(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+            chunk in 1usize..50,
+        ) {
+            let mut wire = Vec::new();
+            for f in &frames {
+                wire.extend(length_prefixed(f).unwrap());
+            }
+            prop_assert_eq!(decode_all(40, &wire, chunk).unwrap(), frames);
         }
     }
 }

@@ -23,7 +23,7 @@ pub use client::{
 };
 pub use device::{DeviceId, DeviceSigner};
 pub use envelope::{CiphertextKind, Envelope, MessageId};
-pub use error::Error;
+pub use error::{BoxError, Error};
 pub use message::{
     Answer, CallId, CallMedia, CallMessage, Content, Hangup, HangupReason, IceCandidates,
     IceParameters, Offer,

@@ -9,6 +9,8 @@
 //! prekeys). Both complete every operation synchronously, so the async libsignal futures built
 //! on them are ready on their first poll (see [`crate::complete_now`]).
 
+#[cfg(feature = "sqlite")]
+mod cipher;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -24,6 +26,8 @@ use libsignal_protocol::{
 };
 use zeroize::Zeroizing;
 
+#[cfg(feature = "sqlite")]
+pub use cipher::StoreKey;
 pub use memory::MemoryBackend;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteBackend;
@@ -38,7 +42,8 @@ use crate::error::{Error, Result, StoreError};
 pub enum Table {
     /// Local device data: identity key pair, registration id, ed25519 seed, id counters.
     Meta,
-    /// Peers' identity keys by address.
+    /// Peers' identity keys by Signal address (format before pinning by name; migrated into
+    /// [`Table::Peers`] when a store is opened, then empty).
     Identities,
     /// Signal session records by address.
     Sessions,
@@ -50,11 +55,14 @@ pub enum Table {
     KyberPreKeys,
     /// Base keys already used with a last-resort Kyber prekey.
     KyberBaseKeys,
+    /// Pinned peers by name (the hush device address): trusted identity key and Signal device
+    /// id (see [`PeerPin`]).
+    Peers,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Meta,
         Self::Identities,
         Self::Sessions,
@@ -62,6 +70,7 @@ impl Table {
         Self::SignedPreKeys,
         Self::KyberPreKeys,
         Self::KyberBaseKeys,
+        Self::Peers,
     ];
 
     /// A stable number for the table (used as the SQLite table column).
@@ -74,6 +83,7 @@ impl Table {
             Self::SignedPreKeys => 4,
             Self::KyberPreKeys => 5,
             Self::KyberBaseKeys => 6,
+            Self::Peers => 7,
         }
     }
 }
@@ -133,13 +143,41 @@ impl<B: Backend> DeviceStore<B> {
         };
         let seed = Zeroizing::new(backend.get(Table::Meta, META_ED25519)?.ok_or(corrupt())?);
         let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| corrupt())?;
-        Ok(Some(Self {
+        let store = Self {
             backend: RefCell::new(backend),
             identity,
             registration_id,
             device_id,
             signing_key: DeviceSigningKey::from_seed(seed),
-        }))
+        };
+        store.migrate_address_identities()?;
+        Ok(Some(store))
+    }
+
+    /// Moves identities recorded per Signal address (older stores) into per-name pins. The
+    /// device id they were recorded under becomes an assumed (not bundle-verified) pin.
+    fn migrate_address_identities(&self) -> Result<()> {
+        let legacy = self.backend.borrow().keys(Table::Identities)?;
+        for key in legacy {
+            let Some((&device, name)) = key.split_first() else {
+                continue;
+            };
+            let (Ok(name), Ok(device)) = (std::str::from_utf8(name), DeviceId::new(device)) else {
+                continue;
+            };
+            if let Some(bytes) = self.get(Table::Identities, &key)? {
+                if self.peer_pin(name)?.is_none() {
+                    let pin = PeerPin {
+                        identity: IdentityKey::decode(&bytes)?,
+                        device_id: device,
+                        from_bundle: false,
+                    };
+                    self.put(Table::Peers, name.as_bytes(), &pin.encode())?;
+                }
+            }
+            self.delete(Table::Identities, &key)?;
+        }
+        Ok(())
     }
 
     /// Creates a new device (identity key pair, registration id, ed25519 key) in an empty
@@ -228,27 +266,56 @@ impl<B: Backend> DeviceStore<B> {
         self.backend.into_inner()
     }
 
-    /// The identity key on record for `peer`, if any.
+    /// The identity key on record for `peer`, if any. Identities are pinned per peer *name*
+    /// (a hush device address), whatever Signal device id the address carries.
     pub fn peer_identity(&self, peer: &ProtocolAddress) -> Result<Option<IdentityKey>> {
-        let Some(bytes) = self.get(Table::Identities, &address_key(peer))? else {
-            return Ok(None);
-        };
-        Ok(Some(IdentityKey::decode(&bytes)?))
+        Ok(self.peer_pin(peer.name())?.map(|p| p.identity))
+    }
+
+    /// What is pinned for the peer called `name`, if anything.
+    pub fn peer_pin(&self, name: &str) -> Result<Option<PeerPin>> {
+        match self.get(Table::Peers, name.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => PeerPin::decode(&bytes).map(Some),
+        }
+    }
+
+    /// Pins `pin` for `peer`'s name, replacing what was there.
+    pub fn set_peer_pin(&self, peer: &ProtocolAddress, pin: &PeerPin) -> Result<()> {
+        Ok(self.put(Table::Peers, peer.name().as_bytes(), &pin.encode())?)
     }
 
     /// Records `identity` as the trusted identity of `peer`, replacing an older one. Call this
-    /// only after the user verified the new safety number.
+    /// only after the user verified the new safety number. The Signal device id of `peer`
+    /// becomes an assumed pin: the next verified bundle carrying this identity pins its own
+    /// device id.
     pub fn set_peer_identity(
         &self,
         peer: &ProtocolAddress,
         identity: &IdentityKey,
     ) -> Result<IdentityChange> {
-        let key = address_key(peer);
-        let old = self.get(Table::Identities, &key)?;
-        self.put(Table::Identities, &key, &identity.serialize())?;
+        let old = self.peer_pin(peer.name())?;
+        self.set_peer_pin(
+            peer,
+            &PeerPin {
+                identity: *identity,
+                device_id: peer.device_id(),
+                from_bundle: false,
+            },
+        )?;
         Ok(IdentityChange::from_changed(
-            old.is_some_and(|o| *o != *identity.serialize()),
+            old.is_some_and(|o| o.identity != *identity),
         ))
+    }
+
+    /// Whether `identity` presented at `peer` matches the pin: unknown names are trusted on
+    /// first use; a known name must present the pinned identity, and, when the device id was
+    /// pinned from a verified bundle, that device id.
+    pub fn is_trusted_peer(&self, peer: &ProtocolAddress, identity: &IdentityKey) -> Result<bool> {
+        Ok(match self.peer_pin(peer.name())? {
+            None => true,
+            Some(pin) => pin.identity == *identity && pin.admits_device(peer.device_id()),
+        })
     }
 
     /// Whether a Signal session with `peer` exists.
@@ -471,11 +538,57 @@ fn address_key(address: &ProtocolAddress) -> Vec<u8> {
     k
 }
 
+/// What a device pins for one peer name: the trusted identity key and the Signal device id.
+///
+/// Stored as `version u8 (=1) | from_bundle u8 (0|1) | device_id u8 | identity_key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerPin {
+    /// The trusted Signal identity key.
+    pub identity: IdentityKey,
+    /// The Signal device id the peer's session lives under.
+    pub device_id: DeviceId,
+    /// True when `device_id` came from a verified bundle (then a bundle with another device id
+    /// is refused); false when it is only the local label chosen for a peer that wrote first,
+    /// or after the user accepted a change.
+    pub from_bundle: bool,
+}
+
+const PEER_PIN_VERSION: u8 = 1;
+
+impl PeerPin {
+    /// Whether a session under `device_id` is consistent with this pin.
+    pub fn admits_device(&self, device_id: DeviceId) -> bool {
+        !self.from_bundle || self.device_id == device_id
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let identity = self.identity.serialize();
+        let mut v = Vec::with_capacity(3 + identity.len());
+        v.push(PEER_PIN_VERSION);
+        v.push(u8::from(self.from_bundle));
+        v.push(u8::from(self.device_id));
+        v.extend_from_slice(&identity);
+        v
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        match bytes {
+            [PEER_PIN_VERSION, from_bundle @ (0 | 1), device, identity @ ..] => Ok(Self {
+                identity: IdentityKey::decode(identity)?,
+                device_id: DeviceId::new(*device).map_err(|_| corrupt())?,
+                from_bundle: *from_bundle == 1,
+            }),
+            _ => Err(corrupt()),
+        }
+    }
+}
+
 /// Implements libsignal's store traits over a [`DeviceStore`].
 ///
-/// Identity trust is strict: an address with no identity on record is trusted on first use;
-/// an address whose presented identity differs from the one on record is *not* trusted (in
-/// either direction) until [`DeviceStore::set_peer_identity`] records the new one.
+/// Identity trust is strict and pinned per peer *name* (the hush device address), not per
+/// Signal address: a name with nothing on record is trusted on first use; a name whose
+/// presented identity differs from the pinned one — under any Signal device id — is *not*
+/// trusted (in either direction) until [`DeviceStore::set_peer_identity`] records the new one.
 pub struct StoreHandle<'a, B>(&'a DeviceStore<B>);
 
 type SignalResult<T> = std::result::Result<T, SignalProtocolError>;
@@ -490,11 +603,17 @@ impl<B: Backend> IdentityKeyStore for StoreHandle<'_, B> {
         Ok(self.0.registration_id)
     }
 
+    /// Called by libsignal after it checked trust; a pin already holding this identity (and
+    /// its device id) is kept as it is, so a bundle-verified device id stays pinned.
     async fn save_identity(
         &mut self,
         address: &ProtocolAddress,
         identity: &IdentityKey,
     ) -> SignalResult<IdentityChange> {
+        let pin = self.0.peer_pin(address.name()).map_err(to_signal)?;
+        if pin.is_some_and(|p| p.identity == *identity && p.admits_device(address.device_id())) {
+            return Ok(IdentityChange::from_changed(false));
+        }
         self.0
             .set_peer_identity(address, identity)
             .map_err(to_signal)
@@ -506,10 +625,7 @@ impl<B: Backend> IdentityKeyStore for StoreHandle<'_, B> {
         identity: &IdentityKey,
         _direction: Direction,
     ) -> SignalResult<bool> {
-        match self.0.peer_identity(address).map_err(to_signal)? {
-            None => Ok(true),
-            Some(known) => Ok(known == *identity),
-        }
+        self.0.is_trusted_peer(address, identity).map_err(to_signal)
     }
 
     async fn get_identity(&self, address: &ProtocolAddress) -> SignalResult<Option<IdentityKey>> {

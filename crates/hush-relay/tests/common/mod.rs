@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use hush_crypto::{Device, DeviceSigningKey, DeviceStore, MemoryBackend};
 use hush_relay::{Relay, RelayConfig, ShutdownHandle};
+use hush_signaling::crypto::SignalSealer;
 use hush_signaling::transport::{RelayClient, RelayClientConfig};
 use hush_signaling::{CiphertextKind, DeviceId, DeviceSigner, Error, Sealed, Sealer};
 
@@ -87,6 +89,30 @@ pub async fn try_connect(
         Wire::Tcp => RelayClient::connect_tcp(addr, key, config).await,
         Wire::Ws => RelayClient::connect_ws(addr, key, config).await,
     }
+}
+
+/// A fresh device (Signal identity, in memory) with Signal device id `device_id`.
+pub fn new_sealer(device_id: u8) -> SignalSealer<MemoryBackend> {
+    let mut rng = rand::rng();
+    let store = DeviceStore::create(MemoryBackend::new(), device_id, &mut rng).unwrap();
+    SignalSealer::new(Device::new(store))
+}
+
+/// Publishes `sealer`'s bundle with `one_time` one-time prekeys (over a short TCP connection).
+pub async fn publish(addr: SocketAddr, sealer: &mut SignalSealer<MemoryBackend>, one_time: usize) {
+    let material = sealer.publish(one_time, one_time).unwrap();
+    let conn = connect(Wire::Tcp, addr, sealer.signer()).await;
+    conn.upload_prekeys(material.bundle, material.one_time_prekeys, false)
+        .await
+        .expect("bundle accepted");
+}
+
+/// The device key of a new device that published its bundle: the relay accepts envelopes only
+/// for devices that did.
+pub async fn registered_key(addr: SocketAddr) -> DeviceSigningKey {
+    let mut sealer = new_sealer(1);
+    publish(addr, &mut sealer, 0).await;
+    sealer.signer().clone()
 }
 
 /// A private temporary directory, removed on drop.

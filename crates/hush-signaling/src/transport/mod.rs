@@ -2,16 +2,22 @@
 //!
 //! A transport moves [`Envelope`]s between devices: an in-memory network for tests and
 //! simulators ([`MemoryNetwork`]), and a connection to a hush relay over TCP or WebSocket
-//! ([`RelayClient`]). An app can implement [`Transport`] on its own connection (for example
-//! its existing chat socket).
+//! ([`RelayClient`]; inside TLS in production, feature `tls`). An app can implement
+//! [`Transport`] on its own connection (for example its existing chat socket).
 
 mod memory;
 mod relay;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::future::Future;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
-pub use relay::{ws_config, FetchedBundle, RelayClient, RelayClientConfig, RELAY_PROTOCOL_VERSION};
+pub use relay::{
+    ws_config, ClientChannel, FetchedBundle, RelayClient, RelayClientConfig, RELAY_PROTOCOL_VERSION,
+};
+#[cfg(feature = "tls")]
+pub use tls::{tls_exporter, RelayTls, TlsRoots};
 
 use crate::device::DeviceId;
 use crate::envelope::Envelope;

@@ -1,4 +1,13 @@
-//! The client side of the hush relay protocol, over TCP (length-prefixed frames) or WebSocket.
+//! The client side of the hush relay protocol, over TCP (length-prefixed frames) or WebSocket,
+//! each in plaintext or (feature `tls`) TLS.
+//!
+//! Authentication answers the relay's challenge with the device key, bound to the connection
+//! ([`ChannelBinding`]): over TLS to the relay itself, to the connection's RFC 9266
+//! `tls-exporter` value (use [`RelayClient::connect_tls`] / [`RelayClient::connect_wss`], or
+//! pass the exporter of your own TLS connection with [`ClientChannel::Tls`]); over plaintext,
+//! to the relay's public key, which [`RelayClientConfig::relay_key`] can pin. TLS is the
+//! production setting: plaintext binding only stops a relay from passing this device's
+//! answer on to another relay, not an on-path attacker who takes over the TCP stream.
 //!
 //! A [`RelayClient`] runs two background tasks per connection: a reader that dispatches frames
 //! from the relay (deliveries to a queue, responses to the request waiting for them) and a
@@ -17,16 +26,41 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::codec::FramedRead;
 
 use super::{DeliveryTag, Received, Transport};
-use crate::device::{sign_challenge, DeviceId, DeviceSigner, AUTH_NONCE_LEN};
+use crate::device::{
+    sign_challenge, ChannelBinding, DeviceId, DeviceSigner, AUTH_NONCE_LEN, RELAY_KEY_LEN,
+    TLS_EXPORTER_LEN,
+};
 use crate::envelope::Envelope;
-use crate::frame::{self, decode_server_frame, encode_client_frame, DEFAULT_MAX_FRAME_LEN};
+use crate::frame::{
+    self, decode_server_frame, encode_client_frame, RelayFrameCodec, DEFAULT_MAX_FRAME_LEN,
+};
 use crate::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
 use crate::Error;
 
-/// Relay protocol version spoken by this build.
-pub const RELAY_PROTOCOL_VERSION: u32 = 1;
+/// Relay protocol version spoken by this build (2: the auth answer is bound to its channel; the
+/// relay refuses version 1).
+pub const RELAY_PROTOCOL_VERSION: u32 = 2;
+
+/// What protects the byte stream a [`RelayClient`] authenticates over, and so what its answer
+/// to the relay's challenge is bound to.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientChannel {
+    /// Plaintext (TCP or WebSocket): the answer is bound to the relay key the challenge shows
+    /// (checked against [`RelayClientConfig::relay_key`] when pinned). Also for TLS that ends
+    /// before the relay (a terminating proxy), where the relay sees plaintext.
+    Plaintext,
+    /// TLS terminated by the relay: the answer is bound to this connection's RFC 9266
+    /// `tls-exporter` value (see [`tls_exporter`] with feature `tls`, or compute it with your
+    /// TLS library: label `"EXPORTER-Channel-Binding"`, no context, 32 bytes).
+    Tls {
+        /// The exporter value of the TLS connection the frames travel in.
+        exporter: [u8; TLS_EXPORTER_LEN],
+    },
+}
 
 /// Settings for a [`RelayClient`].
 #[derive(Debug, Clone)]
@@ -40,6 +74,11 @@ pub struct RelayClientConfig {
     pub request_timeout: Duration,
     /// Deliveries buffered before the reader stops reading from the socket (backpressure).
     pub delivery_buffer: usize,
+    /// The relay's public key, pinned: the client refuses (before signing anything) a relay
+    /// whose challenge shows another key, with [`Error::RelayKeyMismatch`]. `None` accepts the
+    /// key the relay shows ([`RelayClient::relay_key`] tells it, to pin on first use). The
+    /// relay logs its key at startup (`relay key` line); it lives next to its database.
+    pub relay_key: Option<[u8; RELAY_KEY_LEN]>,
 }
 
 impl Default for RelayClientConfig {
@@ -49,6 +88,7 @@ impl Default for RelayClientConfig {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             delivery_buffer: 256,
+            relay_key: None,
         }
     }
 }
@@ -158,6 +198,7 @@ pub struct RelayClient {
     shared: Arc<Shared>,
     next_request: AtomicU64,
     queued_at_auth: u64,
+    relay_key: [u8; RELAY_KEY_LEN],
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -181,7 +222,9 @@ impl Drop for RelayClient {
 type Control = mpsc::Sender<server_frame::Frame>;
 
 impl RelayClient {
-    /// Connects over TCP and authenticates with `signer`'s device key.
+    /// Connects over plaintext TCP and authenticates with `signer`'s device key, bound to the
+    /// relay's key ([`ClientChannel::Plaintext`]). For local use and tests: in production
+    /// connect with [`Self::connect_tls`].
     pub async fn connect_tcp(
         addr: SocketAddr,
         signer: &dyn DeviceSigner,
@@ -196,10 +239,26 @@ impl RelayClient {
         .await
     }
 
-    /// Authenticates over an already-connected byte stream (TCP, TLS, a Unix socket...)
-    /// carrying length-prefixed frames.
+    /// Authenticates over an already-connected plaintext byte stream (TCP, a Unix socket...)
+    /// carrying length-prefixed frames ([`ClientChannel::Plaintext`]). Over a TLS stream that
+    /// the relay terminates, use [`Self::connect_stream_bound`] with its exporter (the relay
+    /// refuses a relay-key binding on its TLS listener).
     pub async fn connect_stream<S>(
         stream: S,
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Self::connect_stream_bound(stream, ClientChannel::Plaintext, signer, config).await
+    }
+
+    /// Authenticates over an already-connected byte stream carrying length-prefixed frames,
+    /// binding the answer to `channel`.
+    pub async fn connect_stream_bound<S>(
+        stream: S,
+        channel: ClientChannel,
         signer: &dyn DeviceSigner,
         config: RelayClientConfig,
     ) -> Result<Self, Error>
@@ -237,15 +296,14 @@ impl RelayClient {
         });
         let max = config.max_frame_len;
         let reader = move |dispatch: Dispatcher| async move {
-            let mut read = tokio::io::BufReader::with_capacity(16 * 1024, read);
-            loop {
-                match frame::read_frame(&mut read, max).await {
-                    Ok(Some(bytes)) => {
+            let mut frames = FramedRead::with_capacity(read, RelayFrameCodec::new(max), 16 * 1024);
+            while let Some(frame) = frames.next().await {
+                match frame {
+                    Ok(bytes) => {
                         if !dispatch.handle(&bytes).await {
                             break;
                         }
                     }
-                    Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "relay connection read failed");
                         break;
@@ -254,10 +312,11 @@ impl RelayClient {
             }
             dispatch.finish();
         };
-        Self::start(signer, config, shared, writer_tx, writer, reader).await
+        Self::start(signer, channel, config, shared, writer_tx, writer, reader).await
     }
 
-    /// Connects over WebSocket (`ws://host:port/`) and authenticates.
+    /// Connects over plaintext WebSocket (`ws://host:port/`) and authenticates, bound to the
+    /// relay's key. For local use and tests: in production connect with [`Self::connect_wss`].
     pub async fn connect_ws(
         addr: SocketAddr,
         signer: &dyn DeviceSigner,
@@ -272,11 +331,26 @@ impl RelayClient {
         .await
     }
 
-    /// Runs the WebSocket client handshake for `url` over an already-connected stream, then
-    /// authenticates.
+    /// Runs the WebSocket client handshake for `url` over an already-connected plaintext
+    /// stream, then authenticates ([`ClientChannel::Plaintext`]).
     pub async fn connect_ws_stream<S>(
         stream: S,
         url: &str,
+        signer: &dyn DeviceSigner,
+        config: RelayClientConfig,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::connect_ws_stream_bound(stream, url, ClientChannel::Plaintext, signer, config).await
+    }
+
+    /// Runs the WebSocket client handshake for `url` over an already-connected stream, then
+    /// authenticates, binding the answer to `channel`.
+    pub async fn connect_ws_stream_bound<S>(
+        stream: S,
+        url: &str,
+        channel: ClientChannel,
         signer: &dyn DeviceSigner,
         config: RelayClientConfig,
     ) -> Result<Self, Error>
@@ -329,11 +403,12 @@ impl RelayClient {
             }
             dispatch.finish();
         };
-        Self::start(signer, config, shared, writer_tx, writer, reader).await
+        Self::start(signer, channel, config, shared, writer_tx, writer, reader).await
     }
 
     async fn start<R, F>(
         signer: &dyn DeviceSigner,
+        channel: ClientChannel,
         config: RelayClientConfig,
         shared: Arc<Shared>,
         writer_tx: mpsc::Sender<Out>,
@@ -360,28 +435,48 @@ impl RelayClient {
             shared,
             next_request: AtomicU64::new(1),
             queued_at_auth: 0,
+            relay_key: [0; RELAY_KEY_LEN],
             tasks: vec![reader_task, writer_task],
         };
         let timeout = client.config.handshake_timeout;
         let queued = with_timeout(timeout, async {
-            let nonce = match control_rx.recv().await {
+            let (nonce, relay_key) = match control_rx.recv().await {
                 Some(server_frame::Frame::Challenge(c)) => {
                     if c.version != RELAY_PROTOCOL_VERSION {
                         return Err(Error::UnsupportedVersion(c.version));
                     }
-                    <[u8; AUTH_NONCE_LEN]>::try_from(c.nonce.as_slice())
-                        .map_err(|_| Error::Malformed("challenge nonce must be 32 bytes"))?
+                    let nonce = <[u8; AUTH_NONCE_LEN]>::try_from(c.nonce.as_slice())
+                        .map_err(|_| Error::Malformed("challenge nonce must be 32 bytes"))?;
+                    let relay_key = <[u8; RELAY_KEY_LEN]>::try_from(c.relay_key.as_slice())
+                        .map_err(|_| Error::Malformed("challenge relay key must be 32 bytes"))?;
+                    (nonce, relay_key)
                 }
                 Some(server_frame::Frame::Error(e)) => return Err(relay_error(e)),
                 Some(_) => return Err(Error::Malformed("expected a challenge")),
                 None => return Err(client.shared.closed_error()),
             };
-            let signature = sign_challenge(signer, &nonce);
+            if client
+                .config
+                .relay_key
+                .is_some_and(|pinned| pinned != relay_key)
+            {
+                tracing::warn!("relay key differs from the pinned key; not authenticating");
+                return Err(Error::RelayKeyMismatch {
+                    presented: relay_key,
+                });
+            }
+            client.relay_key = relay_key;
+            let binding = match channel {
+                ClientChannel::Plaintext => ChannelBinding::RelayKey(relay_key),
+                ClientChannel::Tls { exporter } => ChannelBinding::TlsExporter(exporter),
+            };
+            let signature = sign_challenge(signer, &nonce, &binding);
             client
                 .write(client_frame::Frame::Auth(pb::AuthResponse {
                     version: RELAY_PROTOCOL_VERSION,
                     device_key: signer.device_id().as_bytes().to_vec(),
                     signature: signature.to_vec(),
+                    binding_type: binding.binding_type() as i32,
                 }))
                 .await?;
             match control_rx.recv().await {
@@ -399,6 +494,12 @@ impl RelayClient {
     /// How many envelopes the relay said were queued for this device when it connected.
     pub fn queued_at_auth(&self) -> u64 {
         self.queued_at_auth
+    }
+
+    /// The public key the relay showed in its challenge (pin it in
+    /// [`RelayClientConfig::relay_key`] for the next connections).
+    pub fn relay_key(&self) -> [u8; RELAY_KEY_LEN] {
+        self.relay_key
     }
 
     /// Publishes this device's prekey bundle and adds one-time prekeys `(id, bytes)`.
@@ -666,7 +767,7 @@ fn relay_error(e: pb::RelayError) -> Error {
     }
 }
 
-async fn with_timeout<T>(
+pub(super) async fn with_timeout<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
