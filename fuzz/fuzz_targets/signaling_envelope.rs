@@ -1,13 +1,39 @@
-//! Envelope decode: untrusted bytes from a relay or any transport.
+//! Envelope decode as the client runs it on what a relay delivers: the relay transport's reader
+//! decodes a `ServerFrame` and turns its `Deliver` envelope into an [`Envelope`] with
+//! `decode_server_frame` and `Envelope::from_proto` (`transport/relay.rs`, `Dispatcher::handle`).
+//! The input is the envelope's bytes, wrapped in a `Deliver` frame the way the relay sends it
+//! (`encode_deliver_frame`). `Envelope::decode`, for app-driven transports, must agree.
 #![no_main]
 
+use hush_signaling::frame::{decode_server_frame, encode_deliver_frame};
+use hush_signaling::proto::relay::server_frame::Frame;
 use hush_signaling::Envelope;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(envelope) = Envelope::decode(data) {
-        // A valid envelope re-encodes to something that decodes to the same envelope.
-        let again = Envelope::decode(&envelope.encode()).expect("re-encoded envelope decodes");
-        assert_eq!(again, envelope);
+    let direct = Envelope::decode(data);
+    let delivered = match decode_server_frame(&encode_deliver_frame(7, data)) {
+        Ok(Frame::Deliver(d)) => {
+            assert_eq!(d.delivery_id, 7);
+            // The client skips a delivery without an envelope; an empty message decodes to
+            // `None` only if the field is absent, which the wrapper never makes it.
+            let envelope = d.envelope.expect("wrapped envelope present");
+            Some(Envelope::from_proto(envelope))
+        }
+        Ok(other) => panic!("a deliver frame decoded as {other:?}"),
+        // The nested envelope did not decode: the reader closes the connection.
+        Err(_) => None,
+    };
+    match (&direct, delivered) {
+        (Ok(a), Some(Ok(b))) => {
+            assert_eq!(a, &b);
+            // A valid envelope re-encodes to something that decodes to the same envelope.
+            let again = Envelope::decode(&a.encode()).expect("re-encoded envelope decodes");
+            assert_eq!(&again, a);
+        }
+        (Err(_), Some(Err(_)) | None) => {}
+        (direct, delivered) => {
+            panic!("decode paths disagree: direct {direct:?}, delivered {delivered:?}")
+        }
     }
 });

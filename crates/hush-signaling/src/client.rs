@@ -39,7 +39,8 @@ pub struct SignalingConfig {
     pub max_age: Duration,
     /// Messages stamped further than this in the future are dropped. Default 30 s.
     pub max_clock_skew: Duration,
-    /// Message ids remembered for replay detection. Default 65 536.
+    /// Message ids remembered for replay detection (and at most as many per-sender window
+    /// edges, see [`ReplayGuard`]). Default 65 536.
     pub replay_capacity: usize,
     /// The clock.
     pub clock: Arc<dyn WallClock>,

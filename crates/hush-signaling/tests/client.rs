@@ -250,6 +250,53 @@ async fn unsupported_content_version_is_dropped_not_crashed_on() {
     let _ = a;
 }
 
+/// A sender whose clock runs ahead (within the allowed skew) fills the receiver's replay memory:
+/// its own forgotten messages stay refused, but an honest sender's current messages are still
+/// delivered. (With one window edge for all senders, the honest offer was dropped as `Stale`.)
+#[tokio::test]
+async fn future_stamping_sender_does_not_silence_others() {
+    let net = MemoryNetwork::new();
+    let clock = Arc::new(TestClock(AtomicU64::new(7_000_000)));
+    let ahead = Arc::new(TestClock(AtomicU64::new(7_009_000)));
+    let client = |clock: &Arc<TestClock>, replay_capacity: usize| {
+        let id = generate_device_key().device_id();
+        let mut config = SignalingConfig::default();
+        config.clock = clock.clone();
+        config.max_clock_skew = Duration::from_secs(10);
+        config.replay_capacity = replay_capacity;
+        SignalingClient::with_config(net.endpoint(id), MaskSealer { local: id }, config)
+    };
+    let mut alice = client(&clock, 100);
+    let mut mallory = client(&ahead, 100);
+    // Bob remembers few ids, so they are forgotten quickly.
+    let mut bob = client(&clock, 4);
+    let bob_id = bob.local_device();
+    let mut first = None;
+    for _ in 0..5 {
+        let env = mallory.seal(bob_id, offer()).await.unwrap();
+        first.get_or_insert_with(|| env.clone());
+        net.inject(env).unwrap();
+        assert!(matches!(recv(&mut bob).await, SignalingEvent::Message(_)));
+    }
+    // Mallory's forgotten first message, replayed, is still refused.
+    net.inject(first.unwrap()).unwrap();
+    assert!(matches!(
+        recv(&mut bob).await,
+        SignalingEvent::Dropped {
+            reason: Error::Stale,
+            ..
+        }
+    ));
+    // Alice, on time, gets through.
+    alice.send(bob_id, offer()).await.unwrap();
+    let event = recv(&mut bob).await;
+    let SignalingEvent::Message(m) = event else {
+        panic!("honest offer dropped: {event:?}")
+    };
+    assert_eq!(m.from, alice.local_device());
+    assert_eq!(bob.stats().dropped_stale, 1);
+}
+
 #[test]
 fn signer_ids_are_keys() {
     let k = generate_device_key();

@@ -125,6 +125,10 @@ struct Epoch {
     keys: SessionKeys,
     srtp_sent: u64,
     srtcp_sent: u64,
+    /// SSRCs whose send state was removed ([`SrtpContext::remove_ssrc`]) under this key: their
+    /// packet indices (AES-GCM nonces) may have been used, so they send nothing more under it.
+    /// At most `max_ssrcs` (they keep their place in that limit until the next key).
+    retired: Vec<u32>,
 }
 
 impl Epoch {
@@ -133,7 +137,16 @@ impl Epoch {
             keys: SessionKeys::derive(suite, master_key, master_salt)?,
             srtp_sent: 0,
             srtcp_sent: 0,
+            retired: Vec::new(),
         })
+    }
+
+    /// Fails with [`Error::SsrcRetired`] if `ssrc` was retired under this key.
+    fn check_not_retired(&self, ssrc: u32) -> Result<(), Error> {
+        if self.retired.contains(&ssrc) {
+            return Err(Error::SsrcRetired { ssrc });
+        }
+        Ok(())
     }
 }
 
@@ -163,8 +176,9 @@ impl<T> SsrcMap<T> {
         self.entries.iter().position(|(s, _)| *s == ssrc)
     }
 
-    fn check_room(&self) -> Result<(), Error> {
-        if self.entries.len() < self.limit {
+    /// Room for one more SSRC, with `held` places taken by SSRCs not in the map.
+    fn check_room(&self, held: usize) -> Result<(), Error> {
+        if self.entries.len() + held < self.limit {
             Ok(())
         } else {
             Err(Error::TooManySsrcs { limit: self.limit })
@@ -297,6 +311,7 @@ impl SrtpContext {
             keys,
             srtp_sent: 0,
             srtcp_sent: 0,
+            retired: Vec::new(),
         };
         Self::from_epoch(suite, SrtpConfig::default(), epoch)
     }
@@ -358,17 +373,27 @@ impl SrtpContext {
         self.rx_rtcp.get(ssrc).map(|w| w.max() as u32)
     }
 
-    /// Forgets all state of `ssrc` (both directions, SRTP and SRTCP), e.g. after an RTCP BYE, to
-    /// make room for new SSRCs. Returns whether there was any.
+    /// Forgets all state of `ssrc` (both directions, SRTP and SRTCP), e.g. after an RTCP BYE.
+    /// Returns whether there was any.
     ///
-    /// After this, packets of that SSRC are treated as a new stream: old packets still inside
-    /// the network could be accepted once more, and a sender would restart the ROC at 0. Only
-    /// remove an SSRC that is gone for good.
+    /// Receiving: the SSRC's place is free at once for a new SSRC, and later packets of that
+    /// SSRC are treated as a new stream, so old packets still inside the network could be
+    /// accepted once more. Only remove an SSRC that is gone for good.
+    ///
+    /// Sending: the SSRC is *retired* for the current master key. Its packet indices, and so
+    /// its AES-GCM nonces, may already have been used, so [`protect_rtp`](Self::protect_rtp) and
+    /// [`protect_rtcp`](Self::protect_rtcp) refuse it with [`Error::SsrcRetired`] until the
+    /// next [`rekey`](Self::rekey), and it keeps its place in [`SrtpConfig::max_ssrcs`] until
+    /// then (which bounds the memory retirement takes). Send a new stream on a new SSRC.
     pub fn remove_ssrc(&mut self, ssrc: u32) -> bool {
         let a = self.tx_rtp.remove(ssrc);
         let b = self.rx_rtp.remove(ssrc);
         let c = self.tx_rtcp.remove(ssrc);
         let d = self.rx_rtcp.remove(ssrc);
+        if (a || c) && !self.current.retired.contains(&ssrc) {
+            debug!(ssrc, "srtp: send ssrc retired for this key");
+            self.current.retired.push(ssrc);
+        }
         a || b || c || d
     }
 
@@ -377,7 +402,8 @@ impl SrtpContext {
     /// The rule:
     /// - `protect_*` use the new key from the next packet on. The packet limits count afresh.
     ///   Sequence numbers, rollover counters and SRTCP indices carry on: they belong to the
-    ///   streams, not to the key.
+    ///   streams, not to the key. SSRCs retired by [`remove_ssrc`](Self::remove_ssrc) under
+    ///   the old key may send again, as new streams.
     /// - `unprotect_*` accept both keys for a while, so packets protected under the old key and
     ///   still in flight are not lost: the previous key is dropped once
     ///   [`SrtpConfig::rekey_grace_packets`] packets (at least one) have authenticated under
@@ -438,7 +464,8 @@ impl SrtpContext {
                 index
             }
             None => {
-                self.tx_rtp.check_room()?;
+                self.current.check_not_retired(hdr.ssrc)?;
+                self.tx_rtp.check_room(self.current.retired.len())?;
                 u64::from(hdr.seq)
             }
         };
@@ -478,7 +505,7 @@ impl SrtpContext {
                 index
             }
             None => {
-                self.rx_rtp.check_room()?;
+                self.rx_rtp.check_room(0)?;
                 u64::from(hdr.seq)
             }
         };
@@ -524,7 +551,8 @@ impl SrtpContext {
                 last + 1
             }
             None => {
-                self.tx_rtcp.check_room()?;
+                self.current.check_not_retired(ssrc)?;
+                self.tx_rtcp.check_room(self.current.retired.len())?;
                 1
             }
         };
@@ -569,7 +597,7 @@ impl SrtpContext {
                 .1
                 .check(index)
                 .map_err(|r| reject_error(r, ssrc, index))?,
-            None => self.rx_rtcp.check_room()?,
+            None => self.rx_rtcp.check_room(0)?,
         }
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&packet[tag_at..trailer_at]);

@@ -8,7 +8,8 @@
 /// - **rejected by the peer-facing checks** ([`AuthFailed`](Self::AuthFailed),
 ///   [`Replayed`](Self::Replayed), [`TooOld`](Self::TooOld)): drop the packet, maybe count it;
 /// - **limits** ([`KeyExhausted`](Self::KeyExhausted), [`IndexReused`](Self::IndexReused),
-///   [`TooManySsrcs`](Self::TooManySsrcs)): the context refuses to go on as asked;
+///   [`SsrcRetired`](Self::SsrcRetired), [`TooManySsrcs`](Self::TooManySsrcs)): the context
+///   refuses to go on as asked;
 /// - **API misuse** ([`BadKeyLength`](Self::BadKeyLength),
 ///   [`BadSaltLength`](Self::BadSaltLength), [`InvalidConfig`](Self::InvalidConfig)), never
 ///   caused by packet bytes.
@@ -65,6 +66,14 @@ pub enum Error {
         ssrc: u32,
         /// Its packet index.
         index: u64,
+    },
+    /// The sender was asked to protect a packet for an SSRC it retired under the current master
+    /// key ([`SrtpContext::remove_ssrc`](crate::SrtpContext::remove_ssrc)): starting that
+    /// stream again would reuse packet indices, so AES-GCM nonces. Use another SSRC, or rekey.
+    #[error("ssrc {ssrc:#010x} was retired under this master key; use another ssrc or rekey")]
+    SsrcRetired {
+        /// The retired SSRC.
+        ssrc: u32,
     },
     /// A new SSRC would exceed the configured number of SSRCs per context.
     #[error("too many SSRCs in one context (limit {limit})")]

@@ -13,7 +13,8 @@
 //!   RFC 3711 AES-CM PRF (key derivation rate 0);
 //! - per SSRC: rollover counter estimation (RFC 3711 Appendix A), a replay window (64 packets by
 //!   default, up to 32768, see [`SrtpConfig`]) for SRTP and for SRTCP, and on the sending side a
-//!   refusal to reuse a packet index (an AES-GCM nonce);
+//!   refusal to reuse a packet index (an AES-GCM nonce), also for an SSRC whose state was removed
+//!   ([`SrtpContext::remove_ssrc`] retires it until the next key);
 //! - a packet limit per master key (2^48 SRTP, 2^31 SRTCP packets), and key epochs:
 //!   [`SrtpContext::rekey`] switches to a new master key while still accepting packets that
 //!   were in flight under the old one for a short overlap.

@@ -239,3 +239,66 @@ fn different_keys_or_directions_do_not_interoperate() {
         Err(Error::AuthFailed)
     );
 }
+
+/// Removing a sending SSRC retires it for the key: the stream cannot start again at the same
+/// packet indices (the same AES-GCM nonces, which would leak the XOR of two plaintexts and the
+/// GHASH key). Before, the second packet below was protected under the nonce of the first.
+#[test]
+fn removed_send_ssrc_is_retired_for_the_key() {
+    for suite in SUITES {
+        let (mut tx, mut rx) = pair(suite);
+        let mut first = rtp(7, SSRC, b"first secret");
+        tx.protect_rtp(&mut first).unwrap();
+        let mut first_rtcp = rtcp(SSRC, b"report 1");
+        tx.protect_rtcp(&mut first_rtcp).unwrap();
+        assert!(tx.remove_ssrc(SSRC));
+
+        let mut again = rtp(7, SSRC, b"other secret");
+        assert_eq!(
+            tx.protect_rtp(&mut again),
+            Err(Error::SsrcRetired { ssrc: SSRC })
+        );
+        assert_eq!(again, rtp(7, SSRC, b"other secret"), "unchanged on error");
+        let mut again_rtcp = rtcp(SSRC, b"report 2");
+        assert_eq!(
+            tx.protect_rtcp(&mut again_rtcp),
+            Err(Error::SsrcRetired { ssrc: SSRC })
+        );
+        // Other SSRCs are unaffected, and removing again changes nothing.
+        rx.unprotect_rtp(&mut protected(&mut tx, 7, SSRC + 1))
+            .unwrap();
+        assert!(!tx.remove_ssrc(SSRC));
+
+        // Under a new key the SSRC may start again.
+        let (k, s) = (key(suite, 3), salt(3));
+        tx.rekey(&k, &s).unwrap();
+        rx.rekey(&k, &s).unwrap();
+        tx.protect_rtp(&mut again).unwrap();
+        rx.unprotect_rtp(&mut first).unwrap();
+        assert_eq!(first, rtp(7, SSRC, b"first secret"));
+        tx.protect_rtcp(&mut again_rtcp).unwrap();
+        rx.unprotect_rtcp(&mut again_rtcp).unwrap();
+        assert_eq!(again_rtcp, rtcp(SSRC, b"report 2"));
+    }
+}
+
+/// A retired SSRC keeps its place in `max_ssrcs` until the next key, so retiring takes bounded
+/// memory; a receiving context frees the place at once.
+#[test]
+fn retired_ssrcs_hold_their_place_until_rekey() {
+    let config = SrtpConfig::builder().max_ssrcs(2).build().unwrap();
+    let (mut tx, mut rx) = pair_with(Suite::AeadAes128Gcm, config);
+    for ssrc in [1, 2] {
+        rx.unprotect_rtp(&mut protected(&mut tx, 1, ssrc)).unwrap();
+    }
+    assert!(tx.remove_ssrc(1));
+    assert_eq!(
+        tx.protect_rtp(&mut rtp(1, 3, b"")),
+        Err(Error::TooManySsrcs { limit: 2 })
+    );
+    assert!(rx.remove_ssrc(1));
+    let (k, s) = (key(Suite::AeadAes128Gcm, 4), salt(4));
+    tx.rekey(&k, &s).unwrap();
+    rx.rekey(&k, &s).unwrap();
+    rx.unprotect_rtp(&mut protected(&mut tx, 1, 3)).unwrap();
+}
