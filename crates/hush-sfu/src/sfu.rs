@@ -14,7 +14,7 @@ use crate::join::{
     DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
 };
 use crate::packet::{self, Feedback};
-use crate::roster::{Roster, RosterState};
+use crate::roster::{Roster, RosterState, MAX_ROSTER_MEMBERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 
 /// Most retransmissions one NACK packet can trigger.
@@ -23,8 +23,11 @@ const MAX_RESENDS_PER_NACK: usize = 64;
 /// Configuration of an [`Sfu`].
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// Most participants in one call, and most members of a roster. Default 32.
+    /// Most participants in one call at once. Default 32.
     pub max_participants: usize,
+    /// Most members a roster may list (who may join, not all at once). Default 255, the most
+    /// the encoding can carry.
+    pub max_roster_members: usize,
     /// Forward each participant's audio only while it is among the `n` loudest (by the
     /// speaker detector's score) or the dominant speaker; `None` forwards all audio. Default
     /// `Some(3)`.
@@ -54,6 +57,7 @@ impl Default for SfuConfig {
     fn default() -> Self {
         Self {
             max_participants: 32,
+            max_roster_members: MAX_ROSTER_MEMBERS,
             loudest_n: Some(3),
             suites: vec![Suite::AeadAes128Gcm, Suite::AeadAes256Gcm],
             max_skew: DEFAULT_MAX_SKEW,
@@ -322,7 +326,7 @@ impl Sfu {
                 if r.creator() != device {
                     return Err(RosterError::NotCreator.into());
                 }
-                Some(RosterState::new(r, self.config.max_participants)?)
+                Some(RosterState::new(r, self.config.max_roster_members)?)
             }
             (Some(call), None) => {
                 if !call.roster.admits(&device) {
