@@ -45,6 +45,9 @@ pub enum JoinError {
     /// The replay cache is full of requests still within the freshness window; try later.
     #[error("too many recent joins; replay cache full")]
     ReplayCacheFull,
+    /// This device made too many joins within the freshness window; try later.
+    #[error("too many recent joins from this device")]
+    TooManyJoins,
     /// The X25519 exchange gave the all-zero result (a low-order public key): no shared secret.
     #[error("non-contributory X25519 key")]
     NonContributory,
@@ -72,9 +75,6 @@ pub enum JoinError {
     /// The roster given to create the call was refused.
     #[error("roster refused: {0}")]
     Roster(#[from] RosterError),
-    /// The answer does not belong to the pending request (other call, other SFU).
-    #[error("answer does not match the request: {0}")]
-    Mismatch(&'static str),
     /// A hop SRTP context could not be built from the derived keys.
     #[error("hop key setup failed: {0}")]
     Srtp(#[source] hush_srtp::Error),
@@ -162,9 +162,6 @@ pub enum Error {
     /// The configuration is out of range.
     #[error("invalid config: {0}")]
     InvalidConfig(&'static str),
-    /// A roster operation was refused.
-    #[error(transparent)]
-    Roster(#[from] RosterError),
     /// No such leg.
     #[error("unknown leg {0}")]
     UnknownLeg(LegId),

@@ -15,7 +15,7 @@
 //! to be end-to-end encrypted as well (SFrame, a later layer), so the SFU reads only RTP
 //! headers and the RFC 6464 audio level.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ pub const JOIN_ANSWER_LEN: usize = 2 + 32 + 64;
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(30);
 /// Default bound of the join replay cache.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 8192;
+/// Default bound of the replay cache entries of one device: joins one device may make within
+/// `2 × max_skew`.
+pub const DEFAULT_JOINS_PER_DEVICE: usize = 16;
 
 const REQUEST_SIG_LABEL: &[u8] = b"hush sfu join request v1";
 const ANSWER_SIG_LABEL: &[u8] = b"hush sfu join answer v1";
@@ -673,22 +676,28 @@ impl fmt::Debug for HopKeys {
 /// one after it is refused as stale. At most `capacity` entries are kept; when all are still
 /// needed, new joins are refused with [`JoinError::ReplayCacheFull`] rather than forgetting one
 /// that could be replayed. Only requests that passed the signature and admission checks are
-/// recorded, so only roster members can fill the cache.
+/// recorded, so only roster members can fill the cache, and one device holds at most
+/// `per_device` entries (further joins of that device are refused with
+/// [`JoinError::TooManyJoins`]), so one member cannot lock everyone else out.
 #[derive(Debug)]
 pub struct JoinGuard {
     max_skew_ms: u64,
     capacity: usize,
+    per_device: usize,
+    counts: HashMap<[u8; 32], usize>,
     seen: HashSet<[u8; 32 + JOIN_NONCE_LEN]>,
     /// Entries in the order recorded, with the wall time (ms) at which they may be forgotten.
     order: VecDeque<(u64, [u8; 32 + JOIN_NONCE_LEN])>,
 }
 
 impl JoinGuard {
-    /// A guard with the given skew bound and capacity (at least 1).
-    pub fn new(max_skew: Duration, capacity: usize) -> Self {
+    /// A guard with the given skew bound, capacity and per-device bound (each at least 1).
+    pub fn new(max_skew: Duration, capacity: usize, per_device: usize) -> Self {
         Self {
             max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
             capacity: capacity.max(1),
+            per_device: per_device.max(1),
+            counts: HashMap::new(),
             seen: HashSet::new(),
             order: VecDeque::new(),
         }
@@ -725,6 +734,11 @@ impl JoinGuard {
         if self.order.len() >= self.capacity {
             return Err(JoinError::ReplayCacheFull);
         }
+        let count = self.counts.entry(*request.device.as_bytes()).or_insert(0);
+        if *count >= self.per_device {
+            return Err(JoinError::TooManyJoins);
+        }
+        *count += 1;
         self.seen.insert(key);
         // A request fresh now has a timestamp of at most `unix_ms + max_skew`, which stays fresh
         // up to and including `unix_ms + 2 × max_skew`.
@@ -741,6 +755,14 @@ impl JoinGuard {
                 break;
             }
             self.seen.remove(key);
+            let mut device = [0u8; 32];
+            device.copy_from_slice(&key[..32]);
+            if let Some(n) = self.counts.get_mut(&device) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.counts.remove(&device);
+                }
+            }
             self.order.pop_front();
         }
     }
@@ -748,7 +770,11 @@ impl JoinGuard {
 
 impl Default for JoinGuard {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_SKEW, DEFAULT_REPLAY_CAPACITY)
+        Self::new(
+            DEFAULT_MAX_SKEW,
+            DEFAULT_REPLAY_CAPACITY,
+            DEFAULT_JOINS_PER_DEVICE,
+        )
     }
 }
 

@@ -10,8 +10,8 @@ use crate::cache::PacketCache;
 use crate::error::{Error, JoinError, PacketError, RosterError};
 use crate::ids::{CallId, DeviceId, LegId};
 use crate::join::{
-    JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind, DEFAULT_MAX_SKEW,
-    DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
+    JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
+    DEFAULT_JOINS_PER_DEVICE, DEFAULT_MAX_SKEW, DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
 };
 use crate::packet::{self, Feedback};
 use crate::roster::{Roster, RosterState, MAX_ROSTER_MEMBERS};
@@ -38,6 +38,8 @@ pub struct SfuConfig {
     pub max_skew: Duration,
     /// Bound of the join replay cache. Default 8192.
     pub replay_capacity: usize,
+    /// Joins one device may make within twice `max_skew`. Default 16.
+    pub joins_per_device: usize,
     /// Packets kept per recipient leg to answer NACKs. Default 512.
     pub cache_packets: usize,
     /// Times one cached packet may be resent. Default 2.
@@ -62,6 +64,7 @@ impl Default for SfuConfig {
             suites: vec![Suite::AeadAes128Gcm, Suite::AeadAes256Gcm],
             max_skew: DEFAULT_MAX_SKEW,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            joins_per_device: DEFAULT_JOINS_PER_DEVICE,
             cache_packets: 512,
             max_resends: 2,
             pli_interval: Duration::from_millis(300),
@@ -270,7 +273,11 @@ impl Sfu {
         srtp_config(&config, MAX_STREAMS)?;
         srtp_config(&config, egress_ssrcs(&config))?;
         Ok(Self {
-            guard: JoinGuard::new(config.max_skew, config.replay_capacity),
+            guard: JoinGuard::new(
+                config.max_skew,
+                config.replay_capacity,
+                config.joins_per_device,
+            ),
             config,
             key,
             calls: HashMap::new(),

@@ -223,7 +223,7 @@ fn unknown_suite_and_bad_params() {
 #[test]
 fn guard_refuses_stale_and_replayed_requests() {
     let skew = Duration::from_secs(30);
-    let mut guard = JoinGuard::new(skew, 4);
+    let mut guard = JoinGuard::new(skew, 4, 4);
     let (_, fresh) = start(1, 1, NOW);
     guard.check_fresh(&fresh, NOW + 30_000).unwrap();
     guard.check_fresh(&fresh, NOW - 30_000).unwrap();
@@ -250,18 +250,30 @@ fn guard_refuses_stale_and_replayed_requests() {
 
 #[test]
 fn guard_memory_is_bounded() {
-    let mut guard = JoinGuard::new(Duration::from_secs(30), 3);
-    for n in 0..3 {
+    let mut guard = JoinGuard::new(Duration::from_secs(30), 3, 2);
+    for n in 0..2 {
         guard.record(&start(1, n, NOW).1, NOW).unwrap();
     }
+    // One device cannot take more than its share.
     assert_eq!(
-        guard.record(&start(1, 9, NOW).1, NOW),
+        guard.record(&start(1, 2, NOW).1, NOW),
+        Err(JoinError::TooManyJoins)
+    );
+    guard.record(&start(2, 0, NOW).1, NOW).unwrap();
+    assert_eq!(
+        guard.record(&start(3, 9, NOW).1, NOW),
         Err(JoinError::ReplayCacheFull)
     );
     assert_eq!(guard.len(), 3);
     // Once the old entries can no longer be replayed, there is room again.
     guard.record(&start(1, 9, NOW).1, NOW + 60_001).unwrap();
     assert_eq!(guard.len(), 1);
+    // And the device's share came back with its expired entries.
+    guard.record(&start(1, 10, NOW).1, NOW + 60_001).unwrap();
+    assert_eq!(
+        guard.record(&start(1, 11, NOW).1, NOW + 60_001),
+        Err(JoinError::TooManyJoins)
+    );
 }
 
 /// The test vector of docs/sfu.md: fixed keys, nonce, timestamp and X25519 seeds.
