@@ -35,10 +35,14 @@ fn key(i: u8) -> SigningKey {
 
 fn setup(now: std::time::Instant) -> (Sfu, Vec<Client>) {
     let mut rng = StdRng::seed_from_u64(0);
-    let mut sfu = Sfu::new(SfuConfig::default(), SfuSigningKey::from_seed(&[9; 32]))
-        .expect("default config");
-    let members: Vec<DeviceId> = (0..3).map(|i| DeviceId::from_signing_key(&key(i))).collect();
-    let roster = Roster::sign(&key(0), CALL, 1, &members).expect("roster").encode();
+    let mut sfu =
+        Sfu::new(SfuConfig::default(), SfuSigningKey::from_seed(&[9; 32])).expect("default config");
+    let members: Vec<DeviceId> = (0..3)
+        .map(|i| DeviceId::from_signing_key(&key(i)))
+        .collect();
+    let roster = Roster::sign(&key(0), CALL, 1, &members)
+        .expect("roster")
+        .encode();
     let mut clients = Vec::new();
     for i in 0..3u8 {
         let params = JoinParams {
@@ -46,14 +50,26 @@ fn setup(now: std::time::Instant) -> (Sfu, Vec<Client>) {
             suite: Suite::AeadAes128Gcm,
             audio_level_ext: Some(1),
             streams: vec![
-                StreamDecl { ssrc: 0x100 + u32::from(i), kind: StreamKind::Audio },
-                StreamDecl { ssrc: 0x200 + u32::from(i), kind: StreamKind::Video },
+                StreamDecl {
+                    ssrc: 0x100 + u32::from(i),
+                    kind: StreamKind::Audio,
+                },
+                StreamDecl {
+                    ssrc: 0x200 + u32::from(i),
+                    kind: StreamKind::Video,
+                },
             ],
         };
         let (pending, request) =
             PendingJoin::new(&key(i), &params, NOW_MS, &mut rng).expect("request");
         let joined = sfu
-            .handle_join(now, NOW_MS, &request.encode(), (i == 0).then_some(&roster[..]), &mut rng)
+            .handle_join(
+                now,
+                NOW_MS,
+                &request.encode(),
+                (i == 0).then_some(&roster[..]),
+                &mut rng,
+            )
             .expect("join");
         let answer = JoinAnswer::decode(&joined.answer).expect("answer");
         let keys = pending.finish(&sfu.public_key(), &answer).expect("keys");
@@ -95,20 +111,34 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => false,
         };
-        let leg = if mode % 4 == 3 { LegId(u64::MAX) } else { clients[1].leg };
+        let leg = if mode % 4 == 3 {
+            LegId(u64::MAX)
+        } else {
+            clients[1].leg
+        };
         let _ = sfu.handle_input(now, leg, &bytes);
         sfu.handle_timeout(now);
         while let Some(t) = sfu.poll_transmit() {
             assert!(authenticated, "unauthenticated input made the SFU send");
-            let c = clients.iter_mut().find(|c| c.leg == t.leg).expect("known leg");
+            let c = clients
+                .iter_mut()
+                .find(|c| c.leg == t.leg)
+                .expect("known leg");
             let mut b = t.bytes;
             let rtcp = matches!(b.get(1), Some(192..=223));
             // A resend of a packet the recipient already has is a replay there; anything else
             // must authenticate.
-            let r = if rtcp { c.recv.unprotect_rtcp(&mut b) } else { c.recv.unprotect_rtp(&mut b) };
+            let r = if rtcp {
+                c.recv.unprotect_rtcp(&mut b)
+            } else {
+                c.recv.unprotect_rtp(&mut b)
+            };
             if let Err(e) = r {
                 assert!(
-                    matches!(e, hush_srtp::Error::Replayed { .. } | hush_srtp::Error::TooOld { .. }),
+                    matches!(
+                        e,
+                        hush_srtp::Error::Replayed { .. } | hush_srtp::Error::TooOld { .. }
+                    ),
                     "sfu output failed at its recipient: {e}"
                 );
             }
