@@ -651,6 +651,44 @@ fn call_full_and_call_end() {
     assert_eq!(sim.join(1, None), Err(JoinError::NoSuchCall(CALL)));
 }
 
+#[test]
+fn config_is_checked_and_suites_are_enforced() {
+    let key = || hush_sfu::join::SfuSigningKey::from_seed(&[3; 32]);
+    for bad in [
+        SfuConfig {
+            max_participants: 0,
+            ..SfuConfig::default()
+        },
+        SfuConfig {
+            suites: vec![],
+            ..SfuConfig::default()
+        },
+        SfuConfig {
+            loudest_n: Some(0),
+            ..SfuConfig::default()
+        },
+        SfuConfig {
+            replay_window: 100,
+            ..SfuConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            Sfu::new(bad, key()),
+            Err(hush_sfu::Error::InvalidConfig(_))
+        ));
+    }
+    // An SFU that accepts only AES-256 refuses a join asking for AES-128.
+    let mut sim = Sim::new(SfuConfig {
+        suites: vec![Suite::AeadAes256Gcm],
+        ..SfuConfig::default()
+    });
+    let r = roster(1, &[0]);
+    assert_eq!(
+        sim.join(0, Some(&r)),
+        Err(JoinError::UnsupportedSuite(0x0007))
+    );
+}
+
 mod robustness {
     use super::*;
     use proptest::prelude::*;
