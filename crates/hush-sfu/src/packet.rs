@@ -1,0 +1,292 @@
+//! The little the SFU reads of media packets: the RTP fixed header, the RFC 6464 audio level in
+//! the RFC 8285 one-byte extension form, and RFC 4585 generic NACK and PLI in compound RTCP.
+//!
+//! Zero-copy and allocation-free; every read is bounds-checked, so no input can panic.
+
+/// RTCP packet type of transport-layer feedback (RFC 4585).
+const PT_RTPFB: u8 = 205;
+/// RTCP packet type of payload-specific feedback (RFC 4585).
+const PT_PSFB: u8 = 206;
+/// Profile of the one-byte header extension form (RFC 8285 §4.2).
+const ONE_BYTE_PROFILE: u16 = 0xBEDE;
+
+/// Whether a datagram is RTCP rather than RTP on a shared port (RFC 5761 §4: the second byte is
+/// an RTCP packet type 192..=223).
+pub(crate) fn is_rtcp(buf: &[u8]) -> bool {
+    matches!(buf.get(1), Some(192..=223))
+}
+
+/// What the SFU reads of an RTP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RtpInfo {
+    pub(crate) ssrc: u32,
+    pub(crate) seq: u16,
+    /// RFC 6464 level in −dBov (0 loudest, 127 silence), if the extension is present.
+    pub(crate) audio_level: Option<u8>,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        *b.get(at + 3)?,
+    ]))
+}
+
+/// Reads an RTP packet's SSRC, sequence number and (under the one-byte extension id
+/// `audio_level_ext`) its audio level. `None` if the packet is not well formed.
+pub(crate) fn parse_rtp(buf: &[u8], audio_level_ext: Option<u8>) -> Option<RtpInfo> {
+    let b0 = *buf.first()?;
+    if b0 >> 6 != 2 {
+        return None;
+    }
+    let seq = be16(buf, 2)?;
+    let ssrc = be32(buf, 8)?;
+    let cc = usize::from(b0 & 0x0f);
+    let ext_at = 12 + 4 * cc;
+    if buf.len() < ext_at {
+        return None;
+    }
+    let mut audio_level = None;
+    if b0 & 0x10 != 0 {
+        let profile = be16(buf, ext_at)?;
+        let words = usize::from(be16(buf, ext_at + 2)?);
+        let body = buf.get(ext_at + 4..ext_at + 4 + 4 * words)?;
+        if let (ONE_BYTE_PROFILE, Some(id)) = (profile, audio_level_ext) {
+            audio_level = one_byte_element(body, id).and_then(|d| d.first().map(|b| b & 0x7f));
+        }
+    }
+    Some(RtpInfo {
+        ssrc,
+        seq,
+        audio_level,
+    })
+}
+
+/// The data of element `id` in a one-byte-form extension block, if present and well formed.
+fn one_byte_element(body: &[u8], id: u8) -> Option<&[u8]> {
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        let eid = b >> 4;
+        if eid == 0 {
+            i += 1; // padding
+            continue;
+        }
+        if eid == 15 {
+            return None; // reserved: stop
+        }
+        let len = usize::from(b & 0x0f) + 1;
+        let data = body.get(i + 1..i + 1 + len)?;
+        if eid == id {
+            return Some(data);
+        }
+        i += 1 + len;
+    }
+    None
+}
+
+/// Feedback the SFU acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feedback {
+    /// Generic NACK for `pid` and the bitmask `blp` of the 16 following sequence numbers.
+    Nack { media_ssrc: u32, pid: u16, blp: u16 },
+    /// Picture loss indication (and FIR, treated the same way).
+    Pli { media_ssrc: u32 },
+}
+
+/// Walks a compound RTCP packet and calls `f` for each NACK item and PLI/FIR. Stops at the first
+/// malformed packet and returns `false` (what came before it was still reported).
+pub(crate) fn for_each_feedback(buf: &[u8], mut f: impl FnMut(Feedback)) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        let Some(&b0) = buf.get(at) else {
+            return false;
+        };
+        let (Some(&pt), Some(words)) = (buf.get(at + 1), be16(buf, at + 2)) else {
+            return false;
+        };
+        if b0 >> 6 != 2 {
+            return false;
+        }
+        let end = at + 4 + 4 * usize::from(words);
+        let Some(body) = buf.get(at + 4..end) else {
+            return false;
+        };
+        let fmt = b0 & 0x1f;
+        match (pt, fmt) {
+            (PT_RTPFB, 1) => {
+                let Some(media_ssrc) = be32(body, 4) else {
+                    return false;
+                };
+                let mut i = 8;
+                while let (Some(pid), Some(blp)) = (be16(body, i), be16(body, i + 2)) {
+                    f(Feedback::Nack {
+                        media_ssrc,
+                        pid,
+                        blp,
+                    });
+                    i += 4;
+                }
+            }
+            (PT_PSFB, 1) => {
+                let Some(media_ssrc) = be32(body, 4) else {
+                    return false;
+                };
+                f(Feedback::Pli { media_ssrc });
+            }
+            (PT_PSFB, 4) => {
+                // FIR (RFC 5104 §4.3.1): FCI entries of SSRC + seq nr + reserved.
+                let mut i = 8;
+                while let Some(media_ssrc) = be32(body, i) {
+                    f(Feedback::Pli { media_ssrc });
+                    i += 8;
+                }
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    true
+}
+
+/// A PLI (RFC 4585 §6.3.1) from `sender_ssrc` about `media_ssrc`, in `out` (cleared first).
+pub(crate) fn write_pli(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32) {
+    out.clear();
+    out.extend_from_slice(&[0x81, PT_PSFB, 0, 2]);
+    out.extend_from_slice(&sender_ssrc.to_be_bytes());
+    out.extend_from_slice(&media_ssrc.to_be_bytes());
+}
+
+/// The sender SSRC of an RTCP packet (bytes 4..8).
+pub(crate) fn rtcp_sender_ssrc(buf: &[u8]) -> Option<u32> {
+    be32(buf, 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hush_media::rtcp::{self, Nack, Pli, RtcpPacket};
+    use hush_media::rtp::{AudioLevel, RtpPacket};
+    use proptest::prelude::*;
+
+    #[test]
+    fn reads_header_and_audio_level_written_by_hush_media() {
+        let mut p = RtpPacket::default();
+        p.header.ssrc = 0xdead_beef;
+        p.header.sequence_number = 4242;
+        p.header.csrcs = vec![1, 2];
+        p.header.set_transport_seq(3, 7);
+        p.header.set_audio_level(
+            5,
+            AudioLevel {
+                voice: true,
+                level: 33,
+            },
+        );
+        p.payload = vec![9; 20];
+        let bytes = p.to_vec();
+        let info = parse_rtp(&bytes, Some(5)).unwrap();
+        assert_eq!(info.ssrc, 0xdead_beef);
+        assert_eq!(info.seq, 4242);
+        assert_eq!(info.audio_level, Some(33));
+        assert_eq!(parse_rtp(&bytes, Some(4)).unwrap().audio_level, None);
+        assert_eq!(parse_rtp(&bytes, None).unwrap().audio_level, None);
+        assert!(!is_rtcp(&bytes));
+        // Two-byte form is not read (the SFU reads only the one-byte form).
+        p.header.set_extension(20, vec![1; 20]);
+        assert_eq!(parse_rtp(&p.to_vec(), Some(5)).unwrap().audio_level, None);
+    }
+
+    #[test]
+    fn truncated_rtp_is_refused() {
+        let mut p = RtpPacket::default();
+        p.header.set_audio_level(
+            1,
+            AudioLevel {
+                voice: false,
+                level: 10,
+            },
+        );
+        let bytes = p.to_vec();
+        for n in 0..12 {
+            assert!(parse_rtp(&bytes[..n], Some(1)).is_none());
+        }
+        // Cut inside the extension block.
+        assert!(parse_rtp(&bytes[..bytes.len() - 1], Some(1)).is_none());
+        assert!(parse_rtp(&[0x40; 12], None).is_none());
+    }
+
+    #[test]
+    fn reads_nack_and_pli_written_by_hush_media() {
+        let lost = vec![100, 101, 117, 300];
+        let compound = rtcp::write_compound(&[
+            RtcpPacket::Nack(Nack {
+                sender_ssrc: 1,
+                media_ssrc: 0xabc,
+                lost: lost.clone(),
+            }),
+            RtcpPacket::Pli(Pli {
+                sender_ssrc: 1,
+                media_ssrc: 0xdef,
+            }),
+        ]);
+        assert!(is_rtcp(&compound));
+        assert_eq!(rtcp_sender_ssrc(&compound), Some(1));
+        let mut got = Vec::new();
+        let mut plis = Vec::new();
+        assert!(for_each_feedback(&compound, |fb| match fb {
+            Feedback::Nack {
+                media_ssrc,
+                pid,
+                blp,
+            } => {
+                assert_eq!(media_ssrc, 0xabc);
+                got.push(pid);
+                for i in 0..16u16 {
+                    if blp & (1 << i) != 0 {
+                        got.push(pid.wrapping_add(i + 1));
+                    }
+                }
+            }
+            Feedback::Pli { media_ssrc } => plis.push(media_ssrc),
+        }));
+        assert_eq!(got, lost);
+        assert_eq!(plis, vec![0xdef]);
+
+        let mut out = Vec::new();
+        write_pli(&mut out, 5, 6);
+        let parsed = rtcp::parse_compound(&out).unwrap();
+        assert_eq!(
+            parsed,
+            vec![RtcpPacket::Pli(Pli {
+                sender_ssrc: 5,
+                media_ssrc: 6
+            })]
+        );
+    }
+
+    #[test]
+    fn malformed_rtcp_stops_the_walk() {
+        let mut out = Vec::new();
+        write_pli(&mut out, 5, 6);
+        // Length says one more word than there is.
+        out[3] = 3;
+        assert!(!for_each_feedback(&out, |_| {}));
+        assert!(!for_each_feedback(&[0x81, 206], |_| {}));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), id in 0u8..16) {
+            let _ = parse_rtp(&bytes, Some(id));
+            let _ = for_each_feedback(&bytes, |_| {});
+            let _ = is_rtcp(&bytes);
+            let _ = rtcp_sender_ssrc(&bytes);
+        }
+    }
+}

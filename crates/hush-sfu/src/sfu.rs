@@ -1,0 +1,821 @@
+//! The forwarding core: calls, participants and their legs, and the packet path.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use hush_srtp::{SrtpConfig, SrtpContext, Suite};
+use tracing::{debug, info, trace};
+
+use crate::cache::PacketCache;
+use crate::error::{Error, JoinError, PacketError, RosterError};
+use crate::ids::{CallId, DeviceId, LegId};
+use crate::join::{
+    JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
+    DEFAULT_JOINS_PER_DEVICE, DEFAULT_MAX_SKEW, DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
+};
+use crate::packet::{self, Feedback};
+use crate::roster::{Roster, RosterState, MAX_ROSTER_MEMBERS};
+use crate::speaker::{SpeakerConfig, SpeakerDetector};
+
+/// Most retransmissions one NACK packet can trigger.
+const MAX_RESENDS_PER_NACK: usize = 64;
+
+/// Configuration of an [`Sfu`].
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Most participants in one call at once. Default 32.
+    pub max_participants: usize,
+    /// Most members a roster may list (who may join, not all at once). Default 255, the most
+    /// the encoding can carry.
+    pub max_roster_members: usize,
+    /// Forward each participant's audio only while it is among the `n` loudest (by the
+    /// speaker detector's score) or the dominant speaker; `None` forwards all audio. Default
+    /// `Some(3)`.
+    pub loudest_n: Option<usize>,
+    /// SRTP suites accepted for hop keys. Default both AEAD suites.
+    pub suites: Vec<Suite>,
+    /// Largest distance between a join's timestamp and the SFU's clock. Default 30 s.
+    pub max_skew: Duration,
+    /// Bound of the join replay cache. Default 8192.
+    pub replay_capacity: usize,
+    /// Joins one device may make within twice `max_skew`. Default 16.
+    pub joins_per_device: usize,
+    /// Packets kept per recipient leg to answer NACKs. Default 512.
+    pub cache_packets: usize,
+    /// Times one cached packet may be resent. Default 2.
+    pub max_resends: u8,
+    /// Shortest time between two PLIs relayed to the sender of one SSRC. Default 300 ms.
+    pub pli_interval: Duration,
+    /// SSRC the SFU uses as the sender of the RTCP it originates (relayed PLIs); no participant
+    /// may declare it. Default 1.
+    pub rtcp_ssrc: u32,
+    /// SRTP replay window of the hop contexts (see hush-srtp's `SrtpConfig`). Default 256.
+    pub replay_window: usize,
+    /// Dominant speaker detection.
+    pub speaker: SpeakerConfig,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            max_participants: 32,
+            max_roster_members: MAX_ROSTER_MEMBERS,
+            loudest_n: Some(3),
+            suites: vec![Suite::AeadAes128Gcm, Suite::AeadAes256Gcm],
+            max_skew: DEFAULT_MAX_SKEW,
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            joins_per_device: DEFAULT_JOINS_PER_DEVICE,
+            cache_packets: 512,
+            max_resends: 2,
+            pli_interval: Duration::from_millis(300),
+            rtcp_ssrc: 1,
+            replay_window: 256,
+            speaker: SpeakerConfig::default(),
+        }
+    }
+}
+
+/// A datagram to send on a leg. The driver maps the leg to its network path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// The recipient's leg.
+    pub leg: LegId,
+    /// The SRTP/SRTCP packet.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a participant left a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The driver reported it gone ([`Sfu::leave`]).
+    Left,
+    /// A roster update removed it.
+    Kicked,
+    /// The same device joined again; its old leg is closed.
+    Replaced,
+}
+
+/// What happened, for the driver to act on (signal participants, close paths, log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Event {
+    /// A participant was admitted.
+    ParticipantJoined {
+        /// The call.
+        call: CallId,
+        /// The participant's device.
+        device: DeviceId,
+        /// Its new leg.
+        leg: LegId,
+        /// The streams it declared (for announcing SSRC → participant to the others).
+        streams: Vec<StreamDecl>,
+    },
+    /// A participant's leg is gone; the driver should close its path.
+    ParticipantLeft {
+        /// The call.
+        call: CallId,
+        /// The participant's device.
+        device: DeviceId,
+        /// The closed leg.
+        leg: LegId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// The dominant speaker of a call changed.
+    ActiveSpeaker {
+        /// The call.
+        call: CallId,
+        /// The new dominant speaker.
+        device: DeviceId,
+    },
+    /// The last participant left; the call is gone (its creator may create it again).
+    CallEnded {
+        /// The call.
+        call: CallId,
+    },
+}
+
+/// An accepted join: the new leg and the answer to send back to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The participant's leg.
+    pub leg: LegId,
+    /// The encoded [`JoinAnswer`](crate::join::JoinAnswer).
+    pub answer: Vec<u8>,
+}
+
+/// Counters of one leg.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegStats {
+    /// Authenticated RTP packets received.
+    pub rtp_received: u64,
+    /// Authenticated RTCP packets received.
+    pub rtcp_received: u64,
+    /// Packets dropped as malformed.
+    pub dropped_malformed: u64,
+    /// Packets dropped by hop SRTP (authentication, replay, limits).
+    pub dropped_srtp: u64,
+    /// Packets dropped for an SSRC the participant did not declare.
+    pub dropped_undeclared: u64,
+    /// Audio packets received but not forwarded (not among the loudest N).
+    pub audio_not_selected: u64,
+    /// Packets forwarded to this leg.
+    pub forwarded: u64,
+    /// Packets that could not be protected for this leg (e.g. index reuse after a sender
+    /// restarted its sequence numbers).
+    pub send_errors: u64,
+    /// Packets resent to this leg in answer to its NACKs.
+    pub retransmitted: u64,
+    /// NACKed packets that were not in the cache (or resent too often).
+    pub nacks_unserved: u64,
+    /// PLIs relayed to this leg (as the sender of the named SSRC).
+    pub plis_relayed: u64,
+}
+
+struct Participant {
+    device: DeviceId,
+    leg: LegId,
+    streams: Vec<StreamDecl>,
+    audio_level_ext: Option<u8>,
+    ingress: SrtpContext,
+    egress: SrtpContext,
+    cache: PacketCache,
+    stats: LegStats,
+    /// When a PLI was last relayed to this participant, per its SSRC.
+    last_pli: Vec<(u32, Instant)>,
+}
+
+impl Participant {
+    fn stream(&self, ssrc: u32) -> Option<&StreamDecl> {
+        self.streams.iter().find(|s| s.ssrc == ssrc)
+    }
+}
+
+struct Call {
+    roster: RosterState,
+    participants: Vec<Participant>,
+    speaker: SpeakerDetector<DeviceId>,
+    /// Legs whose audio is forwarded under loudest-N, and until when that choice holds.
+    selected: Vec<LegId>,
+    selected_until: Option<Instant>,
+}
+
+impl Call {
+    fn index_of(&self, leg: LegId) -> Option<usize> {
+        self.participants.iter().position(|p| p.leg == leg)
+    }
+
+    /// Recomputes the loudest-N set when the last one is older than a speaker bucket.
+    fn refresh_selection(&mut self, now: Instant, n: usize, bucket: Duration) {
+        if self.selected_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut ranked: Vec<(f32, LegId)> = self
+            .participants
+            .iter()
+            .map(|p| (self.speaker.score(now, p.device), p.leg))
+            .collect();
+        // Highest score first; among equals, the earlier leg.
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.selected.clear();
+        self.selected
+            .extend(ranked.into_iter().take(n).map(|(_, leg)| leg));
+        self.selected_until = Some(now + bucket);
+    }
+}
+
+/// The selective forwarding unit, sans-IO: packets, joins and time in; packets, events and
+/// deadlines out. See the crate docs for the loop that drives it.
+///
+/// Methods:
+/// - inputs: [`handle_join`](Self::handle_join), [`update_roster`](Self::update_roster),
+///   [`leave`](Self::leave), [`handle_input`](Self::handle_input),
+///   [`handle_timeout`](Self::handle_timeout);
+/// - outputs, drained after each input: [`poll_transmit`](Self::poll_transmit),
+///   [`poll_event`](Self::poll_event), [`poll_timeout`](Self::poll_timeout);
+/// - getters: [`public_key`](Self::public_key), [`leg_stats`](Self::leg_stats),
+///   [`participants`](Self::participants), [`dominant_speaker`](Self::dominant_speaker).
+///
+/// Instants passed in must never go backwards. Nothing here reads a clock; the wall clock that
+/// join timestamps are checked against is passed to [`handle_join`](Self::handle_join).
+pub struct Sfu {
+    config: SfuConfig,
+    key: SfuSigningKey,
+    guard: JoinGuard,
+    calls: HashMap<CallId, Call>,
+    legs: HashMap<LegId, CallId>,
+    next_leg: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_tick: Option<Instant>,
+    /// Scratch buffers reused across packets.
+    buf: Vec<u8>,
+    feedback: Vec<Feedback>,
+}
+
+impl Sfu {
+    /// A new SFU with its long-term key.
+    pub fn new(config: SfuConfig, key: SfuSigningKey) -> Result<Self, Error> {
+        if config.max_participants == 0 {
+            return Err(Error::InvalidConfig("max_participants must be at least 1"));
+        }
+        if config.suites.is_empty() {
+            return Err(Error::InvalidConfig("at least one suite"));
+        }
+        if config.loudest_n == Some(0) {
+            return Err(Error::InvalidConfig("loudest_n must be at least 1"));
+        }
+        if config.speaker.bucket.is_zero() {
+            return Err(Error::InvalidConfig("speaker bucket must not be zero"));
+        }
+        // Checked once here so leg setup cannot fail on it later.
+        srtp_config(&config, MAX_STREAMS)?;
+        srtp_config(&config, egress_ssrcs(&config))?;
+        Ok(Self {
+            guard: JoinGuard::new(
+                config.max_skew,
+                config.replay_capacity,
+                config.joins_per_device,
+            ),
+            config,
+            key,
+            calls: HashMap::new(),
+            legs: HashMap::new(),
+            next_leg: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: None,
+            buf: Vec::with_capacity(1500),
+            feedback: Vec::new(),
+        })
+    }
+
+    /// The SFU's public key, which clients are configured with.
+    pub fn public_key(&self) -> SfuPublicKey {
+        self.key.public_key()
+    }
+
+    /// Handles a join request (and, to create the call, its first roster signed by the
+    /// joining device). `unix_ms` is the SFU's wall clock in milliseconds since the Unix epoch.
+    ///
+    /// Checks, in order (docs/sfu.md): the device signature, freshness, the suite, admission
+    /// (roster, participant limit, SSRCs), replay; then answers. A device already in the call
+    /// is replaced (its old leg closed with [`LeaveReason::Replaced`]). On error nothing
+    /// changes except that a replay-checked request stays recorded.
+    pub fn handle_join<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        request: &[u8],
+        roster: Option<&[u8]>,
+        rng: &mut R,
+    ) -> Result<Joined, JoinError> {
+        let req = JoinRequest::decode(request)?;
+        self.guard.check_fresh(&req, unix_ms)?;
+        let call_id = req.call_id();
+        let device = req.device();
+        if !req.suite().is_some_and(|s| self.config.suites.contains(&s)) {
+            return Err(JoinError::UnsupportedSuite(req.suite_code()));
+        }
+        let new_roster = match (self.calls.get(&call_id), roster) {
+            (Some(_), Some(_)) => return Err(JoinError::CallExists(call_id)),
+            (None, None) => return Err(JoinError::NoSuchCall(call_id)),
+            (None, Some(bytes)) => {
+                let r = Roster::decode(bytes)?;
+                if r.call_id() != call_id {
+                    return Err(RosterError::WrongCall {
+                        expected: call_id,
+                        got: r.call_id(),
+                    }
+                    .into());
+                }
+                if r.creator() != device {
+                    return Err(RosterError::NotCreator.into());
+                }
+                Some(RosterState::new(r, self.config.max_roster_members)?)
+            }
+            (Some(call), None) => {
+                if !call.roster.admits(&device) {
+                    return Err(JoinError::NotOnRoster(device));
+                }
+                let others = call
+                    .participants
+                    .iter()
+                    .filter(|p| p.device != device)
+                    .count();
+                if others >= self.config.max_participants {
+                    return Err(JoinError::CallFull {
+                        limit: self.config.max_participants,
+                    });
+                }
+                for s in req.streams() {
+                    let taken = call
+                        .participants
+                        .iter()
+                        .filter(|p| p.device != device)
+                        .any(|p| p.stream(s.ssrc).is_some());
+                    if taken {
+                        return Err(JoinError::SsrcInUse(s.ssrc));
+                    }
+                }
+                None
+            }
+        };
+        if let Some(s) = req
+            .streams()
+            .iter()
+            .find(|s| s.ssrc == self.config.rtcp_ssrc)
+        {
+            return Err(JoinError::SsrcInUse(s.ssrc));
+        }
+        self.guard.record(&req, unix_ms)?;
+        let (answer, keys) = self.key.answer(&req, rng)?;
+        let ingress = keys
+            .recv_context(srtp_config(&self.config, MAX_STREAMS).map_err(internal)?)
+            .map_err(JoinError::Srtp)?;
+        let egress = keys
+            .send_context(srtp_config(&self.config, egress_ssrcs(&self.config)).map_err(internal)?)
+            .map_err(JoinError::Srtp)?;
+
+        let leg = LegId(self.next_leg);
+        self.next_leg += 1;
+        if let Some(roster) = new_roster {
+            info!(call = %call_id, creator = %device, "call created");
+            self.calls.insert(
+                call_id,
+                Call {
+                    roster,
+                    participants: Vec::new(),
+                    speaker: SpeakerDetector::new(self.config.speaker.clone(), now),
+                    selected: Vec::new(),
+                    selected_until: None,
+                },
+            );
+        }
+        let old_leg = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.participants.iter().find(|p| p.device == device))
+            .map(|p| p.leg);
+        if let Some(old) = old_leg {
+            self.remove_participant(call_id, old, LeaveReason::Replaced);
+        }
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(JoinError::Internal("call vanished"))?;
+        call.participants.push(Participant {
+            device,
+            leg,
+            streams: req.streams().to_vec(),
+            audio_level_ext: req.audio_level_ext(),
+            ingress,
+            egress,
+            cache: PacketCache::new(self.config.cache_packets, self.config.max_resends),
+            stats: LegStats::default(),
+            last_pli: Vec::new(),
+        });
+        call.selected_until = None;
+        self.legs.insert(leg, call_id);
+        info!(call = %call_id, %device, %leg, "participant joined");
+        self.events.push_back(Event::ParticipantJoined {
+            call: call_id,
+            device,
+            leg,
+            streams: req.streams().to_vec(),
+        });
+        Ok(Joined {
+            leg,
+            answer: answer.encode(),
+        })
+    }
+
+    /// Applies a roster update (signed by the call's creator, newer than the one in force) and
+    /// kicks the participants it removes. Returns the kicked devices that were in the call.
+    pub fn update_roster(&mut self, roster: &[u8]) -> Result<Vec<DeviceId>, RosterError> {
+        let r = Roster::decode(roster)?;
+        let call_id = r.call_id();
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(RosterError::NoSuchCall(call_id))?;
+        let removed = call.roster.update(r)?;
+        let kicked: Vec<(DeviceId, LegId)> = call
+            .participants
+            .iter()
+            .filter(|p| removed.contains(&p.device))
+            .map(|p| (p.device, p.leg))
+            .collect();
+        for (device, leg) in &kicked {
+            info!(call = %call_id, %device, "participant kicked");
+            self.remove_participant(call_id, *leg, LeaveReason::Kicked);
+        }
+        Ok(kicked.into_iter().map(|(d, _)| d).collect())
+    }
+
+    /// The driver reports a leg gone (closed, timed out).
+    pub fn leave(&mut self, leg: LegId) -> Result<(), Error> {
+        let call_id = *self.legs.get(&leg).ok_or(Error::UnknownLeg(leg))?;
+        self.remove_participant(call_id, leg, LeaveReason::Left);
+        Ok(())
+    }
+
+    fn remove_participant(&mut self, call_id: CallId, leg: LegId, reason: LeaveReason) {
+        self.legs.remove(&leg);
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(i) = call.index_of(leg) else {
+            return;
+        };
+        let p = call.participants.remove(i);
+        call.speaker.remove(p.device);
+        call.selected_until = None;
+        // Recipients forget the cached packets of the leaver. Their egress contexts keep the
+        // leaver's SSRC state on purpose: forgetting it would let a rejoin with restarted
+        // sequence numbers reuse AES-GCM nonces.
+        for q in &mut call.participants {
+            for s in &p.streams {
+                q.cache.forget_ssrc(s.ssrc);
+            }
+        }
+        debug!(call = %call_id, device = %p.device, %leg, ?reason, "participant removed");
+        self.events.push_back(Event::ParticipantLeft {
+            call: call_id,
+            device: p.device,
+            leg,
+            reason,
+        });
+        if call.participants.is_empty() {
+            self.calls.remove(&call_id);
+            info!(call = %call_id, "call ended");
+            self.events.push_back(Event::CallEnded { call: call_id });
+        }
+    }
+
+    /// Handles one datagram received on `leg` (SRTP or SRTCP, told apart as RFC 5761 says).
+    ///
+    /// An error means the packet was dropped; it is counted in that leg's stats and costs no
+    /// other participant anything. The driver can log it and go on.
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        packet: &[u8],
+    ) -> Result<(), PacketError> {
+        let call_id = *self.legs.get(&leg).ok_or(PacketError::UnknownLeg(leg))?;
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(PacketError::UnknownLeg(leg))?;
+        let i = call.index_of(leg).ok_or(PacketError::UnknownLeg(leg))?;
+        let result = if packet::is_rtcp(packet) {
+            handle_rtcp(
+                &self.config,
+                call,
+                i,
+                now,
+                packet,
+                &mut self.buf,
+                &mut self.feedback,
+                &mut self.transmits,
+            )
+        } else {
+            let r = handle_rtp(
+                &self.config,
+                call,
+                i,
+                now,
+                packet,
+                &mut self.buf,
+                &mut self.transmits,
+            );
+            if r.is_ok() && self.next_tick.is_none() {
+                self.next_tick = Some(now + self.config.speaker.bucket);
+            }
+            r
+        };
+        if let Err(e) = &result {
+            if let Some(p) = call.participants.get_mut(i) {
+                match e {
+                    PacketError::Srtp(_) => p.stats.dropped_srtp += 1,
+                    PacketError::UndeclaredSsrc(_) => p.stats.dropped_undeclared += 1,
+                    _ => p.stats.dropped_malformed += 1,
+                }
+            }
+            trace!(%leg, error = %e, "packet dropped");
+        }
+        result
+    }
+
+    /// Runs what is due at `now`: the dominant speaker evaluation of every call.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_tick.is_some_and(|t| t > now) {
+            return;
+        }
+        for (call_id, call) in &mut self.calls {
+            if let Some(device) = call.speaker.evaluate(now) {
+                debug!(call = %call_id, %device, "dominant speaker");
+                self.events.push_back(Event::ActiveSpeaker {
+                    call: *call_id,
+                    device,
+                });
+            }
+        }
+        self.next_tick = if self.calls.is_empty() {
+            None
+        } else {
+            Some(now + self.config.speaker.bucket)
+        };
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// The counters of `leg`.
+    pub fn leg_stats(&self, leg: LegId) -> Option<&LegStats> {
+        let call = self.calls.get(self.legs.get(&leg)?)?;
+        call.participants
+            .iter()
+            .find(|p| p.leg == leg)
+            .map(|p| &p.stats)
+    }
+
+    /// The devices and legs in `call`.
+    pub fn participants(&self, call: &CallId) -> Vec<(DeviceId, LegId)> {
+        self.calls.get(call).map_or_else(Vec::new, |c| {
+            c.participants.iter().map(|p| (p.device, p.leg)).collect()
+        })
+    }
+
+    /// The dominant speaker of `call`, if any.
+    pub fn dominant_speaker(&self, call: &CallId) -> Option<DeviceId> {
+        self.calls.get(call)?.speaker.dominant()
+    }
+
+    /// The roster version in force for `call`.
+    pub fn roster_version(&self, call: &CallId) -> Option<u64> {
+        Some(self.calls.get(call)?.roster.current().version())
+    }
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("public_key", &self.key.public_key())
+            .field("calls", &self.calls.len())
+            .field("legs", &self.legs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn egress_ssrcs(config: &SfuConfig) -> usize {
+    // Every other participant's streams, plus the SFU's own RTCP SSRC.
+    config.max_participants.saturating_mul(MAX_STREAMS) + 1
+}
+
+fn srtp_config(config: &SfuConfig, max_ssrcs: usize) -> Result<SrtpConfig, Error> {
+    SrtpConfig::builder()
+        .replay_window(config.replay_window)
+        .max_ssrcs(max_ssrcs)
+        .build()
+        .map_err(|_| Error::InvalidConfig("replay_window or max_participants out of range"))
+}
+
+fn internal(_: Error) -> JoinError {
+    JoinError::Internal("srtp config checked at construction")
+}
+
+/// The RTP path: authenticate, read the level, pick recipients, protect per recipient.
+fn handle_rtp(
+    config: &SfuConfig,
+    call: &mut Call,
+    i: usize,
+    now: Instant,
+    packet: &[u8],
+    buf: &mut Vec<u8>,
+    transmits: &mut VecDeque<Transmit>,
+) -> Result<(), PacketError> {
+    let sender = call
+        .participants
+        .get_mut(i)
+        .ok_or(PacketError::Malformed("no sender"))?;
+    // The header is in the clear (authenticated, not encrypted): read it first, act on it only
+    // once the packet has authenticated.
+    let info = packet::parse_rtp(packet, sender.audio_level_ext)
+        .ok_or(PacketError::Malformed("rtp header"))?;
+    let kind = sender
+        .stream(info.ssrc)
+        .ok_or(PacketError::UndeclaredSsrc(info.ssrc))?
+        .kind;
+    buf.clear();
+    buf.extend_from_slice(packet);
+    sender
+        .ingress
+        .unprotect_rtp(buf)
+        .map_err(PacketError::Srtp)?;
+    sender.stats.rtp_received += 1;
+    let sender_leg = sender.leg;
+    let sender_device = sender.device;
+    if kind == StreamKind::Audio {
+        if let Some(level) = info.audio_level {
+            call.speaker.record(now, sender_device, level);
+        }
+        if let Some(n) = config.loudest_n {
+            if call.participants.len() > n + 1 {
+                call.refresh_selection(now, n, config.speaker.bucket);
+                let chosen = call.selected.contains(&sender_leg)
+                    || call.speaker.dominant() == Some(sender_device);
+                if !chosen {
+                    if let Some(s) = call.participants.get_mut(i) {
+                        s.stats.audio_not_selected += 1;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+    for (j, r) in call.participants.iter_mut().enumerate() {
+        if j == i {
+            continue;
+        }
+        let mut out = Vec::with_capacity(buf.len() + Suite::RTP_OVERHEAD);
+        out.extend_from_slice(buf);
+        match r.egress.protect_rtp(&mut out) {
+            Ok(()) => {
+                r.cache.insert(info.ssrc, info.seq, &out);
+                r.stats.forwarded += 1;
+                transmits.push_back(Transmit {
+                    leg: r.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                r.stats.send_errors += 1;
+                trace!(leg = %r.leg, error = %e, "forward failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RTCP path: authenticate, answer NACKs from the cache, relay PLIs to the media sender.
+#[allow(clippy::too_many_arguments)]
+fn handle_rtcp(
+    config: &SfuConfig,
+    call: &mut Call,
+    i: usize,
+    now: Instant,
+    packet: &[u8],
+    buf: &mut Vec<u8>,
+    feedback: &mut Vec<Feedback>,
+    transmits: &mut VecDeque<Transmit>,
+) -> Result<(), PacketError> {
+    let sender = call
+        .participants
+        .get_mut(i)
+        .ok_or(PacketError::Malformed("no sender"))?;
+    let ssrc = packet::rtcp_sender_ssrc(packet).ok_or(PacketError::Malformed("rtcp header"))?;
+    if sender.stream(ssrc).is_none() {
+        return Err(PacketError::UndeclaredSsrc(ssrc));
+    }
+    buf.clear();
+    buf.extend_from_slice(packet);
+    sender
+        .ingress
+        .unprotect_rtcp(buf)
+        .map_err(PacketError::Srtp)?;
+    sender.stats.rtcp_received += 1;
+    feedback.clear();
+    let well_formed = packet::for_each_feedback(buf, |f| feedback.push(f));
+    let mut resends = 0;
+    for fb in feedback.iter() {
+        match *fb {
+            Feedback::Nack {
+                media_ssrc,
+                pid,
+                blp,
+            } => {
+                let Some(me) = call.participants.get_mut(i) else {
+                    break;
+                };
+                let seqs = std::iter::once(pid).chain(
+                    (0..16u16)
+                        .filter(|b| blp & (1 << b) != 0)
+                        .map(|b| pid.wrapping_add(b + 1)),
+                );
+                for seq in seqs {
+                    if resends >= MAX_RESENDS_PER_NACK {
+                        me.stats.nacks_unserved += 1;
+                        continue;
+                    }
+                    match me.cache.resend(media_ssrc, seq) {
+                        Some(bytes) => {
+                            resends += 1;
+                            me.stats.retransmitted += 1;
+                            transmits.push_back(Transmit {
+                                leg: me.leg,
+                                bytes: bytes.to_vec(),
+                            });
+                        }
+                        None => me.stats.nacks_unserved += 1,
+                    }
+                }
+            }
+            Feedback::Pli { media_ssrc } => {
+                let Some((j, owner)) = call
+                    .participants
+                    .iter_mut()
+                    .enumerate()
+                    .find(|(_, p)| p.stream(media_ssrc).is_some())
+                else {
+                    continue;
+                };
+                if j == i {
+                    continue;
+                }
+                let recent = owner.last_pli.iter_mut().find(|(s, _)| *s == media_ssrc);
+                match recent {
+                    Some((_, at)) if now.saturating_duration_since(*at) < config.pli_interval => {
+                        continue;
+                    }
+                    Some((_, at)) => *at = now,
+                    None => owner.last_pli.push((media_ssrc, now)),
+                }
+                let mut out = Vec::with_capacity(12 + Suite::RTCP_OVERHEAD);
+                packet::write_pli(&mut out, config.rtcp_ssrc, media_ssrc);
+                match owner.egress.protect_rtcp(&mut out) {
+                    Ok(()) => {
+                        owner.stats.plis_relayed += 1;
+                        transmits.push_back(Transmit {
+                            leg: owner.leg,
+                            bytes: out,
+                        });
+                    }
+                    Err(e) => {
+                        owner.stats.send_errors += 1;
+                        trace!(leg = %owner.leg, error = %e, "pli relay failed");
+                    }
+                }
+            }
+        }
+    }
+    if well_formed {
+        Ok(())
+    } else {
+        Err(PacketError::Malformed("rtcp compound"))
+    }
+}
