@@ -20,6 +20,7 @@ use crate::auth::DeviceSigningKey;
 use crate::bundle::{BundleUpload, DeviceKeys, PeerBundle};
 use crate::call::{Answer, CallKeyExchange, IncomingOffer, MediaKeys, Offer, PendingOffer};
 use crate::error::{Error, Result};
+use crate::skipped_keys::{forward_jump, Incoming, MAX_SKIPPED_KEYS};
 use crate::store::{Backend, DeviceStore, PeerPin};
 use crate::suite::Suite;
 
@@ -328,6 +329,20 @@ impl<B: Backend> Device<B> {
             ),
             _ => return Err(malformed("unknown type")),
         };
+        let incoming = match &msg {
+            CiphertextMessage::PreKeySignalMessage(m) => Incoming::PreKey(m),
+            CiphertextMessage::SignalMessage(m) => Incoming::Whisper(m),
+            _ => return Err(malformed("unknown type")),
+        };
+        let record = self.store.session_record(peer)?;
+        let skipped = forward_jump(record.as_ref().map(|r| r.as_slice()), &incoming);
+        if skipped > MAX_SKIPPED_KEYS {
+            warn!(%peer, skipped, "message too far ahead of its chain; refused before decryption");
+            return Err(Error::TooFarAhead {
+                peer: peer.clone(),
+                skipped,
+            });
+        }
         let mut sessions = self.store.handle();
         let mut identities = self.store.handle();
         let mut pre_keys = self.store.handle();

@@ -62,6 +62,17 @@ pub enum Error {
     /// (tampered offer, suite list, identity or ephemeral key).
     #[error("answer key confirmation failed: the two sides saw different transcripts")]
     KeyConfirmationFailed,
+    /// A received message's counter lies further ahead of its chain than hush lets libsignal
+    /// skip before the message is authenticated
+    /// ([`MAX_SKIPPED_KEYS`](crate::MAX_SKIPPED_KEYS)): refused unread, the session unchanged.
+    /// Forged messages with huge counters cost the receiver seconds of CPU otherwise.
+    #[error("message from {peer} is {skipped} messages ahead of its chain (more than hush skips)")]
+    TooFarAhead {
+        /// The sender.
+        peer: ProtocolAddress,
+        /// How many message keys libsignal would have derived.
+        skipped: u32,
+    },
     /// A signature (prekey, device-key binding, or relay challenge) did not verify.
     #[error("signature verification failed: {0}")]
     BadSignature(&'static str),

@@ -10,6 +10,7 @@ mod device;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod skipped_keys;
 mod store;
 mod suite;
 mod wire;
@@ -33,6 +34,7 @@ pub use call::{
 pub use device::{Device, SafetyNumber, MAX_SEALED_LEN, SEALED_PREKEY, SEALED_WHISPER};
 pub use error::{Error, Result, StoreError};
 pub use libsignal_protocol::{IdentityKey, ProtocolAddress};
+pub use skipped_keys::MAX_SKIPPED_KEYS;
 pub use store::{Backend, DeviceStore, MemoryBackend, PeerPin, StoreHandle, Table};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteBackend, StoreKey};

@@ -323,6 +323,17 @@ impl<B: Backend> DeviceStore<B> {
         Ok(self.get(Table::Sessions, &address_key(peer))?.is_some())
     }
 
+    /// The serialized Signal session record for `peer` (libsignal's `RecordStructure`), wiped
+    /// on drop.
+    pub(crate) fn session_record(
+        &self,
+        peer: &ProtocolAddress,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .get(Table::Sessions, &address_key(peer))?
+            .map(Zeroizing::new))
+    }
+
     /// Number of unused one-time EC prekeys held locally.
     pub fn one_time_pre_key_count(&self) -> Result<usize> {
         Ok(self.backend.borrow().keys(Table::PreKeys)?.len())
