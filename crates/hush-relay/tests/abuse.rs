@@ -17,10 +17,10 @@ use hush_signaling::frame::{
     decode_server_frame, encode_client_frame, length_prefixed, RelayFrameCodec, TCP_PREAMBLE,
 };
 use hush_signaling::proto::relay::{self as pb, client_frame, server_frame, ErrorCode};
-use hush_signaling::transport::RELAY_PROTOCOL_VERSION;
+use hush_signaling::transport::{RelayClient, RelayClientConfig, RELAY_PROTOCOL_VERSION};
 use hush_signaling::{
     CallMessage, CiphertextKind, DeviceId, DeviceSigner, Envelope, Error, MemoryNetwork,
-    SignalingClient, SignalingEvent,
+    SignalingClient, SignalingEvent, Transport,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -206,13 +206,10 @@ async fn forged_sender_is_refused_and_connection_survives() {
         .await
         .unwrap();
     // Bob receives only Mallory's honest envelope.
-    let got = tokio::time::timeout(
-        Duration::from_secs(5),
-        hush_signaling::Transport::recv(&mut bob_conn),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), Transport::recv(&mut bob_conn))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.envelope.sender, mallory.device_id());
 }
 
@@ -544,13 +541,10 @@ async fn a_second_connection_of_a_device_replaces_the_first() {
     let sender = connect(Wire::Tcp, addr, &alice).await;
     let sent = envelope(alice.device_id(), bob.device_id());
     sender.send_envelope(sent.clone()).await.unwrap();
-    let got = tokio::time::timeout(
-        Duration::from_secs(5),
-        hush_signaling::Transport::recv(&mut second),
-    )
-    .await
-    .expect("delivered in time")
-    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), Transport::recv(&mut second))
+        .await
+        .expect("delivered in time")
+        .unwrap();
     assert_eq!(got.envelope, sent);
 }
 
@@ -633,16 +627,11 @@ async fn a_device_that_stops_reading_is_cut_off_and_reloads_its_queue() {
     let mut bob_again = bob_again.expect("whole queue reloaded");
     let mut got = Vec::new();
     for _ in 0..N {
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            hush_signaling::Transport::recv(&mut bob_again),
-        )
-        .await
-        .expect("delivered in time")
-        .unwrap();
-        hush_signaling::Transport::ack(&mut bob_again, r.tag)
+        let r = tokio::time::timeout(Duration::from_secs(10), Transport::recv(&mut bob_again))
             .await
+            .expect("delivered in time")
             .unwrap();
+        Transport::ack(&mut bob_again, r.tag).await.unwrap();
         got.push(r.envelope.id);
     }
     let mut want: Vec<_> = sent.iter().map(|e| e.id).collect();
@@ -654,10 +643,7 @@ async fn a_device_that_stops_reading_is_cut_off_and_reloads_its_queue() {
 // ---- Bounded resources (issue 13, item 2) ----
 
 /// Sends every envelope (pipelined); the error code of each (`Unspecified` for accepted).
-async fn send_all(
-    conn: &hush_signaling::transport::RelayClient,
-    envelopes: Vec<Envelope>,
-) -> Vec<ErrorCode> {
+async fn send_all(conn: &RelayClient, envelopes: Vec<Envelope>) -> Vec<ErrorCode> {
     futures_util::future::join_all(envelopes.into_iter().map(|e| conn.send_envelope(e)))
         .await
         .iter()
@@ -732,13 +718,10 @@ async fn a_flooding_sender_is_held_to_its_quota_and_an_honest_offer_gets_through
     assert_eq!(victim_conn.queued_at_auth(), 101);
     let mut from_alice = 0;
     for _ in 0..101 {
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            hush_signaling::Transport::recv(&mut victim_conn),
-        )
-        .await
-        .expect("delivered in time")
-        .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), Transport::recv(&mut victim_conn))
+            .await
+            .expect("delivered in time")
+            .unwrap();
         if r.envelope.sender == alice.device_id() {
             from_alice += 1;
         }
@@ -790,13 +773,10 @@ async fn flooders_with_many_keys_share_a_full_queue_and_an_honest_offer_still_ge
     assert_eq!(victim_conn.queued_at_auth(), 200);
     let mut from_alice = 0;
     for _ in 0..200 {
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            hush_signaling::Transport::recv(&mut victim_conn),
-        )
-        .await
-        .expect("delivered in time")
-        .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), Transport::recv(&mut victim_conn))
+            .await
+            .expect("delivered in time")
+            .unwrap();
         if r.envelope.sender == alice.device_id() {
             from_alice += 1;
         }
@@ -976,6 +956,110 @@ async fn a_silent_authenticated_connection_is_closed_after_the_idle_timeout() {
     );
 }
 
+/// A client left idle by its app stays connected past the relay's idle timeout: its keepalive
+/// pings count as traffic. Without keepalive the same idle client is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keepalive_holds_an_idle_connection_past_the_idle_timeout() {
+    let dir = TempDir::new("keepalive");
+    let mut config = test_config(dir.path());
+    config.idle_timeout = Duration::from_millis(400);
+    let (addr, metrics, _shutdown) = start_relay(config).await;
+    let with_keepalive = {
+        let mut config = RelayClientConfig::default();
+        config.keepalive_interval = Some(Duration::from_millis(100));
+        RelayClient::connect_tcp(addr, &generate_device_key(), config)
+            .await
+            .unwrap()
+    };
+    let without_keepalive = {
+        let mut config = RelayClientConfig::default();
+        config.keepalive_interval = None;
+        RelayClient::connect_tcp(addr, &generate_device_key(), config)
+            .await
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    with_keepalive
+        .ping()
+        .await
+        .expect("the client with keepalive is still connected");
+    assert!(
+        without_keepalive.ping().await.is_err(),
+        "the idle client without keepalive was closed by the relay"
+    );
+    assert_eq!(
+        metric(
+            &common::scrape(metrics).await,
+            "hush_relay_idle_timeouts_total"
+        ),
+        1
+    );
+}
+
+/// A relay (or a path) that goes silent without closing the TCP connection: the client's
+/// keepalive gets no pong, closes the connection, and `recv` fails so the app reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_finds_a_silent_connection_by_its_keepalive() {
+    let dir = TempDir::new("keepalive-dead");
+    let (relay, _metrics, _shutdown) = start_relay(test_config(dir.path())).await;
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = start_freezing_proxy(relay, frozen.clone()).await;
+    let mut config = RelayClientConfig::default();
+    config.keepalive_interval = Some(Duration::from_millis(100));
+    config.request_timeout = Duration::from_millis(300);
+    let mut client = RelayClient::connect_tcp(proxy, &generate_device_key(), config)
+        .await
+        .unwrap();
+    client.ping().await.expect("connected through the proxy");
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ended = tokio::time::timeout(Duration::from_secs(5), Transport::recv(&mut client)).await;
+    assert!(
+        matches!(ended, Ok(Err(Error::Closed))),
+        "recv should fail once the keepalive finds the connection dead, got {ended:?}"
+    );
+    assert!(client.ping().await.is_err());
+}
+
+/// A TCP proxy to `relay` for one connection that forwards bytes until `frozen` is set, then
+/// forwards nothing more in either direction while keeping both sockets open.
+async fn start_freezing_proxy(
+    relay: std::net::SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = TcpStream::connect(relay).await.unwrap();
+        let (client_rx, client_tx) = client.into_split();
+        let (upstream_rx, upstream_tx) = upstream.into_split();
+        let pump = |mut from: tokio::net::tcp::OwnedReadHalf,
+                    mut to: tokio::net::tcp::OwnedWriteHalf,
+                    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Hold both halves open, forwarding nothing.
+                    std::future::pending::<()>().await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            drop((from, to));
+        };
+        let up = tokio::spawn(pump(client_rx, upstream_tx, frozen.clone()));
+        let down = tokio::spawn(pump(upstream_rx, client_tx, frozen));
+        let _ = tokio::join!(up, down);
+    });
+    addr
+}
+
 /// A burst of connections that are all waiting when the relay gets to accept them: it must
 /// not serve more than `max_connections` of them.
 // One runtime thread: the connections are made (by the kernel, into the listen backlog) while
@@ -1071,9 +1155,7 @@ async fn uploaded_bundles_are_verified_and_must_be_the_uploaders() {
     let mallory_conn = connect(Wire::Tcp, addr, mallory.signer()).await;
     let bob_conn = connect(Wire::Tcp, addr, bob.signer()).await;
     let upload_code = |conn, bundle: Vec<u8>, items: Vec<(u64, Vec<u8>)>| async move {
-        match hush_signaling::transport::RelayClient::upload_prekeys(conn, bundle, items, false)
-            .await
-        {
+        match RelayClient::upload_prekeys(conn, bundle, items, false).await {
             Ok(()) => ErrorCode::Unspecified,
             Err(e) => relay_code(&e),
         }

@@ -74,6 +74,11 @@ pub struct RelayClientConfig {
     pub request_timeout: Duration,
     /// Deliveries buffered before the reader stops reading from the socket (backpressure).
     pub delivery_buffer: usize,
+    /// How often the client pings the relay while connected (`None`: never). Keeps NAT and
+    /// firewall state alive and the connection under the relay's idle timeout (15 minutes by
+    /// default), and finds a dead connection: if no pong comes within `request_timeout`, the
+    /// client closes the connection, so [`Transport::recv`] fails and the app reconnects.
+    pub keepalive_interval: Option<Duration>,
     /// The relay's public key, pinned: the client refuses (before signing anything) a relay
     /// whose challenge shows another key, with [`Error::RelayKeyMismatch`]. `None` accepts the
     /// key the relay shows ([`RelayClient::relay_key`] tells it, to pin on first use). The
@@ -88,6 +93,7 @@ impl Default for RelayClientConfig {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             delivery_buffer: 256,
+            keepalive_interval: Some(Duration::from_secs(60)),
             relay_key: None,
         }
     }
@@ -489,6 +495,16 @@ impl RelayClient {
         })
         .await?;
         client.queued_at_auth = queued;
+        if let Some(interval) = client.config.keepalive_interval {
+            let aborts = client.tasks.iter().map(|t| t.abort_handle()).collect();
+            client.tasks.push(tokio::spawn(keepalive(
+                client.shared.clone(),
+                client.writer.clone(),
+                interval,
+                client.config.request_timeout,
+                aborts,
+            )));
+        }
         Ok(client)
     }
 
@@ -747,9 +763,16 @@ impl Dispatcher {
 
     /// The connection ended: fail every waiting request.
     fn finish(self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        let err = self.shared.closed_error();
-        for (_, tx) in self.shared.pending().drain() {
+        self.shared.close();
+    }
+}
+
+impl Shared {
+    /// Marks the connection ended and fails every waiting request.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let err = self.closed_error();
+        for (_, tx) in self.pending().drain() {
             let _ = tx.send(Err(match &err {
                 Error::Relay { code, message } => Error::Relay {
                     code: *code,
@@ -757,6 +780,50 @@ impl Dispatcher {
                 },
                 _ => Error::Closed,
             }));
+        }
+    }
+}
+
+/// Keepalive pings use nonces with the top bit set, apart from request ids (which count up
+/// from 1).
+const KEEPALIVE_NONCE_BASE: u64 = 1 << 63;
+
+/// Pings the relay every `interval`; closes the connection (aborting its reader and writer
+/// tasks and failing waiting requests) when a pong does not come within `pong_timeout`.
+async fn keepalive(
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<Out>,
+    interval: Duration,
+    pong_timeout: Duration,
+    connection_tasks: Vec<tokio::task::AbortHandle>,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        ticks.tick().await;
+        let nonce = KEEPALIVE_NONCE_BASE | n;
+        let (tx, rx) = oneshot::channel();
+        if shared.register(nonce, tx).is_err() {
+            return; // The connection already ended.
+        }
+        let ping = encode_client_frame(client_frame::Frame::Ping(pb::Ping { nonce }));
+        if writer.send(Out::Frame(ping)).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(pong_timeout, rx).await {
+            Ok(_) => {}
+            Err(_) => {
+                shared.pending().remove(&nonce);
+                tracing::warn!(
+                    ?pong_timeout,
+                    "the relay did not answer a keepalive ping; closing the connection"
+                );
+                for task in &connection_tasks {
+                    task.abort();
+                }
+                shared.close();
+                return;
+            }
         }
     }
 }
