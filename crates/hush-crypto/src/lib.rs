@@ -10,6 +10,7 @@ mod device;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod group;
 mod skipped_keys;
 mod store;
 mod suite;
