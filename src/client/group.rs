@@ -714,3 +714,58 @@ impl GroupTask {
 pub(crate) fn device_signing_key(seed: &Zeroizing<[u8; 32]>) -> SigningKey {
     SigningKey::from_bytes(seed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    fn dev(i: u8) -> SfuDeviceId {
+        SfuDeviceId::from_signing_key(&key(i))
+    }
+
+    fn invite(roster: &Roster) -> hush_signaling::GroupInvite {
+        hush_signaling::GroupInvite {
+            call_id: *roster.call_id().as_bytes(),
+            sfu_key: hush_sfu::join::SfuSigningKey::from_seed(&[9; 32])
+                .public_key()
+                .to_bytes(),
+            sfu_address: "127.0.0.1:4000".into(),
+            roster: roster.encode(),
+        }
+    }
+
+    #[test]
+    fn invitations_are_checked_against_the_signed_roster() {
+        let call = SfuCallId::from_bytes([3; 16]);
+        let roster = Roster::sign(&key(1), call, 1, &[dev(1), dev(2)]).unwrap();
+        let from = to_signaling(&dev(1));
+        let me = to_signaling(&dev(2));
+        let ok = GroupInvite::check(from, &me, &invite(&roster)).unwrap();
+        assert_eq!(ok.call_id(), [3; 16]);
+        assert_eq!(ok.sfu.address, "127.0.0.1:4000".parse().unwrap());
+
+        // Not listed.
+        let outsider = to_signaling(&dev(5));
+        assert!(GroupInvite::check(from, &outsider, &invite(&roster)).is_err());
+        // A roster for another call than the invitation says.
+        let mut other_call = invite(&roster);
+        other_call.call_id = [4; 16];
+        assert!(GroupInvite::check(from, &me, &other_call).is_err());
+        // A tampered roster (its signature no longer verifies).
+        let mut tampered = invite(&roster);
+        let last = tampered.roster.len() - 1;
+        tampered.roster[last] ^= 1;
+        assert!(GroupInvite::check(from, &me, &tampered).is_err());
+        // A bad SFU address.
+        let mut bad_addr = invite(&roster);
+        bad_addr.sfu_address = "not an address".into();
+        assert!(matches!(
+            GroupInvite::check(from, &me, &bad_addr),
+            Err(Error::GroupInviteAddress)
+        ));
+    }
+}
