@@ -15,6 +15,8 @@ const USAGE: &str = "usage: hush-sfu --media ADDR:PORT --signal ADDR:PORT --key-
   --announce ADDR:PORT    media address given to clients (default: the bound one)
   --max-participants N    per call (default 32)
   --loudest-n N|all       audio forwarded from the N loudest only (default 3)
+  --leg-timeout-s S       drop a leg with no check and no media for S seconds (default 30)
+  --max-connections N     signaling connections open at once (default 4096)
 
 Prints the SFU public key (hex) and the bound addresses on stdout, one per line.
 Logs to stderr; HUSH_SFU_LOG=error|warn|info|debug|trace.";
@@ -31,6 +33,8 @@ fn parse_args() -> Result<Args, String> {
     let mut announce = None;
     let mut max_participants = None;
     let mut loudest_n = None;
+    let mut leg_timeout = None;
+    let mut max_connections = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -61,6 +65,19 @@ fn parse_args() -> Result<Args, String> {
                     )
                 });
             }
+            "--leg-timeout-s" => {
+                let secs = value()?
+                    .parse::<u64>()
+                    .map_err(|e| format!("--leg-timeout-s: {e}"))?;
+                leg_timeout = Some(std::time::Duration::from_secs(secs.max(1)));
+            }
+            "--max-connections" => {
+                max_connections = Some(
+                    value()?
+                        .parse::<usize>()
+                        .map_err(|e| format!("--max-connections: {e}"))?,
+                );
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -75,6 +92,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if let Some(n) = loudest_n {
         config.sfu.loudest_n = n;
+    }
+    if let Some(t) = leg_timeout {
+        config.leg_timeout = t;
+    }
+    if let Some(n) = max_connections {
+        config.max_connections = n;
     }
     Ok(Args {
         config,

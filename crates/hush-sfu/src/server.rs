@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 use zeroize::Zeroizing;
@@ -52,6 +52,13 @@ pub struct ServerConfig {
     pub sfu: SfuConfig,
     /// How long a new signaling connection may take to send its join. Default 10 s.
     pub join_timeout: Duration,
+    /// A leg with no verified connectivity check and no authenticated media for this long
+    /// (counted from its join) is dropped as gone, and its signaling connection closed. ICE
+    /// consent checks (RFC 7675) come every 4–6 s, so keep it well above that. Default 30 s.
+    pub leg_timeout: Duration,
+    /// Most signaling connections open at once (joined or not); more are closed at accept.
+    /// Default 4096.
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -63,6 +70,8 @@ impl ServerConfig {
             announce: None,
             sfu: SfuConfig::default(),
             join_timeout: Duration::from_secs(10),
+            leg_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }
@@ -101,6 +110,8 @@ pub struct DriverStats {
     pub joins: u64,
     /// Joins refused.
     pub joins_refused: u64,
+    /// Legs dropped for silence (no check, no media for `leg_timeout`).
+    pub legs_timed_out: u64,
     /// Legs currently known.
     pub legs: usize,
 }
@@ -149,6 +160,7 @@ impl Server {
             sfu,
             socket,
             announce,
+            leg_timeout: config.leg_timeout,
             legs: HashMap::new(),
             pending: HashMap::new(),
             by_ufrag: HashMap::new(),
@@ -157,7 +169,13 @@ impl Server {
             last_now: Instant::now(),
         };
         let main = tokio::spawn(main.run(cmd_rx));
-        let accept = tokio::spawn(accept_loop(listener, cmd_tx.clone(), config.join_timeout));
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            cmd_tx.clone(),
+            config.join_timeout,
+            slots,
+        ));
         info!(%media, %signal, key = ?public_key, "sfu listening");
         Ok(Self {
             media,
@@ -206,12 +224,21 @@ async fn accept_loop(
     listener: TcpListener,
     cmd: mpsc::UnboundedSender<Cmd>,
     join_timeout: Duration,
+    slots: Arc<Semaphore>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many signaling connections; closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_conn(stream, peer, cmd.clone(), join_timeout));
+                let cmd = cmd.clone();
+                tokio::spawn(async move {
+                    serve_conn(stream, peer, cmd, join_timeout).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");
@@ -323,6 +350,8 @@ struct Leg {
     ufrag: String,
     pwd: Zeroizing<String>,
     addr: Option<SocketAddr>,
+    /// When a verified check or authenticated media last came (or the join, before any).
+    last_seen: Instant,
     sealer: NoticeSealer,
     out: mpsc::UnboundedSender<ServerMessage>,
 }
@@ -342,6 +371,7 @@ struct Main {
     sfu: Sfu,
     socket: Arc<UdpSocket>,
     announce: SocketAddr,
+    leg_timeout: Duration,
     legs: HashMap<LegId, Leg>,
     pending: HashMap<LegId, Pending>,
     by_ufrag: HashMap<String, LegId>,
@@ -367,6 +397,9 @@ impl Main {
     async fn run(mut self, mut cmd: mpsc::UnboundedReceiver<Cmd>) {
         let socket = self.socket.clone();
         let mut buf = vec![0u8; RECV_BUF];
+        let mut sweep =
+            tokio::time::interval((self.leg_timeout / 4).max(Duration::from_millis(50)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.sfu.poll_timeout();
             let sleep = async {
@@ -392,6 +425,7 @@ impl Main {
                     let now = self.now();
                     self.sfu.handle_timeout(now);
                 }
+                _ = sweep.tick() => self.sweep(),
             }
             self.flush();
         }
@@ -409,9 +443,16 @@ impl Main {
                     return;
                 };
                 let now = self.now();
-                if let Err(e) = self.sfu.handle_input(now, leg, packet) {
-                    self.stats.media_dropped += 1;
-                    trace!(%leg, error = %e, "media dropped");
+                match self.sfu.handle_input(now, leg, packet) {
+                    Ok(()) => {
+                        if let Some(l) = self.legs.get_mut(&leg) {
+                            l.last_seen = now;
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.media_dropped += 1;
+                        trace!(%leg, error = %e, "media dropped");
+                    }
                 }
             }
             _ => self.stats.other_dropped += 1,
@@ -419,6 +460,7 @@ impl Main {
     }
 
     fn stun(&mut self, from: SocketAddr, packet: &[u8]) {
+        let now = self.now();
         let check = match ice::parse_check(packet) {
             Ok(c) => c,
             Err(e) => {
@@ -445,6 +487,7 @@ impl Main {
             }
         };
         self.stats.checks_answered += 1;
+        leg.last_seen = now;
         if leg.addr != Some(from) {
             if let Some(old) = leg.addr.replace(from) {
                 self.by_addr.remove(&old);
@@ -551,6 +594,24 @@ impl Main {
         }
     }
 
+    /// Drops the legs silent for longer than the leg timeout.
+    fn sweep(&mut self) {
+        let now = self.now();
+        let silent: Vec<LegId> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.last_seen) > self.leg_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for leg in silent {
+            info!(%leg, "leg silent too long; dropped");
+            self.stats.legs_timed_out += 1;
+            if self.sfu.leave(leg).is_err() {
+                self.forget(leg);
+            }
+        }
+    }
+
     fn forget(&mut self, leg: LegId) -> Option<Leg> {
         if let Some(p) = self.pending.remove(&leg) {
             self.by_ufrag.remove(&p.ufrag);
@@ -583,6 +644,7 @@ impl Main {
                     ufrag: p.ufrag,
                     pwd: p.pwd,
                     addr: None,
+                    last_seen: self.last_now,
                     sealer: p.sealer,
                     out: p.out,
                 };

@@ -430,3 +430,103 @@ fn stun_check(username: &str, mi: &[u8]) -> Vec<u8> {
     m[2..4].copy_from_slice(&len.to_be_bytes());
     m
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_legs_are_dropped_and_bad_packets_cost_only_their_sender() {
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.sfu = SfuConfig {
+        loudest_n: None,
+        ..SfuConfig::default()
+    };
+    config.leg_timeout = Duration::from_millis(1500);
+    let server = Server::start(config, SfuSigningKey::from_seed(&[0x78; 32]))
+        .await
+        .unwrap();
+    let mut a = member(&server, 0, Some(&roster(1, &[0, 1, 2]))).await;
+    let mut b = member(&server, 1, None).await;
+    // c joins over signaling but never connects its media: it holds a slot without a path.
+    let mut lazy = join(&server, 2, None).await.unwrap();
+
+    // b sends garbage and forged packets on its path, then real audio; a loud a.
+    let mut forged = vec![0x80, 111, 0, 1, 0, 0, 0, 1];
+    forged.extend_from_slice(&ssrc(1).to_be_bytes());
+    forged.extend_from_slice(&[0u8; 40]);
+    b.net.send(forged).unwrap();
+    b.net.send(vec![0x90; 7]).unwrap();
+    // Both keep talking while the lazy leg times out; a is the loud one.
+    let end = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let mut heard_b = HashSet::new();
+    while tokio::time::Instant::now() < end {
+        a.send_audio(5);
+        b.send_audio(90);
+        heard_b.extend(b.heard(Duration::from_millis(20)).await);
+        heard_b.extend(
+            a.heard(Duration::from_millis(1))
+                .await
+                .into_iter()
+                .map(|_| 0),
+        );
+    }
+    // The garbage cost b's packets only: a's audio reached b (and b's reached a, checked
+    // through a's counters below).
+    assert!(heard_b.contains(&ssrc(0)), "b heard {heard_b:x?}");
+    // The lazy leg was dropped: its channel closed, and a and b were told it left.
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match lazy.notices.next().await {
+                Ok(None) | Err(_) => return,
+                Ok(Some(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "silent leg not closed");
+    let left = a
+        .wait_notice(|n| matches!(n, Notice::ParticipantLeft { device: d, .. } if *d == device(2)))
+        .await;
+    assert_eq!(
+        left,
+        Notice::ParticipantLeft {
+            device: device(2),
+            reason: LeaveReason::Left
+        }
+    );
+    // a loud: the dominant speaker announced to b is a.
+    b.wait_notice(|n| *n == Notice::ActiveSpeaker { device: device(0) })
+        .await;
+    let stats = server.stats().await.unwrap();
+    assert_eq!(stats.legs_timed_out, 1);
+    assert_eq!(stats.legs, 2, "the talking legs stay");
+    assert!(stats.media_dropped >= 2, "{stats:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_connections_are_bounded() {
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.max_connections = 1;
+    config.join_timeout = Duration::from_millis(500);
+    let server = Server::start(config, SfuSigningKey::from_seed(&[0x79; 32]))
+        .await
+        .unwrap();
+    // One connection holds the only slot without joining...
+    let _holder = tokio::net::TcpStream::connect(server.signal_addr())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...so a second one is closed at once, before it can join.
+    match join(&server, 0, Some(&roster(1, &[0]))).await {
+        Err(ClientError::Unexpected | ClientError::Control(_)) => {}
+        other => panic!("second connection served: {other:?}"),
+    }
+    // Once the holder's join time is over, its slot is free again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    join(&server, 0, Some(&roster(1, &[0]))).await.unwrap();
+    server.shutdown().await;
+}
