@@ -226,3 +226,42 @@ async fn leave_rejoin_kick_and_outsider() {
     drop(calls);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_participant_changes_network_and_the_call_goes_on() {
+    let server = sfu(None).await;
+    let (clients, _network) = devices(3, loopback_config());
+    let (calls, _) = everyone_joins(&clients, &server).await;
+    // Participant 2 moves to new sockets (new ports): ICE restarts towards the SFU.
+    calls[2].network_changed().await.unwrap();
+    wait_event(&calls[2], |e| *e == GroupCallEvent::Reconnected).await;
+    let frames = 40;
+    let (calls, heard) = talk(&clients, calls, frames).await;
+    for (i, h) in heard.iter().enumerate() {
+        for (j, c) in clients.iter().enumerate() {
+            if i != j {
+                let got = h.get(&c.device_id()).copied().unwrap_or(0);
+                assert!(
+                    got >= frames * 8 / 10,
+                    "participant {i} decoded {got}/{frames} frames of {j}"
+                );
+            }
+        }
+    }
+    // Nobody left or joined again: the move was invisible to the others.
+    for call in &calls[..2] {
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(50), call.next_event()).await
+        {
+            assert!(
+                !matches!(
+                    ev,
+                    GroupCallEvent::ParticipantLeft { .. } | GroupCallEvent::ParticipantJoined(_)
+                ),
+                "{ev:?}"
+            );
+        }
+    }
+    drop(calls);
+    server.shutdown().await;
+}

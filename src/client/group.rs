@@ -114,6 +114,8 @@ impl GroupInvite {
 pub enum GroupCallEvent {
     /// Media flows to and from the SFU.
     Connected,
+    /// Media flows again after an ICE restart of this device (a network change).
+    Reconnected,
     /// A participant is in the call (announced by the SFU, with the SSRC of its audio).
     ParticipantJoined(DeviceId),
     /// A participant left (or was kicked).
@@ -175,6 +177,7 @@ pub(crate) enum GroupCommand {
     Mute(bool),
     Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
     Stats(oneshot::Sender<GroupCallStats>),
+    NetworkChanged(oneshot::Sender<Result<(), Error>>),
     Leave,
 }
 
@@ -236,6 +239,17 @@ impl GroupCall {
         rx.await.map_err(|_| Error::CallEnded)?
     }
 
+    /// Tells the call that this device's network changed: ICE binds new sockets and restarts
+    /// towards the SFU with the same SFU credentials; the SFU moves this participant's path to
+    /// the first verified check from the new sockets. The other participants are not involved.
+    pub async fn network_changed(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::NetworkChanged(tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
     /// Current counters.
     pub async fn stats(&self) -> Result<GroupCallStats, Error> {
         let (tx, rx) = oneshot::channel();
@@ -268,6 +282,18 @@ pub(crate) struct GroupStart {
     pub(crate) create: bool,
     pub(crate) config: ClientConfig,
     pub(crate) actor: mpsc::UnboundedSender<Command>,
+}
+
+/// The SFU as the ICE agent's remote side: its credentials (derived at join), its one host
+/// candidate, and the end of its candidates (ICE-lite gathers nothing else).
+async fn give_sfu_to_ice(
+    net: &hush_net::driver::Handle,
+    credentials: &IceCredentials,
+    candidate: &str,
+) -> Result<(), hush_net::Error> {
+    net.set_remote_credentials(credentials.clone()).await?;
+    net.add_remote_candidate(candidate).await?;
+    net.remote_gathering_complete()
 }
 
 fn unix_ms() -> u64 {
@@ -316,20 +342,13 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     )
     .await
     .map_err(|_| Error::NetStartTimeout)??;
-    net.handle
-        .set_remote_credentials(IceCredentials::new(
-            link.keys.ice_ufrag(),
-            link.keys.ice_pwd(),
-        ))
-        .await?;
-    net.handle
-        .add_remote_candidate(format!(
-            "1 1 udp 2130706431 {} {} typ host",
-            link.media.ip(),
-            link.media.port()
-        ))
-        .await?;
-    net.handle.remote_gathering_complete()?;
+    let sfu_ice = IceCredentials::new(link.keys.ice_ufrag(), link.keys.ice_pwd());
+    let sfu_candidate = format!(
+        "1 1 udp 2130706431 {} {} typ host",
+        link.media.ip(),
+        link.media.port()
+    );
+    give_sfu_to_ice(&net.handle, &sfu_ice, &sfu_candidate).await?;
     let jitter = JitterConfig {
         initial_delay: s
             .config
@@ -377,11 +396,14 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         decoders: HashMap::new(),
         mix: HashMap::new(),
         net: net.handle,
+        sfu_ice,
+        sfu_candidate,
         events: ev_tx,
         audio_out: audio_tx,
         mixed_out: mixed_tx,
         muted: false,
         connected: false,
+        restarting: false,
         known: HashSet::new(),
         stats: GroupCallStats::default(),
         send_loss: s.config.simulated_send_loss,
@@ -406,11 +428,16 @@ struct GroupTask {
     decoders: HashMap<SfuDeviceId, OpusCodec>,
     mix: HashMap<SfuDeviceId, VecDeque<Vec<i16>>>,
     net: hush_net::driver::Handle,
+    /// The SFU's ICE credentials and candidate, given again after each ICE restart of ours.
+    sfu_ice: IceCredentials,
+    sfu_candidate: String,
     events: mpsc::UnboundedSender<GroupCallEvent>,
     audio_out: mpsc::Sender<ParticipantAudio>,
     mixed_out: mpsc::Sender<AudioFrame>,
     muted: bool,
     connected: bool,
+    /// An ICE restart is under way: the next selected path is a reconnection.
+    restarting: bool,
     known: HashSet<SfuDeviceId>,
     stats: GroupCallStats,
     send_loss: f64,
@@ -491,6 +518,19 @@ impl GroupTask {
                     Some(NetEvent::PathSelected(_)) => {
                         if !std::mem::replace(&mut self.connected, true) {
                             let _ = self.events.send(GroupCallEvent::Connected);
+                        } else if std::mem::take(&mut self.restarting) {
+                            let _ = self.events.send(GroupCallEvent::Reconnected);
+                        }
+                    }
+                    Some(NetEvent::Restarted { .. }) => {
+                        self.restarting = true;
+                        // Our side restarted (network change, consent loss): the SFU's
+                        // credentials and candidate stay the same; give them again, and the
+                        // SFU follows the first verified check from the new path.
+                        if let Err(e) =
+                            give_sfu_to_ice(&self.net, &self.sfu_ice, &self.sfu_candidate).await
+                        {
+                            warn!(error = %e, "ICE restart towards the SFU failed");
                         }
                     }
                     Some(NetEvent::Failed(e)) => {
@@ -507,6 +547,10 @@ impl GroupTask {
                     Some(GroupCommand::Kick(device, reply)) => {
                         let r = self.kick(&mut writer, device).await;
                         let _ = reply.send(r);
+                    }
+                    Some(GroupCommand::NetworkChanged(reply)) => {
+                        let r = self.net.network_changed().await;
+                        let _ = reply.send(r.map(|_| ()).map_err(Error::from));
                     }
                     Some(GroupCommand::Stats(reply)) => {
                         let mut s = self.stats.clone();
