@@ -200,6 +200,33 @@ async fn leave_rejoin_kick_and_outsider() {
         wait_event(call, |e| *e == GroupCallEvent::ParticipantJoined(three)).await;
     }
 
+    // Member 1 mutes: the others are told, and a newcomer learns it on joining.
+    let one = clients[1].device_id();
+    calls[1].set_muted(true).unwrap();
+    for i in [0, 2, 3] {
+        wait_event(&calls[i], |e| {
+            *e == GroupCallEvent::RemoteMuted {
+                device: one,
+                muted: true,
+            }
+        })
+        .await;
+    }
+    // A newcomer (member 3 again) learns it on joining.
+    calls.pop().unwrap().leave();
+    wait_event(&calls[0], |e| {
+        matches!(e, GroupCallEvent::ParticipantLeft { .. })
+    })
+    .await;
+    calls.push(clients[3].join_group_call(&invites[2]).await.unwrap());
+    wait_event(&calls[3], |e| {
+        *e == GroupCallEvent::RemoteMuted {
+            device: one,
+            muted: true,
+        }
+    })
+    .await;
+
     // The creator kicks member 2: it is told, the others see it kicked, and it cannot rejoin.
     let two = clients[2].device_id();
     calls[0].kick(two).await.unwrap();

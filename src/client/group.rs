@@ -127,6 +127,13 @@ pub enum GroupCallEvent {
     },
     /// The SFU's dominant speaker changed.
     ActiveSpeaker(DeviceId),
+    /// A participant muted or unmuted (as it announced through the SFU).
+    RemoteMuted {
+        /// Who.
+        device: DeviceId,
+        /// Muted.
+        muted: bool,
+    },
     /// A roster update of ours is in force (version).
     RosterUpdated(u64),
     /// A roster update of ours was refused by the SFU.
@@ -221,7 +228,8 @@ impl GroupCall {
         self.mixed.lock().await.recv().await
     }
 
-    /// Stops (or resumes) sending audio.
+    /// Stops (or resumes) sending audio, and announces it to the others
+    /// ([`GroupCallEvent::RemoteMuted`]).
     pub fn set_muted(&self, muted: bool) -> Result<(), Error> {
         self.commands
             .send(GroupCommand::Mute(muted))
@@ -543,7 +551,13 @@ impl GroupTask {
                 c = commands.recv() => match c {
                     None | Some(GroupCommand::Leave) => break Ending::Left,
                     Some(GroupCommand::Audio(pcm)) => self.send_audio(&pcm),
-                    Some(GroupCommand::Mute(m)) => self.muted = m,
+                    Some(GroupCommand::Mute(m)) => {
+                        if std::mem::replace(&mut self.muted, m) != m {
+                            if let Err(e) = writer.set_muted(m).await {
+                                warn!(error = %e, "mute not announced");
+                            }
+                        }
+                    }
                     Some(GroupCommand::Kick(device, reply)) => {
                         let r = self.kick(&mut writer, device).await;
                         let _ = reply.send(r);
@@ -625,6 +639,12 @@ impl GroupTask {
             Notice::Kicked => return Some(Ending::Kicked),
             Notice::RosterAccepted { version } => {
                 let _ = self.events.send(GroupCallEvent::RosterUpdated(version));
+            }
+            Notice::Muted { device, muted } => {
+                let _ = self.events.send(GroupCallEvent::RemoteMuted {
+                    device: to_signaling(&device),
+                    muted,
+                });
             }
         }
         None

@@ -102,6 +102,11 @@ impl ControlWriter {
         };
         write_frame(&mut self.wr, &msg.encode()).await
     }
+
+    /// Tells the SFU (and through it, the others) that this participant muted or unmuted.
+    pub async fn set_muted(&mut self, muted: bool) -> Result<(), ControlError> {
+        write_frame(&mut self.wr, &ClientMessage::SetMuted { muted }.encode()).await
+    }
 }
 
 /// Connects to the SFU's signaling address, sends a join signed with `device` (with `roster`

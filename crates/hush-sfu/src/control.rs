@@ -33,6 +33,7 @@ const NOTICE_LABEL: &[u8] = b"hush sfu notice v1";
 
 const TAG_JOIN: u8 = 0x10;
 const TAG_ROSTER: u8 = 0x11;
+const TAG_MUTE: u8 = 0x12;
 const TAG_ACCEPTED: u8 = 0x20;
 const TAG_REFUSED: u8 = 0x21;
 const TAG_NOTICE: u8 = 0x22;
@@ -70,6 +71,11 @@ pub enum ClientMessage {
     UpdateRoster {
         /// The encoded [`crate::roster::Roster`].
         roster: Vec<u8>,
+    },
+    /// This participant muted or unmuted its audio (announced to the others).
+    SetMuted {
+        /// Muted.
+        muted: bool,
     },
 }
 
@@ -128,6 +134,13 @@ pub enum Notice {
         /// Its version.
         version: u64,
     },
+    /// A participant muted or unmuted its audio (as it says; the SFU relays it).
+    Muted {
+        /// Its device.
+        device: DeviceId,
+        /// Muted.
+        muted: bool,
+    },
 }
 
 fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -159,6 +172,10 @@ impl ClientMessage {
                 out.push(TAG_ROSTER);
                 put_bytes16(&mut out, roster);
             }
+            Self::SetMuted { muted } => {
+                out.push(TAG_MUTE);
+                out.push(u8::from(*muted));
+            }
         }
         out
     }
@@ -177,6 +194,13 @@ impl ClientMessage {
             }
             TAG_ROSTER => Self::UpdateRoster {
                 roster: get_bytes16(&mut r)?,
+            },
+            TAG_MUTE => Self::SetMuted {
+                muted: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.malformed("mute flag")),
+                },
             },
             _ => return Err(r.malformed("unknown tag")),
         };
@@ -292,6 +316,11 @@ impl Notice {
                 out.push(5);
                 out.extend_from_slice(&version.to_be_bytes());
             }
+            Self::Muted { device, muted } => {
+                out.push(6);
+                out.extend_from_slice(device.as_bytes());
+                out.push(u8::from(*muted));
+            }
         }
     }
 
@@ -326,6 +355,15 @@ impl Notice {
             3 => Self::ActiveSpeaker { device: device(r)? },
             4 => Self::Kicked,
             5 => Self::RosterAccepted { version: r.u64()? },
+            6 => {
+                let device = device(r)?;
+                let muted = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.malformed("mute flag")),
+                };
+                Self::Muted { device, muted }
+            }
             _ => return Err(r.malformed("notice kind")),
         })
     }
@@ -488,6 +526,10 @@ mod tests {
             Notice::ActiveSpeaker { device: device(3) },
             Notice::Kicked,
             Notice::RosterAccepted { version: 4 },
+            Notice::Muted {
+                device: device(4),
+                muted: true,
+            },
         ];
         for n in &notices {
             let sealed = sealer.seal(n).unwrap();
@@ -553,6 +595,8 @@ mod tests {
                 roster: Some(vec![2; 5]),
             },
             ClientMessage::UpdateRoster { roster: vec![3; 7] },
+            ClientMessage::SetMuted { muted: true },
+            ClientMessage::SetMuted { muted: false },
         ];
         for m in c {
             assert_eq!(ClientMessage::decode(&m.encode()).unwrap(), m);

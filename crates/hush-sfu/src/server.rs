@@ -127,6 +127,10 @@ enum Cmd {
         leg: LegId,
         roster: Vec<u8>,
     },
+    Mute {
+        leg: LegId,
+        muted: bool,
+    },
     Leave {
         leg: LegId,
     },
@@ -304,6 +308,9 @@ async fn serve_conn(
                         Ok(ClientMessage::UpdateRoster { roster }) => {
                             let _ = cmd.send(Cmd::Roster { leg, roster });
                         }
+                        Ok(ClientMessage::SetMuted { muted }) => {
+                            let _ = cmd.send(Cmd::Mute { leg, muted });
+                        }
                         other => {
                             debug!(%leg, ?other, "unexpected signaling frame; closing");
                             break;
@@ -350,6 +357,8 @@ struct Leg {
     ufrag: String,
     pwd: Zeroizing<String>,
     addr: Option<SocketAddr>,
+    /// Whether the participant says it is muted.
+    muted: bool,
     /// When a verified check or authenticated media last came (or the join, before any).
     last_seen: Instant,
     sealer: NoticeSealer,
@@ -579,6 +588,24 @@ impl Main {
                     }
                 }
             }
+            Cmd::Mute { leg, muted } => {
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
+                if l.muted == muted {
+                    return;
+                }
+                l.muted = muted;
+                let (call, device) = (l.call, l.device);
+                for other in self
+                    .legs
+                    .iter_mut()
+                    .filter(|(id, o)| **id != leg && o.call == call)
+                    .map(|(_, o)| o)
+                {
+                    other.notify(&Notice::Muted { device, muted });
+                }
+            }
             Cmd::Leave { leg } => {
                 if self.sfu.leave(leg).is_err() {
                     // Already gone (kicked, replaced, refused).
@@ -644,6 +671,7 @@ impl Main {
                     ufrag: p.ufrag,
                     pwd: p.pwd,
                     addr: None,
+                    muted: false,
                     last_seen: self.last_now,
                     sealer: p.sealer,
                     out: p.out,
@@ -653,6 +681,12 @@ impl Main {
                         device: other.device,
                         streams: other.streams.clone(),
                     });
+                    if other.muted {
+                        me.notify(&Notice::Muted {
+                            device: other.device,
+                            muted: true,
+                        });
+                    }
                     other.notify(&Notice::ParticipantJoined {
                         device,
                         streams: streams.clone(),
