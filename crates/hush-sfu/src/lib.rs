@@ -85,6 +85,7 @@ mod error;
 pub mod ice;
 mod ids;
 pub mod join;
+pub mod metrics;
 mod packet;
 pub mod roster;
 pub mod server;

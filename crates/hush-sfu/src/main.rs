@@ -17,6 +17,7 @@ const USAGE: &str = "usage: hush-sfu --media ADDR:PORT --signal ADDR:PORT --key-
   --loudest-n N|all       audio forwarded from the N loudest only (default 3)
   --leg-timeout-s S       drop a leg with no check and no media for S seconds (default 30)
   --max-connections N     signaling connections open at once (default 4096)
+  --metrics ADDR:PORT     serve Prometheus metrics at http://ADDR:PORT/metrics
 
 Prints the SFU public key (hex) and the bound addresses on stdout, one per line.
 Logs to stderr; HUSH_SFU_LOG=error|warn|info|debug|trace.";
@@ -35,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
     let mut loudest_n = None;
     let mut leg_timeout = None;
     let mut max_connections = None;
+    let mut metrics = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
             "--media" => media = Some(addr(value()?)?),
             "--signal" => signal = Some(addr(value()?)?),
             "--announce" => announce = Some(addr(value()?)?),
+            "--metrics" => metrics = Some(addr(value()?)?),
             "--key-file" => key_file = Some(PathBuf::from(value()?)),
             "--max-participants" => {
                 max_participants = Some(
@@ -87,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
         signal.ok_or("--signal is required")?,
     );
     config.announce = announce;
+    config.metrics = metrics;
     if let Some(n) = max_participants {
         config.sfu.max_participants = n;
     }
@@ -195,6 +199,9 @@ fn main() -> ExitCode {
         println!("key {}", hex::encode(server.public_key().to_bytes()));
         println!("media {}", server.media_addr());
         println!("signal {}", server.signal_addr());
+        if let Some(m) = server.metrics_addr() {
+            println!("metrics {m}");
+        }
         let _ = tokio::signal::ctrl_c().await;
         server.shutdown().await;
         ExitCode::SUCCESS

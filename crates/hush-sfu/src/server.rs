@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// Most signaling connections open at once (joined or not); more are closed at accept.
     /// Default 4096.
     pub max_connections: usize,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (see [`crate::metrics`]). Default none.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -72,6 +74,7 @@ impl ServerConfig {
             join_timeout: Duration::from_secs(10),
             leg_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            metrics: None,
         }
     }
 }
@@ -114,9 +117,19 @@ pub struct DriverStats {
     pub legs_timed_out: u64,
     /// Legs currently known.
     pub legs: usize,
+    /// Calls currently known (with at least one leg).
+    pub calls: usize,
+    /// Media datagrams received from a bound path.
+    pub packets_in: u64,
+    /// Bytes of those.
+    pub bytes_in: u64,
+    /// Datagrams sent to participants (forwarded media, NACK resends, relayed RTCP).
+    pub packets_out: u64,
+    /// Bytes of those.
+    pub bytes_out: u64,
 }
 
-enum Cmd {
+pub(crate) enum Cmd {
     Join {
         request: Vec<u8>,
         roster: Option<Vec<u8>>,
@@ -147,6 +160,7 @@ pub struct Server {
     cmd: mpsc::UnboundedSender<Cmd>,
     main: JoinHandle<()>,
     accept: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Server {
@@ -158,6 +172,10 @@ impl Server {
         let media = socket.local_addr()?;
         let listener = TcpListener::bind(config.signal).await?;
         let signal = listener.local_addr()?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let announce = config.announce.unwrap_or(media);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let main = Main {
@@ -180,6 +198,13 @@ impl Server {
             config.join_timeout,
             slots,
         ));
+        let metrics = match metrics_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                Some((addr, tokio::spawn(crate::metrics::serve(l, cmd_tx.clone()))))
+            }
+            None => None,
+        };
         info!(%media, %signal, key = ?public_key, "sfu listening");
         Ok(Self {
             media,
@@ -188,6 +213,7 @@ impl Server {
             cmd: cmd_tx,
             main,
             accept,
+            metrics,
         })
     }
 
@@ -199,6 +225,11 @@ impl Server {
     /// The bound TCP signaling address.
     pub fn signal_addr(&self) -> SocketAddr {
         self.signal
+    }
+
+    /// The bound metrics address, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
     }
 
     /// The SFU's public key (what clients are configured with).
@@ -219,6 +250,9 @@ impl Server {
     /// stops the driver.
     pub async fn shutdown(self) {
         self.accept.abort();
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
         let _ = self.cmd.send(Cmd::Shutdown);
         let _ = self.main.await;
     }
@@ -451,6 +485,8 @@ impl Main {
                     self.stats.media_unknown_source += 1;
                     return;
                 };
+                self.stats.packets_in += 1;
+                self.stats.bytes_in += packet.len() as u64;
                 let now = self.now();
                 match self.sfu.handle_input(now, leg, packet) {
                     Ok(()) => {
@@ -615,6 +651,10 @@ impl Main {
             Cmd::Stats(reply) => {
                 let mut s = self.stats.clone();
                 s.legs = self.legs.len() + self.pending.len();
+                let mut calls: Vec<CallId> = self.legs.values().map(|l| l.call).collect();
+                calls.sort_unstable();
+                calls.dedup();
+                s.calls = calls.len();
                 let _ = reply.send(s);
             }
             Cmd::Shutdown => {}
@@ -735,8 +775,12 @@ impl Main {
             };
             // One socket for everyone: a full send buffer drops this datagram (as the network
             // would), it never makes the loop wait on one slow receiver.
-            if let Err(e) = self.socket.try_send_to(&t.bytes, addr) {
-                trace!(leg = %t.leg, error = %e, "send dropped");
+            match self.socket.try_send_to(&t.bytes, addr) {
+                Ok(n) => {
+                    self.stats.packets_out += 1;
+                    self.stats.bytes_out += n as u64;
+                }
+                Err(e) => trace!(leg = %t.leg, error = %e, "send dropped"),
             }
         }
     }

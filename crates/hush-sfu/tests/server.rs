@@ -530,3 +530,56 @@ async fn signaling_connections_are_bounded() {
     join(&server, 0, Some(&roster(1, &[0]))).await.unwrap();
     server.shutdown().await;
 }
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served() {
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::start(config, SfuSigningKey::from_seed(&[0x7a; 32]))
+        .await
+        .unwrap();
+    let addr = server.metrics_addr().unwrap();
+    let mut a = member(&server, 0, Some(&roster(1, &[0, 1, 2]))).await;
+    let mut b = member(&server, 1, None).await;
+    for _ in 0..10 {
+        a.send_audio(20);
+    }
+    assert_eq!(
+        b.heard(Duration::from_millis(300)).await,
+        HashSet::from([ssrc(0)])
+    );
+    let _ = join(&server, 7, None).await; // refused: not on the roster
+    let text = http_get(addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(metric(&text, "hush_sfu_calls"), 1);
+    assert_eq!(metric(&text, "hush_sfu_participants"), 2);
+    assert_eq!(metric(&text, "hush_sfu_joins_total"), 2);
+    assert_eq!(metric(&text, "hush_sfu_joins_refused_total"), 1);
+    assert!(metric(&text, "hush_sfu_packets_in_total") >= 10);
+    assert!(metric(&text, "hush_sfu_packets_out_total") >= 10);
+    assert!(metric(&text, "hush_sfu_bytes_out_total") >= 10 * 40);
+    assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    drop(a);
+    server.shutdown().await;
+}
