@@ -773,8 +773,8 @@ impl GroupTask {
     }
 }
 
-/// The device key as an ed25519 signing key for the SFU join (zeroized after use by the
-/// caller's `Zeroizing` seed; `SigningKey` zeroizes itself on drop).
+/// The device key as an ed25519 signing key for SFU joins and rosters. The seed is the
+/// caller's (`Zeroizing`, wiped on drop); the `SigningKey` wipes itself on drop.
 pub(crate) fn device_signing_key(seed: &Zeroizing<[u8; 32]>) -> SigningKey {
     SigningKey::from_bytes(seed)
 }
