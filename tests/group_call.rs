@@ -292,3 +292,24 @@ async fn one_participant_changes_network_and_the_call_goes_on() {
     drop(calls);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creator_adds_a_member_who_is_invited_and_joins() {
+    let server = sfu(None).await;
+    let (clients, _network) = devices(3, loopback_config());
+    // The call starts with 0 and 1 only.
+    let (calls, _) = everyone_joins(&clients[..2], &server).await;
+    // 2 is not on the roster yet: the SFU would refuse it. The creator adds it.
+    let two = clients[2].device_id();
+    calls[0].add(two).await.unwrap();
+    wait_event(&calls[0], |e| matches!(e, GroupCallEvent::RosterUpdated(2))).await;
+    let invite = invitation(&clients[2]).await;
+    assert_eq!(invite.roster.version(), 2);
+    let third = clients[2].join_group_call(&invite).await.unwrap();
+    for call in &calls {
+        wait_event(call, |e| *e == GroupCallEvent::ParticipantJoined(two)).await;
+    }
+    wait_event(&third, |e| *e == GroupCallEvent::Connected).await;
+    drop((calls, third));
+    server.shutdown().await;
+}

@@ -183,6 +183,7 @@ pub(crate) enum GroupCommand {
     Audio(Vec<i16>),
     Mute(bool),
     Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
+    Add(DeviceId, oneshot::Sender<Result<(), Error>>),
     Stats(oneshot::Sender<GroupCallStats>),
     NetworkChanged(oneshot::Sender<Result<(), Error>>),
     Leave,
@@ -254,6 +255,18 @@ impl GroupCall {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(GroupCommand::NetworkChanged(tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
+    /// Adds `device` to the roster (creator only) and invites it over its Signal session
+    /// (a sealed [`hush_signaling::GroupInvite`] with the new roster). The outcome also comes
+    /// as [`GroupCallEvent::RosterUpdated`] (or `RosterRefused`), and
+    /// [`GroupCallEvent::InviteFailed`] if the invitation could not be sent.
+    pub async fn add(&self, device: DeviceId) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::Add(device, tx))
             .map_err(|_| Error::CallEnded)?;
         rx.await.map_err(|_| Error::CallEnded)?
     }
@@ -376,12 +389,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     let (mixed_tx, mixed_rx) = mpsc::channel(AUDIO_BACKLOG);
     let me = SfuDeviceId::from_signing_key(&s.device_key);
     if s.create {
-        let invite = hush_signaling::GroupInvite {
-            call_id,
-            sfu_key: s.sfu.key.to_bytes(),
-            sfu_address: s.sfu.address.to_string(),
-            roster: s.roster.encode(),
-        };
+        let invite = invitation(&s.sfu, &s.roster);
         let members = s
             .roster
             .members()
@@ -397,6 +405,8 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     }
     let task = GroupTask {
         me,
+        sfu: s.sfu,
+        actor: s.actor,
         device_key: s.device_key,
         roster: s.roster,
         path,
@@ -427,8 +437,21 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     })
 }
 
+/// The invitation to send for `roster` on `sfu`.
+fn invitation(sfu: &SfuInfo, roster: &Roster) -> hush_signaling::GroupInvite {
+    hush_signaling::GroupInvite {
+        call_id: *roster.call_id().as_bytes(),
+        sfu_key: sfu.key.to_bytes(),
+        sfu_address: sfu.address.to_string(),
+        roster: roster.encode(),
+    }
+}
+
 struct GroupTask {
     me: SfuDeviceId,
+    sfu: SfuInfo,
+    /// The client's actor, which sends invitations over the Signal sessions.
+    actor: mpsc::UnboundedSender<Command>,
     device_key: SigningKey,
     roster: Roster,
     path: GroupMediaPath,
@@ -559,7 +582,18 @@ impl GroupTask {
                         }
                     }
                     Some(GroupCommand::Kick(device, reply)) => {
-                        let r = self.kick(&mut writer, device).await;
+                        let r = self.change_roster(&mut writer, device, false).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(GroupCommand::Add(device, reply)) => {
+                        let r = self.change_roster(&mut writer, device, true).await;
+                        if r.is_ok() {
+                            let _ = self.actor.send(Command::SendGroupInvites {
+                                invite: invitation(&self.sfu, &self.roster),
+                                members: vec![device],
+                                failed: self.events.clone(),
+                            });
+                        }
                         let _ = reply.send(r);
                     }
                     Some(GroupCommand::NetworkChanged(reply)) => {
@@ -650,21 +684,28 @@ impl GroupTask {
         None
     }
 
-    async fn kick(
+    /// Signs and sends the next roster version with `device` added or removed (creator only).
+    async fn change_roster(
         &mut self,
         writer: &mut hush_sfu::client::ControlWriter,
         device: DeviceId,
+        add: bool,
     ) -> Result<(), Error> {
         if self.roster.creator() != self.me {
             return Err(Error::NotCallCreator);
         }
-        let members: Vec<SfuDeviceId> = self
+        let mut members: Vec<SfuDeviceId> = self
             .roster
             .members()
             .iter()
             .filter(|d| d.as_bytes() != device.as_bytes())
             .copied()
             .collect();
+        if add {
+            let d = SfuDeviceId::from_bytes(device.as_bytes())
+                .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Malformed(e)))?;
+            members.push(d);
+        }
         let next = Roster::sign(
             &self.device_key,
             self.roster.call_id(),
