@@ -61,6 +61,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (see [`crate::metrics`]). Default none.
     pub metrics: Option<SocketAddr>,
+    /// Messages queued for one signaling connection; a client that lets it fill (does not read)
+    /// is dropped from the call. Default 1024.
+    pub notice_queue: usize,
+    /// Frames per second a joined client may send on the signaling channel (token bucket with
+    /// a burst of twice that); faster closes the connection (and leaves the call). Default 20.
+    pub frames_per_second: u32,
 }
 
 impl ServerConfig {
@@ -75,6 +81,8 @@ impl ServerConfig {
             leg_timeout: Duration::from_secs(30),
             max_connections: 4096,
             metrics: None,
+            notice_queue: 1024,
+            frames_per_second: 20,
         }
     }
 }
@@ -115,6 +123,10 @@ pub struct DriverStats {
     pub joins_refused: u64,
     /// Legs dropped for silence (no check, no media for `leg_timeout`).
     pub legs_timed_out: u64,
+    /// Legs dropped because their signaling queue overflowed (the client did not read).
+    pub slow_consumers: u64,
+    /// Signaling connections closed for sending frames faster than allowed.
+    pub rate_limited: u64,
     /// Legs currently known.
     pub legs: usize,
     /// Calls currently known (with at least one leg).
@@ -133,7 +145,7 @@ pub(crate) enum Cmd {
     Join {
         request: Vec<u8>,
         roster: Option<Vec<u8>>,
-        out: mpsc::UnboundedSender<ServerMessage>,
+        out: mpsc::Sender<ServerMessage>,
         reply: oneshot::Sender<Option<LegId>>,
     },
     Roster {
@@ -148,6 +160,7 @@ pub(crate) enum Cmd {
         leg: LegId,
     },
     Stats(oneshot::Sender<DriverStats>),
+    RateLimited,
     Shutdown,
 }
 
@@ -192,12 +205,12 @@ impl Server {
         };
         let main = tokio::spawn(main.run(cmd_rx));
         let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            cmd_tx.clone(),
-            config.join_timeout,
-            slots,
-        ));
+        let limits = ConnLimits {
+            join_timeout: config.join_timeout,
+            notice_queue: config.notice_queue,
+            frames_per_second: config.frames_per_second.max(1),
+        };
+        let accept = tokio::spawn(accept_loop(listener, cmd_tx.clone(), limits, slots));
         let metrics = match metrics_listener {
             Some(l) => {
                 let addr = l.local_addr()?;
@@ -258,10 +271,18 @@ impl Server {
     }
 }
 
+/// Per-connection limits of the signaling channel.
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    join_timeout: Duration,
+    notice_queue: usize,
+    frames_per_second: u32,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     cmd: mpsc::UnboundedSender<Cmd>,
-    join_timeout: Duration,
+    limits: ConnLimits,
     slots: Arc<Semaphore>,
 ) {
     loop {
@@ -274,7 +295,7 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let cmd = cmd.clone();
                 tokio::spawn(async move {
-                    serve_conn(stream, peer, cmd, join_timeout).await;
+                    serve_conn(stream, peer, cmd, limits).await;
                     drop(permit);
                 });
             }
@@ -291,10 +312,10 @@ async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     cmd: mpsc::UnboundedSender<Cmd>,
-    join_timeout: Duration,
+    limits: ConnLimits,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let first = tokio::time::timeout(join_timeout, read_frame(&mut rd)).await;
+    let first = tokio::time::timeout(limits.join_timeout, read_frame(&mut rd)).await;
     let body = match first {
         Ok(Ok(Some(body))) => body,
         Ok(Ok(None)) => return,
@@ -318,7 +339,7 @@ async fn serve_conn(
             return;
         }
     };
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = mpsc::channel(limits.notice_queue.max(2));
     let (reply_tx, reply_rx) = oneshot::channel();
     if cmd
         .send(Cmd::Join {
@@ -336,8 +357,23 @@ async fn serve_conn(
     let reader = leg.map(|leg| {
         let cmd = cmd.clone();
         tokio::spawn(async move {
+            let rate = f64::from(limits.frames_per_second);
+            let burst = 2.0 * rate;
+            let mut tokens = burst;
+            let mut last = Instant::now();
             loop {
-                match read_frame(&mut rd).await {
+                let frame = read_frame(&mut rd).await;
+                let now = Instant::now();
+                tokens =
+                    (tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(burst);
+                last = now;
+                if tokens < 1.0 {
+                    debug!(%leg, "signaling frames too fast; closing");
+                    let _ = cmd.send(Cmd::RateLimited);
+                    break;
+                }
+                tokens -= 1.0;
+                match frame {
                     Ok(Some(body)) => match ClientMessage::decode(&body) {
                         Ok(ClientMessage::UpdateRoster { roster }) => {
                             let _ = cmd.send(Cmd::Roster { leg, roster });
@@ -381,7 +417,7 @@ struct Pending {
     ufrag: String,
     pwd: Zeroizing<String>,
     sealer: NoticeSealer,
-    out: mpsc::UnboundedSender<ServerMessage>,
+    out: mpsc::Sender<ServerMessage>,
 }
 
 struct Leg {
@@ -393,19 +429,28 @@ struct Leg {
     addr: Option<SocketAddr>,
     /// Whether the participant says it is muted.
     muted: bool,
+    /// Its signaling queue overflowed: drop it.
+    overflowed: bool,
     /// When a verified check or authenticated media last came (or the join, before any).
     last_seen: Instant,
     sealer: NoticeSealer,
-    out: mpsc::UnboundedSender<ServerMessage>,
+    out: mpsc::Sender<ServerMessage>,
 }
 
 impl Leg {
     fn notify(&mut self, notice: &Notice) {
         match self.sealer.seal(notice) {
-            Ok(sealed) => {
-                let _ = self.out.send(ServerMessage::Notice(sealed));
-            }
+            Ok(sealed) => self.send(ServerMessage::Notice(sealed)),
             Err(e) => warn!(error = %e, "notice not sealed"),
+        }
+    }
+
+    /// Queues a message for the leg's connection. A full queue (the client does not read its
+    /// connection) marks the leg to be dropped: a notice cannot be skipped (the client would
+    /// refuse every later one), and the SFU does not buffer without bound for one reader.
+    fn send(&mut self, msg: ServerMessage) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.out.try_send(msg) {
+            self.overflowed = true;
         }
     }
 }
@@ -570,7 +615,7 @@ impl Main {
                 match result {
                     Ok(joined) if !self.by_ufrag.contains_key(&joined.ice_ufrag) => {
                         self.stats.joins += 1;
-                        let _ = out.send(ServerMessage::Accepted {
+                        let _ = out.try_send(ServerMessage::Accepted {
                             answer: joined.answer,
                             media: self.announce,
                         });
@@ -591,7 +636,7 @@ impl Main {
                         warn!("ice ufrag collision; join refused");
                         let _ = self.sfu.leave(joined.leg);
                         self.stats.joins_refused += 1;
-                        let _ = out.send(ServerMessage::Refused {
+                        let _ = out.try_send(ServerMessage::Refused {
                             reason: "try again".into(),
                         });
                         let _ = reply.send(None);
@@ -599,7 +644,7 @@ impl Main {
                     Err(e) => {
                         info!(error = %e, "join refused");
                         self.stats.joins_refused += 1;
-                        let _ = out.send(ServerMessage::Refused {
+                        let _ = out.try_send(ServerMessage::Refused {
                             reason: e.to_string(),
                         });
                         let _ = reply.send(None);
@@ -618,7 +663,7 @@ impl Main {
                         l.notify(&Notice::RosterAccepted { version });
                     }
                     Err(e) => {
-                        let _ = l.out.send(ServerMessage::RosterRefused {
+                        l.send(ServerMessage::RosterRefused {
                             reason: e.to_string(),
                         });
                     }
@@ -657,6 +702,7 @@ impl Main {
                 s.calls = calls.len();
                 let _ = reply.send(s);
             }
+            Cmd::RateLimited => self.stats.rate_limited += 1,
             Cmd::Shutdown => {}
         }
     }
@@ -712,6 +758,7 @@ impl Main {
                     pwd: p.pwd,
                     addr: None,
                     muted: false,
+                    overflowed: false,
                     last_seen: self.last_now,
                     sealer: p.sealer,
                     out: p.out,
@@ -767,6 +814,22 @@ impl Main {
     fn flush(&mut self) {
         while let Some(event) = self.sfu.poll_event() {
             self.event(event);
+        }
+        let overflowed: Vec<LegId> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.overflowed)
+            .map(|(id, _)| *id)
+            .collect();
+        for leg in overflowed {
+            info!(%leg, "signaling queue full (client not reading); leg dropped");
+            self.stats.slow_consumers += 1;
+            if self.sfu.leave(leg).is_err() {
+                self.forget(leg);
+            }
+            while let Some(event) = self.sfu.poll_event() {
+                self.event(event);
+            }
         }
         while let Some(t) = self.sfu.poll_transmit() {
             let Some(addr) = self.legs.get(&t.leg).and_then(|l| l.addr) else {

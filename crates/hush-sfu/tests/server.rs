@@ -583,3 +583,37 @@ async fn metrics_are_served() {
     drop(a);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_the_signaling_channel_is_disconnected_alone() {
+    let server = start_sfu().await;
+    let mut a = member(&server, 0, Some(&roster(1, &[0, 1, 2]))).await;
+    let mut b = member(&server, 1, None).await;
+    let mut c = member(&server, 2, None).await;
+    // b toggles its mute state far faster than 20 frames/s.
+    for i in 0..200 {
+        if b.link.control.set_muted(i % 2 == 0).await.is_err() {
+            break;
+        }
+    }
+    let left = a
+        .wait_notice(|n| matches!(n, Notice::ParticipantLeft { .. }))
+        .await;
+    assert_eq!(
+        left,
+        Notice::ParticipantLeft {
+            device: device(1),
+            reason: LeaveReason::Left
+        }
+    );
+    // c is unaffected: it still hears a.
+    a.send_audio(10);
+    assert_eq!(
+        c.heard(Duration::from_millis(300)).await,
+        HashSet::from([ssrc(0)])
+    );
+    let stats = server.stats().await.unwrap();
+    assert_eq!(stats.rate_limited, 1);
+    assert_eq!(stats.legs, 2);
+    server.shutdown().await;
+}
