@@ -197,6 +197,46 @@ pub fn answer_check(
     Ok(out)
 }
 
+/// Builds a connectivity check as a client's ICE agent sends it to the SFU: a Binding request
+/// with USERNAME `<sfu_ufrag>:<client_ufrag>`, USE-CANDIDATE, MESSAGE-INTEGRITY under the SFU's
+/// `pwd` and FINGERPRINT. For tools and tests that talk to the SFU without a full ICE agent.
+pub fn build_check(
+    sfu_ufrag: &str,
+    client_ufrag: &str,
+    pwd: &str,
+    transaction_id: [u8; 12],
+) -> Result<Vec<u8>, IceError> {
+    let username = format!("{sfu_ufrag}:{client_ufrag}");
+    let ulen = u16::try_from(username.len()).map_err(|_| IceError::Malformed("username"))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + username.len() + 4 + 4 + 24 + 8);
+    out.extend_from_slice(&BINDING_REQUEST.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out.extend_from_slice(&transaction_id);
+    out.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
+    out.extend_from_slice(&ulen.to_be_bytes());
+    out.extend_from_slice(username.as_bytes());
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    out.extend_from_slice(&ATTR_USE_CANDIDATE.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    let mi_at = out.len();
+    let mac = integrity_mac(pwd, &out, mi_at + 4 + MI_LEN)?
+        .finalize()
+        .into_bytes();
+    out.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
+    out.extend_from_slice(&(MI_LEN as u16).to_be_bytes());
+    out.extend_from_slice(&mac);
+    let fp_at = out.len();
+    let fp = fingerprint(&out, fp_at);
+    out.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+    out.extend_from_slice(&4u16.to_be_bytes());
+    out.extend_from_slice(&fp.to_be_bytes());
+    set_len(&mut out);
+    Ok(out)
+}
+
 fn set_len(msg: &mut [u8]) {
     let len = (msg.len() - HEADER_LEN) as u16;
     if let Some(l) = msg.get_mut(2..4) {
@@ -310,6 +350,20 @@ mod tests {
         let ip = be32(&resp, 28).unwrap() ^ MAGIC_COOKIE;
         assert_eq!(port, 32853);
         assert_eq!(std::net::Ipv4Addr::from(ip), std::net::Ipv4Addr::LOCALHOST);
+    }
+
+    #[test]
+    fn built_checks_verify_only_under_their_password() {
+        let check = build_check("sfuufrag", "client", "the password", [5; 12]).unwrap();
+        let parsed = parse_check(&check).unwrap();
+        assert_eq!(parsed.local_ufrag, "sfuufrag");
+        assert!(parsed.use_candidate);
+        let from: SocketAddr = "[::1]:4000".parse().unwrap();
+        assert!(answer_check(&check, &parsed, "the password", from).is_ok());
+        assert_eq!(
+            answer_check(&check, &parsed, "another password", from),
+            Err(IceError::Integrity)
+        );
     }
 
     #[test]
