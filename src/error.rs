@@ -37,4 +37,17 @@ pub enum Error {
     /// SRTP setup failed.
     #[error("srtp: {0}")]
     Srtp(#[from] hush_srtp::Error),
+    /// Joining a group call's SFU failed (refused, unreachable, an answer not signed by the
+    /// SFU's key) or its signaling channel broke.
+    #[error("group call: {0}")]
+    GroupJoin(#[from] hush_sfu::client::ClientError),
+    /// A group call invitation or roster is not valid (bad signature, not for this device).
+    #[error("group call invitation: {0}")]
+    GroupInvite(#[source] hush_sfu::JoinError),
+    /// A group call invitation names an SFU address that does not parse.
+    #[error("group call invitation: bad sfu address")]
+    GroupInviteAddress,
+    /// Only the call's creator can change its roster.
+    #[error("only the group call's creator can change its roster")]
+    NotCallCreator,
 }

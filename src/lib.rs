@@ -7,14 +7,22 @@
 //! `hush-signaling` (sealed messages over a transport), `hush-net` (ICE), `hush-srtp` and
 //! `hush-media` (joined in [`media_path`]). See [`client`] for the flow and
 //! `examples/two_party_call.rs` for a whole call.
+//!
+//! Group calls go through an SFU (`hush-sfu`): [`Client::group_call`] creates one and invites
+//! the members over their Signal sessions, [`Client::join_group_call`] joins from an invitation
+//! ([`ClientEvent::GroupInvite`]); [`GroupCall`] carries audio (per participant and mixed) and
+//! events. [`group_path`] is its media path, with the end-to-end frame encryption seam.
+//! `examples/group_call.rs` runs an SFU and N clients in one process.
 
 pub mod client;
 mod error;
+pub mod group_path;
 pub mod machine;
 pub mod media_path;
 
 pub use client::{
     AudioFrame, Call, CallEvent, CallStats, Client, ClientBuilder, ClientConfig, ClientEvent,
-    FrameSource, IncomingCall, MediaStats,
+    FrameSource, GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, IncomingCall, MediaStats,
+    ParticipantAudio, SfuInfo,
 };
 pub use error::Error;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::call::{Call, CallEvent, IncomingCall};
+use super::group::{self, GroupCall, GroupCallEvent, SfuInfo};
 use super::media::{MediaCommand, MediaTask};
 use super::{ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
 use crate::machine::{
@@ -184,6 +185,36 @@ where
             Command::NetFailed(id) => {
                 let _ = self.machine.fail(id);
             }
+            Command::GroupCall(sfu, members, reply) => self.group_call(sfu, &members, reply),
+            Command::JoinGroupCall(invite, reply) => {
+                let start = group::GroupStart {
+                    sfu: invite.sfu,
+                    device_key: self.device_signing_key(),
+                    roster: invite.roster,
+                    create: false,
+                    config: self.config.clone(),
+                    actor: self.self_tx.clone(),
+                };
+                tokio::spawn(async move {
+                    let _ = reply.send(group::start(start).await);
+                });
+            }
+            Command::SendGroupInvites {
+                invite,
+                members,
+                failed,
+            } => {
+                for member in members {
+                    let sent = self
+                        .signaling
+                        .send(member, CallMessage::GroupInvite(invite.clone()))
+                        .await;
+                    if let Err(e) = sent {
+                        warn!(peer = %short(&member), error = %e, "group invitation not sent");
+                        let _ = failed.send(GroupCallEvent::InviteFailed(member));
+                    }
+                }
+            }
             Command::Shutdown => {}
         }
     }
@@ -337,6 +368,66 @@ where
 
     /// A message from `from` presented a changed identity key: tell the call with it, or the
     /// application.
+    /// This device's ed25519 key, for signing SFU joins and rosters (domain-separated from
+    /// its relay and identity-binding signatures by their labels).
+    fn device_signing_key(&mut self) -> hush_sfu::ed25519_dalek::SigningKey {
+        let seed = self.signaling.sealer_mut().signer().to_seed();
+        group::device_signing_key(&seed)
+    }
+
+    fn group_call(
+        &mut self,
+        sfu: SfuInfo,
+        members: &[DeviceId],
+        reply: tokio::sync::oneshot::Sender<Result<GroupCall, Error>>,
+    ) {
+        let key = self.device_signing_key();
+        let me = hush_sfu::DeviceId::from_signing_key(&key);
+        let mut roster_members = vec![me];
+        for m in members {
+            match hush_sfu::DeviceId::from_bytes(m.as_bytes()) {
+                Ok(d) if !roster_members.contains(&d) => roster_members.push(d),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(Error::GroupInvite(hush_sfu::JoinError::Malformed(e))));
+                    return;
+                }
+            }
+        }
+        let call_id = hush_sfu::CallId::random(&mut rand::rng());
+        let roster = match hush_sfu::roster::Roster::sign(&key, call_id, 1, &roster_members) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(Err(Error::GroupInvite(hush_sfu::JoinError::Roster(e))));
+                return;
+            }
+        };
+        let start = group::GroupStart {
+            sfu,
+            device_key: key,
+            roster,
+            create: true,
+            config: self.config.clone(),
+            actor: self.self_tx.clone(),
+        };
+        tokio::spawn(async move {
+            let _ = reply.send(group::start(start).await);
+        });
+    }
+
+    fn group_invite(&mut self, from: DeviceId, m: &hush_signaling::GroupInvite) {
+        let me = self.signaling.local_device();
+        match group::GroupInvite::check(from, &me, m) {
+            Ok(invite) => {
+                info!(from = %short(&from), "group call invitation");
+                let _ = self
+                    .events_tx
+                    .try_send(ClientEvent::GroupInvite(Box::new(invite)));
+            }
+            Err(e) => warn!(from = %short(&from), error = %e, "group invitation refused"),
+        }
+    }
+
     fn identity_changed(&mut self, from: DeviceId, new_identity: Option<&[u8]>) {
         let new_identity = new_identity.and_then(|b| hush_crypto::IdentityKey::decode(b).ok());
         warn!(peer = %short(&from), "a message presented a changed identity key; refused");
@@ -464,6 +555,10 @@ where
             CallMessage::Ringing { call_id } => Signal::Ringing {
                 call_id: CallId(call_id),
             },
+            CallMessage::GroupInvite(invite) => {
+                self.group_invite(m.from, &invite);
+                return;
+            }
             other => {
                 debug!(kind = other.kind(), "message ignored");
                 return;

@@ -19,6 +19,7 @@
 
 mod actor;
 mod call;
+mod group;
 mod media;
 
 use std::time::Duration;
@@ -32,6 +33,9 @@ use hush_signaling::{DeviceId, SignalingClient, Transport};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 pub use call::{AudioFrame, Call, CallEvent, CallStats, FrameSource, IncomingCall};
+pub use group::{
+    GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, ParticipantAudio, SfuInfo,
+};
 pub use media::MediaStats;
 
 use crate::machine::{CallId, Timeouts};
@@ -203,6 +207,10 @@ pub enum ClientEvent {
         /// The new identity key, when the message carried one.
         new_identity: Option<hush_crypto::IdentityKey>,
     },
+    /// A member with whom this device has a Signal session invites it to a group call. The
+    /// invitation was checked (the roster is signed by the call's creator and lists this
+    /// device); join with [`Client::join_group_call`], or ignore it.
+    GroupInvite(Box<GroupInvite>),
 }
 
 impl Client {
@@ -264,6 +272,27 @@ impl Client {
         rx.await.map_err(|_| Error::ClientClosed)?
     }
 
+    /// Creates a group call on `sfu` with `members` (this device is added as the creator):
+    /// signs the roster with this device's key, joins the SFU (which creates the call), and
+    /// invites every other member with a sealed message over its Signal session (a member this
+    /// device has no session with gets no invitation: [`GroupCallEvent::InviteFailed`]).
+    pub async fn group_call(&self, sfu: SfuInfo, members: &[DeviceId]) -> Result<GroupCall, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::GroupCall(sfu, members.to_vec(), tx))
+            .map_err(|_| Error::ClientClosed)?;
+        rx.await.map_err(|_| Error::ClientClosed)?
+    }
+
+    /// Joins the group call of an invitation ([`ClientEvent::GroupInvite`]).
+    pub async fn join_group_call(&self, invite: &GroupInvite) -> Result<GroupCall, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::JoinGroupCall(Box::new(invite.clone()), tx))
+            .map_err(|_| Error::ClientClosed)?;
+        rx.await.map_err(|_| Error::ClientClosed)?
+    }
+
     /// Stops the client: ends any call (telling the peer) and the actor.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
@@ -292,6 +321,18 @@ pub(crate) enum Command {
         oneshot::Sender<Result<(), Error>>,
     ),
     PathUp(CallId, CandidateKind),
+    GroupCall(
+        SfuInfo,
+        Vec<DeviceId>,
+        oneshot::Sender<Result<GroupCall, Error>>,
+    ),
+    JoinGroupCall(Box<GroupInvite>, oneshot::Sender<Result<GroupCall, Error>>),
+    /// A group task joined as creator: send the invitations.
+    SendGroupInvites {
+        invite: hush_signaling::GroupInvite,
+        members: Vec<DeviceId>,
+        failed: mpsc::UnboundedSender<GroupCallEvent>,
+    },
     PathDown(CallId),
     NetFailed(CallId),
     Shutdown,

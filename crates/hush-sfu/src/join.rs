@@ -57,6 +57,15 @@ const ANSWER_SIG_LABEL: &[u8] = b"hush sfu join answer v1";
 const TRANSCRIPT_LABEL: &[u8] = b"HUSH-SFU-JOIN";
 const LABEL_CLIENT_TO_SFU: &[u8] = b"hush sfu v1 srtp client to sfu";
 const LABEL_SFU_TO_CLIENT: &[u8] = b"hush sfu v1 srtp sfu to client";
+const LABEL_ICE_UFRAG: &[u8] = b"hush sfu v1 ice sfu ufrag";
+const LABEL_ICE_PWD: &[u8] = b"hush sfu v1 ice sfu pwd";
+const LABEL_NOTICE: &[u8] = b"hush sfu v1 notice sfu to client";
+/// Bytes of HKDF output behind the SFU's ICE ufrag (hex-encoded: 16 characters).
+const ICE_UFRAG_BYTES: usize = 8;
+/// Bytes of HKDF output behind the SFU's ICE password (hex-encoded: 32 characters).
+const ICE_PWD_BYTES: usize = 16;
+/// Length of the key that authenticates the SFU's notices to one client.
+pub const NOTICE_KEY_LEN: usize = 32;
 
 /// What kind of media a declared stream carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -559,6 +568,8 @@ fn shared_secret(
     Ok(shared)
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// An SRTP master key and master salt.
 type KeyAndSalt = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
 
@@ -581,6 +592,9 @@ pub struct HopKeys {
     send_salt: Zeroizing<Vec<u8>>,
     recv_key: Zeroizing<Vec<u8>>,
     recv_salt: Zeroizing<Vec<u8>>,
+    ice_ufrag: String,
+    ice_pwd: Zeroizing<String>,
+    notice_key: Zeroizing<[u8; NOTICE_KEY_LEN]>,
 }
 
 impl HopKeys {
@@ -602,6 +616,22 @@ impl HopKeys {
             let salt = Zeroizing::new(okm.split_off(nk));
             Ok((okm, salt))
         };
+        let expand_hex = |label: &[u8], len: usize| -> Result<Zeroizing<String>, JoinError> {
+            let mut okm = Zeroizing::new(vec![0u8; len]);
+            hk.expand(label, &mut okm)
+                .map_err(|_| JoinError::Internal("hkdf expand length"))?;
+            let mut out = Zeroizing::new(String::with_capacity(2 * len));
+            for b in okm.iter() {
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            }
+            Ok(out)
+        };
+        let ice_ufrag = expand_hex(LABEL_ICE_UFRAG, ICE_UFRAG_BYTES)?.to_string();
+        let ice_pwd = expand_hex(LABEL_ICE_PWD, ICE_PWD_BYTES)?;
+        let mut notice_key = Zeroizing::new([0u8; NOTICE_KEY_LEN]);
+        hk.expand(LABEL_NOTICE, notice_key.as_mut())
+            .map_err(|_| JoinError::Internal("hkdf expand length"))?;
         let (c2s_key, c2s_salt) = expand(LABEL_CLIENT_TO_SFU)?;
         let (s2c_key, s2c_salt) = expand(LABEL_SFU_TO_CLIENT)?;
         let (send_key, send_salt, recv_key, recv_salt) = match side {
@@ -615,7 +645,29 @@ impl HopKeys {
             send_salt,
             recv_key,
             recv_salt,
+            ice_ufrag,
+            ice_pwd,
+            notice_key,
         })
+    }
+
+    /// The SFU's ICE-lite username fragment on this leg (16 lowercase hex characters). Both
+    /// sides derive it; the client gives it with [`ice_pwd`](Self::ice_pwd) to its ICE agent as
+    /// the remote credentials, the SFU finds the leg of a connectivity check by it.
+    pub fn ice_ufrag(&self) -> &str {
+        &self.ice_ufrag
+    }
+
+    /// The SFU's ICE-lite password on this leg (32 lowercase hex characters, secret): it keys
+    /// the STUN MESSAGE-INTEGRITY of the client's checks and of the SFU's answers.
+    pub fn ice_pwd(&self) -> &str {
+        &self.ice_pwd
+    }
+
+    /// The key that authenticates the SFU's notices (joins, leaves, active speaker, kick) to
+    /// this client on the signaling channel (see [`crate::control`]).
+    pub fn notice_key(&self) -> &[u8; NOTICE_KEY_LEN] {
+        &self.notice_key
     }
 
     /// The negotiated suite.

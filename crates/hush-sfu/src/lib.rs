@@ -5,9 +5,10 @@
 //! reads RTP headers (SSRC, sequence number, the RFC 6464 audio level) but the media payload is
 //! meant to carry end-to-end encryption of its own (SFrame, a later layer).
 //!
-//! This crate has no networking code and reads no clock: packets, joins and time go in;
-//! packets, events and deadlines come out. A driver (tokio, ICE-lite, one UDP port for all legs)
-//! maps network paths to [`LegId`]s and moves the bytes.
+//! The core ([`Sfu`]) has no networking code and reads no clock: packets, joins and time go in;
+//! packets, events and deadlines come out. [`server`] is its thin tokio driver (one UDP port
+//! for all legs with ICE-lite from [`ice`], a TCP signaling channel from [`control`]) and the
+//! `hush-sfu` binary runs it; [`client`] is the client's end of the signaling channel.
 //!
 //! # Design
 //!
@@ -78,11 +79,16 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+pub mod client;
+pub mod control;
 mod error;
+pub mod ice;
 mod ids;
 pub mod join;
+pub mod metrics;
 mod packet;
 pub mod roster;
+pub mod server;
 mod sfu;
 pub mod speaker;
 mod wire;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tracing::{debug, info, trace};
+use zeroize::Zeroizing;
 
 use crate::cache::PacketCache;
 use crate::error::{Error, JoinError, PacketError, RosterError};
@@ -12,6 +13,7 @@ use crate::ids::{CallId, DeviceId, LegId};
 use crate::join::{
     JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
     DEFAULT_JOINS_PER_DEVICE, DEFAULT_MAX_SKEW, DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
+    NOTICE_KEY_LEN,
 };
 use crate::packet::{self, Feedback};
 use crate::roster::{Roster, RosterState, MAX_ROSTER_MEMBERS};
@@ -136,13 +138,28 @@ pub enum Event {
     },
 }
 
-/// An accepted join: the new leg and the answer to send back to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An accepted join: the new leg, the answer to send back to the client, and the SFU-side
+/// secrets of the leg the driver needs (ICE-lite credentials, the notice key).
 pub struct Joined {
     /// The participant's leg.
     pub leg: LegId,
     /// The encoded [`JoinAnswer`](crate::join::JoinAnswer).
     pub answer: Vec<u8>,
+    /// The SFU's ICE ufrag on this leg (derived at join; see [`crate::join::HopKeys::ice_ufrag`]).
+    pub ice_ufrag: String,
+    /// The SFU's ICE password on this leg (secret).
+    pub ice_pwd: Zeroizing<String>,
+    /// The key that authenticates the SFU's notices to this participant.
+    pub notice_key: Zeroizing<[u8; NOTICE_KEY_LEN]>,
+}
+
+impl std::fmt::Debug for Joined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joined")
+            .field("leg", &self.leg)
+            .field("ice_ufrag", &self.ice_ufrag)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters of one leg.
@@ -428,6 +445,9 @@ impl Sfu {
         Ok(Joined {
             leg,
             answer: answer.encode(),
+            ice_ufrag: keys.ice_ufrag().to_owned(),
+            ice_pwd: Zeroizing::new(keys.ice_pwd().to_owned()),
+            notice_key: Zeroizing::new(*keys.notice_key()),
         })
     }
 

@@ -25,8 +25,8 @@ pub use device::{DeviceId, DeviceSigner};
 pub use envelope::{CiphertextKind, Envelope, MessageId};
 pub use error::{BoxError, Error};
 pub use message::{
-    Answer, CallId, CallMedia, CallMessage, Content, Hangup, HangupReason, IceCandidates,
-    IceParameters, Offer,
+    Answer, CallId, CallMedia, CallMessage, Content, GroupInvite, Hangup, HangupReason,
+    IceCandidates, IceParameters, Offer,
 };
 pub use replay::ReplayGuard;
 pub use seal::{Sealed, Sealer};

@@ -133,6 +133,27 @@ pub struct Hangup {
     pub reason: HangupReason,
 }
 
+/// Longest SFU address accepted in a [`GroupInvite`].
+pub const MAX_SFU_ADDRESS_LEN: usize = 256;
+/// Longest roster accepted in a [`GroupInvite`] (255 members, as hush-sfu's encoding allows).
+pub const MAX_ROSTER_LEN: usize = 2 + 16 + 32 + 8 + 1 + 32 * 255 + 64;
+
+/// An invitation to a group call (see the `hush-sfu` crate): where the SFU is, its key, and the
+/// creator-signed roster. It travels sealed like every call message, so the recipient learns
+/// the SFU's key from a member it already has a Signal session with. The fields are checked
+/// for size here; the roster's signature and the SFU key by the recipient's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInvite {
+    /// The group call's id.
+    pub call_id: CallId,
+    /// The SFU's ed25519 public key.
+    pub sfu_key: [u8; 32],
+    /// The SFU's signaling address, `ip:port`.
+    pub sfu_address: String,
+    /// The encoded roster in force.
+    pub roster: Vec<u8>,
+}
+
 /// One call signaling message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,6 +176,8 @@ pub enum CallMessage {
         /// Call id.
         call_id: CallId,
     },
+    /// An invitation to a group call.
+    GroupInvite(GroupInvite),
 }
 
 impl CallMessage {
@@ -166,6 +189,7 @@ impl CallMessage {
             Self::IceCandidates(m) => m.call_id,
             Self::Hangup(m) => m.call_id,
             Self::Busy { call_id } | Self::Ringing { call_id } => *call_id,
+            Self::GroupInvite(m) => m.call_id,
         }
     }
 
@@ -178,6 +202,7 @@ impl CallMessage {
             Self::Hangup(_) => "hangup",
             Self::Busy { .. } => "busy",
             Self::Ringing { .. } => "ringing",
+            Self::GroupInvite(_) => "group-invite",
         }
     }
 
@@ -220,6 +245,12 @@ impl CallMessage {
             }),
             Self::Ringing { call_id } => Body::Ringing(pb::Ringing {
                 call_id: call_id.to_vec(),
+            }),
+            Self::GroupInvite(m) => Body::GroupInvite(pb::GroupInvite {
+                call_id: m.call_id.to_vec(),
+                sfu_key: m.sfu_key.to_vec(),
+                sfu_address: m.sfu_address.clone(),
+                roster: m.roster.clone(),
             }),
         }
     }
@@ -284,6 +315,24 @@ impl CallMessage {
             Body::Ringing(m) => Self::Ringing {
                 call_id: call_id_from_proto(&m.call_id)?,
             },
+            Body::GroupInvite(m) => {
+                if m.sfu_address.len() > MAX_SFU_ADDRESS_LEN {
+                    return Err(Error::Malformed("sfu address too long"));
+                }
+                if m.roster.is_empty() || m.roster.len() > MAX_ROSTER_LEN {
+                    return Err(Error::Malformed("roster missing or too long"));
+                }
+                Self::GroupInvite(GroupInvite {
+                    call_id: call_id_from_proto(&m.call_id)?,
+                    sfu_key: m
+                        .sfu_key
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::Malformed("sfu key must be 32 bytes"))?,
+                    sfu_address: m.sfu_address,
+                    roster: m.roster,
+                })
+            }
         })
     }
 }
@@ -418,6 +467,12 @@ mod tests {
             }),
             CallMessage::Busy { call_id: [9; 16] },
             CallMessage::Ringing { call_id: [9; 16] },
+            CallMessage::GroupInvite(GroupInvite {
+                call_id: [9; 16],
+                sfu_key: [7; 32],
+                sfu_address: "127.0.0.1:4000".into(),
+                roster: vec![0x52; 100],
+            }),
         ]
     }
 

@@ -315,6 +315,9 @@ fn docs_test_vector_matches_code() {
         ("client-to-SFU master salt", hex::encode(keys.send_salt())),
         ("SFU-to-client master key", hex::encode(keys.recv_key())),
         ("SFU-to-client master salt", hex::encode(keys.recv_salt())),
+        ("SFU ICE ufrag", keys.ice_ufrag().to_owned()),
+        ("SFU ICE password", keys.ice_pwd().to_owned()),
+        ("notice key", hex::encode(keys.notice_key())),
     ];
     // The doc wraps long hex at 64 characters per line; join the block back.
     let flat: String = doc.split_whitespace().collect();

@@ -1,0 +1,175 @@
+//! Prometheus text exposition of the server's counters over plain HTTP (`GET /metrics`).
+//!
+//! The driver keeps the counters ([`DriverStats`]); a scrape asks the main task for a copy, so
+//! nothing on the packet path takes a lock.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::server::{Cmd, DriverStats};
+
+/// Renders the counters in the Prometheus text format (version 0.0.4).
+pub fn render(s: &DriverStats) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP hush_sfu_{name} {help}");
+        let _ = writeln!(out, "# TYPE hush_sfu_{name} {kind}");
+        let _ = writeln!(out, "hush_sfu_{name} {value}");
+    };
+    let gauge = "gauge";
+    let counter = "counter";
+    metric(
+        "calls",
+        gauge,
+        "Calls with at least one participant.",
+        s.calls as u64,
+    );
+    metric(
+        "participants",
+        gauge,
+        "Participants (legs) in all calls.",
+        s.legs as u64,
+    );
+    metric("joins_total", counter, "Joins accepted.", s.joins);
+    metric(
+        "joins_refused_total",
+        counter,
+        "Joins refused.",
+        s.joins_refused,
+    );
+    metric(
+        "legs_timed_out_total",
+        counter,
+        "Legs dropped for silence.",
+        s.legs_timed_out,
+    );
+    metric(
+        "checks_answered_total",
+        counter,
+        "ICE connectivity checks answered.",
+        s.checks_answered,
+    );
+    metric(
+        "checks_refused_total",
+        counter,
+        "STUN datagrams refused.",
+        s.checks_refused,
+    );
+    metric(
+        "packets_in_total",
+        counter,
+        "Media datagrams received from a bound path.",
+        s.packets_in,
+    );
+    metric(
+        "bytes_in_total",
+        counter,
+        "Bytes of those datagrams.",
+        s.bytes_in,
+    );
+    metric(
+        "packets_out_total",
+        counter,
+        "Datagrams sent to participants (forwarded, resent, relayed RTCP).",
+        s.packets_out,
+    );
+    metric(
+        "bytes_out_total",
+        counter,
+        "Bytes of those datagrams.",
+        s.bytes_out,
+    );
+    metric(
+        "media_dropped_total",
+        counter,
+        "Media datagrams the core dropped (bad, replayed, undeclared).",
+        s.media_dropped,
+    );
+    metric(
+        "media_unknown_source_total",
+        counter,
+        "Media datagrams from an address no verified check came from.",
+        s.media_unknown_source,
+    );
+    metric(
+        "no_path_total",
+        counter,
+        "Datagrams for a leg without a path yet.",
+        s.no_path,
+    );
+    metric(
+        "other_dropped_total",
+        counter,
+        "Datagrams of other protocols.",
+        s.other_dropped,
+    );
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until the server stops.
+pub(crate) async fn serve(listener: TcpListener, cmd: mpsc::UnboundedSender<Cmd>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let cmd = cmd.clone();
+        tokio::spawn(async move {
+            if let Err(e) = respond(stream, cmd).await {
+                tracing::debug!(%peer, error = %e, "metrics request failed");
+            }
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, cmd: mpsc::UnboundedSender<Cmd>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    // The request head, bounded in size and time; a body is ignored.
+    let head = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let Some(free) = buf.get_mut(len..) else {
+                return Ok::<_, std::io::Error>(true);
+            };
+            let n = stream.read(free).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            len += n;
+            let got = buf.get(..len).unwrap_or_default();
+            if got.windows(4).any(|w| w == b"\r\n\r\n") || len == buf.len() {
+                return Ok(true);
+            }
+        }
+    })
+    .await;
+    if !matches!(head, Ok(Ok(true))) {
+        return Ok(());
+    }
+    let request_line = buf
+        .get(..len)
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let (status, body) = if request_line.starts_with(b"GET /metrics ") {
+        let (tx, rx) = oneshot::channel();
+        let _ = cmd.send(Cmd::Stats(tx));
+        match rx.await {
+            Ok(stats) => ("200 OK", render(&stats)),
+            Err(_) => ("503 Service Unavailable", "stopped\n".to_owned()),
+        }
+    } else {
+        ("404 Not Found", "not found\n".to_owned())
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}

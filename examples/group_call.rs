@@ -1,0 +1,317 @@
+//! A group call through an SFU, all in this process over loopback UDP.
+//!
+//! Starts a `hush-sfu` server (ICE-lite media port, TCP signaling) and N clients with fresh
+//! Signal identities; the first device has a Signal session with every other one (on an
+//! in-memory signaling network). It creates the group call with all of them through the public
+//! `Client::group_call` API: signed roster, join, sealed invitations; each other client joins
+//! from the invitation it receives. Everyone then sends a tone (participant k at 300 + 60·k Hz)
+//! for the given time; participant k is loud during second k mod N and quiet otherwise, so the
+//! SFU's dominant speaker moves around. The last line printed is one JSON summary: per
+//! participant, frames sent, frames decoded and concealed per peer, active speaker changes; and
+//! the SFU driver's counters. The exit status is non-zero if the call failed.
+//!
+//! ```text
+//! cargo run --example group_call -- --participants 6 [--seconds 10] [--loss PCT]
+//!                                   [--loudest-n N|all]
+//! ```
+//!
+//! `--loss PCT` makes every client drop that share of the datagrams it sends to the SFU;
+//! `--loudest-n` is the SFU's audio selection (default 3: only the three loudest participants'
+//! audio is forwarded; `all` forwards everyone's).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush::{Client, ClientConfig, ClientEvent, FrameSource, GroupCall, GroupCallEvent, SfuInfo};
+use hush_crypto::{Device, DeviceStore, MemoryBackend};
+use hush_net::driver::Bind;
+use hush_sfu::join::SfuSigningKey;
+use hush_sfu::server::{Server, ServerConfig};
+use hush_signaling::crypto::SignalSealer;
+use hush_signaling::transport::FetchedBundle;
+use hush_signaling::{DeviceId, MemoryNetwork, SignalingClient};
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Args {
+    participants: usize,
+    seconds: u32,
+    loss: f64,
+    loudest_n: Option<usize>,
+}
+
+fn parse_args() -> Result<Args, Failure> {
+    let mut args = Args {
+        participants: 6,
+        seconds: 10,
+        loss: 0.0,
+        loudest_n: Some(3),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--participants" => args.participants = value()?.parse()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--loss" => args.loss = value()?.parse::<f64>()? / 100.0,
+            "--loudest-n" => {
+                let v = value()?;
+                args.loudest_n = if v == "all" { None } else { Some(v.parse()?) };
+            }
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    if !(2..=32).contains(&args.participants) {
+        return Err("--participants must be 2..=32".into());
+    }
+    if !(0.0..=1.0).contains(&args.loss) {
+        return Err("--loss must be 0..=100".into());
+    }
+    Ok(args)
+}
+
+fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> {
+    let store = DeviceStore::create(MemoryBackend::new(), signal_device_id, &mut rand::rng())?;
+    Ok(SignalSealer::new(Device::new(store)))
+}
+
+fn config(args: &Args) -> Result<ClientConfig, Failure> {
+    let net = hush_net::Config::builder().include_loopback(true).build()?;
+    let mut config = ClientConfig::new(net);
+    config.bind = Bind::Addresses(vec!["127.0.0.1".parse()?]);
+    config.simulated_send_loss = args.loss;
+    Ok(config)
+}
+
+/// N clients on an in-memory signaling network; the first has a session with every other.
+fn clients(args: &Args) -> Result<(Vec<Client>, MemoryNetwork), Failure> {
+    let network = MemoryNetwork::new();
+    let mut sealers = Vec::new();
+    for i in 0..args.participants {
+        sealers.push(sealer(u8::try_from(i + 1)?)?);
+    }
+    let (first, rest) = sealers.split_at_mut(1);
+    for other in rest.iter_mut() {
+        let material = other.publish(1, 1)?;
+        first[0].start_session(&FetchedBundle {
+            device: other.device_id(),
+            bundle: material.bundle,
+            one_time_prekey: material.one_time_prekeys.into_iter().next(),
+        })?;
+    }
+    let config = config(args)?;
+    let clients = sealers
+        .into_iter()
+        .map(|s| {
+            let endpoint = network.endpoint(s.device_id());
+            Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
+                .config(config.clone())
+                .build()
+        })
+        .collect();
+    Ok((clients, network))
+}
+
+/// One 20 ms frame of participant `k`'s tone, frame `n`, loud or quiet.
+fn tone(k: usize, n: u32, loud: bool) -> Vec<i16> {
+    let freq = 300.0 + 60.0 * k as f64;
+    let amp = if loud { 10_000.0 } else { 300.0 };
+    (0..960u32)
+        .map(|i| {
+            let t = f64::from(n * 960 + i) / 48_000.0;
+            (amp * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+        })
+        .collect()
+}
+
+fn short(d: &DeviceId) -> String {
+    d.to_hex().chars().take(8).collect()
+}
+
+#[derive(Default)]
+struct Heard {
+    decoded: HashMap<DeviceId, u64>,
+    concealed: HashMap<DeviceId, u64>,
+    speaker_changes: u64,
+    joined: u64,
+}
+
+async fn run(args: Args) -> Result<bool, Failure> {
+    let mut sfu_config = ServerConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?);
+    sfu_config.sfu.loudest_n = args.loudest_n;
+    let server = Server::start(sfu_config, SfuSigningKey::generate(&mut rand::rng())).await?;
+    eprintln!(
+        "sfu: media {} signaling {}",
+        server.media_addr(),
+        server.signal_addr()
+    );
+    let sfu = SfuInfo {
+        address: server.signal_addr(),
+        key: server.public_key(),
+    };
+    let (clients, _network) = clients(&args)?;
+    let others: Vec<DeviceId> = clients[1..].iter().map(Client::device_id).collect();
+    let mut calls = vec![clients[0].group_call(sfu, &others).await?];
+    for c in &clients[1..] {
+        let invite = loop {
+            match tokio::time::timeout(WAIT, c.next_event()).await? {
+                Some(ClientEvent::GroupInvite(invite)) => break invite,
+                Some(_) => continue,
+                None => return Err("client stopped".into()),
+            }
+        };
+        calls.push(c.join_group_call(&invite).await?);
+    }
+    let n = calls.len();
+    let calls: Vec<Arc<GroupCall>> = calls.into_iter().map(Arc::new).collect();
+    // Wait until everyone is connected and knows everyone.
+    for call in &calls {
+        let (mut joined, mut connected) = (0, false);
+        while joined < n - 1 || !connected {
+            match tokio::time::timeout(WAIT, call.next_event()).await? {
+                Some(GroupCallEvent::ParticipantJoined(_)) => joined += 1,
+                Some(GroupCallEvent::Connected) => connected = true,
+                Some(_) => {}
+                None => return Err("group call ended while joining".into()),
+            }
+        }
+    }
+    eprintln!("{n} participants connected; talking for {} s", args.seconds);
+
+    let frames = args.seconds * 50;
+    let listen_for = Duration::from_millis(u64::from(frames) * 20 + 800);
+    let mut listeners = Vec::new();
+    for call in &calls {
+        let call = call.clone();
+        listeners.push(tokio::spawn(async move {
+            let mut heard = Heard::default();
+            let end = tokio::time::Instant::now() + listen_for;
+            loop {
+                tokio::select! {
+                    a = call.recv_audio() => match a {
+                        Some(a) => {
+                            let map = match a.frame.source {
+                                FrameSource::Concealed => &mut heard.concealed,
+                                _ => &mut heard.decoded,
+                            };
+                            *map.entry(a.device).or_insert(0) += 1;
+                        }
+                        None => break,
+                    },
+                    e = call.next_event() => match e {
+                        Some(GroupCallEvent::ActiveSpeaker(_)) => heard.speaker_changes += 1,
+                        Some(GroupCallEvent::ParticipantJoined(_)) => heard.joined += 1,
+                        Some(_) => {}
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(end) => break,
+                }
+            }
+            heard
+        }));
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for f in 0..frames {
+        ticker.tick().await;
+        let second = (f / 50) as usize;
+        for (k, call) in calls.iter().enumerate() {
+            call.send_audio(&tone(k, f, second % n == k))?;
+        }
+    }
+    let mut heard = Vec::new();
+    for l in listeners {
+        heard.push(l.await?);
+    }
+    let mut stats = Vec::new();
+    for call in &calls {
+        stats.push(call.stats().await?);
+    }
+    let sfu_stats = server.stats().await?;
+    for call in &calls {
+        call.leave();
+    }
+    drop(calls);
+    server.shutdown().await;
+
+    // Everyone must have decoded something of everyone whose audio the SFU forwards to all
+    // (with loudest-N, everyone is among the loudest during its own loud second).
+    let mut ok = true;
+    let mut parts = Vec::new();
+    for (i, (h, s)) in heard.iter().zip(&stats).enumerate() {
+        let me = clients[i].device_id();
+        let mut peers = Vec::new();
+        for c in &clients {
+            let d = c.device_id();
+            if d == me {
+                continue;
+            }
+            let decoded = h.decoded.get(&d).copied().unwrap_or(0);
+            let concealed = h.concealed.get(&d).copied().unwrap_or(0);
+            if decoded == 0 {
+                ok = false;
+            }
+            peers.push(format!(
+                "{{\"peer\":\"{}\",\"decoded\":{decoded},\"concealed\":{concealed}}}",
+                short(&d)
+            ));
+        }
+        parts.push(format!(
+            "{{\"device\":\"{}\",\"frames_sent\":{},\"received\":[{}],\"active_speaker_changes\":{},\"late\":{},\"srtp_failures\":{},\"mixed_frames\":{}}}",
+            short(&me),
+            s.frames_sent,
+            peers.join(","),
+            h.speaker_changes,
+            s.late,
+            s.srtp_failures,
+            s.mixed_frames,
+        ));
+    }
+    println!(
+        "{{\"participants\":{n},\"seconds\":{},\"loss_pct\":{},\"loudest_n\":{},\"ok\":{ok},\"sfu\":{{\"joins\":{},\"checks_answered\":{},\"checks_refused\":{},\"media_dropped\":{},\"media_unknown_source\":{},\"no_path\":{}}},\"per_participant\":[{}]}}",
+        args.seconds,
+        args.loss * 100.0,
+        args.loudest_n.map_or("\"all\"".to_string(), |n| n.to_string()),
+        sfu_stats.joins,
+        sfu_stats.checks_answered,
+        sfu_stats.checks_refused,
+        sfu_stats.media_dropped,
+        sfu_stats.media_unknown_source,
+        sfu_stats.no_path,
+        parts.join(","),
+    );
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("group_call: {e}");
+            eprintln!("usage: cargo run --example group_call -- --participants N [--seconds S] [--loss PCT] [--loudest-n N|all]");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("group_call: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("group_call: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

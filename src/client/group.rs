@@ -1,0 +1,876 @@
+//! Group calls through an SFU (`hush-sfu`): the [`GroupCall`] handle and its task.
+//!
+//! ```text
+//!  app ──send_audio/kick/leave──▶ group task ──join, roster updates (TCP)──▶ SFU signaling
+//!                                   │  ▲ authenticated notices (joined, left, speaker, kicked)
+//!                                   ▼  │
+//!  app ◀─per-participant + mixed audio── GroupMediaPath ◀──UDP (ICE to the SFU's ICE-lite)──▶ SFU
+//! ```
+//!
+//! The creator's client signs the roster with its device key, joins (which creates the call on
+//! the SFU), then sends every other member a sealed [`hush_signaling::GroupInvite`] over its
+//! Signal session. A member's client surfaces it as [`ClientEvent::GroupInvite`]; the
+//! application joins with [`Client::join_group_call`](super::Client::join_group_call).
+//!
+//! [`ClientEvent::GroupInvite`]: super::ClientEvent::GroupInvite
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hush_media::codec::{Codec, OpusCodec};
+use hush_media::jitter::{JitterConfig, Playout};
+use hush_net::{Event as NetEvent, IceCredentials, Role};
+use hush_sfu::client::{Incoming, Link};
+use hush_sfu::control::Notice;
+use hush_sfu::ed25519_dalek::SigningKey;
+use hush_sfu::join::{JoinParams, SfuPublicKey, StreamDecl, StreamKind};
+use hush_sfu::roster::Roster;
+use hush_sfu::{CallId as SfuCallId, DeviceId as SfuDeviceId, LeaveReason};
+use hush_signaling::DeviceId;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use super::call::{AudioFrame, FrameSource};
+use super::{ClientConfig, Command, NET_START_TIMEOUT};
+use crate::group_path::{audio_level, GroupMediaPath, NoFrameCrypto, AUDIO_LEVEL_EXT};
+use crate::Error;
+
+/// How long joining the SFU (connect, request, answer) may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ICE to the SFU may take before the call is given up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The first frame of each participant waits this long before it plays. Longer than a 1:1
+/// call's: every packet takes two hops (through the SFU), and a device decodes several
+/// streams at once, so its own scheduling jitter is larger.
+const GROUP_INITIAL_PLAYOUT_DELAY: Duration = Duration::from_millis(60);
+/// The least delay a participant's jitter buffer keeps (see above).
+const GROUP_MIN_PLAYOUT_DELAY: Duration = Duration::from_millis(30);
+/// Decoded frames kept per participant for the mixer.
+const MIX_BACKLOG: usize = 5;
+/// Decoded frames waiting for the application, per output.
+const AUDIO_BACKLOG: usize = 256;
+
+/// Where an SFU is and the key it signs join answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SfuInfo {
+    /// Its signaling address (TCP).
+    pub address: SocketAddr,
+    /// Its long-term public key.
+    pub key: SfuPublicKey,
+}
+
+/// An invitation to a group call, received sealed from a member with whom this device has a
+/// Signal session, and checked: the roster's creator signature verifies, it is for this call
+/// and it lists this device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInvite {
+    /// Who sent the invitation.
+    pub from: DeviceId,
+    /// The SFU.
+    pub sfu: SfuInfo,
+    /// The roster in force when the invitation was sent.
+    pub roster: Roster,
+}
+
+impl GroupInvite {
+    /// Checks a received invitation for device `me` (see the type docs).
+    pub(crate) fn check(
+        from: DeviceId,
+        me: &DeviceId,
+        m: &hush_signaling::GroupInvite,
+    ) -> Result<Self, Error> {
+        let key = SfuPublicKey::from_bytes(&m.sfu_key)
+            .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Malformed(e)))?;
+        let address: SocketAddr = m
+            .sfu_address
+            .parse()
+            .map_err(|_| Error::GroupInviteAddress)?;
+        let roster = Roster::decode(&m.roster)
+            .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Roster(e)))?;
+        let me = SfuDeviceId::from_bytes(me.as_bytes())
+            .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Malformed(e)))?;
+        if roster.call_id().as_bytes() != &m.call_id || !roster.admits(&me) {
+            return Err(Error::GroupInvite(hush_sfu::JoinError::NotOnRoster(me)));
+        }
+        Ok(Self {
+            from,
+            sfu: SfuInfo { address, key },
+            roster,
+        })
+    }
+
+    /// The group call's id.
+    pub fn call_id(&self) -> [u8; 16] {
+        *self.roster.call_id().as_bytes()
+    }
+}
+
+/// Something that happened in a group call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupCallEvent {
+    /// Media flows to and from the SFU.
+    Connected,
+    /// Media flows again after an ICE restart of this device (a network change).
+    Reconnected,
+    /// A participant is in the call (announced by the SFU, with the SSRC of its audio).
+    ParticipantJoined(DeviceId),
+    /// A participant left (or was kicked).
+    ParticipantLeft {
+        /// Who.
+        device: DeviceId,
+        /// Whether the creator removed it.
+        kicked: bool,
+    },
+    /// The SFU's dominant speaker changed.
+    ActiveSpeaker(DeviceId),
+    /// A participant muted or unmuted (as it announced through the SFU).
+    RemoteMuted {
+        /// Who.
+        device: DeviceId,
+        /// Muted.
+        muted: bool,
+    },
+    /// A roster update of ours is in force (version).
+    RosterUpdated(u64),
+    /// A roster update of ours was refused by the SFU.
+    RosterRefused(String),
+    /// An invitation could not be sent to this member (no Signal session, transport down).
+    InviteFailed(DeviceId),
+    /// This device was removed from the call by its creator. The call ended for it.
+    Kicked,
+    /// The call ended for this device (it left, the SFU closed the channel, or the network
+    /// failed).
+    Ended,
+}
+
+/// A decoded 20 ms frame of one participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantAudio {
+    /// Whose audio.
+    pub device: DeviceId,
+    /// The frame.
+    pub frame: AudioFrame,
+}
+
+/// Counters of a group call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupCallStats {
+    /// Frames encoded and sent.
+    pub frames_sent: u64,
+    /// Frames decoded per participant.
+    pub frames_received: HashMap<DeviceId, u64>,
+    /// Frames concealed per participant (nothing arrived in time).
+    pub frames_concealed: HashMap<DeviceId, u64>,
+    /// Mixed frames produced.
+    pub mixed_frames: u64,
+    /// Active speaker changes announced.
+    pub speaker_changes: u64,
+    /// Datagrams refused by hop SRTP.
+    pub srtp_failures: u64,
+    /// Frames that arrived after their playout time (all participants present).
+    pub late: u64,
+    /// Authenticated RTP packets received from the SFU.
+    pub packets_received: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum GroupCommand {
+    Audio(Vec<i16>),
+    Mute(bool),
+    Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
+    Add(DeviceId, oneshot::Sender<Result<(), Error>>),
+    Stats(oneshot::Sender<GroupCallStats>),
+    NetworkChanged(oneshot::Sender<Result<(), Error>>),
+    Leave,
+}
+
+/// A group call on this device. Dropping it leaves the call.
+#[derive(Debug)]
+pub struct GroupCall {
+    call_id: [u8; 16],
+    commands: mpsc::UnboundedSender<GroupCommand>,
+    events: Mutex<mpsc::UnboundedReceiver<GroupCallEvent>>,
+    audio: Mutex<mpsc::Receiver<ParticipantAudio>>,
+    mixed: Mutex<mpsc::Receiver<AudioFrame>>,
+}
+
+impl GroupCall {
+    /// The call's id.
+    pub fn id(&self) -> [u8; 16] {
+        self.call_id
+    }
+
+    /// The next event; `None` once the call's task is gone.
+    pub async fn next_event(&self) -> Option<GroupCallEvent> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Sends one 20 ms frame of 48 kHz mono PCM (960 samples) to everyone.
+    pub fn send_audio(&self, pcm: &[i16]) -> Result<(), Error> {
+        self.commands
+            .send(GroupCommand::Audio(pcm.to_vec()))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// The next decoded frame of any participant, tagged with who spoke. Frames the
+    /// application does not read are dropped past a backlog.
+    pub async fn recv_audio(&self) -> Option<ParticipantAudio> {
+        self.audio.lock().await.recv().await
+    }
+
+    /// The next frame of the mix of every participant (one every 20 ms while anyone's audio
+    /// plays).
+    pub async fn recv_mixed(&self) -> Option<AudioFrame> {
+        self.mixed.lock().await.recv().await
+    }
+
+    /// Stops (or resumes) sending audio, and announces it to the others
+    /// ([`GroupCallEvent::RemoteMuted`]).
+    pub fn set_muted(&self, muted: bool) -> Result<(), Error> {
+        self.commands
+            .send(GroupCommand::Mute(muted))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// Removes `device` from the roster (creator only): the SFU drops its leg and refuses its
+    /// joins from now on. The outcome also comes as [`GroupCallEvent::RosterUpdated`] or
+    /// [`GroupCallEvent::RosterRefused`].
+    pub async fn kick(&self, device: DeviceId) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::Kick(device, tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
+    /// Tells the call that this device's network changed: ICE binds new sockets and restarts
+    /// towards the SFU with the same SFU credentials; the SFU moves this participant's path to
+    /// the first verified check from the new sockets. The other participants are not involved.
+    pub async fn network_changed(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::NetworkChanged(tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
+    /// Adds `device` to the roster (creator only) and invites it over its Signal session
+    /// (a sealed [`hush_signaling::GroupInvite`] with the new roster). The outcome also comes
+    /// as [`GroupCallEvent::RosterUpdated`] (or `RosterRefused`), and
+    /// [`GroupCallEvent::InviteFailed`] if the invitation could not be sent.
+    pub async fn add(&self, device: DeviceId) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::Add(device, tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
+    /// Current counters.
+    pub async fn stats(&self) -> Result<GroupCallStats, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::Stats(tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)
+    }
+
+    /// Leaves the call.
+    pub fn leave(&self) {
+        let _ = self.commands.send(GroupCommand::Leave);
+    }
+}
+
+impl Drop for GroupCall {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// What the actor hands a new group task.
+pub(crate) struct GroupStart {
+    pub(crate) sfu: SfuInfo,
+    /// The device key (ed25519), to sign the join and (as creator) roster updates.
+    pub(crate) device_key: SigningKey,
+    /// The roster in force (signed by the creator).
+    pub(crate) roster: Roster,
+    /// Whether this device creates the call (its join carries the roster).
+    pub(crate) create: bool,
+    pub(crate) config: ClientConfig,
+    pub(crate) actor: mpsc::UnboundedSender<Command>,
+}
+
+/// The SFU as the ICE agent's remote side: its credentials (derived at join), its one host
+/// candidate, and the end of its candidates (ICE-lite gathers nothing else).
+async fn give_sfu_to_ice(
+    net: &hush_net::driver::Handle,
+    credentials: &IceCredentials,
+    candidate: &str,
+) -> Result<(), hush_net::Error> {
+    net.set_remote_credentials(credentials.clone()).await?;
+    net.add_remote_candidate(candidate).await?;
+    net.remote_gathering_complete()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_signaling(d: &SfuDeviceId) -> DeviceId {
+    DeviceId::from_bytes(*d.as_bytes())
+}
+
+/// Joins the SFU, connects ICE, and spawns the call's task. Returns once media can flow or
+/// the join failed.
+pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
+    let call_id = *s.roster.call_id().as_bytes();
+    let ssrc = rand::rng().random_range(2..u32::MAX);
+    let params = JoinParams {
+        call_id: SfuCallId::from_bytes(call_id),
+        suite: hush_srtp::Suite::AeadAes128Gcm,
+        audio_level_ext: Some(AUDIO_LEVEL_EXT),
+        streams: vec![StreamDecl {
+            ssrc,
+            kind: StreamKind::Audio,
+        }],
+    };
+    let link = hush_sfu::client::join(
+        s.sfu.address,
+        &s.sfu.key,
+        &s.device_key,
+        &params,
+        s.create.then_some(&s.roster),
+        unix_ms(),
+        JOIN_TIMEOUT,
+    )
+    .await
+    .map_err(Error::GroupJoin)?;
+    let net = tokio::time::timeout(
+        NET_START_TIMEOUT,
+        hush_net::driver::start(
+            s.config.net.clone(),
+            Role::Controlling,
+            s.config.bind.clone(),
+        ),
+    )
+    .await
+    .map_err(|_| Error::NetStartTimeout)??;
+    let sfu_ice = IceCredentials::new(link.keys.ice_ufrag(), link.keys.ice_pwd());
+    let sfu_candidate = format!(
+        "1 1 udp 2130706431 {} {} typ host",
+        link.media.ip(),
+        link.media.port()
+    );
+    give_sfu_to_ice(&net.handle, &sfu_ice, &sfu_candidate).await?;
+    let jitter = JitterConfig {
+        initial_delay: s
+            .config
+            .media
+            .jitter
+            .initial_delay
+            .max(GROUP_INITIAL_PLAYOUT_DELAY),
+        min_delay: s.config.media.jitter.min_delay.max(GROUP_MIN_PLAYOUT_DELAY),
+        ..JitterConfig::default()
+    };
+    let first_seq = rand::rng().random::<u16>() & 0x7fff;
+    let path = GroupMediaPath::new(&link.keys, ssrc, Box::new(NoFrameCrypto), jitter, first_seq)?;
+    let encoder = OpusCodec::new(1, 20, 32_000)?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BACKLOG);
+    let (mixed_tx, mixed_rx) = mpsc::channel(AUDIO_BACKLOG);
+    let me = SfuDeviceId::from_signing_key(&s.device_key);
+    if s.create {
+        let invite = invitation(&s.sfu, &s.roster);
+        let members = s
+            .roster
+            .members()
+            .iter()
+            .filter(|d| **d != me)
+            .map(to_signaling)
+            .collect();
+        let _ = s.actor.send(Command::SendGroupInvites {
+            invite,
+            members,
+            failed: ev_tx.clone(),
+        });
+    }
+    let task = GroupTask {
+        me,
+        sfu: s.sfu,
+        actor: s.actor,
+        device_key: s.device_key,
+        roster: s.roster,
+        path,
+        encoder,
+        decoders: HashMap::new(),
+        mix: HashMap::new(),
+        net: net.handle,
+        sfu_ice,
+        sfu_candidate,
+        events: ev_tx,
+        audio_out: audio_tx,
+        mixed_out: mixed_tx,
+        muted: false,
+        connected: false,
+        restarting: false,
+        known: HashSet::new(),
+        stats: GroupCallStats::default(),
+        send_loss: s.config.simulated_send_loss,
+    };
+    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx));
+    info!(call = %hex::encode(&call_id[..8]), "joined group call");
+    Ok(GroupCall {
+        call_id,
+        commands: cmd_tx,
+        events: Mutex::new(ev_rx),
+        audio: Mutex::new(audio_rx),
+        mixed: Mutex::new(mixed_rx),
+    })
+}
+
+/// The invitation to send for `roster` on `sfu`.
+fn invitation(sfu: &SfuInfo, roster: &Roster) -> hush_signaling::GroupInvite {
+    hush_signaling::GroupInvite {
+        call_id: *roster.call_id().as_bytes(),
+        sfu_key: sfu.key.to_bytes(),
+        sfu_address: sfu.address.to_string(),
+        roster: roster.encode(),
+    }
+}
+
+struct GroupTask {
+    me: SfuDeviceId,
+    sfu: SfuInfo,
+    /// The client's actor, which sends invitations over the Signal sessions.
+    actor: mpsc::UnboundedSender<Command>,
+    device_key: SigningKey,
+    roster: Roster,
+    path: GroupMediaPath,
+    encoder: OpusCodec,
+    decoders: HashMap<SfuDeviceId, OpusCodec>,
+    mix: HashMap<SfuDeviceId, VecDeque<Vec<i16>>>,
+    net: hush_net::driver::Handle,
+    /// The SFU's ICE credentials and candidate, given again after each ICE restart of ours.
+    sfu_ice: IceCredentials,
+    sfu_candidate: String,
+    events: mpsc::UnboundedSender<GroupCallEvent>,
+    audio_out: mpsc::Sender<ParticipantAudio>,
+    mixed_out: mpsc::Sender<AudioFrame>,
+    muted: bool,
+    connected: bool,
+    /// An ICE restart is under way: the next selected path is a reconnection.
+    restarting: bool,
+    known: HashSet<SfuDeviceId>,
+    stats: GroupCallStats,
+    send_loss: f64,
+}
+
+enum Ending {
+    Left,
+    Kicked,
+    Ended,
+}
+
+impl GroupTask {
+    async fn run(
+        mut self,
+        link: Link,
+        mut net_events: mpsc::UnboundedReceiver<NetEvent>,
+        mut datagrams: mpsc::Receiver<Vec<u8>>,
+        mut commands: mpsc::UnboundedReceiver<GroupCommand>,
+    ) {
+        let Link {
+            keys,
+            notices: mut reader,
+            control: mut writer,
+            ..
+        } = link;
+        // The hop keys live on only inside the path's SRTP contexts.
+        drop(keys);
+        // One task reads the channel (reads are not cancel-safe).
+        let (notice_tx, mut notice_rx) = mpsc::unbounded_channel();
+        let reader_task = tokio::spawn(async move {
+            loop {
+                match reader.next().await {
+                    Ok(Some(m)) => {
+                        if notice_tx.send(m).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "sfu channel failed");
+                        break;
+                    }
+                }
+            }
+        });
+        let mut mix_tick = tokio::time::interval(Duration::from_millis(20));
+        mix_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let ending = loop {
+            let deadline = self.path.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                n = notice_rx.recv() => match n {
+                    Some(Incoming::Notice(n)) => {
+                        if let Some(end) = self.on_notice(n) {
+                            break end;
+                        }
+                    }
+                    Some(Incoming::RosterRefused(reason)) => {
+                        let _ = self.events.send(GroupCallEvent::RosterRefused(reason));
+                    }
+                    None => break Ending::Ended,
+                },
+                d = datagrams.recv() => match d {
+                    Some(d) => {
+                        if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
+                            debug!(error = %e, "group datagram dropped");
+                        }
+                    }
+                    None => break Ending::Ended,
+                },
+                ev = net_events.recv() => match ev {
+                    Some(NetEvent::PathSelected(_)) => {
+                        if !std::mem::replace(&mut self.connected, true) {
+                            let _ = self.events.send(GroupCallEvent::Connected);
+                        } else if std::mem::take(&mut self.restarting) {
+                            let _ = self.events.send(GroupCallEvent::Reconnected);
+                        }
+                    }
+                    Some(NetEvent::Restarted { .. }) => {
+                        self.restarting = true;
+                        // Our side restarted (network change, consent loss): the SFU's
+                        // credentials and candidate stay the same; give them again, and the
+                        // SFU follows the first verified check from the new path.
+                        if let Err(e) =
+                            give_sfu_to_ice(&self.net, &self.sfu_ice, &self.sfu_candidate).await
+                        {
+                            warn!(error = %e, "ICE restart towards the SFU failed");
+                        }
+                    }
+                    Some(NetEvent::Failed(e)) => {
+                        warn!(error = %e, "ICE to the SFU failed");
+                        break Ending::Ended;
+                    }
+                    Some(other) => debug!(event = ?other, "ICE event"),
+                    None => break Ending::Ended,
+                },
+                c = commands.recv() => match c {
+                    None | Some(GroupCommand::Leave) => break Ending::Left,
+                    Some(GroupCommand::Audio(pcm)) => self.send_audio(&pcm),
+                    Some(GroupCommand::Mute(m)) => {
+                        if std::mem::replace(&mut self.muted, m) != m {
+                            if let Err(e) = writer.set_muted(m).await {
+                                warn!(error = %e, "mute not announced");
+                            }
+                        }
+                    }
+                    Some(GroupCommand::Kick(device, reply)) => {
+                        let r = self.change_roster(&mut writer, device, false).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(GroupCommand::Add(device, reply)) => {
+                        let r = self.change_roster(&mut writer, device, true).await;
+                        if r.is_ok() {
+                            let _ = self.actor.send(Command::SendGroupInvites {
+                                invite: invitation(&self.sfu, &self.roster),
+                                members: vec![device],
+                                failed: self.events.clone(),
+                            });
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Some(GroupCommand::NetworkChanged(reply)) => {
+                        let r = self.net.network_changed().await;
+                        let _ = reply.send(r.map(|_| ()).map_err(Error::from));
+                    }
+                    Some(GroupCommand::Stats(reply)) => {
+                        let mut s = self.stats.clone();
+                        let p = self.path.stats();
+                        s.frames_sent = p.frames_sent;
+                        s.srtp_failures = p.srtp_failures;
+                        s.late = p.late;
+                        s.packets_received = p.packets_received;
+                        let _ = reply.send(s);
+                    }
+                },
+                () = sleep => {
+                    // Datagrams that arrived while this task waited for the CPU go to the
+                    // jitter buffers before their playout ticks run, or frames that are here
+                    // would count as late.
+                    while let Ok(d) = datagrams.try_recv() {
+                        if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
+                            debug!(error = %e, "group datagram dropped");
+                        }
+                    }
+                    self.path.handle_timeout(Instant::now());
+                }
+                _ = mix_tick.tick() => {
+                    self.mix();
+                    if !self.connected && tokio::time::Instant::now() >= connect_deadline {
+                        warn!("no ICE path to the SFU in time");
+                        break Ending::Ended;
+                    }
+                }
+            }
+            self.drain();
+        };
+        reader_task.abort();
+        drop(writer);
+        let _ = self.net.close().await;
+        let _ = self.events.send(match ending {
+            Ending::Kicked => GroupCallEvent::Kicked,
+            Ending::Left | Ending::Ended => GroupCallEvent::Ended,
+        });
+        debug!(me = %self.me, "group call task ended");
+    }
+
+    fn on_notice(&mut self, n: Notice) -> Option<Ending> {
+        match n {
+            Notice::ParticipantJoined { device, streams } => {
+                for s in streams.iter().filter(|s| s.kind == StreamKind::Audio) {
+                    self.path.add_stream(device, s.ssrc);
+                }
+                if self.known.insert(device) {
+                    let _ = self
+                        .events
+                        .send(GroupCallEvent::ParticipantJoined(to_signaling(&device)));
+                }
+            }
+            Notice::ParticipantLeft { device, reason } => {
+                self.path.remove_participant(&device);
+                self.decoders.remove(&device);
+                self.mix.remove(&device);
+                if self.known.remove(&device) {
+                    let _ = self.events.send(GroupCallEvent::ParticipantLeft {
+                        device: to_signaling(&device),
+                        kicked: reason == LeaveReason::Kicked,
+                    });
+                }
+            }
+            Notice::ActiveSpeaker { device } => {
+                self.stats.speaker_changes += 1;
+                let _ = self
+                    .events
+                    .send(GroupCallEvent::ActiveSpeaker(to_signaling(&device)));
+            }
+            Notice::Kicked => return Some(Ending::Kicked),
+            Notice::RosterAccepted { version } => {
+                let _ = self.events.send(GroupCallEvent::RosterUpdated(version));
+            }
+            Notice::Muted { device, muted } => {
+                let _ = self.events.send(GroupCallEvent::RemoteMuted {
+                    device: to_signaling(&device),
+                    muted,
+                });
+            }
+        }
+        None
+    }
+
+    /// Signs and sends the next roster version with `device` added or removed (creator only).
+    async fn change_roster(
+        &mut self,
+        writer: &mut hush_sfu::client::ControlWriter,
+        device: DeviceId,
+        add: bool,
+    ) -> Result<(), Error> {
+        if self.roster.creator() != self.me {
+            return Err(Error::NotCallCreator);
+        }
+        let mut members: Vec<SfuDeviceId> = self
+            .roster
+            .members()
+            .iter()
+            .filter(|d| d.as_bytes() != device.as_bytes())
+            .copied()
+            .collect();
+        if add {
+            let d = SfuDeviceId::from_bytes(device.as_bytes())
+                .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Malformed(e)))?;
+            members.push(d);
+        }
+        let next = Roster::sign(
+            &self.device_key,
+            self.roster.call_id(),
+            self.roster.version().saturating_add(1),
+            &members,
+        )
+        .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Roster(e)))?;
+        writer
+            .update_roster(&next)
+            .await
+            .map_err(|e| Error::GroupJoin(e.into()))?;
+        self.roster = next;
+        Ok(())
+    }
+
+    fn send_audio(&mut self, pcm: &[i16]) {
+        if self.muted {
+            return;
+        }
+        let mut encoded = Vec::with_capacity(400);
+        if let Err(e) = self.encoder.encode(pcm, &mut encoded) {
+            debug!(error = %e, "encode failed");
+            return;
+        }
+        let level = audio_level(pcm);
+        self.path.send_audio(&encoded, level, level < 127);
+    }
+
+    /// Sends what the path produced; decodes what it released.
+    fn drain(&mut self) {
+        while let Some(d) = self.path.poll_datagram() {
+            if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
+                continue;
+            }
+            let _ = self.net.send(d);
+        }
+        while let Some(p) = self.path.poll_playout() {
+            let decoder = match self.decoders.entry(p.device) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match OpusCodec::new(1, 20, 32_000)
+                {
+                    Ok(c) => v.insert(c),
+                    Err(e) => {
+                        warn!(error = %e, "no decoder");
+                        continue;
+                    }
+                },
+            };
+            let mut pcm = Vec::with_capacity(960);
+            let (result, source) = match &p.playout {
+                Playout::Frame { payload, .. } => {
+                    (decoder.decode(payload, &mut pcm), FrameSource::Decoded)
+                }
+                Playout::Fec { next_payload, .. } => {
+                    (decoder.decode_fec(next_payload, &mut pcm), FrameSource::Fec)
+                }
+                Playout::Conceal { .. } => (decoder.conceal(&mut pcm), FrameSource::Concealed),
+                Playout::Stretch { .. } => continue,
+            };
+            let source = if result.is_err() {
+                FrameSource::Concealed
+            } else {
+                source
+            };
+            let device = to_signaling(&p.device);
+            let counter = match source {
+                FrameSource::Concealed => &mut self.stats.frames_concealed,
+                _ => &mut self.stats.frames_received,
+            };
+            *counter.entry(device).or_insert(0) += 1;
+            let q = self.mix.entry(p.device).or_default();
+            q.push_back(pcm.clone());
+            while q.len() > MIX_BACKLOG {
+                q.pop_front();
+            }
+            let _ = self.audio_out.try_send(ParticipantAudio {
+                device,
+                frame: AudioFrame { pcm, source },
+            });
+        }
+    }
+
+    /// Every 20 ms: one frame of each participant that has one, summed with saturation.
+    fn mix(&mut self) {
+        let mut out: Option<Vec<i32>> = None;
+        for q in self.mix.values_mut() {
+            let Some(frame) = q.pop_front() else {
+                continue;
+            };
+            let acc = out.get_or_insert_with(|| vec![0; 960]);
+            for (a, s) in acc.iter_mut().zip(frame) {
+                *a += i32::from(s);
+            }
+        }
+        if let Some(acc) = out {
+            let pcm = acc
+                .into_iter()
+                .map(|s| s.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16)
+                .collect();
+            self.stats.mixed_frames += 1;
+            let _ = self.mixed_out.try_send(AudioFrame {
+                pcm,
+                source: FrameSource::Decoded,
+            });
+        }
+    }
+}
+
+/// The device key as an ed25519 signing key for SFU joins and rosters. The seed is the
+/// caller's (`Zeroizing`, wiped on drop); the `SigningKey` wipes itself on drop.
+pub(crate) fn device_signing_key(seed: &Zeroizing<[u8; 32]>) -> SigningKey {
+    SigningKey::from_bytes(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    fn dev(i: u8) -> SfuDeviceId {
+        SfuDeviceId::from_signing_key(&key(i))
+    }
+
+    fn invite(roster: &Roster) -> hush_signaling::GroupInvite {
+        hush_signaling::GroupInvite {
+            call_id: *roster.call_id().as_bytes(),
+            sfu_key: hush_sfu::join::SfuSigningKey::from_seed(&[9; 32])
+                .public_key()
+                .to_bytes(),
+            sfu_address: "127.0.0.1:4000".into(),
+            roster: roster.encode(),
+        }
+    }
+
+    #[test]
+    fn invitations_are_checked_against_the_signed_roster() {
+        let call = SfuCallId::from_bytes([3; 16]);
+        let roster = Roster::sign(&key(1), call, 1, &[dev(1), dev(2)]).unwrap();
+        let from = to_signaling(&dev(1));
+        let me = to_signaling(&dev(2));
+        let ok = GroupInvite::check(from, &me, &invite(&roster)).unwrap();
+        assert_eq!(ok.call_id(), [3; 16]);
+        assert_eq!(ok.sfu.address, "127.0.0.1:4000".parse().unwrap());
+
+        // Not listed.
+        let outsider = to_signaling(&dev(5));
+        assert!(GroupInvite::check(from, &outsider, &invite(&roster)).is_err());
+        // A roster for another call than the invitation says.
+        let mut other_call = invite(&roster);
+        other_call.call_id = [4; 16];
+        assert!(GroupInvite::check(from, &me, &other_call).is_err());
+        // A tampered roster (its signature no longer verifies).
+        let mut tampered = invite(&roster);
+        let last = tampered.roster.len() - 1;
+        tampered.roster[last] ^= 1;
+        assert!(GroupInvite::check(from, &me, &tampered).is_err());
+        // A bad SFU address.
+        let mut bad_addr = invite(&roster);
+        bad_addr.sfu_address = "not an address".into();
+        assert!(matches!(
+            GroupInvite::check(from, &me, &bad_addr),
+            Err(Error::GroupInviteAddress)
+        ));
+    }
+}

@@ -1,0 +1,355 @@
+//! The media path of one participant in a group call: hop SRTP to the SFU around per-sender
+//! jitter buffers, with the end-to-end frame encryption seam in one place.
+//!
+//! ```text
+//!  send:    Opus frame ─▶ FrameCrypto::seal ─▶ RTP (+ RFC 6464 level) ─▶ hop SRTP ─▶ SFU
+//!  receive: SFU ─▶ hop SRTP ─▶ RTP ─▶ SSRC → participant ─▶ FrameCrypto::open ─▶ jitter buffer
+//!                                                                  (one per participant) ─▶ Playout
+//! ```
+//!
+//! [`FrameCrypto`] is where the end-to-end layer goes: every encoded frame passes
+//! [`FrameCrypto::seal`] before it leaves and [`FrameCrypto::open`] after the hop layer and
+//! before anything else reads it, and nowhere else. Until SFrame with sender keys (group calls
+//! part 2) is built, the only implementation is [`NoFrameCrypto`], which leaves frames as they
+//! are: **the SFU can read group call audio**. The RTP header (SSRC, sequence number, the audio
+//! level) stays outside the seam on purpose: the SFU reads it to forward.
+//!
+//! Sans-IO: datagrams and `now` in; datagrams, playout actions per participant and a deadline
+//! out.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use hush_media::jitter::{JitterBuffer, JitterConfig, Playout, Recovery};
+use hush_media::rtp::{AudioLevel, RtpPacket};
+use hush_sfu::join::HopKeys;
+use hush_sfu::DeviceId;
+use hush_srtp::{SrtpConfig, SrtpContext};
+use tracing::trace;
+
+/// The RFC 8285 one-byte extension id of the RFC 6464 audio level in group call packets.
+pub const AUDIO_LEVEL_EXT: u8 = 1;
+/// The Opus payload type of group call audio.
+const OPUS_PT: u8 = 111;
+/// RTP timestamp step of one 20 ms frame at 48 kHz.
+const FRAME_TICKS: u32 = 960;
+/// Most SSRCs the receive context tracks (32 participants with up to 8 streams, and the SFU).
+const MAX_RECV_SSRCS: usize = 32 * 8 + 1;
+
+/// Why a frame could not be sealed or opened by the end-to-end layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameCryptoError {
+    /// The frame did not authenticate, or its sender's key is unknown.
+    #[error("frame not authentic or sender key unknown")]
+    Open,
+    /// The frame could not be sealed.
+    #[error("frame could not be sealed")]
+    Seal,
+}
+
+/// The end-to-end encryption of media frames in a group call: the one seam of the media path
+/// where it applies (see the [module docs](self)). SFrame (group calls part 2) implements it.
+pub trait FrameCrypto: Send {
+    /// Seals one encoded frame of this participant, appending the result to `out`.
+    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError>;
+    /// Opens one frame received from `sender`, appending the encoded frame to `out`.
+    fn open(
+        &mut self,
+        sender: &DeviceId,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameCryptoError>;
+}
+
+/// No end-to-end layer: frames pass unchanged, protected only hop by hop (the SFU can read
+/// them). A placeholder until SFrame exists.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFrameCrypto;
+
+impl FrameCrypto for NoFrameCrypto {
+    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError> {
+        out.extend_from_slice(frame);
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        _sender: &DeviceId,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameCryptoError> {
+        out.extend_from_slice(frame);
+        Ok(())
+    }
+}
+
+/// Why a received datagram was dropped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupPathError {
+    /// Hop SRTP refused it (forged, replayed, not from the SFU).
+    #[error("hop srtp: {0}")]
+    Srtp(#[from] hush_srtp::Error),
+    /// Not a well-formed RTP packet.
+    #[error("malformed rtp")]
+    Malformed,
+    /// Its SSRC belongs to no participant the SFU announced.
+    #[error("unknown ssrc {0:#010x}")]
+    UnknownSsrc(u32),
+    /// The end-to-end layer refused the frame.
+    #[error(transparent)]
+    Frame(#[from] FrameCryptoError),
+}
+
+/// Counters of one participant's group media path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupPathStats {
+    /// Audio frames sent.
+    pub frames_sent: u64,
+    /// RTP packets received that authenticated and belonged to a participant.
+    pub packets_received: u64,
+    /// Datagrams dropped by hop SRTP.
+    pub srtp_failures: u64,
+    /// Packets for an SSRC no announced participant owns.
+    pub unknown_ssrc: u64,
+    /// Frames the end-to-end layer refused.
+    pub frame_failures: u64,
+    /// RTCP datagrams received (consumed; the SFU relays only what concerns this leg).
+    pub rtcp_received: u64,
+    /// Frames that arrived after their playout time, summed over the participants present.
+    pub late: u64,
+}
+
+struct Remote {
+    device: DeviceId,
+    jitter: JitterBuffer,
+}
+
+/// A playout action for one participant's audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantPlayout {
+    /// Whose audio.
+    pub device: DeviceId,
+    /// What to decode.
+    pub playout: Playout,
+}
+
+/// The group media path of one participant. See the [module docs](self).
+pub struct GroupMediaPath {
+    send: SrtpContext,
+    recv: SrtpContext,
+    crypto: Box<dyn FrameCrypto>,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    jitter: JitterConfig,
+    remotes: HashMap<u32, Remote>,
+    out: VecDeque<Vec<u8>>,
+    playouts: VecDeque<ParticipantPlayout>,
+    stats: GroupPathStats,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for GroupMediaPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMediaPath")
+            .field("ssrc", &self.ssrc)
+            .field("remotes", &self.remotes.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupMediaPath {
+    /// A path keyed with the client's hop keys, sending audio under `ssrc` and sealing frames
+    /// with `crypto`. `jitter` configures each participant's jitter buffer.
+    pub fn new(
+        keys: &HopKeys,
+        ssrc: u32,
+        crypto: Box<dyn FrameCrypto>,
+        jitter: JitterConfig,
+        first_seq: u16,
+    ) -> Result<Self, hush_srtp::Error> {
+        let config = SrtpConfig::builder().max_ssrcs(MAX_RECV_SSRCS).build()?;
+        Ok(Self {
+            send: keys.send_context(SrtpConfig::default())?,
+            recv: keys.recv_context(config)?,
+            crypto,
+            ssrc,
+            seq: first_seq,
+            timestamp: u32::from(first_seq).wrapping_mul(FRAME_TICKS),
+            jitter,
+            remotes: HashMap::new(),
+            out: VecDeque::new(),
+            playouts: VecDeque::new(),
+            stats: GroupPathStats::default(),
+            scratch: Vec::with_capacity(1500),
+        })
+    }
+
+    /// A participant (as the SFU announced it) sends audio under `ssrc`.
+    pub fn add_stream(&mut self, device: DeviceId, ssrc: u32) {
+        if ssrc == self.ssrc {
+            return;
+        }
+        self.remotes.insert(
+            ssrc,
+            Remote {
+                device,
+                jitter: JitterBuffer::new(self.jitter.clone()),
+            },
+        );
+    }
+
+    /// A participant left: forget its streams.
+    pub fn remove_participant(&mut self, device: &DeviceId) {
+        self.remotes.retain(|_, r| r.device != *device);
+    }
+
+    /// Seals, packetizes and protects one encoded 20 ms frame whose RFC 6464 level is
+    /// `level` (−dBov, 0 loudest, 127 silence).
+    pub fn send_audio(&mut self, frame: &[u8], level: u8, voice: bool) {
+        self.scratch.clear();
+        if let Err(e) = self.crypto.seal(frame, &mut self.scratch) {
+            self.stats.frame_failures += 1;
+            trace!(error = %e, "frame not sealed");
+            return;
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME_TICKS);
+        let mut p = RtpPacket::default();
+        p.header.payload_type = OPUS_PT;
+        p.header.ssrc = self.ssrc;
+        p.header.sequence_number = self.seq;
+        p.header.timestamp = self.timestamp;
+        p.header.set_audio_level(
+            AUDIO_LEVEL_EXT,
+            AudioLevel {
+                voice,
+                level: level.min(127),
+            },
+        );
+        p.payload = std::mem::take(&mut self.scratch);
+        let mut bytes = p.to_vec();
+        self.scratch = p.payload;
+        match self.send.protect_rtp(&mut bytes) {
+            Ok(()) => {
+                self.stats.frames_sent += 1;
+                self.out.push_back(bytes);
+            }
+            Err(e) => trace!(error = %e, "protect failed"),
+        }
+    }
+
+    /// Handles one datagram from the SFU.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        mut datagram: Vec<u8>,
+    ) -> Result<(), GroupPathError> {
+        if matches!(datagram.get(1), Some(192..=223)) {
+            // RTCP from the SFU (relayed PLIs; audio has no use for them yet).
+            if let Err(e) = self.recv.unprotect_rtcp(&mut datagram) {
+                self.stats.srtp_failures += 1;
+                return Err(e.into());
+            }
+            self.stats.rtcp_received += 1;
+            return Ok(());
+        }
+        if let Err(e) = self.recv.unprotect_rtp(&mut datagram) {
+            self.stats.srtp_failures += 1;
+            return Err(e.into());
+        }
+        let packet = RtpPacket::parse(&datagram).map_err(|_| GroupPathError::Malformed)?;
+        let Some(remote) = self.remotes.get_mut(&packet.header.ssrc) else {
+            self.stats.unknown_ssrc += 1;
+            return Err(GroupPathError::UnknownSsrc(packet.header.ssrc));
+        };
+        let mut frame = Vec::with_capacity(packet.payload.len());
+        if let Err(e) = self
+            .crypto
+            .open(&remote.device, &packet.payload, &mut frame)
+        {
+            self.stats.frame_failures += 1;
+            return Err(e.into());
+        }
+        self.stats.packets_received += 1;
+        remote
+            .jitter
+            .insert(now, packet.header.timestamp, frame, Recovery::None);
+        Ok(())
+    }
+
+    /// Runs every participant's playout ticks due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for r in self.remotes.values_mut() {
+            r.jitter.handle_timeout(now);
+            while let Some(playout) = r.jitter.poll_playout() {
+                self.playouts.push_back(ParticipantPlayout {
+                    device: r.device,
+                    playout,
+                });
+            }
+        }
+    }
+
+    /// The next datagram to send to the SFU.
+    pub fn poll_datagram(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// The next playout action.
+    pub fn poll_playout(&mut self) -> Option<ParticipantPlayout> {
+        self.playouts.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.remotes
+            .values()
+            .filter_map(|r| r.jitter.poll_timeout())
+            .min()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> GroupPathStats {
+        let mut s = self.stats;
+        s.late = self.remotes.values().map(|r| r.jitter.stats().late).sum();
+        s
+    }
+}
+
+/// The RFC 6464 level of a PCM frame: −dBov of its RMS, 0 (loudest) to 127 (silence).
+pub fn audio_level(pcm: &[i16]) -> u8 {
+    if pcm.is_empty() {
+        return 127;
+    }
+    let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (energy / pcm.len() as f64).sqrt() / 32768.0;
+    if rms <= 0.0 {
+        return 127;
+    }
+    let dbov = 20.0 * rms.log10();
+    (-dbov).round().clamp(0.0, 127.0) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_level_of_silence_full_scale_and_a_quiet_tone() {
+        assert_eq!(audio_level(&[0; 960]), 127);
+        assert_eq!(audio_level(&[i16::MAX; 960]), 0);
+        // A sine of amplitude 8000 has an RMS of 8000/√2 ≈ 5657, 20·log10(5657/32768) ≈ −15.3 dBov.
+        let tone: Vec<i16> = (0..960)
+            .map(|i| (8000.0 * (f64::from(i) * 0.0576).sin()) as i16)
+            .collect();
+        assert!(
+            (14..=16).contains(&audio_level(&tone)),
+            "{}",
+            audio_level(&tone)
+        );
+    }
+}
