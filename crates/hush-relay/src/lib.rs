@@ -46,6 +46,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod backend;
 mod bundles;
 mod conn;
 mod io;
@@ -63,15 +64,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use metrics::Metrics;
 /// The rustls version the relay's TLS support is built on (feature `tls`).
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;
 
+use backend::{FanOut, SqliteStore, Store};
 use state::{FetchQuotas, Registry, ReplayCaches};
-use store::{Op, StoreLimits};
+use store::StoreLimits;
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,9 +277,10 @@ pub fn tls_config(
 /// State shared by all connections.
 pub(crate) struct Shared {
     pub(crate) config: RelayConfig,
-    pub(crate) store: mpsc::Sender<Op>,
-    pub(crate) pending: Arc<pending::Pending>,
-    pub(crate) registry: Arc<Registry>,
+    /// The durable queue and prekey directory.
+    pub(crate) store: Arc<dyn Store>,
+    /// Who is online; how new envelopes reach them.
+    pub(crate) fanout: Arc<dyn FanOut>,
     pub(crate) replay_caches: ReplayCaches,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_conn_id: AtomicU64,
@@ -400,10 +403,16 @@ impl Relay {
         let path = config.db_path.clone();
         let sync = config.sync;
         let (m, r) = (metrics.clone(), registry.clone());
-        let (store, pending) =
+        let (ops, pending) =
             tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
                 .await
                 .map_err(|_| std::io::Error::other("store setup panicked"))??;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore {
+            ops,
+            pending,
+            registry: registry.clone(),
+        });
+        let fanout: Arc<dyn FanOut> = registry;
         let key_path = config.key_path.clone();
         let relay_key = tokio::task::spawn_blocking(move || key::load_or_create(&key_path))
             .await
@@ -424,8 +433,7 @@ impl Relay {
             shared: Arc::new(Shared {
                 config,
                 store,
-                pending,
-                registry,
+                fanout,
                 replay_caches: ReplayCaches::default(),
                 metrics,
                 next_conn_id: AtomicU64::new(1),
@@ -518,7 +526,7 @@ impl Relay {
                 }
             }
         }
-        shared.registry.kick_all();
+        shared.fanout.kick_all();
         if let Some(t) = metrics_task {
             t.abort();
         }
