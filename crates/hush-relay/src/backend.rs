@@ -33,7 +33,10 @@ pub(crate) struct Admission {
     /// The encoded envelope.
     pub(crate) envelope: Vec<u8>,
     /// The envelope's message id (end-to-end, chosen by the sender).
-    #[allow(dead_code, reason = "the cluster store will keep replay state by it")]
+    #[cfg_attr(
+        not(feature = "cluster"),
+        allow(dead_code, reason = "the cluster store keeps replay state by it")
+    )]
     pub(crate) message_id: [u8; 16],
     pub(crate) request_id: u64,
     pub(crate) received: Instant,

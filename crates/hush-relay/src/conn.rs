@@ -854,6 +854,7 @@ fn refusal(e: &StoreError) -> Refusal {
             ErrorCode::UnknownRecipient,
             "recipient has published no bundle",
         ),
+        StoreError::Duplicate => (ErrorCode::Duplicate, "envelope already accepted"),
         StoreError::Evicted => (
             ErrorCode::SenderQuotaExceeded,
             "dropped from the recipient's full queue: you have the most envelopes queued there",

@@ -1,4 +1,5 @@
-//! `hush-relay` command line: `hush-relay --listen 127.0.0.1:7400 --db relay.db`.
+//! `hush-relay` command line: `hush-relay --listen 127.0.0.1:7400 --db relay.db`, or as a
+//! cluster node: `hush-relay --listen 0.0.0.0:7400 --postgres URL --nats URL --key relay.key`.
 
 use std::process::ExitCode;
 
@@ -54,6 +55,12 @@ options:
   --key PATH              the relay's ed25519 key file, created on first start (default:
                           the --db path with .key appended); its public key is in every
                           challenge and devices may pin it: keep it with the database
+                          (cluster: give every node a copy of the same key file)
+  --postgres URL          run as a cluster node (build with --features cluster): the
+                          queue and prekey directory live in this PostgreSQL database
+                          (e.g. postgresql://relay@db.internal/hush) instead of --db
+  --nats URL              ... and nodes tell each other about new envelopes and
+                          connected devices over this NATS server (nats://host:4222)
 
 logging: HUSH_RELAY_LOG=error|warn|info|debug|trace (default info)";
 
@@ -73,13 +80,18 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             _ => rest.push((flag, value)),
         }
     }
+    let clustered = rest.iter().any(|(f, _)| f == "--postgres" || f == "--nats");
+    // A cluster node keeps no database file; only the key file defaults to a path beside it.
+    let db = db.or_else(|| clustered.then(|| "hush-relay.db".into()));
     let (Some(listen), Some(db)) = (listen, db) else {
-        return Err("--listen and --db are required".into());
+        return Err("--listen and --db (or --postgres and --nats) are required".into());
     };
     let mut config = RelayConfig::new(listen, db);
     let mut threads = None;
     let mut tls_cert: Option<std::path::PathBuf> = None;
     let mut tls_key: Option<std::path::PathBuf> = None;
+    let mut postgres: Option<String> = None;
+    let mut nats: Option<String> = None;
     for (flag, value) in rest {
         let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
@@ -124,6 +136,8 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             "--tls-cert" => tls_cert = Some(value.into()),
             "--tls-key" => tls_key = Some(value.into()),
             "--key" => config.key_path = value.into(),
+            "--postgres" => postgres = Some(value),
+            "--nats" => nats = Some(value),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -138,6 +152,18 @@ fn parse() -> Result<(RelayConfig, Option<usize>), String> {
             return Err("this build has no TLS support (build with --features tls)".into())
         }
         _ => return Err("--tls-cert and --tls-key go together".into()),
+    }
+    match (postgres, nats) {
+        (None, None) => {}
+        #[cfg(feature = "cluster")]
+        (Some(postgres), Some(nats)) => {
+            config.cluster = Some(hush_relay::ClusterConfig::new(postgres, nats));
+        }
+        #[cfg(not(feature = "cluster"))]
+        (Some(_), Some(_)) => {
+            return Err("this build has no cluster support (build with --features cluster)".into())
+        }
+        _ => return Err("--postgres and --nats go together".into()),
     }
     Ok((config, threads))
 }
