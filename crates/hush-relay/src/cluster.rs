@@ -70,7 +70,7 @@ impl ClusterConfig {
 #[non_exhaustive]
 pub enum ClusterError {
     /// PostgreSQL could not be reached or the schema not created.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The NATS server could not be reached.
     #[error("nats: {0}")]
@@ -199,9 +199,17 @@ impl Pool {
     }
 }
 
+/// A PostgreSQL error with the server's message (the error's own text says only "db error").
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// Logs a PostgreSQL error and turns it into the store's error.
 fn db_error(e: tokio_postgres::Error) -> StoreError {
-    tracing::warn!(error = %e, "postgres operation failed");
+    tracing::warn!(error = %detail(&e), "postgres operation failed");
     StoreError::Database
 }
 
@@ -288,11 +296,20 @@ impl PgStore {
     ) -> Result<Self, ClusterError> {
         let pool = Pool::new(&config.postgres, config.pool_size)?;
         let client = pool.connect().await?;
-        client
-            .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
-            ))
-            .await?;
+        // Created in one transaction, so its last index exists only if all of it does. A node
+        // (re)starting beside busy nodes must not take the schema's locks: its CREATE INDEX
+        // statements would deadlock with their sends.
+        let created = client
+            .query_one("SELECT to_regclass('seen_by_age') IS NOT NULL", &[])
+            .await?
+            .get::<_, bool>(0);
+        if !created {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
+                ))
+                .await?;
+        }
         lock(&pool.idle).push(client);
         Ok(Self {
             pool,
