@@ -33,6 +33,10 @@
 //! The relay only ever sees routing metadata (sender, recipient, time, ciphertext kind) and
 //! Signal ciphertext; it logs no payloads. Prometheus metrics are served on a separate port.
 //!
+//! With the `cluster` feature the relay can instead run as one of several equal nodes on a shared
+//! PostgreSQL database and NATS server (`RelayConfig::cluster`, `--postgres URL --nats URL`),
+//! with the same promise: "accepted" only once committed (see `docs/relay-cluster.md`).
+//!
 //! Run it as a binary (`cargo run -p hush-relay -- --listen 127.0.0.1:7400 --db relay.db`) or
 //! embed it:
 //!

@@ -551,3 +551,46 @@ async fn chaos_nodes_killed_mid_traffic_lose_nothing_accepted() {
     assert!(accepted.len() > SENDERS * PER_SENDER, "most sends accepted");
     assert_eq!(lost, 0, "every accepted envelope was delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_replayed_through_another_node_is_refused() {
+    if !servers_present() {
+        return;
+    }
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let dir = TempDir::new("cluster-replay");
+    let hour = Duration::from_secs(3600);
+    let a = start_node(&dir, &pg, &nats, hour).await;
+    let b = start_node(&dir, &pg, &nats, hour).await;
+    let alice = hush_signaling::device::generate_device_key();
+    let bob = registered_key(a.0).await.device_id();
+    let e = hush_signaling::Envelope {
+        id: rand::random(),
+        sender: alice.device_id(),
+        recipient: bob,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        kind: hush_signaling::CiphertextKind::Signal,
+        ciphertext: vec![0xab; 64],
+    };
+    let on_a = connect(Wire::Tcp, a.0, &alice).await;
+    on_a.send_envelope(e.clone())
+        .await
+        .expect("first copy accepted");
+    // The same envelope through the other node (whose in-memory replay cache never saw it):
+    // refused by the replay state in PostgreSQL.
+    let on_b = connect(Wire::Tcp, b.0, &alice).await;
+    match on_b.send_envelope(e).await {
+        Err(hush_signaling::Error::Relay { code, .. }) => assert_eq!(
+            code,
+            hush_signaling::proto::relay::ErrorCode::Duplicate,
+            "replay refused"
+        ),
+        other => panic!("replay through node b not refused: {other:?}"),
+    }
+    a.1.shutdown();
+    b.1.shutdown();
+}
