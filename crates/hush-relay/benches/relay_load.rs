@@ -9,6 +9,10 @@
 //!       [--sync full|normal] [--in-flight 1] [--senders M] [--pairs] [--latency-all]
 //!       [--relay-threads N] [--commit-delay-ms MS] [--gen-threads N]`
 //!
+//! `--cluster` (build with `--features cluster`, needs `postgresql` and `nats-server`): the relay
+//! runs as a cluster node on a throwaway PostgreSQL and nats-server on loopback (started by
+//! hush-testkit) instead of on SQLite.
+//!
 //! `--relay-threads` and `--commit-delay-ms` are passed to the relay (`--worker-threads`,
 //! `--commit-delay-ms`); unset, the relay's defaults apply.
 //!
@@ -69,6 +73,7 @@ struct Args {
     relay_threads: Option<usize>,
     commit_delay_ms: Option<u64>,
     gen_threads: usize,
+    cluster: bool,
 }
 
 fn args() -> Args {
@@ -83,6 +88,7 @@ fn args() -> Args {
         relay_threads: None,
         commit_delay_ms: None,
         gen_threads: 1,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,6 +102,7 @@ fn args() -> Args {
                 a.commit_delay_ms = Some(val().parse().expect("--commit-delay-ms MS"))
             }
             "--pairs" => a.pairs = true,
+            "--cluster" => a.cluster = true,
             "--latency-all" => a.latency_all = true,
             "--senders" => a.senders = Some(val().parse().expect("--senders M")),
             "--relay-threads" => a.relay_threads = Some(val().parse().expect("--relay-threads N")),
@@ -127,7 +134,7 @@ impl Drop for Relay {
     }
 }
 
-fn start_relay(db: &std::path::Path, args: &Args) -> Relay {
+fn start_relay(db: &std::path::Path, args: &Args, cluster: Option<(String, String)>) -> Relay {
     use std::io::BufRead;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hush-relay"));
     cmd.args([
@@ -154,6 +161,9 @@ fn start_relay(db: &std::path::Path, args: &Args) -> Relay {
     }
     if let Some(ms) = args.commit_delay_ms {
         cmd.args(["--commit-delay-ms", &ms.to_string()]);
+    }
+    if let Some((postgres, nats)) = cluster {
+        cmd.args(["--postgres", &postgres, "--nats", &nats]);
     }
     let mut child = cmd
         .arg("--db")
@@ -702,14 +712,26 @@ fn main() {
 async fn run(args: Args) {
     let dir = std::env::temp_dir().join(format!("hush-relay-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let relay = start_relay(&dir.join("relay.db"), &args);
+    let servers = args.cluster.then(|| {
+        (
+            hush_testkit::servers::Postgres::start(),
+            hush_testkit::servers::Nats::start(),
+        )
+    });
+    let urls = servers.as_ref().map(|(pg, nats)| (pg.url(), nats.url()));
+    let relay = start_relay(&dir.join("relay.db"), &args, urls);
     let n = args.clients;
     let k = args.in_flight;
     let senders = args.senders.unwrap_or(n).min(n);
     let pairs = args.pairs;
     println!(
-        "relay_load: {n} clients, {}, sync={}, bursts of {k} in flight per client, relay worker threads {}, generator threads {}, {} s per phase, loopback, load average {}",
+        "relay_load: {n} clients, {}, store={}, sync={}, bursts of {k} in flight per client, relay worker threads {}, generator threads {}, {} s per phase, loopback, load average {}",
         if args.pairs { "in pairs" } else { "ring" },
+        if args.cluster {
+            "PostgreSQL+NATS (1 node)"
+        } else {
+            "SQLite"
+        },
         args.sync,
         args.relay_threads.map_or("default".to_string(), |t| t.to_string()),
         args.gen_threads,

@@ -28,10 +28,11 @@ use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backend::Admission;
 use crate::bundles::check_upload;
 use crate::io::{self, Reader, Writer};
 use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
-use crate::store::{InsertDone, Op, StoreError};
+use crate::store::{InsertDone, StoreError};
 use crate::Shared;
 
 /// Largest opaque bundle accepted.
@@ -296,26 +297,25 @@ impl Conn {
     async fn serve(&mut self, frames: &mut Reader) -> End {
         let (live_tx, mut live_rx) = mpsc::channel(self.shared.config.delivery_buffer.max(1));
         let (kick, mut kicked) = oneshot::channel();
-        self.shared.registry.register(
-            self.device,
-            ConnHandle {
-                conn_id: self.conn_id,
-                live: live_tx,
-                kick: Mutex::new(Some(kick)),
-            },
-        );
+        self.shared
+            .fanout
+            .register(
+                self.device,
+                ConnHandle {
+                    conn_id: self.conn_id,
+                    live: live_tx,
+                    kick: Mutex::new(Some(kick)),
+                },
+            )
+            .await;
 
         // Backlog: everything committed before this point. Live pushes queue up meanwhile.
-        let (reply, backlog) = oneshot::channel();
-        let load = Op::Load {
-            device: self.device,
-            limit: self.shared.config.max_queue_per_device,
-            reply,
-        };
-        if self.shared.store.send(load).await.is_err() {
-            return End::Violation(ErrorCode::Internal);
-        }
-        let Ok(Ok(backlog)) = backlog.await else {
+        let backlog = self
+            .shared
+            .store
+            .load(self.device, self.shared.config.max_queue_per_device)
+            .await;
+        let Ok(backlog) = backlog else {
             self.send_error(ErrorCode::Internal, "cannot load queue")
                 .await;
             return End::Violation(ErrorCode::Internal);
@@ -401,7 +401,7 @@ impl Conn {
     }
 
     async fn finish(mut self) {
-        self.shared.registry.unregister(&self.device, self.conn_id);
+        self.shared.fanout.unregister(&self.device, self.conn_id);
         let max_age = self.shared.config.max_envelope_age.as_millis() as u64;
         let device = self.device;
         let shared = self.shared.clone();
@@ -522,16 +522,9 @@ impl Conn {
                         .metrics
                         .envelopes_acked
                         .fetch_add(n, Ordering::Relaxed);
-                    // Envelopes not yet written are settled in memory; the rest are deleted.
-                    let ids = self.shared.pending.ack(&self.device, ack.delivery_ids);
-                    if !ids.is_empty() {
-                        let op = Op::Ack {
-                            device: self.device,
-                            ids,
-                        };
-                        if self.shared.store.send(op).await.is_err() {
-                            return Err(End::Violation(ErrorCode::Internal));
-                        }
+                    let acked = self.shared.store.ack(self.device, ack.delivery_ids);
+                    if acked.await.is_err() {
+                        return Err(End::Violation(ErrorCode::Internal));
                     }
                 }
                 Ok(())
@@ -651,24 +644,19 @@ impl Conn {
         }
         let recipient = envelope.recipient;
         // Pushed to the recipient now if online; answered once committed or acknowledged.
-        match self.shared.pending.admit(
-            &self.shared.registry,
-            self.device,
+        let admission = Admission {
+            sender: self.device,
             recipient,
-            encoded,
+            envelope: encoded,
+            message_id: envelope.id,
             request_id,
             received,
-            &self.done_tx,
-        ) {
-            Ok(admitted) => {
-                if let Some(sender) = admitted.evict_stored {
-                    let op = Op::Evict { recipient, sender };
-                    if self.shared.store.send(op).await.is_err() {
-                        return Err(End::Violation(ErrorCode::Internal));
-                    }
-                }
-                Ok(())
-            }
+            done: self.done_tx.clone(),
+        };
+        match self.shared.store.admit(admission).await {
+            Ok(()) => Ok(()),
+            // The store is gone (its thread or its database): nothing more can be served.
+            Err(StoreError::Database) => Err(End::Violation(ErrorCode::Internal)),
             Err(e) => {
                 let counter = match e {
                     StoreError::UnknownRecipient => Some(&self.shared.metrics.unknown_recipients),
@@ -759,21 +747,16 @@ impl Conn {
                     .await;
             }
         };
-        let (reply, rx) = oneshot::channel();
-        let op = Op::Upload {
+        let upload = self.shared.store.upload(
             device,
             bundle,
             one_time_prekeys,
-            replace: up.replace_one_time_prekeys,
-            reply,
-        };
-        if self.shared.store.send(op).await.is_err() {
-            return Err(End::Violation(ErrorCode::Internal));
-        }
+            up.replace_one_time_prekeys,
+        );
         // Uploads are rare; waiting inline keeps the code simple.
-        let result = match rx.await {
-            Ok(Ok(())) => Ok(pb::response::Result::Done(pb::Done {})),
-            Ok(Err(StoreError::TooManyPrekeys)) => {
+        let result = match upload.await {
+            Ok(()) => Ok(pb::response::Result::Done(pb::Done {})),
+            Err(StoreError::TooManyPrekeys) => {
                 Err((ErrorCode::QueueFull, "too many one-time prekeys stored"))
             }
             _ => Err((ErrorCode::Internal, "storage failed")),
@@ -812,31 +795,15 @@ impl Conn {
                 .prekey_fetches_limited
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let (reply, rx) = oneshot::channel();
-        if self
-            .shared
-            .store
-            .send(Op::Fetch {
-                device,
-                one_time,
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return Err(End::Violation(ErrorCode::Internal));
-        }
-        let result = match rx.await {
-            Ok(Ok(b)) => Ok(pb::response::Result::Bundle(pb::Bundle {
+        let result = match self.shared.store.fetch(device, one_time).await {
+            Ok(b) => Ok(pb::response::Result::Bundle(pb::Bundle {
                 device: device.as_bytes().to_vec(),
                 bundle: b.bundle,
                 one_time_prekey: b
                     .one_time_prekey
                     .map(|(id, data)| pb::OneTimePrekey { id, data }),
             })),
-            Ok(Err(StoreError::NotFound)) => {
-                Err((ErrorCode::NotFound, "no bundle for that device"))
-            }
+            Err(StoreError::NotFound) => Err((ErrorCode::NotFound, "no bundle for that device")),
             _ => Err((ErrorCode::Internal, "storage failed")),
         };
         self.respond(request_id, result).await
@@ -887,6 +854,7 @@ fn refusal(e: &StoreError) -> Refusal {
             ErrorCode::UnknownRecipient,
             "recipient has published no bundle",
         ),
+        StoreError::Duplicate => (ErrorCode::Duplicate, "envelope already accepted"),
         StoreError::Evicted => (
             ErrorCode::SenderQuotaExceeded,
             "dropped from the recipient's full queue: you have the most envelopes queued there",

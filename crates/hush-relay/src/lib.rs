@@ -33,6 +33,10 @@
 //! The relay only ever sees routing metadata (sender, recipient, time, ciphertext kind) and
 //! Signal ciphertext; it logs no payloads. Prometheus metrics are served on a separate port.
 //!
+//! With the `cluster` feature the relay can instead run as one of several equal nodes on a shared
+//! PostgreSQL database and NATS server (`RelayConfig::cluster`, `--postgres URL --nats URL`),
+//! with the same promise: "accepted" only once committed (see `docs/relay-cluster.md`).
+//!
 //! Run it as a binary (`cargo run -p hush-relay -- --listen 127.0.0.1:7400 --db relay.db`) or
 //! embed it:
 //!
@@ -46,7 +50,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod backend;
 mod bundles;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod conn;
 mod io;
 mod key;
@@ -63,15 +70,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+#[cfg(feature = "cluster")]
+pub use cluster::{ClusterConfig, ClusterError};
 pub use metrics::Metrics;
 /// The rustls version the relay's TLS support is built on (feature `tls`).
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;
 
+use backend::{FanOut, SqliteStore, Store};
 use state::{FetchQuotas, Registry, ReplayCaches};
-use store::{Op, StoreLimits};
+use store::StoreLimits;
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +178,11 @@ pub struct RelayConfig {
     /// `require_ems` set if it allows TLS 1.2 (RFC 9266 §3).
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Run as one node of a cluster on PostgreSQL and NATS (feature `cluster`) instead of on
+    /// the SQLite file [`db_path`](Self::db_path) (which is then unused; the key file still
+    /// defaults to a path next to it).
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl RelayConfig {
@@ -200,6 +215,8 @@ impl RelayConfig {
             commit_delay: Duration::from_millis(20),
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -232,6 +249,10 @@ pub enum RelayError {
         /// The key file.
         path: PathBuf,
     },
+    /// The cluster backend (PostgreSQL, NATS) could not be reached or set up.
+    #[cfg(feature = "cluster")]
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// Builds a TLS server configuration (ring provider, TLS 1.2 and 1.3) from a PEM certificate
@@ -275,9 +296,10 @@ pub fn tls_config(
 /// State shared by all connections.
 pub(crate) struct Shared {
     pub(crate) config: RelayConfig,
-    pub(crate) store: mpsc::Sender<Op>,
-    pub(crate) pending: Arc<pending::Pending>,
-    pub(crate) registry: Arc<Registry>,
+    /// The durable queue and prekey directory.
+    pub(crate) store: Arc<dyn Store>,
+    /// Who is online; how new envelopes reach them.
+    pub(crate) fanout: Arc<dyn FanOut>,
     pub(crate) replay_caches: ReplayCaches,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_conn_id: AtomicU64,
@@ -397,13 +419,32 @@ impl Relay {
             max_batch: config.max_batch.max(1),
             commit_delay: config.commit_delay,
         };
-        let path = config.db_path.clone();
-        let sync = config.sync;
-        let (m, r) = (metrics.clone(), registry.clone());
-        let (store, pending) =
-            tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
-                .await
-                .map_err(|_| std::io::Error::other("store setup panicked"))??;
+        #[cfg(feature = "cluster")]
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(Self::cluster(&config, cluster, &metrics, &registry).await?),
+            None => None,
+        };
+        #[cfg(not(feature = "cluster"))]
+        let cluster: Option<(Arc<dyn Store>, Arc<dyn FanOut>)> = None;
+        let (store, fanout) = match cluster {
+            Some(backend) => backend,
+            None => {
+                let path = config.db_path.clone();
+                let sync = config.sync;
+                let (m, r) = (metrics.clone(), registry.clone());
+                let (ops, pending) =
+                    tokio::task::spawn_blocking(move || store::open(&path, sync, limits, m, r))
+                        .await
+                        .map_err(|_| std::io::Error::other("store setup panicked"))??;
+                let store: Arc<dyn Store> = Arc::new(SqliteStore {
+                    ops,
+                    pending,
+                    registry: registry.clone(),
+                });
+                let fanout: Arc<dyn FanOut> = registry;
+                (store, fanout)
+            }
+        };
         let key_path = config.key_path.clone();
         let relay_key = tokio::task::spawn_blocking(move || key::load_or_create(&key_path))
             .await
@@ -424,8 +465,7 @@ impl Relay {
             shared: Arc::new(Shared {
                 config,
                 store,
-                pending,
-                registry,
+                fanout,
                 replay_caches: ReplayCaches::default(),
                 metrics,
                 next_conn_id: AtomicU64::new(1),
@@ -436,6 +476,39 @@ impl Relay {
                 fetch_quotas: FetchQuotas::default(),
             }),
         })
+    }
+
+    /// Connects this node to the cluster's PostgreSQL and NATS.
+    #[cfg(feature = "cluster")]
+    async fn cluster(
+        config: &RelayConfig,
+        cluster: &ClusterConfig,
+        metrics: &Arc<Metrics>,
+        registry: &Arc<Registry>,
+    ) -> Result<(Arc<dyn Store>, Arc<dyn FanOut>), RelayError> {
+        let nats = cluster::connect_nats(&cluster.nats).await?;
+        let limits = cluster::PgLimits {
+            max_queue_per_device: config.max_queue_per_device,
+            max_queue_per_sender: config.max_queue_per_sender,
+            max_one_time_prekeys: config.max_one_time_prekeys,
+            max_envelope_age: config.max_envelope_age,
+            replay_window: config.max_envelope_age + config.max_clock_skew,
+        };
+        let store = Arc::new(
+            cluster::PgStore::connect(cluster, nats.clone(), limits, metrics.clone()).await?,
+        );
+        tokio::spawn(cluster::sweep_loop(
+            Arc::downgrade(&store),
+            config.sweep_interval,
+        ));
+        let fanout = Arc::new(cluster::NatsFanOut::new(
+            nats,
+            registry.clone(),
+            store.clone(),
+            cluster.poll_interval,
+            config.max_queue_per_device,
+        ));
+        Ok((store, fanout))
     }
 
     /// The address clients connect to.
@@ -518,7 +591,7 @@ impl Relay {
                 }
             }
         }
-        shared.registry.kick_all();
+        shared.fanout.kick_all();
         if let Some(t) = metrics_task {
             t.abort();
         }

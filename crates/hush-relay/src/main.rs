@@ -1,155 +1,305 @@
-//! `hush-relay` command line: `hush-relay --listen 127.0.0.1:7400 --db relay.db`.
+//! `hush-relay` command line: `hush-relay --listen 127.0.0.1:7400 --db relay.db`, or as a
+//! cluster node: `hush-relay --listen 0.0.0.0:7400 --postgres URL --nats URL --key relay.key`.
+//!
+//! Every flag can also come from an environment variable (`HUSH_RELAY_` and the flag's name in
+//! upper case with `_`, shown by `--help`) or from a TOML file given with `--config` whose keys
+//! are the flags' long names (`listen = "0.0.0.0:443"`, `max-queue = 2000`). A flag on the
+//! command line wins over the environment, which wins over the file.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{CommandFactory as _, Parser, ValueEnum};
 use hush_relay::{Relay, RelayConfig, SyncMode};
 
-const USAGE: &str = "usage: hush-relay --listen ADDR:PORT --db PATH [options]
+/// SQLite durability.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Sync {
+    /// fsync every commit: survives power loss.
+    Full,
+    /// Survives kill -9 but not power loss.
+    Normal,
+}
 
-options:
-  --metrics ADDR:PORT     serve Prometheus metrics at http://ADDR:PORT/metrics
-  --sync full|normal      SQLite durability (default full: fsync every commit;
-                          normal survives kill -9 but not power loss)
-  --max-frame BYTES       largest client frame (default 65536)
-  --max-connections N     (default 100000)
-  --max-connections-per-ip N
-                          simultaneous connections from one IP address, authenticated
-                          or not (default 1000; carrier-grade NAT puts many devices
-                          behind one address)
-  --auth-timeout-ms MS    an unauthenticated connection is closed this long after it
-                          was accepted, whatever it sent (TLS, WebSocket upgrade and
-                          challenge-response must all be done by then; default 10000)
-  --rate N                requests per second per connection (default 50)
-  --burst N               request burst per connection (default 200)
-  --max-queue N           envelopes queued per device, all senders together
-                          (default 1000)
-  --max-queue-per-sender N
-                          envelopes one sender may have queued for one recipient
-                          (default 100; past it the sender gets
-                          SENDER_QUOTA_EXCEEDED, others still get through)
-  --max-envelope-age-s S  envelopes stamped longer ago are refused, and queued ones
-                          admitted longer ago are deleted unread (default 300)
-  --sweep-interval-ms MS  how often expired envelopes are deleted (default 10000)
-  --write-timeout-ms MS   a write to a client that takes longer closes the
-                          connection (a device that stops reading; default 30000)
-  --idle-timeout-s S      an authenticated client that sends no frame for this long
-                          is disconnected (default 900; clients ping more often)
-  --prekey-fetches-per-minute N
-                          one-time prekeys one device may take per minute; past it,
-                          fetches get the bundle without one (default 30)
-  --delivery-buffer N     live deliveries buffered per connection (default 1024)
-  --commit-delay-ms MS    how long an envelope pushed to its online recipient waits
-                          for the acknowledgement before it is written to the
-                          database (default 20); acknowledged ones are never
-                          written, ones for offline devices are written at once,
-                          and a sender is answered only once its envelope is
-                          committed or acknowledged
-  --worker-threads N      tokio worker threads (default: number of CPUs; 1 runs
-                          connections on one thread, with the database on another)
-  --tls-cert PATH         serve TLS with this PEM certificate chain (build with --features tls):
-                          the production setting; devices bind their authentication to
-                          the TLS connection. Without it the listener is plaintext, for
-                          local use only (it says so in a warning at startup)
-  --tls-key PATH          ... and this PEM private key
-  --key PATH              the relay's ed25519 key file, created on first start (default:
-                          the --db path with .key appended); its public key is in every
-                          challenge and devices may pin it: keep it with the database
+/// The hush signaling relay: authenticated, durable store-and-forward of sealed envelopes.
+///
+/// Logging: HUSH_RELAY_LOG=error|warn|info|debug|trace (default info).
+#[derive(Debug, Parser)]
+#[command(name = "hush-relay", version)]
+struct Cli {
+    /// TOML file with default values for these flags (keys are the long flag names).
+    #[arg(long, env = "HUSH_RELAY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address for client connections (TCP and WebSocket on the same port).
+    #[arg(long, env = "HUSH_RELAY_LISTEN", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// SQLite database file (created if missing); not needed with --postgres.
+    #[arg(
+        long,
+        env = "HUSH_RELAY_DB",
+        value_name = "PATH",
+        required_unless_present = "postgres"
+    )]
+    db: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, env = "HUSH_RELAY_METRICS", value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// SQLite durability.
+    #[arg(long, env = "HUSH_RELAY_SYNC", value_enum, default_value = "full")]
+    sync: Sync,
+    /// Largest client frame in bytes [default: 65536].
+    #[arg(long, env = "HUSH_RELAY_MAX_FRAME", value_name = "BYTES")]
+    max_frame: Option<usize>,
+    /// Most simultaneous connections [default: 100000].
+    #[arg(long, env = "HUSH_RELAY_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<u64>,
+    /// Simultaneous connections from one IP address (IPv6: one /64), authenticated or not
+    /// [default: 1000; carrier-grade NAT puts many devices behind one address].
+    #[arg(long, env = "HUSH_RELAY_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<u32>,
+    /// An unauthenticated connection is closed this long after it was accepted, whatever it
+    /// sent (TLS, WebSocket upgrade and challenge-response must all be done) [default: 10000].
+    #[arg(long, env = "HUSH_RELAY_AUTH_TIMEOUT_MS", value_name = "MS")]
+    auth_timeout_ms: Option<u64>,
+    /// Requests per second per connection [default: 50].
+    #[arg(long, env = "HUSH_RELAY_RATE", value_name = "N")]
+    rate: Option<u32>,
+    /// Request burst per connection [default: 200].
+    #[arg(long, env = "HUSH_RELAY_BURST", value_name = "N")]
+    burst: Option<u32>,
+    /// Envelopes queued per device, all senders together [default: 1000].
+    #[arg(long, env = "HUSH_RELAY_MAX_QUEUE", value_name = "N")]
+    max_queue: Option<u32>,
+    /// Envelopes one sender may have queued for one recipient; past it the sender gets
+    /// SENDER_QUOTA_EXCEEDED and others still get through [default: 100].
+    #[arg(long, env = "HUSH_RELAY_MAX_QUEUE_PER_SENDER", value_name = "N")]
+    max_queue_per_sender: Option<u32>,
+    /// Envelopes stamped longer ago are refused, and queued ones admitted longer ago are
+    /// deleted unread [default: 300].
+    #[arg(long, env = "HUSH_RELAY_MAX_ENVELOPE_AGE_S", value_name = "S")]
+    max_envelope_age_s: Option<u64>,
+    /// How often expired envelopes are deleted [default: 10000].
+    #[arg(long, env = "HUSH_RELAY_SWEEP_INTERVAL_MS", value_name = "MS")]
+    sweep_interval_ms: Option<u64>,
+    /// A write to a client that takes longer closes the connection (a device that stops
+    /// reading) [default: 30000].
+    #[arg(long, env = "HUSH_RELAY_WRITE_TIMEOUT_MS", value_name = "MS")]
+    write_timeout_ms: Option<u64>,
+    /// An authenticated client that sends no frame for this long is disconnected; clients
+    /// ping more often [default: 900].
+    #[arg(long, env = "HUSH_RELAY_IDLE_TIMEOUT_S", value_name = "S")]
+    idle_timeout_s: Option<u64>,
+    /// One-time prekeys one device may take per minute; past it, fetches get the bundle
+    /// without one [default: 30].
+    #[arg(long, env = "HUSH_RELAY_PREKEY_FETCHES_PER_MINUTE", value_name = "N")]
+    prekey_fetches_per_minute: Option<u32>,
+    /// Live deliveries buffered per connection [default: 1024].
+    #[arg(long, env = "HUSH_RELAY_DELIVERY_BUFFER", value_name = "N")]
+    delivery_buffer: Option<usize>,
+    /// How long an envelope pushed to its online recipient waits for the acknowledgement
+    /// before it is written to SQLite; acknowledged ones are never written, ones for offline
+    /// devices are written at once, and a sender is answered only once its envelope is
+    /// committed or acknowledged [default: 20].
+    #[arg(long, env = "HUSH_RELAY_COMMIT_DELAY_MS", value_name = "MS")]
+    commit_delay_ms: Option<u64>,
+    /// Tokio worker threads (1 runs connections on one thread, the database on another)
+    /// [default: number of CPUs].
+    #[arg(long, env = "HUSH_RELAY_WORKER_THREADS", value_name = "N")]
+    worker_threads: Option<usize>,
+    /// Serve TLS with this PEM certificate chain (build with --features tls): the production
+    /// setting, devices bind their authentication to the TLS connection. Without it the
+    /// listener is plaintext, for local use only.
+    #[arg(
+        long,
+        env = "HUSH_RELAY_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// ... and this PEM private key.
+    #[arg(
+        long,
+        env = "HUSH_RELAY_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The relay's ed25519 key file, created on first start [default: the --db path with .key
+    /// appended]; devices may pin its public key, so keep it (cluster: the same file on every
+    /// node).
+    #[arg(long, env = "HUSH_RELAY_KEY", value_name = "PATH")]
+    key: Option<PathBuf>,
+    /// Run as a cluster node (build with --features cluster): the queue and prekey directory
+    /// live in this PostgreSQL database (postgresql://relay@db.internal/hush) instead of --db.
+    #[arg(
+        long,
+        env = "HUSH_RELAY_POSTGRES",
+        value_name = "URL",
+        requires = "nats"
+    )]
+    postgres: Option<String>,
+    /// ... and nodes tell each other about new envelopes and connected devices over this NATS
+    /// server (nats://host:4222).
+    #[arg(
+        long,
+        env = "HUSH_RELAY_NATS",
+        value_name = "URL",
+        requires = "postgres"
+    )]
+    nats: Option<String>,
+}
 
-logging: HUSH_RELAY_LOG=error|warn|info|debug|trace (default info)";
+/// Why the command line could not be turned into a configuration.
+#[derive(Debug, thiserror::Error)]
+enum ArgsError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config file {path}: unknown key {key:?}")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("config file {path}: key {key:?} must be a string, number or boolean")]
+    BadValue { path: PathBuf, key: String },
+    #[cfg_attr(not(feature = "tls"), allow(dead_code, reason = "TLS setup only"))]
+    #[error(transparent)]
+    Relay(#[from] hush_relay::RelayError),
+    #[cfg_attr(
+        all(feature = "tls", feature = "cluster"),
+        allow(dead_code, reason = "builds without a feature only")
+    )]
+    #[error("{0} needs a build with --features {1}")]
+    Feature(&'static str, &'static str),
+}
 
-fn parse() -> Result<(RelayConfig, Option<usize>), String> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = None;
-    let mut db = None;
-    let mut rest = Vec::new();
-    while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => listen = Some(value.parse().map_err(|e| format!("--listen: {e}"))?),
-            "--db" => db = Some(value.into()),
-            _ => rest.push((flag, value)),
-        }
-    }
-    let (Some(listen), Some(db)) = (listen, db) else {
-        return Err("--listen and --db are required".into());
+/// The command line with the config file's values (if any) put first, as flags, for those
+/// options not set on the command line or in the environment.
+fn args_with_config_file(
+    args: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, ArgsError> {
+    // Only `--config` matters here; everything else is checked by the real parse below.
+    let first = Cli::command().ignore_errors(true).get_matches_from(&args);
+    let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+        return Ok(args);
     };
-    let mut config = RelayConfig::new(listen, db);
-    let mut threads = None;
-    let mut tls_cert: Option<std::path::PathBuf> = None;
-    let mut tls_key: Option<std::path::PathBuf> = None;
-    for (flag, value) in rest {
-        let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--metrics" => {
-                config.metrics_listen = Some(value.parse().map_err(|e| format!("--metrics: {e}"))?)
-            }
-            "--sync" => {
-                config.sync = match value.as_str() {
-                    "full" => SyncMode::Full,
-                    "normal" => SyncMode::Normal,
-                    _ => return Err("--sync must be full or normal".into()),
-                }
-            }
-            "--max-frame" => config.max_frame_len = num(&value)? as usize,
-            "--max-connections" => config.max_connections = num(&value)?,
-            "--max-connections-per-ip" => config.max_connections_per_ip = num(&value)? as u32,
-            "--auth-timeout-ms" => {
-                config.handshake_timeout = std::time::Duration::from_millis(num(&value)?)
-            }
-            "--rate" => config.rate_limit_per_sec = num(&value)? as u32,
-            "--burst" => config.rate_limit_burst = num(&value)? as u32,
-            "--max-queue" => config.max_queue_per_device = num(&value)? as u32,
-            "--max-queue-per-sender" => config.max_queue_per_sender = num(&value)? as u32,
-            "--max-envelope-age-s" => {
-                config.max_envelope_age = std::time::Duration::from_secs(num(&value)?)
-            }
-            "--sweep-interval-ms" => {
-                config.sweep_interval = std::time::Duration::from_millis(num(&value)?)
-            }
-            "--write-timeout-ms" => {
-                config.write_timeout = std::time::Duration::from_millis(num(&value)?)
-            }
-            "--idle-timeout-s" => {
-                config.idle_timeout = std::time::Duration::from_secs(num(&value)?)
-            }
-            "--prekey-fetches-per-minute" => config.prekey_fetches_per_minute = num(&value)? as u32,
-            "--delivery-buffer" => config.delivery_buffer = num(&value)? as usize,
-            "--commit-delay-ms" => {
-                config.commit_delay = std::time::Duration::from_millis(num(&value)?)
-            }
-            "--worker-threads" => threads = Some(num(&value)? as usize),
-            "--tls-cert" => tls_cert = Some(value.into()),
-            "--tls-key" => tls_key = Some(value.into()),
-            "--key" => config.key_path = value.into(),
-            _ => return Err(format!("unknown option {flag}")),
+    let text = std::fs::read_to_string(&path).map_err(|source| ArgsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| ArgsError::Toml {
+        path: path.clone(),
+        source,
+    })?;
+    let command = Cli::command();
+    let mut from_file = Vec::new();
+    for (key, value) in table {
+        let Some(arg) = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+        else {
+            return Err(ArgsError::UnknownKey { path, key });
+        };
+        let set_on_command_line = first.value_source(arg.get_id().as_str())
+            == Some(clap::parser::ValueSource::CommandLine);
+        let set_in_env = arg
+            .get_env()
+            .is_some_and(|name| std::env::var_os(name).is_some());
+        if set_on_command_line || set_in_env {
+            continue;
         }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => return Err(ArgsError::BadValue { path, key }),
+        };
+        from_file.push(format!("--{key}").into());
+        from_file.push(value.into());
     }
-    match (tls_cert, tls_key) {
-        (None, None) => {}
+    let mut out = Vec::with_capacity(args.len() + from_file.len());
+    out.extend(args.iter().take(1).cloned());
+    out.extend(from_file);
+    out.extend(args.into_iter().skip(1));
+    Ok(out)
+}
+
+fn config(cli: Cli) -> Result<(RelayConfig, Option<usize>), ArgsError> {
+    // A cluster node keeps no database file; only the key file defaults to a path beside it.
+    let db = cli.db.unwrap_or_else(|| "hush-relay.db".into());
+    let mut config = RelayConfig::new(cli.listen, db);
+    config.metrics_listen = cli.metrics;
+    config.sync = match cli.sync {
+        Sync::Full => SyncMode::Full,
+        Sync::Normal => SyncMode::Normal,
+    };
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    macro_rules! set {
+        ($field:ident = $value:expr) => {
+            if let Some(v) = $value {
+                config.$field = v;
+            }
+        };
+    }
+    set!(max_frame_len = cli.max_frame);
+    set!(max_connections = cli.max_connections);
+    set!(max_connections_per_ip = cli.max_connections_per_ip);
+    set!(handshake_timeout = cli.auth_timeout_ms.map(ms));
+    set!(rate_limit_per_sec = cli.rate);
+    set!(rate_limit_burst = cli.burst);
+    set!(max_queue_per_device = cli.max_queue);
+    set!(max_queue_per_sender = cli.max_queue_per_sender);
+    set!(max_envelope_age = cli.max_envelope_age_s.map(s));
+    set!(sweep_interval = cli.sweep_interval_ms.map(ms));
+    set!(write_timeout = cli.write_timeout_ms.map(ms));
+    set!(idle_timeout = cli.idle_timeout_s.map(s));
+    set!(prekey_fetches_per_minute = cli.prekey_fetches_per_minute);
+    set!(delivery_buffer = cli.delivery_buffer);
+    set!(commit_delay = cli.commit_delay_ms.map(ms));
+    set!(key_path = cli.key);
+    if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
         #[cfg(feature = "tls")]
-        (Some(cert), Some(key)) => {
-            config.tls = Some(hush_relay::load_tls_config(&cert, &key).map_err(|e| e.to_string())?)
+        {
+            config.tls = Some(hush_relay::load_tls_config(&cert, &key)?);
         }
         #[cfg(not(feature = "tls"))]
-        (Some(_), Some(_)) => {
-            return Err("this build has no TLS support (build with --features tls)".into())
+        {
+            let _ = (cert, key);
+            return Err(ArgsError::Feature("--tls-cert", "tls"));
         }
-        _ => return Err("--tls-cert and --tls-key go together".into()),
     }
-    Ok((config, threads))
+    if let (Some(postgres), Some(nats)) = (cli.postgres, cli.nats) {
+        #[cfg(feature = "cluster")]
+        {
+            config.cluster = Some(hush_relay::ClusterConfig::new(postgres, nats));
+        }
+        #[cfg(not(feature = "cluster"))]
+        {
+            let _ = (postgres, nats);
+            return Err(ArgsError::Feature("--postgres", "cluster"));
+        }
+    }
+    Ok((config, cli.worker_threads))
 }
 
 fn main() -> ExitCode {
-    let (config, threads) = match parse() {
+    let parsed = args_with_config_file(std::env::args_os().collect()).and_then(|args| {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
+        config(cli)
+    });
+    let (config, threads) = match parsed {
         Ok(c) => c,
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("hush-relay: {e}");
-            }
-            eprintln!("{USAGE}");
+            eprintln!("hush-relay: {e}");
             return ExitCode::from(2);
         }
     };
@@ -197,5 +347,62 @@ fn main() -> ExitCode {
             eprintln!("hush-relay: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, ArgsError> {
+        let args = args.iter().map(Into::into).collect();
+        let args = args_with_config_file(args)?;
+        Ok(Cli::try_parse_from(args).expect("valid flags"))
+    }
+
+    #[test]
+    fn config_file_gives_defaults_and_the_command_line_wins() {
+        let dir = std::env::temp_dir().join(format!("hush-relay-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("relay.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7400\"\ndb = \"from-file.db\"\nmax-queue = 7\nrate = 9\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let cli = parse(&["hush-relay", "--config", f, "--rate", "11"]).unwrap();
+        assert_eq!(cli.listen, "127.0.0.1:7400".parse().unwrap());
+        assert_eq!(cli.db, Some(PathBuf::from("from-file.db")));
+        assert_eq!(cli.max_queue, Some(7));
+        assert_eq!(cli.rate, Some(11), "the command line wins over the file");
+        let (config, _) = config(cli).unwrap();
+        assert_eq!(config.max_queue_per_device, 7);
+        assert_eq!(config.rate_limit_per_sec, 11);
+
+        std::fs::write(&file, "listen = \"127.0.0.1:7400\"\nmax-qeue = 7\n").unwrap();
+        assert!(matches!(
+            parse(&["hush-relay", "--config", f, "--db", "x.db"]),
+            Err(ArgsError::UnknownKey { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable_and_help() {
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(
+                env,
+                format!("HUSH_RELAY_{}", long.to_uppercase().replace('-', "_")),
+                "--{long}"
+            );
+            assert!(arg.get_help().is_some(), "--{long} has help");
+        }
+        Cli::command().debug_assert();
     }
 }

@@ -113,6 +113,20 @@ impl Registry {
         }
     }
 
+    /// Tells connection `conn_id` of `device` to close, if it is still the registered one.
+    #[cfg_attr(
+        not(feature = "cluster"),
+        allow(dead_code, reason = "cluster fan-out only")
+    )]
+    pub(crate) fn kick_conn(&self, device: &DeviceId, conn_id: u64, why: Kick) {
+        let mut online = lock(&self.online);
+        if online.get(device).is_some_and(|h| h.conn_id == conn_id) {
+            if let Some(h) = online.remove(device) {
+                h.kick(why);
+            }
+        }
+    }
+
     /// Tells every connection to close (shutdown).
     pub(crate) fn kick_all(&self) {
         let online = lock(&self.online);

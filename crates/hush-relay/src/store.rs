@@ -52,6 +52,14 @@ pub(crate) enum StoreError {
     TooManyPrekeys,
     #[error("database error")]
     Database,
+    /// The sender's message id was accepted before (the cluster store keeps replay state
+    /// shared by all nodes).
+    #[cfg_attr(
+        not(feature = "cluster"),
+        allow(dead_code, reason = "cluster store only")
+    )]
+    #[error("envelope already accepted")]
+    Duplicate,
 }
 
 /// The answer to a send, delivered to the sending connection's completion queue once the

@@ -77,15 +77,7 @@ impl Auth {
     }
 }
 
-/// A unique scratch directory under the system temp dir.
-fn scratch(tag: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("hush-testkit-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
+use crate::scratch;
 
 /// A port that is free on `ip` for UDP and TCP at the same time (coturn's plain listener uses
 /// the same port for both).

@@ -21,6 +21,7 @@
 use std::io::Write;
 
 pub mod coturn;
+pub mod servers;
 
 /// Environment variable that turns a missing system component into a test failure.
 pub const REQUIRE_ENV: &str = "HUSH_REQUIRE_SYSTEM_TESTS";
@@ -53,6 +54,16 @@ pub fn system_component(component: &str, available: bool) -> bool {
         "NOT RUN {test}: needs {component}, which is missing here (CI sets {REQUIRE_ENV}=1 to make this a failure)"
     );
     false
+}
+
+/// A unique scratch directory under the system temp dir.
+pub(crate) fn scratch(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hush-testkit-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
 }
 
 /// Whether an executable called `name` is found on `PATH`.
