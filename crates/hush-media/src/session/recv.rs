@@ -262,6 +262,11 @@ impl MediaSession {
         let h = &packet.header;
         self.depack
             .push(ext_seq, h.timestamp, h.marker, &packet.payload);
+        if self.depack.needs_keyframe() {
+            // A malformed frame was dropped, or frames wait for a keyframe after a skip: ask
+            // (again, rate-limited, in case the request or the keyframe was lost).
+            self.request_keyframe(now);
+        }
         if self.depack.has_gap() {
             self.video_gap_since.get_or_insert(now);
         } else {
