@@ -19,7 +19,7 @@ pub use self::annexb::{
     NAL_SPS, NAL_STAP_A,
 };
 #[cfg(feature = "openh264")]
-pub use self::openh264::{OpenH264Decoder, OpenH264Encoder};
+pub use self::openh264::{OpenH264Decoder, OpenH264Encoder, OpenH264Tuning};
 
 use std::time::Duration;
 
