@@ -1,5 +1,6 @@
 //! Video codecs: raw I420 pictures, the codec-neutral [`VideoEncoder`]/[`VideoDecoder`] traits,
-//! H.264 Annex B helpers and (feature `openh264`, on by default) the OpenH264 implementation.
+//! H.264 Annex B helpers, the resolution/frame-rate adaptation [`ladder`], and (feature
+//! `openh264`, on by default) the OpenH264 implementation.
 //!
 //! The engine moves encoded access units; it never needs to know which codec made them. An
 //! application with a hardware codec (MediaCodec, VideoToolbox) implements the two traits on
@@ -11,6 +12,7 @@
 //! (a PLI or FIR from the receiver).
 
 mod annexb;
+pub mod ladder;
 #[cfg(feature = "openh264")]
 mod openh264;
 
