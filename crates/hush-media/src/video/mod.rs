@@ -29,6 +29,10 @@ use thiserror::Error;
 
 use crate::time::Instant;
 
+/// Smallest NAL size limit: OpenH264 refuses less than one worst-case macroblock (400 bytes)
+/// plus 20 bytes of headers.
+pub const MIN_NAL_SIZE: usize = 420;
+
 /// Largest picture side the codecs accept (H.264 level 5.2 stops at 4096).
 pub const MAX_DIMENSION: u32 = 4096;
 
@@ -249,8 +253,9 @@ pub struct VideoEncoderConfig {
     pub bitrate_bps: u32,
     /// Frame rate the source delivers (the rate control spreads the bitrate over it).
     pub framerate: f32,
-    /// Largest NAL unit the encoder should produce, in bytes: slices are cut to fit one RTP
-    /// packet, so that a lost packet costs one slice and not a whole frame.
+    /// Largest NAL unit the encoder should produce, in bytes (at least [`MIN_NAL_SIZE`]):
+    /// slices are cut to fit one RTP packet, so that a lost packet costs one slice and not a
+    /// whole frame.
     pub max_nal_size: usize,
     /// Distance between periodic IDR frames, a safety net behind keyframe requests
     /// (`None`: only on request).
@@ -279,9 +284,9 @@ impl VideoEncoderConfig {
         if !(self.framerate.is_finite() && (1.0..=120.0).contains(&self.framerate)) {
             return Err(VideoError::InvalidConfig("frame rate must be 1 to 120"));
         }
-        if !(200..=65_000).contains(&self.max_nal_size) {
+        if !(MIN_NAL_SIZE..=65_000).contains(&self.max_nal_size) {
             return Err(VideoError::InvalidConfig(
-                "max NAL size must be 200 to 65000 bytes",
+                "max NAL size must be 420 to 65000 bytes",
             ));
         }
         Ok(())

@@ -546,4 +546,26 @@ mod tests {
         }
         assert_eq!(idrs, 1);
     }
+
+    /// The smallest NAL size limit the config accepts is one OpenH264 takes (it refuses less
+    /// than a worst-case macroblock plus headers, 420 bytes, at the first encode).
+    #[test]
+    fn smallest_accepted_nal_size_encodes() {
+        let t = Instant::now();
+        let small = VideoEncoderConfig {
+            max_nal_size: 420,
+            ..Default::default()
+        };
+        let mut enc = OpenH264Encoder::new(small).unwrap();
+        let out = enc.encode(&picture(160, 96, 0, t)).unwrap().unwrap();
+        assert!(annexb_nal_units(&out.data).all(|n| n.len() <= 420));
+        let too_small = VideoEncoderConfig {
+            max_nal_size: 419,
+            ..Default::default()
+        };
+        assert!(matches!(
+            OpenH264Encoder::new(too_small),
+            Err(VideoError::InvalidConfig(_))
+        ));
+    }
 }
