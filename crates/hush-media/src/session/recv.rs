@@ -291,7 +291,9 @@ impl MediaSession {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant) {
+    /// Asks the peer for a keyframe of its video (PLI, RFC 4585), at most every 300 ms; for
+    /// a decoder that lost its reference. Nothing without a remote video stream.
+    pub fn request_keyframe(&mut self, now: Instant) {
         let Some(v) = self.config.remote_video else {
             return;
         };
