@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use hush_crypto::MediaKeys;
+use hush_media::video::{I420Frame, VideoDecoder, VideoEncoder, VideoError};
 use hush_media::{Event, MediaSession, SessionConfig, TransmitKind};
 use hush_srtp::SrtpContext;
 use tracing::debug;
@@ -41,6 +42,9 @@ pub enum MediaPathError {
     /// The packet authenticated but the media engine could not parse it.
     #[error("media: {0}")]
     Media(#[from] hush_media::Error),
+    /// The video encoder failed on a picture.
+    #[error("video: {0}")]
+    Video(#[from] VideoError),
 }
 
 /// Counters of the protection layer of one call.
@@ -61,6 +65,11 @@ pub struct MediaPath {
     session: MediaSession,
     out: VecDeque<Vec<u8>>,
     stats: PathStats,
+    encoder: Option<Box<dyn VideoEncoder>>,
+    decoder: Option<Box<dyn VideoDecoder>>,
+    decoded: VecDeque<I420Frame>,
+    pending: VecDeque<Event>,
+    video_fps: f32,
 }
 
 impl MediaPath {
@@ -76,6 +85,11 @@ impl MediaPath {
             session: MediaSession::new(config, now),
             out: VecDeque::new(),
             stats: PathStats::default(),
+            encoder: None,
+            decoder: None,
+            decoded: VecDeque::new(),
+            pending: VecDeque::new(),
+            video_fps: 30.0,
         };
         LIVE_PATHS.fetch_add(1, Ordering::Relaxed);
         Ok(path)
@@ -84,6 +98,89 @@ impl MediaPath {
     /// Sends one encoded audio frame.
     pub fn send_audio(&mut self, now: Instant, frame: &[u8]) {
         self.session.send_audio(now, frame, None);
+        self.protect_transmits();
+    }
+
+    /// Puts video codecs on the path: pictures given to [`send_video`](Self::send_video) are
+    /// encoded here and frames received are decoded here ([`poll_video`](Self::poll_video)),
+    /// so a picture goes straight through codec, engine and SRTP in each direction. `fps` is
+    /// the frame rate the source delivers. The session config should use
+    /// `VideoPayload::H264` for an H.264 codec.
+    pub fn set_video_codecs(
+        &mut self,
+        encoder: Option<Box<dyn VideoEncoder>>,
+        decoder: Option<Box<dyn VideoDecoder>>,
+        fps: f32,
+    ) {
+        self.encoder = encoder;
+        self.decoder = decoder;
+        self.video_fps = fps;
+    }
+
+    /// Encodes one picture and sends it. Returns whether a frame went out (the encoder's rate
+    /// control may drop one). Without an encoder nothing is sent.
+    pub fn send_video(
+        &mut self,
+        now: Instant,
+        picture: &I420Frame,
+    ) -> Result<bool, MediaPathError> {
+        self.run_codecs(now);
+        let Some(enc) = self.encoder.as_mut() else {
+            return Ok(false);
+        };
+        let Some(frame) = enc.encode(picture)? else {
+            return Ok(false);
+        };
+        self.session.send_video(now, &frame.data, frame.keyframe);
+        self.protect_transmits();
+        Ok(true)
+    }
+
+    /// The next decoded picture received, in order; its `capture_time` is the instant the
+    /// engine handed its frame out.
+    pub fn poll_video(&mut self) -> Option<I420Frame> {
+        self.decoded.pop_front()
+    }
+
+    /// Runs the video codecs on the engine's events: decodes received frames (asking for a
+    /// keyframe when the decoder lost its reference), forces a keyframe when the peer asks,
+    /// applies the video bitrate. Other events wait for [`poll_event`](Self::poll_event).
+    fn run_codecs(&mut self, now: Instant) {
+        if self.encoder.is_none() && self.decoder.is_none() {
+            return;
+        }
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Video(frame) if self.decoder.is_some() => {
+                    let Some(dec) = self.decoder.as_mut() else {
+                        continue;
+                    };
+                    match dec.decode(&frame.data, now) {
+                        Ok(Some(picture)) => self.decoded.push_back(picture),
+                        Ok(None) => {}
+                        Err(e) => {
+                            debug!(error = %e, "video frame not decoded; asking for a keyframe");
+                            self.session.request_keyframe(now);
+                        }
+                    }
+                }
+                Event::KeyframeRequested => {
+                    if let Some(enc) = self.encoder.as_mut() {
+                        enc.request_keyframe();
+                    }
+                    self.pending.push_back(Event::KeyframeRequested);
+                }
+                Event::EncoderTarget(t) => {
+                    if let Some(enc) = self.encoder.as_mut() {
+                        if !t.audio_only && t.video_bps > 0 {
+                            enc.set_rates(t.video_bps, self.video_fps);
+                        }
+                    }
+                    self.pending.push_back(Event::EncoderTarget(t));
+                }
+                other => self.pending.push_back(other),
+            }
+        }
         self.protect_transmits();
     }
 
@@ -107,6 +204,7 @@ impl MediaPath {
         self.stats.received += 1;
         let handled = self.session.handle_packet(now, &packet);
         self.protect_transmits();
+        self.run_codecs(now);
         handled.map_err(Into::into)
     }
 
@@ -114,6 +212,7 @@ impl MediaPath {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.session.handle_timeout(now);
         self.protect_transmits();
+        self.run_codecs(now);
     }
 
     /// The next protected datagram to send.
@@ -122,10 +221,14 @@ impl MediaPath {
         self.out.pop_front()
     }
 
-    /// The next media event (audio playout, encoder target, ...).
+    /// The next media event (audio playout, encoder target, ...). With video codecs set
+    /// ([`set_video_codecs`](Self::set_video_codecs)), received video comes out decoded from
+    /// [`poll_video`](Self::poll_video) instead of as `Event::Video`.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.session.poll_event()
+        self.pending
+            .pop_front()
+            .or_else(|| self.session.poll_event())
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
@@ -263,5 +366,75 @@ mod tests {
         let d = alice.poll_datagram().unwrap();
         assert!(stranger.handle_datagram(t0, d).is_err());
         assert_eq!(stranger.stats().received, 0);
+    }
+
+    /// Video through the whole path: OpenH264 encodes inside Alice's path, SRTP protects,
+    /// Bob's path authenticates, depacketizes (H.264, RFC 6184) and decodes; a keyframe Bob's
+    /// path asks for (PLI) is produced by Alice's encoder.
+    #[test]
+    fn video_goes_through_codec_engine_and_srtp_in_one_path() {
+        use hush_media::rtp::VideoPayload;
+        use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
+        use hush_media::StreamIds;
+
+        let (ak, bk) = test_keys();
+        let t0 = Instant::now();
+        let config = SessionConfig {
+            local_video: Some(StreamIds {
+                ssrc: 0x1000_0003,
+                rtx_ssrc: 0x1000_0004,
+            }),
+            remote_video: Some(StreamIds {
+                ssrc: 0x2000_0003,
+                rtx_ssrc: 0x2000_0004,
+            }),
+            video_payload: VideoPayload::H264,
+            ..SessionConfig::default()
+        };
+        let mut alice = MediaPath::new(&ak, config.clone(), t0).unwrap();
+        let mut bob = MediaPath::new(&bk, config.mirrored(), t0).unwrap();
+        let enc = OpenH264Encoder::new(VideoEncoderConfig::default()).unwrap();
+        alice.set_video_codecs(Some(Box::new(enc)), None, 30.0);
+        bob.set_video_codecs(None, Some(Box::new(OpenH264Decoder::new().unwrap())), 30.0);
+        let mut got = Vec::new();
+        let mut sent = 0;
+        for n in 0..45u32 {
+            let now = t0 + std::time::Duration::from_millis(u64::from(n) * 33);
+            let mut pic = I420Frame::filled(320, 180, [16, 128, 128], now).unwrap();
+            let [y, _, _] = pic.planes_mut();
+            for (i, px) in y.iter_mut().enumerate() {
+                *px = ((i as u32 % 320 + 2 * n) / 2 + i as u32 / 960) as u8;
+            }
+            if n == 20 {
+                // Bob's decoder lost its reference (as after a decode error): his path asks.
+                bob.session.request_keyframe(now);
+                bob.protect_transmits();
+            }
+            sent += u32::from(alice.send_video(now, &pic).unwrap());
+            while let Some(d) = alice.poll_datagram() {
+                bob.handle_datagram(now, d).unwrap();
+            }
+            while let Some(d) = bob.poll_datagram() {
+                alice.handle_datagram(now, d).unwrap();
+            }
+            alice.handle_timeout(now);
+            bob.handle_timeout(now);
+            while let Some(p) = bob.poll_video() {
+                got.push(p);
+            }
+        }
+        assert!(sent >= 40, "{sent} frames sent");
+        assert!(
+            got.len() + 2 >= sent as usize,
+            "{} of {sent} decoded",
+            got.len()
+        );
+        assert!(got.iter().all(|p| (p.width(), p.height()) == (320, 180)));
+        let mut requests = 0;
+        while let Some(e) = alice.poll_event() {
+            requests += usize::from(e == Event::KeyframeRequested);
+        }
+        assert_eq!(requests, 1, "the PLI reached Alice's path and its encoder");
+        assert_eq!(bob.stats().unprotect_failures, 0);
     }
 }

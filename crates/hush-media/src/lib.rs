@@ -17,7 +17,8 @@
 //!
 //! Inside: [`rtp`] and [`rtcp`] (bounds-checked parsers), [`jitter`] (adaptive playout),
 //! [`nack`] (NACK + RTX), [`red`] (RFC 2198 redundancy), [`cc`] (transport-wide feedback and a
-//! GCC-style estimator), [`stats`], [`codec`] (Opus on the pure-Rust `opus-pure`), and [`sim`],
+//! GCC-style estimator), [`stats`], [`codec`] (Opus on the pure-Rust `opus-pure`), [`video`]
+//! (I420 frames, the video codec traits, H.264 on OpenH264), and [`sim`],
 //! a deterministic network simulator that the tests and the `media_sim` example drive.
 //!
 //! # Run loop
@@ -78,6 +79,7 @@ mod session;
 pub mod sim;
 pub mod stats;
 mod time;
+pub mod video;
 mod wire;
 
 pub use error::{Error, ParseError};

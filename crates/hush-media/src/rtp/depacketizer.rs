@@ -1,7 +1,11 @@
-//! Reassembly of video frames split over RTP packets (hush's generic video payload).
+//! Reassembly of video frames split over RTP packets: hush's generic video payload, or H.264
+//! (RFC 6184, see [`h264`](super::h264)).
 
 use std::collections::{BTreeMap, VecDeque};
 
+use tracing::debug;
+
+use super::h264::{depacketize_h264, h264_payload_has_keyframe, h264_payload_starts_frame};
 use super::packetizer::{GENERIC_KEYFRAME, GENERIC_START};
 
 /// A reassembled video frame.
@@ -9,32 +13,51 @@ use super::packetizer::{GENERIC_KEYFRAME, GENERIC_START};
 pub struct VideoFrame {
     /// RTP timestamp (90 kHz for video).
     pub timestamp: u32,
-    /// Whether the sender flagged the frame as a keyframe.
+    /// Whether the frame is a keyframe (flagged by the sender in the generic payload; holding
+    /// an IDR slice in H.264).
     pub keyframe: bool,
-    /// The encoded frame.
+    /// The encoded frame (for H.264, an Annex B access unit).
     pub data: Vec<u8>,
+}
+
+/// The RTP payload format of a video stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VideoPayload {
+    /// hush's generic payload: one descriptor byte ([`GENERIC_START`], [`GENERIC_KEYFRAME`])
+    /// before a chunk of the encoded frame.
+    #[default]
+    Generic,
+    /// H.264, RFC 6184 packetization mode 1.
+    H264,
 }
 
 #[derive(Debug, Clone)]
 struct Part {
     timestamp: u32,
     marker: bool,
-    desc: u8,
+    start: bool,
+    key: bool,
     data: Vec<u8>,
 }
 
 /// Collects packets (by extended sequence number), and hands out whole frames in order.
 ///
-/// Frames come out only when every packet from the frame's first (descriptor start bit) to its
-/// last (marker bit) is present and no earlier frame is still incomplete. When the caller gives
-/// up on missing packets ([`skip_missing`](Self::skip_missing)), the depacketizer drops to the
-/// next frame start and then waits for a keyframe, since a decoder cannot use frames that
-/// reference a lost one.
+/// Frames come out only when every packet from the frame's first to its last (marker bit) is
+/// present and no earlier frame is still incomplete. The first packet of a frame is known from
+/// the generic descriptor's start bit, or for H.264 from the payload (parameter sets, or the
+/// first slice of a picture). When the caller gives up on missing packets
+/// ([`skip_missing`](Self::skip_missing)), the depacketizer drops to the next frame start and
+/// then waits for a keyframe, since a decoder cannot use frames that reference a lost one. An
+/// H.264 frame whose payloads are malformed (bad STAP-A, truncated FU-A, ...) is dropped the
+/// same way: frames after it are skipped up to the next keyframe.
 #[derive(Debug, Clone, Default)]
 pub struct VideoDepacketizer {
+    format: VideoPayload,
     parts: BTreeMap<u64, Part>,
     next_seq: Option<u64>,
     need_keyframe: bool,
+    malformed: u64,
     ready: VecDeque<VideoFrame>,
 }
 
@@ -42,26 +65,62 @@ pub struct VideoDepacketizer {
 const MAX_PARTS: usize = 2048;
 
 impl VideoDepacketizer {
-    /// An empty depacketizer.
+    /// An empty depacketizer for hush's generic video payload.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty depacketizer for `format`.
+    pub fn with_format(format: VideoPayload) -> Self {
+        Self {
+            format,
+            ..Self::default()
+        }
+    }
+
+    /// The payload format it reads.
+    pub fn format(&self) -> VideoPayload {
+        self.format
+    }
+
+    /// Frames dropped because their payloads were malformed.
+    pub fn malformed_frames(&self) -> u64 {
+        self.malformed
     }
 
     /// Adds a packet. Packets before the frame being assembled, duplicates and packets with an
     /// empty payload are ignored.
     pub fn push(&mut self, ext_seq: u64, timestamp: u32, marker: bool, payload: &[u8]) {
-        let Some((&desc, data)) = payload.split_first() else {
-            return;
+        let part = match self.format {
+            VideoPayload::Generic => {
+                let Some((&desc, data)) = payload.split_first() else {
+                    return;
+                };
+                Part {
+                    timestamp,
+                    marker,
+                    start: desc & GENERIC_START != 0,
+                    key: desc & GENERIC_KEYFRAME != 0,
+                    data: data.to_vec(),
+                }
+            }
+            VideoPayload::H264 => {
+                if payload.is_empty() {
+                    return;
+                }
+                Part {
+                    timestamp,
+                    marker,
+                    start: h264_payload_starts_frame(payload),
+                    key: h264_payload_has_keyframe(payload),
+                    data: payload.to_vec(),
+                }
+            }
         };
         if self.next_seq.is_some_and(|n| ext_seq < n) {
             return;
         }
-        self.parts.entry(ext_seq).or_insert_with(|| Part {
-            timestamp,
-            marker,
-            desc,
-            data: data.to_vec(),
-        });
+        self.parts.entry(ext_seq).or_insert(part);
         while self.parts.len() > MAX_PARTS {
             self.parts.pop_first();
             self.skip_missing();
@@ -74,22 +133,32 @@ impl VideoDepacketizer {
         self.need_keyframe
     }
 
-    /// Whether packets are waiting behind a gap.
+    /// Whether packets are missing among those buffered: before the first one, or between
+    /// any two (a frame waits for a packet that may never come).
     pub fn has_gap(&self) -> bool {
-        match (self.next_seq, self.parts.keys().next()) {
-            (Some(n), Some(&first)) => first > n,
-            _ => false,
-        }
+        let (Some((&first, _)), Some((&last, _))) =
+            (self.parts.first_key_value(), self.parts.last_key_value())
+        else {
+            return false;
+        };
+        let from = self.next_seq.unwrap_or(first).min(first);
+        last - from + 1 > self.parts.len() as u64
     }
 
-    /// Gives up on missing packets: drops to the next frame start in the buffer and waits for a
-    /// keyframe. Returns whether a keyframe is now needed.
+    /// Gives up on missing packets: drops the frame being assembled up to the next frame start
+    /// in the buffer and waits for a keyframe. Returns whether a keyframe is now needed.
     pub fn skip_missing(&mut self) -> bool {
-        let from = self.next_seq.unwrap_or(0);
+        // The frame at the head is incomplete (a complete one would have been handed out):
+        // look for a start after it.
+        let head = match (self.next_seq, self.parts.keys().next()) {
+            (Some(n), _) => n,
+            (None, Some(&first)) => first,
+            (None, None) => 0,
+        };
         let start = self
             .parts
-            .range(from..)
-            .find(|(_, p)| p.desc & GENERIC_START != 0)
+            .range(head + 1..)
+            .find(|(_, p)| p.start)
             .map(|(&s, _)| s);
         match start {
             Some(s) => {
@@ -119,7 +188,7 @@ impl VideoDepacketizer {
                 return;
             };
             let expected = self.next_seq.unwrap_or(first);
-            if first != expected || part.desc & GENERIC_START == 0 {
+            if first != expected || (self.next_seq.is_none() && !part.start) {
                 if self.next_seq.is_none() {
                     // Joined mid-frame: drop the tail of a frame whose start we never saw.
                     self.parts.pop_first();
@@ -127,11 +196,18 @@ impl VideoDepacketizer {
                 }
                 return;
             }
-            // Walk consecutive packets of the same timestamp until the marker.
+            if self.format == VideoPayload::Generic && !part.start {
+                // The generic payload flags every start: this is a lost frame's tail.
+                return;
+            }
+            // Walk consecutive packets of the same timestamp until the marker. In the generic
+            // payload a start bit also ends the walk (the marker packet was lost); H.264 can
+            // have several "start" packets in one frame (parameter sets, then the slice).
             let ts = part.timestamp;
+            let generic = self.format == VideoPayload::Generic;
             let mut end = None;
             for (seq, (&s, p)) in (first..).zip(self.parts.range(first..)) {
-                if s != seq || p.timestamp != ts || (s != first && p.desc & GENERIC_START != 0) {
+                if s != seq || p.timestamp != ts || (generic && s != first && p.start) {
                     break;
                 }
                 if p.marker {
@@ -145,12 +221,28 @@ impl VideoDepacketizer {
             let rest = self.parts.split_off(&(end + 1));
             let frame_parts = std::mem::replace(&mut self.parts, rest);
             self.next_seq = Some(end + 1);
-            let keyframe = frame_parts.values().all(|p| p.desc & GENERIC_KEYFRAME != 0);
+            let keyframe = match self.format {
+                VideoPayload::Generic => frame_parts.values().all(|p| p.key),
+                VideoPayload::H264 => frame_parts.values().any(|p| p.key),
+            };
             if self.need_keyframe && !keyframe {
                 continue;
             }
+            let data = match self.format {
+                VideoPayload::Generic => frame_parts.into_values().flat_map(|p| p.data).collect(),
+                VideoPayload::H264 => {
+                    match depacketize_h264(frame_parts.values().map(|p| p.data.as_slice())) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            debug!(error = %e, timestamp = ts, "dropping malformed H.264 frame");
+                            self.malformed += 1;
+                            self.need_keyframe = true;
+                            continue;
+                        }
+                    }
+                }
+            };
             self.need_keyframe = false;
-            let data = frame_parts.into_values().flat_map(|p| p.data).collect();
             self.ready.push_back(VideoFrame {
                 timestamp: ts,
                 keyframe,
@@ -221,5 +313,116 @@ mod tests {
         assert!(d.has_gap());
         assert!(!d.skip_missing(), "keyframe 4 was already buffered");
         assert_eq!(d.poll_frame().map(|f| f.timestamp), Some(9000));
+    }
+
+    #[test]
+    fn hole_inside_a_frame_is_a_gap_and_skip_moves_past_it() {
+        // A 3-packet keyframe loses its middle packet; the next frame is a keyframe too.
+        let mut pz = Packetizer::new(1, 96, 0, ExtensionIds::default(), 101);
+        let f1 = packets(&mut pz, 0, 250, true);
+        let f2 = packets(&mut pz, 3000, 50, true);
+        let mut d = VideoDepacketizer::new();
+        for (s, ts, m, p) in [&f1[0], &f1[2]].into_iter().chain(&f2) {
+            d.push(*s, *ts, *m, p);
+        }
+        assert!(d.poll_frame().is_none());
+        assert!(d.has_gap(), "the frame waits for its middle packet");
+        d.skip_missing();
+        assert_eq!(d.poll_frame().map(|f| f.timestamp), Some(3000));
+        assert!(!d.has_gap());
+    }
+
+    fn h264_packets(p: &mut Packetizer, ts: u32, au: &[u8]) -> Vec<(u64, u32, bool, Vec<u8>)> {
+        p.h264(ts, au)
+            .into_iter()
+            .map(|pk| {
+                (
+                    u64::from(pk.header.sequence_number) + 100_000,
+                    pk.header.timestamp,
+                    pk.header.marker,
+                    pk.payload,
+                )
+            })
+            .collect()
+    }
+
+    /// An Annex B access unit: SPS + PPS + IDR slice, or one non-IDR slice, `len` bytes of slice.
+    fn access_unit(key: bool, len: usize, fill: u8) -> Vec<u8> {
+        let mut au = Vec::new();
+        if key {
+            au.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0, 0, 0, 1, 0x68, 0xce]);
+        }
+        au.extend_from_slice(&[0, 0, 0, 1, if key { 0x65 } else { 0x41 }, 0x88]);
+        au.extend(std::iter::repeat_n(fill, len));
+        au
+    }
+
+    #[test]
+    fn h264_frames_reassemble_in_order_and_keyframes_are_found() {
+        let mut pz = Packetizer::new(1, 96, 0, ExtensionIds::default(), 100);
+        let a = access_unit(true, 450, 7);
+        let b = access_unit(false, 80, 9);
+        let mut all = h264_packets(&mut pz, 0, &a);
+        all.extend(h264_packets(&mut pz, 3000, &b));
+        assert!(all.len() >= 6);
+        let first = all.remove(0);
+        all.reverse();
+        let mut d = VideoDepacketizer::with_format(VideoPayload::H264);
+        d.push(first.0, first.1, first.2, &first.3);
+        for (s, ts, m, p) in all {
+            d.push(s, ts, m, &p);
+        }
+        let fa = d.poll_frame().unwrap();
+        let fb = d.poll_frame().unwrap();
+        assert_eq!((fa.timestamp, fa.keyframe), (0, true));
+        assert_eq!((fb.timestamp, fb.keyframe), (3000, false));
+        assert_eq!(fa.data, a);
+        assert_eq!(fb.data, b);
+    }
+
+    #[test]
+    fn h264_malformed_frame_is_dropped_until_the_next_keyframe() {
+        let mut pz = Packetizer::new(1, 96, 0, ExtensionIds::default(), 100);
+        let f1 = h264_packets(&mut pz, 0, &access_unit(true, 300, 1));
+        let mut f2 = h264_packets(&mut pz, 3000, &access_unit(false, 300, 2));
+        let f3 = h264_packets(&mut pz, 6000, &access_unit(false, 50, 3));
+        let f4 = h264_packets(&mut pz, 9000, &access_unit(true, 50, 4));
+        // Corrupt frame 2: its middle FU-A fragment claims to start a new unit.
+        assert!(f2.len() >= 3);
+        f2[1].3[1] |= 0x80;
+        let mut d = VideoDepacketizer::with_format(VideoPayload::H264);
+        for (s, ts, m, p) in f1.iter().chain(&f2).chain(&f3).chain(&f4) {
+            d.push(*s, *ts, *m, p);
+        }
+        let got: Vec<u32> = std::iter::from_fn(|| d.poll_frame())
+            .map(|f| f.timestamp)
+            .collect();
+        assert_eq!(got, vec![0, 9000], "frame 3 depends on the broken frame 2");
+        assert_eq!(d.malformed_frames(), 1);
+        assert!(!d.needs_keyframe());
+    }
+
+    #[test]
+    fn h264_lost_fragment_skips_to_keyframe() {
+        let mut pz = Packetizer::new(1, 96, 0, ExtensionIds::default(), 100);
+        let f1 = h264_packets(&mut pz, 0, &access_unit(true, 300, 1));
+        let f2 = h264_packets(&mut pz, 3000, &access_unit(false, 300, 2));
+        let f3 = h264_packets(&mut pz, 6000, &access_unit(false, 50, 3));
+        let f4 = h264_packets(&mut pz, 9000, &access_unit(true, 50, 4));
+        let mut d = VideoDepacketizer::with_format(VideoPayload::H264);
+        let kept = f2
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, p)| p);
+        for (s, ts, m, p) in f1.iter().chain(kept).chain(&f3).chain(&f4) {
+            d.push(*s, *ts, *m, p);
+        }
+        assert_eq!(d.poll_frame().map(|f| f.timestamp), Some(0));
+        assert!(d.poll_frame().is_none());
+        assert!(d.has_gap());
+        assert!(!d.skip_missing(), "keyframe 4 was already buffered");
+        let f = d.poll_frame().unwrap();
+        assert_eq!((f.timestamp, f.keyframe), (9000, true));
     }
 }

@@ -1,6 +1,7 @@
 //! Packetizers: one audio frame per packet, or one video frame split over several.
 
 use super::ext::{AudioLevel, ExtensionIds};
+use super::h264::packetize_h264;
 use super::packet::{RtpHeader, RtpPacket};
 
 /// Payload descriptor byte of hush's generic video payload: first packet of a frame.
@@ -25,7 +26,7 @@ pub struct Packetizer {
 
 impl Packetizer {
     /// A packetizer for `ssrc`/`payload_type`, starting at sequence number `first_seq`.
-    /// `max_payload` is clamped to at least 2 bytes.
+    /// `max_payload` is clamped to at least 2 bytes (3 for H.264).
     pub fn new(
         ssrc: u32,
         payload_type: u8,
@@ -82,6 +83,22 @@ impl Packetizer {
             header,
             payload: frame.to_vec(),
         }
+    }
+
+    /// Packetizes one H.264 access unit (Annex B) per RFC 6184 packetization mode 1 (see
+    /// [`packetize_h264`]); the marker bit flags the last packet. An access unit without NAL
+    /// units gives no packet.
+    pub fn h264(&mut self, timestamp: u32, access_unit: &[u8]) -> Vec<RtpPacket> {
+        let payloads = packetize_h264(access_unit, self.max_payload);
+        let n = payloads.len();
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| RtpPacket {
+                header: self.header(timestamp, i + 1 == n),
+                payload,
+            })
+            .collect()
     }
 
     /// Packetizes one video frame into one or more packets (at least one, even if empty).

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cc::CcConfig;
 use crate::jitter::JitterConfig;
-use crate::rtp::ExtensionIds;
+use crate::rtp::{ExtensionIds, VideoPayload};
 
 /// Identifiers of one media stream in one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,10 @@ pub struct SessionConfig {
     pub video_pt: u8,
     /// Payload type of video RTX.
     pub video_rtx_pt: u8,
+    /// RTP payload format of video (both directions): hush's generic payload, or H.264 per
+    /// RFC 6184, in which [`MediaSession::send_video`](super::MediaSession::send_video) takes
+    /// Annex B access units.
+    pub video_payload: VideoPayload,
     /// Header extension ids.
     pub extensions: ExtensionIds,
     /// Duration of one audio frame.
@@ -79,6 +83,7 @@ impl Default for SessionConfig {
             audio_rtx_pt: 112,
             video_pt: 96,
             video_rtx_pt: 97,
+            video_payload: VideoPayload::Generic,
             extensions: ExtensionIds::default(),
             audio_frame: Duration::from_millis(20),
             jitter: JitterConfig::default(),

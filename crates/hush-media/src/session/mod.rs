@@ -15,7 +15,9 @@ use crate::error::Error;
 use crate::jitter::{JitterBuffer, Playout};
 use crate::nack::{NackScheduler, RtxSender};
 use crate::red::RedEncoder;
-use crate::rtp::{is_rtcp, AudioLevel, Packetizer, RtpPacket, VideoDepacketizer, VideoFrame};
+use crate::rtp::{
+    is_rtcp, AudioLevel, Packetizer, RtpPacket, VideoDepacketizer, VideoFrame, VideoPayload,
+};
 use crate::stats::QualityStats;
 use crate::Instant;
 use recv::{RateMeter, RecvStream};
@@ -178,7 +180,7 @@ impl MediaSession {
             jitter: JitterBuffer::new(jitter_cfg),
             audio_nack: NackScheduler::default(),
             video_nack: NackScheduler::default(),
-            depack: VideoDepacketizer::new(),
+            depack: VideoDepacketizer::with_format(config.video_payload),
             video_gap_since: None,
             last_pli: None,
             twcc_rx: crate::cc::TwccRecorder::default(),
@@ -246,12 +248,20 @@ impl MediaSession {
     }
 
     /// Sends one encoded video frame, split into packets. Ignored without a local video stream.
+    ///
+    /// With [`VideoPayload::H264`] the frame is an Annex B access unit (packetized per RFC 6184;
+    /// `keyframe` is then read from the stream by the receiver, not sent).
     pub fn send_video(&mut self, now: Instant, frame: &[u8], keyframe: bool) {
         let ts = (now.saturating_duration_since(self.start).as_secs_f64() * 90_000.0) as u32;
+        let format = self.config.video_payload;
         let Some(pz) = self.video_pz.as_mut() else {
             return;
         };
-        for packet in pz.video(ts, frame, keyframe) {
+        let packets = match format {
+            VideoPayload::H264 => pz.h264(ts, frame),
+            _ => pz.video(ts, frame, keyframe),
+        };
+        for packet in packets {
             if let Some(rtx) = self.video_rtx.as_mut() {
                 rtx.on_sent(now, &packet);
             }

@@ -262,6 +262,11 @@ impl MediaSession {
         let h = &packet.header;
         self.depack
             .push(ext_seq, h.timestamp, h.marker, &packet.payload);
+        if self.depack.needs_keyframe() {
+            // A malformed frame was dropped, or frames wait for a keyframe after a skip: ask
+            // (again, rate-limited, in case the request or the keyframe was lost).
+            self.request_keyframe(now);
+        }
         if self.depack.has_gap() {
             self.video_gap_since.get_or_insert(now);
         } else {
@@ -286,7 +291,9 @@ impl MediaSession {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant) {
+    /// Asks the peer for a keyframe of its video (PLI, RFC 4585), at most every 300 ms; for
+    /// a decoder that lost its reference. Nothing without a remote video stream.
+    pub fn request_keyframe(&mut self, now: Instant) {
         let Some(v) = self.config.remote_video else {
             return;
         };

@@ -274,3 +274,159 @@ fn reordering_alone_does_not_hold_room_for_loss() {
     let ratio = m.added_delay_mean() / jitter.p95().as_secs_f64();
     assert!(ratio <= 1.5, "{ratio} {m:?}");
 }
+
+/// H.264 through two sessions with OpenH264 on both ends: a lost packet breaks one frame, the
+/// receiver skips to a keyframe it asks for (PLI), and nothing it decodes is corrupted.
+#[cfg(feature = "openh264")]
+#[test]
+fn h264_video_recovers_from_loss_with_a_keyframe_request() {
+    use crate::rtp::VideoPayload;
+    use crate::session::{Event, MediaSession, SessionConfig, StreamIds};
+    use crate::video::{
+        I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    };
+    use crate::TransmitKind;
+
+    let t0 = Instant::now();
+    let config = SessionConfig {
+        local_video: Some(StreamIds {
+            ssrc: 0x1000_0003,
+            rtx_ssrc: 0x1000_0004,
+        }),
+        remote_video: Some(StreamIds {
+            ssrc: 0x2000_0003,
+            rtx_ssrc: 0x2000_0004,
+        }),
+        video_payload: VideoPayload::H264,
+        ..SessionConfig::default()
+    };
+    let mut a = MediaSession::new(config.clone(), t0);
+    let mut b = MediaSession::new(config.mirrored(), t0);
+    let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
+        bitrate_bps: 600_000,
+        max_nal_size: config.max_payload,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut dec = OpenH264Decoder::new().unwrap();
+    let (w, h) = (320, 192);
+    let mut decoded = Vec::new();
+    let mut keyframe_requests = 0;
+    let mut video_packets = 0u32;
+    let mut dropped = None;
+    let mut rtx_dropped = 0;
+    for n in 0..90u32 {
+        let now = t0 + Duration::from_millis(u64::from(n) * 33);
+        let mut pic = I420Frame::filled(w, h, [16, 128, 128], now).unwrap();
+        let [y, _, _] = pic.planes_mut();
+        for (i, px) in y.iter_mut().enumerate() {
+            let (r, c) = ((i as u32) / w, (i as u32) % w);
+            // A smooth ramp sliding 2 pixels a frame (no scene cuts, so no spontaneous IDR).
+            *px = ((c + 2 * n) / 2 + r / 3) as u8;
+        }
+        if let Some(f) = enc.encode(&pic).unwrap() {
+            a.send_video(now, &f.data, f.keyframe);
+        }
+        while let Some(t) = a.poll_transmit() {
+            if t.kind == TransmitKind::Rtp {
+                let ssrc = crate::rtp::RtpPacket::parse(&t.data).unwrap().header.ssrc;
+                if ssrc == 0x1000_0004 {
+                    // Retransmissions are lost too: only a keyframe can repair the stream.
+                    rtx_dropped += 1;
+                    continue;
+                }
+                video_packets += 1;
+                // Lose one packet at frame 30 (well after the first keyframe).
+                if n >= 30 && dropped.is_none() {
+                    dropped = Some(n);
+                    continue;
+                }
+            }
+            let _ = b.handle_packet(now, &t.data);
+        }
+        b.handle_timeout(now);
+        while let Some(t) = b.poll_transmit() {
+            let _ = a.handle_packet(now, &t.data);
+        }
+        a.handle_timeout(now);
+        while let Some(e) = a.poll_event() {
+            if e == Event::KeyframeRequested {
+                keyframe_requests += 1;
+                enc.request_keyframe();
+            }
+        }
+        while let Some(e) = b.poll_event() {
+            if let Event::Video(f) = e {
+                match dec.decode(&f.data, now) {
+                    Ok(Some(p)) => decoded.push((f.timestamp, f.keyframe, p)),
+                    Ok(None) => {}
+                    Err(err) => panic!("frame at {}: {err}", f.timestamp),
+                }
+            }
+        }
+    }
+    assert!(dropped.is_some(), "{video_packets} video packets");
+    assert!(rtx_dropped > 0, "the receiver NACKed the lost packet first");
+    assert!(keyframe_requests >= 1, "the receiver asked for a keyframe");
+    // Frames were lost around the drop, then flow resumed from a keyframe.
+    assert!(
+        decoded.len() >= 60 && decoded.len() < 90,
+        "{}",
+        decoded.len()
+    );
+    let keys = decoded.iter().filter(|d| d.1).count();
+    assert!(keys >= 2, "first keyframe and the requested one");
+}
+
+/// A malformed H.264 frame (no packet lost, so no gap to time out) makes the receiver drop it
+/// and ask for a keyframe at once.
+#[test]
+fn malformed_h264_frame_triggers_a_keyframe_request() {
+    use crate::rtp::VideoPayload;
+    use crate::session::{Event, MediaSession, SessionConfig, StreamIds};
+
+    let t0 = Instant::now();
+    let config = SessionConfig {
+        local_video: Some(StreamIds {
+            ssrc: 0x1000_0003,
+            rtx_ssrc: 0x1000_0004,
+        }),
+        remote_video: Some(StreamIds {
+            ssrc: 0x2000_0003,
+            rtx_ssrc: 0x2000_0004,
+        }),
+        video_payload: VideoPayload::H264,
+        ..SessionConfig::default()
+    };
+    let mut a = MediaSession::new(config.clone(), t0);
+    let mut b = MediaSession::new(config.mirrored(), t0);
+    let key = [
+        0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 1, 2,
+    ];
+    // Forbidden bit set in the slice's NAL header.
+    let bad = [0, 0, 0, 1, 0xc1, 0x88, 3, 4];
+    let mut requests = 0;
+    let mut frames = Vec::new();
+    for (i, au) in [&key[..], &bad[..]].iter().enumerate() {
+        let now = t0 + Duration::from_millis(33 * i as u64);
+        a.send_video(now, au, i == 0);
+        while let Some(t) = a.poll_transmit() {
+            let _ = b.handle_packet(now, &t.data);
+        }
+        while let Some(t) = b.poll_transmit() {
+            let _ = a.handle_packet(now, &t.data);
+        }
+        while let Some(e) = a.poll_event() {
+            if e == Event::KeyframeRequested {
+                requests += 1;
+            }
+        }
+        while let Some(e) = b.poll_event() {
+            if let Event::Video(f) = e {
+                frames.push(f.keyframe);
+            }
+        }
+    }
+    assert_eq!(frames, vec![true], "the malformed frame is not handed out");
+    assert_eq!(requests, 1);
+}

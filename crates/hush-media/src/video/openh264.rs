@@ -1,0 +1,571 @@
+//! H.264 on Cisco's OpenH264 (the `openh264` crate, built from source; its safe API only).
+
+use openh264::decoder::Decoder;
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    QpRange, RateControlMode, SpsPpsStrategy, UsageType,
+};
+use openh264::formats::YUVSource;
+use openh264::{OpenH264API, Timestamp};
+use tracing::debug;
+
+use super::annexb::contains_idr;
+use super::{
+    EncodedVideoFrame, I420Frame, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    VideoError,
+};
+use crate::time::Instant;
+
+fn codec_err(e: openh264::Error) -> VideoError {
+    VideoError::Codec {
+        codec: "OpenH264",
+        source: Box::new(e),
+    }
+}
+
+/// A rate change smaller than this fraction of the running target is not applied (each change
+/// restarts the encoder, which costs a keyframe).
+const MIN_RATE_STEP: f64 = 0.15;
+/// A lower target waits at least this many seconds of frames after the last restart.
+const DOWN_HOLD_S: f32 = 0.5;
+/// A higher target waits at least this many seconds of frames after the last restart.
+const UP_HOLD_S: f32 = 3.0;
+
+/// Encoder knobs beyond [`VideoEncoderConfig`], for measuring settings against each other
+/// (the `video_quality` bench). [`Default`] is what hush uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenH264Tuning {
+    /// OpenH264's complexity mode: 0 low, 1 medium, 2 high.
+    pub complexity: u8,
+    /// Adaptive quantization.
+    pub adaptive_quant: bool,
+    /// Background detection (skips "static" macroblocks).
+    pub background_detection: bool,
+    /// Scene change detection (an I frame on a cut).
+    pub scene_change_detect: bool,
+    /// Let the rate control drop frames to hold the bitrate.
+    pub frame_skip: bool,
+    /// Cut slices to `max_nal_size` (otherwise one slice per picture, fragmented by FU-A).
+    pub size_limited_slices: bool,
+    /// Lowest and highest quantizer the rate control may pick.
+    pub qp_range: (u8, u8),
+}
+
+impl Default for OpenH264Tuning {
+    fn default() -> Self {
+        Self {
+            complexity: 1,
+            adaptive_quant: true,
+            background_detection: true,
+            // On moving camera content OpenH264 takes many frames for cuts and makes them
+            // IDRs: 9 in 5 s of the bench scene, 2.8 dB Y-PSNR lost at 800 kbps
+            // (docs/benchmarks.md). Receivers ask for keyframes when they need them.
+            scene_change_detect: false,
+            frame_skip: true,
+            size_limited_slices: true,
+            qp_range: (10, 42),
+        }
+    }
+}
+
+/// The default [`VideoEncoder`]: OpenH264, constrained baseline, tuned for calls. See the
+/// [module docs](super).
+///
+/// OpenH264's safe API cannot change the bitrate of a running encoder, so
+/// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe) when the target moved by
+/// more than 15 %, at most every 0.5 s going down and every 3 s going up.
+pub struct OpenH264Encoder {
+    config: VideoEncoderConfig,
+    tuning: OpenH264Tuning,
+    encoder: Option<Encoder>,
+    wanted: (u32, f32),
+    frames_since_start: u64,
+    force_keyframe: bool,
+    epoch: Option<Instant>,
+    restarts: u64,
+}
+
+impl std::fmt::Debug for OpenH264Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenH264Encoder")
+            .field("config", &self.config)
+            .field("tuning", &self.tuning)
+            .field("wanted", &self.wanted)
+            .field("restarts", &self.restarts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lends an [`I420Frame`] to OpenH264 as its YUV source.
+struct Source<'a>(&'a I420Frame);
+
+impl YUVSource for Source<'_> {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.0.width() as usize, self.0.height() as usize)
+    }
+
+    fn strides(&self) -> (usize, usize, usize) {
+        let [y, u, v] = self.0.strides();
+        (y, u, v)
+    }
+
+    fn y(&self) -> &[u8] {
+        self.0.y()
+    }
+
+    fn u(&self) -> &[u8] {
+        self.0.u()
+    }
+
+    fn v(&self) -> &[u8] {
+        self.0.v()
+    }
+}
+
+impl OpenH264Encoder {
+    /// An encoder with hush's real-time settings.
+    pub fn new(config: VideoEncoderConfig) -> Result<Self, VideoError> {
+        Self::with_tuning(config, OpenH264Tuning::default())
+    }
+
+    /// An encoder with explicit [`OpenH264Tuning`] (for comparisons; use [`new`](Self::new)).
+    pub fn with_tuning(
+        config: VideoEncoderConfig,
+        tuning: OpenH264Tuning,
+    ) -> Result<Self, VideoError> {
+        config.validate()?;
+        if tuning.complexity > 2 || tuning.qp_range.0 > tuning.qp_range.1 || tuning.qp_range.1 > 51
+        {
+            return Err(VideoError::InvalidConfig(
+                "complexity 0..=2, qp range within 0..=51",
+            ));
+        }
+        let mut enc = Self {
+            config,
+            tuning,
+            encoder: None,
+            wanted: (config.bitrate_bps, config.framerate),
+            frames_since_start: 0,
+            force_keyframe: false,
+            epoch: None,
+            restarts: 0,
+        };
+        enc.encoder = Some(enc.build()?);
+        Ok(enc)
+    }
+
+    /// The settings in force (after any rate change applied so far).
+    pub fn config(&self) -> &VideoEncoderConfig {
+        &self.config
+    }
+
+    /// How often the encoder was restarted to apply a new rate.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    fn build(&self) -> Result<Encoder, VideoError> {
+        let c = &self.config;
+        let t = &self.tuning;
+        let period = c.keyframe_interval.map_or(0, |d| {
+            // At least one frame: 0 would mean "encoder decides" to OpenH264.
+            ((d.as_secs_f32() * c.framerate).round() as u32).max(1)
+        });
+        let complexity = match t.complexity {
+            0 => Complexity::Low,
+            1 => Complexity::Medium,
+            _ => Complexity::High,
+        };
+        let mut ec = EncoderConfig::new()
+            .usage_type(UsageType::CameraVideoRealTime)
+            .rate_control_mode(RateControlMode::Bitrate)
+            .bitrate(BitRate::from_bps(c.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(c.framerate))
+            .profile(Profile::Baseline)
+            .complexity(complexity)
+            .adaptive_quantization(t.adaptive_quant)
+            .background_detection(t.background_detection)
+            .scene_change_detect(t.scene_change_detect)
+            .skip_frames(t.frame_skip)
+            .qp(QpRange::new(t.qp_range.0, t.qp_range.1))
+            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(period))
+            .num_threads(1);
+        if t.size_limited_slices {
+            ec = ec.max_slice_len(c.max_nal_size as u32);
+        }
+        Encoder::with_api_config(OpenH264API::from_source(), ec).map_err(codec_err)
+    }
+
+    /// Restarts the encoder if a pending rate change is due.
+    fn apply_rates(&mut self) -> Result<(), VideoError> {
+        let (bps, fps) = self.wanted;
+        let cur = f64::from(self.config.bitrate_bps);
+        let change = (f64::from(bps) - cur) / cur;
+        let fps_change = ((fps - self.config.framerate) / self.config.framerate).abs();
+        if change.abs() < MIN_RATE_STEP && fps_change < 0.1 {
+            return Ok(());
+        }
+        let hold = if change < 0.0 || fps < self.config.framerate {
+            DOWN_HOLD_S
+        } else {
+            UP_HOLD_S
+        };
+        if (self.frames_since_start as f32) < hold * self.config.framerate {
+            return Ok(());
+        }
+        debug!(
+            from_bps = self.config.bitrate_bps,
+            to_bps = bps,
+            fps,
+            "restarting OpenH264 for a new rate"
+        );
+        self.config.bitrate_bps = bps;
+        self.config.framerate = fps;
+        self.encoder = Some(self.build()?);
+        self.frames_since_start = 0;
+        self.restarts += 1;
+        Ok(())
+    }
+}
+
+impl VideoEncoder for OpenH264Encoder {
+    fn codec(&self) -> VideoCodec {
+        VideoCodec::H264
+    }
+
+    fn encode(&mut self, frame: &I420Frame) -> Result<Option<EncodedVideoFrame>, VideoError> {
+        self.apply_rates()?;
+        let epoch = *self.epoch.get_or_insert(frame.capture_time);
+        let ms = frame
+            .capture_time
+            .saturating_duration_since(epoch)
+            .as_millis();
+        let ts = Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX));
+        let encoder = match self.encoder.as_mut() {
+            Some(e) => e,
+            None => self.encoder.insert(self.build()?),
+        };
+        if std::mem::take(&mut self.force_keyframe) {
+            encoder.force_intra_frame();
+        }
+        self.frames_since_start += 1;
+        let bits = encoder.encode_at(&Source(frame), ts).map_err(codec_err)?;
+        let frame_type = bits.frame_type();
+        if matches!(frame_type, FrameType::Skip | FrameType::Invalid) {
+            return Ok(None);
+        }
+        let data = bits.to_vec();
+        if data.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(EncodedVideoFrame {
+            keyframe: frame_type == FrameType::IDR,
+            data,
+            width: frame.width(),
+            height: frame.height(),
+            capture_time: frame.capture_time,
+        }))
+    }
+
+    fn request_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    fn set_rates(&mut self, bitrate_bps: u32, framerate: f32) {
+        let bps = bitrate_bps.clamp(10_000, 50_000_000);
+        let fps = if framerate.is_finite() {
+            framerate.clamp(1.0, 120.0)
+        } else {
+            self.config.framerate
+        };
+        self.wanted = (bps, fps);
+    }
+}
+
+/// The default [`VideoDecoder`]: OpenH264.
+///
+/// Error concealment is off: a unit that fails to decode is an error, the decoder then waits
+/// for an IDR ([`VideoError::NeedKeyframe`] for anything else).
+pub struct OpenH264Decoder {
+    decoder: Decoder,
+    need_keyframe: bool,
+}
+
+impl std::fmt::Debug for OpenH264Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenH264Decoder")
+            .field("need_keyframe", &self.need_keyframe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenH264Decoder {
+    /// A decoder waiting for its first keyframe.
+    pub fn new() -> Result<Self, VideoError> {
+        Ok(Self {
+            decoder: Decoder::with_api_config(
+                OpenH264API::from_source(),
+                openh264::decoder::DecoderConfig::new(),
+            )
+            .map_err(codec_err)?,
+            need_keyframe: true,
+        })
+    }
+}
+
+impl VideoDecoder for OpenH264Decoder {
+    fn codec(&self) -> VideoCodec {
+        VideoCodec::H264
+    }
+
+    fn decode(
+        &mut self,
+        access_unit: &[u8],
+        capture_time: Instant,
+    ) -> Result<Option<I420Frame>, VideoError> {
+        if self.need_keyframe {
+            if !contains_idr(access_unit) {
+                return Err(VideoError::NeedKeyframe);
+            }
+            // Start from a clean state: drop whatever the failed stream left behind.
+            self.decoder = Decoder::with_api_config(
+                OpenH264API::from_source(),
+                openh264::decoder::DecoderConfig::new(),
+            )
+            .map_err(codec_err)?;
+        }
+        let picture = match self.decoder.decode(access_unit) {
+            Ok(p) => p,
+            Err(e) => {
+                self.need_keyframe = true;
+                return Err(codec_err(e));
+            }
+        };
+        let Some(yuv) = picture else {
+            return Ok(None);
+        };
+        self.need_keyframe = false;
+        let (w, h) = yuv.dimensions();
+        let (sy, su, sv) = yuv.strides();
+        let (w, h) = (w as u32, h as u32);
+        let frame = I420Frame::new(
+            w,
+            h,
+            [yuv.y().to_vec(), yuv.u().to_vec(), yuv.v().to_vec()],
+            [sy, su, sv],
+            capture_time,
+        );
+        match frame {
+            Ok(f) => Ok(Some(f.to_packed())),
+            Err(e) => {
+                self.need_keyframe = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn needs_keyframe(&self) -> bool {
+        self.need_keyframe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::annexb::{annexb_nal_units, nal_type};
+    use super::super::{NAL_IDR, NAL_PPS, NAL_SPS};
+    use super::*;
+
+    /// A moving gradient with a bouncing square: enough texture and motion to exercise the
+    /// encoder without input files.
+    fn picture(w: u32, h: u32, n: u32, t: Instant) -> I420Frame {
+        let mut f = I420Frame::filled(w, h, [0, 128, 128], t).unwrap();
+        let [y, u, _] = f.planes_mut();
+        for r in 0..h {
+            for c in 0..w {
+                let mut v = ((c + 2 * n) ^ (r + n)) as u8;
+                let sx = (n * 3) % (w - 32);
+                if (sx..sx + 32).contains(&c) && (r % 64) < 32 {
+                    v = 235;
+                }
+                y[(r * w + c) as usize] = v;
+            }
+        }
+        for (i, b) in u.iter_mut().enumerate() {
+            *b = (i as u32 / 7 + n) as u8;
+        }
+        f
+    }
+
+    fn y_psnr(a: &I420Frame, b: &I420Frame) -> f64 {
+        let mse: f64 = a
+            .y()
+            .iter()
+            .zip(b.y())
+            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+            .sum::<f64>()
+            / a.y().len() as f64;
+        10.0 * (255.0f64.powi(2) / mse.max(1e-9)).log10()
+    }
+
+    #[test]
+    fn encodes_and_decodes_with_keyframe_on_request() {
+        let cfg = VideoEncoderConfig {
+            bitrate_bps: 1_500_000,
+            ..Default::default()
+        };
+        let mut enc = OpenH264Encoder::new(cfg).unwrap();
+        let mut dec = OpenH264Decoder::new().unwrap();
+        let t0 = Instant::now();
+        let mut keys = Vec::new();
+        let mut decoded = 0;
+        for n in 0..40u32 {
+            if n == 25 {
+                enc.request_keyframe();
+            }
+            let t = t0 + Duration::from_millis(u64::from(n) * 33);
+            let input = picture(320, 180, n, t);
+            let Some(out) = enc.encode(&input).unwrap() else {
+                continue;
+            };
+            for nal in annexb_nal_units(&out.data) {
+                assert!(nal.len() <= cfg.max_nal_size, "NAL of {} bytes", nal.len());
+            }
+            if out.keyframe {
+                keys.push(n);
+                let types: Vec<u8> = annexb_nal_units(&out.data).filter_map(nal_type).collect();
+                assert!(types.contains(&NAL_SPS) && types.contains(&NAL_PPS));
+                assert!(types.contains(&NAL_IDR));
+            }
+            let pic = dec.decode(&out.data, t).unwrap().expect("a picture");
+            assert_eq!((pic.width(), pic.height()), (320, 180));
+            assert_eq!(pic.capture_time, t);
+            if n > 5 {
+                let q = y_psnr(&input, &pic);
+                assert!(q > 30.0, "frame {n}: {q:.1} dB");
+            }
+            decoded += 1;
+        }
+        assert_eq!(keys.first(), Some(&0));
+        assert!(keys.contains(&25), "keyframes at {keys:?}");
+        assert!(decoded >= 35);
+    }
+
+    #[test]
+    fn decoder_waits_for_keyframe_after_bad_input() {
+        let mut enc = OpenH264Encoder::new(VideoEncoderConfig::default()).unwrap();
+        let mut dec = OpenH264Decoder::new().unwrap();
+        let t = Instant::now();
+        let frames: Vec<EncodedVideoFrame> = (0..6)
+            .filter_map(|n| enc.encode(&picture(160, 96, n, t)).unwrap())
+            .collect();
+        // A predicted frame first: refused.
+        assert!(matches!(
+            dec.decode(&frames[1].data, t),
+            Err(VideoError::NeedKeyframe)
+        ));
+        assert!(dec.decode(&frames[0].data, t).unwrap().is_some());
+        assert!(!dec.needs_keyframe());
+        // Garbage behind a start code, claiming to be a slice.
+        let mut junk = vec![0, 0, 0, 1, 0x41];
+        junk.extend((0..300u32).map(|i| (i * 37 % 251) as u8));
+        let r = dec.decode(&junk, t);
+        if r.is_err() {
+            assert!(dec.needs_keyframe());
+            assert!(matches!(
+                dec.decode(&frames[2].data, t),
+                Err(VideoError::NeedKeyframe)
+            ));
+        }
+        enc.request_keyframe();
+        let key = enc.encode(&picture(160, 96, 7, t)).unwrap().unwrap();
+        assert!(key.keyframe);
+        assert!(dec.decode(&key.data, t).unwrap().is_some());
+    }
+
+    #[test]
+    fn rate_changes_restart_only_on_large_steps() {
+        let mut enc = OpenH264Encoder::new(VideoEncoderConfig::default()).unwrap();
+        let t = Instant::now();
+        for n in 0..20 {
+            enc.set_rates(760_000, 30.0); // 5 % lower: ignored
+            enc.encode(&picture(160, 96, n, t)).unwrap();
+        }
+        assert_eq!(enc.restarts(), 0);
+        enc.set_rates(300_000, 30.0);
+        let f = enc.encode(&picture(160, 96, 21, t)).unwrap().unwrap();
+        assert_eq!(enc.restarts(), 1);
+        assert_eq!(enc.config().bitrate_bps, 300_000);
+        assert!(f.keyframe, "a restart begins with an IDR");
+        enc.set_rates(800_000, 30.0); // up again: held for 3 s of frames
+        for n in 0..30 {
+            enc.encode(&picture(160, 96, 22 + n, t)).unwrap();
+        }
+        assert_eq!(enc.restarts(), 1);
+    }
+
+    /// Panning textured content with a moving object: hush's default makes one IDR (the
+    /// first), not one per "scene change" OpenH264 believes it sees (each costs dB, see
+    /// docs/benchmarks.md).
+    #[test]
+    fn default_settings_make_no_spurious_idrs_on_moving_content() {
+        let (w, h) = (320u32, 180u32);
+        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps: 400_000,
+            ..Default::default()
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        let mut idrs = 0;
+        for n in 0..90u32 {
+            let t = t0 + Duration::from_millis(u64::from(n) * 33);
+            let mut f = I420Frame::filled(w, h, [0, 128, 128], t).unwrap();
+            let [y, _, _] = f.planes_mut();
+            let pan = f64::from(n) * 2.0;
+            for r in 0..h {
+                for c in 0..w {
+                    let x = f64::from(c) + pan;
+                    let yy = f64::from(r) + pan * 0.3;
+                    let mut v = 110.0
+                        + 40.0 * (x * 0.031).sin() * (yy * 0.023).cos()
+                        + 14.0 * ((x * 0.35).sin() * (yy * 0.29).sin())
+                        + 10.0 * ((x * 0.9).sin() * (yy * 0.8).sin());
+                    let bx = f64::from(n * 4 % (w + 50)) - 50.0;
+                    if f64::from(c) > bx && f64::from(c) < bx + 30.0 && (100..140).contains(&r) {
+                        v = 40.0;
+                    }
+                    y[(r * w + c) as usize] = v as u8;
+                }
+            }
+            if let Some(out) = enc.encode(&f).unwrap() {
+                idrs += usize::from(out.keyframe);
+            }
+        }
+        assert_eq!(idrs, 1);
+    }
+
+    /// The smallest NAL size limit the config accepts is one OpenH264 takes (it refuses less
+    /// than a worst-case macroblock plus headers, 420 bytes, at the first encode).
+    #[test]
+    fn smallest_accepted_nal_size_encodes() {
+        let t = Instant::now();
+        let small = VideoEncoderConfig {
+            max_nal_size: 420,
+            ..Default::default()
+        };
+        let mut enc = OpenH264Encoder::new(small).unwrap();
+        let out = enc.encode(&picture(160, 96, 0, t)).unwrap().unwrap();
+        assert!(annexb_nal_units(&out.data).all(|n| n.len() <= 420));
+        let too_small = VideoEncoderConfig {
+            max_nal_size: 419,
+            ..Default::default()
+        };
+        assert!(matches!(
+            OpenH264Encoder::new(too_small),
+            Err(VideoError::InvalidConfig(_))
+        ));
+    }
+}
