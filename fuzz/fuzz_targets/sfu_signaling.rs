@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(check) = ice::parse_check(rest) {
                 let from = "127.0.0.1:5000".parse().expect("address");
                 // The fuzzer does not know this password: the MAC must not verify.
-                assert!(ice::answer_check(rest, &check, "fuzz-unknown-password-0123", from).is_err());
+                assert!(
+                    ice::answer_check(rest, &check, "fuzz-unknown-password-0123", from).is_err()
+                );
             }
         }
         1 => {
