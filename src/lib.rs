@@ -15,6 +15,6 @@ pub mod media_path;
 
 pub use client::{
     AudioFrame, Call, CallEvent, CallStats, Client, ClientBuilder, ClientConfig, ClientEvent,
-    FrameSource, IncomingCall, MediaStats,
+    FrameSource, IncomingCall, MediaStats, SimulatedLink,
 };
 pub use error::Error;

@@ -6,10 +6,10 @@ use std::time::Instant;
 use hush_crypto::MediaKeys;
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::Playout;
+use hush_media::sim::{NetSim, SimConfig, SimPacket};
 use hush_media::{Event as MediaEvent, QualityStats, SessionConfig};
 use hush_net::driver::Started;
 use hush_net::{CandidateKind, ConnectionState, Event as NetEvent, IceCredentials};
-use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -47,6 +47,8 @@ pub(crate) enum MediaCommand {
 pub struct MediaStats {
     /// Audio frames encoded and sent.
     pub frames_sent: u64,
+    /// Bytes of encoded audio sent (codec output, before RTP, redundancy and SRTP).
+    pub audio_bytes_sent: u64,
     /// Audio frames played from a received packet.
     pub frames_received: u64,
     /// Audio frames rebuilt from in-band FEC.
@@ -73,8 +75,19 @@ pub(crate) struct MediaTask {
     pub(crate) actor: mpsc::UnboundedSender<Command>,
     pub(crate) audio_out: mpsc::Sender<AudioFrame>,
     pub(crate) session: SessionConfig,
-    /// Fraction of outgoing datagrams dropped on purpose (a test and demo knob).
-    pub(crate) send_loss: f64,
+    /// Simulated impairments of outgoing datagrams (a test and demo knob), if any.
+    pub(crate) send_link: Option<SimConfig>,
+}
+
+/// A protected datagram in the simulated send link, sized as on the wire.
+#[derive(Clone)]
+struct Datagram(Vec<u8>);
+
+impl SimPacket for Datagram {
+    fn wire_size(&self) -> usize {
+        // IPv4 and UDP headers.
+        self.0.len() + 28
+    }
 }
 
 /// Local candidates (and the end of gathering) taken from the ICE driver in one go.
@@ -92,6 +105,8 @@ struct State {
     muted: bool,
     pcm: Vec<i16>,
     encoded: Vec<u8>,
+    /// The simulated send link, when impairments are on.
+    link: Option<NetSim<Datagram>>,
 }
 
 impl MediaTask {
@@ -112,9 +127,16 @@ impl MediaTask {
             muted: false,
             pcm: Vec::with_capacity(960),
             encoded: Vec::with_capacity(400),
+            link: self.send_link.take().map(NetSim::new),
         };
         loop {
-            let deadline = st.path.as_ref().and_then(MediaPath::poll_timeout);
+            let deadline = [
+                st.path.as_ref().and_then(MediaPath::poll_timeout),
+                st.link.as_ref().and_then(NetSim::poll_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -278,22 +300,35 @@ impl MediaTask {
             Ok(()) => {
                 path.send_audio(Instant::now(), &st.encoded);
                 st.stats.frames_sent += 1;
+                st.stats.audio_bytes_sent += st.encoded.len() as u64;
             }
             Err(e) => debug!(error = %e, "encode failed"),
         }
     }
 
-    /// Sends what the path produced and plays what it released.
+    fn send_datagram(&self, d: Vec<u8>) {
+        if let Err(e) = self.net.handle.send(d) {
+            debug!(error = %e, "send failed");
+        }
+    }
+
+    /// Sends what the path produced (through the simulated link, if any) and plays what it
+    /// released.
     fn drain(&self, st: &mut State) {
         let Some(path) = st.path.as_mut() else {
             return;
         };
+        let now = Instant::now();
         while let Some(d) = path.poll_datagram() {
-            if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
-                continue;
+            match st.link.as_mut() {
+                Some(link) => link.handle_packet(now, Datagram(d)),
+                None => self.send_datagram(d),
             }
-            if let Err(e) = self.net.handle.send(d) {
-                debug!(error = %e, "send failed");
+        }
+        if let Some(link) = st.link.as_mut() {
+            link.handle_timeout(now);
+            while let Some(Datagram(d)) = link.poll_transmit() {
+                self.send_datagram(d);
             }
         }
         while let Some(ev) = path.poll_event() {
