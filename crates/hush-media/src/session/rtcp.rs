@@ -30,6 +30,9 @@ impl MediaSession {
         let mut blocks = Vec::new();
         if self.has_audio_data() {
             let (fraction_lost, cumulative_lost, highest_seq, jitter) = self.audio_rx.report();
+            // Smoothed over a few reports: a 500 ms interval holds only 25 audio packets.
+            let fraction = f64::from(fraction_lost) / 256.0;
+            self.recv_loss += (fraction - self.recv_loss) * 0.25;
             blocks.push(ReportBlock {
                 ssrc: self.config.remote_audio.ssrc,
                 fraction_lost,
@@ -127,6 +130,9 @@ impl MediaSession {
         let ours = self.config.local_audio.ssrc;
         for b in blocks.iter().filter(|b| b.ssrc == ours) {
             self.remote_loss = f64::from(b.fraction_lost) / 256.0;
+            // A report covers 500 ms, 25 audio packets: protection follows the smoothed loss,
+            // not each report's sampling noise.
+            self.remote_loss_smoothed += (self.remote_loss - self.remote_loss_smoothed) * 0.25;
             if b.last_sr == 0 {
                 continue;
             }
