@@ -127,6 +127,8 @@ pub struct MediaSession {
     last_audio_loss: Option<Instant>,
     /// Gaps in the audio sequence not yet filled by an original: `(sequence, seen at)`.
     suspected_loss: VecDeque<(u64, Instant)>,
+    /// Lengths of the last gaps in the audio sequence (packets): how long loss bursts run.
+    recent_gaps: VecDeque<usize>,
     /// Highest audio sequence number received (extended).
     audio_highest: Option<u64>,
     remote_red_depth: usize,
@@ -201,6 +203,7 @@ impl MediaSession {
             },
             last_audio_loss: None,
             suspected_loss: VecDeque::new(),
+            recent_gaps: VecDeque::new(),
             audio_highest: None,
             remote_red_depth: 0,
             loss_samples: VecDeque::new(),

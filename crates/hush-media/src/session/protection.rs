@@ -57,21 +57,25 @@ pub(crate) fn retransmission_attempts(
     }
 }
 
+/// Longest loss burst (in frames) the receiver waits out before asking for retransmissions.
+pub(crate) const MAX_BURST_FRAMES: usize = 8;
+
 /// The extra playout delay the receiver holds while it sees loss: enough for `attempts`
 /// retransmissions, or for the last redundant copy of a frame (RED `red_depth` frames later, or
-/// the next packet's in-band FEC) to arrive. A retransmission waits for the packet that shows
-/// the gap and then travels itself, so it meets the path's jitter (`jitter`, its p95) twice
-/// where the original met it once: once more is added.
+/// the next packet's in-band FEC) to arrive. A lost frame is noticed only when the next packet
+/// arrives: after the burst it was part of (`burst`, the longest recent run of lost packets),
+/// or after its RED copies. A retransmission waits for that packet and then travels itself,
+/// so it meets the path's jitter (`jitter`, its p95) twice where the original met it once:
+/// once more is added.
 pub(crate) fn repair_delay(
     attempts: u32,
     rtt: Duration,
     frame: Duration,
     red_depth: usize,
+    burst: usize,
     jitter: Duration,
 ) -> Duration {
-    // A frame whose RED copies were lost too is noticed only when the packet after the last of
-    // them arrives, RED depth + 1 frames after it was due.
-    let noticed = frame * (red_depth as u32 + 1);
+    let noticed = frame * (red_depth + 1).max(burst.min(MAX_BURST_FRAMES)) as u32;
     if attempts == 0 {
         frame * red_depth.max(1) as u32 + REPAIR_MARGIN
     } else {
@@ -177,10 +181,12 @@ mod tests {
         assert_eq!(retransmission_attempts(0.1, ms(100), FRAME, MAX_RTT), 2);
         assert_eq!(retransmission_attempts(0.02, ms(100), FRAME, MAX_RTT), 1);
         assert_eq!(retransmission_attempts(0.1, ms(300), FRAME, MAX_RTT), 0);
-        assert_eq!(repair_delay(2, ms(100), FRAME, 0, ms(0)), ms(230));
-        assert_eq!(repair_delay(1, ms(40), FRAME, 0, ms(5)), ms(75));
+        assert_eq!(repair_delay(2, ms(100), FRAME, 0, 1, ms(0)), ms(230));
+        assert_eq!(repair_delay(1, ms(40), FRAME, 0, 1, ms(5)), ms(75));
+        // A burst of 6 is noticed when the packet after it arrives, 6 frames after its first.
+        assert_eq!(repair_delay(1, ms(40), FRAME, 0, 6, ms(5)), ms(175));
         // Without retransmission: until the last RED copy (or the next packet's LBRR) is here.
-        assert_eq!(repair_delay(0, ms(300), FRAME, 2, ms(5)), ms(50));
-        assert_eq!(repair_delay(0, ms(300), FRAME, 0, ms(5)), ms(30));
+        assert_eq!(repair_delay(0, ms(300), FRAME, 2, 1, ms(5)), ms(50));
+        assert_eq!(repair_delay(0, ms(300), FRAME, 0, 6, ms(5)), ms(30));
     }
 }

@@ -14,6 +14,8 @@ use crate::{red, Instant};
 
 /// Most audio sequence gaps tracked as suspected losses at once.
 const MAX_SUSPECTED: usize = 64;
+/// Gaps in the audio sequence remembered for their length (loss bursts).
+const RECENT_GAPS: usize = 16;
 
 /// Bytes over the last second.
 #[derive(Debug, Clone, Default)]
@@ -310,6 +312,13 @@ impl MediaSession {
     fn note_audio_sequence(&mut self, now: Instant, ext: u64) {
         match self.audio_highest {
             Some(h) if ext > h => {
+                if ext > h + 1 {
+                    if self.recent_gaps.len() == RECENT_GAPS {
+                        self.recent_gaps.pop_front();
+                    }
+                    self.recent_gaps
+                        .push_back((ext - h - 1).min(MAX_SUSPECTED as u64) as usize);
+                }
                 let first = (h + 1).max(ext.saturating_sub(MAX_SUSPECTED as u64));
                 for s in first..ext {
                     if self.suspected_loss.len() == MAX_SUSPECTED {
@@ -371,11 +380,13 @@ impl MediaSession {
         let extra = if recent {
             // Room for the repairs that can come: retransmissions when the round trip allows,
             // else the redundant copies (RED, or the next packet's in-band FEC).
+            let burst = self.recent_gaps.iter().copied().max().unwrap_or(1);
             protection::repair_delay(
                 attempts,
                 rtt,
                 frame,
                 self.remote_red_depth,
+                burst,
                 self.jitter.jitter_p95(),
             )
         } else {
