@@ -150,9 +150,9 @@ def main():
                     counts[2] += r["frames_concealed"]
                     if args.json:
                         with open(args.json, "a") as f:
-                            f.write(json.dumps({"sample": name, "link_kbps": link, "rtt_ms": rtt,
+                            f.write(json.dumps({"sample": name, "link_kbps": link, "path_rtt_ms": rtt,
                                                 "loss": loss_s, "pesq": score,
-                                                "ref_pesq": ref_score, **r}) + "\n")
+                                                "ref_pesq": ref_score, "call": r}) + "\n")
                 if not scores:
                     continue
                 burst_s = f" bursts (mean {burst:g})" if burst else ""
