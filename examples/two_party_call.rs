@@ -174,6 +174,11 @@ struct Heard {
     recorded: Option<Vec<i16>>,
     /// Length of `recorded` at the end of the last real frame.
     recorded_real: usize,
+    /// Frames since the first real one that were not decoded from a packet (FEC or
+    /// concealment), by index.
+    not_decoded_at: Vec<u32>,
+    /// Frames heard since the first real one.
+    since_first: u32,
 }
 
 /// What one side sends.
@@ -257,6 +262,12 @@ async fn talk(
                     FrameSource::Concealed => heard.trailing += 1,
                 }
                 let real = frame.source != FrameSource::Concealed;
+                if heard.first_at.is_some() || real {
+                    if frame.source != FrameSource::Decoded {
+                        heard.not_decoded_at.push(heard.since_first);
+                    }
+                    heard.since_first += 1;
+                }
                 if real {
                     if heard.first_at.is_some() {
                         heard.concealed += heard.trailing;

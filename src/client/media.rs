@@ -18,6 +18,9 @@ use super::Command;
 use crate::machine::CallId;
 use crate::media_path::MediaPath;
 
+/// Samples in one 20 ms frame of 48 kHz mono audio.
+const FRAME_SAMPLES: usize = 960;
+
 /// Commands from the actor and the [`Call`](super::Call) handle to the media task.
 #[derive(Debug)]
 pub(crate) enum MediaCommand {
@@ -349,10 +352,19 @@ impl MediaTask {
                         // Filler to build delay: not a frame of the stream.
                         Playout::Stretch { .. } => continue,
                     };
-                    let source = if decoded.is_err() {
-                        FrameSource::Concealed
-                    } else {
-                        source
+                    let source = match decoded {
+                        Ok(n) if n == FRAME_SAMPLES => source,
+                        other => {
+                            // A packet the decoder refused (or a short frame) still takes its
+                            // 20 ms: conceal it, or play silence, so playout keeps its timing.
+                            debug!(result = ?other, "audio frame not decoded; concealed");
+                            st.pcm.clear();
+                            if st.codec.conceal(&mut st.pcm).is_err() {
+                                st.pcm.clear();
+                            }
+                            st.pcm.resize(FRAME_SAMPLES, 0);
+                            FrameSource::Concealed
+                        }
                     };
                     match source {
                         FrameSource::Decoded => st.stats.frames_received += 1,

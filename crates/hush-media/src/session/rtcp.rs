@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::MediaSession;
+use super::{protection, MediaSession};
 use crate::rtcp::{write_compound, ReceiverReport, ReportBlock, RtcpPacket, Sdes, SenderReport};
 use crate::Instant;
 
@@ -158,8 +158,18 @@ impl MediaSession {
         // resending big video packets into it only keeps it full. Audio retransmissions are
         // small and keep the call intelligible, so they still go (within the budget below).
         let congested = self.cc.window_full();
-        let packets = if media_ssrc == self.config.local_audio.ssrc {
-            self.audio_rtx.on_nack(now, lost, rtt)
+        let audio = media_ssrc == self.config.local_audio.ssrc;
+        let packets = if audio {
+            let mut packets = self.audio_rtx.on_nack(now, lost, rtt);
+            if protection::rtx_copies(self.remote_loss_smoothed) > 1 {
+                // On a path this lossy, one retransmission in five or more is lost too, and
+                // the next attempt costs a round trip: send each twice (as its own RTX
+                // packet: SRTP would refuse a replayed sequence number). Link bits, not
+                // encoder bits.
+                let copies: Vec<_> = packets.iter().map(|p| self.audio_rtx.copy(p)).collect();
+                packets.extend(copies);
+            }
+            packets
         } else if let Some(rtx) = self.video_rtx.as_mut().filter(|_| {
             !congested
                 && self
