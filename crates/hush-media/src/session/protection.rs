@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-/// Residual loss below this needs no protection. WB-PESQ is sensitive to it: on espeak-ng
-/// speech through Opus at 32 kbps, 1 % of frames concealed cost about 0.5 (see
+/// Residual loss below this needs no protection. WB-PESQ is sensitive to lost frames: silencing
+/// 1 % of the frames of a clean call's espeak-ng speech took its score from 4.01 to 3.14 (see
 /// docs/benchmarks.md).
 const NEGLIGIBLE_LOSS: f64 = 0.005;
 /// Slack on top of the round trips: the NACK goes out when the next packet shows the gap,
