@@ -21,6 +21,34 @@ use crate::media_path::MediaPath;
 /// Samples in one 20 ms frame of 48 kHz mono audio.
 const FRAME_SAMPLES: usize = 960;
 
+/// Runs the decoder for one playout action, leaving one frame of PCM in `pcm`; `None` for
+/// [`Playout::Stretch`], which is not a frame of the stream. A packet the decoder refuses (or
+/// a short frame) still takes its 20 ms: it is concealed (or silent), so playout keeps its
+/// timing and the application never gets an empty frame.
+fn play(codec: &mut OpusCodec, playout: Playout, pcm: &mut Vec<i16>) -> Option<FrameSource> {
+    pcm.clear();
+    let (decoded, source) = match playout {
+        Playout::Frame { payload, .. } => (codec.decode(&payload, pcm), FrameSource::Decoded),
+        Playout::Fec { next_payload, .. } => {
+            (codec.decode_fec(&next_payload, pcm), FrameSource::Fec)
+        }
+        Playout::Conceal { .. } => (codec.conceal(pcm), FrameSource::Concealed),
+        Playout::Stretch { .. } => return None,
+    };
+    match decoded {
+        Ok(n) if n == FRAME_SAMPLES => Some(source),
+        other => {
+            debug!(result = ?other, "audio frame not decoded; concealed");
+            pcm.clear();
+            if codec.conceal(pcm).is_err() {
+                pcm.clear();
+            }
+            pcm.resize(FRAME_SAMPLES, 0);
+            Some(FrameSource::Concealed)
+        }
+    }
+}
+
 /// Commands from the actor and the [`Call`](super::Call) handle to the media task.
 #[derive(Debug)]
 pub(crate) enum MediaCommand {
@@ -337,34 +365,9 @@ impl MediaTask {
         while let Some(ev) = path.poll_event() {
             match ev {
                 MediaEvent::Audio(playout) => {
-                    st.pcm.clear();
-                    let (decoded, source) = match playout {
-                        Playout::Frame { payload, .. } => {
-                            (st.codec.decode(&payload, &mut st.pcm), FrameSource::Decoded)
-                        }
-                        Playout::Fec { next_payload, .. } => (
-                            st.codec.decode_fec(&next_payload, &mut st.pcm),
-                            FrameSource::Fec,
-                        ),
-                        Playout::Conceal { .. } => {
-                            (st.codec.conceal(&mut st.pcm), FrameSource::Concealed)
-                        }
-                        // Filler to build delay: not a frame of the stream.
-                        Playout::Stretch { .. } => continue,
-                    };
-                    let source = match decoded {
-                        Ok(n) if n == FRAME_SAMPLES => source,
-                        other => {
-                            // A packet the decoder refused (or a short frame) still takes its
-                            // 20 ms: conceal it, or play silence, so playout keeps its timing.
-                            debug!(result = ?other, "audio frame not decoded; concealed");
-                            st.pcm.clear();
-                            if st.codec.conceal(&mut st.pcm).is_err() {
-                                st.pcm.clear();
-                            }
-                            st.pcm.resize(FRAME_SAMPLES, 0);
-                            FrameSource::Concealed
-                        }
+                    // Filler to build delay: not a frame of the stream.
+                    let Some(source) = play(&mut st.codec, playout, &mut st.pcm) else {
+                        continue;
                     };
                     match source {
                         FrameSource::Decoded => st.stats.frames_received += 1,
@@ -384,5 +387,38 @@ impl MediaTask {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hush_media::codec::{Codec, OpusCodec};
+    use hush_media::jitter::{Playout, Recovery};
+
+    use super::{play, FrameSource, FRAME_SAMPLES};
+
+    #[test]
+    fn a_refused_packet_still_plays_a_whole_frame() {
+        let mut codec = OpusCodec::new(1, 20, 32_000).expect("codec");
+        // Code 3 (several frames) with a frame count of zero: invalid (RFC 6716 §3.2.5).
+        let bad = vec![0x03, 0x00];
+        assert!(codec.decode(&bad, &mut Vec::new()).is_err());
+        let mut pcm = Vec::new();
+        let frame = Playout::Frame {
+            timestamp: 0,
+            payload: bad,
+            recovery: Recovery::None,
+            shorten: std::time::Duration::ZERO,
+        };
+        assert_eq!(
+            play(&mut codec, frame, &mut pcm),
+            Some(FrameSource::Concealed)
+        );
+        assert_eq!(pcm.len(), FRAME_SAMPLES);
+        // Filler is not a frame.
+        let stretch = Playout::Stretch {
+            duration: std::time::Duration::from_millis(5),
+        };
+        assert_eq!(play(&mut codec, stretch, &mut pcm), None);
     }
 }
