@@ -13,6 +13,9 @@
 //! cargo run --example two_party_call [-- --relay ADDR] [--loss PCT] [--seconds N]
 //!                                       [--relay-only --turn ADDR --turn-user U --turn-pass P]
 //!                                       [--network-change-at SECS]
+//!                                       [--delay-ms MS] [--jitter-ms MS] [--bandwidth-kbps K]
+//!                                       [--burst-loss MEAN] [--seed N]
+//!                                       [--audio-in IN.wav --audio-out OUT.wav]
 //! ```
 //!
 //! `--relay ADDR` uses a running `hush-relay` instead of the in-process one; `--loss PCT`
@@ -20,13 +23,22 @@
 //! the TURN server given with `--turn` (long-term credentials), hiding each device's address;
 //! `--network-change-at SECS` has Bob's device change network that far into the call (new
 //! sockets, ICE restart over signaling, media resumes on the new path).
+//!
+//! Impairments (applied to each side's outgoing media, so the round trip is twice the delay):
+//! `--delay-ms` one-way delay, `--jitter-ms` a uniform extra delay of up to that much,
+//! `--bandwidth-kbps` a drop-tail bottleneck (IPv4/UDP headers counted), `--burst-loss MEAN`
+//! makes `--loss` come in Gilbert–Elliott bursts of that mean length, `--seed` replays the
+//! same draws. `--audio-in` has Alice send a 48 kHz mono 16-bit WAV instead of her tone (the
+//! call lasts as long as the file); `--audio-out` writes what Bob played, from the first frame
+//! he heard to the last, concealed frames included, as a WAV of the same format.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use hush::machine::EndReason;
-use hush::{Call, CallEvent, Client, ClientConfig, FrameSource};
+use hush::{Call, CallEvent, Client, ClientConfig, FrameSource, SimulatedLink};
 use hush_crypto::{Device, DeviceStore, MemoryBackend};
 use hush_net::driver::Bind;
 use hush_net::{Policy, TurnCredentials};
@@ -47,6 +59,9 @@ struct Args {
     turn_user: String,
     turn_pass: String,
     network_change_at: Option<f64>,
+    link: SimulatedLink,
+    audio_in: Option<PathBuf>,
+    audio_out: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, Failure> {
@@ -59,6 +74,9 @@ fn parse_args() -> Result<Args, Failure> {
         turn_user: String::new(),
         turn_pass: String::new(),
         network_change_at: None,
+        link: SimulatedLink::new(),
+        audio_in: None,
+        audio_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +90,28 @@ fn parse_args() -> Result<Args, Failure> {
             "--turn-user" => args.turn_user = value()?,
             "--turn-pass" => args.turn_pass = value()?,
             "--network-change-at" => args.network_change_at = Some(value()?.parse()?),
+            "--delay-ms" => {
+                let ms = value()?.parse()?;
+                args.link = args.link.delay(Duration::from_millis(ms));
+            }
+            "--jitter-ms" => {
+                let ms = value()?.parse()?;
+                args.link = args.link.jitter(Duration::from_millis(ms));
+            }
+            "--bandwidth-kbps" => {
+                let kbps: f64 = value()?.parse()?;
+                args.link = args.link.bandwidth_bps(Some((kbps * 1000.0) as u64));
+            }
+            "--burst-loss" => {
+                let mean: f64 = value()?.parse()?;
+                args.link = args.link.burst_loss_mean(Some(mean));
+            }
+            "--seed" => {
+                let seed = value()?.parse()?;
+                args.link = args.link.seed(Some(seed));
+            }
+            "--audio-in" => args.audio_in = Some(value()?.into()),
+            "--audio-out" => args.audio_out = Some(value()?.into()),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -100,6 +140,7 @@ fn client_config(args: &Args) -> Result<ClientConfig, Failure> {
     let mut config = ClientConfig::new(net.build()?);
     config.bind = Bind::Addresses(vec!["127.0.0.1".parse()?]);
     config.simulated_send_loss = args.loss;
+    config.simulated_link = args.link.clone();
     Ok(config)
 }
 
@@ -129,18 +170,88 @@ struct Heard {
     /// Concealed frames since the last real one: counted only once the stream goes on (the
     /// tail after the peer stopped talking is silence, not loss).
     trailing: u32,
+    /// What was played from the first real frame on, when recording.
+    recorded: Option<Vec<i16>>,
+    /// Length of `recorded` at the end of the last real frame.
+    recorded_real: usize,
+    /// Frames since the first real one that were not decoded from a packet (FEC or
+    /// concealment), by index.
+    not_decoded_at: Vec<u32>,
+    /// Frames heard since the first real one.
+    since_first: u32,
 }
 
-/// Sends `frames` of a tone at microphone pace while receiving the peer's, then reports.
-async fn talk(call: &Call, send_hz: f64, expect_hz: f64, frames: u32) -> Heard {
-    let mut heard = Heard::default();
+/// What one side sends.
+enum Source {
+    Tone(f64),
+    Samples(Vec<i16>),
+}
+
+impl Source {
+    fn frame(&self, n: u32) -> Vec<i16> {
+        match self {
+            Self::Tone(hz) => tone(*hz, n),
+            Self::Samples(all) => {
+                let start = (n as usize * 960).min(all.len());
+                let mut f = all[start..(start + 960).min(all.len())].to_vec();
+                f.resize(960, 0);
+                f
+            }
+        }
+    }
+}
+
+fn read_wav(path: &Path) -> Result<Vec<i16>, Failure> {
+    let mut reader = hound::WavReader::open(path)?;
+    let spec = reader.spec();
+    if spec.sample_rate != 48_000 || spec.channels != 1 || spec.bits_per_sample != 16 {
+        return Err(format!(
+            "{}: need 48 kHz mono 16-bit PCM, got {} Hz, {} channels, {} bits",
+            path.display(),
+            spec.sample_rate,
+            spec.channels,
+            spec.bits_per_sample
+        )
+        .into());
+    }
+    Ok(reader.samples::<i16>().collect::<Result<_, _>>()?)
+}
+
+fn write_wav(path: &Path, pcm: &[i16]) -> Result<(), Failure> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec)?;
+    for &s in pcm {
+        writer.write_sample(s)?;
+    }
+    writer.finalize()?;
+    Ok(())
+}
+
+/// Sends `frames` of `source` at microphone pace while receiving the peer's, then reports.
+/// `expect_hz` is the peer's tone, if it sends one.
+async fn talk(
+    call: &Call,
+    source: &Source,
+    expect_hz: Option<f64>,
+    frames: u32,
+    record: bool,
+) -> Heard {
+    let mut heard = Heard {
+        recorded: record.then(Vec::new),
+        ..Heard::default()
+    };
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let end = Instant::now() + Duration::from_millis(u64::from(frames) * 20 + 600);
     let mut n = 0;
     loop {
         tokio::select! {
             _ = ticker.tick(), if n < frames => {
-                let _ = call.send_audio(&tone(send_hz, n));
+                let _ = call.send_audio(&source.frame(n));
                 n += 1;
             }
             frame = call.recv_audio() => {
@@ -150,14 +261,27 @@ async fn talk(call: &Call, send_hz: f64, expect_hz: f64, frames: u32) -> Heard {
                     FrameSource::Fec => heard.fec += 1,
                     FrameSource::Concealed => heard.trailing += 1,
                 }
-                if frame.source != FrameSource::Concealed {
+                let real = frame.source != FrameSource::Concealed;
+                if heard.first_at.is_some() || real {
+                    if frame.source != FrameSource::Decoded {
+                        heard.not_decoded_at.push(heard.since_first);
+                    }
+                    heard.since_first += 1;
+                }
+                if real {
                     if heard.first_at.is_some() {
                         heard.concealed += heard.trailing;
                     }
                     heard.trailing = 0;
                     heard.first_at.get_or_insert_with(Instant::now);
-                    if (frequency(&frame.pcm) - expect_hz).abs() < 60.0 {
+                    if expect_hz.is_some_and(|hz| (frequency(&frame.pcm) - hz).abs() < 60.0) {
                         heard.on_pitch += 1;
+                    }
+                }
+                if let Some(rec) = heard.recorded.as_mut().filter(|_| heard.first_at.is_some()) {
+                    rec.extend_from_slice(&frame.pcm);
+                    if real {
+                        heard.recorded_real = rec.len();
                     }
                 }
             }
@@ -196,6 +320,16 @@ async fn run(args: Args) -> Result<bool, Failure> {
         }
     };
     println!("relay at {relay_addr}");
+    let alice_source = match &args.audio_in {
+        Some(path) => Source::Samples(read_wav(path)?),
+        None => Source::Tone(440.0),
+    };
+    let speech = matches!(alice_source, Source::Samples(_));
+    let frames = match &alice_source {
+        Source::Samples(all) => all.len().div_ceil(960) as u32,
+        Source::Tone(_) => args.seconds * 50,
+    };
+    let record = args.audio_out.is_some();
 
     // Two devices with fresh identities. Both publish prekeys; Alice fetches Bob's.
     let mut alice_sealer = sealer(1)?;
@@ -251,7 +385,6 @@ async fn run(args: Args) -> Result<bool, Failure> {
         );
         let call = incoming.accept().await?;
         wait_connected(&call).await?;
-        let frames = args.seconds * 50;
         let move_network = async {
             let Some(at) = args.network_change_at else {
                 return Ok::<_, Failure>(());
@@ -261,7 +394,11 @@ async fn run(args: Args) -> Result<bool, Failure> {
             println!("bob: network changed; ICE restarted with new sockets");
             Ok(())
         };
-        let (heard, moved) = tokio::join!(talk(&call, 660.0, 440.0, frames), move_network);
+        let expect = (!speech).then_some(440.0);
+        let (heard, moved) = tokio::join!(
+            talk(&call, &Source::Tone(660.0), expect, frames, record),
+            move_network
+        );
         moved?;
         let stats = call.stats().await?;
         println!("bob: {stats:?}");
@@ -284,13 +421,16 @@ async fn run(args: Args) -> Result<bool, Failure> {
     println!("alice: calling {}", short(&bob_id.to_hex()));
     let path = wait_connected(&call).await?;
     println!("alice: connected over a {path} path");
-    let frames = args.seconds * 50;
-    let heard = talk(&call, 440.0, 660.0, frames).await;
+    let heard = talk(&call, &alice_source, Some(660.0), frames, false).await;
     let stats = call.stats().await?;
     println!("alice: {stats:?}");
     let _ = tokio::time::timeout(Duration::from_secs(5), bob_done).await;
     call.hangup()?;
-    let (bob_heard, bob_ended, _bob) = bob_side.await??;
+    let (mut bob_heard, bob_ended, _bob) = bob_side.await??;
+    if let (Some(path), Some(rec)) = (&args.audio_out, bob_heard.recorded.take()) {
+        write_wav(path, &rec[..bob_heard.recorded_real])?;
+        println!("bob's playout written to {}", path.display());
+    }
     let _ = std::fs::remove_dir_all(&scratch);
 
     println!("alice heard: {heard:?}");
@@ -303,13 +443,16 @@ async fn run(args: Args) -> Result<bool, Failure> {
     let ok = playable(&heard) >= need
         && playable(&bob_heard) >= need
         && heard.on_pitch >= need * 9 / 10
-        && bob_heard.on_pitch >= need * 9 / 10
+        && (speech || bob_heard.on_pitch >= need * 9 / 10)
         && bob_ended == Some(EndReason::RemoteHangup(hush::machine::HangupReason::Normal));
     println!(
-        "{{\"setup_ms\":{setup_ms:.1},\"frames_sent\":{},\"frames_received\":{},\"frames_concealed\":{},\"path\":\"{path}\",\"suite\":\"{}\",\"result\":\"{}\"}}",
+        "{{\"setup_ms\":{setup_ms:.1},\"frames_sent\":{},\"frames_received\":{},\"frames_fec\":{},\"frames_concealed\":{},\"audio_kbps\":{:.1},\"rtt_ms\":{:.1},\"path\":\"{path}\",\"suite\":\"{}\",\"result\":\"{}\"}}",
         stats.media.frames_sent,
         playable(&bob_heard),
+        bob_heard.fec,
         bob_heard.concealed,
+        stats.media.audio_bytes_sent as f64 * 8.0 / (stats.media.frames_sent.max(1) as f64 * 20.0),
+        stats.media.rtt_ms.unwrap_or(-1.0),
         stats.suite,
         if ok { "ok" } else { "failed" }
     );

@@ -23,6 +23,6 @@ pub mod media_path;
 pub use client::{
     AudioFrame, Call, CallEvent, CallStats, Client, ClientBuilder, ClientConfig, ClientEvent,
     FrameSource, GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, IncomingCall, MediaStats,
-    ParticipantAudio, SfuInfo,
+    ParticipantAudio, SfuInfo, SimulatedLink,
 };
 pub use error::Error;

@@ -477,7 +477,10 @@ where
             actor: self.self_tx.clone(),
             audio_out: audio_tx,
             session,
-            send_loss: self.config.simulated_send_loss,
+            send_link: self
+                .config
+                .simulated_link
+                .sim_config(self.config.simulated_send_loss),
         };
         tokio::spawn(task.run().instrument(info_span!("hush_media", call = ?id)));
         let call = Call {

@@ -6,10 +6,10 @@ use std::time::Instant;
 use hush_crypto::MediaKeys;
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::Playout;
+use hush_media::sim::{NetSim, SimConfig, SimPacket};
 use hush_media::{Event as MediaEvent, QualityStats, SessionConfig};
 use hush_net::driver::Started;
 use hush_net::{CandidateKind, ConnectionState, Event as NetEvent, IceCredentials};
-use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -17,6 +17,37 @@ use super::call::{AudioFrame, FrameSource};
 use super::Command;
 use crate::machine::CallId;
 use crate::media_path::MediaPath;
+
+/// Samples in one 20 ms frame of 48 kHz mono audio.
+const FRAME_SAMPLES: usize = 960;
+
+/// Runs the decoder for one playout action, leaving one frame of PCM in `pcm`; `None` for
+/// [`Playout::Stretch`], which is not a frame of the stream. A packet the decoder refuses (or
+/// a short frame) still takes its 20 ms: it is concealed (or silent), so playout keeps its
+/// timing and the application never gets an empty frame.
+fn play(codec: &mut OpusCodec, playout: Playout, pcm: &mut Vec<i16>) -> Option<FrameSource> {
+    pcm.clear();
+    let (decoded, source) = match playout {
+        Playout::Frame { payload, .. } => (codec.decode(&payload, pcm), FrameSource::Decoded),
+        Playout::Fec { next_payload, .. } => {
+            (codec.decode_fec(&next_payload, pcm), FrameSource::Fec)
+        }
+        Playout::Conceal { .. } => (codec.conceal(pcm), FrameSource::Concealed),
+        Playout::Stretch { .. } => return None,
+    };
+    match decoded {
+        Ok(n) if n == FRAME_SAMPLES => Some(source),
+        other => {
+            debug!(result = ?other, "audio frame not decoded; concealed");
+            pcm.clear();
+            if codec.conceal(pcm).is_err() {
+                pcm.clear();
+            }
+            pcm.resize(FRAME_SAMPLES, 0);
+            Some(FrameSource::Concealed)
+        }
+    }
+}
 
 /// Commands from the actor and the [`Call`](super::Call) handle to the media task.
 #[derive(Debug)]
@@ -47,6 +78,8 @@ pub(crate) enum MediaCommand {
 pub struct MediaStats {
     /// Audio frames encoded and sent.
     pub frames_sent: u64,
+    /// Bytes of encoded audio sent (codec output, before RTP, redundancy and SRTP).
+    pub audio_bytes_sent: u64,
     /// Audio frames played from a received packet.
     pub frames_received: u64,
     /// Audio frames rebuilt from in-band FEC.
@@ -73,8 +106,19 @@ pub(crate) struct MediaTask {
     pub(crate) actor: mpsc::UnboundedSender<Command>,
     pub(crate) audio_out: mpsc::Sender<AudioFrame>,
     pub(crate) session: SessionConfig,
-    /// Fraction of outgoing datagrams dropped on purpose (a test and demo knob).
-    pub(crate) send_loss: f64,
+    /// Simulated impairments of outgoing datagrams (a test and demo knob), if any.
+    pub(crate) send_link: Option<SimConfig>,
+}
+
+/// A protected datagram in the simulated send link, sized as on the wire.
+#[derive(Clone)]
+struct Datagram(Vec<u8>);
+
+impl SimPacket for Datagram {
+    fn wire_size(&self) -> usize {
+        // IPv4 and UDP headers.
+        self.0.len() + 28
+    }
 }
 
 /// Local candidates (and the end of gathering) taken from the ICE driver in one go.
@@ -92,6 +136,8 @@ struct State {
     muted: bool,
     pcm: Vec<i16>,
     encoded: Vec<u8>,
+    /// The simulated send link, when impairments are on.
+    link: Option<NetSim<Datagram>>,
 }
 
 impl MediaTask {
@@ -112,9 +158,16 @@ impl MediaTask {
             muted: false,
             pcm: Vec::with_capacity(960),
             encoded: Vec::with_capacity(400),
+            link: self.send_link.take().map(NetSim::new),
         };
         loop {
-            let deadline = st.path.as_ref().and_then(MediaPath::poll_timeout);
+            let deadline = [
+                st.path.as_ref().and_then(MediaPath::poll_timeout),
+                st.link.as_ref().and_then(NetSim::poll_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -278,46 +331,43 @@ impl MediaTask {
             Ok(()) => {
                 path.send_audio(Instant::now(), &st.encoded);
                 st.stats.frames_sent += 1;
+                st.stats.audio_bytes_sent += st.encoded.len() as u64;
             }
             Err(e) => debug!(error = %e, "encode failed"),
         }
     }
 
-    /// Sends what the path produced and plays what it released.
+    fn send_datagram(&self, d: Vec<u8>) {
+        if let Err(e) = self.net.handle.send(d) {
+            debug!(error = %e, "send failed");
+        }
+    }
+
+    /// Sends what the path produced (through the simulated link, if any) and plays what it
+    /// released.
     fn drain(&self, st: &mut State) {
         let Some(path) = st.path.as_mut() else {
             return;
         };
+        let now = Instant::now();
         while let Some(d) = path.poll_datagram() {
-            if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
-                continue;
+            match st.link.as_mut() {
+                Some(link) => link.handle_packet(now, Datagram(d)),
+                None => self.send_datagram(d),
             }
-            if let Err(e) = self.net.handle.send(d) {
-                debug!(error = %e, "send failed");
+        }
+        if let Some(link) = st.link.as_mut() {
+            link.handle_timeout(now);
+            while let Some(Datagram(d)) = link.poll_transmit() {
+                self.send_datagram(d);
             }
         }
         while let Some(ev) = path.poll_event() {
             match ev {
                 MediaEvent::Audio(playout) => {
-                    st.pcm.clear();
-                    let (decoded, source) = match playout {
-                        Playout::Frame { payload, .. } => {
-                            (st.codec.decode(&payload, &mut st.pcm), FrameSource::Decoded)
-                        }
-                        Playout::Fec { next_payload, .. } => (
-                            st.codec.decode_fec(&next_payload, &mut st.pcm),
-                            FrameSource::Fec,
-                        ),
-                        Playout::Conceal { .. } => {
-                            (st.codec.conceal(&mut st.pcm), FrameSource::Concealed)
-                        }
-                        // Filler to build delay: not a frame of the stream.
-                        Playout::Stretch { .. } => continue,
-                    };
-                    let source = if decoded.is_err() {
-                        FrameSource::Concealed
-                    } else {
-                        source
+                    // Filler to build delay: not a frame of the stream.
+                    let Some(source) = play(&mut st.codec, playout, &mut st.pcm) else {
+                        continue;
                     };
                     match source {
                         FrameSource::Decoded => st.stats.frames_received += 1,
@@ -337,5 +387,38 @@ impl MediaTask {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hush_media::codec::{Codec, OpusCodec};
+    use hush_media::jitter::{Playout, Recovery};
+
+    use super::{play, FrameSource, FRAME_SAMPLES};
+
+    #[test]
+    fn a_refused_packet_still_plays_a_whole_frame() {
+        let mut codec = OpusCodec::new(1, 20, 32_000).expect("codec");
+        // Code 3 (several frames) with a frame count of zero: invalid (RFC 6716 §3.2.5).
+        let bad = vec![0x03, 0x00];
+        assert!(codec.decode(&bad, &mut Vec::new()).is_err());
+        let mut pcm = Vec::new();
+        let frame = Playout::Frame {
+            timestamp: 0,
+            payload: bad,
+            recovery: Recovery::None,
+            shorten: std::time::Duration::ZERO,
+        };
+        assert_eq!(
+            play(&mut codec, frame, &mut pcm),
+            Some(FrameSource::Concealed)
+        );
+        assert_eq!(pcm.len(), FRAME_SAMPLES);
+        // Filler is not a frame.
+        let stretch = Playout::Stretch {
+            duration: std::time::Duration::from_millis(5),
+        };
+        assert_eq!(play(&mut codec, stretch, &mut pcm), None);
     }
 }

@@ -53,8 +53,124 @@ pub struct ClientConfig {
     /// Media engine settings; the callee uses the mirrored streams.
     pub media: SessionConfig,
     /// Fraction (0.0–1.0) of outgoing media datagrams dropped on purpose, to try loss recovery.
-    /// Zero in real use.
+    /// Zero in real use. Losses are independent, or in bursts with
+    /// [`SimulatedLink::burst_loss_mean`].
     pub simulated_send_loss: f64,
+    /// Delay, jitter and a bandwidth cap applied to outgoing media datagrams, to try a call on
+    /// a bad network over loopback (this client's send direction only; give both clients the
+    /// same to impair both ways). All off by default; leave it so in real use.
+    pub simulated_link: SimulatedLink,
+}
+
+/// Impairments of this client's outgoing media, applied in the media path after SRTP, just
+/// before the socket (the machine's kernel may have no netem). Built on the media engine's
+/// network simulator ([`hush_media::sim::NetSim`]): a drop-tail bottleneck at
+/// `bandwidth_bps`, then the loss of [`ClientConfig::simulated_send_loss`], then `delay` plus
+/// a uniform jitter in `[0, jitter]` that never reorders packets.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SimulatedLink {
+    /// One-way delay added to every datagram.
+    pub delay: Duration,
+    /// Largest extra delay, drawn uniformly per datagram; packets keep their order (they
+    /// bunch up behind a late one, as on a single queue).
+    pub jitter: Duration,
+    /// Bottleneck rate in bits per second, counting each datagram with its IPv4 and UDP
+    /// headers (28 bytes); `None` for no cap.
+    pub bandwidth_bps: Option<u64>,
+    /// Most queueing delay the bottleneck holds before it drops (drop-tail); 300 ms if zero.
+    pub queue_limit: Duration,
+    /// Mean length, in packets, of loss bursts (Gilbert–Elliott), with
+    /// [`ClientConfig::simulated_send_loss`] as the long-run loss rate; `None` for
+    /// independent losses.
+    pub burst_loss_mean: Option<f64>,
+    /// Seed of the loss and jitter draws, for runs that replay; random if `None`.
+    pub seed: Option<u64>,
+}
+
+impl SimulatedLink {
+    /// No delay, jitter, cap or bursts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the one-way delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Sets the jitter (largest extra delay per datagram).
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Caps the send rate (IPv4/UDP headers counted).
+    pub fn bandwidth_bps(mut self, bps: Option<u64>) -> Self {
+        self.bandwidth_bps = bps;
+        self
+    }
+
+    /// Sets the bottleneck's largest queueing delay.
+    pub fn queue_limit(mut self, limit: Duration) -> Self {
+        self.queue_limit = limit;
+        self
+    }
+
+    /// Makes losses come in bursts of this mean length (packets).
+    pub fn burst_loss_mean(mut self, mean: Option<f64>) -> Self {
+        self.burst_loss_mean = mean;
+        self
+    }
+
+    /// Fixes the seed of the random draws.
+    pub fn seed(mut self, seed: Option<u64>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The network simulator configuration for a send direction losing `loss` of its
+    /// datagrams, or `None` if nothing is impaired (datagrams then go straight out).
+    pub(crate) fn sim_config(&self, loss: f64) -> Option<hush_media::sim::SimConfig> {
+        use hush_media::sim::{Jitter, LossModel, SimConfig};
+        let loss = loss.clamp(0.0, 1.0);
+        let impaired = loss > 0.0
+            || !self.delay.is_zero()
+            || !self.jitter.is_zero()
+            || self.bandwidth_bps.is_some();
+        if !impaired {
+            return None;
+        }
+        let loss_model = match self.burst_loss_mean {
+            _ if loss == 0.0 => LossModel::None,
+            Some(mean) => LossModel::bursty(loss, mean),
+            None => LossModel::Random(loss),
+        };
+        let queue = if self.queue_limit.is_zero() {
+            Duration::from_millis(300)
+        } else {
+            self.queue_limit
+        };
+        let queue_bytes = self.bandwidth_bps.map_or(usize::MAX, |bps| {
+            // At least one full-size datagram fits, whatever the rate.
+            ((bps as f64 / 8.0 * queue.as_secs_f64()) as usize).max(1500)
+        });
+        Some(SimConfig {
+            seed: self.seed.unwrap_or_else(rand::random),
+            delay: self.delay,
+            jitter: if self.jitter.is_zero() {
+                Jitter::None
+            } else {
+                Jitter::Uniform(self.jitter)
+            },
+            reorder: false,
+            loss: loss_model,
+            duplicate: 0.0,
+            rate_bps: self.bandwidth_bps,
+            queue_bytes,
+        })
+    }
 }
 
 impl ClientConfig {
@@ -80,6 +196,7 @@ impl ClientConfig {
             timeouts: Timeouts::default(),
             media,
             simulated_send_loss: 0.0,
+            simulated_link: SimulatedLink::default(),
         }
     }
 }
@@ -354,3 +471,50 @@ const AUDIO_MAX_BPS: u64 = 200_000;
 
 /// How long a client waits for an ICE driver to start.
 pub(crate) const NET_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hush_media::sim::{Jitter, LossModel};
+
+    use super::SimulatedLink;
+
+    #[test]
+    fn an_unimpaired_link_sends_straight_out() {
+        assert!(SimulatedLink::new().sim_config(0.0).is_none());
+        // Loss alone still goes through the simulator.
+        let c = SimulatedLink::new().sim_config(0.1).expect("impaired");
+        assert_eq!(c.loss, LossModel::Random(0.1));
+        assert!(c.delay.is_zero() && c.rate_bps.is_none());
+    }
+
+    #[test]
+    fn link_settings_map_onto_the_simulator() {
+        let link = SimulatedLink::new()
+            .delay(Duration::from_millis(50))
+            .jitter(Duration::from_millis(10))
+            .bandwidth_bps(Some(64_000))
+            .burst_loss_mean(Some(6.0))
+            .seed(Some(3));
+        let c = link.sim_config(0.1).expect("impaired");
+        assert_eq!(c.delay, Duration::from_millis(50));
+        assert_eq!(c.jitter, Jitter::Uniform(Duration::from_millis(10)));
+        assert!(!c.reorder);
+        assert_eq!(c.rate_bps, Some(64_000));
+        // 300 ms of queue at 64 kbps.
+        assert_eq!(c.queue_bytes, 2_400);
+        assert_eq!(c.seed, 3);
+        // Bursts with the requested long-run rate and mean length.
+        assert!((c.loss.mean_loss() - 0.1).abs() < 1e-9);
+        match c.loss {
+            LossModel::GilbertElliott { p_leave_bad, .. } => {
+                assert!((1.0 / p_leave_bad - 6.0).abs() < 1e-9);
+            }
+            other => panic!("bursty loss expected, got {other:?}"),
+        }
+        // Bursts without loss are no loss.
+        let c = link.sim_config(0.0).expect("still delayed");
+        assert_eq!(c.loss, LossModel::None);
+    }
+}

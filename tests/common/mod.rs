@@ -159,7 +159,7 @@ impl Heard {
         self.decoded + self.fec
     }
 
-    fn note(&mut self, source: hush::FrameSource) {
+    pub(crate) fn note(&mut self, source: hush::FrameSource) {
         if source == hush::FrameSource::Concealed {
             self.trailing += 1;
             return;

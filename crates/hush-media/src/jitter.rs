@@ -165,9 +165,16 @@ pub struct JitterBuffer {
     last_arrival: Option<Instant>,
     transits: VecDeque<f64>,
     extra_delay: Duration,
+    /// How long playout has waited, with nothing buffered, for the frame now due.
+    underrun_wait: Duration,
     out: VecDeque<Playout>,
     stats: JitterStats,
 }
+
+/// Longest wait, with nothing buffered, for a frame that is due: a stall of the path or of
+/// the sending device (packets held, then delivered together) is waited out, and the frames
+/// play late rather than being concealed and then dropped as late.
+const MAX_UNDERRUN_WAIT: Duration = Duration::from_millis(100);
 
 /// Below this difference from the target, playout keeps its pace.
 const TOLERANCE: f64 = 0.0025;
@@ -188,6 +195,7 @@ impl JitterBuffer {
             last_arrival: None,
             transits: VecDeque::new(),
             extra_delay: Duration::ZERO,
+            underrun_wait: Duration::ZERO,
             out: VecDeque::new(),
             stats: JitterStats::default(),
         }
@@ -322,6 +330,19 @@ impl JitterBuffer {
             self.next_tick = Some(t + d);
             return;
         }
+        if self.frames.is_empty() && self.underrun_wait < MAX_UNDERRUN_WAIT {
+            // Nothing at all is here: the stream stalled, or the frame was lost and its
+            // successor is not here yet to show it. Wait (as an expansion) rather than give up
+            // the frame: a stalled frame then plays, and a lost one is concealed as soon as the
+            // next arrives.
+            let d = frame.min(MAX_UNDERRUN_WAIT - self.underrun_wait);
+            self.underrun_wait += d;
+            self.stats.stretched += d;
+            self.out.push_back(Playout::Stretch { duration: d });
+            self.next_tick = Some(t + d);
+            return;
+        }
+        self.underrun_wait = Duration::ZERO;
         let ts = self.next_ts;
         self.next_ts += self.ts_step;
         // Frames that are somehow between ticks (timestamp jumps) are dropped with this one.

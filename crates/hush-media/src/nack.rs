@@ -16,13 +16,19 @@ struct Missing {
     first_seen: Instant,
     next_send: Instant,
     retries: u32,
+    /// When the first NACK went out, while its repeat is still to go.
+    repeat_of: Option<Instant>,
 }
 
 /// Receiver side: notices gaps in extended sequence numbers and decides when to NACK them.
 ///
-/// A missing packet is NACKed when first noticed, then again every `max(rtt, min_interval)`
-/// up to `max_retries` times, and forgotten after `max_age` (when it could no longer be
-/// played) or once it arrives.
+/// A missing packet is NACKed when first noticed, once more `repeat_after` later (a NACK
+/// crosses the same lossy path as the packet it asks for: on a path losing 10 %, one NACK in
+/// ten is lost and its packet waits a whole round trip more), then again every
+/// `max(rtt, min_interval)` after the first, up to `max_retries` times, and forgotten after
+/// `max_age` (when it could no longer be played) or once it arrives. The sender answers the
+/// repeat only if the first was lost ([`RtxSender::on_nack`] ignores a request repeated
+/// within 0.8 × RTT).
 #[derive(Debug, Clone)]
 pub struct NackScheduler {
     missing: BTreeMap<u64, Missing>,
@@ -33,6 +39,8 @@ pub struct NackScheduler {
     pub min_interval: Duration,
     /// Age after which a missing packet is given up.
     pub max_age: Duration,
+    /// When the first NACK of a packet is repeated, if that is sooner than the retry.
+    pub repeat_after: Duration,
 }
 
 impl Default for NackScheduler {
@@ -43,6 +51,7 @@ impl Default for NackScheduler {
             max_retries: 10,
             min_interval: Duration::from_millis(20),
             max_age: Duration::from_millis(1000),
+            repeat_after: Duration::from_millis(20),
         }
     }
 }
@@ -65,6 +74,7 @@ impl NackScheduler {
                             first_seen: now,
                             next_send: now,
                             retries: 0,
+                            repeat_of: None,
                         },
                     );
                 }
@@ -90,14 +100,23 @@ impl NackScheduler {
     pub fn poll_nacks(&mut self, now: Instant, rtt: Duration) -> Vec<u64> {
         let interval = rtt.max(self.min_interval);
         let (max_age, max_retries) = (self.max_age, self.max_retries);
+        let repeat_after = self.repeat_after;
         self.missing.retain(|_, m| {
             now.saturating_duration_since(m.first_seen) < max_age && m.retries < max_retries
         });
         let mut out = Vec::new();
         for (&s, m) in self.missing.iter_mut() {
             if m.next_send <= now {
+                m.next_send = match m.repeat_of.take() {
+                    // The repeat: the retry stays one interval after the first.
+                    Some(first) => (first + interval).max(now),
+                    None if m.retries == 0 && repeat_after < interval => {
+                        m.repeat_of = Some(now);
+                        now + repeat_after
+                    }
+                    None => now + interval,
+                };
                 m.retries += 1;
-                m.next_send = now + interval;
                 out.push(s);
             }
         }
@@ -184,6 +203,14 @@ impl RtxSender {
 }
 
 impl RtxSender {
+    /// Another copy of an RTX packet this sender made, under the next RTX sequence number.
+    pub fn copy(&mut self, rtx: &RtpPacket) -> RtpPacket {
+        let mut copy = rtx.clone();
+        copy.header.sequence_number = self.next_rtx_seq;
+        self.next_rtx_seq = self.next_rtx_seq.wrapping_add(1);
+        copy
+    }
+
     /// A padding-only packet on the RTX stream (for bandwidth probing); `timestamp` should be
     /// a recent media timestamp.
     pub fn padding_packet(&mut self, timestamp: u32) -> RtpPacket {
@@ -232,6 +259,10 @@ mod tests {
         n.on_packet(t0, 100);
         n.on_packet(t0, 103);
         assert_eq!(n.poll_nacks(t0, ms(40)), vec![101, 102]);
+        // Repeated once after 20 ms, in case the first NACK was lost.
+        assert!(n.poll_nacks(t0 + ms(19), ms(40)).is_empty());
+        assert_eq!(n.poll_nacks(t0 + ms(20), ms(40)), vec![101, 102]);
+        // Then retried one RTT after the first.
         assert!(n.poll_nacks(t0 + ms(39), ms(40)).is_empty());
         assert_eq!(n.poll_timeout(), Some(t0 + ms(40)));
         assert!(n.on_packet(t0 + ms(40), 101));
@@ -272,7 +303,15 @@ mod tests {
         assert_eq!(orig.payload, vec![255; 3]);
         // Asked again too soon: ignored; after an RTT: resent.
         assert!(s.on_nack(t0 + ms(10), &[65535], ms(40)).is_empty());
-        assert_eq!(s.on_nack(t0 + ms(40), &[65535], ms(40)).len(), 1);
+        let again = s.on_nack(t0 + ms(40), &[65535], ms(40));
+        assert_eq!(again.len(), 1);
+        // A copy carries the same packet under the next RTX sequence number.
+        let copy = s.copy(&again[0]);
+        assert_eq!(
+            copy.header.sequence_number,
+            again[0].header.sequence_number.wrapping_add(1)
+        );
+        assert_eq!(unwrap_rtx(&copy, 5, 111).unwrap().payload, vec![255; 3]);
         assert!(unwrap_rtx(&RtpPacket::default(), 5, 111).is_none());
     }
 }

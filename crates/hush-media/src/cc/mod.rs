@@ -15,9 +15,11 @@
 //!   it holds while the queue drains; then it rises additively near the capacity measured at
 //!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
 //!   1.5 × the acknowledged rate + 10 kbps;
-//! - a loss-based rate: cut by half the loss fraction above 10 % loss (never below 0.85 × the
-//!   acknowledged rate: losses from an overflowing queue must not take the rate under what
-//!   the path delivers), raised 5 %/s below 2 %;
+//! - a loss-based rate: cut by half the loss fraction above 10 % loss while a queue stands on
+//!   the path (queueing delay over 20 ms; loss without a queue is a lossy link, not
+//!   congestion, and sending less would not lose less), never below 0.85 × the acknowledged
+//!   rate (losses from an overflowing queue must not take the rate under what the path
+//!   delivers); raised 5 %/s below 2 %;
 //! - probing: short padding bursts at two or three times the target, only while the delay is
 //!   at its baseline and no overuse happened for two seconds; the receive rate during a burst
 //!   measures the path, so the estimate climbs in a few steps when capacity returns.
@@ -375,7 +377,11 @@ impl CongestionController {
         if self.losses.len() < 20 {
             return;
         }
-        if loss > 0.10 {
+        // Loss with no queue standing on the path is not congestion (a lossy radio, a bad
+        // link): sending less would not lose less, and only starves the codec. Loss from an
+        // overflowing queue comes with the queue's delay.
+        let queue_standing = self.queue_delay_ms >= BASELINE_DELAY_MS;
+        if loss > 0.10 && queue_standing {
             let since = self
                 .last_loss_decrease
                 .map_or(Duration::MAX, |t| now.saturating_duration_since(t));

@@ -124,9 +124,10 @@ fn late_and_duplicate_frames_are_dropped() {
         jb.insert(t0, 0, vec![0], Recovery::None),
         InsertOutcome::Duplicate
     );
-    jb.handle_timeout(t0 + ms(100));
+    // Past the frame's tick and the longest wait for it.
+    jb.handle_timeout(t0 + ms(300));
     assert_eq!(
-        jb.insert(t0 + ms(100), STEP, vec![1], Recovery::None),
+        jb.insert(t0 + ms(300), STEP, vec![1], Recovery::None),
         InsertOutcome::Late
     );
     assert_eq!(jb.stats().late, 1);
@@ -199,4 +200,31 @@ proptest! {
         let arrived = arrivals.iter().filter(|a| a.is_some()).count() as u64;
         prop_assert_eq!(s.played + s.late, arrived);
     }
+}
+
+#[test]
+fn a_stalled_stream_is_waited_out_not_concealed() {
+    // A steady path (1 ms) whose packets are held 60 ms once every 4 s and then delivered
+    // together (a busy sending device): too rare for the p95 window, so the target stays
+    // low. The frames due meanwhile are waited for and play late; none is concealed and
+    // dropped as late.
+    let arrivals: Vec<_> = (0..1500u64)
+        .map(|i| {
+            let held = if i % 200 >= 100 && i % 200 < 103 {
+                ms(20 * (103 - i % 200))
+            } else {
+                ms(0)
+            };
+            Some(ms(20 * i + 1) + held)
+        })
+        .collect();
+    let mut jb = JitterBuffer::new(JitterConfig {
+        min_delay: ms(10),
+        ..JitterConfig::default()
+    });
+    drive(&mut jb, Instant::now(), &arrivals, ms(30_000));
+    let s = jb.stats();
+    assert_eq!((s.played, s.late, s.concealed), (1500, 0, 0), "{s:?}");
+    // The delay built up by a stall is taken back by compression before the next one.
+    assert!(jb.target_delay() <= ms(20), "{:?}", jb.target_delay());
 }

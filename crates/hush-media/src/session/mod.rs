@@ -2,6 +2,7 @@
 //! jitter buffer, loss recovery, congestion control and statistics.
 
 mod config;
+mod protection;
 mod recv;
 mod rtcp;
 
@@ -119,9 +120,17 @@ pub struct MediaSession {
     last_sr: Option<(u32, Instant)>,
     rtt: Option<Duration>,
     remote_loss: f64,
+    /// `remote_loss` smoothed over reports.
+    remote_loss_smoothed: f64,
+    /// Fraction of the peer's audio lost before recovery, smoothed over report intervals.
+    recv_loss: f64,
+    /// What the audio sender spends on protection now.
+    protection: protection::AudioProtection,
     last_audio_loss: Option<Instant>,
     /// Gaps in the audio sequence not yet filled by an original: `(sequence, seen at)`.
     suspected_loss: VecDeque<(u64, Instant)>,
+    /// Lengths of the last gaps in the audio sequence (packets): how long loss bursts run.
+    recent_gaps: VecDeque<usize>,
     /// Highest audio sequence number received (extended).
     audio_highest: Option<u64>,
     remote_red_depth: usize,
@@ -187,8 +196,16 @@ impl MediaSession {
             last_sr: None,
             rtt: None,
             remote_loss: 0.0,
+            remote_loss_smoothed: 0.0,
+            recv_loss: 0.0,
+            protection: protection::AudioProtection {
+                red_distance: 0,
+                inband_fec: false,
+                expected_loss_percent: 0,
+            },
             last_audio_loss: None,
             suspected_loss: VecDeque::new(),
+            recent_gaps: VecDeque::new(),
             audio_highest: None,
             remote_red_depth: 0,
             loss_samples: VecDeque::new(),
@@ -430,15 +447,18 @@ impl MediaSession {
     }
 
     fn update_target(&mut self, now: Instant) {
-        let loss = self.cc.loss_fraction().max(self.remote_loss);
+        let loss = self.remote_loss_smoothed;
+        let mut p = protection::audio_protection(
+            loss,
+            self.rtt_or_default(),
+            self.config.audio_frame,
+            self.config.audio_nack_max_rtt,
+        );
+        if self.config.red_pt.is_none() {
+            p.red_distance = 0;
+        }
         // RED depth follows loss, and holds for a while once raised.
-        let want = if loss > 0.08 {
-            2
-        } else if loss > 0.01 {
-            1
-        } else {
-            0
-        };
+        let want = p.red_distance;
         let hold = self.red_hold_until.is_some_and(|t| now < t);
         if want > self.red_distance || (want < self.red_distance && !hold) {
             self.red_distance = want;
@@ -446,29 +466,44 @@ impl MediaSession {
                 self.red_hold_until = Some(now + Duration::from_secs(10));
             }
         }
+        p.red_distance = self.red_distance;
+        self.protection = p;
         let rtcp_bps = self.rtcp_rate.bps(now) as f64;
-        let t = self.allocate(loss, rtcp_bps);
+        let t = self.allocate(rtcp_bps);
         if self.target.is_none_or(|old| significant_change(&old, &t)) {
             self.target = Some(t);
             self.events.push_back(Event::EncoderTarget(t));
         }
     }
 
+    /// The encoder settings now, as last announced with [`Event::EncoderTarget`].
+    pub fn encoder_target(&self) -> Option<EncoderTarget> {
+        self.target
+    }
+
+    /// Redundant frames in each outgoing RED packet now (0: none).
+    pub fn red_distance(&self) -> usize {
+        self.red_distance
+    }
+
     /// Splits the congestion controller's encoder rate between audio and video. The estimate
     /// covers everything we send on the path, so our own RTCP comes off it first.
-    fn allocate(&self, loss: f64, rtcp_bps: f64) -> EncoderTarget {
+    fn allocate(&self, rtcp_bps: f64) -> EncoderTarget {
+        let p = self.protection;
         let encoder = self.cc.encoder_bps() as f64;
         let target = (encoder - rtcp_bps).max(encoder * 0.5);
         let pps = 1.0 / self.config.audio_frame.as_secs_f64().max(0.001);
         let overhead = pps * (12.0 + 8.0 + 1.0 + WIRE_OVERHEAD as f64) * 8.0;
-        let copies = 1.0 + self.red_distance as f64;
+        let copies = 1.0 + p.red_distance as f64;
+        let has_video = self.video_pz.is_some();
+        // Without video, audio may take the whole rate; with video, half at most.
+        let audio_share = if has_video { target * 0.5 } else { target };
         // With in-band FEC on, Opus adds LBRR only when the rate leaves room for it: with 10 %
         // expected loss, opus-pure put it in no packet at 16 kbps and in 82 % (all but pauses
         // and quiet dips) at 24 kbps, so audio keeps 24 kbps then.
-        let floor = if loss > 0.01 { 24_000.0 } else { 8_000.0 };
-        let audio = ((target * 0.5 - overhead) / copies).clamp(floor, 32_000.0);
+        let floor = if p.inband_fec { 24_000.0 } else { 8_000.0 };
+        let audio = ((audio_share - overhead) / copies).clamp(floor, 32_000.0);
         let audio_total = audio * copies + overhead;
-        let has_video = self.video_pz.is_some();
         let video = (target - audio_total) * 0.9;
         let min_video = self.config.video_min_bps as f64;
         let was_audio_only = self.target.is_some_and(|t| t.audio_only);
@@ -482,8 +517,8 @@ impl MediaSession {
             audio_bps: audio as u32,
             video_bps: if audio_only { 0 } else { video as u32 },
             audio_only,
-            inband_fec: loss > 0.01,
-            expected_loss_percent: (loss * 100.0).round().clamp(0.0, 100.0) as u8,
+            inband_fec: p.inband_fec,
+            expected_loss_percent: p.expected_loss_percent,
         }
     }
 

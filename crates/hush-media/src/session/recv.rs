@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::MediaSession;
+use super::{protection, MediaSession};
 use crate::error::Error;
 use crate::jitter::Recovery;
 use crate::nack::unwrap_rtx;
@@ -14,6 +14,8 @@ use crate::{red, Instant};
 
 /// Most audio sequence gaps tracked as suspected losses at once.
 const MAX_SUSPECTED: usize = 64;
+/// Gaps in the audio sequence remembered for their length (loss bursts).
+const RECENT_GAPS: usize = 16;
 
 /// Bytes over the last second.
 #[derive(Debug, Clone, Default)]
@@ -317,6 +319,13 @@ impl MediaSession {
     fn note_audio_sequence(&mut self, now: Instant, ext: u64) {
         match self.audio_highest {
             Some(h) if ext > h => {
+                if ext > h + 1 {
+                    if self.recent_gaps.len() == RECENT_GAPS {
+                        self.recent_gaps.pop_front();
+                    }
+                    self.recent_gaps
+                        .push_back((ext - h - 1).min(MAX_SUSPECTED as u64) as usize);
+                }
                 let first = (h + 1).max(ext.saturating_sub(MAX_SUSPECTED as u64));
                 for s in first..ext {
                     if self.suspected_loss.len() == MAX_SUSPECTED {
@@ -360,27 +369,37 @@ impl MediaSession {
         let recent = self
             .last_audio_loss
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
-        if self.audio_nack_enabled() {
+        let frame = self.config.audio_frame;
+        let attempts = if self.audio_nack_enabled() {
             // Audio: retry at most while a retransmission could still be played.
             let lost = self.audio_nack.poll_nacks(now, rtt);
             self.send_nack(now, self.config.remote_audio.ssrc, &lost);
-            // A frame whose RED copies were lost too is noticed only when the packet after
-            // the last of them arrives, RED depth + 1 frames after it was due.
-            let frames = self.remote_red_depth as u32 + 1;
-            let extra = if recent {
-                rtt + self.config.audio_frame * frames + Duration::from_millis(10)
-            } else {
-                Duration::ZERO
-            };
-            self.jitter.set_extra_delay(extra);
-        } else if recent {
-            // No retransmissions: still hold one frame more, so that the packet after a lost
-            // one is here in time to rebuild it from its in-band FEC.
-            self.jitter
-                .set_extra_delay(self.config.audio_frame + Duration::from_millis(10));
+            protection::retransmission_attempts(
+                self.recv_loss,
+                rtt,
+                frame,
+                self.config.audio_nack_max_rtt,
+            )
+            .max(1)
         } else {
-            self.jitter.set_extra_delay(Duration::ZERO);
-        }
+            0
+        };
+        let extra = if recent {
+            // Room for the repairs that can come: retransmissions when the round trip allows,
+            // else the redundant copies (RED, or the next packet's in-band FEC).
+            let burst = self.recent_gaps.iter().copied().max().unwrap_or(1);
+            protection::repair_delay(
+                attempts,
+                rtt,
+                frame,
+                self.remote_red_depth,
+                burst,
+                self.jitter.jitter_p95(),
+            )
+        } else {
+            Duration::ZERO
+        };
+        self.jitter.set_extra_delay(extra);
         if let Some(v) = self.config.remote_video {
             let lost = self.video_nack.poll_nacks(now, rtt);
             self.send_nack(now, v.ssrc, &lost);

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::MediaSession;
+use super::{protection, MediaSession};
 use crate::rtcp::{write_compound, ReceiverReport, ReportBlock, RtcpPacket, Sdes, SenderReport};
 use crate::Instant;
 
@@ -30,6 +30,9 @@ impl MediaSession {
         let mut blocks = Vec::new();
         if self.has_audio_data() {
             let (fraction_lost, cumulative_lost, highest_seq, jitter) = self.audio_rx.report();
+            // Smoothed over a few reports: a 500 ms interval holds only 25 audio packets.
+            let fraction = f64::from(fraction_lost) / 256.0;
+            self.recv_loss += (fraction - self.recv_loss) * 0.25;
             blocks.push(ReportBlock {
                 ssrc: self.config.remote_audio.ssrc,
                 fraction_lost,
@@ -127,6 +130,9 @@ impl MediaSession {
         let ours = self.config.local_audio.ssrc;
         for b in blocks.iter().filter(|b| b.ssrc == ours) {
             self.remote_loss = f64::from(b.fraction_lost) / 256.0;
+            // A report covers 500 ms, 25 audio packets: protection follows the smoothed loss,
+            // not each report's sampling noise.
+            self.remote_loss_smoothed += (self.remote_loss - self.remote_loss_smoothed) * 0.25;
             if b.last_sr == 0 {
                 continue;
             }
@@ -152,8 +158,18 @@ impl MediaSession {
         // resending big video packets into it only keeps it full. Audio retransmissions are
         // small and keep the call intelligible, so they still go (within the budget below).
         let congested = self.cc.window_full();
-        let packets = if media_ssrc == self.config.local_audio.ssrc {
-            self.audio_rtx.on_nack(now, lost, rtt)
+        let audio = media_ssrc == self.config.local_audio.ssrc;
+        let packets = if audio {
+            let mut packets = self.audio_rtx.on_nack(now, lost, rtt);
+            if protection::rtx_copies(self.remote_loss_smoothed) > 1 {
+                // On a path this lossy, one retransmission in five or more is lost too, and
+                // the next attempt costs a round trip: send each twice (as its own RTX
+                // packet: SRTP would refuse a replayed sequence number). Link bits, not
+                // encoder bits.
+                let copies: Vec<_> = packets.iter().map(|p| self.audio_rtx.copy(p)).collect();
+                packets.extend(copies);
+            }
+            packets
         } else if let Some(rtx) = self.video_rtx.as_mut().filter(|_| {
             !congested
                 && self

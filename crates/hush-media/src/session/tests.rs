@@ -198,7 +198,11 @@ fn real_loss_makes_room_for_retransmissions() {
 /// 10 % random loss with real Opus in the loop: A's encoder follows the engine's targets
 /// (in-band FEC on, expected loss), B decodes every playout event.
 fn opus_call(red: bool, nack: bool, secs: u64) -> crate::sim::CallMetrics {
-    let mut config = lossy(LossModel::Random(0.10), 20);
+    opus_call_over(red, nack, 20, secs)
+}
+
+fn opus_call_over(red: bool, nack: bool, one_way_ms: u64, secs: u64) -> crate::sim::CallMetrics {
+    let mut config = lossy(LossModel::Random(0.10), one_way_ms);
     config.opus = true;
     if !red {
         config.session.red_pt = None;
@@ -228,14 +232,71 @@ fn opus_in_band_fec_rebuilds_lost_frames() {
 }
 
 #[test]
-fn opus_with_red_and_rtx_decodes_cleanly() {
-    // The default recovery with real Opus payloads: RED blocks and RTX packets carry them
-    // intact (every one decodes), and nearly every frame plays without concealment, the
-    // first second (before loss is known and RED starts) included.
+fn opus_with_rtx_decodes_cleanly() {
+    // The default recovery at a short round trip, with real Opus payloads: RTX packets carry
+    // them intact (every one decodes), and nearly every frame plays without concealment, the
+    // first second (before loss is known) included.
     let m = opus_call(true, true, 10);
     assert_eq!(m.decode_errors, 0, "{m:?}");
-    assert!(m.played_red > 0 && m.opus_decoded >= m.played_original + m.played_red);
+    assert!(m.played_rtx > 0 && m.opus_decoded >= m.played_original + m.played_rtx);
     assert!(m.played_fraction() >= 0.98, "{:.4}", m.played_fraction());
+}
+
+#[test]
+fn opus_with_red_decodes_cleanly() {
+    // A 300 ms round trip: retransmissions come too late, RED carries the recovery. Its blocks
+    // carry the Opus payloads intact, and nearly every frame plays.
+    let m = opus_call_over(true, true, 150, 10);
+    assert_eq!(m.decode_errors, 0, "{m:?}");
+    assert!(m.played_red > 0 && m.opus_decoded >= m.played_original + m.played_red);
+    assert!(m.played_fraction() >= 0.97, "{:.4}", m.played_fraction());
+}
+
+/// After `secs` of a call over `loss` with `one_way_ms` each way: A's encoder target, A's RED
+/// depth, and what B played.
+fn protection_after(
+    loss: LossModel,
+    one_way_ms: u64,
+    secs: u64,
+) -> (super::EncoderTarget, usize, crate::sim::CallMetrics) {
+    let mut call = CallSim::new(lossy(loss, one_way_ms), Instant::now());
+    call.run_until(Duration::from_secs(secs));
+    let target = call.a.encoder_target().expect("a target was set");
+    (target, call.a.red_distance(), call.metrics().clone())
+}
+
+#[test]
+fn repairable_loss_keeps_the_full_audio_bitrate() {
+    // 10 % and 20 % random loss at a 40 ms round trip: NACK repairs nearly every frame in
+    // time, so the encoder keeps its full bitrate for the primary encoding: no RED copies, and
+    // no in-band FEC, and no bitrate cut (the loss is not congestion: no queue stands). The
+    // old policy sent RED depth 2 with LBRR for 10 % or more, at 24 kbps, and cut the rate at
+    // 20 % loss.
+    for loss in [0.10, 0.20] {
+        let (target, red, m) = protection_after(LossModel::Random(loss), 20, 20);
+        assert_eq!(red, 0, "loss {loss}: {target:?}");
+        assert_eq!(target.audio_bps, 32_000, "loss {loss}: {target:?}");
+        assert!(!target.inband_fec, "loss {loss}: {target:?}");
+        let floor = if loss > 0.15 { 0.97 } else { 0.99 };
+        assert!(
+            m.played_fraction() >= floor,
+            "loss {loss}: {:.4} played",
+            m.played_fraction()
+        );
+    }
+}
+
+#[test]
+fn unrepairable_loss_is_protected() {
+    // A 300 ms round trip: no retransmission fits the playout budget, so RED and in-band FEC
+    // protect, sized to the loss.
+    let (target, red, _) = protection_after(LossModel::Random(0.10), 150, 10);
+    assert_eq!(red, 2, "{target:?}");
+    assert!(target.inband_fec, "{target:?}");
+    assert!(
+        (8..=12).contains(&target.expected_loss_percent),
+        "{target:?}"
+    );
 }
 
 #[test]
@@ -429,4 +490,21 @@ fn malformed_h264_frame_triggers_a_keyframe_request() {
     }
     assert_eq!(frames, vec![true], "the malformed frame is not handed out");
     assert_eq!(requests, 1);
+}
+
+#[test]
+fn loss_bursts_are_waited_out_for_retransmission() {
+    // 10 % loss in bursts of mean 6 packets at a 40 ms round trip. A burst's first frame is
+    // noticed only when the packet after the burst arrives: the receiver holds room for the
+    // bursts it has seen, so retransmission repairs them too.
+    let mut call = CallSim::new(lossy(LossModel::bursty(0.10, 6.0), 20), Instant::now());
+    call.run_until(Duration::from_secs(30));
+    let m = call.metrics();
+    assert!(
+        m.played_fraction() >= 0.97,
+        "{:.4} played, {} concealed, {} rtx",
+        m.played_fraction(),
+        m.concealed,
+        m.played_rtx
+    );
 }

@@ -1,0 +1,223 @@
+//! How the audio sender protects against loss, and how long the receiver waits for repairs.
+//!
+//! Protection is RTT-aware. When a retransmission (NACK/RTX) can arrive within the playout
+//! delay the receiver is willing to add for it ([`SessionConfig::audio_nack_max_rtt`]), lost
+//! frames are repaired by retransmission and the encoder spends no bits on redundancy: RED and
+//! Opus in-band FEC (LBRR) both take bits from the primary encoding, which costs quality on
+//! every frame to protect a few. Only the loss retransmission cannot repair (the residual after
+//! the attempts that fit, or all of it when the round trip is too long) is protected, with RED
+//! depth and in-band FEC sized to it.
+//!
+//! [`SessionConfig::audio_nack_max_rtt`]: super::SessionConfig::audio_nack_max_rtt
+
+use std::time::Duration;
+
+/// Residual loss below this needs no protection. WB-PESQ is sensitive to lost frames: silencing
+/// 1 % of the frames of a clean call's espeak-ng speech took its score from 4.01 to 3.14 (see
+/// docs/benchmarks.md).
+const NEGLIGIBLE_LOSS: f64 = 0.005;
+/// Slack on top of the round trips: the NACK goes out when the next packet shows the gap,
+/// one frame after the loss, plus the sender's and receiver's scheduling.
+const REPAIR_MARGIN: Duration = Duration::from_millis(10);
+/// Measured loss above which the receiver waits for a second retransmission, when it fits.
+const SECOND_ATTEMPT_LOSS: f64 = 0.05;
+
+/// What the audio sender spends on protection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AudioProtection {
+    /// Redundant frames in each RED packet (0: none).
+    pub(crate) red_distance: usize,
+    /// Opus in-band FEC (LBRR) on.
+    pub(crate) inband_fec: bool,
+    /// The loss the encoder's in-band FEC should protect against, in percent (0 when off).
+    pub(crate) expected_loss_percent: u8,
+}
+
+/// How many retransmissions of one lost frame can arrive in time: each costs one round trip,
+/// and all must fit within `max_rtt` (the most delay the receiver adds for repairs, after the
+/// frame time and a margin). None when the round trip itself is over `max_rtt`; a second one
+/// only when loss is high enough that a lost retransmission is likely.
+pub(crate) fn retransmission_attempts(
+    loss: f64,
+    rtt: Duration,
+    frame: Duration,
+    max_rtt: Duration,
+) -> u32 {
+    if rtt > max_rtt {
+        return 0;
+    }
+    let budget = max_rtt.saturating_sub(frame + REPAIR_MARGIN);
+    let fit = if rtt.is_zero() {
+        2
+    } else {
+        (budget.as_secs_f64() / rtt.as_secs_f64()).floor() as u32
+    };
+    if loss > SECOND_ATTEMPT_LOSS {
+        fit.clamp(1, 2)
+    } else {
+        1
+    }
+}
+
+/// Longest loss burst (in frames) the receiver waits out before asking for retransmissions.
+pub(crate) const MAX_BURST_FRAMES: usize = 8;
+
+/// The extra playout delay the receiver holds while it sees loss: enough for `attempts`
+/// retransmissions, or for the last redundant copy of a frame (RED `red_depth` frames later, or
+/// the next packet's in-band FEC) to arrive. A lost frame is noticed only when the next packet
+/// arrives: after the burst it was part of (`burst`, the longest recent run of lost packets),
+/// or after its RED copies. A retransmission waits for that packet and then travels itself,
+/// so it meets the path's jitter (`jitter`, its p95) twice where the original met it once:
+/// once more is added.
+pub(crate) fn repair_delay(
+    attempts: u32,
+    rtt: Duration,
+    frame: Duration,
+    red_depth: usize,
+    burst: usize,
+    jitter: Duration,
+) -> Duration {
+    let noticed = frame * (red_depth + 1).max(burst.min(MAX_BURST_FRAMES)) as u32;
+    if attempts == 0 {
+        frame * red_depth.max(1) as u32 + REPAIR_MARGIN
+    } else {
+        rtt * attempts + noticed + REPAIR_MARGIN + jitter
+    }
+}
+
+/// Measured loss above which each audio retransmission is sent twice.
+const DOUBLE_RTX_LOSS: f64 = 0.10;
+
+/// How many copies of each audio retransmission to send on a path losing `loss`.
+pub(crate) fn rtx_copies(loss: f64) -> u32 {
+    if loss > DOUBLE_RTX_LOSS {
+        2
+    } else {
+        1
+    }
+}
+
+/// The share of frames lost for good after `attempts` retransmissions on a path losing `loss`
+/// both ways: an attempt fails if both copies of its NACK (the first and its repeat) are lost,
+/// or every copy of the retransmission is.
+pub(crate) fn residual_loss(loss: f64, attempts: u32) -> f64 {
+    let rtx_lost = loss.powi(rtx_copies(loss) as i32);
+    let attempt_fails = 1.0 - (1.0 - loss * loss) * (1.0 - rtx_lost);
+    loss * attempt_fails.powi(attempts as i32)
+}
+
+/// Protection for audio sent over a path with this loss fraction and round-trip time, given
+/// the receiver's repair budget `nack_max_rtt` (see the [module docs](self)).
+pub(crate) fn audio_protection(
+    loss: f64,
+    rtt: Duration,
+    frame: Duration,
+    nack_max_rtt: Duration,
+) -> AudioProtection {
+    let loss = loss.clamp(0.0, 1.0);
+    let attempts = retransmission_attempts(loss, rtt, frame, nack_max_rtt);
+    let residual = residual_loss(loss, attempts);
+    if residual < NEGLIGIBLE_LOSS {
+        return AudioProtection {
+            red_distance: 0,
+            inband_fec: false,
+            expected_loss_percent: 0,
+        };
+    }
+    // RED copies whole frames: each one recovers a loss exactly, at the cost of the bitrate
+    // of a frame; LBRR is a cheaper, coarser copy of the previous frame only.
+    let red_distance = if attempts > 0 {
+        0
+    } else if residual > 0.08 {
+        2
+    } else {
+        1
+    };
+    AudioProtection {
+        red_distance,
+        inband_fec: true,
+        expected_loss_percent: (residual * 100.0).round().clamp(1.0, 100.0) as u8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: Duration = Duration::from_millis(20);
+    const MAX_RTT: Duration = Duration::from_millis(250);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn repairable_loss_costs_no_encoder_bits() {
+        // 5 %, 10 % and 20 % random loss at a loopback-like, a LAN and a 100 ms round trip:
+        // NACK repairs it in time, so no RED and no in-band FEC (the old policy sent RED depth
+        // 2 and LBRR from 8 % loss on, whatever the RTT).
+        for loss in [0.05, 0.10, 0.20] {
+            for rtt in [ms(2), ms(20), ms(100)] {
+                let p = audio_protection(loss, rtt, FRAME, MAX_RTT);
+                assert_eq!(
+                    p,
+                    AudioProtection {
+                        red_distance: 0,
+                        inband_fec: false,
+                        expected_loss_percent: 0
+                    },
+                    "loss {loss}, rtt {rtt:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unrepairable_loss_is_protected_in_proportion() {
+        // 300 ms round trip: no retransmission fits; protection grows with the loss.
+        let light = audio_protection(0.03, ms(300), FRAME, MAX_RTT);
+        assert_eq!((light.red_distance, light.inband_fec), (1, true));
+        assert_eq!(light.expected_loss_percent, 3);
+        let heavy = audio_protection(0.20, ms(300), FRAME, MAX_RTT);
+        assert_eq!((heavy.red_distance, heavy.inband_fec), (2, true));
+        assert_eq!(heavy.expected_loss_percent, 20);
+        // Negligible loss gets nothing, even then.
+        let none = audio_protection(0.004, ms(300), FRAME, MAX_RTT);
+        assert!(!none.inband_fec && none.red_distance == 0);
+    }
+
+    #[test]
+    fn only_the_residual_after_retransmission_is_protected() {
+        // 200 ms round trip: one retransmission fits, not two; at 20 % loss an attempt fails
+        // when both RTX copies or both NACKs are lost (7.8 %), so 1.6 % of frames are lost for
+        // good, and LBRR (no RED) is sized to that.
+        assert_eq!(retransmission_attempts(0.2, ms(200), FRAME, MAX_RTT), 1);
+        assert_eq!(rtx_copies(0.2), 2);
+        assert!((residual_loss(0.2, 1) - 0.01568).abs() < 1e-9);
+        let p = audio_protection(0.20, ms(200), FRAME, MAX_RTT);
+        assert_eq!(p.red_distance, 0);
+        assert!(p.inband_fec);
+        assert_eq!(p.expected_loss_percent, 2);
+        // At 100 ms two attempts fit: 0.12 % left at 20 % loss and 0.04 % at 10 %: nothing
+        // more to protect.
+        for loss in [0.10, 0.20] {
+            let p = audio_protection(loss, ms(100), FRAME, MAX_RTT);
+            assert!(!p.inband_fec && p.red_distance == 0, "{loss}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn receiver_waits_for_what_can_repair() {
+        // Two attempts at high loss when they fit, one otherwise, none past the budget.
+        assert_eq!(retransmission_attempts(0.1, ms(100), FRAME, MAX_RTT), 2);
+        assert_eq!(retransmission_attempts(0.02, ms(100), FRAME, MAX_RTT), 1);
+        assert_eq!(retransmission_attempts(0.1, ms(300), FRAME, MAX_RTT), 0);
+        assert_eq!(repair_delay(2, ms(100), FRAME, 0, 1, ms(0)), ms(230));
+        assert_eq!(repair_delay(1, ms(40), FRAME, 0, 1, ms(5)), ms(75));
+        // A burst of 6 is noticed when the packet after it arrives, 6 frames after its first.
+        assert_eq!(repair_delay(1, ms(40), FRAME, 0, 6, ms(5)), ms(175));
+        // Without retransmission: until the last RED copy (or the next packet's LBRR) is here.
+        assert_eq!(repair_delay(0, ms(300), FRAME, 2, 1, ms(5)), ms(50));
+        assert_eq!(repair_delay(0, ms(300), FRAME, 0, 6, ms(5)), ms(30));
+    }
+}
