@@ -25,7 +25,7 @@ pub use device::{DeviceId, DeviceSigner};
 pub use envelope::{CiphertextKind, Envelope, MessageId};
 pub use error::{BoxError, Error};
 pub use message::{
-    Answer, CallId, CallMedia, CallMessage, Content, GroupInvite, Hangup, HangupReason,
+    Answer, CallId, CallMedia, CallMessage, Content, GroupInvite, GroupKey, Hangup, HangupReason,
     IceCandidates, IceParameters, Offer,
 };
 pub use replay::ReplayGuard;

@@ -154,6 +154,34 @@ pub struct GroupInvite {
     pub roster: Vec<u8>,
 }
 
+/// Longest key message accepted in a [`GroupKey`] (hush's is 53 bytes; later versions may
+/// grow it a little).
+pub const MAX_GROUP_KEY_LEN: usize = 128;
+
+/// A group call participant's end-to-end sender key for another participant (see
+/// `hush_crypto::group`), sent sealed over their Signal session: the session authenticates
+/// which member it comes from. Sizes are checked here; the contents by the recipient's client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupKey {
+    /// The group call's id.
+    pub call_id: CallId,
+    /// The key message (`hush_crypto::group::KeyMessage` encoding). Secret.
+    pub key_message: zeroize::Zeroizing<Vec<u8>>,
+    /// The sender's roster in force (encoded, creator-signed), so that members invited before
+    /// a joiner learn its place; empty if not sent.
+    pub roster: Vec<u8>,
+}
+
+impl std::fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupKey")
+            .field("call_id", &self.call_id)
+            .field("key_message", &"<secret>")
+            .field("roster_len", &self.roster.len())
+            .finish()
+    }
+}
+
 /// One call signaling message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -178,6 +206,8 @@ pub enum CallMessage {
     },
     /// An invitation to a group call.
     GroupInvite(GroupInvite),
+    /// A group call participant's end-to-end sender key.
+    GroupKey(GroupKey),
 }
 
 impl CallMessage {
@@ -190,6 +220,7 @@ impl CallMessage {
             Self::Hangup(m) => m.call_id,
             Self::Busy { call_id } | Self::Ringing { call_id } => *call_id,
             Self::GroupInvite(m) => m.call_id,
+            Self::GroupKey(m) => m.call_id,
         }
     }
 
@@ -203,6 +234,7 @@ impl CallMessage {
             Self::Busy { .. } => "busy",
             Self::Ringing { .. } => "ringing",
             Self::GroupInvite(_) => "group-invite",
+            Self::GroupKey(_) => "group-key",
         }
     }
 
@@ -250,6 +282,11 @@ impl CallMessage {
                 call_id: m.call_id.to_vec(),
                 sfu_key: m.sfu_key.to_vec(),
                 sfu_address: m.sfu_address.clone(),
+                roster: m.roster.clone(),
+            }),
+            Self::GroupKey(m) => Body::GroupKey(pb::GroupKey {
+                call_id: m.call_id.to_vec(),
+                key_message: m.key_message.to_vec(),
                 roster: m.roster.clone(),
             }),
         }
@@ -330,6 +367,20 @@ impl CallMessage {
                         .try_into()
                         .map_err(|_| Error::Malformed("sfu key must be 32 bytes"))?,
                     sfu_address: m.sfu_address,
+                    roster: m.roster,
+                })
+            }
+            Body::GroupKey(mut m) => {
+                let key_message = zeroize::Zeroizing::new(std::mem::take(&mut m.key_message));
+                if key_message.is_empty() || key_message.len() > MAX_GROUP_KEY_LEN {
+                    return Err(Error::Malformed("group key message missing or too long"));
+                }
+                if m.roster.len() > MAX_ROSTER_LEN {
+                    return Err(Error::Malformed("roster too long"));
+                }
+                Self::GroupKey(GroupKey {
+                    call_id: call_id_from_proto(&m.call_id)?,
+                    key_message,
                     roster: m.roster,
                 })
             }
@@ -471,6 +522,11 @@ mod tests {
                 call_id: [9; 16],
                 sfu_key: [7; 32],
                 sfu_address: "127.0.0.1:4000".into(),
+                roster: vec![0x52; 100],
+            }),
+            CallMessage::GroupKey(GroupKey {
+                call_id: [9; 16],
+                key_message: zeroize::Zeroizing::new(vec![1; 53]),
                 roster: vec![0x52; 100],
             }),
         ]
