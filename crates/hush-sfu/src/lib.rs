@@ -99,4 +99,4 @@ pub use ed25519_dalek;
 
 pub use error::{Error, JoinError, PacketError, RosterError, WireError};
 pub use ids::{CallId, DeviceId, LegId, CALL_ID_LEN};
-pub use sfu::{Event, Joined, LeaveReason, LegStats, Sfu, SfuConfig, Transmit};
+pub use sfu::{Event, ForwardTap, Joined, LeaveReason, LegStats, Sfu, SfuConfig, TapFn, Transmit};

@@ -22,6 +22,21 @@ use crate::speaker::{SpeakerConfig, SpeakerDetector};
 /// Most retransmissions one NACK packet can trigger.
 const MAX_RESENDS_PER_NACK: usize = 64;
 
+/// A hook that sees every RTP packet the SFU forwards, as the SFU sees it: after hop SRTP is
+/// removed, before it is protected again for each recipient. For tests that check what the
+/// server can read (group media must be end-to-end ciphertext here); not for production.
+#[derive(Clone)]
+pub struct ForwardTap(pub std::sync::Arc<TapFn>);
+
+/// The function a [`ForwardTap`] calls with each forwarded RTP packet.
+pub type TapFn = dyn Fn(&[u8]) + Send + Sync;
+
+impl std::fmt::Debug for ForwardTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardTap")
+    }
+}
+
 /// Configuration of an [`Sfu`].
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
@@ -55,6 +70,8 @@ pub struct SfuConfig {
     pub replay_window: usize,
     /// Dominant speaker detection.
     pub speaker: SpeakerConfig,
+    /// Sees every RTP packet forwarded (see [`ForwardTap`]). Default none.
+    pub tap: Option<ForwardTap>,
 }
 
 impl Default for SfuConfig {
@@ -73,6 +90,7 @@ impl Default for SfuConfig {
             rtcp_ssrc: 1,
             replay_window: 256,
             speaker: SpeakerConfig::default(),
+            tap: None,
         }
     }
 }
@@ -707,6 +725,9 @@ fn handle_rtp(
                 }
             }
         }
+    }
+    if let Some(tap) = &config.tap {
+        (tap.0)(buf);
     }
     for (j, r) in call.participants.iter_mut().enumerate() {
         if j == i {

@@ -196,6 +196,7 @@ impl SendingKey {
 struct HeldFrame {
     from: MemberSlot,
     kind: FrameKind,
+    tag: u64,
     sframe: Vec<u8>,
     until: Instant,
 }
@@ -207,7 +208,7 @@ pub struct GroupE2ee {
     sending: SendingKey,
     senders: HashMap<MemberSlot, SenderKeys>,
     held: VecDeque<HeldFrame>,
-    released: VecDeque<(MemberSlot, FrameKind, Vec<u8>)>,
+    released: VecDeque<Released>,
     stats: GroupStats,
 }
 
@@ -385,12 +386,27 @@ impl GroupE2ee {
         sframe: &[u8],
         now: Instant,
     ) -> Result<Opened, GroupError> {
+        self.decrypt_tagged(from, kind, sframe, 0, now)
+    }
+
+    /// [`decrypt`](Self::decrypt), with a `tag` of the caller's (such as the frame's RTP
+    /// timestamp) that comes back with the frame from [`poll_released_tagged`] if it is held.
+    ///
+    /// [`poll_released_tagged`]: Self::poll_released_tagged
+    pub fn decrypt_tagged(
+        &mut self,
+        from: MemberSlot,
+        kind: FrameKind,
+        sframe: &[u8],
+        tag: u64,
+        now: Instant,
+    ) -> Result<Opened, GroupError> {
         match self.open(from, kind, sframe, now) {
             Ok(Ok(plain)) => {
                 self.stats.decrypted += 1;
                 Ok(Opened::Frame(plain))
             }
-            Ok(Err(id)) => self.hold(from, kind, sframe, id, now),
+            Ok(Err(id)) => self.hold(from, kind, sframe, tag, id, now),
             Err(e) => {
                 self.stats.refused += 1;
                 Err(e)
@@ -428,6 +444,7 @@ impl GroupE2ee {
         from: MemberSlot,
         kind: FrameKind,
         sframe: &[u8],
+        tag: u64,
         id: GroupKeyId,
         now: Instant,
     ) -> Result<Opened, GroupError> {
@@ -439,6 +456,7 @@ impl GroupE2ee {
         self.held.push_back(HeldFrame {
             from,
             kind,
+            tag,
             sframe: sframe.to_vec(),
             until: now + HOLD,
         });
@@ -454,7 +472,12 @@ impl GroupE2ee {
             match self.open(h.from, h.kind, &h.sframe, now) {
                 Ok(Ok(plain)) => {
                     self.stats.decrypted += 1;
-                    self.released.push_back((h.from, h.kind, plain));
+                    self.released.push_back(Released {
+                        from: h.from,
+                        kind: h.kind,
+                        tag: h.tag,
+                        frame: plain,
+                    });
                 }
                 // Still no key for this one (another generation in flight): keep waiting.
                 Ok(Err(_)) => self.held.push_back(h),
@@ -471,6 +494,12 @@ impl GroupE2ee {
 
     /// A frame that was held and has now decrypted: `(sender, kind, plaintext)`.
     pub fn poll_released(&mut self) -> Option<(MemberSlot, FrameKind, Vec<u8>)> {
+        self.released.pop_front().map(|r| (r.from, r.kind, r.frame))
+    }
+
+    /// A frame that was held and has now decrypted, with the tag given to
+    /// [`decrypt_tagged`](Self::decrypt_tagged).
+    pub fn poll_released_tagged(&mut self) -> Option<Released> {
         self.released.pop_front()
     }
 
@@ -498,6 +527,19 @@ impl GroupE2ee {
     pub fn stats(&self) -> &GroupStats {
         &self.stats
     }
+}
+
+/// A held frame that decrypted once its key arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The member it came from.
+    pub from: MemberSlot,
+    /// Its kind.
+    pub kind: FrameKind,
+    /// The tag it was held with ([`GroupE2ee::decrypt_tagged`]).
+    pub tag: u64,
+    /// Its plaintext.
+    pub frame: Vec<u8>,
 }
 
 /// What [`GroupE2ee::ratchet_for_join`] produced.
