@@ -47,6 +47,14 @@ pub enum Error {
     /// A group call invitation names an SFU address that does not parse.
     #[error("group call invitation: bad sfu address")]
     GroupInviteAddress,
+    /// The group call's end-to-end layer failed (this device has no slot in the roster, or its
+    /// sender key ran out).
+    #[error("group call end-to-end encryption: {0}")]
+    GroupE2ee(#[from] hush_crypto::group::GroupError),
+    /// This device is not among the first 256 members of the group call's roster, so it has
+    /// no slot for end-to-end keys.
+    #[error("no end-to-end key slot for this device in the group call's roster")]
+    NoGroupSlot,
     /// Only the call's creator can change its roster.
     #[error("only the group call's creator can change its roster")]
     NotCallCreator,

@@ -9,10 +9,11 @@
 //!
 //! [`FrameCrypto`] is where the end-to-end layer goes: every encoded frame passes
 //! [`FrameCrypto::seal`] before it leaves and [`FrameCrypto::open`] after the hop layer and
-//! before anything else reads it, and nowhere else. Until SFrame with sender keys (group calls
-//! part 2) is built, the only implementation is [`NoFrameCrypto`], which leaves frames as they
-//! are: **the SFU can read group call audio**. The RTP header (SSRC, sequence number, the audio
-//! level) stays outside the seam on purpose: the SFU reads it to forward.
+//! before anything else reads it, and nowhere else. [`SframeCrypto`] implements it with SFrame
+//! and per-sender keys ([`hush_crypto::group`]); `GroupCall` uses it, so the SFU forwards
+//! ciphertext. [`NoFrameCrypto`] leaves frames as they are (the SFU can read them). The RTP
+//! header (SSRC, sequence number, the audio level) stays outside the seam on purpose: the SFU
+//! reads it to forward.
 //!
 //! Sans-IO: datagrams and `now` in; datagrams, playout actions per participant and a deadline
 //! out.
@@ -20,6 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use hush_crypto::group::{FrameKind, GroupE2ee, GroupError, MemberSlot, Opened};
 use hush_media::jitter::{JitterBuffer, JitterConfig, Playout, Recovery};
 use hush_media::rtp::{AudioLevel, RtpPacket};
 use hush_sfu::join::HopKeys;
@@ -46,6 +48,52 @@ pub enum FrameCryptoError {
     /// The frame could not be sealed.
     #[error("frame could not be sealed")]
     Seal,
+    /// The frame came on the stream of a device with no place in the roster held here.
+    #[error("frame from a device with no roster slot")]
+    NoSlot,
+    /// The group end-to-end layer refused the frame (or could not seal it).
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
+
+/// What [`FrameCrypto::open`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOpen {
+    /// The frame was opened into `out`.
+    Frame,
+    /// Its key has not arrived: held; it comes out of [`FrameCrypto::poll_released`] if the
+    /// key arrives in time.
+    Held,
+}
+
+/// A held frame that opened once its key arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedFrame {
+    /// Whose stream it came on.
+    pub device: DeviceId,
+    /// Its RTP timestamp.
+    pub timestamp: u32,
+    /// The encoded frame.
+    pub frame: Vec<u8>,
+}
+
+/// Counters of the end-to-end layer of a group media path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct E2eeStats {
+    /// Frames sealed.
+    pub encrypted: u64,
+    /// Frames opened (at once or after being held).
+    pub decrypted: u64,
+    /// Frames held for a key in flight.
+    pub held: u64,
+    /// Held frames dropped: their key did not come in time.
+    pub dropped: u64,
+    /// Frames refused: failed authentication, replayed, wrong sender, no slot, no key.
+    pub refused: u64,
+    /// Key messages installed.
+    pub keys_installed: u64,
+    /// Key messages refused.
+    pub keys_refused: u64,
 }
 
 /// The end-to-end encryption of media frames in a group call: the one seam of the media path
@@ -53,13 +101,58 @@ pub enum FrameCryptoError {
 pub trait FrameCrypto: Send {
     /// Seals one encoded frame of this participant, appending the result to `out`.
     fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError>;
-    /// Opens one frame received from `sender`, appending the encoded frame to `out`.
+    /// Opens one frame received on the stream of `sender` with RTP timestamp `timestamp`,
+    /// appending the encoded frame to `out`, or holds it until its key arrives.
     fn open(
         &mut self,
+        now: Instant,
         sender: &DeviceId,
+        timestamp: u32,
         frame: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), FrameCryptoError>;
+    ) -> Result<FrameOpen, FrameCryptoError>;
+    /// The next held frame that has opened since.
+    fn poll_released(&mut self) -> Option<ReleasedFrame> {
+        None
+    }
+    /// Expires held frames and old keys due at `now`.
+    fn handle_timeout(&mut self, _now: Instant) {}
+    /// When [`handle_timeout`](Self::handle_timeout) next has work.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    /// Counters.
+    fn stats(&self) -> E2eeStats {
+        E2eeStats::default()
+    }
+}
+
+impl FrameCrypto for Box<dyn FrameCrypto> {
+    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError> {
+        (**self).seal(frame, out)
+    }
+    fn open(
+        &mut self,
+        now: Instant,
+        sender: &DeviceId,
+        timestamp: u32,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<FrameOpen, FrameCryptoError> {
+        (**self).open(now, sender, timestamp, frame, out)
+    }
+    fn poll_released(&mut self) -> Option<ReleasedFrame> {
+        (**self).poll_released()
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        (**self).handle_timeout(now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        (**self).poll_timeout()
+    }
+    fn stats(&self) -> E2eeStats {
+        (**self).stats()
+    }
 }
 
 /// No end-to-end layer: frames pass unchanged, protected only hop by hop (the SFU can read
@@ -75,12 +168,146 @@ impl FrameCrypto for NoFrameCrypto {
 
     fn open(
         &mut self,
+        _now: Instant,
         _sender: &DeviceId,
+        _timestamp: u32,
         frame: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), FrameCryptoError> {
+    ) -> Result<FrameOpen, FrameCryptoError> {
         out.extend_from_slice(frame);
+        Ok(FrameOpen::Frame)
+    }
+}
+
+/// End-to-end encryption of group call audio with SFrame and per-sender keys
+/// ([`GroupE2ee`]): each frame is sealed under this participant's sender key and opened with
+/// the key of the member whose stream it came on. A member is named by its slot, its position
+/// in the creator-signed roster; a frame whose key id names another slot than that of the
+/// device whose stream carried it is refused.
+pub struct SframeCrypto {
+    e2ee: GroupE2ee,
+    slots: HashMap<DeviceId, MemberSlot>,
+    devices: HashMap<MemberSlot, DeviceId>,
+    no_slot: u64,
+}
+
+impl std::fmt::Debug for SframeCrypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SframeCrypto")
+            .field("e2ee", &self.e2ee)
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SframeCrypto {
+    /// Wraps this participant's end-to-end state; no device has a slot yet.
+    pub fn new(e2ee: GroupE2ee) -> Self {
+        Self {
+            e2ee,
+            slots: HashMap::new(),
+            devices: HashMap::new(),
+            no_slot: 0,
+        }
+    }
+
+    /// Gives `device` the slot `slot`, unless either already has a place: slots never move
+    /// (a key id names a slot, so moving one would let a device claim another's keys).
+    /// Returns whether the device now has `slot`.
+    pub fn assign_slot(&mut self, device: DeviceId, slot: MemberSlot) -> bool {
+        match (self.slots.get(&device), self.devices.get(&slot)) {
+            (Some(s), _) => *s == slot,
+            (None, Some(_)) => false,
+            (None, None) => {
+                self.slots.insert(device, slot);
+                self.devices.insert(slot, device);
+                true
+            }
+        }
+    }
+
+    /// The slot of `device`, if it has one.
+    pub fn slot_of(&self, device: &DeviceId) -> Option<MemberSlot> {
+        self.slots.get(device).copied()
+    }
+
+    /// The end-to-end state (to hand out keys, install received ones, rotate).
+    pub fn e2ee_mut(&mut self) -> &mut GroupE2ee {
+        &mut self.e2ee
+    }
+
+    /// The end-to-end state.
+    pub fn e2ee(&self) -> &GroupE2ee {
+        &self.e2ee
+    }
+}
+
+impl FrameCrypto for SframeCrypto {
+    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError> {
+        out.extend_from_slice(&self.e2ee.encrypt(FrameKind::Audio, frame)?);
         Ok(())
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        sender: &DeviceId,
+        timestamp: u32,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<FrameOpen, FrameCryptoError> {
+        let Some(slot) = self.slot_of(sender) else {
+            self.no_slot += 1;
+            return Err(FrameCryptoError::NoSlot);
+        };
+        match self
+            .e2ee
+            .decrypt_tagged(slot, FrameKind::Audio, frame, u64::from(timestamp), now)?
+        {
+            Opened::Frame(plain) => {
+                out.extend_from_slice(&plain);
+                Ok(FrameOpen::Frame)
+            }
+            Opened::Held => Ok(FrameOpen::Held),
+        }
+    }
+
+    fn poll_released(&mut self) -> Option<ReleasedFrame> {
+        loop {
+            let r = self.e2ee.poll_released_tagged()?;
+            if r.kind != FrameKind::Audio {
+                continue;
+            }
+            if let Some(device) = self.devices.get(&r.from) {
+                return Some(ReleasedFrame {
+                    device: *device,
+                    // The tag is the RTP timestamp given to `open`.
+                    timestamp: r.tag as u32,
+                    frame: r.frame,
+                });
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.e2ee.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.e2ee.poll_timeout()
+    }
+
+    fn stats(&self) -> E2eeStats {
+        let s = self.e2ee.stats();
+        E2eeStats {
+            encrypted: s.encrypted,
+            decrypted: s.decrypted,
+            held: s.held,
+            dropped: s.dropped_unknown_key,
+            refused: s.refused + self.no_slot,
+            keys_installed: s.keys_installed,
+            keys_refused: s.keys_refused,
+        }
     }
 }
 
@@ -119,6 +346,8 @@ pub struct GroupPathStats {
     pub rtcp_received: u64,
     /// Frames that arrived after their playout time, summed over the participants present.
     pub late: u64,
+    /// The end-to-end layer's counters.
+    pub e2ee: E2eeStats,
 }
 
 struct Remote {
@@ -135,11 +364,12 @@ pub struct ParticipantPlayout {
     pub playout: Playout,
 }
 
-/// The group media path of one participant. See the [module docs](self).
-pub struct GroupMediaPath {
+/// The group media path of one participant, sealing frames with `C`. See the
+/// [module docs](self).
+pub struct GroupMediaPath<C: FrameCrypto = Box<dyn FrameCrypto>> {
     send: SrtpContext,
     recv: SrtpContext,
-    crypto: Box<dyn FrameCrypto>,
+    crypto: C,
     ssrc: u32,
     seq: u16,
     timestamp: u32,
@@ -151,7 +381,7 @@ pub struct GroupMediaPath {
     scratch: Vec<u8>,
 }
 
-impl std::fmt::Debug for GroupMediaPath {
+impl<C: FrameCrypto> std::fmt::Debug for GroupMediaPath<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupMediaPath")
             .field("ssrc", &self.ssrc)
@@ -161,13 +391,13 @@ impl std::fmt::Debug for GroupMediaPath {
     }
 }
 
-impl GroupMediaPath {
+impl<C: FrameCrypto> GroupMediaPath<C> {
     /// A path keyed with the client's hop keys, sending audio under `ssrc` and sealing frames
     /// with `crypto`. `jitter` configures each participant's jitter buffer.
     pub fn new(
         keys: &HopKeys,
         ssrc: u32,
-        crypto: Box<dyn FrameCrypto>,
+        crypto: C,
         jitter: JitterConfig,
         first_seq: u16,
     ) -> Result<Self, hush_srtp::Error> {
@@ -267,22 +497,51 @@ impl GroupMediaPath {
             return Err(GroupPathError::UnknownSsrc(packet.header.ssrc));
         };
         let mut frame = Vec::with_capacity(packet.payload.len());
-        if let Err(e) = self
-            .crypto
-            .open(&remote.device, &packet.payload, &mut frame)
-        {
-            self.stats.frame_failures += 1;
-            return Err(e.into());
-        }
+        let opened = self.crypto.open(
+            now,
+            &remote.device,
+            packet.header.timestamp,
+            &packet.payload,
+            &mut frame,
+        );
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.frame_failures += 1;
+                return Err(e.into());
+            }
+        };
         self.stats.packets_received += 1;
-        remote
-            .jitter
-            .insert(now, packet.header.timestamp, frame, Recovery::None);
+        if opened == FrameOpen::Frame {
+            remote
+                .jitter
+                .insert(now, packet.header.timestamp, frame, Recovery::None);
+        }
+        self.release_frames(now);
         Ok(())
+    }
+
+    /// Gives frames the end-to-end layer held and has now opened (their key arrived) to their
+    /// participants' jitter buffers. Call after installing a key.
+    pub fn release_frames(&mut self, now: Instant) {
+        while let Some(r) = self.crypto.poll_released() {
+            if let Some(remote) = self.remotes.values_mut().find(|x| x.device == r.device) {
+                remote
+                    .jitter
+                    .insert(now, r.timestamp, r.frame, Recovery::None);
+            }
+        }
+    }
+
+    /// The end-to-end layer.
+    pub fn crypto_mut(&mut self) -> &mut C {
+        &mut self.crypto
     }
 
     /// Runs every participant's playout ticks due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.crypto.handle_timeout(now);
+        self.release_frames(now);
         for r in self.remotes.values_mut() {
             r.jitter.handle_timeout(now);
             while let Some(playout) = r.jitter.poll_playout() {
@@ -309,6 +568,7 @@ impl GroupMediaPath {
         self.remotes
             .values()
             .filter_map(|r| r.jitter.poll_timeout())
+            .chain(self.crypto.poll_timeout())
             .min()
     }
 
@@ -316,6 +576,7 @@ impl GroupMediaPath {
     pub fn stats(&self) -> GroupPathStats {
         let mut s = self.stats;
         s.late = self.remotes.values().map(|r| r.jitter.stats().late).sum();
+        s.e2ee = self.crypto.stats();
         s
     }
 }

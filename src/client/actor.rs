@@ -69,6 +69,8 @@ pub(super) struct Actor<T, B: Backend> {
     /// The validated offer of the call ringing here, kept for the answer.
     ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>)>,
     transport_open: bool,
+    /// Group calls on this device, by call id: where their members' sender keys go.
+    group_keys: std::collections::HashMap<[u8; 16], mpsc::UnboundedSender<group::KeyFrom>>,
 }
 
 enum Wake {
@@ -98,6 +100,7 @@ where
             current: None,
             ringing_offer: None,
             transport_open: true,
+            group_keys: std::collections::HashMap::new(),
         }
     }
 
@@ -212,6 +215,21 @@ where
                     if let Err(e) = sent {
                         warn!(peer = %short(&member), error = %e, "group invitation not sent");
                         let _ = failed.send(GroupCallEvent::InviteFailed(member));
+                    }
+                }
+            }
+            Command::RegisterGroupKeys { call_id, keys } => {
+                self.group_keys.retain(|_, tx| !tx.is_closed());
+                self.group_keys.insert(call_id, keys);
+            }
+            Command::SendGroupKey { members, key } => {
+                for member in members {
+                    let sent = self
+                        .signaling
+                        .send(member, CallMessage::GroupKey(key.clone()))
+                        .await;
+                    if let Err(e) = sent {
+                        warn!(peer = %short(&member), error = %e, "group key not sent");
                     }
                 }
             }
@@ -560,6 +578,19 @@ where
             },
             CallMessage::GroupInvite(invite) => {
                 self.group_invite(m.from, &invite);
+                return;
+            }
+            CallMessage::GroupKey(key) => {
+                // The Signal session authenticated `m.from`; the group task checks that the key
+                // names that member's slot.
+                match self.group_keys.get(&key.call_id) {
+                    Some(tx) => {
+                        if tx.send((m.from, key)).is_err() {
+                            self.group_keys.retain(|_, tx| !tx.is_closed());
+                        }
+                    }
+                    None => debug!(from = %short(&m.from), "group key for no call here"),
+                }
                 return;
             }
             other => {

@@ -35,8 +35,9 @@ use zeroize::Zeroizing;
 
 use super::call::{AudioFrame, FrameSource};
 use super::{ClientConfig, Command, NET_START_TIMEOUT};
-use crate::group_path::{audio_level, GroupMediaPath, NoFrameCrypto, AUDIO_LEVEL_EXT};
+use crate::group_path::{audio_level, E2eeStats, GroupMediaPath, SframeCrypto, AUDIO_LEVEL_EXT};
 use crate::Error;
+use hush_crypto::group::{GroupCallId, GroupE2ee, JoinKeys, KeyMessage, MemberSlot};
 
 /// How long joining the SFU (connect, request, answer) may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,6 +177,22 @@ pub struct GroupCallStats {
     pub late: u64,
     /// Authenticated RTP packets received from the SFU.
     pub packets_received: u64,
+    /// The end-to-end (SFrame) layer: frames decrypted, held for a key, dropped, refused.
+    pub e2ee: E2eeStats,
+}
+
+/// A member's sender key as it arrived: the device whose Signal session delivered it.
+pub(crate) type KeyFrom = (DeviceId, hush_signaling::GroupKey);
+
+/// Slots of the members of `roster`: their positions (the first 256).
+fn assign_slots(crypto: &mut SframeCrypto, roster: &Roster) {
+    for (i, d) in roster.members().iter().enumerate() {
+        if let Ok(i) = u8::try_from(i) {
+            if !crypto.assign_slot(*d, MemberSlot(i)) {
+                debug!(device = %d, "roster position differs from the slot held; kept as it was");
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -332,6 +349,13 @@ fn to_signaling(d: &SfuDeviceId) -> DeviceId {
 /// the join failed.
 pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     let call_id = *s.roster.call_id().as_bytes();
+    let me = SfuDeviceId::from_signing_key(&s.device_key);
+    // Members' keys may come as soon as the SFU announces this device: listen before joining.
+    let (key_tx, key_rx) = mpsc::unbounded_channel();
+    let _ = s.actor.send(Command::RegisterGroupKeys {
+        call_id,
+        keys: key_tx,
+    });
     let ssrc = rand::rng().random_range(2..u32::MAX);
     let params = JoinParams {
         call_id: SfuCallId::from_bytes(call_id),
@@ -353,6 +377,17 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     )
     .await
     .map_err(Error::GroupJoin)?;
+    // The SFU admitted this device, so it is on the roster; its slot is its position.
+    let my_slot = s
+        .roster
+        .members()
+        .iter()
+        .position(|d| *d == me)
+        .and_then(|i| u8::try_from(i).ok())
+        .ok_or(Error::NoGroupSlot)?;
+    let e2ee = GroupE2ee::new(GroupCallId(call_id), MemberSlot(my_slot), &mut rand::rng())?;
+    let mut crypto = SframeCrypto::new(e2ee);
+    assign_slots(&mut crypto, &s.roster);
     let net = tokio::time::timeout(
         NET_START_TIMEOUT,
         hush_net::driver::start(
@@ -381,13 +416,12 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         ..JitterConfig::default()
     };
     let first_seq = rand::rng().random::<u16>() & 0x7fff;
-    let path = GroupMediaPath::new(&link.keys, ssrc, Box::new(NoFrameCrypto), jitter, first_seq)?;
+    let path = GroupMediaPath::new(&link.keys, ssrc, crypto, jitter, first_seq)?;
     let encoder = OpusCodec::new(1, 20, 32_000)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BACKLOG);
     let (mixed_tx, mixed_rx) = mpsc::channel(AUDIO_BACKLOG);
-    let me = SfuDeviceId::from_signing_key(&s.device_key);
     if s.create {
         let invite = invitation(&s.sfu, &s.roster);
         let members = s
@@ -425,8 +459,10 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         known: HashSet::new(),
         stats: GroupCallStats::default(),
         send_loss: s.config.simulated_send_loss,
+        encrypted_at_key: 0,
+        answered: HashSet::new(),
     };
-    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx));
+    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx, key_rx));
     info!(call = %hex::encode(&call_id[..8]), "joined group call");
     Ok(GroupCall {
         call_id,
@@ -454,7 +490,7 @@ struct GroupTask {
     actor: mpsc::UnboundedSender<Command>,
     device_key: SigningKey,
     roster: Roster,
-    path: GroupMediaPath,
+    path: GroupMediaPath<SframeCrypto>,
     encoder: OpusCodec,
     decoders: HashMap<SfuDeviceId, OpusCodec>,
     mix: HashMap<SfuDeviceId, VecDeque<Vec<i16>>>,
@@ -472,6 +508,12 @@ struct GroupTask {
     known: HashSet<SfuDeviceId>,
     stats: GroupCallStats,
     send_loss: f64,
+    /// Frames sealed when the sending key last changed: if none were sealed since, a joiner
+    /// can be given the key as it is (it can read nothing from before it joined).
+    encrypted_at_key: u64,
+    /// Participants whose key came and who were sent this device's key in return (a first
+    /// send can fail while the Signal session exists in one direction only).
+    answered: HashSet<SfuDeviceId>,
 }
 
 enum Ending {
@@ -487,6 +529,7 @@ impl GroupTask {
         mut net_events: mpsc::UnboundedReceiver<NetEvent>,
         mut datagrams: mpsc::Receiver<Vec<u8>>,
         mut commands: mpsc::UnboundedReceiver<GroupCommand>,
+        mut keys_in: mpsc::UnboundedReceiver<KeyFrom>,
     ) {
         let Link {
             keys,
@@ -537,6 +580,7 @@ impl GroupTask {
                     }
                     None => break Ending::Ended,
                 },
+                Some((from, key)) = keys_in.recv() => self.on_group_key(from, &key),
                 d = datagrams.recv() => match d {
                     Some(d) => {
                         if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
@@ -607,6 +651,7 @@ impl GroupTask {
                         s.srtp_failures = p.srtp_failures;
                         s.late = p.late;
                         s.packets_received = p.packets_received;
+                        s.e2ee = p.e2ee;
                         let _ = reply.send(s);
                     }
                 },
@@ -648,6 +693,7 @@ impl GroupTask {
                     self.path.add_stream(device, s.ssrc);
                 }
                 if self.known.insert(device) {
+                    self.share_key_with_joiner(device);
                     let _ = self
                         .events
                         .send(GroupCallEvent::ParticipantJoined(to_signaling(&device)));
@@ -657,7 +703,9 @@ impl GroupTask {
                 self.path.remove_participant(&device);
                 self.decoders.remove(&device);
                 self.mix.remove(&device);
+                self.answered.remove(&device);
                 if self.known.remove(&device) {
+                    self.rotate_after_leave(device);
                     let _ = self.events.send(GroupCallEvent::ParticipantLeft {
                         device: to_signaling(&device),
                         kicked: reason == LeaveReason::Kicked,
@@ -717,8 +765,118 @@ impl GroupTask {
             .update_roster(&next)
             .await
             .map_err(|e| Error::GroupJoin(e.into()))?;
+        assign_slots(self.path.crypto_mut(), &next);
         self.roster = next;
         Ok(())
+    }
+
+    /// Seals `message` for each of `members` over their Signal sessions (through the actor),
+    /// with the roster held here so they learn the slots of members who joined later.
+    fn send_key(&self, members: Vec<SfuDeviceId>, message: &KeyMessage) {
+        if members.is_empty() {
+            return;
+        }
+        let key = hush_signaling::GroupKey {
+            call_id: *self.roster.call_id().as_bytes(),
+            key_message: message.encode(),
+            roster: self.roster.encode(),
+        };
+        let _ = self.actor.send(Command::SendGroupKey {
+            members: members.iter().map(to_signaling).collect(),
+            key,
+        });
+    }
+
+    /// A participant joined: it gets this device's sending key. If frames were sent under the
+    /// current key, it moves one ratchet step first, and only the new step goes to the joiner
+    /// (the others follow on their own), so the joiner reads nothing sent before.
+    fn share_key_with_joiner(&mut self, device: SfuDeviceId) {
+        let e2ee = self.path.crypto_mut().e2ee_mut();
+        if e2ee.stats().encrypted == self.encrypted_at_key {
+            let message = e2ee.key_message();
+            self.send_key(vec![device], &message);
+            return;
+        }
+        match e2ee.ratchet_for_join(&mut rand::rng()) {
+            Ok(JoinKeys::Ratcheted(message)) => {
+                self.encrypted_at_key = self.path.crypto_mut().e2ee().stats().encrypted;
+                self.send_key(vec![device], &message);
+            }
+            Ok(JoinKeys::NewGeneration(message)) => {
+                self.encrypted_at_key = self.path.crypto_mut().e2ee().stats().encrypted;
+                let everyone = self.known.iter().copied().collect();
+                self.send_key(everyone, &message);
+            }
+            Err(e) => warn!(error = %e, "sender key not ratcheted for a joiner"),
+        }
+    }
+
+    /// A participant left or was kicked: its keys are wiped, and this device starts a new
+    /// generation that only the remaining participants receive.
+    fn rotate_after_leave(&mut self, device: SfuDeviceId) {
+        let crypto = self.path.crypto_mut();
+        if let Some(slot) = crypto.slot_of(&device) {
+            crypto.e2ee_mut().remove_member(slot);
+        }
+        match crypto.e2ee_mut().rotate(&mut rand::rng()) {
+            Ok(message) => {
+                self.encrypted_at_key = self.path.crypto_mut().e2ee().stats().encrypted;
+                let remaining = self.known.iter().copied().collect();
+                self.send_key(remaining, &message);
+            }
+            Err(e) => warn!(error = %e, "sender key not rotated after a leave"),
+        }
+    }
+
+    /// A member's sender key arrived over the Signal session of `from`: installed only under
+    /// the slot `from` holds in the roster (the key names its sender's slot).
+    fn on_group_key(&mut self, from: DeviceId, key: &hush_signaling::GroupKey) {
+        let Ok(from) = SfuDeviceId::from_bytes(from.as_bytes()) else {
+            return;
+        };
+        if !key.roster.is_empty() {
+            self.adopt_roster(&key.roster);
+        }
+        let Some(slot) = self.path.crypto_mut().slot_of(&from) else {
+            debug!(from = %from, "group key from a device with no slot; ignored");
+            return;
+        };
+        let message = match KeyMessage::decode(&key.key_message) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(from = %from, error = %e, "malformed group key message");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let e2ee = self.path.crypto_mut().e2ee_mut();
+        match e2ee.receive_key(slot, &message, now) {
+            Ok(()) => {
+                // A participant (announced by the SFU, so already given the ratchet step of
+                // its join) gets this device's key once in return.
+                if self.known.contains(&from) && self.answered.insert(from) {
+                    let mine = e2ee.key_message();
+                    self.send_key(vec![from], &mine);
+                }
+            }
+            Err(e) => debug!(from = %from, error = %e, "group key refused"),
+        }
+        self.path.release_frames(now);
+    }
+
+    /// A newer roster of this call's creator (verified): members added since get their slots.
+    fn adopt_roster(&mut self, bytes: &[u8]) {
+        let Ok(roster) = Roster::decode(bytes) else {
+            return;
+        };
+        if roster.call_id() != self.roster.call_id()
+            || roster.creator() != self.roster.creator()
+            || roster.version() <= self.roster.version()
+        {
+            return;
+        }
+        assign_slots(self.path.crypto_mut(), &roster);
+        self.roster = roster;
     }
 
     fn send_audio(&mut self, pcm: &[i16]) {

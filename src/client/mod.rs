@@ -450,6 +450,16 @@ pub(crate) enum Command {
         members: Vec<DeviceId>,
         failed: mpsc::UnboundedSender<GroupCallEvent>,
     },
+    /// A group task starts: send its call's sender keys to it.
+    RegisterGroupKeys {
+        call_id: [u8; 16],
+        keys: mpsc::UnboundedSender<group::KeyFrom>,
+    },
+    /// A group task's sender key to seal for these members.
+    SendGroupKey {
+        members: Vec<DeviceId>,
+        key: hush_signaling::GroupKey,
+    },
     PathDown(CallId),
     NetFailed(CallId),
     Shutdown,
