@@ -208,3 +208,103 @@ async fn three_participants_hear_each_other_and_the_sfu_forwards_only_ciphertext
     drop(calls);
     server.shutdown().await;
 }
+
+/// The key id in an SFrame header (RFC 9605 §4.3): `X|K|Y|C` config byte, then the KID in
+/// `K + 1` bytes when `X` is set.
+fn sframe_key_id(frame: &[u8]) -> Option<hush_crypto::group::GroupKeyId> {
+    let config = *frame.first()?;
+    let k = u64::from((config >> 4) & 0x07);
+    let kid = if config & 0x80 == 0 {
+        k
+    } else {
+        let len = usize::try_from(k).ok()? + 1;
+        frame
+            .get(1..1 + len)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    };
+    hush_crypto::group::GroupKeyId::from_kid(kid)
+}
+
+/// Audio payloads in the tap from `from` on.
+fn tapped_audio(tapped: &Tapped, from: usize) -> Vec<Vec<u8>> {
+    tapped.lock().unwrap()[from..]
+        .iter()
+        .filter_map(|p| RtpPacket::parse(p).ok())
+        .filter(|p| p.header.payload_type == 111)
+        .map(|p| p.payload.to_vec())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kick_the_others_send_under_fresh_keys_the_kicked_member_never_receives() {
+    let (server, tapped) = tapped_sfu().await;
+    let (clients, network) = devices(3, loopback_config());
+    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    // Everyone talks: the generation each sender used while the kicked member was in.
+    talk(&calls, &[0, 1, 2], 0, 20).await;
+    let mut before: HashMap<u8, u16> = HashMap::new();
+    for p in tapped_audio(&tapped, 0) {
+        let id = sframe_key_id(&p).expect("every forwarded frame is SFrame");
+        let g = before.entry(id.sender.0).or_insert(0);
+        *g = (*g).max(id.generation);
+    }
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // The creator kicks member 2. From here every envelope on the signaling network is kept.
+    network.start_recording();
+    let kicked = clients[2].device_id();
+    calls[0].kick(kicked).await.unwrap();
+    wait_event(&calls[2], |e| *e == GroupCallEvent::Kicked).await;
+    for call in &calls[..2] {
+        wait_event(call, |e| {
+            *e == GroupCallEvent::ParticipantLeft {
+                device: kicked,
+                kicked: true,
+            }
+        })
+        .await;
+    }
+    // Frames sent before the kick have reached the SFU; what it forwards from here was sent
+    // after both remaining members saw the kick.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mark = tapped.lock().unwrap().len();
+    let heard = talk(&calls[..2], &[0, 1], 20, 40).await;
+    for (i, j) in [(0, 1), (1, 0)] {
+        let got = heard[i].get(&clients[j].device_id()).copied().unwrap_or(0);
+        assert!(got >= 32, "participant {i} decoded {got}/40 frames of {j}");
+    }
+
+    // Every frame the SFU forwarded after the kick is under a newer generation of its sender:
+    // a fresh random key, not derivable from any key the kicked member held.
+    let after = tapped_audio(&tapped, mark);
+    assert!(after.len() >= 64, "{} frames forwarded", after.len());
+    for p in &after {
+        let id = sframe_key_id(p).expect("SFrame");
+        assert!(
+            id.generation > before[&id.sender.0],
+            "{id} after the kick (generation before: {})",
+            before[&id.sender.0]
+        );
+    }
+    // And those keys went to the remaining member only: no envelope to the kicked device.
+    let recorded = network.recorded();
+    let to_remaining = recorded
+        .iter()
+        .filter(|e| e.recipient == clients[0].device_id() || e.recipient == clients[1].device_id())
+        .count();
+    assert!(
+        to_remaining >= 2,
+        "{to_remaining} envelopes between the remaining members"
+    );
+    assert!(
+        recorded.iter().all(|e| e.recipient != kicked),
+        "an envelope went to the kicked device after the kick"
+    );
+    drop(calls);
+    server.shutdown().await;
+}
