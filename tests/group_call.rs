@@ -8,14 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::group::{info, invitation, wait_event};
 use common::{devices, loopback_config, tone};
-use hush::{Client, ClientEvent, Error, GroupCall, GroupCallEvent, GroupInvite, SfuInfo};
+use hush::{Client, Error, GroupCall, GroupCallEvent, GroupInvite};
 use hush_sfu::join::SfuSigningKey;
 use hush_sfu::server::{Server, ServerConfig};
 use hush_sfu::SfuConfig;
 use hush_signaling::DeviceId;
-
-const WAIT: Duration = Duration::from_secs(15);
 
 async fn sfu(loudest_n: Option<usize>) -> Server {
     let mut config = ServerConfig::new(
@@ -29,37 +28,6 @@ async fn sfu(loudest_n: Option<usize>) -> Server {
     Server::start(config, SfuSigningKey::generate(&mut rand::rng()))
         .await
         .unwrap()
-}
-
-fn info(server: &Server) -> SfuInfo {
-    SfuInfo {
-        address: server.signal_addr(),
-        key: server.public_key(),
-    }
-}
-
-async fn invitation(client: &Client) -> GroupInvite {
-    loop {
-        let ev = tokio::time::timeout(WAIT, client.next_event())
-            .await
-            .expect("invitation in time")
-            .expect("client alive");
-        if let ClientEvent::GroupInvite(invite) = ev {
-            return *invite;
-        }
-    }
-}
-
-async fn wait_event(call: &GroupCall, pred: impl Fn(&GroupCallEvent) -> bool) -> GroupCallEvent {
-    loop {
-        let ev = tokio::time::timeout(WAIT, call.next_event())
-            .await
-            .expect("event in time")
-            .expect("call task alive");
-        if pred(&ev) {
-            return ev;
-        }
-    }
 }
 
 /// Creator (client 0) creates the call with every other client; each joins from its invitation

@@ -8,16 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::group::{info, invitation, wait_event};
 use common::{devices, loopback_config, tone};
-use hush::{Client, ClientEvent, FrameSource, GroupCall, GroupCallEvent, GroupInvite, SfuInfo};
+use hush::{Client, FrameSource, GroupCall, GroupCallEvent};
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::rtp::RtpPacket;
 use hush_sfu::join::SfuSigningKey;
 use hush_sfu::server::{Server, ServerConfig};
 use hush_sfu::{ForwardTap, SfuConfig};
 use hush_signaling::DeviceId;
-
-const WAIT: Duration = Duration::from_secs(15);
 
 type Tapped = Arc<Mutex<Vec<Vec<u8>>>>;
 
@@ -40,37 +39,6 @@ async fn tapped_sfu() -> (Server, Tapped) {
         .await
         .unwrap();
     (server, tapped)
-}
-
-fn info(server: &Server) -> SfuInfo {
-    SfuInfo {
-        address: server.signal_addr(),
-        key: server.public_key(),
-    }
-}
-
-async fn invitation(client: &Client) -> GroupInvite {
-    loop {
-        let ev = tokio::time::timeout(WAIT, client.next_event())
-            .await
-            .expect("invitation in time")
-            .expect("client alive");
-        if let ClientEvent::GroupInvite(invite) = ev {
-            return *invite;
-        }
-    }
-}
-
-async fn wait_event(call: &GroupCall, pred: impl Fn(&GroupCallEvent) -> bool) -> GroupCallEvent {
-    loop {
-        let ev = tokio::time::timeout(WAIT, call.next_event())
-            .await
-            .expect("event in time")
-            .expect("call task alive");
-        if pred(&ev) {
-            return ev;
-        }
-    }
 }
 
 /// Client 0 creates the call with the others; each joins from its invitation; returns once

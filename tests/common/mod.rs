@@ -1,6 +1,8 @@
 //! Shared setup for the end-to-end tests: two devices with a Signal session between them.
 #![allow(dead_code)]
 
+pub(crate) mod group;
+
 use std::time::Duration;
 
 use hush::{CallEvent, Client, ClientConfig};
