@@ -371,9 +371,13 @@ impl GroupE2ee {
         let encrypted = media
             .encrypt_into(&self.sending.key, &mut buffer)
             .map_err(|_| GroupError::Exhausted)?;
-        let out = encrypted.sframe_cipher_text().to_vec();
+        // The buffer holds the metadata, then the SFrame ciphertext: keep the ciphertext in
+        // place, no second allocation.
+        let sframe_len = encrypted.sframe_cipher_text().len();
+        buffer.truncate(meta.len() + sframe_len);
+        buffer.drain(..meta.len());
         self.stats.encrypted += 1;
-        Ok(out)
+        Ok(buffer)
     }
 
     /// Decrypts a frame that arrived on the stream of the member at `from`. Refused (and

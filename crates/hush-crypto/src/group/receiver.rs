@@ -169,7 +169,11 @@ fn decrypt(frame: &EncryptedFrameView<'_>, key: &DecryptionKey) -> Result<Vec<u8
     let media = frame
         .decrypt_into(key, &mut buffer)
         .map_err(|_| GroupError::Authentication)?;
-    Ok(media.payload().to_vec())
+    // The buffer holds the metadata, then the payload: keep the payload in place, no copy.
+    let (meta_len, payload_len) = (media.meta_data().len(), media.payload().len());
+    buffer.truncate(meta_len + payload_len);
+    buffer.drain(..meta_len);
+    Ok(buffer)
 }
 
 /// Which frame counters were received under one key: the highest, and a bitmap of the
