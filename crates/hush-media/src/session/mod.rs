@@ -26,6 +26,14 @@ use recv::{RateMeter, RecvStream};
 /// Bytes each packet costs on the wire beyond the RTP packet: SRTP tag (16) and IPv4/UDP (28).
 pub const WIRE_OVERHEAD: usize = 44;
 
+/// How long a call starts as if loss had been seen: the receiver holds room for
+/// retransmissions (two attempts when they fit, at the default round trip until one is
+/// measured) and the sender sends each audio retransmission twice, before either has a loss
+/// figure. A loss in the first second would otherwise be concealed, since room is made only
+/// once loss shows; WB-PESQ marks each concealed frame heavily. Without loss, the extra delay
+/// goes after this (time compression while frames play).
+pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
+
 /// Whether a datagram to send is RTP or RTCP (the driver protects them differently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransmitKind {
@@ -127,6 +135,9 @@ pub struct MediaSession {
     /// What the audio sender spends on protection now.
     protection: protection::AudioProtection,
     last_audio_loss: Option<Instant>,
+    /// Until then, before any loss could be measured, the receiver holds room for a
+    /// retransmission as if loss had been seen (see [`STARTUP_GUARD`]).
+    startup_guard_until: Instant,
     /// Gaps in the audio sequence not yet filled by an original: `(sequence, seen at)`.
     suspected_loss: VecDeque<(u64, Instant)>,
     /// Lengths of the last gaps in the audio sequence (packets): how long loss bursts run.
@@ -204,6 +215,7 @@ impl MediaSession {
                 expected_loss_percent: 0,
             },
             last_audio_loss: None,
+            startup_guard_until: now + STARTUP_GUARD,
             suspected_loss: VecDeque::new(),
             recent_gaps: VecDeque::new(),
             audio_highest: None,

@@ -85,6 +85,10 @@ pub(crate) fn repair_delay(
     }
 }
 
+/// The loss a receiver plans its repairs for while it has measured none yet (the session's
+/// start): enough for a second retransmission attempt when it fits.
+pub(crate) const STARTUP_PRESUMED_LOSS: f64 = 0.10;
+
 /// Measured loss above which each audio retransmission is sent twice.
 const DOUBLE_RTX_LOSS: f64 = 0.10;
 

@@ -366,21 +366,23 @@ impl MediaSession {
     pub(super) fn flush_nacks(&mut self, now: Instant) {
         self.confirm_suspected_losses(now);
         let rtt = self.rtt_or_default();
-        let recent = self
-            .last_audio_loss
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
+        let recent = now < self.startup_guard_until
+            || self
+                .last_audio_loss
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
         let frame = self.config.audio_frame;
         let attempts = if self.audio_nack_enabled() {
             // Audio: retry at most while a retransmission could still be played.
             let lost = self.audio_nack.poll_nacks(now, rtt);
             self.send_nack(now, self.config.remote_audio.ssrc, &lost);
-            protection::retransmission_attempts(
-                self.recv_loss,
-                rtt,
-                frame,
-                self.config.audio_nack_max_rtt,
-            )
-            .max(1)
+            // Until loss is measured, plan for a lossy path: two attempts when they fit.
+            let loss = if now < self.startup_guard_until {
+                self.recv_loss.max(protection::STARTUP_PRESUMED_LOSS)
+            } else {
+                self.recv_loss
+            };
+            protection::retransmission_attempts(loss, rtt, frame, self.config.audio_nack_max_rtt)
+                .max(1)
         } else {
             0
         };

@@ -161,7 +161,9 @@ impl MediaSession {
         let audio = media_ssrc == self.config.local_audio.ssrc;
         let packets = if audio {
             let mut packets = self.audio_rtx.on_nack(now, lost, rtt);
-            if protection::rtx_copies(self.remote_loss_smoothed) > 1 {
+            // Before the peer's reports say how lossy the path is, assume the worst.
+            let startup = now < self.startup_guard_until;
+            if startup || protection::rtx_copies(self.remote_loss_smoothed) > 1 {
                 // On a path this lossy, one retransmission in five or more is lost too, and
                 // the next attempt costs a round trip: send each twice (as its own RTX
                 // packet: SRTP would refuse a replayed sequence number). Link bits, not

@@ -81,7 +81,8 @@ fn jitter_without_reorder_adds_at_most_one_and_a_half_p95() {
     let mut call = CallSim::new(config, Instant::now());
     call.run_until(Duration::from_secs(60));
     let m = call.metrics();
-    let ratio = m.added_delay_mean() / jitter.p95().as_secs_f64();
+    // After the startup room (STARTUP_GUARD, then time compression) is gone: 5 s of frames.
+    let ratio = m.added_delay_mean_from(250) / jitter.p95().as_secs_f64();
     assert!(ratio <= 1.5, "{ratio}");
 }
 
@@ -315,6 +316,23 @@ fn losses_in_the_first_seconds_are_recovered_too() {
 }
 
 #[test]
+fn the_first_losses_are_repaired_before_loss_is_measured() {
+    // 10 % random loss on a 40 ms round trip, the call's first two seconds: no loss has been
+    // measured yet, nor (for the first packets) the round trip, yet the first lost frames
+    // come back by retransmission too. Without room held from the start, a loss in the first
+    // second was concealed (PESQ weighs each heavily).
+    for seed in [11, 21, 31] {
+        let mut config = lossy(LossModel::Random(0.10), 20);
+        config.a_to_b.seed = seed;
+        let mut call = CallSim::new(config, Instant::now());
+        call.run_until(Duration::from_secs(2));
+        let m = call.metrics();
+        assert!(m.played_rtx > 0, "seed {seed}: {m:?}");
+        assert_eq!(m.concealed + m.fec, 0, "seed {seed}: {m:?}");
+    }
+}
+
+#[test]
 fn reordering_alone_does_not_hold_room_for_loss() {
     let jitter = crate::sim::Jitter::Exponential(Duration::from_millis(10));
     let link = |seed| SimConfig {
@@ -332,7 +350,7 @@ fn reordering_alone_does_not_hold_room_for_loss() {
     let mut call = CallSim::new(config, Instant::now());
     call.run_until(Duration::from_secs(60));
     let m = call.metrics();
-    let ratio = m.added_delay_mean() / jitter.p95().as_secs_f64();
+    let ratio = m.added_delay_mean_from(250) / jitter.p95().as_secs_f64();
     assert!(ratio <= 1.5, "{ratio} {m:?}");
 }
 
