@@ -101,13 +101,16 @@ impl Delivered {
 
     /// What the receiver got over the last 250 ms of arrivals, in bits per second: the bytes
     /// after the window's first arrival over the time since it, which is exact for a saturated
-    /// bottleneck whatever the packet sizes. `None` with fewer than five arrivals or 50 ms.
+    /// bottleneck whatever the packet sizes. The window stretches (up to 500 ms) to hold five
+    /// arrivals: a slow link's audio in 60 ms packets brings four in 250 ms. `None` with
+    /// fewer than five arrivals or 50 ms.
     pub(super) fn rate_bps(&self) -> Option<f64> {
         let last = self.arrivals.back()?.recv_us;
         let mut first = last;
         let mut count = 0;
         for a in self.arrivals.iter().rev() {
-            if last - a.recv_us >= WINDOW_US {
+            let age = last - a.recv_us;
+            if (age >= WINDOW_US && count >= 5) || age > KEEP_US {
                 break;
             }
             first = a.recv_us;
@@ -159,6 +162,20 @@ mod tests {
         }
         assert!(d.arrivals.len() <= MAX_ARRIVALS);
         let _ = d.rate_bps();
+    }
+
+    #[test]
+    fn slow_packets_still_give_a_rate() {
+        // 60 ms packets of 120 bytes through a 16 kbps link: four arrive in any 250 ms, so
+        // the window stretches to five (a rate of None let the delay controller's increase
+        // run unbounded: 24 kbps links saw the target jump to 770 kbps).
+        let t0 = Instant::now();
+        let mut d = Delivered::default();
+        for i in 0..20i64 {
+            d.on_arrival(i * 60_000, 120, t0 + Duration::from_millis(i as u64 * 60));
+        }
+        let rate = d.rate_bps().expect("a rate");
+        assert!((rate - 16_000.0).abs() < 500.0, "{rate}");
     }
 
     #[test]

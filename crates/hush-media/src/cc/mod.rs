@@ -65,7 +65,8 @@ impl Default for CcConfig {
     fn default() -> Self {
         Self {
             start_bps: 300_000,
-            min_bps: 30_000,
+            // Low enough for a 24 kbps link (audio in 60 ms packets).
+            min_bps: 10_000,
             max_bps: 2_500_000,
             probe_interval: Duration::from_millis(1000),
             probing: true,
@@ -85,8 +86,13 @@ const PROBE_GUARD: Duration = Duration::from_millis(300);
 const WINDOW_QUEUE: Duration = Duration::from_millis(100);
 /// Most one-way delay samples kept (10 s at 800 packets/s).
 const MAX_OWD_SAMPLES: usize = 8192;
-/// Pushback never asks the encoders for less than this (or the target, if lower).
-const MIN_PUSHBACK_BPS: f64 = 30_000.0;
+/// Pushback never asks the encoders for less than this (or the target, if lower). Low
+/// enough for pushback to work on a 24 kbps link.
+const MIN_PUSHBACK_BPS: f64 = 10_000.0;
+/// Queueing delay above the base that counts as overuse even while it holds steady (ms).
+const STANDING_QUEUE_MS: f64 = 60.0;
+/// How long the lowest one-way delay seen is kept as the base (µs).
+const LONG_BASE_US: i64 = 60_000_000;
 /// Time between pushback updates.
 const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
@@ -109,6 +115,9 @@ pub struct CongestionController {
     losses: VecDeque<(Instant, bool)>,
     rtt: Duration,
     min_rtt: Option<Duration>,
+    /// The lowest one-way delay of an earlier 10 s window, with when it was taken (arrival
+    /// µs), kept for up to [`LONG_BASE_US`].
+    long_base: Option<(i64, i64)>,
     prober: Prober,
     /// Last probe measurement: when, and the rate the path delivered.
     probed: Option<(Instant, f64)>,
@@ -138,6 +147,7 @@ impl CongestionController {
             losses: VecDeque::new(),
             rtt: Duration::from_millis(100),
             min_rtt: None,
+            long_base: None,
             probed: None,
             pushback: 1.0,
             last_pushback: None,
@@ -311,7 +321,20 @@ impl CongestionController {
         {
             self.owd.pop_front();
         }
-        let base = self.owd.iter().map(|(_, d)| *d).min().unwrap_or(lowest);
+        let window_base = self.owd.iter().map(|(_, d)| *d).min().unwrap_or(lowest);
+        // The base is also remembered for a minute: a drop-tail queue that filled in the
+        // call's first moments and never drained since would otherwise become the baseline
+        // once the first 10 s of samples are gone, and the standing queue turn invisible.
+        let keep = match self.long_base {
+            Some((at, d)) => d <= window_base && last - at <= LONG_BASE_US,
+            None => false,
+        };
+        if !keep {
+            self.long_base = Some((last, window_base));
+        }
+        let base = self
+            .long_base
+            .map_or(window_base, |(_, d)| d.min(window_base));
         self.queue_delay_ms = (lowest - base) as f64 / 1000.0;
     }
 
@@ -334,7 +357,9 @@ impl CongestionController {
         for ProbeResult { bps, saturated } in self.prober.finish(now, &self.delivered, known) {
             self.probed = Some((now, bps));
             self.delay.on_probe(bps, saturated);
-            self.loss_rate = self.loss_rate.max(self.delay.rate());
+            // Up to what the probe measured, not past it: the delay-based rate may never have
+            // come down on a path whose queue filled before it had a baseline.
+            self.loss_rate = self.loss_rate.max(self.delay.rate().min(bps));
         }
         let acked = self.delivered.rate_bps();
         // Right after a probe, the rate it measured is the better capacity sample: the short
@@ -351,6 +376,12 @@ impl CongestionController {
             Usage::Overuse if self.probe_overuse(now) => self.delay.on_probe_overuse(now),
             Usage::Overuse => self.delay.on_overuse(now, capacity_sample, self.rtt),
             Usage::Underuse => self.delay.on_underuse(),
+            // A queue that stands without growing (a drop-tail bottleneck kept full since the
+            // call began: its delay no longer changes, so the trend shows nothing) is overuse
+            // all the same.
+            Usage::Normal if self.queue_delay_ms >= STANDING_QUEUE_MS => {
+                self.delay.on_overuse(now, capacity_sample, self.rtt)
+            }
             Usage::Normal => self.delay.on_normal(dt, acked, self.rtt),
         }
         self.update_loss_rate(now, dt, acked);
@@ -396,7 +427,12 @@ impl CongestionController {
             }
         } else if loss < 0.02 {
             self.loss_rate *= 1.05f64.powf(dt);
-            self.loss_rate = self.loss_rate.max(self.delay.rate());
+            // Back to the delay-based rate, but not in one step past what the path has shown
+            // it delivers: a drop-tail queue that filled before the delay detector had a
+            // baseline stays invisible to it (the delay never changes again), and the rate it
+            // kept from the start (300 kbps) sent a 24 kbps link back into overflow.
+            let ceiling = acked.map_or(self.loss_rate, |a| 1.5 * a + 10_000.0);
+            self.loss_rate = self.loss_rate.max(self.delay.rate().min(ceiling));
         }
     }
 }

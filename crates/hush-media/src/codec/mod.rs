@@ -5,6 +5,7 @@
 //! [`Playout`](crate::jitter::Playout) says: decode a frame, decode the next frame's in-band
 //! FEC, or conceal.
 
+pub mod frames;
 #[cfg(feature = "libopus")]
 mod libopus;
 mod opus;

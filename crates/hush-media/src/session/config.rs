@@ -63,6 +63,10 @@ pub struct SessionConfig {
     /// Above this RTT, NACK is not used for audio (the retransmission would come too late)
     /// and RED carries the recovery alone.
     pub audio_nack_max_rtt: Duration,
+    /// Longest audio packet: on a slow link the sender joins up to this much of consecutive
+    /// [`audio_frame`](Self::audio_frame)s into one packet to save headers (at most 120 ms,
+    /// Opus's limit). `audio_frame` or less keeps one frame per packet.
+    pub max_audio_packet: Duration,
 }
 
 impl Default for SessionConfig {
@@ -95,6 +99,7 @@ impl Default for SessionConfig {
             max_payload: 1150,
             video_min_bps: 60_000,
             audio_nack_max_rtt: Duration::from_millis(250),
+            max_audio_packet: Duration::from_millis(60),
         }
     }
 }

@@ -26,6 +26,25 @@ use recv::{RateMeter, RecvStream};
 /// Bytes each packet costs on the wire beyond the RTP packet: SRTP tag (16) and IPv4/UDP (28).
 pub const WIRE_OVERHEAD: usize = 44;
 
+/// How long a call starts as if loss had been seen: the receiver holds room for
+/// retransmissions (two attempts when they fit, at the default round trip until one is
+/// measured) and the sender sends each audio retransmission twice, before either has a loss
+/// figure. A loss in the first second would otherwise be concealed, since room is made only
+/// once loss shows; WB-PESQ marks each concealed frame heavily. Without loss, the extra delay
+/// goes after this (time compression while frames play).
+pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
+
+/// Least encoder rate of each copy for RED to be worth its copies.
+const RED_MIN_COPY_BPS: f64 = 10_000.0;
+
+/// Most of the peer's send rate our transport-wide feedback may take (WebRTC: 5 %).
+const FEEDBACK_SHARE: f64 = 0.05;
+/// A typical feedback packet on the wire, in bits (RTCP with a few packets' status and
+/// deltas, SRTCP, IPv4/UDP): about 80 bytes.
+const FEEDBACK_BITS: f64 = 640.0;
+/// Longest time between transport-wide feedback packets.
+const MAX_FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Whether a datagram to send is RTP or RTCP (the driver protects them differently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransmitKind {
@@ -93,6 +112,12 @@ pub struct MediaSession {
     audio_pz: Packetizer,
     audio_ts: u32,
     audio_sent_any: bool,
+    /// Encoded frames waiting to go out together in one packet: `(timestamp, frame, level)`.
+    audio_pending: Vec<(u32, Vec<u8>, Option<AudioLevel>)>,
+    /// Audio frames per packet now (see [`protection::frames_per_packet`]).
+    audio_packet_frames: usize,
+    /// Frames in the peer's last audio packet.
+    remote_packet_frames: usize,
     red: RedEncoder,
     red_distance: usize,
     red_hold_until: Option<Instant>,
@@ -122,11 +147,16 @@ pub struct MediaSession {
     remote_loss: f64,
     /// `remote_loss` smoothed over reports.
     remote_loss_smoothed: f64,
+    /// Reports of our audio's loss received so far.
+    remote_reports: u64,
     /// Fraction of the peer's audio lost before recovery, smoothed over report intervals.
     recv_loss: f64,
     /// What the audio sender spends on protection now.
     protection: protection::AudioProtection,
     last_audio_loss: Option<Instant>,
+    /// Until then, before any loss could be measured, the receiver holds room for a
+    /// retransmission as if loss had been seen (see [`STARTUP_GUARD`]).
+    startup_guard_until: Instant,
     /// Gaps in the audio sequence not yet filled by an original: `(sequence, seen at)`.
     suspected_loss: VecDeque<(u64, Instant)>,
     /// Lengths of the last gaps in the audio sequence (packets): how long loss bursts run.
@@ -169,6 +199,9 @@ impl MediaSession {
             audio_pz: Packetizer::new(config.local_audio.ssrc, audio_pt, seed as u16, ext, 1500),
             audio_ts: seed.rotate_left(7),
             audio_sent_any: false,
+            audio_pending: Vec::new(),
+            audio_packet_frames: 1,
+            remote_packet_frames: 1,
             red: RedEncoder::new(),
             red_distance: 0,
             red_hold_until: None,
@@ -197,6 +230,7 @@ impl MediaSession {
             rtt: None,
             remote_loss: 0.0,
             remote_loss_smoothed: 0.0,
+            remote_reports: 0,
             recv_loss: 0.0,
             protection: protection::AudioProtection {
                 red_distance: 0,
@@ -204,6 +238,7 @@ impl MediaSession {
                 expected_loss_percent: 0,
             },
             last_audio_loss: None,
+            startup_guard_until: now + STARTUP_GUARD,
             suspected_loss: VecDeque::new(),
             recent_gaps: VecDeque::new(),
             audio_highest: None,
@@ -246,9 +281,92 @@ impl MediaSession {
     }
 
     /// Sends one encoded audio frame (one frame duration after the previous one).
+    ///
+    /// On a link too slow for a packet per frame, frames go out joined in one Opus packet
+    /// (RFC 6716 code 3) of up to [`SessionConfig::max_audio_packet`], as many as
+    /// [`audio_packet_frames`](Self::audio_packet_frames) says: the frame waits here until the
+    /// packet is complete. Frames that cannot share a packet (the encoder changed mode or
+    /// bandwidth, or they are not single-frame Opus packets) go out in separate packets.
     pub fn send_audio(&mut self, now: Instant, frame: &[u8], level: Option<AudioLevel>) {
         let ts = self.audio_ts;
         self.audio_ts = self.audio_ts.wrapping_add(self.audio_ts_step());
+        if !self.audio_pending.is_empty() && !self.joins_pending(frame) {
+            self.flush_audio(now);
+        }
+        let joinable =
+            frame.first().is_some_and(|&toc| toc & 0x3 == 0) && self.is_our_frame_duration(frame);
+        if !joinable {
+            // Nothing can join it: it goes now, alone, without waiting for the next frame.
+            self.audio_pending.push((ts, frame.to_vec(), level));
+            self.flush_audio(now);
+            self.update_target(now);
+            return;
+        }
+        self.audio_pending.push((ts, frame.to_vec(), level));
+        if self.audio_pending.len() >= self.audio_packet_frames {
+            self.flush_audio(now);
+        }
+        self.update_target(now);
+    }
+
+    /// Whether `frame` can go in the same packet as the frames waiting.
+    fn joins_pending(&self, frame: &[u8]) -> bool {
+        let first = self.audio_pending.first().map(|(_, f, _)| f.as_slice());
+        first.is_some_and(|f| {
+            self.is_our_frame_duration(frame) && crate::codec::frames::join(&[f, frame]).is_some()
+        })
+    }
+
+    /// Whether the Opus TOC of `packet` says its frames last [`SessionConfig::audio_frame`]:
+    /// only such frames are joined into one packet and split from one.
+    pub(crate) fn is_our_frame_duration(&self, packet: &[u8]) -> bool {
+        packet.first().is_some_and(|&toc| {
+            // Units of 2.5 ms: 120 ticks of a 48 kHz clock.
+            let ticks = u64::from(crate::codec::frames::frame_units(toc))
+                * 120
+                * u64::from(self.config.jitter.clock_rate)
+                / 48_000;
+            ticks == u64::from(self.audio_ts_step())
+        })
+    }
+
+    /// Sends the frames waiting as one packet (or one each if they cannot share one).
+    fn flush_audio(&mut self, now: Instant) {
+        let pending = std::mem::take(&mut self.audio_pending);
+        let frames: Vec<&[u8]> = pending.iter().map(|(_, f, _)| f.as_slice()).collect();
+        let joined = if frames.len() > 1 {
+            crate::codec::frames::join(&frames)
+        } else {
+            None
+        };
+        match joined {
+            Some(joined) => self.send_audio_packet(now, &pending, &joined),
+            None => {
+                for one in &pending {
+                    self.send_audio_packet(now, std::slice::from_ref(one), &one.1);
+                }
+            }
+        }
+    }
+
+    /// Sends `frame` (the frames of `parts`, joined) as one audio packet.
+    fn send_audio_packet(
+        &mut self,
+        now: Instant,
+        parts: &[(u32, Vec<u8>, Option<AudioLevel>)],
+        frame: &[u8],
+    ) {
+        let Some(&(ts, _, _)) = parts.first() else {
+            return;
+        };
+        // The packet's level: the loudest frame's, voice if any frame had it.
+        let level = parts
+            .iter()
+            .filter_map(|(_, _, l)| *l)
+            .reduce(|a, b| AudioLevel {
+                voice: a.voice || b.voice,
+                level: a.level.min(b.level),
+            });
         let payload = match self.config.red_pt {
             Some(_) => self
                 .red
@@ -261,7 +379,11 @@ impl MediaSession {
         self.audio_rtx.on_sent(now, &packet);
         self.last_rtp_ts = ts;
         self.send_rtp(now, packet, None, 0);
-        self.update_target(now);
+    }
+
+    /// Audio frames the sender puts in each packet now (1 unless the link is slow).
+    pub fn audio_packet_frames(&self) -> usize {
+        self.audio_packet_frames
     }
 
     /// Sends one encoded video frame, split into packets. Ignored without a local video stream.
@@ -346,7 +468,7 @@ impl MediaSession {
         }
         if now >= self.next_feedback {
             self.send_feedback(now);
-            self.next_feedback = now + self.config.feedback_interval;
+            self.next_feedback = now + self.feedback_interval(now);
         }
         if let Some(p) = self.cc.poll_probe(now) {
             // At least five packets; small ones for a small burst, so that a probe into a slow
@@ -438,6 +560,23 @@ impl MediaSession {
         }
     }
 
+    /// Time until the next transport-wide feedback: the configured interval, longer on a slow
+    /// path so that feedback takes at most [`FEEDBACK_SHARE`] of what the peer sends us (as
+    /// WebRTC's receiver does), up to [`MAX_FEEDBACK_INTERVAL`]. Every 50 ms, feedback alone
+    /// would cost about 12 kbps, half a 24 kbps link.
+    fn feedback_interval(&mut self, now: Instant) -> Duration {
+        let recv_bps = self.recv_rate.bps(now) as f64;
+        let wanted = if recv_bps > 0.0 {
+            Duration::from_secs_f64((FEEDBACK_BITS / (FEEDBACK_SHARE * recv_bps)).min(1.0))
+        } else {
+            self.config.feedback_interval
+        };
+        wanted.clamp(
+            self.config.feedback_interval,
+            MAX_FEEDBACK_INTERVAL.max(self.config.feedback_interval),
+        )
+    }
+
     fn rtt_or_default(&self) -> Duration {
         self.rtt.unwrap_or(Duration::from_millis(100))
     }
@@ -466,9 +605,42 @@ impl MediaSession {
                 self.red_hold_until = Some(now + Duration::from_secs(10));
             }
         }
+        // Copies that would leave each under RED_MIN_COPY_BPS (after the headers of the longest
+        // packets) are not sent: on a link that slow they only overflow the bottleneck.
+        let rtcp_bps = self.rtcp_rate.bps(now) as f64;
+        let share = self.audio_share(rtcp_bps);
+        let longest = self.config.max_audio_packet.max(self.config.audio_frame);
+        let headers = protection::AUDIO_PACKET_BITS / longest.as_secs_f64().max(0.001);
+        while self.red_distance > 0
+            && (share - headers) / (1.0 + self.red_distance as f64) < RED_MIN_COPY_BPS
+        {
+            self.red_distance -= 1;
+        }
         p.red_distance = self.red_distance;
         self.protection = p;
-        let rtcp_bps = self.rtcp_rate.bps(now) as f64;
+        let frame = self.config.audio_frame;
+        let max_frames = if frame.is_zero() {
+            1
+        } else {
+            // Opus holds at most 120 ms in one packet.
+            let cap = (Duration::from_millis(120).as_nanos() / frame.as_nanos()).max(1);
+            (self.config.max_audio_packet.as_nanos() / frame.as_nanos()).clamp(1, cap) as usize
+        };
+        let n = protection::frames_per_packet(
+            self.audio_share(rtcp_bps),
+            1.0 + self.protection.red_distance as f64,
+            frame,
+            max_frames,
+            self.audio_packet_frames,
+        );
+        if n != self.audio_packet_frames {
+            tracing::debug!(
+                frames = n,
+                share_bps = self.audio_share(rtcp_bps),
+                "audio packet length changed"
+            );
+            self.audio_packet_frames = n;
+        }
         let t = self.allocate(rtcp_bps);
         if self.target.is_none_or(|old| significant_change(&old, &t)) {
             self.target = Some(t);
@@ -486,23 +658,46 @@ impl MediaSession {
         self.red_distance
     }
 
+    /// The congestion controller's encoder rate less our own RTCP: what the media may send.
+    fn media_rate(&self, rtcp_bps: f64) -> f64 {
+        let encoder = self.cc.encoder_bps() as f64;
+        (encoder - rtcp_bps).max(encoder * 0.5)
+    }
+
+    /// The audio's share of [`media_rate`](Self::media_rate), headers included: all of it
+    /// without video, half at most with video.
+    fn audio_share(&self, rtcp_bps: f64) -> f64 {
+        let target = self.media_rate(rtcp_bps);
+        if self.video_pz.is_some() {
+            target * 0.5
+        } else {
+            target
+        }
+    }
+
     /// Splits the congestion controller's encoder rate between audio and video. The estimate
     /// covers everything we send on the path, so our own RTCP comes off it first.
     fn allocate(&self, rtcp_bps: f64) -> EncoderTarget {
         let p = self.protection;
-        let encoder = self.cc.encoder_bps() as f64;
-        let target = (encoder - rtcp_bps).max(encoder * 0.5);
-        let pps = 1.0 / self.config.audio_frame.as_secs_f64().max(0.001);
-        let overhead = pps * (12.0 + 8.0 + 1.0 + WIRE_OVERHEAD as f64) * 8.0;
+        let target = self.media_rate(rtcp_bps);
+        let packet = self.config.audio_frame * self.audio_packet_frames as u32;
+        let pps = 1.0 / packet.as_secs_f64().max(0.001);
+        let overhead = pps * protection::AUDIO_PACKET_BITS;
         let copies = 1.0 + p.red_distance as f64;
         let has_video = self.video_pz.is_some();
-        // Without video, audio may take the whole rate; with video, half at most.
-        let audio_share = if has_video { target * 0.5 } else { target };
+        let audio_share = self.audio_share(rtcp_bps);
         // With in-band FEC on, Opus adds LBRR only when the rate leaves room for it: with 10 %
         // expected loss, opus-pure put it in no packet at 16 kbps and in 82 % (all but pauses
-        // and quiet dips) at 24 kbps, so audio keeps 24 kbps then.
-        let floor = if p.inband_fec { 24_000.0 } else { 8_000.0 };
-        let audio = ((audio_share - overhead) / copies).clamp(floor, 32_000.0);
+        // and quiet dips) at 24 kbps, so audio keeps 24 kbps then (taking it from video), if
+        // the path carries that much at all: on a slower one, a 24 kbps floor would overflow
+        // the bottleneck and cause the loss it protects against.
+        let fec_fits = target - overhead >= 24_000.0 * copies;
+        let floor = if p.inband_fec && fec_fits {
+            24_000.0
+        } else {
+            8_000.0
+        };
+        let audio = ((audio_share - overhead) / copies).clamp(floor, protection::AUDIO_MAX_BPS);
         let audio_total = audio * copies + overhead;
         let video = (target - audio_total) * 0.9;
         let min_video = self.config.video_min_bps as f64;

@@ -85,6 +85,10 @@ pub(crate) fn repair_delay(
     }
 }
 
+/// The loss a receiver plans its repairs for while it has measured none yet (the session's
+/// start): enough for a second retransmission attempt when it fits.
+pub(crate) const STARTUP_PRESUMED_LOSS: f64 = 0.10;
+
 /// Measured loss above which each audio retransmission is sent twice.
 const DOUBLE_RTX_LOSS: f64 = 0.10;
 
@@ -140,6 +144,50 @@ pub(crate) fn audio_protection(
     }
 }
 
+/// Most the audio encoder is given, in bits per second.
+pub(crate) const AUDIO_MAX_BPS: f64 = 32_000.0;
+/// Bits each audio packet costs on the wire beyond its Opus bytes: IPv4/UDP and the SRTP tag
+/// ([`WIRE_OVERHEAD`](super::WIRE_OVERHEAD)), the RTP header, the transport-wide-CC extension
+/// and the RED header.
+pub(crate) const AUDIO_PACKET_BITS: f64 = ((12 + 8 + 1 + super::WIRE_OVERHEAD) * 8) as f64;
+/// How much encoder rate longer packets must win before the sender makes its packets longer.
+const PACKETIZATION_GAIN_BPS: f64 = 3_000.0;
+
+/// How many audio frames of `frame` each go in one packet, given `share_bps` for the audio on
+/// the wire (headers included) sent `copies` times (RED), at most `max_frames`, `current` now.
+///
+/// Each packet costs [`AUDIO_PACKET_BITS`] of headers: 26 kbps at one 20 ms frame per packet,
+/// more than a 24 kbps link carries. Packets stay one frame long while that leaves the encoder
+/// its full rate ([`AUDIO_MAX_BPS`]), since every frame more in a packet adds a frame of
+/// delay. Otherwise they grow to the shortest length whose encoder rate is within
+/// [`PACKETIZATION_GAIN_BPS`] of what the longest allowed gives; they shrink again only once
+/// the shorter length gets the full rate (hysteresis: no flapping on a steady estimate).
+pub(crate) fn frames_per_packet(
+    share_bps: f64,
+    copies: f64,
+    frame: Duration,
+    max_frames: usize,
+    current: usize,
+) -> usize {
+    let max_frames = max_frames.max(1);
+    let current = current.clamp(1, max_frames);
+    let frame_secs = frame.as_secs_f64().max(0.001);
+    let audio = |n: usize| {
+        let headers = AUDIO_PACKET_BITS / (frame_secs * n as f64);
+        ((share_bps - headers) / copies.max(1.0)).min(AUDIO_MAX_BPS)
+    };
+    if let Some(n) = (1..current).find(|&n| audio(n) >= AUDIO_MAX_BPS) {
+        return n;
+    }
+    let best = audio(max_frames);
+    if audio(current) >= best - PACKETIZATION_GAIN_BPS {
+        return current;
+    }
+    (current..=max_frames)
+        .find(|&n| audio(n) >= best - PACKETIZATION_GAIN_BPS)
+        .unwrap_or(max_frames)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +197,39 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn packets_grow_only_when_headers_starve_the_encoder() {
+        // Unlimited, or enough for 32 kbps of Opus plus 26 kbps of headers: 20 ms packets.
+        assert_eq!(frames_per_packet(300_000.0, 1.0, FRAME, 3, 1), 1);
+        assert_eq!(frames_per_packet(60_000.0, 1.0, FRAME, 3, 1), 1);
+        // A 64 kbps link (about 50 kbps for the audio): 20 ms packets leave 24 kbps, 40 ms
+        // the full 32.
+        assert_eq!(frames_per_packet(50_000.0, 1.0, FRAME, 3, 1), 2);
+        // A 24 kbps link: 20 ms packets cannot even carry their headers; 60 ms leave 13 kbps.
+        assert_eq!(frames_per_packet(22_000.0, 1.0, FRAME, 3, 1), 3);
+        // Never past the longest allowed.
+        assert_eq!(frames_per_packet(22_000.0, 1.0, FRAME, 2, 1), 2);
+        assert_eq!(frames_per_packet(22_000.0, 1.0, FRAME, 1, 1), 1);
+        // RED copies count: 50 kbps for two copies leaves 12 kbps a copy at 20 ms, 18.5 at
+        // 40 ms.
+        assert_eq!(frames_per_packet(50_000.0, 2.0, FRAME, 3, 1), 2);
+    }
+
+    #[test]
+    fn packet_length_holds_near_the_boundary() {
+        // 57 kbps: 20 ms packets leave 31 kbps, 40 ms the full 32. Once at 40 ms the sender
+        // stays there (shorter packets would cut the encoder), and at 20 ms it stays too
+        // (within the gain threshold): a steady estimate near the boundary does not flap.
+        assert_eq!(frames_per_packet(57_000.0, 1.0, FRAME, 3, 2), 2);
+        assert_eq!(frames_per_packet(57_000.0, 1.0, FRAME, 3, 1), 1);
+        // Back to 20 ms once they carry the full rate.
+        assert_eq!(frames_per_packet(59_000.0, 1.0, FRAME, 3, 2), 1);
+        assert_eq!(frames_per_packet(59_000.0, 1.0, FRAME, 3, 3), 1);
+        // From 60 to 40 ms when 40 ms carries the full rate, not before.
+        assert_eq!(frames_per_packet(46_000.0, 1.0, FRAME, 3, 3), 2);
+        assert_eq!(frames_per_packet(40_000.0, 1.0, FRAME, 3, 3), 3);
     }
 
     #[test]

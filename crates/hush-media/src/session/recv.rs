@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::{protection, MediaSession};
+use crate::codec::frames;
 use crate::error::Error;
 use crate::jitter::Recovery;
 use crate::nack::unwrap_rtx;
@@ -237,27 +238,60 @@ impl MediaSession {
             if recovery == Recovery::None {
                 self.remote_red_depth = blocks.len().saturating_sub(1);
             }
-            let step = u64::from(self.audio_ts_step().max(1));
-            for b in blocks {
+            // The redundant blocks are the packets just before this one, oldest first.
+            let redundant = blocks.len().saturating_sub(1) as u64;
+            for (i, b) in blocks.into_iter().enumerate() {
                 if b.timestamp_offset == 0 {
-                    self.jitter.insert(now, ts, b.data, recovery);
+                    let frames = self.insert_audio(now, ts, b.data, recovery);
+                    if recovery == Recovery::None {
+                        self.remote_packet_frames = frames;
+                    }
                 } else {
-                    let back = u64::from(b.timestamp_offset) / step;
-                    if let Some(s) = ext_seq.checked_sub(back) {
+                    if let Some(s) = ext_seq.checked_sub(redundant - i as u64) {
                         self.audio_nack.forget(s);
                     }
                     let rts = ts.wrapping_sub(u32::from(b.timestamp_offset));
-                    self.jitter.insert(now, rts, b.data, Recovery::Redundancy);
+                    self.insert_audio(now, rts, b.data, Recovery::Redundancy);
                 }
             }
             Ok(())
         } else if pt == self.config.opus_pt {
-            self.jitter
-                .insert(now, ts, packet.payload.clone(), recovery);
+            let frames = self.insert_audio(now, ts, packet.payload.clone(), recovery);
+            if recovery == Recovery::None {
+                self.remote_packet_frames = frames;
+            }
             Ok(())
         } else {
             Err(Error::Unexpected("unknown audio payload type"))
         }
+    }
+
+    /// Hands one Opus packet's frames to the jitter buffer, each at its own timestamp; returns
+    /// how many. A packet of several frames of our frame duration (the peer joined them to
+    /// save headers, see [`MediaSession::send_audio`]) is split; anything else (a single
+    /// frame, frames of another duration, or bytes that do not parse as Opus) goes in whole,
+    /// as one frame, for the decoder to play or refuse.
+    fn insert_audio(
+        &mut self,
+        now: Instant,
+        ts: u32,
+        payload: Vec<u8>,
+        recovery: Recovery,
+    ) -> usize {
+        let step = self.audio_ts_step();
+        let several = payload.first().is_some_and(|&toc| toc & 0x3 != 0);
+        if several && self.is_our_frame_duration(&payload) {
+            if let Ok(parts) = frames::split(&payload) {
+                let n = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    let at = ts.wrapping_add(step.wrapping_mul(i as u32));
+                    self.jitter.insert(now, at, part, recovery);
+                }
+                return n;
+            }
+        }
+        self.jitter.insert(now, ts, payload, recovery);
+        1
     }
 
     fn on_video(&mut self, now: Instant, packet: &RtpPacket, ext_seq: u64) {
@@ -366,21 +400,24 @@ impl MediaSession {
     pub(super) fn flush_nacks(&mut self, now: Instant) {
         self.confirm_suspected_losses(now);
         let rtt = self.rtt_or_default();
-        let recent = self
-            .last_audio_loss
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
-        let frame = self.config.audio_frame;
+        let recent = now < self.startup_guard_until
+            || self
+                .last_audio_loss
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
+        // Losses are of packets: a packet of several frames is noticed, and repaired, whole.
+        let frame = self.config.audio_frame * self.remote_packet_frames.max(1) as u32;
         let attempts = if self.audio_nack_enabled() {
             // Audio: retry at most while a retransmission could still be played.
             let lost = self.audio_nack.poll_nacks(now, rtt);
             self.send_nack(now, self.config.remote_audio.ssrc, &lost);
-            protection::retransmission_attempts(
-                self.recv_loss,
-                rtt,
-                frame,
-                self.config.audio_nack_max_rtt,
-            )
-            .max(1)
+            // Until loss is measured, plan for a lossy path: two attempts when they fit.
+            let loss = if now < self.startup_guard_until {
+                self.recv_loss.max(protection::STARTUP_PRESUMED_LOSS)
+            } else {
+                self.recv_loss
+            };
+            protection::retransmission_attempts(loss, rtt, frame, self.config.audio_nack_max_rtt)
+                .max(1)
         } else {
             0
         };

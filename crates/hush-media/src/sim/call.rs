@@ -121,7 +121,15 @@ impl CallMetrics {
 
     /// Mean added delay, in seconds.
     pub fn added_delay_mean(&self) -> f64 {
-        self.added_delay.iter().sum::<f64>() / self.added_delay.len().max(1) as f64
+        self.added_delay_mean_from(0)
+    }
+
+    /// Mean added delay of the frames after the first `skip` played, in seconds: the steady
+    /// state, without the room a call holds for retransmissions while it starts, before it
+    /// has measured any loss.
+    pub fn added_delay_mean_from(&self, skip: usize) -> f64 {
+        let v = self.added_delay.get(skip..).unwrap_or_default();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
     }
 }
 
