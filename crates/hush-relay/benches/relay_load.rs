@@ -11,7 +11,12 @@
 //!
 //! `--cluster` (build with `--features cluster`, needs `postgresql` and `nats-server`): the relay
 //! runs as a cluster node on a throwaway PostgreSQL and nats-server on loopback (started by
-//! hush-testkit) instead of on SQLite.
+//! hush-testkit) instead of on SQLite. `--nodes N` (with `--cluster`): N relay processes on the
+//! same PostgreSQL and NATS, client i connected to node i mod N (so most envelopes cross
+//! nodes); the CPU lines then add the relays up and also report PostgreSQL's and NATS's CPU.
+//!
+//! `HUSH_RELAY_BIN=path` runs that relay binary instead of the one built with the bench (to
+//! compare two builds in the same session).
 //!
 //! `--relay-threads` and `--commit-delay-ms` are passed to the relay (`--worker-threads`,
 //! `--commit-delay-ms`); unset, the relay's defaults apply.
@@ -74,6 +79,7 @@ struct Args {
     commit_delay_ms: Option<u64>,
     gen_threads: usize,
     cluster: bool,
+    nodes: usize,
 }
 
 fn args() -> Args {
@@ -89,6 +95,7 @@ fn args() -> Args {
         commit_delay_ms: None,
         gen_threads: 1,
         cluster: false,
+        nodes: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -103,6 +110,7 @@ fn args() -> Args {
             }
             "--pairs" => a.pairs = true,
             "--cluster" => a.cluster = true,
+            "--nodes" => a.nodes = val().parse::<usize>().expect("--nodes N").max(1),
             "--latency-all" => a.latency_all = true,
             "--senders" => a.senders = Some(val().parse().expect("--senders M")),
             "--relay-threads" => a.relay_threads = Some(val().parse().expect("--relay-threads N")),
@@ -136,7 +144,9 @@ impl Drop for Relay {
 
 fn start_relay(db: &std::path::Path, args: &Args, cluster: Option<(String, String)>) -> Relay {
     use std::io::BufRead;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hush-relay"));
+    let bin = std::env::var_os("HUSH_RELAY_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_hush-relay").into());
+    let mut cmd = Command::new(bin);
     cmd.args([
         "--listen",
         "127.0.0.1:0",
@@ -191,6 +201,46 @@ fn start_relay(db: &std::path::Path, args: &Args, cluster: Option<(String, Strin
         addr,
         metrics,
     }
+}
+
+/// The relay nodes under test (one unless `--nodes`).
+struct Relays(Vec<Relay>);
+
+impl Relays {
+    /// The node client `i` connects to.
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.0[i % self.0.len()].addr
+    }
+
+    /// A metric summed over the nodes.
+    async fn scrape(&self, name: &str) -> u64 {
+        let mut sum = 0;
+        for r in &self.0 {
+            sum += scrape(r.metrics, name).await;
+        }
+        sum
+    }
+
+    fn cpu(&self) -> f64 {
+        self.0.iter().map(|r| cpu_seconds(r.child.id())).sum()
+    }
+
+    fn cpu_wait(&self) -> f64 {
+        self.0.iter().map(|r| cpu_wait_seconds(r.child.id())).sum()
+    }
+}
+
+/// CPU seconds used so far by `pid` and its direct children (PostgreSQL's backends are
+/// children of its postmaster).
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    cpu_seconds(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .map(cpu_seconds)
+            .sum::<f64>()
 }
 
 async fn scrape(metrics: SocketAddr, name: &str) -> u64 {
@@ -719,7 +769,21 @@ async fn run(args: Args) {
         )
     });
     let urls = servers.as_ref().map(|(pg, nats)| (pg.url(), nats.url()));
-    let relay = start_relay(&dir.join("relay.db"), &args, urls);
+    let nodes = if args.cluster { args.nodes } else { 1 };
+    let relay = Relays(
+        (0..nodes)
+            .map(|i| start_relay(&dir.join(format!("relay{i}.db")), &args, urls.clone()))
+            .collect(),
+    );
+    // CPU seconds of PostgreSQL (postmaster and backends) and of NATS so far.
+    let servers_cpu = || {
+        servers.as_ref().map_or((0.0, 0.0), |(pg, nats)| {
+            (
+                pg.pid().map_or(0.0, tree_cpu_seconds),
+                nats.pid().map_or(0.0, cpu_seconds),
+            )
+        })
+    };
     let n = args.clients;
     let k = args.in_flight;
     let senders = args.senders.unwrap_or(n).min(n);
@@ -728,9 +792,9 @@ async fn run(args: Args) {
         "relay_load: {n} clients, {}, store={}, sync={}, bursts of {k} in flight per client, relay worker threads {}, generator threads {}, {} s per phase, loopback, load average {}",
         if args.pairs { "in pairs" } else { "ring" },
         if args.cluster {
-            "PostgreSQL+NATS (1 node)"
+            format!("PostgreSQL+NATS ({nodes} node(s))")
         } else {
-            "SQLite"
+            "SQLite".to_string()
         },
         args.sync,
         args.relay_threads.map_or("default".to_string(), |t| t.to_string()),
@@ -758,7 +822,7 @@ async fn run(args: Args) {
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let mut handles = Vec::with_capacity(n);
     for (i, key) in keys.iter().enumerate() {
-        let (sem, key, addr) = (sem.clone(), key.clone(), relay.addr);
+        let (sem, key, addr) = (sem.clone(), key.clone(), relay.addr(i));
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.unwrap();
             connect(i, addr, key.as_ref()).await
@@ -769,7 +833,7 @@ async fn run(args: Args) {
         streams.push(h.await.unwrap());
     }
     let connect_secs = start.elapsed().as_secs_f64();
-    let authenticated = scrape(relay.metrics, "hush_relay_authenticated_connections").await;
+    let authenticated = relay.scrape("hush_relay_authenticated_connections").await;
     println!(
         "connections: {authenticated} authenticated concurrently (relay gauge), set up in {connect_secs:.2} s ({:.0}/s)",
         n as f64 / connect_secs
@@ -860,7 +924,6 @@ async fn run(args: Args) {
     }
 
     // Phase 2: peak throughput, closed loop.
-    let relay_pid = relay.child.id();
     set_mode(&mode_txs, Mode::Closed);
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let (d0, a0, e0) = (
@@ -868,22 +931,25 @@ async fn run(args: Args) {
         stats.answered.load(Ordering::Relaxed),
         stats.errors.load(Ordering::Relaxed),
     );
-    let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
-    let commits0 = scrape(relay.metrics, "hush_relay_store_commits_total").await;
+    let stored0 = relay.scrape("hush_relay_envelopes_stored_total").await;
+    let commits0 = relay.scrape("hush_relay_store_commits_total").await;
     let t0 = Instant::now();
-    let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
-    let wait0 = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id());
+    let (relay_cpu0, gen_cpu0) = (relay.cpu(), cpu_seconds(std::process::id()));
+    let servers_cpu0 = servers_cpu();
+    let wait0 = relay.cpu_wait() + cpu_wait_seconds(std::process::id());
     let load_before = load_average();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let waited = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id()) - wait0;
+    let waited = relay.cpu_wait() + cpu_wait_seconds(std::process::id()) - wait0;
     let delivered = stats.delivered.load(Ordering::Relaxed) - d0;
     let answered = stats.answered.load(Ordering::Relaxed) - a0;
     let errors = stats.errors.load(Ordering::Relaxed) - e0;
     let elapsed = t0.elapsed().as_secs_f64();
-    let relay_cpu = cpu_seconds(relay_pid) - relay_cpu0;
+    let relay_cpu = relay.cpu() - relay_cpu0;
+    let (pg_cpu, nats_cpu) = servers_cpu();
+    let (pg_cpu, nats_cpu) = (pg_cpu - servers_cpu0.0, nats_cpu - servers_cpu0.1);
     let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
-    let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
-    let commits = scrape(relay.metrics, "hush_relay_store_commits_total").await - commits0;
+    let stored = relay.scrape("hush_relay_envelopes_stored_total").await - stored0;
+    let commits = relay.scrape("hush_relay_store_commits_total").await - commits0;
     let peak = delivered as f64 / elapsed;
     set_mode(&mode_txs, Mode::Idle);
     println!(
@@ -901,6 +967,16 @@ async fn run(args: Args) {
         per_env(gen_cpu),
         1e6 / per_env(relay_cpu)
     );
+    if args.cluster {
+        println!(
+            "cpu of the shared servers during peak: PostgreSQL {:.2} cores, {:.1} us per envelope; NATS {:.2} cores, {:.1} us per envelope; {:.1} envelopes per commit",
+            pg_cpu / elapsed,
+            per_env(pg_cpu),
+            nats_cpu / elapsed,
+            per_env(nats_cpu),
+            stored as f64 / commits.max(1) as f64
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Phase 3: latency at half of peak, open loop: every client sends a burst every period.
@@ -915,20 +991,20 @@ async fn run(args: Args) {
         stats.delivered.load(Ordering::Relaxed),
         stats.errors.load(Ordering::Relaxed),
     );
-    let stored0 = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await;
+    let stored0 = relay.scrape("hush_relay_envelopes_stored_total").await;
     let t0 = Instant::now();
-    let (relay_cpu0, gen_cpu0) = (cpu_seconds(relay_pid), cpu_seconds(std::process::id()));
-    let wait0 = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id());
+    let (relay_cpu0, gen_cpu0) = (relay.cpu(), cpu_seconds(std::process::id()));
+    let wait0 = relay.cpu_wait() + cpu_wait_seconds(std::process::id());
     let load_before = load_average();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stats.recording.store(false, Ordering::Relaxed);
-    let waited = cpu_wait_seconds(relay_pid) + cpu_wait_seconds(std::process::id()) - wait0;
+    let waited = relay.cpu_wait() + cpu_wait_seconds(std::process::id()) - wait0;
     let elapsed = t0.elapsed().as_secs_f64();
     let delivered = stats.delivered.load(Ordering::Relaxed) - d0;
     let errors = stats.errors.load(Ordering::Relaxed) - e0;
-    let relay_cpu = cpu_seconds(relay_pid) - relay_cpu0;
+    let relay_cpu = relay.cpu() - relay_cpu0;
     let gen_cpu = cpu_seconds(std::process::id()) - gen_cpu0;
-    let stored = scrape(relay.metrics, "hush_relay_envelopes_stored_total").await - stored0;
+    let stored = relay.scrape("hush_relay_envelopes_stored_total").await - stored0;
     set_mode(&mode_txs, Mode::Quit);
     let (samples, [p50, p99, max]) = stats.latency.summary();
     println!(

@@ -3,11 +3,24 @@
 //! NATS server (new-envelope notices and presence between nodes). No node is special; a
 //! device may connect to any of them.
 //!
-//! Sending: the node that receives an envelope checks and inserts it in one PostgreSQL
-//! transaction (the recipient's bundle row is locked first, which serialises sends to one
-//! recipient across nodes and makes the queue bounds exact), answers the sender "accepted" once
-//! that transaction committed, and then publishes the envelope on the recipient's NATS subject
-//! `hush.dev.<device id in hex>`.
+//! Sending (group commit): a connection hands its envelope to this node's write queue and reads
+//! on. A few writer tasks, each with its own PostgreSQL connection and a prepared statement,
+//! take whatever is queued (up to [`MAX_BATCH`] envelopes from any number of connections) and
+//! check and insert all of it in ONE statement, `hush_admit_batch`: one round trip and one
+//! commit (one WAL flush) for the whole batch. Inside it each envelope is checked as before, in
+//! order: the recipient's bundle row is locked (serialising sends to one recipient across nodes
+//! and making the queue bounds exact), the message id must be new for its sender (replays
+//! across nodes), the sender and device quotas hold (evicting the heaviest sender's oldest
+//! envelope when full). A batch is sorted by recipient (lock key) before it is written, so concurrent
+//! batches take their row locks in the same order and cannot deadlock. Each sender is answered
+//! "accepted" only after the batch committed; if the batch fails, every sender in it is
+//! answered with an error, never "accepted". The writers then publish the committed envelopes
+//! on their recipients' NATS subjects `hush.dev.<device id in hex>`.
+//!
+//! Acknowledgements go through one more writer the same way (one `DELETE` per batch). Its
+//! connection commits asynchronously (`synchronous_commit = off`): an acknowledgement lost in
+//! a database crash only means the envelope is delivered again, and delivery is at least once
+//! anyway (see below).
 //!
 //! Receiving: a node subscribes to the subject of each device connected to it (before loading
 //! the device's backlog, so nothing committed later is missed) and pushes what arrives to the
@@ -20,7 +33,8 @@
 //! and the client's replay guard filters repeated message ids before the app sees them.
 //!
 //! Unlike the single-node store there is no commit delay: every envelope is written before its
-//! sender is answered, and deleted when acknowledged.
+//! sender is answered, and deleted when acknowledged; batches form only from what queued up
+//! while the previous batch was being written, so an idle node writes each envelope at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -31,8 +45,8 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use hush_signaling::frame::encode_deliver_frame;
 use hush_signaling::DeviceId;
-use tokio::sync::Semaphore;
-use tokio_postgres::{Client, NoTls};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::backend::{Admission, BoxFut, FanOut, Store};
 use crate::metrics::Metrics;
@@ -51,16 +65,21 @@ pub struct ClusterConfig {
     pub pool_size: usize,
     /// How often each connected device's queue is polled while NATS is unreachable.
     pub poll_interval: Duration,
+    /// Writer tasks (each with its own PostgreSQL connection) that commit queued envelopes in
+    /// batches; while one commits, the next batch gathers for another.
+    pub writers: usize,
 }
 
 impl ClusterConfig {
-    /// A node of the cluster on these servers, with a pool of 8 connections and a 1 s poll.
+    /// A node of the cluster on these servers, with a pool of 8 connections, 2 writers and a
+    /// 1 s poll.
     pub fn new(postgres: impl Into<String>, nats: impl Into<String>) -> Self {
         Self {
             postgres: postgres.into(),
             nats: nats.into(),
             pool_size: 8,
             poll_interval: Duration::from_secs(1),
+            writers: 2,
         }
     }
 }
@@ -111,7 +130,70 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (stamped);
+-- Checks and queues a batch of envelopes in order; row i of the result is envelope i's
+-- verdict: 0 accepted, 5 accepted after evicting another envelope, 1 unknown recipient,
+-- 2 duplicate message id, 3 sender quota, 4 queue full; qid is the delivery id if accepted.
+CREATE OR REPLACE FUNCTION hush_admit_batch(
+    rcpts BYTEA[], lock_keys BIGINT[], senders BYTEA[], mids BYTEA[], envs BYTEA[],
+    max_sender BIGINT, max_device BIGINT)
+RETURNS TABLE (verdict INT, qid BIGINT) LANGUAGE plpgsql
+-- Plain index scans mark the index entries of acknowledged (deleted) envelopes dead as they
+-- pass them, so the next count skips them; a bitmap scan would visit them again every time
+-- until vacuum.
+SET enable_bitmapscan = off
+AS $$
+DECLARE
+    n INT := coalesce(array_length(rcpts, 1), 0);
+    r BYTEA; s BYTEA;
+    mine BIGINT; total BIGINT; heavy BYTEA; heavy_n BIGINT; evicted BOOLEAN;
+BEGIN
+    FOR i IN 1..n LOOP
+        r := rcpts[i]; s := senders[i]; qid := 0; evicted := false;
+        -- The recipient must have a bundle.
+        PERFORM 1 FROM bundles WHERE device = r;
+        IF NOT FOUND THEN verdict := 1; RETURN NEXT; CONTINUE; END IF;
+        -- Serialises sends to one recipient cluster-wide until commit (an advisory lock on
+        -- the recipient's key: in memory, unlike a row lock, which writes the row).
+        PERFORM pg_advisory_xact_lock(lock_keys[i]);
+        -- Replays across nodes: a message id is accepted once per sender.
+        INSERT INTO seen (sender, message_id) VALUES (s, mids[i]) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN verdict := 2; RETURN NEXT; CONTINUE; END IF;
+        SELECT count(*) FILTER (WHERE sender = s), count(*) INTO mine, total
+            FROM queue WHERE recipient = r;
+        IF mine >= max_sender THEN
+            DELETE FROM seen WHERE sender = s AND message_id = mids[i];
+            verdict := 3; RETURN NEXT; CONTINUE;
+        END IF;
+        IF total >= max_device THEN
+            -- Full: evict the heaviest sender's oldest envelope if it has at least two more
+            -- queued than this sender, as the single-node store does.
+            SELECT q.sender, count(*) INTO heavy, heavy_n FROM queue q
+                WHERE q.recipient = r GROUP BY q.sender ORDER BY 2 DESC LIMIT 1;
+            IF heavy_n IS NULL OR heavy_n <= mine + 1 THEN
+                DELETE FROM seen WHERE sender = s AND message_id = mids[i];
+                verdict := 4; RETURN NEXT; CONTINUE;
+            END IF;
+            DELETE FROM queue WHERE id = (SELECT q.id FROM queue q
+                WHERE q.recipient = r AND q.sender = heavy ORDER BY q.id LIMIT 1);
+            evicted := true;
+        END IF;
+        INSERT INTO queue (recipient, sender, envelope) VALUES (r, s, envs[i])
+            RETURNING id INTO qid;
+        verdict := CASE WHEN evicted THEN 5 ELSE 0 END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
 ";
+
+/// Envelopes one write statement takes at most.
+pub(crate) const MAX_BATCH: usize = 256;
+/// Acknowledged delivery ids one delete takes at most.
+const MAX_ACK_BATCH: usize = 4096;
+/// The prepared statement a writer runs per batch.
+const ADMIT_BATCH: &str = "SELECT verdict, qid FROM hush_admit_batch($1, $2, $3, $4, $5, $6, $7)";
+/// ... and the acknowledgement writer.
+const ACK_BATCH: &str = "DELETE FROM queue q USING unnest($1::bytea[], $2::bigint[]) AS a(r, i) WHERE q.id = a.i AND q.recipient = a.r";
 
 /// A few PostgreSQL connections, reconnected when they break.
 struct Pool {
@@ -165,13 +247,7 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection ended");
-            }
-        });
-        Ok(client)
+        connect(&self.config).await
     }
 
     async fn get(&self) -> StoreResult<Pooled<'_>> {
@@ -197,6 +273,17 @@ impl Pool {
             _permit: permit,
         })
     }
+}
+
+/// Opens a PostgreSQL connection (its I/O runs in a task of its own).
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// A PostgreSQL error with the server's message (the error's own text says only "db error").
@@ -227,9 +314,12 @@ pub(crate) struct PgLimits {
 /// The durable store on PostgreSQL.
 pub(crate) struct PgStore {
     pool: Pool,
-    nats: async_nats::Client,
     limits: PgLimits,
     metrics: Arc<Metrics>,
+    /// The write queue the writer tasks take batches from.
+    admissions: mpsc::Sender<Admission>,
+    /// The acknowledgement writer's queue.
+    acks: mpsc::Sender<(DeviceId, Vec<u64>)>,
 }
 
 /// The NATS subject of `device`.
@@ -280,12 +370,6 @@ impl Notice {
     }
 }
 
-/// Why an admission was refused inside its transaction.
-enum Verdict {
-    Accepted(u64),
-    Refused(StoreError),
-}
-
 impl PgStore {
     /// Connects, creates the schema if needed.
     pub(crate) async fn connect(
@@ -296,11 +380,12 @@ impl PgStore {
     ) -> Result<Self, ClusterError> {
         let pool = Pool::new(&config.postgres, config.pool_size)?;
         let client = pool.connect().await?;
-        // Created in one transaction, so its last index exists only if all of it does. A node
+        // Created in one transaction, so its last item (the batch function) exists only if all
+        // of it does. A node
         // (re)starting beside busy nodes must not take the schema's locks: its CREATE INDEX
         // statements would deadlock with their sends.
         let created = client
-            .query_one("SELECT to_regclass('seen_by_age') IS NOT NULL", &[])
+            .query_one("SELECT to_regproc('hush_admit_batch') IS NOT NULL", &[])
             .await?
             .get::<_, bool>(0);
         if !created {
@@ -311,92 +396,28 @@ impl PgStore {
                 .await?;
         }
         lock(&pool.idle).push(client);
+        let writers = config.writers.max(1);
+        let (admissions, queue) = mpsc::channel(2 * MAX_BATCH * writers);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..writers {
+            let writer = Writer {
+                config: pool.config.clone(),
+                nats: nats.clone(),
+                limits,
+                metrics: metrics.clone(),
+                conn: None,
+            };
+            tokio::spawn(writer.run(queue.clone()));
+        }
+        let (acks, ack_queue) = mpsc::channel(2 * MAX_BATCH);
+        tokio::spawn(ack_writer(pool.config.clone(), ack_queue));
         Ok(Self {
             pool,
-            nats,
             limits,
             metrics,
+            admissions,
+            acks,
         })
-    }
-
-    /// Checks and inserts one envelope in a transaction; committed when this returns
-    /// `Accepted`.
-    async fn insert(&self, a: &Admission) -> Result<Verdict, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        let (rcpt, sender) = (
-            a.recipient.as_bytes().as_slice(),
-            a.sender.as_bytes().as_slice(),
-        );
-        // The recipient must have a bundle; its row lock serialises sends to it cluster-wide.
-        let known = tx
-            .query_opt(
-                "SELECT 1 FROM bundles WHERE device = $1 FOR UPDATE",
-                &[&rcpt],
-            )
-            .await
-            .map_err(db_error)?;
-        if known.is_none() {
-            return Ok(Verdict::Refused(StoreError::UnknownRecipient));
-        }
-        // Replays across nodes: a message id is accepted once per sender.
-        let fresh = tx
-            .execute(
-                "INSERT INTO seen (sender, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&sender, &a.message_id.as_slice()],
-            )
-            .await
-            .map_err(db_error)?;
-        if fresh == 0 {
-            return Ok(Verdict::Refused(StoreError::Duplicate));
-        }
-        let row = tx
-            .query_one(
-                "SELECT count(*) FILTER (WHERE sender = $2), count(*) FROM queue WHERE recipient = $1",
-                &[&rcpt, &sender],
-            )
-            .await
-            .map_err(db_error)?;
-        let (mine, total): (i64, i64) = (row.get(0), row.get(1));
-        if mine >= i64::from(self.limits.max_queue_per_sender) {
-            return Ok(Verdict::Refused(StoreError::SenderQuota));
-        }
-        if total >= i64::from(self.limits.max_queue_per_device) {
-            // Full: evict the heaviest sender's oldest envelope if it has at least two more
-            // queued than this sender, as the single-node store does.
-            let heaviest = tx
-                .query_opt(
-                    "SELECT sender, count(*) AS n FROM queue WHERE recipient = $1 GROUP BY sender ORDER BY n DESC LIMIT 1",
-                    &[&rcpt],
-                )
-                .await
-                .map_err(db_error)?;
-            match heaviest {
-                Some(h) if h.get::<_, i64>(1) > mine + 1 => {
-                    let heavy: Vec<u8> = h.get(0);
-                    tx.execute(
-                        "DELETE FROM queue WHERE id = (SELECT id FROM queue WHERE recipient = $1 AND sender = $2 ORDER BY id LIMIT 1)",
-                        &[&rcpt, &heavy],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                    self.metrics
-                        .envelopes_evicted
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                _ => return Ok(Verdict::Refused(StoreError::QueueFull)),
-            }
-        }
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO queue (recipient, sender, envelope) VALUES ($1, $2, $3) RETURNING id",
-                &[&rcpt, &sender, &a.envelope],
-            )
-            .await
-            .map_err(db_error)?
-            .get(0);
-        tx.commit().await.map_err(db_error)?;
-        Ok(Verdict::Accepted(u64::try_from(id).unwrap_or(0)))
     }
 
     /// Deletes envelopes admitted longer than `max_envelope_age` ago and message ids older
@@ -419,27 +440,132 @@ impl PgStore {
             .map_err(db_error)?;
         Ok((expired, forgotten))
     }
-
-    /// Announces a committed envelope on its recipient's subject (best effort).
-    async fn announce(&self, recipient: &DeviceId, id: u64, envelope: Vec<u8>) {
-        let notice = Notice::Deliver(id, Bytes::from(envelope)).encode();
-        let publish = self.nats.publish(subject(recipient), notice);
-        match tokio::time::timeout(NATS_WAIT, publish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "new-envelope notice not published"),
-            Err(_) => tracing::debug!("new-envelope notice timed out"),
-        }
-    }
 }
 
-impl Store for PgStore {
-    fn admit(&self, a: Admission) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let verdict = self.insert(&a).await;
-            let result = match verdict {
-                Ok(Verdict::Accepted(id)) => Ok(id),
-                Ok(Verdict::Refused(e)) | Err(e) => Err(e),
-            };
+/// The advisory lock key that serialises sends to `device` (its first 8 bytes; two devices
+/// sharing a key only wait for each other).
+fn lock_key(device: &DeviceId) -> i64 {
+    let b = device.as_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// The queue's shared receiving end: a writer holds it only while it takes a batch.
+type WriteQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Admission>>>;
+
+/// A writer task: takes what is queued (up to [`MAX_BATCH`] envelopes from any connections),
+/// commits it in one statement, then answers each sender and announces what was accepted.
+struct Writer {
+    config: tokio_postgres::Config,
+    nats: async_nats::Client,
+    limits: PgLimits,
+    metrics: Arc<Metrics>,
+    /// Its own connection and prepared statement, (re)made when needed.
+    conn: Option<(Client, Statement)>,
+}
+
+impl Writer {
+    async fn run(mut self, queue: WriteQueue) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+            if taken == 0 {
+                return; // The store is gone.
+            }
+            self.write(&mut batch).await;
+            batch.clear();
+        }
+    }
+
+    /// The writer's connection, made (and its statement prepared) if it has none or it broke.
+    async fn connection(&mut self) -> Result<&(Client, Statement), tokio_postgres::Error> {
+        let conn = match self.conn.take() {
+            Some(conn) if !conn.0.is_closed() => conn,
+            _ => {
+                let client = connect(&self.config).await?;
+                let statement = client.prepare(ADMIT_BATCH).await?;
+                (client, statement)
+            }
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Checks and queues the batch in one statement (one transaction); returns each
+    /// envelope's verdict, in batch order, once committed.
+    async fn insert(
+        &mut self,
+        batch: &[Admission],
+    ) -> Result<Vec<StoreResult<u64>>, tokio_postgres::Error> {
+        let max_sender = i64::from(self.limits.max_queue_per_sender);
+        let max_device = i64::from(self.limits.max_queue_per_device);
+        let (client, statement) = self.connection().await?;
+        let column = |f: fn(&Admission) -> &[u8]| batch.iter().map(f).collect::<Vec<&[u8]>>();
+        let rcpts = column(|a| a.recipient.as_bytes().as_slice());
+        let lock_keys: Vec<i64> = batch.iter().map(|a| lock_key(&a.recipient)).collect();
+        let senders = column(|a| a.sender.as_bytes().as_slice());
+        let mids = column(|a| a.message_id.as_slice());
+        let envs = column(|a| a.envelope.as_slice());
+        let rows = client
+            .query(
+                statement,
+                &[
+                    &rcpts,
+                    &lock_keys,
+                    &senders,
+                    &mids,
+                    &envs,
+                    &max_sender,
+                    &max_device,
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id = u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0);
+                Ok(match row.try_get::<_, i32>(0)? {
+                    0 => Ok(id),
+                    5 => {
+                        self.metrics
+                            .envelopes_evicted
+                            .fetch_add(1, Ordering::Relaxed);
+                        Ok(id)
+                    }
+                    1 => Err(StoreError::UnknownRecipient),
+                    2 => Err(StoreError::Duplicate),
+                    3 => Err(StoreError::SenderQuota),
+                    4 => Err(StoreError::QueueFull),
+                    _ => Err(StoreError::Database),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes one batch, answers its senders, announces what was accepted.
+    async fn write(&mut self, batch: &mut Vec<Admission>) {
+        // Every batch takes its recipients' row locks in the same order, so two batches (on
+        // any nodes) cannot deadlock; the sort is stable, so one sender's envelopes to one
+        // recipient keep their order.
+        batch.sort_by_key(|a| lock_key(&a.recipient));
+        let verdicts = match self.insert(batch).await {
+            Ok(v) if v.len() == batch.len() => {
+                self.metrics.store_commits.fetch_add(1, Ordering::Relaxed);
+                v
+            }
+            Ok(v) => {
+                tracing::warn!(
+                    rows = v.len(),
+                    batch = batch.len(),
+                    "postgres returned a verdict per envelope mismatch"
+                );
+                vec![Err(StoreError::Database); batch.len()]
+            }
+            // Not committed (or not known to be): nobody is answered "accepted".
+            Err(e) => {
+                let _ = db_error(e);
+                vec![Err(StoreError::Database); batch.len()]
+            }
+        };
+        let mut notices = Vec::new();
+        for (a, result) in batch.drain(..).zip(verdicts) {
             let counter = match &result {
                 Ok(_) => Some(&self.metrics.envelopes_stored),
                 Err(StoreError::UnknownRecipient) => Some(&self.metrics.unknown_recipients),
@@ -456,27 +582,97 @@ impl Store for PgStore {
                 result: result.clone(),
             });
             if let Ok(id) = result {
-                self.announce(&a.recipient, id, a.envelope).await;
+                let notice = Notice::Deliver(id, Bytes::from(a.envelope)).encode();
+                notices.push((subject(&a.recipient), notice));
             }
-            Ok(())
+        }
+        if notices.is_empty() {
+            return;
+        }
+        // Best effort: a missed notice is found by polling, or on the device's next connect.
+        let nats = &self.nats;
+        let publish = async {
+            for (subject, notice) in notices {
+                if let Err(e) = nats.publish(subject, notice).await {
+                    tracing::debug!(error = %e, "new-envelope notice not published");
+                }
+            }
+        };
+        if tokio::time::timeout(NATS_WAIT, publish).await.is_err() {
+            tracing::debug!("new-envelope notices timed out");
+        }
+    }
+}
+
+/// The acknowledgement writer: deletes acknowledged envelopes in batches, on a connection that
+/// commits asynchronously (an acknowledgement lost in a database crash only means the envelope
+/// is delivered again, which the client filters).
+async fn ack_writer(
+    config: tokio_postgres::Config,
+    mut queue: mpsc::Receiver<(DeviceId, Vec<u64>)>,
+) {
+    let mut conn: Option<(Client, Statement)> = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return; // The store is gone.
+        }
+        let mut rows: Vec<(DeviceId, i64)> = Vec::new();
+        for (device, ids) in batch.drain(..) {
+            rows.extend(
+                ids.into_iter()
+                    .filter_map(|id| i64::try_from(id).ok())
+                    .map(|id| (device, id)),
+            );
+        }
+        for chunk in rows.chunks(MAX_ACK_BATCH) {
+            if let Err(e) = delete_acked(&config, &mut conn, chunk).await {
+                // Left queued: delivered again later, filtered by the client.
+                let _ = db_error(e);
+            }
+        }
+    }
+}
+
+/// Deletes acknowledged `(recipient, delivery id)` rows in one statement.
+async fn delete_acked(
+    config: &tokio_postgres::Config,
+    conn: &mut Option<(Client, Statement)>,
+    rows: &[(DeviceId, i64)],
+) -> Result<(), tokio_postgres::Error> {
+    let ready = match conn.take() {
+        Some(c) if !c.0.is_closed() => c,
+        _ => {
+            let client = connect(config).await?;
+            client.batch_execute("SET synchronous_commit = off").await?;
+            let statement = client.prepare(ACK_BATCH).await?;
+            (client, statement)
+        }
+    };
+    let (client, statement) = conn.insert(ready);
+    let devices: Vec<&[u8]> = rows.iter().map(|(d, _)| d.as_bytes().as_slice()).collect();
+    let ids: Vec<i64> = rows.iter().map(|(_, id)| *id).collect();
+    client.execute(statement, &[&devices, &ids]).await?;
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn admit(&self, a: Admission) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            // Answered by a writer once the batch holding it committed (or failed).
+            self.admissions
+                .send(a)
+                .await
+                .map_err(|_| StoreError::Database)
         })
     }
 
     fn ack(&self, device: DeviceId, ids: Vec<u64>) -> BoxFut<'_, StoreResult<()>> {
         Box::pin(async move {
-            let ids: Vec<i64> = ids
-                .into_iter()
-                .filter_map(|id| i64::try_from(id).ok())
-                .collect();
-            let client = self.pool.get().await?;
-            client
-                .execute(
-                    "DELETE FROM queue WHERE recipient = $1 AND id = ANY($2)",
-                    &[&device.as_bytes().as_slice(), &ids],
-                )
+            self.acks
+                .send((device, ids))
                 .await
-                .map_err(db_error)?;
-            Ok(())
+                .map_err(|_| StoreError::Database)
         })
     }
 

@@ -149,6 +149,16 @@ struct Cli {
         requires = "postgres"
     )]
     nats: Option<String>,
+    /// Cluster node: writer tasks (each with its own PostgreSQL connection) that commit the
+    /// envelopes queued by all connections in batches.
+    #[arg(
+        long,
+        env = "HUSH_RELAY_PG_WRITERS",
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pg_writers: u16,
 }
 
 /// Why the command line could not be turned into a configuration.
@@ -280,11 +290,13 @@ fn config(cli: Cli) -> Result<(RelayConfig, Option<usize>), ArgsError> {
     if let (Some(postgres), Some(nats)) = (cli.postgres, cli.nats) {
         #[cfg(feature = "cluster")]
         {
-            config.cluster = Some(hush_relay::ClusterConfig::new(postgres, nats));
+            let mut cluster = hush_relay::ClusterConfig::new(postgres, nats);
+            cluster.writers = usize::from(cli.pg_writers);
+            config.cluster = Some(cluster);
         }
         #[cfg(not(feature = "cluster"))]
         {
-            let _ = (postgres, nats);
+            let _ = (postgres, nats, cli.pg_writers);
             return Err(ArgsError::Feature("--postgres", "cluster"));
         }
     }

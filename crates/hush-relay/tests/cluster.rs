@@ -594,3 +594,132 @@ async fn an_envelope_replayed_through_another_node_is_refused() {
     a.1.shutdown();
     b.1.shutdown();
 }
+
+/// An envelope from `from` to `to` with a fresh message id.
+fn raw_envelope(from: DeviceId, to: DeviceId) -> hush_signaling::Envelope {
+    hush_signaling::Envelope {
+        id: rand::random(),
+        sender: from,
+        recipient: to,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        kind: hush_signaling::CiphertextKind::Signal,
+        ciphertext: vec![0xab; 64],
+    }
+}
+
+/// Fires `n` sends from `key` to `to` at once on one connection; the relay's answers in order.
+async fn burst(
+    addr: SocketAddr,
+    key: &dyn DeviceSigner,
+    to: DeviceId,
+    n: usize,
+) -> Vec<Result<(), hush_signaling::Error>> {
+    let conn = connect(Wire::Tcp, addr, key).await;
+    let sends = (0..n).map(|_| conn.send_envelope(raw_envelope(key.device_id(), to)));
+    futures_util::future::join_all(sends).await
+}
+
+/// The relay's code for a refused send.
+fn code(r: &Result<(), hush_signaling::Error>) -> Option<hush_signaling::proto::relay::ErrorCode> {
+    match r {
+        Err(hush_signaling::Error::Relay { code, .. }) => Some(*code),
+        Ok(()) => None,
+        Err(other) => panic!("send failed without a relay answer: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_commits_and_keep_exact_quotas() {
+    use hush_signaling::proto::relay::ErrorCode;
+    if !servers_present() {
+        return;
+    }
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let dir = TempDir::new("cluster-batch");
+    let mut config = test_config(dir.path());
+    config.max_queue_per_sender = 10;
+    config.max_queue_per_device = 1000;
+    config.cluster = Some(ClusterConfig::new(pg.url(), nats.url()));
+    let (addr, metrics, handle) = start_relay(config).await;
+    let bob = registered_key(addr).await.device_id();
+    let senders: Vec<_> = (0..8)
+        .map(|_| hush_signaling::device::generate_device_key())
+        .collect();
+    // 8 connections fire 15 sends each at once to offline Bob: the writers commit them in
+    // batches mixing connections, and the per-sender bound holds exactly across a batch.
+    let answers =
+        futures_util::future::join_all(senders.iter().map(|k| burst(addr, k, bob, 15))).await;
+    for answers in &answers {
+        let codes: Vec<_> = answers.iter().map(code).collect();
+        assert_eq!(
+            codes.iter().filter(|c| c.is_none()).count(),
+            10,
+            "exactly the quota accepted: {codes:?}"
+        );
+        assert!(
+            codes
+                .iter()
+                .flatten()
+                .all(|c| *c == ErrorCode::SenderQuotaExceeded),
+            "the rest refused by the sender quota: {codes:?}"
+        );
+    }
+    let text = common::scrape(metrics).await;
+    let stored = common::metric(&text, "hush_relay_envelopes_stored_total");
+    let commits = common::metric(&text, "hush_relay_store_commits_total");
+    assert_eq!(stored, 80);
+    assert!(
+        commits >= 1 && commits < stored,
+        "sends from many connections share commits: {stored} envelopes in {commits} commits"
+    );
+    handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_evicts_the_heaviest_sender_inside_one_batch() {
+    use hush_signaling::proto::relay::ErrorCode;
+    if !servers_present() {
+        return;
+    }
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let dir = TempDir::new("cluster-evict");
+    let mut config = test_config(dir.path());
+    config.max_queue_per_sender = 12;
+    config.max_queue_per_device = 12;
+    config.cluster = Some(ClusterConfig::new(pg.url(), nats.url()));
+    let (addr, metrics, handle) = start_relay(config).await;
+    let bob = registered_key(addr).await.device_id();
+    let heavy = hush_signaling::device::generate_device_key();
+    let light = hush_signaling::device::generate_device_key();
+    let first = burst(addr, &heavy, bob, 12).await;
+    assert!(
+        first.iter().all(Result::is_ok),
+        "the queue fills: {first:?}"
+    );
+    // Bob's queue is full of the heavy sender's envelopes. The light sender's seven land in
+    // one or more batches; each is checked against the queue as the ones before it left it:
+    // evict while the heavy sender has at least two more queued (12 vs 0, 11 vs 1, ... 7 vs
+    // 5), then the seventh finds 6 vs 6 and is refused.
+    let second = burst(addr, &light, bob, 7).await;
+    let codes: Vec<_> = second.iter().map(code).collect();
+    assert_eq!(
+        codes.iter().filter(|c| c.is_none()).count(),
+        6,
+        "six evict one each: {codes:?}"
+    );
+    assert!(
+        codes.contains(&Some(ErrorCode::QueueFull)),
+        "the seventh is refused: {codes:?}"
+    );
+    let text = common::scrape(metrics).await;
+    assert_eq!(
+        common::metric(&text, "hush_relay_envelopes_evicted_total"),
+        6
+    );
+    handle.shutdown();
+}

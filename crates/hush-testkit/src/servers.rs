@@ -320,6 +320,12 @@ impl Postgres {
         }
     }
 
+    /// The postmaster's process id while it runs (its backends are its children), e.g. to
+    /// read their CPU time in a benchmark.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The connection string for database `hush`.
     pub fn url(&self) -> String {
         format!("postgresql://hush@127.0.0.1:{}/hush", self.port)
@@ -346,6 +352,11 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the server and waits until it listens.
     pub fn start() -> Self {
         let mut nats = Self {
