@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::error::WireError;
 use crate::ids::DeviceId;
-use crate::join::{StreamDecl, StreamKind, NOTICE_KEY_LEN};
+use crate::join::{StreamDecl, NOTICE_KEY_LEN};
 use crate::sfu::LeaveReason;
 use crate::wire::Reader;
 
@@ -295,11 +295,7 @@ impl Notice {
                 out.extend_from_slice(device.as_bytes());
                 out.push(streams.len().min(usize::from(u8::MAX)) as u8);
                 for s in streams.iter().take(usize::from(u8::MAX)) {
-                    out.extend_from_slice(&s.ssrc.to_be_bytes());
-                    out.push(match s.kind {
-                        StreamKind::Audio => 0,
-                        StreamKind::Video => 1,
-                    });
+                    s.write(out);
                 }
             }
             Self::ParticipantLeft { device, reason } => {
@@ -332,13 +328,7 @@ impl Notice {
                 let n = r.u8()?;
                 let mut streams = Vec::with_capacity(usize::from(n));
                 for _ in 0..n {
-                    let ssrc = r.u32()?;
-                    let kind = match r.u8()? {
-                        0 => StreamKind::Audio,
-                        1 => StreamKind::Video,
-                        _ => return Err(r.malformed("stream kind")),
-                    };
-                    streams.push(StreamDecl { ssrc, kind });
+                    streams.push(StreamDecl::read(r)?);
                 }
                 Self::ParticipantJoined { device, streams }
             }
@@ -501,6 +491,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::join::{SimulcastLayer, StreamKind};
 
     fn device(seed: u8) -> DeviceId {
         DeviceId::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
@@ -514,10 +505,21 @@ mod tests {
         let notices = [
             Notice::ParticipantJoined {
                 device: device(1),
-                streams: vec![StreamDecl {
-                    ssrc: 9,
-                    kind: StreamKind::Audio,
-                }],
+                streams: vec![
+                    StreamDecl {
+                        ssrc: 9,
+                        kind: StreamKind::Audio,
+                    },
+                    StreamDecl {
+                        ssrc: 10,
+                        kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                            source: 1,
+                            layer: 2,
+                            width: 640,
+                            height: 360,
+                        }),
+                    },
+                ],
             },
             Notice::ParticipantLeft {
                 device: device(2),

@@ -87,6 +87,7 @@ mod ids;
 pub mod join;
 pub mod metrics;
 mod packet;
+pub use packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 pub mod roster;
 pub mod server;
 mod sfu;

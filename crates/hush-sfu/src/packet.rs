@@ -10,6 +10,14 @@ const PT_PSFB: u8 = 206;
 /// Profile of the one-byte header extension form (RFC 8285 §4.2).
 const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 
+/// One-byte extension id of the frame marking element senders put on video packets
+/// (docs/sfu.md, "Simulcast"): one byte, bit 7 start of frame, bit 6 end of frame, bit 5
+/// independent (key) frame, as in the first byte of draft-ietf-avtext-framemarking.
+pub const FRAME_MARKING_EXT_ID: u8 = 11;
+/// One-byte extension id of the transport-wide sequence number the SFU writes on every RTP
+/// packet it sends to a leg (docs/sfu.md, "Per-leg congestion control").
+pub const TRANSPORT_SEQ_EXT_ID: u8 = 12;
+
 /// Whether a datagram is RTCP rather than RTP on a shared port (RFC 5761 §4: the second byte is
 /// an RTCP packet type 192..=223).
 pub(crate) fn is_rtcp(buf: &[u8]) -> bool {
@@ -21,6 +29,9 @@ pub(crate) fn is_rtcp(buf: &[u8]) -> bool {
 pub(crate) struct RtpInfo {
     pub(crate) ssrc: u32,
     pub(crate) seq: u16,
+    pub(crate) timestamp: u32,
+    /// The frame marking byte under [`FRAME_MARKING_EXT_ID`], if present.
+    pub(crate) marking: Option<u8>,
     /// RFC 6464 level in −dBov (0 loudest, 127 silence), if the extension is present.
     pub(crate) audio_level: Option<u8>,
 }
@@ -46,6 +57,7 @@ pub(crate) fn parse_rtp(buf: &[u8], audio_level_ext: Option<u8>) -> Option<RtpIn
         return None;
     }
     let seq = be16(buf, 2)?;
+    let timestamp = be32(buf, 4)?;
     let ssrc = be32(buf, 8)?;
     let cc = usize::from(b0 & 0x0f);
     let ext_at = 12 + 4 * cc;
@@ -53,17 +65,23 @@ pub(crate) fn parse_rtp(buf: &[u8], audio_level_ext: Option<u8>) -> Option<RtpIn
         return None;
     }
     let mut audio_level = None;
+    let mut marking = None;
     if b0 & 0x10 != 0 {
         let profile = be16(buf, ext_at)?;
         let words = usize::from(be16(buf, ext_at + 2)?);
         let body = buf.get(ext_at + 4..ext_at + 4 + 4 * words)?;
-        if let (ONE_BYTE_PROFILE, Some(id)) = (profile, audio_level_ext) {
-            audio_level = one_byte_element(body, id).and_then(|d| d.first().map(|b| b & 0x7f));
+        if profile == ONE_BYTE_PROFILE {
+            if let Some(id) = audio_level_ext {
+                audio_level = one_byte_element(body, id).and_then(|d| d.first().map(|b| b & 0x7f));
+            }
+            marking = one_byte_element(body, FRAME_MARKING_EXT_ID).and_then(|d| d.first().copied());
         }
     }
     Some(RtpInfo {
         ssrc,
         seq,
+        timestamp,
+        marking,
         audio_level,
     })
 }

@@ -11,7 +11,7 @@ use crate::cache::PacketCache;
 use crate::error::{Error, JoinError, PacketError, RosterError};
 use crate::ids::{CallId, DeviceId, LegId};
 use crate::join::{
-    JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
+    announced_streams, JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
     DEFAULT_JOINS_PER_DEVICE, DEFAULT_MAX_SKEW, DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
     NOTICE_KEY_LEN,
 };
@@ -128,7 +128,9 @@ pub enum Event {
         device: DeviceId,
         /// Its new leg.
         leg: LegId,
-        /// The streams it declared (for announcing SSRC → participant to the others).
+        /// The streams the others receive from it (for announcing SSRC → participant): its
+        /// declared streams, each simulcast source as one video stream under its source SSRC
+        /// ([`announced_streams`](crate::join::announced_streams)).
         streams: Vec<StreamDecl>,
     },
     /// A participant's leg is gone; the driver should close its path.
@@ -458,7 +460,7 @@ impl Sfu {
             call: call_id,
             device,
             leg,
-            streams: req.streams().to_vec(),
+            streams: announced_streams(req.streams()),
         });
         Ok(Joined {
             leg,
