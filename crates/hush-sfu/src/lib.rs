@@ -91,6 +91,7 @@ pub use packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 pub mod roster;
 pub mod server;
 mod sfu;
+mod simulcast;
 pub mod speaker;
 mod wire;
 

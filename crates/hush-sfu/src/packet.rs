@@ -172,6 +172,16 @@ pub(crate) fn for_each_feedback(buf: &[u8], mut f: impl FnMut(Feedback)) -> bool
     true
 }
 
+/// Rewrites an RTP packet's sequence number, timestamp and SSRC in place (a no-op on a buffer
+/// shorter than the fixed header, which the parser has refused before).
+pub(crate) fn rewrite_rtp(buf: &mut [u8], ssrc: u32, seq: u16, timestamp: u32) {
+    if let Some(h) = buf.get_mut(2..12) {
+        h[..2].copy_from_slice(&seq.to_be_bytes());
+        h[2..6].copy_from_slice(&timestamp.to_be_bytes());
+        h[6..].copy_from_slice(&ssrc.to_be_bytes());
+    }
+}
+
 /// A PLI (RFC 4585 §6.3.1) from `sender_ssrc` about `media_ssrc`, in `out` (cleared first).
 pub(crate) fn write_pli(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32) {
     out.clear();

@@ -17,6 +17,7 @@ use crate::join::{
 };
 use crate::packet::{self, Feedback};
 use crate::roster::{Roster, RosterState, MAX_ROSTER_MEMBERS};
+use crate::simulcast::{LayerPacket, Source, Subscription};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 
 /// Most retransmissions one NACK packet can trigger.
@@ -206,8 +207,11 @@ pub struct LegStats {
     pub retransmitted: u64,
     /// NACKed packets that were not in the cache (or resent too often).
     pub nacks_unserved: u64,
-    /// PLIs relayed to this leg (as the sender of the named SSRC).
+    /// PLIs relayed to this leg (as the sender of the named SSRC), including the SFU's own
+    /// keyframe requests for a layer switch.
     pub plis_relayed: u64,
+    /// Simulcast layer switches made on this leg (as a receiver).
+    pub layer_switches: u64,
 }
 
 struct Participant {
@@ -221,11 +225,32 @@ struct Participant {
     stats: LegStats,
     /// When a PLI was last relayed to this participant, per its SSRC.
     last_pli: Vec<(u32, Instant)>,
+    /// Its simulcast sources (as a sender).
+    sources: Vec<Source>,
+    /// What it gets of each simulcast source (as a receiver), by source SSRC. Kept after a
+    /// source leaves so that its output stream continues if it comes back.
+    subs: Vec<Subscription>,
 }
 
 impl Participant {
     fn stream(&self, ssrc: u32) -> Option<&StreamDecl> {
         self.streams.iter().find(|s| s.ssrc == ssrc)
+    }
+
+    fn sub_mut(&mut self, source: u32) -> &mut Subscription {
+        let i = match self.subs.iter().position(|s| s.source == source) {
+            Some(i) => i,
+            None => {
+                self.subs.push(Subscription::new(source));
+                self.subs.len() - 1
+            }
+        };
+        &mut self.subs[i]
+    }
+
+    /// The bandwidth share of one simulcast source at this receiver, if it has an estimate.
+    fn video_share(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -452,6 +477,8 @@ impl Sfu {
             cache: PacketCache::new(self.config.cache_packets, self.config.max_resends),
             stats: LegStats::default(),
             last_pli: Vec::new(),
+            sources: Source::from_decl(req.streams()),
+            subs: Vec::new(),
         });
         call.selected_until = None;
         self.legs.insert(leg, call_id);
@@ -518,6 +545,11 @@ impl Sfu {
         for q in &mut call.participants {
             for s in &p.streams {
                 q.cache.forget_ssrc(s.ssrc);
+            }
+            for src in &p.sources {
+                if let Some(sub) = q.subs.iter_mut().find(|s| s.source == src.ssrc) {
+                    sub.reset();
+                }
             }
         }
         debug!(call = %call_id, device = %p.device, %leg, ?reason, "participant removed");
@@ -608,6 +640,40 @@ impl Sfu {
         } else {
             Some(now + self.config.speaker.bucket)
         };
+    }
+
+    /// A receiver asks for at most `max_height` pixels of the simulcast source `source` (its
+    /// source SSRC, as announced); 0 stops that source for it. Takes effect at the source's
+    /// next packet (a switch still waits for a keyframe). The default is no limit.
+    pub fn request_view(&mut self, leg: LegId, source: u32, max_height: u16) -> Result<(), Error> {
+        let call = self
+            .legs
+            .get(&leg)
+            .and_then(|c| self.calls.get_mut(c))
+            .ok_or(Error::UnknownLeg(leg))?;
+        let exists = call
+            .participants
+            .iter()
+            .any(|p| p.leg != leg && p.sources.iter().any(|s| s.ssrc == source));
+        if !exists {
+            return Err(Error::UnknownSource(source));
+        }
+        let me = call
+            .participants
+            .iter_mut()
+            .find(|p| p.leg == leg)
+            .ok_or(Error::UnknownLeg(leg))?;
+        debug!(%leg, source, max_height, "view requested");
+        me.sub_mut(source).max_height = max_height;
+        Ok(())
+    }
+
+    /// The layer index of simulcast source `source` that `leg` receives now, if any.
+    pub fn forwarded_layer(&self, leg: LegId, source: u32) -> Option<u8> {
+        let call = self.calls.get(self.legs.get(&leg)?)?;
+        let me = call.participants.iter().find(|p| p.leg == leg)?;
+        let sub = me.subs.iter().find(|s| s.source == source)?;
+        sub.current.and_then(|c| u8::try_from(c).ok())
     }
 
     /// The next datagram to send.
@@ -710,6 +776,18 @@ fn handle_rtp(
     sender.stats.rtp_received += 1;
     let sender_leg = sender.leg;
     let sender_device = sender.device;
+    if let StreamKind::SimulcastLayer(_) = kind {
+        let layer = sender
+            .sources
+            .iter_mut()
+            .find_map(|s| s.on_packet(now, info.ssrc, buf.len(), info.marking))
+            .ok_or(PacketError::UndeclaredSsrc(info.ssrc))?;
+        if let Some(tap) = &config.tap {
+            (tap.0)(buf);
+        }
+        forward_layer(config, call, i, now, &info, &layer, buf, transmits);
+        return Ok(());
+    }
     if kind == StreamKind::Audio {
         if let Some(level) = info.audio_level {
             call.speaker.record(now, sender_device, level);
@@ -819,6 +897,13 @@ fn handle_rtcp(
                 }
             }
             Feedback::Pli { media_ssrc } => {
+                // A receiver names the source SSRC of a simulcast source: the keyframe it
+                // needs is of the layer it gets (or waits for).
+                let layer = call
+                    .participants
+                    .get(i)
+                    .and_then(|me| me.subs.iter().find(|s| s.source == media_ssrc))
+                    .and_then(|s| s.current.or(s.target));
                 let Some((j, owner)) = call
                     .participants
                     .iter_mut()
@@ -830,29 +915,16 @@ fn handle_rtcp(
                 if j == i {
                     continue;
                 }
-                let recent = owner.last_pli.iter_mut().find(|(s, _)| *s == media_ssrc);
-                match recent {
-                    Some((_, at)) if now.saturating_duration_since(*at) < config.pli_interval => {
-                        continue;
-                    }
-                    Some((_, at)) => *at = now,
-                    None => owner.last_pli.push((media_ssrc, now)),
-                }
-                let mut out = Vec::with_capacity(12 + Suite::RTCP_OVERHEAD);
-                packet::write_pli(&mut out, config.rtcp_ssrc, media_ssrc);
-                match owner.egress.protect_rtcp(&mut out) {
-                    Ok(()) => {
-                        owner.stats.plis_relayed += 1;
-                        transmits.push_back(Transmit {
-                            leg: owner.leg,
-                            bytes: out,
-                        });
-                    }
-                    Err(e) => {
-                        owner.stats.send_errors += 1;
-                        trace!(leg = %owner.leg, error = %e, "pli relay failed");
-                    }
-                }
+                let ssrc = layer
+                    .and_then(|l| {
+                        owner
+                            .sources
+                            .iter()
+                            .find(|s| s.ssrc == media_ssrc)
+                            .and_then(|s| s.layers.get(l))
+                    })
+                    .map_or(media_ssrc, |l| l.ssrc);
+                send_pli(config, owner, ssrc, now, transmits);
             }
         }
     }
@@ -860,5 +932,96 @@ fn handle_rtcp(
         Ok(())
     } else {
         Err(PacketError::Malformed("rtcp compound"))
+    }
+}
+
+/// Forwards one simulcast layer packet to every receiver that gets this layer now, rewritten
+/// to the source's output stream, and asks the sender for the keyframes receivers wait on.
+#[allow(clippy::too_many_arguments)]
+fn forward_layer(
+    config: &SfuConfig,
+    call: &mut Call,
+    i: usize,
+    now: Instant,
+    info: &packet::RtpInfo,
+    layer: &LayerPacket,
+    buf: &[u8],
+    transmits: &mut VecDeque<Transmit>,
+) {
+    let mut keyframes: [Option<u32>; crate::join::MAX_LAYERS] = [None; crate::join::MAX_LAYERS];
+    for (j, r) in call.participants.iter_mut().enumerate() {
+        if j == i {
+            continue;
+        }
+        let share = r.video_share();
+        let d = r
+            .sub_mut(layer.source)
+            .on_packet(now, layer, info.seq, info.timestamp, share);
+        if let Some(k) = d.keyframe {
+            if let Some(slot) = keyframes.iter_mut().find(|s| s.is_none() || **s == Some(k)) {
+                *slot = Some(k);
+            }
+        }
+        if d.switched {
+            r.stats.layer_switches += 1;
+            debug!(leg = %r.leg, source = layer.source, layer = layer.layer, "layer switched");
+        }
+        let Some((seq, ts)) = d.forward else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(buf.len() + Suite::RTP_OVERHEAD);
+        out.extend_from_slice(buf);
+        packet::rewrite_rtp(&mut out, layer.source, seq, ts);
+        match r.egress.protect_rtp(&mut out) {
+            Ok(()) => {
+                r.cache.insert(layer.source, seq, &out);
+                r.stats.forwarded += 1;
+                transmits.push_back(Transmit {
+                    leg: r.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                r.stats.send_errors += 1;
+                trace!(leg = %r.leg, error = %e, "forward failed");
+            }
+        }
+    }
+    if let Some(sender) = call.participants.get_mut(i) {
+        for k in keyframes.into_iter().flatten() {
+            send_pli(config, sender, k, now, transmits);
+        }
+    }
+}
+
+/// Sends `owner` a PLI for its SSRC `media_ssrc` from the SFU, at most once per
+/// `pli_interval` per SSRC.
+fn send_pli(
+    config: &SfuConfig,
+    owner: &mut Participant,
+    media_ssrc: u32,
+    now: Instant,
+    transmits: &mut VecDeque<Transmit>,
+) {
+    let recent = owner.last_pli.iter_mut().find(|(s, _)| *s == media_ssrc);
+    match recent {
+        Some((_, at)) if now.saturating_duration_since(*at) < config.pli_interval => return,
+        Some((_, at)) => *at = now,
+        None => owner.last_pli.push((media_ssrc, now)),
+    }
+    let mut out = Vec::with_capacity(12 + Suite::RTCP_OVERHEAD);
+    packet::write_pli(&mut out, config.rtcp_ssrc, media_ssrc);
+    match owner.egress.protect_rtcp(&mut out) {
+        Ok(()) => {
+            owner.stats.plis_relayed += 1;
+            transmits.push_back(Transmit {
+                leg: owner.leg,
+                bytes: out,
+            });
+        }
+        Err(e) => {
+            owner.stats.send_errors += 1;
+            trace!(leg = %owner.leg, error = %e, "pli failed");
+        }
     }
 }

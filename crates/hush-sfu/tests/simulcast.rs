@@ -1,0 +1,438 @@
+//! Simulcast through the SFU core: one sender with three layers, receivers with their own view
+//! requests (and, further down, their own links). Real joins and hop SRTP on both sides, RTP
+//! and RTCP written by hush-media, deterministic time.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use hush_media::rtcp::{self, Nack, Pli, RtcpPacket};
+use hush_media::rtp::RtpPacket;
+use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SimulcastLayer, StreamDecl, StreamKind};
+use hush_sfu::roster::Roster;
+use hush_sfu::{CallId, DeviceId, Error, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID};
+use hush_srtp::{SrtpConfig, SrtpContext, Suite};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const CALL: CallId = CallId::from_bytes([0x5c; 16]);
+const T0_MS: u64 = 1_780_000_000_000;
+/// Layer SSRCs of the sender's camera; layer 0's is the source SSRC receivers see.
+const LAYERS: [u32; 3] = [0x3000, 0x3001, 0x3002];
+const HEIGHTS: [u16; 3] = [90, 180, 360];
+const SOURCE: u32 = LAYERS[0];
+/// Frame marking: start of a keyframe / start of a delta frame / continuation.
+const KEY_START: u8 = 0x80 | 0x20;
+const DELTA_START: u8 = 0x80;
+const FRAME_MS: u64 = 33;
+
+fn key(i: usize) -> SigningKey {
+    SigningKey::from_bytes(&[i as u8 + 40; 32])
+}
+
+fn device(i: usize) -> DeviceId {
+    DeviceId::from_signing_key(&key(i))
+}
+
+struct Client {
+    leg: LegId,
+    send: SrtpContext,
+    recv: SrtpContext,
+    /// Next sequence number per layer (sender).
+    seq: [u16; 3],
+    /// Received RTP: SSRC → (sequence number, timestamp, payload) in arrival order.
+    rtp: HashMap<u32, Vec<(u16, u32, Vec<u8>)>>,
+    rtcp: Vec<RtcpPacket>,
+    bad: usize,
+}
+
+struct Sim {
+    sfu: Sfu,
+    clients: HashMap<usize, Client>,
+    now: Instant,
+    unix_ms: u64,
+    rng: StdRng,
+    frame: u32,
+    /// Deliveries to drop: (recipient leg, sequence number), to simulate loss.
+    drop: Vec<(LegId, u16)>,
+}
+
+impl Sim {
+    fn new(config: SfuConfig, n: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(15);
+        let sfu_key = hush_sfu::join::SfuSigningKey::generate(&mut rng);
+        let mut sim = Self {
+            sfu: Sfu::new(config, sfu_key).unwrap(),
+            clients: HashMap::new(),
+            now: Instant::now(),
+            unix_ms: T0_MS,
+            rng,
+            frame: 0,
+            drop: Vec::new(),
+        };
+        let members: Vec<DeviceId> = (0..n).map(device).collect();
+        let roster = Roster::sign(&key(0), CALL, 1, &members).unwrap();
+        for i in 0..n {
+            let r = (i == 0).then(|| roster.encode());
+            sim.join(i, r.as_deref());
+        }
+        sim
+    }
+
+    fn join(&mut self, i: usize, roster: Option<&[u8]>) {
+        // Participant 0 sends the simulcast camera; everyone declares an audio stream (their
+        // RTCP goes out under it).
+        let mut streams = vec![StreamDecl {
+            ssrc: 0x1000 + i as u32,
+            kind: StreamKind::Audio,
+        }];
+        if i == 0 {
+            for (l, (&ssrc, &height)) in LAYERS.iter().zip(&HEIGHTS).enumerate() {
+                streams.push(StreamDecl {
+                    ssrc,
+                    kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                        source: 0,
+                        layer: l as u8,
+                        width: height / 9 * 16,
+                        height,
+                    }),
+                });
+            }
+        }
+        let params = JoinParams {
+            call_id: CALL,
+            suite: Suite::AeadAes128Gcm,
+            audio_level_ext: Some(1),
+            streams,
+        };
+        let (pending, request) =
+            PendingJoin::new(&key(i), &params, self.unix_ms, &mut self.rng).unwrap();
+        let joined = self
+            .sfu
+            .handle_join(
+                self.now,
+                self.unix_ms,
+                &request.encode(),
+                roster,
+                &mut self.rng,
+            )
+            .unwrap();
+        let answer = JoinAnswer::decode(&joined.answer).unwrap();
+        let keys = pending.finish(&self.sfu.public_key(), &answer).unwrap();
+        let cfg = SrtpConfig::builder().max_ssrcs(64).build().unwrap();
+        self.clients.insert(
+            i,
+            Client {
+                leg: joined.leg,
+                send: keys.send_context(cfg.clone()).unwrap(),
+                recv: keys.recv_context(cfg).unwrap(),
+                seq: [100, 20_000, 65_500],
+                rtp: HashMap::new(),
+                rtcp: Vec::new(),
+                bad: 0,
+            },
+        );
+        while self.sfu.poll_event().is_some() {}
+    }
+
+    fn leg(&self, i: usize) -> LegId {
+        self.clients[&i].leg
+    }
+
+    /// One packet of `layer` from participant 0 with frame marking `mark` (`None`: no
+    /// element); the payload names the layer and its own sequence number.
+    fn layer_packet(&mut self, layer: usize, mark: Option<u8>, size: usize) -> Vec<u8> {
+        let frame = self.frame;
+        let c = self.clients.get_mut(&0).unwrap();
+        let seq = c.seq[layer];
+        c.seq[layer] = seq.wrapping_add(1);
+        let mut p = RtpPacket::default();
+        p.header.payload_type = 96;
+        p.header.ssrc = LAYERS[layer];
+        p.header.sequence_number = seq;
+        // Each layer with its own random-looking timestamp base, as real senders have.
+        p.header.timestamp = (layer as u32 * 0x1234_5678).wrapping_add(frame * 2970);
+        if let Some(m) = mark {
+            p.header.set_extension(FRAME_MARKING_EXT_ID, vec![m]);
+        }
+        let mut body = vec![0xaa; size.max(3)];
+        body[0] = layer as u8;
+        body[1..3].copy_from_slice(&seq.to_be_bytes());
+        p.payload = body;
+        let mut bytes = p.to_vec();
+        c.send.protect_rtp(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// One frame of every layer (one packet each), keyframes on the layers in `key_on`.
+    fn frame(&mut self, key_on: &[usize]) {
+        for layer in 0..3 {
+            let mark = if key_on.contains(&layer) {
+                KEY_START
+            } else {
+                DELTA_START
+            };
+            let size = [150, 400, 1100][layer];
+            let p = self.layer_packet(layer, Some(mark), size);
+            self.input(0, &p);
+        }
+        self.frame += 1;
+        self.advance(Duration::from_millis(FRAME_MS));
+    }
+
+    fn rtcp(&mut self, i: usize, packets: &[RtcpPacket]) {
+        let mut bytes = rtcp::write_compound(packets);
+        self.clients
+            .get_mut(&i)
+            .unwrap()
+            .send
+            .protect_rtcp(&mut bytes)
+            .unwrap();
+        self.input(i, &bytes);
+    }
+
+    fn input(&mut self, i: usize, bytes: &[u8]) {
+        let leg = self.leg(i);
+        self.sfu.handle_input(self.now, leg, bytes).unwrap();
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        while let Some(t) = self.sfu.poll_transmit() {
+            let Some(c) = self.clients.values_mut().find(|c| c.leg == t.leg) else {
+                continue;
+            };
+            let mut bytes = t.bytes;
+            if bytes.get(1).is_some_and(|b| (192..=223).contains(b)) {
+                match c.recv.unprotect_rtcp(&mut bytes) {
+                    Ok(()) => c
+                        .rtcp
+                        .extend(rtcp::parse_compound(&bytes).unwrap_or_default()),
+                    Err(_) => c.bad += 1,
+                }
+                continue;
+            }
+            let seq = u16::from_be_bytes([bytes[2], bytes[3]]);
+            if let Some(at) = self.drop.iter().position(|d| *d == (t.leg, seq)) {
+                self.drop.remove(at);
+                continue;
+            }
+            match c.recv.unprotect_rtp(&mut bytes) {
+                Ok(()) => {
+                    let p = RtpPacket::parse(&bytes).unwrap();
+                    c.rtp.entry(p.header.ssrc).or_default().push((
+                        p.header.sequence_number,
+                        p.header.timestamp,
+                        p.payload,
+                    ));
+                }
+                Err(_) => c.bad += 1,
+            }
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.unix_ms += by.as_millis() as u64;
+        self.sfu.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// The layer of each packet receiver `i` got of the source, in order.
+    fn layers_received(&self, i: usize) -> Vec<u8> {
+        self.clients[&i]
+            .rtp
+            .get(&SOURCE)
+            .map_or_else(Vec::new, |v| v.iter().map(|(_, _, b)| b[0]).collect())
+    }
+
+    /// PLIs participant 0 got, by media SSRC; drained.
+    fn plis_to_sender(&mut self) -> Vec<u32> {
+        let c = self.clients.get_mut(&0).unwrap();
+        let plis = c
+            .rtcp
+            .iter()
+            .filter_map(|p| match p {
+                RtcpPacket::Pli(p) => Some(p.media_ssrc),
+                _ => None,
+            })
+            .collect();
+        c.rtcp.clear();
+        plis
+    }
+}
+
+/// Checks that receiver `i` got one continuous stream: consecutive sequence numbers, no
+/// other SSRC of the source, timestamps never going back.
+fn assert_continuous(sim: &Sim, i: usize) {
+    let c = &sim.clients[&i];
+    assert_eq!(c.bad, 0);
+    for &l in &LAYERS[1..] {
+        assert!(
+            !c.rtp.contains_key(&l),
+            "receiver {i} saw layer SSRC {l:#x}"
+        );
+    }
+    let got = &c.rtp[&SOURCE];
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0.wrapping_add(1),
+            "sequence gap at receiver {i}"
+        );
+        let dt = w[1].1.wrapping_sub(w[0].1);
+        assert!(
+            (1..=100 * 90).contains(&dt),
+            "timestamp step {dt} at receiver {i}"
+        );
+    }
+}
+
+#[test]
+fn receivers_get_the_top_layer_from_its_first_keyframe_as_one_stream() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    // No keyframe yet: nothing is forwarded, and the SFU asks for one of the top layer (and
+    // of the lower ones on the way, as they appear one after the other).
+    sim.frame(&[]);
+    assert!(sim.layers_received(1).is_empty());
+    assert_eq!(sim.plis_to_sender().last(), Some(&LAYERS[2]));
+    sim.advance(Duration::from_millis(300));
+    sim.frame(&[]);
+    assert_eq!(sim.plis_to_sender(), vec![LAYERS[2]]);
+    sim.frame(&[2]);
+    for _ in 0..10 {
+        sim.frame(&[]);
+    }
+    for r in [1, 2] {
+        assert_eq!(sim.layers_received(r), vec![2; 11]);
+        assert_continuous(&sim, r);
+        assert_eq!(sim.sfu.forwarded_layer(sim.leg(r), SOURCE), Some(2));
+    }
+    // The sender gets nothing of its own.
+    assert!(sim.clients[&0].rtp.is_empty());
+    assert_eq!(sim.sfu.leg_stats(sim.leg(1)).unwrap().layer_switches, 0);
+}
+
+#[test]
+fn a_smaller_view_switches_one_receiver_at_the_next_keyframe_without_a_gap() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    sim.frame(&[2]);
+    for _ in 0..5 {
+        sim.frame(&[]);
+    }
+    sim.plis_to_sender();
+    let leg1 = sim.leg(1);
+    sim.sfu.request_view(leg1, SOURCE, 180).unwrap();
+    // Until layer 1 has a keyframe, receiver 1 keeps layer 2, and the SFU asks for one
+    // (once per PLI interval, not once per packet).
+    for _ in 0..5 {
+        sim.frame(&[]);
+    }
+    assert_eq!(sim.plis_to_sender(), vec![LAYERS[1]]);
+    assert_eq!(sim.layers_received(1), vec![2; 11]);
+    sim.frame(&[1]);
+    for _ in 0..5 {
+        sim.frame(&[]);
+    }
+    let mut want = vec![2u8; 11];
+    want.extend([1; 6]);
+    assert_eq!(sim.layers_received(1), want);
+    assert_continuous(&sim, 1);
+    // Receiver 2 never moved.
+    assert_eq!(sim.layers_received(2), vec![2; 17]);
+    assert_eq!(sim.sfu.forwarded_layer(leg1, SOURCE), Some(1));
+    assert_eq!(sim.sfu.leg_stats(leg1).unwrap().layer_switches, 1);
+    assert_eq!(sim.sfu.leg_stats(sim.leg(2)).unwrap().layer_switches, 0);
+
+    // A view of 0 stops the source for that receiver only.
+    sim.sfu.request_view(leg1, SOURCE, 0).unwrap();
+    sim.frame(&[0, 1, 2]);
+    assert_eq!(sim.layers_received(1).len(), 17);
+    assert_eq!(sim.layers_received(2).len(), 18);
+    // Asking for an SSRC that is no simulcast source is refused.
+    assert!(matches!(
+        sim.sfu.request_view(leg1, LAYERS[1], 90),
+        Err(Error::UnknownSource(s)) if s == LAYERS[1]
+    ));
+    assert!(matches!(
+        sim.sfu.request_view(leg1, 0x1001, 90),
+        Err(Error::UnknownSource(_))
+    ));
+}
+
+#[test]
+fn pli_and_nack_from_a_receiver_refer_to_the_stream_it_sees() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    let leg1 = sim.leg(1);
+    sim.sfu.request_view(leg1, SOURCE, 90).unwrap();
+    sim.frame(&[0, 2]);
+    for _ in 0..3 {
+        sim.frame(&[]);
+    }
+    // The next packet to receiver 1 is lost on the way.
+    let lost = sim.clients[&1].rtp[&SOURCE]
+        .last()
+        .unwrap()
+        .0
+        .wrapping_add(1);
+    sim.drop.push((leg1, lost));
+    for _ in 0..9 {
+        sim.frame(&[]);
+    }
+    sim.plis_to_sender();
+    // Receiver 1 (on layer 0) asks for a keyframe of the source: the sender is asked for
+    // layer 0's.
+    sim.rtcp(
+        1,
+        &[RtcpPacket::Pli(Pli {
+            sender_ssrc: 0x1001,
+            media_ssrc: SOURCE,
+        })],
+    );
+    assert_eq!(sim.plis_to_sender(), vec![LAYERS[0]]);
+    // Receiver 2 (on layer 2) likewise gets layer 2's.
+    sim.rtcp(
+        2,
+        &[RtcpPacket::Pli(Pli {
+            sender_ssrc: 0x1002,
+            media_ssrc: SOURCE,
+        })],
+    );
+    assert_eq!(sim.plis_to_sender(), vec![LAYERS[2]]);
+    // The loss shows as one missing sequence number of the source stream; a NACK for it is
+    // answered with the packet sent under it (layer 0's).
+    let got: Vec<u16> = sim.clients[&1].rtp[&SOURCE].iter().map(|p| p.0).collect();
+    assert!(!got.contains(&lost));
+    assert_eq!(got.len(), 12);
+    sim.rtcp(
+        1,
+        &[RtcpPacket::Nack(Nack {
+            sender_ssrc: 0x1001,
+            media_ssrc: SOURCE,
+            lost: vec![lost],
+        })],
+    );
+    let (seq, _, body) = sim.clients[&1].rtp[&SOURCE].last().unwrap().clone();
+    assert_eq!(seq, lost);
+    assert_eq!(body[0], 0, "layer 0");
+    assert_eq!(sim.sfu.leg_stats(leg1).unwrap().retransmitted, 1);
+    assert_eq!(sim.clients[&1].bad, 0);
+}
+
+#[test]
+fn a_source_that_leaves_and_rejoins_continues_its_output_stream() {
+    let mut sim = Sim::new(SfuConfig::default(), 2);
+    sim.frame(&[2]);
+    for _ in 0..3 {
+        sim.frame(&[]);
+    }
+    // The sender rejoins (a reconnect) and restarts its sequence numbers.
+    sim.join(0, None);
+    sim.clients.get_mut(&0).unwrap().seq = [7, 7, 7];
+    sim.frame(&[]);
+    sim.frame(&[2]);
+    sim.frame(&[]);
+    assert_eq!(sim.layers_received(1), vec![2; 6]);
+    assert_continuous(&sim, 1);
+    assert_eq!(sim.sfu.leg_stats(sim.leg(1)).unwrap().send_errors, 0);
+}
