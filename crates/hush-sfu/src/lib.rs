@@ -101,4 +101,6 @@ pub use ed25519_dalek;
 
 pub use error::{Error, JoinError, PacketError, RosterError, WireError};
 pub use ids::{CallId, DeviceId, LegId, CALL_ID_LEN};
-pub use sfu::{Event, ForwardTap, Joined, LeaveReason, LegStats, Sfu, SfuConfig, TapFn, Transmit};
+pub use sfu::{
+    Event, ForwardTap, Joined, LeaveReason, LegBandwidth, LegStats, Sfu, SfuConfig, TapFn, Transmit,
+};

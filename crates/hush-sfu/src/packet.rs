@@ -115,6 +115,9 @@ pub(crate) enum Feedback {
     Nack { media_ssrc: u32, pid: u16, blp: u16 },
     /// Picture loss indication (and FIR, treated the same way).
     Pli { media_ssrc: u32 },
+    /// Transport-wide congestion control feedback: the RTCP packet at `start..end` of the
+    /// compound.
+    TransportCc { start: usize, end: usize },
 }
 
 /// Walks a compound RTCP packet and calls `f` for each NACK item and PLI/FIR. Stops at the first
@@ -151,6 +154,7 @@ pub(crate) fn for_each_feedback(buf: &[u8], mut f: impl FnMut(Feedback)) -> bool
                     i += 4;
                 }
             }
+            (PT_RTPFB, 15) => f(Feedback::TransportCc { start: at, end }),
             (PT_PSFB, 1) => {
                 let Some(media_ssrc) = be32(body, 4) else {
                     return false;
@@ -170,6 +174,91 @@ pub(crate) fn for_each_feedback(buf: &[u8], mut f: impl FnMut(Feedback)) -> bool
         at = end;
     }
     true
+}
+
+/// Walks a one-byte-form extension body: the end of its last element (what follows is
+/// padding), and the offset and length of the data of element `id` if present. `None` if the
+/// body is malformed or holds the reserved id 15.
+fn scan_one_byte(body: &[u8], id: u8) -> Option<(usize, Option<(usize, usize)>)> {
+    let mut i = 0;
+    let mut end = 0;
+    let mut found = None;
+    while let Some(&b) = body.get(i) {
+        let eid = b >> 4;
+        if eid == 0 {
+            i += 1;
+            continue;
+        }
+        if eid == 15 {
+            return None;
+        }
+        let len = usize::from(b & 0x0f) + 1;
+        body.get(i + 1..i + 1 + len)?;
+        if eid == id && found.is_none() {
+            found = Some((i + 1, len));
+        }
+        i += 1 + len;
+        end = i;
+    }
+    Some((end, found))
+}
+
+/// Copies the RTP packet `src` into `out` (cleared first) with a 2-byte element under
+/// [`TRANSPORT_SEQ_EXT_ID`] in its one-byte-form extension block: added to the block, a block
+/// added if the packet has none, or the element already there reused. Returns the offset of
+/// the element's 2 bytes in `out` for the caller to fill in; `None` (and `out` a plain copy)
+/// when the packet carries a two-byte-form or other extension, or a malformed one.
+pub(crate) fn copy_with_transport_seq(src: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    out.clear();
+    let at = stamp_into(src, out);
+    if at.is_none() {
+        out.clear();
+        out.extend_from_slice(src);
+    }
+    at
+}
+
+fn stamp_into(src: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let b0 = *src.first()?;
+    let ext_at = 12 + 4 * usize::from(b0 & 0x0f);
+    let head = src.get(..ext_at)?;
+    let element = (TRANSPORT_SEQ_EXT_ID << 4) | 1;
+    if b0 & 0x10 == 0 {
+        out.extend_from_slice(head);
+        *out.first_mut()? |= 0x10;
+        let [p0, p1] = ONE_BYTE_PROFILE.to_be_bytes();
+        out.extend_from_slice(&[p0, p1, 0, 1, element, 0, 0, 0]);
+        out.extend_from_slice(src.get(ext_at..)?);
+        return Some(ext_at + 5);
+    }
+    if be16(src, ext_at)? != ONE_BYTE_PROFILE {
+        return None;
+    }
+    let words = usize::from(be16(src, ext_at + 2)?);
+    let body_at = ext_at + 4;
+    let body = src.get(body_at..body_at + 4 * words)?;
+    let rest = src.get(body_at + 4 * words..)?;
+    let (end, found) = scan_one_byte(body, TRANSPORT_SEQ_EXT_ID)?;
+    match found {
+        Some((offset, 2)) => {
+            out.extend_from_slice(src);
+            Some(body_at + offset)
+        }
+        Some(_) => None,
+        None => {
+            let mut new_len = end + 3;
+            new_len += (4 - new_len % 4) % 4;
+            let new_words = u16::try_from(new_len / 4).ok()?;
+            out.extend_from_slice(head);
+            out.extend_from_slice(&ONE_BYTE_PROFILE.to_be_bytes());
+            out.extend_from_slice(&new_words.to_be_bytes());
+            out.extend_from_slice(body.get(..end)?);
+            out.extend_from_slice(&[element, 0, 0]);
+            out.resize(body_at + new_len, 0);
+            out.extend_from_slice(rest);
+            Some(body_at + end + 1)
+        }
+    }
 }
 
 /// Rewrites an RTP packet's sequence number, timestamp and SSRC in place (a no-op on a buffer
@@ -198,7 +287,7 @@ pub(crate) fn rtcp_sender_ssrc(buf: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hush_media::rtcp::{self, Nack, Pli, RtcpPacket};
+    use hush_media::rtcp::{self, Nack, Pli, RtcpPacket, TransportFeedback};
     use hush_media::rtp::{AudioLevel, RtpPacket};
     use proptest::prelude::*;
 
@@ -250,8 +339,17 @@ mod tests {
     }
 
     #[test]
-    fn reads_nack_and_pli_written_by_hush_media() {
+    fn reads_nack_pli_and_transport_feedback_written_by_hush_media() {
         let lost = vec![100, 101, 117, 300];
+        let twcc = TransportFeedback {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            base_seq: 65_530,
+            reference_time: 77,
+            feedback_count: 3,
+            packets: vec![Some(4), None, Some(-2), Some(300)],
+        };
+        let mut twccs = Vec::new();
         let compound = rtcp::write_compound(&[
             RtcpPacket::Nack(Nack {
                 sender_ssrc: 1,
@@ -262,6 +360,7 @@ mod tests {
                 sender_ssrc: 1,
                 media_ssrc: 0xdef,
             }),
+            RtcpPacket::TransportFeedback(twcc.clone()),
         ]);
         assert!(is_rtcp(&compound));
         assert_eq!(rtcp_sender_ssrc(&compound), Some(1));
@@ -282,8 +381,15 @@ mod tests {
                 }
             }
             Feedback::Pli { media_ssrc } => plis.push(media_ssrc),
+            Feedback::TransportCc { start, end } => twccs.push((start, end)),
         }));
         assert_eq!(got, lost);
+        assert_eq!(twccs.len(), 1);
+        let (start, end) = twccs[0];
+        assert_eq!(
+            rtcp::parse_compound(&compound[start..end]).unwrap(),
+            vec![RtcpPacket::TransportFeedback(twcc)]
+        );
         assert_eq!(plis, vec![0xdef]);
 
         let mut out = Vec::new();
@@ -308,7 +414,68 @@ mod tests {
         assert!(!for_each_feedback(&[0x81, 206], |_| {}));
     }
 
+    #[test]
+    fn transport_seq_is_added_or_reused_and_the_rest_kept() {
+        let mut cases = Vec::new();
+        // No extension at all, with CSRCs.
+        let mut p = RtpPacket::default();
+        p.header.csrcs = vec![5];
+        p.payload = vec![1, 2, 3];
+        cases.push(p.clone());
+        // An audio level and a frame marking element already there.
+        p.header.set_audio_level(
+            1,
+            AudioLevel {
+                voice: true,
+                level: 20,
+            },
+        );
+        p.header.set_extension(FRAME_MARKING_EXT_ID, vec![0xa0]);
+        cases.push(p.clone());
+        // The sender's own transport sequence under the same id: reused.
+        p.header.set_transport_seq(TRANSPORT_SEQ_EXT_ID, 999);
+        cases.push(p.clone());
+        for (n, p) in cases.iter().enumerate() {
+            let src = p.to_vec();
+            let mut out = Vec::new();
+            let at = copy_with_transport_seq(&src, &mut out).expect("stamped");
+            out[at..at + 2].copy_from_slice(&0xabcdu16.to_be_bytes());
+            let got = RtpPacket::parse(&out).unwrap();
+            assert_eq!(
+                got.header.transport_seq(TRANSPORT_SEQ_EXT_ID),
+                Some(0xabcd),
+                "{n}"
+            );
+            assert_eq!(got.payload, p.payload);
+            assert_eq!(got.header.csrcs, p.header.csrcs);
+            assert_eq!(got.header.audio_level(1), p.header.audio_level(1));
+            assert_eq!(
+                got.header.extension(FRAME_MARKING_EXT_ID),
+                p.header.extension(FRAME_MARKING_EXT_ID)
+            );
+            assert_eq!(out.len() % 4, src.len() % 4);
+        }
+        // A two-byte-form block is copied as it is, unstamped.
+        let mut p = RtpPacket::default();
+        p.header.set_extension(20, vec![1; 20]);
+        let src = p.to_vec();
+        let mut out = vec![7; 3];
+        assert_eq!(copy_with_transport_seq(&src, &mut out), None);
+        assert_eq!(out, src);
+    }
+
     proptest! {
+        #[test]
+        fn stamping_never_panics_and_keeps_what_it_cannot_stamp(
+            bytes in proptest::collection::vec(any::<u8>(), 0..120)
+        ) {
+            let mut out = Vec::new();
+            match copy_with_transport_seq(&bytes, &mut out) {
+                None => prop_assert_eq!(&out, &bytes),
+                Some(at) => prop_assert!(at + 2 <= out.len()),
+            }
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), id in 0u8..16) {
             let _ = parse_rtp(&bytes, Some(id));

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use hush_media::cc::{CcConfig, CongestionController};
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tracing::{debug, info, trace};
 use zeroize::Zeroizing;
@@ -22,6 +23,8 @@ use crate::speaker::{SpeakerConfig, SpeakerDetector};
 
 /// Most retransmissions one NACK packet can trigger.
 const MAX_RESENDS_PER_NACK: usize = 64;
+/// IPv4 and UDP headers, counted in what the congestion controller of a leg sees sent.
+const UDP_IP_OVERHEAD: usize = 28;
 
 /// A hook that sees every RTP packet the SFU forwards, as the SFU sees it: after hop SRTP is
 /// removed, before it is protected again for each recipient. For tests that check what the
@@ -73,6 +76,10 @@ pub struct SfuConfig {
     pub speaker: SpeakerConfig,
     /// Sees every RTP packet forwarded (see [`ForwardTap`]). Default none.
     pub tap: Option<ForwardTap>,
+    /// The congestion controller of each leg (what the SFU sends to one participant), fed by
+    /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
+    /// 50 kbit/s and 20 Mbit/s, no probing.
+    pub leg_cc: CcConfig,
 }
 
 impl Default for SfuConfig {
@@ -92,6 +99,13 @@ impl Default for SfuConfig {
             replay_window: 256,
             speaker: SpeakerConfig::default(),
             tap: None,
+            leg_cc: CcConfig {
+                start_bps: 2_000_000,
+                min_bps: 50_000,
+                max_bps: 20_000_000,
+                probing: false,
+                ..CcConfig::default()
+            },
         }
     }
 }
@@ -212,6 +226,20 @@ pub struct LegStats {
     pub plis_relayed: u64,
     /// Simulcast layer switches made on this leg (as a receiver).
     pub layer_switches: u64,
+    /// Transport-wide feedback messages received from this leg.
+    pub transport_feedback: u64,
+}
+
+/// The SFU's view of the path to one participant (what it sends on the leg).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LegBandwidth {
+    /// The congestion controller's estimate, once the participant has sent transport-wide
+    /// feedback (`None` before: then only its view requests limit its layers).
+    pub estimate_bps: Option<u64>,
+    /// Loss over the last second of feedback (0 without feedback).
+    pub loss_fraction: f64,
+    /// Queueing delay seen in the last feedback.
+    pub queue_delay: Duration,
 }
 
 struct Participant {
@@ -230,6 +258,11 @@ struct Participant {
     /// What it gets of each simulcast source (as a receiver), by source SSRC. Kept after a
     /// source leaves so that its output stream continues if it comes back.
     subs: Vec<Subscription>,
+    /// The congestion controller of what the SFU sends on this leg.
+    cc: CongestionController,
+    /// Whether the participant has sent transport-wide feedback (only then does its estimate
+    /// limit the layers it gets).
+    feedback_seen: bool,
 }
 
 impl Participant {
@@ -248,9 +281,61 @@ impl Participant {
         &mut self.subs[i]
     }
 
-    /// The bandwidth share of one simulcast source at this receiver, if it has an estimate.
+    /// The bandwidth share of one simulcast source at this receiver, if it has an estimate:
+    /// 90 % of the leg's estimate (the rest for audio and RTCP) split evenly among the sources
+    /// it gets or waits for.
     fn video_share(&self) -> Option<u64> {
-        None
+        if !self.feedback_seen {
+            return None;
+        }
+        let sources = self
+            .subs
+            .iter()
+            .filter(|s| s.current.is_some() || s.target.is_some())
+            .count()
+            .max(1) as u64;
+        Some(self.cc.target_bps() / 10 * 9 / sources)
+    }
+
+    /// Protects and queues one RTP packet for this leg: a copy of `src` with the leg's
+    /// transport-wide sequence number (registered with its congestion controller), and with
+    /// `(ssrc, seq, timestamp)` written into the header when `rewrite` is set. Cached under
+    /// that SSRC and sequence number for NACKs.
+    fn send_rtp(
+        &mut self,
+        now: Instant,
+        src: &[u8],
+        (ssrc, seq, timestamp): (u32, u16, u32),
+        rewrite: bool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let mut out = Vec::with_capacity(src.len() + 8 + Suite::RTP_OVERHEAD);
+        let at = packet::copy_with_transport_seq(src, &mut out);
+        if rewrite {
+            packet::rewrite_rtp(&mut out, ssrc, seq, timestamp);
+        }
+        let wire = out.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+        match at.and_then(|at| out.get_mut(at..at + 2)) {
+            Some(field) => {
+                let tseq = self.cc.on_packet_sent(now, wire, None);
+                field.copy_from_slice(&tseq.to_be_bytes());
+            }
+            None => self.cc.on_untracked_sent(now, wire),
+        }
+        match self.egress.protect_rtp(&mut out) {
+            Ok(()) => {
+                self.cache.insert(ssrc, seq, &out);
+                self.stats.forwarded += 1;
+                transmits.push_back(Transmit {
+                    leg: self.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(leg = %self.leg, error = %e, "forward failed");
+            }
+        }
     }
 }
 
@@ -479,6 +564,8 @@ impl Sfu {
             last_pli: Vec::new(),
             sources: Source::from_decl(req.streams()),
             subs: Vec::new(),
+            cc: CongestionController::new(self.config.leg_cc.clone()),
+            feedback_seen: false,
         });
         call.selected_until = None;
         self.legs.insert(leg, call_id);
@@ -668,6 +755,17 @@ impl Sfu {
         Ok(())
     }
 
+    /// What the SFU estimates of the path to `leg` (from its transport-wide feedback).
+    pub fn leg_bandwidth(&self, leg: LegId) -> Option<LegBandwidth> {
+        let call = self.calls.get(self.legs.get(&leg)?)?;
+        let me = call.participants.iter().find(|p| p.leg == leg)?;
+        Some(LegBandwidth {
+            estimate_bps: me.feedback_seen.then(|| me.cc.target_bps()),
+            loss_fraction: me.cc.loss_fraction(),
+            queue_delay: me.cc.queue_delay(),
+        })
+    }
+
     /// The layer index of simulcast source `source` that `leg` receives now, if any.
     pub fn forwarded_layer(&self, leg: LegId, source: u32) -> Option<u8> {
         let call = self.calls.get(self.legs.get(&leg)?)?;
@@ -813,22 +911,13 @@ fn handle_rtp(
         if j == i {
             continue;
         }
-        let mut out = Vec::with_capacity(buf.len() + Suite::RTP_OVERHEAD);
-        out.extend_from_slice(buf);
-        match r.egress.protect_rtp(&mut out) {
-            Ok(()) => {
-                r.cache.insert(info.ssrc, info.seq, &out);
-                r.stats.forwarded += 1;
-                transmits.push_back(Transmit {
-                    leg: r.leg,
-                    bytes: out,
-                });
-            }
-            Err(e) => {
-                r.stats.send_errors += 1;
-                trace!(leg = %r.leg, error = %e, "forward failed");
-            }
-        }
+        r.send_rtp(
+            now,
+            buf,
+            (info.ssrc, info.seq, info.timestamp),
+            false,
+            transmits,
+        );
     }
     Ok(())
 }
@@ -887,12 +976,28 @@ fn handle_rtcp(
                         Some(bytes) => {
                             resends += 1;
                             me.stats.retransmitted += 1;
+                            me.cc.on_untracked_sent(now, bytes.len() + UDP_IP_OVERHEAD);
                             transmits.push_back(Transmit {
                                 leg: me.leg,
                                 bytes: bytes.to_vec(),
                             });
                         }
                         None => me.stats.nacks_unserved += 1,
+                    }
+                }
+            }
+            Feedback::TransportCc { start, end } => {
+                let Some(me) = call.participants.get_mut(i) else {
+                    break;
+                };
+                let parsed = buf
+                    .get(start..end)
+                    .and_then(|b| hush_media::rtcp::parse_compound(b).ok());
+                for p in parsed.into_iter().flatten() {
+                    if let hush_media::rtcp::RtcpPacket::TransportFeedback(fb) = p {
+                        me.cc.on_feedback(now, &fb);
+                        me.feedback_seen = true;
+                        me.stats.transport_feedback += 1;
                     }
                 }
             }
@@ -969,23 +1074,7 @@ fn forward_layer(
         let Some((seq, ts)) = d.forward else {
             continue;
         };
-        let mut out = Vec::with_capacity(buf.len() + Suite::RTP_OVERHEAD);
-        out.extend_from_slice(buf);
-        packet::rewrite_rtp(&mut out, layer.source, seq, ts);
-        match r.egress.protect_rtp(&mut out) {
-            Ok(()) => {
-                r.cache.insert(layer.source, seq, &out);
-                r.stats.forwarded += 1;
-                transmits.push_back(Transmit {
-                    leg: r.leg,
-                    bytes: out,
-                });
-            }
-            Err(e) => {
-                r.stats.send_errors += 1;
-                trace!(leg = %r.leg, error = %e, "forward failed");
-            }
-        }
+        r.send_rtp(now, buf, (layer.source, seq, ts), true, transmits);
     }
     if let Some(sender) = call.participants.get_mut(i) {
         for k in keyframes.into_iter().flatten() {
@@ -1014,6 +1103,7 @@ fn send_pli(
     match owner.egress.protect_rtcp(&mut out) {
         Ok(()) => {
             owner.stats.plis_relayed += 1;
+            owner.cc.on_untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
             transmits.push_back(Transmit {
                 leg: owner.leg,
                 bytes: out,

@@ -278,8 +278,9 @@ impl Subscription {
     }
 
     /// The layer this receiver should get: the highest active layer no taller than the view
-    /// that fits the bandwidth `share` (any layer when `share` is `None`), else the lowest
-    /// active one; `None` when the view is 0 or no layer is active.
+    /// that fits the bandwidth `share` (any layer when `share` is `None`; a layer whose rate is
+    /// not measured yet fits), else the lowest active one; `None` when the view is 0 or no
+    /// layer is active.
     pub(crate) fn choose(&self, views: &[LayerView], share: Option<u64>) -> Option<usize> {
         if self.max_height == 0 {
             return None;
@@ -301,7 +302,8 @@ impl Subscription {
                     } else {
                         share as f64 * UPGRADE_HEADROOM
                     };
-                    v.bps.is_some_and(|bps| bps as f64 <= allowance)
+                    // Not measured yet (its first 500 ms): not held back.
+                    v.bps.is_none_or(|bps| bps as f64 <= allowance)
                 }
             };
             if fits {
@@ -400,9 +402,12 @@ mod tests {
             "a stopped layer is not offered"
         );
         let mut unknown = views;
-        unknown[1].bps = None;
         unknown[2].bps = None;
-        assert_eq!(s.choose(&unknown, Some(5_000_000)), Some(0));
+        assert_eq!(
+            s.choose(&unknown, Some(50_000)),
+            Some(2),
+            "not measured yet"
+        );
     }
 
     #[test]

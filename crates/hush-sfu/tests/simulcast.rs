@@ -2,15 +2,18 @@
 //! requests (and, further down, their own links). Real joins and hop SRTP on both sides, RTP
 //! and RTCP written by hush-media, deterministic time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use hush_media::cc::TwccRecorder;
 use hush_media::rtcp::{self, Nack, Pli, RtcpPacket};
 use hush_media::rtp::RtpPacket;
 use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SimulcastLayer, StreamDecl, StreamKind};
 use hush_sfu::roster::Roster;
-use hush_sfu::{CallId, DeviceId, Error, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID};
+use hush_sfu::{
+    CallId, DeviceId, Error, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID,
+};
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -44,6 +47,17 @@ struct Client {
     rtp: HashMap<u32, Vec<(u16, u32, Vec<u8>)>>,
     rtcp: Vec<RtcpPacket>,
     bad: usize,
+    /// Arrivals of the SFU's transport-wide sequence numbers, for feedback.
+    twcc: TwccRecorder,
+}
+
+/// A bottleneck in front of one receiver: a FIFO drained at `bps`, dropping what would wait
+/// longer than 1 s.
+struct Link {
+    bps: u64,
+    free_at: Instant,
+    queue: VecDeque<(Instant, Vec<u8>)>,
+    dropped: usize,
 }
 
 struct Sim {
@@ -55,6 +69,10 @@ struct Sim {
     frame: u32,
     /// Deliveries to drop: (recipient leg, sequence number), to simulate loss.
     drop: Vec<(LegId, u16)>,
+    links: HashMap<LegId, Link>,
+    /// Receivers send transport-wide feedback every 100 ms when set.
+    feedback: bool,
+    next_feedback: Instant,
 }
 
 impl Sim {
@@ -69,6 +87,9 @@ impl Sim {
             rng,
             frame: 0,
             drop: Vec::new(),
+            links: HashMap::new(),
+            feedback: false,
+            next_feedback: Instant::now(),
         };
         let members: Vec<DeviceId> = (0..n).map(device).collect();
         let roster = Roster::sign(&key(0), CALL, 1, &members).unwrap();
@@ -130,6 +151,7 @@ impl Sim {
                 rtp: HashMap::new(),
                 rtcp: Vec::new(),
                 bad: 0,
+                twcc: TwccRecorder::default(),
             },
         );
         while self.sfu.poll_event().is_some() {}
@@ -199,43 +221,96 @@ impl Sim {
 
     fn pump(&mut self) {
         while let Some(t) = self.sfu.poll_transmit() {
-            let Some(c) = self.clients.values_mut().find(|c| c.leg == t.leg) else {
-                continue;
-            };
-            let mut bytes = t.bytes;
-            if bytes.get(1).is_some_and(|b| (192..=223).contains(b)) {
-                match c.recv.unprotect_rtcp(&mut bytes) {
-                    Ok(()) => c
-                        .rtcp
-                        .extend(rtcp::parse_compound(&bytes).unwrap_or_default()),
-                    Err(_) => c.bad += 1,
+            let now = self.now;
+            match self.links.get_mut(&t.leg) {
+                Some(link) => {
+                    let start = link.free_at.max(now);
+                    let wire = (t.bytes.len() + 28) as u64 * 8;
+                    let done = start + Duration::from_micros(wire * 1_000_000 / link.bps);
+                    if done.saturating_duration_since(now) > Duration::from_millis(1000) {
+                        link.dropped += 1;
+                        continue;
+                    }
+                    link.free_at = done;
+                    link.queue.push_back((done, t.bytes));
                 }
-                continue;
-            }
-            let seq = u16::from_be_bytes([bytes[2], bytes[3]]);
-            if let Some(at) = self.drop.iter().position(|d| *d == (t.leg, seq)) {
-                self.drop.remove(at);
-                continue;
-            }
-            match c.recv.unprotect_rtp(&mut bytes) {
-                Ok(()) => {
-                    let p = RtpPacket::parse(&bytes).unwrap();
-                    c.rtp.entry(p.header.ssrc).or_default().push((
-                        p.header.sequence_number,
-                        p.header.timestamp,
-                        p.payload,
-                    ));
-                }
-                Err(_) => c.bad += 1,
+                None => self.deliver(t.leg, t.bytes, now),
             }
         }
     }
 
+    fn deliver(&mut self, leg: LegId, mut bytes: Vec<u8>, at: Instant) {
+        let Some(c) = self.clients.values_mut().find(|c| c.leg == leg) else {
+            return;
+        };
+        if bytes.get(1).is_some_and(|b| (192..=223).contains(b)) {
+            match c.recv.unprotect_rtcp(&mut bytes) {
+                Ok(()) => c
+                    .rtcp
+                    .extend(rtcp::parse_compound(&bytes).unwrap_or_default()),
+                Err(_) => c.bad += 1,
+            }
+            return;
+        }
+        let seq = u16::from_be_bytes([bytes[2], bytes[3]]);
+        if let Some(i) = self.drop.iter().position(|d| *d == (leg, seq)) {
+            self.drop.remove(i);
+            return;
+        }
+        match c.recv.unprotect_rtp(&mut bytes) {
+            Ok(()) => {
+                let p = RtpPacket::parse(&bytes).unwrap();
+                if let Some(tseq) = p.header.transport_seq(TRANSPORT_SEQ_EXT_ID) {
+                    c.twcc.record(at, tseq);
+                }
+                c.rtp.entry(p.header.ssrc).or_default().push((
+                    p.header.sequence_number,
+                    p.header.timestamp,
+                    p.payload,
+                ));
+            }
+            Err(_) => c.bad += 1,
+        }
+    }
+
+    /// Moves time on in 1 ms steps: link deliveries, receivers' feedback, SFU timers.
     fn advance(&mut self, by: Duration) {
-        self.now += by;
+        let until = self.now + by;
+        while self.now < until {
+            self.now = (self.now + Duration::from_millis(1)).min(until);
+            let now = self.now;
+            let mut due = Vec::new();
+            for (&leg, link) in &mut self.links {
+                while link.queue.front().is_some_and(|(t, _)| *t <= now) {
+                    if let Some((t, b)) = link.queue.pop_front() {
+                        due.push((t, leg, b));
+                    }
+                }
+            }
+            due.sort_by_key(|(t, _, _)| *t);
+            for (t, leg, b) in due {
+                self.deliver(leg, b, t);
+            }
+            if self.feedback && now >= self.next_feedback {
+                self.next_feedback = now + Duration::from_millis(100);
+                let mut ids: Vec<usize> = self.clients.keys().copied().collect();
+                ids.sort_unstable();
+                for i in ids {
+                    let fb = self
+                        .clients
+                        .get_mut(&i)
+                        .unwrap()
+                        .twcc
+                        .build(0x1000 + i as u32, 0);
+                    if let Some(fb) = fb {
+                        self.rtcp(i, &[RtcpPacket::TransportFeedback(fb)]);
+                    }
+                }
+            }
+            self.sfu.handle_timeout(now);
+            self.pump();
+        }
         self.unix_ms += by.as_millis() as u64;
-        self.sfu.handle_timeout(self.now);
-        self.pump();
     }
 
     /// The layer of each packet receiver `i` got of the source, in order.
@@ -282,7 +357,7 @@ fn assert_continuous(sim: &Sim, i: usize) {
         );
         let dt = w[1].1.wrapping_sub(w[0].1);
         assert!(
-            (1..=100 * 90).contains(&dt),
+            (0..=100 * 90).contains(&dt),
             "timestamp step {dt} at receiver {i}"
         );
     }
@@ -435,4 +510,80 @@ fn a_source_that_leaves_and_rejoins_continues_its_output_stream() {
     assert_eq!(sim.layers_received(1), vec![2; 6]);
     assert_continuous(&sim, 1);
     assert_eq!(sim.sfu.leg_stats(sim.leg(1)).unwrap().send_errors, 0);
+}
+
+/// One frame of a realistic ladder (≈ 85 kbit/s, 500 kbit/s and 1.4 Mbit/s at 30 fps), with a
+/// keyframe on every layer the SFU asked for since the last frame, as a real sender does.
+fn ladder_frame(sim: &mut Sim) {
+    let mut keys: Vec<usize> = sim
+        .plis_to_sender()
+        .into_iter()
+        .filter_map(|ssrc| LAYERS.iter().position(|&l| l == ssrc))
+        .collect();
+    keys.dedup();
+    for (layer, (&count, &size)) in [1usize, 2, 5]
+        .iter()
+        .zip(&[300usize, 1000, 1100])
+        .enumerate()
+    {
+        for k in 0..count {
+            let mark = match (k, keys.contains(&layer)) {
+                (0, true) => KEY_START,
+                (0, false) => DELTA_START,
+                _ => 0,
+            };
+            let p = sim.layer_packet(layer, Some(mark), size);
+            sim.input(0, &p);
+        }
+    }
+    sim.frame += 1;
+    sim.advance(Duration::from_millis(FRAME_MS));
+}
+
+#[test]
+fn a_receiver_on_a_capped_link_gets_the_low_layer_while_the_others_keep_the_high_one() {
+    let mut sim = Sim::new(SfuConfig::default(), 4);
+    sim.feedback = true;
+    let capped = sim.leg(2);
+    sim.links.insert(
+        capped,
+        Link {
+            bps: 400_000,
+            free_at: sim.now,
+            queue: VecDeque::new(),
+            dropped: 0,
+        },
+    );
+    for _ in 0..240 {
+        ladder_frame(&mut sim);
+    }
+    assert_eq!(sim.sfu.forwarded_layer(capped, SOURCE), Some(0));
+    for r in [1, 3] {
+        let leg = sim.leg(r);
+        assert_eq!(
+            sim.sfu.forwarded_layer(leg, SOURCE),
+            Some(2),
+            "receiver {r}"
+        );
+        assert_eq!(sim.sfu.leg_stats(leg).unwrap().layer_switches, 0);
+        assert_continuous(&sim, r);
+        assert!(sim.sfu.leg_stats(leg).unwrap().transport_feedback > 50);
+    }
+    let stats = sim.sfu.leg_stats(capped).unwrap();
+    assert!(stats.layer_switches >= 1);
+    assert!(stats.transport_feedback > 50);
+    let bw = sim.sfu.leg_bandwidth(capped).unwrap();
+    assert!(bw.estimate_bps.unwrap() < 400_000, "{bw:?}");
+    let fast = sim.sfu.leg_bandwidth(sim.leg(1)).unwrap();
+    assert!(fast.estimate_bps.unwrap() > 1_500_000, "{fast:?}");
+    // What the capped receiver got at the end is layer 0, and its link is no longer
+    // overflowing: the last two seconds lost nothing.
+    let got = sim.layers_received(2);
+    assert!(got[got.len() - 60..].iter().all(|&l| l == 0), "{got:?}");
+    let dropped = sim.links[&capped].dropped;
+    for _ in 0..60 {
+        ladder_frame(&mut sim);
+    }
+    assert_eq!(sim.links[&capped].dropped, dropped);
+    assert_eq!(sim.sfu.forwarded_layer(capped, SOURCE), Some(0));
 }
