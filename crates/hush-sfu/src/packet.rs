@@ -3,6 +3,10 @@
 //!
 //! Zero-copy and allocation-free; every read is bounds-checked, so no input can panic.
 
+/// RTCP packet type of a sender report (RFC 3550).
+const PT_SR: u8 = 200;
+/// RTCP packet type of a receiver report (RFC 3550).
+const PT_RR: u8 = 201;
 /// RTCP packet type of transport-layer feedback (RFC 4585).
 const PT_RTPFB: u8 = 205;
 /// RTCP packet type of payload-specific feedback (RFC 4585).
@@ -118,6 +122,8 @@ pub(crate) enum Feedback {
     /// Transport-wide congestion control feedback: the RTCP packet at `start..end` of the
     /// compound.
     TransportCc { start: usize, end: usize },
+    /// A reception report block (of an SR or RR) about `ssrc`, with its last-SR fields.
+    ReportBlock { ssrc: u32, lsr: u32, dlsr: u32 },
 }
 
 /// Walks a compound RTCP packet and calls `f` for each NACK item and PLI/FIR. Stops at the first
@@ -155,6 +161,19 @@ pub(crate) fn for_each_feedback(buf: &[u8], mut f: impl FnMut(Feedback)) -> bool
                 }
             }
             (PT_RTPFB, 15) => f(Feedback::TransportCc { start: at, end }),
+            (PT_SR | PT_RR, count) => {
+                // Reports follow the reporter's SSRC (and, in an SR, 20 bytes of sender info).
+                let mut i = if pt == PT_SR { 24 } else { 4 };
+                for _ in 0..count {
+                    let (Some(ssrc), Some(lsr), Some(dlsr)) =
+                        (be32(body, i), be32(body, i + 16), be32(body, i + 20))
+                    else {
+                        return false;
+                    };
+                    f(Feedback::ReportBlock { ssrc, lsr, dlsr });
+                    i += 24;
+                }
+            }
             (PT_PSFB, 1) => {
                 let Some(media_ssrc) = be32(body, 4) else {
                     return false;
@@ -279,6 +298,19 @@ pub(crate) fn write_pli(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32) {
     out.extend_from_slice(&media_ssrc.to_be_bytes());
 }
 
+/// A sender report (RFC 3550 §6.4.1) from `ssrc` without report blocks, in `out` (cleared
+/// first), whose NTP timestamp's middle 32 bits are `ntp32` (the rest, and the RTP time and
+/// counts, 0: the SFU sends no media of its own; the report is only there to be echoed back
+/// for the round-trip time).
+pub(crate) fn write_sender_report(out: &mut Vec<u8>, ssrc: u32, ntp32: u32) {
+    out.clear();
+    out.extend_from_slice(&[0x80, PT_SR, 0, 6]);
+    out.extend_from_slice(&ssrc.to_be_bytes());
+    out.extend_from_slice(&(ntp32 >> 16).to_be_bytes());
+    out.extend_from_slice(&(ntp32 << 16).to_be_bytes());
+    out.extend_from_slice(&[0; 12]);
+}
+
 /// The sender SSRC of an RTCP packet (bytes 4..8).
 pub(crate) fn rtcp_sender_ssrc(buf: &[u8]) -> Option<u32> {
     be32(buf, 4)
@@ -287,7 +319,9 @@ pub(crate) fn rtcp_sender_ssrc(buf: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hush_media::rtcp::{self, Nack, Pli, RtcpPacket, TransportFeedback};
+    use hush_media::rtcp::{
+        self, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket, SenderReport, TransportFeedback,
+    };
     use hush_media::rtp::{AudioLevel, RtpPacket};
     use proptest::prelude::*;
 
@@ -350,6 +384,14 @@ mod tests {
             packets: vec![Some(4), None, Some(-2), Some(300)],
         };
         let mut twccs = Vec::new();
+        let mut blocks = Vec::new();
+        let block = |ssrc, last_sr, delay_since_last_sr| ReportBlock {
+            ssrc,
+            fraction_lost: 9,
+            last_sr,
+            delay_since_last_sr,
+            ..ReportBlock::default()
+        };
         let compound = rtcp::write_compound(&[
             RtcpPacket::Nack(Nack {
                 sender_ssrc: 1,
@@ -361,6 +403,16 @@ mod tests {
                 media_ssrc: 0xdef,
             }),
             RtcpPacket::TransportFeedback(twcc.clone()),
+            RtcpPacket::SenderReport(SenderReport {
+                ssrc: 1,
+                ntp_time: 77,
+                reports: vec![block(1, 0x1111, 0x22)],
+                ..SenderReport::default()
+            }),
+            RtcpPacket::ReceiverReport(ReceiverReport {
+                ssrc: 1,
+                reports: vec![block(3, 0x3333, 0x44), block(4, 0x5555, 0x66)],
+            }),
         ]);
         assert!(is_rtcp(&compound));
         assert_eq!(rtcp_sender_ssrc(&compound), Some(1));
@@ -382,7 +434,12 @@ mod tests {
             }
             Feedback::Pli { media_ssrc } => plis.push(media_ssrc),
             Feedback::TransportCc { start, end } => twccs.push((start, end)),
+            Feedback::ReportBlock { ssrc, lsr, dlsr } => blocks.push((ssrc, lsr, dlsr)),
         }));
+        assert_eq!(
+            blocks,
+            vec![(1, 0x1111, 0x22), (3, 0x3333, 0x44), (4, 0x5555, 0x66)]
+        );
         assert_eq!(got, lost);
         assert_eq!(twccs.len(), 1);
         let (start, end) = twccs[0];
@@ -393,6 +450,15 @@ mod tests {
         assert_eq!(plis, vec![0xdef]);
 
         let mut out = Vec::new();
+        write_sender_report(&mut out, 5, 0xabcd_1234);
+        match rtcp::parse_compound(&out).unwrap().as_slice() {
+            [RtcpPacket::SenderReport(sr)] => {
+                assert_eq!(sr.ssrc, 5);
+                assert_eq!((sr.ntp_time >> 16) as u32, 0xabcd_1234);
+                assert!(sr.reports.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
         write_pli(&mut out, 5, 6);
         let parsed = rtcp::parse_compound(&out).unwrap();
         assert_eq!(

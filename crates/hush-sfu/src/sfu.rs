@@ -25,6 +25,43 @@ use crate::speaker::{SpeakerConfig, SpeakerDetector};
 const MAX_RESENDS_PER_NACK: usize = 64;
 /// IPv4 and UDP headers, counted in what the congestion controller of a leg sees sent.
 const UDP_IP_OVERHEAD: usize = 28;
+/// Time between two sender reports of the SFU on one leg (for the participant's RTT).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Round-trip times above this from a report are taken as nonsense and ignored.
+const MAX_RTT: Duration = Duration::from_secs(10);
+
+/// The middle 32 bits of an NTP-format time (16.16 seconds) of `now` on the SFU's report clock.
+fn ntp32(epoch: Instant, now: Instant) -> u32 {
+    let us = now.saturating_duration_since(epoch).as_micros();
+    // Starts at 1 s (a last-SR field of 0 means "no report yet"); wraps every 18 hours, as the
+    // field does.
+    (((us << 16) / 1_000_000) as u32).wrapping_add(1 << 16)
+}
+
+/// Sends `p` a sender report of the SFU's own SSRC carrying `ntp32`, for RTT.
+fn send_report(
+    config: &SfuConfig,
+    p: &mut Participant,
+    ntp32: u32,
+    transmits: &mut VecDeque<Transmit>,
+    now: Instant,
+) {
+    let mut out = Vec::with_capacity(28 + Suite::RTCP_OVERHEAD);
+    packet::write_sender_report(&mut out, config.rtcp_ssrc, ntp32);
+    match p.egress.protect_rtcp(&mut out) {
+        Ok(()) => {
+            p.cc.on_untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+            transmits.push_back(Transmit {
+                leg: p.leg,
+                bytes: out,
+            });
+        }
+        Err(e) => {
+            p.stats.send_errors += 1;
+            trace!(leg = %p.leg, error = %e, "sender report failed");
+        }
+    }
+}
 
 /// A hook that sees every RTP packet the SFU forwards, as the SFU sees it: after hop SRTP is
 /// removed, before it is protected again for each recipient. For tests that check what the
@@ -240,6 +277,9 @@ pub struct LegBandwidth {
     pub loss_fraction: f64,
     /// Queueing delay seen in the last feedback.
     pub queue_delay: Duration,
+    /// Round-trip time, from the participant's receiver reports on the SFU's sender reports
+    /// (RFC 3550 §6.4.1 LSR/DLSR); `None` before the first.
+    pub rtt: Option<Duration>,
 }
 
 struct Participant {
@@ -263,6 +303,10 @@ struct Participant {
     /// Whether the participant has sent transport-wide feedback (only then does its estimate
     /// limit the layers it gets).
     feedback_seen: bool,
+    /// When the SFU sends this leg its next sender report.
+    next_report: Option<Instant>,
+    /// Round-trip time to the participant, from its receiver reports.
+    rtt: Option<Duration>,
 }
 
 impl Participant {
@@ -396,6 +440,10 @@ pub struct Sfu {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_tick: Option<Instant>,
+    /// The origin of the SFU's NTP-like report clock (set at the first timeout).
+    epoch: Option<Instant>,
+    /// Simulcast layer switches since the SFU started (over all legs, gone ones included).
+    layer_switches: u64,
     /// Scratch buffers reused across packets.
     buf: Vec<u8>,
     feedback: Vec<Feedback>,
@@ -433,6 +481,8 @@ impl Sfu {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_tick: None,
+            epoch: None,
+            layer_switches: 0,
             buf: Vec::with_capacity(1500),
             feedback: Vec::new(),
         })
@@ -566,6 +616,8 @@ impl Sfu {
             subs: Vec::new(),
             cc: CongestionController::new(self.config.leg_cc.clone()),
             feedback_seen: false,
+            next_report: None,
+            rtt: None,
         });
         call.selected_until = None;
         self.legs.insert(leg, call_id);
@@ -672,6 +724,7 @@ impl Sfu {
         let result = if packet::is_rtcp(packet) {
             handle_rtcp(
                 &self.config,
+                self.epoch,
                 call,
                 i,
                 now,
@@ -689,6 +742,7 @@ impl Sfu {
                 packet,
                 &mut self.buf,
                 &mut self.transmits,
+                &mut self.layer_switches,
             );
             if r.is_ok() && self.next_tick.is_none() {
                 self.next_tick = Some(now + self.config.speaker.bucket);
@@ -713,6 +767,7 @@ impl Sfu {
         if self.next_tick.is_some_and(|t| t > now) {
             return;
         }
+        let epoch = *self.epoch.get_or_insert(now);
         for (call_id, call) in &mut self.calls {
             if let Some(device) = call.speaker.evaluate(now) {
                 debug!(call = %call_id, %device, "dominant speaker");
@@ -720,6 +775,12 @@ impl Sfu {
                     call: *call_id,
                     device,
                 });
+            }
+            for p in &mut call.participants {
+                if p.next_report.is_none_or(|t| t <= now) {
+                    p.next_report = Some(now + REPORT_INTERVAL);
+                    send_report(&self.config, p, ntp32(epoch, now), &mut self.transmits, now);
+                }
             }
         }
         self.next_tick = if self.calls.is_empty() {
@@ -763,7 +824,13 @@ impl Sfu {
             estimate_bps: me.feedback_seen.then(|| me.cc.target_bps()),
             loss_fraction: me.cc.loss_fraction(),
             queue_delay: me.cc.queue_delay(),
+            rtt: me.rtt,
         })
+    }
+
+    /// Simulcast layer switches made since the SFU started, over all legs (a counter).
+    pub fn layer_switches_total(&self) -> u64 {
+        self.layer_switches
     }
 
     /// The layer index of simulcast source `source` that `leg` receives now, if any.
@@ -844,6 +911,7 @@ fn internal(_: Error) -> JoinError {
 }
 
 /// The RTP path: authenticate, read the level, pick recipients, protect per recipient.
+#[allow(clippy::too_many_arguments)]
 fn handle_rtp(
     config: &SfuConfig,
     call: &mut Call,
@@ -852,6 +920,7 @@ fn handle_rtp(
     packet: &[u8],
     buf: &mut Vec<u8>,
     transmits: &mut VecDeque<Transmit>,
+    switches: &mut u64,
 ) -> Result<(), PacketError> {
     let sender = call
         .participants
@@ -883,7 +952,7 @@ fn handle_rtp(
         if let Some(tap) = &config.tap {
             (tap.0)(buf);
         }
-        forward_layer(config, call, i, now, &info, &layer, buf, transmits);
+        *switches += forward_layer(config, call, i, now, &info, &layer, buf, transmits);
         return Ok(());
     }
     if kind == StreamKind::Audio {
@@ -926,6 +995,7 @@ fn handle_rtp(
 #[allow(clippy::too_many_arguments)]
 fn handle_rtcp(
     config: &SfuConfig,
+    epoch: Option<Instant>,
     call: &mut Call,
     i: usize,
     now: Instant,
@@ -984,6 +1054,20 @@ fn handle_rtcp(
                         }
                         None => me.stats.nacks_unserved += 1,
                     }
+                }
+            }
+            Feedback::ReportBlock { ssrc, lsr, dlsr } => {
+                if ssrc != config.rtcp_ssrc || lsr == 0 {
+                    continue;
+                }
+                let (Some(epoch), Some(me)) = (epoch, call.participants.get_mut(i)) else {
+                    continue;
+                };
+                let units = ntp32(epoch, now).wrapping_sub(lsr).wrapping_sub(dlsr);
+                let rtt = Duration::from_micros((u64::from(units) * 1_000_000) >> 16);
+                if rtt <= MAX_RTT {
+                    me.rtt = Some(rtt);
+                    me.cc.set_rtt(rtt);
                 }
             }
             Feedback::TransportCc { start, end } => {
@@ -1052,7 +1136,8 @@ fn forward_layer(
     layer: &LayerPacket,
     buf: &[u8],
     transmits: &mut VecDeque<Transmit>,
-) {
+) -> u64 {
+    let mut switches = 0;
     let mut keyframes: [Option<u32>; crate::join::MAX_LAYERS] = [None; crate::join::MAX_LAYERS];
     for (j, r) in call.participants.iter_mut().enumerate() {
         if j == i {
@@ -1069,6 +1154,7 @@ fn forward_layer(
         }
         if d.switched {
             r.stats.layer_switches += 1;
+            switches += 1;
             debug!(leg = %r.leg, source = layer.source, layer = layer.layer, "layer switched");
         }
         let Some((seq, ts)) = d.forward else {
@@ -1081,6 +1167,7 @@ fn forward_layer(
             send_pli(config, sender, k, now, transmits);
         }
     }
+    switches
 }
 
 /// Sends `owner` a PLI for its SSRC `media_ssrc` from the SFU, at most once per

@@ -579,6 +579,17 @@ async fn metrics_are_served() {
     assert!(metric(&text, "hush_sfu_packets_in_total") >= 10);
     assert!(metric(&text, "hush_sfu_packets_out_total") >= 10);
     assert!(metric(&text, "hush_sfu_bytes_out_total") >= 10 * 40);
+    assert_eq!(metric(&text, "hush_sfu_layer_switches_total"), 0);
+    // One series per leg: b got a's ten packets.
+    let forwarded: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("hush_sfu_leg_forwarded_packets_total{leg=\""))
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{text}");
+    assert!(
+        forwarded.iter().any(|l| l.ends_with(" 10")),
+        "{forwarded:?}"
+    );
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
     drop(a);
     server.shutdown().await;

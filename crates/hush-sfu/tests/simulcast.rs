@@ -587,3 +587,50 @@ fn a_receiver_on_a_capped_link_gets_the_low_layer_while_the_others_keep_the_high
     assert_eq!(sim.links[&capped].dropped, dropped);
     assert_eq!(sim.sfu.forwarded_layer(capped, SOURCE), Some(0));
 }
+
+#[test]
+fn rtt_comes_from_receiver_reports_on_the_sfus_sender_reports() {
+    use hush_media::rtcp::{ReceiverReport, ReportBlock};
+    let rtcp_ssrc = SfuConfig::default().rtcp_ssrc;
+    let mut sim = Sim::new(SfuConfig::default(), 2);
+    sim.frame(&[2]);
+    let leg1 = sim.leg(1);
+    assert_eq!(sim.sfu.leg_bandwidth(leg1).unwrap().rtt, None);
+    // Wait for the next sender report to receiver 1, noting when it arrived.
+    sim.clients.get_mut(&1).unwrap().rtcp.clear();
+    let sr = loop {
+        sim.advance(Duration::from_millis(1));
+        let got = sim.clients[&1].rtcp.iter().find_map(|p| match p {
+            RtcpPacket::SenderReport(sr) => Some(sr.clone()),
+            _ => None,
+        });
+        if let Some(sr) = got {
+            break sr;
+        }
+    };
+    assert_eq!(sr.ssrc, rtcp_ssrc);
+    // It answers 70 ms later, having held the report 20 ms itself: the round trip is 50 ms.
+    sim.advance(Duration::from_millis(70));
+    let lsr = (sr.ntp_time >> 16) as u32;
+    let report = |last_sr: u32, ssrc: u32| {
+        RtcpPacket::ReceiverReport(ReceiverReport {
+            ssrc: 0x1001,
+            reports: vec![ReportBlock {
+                ssrc,
+                last_sr,
+                delay_since_last_sr: 20 * 65_536 / 1000,
+                ..ReportBlock::default()
+            }],
+        })
+    };
+    sim.rtcp(1, &[report(lsr, rtcp_ssrc)]);
+    let rtt = sim.sfu.leg_bandwidth(leg1).unwrap().rtt.expect("rtt");
+    assert!(
+        rtt.abs_diff(Duration::from_millis(50)) < Duration::from_micros(100),
+        "{rtt:?}"
+    );
+    // A block about another SSRC, or without a last SR, changes nothing.
+    sim.rtcp(1, &[report(lsr.wrapping_sub(65_536), 0x3000)]);
+    sim.rtcp(1, &[report(0, rtcp_ssrc)]);
+    assert_eq!(sim.sfu.leg_bandwidth(leg1).unwrap().rtt, Some(rtt));
+}
