@@ -34,6 +34,7 @@ const NOTICE_LABEL: &[u8] = b"hush sfu notice v1";
 const TAG_JOIN: u8 = 0x10;
 const TAG_ROSTER: u8 = 0x11;
 const TAG_MUTE: u8 = 0x12;
+const TAG_VIEW: u8 = 0x13;
 const TAG_ACCEPTED: u8 = 0x20;
 const TAG_REFUSED: u8 = 0x21;
 const TAG_NOTICE: u8 = 0x22;
@@ -76,6 +77,14 @@ pub enum ClientMessage {
     SetMuted {
         /// Muted.
         muted: bool,
+    },
+    /// This participant wants at most `max_height` pixels of a simulcast source (0: none of
+    /// it); see [`crate::Sfu::request_view`].
+    RequestView {
+        /// The source SSRC (as announced in the participant-joined notice).
+        source: u32,
+        /// The largest frame height wanted.
+        max_height: u16,
     },
 }
 
@@ -176,6 +185,11 @@ impl ClientMessage {
                 out.push(TAG_MUTE);
                 out.push(u8::from(*muted));
             }
+            Self::RequestView { source, max_height } => {
+                out.push(TAG_VIEW);
+                out.extend_from_slice(&source.to_be_bytes());
+                out.extend_from_slice(&max_height.to_be_bytes());
+            }
         }
         out
     }
@@ -201,6 +215,10 @@ impl ClientMessage {
                     1 => true,
                     _ => return Err(r.malformed("mute flag")),
                 },
+            },
+            TAG_VIEW => Self::RequestView {
+                source: r.u32()?,
+                max_height: r.u16()?,
             },
             _ => return Err(r.malformed("unknown tag")),
         };
@@ -599,6 +617,10 @@ mod tests {
             ClientMessage::UpdateRoster { roster: vec![3; 7] },
             ClientMessage::SetMuted { muted: true },
             ClientMessage::SetMuted { muted: false },
+            ClientMessage::RequestView {
+                source: 0x3000,
+                max_height: 180,
+            },
         ];
         for m in c {
             assert_eq!(ClientMessage::decode(&m.encode()).unwrap(), m);

@@ -178,6 +178,11 @@ pub(crate) enum Cmd {
         leg: LegId,
         muted: bool,
     },
+    View {
+        leg: LegId,
+        source: u32,
+        max_height: u16,
+    },
     Leave {
         leg: LegId,
     },
@@ -402,6 +407,13 @@ async fn serve_conn(
                         }
                         Ok(ClientMessage::SetMuted { muted }) => {
                             let _ = cmd.send(Cmd::Mute { leg, muted });
+                        }
+                        Ok(ClientMessage::RequestView { source, max_height }) => {
+                            let _ = cmd.send(Cmd::View {
+                                leg,
+                                source,
+                                max_height,
+                            });
                         }
                         other => {
                             debug!(%leg, ?other, "unexpected signaling frame; closing");
@@ -689,6 +701,17 @@ impl Main {
                             reason: e.to_string(),
                         });
                     }
+                }
+            }
+            Cmd::View {
+                leg,
+                source,
+                max_height,
+            } => {
+                // An unknown source (not sent yet, or gone) is only logged: the connection
+                // stays, as for any request the SFU cannot act on.
+                if let Err(e) = self.sfu.request_view(leg, source, max_height) {
+                    debug!(%leg, error = %e, "view request not applied");
                 }
             }
             Cmd::Mute { leg, muted } => {
