@@ -25,6 +25,27 @@ use crate::speaker::{SpeakerConfig, SpeakerDetector};
 const MAX_RESENDS_PER_NACK: usize = 64;
 /// IPv4 and UDP headers, counted in what the congestion controller of a leg sees sent.
 const UDP_IP_OVERHEAD: usize = 28;
+/// Payload type of the SFU's probe padding packets (never media: they carry only padding).
+const PADDING_PAYLOAD_TYPE: u8 = 127;
+/// Header bytes of a probe packet on the wire: RTP 12, extension 8, SRTP tag, UDP/IP.
+const PROBE_HEADER: usize = 12 + 8 + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+
+/// Spreads a probe burst over packets of at most 255 bytes of padding (at least five), paced at
+/// the probe's rate, as hush-media's session does for 1:1 calls.
+fn schedule_probe(p: &mut Participant, now: Instant, probe: hush_media::cc::Probe) {
+    let padding = (probe.bytes / 5)
+        .saturating_sub(PROBE_HEADER)
+        .clamp(36, 255);
+    let size = padding + PROBE_HEADER;
+    let n = probe.bytes.div_ceil(size).max(5);
+    let gap = Duration::from_secs_f64(size as f64 * 8.0 / probe.rate_bps.max(1) as f64);
+    let padding = u8::try_from(padding).unwrap_or(u8::MAX);
+    for k in 0..n {
+        let at = now + gap.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+        p.probes.push_back((at, probe.cluster, padding));
+    }
+}
+
 /// Time between two sender reports of the SFU on one leg (for the participant's RTT).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Round-trip times above this from a report are taken as nonsense and ignored.
@@ -115,7 +136,7 @@ pub struct SfuConfig {
     pub tap: Option<ForwardTap>,
     /// The congestion controller of each leg (what the SFU sends to one participant), fed by
     /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
-    /// 50 kbit/s and 20 Mbit/s, no probing.
+    /// 50 kbit/s and 20 Mbit/s, probing with padding (only on legs that send feedback).
     pub leg_cc: CcConfig,
 }
 
@@ -140,7 +161,7 @@ impl Default for SfuConfig {
                 start_bps: 2_000_000,
                 min_bps: 50_000,
                 max_bps: 20_000_000,
-                probing: false,
+                probing: true,
                 ..CcConfig::default()
             },
         }
@@ -265,6 +286,8 @@ pub struct LegStats {
     pub layer_switches: u64,
     /// Transport-wide feedback messages received from this leg.
     pub transport_feedback: u64,
+    /// Probe padding packets sent to this leg (bandwidth probing).
+    pub probe_packets: u64,
 }
 
 /// The SFU's view of the path to one participant (what it sends on the leg).
@@ -307,6 +330,10 @@ struct Participant {
     next_report: Option<Instant>,
     /// Round-trip time to the participant, from its receiver reports.
     rtt: Option<Duration>,
+    /// Probe padding packets to send on this leg: when, probe cluster, padding length.
+    probes: VecDeque<(Instant, u32, u8)>,
+    /// Sequence number of the SFU's padding stream on this leg.
+    padding_seq: u16,
 }
 
 impl Participant {
@@ -339,6 +366,48 @@ impl Participant {
             .count()
             .max(1) as u64;
         Some(self.cc.target_bps() / 10 * 9 / sources)
+    }
+
+    /// Sends one probe packet: RTP under the SFU's own SSRC carrying only `padding` bytes of
+    /// RFC 3550 padding, with the leg's transport-wide sequence number, counted in `cluster`.
+    fn send_padding(
+        &mut self,
+        config: &SfuConfig,
+        now: Instant,
+        cluster: u32,
+        padding: u8,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        self.padding_seq = self.padding_seq.wrapping_add(1);
+        let mut src = Vec::with_capacity(12 + usize::from(padding));
+        src.extend_from_slice(&[0xa0, PADDING_PAYLOAD_TYPE]);
+        src.extend_from_slice(&self.padding_seq.to_be_bytes());
+        src.extend_from_slice(&[0; 4]);
+        src.extend_from_slice(&config.rtcp_ssrc.to_be_bytes());
+        src.resize(12 + usize::from(padding) - 1, 0);
+        src.push(padding);
+        let mut out = Vec::with_capacity(src.len() + 8 + Suite::RTP_OVERHEAD);
+        let Some(at) = packet::copy_with_transport_seq(&src, &mut out) else {
+            return;
+        };
+        let wire = out.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+        let tseq = self.cc.on_packet_sent(now, wire, Some(cluster));
+        if let Some(field) = out.get_mut(at..at + 2) {
+            field.copy_from_slice(&tseq.to_be_bytes());
+        }
+        match self.egress.protect_rtp(&mut out) {
+            Ok(()) => {
+                self.stats.probe_packets += 1;
+                transmits.push_back(Transmit {
+                    leg: self.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(leg = %self.leg, error = %e, "probe failed");
+            }
+        }
     }
 
     /// Protects and queues one RTP packet for this leg: a copy of `src` with the leg's
@@ -618,6 +687,8 @@ impl Sfu {
             feedback_seen: false,
             next_report: None,
             rtt: None,
+            probes: VecDeque::new(),
+            padding_seq: 0,
         });
         call.selected_until = None;
         self.legs.insert(leg, call_id);
@@ -764,6 +835,7 @@ impl Sfu {
 
     /// Runs what is due at `now`: the dominant speaker evaluation of every call.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.send_due_probes(now);
         if self.next_tick.is_some_and(|t| t > now) {
             return;
         }
@@ -780,6 +852,11 @@ impl Sfu {
                 if p.next_report.is_none_or(|t| t <= now) {
                     p.next_report = Some(now + REPORT_INTERVAL);
                     send_report(&self.config, p, ntp32(epoch, now), &mut self.transmits, now);
+                }
+                if p.feedback_seen {
+                    if let Some(probe) = p.cc.poll_probe(now) {
+                        schedule_probe(p, now, probe);
+                    }
                 }
             }
         }
@@ -853,7 +930,31 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        let probes = self
+            .calls
+            .values()
+            .flat_map(|c| &c.participants)
+            .filter_map(|p| p.probes.front().map(|(t, _, _)| *t))
+            .min();
+        match (self.next_tick, probes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends the probe padding packets that are due.
+    fn send_due_probes(&mut self, now: Instant) {
+        for call in self.calls.values_mut() {
+            for p in &mut call.participants {
+                while let Some(&(at, cluster, padding)) = p.probes.front() {
+                    if at > now {
+                        break;
+                    }
+                    p.probes.pop_front();
+                    p.send_padding(&self.config, now, cluster, padding, &mut self.transmits);
+                }
+            }
+        }
     }
 
     /// The counters of `leg`.

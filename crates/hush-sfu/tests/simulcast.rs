@@ -634,3 +634,38 @@ fn rtt_comes_from_receiver_reports_on_the_sfus_sender_reports() {
     sim.rtcp(1, &[report(0, rtcp_ssrc)]);
     assert_eq!(sim.sfu.leg_bandwidth(leg1).unwrap().rtt, Some(rtt));
 }
+
+#[test]
+fn a_receiver_whose_link_recovers_is_probed_back_up_to_the_high_layer() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    sim.feedback = true;
+    let slow = sim.leg(2);
+    sim.links.insert(
+        slow,
+        Link {
+            bps: 400_000,
+            free_at: sim.now,
+            queue: VecDeque::new(),
+            dropped: 0,
+        },
+    );
+    for _ in 0..240 {
+        ladder_frame(&mut sim);
+    }
+    assert_eq!(sim.sfu.forwarded_layer(slow, SOURCE), Some(0));
+    // The bottleneck goes away (what is queued still arrives).
+    sim.links.get_mut(&slow).unwrap().bps = 100_000_000;
+    for _ in 0..450 {
+        ladder_frame(&mut sim);
+    }
+    let stats = sim.sfu.leg_stats(slow).unwrap();
+    let bw = sim.sfu.leg_bandwidth(slow).unwrap();
+    assert_eq!(
+        sim.sfu.forwarded_layer(slow, SOURCE),
+        Some(2),
+        "{bw:?} {stats:?}"
+    );
+    assert!(stats.probe_packets > 0);
+    assert_eq!(sim.sfu.forwarded_layer(sim.leg(1), SOURCE), Some(2));
+    assert_eq!(sim.clients[&2].bad, 0);
+}
