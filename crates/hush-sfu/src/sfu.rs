@@ -134,6 +134,10 @@ pub struct SfuConfig {
     pub speaker: SpeakerConfig,
     /// Sees every RTP packet forwarded (see [`ForwardTap`]). Default none.
     pub tap: Option<ForwardTap>,
+    /// Forward each receiver the video of only the `n` other participants who spoke most
+    /// recently (by the speaker detector; those who never spoke in join order); `None`
+    /// forwards all video. Default `Some(9)`.
+    pub video_last_n: Option<usize>,
     /// The congestion controller of each leg (what the SFU sends to one participant), fed by
     /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
     /// 50 kbit/s and 20 Mbit/s, probing with padding (only on legs that send feedback).
@@ -157,6 +161,7 @@ impl Default for SfuConfig {
             replay_window: 256,
             speaker: SpeakerConfig::default(),
             tap: None,
+            video_last_n: Some(9),
             leg_cc: CcConfig {
                 start_bps: 2_000_000,
                 min_bps: 50_000,
@@ -288,6 +293,8 @@ pub struct LegStats {
     pub transport_feedback: u64,
     /// Probe padding packets sent to this leg (bandwidth probing).
     pub probe_packets: u64,
+    /// Video packets not forwarded to this leg because their sender is not among its last-N.
+    pub video_not_selected: u64,
 }
 
 /// The SFU's view of the path to one participant (what it sends on the leg).
@@ -458,6 +465,8 @@ struct Call {
     speaker: SpeakerDetector<DeviceId>,
     /// Legs whose audio is forwarded under loudest-N, and until when that choice holds.
     selected: Vec<LegId>,
+    /// The participants, most recent speaker first (video last-N).
+    recency: Vec<DeviceId>,
     selected_until: Option<Instant>,
 }
 
@@ -466,6 +475,41 @@ impl Call {
         self.participants.iter().position(|p| p.leg == leg)
     }
 
+    /// Moves whoever speaks now to the front of the recency order (the louder first, the
+    /// dominant speaker before all).
+    fn refresh_recency(&mut self, now: Instant) {
+        let mut speaking: Vec<(f32, DeviceId)> = self
+            .participants
+            .iter()
+            .filter(|p| self.speaker.is_speaking(now, p.device))
+            .map(|p| (self.speaker.score(now, p.device), p.device))
+            .collect();
+        // Quietest first, so that the loudest ends up in front.
+        speaking.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let dominant = self.speaker.dominant();
+        for device in speaking.into_iter().map(|(_, d)| d).chain(dominant) {
+            if let Some(at) = self.recency.iter().position(|d| *d == device) {
+                self.recency.remove(at);
+                self.recency.insert(0, device);
+            }
+        }
+    }
+}
+
+/// Whether `receiver` gets `sender`'s video under last-N: `sender` is among the first `n`
+/// of the recency order once `receiver` itself is left out.
+fn in_last_n(recency: &[DeviceId], n: Option<usize>, sender: DeviceId, receiver: DeviceId) -> bool {
+    let Some(n) = n else {
+        return true;
+    };
+    recency
+        .iter()
+        .filter(|d| **d != receiver)
+        .take(n)
+        .any(|d| *d == sender)
+}
+
+impl Call {
     /// Recomputes the loudest-N set when the last one is older than a speaker bucket.
     fn refresh_selection(&mut self, now: Instant, n: usize, bucket: Duration) {
         if self.selected_until.is_some_and(|t| now < t) {
@@ -529,6 +573,9 @@ impl Sfu {
         }
         if config.loudest_n == Some(0) {
             return Err(Error::InvalidConfig("loudest_n must be at least 1"));
+        }
+        if config.video_last_n == Some(0) {
+            return Err(Error::InvalidConfig("video_last_n must be at least 1"));
         }
         if config.speaker.bucket.is_zero() {
             return Err(Error::InvalidConfig("speaker bucket must not be zero"));
@@ -655,6 +702,7 @@ impl Sfu {
                     participants: Vec::new(),
                     speaker: SpeakerDetector::new(self.config.speaker.clone(), now),
                     selected: Vec::new(),
+                    recency: Vec::new(),
                     selected_until: None,
                 },
             );
@@ -691,6 +739,9 @@ impl Sfu {
             padding_seq: 0,
         });
         call.selected_until = None;
+        if !call.recency.contains(&device) {
+            call.recency.push(device);
+        }
         self.legs.insert(leg, call_id);
         info!(call = %call_id, %device, %leg, "participant joined");
         self.events.push_back(Event::ParticipantJoined {
@@ -748,6 +799,9 @@ impl Sfu {
         };
         let p = call.participants.remove(i);
         call.speaker.remove(p.device);
+        if reason != LeaveReason::Replaced {
+            call.recency.retain(|d| *d != p.device);
+        }
         call.selected_until = None;
         // Recipients forget the cached packets of the leaver. Their egress contexts keep the
         // leaver's SSRC state on purpose: forgetting it would let a rejoin with restarted
@@ -848,6 +902,7 @@ impl Sfu {
                     device,
                 });
             }
+            call.refresh_recency(now);
             for p in &mut call.participants {
                 if p.next_report.is_none_or(|t| t <= now) {
                     p.next_report = Some(now + REPORT_INTERVAL);
@@ -1081,6 +1136,12 @@ fn handle_rtp(
         if j == i {
             continue;
         }
+        if kind == StreamKind::Video
+            && !in_last_n(&call.recency, config.video_last_n, sender_device, r.device)
+        {
+            r.stats.video_not_selected += 1;
+            continue;
+        }
         r.send_rtp(
             now,
             buf,
@@ -1239,9 +1300,19 @@ fn forward_layer(
     transmits: &mut VecDeque<Transmit>,
 ) -> u64 {
     let mut switches = 0;
+    let sender_device = call.participants.get(i).map(|p| p.device);
     let mut keyframes: [Option<u32>; crate::join::MAX_LAYERS] = [None; crate::join::MAX_LAYERS];
     for (j, r) in call.participants.iter_mut().enumerate() {
         if j == i {
+            continue;
+        }
+        if sender_device
+            .is_some_and(|s| !in_last_n(&call.recency, config.video_last_n, s, r.device))
+        {
+            // Out of this receiver's last-N: nothing, and a keyframe is waited for when the
+            // sender comes back into it.
+            r.sub_mut(layer.source).reset();
+            r.stats.video_not_selected += 1;
             continue;
         }
         let share = r.video_share();

@@ -70,6 +70,8 @@ struct Sim {
     /// Deliveries to drop: (recipient leg, sequence number), to simulate loss.
     drop: Vec<(LegId, u16)>,
     links: HashMap<LegId, Link>,
+    /// Next sequence number of everyone's audio.
+    audio_seq: u16,
     /// Receivers send transport-wide feedback every 100 ms when set.
     feedback: bool,
     next_feedback: Instant,
@@ -88,6 +90,7 @@ impl Sim {
             frame: 0,
             drop: Vec::new(),
             links: HashMap::new(),
+            audio_seq: 0,
             feedback: false,
             next_feedback: Instant::now(),
         };
@@ -340,6 +343,11 @@ impl Sim {
 /// Checks that receiver `i` got one continuous stream: consecutive sequence numbers, no
 /// other SSRC of the source, timestamps never going back.
 fn assert_continuous(sim: &Sim, i: usize) {
+    assert_continuous_within(sim, i, 100 * 90);
+}
+
+/// [`assert_continuous`] with timestamp steps of up to `max_step` (a pause of the source).
+fn assert_continuous_within(sim: &Sim, i: usize, max_step: u32) {
     let c = &sim.clients[&i];
     assert_eq!(c.bad, 0);
     for &l in &LAYERS[1..] {
@@ -357,7 +365,7 @@ fn assert_continuous(sim: &Sim, i: usize) {
         );
         let dt = w[1].1.wrapping_sub(w[0].1);
         assert!(
-            (0..=100 * 90).contains(&dt),
+            (0..=max_step).contains(&dt),
             "timestamp step {dt} at receiver {i}"
         );
     }
@@ -668,4 +676,72 @@ fn a_receiver_whose_link_recovers_is_probed_back_up_to_the_high_layer() {
     assert!(stats.probe_packets > 0);
     assert_eq!(sim.sfu.forwarded_layer(sim.leg(1), SOURCE), Some(2));
     assert_eq!(sim.clients[&2].bad, 0);
+}
+
+impl Sim {
+    /// 1.5 s of audio from everyone, `talker` at a speaking level and the others silent, with
+    /// video frames of every layer alongside.
+    fn talk(&mut self, talker: usize, n: usize) {
+        use hush_media::rtp::AudioLevel;
+        for k in 0..75u16 {
+            let seq = self.audio_seq;
+            self.audio_seq = seq.wrapping_add(1);
+            for i in 0..n {
+                let c = self.clients.get_mut(&i).unwrap();
+                let mut p = RtpPacket::default();
+                p.header.payload_type = 111;
+                p.header.ssrc = 0x1000 + i as u32;
+                p.header.sequence_number = seq;
+                p.header.timestamp = u32::from(seq) * 960;
+                let level = if i == talker { 20 } else { 127 };
+                p.header
+                    .set_audio_level(1, AudioLevel { voice: true, level });
+                p.payload = vec![1; 40];
+                let mut bytes = p.to_vec();
+                c.send.protect_rtp(&mut bytes).unwrap();
+                self.input(i, &bytes);
+            }
+            if k % 2 == 0 {
+                self.frame(&[]);
+            } else {
+                self.advance(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_simulcast_source_out_of_a_receivers_last_n_is_paused_and_resumes_at_a_keyframe() {
+    let config = SfuConfig {
+        video_last_n: Some(1),
+        ..SfuConfig::default()
+    };
+    let mut sim = Sim::new(config, 3);
+    sim.frame(&[2]);
+    let leg1 = sim.leg(1);
+    assert_eq!(sim.layers_received(1).len(), 1);
+    // Participant 1 talks: for receiver 2 the last-1 is now 1 (who sends no video), so the
+    // camera of 0 stops there; receiver 1 still has 0 as its last-1.
+    sim.talk(1, 3);
+    let at1 = sim.layers_received(1).len();
+    let at2 = sim.layers_received(2).len();
+    for _ in 0..5 {
+        sim.frame(&[2]);
+    }
+    assert_eq!(sim.layers_received(1).len(), at1 + 5);
+    assert_eq!(sim.layers_received(2).len(), at2);
+    assert_eq!(sim.sfu.forwarded_layer(sim.leg(2), SOURCE), None);
+    assert!(sim.sfu.leg_stats(sim.leg(2)).unwrap().video_not_selected > 0);
+    // 0 talks: back in for receiver 2, from the next keyframe, continuing its stream.
+    sim.talk(0, 3);
+    sim.plis_to_sender();
+    let before = sim.layers_received(2).len();
+    sim.frame(&[]);
+    assert_eq!(sim.layers_received(2).len(), before, "waits for a keyframe");
+    sim.frame(&[2]);
+    assert_eq!(sim.layers_received(2).len(), before + 1);
+    // No sequence gap over the pause; the timestamp moved on by the pause (under 5 s).
+    assert_continuous_within(&sim, 2, 5 * 90_000);
+    assert_continuous(&sim, 1);
+    assert_eq!(sim.sfu.forwarded_layer(leg1, SOURCE), Some(2));
 }
