@@ -48,6 +48,9 @@ fn schedule_probe(p: &mut Participant, now: Instant, probe: hush_media::cc::Prob
 
 /// Time between two sender reports of the SFU on one leg (for the participant's RTT).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// A leg that sends no usable transport feedback this long after its controller started is no
+/// longer tracked by it (until it sends some).
+const CC_IDLE: Duration = Duration::from_secs(5);
 /// Round-trip times above this from a report are taken as nonsense and ignored.
 const MAX_RTT: Duration = Duration::from_secs(10);
 
@@ -71,7 +74,7 @@ fn send_report(
     packet::write_sender_report(&mut out, config.rtcp_ssrc, ntp32);
     match p.egress.protect_rtcp(&mut out) {
         Ok(()) => {
-            p.cc.on_untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+            p.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
             transmits.push_back(Transmit {
                 leg: p.leg,
                 bytes: out,
@@ -325,14 +328,24 @@ struct Participant {
     last_pli: Vec<(u32, Instant)>,
     /// Its simulcast sources (as a sender).
     sources: Vec<Source>,
-    /// What it gets of each simulcast source (as a receiver), by source SSRC. Kept after a
-    /// source leaves so that its output stream continues if it comes back.
+    /// What it gets of each simulcast source (as a receiver), by source SSRC. Kept while the
+    /// source's sender reconnects (replaced by its own new join) so that its output stream
+    /// continues; dropped when no participant sends the source any more.
     subs: Vec<Subscription>,
     /// The congestion controller of what the SFU sends on this leg.
     cc: CongestionController,
-    /// Whether the participant has sent transport-wide feedback (only then does its estimate
-    /// limit the layers it gets).
+    /// Whether the participant has sent transport-wide feedback that the controller used
+    /// (only then does its estimate limit the layers it gets).
     feedback_seen: bool,
+    /// Whether `cc` tracks the packets sent on this leg (from the join, and again from the
+    /// first feedback after it stopped for lack of any).
+    cc_active: bool,
+    /// Transport sequence number on the wire = the controller's + this.
+    tseq_offset: u16,
+    /// The next transport sequence number on the wire.
+    tseq_next: u16,
+    /// When `cc` started tracking the leg (the join, or the feedback that restarted it).
+    cc_since: Instant,
     /// When the SFU sends this leg its next sender report.
     next_report: Option<Instant>,
     /// Round-trip time to the participant, from its receiver reports.
@@ -375,6 +388,63 @@ impl Participant {
         Some(self.cc.target_bps() / 10 * 9 / sources)
     }
 
+    /// The transport-wide sequence number of the next packet sent on this leg, registered with
+    /// the congestion controller while it tracks the leg.
+    fn next_transport_seq(&mut self, now: Instant, wire: usize, probe: Option<u32>) -> u16 {
+        let seq = if self.cc_active {
+            self.cc
+                .on_packet_sent(now, wire, probe)
+                .wrapping_add(self.tseq_offset)
+        } else {
+            self.tseq_next
+        };
+        self.tseq_next = seq.wrapping_add(1);
+        seq
+    }
+
+    /// Bytes sent on this leg without a transport sequence number (RTCP, resends).
+    fn untracked_sent(&mut self, now: Instant, wire: usize) {
+        if self.cc_active {
+            self.cc.on_untracked_sent(now, wire);
+        }
+    }
+
+    /// Handles one transport feedback message from this participant.
+    fn on_transport_feedback(
+        &mut self,
+        config: &SfuConfig,
+        now: Instant,
+        mut fb: hush_media::rtcp::TransportFeedback,
+    ) {
+        self.stats.transport_feedback += 1;
+        if !self.cc_active {
+            // The controller stopped tracking this leg (no feedback for a while): start a
+            // fresh one whose sequence numbers continue the wire's. This message is about
+            // packets sent before, which it does not know.
+            self.cc = CongestionController::new(config.leg_cc.clone());
+            self.cc_active = true;
+            self.cc_since = now;
+            self.tseq_offset = self.tseq_next;
+            return;
+        }
+        fb.base_seq = fb.base_seq.wrapping_sub(self.tseq_offset);
+        self.cc.on_feedback(now, &fb);
+        self.feedback_seen = true;
+    }
+
+    /// Stops tracking a leg that has sent no usable feedback for [`CC_IDLE`] since tracking
+    /// started: a participant that does not send transport feedback costs no history on the
+    /// packet path.
+    fn idle_cc(&mut self, config: &SfuConfig, now: Instant) {
+        if self.cc_active
+            && !self.feedback_seen
+            && now.saturating_duration_since(self.cc_since) > CC_IDLE
+        {
+            self.cc = CongestionController::new(config.leg_cc.clone());
+            self.cc_active = false;
+        }
+    }
+
     /// Sends one probe packet: RTP under the SFU's own SSRC carrying only `padding` bytes of
     /// RFC 3550 padding, with the leg's transport-wide sequence number, counted in `cluster`.
     fn send_padding(
@@ -398,7 +468,7 @@ impl Participant {
             return;
         };
         let wire = out.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
-        let tseq = self.cc.on_packet_sent(now, wire, Some(cluster));
+        let tseq = self.next_transport_seq(now, wire, Some(cluster));
         if let Some(field) = out.get_mut(at..at + 2) {
             field.copy_from_slice(&tseq.to_be_bytes());
         }
@@ -437,10 +507,10 @@ impl Participant {
         let wire = out.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
         match at.and_then(|at| out.get_mut(at..at + 2)) {
             Some(field) => {
-                let tseq = self.cc.on_packet_sent(now, wire, None);
+                let tseq = self.next_transport_seq(now, wire, None);
                 field.copy_from_slice(&tseq.to_be_bytes());
             }
-            None => self.cc.on_untracked_sent(now, wire),
+            None => self.untracked_sent(now, wire),
         }
         match self.egress.protect_rtp(&mut out) {
             Ok(()) => {
@@ -473,6 +543,20 @@ struct Call {
 impl Call {
     fn index_of(&self, leg: LegId) -> Option<usize> {
         self.participants.iter().position(|p| p.leg == leg)
+    }
+
+    /// Forgets the subscriptions of receivers to sources no participant sends any more (those
+    /// of a participant that reconnected with the same SSRCs stay, so its output streams
+    /// continue). Bounds them by the sources present.
+    fn prune_subs(&mut self) {
+        let present: Vec<u32> = self
+            .participants
+            .iter()
+            .flat_map(|p| p.sources.iter().map(|s| s.ssrc))
+            .collect();
+        for p in &mut self.participants {
+            p.subs.retain(|s| present.contains(&s.source));
+        }
     }
 
     /// Moves whoever speaks now to the front of the recency order (the louder first, the
@@ -733,12 +817,17 @@ impl Sfu {
             subs: Vec::new(),
             cc: CongestionController::new(self.config.leg_cc.clone()),
             feedback_seen: false,
+            cc_active: true,
+            tseq_offset: 0,
+            tseq_next: 0,
+            cc_since: now,
             next_report: None,
             rtt: None,
             probes: VecDeque::new(),
             padding_seq: 0,
         });
         call.selected_until = None;
+        call.prune_subs();
         if !call.recency.contains(&device) {
             call.recency.push(device);
         }
@@ -801,6 +890,7 @@ impl Sfu {
         call.speaker.remove(p.device);
         if reason != LeaveReason::Replaced {
             call.recency.retain(|d| *d != p.device);
+            call.prune_subs();
         }
         call.selected_until = None;
         // Recipients forget the cached packets of the leaver. Their egress contexts keep the
@@ -908,6 +998,7 @@ impl Sfu {
                     p.next_report = Some(now + REPORT_INTERVAL);
                     send_report(&self.config, p, ntp32(epoch, now), &mut self.transmits, now);
                 }
+                p.idle_cc(&self.config, now);
                 if p.feedback_seen {
                     if let Some(probe) = p.cc.poll_probe(now) {
                         schedule_probe(p, now, probe);
@@ -1206,13 +1297,11 @@ fn handle_rtcp(
                     }
                     match me.cache.resend(media_ssrc, seq) {
                         Some(bytes) => {
+                            let bytes = bytes.to_vec();
                             resends += 1;
                             me.stats.retransmitted += 1;
-                            me.cc.on_untracked_sent(now, bytes.len() + UDP_IP_OVERHEAD);
-                            transmits.push_back(Transmit {
-                                leg: me.leg,
-                                bytes: bytes.to_vec(),
-                            });
+                            me.untracked_sent(now, bytes.len() + UDP_IP_OVERHEAD);
+                            transmits.push_back(Transmit { leg: me.leg, bytes });
                         }
                         None => me.stats.nacks_unserved += 1,
                     }
@@ -1241,9 +1330,7 @@ fn handle_rtcp(
                     .and_then(|b| hush_media::rtcp::parse_compound(b).ok());
                 for p in parsed.into_iter().flatten() {
                     if let hush_media::rtcp::RtcpPacket::TransportFeedback(fb) = p {
-                        me.cc.on_feedback(now, &fb);
-                        me.feedback_seen = true;
-                        me.stats.transport_feedback += 1;
+                        me.on_transport_feedback(config, now, fb);
                     }
                 }
             }
@@ -1362,7 +1449,7 @@ fn send_pli(
     match owner.egress.protect_rtcp(&mut out) {
         Ok(()) => {
             owner.stats.plis_relayed += 1;
-            owner.cc.on_untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+            owner.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
             transmits.push_back(Transmit {
                 leg: owner.leg,
                 bytes: out,

@@ -745,3 +745,36 @@ fn a_simulcast_source_out_of_a_receivers_last_n_is_paused_and_resumes_at_a_keyfr
     assert_continuous(&sim, 1);
     assert_eq!(sim.sfu.forwarded_layer(leg1, SOURCE), Some(2));
 }
+
+#[test]
+fn a_receiver_that_starts_sending_feedback_late_is_tracked_from_then_on() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    let slow = sim.leg(2);
+    // 7 s without any feedback: no estimate, the view alone decides (layer 2 for everyone),
+    // and the SFU stops keeping send history for the legs (after 5 s).
+    for _ in 0..210 {
+        ladder_frame(&mut sim);
+    }
+    assert_eq!(sim.sfu.forwarded_layer(slow, SOURCE), Some(2));
+    assert_eq!(sim.sfu.leg_bandwidth(slow).unwrap().estimate_bps, None);
+    // Feedback starts as receiver 2's link drops to 400 kbit/s: the first message restarts
+    // tracking (with transport sequence numbers continuing on the wire), the next ones drive
+    // it down.
+    sim.feedback = true;
+    sim.links.insert(
+        slow,
+        Link {
+            bps: 400_000,
+            free_at: sim.now,
+            queue: VecDeque::new(),
+            dropped: 0,
+        },
+    );
+    for _ in 0..240 {
+        ladder_frame(&mut sim);
+    }
+    assert_eq!(sim.sfu.forwarded_layer(slow, SOURCE), Some(0));
+    assert_eq!(sim.sfu.forwarded_layer(sim.leg(1), SOURCE), Some(2));
+    let bw = sim.sfu.leg_bandwidth(slow).unwrap();
+    assert!(bw.estimate_bps.is_some_and(|e| e < 400_000), "{bw:?}");
+}
