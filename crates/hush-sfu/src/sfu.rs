@@ -641,6 +641,8 @@ pub struct Sfu {
     epoch: Option<Instant>,
     /// Simulcast layer switches since the SFU started (over all legs, gone ones included).
     layer_switches: u64,
+    /// The earliest probe packet due on any leg (as of the last timeout).
+    probe_deadline: Option<Instant>,
     /// Scratch buffers reused across packets.
     buf: Vec<u8>,
     feedback: Vec<Feedback>,
@@ -683,6 +685,7 @@ impl Sfu {
             next_tick: None,
             epoch: None,
             layer_switches: 0,
+            probe_deadline: None,
             buf: Vec::with_capacity(1500),
             feedback: Vec::new(),
         })
@@ -980,9 +983,20 @@ impl Sfu {
     /// Runs what is due at `now`: the dominant speaker evaluation of every call.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.send_due_probes(now);
-        if self.next_tick.is_some_and(|t| t > now) {
-            return;
+        if self.next_tick.is_none_or(|t| t <= now) {
+            self.tick(now);
         }
+        self.probe_deadline = self
+            .calls
+            .values()
+            .flat_map(|c| &c.participants)
+            .filter_map(|p| p.probes.front().map(|(t, _, _)| *t))
+            .min();
+    }
+
+    /// The periodic work: dominant speaker, last-N order, sender reports, controllers' idle
+    /// checks and probes.
+    fn tick(&mut self, now: Instant) {
         let epoch = *self.epoch.get_or_insert(now);
         for (call_id, call) in &mut self.calls {
             if let Some(device) = call.speaker.evaluate(now) {
@@ -1076,13 +1090,7 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let probes = self
-            .calls
-            .values()
-            .flat_map(|c| &c.participants)
-            .filter_map(|p| p.probes.front().map(|(t, _, _)| *t))
-            .min();
-        match (self.next_tick, probes) {
+        match (self.next_tick, self.probe_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
