@@ -19,7 +19,9 @@ use crate::join::{simulcast_sources, StreamDecl, MAX_LAYERS};
 const VIDEO_CLOCK_HZ: u128 = 90_000;
 /// Length of one bitrate measurement window of a layer.
 const METER_WINDOW: Duration = Duration::from_millis(500);
-/// A layer with no packet for this long is not offered (the sender stopped it).
+/// A layer with no packet for this long is not offered (the sender stopped it). A layer that
+/// has sent nothing yet counts as active this long after its source's first packet, so that
+/// receivers do not climb through the layers as their first packets arrive one by one.
 const LAYER_IDLE: Duration = Duration::from_secs(1);
 /// Moving up to a higher layer needs its rate under this fraction of the share (staying or
 /// moving down only needs the rate under the share), so that a rate near the share does not
@@ -72,6 +74,8 @@ pub(crate) struct Source {
     /// The source SSRC: layer 0's, under which every layer is forwarded.
     pub(crate) ssrc: u32,
     pub(crate) layers: Vec<Layer>,
+    /// When the first packet of any layer arrived.
+    started: Option<Instant>,
 }
 
 /// A copy of what selection needs of one layer.
@@ -112,6 +116,7 @@ impl Source {
                 let ssrc = layers.first()?.0;
                 Some(Self {
                     ssrc,
+                    started: None,
                     layers: layers
                         .into_iter()
                         .map(|(ssrc, l)| Layer {
@@ -138,6 +143,8 @@ impl Source {
         marking: Option<u8>,
     ) -> Option<LayerPacket> {
         let layer = self.layers.iter().position(|l| l.ssrc == ssrc)?;
+        let started = *self.started.get_or_insert(now);
+        let starting = now.saturating_duration_since(started) < LAYER_IDLE;
         let l = self.layers.get_mut(layer)?;
         l.meter.add(now, len);
         l.last_packet = Some(now);
@@ -154,9 +161,10 @@ impl Source {
                 ssrc: l.ssrc,
                 height: l.height,
                 bps: l.meter.bps,
-                active: l
-                    .last_packet
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE),
+                active: match l.last_packet {
+                    Some(t) => now.saturating_duration_since(t) < LAYER_IDLE,
+                    None => starting,
+                },
             };
             count += 1;
         }
@@ -497,6 +505,7 @@ mod tests {
         let t0 = Instant::now();
         let mut src = Source {
             ssrc: 1,
+            started: None,
             layers: vec![Layer {
                 ssrc: 1,
                 height: 90,
