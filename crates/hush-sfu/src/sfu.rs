@@ -361,15 +361,16 @@ impl Participant {
         self.streams.iter().find(|s| s.ssrc == ssrc)
     }
 
-    fn sub_mut(&mut self, source: u32) -> &mut Subscription {
+    /// This receiver's subscription to `source`, created if new (`None` never happens).
+    fn sub_mut(&mut self, source: u32) -> Option<&mut Subscription> {
         let i = match self.subs.iter().position(|s| s.source == source) {
             Some(i) => i,
             None => {
                 self.subs.push(Subscription::new(source));
-                self.subs.len() - 1
+                self.subs.len().checked_sub(1)?
             }
         };
-        &mut self.subs[i]
+        self.subs.get_mut(i)
     }
 
     /// The bandwidth share of one simulcast source at this receiver, if it has an estimate:
@@ -1049,7 +1050,9 @@ impl Sfu {
             .find(|p| p.leg == leg)
             .ok_or(Error::UnknownLeg(leg))?;
         debug!(%leg, source, max_height, "view requested");
-        me.sub_mut(source).max_height = max_height;
+        if let Some(sub) = me.sub_mut(source) {
+            sub.max_height = max_height;
+        }
         Ok(())
     }
 
@@ -1406,14 +1409,17 @@ fn forward_layer(
         {
             // Out of this receiver's last-N: nothing, and a keyframe is waited for when the
             // sender comes back into it.
-            r.sub_mut(layer.source).reset();
+            if let Some(sub) = r.sub_mut(layer.source) {
+                sub.reset();
+            }
             r.stats.video_not_selected += 1;
             continue;
         }
         let share = r.video_share();
-        let d = r
-            .sub_mut(layer.source)
-            .on_packet(now, layer, info.seq, info.timestamp, share);
+        let Some(sub) = r.sub_mut(layer.source) else {
+            continue;
+        };
+        let d = sub.on_packet(now, layer, info.seq, info.timestamp, share);
         if let Some(k) = d.keyframe {
             if let Some(slot) = keyframes.iter_mut().find(|s| s.is_none() || **s == Some(k)) {
                 *slot = Some(k);
