@@ -107,6 +107,13 @@ impl ControlWriter {
     pub async fn set_muted(&mut self, muted: bool) -> Result<(), ControlError> {
         write_frame(&mut self.wr, &ClientMessage::SetMuted { muted }.encode()).await
     }
+
+    /// Asks for at most `max_height` pixels of the simulcast source `source` (its source SSRC
+    /// as announced; 0 stops it). The SFU switches at the source's next keyframe.
+    pub async fn request_view(&mut self, source: u32, max_height: u16) -> Result<(), ControlError> {
+        let msg = ClientMessage::RequestView { source, max_height };
+        write_frame(&mut self.wr, &msg.encode()).await
+    }
 }
 
 /// Connects to the SFU's signaling address, sends a join signed with `device` (with `roster`

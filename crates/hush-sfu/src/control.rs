@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::error::WireError;
 use crate::ids::DeviceId;
-use crate::join::{StreamDecl, StreamKind, NOTICE_KEY_LEN};
+use crate::join::{StreamDecl, NOTICE_KEY_LEN};
 use crate::sfu::LeaveReason;
 use crate::wire::Reader;
 
@@ -34,6 +34,7 @@ const NOTICE_LABEL: &[u8] = b"hush sfu notice v1";
 const TAG_JOIN: u8 = 0x10;
 const TAG_ROSTER: u8 = 0x11;
 const TAG_MUTE: u8 = 0x12;
+const TAG_VIEW: u8 = 0x13;
 const TAG_ACCEPTED: u8 = 0x20;
 const TAG_REFUSED: u8 = 0x21;
 const TAG_NOTICE: u8 = 0x22;
@@ -76,6 +77,14 @@ pub enum ClientMessage {
     SetMuted {
         /// Muted.
         muted: bool,
+    },
+    /// This participant wants at most `max_height` pixels of a simulcast source (0: none of
+    /// it); see [`crate::Sfu::request_view`].
+    RequestView {
+        /// The source SSRC (as announced in the participant-joined notice).
+        source: u32,
+        /// The largest frame height wanted.
+        max_height: u16,
     },
 }
 
@@ -176,6 +185,11 @@ impl ClientMessage {
                 out.push(TAG_MUTE);
                 out.push(u8::from(*muted));
             }
+            Self::RequestView { source, max_height } => {
+                out.push(TAG_VIEW);
+                out.extend_from_slice(&source.to_be_bytes());
+                out.extend_from_slice(&max_height.to_be_bytes());
+            }
         }
         out
     }
@@ -201,6 +215,10 @@ impl ClientMessage {
                     1 => true,
                     _ => return Err(r.malformed("mute flag")),
                 },
+            },
+            TAG_VIEW => Self::RequestView {
+                source: r.u32()?,
+                max_height: r.u16()?,
             },
             _ => return Err(r.malformed("unknown tag")),
         };
@@ -295,11 +313,7 @@ impl Notice {
                 out.extend_from_slice(device.as_bytes());
                 out.push(streams.len().min(usize::from(u8::MAX)) as u8);
                 for s in streams.iter().take(usize::from(u8::MAX)) {
-                    out.extend_from_slice(&s.ssrc.to_be_bytes());
-                    out.push(match s.kind {
-                        StreamKind::Audio => 0,
-                        StreamKind::Video => 1,
-                    });
+                    s.write(out);
                 }
             }
             Self::ParticipantLeft { device, reason } => {
@@ -332,13 +346,7 @@ impl Notice {
                 let n = r.u8()?;
                 let mut streams = Vec::with_capacity(usize::from(n));
                 for _ in 0..n {
-                    let ssrc = r.u32()?;
-                    let kind = match r.u8()? {
-                        0 => StreamKind::Audio,
-                        1 => StreamKind::Video,
-                        _ => return Err(r.malformed("stream kind")),
-                    };
-                    streams.push(StreamDecl { ssrc, kind });
+                    streams.push(StreamDecl::read(r)?);
                 }
                 Self::ParticipantJoined { device, streams }
             }
@@ -501,6 +509,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::join::{SimulcastLayer, StreamKind};
 
     fn device(seed: u8) -> DeviceId {
         DeviceId::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
@@ -514,10 +523,21 @@ mod tests {
         let notices = [
             Notice::ParticipantJoined {
                 device: device(1),
-                streams: vec![StreamDecl {
-                    ssrc: 9,
-                    kind: StreamKind::Audio,
-                }],
+                streams: vec![
+                    StreamDecl {
+                        ssrc: 9,
+                        kind: StreamKind::Audio,
+                    },
+                    StreamDecl {
+                        ssrc: 10,
+                        kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                            source: 1,
+                            layer: 2,
+                            width: 640,
+                            height: 360,
+                        }),
+                    },
+                ],
             },
             Notice::ParticipantLeft {
                 device: device(2),
@@ -597,6 +617,10 @@ mod tests {
             ClientMessage::UpdateRoster { roster: vec![3; 7] },
             ClientMessage::SetMuted { muted: true },
             ClientMessage::SetMuted { muted: false },
+            ClientMessage::RequestView {
+                source: 0x3000,
+                max_height: 180,
+            },
         ];
         for m in c {
             assert_eq!(ClientMessage::decode(&m.encode()).unwrap(), m);

@@ -165,4 +165,7 @@ pub enum Error {
     /// No such leg.
     #[error("unknown leg {0}")]
     UnknownLeg(LegId),
+    /// No other participant of the leg's call sends a simulcast source with this SSRC.
+    #[error("unknown simulcast source {0:#010x}")]
+    UnknownSource(u32),
 }

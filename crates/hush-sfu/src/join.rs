@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{JoinError, WireError};
 use crate::ids::{CallId, DeviceId, CALL_ID_LEN};
+use crate::packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 use crate::wire::Reader;
 
 /// Version of the join protocol this code speaks (the second byte of both messages).
@@ -72,8 +73,28 @@ pub const NOTICE_KEY_LEN: usize = 32;
 pub enum StreamKind {
     /// Audio (wire code 0): forwarded to everyone, or to the loudest N.
     Audio,
-    /// Video (wire code 1): forwarded to everyone (layer selection is a later layer).
+    /// Video (wire code 1): one stream, forwarded to everyone as it is.
     Video,
+    /// One layer of a simulcast video source (wire code 2): the SFU forwards one layer of each
+    /// source to each receiver, as one continuous stream (docs/sfu.md, "Simulcast").
+    SimulcastLayer(SimulcastLayer),
+}
+
+/// One layer of a simulcast video source, as declared at join.
+///
+/// The layers of one source share its `source` id; their `layer` indices are `0..n` (n at most
+/// [`MAX_LAYERS`]) and their heights grow strictly with the index (layer 0 is the smallest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SimulcastLayer {
+    /// The source this layer belongs to (a participant may send several sources, e.g. camera
+    /// and screen).
+    pub source: u8,
+    /// The layer's index within its source: 0 the lowest resolution.
+    pub layer: u8,
+    /// Frame width in pixels (not 0).
+    pub width: u16,
+    /// Frame height in pixels (not 0).
+    pub height: u16,
 }
 
 impl StreamKind {
@@ -81,15 +102,13 @@ impl StreamKind {
         match self {
             Self::Audio => 0,
             Self::Video => 1,
+            Self::SimulcastLayer(_) => 2,
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Self::Audio),
-            1 => Some(Self::Video),
-            _ => None,
-        }
+    /// Whether this is video (a plain stream or a simulcast layer).
+    pub fn is_video(self) -> bool {
+        !matches!(self, Self::Audio)
     }
 }
 
@@ -98,8 +117,109 @@ impl StreamKind {
 pub struct StreamDecl {
     /// The RTP SSRC the participant sends this stream with.
     pub ssrc: u32,
-    /// Audio or video.
+    /// Audio, video, or one layer of a simulcast video source.
     pub kind: StreamKind,
+}
+
+/// Most layers one simulcast source may declare.
+pub const MAX_LAYERS: usize = 3;
+
+impl StreamDecl {
+    /// Appends the wire form (SSRC 4, kind 1, and for a simulcast layer source 1, layer 1,
+    /// width 2, height 2).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ssrc.to_be_bytes());
+        out.push(self.kind.code());
+        if let StreamKind::SimulcastLayer(l) = self.kind {
+            out.push(l.source);
+            out.push(l.layer);
+            out.extend_from_slice(&l.width.to_be_bytes());
+            out.extend_from_slice(&l.height.to_be_bytes());
+        }
+    }
+
+    /// Reads one wire form (see [`write`](Self::write)).
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let ssrc = r.u32()?;
+        let kind = match r.u8()? {
+            0 => StreamKind::Audio,
+            1 => StreamKind::Video,
+            2 => {
+                let source = r.u8()?;
+                let layer = r.u8()?;
+                let width = r.u16()?;
+                let height = r.u16()?;
+                if width == 0 || height == 0 {
+                    return Err(r.malformed("simulcast layer size zero"));
+                }
+                StreamKind::SimulcastLayer(SimulcastLayer {
+                    source,
+                    layer,
+                    width,
+                    height,
+                })
+            }
+            _ => return Err(r.malformed("unknown stream kind")),
+        };
+        Ok(Self { ssrc, kind })
+    }
+}
+
+/// Checks the simulcast layout of a declaration: per source at most [`MAX_LAYERS`] layers,
+/// indexed `0..n` without gaps or repeats, heights strictly growing with the index.
+fn check_simulcast(streams: &[StreamDecl]) -> Result<(), &'static str> {
+    for (_, layers) in simulcast_sources(streams) {
+        if layers.len() > MAX_LAYERS {
+            return Err("more than 3 simulcast layers in a source");
+        }
+        for (i, l) in layers.iter().enumerate() {
+            if usize::from(l.1.layer) != i {
+                return Err("simulcast layer indices not 0..n");
+            }
+            if i > 0 && layers.get(i - 1).is_some_and(|p| p.1.height >= l.1.height) {
+                return Err("simulcast layer heights not increasing");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The simulcast sources of a declaration: per source id (in order of first appearance), its
+/// layers `(ssrc, layer)` sorted by layer index.
+pub fn simulcast_sources(streams: &[StreamDecl]) -> Vec<(u8, Vec<(u32, SimulcastLayer)>)> {
+    let mut out: Vec<(u8, Vec<(u32, SimulcastLayer)>)> = Vec::new();
+    for s in streams {
+        let StreamKind::SimulcastLayer(l) = s.kind else {
+            continue;
+        };
+        match out.iter_mut().find(|(id, _)| *id == l.source) {
+            Some((_, layers)) => layers.push((s.ssrc, l)),
+            None => out.push((l.source, vec![(s.ssrc, l)])),
+        }
+    }
+    for (_, layers) in &mut out {
+        layers.sort_by_key(|(_, l)| l.layer);
+    }
+    out
+}
+
+/// The streams receivers get from a participant with this declaration: every audio and plain
+/// video stream as declared, and each simulcast source as one [`StreamKind::Video`] stream
+/// under the SSRC of its layer 0 (the *source SSRC*; the SFU rewrites every forwarded layer to
+/// it). What the SFU announces to the other participants.
+pub fn announced_streams(streams: &[StreamDecl]) -> Vec<StreamDecl> {
+    let mut out = Vec::with_capacity(streams.len());
+    for s in streams {
+        match s.kind {
+            StreamKind::SimulcastLayer(l) if l.layer == 0 => out.push(StreamDecl {
+                ssrc: s.ssrc,
+                kind: StreamKind::Video,
+            }),
+            StreamKind::SimulcastLayer(_) => {}
+            _ => out.push(*s),
+        }
+    }
+    out
 }
 
 /// What a client asks for when it joins.
@@ -109,8 +229,8 @@ pub struct JoinParams {
     pub call_id: CallId,
     /// The SRTP suite for the hop keys.
     pub suite: Suite,
-    /// The RFC 8285 one-byte extension id (1..=14) of the RFC 6464 audio level in this client's
-    /// audio packets, or `None` if it sends none.
+    /// The RFC 8285 one-byte extension id (1..=14, but not the reserved 11 and 12) of the
+    /// RFC 6464 audio level in this client's audio packets, or `None` if it sends none.
     pub audio_level_ext: Option<u8>,
     /// The streams this client will send (1..=[`MAX_STREAMS`], distinct SSRCs).
     pub streams: Vec<StreamDecl>,
@@ -160,6 +280,9 @@ impl JoinRequest {
         let ext = r.u8()?;
         let audio_level_ext = match ext {
             0 => None,
+            FRAME_MARKING_EXT_ID | TRANSPORT_SEQ_EXT_ID => {
+                return Err(r.malformed("audio level extension id reserved").into())
+            }
             1..=14 => Some(ext),
             _ => return Err(r.malformed("audio level extension id over 14").into()),
         };
@@ -169,14 +292,13 @@ impl JoinRequest {
         }
         let mut streams = Vec::with_capacity(n);
         for _ in 0..n {
-            let ssrc = r.u32()?;
-            let kind =
-                StreamKind::from_code(r.u8()?).ok_or_else(|| r.malformed("unknown stream kind"))?;
-            if streams.iter().any(|s: &StreamDecl| s.ssrc == ssrc) {
+            let s = StreamDecl::read(&mut r)?;
+            if streams.iter().any(|d: &StreamDecl| d.ssrc == s.ssrc) {
                 return Err(r.malformed("duplicate ssrc").into());
             }
-            streams.push(StreamDecl { ssrc, kind });
+            streams.push(s);
         }
+        check_simulcast(&streams).map_err(|reason| r.malformed(reason))?;
         let body_len = bytes.len() - r.remaining();
         let signature = r.array::<64>()?;
         r.finish()?;
@@ -474,6 +596,11 @@ impl PendingJoin {
         }
         let ext = match params.audio_level_ext {
             None => 0,
+            Some(FRAME_MARKING_EXT_ID | TRANSPORT_SEQ_EXT_ID) => {
+                return Err(JoinError::InvalidArgument(
+                    "extension ids 11 and 12 are reserved (frame marking, transport sequence)",
+                ))
+            }
             Some(id @ 1..=14) => id,
             Some(_) => return Err(JoinError::InvalidArgument("extension id must be 1..=14")),
         };
@@ -489,9 +616,9 @@ impl PendingJoin {
         body.extend_from_slice(&params.suite.dtls_srtp_profile().to_be_bytes());
         body.push(ext);
         body.push(n as u8);
+        check_simulcast(&params.streams).map_err(JoinError::InvalidArgument)?;
         for s in &params.streams {
-            body.extend_from_slice(&s.ssrc.to_be_bytes());
-            body.push(s.kind.code());
+            s.write(&mut body);
         }
         let signature = device
             .sign(&signed_message(REQUEST_SIG_LABEL, &[&body]))

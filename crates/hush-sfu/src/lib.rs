@@ -27,6 +27,10 @@
 //!   specifies every byte and has a test vector.
 //! - [`roster`]: who may join, signed by the call's creator; newer versions add and kick.
 //! - [`Sfu`]: calls, participants and the packet path; [`SfuConfig`] its knobs.
+//! - Video: simulcast layer selection per receiver (view requests, bandwidth share, switches
+//!   at keyframes marked in a header extension, one rewritten stream per source), per-leg
+//!   transport-wide congestion control (hush-media's controller, probing), video last-N
+//!   (`docs/sfu.md` "Simulcast", "Per-leg congestion control", "Video last-N").
 //! - [`speaker`]: dominant speaker detection with hysteresis.
 //!
 //! # Loop
@@ -90,6 +94,7 @@ mod packet;
 pub mod roster;
 pub mod server;
 mod sfu;
+mod simulcast;
 pub mod speaker;
 mod wire;
 
@@ -99,4 +104,7 @@ pub use ed25519_dalek;
 
 pub use error::{Error, JoinError, PacketError, RosterError, WireError};
 pub use ids::{CallId, DeviceId, LegId, CALL_ID_LEN};
-pub use sfu::{Event, ForwardTap, Joined, LeaveReason, LegStats, Sfu, SfuConfig, TapFn, Transmit};
+pub use packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
+pub use sfu::{
+    Event, ForwardTap, Joined, LeaveReason, LegBandwidth, LegStats, Sfu, SfuConfig, TapFn, Transmit,
+};

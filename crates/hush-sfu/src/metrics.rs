@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::server::{Cmd, DriverStats};
+use crate::server::{Cmd, DriverStats, LegMetrics};
 
 /// Renders the counters in the Prometheus text format (version 0.0.4).
 pub fn render(s: &DriverStats) -> String {
@@ -107,7 +107,60 @@ pub fn render(s: &DriverStats) -> String {
         "Datagrams of other protocols.",
         s.other_dropped,
     );
+    metric(
+        "layer_switches_total",
+        counter,
+        "Simulcast layer switches made for receivers.",
+        s.layer_switches,
+    );
+    render_legs(&mut out, &s.leg_metrics);
     out
+}
+
+/// Per-leg series, labelled `leg` (one series per leg in a call now).
+fn render_legs(out: &mut String, legs: &[LegMetrics]) {
+    type Value = fn(&LegMetrics) -> Option<String>;
+    let series: [(&str, &str, &str, Value); 5] = [
+        (
+            "leg_estimated_bitrate_bps",
+            "gauge",
+            "Bandwidth the SFU estimates towards the participant (transport-wide CC).",
+            |l| l.estimate_bps.map(|v| v.to_string()),
+        ),
+        (
+            "leg_loss_ratio",
+            "gauge",
+            "Loss towards the participant over the last second of feedback.",
+            |l| Some(format!("{:.3}", f64::from(l.loss_permille) / 1000.0)),
+        ),
+        (
+            "leg_rtt_seconds",
+            "gauge",
+            "Round-trip time to the participant (its receiver reports).",
+            |l| l.rtt_us.map(|us| format!("{:.6}", us as f64 / 1e6)),
+        ),
+        (
+            "leg_layer_switches_total",
+            "counter",
+            "Simulcast layer switches made for the participant.",
+            |l| Some(l.layer_switches.to_string()),
+        ),
+        (
+            "leg_forwarded_packets_total",
+            "counter",
+            "Packets forwarded to the participant.",
+            |l| Some(l.forwarded.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP hush_sfu_{name} {help}");
+        let _ = writeln!(out, "# TYPE hush_sfu_{name} {kind}");
+        for l in legs {
+            if let Some(v) = value(l) {
+                let _ = writeln!(out, "hush_sfu_{name}{{leg=\"{}\"}} {v}", l.leg.0);
+            }
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the server stops.
@@ -172,4 +225,51 @@ async fn respond(mut stream: TcpStream, cmd: mpsc::UnboundedSender<Cmd>) -> std:
     );
     stream.write_all(reply.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LegId;
+
+    #[test]
+    fn per_leg_series_are_labelled_and_absent_values_left_out() {
+        let s = DriverStats {
+            layer_switches: 3,
+            leg_metrics: vec![
+                LegMetrics {
+                    leg: LegId(4),
+                    estimate_bps: Some(1_250_000),
+                    loss_permille: 25,
+                    rtt_us: Some(48_500),
+                    layer_switches: 2,
+                    forwarded: 900,
+                },
+                LegMetrics {
+                    leg: LegId(9),
+                    estimate_bps: None,
+                    loss_permille: 0,
+                    rtt_us: None,
+                    layer_switches: 0,
+                    forwarded: 0,
+                },
+            ],
+            ..DriverStats::default()
+        };
+        let text = render(&s);
+        for line in [
+            "hush_sfu_layer_switches_total 3",
+            "hush_sfu_leg_estimated_bitrate_bps{leg=\"4\"} 1250000",
+            "hush_sfu_leg_loss_ratio{leg=\"4\"} 0.025",
+            "hush_sfu_leg_rtt_seconds{leg=\"4\"} 0.048500",
+            "hush_sfu_leg_layer_switches_total{leg=\"4\"} 2",
+            "hush_sfu_leg_forwarded_packets_total{leg=\"4\"} 900",
+            "hush_sfu_leg_loss_ratio{leg=\"9\"} 0.000",
+            "# TYPE hush_sfu_leg_rtt_seconds gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("hush_sfu_leg_estimated_bitrate_bps{leg=\"9\"}"));
+        assert!(!text.contains("hush_sfu_leg_rtt_seconds{leg=\"9\"}"));
+    }
 }

@@ -139,6 +139,28 @@ pub struct DriverStats {
     pub packets_out: u64,
     /// Bytes of those.
     pub bytes_out: u64,
+    /// Simulcast layer switches since the server started (from the core).
+    pub layer_switches: u64,
+    /// Per-leg figures of the legs in calls now (from the core), sorted by leg.
+    pub leg_metrics: Vec<LegMetrics>,
+}
+
+/// What the metrics endpoint shows of one leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegMetrics {
+    /// The leg.
+    pub leg: LegId,
+    /// The congestion controller's estimate of the path to the participant, once it sent
+    /// transport-wide feedback.
+    pub estimate_bps: Option<u64>,
+    /// Loss on the path to the participant over the last second of feedback, in 1/1000.
+    pub loss_permille: u32,
+    /// Round-trip time, in microseconds, once known.
+    pub rtt_us: Option<u64>,
+    /// Simulcast layer switches made for this receiver.
+    pub layer_switches: u64,
+    /// Packets forwarded to it.
+    pub forwarded: u64,
 }
 
 pub(crate) enum Cmd {
@@ -155,6 +177,11 @@ pub(crate) enum Cmd {
     Mute {
         leg: LegId,
         muted: bool,
+    },
+    View {
+        leg: LegId,
+        source: u32,
+        max_height: u16,
     },
     Leave {
         leg: LegId,
@@ -380,6 +407,13 @@ async fn serve_conn(
                         }
                         Ok(ClientMessage::SetMuted { muted }) => {
                             let _ = cmd.send(Cmd::Mute { leg, muted });
+                        }
+                        Ok(ClientMessage::RequestView { source, max_height }) => {
+                            let _ = cmd.send(Cmd::View {
+                                leg,
+                                source,
+                                max_height,
+                            });
                         }
                         other => {
                             debug!(%leg, ?other, "unexpected signaling frame; closing");
@@ -669,6 +703,17 @@ impl Main {
                     }
                 }
             }
+            Cmd::View {
+                leg,
+                source,
+                max_height,
+            } => {
+                // An unknown source (not sent yet, or gone) is only logged: the connection
+                // stays, as for any request the SFU cannot act on.
+                if let Err(e) = self.sfu.request_view(leg, source, max_height) {
+                    debug!(%leg, error = %e, "view request not applied");
+                }
+            }
             Cmd::Mute { leg, muted } => {
                 let Some(l) = self.legs.get_mut(&leg) else {
                     return;
@@ -700,6 +745,26 @@ impl Main {
                 calls.sort_unstable();
                 calls.dedup();
                 s.calls = calls.len();
+                s.layer_switches = self.sfu.layer_switches_total();
+                let mut legs: Vec<LegId> = self.legs.keys().copied().collect();
+                legs.sort_unstable();
+                s.leg_metrics = legs
+                    .into_iter()
+                    .filter_map(|leg| {
+                        let bw = self.sfu.leg_bandwidth(leg)?;
+                        let st = self.sfu.leg_stats(leg)?;
+                        Some(LegMetrics {
+                            leg,
+                            estimate_bps: bw.estimate_bps,
+                            loss_permille: (bw.loss_fraction * 1000.0).round() as u32,
+                            rtt_us: bw
+                                .rtt
+                                .map(|r| u64::try_from(r.as_micros()).unwrap_or(u64::MAX)),
+                            layer_switches: st.layer_switches,
+                            forwarded: st.forwarded,
+                        })
+                    })
+                    .collect();
                 let _ = reply.send(s);
             }
             Cmd::RateLimited => self.stats.rate_limited += 1,

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use hush_media::cc::{CcConfig, CongestionController};
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tracing::{debug, info, trace};
 use zeroize::Zeroizing;
@@ -11,16 +12,80 @@ use crate::cache::PacketCache;
 use crate::error::{Error, JoinError, PacketError, RosterError};
 use crate::ids::{CallId, DeviceId, LegId};
 use crate::join::{
-    JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
+    announced_streams, JoinGuard, JoinRequest, SfuPublicKey, SfuSigningKey, StreamDecl, StreamKind,
     DEFAULT_JOINS_PER_DEVICE, DEFAULT_MAX_SKEW, DEFAULT_REPLAY_CAPACITY, MAX_STREAMS,
     NOTICE_KEY_LEN,
 };
 use crate::packet::{self, Feedback};
 use crate::roster::{Roster, RosterState, MAX_ROSTER_MEMBERS};
+use crate::simulcast::{LayerPacket, Source, Subscription};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 
 /// Most retransmissions one NACK packet can trigger.
 const MAX_RESENDS_PER_NACK: usize = 64;
+/// IPv4 and UDP headers, counted in what the congestion controller of a leg sees sent.
+const UDP_IP_OVERHEAD: usize = 28;
+/// Payload type of the SFU's probe padding packets (never media: they carry only padding).
+const PADDING_PAYLOAD_TYPE: u8 = 127;
+/// Header bytes of a probe packet on the wire: RTP 12, extension 8, SRTP tag, UDP/IP.
+const PROBE_HEADER: usize = 12 + 8 + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+
+/// Spreads a probe burst over packets of at most 255 bytes of padding (at least five), paced at
+/// the probe's rate, as hush-media's session does for 1:1 calls.
+fn schedule_probe(p: &mut Participant, now: Instant, probe: hush_media::cc::Probe) {
+    let padding = (probe.bytes / 5)
+        .saturating_sub(PROBE_HEADER)
+        .clamp(36, 255);
+    let size = padding + PROBE_HEADER;
+    let n = probe.bytes.div_ceil(size).max(5);
+    let gap = Duration::from_secs_f64(size as f64 * 8.0 / probe.rate_bps.max(1) as f64);
+    let padding = u8::try_from(padding).unwrap_or(u8::MAX);
+    for k in 0..n {
+        let at = now + gap.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+        p.probes.push_back((at, probe.cluster, padding));
+    }
+}
+
+/// Time between two sender reports of the SFU on one leg (for the participant's RTT).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// A leg that sends no usable transport feedback this long after its controller started is no
+/// longer tracked by it (until it sends some).
+const CC_IDLE: Duration = Duration::from_secs(5);
+/// Round-trip times above this from a report are taken as nonsense and ignored.
+const MAX_RTT: Duration = Duration::from_secs(10);
+
+/// The middle 32 bits of an NTP-format time (16.16 seconds) of `now` on the SFU's report clock.
+fn ntp32(epoch: Instant, now: Instant) -> u32 {
+    let us = now.saturating_duration_since(epoch).as_micros();
+    // Starts at 1 s (a last-SR field of 0 means "no report yet"); wraps every 18 hours, as the
+    // field does.
+    (((us << 16) / 1_000_000) as u32).wrapping_add(1 << 16)
+}
+
+/// Sends `p` a sender report of the SFU's own SSRC carrying `ntp32`, for RTT.
+fn send_report(
+    config: &SfuConfig,
+    p: &mut Participant,
+    ntp32: u32,
+    transmits: &mut VecDeque<Transmit>,
+    now: Instant,
+) {
+    let mut out = Vec::with_capacity(28 + Suite::RTCP_OVERHEAD);
+    packet::write_sender_report(&mut out, config.rtcp_ssrc, ntp32);
+    match p.egress.protect_rtcp(&mut out) {
+        Ok(()) => {
+            p.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+            transmits.push_back(Transmit {
+                leg: p.leg,
+                bytes: out,
+            });
+        }
+        Err(e) => {
+            p.stats.send_errors += 1;
+            trace!(leg = %p.leg, error = %e, "sender report failed");
+        }
+    }
+}
 
 /// A hook that sees every RTP packet the SFU forwards, as the SFU sees it: after hop SRTP is
 /// removed, before it is protected again for each recipient. For tests that check what the
@@ -72,6 +137,14 @@ pub struct SfuConfig {
     pub speaker: SpeakerConfig,
     /// Sees every RTP packet forwarded (see [`ForwardTap`]). Default none.
     pub tap: Option<ForwardTap>,
+    /// Forward each receiver the video of only the `n` other participants who spoke most
+    /// recently (by the speaker detector; those who never spoke in join order); `None`
+    /// forwards all video. Default `Some(9)`.
+    pub video_last_n: Option<usize>,
+    /// The congestion controller of each leg (what the SFU sends to one participant), fed by
+    /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
+    /// 50 kbit/s and 20 Mbit/s, probing with padding (only on legs that send feedback).
+    pub leg_cc: CcConfig,
 }
 
 impl Default for SfuConfig {
@@ -91,6 +164,14 @@ impl Default for SfuConfig {
             replay_window: 256,
             speaker: SpeakerConfig::default(),
             tap: None,
+            video_last_n: Some(9),
+            leg_cc: CcConfig {
+                start_bps: 2_000_000,
+                min_bps: 50_000,
+                max_bps: 20_000_000,
+                probing: true,
+                ..CcConfig::default()
+            },
         }
     }
 }
@@ -128,7 +209,9 @@ pub enum Event {
         device: DeviceId,
         /// Its new leg.
         leg: LegId,
-        /// The streams it declared (for announcing SSRC → participant to the others).
+        /// The streams the others receive from it (for announcing SSRC → participant): its
+        /// declared streams, each simulcast source as one video stream under its source SSRC
+        /// ([`announced_streams`](crate::join::announced_streams)).
         streams: Vec<StreamDecl>,
     },
     /// A participant's leg is gone; the driver should close its path.
@@ -204,8 +287,32 @@ pub struct LegStats {
     pub retransmitted: u64,
     /// NACKed packets that were not in the cache (or resent too often).
     pub nacks_unserved: u64,
-    /// PLIs relayed to this leg (as the sender of the named SSRC).
+    /// PLIs relayed to this leg (as the sender of the named SSRC), including the SFU's own
+    /// keyframe requests for a layer switch.
     pub plis_relayed: u64,
+    /// Simulcast layer switches made on this leg (as a receiver).
+    pub layer_switches: u64,
+    /// Transport-wide feedback messages received from this leg.
+    pub transport_feedback: u64,
+    /// Probe padding packets sent to this leg (bandwidth probing).
+    pub probe_packets: u64,
+    /// Video packets not forwarded to this leg because their sender is not among its last-N.
+    pub video_not_selected: u64,
+}
+
+/// The SFU's view of the path to one participant (what it sends on the leg).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LegBandwidth {
+    /// The congestion controller's estimate, once the participant has sent transport-wide
+    /// feedback (`None` before: then only its view requests limit its layers).
+    pub estimate_bps: Option<u64>,
+    /// Loss over the last second of feedback (0 without feedback).
+    pub loss_fraction: f64,
+    /// Queueing delay seen in the last feedback.
+    pub queue_delay: Duration,
+    /// Round-trip time, from the participant's receiver reports on the SFU's sender reports
+    /// (RFC 3550 §6.4.1 LSR/DLSR); `None` before the first.
+    pub rtt: Option<Duration>,
 }
 
 struct Participant {
@@ -219,11 +326,207 @@ struct Participant {
     stats: LegStats,
     /// When a PLI was last relayed to this participant, per its SSRC.
     last_pli: Vec<(u32, Instant)>,
+    /// Its simulcast sources (as a sender).
+    sources: Vec<Source>,
+    /// What it gets of each simulcast source (as a receiver), by source SSRC. Kept while the
+    /// source's sender reconnects (replaced by its own new join) so that its output stream
+    /// continues; dropped when no participant sends the source any more.
+    subs: Vec<Subscription>,
+    /// The congestion controller of what the SFU sends on this leg.
+    cc: CongestionController,
+    /// Whether the participant has sent transport-wide feedback that the controller used
+    /// (only then does its estimate limit the layers it gets).
+    feedback_seen: bool,
+    /// Whether `cc` tracks the packets sent on this leg (from the join, and again from the
+    /// first feedback after it stopped for lack of any).
+    cc_active: bool,
+    /// Transport sequence number on the wire = the controller's + this.
+    tseq_offset: u16,
+    /// The next transport sequence number on the wire.
+    tseq_next: u16,
+    /// When `cc` started tracking the leg (the join, or the feedback that restarted it).
+    cc_since: Instant,
+    /// When the SFU sends this leg its next sender report.
+    next_report: Option<Instant>,
+    /// Round-trip time to the participant, from its receiver reports.
+    rtt: Option<Duration>,
+    /// Probe padding packets to send on this leg: when, probe cluster, padding length.
+    probes: VecDeque<(Instant, u32, u8)>,
+    /// Sequence number of the SFU's padding stream on this leg.
+    padding_seq: u16,
 }
 
 impl Participant {
     fn stream(&self, ssrc: u32) -> Option<&StreamDecl> {
         self.streams.iter().find(|s| s.ssrc == ssrc)
+    }
+
+    /// This receiver's subscription to `source`, created if new (`None` never happens).
+    fn sub_mut(&mut self, source: u32) -> Option<&mut Subscription> {
+        let i = match self.subs.iter().position(|s| s.source == source) {
+            Some(i) => i,
+            None => {
+                self.subs.push(Subscription::new(source));
+                self.subs.len().checked_sub(1)?
+            }
+        };
+        self.subs.get_mut(i)
+    }
+
+    /// The bandwidth share of one simulcast source at this receiver, if it has an estimate:
+    /// 90 % of the leg's estimate (the rest for audio and RTCP) split evenly among the sources
+    /// it gets or waits for.
+    fn video_share(&self) -> Option<u64> {
+        if !self.feedback_seen {
+            return None;
+        }
+        let sources = self
+            .subs
+            .iter()
+            .filter(|s| s.current.is_some() || s.target.is_some())
+            .count()
+            .max(1) as u64;
+        Some(self.cc.target_bps() / 10 * 9 / sources)
+    }
+
+    /// The transport-wide sequence number of the next packet sent on this leg, registered with
+    /// the congestion controller while it tracks the leg.
+    fn next_transport_seq(&mut self, now: Instant, wire: usize, probe: Option<u32>) -> u16 {
+        let seq = if self.cc_active {
+            self.cc
+                .on_packet_sent(now, wire, probe)
+                .wrapping_add(self.tseq_offset)
+        } else {
+            self.tseq_next
+        };
+        self.tseq_next = seq.wrapping_add(1);
+        seq
+    }
+
+    /// Bytes sent on this leg without a transport sequence number (RTCP, resends).
+    fn untracked_sent(&mut self, now: Instant, wire: usize) {
+        if self.cc_active {
+            self.cc.on_untracked_sent(now, wire);
+        }
+    }
+
+    /// Handles one transport feedback message from this participant.
+    fn on_transport_feedback(
+        &mut self,
+        config: &SfuConfig,
+        now: Instant,
+        mut fb: hush_media::rtcp::TransportFeedback,
+    ) {
+        self.stats.transport_feedback += 1;
+        if !self.cc_active {
+            // The controller stopped tracking this leg (no feedback for a while): start a
+            // fresh one whose sequence numbers continue the wire's. This message is about
+            // packets sent before, which it does not know.
+            self.cc = CongestionController::new(config.leg_cc.clone());
+            self.cc_active = true;
+            self.cc_since = now;
+            self.tseq_offset = self.tseq_next;
+            return;
+        }
+        fb.base_seq = fb.base_seq.wrapping_sub(self.tseq_offset);
+        self.cc.on_feedback(now, &fb);
+        self.feedback_seen = true;
+    }
+
+    /// Stops tracking a leg that has sent no usable feedback for [`CC_IDLE`] since tracking
+    /// started: a participant that does not send transport feedback costs no history on the
+    /// packet path.
+    fn idle_cc(&mut self, config: &SfuConfig, now: Instant) {
+        if self.cc_active
+            && !self.feedback_seen
+            && now.saturating_duration_since(self.cc_since) > CC_IDLE
+        {
+            self.cc = CongestionController::new(config.leg_cc.clone());
+            self.cc_active = false;
+        }
+    }
+
+    /// Sends one probe packet: RTP under the SFU's own SSRC carrying only `padding` bytes of
+    /// RFC 3550 padding, with the leg's transport-wide sequence number, counted in `cluster`.
+    fn send_padding(
+        &mut self,
+        config: &SfuConfig,
+        now: Instant,
+        cluster: u32,
+        padding: u8,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        self.padding_seq = self.padding_seq.wrapping_add(1);
+        let mut src = Vec::with_capacity(12 + usize::from(padding));
+        src.extend_from_slice(&[0xa0, PADDING_PAYLOAD_TYPE]);
+        src.extend_from_slice(&self.padding_seq.to_be_bytes());
+        src.extend_from_slice(&[0; 4]);
+        src.extend_from_slice(&config.rtcp_ssrc.to_be_bytes());
+        src.resize(12 + usize::from(padding) - 1, 0);
+        src.push(padding);
+        let mut out = Vec::with_capacity(src.len() + 8 + Suite::RTP_OVERHEAD);
+        let Some(at) = packet::copy_with_transport_seq(&src, &mut out) else {
+            return;
+        };
+        let wire = out.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+        let tseq = self.next_transport_seq(now, wire, Some(cluster));
+        if let Some(field) = out.get_mut(at..at + 2) {
+            field.copy_from_slice(&tseq.to_be_bytes());
+        }
+        match self.egress.protect_rtp(&mut out) {
+            Ok(()) => {
+                self.stats.probe_packets += 1;
+                transmits.push_back(Transmit {
+                    leg: self.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(leg = %self.leg, error = %e, "probe failed");
+            }
+        }
+    }
+
+    /// Protects and queues one RTP packet for this leg: a copy of `src` with the leg's
+    /// transport-wide sequence number (registered with its congestion controller), and with
+    /// `(ssrc, seq, timestamp)` written into the header when `rewrite` is set. Cached under
+    /// that SSRC and sequence number for NACKs.
+    fn send_rtp(
+        &mut self,
+        now: Instant,
+        src: &[u8],
+        (ssrc, seq, timestamp): (u32, u16, u32),
+        rewrite: bool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let mut out = Vec::with_capacity(src.len() + 8 + Suite::RTP_OVERHEAD);
+        let at = packet::copy_with_transport_seq(src, &mut out);
+        if rewrite {
+            packet::rewrite_rtp(&mut out, ssrc, seq, timestamp);
+        }
+        let wire = out.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+        match at.and_then(|at| out.get_mut(at..at + 2)) {
+            Some(field) => {
+                let tseq = self.next_transport_seq(now, wire, None);
+                field.copy_from_slice(&tseq.to_be_bytes());
+            }
+            None => self.untracked_sent(now, wire),
+        }
+        match self.egress.protect_rtp(&mut out) {
+            Ok(()) => {
+                self.cache.insert(ssrc, seq, &out);
+                self.stats.forwarded += 1;
+                transmits.push_back(Transmit {
+                    leg: self.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(leg = %self.leg, error = %e, "forward failed");
+            }
+        }
     }
 }
 
@@ -233,6 +536,8 @@ struct Call {
     speaker: SpeakerDetector<DeviceId>,
     /// Legs whose audio is forwarded under loudest-N, and until when that choice holds.
     selected: Vec<LegId>,
+    /// The participants, most recent speaker first (video last-N).
+    recency: Vec<DeviceId>,
     selected_until: Option<Instant>,
 }
 
@@ -241,6 +546,55 @@ impl Call {
         self.participants.iter().position(|p| p.leg == leg)
     }
 
+    /// Forgets the subscriptions of receivers to sources no participant sends any more (those
+    /// of a participant that reconnected with the same SSRCs stay, so its output streams
+    /// continue). Bounds them by the sources present.
+    fn prune_subs(&mut self) {
+        let present: Vec<u32> = self
+            .participants
+            .iter()
+            .flat_map(|p| p.sources.iter().map(|s| s.ssrc))
+            .collect();
+        for p in &mut self.participants {
+            p.subs.retain(|s| present.contains(&s.source));
+        }
+    }
+
+    /// Moves whoever speaks now to the front of the recency order (the louder first, the
+    /// dominant speaker before all).
+    fn refresh_recency(&mut self, now: Instant) {
+        let mut speaking: Vec<(f32, DeviceId)> = self
+            .participants
+            .iter()
+            .filter(|p| self.speaker.is_speaking(now, p.device))
+            .map(|p| (self.speaker.score(now, p.device), p.device))
+            .collect();
+        // Quietest first, so that the loudest ends up in front.
+        speaking.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let dominant = self.speaker.dominant();
+        for device in speaking.into_iter().map(|(_, d)| d).chain(dominant) {
+            if let Some(at) = self.recency.iter().position(|d| *d == device) {
+                self.recency.remove(at);
+                self.recency.insert(0, device);
+            }
+        }
+    }
+}
+
+/// Whether `receiver` gets `sender`'s video under last-N: `sender` is among the first `n`
+/// of the recency order once `receiver` itself is left out.
+fn in_last_n(recency: &[DeviceId], n: Option<usize>, sender: DeviceId, receiver: DeviceId) -> bool {
+    let Some(n) = n else {
+        return true;
+    };
+    recency
+        .iter()
+        .filter(|d| **d != receiver)
+        .take(n)
+        .any(|d| *d == sender)
+}
+
+impl Call {
     /// Recomputes the loudest-N set when the last one is older than a speaker bucket.
     fn refresh_selection(&mut self, now: Instant, n: usize, bucket: Duration) {
         if self.selected_until.is_some_and(|t| now < t) {
@@ -284,6 +638,12 @@ pub struct Sfu {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_tick: Option<Instant>,
+    /// The origin of the SFU's NTP-like report clock (set at the first timeout).
+    epoch: Option<Instant>,
+    /// Simulcast layer switches since the SFU started (over all legs, gone ones included).
+    layer_switches: u64,
+    /// The earliest probe packet due on any leg (as of the last timeout).
+    probe_deadline: Option<Instant>,
     /// Scratch buffers reused across packets.
     buf: Vec<u8>,
     feedback: Vec<Feedback>,
@@ -300,6 +660,9 @@ impl Sfu {
         }
         if config.loudest_n == Some(0) {
             return Err(Error::InvalidConfig("loudest_n must be at least 1"));
+        }
+        if config.video_last_n == Some(0) {
+            return Err(Error::InvalidConfig("video_last_n must be at least 1"));
         }
         if config.speaker.bucket.is_zero() {
             return Err(Error::InvalidConfig("speaker bucket must not be zero"));
@@ -321,6 +684,9 @@ impl Sfu {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_tick: None,
+            epoch: None,
+            layer_switches: 0,
+            probe_deadline: None,
             buf: Vec::with_capacity(1500),
             feedback: Vec::new(),
         })
@@ -424,6 +790,7 @@ impl Sfu {
                     participants: Vec::new(),
                     speaker: SpeakerDetector::new(self.config.speaker.clone(), now),
                     selected: Vec::new(),
+                    recency: Vec::new(),
                     selected_until: None,
                 },
             );
@@ -450,15 +817,31 @@ impl Sfu {
             cache: PacketCache::new(self.config.cache_packets, self.config.max_resends),
             stats: LegStats::default(),
             last_pli: Vec::new(),
+            sources: Source::from_decl(req.streams()),
+            subs: Vec::new(),
+            cc: CongestionController::new(self.config.leg_cc.clone()),
+            feedback_seen: false,
+            cc_active: true,
+            tseq_offset: 0,
+            tseq_next: 0,
+            cc_since: now,
+            next_report: None,
+            rtt: None,
+            probes: VecDeque::new(),
+            padding_seq: 0,
         });
         call.selected_until = None;
+        call.prune_subs();
+        if !call.recency.contains(&device) {
+            call.recency.push(device);
+        }
         self.legs.insert(leg, call_id);
         info!(call = %call_id, %device, %leg, "participant joined");
         self.events.push_back(Event::ParticipantJoined {
             call: call_id,
             device,
             leg,
-            streams: req.streams().to_vec(),
+            streams: announced_streams(req.streams()),
         });
         Ok(Joined {
             leg,
@@ -509,6 +892,10 @@ impl Sfu {
         };
         let p = call.participants.remove(i);
         call.speaker.remove(p.device);
+        if reason != LeaveReason::Replaced {
+            call.recency.retain(|d| *d != p.device);
+            call.prune_subs();
+        }
         call.selected_until = None;
         // Recipients forget the cached packets of the leaver. Their egress contexts keep the
         // leaver's SSRC state on purpose: forgetting it would let a rejoin with restarted
@@ -516,6 +903,11 @@ impl Sfu {
         for q in &mut call.participants {
             for s in &p.streams {
                 q.cache.forget_ssrc(s.ssrc);
+            }
+            for src in &p.sources {
+                if let Some(sub) = q.subs.iter_mut().find(|s| s.source == src.ssrc) {
+                    sub.reset();
+                }
             }
         }
         debug!(call = %call_id, device = %p.device, %leg, ?reason, "participant removed");
@@ -551,6 +943,7 @@ impl Sfu {
         let result = if packet::is_rtcp(packet) {
             handle_rtcp(
                 &self.config,
+                self.epoch,
                 call,
                 i,
                 now,
@@ -568,6 +961,7 @@ impl Sfu {
                 packet,
                 &mut self.buf,
                 &mut self.transmits,
+                &mut self.layer_switches,
             );
             if r.is_ok() && self.next_tick.is_none() {
                 self.next_tick = Some(now + self.config.speaker.bucket);
@@ -589,9 +983,22 @@ impl Sfu {
 
     /// Runs what is due at `now`: the dominant speaker evaluation of every call.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.next_tick.is_some_and(|t| t > now) {
-            return;
+        self.send_due_probes(now);
+        if self.next_tick.is_none_or(|t| t <= now) {
+            self.tick(now);
         }
+        self.probe_deadline = self
+            .calls
+            .values()
+            .flat_map(|c| &c.participants)
+            .filter_map(|p| p.probes.front().map(|(t, _, _)| *t))
+            .min();
+    }
+
+    /// The periodic work: dominant speaker, last-N order, sender reports, controllers' idle
+    /// checks and probes.
+    fn tick(&mut self, now: Instant) {
+        let epoch = *self.epoch.get_or_insert(now);
         for (call_id, call) in &mut self.calls {
             if let Some(device) = call.speaker.evaluate(now) {
                 debug!(call = %call_id, %device, "dominant speaker");
@@ -600,12 +1007,78 @@ impl Sfu {
                     device,
                 });
             }
+            call.refresh_recency(now);
+            for p in &mut call.participants {
+                if p.next_report.is_none_or(|t| t <= now) {
+                    p.next_report = Some(now + REPORT_INTERVAL);
+                    send_report(&self.config, p, ntp32(epoch, now), &mut self.transmits, now);
+                }
+                p.idle_cc(&self.config, now);
+                if p.feedback_seen {
+                    if let Some(probe) = p.cc.poll_probe(now) {
+                        schedule_probe(p, now, probe);
+                    }
+                }
+            }
         }
         self.next_tick = if self.calls.is_empty() {
             None
         } else {
             Some(now + self.config.speaker.bucket)
         };
+    }
+
+    /// A receiver asks for at most `max_height` pixels of the simulcast source `source` (its
+    /// source SSRC, as announced); 0 stops that source for it. Takes effect at the source's
+    /// next packet (a switch still waits for a keyframe). The default is no limit.
+    pub fn request_view(&mut self, leg: LegId, source: u32, max_height: u16) -> Result<(), Error> {
+        let call = self
+            .legs
+            .get(&leg)
+            .and_then(|c| self.calls.get_mut(c))
+            .ok_or(Error::UnknownLeg(leg))?;
+        let exists = call
+            .participants
+            .iter()
+            .any(|p| p.leg != leg && p.sources.iter().any(|s| s.ssrc == source));
+        if !exists {
+            return Err(Error::UnknownSource(source));
+        }
+        let me = call
+            .participants
+            .iter_mut()
+            .find(|p| p.leg == leg)
+            .ok_or(Error::UnknownLeg(leg))?;
+        debug!(%leg, source, max_height, "view requested");
+        if let Some(sub) = me.sub_mut(source) {
+            sub.max_height = max_height;
+        }
+        Ok(())
+    }
+
+    /// What the SFU estimates of the path to `leg` (from its transport-wide feedback).
+    pub fn leg_bandwidth(&self, leg: LegId) -> Option<LegBandwidth> {
+        let call = self.calls.get(self.legs.get(&leg)?)?;
+        let me = call.participants.iter().find(|p| p.leg == leg)?;
+        Some(LegBandwidth {
+            estimate_bps: me.feedback_seen.then(|| me.cc.target_bps()),
+            loss_fraction: me.cc.loss_fraction(),
+            queue_delay: me.cc.queue_delay(),
+            rtt: me.rtt,
+        })
+    }
+
+    /// Simulcast layer switches made since the SFU started, over all legs (a counter).
+    pub fn layer_switches_total(&self) -> u64 {
+        self.layer_switches
+    }
+
+    /// The layer index of simulcast source `source` that `leg` receives now, if any.
+    pub fn forwarded_layer(&self, leg: LegId, source: u32) -> Option<u8> {
+        let call = self.calls.get(self.legs.get(&leg)?)?;
+        let me = call.participants.iter().find(|p| p.leg == leg)?;
+        let sub = me.subs.iter().find(|s| s.source == source)?;
+        sub.current.and_then(|c| u8::try_from(c).ok())
     }
 
     /// The next datagram to send.
@@ -620,7 +1093,25 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        match (self.next_tick, self.probe_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends the probe padding packets that are due.
+    fn send_due_probes(&mut self, now: Instant) {
+        for call in self.calls.values_mut() {
+            for p in &mut call.participants {
+                while let Some(&(at, cluster, padding)) = p.probes.front() {
+                    if at > now {
+                        break;
+                    }
+                    p.probes.pop_front();
+                    p.send_padding(&self.config, now, cluster, padding, &mut self.transmits);
+                }
+            }
+        }
     }
 
     /// The counters of `leg`.
@@ -678,6 +1169,7 @@ fn internal(_: Error) -> JoinError {
 }
 
 /// The RTP path: authenticate, read the level, pick recipients, protect per recipient.
+#[allow(clippy::too_many_arguments)]
 fn handle_rtp(
     config: &SfuConfig,
     call: &mut Call,
@@ -686,6 +1178,7 @@ fn handle_rtp(
     packet: &[u8],
     buf: &mut Vec<u8>,
     transmits: &mut VecDeque<Transmit>,
+    switches: &mut u64,
 ) -> Result<(), PacketError> {
     let sender = call
         .participants
@@ -708,6 +1201,18 @@ fn handle_rtp(
     sender.stats.rtp_received += 1;
     let sender_leg = sender.leg;
     let sender_device = sender.device;
+    if let StreamKind::SimulcastLayer(_) = kind {
+        let layer = sender
+            .sources
+            .iter_mut()
+            .find_map(|s| s.on_packet(now, info.ssrc, buf.len(), info.marking))
+            .ok_or(PacketError::UndeclaredSsrc(info.ssrc))?;
+        if let Some(tap) = &config.tap {
+            (tap.0)(buf);
+        }
+        *switches += forward_layer(config, call, i, now, &info, &layer, buf, transmits);
+        return Ok(());
+    }
     if kind == StreamKind::Audio {
         if let Some(level) = info.audio_level {
             call.speaker.record(now, sender_device, level);
@@ -733,22 +1238,19 @@ fn handle_rtp(
         if j == i {
             continue;
         }
-        let mut out = Vec::with_capacity(buf.len() + Suite::RTP_OVERHEAD);
-        out.extend_from_slice(buf);
-        match r.egress.protect_rtp(&mut out) {
-            Ok(()) => {
-                r.cache.insert(info.ssrc, info.seq, &out);
-                r.stats.forwarded += 1;
-                transmits.push_back(Transmit {
-                    leg: r.leg,
-                    bytes: out,
-                });
-            }
-            Err(e) => {
-                r.stats.send_errors += 1;
-                trace!(leg = %r.leg, error = %e, "forward failed");
-            }
+        if kind == StreamKind::Video
+            && !in_last_n(&call.recency, config.video_last_n, sender_device, r.device)
+        {
+            r.stats.video_not_selected += 1;
+            continue;
         }
+        r.send_rtp(
+            now,
+            buf,
+            (info.ssrc, info.seq, info.timestamp),
+            false,
+            transmits,
+        );
     }
     Ok(())
 }
@@ -757,6 +1259,7 @@ fn handle_rtp(
 #[allow(clippy::too_many_arguments)]
 fn handle_rtcp(
     config: &SfuConfig,
+    epoch: Option<Instant>,
     call: &mut Call,
     i: usize,
     now: Instant,
@@ -805,18 +1308,51 @@ fn handle_rtcp(
                     }
                     match me.cache.resend(media_ssrc, seq) {
                         Some(bytes) => {
+                            let bytes = bytes.to_vec();
                             resends += 1;
                             me.stats.retransmitted += 1;
-                            transmits.push_back(Transmit {
-                                leg: me.leg,
-                                bytes: bytes.to_vec(),
-                            });
+                            me.untracked_sent(now, bytes.len() + UDP_IP_OVERHEAD);
+                            transmits.push_back(Transmit { leg: me.leg, bytes });
                         }
                         None => me.stats.nacks_unserved += 1,
                     }
                 }
             }
+            Feedback::ReportBlock { ssrc, lsr, dlsr } => {
+                if ssrc != config.rtcp_ssrc || lsr == 0 {
+                    continue;
+                }
+                let (Some(epoch), Some(me)) = (epoch, call.participants.get_mut(i)) else {
+                    continue;
+                };
+                let units = ntp32(epoch, now).wrapping_sub(lsr).wrapping_sub(dlsr);
+                let rtt = Duration::from_micros((u64::from(units) * 1_000_000) >> 16);
+                if rtt <= MAX_RTT {
+                    me.rtt = Some(rtt);
+                    me.cc.set_rtt(rtt);
+                }
+            }
+            Feedback::TransportCc { start, end } => {
+                let Some(me) = call.participants.get_mut(i) else {
+                    break;
+                };
+                let parsed = buf
+                    .get(start..end)
+                    .and_then(|b| hush_media::rtcp::parse_compound(b).ok());
+                for p in parsed.into_iter().flatten() {
+                    if let hush_media::rtcp::RtcpPacket::TransportFeedback(fb) = p {
+                        me.on_transport_feedback(config, now, fb);
+                    }
+                }
+            }
             Feedback::Pli { media_ssrc } => {
+                // A receiver names the source SSRC of a simulcast source: the keyframe it
+                // needs is of the layer it gets (or waits for).
+                let layer = call
+                    .participants
+                    .get(i)
+                    .and_then(|me| me.subs.iter().find(|s| s.source == media_ssrc))
+                    .and_then(|s| s.current.or(s.target));
                 let Some((j, owner)) = call
                     .participants
                     .iter_mut()
@@ -828,29 +1364,16 @@ fn handle_rtcp(
                 if j == i {
                     continue;
                 }
-                let recent = owner.last_pli.iter_mut().find(|(s, _)| *s == media_ssrc);
-                match recent {
-                    Some((_, at)) if now.saturating_duration_since(*at) < config.pli_interval => {
-                        continue;
-                    }
-                    Some((_, at)) => *at = now,
-                    None => owner.last_pli.push((media_ssrc, now)),
-                }
-                let mut out = Vec::with_capacity(12 + Suite::RTCP_OVERHEAD);
-                packet::write_pli(&mut out, config.rtcp_ssrc, media_ssrc);
-                match owner.egress.protect_rtcp(&mut out) {
-                    Ok(()) => {
-                        owner.stats.plis_relayed += 1;
-                        transmits.push_back(Transmit {
-                            leg: owner.leg,
-                            bytes: out,
-                        });
-                    }
-                    Err(e) => {
-                        owner.stats.send_errors += 1;
-                        trace!(leg = %owner.leg, error = %e, "pli relay failed");
-                    }
-                }
+                let ssrc = layer
+                    .and_then(|l| {
+                        owner
+                            .sources
+                            .iter()
+                            .find(|s| s.ssrc == media_ssrc)
+                            .and_then(|s| s.layers.get(l))
+                    })
+                    .map_or(media_ssrc, |l| l.ssrc);
+                send_pli(config, owner, ssrc, now, transmits);
             }
         }
     }
@@ -858,5 +1381,97 @@ fn handle_rtcp(
         Ok(())
     } else {
         Err(PacketError::Malformed("rtcp compound"))
+    }
+}
+
+/// Forwards one simulcast layer packet to every receiver that gets this layer now, rewritten
+/// to the source's output stream, and asks the sender for the keyframes receivers wait on.
+#[allow(clippy::too_many_arguments)]
+fn forward_layer(
+    config: &SfuConfig,
+    call: &mut Call,
+    i: usize,
+    now: Instant,
+    info: &packet::RtpInfo,
+    layer: &LayerPacket,
+    buf: &[u8],
+    transmits: &mut VecDeque<Transmit>,
+) -> u64 {
+    let mut switches = 0;
+    let sender_device = call.participants.get(i).map(|p| p.device);
+    let mut keyframes: [Option<u32>; crate::join::MAX_LAYERS] = [None; crate::join::MAX_LAYERS];
+    for (j, r) in call.participants.iter_mut().enumerate() {
+        if j == i {
+            continue;
+        }
+        if sender_device
+            .is_some_and(|s| !in_last_n(&call.recency, config.video_last_n, s, r.device))
+        {
+            // Out of this receiver's last-N: nothing, and a keyframe is waited for when the
+            // sender comes back into it.
+            if let Some(sub) = r.sub_mut(layer.source) {
+                sub.reset();
+            }
+            r.stats.video_not_selected += 1;
+            continue;
+        }
+        let share = r.video_share();
+        let Some(sub) = r.sub_mut(layer.source) else {
+            continue;
+        };
+        let d = sub.on_packet(now, layer, info.seq, info.timestamp, share);
+        if let Some(k) = d.keyframe {
+            if let Some(slot) = keyframes.iter_mut().find(|s| s.is_none() || **s == Some(k)) {
+                *slot = Some(k);
+            }
+        }
+        if d.switched {
+            r.stats.layer_switches += 1;
+            switches += 1;
+            debug!(leg = %r.leg, source = layer.source, layer = layer.layer, "layer switched");
+        }
+        let Some((seq, ts)) = d.forward else {
+            continue;
+        };
+        r.send_rtp(now, buf, (layer.source, seq, ts), true, transmits);
+    }
+    if let Some(sender) = call.participants.get_mut(i) {
+        for k in keyframes.into_iter().flatten() {
+            send_pli(config, sender, k, now, transmits);
+        }
+    }
+    switches
+}
+
+/// Sends `owner` a PLI for its SSRC `media_ssrc` from the SFU, at most once per
+/// `pli_interval` per SSRC.
+fn send_pli(
+    config: &SfuConfig,
+    owner: &mut Participant,
+    media_ssrc: u32,
+    now: Instant,
+    transmits: &mut VecDeque<Transmit>,
+) {
+    let recent = owner.last_pli.iter_mut().find(|(s, _)| *s == media_ssrc);
+    match recent {
+        Some((_, at)) if now.saturating_duration_since(*at) < config.pli_interval => return,
+        Some((_, at)) => *at = now,
+        None => owner.last_pli.push((media_ssrc, now)),
+    }
+    let mut out = Vec::with_capacity(12 + Suite::RTCP_OVERHEAD);
+    packet::write_pli(&mut out, config.rtcp_ssrc, media_ssrc);
+    match owner.egress.protect_rtcp(&mut out) {
+        Ok(()) => {
+            owner.stats.plis_relayed += 1;
+            owner.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+            transmits.push_back(Transmit {
+                leg: owner.leg,
+                bytes: out,
+            });
+        }
+        Err(e) => {
+            owner.stats.send_errors += 1;
+            trace!(leg = %owner.leg, error = %e, "pli failed");
+        }
     }
 }

@@ -162,6 +162,17 @@ impl<K: Copy + Eq> SpeakerDetector<K> {
         }
     }
 
+    /// Whether `key` is speaking at `now` (active in at least `min_active_buckets` of the last
+    /// `recent_buckets`; a cough is not).
+    pub fn is_speaking(&self, now: Instant, key: K) -> bool {
+        let current = self.bucket_of(now);
+        self.entries.iter().any(|e| {
+            e.key == key
+                && e.active_recent(current, self.config.recent_buckets)
+                    >= self.config.min_active_buckets
+        })
+    }
+
     /// The current score of `key` (0 if unknown); used to rank audio for loudest-N forwarding.
     pub fn score(&self, now: Instant, key: K) -> f32 {
         let current = self.bucket_of(now);

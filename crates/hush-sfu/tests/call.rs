@@ -779,3 +779,60 @@ mod robustness {
         }
     }
 }
+
+/// The senders whose video receiver `r` got, sorted.
+fn video_senders(sim: &Sim, r: usize, n: usize) -> Vec<usize> {
+    (0..n)
+        .filter(|&s| sim.received(r, video_ssrc(s)) > 0)
+        .collect()
+}
+
+#[test]
+fn video_goes_to_each_receiver_from_its_last_nine_speakers_only() {
+    let n = 12;
+    let mut sim = start_call(SfuConfig::default(), n);
+    let talk = |sim: &mut Sim, talkers: &[usize]| {
+        for _ in 0..100 {
+            for i in 0..n {
+                let level = if talkers.contains(&i) { 20 } else { 127 };
+                let p = sim.audio_packet(i, level);
+                sim.send(i, &p).unwrap();
+            }
+            sim.advance(Duration::from_millis(20));
+        }
+    };
+    let video_round = |sim: &mut Sim| {
+        for c in sim.clients.values_mut() {
+            c.rtp.clear();
+        }
+        for i in 0..n {
+            let p = sim.video_packet(i);
+            sim.send(i, &p).unwrap();
+        }
+    };
+    // Before anyone speaks: the first nine others in join order.
+    video_round(&mut sim);
+    assert_eq!(video_senders(&sim, 0, n), (1..10).collect::<Vec<_>>());
+    assert_eq!(video_senders(&sim, 11, n), (0..9).collect::<Vec<_>>());
+    // 10 and 11 talk: they come in, pushing out the last of the join order.
+    talk(&mut sim, &[10, 11]);
+    video_round(&mut sim);
+    assert_eq!(video_senders(&sim, 0, n), vec![1, 2, 3, 4, 5, 6, 7, 10, 11]);
+    assert_eq!(video_senders(&sim, 11, n), vec![0, 1, 2, 3, 4, 5, 6, 7, 10]);
+    // Then 8 talks: 7 goes out for everyone but those it no longer fits.
+    talk(&mut sim, &[8]);
+    video_round(&mut sim);
+    assert_eq!(video_senders(&sim, 0, n), vec![1, 2, 3, 4, 5, 6, 8, 10, 11]);
+    let stats = sim.sfu.leg_stats(sim.clients[&0].leg).unwrap();
+    assert_eq!(stats.video_not_selected, 2 + 2 + 2);
+    // With last-N off, everyone gets everyone's video.
+    let mut all = start_call(
+        SfuConfig {
+            video_last_n: None,
+            ..SfuConfig::default()
+        },
+        n,
+    );
+    video_round(&mut all);
+    assert_eq!(video_senders(&all, 0, n), (1..n).collect::<Vec<_>>());
+}

@@ -579,6 +579,17 @@ async fn metrics_are_served() {
     assert!(metric(&text, "hush_sfu_packets_in_total") >= 10);
     assert!(metric(&text, "hush_sfu_packets_out_total") >= 10);
     assert!(metric(&text, "hush_sfu_bytes_out_total") >= 10 * 40);
+    assert_eq!(metric(&text, "hush_sfu_layer_switches_total"), 0);
+    // One series per leg: b got a's ten packets.
+    let forwarded: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("hush_sfu_leg_forwarded_packets_total{leg=\""))
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{text}");
+    assert!(
+        forwarded.iter().any(|l| l.ends_with(" 10")),
+        "{forwarded:?}"
+    );
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
     drop(a);
     server.shutdown().await;
@@ -615,5 +626,138 @@ async fn a_member_flooding_the_signaling_channel_is_disconnected_alone() {
     let stats = server.stats().await.unwrap();
     assert_eq!(stats.rate_limited, 1);
     assert_eq!(stats.legs, 2);
+    server.shutdown().await;
+}
+
+/// Simulcast over real sockets: the notice announces one video stream per source, receivers
+/// get one stream under the source SSRC, and a view request sent on the signaling channel
+/// switches the layer (after the SFU asked the sender for a keyframe of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_view_request_over_the_signaling_channel_switches_the_layer() {
+    use hush_media::rtcp::{self, RtcpPacket};
+    use hush_sfu::join::SimulcastLayer;
+    const LAYERS: [u32; 3] = [0x3000, 0x3001, 0x3002];
+    let server = start_sfu().await;
+    let mut p0 = params(0);
+    for (l, (&ssrc, height)) in LAYERS.iter().zip([90u16, 180, 360]).enumerate() {
+        p0.streams.push(StreamDecl {
+            ssrc,
+            kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                source: 0,
+                layer: l as u8,
+                width: height / 9 * 16,
+                height,
+            }),
+        });
+    }
+    let link = client::join(
+        server.signal_addr(),
+        &server.public_key(),
+        &key(0),
+        &p0,
+        Some(&roster(1, &[0, 1])),
+        unix_ms(),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let mut sender = connect(0, link).await;
+    let mut receiver = member(&server, 1, None).await;
+    let Notice::ParticipantJoined { streams, .. } = receiver
+        .wait_notice(
+            |n| matches!(n, Notice::ParticipantJoined { device: d, .. } if *d == device(0)),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        streams,
+        vec![
+            StreamDecl {
+                ssrc: ssrc(0),
+                kind: StreamKind::Audio
+            },
+            StreamDecl {
+                ssrc: LAYERS[0],
+                kind: StreamKind::Video
+            },
+        ]
+    );
+    let mut seq = [0u16; 3];
+    let mut send_frame = |m: &mut Member, key_on: &[usize]| {
+        for (l, &ssrc) in LAYERS.iter().enumerate() {
+            seq[l] = seq[l].wrapping_add(1);
+            let mut p = RtpPacket::default();
+            p.header.payload_type = 96;
+            p.header.ssrc = ssrc;
+            p.header.sequence_number = seq[l];
+            p.header.timestamp = u32::from(seq[l]) * 3000;
+            let mark = if key_on.contains(&l) { 0xa0 } else { 0x80 };
+            p.header
+                .set_extension(hush_sfu::FRAME_MARKING_EXT_ID, vec![mark]);
+            p.payload = vec![l as u8; 200];
+            let mut bytes = p.to_vec();
+            m.send.protect_rtp(&mut bytes).unwrap();
+            m.net.send(bytes).unwrap();
+        }
+    };
+    // Layers received by `m` (the first payload byte), authenticated; RTCP skipped.
+    async fn layers(m: &mut Member, d: Duration) -> Vec<(u32, u8)> {
+        let mut got = Vec::new();
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(Some(mut dg)) = tokio::time::timeout_at(end, m.datagrams.recv()).await {
+            if matches!(dg.get(1), Some(192..=223)) || m.recv.unprotect_rtp(&mut dg).is_err() {
+                continue;
+            }
+            if let Ok(p) = RtpPacket::parse(&dg) {
+                if p.header.payload_type == 96 {
+                    got.push((p.header.ssrc, p.payload[0]));
+                }
+            }
+        }
+        got
+    }
+    send_frame(&mut sender, &[0, 1, 2]);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send_frame(&mut sender, &[]);
+    }
+    let got = layers(&mut receiver, Duration::from_millis(400)).await;
+    assert_eq!(got, vec![(LAYERS[0], 2); 6]);
+    // The view request travels on the signaling channel.
+    receiver
+        .link
+        .control
+        .request_view(LAYERS[0], 90)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Still layer 2 until layer 0 has a keyframe; the sender is asked for one.
+    send_frame(&mut sender, &[]);
+    let mut asked = false;
+    let end = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(mut dg)) = tokio::time::timeout_at(end, sender.datagrams.recv()).await {
+        if matches!(dg.get(1), Some(192..=223)) && sender.recv.unprotect_rtcp(&mut dg).is_ok() {
+            asked |= rtcp::parse_compound(&dg)
+                .unwrap_or_default()
+                .iter()
+                .any(|p| matches!(p, RtcpPacket::Pli(p) if p.media_ssrc == LAYERS[0]));
+        }
+        if asked {
+            break;
+        }
+    }
+    assert!(asked, "the SFU asked the sender for a layer 0 keyframe");
+    send_frame(&mut sender, &[0]);
+    send_frame(&mut sender, &[]);
+    let got = layers(&mut receiver, Duration::from_millis(400)).await;
+    assert_eq!(
+        got,
+        vec![(LAYERS[0], 2), (LAYERS[0], 0), (LAYERS[0], 0)],
+        "{got:x?}"
+    );
+    let stats = server.stats().await.unwrap();
+    assert_eq!(stats.layer_switches, 1);
     server.shutdown().await;
 }

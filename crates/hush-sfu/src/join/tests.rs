@@ -345,3 +345,134 @@ proptest! {
         let _ = JoinAnswer::decode(&bytes);
     }
 }
+
+fn layer(ssrc: u32, source: u8, layer: u8, height: u16) -> StreamDecl {
+    StreamDecl {
+        ssrc,
+        kind: StreamKind::SimulcastLayer(SimulcastLayer {
+            source,
+            layer,
+            width: height * 16 / 9,
+            height,
+        }),
+    }
+}
+
+fn simulcast_params() -> JoinParams {
+    let mut p = params();
+    p.streams = vec![
+        p.streams[0],
+        layer(0x2001, 7, 2, 360),
+        layer(0x2000, 7, 1, 180),
+        layer(0x1fff, 7, 0, 90),
+        layer(0x3000, 8, 0, 720),
+    ];
+    p
+}
+
+#[test]
+fn simulcast_layers_round_trip_and_are_announced_as_one_stream() {
+    let p = simulcast_params();
+    let (_, request) =
+        PendingJoin::from_parts(&device(1), &p, NOW, [3; 16], Zeroizing::new([4; 32])).unwrap();
+    let at_sfu = JoinRequest::decode(&request.encode()).unwrap();
+    assert_eq!(at_sfu.streams(), &p.streams[..]);
+    let sources = simulcast_sources(at_sfu.streams());
+    assert_eq!(sources.len(), 2);
+    assert_eq!(sources[0].0, 7);
+    let ssrcs: Vec<u32> = sources[0].1.iter().map(|(s, _)| *s).collect();
+    assert_eq!(ssrcs, vec![0x1fff, 0x2000, 0x2001], "sorted by layer index");
+    assert_eq!(
+        announced_streams(at_sfu.streams()),
+        vec![
+            p.streams[0],
+            StreamDecl {
+                ssrc: 0x1fff,
+                kind: StreamKind::Video
+            },
+            StreamDecl {
+                ssrc: 0x3000,
+                kind: StreamKind::Video
+            },
+        ]
+    );
+    // A declaration without simulcast encodes exactly as before (the test vector in
+    // docs/sfu.md pins the bytes) and is announced unchanged.
+    assert_eq!(announced_streams(&params().streams), params().streams);
+}
+
+#[test]
+fn bad_simulcast_layouts_are_refused_on_both_ends() {
+    let bad: Vec<(Vec<StreamDecl>, &str)> = vec![
+        (
+            vec![
+                layer(1, 0, 0, 90),
+                layer(2, 0, 1, 180),
+                layer(3, 0, 2, 360),
+                layer(4, 0, 3, 720),
+            ],
+            "more than 3 simulcast layers in a source",
+        ),
+        (
+            vec![layer(1, 0, 0, 90), layer(2, 0, 2, 180)],
+            "simulcast layer indices not 0..n",
+        ),
+        (
+            vec![layer(1, 0, 1, 90), layer(2, 0, 1, 180)],
+            "simulcast layer indices not 0..n",
+        ),
+        (
+            vec![layer(1, 0, 0, 180), layer(2, 0, 1, 180)],
+            "simulcast layer heights not increasing",
+        ),
+    ];
+    for (streams, reason) in bad {
+        let mut p = params();
+        p.streams = streams.clone();
+        match PendingJoin::from_parts(&device(1), &p, NOW, [0; 16], Zeroizing::new([1; 32])) {
+            Err(JoinError::InvalidArgument(r)) => assert_eq!(r, reason),
+            other => panic!("{reason}: {other:?}"),
+        }
+        // The same layout, signed by hand, is refused by the SFU's decoder.
+        let mut body = start(1, 1, NOW).1.encode();
+        body.truncate(body.len() - 64);
+        let at = 2 + 16 + 32 + 32 + 8 + 16 + 2 + 1;
+        body.truncate(at);
+        body.push(streams.len() as u8);
+        for s in &streams {
+            s.write(&mut body);
+        }
+        match JoinRequest::decode(&resign(1, body)) {
+            Err(JoinError::Malformed(w)) => assert_eq!(w.reason, reason),
+            other => panic!("{reason}: {other:?}"),
+        }
+    }
+    // A zero size is refused by the decoder.
+    let mut body = start(1, 1, NOW).1.encode();
+    body.truncate(2 + 16 + 32 + 32 + 8 + 16 + 2 + 1);
+    body.push(1);
+    body.extend_from_slice(&[0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 90]);
+    assert!(matches!(
+        JoinRequest::decode(&resign(1, body)),
+        Err(JoinError::Malformed(w)) if w.reason == "simulcast layer size zero"
+    ));
+}
+
+#[test]
+fn reserved_extension_ids_are_refused_for_the_audio_level() {
+    for id in [11u8, 12] {
+        let mut p = params();
+        p.audio_level_ext = Some(id);
+        assert!(matches!(
+            PendingJoin::from_parts(&device(1), &p, NOW, [0; 16], Zeroizing::new([1; 32])),
+            Err(JoinError::InvalidArgument(_))
+        ));
+        let mut body = start(1, 1, NOW).1.encode();
+        body.truncate(body.len() - 64);
+        body[2 + 16 + 32 + 32 + 8 + 16 + 2] = id;
+        assert!(matches!(
+            JoinRequest::decode(&resign(1, body)),
+            Err(JoinError::Malformed(w)) if w.reason == "audio level extension id reserved"
+        ));
+    }
+}

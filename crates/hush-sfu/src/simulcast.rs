@@ -1,0 +1,536 @@
+//! Simulcast: the layers of each sender's video sources, the layer each receiver gets, and the
+//! rewrite that makes the layers one continuous stream per source at the receiver.
+//!
+//! A sender sends every layer of a source to the SFU; each receiver has a [`Subscription`] per
+//! source that names the layer it gets now (`current`) and the one it should get (`target`,
+//! chosen from the receiver's view request and bandwidth share). The SFU switches a receiver to
+//! its target only at a packet that starts a keyframe of the target layer (the frame marking
+//! element, docs/sfu.md "Simulcast"), after asking the sender for one with a PLI, and keeps
+//! forwarding the old layer until then. Every forwarded packet carries the source SSRC (the SSRC
+//! of layer 0), sequence numbers that continue without a gap across switches, and timestamps
+//! that continue by the wall time elapsed.
+
+use std::time::{Duration, Instant};
+
+use crate::join::{simulcast_sources, StreamDecl, MAX_LAYERS};
+
+/// RTP clock rate of video (RFC 6184 and every video payload format in use): the rewrite
+/// advances timestamps across a switch by the wall time elapsed at this rate.
+const VIDEO_CLOCK_HZ: u128 = 90_000;
+/// Length of one bitrate measurement window of a layer.
+const METER_WINDOW: Duration = Duration::from_millis(500);
+/// A layer with no packet for this long is not offered (the sender stopped it). A layer that
+/// has sent nothing yet counts as active this long after its source's first packet, so that
+/// receivers do not climb through the layers as their first packets arrive one by one.
+const LAYER_IDLE: Duration = Duration::from_secs(1);
+/// Moving up to a higher layer needs its rate under this fraction of the share (staying or
+/// moving down only needs the rate under the share), so that a rate near the share does not
+/// switch back and forth.
+const UPGRADE_HEADROOM: f64 = 0.85;
+/// A layer whose first packets carry no frame marking element at all is switched to at any
+/// packet (the receiver's depacketizer waits for a keyframe as after a loss).
+const UNMARKED_AFTER: u32 = 64;
+/// Frame marking: this packet starts a frame.
+const MARK_START: u8 = 0x80;
+/// Frame marking: the frame is independent (a keyframe).
+const MARK_INDEPENDENT: u8 = 0x20;
+
+/// Bitrate of one layer over [`METER_WINDOW`]s.
+#[derive(Debug, Default)]
+struct RateMeter {
+    start: Option<Instant>,
+    bytes: u64,
+    bps: Option<u64>,
+}
+
+impl RateMeter {
+    fn add(&mut self, now: Instant, len: usize) {
+        let start = *self.start.get_or_insert(now);
+        self.bytes = self.bytes.saturating_add(len as u64);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= METER_WINDOW {
+            let bps = u128::from(self.bytes) * 8 * 1_000_000 / elapsed.as_micros().max(1);
+            self.bps = Some(u64::try_from(bps).unwrap_or(u64::MAX));
+            self.start = Some(now);
+            self.bytes = 0;
+        }
+    }
+}
+
+/// One layer of a sender's source, as the SFU sees it arrive.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub(crate) ssrc: u32,
+    height: u16,
+    meter: RateMeter,
+    last_packet: Option<Instant>,
+    packets: u32,
+    marked: bool,
+}
+
+/// A sender's simulcast source.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// The source SSRC: layer 0's, under which every layer is forwarded.
+    pub(crate) ssrc: u32,
+    pub(crate) layers: Vec<Layer>,
+    /// When the first packet of any layer arrived.
+    started: Option<Instant>,
+}
+
+/// A copy of what selection needs of one layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LayerView {
+    pub(crate) ssrc: u32,
+    height: u16,
+    bps: Option<u64>,
+    active: bool,
+}
+
+/// What one packet is, for the receivers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerPacket {
+    /// Its source's SSRC.
+    pub(crate) source: u32,
+    /// Its layer index.
+    pub(crate) layer: usize,
+    /// Whether a receiver may switch to this layer at this packet.
+    pub(crate) switch_point: bool,
+    /// The source's layers (the first `count`).
+    pub(crate) views: [LayerView; MAX_LAYERS],
+    pub(crate) count: usize,
+}
+
+impl LayerPacket {
+    pub(crate) fn views(&self) -> &[LayerView] {
+        self.views.get(..self.count).unwrap_or_default()
+    }
+}
+
+impl Source {
+    /// The sources of a join declaration.
+    pub(crate) fn from_decl(streams: &[StreamDecl]) -> Vec<Self> {
+        simulcast_sources(streams)
+            .into_iter()
+            .filter_map(|(_, layers)| {
+                let ssrc = layers.first()?.0;
+                Some(Self {
+                    ssrc,
+                    started: None,
+                    layers: layers
+                        .into_iter()
+                        .map(|(ssrc, l)| Layer {
+                            ssrc,
+                            height: l.height,
+                            meter: RateMeter::default(),
+                            last_packet: None,
+                            packets: 0,
+                            marked: false,
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a packet of layer `ssrc` (`len` bytes, frame marking `marking`); `None` if the
+    /// SSRC is not a layer of this source.
+    pub(crate) fn on_packet(
+        &mut self,
+        now: Instant,
+        ssrc: u32,
+        len: usize,
+        marking: Option<u8>,
+    ) -> Option<LayerPacket> {
+        let layer = self.layers.iter().position(|l| l.ssrc == ssrc)?;
+        let started = *self.started.get_or_insert(now);
+        let starting = now.saturating_duration_since(started) < LAYER_IDLE;
+        let l = self.layers.get_mut(layer)?;
+        l.meter.add(now, len);
+        l.last_packet = Some(now);
+        l.packets = l.packets.saturating_add(1);
+        l.marked |= marking.is_some();
+        let switch_point = match marking {
+            Some(m) => m & (MARK_START | MARK_INDEPENDENT) == MARK_START | MARK_INDEPENDENT,
+            None => !l.marked && l.packets > UNMARKED_AFTER,
+        };
+        let mut views = [LayerView::default(); MAX_LAYERS];
+        let mut count = 0;
+        for (v, l) in views.iter_mut().zip(&self.layers) {
+            *v = LayerView {
+                ssrc: l.ssrc,
+                height: l.height,
+                bps: l.meter.bps,
+                active: match l.last_packet {
+                    Some(t) => now.saturating_duration_since(t) < LAYER_IDLE,
+                    None => starting,
+                },
+            };
+            count += 1;
+        }
+        Some(LayerPacket {
+            source: self.ssrc,
+            layer,
+            switch_point,
+            views,
+            count,
+        })
+    }
+}
+
+/// Continues one output stream across layers: output = input + offset, offsets reset at each
+/// switch so the first packet of the new layer follows the last one sent.
+#[derive(Debug, Default)]
+struct Rewriter {
+    started: bool,
+    seq_offset: u16,
+    ts_offset: u32,
+    /// First input sequence number of the current layer that may be forwarded.
+    base_in_seq: u16,
+    highest_in_seq: u16,
+    last_out_seq: u16,
+    last_out_ts: u32,
+    last_out_at: Option<Instant>,
+}
+
+impl Rewriter {
+    fn switch(&mut self, now: Instant, seq: u16, ts: u32) {
+        if self.started {
+            let out_seq = self.last_out_seq.wrapping_add(1);
+            let elapsed = self
+                .last_out_at
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            let ticks = (elapsed.as_micros() * VIDEO_CLOCK_HZ / 1_000_000).max(1);
+            let out_ts = self
+                .last_out_ts
+                .wrapping_add(u32::try_from(ticks).unwrap_or(u32::MAX));
+            self.seq_offset = out_seq.wrapping_sub(seq);
+            self.ts_offset = out_ts.wrapping_sub(ts);
+        } else {
+            self.started = true;
+            self.seq_offset = 0;
+            self.ts_offset = 0;
+            self.last_out_seq = seq.wrapping_sub(1);
+        }
+        self.base_in_seq = seq;
+        self.highest_in_seq = seq;
+    }
+
+    /// The output sequence number and timestamp of a packet of the current layer, or `None`
+    /// for one from before the switch.
+    fn rewrite(&mut self, now: Instant, seq: u16, ts: u32) -> Option<(u16, u32)> {
+        if (seq.wrapping_sub(self.base_in_seq) as i16) < 0 {
+            return None;
+        }
+        if (seq.wrapping_sub(self.highest_in_seq) as i16) > 0 {
+            self.highest_in_seq = seq;
+            // Keep the base within reach of the 16-bit comparison.
+            if self.highest_in_seq.wrapping_sub(self.base_in_seq) > 0x4000 {
+                self.base_in_seq = self.highest_in_seq.wrapping_sub(0x2000);
+            }
+        }
+        let out = (
+            seq.wrapping_add(self.seq_offset),
+            ts.wrapping_add(self.ts_offset),
+        );
+        if (out.0.wrapping_sub(self.last_out_seq) as i16) > 0 {
+            self.last_out_seq = out.0;
+            self.last_out_ts = out.1;
+            self.last_out_at = Some(now);
+        }
+        Some(out)
+    }
+}
+
+/// What a receiver gets of one source.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    /// The source SSRC.
+    pub(crate) source: u32,
+    /// The largest height the receiver wants (0: nothing; `u16::MAX` by default).
+    pub(crate) max_height: u16,
+    /// The layer forwarded now.
+    pub(crate) current: Option<usize>,
+    /// The layer to switch to at its next keyframe.
+    pub(crate) target: Option<usize>,
+    rewriter: Rewriter,
+}
+
+/// What [`Subscription::on_packet`] decided.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Decision {
+    /// Forward the packet with this sequence number and timestamp.
+    pub(crate) forward: Option<(u16, u32)>,
+    /// A keyframe of this layer SSRC is needed (send the sender a PLI).
+    pub(crate) keyframe: Option<u32>,
+    /// The receiver switched layers at this packet.
+    pub(crate) switched: bool,
+}
+
+impl Subscription {
+    pub(crate) fn new(source: u32) -> Self {
+        Self {
+            source,
+            max_height: u16::MAX,
+            current: None,
+            target: None,
+            rewriter: Rewriter::default(),
+        }
+    }
+
+    /// The source left: nothing is forwarded until it comes back (the rewriter stays, so the
+    /// output stream continues where it stopped).
+    pub(crate) fn reset(&mut self) {
+        self.current = None;
+        self.target = None;
+    }
+
+    /// The layer this receiver should get: the highest active layer no taller than the view
+    /// that fits the bandwidth `share` (any layer when `share` is `None`; a layer whose rate is
+    /// not measured yet fits), else the lowest active one; `None` when the view is 0 or no
+    /// layer is active.
+    pub(crate) fn choose(&self, views: &[LayerView], share: Option<u64>) -> Option<usize> {
+        if self.max_height == 0 {
+            return None;
+        }
+        let lowest = views.iter().position(|v| v.active)?;
+        let mut pick = lowest;
+        for (i, v) in views.iter().enumerate().skip(lowest + 1) {
+            if v.height > self.max_height {
+                break;
+            }
+            if !v.active {
+                continue;
+            }
+            let fits = match share {
+                None => true,
+                Some(share) => {
+                    let allowance = if self.current.is_some_and(|c| i <= c) {
+                        share as f64
+                    } else {
+                        share as f64 * UPGRADE_HEADROOM
+                    };
+                    // Not measured yet (its first 500 ms): not held back.
+                    v.bps.is_none_or(|bps| bps as f64 <= allowance)
+                }
+            };
+            if fits {
+                pick = i;
+            }
+        }
+        Some(pick)
+    }
+
+    /// Handles one packet of this source (`seq`, `ts` as received) for this receiver, with
+    /// its bandwidth `share`.
+    pub(crate) fn on_packet(
+        &mut self,
+        now: Instant,
+        p: &LayerPacket,
+        seq: u16,
+        ts: u32,
+        share: Option<u64>,
+    ) -> Decision {
+        let mut d = Decision::default();
+        let want = self.choose(p.views(), share);
+        if want.is_none() {
+            self.reset();
+            return d;
+        }
+        if want == self.current {
+            self.target = None;
+        } else {
+            self.target = want;
+            // Asked for at every packet while waiting; the SFU throttles PLIs per sender SSRC.
+            d.keyframe = want.and_then(|w| p.views().get(w)).map(|v| v.ssrc);
+        }
+        if self.target == Some(p.layer) && p.switch_point {
+            self.rewriter.switch(now, seq, ts);
+            d.switched = self.current.is_some();
+            self.current = Some(p.layer);
+            self.target = None;
+            d.keyframe = None;
+        }
+        if self.current == Some(p.layer) {
+            d.forward = self.rewriter.rewrite(now, seq, ts);
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(ssrc: u32, height: u16, bps: u64) -> LayerView {
+        LayerView {
+            ssrc,
+            height,
+            bps: Some(bps),
+            active: true,
+        }
+    }
+
+    fn packet(layer: usize, switch_point: bool) -> LayerPacket {
+        let mut views = [LayerView::default(); MAX_LAYERS];
+        views[0] = view(10, 90, 100_000);
+        views[1] = view(11, 180, 300_000);
+        views[2] = view(12, 360, 1_000_000);
+        LayerPacket {
+            source: 10,
+            layer,
+            switch_point,
+            views,
+            count: 3,
+        }
+    }
+
+    #[test]
+    fn choice_follows_view_and_share_with_headroom_to_go_up() {
+        let mut s = Subscription::new(10);
+        let views = packet(0, false).views;
+        assert_eq!(s.choose(&views, None), Some(2));
+        assert_eq!(s.choose(&views, Some(2_000_000)), Some(2));
+        assert_eq!(s.choose(&views, Some(1_100_000)), Some(1), "headroom");
+        s.current = Some(2);
+        assert_eq!(s.choose(&views, Some(1_100_000)), Some(2), "stays");
+        assert_eq!(s.choose(&views, Some(50_000)), Some(0), "lowest whatever");
+        s.max_height = 200;
+        assert_eq!(s.choose(&views, None), Some(1));
+        s.max_height = 10;
+        assert_eq!(s.choose(&views, None), Some(0));
+        s.max_height = 0;
+        assert_eq!(s.choose(&views, None), None);
+        s.max_height = u16::MAX;
+        let mut idle = views;
+        idle[2].active = false;
+        assert_eq!(
+            s.choose(&idle, None),
+            Some(1),
+            "a stopped layer is not offered"
+        );
+        let mut unknown = views;
+        unknown[2].bps = None;
+        assert_eq!(
+            s.choose(&unknown, Some(50_000)),
+            Some(2),
+            "not measured yet"
+        );
+    }
+
+    #[test]
+    fn switches_only_at_a_keyframe_and_keeps_the_stream_continuous() {
+        let t0 = Instant::now();
+        let mut s = Subscription::new(10);
+        // Nothing before the first keyframe of the target; a keyframe is asked for.
+        let d = s.on_packet(t0, &packet(2, false), 500, 9000, None);
+        assert!(d.forward.is_none());
+        assert_eq!(d.keyframe, Some(12));
+        let d = s.on_packet(t0, &packet(2, true), 501, 9000, None);
+        assert_eq!(d.forward, Some((501, 9000)));
+        assert!(!d.switched, "the first layer is not a switch");
+        assert_eq!(
+            s.on_packet(t0, &packet(2, false), 502, 9000, None).forward,
+            Some((502, 9000))
+        );
+        // Other layers are not forwarded.
+        assert!(s
+            .on_packet(t0, &packet(0, true), 7, 100, None)
+            .forward
+            .is_none());
+        // The view shrinks: keep layer 2 until layer 0's keyframe, asking for it.
+        s.max_height = 90;
+        let d = s.on_packet(t0, &packet(0, false), 8, 100, None);
+        assert!(d.forward.is_none());
+        assert_eq!(d.keyframe, Some(10));
+        let later = t0 + Duration::from_millis(40);
+        assert_eq!(
+            s.on_packet(later, &packet(2, false), 503, 12600, None)
+                .forward,
+            Some((503, 12600))
+        );
+        let d = s.on_packet(
+            later + Duration::from_millis(10),
+            &packet(0, true),
+            9,
+            200,
+            None,
+        );
+        assert!(d.switched);
+        // Continues at 504, 10 ms (900 ticks) after the last packet sent.
+        assert_eq!(d.forward, Some((504, 12600 + 900)));
+        assert_eq!(
+            s.on_packet(later, &packet(0, false), 10, 200, None).forward,
+            Some((505, 13500))
+        );
+        // A late packet of layer 0 from before the switch, and layer 2, are dropped.
+        assert!(s
+            .on_packet(later, &packet(0, false), 8, 100, None)
+            .forward
+            .is_none());
+        assert!(s
+            .on_packet(later, &packet(2, false), 504, 12600, None)
+            .forward
+            .is_none());
+        // Reordered packets after the switch keep their place.
+        assert_eq!(
+            s.on_packet(later, &packet(0, false), 12, 200, None).forward,
+            Some((507, 13500))
+        );
+        assert_eq!(
+            s.on_packet(later, &packet(0, false), 11, 200, None).forward,
+            Some((506, 13500))
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_through_long_runs() {
+        let t0 = Instant::now();
+        let mut s = Subscription::new(10);
+        s.max_height = 90;
+        let mut expected = None;
+        for i in 0..70_000u32 {
+            let seq = 65_000u16.wrapping_add(i as u16);
+            let d = s.on_packet(t0, &packet(0, i == 0), seq, i, None);
+            let (out, _) = d.forward.expect("every packet forwarded");
+            if let Some(e) = expected {
+                assert_eq!(out, e);
+            }
+            expected = Some(out.wrapping_add(1));
+        }
+    }
+
+    #[test]
+    fn unmarked_layers_switch_after_a_while() {
+        let t0 = Instant::now();
+        let mut src = Source {
+            ssrc: 1,
+            started: None,
+            layers: vec![Layer {
+                ssrc: 1,
+                height: 90,
+                meter: RateMeter::default(),
+                last_packet: None,
+                packets: 0,
+                marked: false,
+            }],
+        };
+        for _ in 0..UNMARKED_AFTER {
+            assert!(!src.on_packet(t0, 1, 100, None).unwrap().switch_point);
+        }
+        assert!(src.on_packet(t0, 1, 100, None).unwrap().switch_point);
+        // Once marked, only a keyframe start is a switch point.
+        assert!(
+            !src.on_packet(t0, 1, 100, Some(MARK_START))
+                .unwrap()
+                .switch_point
+        );
+        assert!(!src.on_packet(t0, 1, 100, None).unwrap().switch_point);
+        assert!(
+            src.on_packet(t0, 1, 100, Some(MARK_START | MARK_INDEPENDENT))
+                .unwrap()
+                .switch_point
+        );
+        assert!(src.on_packet(t0, 2, 100, None).is_none());
+    }
+}
