@@ -51,8 +51,8 @@ pub enum Error {
     /// sender key ran out).
     #[error("group call end-to-end encryption: {0}")]
     GroupE2ee(#[from] hush_crypto::group::GroupError),
-    /// This device is not among the first 256 members of the group call's roster, so it has
-    /// no slot for end-to-end keys.
+    /// The group call's roster gives this device no slot for end-to-end keys (it does not
+    /// list it).
     #[error("no end-to-end key slot for this device in the group call's roster")]
     NoGroupSlot,
     /// Only the call's creator can change its roster.

@@ -184,13 +184,12 @@ pub struct GroupCallStats {
 /// A member's sender key as it arrived: the device whose Signal session delivered it.
 pub(crate) type KeyFrom = (DeviceId, hush_signaling::GroupKey);
 
-/// Slots of the members of `roster`: their positions (the first 256).
+/// Slots of the members of `roster`, as the creator gave them (stable for the call's life: a
+/// later roster keeps every member's slot and never hands out one twice).
 fn assign_slots(crypto: &mut SframeCrypto, roster: &Roster) {
-    for (i, d) in roster.members().iter().enumerate() {
-        if let Ok(i) = u8::try_from(i) {
-            if !crypto.assign_slot(*d, MemberSlot(i)) {
-                debug!(device = %d, "roster position differs from the slot held; kept as it was");
-            }
+    for (d, slot) in roster.slots() {
+        if !crypto.assign_slot(d, MemberSlot(slot)) {
+            debug!(device = %d, "roster slot differs from the slot held; kept as it was");
         }
     }
 }
@@ -377,14 +376,8 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     )
     .await
     .map_err(Error::GroupJoin)?;
-    // The SFU admitted this device, so it is on the roster; its slot is its position.
-    let my_slot = s
-        .roster
-        .members()
-        .iter()
-        .position(|d| *d == me)
-        .and_then(|i| u8::try_from(i).ok())
-        .ok_or(Error::NoGroupSlot)?;
+    // The SFU admitted this device, so it is on the roster, with the slot the creator gave it.
+    let my_slot = s.roster.slot(&me).ok_or(Error::NoGroupSlot)?;
     let e2ee = GroupE2ee::new(GroupCallId(call_id), MemberSlot(my_slot), &mut rand::rng())?;
     let mut crypto = SframeCrypto::new(e2ee);
     assign_slots(&mut crypto, &s.roster);
@@ -754,13 +747,11 @@ impl GroupTask {
                 .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Malformed(e)))?;
             members.push(d);
         }
-        let next = Roster::sign(
-            &self.device_key,
-            self.roster.call_id(),
-            self.roster.version().saturating_add(1),
-            &members,
-        )
-        .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Roster(e)))?;
+        // Members kept keep their slots; an added one gets a slot never used in this call.
+        let next = self
+            .roster
+            .next(&self.device_key, &members)
+            .map_err(|e| Error::GroupInvite(hush_sfu::JoinError::Roster(e)))?;
         writer
             .update_roster(&next)
             .await

@@ -129,9 +129,15 @@ pub enum RosterError {
     /// The roster does not list its own creator.
     #[error("roster does not list its creator")]
     CreatorMissing,
-    /// A member is listed twice.
-    #[error("member listed twice")]
+    /// A member or a slot is listed twice.
+    #[error("member or slot listed twice")]
     Duplicate,
+    /// A slot is not below the roster's next free slot.
+    #[error("slot not below the next free slot")]
+    SlotOutOfRange,
+    /// Every slot (255 per call) has been handed out.
+    #[error("no slot left in this call")]
+    SlotsExhausted,
     /// No call with this id exists on the SFU.
     #[error("no such call {0}")]
     NoSuchCall(CallId),

@@ -106,5 +106,6 @@ pub use error::{Error, JoinError, PacketError, RosterError, WireError};
 pub use ids::{CallId, DeviceId, LegId, CALL_ID_LEN};
 pub use packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 pub use sfu::{
-    Event, ForwardTap, Joined, LeaveReason, LegBandwidth, LegStats, Sfu, SfuConfig, TapFn, Transmit,
+    Event, ForwardRewrite, ForwardTap, Joined, LeaveReason, LegBandwidth, LegStats, RewriteFn, Sfu,
+    SfuConfig, TapFn, Transmit,
 };

@@ -4,6 +4,11 @@
 //! Later versions (each with a higher version number, signed by the same creator) add or remove
 //! members; a removed member who is in the call is kicked. An older or equal version is refused,
 //! so a captured roster cannot be replayed to undo a kick. Byte layout in `docs/sfu.md`.
+//!
+//! Each member also has a **slot**, a number the creator gives it once and that never changes
+//! for the life of the call: a later roster keeps the slots of the members it keeps and gives
+//! new members slots never handed out before ([`Roster::next`]). Clients name a member's
+//! end-to-end media keys by its slot; the SFU does not use slots.
 
 use std::fmt;
 
@@ -15,8 +20,8 @@ use crate::wire::Reader;
 
 /// First byte of an encoded [`Roster`] (`'R'`).
 pub const ROSTER_TAG: u8 = 0x52;
-/// Format version of the roster encoding.
-pub const ROSTER_FORMAT: u8 = 1;
+/// Format version of the roster encoding (2: members with stable slots).
+pub const ROSTER_FORMAT: u8 = 2;
 /// Most members an encoded roster can list.
 pub const MAX_ROSTER_MEMBERS: usize = 255;
 
@@ -32,10 +37,14 @@ pub struct Roster {
     creator: DeviceId,
     version: u64,
     members: Vec<DeviceId>,
+    slots: Vec<u8>,
+    next_slot: u8,
 }
 
 impl Roster {
-    /// Builds and signs a roster. `members` must list `creator`'s device, without duplicates.
+    /// Builds and signs a roster whose members get the slots 0, 1, 2… in the order listed (a
+    /// call's first roster). `members` must list `creator`'s device, without duplicates. Later
+    /// versions come from [`next`](Self::next), which keeps slots where they are.
     pub fn sign(
         creator: &SigningKey,
         call_id: CallId,
@@ -48,23 +57,72 @@ impl Roster {
                 limit: MAX_ROSTER_MEMBERS,
             });
         }
-        let mut body = Vec::with_capacity(2 + CALL_ID_LEN + 32 + 8 + 1 + 32 * members.len());
+        let slots = (0..members.len())
+            .map(|i| u8::try_from(i).map_err(|_| RosterError::SlotsExhausted))
+            .collect::<Result<Vec<u8>, _>>()?;
+        let next_slot = u8::try_from(members.len()).map_err(|_| RosterError::SlotsExhausted)?;
+        Self::sign_slots(creator, call_id, version, members, &slots, next_slot)
+    }
+
+    /// The next version of this roster, signed by its creator, listing `members`: those it
+    /// keeps keep their slots; those it adds get slots never handed out before in this call,
+    /// in the order listed. Fails with [`RosterError::SlotsExhausted`] once 255 slots have
+    /// been handed out.
+    pub fn next(&self, creator: &SigningKey, members: &[DeviceId]) -> Result<Self, RosterError> {
+        let mut next_slot = self.next_slot;
+        let mut slots = Vec::with_capacity(members.len());
+        for m in members {
+            match self.slot(m) {
+                Some(s) => slots.push(s),
+                None => {
+                    slots.push(next_slot);
+                    next_slot = next_slot
+                        .checked_add(1)
+                        .ok_or(RosterError::SlotsExhausted)?;
+                }
+            }
+        }
+        let version = self.version.checked_add(1).ok_or(RosterError::NotNewer {
+            current: self.version,
+            got: self.version,
+        })?;
+        Self::sign_slots(creator, self.call_id, version, members, &slots, next_slot)
+    }
+
+    fn sign_slots(
+        creator: &SigningKey,
+        call_id: CallId,
+        version: u64,
+        members: &[DeviceId],
+        slots: &[u8],
+        next_slot: u8,
+    ) -> Result<Self, RosterError> {
+        if members.len() > MAX_ROSTER_MEMBERS {
+            return Err(RosterError::TooManyMembers {
+                got: members.len(),
+                limit: MAX_ROSTER_MEMBERS,
+            });
+        }
+        let mut body = Vec::with_capacity(2 + CALL_ID_LEN + 32 + 8 + 2 + 33 * members.len());
         body.push(ROSTER_TAG);
         body.push(ROSTER_FORMAT);
         body.extend_from_slice(call_id.as_bytes());
         body.extend_from_slice(&creator.verifying_key().to_bytes());
         body.extend_from_slice(&version.to_be_bytes());
         body.push(members.len() as u8);
-        for m in members {
+        for (m, slot) in members.iter().zip(slots) {
             body.extend_from_slice(m.as_bytes());
+            body.push(*slot);
         }
+        body.push(next_slot);
         let signature = creator.sign(&message(&body)).to_bytes();
         body.extend_from_slice(&signature);
         Self::decode(&body)
     }
 
     /// Parses a roster and checks the creator's signature (strict ed25519), that the creator is
-    /// listed and that no member is listed twice. Never panics.
+    /// listed, that no member or slot is listed twice and that every slot is below the next
+    /// free one. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, RosterError> {
         let mut r = Reader::new(bytes, "roster");
         if r.u8()? != ROSTER_TAG {
@@ -79,12 +137,19 @@ impl Roster {
         let version = r.u64()?;
         let n = usize::from(r.u8()?);
         let mut members: Vec<DeviceId> = Vec::with_capacity(n);
+        let mut slots: Vec<u8> = Vec::with_capacity(n);
         for _ in 0..n {
             let m = DeviceId::from_bytes(&r.array::<32>()?)?;
-            if members.contains(&m) {
+            let slot = r.u8()?;
+            if members.contains(&m) || slots.contains(&slot) {
                 return Err(RosterError::Duplicate);
             }
             members.push(m);
+            slots.push(slot);
+        }
+        let next_slot = r.u8()?;
+        if slots.iter().any(|s| *s >= next_slot) {
+            return Err(RosterError::SlotOutOfRange);
         }
         let body_len = bytes.len() - r.remaining();
         let signature = r.array::<64>()?;
@@ -107,6 +172,8 @@ impl Roster {
             creator,
             version,
             members,
+            slots,
+            next_slot,
         })
     }
 
@@ -140,6 +207,23 @@ impl Roster {
     /// Whether `device` is allowed in the call.
     pub fn admits(&self, device: &DeviceId) -> bool {
         self.members.contains(device)
+    }
+
+    /// The slot of `device`, if it is a member: the same in every version of the roster that
+    /// lists it.
+    pub fn slot(&self, device: &DeviceId) -> Option<u8> {
+        let i = self.members.iter().position(|m| m == device)?;
+        self.slots.get(i).copied()
+    }
+
+    /// Every member with its slot.
+    pub fn slots(&self) -> impl Iterator<Item = (DeviceId, u8)> + '_ {
+        self.members.iter().copied().zip(self.slots.iter().copied())
+    }
+
+    /// The first slot not yet handed out in this call (every slot listed is below it).
+    pub fn next_slot(&self) -> u8 {
+        self.next_slot
     }
 }
 
@@ -259,7 +343,7 @@ mod tests {
         let r = Roster::sign(&key(1), CALL, 1, &[id(1), id(2)]).unwrap();
         let mut bytes = r.encode();
         // Swap member 2 for member 3: the signature no longer covers it.
-        let at = 2 + 16 + 32 + 8 + 1 + 32;
+        let at = 2 + 16 + 32 + 8 + 1 + 33;
         bytes[at..at + 32].copy_from_slice(id(3).as_bytes());
         assert_eq!(Roster::decode(&bytes), Err(RosterError::BadSignature));
         // Every truncation is an error, never a panic.
@@ -306,6 +390,58 @@ mod tests {
             Err(RosterError::WrongCall { .. })
         ));
         assert!(!state.admits(&id(2)));
+    }
+
+    #[test]
+    fn slots_stay_with_their_members_and_are_never_handed_out_twice() {
+        let v1 = Roster::sign(&key(1), CALL, 1, &[id(1), id(2), id(3), id(4)]).unwrap();
+        assert_eq!(v1.slot(&id(3)), Some(2));
+        assert_eq!(v1.next_slot(), 4);
+        // Member 2 is removed: the others keep their slots (3 stays at 2, 4 at 3).
+        let v2 = v1.next(&key(1), &[id(1), id(3), id(4)]).unwrap();
+        assert_eq!(v2.version(), 2);
+        assert_eq!(
+            v2.slots().collect::<Vec<_>>(),
+            vec![(id(1), 0), (id(3), 2), (id(4), 3)]
+        );
+        // A member added later gets a fresh slot, not the removed member's; so does the
+        // removed member if it is added back.
+        let v3 = v2
+            .next(&key(1), &[id(1), id(3), id(4), id(5), id(2)])
+            .unwrap();
+        assert_eq!(v3.slot(&id(5)), Some(4));
+        assert_eq!(v3.slot(&id(2)), Some(5));
+        assert_eq!(v3.slot(&id(4)), Some(3));
+        assert_eq!(v3.next_slot(), 6);
+        assert_eq!(Roster::decode(&v3.encode()).unwrap(), v3);
+        // Once 255 slots are handed out, no one more can be added.
+        let mut r = Roster::sign(&key(1), CALL, 1, &[id(1)]).unwrap();
+        for i in 0..254u32 {
+            let other = DeviceId::from_signing_key(&SigningKey::from_bytes(
+                &[[0x40; 28].as_slice(), &i.to_be_bytes()]
+                    .concat()
+                    .try_into()
+                    .unwrap(),
+            ));
+            r = r.next(&key(1), &[id(1), other]).unwrap();
+        }
+        assert_eq!(r.next_slot(), 255);
+        assert_eq!(
+            r.next(&key(1), &[id(1), id(9)]),
+            Err(RosterError::SlotsExhausted)
+        );
+    }
+
+    #[test]
+    fn signed_rosters_with_shared_or_unissued_slots_are_refused() {
+        assert_eq!(
+            Roster::sign_slots(&key(1), CALL, 1, &[id(1), id(2)], &[0, 0], 2),
+            Err(RosterError::Duplicate)
+        );
+        assert_eq!(
+            Roster::sign_slots(&key(1), CALL, 1, &[id(1), id(2)], &[0, 2], 2),
+            Err(RosterError::SlotOutOfRange)
+        );
     }
 
     #[test]

@@ -102,6 +102,23 @@ impl std::fmt::Debug for ForwardTap {
     }
 }
 
+/// A hook that replaces every RTP packet the SFU forwards (as [`ForwardTap`] sees it) with the
+/// packets it returns, each then protected and sent to every other participant as usual: none
+/// drops the packet, several inject more. It stands for a malicious SFU (which holds the hop
+/// keys) in tests of the end-to-end layer: alter, truncate, replay, reorder or relabel frames.
+/// Not for production.
+#[derive(Clone)]
+pub struct ForwardRewrite(pub std::sync::Arc<RewriteFn>);
+
+/// The function a [`ForwardRewrite`] calls with each RTP packet to forward.
+pub type RewriteFn = dyn Fn(&[u8]) -> Vec<Vec<u8>> + Send + Sync;
+
+impl std::fmt::Debug for ForwardRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardRewrite")
+    }
+}
+
 /// Configuration of an [`Sfu`].
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
@@ -145,6 +162,8 @@ pub struct SfuConfig {
     /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
     /// 50 kbit/s and 20 Mbit/s, probing with padding (only on legs that send feedback).
     pub leg_cc: CcConfig,
+    /// Rewrites every RTP packet forwarded (see [`ForwardRewrite`]; tests only). Default none.
+    pub rewrite: Option<ForwardRewrite>,
 }
 
 impl Default for SfuConfig {
@@ -172,6 +191,7 @@ impl Default for SfuConfig {
                 probing: true,
                 ..CcConfig::default()
             },
+            rewrite: None,
         }
     }
 }
@@ -1234,25 +1254,67 @@ fn handle_rtp(
     if let Some(tap) = &config.tap {
         (tap.0)(buf);
     }
-    for (j, r) in call.participants.iter_mut().enumerate() {
-        if j == i {
-            continue;
-        }
-        if kind == StreamKind::Video
-            && !in_last_n(&call.recency, config.video_last_n, sender_device, r.device)
-        {
-            r.stats.video_not_selected += 1;
-            continue;
-        }
-        r.send_rtp(
+    let video_last_n = (kind == StreamKind::Video).then_some(config.video_last_n);
+    match &config.rewrite {
+        None => forward(
+            call,
+            (i, sender_device),
+            video_last_n,
             now,
+            &info_of(&info),
             buf,
-            (info.ssrc, info.seq, info.timestamp),
-            false,
             transmits,
-        );
+        ),
+        Some(rewrite) => {
+            for p in (rewrite.0)(buf) {
+                // A rewritten packet is cached under the stream and number it now carries.
+                if let Some(h) = packet::parse_rtp(&p, None) {
+                    forward(
+                        call,
+                        (i, sender_device),
+                        video_last_n,
+                        now,
+                        &info_of(&h),
+                        &p,
+                        transmits,
+                    );
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// The stream, sequence number and timestamp of a parsed RTP packet.
+fn info_of(info: &packet::RtpInfo) -> (u32, u16, u32) {
+    (info.ssrc, info.seq, info.timestamp)
+}
+
+/// Protects the RTP packet `rtp` (from participant `from`, index and device) for every other
+/// participant and queues it, keeping a copy in each recipient's NACK cache. `video_last_n` is
+/// `Some(n)` for video, which goes only to receivers for which the sender is among the last
+/// `n` speakers.
+fn forward(
+    call: &mut Call,
+    (from, sender_device): (usize, DeviceId),
+    video_last_n: Option<Option<usize>>,
+    now: Instant,
+    header: &(u32, u16, u32),
+    rtp: &[u8],
+    transmits: &mut VecDeque<Transmit>,
+) {
+    for (j, r) in call.participants.iter_mut().enumerate() {
+        if j == from {
+            continue;
+        }
+        if let Some(n) = video_last_n {
+            if !in_last_n(&call.recency, n, sender_device, r.device) {
+                r.stats.video_not_selected += 1;
+                continue;
+            }
+        }
+        r.send_rtp(now, rtp, *header, false, transmits);
+    }
 }
 
 /// The RTCP path: authenticate, answer NACKs from the cache, relay PLIs to the media sender.
