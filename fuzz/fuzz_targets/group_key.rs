@@ -102,8 +102,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(message) = KeyMessage::decode(&key.key_message) else {
         return;
     };
-    let mut member =
-        GroupE2ee::new(GroupCallId(CALL), MemberSlot(0), &mut StdRng::seed_from_u64(1)).unwrap();
+    let mut member = GroupE2ee::new(
+        GroupCallId(CALL),
+        MemberSlot(0),
+        &mut StdRng::seed_from_u64(1),
+    )
+    .unwrap();
     let now = Instant::now();
     if member.receive_key(MemberSlot(slot), &message, now).is_ok() {
         assert_eq!(message.call_id, GroupCallId(CALL));

@@ -7,7 +7,8 @@
 //! - 2: the same as RTCP (so NACK/PLI/FIR walking, the cache and PLI relay run);
 //! - 3: the bytes on a leg that does not exist.
 //!
-//! Checked: no panic; unauthenticated input produces nothing to send; everything the SFU sends
+//! Checked: no panic; unauthenticated input makes the SFU send nothing (its timers, run
+//! separately, may: sender reports, probes, feedback); everything the SFU sends
 //! authenticates at its recipient with that recipient's hop key.
 #![no_main]
 
@@ -117,32 +118,44 @@ fuzz_target!(|data: &[u8]| {
             clients[1].leg
         };
         let _ = sfu.handle_input(now, leg, &bytes);
+        // What the input alone made the SFU send: nothing at all unless it authenticated.
+        drain(&mut sfu, &mut clients, Some(authenticated));
+        // Timers (sender reports, probing, feedback) send on their own; those must authenticate.
         sfu.handle_timeout(now);
-        while let Some(t) = sfu.poll_transmit() {
-            assert!(authenticated, "unauthenticated input made the SFU send");
-            let c = clients
-                .iter_mut()
-                .find(|c| c.leg == t.leg)
-                .expect("known leg");
-            let mut b = t.bytes;
-            let rtcp = matches!(b.get(1), Some(192..=223));
-            // A resend of a packet the recipient already has is a replay there; anything else
-            // must authenticate.
-            let r = if rtcp {
-                c.recv.unprotect_rtcp(&mut b)
-            } else {
-                c.recv.unprotect_rtp(&mut b)
-            };
-            if let Err(e) = r {
-                assert!(
-                    matches!(
-                        e,
-                        hush_srtp::Error::Replayed { .. } | hush_srtp::Error::TooOld { .. }
-                    ),
-                    "sfu output failed at its recipient: {e}"
-                );
-            }
-        }
+        drain(&mut sfu, &mut clients, None);
         while sfu.poll_event().is_some() {}
     }
 });
+
+/// Takes everything the SFU has to send and checks each at its recipient. With
+/// `Some(false)`, the SFU must have nothing to send.
+fn drain(sfu: &mut Sfu, clients: &mut [Client], from_input: Option<bool>) {
+    while let Some(t) = sfu.poll_transmit() {
+        assert!(
+            from_input != Some(false),
+            "unauthenticated input made the SFU send"
+        );
+        let c = clients
+            .iter_mut()
+            .find(|c| c.leg == t.leg)
+            .expect("known leg");
+        let mut b = t.bytes;
+        let rtcp = matches!(b.get(1), Some(192..=223));
+        // A resend of a packet the recipient already has is a replay there; anything else
+        // must authenticate.
+        let r = if rtcp {
+            c.recv.unprotect_rtcp(&mut b)
+        } else {
+            c.recv.unprotect_rtp(&mut b)
+        };
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    hush_srtp::Error::Replayed { .. } | hush_srtp::Error::TooOld { .. }
+                ),
+                "sfu output failed at its recipient: {e}"
+            );
+        }
+    }
+}
