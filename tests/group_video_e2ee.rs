@@ -341,3 +341,153 @@ fn a_malicious_sfu_cannot_change_keyframe_flags_or_frames_unnoticed() {
     }
     assert_eq!(s.video_marking_mismatch, s.video_frames_received, "{s:?}");
 }
+
+/// The SFrame key id at the start of a frame's first packet (RFC 9605 §4.3), in clear.
+fn sframe_kid(payload: &[u8]) -> Option<u64> {
+    let config = *payload.first()?;
+    let k = u64::from((config >> 4) & 0x07);
+    if config & 0x80 == 0 {
+        return Some(k);
+    }
+    let len = usize::try_from(k).ok()? + 1;
+    Some(
+        payload
+            .get(1..1 + len)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+    )
+}
+
+/// The length of the SFrame header at the start of `payload` (RFC 9605 §4.3).
+fn sframe_header_len(payload: &[u8]) -> usize {
+    let config = payload[0];
+    let k = usize::from((config >> 4) & 0x07);
+    let c = usize::from(config & 0x07);
+    let kid = if config & 0x80 != 0 { k + 1 } else { 0 };
+    let ctr = if config & 0x08 != 0 { c + 1 } else { 0 };
+    1 + kid + ctr
+}
+
+/// Exactly what docs (SECURITY.md, "what the SFU sees") say the SFU learns of a video frame:
+/// one frame marking element (start, end, keyframe) and no other header extension from the
+/// sender; the frame's size (plaintext + 1 header byte + the SFrame overhead, which depends
+/// only on the key id and the frame counter, cut into packets of at most 1100 bytes); and, in
+/// the clear SFrame header, the key id naming the sender's slot and key generation. Nothing of
+/// the frame itself.
+#[test]
+fn what_the_sfu_sees_of_a_video_frame() {
+    let (config, tapped) = tapping_config();
+    let mut sim = Sim::new(config, 2);
+    for _ in 0..10 {
+        sim.send_frame();
+    }
+    let tapped = tapped.lock().unwrap();
+    let packets: Vec<RtpPacket> = tapped
+        .iter()
+        .filter_map(|p| RtpPacket::parse(p).ok())
+        .filter(|p| LAYERS.contains(&p.header.ssrc))
+        .collect();
+    // Per layer, group the packets into frames by timestamp.
+    let mut overheads = HashSet::new();
+    for (l, &ssrc) in LAYERS.iter().enumerate() {
+        let mine: Vec<&RtpPacket> = packets.iter().filter(|p| p.header.ssrc == ssrc).collect();
+        let mut frames: Vec<Vec<&RtpPacket>> = Vec::new();
+        for p in mine {
+            match frames.last_mut() {
+                Some(f) if f[0].header.timestamp == p.header.timestamp => f.push(p),
+                _ => frames.push(vec![p]),
+            }
+        }
+        assert_eq!(frames.len(), 10, "layer {l}");
+        for (n, f) in frames.iter().enumerate() {
+            let key = sim.keyframes.contains(&(l as u8, n as u32));
+            for (i, p) in f.iter().enumerate() {
+                let ids: Vec<u8> = p.header.extensions.iter().map(|e| e.id).collect();
+                assert_eq!(ids, vec![FRAME_MARKING_EXT_ID], "only the frame marking");
+                let mut mark = if key { 0x20 } else { 0 };
+                if i == 0 {
+                    mark |= 0x80;
+                }
+                if i + 1 == f.len() {
+                    mark |= 0x40;
+                }
+                assert_eq!(p.header.extension(FRAME_MARKING_EXT_ID), Some(&[mark][..]));
+                assert_eq!(p.header.marker, i + 1 == f.len());
+                assert!(p.payload.len() <= hush::group_path::VIDEO_PAYLOAD_MAX);
+            }
+            // Size: the plaintext, 1 header byte, the SFrame header (config byte, key id,
+            // counter) and the 16-byte tag; nothing else.
+            let total: usize = f.iter().map(|p| p.payload.len()).sum();
+            assert_eq!(total, SIZES[l] + 1 + sframe_header_len(&f[0].payload) + 16);
+            overheads.insert(total - SIZES[l]);
+            let kid = sframe_kid(&f[0].payload).expect("sframe header");
+            let id = hush_crypto::group::GroupKeyId::from_kid(kid).unwrap();
+            assert_eq!(id.sender, MemberSlot(0), "the sender's slot is visible");
+            assert_eq!(id.generation, 0);
+        }
+    }
+    // The overhead varies only with the length of the counter (short for the first frames).
+    assert!(
+        overheads.iter().all(|o| (18..=19).contains(o)),
+        "{overheads:?}"
+    );
+}
+
+/// A lost packet costs only the frame it belonged to (counted), and an SFU that forwards
+/// garbage under valid hop keys (random payloads, frame markings, lengths) gets it refused or
+/// dropped, never a panic, and the genuine frames around it still open.
+#[test]
+fn lost_and_garbage_video_packets_cost_only_their_frames() {
+    let count = Arc::new(Mutex::new(0u32));
+    let config = SfuConfig {
+        video_last_n: None,
+        rewrite: Some(ForwardRewrite(Arc::new(move |p: &[u8]| {
+            let Ok(packet) = RtpPacket::parse(p) else {
+                return vec![p.to_vec()];
+            };
+            if packet.header.ssrc != LAYERS[2] {
+                return vec![p.to_vec()];
+            }
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            match *n {
+                // The second packet of frame 2 (five packets a frame) is lost.
+                12 => vec![],
+                // From frame 6 on, every other frame's packets are replaced by garbage.
+                k if k > 30 && (k - 1) / 5 % 2 == 1 => {
+                    let mut g = packet.clone();
+                    let len = rand::random_range(0..1200);
+                    g.payload = (0..len).map(|_| rand::random()).collect();
+                    g.header
+                        .set_extension(FRAME_MARKING_EXT_ID, vec![rand::random::<u8>() & 0xe0]);
+                    vec![g.to_vec()]
+                }
+                _ => vec![p.to_vec()],
+            }
+        }))),
+        ..SfuConfig::default()
+    };
+    let mut sim = Sim::new(config, 2);
+    for _ in 0..30 {
+        sim.send_frame();
+    }
+    let m = &sim.members[1];
+    let s = m.path.stats();
+    let numbers: Vec<u32> = m
+        .video
+        .iter()
+        .map(|v| u32::from_be_bytes(v.frame[1..5].try_into().unwrap()))
+        .collect();
+    check_frames(m);
+    assert!(
+        !numbers.contains(&2),
+        "the frame with the lost packet is not shown"
+    );
+    assert!(numbers.contains(&1) && numbers.contains(&3), "{numbers:?}");
+    assert!(s.video_frames_incomplete >= 1, "{s:?}");
+    // Genuine frames after the garbage started still open.
+    assert!(
+        numbers.iter().filter(|&&n| n >= 6).count() >= 8,
+        "{numbers:?}"
+    );
+}
