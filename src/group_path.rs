@@ -21,11 +21,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use hush_crypto::group::{FrameKind, GroupE2ee, GroupError, MemberSlot, Opened};
+pub use hush_crypto::group::FrameKind;
+use hush_crypto::group::{GroupE2ee, GroupError, MemberSlot, Opened};
 use hush_media::jitter::{JitterBuffer, JitterConfig, Playout, Recovery};
+use hush_media::rtcp::{self, Pli, RtcpPacket};
 use hush_media::rtp::{AudioLevel, RtpPacket};
 use hush_sfu::join::HopKeys;
-use hush_sfu::DeviceId;
+use hush_sfu::{DeviceId, FRAME_MARKING_EXT_ID};
 use hush_srtp::{SrtpConfig, SrtpContext};
 use tracing::trace;
 
@@ -35,6 +37,28 @@ pub const AUDIO_LEVEL_EXT: u8 = 1;
 const OPUS_PT: u8 = 111;
 /// RTP timestamp step of one 20 ms frame at 48 kHz.
 const FRAME_TICKS: u32 = 960;
+/// The payload type of group call video: a generic payload (the SFU reads no codec), the
+/// SFrame ciphertext of one encoded frame cut into packets.
+pub const VIDEO_PT: u8 = 96;
+/// Most SFrame bytes in one video packet (with the RTP header, hop SRTP and UDP/IP it stays
+/// under a 1280-byte path MTU).
+pub const VIDEO_PAYLOAD_MAX: usize = 1100;
+/// Largest video frame reassembled (ciphertext): beyond it the frame is dropped, so a sender
+/// that never ends a frame cannot grow a receiver's memory.
+pub const MAX_VIDEO_FRAME: usize = 1 << 20;
+/// Frame marking bits (docs/sfu.md "Simulcast"): start of frame, end of frame, keyframe.
+const MARK_START: u8 = 0x80;
+const MARK_END: u8 = 0x40;
+const MARK_KEY: u8 = 0x20;
+/// The byte inside the SFrame plaintext of a video frame, before the encoded frame: bit 0 the
+/// frame is a keyframe, bits 1–2 its simulcast layer, the other bits 0. Authenticated with
+/// the frame, so a receiver takes the keyframe flag and the layer from here and not from the
+/// frame marking the SFU can read and rewrite.
+const INNER_KEY: u8 = 0x01;
+const INNER_LAYER_SHIFT: u8 = 1;
+const INNER_RESERVED: u8 = 0xf8;
+/// Most held video frames whose frame marking is remembered until they open.
+const MAX_HELD_MARKS: usize = 256;
 /// Most SSRCs the receive context tracks (32 participants with up to 8 streams, and the SFU).
 const MAX_RECV_SSRCS: usize = 32 * 8 + 1;
 
@@ -54,6 +78,9 @@ pub enum FrameCryptoError {
     /// The group end-to-end layer refused the frame (or could not seal it).
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// A video frame opened, but its authenticated header byte is not valid.
+    #[error("video frame header invalid")]
+    VideoHeader,
 }
 
 /// What [`FrameCrypto::open`] did with a frame.
@@ -71,6 +98,8 @@ pub enum FrameOpen {
 pub struct ReleasedFrame {
     /// Whose stream it came on.
     pub device: DeviceId,
+    /// Audio or video.
+    pub kind: FrameKind,
     /// Its RTP timestamp.
     pub timestamp: u32,
     /// The encoded frame.
@@ -100,13 +129,19 @@ pub struct E2eeStats {
 /// where it applies (see the [module docs](self)). SFrame (group calls part 2) implements it.
 pub trait FrameCrypto: Send {
     /// Seals one encoded frame of this participant, appending the result to `out`.
-    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError>;
-    /// Opens one frame received on the stream of `sender` with RTP timestamp `timestamp`,
-    /// appending the encoded frame to `out`, or holds it until its key arrives.
+    fn seal(
+        &mut self,
+        kind: FrameKind,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameCryptoError>;
+    /// Opens one frame of `kind` received on the stream of `sender` with RTP timestamp
+    /// `timestamp`, appending the encoded frame to `out`, or holds it until its key arrives.
     fn open(
         &mut self,
         now: Instant,
         sender: &DeviceId,
+        kind: FrameKind,
         timestamp: u32,
         frame: &[u8],
         out: &mut Vec<u8>,
@@ -128,18 +163,24 @@ pub trait FrameCrypto: Send {
 }
 
 impl FrameCrypto for Box<dyn FrameCrypto> {
-    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError> {
-        (**self).seal(frame, out)
+    fn seal(
+        &mut self,
+        kind: FrameKind,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameCryptoError> {
+        (**self).seal(kind, frame, out)
     }
     fn open(
         &mut self,
         now: Instant,
         sender: &DeviceId,
+        kind: FrameKind,
         timestamp: u32,
         frame: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<FrameOpen, FrameCryptoError> {
-        (**self).open(now, sender, timestamp, frame, out)
+        (**self).open(now, sender, kind, timestamp, frame, out)
     }
     fn poll_released(&mut self) -> Option<ReleasedFrame> {
         (**self).poll_released()
@@ -161,7 +202,12 @@ impl FrameCrypto for Box<dyn FrameCrypto> {
 pub struct NoFrameCrypto;
 
 impl FrameCrypto for NoFrameCrypto {
-    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError> {
+    fn seal(
+        &mut self,
+        _kind: FrameKind,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameCryptoError> {
         out.extend_from_slice(frame);
         Ok(())
     }
@@ -170,6 +216,7 @@ impl FrameCrypto for NoFrameCrypto {
         &mut self,
         _now: Instant,
         _sender: &DeviceId,
+        _kind: FrameKind,
         _timestamp: u32,
         frame: &[u8],
         out: &mut Vec<u8>,
@@ -243,8 +290,13 @@ impl SframeCrypto {
 }
 
 impl FrameCrypto for SframeCrypto {
-    fn seal(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameCryptoError> {
-        out.extend_from_slice(&self.e2ee.encrypt(FrameKind::Audio, frame)?);
+    fn seal(
+        &mut self,
+        kind: FrameKind,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameCryptoError> {
+        out.extend_from_slice(&self.e2ee.encrypt(kind, frame)?);
         Ok(())
     }
 
@@ -252,6 +304,7 @@ impl FrameCrypto for SframeCrypto {
         &mut self,
         now: Instant,
         sender: &DeviceId,
+        kind: FrameKind,
         timestamp: u32,
         frame: &[u8],
         out: &mut Vec<u8>,
@@ -262,7 +315,7 @@ impl FrameCrypto for SframeCrypto {
         };
         match self
             .e2ee
-            .decrypt_tagged(slot, FrameKind::Audio, frame, u64::from(timestamp), now)?
+            .decrypt_tagged(slot, kind, frame, u64::from(timestamp), now)?
         {
             Opened::Frame(plain) => {
                 out.extend_from_slice(&plain);
@@ -275,12 +328,10 @@ impl FrameCrypto for SframeCrypto {
     fn poll_released(&mut self) -> Option<ReleasedFrame> {
         loop {
             let r = self.e2ee.poll_released_tagged()?;
-            if r.kind != FrameKind::Audio {
-                continue;
-            }
             if let Some(device) = self.devices.get(&r.from) {
                 return Some(ReleasedFrame {
                     device: *device,
+                    kind: r.kind,
                     // The tag is the RTP timestamp given to `open`.
                     timestamp: r.tag as u32,
                     frame: r.frame,
@@ -327,6 +378,12 @@ pub enum GroupPathError {
     /// The end-to-end layer refused the frame.
     #[error(transparent)]
     Frame(#[from] FrameCryptoError),
+    /// A video packet without a frame marking element.
+    #[error("video packet without frame marking")]
+    NoFrameMarking,
+    /// A video layer this participant did not add, or a layer index over 3.
+    #[error("no video layer under ssrc {0:#010x}")]
+    NoVideoLayer(u32),
 }
 
 /// Counters of one participant's group media path.
@@ -348,6 +405,53 @@ pub struct GroupPathStats {
     pub late: u64,
     /// The end-to-end layer's counters.
     pub e2ee: E2eeStats,
+    /// Video frames sent (all layers).
+    pub video_frames_sent: u64,
+    /// Video packets sent (all layers).
+    pub video_packets_sent: u64,
+    /// Video frames received, opened and handed out.
+    pub video_frames_received: u64,
+    /// Video frames lost to a missing or out-of-order packet, or too large (dropped before
+    /// opening).
+    pub video_frames_incomplete: u64,
+    /// Video frames whose frame marking (read by the SFU) disagreed with their authenticated
+    /// header on being a keyframe. The authenticated header wins.
+    pub video_marking_mismatch: u64,
+    /// Keyframe requests (PLI) from the SFU for one of this participant's layers.
+    pub keyframe_requests: u64,
+}
+
+/// A video frame of another participant, opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantVideo {
+    /// Whose video.
+    pub device: DeviceId,
+    /// The stream it came on (the source SSRC the SFU forwards).
+    pub ssrc: u32,
+    /// Its RTP timestamp (rewritten by the SFU at layer switches, so not authenticated).
+    pub timestamp: u32,
+    /// A keyframe, as the sender said inside the ciphertext.
+    pub keyframe: bool,
+    /// The simulcast layer, as the sender said inside the ciphertext.
+    pub layer: u8,
+    /// The encoded frame.
+    pub frame: Vec<u8>,
+}
+
+/// One video layer this participant sends.
+struct VideoOut {
+    layer: u8,
+    seq: u16,
+}
+
+/// A frame being reassembled from one remote video stream.
+struct VideoIn {
+    device: DeviceId,
+    /// The packets of the frame so far (SFrame ciphertext), its timestamp and the next
+    /// sequence number expected; `None` between frames or after a loss.
+    frame: Option<(u32, u16, Vec<u8>)>,
+    /// The frame marking's keyframe bit of the frame being reassembled.
+    marked_key: bool,
 }
 
 struct Remote {
@@ -379,6 +483,12 @@ pub struct GroupMediaPath<C: FrameCrypto = Box<dyn FrameCrypto>> {
     playouts: VecDeque<ParticipantPlayout>,
     stats: GroupPathStats,
     scratch: Vec<u8>,
+    video_out: HashMap<u32, VideoOut>,
+    video_in: HashMap<u32, VideoIn>,
+    video: VecDeque<ParticipantVideo>,
+    /// Keyframe marking of held video frames, by (device, timestamp), until they open.
+    held_marks: HashMap<(DeviceId, u32), (u32, bool)>,
+    keyframe_requests: VecDeque<u32>,
 }
 
 impl<C: FrameCrypto> std::fmt::Debug for GroupMediaPath<C> {
@@ -415,6 +525,11 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             playouts: VecDeque::new(),
             stats: GroupPathStats::default(),
             scratch: Vec::with_capacity(1500),
+            video_out: HashMap::new(),
+            video_in: HashMap::new(),
+            video: VecDeque::new(),
+            held_marks: HashMap::new(),
+            keyframe_requests: VecDeque::new(),
         })
     }
 
@@ -435,13 +550,227 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
     /// A participant left: forget its streams.
     pub fn remove_participant(&mut self, device: &DeviceId) {
         self.remotes.retain(|_, r| r.device != *device);
+        self.video_in.retain(|_, v| v.device != *device);
+        self.held_marks.retain(|(d, _), _| d != device);
+    }
+
+    /// A participant (as the SFU announced it) sends video that arrives under `ssrc` (for a
+    /// simulcast source, the SSRC of its layer 0: the SFU forwards one layer under it).
+    pub fn add_video_stream(&mut self, device: DeviceId, ssrc: u32) {
+        if ssrc == self.ssrc || self.video_out.contains_key(&ssrc) {
+            return;
+        }
+        self.video_in.insert(
+            ssrc,
+            VideoIn {
+                device,
+                frame: None,
+                marked_key: false,
+            },
+        );
+    }
+
+    /// This participant sends video layer `layer` (0 the smallest, at most 3) under `ssrc`,
+    /// as declared in its join.
+    pub fn add_video_layer(&mut self, ssrc: u32, layer: u8) -> Result<(), GroupPathError> {
+        if layer > 3 || ssrc == self.ssrc {
+            return Err(GroupPathError::NoVideoLayer(ssrc));
+        }
+        // Each layer its own sequence space; start them apart.
+        let seq = self
+            .seq
+            .wrapping_add(u16::from(layer + 1).wrapping_mul(16_411));
+        self.video_out.insert(ssrc, VideoOut { layer, seq });
+        Ok(())
+    }
+
+    /// Seals one encoded video frame of the layer sent under `ssrc` (a keyframe or not, with
+    /// RTP timestamp `timestamp` at 90 kHz), cuts the ciphertext into packets of at most
+    /// [`VIDEO_PAYLOAD_MAX`] bytes with the frame marking element (start, end, keyframe) the
+    /// SFU switches layers by, and protects them.
+    ///
+    /// The frame marking is all the SFU learns of the frame besides sizes and timing; the
+    /// keyframe flag and the layer are repeated inside the ciphertext for the receivers.
+    pub fn send_video(
+        &mut self,
+        ssrc: u32,
+        timestamp: u32,
+        keyframe: bool,
+        frame: &[u8],
+    ) -> Result<(), GroupPathError> {
+        let layer = self
+            .video_out
+            .get(&ssrc)
+            .ok_or(GroupPathError::NoVideoLayer(ssrc))?
+            .layer;
+        let mut plain = Vec::with_capacity(frame.len() + 1);
+        plain.push((layer << INNER_LAYER_SHIFT) | if keyframe { INNER_KEY } else { 0 });
+        plain.extend_from_slice(frame);
+        self.scratch.clear();
+        let sealed = self
+            .crypto
+            .seal(FrameKind::Video, &plain, &mut self.scratch);
+        plain.iter_mut().for_each(|b| *b = 0);
+        if let Err(e) = sealed {
+            self.stats.frame_failures += 1;
+            return Err(e.into());
+        }
+        let sealed = std::mem::take(&mut self.scratch);
+        let chunks = sealed.chunks(VIDEO_PAYLOAD_MAX).count();
+        for (i, chunk) in sealed.chunks(VIDEO_PAYLOAD_MAX).enumerate() {
+            let Some(out) = self.video_out.get_mut(&ssrc) else {
+                break;
+            };
+            let mut mark = 0;
+            if i == 0 {
+                mark |= MARK_START;
+            }
+            if i + 1 == chunks {
+                mark |= MARK_END;
+            }
+            if keyframe {
+                mark |= MARK_KEY;
+            }
+            let mut p = RtpPacket::default();
+            p.header.payload_type = VIDEO_PT;
+            p.header.ssrc = ssrc;
+            p.header.sequence_number = out.seq;
+            out.seq = out.seq.wrapping_add(1);
+            p.header.timestamp = timestamp;
+            p.header.marker = i + 1 == chunks;
+            p.header.set_extension(FRAME_MARKING_EXT_ID, vec![mark]);
+            p.payload = chunk.to_vec();
+            let mut bytes = p.to_vec();
+            match self.send.protect_rtp(&mut bytes) {
+                Ok(()) => {
+                    self.stats.video_packets_sent += 1;
+                    self.out.push_back(bytes);
+                }
+                Err(e) => trace!(error = %e, "protect failed"),
+            }
+        }
+        self.scratch = sealed;
+        self.stats.video_frames_sent += 1;
+        Ok(())
+    }
+
+    /// Asks the sender of the video arriving under `ssrc` (through the SFU) for a keyframe.
+    pub fn request_keyframe(&mut self, ssrc: u32) {
+        let mut bytes = rtcp::write_compound(&[RtcpPacket::Pli(Pli {
+            sender_ssrc: self.ssrc,
+            media_ssrc: ssrc,
+        })]);
+        match self.send.protect_rtcp(&mut bytes) {
+            Ok(()) => self.out.push_back(bytes),
+            Err(e) => trace!(error = %e, "protect failed"),
+        }
+    }
+
+    /// The next layer (by its SSRC) the SFU asked a keyframe for: encode the next frame of
+    /// that layer as a keyframe.
+    pub fn poll_keyframe_request(&mut self) -> Option<u32> {
+        self.keyframe_requests.pop_front()
+    }
+
+    /// The next opened video frame of another participant.
+    pub fn poll_video(&mut self) -> Option<ParticipantVideo> {
+        self.video.pop_front()
+    }
+
+    /// A video packet of a remote stream: reassembles its frame, opens it when complete.
+    fn handle_video(&mut self, now: Instant, packet: RtpPacket) -> Result<(), GroupPathError> {
+        let ssrc = packet.header.ssrc;
+        let Some(stream) = self.video_in.get_mut(&ssrc) else {
+            self.stats.unknown_ssrc += 1;
+            return Err(GroupPathError::UnknownSsrc(ssrc));
+        };
+        self.stats.packets_received += 1;
+        let Some(&[mark]) = packet.header.extension(FRAME_MARKING_EXT_ID) else {
+            return Err(GroupPathError::NoFrameMarking);
+        };
+        let (seq, ts) = (packet.header.sequence_number, packet.header.timestamp);
+        if mark & MARK_START != 0 {
+            if stream.frame.take().is_some() {
+                // The previous frame never ended.
+                self.stats.video_frames_incomplete += 1;
+            }
+            stream.frame = Some((ts, seq, Vec::with_capacity(packet.payload.len())));
+            stream.marked_key = mark & MARK_KEY != 0;
+        }
+        let Some((frame_ts, next, buf)) = stream.frame.as_mut() else {
+            // A packet of a frame whose start was lost: wait for the next start.
+            return Ok(());
+        };
+        if *next != seq || *frame_ts != ts || buf.len() + packet.payload.len() > MAX_VIDEO_FRAME {
+            stream.frame = None;
+            self.stats.video_frames_incomplete += 1;
+            return Ok(());
+        }
+        *next = seq.wrapping_add(1);
+        buf.extend_from_slice(&packet.payload);
+        if mark & MARK_END == 0 {
+            return Ok(());
+        }
+        let Some((ts, _, sealed)) = stream.frame.take() else {
+            return Ok(());
+        };
+        let (device, marked_key) = (stream.device, stream.marked_key);
+        let mut plain = Vec::with_capacity(sealed.len());
+        match self
+            .crypto
+            .open(now, &device, FrameKind::Video, ts, &sealed, &mut plain)
+        {
+            Ok(FrameOpen::Frame) => self.deliver_video(device, ssrc, ts, marked_key, plain),
+            Ok(FrameOpen::Held) => {
+                self.held_marks.insert((device, ts), (ssrc, marked_key));
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.frame_failures += 1;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Checks an opened video frame's header byte and hands the frame out.
+    fn deliver_video(
+        &mut self,
+        device: DeviceId,
+        ssrc: u32,
+        timestamp: u32,
+        marked_key: bool,
+        mut plain: Vec<u8>,
+    ) -> Result<(), GroupPathError> {
+        let Some(&head) = plain.first() else {
+            self.stats.frame_failures += 1;
+            return Err(FrameCryptoError::VideoHeader.into());
+        };
+        if head & INNER_RESERVED != 0 {
+            self.stats.frame_failures += 1;
+            return Err(FrameCryptoError::VideoHeader.into());
+        }
+        let keyframe = head & INNER_KEY != 0;
+        if keyframe != marked_key {
+            self.stats.video_marking_mismatch += 1;
+        }
+        plain.remove(0);
+        self.stats.video_frames_received += 1;
+        self.video.push_back(ParticipantVideo {
+            device,
+            ssrc,
+            timestamp,
+            keyframe,
+            layer: head >> INNER_LAYER_SHIFT,
+            frame: plain,
+        });
+        Ok(())
     }
 
     /// Seals, packetizes and protects one encoded 20 ms frame whose RFC 6464 level is
     /// `level` (−dBov, 0 loudest, 127 silence).
     pub fn send_audio(&mut self, frame: &[u8], level: u8, voice: bool) {
         self.scratch.clear();
-        if let Err(e) = self.crypto.seal(frame, &mut self.scratch) {
+        if let Err(e) = self.crypto.seal(FrameKind::Audio, frame, &mut self.scratch) {
             self.stats.frame_failures += 1;
             trace!(error = %e, "frame not sealed");
             return;
@@ -479,12 +808,22 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         mut datagram: Vec<u8>,
     ) -> Result<(), GroupPathError> {
         if matches!(datagram.get(1), Some(192..=223)) {
-            // RTCP from the SFU (relayed PLIs; audio has no use for them yet).
+            // RTCP from the SFU: relayed PLIs for this participant's video layers.
             if let Err(e) = self.recv.unprotect_rtcp(&mut datagram) {
                 self.stats.srtp_failures += 1;
                 return Err(e.into());
             }
             self.stats.rtcp_received += 1;
+            for p in rtcp::parse_compound(&datagram).unwrap_or_default() {
+                if let RtcpPacket::Pli(pli) = p {
+                    if self.video_out.contains_key(&pli.media_ssrc) {
+                        self.stats.keyframe_requests += 1;
+                        if !self.keyframe_requests.contains(&pli.media_ssrc) {
+                            self.keyframe_requests.push_back(pli.media_ssrc);
+                        }
+                    }
+                }
+            }
             return Ok(());
         }
         if let Err(e) = self.recv.unprotect_rtp(&mut datagram) {
@@ -492,6 +831,11 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             return Err(e.into());
         }
         let packet = RtpPacket::parse(&datagram).map_err(|_| GroupPathError::Malformed)?;
+        if self.video_in.contains_key(&packet.header.ssrc) {
+            let result = self.handle_video(now, packet);
+            self.release_frames(now);
+            return result;
+        }
         let Some(remote) = self.remotes.get_mut(&packet.header.ssrc) else {
             self.stats.unknown_ssrc += 1;
             return Err(GroupPathError::UnknownSsrc(packet.header.ssrc));
@@ -500,6 +844,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         let opened = self.crypto.open(
             now,
             &remote.device,
+            FrameKind::Audio,
             packet.header.timestamp,
             &packet.payload,
             &mut frame,
@@ -525,11 +870,33 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
     /// participants' jitter buffers. Call after installing a key.
     pub fn release_frames(&mut self, now: Instant) {
         while let Some(r) = self.crypto.poll_released() {
+            if r.kind == FrameKind::Video {
+                let mark = self.held_marks.remove(&(r.device, r.timestamp));
+                let ssrc = mark.map(|m| m.0).or_else(|| {
+                    self.video_in
+                        .iter()
+                        .find(|(_, v)| v.device == r.device)
+                        .map(|(s, _)| *s)
+                });
+                if let Some(ssrc) = ssrc {
+                    let marked_key = mark.is_some_and(|m| m.1);
+                    if let Err(e) =
+                        self.deliver_video(r.device, ssrc, r.timestamp, marked_key, r.frame)
+                    {
+                        trace!(error = %e, "released video frame refused");
+                    }
+                }
+                continue;
+            }
             if let Some(remote) = self.remotes.values_mut().find(|x| x.device == r.device) {
                 remote
                     .jitter
                     .insert(now, r.timestamp, r.frame, Recovery::None);
             }
+        }
+        // Marks of held frames that never opened (their key did not come): bounded.
+        if self.held_marks.len() > MAX_HELD_MARKS {
+            self.held_marks.clear();
         }
     }
 

@@ -157,12 +157,24 @@ async fn three_participants_hear_each_other_and_the_sfu_forwards_only_ciphertext
     // frames the speakers encoded.
     let plain = plaintext_frames(frames);
     let tapped = tapped.lock().unwrap().clone();
-    let payloads: Vec<Vec<u8>> = tapped
+    let audio: Vec<RtpPacket> = tapped
         .iter()
         .filter_map(|p| RtpPacket::parse(p).ok())
         .filter(|p| p.header.payload_type == 111)
-        .map(|p| p.payload.to_vec())
         .collect();
+    // What it does see (SECURITY.md): the RFC 6464 level of every frame, and the SFrame key id
+    // (the sender's slot) in the clear.
+    for p in &audio {
+        assert_eq!(
+            p.header
+                .extension(hush::group_path::AUDIO_LEVEL_EXT)
+                .map(<[u8]>::len),
+            Some(1),
+            "audio level readable"
+        );
+        assert!(sframe_key_id(&p.payload).is_some(), "key id in the clear");
+    }
+    let payloads: Vec<Vec<u8>> = audio.into_iter().map(|p| p.payload).collect();
     assert!(
         payloads.len() >= (frames as usize) * 3 * 8 / 10,
         "the SFU forwarded {} audio packets",

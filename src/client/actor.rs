@@ -223,14 +223,31 @@ where
                 self.group_keys.insert(call_id, keys);
             }
             Command::SendGroupKey { members, key } => {
+                // Sealed one after the other (each advances a Signal session), but all in flight
+                // at once: the relay answers a send only when its recipient acknowledges it
+                // (or after its commit delay), and the recipients may be busy sending their own
+                // keys to this device. Waiting here for each answer would stop this actor from
+                // reading (and acknowledging) theirs: every member would wait out the relay's
+                // commit delay once per recipient.
+                let mut answers = Vec::with_capacity(members.len());
                 for member in members {
-                    let sent = self
+                    match self
                         .signaling
-                        .send(member, CallMessage::GroupKey(key.clone()))
-                        .await;
-                    if let Err(e) = sent {
-                        warn!(peer = %short(&member), error = %e, "group key not sent");
+                        .send_queued(member, CallMessage::GroupKey(key.clone()))
+                        .await
+                    {
+                        Ok((_, answer)) => answers.push((member, answer)),
+                        Err(e) => warn!(peer = %short(&member), error = %e, "group key not sent"),
                     }
+                }
+                if !answers.is_empty() {
+                    tokio::spawn(async move {
+                        for (member, answer) in answers {
+                            if let Err(e) = answer.await {
+                                warn!(peer = %short(&member), error = %e, "group key not accepted");
+                            }
+                        }
+                    });
                 }
             }
             Command::Shutdown => {}

@@ -106,7 +106,8 @@ impl std::fmt::Debug for ForwardTap {
 /// packets it returns, each then protected and sent to every other participant as usual: none
 /// drops the packet, several inject more. It stands for a malicious SFU (which holds the hop
 /// keys) in tests of the end-to-end layer: alter, truncate, replay, reorder or relabel frames.
-/// Not for production.
+/// Simulcast layer packets are rewritten after the SFU chose what to forward (on the packet as
+/// sent). Not for production.
 #[derive(Clone)]
 pub struct ForwardRewrite(pub std::sync::Arc<RewriteFn>);
 
@@ -1230,7 +1231,20 @@ fn handle_rtp(
         if let Some(tap) = &config.tap {
             (tap.0)(buf);
         }
-        *switches += forward_layer(config, call, i, now, &info, &layer, buf, transmits);
+        match &config.rewrite {
+            None => {
+                *switches += forward_layer(config, call, i, now, &info, &layer, buf, transmits);
+            }
+            Some(rewrite) => {
+                // The layer decisions were made on the packet as the sender sent it; each
+                // rewritten packet goes out under the number it now carries.
+                for p in (rewrite.0)(buf) {
+                    if let Some(h) = packet::parse_rtp(&p, None) {
+                        *switches += forward_layer(config, call, i, now, &h, &layer, &p, transmits);
+                    }
+                }
+            }
+        }
         return Ok(());
     }
     if kind == StreamKind::Audio {

@@ -9,7 +9,7 @@ use crate::envelope::{CiphertextKind, Envelope, MessageId};
 use crate::message::{CallMessage, Content};
 use crate::replay::ReplayGuard;
 use crate::seal::Sealer;
-use crate::transport::Transport;
+use crate::transport::{Acceptance, Transport};
 use crate::Error;
 
 /// A wall clock in Unix milliseconds. Injected so tests can move time.
@@ -197,6 +197,21 @@ impl<T: Transport, S: Sealer> SignalingClient<T, S> {
         self.transport.send(envelope).await?;
         self.stats.sent += 1;
         Ok(id)
+    }
+
+    /// Seals `message` for `to` and hands it to the transport without waiting for the
+    /// transport's answer ([`Transport::send_queued`]): returns the message id and the answer
+    /// to come. Messages handed over in turn leave in that order.
+    pub async fn send_queued(
+        &mut self,
+        to: DeviceId,
+        message: CallMessage,
+    ) -> Result<(MessageId, Acceptance), Error> {
+        let envelope = self.seal(to, message).await?;
+        let id = envelope.id;
+        let acceptance = self.transport.send_queued(envelope).await?;
+        self.stats.sent += 1;
+        Ok((id, acceptance))
     }
 
     /// Seals `message` for `to` into an envelope without sending it (for transports the app

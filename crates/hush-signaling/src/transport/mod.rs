@@ -11,6 +11,8 @@ mod relay;
 mod tls;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use relay::{
@@ -50,6 +52,23 @@ pub trait Transport: Send {
     /// responsibility for it (for a relay: it is stored durably).
     fn send(&mut self, envelope: Envelope) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Hands an envelope to the transport without waiting for its answer: resolves once the
+    /// envelope is on its way (queued for the wire, in the order of the calls), with an
+    /// [`Acceptance`] that resolves when the transport has taken responsibility for it, as
+    /// [`send`](Self::send) would. Several envelopes can thus be in flight at once, and the
+    /// caller can go on receiving while a relay waits for their recipients.
+    ///
+    /// The default sends and waits (for transports whose send has no separate answer).
+    fn send_queued(
+        &mut self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<Acceptance, Error>> + Send {
+        async move {
+            self.send(envelope).await?;
+            Ok(Acceptance::ready(Ok(())))
+        }
+    }
+
     /// Waits for the next envelope addressed to this device.
     ///
     /// Must be cancel-safe (usable in `tokio::select!`): if the future is dropped before it
@@ -58,4 +77,36 @@ pub trait Transport: Send {
 
     /// Acknowledges a received envelope so the transport may forget it.
     fn ack(&mut self, tag: DeliveryTag) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// The answer to an envelope handed over with [`Transport::send_queued`]: resolves once the
+/// transport has taken responsibility for the envelope (for a relay: stored durably or
+/// acknowledged by its recipient), or with why it did not. Independent of the transport's
+/// borrow, so it can be awaited elsewhere (a spawned task) while the transport goes on.
+pub struct Acceptance(Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'static>>);
+
+impl Acceptance {
+    /// An answer that is already known.
+    pub fn ready(result: Result<(), Error>) -> Self {
+        Self(Box::pin(std::future::ready(result)))
+    }
+
+    /// An answer that `future` will give.
+    pub fn new(future: impl Future<Output = Result<(), Error>> + Send + 'static) -> Self {
+        Self(Box::pin(future))
+    }
+}
+
+impl Future for Acceptance {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Acceptance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptance").finish_non_exhaustive()
+    }
 }

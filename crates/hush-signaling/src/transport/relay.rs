@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::codec::FramedRead;
 
-use super::{DeliveryTag, Received, Transport};
+use super::{Acceptance, DeliveryTag, Received, Transport};
 use crate::device::{
     sign_challenge, ChannelBinding, DeviceId, DeviceSigner, AUTH_NONCE_LEN, RELAY_KEY_LEN,
     TLS_EXPORTER_LEN,
@@ -649,13 +649,47 @@ impl RelayClient {
         id: u64,
         rx: oneshot::Receiver<Result<pb::response::Result, Error>>,
     ) -> Result<pb::response::Result, Error> {
-        match tokio::time::timeout(self.config.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.shared.closed_error()),
-            Err(_) => {
-                self.shared.pending().remove(&id);
-                Err(Error::Timeout)
+        await_response(&self.shared, self.config.request_timeout, id, rx).await
+    }
+
+    /// Writes a `Send` request for `envelope` and returns the relay's answer to come, without
+    /// waiting for it (see [`Transport::send_queued`]).
+    async fn queue_envelope(&self, envelope: Envelope) -> Result<Acceptance, Error> {
+        let request_id = self.request_id();
+        let frame = client_frame::Frame::Send(pb::Send {
+            request_id,
+            envelope: Some(envelope.into_proto()),
+        });
+        let (tx, rx) = oneshot::channel();
+        self.shared.register(request_id, tx)?;
+        if let Err(e) = self.write(frame).await {
+            self.shared.pending().remove(&request_id);
+            return Err(e);
+        }
+        let shared = self.shared.clone();
+        let timeout = self.config.request_timeout;
+        Ok(Acceptance::new(async move {
+            match await_response(&shared, timeout, request_id, rx).await? {
+                pb::response::Result::Done(_) => Ok(()),
+                _ => Err(Error::Malformed("unexpected response to send")),
             }
+        }))
+    }
+}
+
+/// Waits up to `timeout` for the relay's answer to request `id`.
+async fn await_response(
+    shared: &Shared,
+    timeout: Duration,
+    id: u64,
+    rx: oneshot::Receiver<Result<pb::response::Result, Error>>,
+) -> Result<pb::response::Result, Error> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(shared.closed_error()),
+        Err(_) => {
+            shared.pending().remove(&id);
+            Err(Error::Timeout)
         }
     }
 }
@@ -667,6 +701,10 @@ impl Transport for RelayClient {
 
     async fn send(&mut self, envelope: Envelope) -> Result<(), Error> {
         self.send_envelope(envelope).await
+    }
+
+    async fn send_queued(&mut self, envelope: Envelope) -> Result<Acceptance, Error> {
+        self.queue_envelope(envelope).await
     }
 
     async fn recv(&mut self) -> Result<Received, Error> {
