@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use hush_crypto::MediaKeys;
-use hush_media::video::{I420Frame, VideoDecoder, VideoEncoder, VideoError};
+use hush_media::video::{EncodedVideoFrame, I420Frame, VideoDecoder, VideoEncoder, VideoError};
 use hush_media::{Event, MediaSession, SessionConfig, TransmitKind};
 use hush_srtp::SrtpContext;
 use tracing::debug;
@@ -58,6 +58,33 @@ pub struct PathStats {
     pub unprotect_failures: u64,
 }
 
+/// Counters of the video codecs on a path (W3C webrtc-stats names in brackets).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct VideoCodecStats {
+    /// Frames encoded and sent, by the path's encoder or handed in encoded (`framesEncoded`).
+    pub frames_encoded: u64,
+    /// Keyframes among them (`keyFramesEncoded`).
+    pub key_frames_encoded: u64,
+    /// Pictures the encoder's rate control skipped.
+    pub frames_skipped_by_encoder: u64,
+    /// Time spent encoding, in seconds (`totalEncodeTime`).
+    pub total_encode_time: f64,
+    /// Frames decoded into pictures (`framesDecoded`).
+    pub frames_decoded: u64,
+    /// Keyframes among them (`keyFramesDecoded`).
+    pub key_frames_decoded: u64,
+    /// Frames received but not shown: the decoder refused them (lost reference, corrupt),
+    /// and the path asked for a keyframe (`framesDropped`).
+    pub frames_dropped: u64,
+    /// Time spent decoding, in seconds (`totalDecodeTime`).
+    pub total_decode_time: f64,
+    /// Keyframe requests (PLI/FIR) the peer sent us (`pliCount` seen from the sender).
+    pub keyframe_requests_received: u64,
+    /// Keyframe requests our decoder made.
+    pub keyframe_requests_sent: u64,
+}
+
 /// SRTP + media engine for one call. See the [module docs](self).
 pub struct MediaPath {
     tx: SrtpContext,
@@ -70,6 +97,7 @@ pub struct MediaPath {
     decoded: VecDeque<I420Frame>,
     pending: VecDeque<Event>,
     video_fps: f32,
+    video_stats: VideoCodecStats,
 }
 
 impl MediaPath {
@@ -90,6 +118,7 @@ impl MediaPath {
             decoded: VecDeque::new(),
             pending: VecDeque::new(),
             video_fps: 30.0,
+            video_stats: VideoCodecStats::default(),
         };
         LIVE_PATHS.fetch_add(1, Ordering::Relaxed);
         Ok(path)
@@ -128,12 +157,62 @@ impl MediaPath {
         let Some(enc) = self.encoder.as_mut() else {
             return Ok(false);
         };
-        let Some(frame) = enc.encode(picture)? else {
+        // The codec's own CPU time, for the stats and the ladder's CPU check: a measurement,
+        // not protocol time.
+        let started = Instant::now();
+        let encoded = enc.encode(picture);
+        self.video_stats.total_encode_time += started.elapsed().as_secs_f64();
+        let Some(frame) = encoded? else {
+            self.video_stats.frames_skipped_by_encoder += 1;
             return Ok(false);
         };
+        self.send_encoded_video(now, &frame);
+        Ok(true)
+    }
+
+    /// Sends one already-encoded frame (an H.264 Annex B access unit from the application's
+    /// own codec, or from the path's encoder).
+    pub fn send_encoded_video(&mut self, now: Instant, frame: &EncodedVideoFrame) {
+        self.video_stats.frames_encoded += 1;
+        self.video_stats.key_frames_encoded += u64::from(frame.keyframe);
         self.session.send_video(now, &frame.data, frame.keyframe);
         self.protect_transmits();
-        Ok(true)
+    }
+
+    /// Changes the frame rate the encoder plans for (the ladder's rung); the bitrate stays the
+    /// engine's latest video target.
+    pub fn set_video_fps(&mut self, fps: f32) {
+        if (fps - self.video_fps).abs() < f32::EPSILON {
+            return;
+        }
+        self.video_fps = fps;
+        let target = self.session.encoder_target();
+        if let (Some(enc), Some(t)) = (self.encoder.as_mut(), target) {
+            if !t.audio_only && t.video_bps > 0 {
+                enc.set_rates(t.video_bps, fps);
+            }
+        }
+    }
+
+    /// Makes the path's encoder send a keyframe next (video resumes after a pause, the camera
+    /// came back on).
+    pub fn force_keyframe(&mut self) {
+        if let Some(enc) = self.encoder.as_mut() {
+            enc.request_keyframe();
+        }
+    }
+
+    /// Asks the peer for a keyframe of its video (PLI), rate-limited by the engine: for an
+    /// application whose own decoder lost its reference.
+    pub fn request_keyframe(&mut self, now: Instant) {
+        self.video_stats.keyframe_requests_sent += 1;
+        self.session.request_keyframe(now);
+        self.protect_transmits();
+    }
+
+    /// Counters of the video codecs.
+    pub fn video_stats(&self) -> VideoCodecStats {
+        self.video_stats
     }
 
     /// The next decoded picture received, in order; its `capture_time` is the instant the
@@ -146,25 +225,32 @@ impl MediaPath {
     /// keyframe when the decoder lost its reference), forces a keyframe when the peer asks,
     /// applies the video bitrate. Other events wait for [`poll_event`](Self::poll_event).
     fn run_codecs(&mut self, now: Instant) {
-        if self.encoder.is_none() && self.decoder.is_none() {
-            return;
-        }
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Video(frame) if self.decoder.is_some() => {
                     let Some(dec) = self.decoder.as_mut() else {
                         continue;
                     };
-                    match dec.decode(&frame.data, now) {
-                        Ok(Some(picture)) => self.decoded.push_back(picture),
+                    let started = Instant::now();
+                    let decoded = dec.decode(&frame.data, now);
+                    self.video_stats.total_decode_time += started.elapsed().as_secs_f64();
+                    match decoded {
+                        Ok(Some(picture)) => {
+                            self.video_stats.frames_decoded += 1;
+                            self.video_stats.key_frames_decoded += u64::from(frame.keyframe);
+                            self.decoded.push_back(picture);
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             debug!(error = %e, "video frame not decoded; asking for a keyframe");
+                            self.video_stats.frames_dropped += 1;
+                            self.video_stats.keyframe_requests_sent += 1;
                             self.session.request_keyframe(now);
                         }
                     }
                 }
                 Event::KeyframeRequested => {
+                    self.video_stats.keyframe_requests_received += 1;
                     if let Some(enc) = self.encoder.as_mut() {
                         enc.request_keyframe();
                     }

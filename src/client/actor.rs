@@ -16,10 +16,10 @@ use hush_signaling::{
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::call::{Call, CallEvent, IncomingCall};
+use super::call::{Call, CallEvent, CallVideo, IncomingCall};
 use super::group::{self, GroupCall, GroupCallEvent, SfuInfo};
-use super::media::{MediaCommand, MediaTask};
-use super::{ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
+use super::media::{MediaCommand, MediaTask, VideoTask};
+use super::{video_session, CallOptions, ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
 use crate::machine::{
     CallId, CallMachine, CallState, Event, HangupReason, Output, PeerId, Side, Signal,
 };
@@ -47,6 +47,19 @@ struct Current {
     remote_generation: u32,
     /// An ICE restart is under way: the next selected path is reported as a path change.
     restarting: bool,
+    /// Sequence number of the last [`MediaState`](hush_signaling::MediaState) we sent.
+    local_seq: u64,
+    /// The peer's last applied media state.
+    remote: RemoteMedia,
+}
+
+/// What the peer last told us it sends.
+#[derive(Clone, Copy, Debug)]
+struct RemoteMedia {
+    seq: u64,
+    muted: bool,
+    video_on: bool,
+    video_paused: bool,
 }
 
 /// The channels between the actor, the [`Client`](super::Client) and the call tasks.
@@ -66,8 +79,9 @@ pub(super) struct Actor<T, B: Backend> {
     incoming_tx: mpsc::UnboundedSender<IncomingCall>,
     events_tx: mpsc::Sender<ClientEvent>,
     current: Option<Current>,
-    /// The validated offer of the call ringing here, kept for the answer.
-    ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>)>,
+    /// The validated offer of the call ringing here, kept for the answer, and whether it
+    /// offered video.
+    ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>, bool)>,
     transport_open: bool,
     /// Group calls on this device, by call id: where their members' sender keys go.
     group_keys: std::collections::HashMap<[u8; 16], mpsc::UnboundedSender<group::KeyFrom>>,
@@ -146,13 +160,37 @@ where
 
     async fn on_command(&mut self, c: Command) {
         match c {
-            Command::Call(peer, reply) => {
-                let r = self.place_call(peer).await;
+            Command::Call(peer, options, reply) => {
+                let r = self.place_call(peer, options).await;
                 let _ = reply.send(r);
             }
-            Command::Accept(id, reply) => {
-                let r = self.accept(id).await;
+            Command::Accept(id, options, reply) => {
+                let r = self.accept(id, options).await;
                 let _ = reply.send(r);
+            }
+            Command::SendMediaState {
+                call_id,
+                audio_muted,
+                video_on,
+                video_paused,
+            } => {
+                let Some(peer) = self.peer_of(call_id) else {
+                    return;
+                };
+                let Some(cur) = self.current.as_mut().filter(|c| c.id == call_id) else {
+                    return;
+                };
+                cur.local_seq += 1;
+                let message = CallMessage::MediaState(hush_signaling::MediaState {
+                    call_id: call_id.0,
+                    seq: cur.local_seq,
+                    audio_muted,
+                    video_on,
+                    video_paused,
+                });
+                if let Err(e) = self.signaling.send(peer, message).await {
+                    warn!(error = %e, "could not send the media state");
+                }
             }
             Command::Reject(id) => {
                 self.ringing_offer = None;
@@ -237,13 +275,13 @@ where
         }
     }
 
-    async fn place_call(&mut self, peer: DeviceId) -> Result<Call, Error> {
+    async fn place_call(&mut self, peer: DeviceId, options: CallOptions) -> Result<Call, Error> {
         // Calling the device whose call rings here right now: both users want to talk, so
         // this is an accept (the other half of glare, when its offer won the race).
         if let Some((id, Side::Callee, CallState::Ringing)) = self.machine.active() {
             if self.machine.active_peer() == Some(&peer_id(&peer)) {
                 info!(call = ?id, "calling the device that is ringing us: accepting its call");
-                return self.accept(id).await;
+                return self.accept(id, options).await;
             }
         }
         if self.machine.active().is_some() {
@@ -259,12 +297,21 @@ where
         let id = CallId(*offer.call_id().as_bytes());
         let net = start_net(&self.config, Role::Controlling).await?;
         let creds = net.credentials.clone();
-        let (call, mut current) = self.start_media(id, peer, net, self.config.media.clone());
+        let (session, video) = if options.video {
+            (video_session(&self.config.media), Some(options))
+        } else {
+            (self.config.media.clone(), None)
+        };
+        let (call, mut current) = self.start_media(id, peer, net, session, video);
         current.pending = Some(pending);
         self.current = Some(current);
         let message = hush_signaling::Offer {
             call_id: id.0,
-            media: CallMedia::Audio,
+            media: if options.video {
+                CallMedia::Video
+            } else {
+                CallMedia::Audio
+            },
             key_agreement: offer.encode(),
             ice: Some(ice_parameters(creds)),
         };
@@ -279,12 +326,14 @@ where
         Ok(call)
     }
 
-    async fn accept(&mut self, id: CallId) -> Result<Call, Error> {
+    async fn accept(&mut self, id: CallId, options: CallOptions) -> Result<Call, Error> {
         let ringing =
             matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id);
         let peer = self.machine.active_peer().and_then(device_id);
-        let offer = self.ringing_offer.take().filter(|(o, _, _)| *o == id);
-        let (Some(peer), Some((_, incoming, remote_ice)), true) = (peer, offer, ringing) else {
+        let offer = self.ringing_offer.take().filter(|(o, _, _, _)| *o == id);
+        let (Some(peer), Some((_, incoming, remote_ice, offered_video)), true) =
+            (peer, offer, ringing)
+        else {
             return Err(Error::CallEnded);
         };
         let net = start_net(&self.config, Role::Controlled).await?;
@@ -292,7 +341,13 @@ where
         // The keys exist from here on, and only because the user accepted.
         let (answer, keys) = incoming.accept(&mut rand::rng())?;
         let suite = keys.suite.name();
-        let (call, current) = self.start_media(id, peer, net, self.config.media.mirrored());
+        // A video offer gets video streams whatever the camera: it can come on later.
+        let (session, video) = if offered_video {
+            (video_session(&self.config.media).mirrored(), Some(options))
+        } else {
+            (self.config.media.mirrored(), None)
+        };
+        let (call, current) = self.start_media(id, peer, net, session, video);
         *current.suite.lock().unwrap_or_else(|e| e.into_inner()) = suite;
         let _ = current.media.send(MediaCommand::Keys(Box::new(keys)));
         if let Some(ice) = remote_ice {
@@ -483,11 +538,22 @@ where
         peer: DeviceId,
         net: Started,
         session: hush_media::SessionConfig,
+        video: Option<CallOptions>,
     ) -> (Call, Current) {
         let (media_tx, media_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(256);
         let suite = Arc::new(StdMutex::new(""));
+        // A few pictures of slack (about 130 ms at 30 fps): a slower application loses
+        // pictures rather than seeing old ones late.
+        let (decoded_tx, decoded_rx) = mpsc::channel(VIDEO_BACKLOG);
+        let (encoded_tx, encoded_rx) = mpsc::channel(VIDEO_BACKLOG);
+        let call_video = video.map(|o| CallVideo {
+            encoded: o.encoded_video,
+            decoded: Mutex::new(decoded_rx),
+            encoded_frames: Mutex::new(encoded_rx),
+        });
+        let link = &self.config.simulated_link;
         let task = MediaTask {
             call_id: id,
             net,
@@ -499,6 +565,15 @@ where
                 .config
                 .simulated_link
                 .sim_config(self.config.simulated_send_loss),
+            link_steps: link.bandwidth_steps.clone(),
+            link_queue: link.queue_delay(),
+            video: video.map(|o| VideoTask {
+                camera_on: o.video,
+                encoded: o.encoded_video,
+                decoded_out: decoded_tx,
+                encoded_out: encoded_tx,
+            }),
+            events: events_tx.clone(),
         };
         tokio::spawn(task.run().instrument(info_span!("hush_media", call = ?id)));
         let call = Call {
@@ -508,6 +583,7 @@ where
             media: media_tx.clone(),
             events: Mutex::new(events_rx),
             audio: Mutex::new(audio_rx),
+            video: call_video,
             suite: suite.clone(),
         };
         let current = Current {
@@ -520,6 +596,13 @@ where
             generation: 0,
             remote_generation: 0,
             restarting: false,
+            local_seq: 0,
+            remote: RemoteMedia {
+                seq: 0,
+                muted: false,
+                video_on: video.is_some(),
+                video_paused: false,
+            },
         };
         (call, current)
     }
@@ -540,6 +623,7 @@ where
                 match self.validate_offer(&m.from, &offer) {
                     Ok(incoming) => {
                         let ice = offer.ice.clone();
+                        let offer_video = Some(offer.media == CallMedia::Video);
                         self.machine.handle_signal(
                             Instant::now(),
                             &from,
@@ -551,7 +635,8 @@ where
                         // Keep the offer only if it rings now (not busy, not a lost glare).
                         if matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id)
                         {
-                            self.ringing_offer = Some((id, incoming, ice));
+                            let video = offer_video.unwrap_or(false);
+                            self.ringing_offer = Some((id, incoming, ice, video));
                         }
                     }
                     Err(e) => warn!(error = %e, "offer refused"),
@@ -580,6 +665,10 @@ where
                 self.group_invite(m.from, &invite);
                 return;
             }
+            CallMessage::MediaState(state) => {
+                self.remote_media_state(&from, state);
+                return;
+            }
             CallMessage::GroupKey(key) => {
                 // The Signal session authenticated `m.from`; the group task checks that the key
                 // names that member's slot.
@@ -599,6 +688,44 @@ where
             }
         };
         self.machine.handle_signal(Instant::now(), &from, signal);
+    }
+
+    /// The peer's microphone/camera state: applied if it is for the active call, from its
+    /// peer, and newer than the last; the app hears of each change.
+    fn remote_media_state(&mut self, from: &PeerId, state: hush_signaling::MediaState) {
+        let id = CallId(state.call_id);
+        if self.machine.active_peer() != Some(from) {
+            debug!("media state from a device not in the call");
+            return;
+        }
+        let Some(cur) = self.current.as_mut().filter(|c| c.id == id) else {
+            return;
+        };
+        if state.seq <= cur.remote.seq {
+            debug!(seq = state.seq, "stale media state ignored");
+            return;
+        }
+        let old = cur.remote;
+        cur.remote = RemoteMedia {
+            seq: state.seq,
+            muted: state.audio_muted,
+            video_on: state.video_on,
+            video_paused: state.video_paused,
+        };
+        if old.muted != state.audio_muted {
+            let _ = cur.events.send(CallEvent::RemoteMuted(state.audio_muted));
+        }
+        if old.video_on != state.video_on {
+            let _ = cur.events.send(CallEvent::RemoteVideo(state.video_on));
+        }
+        if old.video_paused != state.video_paused {
+            let _ = cur
+                .events
+                .send(CallEvent::RemoteVideoPaused(state.video_paused));
+        }
+        let _ = cur.media.send(MediaCommand::RemoteVideo(
+            state.video_on && !state.video_paused,
+        ));
     }
 
     /// Checks an offer's key agreement against the Signal session it arrived on, before the
@@ -657,15 +784,17 @@ where
                 call_id,
                 peer,
                 replaces_outgoing,
-                ..
+                offer,
             } => {
                 let Some(peer) = device_id(&peer) else {
                     return;
                 };
+                let video = matches!(&offer, Payload::Offer(o) if o.media == CallMedia::Video);
                 let _ = self.incoming_tx.send(IncomingCall {
                     id: call_id,
                     peer,
                     replaces_outgoing,
+                    video,
                     actor: self.self_tx.clone(),
                 });
             }
@@ -712,7 +841,7 @@ where
                 if self
                     .ringing_offer
                     .as_ref()
-                    .is_some_and(|(id, _, _)| *id == call_id)
+                    .is_some_and(|(id, _, _, _)| *id == call_id)
                 {
                     self.ringing_offer = None;
                 }
@@ -764,6 +893,9 @@ where
         }
     }
 }
+
+/// Decoded (or encoded) pictures waiting for the application before new ones are dropped.
+const VIDEO_BACKLOG: usize = 4;
 
 /// Starts the ICE driver for one call (it binds sockets and begins gathering).
 async fn start_net(config: &ClientConfig, role: Role) -> Result<Started, Error> {

@@ -7,13 +7,15 @@ use hush_crypto::MediaKeys;
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::Playout;
 use hush_media::sim::{NetSim, SimConfig, SimPacket};
+use hush_media::video::{sps_dimensions, EncodedVideoFrame, I420Frame};
 use hush_media::{Event as MediaEvent, QualityStats, SessionConfig};
 use hush_net::driver::Started;
 use hush_net::{CandidateKind, ConnectionState, Event as NetEvent, IceCredentials};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::call::{AudioFrame, FrameSource};
+use super::call::{AudioFrame, CallEvent, FrameSource};
+use super::video::{resize, Admit, FreezeDetector, SendChange, VideoSender, VideoStats};
 use super::Command;
 use crate::machine::CallId;
 use crate::media_path::MediaPath;
@@ -64,13 +66,31 @@ pub(crate) enum MediaCommand {
     Audio(Vec<i16>),
     /// Mute or unmute.
     Mute(bool),
+    /// One picture to send.
+    Video(Box<I420Frame>),
+    /// One encoded access unit to send (application codec).
+    EncodedVideo(Box<EncodedVideoFrame>),
+    /// Camera on or off.
+    Camera(bool),
+    /// The application's decoder needs a keyframe.
+    RequestKeyframe,
+    /// The peer's announced state: whether it sends video now (camera on and not paused).
+    RemoteVideo(bool),
     /// Report statistics.
-    Stats(oneshot::Sender<(Option<CandidateKind>, MediaStats, Option<QualityStats>)>),
+    Stats(oneshot::Sender<StatsReply>),
     /// The device's network changed: new sockets and an ICE restart.
     NetworkChanged(oneshot::Sender<Result<(), crate::Error>>),
     /// End: close ICE, destroy keys.
     Stop,
 }
+
+/// What the media task reports for [`Call::stats`](super::Call::stats).
+pub(crate) type StatsReply = (
+    Option<CandidateKind>,
+    MediaStats,
+    Option<QualityStats>,
+    Option<VideoStats>,
+);
 
 /// Media counters of a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -108,6 +128,26 @@ pub(crate) struct MediaTask {
     pub(crate) session: SessionConfig,
     /// Simulated impairments of outgoing datagrams (a test and demo knob), if any.
     pub(crate) send_link: Option<SimConfig>,
+    /// Bandwidth steps of the simulated link: from each offset after the keys, this cap.
+    pub(crate) link_steps: Vec<(std::time::Duration, Option<u64>)>,
+    /// Most queueing delay of the simulated bottleneck (its queue follows the rate steps).
+    pub(crate) link_queue: std::time::Duration,
+    /// Video, when the call negotiated it.
+    pub(crate) video: Option<VideoTask>,
+    /// The call's events, for the ones the media task raises.
+    pub(crate) events: mpsc::UnboundedSender<CallEvent>,
+}
+
+/// The video side of a call's media task.
+pub(crate) struct VideoTask {
+    /// The camera starts on.
+    pub(crate) camera_on: bool,
+    /// The application runs its own codec.
+    pub(crate) encoded: bool,
+    /// Decoded pictures to the application.
+    pub(crate) decoded_out: mpsc::Sender<I420Frame>,
+    /// Encoded frames to the application.
+    pub(crate) encoded_out: mpsc::Sender<EncodedVideoFrame>,
 }
 
 /// A protected datagram in the simulated send link, sized as on the wire.
@@ -138,6 +178,26 @@ struct State {
     encoded: Vec<u8>,
     /// The simulated send link, when impairments are on.
     link: Option<NetSim<Datagram>>,
+    /// When the keys arrived (the simulated link's bandwidth steps count from here).
+    keyed_at: Option<Instant>,
+    next_step: usize,
+    video: Option<VideoState>,
+}
+
+struct VideoState {
+    task: VideoTask,
+    sender: VideoSender,
+    freezes: FreezeDetector,
+    /// The peer sends video now (camera on, not paused), as it last told us.
+    remote_on: bool,
+    /// Size of the peer's pictures, from its latest SPS (application codec).
+    remote_size: (u32, u32),
+    received_size: (u32, u32),
+    /// Frames the application did not take in time.
+    dropped_app: u64,
+    /// Frames handed on encoded (application codec).
+    encoded_delivered: u64,
+    encoded_keyframes: u64,
 }
 
 impl MediaTask {
@@ -159,11 +219,28 @@ impl MediaTask {
             pcm: Vec::with_capacity(960),
             encoded: Vec::with_capacity(400),
             link: self.send_link.take().map(NetSim::new),
+            keyed_at: None,
+            next_step: 0,
+            video: self.video.take().map(|task| VideoState {
+                sender: VideoSender::new(task.camera_on, 0),
+                task,
+                freezes: FreezeDetector::default(),
+                remote_on: true,
+                remote_size: (0, 0),
+                received_size: (0, 0),
+                dropped_app: 0,
+                encoded_delivered: 0,
+                encoded_keyframes: 0,
+            }),
         };
         loop {
+            let step_at = st
+                .keyed_at
+                .and_then(|k| self.link_steps.get(st.next_step).map(|(d, _)| k + *d));
             let deadline = [
                 st.path.as_ref().and_then(MediaPath::poll_timeout),
                 st.link.as_ref().and_then(NetSim::poll_timeout),
+                step_at,
             ]
             .into_iter()
             .flatten()
@@ -207,6 +284,7 @@ impl MediaTask {
                     if let Some(path) = st.path.as_mut() {
                         path.handle_timeout(Instant::now());
                     }
+                    self.step_link(&mut st);
                 }
             }
             self.drain(&mut st);
@@ -215,6 +293,28 @@ impl MediaTask {
         // Dropping the path drops the SRTP contexts, which zeroize their keys.
         drop(st.path.take());
         debug!(call_id = ?self.call_id, "media task ended");
+    }
+
+    /// Applies the simulated link's bandwidth steps that are due.
+    fn step_link(&self, st: &mut State) {
+        let Some(keyed) = st.keyed_at else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some((at, bps)) = self.link_steps.get(st.next_step) {
+            if now < keyed + *at {
+                break;
+            }
+            if let Some(link) = st.link.as_mut() {
+                debug!(bps = ?bps, "simulated link rate step");
+                link.set_rate(*bps);
+                if let Some(bps) = bps {
+                    let bytes = (*bps as f64 / 8.0 * self.link_queue.as_secs_f64()) as usize;
+                    link.set_queue_bytes(bytes.max(1500));
+                }
+            }
+            st.next_step += 1;
+        }
     }
 
     fn on_datagram(&self, st: &mut State, d: Vec<u8>) {
@@ -274,7 +374,26 @@ impl MediaTask {
             MediaCommand::Keys(keys) => {
                 match MediaPath::new(&keys, self.session.clone(), Instant::now()) {
                     // `keys` drops here: the SRTP contexts hold the only copies.
-                    Ok(path) => st.path = Some(path),
+                    Ok(mut path) => {
+                        if let Some(v) = st.video.as_mut() {
+                            if !v.task.encoded {
+                                set_codecs(&mut path);
+                            }
+                            let start = path
+                                .session()
+                                .encoder_target()
+                                .map_or(0, |t| t.video_bps)
+                                .max((path.session().target_bps() / 2) as u32);
+                            v.sender = VideoSender::new(v.sender.camera_on, start);
+                        }
+                        st.path = Some(path);
+                        st.keyed_at = Some(Instant::now());
+                        // The peer assumes an unmuted microphone and, in a video call, a
+                        // camera that is on: tell it otherwise.
+                        if st.muted || st.video.as_ref().is_some_and(|v| !v.sender.camera_on) {
+                            self.announce(st);
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "could not key the media path");
                         let _ = self.actor.send(Command::NetFailed(self.call_id));
@@ -302,7 +421,49 @@ impl MediaTask {
                 let _ = reply.send(r.map(|_| ()).map_err(crate::Error::from));
             }
             MediaCommand::Audio(pcm) => self.send_audio(st, &pcm),
-            MediaCommand::Mute(m) => st.muted = m,
+            MediaCommand::Mute(m) => {
+                if st.muted != m {
+                    st.muted = m;
+                    self.announce(st);
+                }
+            }
+            MediaCommand::Video(picture) => self.send_video(st, &picture),
+            MediaCommand::EncodedVideo(frame) => self.send_encoded_video(st, &frame),
+            MediaCommand::Camera(on) => {
+                let Some(v) = st.video.as_mut() else {
+                    return;
+                };
+                if v.sender.camera_on == on {
+                    return;
+                }
+                v.sender.camera_on = on;
+                if on {
+                    if let Some(path) = st.path.as_mut() {
+                        path.force_keyframe();
+                    }
+                }
+                self.announce(st);
+            }
+            MediaCommand::RequestKeyframe => {
+                if let Some(path) = st.path.as_mut() {
+                    path.request_keyframe(Instant::now());
+                }
+            }
+            MediaCommand::RemoteVideo(on) => {
+                if let Some(v) = st.video.as_mut() {
+                    if v.remote_on && !on {
+                        v.freezes.gap();
+                    }
+                    if !v.remote_on && on {
+                        v.freezes.gap();
+                        // Its first frame back must be decodable on its own.
+                        if let Some(path) = st.path.as_mut() {
+                            path.request_keyframe(Instant::now());
+                        }
+                    }
+                    v.remote_on = on;
+                }
+            }
             MediaCommand::Stats(reply) => {
                 let now = Instant::now();
                 let mut quality = None;
@@ -312,7 +473,11 @@ impl MediaTask {
                     st.stats.rtt_ms = path.session().rtt().map(|r| r.as_secs_f64() * 1e3);
                     quality = Some(path.quality(now));
                 }
-                let _ = reply.send((st.kind, st.stats, quality));
+                let video = st
+                    .video
+                    .as_ref()
+                    .map(|v| video_stats(v, st.path.as_ref(), now));
+                let _ = reply.send((st.kind, st.stats, quality, video));
             }
             MediaCommand::Stop => {}
         }
@@ -335,6 +500,106 @@ impl MediaTask {
             }
             Err(e) => debug!(error = %e, "encode failed"),
         }
+    }
+
+    /// Tells the peer (through the actor, sealed) what this side sends now.
+    fn announce(&self, st: &State) {
+        let (video_on, video_paused) = st
+            .video
+            .as_ref()
+            .map_or((false, false), |v| (v.sender.camera_on, v.sender.paused()));
+        let _ = self.actor.send(Command::SendMediaState {
+            call_id: self.call_id,
+            audio_muted: st.muted,
+            video_on,
+            video_paused,
+        });
+    }
+
+    /// Runs the ladder on the engine's current video rate and the peer's loss; reports a pause
+    /// or resume to the application and the peer.
+    fn update_ladder(&self, st: &mut State, now: Instant) {
+        let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
+            return;
+        };
+        // No target yet (the engine announces its first one shortly): nothing to decide on.
+        let Some(target) = path.session().encoder_target() else {
+            return;
+        };
+        let video_bps = if target.audio_only {
+            0
+        } else {
+            target.video_bps
+        };
+        let loss = path.session().remote_loss() as f32;
+        let change = v.sender.update(now, video_bps, loss);
+        path.set_video_fps(v.sender.fps().max(1.0));
+        match change {
+            Some(SendChange::Paused(paused)) => {
+                debug!(paused, video_bps, "video paused for bandwidth / resumed");
+                if !paused {
+                    path.force_keyframe();
+                }
+                if v.sender.camera_on {
+                    let _ = self.events.send(if paused {
+                        CallEvent::LocalVideoPaused
+                    } else {
+                        CallEvent::LocalVideoResumed
+                    });
+                    self.announce(st);
+                }
+            }
+            Some(SendChange::Rung) => {
+                debug!(rung = ?v.sender.rung(), video_bps, "video ladder step");
+            }
+            None => {}
+        }
+    }
+
+    fn send_video(&self, st: &mut State, picture: &I420Frame) {
+        let now = Instant::now();
+        self.update_ladder(st, now);
+        let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
+            return;
+        };
+        if v.task.encoded {
+            debug!("raw picture on a call with an application codec; ignored");
+            return;
+        }
+        v.sender.captured += 1;
+        let Admit::Send { width, height } = v
+            .sender
+            .admit(picture.capture_time, (picture.width(), picture.height()))
+        else {
+            return;
+        };
+        let resized = resize(picture, width, height);
+        let picture = resized.as_ref().unwrap_or(picture);
+        let before = path.video_stats().total_encode_time;
+        match path.send_video(now, picture) {
+            Ok(sent) => {
+                let took = path.video_stats().total_encode_time - before;
+                v.sender.encoded((took * 1e3) as f32);
+                if sent {
+                    v.sender.sent_size = (width, height);
+                }
+            }
+            Err(e) => debug!(error = %e, "picture not encoded"),
+        }
+    }
+
+    fn send_encoded_video(&self, st: &mut State, frame: &EncodedVideoFrame) {
+        let now = Instant::now();
+        self.update_ladder(st, now);
+        let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
+            return;
+        };
+        v.sender.captured += 1;
+        if !v.sender.camera_on || v.sender.paused() {
+            return;
+        }
+        path.send_encoded_video(now, frame);
+        v.sender.sent_size = (frame.width, frame.height);
     }
 
     fn send_datagram(&self, d: Vec<u8>) {
@@ -362,8 +627,51 @@ impl MediaTask {
                 self.send_datagram(d);
             }
         }
+        if let Some(v) = st.video.as_mut() {
+            while let Some(picture) = path.poll_video() {
+                v.received_size = (picture.width(), picture.height());
+                v.freezes.frame(now);
+                if v.task.decoded_out.try_send(picture).is_err() {
+                    v.dropped_app += 1;
+                }
+            }
+        }
         while let Some(ev) = path.poll_event() {
             match ev {
+                MediaEvent::Video(frame) => {
+                    let Some(v) = st.video.as_mut() else {
+                        continue;
+                    };
+                    if let Some(size) = sps_dimensions(&frame.data) {
+                        v.remote_size = size;
+                    }
+                    if v.remote_size == (0, 0) {
+                        // Nothing decodable before the first parameter sets (the keyframe
+                        // was sent before the path was up): skip to a keyframe.
+                        v.dropped_app += 1;
+                        path.request_keyframe(now);
+                        continue;
+                    }
+                    v.received_size = v.remote_size;
+                    v.freezes.frame(now);
+                    v.encoded_delivered += 1;
+                    v.encoded_keyframes += u64::from(frame.keyframe);
+                    let out = EncodedVideoFrame {
+                        data: frame.data,
+                        keyframe: frame.keyframe,
+                        width: v.remote_size.0,
+                        height: v.remote_size.1,
+                        capture_time: now,
+                    };
+                    if v.task.encoded_out.try_send(out).is_err() {
+                        v.dropped_app += 1;
+                    }
+                }
+                MediaEvent::KeyframeRequested => {
+                    if st.video.as_ref().is_some_and(|v| v.task.encoded) {
+                        let _ = self.events.send(CallEvent::KeyframeRequested);
+                    }
+                }
                 MediaEvent::Audio(playout) => {
                     // Filler to build delay: not a frame of the stream.
                     let Some(source) = play(&mut st.codec, playout, &mut st.pcm) else {
@@ -388,6 +696,72 @@ impl MediaTask {
             }
         }
     }
+}
+
+/// OpenH264 encoder and decoder on the path; without them (the library failed to start) the
+/// call goes on without video in that direction.
+fn set_codecs(path: &mut MediaPath) {
+    use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
+    let encoder = OpenH264Encoder::new(VideoEncoderConfig {
+        // Starts low; the engine's first target follows at once.
+        bitrate_bps: 300_000,
+        max_nal_size: path
+            .session()
+            .config()
+            .max_payload
+            .saturating_sub(20)
+            .max(420),
+        ..VideoEncoderConfig::default()
+    });
+    let decoder = OpenH264Decoder::new();
+    if let Err(e) = &encoder {
+        warn!(error = %e, "video encoder unavailable");
+    }
+    if let Err(e) = &decoder {
+        warn!(error = %e, "video decoder unavailable");
+    }
+    path.set_video_codecs(
+        encoder
+            .ok()
+            .map(|e| Box::new(e) as Box<dyn hush_media::video::VideoEncoder>),
+        decoder
+            .ok()
+            .map(|d| Box::new(d) as Box<dyn hush_media::video::VideoDecoder>),
+        30.0,
+    );
+}
+
+/// The video figures of a call now.
+fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoStats {
+    let c = path.map(MediaPath::video_stats).unwrap_or_default();
+    let per_frame = |total: f64, n: u64| if n == 0 { 0.0 } else { total * 1e3 / n as f64 };
+    let (decoded, keys) = if v.task.encoded {
+        (v.encoded_delivered, v.encoded_keyframes)
+    } else {
+        (c.frames_decoded, c.key_frames_decoded)
+    };
+    let mut s = VideoStats::default();
+    s.frames_captured = v.sender.captured;
+    s.frames_encoded = c.frames_encoded;
+    s.key_frames_encoded = c.key_frames_encoded;
+    (s.sent_width, s.sent_height) = v.sender.sent_size;
+    s.sent_fps = v.sender.fps();
+    s.encode_ms_mean = per_frame(c.total_encode_time, c.frames_encoded);
+    s.quality_limitation = v.sender.limitation();
+    s.resolution_steps = v.sender.steps();
+    s.paused = v.sender.paused();
+    s.pauses = v.sender.pauses;
+    s.keyframe_requests_received = c.keyframe_requests_received;
+    s.frames_decoded = decoded;
+    s.key_frames_decoded = keys;
+    s.frames_dropped = c.frames_dropped + v.dropped_app;
+    (s.received_width, s.received_height) = v.received_size;
+    s.received_fps = v.freezes.fps(now);
+    s.decode_ms_mean = per_frame(c.total_decode_time, c.frames_decoded);
+    s.keyframe_requests_sent = c.keyframe_requests_sent;
+    s.freeze_count = v.freezes.count;
+    s.total_freezes_duration = v.freezes.total;
+    s
 }
 
 #[cfg(test)]

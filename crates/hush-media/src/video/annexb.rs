@@ -73,7 +73,10 @@ fn parse_sps_dimensions(rbsp_with_epb: &[u8]) -> Option<(u32, u32)> {
         zeros = if b == 0 { zeros + 1 } else { 0 };
         rbsp.push(b);
     }
-    let mut r = Bits { data: &rbsp, pos: 0 };
+    let mut r = Bits {
+        data: &rbsp,
+        pos: 0,
+    };
     let profile = r.bits(8)? as u8;
     r.bits(16)?; // constraint flags, level
     r.ue()?; // seq_parameter_set_id

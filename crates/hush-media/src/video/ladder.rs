@@ -92,9 +92,10 @@ impl Default for LadderConfig {
 }
 
 /// What limits the quality sent (W3C webrtc-stats `qualityLimitationReason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QualityLimitation {
     /// At the top rung, or nothing holds it down.
+    #[default]
     None,
     /// The bitrate or loss holds it down.
     Bandwidth,

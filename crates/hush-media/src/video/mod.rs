@@ -17,8 +17,8 @@ pub mod ladder;
 mod openh264;
 
 pub use self::annexb::{
-    annexb_nal_units, contains_idr, nal_type, sps_dimensions, NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SEI, NAL_SLICE,
-    NAL_SPS, NAL_STAP_A,
+    annexb_nal_units, contains_idr, nal_type, sps_dimensions, NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SEI,
+    NAL_SLICE, NAL_SPS, NAL_STAP_A,
 };
 #[cfg(feature = "openh264")]
 pub use self::openh264::{OpenH264Decoder, OpenH264Encoder, OpenH264Tuning};

@@ -1,0 +1,527 @@
+//! The video half of a 1:1 call's media task: what to send (camera, audio-only fallback, the
+//! ladder's resolution and frame rate), what was received (freezes), and the figures of both.
+//!
+//! The codecs themselves run inside the [`MediaPath`](crate::media_path::MediaPath); this module
+//! decides which pictures reach it and at which size.
+
+use std::time::{Duration, Instant};
+
+use hush_media::video::ladder::{LadderChange, LadderConfig, LadderInput, QualityLimitation};
+use hush_media::video::{ladder::VideoLadder, I420Frame};
+
+/// How a call carries video.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Start the call with the camera on. A call placed with video negotiates video streams
+    /// (the callee sees [`IncomingCall::video`](super::IncomingCall::video)); either side can
+    /// then turn its camera off and on ([`Call::set_camera`](super::Call::set_camera)).
+    pub video: bool,
+    /// The application runs its own video codec (a hardware encoder and decoder): it sends
+    /// H.264 Annex B access units with [`Call::send_encoded_video`](super::Call::send_encoded_video)
+    /// and receives them from [`Call::recv_encoded_video`](super::Call::recv_encoded_video);
+    /// hush runs no video codec. Without it hush encodes and decodes with OpenH264.
+    pub encoded_video: bool,
+}
+
+impl CallOptions {
+    /// Audio only (the default).
+    pub fn audio() -> Self {
+        Self::default()
+    }
+
+    /// Audio and video, with hush's own codec.
+    pub fn video() -> Self {
+        Self {
+            video: true,
+            encoded_video: false,
+        }
+    }
+
+    /// Whether the application brings its own codec (see
+    /// [`encoded_video`](Self::encoded_video)).
+    pub fn with_encoded_video(mut self, encoded: bool) -> Self {
+        self.encoded_video = encoded;
+        self
+    }
+
+    /// Whether the camera starts on.
+    pub fn with_video(mut self, video: bool) -> Self {
+        self.video = video;
+        self
+    }
+}
+
+/// Video statistics of a call, named after W3C webrtc-stats (`RTCOutboundRtpStreamStats`,
+/// `RTCInboundRtpStreamStats`) where a name exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct VideoStats {
+    /// Pictures the application handed to [`Call::send_video`](super::Call::send_video) (or
+    /// encoded frames to `send_encoded_video`) while the call could send.
+    pub frames_captured: u64,
+    /// Frames encoded and sent (`framesEncoded`; `framesSent`).
+    pub frames_encoded: u64,
+    /// Keyframes sent (`keyFramesEncoded`).
+    pub key_frames_encoded: u64,
+    /// Width of the last frame sent (`frameWidth`, outbound).
+    pub sent_width: u32,
+    /// Height of the last frame sent (`frameHeight`, outbound).
+    pub sent_height: u32,
+    /// Frame rate the ladder sends at now (`framesPerSecond`, outbound target).
+    pub sent_fps: f32,
+    /// Mean time to encode one frame, in milliseconds (`totalEncodeTime / framesEncoded`).
+    pub encode_ms_mean: f64,
+    /// What holds the sent quality down (`qualityLimitationReason`).
+    pub quality_limitation: QualityLimitation,
+    /// Ladder changes: resolution/frame-rate steps and audio-only switches
+    /// (`qualityLimitationResolutionChanges`).
+    pub resolution_steps: u64,
+    /// Video is paused because the link is too thin (audio-only fallback).
+    pub paused: bool,
+    /// Times video paused for bandwidth.
+    pub pauses: u64,
+    /// Keyframe requests the peer sent (`pliCount` + `firCount` as the sender sees them).
+    pub keyframe_requests_received: u64,
+    /// Frames decoded (`framesDecoded`), or with an application codec, encoded frames handed
+    /// to the application.
+    pub frames_decoded: u64,
+    /// Keyframes decoded (`keyFramesDecoded`).
+    pub key_frames_decoded: u64,
+    /// Frames received but not shown: not decodable (lost reference), or the application did
+    /// not take them in time (`framesDropped`).
+    pub frames_dropped: u64,
+    /// Width of the last frame received (`frameWidth`, inbound).
+    pub received_width: u32,
+    /// Height of the last frame received (`frameHeight`, inbound).
+    pub received_height: u32,
+    /// Frames received in the last second (`framesPerSecond`, inbound).
+    pub received_fps: f32,
+    /// Mean time to decode one frame, in milliseconds (`totalDecodeTime / framesDecoded`).
+    pub decode_ms_mean: f64,
+    /// Keyframe requests (PLI) this side sent (`pliCount`).
+    pub keyframe_requests_sent: u64,
+    /// Freezes: a frame interval longer than max(3 × mean, mean + 150 ms) while the peer
+    /// was sending video (`freezeCount`).
+    pub freeze_count: u64,
+    /// Their summed duration in seconds (`totalFreezesDuration`).
+    pub total_freezes_duration: f64,
+}
+
+impl VideoStats {
+    /// The figures in Prometheus text format, as `hush_video_*` series; `labels` goes in
+    /// every sample, e.g. `call="42"` (`""` for none; it must already be valid label text).
+    pub fn to_prometheus(&self, labels: &str) -> String {
+        let l = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let limitation = match self.quality_limitation {
+            QualityLimitation::None => 0,
+            QualityLimitation::Bandwidth => 1,
+            QualityLimitation::Cpu => 2,
+        };
+        let rows: [(&str, &str, &str, f64); 20] = [
+            (
+                "frames_encoded_total",
+                "counter",
+                "Video frames encoded and sent.",
+                self.frames_encoded as f64,
+            ),
+            (
+                "key_frames_encoded_total",
+                "counter",
+                "Keyframes sent.",
+                self.key_frames_encoded as f64,
+            ),
+            (
+                "frames_decoded_total",
+                "counter",
+                "Video frames decoded.",
+                self.frames_decoded as f64,
+            ),
+            (
+                "key_frames_decoded_total",
+                "counter",
+                "Keyframes decoded.",
+                self.key_frames_decoded as f64,
+            ),
+            (
+                "frames_dropped_total",
+                "counter",
+                "Video frames received but not shown.",
+                self.frames_dropped as f64,
+            ),
+            (
+                "sent_width",
+                "gauge",
+                "Width of the last frame sent.",
+                f64::from(self.sent_width),
+            ),
+            (
+                "sent_height",
+                "gauge",
+                "Height of the last frame sent.",
+                f64::from(self.sent_height),
+            ),
+            (
+                "sent_fps",
+                "gauge",
+                "Frame rate sent at.",
+                f64::from(self.sent_fps),
+            ),
+            (
+                "received_width",
+                "gauge",
+                "Width of the last frame received.",
+                f64::from(self.received_width),
+            ),
+            (
+                "received_height",
+                "gauge",
+                "Height of the last frame received.",
+                f64::from(self.received_height),
+            ),
+            (
+                "received_fps",
+                "gauge",
+                "Frames received in the last second.",
+                f64::from(self.received_fps),
+            ),
+            (
+                "encode_ms_mean",
+                "gauge",
+                "Mean encode time per frame in milliseconds.",
+                self.encode_ms_mean,
+            ),
+            (
+                "decode_ms_mean",
+                "gauge",
+                "Mean decode time per frame in milliseconds.",
+                self.decode_ms_mean,
+            ),
+            (
+                "resolution_steps_total",
+                "counter",
+                "Ladder changes (resolution, frame rate, audio-only).",
+                self.resolution_steps as f64,
+            ),
+            (
+                "paused",
+                "gauge",
+                "1 while video is paused for bandwidth.",
+                f64::from(u8::from(self.paused)),
+            ),
+            (
+                "pauses_total",
+                "counter",
+                "Times video paused for bandwidth.",
+                self.pauses as f64,
+            ),
+            (
+                "freezes_total",
+                "counter",
+                "Freezes of received video.",
+                self.freeze_count as f64,
+            ),
+            (
+                "freezes_seconds_total",
+                "counter",
+                "Summed duration of freezes in seconds.",
+                self.total_freezes_duration,
+            ),
+            (
+                "keyframe_requests_sent_total",
+                "counter",
+                "Keyframe requests (PLI) sent.",
+                self.keyframe_requests_sent as f64,
+            ),
+            (
+                "quality_limitation",
+                "gauge",
+                "What limits sent quality: 0 none, 1 bandwidth, 2 cpu.",
+                f64::from(limitation),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            out.push_str(&format!(
+                "# HELP hush_video_{name} {help}\n# TYPE hush_video_{name} {kind}\nhush_video_{name}{l} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Freezes of received video (W3C webrtc-stats definition): a frame interval longer than
+/// max(3 × mean, mean + 150 ms), the mean taken over the recent intervals.
+#[derive(Debug, Default)]
+pub(crate) struct FreezeDetector {
+    last: Option<Instant>,
+    mean: Option<f64>,
+    pub(crate) count: u64,
+    pub(crate) total: f64,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl FreezeDetector {
+    /// A frame was shown at `t`.
+    pub(crate) fn frame(&mut self, t: Instant) {
+        if let Some(last) = self.last {
+            let d = t.saturating_duration_since(last).as_secs_f64();
+            if let Some(mean) = self.mean {
+                if d > (3.0 * mean).max(mean + 0.150) {
+                    self.count += 1;
+                    self.total += d;
+                }
+                // About the last 30 intervals.
+                self.mean = Some(mean + (d - mean) / 30.0);
+            } else {
+                self.mean = Some(d.max(0.001));
+            }
+        }
+        self.last = Some(t);
+        self.recent.push_back(t);
+        while self
+            .recent
+            .front()
+            .is_some_and(|f| t.saturating_duration_since(*f) > Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The peer stopped sending on purpose (camera off, paused): the gap until its next frame
+    /// is not a freeze.
+    pub(crate) fn gap(&mut self) {
+        self.last = None;
+        self.recent.clear();
+    }
+
+    /// Frames in the last second before `now`.
+    pub(crate) fn fps(&self, now: Instant) -> f32 {
+        self.recent
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) <= Duration::from_secs(1))
+            .count() as f32
+    }
+}
+
+/// What the sender does with a picture the application offers.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Admit {
+    /// Send it, at this size.
+    Send { width: u32, height: u32 },
+    /// Skip it: the frame rate is lower than the source's, the camera is off, or video paused.
+    Skip,
+}
+
+/// Changes the sender reports to its application and peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendChange {
+    /// Video paused (audio-only fallback): `true`, or resumed: `false`.
+    Paused(bool),
+    /// The rung changed (resolution or frame rate) while sending.
+    Rung,
+}
+
+/// The sending side's video decisions.
+#[derive(Debug)]
+pub(crate) struct VideoSender {
+    pub(crate) camera_on: bool,
+    ladder: VideoLadder,
+    paused: bool,
+    last_sent: Option<Instant>,
+    pub(crate) pauses: u64,
+    pub(crate) captured: u64,
+    pub(crate) sent_size: (u32, u32),
+    encode_ms: Option<f32>,
+}
+
+/// Bounding box of a rung applied to a picture: the largest even size with the picture's
+/// aspect ratio that fits in `width` × `height` (never larger than the picture).
+pub(crate) fn fit(pic: (u32, u32), rung: (u32, u32)) -> (u32, u32) {
+    let (w, h) = (f64::from(pic.0), f64::from(pic.1));
+    let scale = (f64::from(rung.0) / w).min(f64::from(rung.1) / h).min(1.0);
+    let even = |x: f64| (((x * scale) / 2.0).round() as u32 * 2).max(2);
+    (even(w), even(h))
+}
+
+impl VideoSender {
+    /// A sender starting at the rung the congestion controller's first video rate fits.
+    pub(crate) fn new(camera_on: bool, start_video_bps: u32) -> Self {
+        let config = LadderConfig::default();
+        let start = config
+            .rungs
+            .iter()
+            .position(|r| start_video_bps >= r.min_bps)
+            .unwrap_or(config.rungs.len() - 1);
+        Self {
+            camera_on,
+            ladder: VideoLadder::new(config, start),
+            paused: false,
+            last_sent: None,
+            pauses: 0,
+            captured: 0,
+            sent_size: (0, 0),
+            encode_ms: None,
+        }
+    }
+
+    /// Feeds the engine's video rate, the peer's loss report and the encoder's time; returns
+    /// what changed.
+    pub(crate) fn update(&mut self, now: Instant, video_bps: u32, loss: f32) -> Option<SendChange> {
+        let change = self.ladder.update(
+            now,
+            LadderInput {
+                video_bps,
+                loss,
+                encode_ms: self.encode_ms,
+            },
+        )?;
+        match change {
+            LadderChange::AudioOnly if !self.paused => {
+                self.paused = true;
+                self.pauses += 1;
+                Some(SendChange::Paused(true))
+            }
+            LadderChange::AudioOnly => None,
+            LadderChange::Rung(..) if self.paused => {
+                self.paused = false;
+                // The encoder starts over at the new size; the next frame goes now.
+                self.last_sent = None;
+                Some(SendChange::Paused(false))
+            }
+            LadderChange::Rung(..) => Some(SendChange::Rung),
+        }
+    }
+
+    /// Whether video is paused for bandwidth.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The frame rate sent at now.
+    pub(crate) fn fps(&self) -> f32 {
+        self.ladder.current().map_or(0.0, |(_, r)| r.fps)
+    }
+
+    /// The rung's size and frame rate, `None` while paused.
+    pub(crate) fn rung(&self) -> Option<(u32, u32, f32)> {
+        self.ladder
+            .current()
+            .map(|(_, r)| (r.width, r.height, r.fps))
+    }
+
+    /// Ladder changes so far.
+    pub(crate) fn steps(&self) -> u64 {
+        self.ladder.steps()
+    }
+
+    /// What holds quality down.
+    pub(crate) fn limitation(&self) -> QualityLimitation {
+        self.ladder.limitation()
+    }
+
+    /// Decides about a picture captured at `t` of size `size`.
+    pub(crate) fn admit(&mut self, t: Instant, size: (u32, u32)) -> Admit {
+        if !self.camera_on || self.paused {
+            return Admit::Skip;
+        }
+        let Some((w, h, fps)) = self.rung() else {
+            return Admit::Skip;
+        };
+        // Frame-rate decimation with some slack for capture jitter.
+        let interval = Duration::from_secs_f32(0.9 / fps.max(1.0));
+        if self
+            .last_sent
+            .is_some_and(|last| t.saturating_duration_since(last) < interval)
+        {
+            return Admit::Skip;
+        }
+        self.last_sent = Some(t);
+        let (width, height) = fit(size, (w, h));
+        Admit::Send { width, height }
+    }
+
+    /// The encoder took `ms` for the last frame.
+    pub(crate) fn encoded(&mut self, ms: f32) {
+        self.encode_ms = Some(match self.encode_ms {
+            Some(m) => m + (ms - m) / 10.0,
+            None => ms,
+        });
+    }
+}
+
+/// Resizes `picture` for sending, if the rung needs it.
+pub(crate) fn resize(picture: &I420Frame, width: u32, height: u32) -> Option<I420Frame> {
+    if (picture.width(), picture.height()) == (width, height) {
+        return None;
+    }
+    picture.scaled(width, height).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_keeps_aspect_and_never_upscales() {
+        assert_eq!(fit((1280, 720), (640, 360)), (640, 360));
+        assert_eq!(fit((640, 360), (1280, 720)), (640, 360));
+        assert_eq!(fit((640, 480), (320, 180)), (240, 180));
+        assert_eq!(fit((4, 4), (320, 180)), (4, 4));
+    }
+
+    #[test]
+    fn freezes_follow_the_w3c_rule_and_gaps_are_not_freezes() {
+        let t0 = Instant::now();
+        let mut f = FreezeDetector::default();
+        let mut t = t0;
+        for _ in 0..30 {
+            t += Duration::from_millis(33);
+            f.frame(t);
+        }
+        assert_eq!(f.count, 0);
+        // 300 ms > mean + 150 ms: one freeze.
+        t += Duration::from_millis(300);
+        f.frame(t);
+        assert_eq!(f.count, 1);
+        assert!((f.total - 0.3).abs() < 1e-6);
+        // The peer turned its camera off for 5 s: not a freeze.
+        f.gap();
+        t += Duration::from_secs(5);
+        f.frame(t);
+        assert_eq!(f.count, 1);
+        assert!(f.fps(t) >= 1.0);
+    }
+
+    #[test]
+    fn sender_skips_while_off_or_paused_and_decimates() {
+        let t0 = Instant::now();
+        let mut s = VideoSender::new(true, 300_000);
+        // 300 kbps fits 480x270 at 20 fps.
+        assert_eq!(s.rung(), Some((480, 270, 20.0)));
+        let mut sent = 0;
+        for i in 0..30u64 {
+            let t = t0 + Duration::from_millis(i * 1000 / 30);
+            if let Admit::Send { width, height } = s.admit(t, (640, 360)) {
+                assert_eq!((width, height), (480, 270));
+                sent += 1;
+            }
+        }
+        assert!((18..=21).contains(&sent), "{sent} of 30 at 20 fps");
+        // The link collapses: paused, nothing admitted.
+        assert_eq!(s.update(t0, 10_000, 0.0), Some(SendChange::Paused(true)));
+        assert_eq!(
+            s.admit(t0 + Duration::from_secs(2), (640, 360)),
+            Admit::Skip
+        );
+        s.camera_on = false;
+        assert_eq!(
+            s.admit(t0 + Duration::from_secs(3), (640, 360)),
+            Admit::Skip
+        );
+    }
+}
