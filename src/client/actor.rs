@@ -623,7 +623,7 @@ where
                 match self.validate_offer(&m.from, &offer) {
                     Ok(incoming) => {
                         let ice = offer.ice.clone();
-                        let offer_video = Some(offer.media == CallMedia::Video);
+                        let offer_video = offer.media == CallMedia::Video;
                         self.machine.handle_signal(
                             Instant::now(),
                             &from,
@@ -635,8 +635,7 @@ where
                         // Keep the offer only if it rings now (not busy, not a lost glare).
                         if matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id)
                         {
-                            let video = offer_video.unwrap_or(false);
-                            self.ringing_offer = Some((id, incoming, ice, video));
+                            self.ringing_offer = Some((id, incoming, ice, offer_video));
                         }
                     }
                     Err(e) => warn!(error = %e, "offer refused"),

@@ -531,7 +531,7 @@ impl MediaTask {
         } else {
             target.video_bps
         };
-        let loss = path.session().remote_loss() as f32;
+        let loss = path.session().remote_loss_smoothed() as f32;
         let change = v.sender.update(now, video_bps, loss);
         path.set_video_fps(v.sender.fps().max(1.0));
         match change {
@@ -667,10 +667,10 @@ impl MediaTask {
                         v.dropped_app += 1;
                     }
                 }
-                MediaEvent::KeyframeRequested => {
-                    if st.video.as_ref().is_some_and(|v| v.task.encoded) {
-                        let _ = self.events.send(CallEvent::KeyframeRequested);
-                    }
+                MediaEvent::KeyframeRequested
+                    if st.video.as_ref().is_some_and(|v| v.task.encoded) =>
+                {
+                    let _ = self.events.send(CallEvent::KeyframeRequested);
                 }
                 MediaEvent::Audio(playout) => {
                     // Filler to build delay: not a frame of the stream.
@@ -740,28 +740,30 @@ fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoS
     } else {
         (c.frames_decoded, c.key_frames_decoded)
     };
-    let mut s = VideoStats::default();
-    s.frames_captured = v.sender.captured;
-    s.frames_encoded = c.frames_encoded;
-    s.key_frames_encoded = c.key_frames_encoded;
-    (s.sent_width, s.sent_height) = v.sender.sent_size;
-    s.sent_fps = v.sender.fps();
-    s.encode_ms_mean = per_frame(c.total_encode_time, c.frames_encoded);
-    s.quality_limitation = v.sender.limitation();
-    s.resolution_steps = v.sender.steps();
-    s.paused = v.sender.paused();
-    s.pauses = v.sender.pauses;
-    s.keyframe_requests_received = c.keyframe_requests_received;
-    s.frames_decoded = decoded;
-    s.key_frames_decoded = keys;
-    s.frames_dropped = c.frames_dropped + v.dropped_app;
-    (s.received_width, s.received_height) = v.received_size;
-    s.received_fps = v.freezes.fps(now);
-    s.decode_ms_mean = per_frame(c.total_decode_time, c.frames_decoded);
-    s.keyframe_requests_sent = c.keyframe_requests_sent;
-    s.freeze_count = v.freezes.count;
-    s.total_freezes_duration = v.freezes.total;
-    s
+    VideoStats {
+        frames_captured: v.sender.captured,
+        frames_encoded: c.frames_encoded,
+        key_frames_encoded: c.key_frames_encoded,
+        sent_width: v.sender.sent_size.0,
+        sent_height: v.sender.sent_size.1,
+        sent_fps: v.sender.fps(),
+        encode_ms_mean: per_frame(c.total_encode_time, c.frames_encoded),
+        quality_limitation: v.sender.limitation(),
+        resolution_steps: v.sender.steps(),
+        paused: v.sender.paused(),
+        pauses: v.sender.pauses,
+        keyframe_requests_received: c.keyframe_requests_received,
+        frames_decoded: decoded,
+        key_frames_decoded: keys,
+        frames_dropped: c.frames_dropped + v.dropped_app,
+        received_width: v.received_size.0,
+        received_height: v.received_size.1,
+        received_fps: v.freezes.fps(now),
+        decode_ms_mean: per_frame(c.total_decode_time, c.frames_decoded),
+        keyframe_requests_sent: c.keyframe_requests_sent,
+        freeze_count: v.freezes.count,
+        total_freezes_duration: v.freezes.total,
+    }
 }
 
 #[cfg(test)]

@@ -654,7 +654,7 @@ impl MediaSession {
     }
 
     /// Loss the peer reports on what we send (fraction, smoothed over its reports).
-    pub fn remote_loss(&self) -> f64 {
+    pub fn remote_loss_smoothed(&self) -> f64 {
         self.remote_loss_smoothed
     }
 
