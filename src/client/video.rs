@@ -332,7 +332,8 @@ pub(crate) struct VideoSender {
     pub(crate) camera_on: bool,
     ladder: VideoLadder,
     paused: bool,
-    last_sent: Option<Instant>,
+    /// When the next picture is due at the rung's frame rate.
+    next_at: Option<Instant>,
     pub(crate) pauses: u64,
     pub(crate) captured: u64,
     pub(crate) sent_size: (u32, u32),
@@ -361,7 +362,7 @@ impl VideoSender {
             camera_on,
             ladder: VideoLadder::new(config, start),
             paused: false,
-            last_sent: None,
+            next_at: None,
             pauses: 0,
             captured: 0,
             sent_size: (0, 0),
@@ -390,7 +391,7 @@ impl VideoSender {
             LadderChange::Rung(..) if self.paused => {
                 self.paused = false;
                 // The encoder starts over at the new size; the next frame goes now.
-                self.last_sent = None;
+                self.next_at = None;
                 Some(SendChange::Paused(false))
             }
             LadderChange::Rung(..) => Some(SendChange::Rung),
@@ -432,15 +433,18 @@ impl VideoSender {
         let Some((w, h, fps)) = self.rung() else {
             return Admit::Skip;
         };
-        // Frame-rate decimation with some slack for capture jitter.
-        let interval = Duration::from_secs_f32(0.9 / fps.max(1.0));
-        if self
-            .last_sent
-            .is_some_and(|last| t.saturating_duration_since(last) < interval)
-        {
+        // Frame-rate decimation on a schedule of the rung's frame rate (a picture up to a
+        // quarter period early counts as on time, for capture jitter); a late source restarts
+        // the schedule rather than bursting to catch up.
+        let period = Duration::from_secs_f32(1.0 / fps.max(1.0));
+        if self.next_at.is_some_and(|n| t + period / 4 < n) {
             return Admit::Skip;
         }
-        self.last_sent = Some(t);
+        let base = self
+            .next_at
+            .filter(|n| t.saturating_duration_since(*n) < period)
+            .unwrap_or(t);
+        self.next_at = Some(base + period);
         let (width, height) = fit(size, (w, h));
         Admit::Send { width, height }
     }
