@@ -1,11 +1,12 @@
-//! The per-call media task: the ICE connection (`hush-net` driver), the [`MediaPath`] once keys
-//! exist, and the Opus codec between PCM and the media engine.
+//! The per-call media task: the ICE connection (`hush-net` driver) and, once keys exist, the
+//! [`MediaPath`] holding the codecs (Opus, H.264), the media engine and SRTP, one straight path
+//! per direction. The task also decides which camera pictures reach the path (camera, the
+//! audio-only fallback, the ladder's size and frame rate; see [`super::video`]).
 
 use std::time::Instant;
 
 use hush_crypto::MediaKeys;
-use hush_media::codec::{Codec, OpusCodec};
-use hush_media::jitter::Playout;
+use hush_media::codec::OpusCodec;
 use hush_media::sim::{NetSim, SimConfig, SimPacket};
 use hush_media::video::{sps_dimensions, EncodedVideoFrame, I420Frame};
 use hush_media::{Event as MediaEvent, QualityStats, SessionConfig};
@@ -19,37 +20,6 @@ use super::video::{resize, Admit, FreezeDetector, SendChange, VideoSender, Video
 use super::Command;
 use crate::machine::CallId;
 use crate::media_path::MediaPath;
-
-/// Samples in one 20 ms frame of 48 kHz mono audio.
-const FRAME_SAMPLES: usize = 960;
-
-/// Runs the decoder for one playout action, leaving one frame of PCM in `pcm`; `None` for
-/// [`Playout::Stretch`], which is not a frame of the stream. A packet the decoder refuses (or
-/// a short frame) still takes its 20 ms: it is concealed (or silent), so playout keeps its
-/// timing and the application never gets an empty frame.
-fn play(codec: &mut OpusCodec, playout: Playout, pcm: &mut Vec<i16>) -> Option<FrameSource> {
-    pcm.clear();
-    let (decoded, source) = match playout {
-        Playout::Frame { payload, .. } => (codec.decode(&payload, pcm), FrameSource::Decoded),
-        Playout::Fec { next_payload, .. } => {
-            (codec.decode_fec(&next_payload, pcm), FrameSource::Fec)
-        }
-        Playout::Conceal { .. } => (codec.conceal(pcm), FrameSource::Concealed),
-        Playout::Stretch { .. } => return None,
-    };
-    match decoded {
-        Ok(n) if n == FRAME_SAMPLES => Some(source),
-        other => {
-            debug!(result = ?other, "audio frame not decoded; concealed");
-            pcm.clear();
-            if codec.conceal(pcm).is_err() {
-                pcm.clear();
-            }
-            pcm.resize(FRAME_SAMPLES, 0);
-            Some(FrameSource::Concealed)
-        }
-    }
-}
 
 /// Commands from the actor and the [`Call`](super::Call) handle to the media task.
 #[derive(Debug)]
@@ -170,12 +140,11 @@ struct CandidateBatch {
 
 struct State {
     path: Option<MediaPath>,
-    codec: OpusCodec,
+    /// The audio codec, until the path exists (it moves into the path).
+    codec: Option<OpusCodec>,
     stats: MediaStats,
     kind: Option<CandidateKind>,
     muted: bool,
-    pcm: Vec<i16>,
-    encoded: Vec<u8>,
     /// The simulated send link, when impairments are on.
     link: Option<NetSim<Datagram>>,
     /// When the keys arrived (the simulated link's bandwidth steps count from here).
@@ -212,12 +181,10 @@ impl MediaTask {
         };
         let mut st = State {
             path: None,
-            codec,
+            codec: Some(codec),
             stats: MediaStats::default(),
             kind: None,
             muted: false,
-            pcm: Vec::with_capacity(960),
-            encoded: Vec::with_capacity(400),
             link: self.send_link.take().map(NetSim::new),
             keyed_at: None,
             next_step: 0,
@@ -375,6 +342,9 @@ impl MediaTask {
                 match MediaPath::new(&keys, self.session.clone(), Instant::now()) {
                     // `keys` drops here: the SRTP contexts hold the only copies.
                     Ok(mut path) => {
+                        if let Some(codec) = st.codec.take() {
+                            path.set_audio_codec(codec);
+                        }
                         if let Some(v) = st.video.as_mut() {
                             if !v.task.encoded {
                                 set_codecs(&mut path);
@@ -491,12 +461,10 @@ impl MediaTask {
         if st.muted {
             return;
         }
-        st.encoded.clear();
-        match st.codec.encode(pcm, &mut st.encoded) {
-            Ok(()) => {
-                path.send_audio(Instant::now(), &st.encoded);
+        match path.send_pcm(Instant::now(), pcm) {
+            Ok(n) => {
                 st.stats.frames_sent += 1;
-                st.stats.audio_bytes_sent += st.encoded.len() as u64;
+                st.stats.audio_bytes_sent += n as u64;
             }
             Err(e) => debug!(error = %e, "encode failed"),
         }
@@ -627,6 +595,15 @@ impl MediaTask {
                 self.send_datagram(d);
             }
         }
+        while let Some(frame) = path.poll_audio() {
+            match frame.source {
+                FrameSource::Decoded => st.stats.frames_received += 1,
+                FrameSource::Fec => st.stats.frames_fec += 1,
+                FrameSource::Concealed => st.stats.frames_concealed += 1,
+            }
+            // A slow application loses frames rather than stalling the call.
+            let _ = self.audio_out.try_send(frame);
+        }
         if let Some(v) = st.video.as_mut() {
             while let Some(picture) = path.poll_video() {
                 v.received_size = (picture.width(), picture.height());
@@ -672,26 +649,7 @@ impl MediaTask {
                 {
                     let _ = self.events.send(CallEvent::KeyframeRequested);
                 }
-                MediaEvent::Audio(playout) => {
-                    // Filler to build delay: not a frame of the stream.
-                    let Some(source) = play(&mut st.codec, playout, &mut st.pcm) else {
-                        continue;
-                    };
-                    match source {
-                        FrameSource::Decoded => st.stats.frames_received += 1,
-                        FrameSource::Fec => st.stats.frames_fec += 1,
-                        FrameSource::Concealed => st.stats.frames_concealed += 1,
-                    }
-                    // A slow application loses frames rather than stalling the call.
-                    let _ = self.audio_out.try_send(AudioFrame {
-                        pcm: st.pcm.clone(),
-                        source,
-                    });
-                }
-                MediaEvent::EncoderTarget(t) => {
-                    st.codec.set_bitrate(t.audio_bps);
-                    st.codec.set_fec(t.inband_fec, t.expected_loss_percent);
-                }
+
                 _ => {}
             }
         }
@@ -763,38 +721,5 @@ fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoS
         keyframe_requests_sent: c.keyframe_requests_sent,
         freeze_count: v.freezes.count,
         total_freezes_duration: v.freezes.total,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use hush_media::codec::{Codec, OpusCodec};
-    use hush_media::jitter::{Playout, Recovery};
-
-    use super::{play, FrameSource, FRAME_SAMPLES};
-
-    #[test]
-    fn a_refused_packet_still_plays_a_whole_frame() {
-        let mut codec = OpusCodec::new(1, 20, 32_000).expect("codec");
-        // Code 3 (several frames) with a frame count of zero: invalid (RFC 6716 §3.2.5).
-        let bad = vec![0x03, 0x00];
-        assert!(codec.decode(&bad, &mut Vec::new()).is_err());
-        let mut pcm = Vec::new();
-        let frame = Playout::Frame {
-            timestamp: 0,
-            payload: bad,
-            recovery: Recovery::None,
-            shorten: std::time::Duration::ZERO,
-        };
-        assert_eq!(
-            play(&mut codec, frame, &mut pcm),
-            Some(FrameSource::Concealed)
-        );
-        assert_eq!(pcm.len(), FRAME_SAMPLES);
-        // Filler is not a frame.
-        let stretch = Playout::Stretch {
-            duration: std::time::Duration::from_millis(5),
-        };
-        assert_eq!(play(&mut codec, stretch, &mut pcm), None);
     }
 }
