@@ -20,9 +20,7 @@ use super::call::{Call, CallEvent, CallVideo, IncomingCall};
 use super::group::{self, GroupCall, GroupCallEvent, SfuInfo};
 use super::media::{MediaCommand, MediaTask, VideoTask};
 use super::{video_session, CallOptions, ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
-use crate::machine::{
-    CallId, CallMachine, CallState, Event, HangupReason, Output, PeerId, Side, Signal,
-};
+use crate::machine::{CallId, CallMachine, CallState, Event, Output, PeerId, Side, Signal};
 use crate::Error;
 
 /// What the machine carries opaquely for the actor.
@@ -182,7 +180,7 @@ where
                 };
                 cur.local_seq += 1;
                 let message = CallMessage::MediaState(hush_signaling::MediaState {
-                    call_id: call_id.0,
+                    call_id: call_id.into(),
                     seq: cur.local_seq,
                     audio_muted,
                     video_on,
@@ -294,7 +292,7 @@ where
             .device()
             .calls()
             .offer(&identity, &mut rand::rng());
-        let id = CallId(*offer.call_id().as_bytes());
+        let id = CallId::from(*offer.call_id().as_bytes());
         let net = start_net(&self.config, Role::Controlling).await?;
         let creds = net.credentials.clone();
         let (session, video) = if options.video {
@@ -306,7 +304,7 @@ where
         current.pending = Some(pending);
         self.current = Some(current);
         let message = hush_signaling::Offer {
-            call_id: id.0,
+            call_id: id.into(),
             media: if options.video {
                 CallMedia::Video
             } else {
@@ -359,7 +357,7 @@ where
         }
         self.current = Some(current);
         let message = hush_signaling::Answer {
-            call_id: id.0,
+            call_id: id.into(),
             key_agreement: answer.encode(),
             ice: Some(ice_parameters(creds)),
         };
@@ -400,7 +398,7 @@ where
             let candidates = std::mem::replace(&mut rest, tail);
             let last = rest.is_empty();
             let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
-                call_id: id.0,
+                call_id: id.into(),
                 generation,
                 candidates,
                 end_of_candidates: complete && last,
@@ -428,7 +426,7 @@ where
         cur.restarting = true;
         info!(call = ?id, generation = cur.generation, "ICE restarted; sending new credentials");
         let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
-            call_id: id.0,
+            call_id: id.into(),
             generation: cur.generation,
             candidates: Vec::new(),
             end_of_candidates: false,
@@ -619,7 +617,7 @@ where
         let from = peer_id(&m.from);
         let signal = match m.message {
             CallMessage::Offer(offer) => {
-                let id = CallId(offer.call_id);
+                let id = CallId::from(offer.call_id);
                 match self.validate_offer(&m.from, &offer) {
                     Ok(incoming) => {
                         let ice = offer.ice.clone();
@@ -643,22 +641,22 @@ where
                 return;
             }
             CallMessage::Answer(a) => Signal::Answer {
-                call_id: CallId(a.call_id),
+                call_id: a.call_id.into(),
                 payload: Payload::Answer(a),
             },
             CallMessage::IceCandidates(c) => Signal::IceCandidates {
-                call_id: CallId(c.call_id),
+                call_id: c.call_id.into(),
                 payload: Payload::Candidates(c),
             },
             CallMessage::Hangup(h) => Signal::Hangup {
-                call_id: CallId(h.call_id),
-                reason: hangup_from_wire(h.reason),
+                call_id: h.call_id.into(),
+                reason: h.reason.into(),
             },
             CallMessage::Busy { call_id } => Signal::Busy {
-                call_id: CallId(call_id),
+                call_id: call_id.into(),
             },
             CallMessage::Ringing { call_id } => Signal::Ringing {
-                call_id: CallId(call_id),
+                call_id: call_id.into(),
             },
             CallMessage::GroupInvite(invite) => {
                 self.group_invite(m.from, &invite);
@@ -692,7 +690,7 @@ where
     /// The peer's microphone/camera state: applied if it is for the active call, from its
     /// peer, and newer than the last; the app hears of each change.
     fn remote_media_state(&mut self, from: &PeerId, state: hush_signaling::MediaState) {
-        let id = CallId(state.call_id);
+        let id = CallId::from(state.call_id);
         if self.machine.active_peer() != Some(from) {
             debug!("media state from a device not in the call");
             return;
@@ -932,26 +930,6 @@ fn ice_parameters(c: IceCredentials) -> IceParameters {
     }
 }
 
-fn hangup_to_wire(r: HangupReason) -> hush_signaling::HangupReason {
-    match r {
-        HangupReason::Declined => hush_signaling::HangupReason::Declined,
-        HangupReason::Busy => hush_signaling::HangupReason::Busy,
-        HangupReason::Timeout => hush_signaling::HangupReason::Timeout,
-        HangupReason::AcceptedElsewhere => hush_signaling::HangupReason::AcceptedElsewhere,
-        _ => hush_signaling::HangupReason::Normal,
-    }
-}
-
-fn hangup_from_wire(r: hush_signaling::HangupReason) -> HangupReason {
-    match r {
-        hush_signaling::HangupReason::Declined => HangupReason::Declined,
-        hush_signaling::HangupReason::Busy => HangupReason::Busy,
-        hush_signaling::HangupReason::Timeout => HangupReason::Timeout,
-        hush_signaling::HangupReason::AcceptedElsewhere => HangupReason::AcceptedElsewhere,
-        _ => HangupReason::Normal,
-    }
-}
-
 fn to_wire(signal: Signal<Payload>) -> CallMessage {
     match signal {
         Signal::Offer {
@@ -966,18 +944,22 @@ fn to_wire(signal: Signal<Payload>) -> CallMessage {
             payload: Payload::Candidates(c),
             ..
         } => CallMessage::IceCandidates(c),
-        Signal::Ringing { call_id } => CallMessage::Ringing { call_id: call_id.0 },
-        Signal::Busy { call_id } => CallMessage::Busy { call_id: call_id.0 },
+        Signal::Ringing { call_id } => CallMessage::Ringing {
+            call_id: call_id.into(),
+        },
+        Signal::Busy { call_id } => CallMessage::Busy {
+            call_id: call_id.into(),
+        },
         Signal::Hangup { call_id, reason } => CallMessage::Hangup(hush_signaling::Hangup {
-            call_id: call_id.0,
-            reason: hangup_to_wire(reason),
+            call_id: call_id.into(),
+            reason: reason.into(),
         }),
         // A payload that does not match its message kind cannot be built by the actor; send a
         // hangup for that call rather than panic.
         Signal::Offer { call_id, .. }
         | Signal::Answer { call_id, .. }
         | Signal::IceCandidates { call_id, .. } => CallMessage::Hangup(hush_signaling::Hangup {
-            call_id: call_id.0,
+            call_id: call_id.into(),
             reason: hush_signaling::HangupReason::Normal,
         }),
     }
