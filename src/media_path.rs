@@ -108,6 +108,8 @@ pub struct MediaPath {
     decoded: VecDeque<I420Frame>,
     pending: VecDeque<Event>,
     video_fps: f32,
+    /// The encoder's rates come from [`set_video_rates`](Self::set_video_rates).
+    ladder_rates: bool,
     video_stats: VideoCodecStats,
     audio_codec: Option<OpusCodec>,
     played: VecDeque<AudioFrame>,
@@ -132,6 +134,7 @@ impl MediaPath {
             decoded: VecDeque::new(),
             pending: VecDeque::new(),
             video_fps: 30.0,
+            ladder_rates: false,
             video_stats: VideoCodecStats::default(),
             audio_codec: None,
             played: VecDeque::new(),
@@ -222,18 +225,13 @@ impl MediaPath {
         self.protect_transmits();
     }
 
-    /// Changes the frame rate the encoder plans for (the ladder's rung); the bitrate stays the
-    /// engine's latest video target.
-    pub fn set_video_fps(&mut self, fps: f32) {
-        if (fps - self.video_fps).abs() < f32::EPSILON {
-            return;
-        }
+    /// Sets the encoder's bitrate and frame rate from now on (the sender's ladder decides
+    /// them); the engine's video targets no longer go to the encoder by themselves.
+    pub fn set_video_rates(&mut self, bps: u32, fps: f32) {
+        self.ladder_rates = true;
         self.video_fps = fps;
-        let target = self.session.encoder_target();
-        if let (Some(enc), Some(t)) = (self.encoder.as_mut(), target) {
-            if !t.audio_only && t.video_bps > 0 {
-                enc.set_rates(t.video_bps, fps);
-            }
+        if let Some(enc) = self.encoder.as_mut() {
+            enc.set_rates(bps, fps);
         }
     }
 
@@ -314,7 +312,7 @@ impl MediaPath {
                         codec.set_bitrate(t.audio_bps);
                         codec.set_fec(t.inband_fec, t.expected_loss_percent);
                     }
-                    if let Some(enc) = self.encoder.as_mut() {
+                    if let Some(enc) = self.encoder.as_mut().filter(|_| !self.ladder_rates) {
                         if !t.audio_only && t.video_bps > 0 {
                             enc.set_rates(t.video_bps, self.video_fps);
                         }

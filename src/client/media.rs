@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::call::{AudioFrame, CallEvent, FrameSource};
-use super::video::{resize, Admit, FreezeDetector, SendChange, VideoSender, VideoStats};
+use super::video::{FreezeDetector, SendChange, VideoSender, VideoStats};
 use super::Command;
 use crate::machine::CallId;
 use crate::media_path::MediaPath;
@@ -490,24 +490,9 @@ impl MediaTask {
         let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
             return;
         };
-        // No target yet (the engine announces its first one shortly): nothing to decide on.
-        let Some(target) = path.session().encoder_target() else {
-            return;
-        };
-        let video_bps = if target.audio_only {
-            0
-        } else {
-            target.video_bps
-        };
-        let loss = path.session().remote_loss_smoothed() as f32;
-        let change = v.sender.update(now, video_bps, loss);
-        path.set_video_fps(v.sender.fps().max(1.0));
+        let change = v.sender.step(path, now);
         match change {
             Some(SendChange::Paused(paused)) => {
-                debug!(paused, video_bps, "video paused for bandwidth / resumed");
-                if !paused {
-                    path.force_keyframe();
-                }
                 if v.sender.camera_on {
                     let _ = self.events.send(if paused {
                         CallEvent::LocalVideoPaused
@@ -517,10 +502,7 @@ impl MediaTask {
                     self.announce(st);
                 }
             }
-            Some(SendChange::Rung) => {
-                debug!(rung = ?v.sender.rung(), video_bps, "video ladder step");
-            }
-            None => {}
+            Some(SendChange::Rung) | None => {}
         }
     }
 
@@ -534,26 +516,7 @@ impl MediaTask {
             debug!("raw picture on a call with an application codec; ignored");
             return;
         }
-        v.sender.captured += 1;
-        let Admit::Send { width, height } = v
-            .sender
-            .admit(picture.capture_time, (picture.width(), picture.height()))
-        else {
-            return;
-        };
-        let resized = resize(picture, width, height);
-        let picture = resized.as_ref().unwrap_or(picture);
-        let before = path.video_stats().total_encode_time;
-        match path.send_video(now, picture) {
-            Ok(sent) => {
-                let took = path.video_stats().total_encode_time - before;
-                v.sender.encoded((took * 1e3) as f32);
-                if sent {
-                    v.sender.sent_size = (width, height);
-                }
-            }
-            Err(e) => debug!(error = %e, "picture not encoded"),
-        }
+        v.sender.send(path, now, picture);
     }
 
     fn send_encoded_video(&self, st: &mut State, frame: &EncodedVideoFrame) {
