@@ -916,9 +916,15 @@ fn step_report(steps: &[(Duration, u64)], seen: &Seen, full_width: u32) -> Strin
         .iter()
         .find(|a| a.0 >= last_at && a.1 >= full_width)
         .map_or("null".into(), |a| format!("{:.2}", a.0 - last_at));
+    let timeline: Vec<String> = seen
+        .per_second
+        .iter()
+        .map(|(s, n, w)| format!("[{s},{n},{w}]"))
+        .collect();
     format!(
-        ",\"steps\":[{}],\"full_width_again_s\":{full_again}",
-        parts.join(",")
+        ",\"steps\":[{}],\"full_width_again_s\":{full_again},\"per_second\":[{}]",
+        parts.join(","),
+        timeline.join(",")
     )
 }
 
