@@ -375,7 +375,10 @@ impl CongestionController {
         // burst adds a few tens of milliseconds of queue, not hundreds, and a queue that
         // overflows loses packets. A probe from before such a drop says nothing about the
         // link any more, and would hold the rate at the old capacity for a second.
-        let link_dropped = self.loss_fraction() > 0.10 || self.queue_delay_ms > PROBE_QUEUE_MAX_MS;
+        // An overuse after the probe's guard has passed is not the probe's own queue either.
+        let after_guard = self.probe_guard_until.is_some_and(|t| now >= t);
+        let link_dropped =
+            after_guard || self.loss_fraction() > 0.10 || self.queue_delay_ms > PROBE_QUEUE_MAX_MS;
         let capacity_sample = match (acked, probed) {
             (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
