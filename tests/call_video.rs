@@ -335,3 +335,57 @@ async fn an_audio_call_has_no_video() {
     assert!(b.stats().await.expect("stats").video.is_none());
     a.hangup().expect("hangup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_state_from_another_device_changes_nothing() {
+    use hush_signaling::{CallMessage, MediaState, MemoryNetwork, SignalingClient};
+    // Carol has a Signal session with Bob, as Alice does; Alice calls Bob.
+    let network = MemoryNetwork::new();
+    let (mut carol, mut alice_s, mut bob_s) =
+        (common::sealer(1), common::sealer(2), common::sealer(3));
+    common::start_session(&mut carol, &mut bob_s);
+    common::start_session(&mut alice_s, &mut bob_s);
+    let config = loopback_config();
+    let client = |s: hush_signaling::crypto::SignalSealer<hush_crypto::MemoryBackend>| {
+        let endpoint = network.endpoint(s.device_id());
+        Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
+            .config(config.clone())
+            .build()
+    };
+    let carol_id = carol.device_id();
+    let mut carol = SignalingClient::new(network.endpoint(carol_id), carol);
+    let (alice, bob) = (client(alice_s), client(bob_s));
+    let (a, b) = video_call(&alice, &bob, CallOptions::video()).await;
+
+    // Carol claims, sealed over her own session, that Alice muted and turned her camera off.
+    let forged = CallMessage::MediaState(MediaState {
+        call_id: a.id().into(),
+        seq: 1_000,
+        audio_muted: true,
+        video_on: false,
+        video_paused: false,
+    });
+    carol.send(bob.device_id(), forged).await.expect("sent");
+    // Then Alice really mutes: Bob's first media event is hers, and says only "muted".
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.mute(true).expect("live");
+    let first = event(&b, 5, |e| {
+        matches!(
+            e,
+            CallEvent::RemoteMuted(_) | CallEvent::RemoteVideo(_) | CallEvent::RemoteVideoPaused(_)
+        )
+    })
+    .await;
+    assert_eq!(first, CallEvent::RemoteMuted(true));
+    // Alice's camera stayed on in Bob's view: no RemoteVideo(false) follows.
+    let none = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Some(CallEvent::RemoteVideo(_)) = b.next_event().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(none.is_err(), "no camera event from the forged state");
+    a.hangup().expect("hangup");
+}
