@@ -42,7 +42,9 @@
 //! `--bandwidth-kbps` also takes steps: `2000,300,150,2000@5s` caps each side's link at 2 Mbps,
 //! then 300 kbps after 5 s, 150 kbps after 10 s, 2 Mbps after 15 s (counted from the call's
 //! keys); the JSON then reports how the video followed (step-down times, the frame rate and
-//! size at each step, when the full size came back).
+//! size at each step, when the full size came back, pictures per second). With the
+//! environment variable `HUSH_EXAMPLE_TRACE` set, Alice prints her estimate, send rate, loss,
+//! RTT and video state every 250 ms to stderr.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -492,8 +494,28 @@ async fn video_side(
     let end = Instant::now() + duration;
     let mut n = 0u32;
     let size = source.size();
+    let trace = std::env::var_os("HUSH_EXAMPLE_TRACE").is_some() && !record;
+    let mut tracer = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
+            _ = tracer.tick(), if trace => {
+                if let Ok(st) = call.stats().await {
+                    let q = st.quality.as_ref();
+                    let v = st.video.as_ref();
+                    eprintln!(
+                        "trace {:5.2} target {} send {} loss {:.3} rtt {:?} paused {:?} sent {:?}x{:?}@{:?}",
+                        start.elapsed().as_secs_f64(),
+                        st.media.target_bps,
+                        q.map_or(0, |q| q.send_bps),
+                        q.map_or(0.0, |q| q.remote_loss),
+                        st.media.rtt_ms.map(|r| r as u32),
+                        v.map(|v| v.paused),
+                        v.map(|v| v.sent_width),
+                        v.map(|v| v.sent_height),
+                        v.map(|v| v.sent_fps),
+                    );
+                }
+            }
             _ = ticker.tick(), if Instant::now() < end => {
                 let picture = source.picture(n)?;
                 if let Ok(mut times) = sent.lock() {
