@@ -581,8 +581,11 @@ mod tests {
             }
         }
         assert!((18..=21).contains(&sent), "{sent} of 30 at 20 fps");
-        // The link collapses: paused, nothing admitted.
-        assert_eq!(s.update(t0, 10_000, 0.0), Some(SendChange::Paused(true)));
+        // The link collapses: the lowest rung for the 1 s grace, then paused, nothing admitted.
+        assert_eq!(s.update(t0, 10_000, 0.0), Some(SendChange::Rung));
+        assert_eq!(s.rung(), Some((320, 180, 15.0)));
+        let later = t0 + Duration::from_millis(1100);
+        assert_eq!(s.update(later, 10_000, 0.0), Some(SendChange::Paused(true)));
         assert_eq!(
             s.admit(t0 + Duration::from_secs(2), (640, 360)),
             Admit::Skip
