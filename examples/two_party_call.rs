@@ -16,6 +16,8 @@
 //!                                       [--delay-ms MS] [--jitter-ms MS] [--bandwidth-kbps K]
 //!                                       [--burst-loss MEAN] [--seed N]
 //!                                       [--audio-in IN.wav --audio-out OUT.wav]
+//!                                       [--video] [--video-in IN.y4m] [--video-out OUT.y4m]
+//!                                       [--bandwidth-kbps 2000,300,150,2000@5s]
 //! ```
 //!
 //! `--relay ADDR` uses a running `hush-relay` instead of the in-process one; `--loss PCT`
@@ -31,6 +33,18 @@
 //! same draws. `--audio-in` has Alice send a 48 kHz mono 16-bit WAV instead of her tone (the
 //! call lasts as long as the file); `--audio-out` writes what Bob played, from the first frame
 //! he heard to the last, concealed frames included, as a WAV of the same format.
+//!
+//! `--video` makes it a video call: both sides send 640×360 at 30 fps (a moving test pattern,
+//! or with `--video-in` Alice sends the frames of a 4:2:0 Y4M file, looped for the call's
+//! length); `--video-out` writes the pictures Bob received, scaled back to the source size, as
+//! Y4M. The top 32 rows of each picture carry its frame number in 16 black/white blocks, so the
+//! receiver matches pictures to their send time (glass to glass, `send_video` → `recv_video`).
+//! `--bandwidth-kbps` also takes steps: `2000,300,150,2000@5s` caps each side's link at 2 Mbps,
+//! then 300 kbps after 5 s, 150 kbps after 10 s, 2 Mbps after 15 s (counted from the call's
+//! keys); the JSON then reports how the video followed (step-down times, the frame rate and
+//! size at each step, when the full size came back, pictures per second). With the
+//! environment variable `HUSH_EXAMPLE_TRACE` set, Alice prints her estimate, send rate, loss,
+//! RTT and video state every 250 ms to stderr.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,8 +52,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use hush::machine::EndReason;
-use hush::{Call, CallEvent, Client, ClientConfig, FrameSource, SimulatedLink};
+use hush::{Call, CallEvent, CallOptions, Client, ClientConfig, FrameSource, SimulatedLink};
 use hush_crypto::{Device, DeviceStore, MemoryBackend};
+use hush_media::video::I420Frame;
 use hush_net::driver::Bind;
 use hush_net::{Policy, TurnCredentials};
 use hush_relay::{Relay, RelayConfig};
@@ -62,6 +77,11 @@ struct Args {
     link: SimulatedLink,
     audio_in: Option<PathBuf>,
     audio_out: Option<PathBuf>,
+    video: bool,
+    video_in: Option<PathBuf>,
+    video_out: Option<PathBuf>,
+    /// Bandwidth steps: each rate (bps) and when it starts.
+    steps: Vec<(Duration, u64)>,
 }
 
 fn parse_args() -> Result<Args, Failure> {
@@ -77,6 +97,10 @@ fn parse_args() -> Result<Args, Failure> {
         link: SimulatedLink::new(),
         audio_in: None,
         audio_out: None,
+        video: false,
+        video_in: None,
+        video_out: None,
+        steps: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -99,8 +123,36 @@ fn parse_args() -> Result<Args, Failure> {
                 args.link = args.link.jitter(Duration::from_millis(ms));
             }
             "--bandwidth-kbps" => {
-                let kbps: f64 = value()?.parse()?;
-                args.link = args.link.bandwidth_bps(Some((kbps * 1000.0) as u64));
+                let spec = value()?;
+                let (rates, every) = match spec.split_once('@') {
+                    Some((r, e)) => {
+                        let secs: f64 = e.trim_end_matches('s').parse()?;
+                        (r.to_string(), Duration::from_secs_f64(secs))
+                    }
+                    None => (spec.clone(), Duration::ZERO),
+                };
+                let rates = rates
+                    .split(',')
+                    .map(|k| k.parse::<f64>().map(|k| (k * 1000.0) as u64))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if rates.len() > 1 && every.is_zero() {
+                    return Err("bandwidth steps need @SECONDS, e.g. 2000,300@5s".into());
+                }
+                args.steps = rates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &bps)| (every * i as u32, bps))
+                    .collect();
+                args.link = args
+                    .link
+                    .bandwidth_bps(rates.first().copied())
+                    .bandwidth_steps(
+                        args.steps
+                            .iter()
+                            .skip(1)
+                            .map(|&(at, bps)| (at, Some(bps)))
+                            .collect(),
+                    );
             }
             "--burst-loss" => {
                 let mean: f64 = value()?.parse()?;
@@ -112,6 +164,15 @@ fn parse_args() -> Result<Args, Failure> {
             }
             "--audio-in" => args.audio_in = Some(value()?.into()),
             "--audio-out" => args.audio_out = Some(value()?.into()),
+            "--video" => args.video = true,
+            "--video-in" => {
+                args.video = true;
+                args.video_in = Some(value()?.into());
+            }
+            "--video-out" => {
+                args.video = true;
+                args.video_out = Some(value()?.into());
+            }
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -232,6 +293,282 @@ fn write_wav(path: &Path, pcm: &[i16]) -> Result<(), Failure> {
     Ok(())
 }
 
+// ----- video -----
+
+/// Picture size of the synthetic source.
+const VIDEO_W: u32 = 640;
+const VIDEO_H: u32 = 360;
+/// Blocks carrying the frame number in the top rows.
+const STAMP_BITS: u32 = 16;
+const STAMP_ROWS: u32 = 32;
+
+/// Reads a 4:2:0 Y4M file (YUV4MPEG2, `C420*` or no colour space tag, 8 bit).
+fn read_y4m(path: &Path) -> Result<(u32, u32, Vec<Vec<u8>>), Failure> {
+    let data = std::fs::read(path)?;
+    let header_end = data
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("y4m: no header")?;
+    let header = std::str::from_utf8(&data[..header_end])?;
+    let mut tags = header.split(' ');
+    if tags.next() != Some("YUV4MPEG2") {
+        return Err("y4m: not a YUV4MPEG2 file".into());
+    }
+    let (mut w, mut h) = (0u32, 0u32);
+    for tag in tags {
+        match tag.split_at(1) {
+            ("W", v) => w = v.parse()?,
+            ("H", v) => h = v.parse()?,
+            ("C", v) if !v.starts_with("420") => {
+                return Err(format!("y4m: colour space {v} (need 4:2:0 8 bit)").into())
+            }
+            _ => {}
+        }
+    }
+    if w == 0 || h == 0 || w % 2 == 1 || h % 2 == 1 {
+        return Err("y4m: width and height must be even and non-zero".into());
+    }
+    let size = (w * h * 3 / 2) as usize;
+    let mut frames = Vec::new();
+    let mut at = header_end + 1;
+    while at < data.len() {
+        let line_end = at
+            + data[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .ok_or("y4m: truncated frame header")?;
+        if !data[at..line_end].starts_with(b"FRAME") {
+            return Err("y4m: expected FRAME".into());
+        }
+        let start = line_end + 1;
+        let frame = data
+            .get(start..start + size)
+            .ok_or("y4m: truncated frame")?;
+        frames.push(frame.to_vec());
+        at = start + size;
+    }
+    if frames.is_empty() {
+        return Err("y4m: no frames".into());
+    }
+    Ok((w, h, frames))
+}
+
+/// Writes pictures (all of the same size) as a Y4M file at 30 fps.
+fn write_y4m(path: &Path, pictures: &[I420Frame]) -> Result<(), Failure> {
+    use std::io::Write;
+    let Some(first) = pictures.first() else {
+        return Err("no pictures to write".into());
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "YUV4MPEG2 W{} H{} F30:1 Ip A1:1 C420jpeg",
+        first.width(),
+        first.height()
+    )?;
+    for p in pictures {
+        out.write_all(b"FRAME\n")?;
+        let p = p.to_packed();
+        out.write_all(p.y())?;
+        out.write_all(p.u())?;
+        out.write_all(p.v())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What a side sends as video.
+enum VideoSource {
+    Pattern,
+    Y4m(u32, u32, Vec<Vec<u8>>),
+}
+
+impl VideoSource {
+    fn size(&self) -> (u32, u32) {
+        match self {
+            Self::Pattern => (VIDEO_W, VIDEO_H),
+            Self::Y4m(w, h, _) => (*w, *h),
+        }
+    }
+
+    /// Picture `n`, with its number stamped in the top rows.
+    fn picture(&self, n: u32) -> Result<I420Frame, Failure> {
+        let mut p = match self {
+            Self::Pattern => {
+                let mut p = I420Frame::filled(VIDEO_W, VIDEO_H, [16, 128, 128], Instant::now())?;
+                let [y, u, v] = p.planes_mut();
+                let w = VIDEO_W as usize;
+                for (i, px) in y.iter_mut().enumerate() {
+                    let (x, r) = (i % w, i / w);
+                    *px = ((x / 2 + r + 2 * n as usize) % 180 + 30) as u8;
+                    let sx = (n as usize * 6) % w;
+                    if x >= sx && x < sx + 48 && (120..200).contains(&r) {
+                        *px = 230;
+                    }
+                }
+                for (i, px) in u.iter_mut().enumerate() {
+                    *px = (90 + (i / (w / 2) + n as usize) % 80) as u8;
+                }
+                for (i, px) in v.iter_mut().enumerate() {
+                    *px = (100 + (i % (w / 2)) % 60) as u8;
+                }
+                p
+            }
+            Self::Y4m(w, h, frames) => {
+                let f = &frames[n as usize % frames.len()];
+                let (wy, c) = ((w * h) as usize, (w * h / 4) as usize);
+                I420Frame::new(
+                    *w,
+                    *h,
+                    [
+                        f[..wy].to_vec(),
+                        f[wy..wy + c].to_vec(),
+                        f[wy + c..wy + 2 * c].to_vec(),
+                    ],
+                    [*w as usize, *w as usize / 2, *w as usize / 2],
+                    Instant::now(),
+                )?
+            }
+        };
+        stamp(&mut p, n);
+        Ok(p)
+    }
+}
+
+/// Writes `n` into the top rows: bit i is block i of a row of `STAMP_BITS`, white for 1.
+fn stamp(p: &mut I420Frame, n: u32) {
+    let (w, h) = (p.width() as usize, p.height() as usize);
+    let rows = (STAMP_ROWS as usize).min(h);
+    let [y, _, _] = p.planes_mut();
+    for r in 0..rows {
+        for x in 0..w {
+            let bit = x * STAMP_BITS as usize / w;
+            y[r * w + x] = if (n >> bit) & 1 == 1 { 235 } else { 16 };
+        }
+    }
+}
+
+/// Reads the number stamped by [`stamp`] from a (possibly scaled) received picture.
+fn read_stamp(p: &I420Frame) -> u32 {
+    let (w, h) = (p.width() as usize, p.height() as usize);
+    let row = (STAMP_ROWS as usize * h / VIDEO_H as usize / 2).min(h - 1);
+    (0..STAMP_BITS)
+        .map(|bit| {
+            let x = (2 * bit as usize + 1) * w / (2 * STAMP_BITS as usize);
+            let v = p.row(0, row).and_then(|r| r.get(x)).copied().unwrap_or(0);
+            u32::from(v > 128) << bit
+        })
+        .sum()
+}
+
+/// Send times of the pictures one side sent, by number (shared with the receiving side).
+type SendTimes = std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>>;
+
+/// What a side saw of the peer's video.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Pictures received.
+    pictures: u32,
+    /// Glass-to-glass delays, milliseconds.
+    delays: Vec<f64>,
+    /// Received pictures per whole second of the call: (second, count, width of the last).
+    per_second: Vec<(u32, u32, u32)>,
+    /// Pictures received, kept for `--video-out`.
+    recorded: Vec<I420Frame>,
+    /// Each picture's arrival (seconds from `start`) and width.
+    arrivals: Vec<(f64, u32)>,
+}
+
+/// Sends pictures at 30 fps for `duration` while taking the peer's.
+async fn video_side(
+    call: &Call,
+    source: &VideoSource,
+    sent: SendTimes,
+    peer_sent: SendTimes,
+    duration: Duration,
+    record: bool,
+    start: Instant,
+) -> Result<Seen, Failure> {
+    let mut seen = Seen::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(33));
+    let end = Instant::now() + duration;
+    let mut n = 0u32;
+    let size = source.size();
+    let trace = std::env::var_os("HUSH_EXAMPLE_TRACE").is_some() && !record;
+    let mut tracer = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tracer.tick(), if trace => {
+                if let Ok(st) = call.stats().await {
+                    let q = st.quality.as_ref();
+                    let v = st.video.as_ref();
+                    eprintln!(
+                        "trace {:5.2} target {} send {} loss {:.3} rtt {:?} paused {:?} sent {:?}x{:?}@{:?}",
+                        start.elapsed().as_secs_f64(),
+                        st.media.target_bps,
+                        q.map_or(0, |q| q.send_bps),
+                        q.map_or(0.0, |q| q.remote_loss),
+                        st.media.rtt_ms.map(|r| r as u32),
+                        v.map(|v| v.paused),
+                        v.map(|v| v.sent_width),
+                        v.map(|v| v.sent_height),
+                        v.map(|v| v.sent_fps),
+                    );
+                }
+            }
+            _ = ticker.tick(), if Instant::now() < end => {
+                let picture = source.picture(n)?;
+                if let Ok(mut times) = sent.lock() {
+                    times.push(Some(Instant::now()));
+                }
+                let _ = call.send_video(picture);
+                n = (n + 1) % (1 << STAMP_BITS);
+            }
+            p = call.recv_video() => {
+                let Some(p) = p else { break };
+                let now = Instant::now();
+                seen.pictures += 1;
+                let k = read_stamp(&p) as usize;
+                if let Some(Some(t)) = peer_sent.lock().ok().and_then(|v| v.get(k).copied()) {
+                    seen.delays.push(now.duration_since(t).as_secs_f64() * 1e3);
+                }
+                seen.arrivals.push((now.duration_since(start).as_secs_f64(), p.width()));
+                if record {
+                    seen.recorded.push(p.scaled(size.0, size.1)?);
+                }
+            }
+            () = tokio::time::sleep_until((end + Duration::from_millis(500)).into()) => break,
+        }
+    }
+    let mut per: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
+    for &(t, w) in &seen.arrivals {
+        let e = per.entry(t as u32).or_default();
+        e.0 += 1;
+        e.1 = w;
+    }
+    seen.per_second = per.into_iter().map(|(s, (c, w))| (s, c, w)).collect();
+    Ok(seen)
+}
+
+/// The `q` quantile of `v` (sorted in place).
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return -1.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// CPU time this process used so far (user + system), from /proc; `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Sends `frames` of `source` at microphone pace while receiving the peer's, then reports.
 /// `expect_hz` is the peer's tone, if it sends one.
 async fn talk(
@@ -330,6 +667,18 @@ async fn run(args: Args) -> Result<bool, Failure> {
         Source::Tone(_) => args.seconds * 50,
     };
     let record = args.audio_out.is_some();
+    let video_source = match (&args.video_in, args.video) {
+        (Some(path), _) => Some(std::sync::Arc::new({
+            let (w, h, f) = read_y4m(path)?;
+            VideoSource::Y4m(w, h, f)
+        })),
+        (None, true) => Some(std::sync::Arc::new(VideoSource::Pattern)),
+        (None, false) => None,
+    };
+    let alice_sent: SendTimes = Default::default();
+    let bob_sent: SendTimes = Default::default();
+    let record_video = args.video_out.is_some();
+    let call_seconds = Duration::from_millis(u64::from(frames) * 20);
 
     // Two devices with fresh identities. Both publish prekeys; Alice fetches Bob's.
     let mut alice_sealer = sealer(1)?;
@@ -375,6 +724,10 @@ async fn run(args: Args) -> Result<bool, Failure> {
 
     // Bob answers whatever rings, talks, and tells Alice when he is done.
     let (bob_done_tx, bob_done) = tokio::sync::oneshot::channel::<()>();
+    let bob_video = video_source
+        .as_ref()
+        .map(|_| std::sync::Arc::new(VideoSource::Pattern));
+    let (bob_sent_c, alice_sent_c) = (bob_sent.clone(), alice_sent.clone());
     let bob_side = tokio::spawn(async move {
         let incoming = tokio::time::timeout(Duration::from_secs(10), bob.incoming())
             .await?
@@ -385,6 +738,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
         );
         let call = incoming.accept().await?;
         wait_connected(&call).await?;
+        let connected = Instant::now();
         let move_network = async {
             let Some(at) = args.network_change_at else {
                 return Ok::<_, Failure>(());
@@ -395,11 +749,29 @@ async fn run(args: Args) -> Result<bool, Failure> {
             Ok(())
         };
         let expect = (!speech).then_some(440.0);
-        let (heard, moved) = tokio::join!(
+        let video = async {
+            match &bob_video {
+                Some(source) => video_side(
+                    &call,
+                    source,
+                    bob_sent_c,
+                    alice_sent_c,
+                    call_seconds,
+                    record_video,
+                    connected,
+                )
+                .await
+                .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (heard, moved, seen) = tokio::join!(
             talk(&call, &Source::Tone(660.0), expect, frames, record),
-            move_network
+            move_network,
+            video
         );
         moved?;
+        let seen = seen?;
         let stats = call.stats().await?;
         println!("bob: {stats:?}");
         let _ = bob_done_tx.send(());
@@ -413,20 +785,77 @@ async fn run(args: Args) -> Result<bool, Failure> {
             None
         })
         .await?;
-        Ok::<_, Failure>((heard, ended, bob))
+        Ok::<_, Failure>((heard, ended, bob, seen, stats.video))
     });
 
     let start = Instant::now();
-    let call = alice.call(bob_id).await?;
+    let options = if video_source.is_some() {
+        CallOptions::video()
+    } else {
+        CallOptions::audio()
+    };
+    let call = alice.call_with(bob_id, options).await?;
     println!("alice: calling {}", short(&bob_id.to_hex()));
     let path = wait_connected(&call).await?;
     println!("alice: connected over a {path} path");
-    let heard = talk(&call, &alice_source, Some(660.0), frames, false).await;
+    let connected = Instant::now();
+    let cpu_before = process_cpu();
+    let video = async {
+        match &video_source {
+            Some(source) => video_side(
+                &call,
+                source,
+                alice_sent.clone(),
+                bob_sent.clone(),
+                call_seconds,
+                false,
+                connected,
+            )
+            .await
+            .map(Some),
+            None => Ok(None),
+        }
+    };
+    let (heard, alice_seen) = tokio::join!(
+        talk(&call, &alice_source, Some(660.0), frames, false),
+        video
+    );
+    let _alice_seen = alice_seen?;
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(a, b)| (a - b).as_secs_f64() / connected.elapsed().as_secs_f64() * 100.0);
     let stats = call.stats().await?;
     println!("alice: {stats:?}");
     let _ = tokio::time::timeout(Duration::from_secs(5), bob_done).await;
     call.hangup()?;
-    let (mut bob_heard, bob_ended, _bob) = bob_side.await??;
+    let (mut bob_heard, bob_ended, _bob, bob_seen, bob_video) = bob_side.await??;
+    let video_json = match (&bob_seen, &stats.video, &bob_video) {
+        (Some(seen), Some(sent), Some(recv)) => {
+            if let Some(path) = &args.video_out {
+                write_y4m(path, &seen.recorded)?;
+                println!("bob's pictures written to {}", path.display());
+            }
+            let full = video_source.as_ref().map_or(VIDEO_W, |v| v.size().0);
+            let mut delays = seen.delays.clone();
+            format!(
+                ",\"video_frames_sent\":{},\"video_frames_received\":{},\"video_frames_decoded\":{},\"g2g_median_ms\":{:.1},\"g2g_p95_ms\":{:.1},\"resolution_steps\":{},\"pauses\":{},\"freezes\":{},\"freezes_s\":{:.2},\"encode_ms\":{:.2},\"decode_ms\":{:.2},\"cpu_core_pct\":{:.1}{}",
+                sent.frames_encoded,
+                seen.pictures,
+                recv.frames_decoded,
+                quantile(&mut delays, 0.5),
+                quantile(&mut delays, 0.95),
+                sent.resolution_steps,
+                sent.pauses,
+                recv.freeze_count,
+                recv.total_freezes_duration,
+                sent.encode_ms_mean,
+                recv.decode_ms_mean,
+                cpu.unwrap_or(-1.0),
+                step_report(&args.steps, seen, full),
+            )
+        }
+        _ => String::new(),
+    };
     if let (Some(path), Some(rec)) = (&args.audio_out, bob_heard.recorded.take()) {
         write_wav(path, &rec[..bob_heard.recorded_real])?;
         println!("bob's playout written to {}", path.display());
@@ -446,7 +875,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
         && (speech || bob_heard.on_pitch >= need * 9 / 10)
         && bob_ended == Some(EndReason::RemoteHangup(hush::machine::HangupReason::Normal));
     println!(
-        "{{\"setup_ms\":{setup_ms:.1},\"frames_sent\":{},\"frames_received\":{},\"frames_fec\":{},\"frames_concealed\":{},\"audio_kbps\":{:.1},\"rtt_ms\":{:.1},\"path\":\"{path}\",\"suite\":\"{}\",\"result\":\"{}\"}}",
+        "{{\"setup_ms\":{setup_ms:.1},\"frames_sent\":{},\"frames_received\":{},\"frames_fec\":{},\"frames_concealed\":{},\"audio_kbps\":{:.1},\"rtt_ms\":{:.1},\"path\":\"{path}\",\"suite\":\"{}\"{video_json},\"result\":\"{}\"}}",
         stats.media.frames_sent,
         playable(&bob_heard),
         bob_heard.fec,
@@ -457,6 +886,68 @@ async fn run(args: Args) -> Result<bool, Failure> {
         if ok { "ok" } else { "failed" }
     );
     Ok(ok)
+}
+
+/// How the received video followed the bandwidth steps (JSON fields, empty without steps):
+/// per step its rate, how long until the picture got smaller or stopped (rate going down), and
+/// the frame rate and width over the step's last 3 s; then how long after the last step the
+/// full width came back.
+fn step_report(steps: &[(Duration, u64)], seen: &Seen, full_width: u32) -> String {
+    if steps.len() < 2 {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    for (i, &(at, bps)) in steps.iter().enumerate() {
+        let from = at.as_secs_f64();
+        let until = steps
+            .get(i + 1)
+            .map_or(f64::INFINITY, |(t, _)| t.as_secs_f64());
+        let until = until.min(seen.arrivals.last().map_or(from, |a| a.0));
+        let before = seen
+            .arrivals
+            .iter()
+            .rev()
+            .find(|a| a.0 < from)
+            .map_or(0, |a| a.1);
+        let down = steps.get(i.wrapping_sub(1)).filter(|p| p.1 > bps).map(|_| {
+            let mut last = from;
+            for &(t, w) in seen.arrivals.iter().filter(|a| a.0 >= from && a.0 < until) {
+                if w < before || t - last > 0.5 {
+                    return last.max(t.min(last + 0.5)) - from;
+                }
+                last = t;
+            }
+            until - from
+        });
+        let tail: Vec<_> = seen
+            .arrivals
+            .iter()
+            .filter(|a| a.0 >= until - 3.0 && a.0 < until)
+            .collect();
+        let fps = tail.len() as f64 / 3.0;
+        let width = tail.last().map_or(0, |a| a.1);
+        parts.push(format!(
+            "{{\"kbps\":{},\"at_s\":{from:.0},\"down_s\":{},\"fps_end\":{fps:.1},\"width_end\":{width}}}",
+            bps / 1000,
+            down.map_or("null".into(), |d| format!("{d:.2}")),
+        ));
+    }
+    let last_at = steps.last().map_or(0.0, |s| s.0.as_secs_f64());
+    let full_again = seen
+        .arrivals
+        .iter()
+        .find(|a| a.0 >= last_at && a.1 >= full_width)
+        .map_or("null".into(), |a| format!("{:.2}", a.0 - last_at));
+    let timeline: Vec<String> = seen
+        .per_second
+        .iter()
+        .map(|(s, n, w)| format!("[{s},{n},{w}]"))
+        .collect();
+    format!(
+        ",\"steps\":[{}],\"full_width_again_s\":{full_again},\"per_second\":[{}]",
+        parts.join(","),
+        timeline.join(",")
+    )
 }
 
 fn short(hex: &str) -> &str {

@@ -10,6 +10,13 @@ pub enum Error {
     /// There is no Signal session with the peer: fetch its prekey bundle and start one first.
     #[error("no Signal session with this peer")]
     NoSession,
+    /// The call has no video: it was placed audio-only.
+    #[error("the call has no video (it was placed audio-only)")]
+    NoVideo,
+    /// The call's video runs in the other mode: raw pictures on a call with an application
+    /// codec, or encoded frames on a call where hush runs the codec.
+    #[error("video sent in the wrong mode for this call (raw vs encoded)")]
+    VideoMode,
     /// The call has ended; its handle no longer does anything.
     #[error("the call has ended")]
     CallEnded,

@@ -1,7 +1,8 @@
 //! hush: end-to-end encrypted calls built on the Signal Protocol.
 //!
 //! This facade crate is what an application uses: [`Client`] places and receives calls,
-//! [`Call`] carries PCM audio, events and statistics, [`IncomingCall`] is accepted or rejected.
+//! [`Call`] carries PCM audio, video (I420 pictures, or encoded H.264 for apps with their own
+//! codec; see docs/video.md), events and statistics, [`IncomingCall`] is accepted or rejected.
 //! Underneath, the sans-IO call state machine ([`machine`]) decides what happens, and tokio tasks
 //! join it to the crates that do the work: `hush-crypto` (Signal sessions, per-call keys),
 //! `hush-signaling` (sealed messages over a transport), `hush-net` (ICE), `hush-srtp` and
@@ -21,8 +22,8 @@ pub mod machine;
 pub mod media_path;
 
 pub use client::{
-    AudioFrame, Call, CallEvent, CallStats, Client, ClientBuilder, ClientConfig, ClientEvent,
-    FrameSource, GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, IncomingCall, MediaStats,
-    ParticipantAudio, SfuInfo, SimulatedLink,
+    AudioFrame, Call, CallEvent, CallOptions, CallStats, Client, ClientBuilder, ClientConfig,
+    ClientEvent, FrameSource, GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, IncomingCall,
+    MediaStats, ParticipantAudio, SfuInfo, SimulatedLink, VideoStats,
 };
 pub use error::Error;

@@ -2,7 +2,10 @@
 //! (`hush-media`), keyed by the call's [`MediaKeys`].
 //!
 //! A [`MediaPath`] exists only once a call's keys do, that is after the callee accepted: no key,
-//! no path, no media in either direction. It is sans-IO: encrypted datagrams and `now` in,
+//! no path, no media in either direction. With codecs set ([`set_audio_codec`](MediaPath::set_audio_codec),
+//! [`set_video_codecs`](MediaPath::set_video_codecs)) it is one straight path per direction:
+//! PCM or pictures in, codec, engine, SRTP, datagrams out; datagrams in, SRTP, engine, codec,
+//! PCM or pictures out. It is sans-IO: encrypted datagrams and `now` in,
 //! encrypted datagrams, media events and a deadline out. The driver moves the datagrams over the
 //! ICE connection.
 //!
@@ -27,10 +30,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use hush_crypto::MediaKeys;
-use hush_media::video::{I420Frame, VideoDecoder, VideoEncoder, VideoError};
+use hush_media::codec::{Codec, OpusCodec};
+use hush_media::jitter::Playout;
+use hush_media::video::{EncodedVideoFrame, I420Frame, VideoDecoder, VideoEncoder, VideoError};
 use hush_media::{Event, MediaSession, SessionConfig, TransmitKind};
 use hush_srtp::SrtpContext;
 use tracing::debug;
+
+use crate::client::{AudioFrame, FrameSource};
+
+/// Samples in one 20 ms frame of 48 kHz mono audio.
+const FRAME_SAMPLES: usize = 960;
 
 /// Why a datagram was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +49,8 @@ pub enum MediaPathError {
     /// SRTP refused the packet: forged, corrupted, replayed, or under a key we do not have.
     #[error("srtp: {0}")]
     Srtp(#[from] hush_srtp::Error),
-    /// The packet authenticated but the media engine could not parse it.
+    /// The packet authenticated but the media engine could not parse it (or the audio codec
+    /// failed on a frame).
     #[error("media: {0}")]
     Media(#[from] hush_media::Error),
     /// The video encoder failed on a picture.
@@ -58,6 +69,33 @@ pub struct PathStats {
     pub unprotect_failures: u64,
 }
 
+/// Counters of the video codecs on a path (W3C webrtc-stats names in brackets).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct VideoCodecStats {
+    /// Frames encoded and sent, by the path's encoder or handed in encoded (`framesEncoded`).
+    pub frames_encoded: u64,
+    /// Keyframes among them (`keyFramesEncoded`).
+    pub key_frames_encoded: u64,
+    /// Pictures the encoder's rate control skipped.
+    pub frames_skipped_by_encoder: u64,
+    /// Time spent encoding, in seconds (`totalEncodeTime`).
+    pub total_encode_time: f64,
+    /// Frames decoded into pictures (`framesDecoded`).
+    pub frames_decoded: u64,
+    /// Keyframes among them (`keyFramesDecoded`).
+    pub key_frames_decoded: u64,
+    /// Frames received but not shown: the decoder refused them (lost reference, corrupt),
+    /// and the path asked for a keyframe (`framesDropped`).
+    pub frames_dropped: u64,
+    /// Time spent decoding, in seconds (`totalDecodeTime`).
+    pub total_decode_time: f64,
+    /// Keyframe requests (PLI/FIR) the peer sent us (`pliCount` seen from the sender).
+    pub keyframe_requests_received: u64,
+    /// Keyframe requests our decoder made.
+    pub keyframe_requests_sent: u64,
+}
+
 /// SRTP + media engine for one call. See the [module docs](self).
 pub struct MediaPath {
     tx: SrtpContext,
@@ -70,6 +108,12 @@ pub struct MediaPath {
     decoded: VecDeque<I420Frame>,
     pending: VecDeque<Event>,
     video_fps: f32,
+    /// The encoder's rates come from [`set_video_rates`](Self::set_video_rates).
+    ladder_rates: bool,
+    video_stats: VideoCodecStats,
+    audio_codec: Option<OpusCodec>,
+    played: VecDeque<AudioFrame>,
+    encoded: Vec<u8>,
 }
 
 impl MediaPath {
@@ -90,6 +134,11 @@ impl MediaPath {
             decoded: VecDeque::new(),
             pending: VecDeque::new(),
             video_fps: 30.0,
+            ladder_rates: false,
+            video_stats: VideoCodecStats::default(),
+            audio_codec: None,
+            played: VecDeque::new(),
+            encoded: Vec::with_capacity(400),
         };
         LIVE_PATHS.fetch_add(1, Ordering::Relaxed);
         Ok(path)
@@ -99,6 +148,32 @@ impl MediaPath {
     pub fn send_audio(&mut self, now: Instant, frame: &[u8]) {
         self.session.send_audio(now, frame, None);
         self.protect_transmits();
+    }
+
+    /// Puts the audio codec on the path: [`send_pcm`](Self::send_pcm) encodes here, and the
+    /// engine's playout actions are decoded (or concealed) here into 20 ms frames of PCM
+    /// ([`poll_audio`](Self::poll_audio)); the engine's bitrate and FEC targets go to it.
+    pub fn set_audio_codec(&mut self, codec: OpusCodec) {
+        self.audio_codec = Some(codec);
+    }
+
+    /// Encodes one 20 ms frame of 48 kHz mono PCM with the path's audio codec and sends it;
+    /// returns the encoded size. Without an audio codec nothing is sent (`Ok(0)`).
+    pub fn send_pcm(&mut self, now: Instant, pcm: &[i16]) -> Result<usize, MediaPathError> {
+        let Some(codec) = self.audio_codec.as_mut() else {
+            return Ok(0);
+        };
+        self.encoded.clear();
+        codec.encode(pcm, &mut self.encoded)?;
+        let n = self.encoded.len();
+        self.session.send_audio(now, &self.encoded, None);
+        self.protect_transmits();
+        Ok(n)
+    }
+
+    /// The next 20 ms frame of PCM to play, in playout order (with an audio codec set).
+    pub fn poll_audio(&mut self) -> Option<AudioFrame> {
+        self.played.pop_front()
     }
 
     /// Puts video codecs on the path: pictures given to [`send_video`](Self::send_video) are
@@ -128,12 +203,57 @@ impl MediaPath {
         let Some(enc) = self.encoder.as_mut() else {
             return Ok(false);
         };
-        let Some(frame) = enc.encode(picture)? else {
+        // The codec's own CPU time, for the stats and the ladder's CPU check: a measurement,
+        // not protocol time.
+        let started = Instant::now();
+        let encoded = enc.encode(picture);
+        self.video_stats.total_encode_time += started.elapsed().as_secs_f64();
+        let Some(frame) = encoded? else {
+            self.video_stats.frames_skipped_by_encoder += 1;
             return Ok(false);
         };
+        self.send_encoded_video(now, &frame);
+        Ok(true)
+    }
+
+    /// Sends one already-encoded frame (an H.264 Annex B access unit from the application's
+    /// own codec, or from the path's encoder).
+    pub fn send_encoded_video(&mut self, now: Instant, frame: &EncodedVideoFrame) {
+        self.video_stats.frames_encoded += 1;
+        self.video_stats.key_frames_encoded += u64::from(frame.keyframe);
         self.session.send_video(now, &frame.data, frame.keyframe);
         self.protect_transmits();
-        Ok(true)
+    }
+
+    /// Sets the encoder's bitrate and frame rate from now on (the sender's ladder decides
+    /// them); the engine's video targets no longer go to the encoder by themselves.
+    pub fn set_video_rates(&mut self, bps: u32, fps: f32) {
+        self.ladder_rates = true;
+        self.video_fps = fps;
+        if let Some(enc) = self.encoder.as_mut() {
+            enc.set_rates(bps, fps);
+        }
+    }
+
+    /// Makes the path's encoder send a keyframe next (video resumes after a pause, the camera
+    /// came back on).
+    pub fn force_keyframe(&mut self) {
+        if let Some(enc) = self.encoder.as_mut() {
+            enc.request_keyframe();
+        }
+    }
+
+    /// Asks the peer for a keyframe of its video (PLI), rate-limited by the engine: for an
+    /// application whose own decoder lost its reference.
+    pub fn request_keyframe(&mut self, now: Instant) {
+        self.video_stats.keyframe_requests_sent += 1;
+        self.session.request_keyframe(now);
+        self.protect_transmits();
+    }
+
+    /// Counters of the video codecs.
+    pub fn video_stats(&self) -> VideoCodecStats {
+        self.video_stats
     }
 
     /// The next decoded picture received, in order; its `capture_time` is the instant the
@@ -146,32 +266,53 @@ impl MediaPath {
     /// keyframe when the decoder lost its reference), forces a keyframe when the peer asks,
     /// applies the video bitrate. Other events wait for [`poll_event`](Self::poll_event).
     fn run_codecs(&mut self, now: Instant) {
-        if self.encoder.is_none() && self.decoder.is_none() {
-            return;
-        }
         while let Some(event) = self.session.poll_event() {
             match event {
+                Event::Audio(playout) if self.audio_codec.is_some() => {
+                    let Some(codec) = self.audio_codec.as_mut() else {
+                        continue;
+                    };
+                    let mut pcm = Vec::with_capacity(FRAME_SAMPLES);
+                    // Filler to build delay is not a frame of the stream.
+                    if let Some(source) = play(codec, playout, &mut pcm) {
+                        self.played.push_back(AudioFrame { pcm, source });
+                    }
+                }
                 Event::Video(frame) if self.decoder.is_some() => {
                     let Some(dec) = self.decoder.as_mut() else {
                         continue;
                     };
-                    match dec.decode(&frame.data, now) {
-                        Ok(Some(picture)) => self.decoded.push_back(picture),
+                    let started = Instant::now();
+                    let decoded = dec.decode(&frame.data, now);
+                    self.video_stats.total_decode_time += started.elapsed().as_secs_f64();
+                    match decoded {
+                        Ok(Some(picture)) => {
+                            self.video_stats.frames_decoded += 1;
+                            self.video_stats.key_frames_decoded += u64::from(frame.keyframe);
+                            self.decoded.push_back(picture);
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             debug!(error = %e, "video frame not decoded; asking for a keyframe");
+                            self.video_stats.frames_dropped += 1;
+                            self.video_stats.keyframe_requests_sent += 1;
                             self.session.request_keyframe(now);
                         }
                     }
                 }
                 Event::KeyframeRequested => {
+                    self.video_stats.keyframe_requests_received += 1;
                     if let Some(enc) = self.encoder.as_mut() {
                         enc.request_keyframe();
                     }
                     self.pending.push_back(Event::KeyframeRequested);
                 }
                 Event::EncoderTarget(t) => {
-                    if let Some(enc) = self.encoder.as_mut() {
+                    if let Some(codec) = self.audio_codec.as_mut() {
+                        codec.set_bitrate(t.audio_bps);
+                        codec.set_fec(t.inband_fec, t.expected_loss_percent);
+                    }
+                    if let Some(enc) = self.encoder.as_mut().filter(|_| !self.ladder_rates) {
                         if !t.audio_only && t.video_bps > 0 {
                             enc.set_rates(t.video_bps, self.video_fps);
                         }
@@ -272,6 +413,34 @@ impl MediaPath {
     }
 }
 
+/// Runs the decoder for one playout action, leaving one frame of PCM in `pcm`; `None` for
+/// [`Playout::Stretch`], which is not a frame of the stream. A packet the decoder refuses (or
+/// a short frame) still takes its 20 ms: it is concealed (or silent), so playout keeps its
+/// timing and the application never gets an empty frame.
+fn play(codec: &mut OpusCodec, playout: Playout, pcm: &mut Vec<i16>) -> Option<FrameSource> {
+    pcm.clear();
+    let (decoded, source) = match playout {
+        Playout::Frame { payload, .. } => (codec.decode(&payload, pcm), FrameSource::Decoded),
+        Playout::Fec { next_payload, .. } => {
+            (codec.decode_fec(&next_payload, pcm), FrameSource::Fec)
+        }
+        Playout::Conceal { .. } => (codec.conceal(pcm), FrameSource::Concealed),
+        Playout::Stretch { .. } => return None,
+    };
+    match decoded {
+        Ok(n) if n == FRAME_SAMPLES => Some(source),
+        other => {
+            debug!(result = ?other, "audio frame not decoded; concealed");
+            pcm.clear();
+            if codec.conceal(pcm).is_err() {
+                pcm.clear();
+            }
+            pcm.resize(FRAME_SAMPLES, 0);
+            Some(FrameSource::Concealed)
+        }
+    }
+}
+
 /// RTP and RTCP share the path (RFC 5761): RTCP packet types 192–223 sit where an RTP packet has
 /// its marker bit and payload type.
 fn is_rtcp(packet: &[u8]) -> bool {
@@ -352,6 +521,65 @@ mod tests {
         bob.handle_datagram(t0, good.clone()).unwrap();
         assert!(bob.handle_datagram(t0, good).is_err(), "replay refused");
         assert_eq!(bob.stats().unprotect_failures, 2);
+    }
+
+    #[test]
+    fn a_refused_packet_still_plays_a_whole_frame() {
+        use hush_media::jitter::Recovery;
+        let mut codec = OpusCodec::new(1, 20, 32_000).expect("codec");
+        // Code 3 (several frames) with a frame count of zero: invalid (RFC 6716 §3.2.5).
+        let bad = vec![0x03, 0x00];
+        assert!(codec.decode(&bad, &mut Vec::new()).is_err());
+        let mut pcm = Vec::new();
+        let frame = Playout::Frame {
+            timestamp: 0,
+            payload: bad,
+            recovery: Recovery::None,
+            shorten: std::time::Duration::ZERO,
+        };
+        assert_eq!(
+            play(&mut codec, frame, &mut pcm),
+            Some(FrameSource::Concealed)
+        );
+        assert_eq!(pcm.len(), FRAME_SAMPLES);
+        // Filler is not a frame.
+        let stretch = Playout::Stretch {
+            duration: std::time::Duration::from_millis(5),
+        };
+        assert_eq!(play(&mut codec, stretch, &mut pcm), None);
+    }
+
+    /// PCM in on one side, PCM out on the other, through Opus, the engine and SRTP in one path
+    /// per direction.
+    #[test]
+    fn pcm_goes_through_codec_engine_and_srtp_in_one_path() {
+        let (ak, bk) = test_keys();
+        let t0 = Instant::now();
+        let config = SessionConfig::default();
+        let mut alice = MediaPath::new(&ak, config.clone(), t0).unwrap();
+        let mut bob = MediaPath::new(&bk, config.mirrored(), t0).unwrap();
+        alice.set_audio_codec(OpusCodec::new(1, 20, 32_000).unwrap());
+        bob.set_audio_codec(OpusCodec::new(1, 20, 32_000).unwrap());
+        let mut decoded = 0;
+        // 50 frames sent, then half a second more for the jitter buffer to play them out.
+        for n in 0..75u32 {
+            let now = t0 + std::time::Duration::from_millis(u64::from(n) * 20);
+            let pcm: Vec<i16> = (0..960u32)
+                .map(|i| ((f64::from(n * 960 + i) * 0.0575).sin() * 8000.0) as i16)
+                .collect();
+            if n < 50 {
+                assert!(alice.send_pcm(now, &pcm).unwrap() > 0);
+            }
+            while let Some(d) = alice.poll_datagram() {
+                bob.handle_datagram(now, d).unwrap();
+            }
+            bob.handle_timeout(now);
+            while let Some(f) = bob.poll_audio() {
+                assert_eq!(f.pcm.len(), FRAME_SAMPLES);
+                decoded += usize::from(f.source == FrameSource::Decoded);
+            }
+        }
+        assert!(decoded >= 48, "{decoded} of 50 frames decoded");
     }
 
     #[test]

@@ -16,13 +16,11 @@ use hush_signaling::{
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::call::{Call, CallEvent, IncomingCall};
+use super::call::{Call, CallEvent, CallVideo, IncomingCall};
 use super::group::{self, GroupCall, GroupCallEvent, SfuInfo};
-use super::media::{MediaCommand, MediaTask};
-use super::{ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
-use crate::machine::{
-    CallId, CallMachine, CallState, Event, HangupReason, Output, PeerId, Side, Signal,
-};
+use super::media::{MediaCommand, MediaTask, VideoTask};
+use super::{video_session, CallOptions, ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
+use crate::machine::{CallId, CallMachine, CallState, Event, Output, PeerId, Side, Signal};
 use crate::Error;
 
 /// What the machine carries opaquely for the actor.
@@ -47,6 +45,19 @@ struct Current {
     remote_generation: u32,
     /// An ICE restart is under way: the next selected path is reported as a path change.
     restarting: bool,
+    /// Sequence number of the last [`MediaState`](hush_signaling::MediaState) we sent.
+    local_seq: u64,
+    /// The peer's last applied media state.
+    remote: RemoteMedia,
+}
+
+/// What the peer last told us it sends.
+#[derive(Clone, Copy, Debug)]
+struct RemoteMedia {
+    seq: u64,
+    muted: bool,
+    video_on: bool,
+    video_paused: bool,
 }
 
 /// The channels between the actor, the [`Client`](super::Client) and the call tasks.
@@ -66,8 +77,9 @@ pub(super) struct Actor<T, B: Backend> {
     incoming_tx: mpsc::UnboundedSender<IncomingCall>,
     events_tx: mpsc::Sender<ClientEvent>,
     current: Option<Current>,
-    /// The validated offer of the call ringing here, kept for the answer.
-    ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>)>,
+    /// The validated offer of the call ringing here, kept for the answer, and whether it
+    /// offered video.
+    ringing_offer: Option<(CallId, IncomingOffer, Option<IceParameters>, bool)>,
     transport_open: bool,
     /// Group calls on this device, by call id: where their members' sender keys go.
     group_keys: std::collections::HashMap<[u8; 16], mpsc::UnboundedSender<group::KeyFrom>>,
@@ -146,13 +158,37 @@ where
 
     async fn on_command(&mut self, c: Command) {
         match c {
-            Command::Call(peer, reply) => {
-                let r = self.place_call(peer).await;
+            Command::Call(peer, options, reply) => {
+                let r = self.place_call(peer, options).await;
                 let _ = reply.send(r);
             }
-            Command::Accept(id, reply) => {
-                let r = self.accept(id).await;
+            Command::Accept(id, options, reply) => {
+                let r = self.accept(id, options).await;
                 let _ = reply.send(r);
+            }
+            Command::SendMediaState {
+                call_id,
+                audio_muted,
+                video_on,
+                video_paused,
+            } => {
+                let Some(peer) = self.peer_of(call_id) else {
+                    return;
+                };
+                let Some(cur) = self.current.as_mut().filter(|c| c.id == call_id) else {
+                    return;
+                };
+                cur.local_seq += 1;
+                let message = CallMessage::MediaState(hush_signaling::MediaState {
+                    call_id: call_id.into(),
+                    seq: cur.local_seq,
+                    audio_muted,
+                    video_on,
+                    video_paused,
+                });
+                if let Err(e) = self.signaling.send(peer, message).await {
+                    warn!(error = %e, "could not send the media state");
+                }
             }
             Command::Reject(id) => {
                 self.ringing_offer = None;
@@ -254,13 +290,13 @@ where
         }
     }
 
-    async fn place_call(&mut self, peer: DeviceId) -> Result<Call, Error> {
+    async fn place_call(&mut self, peer: DeviceId, options: CallOptions) -> Result<Call, Error> {
         // Calling the device whose call rings here right now: both users want to talk, so
         // this is an accept (the other half of glare, when its offer won the race).
         if let Some((id, Side::Callee, CallState::Ringing)) = self.machine.active() {
             if self.machine.active_peer() == Some(&peer_id(&peer)) {
                 info!(call = ?id, "calling the device that is ringing us: accepting its call");
-                return self.accept(id).await;
+                return self.accept(id, options).await;
             }
         }
         if self.machine.active().is_some() {
@@ -273,15 +309,24 @@ where
             .device()
             .calls()
             .offer(&identity, &mut rand::rng());
-        let id = CallId(*offer.call_id().as_bytes());
+        let id = CallId::from(*offer.call_id().as_bytes());
         let net = start_net(&self.config, Role::Controlling).await?;
         let creds = net.credentials.clone();
-        let (call, mut current) = self.start_media(id, peer, net, self.config.media.clone());
+        let (session, video) = if options.video {
+            (video_session(&self.config.media), Some(options))
+        } else {
+            (self.config.media.clone(), None)
+        };
+        let (call, mut current) = self.start_media(id, peer, net, session, video);
         current.pending = Some(pending);
         self.current = Some(current);
         let message = hush_signaling::Offer {
-            call_id: id.0,
-            media: CallMedia::Audio,
+            call_id: id.into(),
+            media: if options.video {
+                CallMedia::Video
+            } else {
+                CallMedia::Audio
+            },
             key_agreement: offer.encode(),
             ice: Some(ice_parameters(creds)),
         };
@@ -296,12 +341,14 @@ where
         Ok(call)
     }
 
-    async fn accept(&mut self, id: CallId) -> Result<Call, Error> {
+    async fn accept(&mut self, id: CallId, options: CallOptions) -> Result<Call, Error> {
         let ringing =
             matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id);
         let peer = self.machine.active_peer().and_then(device_id);
-        let offer = self.ringing_offer.take().filter(|(o, _, _)| *o == id);
-        let (Some(peer), Some((_, incoming, remote_ice)), true) = (peer, offer, ringing) else {
+        let offer = self.ringing_offer.take().filter(|(o, _, _, _)| *o == id);
+        let (Some(peer), Some((_, incoming, remote_ice, offered_video)), true) =
+            (peer, offer, ringing)
+        else {
             return Err(Error::CallEnded);
         };
         let net = start_net(&self.config, Role::Controlled).await?;
@@ -309,7 +356,13 @@ where
         // The keys exist from here on, and only because the user accepted.
         let (answer, keys) = incoming.accept(&mut rand::rng())?;
         let suite = keys.suite.name();
-        let (call, current) = self.start_media(id, peer, net, self.config.media.mirrored());
+        // A video offer gets video streams whatever the camera: it can come on later.
+        let (session, video) = if offered_video {
+            (video_session(&self.config.media).mirrored(), Some(options))
+        } else {
+            (self.config.media.mirrored(), None)
+        };
+        let (call, current) = self.start_media(id, peer, net, session, video);
         *current.suite.lock().unwrap_or_else(|e| e.into_inner()) = suite;
         let _ = current.media.send(MediaCommand::Keys(Box::new(keys)));
         if let Some(ice) = remote_ice {
@@ -321,7 +374,7 @@ where
         }
         self.current = Some(current);
         let message = hush_signaling::Answer {
-            call_id: id.0,
+            call_id: id.into(),
             key_agreement: answer.encode(),
             ice: Some(ice_parameters(creds)),
         };
@@ -362,7 +415,7 @@ where
             let candidates = std::mem::replace(&mut rest, tail);
             let last = rest.is_empty();
             let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
-                call_id: id.0,
+                call_id: id.into(),
                 generation,
                 candidates,
                 end_of_candidates: complete && last,
@@ -390,7 +443,7 @@ where
         cur.restarting = true;
         info!(call = ?id, generation = cur.generation, "ICE restarted; sending new credentials");
         let message = CallMessage::IceCandidates(hush_signaling::IceCandidates {
-            call_id: id.0,
+            call_id: id.into(),
             generation: cur.generation,
             candidates: Vec::new(),
             end_of_candidates: false,
@@ -500,11 +553,22 @@ where
         peer: DeviceId,
         net: Started,
         session: hush_media::SessionConfig,
+        video: Option<CallOptions>,
     ) -> (Call, Current) {
         let (media_tx, media_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(256);
         let suite = Arc::new(StdMutex::new(""));
+        // A few pictures of slack (about 130 ms at 30 fps): a slower application loses
+        // pictures rather than seeing old ones late.
+        let (decoded_tx, decoded_rx) = mpsc::channel(VIDEO_BACKLOG);
+        let (encoded_tx, encoded_rx) = mpsc::channel(VIDEO_BACKLOG);
+        let call_video = video.map(|o| CallVideo {
+            encoded: o.encoded_video,
+            decoded: Mutex::new(decoded_rx),
+            encoded_frames: Mutex::new(encoded_rx),
+        });
+        let link = &self.config.simulated_link;
         let task = MediaTask {
             call_id: id,
             net,
@@ -516,6 +580,15 @@ where
                 .config
                 .simulated_link
                 .sim_config(self.config.simulated_send_loss),
+            link_steps: link.bandwidth_steps.clone(),
+            link_queue: link.queue_delay(),
+            video: video.map(|o| VideoTask {
+                camera_on: o.video,
+                encoded: o.encoded_video,
+                decoded_out: decoded_tx,
+                encoded_out: encoded_tx,
+            }),
+            events: events_tx.clone(),
         };
         tokio::spawn(task.run().instrument(info_span!("hush_media", call = ?id)));
         let call = Call {
@@ -525,6 +598,7 @@ where
             media: media_tx.clone(),
             events: Mutex::new(events_rx),
             audio: Mutex::new(audio_rx),
+            video: call_video,
             suite: suite.clone(),
         };
         let current = Current {
@@ -537,6 +611,13 @@ where
             generation: 0,
             remote_generation: 0,
             restarting: false,
+            local_seq: 0,
+            remote: RemoteMedia {
+                seq: 0,
+                muted: false,
+                video_on: video.is_some(),
+                video_paused: false,
+            },
         };
         (call, current)
     }
@@ -553,10 +634,11 @@ where
         let from = peer_id(&m.from);
         let signal = match m.message {
             CallMessage::Offer(offer) => {
-                let id = CallId(offer.call_id);
+                let id = CallId::from(offer.call_id);
                 match self.validate_offer(&m.from, &offer) {
                     Ok(incoming) => {
                         let ice = offer.ice.clone();
+                        let offer_video = offer.media == CallMedia::Video;
                         self.machine.handle_signal(
                             Instant::now(),
                             &from,
@@ -568,7 +650,7 @@ where
                         // Keep the offer only if it rings now (not busy, not a lost glare).
                         if matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id)
                         {
-                            self.ringing_offer = Some((id, incoming, ice));
+                            self.ringing_offer = Some((id, incoming, ice, offer_video));
                         }
                     }
                     Err(e) => warn!(error = %e, "offer refused"),
@@ -576,25 +658,29 @@ where
                 return;
             }
             CallMessage::Answer(a) => Signal::Answer {
-                call_id: CallId(a.call_id),
+                call_id: a.call_id.into(),
                 payload: Payload::Answer(a),
             },
             CallMessage::IceCandidates(c) => Signal::IceCandidates {
-                call_id: CallId(c.call_id),
+                call_id: c.call_id.into(),
                 payload: Payload::Candidates(c),
             },
             CallMessage::Hangup(h) => Signal::Hangup {
-                call_id: CallId(h.call_id),
-                reason: hangup_from_wire(h.reason),
+                call_id: h.call_id.into(),
+                reason: h.reason.into(),
             },
             CallMessage::Busy { call_id } => Signal::Busy {
-                call_id: CallId(call_id),
+                call_id: call_id.into(),
             },
             CallMessage::Ringing { call_id } => Signal::Ringing {
-                call_id: CallId(call_id),
+                call_id: call_id.into(),
             },
             CallMessage::GroupInvite(invite) => {
                 self.group_invite(m.from, &invite);
+                return;
+            }
+            CallMessage::MediaState(state) => {
+                self.remote_media_state(&from, state);
                 return;
             }
             CallMessage::GroupKey(key) => {
@@ -616,6 +702,44 @@ where
             }
         };
         self.machine.handle_signal(Instant::now(), &from, signal);
+    }
+
+    /// The peer's microphone/camera state: applied if it is for the active call, from its
+    /// peer, and newer than the last; the app hears of each change.
+    fn remote_media_state(&mut self, from: &PeerId, state: hush_signaling::MediaState) {
+        let id = CallId::from(state.call_id);
+        if self.machine.active_peer() != Some(from) {
+            debug!("media state from a device not in the call");
+            return;
+        }
+        let Some(cur) = self.current.as_mut().filter(|c| c.id == id) else {
+            return;
+        };
+        if state.seq <= cur.remote.seq {
+            debug!(seq = state.seq, "stale media state ignored");
+            return;
+        }
+        let old = cur.remote;
+        cur.remote = RemoteMedia {
+            seq: state.seq,
+            muted: state.audio_muted,
+            video_on: state.video_on,
+            video_paused: state.video_paused,
+        };
+        if old.muted != state.audio_muted {
+            let _ = cur.events.send(CallEvent::RemoteMuted(state.audio_muted));
+        }
+        if old.video_on != state.video_on {
+            let _ = cur.events.send(CallEvent::RemoteVideo(state.video_on));
+        }
+        if old.video_paused != state.video_paused {
+            let _ = cur
+                .events
+                .send(CallEvent::RemoteVideoPaused(state.video_paused));
+        }
+        let _ = cur.media.send(MediaCommand::RemoteVideo(
+            state.video_on && !state.video_paused,
+        ));
     }
 
     /// Checks an offer's key agreement against the Signal session it arrived on, before the
@@ -674,15 +798,17 @@ where
                 call_id,
                 peer,
                 replaces_outgoing,
-                ..
+                offer,
             } => {
                 let Some(peer) = device_id(&peer) else {
                     return;
                 };
+                let video = matches!(&offer, Payload::Offer(o) if o.media == CallMedia::Video);
                 let _ = self.incoming_tx.send(IncomingCall {
                     id: call_id,
                     peer,
                     replaces_outgoing,
+                    video,
                     actor: self.self_tx.clone(),
                 });
             }
@@ -729,7 +855,7 @@ where
                 if self
                     .ringing_offer
                     .as_ref()
-                    .is_some_and(|(id, _, _)| *id == call_id)
+                    .is_some_and(|(id, _, _, _)| *id == call_id)
                 {
                     self.ringing_offer = None;
                 }
@@ -782,6 +908,9 @@ where
     }
 }
 
+/// Decoded (or encoded) pictures waiting for the application before new ones are dropped.
+const VIDEO_BACKLOG: usize = 4;
+
 /// Starts the ICE driver for one call (it binds sockets and begins gathering).
 async fn start_net(config: &ClientConfig, role: Role) -> Result<Started, Error> {
     let start = hush_net::driver::start(config.net.clone(), role, config.bind.clone());
@@ -818,26 +947,6 @@ fn ice_parameters(c: IceCredentials) -> IceParameters {
     }
 }
 
-fn hangup_to_wire(r: HangupReason) -> hush_signaling::HangupReason {
-    match r {
-        HangupReason::Declined => hush_signaling::HangupReason::Declined,
-        HangupReason::Busy => hush_signaling::HangupReason::Busy,
-        HangupReason::Timeout => hush_signaling::HangupReason::Timeout,
-        HangupReason::AcceptedElsewhere => hush_signaling::HangupReason::AcceptedElsewhere,
-        _ => hush_signaling::HangupReason::Normal,
-    }
-}
-
-fn hangup_from_wire(r: hush_signaling::HangupReason) -> HangupReason {
-    match r {
-        hush_signaling::HangupReason::Declined => HangupReason::Declined,
-        hush_signaling::HangupReason::Busy => HangupReason::Busy,
-        hush_signaling::HangupReason::Timeout => HangupReason::Timeout,
-        hush_signaling::HangupReason::AcceptedElsewhere => HangupReason::AcceptedElsewhere,
-        _ => HangupReason::Normal,
-    }
-}
-
 fn to_wire(signal: Signal<Payload>) -> CallMessage {
     match signal {
         Signal::Offer {
@@ -852,18 +961,22 @@ fn to_wire(signal: Signal<Payload>) -> CallMessage {
             payload: Payload::Candidates(c),
             ..
         } => CallMessage::IceCandidates(c),
-        Signal::Ringing { call_id } => CallMessage::Ringing { call_id: call_id.0 },
-        Signal::Busy { call_id } => CallMessage::Busy { call_id: call_id.0 },
+        Signal::Ringing { call_id } => CallMessage::Ringing {
+            call_id: call_id.into(),
+        },
+        Signal::Busy { call_id } => CallMessage::Busy {
+            call_id: call_id.into(),
+        },
         Signal::Hangup { call_id, reason } => CallMessage::Hangup(hush_signaling::Hangup {
-            call_id: call_id.0,
-            reason: hangup_to_wire(reason),
+            call_id: call_id.into(),
+            reason: reason.into(),
         }),
         // A payload that does not match its message kind cannot be built by the actor; send a
         // hangup for that call rather than panic.
         Signal::Offer { call_id, .. }
         | Signal::Answer { call_id, .. }
         | Signal::IceCandidates { call_id, .. } => CallMessage::Hangup(hush_signaling::Hangup {
-            call_id: call_id.0,
+            call_id: call_id.into(),
             reason: hush_signaling::HangupReason::Normal,
         }),
     }

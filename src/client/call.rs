@@ -6,7 +6,10 @@ use hush_net::CandidateKind;
 use hush_signaling::DeviceId;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use hush_media::video::{EncodedVideoFrame, I420Frame};
+
 use super::media::{MediaCommand, MediaStats};
+use super::video::VideoStats;
 use super::Command;
 use crate::machine::{CallId, EndReason};
 use crate::Error;
@@ -38,6 +41,24 @@ pub enum CallEvent {
         /// The new identity key, when the message carried one.
         new_identity: Option<hush_crypto::IdentityKey>,
     },
+    /// The peer muted (`true`) or unmuted its microphone. A muted side sends no audio
+    /// packets; the silence is not loss.
+    RemoteMuted(bool),
+    /// The peer turned its camera on (`true`) or off. With the camera off it sends no video
+    /// packets; the gap is not a freeze.
+    RemoteVideo(bool),
+    /// The peer's video paused (`true`) because the link is too thin for it (audio-only
+    /// fallback), or resumed (`false`). It resumes by itself when the link recovers.
+    RemoteVideoPaused(bool),
+    /// This side's video paused: the link is too thin; the call goes on audio-only and sends
+    /// no video until the estimate has recovered for a while.
+    LocalVideoPaused,
+    /// This side's video resumed after [`LocalVideoPaused`](Self::LocalVideoPaused).
+    LocalVideoResumed,
+    /// The peer needs a keyframe of our video. Only with an application codec
+    /// ([`CallOptions::encoded_video`](super::CallOptions::encoded_video)): make the next
+    /// frame an IDR. hush's own encoder handles it by itself.
+    KeyframeRequested,
     /// The call ended. Its keys are destroyed.
     Ended(EndReason),
 }
@@ -75,6 +96,24 @@ pub struct CallStats {
     /// The media engine's quality statistics (jitter, loss before and after recovery, RTT,
     /// bitrate); `None` before keys exist. `to_prometheus` renders them for scraping.
     pub quality: Option<hush_media::QualityStats>,
+    /// Video figures; `None` for a call without video.
+    pub video: Option<VideoStats>,
+}
+
+impl CallStats {
+    /// The quality and video figures in Prometheus text format (`hush_*` and `hush_video_*`
+    /// series); `labels` goes in every sample, e.g. `call="42"` (`""` for none).
+    pub fn to_prometheus(&self, labels: &str) -> String {
+        let mut out = self
+            .quality
+            .as_ref()
+            .map(|q| q.to_prometheus(labels))
+            .unwrap_or_default();
+        if let Some(v) = &self.video {
+            out.push_str(&v.to_prometheus(labels));
+        }
+        out
+    }
 }
 
 /// An established or establishing call. Dropping it does not end the call; call
@@ -87,7 +126,16 @@ pub struct Call {
     pub(super) media: mpsc::UnboundedSender<MediaCommand>,
     pub(super) events: Mutex<mpsc::UnboundedReceiver<CallEvent>>,
     pub(super) audio: Mutex<mpsc::Receiver<AudioFrame>>,
+    pub(super) video: Option<CallVideo>,
     pub(super) suite: Arc<StdMutex<&'static str>>,
+}
+
+/// The receiving ends of a video call's pictures.
+#[derive(Debug)]
+pub(super) struct CallVideo {
+    pub(super) encoded: bool,
+    pub(super) decoded: Mutex<mpsc::Receiver<I420Frame>>,
+    pub(super) encoded_frames: Mutex<mpsc::Receiver<EncodedVideoFrame>>,
 }
 
 impl Call {
@@ -120,7 +168,86 @@ impl Call {
         self.audio.lock().await.recv().await
     }
 
-    /// Stops (or resumes) sending audio. Muted frames are not encoded or sent.
+    /// Whether the call carries video (it was placed or accepted with
+    /// [`CallOptions::video`](super::CallOptions::video) offered).
+    pub fn has_video(&self) -> bool {
+        self.video.is_some()
+    }
+
+    fn video(&self, encoded: bool) -> Result<&CallVideo, Error> {
+        match &self.video {
+            Some(v) if v.encoded == encoded => Ok(v),
+            Some(_) => Err(Error::VideoMode),
+            None => Err(Error::NoVideo),
+        }
+    }
+
+    /// Sends one camera picture. hush encodes it (H.264, OpenH264) at the resolution and frame
+    /// rate the link allows now: pictures larger than the ladder's rung are scaled down, and
+    /// ones beyond its frame rate skipped. Nothing goes out with the camera off, while video is
+    /// paused for bandwidth, or before the callee accepted. Give pictures at the camera's
+    /// pace, with their capture time.
+    pub fn send_video(&self, picture: I420Frame) -> Result<(), Error> {
+        self.video(false)?;
+        self.media
+            .send(MediaCommand::Video(Box::new(picture)))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// The next decoded picture from the peer; its `capture_time` is when it was decoded, the
+    /// time to render it. `None` after the call ended. Pictures the application does not take
+    /// in time are dropped (counted in [`VideoStats::frames_dropped`]).
+    pub async fn recv_video(&self) -> Option<I420Frame> {
+        let v = self.video(false).ok()?;
+        v.decoded.lock().await.recv().await
+    }
+
+    /// A decoded picture if one is waiting, without waiting.
+    pub fn try_recv_video(&self) -> Option<I420Frame> {
+        let v = self.video(false).ok()?;
+        v.decoded.try_lock().ok()?.try_recv().ok()
+    }
+
+    /// Sends one encoded access unit (H.264 Annex B) from the application's own encoder
+    /// ([`CallOptions::encoded_video`](super::CallOptions::encoded_video)). Follow
+    /// [`CallEvent::KeyframeRequested`]; the bitrate to aim for is in [`Call::stats`]
+    /// (`media.target_bps`, less the audio).
+    pub fn send_encoded_video(&self, frame: EncodedVideoFrame) -> Result<(), Error> {
+        self.video(true)?;
+        self.media
+            .send(MediaCommand::EncodedVideo(Box::new(frame)))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// The next encoded access unit from the peer (application codec), with the picture size
+    /// from the stream's latest sequence parameter set and the time it was received.
+    pub async fn recv_encoded_video(&self) -> Option<EncodedVideoFrame> {
+        let v = self.video(true).ok()?;
+        v.encoded_frames.lock().await.recv().await
+    }
+
+    /// Asks the peer for a keyframe (PLI), for an application decoder that lost its reference.
+    /// Rate-limited. hush's own decoder asks by itself.
+    pub fn request_keyframe(&self) -> Result<(), Error> {
+        self.video(true)?;
+        self.media
+            .send(MediaCommand::RequestKeyframe)
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// Turns the camera off (`false`: no video packets at all, not black frames) or back on
+    /// (the next frame is a keyframe). The peer is told ([`CallEvent::RemoteVideo`]).
+    pub fn set_camera(&self, on: bool) -> Result<(), Error> {
+        if self.video.is_none() {
+            return Err(Error::NoVideo);
+        }
+        self.media
+            .send(MediaCommand::Camera(on))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// Stops (or resumes) sending audio. Muted frames are not encoded or sent, and the peer
+    /// is told ([`CallEvent::RemoteMuted`]).
     pub fn mute(&self, muted: bool) -> Result<(), Error> {
         self.media
             .send(MediaCommand::Mute(muted))
@@ -133,13 +260,14 @@ impl Call {
         self.media
             .send(MediaCommand::Stats(tx))
             .map_err(|_| Error::CallEnded)?;
-        let (path, media, quality) = rx.await.map_err(|_| Error::CallEnded)?;
+        let (path, media, quality, video) = rx.await.map_err(|_| Error::CallEnded)?;
         let suite = *self.suite.lock().unwrap_or_else(|e| e.into_inner());
         Ok(CallStats {
             suite,
             path,
             media,
             quality,
+            video,
         })
     }
 
@@ -173,6 +301,7 @@ pub struct IncomingCall {
     pub(super) id: CallId,
     pub(super) peer: DeviceId,
     pub(super) replaces_outgoing: bool,
+    pub(super) video: bool,
     pub(super) actor: mpsc::UnboundedSender<Command>,
 }
 
@@ -193,11 +322,25 @@ impl IncomingCall {
         self.replaces_outgoing
     }
 
-    /// Accepts: derives the call's keys, answers, and starts connecting.
+    /// Whether the caller offered video.
+    pub fn video(&self) -> bool {
+        self.video
+    }
+
+    /// Accepts: derives the call's keys, answers, and starts connecting. A video call starts
+    /// with the camera on; see [`accept_with`](Self::accept_with).
     pub async fn accept(self) -> Result<Call, Error> {
+        let options = super::CallOptions::default().with_video(self.video);
+        self.accept_with(options).await
+    }
+
+    /// Accepts with these options. On a call offered with video, `options.video == false`
+    /// answers with the camera off (the peer is told; turn it on later with
+    /// [`Call::set_camera`]). A call offered audio-only stays audio-only.
+    pub async fn accept_with(self, options: super::CallOptions) -> Result<Call, Error> {
         let (tx, rx) = oneshot::channel();
         self.actor
-            .send(Command::Accept(self.id, tx))
+            .send(Command::Accept(self.id, options, tx))
             .map_err(|_| Error::ClientClosed)?;
         rx.await.map_err(|_| Error::ClientClosed)?
     }

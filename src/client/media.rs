@@ -1,53 +1,25 @@
-//! The per-call media task: the ICE connection (`hush-net` driver), the [`MediaPath`] once keys
-//! exist, and the Opus codec between PCM and the media engine.
+//! The per-call media task: the ICE connection (`hush-net` driver) and, once keys exist, the
+//! [`MediaPath`] holding the codecs (Opus, H.264), the media engine and SRTP, one straight path
+//! per direction. The task also decides which camera pictures reach the path (camera, the
+//! audio-only fallback, the ladder's size and frame rate; see [`super::video`]).
 
 use std::time::Instant;
 
 use hush_crypto::MediaKeys;
-use hush_media::codec::{Codec, OpusCodec};
-use hush_media::jitter::Playout;
+use hush_media::codec::OpusCodec;
 use hush_media::sim::{NetSim, SimConfig, SimPacket};
+use hush_media::video::{sps_dimensions, EncodedVideoFrame, I420Frame};
 use hush_media::{Event as MediaEvent, QualityStats, SessionConfig};
 use hush_net::driver::Started;
 use hush_net::{CandidateKind, ConnectionState, Event as NetEvent, IceCredentials};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::call::{AudioFrame, FrameSource};
+use super::call::{AudioFrame, CallEvent, FrameSource};
+use super::video::{FreezeDetector, SendChange, VideoSender, VideoStats};
 use super::Command;
 use crate::machine::CallId;
 use crate::media_path::MediaPath;
-
-/// Samples in one 20 ms frame of 48 kHz mono audio.
-const FRAME_SAMPLES: usize = 960;
-
-/// Runs the decoder for one playout action, leaving one frame of PCM in `pcm`; `None` for
-/// [`Playout::Stretch`], which is not a frame of the stream. A packet the decoder refuses (or
-/// a short frame) still takes its 20 ms: it is concealed (or silent), so playout keeps its
-/// timing and the application never gets an empty frame.
-fn play(codec: &mut OpusCodec, playout: Playout, pcm: &mut Vec<i16>) -> Option<FrameSource> {
-    pcm.clear();
-    let (decoded, source) = match playout {
-        Playout::Frame { payload, .. } => (codec.decode(&payload, pcm), FrameSource::Decoded),
-        Playout::Fec { next_payload, .. } => {
-            (codec.decode_fec(&next_payload, pcm), FrameSource::Fec)
-        }
-        Playout::Conceal { .. } => (codec.conceal(pcm), FrameSource::Concealed),
-        Playout::Stretch { .. } => return None,
-    };
-    match decoded {
-        Ok(n) if n == FRAME_SAMPLES => Some(source),
-        other => {
-            debug!(result = ?other, "audio frame not decoded; concealed");
-            pcm.clear();
-            if codec.conceal(pcm).is_err() {
-                pcm.clear();
-            }
-            pcm.resize(FRAME_SAMPLES, 0);
-            Some(FrameSource::Concealed)
-        }
-    }
-}
 
 /// Commands from the actor and the [`Call`](super::Call) handle to the media task.
 #[derive(Debug)]
@@ -64,13 +36,31 @@ pub(crate) enum MediaCommand {
     Audio(Vec<i16>),
     /// Mute or unmute.
     Mute(bool),
+    /// One picture to send.
+    Video(Box<I420Frame>),
+    /// One encoded access unit to send (application codec).
+    EncodedVideo(Box<EncodedVideoFrame>),
+    /// Camera on or off.
+    Camera(bool),
+    /// The application's decoder needs a keyframe.
+    RequestKeyframe,
+    /// The peer's announced state: whether it sends video now (camera on and not paused).
+    RemoteVideo(bool),
     /// Report statistics.
-    Stats(oneshot::Sender<(Option<CandidateKind>, MediaStats, Option<QualityStats>)>),
+    Stats(oneshot::Sender<StatsReply>),
     /// The device's network changed: new sockets and an ICE restart.
     NetworkChanged(oneshot::Sender<Result<(), crate::Error>>),
     /// End: close ICE, destroy keys.
     Stop,
 }
+
+/// What the media task reports for [`Call::stats`](super::Call::stats).
+pub(crate) type StatsReply = (
+    Option<CandidateKind>,
+    MediaStats,
+    Option<QualityStats>,
+    Option<VideoStats>,
+);
 
 /// Media counters of a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -108,6 +98,26 @@ pub(crate) struct MediaTask {
     pub(crate) session: SessionConfig,
     /// Simulated impairments of outgoing datagrams (a test and demo knob), if any.
     pub(crate) send_link: Option<SimConfig>,
+    /// Bandwidth steps of the simulated link: from each offset after the keys, this cap.
+    pub(crate) link_steps: Vec<(std::time::Duration, Option<u64>)>,
+    /// Most queueing delay of the simulated bottleneck (its queue follows the rate steps).
+    pub(crate) link_queue: std::time::Duration,
+    /// Video, when the call negotiated it.
+    pub(crate) video: Option<VideoTask>,
+    /// The call's events, for the ones the media task raises.
+    pub(crate) events: mpsc::UnboundedSender<CallEvent>,
+}
+
+/// The video side of a call's media task.
+pub(crate) struct VideoTask {
+    /// The camera starts on.
+    pub(crate) camera_on: bool,
+    /// The application runs its own codec.
+    pub(crate) encoded: bool,
+    /// Decoded pictures to the application.
+    pub(crate) decoded_out: mpsc::Sender<I420Frame>,
+    /// Encoded frames to the application.
+    pub(crate) encoded_out: mpsc::Sender<EncodedVideoFrame>,
 }
 
 /// A protected datagram in the simulated send link, sized as on the wire.
@@ -130,14 +140,33 @@ struct CandidateBatch {
 
 struct State {
     path: Option<MediaPath>,
-    codec: OpusCodec,
+    /// The audio codec, until the path exists (it moves into the path).
+    codec: Option<OpusCodec>,
     stats: MediaStats,
     kind: Option<CandidateKind>,
     muted: bool,
-    pcm: Vec<i16>,
-    encoded: Vec<u8>,
     /// The simulated send link, when impairments are on.
     link: Option<NetSim<Datagram>>,
+    /// When the keys arrived (the simulated link's bandwidth steps count from here).
+    keyed_at: Option<Instant>,
+    next_step: usize,
+    video: Option<VideoState>,
+}
+
+struct VideoState {
+    task: VideoTask,
+    sender: VideoSender,
+    freezes: FreezeDetector,
+    /// The peer sends video now (camera on, not paused), as it last told us.
+    remote_on: bool,
+    /// Size of the peer's pictures, from its latest SPS (application codec).
+    remote_size: (u32, u32),
+    received_size: (u32, u32),
+    /// Frames the application did not take in time.
+    dropped_app: u64,
+    /// Frames handed on encoded (application codec).
+    encoded_delivered: u64,
+    encoded_keyframes: u64,
 }
 
 impl MediaTask {
@@ -152,18 +181,33 @@ impl MediaTask {
         };
         let mut st = State {
             path: None,
-            codec,
+            codec: Some(codec),
             stats: MediaStats::default(),
             kind: None,
             muted: false,
-            pcm: Vec::with_capacity(960),
-            encoded: Vec::with_capacity(400),
             link: self.send_link.take().map(NetSim::new),
+            keyed_at: None,
+            next_step: 0,
+            video: self.video.take().map(|task| VideoState {
+                sender: VideoSender::new(task.camera_on, 0),
+                task,
+                freezes: FreezeDetector::default(),
+                remote_on: true,
+                remote_size: (0, 0),
+                received_size: (0, 0),
+                dropped_app: 0,
+                encoded_delivered: 0,
+                encoded_keyframes: 0,
+            }),
         };
         loop {
+            let step_at = st
+                .keyed_at
+                .and_then(|k| self.link_steps.get(st.next_step).map(|(d, _)| k + *d));
             let deadline = [
                 st.path.as_ref().and_then(MediaPath::poll_timeout),
                 st.link.as_ref().and_then(NetSim::poll_timeout),
+                step_at,
             ]
             .into_iter()
             .flatten()
@@ -207,6 +251,7 @@ impl MediaTask {
                     if let Some(path) = st.path.as_mut() {
                         path.handle_timeout(Instant::now());
                     }
+                    self.step_link(&mut st);
                 }
             }
             self.drain(&mut st);
@@ -215,6 +260,28 @@ impl MediaTask {
         // Dropping the path drops the SRTP contexts, which zeroize their keys.
         drop(st.path.take());
         debug!(call_id = ?self.call_id, "media task ended");
+    }
+
+    /// Applies the simulated link's bandwidth steps that are due.
+    fn step_link(&self, st: &mut State) {
+        let Some(keyed) = st.keyed_at else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some((at, bps)) = self.link_steps.get(st.next_step) {
+            if now < keyed + *at {
+                break;
+            }
+            if let Some(link) = st.link.as_mut() {
+                debug!(bps = ?bps, "simulated link rate step");
+                link.set_rate(*bps);
+                if let Some(bps) = bps {
+                    let bytes = (*bps as f64 / 8.0 * self.link_queue.as_secs_f64()) as usize;
+                    link.set_queue_bytes(bytes.max(1500));
+                }
+            }
+            st.next_step += 1;
+        }
     }
 
     fn on_datagram(&self, st: &mut State, d: Vec<u8>) {
@@ -274,7 +341,29 @@ impl MediaTask {
             MediaCommand::Keys(keys) => {
                 match MediaPath::new(&keys, self.session.clone(), Instant::now()) {
                     // `keys` drops here: the SRTP contexts hold the only copies.
-                    Ok(path) => st.path = Some(path),
+                    Ok(mut path) => {
+                        if let Some(codec) = st.codec.take() {
+                            path.set_audio_codec(codec);
+                        }
+                        if let Some(v) = st.video.as_mut() {
+                            if !v.task.encoded {
+                                set_codecs(&mut path);
+                            }
+                            let start = path
+                                .session()
+                                .encoder_target()
+                                .map_or(0, |t| t.video_bps)
+                                .max((path.session().target_bps() / 2) as u32);
+                            v.sender = VideoSender::new(v.sender.camera_on, start);
+                        }
+                        st.path = Some(path);
+                        st.keyed_at = Some(Instant::now());
+                        // The peer assumes an unmuted microphone and, in a video call, a
+                        // camera that is on: tell it otherwise.
+                        if st.muted || st.video.as_ref().is_some_and(|v| !v.sender.camera_on) {
+                            self.announce(st);
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "could not key the media path");
                         let _ = self.actor.send(Command::NetFailed(self.call_id));
@@ -302,7 +391,49 @@ impl MediaTask {
                 let _ = reply.send(r.map(|_| ()).map_err(crate::Error::from));
             }
             MediaCommand::Audio(pcm) => self.send_audio(st, &pcm),
-            MediaCommand::Mute(m) => st.muted = m,
+            MediaCommand::Mute(m) => {
+                if st.muted != m {
+                    st.muted = m;
+                    self.announce(st);
+                }
+            }
+            MediaCommand::Video(picture) => self.send_video(st, &picture),
+            MediaCommand::EncodedVideo(frame) => self.send_encoded_video(st, &frame),
+            MediaCommand::Camera(on) => {
+                let Some(v) = st.video.as_mut() else {
+                    return;
+                };
+                if v.sender.camera_on == on {
+                    return;
+                }
+                v.sender.camera_on = on;
+                if on {
+                    if let Some(path) = st.path.as_mut() {
+                        path.force_keyframe();
+                    }
+                }
+                self.announce(st);
+            }
+            MediaCommand::RequestKeyframe => {
+                if let Some(path) = st.path.as_mut() {
+                    path.request_keyframe(Instant::now());
+                }
+            }
+            MediaCommand::RemoteVideo(on) => {
+                if let Some(v) = st.video.as_mut() {
+                    if v.remote_on && !on {
+                        v.freezes.gap();
+                    }
+                    if !v.remote_on && on {
+                        v.freezes.gap();
+                        // Its first frame back must be decodable on its own.
+                        if let Some(path) = st.path.as_mut() {
+                            path.request_keyframe(Instant::now());
+                        }
+                    }
+                    v.remote_on = on;
+                }
+            }
             MediaCommand::Stats(reply) => {
                 let now = Instant::now();
                 let mut quality = None;
@@ -312,7 +443,11 @@ impl MediaTask {
                     st.stats.rtt_ms = path.session().rtt().map(|r| r.as_secs_f64() * 1e3);
                     quality = Some(path.quality(now));
                 }
-                let _ = reply.send((st.kind, st.stats, quality));
+                let video = st
+                    .video
+                    .as_ref()
+                    .map(|v| video_stats(v, st.path.as_ref(), now));
+                let _ = reply.send((st.kind, st.stats, quality, video));
             }
             MediaCommand::Stop => {}
         }
@@ -326,15 +461,76 @@ impl MediaTask {
         if st.muted {
             return;
         }
-        st.encoded.clear();
-        match st.codec.encode(pcm, &mut st.encoded) {
-            Ok(()) => {
-                path.send_audio(Instant::now(), &st.encoded);
+        match path.send_pcm(Instant::now(), pcm) {
+            Ok(n) => {
                 st.stats.frames_sent += 1;
-                st.stats.audio_bytes_sent += st.encoded.len() as u64;
+                st.stats.audio_bytes_sent += n as u64;
             }
             Err(e) => debug!(error = %e, "encode failed"),
         }
+    }
+
+    /// Tells the peer (through the actor, sealed) what this side sends now.
+    fn announce(&self, st: &State) {
+        let (video_on, video_paused) = st
+            .video
+            .as_ref()
+            .map_or((false, false), |v| (v.sender.camera_on, v.sender.paused()));
+        let _ = self.actor.send(Command::SendMediaState {
+            call_id: self.call_id,
+            audio_muted: st.muted,
+            video_on,
+            video_paused,
+        });
+    }
+
+    /// Runs the ladder on the engine's current video rate and the peer's loss; reports a pause
+    /// or resume to the application and the peer.
+    fn update_ladder(&self, st: &mut State, now: Instant) {
+        let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
+            return;
+        };
+        let change = v.sender.step(path, now);
+        match change {
+            Some(SendChange::Paused(paused)) => {
+                if v.sender.camera_on {
+                    let _ = self.events.send(if paused {
+                        CallEvent::LocalVideoPaused
+                    } else {
+                        CallEvent::LocalVideoResumed
+                    });
+                    self.announce(st);
+                }
+            }
+            Some(SendChange::Rung) | None => {}
+        }
+    }
+
+    fn send_video(&self, st: &mut State, picture: &I420Frame) {
+        let now = Instant::now();
+        self.update_ladder(st, now);
+        let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
+            return;
+        };
+        if v.task.encoded {
+            debug!("raw picture on a call with an application codec; ignored");
+            return;
+        }
+        v.sender.send(path, now, picture);
+    }
+
+    fn send_encoded_video(&self, st: &mut State, frame: &EncodedVideoFrame) {
+        let now = Instant::now();
+        self.update_ladder(st, now);
+        let (Some(path), Some(v)) = (st.path.as_mut(), st.video.as_mut()) else {
+            return;
+        };
+        v.sender.captured += 1;
+        if !v.sender.camera_on || v.sender.paused() {
+            return;
+        }
+        path.send_encoded_video(now, frame);
+        v.sender.sent_size = (frame.width, frame.height);
     }
 
     fn send_datagram(&self, d: Vec<u8>) {
@@ -362,63 +558,131 @@ impl MediaTask {
                 self.send_datagram(d);
             }
         }
+        while let Some(frame) = path.poll_audio() {
+            match frame.source {
+                FrameSource::Decoded => st.stats.frames_received += 1,
+                FrameSource::Fec => st.stats.frames_fec += 1,
+                FrameSource::Concealed => st.stats.frames_concealed += 1,
+            }
+            // A slow application loses frames rather than stalling the call.
+            let _ = self.audio_out.try_send(frame);
+        }
+        if let Some(v) = st.video.as_mut() {
+            while let Some(picture) = path.poll_video() {
+                v.received_size = (picture.width(), picture.height());
+                v.freezes.frame(now);
+                if v.task.decoded_out.try_send(picture).is_err() {
+                    v.dropped_app += 1;
+                }
+            }
+        }
         while let Some(ev) = path.poll_event() {
             match ev {
-                MediaEvent::Audio(playout) => {
-                    // Filler to build delay: not a frame of the stream.
-                    let Some(source) = play(&mut st.codec, playout, &mut st.pcm) else {
+                MediaEvent::Video(frame) => {
+                    let Some(v) = st.video.as_mut() else {
                         continue;
                     };
-                    match source {
-                        FrameSource::Decoded => st.stats.frames_received += 1,
-                        FrameSource::Fec => st.stats.frames_fec += 1,
-                        FrameSource::Concealed => st.stats.frames_concealed += 1,
+                    if let Some(size) = sps_dimensions(&frame.data) {
+                        v.remote_size = size;
                     }
-                    // A slow application loses frames rather than stalling the call.
-                    let _ = self.audio_out.try_send(AudioFrame {
-                        pcm: st.pcm.clone(),
-                        source,
-                    });
+                    if v.remote_size == (0, 0) {
+                        // Nothing decodable before the first parameter sets (the keyframe
+                        // was sent before the path was up): skip to a keyframe.
+                        v.dropped_app += 1;
+                        path.request_keyframe(now);
+                        continue;
+                    }
+                    v.received_size = v.remote_size;
+                    v.freezes.frame(now);
+                    v.encoded_delivered += 1;
+                    v.encoded_keyframes += u64::from(frame.keyframe);
+                    let out = EncodedVideoFrame {
+                        data: frame.data,
+                        keyframe: frame.keyframe,
+                        width: v.remote_size.0,
+                        height: v.remote_size.1,
+                        capture_time: now,
+                    };
+                    if v.task.encoded_out.try_send(out).is_err() {
+                        v.dropped_app += 1;
+                    }
                 }
-                MediaEvent::EncoderTarget(t) => {
-                    st.codec.set_bitrate(t.audio_bps);
-                    st.codec.set_fec(t.inband_fec, t.expected_loss_percent);
+                MediaEvent::KeyframeRequested
+                    if st.video.as_ref().is_some_and(|v| v.task.encoded) =>
+                {
+                    let _ = self.events.send(CallEvent::KeyframeRequested);
                 }
+
                 _ => {}
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use hush_media::codec::{Codec, OpusCodec};
-    use hush_media::jitter::{Playout, Recovery};
+/// OpenH264 encoder and decoder on the path; without them (the library failed to start) the
+/// call goes on without video in that direction.
+fn set_codecs(path: &mut MediaPath) {
+    use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
+    let encoder = OpenH264Encoder::new(VideoEncoderConfig {
+        // Starts low; the engine's first target follows at once.
+        bitrate_bps: 300_000,
+        max_nal_size: path
+            .session()
+            .config()
+            .max_payload
+            .saturating_sub(20)
+            .max(420),
+        ..VideoEncoderConfig::default()
+    });
+    let decoder = OpenH264Decoder::new();
+    if let Err(e) = &encoder {
+        warn!(error = %e, "video encoder unavailable");
+    }
+    if let Err(e) = &decoder {
+        warn!(error = %e, "video decoder unavailable");
+    }
+    path.set_video_codecs(
+        encoder
+            .ok()
+            .map(|e| Box::new(e) as Box<dyn hush_media::video::VideoEncoder>),
+        decoder
+            .ok()
+            .map(|d| Box::new(d) as Box<dyn hush_media::video::VideoDecoder>),
+        30.0,
+    );
+}
 
-    use super::{play, FrameSource, FRAME_SAMPLES};
-
-    #[test]
-    fn a_refused_packet_still_plays_a_whole_frame() {
-        let mut codec = OpusCodec::new(1, 20, 32_000).expect("codec");
-        // Code 3 (several frames) with a frame count of zero: invalid (RFC 6716 §3.2.5).
-        let bad = vec![0x03, 0x00];
-        assert!(codec.decode(&bad, &mut Vec::new()).is_err());
-        let mut pcm = Vec::new();
-        let frame = Playout::Frame {
-            timestamp: 0,
-            payload: bad,
-            recovery: Recovery::None,
-            shorten: std::time::Duration::ZERO,
-        };
-        assert_eq!(
-            play(&mut codec, frame, &mut pcm),
-            Some(FrameSource::Concealed)
-        );
-        assert_eq!(pcm.len(), FRAME_SAMPLES);
-        // Filler is not a frame.
-        let stretch = Playout::Stretch {
-            duration: std::time::Duration::from_millis(5),
-        };
-        assert_eq!(play(&mut codec, stretch, &mut pcm), None);
+/// The video figures of a call now.
+fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoStats {
+    let c = path.map(MediaPath::video_stats).unwrap_or_default();
+    let per_frame = |total: f64, n: u64| if n == 0 { 0.0 } else { total * 1e3 / n as f64 };
+    let (decoded, keys) = if v.task.encoded {
+        (v.encoded_delivered, v.encoded_keyframes)
+    } else {
+        (c.frames_decoded, c.key_frames_decoded)
+    };
+    VideoStats {
+        frames_captured: v.sender.captured,
+        frames_encoded: c.frames_encoded,
+        key_frames_encoded: c.key_frames_encoded,
+        sent_width: v.sender.sent_size.0,
+        sent_height: v.sender.sent_size.1,
+        sent_fps: v.sender.fps(),
+        encode_ms_mean: per_frame(c.total_encode_time, c.frames_encoded),
+        quality_limitation: v.sender.limitation(),
+        resolution_steps: v.sender.steps(),
+        paused: v.sender.paused(),
+        pauses: v.sender.pauses,
+        keyframe_requests_received: c.keyframe_requests_received,
+        frames_decoded: decoded,
+        key_frames_decoded: keys,
+        frames_dropped: c.frames_dropped + v.dropped_app,
+        received_width: v.received_size.0,
+        received_height: v.received_size.1,
+        received_fps: v.freezes.fps(now),
+        decode_ms_mean: per_frame(c.total_decode_time, c.frames_decoded),
+        keyframe_requests_sent: c.keyframe_requests_sent,
+        freeze_count: v.freezes.count,
+        total_freezes_duration: v.freezes.total,
     }
 }

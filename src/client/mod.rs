@@ -21,6 +21,7 @@ mod actor;
 mod call;
 mod group;
 mod media;
+mod video;
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub use group::{
     GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, ParticipantAudio, SfuInfo,
 };
 pub use media::MediaStats;
+pub use video::{CallOptions, VideoStats};
 
 use crate::machine::{CallId, Timeouts};
 use crate::Error;
@@ -86,6 +88,10 @@ pub struct SimulatedLink {
     pub burst_loss_mean: Option<f64>,
     /// Seed of the loss and jitter draws, for runs that replay; random if `None`.
     pub seed: Option<u64>,
+    /// Changes of the bottleneck rate during the call: from each offset (counted from the
+    /// moment the call's keys exist) the cap becomes this (`None`: no cap). The queue follows
+    /// (`queue_limit` of the new rate). Needs an impaired link to act on.
+    pub bandwidth_steps: Vec<(Duration, Option<u64>)>,
 }
 
 impl SimulatedLink {
@@ -124,6 +130,22 @@ impl SimulatedLink {
         self
     }
 
+    /// Steps the bottleneck rate during the call (see
+    /// [`bandwidth_steps`](Self::bandwidth_steps)).
+    pub fn bandwidth_steps(mut self, steps: Vec<(Duration, Option<u64>)>) -> Self {
+        self.bandwidth_steps = steps;
+        self
+    }
+
+    /// The bottleneck's largest queueing delay in force (300 ms when unset).
+    pub(crate) fn queue_delay(&self) -> Duration {
+        if self.queue_limit.is_zero() {
+            Duration::from_millis(300)
+        } else {
+            self.queue_limit
+        }
+    }
+
     /// Fixes the seed of the random draws.
     pub fn seed(mut self, seed: Option<u64>) -> Self {
         self.seed = seed;
@@ -138,7 +160,8 @@ impl SimulatedLink {
         let impaired = loss > 0.0
             || !self.delay.is_zero()
             || !self.jitter.is_zero()
-            || self.bandwidth_bps.is_some();
+            || self.bandwidth_bps.is_some()
+            || !self.bandwidth_steps.is_empty();
         if !impaired {
             return None;
         }
@@ -353,12 +376,18 @@ impl Client {
         self.local
     }
 
-    /// Calls `peer` (a device this one has a Signal session with). Returns once the sealed
-    /// offer is sent; follow [`Call::next_event`] for ringing, connected and ended.
+    /// Calls `peer` (a device this one has a Signal session with), audio only. Returns once
+    /// the sealed offer is sent; follow [`Call::next_event`] for ringing, connected and ended.
     pub async fn call(&self, peer: DeviceId) -> Result<Call, Error> {
+        self.call_with(peer, CallOptions::default()).await
+    }
+
+    /// Calls `peer` with these options: with [`CallOptions::video`] the offer asks for video
+    /// and the call sends and receives it ([`Call::send_video`], [`Call::recv_video`]).
+    pub async fn call_with(&self, peer: DeviceId, options: CallOptions) -> Result<Call, Error> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Call(peer, tx))
+            .send(Command::Call(peer, options, tx))
             .map_err(|_| Error::ClientClosed)?;
         rx.await.map_err(|_| Error::ClientClosed)?
     }
@@ -425,8 +454,15 @@ impl Drop for Client {
 /// Messages to the actor.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Call(DeviceId, oneshot::Sender<Result<Call, Error>>),
-    Accept(CallId, oneshot::Sender<Result<Call, Error>>),
+    Call(DeviceId, CallOptions, oneshot::Sender<Result<Call, Error>>),
+    Accept(CallId, CallOptions, oneshot::Sender<Result<Call, Error>>),
+    /// The media task's microphone/camera state changed: tell the peer.
+    SendMediaState {
+        call_id: CallId,
+        audio_muted: bool,
+        video_on: bool,
+        video_paused: bool,
+    },
     Reject(CallId),
     Hangup(CallId),
     /// Local candidates to send, and whether gathering of this generation is complete.
@@ -478,6 +514,29 @@ const AUDIO_MIN_PLAYOUT_DELAY: Duration = Duration::from_millis(10);
 
 /// Highest bitrate an audio-only call asks for.
 const AUDIO_MAX_BPS: u64 = 200_000;
+
+/// The media settings of a call with video, from the client's (audio) settings: video streams
+/// in both directions (H.264, RFC 6184), and the congestion controller allowed to climb to
+/// 2.5 Mbps with padding probes, which only pay off for video.
+pub(crate) fn video_session(audio: &SessionConfig) -> SessionConfig {
+    use hush_media::rtp::VideoPayload;
+    use hush_media::StreamIds;
+    let mut c = audio.clone();
+    c.local_video = Some(StreamIds {
+        ssrc: audio.local_audio.ssrc.wrapping_add(2),
+        rtx_ssrc: audio.local_audio.ssrc.wrapping_add(3),
+    });
+    c.remote_video = Some(StreamIds {
+        ssrc: audio.remote_audio.ssrc.wrapping_add(2),
+        rtx_ssrc: audio.remote_audio.ssrc.wrapping_add(3),
+    });
+    c.video_payload = VideoPayload::H264;
+    let defaults = hush_media::cc::CcConfig::default();
+    c.cc.max_bps = defaults.max_bps;
+    c.cc.start_bps = defaults.start_bps;
+    c.cc.probing = true;
+    c
+}
 
 /// How long a client waits for an ICE driver to start.
 pub(crate) const NET_START_TIMEOUT: Duration = Duration::from_secs(10);

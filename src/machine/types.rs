@@ -17,6 +17,19 @@ impl fmt::Debug for CallId {
     }
 }
 
+impl From<[u8; 16]> for CallId {
+    /// The id of the signaling messages (`hush_signaling::CallId`) and of the key agreement.
+    fn from(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl From<CallId> for [u8; 16] {
+    fn from(id: CallId) -> Self {
+        id.0
+    }
+}
+
 /// Names the remote device of a call (its signaling address).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub String);
@@ -41,6 +54,31 @@ pub enum HangupReason {
     Timeout,
     /// Another device of the callee accepted the call.
     AcceptedElsewhere,
+}
+
+impl From<HangupReason> for hush_signaling::HangupReason {
+    fn from(r: HangupReason) -> Self {
+        match r {
+            HangupReason::Normal => Self::Normal,
+            HangupReason::Declined => Self::Declined,
+            HangupReason::Busy => Self::Busy,
+            HangupReason::Timeout => Self::Timeout,
+            HangupReason::AcceptedElsewhere => Self::AcceptedElsewhere,
+        }
+    }
+}
+
+impl From<hush_signaling::HangupReason> for HangupReason {
+    /// A reason this build does not know (a newer peer's) counts as an ordinary hangup.
+    fn from(r: hush_signaling::HangupReason) -> Self {
+        match r {
+            hush_signaling::HangupReason::Declined => Self::Declined,
+            hush_signaling::HangupReason::Busy => Self::Busy,
+            hush_signaling::HangupReason::Timeout => Self::Timeout,
+            hush_signaling::HangupReason::AcceptedElsewhere => Self::AcceptedElsewhere,
+            _ => Self::Normal,
+        }
+    }
 }
 
 /// A call-signaling message, as the state machine sees it.
@@ -254,4 +292,30 @@ pub enum CommandError {
     /// The call is not in a state where this command applies.
     #[error("the call is {0:?}; this command does not apply")]
     WrongState(CallState),
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::{CallId, HangupReason};
+
+    #[test]
+    fn hangup_reasons_and_call_ids_convert_both_ways() {
+        for r in [
+            HangupReason::Normal,
+            HangupReason::Declined,
+            HangupReason::Busy,
+            HangupReason::Timeout,
+            HangupReason::AcceptedElsewhere,
+        ] {
+            let wire: hush_signaling::HangupReason = r.into();
+            assert_eq!(HangupReason::from(wire), r);
+        }
+        // A newer peer's reason is an ordinary hangup here.
+        assert_eq!(
+            HangupReason::from(hush_signaling::HangupReason::Unknown(42)),
+            HangupReason::Normal
+        );
+        let id = CallId::from([7; 16]);
+        assert_eq!(<[u8; 16]>::from(id), [7; 16]);
+    }
 }

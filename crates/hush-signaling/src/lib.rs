@@ -26,7 +26,7 @@ pub use envelope::{CiphertextKind, Envelope, MessageId};
 pub use error::{BoxError, Error};
 pub use message::{
     Answer, CallId, CallMedia, CallMessage, Content, GroupInvite, GroupKey, Hangup, HangupReason,
-    IceCandidates, IceParameters, Offer,
+    IceCandidates, IceParameters, MediaState, Offer,
 };
 pub use replay::ReplayGuard;
 pub use seal::{Sealed, Sealer};

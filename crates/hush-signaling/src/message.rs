@@ -182,6 +182,25 @@ impl std::fmt::Debug for GroupKey {
     }
 }
 
+/// What one side of a 1:1 call sends now: its microphone and camera state, told to the peer
+/// on every change so that its app can show it (and its receiver does not take a muted
+/// microphone or a switched-off camera for loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaState {
+    /// Call id.
+    pub call_id: CallId,
+    /// Increases with every state the sender sends in this call; the receiver ignores one not
+    /// newer than the last it applied (the relay may deliver an old one late).
+    pub seq: u64,
+    /// The microphone is muted: no audio packets follow.
+    pub audio_muted: bool,
+    /// The camera is on.
+    pub video_on: bool,
+    /// The camera is on but video is paused because the link is too thin (audio-only
+    /// fallback); it resumes by itself.
+    pub video_paused: bool,
+}
+
 /// One call signaling message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -208,6 +227,8 @@ pub enum CallMessage {
     GroupInvite(GroupInvite),
     /// A group call participant's end-to-end sender key.
     GroupKey(GroupKey),
+    /// A 1:1 call side's microphone and camera state.
+    MediaState(MediaState),
 }
 
 impl CallMessage {
@@ -221,6 +242,7 @@ impl CallMessage {
             Self::Busy { call_id } | Self::Ringing { call_id } => *call_id,
             Self::GroupInvite(m) => m.call_id,
             Self::GroupKey(m) => m.call_id,
+            Self::MediaState(m) => m.call_id,
         }
     }
 
@@ -235,6 +257,7 @@ impl CallMessage {
             Self::Ringing { .. } => "ringing",
             Self::GroupInvite(_) => "group-invite",
             Self::GroupKey(_) => "group-key",
+            Self::MediaState(_) => "media-state",
         }
     }
 
@@ -288,6 +311,13 @@ impl CallMessage {
                 call_id: m.call_id.to_vec(),
                 key_message: m.key_message.to_vec(),
                 roster: m.roster.clone(),
+            }),
+            Self::MediaState(m) => Body::MediaState(pb::MediaState {
+                call_id: m.call_id.to_vec(),
+                seq: m.seq,
+                audio_muted: m.audio_muted,
+                video_on: m.video_on,
+                video_paused: m.video_paused,
             }),
         }
     }
@@ -384,6 +414,13 @@ impl CallMessage {
                     roster: m.roster,
                 })
             }
+            Body::MediaState(m) => Self::MediaState(MediaState {
+                call_id: call_id_from_proto(&m.call_id)?,
+                seq: m.seq,
+                audio_muted: m.audio_muted,
+                video_on: m.video_on,
+                video_paused: m.video_paused,
+            }),
         })
     }
 }
@@ -528,6 +565,13 @@ mod tests {
                 call_id: [9; 16],
                 key_message: zeroize::Zeroizing::new(vec![1; 53]),
                 roster: vec![0x52; 100],
+            }),
+            CallMessage::MediaState(MediaState {
+                call_id: [9; 16],
+                seq: 7,
+                audio_muted: true,
+                video_on: true,
+                video_paused: false,
             }),
         ]
     }

@@ -80,6 +80,9 @@ const BASELINE_DELAY_MS: f64 = 20.0;
 const QUIET_AFTER_OVERUSE: Duration = Duration::from_secs(2);
 /// A probe's measurement stands in for the acknowledged rate at an overuse this long.
 const PROBE_VALID: Duration = Duration::from_secs(1);
+/// Most queueing delay a probe burst causes by itself (15 ms at up to 3 × the rate); more than
+/// this at an overuse is the link's doing.
+const PROBE_QUEUE_MAX_MS: f64 = 100.0;
 /// Overuse this soon after a probe started (plus an RTT) is the probe's own queue.
 const PROBE_GUARD: Duration = Duration::from_millis(300);
 /// Queue the congestion window allows on top of the round trip.
@@ -368,7 +371,16 @@ impl CongestionController {
             .probed
             .filter(|(t, _)| now.saturating_duration_since(*t) < PROBE_VALID)
             .map(|(_, r)| r);
+        // Unless the queue says the link itself got slower (a train leaving coverage): a probe
+        // burst adds a few tens of milliseconds of queue, not hundreds, and a queue that
+        // overflows loses packets. A probe from before such a drop says nothing about the
+        // link any more, and would hold the rate at the old capacity for a second.
+        // An overuse after the probe's guard has passed is not the probe's own queue either.
+        let after_guard = self.probe_guard_until.is_some_and(|t| now >= t);
+        let link_dropped =
+            after_guard || self.loss_fraction() > 0.10 || self.queue_delay_ms > PROBE_QUEUE_MAX_MS;
         let capacity_sample = match (acked, probed) {
+            (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
         };

@@ -177,6 +177,56 @@ impl VideoDepacketizer {
         self.need_keyframe
     }
 
+    /// When packets are missing before a keyframe that is already complete in the buffer,
+    /// drops everything before that keyframe and hands it out: the decoder starts over from
+    /// it, so waiting for (or retransmitting) the older frames only delays the picture.
+    /// Returns whether it skipped.
+    pub fn skip_to_keyframe(&mut self) -> bool {
+        if !self.has_gap() {
+            return false;
+        }
+        let head = self
+            .next_seq
+            .or_else(|| self.parts.keys().next().copied())
+            .unwrap_or(0);
+        let generic = self.format == VideoPayload::Generic;
+        let starts: Vec<u64> = self
+            .parts
+            .range(head + 1..)
+            .filter(|(_, p)| p.start)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in starts {
+            let Some(ts) = self.parts.get(&s).map(|p| p.timestamp) else {
+                continue;
+            };
+            let (mut complete, mut key) = (false, generic);
+            for (seq, (&q, p)) in (s..).zip(self.parts.range(s..)) {
+                if q != seq || p.timestamp != ts || (generic && q != s && p.start) {
+                    break;
+                }
+                key = if generic { key && p.key } else { key || p.key };
+                if p.marker {
+                    complete = true;
+                    break;
+                }
+            }
+            if complete && key {
+                debug!(
+                    from = head,
+                    to = s,
+                    "skipping lost packets to a complete keyframe"
+                );
+                self.parts = self.parts.split_off(&s);
+                self.next_seq = Some(s);
+                self.need_keyframe = true;
+                self.assemble();
+                return true;
+            }
+        }
+        false
+    }
+
     /// The next complete frame, if any.
     pub fn poll_frame(&mut self) -> Option<VideoFrame> {
         self.ready.pop_front()
@@ -313,6 +363,31 @@ mod tests {
         assert!(d.has_gap());
         assert!(!d.skip_missing(), "keyframe 4 was already buffered");
         assert_eq!(d.poll_frame().map(|f| f.timestamp), Some(9000));
+    }
+
+    #[test]
+    fn a_complete_keyframe_after_a_gap_comes_out_at_once() {
+        let mut d = VideoDepacketizer::new();
+        // Frame 0 (key), frame 1 loses its only packet, frame 2 (delta), frame 3 (key).
+        d.push(0, 0, true, &[GENERIC_START | GENERIC_KEYFRAME, 1]);
+        d.push(2, 6000, true, &[GENERIC_START, 3]);
+        assert!(d.poll_frame().is_some());
+        assert!(d.poll_frame().is_none(), "frame 2 waits behind the gap");
+        assert!(!d.skip_to_keyframe(), "no keyframe to skip to yet");
+        // Keyframe 3 in two packets: incomplete first, then complete.
+        d.push(3, 9000, false, &[GENERIC_START | GENERIC_KEYFRAME, 4]);
+        assert!(!d.skip_to_keyframe(), "the keyframe is not complete");
+        d.push(4, 9000, true, &[GENERIC_KEYFRAME, 5]);
+        assert!(d.skip_to_keyframe());
+        let f = d.poll_frame().expect("the keyframe");
+        assert_eq!(
+            (f.timestamp, f.keyframe, f.data.clone()),
+            (9000, true, vec![4, 5])
+        );
+        assert!(!d.has_gap());
+        // The lost frame's retransmission, late: ignored.
+        d.push(1, 3000, true, &[GENERIC_START, 2]);
+        assert!(d.poll_frame().is_none());
     }
 
     #[test]

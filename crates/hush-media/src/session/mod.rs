@@ -653,6 +653,11 @@ impl MediaSession {
         self.target
     }
 
+    /// Loss the peer reports on what we send (fraction, smoothed over its reports).
+    pub fn remote_loss_smoothed(&self) -> f64 {
+        self.remote_loss_smoothed
+    }
+
     /// Redundant frames in each outgoing RED packet now (0: none).
     pub fn red_distance(&self) -> usize {
         self.red_distance

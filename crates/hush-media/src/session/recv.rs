@@ -298,6 +298,9 @@ impl MediaSession {
         let h = &packet.header;
         self.depack
             .push(ext_seq, h.timestamp, h.marker, &packet.payload);
+        // A keyframe that arrived whole behind lost packets is shown now, not after the gap
+        // times out (on a congested path that is several round trips of frozen picture).
+        self.depack.skip_to_keyframe();
         if self.depack.needs_keyframe() {
             // A malformed frame was dropped, or frames wait for a keyframe after a skip: ask
             // (again, rate-limited, in case the request or the keyframe was lost).

@@ -218,6 +218,12 @@ impl<T: SimPacket + Clone> NetSim<T> {
         self.config.rate_bps = rate_bps;
     }
 
+    /// Changes the bottleneck's queue size from now on (drop-tail above it; packets already
+    /// queued stay).
+    pub fn set_queue_bytes(&mut self, queue_bytes: usize) {
+        self.config.queue_bytes = queue_bytes;
+    }
+
     /// Changes the loss model from now on.
     pub fn set_loss(&mut self, loss: LossModel) {
         self.config.loss = loss;

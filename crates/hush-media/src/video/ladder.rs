@@ -73,8 +73,13 @@ pub struct LadderConfig {
     pub up_max_loss: f32,
     /// Mean encode time above this fraction of the frame interval steps down one rung (CPU).
     pub max_encode_share: f32,
-    /// Below this video bitrate the call goes audio-only (no rung fits).
+    /// Below this video bitrate the call goes audio-only (no rung fits)...
     pub audio_only_below: u32,
+    /// ... once it has stayed below for this long; meanwhile video goes on at the lowest rung.
+    /// A congestion controller's cut right after a drop (its pushback while the queue drains)
+    /// is often deeper than the link, for a fraction of a second: pausing at once would freeze
+    /// the picture for the whole resume delay.
+    pub pause_after: Duration,
 }
 
 impl Default for LadderConfig {
@@ -87,14 +92,16 @@ impl Default for LadderConfig {
             up_max_loss: 0.02,
             max_encode_share: 0.7,
             audio_only_below: 60_000,
+            pause_after: Duration::from_millis(1000),
         }
     }
 }
 
 /// What limits the quality sent (W3C webrtc-stats `qualityLimitationReason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QualityLimitation {
     /// At the top rung, or nothing holds it down.
+    #[default]
     None,
     /// The bitrate or loss holds it down.
     Bandwidth,
@@ -129,6 +136,8 @@ pub struct VideoLadder {
     current: Option<usize>,
     good_since: Option<Instant>,
     last_down: Option<Instant>,
+    /// Since when the bitrate is below the audio-only floor.
+    low_since: Option<Instant>,
     limitation: QualityLimitation,
     steps: u64,
 }
@@ -146,6 +155,7 @@ impl VideoLadder {
             current: Some(start),
             good_since: None,
             last_down: None,
+            low_since: None,
             limitation: QualityLimitation::None,
             steps: 0,
         }
@@ -191,12 +201,19 @@ impl VideoLadder {
         let c = &self.config;
         let last = c.rungs.len() - 1;
         let bps = input.video_bps;
-        // Audio-only below the floor, and back only after a stable period above it.
+        // Audio-only below the floor (after `pause_after` at the lowest rung), and back only
+        // after a stable period above it.
         if bps < c.audio_only_below {
             self.good_since = None;
             self.limitation = QualityLimitation::Bandwidth;
+            let since = *self.low_since.get_or_insert(now);
+            if self.current.is_some() && now.saturating_duration_since(since) < c.pause_after {
+                self.last_down = Some(now);
+                return self.change(Some(last));
+            }
             return self.change(None);
         }
+        self.low_since = None;
         let Some(cur) = self.current else {
             let resume = f64::from(c.audio_only_below.max(c.rungs[last].min_bps)) * c.up_margin;
             if f64::from(bps) < resume {
@@ -305,6 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn a_short_dip_below_the_floor_does_not_pause() {
+        let mut l = VideoLadder::new(LadderConfig::default(), 2);
+        // 600 ms of 20 kbps (a congestion controller's pushback), then 300 kbps again.
+        let tl = run(&mut l, &[(2.0, 600), (2.6, 20), (6.0, 300)]);
+        assert!(tl.iter().all(|(_, r)| r.is_some()), "never audio-only");
+        assert!(
+            tl.iter().any(|(_, r)| *r == Some(4)),
+            "lowest rung during the dip"
+        );
+        assert_eq!(
+            tl.last().map(|x| x.1),
+            Some(Some(3)),
+            "back to the rung 300 kbps fits"
+        );
+    }
+
+    #[test]
     fn bandwidth_steps_down_at_once_and_back_up_within_ten_seconds() {
         let mut l = VideoLadder::new(LadderConfig::default(), 0);
         // 2 Mbps → 300 kbps → 150 kbps → 50 kbps → 2 Mbps.
@@ -327,7 +361,16 @@ mod tests {
             first_time(&tl, 10.0, Some(4)) <= 0.1,
             "150 kbps: 320x180 at once"
         );
-        assert!(first_time(&tl, 15.0, None) <= 0.1, "50 kbps: audio-only");
+        // 50 kbps: the lowest rung for `pause_after`, then audio-only.
+        let paused = first_time(&tl, 15.0, None);
+        assert!(
+            (0.95..=1.1).contains(&paused),
+            "50 kbps: audio-only after {paused:.2} s"
+        );
+        assert!(tl
+            .iter()
+            .filter(|(t, _)| (15.0..15.9).contains(t))
+            .all(|(_, r)| *r == Some(4)));
         let back = first_time(&tl, 20.0, Some(0));
         assert!(back <= 10.0, "full resolution {back:.1} s after recovery");
         assert!(

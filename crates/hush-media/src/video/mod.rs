@@ -17,8 +17,8 @@ pub mod ladder;
 mod openh264;
 
 pub use self::annexb::{
-    annexb_nal_units, contains_idr, nal_type, NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SEI, NAL_SLICE,
-    NAL_SPS, NAL_STAP_A,
+    annexb_nal_units, contains_idr, nal_type, sps_dimensions, NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SEI,
+    NAL_SLICE, NAL_SPS, NAL_STAP_A,
 };
 #[cfg(feature = "openh264")]
 pub use self::openh264::{OpenH264Decoder, OpenH264Encoder, OpenH264Tuning};
@@ -230,6 +230,48 @@ impl I420Frame {
     }
 }
 
+impl I420Frame {
+    /// The picture resized to `width` × `height` (even, non-zero, at most [`MAX_DIMENSION`])
+    /// by averaging the source pixels each output pixel covers (a box filter: good for the
+    /// downscaling a sender does when the ladder steps down; upscaling repeats pixels).
+    /// Keeps the capture time.
+    pub fn scaled(&self, width: u32, height: u32) -> Result<Self, VideoError> {
+        if (width, height) == (self.width, self.height) {
+            return Ok(self.clone());
+        }
+        let mut out = Self::filled(width, height, [0, 128, 128], self.capture_time)?;
+        for plane in 0..3 {
+            let (sw, sh, dw, dh) = if plane == 0 {
+                (self.width, self.height, width, height)
+            } else {
+                (self.width / 2, self.height / 2, width / 2, height / 2)
+            };
+            let (sw, sh, dw, dh) = (sw as usize, sh as usize, dw as usize, dh as usize);
+            let stride = self.strides[plane];
+            let src = &self.planes[plane];
+            let dst = &mut out.planes[plane];
+            for oy in 0..dh {
+                let y0 = oy * sh / dh;
+                let y1 = ((oy + 1) * sh / dh).max(y0 + 1).min(sh);
+                for ox in 0..dw {
+                    let x0 = ox * sw / dw;
+                    let x1 = ((ox + 1) * sw / dw).max(x0 + 1).min(sw);
+                    let mut sum = 0u32;
+                    for y in y0..y1 {
+                        let row = src.get(y * stride + x0..y * stride + x1).unwrap_or(&[]);
+                        sum += row.iter().map(|&p| u32::from(p)).sum::<u32>();
+                    }
+                    let n = ((y1 - y0) * (x1 - x0)) as u32;
+                    if let Some(px) = dst.get_mut(oy * dw + ox) {
+                        *px = ((sum + n / 2) / n.max(1)) as u8;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// One encoded picture: an H.264 access unit in Annex B form (NAL units each preceded by a
 /// start code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,6 +417,24 @@ mod tests {
         assert_eq!(p.y(), &[0, 1, 2, 3, 6, 7, 8, 9]);
         assert_eq!(p.u(), &[7, 7]);
         assert_eq!(f.row(0, 2), None);
+    }
+
+    #[test]
+    fn scaling_averages_and_keeps_flat_pictures_flat() {
+        let t = Instant::now();
+        let flat = I420Frame::filled(640, 360, [90, 100, 110], t).unwrap();
+        let small = flat.scaled(320, 180).unwrap();
+        assert_eq!((small.width(), small.height()), (320, 180));
+        assert!(small.y().iter().all(|&p| p == 90));
+        assert!(small.u().iter().all(|&p| p == 100) && small.v().iter().all(|&p| p == 110));
+        // A 2x2 checkerboard of 0/200 halves to its mean; strides with padding are honoured.
+        let y: Vec<u8> = (0..4 * 6)
+            .map(|i| if (i % 6 + i / 6) % 2 == 0 { 200 } else { 0 })
+            .collect();
+        let f = I420Frame::new(4, 4, [y, vec![5; 4], vec![6; 4]], [6, 2, 2], t).unwrap();
+        let h = f.scaled(2, 2).unwrap();
+        assert_eq!(h.y(), &[100, 100, 100, 100]);
+        assert!(f.scaled(3, 2).is_err());
     }
 
     #[test]

