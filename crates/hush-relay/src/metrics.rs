@@ -67,6 +67,8 @@ pub struct Metrics {
     pub prekey_fetches_limited: AtomicU64,
     /// Prekey uploads refused because a bundle did not verify or was not the uploader's.
     pub invalid_bundles: AtomicU64,
+    /// TURN credentials handed out.
+    pub turn_grants: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
@@ -242,6 +244,12 @@ impl Metrics {
             "counter",
             "Prekey uploads refused because a bundle did not verify or was not the uploader's.",
             g(&self.invalid_bundles),
+        );
+        metric(
+            "hush_relay_turn_grants_total",
+            "counter",
+            "Short-lived TURN credentials handed out.",
+            g(&self.turn_grants),
         );
         let name = "hush_relay_send_latency_seconds";
         let _ = writeln!(

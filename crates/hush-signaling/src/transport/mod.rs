@@ -9,8 +9,10 @@ mod memory;
 mod relay;
 #[cfg(feature = "tls")]
 mod tls;
+mod turn;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use relay::{
@@ -18,6 +20,7 @@ pub use relay::{
 };
 #[cfg(feature = "tls")]
 pub use tls::{tls_exporter, RelayTls, TlsRoots};
+pub use turn::{TurnGrant, TurnSource};
 
 use crate::device::DeviceId;
 use crate::envelope::Envelope;
@@ -58,4 +61,11 @@ pub trait Transport: Send {
 
     /// Acknowledges a received envelope so the transport may forget it.
     fn ack(&mut self, tag: DeliveryTag) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Where this transport gets short-lived TURN credentials, if it can (a [`RelayClient`]
+    /// asks its relay: [`RelayClient::turn_credentials`]). The `hush` facade fetches and refreshes
+    /// them itself through it. Default: none.
+    fn turn_source(&self) -> Option<Arc<dyn TurnSource>> {
+        None
+    }
 }
