@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hush_crypto::{Backend, IncomingOffer, PendingOffer};
 use hush_net::driver::Started;
-use hush_net::{CandidateKind, IceCredentials, Role};
+use hush_net::{CandidateKind, IceCredentials, Policy, Role, TurnServer};
 use hush_signaling::crypto::SignalSealer;
 use hush_signaling::{
     CallMedia, CallMessage, DeviceId, IceParameters, IncomingMessage, SignalingClient,
@@ -19,6 +19,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::call::{Call, CallEvent, IncomingCall};
 use super::group::{self, GroupCall, GroupCallEvent, SfuInfo};
 use super::media::{MediaCommand, MediaTask};
+use super::turn::TurnCache;
 use super::{ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
 use crate::machine::{
     CallId, CallMachine, CallState, Event, HangupReason, Output, PeerId, Side, Signal,
@@ -71,6 +72,8 @@ pub(super) struct Actor<T, B: Backend> {
     transport_open: bool,
     /// Group calls on this device, by call id: where their members' sender keys go.
     group_keys: std::collections::HashMap<[u8; 16], mpsc::UnboundedSender<group::KeyFrom>>,
+    /// Short-lived TURN credentials from the transport, when it hands them out.
+    turn: Option<TurnCache>,
 }
 
 enum Wake {
@@ -88,6 +91,7 @@ where
         signaling: SignalingClient<T, SignalSealer<B>>,
         config: ClientConfig,
         channels: Channels,
+        turn: Option<TurnCache>,
     ) -> Self {
         Self {
             signaling,
@@ -101,6 +105,7 @@ where
             ringing_offer: None,
             transport_open: true,
             group_keys: std::collections::HashMap::new(),
+            turn,
         }
     }
 
@@ -233,6 +238,11 @@ where
                     }
                 }
             }
+            Command::Turn(fetched) => {
+                if let Some(turn) = self.turn.as_mut() {
+                    turn.store(*fetched);
+                }
+            }
             Command::Shutdown => {}
         }
     }
@@ -257,7 +267,8 @@ where
             .calls()
             .offer(&identity, &mut rand::rng());
         let id = CallId(*offer.call_id().as_bytes());
-        let net = start_net(&self.config, Role::Controlling).await?;
+        let turn = self.turn_servers().await;
+        let net = start_net(&self.config, Role::Controlling, turn).await?;
         let creds = net.credentials.clone();
         let (call, mut current) = self.start_media(id, peer, net, self.config.media.clone());
         current.pending = Some(pending);
@@ -279,6 +290,14 @@ where
         Ok(call)
     }
 
+    /// The TURN servers the transport granted credentials for (none if it grants none).
+    async fn turn_servers(&mut self) -> Vec<TurnServer> {
+        match self.turn.as_mut() {
+            Some(turn) => turn.servers().await,
+            None => Vec::new(),
+        }
+    }
+
     async fn accept(&mut self, id: CallId) -> Result<Call, Error> {
         let ringing =
             matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id);
@@ -287,7 +306,8 @@ where
         let (Some(peer), Some((_, incoming, remote_ice)), true) = (peer, offer, ringing) else {
             return Err(Error::CallEnded);
         };
-        let net = start_net(&self.config, Role::Controlled).await?;
+        let turn = self.turn_servers().await;
+        let net = start_net(&self.config, Role::Controlled, turn).await?;
         let creds = net.credentials.clone();
         // The keys exist from here on, and only because the user accepted.
         let (answer, keys) = incoming.accept(&mut rand::rng())?;
@@ -765,9 +785,21 @@ where
     }
 }
 
-/// Starts the ICE driver for one call (it binds sockets and begins gathering).
-async fn start_net(config: &ClientConfig, role: Role) -> Result<Started, Error> {
-    let start = hush_net::driver::start(config.net.clone(), role, config.bind.clone());
+/// Starts the ICE driver for one call (it binds sockets and begins gathering), with `turn`
+/// added to the configured TURN servers.
+async fn start_net(
+    config: &ClientConfig,
+    role: Role,
+    turn: Vec<TurnServer>,
+) -> Result<Started, Error> {
+    let mut net = config.net.clone();
+    for server in turn {
+        net.add_turn_server(server);
+    }
+    if net.policy() == Policy::RelayOnly && net.turn_servers().is_empty() {
+        return Err(Error::NoTurnServer);
+    }
+    let start = hush_net::driver::start(net, role, config.bind.clone());
     match tokio::time::timeout(NET_START_TIMEOUT, start).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::NetStartTimeout),
