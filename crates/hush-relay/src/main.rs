@@ -210,10 +210,6 @@ enum ArgsError {
     #[cfg_attr(not(feature = "tls"), allow(dead_code, reason = "TLS setup only"))]
     #[error(transparent)]
     Relay(#[from] hush_relay::RelayError),
-    #[cfg_attr(
-        all(feature = "tls", feature = "cluster"),
-        allow(dead_code, reason = "builds without a feature only")
-    )]
     #[error("TURN secret file {path}: {source}")]
     TurnSecret {
         path: PathBuf,
@@ -222,6 +218,10 @@ enum ArgsError {
     },
     #[error("TURN: {0}")]
     Turn(#[from] hush_relay::TurnConfigError),
+    #[cfg_attr(
+        all(feature = "tls", feature = "cluster"),
+        allow(dead_code, reason = "builds without a feature only")
+    )]
     #[error("{0} needs a build with --features {1}")]
     Feature(&'static str, &'static str),
 }
