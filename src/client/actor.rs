@@ -213,14 +213,16 @@ where
                 failed,
             } => {
                 for member in members {
-                    let sent = self
-                        .signaling
-                        .send(member, CallMessage::GroupInvite(invite.clone()))
-                        .await;
-                    if let Err(e) = sent {
-                        warn!(peer = %short(&member), error = %e, "group invitation not sent");
-                        let _ = failed.send(GroupCallEvent::InviteFailed(member));
-                    }
+                    let failed = failed.clone();
+                    self.send_message(
+                        member,
+                        CallMessage::GroupInvite(invite.clone()),
+                        "group invitation",
+                        move || {
+                            let _ = failed.send(GroupCallEvent::InviteFailed(member));
+                        },
+                    )
+                    .await;
                 }
             }
             Command::RegisterGroupKeys { call_id, keys } => {
@@ -229,13 +231,13 @@ where
             }
             Command::SendGroupKey { members, key } => {
                 for member in members {
-                    let sent = self
-                        .signaling
-                        .send(member, CallMessage::GroupKey(key.clone()))
-                        .await;
-                    if let Err(e) = sent {
-                        warn!(peer = %short(&member), error = %e, "group key not sent");
-                    }
+                    self.send_message(
+                        member,
+                        CallMessage::GroupKey(key.clone()),
+                        "group key",
+                        || {},
+                    )
+                    .await;
                 }
             }
             Command::Turn(fetched) => {
@@ -371,9 +373,7 @@ where
                 end_of_candidates: complete && last,
                 ice: None,
             });
-            if let Err(e) = self.signaling.send(peer, message).await {
-                warn!(error = %e, "could not send candidates");
-            }
+            self.send_message(peer, message, "candidates", || {}).await;
             if last {
                 break;
             }
@@ -399,9 +399,7 @@ where
             end_of_candidates: false,
             ice: Some(ice_parameters(credentials)),
         });
-        if let Err(e) = self.signaling.send(peer, message).await {
-            warn!(error = %e, "could not send the ICE restart");
-        }
+        self.send_message(peer, message, "ICE restart", || {}).await;
     }
 
     /// A message from `from` presented a changed identity key: tell the call with it, or the
@@ -654,6 +652,37 @@ where
 
     // ----- machine outputs -----
 
+    /// Seals `message` for `to` and hands it to the transport without waiting for the
+    /// transport to take it: the actor goes on receiving and sending meanwhile (over a relay,
+    /// each send's answer comes a round trip later, and the peer's actor may be waiting on its
+    /// own sends). Messages leave in order. A failure is logged and `on_fail` runs, whether
+    /// the message could not be handed over or was refused later.
+    async fn send_message(
+        &mut self,
+        to: DeviceId,
+        message: CallMessage,
+        what: &'static str,
+        on_fail: impl FnOnce() + Send + 'static,
+    ) {
+        match self.signaling.start_send(to, message).await {
+            Ok((_, receipt)) => {
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = receipt.await {
+                            warn!(peer = %short(&to), error = %e, "{what} not sent");
+                            on_fail();
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(e) => {
+                warn!(peer = %short(&to), error = %e, "{what} not sent");
+                on_fail();
+            }
+        }
+    }
+
     async fn drain(&mut self) {
         while let Some(out) = self.machine.poll_output() {
             match out {
@@ -662,9 +691,7 @@ where
                         continue;
                     };
                     let message = to_wire(signal);
-                    if let Err(e) = self.signaling.send(to, message).await {
-                        warn!(error = %e, "could not send a call message");
-                    }
+                    self.send_message(to, message, "call message", || {}).await;
                 }
                 Output::Event(event) => self.on_machine_event(event),
             }

@@ -12,6 +12,7 @@ mod tls;
 mod turn;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
@@ -41,6 +42,11 @@ pub struct Received {
     pub tag: DeliveryTag,
 }
 
+/// A send handed to a transport but not yet confirmed: resolves once the transport has taken
+/// responsibility for the envelope (for a relay: stored durably or acknowledged by the
+/// recipient), like [`Transport::send`] does.
+pub type SendReceipt = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
 /// Moves sealed envelopes between devices.
 ///
 /// Delivery may be at-least-once: a transport with a durable queue (the relay) redelivers an
@@ -52,6 +58,22 @@ pub trait Transport: Send {
     /// Sends an envelope to `envelope.recipient`. Resolves once the transport has taken
     /// responsibility for it (for a relay: it is stored durably).
     fn send(&mut self, envelope: Envelope) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Hands `envelope` over for sending and returns without waiting for the transport to take
+    /// responsibility for it: the returned [`SendReceipt`] resolves when it has. Envelopes are
+    /// sent in the order of these calls, and the transport stays usable (more sends,
+    /// [`recv`](Self::recv), [`ack`](Self::ack)) while receipts are outstanding, so sends
+    /// pipeline instead of each waiting a round trip. Default: waits for
+    /// [`send`](Self::send) and returns a receipt that is already resolved.
+    fn start_send(
+        &mut self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<SendReceipt, Error>> + Send {
+        async move {
+            self.send(envelope).await?;
+            Ok(Box::pin(std::future::ready(Ok(()))) as SendReceipt)
+        }
+    }
 
     /// Waits for the next envelope addressed to this device.
     ///

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::codec::FramedRead;
 
 use super::turn::{TurnGrant, TurnSource};
-use super::{DeliveryTag, Received, Transport};
+use super::{DeliveryTag, Received, SendReceipt, Transport};
 use crate::device::{
     sign_challenge, ChannelBinding, DeviceId, DeviceSigner, AUTH_NONCE_LEN, RELAY_KEY_LEN,
     TLS_EXPORTER_LEN,
@@ -579,6 +579,30 @@ impl RelayClient {
         }
     }
 
+    /// Queues an envelope for the relay and returns once it is in this connection's write
+    /// queue (in call order), with a receipt that resolves when the relay answers that it is
+    /// stored: several sends can be in flight at once ([`Transport::start_send`]).
+    pub async fn start_send_envelope(&self, envelope: Envelope) -> Result<SendReceipt, Error> {
+        let requester = self.requester();
+        let request_id = self.request_id();
+        let frame = client_frame::Frame::Send(pb::Send {
+            request_id,
+            envelope: Some(envelope.into_proto()),
+        });
+        let (tx, rx) = oneshot::channel();
+        requester.shared.register(request_id, tx)?;
+        if let Err(e) = requester.write(frame).await {
+            requester.shared.pending().remove(&request_id);
+            return Err(e);
+        }
+        Ok(Box::pin(async move {
+            match requester.await_response(request_id, rx).await? {
+                pb::response::Result::Done(_) => Ok(()),
+                _ => Err(Error::Malformed("unexpected response to send")),
+            }
+        }))
+    }
+
     /// Acknowledges deliveries so the relay deletes them. Acknowledgements made while the
     /// connection is busy writing are sent together in one frame.
     pub async fn ack_deliveries(&self, ids: Vec<u64>) -> Result<(), Error> {
@@ -736,6 +760,10 @@ impl Transport for RelayClient {
 
     async fn send(&mut self, envelope: Envelope) -> Result<(), Error> {
         self.send_envelope(envelope).await
+    }
+
+    async fn start_send(&mut self, envelope: Envelope) -> Result<SendReceipt, Error> {
+        self.start_send_envelope(envelope).await
     }
 
     async fn recv(&mut self) -> Result<Received, Error> {
