@@ -17,7 +17,10 @@ fn candidates(n: u32) -> CallMessage {
     CallMessage::IceCandidates(IceCandidates {
         call_id: [9; 16],
         generation: n,
-        candidates: vec![format!("candidate:{n} 1 udp 1 127.0.0.1 {} typ host", 40000 + n)],
+        candidates: vec![format!(
+            "candidate:{n} 1 udp 1 127.0.0.1 {} typ host",
+            40000 + n
+        )],
         end_of_candidates: false,
         ice: None,
     })
