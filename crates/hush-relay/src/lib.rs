@@ -180,6 +180,8 @@ pub struct RelayConfig {
     /// `require_ems` set if it allows TLS 1.2 (RFC 9266 §3).
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This node's name, the `node` label on every metric; `None`: the listening address.
+    pub node_name: Option<String>,
     /// Short-lived TURN credentials for authenticated devices (TURN REST scheme, coturn
     /// `use-auth-secret`); `None`: requests for them are answered `TURN_UNAVAILABLE`.
     pub turn: Option<TurnConfig>,
@@ -219,6 +221,7 @@ impl RelayConfig {
             max_batch: 2048,
             commit_delay: Duration::from_millis(20),
             turn: None,
+            node_name: None,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "cluster")]
@@ -555,10 +558,14 @@ impl Relay {
             metrics_listener,
             shared,
         } = self;
-        let metrics_task =
-            metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
         let mut shutdown = shared.shutdown.subscribe();
         let (addr, key) = (listener.local_addr()?, hex(&shared.relay_key));
+        let node: Arc<str> = match &shared.config.node_name {
+            Some(name) => name.as_str().into(),
+            None => addr.to_string().into(),
+        };
+        let metrics_task =
+            metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone(), node)));
         if shared.tls.is_some() {
             tracing::info!(%addr, relay_key = %key, "relay listening (TLS)");
         } else {

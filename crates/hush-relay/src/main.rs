@@ -183,6 +183,9 @@ struct Cli {
         requires = "turn_secret_file"
     )]
     turn_url: Vec<String>,
+    /// This node's name: the `node` label on every metric [default: the listening address].
+    #[arg(long, env = "HUSH_RELAY_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
     /// Lifetime of the TURN credentials handed out, in seconds (1 to 604800) [default: 86400].
     #[arg(long, env = "HUSH_RELAY_TURN_TTL_S", value_name = "S")]
     turn_ttl_s: Option<u64>,
@@ -311,6 +314,7 @@ fn config(cli: Cli) -> Result<(RelayConfig, Option<usize>), ArgsError> {
     set!(delivery_buffer = cli.delivery_buffer);
     set!(commit_delay = cli.commit_delay_ms.map(ms));
     set!(key_path = cli.key);
+    config.node_name = cli.node_name;
     if let Some(path) = cli.turn_secret_file {
         let mut secret = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|source| {
             ArgsError::TurnSecret {
