@@ -12,6 +12,7 @@
 //! ```text
 //! cargo run --example two_party_call [-- --relay ADDR] [--loss PCT] [--seconds N]
 //!                                       [--relay-only --turn ADDR --turn-user U --turn-pass P]
+//!                                       [--relay-only --turn ADDR --turn-secret S]
 //!                                       [--network-change-at SECS]
 //!                                       [--delay-ms MS] [--jitter-ms MS] [--bandwidth-kbps K]
 //!                                       [--burst-loss MEAN] [--seed N]
@@ -21,6 +22,9 @@
 //! `--relay ADDR` uses a running `hush-relay` instead of the in-process one; `--loss PCT`
 //! drops that share of each side's outgoing media packets; `--relay-only` sends media through
 //! the TURN server given with `--turn` (long-term credentials), hiding each device's address;
+//! with `--turn-secret S` instead of a user and password, the in-process relay hands each device
+//! short-lived TURN credentials (coturn `use-auth-secret` with `static-auth-secret=S`) and the
+//! clients fetch them themselves;
 //! `--network-change-at SECS` has Bob's device change network that far into the call (new
 //! sockets, ICE restart over signaling, media resumes on the new path).
 //!
@@ -58,6 +62,7 @@ struct Args {
     turn: Option<SocketAddr>,
     turn_user: String,
     turn_pass: String,
+    turn_secret: Option<String>,
     network_change_at: Option<f64>,
     link: SimulatedLink,
     audio_in: Option<PathBuf>,
@@ -73,6 +78,7 @@ fn parse_args() -> Result<Args, Failure> {
         turn: None,
         turn_user: String::new(),
         turn_pass: String::new(),
+        turn_secret: None,
         network_change_at: None,
         link: SimulatedLink::new(),
         audio_in: None,
@@ -89,6 +95,7 @@ fn parse_args() -> Result<Args, Failure> {
             "--turn" => args.turn = Some(value()?.parse()?),
             "--turn-user" => args.turn_user = value()?,
             "--turn-pass" => args.turn_pass = value()?,
+            "--turn-secret" => args.turn_secret = Some(value()?),
             "--network-change-at" => args.network_change_at = Some(value()?.parse()?),
             "--delay-ms" => {
                 let ms = value()?.parse()?;
@@ -118,6 +125,13 @@ fn parse_args() -> Result<Args, Failure> {
     if args.relay_only && args.turn.is_none() {
         return Err("--relay-only needs --turn ADDR (a TURN server)".into());
     }
+    if args.turn_secret.is_some() && (args.turn.is_none() || args.relay.is_some()) {
+        return Err(
+            "--turn-secret needs --turn ADDR and the in-process relay (a running relay takes \
+             --turn-secret-file itself)"
+                .into(),
+        );
+    }
     Ok(args)
 }
 
@@ -128,7 +142,10 @@ fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> 
 
 fn client_config(args: &Args) -> Result<ClientConfig, Failure> {
     let mut net = hush_net::Config::builder().include_loopback(true);
-    if let Some(turn) = args.turn {
+    if args.turn_secret.is_some() {
+        // The relay grants the TURN server with short-lived credentials before each call.
+        net = net.turn_provided_later(true);
+    } else if let Some(turn) = args.turn {
         net = net.turn_server(
             turn,
             TurnCredentials::long_term(args.turn_user.clone(), args.turn_pass.clone()),
@@ -309,11 +326,15 @@ async fn run(args: Args) -> Result<bool, Failure> {
     let relay_addr = match args.relay {
         Some(a) => a,
         None => {
-            let relay = Relay::bind(RelayConfig::new(
-                "127.0.0.1:0".parse()?,
-                scratch.join("relay.db"),
-            ))
-            .await?;
+            let mut config = RelayConfig::new("127.0.0.1:0".parse()?, scratch.join("relay.db"));
+            if let (Some(secret), Some(turn)) = (&args.turn_secret, args.turn) {
+                config.turn = Some(hush_relay::TurnConfig::new(
+                    secret.as_bytes(),
+                    vec![format!("turn:{turn}")],
+                    Duration::from_secs(3600),
+                )?);
+            }
+            let relay = Relay::bind(config).await?;
             let addr = relay.local_addr();
             tokio::spawn(relay.serve());
             addr
