@@ -69,70 +69,93 @@ struct Args {
     audio_out: Option<PathBuf>,
 }
 
+/// A whole hush call between two devices on this machine (see the file's documentation).
+#[derive(Debug, clap::Parser)]
+#[command(name = "two_party_call")]
+struct Cli {
+    /// Use this running hush-relay instead of starting one in-process.
+    #[arg(long, value_name = "ADDR")]
+    relay: Option<SocketAddr>,
+    /// Drop this share of each side's outgoing media packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    loss: f64,
+    /// Seconds of tone each side sends.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    seconds: u32,
+    /// Media only through the TURN server given with --turn (hides each device's address).
+    #[arg(long, requires = "turn")]
+    relay_only: bool,
+    /// A TURN server.
+    #[arg(long, value_name = "ADDR")]
+    turn: Option<SocketAddr>,
+    /// TURN long-term username.
+    #[arg(long, value_name = "U", default_value = "")]
+    turn_user: String,
+    /// TURN long-term password.
+    #[arg(long, value_name = "P", default_value = "")]
+    turn_pass: String,
+    /// Instead of a user and password: the in-process relay hands out short-lived TURN
+    /// credentials for a coturn with `use-auth-secret` and `static-auth-secret=S`.
+    #[arg(long, value_name = "S", requires = "turn", conflicts_with = "relay")]
+    turn_secret: Option<String>,
+    /// Bob's device changes network this far into the call.
+    #[arg(long, value_name = "SECS")]
+    network_change_at: Option<f64>,
+    /// One-way delay added to each side's outgoing media.
+    #[arg(long, value_name = "MS")]
+    delay_ms: Option<u64>,
+    /// Uniform extra delay of up to this much.
+    #[arg(long, value_name = "MS")]
+    jitter_ms: Option<u64>,
+    /// Drop-tail bottleneck on each side's outgoing media (IPv4/UDP headers counted).
+    #[arg(long, value_name = "K")]
+    bandwidth_kbps: Option<f64>,
+    /// --loss comes in Gilbert–Elliott bursts of this mean length.
+    #[arg(long, value_name = "MEAN")]
+    burst_loss: Option<f64>,
+    /// Seed of the impairments' random draws.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Alice sends this 48 kHz mono 16-bit WAV instead of her tone.
+    #[arg(long, value_name = "IN.wav")]
+    audio_in: Option<PathBuf>,
+    /// Write what Bob played as a WAV.
+    #[arg(long, value_name = "OUT.wav")]
+    audio_out: Option<PathBuf>,
+}
+
 fn parse_args() -> Result<Args, Failure> {
-    let mut args = Args {
-        relay: None,
-        loss: 0.0,
-        seconds: 5,
-        relay_only: false,
-        turn: None,
-        turn_user: String::new(),
-        turn_pass: String::new(),
-        turn_secret: None,
-        network_change_at: None,
-        link: SimulatedLink::new(),
-        audio_in: None,
-        audio_out: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--relay" => args.relay = Some(value()?.parse()?),
-            "--loss" => args.loss = value()?.parse::<f64>()? / 100.0,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--relay-only" => args.relay_only = true,
-            "--turn" => args.turn = Some(value()?.parse()?),
-            "--turn-user" => args.turn_user = value()?,
-            "--turn-pass" => args.turn_pass = value()?,
-            "--turn-secret" => args.turn_secret = Some(value()?),
-            "--network-change-at" => args.network_change_at = Some(value()?.parse()?),
-            "--delay-ms" => {
-                let ms = value()?.parse()?;
-                args.link = args.link.delay(Duration::from_millis(ms));
-            }
-            "--jitter-ms" => {
-                let ms = value()?.parse()?;
-                args.link = args.link.jitter(Duration::from_millis(ms));
-            }
-            "--bandwidth-kbps" => {
-                let kbps: f64 = value()?.parse()?;
-                args.link = args.link.bandwidth_bps(Some((kbps * 1000.0) as u64));
-            }
-            "--burst-loss" => {
-                let mean: f64 = value()?.parse()?;
-                args.link = args.link.burst_loss_mean(Some(mean));
-            }
-            "--seed" => {
-                let seed = value()?.parse()?;
-                args.link = args.link.seed(Some(seed));
-            }
-            "--audio-in" => args.audio_in = Some(value()?.into()),
-            "--audio-out" => args.audio_out = Some(value()?.into()),
-            other => return Err(format!("unknown flag {other}").into()),
-        }
+    let cli = <Cli as clap::Parser>::parse();
+    let mut link = SimulatedLink::new();
+    if let Some(ms) = cli.delay_ms {
+        link = link.delay(Duration::from_millis(ms));
     }
-    if args.relay_only && args.turn.is_none() {
-        return Err("--relay-only needs --turn ADDR (a TURN server)".into());
+    if let Some(ms) = cli.jitter_ms {
+        link = link.jitter(Duration::from_millis(ms));
     }
-    if args.turn_secret.is_some() && (args.turn.is_none() || args.relay.is_some()) {
-        return Err(
-            "--turn-secret needs --turn ADDR and the in-process relay (a running relay takes \
-             --turn-secret-file itself)"
-                .into(),
-        );
+    if let Some(kbps) = cli.bandwidth_kbps {
+        link = link.bandwidth_bps(Some((kbps * 1000.0) as u64));
     }
-    Ok(args)
+    if cli.burst_loss.is_some() {
+        link = link.burst_loss_mean(cli.burst_loss);
+    }
+    if cli.seed.is_some() {
+        link = link.seed(cli.seed);
+    }
+    Ok(Args {
+        relay: cli.relay,
+        loss: cli.loss / 100.0,
+        seconds: cli.seconds,
+        relay_only: cli.relay_only,
+        turn: cli.turn,
+        turn_user: cli.turn_user,
+        turn_pass: cli.turn_pass,
+        turn_secret: cli.turn_secret,
+        network_change_at: cli.network_change_at,
+        link,
+        audio_in: cli.audio_in,
+        audio_out: cli.audio_out,
+    })
 }
 
 fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> {
