@@ -172,3 +172,104 @@ pub(super) async fn refresher(source: Arc<dyn TurnSource>, actor: WeakUnboundedS
         tokio::time::sleep(wait).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    use hush_signaling::transport::TurnGrant;
+
+    use super::*;
+
+    /// Hands out the queued answers in order and counts the requests.
+    struct Fake {
+        answers: Mutex<Vec<Result<TurnGrant, hush_signaling::Error>>>,
+        asked: AtomicU32,
+    }
+
+    impl TurnSource for Fake {
+        fn fetch(
+            &self,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<TurnGrant, hush_signaling::Error>>
+                    + Send
+                    + '_,
+            >,
+        > {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let next = self.answers.lock().unwrap().remove(0);
+            Box::pin(async move { next })
+        }
+    }
+
+    fn grant(lifetime: Duration, urls: &[&str]) -> TurnGrant {
+        TurnGrant {
+            username: "1:dev".into(),
+            password: zeroize::Zeroizing::new("pw".into()),
+            expires: SystemTime::now() + lifetime,
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+        }
+    }
+
+    fn unavailable() -> Result<TurnGrant, hush_signaling::Error> {
+        Err(hush_signaling::Error::Relay {
+            code: ErrorCode::TurnUnavailable,
+            message: String::new(),
+        })
+    }
+
+    fn cache(answers: Vec<Result<TurnGrant, hush_signaling::Error>>) -> (TurnCache, Arc<Fake>) {
+        let fake = Arc::new(Fake {
+            answers: Mutex::new(answers),
+            asked: AtomicU32::new(0),
+        });
+        (TurnCache::new(fake.clone()), fake)
+    }
+
+    #[tokio::test]
+    async fn a_fresh_grant_is_reused_and_bad_urls_are_skipped() {
+        let hour = Duration::from_secs(3600);
+        let (mut c, fake) = cache(vec![Ok(grant(
+            hour,
+            &["turn:192.0.2.1:3478", "stun:nope", "turns:192.0.2.1:5349"],
+        ))]);
+        assert_eq!(
+            c.servers().await.len(),
+            2,
+            "the stun: URL is not a TURN server"
+        );
+        assert_eq!(c.servers().await.len(), 2);
+        assert_eq!(fake.asked.load(Ordering::SeqCst), 1, "fetched once");
+    }
+
+    #[tokio::test]
+    async fn a_grant_about_to_expire_is_replaced_before_a_call() {
+        // Under a minute left: not used for a new call; the next fetch is.
+        let (mut c, fake) = cache(vec![
+            Ok(grant(Duration::from_secs(30), &["turn:192.0.2.1:3478"])),
+            Ok(grant(Duration::from_secs(3600), &["turn:192.0.2.2:3478"])),
+        ]);
+        let first = c.servers().await;
+        assert_eq!(first.len(), 1);
+        let second = c.servers().await;
+        assert_eq!(fake.asked.load(Ordering::SeqCst), 2);
+        assert_eq!(second[0].addr, "192.0.2.2:3478".parse().unwrap());
+        // And a failed fetch keeps the old grant while it has not expired.
+        let (mut c, _) = cache(vec![
+            Ok(grant(Duration::from_secs(30), &["turn:192.0.2.1:3478"])),
+            Err(hush_signaling::Error::Timeout),
+        ]);
+        assert_eq!(c.servers().await.len(), 1);
+        assert_eq!(c.servers().await.len(), 1, "still valid for 30 s");
+    }
+
+    #[tokio::test]
+    async fn a_relay_without_turn_is_not_asked_before_every_call() {
+        let (mut c, fake) = cache(vec![unavailable()]);
+        assert!(c.servers().await.is_empty());
+        assert!(c.servers().await.is_empty());
+        assert_eq!(fake.asked.load(Ordering::SeqCst), 1);
+    }
+}
