@@ -20,10 +20,15 @@
 //! 120 s by default): every message id of that window is remembered, so resident memory grows
 //! with the calls of the last S seconds and is flat after that.
 //!
+//! `--relay` runs the setup series twice in the same process, first over the in-memory
+//! signaling network, then over a hush relay started in-process (TCP on loopback, SQLite in a
+//! scratch directory, default settings but the per-connection rate limit lifted): the same
+//! calls with real signaling round trips.
+//!
 //! The last line printed is one JSON object with every figure measured in that run.
 //!
 //! `cargo bench --bench call_setup -- [--calls N] [--rss-every M] [--cpu SECS]
-//! [--concurrent K] [--hold SECS] [--playout-delay-ms D] [--replay-window-s S]` (default
+//! [--concurrent K] [--hold SECS] [--playout-delay-ms D] [--replay-window-s S] [--relay]` (default
 //! `--calls 100 --rss-every 100`; `--calls 0` skips the setup series).
 
 use std::sync::Arc;
@@ -57,6 +62,91 @@ fn loopback_config(playout_delay: Option<Duration>) -> ClientConfig {
         config.media.jitter.initial_delay = d;
     }
     config
+}
+
+/// What keeps a pair's signaling alive: an in-memory network, or an in-process relay (stopped
+/// and its scratch directory removed on drop).
+enum Keep {
+    Memory(#[allow(dead_code, reason = "kept alive only")] MemoryNetwork),
+    Relay(tokio::task::JoinHandle<()>, std::path::PathBuf),
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        if let Self::Relay(task, dir) = self {
+            task.abort();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Alice and Bob connected over TCP to a relay started in-process; both published prekeys,
+/// Alice fetched Bob's bundle from the relay and holds a session with him.
+async fn relay_pair(knobs: Knobs) -> (Client, Client, Keep) {
+    use hush_signaling::transport::{RelayClient, RelayClientConfig};
+    let dir = std::env::temp_dir().join(format!(
+        "hush-call-setup-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut relay_config = hush_relay::RelayConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        dir.join("relay.db"),
+    );
+    // Back-to-back calls of a few tens of milliseconds each send more than the default 50
+    // requests per second per connection; this measures setup, not the abuse limits.
+    relay_config.rate_limit_per_sec = 100_000;
+    relay_config.rate_limit_burst = 100_000;
+    let relay = hush_relay::Relay::bind(relay_config)
+        .await
+        .expect("relay binds");
+    let addr = relay.local_addr();
+    let task = tokio::spawn(async move {
+        let _ = relay.serve().await;
+    });
+    let new = |id| {
+        let store = DeviceStore::create(MemoryBackend::new(), id, &mut rand::rng())
+            .expect("in-memory store");
+        SignalSealer::new(Device::new(store))
+    };
+    let (mut alice, mut bob) = (new(1), new(2));
+    let mut conns = Vec::new();
+    for sealer in [&mut alice, &mut bob] {
+        let conn = RelayClient::connect_tcp(addr, sealer.signer(), RelayClientConfig::default())
+            .await
+            .expect("authenticates");
+        let material = sealer.publish(1, 1).expect("prekeys");
+        conn.upload_prekeys(material.bundle, material.one_time_prekeys, false)
+            .await
+            .expect("prekeys uploaded");
+        conns.push(conn);
+    }
+    let bob_conn = conns.pop().expect("bob");
+    let alice_conn = conns.pop().expect("alice");
+    let fetched = alice_conn
+        .fetch_bundle(bob.device_id())
+        .await
+        .expect("bundle fetched");
+    alice.start_session(&fetched).expect("session from bundle");
+    let config = loopback_config(knobs.playout_delay);
+    let mut signaling = SignalingConfig::default();
+    if let Some(w) = knobs.replay_window {
+        signaling.max_age = w;
+    }
+    let client = |conn, sealer| {
+        Client::builder(
+            SignalingClient::with_config(conn, sealer, signaling.clone()),
+            config.net.clone(),
+        )
+        .config(config.clone())
+        .build()
+    };
+    (
+        client(alice_conn, alice),
+        client(bob_conn, bob),
+        Keep::Relay(task, dir),
+    )
 }
 
 /// Alice and Bob with fresh identities on their own in-memory signaling network; Alice holds a
@@ -273,9 +363,16 @@ async fn talk(a: &Call, b: &Call, hold: Duration) -> Played {
     }
 }
 
-/// `calls` sequential calls between one pair; setup times and resident memory.
-async fn sequential(calls: usize, every: usize, knobs: Knobs) -> String {
-    let (alice, bob, _net) = pair(knobs);
+/// `calls` sequential calls between one pair (signaling in memory, or over an in-process relay
+/// with `relay`); setup times and resident memory.
+async fn sequential(calls: usize, every: usize, knobs: Knobs, relay: bool) -> String {
+    let (alice, bob, _keep) = if relay {
+        relay_pair(knobs).await
+    } else {
+        let (a, b, net) = pair(knobs);
+        (a, b, Keep::Memory(net))
+    };
+    let via = if relay { "relay" } else { "memory" };
     let mut first = Vec::with_capacity(calls);
     let mut connected = Vec::with_capacity(calls);
     let mut rss = vec![(0, rss_kib())];
@@ -311,7 +408,7 @@ async fn sequential(calls: usize, every: usize, knobs: Knobs) -> String {
         first.last().copied().unwrap_or(f64::NAN),
     );
     println!(
-        "hush: {calls} calls ({failed} failed); Client::call -> first decoded frame at the callee: median {median:.1} ms, p95 {p95:.1} ms, min {min:.1}, max {max:.1}; callee Connected event: median {:.1} ms",
+        "hush, signaling over {via}: {calls} calls ({failed} failed); Client::call -> first decoded frame at the callee: median {median:.1} ms, p95 {p95:.1} ms, min {min:.1}, max {max:.1}; callee Connected event: median {:.1} ms",
         percentile(&connected, 0.5)
     );
     let mut buckets = std::collections::BTreeMap::new();
@@ -332,7 +429,8 @@ async fn sequential(calls: usize, every: usize, knobs: Knobs) -> String {
         samples.join(", ")
     );
     let rss_json: Vec<String> = rss.iter().map(|(n, k)| format!("[{n},{k}]")).collect();
-    format!(
+    let prefix = if relay { "relay_" } else { "" };
+    let body = format!(
         "\"playout_delay_ms\":{},\"replay_window_s\":{},\"calls\":{calls},\"failed\":{failed},\"median_ms\":{},\"p95_ms\":{},\"min_ms\":{},\"max_ms\":{},\"callee_connected_median_ms\":{},\"rss_kib\":[{}]",
         knobs
             .playout_delay
@@ -346,7 +444,10 @@ async fn sequential(calls: usize, every: usize, knobs: Knobs) -> String {
         num(max),
         num(percentile(&connected, 0.5)),
         rss_json.join(",")
-    )
+    );
+    // Keys of the relay series get a "relay_" prefix, so both series fit in one object.
+    body.replace("\"playout", &format!("\"{prefix}playout"))
+        .replace(",\"", &format!(",\"{prefix}"))
 }
 
 /// One call held for `secs` with audio both ways; CPU of the whole process over that time.
@@ -442,6 +543,7 @@ fn main() {
     let (mut calls, mut every, mut cpu_secs, mut k, mut hold) =
         (100usize, 100usize, None, None, 10);
     let mut knobs = Knobs::default();
+    let mut relay = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse::<usize>().ok());
@@ -457,6 +559,7 @@ fn main() {
             "--playout-delay-ms" => {
                 knobs.playout_delay = value().map(|ms| Duration::from_millis(ms as u64));
             }
+            "--relay" => relay = true,
             // cargo bench passes --bench; anything else is a mistake worth seeing.
             "--bench" => {}
             other => eprintln!("ignored argument {other}"),
@@ -470,7 +573,10 @@ fn main() {
     let mut json = vec!["\"impl\":\"hush\"".to_string()];
     rt.block_on(async {
         if calls > 0 {
-            json.push(sequential(calls, every, knobs).await);
+            json.push(sequential(calls, every, knobs, false).await);
+            if relay {
+                json.push(sequential(calls, every, knobs, true).await);
+            }
         }
         if let Some(s) = cpu_secs {
             json.push(cpu(s as u64).await);

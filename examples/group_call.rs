@@ -44,34 +44,40 @@ struct Args {
     loudest_n: Option<usize>,
 }
 
+/// A group call through an SFU started in-process (see the file's documentation).
+#[derive(Debug, clap::Parser)]
+#[command(name = "group_call")]
+struct Cli {
+    /// Clients in the call (2 to 32).
+    #[arg(long, value_name = "N", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(2..=32))]
+    participants: u32,
+    /// Seconds the call lasts.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    seconds: u32,
+    /// Drop this share (0 to 100) of each client's outgoing media packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    loss: f64,
+    /// How many loudest speakers the SFU forwards, or "all".
+    #[arg(long, value_name = "N|all", default_value = "3")]
+    loudest_n: String,
+}
+
 fn parse_args() -> Result<Args, Failure> {
-    let mut args = Args {
-        participants: 6,
-        seconds: 10,
-        loss: 0.0,
-        loudest_n: Some(3),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--participants" => args.participants = value()?.parse()?,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--loss" => args.loss = value()?.parse::<f64>()? / 100.0,
-            "--loudest-n" => {
-                let v = value()?;
-                args.loudest_n = if v == "all" { None } else { Some(v.parse()?) };
-            }
-            other => return Err(format!("unknown option {other}").into()),
-        }
-    }
-    if !(2..=32).contains(&args.participants) {
-        return Err("--participants must be 2..=32".into());
-    }
-    if !(0.0..=1.0).contains(&args.loss) {
+    let cli = <Cli as clap::Parser>::parse();
+    if !(0.0..=100.0).contains(&cli.loss) {
         return Err("--loss must be 0..=100".into());
     }
-    Ok(args)
+    let loudest_n = match cli.loudest_n.as_str() {
+        "all" => None,
+        n => Some(n.parse()?),
+    };
+    Ok(Args {
+        participants: cli.participants.try_into()?,
+        seconds: cli.seconds,
+        loss: cli.loss / 100.0,
+        loudest_n,
+    })
 }
 
 fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> {

@@ -12,6 +12,7 @@
 //! ```text
 //! cargo run --example two_party_call [-- --relay ADDR] [--loss PCT] [--seconds N]
 //!                                       [--relay-only --turn ADDR --turn-user U --turn-pass P]
+//!                                       [--relay-only --turn ADDR --turn-secret S]
 //!                                       [--network-change-at SECS]
 //!                                       [--delay-ms MS] [--jitter-ms MS] [--bandwidth-kbps K]
 //!                                       [--burst-loss MEAN] [--seed N]
@@ -23,6 +24,9 @@
 //! `--relay ADDR` uses a running `hush-relay` instead of the in-process one; `--loss PCT`
 //! drops that share of each side's outgoing media packets; `--relay-only` sends media through
 //! the TURN server given with `--turn` (long-term credentials), hiding each device's address;
+//! with `--turn-secret S` instead of a user and password, the in-process relay hands each device
+//! short-lived TURN credentials (coturn `use-auth-secret` with `static-auth-secret=S`) and the
+//! clients fetch them themselves;
 //! `--network-change-at SECS` has Bob's device change network that far into the call (new
 //! sockets, ICE restart over signaling, media resumes on the new path).
 //!
@@ -73,6 +77,7 @@ struct Args {
     turn: Option<SocketAddr>,
     turn_user: String,
     turn_pass: String,
+    turn_secret: Option<String>,
     network_change_at: Option<f64>,
     link: SimulatedLink,
     audio_in: Option<PathBuf>,
@@ -84,102 +89,140 @@ struct Args {
     steps: Vec<(Duration, u64)>,
 }
 
+/// A whole hush call between two devices on this machine (see the file's documentation).
+#[derive(Debug, clap::Parser)]
+#[command(name = "two_party_call")]
+struct Cli {
+    /// Use this running hush-relay instead of starting one in-process.
+    #[arg(long, value_name = "ADDR")]
+    relay: Option<SocketAddr>,
+    /// Drop this share of each side's outgoing media packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    loss: f64,
+    /// Seconds of tone each side sends.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    seconds: u32,
+    /// Media only through the TURN server given with --turn (hides each device's address).
+    #[arg(long, requires = "turn")]
+    relay_only: bool,
+    /// A TURN server.
+    #[arg(long, value_name = "ADDR")]
+    turn: Option<SocketAddr>,
+    /// TURN long-term username.
+    #[arg(long, value_name = "U", default_value = "")]
+    turn_user: String,
+    /// TURN long-term password.
+    #[arg(long, value_name = "P", default_value = "")]
+    turn_pass: String,
+    /// Instead of a user and password: the in-process relay hands out short-lived TURN
+    /// credentials for a coturn with `use-auth-secret` and `static-auth-secret=S`.
+    #[arg(long, value_name = "S", requires = "turn", conflicts_with = "relay")]
+    turn_secret: Option<String>,
+    /// Bob's device changes network this far into the call.
+    #[arg(long, value_name = "SECS")]
+    network_change_at: Option<f64>,
+    /// One-way delay added to each side's outgoing media.
+    #[arg(long, value_name = "MS")]
+    delay_ms: Option<u64>,
+    /// Uniform extra delay of up to this much.
+    #[arg(long, value_name = "MS")]
+    jitter_ms: Option<u64>,
+    /// Drop-tail bottleneck on each side's outgoing media (IPv4/UDP headers counted): one rate,
+    /// or steps through several rates, e.g. `2000,300,150,2000@5s` (a new rate every 5 s).
+    #[arg(long, value_name = "K[,K...@SECS]")]
+    bandwidth_kbps: Option<String>,
+    /// --loss comes in Gilbert–Elliott bursts of this mean length.
+    #[arg(long, value_name = "MEAN")]
+    burst_loss: Option<f64>,
+    /// Seed of the impairments' random draws.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Alice sends this 48 kHz mono 16-bit WAV instead of her tone.
+    #[arg(long, value_name = "IN.wav")]
+    audio_in: Option<PathBuf>,
+    /// Write what Bob played as a WAV.
+    #[arg(long, value_name = "OUT.wav")]
+    audio_out: Option<PathBuf>,
+    /// A video call (640×360@30 test pictures both ways, unless --video-in).
+    #[arg(long)]
+    video: bool,
+    /// Alice sends this 4:2:0 Y4M file as her camera (implies --video).
+    #[arg(long, value_name = "IN.y4m")]
+    video_in: Option<PathBuf>,
+    /// Write the pictures Bob decoded as a Y4M file (implies --video).
+    #[arg(long, value_name = "OUT.y4m")]
+    video_out: Option<PathBuf>,
+}
+
 fn parse_args() -> Result<Args, Failure> {
-    let mut args = Args {
-        relay: None,
-        loss: 0.0,
-        seconds: 5,
-        relay_only: false,
-        turn: None,
-        turn_user: String::new(),
-        turn_pass: String::new(),
-        network_change_at: None,
-        link: SimulatedLink::new(),
-        audio_in: None,
-        audio_out: None,
-        video: false,
-        video_in: None,
-        video_out: None,
-        steps: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--relay" => args.relay = Some(value()?.parse()?),
-            "--loss" => args.loss = value()?.parse::<f64>()? / 100.0,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--relay-only" => args.relay_only = true,
-            "--turn" => args.turn = Some(value()?.parse()?),
-            "--turn-user" => args.turn_user = value()?,
-            "--turn-pass" => args.turn_pass = value()?,
-            "--network-change-at" => args.network_change_at = Some(value()?.parse()?),
-            "--delay-ms" => {
-                let ms = value()?.parse()?;
-                args.link = args.link.delay(Duration::from_millis(ms));
-            }
-            "--jitter-ms" => {
-                let ms = value()?.parse()?;
-                args.link = args.link.jitter(Duration::from_millis(ms));
-            }
-            "--bandwidth-kbps" => {
-                let spec = value()?;
-                let (rates, every) = match spec.split_once('@') {
-                    Some((r, e)) => {
-                        let secs: f64 = e.trim_end_matches('s').parse()?;
-                        (r.to_string(), Duration::from_secs_f64(secs))
-                    }
-                    None => (spec.clone(), Duration::ZERO),
-                };
-                let rates = rates
-                    .split(',')
-                    .map(|k| k.parse::<f64>().map(|k| (k * 1000.0) as u64))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if rates.len() > 1 && every.is_zero() {
-                    return Err("bandwidth steps need @SECONDS, e.g. 2000,300@5s".into());
-                }
-                args.steps = rates
+    let cli = <Cli as clap::Parser>::parse();
+    let mut link = SimulatedLink::new();
+    if let Some(ms) = cli.delay_ms {
+        link = link.delay(Duration::from_millis(ms));
+    }
+    if let Some(ms) = cli.jitter_ms {
+        link = link.jitter(Duration::from_millis(ms));
+    }
+    let mut steps = Vec::new();
+    if let Some(spec) = &cli.bandwidth_kbps {
+        steps = bandwidth_steps(spec)?;
+        link = link
+            .bandwidth_bps(steps.first().map(|&(_, bps)| bps))
+            .bandwidth_steps(
+                steps
                     .iter()
-                    .enumerate()
-                    .map(|(i, &bps)| (every * i as u32, bps))
-                    .collect();
-                args.link = args
-                    .link
-                    .bandwidth_bps(rates.first().copied())
-                    .bandwidth_steps(
-                        args.steps
-                            .iter()
-                            .skip(1)
-                            .map(|&(at, bps)| (at, Some(bps)))
-                            .collect(),
-                    );
-            }
-            "--burst-loss" => {
-                let mean: f64 = value()?.parse()?;
-                args.link = args.link.burst_loss_mean(Some(mean));
-            }
-            "--seed" => {
-                let seed = value()?.parse()?;
-                args.link = args.link.seed(Some(seed));
-            }
-            "--audio-in" => args.audio_in = Some(value()?.into()),
-            "--audio-out" => args.audio_out = Some(value()?.into()),
-            "--video" => args.video = true,
-            "--video-in" => {
-                args.video = true;
-                args.video_in = Some(value()?.into());
-            }
-            "--video-out" => {
-                args.video = true;
-                args.video_out = Some(value()?.into());
-            }
-            other => return Err(format!("unknown flag {other}").into()),
+                    .skip(1)
+                    .map(|&(at, bps)| (at, Some(bps)))
+                    .collect(),
+            );
+    }
+    if cli.burst_loss.is_some() {
+        link = link.burst_loss_mean(cli.burst_loss);
+    }
+    if cli.seed.is_some() {
+        link = link.seed(cli.seed);
+    }
+    Ok(Args {
+        relay: cli.relay,
+        loss: cli.loss / 100.0,
+        seconds: cli.seconds,
+        relay_only: cli.relay_only,
+        turn: cli.turn,
+        turn_user: cli.turn_user,
+        turn_pass: cli.turn_pass,
+        turn_secret: cli.turn_secret,
+        network_change_at: cli.network_change_at,
+        link,
+        audio_in: cli.audio_in,
+        audio_out: cli.audio_out,
+        video: cli.video || cli.video_in.is_some() || cli.video_out.is_some(),
+        video_in: cli.video_in,
+        video_out: cli.video_out,
+        steps,
+    })
+}
+
+/// `--bandwidth-kbps`: `K` or `K,K,...@SECS` into each rate (bps) and when it starts.
+fn bandwidth_steps(spec: &str) -> Result<Vec<(Duration, u64)>, Failure> {
+    let (rates, every) = match spec.split_once('@') {
+        Some((r, e)) => {
+            let secs: f64 = e.trim_end_matches('s').parse()?;
+            (r, Duration::from_secs_f64(secs))
         }
+        None => (spec, Duration::ZERO),
+    };
+    let rates = rates
+        .split(',')
+        .map(|k| k.parse::<f64>().map(|k| (k * 1000.0) as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    if rates.len() > 1 && every.is_zero() {
+        return Err("bandwidth steps need @SECONDS, e.g. 2000,300@5s".into());
     }
-    if args.relay_only && args.turn.is_none() {
-        return Err("--relay-only needs --turn ADDR (a TURN server)".into());
-    }
-    Ok(args)
+    Ok(rates
+        .iter()
+        .enumerate()
+        .map(|(i, &bps)| (every * i as u32, bps))
+        .collect())
 }
 
 fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> {
@@ -189,7 +232,10 @@ fn sealer(signal_device_id: u8) -> Result<SignalSealer<MemoryBackend>, Failure> 
 
 fn client_config(args: &Args) -> Result<ClientConfig, Failure> {
     let mut net = hush_net::Config::builder().include_loopback(true);
-    if let Some(turn) = args.turn {
+    if args.turn_secret.is_some() {
+        // The relay grants the TURN server with short-lived credentials before each call.
+        net = net.turn_provided_later(true);
+    } else if let Some(turn) = args.turn {
         net = net.turn_server(
             turn,
             TurnCredentials::long_term(args.turn_user.clone(), args.turn_pass.clone()),
@@ -646,11 +692,15 @@ async fn run(args: Args) -> Result<bool, Failure> {
     let relay_addr = match args.relay {
         Some(a) => a,
         None => {
-            let relay = Relay::bind(RelayConfig::new(
-                "127.0.0.1:0".parse()?,
-                scratch.join("relay.db"),
-            ))
-            .await?;
+            let mut config = RelayConfig::new("127.0.0.1:0".parse()?, scratch.join("relay.db"));
+            if let (Some(secret), Some(turn)) = (&args.turn_secret, args.turn) {
+                config.turn = Some(hush_relay::TurnConfig::new(
+                    secret.as_bytes(),
+                    vec![format!("turn:{turn}")],
+                    Duration::from_secs(3600),
+                )?);
+            }
+            let relay = Relay::bind(config).await?;
             let addr = relay.local_addr();
             tokio::spawn(relay.serve());
             addr

@@ -26,6 +26,10 @@ pub enum Error {
     /// The ICE driver did not start in time (interface scan or socket binding hung).
     #[error("the network layer did not start in time")]
     NetStartTimeout,
+    /// The ICE policy is relay-only but there is no TURN server: none configured, and the
+    /// transport handed out no credentials (its relay has no TURN, or could not be asked).
+    #[error("relay-only policy but no TURN server (none configured or granted)")]
+    NoTurnServer,
     /// The call state machine refused the command.
     #[error(transparent)]
     Command(#[from] crate::machine::CommandError),

@@ -6,7 +6,7 @@ mod common;
 use common::{connect, converse, ended, loopback_config, sealer, wait_for};
 use hush::{CallEvent, Client, ClientConfig};
 use hush_net::{CandidateKind, Policy, TurnCredentials};
-use hush_relay::{Relay, RelayConfig};
+use hush_relay::{Relay, RelayConfig, TurnConfig};
 use hush_signaling::transport::{RelayClient, RelayClientConfig};
 use hush_signaling::SignalingClient;
 use hush_testkit::coturn::{coturn_present, coturn_tls_present, Auth, Coturn};
@@ -20,18 +20,23 @@ struct LocalRelay {
 
 impl LocalRelay {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A relay that hands out short-lived TURN credentials with `turn`.
+    async fn start_with(turn: Option<TurnConfig>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "hush-call-relay-{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        let relay = Relay::bind(RelayConfig::new(
+        let mut config = RelayConfig::new(
             "127.0.0.1:0".parse().expect("address"),
             dir.join("relay.db"),
-        ))
-        .await
-        .expect("relay binds");
+        );
+        config.turn = turn;
+        let relay = Relay::bind(config).await.expect("relay binds");
         let addr = relay.local_addr();
         let task = tokio::spawn(async move {
             let _ = relay.serve().await;
@@ -162,4 +167,96 @@ async fn relay_only_call_goes_through_coturn_over_tls() {
     let cert = turn.tls_cert_der().expect("certificate").to_vec();
     let roots = hush_net::TlsRoots::Custom(vec![cert]);
     relay_only_call(&turn, format!("turns:{tls}"), Some(roots)).await;
+}
+
+/// The app configures no TURN password: the relay hands each device short-lived credentials
+/// (TURN REST scheme) for a coturn sharing its secret, the clients fetch them themselves before
+/// each call, and a relay-only call goes through coturn. Once the credentials have expired
+/// coturn refuses them, and a second call still works because the clients fetched new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_with_short_lived_turn_credentials_from_the_relay() {
+    if !hush_testkit::system_component("coturn (turnserver)", coturn_present()) {
+        return;
+    }
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let turn = Coturn::start(Auth::Rest {
+        secret: secret.clone(),
+    });
+    let ttl = std::time::Duration::from_secs(4);
+    let urls = vec![format!("turn:{}", turn.udp_addr())];
+    let relay = LocalRelay::start_with(Some(
+        TurnConfig::new(secret.as_bytes(), urls, ttl).expect("TURN settings"),
+    ))
+    .await;
+    let mut config = loopback_config();
+    config.net = hush_net::Config::builder()
+        .include_loopback(true)
+        .policy(Policy::RelayOnly)
+        .turn_provided_later(true)
+        .build()
+        .expect("relay-only without a static TURN server");
+    let (alice, bob) = relay_pair(&relay, &config).await;
+    // A grant for a third device, taken after Alice's and Bob's first ones: once it has
+    // expired, so have theirs.
+    let carol = sealer(3);
+    let carol_relay =
+        RelayClient::connect_tcp(relay.addr, carol.signer(), RelayClientConfig::default())
+            .await
+            .expect("carol authenticates");
+    let old = carol_relay.turn_credentials().await.expect("a grant");
+
+    for round in 0..2 {
+        let (call, answered) = connect(&alice, &bob).await;
+        let (heard_alice, heard_bob) = converse(&call, &answered, 25).await;
+        assert!(
+            heard_alice.playable() >= 20 && heard_bob.playable() >= 20,
+            "round {round}: alice {heard_alice:?}, bob {heard_bob:?}; coturn log:\n{}",
+            turn.log_text()
+        );
+        for c in [&call, &answered] {
+            let stats = c.stats().await.expect("stats");
+            assert_eq!(stats.path, Some(CandidateKind::Relay), "round {round}");
+        }
+        call.hangup().expect("hangup");
+        wait_for(&answered, 5, |e| matches!(e, CallEvent::Ended(_))).await;
+        if round == 0 {
+            // Past the expiry of every grant fetched before the first call.
+            let left = old.remaining(std::time::SystemTime::now());
+            tokio::time::sleep(left + std::time::Duration::from_millis(1100)).await;
+            expired_grant_is_refused(&turn, &old).await;
+        }
+    }
+}
+
+/// Allocating on coturn with an expired grant fails with a typed authentication error.
+async fn expired_grant_is_refused(turn: &Coturn, old: &hush_signaling::transport::TurnGrant) {
+    let net = hush_net::Config::builder()
+        .include_loopback(true)
+        .policy(Policy::RelayOnly)
+        .turn_server(
+            turn.udp_addr(),
+            TurnCredentials::long_term(&old.username, old.password.as_str()),
+        )
+        .build()
+        .expect("ICE config");
+    let bind = hush_net::driver::Bind::Addresses(vec!["127.0.0.1".parse().expect("address")]);
+    let mut started = hush_net::driver::start(net, hush_net::Role::Controlling, bind)
+        .await
+        .expect("driver starts");
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(event) = started.events.recv().await {
+            if let hush_net::Event::ServerError(e) = event {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await
+    .expect("an answer from coturn, not a hang")
+    .expect("a server error event");
+    assert!(
+        matches!(refused, hush_net::Error::TurnAuthFailed { server } if server == turn.udp_addr()),
+        "{refused:?}; coturn log:\n{}",
+        turn.log_text()
+    );
 }

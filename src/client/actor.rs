@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hush_crypto::{Backend, IncomingOffer, PendingOffer};
 use hush_net::driver::Started;
-use hush_net::{CandidateKind, IceCredentials, Role};
+use hush_net::{CandidateKind, IceCredentials, Policy, Role, TurnServer};
 use hush_signaling::crypto::SignalSealer;
 use hush_signaling::{
     CallMedia, CallMessage, DeviceId, IceParameters, IncomingMessage, SignalingClient,
@@ -19,6 +19,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::call::{Call, CallEvent, CallVideo, IncomingCall};
 use super::group::{self, GroupCall, GroupCallEvent, SfuInfo};
 use super::media::{MediaCommand, MediaTask, VideoTask};
+use super::turn::TurnCache;
 use super::{video_session, CallOptions, ClientConfig, ClientEvent, Command, NET_START_TIMEOUT};
 use crate::machine::{CallId, CallMachine, CallState, Event, Output, PeerId, Side, Signal};
 use crate::Error;
@@ -83,6 +84,8 @@ pub(super) struct Actor<T, B: Backend> {
     transport_open: bool,
     /// Group calls on this device, by call id: where their members' sender keys go.
     group_keys: std::collections::HashMap<[u8; 16], mpsc::UnboundedSender<group::KeyFrom>>,
+    /// Short-lived TURN credentials from the transport, when it hands them out.
+    turn: Option<TurnCache>,
 }
 
 enum Wake {
@@ -100,6 +103,7 @@ where
         signaling: SignalingClient<T, SignalSealer<B>>,
         config: ClientConfig,
         channels: Channels,
+        turn: Option<TurnCache>,
     ) -> Self {
         Self {
             signaling,
@@ -113,6 +117,7 @@ where
             ringing_offer: None,
             transport_open: true,
             group_keys: std::collections::HashMap::new(),
+            turn,
         }
     }
 
@@ -244,14 +249,16 @@ where
                 failed,
             } => {
                 for member in members {
-                    let sent = self
-                        .signaling
-                        .send(member, CallMessage::GroupInvite(invite.clone()))
-                        .await;
-                    if let Err(e) = sent {
-                        warn!(peer = %short(&member), error = %e, "group invitation not sent");
-                        let _ = failed.send(GroupCallEvent::InviteFailed(member));
-                    }
+                    let failed = failed.clone();
+                    self.send_message(
+                        member,
+                        CallMessage::GroupInvite(invite.clone()),
+                        "group invitation",
+                        move || {
+                            let _ = failed.send(GroupCallEvent::InviteFailed(member));
+                        },
+                    )
+                    .await;
                 }
             }
             Command::RegisterGroupKeys { call_id, keys } => {
@@ -260,30 +267,23 @@ where
             }
             Command::SendGroupKey { members, key } => {
                 // Sealed one after the other (each advances a Signal session), but all in flight
-                // at once: the relay answers a send only when its recipient acknowledges it
-                // (or after its commit delay), and the recipients may be busy sending their own
-                // keys to this device. Waiting here for each answer would stop this actor from
-                // reading (and acknowledging) theirs: every member would wait out the relay's
-                // commit delay once per recipient.
-                let mut answers = Vec::with_capacity(members.len());
+                // at once (`send_message` does not wait for the relay's answer): the relay answers
+                // a send only when its recipient acknowledges it (or after its commit delay), and
+                // the recipients may be busy sending their own keys to this device. Waiting for
+                // each answer would stop this actor from reading (and acknowledging) theirs.
                 for member in members {
-                    match self
-                        .signaling
-                        .send_queued(member, CallMessage::GroupKey(key.clone()))
-                        .await
-                    {
-                        Ok((_, answer)) => answers.push((member, answer)),
-                        Err(e) => warn!(peer = %short(&member), error = %e, "group key not sent"),
-                    }
+                    self.send_message(
+                        member,
+                        CallMessage::GroupKey(key.clone()),
+                        "group key",
+                        || {},
+                    )
+                    .await;
                 }
-                if !answers.is_empty() {
-                    tokio::spawn(async move {
-                        for (member, answer) in answers {
-                            if let Err(e) = answer.await {
-                                warn!(peer = %short(&member), error = %e, "group key not accepted");
-                            }
-                        }
-                    });
+            }
+            Command::Turn(fetched) => {
+                if let Some(turn) = self.turn.as_mut() {
+                    turn.store(*fetched);
                 }
             }
             Command::Shutdown => {}
@@ -310,7 +310,8 @@ where
             .calls()
             .offer(&identity, &mut rand::rng());
         let id = CallId::from(*offer.call_id().as_bytes());
-        let net = start_net(&self.config, Role::Controlling).await?;
+        let turn = self.turn_servers().await;
+        let net = start_net(&self.config, Role::Controlling, turn).await?;
         let creds = net.credentials.clone();
         let (session, video) = if options.video {
             (video_session(&self.config.media), Some(options))
@@ -341,6 +342,14 @@ where
         Ok(call)
     }
 
+    /// The TURN servers the transport granted credentials for (none if it grants none).
+    async fn turn_servers(&mut self) -> Vec<TurnServer> {
+        match self.turn.as_mut() {
+            Some(turn) => turn.servers().await,
+            None => Vec::new(),
+        }
+    }
+
     async fn accept(&mut self, id: CallId, options: CallOptions) -> Result<Call, Error> {
         let ringing =
             matches!(self.machine.active(), Some((a, Side::Callee, CallState::Ringing)) if a == id);
@@ -351,7 +360,8 @@ where
         else {
             return Err(Error::CallEnded);
         };
-        let net = start_net(&self.config, Role::Controlled).await?;
+        let turn = self.turn_servers().await;
+        let net = start_net(&self.config, Role::Controlled, turn).await?;
         let creds = net.credentials.clone();
         // The keys exist from here on, and only because the user accepted.
         let (answer, keys) = incoming.accept(&mut rand::rng())?;
@@ -421,9 +431,7 @@ where
                 end_of_candidates: complete && last,
                 ice: None,
             });
-            if let Err(e) = self.signaling.send(peer, message).await {
-                warn!(error = %e, "could not send candidates");
-            }
+            self.send_message(peer, message, "candidates", || {}).await;
             if last {
                 break;
             }
@@ -449,9 +457,7 @@ where
             end_of_candidates: false,
             ice: Some(ice_parameters(credentials)),
         });
-        if let Err(e) = self.signaling.send(peer, message).await {
-            warn!(error = %e, "could not send the ICE restart");
-        }
+        self.send_message(peer, message, "ICE restart", || {}).await;
     }
 
     /// A message from `from` presented a changed identity key: tell the call with it, or the
@@ -775,6 +781,37 @@ where
 
     // ----- machine outputs -----
 
+    /// Seals `message` for `to` and hands it to the transport without waiting for the
+    /// transport to take it: the actor goes on receiving and sending meanwhile (over a relay,
+    /// each send's answer comes a round trip later, and the peer's actor may be waiting on its
+    /// own sends). Messages leave in order. A failure is logged and `on_fail` runs, whether
+    /// the message could not be handed over or was refused later.
+    async fn send_message(
+        &mut self,
+        to: DeviceId,
+        message: CallMessage,
+        what: &'static str,
+        on_fail: impl FnOnce() + Send + 'static,
+    ) {
+        match self.signaling.start_send(to, message).await {
+            Ok((_, receipt)) => {
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = receipt.await {
+                            warn!(peer = %short(&to), error = %e, "{what} not sent");
+                            on_fail();
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(e) => {
+                warn!(peer = %short(&to), error = %e, "{what} not sent");
+                on_fail();
+            }
+        }
+    }
+
     async fn drain(&mut self) {
         while let Some(out) = self.machine.poll_output() {
             match out {
@@ -783,9 +820,7 @@ where
                         continue;
                     };
                     let message = to_wire(signal);
-                    if let Err(e) = self.signaling.send(to, message).await {
-                        warn!(error = %e, "could not send a call message");
-                    }
+                    self.send_message(to, message, "call message", || {}).await;
                 }
                 Output::Event(event) => self.on_machine_event(event),
             }
@@ -911,9 +946,21 @@ where
 /// Decoded (or encoded) pictures waiting for the application before new ones are dropped.
 const VIDEO_BACKLOG: usize = 4;
 
-/// Starts the ICE driver for one call (it binds sockets and begins gathering).
-async fn start_net(config: &ClientConfig, role: Role) -> Result<Started, Error> {
-    let start = hush_net::driver::start(config.net.clone(), role, config.bind.clone());
+/// Starts the ICE driver for one call (it binds sockets and begins gathering), with `turn`
+/// added to the configured TURN servers.
+async fn start_net(
+    config: &ClientConfig,
+    role: Role,
+    turn: Vec<TurnServer>,
+) -> Result<Started, Error> {
+    let mut net = config.net.clone();
+    for server in turn {
+        net.add_turn_server(server);
+    }
+    if net.policy() == Policy::RelayOnly && net.turn_servers().is_empty() {
+        return Err(Error::NoTurnServer);
+    }
+    let start = hush_net::driver::start(net, role, config.bind.clone());
     match tokio::time::timeout(NET_START_TIMEOUT, start).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::NetStartTimeout),

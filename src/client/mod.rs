@@ -21,6 +21,7 @@ mod actor;
 mod call;
 mod group;
 mod media;
+mod turn;
 mod video;
 
 use std::time::Duration;
@@ -287,6 +288,10 @@ where
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(CLIENT_EVENT_BACKLOG);
         let local = self.signaling.local_device();
+        let turn_source = self.signaling.transport().turn_source();
+        let refresher = turn_source
+            .clone()
+            .map(|source| turn::refresher(source, cmd_tx.downgrade()));
         let actor = actor::Actor::new(
             self.signaling,
             self.config,
@@ -296,10 +301,21 @@ where
                 incoming: incoming_tx,
                 events: events_tx,
             },
+            turn_source.map(turn::TurnCache::new),
         );
         match self.runtime {
-            Some(handle) => drop(handle.spawn(actor.run())),
-            None => drop(tokio::spawn(actor.run())),
+            Some(handle) => {
+                drop(handle.spawn(actor.run()));
+                if let Some(r) = refresher {
+                    drop(handle.spawn(r));
+                }
+            }
+            None => {
+                drop(tokio::spawn(actor.run()));
+                if let Some(r) = refresher {
+                    drop(tokio::spawn(r));
+                }
+            }
         }
         Client {
             local,
@@ -498,6 +514,8 @@ pub(crate) enum Command {
     },
     PathDown(CallId),
     NetFailed(CallId),
+    /// Fresh (or refused) TURN credentials from the transport.
+    Turn(Box<turn::Fetched>),
     Shutdown,
 }
 

@@ -316,6 +316,7 @@ pub struct Config {
     pub(crate) turn_rto: Duration,
     pub(crate) tls_roots: TlsRoots,
     pub(crate) remote_quiet: Duration,
+    pub(crate) turn_later: bool,
 }
 
 impl Config {
@@ -337,8 +338,20 @@ impl Config {
                 turn_rto: Duration::from_millis(200),
                 tls_roots: TlsRoots::WebPki,
                 remote_quiet: Duration::from_secs(3),
+                turn_later: false,
             },
         }
+    }
+
+    /// Adds a TURN server to a built configuration (for credentials that arrive later, such
+    /// as short-lived ones a relay hands out before each call).
+    pub fn add_turn_server(&mut self, server: TurnServer) {
+        self.turn_servers.push(server);
+    }
+
+    /// Whether TURN servers are added after building ([`ConfigBuilder::turn_provided_later`]).
+    pub fn turn_provided_later(&self) -> bool {
+        self.turn_later
     }
 
     /// The path policy.
@@ -485,10 +498,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// TURN servers come later, with [`Config::add_turn_server`] (the `hush` facade adds the
+    /// ones its relay grants short-lived credentials for before each call), so
+    /// [`Policy::RelayOnly`] builds without one. Default false.
+    pub fn turn_provided_later(mut self, yes: bool) -> Self {
+        self.config.turn_later = yes;
+        self
+    }
+
     /// Checks and returns the configuration.
     pub fn build(self) -> Result<Config, Error> {
         let c = self.config;
-        if c.policy == Policy::RelayOnly && c.turn_servers.is_empty() {
+        if c.policy == Policy::RelayOnly && c.turn_servers.is_empty() && !c.turn_later {
             return Err(Error::InvalidConfig(
                 "RelayOnly needs at least one TURN server",
             ));
@@ -529,6 +550,22 @@ mod tests {
     fn debug_hides_password() {
         let c = TurnCredentials::long_term("u", "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn relay_only_may_get_its_turn_servers_later() {
+        let mut c = Config::builder()
+            .policy(Policy::RelayOnly)
+            .turn_provided_later(true)
+            .build()
+            .unwrap();
+        assert!(c.turn_provided_later());
+        assert!(c.turn_servers().is_empty());
+        c.add_turn_server(TurnServer::udp(
+            "192.0.2.1:3478".parse().unwrap(),
+            TurnCredentials::long_term("u", "p"),
+        ));
+        assert_eq!(c.turn_servers().len(), 1);
     }
 
     #[test]

@@ -249,7 +249,12 @@ async fn scrape(metrics: SocketAddr, name: &str) -> u64 {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .find_map(|l| {
+            // `name value` or `name{labels} value`.
+            let v = l.strip_prefix(name)?;
+            v.strip_prefix(' ')
+                .or_else(|| v.strip_prefix('{')?.split_once("} ").map(|(_, v)| v))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }

@@ -438,6 +438,13 @@ impl PgStore {
             )
             .await
             .map_err(db_error)?;
+        // The queue of the whole cluster, for the queue-depth gauge (same on every node).
+        if let Ok(row) = client.query_one("SELECT count(*) FROM queue", &[]).await {
+            let depth: i64 = row.get(0);
+            self.metrics
+                .queue_depth
+                .store(u64::try_from(depth).unwrap_or(0), Ordering::Relaxed);
+        }
         Ok((expired, forgotten))
     }
 }

@@ -531,6 +531,7 @@ impl Conn {
             }
             client_frame::Frame::UploadPrekeys(up) => self.on_upload(up).await,
             client_frame::Frame::FetchBundle(fetch) => self.on_fetch(fetch).await,
+            client_frame::Frame::GetTurnCredentials(get) => self.on_turn(get).await,
             client_frame::Frame::Ping(ping) => {
                 if !self.bucket.take(Instant::now()) {
                     self.shared
@@ -807,6 +808,39 @@ impl Conn {
             _ => Err((ErrorCode::Internal, "storage failed")),
         };
         self.respond(request_id, result).await
+    }
+
+    async fn on_turn(&mut self, get: pb::GetTurnCredentials) -> Result<(), End> {
+        let request_id = get.request_id;
+        if self.rate_limited() {
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
+                )
+                .await;
+        }
+        let Some(turn) = self.shared.config.turn.as_ref() else {
+            return self
+                .respond(
+                    request_id,
+                    Err((ErrorCode::TurnUnavailable, "no TURN server configured")),
+                )
+                .await;
+        };
+        let grant = turn.grant(&self.device, SystemTime::now());
+        self.shared
+            .metrics
+            .turn_grants
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(expires = grant.expires_unix, "TURN credentials granted");
+        let result = pb::response::Result::TurnCredentials(pb::TurnCredentials {
+            username: grant.username,
+            password: grant.password.to_string(),
+            expires_unix: grant.expires_unix,
+            urls: turn.urls().to_vec(),
+        });
+        self.respond(request_id, Ok(result)).await
     }
 
     async fn respond(

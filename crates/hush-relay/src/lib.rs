@@ -61,6 +61,7 @@ pub mod metrics;
 mod pending;
 mod state;
 mod store;
+pub mod turn;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -78,6 +79,7 @@ pub use metrics::Metrics;
 /// The rustls version the relay's TLS support is built on (feature `tls`).
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;
+pub use turn::{TurnConfig, TurnConfigError};
 
 use backend::{FanOut, SqliteStore, Store};
 use state::{FetchQuotas, Registry, ReplayCaches};
@@ -178,6 +180,11 @@ pub struct RelayConfig {
     /// `require_ems` set if it allows TLS 1.2 (RFC 9266 §3).
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This node's name, the `node` label on every metric; `None`: the listening address.
+    pub node_name: Option<String>,
+    /// Short-lived TURN credentials for authenticated devices (TURN REST scheme, coturn
+    /// `use-auth-secret`); `None`: requests for them are answered `TURN_UNAVAILABLE`.
+    pub turn: Option<TurnConfig>,
     /// Run as one node of a cluster on PostgreSQL and NATS (feature `cluster`) instead of on
     /// the SQLite file [`db_path`](Self::db_path) (which is then unused; the key file still
     /// defaults to a path next to it).
@@ -213,6 +220,8 @@ impl RelayConfig {
             replay_cache_per_device: 4096,
             max_batch: 2048,
             commit_delay: Duration::from_millis(20),
+            turn: None,
+            node_name: None,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "cluster")]
@@ -549,10 +558,14 @@ impl Relay {
             metrics_listener,
             shared,
         } = self;
-        let metrics_task =
-            metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone())));
         let mut shutdown = shared.shutdown.subscribe();
         let (addr, key) = (listener.local_addr()?, hex(&shared.relay_key));
+        let node: Arc<str> = match &shared.config.node_name {
+            Some(name) => name.as_str().into(),
+            None => addr.to_string().into(),
+        };
+        let metrics_task =
+            metrics_listener.map(|l| tokio::spawn(metrics::serve(l, shared.metrics.clone(), node)));
         if shared.tls.is_some() {
             tracing::info!(%addr, relay_key = %key, "relay listening (TLS)");
         } else {

@@ -14,6 +14,10 @@ use std::time::Duration;
 use clap::{CommandFactory as _, Parser, ValueEnum};
 use hush_relay::{Relay, RelayConfig, SyncMode};
 
+/// Default lifetime of handed-out TURN credentials: a day, so a call never outlives them
+/// (coturn checks them again when an allocation is refreshed).
+const DEFAULT_TURN_TTL_S: u64 = 86_400;
+
 /// SQLite durability.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Sync {
@@ -159,6 +163,32 @@ struct Cli {
         value_parser = clap::value_parser!(u16).range(1..=64)
     )]
     pg_writers: u16,
+    /// Hand authenticated devices short-lived TURN credentials (TURN REST scheme): the file
+    /// holds the secret shared with the TURN servers (coturn `use-auth-secret` with
+    /// `static-auth-secret` set to the file's content, trailing newline removed).
+    #[arg(
+        long,
+        env = "HUSH_RELAY_TURN_SECRET_FILE",
+        value_name = "PATH",
+        requires = "turn_url"
+    )]
+    turn_secret_file: Option<PathBuf>,
+    /// TURN server URLs handed out with the credentials, comma-separated (turn:IP:PORT,
+    /// turn:IP:PORT?transport=tcp, turns:IP:PORT).
+    #[arg(
+        long,
+        env = "HUSH_RELAY_TURN_URL",
+        value_name = "URL,...",
+        value_delimiter = ',',
+        requires = "turn_secret_file"
+    )]
+    turn_url: Vec<String>,
+    /// This node's name: the `node` label on every metric [default: the listening address].
+    #[arg(long, env = "HUSH_RELAY_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// Lifetime of the TURN credentials handed out, in seconds (1 to 604800) [default: 86400].
+    #[arg(long, env = "HUSH_RELAY_TURN_TTL_S", value_name = "S")]
+    turn_ttl_s: Option<u64>,
 }
 
 /// Why the command line could not be turned into a configuration.
@@ -183,6 +213,14 @@ enum ArgsError {
     #[cfg_attr(not(feature = "tls"), allow(dead_code, reason = "TLS setup only"))]
     #[error(transparent)]
     Relay(#[from] hush_relay::RelayError),
+    #[error("TURN secret file {path}: {source}")]
+    TurnSecret {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TURN: {0}")]
+    Turn(#[from] hush_relay::TurnConfigError),
     #[cfg_attr(
         all(feature = "tls", feature = "cluster"),
         allow(dead_code, reason = "builds without a feature only")
@@ -276,6 +314,24 @@ fn config(cli: Cli) -> Result<(RelayConfig, Option<usize>), ArgsError> {
     set!(delivery_buffer = cli.delivery_buffer);
     set!(commit_delay = cli.commit_delay_ms.map(ms));
     set!(key_path = cli.key);
+    config.node_name = cli.node_name;
+    if let Some(path) = cli.turn_secret_file {
+        let mut secret = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|source| {
+            ArgsError::TurnSecret {
+                path: path.clone(),
+                source,
+            }
+        })?);
+        while secret.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+            secret.pop();
+        }
+        let ttl = s(cli.turn_ttl_s.unwrap_or(DEFAULT_TURN_TTL_S));
+        config.turn = Some(hush_relay::TurnConfig::new(
+            secret.to_vec(),
+            cli.turn_url,
+            ttl,
+        )?);
+    }
     if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
         #[cfg(feature = "tls")]
         {
@@ -397,6 +453,49 @@ mod tests {
             parse(&["hush-relay", "--config", f, "--db", "x.db"]),
             Err(ArgsError::UnknownKey { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn turn_flags_make_a_turn_config() {
+        let dir = std::env::temp_dir().join(format!("hush-relay-turn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("turn.secret");
+        std::fs::write(&secret, "sekrit\n").unwrap();
+        let s = secret.to_str().unwrap();
+        let base = ["hush-relay", "--listen", "127.0.0.1:7400", "--db", "x.db"];
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a).and_then(config)
+        };
+        let (c, _) = with(&[
+            "--turn-secret-file",
+            s,
+            "--turn-url",
+            "turn:192.0.2.1:3478,turns:192.0.2.1:5349",
+            "--turn-ttl-s",
+            "600",
+        ])
+        .unwrap();
+        let turn = c.turn.expect("TURN configured");
+        assert_eq!(turn.urls(), ["turn:192.0.2.1:3478", "turns:192.0.2.1:5349"]);
+        assert_eq!(turn.ttl(), Duration::from_secs(600));
+        assert!(matches!(
+            with(&["--turn-secret-file", s, "--turn-url", "stun:192.0.2.1"]),
+            Err(ArgsError::Turn(_))
+        ));
+        assert!(matches!(
+            with(&[
+                "--turn-secret-file",
+                "/nonexistent/x",
+                "--turn-url",
+                "turn:192.0.2.1"
+            ]),
+            Err(ArgsError::TurnSecret { .. })
+        ));
+        let (c, _) = with(&[]).unwrap();
+        assert!(c.turn.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,11 +1,19 @@
-//! Relay metrics and a minimal Prometheus text endpoint over plain HTTP.
+//! Relay metrics, encoded by `prometheus-client` (Prometheus text format 0.0.4) and served at
+//! `GET /metrics` by a minimal HTTP responder on the relay's own runtime. Hot paths bump
+//! relaxed atomics; a scrape reads them into a `prometheus-client` collector.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -67,6 +75,8 @@ pub struct Metrics {
     pub prekey_fetches_limited: AtomicU64,
     /// Prekey uploads refused because a bundle did not verify or was not the uploader's.
     pub invalid_bundles: AtomicU64,
+    /// TURN credentials handed out.
+    pub turn_grants: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
@@ -89,195 +99,247 @@ impl Metrics {
         );
     }
 
-    /// Renders all metrics in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric(
-            "hush_relay_connections",
-            "gauge",
-            "Open connections.",
-            g(&self.connections),
+    /// Renders all metrics in the Prometheus text exposition format (0.0.4), each with the
+    /// label `node="<node>"` (the relay's `node_name`), through `prometheus-client`.
+    pub fn render(&self, node: &str) -> String {
+        let mut registry = Registry::with_labels(
+            [(Cow::Borrowed("node"), Cow::Owned(node.to_owned()))].into_iter(),
         );
-        metric(
-            "hush_relay_authenticated_connections",
-            "gauge",
-            "Authenticated connections.",
-            g(&self.authenticated),
-        );
-        metric(
-            "hush_relay_connections_total",
-            "counter",
-            "Connections accepted.",
-            g(&self.connections_total),
-        );
-        metric(
-            "hush_relay_connections_refused_total",
-            "counter",
-            "Connections refused by the total or per-address connection limit.",
-            g(&self.connections_refused),
-        );
-        metric(
-            "hush_relay_auth_failures_total",
-            "counter",
-            "Failed authentications.",
-            g(&self.auth_failures),
-        );
-        metric(
-            "hush_relay_envelopes_received_total",
-            "counter",
-            "Envelopes accepted (stored, or acknowledged by the recipient first).",
-            g(&self.envelopes_received),
-        );
-        metric(
-            "hush_relay_envelopes_stored_total",
-            "counter",
-            "Envelopes written to the database.",
-            g(&self.envelopes_stored),
-        );
-        metric(
-            "hush_relay_store_commits_total",
-            "counter",
-            "Database transactions committed (group commits).",
-            g(&self.store_commits),
-        );
-        metric(
-            "hush_relay_envelopes_unstored_total",
-            "counter",
-            "Envelopes acknowledged by their recipient before being written (never stored).",
-            g(&self.envelopes_unstored),
-        );
-        metric(
-            "hush_relay_envelopes_delivered_total",
-            "counter",
-            "Envelopes written to recipients.",
-            g(&self.envelopes_delivered),
-        );
-        metric(
-            "hush_relay_envelopes_acked_total",
-            "counter",
-            "Delivery acknowledgements.",
-            g(&self.envelopes_acked),
-        );
-        metric(
-            "hush_relay_queue_depth",
-            "gauge",
-            "Envelopes queued.",
-            g(&self.queue_depth),
-        );
-        metric(
-            "hush_relay_rejected_total",
-            "counter",
-            "Rejected requests.",
-            g(&self.rejected),
-        );
-        metric(
-            "hush_relay_rate_limited_total",
-            "counter",
-            "Requests rejected by the rate limit.",
-            g(&self.rate_limited),
-        );
-        metric(
-            "hush_relay_slow_consumers_total",
-            "counter",
-            "Connections closed because their delivery queue overflowed.",
-            g(&self.slow_consumers),
-        );
-        metric(
-            "hush_relay_protocol_violations_total",
-            "counter",
-            "Connections closed for protocol violations.",
-            g(&self.protocol_violations),
-        );
-        metric(
-            "hush_relay_envelopes_expired_total",
-            "counter",
-            "Queued envelopes deleted unread after max_envelope_age.",
-            g(&self.envelopes_expired),
-        );
-        metric(
-            "hush_relay_envelopes_evicted_total",
-            "counter",
-            "Queued envelopes dropped from a full queue for a sender with fewer queued.",
-            g(&self.envelopes_evicted),
-        );
-        metric(
-            "hush_relay_unknown_recipients_total",
-            "counter",
-            "Sends refused because the recipient has no bundle.",
-            g(&self.unknown_recipients),
-        );
-        metric(
-            "hush_relay_sender_quota_refusals_total",
-            "counter",
-            "Sends refused because the sender used up its quota for that recipient.",
-            g(&self.sender_quota_refusals),
-        );
-        metric(
-            "hush_relay_write_timeouts_total",
-            "counter",
-            "Connections closed because a write did not complete in time.",
-            g(&self.write_timeouts),
-        );
-        metric(
-            "hush_relay_idle_timeouts_total",
-            "counter",
-            "Authenticated connections closed after the idle timeout.",
-            g(&self.idle_timeouts),
-        );
-        metric(
-            "hush_relay_prekey_fetches_limited_total",
-            "counter",
-            "Bundle fetches answered without a one-time prekey (requester over its quota).",
-            g(&self.prekey_fetches_limited),
-        );
-        metric(
-            "hush_relay_invalid_bundles_total",
-            "counter",
-            "Prekey uploads refused because a bundle did not verify or was not the uploader's.",
-            g(&self.invalid_bundles),
-        );
-        let name = "hush_relay_send_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from a send request to its answer (committed or acknowledged by the recipient).\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += g(&self.latency_buckets[i]);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = g(&self.latency_count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", g(&self.latency_sum_ns) as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {count}");
+        registry.register_collector(Box::new(Snapshot::take(self)));
+        let mut out = String::with_capacity(4096);
+        // Writing to a String does not fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }
 
+/// One value of a [`Snapshot`]: counters are named without their `_total` suffix, which the
+/// encoder adds.
+#[derive(Debug)]
+enum Value {
+    Counter(&'static str, &'static str, u64),
+    Gauge(&'static str, &'static str, i64),
+}
+
+/// The metrics read at one scrape, for the encoder.
+#[derive(Debug)]
+struct Snapshot {
+    values: Vec<Value>,
+    latency_sum: f64,
+    latency_count: u64,
+    latency_buckets: Vec<(f64, u64)>,
+}
+
+/// What the scrape reads: each metric's name, help and atomic.
+enum Source<'a> {
+    Counter(&'static str, &'static str, &'a AtomicU64),
+    Gauge(&'static str, &'static str, &'a AtomicU64),
+}
+use Source::{Counter, Gauge};
+
+impl Snapshot {
+    fn take(m: &Metrics) -> Self {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sources = [
+            Gauge(
+                "hush_relay_connections",
+                "Open connections.",
+                &m.connections,
+            ),
+            Gauge(
+                "hush_relay_authenticated_connections",
+                "Authenticated connections.",
+                &m.authenticated,
+            ),
+            Counter(
+                "hush_relay_connections",
+                "Connections accepted.",
+                &m.connections_total,
+            ),
+            Counter(
+                "hush_relay_connections_refused",
+                "Connections refused by the total or per-address connection limit.",
+                &m.connections_refused,
+            ),
+            Counter(
+                "hush_relay_auth_failures",
+                "Failed authentications.",
+                &m.auth_failures,
+            ),
+            Counter(
+                "hush_relay_envelopes_received",
+                "Envelopes accepted (stored, or acknowledged by the recipient first).",
+                &m.envelopes_received,
+            ),
+            Counter(
+                "hush_relay_envelopes_stored",
+                "Envelopes written to the database.",
+                &m.envelopes_stored,
+            ),
+            Counter(
+                "hush_relay_store_commits",
+                "Database transactions committed (group commits).",
+                &m.store_commits,
+            ),
+            Counter(
+                "hush_relay_envelopes_unstored",
+                "Envelopes acknowledged by their recipient before being written (never stored).",
+                &m.envelopes_unstored,
+            ),
+            Counter(
+                "hush_relay_envelopes_delivered",
+                "Envelopes written to recipients.",
+                &m.envelopes_delivered,
+            ),
+            Counter(
+                "hush_relay_envelopes_acked",
+                "Delivery acknowledgements.",
+                &m.envelopes_acked,
+            ),
+            Gauge(
+                "hush_relay_queue_depth",
+                "Envelopes queued (cluster: in the whole cluster, counted at each sweep).",
+                &m.queue_depth,
+            ),
+            Counter("hush_relay_rejected", "Rejected requests.", &m.rejected),
+            Counter(
+                "hush_relay_rate_limited",
+                "Requests rejected by the rate limit.",
+                &m.rate_limited,
+            ),
+            Counter(
+                "hush_relay_slow_consumers",
+                "Connections closed because their delivery queue overflowed.",
+                &m.slow_consumers,
+            ),
+            Counter(
+                "hush_relay_protocol_violations",
+                "Connections closed for protocol violations.",
+                &m.protocol_violations,
+            ),
+            Counter(
+                "hush_relay_envelopes_expired",
+                "Queued envelopes deleted unread after max_envelope_age.",
+                &m.envelopes_expired,
+            ),
+            Counter(
+                "hush_relay_envelopes_evicted",
+                "Queued envelopes dropped from a full queue for a sender with fewer queued.",
+                &m.envelopes_evicted,
+            ),
+            Counter(
+                "hush_relay_unknown_recipients",
+                "Sends refused because the recipient has no bundle.",
+                &m.unknown_recipients,
+            ),
+            Counter(
+                "hush_relay_sender_quota_refusals",
+                "Sends refused because the sender used up its quota for that recipient.",
+                &m.sender_quota_refusals,
+            ),
+            Counter(
+                "hush_relay_write_timeouts",
+                "Connections closed because a write did not complete in time.",
+                &m.write_timeouts,
+            ),
+            Counter(
+                "hush_relay_idle_timeouts",
+                "Authenticated connections closed after the idle timeout.",
+                &m.idle_timeouts,
+            ),
+            Counter(
+                "hush_relay_prekey_fetches_limited",
+                "Bundle fetches answered without a one-time prekey (requester over its quota).",
+                &m.prekey_fetches_limited,
+            ),
+            Counter(
+                "hush_relay_invalid_bundles",
+                "Prekey uploads refused because a bundle did not verify or was not the uploader's.",
+                &m.invalid_bundles,
+            ),
+            Counter(
+                "hush_relay_turn_grants",
+                "Short-lived TURN credentials handed out.",
+                &m.turn_grants,
+            ),
+        ];
+        let values = sources
+            .into_iter()
+            .map(|s| match s {
+                Counter(name, help, a) => Value::Counter(name, help, g(a)),
+                Gauge(name, help, a) => {
+                    Value::Gauge(name, help, i64::try_from(g(a)).unwrap_or(i64::MAX))
+                }
+            })
+            .collect();
+        // Per-bucket counts (the encoder makes them cumulative); the last one is +Inf.
+        let mut latency_buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .zip(&m.latency_buckets)
+            .map(|(bound, n)| (*bound, g(n)))
+            .collect();
+        let latency_count = g(&m.latency_count);
+        let finite: u64 = latency_buckets.iter().map(|(_, n)| n).sum();
+        latency_buckets.push((f64::INFINITY, latency_count.saturating_sub(finite)));
+        Self {
+            values,
+            latency_sum: g(&m.latency_sum_ns) as f64 / 1e9,
+            latency_count,
+            latency_buckets,
+        }
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for v in &self.values {
+            match v {
+                Value::Counter(name, help, n) => {
+                    let c = ConstCounter::new(*n);
+                    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+                }
+                Value::Gauge(name, help, n) => {
+                    let g = ConstGauge::new(*n);
+                    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+                }
+            }
+        }
+        let mut histogram = encoder.encode_descriptor(
+            "hush_relay_send_latency_seconds",
+            "Time from a send request to its answer (committed or acknowledged by the recipient).",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram.encode_histogram::<NoLabelSet>(
+            self.latency_sum,
+            self.latency_count,
+            &self.latency_buckets,
+            None,
+        )
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, node: Arc<str>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let metrics = metrics.clone();
+        let (metrics, node) = (metrics.clone(), node.clone());
         tokio::spawn(async move {
-            if let Err(e) = respond(stream, &metrics).await {
+            if let Err(e) = respond(stream, &metrics, &node).await {
                 tracing::debug!(%peer, error = %e, "metrics request failed");
             }
         });
     }
 }
 
-async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn respond(
+    mut stream: tokio::net::TcpStream,
+    metrics: &Metrics,
+    node: &str,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     // Read the request head (bounded in size and time); the body, if any, is ignored.
@@ -299,7 +361,7 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
     }
     let request_line = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
     let (status, body) = if request_line.starts_with(b"GET /metrics ") {
-        ("200 OK", metrics.render())
+        ("200 OK", metrics.render(node))
     } else {
         ("404 Not Found", "not found\n".to_owned())
     };
@@ -326,11 +388,34 @@ mod tests {
         m.observe_send_latency(Duration::from_micros(50));
         m.observe_send_latency(Duration::from_millis(3));
         m.observe_send_latency(Duration::from_secs(5));
-        let text = m.render();
-        assert!(text.contains("hush_relay_send_latency_seconds_bucket{le=\"0.0001\"} 1"));
-        assert!(text.contains("hush_relay_send_latency_seconds_bucket{le=\"0.005\"} 2"));
-        assert!(text.contains("hush_relay_send_latency_seconds_bucket{le=\"1\"} 2"));
-        assert!(text.contains("hush_relay_send_latency_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("hush_relay_send_latency_seconds_count 3"));
+        let text = m.render("n1");
+        for line in [
+            "hush_relay_send_latency_seconds_bucket{node=\"n1\",le=\"0.0001\"} 1",
+            "hush_relay_send_latency_seconds_bucket{node=\"n1\",le=\"0.005\"} 2",
+            "hush_relay_send_latency_seconds_bucket{node=\"n1\",le=\"1\"} 2",
+            "hush_relay_send_latency_seconds_bucket{node=\"n1\",le=\"+Inf\"} 3",
+            "hush_relay_send_latency_seconds_count{node=\"n1\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn names_types_and_node_label() {
+        let m = Metrics::default();
+        m.connections_total.fetch_add(3, Ordering::Relaxed);
+        m.queue_depth.store(7, Ordering::Relaxed);
+        let text = m.render("relay-a");
+        for line in [
+            "# TYPE hush_relay_connections_total counter",
+            "hush_relay_connections_total{node=\"relay-a\"} 3",
+            "# TYPE hush_relay_queue_depth gauge",
+            "hush_relay_queue_depth{node=\"relay-a\"} 7",
+            "# TYPE hush_relay_send_latency_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // A label value is escaped, not injected.
+        assert!(m.render("a\"b").contains("node=\"a\\\"b\""));
     }
 }

@@ -643,6 +643,8 @@ async fn concurrent_sends_share_commits_and_keep_exact_quotas() {
     let mut config = test_config(dir.path());
     config.max_queue_per_sender = 10;
     config.max_queue_per_device = 1000;
+    // The queue-depth gauge is counted in PostgreSQL at each sweep.
+    config.sweep_interval = Duration::from_millis(100);
     config.cluster = Some(ClusterConfig::new(pg.url(), nats.url()));
     let (addr, metrics, handle) = start_relay(config).await;
     let bob = registered_key(addr).await.device_id();
@@ -676,6 +678,19 @@ async fn concurrent_sends_share_commits_and_keep_exact_quotas() {
         commits >= 1 && commits < stored,
         "sends from many connections share commits: {stored} envelopes in {commits} commits"
     );
+    // Bob is offline: all 80 wait in the cluster's queue, and the gauge says so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let depth = common::metric(&common::scrape(metrics).await, "hush_relay_queue_depth");
+        if depth == 80 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue depth {depth}, expected 80"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     handle.shutdown();
 }
 

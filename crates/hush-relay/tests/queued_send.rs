@@ -1,4 +1,4 @@
-//! `Transport::send_queued` over the relay: envelopes go out without waiting for the relay's
+//! `Transport::start_send` over the relay: envelopes go out without waiting for the relay's
 //! answer, in order, and each answer comes when its recipient acknowledges. Two devices that
 //! send to each other before either reads (a group key rotation does this) are not held up:
 //! with `send`, each would wait for the other's acknowledgement that cannot come while it waits.
@@ -11,7 +11,7 @@ use common::{connect, registered_key, start_relay, test_config, TempDir, ToySeal
 use futures_util::FutureExt;
 use hush_signaling::transport::RelayClient;
 use hush_signaling::{
-    Acceptance, CallMessage, DeviceId, DeviceSigner, Hangup, HangupReason, SignalingClient,
+    CallMessage, DeviceId, DeviceSigner, Hangup, HangupReason, SendReceipt, SignalingClient,
     SignalingEvent,
 };
 
@@ -28,10 +28,10 @@ fn hangup(n: u8) -> CallMessage {
 async fn queue_all(
     client: &mut SignalingClient<RelayClient, ToySealer>,
     to: DeviceId,
-) -> Vec<Acceptance> {
+) -> Vec<SendReceipt> {
     let mut answers = Vec::new();
     for n in 0..MESSAGES {
-        let (_, answer) = client.send_queued(to, hangup(n)).await.expect("queued");
+        let (_, answer) = client.start_send(to, hangup(n)).await.expect("queued");
         answers.push(answer);
     }
     answers

@@ -9,7 +9,7 @@ use crate::envelope::{CiphertextKind, Envelope, MessageId};
 use crate::message::{CallMessage, Content};
 use crate::replay::ReplayGuard;
 use crate::seal::Sealer;
-use crate::transport::{Acceptance, Transport};
+use crate::transport::{SendReceipt, Transport};
 use crate::Error;
 
 /// A wall clock in Unix milliseconds. Injected so tests can move time.
@@ -200,18 +200,19 @@ impl<T: Transport, S: Sealer> SignalingClient<T, S> {
     }
 
     /// Seals `message` for `to` and hands it to the transport without waiting for the
-    /// transport's answer ([`Transport::send_queued`]): returns the message id and the answer
-    /// to come. Messages handed over in turn leave in that order.
-    pub async fn send_queued(
+    /// transport to take it ([`Transport::start_send`]): returns the message id and a receipt
+    /// that resolves once it has. Messages are sent in call order; this client can go on
+    /// receiving and sending while receipts are outstanding.
+    pub async fn start_send(
         &mut self,
         to: DeviceId,
         message: CallMessage,
-    ) -> Result<(MessageId, Acceptance), Error> {
+    ) -> Result<(MessageId, SendReceipt), Error> {
         let envelope = self.seal(to, message).await?;
         let id = envelope.id;
-        let acceptance = self.transport.send_queued(envelope).await?;
+        let receipt = self.transport.start_send(envelope).await?;
         self.stats.sent += 1;
-        Ok((id, acceptance))
+        Ok((id, receipt))
     }
 
     /// Seals `message` for `to` into an envelope without sending it (for transports the app

@@ -30,4 +30,6 @@ pub use message::{
 };
 pub use replay::ReplayGuard;
 pub use seal::{Sealed, Sealer};
-pub use transport::{Acceptance, DeliveryTag, MemoryNetwork, MemoryTransport, Received, Transport};
+pub use transport::{
+    DeliveryTag, MemoryNetwork, MemoryTransport, Received, SendReceipt, Transport,
+};

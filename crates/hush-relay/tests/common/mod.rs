@@ -155,7 +155,12 @@ pub async fn scrape(metrics: SocketAddr) -> String {
 /// Reads one metric value from Prometheus text.
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .find_map(|l| {
+            // `name value` or `name{labels} value`.
+            let v = l.strip_prefix(name)?;
+            v.strip_prefix(' ')
+                .or_else(|| v.strip_prefix('{')?.split_once("} ").map(|(_, v)| v))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing"))
 }

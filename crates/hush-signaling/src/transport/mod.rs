@@ -9,10 +9,11 @@ mod memory;
 mod relay;
 #[cfg(feature = "tls")]
 mod tls;
+mod turn;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use relay::{
@@ -20,6 +21,7 @@ pub use relay::{
 };
 #[cfg(feature = "tls")]
 pub use tls::{tls_exporter, RelayTls, TlsRoots};
+pub use turn::{TurnGrant, TurnSource};
 
 use crate::device::DeviceId;
 use crate::envelope::Envelope;
@@ -40,6 +42,11 @@ pub struct Received {
     pub tag: DeliveryTag,
 }
 
+/// A send handed to a transport but not yet confirmed: resolves once the transport has taken
+/// responsibility for the envelope (for a relay: stored durably or acknowledged by the
+/// recipient), like [`Transport::send`] does.
+pub type SendReceipt = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
 /// Moves sealed envelopes between devices.
 ///
 /// Delivery may be at-least-once: a transport with a durable queue (the relay) redelivers an
@@ -52,20 +59,19 @@ pub trait Transport: Send {
     /// responsibility for it (for a relay: it is stored durably).
     fn send(&mut self, envelope: Envelope) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Hands an envelope to the transport without waiting for its answer: resolves once the
-    /// envelope is on its way (queued for the wire, in the order of the calls), with an
-    /// [`Acceptance`] that resolves when the transport has taken responsibility for it, as
-    /// [`send`](Self::send) would. Several envelopes can thus be in flight at once, and the
-    /// caller can go on receiving while a relay waits for their recipients.
-    ///
-    /// The default sends and waits (for transports whose send has no separate answer).
-    fn send_queued(
+    /// Hands `envelope` over for sending and returns without waiting for the transport to take
+    /// responsibility for it: the returned [`SendReceipt`] resolves when it has. Envelopes are
+    /// sent in the order of these calls, and the transport stays usable (more sends,
+    /// [`recv`](Self::recv), [`ack`](Self::ack)) while receipts are outstanding, so sends
+    /// pipeline instead of each waiting a round trip. Default: waits for
+    /// [`send`](Self::send) and returns a receipt that is already resolved.
+    fn start_send(
         &mut self,
         envelope: Envelope,
-    ) -> impl Future<Output = Result<Acceptance, Error>> + Send {
+    ) -> impl Future<Output = Result<SendReceipt, Error>> + Send {
         async move {
             self.send(envelope).await?;
-            Ok(Acceptance::ready(Ok(())))
+            Ok(Box::pin(std::future::ready(Ok(()))) as SendReceipt)
         }
     }
 
@@ -77,36 +83,11 @@ pub trait Transport: Send {
 
     /// Acknowledges a received envelope so the transport may forget it.
     fn ack(&mut self, tag: DeliveryTag) -> impl Future<Output = Result<(), Error>> + Send;
-}
 
-/// The answer to an envelope handed over with [`Transport::send_queued`]: resolves once the
-/// transport has taken responsibility for the envelope (for a relay: stored durably or
-/// acknowledged by its recipient), or with why it did not. Independent of the transport's
-/// borrow, so it can be awaited elsewhere (a spawned task) while the transport goes on.
-pub struct Acceptance(Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'static>>);
-
-impl Acceptance {
-    /// An answer that is already known.
-    pub fn ready(result: Result<(), Error>) -> Self {
-        Self(Box::pin(std::future::ready(result)))
-    }
-
-    /// An answer that `future` will give.
-    pub fn new(future: impl Future<Output = Result<(), Error>> + Send + 'static) -> Self {
-        Self(Box::pin(future))
-    }
-}
-
-impl Future for Acceptance {
-    type Output = Result<(), Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl std::fmt::Debug for Acceptance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acceptance").finish_non_exhaustive()
+    /// Where this transport gets short-lived TURN credentials, if it can (a [`RelayClient`]
+    /// asks its relay: [`RelayClient::turn_credentials`]). The `hush` facade fetches and refreshes
+    /// them itself through it. Default: none.
+    fn turn_source(&self) -> Option<Arc<dyn TurnSource>> {
+        None
     }
 }

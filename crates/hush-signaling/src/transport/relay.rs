@@ -28,7 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::codec::FramedRead;
 
-use super::{Acceptance, DeliveryTag, Received, Transport};
+use super::turn::{TurnGrant, TurnSource};
+use super::{DeliveryTag, Received, SendReceipt, Transport};
 use crate::device::{
     sign_challenge, ChannelBinding, DeviceId, DeviceSigner, AUTH_NONCE_LEN, RELAY_KEY_LEN,
     TLS_EXPORTER_LEN,
@@ -202,7 +203,7 @@ pub struct RelayClient {
     writer: mpsc::Sender<Out>,
     deliveries: mpsc::Receiver<Received>,
     shared: Arc<Shared>,
-    next_request: AtomicU64,
+    next_request: Arc<AtomicU64>,
     queued_at_auth: u64,
     relay_key: [u8; RELAY_KEY_LEN],
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -440,7 +441,7 @@ impl RelayClient {
             writer: writer_tx,
             deliveries,
             shared,
-            next_request: AtomicU64::new(1),
+            next_request: Arc::new(AtomicU64::new(1)),
             queued_at_auth: 0,
             relay_key: [0; RELAY_KEY_LEN],
             tasks: vec![reader_task, writer_task],
@@ -578,6 +579,30 @@ impl RelayClient {
         }
     }
 
+    /// Queues an envelope for the relay and returns once it is in this connection's write
+    /// queue (in call order), with a receipt that resolves when the relay answers that it is
+    /// stored: several sends can be in flight at once ([`Transport::start_send`]).
+    pub async fn start_send_envelope(&self, envelope: Envelope) -> Result<SendReceipt, Error> {
+        let requester = self.requester();
+        let request_id = self.request_id();
+        let frame = client_frame::Frame::Send(pb::Send {
+            request_id,
+            envelope: Some(envelope.into_proto()),
+        });
+        let (tx, rx) = oneshot::channel();
+        requester.shared.register(request_id, tx)?;
+        if let Err(e) = requester.write(frame).await {
+            requester.shared.pending().remove(&request_id);
+            return Err(e);
+        }
+        Ok(Box::pin(async move {
+            match requester.await_response(request_id, rx).await? {
+                pb::response::Result::Done(_) => Ok(()),
+                _ => Err(Error::Malformed("unexpected response to send")),
+            }
+        }))
+    }
+
     /// Acknowledges deliveries so the relay deletes them. Acknowledgements made while the
     /// connection is busy writing are sent together in one frame.
     pub async fn ack_deliveries(&self, ids: Vec<u64>) -> Result<(), Error> {
@@ -624,6 +649,54 @@ impl RelayClient {
     }
 
     async fn write(&self, frame: client_frame::Frame) -> Result<(), Error> {
+        self.requester().write(frame).await
+    }
+
+    async fn request(
+        &self,
+        request_id: u64,
+        frame: client_frame::Frame,
+    ) -> Result<pb::response::Result, Error> {
+        self.requester().request(request_id, frame).await
+    }
+
+    async fn await_response(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Result<pb::response::Result, Error>>,
+    ) -> Result<pb::response::Result, Error> {
+        self.requester().await_response(id, rx).await
+    }
+
+    fn requester(&self) -> Requester {
+        Requester {
+            writer: self.writer.clone(),
+            shared: self.shared.clone(),
+            next_request: self.next_request.clone(),
+            timeout: self.config.request_timeout,
+        }
+    }
+
+    /// Asks the relay for short-lived TURN credentials for this device (TURN REST scheme:
+    /// username `"<expiry>:<device>"`, password `base64(HMAC-SHA1(secret, username))`). A relay
+    /// without TURN answers [`Error::Relay`] with [`ErrorCode::TurnUnavailable`].
+    pub async fn turn_credentials(&self) -> Result<TurnGrant, Error> {
+        self.requester().turn_credentials().await
+    }
+}
+
+/// What a request needs from a connection; cloned out of a [`RelayClient`] so a
+/// [`TurnSource`] can ask while the client is busy elsewhere.
+#[derive(Clone)]
+struct Requester {
+    writer: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+    next_request: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Requester {
+    async fn write(&self, frame: client_frame::Frame) -> Result<(), Error> {
         self.writer
             .send(Out::Frame(encode_client_frame(frame)))
             .await
@@ -649,48 +722,34 @@ impl RelayClient {
         id: u64,
         rx: oneshot::Receiver<Result<pb::response::Result, Error>>,
     ) -> Result<pb::response::Result, Error> {
-        await_response(&self.shared, self.config.request_timeout, id, rx).await
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.shared.closed_error()),
+            Err(_) => {
+                self.shared.pending().remove(&id);
+                Err(Error::Timeout)
+            }
+        }
     }
 
-    /// Writes a `Send` request for `envelope` and returns the relay's answer to come, without
-    /// waiting for it (see [`Transport::send_queued`]).
-    async fn queue_envelope(&self, envelope: Envelope) -> Result<Acceptance, Error> {
-        let request_id = self.request_id();
-        let frame = client_frame::Frame::Send(pb::Send {
-            request_id,
-            envelope: Some(envelope.into_proto()),
-        });
-        let (tx, rx) = oneshot::channel();
-        self.shared.register(request_id, tx)?;
-        if let Err(e) = self.write(frame).await {
-            self.shared.pending().remove(&request_id);
-            return Err(e);
+    async fn turn_credentials(&self) -> Result<TurnGrant, Error> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let frame = client_frame::Frame::GetTurnCredentials(pb::GetTurnCredentials { request_id });
+        match self.request(request_id, frame).await? {
+            pb::response::Result::TurnCredentials(t) => TurnGrant::from_proto(t),
+            _ => Err(Error::Malformed(
+                "unexpected response to a TURN credentials request",
+            )),
         }
-        let shared = self.shared.clone();
-        let timeout = self.config.request_timeout;
-        Ok(Acceptance::new(async move {
-            match await_response(&shared, timeout, request_id, rx).await? {
-                pb::response::Result::Done(_) => Ok(()),
-                _ => Err(Error::Malformed("unexpected response to send")),
-            }
-        }))
     }
 }
 
-/// Waits up to `timeout` for the relay's answer to request `id`.
-async fn await_response(
-    shared: &Shared,
-    timeout: Duration,
-    id: u64,
-    rx: oneshot::Receiver<Result<pb::response::Result, Error>>,
-) -> Result<pb::response::Result, Error> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(shared.closed_error()),
-        Err(_) => {
-            shared.pending().remove(&id);
-            Err(Error::Timeout)
-        }
+/// A [`TurnSource`] asking the relay over a [`RelayClient`]'s connection.
+struct RelayTurnSource(Requester);
+
+impl TurnSource for RelayTurnSource {
+    fn fetch(&self) -> futures_util::future::BoxFuture<'_, Result<TurnGrant, Error>> {
+        Box::pin(self.0.turn_credentials())
     }
 }
 
@@ -703,8 +762,8 @@ impl Transport for RelayClient {
         self.send_envelope(envelope).await
     }
 
-    async fn send_queued(&mut self, envelope: Envelope) -> Result<Acceptance, Error> {
-        self.queue_envelope(envelope).await
+    async fn start_send(&mut self, envelope: Envelope) -> Result<SendReceipt, Error> {
+        self.start_send_envelope(envelope).await
     }
 
     async fn recv(&mut self) -> Result<Received, Error> {
@@ -716,6 +775,10 @@ impl Transport for RelayClient {
 
     async fn ack(&mut self, tag: DeliveryTag) -> Result<(), Error> {
         self.ack_deliveries(vec![tag.0]).await
+    }
+
+    fn turn_source(&self) -> Option<Arc<dyn TurnSource>> {
+        Some(Arc::new(RelayTurnSource(self.requester())))
     }
 }
 
