@@ -20,11 +20,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::{JitterConfig, Playout};
+use hush_media::video::{
+    I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    VideoError,
+};
 use hush_net::{Event as NetEvent, IceCredentials, Role};
 use hush_sfu::client::{Incoming, Link};
 use hush_sfu::control::Notice;
 use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{JoinParams, SfuPublicKey, StreamDecl, StreamKind};
+use hush_sfu::join::{JoinParams, SfuPublicKey, SimulcastLayer, StreamDecl, StreamKind};
 use hush_sfu::roster::Roster;
 use hush_sfu::{CallId as SfuCallId, DeviceId as SfuDeviceId, LeaveReason};
 use hush_signaling::DeviceId;
@@ -53,6 +57,16 @@ const GROUP_MIN_PLAYOUT_DELAY: Duration = Duration::from_millis(30);
 const MIX_BACKLOG: usize = 5;
 /// Decoded frames waiting for the application, per output.
 const AUDIO_BACKLOG: usize = 256;
+/// Decoded video frames waiting for the application (all participants together).
+const VIDEO_BACKLOG: usize = 64;
+/// The least time between two keyframe requests of this device for one remote source.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The simulcast layers every participant declares at join and sends, lowest first:
+/// (width, height, bitrate in bit/s). [`GroupCall::send_video`] scales each picture to each
+/// layer's size; [`GroupCall::request_view`] heights are compared with these.
+pub const GROUP_VIDEO_LAYERS: [(u16, u16, u32); 3] =
+    [(160, 90, 100_000), (320, 180, 300_000), (640, 360, 800_000)];
 
 /// Where an SFU is and the key it signs join answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +171,18 @@ pub struct ParticipantAudio {
     pub frame: AudioFrame,
 }
 
+/// A decoded video picture of one participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantVideoFrame {
+    /// Whose video.
+    pub device: DeviceId,
+    /// The simulcast layer it came on (0 the smallest; see [`GROUP_VIDEO_LAYERS`]), as the
+    /// sender said inside the end-to-end encrypted frame.
+    pub layer: u8,
+    /// The picture; its size is the layer's ([`I420Frame::width`], [`I420Frame::height`]).
+    pub frame: I420Frame,
+}
+
 /// Counters of a group call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -179,6 +205,16 @@ pub struct GroupCallStats {
     pub packets_received: u64,
     /// The end-to-end (SFrame) layer: frames decrypted, held for a key, dropped, refused.
     pub e2ee: E2eeStats,
+    /// Pictures given to [`GroupCall::send_video`] and encoded (each on every layer).
+    pub video_pictures_sent: u64,
+    /// Encoded video frames sent, all layers together.
+    pub video_frames_sent: u64,
+    /// Video pictures decoded per participant.
+    pub video_frames_decoded: HashMap<DeviceId, u64>,
+    /// Received video frames the decoder refused (waiting for a keyframe, or corrupt).
+    pub video_decode_errors: u64,
+    /// Keyframe requests from the SFU answered (a layer switch of some receiver, or a loss).
+    pub keyframe_requests: u64,
 }
 
 /// A member's sender key as it arrived: the device whose Signal session delivered it.
@@ -197,6 +233,9 @@ fn assign_slots(crypto: &mut SframeCrypto, roster: &Roster) {
 #[derive(Debug)]
 pub(crate) enum GroupCommand {
     Audio(Vec<i16>),
+    Video(I420Frame),
+    VideoEnabled(bool),
+    View(DeviceId, u16, oneshot::Sender<Result<(), Error>>),
     Mute(bool),
     Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
     Add(DeviceId, oneshot::Sender<Result<(), Error>>),
@@ -213,6 +252,7 @@ pub struct GroupCall {
     events: Mutex<mpsc::UnboundedReceiver<GroupCallEvent>>,
     audio: Mutex<mpsc::Receiver<ParticipantAudio>>,
     mixed: Mutex<mpsc::Receiver<AudioFrame>>,
+    video: Mutex<mpsc::Receiver<ParticipantVideoFrame>>,
 }
 
 impl GroupCall {
@@ -243,6 +283,64 @@ impl GroupCall {
     /// plays).
     pub async fn recv_mixed(&self) -> Option<AudioFrame> {
         self.mixed.lock().await.recv().await
+    }
+
+    /// Sends one camera picture to everyone: it is scaled to each layer of
+    /// [`GROUP_VIDEO_LAYERS`], encoded (H.264) on each, sealed end to end and sent; the SFU
+    /// forwards one layer to each receiver. A layer is encoded as a keyframe when the SFU asks
+    /// for one. Nothing is sent while video is disabled ([`set_video_enabled`](Self::set_video_enabled)).
+    ///
+    /// ```no_run
+    /// # async fn demo(call: &hush::GroupCall) -> Result<(), hush::Error> {
+    /// use hush::I420Frame;
+    /// let picture = I420Frame::filled(640, 360, [90, 128, 128], std::time::Instant::now())
+    ///     .expect("valid size");
+    /// call.send_video(&picture)?;
+    /// // Show someone's tile small: at most 90 pixels high (the SFU moves to its lowest layer).
+    /// # let someone = hush_signaling::DeviceId::from_bytes([7; 32]);
+    /// call.request_view(someone, 90).await?;
+    /// while let Some(v) = call.recv_video().await {
+    ///     println!("{}: {}x{} (layer {})", v.device, v.frame.width(), v.frame.height(), v.layer);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_video(&self, frame: &I420Frame) -> Result<(), Error> {
+        self.commands
+            .send(GroupCommand::Video(frame.clone()))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// Starts (or stops) sending video. Enabled by default; while disabled,
+    /// [`send_video`](Self::send_video) drops the pictures. Not announced to the others (the
+    /// SFU protocol has no video-off notice yet): their tiles just stop updating.
+    pub fn set_video_enabled(&self, enabled: bool) -> Result<(), Error> {
+        self.commands
+            .send(GroupCommand::VideoEnabled(enabled))
+            .map_err(|_| Error::CallEnded)
+    }
+
+    /// Asks the SFU for at most `max_height` pixels of `device`'s video (the tile's size on
+    /// screen); `0` stops its video for this device. The SFU moves to the tallest layer of
+    /// [`GROUP_VIDEO_LAYERS`] that fits, at that layer's next keyframe. Fails with
+    /// [`Error::UnknownParticipant`] if `device` sends no video in this call.
+    pub async fn request_view(&self, device: DeviceId, max_height: u16) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::View(device, max_height, tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
+    /// The next decoded video picture of any participant, with its layer. Pictures the
+    /// application does not read are dropped past a backlog.
+    pub async fn recv_video(&self) -> Option<ParticipantVideoFrame> {
+        self.video.lock().await.recv().await
+    }
+
+    /// A decoded video picture if one is waiting (see [`recv_video`](Self::recv_video)).
+    pub fn try_recv_video(&self) -> Option<ParticipantVideoFrame> {
+        self.video.try_lock().ok()?.try_recv().ok()
     }
 
     /// Stops (or resumes) sending audio, and announces it to the others
@@ -356,14 +454,34 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         keys: key_tx,
     });
     let ssrc = rand::rng().random_range(2..u32::MAX);
+    // One SSRC per video layer, distinct from the audio one and from each other.
+    let mut layer_ssrcs: Vec<u32> = Vec::with_capacity(GROUP_VIDEO_LAYERS.len());
+    while layer_ssrcs.len() < GROUP_VIDEO_LAYERS.len() {
+        let v = rand::rng().random_range(2..u32::MAX);
+        if v != ssrc && !layer_ssrcs.contains(&v) {
+            layer_ssrcs.push(v);
+        }
+    }
+    let mut streams = vec![StreamDecl {
+        ssrc,
+        kind: StreamKind::Audio,
+    }];
+    for (i, (&(width, height, _), &v)) in GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate() {
+        streams.push(StreamDecl {
+            ssrc: v,
+            kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                source: 0,
+                layer: i as u8,
+                width,
+                height,
+            }),
+        });
+    }
     let params = JoinParams {
         call_id: SfuCallId::from_bytes(call_id),
         suite: hush_srtp::Suite::AeadAes128Gcm,
         audio_level_ext: Some(AUDIO_LEVEL_EXT),
-        streams: vec![StreamDecl {
-            ssrc,
-            kind: StreamKind::Audio,
-        }],
+        streams,
     };
     let link = hush_sfu::client::join(
         s.sfu.address,
@@ -409,12 +527,30 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         ..JitterConfig::default()
     };
     let first_seq = rand::rng().random::<u16>() & 0x7fff;
-    let path = GroupMediaPath::new(&link.keys, ssrc, crypto, jitter, first_seq)?;
+    let mut path = GroupMediaPath::new(&link.keys, ssrc, crypto, jitter, first_seq)?;
+    let mut video_layers = Vec::with_capacity(GROUP_VIDEO_LAYERS.len());
+    for (i, (&(width, height, bitrate_bps), &v)) in
+        GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate()
+    {
+        path.add_video_layer(v, i as u8)?;
+        let encoder = OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps,
+            ..VideoEncoderConfig::default()
+        })
+        .map_err(Error::Video)?;
+        video_layers.push(VideoLayerOut {
+            ssrc: v,
+            width: u32::from(width),
+            height: u32::from(height),
+            encoder,
+        });
+    }
     let encoder = OpusCodec::new(1, 20, 32_000)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BACKLOG);
     let (mixed_tx, mixed_rx) = mpsc::channel(AUDIO_BACKLOG);
+    let (video_tx, video_rx) = mpsc::channel(VIDEO_BACKLOG);
     if s.create {
         let invite = invitation(&s.sfu, &s.roster);
         let members = s
@@ -454,6 +590,12 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         send_loss: s.config.simulated_send_loss,
         encrypted_at_key: 0,
         answered: HashSet::new(),
+        video_layers,
+        video_enabled: true,
+        video_epoch: Instant::now(),
+        video_sources: HashMap::new(),
+        video_decoders: HashMap::new(),
+        video_out: video_tx,
     };
     tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx, key_rx));
     info!(call = %hex::encode(&call_id[..8]), "joined group call");
@@ -463,6 +605,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         events: Mutex::new(ev_rx),
         audio: Mutex::new(audio_rx),
         mixed: Mutex::new(mixed_rx),
+        video: Mutex::new(video_rx),
     })
 }
 
@@ -507,6 +650,24 @@ struct GroupTask {
     /// Participants whose key came and who were sent this device's key in return (a first
     /// send can fail while the Signal session exists in one direction only).
     answered: HashSet<SfuDeviceId>,
+    /// This device's simulcast layers, lowest first.
+    video_layers: Vec<VideoLayerOut>,
+    video_enabled: bool,
+    /// The origin of this device's 90 kHz video timestamps.
+    video_epoch: Instant,
+    /// Each participant's video source SSRC, as the SFU announced it.
+    video_sources: HashMap<SfuDeviceId, u32>,
+    /// Each participant's decoder, and when this device last asked it for a keyframe.
+    video_decoders: HashMap<SfuDeviceId, (OpenH264Decoder, Option<Instant>)>,
+    video_out: mpsc::Sender<ParticipantVideoFrame>,
+}
+
+/// One simulcast layer this device sends.
+struct VideoLayerOut {
+    ssrc: u32,
+    width: u32,
+    height: u32,
+    encoder: OpenH264Encoder,
 }
 
 enum Ending {
@@ -611,6 +772,21 @@ impl GroupTask {
                 c = commands.recv() => match c {
                     None | Some(GroupCommand::Leave) => break Ending::Left,
                     Some(GroupCommand::Audio(pcm)) => self.send_audio(&pcm),
+                    Some(GroupCommand::Video(frame)) => self.send_video(&frame),
+                    Some(GroupCommand::VideoEnabled(on)) => self.video_enabled = on,
+                    Some(GroupCommand::View(device, max_height, reply)) => {
+                        let r = match SfuDeviceId::from_bytes(device.as_bytes())
+                            .ok()
+                            .and_then(|d| self.video_sources.get(&d))
+                        {
+                            Some(&source) => writer
+                                .request_view(source, max_height)
+                                .await
+                                .map_err(|e| Error::GroupJoin(e.into())),
+                            None => Err(Error::UnknownParticipant),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Some(GroupCommand::Mute(m)) => {
                         if std::mem::replace(&mut self.muted, m) != m {
                             if let Err(e) = writer.set_muted(m).await {
@@ -645,6 +821,7 @@ impl GroupTask {
                         s.late = p.late;
                         s.packets_received = p.packets_received;
                         s.e2ee = p.e2ee;
+                        s.video_frames_sent = p.video_frames_sent;
                         let _ = reply.send(s);
                     }
                 },
@@ -682,8 +859,18 @@ impl GroupTask {
     fn on_notice(&mut self, n: Notice) -> Option<Ending> {
         match n {
             Notice::ParticipantJoined { device, streams } => {
-                for s in streams.iter().filter(|s| s.kind == StreamKind::Audio) {
-                    self.path.add_stream(device, s.ssrc);
+                for s in &streams {
+                    match s.kind {
+                        StreamKind::Audio => self.path.add_stream(device, s.ssrc),
+                        // A simulcast source is announced as one plain video stream under its
+                        // source SSRC (the SFU forwards one layer under it).
+                        StreamKind::Video
+                        | StreamKind::SimulcastLayer(SimulcastLayer { layer: 0, .. }) => {
+                            self.path.add_video_stream(device, s.ssrc);
+                            self.video_sources.insert(device, s.ssrc);
+                        }
+                        StreamKind::SimulcastLayer(_) => {}
+                    }
                 }
                 if self.known.insert(device) {
                     self.share_key_with_joiner(device);
@@ -695,6 +882,8 @@ impl GroupTask {
             Notice::ParticipantLeft { device, reason } => {
                 self.path.remove_participant(&device);
                 self.decoders.remove(&device);
+                self.video_decoders.remove(&device);
+                self.video_sources.remove(&device);
                 self.mix.remove(&device);
                 self.answered.remove(&device);
                 if self.known.remove(&device) {
@@ -883,8 +1072,109 @@ impl GroupTask {
         self.path.send_audio(&encoded, level, level < 127);
     }
 
+    /// Scales `frame` to each layer, encodes and sends it (a keyframe on a layer the SFU asked
+    /// one for).
+    fn send_video(&mut self, frame: &I420Frame) {
+        if !self.video_enabled {
+            return;
+        }
+        self.answer_keyframe_requests();
+        let ticks = frame
+            .capture_time
+            .saturating_duration_since(self.video_epoch)
+            .as_micros()
+            .saturating_mul(9)
+            / 100;
+        let timestamp = (ticks & u128::from(u32::MAX)) as u32;
+        self.stats.video_pictures_sent += 1;
+        for layer in &mut self.video_layers {
+            let scaled;
+            let picture = if frame.width() == layer.width && frame.height() == layer.height {
+                frame
+            } else {
+                match scale(frame, layer.width, layer.height) {
+                    Ok(s) => {
+                        scaled = s;
+                        &scaled
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "picture not scaled");
+                        continue;
+                    }
+                }
+            };
+            let encoded = match layer.encoder.encode(picture) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => {
+                    debug!(error = %e, "video encode failed");
+                    continue;
+                }
+            };
+            if let Err(e) =
+                self.path
+                    .send_video(layer.ssrc, timestamp, encoded.keyframe, &encoded.data)
+            {
+                debug!(error = %e, "video frame not sent");
+            }
+        }
+    }
+
+    /// The SFU's keyframe requests (one layer each) go to that layer's encoder.
+    fn answer_keyframe_requests(&mut self) {
+        while let Some(ssrc) = self.path.poll_keyframe_request() {
+            if let Some(layer) = self.video_layers.iter_mut().find(|l| l.ssrc == ssrc) {
+                layer.encoder.request_keyframe();
+                self.stats.keyframe_requests += 1;
+            }
+        }
+    }
+
+    /// Decodes the opened video frames; asks a sender whose decoder lost its reference for a
+    /// keyframe (at most every [`KEYFRAME_REQUEST_INTERVAL`]).
+    fn drain_video(&mut self) {
+        self.answer_keyframe_requests();
+        while let Some(v) = self.path.poll_video() {
+            let decoder = match self.video_decoders.entry(v.device) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match OpenH264Decoder::new() {
+                    Ok(d) => e.insert((d, None)),
+                    Err(err) => {
+                        warn!(error = %err, "no video decoder");
+                        continue;
+                    }
+                },
+            };
+            let now = Instant::now();
+            match decoder.0.decode(&v.frame, now) {
+                Ok(Some(frame)) => {
+                    let device = to_signaling(&v.device);
+                    *self.stats.video_frames_decoded.entry(device).or_insert(0) += 1;
+                    let _ = self.video_out.try_send(ParticipantVideoFrame {
+                        device,
+                        layer: v.layer,
+                        frame,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats.video_decode_errors += 1;
+                    trace_decode_error(&e);
+                    if decoder
+                        .1
+                        .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
+                    {
+                        decoder.1 = Some(now);
+                        self.path.request_keyframe(v.ssrc);
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends what the path produced; decodes what it released.
     fn drain(&mut self) {
+        self.drain_video();
         while let Some(d) = self.path.poll_datagram() {
             if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
                 continue;
@@ -961,6 +1251,40 @@ impl GroupTask {
             });
         }
     }
+}
+
+fn trace_decode_error(e: &VideoError) {
+    debug!(error = %e, "video frame not decoded");
+}
+
+/// `frame` scaled to `width` × `height` (both even): each output sample is the mean of the
+/// input samples its area covers (at least the nearest one), plane by plane.
+fn scale(frame: &I420Frame, width: u32, height: u32) -> Result<I420Frame, VideoError> {
+    let (w, h) = (width as usize, height as usize);
+    let (sw, sh) = (frame.width() as usize, frame.height() as usize);
+    let dims = [(w, h, sw, sh), (w / 2, h / 2, sw / 2, sh / 2)];
+    let mut planes: [Vec<u8>; 3] = Default::default();
+    for (p, out) in planes.iter_mut().enumerate() {
+        let (dw, dh, srcw, srch) = dims[p.min(1)];
+        out.reserve_exact(dw * dh);
+        for y in 0..dh {
+            let y0 = y * srch / dh;
+            let y1 = ((y + 1) * srch / dh).max(y0 + 1).min(srch);
+            for x in 0..dw {
+                let x0 = x * srcw / dw;
+                let x1 = ((x + 1) * srcw / dw).max(x0 + 1).min(srcw);
+                let (mut sum, mut n) = (0u32, 0u32);
+                for r in y0..y1 {
+                    if let Some(row) = frame.row(p, r).and_then(|row| row.get(x0..x1)) {
+                        sum += row.iter().map(|&b| u32::from(b)).sum::<u32>();
+                        n += (x1 - x0) as u32;
+                    }
+                }
+                out.push(sum.checked_div(n).unwrap_or(0) as u8);
+            }
+        }
+    }
+    I420Frame::new(width, height, planes, [w, w / 2, w / 2], frame.capture_time)
 }
 
 /// The device key as an ed25519 signing key for SFU joins and rosters. The seed is the
