@@ -58,9 +58,9 @@ pub enum Error {
     /// Only the call's creator can change its roster.
     #[error("only the group call's creator can change its roster")]
     NotCallCreator,
-    /// The video codec failed to start (group call video).
-    #[error("video: {0}")]
-    Video(hush_media::video::VideoError),
+    /// The group call's video encoder thread could not be started.
+    #[error("group video thread: {0}")]
+    VideoThread(std::io::Error),
     /// No participant of the group call by that device id sends video.
     #[error("no participant with video by that device id in the group call")]
     UnknownParticipant,

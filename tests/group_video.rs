@@ -120,10 +120,17 @@ async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer()
             let heights = got.get(id).cloned().unwrap_or_default();
             assert!(
                 heights.len() as u32 >= pictures / 2,
-                "participant {i} decoded {}/{pictures} pictures of {j}",
-                heights.len()
+                "participant {i} decoded {}/{pictures} pictures of {j}: {:?} {:?}",
+                heights.len(),
+                calls[i].stats().await.unwrap(),
+                calls[j].stats().await.unwrap()
             );
-            assert_eq!(heights.last(), Some(&360), "{i} gets {j}'s top layer");
+            assert_eq!(
+                heights.last(),
+                Some(&360),
+                "{i} gets {j}'s top layer: {heights:?} {:?}",
+                calls[j].stats().await.unwrap()
+            );
         }
     }
 

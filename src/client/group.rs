@@ -16,14 +16,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::{JitterConfig, Playout};
-use hush_media::video::{
-    I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
-    VideoError,
-};
+use hush_media::video::{I420Frame, OpenH264Decoder, VideoDecoder};
 use hush_net::{Event as NetEvent, IceCredentials, Role};
 use hush_sfu::client::{Incoming, Link};
 use hush_sfu::control::Notice;
@@ -42,6 +41,8 @@ use super::{ClientConfig, Command, NET_START_TIMEOUT};
 use crate::group_path::{audio_level, E2eeStats, GroupMediaPath, SframeCrypto, AUDIO_LEVEL_EXT};
 use crate::Error;
 use hush_crypto::group::{GroupCallId, GroupE2ee, JoinKeys, KeyMessage, MemberSlot};
+
+mod video;
 
 /// How long joining the SFU (connect, request, answer) may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -207,10 +208,14 @@ pub struct GroupCallStats {
     pub e2ee: E2eeStats,
     /// Pictures given to [`GroupCall::send_video`] and encoded (each on every layer).
     pub video_pictures_sent: u64,
+    /// Pictures dropped because the encoder thread was still busy (the CPU is short).
+    pub video_pictures_dropped: u64,
     /// Encoded video frames sent, all layers together.
     pub video_frames_sent: u64,
     /// Video pictures decoded per participant.
     pub video_frames_decoded: HashMap<DeviceId, u64>,
+    /// Received video frames lost to a missing packet before they could be opened.
+    pub video_frames_incomplete: u64,
     /// Received video frames the decoder refused (waiting for a keyframe, or corrupt).
     pub video_decode_errors: u64,
     /// Keyframe requests from the SFU answered (a layer switch of some receiver, or a loss).
@@ -233,8 +238,6 @@ fn assign_slots(crypto: &mut SframeCrypto, roster: &Roster) {
 #[derive(Debug)]
 pub(crate) enum GroupCommand {
     Audio(Vec<i16>),
-    Video(I420Frame),
-    VideoEnabled(bool),
     View(DeviceId, u16, oneshot::Sender<Result<(), Error>>),
     Mute(bool),
     Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
@@ -253,6 +256,7 @@ pub struct GroupCall {
     audio: Mutex<mpsc::Receiver<ParticipantAudio>>,
     mixed: Mutex<mpsc::Receiver<AudioFrame>>,
     video: Mutex<mpsc::Receiver<ParticipantVideoFrame>>,
+    video_in: video::VideoInput,
 }
 
 impl GroupCall {
@@ -305,19 +309,35 @@ impl GroupCall {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// Encoding runs on a thread of its own; a picture that comes while that thread is still
+    /// busy with earlier ones is dropped (counted in [`GroupCallStats::video_pictures_dropped`]).
     pub fn send_video(&self, frame: &I420Frame) -> Result<(), Error> {
-        self.commands
-            .send(GroupCommand::Video(frame.clone()))
-            .map_err(|_| Error::CallEnded)
+        if !self.video_in.shared.enabled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.video_in.pictures.try_send(frame.clone()) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.video_in.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(Error::CallEnded),
+        }
     }
 
     /// Starts (or stops) sending video. Enabled by default; while disabled,
     /// [`send_video`](Self::send_video) drops the pictures. Not announced to the others (the
     /// SFU protocol has no video-off notice yet): their tiles just stop updating.
     pub fn set_video_enabled(&self, enabled: bool) -> Result<(), Error> {
-        self.commands
-            .send(GroupCommand::VideoEnabled(enabled))
-            .map_err(|_| Error::CallEnded)
+        if self.commands.is_closed() {
+            return Err(Error::CallEnded);
+        }
+        self.video_in
+            .shared
+            .enabled
+            .store(enabled, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Asks the SFU for at most `max_height` pixels of `device`'s video (the tile's size on
@@ -533,18 +553,15 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate()
     {
         path.add_video_layer(v, i as u8)?;
-        let encoder = OpenH264Encoder::new(VideoEncoderConfig {
-            bitrate_bps,
-            ..VideoEncoderConfig::default()
-        })
-        .map_err(Error::Video)?;
-        video_layers.push(VideoLayerOut {
+        video_layers.push(video::LayerSpec {
             ssrc: v,
             width: u32::from(width),
             height: u32::from(height),
-            encoder,
+            bitrate_bps,
         });
     }
+    let (encoded_tx, encoded_rx) = mpsc::unbounded_channel();
+    let video_in = video::start(video_layers, encoded_tx).map_err(Error::VideoThread)?;
     let encoder = OpusCodec::new(1, 20, 32_000)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -590,14 +607,13 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         send_loss: s.config.simulated_send_loss,
         encrypted_at_key: 0,
         answered: HashSet::new(),
-        video_layers,
-        video_enabled: true,
-        video_epoch: Instant::now(),
+        video_layer_ssrcs: layer_ssrcs,
+        video_shared: video_in.shared.clone(),
         video_sources: HashMap::new(),
         video_decoders: HashMap::new(),
         video_out: video_tx,
     };
-    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx, key_rx));
+    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx, key_rx, encoded_rx));
     info!(call = %hex::encode(&call_id[..8]), "joined group call");
     Ok(GroupCall {
         call_id,
@@ -606,6 +622,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         audio: Mutex::new(audio_rx),
         mixed: Mutex::new(mixed_rx),
         video: Mutex::new(video_rx),
+        video_in,
     })
 }
 
@@ -650,24 +667,15 @@ struct GroupTask {
     /// Participants whose key came and who were sent this device's key in return (a first
     /// send can fail while the Signal session exists in one direction only).
     answered: HashSet<SfuDeviceId>,
-    /// This device's simulcast layers, lowest first.
-    video_layers: Vec<VideoLayerOut>,
-    video_enabled: bool,
-    /// The origin of this device's 90 kHz video timestamps.
-    video_epoch: Instant,
+    /// The SSRCs of this device's simulcast layers, lowest first.
+    video_layer_ssrcs: Vec<u32>,
+    /// Shared with the handle and the encoder thread.
+    video_shared: Arc<video::VideoShared>,
     /// Each participant's video source SSRC, as the SFU announced it.
     video_sources: HashMap<SfuDeviceId, u32>,
     /// Each participant's decoder, and when this device last asked it for a keyframe.
     video_decoders: HashMap<SfuDeviceId, (OpenH264Decoder, Option<Instant>)>,
     video_out: mpsc::Sender<ParticipantVideoFrame>,
-}
-
-/// One simulcast layer this device sends.
-struct VideoLayerOut {
-    ssrc: u32,
-    width: u32,
-    height: u32,
-    encoder: OpenH264Encoder,
 }
 
 enum Ending {
@@ -684,6 +692,7 @@ impl GroupTask {
         mut datagrams: mpsc::Receiver<Vec<u8>>,
         mut commands: mpsc::UnboundedReceiver<GroupCommand>,
         mut keys_in: mpsc::UnboundedReceiver<KeyFrom>,
+        mut encoded: mpsc::UnboundedReceiver<video::Encoded>,
     ) {
         let Link {
             keys,
@@ -735,6 +744,13 @@ impl GroupTask {
                     None => break Ending::Ended,
                 },
                 Some((from, key)) = keys_in.recv() => self.on_group_key(from, &key),
+                Some(e) = encoded.recv() => {
+                    if let Err(err) =
+                        self.path.send_video(e.ssrc, e.timestamp, e.keyframe, &e.data)
+                    {
+                        debug!(error = %err, "video frame not sent");
+                    }
+                }
                 d = datagrams.recv() => match d {
                     Some(d) => {
                         if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
@@ -772,8 +788,6 @@ impl GroupTask {
                 c = commands.recv() => match c {
                     None | Some(GroupCommand::Leave) => break Ending::Left,
                     Some(GroupCommand::Audio(pcm)) => self.send_audio(&pcm),
-                    Some(GroupCommand::Video(frame)) => self.send_video(&frame),
-                    Some(GroupCommand::VideoEnabled(on)) => self.video_enabled = on,
                     Some(GroupCommand::View(device, max_height, reply)) => {
                         let r = match SfuDeviceId::from_bytes(device.as_bytes())
                             .ok()
@@ -822,6 +836,11 @@ impl GroupTask {
                         s.packets_received = p.packets_received;
                         s.e2ee = p.e2ee;
                         s.video_frames_sent = p.video_frames_sent;
+                        s.video_frames_incomplete = p.video_frames_incomplete;
+                        s.video_pictures_sent =
+                            self.video_shared.pictures.load(Ordering::Relaxed);
+                        s.video_pictures_dropped =
+                            self.video_shared.dropped.load(Ordering::Relaxed);
                         let _ = reply.send(s);
                     }
                 },
@@ -1072,59 +1091,13 @@ impl GroupTask {
         self.path.send_audio(&encoded, level, level < 127);
     }
 
-    /// Scales `frame` to each layer, encodes and sends it (a keyframe on a layer the SFU asked
-    /// one for).
-    fn send_video(&mut self, frame: &I420Frame) {
-        if !self.video_enabled {
-            return;
-        }
-        self.answer_keyframe_requests();
-        let ticks = frame
-            .capture_time
-            .saturating_duration_since(self.video_epoch)
-            .as_micros()
-            .saturating_mul(9)
-            / 100;
-        let timestamp = (ticks & u128::from(u32::MAX)) as u32;
-        self.stats.video_pictures_sent += 1;
-        for layer in &mut self.video_layers {
-            let scaled;
-            let picture = if frame.width() == layer.width && frame.height() == layer.height {
-                frame
-            } else {
-                match scale(frame, layer.width, layer.height) {
-                    Ok(s) => {
-                        scaled = s;
-                        &scaled
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "picture not scaled");
-                        continue;
-                    }
-                }
-            };
-            let encoded = match layer.encoder.encode(picture) {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                Err(e) => {
-                    debug!(error = %e, "video encode failed");
-                    continue;
-                }
-            };
-            if let Err(e) =
-                self.path
-                    .send_video(layer.ssrc, timestamp, encoded.keyframe, &encoded.data)
-            {
-                debug!(error = %e, "video frame not sent");
-            }
-        }
-    }
-
     /// The SFU's keyframe requests (one layer each) go to that layer's encoder.
     fn answer_keyframe_requests(&mut self) {
         while let Some(ssrc) = self.path.poll_keyframe_request() {
-            if let Some(layer) = self.video_layers.iter_mut().find(|l| l.ssrc == ssrc) {
-                layer.encoder.request_keyframe();
+            if let Some(i) = self.video_layer_ssrcs.iter().position(|&l| l == ssrc) {
+                if let Some(flag) = self.video_shared.keyframe.get(i) {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 self.stats.keyframe_requests += 1;
             }
         }
@@ -1159,7 +1132,7 @@ impl GroupTask {
                 Ok(None) => {}
                 Err(e) => {
                     self.stats.video_decode_errors += 1;
-                    trace_decode_error(&e);
+                    debug!(error = %e, "video frame not decoded");
                     if decoder
                         .1
                         .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
@@ -1251,40 +1224,6 @@ impl GroupTask {
             });
         }
     }
-}
-
-fn trace_decode_error(e: &VideoError) {
-    debug!(error = %e, "video frame not decoded");
-}
-
-/// `frame` scaled to `width` × `height` (both even): each output sample is the mean of the
-/// input samples its area covers (at least the nearest one), plane by plane.
-fn scale(frame: &I420Frame, width: u32, height: u32) -> Result<I420Frame, VideoError> {
-    let (w, h) = (width as usize, height as usize);
-    let (sw, sh) = (frame.width() as usize, frame.height() as usize);
-    let dims = [(w, h, sw, sh), (w / 2, h / 2, sw / 2, sh / 2)];
-    let mut planes: [Vec<u8>; 3] = Default::default();
-    for (p, out) in planes.iter_mut().enumerate() {
-        let (dw, dh, srcw, srch) = dims[p.min(1)];
-        out.reserve_exact(dw * dh);
-        for y in 0..dh {
-            let y0 = y * srch / dh;
-            let y1 = ((y + 1) * srch / dh).max(y0 + 1).min(srch);
-            for x in 0..dw {
-                let x0 = x * srcw / dw;
-                let x1 = ((x + 1) * srcw / dw).max(x0 + 1).min(srcw);
-                let (mut sum, mut n) = (0u32, 0u32);
-                for r in y0..y1 {
-                    if let Some(row) = frame.row(p, r).and_then(|row| row.get(x0..x1)) {
-                        sum += row.iter().map(|&b| u32::from(b)).sum::<u32>();
-                        n += (x1 - x0) as u32;
-                    }
-                }
-                out.push(sum.checked_div(n).unwrap_or(0) as u8);
-            }
-        }
-    }
-    I420Frame::new(width, height, planes, [w, w / 2, w / 2], frame.capture_time)
 }
 
 /// The device key as an ed25519 signing key for SFU joins and rosters. The seed is the
