@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::{JitterConfig, Playout};
-use hush_media::video::{I420Frame, OpenH264Decoder, VideoDecoder};
+use hush_media::video::I420Frame;
 use hush_net::{Event as NetEvent, IceCredentials, Role};
 use hush_sfu::client::{Incoming, Link};
 use hush_sfu::control::Notice;
@@ -216,6 +216,9 @@ pub struct GroupCallStats {
     pub video_frames_decoded: HashMap<DeviceId, u64>,
     /// Received video frames lost to a missing packet before they could be opened.
     pub video_frames_incomplete: u64,
+    /// Received video frames not decoded because the decoder thread was behind (dropped up to
+    /// the sender's next keyframe).
+    pub video_frames_skipped: u64,
     /// Received video frames the decoder refused (waiting for a keyframe, or corrupt).
     pub video_decode_errors: u64,
     /// Keyframe requests from the SFU answered (a layer switch of some receiver, or a loss).
@@ -568,6 +571,10 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BACKLOG);
     let (mixed_tx, mixed_rx) = mpsc::channel(AUDIO_BACKLOG);
     let (video_tx, video_rx) = mpsc::channel(VIDEO_BACKLOG);
+    let (need_key_tx, need_key_rx) = mpsc::unbounded_channel();
+    let decode_shared = Arc::new(video::DecodeShared::default());
+    let decode_tx = video::start_decoder(video_tx, need_key_tx, decode_shared.clone())
+        .map_err(Error::VideoThread)?;
     if s.create {
         let invite = invitation(&s.sfu, &s.roster);
         let members = s
@@ -610,10 +617,22 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         video_layer_ssrcs: layer_ssrcs,
         video_shared: video_in.shared.clone(),
         video_sources: HashMap::new(),
-        video_decoders: HashMap::new(),
-        video_out: video_tx,
+        video_decode: decode_tx,
+        video_waiting_key: HashSet::new(),
+        video_pli_at: HashMap::new(),
+        decode_shared,
     };
-    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx, key_rx, encoded_rx));
+    tokio::spawn(task.run(
+        link,
+        net.events,
+        net.datagrams,
+        cmd_rx,
+        key_rx,
+        VideoReceivers {
+            encoded: encoded_rx,
+            need_key: need_key_rx,
+        },
+    ));
     info!(call = %hex::encode(&call_id[..8]), "joined group call");
     Ok(GroupCall {
         call_id,
@@ -673,9 +692,22 @@ struct GroupTask {
     video_shared: Arc<video::VideoShared>,
     /// Each participant's video source SSRC, as the SFU announced it.
     video_sources: HashMap<SfuDeviceId, u32>,
-    /// Each participant's decoder, and when this device last asked it for a keyframe.
-    video_decoders: HashMap<SfuDeviceId, (OpenH264Decoder, Option<Instant>)>,
-    video_out: mpsc::Sender<ParticipantVideoFrame>,
+    /// Opened frames to the decoder thread.
+    video_decode: std::sync::mpsc::SyncSender<video::DecodeJob>,
+    /// Participants whose frames are dropped until their next keyframe (the decoder thread
+    /// was behind and missed one of theirs).
+    video_waiting_key: HashSet<SfuDeviceId>,
+    /// When this device last asked each source (by SSRC) for a keyframe.
+    video_pli_at: HashMap<u32, Instant>,
+    decode_shared: Arc<video::DecodeShared>,
+}
+
+/// What the video threads send the call's task.
+struct VideoReceivers {
+    /// Encoded frames to seal and send.
+    encoded: mpsc::UnboundedReceiver<video::Encoded>,
+    /// Source SSRCs whose decoder needs a keyframe.
+    need_key: mpsc::UnboundedReceiver<u32>,
 }
 
 enum Ending {
@@ -692,8 +724,12 @@ impl GroupTask {
         mut datagrams: mpsc::Receiver<Vec<u8>>,
         mut commands: mpsc::UnboundedReceiver<GroupCommand>,
         mut keys_in: mpsc::UnboundedReceiver<KeyFrom>,
-        mut encoded: mpsc::UnboundedReceiver<video::Encoded>,
+        video_rx: VideoReceivers,
     ) {
+        let VideoReceivers {
+            mut encoded,
+            mut need_key,
+        } = video_rx;
         let Link {
             keys,
             notices: mut reader,
@@ -744,6 +780,7 @@ impl GroupTask {
                     None => break Ending::Ended,
                 },
                 Some((from, key)) = keys_in.recv() => self.on_group_key(from, &key),
+                Some(ssrc) = need_key.recv() => self.ask_keyframe(ssrc),
                 Some(e) = encoded.recv() => {
                     if let Err(err) =
                         self.path.send_video(e.ssrc, e.timestamp, e.keyframe, &e.data)
@@ -841,6 +878,11 @@ impl GroupTask {
                             self.video_shared.pictures.load(Ordering::Relaxed);
                         s.video_pictures_dropped =
                             self.video_shared.dropped.load(Ordering::Relaxed);
+                        s.video_decode_errors =
+                            self.decode_shared.errors.load(Ordering::Relaxed);
+                        if let Ok(m) = self.decode_shared.decoded.lock() {
+                            s.video_frames_decoded = m.clone();
+                        }
                         let _ = reply.send(s);
                     }
                 },
@@ -901,7 +943,10 @@ impl GroupTask {
             Notice::ParticipantLeft { device, reason } => {
                 self.path.remove_participant(&device);
                 self.decoders.remove(&device);
-                self.video_decoders.remove(&device);
+                let _ = self
+                    .video_decode
+                    .try_send(video::DecodeJob::Forget(to_signaling(&device)));
+                self.video_waiting_key.remove(&device);
                 self.video_sources.remove(&device);
                 self.mix.remove(&device);
                 self.answered.remove(&device);
@@ -1103,43 +1148,48 @@ impl GroupTask {
         }
     }
 
-    /// Decodes the opened video frames; asks a sender whose decoder lost its reference for a
-    /// keyframe (at most every [`KEYFRAME_REQUEST_INTERVAL`]).
+    /// Asks the source arriving under `ssrc` for a keyframe, at most every
+    /// [`KEYFRAME_REQUEST_INTERVAL`].
+    fn ask_keyframe(&mut self, ssrc: u32) {
+        let now = Instant::now();
+        if self
+            .video_pli_at
+            .get(&ssrc)
+            .is_none_or(|&t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
+        {
+            self.video_pli_at.insert(ssrc, now);
+            self.path.request_keyframe(ssrc);
+        }
+    }
+
+    /// Hands the opened video frames to the decoder thread. If it is behind, a participant's
+    /// frames are dropped up to its next keyframe (asked for), so no decoder gets a frame whose
+    /// reference it missed.
     fn drain_video(&mut self) {
         self.answer_keyframe_requests();
         while let Some(v) = self.path.poll_video() {
-            let decoder = match self.video_decoders.entry(v.device) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => match OpenH264Decoder::new() {
-                    Ok(d) => e.insert((d, None)),
-                    Err(err) => {
-                        warn!(error = %err, "no video decoder");
-                        continue;
-                    }
-                },
-            };
-            let now = Instant::now();
-            match decoder.0.decode(&v.frame, now) {
-                Ok(Some(frame)) => {
-                    let device = to_signaling(&v.device);
-                    *self.stats.video_frames_decoded.entry(device).or_insert(0) += 1;
-                    let _ = self.video_out.try_send(ParticipantVideoFrame {
-                        device,
-                        layer: v.layer,
-                        frame,
-                    });
+            if self.video_waiting_key.contains(&v.device) {
+                if !v.keyframe {
+                    self.stats.video_frames_skipped += 1;
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    self.stats.video_decode_errors += 1;
-                    debug!(error = %e, "video frame not decoded");
-                    if decoder
-                        .1
-                        .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
-                    {
-                        decoder.1 = Some(now);
-                        self.path.request_keyframe(v.ssrc);
-                    }
+                self.video_waiting_key.remove(&v.device);
+            }
+            let job = video::DecodeJob::Frame {
+                device: to_signaling(&v.device),
+                ssrc: v.ssrc,
+                layer: v.layer,
+                data: v.frame,
+            };
+            match self.video_decode.try_send(job) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.stats.video_frames_skipped += 1;
+                    self.video_waiting_key.insert(v.device);
+                    self.ask_keyframe(v.ssrc);
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    warn!("video decoder thread gone");
                 }
             }
         }

@@ -1,21 +1,33 @@
-//! The sending side of group video: one thread per call scales each camera picture to the
-//! simulcast layers and encodes them, so that encoding never holds up the call's task (which
-//! also plays audio out).
+//! Group video off the call's task (which also plays audio out): one thread per call scales
+//! each camera picture to the simulcast layers and encodes them; another decodes what the
+//! other participants send.
 //!
 //! ```text
 //!  GroupCall::send_video ──picture (bounded, dropped when full)──▶ encoder thread
 //!                                                                   │ scale, H.264 per layer
 //!  group task ◀──encoded frame (ssrc, timestamp, keyframe)──────────┘
 //!      │ keyframe request of the SFU for a layer ──flag──▶ encoder thread (next picture)
+//!      │
+//!      └─opened frame (bounded; when full: drop, PLI, wait for a keyframe)──▶ decoder thread
+//!  GroupCall::recv_video ◀──decoded picture (one decoder per participant)──────┘
+//!  group task ◀──source SSRC whose decoder needs a keyframe (PLI, throttled)──┘
 //! ```
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hush_media::video::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig, VideoError};
+use hush_media::video::{
+    I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
+    VideoError,
+};
+use hush_signaling::DeviceId;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use super::ParticipantVideoFrame;
 
 /// Pictures waiting for the encoder thread; more are dropped (the thread is behind).
 const PICTURE_QUEUE: usize = 2;
@@ -149,6 +161,102 @@ fn run(
             }
         }
         shared.pictures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opened frames waiting for the decoder thread; when it is full the task drops frames and
+/// waits for that participant's next keyframe.
+const DECODE_QUEUE: usize = 32;
+
+/// Work for the decoder thread.
+#[derive(Debug)]
+pub(super) enum DecodeJob {
+    /// An opened frame of `device`, arrived under `ssrc` on `layer`.
+    Frame {
+        device: DeviceId,
+        ssrc: u32,
+        layer: u8,
+        data: Vec<u8>,
+    },
+    /// The participant left: drop its decoder.
+    Forget(DeviceId),
+}
+
+/// Counters the decoder thread keeps.
+#[derive(Debug, Default)]
+pub(super) struct DecodeShared {
+    /// Pictures decoded per participant.
+    pub(super) decoded: std::sync::Mutex<HashMap<DeviceId, u64>>,
+    /// Frames the decoders refused.
+    pub(super) errors: AtomicU64,
+}
+
+/// Starts the decoder thread: one OpenH264 decoder per participant, pictures to `out`, the
+/// source SSRC of a stream whose decoder needs a keyframe to `keyframe_needed`. It ends when
+/// the returned sender is dropped.
+pub(super) fn start_decoder(
+    out: mpsc::Sender<ParticipantVideoFrame>,
+    keyframe_needed: mpsc::UnboundedSender<u32>,
+    shared: Arc<DecodeShared>,
+) -> std::io::Result<std::sync::mpsc::SyncSender<DecodeJob>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_QUEUE);
+    std::thread::Builder::new()
+        .name("hush-group-video-dec".into())
+        .spawn(move || decode_loop(&rx, &out, &keyframe_needed, &shared))?;
+    Ok(tx)
+}
+
+fn decode_loop(
+    jobs: &std::sync::mpsc::Receiver<DecodeJob>,
+    out: &mpsc::Sender<ParticipantVideoFrame>,
+    keyframe_needed: &mpsc::UnboundedSender<u32>,
+    shared: &DecodeShared,
+) {
+    let mut decoders: HashMap<DeviceId, OpenH264Decoder> = HashMap::new();
+    while let Ok(job) = jobs.recv() {
+        let (device, ssrc, layer, data) = match job {
+            DecodeJob::Forget(d) => {
+                decoders.remove(&d);
+                continue;
+            }
+            DecodeJob::Frame {
+                device,
+                ssrc,
+                layer,
+                data,
+            } => (device, ssrc, layer, data),
+        };
+        let decoder = match decoders.entry(device) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match OpenH264Decoder::new() {
+                Ok(d) => e.insert(d),
+                Err(err) => {
+                    warn!(error = %err, "no video decoder");
+                    continue;
+                }
+            },
+        };
+        match decoder.decode(&data, Instant::now()) {
+            Ok(Some(frame)) => {
+                if let Ok(mut m) = shared.decoded.lock() {
+                    *m.entry(device).or_insert(0) += 1;
+                }
+                let _ = out.try_send(ParticipantVideoFrame {
+                    device,
+                    layer,
+                    frame,
+                });
+            }
+            // Parameter sets only.
+            Ok(None) => {}
+            Err(e) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "video frame not decoded");
+                if keyframe_needed.send(ssrc).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
