@@ -158,6 +158,8 @@ async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer()
     assert!(seen[1].get(&ids[2]).is_some_and(|h| !h.is_empty()));
 
     let stats = calls[1].stats().await.unwrap();
+    // The switch to 1's lowest layer waited for a keyframe there, which the SFU asked for.
+    assert!(stats.keyframe_requests >= 1, "{stats:?}");
     assert!(stats.video_pictures_sent >= 70);
     assert!(stats.video_frames_sent >= stats.video_pictures_sent * 2);
     assert_eq!(stats.srtp_failures, 0);
