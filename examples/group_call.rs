@@ -1,8 +1,8 @@
 //! A group call through an SFU, all in this process over loopback UDP.
 //!
 //! Starts a `hush-sfu` server (ICE-lite media port, TCP signaling) and N clients with fresh
-//! Signal identities; the first device has a Signal session with every other one (on an
-//! in-memory signaling network). It creates the group call with all of them through the public
+//! Signal identities; every pair of devices has a Signal session (on an in-memory signaling
+//! network). It creates the group call with all of them through the public
 //! `Client::group_call` API: signed roster, join, sealed invitations; each other client joins
 //! from the invitation it receives. Everyone then sends a tone (participant k at 300 + 60·k Hz)
 //! for the given time; participant k is loud during second k mod N and quiet otherwise, so the
@@ -11,9 +11,13 @@
 //! the SFU driver's counters. The exit status is non-zero if the call failed.
 //!
 //! ```text
-//! cargo run --example group_call -- --participants 6 [--seconds 10] [--loss PCT]
+//! cargo run --example group_call -- --participants 6 [--video] [--seconds 10] [--loss PCT]
 //!                                   [--loudest-n N|all]
 //! ```
+//!
+//! `--video` makes every participant also send 640×360 camera pictures at 12.5 per second
+//! (three simulcast layers); the summary then counts each peer's decoded pictures and the
+//! height of the last one.
 //!
 //! `--loss PCT` makes every client drop that share of the datagrams it sends to the SFU;
 //! `--loudest-n` is the SFU's audio selection (default 3: only the three loudest participants'
@@ -24,7 +28,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hush::{Client, ClientConfig, ClientEvent, FrameSource, GroupCall, GroupCallEvent, SfuInfo};
+use hush::{
+    Client, ClientConfig, ClientEvent, FrameSource, GroupCall, GroupCallEvent, I420Frame, SfuInfo,
+};
 use hush_crypto::{Device, DeviceStore, MemoryBackend};
 use hush_net::driver::Bind;
 use hush_sfu::join::SfuSigningKey;
@@ -42,6 +48,7 @@ struct Args {
     seconds: u32,
     loss: f64,
     loudest_n: Option<usize>,
+    video: bool,
 }
 
 /// A group call through an SFU started in-process (see the file's documentation).
@@ -61,6 +68,9 @@ struct Cli {
     /// How many loudest speakers the SFU forwards, or "all".
     #[arg(long, value_name = "N|all", default_value = "3")]
     loudest_n: String,
+    /// Everyone also sends video (640×360 test pictures in three simulcast layers).
+    #[arg(long)]
+    video: bool,
 }
 
 fn parse_args() -> Result<Args, Failure> {
@@ -77,6 +87,7 @@ fn parse_args() -> Result<Args, Failure> {
         seconds: cli.seconds,
         loss: cli.loss / 100.0,
         loudest_n,
+        video: cli.video,
     })
 }
 
@@ -93,21 +104,27 @@ fn config(args: &Args) -> Result<ClientConfig, Failure> {
     Ok(config)
 }
 
-/// N clients on an in-memory signaling network; the first has a session with every other.
+/// N clients on an in-memory signaling network, each with a Signal session with every other.
 fn clients(args: &Args) -> Result<(Vec<Client>, MemoryNetwork), Failure> {
     let network = MemoryNetwork::new();
     let mut sealers = Vec::new();
     for i in 0..args.participants {
         sealers.push(sealer(u8::try_from(i + 1)?)?);
     }
-    let (first, rest) = sealers.split_at_mut(1);
-    for other in rest.iter_mut() {
-        let material = other.publish(1, 1)?;
-        first[0].start_session(&FetchedBundle {
-            device: other.device_id(),
-            bundle: material.bundle,
-            one_time_prekey: material.one_time_prekeys.into_iter().next(),
-        })?;
+    // Every pair has a Signal session (members hand each other their SFrame sender keys over
+    // them): each device starts one with every later device's bundle.
+    let n = sealers.len();
+    for j in 1..n {
+        let material = sealers[j].publish(n, 1)?;
+        let device = sealers[j].device_id();
+        let mut one_time = material.one_time_prekeys.into_iter();
+        for earlier in sealers.iter_mut().take(j) {
+            earlier.start_session(&FetchedBundle {
+                device,
+                bundle: material.bundle.clone(),
+                one_time_prekey: one_time.next(),
+            })?;
+        }
     }
     let config = config(args)?;
     let clients = sealers
@@ -134,6 +151,25 @@ fn tone(k: usize, n: u32, loud: bool) -> Vec<i16> {
         .collect()
 }
 
+/// Participant `k`'s camera picture for audio frame `f`: a moving diagonal pattern, tinted per
+/// participant.
+fn picture(k: usize, f: u32) -> Result<I420Frame, Failure> {
+    let (w, h) = (640usize, 360usize);
+    let shift = f as usize * 2;
+    let y = (0..w * h)
+        .map(|i| ((i % w + i / w + shift) % 200 + 20) as u8)
+        .collect();
+    let c = (w / 2) * (h / 2);
+    let tint = (40 + 50 * k % 180) as u8;
+    Ok(I420Frame::new(
+        640,
+        360,
+        [y, vec![tint; c], vec![128; c]],
+        [w, w / 2, w / 2],
+        std::time::Instant::now(),
+    )?)
+}
+
 fn short(d: &DeviceId) -> String {
     d.to_hex().chars().take(8).collect()
 }
@@ -144,6 +180,8 @@ struct Heard {
     concealed: HashMap<DeviceId, u64>,
     speaker_changes: u64,
     joined: u64,
+    video: HashMap<DeviceId, u64>,
+    video_height: HashMap<DeviceId, u32>,
 }
 
 async fn run(args: Args) -> Result<bool, Failure> {
@@ -198,6 +236,13 @@ async fn run(args: Args) -> Result<bool, Failure> {
             let end = tokio::time::Instant::now() + listen_for;
             loop {
                 tokio::select! {
+                    v = call.recv_video() => match v {
+                        Some(v) => {
+                            *heard.video.entry(v.device).or_insert(0) += 1;
+                            heard.video_height.insert(v.device, v.frame.height());
+                        }
+                        None => break,
+                    },
                     a = call.recv_audio() => match a {
                         Some(a) => {
                             let map = match a.frame.source {
@@ -226,6 +271,9 @@ async fn run(args: Args) -> Result<bool, Failure> {
         let second = (f / 50) as usize;
         for (k, call) in calls.iter().enumerate() {
             call.send_audio(&tone(k, f, second % n == k))?;
+            if args.video && f % 4 == 0 {
+                call.send_video(&picture(k, f)?)?;
+            }
         }
     }
     let mut heard = Vec::new();
@@ -260,15 +308,27 @@ async fn run(args: Args) -> Result<bool, Failure> {
             if decoded == 0 {
                 ok = false;
             }
+            let video = if args.video {
+                let pictures = h.video.get(&d).copied().unwrap_or(0);
+                if pictures == 0 {
+                    ok = false;
+                }
+                let height = h.video_height.get(&d).copied().unwrap_or(0);
+                format!(",\"video_decoded\":{pictures},\"video_height\":{height}")
+            } else {
+                String::new()
+            };
             peers.push(format!(
-                "{{\"peer\":\"{}\",\"decoded\":{decoded},\"concealed\":{concealed}}}",
+                "{{\"peer\":\"{}\",\"decoded\":{decoded},\"concealed\":{concealed}{video}}}",
                 short(&d)
             ));
         }
         parts.push(format!(
-            "{{\"device\":\"{}\",\"frames_sent\":{},\"received\":[{}],\"active_speaker_changes\":{},\"late\":{},\"srtp_failures\":{},\"mixed_frames\":{}}}",
+            "{{\"device\":\"{}\",\"frames_sent\":{},\"video_pictures_sent\":{},\"video_pictures_dropped\":{},\"received\":[{}],\"active_speaker_changes\":{},\"late\":{},\"srtp_failures\":{},\"mixed_frames\":{}}}",
             short(&me),
             s.frames_sent,
+            s.video_pictures_sent,
+            s.video_pictures_dropped,
             peers.join(","),
             h.speaker_changes,
             s.late,
@@ -277,7 +337,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
         ));
     }
     println!(
-        "{{\"participants\":{n},\"seconds\":{},\"loss_pct\":{},\"loudest_n\":{},\"ok\":{ok},\"sfu\":{{\"joins\":{},\"checks_answered\":{},\"checks_refused\":{},\"media_dropped\":{},\"media_unknown_source\":{},\"no_path\":{}}},\"per_participant\":[{}]}}",
+        "{{\"participants\":{n},\"seconds\":{},\"loss_pct\":{},\"loudest_n\":{},\"ok\":{ok},\"sfu\":{{\"joins\":{},\"checks_answered\":{},\"checks_refused\":{},\"media_dropped\":{},\"media_unknown_source\":{},\"no_path\":{},\"layer_switches\":{}}},\"per_participant\":[{}]}}",
         args.seconds,
         args.loss * 100.0,
         args.loudest_n.map_or("\"all\"".to_string(), |n| n.to_string()),
@@ -287,6 +347,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
         sfu_stats.media_dropped,
         sfu_stats.media_unknown_source,
         sfu_stats.no_path,
+        sfu_stats.layer_switches,
         parts.join(","),
     );
     Ok(ok)
@@ -297,7 +358,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("group_call: {e}");
-            eprintln!("usage: cargo run --example group_call -- --participants N [--seconds S] [--loss PCT] [--loudest-n N|all]");
+            eprintln!("usage: cargo run --example group_call -- --participants N [--video] [--seconds S] [--loss PCT] [--loudest-n N|all]");
             return ExitCode::from(2);
         }
     };

@@ -69,4 +69,13 @@ pub enum Error {
     /// Only the call's creator can change its roster.
     #[error("only the group call's creator can change its roster")]
     NotCallCreator,
+    /// The group call's video encoder thread could not be started.
+    #[error("group video thread: {0}")]
+    VideoThread(std::io::Error),
+    /// No participant of the group call by that device id sends video.
+    #[error("no participant with video by that device id in the group call")]
+    UnknownParticipant,
+    /// The group call's media path refused a setting (a video layer).
+    #[error("group media path: {0}")]
+    GroupPath(#[from] crate::group_path::GroupPathError),
 }

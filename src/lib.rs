@@ -24,6 +24,10 @@ pub mod media_path;
 pub use client::{
     AudioFrame, Call, CallEvent, CallOptions, CallStats, Client, ClientBuilder, ClientConfig,
     ClientEvent, FrameSource, GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, IncomingCall,
-    MediaStats, ParticipantAudio, SfuInfo, SimulatedLink, VideoStats,
+    MediaStats, ParticipantAudio, ParticipantVideoFrame, SfuInfo, SimulatedLink, VideoStats,
+    GROUP_VIDEO_LAYERS,
 };
 pub use error::Error;
+/// A raw picture (I420), as [`GroupCall::send_video`] takes and
+/// [`GroupCall::recv_video`] gives them.
+pub use hush_media::video::I420Frame;

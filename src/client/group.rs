@@ -16,15 +16,18 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::{JitterConfig, Playout};
+use hush_media::video::I420Frame;
 use hush_net::{Event as NetEvent, IceCredentials, Role};
 use hush_sfu::client::{Incoming, Link};
 use hush_sfu::control::Notice;
 use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{JoinParams, SfuPublicKey, StreamDecl, StreamKind};
+use hush_sfu::join::{JoinParams, SfuPublicKey, SimulcastLayer, StreamDecl, StreamKind};
 use hush_sfu::roster::Roster;
 use hush_sfu::{CallId as SfuCallId, DeviceId as SfuDeviceId, LeaveReason};
 use hush_signaling::DeviceId;
@@ -38,6 +41,8 @@ use super::{ClientConfig, Command, NET_START_TIMEOUT};
 use crate::group_path::{audio_level, E2eeStats, GroupMediaPath, SframeCrypto, AUDIO_LEVEL_EXT};
 use crate::Error;
 use hush_crypto::group::{GroupCallId, GroupE2ee, JoinKeys, KeyMessage, MemberSlot};
+
+mod video;
 
 /// How long joining the SFU (connect, request, answer) may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +58,16 @@ const GROUP_MIN_PLAYOUT_DELAY: Duration = Duration::from_millis(30);
 const MIX_BACKLOG: usize = 5;
 /// Decoded frames waiting for the application, per output.
 const AUDIO_BACKLOG: usize = 256;
+/// Decoded video frames waiting for the application (all participants together).
+const VIDEO_BACKLOG: usize = 64;
+/// The least time between two keyframe requests of this device for one remote source.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The simulcast layers every participant declares at join and sends, lowest first:
+/// (width, height, bitrate in bit/s). [`GroupCall::send_video`] scales each picture to each
+/// layer's size; [`GroupCall::request_view`] heights are compared with these.
+pub const GROUP_VIDEO_LAYERS: [(u16, u16, u32); 3] =
+    [(160, 90, 100_000), (320, 180, 300_000), (640, 360, 800_000)];
 
 /// Where an SFU is and the key it signs join answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +172,18 @@ pub struct ParticipantAudio {
     pub frame: AudioFrame,
 }
 
+/// A decoded video picture of one participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantVideoFrame {
+    /// Whose video.
+    pub device: DeviceId,
+    /// The simulcast layer it came on (0 the smallest; see [`GROUP_VIDEO_LAYERS`]), as the
+    /// sender said inside the end-to-end encrypted frame.
+    pub layer: u8,
+    /// The picture; its size is the layer's ([`I420Frame::width`], [`I420Frame::height`]).
+    pub frame: I420Frame,
+}
+
 /// Counters of a group call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -179,6 +206,23 @@ pub struct GroupCallStats {
     pub packets_received: u64,
     /// The end-to-end (SFrame) layer: frames decrypted, held for a key, dropped, refused.
     pub e2ee: E2eeStats,
+    /// Pictures given to [`GroupCall::send_video`] and encoded (each on every layer).
+    pub video_pictures_sent: u64,
+    /// Pictures dropped because the encoder thread was still busy (the CPU is short).
+    pub video_pictures_dropped: u64,
+    /// Encoded video frames sent, all layers together.
+    pub video_frames_sent: u64,
+    /// Video pictures decoded per participant.
+    pub video_frames_decoded: HashMap<DeviceId, u64>,
+    /// Received video frames lost to a missing packet before they could be opened.
+    pub video_frames_incomplete: u64,
+    /// Received video frames not decoded because the decoder thread was behind (dropped up to
+    /// the sender's next keyframe).
+    pub video_frames_skipped: u64,
+    /// Received video frames the decoder refused (waiting for a keyframe, or corrupt).
+    pub video_decode_errors: u64,
+    /// Keyframe requests from the SFU answered (a layer switch of some receiver, or a loss).
+    pub keyframe_requests: u64,
 }
 
 /// A member's sender key as it arrived: the device whose Signal session delivered it.
@@ -197,6 +241,7 @@ fn assign_slots(crypto: &mut SframeCrypto, roster: &Roster) {
 #[derive(Debug)]
 pub(crate) enum GroupCommand {
     Audio(Vec<i16>),
+    View(DeviceId, u16, oneshot::Sender<Result<(), Error>>),
     Mute(bool),
     Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
     Add(DeviceId, oneshot::Sender<Result<(), Error>>),
@@ -213,6 +258,8 @@ pub struct GroupCall {
     events: Mutex<mpsc::UnboundedReceiver<GroupCallEvent>>,
     audio: Mutex<mpsc::Receiver<ParticipantAudio>>,
     mixed: Mutex<mpsc::Receiver<AudioFrame>>,
+    video: Mutex<mpsc::Receiver<ParticipantVideoFrame>>,
+    video_in: video::VideoInput,
 }
 
 impl GroupCall {
@@ -243,6 +290,80 @@ impl GroupCall {
     /// plays).
     pub async fn recv_mixed(&self) -> Option<AudioFrame> {
         self.mixed.lock().await.recv().await
+    }
+
+    /// Sends one camera picture to everyone: it is scaled to each layer of
+    /// [`GROUP_VIDEO_LAYERS`], encoded (H.264) on each, sealed end to end and sent; the SFU
+    /// forwards one layer to each receiver. A layer is encoded as a keyframe when the SFU asks
+    /// for one. Nothing is sent while video is disabled ([`set_video_enabled`](Self::set_video_enabled)).
+    ///
+    /// ```no_run
+    /// # async fn demo(call: &hush::GroupCall) -> Result<(), hush::Error> {
+    /// use hush::I420Frame;
+    /// let picture = I420Frame::filled(640, 360, [90, 128, 128], std::time::Instant::now())
+    ///     .expect("valid size");
+    /// call.send_video(&picture)?;
+    /// // Show someone's tile small: at most 90 pixels high (the SFU moves to its lowest layer).
+    /// # let someone = hush_signaling::DeviceId::from_bytes([7; 32]);
+    /// call.request_view(someone, 90).await?;
+    /// while let Some(v) = call.recv_video().await {
+    ///     println!("{}: {}x{} (layer {})", v.device, v.frame.width(), v.frame.height(), v.layer);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Encoding runs on a thread of its own; a picture that comes while that thread is still
+    /// busy with earlier ones is dropped (counted in [`GroupCallStats::video_pictures_dropped`]).
+    pub fn send_video(&self, frame: &I420Frame) -> Result<(), Error> {
+        if !self.video_in.shared.enabled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.video_in.pictures.try_send(frame.clone()) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.video_in.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(Error::CallEnded),
+        }
+    }
+
+    /// Starts (or stops) sending video. Enabled by default; while disabled,
+    /// [`send_video`](Self::send_video) drops the pictures. Not announced to the others (the
+    /// SFU protocol has no video-off notice yet): their tiles just stop updating.
+    pub fn set_video_enabled(&self, enabled: bool) -> Result<(), Error> {
+        if self.commands.is_closed() {
+            return Err(Error::CallEnded);
+        }
+        self.video_in
+            .shared
+            .enabled
+            .store(enabled, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Asks the SFU for at most `max_height` pixels of `device`'s video (the tile's size on
+    /// screen); `0` stops its video for this device. The SFU moves to the tallest layer of
+    /// [`GROUP_VIDEO_LAYERS`] that fits, at that layer's next keyframe. Fails with
+    /// [`Error::UnknownParticipant`] if `device` sends no video in this call.
+    pub async fn request_view(&self, device: DeviceId, max_height: u16) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::View(device, max_height, tx))
+            .map_err(|_| Error::CallEnded)?;
+        rx.await.map_err(|_| Error::CallEnded)?
+    }
+
+    /// The next decoded video picture of any participant, with its layer. Pictures the
+    /// application does not read are dropped past a backlog.
+    pub async fn recv_video(&self) -> Option<ParticipantVideoFrame> {
+        self.video.lock().await.recv().await
+    }
+
+    /// A decoded video picture if one is waiting (see [`recv_video`](Self::recv_video)).
+    pub fn try_recv_video(&self) -> Option<ParticipantVideoFrame> {
+        self.video.try_lock().ok()?.try_recv().ok()
     }
 
     /// Stops (or resumes) sending audio, and announces it to the others
@@ -356,14 +477,34 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         keys: key_tx,
     });
     let ssrc = rand::rng().random_range(2..u32::MAX);
+    // One SSRC per video layer, distinct from the audio one and from each other.
+    let mut layer_ssrcs: Vec<u32> = Vec::with_capacity(GROUP_VIDEO_LAYERS.len());
+    while layer_ssrcs.len() < GROUP_VIDEO_LAYERS.len() {
+        let v = rand::rng().random_range(2..u32::MAX);
+        if v != ssrc && !layer_ssrcs.contains(&v) {
+            layer_ssrcs.push(v);
+        }
+    }
+    let mut streams = vec![StreamDecl {
+        ssrc,
+        kind: StreamKind::Audio,
+    }];
+    for (i, (&(width, height, _), &v)) in GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate() {
+        streams.push(StreamDecl {
+            ssrc: v,
+            kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                source: 0,
+                layer: i as u8,
+                width,
+                height,
+            }),
+        });
+    }
     let params = JoinParams {
         call_id: SfuCallId::from_bytes(call_id),
         suite: hush_srtp::Suite::AeadAes128Gcm,
         audio_level_ext: Some(AUDIO_LEVEL_EXT),
-        streams: vec![StreamDecl {
-            ssrc,
-            kind: StreamKind::Audio,
-        }],
+        streams,
     };
     let link = hush_sfu::client::join(
         s.sfu.address,
@@ -409,12 +550,31 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         ..JitterConfig::default()
     };
     let first_seq = rand::rng().random::<u16>() & 0x7fff;
-    let path = GroupMediaPath::new(&link.keys, ssrc, crypto, jitter, first_seq)?;
+    let mut path = GroupMediaPath::new(&link.keys, ssrc, crypto, jitter, first_seq)?;
+    let mut video_layers = Vec::with_capacity(GROUP_VIDEO_LAYERS.len());
+    for (i, (&(width, height, bitrate_bps), &v)) in
+        GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate()
+    {
+        path.add_video_layer(v, i as u8)?;
+        video_layers.push(video::LayerSpec {
+            ssrc: v,
+            width: u32::from(width),
+            height: u32::from(height),
+            bitrate_bps,
+        });
+    }
+    let (encoded_tx, encoded_rx) = mpsc::unbounded_channel();
+    let video_in = video::start(video_layers, encoded_tx).map_err(Error::VideoThread)?;
     let encoder = OpusCodec::new(1, 20, 32_000)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BACKLOG);
     let (mixed_tx, mixed_rx) = mpsc::channel(AUDIO_BACKLOG);
+    let (video_tx, video_rx) = mpsc::channel(VIDEO_BACKLOG);
+    let (need_key_tx, need_key_rx) = mpsc::unbounded_channel();
+    let decode_shared = Arc::new(video::DecodeShared::default());
+    let decode_tx = video::start_decoder(video_tx, need_key_tx, decode_shared.clone())
+        .map_err(Error::VideoThread)?;
     if s.create {
         let invite = invitation(&s.sfu, &s.roster);
         let members = s
@@ -454,8 +614,25 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         send_loss: s.config.simulated_send_loss,
         encrypted_at_key: 0,
         answered: HashSet::new(),
+        video_layer_ssrcs: layer_ssrcs,
+        video_shared: video_in.shared.clone(),
+        video_sources: HashMap::new(),
+        video_decode: decode_tx,
+        video_waiting_key: HashSet::new(),
+        video_pli_at: HashMap::new(),
+        decode_shared,
     };
-    tokio::spawn(task.run(link, net.events, net.datagrams, cmd_rx, key_rx));
+    tokio::spawn(task.run(
+        link,
+        net.events,
+        net.datagrams,
+        cmd_rx,
+        key_rx,
+        VideoReceivers {
+            encoded: encoded_rx,
+            need_key: need_key_rx,
+        },
+    ));
     info!(call = %hex::encode(&call_id[..8]), "joined group call");
     Ok(GroupCall {
         call_id,
@@ -463,6 +640,8 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         events: Mutex::new(ev_rx),
         audio: Mutex::new(audio_rx),
         mixed: Mutex::new(mixed_rx),
+        video: Mutex::new(video_rx),
+        video_in,
     })
 }
 
@@ -507,6 +686,28 @@ struct GroupTask {
     /// Participants whose key came and who were sent this device's key in return (a first
     /// send can fail while the Signal session exists in one direction only).
     answered: HashSet<SfuDeviceId>,
+    /// The SSRCs of this device's simulcast layers, lowest first.
+    video_layer_ssrcs: Vec<u32>,
+    /// Shared with the handle and the encoder thread.
+    video_shared: Arc<video::VideoShared>,
+    /// Each participant's video source SSRC, as the SFU announced it.
+    video_sources: HashMap<SfuDeviceId, u32>,
+    /// Opened frames to the decoder thread.
+    video_decode: std::sync::mpsc::SyncSender<video::DecodeJob>,
+    /// Participants whose frames are dropped until their next keyframe (the decoder thread
+    /// was behind and missed one of theirs).
+    video_waiting_key: HashSet<SfuDeviceId>,
+    /// When this device last asked each source (by SSRC) for a keyframe.
+    video_pli_at: HashMap<u32, Instant>,
+    decode_shared: Arc<video::DecodeShared>,
+}
+
+/// What the video threads send the call's task.
+struct VideoReceivers {
+    /// Encoded frames to seal and send.
+    encoded: mpsc::UnboundedReceiver<video::Encoded>,
+    /// Source SSRCs whose decoder needs a keyframe.
+    need_key: mpsc::UnboundedReceiver<u32>,
 }
 
 enum Ending {
@@ -523,7 +724,12 @@ impl GroupTask {
         mut datagrams: mpsc::Receiver<Vec<u8>>,
         mut commands: mpsc::UnboundedReceiver<GroupCommand>,
         mut keys_in: mpsc::UnboundedReceiver<KeyFrom>,
+        video_rx: VideoReceivers,
     ) {
+        let VideoReceivers {
+            mut encoded,
+            mut need_key,
+        } = video_rx;
         let Link {
             keys,
             notices: mut reader,
@@ -574,6 +780,14 @@ impl GroupTask {
                     None => break Ending::Ended,
                 },
                 Some((from, key)) = keys_in.recv() => self.on_group_key(from, &key),
+                Some(ssrc) = need_key.recv() => self.ask_keyframe(ssrc),
+                Some(e) = encoded.recv() => {
+                    if let Err(err) =
+                        self.path.send_video(e.ssrc, e.timestamp, e.keyframe, &e.data)
+                    {
+                        debug!(error = %err, "video frame not sent");
+                    }
+                }
                 d = datagrams.recv() => match d {
                     Some(d) => {
                         if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
@@ -611,6 +825,19 @@ impl GroupTask {
                 c = commands.recv() => match c {
                     None | Some(GroupCommand::Leave) => break Ending::Left,
                     Some(GroupCommand::Audio(pcm)) => self.send_audio(&pcm),
+                    Some(GroupCommand::View(device, max_height, reply)) => {
+                        let r = match SfuDeviceId::from_bytes(device.as_bytes())
+                            .ok()
+                            .and_then(|d| self.video_sources.get(&d))
+                        {
+                            Some(&source) => writer
+                                .request_view(source, max_height)
+                                .await
+                                .map_err(|e| Error::GroupJoin(e.into())),
+                            None => Err(Error::UnknownParticipant),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Some(GroupCommand::Mute(m)) => {
                         if std::mem::replace(&mut self.muted, m) != m {
                             if let Err(e) = writer.set_muted(m).await {
@@ -645,6 +872,17 @@ impl GroupTask {
                         s.late = p.late;
                         s.packets_received = p.packets_received;
                         s.e2ee = p.e2ee;
+                        s.video_frames_sent = p.video_frames_sent;
+                        s.video_frames_incomplete = p.video_frames_incomplete;
+                        s.video_pictures_sent =
+                            self.video_shared.pictures.load(Ordering::Relaxed);
+                        s.video_pictures_dropped =
+                            self.video_shared.dropped.load(Ordering::Relaxed);
+                        s.video_decode_errors =
+                            self.decode_shared.errors.load(Ordering::Relaxed);
+                        if let Ok(m) = self.decode_shared.decoded.lock() {
+                            s.video_frames_decoded = m.clone();
+                        }
                         let _ = reply.send(s);
                     }
                 },
@@ -682,8 +920,18 @@ impl GroupTask {
     fn on_notice(&mut self, n: Notice) -> Option<Ending> {
         match n {
             Notice::ParticipantJoined { device, streams } => {
-                for s in streams.iter().filter(|s| s.kind == StreamKind::Audio) {
-                    self.path.add_stream(device, s.ssrc);
+                for s in &streams {
+                    match s.kind {
+                        StreamKind::Audio => self.path.add_stream(device, s.ssrc),
+                        // A simulcast source is announced as one plain video stream under its
+                        // source SSRC (the SFU forwards one layer under it).
+                        StreamKind::Video
+                        | StreamKind::SimulcastLayer(SimulcastLayer { layer: 0, .. }) => {
+                            self.path.add_video_stream(device, s.ssrc);
+                            self.video_sources.insert(device, s.ssrc);
+                        }
+                        StreamKind::SimulcastLayer(_) => {}
+                    }
                 }
                 if self.known.insert(device) {
                     self.share_key_with_joiner(device);
@@ -695,6 +943,11 @@ impl GroupTask {
             Notice::ParticipantLeft { device, reason } => {
                 self.path.remove_participant(&device);
                 self.decoders.remove(&device);
+                let _ = self
+                    .video_decode
+                    .try_send(video::DecodeJob::Forget(to_signaling(&device)));
+                self.video_waiting_key.remove(&device);
+                self.video_sources.remove(&device);
                 self.mix.remove(&device);
                 self.answered.remove(&device);
                 if self.known.remove(&device) {
@@ -883,8 +1136,68 @@ impl GroupTask {
         self.path.send_audio(&encoded, level, level < 127);
     }
 
+    /// The SFU's keyframe requests (one layer each) go to that layer's encoder.
+    fn answer_keyframe_requests(&mut self) {
+        while let Some(ssrc) = self.path.poll_keyframe_request() {
+            if let Some(i) = self.video_layer_ssrcs.iter().position(|&l| l == ssrc) {
+                if let Some(flag) = self.video_shared.keyframe.get(i) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                self.stats.keyframe_requests += 1;
+            }
+        }
+    }
+
+    /// Asks the source arriving under `ssrc` for a keyframe, at most every
+    /// [`KEYFRAME_REQUEST_INTERVAL`].
+    fn ask_keyframe(&mut self, ssrc: u32) {
+        let now = Instant::now();
+        if self
+            .video_pli_at
+            .get(&ssrc)
+            .is_none_or(|&t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
+        {
+            self.video_pli_at.insert(ssrc, now);
+            self.path.request_keyframe(ssrc);
+        }
+    }
+
+    /// Hands the opened video frames to the decoder thread. If it is behind, a participant's
+    /// frames are dropped up to its next keyframe (asked for), so no decoder gets a frame whose
+    /// reference it missed.
+    fn drain_video(&mut self) {
+        self.answer_keyframe_requests();
+        while let Some(v) = self.path.poll_video() {
+            if self.video_waiting_key.contains(&v.device) {
+                if !v.keyframe {
+                    self.stats.video_frames_skipped += 1;
+                    continue;
+                }
+                self.video_waiting_key.remove(&v.device);
+            }
+            let job = video::DecodeJob::Frame {
+                device: to_signaling(&v.device),
+                ssrc: v.ssrc,
+                layer: v.layer,
+                data: v.frame,
+            };
+            match self.video_decode.try_send(job) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.stats.video_frames_skipped += 1;
+                    self.video_waiting_key.insert(v.device);
+                    self.ask_keyframe(v.ssrc);
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    warn!("video decoder thread gone");
+                }
+            }
+        }
+    }
+
     /// Sends what the path produced; decodes what it released.
     fn drain(&mut self) {
+        self.drain_video();
         while let Some(d) = self.path.poll_datagram() {
             if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
                 continue;

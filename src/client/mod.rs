@@ -36,7 +36,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 pub use call::{AudioFrame, Call, CallEvent, CallStats, FrameSource, IncomingCall};
 pub use group::{
-    GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, ParticipantAudio, SfuInfo,
+    GroupCall, GroupCallEvent, GroupCallStats, GroupInvite, ParticipantAudio,
+    ParticipantVideoFrame, SfuInfo, GROUP_VIDEO_LAYERS,
 };
 pub use media::MediaStats;
 pub use video::{CallOptions, VideoStats};

@@ -1,0 +1,170 @@
+//! Group video through a real SFU over loopback: every participant sends camera pictures,
+//! which its client scales to three simulcast layers, encodes with H.264, seals with SFrame and
+//! sends; the SFU forwards one layer of each to each receiver, which decodes it. A view request
+//! for a small tile moves that receiver (and only it) to the smallest layer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::group::{info, invitation, wait_event};
+use common::{devices, loopback_config};
+use hush::{Client, Error, GroupCall, GroupCallEvent, I420Frame, GROUP_VIDEO_LAYERS};
+use hush_sfu::join::SfuSigningKey;
+use hush_sfu::server::{Server, ServerConfig};
+use hush_signaling::DeviceId;
+
+async fn sfu() -> Server {
+    let config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    Server::start(config, SfuSigningKey::generate(&mut rand::rng()))
+        .await
+        .unwrap()
+}
+
+/// Client 0 creates the call with the others; everyone joins and waits until it knows all
+/// the others and media is connected.
+async fn everyone_joins(clients: &[Client], server: &Server) -> Vec<Arc<GroupCall>> {
+    let others: Vec<DeviceId> = clients[1..].iter().map(Client::device_id).collect();
+    let mut calls = vec![clients[0].group_call(info(server), &others).await.unwrap()];
+    for c in &clients[1..] {
+        let invite = invitation(c).await;
+        calls.push(c.join_group_call(&invite).await.unwrap());
+    }
+    for call in &calls {
+        let (mut joined, mut connected) = (0, false);
+        while joined < clients.len() - 1 || !connected {
+            match wait_event(call, |_| true).await {
+                GroupCallEvent::ParticipantJoined(_) => joined += 1,
+                GroupCallEvent::Connected => connected = true,
+                _ => {}
+            }
+        }
+    }
+    calls.into_iter().map(Arc::new).collect()
+}
+
+/// A 640×360 picture that moves with `n` (so the encoder has real work), tinted per sender.
+fn picture(n: u32, tint: u8) -> I420Frame {
+    let (w, h) = (640usize, 360usize);
+    let mut y = vec![0u8; w * h];
+    for (i, px) in y.iter_mut().enumerate() {
+        let (x, r) = (i % w, i / w);
+        *px = ((x + r + n as usize * 4) % 200 + 20) as u8;
+    }
+    let c = (w / 2) * (h / 2);
+    I420Frame::new(
+        640,
+        360,
+        [y, vec![tint; c], vec![128; c]],
+        [w, w / 2, w / 2],
+        Instant::now(),
+    )
+    .unwrap()
+}
+
+/// Everyone sends `pictures` pictures at 15 per second; returns, per receiver, the heights of
+/// the pictures decoded from each sender, in order.
+async fn film(calls: &[Arc<GroupCall>], pictures: u32) -> Vec<HashMap<DeviceId, Vec<u32>>> {
+    let mut receivers = Vec::new();
+    for call in calls {
+        let call = call.clone();
+        let end = tokio::time::Instant::now()
+            + Duration::from_millis(u64::from(pictures) * 1000 / 15 + 1500);
+        receivers.push(tokio::spawn(async move {
+            let mut got: HashMap<DeviceId, Vec<u32>> = HashMap::new();
+            while let Ok(Some(v)) = tokio::time::timeout_at(end, call.recv_video()).await {
+                // The layer said inside the sealed frame matches the decoded size.
+                let layer = GROUP_VIDEO_LAYERS[usize::from(v.layer)];
+                assert_eq!(v.frame.height(), u32::from(layer.1));
+                assert_eq!(v.frame.width(), u32::from(layer.0));
+                got.entry(v.device).or_default().push(v.frame.height());
+            }
+            got
+        }));
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(1000 / 15));
+    for n in 0..pictures {
+        ticker.tick().await;
+        for (i, call) in calls.iter().enumerate() {
+            call.send_video(&picture(n, 60 + 40 * i as u8)).unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    for r in receivers {
+        out.push(r.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer() {
+    let server = sfu().await;
+    let (clients, _network) = devices(3, loopback_config());
+    let calls = everyone_joins(&clients, &server).await;
+    let ids: Vec<DeviceId> = clients.iter().map(Client::device_id).collect();
+
+    // Everyone sees everyone, on the top layer (no view limit, no bandwidth estimate).
+    let pictures = 30;
+    let seen = film(&calls, pictures).await;
+    for (i, got) in seen.iter().enumerate() {
+        assert!(!got.contains_key(&ids[i]), "{i} saw itself");
+        for (j, id) in ids.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let heights = got.get(id).cloned().unwrap_or_default();
+            assert!(
+                heights.len() as u32 >= pictures / 2,
+                "participant {i} decoded {}/{pictures} pictures of {j}: {:?} {:?}",
+                heights.len(),
+                calls[i].stats().await.unwrap(),
+                calls[j].stats().await.unwrap()
+            );
+            assert_eq!(
+                heights.last(),
+                Some(&360),
+                "{i} gets {j}'s top layer: {heights:?} {:?}",
+                calls[j].stats().await.unwrap()
+            );
+        }
+    }
+
+    // Participant 0 shows 1's tile small: it moves to 1's lowest layer; 2 keeps seeing 1 on
+    // the top layer, and 0 keeps seeing 2 on the top layer.
+    calls[0].request_view(ids[1], 90).await.unwrap();
+    let seen = film(&calls, 30).await;
+    let small = &seen[0][&ids[1]];
+    assert_eq!(small.last(), Some(&90), "0 gets 1 at 90 pixels: {small:?}");
+    assert!(small.iter().filter(|&&h| h == 90).count() >= 5, "{small:?}");
+    assert_eq!(seen[0][&ids[2]].last(), Some(&360));
+    assert_eq!(seen[2][&ids[1]].last(), Some(&360));
+
+    // A view of someone not in the call is refused.
+    let stranger = DeviceId::from_bytes([0x55; 32]);
+    assert!(matches!(
+        calls[0].request_view(stranger, 90).await,
+        Err(Error::UnknownParticipant)
+    ));
+
+    // Video off: the others stop receiving 0's pictures.
+    calls[0].set_video_enabled(false).unwrap();
+    let seen = film(&calls, 10).await;
+    assert!(!seen[1].contains_key(&ids[0]), "video off still sent");
+    assert!(seen[1].get(&ids[2]).is_some_and(|h| !h.is_empty()));
+
+    let stats = calls[1].stats().await.unwrap();
+    // The switch to 1's lowest layer waited for a keyframe there, which the SFU asked for.
+    assert!(stats.keyframe_requests >= 1, "{stats:?}");
+    assert!(stats.video_pictures_sent >= 70);
+    assert!(stats.video_frames_sent >= stats.video_pictures_sent * 2);
+    assert_eq!(stats.srtp_failures, 0);
+    let stats0 = calls[0].stats().await.unwrap();
+    assert!(stats0.video_frames_decoded[&ids[1]] > 0);
+    drop(calls);
+    server.shutdown().await;
+}
