@@ -28,6 +28,6 @@ pub use client::{
     GROUP_VIDEO_LAYERS,
 };
 pub use error::Error;
-/// A raw picture (I420), as [`GroupCall::send_video`] takes and
-/// [`GroupCall::recv_video`] gives them.
+/// A raw picture (I420), as [`Call::send_video`] and [`GroupCall::send_video`] take them and
+/// [`Call::recv_video`] and [`GroupCall::recv_video`] give them.
 pub use hush_media::video::I420Frame;

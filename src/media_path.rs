@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hush_crypto::MediaKeys;
 use hush_media::codec::{Codec, OpusCodec};
@@ -388,6 +388,12 @@ impl MediaPath {
         self.session.stats(now)
     }
 
+    /// Tells the media engine the round trip ICE measured on the selected path, for the time
+    /// before RTCP measures its own ([`MediaSession::seed_rtt`]).
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        self.session.seed_rtt(rtt);
+    }
+
     /// The media engine (for its getters).
     pub fn session(&self) -> &MediaSession {
         &self.session
@@ -496,7 +502,7 @@ mod tests {
         let mut bob = MediaPath::new(&bk, config.mirrored(), t0).unwrap();
         let frame = [0xf8, 0xff, 0xfe];
         for i in 0..10u32 {
-            let now = t0 + std::time::Duration::from_millis(20 * u64::from(i));
+            let now = t0 + Duration::from_millis(20 * u64::from(i));
             alice.send_audio(now, &frame);
             bob.send_audio(now, &frame);
             while let Some(d) = alice.poll_datagram() {
@@ -535,7 +541,7 @@ mod tests {
             timestamp: 0,
             payload: bad,
             recovery: Recovery::None,
-            shorten: std::time::Duration::ZERO,
+            shorten: Duration::ZERO,
         };
         assert_eq!(
             play(&mut codec, frame, &mut pcm),
@@ -544,7 +550,7 @@ mod tests {
         assert_eq!(pcm.len(), FRAME_SAMPLES);
         // Filler is not a frame.
         let stretch = Playout::Stretch {
-            duration: std::time::Duration::from_millis(5),
+            duration: Duration::from_millis(5),
         };
         assert_eq!(play(&mut codec, stretch, &mut pcm), None);
     }
@@ -563,7 +569,7 @@ mod tests {
         let mut decoded = 0;
         // 50 frames sent, then half a second more for the jitter buffer to play them out.
         for n in 0..75u32 {
-            let now = t0 + std::time::Duration::from_millis(u64::from(n) * 20);
+            let now = t0 + Duration::from_millis(u64::from(n) * 20);
             let pcm: Vec<i16> = (0..960u32)
                 .map(|i| ((f64::from(n * 960 + i) * 0.0575).sin() * 8000.0) as i16)
                 .collect();
@@ -627,7 +633,7 @@ mod tests {
         let mut got = Vec::new();
         let mut sent = 0;
         for n in 0..45u32 {
-            let now = t0 + std::time::Duration::from_millis(u64::from(n) * 33);
+            let now = t0 + Duration::from_millis(u64::from(n) * 33);
             let mut pic = I420Frame::filled(320, 180, [16, 128, 128], now).unwrap();
             let [y, _, _] = pic.planes_mut();
             for (i, px) in y.iter_mut().enumerate() {

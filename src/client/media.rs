@@ -3,7 +3,7 @@
 //! per direction. The task also decides which camera pictures reach the path (camera, the
 //! audio-only fallback, the ladder's size and frame rate; see [`super::video`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hush_crypto::MediaKeys;
 use hush_media::codec::OpusCodec;
@@ -99,9 +99,9 @@ pub(crate) struct MediaTask {
     /// Simulated impairments of outgoing datagrams (a test and demo knob), if any.
     pub(crate) send_link: Option<SimConfig>,
     /// Bandwidth steps of the simulated link: from each offset after the keys, this cap.
-    pub(crate) link_steps: Vec<(std::time::Duration, Option<u64>)>,
+    pub(crate) link_steps: Vec<(Duration, Option<u64>)>,
     /// Most queueing delay of the simulated bottleneck (its queue follows the rate steps).
-    pub(crate) link_queue: std::time::Duration,
+    pub(crate) link_queue: Duration,
     /// Video, when the call negotiated it.
     pub(crate) video: Option<VideoTask>,
     /// The call's events, for the ones the media task raises.
@@ -144,6 +144,8 @@ struct State {
     codec: Option<OpusCodec>,
     stats: MediaStats,
     kind: Option<CandidateKind>,
+    /// The round trip ICE measured on the selected path (seeds the engine's until RTCP's).
+    ice_rtt: Option<Duration>,
     muted: bool,
     /// The simulated send link, when impairments are on.
     link: Option<NetSim<Datagram>>,
@@ -184,6 +186,7 @@ impl MediaTask {
             codec: Some(codec),
             stats: MediaStats::default(),
             kind: None,
+            ice_rtt: None,
             muted: false,
             link: self.send_link.take().map(NetSim::new),
             keyed_at: None,
@@ -301,6 +304,10 @@ impl MediaTask {
             NetEvent::GatheringComplete => batch.complete = true,
             NetEvent::PathSelected(info) => {
                 st.kind = Some(info.kind);
+                st.ice_rtt = info.rtt;
+                if let (Some(path), Some(rtt)) = (st.path.as_mut(), info.rtt) {
+                    path.seed_rtt(rtt);
+                }
                 let _ = self.actor.send(Command::PathUp(self.call_id, info.kind));
             }
             NetEvent::StateChanged(ConnectionState::Disconnected) => {
@@ -344,6 +351,9 @@ impl MediaTask {
                     Ok(mut path) => {
                         if let Some(codec) = st.codec.take() {
                             path.set_audio_codec(codec);
+                        }
+                        if let Some(rtt) = st.ice_rtt {
+                            path.seed_rtt(rtt);
                         }
                         if let Some(v) = st.video.as_mut() {
                             if !v.task.encoded {

@@ -149,6 +149,8 @@ pub struct MediaSession {
     remote_loss_smoothed: f64,
     /// Reports of our audio's loss received so far.
     remote_reports: u64,
+    /// RTCP has measured the RTT (a seeded one no longer applies).
+    rtt_from_rtcp: bool,
     /// Fraction of the peer's audio lost before recovery, smoothed over report intervals.
     recv_loss: f64,
     /// What the audio sender spends on protection now.
@@ -231,6 +233,7 @@ impl MediaSession {
             remote_loss: 0.0,
             remote_loss_smoothed: 0.0,
             remote_reports: 0,
+            rtt_from_rtcp: false,
             recv_loss: 0.0,
             protection: protection::AudioProtection {
                 red_distance: 0,
@@ -270,9 +273,29 @@ impl MediaSession {
         &self.cc
     }
 
-    /// The RTT measured from RTCP reports, if any yet.
+    /// The RTT measured from RTCP reports, if any yet (or the one seeded with
+    /// [`seed_rtt`](Self::seed_rtt) before the first report).
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
+    }
+
+    /// A round trip measured outside the session before its first RTCP report (ICE's
+    /// connectivity checks on the path the media takes). Until RTCP measures one, the session
+    /// would plan its retransmission room and the startup guard at a default of 100 ms; this
+    /// sizes them to the real path instead. Ignored once RTCP has measured the RTT.
+    ///
+    /// ```
+    /// # use std::time::{Duration, Instant};
+    /// # use hush_media::{MediaSession, SessionConfig};
+    /// let mut session = MediaSession::new(SessionConfig::default(), Instant::now());
+    /// session.seed_rtt(Duration::from_millis(3));
+    /// assert_eq!(session.rtt(), Some(Duration::from_millis(3)));
+    /// ```
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        if !self.rtt_from_rtcp {
+            self.rtt = Some(rtt);
+            self.cc.set_rtt(rtt);
+        }
     }
 
     fn audio_ts_step(&self) -> u32 {

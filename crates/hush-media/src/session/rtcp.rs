@@ -151,9 +151,10 @@ impl MediaSession {
             if rtt < 60 * 65536 {
                 let rtt = Duration::from_secs_f64(f64::from(rtt) / 65536.0);
                 self.rtt = Some(match self.rtt {
-                    Some(old) => old.mul_f64(0.75) + rtt.mul_f64(0.25),
-                    None => rtt,
+                    Some(old) if self.rtt_from_rtcp => old.mul_f64(0.75) + rtt.mul_f64(0.25),
+                    _ => rtt,
                 });
+                self.rtt_from_rtcp = true;
                 self.cc.set_rtt(rtt);
             }
         }

@@ -598,3 +598,38 @@ fn loss_bursts_are_waited_out_for_retransmission() {
         m.played_rtx
     );
 }
+
+#[test]
+fn a_round_trip_seeded_from_ice_sizes_the_startup_room_to_the_path() {
+    // Before RTCP has measured a round trip the startup guard holds room for retransmissions at
+    // a default 100 ms round trip: on a 2 ms path that held the call's first audio ~200 ms for
+    // repairs that take 2 ms. Seeded with the path's round trip (ICE measures it), the first
+    // frames play at once; RTCP's own measurement then replaces the seed.
+    let first_delay = |seed: Option<Duration>| {
+        let mut config = lossy(LossModel::Random(0.0), 1);
+        config.a_to_b.seed = 5;
+        let mut call = CallSim::new(config, Instant::now());
+        if let Some(rtt) = seed {
+            call.a.seed_rtt(rtt);
+            call.b.seed_rtt(rtt);
+        }
+        call.run_until(Duration::from_millis(500));
+        let first = call
+            .metrics()
+            .added_delay
+            .first()
+            .copied()
+            .expect("a frame played");
+        call.run_until(Duration::from_secs(4));
+        (first, call.b.rtt().expect("rtt"))
+    };
+    let (unseeded, _) = first_delay(None);
+    let (seeded, measured) = first_delay(Some(Duration::from_micros(500)));
+    assert!(seeded < 0.060, "seeded: first frame {seeded} s late");
+    assert!(
+        unseeded > seeded + 0.100,
+        "unseeded {unseeded} s, seeded {seeded} s"
+    );
+    // RTCP's measurement (a 1 ms path each way: about 2 ms) replaced the 0.5 ms seed.
+    assert!(measured >= Duration::from_micros(1500), "{measured:?}");
+}
