@@ -59,7 +59,7 @@ pub struct CcConfig {
     pub probe_interval: Duration,
     /// Whether to probe with padding at all.
     pub probing: bool,
-    /// Fast start: from a low `start_bps`, the rate doubles every 250 ms (never past 1.5 × the
+    /// Fast start: from a low `start_bps`, the rate doubles every 250 ms (never past 1.25 × the
     /// acknowledged rate + 10 kbps) until the path first shows a queue. A call can then start
     /// at a rate the slowest link carries (a 24 kbps link overflowed for two seconds when the
     /// audio started at its full 32 kbps in 20 ms packets, 58 kbps on the wire) and still
@@ -437,11 +437,11 @@ impl CongestionController {
     }
 
     /// Fast start (see [`CcConfig::fast_start`]): ends at the first sign of a queue (overuse,
-    /// or a standing queue's delay); loss alone, without a queue, does not end
-    /// it (a lossy link is not a full one). A queue that shows while the rate is still rising
-    /// counts as overuse at once: the trendline detector needs many packets to see a trend,
-    /// which on a slow link (12 packets a second) took over a second while the queue
-    /// overflowed.
+    /// or a standing queue's delay); loss alone, without a queue, does not end it (a lossy
+    /// link is not a full one). The queue that ends it counts as an overuse at once (the rate
+    /// goes to 0.85 × the acknowledged rate), whatever the trendline detector says: it needs
+    /// many packets to see a trend, which on a slow link (12 packets a second) took over a
+    /// second while the queue overflowed.
     fn update_fast_start(&mut self, now: Instant, dt: f64, acked: Option<f64>) {
         if !self.fast_start {
             return;
