@@ -59,6 +59,12 @@ pub struct CcConfig {
     pub probe_interval: Duration,
     /// Whether to probe with padding at all.
     pub probing: bool,
+    /// Fast start: from a low `start_bps`, the rate doubles every 250 ms (never past 1.25 × the
+    /// acknowledged rate + 10 kbps) until the path first shows a queue. A call can then start
+    /// at a rate the slowest link carries (a 24 kbps link overflowed for two seconds when the
+    /// audio started at its full 32 kbps in 20 ms packets, 58 kbps on the wire) and still
+    /// reach its full rate within about a second on a fast path, without padding probes.
+    pub fast_start: bool,
 }
 
 impl Default for CcConfig {
@@ -70,6 +76,7 @@ impl Default for CcConfig {
             max_bps: 2_500_000,
             probe_interval: Duration::from_millis(1000),
             probing: true,
+            fast_start: false,
         }
     }
 }
@@ -96,6 +103,17 @@ const MIN_PUSHBACK_BPS: f64 = 10_000.0;
 const STANDING_QUEUE_MS: f64 = 60.0;
 /// How long the lowest one-way delay seen is kept as the base (µs).
 const LONG_BASE_US: i64 = 60_000_000;
+/// The time between feedback packets assumed until they arrive: the longest a receiver on a
+/// slow path waits (an underestimate pushed a 24 kbps call's encoder to its floor before the
+/// first feedback came back).
+const INITIAL_FEEDBACK_GAP: Duration = Duration::from_millis(500);
+/// During fast start, the rate doubles at most this often while the path shows no queue.
+const FAST_START_DOUBLING_SECS: f64 = 0.25;
+/// During fast start, the rate stays under this × the acknowledged rate + 10 kbps. A step
+/// past a slow link's capacity fills its queue until feedback shows it (half a second or
+/// more): from 24 kbps, 1.5 × took a 24 kbps link to 46 kbps and overflowed its 300 ms of
+/// queue; 1.25 × takes it to 40.
+const FAST_START_GAIN: f64 = 1.25;
 /// Time between pushback updates.
 const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
@@ -128,12 +146,18 @@ pub struct CongestionController {
     last_pushback: Option<Instant>,
     /// Until when overuse is blamed on our last probe burst.
     probe_guard_until: Option<Instant>,
+    /// Still in fast start: no queue seen on the path yet (see [`CcConfig::fast_start`]).
+    fast_start: bool,
+    /// When the last transport-wide feedback arrived, and the smoothed time between them.
+    last_feedback: Option<Instant>,
+    feedback_gap: Duration,
 }
 
 impl CongestionController {
     /// A controller starting at `config.start_bps`.
     pub fn new(config: CcConfig) -> Self {
         let start = config.start_bps as f64;
+        let fast_start = config.fast_start;
         Self {
             prober: Prober::new(config.probe_interval),
             config,
@@ -155,6 +179,9 @@ impl CongestionController {
             pushback: 1.0,
             last_pushback: None,
             probe_guard_until: None,
+            fast_start,
+            last_feedback: None,
+            feedback_gap: INITIAL_FEEDBACK_GAP,
         }
     }
 
@@ -180,9 +207,15 @@ impl CongestionController {
         self.history.outstanding_bytes() as f64 > self.window_bytes()
     }
 
+    /// The congestion window: target × (lowest RTT + the time between feedback packets +
+    /// 100 ms). Bytes stay outstanding until the next feedback covers them: on a slow path
+    /// the receiver sends feedback every 250–500 ms (to keep it under 5 % of the rate), and
+    /// a window without that time counted pushed the encoder down to its floor on a 24 kbps
+    /// link with no queue at all.
     fn window_bytes(&self) -> f64 {
         let rtt = self.min_rtt.unwrap_or(self.rtt);
-        (self.target_bps() as f64 / 8.0 * (rtt + WINDOW_QUEUE).as_secs_f64()).max(1.0)
+        let span = rtt + self.feedback_gap + WINDOW_QUEUE;
+        (self.target_bps() as f64 / 8.0 * span.as_secs_f64()).max(1.0)
     }
 
     /// Bytes sent that feedback has not covered yet.
@@ -285,6 +318,16 @@ impl CongestionController {
 
     /// Handles a transport-wide feedback message.
     pub fn on_feedback(&mut self, now: Instant, fb: &TransportFeedback) {
+        if let Some(last) = self.last_feedback {
+            // Several feedback packets can come in one compound: only gaps count.
+            let gap = now
+                .saturating_duration_since(last)
+                .min(Duration::from_secs(1));
+            if gap > Duration::from_millis(5) {
+                self.feedback_gap = (self.feedback_gap * 3 + gap) / 4;
+            }
+        }
+        self.last_feedback = Some(now);
         let results = self.history.on_feedback(fb);
         for r in &results {
             self.losses.push_back((now, r.recv_us.is_none()));
@@ -396,12 +439,47 @@ impl CongestionController {
             }
             Usage::Normal => self.delay.on_normal(dt, acked, self.rtt),
         }
+        self.update_fast_start(now, dt, acked);
         self.update_loss_rate(now, dt, acked);
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.delay.clamp(min, max);
         self.loss_rate = self.loss_rate.clamp(min, max * 1.5);
         self.last_pushback = None;
         self.update_pushback(now);
+    }
+
+    /// Fast start (see [`CcConfig::fast_start`]): ends at the first sign of a queue (overuse,
+    /// or a standing queue's delay); loss alone, without a queue, does not end it (a lossy
+    /// link is not a full one). The queue that ends it counts as an overuse at once (the rate
+    /// goes to 0.85 × the acknowledged rate), whatever the trendline detector says: it needs
+    /// many packets to see a trend, which on a slow link (12 packets a second) took over a
+    /// second while the queue overflowed.
+    fn update_fast_start(&mut self, now: Instant, dt: f64, acked: Option<f64>) {
+        if !self.fast_start {
+            return;
+        }
+        // Not the probing baseline (20 ms): the packets grow as the rate does, and on a slow
+        // link a longer packet's own transmission time (a 100 ms packet at 32 kbps takes 58 ms
+        // on a 64 kbps link) would read as queue.
+        let queue = self.detector.usage() == Usage::Overuse
+            || self.queue_delay_ms >= STANDING_QUEUE_MS
+            || self.delay.last_overuse().is_some();
+        if queue {
+            tracing::debug!(rate = self.target_bps(), ?acked, "fast start ends");
+            self.fast_start = false;
+            if self.delay.last_overuse().is_none() {
+                self.delay.on_overuse(now, acked, self.rtt);
+                self.loss_rate = self
+                    .loss_rate
+                    .min(self.delay.rate().max(self.loss_rate * 0.5));
+            }
+            return;
+        }
+        let Some(acked) = acked else { return };
+        let grown = self.delay.rate() * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
+        let rate = grown.min(FAST_START_GAIN * acked + 10_000.0);
+        self.delay.raise_to(rate);
+        self.loss_rate = self.loss_rate.max(self.delay.rate());
     }
 
     /// Whether an overuse now is our last probe's doing: it started moments ago, and our

@@ -126,6 +126,13 @@ impl AimdRate {
         self.capacity.estimate
     }
 
+    /// Fast start: the rate rises to `bps` if that is higher (no overuse has been seen yet).
+    pub(super) fn raise_to(&mut self, bps: f64) {
+        if self.last_overuse.is_none() {
+            self.rate = self.rate.max(bps);
+        }
+    }
+
     /// Clamps the rate into `[min, max]`.
     pub(super) fn clamp(&mut self, min: f64, max: f64) {
         self.rate = self.rate.clamp(min, max);

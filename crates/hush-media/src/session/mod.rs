@@ -42,8 +42,23 @@ const FEEDBACK_SHARE: f64 = 0.05;
 /// A typical feedback packet on the wire, in bits (RTCP with a few packets' status and
 /// deltas, SRTCP, IPv4/UDP): about 80 bytes.
 const FEEDBACK_BITS: f64 = 640.0;
-/// Longest time between transport-wide feedback packets.
-const MAX_FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest time between transport-wide feedback packets. On a 24 kbps link (audio in
+/// 80–120 ms packets) feedback every 250 ms cost 2.6 kbps, a sixth of the encoder's rate;
+/// every 500 ms still covers four to six packets.
+const MAX_FEEDBACK_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest time between transport-wide feedback packets in the session's first
+/// [`STARTUP_GUARD`]: the sender's fast start rises only as fast as feedback shows the path
+/// delivering, and finds a slow link's queue only when feedback reports it.
+const STARTUP_MAX_FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
+/// Most of our own target the periodic sender/receiver reports may take (RFC 3550 gives all
+/// of RTCP 5 %; transport-wide feedback and NACKs take the rest).
+const REPORT_SHARE: f64 = 0.03;
+/// A sender report with one report block and an SDES CNAME on the wire, in bits (SRTCP,
+/// IPv4/UDP): about 116 bytes.
+const REPORT_BITS: f64 = 928.0;
+/// Longest time between sender/receiver reports (they carry the round trip and the loss
+/// the sender's protection follows).
+const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Whether a datagram to send is RTP or RTCP (the driver protects them differently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,7 +502,7 @@ impl MediaSession {
         self.sample_loss(now);
         if now >= self.next_report {
             self.send_report(now);
-            self.next_report = now + self.config.report_interval;
+            self.next_report = now + self.report_interval();
         }
         if now >= self.next_feedback {
             self.send_feedback(now);
@@ -594,9 +609,30 @@ impl MediaSession {
         } else {
             self.config.feedback_interval
         };
+        let longest = if now < self.start + STARTUP_GUARD {
+            STARTUP_MAX_FEEDBACK_INTERVAL
+        } else {
+            MAX_FEEDBACK_INTERVAL
+        };
         wanted.clamp(
             self.config.feedback_interval,
-            MAX_FEEDBACK_INTERVAL.max(self.config.feedback_interval),
+            longest.max(self.config.feedback_interval),
+        )
+    }
+
+    /// Time until the next sender/receiver report: the configured interval, longer on a slow
+    /// path so that reports take at most [`REPORT_SHARE`] of our target (every 500 ms they
+    /// cost 1.9 kbps, 8 % of a 24 kbps link), up to [`MAX_REPORT_INTERVAL`].
+    fn report_interval(&self) -> Duration {
+        let target = self.cc.target_bps() as f64;
+        let wanted = if target > 0.0 {
+            Duration::from_secs_f64((REPORT_BITS / (REPORT_SHARE * target)).min(10.0))
+        } else {
+            self.config.report_interval
+        };
+        wanted.clamp(
+            self.config.report_interval,
+            MAX_REPORT_INTERVAL.max(self.config.report_interval),
         )
     }
 

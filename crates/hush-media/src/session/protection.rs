@@ -152,6 +152,8 @@ pub(crate) const AUDIO_MAX_BPS: f64 = 32_000.0;
 pub(crate) const AUDIO_PACKET_BITS: f64 = ((12 + 8 + 1 + super::WIRE_OVERHEAD) * 8) as f64;
 /// How much encoder rate longer packets must win before the sender makes its packets longer.
 const PACKETIZATION_GAIN_BPS: f64 = 3_000.0;
+/// ... or this share of the best encoder rate, if that is less.
+const PACKETIZATION_GAIN_SHARE: f64 = 0.12;
 
 /// How many audio frames of `frame` each go in one packet, given `share_bps` for the audio on
 /// the wire (headers included) sent `copies` times (RED), at most `max_frames`, `current` now.
@@ -160,7 +162,8 @@ const PACKETIZATION_GAIN_BPS: f64 = 3_000.0;
 /// more than a 24 kbps link carries. Packets stay one frame long while that leaves the encoder
 /// its full rate ([`AUDIO_MAX_BPS`]), since every frame more in a packet adds a frame of
 /// delay. Otherwise they grow to the shortest length whose encoder rate is within
-/// [`PACKETIZATION_GAIN_BPS`] of what the longest allowed gives; they shrink again only once
+/// [`PACKETIZATION_GAIN_BPS`] (or [`PACKETIZATION_GAIN_SHARE`] of it, if less) of what the
+/// longest allowed gives; they shrink again only once
 /// the shorter length gets the full rate (hysteresis: no flapping on a steady estimate).
 pub(crate) fn frames_per_packet(
     share_bps: f64,
@@ -180,11 +183,14 @@ pub(crate) fn frames_per_packet(
         return n;
     }
     let best = audio(max_frames);
-    if audio(current) >= best - PACKETIZATION_GAIN_BPS {
+    // At a low rate a few kbps are a large share of the encoder's bits: on a 24 kbps link,
+    // 120 ms packets leave it 13.7 kbps where 80 ms leave 11.5.
+    let gain = PACKETIZATION_GAIN_BPS.min(PACKETIZATION_GAIN_SHARE * best.max(0.0));
+    if audio(current) >= best - gain {
         return current;
     }
     (current..=max_frames)
-        .find(|&n| audio(n) >= best - PACKETIZATION_GAIN_BPS)
+        .find(|&n| audio(n) >= best - gain)
         .unwrap_or(max_frames)
 }
 
@@ -215,6 +221,17 @@ mod tests {
         // RED copies count: 50 kbps for two copies leaves 12 kbps a copy at 20 ms, 18.5 at
         // 40 ms.
         assert_eq!(frames_per_packet(50_000.0, 2.0, FRAME, 3, 1), 2);
+    }
+
+    #[test]
+    fn slow_links_take_the_longest_packets_that_still_pay() {
+        // 22 kbps for the audio, packets up to 120 ms: 80 ms leave the encoder 15.5 kbps,
+        // 100 ms 16.7 and 120 ms 17.7; within 12 % of the best, 100 ms.
+        assert_eq!(frames_per_packet(22_000.0, 1.0, FRAME, 6, 1), 5);
+        // 10 kbps: 120 ms (5.7 kbps) against 100 ms (4.8): the longest.
+        assert_eq!(frames_per_packet(10_000.0, 1.0, FRAME, 6, 1), 6);
+        // A 64 kbps link still gets 40 ms packets, which carry the full rate.
+        assert_eq!(frames_per_packet(50_000.0, 1.0, FRAME, 6, 1), 2);
     }
 
     #[test]
