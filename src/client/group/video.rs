@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use hush_media::video::{
     I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
-    VideoError,
 };
 use hush_signaling::DeviceId;
 use tokio::sync::mpsc;
@@ -118,7 +117,7 @@ fn run(
         for &i in &order {
             let spec = &layers[i];
             if source.width() != spec.width || source.height() != spec.height {
-                match scale(&source, spec.width, spec.height) {
+                match source.scaled(spec.width, spec.height) {
                     Ok(s) => source = s,
                     Err(e) => {
                         debug!(error = %e, "picture not scaled");
@@ -257,73 +256,5 @@ fn decode_loop(
                 }
             }
         }
-    }
-}
-
-/// `frame` scaled to `width` × `height` (both even): each output sample is the mean of the
-/// input samples its area covers (at least the nearest one), plane by plane; halving, the
-/// common case, takes a fast path.
-pub(super) fn scale(frame: &I420Frame, width: u32, height: u32) -> Result<I420Frame, VideoError> {
-    let (w, h) = (width as usize, height as usize);
-    let (sw, sh) = (frame.width() as usize, frame.height() as usize);
-    let dims = [(w, h, sw, sh), (w / 2, h / 2, sw / 2, sh / 2)];
-    let mut planes: [Vec<u8>; 3] = Default::default();
-    for (p, out) in planes.iter_mut().enumerate() {
-        let (dw, dh, srcw, srch) = dims[p.min(1)];
-        out.reserve_exact(dw * dh);
-        if srcw == dw * 2 && srch == dh * 2 {
-            for y in 0..dh {
-                let (Some(a), Some(b)) = (frame.row(p, 2 * y), frame.row(p, 2 * y + 1)) else {
-                    out.resize(out.len() + dw, 0);
-                    continue;
-                };
-                out.extend(a.chunks_exact(2).zip(b.chunks_exact(2)).map(|(a, b)| {
-                    ((u16::from(a[0]) + u16::from(a[1]) + u16::from(b[0]) + u16::from(b[1]) + 2)
-                        / 4) as u8
-                }));
-            }
-            continue;
-        }
-        for y in 0..dh {
-            let y0 = y * srch / dh;
-            let y1 = ((y + 1) * srch / dh).max(y0 + 1).min(srch);
-            for x in 0..dw {
-                let x0 = x * srcw / dw;
-                let x1 = ((x + 1) * srcw / dw).max(x0 + 1).min(srcw);
-                let (mut sum, mut n) = (0u32, 0u32);
-                for r in y0..y1 {
-                    if let Some(row) = frame.row(p, r).and_then(|row| row.get(x0..x1)) {
-                        sum += row.iter().map(|&b| u32::from(b)).sum::<u32>();
-                        n += (x1 - x0) as u32;
-                    }
-                }
-                out.push(sum.checked_div(n).unwrap_or(0) as u8);
-            }
-        }
-    }
-    I420Frame::new(width, height, planes, [w, w / 2, w / 2], frame.capture_time)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scaling_averages_the_covered_samples() {
-        let t = Instant::now();
-        // A 4×4 luma with a left half of 10 and a right half of 30.
-        let y = [10, 10, 30, 30].repeat(4);
-        let f = I420Frame::new(4, 4, [y, vec![100; 4], vec![200; 4]], [4, 2, 2], t).unwrap();
-        let half = scale(&f, 2, 2).unwrap();
-        assert_eq!(half.y(), &[10, 30, 10, 30]);
-        assert_eq!(half.u(), &[100]);
-        assert_eq!(half.v(), &[200]);
-        // Not a halving: the general path, at the size asked for.
-        let odd = scale(&f, 2, 4).unwrap();
-        assert_eq!((odd.width(), odd.height()), (2, 4));
-        assert_eq!(&odd.y()[..2], &[10, 30]);
-        // Upscaling repeats the nearest sample.
-        let up = scale(&f, 8, 8).unwrap();
-        assert_eq!(&up.y()[..8], &[10, 10, 10, 10, 30, 30, 30, 30]);
     }
 }

@@ -234,7 +234,8 @@ impl I420Frame {
     /// The picture resized to `width` × `height` (even, non-zero, at most [`MAX_DIMENSION`])
     /// by averaging the source pixels each output pixel covers (a box filter: good for the
     /// downscaling a sender does when the ladder steps down; upscaling repeats pixels).
-    /// Keeps the capture time.
+    /// Halving, the common case (simulcast layers, ladder rungs), takes a fast path with the
+    /// same result. Keeps the capture time.
     pub fn scaled(&self, width: u32, height: u32) -> Result<Self, VideoError> {
         if (width, height) == (self.width, self.height) {
             return Ok(self.clone());
@@ -250,6 +251,22 @@ impl I420Frame {
             let stride = self.strides[plane];
             let src = &self.planes[plane];
             let dst = &mut out.planes[plane];
+            if sw == dw * 2 && sh == dh * 2 {
+                // Each output sample is the rounded mean of a 2×2 block.
+                for (oy, out_row) in dst.chunks_exact_mut(dw.max(1)).enumerate().take(dh) {
+                    let (Some(a), Some(b)) = (self.row(plane, 2 * oy), self.row(plane, 2 * oy + 1))
+                    else {
+                        continue;
+                    };
+                    let pairs = a.chunks_exact(2).zip(b.chunks_exact(2));
+                    for (px, (a, b)) in out_row.iter_mut().zip(pairs) {
+                        let sum =
+                            u16::from(a[0]) + u16::from(a[1]) + u16::from(b[0]) + u16::from(b[1]);
+                        *px = ((sum + 2) / 4) as u8;
+                    }
+                }
+                continue;
+            }
             for oy in 0..dh {
                 let y0 = oy * sh / dh;
                 let y1 = ((oy + 1) * sh / dh).max(y0 + 1).min(sh);
@@ -435,6 +452,49 @@ mod tests {
         let h = f.scaled(2, 2).unwrap();
         assert_eq!(h.y(), &[100, 100, 100, 100]);
         assert!(f.scaled(3, 2).is_err());
+    }
+
+    #[test]
+    fn scaling_averages_the_covered_samples() {
+        let t = Instant::now();
+        // A 4×4 luma with a left half of 10 and a right half of 30.
+        let y = [10, 10, 30, 30].repeat(4);
+        let f = I420Frame::new(4, 4, [y, vec![100; 4], vec![200; 4]], [4, 2, 2], t).unwrap();
+        let half = f.scaled(2, 2).unwrap();
+        assert_eq!(half.y(), &[10, 30, 10, 30]);
+        assert_eq!(half.u(), &[100]);
+        assert_eq!(half.v(), &[200]);
+        // Not a halving: the general path, at the size asked for.
+        let odd = f.scaled(2, 4).unwrap();
+        assert_eq!((odd.width(), odd.height()), (2, 4));
+        assert_eq!(&odd.y()[..2], &[10, 30]);
+        // Upscaling repeats the nearest sample.
+        let up = f.scaled(8, 8).unwrap();
+        assert_eq!(&up.y()[..8], &[10, 10, 10, 10, 30, 30, 30, 30]);
+    }
+
+    #[test]
+    fn halving_takes_the_fast_path_with_the_general_paths_result() {
+        // The fast path must give what the box filter gives at 2:1: the rounded mean of each
+        // 2×2 block, computed here from the source rows.
+        let t = Instant::now();
+        let y: Vec<u8> = (0..16 * 8).map(|i| (i * 37 % 251) as u8).collect();
+        let u: Vec<u8> = (0..8 * 4).map(|i| (i * 53 % 241) as u8).collect();
+        let f = I420Frame::new(16, 8, [y, u.clone(), u], [16, 8, 8], t).unwrap();
+        let fast = f.scaled(8, 4).unwrap();
+        for oy in 0..4usize {
+            for ox in 0..8usize {
+                let mut sum = 0u32;
+                for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    sum += u32::from(f.row(0, 2 * oy + dy).unwrap()[2 * ox + dx]);
+                }
+                assert_eq!(
+                    u32::from(fast.y()[oy * 8 + ox]),
+                    (sum + 2) / 4,
+                    "({ox}, {oy})"
+                );
+            }
+        }
     }
 
     #[test]
