@@ -197,7 +197,8 @@ impl FrameCrypto for Box<dyn FrameCrypto> {
 }
 
 /// No end-to-end layer: frames pass unchanged, protected only hop by hop (the SFU can read
-/// them). A placeholder until SFrame exists.
+/// them). The bare baseline of benchmarks and tests; the facade's group calls always use
+/// [`SframeCrypto`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoFrameCrypto;
 

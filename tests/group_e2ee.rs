@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::group::{info, invitation, wait_event};
+use common::group::{
+    everyone_joins, info, invitation, joined_and_connected, sframe_header, sframe_key_id,
+    wait_event,
+};
 use common::{devices, loopback_config, tone};
 use hush::{Client, FrameSource, GroupCall, GroupCallEvent};
 use hush_media::codec::{Codec, OpusCodec};
@@ -45,34 +48,6 @@ async fn sfu_with(tap: Option<ForwardTap>, rewrite: Option<ForwardRewrite>) -> S
     Server::start(config, SfuSigningKey::generate(&mut rand::rng()))
         .await
         .unwrap()
-}
-
-/// Client 0 creates the call with the others; each joins from its invitation; returns once
-/// every call knows all the others and is connected.
-async fn everyone_joins(clients: &[Client], server: &Server) -> Vec<GroupCall> {
-    let others: Vec<DeviceId> = clients[1..].iter().map(Client::device_id).collect();
-    let mut calls = vec![clients[0].group_call(info(server), &others).await.unwrap()];
-    for c in &clients[1..] {
-        let invite = invitation(c).await;
-        calls.push(c.join_group_call(&invite).await.unwrap());
-    }
-    for call in &calls {
-        joined_and_connected(call, clients.len() - 1).await;
-    }
-    calls
-}
-
-/// Waits until `call` is connected and has seen `n` participants join.
-async fn joined_and_connected(call: &GroupCall, n: usize) {
-    let mut joined = 0;
-    let mut connected = false;
-    while joined < n || !connected {
-        match wait_event(call, |_| true).await {
-            GroupCallEvent::ParticipantJoined(_) => joined += 1,
-            GroupCallEvent::Connected => connected = true,
-            _ => {}
-        }
-    }
 }
 
 /// The calls in `speakers` send `frames` tone frames at microphone pace (frame numbers from
@@ -197,23 +172,6 @@ async fn three_participants_hear_each_other_and_the_sfu_forwards_only_ciphertext
     }
     drop(calls);
     server.shutdown().await;
-}
-
-/// The key id in an SFrame header (RFC 9605 §4.3): `X|K|Y|C` config byte, then the KID in
-/// `K + 1` bytes when `X` is set.
-fn sframe_key_id(frame: &[u8]) -> Option<hush_crypto::group::GroupKeyId> {
-    let config = *frame.first()?;
-    let k = u64::from((config >> 4) & 0x07);
-    let kid = if config & 0x80 == 0 {
-        k
-    } else {
-        let len = usize::try_from(k).ok()? + 1;
-        frame
-            .get(1..1 + len)?
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-    };
-    hush_crypto::group::GroupKeyId::from_kid(kid)
 }
 
 /// Audio payloads in the tap from `from` on.
@@ -363,25 +321,6 @@ async fn slots_are_stable_so_a_member_added_after_a_kick_hears_and_is_heard() {
     }
     drop(present);
     server.shutdown().await;
-}
-
-/// An SFrame header (RFC 9605 §4.3): `(key id, counter, header length)`.
-fn sframe_header(frame: &[u8]) -> Option<(u64, u64, usize)> {
-    let config = *frame.first()?;
-    let field = |at: usize, small: u8, extended: bool| -> Option<(u64, usize)> {
-        if !extended {
-            return Some((u64::from(small), 0));
-        }
-        let len = usize::from(small) + 1;
-        let v = frame
-            .get(at..at + len)?
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-        Some((v, len))
-    };
-    let (kid, kid_len) = field(1, (config >> 4) & 0x07, config & 0x80 != 0)?;
-    let (ctr, ctr_len) = field(1 + kid_len, config & 0x07, config & 0x08 != 0)?;
-    Some((kid, ctr, 1 + kid_len + ctr_len))
 }
 
 /// The shortest SFrame header for `kid` and `ctr`.

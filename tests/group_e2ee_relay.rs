@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::group::{info, invitation, wait_event};
+use common::group::{info, invitation, joined_and_connected, sframe_key_id, wait_event};
 use common::{loopback_config, sealer, tone};
 use hush::{Client, GroupCall, GroupCallEvent};
 use hush_media::rtp::RtpPacket;
@@ -56,20 +56,9 @@ async fn relay_devices(addr: std::net::SocketAddr, n: u8) -> Vec<Client> {
         .collect()
 }
 
-/// The generation in an SFrame header's key id (RFC 9605 §4.3; hush's KID layout).
+/// The generation in an SFrame header's key id (hush's KID layout).
 fn generation(frame: &[u8]) -> Option<(u8, u16)> {
-    let config = *frame.first()?;
-    let k = u64::from((config >> 4) & 0x07);
-    let kid = if config & 0x80 == 0 {
-        k
-    } else {
-        let len = usize::try_from(k).ok()? + 1;
-        frame
-            .get(1..1 + len)?
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-    };
-    let id = hush_crypto::group::GroupKeyId::from_kid(kid)?;
+    let id = sframe_key_id(frame)?;
     Some((id.sender.0, id.generation))
 }
 
@@ -231,16 +220,4 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
     server.shutdown().await;
     relay_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Waits until `call` is connected and has seen `n` participants join.
-async fn joined_and_connected(call: &GroupCall, n: usize) {
-    let (mut joined, mut connected) = (0, false);
-    while joined < n || !connected {
-        match wait_event(call, |_| true).await {
-            GroupCallEvent::ParticipantJoined(_) => joined += 1,
-            GroupCallEvent::Connected => connected = true,
-            _ => {}
-        }
-    }
 }

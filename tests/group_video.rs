@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::group::{info, invitation, wait_event};
+use common::group::everyone_joins;
 use common::{devices, loopback_config};
-use hush::{Client, Error, GroupCall, GroupCallEvent, I420Frame, GROUP_VIDEO_LAYERS};
+use hush::{Client, Error, GroupCall, I420Frame, GROUP_VIDEO_LAYERS};
 use hush_sfu::join::SfuSigningKey;
 use hush_sfu::server::{Server, ServerConfig};
 use hush_signaling::DeviceId;
@@ -24,28 +24,6 @@ async fn sfu() -> Server {
     Server::start(config, SfuSigningKey::generate(&mut rand::rng()))
         .await
         .unwrap()
-}
-
-/// Client 0 creates the call with the others; everyone joins and waits until it knows all
-/// the others and media is connected.
-async fn everyone_joins(clients: &[Client], server: &Server) -> Vec<Arc<GroupCall>> {
-    let others: Vec<DeviceId> = clients[1..].iter().map(Client::device_id).collect();
-    let mut calls = vec![clients[0].group_call(info(server), &others).await.unwrap()];
-    for c in &clients[1..] {
-        let invite = invitation(c).await;
-        calls.push(c.join_group_call(&invite).await.unwrap());
-    }
-    for call in &calls {
-        let (mut joined, mut connected) = (0, false);
-        while joined < clients.len() - 1 || !connected {
-            match wait_event(call, |_| true).await {
-                GroupCallEvent::ParticipantJoined(_) => joined += 1,
-                GroupCallEvent::Connected => connected = true,
-                _ => {}
-            }
-        }
-    }
-    calls.into_iter().map(Arc::new).collect()
 }
 
 /// A 640×360 picture that moves with `n` (so the encoder has real work), tinted per sender.
@@ -105,7 +83,11 @@ async fn film(calls: &[Arc<GroupCall>], pictures: u32) -> Vec<HashMap<DeviceId, 
 async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer() {
     let server = sfu().await;
     let (clients, _network) = devices(3, loopback_config());
-    let calls = everyone_joins(&clients, &server).await;
+    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let ids: Vec<DeviceId> = clients.iter().map(Client::device_id).collect();
 
     // Everyone sees everyone, on the top layer (no view limit, no bandwidth estimate).
