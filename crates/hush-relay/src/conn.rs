@@ -35,6 +35,8 @@ use crate::state::{lock, ConnHandle, Kick, Live, RecentIds, Refused};
 use crate::store::{InsertDone, StoreError};
 use crate::Shared;
 
+/// The answer to a request over the connection's rate limit.
+const RATE_LIMITED: Refusal = (ErrorCode::RateLimited, "rate limit exceeded");
 /// Largest opaque bundle accepted.
 const MAX_BUNDLE_LEN: usize = 16 * 1024;
 /// Largest one-time prekey accepted.
@@ -569,12 +571,7 @@ impl Conn {
         let received = Instant::now();
         let request_id = send.request_id;
         if self.rate_limited() {
-            return self
-                .respond(
-                    request_id,
-                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
-                )
-                .await;
+            return self.respond(request_id, Err(RATE_LIMITED)).await;
         }
         let Some(envelope) = send.envelope else {
             return self
@@ -676,12 +673,7 @@ impl Conn {
     async fn on_upload(&mut self, up: pb::UploadPrekeys) -> Result<(), End> {
         let request_id = up.request_id;
         if self.rate_limited() {
-            return self
-                .respond(
-                    request_id,
-                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
-                )
-                .await;
+            return self.respond(request_id, Err(RATE_LIMITED)).await;
         }
         if up.bundle.is_empty() || up.bundle.len() > MAX_BUNDLE_LEN {
             return self
@@ -768,12 +760,7 @@ impl Conn {
     async fn on_fetch(&mut self, fetch: pb::FetchBundle) -> Result<(), End> {
         let request_id = fetch.request_id;
         if self.rate_limited() {
-            return self
-                .respond(
-                    request_id,
-                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
-                )
-                .await;
+            return self.respond(request_id, Err(RATE_LIMITED)).await;
         }
         let Ok(device) = DeviceId::from_slice(&fetch.device) else {
             return self
@@ -813,12 +800,7 @@ impl Conn {
     async fn on_turn(&mut self, get: pb::GetTurnCredentials) -> Result<(), End> {
         let request_id = get.request_id;
         if self.rate_limited() {
-            return self
-                .respond(
-                    request_id,
-                    Err((ErrorCode::RateLimited, "rate limit exceeded")),
-                )
-                .await;
+            return self.respond(request_id, Err(RATE_LIMITED)).await;
         }
         let Some(turn) = self.shared.config.turn.as_ref() else {
             return self
