@@ -18,16 +18,18 @@
 //! Sans-IO: datagrams and `now` in; datagrams, playout actions per participant and a deadline
 //! out.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 pub use hush_crypto::group::FrameKind;
 use hush_crypto::group::{GroupE2ee, GroupError, MemberSlot, Opened};
+use hush_media::cc::TwccRecorder;
 use hush_media::jitter::{JitterBuffer, JitterConfig, Playout, Recovery};
-use hush_media::rtcp::{self, Pli, RtcpPacket};
+use hush_media::nack::NackScheduler;
+use hush_media::rtcp::{self, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket};
 use hush_media::rtp::{AudioLevel, RtpPacket};
 use hush_sfu::join::HopKeys;
-use hush_sfu::{DeviceId, FRAME_MARKING_EXT_ID};
+use hush_sfu::{DeviceId, FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 use hush_srtp::{SrtpConfig, SrtpContext};
 use tracing::trace;
 
@@ -61,6 +63,23 @@ const INNER_RESERVED: u8 = 0xf8;
 const MAX_HELD_MARKS: usize = 256;
 /// Most SSRCs the receive context tracks (32 participants with up to 8 streams, and the SFU).
 const MAX_RECV_SSRCS: usize = 32 * 8 + 1;
+/// How often the path reports the arrivals of the SFU's transport-wide sequence numbers
+/// (docs/sfu.md "Per-leg congestion control" asks for every 50–100 ms).
+pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+/// The payload type of the SFU's probe padding (under its own SSRC): recorded for feedback,
+/// then dropped.
+const PROBE_PT: u8 = 127;
+/// The round-trip time assumed to pace NACK retries (the client has no RTT measurement of its
+/// own on the SFU hop; the SFU measures it from this path's receiver reports).
+const NACK_RTT: Duration = Duration::from_millis(100);
+/// How long a video frame with a missing packet waits for its retransmission before it is
+/// given up (and a keyframe is asked for). The frames behind it wait too: frames are handed
+/// out in order, as a decoder needs them.
+pub const VIDEO_RECOVERY_WAIT: Duration = Duration::from_millis(400);
+/// Most video packets held per stream while a missing one is waited for.
+const MAX_HELD_VIDEO_PACKETS: usize = 1024;
+/// The least time between two keyframe requests of the path for one stream.
+const PATH_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Why a frame could not be sealed or opened by the end-to-end layer.
 #[derive(Debug, thiserror::Error)]
@@ -394,8 +413,12 @@ pub struct GroupPathStats {
     pub frames_sent: u64,
     /// RTP packets received that authenticated and belonged to a participant.
     pub packets_received: u64,
-    /// Datagrams dropped by hop SRTP.
+    /// Datagrams dropped by hop SRTP (not authentic, or too old to check), besides
+    /// duplicates.
     pub srtp_failures: u64,
+    /// RTP packets dropped by hop SRTP as already received (a packet resent twice by the
+    /// SFU, the second answer arriving after the first).
+    pub duplicates: u64,
     /// Packets for an SSRC no announced participant owns.
     pub unknown_ssrc: u64,
     /// Frames the end-to-end layer refused.
@@ -420,6 +443,24 @@ pub struct GroupPathStats {
     pub video_marking_mismatch: u64,
     /// Keyframe requests (PLI) from the SFU for one of this participant's layers.
     pub keyframe_requests: u64,
+    /// Transport-wide feedback messages sent to the SFU (its bandwidth estimate of this
+    /// participant's downlink comes from them).
+    pub transport_feedback_sent: u64,
+    /// Receiver reports sent in answer to the SFU's sender reports (its RTT measurement).
+    pub receiver_reports_sent: u64,
+    /// Probe padding packets of the SFU received (recorded for feedback, then dropped).
+    pub probes_received: u64,
+    /// Video sequence numbers asked again in NACKs (each retry counted).
+    pub video_nacked: u64,
+    /// Video packets that arrived after being missed (a retransmission from the SFU's cache,
+    /// or a late packet).
+    pub video_packets_recovered: u64,
+    /// Keyframe requests (PLI) this path sent for remote streams: a frame it could not
+    /// recover, or a stream whose first frame was not a keyframe.
+    pub video_keyframes_requested: u64,
+    /// Video frames dropped because their stream had not had a keyframe yet (nothing could
+    /// decode them).
+    pub video_frames_before_keyframe: u64,
 }
 
 /// A video frame of another participant, opened.
@@ -445,14 +486,190 @@ struct VideoOut {
     seq: u16,
 }
 
-/// A frame being reassembled from one remote video stream.
+/// One received video packet waiting for the rest of its frame.
+struct HeldPacket {
+    timestamp: u32,
+    mark: u8,
+    payload: Vec<u8>,
+}
+
+/// A frame ready to open: its timestamp, the frame marking's keyframe bit, the SFrame
+/// ciphertext.
+type SealedFrame = (u32, bool, Vec<u8>);
+
+/// What reassembling one stream found besides frames.
+#[derive(Default)]
+struct Assembly {
+    /// Frames given up (a packet never came).
+    incomplete: u64,
+    /// Frames dropped before the stream's first keyframe.
+    before_key: u64,
+    /// A keyframe should be asked for.
+    need_key: bool,
+}
+
+/// One remote video stream: packets held by extended sequence number until their frame is
+/// whole, the NACK schedule of the missing ones.
 struct VideoIn {
     device: DeviceId,
-    /// The packets of the frame so far (SFrame ciphertext), its timestamp and the next
-    /// sequence number expected; `None` between frames or after a loss.
-    frame: Option<(u32, u16, Vec<u8>)>,
-    /// The frame marking's keyframe bit of the frame being reassembled.
-    marked_key: bool,
+    /// The highest extended sequence number seen (the sequence numbers are the SFU's, one
+    /// continuous stream per source).
+    highest: Option<u64>,
+    /// The extended sequence number the next frame starts at (after the last one handed out
+    /// or given up).
+    next: Option<u64>,
+    packets: BTreeMap<u64, HeldPacket>,
+    bytes: usize,
+    nack: NackScheduler,
+    /// Since when the frame at `next` has been waiting for a missing packet.
+    stalled_since: Option<Instant>,
+    /// No keyframe handed out yet: delta frames are dropped (nothing could decode them).
+    waiting_key: bool,
+    last_keyframe_request: Option<Instant>,
+}
+
+impl VideoIn {
+    fn new(device: DeviceId) -> Self {
+        let mut nack = NackScheduler::default();
+        nack.max_age = VIDEO_RECOVERY_WAIT;
+        // No quick repeat of a first NACK: the SFU hop is short and the repeat's resend
+        // would mostly arrive twice, on the downlink that may be the one congested.
+        nack.repeat_after = NACK_RTT;
+        Self {
+            device,
+            highest: None,
+            next: None,
+            packets: BTreeMap::new(),
+            bytes: 0,
+            nack,
+            stalled_since: None,
+            waiting_key: true,
+            last_keyframe_request: None,
+        }
+    }
+
+    /// The extended form of `seq`, near the highest seen.
+    fn extend(&mut self, seq: u16) -> u64 {
+        match self.highest {
+            None => {
+                // Far enough from 0 that packets from before the first stay representable.
+                let e = (1 << 16) + u64::from(seq);
+                self.highest = Some(e);
+                e
+            }
+            Some(h) => {
+                let d = i64::from(seq.wrapping_sub(h as u16) as i16);
+                let e = h.saturating_add_signed(d);
+                if e > h {
+                    self.highest = Some(e);
+                }
+                e
+            }
+        }
+    }
+
+    /// Whether the frame at the head may still wait for a missing packet.
+    fn may_wait(&mut self, now: Instant) -> bool {
+        let since = *self.stalled_since.get_or_insert(now);
+        now.saturating_duration_since(since) < VIDEO_RECOVERY_WAIT
+            && self.bytes <= MAX_VIDEO_FRAME
+            && self.packets.len() <= MAX_HELD_VIDEO_PACKETS
+    }
+
+    /// Gives up the frame at the head: everything before the next frame start held goes.
+    fn give_up(&mut self, a: &mut Assembly) {
+        let Some(n) = self.next else {
+            return;
+        };
+        let next_start = self
+            .packets
+            .range(n + 1..)
+            .find(|(_, p)| p.mark & MARK_START != 0)
+            .map(|(&k, p)| (k, p.mark & MARK_KEY != 0));
+        let to = next_start.map_or_else(|| self.highest.map_or(n + 1, |h| h + 1), |s| s.0);
+        let kept = self.packets.split_off(&to);
+        self.bytes = kept.values().map(|p| p.payload.len()).sum();
+        self.packets = kept;
+        for s in n..to.min(n + 2 * MAX_HELD_VIDEO_PACKETS as u64) {
+            self.nack.forget(s);
+        }
+        self.next = Some(to);
+        self.stalled_since = None;
+        a.incomplete += 1;
+        // The frames after a loss go to the decoder anyway (it refuses those whose
+        // reference is gone); a keyframe is asked for unless one is next.
+        if !next_start.is_some_and(|s| s.1) {
+            a.need_key = true;
+        }
+    }
+
+    /// Moves every frame that is whole at the head into `out`, in order; gives up the head
+    /// frame when it waited too long for a packet.
+    fn assemble(&mut self, now: Instant, out: &mut Vec<SealedFrame>) -> Assembly {
+        let mut a = Assembly::default();
+        while let Some(n) = self.next {
+            let Some(first) = self.packets.get(&n) else {
+                if self.packets.is_empty() {
+                    self.stalled_since = None;
+                    break;
+                }
+                if self.may_wait(now) {
+                    break;
+                }
+                self.give_up(&mut a);
+                continue;
+            };
+            if first.mark & MARK_START == 0 {
+                // A frame whose start is gone (or the stream began in the middle of one).
+                self.give_up(&mut a);
+                continue;
+            }
+            let (timestamp, key) = (first.timestamp, first.mark & MARK_KEY != 0);
+            let mut end = None;
+            let mut broken = false;
+            let mut e = n;
+            while let Some(p) = self.packets.get(&e) {
+                if p.timestamp != timestamp || (e != n && p.mark & MARK_START != 0) {
+                    broken = true;
+                    break;
+                }
+                if p.mark & MARK_END != 0 {
+                    end = Some(e);
+                    break;
+                }
+                e += 1;
+            }
+            let Some(end) = end.filter(|_| !broken) else {
+                if !broken && self.may_wait(now) {
+                    break;
+                }
+                self.give_up(&mut a);
+                continue;
+            };
+            let rest = self.packets.split_off(&(end + 1));
+            let frame = std::mem::replace(&mut self.packets, rest);
+            self.next = Some(end + 1);
+            self.stalled_since = None;
+            let mut sealed = Vec::with_capacity(frame.values().map(|p| p.payload.len()).sum());
+            for p in frame.into_values() {
+                self.bytes = self.bytes.saturating_sub(p.payload.len());
+                sealed.extend_from_slice(&p.payload);
+            }
+            if self.waiting_key && !key {
+                a.before_key += 1;
+                a.need_key = true;
+                continue;
+            }
+            self.waiting_key = false;
+            out.push((timestamp, key, sealed));
+        }
+        a
+    }
+
+    /// When [`assemble`](Self::assemble) gives up the head frame, if it waits.
+    fn give_up_at(&self) -> Option<Instant> {
+        self.stalled_since.map(|t| t + VIDEO_RECOVERY_WAIT)
+    }
 }
 
 struct Remote {
@@ -490,6 +707,10 @@ pub struct GroupMediaPath<C: FrameCrypto = Box<dyn FrameCrypto>> {
     /// Keyframe marking of held video frames, by (device, timestamp), until they open.
     held_marks: HashMap<(DeviceId, u32), (u32, bool)>,
     keyframe_requests: VecDeque<u32>,
+    /// Arrivals of the SFU's transport-wide sequence numbers, reported every
+    /// [`FEEDBACK_INTERVAL`].
+    twcc: TwccRecorder,
+    next_feedback: Option<Instant>,
 }
 
 impl<C: FrameCrypto> std::fmt::Debug for GroupMediaPath<C> {
@@ -512,7 +733,12 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         jitter: JitterConfig,
         first_seq: u16,
     ) -> Result<Self, hush_srtp::Error> {
-        let config = SrtpConfig::builder().max_ssrcs(MAX_RECV_SSRCS).build()?;
+        // The replay window covers every packet a NACK may still bring back (a frame waits
+        // up to `VIDEO_RECOVERY_WAIT` while the later ones arrive).
+        let config = SrtpConfig::builder()
+            .max_ssrcs(MAX_RECV_SSRCS)
+            .replay_window(MAX_HELD_VIDEO_PACKETS)
+            .build()?;
         Ok(Self {
             send: keys.send_context(SrtpConfig::default())?,
             recv: keys.recv_context(config)?,
@@ -531,6 +757,8 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             video: VecDeque::new(),
             held_marks: HashMap::new(),
             keyframe_requests: VecDeque::new(),
+            twcc: TwccRecorder::default(),
+            next_feedback: None,
         })
     }
 
@@ -561,14 +789,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         if ssrc == self.ssrc || self.video_out.contains_key(&ssrc) {
             return;
         }
-        self.video_in.insert(
-            ssrc,
-            VideoIn {
-                device,
-                frame: None,
-                marked_key: false,
-            },
-        );
+        self.video_in.insert(ssrc, VideoIn::new(device));
     }
 
     /// This participant sends video layer `layer` (0 the smallest, at most 3) under `ssrc`,
@@ -678,7 +899,8 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         self.video.pop_front()
     }
 
-    /// A video packet of a remote stream: reassembles its frame, opens it when complete.
+    /// A video packet of a remote stream: held until its frame is whole (missing packets are
+    /// NACKed to the SFU, which resends them from its cache), then opened, frames in order.
     fn handle_video(&mut self, now: Instant, packet: RtpPacket) -> Result<(), GroupPathError> {
         let ssrc = packet.header.ssrc;
         let Some(stream) = self.video_in.get_mut(&ssrc) else {
@@ -689,48 +911,115 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         let Some(&[mark]) = packet.header.extension(FRAME_MARKING_EXT_ID) else {
             return Err(GroupPathError::NoFrameMarking);
         };
-        let (seq, ts) = (packet.header.sequence_number, packet.header.timestamp);
-        if mark & MARK_START != 0 {
-            if stream.frame.take().is_some() {
-                // The previous frame never ended.
-                self.stats.video_frames_incomplete += 1;
-            }
-            stream.frame = Some((ts, seq, Vec::with_capacity(packet.payload.len())));
-            stream.marked_key = mark & MARK_KEY != 0;
+        let ext = stream.extend(packet.header.sequence_number);
+        if stream.nack.on_packet(now, ext) {
+            self.stats.video_packets_recovered += 1;
         }
-        let Some((frame_ts, next, buf)) = stream.frame.as_mut() else {
-            // A packet of a frame whose start was lost: wait for the next start.
+        let next = *stream.next.get_or_insert(ext);
+        if ext < next || stream.packets.contains_key(&ext) {
+            // Late (its frame was handed out or given up), or a duplicate.
+            return Ok(());
+        }
+        stream.bytes += packet.payload.len();
+        stream.packets.insert(
+            ext,
+            HeldPacket {
+                timestamp: packet.header.timestamp,
+                mark,
+                payload: packet.payload,
+            },
+        );
+        let result = self.assemble_stream(now, ssrc);
+        self.send_nacks(now);
+        result
+    }
+
+    /// Hands out (opens) the frames of stream `ssrc` that are whole; asks for a keyframe
+    /// when one was given up or the stream has not had one.
+    fn assemble_stream(&mut self, now: Instant, ssrc: u32) -> Result<(), GroupPathError> {
+        let Some(stream) = self.video_in.get_mut(&ssrc) else {
             return Ok(());
         };
-        if *next != seq || *frame_ts != ts || buf.len() + packet.payload.len() > MAX_VIDEO_FRAME {
-            stream.frame = None;
-            self.stats.video_frames_incomplete += 1;
-            return Ok(());
-        }
-        *next = seq.wrapping_add(1);
-        buf.extend_from_slice(&packet.payload);
-        if mark & MARK_END == 0 {
-            return Ok(());
-        }
-        let Some((ts, _, sealed)) = stream.frame.take() else {
-            return Ok(());
-        };
-        let (device, marked_key) = (stream.device, stream.marked_key);
-        let mut plain = Vec::with_capacity(sealed.len());
-        match self
-            .crypto
-            .open(now, &device, FrameKind::Video, ts, &sealed, &mut plain)
-        {
-            Ok(FrameOpen::Frame) => self.deliver_video(device, ssrc, ts, marked_key, plain),
-            Ok(FrameOpen::Held) => {
-                self.held_marks.insert((device, ts), (ssrc, marked_key));
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.frame_failures += 1;
-                Err(e.into())
+        let mut frames = Vec::new();
+        let a = stream.assemble(now, &mut frames);
+        let device = stream.device;
+        self.stats.video_frames_incomplete += a.incomplete;
+        self.stats.video_frames_before_keyframe += a.before_key;
+        if a.need_key {
+            let due = stream
+                .last_keyframe_request
+                .is_none_or(|t| now.saturating_duration_since(t) >= PATH_KEYFRAME_INTERVAL);
+            if due {
+                stream.last_keyframe_request = Some(now);
+                self.stats.video_keyframes_requested += 1;
+                self.request_keyframe(ssrc);
             }
         }
+        let mut result = Ok(());
+        for (ts, marked_key, sealed) in frames {
+            let mut plain = Vec::with_capacity(sealed.len());
+            let r = match self
+                .crypto
+                .open(now, &device, FrameKind::Video, ts, &sealed, &mut plain)
+            {
+                Ok(FrameOpen::Frame) => self.deliver_video(device, ssrc, ts, marked_key, plain),
+                Ok(FrameOpen::Held) => {
+                    self.held_marks.insert((device, ts), (ssrc, marked_key));
+                    Ok(())
+                }
+                Err(e) => {
+                    self.stats.frame_failures += 1;
+                    Err(e.into())
+                }
+            };
+            if r.is_err() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// Sends the NACKs due: one generic NACK per stream with missing packets, in one RTCP
+    /// compound.
+    fn send_nacks(&mut self, now: Instant) {
+        let mut packets = Vec::new();
+        for (&ssrc, stream) in &mut self.video_in {
+            let lost = stream.nack.poll_nacks(now, NACK_RTT);
+            if lost.is_empty() {
+                continue;
+            }
+            self.stats.video_nacked += lost.len() as u64;
+            packets.push(RtcpPacket::Nack(Nack {
+                sender_ssrc: self.ssrc,
+                media_ssrc: ssrc,
+                // The low 16 bits of an extended sequence number are the number on the wire.
+                lost: lost.into_iter().map(|e| e as u16).collect(),
+            }));
+        }
+        if !packets.is_empty() {
+            self.send_rtcp(&packets);
+        }
+    }
+
+    /// Protects and queues one RTCP compound to the SFU, under this participant's SSRC.
+    fn send_rtcp(&mut self, packets: &[RtcpPacket]) {
+        let mut bytes = rtcp::write_compound(packets);
+        match self.send.protect_rtcp(&mut bytes) {
+            Ok(()) => self.out.push_back(bytes),
+            Err(e) => trace!(error = %e, "protect failed"),
+        }
+    }
+
+    /// Sends the transport-wide feedback due (the arrivals recorded since the last one).
+    fn send_feedback(&mut self, now: Instant) {
+        if self.next_feedback.is_none_or(|t| now < t) {
+            return;
+        }
+        if let Some(fb) = self.twcc.build(self.ssrc, 0) {
+            self.stats.transport_feedback_sent += 1;
+            self.send_rtcp(&[RtcpPacket::TransportFeedback(fb)]);
+        }
+        self.next_feedback = self.twcc.has_pending().then_some(now + FEEDBACK_INTERVAL);
     }
 
     /// Checks an opened video frame's header byte and hands the frame out.
@@ -816,22 +1105,52 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             }
             self.stats.rtcp_received += 1;
             for p in rtcp::parse_compound(&datagram).unwrap_or_default() {
-                if let RtcpPacket::Pli(pli) = p {
-                    if self.video_out.contains_key(&pli.media_ssrc) {
+                match p {
+                    RtcpPacket::Pli(pli) if self.video_out.contains_key(&pli.media_ssrc) => {
                         self.stats.keyframe_requests += 1;
                         if !self.keyframe_requests.contains(&pli.media_ssrc) {
                             self.keyframe_requests.push_back(pli.media_ssrc);
                         }
                     }
+                    RtcpPacket::SenderReport(sr) => {
+                        // Answered at once (the delay since it is then ~0): the SFU takes
+                        // the round trip of this leg from the block (RFC 3550 §6.4.1).
+                        self.stats.receiver_reports_sent += 1;
+                        self.send_rtcp(&[RtcpPacket::ReceiverReport(ReceiverReport {
+                            ssrc: self.ssrc,
+                            reports: vec![ReportBlock {
+                                ssrc: sr.ssrc,
+                                last_sr: (sr.ntp_time >> 16) as u32,
+                                delay_since_last_sr: 0,
+                                ..ReportBlock::default()
+                            }],
+                        })]);
+                    }
+                    _ => {}
                 }
             }
             return Ok(());
         }
         if let Err(e) = self.recv.unprotect_rtp(&mut datagram) {
-            self.stats.srtp_failures += 1;
+            match e {
+                // A second resend of a packet already recovered (or a copy): harmless.
+                hush_srtp::Error::Replayed { .. } => self.stats.duplicates += 1,
+                _ => self.stats.srtp_failures += 1,
+            }
             return Err(e.into());
         }
         let packet = RtpPacket::parse(&datagram).map_err(|_| GroupPathError::Malformed)?;
+        if let Some(tseq) = packet.header.transport_seq(TRANSPORT_SEQ_EXT_ID) {
+            self.twcc.record(now, tseq);
+            if self.next_feedback.is_none() {
+                self.next_feedback = Some(now + FEEDBACK_INTERVAL);
+            }
+        }
+        if packet.header.payload_type == PROBE_PT && packet.payload.is_empty() {
+            // The SFU's bandwidth probe: only its arrival matters.
+            self.stats.probes_received += 1;
+            return Ok(());
+        }
         if self.video_in.contains_key(&packet.header.ssrc) {
             let result = self.handle_video(now, packet);
             self.release_frames(now);
@@ -910,6 +1229,19 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.crypto.handle_timeout(now);
         self.release_frames(now);
+        self.send_feedback(now);
+        let waiting: Vec<u32> = self
+            .video_in
+            .iter()
+            .filter(|(_, v)| v.give_up_at().is_some_and(|t| t <= now))
+            .map(|(&s, _)| s)
+            .collect();
+        for ssrc in waiting {
+            if let Err(e) = self.assemble_stream(now, ssrc) {
+                trace!(error = %e, "video frame refused");
+            }
+        }
+        self.send_nacks(now);
         for r in self.remotes.values_mut() {
             r.jitter.handle_timeout(now);
             while let Some(playout) = r.jitter.poll_playout() {
@@ -937,6 +1269,13 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             .values()
             .filter_map(|r| r.jitter.poll_timeout())
             .chain(self.crypto.poll_timeout())
+            .chain(self.next_feedback)
+            .chain(
+                self.video_in
+                    .values()
+                    .flat_map(|v| [v.nack.poll_timeout(), v.give_up_at()])
+                    .flatten(),
+            )
             .min()
     }
 

@@ -23,6 +23,8 @@ use crate::speaker::{SpeakerConfig, SpeakerDetector};
 
 /// Most retransmissions one NACK packet can trigger.
 const MAX_RESENDS_PER_NACK: usize = 64;
+/// Frame marking bits of a packet that starts a keyframe (start of frame, independent).
+const KEYFRAME_START: u8 = 0x80 | 0x20;
 /// IPv4 and UDP headers, counted in what the congestion controller of a leg sees sent.
 const UDP_IP_OVERHEAD: usize = 28;
 /// Payload type of the SFU's probe padding packets (never media: they carry only padding).
@@ -144,7 +146,8 @@ pub struct SfuConfig {
     pub cache_packets: usize,
     /// Times one cached packet may be resent. Default 2.
     pub max_resends: u8,
-    /// Shortest time between two PLIs relayed to the sender of one SSRC. Default 300 ms.
+    /// Shortest time between two PLIs relayed to the sender of one SSRC, unless a keyframe of
+    /// that SSRC (frame marking: start and independent) came in between. Default 300 ms.
     pub pli_interval: Duration,
     /// SSRC the SFU uses as the sender of the RTCP it originates (relayed PLIs); no participant
     /// may declare it. Default 1.
@@ -1220,6 +1223,15 @@ fn handle_rtp(
         .unprotect_rtp(buf)
         .map_err(PacketError::Srtp)?;
     sender.stats.rtp_received += 1;
+    if info
+        .marking
+        .is_some_and(|m| m & KEYFRAME_START == KEYFRAME_START)
+    {
+        // A keyframe of this SSRC answers every PLI sent for it so far: the next one (a
+        // receiver that missed this keyframe, e.g. whose path came up just after) goes out
+        // at once instead of waiting out `pli_interval`.
+        sender.last_pli.retain(|(s, _)| *s != info.ssrc);
+    }
     let sender_leg = sender.leg;
     let sender_device = sender.device;
     if let StreamKind::SimulcastLayer(_) = kind {

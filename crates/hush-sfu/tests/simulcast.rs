@@ -510,6 +510,39 @@ fn pli_and_nack_from_a_receiver_refer_to_the_stream_it_sees() {
 }
 
 #[test]
+fn a_keyframe_lifts_the_pli_throttle_of_its_layer() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    sim.frame(&[0, 1, 2]);
+    for _ in 0..3 {
+        sim.frame(&[]);
+    }
+    sim.plis_to_sender();
+    let pli = |sim: &mut Sim, i: usize| {
+        sim.rtcp(
+            i,
+            &[RtcpPacket::Pli(Pli {
+                sender_ssrc: 0x1000 + i as u32,
+                media_ssrc: SOURCE,
+            })],
+        );
+    };
+    // Two receivers (both on layer 2) ask within 300 ms: one PLI reaches the sender.
+    pli(&mut sim, 1);
+    pli(&mut sim, 2);
+    assert_eq!(sim.plis_to_sender(), vec![LAYERS[2]]);
+    // The sender answers with a keyframe; receiver 2 missed it (its path was not up, say) and
+    // asks again 66 ms later: relayed at once, not 300 ms on.
+    sim.frame(&[2]);
+    sim.frame(&[]);
+    pli(&mut sim, 2);
+    assert_eq!(sim.plis_to_sender(), vec![LAYERS[2]]);
+    // Without a keyframe in between, the throttle holds.
+    sim.frame(&[]);
+    pli(&mut sim, 1);
+    assert_eq!(sim.plis_to_sender(), Vec::<u32>::new());
+}
+
+#[test]
 fn a_source_that_leaves_and_rejoins_continues_its_output_stream() {
     let mut sim = Sim::new(SfuConfig::default(), 2);
     sim.frame(&[2]);
