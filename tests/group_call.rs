@@ -168,14 +168,23 @@ async fn leave_rejoin_kick_and_outsider() {
         wait_event(call, |e| *e == GroupCallEvent::ParticipantJoined(three)).await;
     }
 
-    // Member 1 mutes: the others are told, and a newcomer learns it on joining.
+    // Member 1 mutes and turns its video off: the others are told, and a newcomer learns
+    // both on joining.
     let one = clients[1].device_id();
     calls[1].set_muted(true).unwrap();
+    calls[1].set_video_enabled(false).unwrap();
     for i in [0, 2, 3] {
         wait_event(&calls[i], |e| {
             *e == GroupCallEvent::RemoteMuted {
                 device: one,
                 muted: true,
+            }
+        })
+        .await;
+        wait_event(&calls[i], |e| {
+            *e == GroupCallEvent::RemoteVideo {
+                device: one,
+                enabled: false,
             }
         })
         .await;
@@ -194,6 +203,24 @@ async fn leave_rejoin_kick_and_outsider() {
         }
     })
     .await;
+    wait_event(&calls[3], |e| {
+        *e == GroupCallEvent::RemoteVideo {
+            device: one,
+            enabled: false,
+        }
+    })
+    .await;
+    // Video back on: announced to everyone, the newcomer included.
+    calls[1].set_video_enabled(true).unwrap();
+    for i in [0, 2, 3] {
+        wait_event(&calls[i], |e| {
+            *e == GroupCallEvent::RemoteVideo {
+                device: one,
+                enabled: true,
+            }
+        })
+        .await;
+    }
 
     // The creator kicks member 2: it is told, the others see it kicked, and it cannot rejoin.
     let two = clients[2].device_id();

@@ -138,11 +138,24 @@ async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer()
     let seen = film(&calls, 10).await;
     assert!(!seen[1].contains_key(&ids[0]), "video off still sent");
     assert!(seen[1].get(&ids[2]).is_some_and(|h| !h.is_empty()));
+    // Video back on (its layers went idle at the SFU meanwhile): the SFU asks for a keyframe
+    // and the others decode 0 again.
+    calls[0].set_video_enabled(true).unwrap();
+    let seen = film(&calls, 15).await;
+    for r in [1, 2] {
+        let back = seen[r].get(&ids[0]).map_or(0, Vec::len);
+        assert!(
+            back >= 5,
+            "{r} decoded {back} of 0's pictures after video on"
+        );
+    }
 
     let stats = calls[1].stats().await.unwrap();
     // The switch to 1's lowest layer waited for a keyframe there, which the SFU asked for.
     assert!(stats.keyframe_requests >= 1, "{stats:?}");
-    assert!(stats.video_pictures_sent >= 70);
+    assert!(stats.video_pictures_sent >= 70, "{stats:?}");
+    // Each receiver reported its downlink to the SFU all along.
+    assert!(stats.transport_feedback_sent >= 20, "{stats:?}");
     assert!(stats.video_frames_sent >= stats.video_pictures_sent * 2);
     assert_eq!(stats.srtp_failures, 0);
     let stats0 = calls[0].stats().await.unwrap();

@@ -150,6 +150,15 @@ pub enum GroupCallEvent {
         /// Muted.
         muted: bool,
     },
+    /// A participant turned its video off or back on (as it announced through the SFU, from
+    /// [`GroupCall::set_video_enabled`]). Everyone starts with video on: a joiner is told of
+    /// each participant whose video is off when it joins.
+    RemoteVideo {
+        /// Who.
+        device: DeviceId,
+        /// Video on.
+        enabled: bool,
+    },
     /// A roster update of ours is in force (version).
     RosterUpdated(u64),
     /// A roster update of ours was refused by the SFU.
@@ -223,6 +232,16 @@ pub struct GroupCallStats {
     pub video_decode_errors: u64,
     /// Keyframe requests from the SFU answered (a layer switch of some receiver, or a loss).
     pub keyframe_requests: u64,
+    /// Transport-wide feedback messages sent to the SFU, from which it estimates this
+    /// device's downlink and picks the layers it forwards here.
+    pub transport_feedback_sent: u64,
+    /// Video sequence numbers asked again from the SFU (NACK, each retry counted).
+    pub video_nacked: u64,
+    /// Video packets that arrived after being missed (mostly the SFU's resends).
+    pub video_packets_recovered: u64,
+    /// Keyframes this device asked for because a frame could not be recovered or a stream
+    /// began without one (besides those asked by the decoder).
+    pub video_keyframes_requested: u64,
 }
 
 /// A member's sender key as it arrived: the device whose Signal session delivered it.
@@ -243,6 +262,7 @@ pub(crate) enum GroupCommand {
     Audio(Vec<i16>),
     View(DeviceId, u16, oneshot::Sender<Result<(), Error>>),
     Mute(bool),
+    Video(bool),
     Kick(DeviceId, oneshot::Sender<Result<(), Error>>),
     Add(DeviceId, oneshot::Sender<Result<(), Error>>),
     Stats(oneshot::Sender<GroupCallStats>),
@@ -329,13 +349,15 @@ impl GroupCall {
         }
     }
 
-    /// Starts (or stops) sending video. Enabled by default; while disabled,
-    /// [`send_video`](Self::send_video) drops the pictures. Not announced to the others (the
-    /// SFU protocol has no video-off notice yet): their tiles just stop updating.
+    /// Starts (or stops) sending video, and announces it to the others
+    /// ([`GroupCallEvent::RemoteVideo`]). Enabled by default; while disabled,
+    /// [`send_video`](Self::send_video) drops the pictures. When video comes back on, the
+    /// SFU asks for a keyframe for each receiver before it forwards any (the layers went
+    /// idle).
     pub fn set_video_enabled(&self, enabled: bool) -> Result<(), Error> {
-        if self.commands.is_closed() {
-            return Err(Error::CallEnded);
-        }
+        self.commands
+            .send(GroupCommand::Video(enabled))
+            .map_err(|_| Error::CallEnded)?;
         self.video_in
             .shared
             .enabled
@@ -607,6 +629,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         audio_out: audio_tx,
         mixed_out: mixed_tx,
         muted: false,
+        video_on: true,
         connected: false,
         restarting: false,
         known: HashSet::new(),
@@ -674,6 +697,8 @@ struct GroupTask {
     audio_out: mpsc::Sender<ParticipantAudio>,
     mixed_out: mpsc::Sender<AudioFrame>,
     muted: bool,
+    /// Video on, as last announced.
+    video_on: bool,
     connected: bool,
     /// An ICE restart is under way: the next selected path is a reconnection.
     restarting: bool,
@@ -845,6 +870,13 @@ impl GroupTask {
                             }
                         }
                     }
+                    Some(GroupCommand::Video(on)) => {
+                        if std::mem::replace(&mut self.video_on, on) != on {
+                            if let Err(e) = writer.set_video(on).await {
+                                warn!(error = %e, "video state not announced");
+                            }
+                        }
+                    }
                     Some(GroupCommand::Kick(device, reply)) => {
                         let r = self.change_roster(&mut writer, device, false).await;
                         let _ = reply.send(r);
@@ -874,6 +906,10 @@ impl GroupTask {
                         s.e2ee = p.e2ee;
                         s.video_frames_sent = p.video_frames_sent;
                         s.video_frames_incomplete = p.video_frames_incomplete;
+                        s.transport_feedback_sent = p.transport_feedback_sent;
+                        s.video_nacked = p.video_nacked;
+                        s.video_packets_recovered = p.video_packets_recovered;
+                        s.video_keyframes_requested = p.video_keyframes_requested;
                         s.video_pictures_sent =
                             self.video_shared.pictures.load(Ordering::Relaxed);
                         s.video_pictures_dropped =
@@ -972,6 +1008,12 @@ impl GroupTask {
                 let _ = self.events.send(GroupCallEvent::RemoteMuted {
                     device: to_signaling(&device),
                     muted,
+                });
+            }
+            Notice::Video { device, enabled } => {
+                let _ = self.events.send(GroupCallEvent::RemoteVideo {
+                    device: to_signaling(&device),
+                    enabled,
                 });
             }
         }

@@ -108,6 +108,12 @@ impl ControlWriter {
         write_frame(&mut self.wr, &ClientMessage::SetMuted { muted }.encode()).await
     }
 
+    /// Tells the SFU (and through it, the others) that this participant turned its video on
+    /// or off.
+    pub async fn set_video(&mut self, enabled: bool) -> Result<(), ControlError> {
+        write_frame(&mut self.wr, &ClientMessage::SetVideo { enabled }.encode()).await
+    }
+
     /// Asks for at most `max_height` pixels of the simulcast source `source` (its source SSRC
     /// as announced; 0 stops it). The SFU switches at the source's next keyframe.
     pub async fn request_view(&mut self, source: u32, max_height: u16) -> Result<(), ControlError> {

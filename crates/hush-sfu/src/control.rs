@@ -35,6 +35,7 @@ const TAG_JOIN: u8 = 0x10;
 const TAG_ROSTER: u8 = 0x11;
 const TAG_MUTE: u8 = 0x12;
 const TAG_VIEW: u8 = 0x13;
+const TAG_VIDEO: u8 = 0x14;
 const TAG_ACCEPTED: u8 = 0x20;
 const TAG_REFUSED: u8 = 0x21;
 const TAG_NOTICE: u8 = 0x22;
@@ -85,6 +86,11 @@ pub enum ClientMessage {
         source: u32,
         /// The largest frame height wanted.
         max_height: u16,
+    },
+    /// This participant turned its video on or off (announced to the others).
+    SetVideo {
+        /// Video on.
+        enabled: bool,
     },
 }
 
@@ -150,6 +156,13 @@ pub enum Notice {
         /// Muted.
         muted: bool,
     },
+    /// A participant turned its video on or off (as it says; the SFU relays it).
+    Video {
+        /// Its device.
+        device: DeviceId,
+        /// Video on.
+        enabled: bool,
+    },
 }
 
 fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -190,6 +203,10 @@ impl ClientMessage {
                 out.extend_from_slice(&source.to_be_bytes());
                 out.extend_from_slice(&max_height.to_be_bytes());
             }
+            Self::SetVideo { enabled } => {
+                out.push(TAG_VIDEO);
+                out.push(u8::from(*enabled));
+            }
         }
         out
     }
@@ -219,6 +236,13 @@ impl ClientMessage {
             TAG_VIEW => Self::RequestView {
                 source: r.u32()?,
                 max_height: r.u16()?,
+            },
+            TAG_VIDEO => Self::SetVideo {
+                enabled: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.malformed("video flag")),
+                },
             },
             _ => return Err(r.malformed("unknown tag")),
         };
@@ -335,6 +359,11 @@ impl Notice {
                 out.extend_from_slice(device.as_bytes());
                 out.push(u8::from(*muted));
             }
+            Self::Video { device, enabled } => {
+                out.push(7);
+                out.extend_from_slice(device.as_bytes());
+                out.push(u8::from(*enabled));
+            }
         }
     }
 
@@ -371,6 +400,15 @@ impl Notice {
                     _ => return Err(r.malformed("mute flag")),
                 };
                 Self::Muted { device, muted }
+            }
+            7 => {
+                let device = device(r)?;
+                let enabled = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.malformed("video flag")),
+                };
+                Self::Video { device, enabled }
             }
             _ => return Err(r.malformed("notice kind")),
         })
@@ -550,6 +588,14 @@ mod tests {
                 device: device(4),
                 muted: true,
             },
+            Notice::Video {
+                device: device(5),
+                enabled: false,
+            },
+            Notice::Video {
+                device: device(5),
+                enabled: true,
+            },
         ];
         for n in &notices {
             let sealed = sealer.seal(n).unwrap();
@@ -621,6 +667,8 @@ mod tests {
                 source: 0x3000,
                 max_height: 180,
             },
+            ClientMessage::SetVideo { enabled: false },
+            ClientMessage::SetVideo { enabled: true },
         ];
         for m in c {
             assert_eq!(ClientMessage::decode(&m.encode()).unwrap(), m);

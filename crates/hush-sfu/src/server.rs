@@ -178,6 +178,10 @@ pub(crate) enum Cmd {
         leg: LegId,
         muted: bool,
     },
+    Video {
+        leg: LegId,
+        enabled: bool,
+    },
     View {
         leg: LegId,
         source: u32,
@@ -408,6 +412,9 @@ async fn serve_conn(
                         Ok(ClientMessage::SetMuted { muted }) => {
                             let _ = cmd.send(Cmd::Mute { leg, muted });
                         }
+                        Ok(ClientMessage::SetVideo { enabled }) => {
+                            let _ = cmd.send(Cmd::Video { leg, enabled });
+                        }
                         Ok(ClientMessage::RequestView { source, max_height }) => {
                             let _ = cmd.send(Cmd::View {
                                 leg,
@@ -463,6 +470,8 @@ struct Leg {
     addr: Option<SocketAddr>,
     /// Whether the participant says it is muted.
     muted: bool,
+    /// Whether the participant says its video is off.
+    video_off: bool,
     /// Its signaling queue overflowed: drop it.
     overflowed: bool,
     /// When a verified check or authenticated media last came (or the join, before any).
@@ -732,6 +741,24 @@ impl Main {
                     other.notify(&Notice::Muted { device, muted });
                 }
             }
+            Cmd::Video { leg, enabled } => {
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
+                if l.video_off == !enabled {
+                    return;
+                }
+                l.video_off = !enabled;
+                let (call, device) = (l.call, l.device);
+                for other in self
+                    .legs
+                    .iter_mut()
+                    .filter(|(id, o)| **id != leg && o.call == call)
+                    .map(|(_, o)| o)
+                {
+                    other.notify(&Notice::Video { device, enabled });
+                }
+            }
             Cmd::Leave { leg } => {
                 if self.sfu.leave(leg).is_err() {
                     // Already gone (kicked, replaced, refused).
@@ -823,6 +850,7 @@ impl Main {
                     pwd: p.pwd,
                     addr: None,
                     muted: false,
+                    video_off: false,
                     overflowed: false,
                     last_seen: self.last_now,
                     sealer: p.sealer,
@@ -837,6 +865,12 @@ impl Main {
                         me.notify(&Notice::Muted {
                             device: other.device,
                             muted: true,
+                        });
+                    }
+                    if other.video_off {
+                        me.notify(&Notice::Video {
+                            device: other.device,
+                            enabled: false,
                         });
                     }
                     other.notify(&Notice::ParticipantJoined {
