@@ -15,6 +15,14 @@
 //! header (SSRC, sequence number, the audio level) stays outside the seam on purpose: the SFU
 //! reads it to forward.
 //!
+//! What goes back to the SFU comes from here too (docs/sfu.md "Feedback and loss recovery of
+//! the client"): transport-wide feedback on every packet's arrival every
+//! [`FEEDBACK_INTERVAL`] (the SFU estimates this receiver's downlink from it and picks the
+//! simulcast layers it forwards here), a receiver report for each of the SFU's sender reports
+//! (its RTT), NACKs for missing video packets (resent from the SFU's cache; video frames are
+//! handed out whole and in order, waiting at most [`VIDEO_RECOVERY_WAIT`] for a resend), and a
+//! PLI when a frame is given up or a stream has not had a keyframe yet.
+//!
 //! Sans-IO: datagrams and `now` in; datagrams, playout actions per participant and a deadline
 //! out.
 
@@ -488,6 +496,8 @@ struct VideoOut {
 
 /// One received video packet waiting for the rest of its frame.
 struct HeldPacket {
+    /// When it arrived.
+    at: Instant,
     timestamp: u32,
     mark: u8,
     payload: Vec<u8>,
@@ -521,8 +531,8 @@ struct VideoIn {
     packets: BTreeMap<u64, HeldPacket>,
     bytes: usize,
     nack: NackScheduler,
-    /// Since when the frame at `next` has been waiting for a missing packet.
-    stalled_since: Option<Instant>,
+    /// The frame at `next` is waiting for a missing packet.
+    stalled: bool,
     /// No keyframe handed out yet: delta frames are dropped (nothing could decode them).
     waiting_key: bool,
     last_keyframe_request: Option<Instant>,
@@ -542,7 +552,7 @@ impl VideoIn {
             packets: BTreeMap::new(),
             bytes: 0,
             nack,
-            stalled_since: None,
+            stalled: false,
             waiting_key: true,
             last_keyframe_request: None,
         }
@@ -568,12 +578,18 @@ impl VideoIn {
         }
     }
 
-    /// Whether the frame at the head may still wait for a missing packet.
+    /// Whether the frame at the head may still wait for a missing packet: the oldest packet
+    /// held (the gap before it, or in its frame, was seen when it came) is not older than
+    /// [`VIDEO_RECOVERY_WAIT`]. So after a frame is given up, the next one waits only for what
+    /// is left of its own packets' wait, not a whole wait more.
     fn may_wait(&mut self, now: Instant) -> bool {
-        let since = *self.stalled_since.get_or_insert(now);
-        now.saturating_duration_since(since) < VIDEO_RECOVERY_WAIT
-            && self.bytes <= MAX_VIDEO_FRAME
-            && self.packets.len() <= MAX_HELD_VIDEO_PACKETS
+        let wait = self.packets.values().next().is_some_and(|p| {
+            now.saturating_duration_since(p.at) < VIDEO_RECOVERY_WAIT
+                && self.bytes <= MAX_VIDEO_FRAME
+                && self.packets.len() <= MAX_HELD_VIDEO_PACKETS
+        });
+        self.stalled = wait;
+        wait
     }
 
     /// Gives up the frame at the head: everything before the next frame start held goes.
@@ -594,7 +610,7 @@ impl VideoIn {
             self.nack.forget(s);
         }
         self.next = Some(to);
-        self.stalled_since = None;
+        self.stalled = false;
         a.incomplete += 1;
         // The frames after a loss go to the decoder anyway (it refuses those whose
         // reference is gone); a keyframe is asked for unless one is next.
@@ -610,7 +626,7 @@ impl VideoIn {
         while let Some(n) = self.next {
             let Some(first) = self.packets.get(&n) else {
                 if self.packets.is_empty() {
-                    self.stalled_since = None;
+                    self.stalled = false;
                     break;
                 }
                 if self.may_wait(now) {
@@ -649,7 +665,7 @@ impl VideoIn {
             let rest = self.packets.split_off(&(end + 1));
             let frame = std::mem::replace(&mut self.packets, rest);
             self.next = Some(end + 1);
-            self.stalled_since = None;
+            self.stalled = false;
             let mut sealed = Vec::with_capacity(frame.values().map(|p| p.payload.len()).sum());
             for p in frame.into_values() {
                 self.bytes = self.bytes.saturating_sub(p.payload.len());
@@ -668,7 +684,13 @@ impl VideoIn {
 
     /// When [`assemble`](Self::assemble) gives up the head frame, if it waits.
     fn give_up_at(&self) -> Option<Instant> {
-        self.stalled_since.map(|t| t + VIDEO_RECOVERY_WAIT)
+        if !self.stalled {
+            return None;
+        }
+        self.packets
+            .values()
+            .next()
+            .map(|p| p.at + VIDEO_RECOVERY_WAIT)
     }
 }
 
@@ -924,6 +946,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         stream.packets.insert(
             ext,
             HeldPacket {
+                at: now,
                 timestamp: packet.header.timestamp,
                 mark,
                 payload: packet.payload,

@@ -745,7 +745,7 @@ impl Main {
                 let Some(l) = self.legs.get_mut(&leg) else {
                     return;
                 };
-                if l.video_off == !enabled {
+                if l.video_off != enabled {
                     return;
                 }
                 l.video_off = !enabled;
