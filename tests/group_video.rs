@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::group::everyone_joins;
-use common::{devices, loopback_config};
-use hush::{Client, Error, GroupCall, I420Frame, GROUP_VIDEO_LAYERS};
+use common::{devices, devices_configured, loopback_config};
+use hush::{Client, Error, GroupCall, I420Frame, SimulatedLink, GROUP_VIDEO_LAYERS};
 use hush_sfu::join::SfuSigningKey;
 use hush_sfu::server::{Server, ServerConfig};
 use hush_signaling::DeviceId;
@@ -48,6 +48,16 @@ fn picture(n: u32, tint: u8) -> I420Frame {
 /// Everyone sends `pictures` pictures at 15 per second; returns, per receiver, the heights of
 /// the pictures decoded from each sender, in order.
 async fn film(calls: &[Arc<GroupCall>], pictures: u32) -> Vec<HashMap<DeviceId, Vec<u32>>> {
+    let everyone: Vec<usize> = (0..calls.len()).collect();
+    film_from(calls, &everyone, pictures).await
+}
+
+/// [`film`] with only the participants in `senders` sending.
+async fn film_from(
+    calls: &[Arc<GroupCall>],
+    senders: &[usize],
+    pictures: u32,
+) -> Vec<HashMap<DeviceId, Vec<u32>>> {
     let mut receivers = Vec::new();
     for call in calls {
         let call = call.clone();
@@ -69,7 +79,9 @@ async fn film(calls: &[Arc<GroupCall>], pictures: u32) -> Vec<HashMap<DeviceId, 
     for n in 0..pictures {
         ticker.tick().await;
         for (i, call) in calls.iter().enumerate() {
-            call.send_video(&picture(n, 60 + 40 * i as u8)).unwrap();
+            if senders.contains(&i) {
+                call.send_video(&picture(n, 60 + 40 * i as u8)).unwrap();
+            }
         }
     }
     let mut out = Vec::new();
@@ -160,6 +172,44 @@ async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer()
     assert_eq!(stats.srtp_failures, 0);
     let stats0 = calls[0].stats().await.unwrap();
     assert!(stats0.video_frames_decoded[&ids[1]] > 0);
+    drop(calls);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_on_a_capped_downlink_gets_a_lower_layer_while_the_other_keeps_the_top_one() {
+    let server = sfu().await;
+    // Participant 2's downlink (SFU → it) is a 250 kbit/s bottleneck: its feedback tells the
+    // SFU, which forwards it a lower layer of participant 0's camera.
+    let (clients, _network) = devices_configured(3, |i| {
+        let mut config = loopback_config();
+        if i == 2 {
+            config.simulated_group_downlink = SimulatedLink::new().bandwidth_bps(Some(250_000));
+        }
+        config
+    });
+    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let sender = clients[0].device_id();
+    let seen = film_from(&calls, &[0], 120).await;
+    let fast = seen[1].get(&sender).cloned().unwrap_or_default();
+    let slow = seen[2].get(&sender).cloned().unwrap_or_default();
+    let stats2 = calls[2].stats().await.unwrap();
+    let stats1 = calls[1].stats().await.unwrap();
+    assert_eq!(fast.last(), Some(&360), "uncapped: {fast:?} {stats1:?}");
+    assert!(fast.iter().all(|&h| h == 360), "uncapped: {fast:?}");
+    let last = slow.last().copied();
+    assert!(last.is_some_and(|h| h < 360), "capped: {slow:?} {stats2:?}");
+    // It kept receiving pictures (on the lower layer) to the end.
+    let tail = slow.iter().rev().take_while(|&&h| h < 360).count();
+    assert!(tail >= 15, "capped: {slow:?}");
+    // The uncapped receiver decoded (nearly) every picture; pictures the sender's encoder
+    // thread dropped on a busy machine are not there to decode.
+    assert!(fast.len() >= 60, "uncapped: {} pictures", fast.len());
+    assert!(stats2.transport_feedback_sent >= 50, "{stats2:?}");
     drop(calls);
     server.shutdown().await;
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::{JitterConfig, Playout};
+use hush_media::sim::NetSim;
 use hush_media::video::I420Frame;
 use hush_net::{Event as NetEvent, IceCredentials, Role};
 use hush_sfu::client::{Incoming, Link};
@@ -644,6 +645,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         video_waiting_key: HashSet::new(),
         video_pli_at: HashMap::new(),
         decode_shared,
+        downlink: Downlink::new(&s.config.simulated_group_downlink),
     };
     tokio::spawn(task.run(
         link,
@@ -725,6 +727,54 @@ struct GroupTask {
     /// When this device last asked each source (by SSRC) for a keyframe.
     video_pli_at: HashMap<u32, Instant>,
     decode_shared: Arc<video::DecodeShared>,
+    /// The simulated downlink (tests only, `ClientConfig::simulated_group_downlink`).
+    downlink: Option<Downlink>,
+}
+
+/// A simulated bottleneck between the socket and the media path (tests only).
+struct Downlink {
+    sim: NetSim<Vec<u8>>,
+    started: Instant,
+    steps: Vec<(Duration, Option<u64>)>,
+    next_step: usize,
+    queue: Duration,
+}
+
+impl Downlink {
+    fn new(link: &super::SimulatedLink) -> Option<Self> {
+        Some(Self {
+            sim: NetSim::new(link.sim_config(0.0)?),
+            started: Instant::now(),
+            steps: link.bandwidth_steps.clone(),
+            next_step: 0,
+            queue: link.queue_delay(),
+        })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let step = self
+            .steps
+            .get(self.next_step)
+            .map(|(at, _)| self.started + *at);
+        self.sim.poll_timeout().into_iter().chain(step).min()
+    }
+
+    /// Applies the rate steps due and moves the datagrams due out of the bottleneck.
+    fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, bps)) = self.steps.get(self.next_step) {
+            if now < self.started + *at {
+                break;
+            }
+            debug!(bps = ?bps, "simulated downlink rate step");
+            self.sim.set_rate(*bps);
+            if let Some(bps) = bps {
+                let bytes = (*bps as f64 / 8.0 * self.queue.as_secs_f64()) as usize;
+                self.sim.set_queue_bytes(bytes.max(1500));
+            }
+            self.next_step += 1;
+        }
+        self.sim.handle_timeout(now);
+    }
 }
 
 /// What the video threads send the call's task.
@@ -785,7 +835,12 @@ impl GroupTask {
         mix_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let ending = loop {
-            let deadline = self.path.poll_timeout();
+            let deadline = self
+                .path
+                .poll_timeout()
+                .into_iter()
+                .chain(self.downlink.as_ref().and_then(Downlink::poll_timeout))
+                .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -814,11 +869,7 @@ impl GroupTask {
                     }
                 }
                 d = datagrams.recv() => match d {
-                    Some(d) => {
-                        if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
-                            debug!(error = %e, "group datagram dropped");
-                        }
-                    }
+                    Some(d) => self.on_datagram(d),
                     None => break Ending::Ended,
                 },
                 ev = net_events.recv() => match ev {
@@ -927,10 +978,9 @@ impl GroupTask {
                     // jitter buffers before their playout ticks run, or frames that are here
                     // would count as late.
                     while let Ok(d) = datagrams.try_recv() {
-                        if let Err(e) = self.path.handle_datagram(Instant::now(), d) {
-                            debug!(error = %e, "group datagram dropped");
-                        }
+                        self.on_datagram(d);
                     }
+                    self.step_downlink();
                     self.path.handle_timeout(Instant::now());
                 }
                 _ = mix_tick.tick() => {
@@ -951,6 +1001,36 @@ impl GroupTask {
             Ending::Left | Ending::Ended => GroupCallEvent::Ended,
         });
         debug!(me = %self.me, "group call task ended");
+    }
+
+    /// A datagram from the SFU: to the media path, through the simulated downlink if any.
+    fn on_datagram(&mut self, d: Vec<u8>) {
+        let now = Instant::now();
+        match self.downlink.as_mut() {
+            Some(link) => {
+                link.sim.handle_packet(now, d);
+                self.step_downlink();
+            }
+            None => {
+                if let Err(e) = self.path.handle_datagram(now, d) {
+                    debug!(error = %e, "group datagram dropped");
+                }
+            }
+        }
+    }
+
+    /// Hands the media path what the simulated downlink lets through by now.
+    fn step_downlink(&mut self) {
+        let Some(link) = self.downlink.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        link.handle_timeout(now);
+        while let Some(d) = link.sim.poll_transmit() {
+            if let Err(e) = self.path.handle_datagram(now, d) {
+                debug!(error = %e, "group datagram dropped");
+            }
+        }
     }
 
     fn on_notice(&mut self, n: Notice) -> Option<Ending> {

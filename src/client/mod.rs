@@ -64,6 +64,12 @@ pub struct ClientConfig {
     /// a bad network over loopback (this client's send direction only; give both clients the
     /// same to impair both ways). All off by default; leave it so in real use.
     pub simulated_link: SimulatedLink,
+    /// Delay, jitter and a bandwidth cap applied to the media a group call receives from the
+    /// SFU (this client's downlink), before the media path sees it, to try a slow receiver
+    /// over loopback. Its `bandwidth_steps` count from the call's start. Group calls only (1:1
+    /// calls impair the send direction, [`simulated_link`](Self::simulated_link)); off by
+    /// default, leave it so in real use.
+    pub simulated_group_downlink: SimulatedLink,
 }
 
 /// Impairments of this client's outgoing media, applied in the media path after SRTP, just
@@ -227,6 +233,7 @@ impl ClientConfig {
             media,
             simulated_send_loss: 0.0,
             simulated_link: SimulatedLink::default(),
+            simulated_group_downlink: SimulatedLink::default(),
         }
     }
 }

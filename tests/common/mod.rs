@@ -56,6 +56,14 @@ pub(crate) fn pair(config: ClientConfig) -> (Client, Client, MemoryNetwork) {
 /// `n` devices on an in-memory signaling network; each has fetched the bundle of every device
 /// after it, so device `i` can call any device `j > i` (and be called back once contacted).
 pub(crate) fn devices(n: u8, config: ClientConfig) -> (Vec<Client>, MemoryNetwork) {
+    devices_configured(n, |_| config.clone())
+}
+
+/// [`devices`], device `i` with the configuration `config(i)`.
+pub(crate) fn devices_configured(
+    n: u8,
+    config: impl Fn(usize) -> ClientConfig,
+) -> (Vec<Client>, MemoryNetwork) {
     let network = MemoryNetwork::new();
     let mut sealers: Vec<_> = (1..=n).map(sealer).collect();
     for j in 1..sealers.len() {
@@ -75,10 +83,12 @@ pub(crate) fn devices(n: u8, config: ClientConfig) -> (Vec<Client>, MemoryNetwor
     }
     let clients = sealers
         .into_iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let endpoint = network.endpoint(s.device_id());
+            let config = config(i);
             Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
-                .config(config.clone())
+                .config(config)
                 .build()
         })
         .collect();
