@@ -12,12 +12,14 @@
 //!
 //! ```text
 //! cargo run --example group_call -- --participants 6 [--video] [--seconds 10] [--loss PCT]
-//!                                   [--loudest-n N|all]
+//!                                   [--loudest-n N|all] [--downlink-kbps K]
 //! ```
 //!
 //! `--video` makes every participant also send 640×360 camera pictures at 12.5 per second
 //! (three simulcast layers); the summary then counts each peer's decoded pictures and the
-//! height of the last one.
+//! height of the last one, and how often the layer of the pictures from that peer changed.
+//! `--downlink-kbps K` puts the last participant's downlink (SFU → it) behind a K kbit/s
+//! bottleneck: its feedback makes the SFU forward it lower layers than the others get.
 //!
 //! `--loss PCT` makes every client drop that share of the datagrams it sends to the SFU;
 //! `--loudest-n` is the SFU's audio selection (default 3: only the three loudest participants'
@@ -30,6 +32,7 @@ use std::time::Duration;
 
 use hush::{
     Client, ClientConfig, ClientEvent, FrameSource, GroupCall, GroupCallEvent, I420Frame, SfuInfo,
+    SimulatedLink,
 };
 use hush_crypto::{Device, DeviceStore, MemoryBackend};
 use hush_net::driver::Bind;
@@ -49,6 +52,7 @@ struct Args {
     loss: f64,
     loudest_n: Option<usize>,
     video: bool,
+    downlink_kbps: Option<u64>,
 }
 
 /// A group call through an SFU started in-process (see the file's documentation).
@@ -71,6 +75,9 @@ struct Cli {
     /// Everyone also sends video (640×360 test pictures in three simulcast layers).
     #[arg(long)]
     video: bool,
+    /// Cap the last participant's downlink (SFU → it) at this many kbit/s.
+    #[arg(long, value_name = "K")]
+    downlink_kbps: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, Failure> {
@@ -88,6 +95,7 @@ fn parse_args() -> Result<Args, Failure> {
         loss: cli.loss / 100.0,
         loudest_n,
         video: cli.video,
+        downlink_kbps: cli.downlink_kbps,
     })
 }
 
@@ -129,10 +137,18 @@ fn clients(args: &Args) -> Result<(Vec<Client>, MemoryNetwork), Failure> {
     let config = config(args)?;
     let clients = sealers
         .into_iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let endpoint = network.endpoint(s.device_id());
+            let mut config = config.clone();
+            if i + 1 == n {
+                if let Some(kbps) = args.downlink_kbps {
+                    config.simulated_group_downlink =
+                        SimulatedLink::new().bandwidth_bps(Some(kbps * 1000));
+                }
+            }
             Client::builder(SignalingClient::new(endpoint, s), config.net.clone())
-                .config(config.clone())
+                .config(config)
                 .build()
         })
         .collect();
@@ -182,6 +198,9 @@ struct Heard {
     joined: u64,
     video: HashMap<DeviceId, u64>,
     video_height: HashMap<DeviceId, u32>,
+    /// Changes of the layer of the pictures received from each peer.
+    layer_changes: HashMap<DeviceId, u64>,
+    layer: HashMap<DeviceId, u8>,
 }
 
 async fn run(args: Args) -> Result<bool, Failure> {
@@ -240,6 +259,9 @@ async fn run(args: Args) -> Result<bool, Failure> {
                         Some(v) => {
                             *heard.video.entry(v.device).or_insert(0) += 1;
                             heard.video_height.insert(v.device, v.frame.height());
+                            if heard.layer.insert(v.device, v.layer).is_some_and(|l| l != v.layer) {
+                                *heard.layer_changes.entry(v.device).or_insert(0) += 1;
+                            }
                         }
                         None => break,
                     },
@@ -314,7 +336,8 @@ async fn run(args: Args) -> Result<bool, Failure> {
                     ok = false;
                 }
                 let height = h.video_height.get(&d).copied().unwrap_or(0);
-                format!(",\"video_decoded\":{pictures},\"video_height\":{height}")
+                let changes = h.layer_changes.get(&d).copied().unwrap_or(0);
+                format!(",\"video_decoded\":{pictures},\"video_height\":{height},\"layer_changes\":{changes}")
             } else {
                 String::new()
             };
@@ -324,7 +347,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
             ));
         }
         parts.push(format!(
-            "{{\"device\":\"{}\",\"frames_sent\":{},\"video_pictures_sent\":{},\"video_pictures_dropped\":{},\"received\":[{}],\"active_speaker_changes\":{},\"late\":{},\"srtp_failures\":{},\"mixed_frames\":{}}}",
+            "{{\"device\":\"{}\",\"frames_sent\":{},\"video_pictures_sent\":{},\"video_pictures_dropped\":{},\"received\":[{}],\"active_speaker_changes\":{},\"late\":{},\"srtp_failures\":{},\"mixed_frames\":{},\"transport_feedback_sent\":{},\"video_nacked\":{},\"video_packets_recovered\":{},\"video_keyframes_requested\":{}}}",
             short(&me),
             s.frames_sent,
             s.video_pictures_sent,
@@ -334,6 +357,10 @@ async fn run(args: Args) -> Result<bool, Failure> {
             s.late,
             s.srtp_failures,
             s.mixed_frames,
+            s.transport_feedback_sent,
+            s.video_nacked,
+            s.video_packets_recovered,
+            s.video_keyframes_requested,
         ));
     }
     println!(
@@ -358,7 +385,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("group_call: {e}");
-            eprintln!("usage: cargo run --example group_call -- --participants N [--video] [--seconds S] [--loss PCT] [--loudest-n N|all]");
+            eprintln!("usage: cargo run --example group_call -- --participants N [--video] [--seconds S] [--loss PCT] [--loudest-n N|all] [--downlink-kbps K]");
             return ExitCode::from(2);
         }
     };
