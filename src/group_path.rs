@@ -1329,6 +1329,84 @@ pub fn audio_level(pcm: &[i16]) -> u8 {
 mod tests {
     use super::*;
 
+    fn device() -> DeviceId {
+        use hush_sfu::ed25519_dalek::SigningKey;
+        DeviceId::from_signing_key(&SigningKey::from_bytes(&[3; 32]))
+    }
+
+    /// Feeds packet `seq` of frame `ts` with marking `mark` to `v`.
+    fn feed(v: &mut VideoIn, now: Instant, seq: u16, ts: u32, mark: u8) -> Vec<SealedFrame> {
+        let ext = v.extend(seq);
+        v.nack.on_packet(now, ext);
+        let next = *v.next.get_or_insert(ext);
+        if ext >= next && !v.packets.contains_key(&ext) {
+            v.bytes += 1;
+            v.packets.insert(
+                ext,
+                HeldPacket {
+                    at: now,
+                    timestamp: ts,
+                    mark,
+                    payload: vec![seq as u8],
+                },
+            );
+        }
+        let mut out = Vec::new();
+        v.assemble(now, &mut out);
+        out
+    }
+
+    #[test]
+    fn video_frames_come_out_whole_and_in_order_across_a_sequence_wrap() {
+        let t0 = Instant::now();
+        let mut v = VideoIn::new(device());
+        let key = MARK_START | MARK_END | MARK_KEY;
+        // A one-packet keyframe at 65534, then a two-packet frame over the wrap.
+        assert_eq!(feed(&mut v, t0, 65534, 1, key).len(), 1);
+        assert!(feed(&mut v, t0, 65535, 2, MARK_START).is_empty());
+        let f = feed(&mut v, t0, 0, 2, MARK_END);
+        assert_eq!(f, vec![(2, false, vec![255, 0])]);
+        // Packet 1 is lost: frame 3 (1, 2) waits, frame 4 (3) waits behind it; 1 is NACKed.
+        assert!(feed(&mut v, t0, 2, 3, MARK_END).is_empty());
+        assert!(feed(&mut v, t0, 3, 4, MARK_START | MARK_END).is_empty());
+        let lost: Vec<u16> = v
+            .nack
+            .poll_nacks(t0, NACK_RTT)
+            .into_iter()
+            .map(|e| e as u16)
+            .collect();
+        assert_eq!(lost, vec![1]);
+        // Its resend comes: both frames, in order. A late copy of 0 is ignored.
+        let f = feed(&mut v, t0, 1, 3, MARK_START);
+        assert_eq!(f, vec![(3, false, vec![1, 2]), (4, false, vec![3])]);
+        assert!(feed(&mut v, t0, 0, 2, MARK_END).is_empty());
+        // Packet 4 never comes: the frame (4, 5) is given up after the wait, and a keyframe
+        // asked for, since what follows (6) is not one.
+        assert!(feed(&mut v, t0, 5, 5, MARK_END).is_empty());
+        assert!(feed(&mut v, t0, 6, 6, MARK_START | MARK_END).is_empty());
+        let mut out = Vec::new();
+        let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT / 2, &mut out);
+        assert!(out.is_empty() && a.incomplete == 0);
+        assert_eq!(v.give_up_at(), Some(t0 + VIDEO_RECOVERY_WAIT));
+        let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
+        assert_eq!((a.incomplete, a.need_key), (1, true));
+        assert_eq!(out, vec![(6, false, vec![6])]);
+        assert!(v.packets.is_empty() && v.bytes == 0);
+    }
+
+    #[test]
+    fn a_stream_drops_delta_frames_until_its_first_keyframe() {
+        let t0 = Instant::now();
+        let mut v = VideoIn::new(device());
+        let one = MARK_START | MARK_END;
+        assert!(feed(&mut v, t0, 10, 1, one).is_empty());
+        let mut out = Vec::new();
+        let a = v.assemble(t0, &mut out);
+        assert!(out.is_empty() && !a.need_key, "already counted");
+        assert_eq!(feed(&mut v, t0, 11, 2, one | MARK_KEY).len(), 1);
+        assert_eq!(feed(&mut v, t0, 12, 3, one).len(), 1);
+    }
+
     #[test]
     fn audio_level_of_silence_full_scale_and_a_quiet_tone() {
         assert_eq!(audio_level(&[0; 960]), 127);
