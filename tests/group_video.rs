@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::group::everyone_joins;
+use common::group::{everyone_joins, info, invitation, joined_and_connected};
 use common::{devices, devices_configured, loopback_config};
 use hush::{Client, Error, GroupCall, I420Frame, SimulatedLink, GROUP_VIDEO_LAYERS};
 use hush_sfu::join::SfuSigningKey;
@@ -210,6 +210,48 @@ async fn a_receiver_on_a_capped_downlink_gets_a_lower_layer_while_the_other_keep
     // thread dropped on a busy machine are not there to decode.
     assert!(fast.len() >= 60, "uncapped: {} pictures", fast.len());
     assert!(stats2.transport_feedback_sent >= 50, "{stats2:?}");
+    drop(calls);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_decodes_video_at_once_from_one_keyframe_request() {
+    let server = sfu().await;
+    let (clients, _network) = devices(3, loopback_config());
+    let ids: Vec<DeviceId> = clients.iter().map(Client::device_id).collect();
+    let c0 = clients[0]
+        .group_call(info(&server), &ids[1..])
+        .await
+        .unwrap();
+    let invite1 = invitation(&clients[1]).await;
+    let invite2 = invitation(&clients[2]).await;
+    let c1 = clients[1].join_group_call(&invite1).await.unwrap();
+    joined_and_connected(&c0, 1).await;
+    joined_and_connected(&c1, 1).await;
+    let (c0, c1) = (Arc::new(c0), Arc::new(c1));
+    // Participant 0's video runs for 2 s (its encoder makes periodic keyframes only every
+    // 10 s), then participant 2 joins.
+    let seen = film_from(&[c0.clone(), c1.clone()], &[0], 30).await;
+    assert!(seen[1].get(&ids[0]).is_some_and(|h| h.len() >= 15));
+    let c2 = clients[2].join_group_call(&invite2).await.unwrap();
+    joined_and_connected(&c2, 2).await;
+    let before = c0.stats().await.unwrap().keyframe_requests;
+    let calls = [c0.clone(), c1, Arc::new(c2)];
+    let seen = film_from(&calls, &[0], 30).await;
+    let late = seen[2].get(&ids[0]).cloned().unwrap_or_default();
+    let stats2 = calls[2].stats().await.unwrap();
+    // It decoded nearly all of the 30 pictures sent after it joined: the keyframe it started
+    // from was made for it, not the encoder's next periodic one (8 s away).
+    assert!(
+        late.len() >= 20,
+        "late joiner decoded {}: {stats2:?}",
+        late.len()
+    );
+    assert_eq!(stats2.video_decode_errors, 0, "{stats2:?}");
+    // One keyframe request (the SFU's, for the joiner's new layer subscription, and maybe the
+    // joiner's own if that keyframe passed before its path was up), not a stream of them.
+    let asked = c0.stats().await.unwrap().keyframe_requests - before;
+    assert!((1..=3).contains(&asked), "{asked} keyframe requests");
     drop(calls);
     server.shutdown().await;
 }
