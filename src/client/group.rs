@@ -643,6 +643,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         video_sources: HashMap::new(),
         video_decode: decode_tx,
         video_waiting_key: HashSet::new(),
+        video_decoder_layer: HashMap::new(),
         video_pli_at: HashMap::new(),
         decode_shared,
         downlink: Downlink::new(&s.config.simulated_group_downlink),
@@ -724,6 +725,8 @@ struct GroupTask {
     /// Participants whose frames are dropped until their next keyframe (the decoder thread
     /// was behind and missed one of theirs).
     video_waiting_key: HashSet<SfuDeviceId>,
+    /// The layer of the last keyframe given to each participant's decoder.
+    video_decoder_layer: HashMap<SfuDeviceId, u8>,
     /// When this device last asked each source (by SSRC) for a keyframe.
     video_pli_at: HashMap<u32, Instant>,
     decode_shared: Arc<video::DecodeShared>,
@@ -1063,6 +1066,7 @@ impl GroupTask {
                     .video_decode
                     .try_send(video::DecodeJob::Forget(to_signaling(&device)));
                 self.video_waiting_key.remove(&device);
+                self.video_decoder_layer.remove(&device);
                 self.video_sources.remove(&device);
                 self.mix.remove(&device);
                 self.answered.remove(&device);
@@ -1290,12 +1294,26 @@ impl GroupTask {
     fn drain_video(&mut self) {
         self.answer_keyframe_requests();
         while let Some(v) = self.path.poll_video() {
+            // A delta frame of another layer than the decoder's last keyframe (a layer switch
+            // whose keyframe was lost) cannot be decoded: the decoder reads it against the
+            // other layer's parameters (seen: a 180-line delta decoded as a 90-line picture
+            // behind a capped downlink). Dropped up to a keyframe, which is asked for.
+            if !v.keyframe
+                && self.video_decoder_layer.get(&v.device) != Some(&v.layer)
+                && !self.video_waiting_key.contains(&v.device)
+            {
+                self.video_waiting_key.insert(v.device);
+                self.ask_keyframe(v.ssrc);
+            }
             if self.video_waiting_key.contains(&v.device) {
                 if !v.keyframe {
                     self.stats.video_frames_skipped += 1;
                     continue;
                 }
                 self.video_waiting_key.remove(&v.device);
+            }
+            if v.keyframe {
+                self.video_decoder_layer.insert(v.device, v.layer);
             }
             let job = video::DecodeJob::Frame {
                 device: to_signaling(&v.device),
@@ -1308,6 +1326,7 @@ impl GroupTask {
                 Err(std::sync::mpsc::TrySendError::Full(_)) => {
                     self.stats.video_frames_skipped += 1;
                     self.video_waiting_key.insert(v.device);
+                    self.video_decoder_layer.remove(&v.device);
                     self.ask_keyframe(v.ssrc);
                 }
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
