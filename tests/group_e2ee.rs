@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::group::{
     everyone_joins, info, invitation, joined_and_connected, sframe_header, sframe_key_id,
-    wait_event,
+    wait_event, WAIT,
 };
 use common::{devices, loopback_config, tone};
 use hush::{Client, FrameSource, GroupCall, GroupCallEvent};
@@ -208,14 +208,28 @@ async fn after_a_kick_the_others_send_under_fresh_keys_the_kicked_member_never_r
     let kicked = clients[2].device_id();
     calls[0].kick(kicked).await.unwrap();
     wait_event(&calls[2], |e| *e == GroupCallEvent::Kicked).await;
-    for call in &calls[..2] {
-        wait_event(call, |e| {
-            *e == GroupCallEvent::ParticipantLeft {
-                device: kicked,
-                kicked: true,
+    // Each remaining member sees the kick and is told it holds the other's new generation
+    // (in either order: the other's key may come before this member's own notice).
+    let newest_before = before.values().copied().max().unwrap();
+    for (i, call) in calls[..2].iter().enumerate() {
+        let other = clients[1 - i].device_id();
+        let (mut left, mut key) = (false, false);
+        while !(left && key) {
+            match tokio::time::timeout(WAIT, call.next_event())
+                .await
+                .expect("event in time")
+                .expect("call task alive")
+            {
+                GroupCallEvent::ParticipantLeft {
+                    device,
+                    kicked: true,
+                } if device == kicked => left = true,
+                GroupCallEvent::SenderKeyInstalled {
+                    device, generation, ..
+                } if device == other && generation > newest_before => key = true,
+                _ => {}
             }
-        })
-        .await;
+        }
     }
     // Frames sent before the kick have reached the SFU; what it forwards from here was sent
     // after both remaining members saw the kick.

@@ -1,23 +1,31 @@
 //! Key rotation time of a group call whose keys travel over the real hush relay (TCP on
 //! loopback): from one member's leave to every remaining member holding every remaining
 //! sender's new key, and to every remaining sender's frames on its new key at the SFU. A
-//! measurement (printed; docs/benchmarks.md), checked only for the rotation happening.
+//! measurement (printed; docs/benchmarks.md), checked only for the rotation happening. The
+//! test learns of each key from `GroupCallEvent::SenderKeyInstalled`, as an app would. In the
+//! same run it measures issue #18's yardstick on the same relay: one relay round trip and the
+//! Signal sealing of one key message.
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::group::{info, invitation, joined_and_connected, sframe_key_id, wait_event};
+use common::group::{info, invitation, joined_and_connected, sframe_key_id, WAIT};
 use common::{loopback_config, sealer, tone};
 use hush::{Client, GroupCall, GroupCallEvent};
+use hush_crypto::group::{GroupCallId, GroupE2ee, MemberSlot};
 use hush_media::rtp::RtpPacket;
 use hush_relay::{Relay, RelayConfig};
+use hush_sfu::ed25519_dalek::SigningKey;
 use hush_sfu::join::SfuSigningKey;
+use hush_sfu::roster::Roster;
 use hush_sfu::server::{Server, ServerConfig};
-use hush_sfu::{ForwardTap, SfuConfig};
-use hush_signaling::transport::{RelayClient, RelayClientConfig};
-use hush_signaling::SignalingClient;
+use hush_sfu::{CallId as SfuCallId, DeviceId as SfuDeviceId, ForwardTap, SfuConfig};
+use hush_signaling::transport::{RelayClient, RelayClientConfig, Transport};
+use hush_signaling::{CallMessage, DeviceId, GroupKey, SignalingClient, SignalingEvent};
+use tokio::sync::mpsc;
 
 type Tapped = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 
@@ -60,6 +68,170 @@ async fn relay_devices(addr: std::net::SocketAddr, n: u8) -> Vec<Client> {
 fn generation(frame: &[u8]) -> Option<(u8, u16)> {
     let id = sframe_key_id(frame)?;
     Some((id.sender.0, id.generation))
+}
+
+/// Milliseconds, one decimal.
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+/// The figures of one leave.
+struct Round {
+    /// From the leave to each remaining member's leave notice (`ParticipantLeft`).
+    notices: Vec<Duration>,
+    /// From a sender's own leave notice to its new key held by both other members, the
+    /// longest of the three senders.
+    from_notice: Duration,
+    /// The median of the six (sender's notice to its key held by one other member).
+    pair_median: Duration,
+    /// From the leave to all six new keys held.
+    keys_held: Duration,
+    /// From the leave to the first frame of every remaining sender under its new generation
+    /// at the SFU.
+    senders_switched: Duration,
+}
+
+/// The events of the members that stay, with the newest key generation each holds of each
+/// other.
+struct Events {
+    rx: mpsc::UnboundedReceiver<(usize, Instant, GroupCallEvent)>,
+    stable: Vec<DeviceId>,
+    /// (receiver, sender) -> newest generation installed.
+    generations: HashMap<(usize, usize), u16>,
+}
+
+impl Events {
+    /// Which stable member a `SenderKeyInstalled` is from.
+    fn sender_of(&self, e: &GroupCallEvent) -> Option<usize> {
+        match e {
+            GroupCallEvent::SenderKeyInstalled { device, .. } => {
+                self.stable.iter().position(|d| d == device)
+            }
+            _ => None,
+        }
+    }
+
+    fn note(&mut self, i: usize, e: &GroupCallEvent) {
+        if let (Some(s), GroupCallEvent::SenderKeyInstalled { generation, .. }) =
+            (self.sender_of(e), e)
+        {
+            let g = self.generations.entry((i, s)).or_insert(0);
+            *g = (*g).max(*generation);
+        }
+    }
+
+    /// The next event (by `deadline`, or the test fails).
+    async fn next(&mut self, deadline: Instant) -> (usize, Instant, GroupCallEvent) {
+        let (i, at, e) = tokio::time::timeout_at(deadline.into(), self.rx.recv())
+            .await
+            .expect("event in time")
+            .expect("calls alive");
+        self.note(i, &e);
+        (i, at, e)
+    }
+
+    /// Takes in the events that came so far.
+    fn drain(&mut self) {
+        while let Ok((i, _, e)) = self.rx.try_recv() {
+            self.note(i, &e);
+        }
+    }
+}
+
+/// What one key message costs on the relay the call uses.
+struct Yardstick {
+    /// From handing an envelope to the relay to the relay's answer, which it gives when the
+    /// recipient (reading) acknowledges it.
+    round_trips: Vec<Duration>,
+    /// From handing an envelope to the relay to the recipient having opened it.
+    deliveries: Vec<Duration>,
+    /// Sealing one group key message (`SignalingClient::seal`, as the client's actor does
+    /// for each recipient).
+    seals: Vec<Duration>,
+}
+
+/// Two more devices on the relay at `addr` with a Signal session (both ways used once, so
+/// messages are ordinary Signal messages like a call's key messages); 21 key messages from
+/// one to the other, sealed and sent one at a time while the other reads.
+async fn yardstick(addr: std::net::SocketAddr) -> Yardstick {
+    const SAMPLES: usize = 21;
+    let mut sealers = vec![sealer(5), sealer(6)];
+    let mut transports = Vec::new();
+    for s in &mut sealers {
+        let relay = RelayClient::connect_tcp(addr, s.signer(), RelayClientConfig::default())
+            .await
+            .expect("authenticates");
+        let material = s.publish(1, 1).expect("prekeys");
+        relay
+            .upload_prekeys(material.bundle, material.one_time_prekeys, false)
+            .await
+            .expect("prekeys uploaded");
+        transports.push(relay);
+    }
+    let b_id = sealers[1].device_id();
+    let a_id = sealers[0].device_id();
+    let fetched = transports[0].fetch_bundle(b_id).await.expect("bundle");
+    sealers[0].start_session(&fetched).expect("session");
+    let b_sealer = sealers.pop().unwrap();
+    let a_sealer = sealers.pop().unwrap();
+    let b_transport = transports.pop().unwrap();
+    let mut a = SignalingClient::new(transports.pop().unwrap(), a_sealer);
+    // A key message the size of the call's: a real key message and a 4-member roster.
+    let members: Vec<SfuDeviceId> = (0..4u8)
+        .map(|i| SfuDeviceId::from_signing_key(&SigningKey::from_bytes(&[i + 40; 32])))
+        .collect();
+    let creator = SigningKey::from_bytes(&[40; 32]);
+    let roster = Roster::sign(&creator, SfuCallId::from_bytes([7; 16]), 1, &members).unwrap();
+    let e2ee = GroupE2ee::new(GroupCallId([7; 16]), MemberSlot(0), &mut rand::rng()).unwrap();
+    let key = GroupKey {
+        call_id: [7; 16],
+        key_message: e2ee.key_message().encode(),
+        roster: roster.encode(),
+    };
+    // One message each way first: A's prekey message, then B's answer.
+    let mut b = SignalingClient::new(b_transport, b_sealer);
+    a.send(b_id, CallMessage::GroupKey(key.clone()))
+        .await
+        .expect("first message");
+    b.recv().await.expect("first message in");
+    let (_, answered) = b
+        .start_send(a_id, CallMessage::GroupKey(key.clone()))
+        .await
+        .expect("answer");
+    a.recv().await.expect("answer in");
+    answered.await.expect("answer acknowledged");
+    // B reads (and acknowledges) from now on.
+    let (opened_tx, mut opened) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Ok(SignalingEvent::Message(_)) = b.recv().await {
+            if opened_tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut y = Yardstick {
+        round_trips: Vec::new(),
+        deliveries: Vec::new(),
+        seals: Vec::new(),
+    };
+    for _ in 0..SAMPLES {
+        let t0 = Instant::now();
+        let envelope = a
+            .seal(b_id, CallMessage::GroupKey(key.clone()))
+            .await
+            .expect("sealed");
+        let t1 = Instant::now();
+        let receipt = a.transport_mut().start_send(envelope).await.expect("sent");
+        receipt.await.expect("answered");
+        let t2 = Instant::now();
+        let at = opened.recv().await.expect("opened");
+        y.seals.push(t1 - t0);
+        y.round_trips.push(t2 - t1);
+        y.deliveries.push(at - t1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.abort();
+    y
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,41 +300,65 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut figures = Vec::new();
+    // Every event of the three members that stay, timestamped as it arrives (the test
+    // learns of a key when `SenderKeyInstalled` comes out of the call, as an app would).
+    let stable: Vec<DeviceId> = clients[..3].iter().map(Client::device_id).collect();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let mut forwarders = Vec::new();
+    for (i, call) in calls[..3].iter().enumerate() {
+        let call = call.clone();
+        let tx = ev_tx.clone();
+        forwarders.push(tokio::spawn(async move {
+            while let Some(e) = call.next_event().await {
+                if tx.send((i, Instant::now(), e)).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(ev_tx);
+    let mut events = Events {
+        rx: ev_rx,
+        stable,
+        generations: HashMap::new(),
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let three = clients[3].device_id();
+
+    let mut rounds = Vec::new();
     for round in 0..5 {
         // Member 3 leaves (and comes back between rounds).
-        let keys_before: Vec<u64> = {
-            let mut v = Vec::new();
-            for c in &calls[..3] {
-                v.push(c.stats().await.unwrap().e2ee.keys_installed);
-            }
-            v
-        };
+        events.drain();
+        let before = events.generations.clone();
         let mark = tapped.lock().unwrap().len();
         let left = Instant::now();
         calls[3].leave();
-        // Until every remaining member has installed the two other remaining senders' new
-        // keys (each arrives sealed over the relay).
-        let mut keys_at = None;
-        while keys_at.is_none() {
-            let mut all = true;
-            for (c, before) in calls[..3].iter().zip(&keys_before) {
-                if c.stats().await.unwrap().e2ee.keys_installed < before + 2 {
-                    all = false;
+        // Until every remaining member has had the leave notice and has installed the two
+        // other remaining senders' new keys (each arrives sealed over the relay).
+        let mut notices: [Option<Instant>; 3] = [None; 3];
+        let mut keys: HashMap<(usize, usize), Instant> = HashMap::new();
+        while notices.iter().any(Option::is_none) || keys.len() < 6 {
+            let (i, at, e) = events.next(left + Duration::from_secs(10)).await;
+            match e {
+                GroupCallEvent::ParticipantLeft { device, .. } if device == three => {
+                    notices[i] = Some(at);
                 }
-            }
-            if all {
-                keys_at = Some(left.elapsed());
-            } else {
-                assert!(left.elapsed() < Duration::from_secs(10), "keys in time");
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                GroupCallEvent::SenderKeyInstalled { generation, .. } => {
+                    if let Some(s) = events.sender_of(&e) {
+                        if generation > before.get(&(i, s)).copied().unwrap_or(0) {
+                            keys.entry((i, s)).or_insert(at);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
+        let notices: Vec<Instant> = notices.iter().map(|n| n.unwrap()).collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
         // When each remaining sender's frames first came under a newer generation.
         let tap = tapped.lock().unwrap().clone();
-        let mut first_new: std::collections::HashMap<u8, Instant> = Default::default();
-        let mut old: std::collections::HashMap<u8, u16> = Default::default();
+        let mut first_new: HashMap<u8, Instant> = HashMap::new();
+        let mut old: HashMap<u8, u16> = HashMap::new();
         for (_, p) in &tap[..mark] {
             if let Some((s, g)) = RtpPacket::parse(p)
                 .ok()
@@ -183,38 +379,102 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
             }
         }
         assert_eq!(first_new.len(), 3, "round {round}: {first_new:?}");
-        let senders_at = first_new.values().map(|t| *t - left).max().unwrap();
-        let keys_at = keys_at.unwrap();
+        let figures = Round {
+            notices: notices.iter().map(|n| *n - left).collect(),
+            // Each sender rotates on its own notice: from there to its key being held by
+            // both other members, the longest of the three senders.
+            from_notice: keys
+                .iter()
+                .map(|(&(_, s), at)| at.saturating_duration_since(notices[s]))
+                .max()
+                .unwrap(),
+            pair_median: {
+                let mut v: Vec<Duration> = keys
+                    .iter()
+                    .map(|(&(_, s), at)| at.saturating_duration_since(notices[s]))
+                    .collect();
+                v.sort();
+                v[v.len() / 2]
+            },
+            keys_held: keys.values().map(|at| *at - left).max().unwrap(),
+            senders_switched: first_new.values().map(|t| *t - left).max().unwrap(),
+        };
         println!(
-            "rotation round {round}: all senders on the new key at the SFU after {:.1} ms; \
-             all remaining members hold all new keys after {:.1} ms",
-            senders_at.as_secs_f64() * 1e3,
-            keys_at.as_secs_f64() * 1e3
+            "rotation round {round}: leave notices after {} ms; each sender's new key held by \
+             the others at most {} ms after its notice (median of the six keys {} ms); all new \
+             keys held {} ms after the leave; all senders on the new key at the SFU after {} ms",
+            figures
+                .notices
+                .iter()
+                .map(|d| ms(*d))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ms(figures.from_notice),
+            ms(figures.pair_median),
+            ms(figures.keys_held),
+            ms(figures.senders_switched),
         );
-        figures.push((senders_at, keys_at));
+        rounds.push(figures);
         // Member 3 comes back for the next round.
         let back = clients[3].join_group_call(&invites[2]).await.unwrap();
         joined_and_connected(&back, 3).await;
-        let three = clients[3].device_id();
-        for c in &calls[..3] {
-            wait_event(c, |e| *e == GroupCallEvent::ParticipantJoined(three)).await;
+        let mut seen = [false; 3];
+        while seen.iter().any(|s| !s) {
+            let (i, _, e) = events.next(Instant::now() + WAIT).await;
+            if e == GroupCallEvent::ParticipantJoined(three) {
+                seen[i] = true;
+            }
         }
         calls[3] = Arc::new(back);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+
+    // The yardstick, on the same relay, while the call goes on: the relay's round trip and
+    // the sealing of one key message.
+    let yardstick = yardstick(relay_addr).await;
+
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
+    let notice = median(rounds.iter().flat_map(|r| r.notices.clone()).collect());
+    let from_notice = median(rounds.iter().map(|r| r.from_notice).collect());
+    let pair = median(rounds.iter().map(|r| r.pair_median).collect());
+    let keys_held = median(rounds.iter().map(|r| r.keys_held).collect());
+    let senders = median(rounds.iter().map(|r| r.senders_switched).collect());
+    let rtt = median(yardstick.round_trips.clone());
+    let one_way = median(yardstick.deliveries.clone());
+    let seal = median(yardstick.seals.clone());
     println!(
-        "rotation over the relay, median of {}: senders {:.1} ms, keys {:.1} ms",
-        figures.len(),
-        median(figures.iter().map(|f| f.0).collect()).as_secs_f64() * 1e3,
-        median(figures.iter().map(|f| f.1).collect()).as_secs_f64() * 1e3
+        "rotation over the relay, median of {} rounds: leave notice {} ms; notice -> new key \
+         held by all {} ms (one key {} ms); leave -> all new keys held {} ms; senders on the \
+         new key at the SFU {} ms",
+        rounds.len(),
+        ms(notice),
+        ms(from_notice),
+        ms(pair),
+        ms(keys_held),
+        ms(senders)
+    );
+    println!(
+        "yardstick on the same relay, median of {}: round trip (send -> answer on the \
+         recipient's acknowledgement) {} ms [{} .. {}]; one-way delivery (send -> opened by \
+         the recipient) {} ms; sealing one key message {} ms; 1 RTT + 2 x sealing (two \
+         recipients, sealed in turn) = {} ms",
+        yardstick.round_trips.len(),
+        ms(rtt),
+        ms(*yardstick.round_trips.iter().min().unwrap()),
+        ms(*yardstick.round_trips.iter().max().unwrap()),
+        ms(one_way),
+        ms(seal),
+        ms(rtt + 2 * seal)
     );
     talking.store(false, std::sync::atomic::Ordering::Relaxed);
     for s in speakers {
         let _ = s.await;
+    }
+    for f in forwarders {
+        f.abort();
     }
     drop(calls);
     server.shutdown().await;

@@ -144,6 +144,18 @@ pub enum GroupCallEvent {
     },
     /// The SFU's dominant speaker changed.
     ActiveSpeaker(DeviceId),
+    /// A participant's sender key arrived over its Signal session and was installed: frames it
+    /// sends under this key (and later ratchet steps of it) decrypt from now on. A new
+    /// `generation` follows a leave or kick (docs/crypto.md §9.4); a new `step` of the same
+    /// generation, a join.
+    SenderKeyInstalled {
+        /// Whose key.
+        device: DeviceId,
+        /// The key's generation.
+        generation: u16,
+        /// The ratchet step within the generation.
+        step: u8,
+    },
     /// A participant muted or unmuted (as it announced through the SFU).
     RemoteMuted {
         /// Who.
@@ -1222,6 +1234,11 @@ impl GroupTask {
         let e2ee = self.path.crypto_mut().e2ee_mut();
         match e2ee.receive_key(slot, &message, now) {
             Ok(()) => {
+                let _ = self.events.send(GroupCallEvent::SenderKeyInstalled {
+                    device: to_signaling(&from),
+                    generation: message.key_id.generation,
+                    step: message.key_id.step,
+                });
                 // A participant (announced by the SFU, so already given the ratchet step of
                 // its join) gets this device's key once in return.
                 if self.known.contains(&from) && self.answered.insert(from) {

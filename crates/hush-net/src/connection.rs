@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::adapter::{
     AgentEvent, AgentState, CandInfo, IceAgent, RelaySend, TurnClient, TurnEvent, TxId,
@@ -16,6 +16,10 @@ use crate::error::Error;
 pub const MAX_DATAGRAM: usize = 65_000;
 /// Packets held per peer while a TURN permission is being installed.
 const MAX_PENDING_PER_PEER: usize = 64;
+/// Datagrams sent before the first path is selected that are held for it (the newest).
+pub const MAX_HELD_BEFORE_PATH: usize = 8;
+/// Held datagrams older than this when the first path is selected are dropped, not sent.
+pub const HELD_BEFORE_PATH_MAX_AGE: Duration = Duration::from_millis(200);
 
 /// A message to send: from the local socket `source` to `destination`.
 ///
@@ -161,6 +165,8 @@ pub struct Connection {
     transmits: VecDeque<Transmit>,
     datagrams: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
+    /// Datagrams sent before the first path, with when: they go out on it.
+    held: VecDeque<(Instant, Vec<u8>)>,
 }
 
 impl Connection {
@@ -187,6 +193,7 @@ impl Connection {
             transmits: VecDeque::new(),
             datagrams: VecDeque::new(),
             events: VecDeque::new(),
+            held: VecDeque::new(),
         })
     }
 
@@ -372,6 +379,11 @@ impl Connection {
 
     /// Sends a media datagram on the selected path (or, during an ICE restart, on the previous
     /// one). The bytes go out unchanged (inside TURN framing on relay paths).
+    ///
+    /// Before the first path is selected (the peer's keys can arrive before ICE has chosen a
+    /// pair), the datagram is held: the newest [`MAX_HELD_BEFORE_PATH`] go out, in order, as
+    /// soon as the first path is selected, unless older than [`HELD_BEFORE_PATH_MAX_AGE`]
+    /// by then. Once the connection has failed, [`Error::NotConnected`].
     pub fn send_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<(), Error> {
         if datagram.len() > MAX_DATAGRAM {
             return Err(Error::DatagramTooLarge(datagram.len()));
@@ -379,11 +391,16 @@ impl Connection {
         if self.state == ConnectionState::Closed {
             return Err(Error::Closed);
         }
-        let path = self
-            .selected
-            .as_ref()
-            .or(self.previous.as_ref())
-            .ok_or(Error::NotConnected)?;
+        let Some(path) = self.selected.as_ref().or(self.previous.as_ref()) else {
+            if self.ever_connected || self.state == ConnectionState::Failed {
+                return Err(Error::NotConnected);
+            }
+            if self.held.len() >= MAX_HELD_BEFORE_PATH {
+                self.held.pop_front();
+            }
+            self.held.push_back((now, datagram.to_vec()));
+            return Ok(());
+        };
         let (local, dest) = (path.local.base, path.remote.addr);
         self.route(now, local, dest, datagram.to_vec());
         self.pump(now);
@@ -416,6 +433,7 @@ impl Connection {
         self.agent.close();
         self.selected = None;
         self.previous = None;
+        self.held.clear();
         self.set_state(ConnectionState::Closed);
         // Drain the release requests only.
         for s in &mut self.sessions {
@@ -752,6 +770,7 @@ impl Connection {
     /// State `Failed` with [`Error::NoRoute`], reported once.
     fn fail_no_route(&mut self) {
         self.selected = None;
+        self.held.clear();
         if self.state != ConnectionState::Failed {
             self.set_state(ConnectionState::Failed);
             self.events.push_back(Event::Failed(Error::NoRoute));
@@ -980,12 +999,21 @@ impl Connection {
                 let path = Path { local, remote };
                 let info = self.path_info(now, &path);
                 tracing::info!(kind = %info.kind, local = %info.local, remote = %info.remote, "path selected");
+                let (local, dest) = (path.local.base, path.remote.addr);
                 self.selected = Some(path);
                 self.previous = None;
                 self.restart_deadline = None;
                 self.ever_connected = true;
                 self.set_state(ConnectionState::Connected);
                 self.events.push_back(Event::PathSelected(info));
+                // What was sent while ICE was still checking goes out now, if still fresh.
+                let held = std::mem::take(&mut self.held);
+                let fresh = held.into_iter().filter(|(at, _)| {
+                    now.saturating_duration_since(*at) <= HELD_BEFORE_PATH_MAX_AGE
+                });
+                for (_, d) in fresh {
+                    self.route(now, local, dest, d);
+                }
             }
         }
     }

@@ -116,8 +116,11 @@ impl Handle {
             .map_err(|_| Error::Closed)
     }
 
-    /// Sends a media datagram on the selected path. Fire-and-forget, like UDP: a datagram sent
-    /// before a path exists is dropped.
+    /// Sends a media datagram on the selected path. Fire-and-forget, like UDP. Before the first
+    /// path is selected the newest few are held for it ([`Connection::send_datagram`]); once
+    /// the connection has failed, a datagram is dropped.
+    ///
+    /// [`Connection::send_datagram`]: crate::Connection::send_datagram
     pub fn send(&self, datagram: Vec<u8>) -> Result<(), Error> {
         self.tx
             .send(Command::Send(datagram))

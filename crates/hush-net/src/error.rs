@@ -64,7 +64,8 @@ pub enum Error {
     /// The configuration is not usable (for example `RelayOnly` without a TURN server).
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
-    /// Media was sent before a path was selected.
+    /// Media was sent when no path can carry it: the connection failed, or lost its path after
+    /// having one. (Before the first path, datagrams are held for it instead.)
     #[error("no path selected yet")]
     NotConnected,
     /// The datagram is too large to be sent in one UDP packet.

@@ -67,6 +67,9 @@ pub use config::{
     AcceptanceWaits, Config, ConfigBuilder, Policy, Role, TlsRoots, Transport, TurnCredentials,
     TurnServer, TurnTransport,
 };
-pub use connection::{Connection, ConnectionState, Event, Transmit, MAX_DATAGRAM};
+pub use connection::{
+    Connection, ConnectionState, Event, Transmit, HELD_BEFORE_PATH_MAX_AGE, MAX_DATAGRAM,
+    MAX_HELD_BEFORE_PATH,
+};
 pub use error::Error;
 pub use interfaces::host_addresses;
