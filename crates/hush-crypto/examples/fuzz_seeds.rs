@@ -1,6 +1,6 @@
 //! Writes valid seed inputs for the hush-crypto fuzz targets.
 //!
-//! Run from the repository root: `cargo run -p hush-crypto --example fuzz_seeds -- fuzz/corpus`
+//! Run from the repository root: `cargo run -p hush-crypto --features fuzzing --example fuzz_seeds -- fuzz/corpus`
 //! The devices come from `hush_crypto::fuzzing`, as in `fuzz/fuzz_targets/crypto_open.rs`, so
 //! the sealed messages open on the fuzz target's device.
 

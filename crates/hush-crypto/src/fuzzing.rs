@@ -1,6 +1,7 @@
 //! Deterministic fixtures shared by the fuzz targets and the example that writes their seeds
 //! (`examples/fuzz_seeds.rs`): both must build the very same devices, or the seeds would not
 //! open on the fuzz target's device. Not part of the API.
+//! Compiled only with the `fuzzing` feature.
 
 use std::time::{Duration, SystemTime};
 

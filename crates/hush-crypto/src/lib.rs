@@ -8,7 +8,7 @@ mod bundle;
 mod call;
 mod device;
 mod error;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod group;
 mod skipped_keys;
