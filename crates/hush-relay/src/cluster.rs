@@ -319,7 +319,7 @@ pub(crate) struct PgStore {
     /// The write queue the writer tasks take batches from.
     admissions: mpsc::Sender<Admission>,
     /// The acknowledgement writer's queue.
-    acks: mpsc::Sender<(DeviceId, Vec<u64>)>,
+    acks: mpsc::Sender<(DeviceId, Vec<u64>, std::time::Instant)>,
 }
 
 /// The NATS subject of `device`.
@@ -337,6 +337,8 @@ fn subject(device: &DeviceId) -> String {
 enum Notice {
     /// A committed envelope: its delivery id and encoding.
     Deliver(u64, Bytes),
+    /// TEMPORARY: a committed envelope with (read, published) unix microsecond stamps.
+    Stamped(u64, u64, u64, Bytes),
     /// A connection of the device opened on node `.0` as connection `.1`.
     Takeover(u64, u64),
 }
@@ -348,6 +350,13 @@ impl Notice {
             Self::Deliver(id, envelope) => {
                 out.push(b'D');
                 out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(envelope);
+            }
+            Self::Stamped(id, read, published, envelope) => {
+                out.push(b'S');
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&read.to_be_bytes());
+                out.extend_from_slice(&published.to_be_bytes());
                 out.extend_from_slice(envelope);
             }
             Self::Takeover(node, conn) => {
@@ -364,6 +373,12 @@ impl Notice {
         let word = |b: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(b.try_into().ok()?)) };
         match kind {
             b'D' if rest.len() >= 8 => Some(Self::Deliver(word(&rest[..8])?, payload.slice(9..))),
+            b'S' if rest.len() >= 24 => Some(Self::Stamped(
+                word(&rest[..8])?,
+                word(&rest[8..16])?,
+                word(&rest[16..24])?,
+                payload.slice(25..),
+            )),
             b'T' if rest.len() == 16 => Some(Self::Takeover(word(&rest[..8])?, word(&rest[8..])?)),
             _ => None,
         }
@@ -411,6 +426,7 @@ impl PgStore {
         }
         let (acks, ack_queue) = mpsc::channel(2 * MAX_BATCH);
         tokio::spawn(ack_writer(pool.config.clone(), ack_queue));
+        tokio::spawn(crate::stages::dump_loop(Duration::from_secs(5)));
         Ok(Self {
             pool,
             limits,
@@ -477,6 +493,11 @@ impl Writer {
             let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
             if taken == 0 {
                 return; // The store is gone.
+            }
+            let at = std::time::Instant::now();
+            crate::stages::record(5, batch.len() as u64);
+            for a in &batch {
+                crate::stages::record_dur(0, at.saturating_duration_since(a.received));
             }
             self.write(&mut batch).await;
             batch.clear();
@@ -552,7 +573,14 @@ impl Writer {
         // any nodes) cannot deadlock; the sort is stable, so one sender's envelopes to one
         // recipient keep their order.
         batch.sort_by_key(|a| lock_key(&a.recipient));
-        let verdicts = match self.insert(batch).await {
+        let started = std::time::Instant::now();
+        let result = self.insert(batch).await;
+        let committed = std::time::Instant::now();
+        for _ in 0..batch.len() {
+            crate::stages::record_dur(1, committed - started);
+        }
+        let now_us = crate::stages::unix_us();
+        let verdicts = match result {
             Ok(v) if v.len() == batch.len() => {
                 self.metrics.store_commits.fetch_add(1, Ordering::Relaxed);
                 v
@@ -589,8 +617,9 @@ impl Writer {
                 result: result.clone(),
             });
             if let Ok(id) = result {
-                let notice = Notice::Deliver(id, Bytes::from(a.envelope)).encode();
-                notices.push((subject(&a.recipient), notice));
+                let read_us = now_us
+                    .saturating_sub(committed.saturating_duration_since(a.received).as_micros() as u64);
+                notices.push((subject(&a.recipient), id, read_us, a.envelope));
             }
         }
         if notices.is_empty() {
@@ -599,10 +628,16 @@ impl Writer {
         // Best effort: a missed notice is found by polling, or on the device's next connect.
         let nats = &self.nats;
         let publish = async {
-            for (subject, notice) in notices {
-                if let Err(e) = nats.publish(subject, notice).await {
+            for (subject, id, read_us, envelope) in notices {
+                let notice = if crate::stages::enabled() {
+                    Notice::Stamped(id, read_us, crate::stages::unix_us(), Bytes::from(envelope))
+                } else {
+                    Notice::Deliver(id, Bytes::from(envelope))
+                };
+                if let Err(e) = nats.publish(subject, notice.encode()).await {
                     tracing::debug!(error = %e, "new-envelope notice not published");
                 }
+                crate::stages::record_dur(2, committed.elapsed());
             }
         };
         if tokio::time::timeout(NATS_WAIT, publish).await.is_err() {
@@ -616,7 +651,7 @@ impl Writer {
 /// is delivered again, which the client filters).
 async fn ack_writer(
     config: tokio_postgres::Config,
-    mut queue: mpsc::Receiver<(DeviceId, Vec<u64>)>,
+    mut queue: mpsc::Receiver<(DeviceId, Vec<u64>, std::time::Instant)>,
 ) {
     let mut conn: Option<(Client, Statement)> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -625,7 +660,9 @@ async fn ack_writer(
             return; // The store is gone.
         }
         let mut rows: Vec<(DeviceId, i64)> = Vec::new();
-        for (device, ids) in batch.drain(..) {
+        let at = std::time::Instant::now();
+        for (device, ids, read) in batch.drain(..) {
+            crate::stages::record_dur(6, at.saturating_duration_since(read));
             rows.extend(
                 ids.into_iter()
                     .filter_map(|id| i64::try_from(id).ok())
@@ -633,7 +670,10 @@ async fn ack_writer(
             );
         }
         for chunk in rows.chunks(MAX_ACK_BATCH) {
-            if let Err(e) = delete_acked(&config, &mut conn, chunk).await {
+            let started = std::time::Instant::now();
+            let r = delete_acked(&config, &mut conn, chunk).await;
+            crate::stages::record_dur(7, started.elapsed());
+            if let Err(e) = r {
                 // Left queued: delivered again later, filtered by the client.
                 let _ = db_error(e);
             }
@@ -677,7 +717,7 @@ impl Store for PgStore {
     fn ack(&self, device: DeviceId, ids: Vec<u64>) -> BoxFut<'_, StoreResult<()>> {
         Box::pin(async move {
             self.acks
-                .send((device, ids))
+                .send((device, ids, std::time::Instant::now()))
                 .await
                 .map_err(|_| StoreError::Database)
         })
@@ -876,6 +916,13 @@ impl NatsFanOut {
                         Some(Notice::Deliver(id, envelope)) if recent.first(id) => {
                             let frame = encode_deliver_frame(id, &envelope);
                             registry.push(&device, Live { id, frame }, None);
+                        }
+                        Some(Notice::Stamped(id, read_us, published_us, envelope)) if recent.first(id) => {
+                            let now = crate::stages::unix_us();
+                            crate::stages::record(3, now.saturating_sub(published_us));
+                            let frame = encode_deliver_frame(id, &envelope);
+                            registry.push(&device, Live { id, frame }, None);
+                            crate::stages::record(4, crate::stages::unix_us().saturating_sub(read_us));
                         }
                         Some(Notice::Takeover(n, c)) if (n, c) != (node, conn_id) => {
                             registry.kick_conn(&device, conn_id, Kick::Replaced);

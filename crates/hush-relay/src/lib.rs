@@ -59,6 +59,8 @@ mod io;
 mod key;
 pub mod metrics;
 mod pending;
+#[cfg(feature = "cluster")]
+mod stages;
 mod state;
 mod store;
 pub mod turn;
