@@ -506,7 +506,14 @@ impl Relay {
             replay_window: config.max_envelope_age + config.max_clock_skew,
         };
         let store = Arc::new(
-            cluster::PgStore::connect(cluster, nats.clone(), limits, metrics.clone()).await?,
+            cluster::PgStore::connect(
+                cluster,
+                nats.clone(),
+                limits,
+                metrics.clone(),
+                registry.clone(),
+            )
+            .await?,
         );
         tokio::spawn(cluster::sweep_loop(
             Arc::downgrade(&store),

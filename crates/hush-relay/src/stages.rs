@@ -42,7 +42,11 @@ pub(crate) fn record(i: usize, value: u64) {
         return;
     }
     let h = &hists()[i].0;
-    let b = if i == 5 { value as usize } else { (value / BUCKET_US) as usize };
+    let b = if i == 5 {
+        value as usize
+    } else {
+        (value / BUCKET_US) as usize
+    };
     h[b.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
 }
 
@@ -72,7 +76,11 @@ pub(crate) async fn dump_loop(every: Duration) {
             if total == 0 {
                 continue;
             }
-            let scale = if i == 5 { 1.0 } else { BUCKET_US as f64 / 1000.0 };
+            let scale = if i == 5 {
+                1.0
+            } else {
+                BUCKET_US as f64 / 1000.0
+            };
             let at = |q: f64| {
                 let rank = ((total as f64) * q).ceil().max(1.0) as u64;
                 let mut seen = 0;
