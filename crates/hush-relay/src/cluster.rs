@@ -388,7 +388,8 @@ fn subject(device: &DeviceId) -> String {
 enum Notice {
     /// A committed envelope: its delivery id and encoding.
     Deliver(u64, Bytes),
-    /// TEMPORARY: a committed envelope with (read, published) unix microsecond stamps.
+    /// A committed envelope with the unix times (microseconds) it was read and published, sent
+    /// instead of `Deliver` while the stage diagnostics (`crate::stages`) are on.
     Stamped(u64, u64, u64, Bytes),
     /// A connection of the device opened on node `.0` as connection `.1`.
     Takeover(u64, u64),
@@ -1227,6 +1228,11 @@ mod tests {
         match Notice::decode(&deliver) {
             Some(Notice::Deliver(42, e)) => assert_eq!(&e[..], b"envelope"),
             _ => panic!("deliver notice not decoded"),
+        }
+        let stamped = Notice::Stamped(42, 1, 2, Bytes::from_static(b"envelope")).encode();
+        match Notice::decode(&stamped) {
+            Some(Notice::Stamped(42, 1, 2, e)) => assert_eq!(&e[..], b"envelope"),
+            _ => panic!("stamped notice not decoded"),
         }
         let takeover = Notice::Takeover(7, 9).encode();
         assert!(matches!(
