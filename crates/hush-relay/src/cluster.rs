@@ -7,9 +7,10 @@
 //! ids (taken from the `queue_ids` sequence 1,024 at a time), pushes it at once to its
 //! recipient if that device is connected to this node (before the commit, as the single-node
 //! store does: delivery waits for no database, only the sender's answer does), and hands it to
-//! this node's write queue; the connection reads on. A few writer tasks, each with its own PostgreSQL connection and a prepared statement,
-//! take whatever is queued (up to [`MAX_BATCH`] envelopes from any number of connections) and
-//! check and insert all of it in ONE statement, `hush_admit_batch`: one round trip and one
+//! this node's write queue; the connection reads on. A few writer tasks, each with its own
+//! PostgreSQL connection and a prepared statement, take whatever is queued (up to
+//! [`MAX_BATCH`] envelopes from any number of connections) and check and insert all of it in
+//! ONE statement, `hush_admit_batch2`: one round trip and one
 //! commit (one WAL flush) for the whole batch. Inside it each envelope is checked as before, in
 //! order: the recipient's bundle row is locked (serialising sends to one recipient across nodes
 //! and making the queue bounds exact), the message id must be new for its sender (replays
