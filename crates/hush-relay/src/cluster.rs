@@ -3,10 +3,14 @@
 //! NATS server (new-envelope notices and presence between nodes). No node is special; a
 //! device may connect to any of them.
 //!
-//! Sending (group commit): a connection hands its envelope to this node's write queue and reads
-//! on. A few writer tasks, each with its own PostgreSQL connection and a prepared statement,
-//! take whatever is queued (up to [`MAX_BATCH`] envelopes from any number of connections) and
-//! check and insert all of it in ONE statement, `hush_admit_batch`: one round trip and one
+//! Sending (group commit): the node gives the envelope a delivery id from its own block of
+//! ids (taken from the `queue_ids` sequence 1,024 at a time), pushes it at once to its
+//! recipient if that device is connected to this node (before the commit, as the single-node
+//! store does: delivery waits for no database, only the sender's answer does), and hands it to
+//! this node's write queue; the connection reads on. A few writer tasks, each with its own
+//! PostgreSQL connection and a prepared statement, take whatever is queued (up to
+//! [`MAX_BATCH`] envelopes from any number of connections) and check and insert all of it in
+//! ONE statement, `hush_admit_batch2`: one round trip and one
 //! commit (one WAL flush) for the whole batch. Inside it each envelope is checked as before, in
 //! order: the recipient's bundle row is locked (serialising sends to one recipient across nodes
 //! and making the queue bounds exact), the message id must be new for its sender (replays
@@ -14,8 +18,14 @@
 //! envelope when full). A batch is sorted by recipient (lock key) before it is written, so concurrent
 //! batches take their row locks in the same order and cannot deadlock. Each sender is answered
 //! "accepted" only after the batch committed; if the batch fails, every sender in it is
-//! answered with an error, never "accepted". The writers then publish the committed envelopes
-//! on their recipients' NATS subjects `hush.dev.<device id in hex>`.
+//! answered with an error, never "accepted" (an envelope pushed at admission may then have
+//! reached its recipient all the same: delivery is at least once, and a sender that sends again
+//! after the error repeats the message id, which the client filters). The writers then publish
+//! the committed envelopes not pushed at admission on their recipients' NATS subjects
+//! `hush.dev.<device id in hex>`. An envelope its recipient acknowledged before its batch was
+//! taken is checked (replay) but never written, and its sender is answered "accepted" (the
+//! promise is "durable or acknowledged"); one acknowledged while its batch was being written is
+//! deleted after the commit.
 //!
 //! Acknowledgements go through one more writer the same way (one `DELETE` per batch). Its
 //! connection commits asynchronously (`synchronous_commit = off`): an acknowledgement lost in
@@ -32,9 +42,14 @@
 //! (pushed and polled, or after a reconnect): each connection filters repeated delivery ids,
 //! and the client's replay guard filters repeated message ids before the app sees them.
 //!
-//! Unlike the single-node store there is no commit delay: every envelope is written before its
-//! sender is answered, and deleted when acknowledged; batches form only from what queued up
-//! while the previous batch was being written, so an idle node writes each envelope at once.
+//! Unlike the single-node store there is no commit delay: every envelope not yet acknowledged
+//! is written before its sender is answered, and deleted when acknowledged; batches form only
+//! from what queued up while the previous batch was being written, so an idle node writes each
+//! envelope at once.
+//!
+//! An envelope pushed at admission is still announced after its commit when the connection it
+//! went to is no longer its recipient's connection on this node (the device reconnected, here or
+//! elsewhere, and may have loaded its backlog before the commit).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -104,8 +119,10 @@ const NATS_WAIT: Duration = Duration::from_millis(250);
 const SCHEMA_LOCK: i64 = 0x6875_7368_0016;
 
 const SCHEMA: &str = "
+-- Delivery ids are handed out by the nodes, in blocks of this sequence's increment (a node
+-- delivers an envelope to a device connected to it before the envelope is committed).
 CREATE TABLE IF NOT EXISTS queue (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id BIGINT PRIMARY KEY,
     recipient BYTEA NOT NULL,
     sender BYTEA NOT NULL,
     envelope BYTEA NOT NULL,
@@ -130,12 +147,18 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (stamped);
+CREATE SEQUENCE IF NOT EXISTS queue_ids INCREMENT BY 1024;
+-- Never below an id already queued (a queue made by an older schema numbered its own rows).
+SELECT setval('queue_ids', greatest((SELECT last_value FROM queue_ids),
+                                    coalesce((SELECT max(id) FROM queue), 0) + 1));
 -- Checks and queues a batch of envelopes in order; row i of the result is envelope i's
 -- verdict: 0 accepted, 5 accepted after evicting another envelope, 1 unknown recipient,
 -- 2 duplicate message id, 3 sender quota, 4 queue full; qid is the delivery id if accepted.
-CREATE OR REPLACE FUNCTION hush_admit_batch(
+-- ids[i] is envelope i's delivery id (handed out by the node); keeps[i] false means its
+-- recipient already acknowledged it: it is checked for replay but not queued.
+CREATE OR REPLACE FUNCTION hush_admit_batch2(
     rcpts BYTEA[], lock_keys BIGINT[], senders BYTEA[], mids BYTEA[], envs BYTEA[],
-    max_sender BIGINT, max_device BIGINT)
+    ids BIGINT[], keeps BOOLEAN[], max_sender BIGINT, max_device BIGINT)
 RETURNS TABLE (verdict INT, qid BIGINT) LANGUAGE plpgsql
 -- Plain index scans mark the index entries of acknowledged (deleted) envelopes dead as they
 -- pass them, so the next count skips them; a bitmap scan would visit them again every time
@@ -158,6 +181,7 @@ BEGIN
         -- Replays across nodes: a message id is accepted once per sender.
         INSERT INTO seen (sender, message_id) VALUES (s, mids[i]) ON CONFLICT DO NOTHING;
         IF NOT FOUND THEN verdict := 2; RETURN NEXT; CONTINUE; END IF;
+        IF NOT keeps[i] THEN verdict := 0; qid := ids[i]; RETURN NEXT; CONTINUE; END IF;
         SELECT count(*) FILTER (WHERE sender = s), count(*) INTO mine, total
             FROM queue WHERE recipient = r;
         IF mine >= max_sender THEN
@@ -177,8 +201,10 @@ BEGIN
                 WHERE q.recipient = r AND q.sender = heavy ORDER BY q.id LIMIT 1);
             evicted := true;
         END IF;
-        INSERT INTO queue (recipient, sender, envelope) VALUES (r, s, envs[i])
-            RETURNING id INTO qid;
+        -- OVERRIDING: a queue made by an older schema has an identity column.
+        INSERT INTO queue (id, recipient, sender, envelope) OVERRIDING SYSTEM VALUE
+            VALUES (ids[i], r, s, envs[i]);
+        qid := ids[i];
         verdict := CASE WHEN evicted THEN 5 ELSE 0 END;
         RETURN NEXT;
     END LOOP;
@@ -191,7 +217,8 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// Acknowledged delivery ids one delete takes at most.
 const MAX_ACK_BATCH: usize = 4096;
 /// The prepared statement a writer runs per batch.
-const ADMIT_BATCH: &str = "SELECT verdict, qid FROM hush_admit_batch($1, $2, $3, $4, $5, $6, $7)";
+const ADMIT_BATCH: &str =
+    "SELECT verdict, qid FROM hush_admit_batch2($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 /// ... and the acknowledgement writer.
 const ACK_BATCH: &str = "DELETE FROM queue q USING unnest($1::bytea[], $2::bigint[]) AS a(r, i) WHERE q.id = a.i AND q.recipient = a.r";
 
@@ -311,15 +338,40 @@ pub(crate) struct PgLimits {
     pub(crate) replay_window: Duration,
 }
 
+/// Delivery ids a node takes from the `queue_ids` sequence at a time (its increment).
+const ID_BLOCK: i64 = 1024;
+
+/// Acknowledgements on their way to the acknowledgement writer: `(device, delivery id)` rows
+/// (one connection's acknowledgement, or those a writer found after its commit) and when the
+/// first of them was read.
+type AckItem = (Vec<(DeviceId, u64)>, std::time::Instant);
+
+/// Envelopes handed to a writer and not yet committed: delivery id -> (recipient, whether the
+/// recipient acknowledged it already).
+type Unsettled = Arc<Mutex<HashMap<u64, (DeviceId, bool)>>>;
+
+/// An envelope in the write queue, with the delivery id this node gave it.
+struct Queued {
+    id: u64,
+    /// The connection of its recipient on this node it was pushed to at admission, if any.
+    pushed: Option<u64>,
+    admission: Admission,
+}
+
 /// The durable store on PostgreSQL.
 pub(crate) struct PgStore {
     pool: Pool,
     limits: PgLimits,
     metrics: Arc<Metrics>,
+    /// This node's connections: an envelope for one of them is pushed at admission.
+    registry: Arc<Registry>,
+    /// The rest of this node's current block of delivery ids: `(next, end)`.
+    ids: tokio::sync::Mutex<(i64, i64)>,
+    unsettled: Unsettled,
     /// The write queue the writer tasks take batches from.
-    admissions: mpsc::Sender<Admission>,
+    admissions: mpsc::Sender<Queued>,
     /// The acknowledgement writer's queue.
-    acks: mpsc::Sender<(DeviceId, Vec<u64>)>,
+    acks: mpsc::Sender<AckItem>,
 }
 
 /// The NATS subject of `device`.
@@ -337,6 +389,9 @@ fn subject(device: &DeviceId) -> String {
 enum Notice {
     /// A committed envelope: its delivery id and encoding.
     Deliver(u64, Bytes),
+    /// A committed envelope with the unix times (microseconds) it was read and published, sent
+    /// instead of `Deliver` while the stage diagnostics (`crate::stages`) are on.
+    Stamped(u64, u64, u64, Bytes),
     /// A connection of the device opened on node `.0` as connection `.1`.
     Takeover(u64, u64),
 }
@@ -348,6 +403,13 @@ impl Notice {
             Self::Deliver(id, envelope) => {
                 out.push(b'D');
                 out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(envelope);
+            }
+            Self::Stamped(id, read, published, envelope) => {
+                out.push(b'S');
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&read.to_be_bytes());
+                out.extend_from_slice(&published.to_be_bytes());
                 out.extend_from_slice(envelope);
             }
             Self::Takeover(node, conn) => {
@@ -364,6 +426,12 @@ impl Notice {
         let word = |b: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(b.try_into().ok()?)) };
         match kind {
             b'D' if rest.len() >= 8 => Some(Self::Deliver(word(&rest[..8])?, payload.slice(9..))),
+            b'S' if rest.len() >= 24 => Some(Self::Stamped(
+                word(&rest[..8])?,
+                word(&rest[8..16])?,
+                word(&rest[16..24])?,
+                payload.slice(25..),
+            )),
             b'T' if rest.len() == 16 => Some(Self::Takeover(word(&rest[..8])?, word(&rest[8..])?)),
             _ => None,
         }
@@ -377,6 +445,7 @@ impl PgStore {
         nats: async_nats::Client,
         limits: PgLimits,
         metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
     ) -> Result<Self, ClusterError> {
         let pool = Pool::new(&config.postgres, config.pool_size)?;
         let client = pool.connect().await?;
@@ -385,7 +454,7 @@ impl PgStore {
         // (re)starting beside busy nodes must not take the schema's locks: its CREATE INDEX
         // statements would deadlock with their sends.
         let created = client
-            .query_one("SELECT to_regproc('hush_admit_batch') IS NOT NULL", &[])
+            .query_one("SELECT to_regproc('hush_admit_batch2') IS NOT NULL", &[])
             .await?
             .get::<_, bool>(0);
         if !created {
@@ -399,25 +468,50 @@ impl PgStore {
         let writers = config.writers.max(1);
         let (admissions, queue) = mpsc::channel(2 * MAX_BATCH * writers);
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let (acks, ack_queue) = mpsc::channel(2 * MAX_BATCH);
+        let unsettled = Unsettled::default();
         for _ in 0..writers {
             let writer = Writer {
                 config: pool.config.clone(),
                 nats: nats.clone(),
                 limits,
                 metrics: metrics.clone(),
+                unsettled: unsettled.clone(),
+                acks: acks.clone(),
+                registry: registry.clone(),
                 conn: None,
             };
             tokio::spawn(writer.run(queue.clone()));
         }
-        let (acks, ack_queue) = mpsc::channel(2 * MAX_BATCH);
         tokio::spawn(ack_writer(pool.config.clone(), ack_queue));
+        tokio::spawn(crate::stages::dump_loop(Duration::from_secs(5)));
         Ok(Self {
             pool,
             limits,
             metrics,
+            registry,
+            ids: tokio::sync::Mutex::new((0, 0)),
+            unsettled,
             admissions,
             acks,
         })
+    }
+
+    /// The next delivery id of this node's block (a new block when it is used up).
+    async fn next_id(&self) -> StoreResult<u64> {
+        let mut ids = self.ids.lock().await;
+        if ids.0 >= ids.1 {
+            let client = self.pool.get().await?;
+            let start: i64 = client
+                .query_one("SELECT nextval('queue_ids')", &[])
+                .await
+                .map_err(db_error)?
+                .get(0);
+            *ids = (start, start.saturating_add(ID_BLOCK));
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        u64::try_from(id).map_err(|_| StoreError::Database)
     }
 
     /// Deletes envelopes admitted longer than `max_envelope_age` ago and message ids older
@@ -457,7 +551,7 @@ fn lock_key(device: &DeviceId) -> i64 {
 }
 
 /// The queue's shared receiving end: a writer holds it only while it takes a batch.
-type WriteQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Admission>>>;
+type WriteQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>;
 
 /// A writer task: takes what is queued (up to [`MAX_BATCH`] envelopes from any connections),
 /// commits it in one statement, then answers each sender and announces what was accepted.
@@ -466,6 +560,12 @@ struct Writer {
     nats: async_nats::Client,
     limits: PgLimits,
     metrics: Arc<Metrics>,
+    unsettled: Unsettled,
+    /// Where acknowledgements that came while their envelope was being written go.
+    acks: mpsc::Sender<AckItem>,
+    /// This node's connections (was an envelope pushed at admission to the device's current
+    /// connection?).
+    registry: Arc<Registry>,
     /// Its own connection and prepared statement, (re)made when needed.
     conn: Option<(Client, Statement)>,
 }
@@ -477,6 +577,11 @@ impl Writer {
             let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
             if taken == 0 {
                 return; // The store is gone.
+            }
+            let at = std::time::Instant::now();
+            crate::stages::record(5, batch.len() as u64);
+            for q in &batch {
+                crate::stages::record_dur(0, at.saturating_duration_since(q.admission.received));
             }
             self.write(&mut batch).await;
             batch.clear();
@@ -500,17 +605,30 @@ impl Writer {
     /// envelope's verdict, in batch order, once committed.
     async fn insert(
         &mut self,
-        batch: &[Admission],
+        batch: &[Queued],
+        keeps: &[bool],
     ) -> Result<Vec<StoreResult<u64>>, tokio_postgres::Error> {
         let max_sender = i64::from(self.limits.max_queue_per_sender);
         let max_device = i64::from(self.limits.max_queue_per_device);
         let (client, statement) = self.connection().await?;
-        let column = |f: fn(&Admission) -> &[u8]| batch.iter().map(f).collect::<Vec<&[u8]>>();
+        let column = |f: fn(&Admission) -> &[u8]| {
+            batch
+                .iter()
+                .map(|q| f(&q.admission))
+                .collect::<Vec<&[u8]>>()
+        };
         let rcpts = column(|a| a.recipient.as_bytes().as_slice());
-        let lock_keys: Vec<i64> = batch.iter().map(|a| lock_key(&a.recipient)).collect();
+        let lock_keys: Vec<i64> = batch
+            .iter()
+            .map(|q| lock_key(&q.admission.recipient))
+            .collect();
         let senders = column(|a| a.sender.as_bytes().as_slice());
         let mids = column(|a| a.message_id.as_slice());
         let envs = column(|a| a.envelope.as_slice());
+        let ids: Vec<i64> = batch
+            .iter()
+            .map(|q| i64::try_from(q.id).unwrap_or(i64::MAX))
+            .collect();
         let rows = client
             .query(
                 statement,
@@ -520,6 +638,8 @@ impl Writer {
                     &senders,
                     &mids,
                     &envs,
+                    &ids,
+                    &keeps,
                     &max_sender,
                     &max_device,
                 ],
@@ -547,12 +667,29 @@ impl Writer {
     }
 
     /// Writes one batch, answers its senders, announces what was accepted.
-    async fn write(&mut self, batch: &mut Vec<Admission>) {
+    async fn write(&mut self, batch: &mut Vec<Queued>) {
         // Every batch takes its recipients' row locks in the same order, so two batches (on
         // any nodes) cannot deadlock; the sort is stable, so one sender's envelopes to one
         // recipient keep their order.
-        batch.sort_by_key(|a| lock_key(&a.recipient));
-        let verdicts = match self.insert(batch).await {
+        batch.sort_by_key(|q| lock_key(&q.admission.recipient));
+        // An envelope its recipient acknowledged already (it was pushed at admission) is
+        // checked for replay but not queued: the sender's answer needs it durable OR
+        // acknowledged.
+        let keeps: Vec<bool> = {
+            let unsettled = lock(&self.unsettled);
+            batch
+                .iter()
+                .map(|q| !unsettled.get(&q.id).is_some_and(|(_, acked)| *acked))
+                .collect()
+        };
+        let started = std::time::Instant::now();
+        let result = self.insert(batch, &keeps).await;
+        let committed = std::time::Instant::now();
+        for _ in 0..batch.len() {
+            crate::stages::record_dur(1, committed - started);
+        }
+        let now_us = crate::stages::unix_us();
+        let verdicts = match result {
             Ok(v) if v.len() == batch.len() => {
                 self.metrics.store_commits.fetch_add(1, Ordering::Relaxed);
                 v
@@ -571,8 +708,29 @@ impl Writer {
                 vec![Err(StoreError::Database); batch.len()]
             }
         };
+        // Settled: an acknowledgement from now on goes to the delete queue, which runs after
+        // this commit. One that came while the batch was being written is queued now.
+        let mut late_acks = Vec::new();
+        {
+            let mut unsettled = lock(&self.unsettled);
+            for ((q, keep), result) in batch.iter().zip(&keeps).zip(&verdicts) {
+                if let Some((recipient, true)) = unsettled.remove(&q.id) {
+                    if *keep && result.is_ok() {
+                        late_acks.push((recipient, q.id));
+                    }
+                }
+            }
+        }
+        if !late_acks.is_empty() {
+            let _ = self.acks.send((late_acks, std::time::Instant::now())).await;
+        }
         let mut notices = Vec::new();
-        for (a, result) in batch.drain(..).zip(verdicts) {
+        for ((q, keep), result) in batch.drain(..).zip(keeps).zip(verdicts) {
+            let Queued {
+                pushed,
+                admission: a,
+                ..
+            } = q;
             let counter = match &result {
                 Ok(_) => Some(&self.metrics.envelopes_stored),
                 Err(StoreError::UnknownRecipient) => Some(&self.metrics.unknown_recipients),
@@ -588,9 +746,15 @@ impl Writer {
                 received: a.received,
                 result: result.clone(),
             });
-            if let Ok(id) = result {
-                let notice = Notice::Deliver(id, Bytes::from(a.envelope)).encode();
-                notices.push((subject(&a.recipient), notice));
+            // Acknowledged, or pushed at admission to the connection its recipient still has
+            // here: no notice. (Pushed to a connection since replaced, here or on another
+            // node, whose backlog may have been loaded before this commit: announced.)
+            let delivered = pushed.is_some() && pushed == self.registry.conn_id(&a.recipient);
+            if let (Ok(id), true, false) = (result, keep, delivered) {
+                let read_us = now_us.saturating_sub(
+                    committed.saturating_duration_since(a.received).as_micros() as u64,
+                );
+                notices.push((subject(&a.recipient), id, read_us, a.envelope));
             }
         }
         if notices.is_empty() {
@@ -599,10 +763,16 @@ impl Writer {
         // Best effort: a missed notice is found by polling, or on the device's next connect.
         let nats = &self.nats;
         let publish = async {
-            for (subject, notice) in notices {
-                if let Err(e) = nats.publish(subject, notice).await {
+            for (subject, id, read_us, envelope) in notices {
+                let notice = if crate::stages::enabled() {
+                    Notice::Stamped(id, read_us, crate::stages::unix_us(), Bytes::from(envelope))
+                } else {
+                    Notice::Deliver(id, Bytes::from(envelope))
+                };
+                if let Err(e) = nats.publish(subject, notice.encode()).await {
                     tracing::debug!(error = %e, "new-envelope notice not published");
                 }
+                crate::stages::record_dur(2, committed.elapsed());
             }
         };
         if tokio::time::timeout(NATS_WAIT, publish).await.is_err() {
@@ -614,10 +784,7 @@ impl Writer {
 /// The acknowledgement writer: deletes acknowledged envelopes in batches, on a connection that
 /// commits asynchronously (an acknowledgement lost in a database crash only means the envelope
 /// is delivered again, which the client filters).
-async fn ack_writer(
-    config: tokio_postgres::Config,
-    mut queue: mpsc::Receiver<(DeviceId, Vec<u64>)>,
-) {
+async fn ack_writer(config: tokio_postgres::Config, mut queue: mpsc::Receiver<AckItem>) {
     let mut conn: Option<(Client, Statement)> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -625,15 +792,20 @@ async fn ack_writer(
             return; // The store is gone.
         }
         let mut rows: Vec<(DeviceId, i64)> = Vec::new();
-        for (device, ids) in batch.drain(..) {
+        let at = std::time::Instant::now();
+        for (acked, read) in batch.drain(..) {
+            crate::stages::record_dur(6, at.saturating_duration_since(read));
             rows.extend(
-                ids.into_iter()
-                    .filter_map(|id| i64::try_from(id).ok())
-                    .map(|id| (device, id)),
+                acked
+                    .into_iter()
+                    .filter_map(|(device, id)| Some((device, i64::try_from(id).ok()?))),
             );
         }
         for chunk in rows.chunks(MAX_ACK_BATCH) {
-            if let Err(e) = delete_acked(&config, &mut conn, chunk).await {
+            let started = std::time::Instant::now();
+            let r = delete_acked(&config, &mut conn, chunk).await;
+            crate::stages::record_dur(7, started.elapsed());
+            if let Err(e) = r {
                 // Left queued: delivered again later, filtered by the client.
                 let _ = db_error(e);
             }
@@ -666,18 +838,64 @@ async fn delete_acked(
 impl Store for PgStore {
     fn admit(&self, a: Admission) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            let id = self.next_id().await?;
+            let recipient = a.recipient;
+            lock(&self.unsettled).insert(id, (recipient, false));
+            // A recipient connected to this node gets the envelope now, before it is
+            // committed, as the single-node store does: delivery does not wait for the
+            // database, only the sender's answer does. (Delivery is at least once: if the
+            // batch fails, the sender is told so and may send again; the client filters the
+            // repeat by its message id.)
+            let pushed = match self.registry.conn_id(&recipient) {
+                Some(_) => self.registry.push(
+                    &recipient,
+                    Live {
+                        id,
+                        frame: encode_deliver_frame(id, &a.envelope),
+                    },
+                    None,
+                ),
+                None => None,
+            };
+            if pushed.is_some() {
+                crate::stages::record_dur(4, a.received.elapsed());
+            }
             // Answered by a writer once the batch holding it committed (or failed).
-            self.admissions
-                .send(a)
-                .await
-                .map_err(|_| StoreError::Database)
+            let queued = Queued {
+                id,
+                pushed,
+                admission: a,
+            };
+            if self.admissions.send(queued).await.is_err() {
+                lock(&self.unsettled).remove(&id);
+                return Err(StoreError::Database);
+            }
+            Ok(())
         })
     }
 
     fn ack(&self, device: DeviceId, ids: Vec<u64>) -> BoxFut<'_, StoreResult<()>> {
         Box::pin(async move {
+            // Envelopes not yet committed are marked (their writer skips or deletes them);
+            // the rest are deleted.
+            let rows: Vec<(DeviceId, u64)> = {
+                let mut unsettled = lock(&self.unsettled);
+                ids.into_iter()
+                    .filter(|id| match unsettled.get_mut(id) {
+                        Some((recipient, acked)) if *recipient == device => {
+                            *acked = true;
+                            false
+                        }
+                        _ => true,
+                    })
+                    .map(|id| (device, id))
+                    .collect()
+            };
+            if rows.is_empty() {
+                return Ok(());
+            }
             self.acks
-                .send((device, ids))
+                .send((rows, std::time::Instant::now()))
                 .await
                 .map_err(|_| StoreError::Database)
         })
@@ -877,6 +1095,13 @@ impl NatsFanOut {
                             let frame = encode_deliver_frame(id, &envelope);
                             registry.push(&device, Live { id, frame }, None);
                         }
+                        Some(Notice::Stamped(id, read_us, published_us, envelope)) if recent.first(id) => {
+                            let now = crate::stages::unix_us();
+                            crate::stages::record(3, now.saturating_sub(published_us));
+                            let frame = encode_deliver_frame(id, &envelope);
+                            registry.push(&device, Live { id, frame }, None);
+                            crate::stages::record(4, crate::stages::unix_us().saturating_sub(read_us));
+                        }
                         Some(Notice::Takeover(n, c)) if (n, c) != (node, conn_id) => {
                             registry.kick_conn(&device, conn_id, Kick::Replaced);
                         }
@@ -1004,6 +1229,11 @@ mod tests {
         match Notice::decode(&deliver) {
             Some(Notice::Deliver(42, e)) => assert_eq!(&e[..], b"envelope"),
             _ => panic!("deliver notice not decoded"),
+        }
+        let stamped = Notice::Stamped(42, 1, 2, Bytes::from_static(b"envelope")).encode();
+        match Notice::decode(&stamped) {
+            Some(Notice::Stamped(42, 1, 2, e)) => assert_eq!(&e[..], b"envelope"),
+            _ => panic!("stamped notice not decoded"),
         }
         let takeover = Notice::Takeover(7, 9).encode();
         assert!(matches!(

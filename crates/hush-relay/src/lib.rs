@@ -59,6 +59,8 @@ mod io;
 mod key;
 pub mod metrics;
 mod pending;
+#[cfg(feature = "cluster")]
+mod stages;
 mod state;
 mod store;
 pub mod turn;
@@ -504,7 +506,14 @@ impl Relay {
             replay_window: config.max_envelope_age + config.max_clock_skew,
         };
         let store = Arc::new(
-            cluster::PgStore::connect(cluster, nats.clone(), limits, metrics.clone()).await?,
+            cluster::PgStore::connect(
+                cluster,
+                nats.clone(),
+                limits,
+                metrics.clone(),
+                registry.clone(),
+            )
+            .await?,
         );
         tokio::spawn(cluster::sweep_loop(
             Arc::downgrade(&store),

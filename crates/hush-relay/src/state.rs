@@ -76,6 +76,12 @@ impl Registry {
         }
     }
 
+    /// The id of `device`'s connection here, if it has one.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn conn_id(&self, device: &DeviceId) -> Option<u64> {
+        lock(&self.online).get(device).map(|h| h.conn_id)
+    }
+
     /// Removes `device` if it is still registered by connection `conn_id`.
     pub(crate) fn unregister(&self, device: &DeviceId, conn_id: u64) {
         let mut online = lock(&self.online);

@@ -738,3 +738,81 @@ async fn a_full_queue_evicts_the_heaviest_sender_inside_one_batch() {
     );
     handle.shutdown();
 }
+
+/// A recipient connected to the sending node gets its envelopes pushed at admission (before
+/// the commit); its acknowledgements, whether they come before the envelope's batch is written
+/// (never queued) or while it is written (deleted after the commit), leave nothing queued, and
+/// every send is answered "accepted". The push does not go through NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_node_pushes_at_admission_and_acknowledged_envelopes_leave_nothing_queued() {
+    if !servers_present() {
+        return;
+    }
+    let pg = Postgres::start();
+    let mut nats = Nats::start();
+    let dir = TempDir::new("cluster-local");
+    // Polling only every hour: what Bob gets within the test's waits was pushed.
+    let (addr, handle) = start_node(&dir, &pg, &nats, Duration::from_secs(3600)).await;
+    let alice_key = registered_key(addr).await;
+    let bob_key = registered_key(addr).await;
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
+    let mut alice = client(addr, &alice_key).await;
+    let mut bob = client(addr, &bob_key).await;
+    let mut sent = HashSet::new();
+    let mut got = HashSet::new();
+    for n in 0..40u8 {
+        sent.insert(send(&mut alice, bob_id, n).await);
+        // Bob reads (and so acknowledges) as he goes, every few sends.
+        if n % 4 == 3 {
+            while got.len() < sent.len() {
+                let (from, id) = next_message(&mut bob, Duration::from_secs(5))
+                    .await
+                    .expect("pushed to Bob");
+                assert_eq!(from, alice_id);
+                assert!(got.insert(id), "delivered once");
+            }
+        }
+    }
+    assert_eq!(got, sent);
+    assert_eq!(
+        next_message(&mut bob, Duration::from_millis(300)).await,
+        None
+    );
+    // Without NATS (and with no polling) Bob still gets what is sent through his node: it is
+    // pushed at admission, not announced.
+    nats.kill();
+    for n in 40..45u8 {
+        let id = send(&mut alice, bob_id, n).await;
+        assert_eq!(
+            next_message(&mut bob, Duration::from_secs(5)).await,
+            Some((alice_id, id)),
+            "pushed at admission"
+        );
+    }
+    // (Reading on also sends the last acknowledgement.)
+    assert_eq!(
+        next_message(&mut bob, Duration::from_millis(300)).await,
+        None
+    );
+    drop(bob);
+    let mut queued = u64::MAX;
+    for _ in 0..50 {
+        let again = connect(Wire::Tcp, addr, &bob_key).await;
+        queued = again.queued_at_auth();
+        if queued == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued, 0, "acknowledged envelopes are not queued");
+    // Offline now: the next envelope is queued and found on reconnect.
+    let id = send(&mut alice, bob_id, 99).await;
+    let bob_relay = connect(Wire::Tcp, addr, &bob_key).await;
+    assert_eq!(bob_relay.queued_at_auth(), 1);
+    let mut bob = SignalingClient::new(bob_relay, ToySealer { local: bob_id });
+    assert_eq!(
+        next_message(&mut bob, Duration::from_secs(5)).await,
+        Some((alice_id, id))
+    );
+    handle.shutdown();
+}
