@@ -111,6 +111,9 @@ fn setup_audio(config: &SfuConfig, now: Instant) -> Input {
     }
 }
 
+/// Builds the input of one run, on an SFU started at the given time.
+type Setup<'a> = Box<dyn Fn(Instant) -> Input + 'a>;
+
 /// What one timed run feeds the SFU.
 struct Input {
     sfu: Sfu,
@@ -258,7 +261,7 @@ fn main() {
         ..SfuConfig::default()
     };
     let default = SfuConfig::default();
-    let configs: [(&str, Box<dyn Fn(Instant) -> Input>); 5] = [
+    let configs: [(&str, Setup); 5] = [
         (
             "32 participants, all audio forwarded",
             Box::new(|now| setup_audio(&all_audio, now)),
