@@ -404,10 +404,17 @@ struct UplinkNacks {
     /// Highest extended sequence number seen.
     highest: Option<u64>,
     scheduler: NackScheduler,
+    /// When `scheduler` next has NACKs to send (kept here: asking the scheduler costs a walk
+    /// over every missing packet, too much per packet when the uplink loses many).
+    due: Option<Instant>,
 }
 
 /// Round trip assumed to pace the retries of uplink NACKs when the leg has no measured RTT.
 const UPLINK_NACK_RTT: Duration = Duration::from_millis(100);
+
+/// A new gap is NACKed this long after it is seen: gaps of a few milliseconds go out in one
+/// NACK, and a packet only reordered by less than this is not asked for.
+const UPLINK_NACK_DELAY: Duration = Duration::from_millis(5);
 
 impl UplinkNacks {
     fn new(ssrc: u32) -> Self {
@@ -422,6 +429,7 @@ impl UplinkNacks {
             ssrc,
             highest: None,
             scheduler,
+            due: None,
         }
     }
 
@@ -442,24 +450,21 @@ impl UplinkNacks {
 }
 
 impl Participant {
-    /// Records an authenticated video packet of this participant for uplink loss, and NACKs
-    /// what is missing now.
-    fn track_uplink(
-        &mut self,
-        config: &SfuConfig,
-        now: Instant,
-        ssrc: u32,
-        seq: u16,
-        transmits: &mut VecDeque<Transmit>,
-    ) {
+    /// Records an authenticated video packet of this participant for uplink loss (a new gap
+    /// is NACKed [`UPLINK_NACK_DELAY`] later).
+    fn track_uplink(&mut self, now: Instant, ssrc: u32, seq: u16) {
         let Some(u) = self.uplink.iter_mut().find(|u| u.ssrc == ssrc) else {
             return;
         };
+        let before = u.highest;
         let ext = u.extend(seq);
         if u.scheduler.on_packet(now, ext) {
             self.stats.uplink_recovered += 1;
         }
-        self.send_uplink_nacks(config, now, transmits);
+        if before.is_some_and(|h| ext > h + 1) {
+            let at = now + UPLINK_NACK_DELAY;
+            u.due = Some(u.due.map_or(at, |d| d.min(at)));
+        }
     }
 
     /// Sends the uplink NACKs due: one generic NACK per SSRC with packets to ask for.
@@ -472,10 +477,11 @@ impl Participant {
         let rtt = self.rtt.unwrap_or(UPLINK_NACK_RTT);
         let mut packets = Vec::new();
         for u in &mut self.uplink {
-            if u.scheduler.missing_count() == 0 {
+            if u.due.is_none_or(|d| d > now) {
                 continue;
             }
             let lost = u.scheduler.poll_nacks(now, rtt);
+            u.due = u.scheduler.poll_timeout();
             if lost.is_empty() {
                 continue;
             }
@@ -507,10 +513,7 @@ impl Participant {
 
     /// When the next uplink NACK retry is due.
     fn uplink_deadline(&self) -> Option<Instant> {
-        self.uplink
-            .iter()
-            .filter_map(|u| u.scheduler.poll_timeout())
-            .min()
+        self.uplink.iter().filter_map(|u| u.due).min()
     }
 
     fn stream(&self, ssrc: u32) -> Option<&StreamDecl> {
@@ -800,6 +803,8 @@ pub struct Sfu {
     layer_switches: u64,
     /// The earliest probe packet due on any leg (as of the last timeout).
     probe_deadline: Option<Instant>,
+    /// The earliest uplink NACK due of any participant.
+    uplink_deadline: Option<Instant>,
     /// Scratch buffers reused across packets.
     buf: Vec<u8>,
     feedback: Vec<Feedback>,
@@ -843,6 +848,7 @@ impl Sfu {
             epoch: None,
             layer_switches: 0,
             probe_deadline: None,
+            uplink_deadline: None,
             buf: Vec::with_capacity(1500),
             feedback: Vec::new(),
         })
@@ -1128,6 +1134,9 @@ impl Sfu {
             if r.is_ok() && self.next_tick.is_none() {
                 self.next_tick = Some(now + self.config.speaker.bucket);
             }
+            if let Some(t) = call.participants.get(i).and_then(|p| p.uplink_deadline()) {
+                self.uplink_deadline = Some(self.uplink_deadline.map_or(t, |d| d.min(t)));
+            }
             r
         };
         if let Err(e) = &result {
@@ -1256,16 +1265,7 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let uplink = if self.config.uplink_nack {
-            self.calls
-                .values()
-                .flat_map(|c| &c.participants)
-                .filter_map(Participant::uplink_deadline)
-                .min()
-        } else {
-            None
-        };
-        [self.next_tick, self.probe_deadline, uplink]
+        [self.next_tick, self.probe_deadline, self.uplink_deadline]
             .into_iter()
             .flatten()
             .min()
@@ -1273,16 +1273,21 @@ impl Sfu {
 
     /// Sends the uplink NACK retries that are due.
     fn send_uplink_nacks(&mut self, now: Instant) {
-        if !self.config.uplink_nack {
+        if self.uplink_deadline.is_none_or(|t| t > now) {
             return;
         }
+        let mut next: Option<Instant> = None;
         for call in self.calls.values_mut() {
             for p in &mut call.participants {
                 if p.uplink_deadline().is_some_and(|t| t <= now) {
                     p.send_uplink_nacks(&self.config, now, &mut self.transmits);
                 }
+                if let Some(t) = p.uplink_deadline() {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
             }
         }
+        self.uplink_deadline = next;
     }
 
     /// Sends the probe padding packets that are due.
@@ -1386,7 +1391,7 @@ fn handle_rtp(
         .map_err(PacketError::Srtp)?;
     sender.stats.rtp_received += 1;
     if config.uplink_nack {
-        sender.track_uplink(config, now, info.ssrc, info.seq, transmits);
+        sender.track_uplink(now, info.ssrc, info.seq);
     }
     if info
         .marking
@@ -1726,5 +1731,21 @@ fn send_pli(
             owner.stats.send_errors += 1;
             trace!(leg = %owner.leg, error = %e, "pli failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_sequence_numbers_extend_across_a_wrap_and_reordering() {
+        let mut u = UplinkNacks::new(7);
+        let a = u.extend(65_534);
+        assert_eq!(u.extend(65_535), a + 1);
+        assert_eq!(u.extend(0), a + 2);
+        // Reordered: an older number maps below the highest, not a wrap ahead.
+        assert_eq!(u.extend(65_535), a + 1);
+        assert_eq!(u.highest, Some(a + 2));
     }
 }
