@@ -24,6 +24,8 @@
 //!   talker per call, the SFU's default loudest 3 and last-N 9) for `--seconds S` (default 5):
 //!   packets in and out per second, the server's CPU share, latency, and packets lost.
 //!
+//! `--no-uplink-nack` turns the SFU's NACKs to senders off (`SfuConfig::uplink_nack`).
+//!
 //! `--server-cpu N` starts the server under `taskset -c N` (run the bench itself under
 //! `taskset -c M` to pin the clients to another core). The server's CPU time is the sum of its
 //! threads' run time from `/proc/PID/task/*/schedstat`. Run:
@@ -102,7 +104,7 @@ fn cpu_ns(pid: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The server process.
 
-fn serve(video: bool) -> Result<(), Failure> {
+fn serve(video: bool, uplink_nack: bool) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -117,6 +119,7 @@ fn serve(video: bool) -> Result<(), Failure> {
             }
         };
         config.sfu.max_participants = 32;
+        config.sfu.uplink_nack = uplink_nack;
         config.leg_timeout = Duration::from_secs(600);
         let server = Server::start(config, SfuSigningKey::from_seed(&[9; 32])).await?;
         println!(
@@ -167,7 +170,7 @@ struct Sample {
 }
 
 impl ServerProcess {
-    fn start(video: bool, cpu: Option<&str>) -> Result<Self, Failure> {
+    fn start(video: bool, uplink_nack: bool, cpu: Option<&str>) -> Result<Self, Failure> {
         let exe = std::env::current_exe()?;
         let mut cmd = match cpu {
             Some(c) => {
@@ -180,6 +183,9 @@ impl ServerProcess {
         cmd.arg("--serve");
         if video {
             cmd.arg("--video");
+        }
+        if !uplink_nack {
+            cmd.arg("--no-uplink-nack");
         }
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
@@ -689,7 +695,7 @@ fn main() {
     };
     let video = flag("--video");
     if flag("--serve") {
-        if let Err(e) = serve(video) {
+        if let Err(e) = serve(video, !flag("--no-uplink-nack")) {
             eprintln!("driver bench server failed: {e}");
             std::process::exit(1);
         }
@@ -708,6 +714,7 @@ fn main() {
     let result = rt.block_on(async {
         let server = Arc::new(ServerProcess::start(
             video || calls.is_some(),
+            !flag("--no-uplink-nack"),
             server_cpu.as_deref(),
         )?);
         match calls {

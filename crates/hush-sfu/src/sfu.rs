@@ -333,6 +333,9 @@ pub struct LegStats {
     pub uplink_nacked: u64,
     /// Of those, packets that then arrived (resent, or only late).
     pub uplink_recovered: u64,
+    /// Times the SFU stopped asking this participant for missing video of one SSRC because
+    /// too much was missing at once (more than 32 packets: left to keyframe requests).
+    pub uplink_given_up: u64,
 }
 
 /// The SFU's view of the path to one participant (what it sends on the leg).
@@ -412,6 +415,12 @@ struct UplinkNacks {
 /// Round trip assumed to pace the retries of uplink NACKs when the leg has no measured RTT.
 const UPLINK_NACK_RTT: Duration = Duration::from_millis(100);
 
+/// Most packets of one SSRC the SFU asks a sender for at once: a longer gap (a burst, or the
+/// SFU's own receive buffer overflowing) is left to the receivers' keyframe requests, and so
+/// is everything missing when more than this is. Bounds the NACK work of an overloaded SFU,
+/// which would otherwise grow with the input it drops.
+const UPLINK_MAX_MISSING: usize = 32;
+
 /// A new gap is NACKed this long after it is seen: gaps of a few milliseconds go out in one
 /// NACK, and a packet only reordered by less than this is not asked for.
 const UPLINK_NACK_DELAY: Duration = Duration::from_millis(5);
@@ -458,6 +467,18 @@ impl Participant {
         };
         let before = u.highest;
         let ext = u.extend(seq);
+        if before.is_some_and(|h| ext > h + 1 + UPLINK_MAX_MISSING as u64)
+            || u.scheduler.missing_count() > UPLINK_MAX_MISSING
+        {
+            // Too much to ask for: start over from this packet.
+            self.stats.uplink_given_up += 1;
+            let mut fresh = UplinkNacks::new(ssrc);
+            fresh.extend(seq);
+            fresh.highest = Some(ext);
+            fresh.scheduler.on_packet(now, ext);
+            *u = fresh;
+            return;
+        }
         if u.scheduler.on_packet(now, ext) {
             self.stats.uplink_recovered += 1;
         }
