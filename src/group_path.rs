@@ -469,6 +469,12 @@ pub struct GroupPathStats {
     /// Video frames dropped because their stream had not had a keyframe yet (nothing could
     /// decode them).
     pub video_frames_before_keyframe: u64,
+    /// Video packets of this participant's layers resent in answer to the SFU's NACKs (lost
+    /// between it and the SFU), from its send history.
+    pub video_packets_resent: u64,
+    /// Sequence numbers the SFU NACKed that were no longer in the send history (or resent
+    /// too often already).
+    pub video_resends_unserved: u64,
 }
 
 /// A video frame of another participant, opened.
@@ -486,6 +492,21 @@ pub struct ParticipantVideo {
     pub layer: u8,
     /// The encoded frame.
     pub frame: Vec<u8>,
+}
+
+/// Video packets of this participant's layers kept (protected, as sent) to answer the SFU's
+/// NACKs: about 2.8 s of three layers at 100 / 300 / 800 kbit/s.
+const SEND_HISTORY_PACKETS: usize = 512;
+
+/// Times one packet of the send history may be resent.
+const MAX_RESENDS: u8 = 2;
+
+/// One sent video packet, kept for a resend.
+struct SentVideo {
+    ssrc: u32,
+    seq: u16,
+    resends: u8,
+    bytes: Vec<u8>,
 }
 
 /// One video layer this participant sends.
@@ -729,6 +750,8 @@ pub struct GroupMediaPath<C: FrameCrypto = Box<dyn FrameCrypto>> {
     /// Keyframe marking of held video frames, by (device, timestamp), until they open.
     held_marks: HashMap<(DeviceId, u32), (u32, bool)>,
     keyframe_requests: VecDeque<u32>,
+    /// The last [`SEND_HISTORY_PACKETS`] video packets sent, oldest first.
+    sent_video: VecDeque<SentVideo>,
     /// Arrivals of the SFU's transport-wide sequence numbers, reported every
     /// [`FEEDBACK_INTERVAL`].
     twcc: TwccRecorder,
@@ -779,6 +802,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             video: VecDeque::new(),
             held_marks: HashMap::new(),
             keyframe_requests: VecDeque::new(),
+            sent_video: VecDeque::new(),
             twcc: TwccRecorder::default(),
             next_feedback: None,
         })
@@ -884,10 +908,20 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             p.header.marker = i + 1 == chunks;
             p.header.set_extension(FRAME_MARKING_EXT_ID, vec![mark]);
             p.payload = chunk.to_vec();
+            let seq = p.header.sequence_number;
             let mut bytes = p.to_vec();
             match self.send.protect_rtp(&mut bytes) {
                 Ok(()) => {
                     self.stats.video_packets_sent += 1;
+                    if self.sent_video.len() == SEND_HISTORY_PACKETS {
+                        self.sent_video.pop_front();
+                    }
+                    self.sent_video.push_back(SentVideo {
+                        ssrc,
+                        seq,
+                        resends: 0,
+                        bytes: bytes.clone(),
+                    });
                     self.out.push_back(bytes);
                 }
                 Err(e) => trace!(error = %e, "protect failed"),
@@ -1121,7 +1155,8 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         mut datagram: Vec<u8>,
     ) -> Result<(), GroupPathError> {
         if matches!(datagram.get(1), Some(192..=223)) {
-            // RTCP from the SFU: relayed PLIs for this participant's video layers.
+            // RTCP from the SFU: relayed PLIs and the SFU's NACKs for this participant's video
+            // layers, sender reports.
             if let Err(e) = self.recv.unprotect_rtcp(&mut datagram) {
                 self.stats.srtp_failures += 1;
                 return Err(e.into());
@@ -1129,6 +1164,24 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             self.stats.rtcp_received += 1;
             for p in rtcp::parse_compound(&datagram).unwrap_or_default() {
                 match p {
+                    RtcpPacket::Nack(nack) if self.video_out.contains_key(&nack.media_ssrc) => {
+                        // Lost on the way to the SFU: the same protected bytes again (the
+                        // SFU's SRTP never saw that index, so it takes them).
+                        for seq in nack.lost {
+                            let sent = self
+                                .sent_video
+                                .iter_mut()
+                                .find(|p| p.ssrc == nack.media_ssrc && p.seq == seq);
+                            match sent {
+                                Some(p) if p.resends < MAX_RESENDS => {
+                                    p.resends += 1;
+                                    self.stats.video_packets_resent += 1;
+                                    self.out.push_back(p.bytes.clone());
+                                }
+                                _ => self.stats.video_resends_unserved += 1,
+                            }
+                        }
+                    }
                     RtcpPacket::Pli(pli) if self.video_out.contains_key(&pli.media_ssrc) => {
                         self.stats.keyframe_requests += 1;
                         if !self.keyframe_requests.contains(&pli.media_ssrc) {

@@ -73,6 +73,10 @@ struct Member {
     lose_next_video: bool,
     /// Sequence numbers of video packets lost for good.
     black_hole: Vec<u16>,
+    /// Every `n`th datagram of this member to the SFU is lost (its resends included).
+    uplink_lose_every: Option<u64>,
+    uplink_datagrams: u64,
+    uplink_lost: u64,
 }
 
 struct Sim {
@@ -93,15 +97,20 @@ impl Sim {
     /// `n` participants on the roster; participant 0 sends a three-layer camera. Those in
     /// `late` join only when [`join`](Self::join) is called.
     fn new(n: usize, late: &[usize], sizes: [usize; 3]) -> Self {
-        let mut rng = rand::rng();
-        let sfu = Sfu::new(
+        Self::with_config(
+            n,
+            late,
+            sizes,
             SfuConfig {
                 video_last_n: None,
                 ..SfuConfig::default()
             },
-            hush_sfu::join::SfuSigningKey::generate(&mut rng),
         )
-        .unwrap();
+    }
+
+    fn with_config(n: usize, late: &[usize], sizes: [usize; 3], config: SfuConfig) -> Self {
+        let mut rng = rand::rng();
+        let sfu = Sfu::new(config, hush_sfu::join::SfuSigningKey::generate(&mut rng)).unwrap();
         let devices: Vec<DeviceId> = (0..n).map(device).collect();
         let roster = Roster::sign(&key(0), CallId::from_bytes(CALL), 1, &devices).unwrap();
         let mut sim = Self {
@@ -194,6 +203,9 @@ impl Sim {
             no_path_until: None,
             lose_next_video: false,
             black_hole: Vec::new(),
+            uplink_lose_every: None,
+            uplink_datagrams: 0,
+            uplink_lost: 0,
         });
     }
 
@@ -263,6 +275,13 @@ impl Sim {
             for m in self.members.iter_mut().flatten() {
                 while let Some(d) = m.path.poll_datagram() {
                     moved = true;
+                    m.uplink_datagrams += 1;
+                    if m.uplink_lose_every
+                        .is_some_and(|k| m.uplink_datagrams % k == 0)
+                    {
+                        m.uplink_lost += 1;
+                        continue;
+                    }
                     let _ = self.sfu.handle_input(now, m.leg, &d);
                 }
             }
@@ -515,4 +534,92 @@ fn a_late_joiner_gets_a_keyframe_at_once_when_its_path_comes_up() {
     // From the keyframe on, every frame.
     let got: Vec<u32> = m.video.iter().map(number).collect();
     assert_eq!(got, (number(first)..sim.frame).collect::<Vec<_>>());
+}
+
+/// Loss on the sender's uplink (sender → SFU): `lose_every` of its datagrams, for 90 frames.
+/// Returns the simulation after the last recoveries, and the first frame sent under loss.
+fn uplink_loss(config: SfuConfig, lose_every: u64) -> (Sim, u32, usize) {
+    let mut sim = Sim::with_config(3, &[], [300, 2000, 5500], config);
+    for _ in 0..10 {
+        sim.send_frame();
+    }
+    let keyframes_before = sim.keyframes.len();
+    let first = sim.frame;
+    sim.member_mut(0).uplink_lose_every = Some(lose_every);
+    for _ in 0..90 {
+        sim.send_frame();
+    }
+    sim.member_mut(0).uplink_lose_every = None;
+    for _ in 0..200 {
+        sim.step();
+    }
+    (sim, first, keyframes_before)
+}
+
+#[test]
+fn lost_packets_on_the_senders_uplink_are_nacked_by_the_sfu_and_resent_without_a_keyframe() {
+    let config = SfuConfig {
+        video_last_n: None,
+        ..SfuConfig::default()
+    };
+    let (sim, first, keyframes_before) = uplink_loss(config, 9);
+    let last = first + 89;
+    let sender = sim.member(0);
+    assert!(sender.uplink_lost > 50, "{} lost", sender.uplink_lost);
+    let s = sender.path.stats();
+    assert!(s.video_packets_resent > 0, "{s:?}");
+    let leg = sim.sfu.leg_stats(sim.leg(0)).unwrap();
+    println!(
+        "uplink: {} of {} datagrams lost; SFU NACKed {} sequence numbers, {} arrived after; \
+         sender resent {} ({} unserved)",
+        sender.uplink_lost,
+        sender.uplink_datagrams,
+        leg.uplink_nacked,
+        leg.uplink_recovered,
+        s.video_packets_resent,
+        s.video_resends_unserved
+    );
+    assert!(leg.uplink_nacked > 0 && leg.uplink_recovered > 0, "{leg:?}");
+    for r in [1, 2] {
+        let m = sim.member(r);
+        let s = m.path.stats();
+        assert_eq!(s.video_keyframes_requested, 0, "receiver {r}: {s:?}");
+        assert_eq!(s.video_frames_incomplete, 0, "receiver {r}: {s:?}");
+        // Every frame sent during the loss reached the receiver, whole, in order, once.
+        let got: Vec<u32> = m.video.iter().map(number).filter(|&n| n >= first).collect();
+        assert_eq!(got, (first..=last).collect::<Vec<_>>(), "receiver {r}");
+        for v in &m.video {
+            assert_eq!(
+                v.frame,
+                frame(
+                    usize::from(v.layer),
+                    number(v),
+                    sim.sizes[usize::from(v.layer)]
+                )
+            );
+        }
+    }
+    // No keyframe was asked for: none sent after the warm-up's.
+    assert_eq!(sim.keyframes.len(), keyframes_before, "{:?}", sim.keyframes);
+}
+
+#[test]
+fn without_uplink_nacks_the_same_uplink_loss_costs_keyframes() {
+    let config = SfuConfig {
+        video_last_n: None,
+        uplink_nack: false,
+        ..SfuConfig::default()
+    };
+    let (sim, _, keyframes_before) = uplink_loss(config, 9);
+    assert_eq!(sim.member(0).path.stats().video_packets_resent, 0);
+    let requested: u64 = [1, 2]
+        .iter()
+        .map(|&r| sim.member(r).path.stats().video_keyframes_requested)
+        .sum();
+    assert!(requested > 0, "no keyframe requested");
+    assert!(
+        sim.keyframes.len() > keyframes_before,
+        "{:?}",
+        sim.keyframes
+    );
 }

@@ -1,28 +1,43 @@
-//! The SFU server (tokio driver + core) over real loopback UDP: a 32-person audio call, every
-//! participant's audio forwarded to all 31 others (`loudest_n: None`).
+//! The SFU server (tokio driver + core, as the `hush-sfu` binary runs it: one current-thread
+//! runtime) over real loopback UDP, in a child process of its own; the participants are plain
+//! UDP sockets in this process.
 //!
-//! Each participant is a plain UDP socket in this process: it joins over the signaling
-//! channel, sends one connectivity check (`ice::build_check`) to bind its path, then sends
-//! hop-SRTP-protected RTP packets of 80-byte payloads. Two phases:
+//! Each participant joins over the signaling channel, sends one connectivity check
+//! (`ice::build_check`) to bind its path, then sends hop-SRTP-protected RTP. Each payload
+//! carries its send time; receivers unprotect and record send → receive time (client protect
+//! and send, the SFU's unprotect and per-recipient protect, the receiving socket).
 //!
-//! 1. throughput: every participant sends as fast as it can for 2.5 s; the server's
-//!    `packets_out` counter from 0.5 s to 2 s gives packets out per second (what the SFU
-//!    cannot take, its socket buffer drops);
-//! 2. latency at half that load: senders are paced so the SFU sends half the measured rate;
-//!    each payload carries its send time, and receivers (after hop SRTP unprotect) record
-//!    send → receive time: client protect + send, the SFU (unprotect, protect per recipient),
-//!    and the receiving socket, all on loopback.
+//! Modes:
 //!
-//! Clients and the server share the machine (the server's main task is one task on a
-//! 2-worker runtime; the clients run on the same runtime), so the figures are a floor for the
-//! SFU alone. Run:
+//! - default: a 32-person audio call, every participant's audio (80-byte payloads) forwarded
+//!   to the 31 others (`loudest_n: None`);
+//! - `--video`: an 8-person video call, every participant sending three simulcast layers
+//!   (1, 2 and 3 packets of 1200 bytes per frame, as hush's 100 / 300 / 800 kbit/s layers at
+//!   30 frames/s), every receiver getting the top layer of the 7 others;
+//!
+//! each in two phases: (1) throughput: every participant sends as fast as it can for 2.5 s and
+//! the server's `packets_out` counter and CPU time are read from 0.5 s to 2 s; (2) latency at
+//! half that rate (senders paced).
+//!
+//! - `--calls K` (with `--video`): K 8-person video calls at once at a real call's rates
+//!   (30 video frames/s of 6 packets, 50 audio packets/s of 80 bytes with the audio level, one
+//!   talker per call, the SFU's default loudest 3 and last-N 9) for `--seconds S` (default 5):
+//!   packets in and out per second, the server's CPU share, latency, and packets lost.
+//!
+//! `--no-uplink-nack` turns the SFU's NACKs to senders off (`SfuConfig::uplink_nack`).
+//!
+//! `--server-cpu N` starts the server under `taskset -c N` (run the bench itself under
+//! `taskset -c M` to pin the clients to another core). The server's CPU time is the sum of its
+//! threads' run time from `/proc/PID/task/*/schedstat`. Run:
 //!
 //! ```text
-//! cargo bench -p hush-sfu --bench driver
+//! nice -n 10 taskset -c 1 cargo bench -p hush-sfu --bench driver -- --server-cpu 0 [--video] [--calls K]
 //! ```
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,23 +45,42 @@ use ed25519_dalek::SigningKey;
 use hush_media::rtp::RtpPacket;
 use hush_sfu::client;
 use hush_sfu::ice;
-use hush_sfu::join::{JoinParams, SfuSigningKey, StreamDecl, StreamKind};
+use hush_sfu::join::{
+    JoinParams, SfuPublicKey, SfuSigningKey, SimulcastLayer, StreamDecl, StreamKind,
+};
 use hush_sfu::roster::Roster;
 use hush_sfu::server::{Server, ServerConfig};
-use hush_sfu::{CallId, DeviceId, SfuConfig};
+use hush_sfu::{CallId, DeviceId, SfuConfig, FRAME_MARKING_EXT_ID};
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
-const CALL: CallId = CallId::from_bytes([0xb0; 16]);
-const PARTICIPANTS: usize = 32;
-const PAYLOAD: usize = 80;
+const AUDIO_PARTICIPANTS: usize = 32;
+const VIDEO_PARTICIPANTS: usize = 8;
+const AUDIO_PAYLOAD: usize = 80;
+/// Size of every video packet on the wire (RTP header, extension, payload, SRTP tag).
+const VIDEO_PACKET: usize = 1200;
+/// Packets per frame of layers 0, 1, 2 (see the forward bench).
+const PACKETS_PER_FRAME: [usize; 3] = [1, 2, 3];
+const HEIGHTS: [u16; 3] = [90, 180, 360];
+const KEYFRAME_EVERY: u32 = 90;
+const AUDIO_LEVEL_EXT: u8 = 1;
 const LATENCY_SECONDS: f64 = 3.0;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-fn key(i: usize) -> SigningKey {
-    SigningKey::from_bytes(&[i as u8 + 1; 32])
+fn key(call: usize, i: usize) -> SigningKey {
+    let mut seed = [i as u8 + 1; 32];
+    seed[0] = call as u8;
+    seed[1] = (call >> 8) as u8;
+    SigningKey::from_bytes(&seed)
+}
+
+fn call_id(call: usize) -> CallId {
+    let mut b = [0xb0; 16];
+    b[0] = call as u8;
+    b[1] = (call >> 8) as u8;
+    CallId::from_bytes(b)
 }
 
 fn unix_ms() -> u64 {
@@ -56,36 +90,216 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (ns) of all threads of process `pid` ("self" for this one).
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process.
+
+fn serve(video: bool, uplink_nack: bool) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?);
+        config.sfu = if video {
+            SfuConfig::default()
+        } else {
+            SfuConfig {
+                loudest_n: None,
+                ..SfuConfig::default()
+            }
+        };
+        config.sfu.max_participants = 32;
+        config.sfu.uplink_nack = uplink_nack;
+        config.leg_timeout = Duration::from_secs(600);
+        let server = Server::start(config, SfuSigningKey::from_seed(&[9; 32])).await?;
+        println!(
+            "ready {} {}",
+            server.signal_addr(),
+            hex::encode(server.public_key().to_bytes())
+        );
+        std::io::stdout().flush()?;
+        // Commands on stdin, read on a thread of their own: "stats" or end of input.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(cmd) = rx.recv().await {
+            if cmd.trim() == "stats" {
+                let s = server.stats().await?;
+                println!(
+                    "stats {} {} {}",
+                    s.packets_in, s.packets_out, s.layer_switches
+                );
+                std::io::stdout().flush()?;
+            }
+        }
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// The server child process and its command pipe.
+struct ServerProcess {
+    child: Child,
+    stdin: std::sync::Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    signal: SocketAddr,
+    key: SfuPublicKey,
+}
+
+/// Packets in, packets out, layer switches; and the server's CPU time (ns).
+struct Sample {
+    packets_in: u64,
+    packets_out: u64,
+    cpu_ns: u64,
+    at: Instant,
+}
+
+impl ServerProcess {
+    fn start(video: bool, uplink_nack: bool, cpu: Option<&str>) -> Result<Self, Failure> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = match cpu {
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(c).arg(&exe);
+                cmd
+            }
+            None => Command::new(&exe),
+        };
+        cmd.arg("--serve");
+        if video {
+            cmd.arg("--video");
+        }
+        if !uplink_nack {
+            cmd.arg("--no-uplink-nack");
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let mut it = line.split_whitespace();
+        if it.next() != Some("ready") {
+            return Err(format!("server did not start: {line:?}").into());
+        }
+        let signal: SocketAddr = it.next().ok_or("no address")?.parse()?;
+        let key_bytes: [u8; 32] = hex::decode(it.next().ok_or("no key")?)?
+            .try_into()
+            .map_err(|_| "key length")?;
+        Ok(Self {
+            child,
+            stdin: std::sync::Mutex::new((stdin, stdout)),
+            signal,
+            key: SfuPublicKey::from_bytes(&key_bytes)?,
+        })
+    }
+
+    fn sample(&self) -> Result<Sample, Failure> {
+        let mut g = self.stdin.lock().map_err(|_| "poisoned")?;
+        let (stdin, stdout) = &mut *g;
+        stdin.write_all(b"stats\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let cpu = cpu_ns(&self.child.id().to_string());
+        let at = Instant::now();
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() != 3 {
+            return Err(format!("bad stats line {line:?}").into());
+        }
+        Ok(Sample {
+            packets_in: v[0],
+            packets_out: v[1],
+            cpu_ns: cpu,
+            at,
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The participants.
+
 struct Participant {
     socket: Arc<UdpSocket>,
     send: Mutex<SrtpContext>,
     recv: Mutex<SrtpContext>,
-    ssrc: u32,
+    audio_ssrc: u32,
+    /// SSRCs of the layers sent (none for an audio-only participant).
+    layers: Vec<u32>,
     media: SocketAddr,
+    /// Audio level sent (RFC 6464: 0 loudest, 127 silence).
+    level: u8,
     _link: client::Link,
 }
 
-async fn join_all(server: &Server) -> Result<Vec<Arc<Participant>>, Failure> {
-    let members: Vec<DeviceId> = (0..PARTICIPANTS)
-        .map(|i| DeviceId::from_signing_key(&key(i)))
+async fn join_call(
+    server: &ServerProcess,
+    call: usize,
+    n: usize,
+    video: bool,
+) -> Result<Vec<Arc<Participant>>, Failure> {
+    let members: Vec<DeviceId> = (0..n)
+        .map(|i| DeviceId::from_signing_key(&key(call, i)))
         .collect();
-    let roster = Roster::sign(&key(0), CALL, 1, &members)?;
+    let roster = Roster::sign(&key(call, 0), call_id(call), 1, &members)?;
     let mut out = Vec::new();
-    for i in 0..PARTICIPANTS {
-        let ssrc = 0x1000 + i as u32;
+    for i in 0..n {
+        let audio_ssrc = 0x1000 + i as u32;
+        let mut streams = vec![StreamDecl {
+            ssrc: audio_ssrc,
+            kind: StreamKind::Audio,
+        }];
+        let mut layers = Vec::new();
+        if video {
+            for (l, &height) in HEIGHTS.iter().enumerate() {
+                let ssrc = 0x4000 + (i as u32) * 16 + l as u32;
+                layers.push(ssrc);
+                streams.push(StreamDecl {
+                    ssrc,
+                    kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                        source: 0,
+                        layer: l as u8,
+                        width: height / 9 * 16,
+                        height,
+                    }),
+                });
+            }
+        }
         let params = JoinParams {
-            call_id: CALL,
+            call_id: call_id(call),
             suite: Suite::AeadAes128Gcm,
-            audio_level_ext: None,
-            streams: vec![StreamDecl {
-                ssrc,
-                kind: StreamKind::Audio,
-            }],
+            audio_level_ext: Some(AUDIO_LEVEL_EXT),
+            streams,
         };
         let link = client::join(
-            server.signal_addr(),
-            &server.public_key(),
-            &key(i),
+            server.signal,
+            &server.key,
+            &key(call, i),
             &params,
             (i == 0).then_some(&roster),
             unix_ms(),
@@ -101,18 +315,23 @@ async fn join_all(server: &Server) -> Result<Vec<Arc<Participant>>, Failure> {
         )?;
         socket.send_to(&check, link.media).await?;
         let mut buf = [0u8; 1500];
-        let (n, _) =
-            tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await??;
-        if buf.get(..2) != Some(&[0x01, 0x01]) || n < 20 {
-            return Err("check not answered".into());
+        loop {
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await??;
+            // Media of the others may arrive before the answer (calls already running).
+            if buf.get(..2) == Some(&[0x01, 0x01]) && n >= 20 {
+                break;
+            }
         }
         let config = SrtpConfig::builder().max_ssrcs(64).build()?;
         out.push(Arc::new(Participant {
             socket,
             send: Mutex::new(link.keys.send_context(SrtpConfig::default())?),
             recv: Mutex::new(link.keys.recv_context(config)?),
-            ssrc,
+            audio_ssrc,
+            layers,
             media: link.media,
+            level: if i == 0 { 30 } else { 110 },
             _link: link,
         }));
     }
@@ -120,24 +339,87 @@ async fn join_all(server: &Server) -> Result<Vec<Arc<Participant>>, Failure> {
 }
 
 impl Participant {
-    async fn send(&self, seq: u16, base: Instant) -> Result<(), Failure> {
+    fn packet(
+        &self,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        ext: (u8, u8),
+        size: usize,
+        base: Instant,
+    ) -> Vec<u8> {
         let mut p = RtpPacket::default();
-        p.header.payload_type = 111;
-        p.header.ssrc = self.ssrc;
+        p.header.payload_type = if self.layers.contains(&ssrc) { 96 } else { 111 };
+        p.header.ssrc = ssrc;
         p.header.sequence_number = seq;
-        p.header.timestamp = u32::from(seq) * 960;
-        let mut payload = vec![0u8; PAYLOAD];
+        p.header.timestamp = ts;
+        p.header.set_extension(ext.0, vec![ext.1]);
+        let mut payload = vec![0u8; size];
         let sent_ns = base.elapsed().as_nanos() as u64;
         payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
         p.payload = payload;
-        let mut bytes = p.to_vec();
+        p.to_vec()
+    }
+
+    /// One audio packet (sequence number `round`).
+    async fn send_audio(&self, round: u32, base: Instant) -> Result<(), Failure> {
+        let mut bytes = self.packet(
+            self.audio_ssrc,
+            round as u16,
+            round.wrapping_mul(960),
+            (AUDIO_LEVEL_EXT, 0x80 | self.level),
+            AUDIO_PAYLOAD,
+            base,
+        );
         self.send.lock().await.protect_rtp(&mut bytes)?;
         self.socket.send_to(&bytes, self.media).await?;
         Ok(())
     }
+
+    /// Frame `round` of every layer: 1, 2, 3 packets of 1200 bytes with frame marking.
+    async fn send_frame(&self, round: u32, base: Instant) -> Result<(), Failure> {
+        // RTP header 12 + one-byte extension block 8 + SRTP tag 16.
+        let payload = VIDEO_PACKET - 12 - 8 - 16;
+        for (l, &ssrc) in self.layers.iter().enumerate() {
+            let n = PACKETS_PER_FRAME[l];
+            for k in 0..n {
+                let mut mark = 0u8;
+                if k == 0 {
+                    mark |= 0x80;
+                    if round.is_multiple_of(KEYFRAME_EVERY) {
+                        mark |= 0x20;
+                    }
+                }
+                if k + 1 == n {
+                    mark |= 0x40;
+                }
+                let seq = (round as usize * n + k) as u16;
+                let mut bytes = self.packet(
+                    ssrc,
+                    seq,
+                    round.wrapping_mul(3000),
+                    (FRAME_MARKING_EXT_ID, mark),
+                    payload,
+                    base,
+                );
+                self.send.lock().await.protect_rtp(&mut bytes)?;
+                self.socket.send_to(&bytes, self.media).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: a video frame if this participant sends video, else an audio packet.
+    async fn send_round(&self, round: u32, base: Instant) -> Result<(), Failure> {
+        if self.layers.is_empty() {
+            self.send_audio(round, base).await
+        } else {
+            self.send_frame(round, base).await
+        }
+    }
 }
 
-/// Receives until `stop`; returns the latencies (ns) of the packets it could read.
+/// Receives until `stop`: the latencies (ns) of the packets it could read, and their count.
 async fn receive(p: Arc<Participant>, base: Instant, stop: Arc<AtomicBool>) -> Vec<u64> {
     let mut lat = Vec::new();
     let mut buf = vec![0u8; 1500];
@@ -163,23 +445,63 @@ async fn receive(p: Arc<Participant>, base: Instant, stop: Arc<AtomicBool>) -> V
     lat
 }
 
-async fn run() -> Result<(), Failure> {
-    let mut config = ServerConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?);
-    config.sfu = SfuConfig {
-        loudest_n: None,
-        ..SfuConfig::default()
+/// Only counts (no unprotect): the receivers of the throughput phase.
+async fn drain(p: Arc<Participant>, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(50), p.socket.recv_from(&mut buf)).await
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn percentiles(mut lat: Vec<u64>) -> (usize, f64, f64) {
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .map_or(0.0, |&ns| ns as f64 / 1e6)
     };
-    config.leg_timeout = Duration::from_secs(600);
-    let server = Server::start(config, SfuSigningKey::from_seed(&[9; 32])).await?;
-    let parts = join_all(&server).await?;
+    (lat.len(), pct(0.5), pct(0.99))
+}
+
+async fn sample(server: &Arc<ServerProcess>) -> Result<Sample, Failure> {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.sample()).await?
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Throughput, then latency at half load, of one call.
+async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure> {
+    let n = if video {
+        VIDEO_PARTICIPANTS
+    } else {
+        AUDIO_PARTICIPANTS
+    };
+    let parts = join_call(&server, 0, n, video).await?;
+    // Packets the SFU sends per round of one sender: one per other participant, times the
+    // packets of the top layer's frame.
+    let out_per_round = (n - 1) * if video { PACKETS_PER_FRAME[2] } else { 1 };
+    let in_per_round = if video {
+        PACKETS_PER_FRAME.iter().sum::<usize>()
+    } else {
+        1
+    };
     let base = Instant::now();
 
-    // Phase 1: throughput. Every sender sends as fast as it can for 2.5 s (what the SFU cannot
-    // take, its socket buffer drops); the rate is measured from 0.5 s to 2 s, when it is steady.
+    // Phase 1: throughput.
     let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
     let receivers: Vec<_> = parts
         .iter()
-        .map(|p| tokio::spawn(receive(p.clone(), base, stop.clone())))
+        .map(|p| tokio::spawn(drain(p.clone(), stop.clone(), received.clone())))
         .collect();
     let sending = Arc::new(AtomicBool::new(true));
     let senders: Vec<_> = parts
@@ -188,49 +510,59 @@ async fn run() -> Result<(), Failure> {
             let p = p.clone();
             let sending = sending.clone();
             tokio::spawn(async move {
-                let mut s: u16 = 0;
+                let mut r: u32 = 0;
                 while sending.load(Ordering::Relaxed) {
-                    s = s.wrapping_add(1);
-                    let _ = p.send(s, base).await;
-                    if s.is_multiple_of(8) {
+                    r += 1;
+                    let _ = p.send_round(r, base).await;
+                    if r.is_multiple_of(8) {
                         tokio::task::yield_now().await;
                     }
                 }
-                s
+                r
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let s0 = server.stats().await?;
-    let t0 = Instant::now();
+    let me0 = cpu_ns("self");
+    let s0 = sample(&server).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s1 = server.stats().await?;
-    let secs = t0.elapsed().as_secs_f64();
+    let s1 = sample(&server).await?;
+    let me1 = cpu_ns("self");
     sending.store(false, Ordering::Relaxed);
-    let mut last_seq = 0u16;
+    let mut last_round = 0u32;
     for s in senders {
-        last_seq = last_seq.max(s.await?);
+        last_round = last_round.max(s.await?);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for r in receivers {
-        let _ = r.await?;
+        r.await?;
     }
+    let secs = (s1.at - s0.at).as_secs_f64();
     let out = s1.packets_out - s0.packets_out;
     let inp = s1.packets_in - s0.packets_in;
+    let cpu = (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9;
     let rate = out as f64 / secs;
     println!(
-        "throughput: {inp} packets in, {out} packets out in {secs:.3} s: {rate:.0} packets out/s"
+        "throughput: {inp} packets in, {out} packets out in {secs:.3} s: {rate:.0} packets out/s; \
+         server CPU {:.0} % of a core, {:.2} us per packet out, {:.0} packets out per CPU-second; \
+         clients CPU {:.0} %; load average {}",
+        cpu / secs * 100.0,
+        cpu * 1e6 / out.max(1) as f64,
+        out as f64 / cpu.max(1e-9),
+        (me1 - me0) as f64 / 1e9 / secs * 100.0,
+        load_average()
     );
 
     // Phase 2: latency at half that rate.
-    let per_sender_pps = (rate / 2.0) / (PARTICIPANTS - 1) as f64 / PARTICIPANTS as f64;
-    let interval = Duration::from_secs_f64(1.0 / per_sender_pps.max(1.0));
+    let per_sender_rounds = (rate / 2.0) / out_per_round as f64 / n as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_sender_rounds.max(1.0));
     let stop = Arc::new(AtomicBool::new(false));
     let receivers: Vec<_> = parts
         .iter()
         .map(|p| tokio::spawn(receive(p.clone(), base, stop.clone())))
         .collect();
+    let s0 = sample(&server).await?;
     let end = Instant::now() + Duration::from_secs_f64(LATENCY_SECONDS);
     let senders: Vec<_> = parts
         .iter()
@@ -239,13 +571,13 @@ async fn run() -> Result<(), Failure> {
             let p = p.clone();
             tokio::spawn(async move {
                 // Spread the senders over one interval.
-                tokio::time::sleep(interval.mul_f64(i as f64 / PARTICIPANTS as f64)).await;
+                tokio::time::sleep(interval.mul_f64(i as f64 / n as f64)).await;
                 let mut tick = tokio::time::interval(interval);
-                let mut seq = last_seq.wrapping_add(1000);
+                let mut r = last_round + 1000;
                 while Instant::now() < end {
                     tick.tick().await;
-                    seq = seq.wrapping_add(1);
-                    let _ = p.send(seq, base).await;
+                    r += 1;
+                    let _ = p.send_round(r, base).await;
                 }
             })
         })
@@ -253,36 +585,144 @@ async fn run() -> Result<(), Failure> {
     for s in senders {
         s.await?;
     }
+    let s1 = sample(&server).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     for r in receivers {
         lat.extend(r.await?);
     }
-    lat.sort_unstable();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
-            .map_or(0.0, |&ns| ns as f64 / 1e6)
-    };
+    let secs = (s1.at - s0.at).as_secs_f64();
+    let (samples, p50, p99) = percentiles(lat);
     println!(
-        "latency at {:.0} packets out/s ({:.1} packets/s per sender): {} samples, p50 {:.3} ms, p99 {:.3} ms",
-        per_sender_pps * (PARTICIPANTS * (PARTICIPANTS - 1)) as f64,
-        per_sender_pps,
-        lat.len(),
-        pct(0.5),
-        pct(0.99)
+        "latency at {:.0} packets out/s target ({:.1} rounds/s per sender, {} packets in per round): \
+         server sent {:.0} packets out/s at {:.0} % CPU; {samples} samples, p50 {p50:.3} ms, \
+         p99 {p99:.3} ms; load average {}",
+        per_sender_rounds * (n * out_per_round) as f64,
+        per_sender_rounds,
+        in_per_round,
+        (s1.packets_out - s0.packets_out) as f64 / secs,
+        (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9 / secs * 100.0,
+        load_average()
     );
-    server.shutdown().await;
+    Ok(())
+}
+
+/// `calls` 8-person video calls at a real call's packet rates for `seconds`.
+async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> Result<(), Failure> {
+    let mut all = Vec::new();
+    for c in 0..calls {
+        all.extend(join_call(&server, c, VIDEO_PARTICIPANTS, true).await?);
+    }
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<_> = all
+        .iter()
+        .map(|p| tokio::spawn(receive(p.clone(), base, stop.clone())))
+        .collect();
+    // Let the calls start (first keyframes, layer choice) before measuring.
+    let warmup = Duration::from_secs(1);
+    let end = Instant::now() + warmup + Duration::from_secs_f64(seconds);
+    let mut senders = Vec::new();
+    for (i, p) in all.iter().enumerate() {
+        let spread = i as f64 / all.len() as f64;
+        for (video, period) in [(true, 1.0 / 30.0), (false, 0.020)] {
+            let p = p.clone();
+            senders.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(period * spread)).await;
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(period));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut r = 0u32;
+                while Instant::now() < end {
+                    tick.tick().await;
+                    let _ = if video {
+                        p.send_frame(r, base).await
+                    } else {
+                        p.send_audio(r, base).await
+                    };
+                    r += 1;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(warmup).await;
+    let me0 = cpu_ns("self");
+    let s0 = sample(&server).await?;
+    for s in senders {
+        s.await?;
+    }
+    let s1 = sample(&server).await?;
+    let me1 = cpu_ns("self");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for r in receivers {
+        lat.extend(r.await?);
+    }
+    let secs = (s1.at - s0.at).as_secs_f64();
+    let out = (s1.packets_out - s0.packets_out) as f64;
+    let inp = (s1.packets_in - s0.packets_in) as f64;
+    let cpu = (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9;
+    // What a real call's rates make the SFU send: per sender and second, 30 × 3 packets of
+    // the top layer to each of 7 others, and 50 audio packets from each of the 3 loudest.
+    let expected_out =
+        calls as f64 * (VIDEO_PARTICIPANTS as f64 * 30.0 * 3.0 * 7.0 + 3.0 * 50.0 * 7.0);
+    let (samples, p50, p99) = percentiles(lat);
+    println!(
+        "{calls} calls: {:.0} packets in/s, {:.0} packets out/s ({:.0} % of {:.0} expected); \
+         server CPU {:.0} % of a core, {:.2} us per packet out; clients CPU {:.0} %; \
+         {samples} latency samples, p50 {p50:.3} ms, p99 {p99:.3} ms; load average {}",
+        inp / secs,
+        out / secs,
+        out / secs / expected_out * 100.0,
+        expected_out,
+        cpu / secs * 100.0,
+        cpu * 1e6 / out.max(1.0),
+        (me1 - me0) as f64 / 1e9 / secs * 100.0,
+        load_average()
+    );
     Ok(())
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let video = flag("--video");
+    if flag("--serve") {
+        if let Err(e) = serve(video, !flag("--no-uplink-nack")) {
+            eprintln!("driver bench server failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let calls: Option<usize> = value("--calls").and_then(|v| v.parse().ok());
+    let seconds: f64 = value("--seconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5.0);
+    let server_cpu = value("--server-cpu");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
+    let result = rt.block_on(async {
+        let server = Arc::new(ServerProcess::start(
+            video || calls.is_some(),
+            !flag("--no-uplink-nack"),
+            server_cpu.as_deref(),
+        )?);
+        match calls {
+            Some(k) => many_calls(server, k, seconds).await,
+            None => one_call(server, video).await,
+        }
+    });
+    if let Err(e) = result {
         eprintln!("driver bench failed: {e}");
         std::process::exit(1);
     }

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use hush_media::cc::{CcConfig, CongestionController};
+use hush_media::nack::NackScheduler;
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tracing::{debug, info, trace};
 use zeroize::Zeroizing;
@@ -162,6 +163,10 @@ pub struct SfuConfig {
     /// recently (by the speaker detector; those who never spoke in join order); `None`
     /// forwards all video. Default `Some(9)`.
     pub video_last_n: Option<usize>,
+    /// NACK a participant for the video packets lost between it and the SFU (gaps in the
+    /// sequence numbers of its video SSRCs), so that it resends them from its send history
+    /// (docs/sfu.md, "Uplink loss"). Default `true`.
+    pub uplink_nack: bool,
     /// The congestion controller of each leg (what the SFU sends to one participant), fed by
     /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
     /// 50 kbit/s and 20 Mbit/s, probing with padding (only on legs that send feedback).
@@ -188,6 +193,7 @@ impl Default for SfuConfig {
             speaker: SpeakerConfig::default(),
             tap: None,
             video_last_n: Some(9),
+            uplink_nack: true,
             leg_cc: CcConfig {
                 start_bps: 2_000_000,
                 min_bps: 50_000,
@@ -322,6 +328,14 @@ pub struct LegStats {
     pub probe_packets: u64,
     /// Video packets not forwarded to this leg because their sender is not among its last-N.
     pub video_not_selected: u64,
+    /// Sequence numbers of this participant's video the SFU asked it to resend (lost between
+    /// it and the SFU; each retry counted).
+    pub uplink_nacked: u64,
+    /// Of those, packets that then arrived (resent, or only late).
+    pub uplink_recovered: u64,
+    /// Times the SFU stopped asking this participant for missing video of one SSRC because
+    /// too much was missing at once (more than 32 packets: left to keyframe requests).
+    pub uplink_given_up: u64,
 }
 
 /// The SFU's view of the path to one participant (what it sends on the leg).
@@ -378,9 +392,151 @@ struct Participant {
     probes: VecDeque<(Instant, u32, u8)>,
     /// Sequence number of the SFU's padding stream on this leg.
     padding_seq: u16,
+    /// Gaps in the video this participant sends, per SSRC, to NACK it for (see
+    /// [`UplinkNacks`]).
+    uplink: Vec<UplinkNacks>,
+}
+
+/// The loss between a sender and the SFU on one of its video SSRCs: missing sequence numbers
+/// are NACKed to the sender, which resends them from its send history, so a packet lost on
+/// the uplink costs every receiver a late packet instead of a keyframe (docs/sfu.md, "Uplink
+/// loss").
+#[derive(Debug)]
+struct UplinkNacks {
+    ssrc: u32,
+    /// Highest extended sequence number seen.
+    highest: Option<u64>,
+    scheduler: NackScheduler,
+    /// When `scheduler` next has NACKs to send (kept here: asking the scheduler costs a walk
+    /// over every missing packet, too much per packet when the uplink loses many).
+    due: Option<Instant>,
+}
+
+/// Round trip assumed to pace the retries of uplink NACKs when the leg has no measured RTT.
+const UPLINK_NACK_RTT: Duration = Duration::from_millis(100);
+
+/// Most packets of one SSRC the SFU asks a sender for at once: a longer gap (a burst, or the
+/// SFU's own receive buffer overflowing) is left to the receivers' keyframe requests, and so
+/// is everything missing when more than this is. Bounds the NACK work of an overloaded SFU,
+/// which would otherwise grow with the input it drops.
+const UPLINK_MAX_MISSING: usize = 32;
+
+/// A new gap is NACKed this long after it is seen: gaps of a few milliseconds go out in one
+/// NACK, and a packet only reordered by less than this is not asked for.
+const UPLINK_NACK_DELAY: Duration = Duration::from_millis(5);
+
+impl UplinkNacks {
+    fn new(ssrc: u32) -> Self {
+        let mut scheduler = NackScheduler::default();
+        // Past this, receivers have given up the frame (and asked for a keyframe).
+        scheduler.max_age = Duration::from_millis(500);
+        scheduler.max_retries = 3;
+        // The first NACK is repeated only after a round trip (the sender answers a repeat
+        // only if it is late; the hop is one network path).
+        scheduler.repeat_after = UPLINK_NACK_RTT;
+        Self {
+            ssrc,
+            highest: None,
+            scheduler,
+            due: None,
+        }
+    }
+
+    /// The extended sequence number of `seq` (the nearest to the highest seen).
+    fn extend(&mut self, seq: u16) -> u64 {
+        let ext = match self.highest {
+            None => u64::from(seq) + (1 << 16),
+            Some(h) => {
+                let delta = i64::from(seq.wrapping_sub(h as u16) as i16);
+                (h as i64 + delta).max(0) as u64
+            }
+        };
+        if self.highest.is_none_or(|h| ext > h) {
+            self.highest = Some(ext);
+        }
+        ext
+    }
 }
 
 impl Participant {
+    /// Records an authenticated video packet of this participant for uplink loss (a new gap
+    /// is NACKed [`UPLINK_NACK_DELAY`] later).
+    fn track_uplink(&mut self, now: Instant, ssrc: u32, seq: u16) {
+        let Some(u) = self.uplink.iter_mut().find(|u| u.ssrc == ssrc) else {
+            return;
+        };
+        let before = u.highest;
+        let ext = u.extend(seq);
+        if before.is_some_and(|h| ext > h + 1 + UPLINK_MAX_MISSING as u64)
+            || u.scheduler.missing_count() > UPLINK_MAX_MISSING
+        {
+            // Too much to ask for: start over from this packet.
+            self.stats.uplink_given_up += 1;
+            let mut fresh = UplinkNacks::new(ssrc);
+            fresh.extend(seq);
+            fresh.highest = Some(ext);
+            fresh.scheduler.on_packet(now, ext);
+            *u = fresh;
+            return;
+        }
+        if u.scheduler.on_packet(now, ext) {
+            self.stats.uplink_recovered += 1;
+        }
+        if before.is_some_and(|h| ext > h + 1) {
+            let at = now + UPLINK_NACK_DELAY;
+            u.due = Some(u.due.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    /// Sends the uplink NACKs due: one generic NACK per SSRC with packets to ask for.
+    fn send_uplink_nacks(
+        &mut self,
+        config: &SfuConfig,
+        now: Instant,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let rtt = self.rtt.unwrap_or(UPLINK_NACK_RTT);
+        let mut packets = Vec::new();
+        for u in &mut self.uplink {
+            if u.due.is_none_or(|d| d > now) {
+                continue;
+            }
+            let lost = u.scheduler.poll_nacks(now, rtt);
+            u.due = u.scheduler.poll_timeout();
+            if lost.is_empty() {
+                continue;
+            }
+            self.stats.uplink_nacked += lost.len() as u64;
+            packets.push(hush_media::rtcp::RtcpPacket::Nack(hush_media::rtcp::Nack {
+                sender_ssrc: config.rtcp_ssrc,
+                media_ssrc: u.ssrc,
+                lost: lost.iter().map(|&s| s as u16).collect(),
+            }));
+        }
+        if packets.is_empty() {
+            return;
+        }
+        let mut out = hush_media::rtcp::write_compound(&packets);
+        match self.egress.protect_rtcp(&mut out) {
+            Ok(()) => {
+                self.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+                transmits.push_back(Transmit {
+                    leg: self.leg,
+                    bytes: out,
+                });
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(leg = %self.leg, error = %e, "uplink nack failed");
+            }
+        }
+    }
+
+    /// When the next uplink NACK retry is due.
+    fn uplink_deadline(&self) -> Option<Instant> {
+        self.uplink.iter().filter_map(|u| u.due).min()
+    }
+
     fn stream(&self, ssrc: u32) -> Option<&StreamDecl> {
         self.streams.iter().find(|s| s.ssrc == ssrc)
     }
@@ -668,6 +824,8 @@ pub struct Sfu {
     layer_switches: u64,
     /// The earliest probe packet due on any leg (as of the last timeout).
     probe_deadline: Option<Instant>,
+    /// The earliest uplink NACK due of any participant.
+    uplink_deadline: Option<Instant>,
     /// Scratch buffers reused across packets.
     buf: Vec<u8>,
     feedback: Vec<Feedback>,
@@ -711,6 +869,7 @@ impl Sfu {
             epoch: None,
             layer_switches: 0,
             probe_deadline: None,
+            uplink_deadline: None,
             buf: Vec::with_capacity(1500),
             feedback: Vec::new(),
         })
@@ -853,6 +1012,12 @@ impl Sfu {
             rtt: None,
             probes: VecDeque::new(),
             padding_seq: 0,
+            uplink: req
+                .streams()
+                .iter()
+                .filter(|d| d.kind != StreamKind::Audio)
+                .map(|d| UplinkNacks::new(d.ssrc))
+                .collect(),
         });
         call.selected_until = None;
         call.prune_subs();
@@ -990,6 +1155,9 @@ impl Sfu {
             if r.is_ok() && self.next_tick.is_none() {
                 self.next_tick = Some(now + self.config.speaker.bucket);
             }
+            if let Some(t) = call.participants.get(i).and_then(|p| p.uplink_deadline()) {
+                self.uplink_deadline = Some(self.uplink_deadline.map_or(t, |d| d.min(t)));
+            }
             r
         };
         if let Err(e) = &result {
@@ -1008,6 +1176,7 @@ impl Sfu {
     /// Runs what is due at `now`: the dominant speaker evaluation of every call.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.send_due_probes(now);
+        self.send_uplink_nacks(now);
         if self.next_tick.is_none_or(|t| t <= now) {
             self.tick(now);
         }
@@ -1117,10 +1286,29 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.next_tick, self.probe_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.next_tick, self.probe_deadline, self.uplink_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Sends the uplink NACK retries that are due.
+    fn send_uplink_nacks(&mut self, now: Instant) {
+        if self.uplink_deadline.is_none_or(|t| t > now) {
+            return;
         }
+        let mut next: Option<Instant> = None;
+        for call in self.calls.values_mut() {
+            for p in &mut call.participants {
+                if p.uplink_deadline().is_some_and(|t| t <= now) {
+                    p.send_uplink_nacks(&self.config, now, &mut self.transmits);
+                }
+                if let Some(t) = p.uplink_deadline() {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            }
+        }
+        self.uplink_deadline = next;
     }
 
     /// Sends the probe padding packets that are due.
@@ -1223,6 +1411,9 @@ fn handle_rtp(
         .unprotect_rtp(buf)
         .map_err(PacketError::Srtp)?;
     sender.stats.rtp_received += 1;
+    if config.uplink_nack {
+        sender.track_uplink(now, info.ssrc, info.seq);
+    }
     if info
         .marking
         .is_some_and(|m| m & KEYFRAME_START == KEYFRAME_START)
@@ -1561,5 +1752,21 @@ fn send_pli(
             owner.stats.send_errors += 1;
             trace!(leg = %owner.leg, error = %e, "pli failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_sequence_numbers_extend_across_a_wrap_and_reordering() {
+        let mut u = UplinkNacks::new(7);
+        let a = u.extend(65_534);
+        assert_eq!(u.extend(65_535), a + 1);
+        assert_eq!(u.extend(0), a + 2);
+        // Reordered: an older number maps below the highest, not a wrap ahead.
+        assert_eq!(u.extend(65_535), a + 1);
+        assert_eq!(u.highest, Some(a + 2));
     }
 }
