@@ -96,6 +96,25 @@ def reference(args, sample, kbps, out):
     return last_json(p.stdout)
 
 
+def bare_table(args, samples, workdir):
+    """Bare Opus (`opus_wav`) at each target bitrate: WB-PESQ per sample, the bitrate the
+    encoder produced and the share of packets it coded above wideband."""
+    names = list(samples)
+    print(f"| target kbps | {' / '.join(names)} | mean | produced kbps | packets above wideband |")
+    print("|---|---|---|---|---|")
+    for kbps in [float(x) for x in args.bare_kbps.split(",")]:
+        scores, produced, above, total = [], [], 0, 0
+        for name, sample in samples.items():
+            out = os.path.join(workdir, f"ref-{name}.wav")
+            r = reference(args, sample, kbps, out)
+            scores.append(wb_pesq(sample, out))
+            produced.append(r["audio_kbps"])
+            above += r.get("packets_swb", 0) + r.get("packets_fb", 0)
+            total += r["frames"]
+        print(f"| {kbps:g} | {' / '.join(f'{x:.2f}' for x in scores)} | {np.mean(scores):.2f} | "
+              f"{np.mean(produced):.1f} | {100 * above / max(total, 1):.0f} % |", flush=True)
+
+
 def parse_loss(s):
     """'10' is 10 % random loss; '10b6' is 10 % in bursts of mean 6 packets."""
     if "b" in s:
@@ -115,12 +134,16 @@ def main():
     ap.add_argument("--jitter-ms", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="append one JSON line per run here")
+    ap.add_argument("--bare-kbps", help="no calls: bare Opus at these target bitrates only")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="hush-aq-")
     samples = {n: make_sample(n, workdir) for n in args.samples.split(",")}
     print(f"samples: {', '.join(f'{n} ({SAMPLES[n][0]})' for n in samples)}", flush=True)
     print()
+    if args.bare_kbps:
+        bare_table(args, samples, workdir)
+        return
     print("| link | RTT | loss | WB-PESQ call (mean; min–max) | bare Opus at the call's "
           "bitrate | call − bare | call kbps | frames decoded / FEC / concealed |")
     print("|---|---|---|---|---|---|---|---|")
