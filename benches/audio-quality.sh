@@ -5,6 +5,8 @@
 #
 #   benches/audio-quality.sh [--loss 0,5,10,20,10b6] [--rtt 20,100,300] [--link 0,64,24]
 #                            [--samples en-m,en-f,de,fr,es] [--jitter-ms MS] [--json FILE]
+#   benches/audio-quality.sh --bare-kbps 10,12,16,20   # bare Opus at these targets, no calls
+#   `--twice` plays each sample twice in one call and scores the second pass only.
 #
 # `--loss 10b6` is 10 % loss in Gilbert–Elliott bursts of mean 6 packets; `--link 0` is no cap.
 # Installs espeak-ng (apt) and the Python packages pesq, numpy and scipy (pip) if missing.

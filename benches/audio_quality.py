@@ -55,6 +55,23 @@ def make_sample(name, workdir):
     return out
 
 
+def twice(path):
+    """The sample played twice in a row (for --twice)."""
+    rate, pcm = wavfile.read(path)
+    out = path.replace(".wav", "-x2.wav")
+    wavfile.write(out, rate, np.concatenate([pcm, pcm]))
+    return out
+
+
+def second_pass(sample, played):
+    """The end of what was played: the sample's length plus 100 ms (PESQ aligns the rest)."""
+    _, ref = wavfile.read(sample)
+    rate, deg = wavfile.read(played)
+    out = played.replace(".wav", "-2nd.wav")
+    wavfile.write(out, rate, deg[max(0, len(deg) - len(ref) - 4800):])
+    return out
+
+
 def wb_pesq(ref_path, deg_path):
     _, ref = wavfile.read(ref_path)
     _, deg = wavfile.read(deg_path)
@@ -96,6 +113,25 @@ def reference(args, sample, kbps, out):
     return last_json(p.stdout)
 
 
+def bare_table(args, samples, workdir):
+    """Bare Opus (`opus_wav`) at each target bitrate: WB-PESQ per sample, the bitrate the
+    encoder produced and the share of packets it coded above wideband."""
+    names = list(samples)
+    print(f"| target kbps | {' / '.join(names)} | mean | produced kbps | packets above wideband |")
+    print("|---|---|---|---|---|")
+    for kbps in [float(x) for x in args.bare_kbps.split(",")]:
+        scores, produced, above, total = [], [], 0, 0
+        for name, sample in samples.items():
+            out = os.path.join(workdir, f"ref-{name}.wav")
+            r = reference(args, sample, kbps, out)
+            scores.append(wb_pesq(sample, out))
+            produced.append(r["audio_kbps"])
+            above += r.get("packets_swb", 0) + r.get("packets_fb", 0)
+            total += r["frames"]
+        print(f"| {kbps:g} | {' / '.join(f'{x:.2f}' for x in scores)} | {np.mean(scores):.2f} | "
+              f"{np.mean(produced):.1f} | {100 * above / max(total, 1):.0f} % |", flush=True)
+
+
 def parse_loss(s):
     """'10' is 10 % random loss; '10b6' is 10 % in bursts of mean 6 packets."""
     if "b" in s:
@@ -115,12 +151,20 @@ def main():
     ap.add_argument("--jitter-ms", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="append one JSON line per run here")
+    ap.add_argument("--bare-kbps", help="no calls: bare Opus at these target bitrates only")
+    ap.add_argument("--twice", action="store_true",
+                    help="play each sample twice in one call and score only the second pass "
+                         "(what the call sounds like once past its first seconds)")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="hush-aq-")
     samples = {n: make_sample(n, workdir) for n in args.samples.split(",")}
+    played = {n: twice(s) if args.twice else s for n, s in samples.items()}
     print(f"samples: {', '.join(f'{n} ({SAMPLES[n][0]})' for n in samples)}", flush=True)
     print()
+    if args.bare_kbps:
+        bare_table(args, samples, workdir)
+        return
     print("| link | RTT | loss | WB-PESQ call (mean; min–max) | bare Opus at the call's "
           "bitrate | call − bare | call kbps | frames decoded / FEC / concealed |")
     print("|---|---|---|---|---|---|---|---|")
@@ -134,12 +178,12 @@ def main():
                     ref_out = os.path.join(workdir, f"ref-{name}.wav")
                     if os.path.exists(out):
                         os.remove(out)
-                    r = run_call(args, sample, out, loss, burst, rtt, link, args.seed + i)
+                    r = run_call(args, played[name], out, loss, burst, rtt, link, args.seed + i)
                     if r is None:
                         print(f"<!-- {name} link={link} rtt={rtt} loss={loss_s}: call failed -->",
                               flush=True)
                         continue
-                    score = wb_pesq(sample, out)
+                    score = wb_pesq(sample, second_pass(sample, out) if args.twice else out)
                     reference(args, sample, r["audio_kbps"], ref_out)
                     ref_score = wb_pesq(sample, ref_out)
                     scores.append(score)

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Input and output are 48 kHz mono 16-bit WAV. With `FEC_LOSS_PERCENT`, in-band FEC is on and
-//! told to protect against that loss (nothing is lost: it shows what the FEC bits cost).
+//! told to protect against that loss (nothing is lost: it shows what the FEC bits cost). The
+//! JSON line printed also counts the packets by the band Opus coded (wideband or narrower,
+//! super-wideband, fullband).
 
 use std::process::ExitCode;
 
@@ -35,12 +37,17 @@ fn run() -> Result<(), Failure> {
     }
     let mut decoded = Vec::with_capacity(pcm.len() + 960);
     let (mut bytes, mut frames) = (0usize, 0usize);
+    // Packets by coded band (from the TOC byte): wideband or narrower, super-wideband, fullband.
+    let mut bands = [0usize; 3];
     for chunk in pcm.chunks(960) {
         let mut frame = chunk.to_vec();
         frame.resize(960, 0);
         let mut packet = Vec::new();
         codec.encode(&frame, &mut packet)?;
         bytes += packet.len();
+        if let Some(&toc) = packet.first() {
+            bands[coded_band(toc)] += 1;
+        }
         frames += 1;
         codec.decode(&packet, &mut decoded)?;
     }
@@ -50,10 +57,23 @@ fn run() -> Result<(), Failure> {
     }
     writer.finalize()?;
     println!(
-        "{{\"frames\":{frames},\"audio_kbps\":{:.1}}}",
-        bytes as f64 * 8.0 / (frames.max(1) as f64 * 20.0)
+        "{{\"frames\":{frames},\"audio_kbps\":{:.1},\"packets_wb\":{},\"packets_swb\":{},\"packets_fb\":{}}}",
+        bytes as f64 * 8.0 / (frames.max(1) as f64 * 20.0),
+        bands[0],
+        bands[1],
+        bands[2]
     );
     Ok(())
+}
+
+/// The band an Opus packet codes (RFC 6716 §3.1): 0 for wideband or narrower, 1 for
+/// super-wideband, 2 for fullband.
+fn coded_band(toc: u8) -> usize {
+    match toc >> 3 {
+        0..=11 | 16..=23 => 0,
+        12 | 13 | 24..=27 => 1,
+        _ => 2,
+    }
 }
 
 fn main() -> ExitCode {

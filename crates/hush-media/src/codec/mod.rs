@@ -12,7 +12,7 @@ mod opus;
 
 #[cfg(feature = "libopus")]
 pub use self::libopus::LibOpusCodec;
-pub use self::opus::{has_inband_fec, OpusCodec};
+pub use self::opus::{has_inband_fec, OpusCodec, FULLBAND_FROM_BPS, WIDEBAND_BELOW_BPS};
 
 use crate::error::Error;
 

@@ -1,11 +1,40 @@
 //! Opus on the pure-Rust `opus-pure` codec (no C toolchain or cmake needed).
 
-use opus_pure::{Application, OpusDecoder, OpusEncoder, Signal, MAX_PACKET_BYTES};
+use opus_pure::{Application, Bandwidth, OpusDecoder, OpusEncoder, Signal, MAX_PACKET_BYTES};
 
 use super::Codec;
 use crate::error::Error;
 
+/// Below this target bitrate [`OpusCodec`] codes at most wideband (8 kHz of audio, SILK only).
+///
+/// Left to itself, Opus codes speech as hybrid super-wideband or fullband from about 14 kbps,
+/// spending part of a small budget above 8 kHz. Wideband speech gets all of it: with the
+/// audio benchmark's samples (`docs/benchmarks.md`, issue 17) bare Opus scored 3.31 WB-PESQ
+/// at a 16 kbps target as hybrid fullband and 3.60 capped at wideband, 3.79 and 4.14 at
+/// 24 kbps. The cap stops at this rate so calls with room for fullband (32 kbps on a fast
+/// path) keep it.
+pub const WIDEBAND_BELOW_BPS: u32 = 24_000;
+
+/// Once capped at wideband, the encoder may code above it again only from this target, so a
+/// rate that wavers around [`WIDEBAND_BELOW_BPS`] does not switch the coded band back and
+/// forth.
+pub const FULLBAND_FROM_BPS: u32 = 28_000;
+
+/// The widest band Opus may code at `bps`, given the cap in force (`capped`): wideband below
+/// [`WIDEBAND_BELOW_BPS`], fullband from [`FULLBAND_FROM_BPS`], unchanged in between.
+fn wideband_cap(bps: u32, capped: bool) -> bool {
+    if bps < WIDEBAND_BELOW_BPS {
+        true
+    } else if bps >= FULLBAND_FROM_BPS {
+        false
+    } else {
+        capped
+    }
+}
+
 /// Opus at 48 kHz with a fixed frame duration, on `opus-pure`.
+///
+/// Below [`WIDEBAND_BELOW_BPS`] the coded band is capped at wideband (see there).
 pub struct OpusCodec {
     enc: OpusEncoder,
     dec: OpusDecoder,
@@ -22,6 +51,7 @@ impl std::fmt::Debug for OpusCodec {
             .field("frame", &self.frame)
             .field("bitrate_bps", &self.enc.bitrate_bps)
             .field("inband_fec", &self.enc.use_inband_fec)
+            .field("max_bandwidth", &self.enc.max_bandwidth)
             .finish_non_exhaustive()
     }
 }
@@ -41,6 +71,9 @@ impl OpusCodec {
         }
         let mut enc = OpusEncoder::new(48_000, channels, Application::Voip).map_err(codec_err)?;
         enc.bitrate_bps = bitrate_bps.min(510_000) as i32;
+        if wideband_cap(bitrate_bps, false) {
+            enc.max_bandwidth = Bandwidth::Wideband;
+        }
         // Calls carry speech: without the hint the encoder may take a harmonic voice for music
         // and code it as CELT, which has no in-band FEC.
         enc.signal_type = Some(Signal::Voice);
@@ -114,6 +147,16 @@ impl Codec for OpusCodec {
 
     fn set_bitrate(&mut self, bps: u32) {
         self.enc.bitrate_bps = bps.clamp(6_000, 510_000) as i32;
+        let capped = self.enc.max_bandwidth == Bandwidth::Wideband;
+        let cap = wideband_cap(bps, capped);
+        if cap != capped {
+            tracing::debug!(bps, wideband_only = cap, "Opus coded band");
+            self.enc.max_bandwidth = if cap {
+                Bandwidth::Wideband
+            } else {
+                Bandwidth::Fullband
+            };
+        }
     }
 
     fn set_fec(&mut self, enabled: bool, expected_loss_percent: u8) {
@@ -268,5 +311,60 @@ pub(crate) mod tests {
         assert!(OpusCodec::new(1, 25, 24_000).is_err());
         let mut e = OpusCodec::new(1, 20, 24_000).unwrap();
         assert!(e.encode(&[0; 100], &mut Vec::new()).is_err());
+    }
+
+    /// Speech-like signal with content above 8 kHz (voiced harmonics plus a little
+    /// pseudo-random noise), so that the encoder has a reason to code above wideband.
+    fn broadband(frames: usize) -> Vec<i16> {
+        let mut x: u32 = 1;
+        speech(frames, 960)
+            .into_iter()
+            .map(|s| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                s.saturating_add(((x >> 16) as i16) / 24)
+            })
+            .collect()
+    }
+
+    /// Whether each packet's TOC codes above wideband (hybrid or CELT super-wide/fullband).
+    fn above_wideband(codec: &mut OpusCodec, pcm: &[i16]) -> usize {
+        pcm.chunks(960)
+            .filter(|f| {
+                let mut out = Vec::new();
+                codec.encode(f, &mut out).unwrap();
+                let config = out[0] >> 3;
+                (12..16).contains(&config) || config >= 24
+            })
+            .count()
+    }
+
+    #[test]
+    fn low_bitrates_code_wideband_only() {
+        let pcm = broadband(50);
+        // Uncapped, Opus codes this signal above wideband at 16 kbps...
+        let mut raw = OpusEncoder::new(48_000, 1, Application::Voip).unwrap();
+        raw.bitrate_bps = 16_000;
+        raw.signal_type = Some(Signal::Voice);
+        let mut buf = vec![0; MAX_PACKET_BYTES];
+        let raw_wide = pcm
+            .chunks(960)
+            .filter(|f| {
+                raw.encode_s16(f, 960, &mut buf).unwrap();
+                (12..16).contains(&(buf[0] >> 3))
+            })
+            .count();
+        assert!(raw_wide > 40, "{raw_wide} of 50 above wideband uncapped");
+        // ...the codec does not.
+        let mut c = OpusCodec::new(1, 20, 16_000).unwrap();
+        assert_eq!(above_wideband(&mut c, &pcm), 0);
+        // From 28 kbps it may again; between 24 and 28 kbps it keeps what it had.
+        c.set_bitrate(32_000);
+        assert!(above_wideband(&mut c, &pcm) > 40);
+        c.set_bitrate(26_000);
+        assert!(above_wideband(&mut c, &pcm) > 40);
+        c.set_bitrate(20_000);
+        assert_eq!(above_wideband(&mut c, &pcm), 0);
+        c.set_bitrate(26_000);
+        assert_eq!(above_wideband(&mut c, &pcm), 0);
     }
 }

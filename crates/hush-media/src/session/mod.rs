@@ -821,9 +821,14 @@ impl MediaSession {
     }
 }
 
+/// Whether `new` differs enough from `old` to announce. Small steps are not (the encoder need
+/// not follow every wobble of the estimate), except the step to the audio's full rate: a call
+/// that climbed to within 5 % of it would otherwise stay just under it for good.
 fn significant_change(old: &EncoderTarget, new: &EncoderTarget) -> bool {
     let rel = |a: u32, b: u32| (f64::from(a) - f64::from(b)).abs() > 0.05 * f64::from(a.max(1));
+    let full = protection::AUDIO_MAX_BPS as u32;
     old.audio_only != new.audio_only
+        || (new.audio_bps == full && old.audio_bps != full)
         || old.inband_fec != new.inband_fec
         || old
             .expected_loss_percent

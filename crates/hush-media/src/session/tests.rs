@@ -705,3 +705,22 @@ fn fast_start_reaches_the_full_rate_on_a_fast_path() {
         assert_eq!(call.ab.stats().queue_dropped, 0, "{rate:?}");
     }
 }
+
+#[test]
+fn the_step_to_the_full_audio_rate_is_always_announced() {
+    // A fast start that reached 31.4 kbps (the wideband-capped encoder's smaller packets made
+    // the acknowledged rate, and so the ramp, a little slower) then stayed there while the
+    // estimate went on to 78 kbps: 32 kbps was within 5 % and never announced.
+    let target = |audio_bps| super::EncoderTarget {
+        audio_bps,
+        video_bps: 0,
+        audio_only: true,
+        inband_fec: false,
+        expected_loss_percent: 0,
+    };
+    assert!(super::significant_change(&target(31_427), &target(32_000)));
+    // Other small steps are still not announced, in either direction.
+    assert!(!super::significant_change(&target(30_000), &target(31_000)));
+    assert!(!super::significant_change(&target(32_000), &target(31_427)));
+    assert!(!super::significant_change(&target(32_000), &target(32_000)));
+}
