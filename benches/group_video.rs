@@ -31,9 +31,7 @@ use hush_media::video::{
     I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
 };
 use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{
-    HopKeys, JoinAnswer, JoinParams, PendingJoin, SimulcastLayer, StreamDecl, StreamKind,
-};
+use hush_sfu::join::{HopKeys, JoinAnswer, JoinParams, PendingJoin, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::{CallId, DeviceId, LegId, Sfu, SfuConfig};
 use hush_srtp::Suite;
@@ -164,27 +162,17 @@ fn call<C: FrameCrypto>(
     let roster = Roster::sign(&key(0), CallId::from_bytes(CALL), 1, &devices).unwrap();
     let (mut legs, mut paths) = (Vec::new(), Vec::new());
     for i in 0..PARTICIPANTS {
-        let mut streams = vec![StreamDecl {
-            ssrc: 0x100 + i as u32,
-            kind: StreamKind::Audio,
-        }];
+        let mut streams = vec![StreamDecl::audio(0x100 + i as u32)];
         if i == 0 {
-            for (l, (&ssrc, &(w, h, _))) in MY_LAYER_SSRCS.iter().zip(&LAYERS).enumerate() {
-                streams.push(StreamDecl {
-                    ssrc,
-                    kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                        source: 0,
-                        layer: l as u8,
-                        width: w as u16,
-                        height: h as u16,
-                    }),
-                });
-            }
+            streams.extend(StreamDecl::simulcast(
+                0,
+                MY_LAYER_SSRCS
+                    .iter()
+                    .zip(&LAYERS)
+                    .map(|(&ssrc, &(w, h, _))| (ssrc, w as u16, h as u16)),
+            ));
         } else {
-            streams.push(StreamDecl {
-                ssrc: their_ssrc(i),
-                kind: StreamKind::Video,
-            });
+            streams.push(StreamDecl::video(their_ssrc(i)));
         }
         let params = JoinParams {
             call_id: CallId::from_bytes(CALL),

@@ -16,7 +16,7 @@ use hush::group_path::{GroupMediaPath, ParticipantVideo, SframeCrypto};
 use hush_crypto::group::{GroupCallId, GroupE2ee, MemberSlot};
 use hush_media::jitter::JitterConfig;
 use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SimulcastLayer, StreamDecl, StreamKind};
+use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::{CallId, DeviceId, LegId, Sfu, SfuConfig};
 use hush_srtp::Suite;
@@ -131,22 +131,15 @@ impl Sim {
 
     fn join(&mut self, i: usize) {
         let mut rng = rand::rng();
-        let mut streams = vec![StreamDecl {
-            ssrc: 0x200 + i as u32,
-            kind: StreamKind::Audio,
-        }];
+        let mut streams = vec![StreamDecl::audio(0x200 + i as u32)];
         if i == 0 {
-            for (l, (&ssrc, &height)) in LAYERS.iter().zip(&HEIGHTS).enumerate() {
-                streams.push(StreamDecl {
-                    ssrc,
-                    kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                        source: 0,
-                        layer: l as u8,
-                        width: height / 9 * 16,
-                        height,
-                    }),
-                });
-            }
+            streams.extend(StreamDecl::simulcast(
+                0,
+                LAYERS
+                    .iter()
+                    .zip(&HEIGHTS)
+                    .map(|(&s, &h)| (s, h / 9 * 16, h)),
+            ));
         }
         let params = JoinParams {
             call_id: CallId::from_bytes(CALL),

@@ -13,7 +13,7 @@ use hush_crypto::group::{GroupCallId, GroupE2ee, MemberSlot};
 use hush_media::jitter::JitterConfig;
 use hush_media::rtp::RtpPacket;
 use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SimulcastLayer, StreamDecl, StreamKind};
+use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::{
     CallId, DeviceId, ForwardRewrite, ForwardTap, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID,
@@ -72,22 +72,15 @@ impl Sim {
         let roster = Roster::sign(&key(0), CallId::from_bytes(CALL), 1, &devices).unwrap();
         let mut members = Vec::new();
         for i in 0..n {
-            let mut streams = vec![StreamDecl {
-                ssrc: 0x100 + i as u32,
-                kind: StreamKind::Audio,
-            }];
+            let mut streams = vec![StreamDecl::audio(0x100 + i as u32)];
             if i == 0 {
-                for (l, (&ssrc, &height)) in LAYERS.iter().zip(&HEIGHTS).enumerate() {
-                    streams.push(StreamDecl {
-                        ssrc,
-                        kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                            source: 0,
-                            layer: l as u8,
-                            width: height / 9 * 16,
-                            height,
-                        }),
-                    });
-                }
+                streams.extend(StreamDecl::simulcast(
+                    0,
+                    LAYERS
+                        .iter()
+                        .zip(&HEIGHTS)
+                        .map(|(&s, &h)| (s, h / 9 * 16, h)),
+                ));
             }
             let params = JoinParams {
                 call_id: CallId::from_bytes(CALL),

@@ -520,21 +520,14 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
             layer_ssrcs.push(v);
         }
     }
-    let mut streams = vec![StreamDecl {
-        ssrc,
-        kind: StreamKind::Audio,
-    }];
-    for (i, (&(width, height, _), &v)) in GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate() {
-        streams.push(StreamDecl {
-            ssrc: v,
-            kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                source: 0,
-                layer: i as u8,
-                width,
-                height,
-            }),
-        });
-    }
+    let mut streams = vec![StreamDecl::audio(ssrc)];
+    streams.extend(StreamDecl::simulcast(
+        0,
+        GROUP_VIDEO_LAYERS
+            .iter()
+            .zip(&layer_ssrcs)
+            .map(|(&(width, height, _), &v)| (v, width, height)),
+    ));
     let params = JoinParams {
         call_id: SfuCallId::from_bytes(call_id),
         suite: hush_srtp::Suite::AeadAes128Gcm,

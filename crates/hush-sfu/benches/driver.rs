@@ -45,9 +45,7 @@ use ed25519_dalek::SigningKey;
 use hush_media::rtp::RtpPacket;
 use hush_sfu::client;
 use hush_sfu::ice;
-use hush_sfu::join::{
-    JoinParams, SfuPublicKey, SfuSigningKey, SimulcastLayer, StreamDecl, StreamKind,
-};
+use hush_sfu::join::{JoinParams, SfuPublicKey, SfuSigningKey, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::server::{Server, ServerConfig};
 use hush_sfu::{CallId, DeviceId, SfuConfig, FRAME_MARKING_EXT_ID};
@@ -270,25 +268,19 @@ async fn join_call(
     let mut out = Vec::new();
     for i in 0..n {
         let audio_ssrc = 0x1000 + i as u32;
-        let mut streams = vec![StreamDecl {
-            ssrc: audio_ssrc,
-            kind: StreamKind::Audio,
-        }];
+        let mut streams = vec![StreamDecl::audio(audio_ssrc)];
         let mut layers = Vec::new();
         if video {
-            for (l, &height) in HEIGHTS.iter().enumerate() {
-                let ssrc = 0x4000 + (i as u32) * 16 + l as u32;
-                layers.push(ssrc);
-                streams.push(StreamDecl {
-                    ssrc,
-                    kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                        source: 0,
-                        layer: l as u8,
-                        width: height / 9 * 16,
-                        height,
-                    }),
-                });
-            }
+            layers = (0..HEIGHTS.len() as u32)
+                .map(|l| 0x4000 + (i as u32) * 16 + l)
+                .collect();
+            streams.extend(StreamDecl::simulcast(
+                0,
+                layers
+                    .iter()
+                    .zip(&HEIGHTS)
+                    .map(|(&s, &h)| (s, h / 9 * 16, h)),
+            ));
         }
         let params = JoinParams {
             call_id: call_id(call),

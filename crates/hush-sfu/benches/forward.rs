@@ -14,9 +14,7 @@
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use hush_sfu::join::{
-    JoinAnswer, JoinParams, PendingJoin, SfuSigningKey, SimulcastLayer, StreamDecl, StreamKind,
-};
+use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SfuSigningKey, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::{CallId, DeviceId, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID};
 use hush_srtp::{SrtpConfig, Suite};
@@ -64,10 +62,7 @@ fn setup_audio(config: &SfuConfig, now: Instant) -> Input {
             call_id: CALL,
             suite: Suite::AeadAes128Gcm,
             audio_level_ext: Some(1),
-            streams: vec![StreamDecl {
-                ssrc: 0x1000 + i as u32,
-                kind: StreamKind::Audio,
-            }],
+            streams: vec![StreamDecl::audio(0x1000 + i as u32)],
         };
         let (pending, request) = PendingJoin::new(&key(i), &params, UNIX_MS, &mut rng).unwrap();
         let joined = sfu
@@ -138,21 +133,14 @@ fn setup_video(config: &SfuConfig, now: Instant, view_height: u16) -> Input {
     let layer_ssrc = |i: usize, l: usize| 0x4000 + (i as u32) * 16 + l as u32;
     let mut senders = Vec::new();
     for i in 0..VIDEO_PARTICIPANTS {
-        let mut streams = vec![StreamDecl {
-            ssrc: 0x1000 + i as u32,
-            kind: StreamKind::Audio,
-        }];
-        for (l, &height) in HEIGHTS.iter().enumerate() {
-            streams.push(StreamDecl {
-                ssrc: layer_ssrc(i, l),
-                kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                    source: 0,
-                    layer: l as u8,
-                    width: height / 9 * 16,
-                    height,
-                }),
-            });
-        }
+        let mut streams = vec![StreamDecl::audio(0x1000 + i as u32)];
+        streams.extend(StreamDecl::simulcast(
+            0,
+            HEIGHTS
+                .iter()
+                .enumerate()
+                .map(|(l, &h)| (layer_ssrc(i, l), h / 9 * 16, h)),
+        ));
         let params = JoinParams {
             call_id: CALL,
             suite: Suite::AeadAes128Gcm,

@@ -125,6 +125,48 @@ pub struct StreamDecl {
 pub const MAX_LAYERS: usize = 3;
 
 impl StreamDecl {
+    /// An audio stream sent with `ssrc`.
+    pub fn audio(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            kind: StreamKind::Audio,
+        }
+    }
+
+    /// A plain (single-layer) video stream sent with `ssrc`.
+    pub fn video(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            kind: StreamKind::Video,
+        }
+    }
+
+    /// The layers of one simulcast `source`, from `(ssrc, width, height)` per layer, smallest
+    /// first (the first is layer 0).
+    ///
+    /// ```
+    /// use hush_sfu::join::{StreamDecl, StreamKind};
+    /// let camera: Vec<_> = StreamDecl::simulcast(0, [(10, 320, 180), (11, 640, 360)]).collect();
+    /// assert!(matches!(camera[1].kind, StreamKind::SimulcastLayer(l) if l.layer == 1 && l.height == 360));
+    /// ```
+    pub fn simulcast(
+        source: u8,
+        layers: impl IntoIterator<Item = (u32, u16, u16)>,
+    ) -> impl Iterator<Item = Self> {
+        layers
+            .into_iter()
+            .enumerate()
+            .map(move |(layer, (ssrc, width, height))| Self {
+                ssrc,
+                kind: StreamKind::SimulcastLayer(SimulcastLayer {
+                    source,
+                    layer: layer as u8,
+                    width,
+                    height,
+                }),
+            })
+    }
+
     /// Appends the wire form (SSRC 4, kind 1, and for a simulcast layer source 1, layer 1,
     /// width 2, height 2).
     pub(crate) fn write(&self, out: &mut Vec<u8>) {

@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use hush_media::cc::TwccRecorder;
 use hush_media::rtcp::{self, Nack, Pli, RtcpPacket};
 use hush_media::rtp::RtpPacket;
-use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SimulcastLayer, StreamDecl, StreamKind};
+use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::{
     CallId, DeviceId, Error, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID,
@@ -106,22 +106,15 @@ impl Sim {
     fn join(&mut self, i: usize, roster: Option<&[u8]>) {
         // Participant 0 sends the simulcast camera; everyone declares an audio stream (their
         // RTCP goes out under it).
-        let mut streams = vec![StreamDecl {
-            ssrc: 0x1000 + i as u32,
-            kind: StreamKind::Audio,
-        }];
+        let mut streams = vec![StreamDecl::audio(0x1000 + i as u32)];
         if i == 0 {
-            for (l, (&ssrc, &height)) in LAYERS.iter().zip(&HEIGHTS).enumerate() {
-                streams.push(StreamDecl {
-                    ssrc,
-                    kind: StreamKind::SimulcastLayer(SimulcastLayer {
-                        source: 0,
-                        layer: l as u8,
-                        width: height / 9 * 16,
-                        height,
-                    }),
-                });
-            }
+            streams.extend(StreamDecl::simulcast(
+                0,
+                LAYERS
+                    .iter()
+                    .zip(&HEIGHTS)
+                    .map(|(&s, &h)| (s, h / 9 * 16, h)),
+            ));
         }
         let params = JoinParams {
             call_id: CALL,
