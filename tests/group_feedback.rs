@@ -9,30 +9,30 @@
 //! NACKs and keyframe requests come from `GroupMediaPath::handle_datagram` and
 //! `handle_timeout` alone.
 
+mod common;
+
+use common::sfu_core::CoreCall;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hush::group_path::{GroupMediaPath, ParticipantVideo, SframeCrypto};
-use hush_crypto::group::{GroupCallId, GroupE2ee, MemberSlot};
-use hush_media::jitter::JitterConfig;
-use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, StreamDecl};
+use hush_crypto::group::MemberSlot;
 use hush_sfu::roster::Roster;
-use hush_sfu::{CallId, DeviceId, LegId, Sfu, SfuConfig};
-use hush_srtp::Suite;
+use hush_sfu::{DeviceId, LegId, Sfu, SfuConfig};
 
 const CALL: [u8; 16] = [0x3c; 16];
-const T0_MS: u64 = 1_780_000_000_000;
 const LAYERS: [u32; 3] = [0x6000, 0x6001, 0x6002];
-const HEIGHTS: [u16; 3] = [90, 180, 360];
 const FRAME_MS: u64 = 33;
 
-fn key(i: usize) -> SigningKey {
-    SigningKey::from_bytes(&[i as u8 + 40; 32])
-}
+const CORE: CoreCall = CoreCall {
+    call: CALL,
+    key_seed: 40,
+    audio_ssrc_base: 0x200,
+    layers: LAYERS,
+};
 
 fn device(i: usize) -> DeviceId {
-    DeviceId::from_signing_key(&key(i))
+    CORE.device(i)
 }
 
 /// The encoded frame `n` of `layer`, `size` bytes: the layer and number in front.
@@ -111,8 +111,7 @@ impl Sim {
     fn with_config(n: usize, late: &[usize], sizes: [usize; 3], config: SfuConfig) -> Self {
         let mut rng = rand::rng();
         let sfu = Sfu::new(config, hush_sfu::join::SfuSigningKey::generate(&mut rng)).unwrap();
-        let devices: Vec<DeviceId> = (0..n).map(device).collect();
-        let roster = Roster::sign(&key(0), CallId::from_bytes(CALL), 1, &devices).unwrap();
+        let roster = CORE.roster(n);
         let mut sim = Self {
             sfu,
             members: (0..n).map(|_| None).collect(),
@@ -130,51 +129,8 @@ impl Sim {
     }
 
     fn join(&mut self, i: usize) {
-        let mut rng = rand::rng();
-        let mut streams = vec![StreamDecl::audio(0x200 + i as u32)];
-        if i == 0 {
-            streams.extend(StreamDecl::simulcast(
-                0,
-                LAYERS
-                    .iter()
-                    .zip(&HEIGHTS)
-                    .map(|(&s, &h)| (s, h / 9 * 16, h)),
-            ));
-        }
-        let params = JoinParams {
-            call_id: CallId::from_bytes(CALL),
-            suite: Suite::AeadAes128Gcm,
-            audio_level_ext: Some(1),
-            streams,
-        };
-        let (pending, request) = PendingJoin::new(&key(i), &params, T0_MS, &mut rng).unwrap();
-        let r = (i == 0).then(|| self.roster.encode());
-        let joined = self
-            .sfu
-            .handle_join(self.now, T0_MS, &request.encode(), r.as_deref(), &mut rng)
-            .unwrap();
-        let answer = JoinAnswer::decode(&joined.answer).unwrap();
-        let keys = pending.finish(&self.sfu.public_key(), &answer).unwrap();
-        let slot = self.roster.slot(&device(i)).unwrap();
-        let e2ee = GroupE2ee::new(GroupCallId(CALL), MemberSlot(slot), &mut rng).unwrap();
-        let mut crypto = SframeCrypto::new(e2ee);
-        for (d, s) in self.roster.slots() {
-            assert!(crypto.assign_slot(d, MemberSlot(s)));
-        }
-        let mut path = GroupMediaPath::new(
-            &keys,
-            0x200 + i as u32,
-            crypto,
-            JitterConfig::default(),
-            1000,
-        )
-        .unwrap();
-        if i == 0 {
-            for (l, &ssrc) in LAYERS.iter().enumerate() {
-                path.add_video_layer(ssrc, l as u8).unwrap();
-            }
-        } else {
-            path.add_video_stream(device(0), LAYERS[0]);
+        let (leg, mut path) = CORE.join(&mut self.sfu, self.now, &self.roster, i);
+        if i != 0 {
             // The sender's key (over the Signal sessions in a real call).
             let sender = self.members[0].as_mut().expect("sender joined first");
             let message = sender.path.crypto_mut().e2ee().key_message();
@@ -186,7 +142,7 @@ impl Sim {
         }
         while self.sfu.poll_event().is_some() {}
         self.members[i] = Some(Member {
-            leg: joined.leg,
+            leg,
             path,
             video: Vec::new(),
             link: None,

@@ -4,38 +4,35 @@
 //! with `SframeCrypto` on every participant, the real `hush_sfu::Sfu` between them (sans-IO,
 //! deterministic time).
 
+mod common;
+
+use common::sfu_core::CoreCall;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hush::group_path::{GroupMediaPath, ParticipantVideo, SframeCrypto};
-use hush_crypto::group::{GroupCallId, GroupE2ee, MemberSlot};
-use hush_media::jitter::JitterConfig;
+use hush_crypto::group::MemberSlot;
 use hush_media::rtp::RtpPacket;
-use hush_sfu::ed25519_dalek::SigningKey;
-use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, StreamDecl};
-use hush_sfu::roster::Roster;
-use hush_sfu::{
-    CallId, DeviceId, ForwardRewrite, ForwardTap, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID,
-};
-use hush_srtp::Suite;
+use hush_sfu::{DeviceId, ForwardRewrite, ForwardTap, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID};
 
 const CALL: [u8; 16] = [0x7e; 16];
-const T0_MS: u64 = 1_780_000_000_000;
 const LAYERS: [u32; 3] = [0x5000, 0x5001, 0x5002];
-const HEIGHTS: [u16; 3] = [90, 180, 360];
 /// Encoded frame sizes per layer: one packet, two packets, five packets.
 const SIZES: [usize; 3] = [700, 1900, 5200];
 const FRAME_MS: u64 = 33;
 /// Every plaintext frame is full of this; the SFU must never see it.
 const MARKER: &[u8; 16] = b"PLAINTEXT-FRAME!";
 
-fn key(i: usize) -> SigningKey {
-    SigningKey::from_bytes(&[i as u8 + 90; 32])
-}
+const CORE: CoreCall = CoreCall {
+    call: CALL,
+    key_seed: 90,
+    audio_ssrc_base: 0x100,
+    layers: LAYERS,
+};
 
 fn device(i: usize) -> DeviceId {
-    DeviceId::from_signing_key(&key(i))
+    CORE.device(i)
 }
 
 /// The encoded frame `n` of `layer`: the marker pattern, with the layer and number in front.
@@ -68,57 +65,12 @@ impl Sim {
         let mut rng = rand::rng();
         let mut sfu = Sfu::new(config, hush_sfu::join::SfuSigningKey::generate(&mut rng)).unwrap();
         let now = Instant::now();
-        let devices: Vec<DeviceId> = (0..n).map(device).collect();
-        let roster = Roster::sign(&key(0), CallId::from_bytes(CALL), 1, &devices).unwrap();
+        let roster = CORE.roster(n);
         let mut members = Vec::new();
         for i in 0..n {
-            let mut streams = vec![StreamDecl::audio(0x100 + i as u32)];
-            if i == 0 {
-                streams.extend(StreamDecl::simulcast(
-                    0,
-                    LAYERS
-                        .iter()
-                        .zip(&HEIGHTS)
-                        .map(|(&s, &h)| (s, h / 9 * 16, h)),
-                ));
-            }
-            let params = JoinParams {
-                call_id: CallId::from_bytes(CALL),
-                suite: Suite::AeadAes128Gcm,
-                audio_level_ext: Some(1),
-                streams,
-            };
-            let (pending, request) = PendingJoin::new(&key(i), &params, T0_MS, &mut rng).unwrap();
-            let r = (i == 0).then(|| roster.encode());
-            let joined = sfu
-                .handle_join(now, T0_MS, &request.encode(), r.as_deref(), &mut rng)
-                .unwrap();
-            let answer = JoinAnswer::decode(&joined.answer).unwrap();
-            let keys = pending.finish(&sfu.public_key(), &answer).unwrap();
-            let slot = roster.slot(&device(i)).unwrap();
-            let e2ee = GroupE2ee::new(GroupCallId(CALL), MemberSlot(slot), &mut rng).unwrap();
-            let mut crypto = SframeCrypto::new(e2ee);
-            for (d, s) in roster.slots() {
-                assert!(crypto.assign_slot(d, MemberSlot(s)));
-            }
-            let mut path = GroupMediaPath::new(
-                &keys,
-                0x100 + i as u32,
-                crypto,
-                JitterConfig::default(),
-                1000,
-            )
-            .unwrap();
-            if i == 0 {
-                for (l, &ssrc) in LAYERS.iter().enumerate() {
-                    path.add_video_layer(ssrc, l as u8).unwrap();
-                }
-            } else {
-                // The SFU forwards the source under its layer-0 SSRC.
-                path.add_video_stream(device(0), LAYERS[0]);
-            }
+            let (leg, path) = CORE.join(&mut sfu, now, &roster, i);
             members.push(Member {
-                leg: joined.leg,
+                leg,
                 path,
                 video: Vec::new(),
             });

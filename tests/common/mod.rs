@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod group;
+pub(crate) mod sfu_core;
 
 use std::time::Duration;
 
