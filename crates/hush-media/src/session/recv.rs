@@ -306,8 +306,16 @@ impl MediaSession {
             // (again, rate-limited, in case the request or the keyframe was lost).
             self.request_keyframe(now);
         }
+        // The gap timer runs for the frame the depacketizer waits at, not for "some packet
+        // missing": at 10 % loss and 200 packets a second there is nearly always a hole in
+        // the buffer, and a timer that only restarted on a hole-free buffer skipped frames
+        // whose retransmission was still on its way.
         if self.depack.has_gap() {
-            self.video_gap_since.get_or_insert(now);
+            let head = self.depack.head();
+            if self.video_gap_since.is_none() || self.video_gap_head != head {
+                self.video_gap_since = Some(now);
+                self.video_gap_head = head;
+            }
         } else {
             self.video_gap_since = None;
         }

@@ -194,13 +194,20 @@ impl MediaSession {
         // Retransmissions never take more than half the target over a second (WebRTC bounds
         // them by the target too), nor more than what the rest of our traffic leaves of it:
         // on a path that is full, the losses are our own overflow, and retransmitting into
-        // it only causes more.
+        // it only causes more. Padding and probes are not "the rest": they only fill room
+        // nothing else uses (counting them left no room for video retransmissions while
+        // the estimate was probed upwards, and frames were lost to the gap timeout).
         let target = self.cc.target_bps();
         let others = self
             .send_rate
             .bps(now)
-            .saturating_sub(self.rtx_rate.bps(now));
-        let budget = (target / 2).min(target.saturating_sub(others));
+            .saturating_sub(self.rtx_rate.bps(now))
+            .saturating_sub(self.padding_rate.bps(now));
+        // A tenth of the target on top: the encoder's share leaves room for the
+        // retransmissions it has seen (`allocate`), but it follows them a second late, and
+        // with no slack every burst of losses had its repairs refused (frames then waited for
+        // the gap timeout and a keyframe). Real overflow is caught by the window check above.
+        let budget = (target / 2).min(target.saturating_sub(others) + target / 10);
         for p in packets {
             let bits = (p.payload.len() + 12 + 8 + super::WIRE_OVERHEAD) as u64 * 8;
             if self.rtx_rate.bps(now) + bits > budget {

@@ -196,6 +196,30 @@ fn real_loss_makes_room_for_retransmissions() {
     assert!(s.playout_delay >= Duration::from_millis(60), "{s:?}");
 }
 
+/// Video at 10 % random loss both ways on a 40 ms path: retransmissions repair it, so frames
+/// come out whole and the receiver does not fall back to keyframe requests. The encoder's
+/// share leaves room for the retransmissions (`RTX_RESERVE_PER_LOSS`); when it filled the
+/// estimate, the retransmission budget was empty and frames were lost to the gap timeout.
+#[test]
+fn video_loss_is_repaired_by_retransmissions() {
+    let mut config = lossy(LossModel::Random(0.10), 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(15));
+    let m = call.metrics();
+    let target = call.a.encoder_target().expect("a target");
+    assert!(target.video_bps > 300_000, "{target:?}");
+    // The last frames sent may still be on their way.
+    assert!(
+        m.video_frames_received + 3 >= m.video_frames_sent,
+        "{} of {} frames, {} keyframe requests",
+        m.video_frames_received,
+        m.video_frames_sent,
+        m.keyframe_requests
+    );
+    assert!(m.keyframe_requests <= 2, "{m:?}");
+}
+
 /// 10 % random loss with real Opus in the loop: A's encoder follows the engine's targets
 /// (in-band FEC on, expected loss), B decodes every playout event.
 fn opus_call(red: bool, nack: bool, secs: u64) -> crate::sim::CallMetrics {
