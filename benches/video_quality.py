@@ -211,7 +211,7 @@ def main():
     print()
     print("| loss | seed | hush kbps | hush as shown: Y-PSNR / SSIM | hush matched: Y-PSNR / "
           "SSIM | x264 kbps | x264 Y-PSNR / SSIM | hush − x264 dB (shown; matched) | "
-          "pictures shown / due | freezes (s) | per minute | PLI sent |")
+          "pictures shown / due | freezes (s) | per minute | keyframes asked |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for loss_s in args.loss.split(","):
@@ -280,7 +280,7 @@ def main():
                   f"{x_kbps_all:.0f} | {x_psnr:.2f} / {x_ssim:.4f} | {psnr - x_psnr:+.2f}; "
                   f"{m_psnr - x_psnr:+.2f} | "
                   f"{shown_n} / {len(window)} | {r['freezes']} ({r['freezes_s']:.2f}) | "
-                  f"{r['freezes'] / minutes:.1f} | {r.get('pli_sent', '–')} |", flush=True)
+                  f"{r['freezes'] / minutes:.1f} | {r.get('keyframe_requests_received', '–')} |", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -37,8 +37,9 @@ pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
 /// Least encoder rate of each copy for RED to be worth its copies.
 const RED_MIN_COPY_BPS: f64 = 10_000.0;
 
-/// Share of the video rate held back for retransmissions per unit of reported loss: a lost
-/// packet is resent once, and at the same loss one resend in ten needs another.
+/// Share of the video rate held back for retransmissions per unit of reported loss and per
+/// copy sent: a lost packet is resent once (or twice at once on a lossy path,
+/// `protection::VIDEO_DOUBLE_RTX_LOSS`), and some resends need another attempt.
 const RTX_RESERVE_PER_LOSS: f64 = 1.5;
 
 /// Most of the peer's send rate our transport-wide feedback may take (WebRTC: 5 %).
@@ -794,7 +795,16 @@ impl MediaSession {
         // The reserve is what the loss report predicts or what was resent over the last
         // second, whichever is more (the report lags the first losses by a second or two).
         let room = (target - audio_total).max(0.0);
-        let predicted = room * (self.remote_loss_smoothed * RTX_RESERVE_PER_LOSS).min(0.5);
+        // The smoothed loss lags a burst by seconds (it moves an eighth per report): once the
+        // latest report is cleaner, the reserve follows it, or video would stay squeezed (or
+        // paused) long after a blackout. What is really resent is covered by `rtx_bps`.
+        let loss = self.remote_loss_smoothed.min(self.remote_loss);
+        let copies = if loss > protection::VIDEO_DOUBLE_RTX_LOSS {
+            2.0
+        } else {
+            1.0
+        };
+        let predicted = room * (loss * RTX_RESERVE_PER_LOSS * copies).min(0.5);
         let reserve = predicted.max(rtx_bps).min(room * 0.5);
         let video = (room - reserve) * 0.9;
         let min_video = self.config.video_min_bps as f64;

@@ -160,13 +160,14 @@ impl MediaSession {
         }
     }
 
-    fn on_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u16]) {
+    pub(super) fn on_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u16]) {
         let rtt = self.rtt_or_default();
         // While the congestion window is over-full the losses are our own queue overflowing:
         // resending big video packets into it only keeps it full. Audio retransmissions are
         // small and keep the call intelligible, so they still go (within the budget below).
         let congested = self.cc.window_full();
         let audio = media_ssrc == self.config.local_audio.ssrc;
+        let double_video = self.remote_loss_smoothed > protection::VIDEO_DOUBLE_RTX_LOSS;
         let packets = if audio {
             let mut packets = self.audio_rtx.on_nack(now, lost, rtt);
             // Before the peer's reports say how lossy the path is, assume the worst.
@@ -187,7 +188,15 @@ impl MediaSession {
                     .local_video
                     .is_some_and(|v| v.ssrc == media_ssrc)
         }) {
-            rtx.on_nack(now, lost, rtt)
+            let mut packets = rtx.on_nack(now, lost, rtt);
+            if double_video {
+                // A video frame counts as frozen once it waits ~150 ms past its due time: one
+                // failed attempt (the next costs another round trip and a retry interval) is
+                // already a freeze. On a path this lossy each retransmission goes twice.
+                let copies: Vec<_> = packets.iter().map(|p| rtx.copy(p)).collect();
+                packets.extend(copies);
+            }
+            packets
         } else {
             Vec::new()
         };

@@ -220,6 +220,47 @@ fn video_loss_is_repaired_by_retransmissions() {
     assert!(m.keyframe_requests <= 2, "{m:?}");
 }
 
+/// On a path losing more than 5 %, each video retransmission goes twice (a failed attempt
+/// costs a round trip more, past the 150 ms a frozen picture is counted from); on a clean
+/// path once.
+#[test]
+fn video_retransmissions_go_twice_on_a_lossy_path() {
+    use crate::rtp::RtpPacket;
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    let mut at = Duration::from_secs(2);
+    call.run_until(at);
+    let video = call.a.config().local_video.expect("video stream");
+    let mut answers = Vec::new();
+    for loss in [0.0, 0.12] {
+        call.a.remote_loss_smoothed = loss;
+        let now = call.now();
+        while call.a.poll_transmit().is_some() {}
+        call.a.send_video(now, &[0x55; 300], false);
+        let mut seqs = Vec::new();
+        while let Some(t) = call.a.poll_transmit() {
+            if let Ok(p) = RtpPacket::parse(&t.data) {
+                if p.header.ssrc == video.ssrc {
+                    seqs.push(p.header.sequence_number);
+                }
+            }
+        }
+        assert_eq!(seqs.len(), 1, "one small frame, one packet");
+        call.a.on_nack(now, video.ssrc, &seqs);
+        let mut rtx = 0;
+        while let Some(t) = call.a.poll_transmit() {
+            if let Ok(p) = RtpPacket::parse(&t.data) {
+                rtx += usize::from(p.header.ssrc == video.rtx_ssrc);
+            }
+        }
+        answers.push(rtx);
+        at += Duration::from_millis(500);
+        call.run_until(at);
+    }
+    assert_eq!(answers, [1, 2]);
+}
+
 /// 10 % random loss with real Opus in the loop: A's encoder follows the engine's targets
 /// (in-band FEC on, expected loss), B decodes every playout event.
 fn opus_call(red: bool, nack: bool, secs: u64) -> crate::sim::CallMetrics {
