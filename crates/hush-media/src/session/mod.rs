@@ -164,6 +164,8 @@ pub struct MediaSession {
     video_gap_since: Option<Instant>,
     /// The frame start the depacketizer waited at when `video_gap_since` was set.
     video_gap_head: Option<u64>,
+    /// Sequence number of the last full intra request (RFC 5104) acted on.
+    last_fir_seq: Option<u8>,
     last_pli: Option<Instant>,
     twcc_rx: crate::cc::TwccRecorder,
     last_sr: Option<(u32, Instant)>,
@@ -259,6 +261,7 @@ impl MediaSession {
             depack: VideoDepacketizer::with_format(config.video_payload),
             video_gap_since: None,
             video_gap_head: None,
+            last_fir_seq: None,
             last_pli: None,
             twcc_rx: crate::cc::TwccRecorder::default(),
             last_sr: None,

@@ -117,6 +117,18 @@ impl MediaSession {
                 {
                     self.events.push_back(super::Event::KeyframeRequested);
                 }
+                RtcpPacket::Fir(f) => {
+                    let Some(video) = self.config.local_video else {
+                        continue;
+                    };
+                    for &(ssrc, seq) in &f.entries {
+                        // A repeated sequence number is the same request sent again.
+                        if ssrc == video.ssrc && self.last_fir_seq != Some(seq) {
+                            self.last_fir_seq = Some(seq);
+                            self.events.push_back(super::Event::KeyframeRequested);
+                        }
+                    }
+                }
                 RtcpPacket::TransportFeedback(fb) => {
                     self.cc.on_feedback(now, &fb);
                     self.update_target(now);

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use crate::sim::{CallConfig, CallSim, LossModel, SimConfig};
+use crate::Event;
 use crate::Instant;
 
 fn lossy(loss: LossModel, one_way_ms: u64) -> CallConfig {
@@ -259,6 +260,42 @@ fn video_retransmissions_go_twice_on_a_lossy_path() {
         call.run_until(at);
     }
     assert_eq!(answers, [1, 2]);
+}
+
+/// A full intra request (RFC 5104) for our video asks our encoder for a keyframe like a PLI;
+/// the same request sent again (same sequence number) does not ask twice, a new one does, and
+/// one for another stream is not ours.
+#[test]
+fn fir_requests_a_keyframe_once_per_sequence_number() {
+    use crate::rtcp::{write_compound, Fir, RtcpPacket};
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_millis(500));
+    while call.a.poll_event().is_some() {}
+    let video = call.a.config().local_video.expect("video stream");
+    let now = call.now();
+    let mut asked = Vec::new();
+    for (ssrc, seq) in [
+        (video.ssrc, 1),
+        (video.ssrc, 1),
+        (video.ssrc, 2),
+        (video.ssrc + 1, 3),
+    ] {
+        let fir = RtcpPacket::Fir(Fir {
+            sender_ssrc: 0x55,
+            entries: vec![(ssrc, seq)],
+        });
+        call.a
+            .handle_packet(now, &write_compound(&[fir]))
+            .expect("well-formed FIR");
+        let mut n = 0;
+        while let Some(e) = call.a.poll_event() {
+            n += usize::from(e == Event::KeyframeRequested);
+        }
+        asked.push(n);
+    }
+    assert_eq!(asked, [1, 0, 1, 0]);
 }
 
 /// 10 % random loss with real Opus in the loop: A's encoder follows the engine's targets
