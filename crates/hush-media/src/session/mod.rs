@@ -164,6 +164,8 @@ pub struct MediaSession {
     video_gap_since: Option<Instant>,
     /// The frame start the depacketizer waited at when `video_gap_since` was set.
     video_gap_head: Option<u64>,
+    /// Since when packets have been missing without a break.
+    video_gap_first: Option<Instant>,
     /// Sequence number of the last full intra request (RFC 5104) acted on.
     last_fir_seq: Option<u8>,
     last_pli: Option<Instant>,
@@ -261,6 +263,7 @@ impl MediaSession {
             depack: VideoDepacketizer::with_format(config.video_payload),
             video_gap_since: None,
             video_gap_head: None,
+            video_gap_first: None,
             last_fir_seq: None,
             last_pli: None,
             twcc_rx: crate::cc::TwccRecorder::default(),
@@ -587,6 +590,7 @@ impl MediaSession {
             Some(self.next_feedback),
             self.probe_queue.front().map(|(t, _, _)| *t),
             self.video_gap_since.map(|t| t + self.video_gap_limit()),
+            self.video_gap_first.map(|t| t + self.video_gap_limit() * 4),
         ]
         .into_iter()
         .flatten()
