@@ -523,6 +523,12 @@ struct Seen {
     recorded: Vec<I420Frame>,
     /// Each picture's arrival (seconds from `start`) and width.
     arrivals: Vec<(f64, u32)>,
+    /// When the first picture arrived.
+    first: Option<Instant>,
+    /// Pictures this side handed to `send_video`.
+    offered: u32,
+    /// This side's encoded video bytes so far, sampled every second from `start`.
+    bytes_per_second: Vec<u64>,
 }
 
 /// Sends pictures at 30 fps for `duration` while taking the peer's.
@@ -542,8 +548,17 @@ async fn video_side(
     let size = source.size();
     let trace = std::env::var_os("HUSH_EXAMPLE_TRACE").is_some() && !record;
     let mut tracer = tokio::time::interval(Duration::from_millis(250));
+    let mut sampler = tokio::time::interval_at(
+        (start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
     loop {
         tokio::select! {
+            _ = sampler.tick() => {
+                if let Ok(st) = call.stats().await {
+                    seen.bytes_per_second.push(st.video.map_or(0, |v| v.bytes_encoded));
+                }
+            }
             _ = tracer.tick(), if trace => {
                 if let Ok(st) = call.stats().await {
                     let q = st.quality.as_ref();
@@ -568,12 +583,14 @@ async fn video_side(
                     times.push(Some(Instant::now()));
                 }
                 let _ = call.send_video(picture);
+                seen.offered += 1;
                 n = (n + 1) % (1 << STAMP_BITS);
             }
             p = call.recv_video() => {
                 let Some(p) = p else { break };
                 let now = Instant::now();
                 seen.pictures += 1;
+                seen.first.get_or_insert(now);
                 let k = read_stamp(&p) as usize;
                 if let Some(Some(t)) = peer_sent.lock().ok().and_then(|v| v.get(k).copied()) {
                     seen.delays.push(now.duration_since(t).as_secs_f64() * 1e3);
@@ -870,7 +887,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
         talk(&call, &alice_source, Some(660.0), frames, false),
         video
     );
-    let _alice_seen = alice_seen?;
+    let alice_seen = alice_seen?;
     let cpu = process_cpu()
         .zip(cpu_before)
         .map(|(a, b)| (a - b).as_secs_f64() / connected.elapsed().as_secs_f64() * 100.0);
@@ -879,16 +896,25 @@ async fn run(args: Args) -> Result<bool, Failure> {
     let _ = tokio::time::timeout(Duration::from_secs(5), bob_done).await;
     call.hangup()?;
     let (mut bob_heard, bob_ended, _bob, bob_seen, bob_video) = bob_side.await??;
-    let video_json = match (&bob_seen, &stats.video, &bob_video) {
-        (Some(seen), Some(sent), Some(recv)) => {
+    let video_json = match (&bob_seen, &stats.video, &bob_video, &alice_seen) {
+        (Some(seen), Some(sent), Some(recv), Some(own)) => {
             if let Some(path) = &args.video_out {
                 write_y4m(path, &seen.recorded)?;
                 println!("bob's pictures written to {}", path.display());
             }
             let full = video_source.as_ref().map_or(VIDEO_W, |v| v.size().0);
             let mut delays = seen.delays.clone();
+            let since_offer = |t: Option<Instant>| {
+                t.map_or(-1.0, |t| t.duration_since(start).as_secs_f64() * 1e3)
+            };
+            let bytes: Vec<String> = own.bytes_per_second.iter().map(u64::to_string).collect();
             format!(
-                ",\"video_frames_sent\":{},\"video_frames_received\":{},\"video_frames_decoded\":{},\"g2g_median_ms\":{:.1},\"g2g_p95_ms\":{:.1},\"resolution_steps\":{},\"pauses\":{},\"freezes\":{},\"freezes_s\":{:.2},\"encode_ms\":{:.2},\"decode_ms\":{:.2},\"cpu_core_pct\":{:.1}{}",
+                ",\"video_setup_ms\":{:.1},\"video_setup_back_ms\":{:.1},\"video_pictures_offered\":{},\"video_kbps\":{:.1},\"video_bytes_per_second\":[{}],\"video_frames_sent\":{},\"video_frames_received\":{},\"video_frames_decoded\":{},\"g2g_median_ms\":{:.1},\"g2g_p95_ms\":{:.1},\"resolution_steps\":{},\"pauses\":{},\"freezes\":{},\"freezes_s\":{:.2},\"pli_sent\":{},\"frames_dropped\":{},\"video_frames_captured\":{},\"video_keyframes_sent\":{},\"keyframe_requests_received\":{},\"encode_ms\":{:.2},\"decode_ms\":{:.2},\"cpu_core_pct\":{:.1}{}",
+                since_offer(seen.first),
+                since_offer(own.first),
+                own.offered,
+                sent.bytes_encoded as f64 * 8.0 / call_seconds.as_secs_f64() / 1e3,
+                bytes.join(","),
                 sent.frames_encoded,
                 seen.pictures,
                 recv.frames_decoded,
@@ -898,6 +924,11 @@ async fn run(args: Args) -> Result<bool, Failure> {
                 sent.pauses,
                 recv.freeze_count,
                 recv.total_freezes_duration,
+                recv.keyframe_requests_sent,
+                recv.frames_dropped,
+                sent.frames_captured,
+                sent.key_frames_encoded,
+                sent.keyframe_requests_received,
                 sent.encode_ms_mean,
                 recv.decode_ms_mean,
                 cpu.unwrap_or(-1.0),

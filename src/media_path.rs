@@ -77,6 +77,8 @@ pub struct VideoCodecStats {
     pub frames_encoded: u64,
     /// Keyframes among them (`keyFramesEncoded`).
     pub key_frames_encoded: u64,
+    /// Bytes of those frames (the codec's output: no RTP headers, retransmissions or padding).
+    pub bytes_encoded: u64,
     /// Pictures the encoder's rate control skipped.
     pub frames_skipped_by_encoder: u64,
     /// Time spent encoding, in seconds (`totalEncodeTime`).
@@ -221,6 +223,7 @@ impl MediaPath {
     pub fn send_encoded_video(&mut self, now: Instant, frame: &EncodedVideoFrame) {
         self.video_stats.frames_encoded += 1;
         self.video_stats.key_frames_encoded += u64::from(frame.keyframe);
+        self.video_stats.bytes_encoded += frame.data.len() as u64;
         self.session.send_video(now, &frame.data, frame.keyframe);
         self.protect_transmits();
     }

@@ -271,9 +271,11 @@ async fn video_recovers_after_a_burst_of_loss() {
         sa.quality
     );
     // Either retransmissions mended every frame, or Bob's decoder asked for a keyframe and
-    // Alice's encoder sent one.
+    // Alice's encoder sent one. (A frame the decoder refused counts in `frames_dropped` and in
+    // `keyframe_requests_sent` together; `frames_dropped` alone also counts mended frames that
+    // came out in a burst after the outage faster than this test takes them.)
     assert!(
-        v.frames_dropped == 0 || sent.keyframe_requests_received >= 1,
+        v.keyframe_requests_sent == 0 || sent.keyframe_requests_received >= 1,
         "receiver {v:?} sender {sent:?}"
     );
     a.hangup().expect("hangup");

@@ -675,6 +675,7 @@ fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoS
         frames_captured: v.sender.captured,
         frames_encoded: c.frames_encoded,
         key_frames_encoded: c.key_frames_encoded,
+        bytes_encoded: c.bytes_encoded,
         sent_width: v.sender.sent_size.0,
         sent_height: v.sender.sent_size.1,
         sent_fps: v.sender.fps(),

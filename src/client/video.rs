@@ -67,6 +67,9 @@ pub struct VideoStats {
     pub frames_encoded: u64,
     /// Keyframes sent (`keyFramesEncoded`).
     pub key_frames_encoded: u64,
+    /// Bytes of the encoded frames sent: the codec's output, without RTP headers,
+    /// retransmissions or padding (what `bytesSent` counts less retransmissions).
+    pub bytes_encoded: u64,
     /// Width of the last frame sent (`frameWidth`, outbound).
     pub sent_width: u32,
     /// Height of the last frame sent (`frameHeight`, outbound).
@@ -125,7 +128,7 @@ impl VideoStats {
             QualityLimitation::Bandwidth => 1,
             QualityLimitation::Cpu => 2,
         };
-        let rows: [(&str, &str, &str, f64); 20] = [
+        let rows: [(&str, &str, &str, f64); 21] = [
             (
                 "frames_encoded_total",
                 "counter",
@@ -137,6 +140,12 @@ impl VideoStats {
                 "counter",
                 "Keyframes sent.",
                 self.key_frames_encoded as f64,
+            ),
+            (
+                "bytes_encoded_total",
+                "counter",
+                "Bytes of encoded video frames sent (codec output).",
+                self.bytes_encoded as f64,
             ),
             (
                 "frames_decoded_total",

@@ -374,15 +374,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     t.qp_range = (0, 51);
     variants.push(("qp 0-51", t));
     let mut t = hush;
-    t.frame_skip = false;
-    variants.push(("no frame skip", t));
+    t.frame_skip = true;
+    variants.push(("frame skip at every rate", t));
     let mut t = hush;
     t.scene_change_detect = true;
     variants.push(("scene-change detection on", t));
     let mut t = hush;
-    t.frame_skip = false;
-    t.complexity = 2;
-    variants.push(("no frame skip, complexity high", t));
+    t.frame_skip_below_bps = 0;
+    variants.push(("no frame skip at any rate", t));
 
     println!(
         "{frames} frames {W}x{H}@{FPS}, synthetic scene; Y-PSNR/Y-SSIM vs input (skipped frames \

@@ -41,6 +41,10 @@ pub struct NackScheduler {
     pub max_age: Duration,
     /// When the first NACK of a packet is repeated, if that is sooner than the retry.
     pub repeat_after: Duration,
+    /// Retries go every `max(rtt × retry_factor, min_interval)`. At 1.0 a retry races the
+    /// retransmission it asks for (which comes back one round trip after the NACK, plus
+    /// pacing), and the sender answers it again.
+    pub retry_factor: f64,
 }
 
 impl Default for NackScheduler {
@@ -52,6 +56,7 @@ impl Default for NackScheduler {
             min_interval: Duration::from_millis(20),
             max_age: Duration::from_millis(1000),
             repeat_after: Duration::from_millis(20),
+            retry_factor: 1.0,
         }
     }
 }
@@ -98,7 +103,7 @@ impl NackScheduler {
 
     /// The extended sequence numbers to NACK now; `rtt` paces the retries.
     pub fn poll_nacks(&mut self, now: Instant, rtt: Duration) -> Vec<u64> {
-        let interval = rtt.max(self.min_interval);
+        let interval = rtt.mul_f64(self.retry_factor).max(self.min_interval);
         let (max_age, max_retries) = (self.max_age, self.max_retries);
         let repeat_after = self.repeat_after;
         self.missing.retain(|_, m| {

@@ -82,3 +82,43 @@ impl Pli {
         out.extend_from_slice(&self.media_ssrc.to_be_bytes());
     }
 }
+
+/// Full intra request (PT 206, FMT 4, RFC 5104 §4.3.1): the receiver needs a keyframe; each
+/// request carries a sequence number per media source, and a repeat of the same number is a
+/// retransmission of the same request, not a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fir {
+    /// SSRC of the packet sender.
+    pub sender_ssrc: u32,
+    /// The requests: (media source SSRC, command sequence number).
+    pub entries: Vec<(u32, u8)>,
+}
+
+impl Fir {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ParseError> {
+        let mut r = Reader::new(body, "FIR");
+        let sender_ssrc = r.u32()?;
+        // The media source SSRC of the common header is unused (zero) in a FIR.
+        let _ = r.u32()?;
+        let mut entries = Vec::new();
+        while r.remaining() >= 8 {
+            let ssrc = r.u32()?;
+            let seq = r.u8()?;
+            r.take(3)?;
+            entries.push((ssrc, seq));
+        }
+        Ok(Self {
+            sender_ssrc,
+            entries,
+        })
+    }
+
+    pub(crate) fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.sender_ssrc.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        for &(ssrc, seq) in &self.entries {
+            out.extend_from_slice(&ssrc.to_be_bytes());
+            out.extend_from_slice(&[seq, 0, 0, 0]);
+        }
+    }
+}

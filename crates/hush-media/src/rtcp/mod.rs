@@ -8,7 +8,7 @@ mod feedback;
 mod report;
 mod twcc;
 
-pub use feedback::{Nack, Pli};
+pub use feedback::{Fir, Nack, Pli};
 pub use report::{Bye, ReceiverReport, ReportBlock, Sdes, SenderReport};
 pub use twcc::{TransportFeedback, REFERENCE_MICROS, TICK_MICROS};
 
@@ -38,6 +38,8 @@ pub enum RtcpPacket {
     Nack(Nack),
     /// Picture loss indication.
     Pli(Pli),
+    /// Full intra request (RFC 5104).
+    Fir(Fir),
     /// Transport-wide congestion control feedback.
     TransportFeedback(TransportFeedback),
     /// A packet type or feedback format this crate does not read.
@@ -84,6 +86,7 @@ pub fn parse_compound(buf: &[u8]) -> Result<Vec<RtcpPacket>, ParseError> {
             (PT_RTPFB, 1) => RtcpPacket::Nack(Nack::parse(body)?),
             (PT_RTPFB, 15) => RtcpPacket::TransportFeedback(TransportFeedback::parse(body)?),
             (PT_PSFB, 1) => RtcpPacket::Pli(Pli::parse(body)?),
+            (PT_PSFB, 4) => RtcpPacket::Fir(Fir::parse(body)?),
             _ => RtcpPacket::Unknown { packet_type, count },
         });
     }
@@ -101,6 +104,7 @@ impl RtcpPacket {
             Self::Nack(_) => (1, PT_RTPFB),
             Self::TransportFeedback(_) => (15, PT_RTPFB),
             Self::Pli(_) => (1, PT_PSFB),
+            Self::Fir(_) => (4, PT_PSFB),
             Self::Unknown { .. } => return,
         };
         let start = out.len();
@@ -113,6 +117,7 @@ impl RtcpPacket {
             Self::Nack(n) => n.write_body(out),
             Self::TransportFeedback(f) => f.write_body(out),
             Self::Pli(p) => p.write_body(out),
+            Self::Fir(f) => f.write_body(out),
             Self::Unknown { .. } => {}
         }
         let body_len = out.len() - start;

@@ -40,6 +40,10 @@ fn compound_round_trip() {
             sender_ssrc: 2,
             media_ssrc: 1,
         }),
+        RtcpPacket::Fir(Fir {
+            sender_ssrc: 2,
+            entries: vec![(1, 7), (9, 255)],
+        }),
         RtcpPacket::TransportFeedback(TransportFeedback {
             sender_ssrc: 2,
             media_ssrc: 1,

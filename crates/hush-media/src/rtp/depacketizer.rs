@@ -128,6 +128,12 @@ impl VideoDepacketizer {
         self.assemble();
     }
 
+    /// The sequence number of the next packet the depacketizer waits for (the start of the
+    /// frame it assembles next), once it has seen a frame start.
+    pub fn head(&self) -> Option<u64> {
+        self.next_seq
+    }
+
     /// Whether a keyframe is needed before frames can flow again (send a PLI).
     pub fn needs_keyframe(&self) -> bool {
         self.need_keyframe

@@ -92,6 +92,9 @@ pub(crate) const STARTUP_PRESUMED_LOSS: f64 = 0.10;
 /// Measured loss above which each audio retransmission is sent twice.
 const DOUBLE_RTX_LOSS: f64 = 0.10;
 
+/// Measured loss above which each video retransmission is sent twice.
+pub(crate) const VIDEO_DOUBLE_RTX_LOSS: f64 = 0.05;
+
 /// How many copies of each audio retransmission to send on a path losing `loss`.
 pub(crate) fn rtx_copies(loss: f64) -> u32 {
     if loss > DOUBLE_RTX_LOSS {

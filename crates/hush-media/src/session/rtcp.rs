@@ -117,6 +117,18 @@ impl MediaSession {
                 {
                     self.events.push_back(super::Event::KeyframeRequested);
                 }
+                RtcpPacket::Fir(f) => {
+                    let Some(video) = self.config.local_video else {
+                        continue;
+                    };
+                    for &(ssrc, seq) in &f.entries {
+                        // A repeated sequence number is the same request sent again.
+                        if ssrc == video.ssrc && self.last_fir_seq != Some(seq) {
+                            self.last_fir_seq = Some(seq);
+                            self.events.push_back(super::Event::KeyframeRequested);
+                        }
+                    }
+                }
                 RtcpPacket::TransportFeedback(fb) => {
                     self.cc.on_feedback(now, &fb);
                     self.update_target(now);
@@ -160,13 +172,14 @@ impl MediaSession {
         }
     }
 
-    fn on_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u16]) {
+    pub(super) fn on_nack(&mut self, now: Instant, media_ssrc: u32, lost: &[u16]) {
         let rtt = self.rtt_or_default();
         // While the congestion window is over-full the losses are our own queue overflowing:
         // resending big video packets into it only keeps it full. Audio retransmissions are
         // small and keep the call intelligible, so they still go (within the budget below).
         let congested = self.cc.window_full();
         let audio = media_ssrc == self.config.local_audio.ssrc;
+        let double_video = self.remote_loss_smoothed > protection::VIDEO_DOUBLE_RTX_LOSS;
         let packets = if audio {
             let mut packets = self.audio_rtx.on_nack(now, lost, rtt);
             // Before the peer's reports say how lossy the path is, assume the worst.
@@ -187,20 +200,35 @@ impl MediaSession {
                     .local_video
                     .is_some_and(|v| v.ssrc == media_ssrc)
         }) {
-            rtx.on_nack(now, lost, rtt)
+            let mut packets = rtx.on_nack(now, lost, rtt);
+            if double_video {
+                // A video frame counts as frozen once it waits ~150 ms past its due time: one
+                // failed attempt (the next costs another round trip and a retry interval) is
+                // already a freeze. On a path this lossy each retransmission goes twice.
+                let copies: Vec<_> = packets.iter().map(|p| rtx.copy(p)).collect();
+                packets.extend(copies);
+            }
+            packets
         } else {
             Vec::new()
         };
         // Retransmissions never take more than half the target over a second (WebRTC bounds
         // them by the target too), nor more than what the rest of our traffic leaves of it:
         // on a path that is full, the losses are our own overflow, and retransmitting into
-        // it only causes more.
+        // it only causes more. Padding and probes are not "the rest": they only fill room
+        // nothing else uses (counting them left no room for video retransmissions while
+        // the estimate was probed upwards, and frames were lost to the gap timeout).
         let target = self.cc.target_bps();
         let others = self
             .send_rate
             .bps(now)
-            .saturating_sub(self.rtx_rate.bps(now));
-        let budget = (target / 2).min(target.saturating_sub(others));
+            .saturating_sub(self.rtx_rate.bps(now))
+            .saturating_sub(self.padding_rate.bps(now));
+        // A tenth of the target on top: the encoder's share leaves room for the
+        // retransmissions it has seen (`allocate`), but it follows them a second late, and
+        // with no slack every burst of losses had its repairs refused (frames then waited for
+        // the gap timeout and a keyframe). Real overflow is caught by the window check above.
+        let budget = (target / 2).min(target.saturating_sub(others) + target / 10);
         for p in packets {
             let bits = (p.payload.len() + 12 + 8 + super::WIRE_OVERHEAD) as u64 * 8;
             if self.rtx_rate.bps(now) + bits > budget {

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use crate::sim::{CallConfig, CallSim, LossModel, SimConfig};
+use crate::Event;
 use crate::Instant;
 
 fn lossy(loss: LossModel, one_way_ms: u64) -> CallConfig {
@@ -194,6 +195,107 @@ fn real_loss_makes_room_for_retransmissions() {
     let s = call.b.stats(now);
     // RTT 40 ms + one frame + margin on top of a jitter-free path.
     assert!(s.playout_delay >= Duration::from_millis(60), "{s:?}");
+}
+
+/// Video at 10 % random loss both ways on a 40 ms path: retransmissions repair it, so frames
+/// come out whole and the receiver does not fall back to keyframe requests. The encoder's
+/// share leaves room for the retransmissions (`RTX_RESERVE_PER_LOSS`); when it filled the
+/// estimate, the retransmission budget was empty and frames were lost to the gap timeout.
+#[test]
+fn video_loss_is_repaired_by_retransmissions() {
+    let mut config = lossy(LossModel::Random(0.10), 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(15));
+    let m = call.metrics();
+    let target = call.a.encoder_target().expect("a target");
+    assert!(target.video_bps > 300_000, "{target:?}");
+    // The last frames sent may still be on their way.
+    assert!(
+        m.video_frames_received + 3 >= m.video_frames_sent,
+        "{} of {} frames, {} keyframe requests",
+        m.video_frames_received,
+        m.video_frames_sent,
+        m.keyframe_requests
+    );
+    assert!(m.keyframe_requests <= 2, "{m:?}");
+}
+
+/// On a path losing more than 5 %, each video retransmission goes twice (a failed attempt
+/// costs a round trip more, past the 150 ms a frozen picture is counted from); on a clean
+/// path once.
+#[test]
+fn video_retransmissions_go_twice_on_a_lossy_path() {
+    use crate::rtp::RtpPacket;
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    let mut at = Duration::from_secs(2);
+    call.run_until(at);
+    let video = call.a.config().local_video.expect("video stream");
+    let mut answers = Vec::new();
+    for loss in [0.0, 0.12] {
+        call.a.remote_loss_smoothed = loss;
+        let now = call.now();
+        while call.a.poll_transmit().is_some() {}
+        call.a.send_video(now, &[0x55; 300], false);
+        let mut seqs = Vec::new();
+        while let Some(t) = call.a.poll_transmit() {
+            if let Ok(p) = RtpPacket::parse(&t.data) {
+                if p.header.ssrc == video.ssrc {
+                    seqs.push(p.header.sequence_number);
+                }
+            }
+        }
+        assert_eq!(seqs.len(), 1, "one small frame, one packet");
+        call.a.on_nack(now, video.ssrc, &seqs);
+        let mut rtx = 0;
+        while let Some(t) = call.a.poll_transmit() {
+            if let Ok(p) = RtpPacket::parse(&t.data) {
+                rtx += usize::from(p.header.ssrc == video.rtx_ssrc);
+            }
+        }
+        answers.push(rtx);
+        at += Duration::from_millis(500);
+        call.run_until(at);
+    }
+    assert_eq!(answers, [1, 2]);
+}
+
+/// A full intra request (RFC 5104) for our video asks our encoder for a keyframe like a PLI;
+/// the same request sent again (same sequence number) does not ask twice, a new one does, and
+/// one for another stream is not ours.
+#[test]
+fn fir_requests_a_keyframe_once_per_sequence_number() {
+    use crate::rtcp::{write_compound, Fir, RtcpPacket};
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_millis(500));
+    while call.a.poll_event().is_some() {}
+    let video = call.a.config().local_video.expect("video stream");
+    let now = call.now();
+    let mut asked = Vec::new();
+    for (ssrc, seq) in [
+        (video.ssrc, 1),
+        (video.ssrc, 1),
+        (video.ssrc, 2),
+        (video.ssrc + 1, 3),
+    ] {
+        let fir = RtcpPacket::Fir(Fir {
+            sender_ssrc: 0x55,
+            entries: vec![(ssrc, seq)],
+        });
+        call.a
+            .handle_packet(now, &write_compound(&[fir]))
+            .expect("well-formed FIR");
+        let mut n = 0;
+        while let Some(e) = call.a.poll_event() {
+            n += usize::from(e == Event::KeyframeRequested);
+        }
+        asked.push(n);
+    }
+    assert_eq!(asked, [1, 0, 1, 0]);
 }
 
 /// 10 % random loss with real Opus in the loop: A's encoder follows the engine's targets

@@ -93,6 +93,12 @@ pub struct CallMetrics {
     pub opus_decoded: u64,
     /// Packets B's decoder rejected. Counted only with Opus.
     pub decode_errors: u64,
+    /// Video frames A sent (with `video` on).
+    pub video_frames_sent: u64,
+    /// Video frames B's engine handed out whole.
+    pub video_frames_received: u64,
+    /// Keyframe requests A received from B.
+    pub keyframe_requests: u64,
     /// Samples every 100 ms: (time since start, A's target bps, max one-way delay A→B in the
     /// last 100 ms, video bps A was asked for).
     pub timeline: Vec<(Duration, u64, Duration, u32)>,
@@ -330,6 +336,7 @@ impl CallSim {
                 let size = (self.video_bps as usize / 8 / 30).max(50);
                 let key = std::mem::take(&mut self.keyframe_due);
                 self.a.send_video(now, &vec![0x55; size], key);
+                self.metrics.video_frames_sent += 1;
             }
             self.next_video += Duration::from_secs(1) / 30;
         }
@@ -368,11 +375,17 @@ impl CallSim {
                         o.enc.set_fec(t.inband_fec, t.expected_loss_percent);
                     }
                 }
-                Event::KeyframeRequested => self.keyframe_due = true,
+                Event::KeyframeRequested => {
+                    self.keyframe_due = true;
+                    self.metrics.keyframe_requests += 1;
+                }
                 _ => {}
             }
         }
         while let Some(e) = self.b.poll_event() {
+            if matches!(e, Event::Video(_)) {
+                self.metrics.video_frames_received += 1;
+            }
             let Event::Audio(p) = e else { continue };
             let m = &mut self.metrics;
             match p {

@@ -44,8 +44,11 @@ pub struct OpenH264Tuning {
     pub background_detection: bool,
     /// Scene change detection (an I frame on a cut).
     pub scene_change_detect: bool,
-    /// Let the rate control drop frames to hold the bitrate.
+    /// Let the rate control drop frames to hold the bitrate, at any bitrate.
     pub frame_skip: bool,
+    /// Let the rate control drop frames when the target bitrate is below this (bits per
+    /// second), whatever `frame_skip` says.
+    pub frame_skip_below_bps: u32,
     /// Cut slices to `max_nal_size` (otherwise one slice per picture, fragmented by FU-A).
     pub size_limited_slices: bool,
     /// Lowest and highest quantizer the rate control may pick.
@@ -62,7 +65,13 @@ impl Default for OpenH264Tuning {
             // IDRs: 9 in 5 s of the bench scene, 2.8 dB Y-PSNR lost at 800 kbps
             // (docs/benchmarks.md). Receivers ask for keyframes when they need them.
             scene_change_detect: false,
-            frame_skip: true,
+            // Through a call each skipped picture is a repeated one on the receiver's screen:
+            // with skipping on at 2 Mbps OpenH264 dropped ~1 picture in 20 on moving content,
+            // which cost ~9 dB Y-PSNR over what was shown (benches/video_quality.py). On
+            // thin links it stays the rate control's valve: a keyframe or a burst of motion
+            // at 150 kbps must not queue seconds of video (the bandwidth-step tests).
+            frame_skip: false,
+            frame_skip_below_bps: 300_000,
             size_limited_slices: true,
             qp_range: (10, 42),
         }
@@ -187,7 +196,7 @@ impl OpenH264Encoder {
             .adaptive_quantization(t.adaptive_quant)
             .background_detection(t.background_detection)
             .scene_change_detect(t.scene_change_detect)
-            .skip_frames(t.frame_skip)
+            .skip_frames(t.frame_skip || c.bitrate_bps < t.frame_skip_below_bps)
             .qp(QpRange::new(t.qp_range.0, t.qp_range.1))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .intra_frame_period(IntraFramePeriod::from_num_frames(period))
