@@ -6,7 +6,10 @@
 //! Sending (group commit): the node gives the envelope a delivery id from its own block of
 //! ids (taken from the `queue_ids` sequence 1,024 at a time), pushes it at once to its
 //! recipient if that device is connected to this node (before the commit, as the single-node
-//! store does: delivery waits for no database, only the sender's answer does), and hands it to
+//! store does: delivery waits for no database, only the sender's answer does), or else sends it
+//! on the recipient's NATS subject (also before the commit, up to [`ANNOUNCE_MAX`] bytes; an
+//! acknowledgement that overtakes the commit leaves a tombstone in `acked_early`, taken under
+//! the recipient's advisory lock, which the admission batch honours), and hands it to
 //! this node's write queue; the connection reads on. A few writer tasks, each with its own
 //! PostgreSQL connection and a prepared statement, take whatever is queued (up to
 //! [`MAX_BATCH`] envelopes from any number of connections) and check and insert all of it in
