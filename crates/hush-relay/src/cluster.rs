@@ -6,11 +6,14 @@
 //! Sending (group commit): the node gives the envelope a delivery id from its own block of
 //! ids (taken from the `queue_ids` sequence 1,024 at a time), pushes it at once to its
 //! recipient if that device is connected to this node (before the commit, as the single-node
-//! store does: delivery waits for no database, only the sender's answer does), and hands it to
+//! store does: delivery waits for no database, only the sender's answer does), or else sends it
+//! on the recipient's NATS subject (also before the commit, up to [`ANNOUNCE_MAX`] bytes; an
+//! acknowledgement that overtakes the commit leaves a tombstone in `acked_early`, taken under
+//! the recipient's advisory lock, which the admission batch honours), and hands it to
 //! this node's write queue; the connection reads on. A few writer tasks, each with its own
 //! PostgreSQL connection and a prepared statement, take whatever is queued (up to
 //! [`MAX_BATCH`] envelopes from any number of connections) and check and insert all of it in
-//! ONE statement, `hush_admit_batch2`: one round trip and one
+//! ONE statement, `hush_admit_batch3`: one round trip and one
 //! commit (one WAL flush) for the whole batch. Inside it each envelope is checked as before, in
 //! order: the recipient's bundle row is locked (serialising sends to one recipient across nodes
 //! and making the queue bounds exact), the message id must be new for its sender (replays
@@ -83,6 +86,9 @@ pub struct ClusterConfig {
     /// Writer tasks (each with its own PostgreSQL connection) that commit queued envelopes in
     /// batches; while one commits, the next batch gathers for another.
     pub writers: usize,
+    /// A pause before each batch is written (zero). For tests that need a commit still in
+    /// flight when its envelope is delivered and acknowledged on another node.
+    pub commit_delay: Duration,
 }
 
 impl ClusterConfig {
@@ -95,6 +101,7 @@ impl ClusterConfig {
             pool_size: 8,
             poll_interval: Duration::from_secs(1),
             writers: 2,
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -148,6 +155,34 @@ CREATE TABLE IF NOT EXISTS seen (
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (stamped);
 CREATE SEQUENCE IF NOT EXISTS queue_ids INCREMENT BY 1024;
+-- Acknowledgements that found no row: the envelope was delivered (over NATS, at admission) by
+-- another node that had not committed it yet. That node's batch does not queue it. Swept
+-- after the envelope age limit.
+CREATE TABLE IF NOT EXISTS acked_early (
+    id BIGINT PRIMARY KEY,
+    stamped TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS acked_early_by_age ON acked_early (stamped);
+-- Deletes acknowledged envelopes; one not found is recorded in acked_early. Each recipient's
+-- advisory lock (the one hush_admit_batch3 holds until its commit) is taken first, so an
+-- admission of that recipient in flight commits before the delete looks (each statement of
+-- this function sees what committed before it started): either the delete finds the row, or
+-- the admission, which looks for the tombstone under the same lock, finds the tombstone.
+-- Callers pass rows sorted by lock key (the admission order: no deadlock).
+CREATE OR REPLACE FUNCTION hush_ack_batch(rcpts BYTEA[], lock_keys BIGINT[], ids BIGINT[])
+RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+    n INT := coalesce(array_length(rcpts, 1), 0);
+BEGIN
+    FOR i IN 1..n LOOP
+        PERFORM pg_advisory_xact_lock(lock_keys[i]);
+        DELETE FROM queue WHERE id = ids[i] AND recipient = rcpts[i];
+        IF NOT FOUND THEN
+            INSERT INTO acked_early (id) VALUES (ids[i]) ON CONFLICT DO NOTHING;
+        END IF;
+    END LOOP;
+END
+$$;
 -- Never below an id already queued (a queue made by an older schema numbered its own rows).
 SELECT setval('queue_ids', greatest((SELECT last_value FROM queue_ids),
                                     coalesce((SELECT max(id) FROM queue), 0) + 1));
@@ -155,8 +190,9 @@ SELECT setval('queue_ids', greatest((SELECT last_value FROM queue_ids),
 -- verdict: 0 accepted, 5 accepted after evicting another envelope, 1 unknown recipient,
 -- 2 duplicate message id, 3 sender quota, 4 queue full; qid is the delivery id if accepted.
 -- ids[i] is envelope i's delivery id (handed out by the node); keeps[i] false means its
--- recipient already acknowledged it: it is checked for replay but not queued.
-CREATE OR REPLACE FUNCTION hush_admit_batch2(
+-- recipient already acknowledged it: it is checked for replay but not queued. Verdict 6: accepted,
+-- but acknowledged on another node before this commit (found in acked_early): not queued.
+CREATE OR REPLACE FUNCTION hush_admit_batch3(
     rcpts BYTEA[], lock_keys BIGINT[], senders BYTEA[], mids BYTEA[], envs BYTEA[],
     ids BIGINT[], keeps BOOLEAN[], max_sender BIGINT, max_device BIGINT)
 RETURNS TABLE (verdict INT, qid BIGINT) LANGUAGE plpgsql
@@ -182,6 +218,9 @@ BEGIN
         INSERT INTO seen (sender, message_id) VALUES (s, mids[i]) ON CONFLICT DO NOTHING;
         IF NOT FOUND THEN verdict := 2; RETURN NEXT; CONTINUE; END IF;
         IF NOT keeps[i] THEN verdict := 0; qid := ids[i]; RETURN NEXT; CONTINUE; END IF;
+        -- Acknowledged on another node already (pushed over NATS at admission)?
+        DELETE FROM acked_early WHERE id = ids[i];
+        IF FOUND THEN verdict := 6; qid := ids[i]; RETURN NEXT; CONTINUE; END IF;
         SELECT count(*) FILTER (WHERE sender = s), count(*) INTO mine, total
             FROM queue WHERE recipient = r;
         IF mine >= max_sender THEN
@@ -218,9 +257,9 @@ pub(crate) const MAX_BATCH: usize = 256;
 const MAX_ACK_BATCH: usize = 4096;
 /// The prepared statement a writer runs per batch.
 const ADMIT_BATCH: &str =
-    "SELECT verdict, qid FROM hush_admit_batch2($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    "SELECT verdict, qid FROM hush_admit_batch3($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 /// ... and the acknowledgement writer.
-const ACK_BATCH: &str = "DELETE FROM queue q USING unnest($1::bytea[], $2::bigint[]) AS a(r, i) WHERE q.id = a.i AND q.recipient = a.r";
+const ACK_BATCH: &str = "SELECT hush_ack_batch($1, $2, $3)";
 
 /// A few PostgreSQL connections, reconnected when they break.
 struct Pool {
@@ -338,6 +377,9 @@ pub(crate) struct PgLimits {
     pub(crate) replay_window: Duration,
 }
 
+/// Largest envelope sent over NATS at admission; a bigger one is announced after its commit.
+const ANNOUNCE_MAX: usize = 16 * 1024;
+
 /// Delivery ids a node takes from the `queue_ids` sequence at a time (its increment).
 const ID_BLOCK: i64 = 1024;
 
@@ -355,6 +397,9 @@ struct Queued {
     id: u64,
     /// The connection of its recipient on this node it was pushed to at admission, if any.
     pushed: Option<u64>,
+    /// Sent on its recipient's NATS subject at admission (the recipient was not connected to
+    /// this node): after the commit only a [`Notice::Committed`] follows.
+    announced: bool,
     admission: Admission,
 }
 
@@ -365,6 +410,8 @@ pub(crate) struct PgStore {
     metrics: Arc<Metrics>,
     /// This node's connections: an envelope for one of them is pushed at admission.
     registry: Arc<Registry>,
+    /// Where an envelope for a device not connected here is announced at admission.
+    nats: async_nats::Client,
     /// The rest of this node's current block of delivery ids: `(next, end)`.
     ids: tokio::sync::Mutex<(i64, i64)>,
     unsettled: Unsettled,
@@ -394,6 +441,10 @@ enum Notice {
     Stamped(u64, u64, u64, Bytes),
     /// A connection of the device opened on node `.0` as connection `.1`.
     Takeover(u64, u64),
+    /// The envelope with this delivery id, sent on this subject at admission (before its
+    /// commit), is now committed: a forwarder that has not pushed it polls the queue (its
+    /// device connected to it after the admission notice went out).
+    Committed(u64),
 }
 
 impl Notice {
@@ -417,6 +468,10 @@ impl Notice {
                 out.extend_from_slice(&node.to_be_bytes());
                 out.extend_from_slice(&conn.to_be_bytes());
             }
+            Self::Committed(id) => {
+                out.push(b'C');
+                out.extend_from_slice(&id.to_be_bytes());
+            }
         }
         Bytes::from(out)
     }
@@ -433,6 +488,7 @@ impl Notice {
                 payload.slice(25..),
             )),
             b'T' if rest.len() == 16 => Some(Self::Takeover(word(&rest[..8])?, word(&rest[8..])?)),
+            b'C' if rest.len() == 8 => Some(Self::Committed(word(rest)?)),
             _ => None,
         }
     }
@@ -454,7 +510,7 @@ impl PgStore {
         // (re)starting beside busy nodes must not take the schema's locks: its CREATE INDEX
         // statements would deadlock with their sends.
         let created = client
-            .query_one("SELECT to_regproc('hush_admit_batch2') IS NOT NULL", &[])
+            .query_one("SELECT to_regproc('hush_admit_batch3') IS NOT NULL", &[])
             .await?
             .get::<_, bool>(0);
         if !created {
@@ -479,6 +535,7 @@ impl PgStore {
                 unsettled: unsettled.clone(),
                 acks: acks.clone(),
                 registry: registry.clone(),
+                commit_delay: config.commit_delay,
                 conn: None,
             };
             tokio::spawn(writer.run(queue.clone()));
@@ -490,6 +547,7 @@ impl PgStore {
             limits,
             metrics,
             registry,
+            nats,
             ids: tokio::sync::Mutex::new((0, 0)),
             unsettled,
             admissions,
@@ -521,6 +579,15 @@ impl PgStore {
         let expired = client
             .execute(
                 "DELETE FROM queue WHERE admitted < now() - make_interval(secs => $1)",
+                &[&self.limits.max_envelope_age.as_secs_f64()],
+            )
+            .await
+            .map_err(db_error)?;
+        // Tombstones of acknowledgements whose envelope never came (or came and was
+        // dropped): an admission older than the envelope age limit is long committed.
+        let _ = client
+            .execute(
+                "DELETE FROM acked_early WHERE stamped < now() - make_interval(secs => $1)",
                 &[&self.limits.max_envelope_age.as_secs_f64()],
             )
             .await
@@ -566,6 +633,8 @@ struct Writer {
     /// This node's connections (was an envelope pushed at admission to the device's current
     /// connection?).
     registry: Arc<Registry>,
+    /// [`ClusterConfig::commit_delay`].
+    commit_delay: Duration,
     /// Its own connection and prepared statement, (re)made when needed.
     conn: Option<(Client, Statement)>,
 }
@@ -649,7 +718,7 @@ impl Writer {
             .map(|row| {
                 let id = u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0);
                 Ok(match row.try_get::<_, i32>(0)? {
-                    0 => Ok(id),
+                    0 | 6 => Ok(id),
                     5 => {
                         self.metrics
                             .envelopes_evicted
@@ -682,6 +751,9 @@ impl Writer {
                 .map(|q| !unsettled.get(&q.id).is_some_and(|(_, acked)| *acked))
                 .collect()
         };
+        if !self.commit_delay.is_zero() {
+            tokio::time::sleep(self.commit_delay).await;
+        }
         let started = std::time::Instant::now();
         let result = self.insert(batch, &keeps).await;
         let committed = std::time::Instant::now();
@@ -728,6 +800,7 @@ impl Writer {
         for ((q, keep), result) in batch.drain(..).zip(keeps).zip(verdicts) {
             let Queued {
                 pushed,
+                announced,
                 admission: a,
                 ..
             } = q;
@@ -750,11 +823,14 @@ impl Writer {
             // here: no notice. (Pushed to a connection since replaced, here or on another
             // node, whose backlog may have been loaded before this commit: announced.)
             let delivered = pushed.is_some() && pushed == self.registry.conn_id(&a.recipient);
+            // Announced at admission: only the commit is announced now (its envelope went
+            // out already; a forwarder that missed it polls).
             if let (Ok(id), true, false) = (result, keep, delivered) {
                 let read_us = now_us.saturating_sub(
                     committed.saturating_duration_since(a.received).as_micros() as u64,
                 );
-                notices.push((subject(&a.recipient), id, read_us, a.envelope));
+                let envelope = (!announced).then_some(a.envelope);
+                notices.push((subject(&a.recipient), id, read_us, envelope));
             }
         }
         if notices.is_empty() {
@@ -764,10 +840,15 @@ impl Writer {
         let nats = &self.nats;
         let publish = async {
             for (subject, id, read_us, envelope) in notices {
-                let notice = if crate::stages::enabled() {
-                    Notice::Stamped(id, read_us, crate::stages::unix_us(), Bytes::from(envelope))
-                } else {
-                    Notice::Deliver(id, Bytes::from(envelope))
+                let notice = match envelope {
+                    None => Notice::Committed(id),
+                    Some(envelope) if crate::stages::enabled() => Notice::Stamped(
+                        id,
+                        read_us,
+                        crate::stages::unix_us(),
+                        Bytes::from(envelope),
+                    ),
+                    Some(envelope) => Notice::Deliver(id, Bytes::from(envelope)),
                 };
                 if let Err(e) = nats.publish(subject, notice.encode()).await {
                     tracing::debug!(error = %e, "new-envelope notice not published");
@@ -829,9 +910,13 @@ async fn delete_acked(
         }
     };
     let (client, statement) = conn.insert(ready);
+    // In lock-key order, as admission batches take the same advisory locks (no deadlock).
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|(d, id)| (lock_key(d), *id));
     let devices: Vec<&[u8]> = rows.iter().map(|(d, _)| d.as_bytes().as_slice()).collect();
+    let keys: Vec<i64> = rows.iter().map(|(d, _)| lock_key(d)).collect();
     let ids: Vec<i64> = rows.iter().map(|(_, id)| *id).collect();
-    client.execute(statement, &[&devices, &ids]).await?;
+    client.query(statement, &[&devices, &keys, &ids]).await?;
     Ok(())
 }
 
@@ -860,10 +945,30 @@ impl Store for PgStore {
             if pushed.is_some() {
                 crate::stages::record_dur(4, a.received.elapsed());
             }
+            // A recipient connected elsewhere (or nowhere) is sent the envelope on its NATS
+            // subject now, before the commit, unless it is big (then it is announced after
+            // the commit, as before). Best effort: a lost notice is found by polling.
+            let mut announced = false;
+            if pushed.is_none() && a.envelope.len() <= ANNOUNCE_MAX {
+                let notice = if crate::stages::enabled() {
+                    let now = crate::stages::unix_us();
+                    let read = now.saturating_sub(a.received.elapsed().as_micros() as u64);
+                    Notice::Stamped(id, read, now, Bytes::copy_from_slice(&a.envelope))
+                } else {
+                    Notice::Deliver(id, Bytes::copy_from_slice(&a.envelope))
+                };
+                let sent = tokio::time::timeout(
+                    NATS_WAIT,
+                    self.nats.publish(subject(&recipient), notice.encode()),
+                )
+                .await;
+                announced = matches!(sent, Ok(Ok(())));
+            }
             // Answered by a writer once the batch holding it committed (or failed).
             let queued = Queued {
                 id,
                 pushed,
+                announced,
                 admission: a,
             };
             if self.admissions.send(queued).await.is_err() {
@@ -1018,6 +1123,11 @@ impl RecentDeliveries {
         }
     }
 
+    /// Whether `id` was seen (and not forgotten yet).
+    fn contains(&self, id: u64) -> bool {
+        self.set.contains(&id)
+    }
+
     /// `true` the first time `id` is seen.
     fn first(&mut self, id: u64) -> bool {
         if !self.set.insert(id) {
@@ -1067,6 +1177,27 @@ impl NatsFanOut {
         }
     }
 
+    /// Pushes what `device`'s queue holds and its connection was not pushed yet.
+    async fn poll(
+        store: &PgStore,
+        registry: &Registry,
+        device: &DeviceId,
+        recent: &mut RecentDeliveries,
+        poll_limit: u32,
+    ) {
+        match store.load(*device, poll_limit).await {
+            Ok(backlog) => {
+                for (id, envelope) in backlog.rows {
+                    if recent.first(id) {
+                        let frame = encode_deliver_frame(id, &envelope);
+                        registry.push(device, Live { id, frame }, None);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(%device, error = %e, "queue poll failed"),
+        }
+    }
+
     /// Pushes what arrives for `device` (connection `conn_id`) to its connection: notices from
     /// NATS, and while NATS is down, what polling its queue finds.
     async fn forward(
@@ -1105,6 +1236,11 @@ impl NatsFanOut {
                         Some(Notice::Takeover(n, c)) if (n, c) != (node, conn_id) => {
                             registry.kick_conn(&device, conn_id, Kick::Replaced);
                         }
+                        Some(Notice::Committed(id)) if !recent.contains(id) => {
+                            // Its admission notice came before this subscription: the queue
+                            // has it now.
+                            Self::poll(&store, &registry, &device, &mut recent, poll_limit).await;
+                        }
                         _ => {}
                     }
                 }
@@ -1114,17 +1250,7 @@ impl NatsFanOut {
                     // Poll while NATS is down, and once after it came back (notices published
                     // meanwhile were lost).
                     if !connected || !was_connected {
-                        match store.load(device, poll_limit).await {
-                            Ok(backlog) => {
-                                for (id, envelope) in backlog.rows {
-                                    if recent.first(id) {
-                                        let frame = encode_deliver_frame(id, &envelope);
-                                        registry.push(&device, Live { id, frame }, None);
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::debug!(%device, error = %e, "queue poll failed"),
-                        }
+                        Self::poll(&store, &registry, &device, &mut recent, poll_limit).await;
                     }
                     was_connected = connected;
                 }

@@ -816,3 +816,83 @@ async fn same_node_pushes_at_admission_and_acknowledged_envelopes_leave_nothing_
     );
     handle.shutdown();
 }
+
+/// A recipient on another node gets its envelope at admission, over NATS, while the sending
+/// node's commit is still in flight (held back 1.5 s by `commit_delay`; polling every hour),
+/// and its acknowledgement, which reaches the database before that commit, leaves nothing
+/// queued: the envelope is not delivered again when the recipient reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_delivery_at_admission_and_an_ack_before_the_commit_leaves_nothing_queued() {
+    if !servers_present() {
+        return;
+    }
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let dir = TempDir::new("cluster-cross");
+    let hour = Duration::from_secs(3600);
+    let slow = {
+        let mut config = test_config(dir.path());
+        let mut cluster = ClusterConfig::new(pg.url(), nats.url());
+        cluster.poll_interval = hour;
+        cluster.commit_delay = Duration::from_millis(1500);
+        config.cluster = Some(cluster);
+        start_relay(config).await
+    };
+    let (a_addr, a_handle) = (slow.0, slow.2);
+    let (b_addr, b_handle) = start_node(&dir, &pg, &nats, hour).await;
+    let alice_key = registered_key(b_addr).await;
+    let bob_key = registered_key(b_addr).await;
+    let (alice_id, bob_id) = (alice_key.device_id(), bob_key.device_id());
+    let mut alice = client(a_addr, &alice_key).await;
+    let mut bob = client(b_addr, &bob_key).await;
+    for n in 0..3u8 {
+        let started = Instant::now();
+        let sending = tokio::spawn(async move {
+            let id = send(&mut alice, bob_id, n).await;
+            (alice, id)
+        });
+        // Before the commit (1.5 s away): pushed by Bob's node from the admission notice.
+        let (from, got) = next_message(&mut bob, Duration::from_millis(1000))
+            .await
+            .expect("delivered before the commit");
+        assert_eq!(from, alice_id);
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        // Reading on sends the acknowledgement, still before the commit.
+        assert_eq!(
+            next_message(&mut bob, Duration::from_millis(200)).await,
+            None
+        );
+        let (back, id) = sending.await.expect("send task");
+        alice = back;
+        assert_eq!(got, id);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "held back"
+        );
+    }
+    drop(bob);
+    // Acknowledged before their commits: none of them was queued, none comes again.
+    let bob_relay = connect(Wire::Tcp, b_addr, &bob_key).await;
+    assert_eq!(
+        bob_relay.queued_at_auth(),
+        0,
+        "acknowledged envelopes are not queued"
+    );
+    let mut bob = SignalingClient::new(bob_relay, ToySealer { local: bob_id });
+    assert_eq!(
+        next_message(&mut bob, Duration::from_millis(300)).await,
+        None
+    );
+    // An envelope Bob has not acknowledged is still queued and found on reconnect.
+    drop(bob);
+    let id = send(&mut alice, bob_id, 9).await;
+    let bob_relay = connect(Wire::Tcp, b_addr, &bob_key).await;
+    assert_eq!(bob_relay.queued_at_auth(), 1);
+    let mut bob = SignalingClient::new(bob_relay, ToySealer { local: bob_id });
+    assert_eq!(
+        next_message(&mut bob, Duration::from_secs(5)).await,
+        Some((alice_id, id))
+    );
+    a_handle.shutdown();
+    b_handle.shutdown();
+}
