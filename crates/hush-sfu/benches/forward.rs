@@ -17,7 +17,7 @@ use ed25519_dalek::SigningKey;
 use hush_sfu::join::{JoinAnswer, JoinParams, PendingJoin, SfuSigningKey, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::{CallId, DeviceId, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID};
-use hush_srtp::{SrtpConfig, Suite};
+use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -58,28 +58,8 @@ fn setup_audio(config: &SfuConfig, now: Instant) -> Input {
     let roster = Roster::sign(&key(0), CALL, 1, &members).unwrap().encode();
     let mut senders = Vec::new();
     for i in 0..PARTICIPANTS {
-        let params = JoinParams {
-            call_id: CALL,
-            suite: Suite::AeadAes128Gcm,
-            audio_level_ext: Some(1),
-            streams: vec![StreamDecl::audio(0x1000 + i as u32)],
-        };
-        let (pending, request) = PendingJoin::new(&key(i), &params, UNIX_MS, &mut rng).unwrap();
-        let joined = sfu
-            .handle_join(
-                now,
-                UNIX_MS,
-                &request.encode(),
-                (i == 0).then_some(&roster[..]),
-                &mut rng,
-            )
-            .unwrap();
-        let answer = JoinAnswer::decode(&joined.answer).unwrap();
-        let keys = pending.finish(&sfu.public_key(), &answer).unwrap();
-        senders.push((
-            joined.leg,
-            keys.send_context(SrtpConfig::default()).unwrap(),
-        ));
+        let streams = vec![StreamDecl::audio(0x1000 + i as u32)];
+        senders.push(join(&mut sfu, now, &roster, i, streams, &mut rng));
     }
     while sfu.poll_event().is_some() {}
     let mut packets = Vec::with_capacity(PARTICIPANTS * FRAMES);
@@ -141,28 +121,7 @@ fn setup_video(config: &SfuConfig, now: Instant, view_height: u16) -> Input {
                 .enumerate()
                 .map(|(l, &h)| (layer_ssrc(i, l), h / 9 * 16, h)),
         ));
-        let params = JoinParams {
-            call_id: CALL,
-            suite: Suite::AeadAes128Gcm,
-            audio_level_ext: Some(1),
-            streams,
-        };
-        let (pending, request) = PendingJoin::new(&key(i), &params, UNIX_MS, &mut rng).unwrap();
-        let joined = sfu
-            .handle_join(
-                now,
-                UNIX_MS,
-                &request.encode(),
-                (i == 0).then_some(&roster[..]),
-                &mut rng,
-            )
-            .unwrap();
-        let answer = JoinAnswer::decode(&joined.answer).unwrap();
-        let keys = pending.finish(&sfu.public_key(), &answer).unwrap();
-        senders.push((
-            joined.leg,
-            keys.send_context(SrtpConfig::default()).unwrap(),
-        ));
+        senders.push(join(&mut sfu, now, &roster, i, streams, &mut rng));
     }
     while sfu.poll_event().is_some() {}
     for (r, (leg, _)) in senders.iter().enumerate() {
@@ -282,4 +241,38 @@ fn main() {
             elapsed.as_secs_f64() * 1e6 / out.max(1) as f64
         );
     }
+}
+
+/// Joins participant `i` (the roster's creator when `i` is 0) with `streams`: its leg and the
+/// hop SRTP context it sends with.
+fn join(
+    sfu: &mut Sfu,
+    now: Instant,
+    roster: &[u8],
+    i: usize,
+    streams: Vec<StreamDecl>,
+    rng: &mut StdRng,
+) -> (LegId, SrtpContext) {
+    let params = JoinParams {
+        call_id: CALL,
+        suite: Suite::AeadAes128Gcm,
+        audio_level_ext: Some(1),
+        streams,
+    };
+    let (pending, request) = PendingJoin::new(&key(i), &params, UNIX_MS, rng).unwrap();
+    let joined = sfu
+        .handle_join(
+            now,
+            UNIX_MS,
+            &request.encode(),
+            (i == 0).then_some(roster),
+            rng,
+        )
+        .unwrap();
+    let answer = JoinAnswer::decode(&joined.answer).unwrap();
+    let keys = pending.finish(&sfu.public_key(), &answer).unwrap();
+    (
+        joined.leg,
+        keys.send_context(SrtpConfig::default()).unwrap(),
+    )
 }
