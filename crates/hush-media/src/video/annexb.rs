@@ -138,8 +138,10 @@ fn parse_sps_dimensions(rbsp_with_epb: &[u8]) -> Option<(u32, u32)> {
             2 => (2, 1),
             _ => (1, 1),
         };
-        crop_x = sub_w * left.checked_add(right)?;
-        crop_y = sub_h * (2 - frame_mbs_only) * top.checked_add(bottom)?;
+        crop_x = left.checked_add(right)?.checked_mul(sub_w)?;
+        crop_y = top
+            .checked_add(bottom)?
+            .checked_mul(sub_h * (2 - frame_mbs_only))?;
     }
     let width = width_mbs.checked_mul(16)?.checked_sub(crop_x)?;
     let height = height_units
@@ -221,12 +223,11 @@ mod tests {
         assert_eq!(annexb_nal_units(&[0, 0, 1, 0, 0, 1]).count(), 0);
     }
 
-    #[test]
-    fn sps_dimensions_of_common_sizes() {
-        // Baseline SPS of 640x360 (40x23 macroblocks, 8 rows cropped): from OpenH264.
-        // Built by hand: profile 66, level 30, id 0, log2_max_frame_num 4 (ue 0), poc type 2,
-        // 1 ref frame, no gaps, width 40 MBs, height 23 MBs, frame_mbs_only, direct 8x8,
-        // cropping bottom 4 (x2 = 8 rows).
+    /// A Baseline SPS access unit of 40x23 macroblocks with the given cropping
+    /// (left, right, top, bottom), followed by a PPS. Built by hand: profile 66,
+    /// level 30, id 0, log2_max_frame_num 4 (ue 0), poc type 2, 1 ref frame, no gaps,
+    /// frame_mbs_only, direct 8x8.
+    fn sps_access_unit(crop: [u32; 4]) -> Vec<u8> {
         let mut w = BitWriter::default();
         w.put(66, 8);
         w.put(0xc0, 8);
@@ -241,20 +242,49 @@ mod tests {
         w.put(1, 1);
         w.put(1, 1);
         w.put(1, 1);
-        w.ue(0);
-        w.ue(0);
-        w.ue(0);
-        w.ue(4);
+        for c in crop {
+            w.ue(c);
+        }
         w.put(1, 1); // rbsp stop bit
         let mut au = vec![0, 0, 0, 1, 0x67];
         au.extend(w.finish());
         au.extend([0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+        au
+    }
+
+    #[test]
+    fn sps_dimensions_of_common_sizes() {
+        // 640x360 as OpenH264 writes it: 8 rows cropped at the bottom (4 x 2).
+        let au = sps_access_unit([0, 0, 0, 4]);
         assert_eq!(sps_dimensions(&au), Some((640, 360)));
         // Truncated anywhere: no size, no panic.
         for cut in 0..au.len() {
             let _ = sps_dimensions(&au[..cut]);
         }
         assert_eq!(sps_dimensions(&[0, 0, 1, 0x65, 1, 2]), None);
+    }
+
+    #[test]
+    fn sps_with_absurd_cropping_has_no_size() {
+        // Found by the media_h264_decode fuzz target: crop offsets whose product with
+        // the chroma unit overflowed u32 and panicked.
+        for crop in [
+            [0x7fff_ffff, 0, 0, 0],
+            [0, 0, 0x7fff_ffff, 0x7fff_ffff],
+            [0, 0, 0, 0x7fff_ffff],
+            [320, 0, 0, 0], // crops the whole width away
+        ] {
+            assert_eq!(sps_dimensions(&sps_access_unit(crop)), None, "{crop:?}");
+        }
+        // The fuzzer's input itself (fuzz/corpus/media_h264_decode/sps-crop-overflow,
+        // without its 2-byte record length).
+        let found = [
+            0, 0, 0, 1, 71, 103, 0, 0, 0, 0, 0, 2, 104, 255, 52, 86, 0, 16, 0, 0, 0, 165, 1, 104,
+            206, 60, 128, 0, 0, 0, 43, 1, 101, 184, 0, 4, 19, 255, 255, 1, 101, 184, 0, 4, 19, 255,
+            255, 238, 255, 126, 191, 170, 215, 27, 94, 64, 191, 255, 251, 101, 6, 214, 17, 0, 129,
+            64, 85, 40, 27, 94, 64, 191, 255, 251, 101, 0, 42, 251,
+        ];
+        assert_eq!(sps_dimensions(&found), None);
     }
 
     #[derive(Default)]
