@@ -48,7 +48,11 @@
 //! keys); the JSON then reports how the video followed (step-down times, the frame rate and
 //! size at each step, when the full size came back, pictures per second). With the
 //! environment variable `HUSH_EXAMPLE_TRACE` set, Alice prints her estimate, send rate, loss,
-//! RTT and video state every 250 ms to stderr.
+//! RTT and video state every 250 ms to stderr; in an audio-only call both sides print an
+//! `atrace` line every 250 ms instead: congestion target, encoder output, wire send rate (kbps),
+//! RTT and the queue above the path's round trip, the peer's reported loss, playout delay and
+//! jitter p95 (ms), and since the last line the frames late, concealed and repaired by
+//! retransmission, the retransmissions and NACKs sent.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -632,14 +636,81 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// Counters of one side at its last audio trace line, to print what changed since.
+#[derive(Default)]
+struct AudioTrace {
+    at: Option<Instant>,
+    audio_bytes: u64,
+    late: u64,
+    concealed: u64,
+    rtx_played: u64,
+    rtx_sent: u64,
+    nacks: u64,
+}
+
+impl AudioTrace {
+    /// Prints one line for `who` (every 250 ms in an audio-only call with
+    /// `HUSH_EXAMPLE_TRACE`): what it sends (congestion target, encoder output, wire rate,
+    /// round trip and the queue above the path's `path_rtt_ms`, retransmissions and NACKs
+    /// sent) and what it plays (playout delay, frames late, concealed, repaired by
+    /// retransmission, since the last line).
+    async fn line(&mut self, call: &Call, who: &str, start: Instant, path_rtt_ms: f64) {
+        let Ok(st) = call.stats().await else { return };
+        let Some(q) = st.quality.as_ref() else { return };
+        let now = Instant::now();
+        let secs = self
+            .at
+            .map_or(0.25, |t| now.duration_since(t).as_secs_f64().max(1e-3));
+        let enc_kbps = (st.media.audio_bytes_sent - self.audio_bytes) as f64 * 8.0 / secs / 1e3;
+        let rtt = q.rtt.map(|r| r.as_secs_f64() * 1e3);
+        eprintln!(
+            "atrace {:5.2} {who} target {:5.1} enc {:5.1} wire {:5.1} rtt {:>5} queue {:>4} \
+             rloss {:.3} playout {:3} p95 {:3} late {} conc {} rtx_played {} rtx_sent {} nacks {}",
+            start.elapsed().as_secs_f64(),
+            q.target_bps as f64 / 1e3,
+            enc_kbps,
+            q.send_bps as f64 / 1e3,
+            rtt.map_or("-".into(), |r| format!("{r:.0}")),
+            rtt.map_or("-".into(), |r| format!("{:.0}", (r - path_rtt_ms).max(0.0))),
+            q.remote_loss,
+            q.playout_delay.as_millis(),
+            q.jitter_p95.as_millis(),
+            q.frames_late - self.late,
+            q.frames_concealed - self.concealed,
+            q.frames_recovered_rtx - self.rtx_played,
+            q.retransmissions_sent - self.rtx_sent,
+            q.nacks_sent - self.nacks,
+        );
+        *self = Self {
+            at: Some(now),
+            audio_bytes: st.media.audio_bytes_sent,
+            late: q.frames_late,
+            concealed: q.frames_concealed,
+            rtx_played: q.frames_recovered_rtx,
+            rtx_sent: q.retransmissions_sent,
+            nacks: q.nacks_sent,
+        };
+    }
+}
+
+/// How one side traces its audio: its name, the call's start and the path's round trip.
+#[derive(Clone, Copy)]
+struct TraceAs<'a> {
+    who: &'a str,
+    start: Instant,
+    path_rtt_ms: f64,
+}
+
 /// Sends `frames` of `source` at microphone pace while receiving the peer's, then reports.
-/// `expect_hz` is the peer's tone, if it sends one.
+/// `expect_hz` is the peer's tone, if it sends one; `trace`, if given, prints an audio trace
+/// line every 250 ms.
 async fn talk(
     call: &Call,
     source: &Source,
     expect_hz: Option<f64>,
     frames: u32,
     record: bool,
+    trace: Option<TraceAs<'_>>,
 ) -> Heard {
     let mut heard = Heard {
         recorded: record.then(Vec::new),
@@ -648,8 +719,15 @@ async fn talk(
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let end = Instant::now() + Duration::from_millis(u64::from(frames) * 20 + 600);
     let mut n = 0;
+    let mut tracer = tokio::time::interval(Duration::from_millis(250));
+    let mut traced = AudioTrace::default();
     loop {
         tokio::select! {
+            _ = tracer.tick(), if trace.is_some() => {
+                if let Some(t) = trace {
+                    traced.line(call, t.who, t.start, t.path_rtt_ms).await;
+                }
+            }
             _ = ticker.tick(), if n < frames => {
                 let _ = call.send_audio(&source.frame(n));
                 n += 1;
@@ -746,6 +824,9 @@ async fn run(args: Args) -> Result<bool, Failure> {
     let bob_sent: SendTimes = Default::default();
     let record_video = args.video_out.is_some();
     let call_seconds = Duration::from_millis(u64::from(frames) * 20);
+    // Audio trace lines (video calls print their own trace).
+    let audio_trace = std::env::var_os("HUSH_EXAMPLE_TRACE").is_some() && video_source.is_none();
+    let path_rtt_ms = 2.0 * args.link.delay.as_secs_f64() * 1e3;
 
     // Two devices with fresh identities. Both publish prekeys; Alice fetches Bob's.
     let mut alice_sealer = sealer(1)?;
@@ -833,7 +914,18 @@ async fn run(args: Args) -> Result<bool, Failure> {
             }
         };
         let (heard, moved, seen) = tokio::join!(
-            talk(&call, &Source::Tone(660.0), expect, frames, record),
+            talk(
+                &call,
+                &Source::Tone(660.0),
+                expect,
+                frames,
+                record,
+                audio_trace.then_some(TraceAs {
+                    who: "bob",
+                    start: connected,
+                    path_rtt_ms,
+                }),
+            ),
             move_network,
             video
         );
@@ -884,7 +976,18 @@ async fn run(args: Args) -> Result<bool, Failure> {
         }
     };
     let (heard, alice_seen) = tokio::join!(
-        talk(&call, &alice_source, Some(660.0), frames, false),
+        talk(
+            &call,
+            &alice_source,
+            Some(660.0),
+            frames,
+            false,
+            audio_trace.then_some(TraceAs {
+                who: "alice",
+                start: connected,
+                path_rtt_ms,
+            }),
+        ),
         video
     );
     let alice_seen = alice_seen?;
