@@ -50,9 +50,10 @@
 //! environment variable `HUSH_EXAMPLE_TRACE` set, Alice prints her estimate, send rate, loss,
 //! RTT and video state every 250 ms to stderr; in an audio-only call both sides print an
 //! `atrace` line every 250 ms instead: congestion target, encoder output, wire send rate (kbps),
-//! RTT and the queue above the path's round trip, the peer's reported loss, playout delay and
-//! jitter p95 (ms), and since the last line the frames late, concealed and repaired by
-//! retransmission, the retransmissions and NACKs sent.
+//! RTT and how far it is above the path's round trip (`over_path`: queueing, and on a slow link
+//! the serialization of long packets), the peer's reported loss, playout delay and jitter p95
+//! (ms), and since the last line the frames late, concealed and repaired by retransmission,
+//! the retransmissions and NACKs sent.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -651,7 +652,7 @@ struct AudioTrace {
 impl AudioTrace {
     /// Prints one line for `who` (every 250 ms in an audio-only call with
     /// `HUSH_EXAMPLE_TRACE`): what it sends (congestion target, encoder output, wire rate,
-    /// round trip and the queue above the path's `path_rtt_ms`, retransmissions and NACKs
+    /// round trip and how far it is above the path's `path_rtt_ms`, retransmissions and NACKs
     /// sent) and what it plays (playout delay, frames late, concealed, repaired by
     /// retransmission, since the last line).
     async fn line(&mut self, call: &Call, who: &str, start: Instant, path_rtt_ms: f64) {
@@ -664,7 +665,7 @@ impl AudioTrace {
         let enc_kbps = (st.media.audio_bytes_sent - self.audio_bytes) as f64 * 8.0 / secs / 1e3;
         let rtt = q.rtt.map(|r| r.as_secs_f64() * 1e3);
         eprintln!(
-            "atrace {:5.2} {who} target {:5.1} enc {:5.1} wire {:5.1} rtt {:>5} queue {:>4} \
+            "atrace {:5.2} {who} target {:5.1} enc {:5.1} wire {:5.1} rtt {:>5} over_path {:>4} \
              rloss {:.3} playout {:3} p95 {:3} late {} conc {} rtx_played {} rtx_sent {} nacks {}",
             start.elapsed().as_secs_f64(),
             q.target_bps as f64 / 1e3,
