@@ -87,5 +87,5 @@ pub use session::{
     EncoderTarget, Event, MediaSession, SessionConfig, StreamIds, Transmit, TransmitKind,
     WIRE_OVERHEAD,
 };
-pub use stats::QualityStats;
+pub use stats::{QualityStats, VideoRepairStats};
 pub use time::Instant;

@@ -202,6 +202,7 @@ pub struct MediaSession {
     target: Option<EncoderTarget>,
     nacks_sent: u64,
     retransmissions_sent: u64,
+    video_repair: crate::VideoRepairStats,
 }
 
 impl MediaSession {
@@ -293,6 +294,7 @@ impl MediaSession {
             target: None,
             nacks_sent: 0,
             retransmissions_sent: 0,
+            video_repair: crate::VideoRepairStats::default(),
             config,
         }
     }
@@ -868,6 +870,14 @@ impl MediaSession {
             target_bps: self.cc.target_bps(),
             audio_only: self.target.is_some_and(|t| t.audio_only),
         }
+    }
+}
+
+impl MediaSession {
+    /// Counters of video loss repair: keyframe requests, gap timeouts, retransmissions sent
+    /// and refused.
+    pub fn video_repair(&self) -> crate::VideoRepairStats {
+        self.video_repair
     }
 }
 

@@ -340,6 +340,7 @@ impl MediaSession {
         if now.saturating_duration_since(since) >= limit || run_too_long {
             self.video_gap_since = None;
             self.video_gap_first = None;
+            self.video_repair.gap_timeouts += 1;
             if self.depack.skip_missing() {
                 self.request_keyframe(now);
             }
@@ -360,6 +361,7 @@ impl MediaSession {
             return;
         }
         self.last_pli = Some(now);
+        self.video_repair.keyframe_requests_sent += 1;
         let pli = RtcpPacket::Pli(Pli {
             sender_ssrc: self.config.local_audio.ssrc,
             media_ssrc: v.ssrc,

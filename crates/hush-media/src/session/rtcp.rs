@@ -9,6 +9,9 @@ use crate::Instant;
 /// Seconds from 1900 (NTP era 0) to 1970.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
+/// Queueing delay from which a full congestion window refuses video retransmissions.
+const VIDEO_RTX_QUEUE: Duration = Duration::from_millis(30);
+
 impl MediaSession {
     /// 64-bit NTP time of `now`, from the configured wall clock at the session start.
     fn ntp(&self, now: Instant) -> u64 {
@@ -178,6 +181,12 @@ impl MediaSession {
         // resending big video packets into it only keeps it full. Audio retransmissions are
         // small and keep the call intelligible, so they still go (within the budget below).
         let congested = self.cc.window_full();
+        // For video, the window alone is not overflow: bytes stay outstanding until feedback
+        // covers them, so on a randomly lossy path one lost feedback packet (or a keyframe's
+        // burst) fills it with no queue at all, and the refused repairs froze the picture
+        // (`client::video` loss test: 30 refusals, 4 freezes in 15 s). Overflow builds a
+        // queue first.
+        let video_congested = congested && self.cc.queue_delay() >= VIDEO_RTX_QUEUE;
         let audio = media_ssrc == self.config.local_audio.ssrc;
         let double_video = self.remote_loss_smoothed > protection::VIDEO_DOUBLE_RTX_LOSS;
         let packets = if audio {
@@ -194,13 +203,16 @@ impl MediaSession {
             }
             packets
         } else if let Some(rtx) = self.video_rtx.as_mut().filter(|_| {
-            !congested
-                && self
-                    .config
-                    .local_video
-                    .is_some_and(|v| v.ssrc == media_ssrc)
+            self.config
+                .local_video
+                .is_some_and(|v| v.ssrc == media_ssrc)
         }) {
+            if video_congested {
+                self.video_repair.refused_congested += lost.len() as u64;
+                return;
+            }
             let mut packets = rtx.on_nack(now, lost, rtt);
+            self.video_repair.not_in_history += lost.len().saturating_sub(packets.len()) as u64;
             if double_video {
                 // A video frame counts as frozen once it waits ~150 ms past its due time: one
                 // failed attempt (the next costs another round trip and a retry interval) is
@@ -229,13 +241,20 @@ impl MediaSession {
         // with no slack every burst of losses had its repairs refused (frames then waited for
         // the gap timeout and a keyframe). Real overflow is caught by the window check above.
         let budget = (target / 2).min(target.saturating_sub(others) + target / 10);
-        for p in packets {
+        let total = packets.len();
+        for (i, p) in packets.into_iter().enumerate() {
             let bits = (p.payload.len() + 12 + 8 + super::WIRE_OVERHEAD) as u64 * 8;
             if self.rtx_rate.bps(now) + bits > budget {
+                if !audio {
+                    self.video_repair.refused_budget += (total - i) as u64;
+                }
                 break;
             }
             self.rtx_rate.add(now, bits as usize / 8);
             self.retransmissions_sent += 1;
+            if !audio {
+                self.video_repair.retransmissions_sent += 1;
+            }
             self.send_rtp(now, p, None, 0);
         }
     }
