@@ -24,6 +24,8 @@
 //!   talker per call, the SFU's default loudest 3 and last-N 9) for `--seconds S` (default 5):
 //!   packets in and out per second, the server's CPU share, latency, and packets lost.
 //!
+//! `--client-workers N` sets the clients' tokio worker threads (default 2).
+//!
 //! `--no-uplink-nack` turns the SFU's NACKs to senders off (`SfuConfig::uplink_nack`).
 //!
 //! `--server-cpu N` starts the server under `taskset -c N` (run the bench itself under
@@ -752,8 +754,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5.0);
     let server_cpu = value("--server-cpu");
+    // `--client-workers 1` keeps a sender from being preempted by its own process's other
+    // worker between its send stamp and its `sendto` (the clients share one core).
+    let workers: usize = value("--client-workers")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
         .expect("runtime");
