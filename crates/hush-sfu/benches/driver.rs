@@ -24,6 +24,8 @@
 //!   talker per call, the SFU's default loudest 3 and last-N 9) for `--seconds S` (default 5):
 //!   packets in and out per second, the server's CPU share, latency, and packets lost.
 //!
+//! `--client-workers N` sets the clients' tokio worker threads (default 2).
+//!
 //! `--no-uplink-nack` turns the SFU's NACKs to senders off (`SfuConfig::uplink_nack`).
 //!
 //! `--server-cpu N` starts the server under `taskset -c N` (run the bench itself under
@@ -299,6 +301,11 @@ async fn join_call(
         )
         .await?;
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )?;
         let check = ice::build_check(
             link.keys.ice_ufrag(),
             "bench",
@@ -331,15 +338,7 @@ async fn join_call(
 }
 
 impl Participant {
-    fn packet(
-        &self,
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
-        ext: (u8, u8),
-        size: usize,
-        base: Instant,
-    ) -> Vec<u8> {
+    fn packet(&self, ssrc: u32, seq: u16, ts: u32, ext: (u8, u8), size: usize) -> Vec<u8> {
         let mut p = RtpPacket::default();
         p.header.payload_type = if self.layers.contains(&ssrc) { 96 } else { 111 };
         p.header.ssrc = ssrc;
@@ -347,21 +346,19 @@ impl Participant {
         p.header.timestamp = ts;
         p.header.set_extension(ext.0, vec![ext.1]);
         let mut payload = vec![0u8; size];
-        let sent_ns = base.elapsed().as_nanos() as u64;
-        payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
+        payload[..8].copy_from_slice(&wall_ns().to_be_bytes());
         p.payload = payload;
         p.to_vec()
     }
 
     /// One audio packet (sequence number `round`).
-    async fn send_audio(&self, round: u32, base: Instant) -> Result<(), Failure> {
+    async fn send_audio(&self, round: u32) -> Result<(), Failure> {
         let mut bytes = self.packet(
             self.audio_ssrc,
             round as u16,
             round.wrapping_mul(960),
             (AUDIO_LEVEL_EXT, 0x80 | self.level),
             AUDIO_PAYLOAD,
-            base,
         );
         self.send.lock().await.protect_rtp(&mut bytes)?;
         self.socket.send_to(&bytes, self.media).await?;
@@ -369,7 +366,7 @@ impl Participant {
     }
 
     /// Frame `round` of every layer: 1, 2, 3 packets of 1200 bytes with frame marking.
-    async fn send_frame(&self, round: u32, base: Instant) -> Result<(), Failure> {
+    async fn send_frame(&self, round: u32) -> Result<(), Failure> {
         // RTP header 12 + one-byte extension block 8 + SRTP tag 16.
         let payload = VIDEO_PACKET - 12 - 8 - 16;
         for (l, &ssrc) in self.layers.iter().enumerate() {
@@ -392,7 +389,6 @@ impl Participant {
                     round.wrapping_mul(3000),
                     (FRAME_MARKING_EXT_ID, mark),
                     payload,
-                    base,
                 );
                 self.send.lock().await.protect_rtp(&mut bytes)?;
                 self.socket.send_to(&bytes, self.media).await?;
@@ -402,51 +398,119 @@ impl Participant {
     }
 
     /// One round: a video frame if this participant sends video, else an audio packet.
-    async fn send_round(&self, round: u32, base: Instant) -> Result<(), Failure> {
+    async fn send_round(&self, round: u32) -> Result<(), Failure> {
         if self.layers.is_empty() {
-            self.send_audio(round, base).await
+            self.send_audio(round).await
         } else {
-            self.send_frame(round, base).await
+            self.send_frame(round).await
         }
     }
 }
 
-/// Receives until `stop`: the latencies (ns) of the packets it could read, and their count.
-async fn receive(p: Arc<Participant>, base: Instant, stop: Arc<AtomicBool>) -> Vec<u64> {
-    let mut lat = Vec::new();
+/// Nanoseconds since the Unix epoch on the wall clock (CLOCK_REALTIME, the clock of the
+/// kernel's SO_TIMESTAMPNS receive stamps), the send time each payload carries.
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Latencies (ns) of the packets a receiver read.
+#[derive(Default)]
+struct Latencies {
+    /// Send stamp → the kernel's receive stamp on the receiving socket: the sender's `sendto`,
+    /// the SFU (its socket queue, unprotect, per-recipient protect, `sendto`s) and the
+    /// loopback delivery; not the receiving client's own queue.
+    sfu: Vec<u64>,
+    /// Send stamp → this process read and unprotected the packet (the receiving client's
+    /// queue and CPU share included).
+    end_to_end: Vec<u64>,
+}
+
+/// One datagram into `buf`: its length and the kernel's receive time (ns since the epoch,
+/// when the socket has SO_TIMESTAMPNS on). Nothing within 50 ms: `None`.
+async fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Option<u64>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let read = socket.async_io(tokio::io::Interest::READABLE, || {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            .map_err(std::io::Error::from)?;
+        let stamp = msg.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|m| match m {
+                ControlMessageOwned::ScmTimestampns(ts) => {
+                    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+                }
+                _ => None,
+            })
+        });
+        Ok((msg.bytes, stamp))
+    });
+    tokio::time::timeout(Duration::from_millis(50), read)
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Receives until `stop`, counting every datagram in `count`; with `measure`, unprotects each
+/// one and records its latencies (the throughput phase only counts).
+async fn receive(
+    p: Arc<Participant>,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    measure: bool,
+) -> Latencies {
+    let mut lat = Latencies::default();
     let mut buf = vec![0u8; 1500];
     while !stop.load(Ordering::Relaxed) {
-        let Ok(Ok((n, _))) =
-            tokio::time::timeout(Duration::from_millis(50), p.socket.recv_from(&mut buf)).await
-        else {
+        let Some((n, kernel_ns)) = recv_stamped(&p.socket, &mut buf).await else {
             continue;
         };
-        let now_ns = base.elapsed().as_nanos() as u64;
+        count.fetch_add(1, Ordering::Relaxed);
+        if !measure {
+            continue;
+        }
         let mut d = buf[..n].to_vec();
         if p.recv.lock().await.unprotect_rtp(&mut d).is_err() {
             continue;
         }
-        if let Ok(pkt) = RtpPacket::parse(&d) {
-            if let Some(b) = pkt.payload.get(..8) {
-                let mut t = [0u8; 8];
-                t.copy_from_slice(b);
-                lat.push(now_ns.saturating_sub(u64::from_be_bytes(t)));
-            }
+        let now_ns = wall_ns();
+        let Some(sent) = RtpPacket::parse(&d)
+            .ok()
+            .and_then(|pkt| Some(u64::from_be_bytes(pkt.payload.get(..8)?.try_into().ok()?)))
+        else {
+            continue;
+        };
+        lat.end_to_end.push(now_ns.saturating_sub(sent));
+        if let Some(k) = kernel_ns {
+            lat.sfu.push(k.saturating_sub(sent));
         }
     }
     lat
 }
 
-/// Only counts (no unprotect): the receivers of the throughput phase.
-async fn drain(p: Arc<Participant>, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) {
-    let mut buf = vec![0u8; 1500];
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(50), p.socket.recv_from(&mut buf)).await
-        {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
+/// Gathers the receivers' latencies.
+async fn gather(receivers: Vec<tokio::task::JoinHandle<Latencies>>) -> Result<Latencies, Failure> {
+    let mut all = Latencies::default();
+    for r in receivers {
+        let l = r.await?;
+        all.sfu.extend(l.sfu);
+        all.end_to_end.extend(l.end_to_end);
     }
+    Ok(all)
+}
+
+/// "N samples, p50 X ms, p99 Y ms" of the SFU-added and the end-to-end latencies.
+fn latency_summary(lat: Latencies) -> String {
+    let (n, p50, p99) = percentiles(lat.sfu);
+    let (m, e50, e99) = percentiles(lat.end_to_end);
+    format!(
+        "SFU-added (kernel receive stamp) {n} samples, p50 {p50:.3} ms, p99 {p99:.3} ms; \
+         end to end (client read) {m} samples, p50 {e50:.3} ms, p99 {e99:.3} ms"
+    )
 }
 
 fn percentiles(mut lat: Vec<u64>) -> (usize, f64, f64) {
@@ -486,14 +550,13 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
     } else {
         1
     };
-    let base = Instant::now();
 
     // Phase 1: throughput.
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let receivers: Vec<_> = parts
         .iter()
-        .map(|p| tokio::spawn(drain(p.clone(), stop.clone(), received.clone())))
+        .map(|p| tokio::spawn(receive(p.clone(), stop.clone(), received.clone(), false)))
         .collect();
     let sending = Arc::new(AtomicBool::new(true));
     let senders: Vec<_> = parts
@@ -505,7 +568,7 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
                 let mut r: u32 = 0;
                 while sending.load(Ordering::Relaxed) {
                     r += 1;
-                    let _ = p.send_round(r, base).await;
+                    let _ = p.send_round(r).await;
                     if r.is_multiple_of(8) {
                         tokio::task::yield_now().await;
                     }
@@ -552,7 +615,7 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
     let stop = Arc::new(AtomicBool::new(false));
     let receivers: Vec<_> = parts
         .iter()
-        .map(|p| tokio::spawn(receive(p.clone(), base, stop.clone())))
+        .map(|p| tokio::spawn(receive(p.clone(), stop.clone(), received.clone(), true)))
         .collect();
     let s0 = sample(&server).await?;
     let end = Instant::now() + Duration::from_secs_f64(LATENCY_SECONDS);
@@ -569,7 +632,7 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
                 while Instant::now() < end {
                     tick.tick().await;
                     r += 1;
-                    let _ = p.send_round(r, base).await;
+                    let _ = p.send_round(r).await;
                 }
             })
         })
@@ -580,21 +643,17 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
     let s1 = sample(&server).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for r in receivers {
-        lat.extend(r.await?);
-    }
+    let lat = gather(receivers).await?;
     let secs = (s1.at - s0.at).as_secs_f64();
-    let (samples, p50, p99) = percentiles(lat);
     println!(
         "latency at {:.0} packets out/s target ({:.1} rounds/s per sender, {} packets in per round): \
-         server sent {:.0} packets out/s at {:.0} % CPU; {samples} samples, p50 {p50:.3} ms, \
-         p99 {p99:.3} ms; load average {}",
+         server sent {:.0} packets out/s at {:.0} % CPU; {}; load average {}",
         per_sender_rounds * (n * out_per_round) as f64,
         per_sender_rounds,
         in_per_round,
         (s1.packets_out - s0.packets_out) as f64 / secs,
         (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9 / secs * 100.0,
+        latency_summary(lat),
         load_average()
     );
     Ok(())
@@ -606,11 +665,11 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
     for c in 0..calls {
         all.extend(join_call(&server, c, VIDEO_PARTICIPANTS, true).await?);
     }
-    let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
     let receivers: Vec<_> = all
         .iter()
-        .map(|p| tokio::spawn(receive(p.clone(), base, stop.clone())))
+        .map(|p| tokio::spawn(receive(p.clone(), stop.clone(), received.clone(), true)))
         .collect();
     // Let the calls start (first keyframes, layer choice) before measuring.
     let warmup = Duration::from_secs(1);
@@ -628,9 +687,9 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
                 while Instant::now() < end {
                     tick.tick().await;
                     let _ = if video {
-                        p.send_frame(r, base).await
+                        p.send_frame(r).await
                     } else {
-                        p.send_audio(r, base).await
+                        p.send_audio(r).await
                     };
                     r += 1;
                 }
@@ -647,10 +706,7 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
     let me1 = cpu_ns("self");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for r in receivers {
-        lat.extend(r.await?);
-    }
+    let lat = gather(receivers).await?;
     let secs = (s1.at - s0.at).as_secs_f64();
     let out = (s1.packets_out - s0.packets_out) as f64;
     let inp = (s1.packets_in - s0.packets_in) as f64;
@@ -659,11 +715,10 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
     // the top layer to each of 7 others, and 50 audio packets from each of the 3 loudest.
     let expected_out =
         calls as f64 * (VIDEO_PARTICIPANTS as f64 * 30.0 * 3.0 * 7.0 + 3.0 * 50.0 * 7.0);
-    let (samples, p50, p99) = percentiles(lat);
     println!(
         "{calls} calls: {:.0} packets in/s, {:.0} packets out/s ({:.0} % of {:.0} expected); \
          server CPU {:.0} % of a core, {:.2} us per packet out; clients CPU {:.0} %; \
-         {samples} latency samples, p50 {p50:.3} ms, p99 {p99:.3} ms; load average {}",
+         {}; load average {}",
         inp / secs,
         out / secs,
         out / secs / expected_out * 100.0,
@@ -671,6 +726,7 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
         cpu / secs * 100.0,
         cpu * 1e6 / out.max(1.0),
         (me1 - me0) as f64 / 1e9 / secs * 100.0,
+        latency_summary(lat),
         load_average()
     );
     Ok(())
@@ -698,8 +754,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5.0);
     let server_cpu = value("--server-cpu");
+    // `--client-workers 1` keeps a sender from being preempted by its own process's other
+    // worker between its send stamp and its `sendto` (the clients share one core).
+    let workers: usize = value("--client-workers")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
         .expect("runtime");

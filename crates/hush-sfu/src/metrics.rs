@@ -120,7 +120,7 @@ pub fn render(s: &DriverStats) -> String {
 /// Per-leg series, labelled `leg` (one series per leg in a call now).
 fn render_legs(out: &mut String, legs: &[LegMetrics]) {
     type Value = fn(&LegMetrics) -> Option<String>;
-    let series: [(&str, &str, &str, Value); 5] = [
+    let series: [(&str, &str, &str, Value); 9] = [
         (
             "leg_estimated_bitrate_bps",
             "gauge",
@@ -150,6 +150,30 @@ fn render_legs(out: &mut String, legs: &[LegMetrics]) {
             "counter",
             "Packets forwarded to the participant.",
             |l| Some(l.forwarded.to_string()),
+        ),
+        (
+            "leg_retransmitted_packets_total",
+            "counter",
+            "Packets resent to the participant from the SFU's cache (its NACKs).",
+            |l| Some(l.retransmitted.to_string()),
+        ),
+        (
+            "leg_uplink_nacked_packets_total",
+            "counter",
+            "Sequence numbers of the participant's video the SFU NACKed (uplink loss, retries counted).",
+            |l| Some(l.uplink_nacked.to_string()),
+        ),
+        (
+            "leg_uplink_recovered_packets_total",
+            "counter",
+            "NACKed packets of the participant's video that then arrived.",
+            |l| Some(l.uplink_recovered.to_string()),
+        ),
+        (
+            "leg_uplink_given_up_total",
+            "counter",
+            "Times the SFU stopped NACKing one of the participant's SSRCs (too much missing).",
+            |l| Some(l.uplink_given_up.to_string()),
         ),
     ];
     for (name, kind, help, value) in series {
@@ -244,6 +268,10 @@ mod tests {
                     rtt_us: Some(48_500),
                     layer_switches: 2,
                     forwarded: 900,
+                    retransmitted: 17,
+                    uplink_nacked: 12,
+                    uplink_recovered: 10,
+                    uplink_given_up: 1,
                 },
                 LegMetrics {
                     leg: LegId(9),
@@ -252,6 +280,10 @@ mod tests {
                     rtt_us: None,
                     layer_switches: 0,
                     forwarded: 0,
+                    retransmitted: 0,
+                    uplink_nacked: 0,
+                    uplink_recovered: 0,
+                    uplink_given_up: 0,
                 },
             ],
             ..DriverStats::default()
@@ -265,6 +297,12 @@ mod tests {
             "hush_sfu_leg_layer_switches_total{leg=\"4\"} 2",
             "hush_sfu_leg_forwarded_packets_total{leg=\"4\"} 900",
             "hush_sfu_leg_loss_ratio{leg=\"9\"} 0.000",
+            "hush_sfu_leg_retransmitted_packets_total{leg=\"4\"} 17",
+            "hush_sfu_leg_uplink_nacked_packets_total{leg=\"4\"} 12",
+            "hush_sfu_leg_uplink_recovered_packets_total{leg=\"4\"} 10",
+            "hush_sfu_leg_uplink_given_up_total{leg=\"4\"} 1",
+            "hush_sfu_leg_uplink_nacked_packets_total{leg=\"9\"} 0",
+            "# TYPE hush_sfu_leg_uplink_nacked_packets_total counter",
             "# TYPE hush_sfu_leg_rtt_seconds gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

@@ -161,6 +161,14 @@ pub struct LegMetrics {
     pub layer_switches: u64,
     /// Packets forwarded to it.
     pub forwarded: u64,
+    /// Packets resent to it from the SFU's cache in answer to its NACKs.
+    pub retransmitted: u64,
+    /// Sequence numbers of its video the SFU asked it to resend (uplink loss; retries counted).
+    pub uplink_nacked: u64,
+    /// Of those, packets that then arrived from it (resent, or only late).
+    pub uplink_recovered: u64,
+    /// Times the SFU gave up asking it for missing video of one SSRC (too much missing).
+    pub uplink_given_up: u64,
 }
 
 pub(crate) enum Cmd {
@@ -789,6 +797,10 @@ impl Main {
                                 .map(|r| u64::try_from(r.as_micros()).unwrap_or(u64::MAX)),
                             layer_switches: st.layer_switches,
                             forwarded: st.forwarded,
+                            retransmitted: st.retransmitted,
+                            uplink_nacked: st.uplink_nacked,
+                            uplink_recovered: st.uplink_recovered,
+                            uplink_given_up: st.uplink_given_up,
                         })
                     })
                     .collect();

@@ -590,6 +590,20 @@ async fn metrics_are_served() {
         forwarded.iter().any(|l| l.ends_with(" 10")),
         "{forwarded:?}"
     );
+    // The resend and uplink-loss counters of each leg are there too (none here: no loss).
+    for name in [
+        "hush_sfu_leg_retransmitted_packets_total",
+        "hush_sfu_leg_uplink_nacked_packets_total",
+        "hush_sfu_leg_uplink_recovered_packets_total",
+        "hush_sfu_leg_uplink_given_up_total",
+    ] {
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{leg=\"")))
+            .collect();
+        assert_eq!(series.len(), 2, "{name} in {text}");
+        assert!(series.iter().all(|l| l.ends_with(" 0")), "{series:?}");
+    }
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
     drop(a);
     server.shutdown().await;
