@@ -637,9 +637,12 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// Counters of one side at its last audio trace line, to print what changed since.
-#[derive(Default)]
-struct AudioTrace {
+/// One side's audio trace: who it is, the call's start and the path's round trip, and its
+/// counters at its last line, to print what changed since.
+struct AudioTrace<'a> {
+    who: &'a str,
+    start: Instant,
+    path_rtt_ms: f64,
     at: Option<Instant>,
     audio_bytes: u64,
     late: u64,
@@ -649,13 +652,28 @@ struct AudioTrace {
     nacks: u64,
 }
 
-impl AudioTrace {
-    /// Prints one line for `who` (every 250 ms in an audio-only call with
+impl<'a> AudioTrace<'a> {
+    fn new(who: &'a str, start: Instant, path_rtt_ms: f64) -> Self {
+        Self {
+            who,
+            start,
+            path_rtt_ms,
+            at: None,
+            audio_bytes: 0,
+            late: 0,
+            concealed: 0,
+            rtx_played: 0,
+            rtx_sent: 0,
+            nacks: 0,
+        }
+    }
+
+    /// Prints one line (every 250 ms in an audio-only call with
     /// `HUSH_EXAMPLE_TRACE`): what it sends (congestion target, encoder output, wire rate,
     /// round trip and how far it is above the path's `path_rtt_ms`, retransmissions and NACKs
     /// sent) and what it plays (playout delay, frames late, concealed, repaired by
     /// retransmission, since the last line).
-    async fn line(&mut self, call: &Call, who: &str, start: Instant, path_rtt_ms: f64) {
+    async fn line(&mut self, call: &Call) {
         let Ok(st) = call.stats().await else { return };
         let Some(q) = st.quality.as_ref() else { return };
         let now = Instant::now();
@@ -665,14 +683,18 @@ impl AudioTrace {
         let enc_kbps = (st.media.audio_bytes_sent - self.audio_bytes) as f64 * 8.0 / secs / 1e3;
         let rtt = q.rtt.map(|r| r.as_secs_f64() * 1e3);
         eprintln!(
-            "atrace {:5.2} {who} target {:5.1} enc {:5.1} wire {:5.1} rtt {:>5} over_path {:>4} \
+            "atrace {:5.2} {} target {:5.1} enc {:5.1} wire {:5.1} rtt {:>5} over_path {:>4} \
              rloss {:.3} playout {:3} p95 {:3} late {} conc {} rtx_played {} rtx_sent {} nacks {}",
-            start.elapsed().as_secs_f64(),
+            self.start.elapsed().as_secs_f64(),
+            self.who,
             q.target_bps as f64 / 1e3,
             enc_kbps,
             q.send_bps as f64 / 1e3,
             rtt.map_or("-".into(), |r| format!("{r:.0}")),
-            rtt.map_or("-".into(), |r| format!("{:.0}", (r - path_rtt_ms).max(0.0))),
+            rtt.map_or("-".into(), |r| format!(
+                "{:.0}",
+                (r - self.path_rtt_ms).max(0.0)
+            )),
             q.remote_loss,
             q.playout_delay.as_millis(),
             q.jitter_p95.as_millis(),
@@ -682,24 +704,14 @@ impl AudioTrace {
             q.retransmissions_sent - self.rtx_sent,
             q.nacks_sent - self.nacks,
         );
-        *self = Self {
-            at: Some(now),
-            audio_bytes: st.media.audio_bytes_sent,
-            late: q.frames_late,
-            concealed: q.frames_concealed,
-            rtx_played: q.frames_recovered_rtx,
-            rtx_sent: q.retransmissions_sent,
-            nacks: q.nacks_sent,
-        };
+        self.at = Some(now);
+        self.audio_bytes = st.media.audio_bytes_sent;
+        self.late = q.frames_late;
+        self.concealed = q.frames_concealed;
+        self.rtx_played = q.frames_recovered_rtx;
+        self.rtx_sent = q.retransmissions_sent;
+        self.nacks = q.nacks_sent;
     }
-}
-
-/// How one side traces its audio: its name, the call's start and the path's round trip.
-#[derive(Clone, Copy)]
-struct TraceAs<'a> {
-    who: &'a str,
-    start: Instant,
-    path_rtt_ms: f64,
 }
 
 /// Sends `frames` of `source` at microphone pace while receiving the peer's, then reports.
@@ -711,7 +723,7 @@ async fn talk(
     expect_hz: Option<f64>,
     frames: u32,
     record: bool,
-    trace: Option<TraceAs<'_>>,
+    mut trace: Option<AudioTrace<'_>>,
 ) -> Heard {
     let mut heard = Heard {
         recorded: record.then(Vec::new),
@@ -721,12 +733,11 @@ async fn talk(
     let end = Instant::now() + Duration::from_millis(u64::from(frames) * 20 + 600);
     let mut n = 0;
     let mut tracer = tokio::time::interval(Duration::from_millis(250));
-    let mut traced = AudioTrace::default();
     loop {
         tokio::select! {
             _ = tracer.tick(), if trace.is_some() => {
-                if let Some(t) = trace {
-                    traced.line(call, t.who, t.start, t.path_rtt_ms).await;
+                if let Some(t) = trace.as_mut() {
+                    t.line(call).await;
                 }
             }
             _ = ticker.tick(), if n < frames => {
@@ -921,11 +932,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
                 expect,
                 frames,
                 record,
-                audio_trace.then_some(TraceAs {
-                    who: "bob",
-                    start: connected,
-                    path_rtt_ms,
-                }),
+                audio_trace.then(|| AudioTrace::new("bob", connected, path_rtt_ms)),
             ),
             move_network,
             video
@@ -983,11 +990,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
             Some(660.0),
             frames,
             false,
-            audio_trace.then_some(TraceAs {
-                who: "alice",
-                start: connected,
-                path_rtt_ms,
-            }),
+            audio_trace.then(|| AudioTrace::new("alice", connected, path_rtt_ms)),
         ),
         video
     );

@@ -196,6 +196,24 @@ impl QualityStats {
     }
 }
 
+/// Counters of video loss repair, from [`MediaSession::video_repair`](crate::MediaSession::video_repair):
+/// why a frame came late or not at all (for tests and diagnosis).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VideoRepairStats {
+    /// Keyframe requests (PLI) sent for the peer's video.
+    pub keyframe_requests_sent: u64,
+    /// Times the receiver gave up on missing packets after the gap timeout.
+    pub gap_timeouts: u64,
+    /// Video retransmissions sent (each copy counted).
+    pub retransmissions_sent: u64,
+    /// Video retransmissions not sent: the congestion window was full.
+    pub refused_congested: u64,
+    /// Video retransmissions not sent: over the retransmission budget.
+    pub refused_budget: u64,
+    /// NACKed video packets no longer (or never) in the send history, or resent too recently.
+    pub not_in_history: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,22 +232,4 @@ mod tests {
         assert_eq!(samples, 21);
         assert_eq!(text.matches("# TYPE").count(), 21);
     }
-}
-
-/// Counters of video loss repair, from [`MediaSession::video_repair`](crate::MediaSession::video_repair):
-/// why a frame came late or not at all (for tests and diagnosis).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VideoRepairStats {
-    /// Keyframe requests (PLI) sent for the peer's video.
-    pub keyframe_requests_sent: u64,
-    /// Times the receiver gave up on missing packets after the gap timeout.
-    pub gap_timeouts: u64,
-    /// Video retransmissions sent (each copy counted).
-    pub retransmissions_sent: u64,
-    /// Video retransmissions not sent: the congestion window was full.
-    pub refused_congested: u64,
-    /// Video retransmissions not sent: over the retransmission budget.
-    pub refused_budget: u64,
-    /// NACKed video packets no longer (or never) in the send history, or resent too recently.
-    pub not_in_history: u64,
 }

@@ -871,9 +871,7 @@ impl MediaSession {
             audio_only: self.target.is_some_and(|t| t.audio_only),
         }
     }
-}
 
-impl MediaSession {
     /// Counters of video loss repair: keyframe requests, gap timeouts, retransmissions sent
     /// and refused.
     pub fn video_repair(&self) -> crate::VideoRepairStats {
