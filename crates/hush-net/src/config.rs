@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
+use zeroize::Zeroizing;
 
 use crate::error::Error;
 
@@ -33,10 +34,13 @@ pub enum Role {
 }
 
 /// Credentials for a TURN server.
+///
+/// The password is wiped from memory when the credentials are dropped (hush's copies; the
+/// TURN client library keeps its own for the life of an allocation).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TurnCredentials {
     username: String,
-    password: String,
+    password: Zeroizing<String>,
 }
 
 impl TurnCredentials {
@@ -44,7 +48,7 @@ impl TurnCredentials {
     pub fn long_term(username: impl Into<String>, password: impl Into<String>) -> Self {
         Self {
             username: username.into(),
-            password: password.into(),
+            password: Zeroizing::new(password.into()),
         }
     }
 
@@ -71,7 +75,10 @@ impl TurnCredentials {
             }
             Err(_) => String::new(),
         };
-        Self { username, password }
+        Self {
+            username,
+            password: Zeroizing::new(password),
+        }
     }
 
     /// The username presented to the server.

@@ -624,14 +624,7 @@ impl Connection {
         }
         for t in &self.config.turn_servers {
             if t.addr.is_ipv4() == socket.is_ipv4() {
-                new_sessions.push((
-                    t.addr,
-                    t.transport.kind(),
-                    Some((
-                        t.credentials.username().to_owned(),
-                        t.credentials.password().to_owned(),
-                    )),
-                ));
+                new_sessions.push((t.addr, t.transport.kind(), Some(t.credentials.clone())));
             }
         }
         for (server, transport, creds) in new_sessions {
@@ -639,7 +632,7 @@ impl Connection {
                 socket,
                 server,
                 transport != Transport::Udp,
-                creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+                creds.as_ref().map(|c| (c.username(), c.password())),
                 rto,
             ) {
                 Ok(c) => c,
