@@ -306,14 +306,17 @@ async fn delayed_copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Du
                 .send((Instant::now() + delay, buf[..n].to_vec()))
                 .is_err()
             {
-                break;
+                return;
             }
         }
+        // The end of the stream is delayed too (an empty chunk): a leaving client's closed
+        // connection reaches the SFU no sooner than its last bytes would.
+        let _ = tx.send((Instant::now() + delay, Vec::new()));
     };
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due.into()).await;
-            if to.write_all(&chunk).await.is_err() {
+            if chunk.is_empty() || to.write_all(&chunk).await.is_err() {
                 break;
             }
         }
