@@ -1,20 +1,29 @@
-//! Key rotation time of a group call whose keys travel over the real hush relay (TCP on
-//! loopback): from one member's leave to every remaining member holding every remaining
-//! sender's new key, and to every remaining sender's frames on its new key at the SFU. A
-//! measurement (printed; docs/benchmarks.md), checked only for the rotation happening. The
-//! test learns of each key from `GroupCallEvent::SenderKeyInstalled`, as an app would. In the
-//! same run it measures issue #18's yardstick on the same relay: one relay round trip and the
-//! Signal sealing of one key message.
+//! Key rotation time of a group call whose keys travel over the real hush relay (TCP): from one
+//! member's leave to every remaining member holding every remaining sender's new key, and to
+//! every remaining sender's frames on its new key at the SFU. A measurement (printed;
+//! docs/benchmarks.md), checked only for behaviour: the rotation happens, every remaining
+//! member installs the others' new keys, every remaining sender's frames go under its new key,
+//! and the member that left never installs one of them. The test learns of each key from
+//! `GroupCallEvent::SenderKeyInstalled`, as an app would. In the same run it measures issue
+//! #18's yardstick on the same relay: one round trip between two devices over the relay and
+//! the Signal sealing of one key message.
+//!
+//! The call runs three times: on loopback, then with every client's TCP connections to the
+//! relay and to the SFU's signaling going through a proxy that holds each chunk for a fixed
+//! one-way delay (10 ms, then 25 ms) in both directions, so that a round trip between two
+//! members over the relay is a real one (4 × the delay: to the relay and on, and back). The
+//! yardstick's devices go through the same proxy. Media (UDP to the SFU) is not delayed.
 
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::group::{info, invitation, joined_and_connected, sframe_key_id, WAIT};
 use common::{loopback_config, sealer, tone};
-use hush::{Client, GroupCall, GroupCallEvent};
+use hush::{Client, GroupCall, GroupCallEvent, SfuInfo};
 use hush_crypto::group::{GroupCallId, GroupE2ee, MemberSlot};
 use hush_media::rtp::RtpPacket;
 use hush_relay::{Relay, RelayConfig};
@@ -25,13 +34,17 @@ use hush_sfu::server::{Server, ServerConfig};
 use hush_sfu::{CallId as SfuCallId, DeviceId as SfuDeviceId, ForwardTap, SfuConfig};
 use hush_signaling::transport::{RelayClient, RelayClientConfig, Transport};
 use hush_signaling::{CallMessage, DeviceId, GroupKey, SignalingClient, SignalingEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 type Tapped = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 
 /// `n` clients on a relay at `addr`, each with a Signal session to each other (bundles
 /// fetched from the relay).
-async fn relay_devices(addr: std::net::SocketAddr, n: u8) -> Vec<Client> {
+async fn relay_devices(addr: SocketAddr, n: u8) -> Vec<Client> {
     let mut sealers: Vec<_> = (1..=n).map(sealer).collect();
     let mut transports = Vec::new();
     for s in &mut sealers {
@@ -141,8 +154,13 @@ impl Events {
 /// What one key message costs on the relay the call uses.
 struct Yardstick {
     /// From handing an envelope to the relay to the relay's answer, which it gives when the
-    /// recipient (reading) acknowledges it.
+    /// recipient (reading) acknowledges it, or after its commit delay (20 ms) and a commit if
+    /// that comes first (on a long path it does).
     round_trips: Vec<Duration>,
+    /// From handing an envelope to the relay to having opened the recipient's answer (a
+    /// message it seals and sends as soon as it has opened the first): a round trip between
+    /// two devices over the relay, with two Signal opens and one seal in it.
+    echoes: Vec<Duration>,
     /// From handing an envelope to the relay to the recipient having opened it.
     deliveries: Vec<Duration>,
     /// Sealing one group key message (`SignalingClient::seal`, as the client's actor does
@@ -152,8 +170,8 @@ struct Yardstick {
 
 /// Two more devices on the relay at `addr` with a Signal session (both ways used once, so
 /// messages are ordinary Signal messages like a call's key messages); 21 key messages from
-/// one to the other, sealed and sent one at a time while the other reads.
-async fn yardstick(addr: std::net::SocketAddr) -> Yardstick {
+/// one to the other, sealed and sent one at a time while the other reads and answers each.
+async fn yardstick(addr: SocketAddr) -> Yardstick {
     const SAMPLES: usize = 21;
     let mut sealers = vec![sealer(5), sealer(6)];
     let mut transports = Vec::new();
@@ -190,6 +208,7 @@ async fn yardstick(addr: std::net::SocketAddr) -> Yardstick {
     };
     // One message each way first: A's prekey message, then B's answer.
     let mut b = SignalingClient::new(b_transport, b_sealer);
+    let key_a = key.clone();
     a.send(b_id, CallMessage::GroupKey(key.clone()))
         .await
         .expect("first message");
@@ -200,33 +219,50 @@ async fn yardstick(addr: std::net::SocketAddr) -> Yardstick {
         .expect("answer");
     a.recv().await.expect("answer in");
     answered.await.expect("answer acknowledged");
-    // B reads (and acknowledges) from now on.
+    // B reads (and acknowledges) from now on, and answers each message with one of its own.
     let (opened_tx, mut opened) = mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         while let Ok(SignalingEvent::Message(_)) = b.recv().await {
             if opened_tx.send(Instant::now()).is_err() {
                 break;
             }
+            let Ok((_, answered)) = b.start_send(a_id, CallMessage::GroupKey(key.clone())).await
+            else {
+                break;
+            };
+            tokio::spawn(answered);
         }
     });
     let mut y = Yardstick {
         round_trips: Vec::new(),
+        echoes: Vec::new(),
         deliveries: Vec::new(),
         seals: Vec::new(),
     };
     for _ in 0..SAMPLES {
         let t0 = Instant::now();
         let envelope = a
-            .seal(b_id, CallMessage::GroupKey(key.clone()))
+            .seal(b_id, CallMessage::GroupKey(key_a.clone()))
             .await
             .expect("sealed");
         let t1 = Instant::now();
         let receipt = a.transport_mut().start_send(envelope).await.expect("sent");
-        receipt.await.expect("answered");
-        let t2 = Instant::now();
+        let answered = async {
+            receipt.await.expect("answered");
+            Instant::now()
+        };
+        let echoed = async {
+            loop {
+                if let SignalingEvent::Message(_) = a.recv().await.expect("answer in") {
+                    return Instant::now();
+                }
+            }
+        };
+        let (t2, t3) = tokio::join!(answered, echoed);
         let at = opened.recv().await.expect("opened");
         y.seals.push(t1 - t0);
         y.round_trips.push(t2 - t1);
+        y.echoes.push(t3 - t1);
         y.deliveries.push(at - t1);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -234,8 +270,93 @@ async fn yardstick(addr: std::net::SocketAddr) -> Yardstick {
     y
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_rotation_time_after_a_leave_over_the_relay() {
+/// A TCP proxy on loopback in front of `target`: each chunk read from either side is written
+/// to the other `delay` after it was read, in order (no bandwidth limit, nothing lost), so a
+/// round trip through it takes 2 × `delay` more. Runs until the returned task is aborted.
+async fn delay_proxy(
+    target: SocketAddr,
+    delay: Duration,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+    let addr = listener.local_addr().expect("proxy address");
+    let task = tokio::spawn(async move {
+        let mut links = JoinSet::new();
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            links.spawn(delayed_copy(in_read, out_write, delay));
+            links.spawn(delayed_copy(out_read, in_write, delay));
+        }
+    });
+    (addr, task)
+}
+
+/// One direction of [`delay_proxy`]: reads chunks as they come and writes each at its due time.
+async fn delayed_copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                return;
+            }
+        }
+        // The end of the stream is delayed too (an empty chunk): a leaving client's closed
+        // connection reaches the SFU no sooner than its last bytes would.
+        let _ = tx.send((Instant::now() + delay, Vec::new()));
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if chunk.is_empty() || to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+/// The medians of one run of the call (five leaves) and of its yardstick.
+struct Summary {
+    notice: Duration,
+    from_notice: Duration,
+    pair: Duration,
+    keys_held: Duration,
+    senders: Duration,
+    answer: Duration,
+    echo: Duration,
+    one_way: Duration,
+    seal: Duration,
+}
+
+/// Forwards every event of `call` (as member `i`) into `tx`, timestamped as it comes out.
+fn forward_events(
+    i: usize,
+    call: Arc<GroupCall>,
+    tx: mpsc::UnboundedSender<(usize, Instant, GroupCallEvent)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(e) = call.next_event().await {
+            if tx.send((i, Instant::now(), e)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// The call of four over a fresh relay and SFU, the fourth leaving five times; with `delay`,
+/// every client reaches the relay and the SFU's signaling through a [`delay_proxy`] of that
+/// one-way delay.
+async fn rotation_run(label: &str, delay: Option<Duration>) -> Summary {
     let dir = std::env::temp_dir().join(format!(
         "hush-group-rotation-{}-{}",
         std::process::id(),
@@ -248,7 +369,7 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
     ))
     .await
     .unwrap();
-    let relay_addr = relay.local_addr();
+    let mut relay_addr = relay.local_addr();
     let relay_task = tokio::spawn(async move {
         let _ = relay.serve().await;
     });
@@ -268,10 +389,23 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
     let server = Server::start(config, SfuSigningKey::generate(&mut rand::rng()))
         .await
         .unwrap();
+    let mut sfu = info(&server);
+    let mut proxies = Vec::new();
+    if let Some(delay) = delay {
+        let (addr, task) = delay_proxy(relay_addr, delay).await;
+        relay_addr = addr;
+        proxies.push(task);
+        let (addr, task) = delay_proxy(sfu.address, delay).await;
+        sfu = SfuInfo {
+            address: addr,
+            key: sfu.key,
+        };
+        proxies.push(task);
+    }
 
     let clients = relay_devices(relay_addr, 4).await;
     let others: Vec<_> = clients[1..].iter().map(Client::device_id).collect();
-    let mut calls = vec![clients[0].group_call(info(&server), &others).await.unwrap()];
+    let mut calls = vec![clients[0].group_call(sfu, &others).await.unwrap()];
     let mut invites = Vec::new();
     for c in &clients[1..] {
         let invite = invitation(c).await;
@@ -300,23 +434,16 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Every event of the three members that stay, timestamped as it arrives (the test
-    // learns of a key when `SenderKeyInstalled` comes out of the call, as an app would).
+    // Every event of the three members that stay (0..3) and of the one that leaves (3),
+    // timestamped as it arrives (the test learns of a key when `SenderKeyInstalled` comes out
+    // of the call, as an app would).
     let stable: Vec<DeviceId> = clients[..3].iter().map(Client::device_id).collect();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let mut forwarders = Vec::new();
-    for (i, call) in calls[..3].iter().enumerate() {
-        let call = call.clone();
-        let tx = ev_tx.clone();
-        forwarders.push(tokio::spawn(async move {
-            while let Some(e) = call.next_event().await {
-                if tx.send((i, Instant::now(), e)).is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(ev_tx);
+    let mut forwarders: Vec<_> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| forward_events(i, call.clone(), ev_tx.clone()))
+        .collect();
     let mut events = Events {
         rx: ev_rx,
         stable,
@@ -339,6 +466,9 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
         let mut keys: HashMap<(usize, usize), Instant> = HashMap::new();
         while notices.iter().any(Option::is_none) || keys.len() < 6 {
             let (i, at, e) = events.next(left + Duration::from_secs(10)).await;
+            if i == 3 {
+                continue;
+            }
             match e {
                 GroupCallEvent::ParticipantLeft { device, .. } if device == three => {
                     notices[i] = Some(at);
@@ -355,6 +485,21 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
         }
         let notices: Vec<Instant> = notices.iter().map(|n| n.unwrap()).collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
+        events.drain();
+        // The member that left holds none of the keys the others now send under.
+        for s in 0..3 {
+            let new = (0..3)
+                .filter(|&r| r != s)
+                .map(|r| events.generations[&(r, s)])
+                .min()
+                .unwrap();
+            let departed = events.generations.get(&(3, s)).copied().unwrap_or(0);
+            assert!(
+                new > departed,
+                "{label} round {round}: sender {s}'s new generation {new}, the departed \
+                 member holds {departed}"
+            );
+        }
         // When each remaining sender's frames first came under a newer generation.
         let tap = tapped.lock().unwrap().clone();
         let mut first_new: HashMap<u8, Instant> = HashMap::new();
@@ -378,31 +523,25 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
                 }
             }
         }
-        assert_eq!(first_new.len(), 3, "round {round}: {first_new:?}");
+        assert_eq!(first_new.len(), 3, "{label} round {round}: {first_new:?}");
+        let from_notice: Vec<Duration> = keys
+            .iter()
+            .map(|(&(_, s), at)| at.saturating_duration_since(notices[s]))
+            .collect();
         let figures = Round {
             notices: notices.iter().map(|n| *n - left).collect(),
             // Each sender rotates on its own notice: from there to its key being held by
             // both other members, the longest of the three senders.
-            from_notice: keys
-                .iter()
-                .map(|(&(_, s), at)| at.saturating_duration_since(notices[s]))
-                .max()
-                .unwrap(),
-            pair_median: {
-                let mut v: Vec<Duration> = keys
-                    .iter()
-                    .map(|(&(_, s), at)| at.saturating_duration_since(notices[s]))
-                    .collect();
-                v.sort();
-                v[v.len() / 2]
-            },
+            from_notice: *from_notice.iter().max().unwrap(),
+            pair_median: median(from_notice),
             keys_held: keys.values().map(|at| *at - left).max().unwrap(),
             senders_switched: first_new.values().map(|t| *t - left).max().unwrap(),
         };
         println!(
-            "rotation round {round}: leave notices after {} ms; each sender's new key held by \
-             the others at most {} ms after its notice (median of the six keys {} ms); all new \
-             keys held {} ms after the leave; all senders on the new key at the SFU after {} ms",
+            "{label} rotation round {round}: leave notices after {} ms; each sender's new key \
+             held by the others at most {} ms after its notice (median of the six keys {} ms); \
+             all new keys held {} ms after the leave; all senders on the new key at the SFU \
+             after {} ms",
             figures
                 .notices
                 .iter()
@@ -421,53 +560,57 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
         let mut seen = [false; 3];
         while seen.iter().any(|s| !s) {
             let (i, _, e) = events.next(Instant::now() + WAIT).await;
-            if e == GroupCallEvent::ParticipantJoined(three) {
+            if i < 3 && e == GroupCallEvent::ParticipantJoined(three) {
                 seen[i] = true;
             }
         }
         calls[3] = Arc::new(back);
+        forwarders.push(forward_events(3, calls[3].clone(), ev_tx.clone()));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // The yardstick, on the same relay, while the call goes on: the relay's round trip and
-    // the sealing of one key message.
+    // The yardstick, on the same relay (through the same proxy), while the call goes on: a
+    // round trip between two devices over the relay and the sealing of one key message.
     let yardstick = yardstick(relay_addr).await;
 
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
+    let summary = Summary {
+        notice: median(rounds.iter().flat_map(|r| r.notices.clone()).collect()),
+        from_notice: median(rounds.iter().map(|r| r.from_notice).collect()),
+        pair: median(rounds.iter().map(|r| r.pair_median).collect()),
+        keys_held: median(rounds.iter().map(|r| r.keys_held).collect()),
+        senders: median(rounds.iter().map(|r| r.senders_switched).collect()),
+        answer: median(yardstick.round_trips.clone()),
+        echo: median(yardstick.echoes.clone()),
+        one_way: median(yardstick.deliveries.clone()),
+        seal: median(yardstick.seals.clone()),
     };
-    let notice = median(rounds.iter().flat_map(|r| r.notices.clone()).collect());
-    let from_notice = median(rounds.iter().map(|r| r.from_notice).collect());
-    let pair = median(rounds.iter().map(|r| r.pair_median).collect());
-    let keys_held = median(rounds.iter().map(|r| r.keys_held).collect());
-    let senders = median(rounds.iter().map(|r| r.senders_switched).collect());
-    let rtt = median(yardstick.round_trips.clone());
-    let one_way = median(yardstick.deliveries.clone());
-    let seal = median(yardstick.seals.clone());
     println!(
-        "rotation over the relay, median of {} rounds: leave notice {} ms; notice -> new key \
-         held by all {} ms (one key {} ms); leave -> all new keys held {} ms; senders on the \
-         new key at the SFU {} ms",
+        "{label} rotation over the relay, median of {} rounds: leave notice {} ms; notice -> \
+         new key held by all {} ms (one key {} ms); leave -> all new keys held {} ms; senders \
+         on the new key at the SFU {} ms",
         rounds.len(),
-        ms(notice),
-        ms(from_notice),
-        ms(pair),
-        ms(keys_held),
-        ms(senders)
+        ms(summary.notice),
+        ms(summary.from_notice),
+        ms(summary.pair),
+        ms(summary.keys_held),
+        ms(summary.senders)
     );
     println!(
-        "yardstick on the same relay, median of {}: round trip (send -> answer on the \
-         recipient's acknowledgement) {} ms [{} .. {}]; one-way delivery (send -> opened by \
-         the recipient) {} ms; sealing one key message {} ms; 1 RTT + 2 x sealing (two \
-         recipients, sealed in turn) = {} ms",
-        yardstick.round_trips.len(),
-        ms(rtt),
+        "{label} yardstick on the same relay, median of {}: round trip (send -> the \
+         recipient's answer opened) {} ms [{} .. {}]; relay's answer (on the recipient's \
+         acknowledgement or commit) {} ms [{} .. {}]; one-way delivery (send -> opened by the \
+         recipient) {} ms; sealing one key message {} ms; 1 RTT + 2 x sealing (two recipients, \
+         sealed in turn) = {} ms",
+        yardstick.echoes.len(),
+        ms(summary.echo),
+        ms(*yardstick.echoes.iter().min().unwrap()),
+        ms(*yardstick.echoes.iter().max().unwrap()),
+        ms(summary.answer),
         ms(*yardstick.round_trips.iter().min().unwrap()),
         ms(*yardstick.round_trips.iter().max().unwrap()),
-        ms(one_way),
-        ms(seal),
-        ms(rtt + 2 * seal)
+        ms(summary.one_way),
+        ms(summary.seal),
+        ms(summary.echo + 2 * summary.seal)
     );
     talking.store(false, std::sync::atomic::Ordering::Relaxed);
     for s in speakers {
@@ -479,5 +622,49 @@ async fn key_rotation_time_after_a_leave_over_the_relay() {
     drop(calls);
     server.shutdown().await;
     relay_task.abort();
+    for p in proxies {
+        p.abort();
+    }
     let _ = std::fs::remove_dir_all(&dir);
+    summary
+}
+
+/// The middle value (the upper one of an even count).
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_time_after_a_leave_over_the_relay() {
+    let runs = [
+        ("loopback", None),
+        ("one-way 10 ms", Some(Duration::from_millis(10))),
+        ("one-way 25 ms", Some(Duration::from_millis(25))),
+    ];
+    let mut table = Vec::new();
+    for (label, delay) in runs {
+        table.push((label, rotation_run(label, delay).await));
+    }
+    println!(
+        "| path | leave → notice | notice → all keys | one key | leave → all keys | SFU on new \
+         key | RTT (answer opened) | relay's answer | one-way | sealing | yardstick (RTT + 2 \
+         × sealing) |"
+    );
+    for (label, s) in &table {
+        println!(
+            "| {label} | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | \
+             {} ms |",
+            ms(s.notice),
+            ms(s.from_notice),
+            ms(s.pair),
+            ms(s.keys_held),
+            ms(s.senders),
+            ms(s.echo),
+            ms(s.answer),
+            ms(s.one_way),
+            ms(s.seal),
+            ms(s.echo + 2 * s.seal)
+        );
+    }
 }
