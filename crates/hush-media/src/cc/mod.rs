@@ -31,7 +31,6 @@ pub mod delay;
 mod feedback;
 mod probe;
 mod rate;
-mod repairs;
 
 pub use delay::{TrendlineDetector, Usage};
 pub use feedback::{PacketResult, SendHistory, TwccRecorder};
@@ -45,7 +44,6 @@ use crate::Instant;
 use acked::Delivered;
 use probe::{Conditions, ProbeResult, Prober};
 use rate::{AimdRate, BETA};
-use repairs::Repairs;
 
 /// Congestion controller settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,8 +60,7 @@ pub struct CcConfig {
     /// Whether to probe with padding at all.
     pub probing: bool,
     /// Fast start: from a low `start_bps`, the rate doubles every 250 ms (never past 1.25 × the
-    /// acknowledged rate + 10 kbps, less what retransmissions take, and not at all while they
-    /// take more than a tenth of it) until the path first shows a queue that the spacing of
+    /// acknowledged rate + 10 kbps) until the path first shows a queue that the spacing of
     /// arrivals confirms (see `Delivered::spread`). A call can then start
     /// at a rate the slowest link carries (a 24 kbps link overflowed for two seconds when the
     /// audio started at its full 32 kbps in 20 ms packets, 58 kbps on the wire) and still
@@ -125,8 +122,6 @@ const FAST_START_QUEUE_MAX_MS: f64 = 120.0;
 /// Fast start ends when the packets of the last 250 ms arrived this much more spread out
 /// than they were sent (and the delay shows a queue): the path carries less than we send.
 const FAST_START_SPREAD: f64 = 1.1;
-/// Fast start holds its rate while retransmissions take more than this fraction of it.
-const FAST_START_REPAIR_HOLD: f64 = 0.1;
 /// Time between pushback updates.
 const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
@@ -142,8 +137,6 @@ pub struct CongestionController {
     last_update: Option<Instant>,
     last_loss_decrease: Option<Instant>,
     delivered: Delivered,
-    /// Retransmissions sent, on top of the encoders' share.
-    repairs: Repairs,
     /// (arrival µs, one-way delay µs up to a clock offset) over the last 10 s.
     owd: VecDeque<(i64, i64)>,
     send_epoch: Option<Instant>,
@@ -183,7 +176,6 @@ impl CongestionController {
             last_update: None,
             last_loss_decrease: None,
             delivered: Delivered::default(),
-            repairs: Repairs::default(),
             owd: VecDeque::new(),
             send_epoch: None,
             queue_delay_ms: 0.0,
@@ -269,13 +261,6 @@ impl CongestionController {
     /// bottleneck, so the acknowledged rate counts it.
     pub fn on_untracked_sent(&mut self, now: Instant, size: usize) {
         self.delivered.on_untracked_sent(now, size);
-    }
-
-    /// Registers a retransmission (already registered with
-    /// [`on_packet_sent`](Self::on_packet_sent)): it rides on top of the encoders' share, so
-    /// fast start counts it against its ceiling.
-    pub fn on_repair_sent(&mut self, now: Instant, size: usize) {
-        self.repairs.on_sent(now, size);
     }
 
     /// Whether fast start is still on (see [`CcConfig::fast_start`]).
@@ -534,16 +519,7 @@ impl CongestionController {
         }
         let Some(acked) = acked else { return };
         let rate = self.delay.rate();
-        // The ceiling is for the wire, not for the rate alone: retransmissions ride on top of
-        // the encoders' share, and come off it. While they take more than a tenth of the rate
-        // (each is sent twice in a call's first seconds), the rate holds. On a 64 kbps link
-        // with 10 % loss they took the wire to 79–87 kbps while fast start, from the
-        // acknowledged rate alone, set 72.7.
-        let repairs = self.repairs.rate_bps(now);
-        if repairs > rate * FAST_START_REPAIR_HOLD {
-            return;
-        }
-        let ceiling = FAST_START_GAIN * acked + FAST_START_STEP_BPS - repairs;
+        let ceiling = FAST_START_GAIN * acked + FAST_START_STEP_BPS;
         let grown = rate * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
         self.delay.raise_to(grown.min(ceiling));
         self.loss_rate = self.loss_rate.max(self.delay.rate());

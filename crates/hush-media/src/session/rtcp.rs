@@ -251,7 +251,6 @@ impl MediaSession {
                 break;
             }
             self.rtx_rate.add(now, bits as usize / 8);
-            self.cc.on_repair_sent(now, bits as usize / 8);
             self.retransmissions_sent += 1;
             if !audio {
                 self.video_repair.retransmissions_sent += 1;
