@@ -105,38 +105,6 @@ impl Delivered {
     /// arrivals: a slow link's audio in 60 ms packets brings four in 250 ms. `None` with
     /// fewer than five arrivals or 50 ms.
     pub(super) fn rate_bps(&self) -> Option<f64> {
-        let (first, last) = self.window()?;
-        let span = (last - first) as f64 / 1e6;
-        Some(self.bytes_between(first, last) as f64 * 8.0 / span)
-    }
-
-    /// How much more spread out the packets of [`rate_bps`](Self::rate_bps)'s window arrived
-    /// than they were sent: their arrival span over their send span. Above 1 the path
-    /// delivers slower than we sent (a bottleneck's queue grows by the difference); a fast
-    /// path gives 1 give or take its jitter. `None` where `rate_bps` is, or when they were
-    /// sent within 50 ms.
-    pub(super) fn spread(&self) -> Option<f64> {
-        let (first, last) = self.window()?;
-        let mut sent: Option<(Instant, Instant)> = None;
-        for a in self
-            .arrivals
-            .iter()
-            .filter(|a| (first..=last).contains(&a.recv_us))
-        {
-            sent = Some(sent.map_or((a.sent, a.sent), |(lo, hi)| {
-                (lo.min(a.sent), hi.max(a.sent))
-            }));
-        }
-        let (lo, hi) = sent?;
-        let send_span = hi.saturating_duration_since(lo).as_secs_f64();
-        if send_span < 0.05 {
-            return None;
-        }
-        Some((last - first) as f64 / 1e6 / send_span)
-    }
-
-    /// The arrival times (µs) spanning the rate window; see [`rate_bps`](Self::rate_bps).
-    fn window(&self) -> Option<(i64, i64)> {
         let last = self.arrivals.back()?.recv_us;
         let mut first = last;
         let mut count = 0;
@@ -152,7 +120,7 @@ impl Delivered {
         if count < 5 || span < 0.05 {
             return None;
         }
-        Some((first, last))
+        Some(self.bytes_between(first, last) as f64 * 8.0 / span)
     }
 }
 
@@ -208,24 +176,6 @@ mod tests {
         }
         let rate = d.rate_bps().expect("a rate");
         assert!((rate - 16_000.0).abs() < 500.0, "{rate}");
-    }
-
-    #[test]
-    fn spread_shows_a_bottleneck_slower_than_the_sender() {
-        // 250-byte packets every 60 ms (33 kbps). Through a fast path they arrive as they were
-        // sent; through a 24 kbps bottleneck each takes 83 ms, so they arrive further apart.
-        let t0 = Instant::now();
-        let sent = |i: u64| t0 + Duration::from_millis(i * 60);
-        let mut fast = Delivered::default();
-        let mut slow = Delivered::default();
-        for i in 0..20u64 {
-            fast.on_arrival(50_000 + i as i64 * 60_000, 250, sent(i));
-            slow.on_arrival(50_000 + i as i64 * 83_333, 250, sent(i));
-        }
-        let fast = fast.spread().expect("a spread");
-        assert!((fast - 1.0).abs() < 0.01, "{fast}");
-        let slow = slow.spread().expect("a spread");
-        assert!((slow - 83.333 / 60.0).abs() < 0.02, "{slow}");
     }
 
     #[test]

@@ -60,8 +60,7 @@ pub struct CcConfig {
     /// Whether to probe with padding at all.
     pub probing: bool,
     /// Fast start: from a low `start_bps`, the rate doubles every 250 ms (never past 1.25 × the
-    /// acknowledged rate + 10 kbps) until the path first shows a queue that the spacing of
-    /// arrivals confirms (see `Delivered::spread`). A call can then start
+    /// acknowledged rate + 10 kbps) until the path first shows a queue. A call can then start
     /// at a rate the slowest link carries (a 24 kbps link overflowed for two seconds when the
     /// audio started at its full 32 kbps in 20 ms packets, 58 kbps on the wire) and still
     /// reach its full rate within about a second on a fast path, without padding probes.
@@ -115,13 +114,6 @@ const FAST_START_DOUBLING_SECS: f64 = 0.25;
 /// more): from 24 kbps, 1.5 × took a 24 kbps link to 46 kbps and overflowed its 300 ms of
 /// queue; 1.25 × takes it to 40.
 const FAST_START_GAIN: f64 = 1.25;
-/// During fast start, the rate stays under [`FAST_START_GAIN`] × the acknowledged rate + this.
-const FAST_START_STEP_BPS: f64 = 10_000.0;
-/// A queue this long ends fast start whatever the spacing of arrivals says.
-const FAST_START_QUEUE_MAX_MS: f64 = 120.0;
-/// Fast start ends when the packets of the last 250 ms arrived this much more spread out
-/// than they were sent (and the delay shows a queue): the path carries less than we send.
-const FAST_START_SPREAD: f64 = 1.1;
 /// Time between pushback updates.
 const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
@@ -261,11 +253,6 @@ impl CongestionController {
     /// bottleneck, so the acknowledged rate counts it.
     pub fn on_untracked_sent(&mut self, now: Instant, size: usize) {
         self.delivered.on_untracked_sent(now, size);
-    }
-
-    /// Whether fast start is still on (see [`CcConfig::fast_start`]).
-    pub fn in_fast_start(&self) -> bool {
-        self.fast_start
     }
 
     /// Registers a packet being sent; returns the transport sequence number to put in it.
@@ -440,17 +427,6 @@ impl CongestionController {
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
         };
-        // In fast start, a delay that grows while the path delivers as fast as we send is the
-        // packets growing (20 ms to 100 ms on a slow link: 35 to 75 ms each to cross 24 kbps),
-        // not a queue: it neither cuts the rate nor ends fast start. The acknowledged rate
-        // measured then is not the link's capacity, and a cut from it would be remembered as
-        // one.
-        if self.fast_start && !self.bottleneck_confirmed() {
-            self.update_fast_start(now, dt, acked);
-            self.update_loss_rate(now, dt, acked);
-            self.finish_update(now);
-            return;
-        }
         match self.detector.usage() {
             Usage::Overuse if self.probe_overuse(now) => self.delay.on_probe_overuse(now),
             Usage::Overuse => self.delay.on_overuse(now, capacity_sample, self.rtt),
@@ -465,21 +441,6 @@ impl CongestionController {
         }
         self.update_fast_start(now, dt, acked);
         self.update_loss_rate(now, dt, acked);
-        self.finish_update(now);
-    }
-
-    /// Whether a queue signal in fast start is the bottleneck's: the packets of the last
-    /// 250 ms arrived more spread out than they were sent, or the queue is too long to be
-    /// anything else (or the spacing is not known yet).
-    fn bottleneck_confirmed(&self) -> bool {
-        self.queue_delay_ms >= FAST_START_QUEUE_MAX_MS
-            || self
-                .delivered
-                .spread()
-                .is_none_or(|s| s >= FAST_START_SPREAD)
-    }
-
-    fn finish_update(&mut self, now: Instant) {
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.delay.clamp(min, max);
         self.loss_rate = self.loss_rate.clamp(min, max * 1.5);
@@ -503,10 +464,7 @@ impl CongestionController {
         let queue = self.detector.usage() == Usage::Overuse
             || self.queue_delay_ms >= STANDING_QUEUE_MS
             || self.delay.last_overuse().is_some();
-        // Either only counts once the spacing of arrivals confirms a bottleneck (see
-        // `update`); so does a short queue.
-        let short_queue = self.queue_delay_ms >= BASELINE_DELAY_MS;
-        if (queue || short_queue) && self.bottleneck_confirmed() {
+        if queue {
             tracing::debug!(rate = self.target_bps(), ?acked, "fast start ends");
             self.fast_start = false;
             if self.delay.last_overuse().is_none() {
@@ -518,10 +476,9 @@ impl CongestionController {
             return;
         }
         let Some(acked) = acked else { return };
-        let rate = self.delay.rate();
-        let ceiling = FAST_START_GAIN * acked + FAST_START_STEP_BPS;
-        let grown = rate * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
-        self.delay.raise_to(grown.min(ceiling));
+        let grown = self.delay.rate() * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
+        let rate = grown.min(FAST_START_GAIN * acked + 10_000.0);
+        self.delay.raise_to(rate);
         self.loss_rate = self.loss_rate.max(self.delay.rate());
     }
 
