@@ -27,13 +27,14 @@ use recv::{RateMeter, RecvStream};
 pub const WIRE_OVERHEAD: usize = 44;
 
 /// How long a call is in its start, before any loss could be measured. The receiver holds no
-/// room for repairs at first, so the first frame plays as soon as it arrives (a NetEq-like
-/// start); the first gap in the sequence makes room at once (planned for
-/// [`protection::STARTUP_PRESUMED_LOSS`]: two retransmission attempts when they fit), and the
-/// jitter buffer builds it by stretching playout, which also waits for that gap's
-/// retransmission when it can still come. Loss confirmed later keeps the room for 10 s as at
-/// any time. The sender sends each audio retransmission twice in this time: a loss in the
-/// first second would otherwise be concealed, and WB-PESQ marks each concealed frame heavily.
+/// room for repairs at first, so the first frame waits only the jitter buffer's initial delay
+/// (the facade's: none; a NetEq-like start). The first gap in the sequence makes room at once,
+/// planned for [`protection::STARTUP_PRESUMED_LOSS`] (two retransmission attempts when they
+/// fit), and the jitter buffer builds it by stretching playout, which also waits for that
+/// gap's retransmission when it can still come. Loss confirmed later keeps the room for 10 s
+/// as at any time. The sender sends each audio retransmission twice in this time: a loss in
+/// the first second would otherwise be concealed, and WB-PESQ marks each concealed frame
+/// heavily.
 pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
 
 /// Least encoder rate of each copy for RED to be worth its copies.
