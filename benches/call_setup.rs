@@ -12,9 +12,11 @@
 //! resident memory with the clients idle, then with K calls connected (audio both ways), and
 //! reports the difference per call and the CPU per call over `--hold SECS` (default 10).
 //!
-//! `--playout-delay-ms D` sets the jitter buffer's initial delay for the setup series (20 ms, the
-//! facade's default): the first frame is played that long after its packet arrived, so with 0 the
-//! series shows first packet decrypted and decoded, the counterpart of webrtc-rs's first RTP read.
+//! `--playout-delay-ms D` sets the jitter buffer's initial delay for the setup series (0, the
+//! facade's default since the NetEq-like start; 20 ms before): the first frame is played that
+//! long after its packet arrived, so with 0 the series shows first packet decrypted and decoded,
+//! the counterpart of webrtc-rs's first RTP read, and also the moment the callee's application
+//! is handed audio to play.
 //!
 //! `--replay-window-s S` sets the signaling replay guard's window (`SignalingConfig::max_age`,
 //! 120 s by default): every message id of that window is remembered, so resident memory grows
@@ -44,7 +46,7 @@ use hush_signaling::{MemoryNetwork, SignalingClient, SignalingConfig};
 /// Knobs the bench may turn away from the defaults.
 #[derive(Clone, Copy, Default)]
 struct Knobs {
-    /// The jitter buffer's initial delay (40 ms by default).
+    /// The jitter buffer's initial delay (the facade's default, 0, unless set).
     playout_delay: Option<Duration>,
     /// The signaling replay guard's window, `SignalingConfig::max_age` (120 s by default).
     replay_window: Option<Duration>,

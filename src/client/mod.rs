@@ -211,10 +211,11 @@ impl ClientConfig {
     /// with redundancy needs far less) and does not probe with padding: probing only pays off
     /// for video. It starts at 24 kbps (what a 24 kbps link carries, headers counted) with
     /// fast start, which doubles the rate while the path shows no queue, and audio packets
-    /// may grow to 120 ms where headers would starve the encoder. The first frame is held one
-    /// frame time (20 ms) before it plays, not the media engine's generic 40 ms: the jitter
-    /// buffer raises its delay within the first ten packets when the path is jittery, and the
-    /// callee hears the caller that much sooner. It never keeps less than 10 ms, so that the
+    /// may grow to 120 ms where headers would starve the encoder. The first frame plays as
+    /// soon as it arrives, not after the media engine's generic 40 ms: the jitter buffer
+    /// grows its delay by stretching playout when the path shows it is needed (jitter from
+    /// the first packets on, room for a retransmission once a gap shows), and the callee hears
+    /// the caller that much sooner. After the first frame it keeps at least 10 ms, so that the
     /// device's own scheduling hiccups on an almost jitter-free path (loopback, a LAN) do not
     /// make frames late.
     pub fn new(net: hush_net::Config) -> Self {
@@ -535,8 +536,9 @@ pub(crate) enum Command {
 /// Client events kept for an application that does not read them.
 const CLIENT_EVENT_BACKLOG: usize = 32;
 
-/// How long the first audio frame of a call waits in the jitter buffer before it plays.
-const AUDIO_INITIAL_PLAYOUT_DELAY: Duration = Duration::from_millis(20);
+/// How long the first audio frame of a call waits in the jitter buffer before it plays: not
+/// at all (a NetEq-like start); the delay grows by stretching when the path needs it.
+const AUDIO_INITIAL_PLAYOUT_DELAY: Duration = Duration::ZERO;
 
 /// The least delay the jitter buffer keeps: on a path with almost no jitter (loopback, a LAN)
 /// its measured target would be a few milliseconds, and any scheduling hiccup of the device

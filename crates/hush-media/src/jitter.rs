@@ -86,7 +86,8 @@ pub struct JitterConfig {
     pub clock_rate: u32,
     /// Duration of one frame.
     pub frame_duration: Duration,
-    /// Delay before the first tick, until measurements exist.
+    /// Delay before the first frame plays (also below `min_delay`), and the least target
+    /// until ten packets are measured. Zero plays the first frame as soon as it arrives.
     pub initial_delay: Duration,
     /// Lower bound of the target delay.
     pub min_delay: Duration,
@@ -227,13 +228,19 @@ impl JitterBuffer {
         Duration::from_secs_f64(rel[idx].max(0.0))
     }
 
-    /// The delay playout aims for above the fastest packet's transit.
+    /// The delay playout aims for above the fastest packet's transit: the measured jitter (its
+    /// p95, with headroom) plus the extra delay, within the configured bounds. Until ten
+    /// packets are measured it is at least the initial delay, and already more when the first
+    /// packets show jitter: a call may start with no delay at all and grow it only when the
+    /// path shows it is needed.
     pub fn target_delay(&self) -> Duration {
-        if self.transits.len() < 10 {
-            return self.config.initial_delay.max(self.extra_delay);
-        }
-        (self.jitter_p95().mul_f64(self.config.headroom.max(0.0)) + self.extra_delay)
-            .clamp(self.config.min_delay, self.config.max_delay)
+        let measured = self.jitter_p95().mul_f64(self.config.headroom.max(0.0)) + self.extra_delay;
+        let target = if self.transits.len() < 10 {
+            measured.max(self.config.initial_delay)
+        } else {
+            measured
+        };
+        target.clamp(self.config.min_delay, self.config.max_delay)
     }
 
     fn min_transit(&self) -> f64 {
@@ -323,7 +330,10 @@ impl JitterBuffer {
             - self.media_secs(self.next_ts, epoch_ts);
         let desired = self.min_transit() + self.target_delay().as_secs_f64();
         let diff = desired - current;
-        if diff > TOLERANCE {
+        // The first frame of a start plays at its tick (the initial delay after it arrived),
+        // even below the minimum delay: the delay is built after it, by stretching.
+        let first = self.next_ts == epoch_ts;
+        if diff > TOLERANCE && !first {
             let d = Duration::from_secs_f64(diff).min(frame);
             self.stats.stretched += d;
             self.out.push_back(Playout::Stretch { duration: d });

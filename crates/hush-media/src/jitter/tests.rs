@@ -228,3 +228,53 @@ fn a_stalled_stream_is_waited_out_not_concealed() {
     // The delay built up by a stall is taken back by compression before the next one.
     assert!(jb.target_delay() <= ms(20), "{:?}", jb.target_delay());
 }
+
+#[test]
+fn the_first_frame_plays_on_arrival_and_the_delay_is_built_after_it() {
+    // No initial delay, a 10 ms floor: the first frame plays the moment it arrives (below the
+    // floor); the floor is then built by stretching, before the second frame.
+    let mut jb = JitterBuffer::new(JitterConfig {
+        initial_delay: ms(0),
+        min_delay: ms(10),
+        ..JitterConfig::default()
+    });
+    let arrivals: Vec<_> = (0..50).map(|i| Some(ms(20 * i + 5))).collect();
+    let out = drive(&mut jb, Instant::now(), &arrivals, ms(1000));
+    assert!(
+        matches!(out.first(), Some((t, Playout::Frame { timestamp: 0, .. })) if *t == ms(5)),
+        "{:?}",
+        out.first()
+    );
+    let second = out
+        .iter()
+        .find(|(_, p)| matches!(p, Playout::Frame { timestamp, .. } if *timestamp == STEP))
+        .map(|(t, _)| *t);
+    assert_eq!(
+        second,
+        Some(ms(35)),
+        "20 ms after the first, plus 10 ms built"
+    );
+    let s = jb.stats();
+    assert_eq!((s.played, s.concealed, s.late), (50, 0, 0), "{s:?}");
+    assert_eq!(s.stretched, ms(10));
+}
+
+#[test]
+fn jitter_in_the_first_packets_raises_the_delay_at_once() {
+    // Before ten packets are measured the target is at least the initial delay (here none),
+    // and more as soon as the first packets show jitter: frames 1 and 3 come 15 ms late.
+    let mut jb = JitterBuffer::new(JitterConfig {
+        initial_delay: ms(0),
+        ..JitterConfig::default()
+    });
+    let t0 = Instant::now();
+    for (i, late) in [(0u32, 0u64), (1, 15), (2, 0), (3, 15)] {
+        jb.insert(
+            t0 + ms(20 * u64::from(i) + late),
+            i * STEP,
+            vec![0],
+            Recovery::None,
+        );
+    }
+    assert!(jb.target_delay() >= ms(15), "{:?}", jb.target_delay());
+}

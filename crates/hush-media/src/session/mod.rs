@@ -26,12 +26,15 @@ use recv::{RateMeter, RecvStream};
 /// Bytes each packet costs on the wire beyond the RTP packet: SRTP tag (16) and IPv4/UDP (28).
 pub const WIRE_OVERHEAD: usize = 44;
 
-/// How long a call starts as if loss had been seen: the receiver holds room for
-/// retransmissions (two attempts when they fit, at the default round trip until one is
-/// measured) and the sender sends each audio retransmission twice, before either has a loss
-/// figure. A loss in the first second would otherwise be concealed, since room is made only
-/// once loss shows; WB-PESQ marks each concealed frame heavily. Without loss, the extra delay
-/// goes after this (time compression while frames play).
+/// How long a call is in its start, before any loss could be measured. The receiver holds no
+/// room for repairs at first, so the first frame waits only the jitter buffer's initial delay
+/// (the facade's: none; a NetEq-like start). The first gap in the sequence makes room at once,
+/// planned for [`protection::STARTUP_PRESUMED_LOSS`] (two retransmission attempts when they
+/// fit), and the jitter buffer builds it by stretching playout, which also waits for that
+/// gap's retransmission when it can still come. Loss confirmed later keeps the room for 10 s
+/// as at any time. The sender sends each audio retransmission twice in this time: a loss in
+/// the first second would otherwise be concealed, and WB-PESQ marks each concealed frame
+/// heavily.
 pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
 
 /// Least encoder rate of each copy for RED to be worth its copies.
@@ -184,8 +187,9 @@ pub struct MediaSession {
     /// What the audio sender spends on protection now.
     protection: protection::AudioProtection,
     last_audio_loss: Option<Instant>,
-    /// Until then, before any loss could be measured, the receiver holds room for a
-    /// retransmission as if loss had been seen (see [`STARTUP_GUARD`]).
+    /// Until then, before any loss could be measured, the receiver makes room for a
+    /// retransmission as soon as a gap shows, and plans it for a lossy path (see
+    /// [`STARTUP_GUARD`]).
     startup_guard_until: Instant,
     /// Gaps in the audio sequence not yet filled by an original: `(sequence, seen at)`.
     suspected_loss: VecDeque<(u64, Instant)>,

@@ -422,7 +422,12 @@ impl MediaSession {
     pub(super) fn flush_nacks(&mut self, now: Instant) {
         self.confirm_suspected_losses(now);
         let rtt = self.rtt_or_default();
-        let recent = now < self.startup_guard_until
+        // Room is held once loss shows: for 10 s after a confirmed loss, and, in the call's
+        // first seconds (no loss measured yet), as soon as a gap in the sequence is seen. The
+        // call starts without it, so its first frame plays on arrival; the jitter buffer
+        // builds the room by stretching when the first gap appears, which also waits out the
+        // missing frame's retransmission if it can still come.
+        let recent = (now < self.startup_guard_until && !self.suspected_loss.is_empty())
             || self
                 .last_audio_loss
                 .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));

@@ -423,16 +423,23 @@ fn losses_in_the_first_seconds_are_recovered_too() {
 fn the_first_losses_are_repaired_before_loss_is_measured() {
     // 10 % random loss on a 40 ms round trip, the call's first two seconds: no loss has been
     // measured yet, nor (for the first packets) the round trip, yet the first lost frames
-    // come back by retransmission too. Without room held from the start, a loss in the first
-    // second was concealed (PESQ weighs each heavily).
-    for seed in [11, 21, 31] {
-        let mut config = lossy(LossModel::Random(0.10), 20);
-        config.a_to_b.seed = seed;
-        let mut call = CallSim::new(config, Instant::now());
-        call.run_until(Duration::from_secs(2));
-        let m = call.metrics();
-        assert!(m.played_rtx > 0, "seed {seed}: {m:?}");
-        assert_eq!(m.concealed + m.fec, 0, "seed {seed}: {m:?}");
+    // come back by retransmission too. Before the startup rules, a loss in the first second
+    // was concealed (PESQ weighs each heavily).
+    // With the engine's default 40 ms initial delay, and with the facade's start (none, 10 ms
+    // at least after the first frame): no room is held before the first gap, which makes it
+    // and is waited out by stretching.
+    for (initial, min) in [(40, 0), (0, 10)] {
+        for seed in [11, 21, 31] {
+            let mut config = lossy(LossModel::Random(0.10), 20);
+            config.a_to_b.seed = seed;
+            config.session.jitter.initial_delay = Duration::from_millis(initial);
+            config.session.jitter.min_delay = Duration::from_millis(min);
+            let mut call = CallSim::new(config, Instant::now());
+            call.run_until(Duration::from_secs(2));
+            let m = call.metrics();
+            assert!(m.played_rtx > 0, "{initial} ms, seed {seed}: {m:?}");
+            assert_eq!(m.concealed + m.fec, 0, "{initial} ms, seed {seed}: {m:?}");
+        }
     }
 }
 
@@ -701,39 +708,107 @@ fn loss_bursts_are_waited_out_for_retransmission() {
     );
 }
 
+/// A 1 ms path each way (loopback-like) with the facade's jitter settings: no initial delay,
+/// at least 10 ms once playing.
+fn loopback_like(one_way_ms: u64) -> CallConfig {
+    let mut config = lossy(LossModel::None, one_way_ms);
+    config.a_to_b.seed = 5;
+    config.session.jitter.initial_delay = Duration::ZERO;
+    config.session.jitter.min_delay = Duration::from_millis(10);
+    config
+}
+
 #[test]
-fn a_round_trip_seeded_from_ice_sizes_the_startup_room_to_the_path() {
-    // Before RTCP has measured a round trip the startup guard holds room for retransmissions at
-    // a default 100 ms round trip: on a 2 ms path that held the call's first audio ~200 ms for
-    // repairs that take 2 ms. Seeded with the path's round trip (ICE measures it), the first
-    // frames play at once; RTCP's own measurement then replaces the seed.
-    let first_delay = |seed: Option<Duration>| {
-        let mut config = lossy(LossModel::Random(0.0), 1);
-        config.a_to_b.seed = 5;
-        let mut call = CallSim::new(config, Instant::now());
+fn the_first_frame_plays_on_arrival_on_a_clean_path() {
+    // A NetEq-like start: until a gap shows, no room is held for repairs, so the first frame
+    // plays as its packet arrives, seeded round trip or not (with room held from the start,
+    // it waited 2 × the round trip + 30 ms: ~230 ms before a round trip was known, ~31 ms
+    // with ICE's seed on a 2 ms path). The delay then grows only to what the path needs.
+    for seed in [None, Some(Duration::from_micros(500))] {
+        let mut call = CallSim::new(loopback_like(1), Instant::now());
         if let Some(rtt) = seed {
             call.a.seed_rtt(rtt);
             call.b.seed_rtt(rtt);
         }
-        call.run_until(Duration::from_millis(500));
-        let first = call
-            .metrics()
-            .added_delay
-            .first()
-            .copied()
-            .expect("a frame played");
+        call.run_until(Duration::from_secs(3));
+        let m = call.metrics();
+        let first = *m.added_delay.first().expect("a frame played");
+        assert!(first < 0.002, "{seed:?}: first frame {first} s late");
+        assert_eq!(m.concealed + m.fec, 0, "{seed:?}: {m:?}");
+        // No loss, no jitter: the delay stays at the 10 ms floor.
+        let worst = m.added_delay_quantile(1.0);
+        assert!(worst < 0.015, "{seed:?}: worst added delay {worst} s");
+    }
+}
+
+#[test]
+fn a_round_trip_seeded_from_ice_sizes_the_startup_room_to_the_path() {
+    // The first gap of a call makes room for retransmissions before RTCP has measured a round
+    // trip. Without a seed the room is planned at a default 100 ms round trip: on a 2 ms path
+    // that held frames ~200 ms for repairs that take 2 ms. Seeded with the path's round trip
+    // (ICE measures it), the room fits the path; RTCP's own measurement then replaces the
+    // seed. (Before the NetEq-like start, this room was held from the first frame on.)
+    let room_after_a_gap = |seed: Option<Duration>| {
+        let mut call = CallSim::new(loopback_like(1), Instant::now());
+        if let Some(rtt) = seed {
+            call.a.seed_rtt(rtt);
+            call.b.seed_rtt(rtt);
+        }
+        call.run_until(Duration::from_millis(300));
+        call.ab.set_loss(LossModel::Random(1.0));
+        call.run_until(Duration::from_millis(321));
+        call.ab.set_loss(LossModel::None);
+        call.run_until(Duration::from_millis(400));
+        let now = call.now();
+        let room = call.b.stats(now).playout_delay;
         call.run_until(Duration::from_secs(4));
-        (first, call.b.rtt().expect("rtt"))
+        (room, call.b.rtt().expect("rtt"))
     };
-    let (unseeded, _) = first_delay(None);
-    let (seeded, measured) = first_delay(Some(Duration::from_micros(500)));
-    assert!(seeded < 0.060, "seeded: first frame {seeded} s late");
+    let (unseeded, _) = room_after_a_gap(None);
+    let (seeded, measured) = room_after_a_gap(Some(Duration::from_micros(500)));
+    assert!(seeded < Duration::from_millis(60), "seeded: {seeded:?}");
     assert!(
-        unseeded > seeded + 0.100,
-        "unseeded {unseeded} s, seeded {seeded} s"
+        unseeded > seeded + Duration::from_millis(100),
+        "unseeded {unseeded:?}, seeded {seeded:?}"
     );
     // RTCP's measurement (a 1 ms path each way: about 2 ms) replaced the 0.5 ms seed.
     assert!(measured >= Duration::from_micros(1500), "{measured:?}");
+}
+
+#[test]
+fn an_early_loss_is_repaired_and_grows_the_delay() {
+    // 40 ms round trip (seeded, as ICE does), no initial delay. A packet lost 0.3 s into the
+    // call, before any loss was measured and with no room held: the gap makes room at once,
+    // the jitter buffer stretches playout instead of concealing the missing frame, and its
+    // retransmission plays. The delay stays grown for the repairs to come.
+    let mut config = loopback_like(20);
+    config.b_to_a.seed = 6;
+    let mut call = CallSim::new(config, Instant::now());
+    call.a.seed_rtt(Duration::from_millis(40));
+    call.b.seed_rtt(Duration::from_millis(40));
+    call.run_until(Duration::from_millis(300));
+    let before = call.b.stats(call.now()).playout_delay;
+    let first = *call.metrics().added_delay.first().expect("a frame played");
+    call.ab.set_loss(LossModel::Random(1.0));
+    call.run_until(Duration::from_millis(321));
+    call.ab.set_loss(LossModel::None);
+    call.run_until(Duration::from_secs(2));
+    let after = call.b.stats(call.now()).playout_delay;
+    let m = call.metrics();
+    assert!(first < 0.002, "first frame {first} s late");
+    assert!(
+        before <= Duration::from_millis(15),
+        "before the loss: {before:?}"
+    );
+    assert!(call.ab.stats().lost >= 1);
+    assert!(m.played_rtx >= 1, "{m:?}");
+    assert_eq!(m.concealed + m.fec, 0, "{m:?}");
+    // Room for a retransmission: the round trip (40 ms, as RTCP measures it) + the gap
+    // noticed (20 ms) + margin (10 ms); it was 10 ms before the loss.
+    assert!(
+        after >= Duration::from_millis(65),
+        "after the loss: {after:?}"
+    );
 }
 
 /// A call as the facade sets one up (start at 24 kbps with fast start, no probing, packets up
