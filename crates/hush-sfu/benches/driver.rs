@@ -21,7 +21,7 @@
 //!
 //! each in two phases: (1) throughput: every participant sends as fast as it can for 2.5 s and
 //! the server's `packets_out` counter and CPU time are read from 0.5 s to 2 s; (2) latency at
-//! half that rate (senders paced).
+//! half that rate (senders paced; 1 s of warm-up, then 3 s measured).
 //!
 //! - `--calls K` (with `--video`): K 8-person video calls at once at a real call's rates
 //!   (30 video frames/s of 6 packets, 50 audio packets/s of 80 bytes with the audio level, one
@@ -85,6 +85,9 @@ const BENCH_ID_EXT: u8 = 5;
 /// Send stamps kept per sender (a ring indexed by the packet counter).
 const STAMP_SLOTS: usize = 1 << 14;
 const LATENCY_SECONDS: f64 = 3.0;
+/// Paced sending before the latency phase's measurement starts (the legs' start, or the
+/// backlog of the throughput phase, out of the way).
+const WARMUP: Duration = Duration::from_secs(1);
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -622,15 +625,15 @@ async fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Opti
         .ok()
 }
 
-/// Receives until `stop`, counting every datagram in `count`; with `measure`, unprotects each
-/// one and records its latencies (the throughput phase only counts). Behind the reflector the
+/// Receives until `stop`, counting every datagram in `count`; from the instant `measure`,
+/// unprotects each one and records its latencies (the throughput phase only counts). Behind the reflector the
 /// unprotect fails (the packet still has its sender's hop key) but is still done, so the
 /// receiving clients do the same work in both runs.
 async fn receive(
     p: Arc<Participant>,
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
-    measure: bool,
+    measure: Option<Instant>,
     reflector: bool,
 ) -> Latencies {
     let mut lat = Latencies::default();
@@ -640,7 +643,7 @@ async fn receive(
             continue;
         };
         count.fetch_add(1, Ordering::Relaxed);
-        if !measure {
+        if measure.is_none_or(|from| Instant::now() < from) {
             continue;
         }
         let mut d = buf[..n].to_vec();
@@ -742,6 +745,7 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
     let per_sender_rounds = target / out_per_round as f64 / n as f64;
     let interval = Duration::from_secs_f64(1.0 / per_sender_rounds.max(1.0));
     let stop = Arc::new(AtomicBool::new(false));
+    let measure_from = Instant::now() + WARMUP;
     let receivers: Vec<_> = parts
         .iter()
         .map(|p| {
@@ -749,13 +753,12 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
                 p.clone(),
                 stop.clone(),
                 received.clone(),
-                true,
+                Some(measure_from),
                 run.reflector,
             ))
         })
         .collect();
-    let s0 = sample(&server).await?;
-    let end = Instant::now() + Duration::from_secs_f64(LATENCY_SECONDS);
+    let end = measure_from + Duration::from_secs_f64(LATENCY_SECONDS);
     let senders: Vec<_> = parts
         .iter()
         .enumerate()
@@ -774,6 +777,8 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
             })
         })
         .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let s0 = sample(&server).await?;
     for s in senders {
         s.await?;
     }
@@ -813,7 +818,7 @@ async fn throughput(
                 p.clone(),
                 stop.clone(),
                 received.clone(),
-                false,
+                None,
                 reflector,
             ))
         })
@@ -887,7 +892,7 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
                 p.clone(),
                 stop.clone(),
                 received.clone(),
-                true,
+                Some(Instant::now()),
                 false,
             ))
         })
