@@ -114,12 +114,18 @@ fn unix_ms() -> u64 {
 
 /// CPU time (ns) of all threads of process `pid` ("self" for this one).
 fn cpu_ns(pid: &str) -> u64 {
+    schedstat_ns(pid, 0)
+}
+
+/// Field `field` of `/proc/PID/task/*/schedstat` summed over the threads: 0 = time on a CPU,
+/// 1 = time runnable but waiting for one (ns).
+fn schedstat_ns(pid: &str, field: usize) -> u64 {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     dir.filter_map(|t| t.ok())
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|s| s.split_whitespace().nth(field)?.parse::<u64>().ok())
         .sum()
 }
 
@@ -260,6 +266,8 @@ struct Sample {
     packets_in: u64,
     packets_out: u64,
     cpu_ns: u64,
+    /// Time the server was runnable but waited for a CPU (ns).
+    wait_ns: u64,
     at: Instant,
 }
 
@@ -322,7 +330,9 @@ impl ServerProcess {
         stdin.flush()?;
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let cpu = cpu_ns(&self.child.id().to_string());
+        let pid = self.child.id().to_string();
+        let cpu = cpu_ns(&pid);
+        let wait = schedstat_ns(&pid, 1);
         let at = Instant::now();
         let v: Vec<u64> = line
             .split_whitespace()
@@ -336,6 +346,7 @@ impl ServerProcess {
             packets_in: v[0],
             packets_out: v[1],
             cpu_ns: cpu,
+            wait_ns: wait,
             at,
         })
     }
@@ -789,13 +800,15 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
     let secs = (s1.at - s0.at).as_secs_f64();
     println!(
         "{}latency at {:.0} packets out/s target ({:.1} rounds/s per sender, {} packets in per round): \
-         server sent {:.0} packets out/s at {:.0} % CPU; {}; load average {}",
+         server sent {:.0} packets out/s at {:.0} % CPU, waited for a CPU {:.0} % of the time; \
+         {}; load average {}",
         if run.reflector { "REFLECTOR " } else { "" },
         per_sender_rounds * (n * out_per_round) as f64,
         per_sender_rounds,
         in_per_round,
         (s1.packets_out - s0.packets_out) as f64 / secs,
         (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9 / secs * 100.0,
+        (s1.wait_ns - s0.wait_ns) as f64 / 1e9 / secs * 100.0,
         latency_summary(lat),
         load_average()
     );
