@@ -131,7 +131,7 @@ const LEG_SERIES: [LegSeries; 9] = [
 
 impl Snapshot {
     /// The server-wide metrics: name, help, value.
-    fn totals(&self) -> [(&'static str, &'static str, Value); 16] {
+    fn totals(&self) -> [(&'static str, &'static str, Value); 18] {
         let s = &self.0;
         [
             (
@@ -154,6 +154,16 @@ impl Snapshot {
                 "hush_sfu_legs_timed_out",
                 "Legs dropped for silence.",
                 Value::Counter(s.legs_timed_out),
+            ),
+            (
+                "hush_sfu_slow_consumers",
+                "Legs dropped because their signaling queue overflowed (the client did not read).",
+                Value::Counter(s.slow_consumers),
+            ),
+            (
+                "hush_sfu_rate_limited",
+                "Signaling connections closed for sending frames too fast.",
+                Value::Counter(s.rate_limited),
             ),
             (
                 "hush_sfu_checks_answered",
@@ -307,6 +317,8 @@ mod tests {
     fn per_leg_series_are_labelled_and_absent_values_left_out() {
         let s = DriverStats {
             layer_switches: 3,
+            slow_consumers: 2,
+            rate_limited: 5,
             leg_metrics: vec![
                 LegMetrics {
                     leg: LegId(4),
@@ -338,6 +350,9 @@ mod tests {
         let text = render(&s);
         for line in [
             "hush_sfu_layer_switches_total 3",
+            "hush_sfu_slow_consumers_total 2",
+            "hush_sfu_rate_limited_total 5",
+            "# TYPE hush_sfu_calls gauge",
             "hush_sfu_leg_estimated_bitrate_bps{leg=\"4\"} 1250000",
             "hush_sfu_leg_loss_ratio{leg=\"4\"} 0.025",
             "hush_sfu_leg_rtt_seconds{leg=\"4\"} 0.0485",
