@@ -779,6 +779,9 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
                 // Spread the senders over one interval.
                 tokio::time::sleep(interval.mul_f64(i as f64 / n as f64)).await;
                 let mut tick = tokio::time::interval(interval);
+                // A sender that fell behind (the clients' core was busy) skips the rounds it
+                // missed rather than sending them in a burst the SFU would then queue.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 let mut r = last_round + 1000;
                 while Instant::now() < end {
                     tick.tick().await;
@@ -790,10 +793,12 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     let s0 = sample(&server).await?;
+    let (me0, my_wait0) = (cpu_ns("self"), schedstat_ns("self", 1));
     for s in senders {
         s.await?;
     }
     let s1 = sample(&server).await?;
+    let (me1, my_wait1) = (cpu_ns("self"), schedstat_ns("self", 1));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let lat = gather(receivers).await?;
@@ -801,7 +806,7 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
     println!(
         "{}latency at {:.0} packets out/s target ({:.1} rounds/s per sender, {} packets in per round): \
          server sent {:.0} packets out/s at {:.0} % CPU, waited for a CPU {:.0} % of the time; \
-         {}; load average {}",
+         {}; clients CPU {:.0} %, their threads waited {:.0} % (summed); load average {}",
         if run.reflector { "REFLECTOR " } else { "" },
         per_sender_rounds * (n * out_per_round) as f64,
         per_sender_rounds,
@@ -810,6 +815,8 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
         (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9 / secs * 100.0,
         (s1.wait_ns - s0.wait_ns) as f64 / 1e9 / secs * 100.0,
         latency_summary(lat),
+        (me1 - me0) as f64 / 1e9 / secs * 100.0,
+        (my_wait1 - my_wait0) as f64 / 1e9 / secs * 100.0,
         load_average()
     );
     Ok(())
