@@ -686,21 +686,26 @@ async fn gather(receivers: Vec<tokio::task::JoinHandle<Latencies>>) -> Result<La
 
 /// "N samples, p50 X ms, p99 Y ms" of the SFU-added and the end-to-end latencies.
 fn latency_summary(lat: Latencies) -> String {
-    let (n, p50, p99) = percentiles(lat.sfu);
-    let (m, e50, e99) = percentiles(lat.end_to_end);
+    let over_5ms = lat.sfu.iter().filter(|&&ns| ns > 5_000_000).count() as f64
+        / lat.sfu.len().max(1) as f64
+        * 100.0;
+    let (n, [p50, p90, p99]) = percentiles(lat.sfu);
+    let (m, [e50, _, e99]) = percentiles(lat.end_to_end);
     format!(
         "SFU-added (kernel receive stamp) {n} samples, p50 {p50:.3} ms, p99 {p99:.3} ms; \
-         end to end (client read) {m} samples, p50 {e50:.3} ms, p99 {e99:.3} ms"
+         end to end (client read) {m} samples, p50 {e50:.3} ms, p99 {e99:.3} ms; \
+         SFU-added p90 {p90:.3} ms, {over_5ms:.2} % over 5 ms"
     )
 }
 
-fn percentiles(mut lat: Vec<u64>) -> (usize, f64, f64) {
+/// Sample count, and p50, p90, p99 (ms).
+fn percentiles(mut lat: Vec<u64>) -> (usize, [f64; 3]) {
     lat.sort_unstable();
     let pct = |q: f64| {
         lat.get(((lat.len() as f64 - 1.0) * q) as usize)
             .map_or(0.0, |&ns| ns as f64 / 1e6)
     };
-    (lat.len(), pct(0.5), pct(0.99))
+    (lat.len(), [pct(0.5), pct(0.9), pct(0.99)])
 }
 
 async fn sample(server: &Arc<ServerProcess>) -> Result<Sample, Failure> {
