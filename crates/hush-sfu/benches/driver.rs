@@ -43,7 +43,9 @@
 //!
 //! `--server-cpu N` starts the server under `taskset -c N` (run the bench itself under
 //! `taskset -c M` to pin the clients to another core). The server's CPU time is the sum of its
-//! threads' run time from `/proc/PID/task/*/schedstat`. Run:
+//! threads' run time from `/proc/PID/task/*/schedstat`; the latency phase also prints the time
+//! the server (and the clients) were runnable but waited for a CPU (the same file's second
+//! field), which on a shared machine explains most of the p99. Run:
 //!
 //! ```text
 //! nice -n 10 taskset -c 1 cargo bench -p hush-sfu --bench driver -- --server-cpu 0 [--video] [--calls K]
