@@ -39,7 +39,8 @@ use crate::{CallId, DeviceId, LegId};
 const RECV_BUF: usize = 2048;
 
 /// Most datagrams read in one turn of the run loop (each one's output is sent before the next
-/// is read); then the other sources (commands, timers) get their turn.
+/// is read); then the other sources (commands, timers) get their turn, and after a full batch
+/// the other tasks of the runtime (signaling connections) too.
 const RECV_BATCH: usize = 64;
 
 /// Where the deadline timer waits while the core has no deadline.
@@ -552,6 +553,7 @@ impl Main {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
+            let mut full_batch = false;
             let deadline = self.sfu.poll_timeout();
             if deadline != armed {
                 let at = deadline.unwrap_or_else(|| Instant::now() + NO_DEADLINE);
@@ -560,7 +562,7 @@ impl Main {
             }
             tokio::select! {
                 r = socket.readable() => match r {
-                    Ok(()) => self.drain_socket(&socket, &mut buf),
+                    Ok(()) => full_batch = self.drain_socket(&socket, &mut buf),
                     Err(e) => trace!(error = %e, "udp readiness error"),
                 },
                 c = cmd.recv() => match c {
@@ -576,6 +578,12 @@ impl Main {
                 _ = sweep.tick() => self.sweep(),
             }
             self.flush();
+            if full_batch {
+                // More may be waiting: let the runtime's other tasks run first, so that a
+                // backlog does not hold the signaling connections for thousands of datagrams
+                // (tokio's own budget only counts the `readable` polls, one per batch).
+                tokio::task::yield_now().await;
+            }
         }
         info!("sfu stopping");
         self.legs.clear();
@@ -583,8 +591,9 @@ impl Main {
     }
 
     /// Reads what the socket holds, up to [`RECV_BATCH`] datagrams, handing each to the core
-    /// and sending its output before reading the next.
-    fn drain_socket(&mut self, socket: &UdpSocket, buf: &mut [u8]) {
+    /// and sending its output before reading the next. Whether it stopped at the limit (the
+    /// socket may hold more).
+    fn drain_socket(&mut self, socket: &UdpSocket, buf: &mut [u8]) -> bool {
         for _ in 0..RECV_BATCH {
             match socket.try_recv_from(buf) {
                 Ok((n, from)) => {
@@ -594,13 +603,14 @@ impl Main {
                     self.handle_events();
                     self.send_transmits();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     trace!(error = %e, "udp recv error");
-                    break;
+                    return false;
                 }
             }
         }
+        true
     }
 
     fn datagram(&mut self, from: SocketAddr, packet: &[u8]) {
