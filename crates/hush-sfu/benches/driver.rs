@@ -3,9 +3,13 @@
 //! UDP sockets in this process.
 //!
 //! Each participant joins over the signaling channel, sends one connectivity check
-//! (`ice::build_check`) to bind its path, then sends hop-SRTP-protected RTP. Each payload
-//! carries its send time; receivers unprotect and record send → receive time (client protect
-//! and send, the SFU's unprotect and per-recipient protect, the receiving socket).
+//! (`ice::build_check`) to bind its path, then sends hop-SRTP-protected RTP. Each packet
+//! carries (in a header extension, which SRTP leaves in clear and the SFU forwards) its
+//! sender's index and a packet counter; the sender notes its wall-clock time under that pair
+//! after protecting the packet, just before its `sendto`. Receivers read the kernel's receive
+//! stamp of each datagram (SO_TIMESTAMPNS) and the time they unprotected it: **SFU-added** =
+//! kernel receive stamp − send stamp (the sender's `sendto`, the SFU, the loopback delivery),
+//! **end to end** = unprotected − send stamp (the receiving client's queue too).
 //!
 //! Modes:
 //!
@@ -17,7 +21,7 @@
 //!
 //! each in two phases: (1) throughput: every participant sends as fast as it can for 2.5 s and
 //! the server's `packets_out` counter and CPU time are read from 0.5 s to 2 s; (2) latency at
-//! half that rate (senders paced).
+//! half that rate (senders paced; 1 s of warm-up, then 3 s measured).
 //!
 //! - `--calls K` (with `--video`): K 8-person video calls at once at a real call's rates
 //!   (30 video frames/s of 6 packets, 50 audio packets/s of 80 bytes with the audio level, one
@@ -26,20 +30,32 @@
 //!
 //! `--client-workers N` sets the clients' tokio worker threads (default 2).
 //!
+//! `--out-rate R` (one call) skips the throughput phase and measures latency with the senders
+//! paced for R packets out per second.
+//!
+//! `--reflector` (one call) is the baseline: the same clients, but their media goes to a plain
+//! UDP reflector in the server process (no SRTP, no core: each datagram of the forwarded
+//! streams is sent as it came to the call's other participants, one `sendto` each), so the
+//! machine's own cost of receiving and sending that many datagrams shows beside the SFU's.
+//! The participants still join the SFU (for their keys); only their media goes elsewhere.
+//!
 //! `--no-uplink-nack` turns the SFU's NACKs to senders off (`SfuConfig::uplink_nack`).
 //!
 //! `--server-cpu N` starts the server under `taskset -c N` (run the bench itself under
 //! `taskset -c M` to pin the clients to another core). The server's CPU time is the sum of its
-//! threads' run time from `/proc/PID/task/*/schedstat`. Run:
+//! threads' run time from `/proc/PID/task/*/schedstat`; the latency phase also prints the time
+//! the server (and the clients) were runnable but waited for a CPU (the same file's second
+//! field), which on a shared machine explains most of the p99. Run:
 //!
 //! ```text
 //! nice -n 10 taskset -c 1 cargo bench -p hush-sfu --bench driver -- --server-cpu 0 [--video] [--calls K]
 //! ```
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,7 +81,15 @@ const PACKETS_PER_FRAME: [usize; 3] = [1, 2, 3];
 const HEIGHTS: [u16; 3] = [90, 180, 360];
 const KEYFRAME_EVERY: u32 = 90;
 const AUDIO_LEVEL_EXT: u8 = 1;
+/// Header extension (one-byte form) of the bench's packet id: sender index and packet
+/// counter, two bytes each.
+const BENCH_ID_EXT: u8 = 5;
+/// Send stamps kept per sender (a ring indexed by the packet counter).
+const STAMP_SLOTS: usize = 1 << 14;
 const LATENCY_SECONDS: f64 = 3.0;
+/// Paced sending before the latency phase's measurement starts (the legs' start, or the
+/// backlog of the throughput phase, out of the way).
+const WARMUP: Duration = Duration::from_secs(1);
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -92,19 +116,79 @@ fn unix_ms() -> u64 {
 
 /// CPU time (ns) of all threads of process `pid` ("self" for this one).
 fn cpu_ns(pid: &str) -> u64 {
+    schedstat_ns(pid, 0)
+}
+
+/// Field `field` of `/proc/PID/task/*/schedstat` summed over the threads: 0 = time on a CPU,
+/// 1 = time runnable but waiting for one (ns).
+fn schedstat_ns(pid: &str, field: usize) -> u64 {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     dir.filter_map(|t| t.ok())
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|s| s.split_whitespace().nth(field)?.parse::<u64>().ok())
         .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
 // The server process.
 
-fn serve(video: bool, uplink_nack: bool) -> Result<(), Failure> {
+/// The baseline's forwarding rule: every audio stream, and the top layer of each video
+/// sender (SSRCs as `join_call` declares them), as the SFU forwards them in `one_call`.
+fn reflected(ssrc: u32) -> bool {
+    ssrc < 0x4000 || ssrc & 0xf == 2
+}
+
+/// Packets in and out of the reflector.
+#[derive(Default)]
+struct ReflectorCounters {
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+}
+
+/// The plain UDP reflector: a STUN-looking datagram registers its source in the group named by
+/// the first byte of its transaction id (the call) and is answered with a datagram of type
+/// 0x0101; RTP of a [`reflected`] stream from a registered source is sent unchanged to the
+/// group's other members.
+async fn reflect(socket: UdpSocket, counters: Arc<ReflectorCounters>) {
+    let mut groups: HashMap<u8, Vec<SocketAddr>> = HashMap::new();
+    let mut group_of: HashMap<SocketAddr, u8> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Some(d) = buf.get_mut(..n) else { continue };
+        match (d.first(), d.get(8..12)) {
+            (Some(0..=3), Some(&[group, ..])) => {
+                if group_of.insert(from, group).is_none() {
+                    groups.entry(group).or_default().push(from);
+                }
+                d[..2].copy_from_slice(&[0x01, 0x01]);
+                let _ = socket.try_send_to(d, from);
+            }
+            (Some(128..=191), Some(&[a, b, c, e])) => {
+                counters.packets_in.fetch_add(1, Ordering::Relaxed);
+                let ssrc = u32::from_be_bytes([a, b, c, e]);
+                let Some(members) = group_of.get(&from).and_then(|g| groups.get(g)) else {
+                    continue;
+                };
+                if !reflected(ssrc) {
+                    continue;
+                }
+                for &to in members.iter().filter(|&&to| to != from) {
+                    if socket.try_send_to(d, to).is_ok() {
+                        counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn serve(video: bool, uplink_nack: bool, reflector: bool) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -122,8 +206,17 @@ fn serve(video: bool, uplink_nack: bool) -> Result<(), Failure> {
         config.sfu.uplink_nack = uplink_nack;
         config.leg_timeout = Duration::from_secs(600);
         let server = Server::start(config, SfuSigningKey::from_seed(&[9; 32])).await?;
+        let counters = Arc::new(ReflectorCounters::default());
+        let media = if reflector {
+            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            let addr = socket.local_addr()?.to_string();
+            tokio::spawn(reflect(socket, counters.clone()));
+            addr
+        } else {
+            "sfu".to_owned()
+        };
         println!(
-            "ready {} {}",
+            "ready {} {} {media}",
             server.signal_addr(),
             hex::encode(server.public_key().to_bytes())
         );
@@ -139,7 +232,14 @@ fn serve(video: bool, uplink_nack: bool) -> Result<(), Failure> {
             }
         });
         while let Some(cmd) = rx.recv().await {
-            if cmd.trim() == "stats" {
+            if cmd.trim() == "stats" && reflector {
+                println!(
+                    "stats {} {} 0",
+                    counters.packets_in.load(Ordering::Relaxed),
+                    counters.packets_out.load(Ordering::Relaxed)
+                );
+                std::io::stdout().flush()?;
+            } else if cmd.trim() == "stats" {
                 let s = server.stats().await?;
                 println!(
                     "stats {} {} {}",
@@ -159,6 +259,8 @@ struct ServerProcess {
     stdin: std::sync::Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     signal: SocketAddr,
     key: SfuPublicKey,
+    /// The reflector's address (baseline runs), where the participants send their media.
+    reflector: Option<SocketAddr>,
 }
 
 /// Packets in, packets out, layer switches; and the server's CPU time (ns).
@@ -166,11 +268,18 @@ struct Sample {
     packets_in: u64,
     packets_out: u64,
     cpu_ns: u64,
+    /// Time the server was runnable but waited for a CPU (ns).
+    wait_ns: u64,
     at: Instant,
 }
 
 impl ServerProcess {
-    fn start(video: bool, uplink_nack: bool, cpu: Option<&str>) -> Result<Self, Failure> {
+    fn start(
+        video: bool,
+        uplink_nack: bool,
+        reflector: bool,
+        cpu: Option<&str>,
+    ) -> Result<Self, Failure> {
         let exe = std::env::current_exe()?;
         let mut cmd = match cpu {
             Some(c) => {
@@ -187,6 +296,9 @@ impl ServerProcess {
         if !uplink_nack {
             cmd.arg("--no-uplink-nack");
         }
+        if reflector {
+            cmd.arg("--reflector");
+        }
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
@@ -200,11 +312,16 @@ impl ServerProcess {
         let key_bytes: [u8; 32] = hex::decode(it.next().ok_or("no key")?)?
             .try_into()
             .map_err(|_| "key length")?;
+        let reflector = match it.next() {
+            Some("sfu") | None => None,
+            Some(a) => Some(a.parse()?),
+        };
         Ok(Self {
             child,
             stdin: std::sync::Mutex::new((stdin, stdout)),
             signal,
             key: SfuPublicKey::from_bytes(&key_bytes)?,
+            reflector,
         })
     }
 
@@ -215,7 +332,9 @@ impl ServerProcess {
         stdin.flush()?;
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let cpu = cpu_ns(&self.child.id().to_string());
+        let pid = self.child.id().to_string();
+        let cpu = cpu_ns(&pid);
+        let wait = schedstat_ns(&pid, 1);
         let at = Instant::now();
         let v: Vec<u64> = line
             .split_whitespace()
@@ -229,6 +348,7 @@ impl ServerProcess {
             packets_in: v[0],
             packets_out: v[1],
             cpu_ns: cpu,
+            wait_ns: wait,
             at,
         })
     }
@@ -244,8 +364,50 @@ impl Drop for ServerProcess {
 // ---------------------------------------------------------------------------------------------
 // The participants.
 
+/// The send stamps of every sender: wall-clock ns, [`STAMP_SLOTS`] per sender, indexed by the
+/// packet counter; written just before the `sendto`, read by the receivers.
+struct SendStamps(Vec<AtomicU64>);
+
+impl SendStamps {
+    fn new(senders: usize) -> Arc<Self> {
+        Arc::new(Self(
+            (0..senders * STAMP_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        ))
+    }
+
+    fn slot(&self, sender: u16, counter: u16) -> Option<&AtomicU64> {
+        self.0
+            .get(usize::from(sender) * STAMP_SLOTS + usize::from(counter) % STAMP_SLOTS)
+    }
+
+    fn set(&self, sender: u16, counter: u16, ns: u64) {
+        if let Some(s) = self.slot(sender, counter) {
+            s.store(ns, Ordering::Release);
+        }
+    }
+
+    fn get(&self, sender: u16, counter: u16) -> Option<u64> {
+        Some(self.slot(sender, counter)?.load(Ordering::Acquire)).filter(|&ns| ns != 0)
+    }
+}
+
+/// The (sender, counter) id a packet carries, read from its clear header.
+fn packet_id(datagram: &[u8]) -> Option<(u16, u16)> {
+    let pkt = RtpPacket::parse(datagram).ok()?;
+    match *pkt.header.extension(BENCH_ID_EXT)? {
+        [a, b, c, d] => Some((u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]))),
+        _ => None,
+    }
+}
+
 struct Participant {
     socket: Arc<UdpSocket>,
+    /// Index among all the bench's senders, and this sender's packet counter.
+    index: u16,
+    counter: AtomicU32,
+    stamps: Arc<SendStamps>,
     send: Mutex<SrtpContext>,
     recv: Mutex<SrtpContext>,
     audio_ssrc: u32,
@@ -259,6 +421,7 @@ struct Participant {
 
 async fn join_call(
     server: &ServerProcess,
+    stamps: &Arc<SendStamps>,
     call: usize,
     n: usize,
     video: bool,
@@ -306,13 +469,17 @@ async fn join_call(
             nix::sys::socket::sockopt::ReceiveTimestampns,
             &true,
         )?;
+        // The transaction id's first byte names the call (the reflector groups by it).
+        let mut transaction = [i as u8; 12];
+        transaction[0] = call as u8;
         let check = ice::build_check(
             link.keys.ice_ufrag(),
             "bench",
             link.keys.ice_pwd(),
-            [i as u8; 12],
+            transaction,
         )?;
-        socket.send_to(&check, link.media).await?;
+        let media = server.reflector.unwrap_or(link.media);
+        socket.send_to(&check, media).await?;
         let mut buf = [0u8; 1500];
         loop {
             let (n, _) =
@@ -325,11 +492,14 @@ async fn join_call(
         let config = SrtpConfig::builder().max_ssrcs(64).build()?;
         out.push(Arc::new(Participant {
             socket,
+            index: u16::try_from(call * n + i)?,
+            counter: AtomicU32::new(0),
+            stamps: stamps.clone(),
             send: Mutex::new(link.keys.send_context(SrtpConfig::default())?),
             recv: Mutex::new(link.keys.recv_context(config)?),
             audio_ssrc,
             layers,
-            media: link.media,
+            media,
             level: if i == 0 { 30 } else { 110 },
             _link: link,
         }));
@@ -338,37 +508,50 @@ async fn join_call(
 }
 
 impl Participant {
-    fn packet(&self, ssrc: u32, seq: u16, ts: u32, ext: (u8, u8), size: usize) -> Vec<u8> {
+    /// Builds, protects and sends one packet with the next packet id; its send stamp is taken
+    /// after protect, just before the `sendto`.
+    async fn send_packet(
+        &self,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        ext: (u8, u8),
+        size: usize,
+    ) -> Result<(), Failure> {
+        let counter = self.counter.fetch_add(1, Ordering::Relaxed) as u16;
         let mut p = RtpPacket::default();
         p.header.payload_type = if self.layers.contains(&ssrc) { 96 } else { 111 };
         p.header.ssrc = ssrc;
         p.header.sequence_number = seq;
         p.header.timestamp = ts;
         p.header.set_extension(ext.0, vec![ext.1]);
-        let mut payload = vec![0u8; size];
-        payload[..8].copy_from_slice(&wall_ns().to_be_bytes());
-        p.payload = payload;
-        p.to_vec()
+        let [a, b] = self.index.to_be_bytes();
+        let [c, d] = counter.to_be_bytes();
+        p.header.set_extension(BENCH_ID_EXT, vec![a, b, c, d]);
+        p.payload = vec![0u8; size];
+        let mut bytes = p.to_vec();
+        self.send.lock().await.protect_rtp(&mut bytes)?;
+        self.stamps.set(self.index, counter, wall_ns());
+        self.socket.send_to(&bytes, self.media).await?;
+        Ok(())
     }
 
     /// One audio packet (sequence number `round`).
     async fn send_audio(&self, round: u32) -> Result<(), Failure> {
-        let mut bytes = self.packet(
+        self.send_packet(
             self.audio_ssrc,
             round as u16,
             round.wrapping_mul(960),
             (AUDIO_LEVEL_EXT, 0x80 | self.level),
             AUDIO_PAYLOAD,
-        );
-        self.send.lock().await.protect_rtp(&mut bytes)?;
-        self.socket.send_to(&bytes, self.media).await?;
-        Ok(())
+        )
+        .await
     }
 
     /// Frame `round` of every layer: 1, 2, 3 packets of 1200 bytes with frame marking.
     async fn send_frame(&self, round: u32) -> Result<(), Failure> {
-        // RTP header 12 + one-byte extension block 8 + SRTP tag 16.
-        let payload = VIDEO_PACKET - 12 - 8 - 16;
+        // RTP header 12 + one-byte extension block 12 (frame marking, packet id) + SRTP tag 16.
+        let payload = VIDEO_PACKET - 12 - 12 - 16;
         for (l, &ssrc) in self.layers.iter().enumerate() {
             let n = PACKETS_PER_FRAME[l];
             for k in 0..n {
@@ -383,15 +566,14 @@ impl Participant {
                     mark |= 0x40;
                 }
                 let seq = (round as usize * n + k) as u16;
-                let mut bytes = self.packet(
+                self.send_packet(
                     ssrc,
                     seq,
                     round.wrapping_mul(3000),
                     (FRAME_MARKING_EXT_ID, mark),
                     payload,
-                );
-                self.send.lock().await.protect_rtp(&mut bytes)?;
-                self.socket.send_to(&bytes, self.media).await?;
+                )
+                .await?;
             }
         }
         Ok(())
@@ -408,7 +590,7 @@ impl Participant {
 }
 
 /// Nanoseconds since the Unix epoch on the wall clock (CLOCK_REALTIME, the clock of the
-/// kernel's SO_TIMESTAMPNS receive stamps), the send time each payload carries.
+/// kernel's SO_TIMESTAMPNS receive stamps), the send stamp of each packet.
 fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -419,9 +601,10 @@ fn wall_ns() -> u64 {
 /// Latencies (ns) of the packets a receiver read.
 #[derive(Default)]
 struct Latencies {
-    /// Send stamp → the kernel's receive stamp on the receiving socket: the sender's `sendto`,
-    /// the SFU (its socket queue, unprotect, per-recipient protect, `sendto`s) and the
-    /// loopback delivery; not the receiving client's own queue.
+    /// Send stamp (after protect, before `sendto`) → the kernel's receive stamp on the
+    /// receiving socket: the sender's `sendto`, the SFU (its socket queue, unprotect,
+    /// per-recipient protect, `sendto`s) and the loopback delivery; not the receiving client's
+    /// own queue.
     sfu: Vec<u64>,
     /// Send stamp → this process read and unprotected the packet (the receiving client's
     /// queue and CPU share included).
@@ -455,13 +638,16 @@ async fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Opti
         .ok()
 }
 
-/// Receives until `stop`, counting every datagram in `count`; with `measure`, unprotects each
-/// one and records its latencies (the throughput phase only counts).
+/// Receives until `stop`, counting every datagram in `count`; from the instant `measure`,
+/// unprotects each one and records its latencies (the throughput phase only counts). Behind the reflector the
+/// unprotect fails (the packet still has its sender's hop key) but is still done, so the
+/// receiving clients do the same work in both runs.
 async fn receive(
     p: Arc<Participant>,
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
-    measure: bool,
+    measure: Option<Instant>,
+    reflector: bool,
 ) -> Latencies {
     let mut lat = Latencies::default();
     let mut buf = vec![0u8; 1500];
@@ -470,20 +656,17 @@ async fn receive(
             continue;
         };
         count.fetch_add(1, Ordering::Relaxed);
-        if !measure {
+        if measure.is_none_or(|from| Instant::now() < from) {
             continue;
         }
         let mut d = buf[..n].to_vec();
-        if p.recv.lock().await.unprotect_rtp(&mut d).is_err() {
+        let Some(sent) = packet_id(&d).and_then(|(s, c)| p.stamps.get(s, c)) else {
+            continue;
+        };
+        if p.recv.lock().await.unprotect_rtp(&mut d).is_err() && !reflector {
             continue;
         }
         let now_ns = wall_ns();
-        let Some(sent) = RtpPacket::parse(&d)
-            .ok()
-            .and_then(|pkt| Some(u64::from_be_bytes(pkt.payload.get(..8)?.try_into().ok()?)))
-        else {
-            continue;
-        };
         lat.end_to_end.push(now_ns.saturating_sub(sent));
         if let Some(k) = kernel_ns {
             lat.sfu.push(k.saturating_sub(sent));
@@ -505,21 +688,26 @@ async fn gather(receivers: Vec<tokio::task::JoinHandle<Latencies>>) -> Result<La
 
 /// "N samples, p50 X ms, p99 Y ms" of the SFU-added and the end-to-end latencies.
 fn latency_summary(lat: Latencies) -> String {
-    let (n, p50, p99) = percentiles(lat.sfu);
-    let (m, e50, e99) = percentiles(lat.end_to_end);
+    let over_5ms = lat.sfu.iter().filter(|&&ns| ns > 5_000_000).count() as f64
+        / lat.sfu.len().max(1) as f64
+        * 100.0;
+    let (n, [p50, p90, p99]) = percentiles(lat.sfu);
+    let (m, [e50, _, e99]) = percentiles(lat.end_to_end);
     format!(
         "SFU-added (kernel receive stamp) {n} samples, p50 {p50:.3} ms, p99 {p99:.3} ms; \
-         end to end (client read) {m} samples, p50 {e50:.3} ms, p99 {e99:.3} ms"
+         end to end (client read) {m} samples, p50 {e50:.3} ms, p99 {e99:.3} ms; \
+         SFU-added p90 {p90:.3} ms, {over_5ms:.2} % over 5 ms"
     )
 }
 
-fn percentiles(mut lat: Vec<u64>) -> (usize, f64, f64) {
+/// Sample count, and p50, p90, p99 (ms).
+fn percentiles(mut lat: Vec<u64>) -> (usize, [f64; 3]) {
     lat.sort_unstable();
     let pct = |q: f64| {
         lat.get(((lat.len() as f64 - 1.0) * q) as usize)
             .map_or(0.0, |&ns| ns as f64 / 1e6)
     };
-    (lat.len(), pct(0.5), pct(0.99))
+    (lat.len(), [pct(0.5), pct(0.9), pct(0.99)])
 }
 
 async fn sample(server: &Arc<ServerProcess>) -> Result<Sample, Failure> {
@@ -534,14 +722,26 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-/// Throughput, then latency at half load, of one call.
-async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure> {
+/// What one call's run measures.
+struct OneCall {
+    video: bool,
+    /// Skip the throughput phase and pace the senders for this many packets out per second.
+    out_rate: Option<f64>,
+    /// The media goes to the plain UDP reflector (baseline).
+    reflector: bool,
+}
+
+/// Throughput (unless an out rate is given), then latency at half that load (or at the out
+/// rate), of one call.
+async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failure> {
+    let video = run.video;
     let n = if video {
         VIDEO_PARTICIPANTS
     } else {
         AUDIO_PARTICIPANTS
     };
-    let parts = join_call(&server, 0, n, video).await?;
+    let stamps = SendStamps::new(n);
+    let parts = join_call(&server, &stamps, 0, n, video).await?;
     // Packets the SFU sends per round of one sender: one per other participant, times the
     // packets of the top layer's frame.
     let out_per_round = (n - 1) * if video { PACKETS_PER_FRAME[2] } else { 1 };
@@ -550,13 +750,105 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
     } else {
         1
     };
-
-    // Phase 1: throughput.
-    let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let (target, last_round) = match run.out_rate {
+        Some(r) => (r, 0),
+        None => {
+            let (rate, last_round) = throughput(&server, &parts, &received, run.reflector).await?;
+            (rate / 2.0, last_round)
+        }
+    };
+
+    // Phase 2: latency at the target rate.
+    let per_sender_rounds = target / out_per_round as f64 / n as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_sender_rounds.max(1.0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measure_from = Instant::now() + WARMUP;
     let receivers: Vec<_> = parts
         .iter()
-        .map(|p| tokio::spawn(receive(p.clone(), stop.clone(), received.clone(), false)))
+        .map(|p| {
+            tokio::spawn(receive(
+                p.clone(),
+                stop.clone(),
+                received.clone(),
+                Some(measure_from),
+                run.reflector,
+            ))
+        })
+        .collect();
+    let end = measure_from + Duration::from_secs_f64(LATENCY_SECONDS);
+    let senders: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                // Spread the senders over one interval.
+                tokio::time::sleep(interval.mul_f64(i as f64 / n as f64)).await;
+                let mut tick = tokio::time::interval(interval);
+                // A sender that fell behind (the clients' core was busy) skips the rounds it
+                // missed rather than sending them in a burst the SFU would then queue.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut r = last_round + 1000;
+                while Instant::now() < end {
+                    tick.tick().await;
+                    r += 1;
+                    let _ = p.send_round(r).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let s0 = sample(&server).await?;
+    let (me0, my_wait0) = (cpu_ns("self"), schedstat_ns("self", 1));
+    for s in senders {
+        s.await?;
+    }
+    let s1 = sample(&server).await?;
+    let (me1, my_wait1) = (cpu_ns("self"), schedstat_ns("self", 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let lat = gather(receivers).await?;
+    let secs = (s1.at - s0.at).as_secs_f64();
+    println!(
+        "{}latency at {:.0} packets out/s target ({:.1} rounds/s per sender, {} packets in per round): \
+         server sent {:.0} packets out/s at {:.0} % CPU, waited for a CPU {:.0} % of the time; \
+         {}; clients CPU {:.0} %, their threads waited {:.0} % (summed); load average {}",
+        if run.reflector { "REFLECTOR " } else { "" },
+        per_sender_rounds * (n * out_per_round) as f64,
+        per_sender_rounds,
+        in_per_round,
+        (s1.packets_out - s0.packets_out) as f64 / secs,
+        (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9 / secs * 100.0,
+        (s1.wait_ns - s0.wait_ns) as f64 / 1e9 / secs * 100.0,
+        latency_summary(lat),
+        (me1 - me0) as f64 / 1e9 / secs * 100.0,
+        (my_wait1 - my_wait0) as f64 / 1e9 / secs * 100.0,
+        load_average()
+    );
+    Ok(())
+}
+
+/// Phase 1: every participant sends as fast as it can for 2.5 s; the rate of packets out
+/// from 0.5 s to 2 s, and the last round sent.
+async fn throughput(
+    server: &Arc<ServerProcess>,
+    parts: &[Arc<Participant>],
+    received: &Arc<AtomicU64>,
+    reflector: bool,
+) -> Result<(f64, u32), Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<_> = parts
+        .iter()
+        .map(|p| {
+            tokio::spawn(receive(
+                p.clone(),
+                stop.clone(),
+                received.clone(),
+                None,
+                reflector,
+            ))
+        })
         .collect();
     let sending = Arc::new(AtomicBool::new(true));
     let senders: Vec<_> = parts
@@ -579,9 +871,9 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let me0 = cpu_ns("self");
-    let s0 = sample(&server).await?;
+    let s0 = sample(server).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s1 = sample(&server).await?;
+    let s1 = sample(server).await?;
     let me1 = cpu_ns("self");
     sending.store(false, Ordering::Relaxed);
     let mut last_round = 0u32;
@@ -608,68 +900,29 @@ async fn one_call(server: Arc<ServerProcess>, video: bool) -> Result<(), Failure
         (me1 - me0) as f64 / 1e9 / secs * 100.0,
         load_average()
     );
-
-    // Phase 2: latency at half that rate.
-    let per_sender_rounds = (rate / 2.0) / out_per_round as f64 / n as f64;
-    let interval = Duration::from_secs_f64(1.0 / per_sender_rounds.max(1.0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let receivers: Vec<_> = parts
-        .iter()
-        .map(|p| tokio::spawn(receive(p.clone(), stop.clone(), received.clone(), true)))
-        .collect();
-    let s0 = sample(&server).await?;
-    let end = Instant::now() + Duration::from_secs_f64(LATENCY_SECONDS);
-    let senders: Vec<_> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let p = p.clone();
-            tokio::spawn(async move {
-                // Spread the senders over one interval.
-                tokio::time::sleep(interval.mul_f64(i as f64 / n as f64)).await;
-                let mut tick = tokio::time::interval(interval);
-                let mut r = last_round + 1000;
-                while Instant::now() < end {
-                    tick.tick().await;
-                    r += 1;
-                    let _ = p.send_round(r).await;
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.await?;
-    }
-    let s1 = sample(&server).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let lat = gather(receivers).await?;
-    let secs = (s1.at - s0.at).as_secs_f64();
-    println!(
-        "latency at {:.0} packets out/s target ({:.1} rounds/s per sender, {} packets in per round): \
-         server sent {:.0} packets out/s at {:.0} % CPU; {}; load average {}",
-        per_sender_rounds * (n * out_per_round) as f64,
-        per_sender_rounds,
-        in_per_round,
-        (s1.packets_out - s0.packets_out) as f64 / secs,
-        (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9 / secs * 100.0,
-        latency_summary(lat),
-        load_average()
-    );
-    Ok(())
+    Ok((rate, last_round))
 }
 
 /// `calls` 8-person video calls at a real call's packet rates for `seconds`.
 async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> Result<(), Failure> {
+    let stamps = SendStamps::new(calls * VIDEO_PARTICIPANTS);
     let mut all = Vec::new();
     for c in 0..calls {
-        all.extend(join_call(&server, c, VIDEO_PARTICIPANTS, true).await?);
+        all.extend(join_call(&server, &stamps, c, VIDEO_PARTICIPANTS, true).await?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let receivers: Vec<_> = all
         .iter()
-        .map(|p| tokio::spawn(receive(p.clone(), stop.clone(), received.clone(), true)))
+        .map(|p| {
+            tokio::spawn(receive(
+                p.clone(),
+                stop.clone(),
+                received.clone(),
+                Some(Instant::now()),
+                false,
+            ))
+        })
         .collect();
     // Let the calls start (first keyframes, layer choice) before measuring.
     let warmup = Duration::from_secs(1);
@@ -743,7 +996,7 @@ fn main() {
     };
     let video = flag("--video");
     if flag("--serve") {
-        if let Err(e) = serve(video, !flag("--no-uplink-nack")) {
+        if let Err(e) = serve(video, !flag("--no-uplink-nack"), flag("--reflector")) {
             eprintln!("driver bench server failed: {e}");
             std::process::exit(1);
         }
@@ -754,6 +1007,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5.0);
     let server_cpu = value("--server-cpu");
+    let out_rate: Option<f64> = value("--out-rate").and_then(|v| v.parse().ok());
+    let reflector = flag("--reflector");
+    if reflector && calls.is_some() {
+        eprintln!("--reflector measures one call (not --calls)");
+        std::process::exit(2);
+    }
     // `--client-workers 1` keeps a sender from being preempted by its own process's other
     // worker between its send stamp and its `sendto` (the clients share one core).
     let workers: usize = value("--client-workers")
@@ -768,11 +1027,19 @@ fn main() {
         let server = Arc::new(ServerProcess::start(
             video || calls.is_some(),
             !flag("--no-uplink-nack"),
+            reflector,
             server_cpu.as_deref(),
         )?);
         match calls {
             Some(k) => many_calls(server, k, seconds).await,
-            None => one_call(server, video).await,
+            None => {
+                let run = OneCall {
+                    video,
+                    out_rate,
+                    reflector,
+                };
+                one_call(server, run).await
+            }
         }
     });
     if let Err(e) = result {

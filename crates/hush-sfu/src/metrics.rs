@@ -1,11 +1,17 @@
-//! Prometheus text exposition of the server's counters over plain HTTP (`GET /metrics`).
+//! Prometheus text exposition (version 0.0.4, encoded by `prometheus-client`) of the server's
+//! counters over plain HTTP (`GET /metrics`).
 //!
 //! The driver keeps the counters ([`DriverStats`]); a scrape asks the main task for a copy, so
-//! nothing on the packet path takes a lock.
+//! nothing on the packet path takes a lock, and hands it to the encoder as a collector.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -14,176 +20,226 @@ use crate::server::{Cmd, DriverStats, LegMetrics};
 
 /// Renders the counters in the Prometheus text format (version 0.0.4).
 pub fn render(s: &DriverStats) -> String {
-    let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP hush_sfu_{name} {help}");
-        let _ = writeln!(out, "# TYPE hush_sfu_{name} {kind}");
-        let _ = writeln!(out, "hush_sfu_{name} {value}");
-    };
-    let gauge = "gauge";
-    let counter = "counter";
-    metric(
-        "calls",
-        gauge,
-        "Calls with at least one participant.",
-        s.calls as u64,
-    );
-    metric(
-        "participants",
-        gauge,
-        "Participants (legs) in all calls.",
-        s.legs as u64,
-    );
-    metric("joins_total", counter, "Joins accepted.", s.joins);
-    metric(
-        "joins_refused_total",
-        counter,
-        "Joins refused.",
-        s.joins_refused,
-    );
-    metric(
-        "legs_timed_out_total",
-        counter,
-        "Legs dropped for silence.",
-        s.legs_timed_out,
-    );
-    metric(
-        "checks_answered_total",
-        counter,
-        "ICE connectivity checks answered.",
-        s.checks_answered,
-    );
-    metric(
-        "checks_refused_total",
-        counter,
-        "STUN datagrams refused.",
-        s.checks_refused,
-    );
-    metric(
-        "packets_in_total",
-        counter,
-        "Media datagrams received from a bound path.",
-        s.packets_in,
-    );
-    metric(
-        "bytes_in_total",
-        counter,
-        "Bytes of those datagrams.",
-        s.bytes_in,
-    );
-    metric(
-        "packets_out_total",
-        counter,
-        "Datagrams sent to participants (forwarded, resent, relayed RTCP).",
-        s.packets_out,
-    );
-    metric(
-        "bytes_out_total",
-        counter,
-        "Bytes of those datagrams.",
-        s.bytes_out,
-    );
-    metric(
-        "media_dropped_total",
-        counter,
-        "Media datagrams the core dropped (bad, replayed, undeclared).",
-        s.media_dropped,
-    );
-    metric(
-        "media_unknown_source_total",
-        counter,
-        "Media datagrams from an address no verified check came from.",
-        s.media_unknown_source,
-    );
-    metric(
-        "no_path_total",
-        counter,
-        "Datagrams for a leg without a path yet.",
-        s.no_path,
-    );
-    metric(
-        "other_dropped_total",
-        counter,
-        "Datagrams of other protocols.",
-        s.other_dropped,
-    );
-    metric(
-        "layer_switches_total",
-        counter,
-        "Simulcast layer switches made for receivers.",
-        s.layer_switches,
-    );
-    render_legs(&mut out, &s.leg_metrics);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(s.clone())));
+    let mut out = String::with_capacity(4096);
+    // Writing to a String does not fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
 }
 
+/// One value: counters are named without their `_total` suffix, which the encoder adds.
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Ratio(f64),
+}
+
+impl Value {
+    /// Writes this value under `encoder` (a descriptor, or one labelled series of it).
+    fn encode(self, encoder: prometheus_client::encoding::MetricEncoder<'_>) -> std::fmt::Result {
+        match self {
+            Self::Counter(n) => ConstCounter::new(n).encode(encoder),
+            Self::Gauge(n) => ConstGauge::new(n).encode(encoder),
+            Self::Ratio(x) => ConstGauge::new(x).encode(encoder),
+        }
+    }
+
+    /// The metric type of the descriptor.
+    fn metric_type(&self) -> MetricType {
+        match self {
+            Self::Counter(_) => MetricType::Counter,
+            Self::Gauge(_) | Self::Ratio(_) => MetricType::Gauge,
+        }
+    }
+}
+
+fn gauge(n: usize) -> Value {
+    Value::Gauge(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// A copy of the counters, encoded at one scrape.
+#[derive(Debug)]
+struct Snapshot(DriverStats);
+
+/// A per-leg series: name, help, type, and its value for one leg (`None`: no series for that
+/// leg).
+type LegSeries = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&LegMetrics) -> Option<Value>,
+);
+
 /// Per-leg series, labelled `leg` (one series per leg in a call now).
-fn render_legs(out: &mut String, legs: &[LegMetrics]) {
-    type Value = fn(&LegMetrics) -> Option<String>;
-    let series: [(&str, &str, &str, Value); 9] = [
-        (
-            "leg_estimated_bitrate_bps",
-            "gauge",
-            "Bandwidth the SFU estimates towards the participant (transport-wide CC).",
-            |l| l.estimate_bps.map(|v| v.to_string()),
-        ),
-        (
-            "leg_loss_ratio",
-            "gauge",
-            "Loss towards the participant over the last second of feedback.",
-            |l| Some(format!("{:.3}", f64::from(l.loss_permille) / 1000.0)),
-        ),
-        (
-            "leg_rtt_seconds",
-            "gauge",
-            "Round-trip time to the participant (its receiver reports).",
-            |l| l.rtt_us.map(|us| format!("{:.6}", us as f64 / 1e6)),
-        ),
-        (
-            "leg_layer_switches_total",
-            "counter",
-            "Simulcast layer switches made for the participant.",
-            |l| Some(l.layer_switches.to_string()),
-        ),
-        (
-            "leg_forwarded_packets_total",
-            "counter",
-            "Packets forwarded to the participant.",
-            |l| Some(l.forwarded.to_string()),
-        ),
-        (
-            "leg_retransmitted_packets_total",
-            "counter",
-            "Packets resent to the participant from the SFU's cache (its NACKs).",
-            |l| Some(l.retransmitted.to_string()),
-        ),
-        (
-            "leg_uplink_nacked_packets_total",
-            "counter",
-            "Sequence numbers of the participant's video the SFU NACKed (uplink loss, retries counted).",
-            |l| Some(l.uplink_nacked.to_string()),
-        ),
-        (
-            "leg_uplink_recovered_packets_total",
-            "counter",
-            "NACKed packets of the participant's video that then arrived.",
-            |l| Some(l.uplink_recovered.to_string()),
-        ),
-        (
-            "leg_uplink_given_up_total",
-            "counter",
-            "Times the SFU stopped NACKing one of the participant's SSRCs (too much missing).",
-            |l| Some(l.uplink_given_up.to_string()),
-        ),
-    ];
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP hush_sfu_{name} {help}");
-        let _ = writeln!(out, "# TYPE hush_sfu_{name} {kind}");
-        for l in legs {
-            if let Some(v) = value(l) {
-                let _ = writeln!(out, "hush_sfu_{name}{{leg=\"{}\"}} {v}", l.leg.0);
+const LEG_SERIES: [LegSeries; 9] = [
+    (
+        "hush_sfu_leg_estimated_bitrate_bps",
+        "Bandwidth the SFU estimates towards the participant (transport-wide CC).",
+        MetricType::Gauge,
+        |l| l.estimate_bps.map(|v| Value::Gauge(i64::try_from(v).unwrap_or(i64::MAX))),
+    ),
+    (
+        "hush_sfu_leg_loss_ratio",
+        "Loss towards the participant over the last second of feedback.",
+        MetricType::Gauge,
+        |l| Some(Value::Ratio(f64::from(l.loss_permille) / 1000.0)),
+    ),
+    (
+        "hush_sfu_leg_rtt_seconds",
+        "Round-trip time to the participant (its receiver reports).",
+        MetricType::Gauge,
+        |l| l.rtt_us.map(|us| Value::Ratio(us as f64 / 1e6)),
+    ),
+    (
+        "hush_sfu_leg_layer_switches",
+        "Simulcast layer switches made for the participant.",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.layer_switches)),
+    ),
+    (
+        "hush_sfu_leg_forwarded_packets",
+        "Packets forwarded to the participant.",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.forwarded)),
+    ),
+    (
+        "hush_sfu_leg_retransmitted_packets",
+        "Packets resent to the participant from the SFU's cache (its NACKs).",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.retransmitted)),
+    ),
+    (
+        "hush_sfu_leg_uplink_nacked_packets",
+        "Sequence numbers of the participant's video the SFU NACKed (uplink loss, retries counted).",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.uplink_nacked)),
+    ),
+    (
+        "hush_sfu_leg_uplink_recovered_packets",
+        "NACKed packets of the participant's video that then arrived.",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.uplink_recovered)),
+    ),
+    (
+        "hush_sfu_leg_uplink_given_up",
+        "Times the SFU stopped NACKing one of the participant's SSRCs (too much missing).",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.uplink_given_up)),
+    ),
+];
+
+impl Snapshot {
+    /// The server-wide metrics: name, help, value.
+    fn totals(&self) -> [(&'static str, &'static str, Value); 18] {
+        let s = &self.0;
+        [
+            (
+                "hush_sfu_calls",
+                "Calls with at least one participant.",
+                gauge(s.calls),
+            ),
+            (
+                "hush_sfu_participants",
+                "Participants (legs) in all calls.",
+                gauge(s.legs),
+            ),
+            ("hush_sfu_joins", "Joins accepted.", Value::Counter(s.joins)),
+            (
+                "hush_sfu_joins_refused",
+                "Joins refused.",
+                Value::Counter(s.joins_refused),
+            ),
+            (
+                "hush_sfu_legs_timed_out",
+                "Legs dropped for silence.",
+                Value::Counter(s.legs_timed_out),
+            ),
+            (
+                "hush_sfu_slow_consumers",
+                "Legs dropped because their signaling queue overflowed (the client did not read).",
+                Value::Counter(s.slow_consumers),
+            ),
+            (
+                "hush_sfu_rate_limited",
+                "Signaling connections closed for sending frames too fast.",
+                Value::Counter(s.rate_limited),
+            ),
+            (
+                "hush_sfu_checks_answered",
+                "ICE connectivity checks answered.",
+                Value::Counter(s.checks_answered),
+            ),
+            (
+                "hush_sfu_checks_refused",
+                "STUN datagrams refused.",
+                Value::Counter(s.checks_refused),
+            ),
+            (
+                "hush_sfu_packets_in",
+                "Media datagrams received from a bound path.",
+                Value::Counter(s.packets_in),
+            ),
+            (
+                "hush_sfu_bytes_in",
+                "Bytes of those datagrams.",
+                Value::Counter(s.bytes_in),
+            ),
+            (
+                "hush_sfu_packets_out",
+                "Datagrams sent to participants (forwarded, resent, relayed RTCP).",
+                Value::Counter(s.packets_out),
+            ),
+            (
+                "hush_sfu_bytes_out",
+                "Bytes of those datagrams.",
+                Value::Counter(s.bytes_out),
+            ),
+            (
+                "hush_sfu_media_dropped",
+                "Media datagrams the core dropped (bad, replayed, undeclared).",
+                Value::Counter(s.media_dropped),
+            ),
+            (
+                "hush_sfu_media_unknown_source",
+                "Media datagrams from an address no verified check came from.",
+                Value::Counter(s.media_unknown_source),
+            ),
+            (
+                "hush_sfu_no_path",
+                "Datagrams for a leg without a path yet.",
+                Value::Counter(s.no_path),
+            ),
+            (
+                "hush_sfu_other_dropped",
+                "Datagrams of other protocols.",
+                Value::Counter(s.other_dropped),
+            ),
+            (
+                "hush_sfu_layer_switches",
+                "Simulcast layer switches made for receivers.",
+                Value::Counter(s.layer_switches),
+            ),
+        ]
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        for (name, help, value) in self.totals() {
+            let metric_type = value.metric_type();
+            value.encode(encoder.encode_descriptor(name, help, None, metric_type)?)?;
+        }
+        for (name, help, metric_type, value) in LEG_SERIES {
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for l in &self.0.leg_metrics {
+                if let Some(v) = value(l) {
+                    let labels = [("leg", l.leg.0.to_string())];
+                    v.encode(family.encode_family(&labels)?)?;
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -244,7 +300,8 @@ async fn respond(mut stream: TcpStream, cmd: mpsc::UnboundedSender<Cmd>) -> std:
         ("404 Not Found", "not found\n".to_owned())
     };
     let reply = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         body.len()
     );
     stream.write_all(reply.as_bytes()).await?;
@@ -260,6 +317,8 @@ mod tests {
     fn per_leg_series_are_labelled_and_absent_values_left_out() {
         let s = DriverStats {
             layer_switches: 3,
+            slow_consumers: 2,
+            rate_limited: 5,
             leg_metrics: vec![
                 LegMetrics {
                     leg: LegId(4),
@@ -291,12 +350,15 @@ mod tests {
         let text = render(&s);
         for line in [
             "hush_sfu_layer_switches_total 3",
+            "hush_sfu_slow_consumers_total 2",
+            "hush_sfu_rate_limited_total 5",
+            "# TYPE hush_sfu_calls gauge",
             "hush_sfu_leg_estimated_bitrate_bps{leg=\"4\"} 1250000",
             "hush_sfu_leg_loss_ratio{leg=\"4\"} 0.025",
-            "hush_sfu_leg_rtt_seconds{leg=\"4\"} 0.048500",
+            "hush_sfu_leg_rtt_seconds{leg=\"4\"} 0.0485",
             "hush_sfu_leg_layer_switches_total{leg=\"4\"} 2",
             "hush_sfu_leg_forwarded_packets_total{leg=\"4\"} 900",
-            "hush_sfu_leg_loss_ratio{leg=\"9\"} 0.000",
+            "hush_sfu_leg_loss_ratio{leg=\"9\"} 0.0",
             "hush_sfu_leg_retransmitted_packets_total{leg=\"4\"} 17",
             "hush_sfu_leg_uplink_nacked_packets_total{leg=\"4\"} 12",
             "hush_sfu_leg_uplink_recovered_packets_total{leg=\"4\"} 10",

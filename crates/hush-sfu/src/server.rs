@@ -38,6 +38,14 @@ use crate::{CallId, DeviceId, LegId};
 /// Largest UDP datagram read.
 const RECV_BUF: usize = 2048;
 
+/// Most datagrams read in one turn of the run loop (each one's output is sent before the next
+/// is read); then the other sources (commands, timers) get their turn, and after a full batch
+/// the other tasks of the runtime (signaling connections) too.
+const RECV_BATCH: usize = 64;
+
+/// Where the deadline timer waits while the core has no deadline.
+const NO_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
 /// Where the driver listens and how long it waits.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -539,38 +547,70 @@ impl Main {
         let mut sweep =
             tokio::time::interval((self.leg_timeout / 4).max(Duration::from_millis(50)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the core's deadline, moved when the deadline changes (not rebuilt on
+        // every turn); `armed` is the deadline it waits for.
+        let timer = tokio::time::sleep(NO_DEADLINE);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
+            let mut full_batch = false;
             let deadline = self.sfu.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            if deadline != armed {
+                let at = deadline.unwrap_or_else(|| Instant::now() + NO_DEADLINE);
+                timer.as_mut().reset(at.into());
+                armed = deadline;
+            }
             tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
-                        if let Some(packet) = buf.get(..n) {
-                            self.datagram(from, packet);
-                        }
-                    }
-                    Err(e) => trace!(error = %e, "udp recv error"),
+                r = socket.readable() => match r {
+                    Ok(()) => full_batch = self.drain_socket(&socket, &mut buf),
+                    Err(e) => trace!(error = %e, "udp readiness error"),
                 },
                 c = cmd.recv() => match c {
                     Some(Cmd::Shutdown) | None => break,
                     Some(c) => self.command(c),
                 },
-                () = sleep => {
+                () = &mut timer, if armed.is_some() => {
+                    // Fired: re-armed on the next turn, even for the same deadline.
+                    armed = None;
                     let now = self.now();
                     self.sfu.handle_timeout(now);
                 }
                 _ = sweep.tick() => self.sweep(),
             }
             self.flush();
+            if full_batch {
+                // More may be waiting: let the runtime's other tasks run first, so that a
+                // backlog does not hold the signaling connections for thousands of datagrams
+                // (tokio's own budget only counts the `readable` polls, one per batch).
+                tokio::task::yield_now().await;
+            }
         }
         info!("sfu stopping");
         self.legs.clear();
         self.pending.clear();
+    }
+
+    /// Reads what the socket holds, up to [`RECV_BATCH`] datagrams, handing each to the core
+    /// and sending its output before reading the next. Whether it stopped at the limit (the
+    /// socket may hold more).
+    fn drain_socket(&mut self, socket: &UdpSocket, buf: &mut [u8]) -> bool {
+        for _ in 0..RECV_BATCH {
+            match socket.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    if let Some(packet) = buf.get(..n) {
+                        self.datagram(from, packet);
+                    }
+                    self.handle_events();
+                    self.send_transmits();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    trace!(error = %e, "udp recv error");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn datagram(&mut self, from: SocketAddr, packet: &[u8]) {
@@ -922,10 +962,9 @@ impl Main {
         }
     }
 
+    /// The core's events, legs whose signaling queue overflowed, and the core's transmits.
     fn flush(&mut self) {
-        while let Some(event) = self.sfu.poll_event() {
-            self.event(event);
-        }
+        self.handle_events();
         let overflowed: Vec<LegId> = self
             .legs
             .iter()
@@ -938,10 +977,19 @@ impl Main {
             if self.sfu.leave(leg).is_err() {
                 self.forget(leg);
             }
-            while let Some(event) = self.sfu.poll_event() {
-                self.event(event);
-            }
+            self.handle_events();
         }
+        self.send_transmits();
+    }
+
+    fn handle_events(&mut self) {
+        while let Some(event) = self.sfu.poll_event() {
+            self.event(event);
+        }
+    }
+
+    /// Sends what the core has to send, each datagram with its own system call.
+    fn send_transmits(&mut self) {
         while let Some(t) = self.sfu.poll_transmit() {
             let Some(addr) = self.legs.get(&t.leg).and_then(|l| l.addr) else {
                 self.stats.no_path += 1;
