@@ -675,6 +675,28 @@ async fn receive(
     lat
 }
 
+/// One [`receive`] task per participant, until `stop`.
+fn spawn_receivers(
+    parts: &[Arc<Participant>],
+    stop: &Arc<AtomicBool>,
+    count: &Arc<AtomicU64>,
+    measure: Option<Instant>,
+    reflector: bool,
+) -> Vec<tokio::task::JoinHandle<Latencies>> {
+    parts
+        .iter()
+        .map(|p| {
+            tokio::spawn(receive(
+                p.clone(),
+                stop.clone(),
+                count.clone(),
+                measure,
+                reflector,
+            ))
+        })
+        .collect()
+}
+
 /// Gathers the receivers' latencies.
 async fn gather(receivers: Vec<tokio::task::JoinHandle<Latencies>>) -> Result<Latencies, Failure> {
     let mut all = Latencies::default();
@@ -764,18 +786,7 @@ async fn one_call(server: Arc<ServerProcess>, run: OneCall) -> Result<(), Failur
     let interval = Duration::from_secs_f64(1.0 / per_sender_rounds.max(1.0));
     let stop = Arc::new(AtomicBool::new(false));
     let measure_from = Instant::now() + WARMUP;
-    let receivers: Vec<_> = parts
-        .iter()
-        .map(|p| {
-            tokio::spawn(receive(
-                p.clone(),
-                stop.clone(),
-                received.clone(),
-                Some(measure_from),
-                run.reflector,
-            ))
-        })
-        .collect();
+    let receivers = spawn_receivers(&parts, &stop, &received, Some(measure_from), run.reflector);
     let end = measure_from + Duration::from_secs_f64(LATENCY_SECONDS);
     let senders: Vec<_> = parts
         .iter()
@@ -838,18 +849,7 @@ async fn throughput(
     reflector: bool,
 ) -> Result<(f64, u32), Failure> {
     let stop = Arc::new(AtomicBool::new(false));
-    let receivers: Vec<_> = parts
-        .iter()
-        .map(|p| {
-            tokio::spawn(receive(
-                p.clone(),
-                stop.clone(),
-                received.clone(),
-                None,
-                reflector,
-            ))
-        })
-        .collect();
+    let receivers = spawn_receivers(parts, &stop, received, None, reflector);
     let sending = Arc::new(AtomicBool::new(true));
     let senders: Vec<_> = parts
         .iter()
@@ -912,18 +912,7 @@ async fn many_calls(server: Arc<ServerProcess>, calls: usize, seconds: f64) -> R
     }
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
-    let receivers: Vec<_> = all
-        .iter()
-        .map(|p| {
-            tokio::spawn(receive(
-                p.clone(),
-                stop.clone(),
-                received.clone(),
-                Some(Instant::now()),
-                false,
-            ))
-        })
-        .collect();
+    let receivers = spawn_receivers(&all, &stop, &received, Some(Instant::now()), false);
     // Let the calls start (first keyframes, layer choice) before measuring.
     let warmup = Duration::from_secs(1);
     let end = Instant::now() + warmup + Duration::from_secs_f64(seconds);
