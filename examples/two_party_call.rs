@@ -47,8 +47,12 @@
 //! then 300 kbps after 5 s, 150 kbps after 10 s, 2 Mbps after 15 s (counted from the call's
 //! keys); the JSON then reports how the video followed (step-down times, the frame rate and
 //! size at each step, when the full size came back, pictures per second). With the
-//! environment variable `HUSH_EXAMPLE_TRACE` set, Alice prints her estimate, send rate, loss,
-//! RTT and video state every 250 ms to stderr; in an audio-only call both sides print an
+//! environment variable `HUSH_EXAMPLE_TRACE` set, each side of a video call prints a `trace`
+//! line to stderr every 250 ms (`HUSH_EXAMPLE_TRACE_MS` to change it): its estimate, send rate,
+//! loss, RTT, video state, frames, bytes and keyframes encoded, keyframe requests received,
+//! NACKed packets and retransmissions sent (cumulative); and a `picture` line for each picture
+//! it receives (arrival time, width, frame number, `send_video` → `recv_video` delay in ms).
+//! In an audio-only call both sides print an
 //! `atrace` line every 250 ms instead: congestion target, encoder output, wire send rate (kbps),
 //! RTT and how far it is above the path's round trip (`over_path`: queueing, and on a slow link
 //! the serialization of long packets), the peer's reported loss, playout delay and jitter p95
@@ -552,7 +556,11 @@ async fn video_side(
     let mut n = 0u32;
     let size = source.size();
     let trace = std::env::var_os("HUSH_EXAMPLE_TRACE").is_some() && !record;
-    let mut tracer = tokio::time::interval(Duration::from_millis(250));
+    let trace_ms = std::env::var("HUSH_EXAMPLE_TRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    let mut tracer = tokio::time::interval(Duration::from_millis(trace_ms));
     let mut sampler = tokio::time::interval_at(
         (start + Duration::from_secs(1)).into(),
         Duration::from_secs(1),
@@ -569,7 +577,7 @@ async fn video_side(
                     let q = st.quality.as_ref();
                     let v = st.video.as_ref();
                     eprintln!(
-                        "trace {:5.2} target {} send {} loss {:.3} rtt {:?} paused {:?} sent {:?}x{:?}@{:?}",
+                        "trace {:5.2} target {} send {} loss {:.3} rtt {:?} paused {:?} sent {:?}x{:?}@{:?} encoded {:?} bytes {:?} keyframes {:?} asked {:?} nacks {:?} rtx {:?}",
                         start.elapsed().as_secs_f64(),
                         st.media.target_bps,
                         q.map_or(0, |q| q.send_bps),
@@ -579,6 +587,12 @@ async fn video_side(
                         v.map(|v| v.sent_width),
                         v.map(|v| v.sent_height),
                         v.map(|v| v.sent_fps),
+                        v.map(|v| v.frames_encoded),
+                        v.map(|v| v.bytes_encoded),
+                        v.map(|v| v.key_frames_encoded),
+                        v.map(|v| v.keyframe_requests_received),
+                        q.map(|q| q.nacks_sent),
+                        q.map(|q| q.retransmissions_sent),
                     );
                 }
             }
@@ -601,6 +615,15 @@ async fn video_side(
                     seen.delays.push(now.duration_since(t).as_secs_f64() * 1e3);
                 }
                 seen.arrivals.push((now.duration_since(start).as_secs_f64(), p.width()));
+                if trace {
+                    let delay = peer_sent.lock().ok().and_then(|v| v.get(k).copied().flatten());
+                    eprintln!(
+                        "picture {:6.3} width {} number {k} delay_ms {:.0}",
+                        start.elapsed().as_secs_f64(),
+                        p.width(),
+                        delay.map_or(-1.0, |t| now.duration_since(t).as_secs_f64() * 1e3),
+                    );
+                }
                 if record {
                     seen.recorded.push(p.scaled(size.0, size.1)?);
                 }
