@@ -535,6 +535,20 @@ fn unix_ms() -> u64 {
 }
 
 impl Main {
+    /// Sends `notice` to every other leg of `leg`'s call (nothing when `leg` is gone).
+    fn notify_others(&mut self, leg: LegId, notice: &Notice) {
+        let Some(call) = self.legs.get(&leg).map(|l| l.call) else {
+            return;
+        };
+        for (_, other) in self
+            .legs
+            .iter_mut()
+            .filter(|(id, o)| **id != leg && o.call == call)
+        {
+            other.notify(notice);
+        }
+    }
+
     fn now(&mut self) -> Instant {
         let n = Instant::now().max(self.last_now);
         self.last_now = n;
@@ -779,15 +793,8 @@ impl Main {
                     return;
                 }
                 l.muted = muted;
-                let (call, device) = (l.call, l.device);
-                for other in self
-                    .legs
-                    .iter_mut()
-                    .filter(|(id, o)| **id != leg && o.call == call)
-                    .map(|(_, o)| o)
-                {
-                    other.notify(&Notice::Muted { device, muted });
-                }
+                let device = l.device;
+                self.notify_others(leg, &Notice::Muted { device, muted });
             }
             Cmd::Video { leg, enabled } => {
                 let Some(l) = self.legs.get_mut(&leg) else {
@@ -797,15 +804,8 @@ impl Main {
                     return;
                 }
                 l.video_off = !enabled;
-                let (call, device) = (l.call, l.device);
-                for other in self
-                    .legs
-                    .iter_mut()
-                    .filter(|(id, o)| **id != leg && o.call == call)
-                    .map(|(_, o)| o)
-                {
-                    other.notify(&Notice::Video { device, enabled });
-                }
+                let device = l.device;
+                self.notify_others(leg, &Notice::Video { device, enabled });
             }
             Cmd::Leave { leg } => {
                 if self.sfu.leave(leg).is_err() {
