@@ -19,11 +19,10 @@
 use std::time::{Duration, Instant};
 
 use hush::media_path::{test_keys, MediaPath};
-use hush_media::rtp::VideoPayload;
 use hush_media::video::{
     I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
 };
-use hush_media::{SessionConfig, StreamIds};
+use hush_media::SessionConfig;
 
 const W: u32 = 640;
 const H: u32 = 360;
@@ -122,18 +121,7 @@ fn pump(alice: &mut MediaPath, bob: &mut MediaPath, now: Instant) {
 /// hush's path both ways: returns (CPU time, pictures decoded, bytes encoded).
 fn path(pictures: &[I420Frame], kbps: u32, t0: Instant) -> (Duration, usize, usize) {
     let (ak, bk) = test_keys();
-    let config = SessionConfig {
-        local_video: Some(StreamIds {
-            ssrc: 0x1000_0003,
-            rtx_ssrc: 0x1000_0004,
-        }),
-        remote_video: Some(StreamIds {
-            ssrc: 0x2000_0003,
-            rtx_ssrc: 0x2000_0004,
-        }),
-        video_payload: VideoPayload::H264,
-        ..SessionConfig::default()
-    };
+    let config = SessionConfig::default().with_h264_video();
     let max_nal = config.max_payload.saturating_sub(20).max(420);
     let mut alice = MediaPath::new(&ak, config.clone(), t0).expect("keys");
     let mut bob = MediaPath::new(&bk, config.mirrored(), t0).expect("keys");

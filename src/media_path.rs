@@ -610,24 +610,11 @@ mod tests {
     /// path asks for (PLI) is produced by Alice's encoder.
     #[test]
     fn video_goes_through_codec_engine_and_srtp_in_one_path() {
-        use hush_media::rtp::VideoPayload;
         use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
-        use hush_media::StreamIds;
 
         let (ak, bk) = test_keys();
         let t0 = Instant::now();
-        let config = SessionConfig {
-            local_video: Some(StreamIds {
-                ssrc: 0x1000_0003,
-                rtx_ssrc: 0x1000_0004,
-            }),
-            remote_video: Some(StreamIds {
-                ssrc: 0x2000_0003,
-                rtx_ssrc: 0x2000_0004,
-            }),
-            video_payload: VideoPayload::H264,
-            ..SessionConfig::default()
-        };
+        let config = SessionConfig::default().with_h264_video();
         let mut alice = MediaPath::new(&ak, config.clone(), t0).unwrap();
         let mut bob = MediaPath::new(&bk, config.mirrored(), t0).unwrap();
         let enc = OpenH264Encoder::new(VideoEncoderConfig::default()).unwrap();

@@ -562,18 +562,7 @@ const AUDIO_MAX_PACKET: Duration = Duration::from_millis(120);
 /// in both directions (H.264, RFC 6184), and the congestion controller allowed to climb to
 /// 2.5 Mbps with padding probes, which only pay off for video.
 pub(crate) fn video_session(audio: &SessionConfig) -> SessionConfig {
-    use hush_media::rtp::VideoPayload;
-    use hush_media::StreamIds;
-    let mut c = audio.clone();
-    c.local_video = Some(StreamIds {
-        ssrc: audio.local_audio.ssrc.wrapping_add(2),
-        rtx_ssrc: audio.local_audio.ssrc.wrapping_add(3),
-    });
-    c.remote_video = Some(StreamIds {
-        ssrc: audio.remote_audio.ssrc.wrapping_add(2),
-        rtx_ssrc: audio.remote_audio.ssrc.wrapping_add(3),
-    });
-    c.video_payload = VideoPayload::H264;
+    let mut c = audio.clone().with_h264_video();
     let defaults = hush_media::cc::CcConfig::default();
     c.cc.max_bps = defaults.max_bps;
     c.cc.start_bps = defaults.start_bps;

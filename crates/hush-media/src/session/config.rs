@@ -105,6 +105,28 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
+    /// This configuration with H.264 video (RFC 6184) both ways, on streams beside the audio
+    /// ones: SSRC and RTX SSRC 2 and 3 above each side's audio SSRC.
+    ///
+    /// ```
+    /// use hush_media::SessionConfig;
+    ///
+    /// let c = SessionConfig::default().with_h264_video();
+    /// let video = c.local_video.expect("video");
+    /// assert_eq!(video.ssrc, c.local_audio.ssrc.wrapping_add(2));
+    /// assert_eq!(c.mirrored().remote_video, Some(video));
+    /// ```
+    pub fn with_h264_video(mut self) -> Self {
+        let beside = |audio: &StreamIds| StreamIds {
+            ssrc: audio.ssrc.wrapping_add(2),
+            rtx_ssrc: audio.ssrc.wrapping_add(3),
+        };
+        self.local_video = Some(beside(&self.local_audio));
+        self.remote_video = Some(beside(&self.remote_audio));
+        self.video_payload = VideoPayload::H264;
+        self
+    }
+
     /// The configuration of the peer: local and remote streams swapped.
     pub fn mirrored(&self) -> Self {
         let mut c = self.clone();

@@ -540,26 +540,14 @@ fn reordering_alone_does_not_hold_room_for_loss() {
 #[cfg(feature = "openh264")]
 #[test]
 fn h264_video_recovers_from_loss_with_a_keyframe_request() {
-    use crate::rtp::VideoPayload;
-    use crate::session::{Event, MediaSession, SessionConfig, StreamIds};
+    use crate::session::{Event, MediaSession, SessionConfig};
     use crate::video::{
         I420Frame, OpenH264Decoder, OpenH264Encoder, VideoDecoder, VideoEncoder, VideoEncoderConfig,
     };
     use crate::TransmitKind;
 
     let t0 = Instant::now();
-    let config = SessionConfig {
-        local_video: Some(StreamIds {
-            ssrc: 0x1000_0003,
-            rtx_ssrc: 0x1000_0004,
-        }),
-        remote_video: Some(StreamIds {
-            ssrc: 0x2000_0003,
-            rtx_ssrc: 0x2000_0004,
-        }),
-        video_payload: VideoPayload::H264,
-        ..SessionConfig::default()
-    };
+    let config = SessionConfig::default().with_h264_video();
     let mut a = MediaSession::new(config.clone(), t0);
     let mut b = MediaSession::new(config.mirrored(), t0);
     let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
@@ -642,22 +630,10 @@ fn h264_video_recovers_from_loss_with_a_keyframe_request() {
 /// and ask for a keyframe at once.
 #[test]
 fn malformed_h264_frame_triggers_a_keyframe_request() {
-    use crate::rtp::VideoPayload;
-    use crate::session::{Event, MediaSession, SessionConfig, StreamIds};
+    use crate::session::{Event, MediaSession, SessionConfig};
 
     let t0 = Instant::now();
-    let config = SessionConfig {
-        local_video: Some(StreamIds {
-            ssrc: 0x1000_0003,
-            rtx_ssrc: 0x1000_0004,
-        }),
-        remote_video: Some(StreamIds {
-            ssrc: 0x2000_0003,
-            rtx_ssrc: 0x2000_0004,
-        }),
-        video_payload: VideoPayload::H264,
-        ..SessionConfig::default()
-    };
+    let config = SessionConfig::default().with_h264_video();
     let mut a = MediaSession::new(config.clone(), t0);
     let mut b = MediaSession::new(config.mirrored(), t0);
     let key = [
