@@ -53,7 +53,7 @@
 //! NACKed packets and retransmissions sent (cumulative); and a `picture` line for each picture
 //! it receives (arrival time, width, frame number, `send_video` → `recv_video` delay in ms).
 //! In an audio-only call both sides print an
-//! `atrace` line every 250 ms instead: congestion target, encoder output, wire send rate (kbps),
+//! `atrace` line at the same interval instead: congestion target, encoder output, wire send rate (kbps),
 //! RTT and how far it is above the path's round trip (`over_path`: queueing, and on a slow link
 //! the serialization of long packets), the peer's reported loss, playout delay and jitter p95
 //! (ms), and since the last line the frames late, concealed and repaired by retransmission,
@@ -556,11 +556,7 @@ async fn video_side(
     let mut n = 0u32;
     let size = source.size();
     let trace = std::env::var_os("HUSH_EXAMPLE_TRACE").is_some() && !record;
-    let trace_ms = std::env::var("HUSH_EXAMPLE_TRACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(250);
-    let mut tracer = tokio::time::interval(Duration::from_millis(trace_ms));
+    let mut tracer = tokio::time::interval(trace_interval());
     let mut sampler = tokio::time::interval_at(
         (start + Duration::from_secs(1)).into(),
         Duration::from_secs(1),
@@ -755,7 +751,7 @@ async fn talk(
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let end = Instant::now() + Duration::from_millis(u64::from(frames) * 20 + 600);
     let mut n = 0;
-    let mut tracer = tokio::time::interval(Duration::from_millis(250));
+    let mut tracer = tokio::time::interval(trace_interval());
     loop {
         tokio::select! {
             _ = tracer.tick(), if trace.is_some() => {
@@ -802,6 +798,15 @@ async fn talk(
         }
     }
     heard
+}
+
+/// How often the `trace` and `atrace` lines are printed: `HUSH_EXAMPLE_TRACE_MS`, or 250 ms.
+fn trace_interval() -> Duration {
+    let ms = std::env::var("HUSH_EXAMPLE_TRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    Duration::from_millis(ms)
 }
 
 async fn wait_connected(call: &Call) -> Result<String, Failure> {
