@@ -467,14 +467,15 @@ impl Drop for MediaPath {
 static LIVE_PATHS: AtomicUsize = AtomicUsize::new(0);
 
 /// How many keyed [`MediaPath`]s (SRTP contexts holding call keys) exist in this process right
-/// now: a test hook showing that a call's keys are gone once it ended.
-#[doc(hidden)]
+/// now: a test hook showing that a call's keys are gone once it ended (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 pub fn live_keyed_paths() -> usize {
     LIVE_PATHS.load(Ordering::Relaxed)
 }
 
-/// Two mirrored sets of media keys from a real key exchange, for doc examples and tests.
-#[doc(hidden)]
+/// Two mirrored sets of media keys from a real key exchange, for doc examples, tests and benches
+/// (feature `test-hooks`).
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn test_keys() -> (MediaKeys, MediaKeys) {
     use hush_crypto::signal::IdentityKeyPair;
     use hush_crypto::CallKeyExchange;

@@ -19,7 +19,8 @@
 //! [`nack`] (NACK + RTX), [`red`] (RFC 2198 redundancy), [`cc`] (transport-wide feedback and a
 //! GCC-style estimator), [`stats`], [`codec`] (Opus on the pure-Rust `opus-pure`), [`video`]
 //! (I420 frames, the video codec traits, H.264 on OpenH264), and [`sim`],
-//! a deterministic network simulator that the tests and the `media_sim` example drive.
+//! a deterministic network simulator: the facade's simulated impairments run on it, and with the
+//! `call-sim` feature (hush's own tests and the `media_sim` example) it simulates whole calls.
 //!
 //! # Run loop
 //!

@@ -27,10 +27,12 @@
 //! }
 //! ```
 
+#[cfg(any(test, feature = "call-sim"))]
 pub mod call;
 mod loss;
 mod rng;
 
+#[cfg(any(test, feature = "call-sim"))]
 pub use call::{CallConfig, CallMetrics, CallSim, Wire};
 pub use loss::LossModel;
 pub use rng::SimRng;
