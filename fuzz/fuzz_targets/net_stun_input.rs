@@ -53,6 +53,6 @@ fuzz_target!(|data: &[u8]| {
     conn.handle_timeout(now + Duration::from_millis(50));
     while conn.poll_transmit().is_some() {}
     while conn.poll_event().is_some() {}
-    while conn.poll_datagram().is_some() {}
+    while conn.recv_datagram().is_some() {}
     let _ = conn.send_datagram(now, rest);
 });

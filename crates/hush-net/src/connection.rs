@@ -136,12 +136,12 @@ impl Session {
 ///   [`add_remote_candidate`](Self::add_remote_candidate), [`send_datagram`](Self::send_datagram),
 ///   [`restart`](Self::restart), [`close`](Self::close).
 /// * **Outputs**: after every input or command, drain [`poll_transmit`](Self::poll_transmit),
-///   [`poll_datagram`](Self::poll_datagram) and [`poll_event`](Self::poll_event), then re-arm the
+///   [`recv_datagram`](Self::recv_datagram) and [`poll_event`](Self::poll_event), then re-arm the
 ///   timer from [`poll_timeout`](Self::poll_timeout).
 ///
 /// The core never reads a clock and owns no socket. It never encrypts or decrypts: datagrams
 /// given to [`send_datagram`](Self::send_datagram) come out of the peer's
-/// [`poll_datagram`](Self::poll_datagram) byte for byte.
+/// [`recv_datagram`](Self::recv_datagram) byte for byte.
 pub struct Connection {
     config: Config,
     agent: IceAgent,
@@ -576,9 +576,10 @@ impl Connection {
         self.transmits.pop_front()
     }
 
-    /// The next media datagram received from the peer.
+    /// The next media datagram received from the peer (inbound; what the driver sends goes out
+    /// of [`poll_transmit`](Self::poll_transmit)).
     #[must_use]
-    pub fn poll_datagram(&mut self) -> Option<Vec<u8>> {
+    pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
         self.datagrams.pop_front()
     }
 

@@ -428,7 +428,7 @@ impl Driver {
                     }
                 }
             }
-            while let Some(d) = self.conn.poll_datagram() {
+            while let Some(d) = self.conn.recv_datagram() {
                 if self.datagrams.try_send(d).is_err() {
                     tracing::trace!("datagram queue full; dropped");
                 }

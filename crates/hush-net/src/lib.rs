@@ -42,7 +42,7 @@
 //! loop {
 //!     while let Some(t) = conn.poll_transmit() { send(&t); }
 //!     while let Some(ev) = conn.poll_event() { /* candidates → signaling, path events */ }
-//!     while let Some(media) = conn.poll_datagram() { /* to hush-srtp */ }
+//!     while let Some(media) = conn.recv_datagram() { /* to hush-srtp */ }
 //!     let _deadline = conn.poll_timeout();
 //!     // wait for a packet (conn.handle_packet) or the deadline (conn.handle_timeout)
 //!     # break;

@@ -63,7 +63,7 @@ proptest! {
         c.handle_timeout(now + Duration::from_millis(100));
         while c.poll_transmit().is_some() {}
         while c.poll_event().is_some() {}
-        while c.poll_datagram().is_some() {}
+        while c.recv_datagram().is_some() {}
     }
 
     #[test]

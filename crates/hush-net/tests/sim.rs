@@ -115,7 +115,7 @@ impl Pair {
             while let Some(c) = src.candidates.pop_front() {
                 dst.conn.add_remote_candidate(self.now, &c).unwrap();
             }
-            while let Some(d) = src.conn.poll_datagram() {
+            while let Some(d) = src.conn.recv_datagram() {
                 src.received.push(d);
             }
             while let Some(t) = src.conn.poll_transmit() {
