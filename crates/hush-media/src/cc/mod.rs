@@ -14,10 +14,7 @@
 //!   last 250 ms, which is the bottleneck's capacity while its queue is busy), once per episode;
 //!   it holds while the queue drains; then it rises additively near the capacity measured at
 //!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
-//!   1.5 × the acknowledged rate + 10 kbps. Without probing, once the rate has sat at the
-//!   margin under that capacity for seconds with no queue, the capacity estimate creeps up
-//!   (10 %/s) and the rate with it; the overuse that ends a creep takes the rate back to
-//!   where the creep started, not below, and the next creep waits twice as long;
+//!   1.5 × the acknowledged rate + 10 kbps;
 //! - a loss-based rate: cut by half the loss fraction above 10 % loss while a queue stands on
 //!   the path (queueing delay over 20 ms; loss without a queue is a lossy link, not
 //!   congestion, and sending less would not lose less), never below 0.85 × the acknowledged
@@ -432,28 +429,15 @@ impl CongestionController {
         };
         match self.detector.usage() {
             Usage::Overuse if self.probe_overuse(now) => self.delay.on_probe_overuse(now),
-            Usage::Overuse if self.delay.on_creep_overuse(now, self.creep_drain()) => {}
             Usage::Overuse => self.delay.on_overuse(now, capacity_sample, self.rtt),
             Usage::Underuse => self.delay.on_underuse(),
             // A queue that stands without growing (a drop-tail bottleneck kept full since the
             // call began: its delay no longer changes, so the trend shows nothing) is overuse
             // all the same.
-            Usage::Normal
-                if self.queue_delay_ms >= STANDING_QUEUE_MS
-                    && self.delay.on_creep_overuse(now, self.creep_drain()) => {}
             Usage::Normal if self.queue_delay_ms >= STANDING_QUEUE_MS => {
                 self.delay.on_overuse(now, capacity_sample, self.rtt)
             }
-            Usage::Normal => {
-                self.delay.on_normal(dt, acked, self.rtt);
-                // Without probing (an audio call), a capacity measured low at the first
-                // overuse would hold the rate under the link for good. (Not only at the
-                // 20 ms probing baseline: on a 24 kbps link a 100 ms packet's own
-                // transmission time varies by more than that with its size.)
-                if !self.config.probing {
-                    self.delay.creep(dt, acked);
-                }
-            }
+            Usage::Normal => self.delay.on_normal(dt, acked, self.rtt),
         }
         self.update_fast_start(now, dt, acked);
         self.update_loss_rate(now, dt, acked);
@@ -496,13 +480,6 @@ impl CongestionController {
         let rate = grown.min(FAST_START_GAIN * acked + 10_000.0);
         self.delay.raise_to(rate);
         self.loss_rate = self.loss_rate.max(self.delay.rate());
-    }
-
-    /// How long the overuse signals after a creep ran into the link are its own queue
-    /// draining: the packets sent before the rate came back reach the receiver, and feedback
-    /// reports them, up to a round trip and a feedback gap later.
-    fn creep_drain(&self) -> Duration {
-        self.rtt + self.feedback_gap + PROBE_GUARD
     }
 
     /// Whether an overuse now is our last probe's doing: it started moments ago, and our

@@ -25,21 +25,6 @@ const PROBE_SHARE: f64 = 0.95;
 /// more than the capacity, moves it higher.
 const NEAR_CAPACITY: f64 = 0.95;
 
-/// How long the rate must sit at [`NEAR_CAPACITY`] × the known capacity, the path quiet and
-/// carrying it, before the capacity estimate itself creeps up (doubled after each creep that
-/// ended in an overuse, up to [`CREEP_AFTER_MAX_SECS`]).
-const CREEP_AFTER_SECS: f64 = 2.0;
-
-/// Longest wait before the capacity creeps up again.
-const CREEP_AFTER_MAX_SECS: f64 = 32.0;
-
-/// How fast the capacity estimate creeps up, per second.
-const CREEP_PER_SEC: f64 = 1.10;
-
-/// The path carries the rate (not application-limited) while the acknowledged rate is at least
-/// this share of it.
-const CREEP_IN_USE: f64 = 0.75;
-
 /// What the rate controller is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -107,15 +92,6 @@ pub(super) struct AimdRate {
     last_overuse: Option<Instant>,
     /// The capacity sample of the first decrease in the current overuse episode.
     episode_sample: Option<f64>,
-    /// Seconds the rate has sat at the capacity margin, the path quiet and carrying it.
-    at_margin_secs: f64,
-    /// How long it must sit there before the capacity creeps up.
-    creep_after_secs: f64,
-    /// The capacity estimate before it crept up, while it is creeping (until the next
-    /// overuse).
-    before_creep: Option<f64>,
-    /// Until when an overuse is blamed on the last creep (its queue still draining).
-    creep_guard_until: Option<Instant>,
 }
 
 /// Within one overuse episode, a further decrease needs the measured rate to fall below this
@@ -132,10 +108,6 @@ impl AimdRate {
             last_decrease: None,
             last_overuse: None,
             episode_sample: None,
-            at_margin_secs: 0.0,
-            creep_after_secs: CREEP_AFTER_SECS,
-            before_creep: None,
-            creep_guard_until: None,
         }
     }
 
@@ -234,52 +206,6 @@ impl AimdRate {
         }
     }
 
-    /// The path is quiet (the delay detector sees no trend, no standing queue): once the rate
-    /// has sat at [`NEAR_CAPACITY`] × the known capacity for a while with the path carrying
-    /// it, the capacity estimate creeps up ([`CREEP_PER_SEC`]) and the rate follows it.
-    ///
-    /// The capacity comes from the rate acknowledged at an overuse, a few packets on a slow
-    /// link: a 24 kbps link measured at 21 kbps held the rate at 20 for the rest of a call
-    /// whose encoders never sent more than they were given, and nothing measured it again
-    /// (an audio call does not probe). A creep that runs into the link ends at the next
-    /// overuse ([`on_creep_overuse`](Self::on_creep_overuse)), back where it started.
-    pub(super) fn creep(&mut self, dt: f64, acked: Option<f64>) {
-        let Some(c) = self.capacity.estimate else {
-            return;
-        };
-        let at_margin = self.state == State::Increase && self.rate >= 0.99 * NEAR_CAPACITY * c;
-        let in_use = acked.is_some_and(|a| a >= CREEP_IN_USE * self.rate);
-        if !at_margin || !in_use {
-            return;
-        }
-        self.at_margin_secs += dt;
-        if self.at_margin_secs >= self.creep_after_secs {
-            self.before_creep.get_or_insert(c);
-            self.capacity.estimate = Some(c * CREEP_PER_SEC.powf(dt));
-        }
-    }
-
-    /// An overuse, before [`on_overuse`](Self::on_overuse). If the capacity crept since the
-    /// last one, the creep found the link: like a probe's, its queue is its own doing, so the
-    /// rate goes back to where the creep started (the margin under the capacity it had held
-    /// for seconds without a queue) rather than to β × the acknowledged rate, holds there
-    /// while the queue drains (`drain`), and the next creep waits twice as long. Returns
-    /// whether the overuse was handled so.
-    pub(super) fn on_creep_overuse(&mut self, now: Instant, drain: Duration) -> bool {
-        self.at_margin_secs = 0.0;
-        if let Some(c) = self.before_creep.take() {
-            self.capacity.estimate = Some(c);
-            self.rate = self.rate.min(NEAR_CAPACITY * c);
-            self.creep_after_secs = (self.creep_after_secs * 2.0).min(CREEP_AFTER_MAX_SECS);
-            self.creep_guard_until = Some(now + drain);
-        } else if !self.creep_guard_until.is_some_and(|t| now < t) {
-            return false;
-        }
-        self.last_overuse = Some(now);
-        self.state = State::Hold;
-        true
-    }
-
     /// The queue grows, but our own probe burst just put it there: hold, without a decrease
     /// (the burst is over and its queue drains by itself).
     pub(super) fn on_probe_overuse(&mut self, now: Instant) {
@@ -374,51 +300,6 @@ mod tests {
             r.on_normal(0.1, Some(150_000.0), RTT);
         }
         assert_eq!(r.rate(), NEAR_CAPACITY * 150_000.0);
-    }
-
-    #[test]
-    fn a_capacity_measured_low_creeps_up_and_is_measured_again() {
-        // A 24 kbps link measured at 21 kbps at the first overuse: the rate settles at 0.95 ×
-        // 21 and, with the path quiet and carrying it, stays there only for a while.
-        let t0 = Instant::now();
-        let mut r = AimdRate::new(40_000.0);
-        r.on_overuse(t0, Some(21_000.0), RTT);
-        r.on_underuse();
-        let settle = |r: &mut AimdRate, secs: u32| {
-            for _ in 0..secs * 10 {
-                let rate = r.rate();
-                r.on_normal(0.1, Some(rate), RTT);
-                r.creep(0.1, Some(rate));
-            }
-        };
-        settle(&mut r, 2);
-        assert_eq!(r.rate(), NEAR_CAPACITY * 21_000.0);
-        settle(&mut r, 2);
-        assert!(r.rate() > 22_000.0, "{}", r.rate());
-        // Application-limited (the encoder sends far less than the rate): no creep.
-        let held = r.capacity().expect("a capacity");
-        for _ in 0..50 {
-            let rate = r.rate();
-            r.on_normal(0.1, Some(0.5 * rate), RTT);
-            r.creep(0.1, Some(0.5 * rate));
-        }
-        assert_eq!(r.capacity(), Some(held));
-        // The creep ran into the link: back to where it started, no cut below it, also for the
-        // overuse signals of its queue draining; the next creep waits twice as long.
-        let t1 = t0 + Duration::from_secs(10);
-        let drain = Duration::from_millis(500);
-        assert!(r.on_creep_overuse(t1, drain));
-        assert_eq!(r.capacity(), Some(21_000.0));
-        assert_eq!(r.rate(), NEAR_CAPACITY * 21_000.0);
-        assert!(r.on_creep_overuse(t1 + Duration::from_millis(400), drain));
-        assert_eq!(r.rate(), NEAR_CAPACITY * 21_000.0);
-        // Later, an overuse is the link's: the usual cut.
-        assert!(!r.on_creep_overuse(t1 + Duration::from_secs(1), drain));
-        r.on_underuse();
-        settle(&mut r, 3);
-        assert_eq!(r.capacity(), Some(21_000.0));
-        settle(&mut r, 2);
-        assert!(r.capacity().expect("a capacity") > 21_000.0);
     }
 
     #[test]
