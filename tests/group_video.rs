@@ -396,6 +396,29 @@ async fn a_sender_on_a_capped_uplink_stops_its_top_layer_and_starts_it_again_whe
     let stats1 = calls[1].stats().await.unwrap();
     let top_on = |l: &Vec<bool>| l.get(2).copied().unwrap_or(true);
     eprintln!("layers of 0 (since its call started, sending, estimate): {trace:?}");
+    // Freezes of 0's pictures at each receiver (gaps over 500 ms), per period, for the record
+    // (docs/benchmarks.md).
+    for r in [1, 2] {
+        let got = seen[r].get(&ids[0]).cloned().unwrap_or_default();
+        for (name, from, to) in [
+            ("before the cap", t0 + Duration::from_secs(2), cap),
+            ("capped", cap, lift),
+            ("after the lift", lift, end),
+        ] {
+            let freezes: Vec<u128> = got
+                .windows(2)
+                .filter(|w| w[1].0 > from && w[0].0 < to)
+                .map(|w| w[1].0 - w[0].0)
+                .filter(|g| *g > Duration::from_millis(500))
+                .map(|g| g.as_millis())
+                .collect();
+            let pictures = got.iter().filter(|(t, _)| *t > from && *t < to).count();
+            eprintln!(
+                "receiver {r} of 0, {name}: {pictures} pictures, freezes over 500 ms (ms): \
+                 {freezes:?}"
+            );
+        }
+    }
 
     // Before the cap, all three layers went, on the SFU's feedback.
     assert!(
