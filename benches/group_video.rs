@@ -197,13 +197,13 @@ fn call<C: FrameCrypto>(
         .unwrap();
         if i == 0 {
             for (l, &ssrc) in MY_LAYER_SSRCS.iter().enumerate() {
-                path.add_video_layer(ssrc, l as u8).unwrap();
+                path.add_video_layer(ssrc, l as u8, 800_000).unwrap();
             }
             for j in 1..PARTICIPANTS {
                 path.add_video_stream(device(j), their_ssrc(j));
             }
         } else {
-            path.add_video_layer(their_ssrc(i), RECEIVED_LAYER as u8)
+            path.add_video_layer(their_ssrc(i), RECEIVED_LAYER as u8, 800_000)
                 .unwrap();
         }
         legs.push(joined.leg);
@@ -228,7 +228,7 @@ fn play<C: FrameCrypto>(call: &mut Call<C>, frames: &[Vec<Encoded>]) -> (Duratio
         for i in 1..PARTICIPANTS {
             let (data, key) = layers[RECEIVED_LAYER];
             call.paths[i]
-                .send_video(their_ssrc(i), ts, *key, data)
+                .send_video(now, their_ssrc(i), ts, *key, data)
                 .unwrap();
             while let Some(d) = call.paths[i].poll_datagram() {
                 let _ = call.sfu.handle_input(now, call.legs[i], &d);
@@ -237,7 +237,7 @@ fn play<C: FrameCrypto>(call: &mut Call<C>, frames: &[Vec<Encoded>]) -> (Duratio
         // Participant 0 sends its three layers (timed).
         let t = Instant::now();
         for (&ssrc, (data, key)) in MY_LAYER_SSRCS.iter().zip(layers) {
-            call.paths[0].send_video(ssrc, ts, *key, data).unwrap();
+            call.paths[0].send_video(now, ssrc, ts, *key, data).unwrap();
         }
         let mut out = Vec::new();
         while let Some(d) = call.paths[0].poll_datagram() {

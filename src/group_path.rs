@@ -23,6 +23,13 @@
 //! handed out whole and in order, waiting at most [`VIDEO_RECOVERY_WAIT`] for a resend), and a
 //! PLI when a frame is given up or a stream has not had a keyframe yet.
 //!
+//! The uplink is congestion controlled too (docs/sfu.md "Uplink congestion control"): every
+//! RTP packet sent carries a transport-wide sequence number, the SFU reports their arrivals,
+//! hush-media's [`CongestionController`] estimates the uplink from the reports, and
+//! [`UplinkLayers`] stops the simulcast layers the estimate cannot carry (top first, with an
+//! RTCP BYE for the layer's SSRC so that the SFU moves its receivers down at once) and brings
+//! them back once the estimate has held (found by padding probes on a stopped layer's SSRC).
+//!
 //! Sans-IO: datagrams and `now` in; datagrams, playout actions per participant and a deadline
 //! out.
 
@@ -31,15 +38,17 @@ use std::time::{Duration, Instant};
 
 pub use hush_crypto::group::FrameKind;
 use hush_crypto::group::{GroupE2ee, GroupError, MemberSlot, Opened};
-use hush_media::cc::TwccRecorder;
+use hush_media::cc::{CcConfig, CongestionController, Probe, TwccRecorder};
 use hush_media::jitter::{JitterBuffer, JitterConfig, Playout, Recovery};
 use hush_media::nack::NackScheduler;
-use hush_media::rtcp::{self, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket};
+use hush_media::rtcp::{self, Bye, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket};
 use hush_media::rtp::{AudioLevel, RtpPacket};
 use hush_sfu::join::HopKeys;
 use hush_sfu::{DeviceId, FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
-use hush_srtp::{SrtpConfig, SrtpContext};
-use tracing::trace;
+use hush_srtp::{SrtpConfig, SrtpContext, Suite};
+use tracing::{info, trace};
+
+use crate::group_uplink::{LayerChange, UplinkLayers};
 
 /// The RFC 8285 one-byte extension id of the RFC 6464 audio level in group call packets.
 pub const AUDIO_LEVEL_EXT: u8 = 1;
@@ -88,6 +97,27 @@ pub const VIDEO_RECOVERY_WAIT: Duration = Duration::from_millis(400);
 const MAX_HELD_VIDEO_PACKETS: usize = 1024;
 /// The least time between two keyframe requests of the path for one stream.
 const PATH_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// Times the goodbye of a stopped layer is repeated, one per feedback from the SFU (every
+/// 50 ms).
+const BYE_REPEATS: u8 = 2;
+/// IPv4 and UDP headers, counted in what the uplink's congestion controller sees sent.
+const UDP_IP_OVERHEAD: usize = 28;
+/// The payload type of this participant's probe padding (on a layer SSRC it does not send
+/// now); the SFU records its arrival and drops it.
+const UPLINK_PROBE_PT: u8 = 127;
+
+/// The uplink's congestion controller settings: it starts high enough for every layer (it
+/// acts only once the SFU's feedback arrives, and an SFU that sends none leaves every layer
+/// on), and probes with padding while a layer is stopped.
+fn uplink_cc_config() -> CcConfig {
+    CcConfig {
+        start_bps: 2_000_000,
+        min_bps: 30_000,
+        max_bps: 10_000_000,
+        probing: true,
+        ..CcConfig::default()
+    }
+}
 
 /// Why a frame could not be sealed or opened by the end-to-end layer.
 #[derive(Debug, thiserror::Error)]
@@ -475,6 +505,21 @@ pub struct GroupPathStats {
     /// Sequence numbers the SFU NACKed that were no longer in the send history (or resent
     /// too often already).
     pub video_resends_unserved: u64,
+    /// Transport-wide feedback messages received from the SFU about this participant's
+    /// packets (its uplink estimate comes from them).
+    pub uplink_feedback_received: u64,
+    /// The uplink estimate, once the SFU's feedback has arrived (bit/s).
+    pub uplink_estimate_bps: Option<u64>,
+    /// Which of this participant's video layers go out now, lowest first (bit `i` for layer
+    /// `i`).
+    pub layers_sending: u8,
+    /// Times a layer was stopped or started again for the uplink.
+    pub layer_changes: u64,
+    /// Encoded video frames not sent because their layer is stopped (or waits for a
+    /// keyframe to start again).
+    pub video_frames_held_back: u64,
+    /// Probe padding packets sent (on a stopped layer's SSRC).
+    pub probe_packets_sent: u64,
 }
 
 /// A video frame of another participant, opened.
@@ -513,6 +558,9 @@ struct SentVideo {
 struct VideoOut {
     layer: u8,
     seq: u16,
+    /// It just started again: its frames wait for a keyframe (receivers switch to a layer only
+    /// at one).
+    needs_key: bool,
 }
 
 /// One received video packet waiting for the rest of its frame.
@@ -756,6 +804,19 @@ pub struct GroupMediaPath<C: FrameCrypto = Box<dyn FrameCrypto>> {
     /// [`FEEDBACK_INTERVAL`].
     twcc: TwccRecorder,
     next_feedback: Option<Instant>,
+    /// The uplink's congestion controller, fed by the SFU's transport-wide feedback.
+    cc: CongestionController,
+    /// Whether the SFU's feedback has arrived (only then do layers stop).
+    uplink_feedback: bool,
+    /// Which layers go out.
+    uplink: UplinkLayers,
+    /// Layer changes for the encoder (stop encoding, or a keyframe to start again).
+    layer_changes: VecDeque<LayerChange>,
+    /// Probe padding packets to send: when, probe cluster, padding length.
+    probes: VecDeque<(Instant, u32, u8)>,
+    /// Goodbyes of stopped layers still to repeat (SSRC, repeats left): the first one goes
+    /// into the very queue that made the layer stop, and a drop-tail queue may lose it.
+    byes: Vec<(u32, u8)>,
 }
 
 impl<C: FrameCrypto> std::fmt::Debug for GroupMediaPath<C> {
@@ -805,6 +866,12 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             sent_video: VecDeque::new(),
             twcc: TwccRecorder::default(),
             next_feedback: None,
+            cc: CongestionController::new(uplink_cc_config()),
+            uplink_feedback: false,
+            uplink: UplinkLayers::default(),
+            layer_changes: VecDeque::new(),
+            probes: VecDeque::new(),
+            byes: Vec::new(),
         })
     }
 
@@ -839,8 +906,14 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
     }
 
     /// This participant sends video layer `layer` (0 the smallest, at most 3) under `ssrc`,
-    /// as declared in its join.
-    pub fn add_video_layer(&mut self, ssrc: u32, layer: u8) -> Result<(), GroupPathError> {
+    /// as declared in its join, at about `bitrate_bps` (its rate until one is measured, for
+    /// the uplink's layer decisions).
+    pub fn add_video_layer(
+        &mut self,
+        ssrc: u32,
+        layer: u8,
+        bitrate_bps: u32,
+    ) -> Result<(), GroupPathError> {
         if layer > 3 || ssrc == self.ssrc {
             return Err(GroupPathError::NoVideoLayer(ssrc));
         }
@@ -848,8 +921,157 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         let seq = self
             .seq
             .wrapping_add(u16::from(layer + 1).wrapping_mul(16_411));
-        self.video_out.insert(ssrc, VideoOut { layer, seq });
+        self.video_out.insert(
+            ssrc,
+            VideoOut {
+                layer,
+                seq,
+                needs_key: false,
+            },
+        );
+        self.uplink.add_layer(layer, u64::from(bitrate_bps));
         Ok(())
+    }
+
+    /// Whether video layer `layer` goes out now (the uplink can carry it).
+    pub fn layer_sending(&self, layer: u8) -> bool {
+        self.uplink.is_sending(layer)
+    }
+
+    /// The uplink estimate, once the SFU's transport-wide feedback has arrived (bit/s).
+    pub fn uplink_estimate_bps(&self) -> Option<u64> {
+        self.uplink_feedback.then(|| self.cc.target_bps())
+    }
+
+    /// The next change of the layers sent: stop encoding a stopped layer; encode the next
+    /// frame of a started one as a keyframe (its other frames are not sent before one).
+    pub fn poll_layer_change(&mut self) -> Option<LayerChange> {
+        self.layer_changes.pop_front()
+    }
+
+    /// Stamps `p` with the next transport-wide sequence number (registered with the uplink's
+    /// controller, with its size on the wire), serializes it with `padding` bytes of RTP
+    /// padding and protects it.
+    fn stamp_and_protect(
+        &mut self,
+        now: Instant,
+        p: &mut RtpPacket,
+        probe: Option<u32>,
+        padding: u8,
+    ) -> Result<Vec<u8>, hush_srtp::Error> {
+        p.header.set_transport_seq(TRANSPORT_SEQ_EXT_ID, 0);
+        let mut bytes = Vec::with_capacity(1500);
+        p.write_padded(&mut bytes, padding);
+        let wire = bytes.len() + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+        let tseq = self.cc.on_packet_sent(now, wire, probe);
+        p.header.set_transport_seq(TRANSPORT_SEQ_EXT_ID, tseq);
+        bytes.clear();
+        p.write_padded(&mut bytes, padding);
+        self.send.protect_rtp(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// The SFU's feedback on this participant's packets: the estimate, and the layers it
+    /// carries.
+    fn on_uplink_feedback(&mut self, now: Instant, fb: &rtcp::TransportFeedback) {
+        self.stats.uplink_feedback_received += 1;
+        self.cc.on_feedback(now, fb);
+        self.uplink_feedback = true;
+        if !self.byes.is_empty() {
+            let ssrcs: Vec<u32> = self.byes.iter().map(|b| b.0).collect();
+            self.send_rtcp(&[RtcpPacket::Bye(Bye { ssrcs })]);
+            self.byes.retain_mut(|b| {
+                b.1 = b.1.saturating_sub(1);
+                b.1 > 0
+            });
+        }
+        let estimate = self.cc.target_bps();
+        if let Some(change) = self.uplink.update(now, estimate) {
+            self.apply_layer_change(change);
+        }
+        if !self.uplink.sending().iter().all(|s| *s) {
+            if let Some(probe) = self.cc.poll_probe(now) {
+                self.schedule_probe(now, probe);
+            }
+        }
+    }
+
+    /// Acts on a layer change: a stopped layer says goodbye to the SFU (which moves its
+    /// receivers to the next layer down at once); a started one waits for a keyframe.
+    fn apply_layer_change(&mut self, change: LayerChange) {
+        let ssrc = self
+            .video_out
+            .iter_mut()
+            .find(|(_, v)| v.layer == change.layer)
+            .map(|(&ssrc, v)| {
+                v.needs_key = change.sending;
+                ssrc
+            });
+        info!(
+            layer = change.layer,
+            sending = change.sending,
+            estimate_bps = change.estimate_bps,
+            need_bps = change.need_bps,
+            "uplink layer {}",
+            if change.sending { "started" } else { "stopped" }
+        );
+        if let Some(ssrc) = ssrc {
+            self.byes.retain(|b| b.0 != ssrc);
+            if !change.sending {
+                self.send_rtcp(&[RtcpPacket::Bye(Bye { ssrcs: vec![ssrc] })]);
+                self.byes.push((ssrc, BYE_REPEATS));
+            }
+        }
+        self.layer_changes.push_back(change);
+    }
+
+    /// Spreads a probe burst over padding packets of at most 255 bytes (at least five), paced
+    /// at the probe's rate, as the SFU and the 1:1 session do.
+    fn schedule_probe(&mut self, now: Instant, probe: Probe) {
+        let header = 12 + 12 + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
+        let padding = (probe.bytes / 5).saturating_sub(header).clamp(36, 255);
+        let size = padding + header;
+        let n = probe.bytes.div_ceil(size).max(5);
+        let gap = Duration::from_secs_f64(size as f64 * 8.0 / probe.rate_bps.max(1) as f64);
+        let padding = u8::try_from(padding).unwrap_or(u8::MAX);
+        for k in 0..n {
+            let at = now + gap.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+            self.probes.push_back((at, probe.cluster, padding));
+        }
+    }
+
+    /// Sends the probe padding packets due, on the SSRC of the highest stopped layer (its
+    /// sequence numbers go on from there when it starts again; nothing of it reaches a
+    /// receiver).
+    fn send_probes(&mut self, now: Instant) {
+        while let Some(&(at, cluster, padding)) = self.probes.front() {
+            if at > now {
+                break;
+            }
+            self.probes.pop_front();
+            let Some((&ssrc, out)) = self
+                .video_out
+                .iter_mut()
+                .filter(|(_, v)| !self.uplink.is_sending(v.layer))
+                .max_by_key(|(_, v)| v.layer)
+            else {
+                // Every layer goes again: the probe is not needed.
+                self.probes.clear();
+                break;
+            };
+            let mut p = RtpPacket::default();
+            p.header.payload_type = UPLINK_PROBE_PT;
+            p.header.ssrc = ssrc;
+            p.header.sequence_number = out.seq;
+            out.seq = out.seq.wrapping_add(1);
+            match self.stamp_and_protect(now, &mut p, Some(cluster), padding) {
+                Ok(bytes) => {
+                    self.stats.probe_packets_sent += 1;
+                    self.out.push_back(bytes);
+                }
+                Err(e) => trace!(error = %e, "protect failed"),
+            }
+        }
     }
 
     /// Seals one encoded video frame of the layer sent under `ssrc` (a keyframe or not, with
@@ -859,18 +1081,28 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
     ///
     /// The frame marking is all the SFU learns of the frame besides sizes and timing; the
     /// keyframe flag and the layer are repeated inside the ciphertext for the receivers.
+    ///
+    /// A frame of a layer the uplink does not carry now ([`layer_sending`](Self::layer_sending))
+    /// is not sent, nor a delta frame of a layer that just started again (it waits for a
+    /// keyframe).
     pub fn send_video(
         &mut self,
+        now: Instant,
         ssrc: u32,
         timestamp: u32,
         keyframe: bool,
         frame: &[u8],
     ) -> Result<(), GroupPathError> {
-        let layer = self
+        let out = self
             .video_out
-            .get(&ssrc)
-            .ok_or(GroupPathError::NoVideoLayer(ssrc))?
-            .layer;
+            .get_mut(&ssrc)
+            .ok_or(GroupPathError::NoVideoLayer(ssrc))?;
+        let layer = out.layer;
+        if !self.uplink.is_sending(layer) || (out.needs_key && !keyframe) {
+            self.stats.video_frames_held_back += 1;
+            return Ok(());
+        }
+        out.needs_key = false;
         let mut plain = Vec::with_capacity(frame.len() + 1);
         plain.push((layer << INNER_LAYER_SHIFT) | if keyframe { INNER_KEY } else { 0 });
         plain.extend_from_slice(frame);
@@ -909,9 +1141,10 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             p.header.set_extension(FRAME_MARKING_EXT_ID, vec![mark]);
             p.payload = chunk.to_vec();
             let seq = p.header.sequence_number;
-            let mut bytes = p.to_vec();
-            match self.send.protect_rtp(&mut bytes) {
-                Ok(()) => {
+            match self.stamp_and_protect(now, &mut p, None, 0) {
+                Ok(bytes) => {
+                    self.uplink
+                        .on_layer_sent(now, layer, bytes.len() + UDP_IP_OVERHEAD);
                     self.stats.video_packets_sent += 1;
                     if self.sent_video.len() == SEND_HISTORY_PACKETS {
                         self.sent_video.pop_front();
@@ -1115,7 +1348,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
 
     /// Seals, packetizes and protects one encoded 20 ms frame whose RFC 6464 level is
     /// `level` (−dBov, 0 loudest, 127 silence).
-    pub fn send_audio(&mut self, frame: &[u8], level: u8, voice: bool) {
+    pub fn send_audio(&mut self, now: Instant, frame: &[u8], level: u8, voice: bool) {
         self.scratch.clear();
         if let Err(e) = self.crypto.seal(FrameKind::Audio, frame, &mut self.scratch) {
             self.stats.frame_failures += 1;
@@ -1137,10 +1370,12 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             },
         );
         p.payload = std::mem::take(&mut self.scratch);
-        let mut bytes = p.to_vec();
+        let sent = self.stamp_and_protect(now, &mut p, None, 0);
         self.scratch = p.payload;
-        match self.send.protect_rtp(&mut bytes) {
-            Ok(()) => {
+        match sent {
+            Ok(bytes) => {
+                self.uplink
+                    .on_audio_sent(now, bytes.len() + UDP_IP_OVERHEAD);
                 self.stats.frames_sent += 1;
                 self.out.push_back(bytes);
             }
@@ -1176,6 +1411,10 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
                                 Some(p) if p.resends < MAX_RESENDS => {
                                     p.resends += 1;
                                     self.stats.video_packets_resent += 1;
+                                    // It carries its first transport sequence number: the
+                                    // controller counts it as sent without one.
+                                    self.cc
+                                        .on_untracked_sent(now, p.bytes.len() + UDP_IP_OVERHEAD);
                                     self.out.push_back(p.bytes.clone());
                                 }
                                 _ => self.stats.video_resends_unserved += 1,
@@ -1188,6 +1427,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
                             self.keyframe_requests.push_back(pli.media_ssrc);
                         }
                     }
+                    RtcpPacket::TransportFeedback(fb) => self.on_uplink_feedback(now, &fb),
                     RtcpPacket::SenderReport(sr) => {
                         // Answered at once (the delay since it is then ~0): the SFU takes
                         // the round trip of this leg from the block (RFC 3550 §6.4.1).
@@ -1306,6 +1546,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         self.crypto.handle_timeout(now);
         self.release_frames(now);
         self.send_feedback(now);
+        self.send_probes(now);
         let waiting: Vec<u32> = self
             .video_in
             .iter()
@@ -1346,6 +1587,7 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             .filter_map(|r| r.jitter.poll_timeout())
             .chain(self.crypto.poll_timeout())
             .chain(self.next_feedback)
+            .chain(self.probes.front().map(|p| p.0))
             .chain(
                 self.video_in
                     .values()
@@ -1360,6 +1602,15 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
         let mut s = self.stats;
         s.late = self.remotes.values().map(|r| r.jitter.stats().late).sum();
         s.e2ee = self.crypto.stats();
+        s.uplink_estimate_bps = self.uplink_estimate_bps();
+        s.layers_sending = self
+            .uplink
+            .sending()
+            .iter()
+            .enumerate()
+            .filter(|(_, on)| **on)
+            .fold(0, |m, (i, _)| m | (1 << i));
+        s.layer_changes = self.uplink.changes();
         s
     }
 }

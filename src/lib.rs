@@ -18,6 +18,7 @@
 pub mod client;
 mod error;
 pub mod group_path;
+pub mod group_uplink;
 pub mod machine;
 pub mod media_path;
 

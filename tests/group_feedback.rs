@@ -186,7 +186,13 @@ impl Sim {
             }
             sender
                 .path
-                .send_video(ssrc, n.wrapping_mul(2970), key, &frame(l, n, sizes[l]))
+                .send_video(
+                    self.now,
+                    ssrc,
+                    n.wrapping_mul(2970),
+                    key,
+                    &frame(l, n, sizes[l]),
+                )
                 .unwrap();
         }
         self.key_next.clear();

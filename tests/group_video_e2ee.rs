@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use hush::group_path::{GroupMediaPath, ParticipantVideo, SframeCrypto};
 use hush_crypto::group::MemberSlot;
 use hush_media::rtp::RtpPacket;
-use hush_sfu::{DeviceId, ForwardRewrite, ForwardTap, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID};
+use hush_sfu::{
+    DeviceId, ForwardRewrite, ForwardTap, LegId, Sfu, SfuConfig, FRAME_MARKING_EXT_ID,
+    TRANSPORT_SEQ_EXT_ID,
+};
 
 const CALL: [u8; 16] = [0x7e; 16];
 const LAYERS: [u32; 3] = [0x5000, 0x5001, 0x5002];
@@ -110,7 +113,7 @@ impl Sim {
             }
             self.members[0]
                 .path
-                .send_video(ssrc, n.wrapping_mul(2970), key, &frame(l, n))
+                .send_video(self.now, ssrc, n.wrapping_mul(2970), key, &frame(l, n))
                 .unwrap();
         }
         self.key_next.clear();
@@ -314,8 +317,8 @@ fn sframe_header_len(payload: &[u8]) -> usize {
 }
 
 /// Exactly what docs (SECURITY.md, "what the SFU sees") say the SFU learns of a video frame:
-/// one frame marking element (start, end, keyframe) and no other header extension from the
-/// sender; the frame's size (plaintext + 1 header byte + the SFrame overhead, which depends
+/// one frame marking element (start, end, keyframe) and the transport-wide sequence number
+/// (for the sender's uplink congestion control) and no other header extension from the sender; the frame's size (plaintext + 1 header byte + the SFrame overhead, which depends
 /// only on the key id and the frame counter, cut into packets of at most 1100 bytes); and, in
 /// the clear SFrame header, the key id naming the sender's slot and key generation. Nothing of
 /// the frame itself.
@@ -347,8 +350,13 @@ fn what_the_sfu_sees_of_a_video_frame() {
         for (n, f) in frames.iter().enumerate() {
             let key = sim.keyframes.contains(&(l as u8, n as u32));
             for (i, p) in f.iter().enumerate() {
-                let ids: Vec<u8> = p.header.extensions.iter().map(|e| e.id).collect();
-                assert_eq!(ids, vec![FRAME_MARKING_EXT_ID], "only the frame marking");
+                let mut ids: Vec<u8> = p.header.extensions.iter().map(|e| e.id).collect();
+                ids.sort_unstable();
+                assert_eq!(
+                    ids,
+                    vec![FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID],
+                    "only the frame marking and the transport-wide sequence number"
+                );
                 let mut mark = if key { 0x20 } else { 0 };
                 if i == 0 {
                     mark |= 0x80;

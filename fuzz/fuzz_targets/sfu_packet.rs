@@ -2,9 +2,12 @@
 //!
 //! The input is a sequence of chunks `mode u8 || len u8 || bytes`. By mode:
 //! - 0: the bytes as a datagram on participant 1's leg (unauthenticated);
-//! - 1: the bytes made into an RTP header for participant 1's declared SSRC, then protected with
-//!   its real hop key (so the post-authentication parsing, audio level and forwarding run);
-//! - 2: the same as RTCP (so NACK/PLI/FIR walking, the cache and PLI relay run);
+//! - 1: the bytes made into an RTP header for one of participant 1's declared SSRCs (audio, or
+//!   a layer of its simulcast source, picked by the header's last SSRC byte), then protected
+//!   with its real hop key (so the post-authentication parsing, audio level, transport-wide
+//!   number, padding probes, layer selection and forwarding run);
+//! - 2: the same as RTCP (so NACK/PLI/FIR/BYE walking, the cache, PLI relay and stopping a
+//!   simulcast layer run);
 //! - 3: the bytes on a leg that does not exist.
 //!
 //! Checked: no panic; unauthenticated input makes the SFU send nothing (its timers, run
@@ -59,7 +62,16 @@ fn setup(now: std::time::Instant) -> (Sfu, Vec<Client>) {
                     ssrc: 0x200 + u32::from(i),
                     kind: StreamKind::Video,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(StreamDecl::simulcast(
+                0,
+                [
+                    (0x300 + u32::from(i), 160, 90),
+                    (0x310 + u32::from(i), 320, 180),
+                ],
+            ))
+            .collect(),
         };
         let (pending, request) =
             PendingJoin::new(&key(i), &params, NOW_MS, &mut rng).expect("request");
@@ -101,13 +113,15 @@ fuzz_target!(|data: &[u8]| {
             1 if bytes.len() >= 12 => {
                 bytes[0] = 0x80 | (bytes[0] & 0x3f);
                 bytes[1] &= 0x7f;
-                bytes[8..12].copy_from_slice(&0x101u32.to_be_bytes());
+                let ssrc = [0x101u32, 0x301, 0x311][usize::from(bytes[11]) % 3];
+                bytes[8..12].copy_from_slice(&ssrc.to_be_bytes());
                 clients[1].send.protect_rtp(&mut bytes).is_ok()
             }
             2 if bytes.len() >= 8 => {
                 bytes[0] = 0x80 | (bytes[0] & 0x3f);
                 bytes[1] = 200 + bytes[1] % 8;
-                bytes[4..8].copy_from_slice(&0x201u32.to_be_bytes());
+                let ssrc = [0x201u32, 0x101, 0x301, 0x311][usize::from(bytes[7]) % 4];
+                bytes[4..8].copy_from_slice(&ssrc.to_be_bytes());
                 clients[1].send.protect_rtcp(&mut bytes).is_ok()
             }
             _ => false,

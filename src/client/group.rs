@@ -255,6 +255,17 @@ pub struct GroupCallStats {
     /// Keyframes this device asked for because a frame could not be recovered or a stream
     /// began without one (besides those asked by the decoder).
     pub video_keyframes_requested: u64,
+    /// Transport-wide feedback messages the SFU sent about this device's packets, from which
+    /// it estimates its uplink.
+    pub transport_feedback_received: u64,
+    /// The uplink estimate (bit/s), once the SFU's feedback has arrived.
+    pub uplink_estimate_bps: Option<u64>,
+    /// Which of this device's simulcast layers it sends now, lowest first (see
+    /// [`GROUP_VIDEO_LAYERS`]): a layer the uplink cannot carry is stopped, top first, and
+    /// comes back once the estimate has held (docs/sfu.md "Uplink congestion control").
+    pub video_layers_sending: Vec<bool>,
+    /// Times a layer was stopped or started again for the uplink.
+    pub uplink_layer_changes: u64,
 }
 
 /// A member's sender key as it arrived: the device whose Signal session delivered it.
@@ -583,7 +594,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
     for (i, (&(width, height, bitrate_bps), &v)) in
         GROUP_VIDEO_LAYERS.iter().zip(&layer_ssrcs).enumerate()
     {
-        path.add_video_layer(v, i as u8)?;
+        path.add_video_layer(v, i as u8, bitrate_bps)?;
         video_layers.push(video::LayerSpec {
             ssrc: v,
             width: u32::from(width),
@@ -652,6 +663,7 @@ pub(crate) async fn start(s: GroupStart) -> Result<GroupCall, Error> {
         video_pli_at: HashMap::new(),
         decode_shared,
         downlink: Downlink::new(&s.config.simulated_group_downlink),
+        uplink: Downlink::new(&s.config.simulated_group_uplink),
     };
     tokio::spawn(task.run(
         link,
@@ -737,9 +749,11 @@ struct GroupTask {
     decode_shared: Arc<video::DecodeShared>,
     /// The simulated downlink (tests only, `ClientConfig::simulated_group_downlink`).
     downlink: Option<Downlink>,
+    /// The simulated uplink (tests only, `ClientConfig::simulated_group_uplink`).
+    uplink: Option<Downlink>,
 }
 
-/// A simulated bottleneck between the socket and the media path (tests only).
+/// A simulated bottleneck between the socket and the media path, either way (tests only).
 struct Downlink {
     sim: NetSim<Vec<u8>>,
     started: Instant,
@@ -773,7 +787,7 @@ impl Downlink {
             if now < self.started + *at {
                 break;
             }
-            debug!(bps = ?bps, "simulated downlink rate step");
+            debug!(bps = ?bps, "simulated link rate step");
             self.sim.set_rate(*bps);
             if let Some(bps) = bps {
                 let bytes = (*bps as f64 / 8.0 * self.queue.as_secs_f64()) as usize;
@@ -848,6 +862,7 @@ impl GroupTask {
                 .poll_timeout()
                 .into_iter()
                 .chain(self.downlink.as_ref().and_then(Downlink::poll_timeout))
+                .chain(self.uplink.as_ref().and_then(Downlink::poll_timeout))
                 .min();
             let sleep = async {
                 match deadline {
@@ -870,9 +885,13 @@ impl GroupTask {
                 Some((from, key)) = keys_in.recv() => self.on_group_key(from, &key),
                 Some(ssrc) = need_key.recv() => self.ask_keyframe(ssrc),
                 Some(e) = encoded.recv() => {
-                    if let Err(err) =
-                        self.path.send_video(e.ssrc, e.timestamp, e.keyframe, &e.data)
-                    {
+                    if let Err(err) = self.path.send_video(
+                        Instant::now(),
+                        e.ssrc,
+                        e.timestamp,
+                        e.keyframe,
+                        &e.data,
+                    ) {
                         debug!(error = %err, "video frame not sent");
                     }
                 }
@@ -969,6 +988,12 @@ impl GroupTask {
                         s.video_nacked = p.video_nacked;
                         s.video_packets_recovered = p.video_packets_recovered;
                         s.video_keyframes_requested = p.video_keyframes_requested;
+                        s.transport_feedback_received = p.uplink_feedback_received;
+                        s.uplink_estimate_bps = p.uplink_estimate_bps;
+                        s.video_layers_sending = (0..self.video_layer_ssrcs.len())
+                            .map(|i| p.layers_sending & (1 << i) != 0)
+                            .collect();
+                        s.uplink_layer_changes = p.layer_changes;
                         s.video_pictures_sent =
                             self.video_shared.pictures.load(Ordering::Relaxed);
                         s.video_pictures_dropped =
@@ -990,6 +1015,7 @@ impl GroupTask {
                     }
                     self.step_downlink();
                     self.path.handle_timeout(Instant::now());
+                    self.step_uplink();
                 }
                 _ = mix_tick.tick() => {
                     self.mix();
@@ -1024,6 +1050,17 @@ impl GroupTask {
                     debug!(error = %e, "group datagram dropped");
                 }
             }
+        }
+    }
+
+    /// Sends what the simulated uplink lets through by now.
+    fn step_uplink(&mut self) {
+        let Some(link) = self.uplink.as_mut() else {
+            return;
+        };
+        link.handle_timeout(Instant::now());
+        while let Some(d) = link.sim.poll_transmit() {
+            let _ = self.net.send(d);
         }
     }
 
@@ -1269,7 +1306,26 @@ impl GroupTask {
             return;
         }
         let level = audio_level(pcm);
-        self.path.send_audio(&encoded, level, level < 127);
+        self.path
+            .send_audio(Instant::now(), &encoded, level, level < 127);
+    }
+
+    /// The uplink's layer changes go to the encoder thread: a stopped layer is not encoded,
+    /// a started one begins with a keyframe.
+    fn apply_layer_changes(&mut self) {
+        while let Some(c) = self.path.poll_layer_change() {
+            let i = usize::from(c.layer);
+            if let Some(flag) = self.video_shared.active.get(i) {
+                flag.store(c.sending, Ordering::Relaxed);
+            }
+            // A started layer begins with a keyframe. For a stopped one, the layer below makes
+            // one at once: the SFU moves the stopped layer's receivers down at a keyframe,
+            // which is then on its way without waiting for the SFU to ask.
+            let key = if c.sending { Some(i) } else { i.checked_sub(1) };
+            if let Some(flag) = key.and_then(|k| self.video_shared.keyframe.get(k)) {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The SFU's keyframe requests (one layer each) go to that layer's encoder.
@@ -1302,6 +1358,7 @@ impl GroupTask {
     /// frames are dropped up to its next keyframe (asked for), so no decoder gets a frame whose
     /// reference it missed.
     fn drain_video(&mut self) {
+        self.apply_layer_changes();
         self.answer_keyframe_requests();
         while let Some(v) = self.path.poll_video() {
             // A delta frame of another layer than the decoder's last keyframe (a layer switch
@@ -1353,8 +1410,14 @@ impl GroupTask {
             if self.send_loss > 0.0 && rand::rng().random_bool(self.send_loss.min(1.0)) {
                 continue;
             }
-            let _ = self.net.send(d);
+            match self.uplink.as_mut() {
+                Some(link) => link.sim.handle_packet(Instant::now(), d),
+                None => {
+                    let _ = self.net.send(d);
+                }
+            }
         }
+        self.step_uplink();
         while let Some(p) = self.path.poll_playout() {
             let decoder = match self.decoders.entry(p.device) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

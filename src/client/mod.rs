@@ -70,6 +70,11 @@ pub struct ClientConfig {
     /// calls impair the send direction, [`simulated_link`](Self::simulated_link)); off by
     /// default, leave it so in real use.
     pub simulated_group_downlink: SimulatedLink,
+    /// Delay, jitter and a bandwidth cap applied to the media a group call sends to the SFU
+    /// (this client's uplink), after the media path, to try a sender on a thin uplink over
+    /// loopback. Its `bandwidth_steps` count from the call's start. Group calls only; off by
+    /// default, leave it so in real use.
+    pub simulated_group_uplink: SimulatedLink,
 }
 
 /// Impairments of this client's outgoing media, applied in the media path after SRTP, just
@@ -235,6 +240,7 @@ impl ClientConfig {
             simulated_send_loss: 0.0,
             simulated_link: SimulatedLink::default(),
             simulated_group_downlink: SimulatedLink::default(),
+            simulated_group_uplink: SimulatedLink::default(),
         }
     }
 }

@@ -93,7 +93,9 @@ impl CoreCall {
             GroupMediaPath::new(&keys, audio_ssrc, crypto, JitterConfig::default(), 1000).unwrap();
         if i == 0 {
             for (l, &ssrc) in self.layers.iter().enumerate() {
-                path.add_video_layer(ssrc, l as u8).unwrap();
+                // The rates of hush's own layers (`GROUP_VIDEO_LAYERS`).
+                let bps = [100_000, 300_000, 800_000][l.min(2)];
+                path.add_video_layer(ssrc, l as u8, bps).unwrap();
             }
         } else {
             path.add_video_stream(self.device(0), self.layers[0]);

@@ -5,7 +5,8 @@
 //! Each participant joins over the signaling channel, sends one connectivity check
 //! (`ice::build_check`) to bind its path, then sends hop-SRTP-protected RTP. Each packet
 //! carries (in a header extension, which SRTP leaves in clear and the SFU forwards) its
-//! sender's index and a packet counter; the sender notes its wall-clock time under that pair
+//! sender's index and a packet counter (also stamped as the transport-wide sequence number, as
+//! hush clients do, so the SFU's feedback to senders runs); the sender notes its wall-clock time under that pair
 //! after protecting the packet, just before its `sendto`. Receivers read the kernel's receive
 //! stamp of each datagram (SO_TIMESTAMPNS) and the time they unprotected it: **SFU-added** =
 //! kernel receive stamp − send stamp (the sender's `sendto`, the SFU, the loopback delivery),
@@ -66,7 +67,7 @@ use hush_sfu::ice;
 use hush_sfu::join::{JoinParams, SfuPublicKey, SfuSigningKey, StreamDecl};
 use hush_sfu::roster::Roster;
 use hush_sfu::server::{Server, ServerConfig};
-use hush_sfu::{CallId, DeviceId, SfuConfig, FRAME_MARKING_EXT_ID};
+use hush_sfu::{CallId, DeviceId, SfuConfig, FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
@@ -528,6 +529,9 @@ impl Participant {
         let [a, b] = self.index.to_be_bytes();
         let [c, d] = counter.to_be_bytes();
         p.header.set_extension(BENCH_ID_EXT, vec![a, b, c, d]);
+        // The transport-wide sequence number hush clients stamp on every packet (the SFU
+        // reports their arrivals back to the sender every 50 ms).
+        p.header.set_transport_seq(TRANSPORT_SEQ_EXT_ID, counter);
         p.payload = vec![0u8; size];
         let mut bytes = p.to_vec();
         self.send.lock().await.protect_rtp(&mut bytes)?;

@@ -107,5 +107,5 @@ pub use ids::{CallId, DeviceId, LegId, CALL_ID_LEN};
 pub use packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 pub use sfu::{
     Event, ForwardRewrite, ForwardTap, Joined, LeaveReason, LegBandwidth, LegStats, RewriteFn, Sfu,
-    SfuConfig, TapFn, Transmit,
+    SfuConfig, TapFn, Transmit, UPLINK_FEEDBACK_INTERVAL,
 };

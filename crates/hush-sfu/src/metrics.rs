@@ -72,7 +72,7 @@ type LegSeries = (
 );
 
 /// Per-leg series, labelled `leg` (one series per leg in a call now).
-const LEG_SERIES: [LegSeries; 9] = [
+const LEG_SERIES: [LegSeries; 10] = [
     (
         "hush_sfu_leg_estimated_bitrate_bps",
         "Bandwidth the SFU estimates towards the participant (transport-wide CC).",
@@ -126,6 +126,12 @@ const LEG_SERIES: [LegSeries; 9] = [
         "Times the SFU stopped NACKing one of the participant's SSRCs (too much missing).",
         MetricType::Counter,
         |l| Some(Value::Counter(l.uplink_given_up)),
+    ),
+    (
+        "hush_sfu_leg_layers_stopped",
+        "Simulcast layers the participant stopped for its uplink (RTCP BYE for the layer).",
+        MetricType::Counter,
+        |l| Some(Value::Counter(l.layers_stopped)),
     ),
 ];
 
@@ -331,6 +337,7 @@ mod tests {
                     uplink_nacked: 12,
                     uplink_recovered: 10,
                     uplink_given_up: 1,
+                    layers_stopped: 2,
                 },
                 LegMetrics {
                     leg: LegId(9),
@@ -343,6 +350,7 @@ mod tests {
                     uplink_nacked: 0,
                     uplink_recovered: 0,
                     uplink_given_up: 0,
+                    layers_stopped: 0,
                 },
             ],
             ..DriverStats::default()
@@ -363,6 +371,7 @@ mod tests {
             "hush_sfu_leg_uplink_nacked_packets_total{leg=\"4\"} 12",
             "hush_sfu_leg_uplink_recovered_packets_total{leg=\"4\"} 10",
             "hush_sfu_leg_uplink_given_up_total{leg=\"4\"} 1",
+            "hush_sfu_leg_layers_stopped_total{leg=\"4\"} 2",
             "hush_sfu_leg_uplink_nacked_packets_total{leg=\"9\"} 0",
             "# TYPE hush_sfu_leg_uplink_nacked_packets_total counter",
             "# TYPE hush_sfu_leg_rtt_seconds gauge",

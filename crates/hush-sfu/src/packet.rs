@@ -7,6 +7,8 @@
 const PT_SR: u8 = 200;
 /// RTCP packet type of a receiver report (RFC 3550).
 const PT_RR: u8 = 201;
+/// RTCP packet type of a goodbye (RFC 3550 §6.6).
+const PT_BYE: u8 = 203;
 /// RTCP packet type of transport-layer feedback (RFC 4585).
 const PT_RTPFB: u8 = 205;
 /// RTCP packet type of payload-specific feedback (RFC 4585).
@@ -38,6 +40,11 @@ pub(crate) struct RtpInfo {
     pub(crate) marking: Option<u8>,
     /// RFC 6464 level in −dBov (0 loudest, 127 silence), if the extension is present.
     pub(crate) audio_level: Option<u8>,
+    /// The sender's transport-wide sequence number under [`TRANSPORT_SEQ_EXT_ID`] (2 bytes),
+    /// if present.
+    pub(crate) transport_seq: Option<u16>,
+    /// The payload type.
+    pub(crate) payload_type: u8,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -70,6 +77,7 @@ pub(crate) fn parse_rtp(buf: &[u8], audio_level_ext: Option<u8>) -> Option<RtpIn
     }
     let mut audio_level = None;
     let mut marking = None;
+    let mut transport_seq = None;
     if b0 & 0x10 != 0 {
         let profile = be16(buf, ext_at)?;
         let words = usize::from(be16(buf, ext_at + 2)?);
@@ -79,6 +87,10 @@ pub(crate) fn parse_rtp(buf: &[u8], audio_level_ext: Option<u8>) -> Option<RtpIn
                 audio_level = one_byte_element(body, id).and_then(|d| d.first().map(|b| b & 0x7f));
             }
             marking = one_byte_element(body, FRAME_MARKING_EXT_ID).and_then(|d| d.first().copied());
+            transport_seq = one_byte_element(body, TRANSPORT_SEQ_EXT_ID).and_then(|d| match d {
+                [a, b] => Some(u16::from_be_bytes([*a, *b])),
+                _ => None,
+            });
         }
     }
     Some(RtpInfo {
@@ -87,6 +99,8 @@ pub(crate) fn parse_rtp(buf: &[u8], audio_level_ext: Option<u8>) -> Option<RtpIn
         timestamp,
         marking,
         audio_level,
+        transport_seq,
+        payload_type: *buf.get(1)? & 0x7f,
     })
 }
 
@@ -124,6 +138,9 @@ pub(crate) enum Feedback {
     TransportCc { start: usize, end: usize },
     /// A reception report block (of an SR or RR) about `ssrc`, with its last-SR fields.
     ReportBlock { ssrc: u32, lsr: u32, dlsr: u32 },
+    /// A goodbye (RFC 3550 §6.6) for `ssrc`: the sender stops that stream (a simulcast layer
+    /// its uplink cannot carry, docs/sfu.md "Uplink congestion control").
+    Bye { ssrc: u32 },
 }
 
 /// Walks a compound RTCP packet and calls `f` for each NACK item and PLI/FIR. Stops at the first
@@ -172,6 +189,14 @@ pub(crate) fn for_each_feedback(buf: &[u8], mut f: impl FnMut(Feedback)) -> bool
                     };
                     f(Feedback::ReportBlock { ssrc, lsr, dlsr });
                     i += 24;
+                }
+            }
+            (PT_BYE, count) => {
+                for k in 0..usize::from(count) {
+                    let Some(ssrc) = be32(body, 4 * k) else {
+                        return false;
+                    };
+                    f(Feedback::Bye { ssrc });
                 }
             }
             (PT_PSFB, 1) => {
@@ -320,7 +345,8 @@ pub(crate) fn rtcp_sender_ssrc(buf: &[u8]) -> Option<u32> {
 mod tests {
     use super::*;
     use hush_media::rtcp::{
-        self, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket, SenderReport, TransportFeedback,
+        self, Bye, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket, SenderReport,
+        TransportFeedback,
     };
     use hush_media::rtp::{AudioLevel, RtpPacket};
     use proptest::prelude::*;
@@ -345,7 +371,14 @@ mod tests {
         assert_eq!(info.ssrc, 0xdead_beef);
         assert_eq!(info.seq, 4242);
         assert_eq!(info.audio_level, Some(33));
+        assert_eq!(info.transport_seq, None, "not under the SFU's id");
         assert_eq!(parse_rtp(&bytes, Some(4)).unwrap().audio_level, None);
+        p.header.set_transport_seq(TRANSPORT_SEQ_EXT_ID, 0xbeef);
+        p.header.payload_type = 96;
+        let info = parse_rtp(&p.to_vec(), Some(5)).unwrap();
+        assert_eq!(info.transport_seq, Some(0xbeef));
+        assert_eq!(info.payload_type, 96);
+        assert_eq!(info.audio_level, Some(33));
         assert_eq!(parse_rtp(&bytes, None).unwrap().audio_level, None);
         assert!(!is_rtcp(&bytes));
         // Two-byte form is not read (the SFU reads only the one-byte form).
@@ -413,11 +446,15 @@ mod tests {
                 ssrc: 1,
                 reports: vec![block(3, 0x3333, 0x44), block(4, 0x5555, 0x66)],
             }),
+            RtcpPacket::Bye(Bye {
+                ssrcs: vec![0x77, 0x78],
+            }),
         ]);
         assert!(is_rtcp(&compound));
         assert_eq!(rtcp_sender_ssrc(&compound), Some(1));
         let mut got = Vec::new();
         let mut plis = Vec::new();
+        let mut byes = Vec::new();
         assert!(for_each_feedback(&compound, |fb| match fb {
             Feedback::Nack {
                 media_ssrc,
@@ -435,7 +472,9 @@ mod tests {
             Feedback::Pli { media_ssrc } => plis.push(media_ssrc),
             Feedback::TransportCc { start, end } => twccs.push((start, end)),
             Feedback::ReportBlock { ssrc, lsr, dlsr } => blocks.push((ssrc, lsr, dlsr)),
+            Feedback::Bye { ssrc } => byes.push(ssrc),
         }));
+        assert_eq!(byes, vec![0x77, 0x78]);
         assert_eq!(
             blocks,
             vec![(1, 0x1111, 0x22), (3, 0x3333, 0x44), (4, 0x5555, 0x66)]

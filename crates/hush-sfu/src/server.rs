@@ -177,6 +177,8 @@ pub struct LegMetrics {
     pub uplink_recovered: u64,
     /// Times the SFU gave up asking it for missing video of one SSRC (too much missing).
     pub uplink_given_up: u64,
+    /// Simulcast layers it stopped because its uplink could not carry them (RTCP BYE).
+    pub layers_stopped: u64,
 }
 
 pub(crate) enum Cmd {
@@ -841,6 +843,7 @@ impl Main {
                             uplink_nacked: st.uplink_nacked,
                             uplink_recovered: st.uplink_recovered,
                             uplink_given_up: st.uplink_given_up,
+                            layers_stopped: st.layers_stopped,
                         })
                     })
                     .collect();

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use hush_media::cc::{CcConfig, CongestionController};
+use hush_media::cc::{CcConfig, CongestionController, TwccRecorder};
 use hush_media::nack::NackScheduler;
 use hush_srtp::{SrtpConfig, SrtpContext, Suite};
 use tracing::{debug, info, trace};
@@ -48,6 +48,10 @@ fn schedule_probe(p: &mut Participant, now: Instant, probe: hush_media::cc::Prob
         p.probes.push_back((at, probe.cluster, padding));
     }
 }
+
+/// Time between two transport-wide feedback messages to a sender about the packets it sends
+/// (docs/sfu.md "Uplink congestion control"), as the client reports its own downlink.
+pub const UPLINK_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Time between two sender reports of the SFU on one leg (for the participant's RTT).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -336,6 +340,14 @@ pub struct LegStats {
     /// Times the SFU stopped asking this participant for missing video of one SSRC because
     /// too much was missing at once (more than 32 packets: left to keyframe requests).
     pub uplink_given_up: u64,
+    /// Transport-wide feedback messages sent to this participant about the packets it sends
+    /// (its uplink estimate comes from them).
+    pub uplink_feedback_sent: u64,
+    /// Probe padding packets received from this participant (recorded for its feedback, not
+    /// forwarded).
+    pub uplink_padding: u64,
+    /// Simulcast layers this participant said it stopped (RTCP BYE for a layer SSRC).
+    pub layers_stopped: u64,
 }
 
 /// The SFU's view of the path to one participant (what it sends on the leg).
@@ -395,6 +407,11 @@ struct Participant {
     /// Gaps in the video this participant sends, per SSRC, to NACK it for (see
     /// [`UplinkNacks`]).
     uplink: Vec<UplinkNacks>,
+    /// Arrivals of this participant's transport-wide sequence numbers, reported back to it
+    /// every [`UPLINK_FEEDBACK_INTERVAL`].
+    uplink_twcc: TwccRecorder,
+    /// When the next such report is due (`None` while nothing is pending).
+    uplink_feedback_at: Option<Instant>,
 }
 
 /// The loss between a sender and the SFU on one of its video SSRCs: missing sequence numbers
@@ -530,6 +547,51 @@ impl Participant {
                 trace!(leg = %self.leg, error = %e, "uplink nack failed");
             }
         }
+    }
+
+    /// Records the arrival of one of this participant's transport-wide sequence numbers (an
+    /// authenticated packet).
+    fn record_uplink(&mut self, now: Instant, seq: u16) {
+        self.uplink_twcc.record(now, seq);
+        if self.uplink_feedback_at.is_none() {
+            self.uplink_feedback_at = Some(now + UPLINK_FEEDBACK_INTERVAL);
+        }
+    }
+
+    /// Sends this participant the transport-wide feedback due: the arrivals of its packets
+    /// since the last one. It counts in what the leg's controller sees sent.
+    fn send_uplink_feedback(
+        &mut self,
+        config: &SfuConfig,
+        now: Instant,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        if self.uplink_feedback_at.is_none_or(|t| now < t) {
+            return;
+        }
+        if let Some(fb) = self.uplink_twcc.build(config.rtcp_ssrc, 0) {
+            let mut out = hush_media::rtcp::write_compound(&[
+                hush_media::rtcp::RtcpPacket::TransportFeedback(fb),
+            ]);
+            match self.egress.protect_rtcp(&mut out) {
+                Ok(()) => {
+                    self.stats.uplink_feedback_sent += 1;
+                    self.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+                    transmits.push_back(Transmit {
+                        leg: self.leg,
+                        bytes: out,
+                    });
+                }
+                Err(e) => {
+                    self.stats.send_errors += 1;
+                    trace!(leg = %self.leg, error = %e, "uplink feedback failed");
+                }
+            }
+        }
+        self.uplink_feedback_at = self
+            .uplink_twcc
+            .has_pending()
+            .then_some(now + UPLINK_FEEDBACK_INTERVAL);
     }
 
     /// When the next uplink NACK retry is due.
@@ -826,6 +888,8 @@ pub struct Sfu {
     probe_deadline: Option<Instant>,
     /// The earliest uplink NACK due of any participant.
     uplink_deadline: Option<Instant>,
+    /// The earliest transport-wide feedback to a sender due.
+    feedback_deadline: Option<Instant>,
     /// Scratch buffers reused across packets.
     buf: Vec<u8>,
     feedback: Vec<Feedback>,
@@ -870,6 +934,7 @@ impl Sfu {
             layer_switches: 0,
             probe_deadline: None,
             uplink_deadline: None,
+            feedback_deadline: None,
             buf: Vec::with_capacity(1500),
             feedback: Vec::new(),
         })
@@ -1018,6 +1083,8 @@ impl Sfu {
                 .filter(|d| d.kind != StreamKind::Audio)
                 .map(|d| UplinkNacks::new(d.ssrc))
                 .collect(),
+            uplink_twcc: TwccRecorder::default(),
+            uplink_feedback_at: None,
         });
         call.selected_until = None;
         call.prune_subs();
@@ -1155,8 +1222,13 @@ impl Sfu {
             if r.is_ok() && self.next_tick.is_none() {
                 self.next_tick = Some(now + self.config.speaker.bucket);
             }
-            if let Some(t) = call.participants.get(i).and_then(|p| p.uplink_deadline()) {
-                self.uplink_deadline = Some(self.uplink_deadline.map_or(t, |d| d.min(t)));
+            if let Some(p) = call.participants.get(i) {
+                if let Some(t) = p.uplink_deadline() {
+                    self.uplink_deadline = Some(self.uplink_deadline.map_or(t, |d| d.min(t)));
+                }
+                if let Some(t) = p.uplink_feedback_at {
+                    self.feedback_deadline = Some(self.feedback_deadline.map_or(t, |d| d.min(t)));
+                }
             }
             r
         };
@@ -1177,6 +1249,7 @@ impl Sfu {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.send_due_probes(now);
         self.send_uplink_nacks(now);
+        self.send_uplink_feedback(now);
         if self.next_tick.is_none_or(|t| t <= now) {
             self.tick(now);
         }
@@ -1286,10 +1359,15 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.next_tick, self.probe_deadline, self.uplink_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_tick,
+            self.probe_deadline,
+            self.uplink_deadline,
+            self.feedback_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Sends the uplink NACK retries that are due.
@@ -1309,6 +1387,23 @@ impl Sfu {
             }
         }
         self.uplink_deadline = next;
+    }
+
+    /// Sends the transport-wide feedback due to senders.
+    fn send_uplink_feedback(&mut self, now: Instant) {
+        if self.feedback_deadline.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        for call in self.calls.values_mut() {
+            for p in &mut call.participants {
+                p.send_uplink_feedback(&self.config, now, &mut self.transmits);
+                if let Some(t) = p.uplink_feedback_at {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            }
+        }
+        self.feedback_deadline = next;
     }
 
     /// Sends the probe padding packets that are due.
@@ -1411,8 +1506,17 @@ fn handle_rtp(
         .unprotect_rtp(buf)
         .map_err(PacketError::Srtp)?;
     sender.stats.rtp_received += 1;
+    if let Some(seq) = info.transport_seq {
+        sender.record_uplink(now, seq);
+    }
     if config.uplink_nack {
         sender.track_uplink(now, info.ssrc, info.seq);
+    }
+    if info.payload_type == PADDING_PAYLOAD_TYPE {
+        // The sender's bandwidth probe (padding only, on a layer it does not send now): its
+        // arrival is all that matters.
+        sender.stats.uplink_padding += 1;
+        return Ok(());
     }
     if info
         .marking
@@ -1622,6 +1726,15 @@ fn handle_rtcp(
                     if let hush_media::rtcp::RtcpPacket::TransportFeedback(fb) = p {
                         me.on_transport_feedback(config, now, fb);
                     }
+                }
+            }
+            Feedback::Bye { ssrc } => {
+                let Some(me) = call.participants.get_mut(i) else {
+                    break;
+                };
+                if me.sources.iter_mut().any(|s| s.stop_layer(ssrc)) {
+                    me.stats.layers_stopped += 1;
+                    debug!(leg = %me.leg, ssrc, "sender stopped a layer");
                 }
             }
             Feedback::Pli { media_ssrc } => {

@@ -66,6 +66,9 @@ pub(crate) struct Layer {
     last_packet: Option<Instant>,
     packets: u32,
     marked: bool,
+    /// The sender said it stopped this layer (an RTCP BYE for its SSRC), until its next
+    /// packet: not offered from then on, without waiting out [`LAYER_IDLE`].
+    stopped: bool,
 }
 
 /// A sender's simulcast source.
@@ -126,6 +129,7 @@ impl Source {
                             last_packet: None,
                             packets: 0,
                             marked: false,
+                            stopped: false,
                         })
                         .collect(),
                 })
@@ -148,6 +152,7 @@ impl Source {
         let l = self.layers.get_mut(layer)?;
         l.meter.add(now, len);
         l.last_packet = Some(now);
+        l.stopped = false;
         l.packets = l.packets.saturating_add(1);
         l.marked |= marking.is_some();
         let switch_point = match marking {
@@ -161,10 +166,11 @@ impl Source {
                 ssrc: l.ssrc,
                 height: l.height,
                 bps: l.meter.bps,
-                active: match l.last_packet {
-                    Some(t) => now.saturating_duration_since(t) < LAYER_IDLE,
-                    None => starting,
-                },
+                active: !l.stopped
+                    && match l.last_packet {
+                        Some(t) => now.saturating_duration_since(t) < LAYER_IDLE,
+                        None => starting,
+                    },
             };
             count += 1;
         }
@@ -175,6 +181,22 @@ impl Source {
             views,
             count,
         })
+    }
+}
+
+impl Source {
+    /// The sender stopped layer `ssrc` (an RTCP BYE for it): receivers of it move to the
+    /// tallest layer still sent at the next packet of the source (at that layer's keyframe,
+    /// asked for at once). Returns whether `ssrc` is a layer of this source. Its next packet
+    /// starts it again.
+    pub(crate) fn stop_layer(&mut self, ssrc: u32) -> bool {
+        match self.layers.iter_mut().find(|l| l.ssrc == ssrc) {
+            Some(l) => {
+                l.stopped = true;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -513,6 +535,7 @@ mod tests {
                 last_packet: None,
                 packets: 0,
                 marked: false,
+                stopped: false,
             }],
         };
         for _ in 0..UNMARKED_AFTER {
@@ -532,5 +555,47 @@ mod tests {
                 .switch_point
         );
         assert!(src.on_packet(t0, 2, 100, None).is_none());
+    }
+
+    #[test]
+    fn a_stopped_layer_is_left_at_the_next_packet_not_after_the_idle_time() {
+        let t0 = Instant::now();
+        let layer = |ssrc, height| Layer {
+            ssrc,
+            height,
+            meter: RateMeter::default(),
+            last_packet: None,
+            packets: 0,
+            marked: false,
+            stopped: false,
+        };
+        let mut src = Source {
+            ssrc: 1,
+            started: None,
+            layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
+        };
+        let key = Some(MARK_START | MARK_INDEPENDENT);
+        let mut sub = Subscription::new(1);
+        for ssrc in [1, 2, 3] {
+            let p = src.on_packet(t0, ssrc, 100, key).unwrap();
+            sub.on_packet(t0, &p, 1, 1, None);
+        }
+        assert_eq!(sub.current, Some(2));
+        // The sender says goodbye to the top layer: at the next packet of the low layer (a
+        // few milliseconds later, far inside the idle time) the receiver targets the middle
+        // layer and asks for its keyframe.
+        assert!(src.stop_layer(3));
+        assert!(!src.stop_layer(9));
+        let t1 = t0 + Duration::from_millis(30);
+        let p = src.on_packet(t1, 1, 100, None).unwrap();
+        let d = sub.on_packet(t1, &p, 2, 2, None);
+        assert_eq!(sub.target, Some(1));
+        assert_eq!(d.keyframe, Some(2));
+        let p = src.on_packet(t1, 2, 100, key).unwrap();
+        assert!(sub.on_packet(t1, &p, 3, 3, None).switched);
+        assert_eq!(sub.current, Some(1));
+        // Its next packet starts it again.
+        let p = src.on_packet(t1, 3, 100, key).unwrap();
+        assert!(p.views()[2].active);
     }
 }

@@ -859,3 +859,102 @@ mod robustness {
         }
     }
 }
+
+/// One packet of `layer` from participant 0 carrying the transport-wide sequence number
+/// `tseq`, of payload type `pt` (127: a padding probe, padding only).
+fn stamped_packet(sim: &mut Sim, layer: usize, mark: u8, tseq: u16, pt: u8) -> Vec<u8> {
+    let frame = sim.frame;
+    let c = sim.clients.get_mut(&0).unwrap();
+    let seq = c.seq[layer];
+    c.seq[layer] = seq.wrapping_add(1);
+    let mut p = RtpPacket::default();
+    p.header.payload_type = pt;
+    p.header.ssrc = LAYERS[layer];
+    p.header.sequence_number = seq;
+    p.header.timestamp = (layer as u32 * 0x1234_5678).wrapping_add(frame * 2970);
+    p.header.set_transport_seq(TRANSPORT_SEQ_EXT_ID, tseq);
+    let mut bytes = Vec::new();
+    if pt == 127 {
+        p.write_padded(&mut bytes, 100);
+    } else {
+        p.header.set_extension(FRAME_MARKING_EXT_ID, vec![mark]);
+        p.payload = vec![layer as u8, (seq >> 8) as u8, seq as u8];
+        bytes = p.to_vec();
+    }
+    c.send.protect_rtp(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn a_sender_gets_feedback_on_its_packets_and_a_bye_moves_its_receivers_down_at_once() {
+    let mut sim = Sim::new(SfuConfig::default(), 3);
+    let mut tseq = 0u16;
+    for n in 0..6 {
+        for layer in 0..3 {
+            let mark = if n == 0 { KEY_START } else { DELTA_START };
+            let p = stamped_packet(&mut sim, layer, mark, tseq, 96);
+            tseq += 1;
+            sim.input(0, &p);
+        }
+        sim.frame += 1;
+        sim.advance(Duration::from_millis(FRAME_MS));
+    }
+    assert_eq!(sim.layers_received(1).last(), Some(&2));
+    // A padding probe on the top layer: recorded, not forwarded.
+    let before = sim.layers_received(1).len();
+    let probe = stamped_packet(&mut sim, 2, 0, tseq, 127);
+    tseq += 1;
+    sim.input(0, &probe);
+    sim.advance(Duration::from_millis(60));
+    assert_eq!(sim.layers_received(1).len(), before, "probe forwarded");
+    let stats = sim.sfu.leg_stats(sim.leg(0)).unwrap().clone();
+    assert_eq!(stats.uplink_padding, 1);
+    // The sender got feedback every 50 ms covering every number it sent, all received; the
+    // receivers (who stamp nothing) got none.
+    let reported: Vec<Option<i16>> = sim.clients[&0]
+        .rtcp
+        .iter()
+        .filter_map(|p| match p {
+            RtcpPacket::TransportFeedback(fb) => Some(fb.packets.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(reported.len(), usize::from(tseq), "{reported:?}");
+    assert!(reported.iter().all(Option::is_some));
+    assert!(stats.uplink_feedback_sent >= 4, "{stats:?}");
+    for i in [1, 2] {
+        assert!(!sim.clients[&i]
+            .rtcp
+            .iter()
+            .any(|p| matches!(p, RtcpPacket::TransportFeedback(_))));
+    }
+    // The sender stops its top layer (BYE) and sends a keyframe of the middle one right after:
+    // receivers switch at it, 33 ms later, not after the 1 s idle time.
+    sim.rtcp(
+        0,
+        &[RtcpPacket::Bye(rtcp::Bye {
+            ssrcs: vec![LAYERS[2]],
+        })],
+    );
+    assert_eq!(sim.sfu.leg_stats(sim.leg(0)).unwrap().layers_stopped, 1);
+    for (layer, mark) in [(1, KEY_START), (0, DELTA_START)] {
+        let p = stamped_packet(&mut sim, layer, mark, tseq, 96);
+        tseq += 1;
+        sim.input(0, &p);
+    }
+    for i in [1, 2] {
+        assert_eq!(sim.layers_received(i).last(), Some(&1), "receiver {i}");
+    }
+    // The top layer's next packet starts it again: receivers go back up at its keyframe.
+    sim.frame += 1;
+    sim.advance(Duration::from_millis(FRAME_MS));
+    for layer in (0..3).rev() {
+        let mark = if layer == 2 { KEY_START } else { DELTA_START };
+        let p = stamped_packet(&mut sim, layer, mark, tseq, 96);
+        tseq += 1;
+        sim.input(0, &p);
+    }
+    assert_eq!(sim.layers_received(1).last(), Some(&2));
+    assert_continuous(&sim, 1);
+}

@@ -58,6 +58,8 @@ pub(super) struct VideoShared {
     pub(super) enabled: AtomicBool,
     /// Per layer (same order as the specs): encode the next picture as a keyframe.
     pub(super) keyframe: Vec<AtomicBool>,
+    /// Per layer: encode it at all (the uplink carries it; see `GroupMediaPath::layer_sending`).
+    pub(super) active: Vec<AtomicBool>,
     /// Pictures encoded (on every layer).
     pub(super) pictures: AtomicU64,
     /// Pictures dropped because the encoder thread was behind.
@@ -80,6 +82,7 @@ pub(super) fn start(
     let shared = Arc::new(VideoShared {
         enabled: AtomicBool::new(true),
         keyframe: layers.iter().map(|_| AtomicBool::new(false)).collect(),
+        active: layers.iter().map(|_| AtomicBool::new(true)).collect(),
         pictures: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
     });
@@ -115,6 +118,10 @@ fn run(
         let timestamp = (ticks & u128::from(u32::MAX)) as u32;
         let mut source = picture;
         for &i in &order {
+            if !shared.active[i].load(Ordering::Relaxed) {
+                // Stopped for the uplink: not encoded (it starts again with a keyframe).
+                continue;
+            }
             let spec = &layers[i];
             if source.width() != spec.width || source.height() != spec.height {
                 match source.scaled(spec.width, spec.height) {
