@@ -106,6 +106,8 @@ pub use error::{Error, JoinError, PacketError, RosterError, WireError};
 pub use ids::{CallId, DeviceId, LegId, CALL_ID_LEN};
 pub use packet::{FRAME_MARKING_EXT_ID, TRANSPORT_SEQ_EXT_ID};
 pub use sfu::{
-    Event, ForwardRewrite, ForwardTap, Joined, LeaveReason, LegBandwidth, LegStats, RewriteFn, Sfu,
-    SfuConfig, TapFn, Transmit, UPLINK_FEEDBACK_INTERVAL,
+    Event, Joined, LeaveReason, LegBandwidth, LegStats, Sfu, SfuConfig, Transmit,
+    UPLINK_FEEDBACK_INTERVAL,
 };
+#[cfg(feature = "test-hooks")]
+pub use sfu::{ForwardRewrite, ForwardTap, RewriteFn, TapFn};

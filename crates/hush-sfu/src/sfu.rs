@@ -96,13 +96,17 @@ fn send_report(
 
 /// A hook that sees every RTP packet the SFU forwards, as the SFU sees it: after hop SRTP is
 /// removed, before it is protected again for each recipient. For tests that check what the
-/// server can read (group media must be end-to-end ciphertext here); not for production.
+/// server can read (group media must be end-to-end ciphertext here); not for production
+/// (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 #[derive(Clone)]
 pub struct ForwardTap(pub std::sync::Arc<TapFn>);
 
 /// The function a [`ForwardTap`] calls with each forwarded RTP packet.
+#[cfg(feature = "test-hooks")]
 pub type TapFn = dyn Fn(&[u8]) + Send + Sync;
 
+#[cfg(feature = "test-hooks")]
 impl std::fmt::Debug for ForwardTap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ForwardTap")
@@ -114,13 +118,16 @@ impl std::fmt::Debug for ForwardTap {
 /// drops the packet, several inject more. It stands for a malicious SFU (which holds the hop
 /// keys) in tests of the end-to-end layer: alter, truncate, replay, reorder or relabel frames.
 /// Simulcast layer packets are rewritten after the SFU chose what to forward (on the packet as
-/// sent). Not for production.
+/// sent). Not for production (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 #[derive(Clone)]
 pub struct ForwardRewrite(pub std::sync::Arc<RewriteFn>);
 
 /// The function a [`ForwardRewrite`] calls with each RTP packet to forward.
+#[cfg(feature = "test-hooks")]
 pub type RewriteFn = dyn Fn(&[u8]) -> Vec<Vec<u8>> + Send + Sync;
 
+#[cfg(feature = "test-hooks")]
 impl std::fmt::Debug for ForwardRewrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ForwardRewrite")
@@ -161,7 +168,8 @@ pub struct SfuConfig {
     pub replay_window: usize,
     /// Dominant speaker detection.
     pub speaker: SpeakerConfig,
-    /// Sees every RTP packet forwarded (see [`ForwardTap`]). Default none.
+    /// Sees every RTP packet forwarded (see [`ForwardTap`]; feature `test-hooks`). Default none.
+    #[cfg(feature = "test-hooks")]
     pub tap: Option<ForwardTap>,
     /// Forward each receiver the video of only the `n` other participants who spoke most
     /// recently (by the speaker detector; those who never spoke in join order); `None`
@@ -175,7 +183,9 @@ pub struct SfuConfig {
     /// that participant's transport-wide feedback. Default: start at 2 Mbit/s, between
     /// 50 kbit/s and 20 Mbit/s, probing with padding (only on legs that send feedback).
     pub leg_cc: CcConfig,
-    /// Rewrites every RTP packet forwarded (see [`ForwardRewrite`]; tests only). Default none.
+    /// Rewrites every RTP packet forwarded (see [`ForwardRewrite`]; feature `test-hooks`).
+    /// Default none.
+    #[cfg(feature = "test-hooks")]
     pub rewrite: Option<ForwardRewrite>,
 }
 
@@ -195,6 +205,7 @@ impl Default for SfuConfig {
             rtcp_ssrc: 1,
             replay_window: 256,
             speaker: SpeakerConfig::default(),
+            #[cfg(feature = "test-hooks")]
             tap: None,
             video_last_n: Some(9),
             uplink_nack: true,
@@ -205,6 +216,7 @@ impl Default for SfuConfig {
                 probing: true,
                 ..CcConfig::default()
             },
+            #[cfg(feature = "test-hooks")]
             rewrite: None,
         }
     }
@@ -1535,17 +1547,14 @@ fn handle_rtp(
             .iter_mut()
             .find_map(|s| s.on_packet(now, info.ssrc, buf.len(), info.marking))
             .ok_or(PacketError::UndeclaredSsrc(info.ssrc))?;
-        if let Some(tap) = &config.tap {
-            (tap.0)(buf);
-        }
-        match &config.rewrite {
+        match test_hooks(config, buf) {
             None => {
                 *switches += forward_layer(config, call, i, now, &info, &layer, buf, transmits);
             }
-            Some(rewrite) => {
+            Some(rewritten) => {
                 // The layer decisions were made on the packet as the sender sent it; each
                 // rewritten packet goes out under the number it now carries.
-                for p in (rewrite.0)(buf) {
+                for p in rewritten {
                     if let Some(h) = packet::parse_rtp(&p, None) {
                         *switches += forward_layer(config, call, i, now, &h, &layer, &p, transmits);
                     }
@@ -1572,11 +1581,8 @@ fn handle_rtp(
             }
         }
     }
-    if let Some(tap) = &config.tap {
-        (tap.0)(buf);
-    }
     let video_last_n = (kind == StreamKind::Video).then_some(config.video_last_n);
-    match &config.rewrite {
+    match test_hooks(config, buf) {
         None => forward(
             call,
             (i, sender_device),
@@ -1586,8 +1592,8 @@ fn handle_rtp(
             buf,
             transmits,
         ),
-        Some(rewrite) => {
-            for p in (rewrite.0)(buf) {
+        Some(rewritten) => {
+            for p in rewritten {
                 // A rewritten packet is cached under the stream and number it now carries.
                 if let Some(h) = packet::parse_rtp(&p, None) {
                     forward(
@@ -1609,6 +1615,22 @@ fn handle_rtp(
 /// The stream, sequence number and timestamp of a parsed RTP packet.
 fn info_of(info: &packet::RtpInfo) -> (u32, u16, u32) {
     (info.ssrc, info.seq, info.timestamp)
+}
+
+/// The test hooks' part in forwarding one RTP packet (feature `test-hooks`): the tap sees it,
+/// and a rewrite hook gives the packets to forward instead. `None`: forward it as it is.
+#[cfg(feature = "test-hooks")]
+fn test_hooks(config: &SfuConfig, buf: &[u8]) -> Option<Vec<Vec<u8>>> {
+    if let Some(tap) = &config.tap {
+        (tap.0)(buf);
+    }
+    config.rewrite.as_ref().map(|rewrite| (rewrite.0)(buf))
+}
+
+/// Without the `test-hooks` feature every packet is forwarded as it is.
+#[cfg(not(feature = "test-hooks"))]
+fn test_hooks(_config: &SfuConfig, _buf: &[u8]) -> Option<Vec<Vec<u8>>> {
+    None
 }
 
 /// Protects the RTP packet `rtp` (from participant `from`, index and device) for every other
