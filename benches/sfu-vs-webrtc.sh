@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SFU forwarding on loopback, hush-sfu vs webrtc-rs's `sfu` crate 0.5, alternating on the same
-# machine: the server pinned to core 0, the clients to core 1, both at nice 10.
+# machine: the server pinned to core 0, the clients to core 1, both at nice 5 (NICE).
 #
 #   benches/sfu-vs-webrtc.sh [ROUNDS] [MODES]          (defaults 3 and "audio video")
 #
@@ -9,13 +9,14 @@
 #            (the default command), and paced for 50,000 packets out/s (--out-rate 50000).
 # webrtc-rs: crates/hush-sfu/bench-webrtc-sfu (sfu_server: one sfu::Sfu on one UDP port;
 #            sfu_clients: N webrtc 0.21 peer connections), one run per mode and round that ramps
-#            the rate (REF_AUDIO_RATES / REF_VIDEO_RATES, packets out/s) and ends at 50,000.
+#            the rate (REF_AUDIO_RATES / REF_VIDEO_RATES, packets out/s; 25,000, 50,000, then
+#            up to 100,000 in steps of 12,500), low to high.
 # Shapes: audio = 32 participants, 80-byte payloads, everyone forwarded to the 31 others;
 #         video = 8 participants, 1200-byte packets (hush: three simulcast layers, receivers on
 #         the top one; webrtc-rs: one track each, forwarded to the 7 others).
 # Env: CARGO_TARGET_DIR (hush build, default ./target), WEBRTC_SFU_TARGET_DIR (reference build,
 # default crates/hush-sfu/bench-webrtc-sfu/target; webrtc 0.21 takes 20+ min to build the first
-# time), NICE (default 10), REF_PORT / REF_SIGNAL_PORT (default 3478 / 8088).
+# time), NICE (default 5), REF_PORT / REF_SIGNAL_PORT (default 3478 / 8088).
 # Prints every result line; the webrtc-rs lines end with one JSON object each.
 set -euo pipefail
 
@@ -24,11 +25,11 @@ modes=${2:-audio video}
 root=$(cd "$(dirname "$0")/.." && pwd)
 ref_dir=$root/crates/hush-sfu/bench-webrtc-sfu
 ref_target=${WEBRTC_SFU_TARGET_DIR:-$ref_dir/target}
-nice_n=${NICE:-10}
+nice_n=${NICE:-5}
 port=${REF_PORT:-3478}
 signal_port=${REF_SIGNAL_PORT:-8088}
-audio_rates=${REF_AUDIO_RATES:-25000,50000,75000,100000,50000}
-video_rates=${REF_VIDEO_RATES:-25000,50000,75000,100000,50000}
+audio_rates=${REF_AUDIO_RATES:-25000,50000,62500,75000,87500,100000}
+video_rates=${REF_VIDEO_RATES:-25000,50000,62500,75000,87500,100000}
 
 cd "$root"
 bench=$(cargo bench -p hush-sfu --bench driver --no-run 2>&1 | tee /dev/stderr |

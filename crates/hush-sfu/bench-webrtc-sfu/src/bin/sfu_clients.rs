@@ -4,7 +4,7 @@
 //!
 //! Shapes, as in hush-sfu's driver bench: `--participants 32` audio-only (Opus payload type,
 //! 80-byte payloads) or `--video --participants 8` (VP8 payload type, 1200-byte packets on the
-//! wire: 12-byte RTP header, 1178-byte payload, 10-byte SRTP tag); every packet is forwarded
+//! wire: 12-byte RTP header, 1172-byte payload, 16-byte AES-GCM tag); every packet is forwarded
 //! to the N − 1 others. Each payload starts with the wall-clock time (ns since the Unix epoch)
 //! taken just before `write_rtp` (so before the client's interceptors, SRTP protect and
 //! `sendto`); a receiver takes the wall clock when webrtc-rs hands it the packet (after its
@@ -16,11 +16,13 @@
 //! its sendonly track; subscribe re-offers from the SFU are answered as they come. Once every
 //! participant has received every other's track (a low-rate priming phase), the bench runs one
 //! step per `--rates` value: senders paced for that many packets **out** of the SFU per second
-//! (per sender: rate / (N × (N − 1))), 1 s of warm-up, then `--seconds` measured. Per step it
-//! prints the SFU's RTP packets in/out per second and its CPU time and run-queue wait (from
-//! `/proc/PID/task/*/schedstat` of the server, whose pid it asks over signaling), the share of
-//! the packets sent in the window that every receiver got, latency percentiles, the clients'
-//! CPU, and one JSON line.
+//! (per sender: rate / (N × (N − 1))), 1 s of warm-up, then `--seconds` measured, then 1.5 s
+//! of pause. Per step it prints the SFU's RTP and RTCP packets in/out per second, its CPU time
+//! and run-queue wait (from `/proc/PID/task/*/schedstat` of the server, whose pid it asks over
+//! signaling), the share of the packets sent in the window that every receiver got (a
+//! retransmitted packet counted once), latency percentiles, the clients' CPU, the machine's UDP
+//! receive-buffer drops, and one JSON line. The server's RTP count includes the retransmissions
+//! webrtc-rs sends for its receivers' NACKs.
 //!
 //! `sfu_clients [--signal 127.0.0.1:8080] [--video] [--participants N] [--rates R1,R2,..]
 //! [--seconds S] [--workers W] [--join-gap-ms G]`
@@ -49,7 +51,9 @@ use webrtc::peer_connection::*;
 use webrtc::runtime::default_runtime;
 
 const AUDIO_PAYLOAD: usize = 80;
-const VIDEO_PAYLOAD: usize = 1200 - 12 - 10;
+/// 1200 bytes on the wire less the RTP header and the AES-128-GCM tag (webrtc-rs negotiates
+/// SRTP_AEAD_AES_128_GCM first, as hush-sfu uses); webrtc-rs may add header extensions.
+const VIDEO_PAYLOAD: usize = 1200 - 12 - 16;
 /// Latency histogram: 10 µs buckets up to 2 s.
 const BUCKET_NS: u64 = 10_000;
 const BUCKETS: usize = 200_000;
@@ -87,7 +91,12 @@ impl Shared {
             && stamp < self.window_end.load(Ordering::Relaxed)
     }
 
-    fn receive(&self, payload: &[u8]) {
+    fn receive(&self, seen: &mut Seen, seq: u16, payload: &[u8]) {
+        // A retransmission (webrtc-rs answers its receivers' NACKs) counts once, with the
+        // latency of its first copy.
+        if !seen.first(seq) {
+            return;
+        }
         let Some(stamp) = payload.get(..8).map(|b| {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
@@ -132,6 +141,27 @@ impl Shared {
     }
 }
 
+/// Which sequence numbers of one forwarded track arrived, over a sliding half of the
+/// sequence space (marking `seq` forgets `seq + 32768`).
+struct Seen(Vec<u64>);
+
+impl Seen {
+    fn new() -> Self {
+        Self(vec![0; 1024])
+    }
+
+    /// Marks `seq`; false if it was already marked (a duplicate).
+    fn first(&mut self, seq: u16) -> bool {
+        let bit = |s: u16| (s as usize / 64, 1u64 << (s % 64));
+        let (w, m) = bit(seq.wrapping_add(32768));
+        self.0[w] &= !m;
+        let (w, m) = bit(seq);
+        let fresh = self.0[w] & m == 0;
+        self.0[w] |= m;
+        fresh
+    }
+}
+
 struct Handler {
     state: mpsc::UnboundedSender<RTCPeerConnectionState>,
     shared: Arc<Shared>,
@@ -147,9 +177,10 @@ impl PeerConnectionEventHandler for Handler {
         let shared = self.shared.clone();
         shared.remote_tracks.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            let mut seen = Seen::new();
             while let Some(ev) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(p) = ev {
-                    shared.receive(&p.payload);
+                    shared.receive(&mut seen, p.header.sequence_number, &p.payload);
                 }
             }
         });
@@ -366,6 +397,8 @@ struct Sample {
     at: Instant,
     rtp_in: u64,
     rtp_out: u64,
+    rtcp_in: u64,
+    rtcp_out: u64,
     cpu_ns: u64,
     wait_ns: u64,
 }
@@ -415,10 +448,27 @@ impl Stats {
             at: Instant::now(),
             rtp_in: n(1),
             rtp_out: n(2),
+            rtcp_in: n(3),
+            rtcp_out: n(4),
             cpu_ns,
             wait_ns,
         })
     }
+}
+
+/// The kernel's count of UDP datagrams dropped for a full receive buffer (all sockets of the
+/// machine: this bench's, the server's and anyone else's).
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    head.split_whitespace()
+        .zip(vals.split_whitespace())
+        .find(|(h, _)| *h == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn load_average() -> String {
@@ -496,7 +546,9 @@ async fn run() -> Result<(), Failure> {
     let t0 = Instant::now();
     let mut parts = Vec::new();
     for i in 0..n {
-        parts.push(Arc::new(join(i as u64, signal, video, shared.clone()).await?));
+        parts.push(Arc::new(
+            join(i as u64, signal, video, shared.clone()).await?,
+        ));
         tokio::time::sleep(join_gap).await;
     }
     let joined = t0.elapsed();
@@ -533,24 +585,29 @@ async fn run() -> Result<(), Failure> {
         shared.sent_in_window.store(0, Ordering::Relaxed);
         shared.received_in_window.store(0, Ordering::Relaxed);
         shared.window_start.store(start_wall, Ordering::Relaxed);
-        shared.window_end.store(
-            start_wall + (seconds * 1e9) as u64,
-            Ordering::Relaxed,
-        );
+        shared
+            .window_end
+            .store(start_wall + (seconds * 1e9) as u64, Ordering::Relaxed);
         let senders = spawn_senders(&parts, per_sender, end, video, &shared);
         tokio::time::sleep_until(start.into()).await;
         let me0 = schedstat("self");
+        let drops0 = udp_rcvbuf_errors();
         let s0 = stats.sample().await?;
         tokio::time::sleep_until(end.into()).await;
         let s1 = stats.sample().await?;
         let me1 = schedstat("self");
+        let drops = udp_rcvbuf_errors() - drops0;
         for s in senders {
             s.await?;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Late packets of the window, then a pause so one step's backlog (and the NACKs and
+        // retransmissions it caused) is over before the next.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let secs = (s1.at - s0.at).as_secs_f64();
         let out = (s1.rtp_out - s0.rtp_out) as f64;
         let inp = (s1.rtp_in - s0.rtp_in) as f64;
+        let rtcp_in = (s1.rtcp_in - s0.rtcp_in) as f64;
+        let rtcp_out = (s1.rtcp_out - s0.rtcp_out) as f64;
         let cpu = (s1.cpu_ns - s0.cpu_ns) as f64 / 1e9;
         let wait = (s1.wait_ns - s0.wait_ns) as f64 / 1e9;
         let sent = shared.sent_in_window.load(Ordering::Relaxed);
@@ -562,12 +619,15 @@ async fn run() -> Result<(), Failure> {
         let load = load_average();
         println!(
             "{mode} {n}: target {rate:.0} out/s ({per_sender:.1} packets/s per sender): server \
-             {:.0} RTP in/s, {:.0} RTP out/s, CPU {:.0} % of a core, waited {:.0} %, {:.2} us per \
+             {:.0} RTP in/s, {:.0} RTP out/s, {:.0} RTCP in/s, {:.0} RTCP out/s, CPU {:.0} % of a core, waited {:.0} %, {:.2} us per \
              packet out, {:.0} packets out per CPU-second; delivered {:.2} % of {} sent; latency \
              p50 {:.3} / p90 {:.3} / p99 {:.3} / p99.9 {:.3} ms, {:.2} % over 5 ms ({samples} \
-             samples); clients CPU {:.0} %, waited {:.0} %; load average {load}",
+             samples); clients CPU {:.0} %, waited {:.0} %; UDP receive-buffer drops (machine-wide) \
+             {drops}; load average {load}",
             inp / secs,
             out / secs,
+            rtcp_in / secs,
+            rtcp_out / secs,
             cpu / secs * 100.0,
             wait / secs * 100.0,
             cpu * 1e6 / out.max(1.0),
@@ -586,6 +646,8 @@ async fn run() -> Result<(), Failure> {
         j.insert("target_out", rate);
         j.insert("rtp_in_per_s", inp / secs);
         j.insert("rtp_out_per_s", out / secs);
+        j.insert("rtcp_in_per_s", rtcp_in / secs);
+        j.insert("rtcp_out_per_s", rtcp_out / secs);
         j.insert("server_cpu", cpu / secs);
         j.insert("server_wait", wait / secs);
         j.insert("us_per_out", cpu * 1e6 / out.max(1.0));
@@ -597,6 +659,7 @@ async fn run() -> Result<(), Failure> {
         j.insert("p999_ms", q[3]);
         j.insert("over_5ms", over5);
         j.insert("clients_cpu", clients_cpu);
+        j.insert("udp_rcvbuf_drops", drops as f64);
         let mut keys: Vec<_> = j.keys().copied().collect();
         keys.sort_unstable();
         let body: Vec<String> = keys

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc::peer_connection::sdp::{RTCSdpType, RTCSessionDescription};
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::{ClientId, RoomId, SFUEvent, Sfu, TaggedSFUEvent};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -305,7 +305,10 @@ async fn run(port: u16, signal_port: u16) -> std::io::Result<()> {
             }
         });
     }
-    println!("sfu_server pid {} media {local} signaling 127.0.0.1:{signal_port}", std::process::id());
+    println!(
+        "sfu_server pid {} media {local} signaling 127.0.0.1:{signal_port}",
+        std::process::id()
+    );
     let mut lp = Loop {
         sfu: Sfu::new(1, local),
         socket,
