@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summarises the output of benches/sfu-vs-webrtc.sh (read from a file or stdin).
+"""Summarises the output of benches/sfu-vs-webrtc.sh (read from the files named, or stdin).
 
 Per round and mode: hush-sfu flat out (packets out/s, server CPU, us per packet out, packets
 out per server CPU-second) and at 50,000 packets out/s (reached rate, server wait, SFU-added
@@ -13,7 +13,7 @@ import re
 import statistics
 import sys
 
-text = open(sys.argv[1]).read() if len(sys.argv) > 1 else sys.stdin.read()
+text = "".join(open(f).read() for f in sys.argv[1:]) if len(sys.argv) > 1 else sys.stdin.read()
 num = r"([0-9.]+)"
 rounds = []  # (round, mode, time, load, hush_flat, hush_50k, ref_steps)
 cur = None
@@ -79,29 +79,34 @@ for r in rounds:
 print("(* = sustained: delivered >= 95 % and RTP out >= 97 % of the target)")
 
 print()
+print("Per round, hush / webrtc-rs:")
+print("  thr = packets out/s, hush flat out (rounds where its server had >= 70 % of a core) vs")
+print("        webrtc-rs's highest sustained step (limited by the share of core 0 it got);")
+print("  cap = packets out per server CPU-second, hush flat out vs webrtc-rs at its busiest step;")
+print("  cost50 = server us per packet out at 50,000 out/s, webrtc-rs / hush;")
+print("  p99 = end-to-end p99 at 50,000 out/s, hush / webrtc-rs.")
 for mode in ("audio", "video"):
-    rs = [r for r in rounds if r["mode"] == mode]
-    hush_per_cpu = [r["flat"]["per_cpu"] for r in rs if r["flat"]]
-    hush_us_50 = [r["r50"]["us"] for r in rs if r["r50"]]
-    ref_us = [s["us_per_out"] for r in rs for s in r["ref"] if sustained(s)]
-    ref_us_50 = [s["us_per_out"] for r in rs for s in r["ref"] if s["target_out"] == 50000]
-    if not rs:
-        continue
-    print(f"{mode}: hush packets out per server CPU-second (flat out), median {statistics.median(hush_per_cpu):.0f}"
-          if hush_per_cpu else f"{mode}: no hush flat-out figure")
-    if ref_us:
-        print(f"  webrtc-rs us per packet out on sustained steps: median {statistics.median(ref_us):.2f} "
-              f"-> {1e6/statistics.median(ref_us):.0f} packets out per CPU-second")
-        if hush_per_cpu:
-            print(f"  ratio hush / webrtc-rs (packets out per CPU-second): "
-                  f"{statistics.median(hush_per_cpu) / (1e6/statistics.median(ref_us)):.2f}")
-    if hush_us_50 and ref_us_50:
-        print(f"  at 50,000 out/s: us per packet out hush median {statistics.median(hush_us_50):.2f}, "
-              f"webrtc-rs median {statistics.median(ref_us_50):.2f}: ratio webrtc-rs / hush "
-              f"{statistics.median(ref_us_50)/statistics.median(hush_us_50):.2f}")
-    p99h = [r["r50"]["e99"] for r in rs if r["r50"]]
-    p99r = [s["p99_ms"] for r in rs for s in r["ref"] if s["target_out"] == 50000]
-    if p99h and p99r:
-        print(f"  p99 at 50,000 out/s (end to end, client read): hush median {statistics.median(p99h):.2f} ms, "
-              f"webrtc-rs median {statistics.median(p99r):.2f} ms, ratio hush / webrtc-rs "
-              f"{statistics.median(p99h)/statistics.median(p99r):.3f}")
+    rs = [r for r in rounds if r["mode"] == mode and r["ref"]]
+    thr, cap, cost, p99 = [], [], [], []
+    for r in rs:
+        f, h = r["flat"], r["r50"]
+        best = max((s["target_out"] for s in r["ref"] if sustained(s)), default=0)
+        busiest = max(r["ref"], key=lambda s: s["rtp_out_per_s"])
+        at50 = [s for s in r["ref"] if s["target_out"] == 50000]
+        row = []
+        # Only where hush's flat-out run had most of its core (else its clients or the
+        # machine were the limit, not the server).
+        if f and best and f["cpu"] >= 70:
+            thr.append(f["out"] / best)
+            row.append(f"thr {f['out']:.0f} / {best:.0f} = {thr[-1]:.2f}")
+        if f:
+            cap.append(f["per_cpu"] / busiest["out_per_cpu_s"])
+            row.append(f"cap {f['per_cpu']:.0f} / {busiest['out_per_cpu_s']:.0f} = {cap[-1]:.2f}")
+        if h and at50:
+            cost.append(at50[0]["us_per_out"] / h["us"])
+            p99.append(h["e99"] / at50[0]["p99_ms"])
+            row.append(f"cost50 {at50[0]['us_per_out']:.2f} / {h['us']:.2f} = {cost[-1]:.2f}")
+            row.append(f"p99 {h['e99']:.2f} / {at50[0]['p99_ms']:.2f} ms = {p99[-1]:.3f}")
+        print(f"  {r['round']:>3} {mode}: " + "; ".join(row))
+    med = lambda v: f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f}, {len(v)} rounds)" if v else "-"
+    print(f"  {mode} medians: thr {med(thr)}; cap {med(cap)}; cost50 {med(cost)}; p99 {med(p99)}")
