@@ -77,7 +77,7 @@ enum Command {
     Sdp {
         client_id: ClientId,
         request_id: u64,
-        sdp: RTCSessionDescription,
+        sdp: Box<RTCSessionDescription>,
     },
     Leave {
         client_id: ClientId,
@@ -166,7 +166,7 @@ fn serve_signaling(stream: TcpStream, tx: mpsc::UnboundedSender<Command>, counte
                         let _ = tx.send(Command::Sdp {
                             client_id,
                             request_id: if kind == "offer" { rand_u64() } else { a },
-                            sdp,
+                            sdp: Box::new(sdp),
                         });
                     }
                     Err(e) => eprintln!("client {client_id}: bad {kind}: {e}"),
@@ -226,7 +226,7 @@ impl Loop {
                 request_id,
                 room_id: ROOM,
                 client_id,
-                sdp,
+                sdp: *sdp,
             },
             Command::Leave { client_id } => {
                 self.outs.remove(&client_id);
