@@ -15,9 +15,10 @@
 #         video = 8 participants, 1200-byte packets (hush: three simulcast layers, receivers on
 #         the top one; webrtc-rs: one track each, forwarded to the 7 others).
 # Env: CARGO_TARGET_DIR (hush build, default ./target), WEBRTC_SFU_TARGET_DIR (reference build,
-# default crates/hush-sfu/bench-webrtc-sfu/target; webrtc 0.21 takes 20+ min to build the first
-# time), NICE (default 5), REF_PORT / REF_SIGNAL_PORT (default 3478 / 8088).
-# Prints every result line; the webrtc-rs lines end with one JSON object each.
+# default crates/hush-sfu/bench-webrtc-sfu/target; webrtc 0.21 and sfu 0.5 take 12-22 min to
+# build the first time here), NICE (default 5), REF_PORT / REF_SIGNAL_PORT (default 3478 / 8088).
+# Prints every result line (each webrtc-rs step also as one JSON object); save it and run
+# `python3 benches/sfu_vs_webrtc_summary.py LOG` for the tables and the ratios.
 set -euo pipefail
 
 rounds=${1:-3}
