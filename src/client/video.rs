@@ -112,6 +112,25 @@ pub struct VideoStats {
     pub freeze_count: u64,
     /// Their summed duration in seconds (`totalFreezesDuration`).
     pub total_freezes_duration: f64,
+    /// The video bitrate the encoder is given now, bits per second (`targetBitrate`; 0 while
+    /// paused).
+    pub target_bitrate: u32,
+    /// The video bitrate sent over the last second, bits per second: encoded frames, without
+    /// headers or retransmissions.
+    pub sent_bitrate: u32,
+    /// Pictures held back while the congestion window was full over a standing queue (a link
+    /// that just got slower draining first).
+    pub frames_held: u64,
+    /// Video retransmissions sent (`retransmittedPacketsSent`).
+    pub retransmitted_packets_sent: u64,
+    /// NACKed video packets not resent because the congestion window was full over a standing
+    /// queue.
+    pub retransmissions_refused_congested: u64,
+    /// NACKed video packets not resent because the retransmission budget was spent.
+    pub retransmissions_refused_budget: u64,
+    /// Times the receiver gave up waiting for missing video packets (its gap timer) and asked
+    /// for a keyframe.
+    pub gap_timeouts: u64,
 }
 
 impl VideoStats {
@@ -128,7 +147,7 @@ impl VideoStats {
             QualityLimitation::Bandwidth => 1,
             QualityLimitation::Cpu => 2,
         };
-        let rows: [(&str, &str, &str, f64); 21] = [
+        let rows: [(&str, &str, &str, f64); 28] = [
             (
                 "frames_encoded_total",
                 "counter",
@@ -255,6 +274,48 @@ impl VideoStats {
                 "What limits sent quality: 0 none, 1 bandwidth, 2 cpu.",
                 f64::from(limitation),
             ),
+            (
+                "target_bitrate_bps",
+                "gauge",
+                "Video bitrate the encoder is given.",
+                f64::from(self.target_bitrate),
+            ),
+            (
+                "sent_bitrate_bps",
+                "gauge",
+                "Encoded video bitrate sent over the last second.",
+                f64::from(self.sent_bitrate),
+            ),
+            (
+                "frames_held_total",
+                "counter",
+                "Pictures held back while the send queue drained.",
+                self.frames_held as f64,
+            ),
+            (
+                "retransmitted_packets_sent_total",
+                "counter",
+                "Video retransmissions sent.",
+                self.retransmitted_packets_sent as f64,
+            ),
+            (
+                "retransmissions_refused_congested_total",
+                "counter",
+                "NACKed video packets not resent: congestion window full over a queue.",
+                self.retransmissions_refused_congested as f64,
+            ),
+            (
+                "retransmissions_refused_budget_total",
+                "counter",
+                "NACKed video packets not resent: retransmission budget spent.",
+                self.retransmissions_refused_budget as f64,
+            ),
+            (
+                "gap_timeouts_total",
+                "counter",
+                "Times the receiver gave up on missing video packets.",
+                self.gap_timeouts as f64,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
@@ -367,6 +428,8 @@ pub(crate) struct VideoSender {
     held: Option<HeldSince>,
     /// Pictures held back for a full queue.
     pub(crate) held_pictures: u64,
+    /// (when, bytes) of the frames encoded over the last second.
+    sent_bytes: std::collections::VecDeque<(Instant, usize)>,
 }
 
 /// A run of pictures held back for a full queue.
@@ -419,7 +482,21 @@ impl VideoSender {
             encode_ms: None,
             held: None,
             held_pictures: 0,
+            sent_bytes: std::collections::VecDeque::new(),
         }
+    }
+
+    /// The encoded video bitrate over the last second before `now`, bits per second.
+    pub(crate) fn sent_bitrate(&mut self, now: Instant) -> u32 {
+        while self
+            .sent_bytes
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > Duration::from_secs(1))
+        {
+            self.sent_bytes.pop_front();
+        }
+        let bytes: usize = self.sent_bytes.iter().map(|(_, b)| b).sum();
+        u32::try_from(bytes * 8).unwrap_or(u32::MAX)
     }
 
     /// Whether to send a picture now, given whether the path is `congested` (a full
@@ -553,10 +630,17 @@ impl VideoSender {
         }
         let resized = resize(picture, width, height);
         let picture = resized.as_ref().unwrap_or(picture);
-        let before = path.video_stats().total_encode_time;
+        let before = path.video_stats();
         match path.send_video(now, picture) {
             Ok(sent) => {
-                let took = path.video_stats().total_encode_time - before;
+                let after = path.video_stats();
+                let took = after.total_encode_time - before.total_encode_time;
+                let bytes = after.bytes_encoded.saturating_sub(before.bytes_encoded);
+                if bytes > 0 {
+                    self.sent_bytes
+                        .push_back((now, usize::try_from(bytes).unwrap_or(usize::MAX)));
+                    let _ = self.sent_bitrate(now);
+                }
                 self.encoded((took * 1e3) as f32);
                 if sent {
                     self.sent_size = (width, height);

@@ -11,7 +11,8 @@
 //! [`CongestionController`] combines:
 //! - a delay-based rate: a trendline overuse detector ([`delay`]) drives an AIMD controller.
 //!   On overuse the rate becomes 0.85 × the *acknowledged* rate (what the receiver got over the
-//!   last 250 ms, which is the bottleneck's capacity while its queue is busy), once per episode;
+//!   last 250 ms, which is the bottleneck's capacity while its queue is busy, or since the queue
+//!   began to rise if that is less), once per episode unless the queue keeps growing;
 //!   it holds while the queue drains; then it rises additively near the capacity measured at
 //!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
 //!   1.5 × the acknowledged rate + 10 kbps;
@@ -460,23 +461,19 @@ impl CongestionController {
         // A queue still growing well past where the last cut left it: that cut was above the
         // link, cut again (GCC's decrease repeats while overuse lasts).
         let queue_grew = self.queue_delay_ms > self.cut_queue_ms + QUEUE_GROWTH_MS;
-        // Cuts are an RTT + 100 ms apart, the time one takes to show; the RTT without the
-        // queue that is growing, or the second cut would wait for the overflow.
-        let rtt = if queue_grew {
-            self.min_rtt.unwrap_or(self.rtt)
-        } else {
-            self.rtt
-        };
         let before = self.delay.rate();
         match self.detector.usage() {
             Usage::Overuse if self.probe_overuse(now) => self.delay.on_probe_overuse(now),
-            Usage::Overuse => self.delay.on_overuse(now, capacity_sample, rtt, queue_grew),
+            Usage::Overuse => self
+                .delay
+                .on_overuse(now, capacity_sample, self.rtt, queue_grew),
             Usage::Underuse => self.delay.on_underuse(),
             // A queue that stands without growing (a drop-tail bottleneck kept full since the
             // call began: its delay no longer changes, so the trend shows nothing) is overuse
             // all the same.
             Usage::Normal if self.queue_delay_ms >= STANDING_QUEUE_MS => {
-                self.delay.on_overuse(now, capacity_sample, rtt, queue_grew)
+                self.delay
+                    .on_overuse(now, capacity_sample, self.rtt, queue_grew)
             }
             Usage::Normal => self.delay.on_normal(dt, acked, self.rtt),
         }

@@ -94,7 +94,7 @@ impl Default for LadderConfig {
             rungs: DEFAULT_RUNGS.to_vec(),
             up_margin: 1.2,
             up_after: Duration::from_millis(1500),
-            resume_after: Duration::from_millis(2500),
+            resume_after: Duration::from_millis(2000),
             // Loss reports count packets before NACK/RTX repaired them, and the congestion
             // controller already cuts its estimate for loss over 10 %: at 10 % random loss
             // on a 40 ms path the repair delivers every frame, and the old 10 % / 2 %
@@ -386,7 +386,7 @@ mod tests {
         let back = first_time(&tl, 20.0, Some(0));
         assert!(back <= 10.0, "full resolution {back:.1} s after recovery");
         assert!(
-            first_time(&tl, 20.0, Some(4)) >= 2.4,
+            first_time(&tl, 20.0, Some(4)) >= 1.9,
             "resumes only after a stable period"
         );
     }
