@@ -156,6 +156,8 @@ async fn video_both_ways_camera_off_and_on_and_mute_reach_the_peer() {
     assert!(v.total_freezes_duration < 1.0, "{v:?}");
     let prom = stats.to_prometheus("call=\"1\"");
     assert!(prom.contains("hush_video_frames_decoded_total{call=\"1\"}"));
+    assert!(prom.contains("hush_video_sent_bitrate_bps{call=\"1\"}"));
+    assert!(prom.contains("hush_video_retransmissions_refused_congested_total{call=\"1\"}"));
     a.hangup().expect("hangup");
 }
 

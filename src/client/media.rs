@@ -455,7 +455,7 @@ impl MediaTask {
                 }
                 let video = st
                     .video
-                    .as_ref()
+                    .as_mut()
                     .map(|v| video_stats(v, st.path.as_ref(), now));
                 let _ = reply.send((st.kind, st.stats, quality, video));
             }
@@ -663,8 +663,13 @@ fn set_codecs(path: &mut MediaPath) {
 }
 
 /// The video figures of a call now.
-fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoStats {
+fn video_stats(v: &mut VideoState, path: Option<&MediaPath>, now: Instant) -> VideoStats {
     let c = path.map(MediaPath::video_stats).unwrap_or_default();
+    let repair = path.map(|p| p.session().video_repair()).unwrap_or_default();
+    let target = path
+        .and_then(|p| p.session().encoder_target())
+        .filter(|_| !v.sender.paused())
+        .map_or(0, |t| t.video_bps);
     let per_frame = |total: f64, n: u64| if n == 0 { 0.0 } else { total * 1e3 / n as f64 };
     let (decoded, keys) = if v.task.encoded {
         (v.encoded_delivered, v.encoded_keyframes)
@@ -695,5 +700,12 @@ fn video_stats(v: &VideoState, path: Option<&MediaPath>, now: Instant) -> VideoS
         keyframe_requests_sent: c.keyframe_requests_sent,
         freeze_count: v.freezes.count,
         total_freezes_duration: v.freezes.total,
+        target_bitrate: target,
+        sent_bitrate: v.sender.sent_bitrate(now),
+        frames_held: v.sender.held_pictures,
+        retransmitted_packets_sent: repair.retransmissions_sent,
+        retransmissions_refused_congested: repair.refused_congested,
+        retransmissions_refused_budget: repair.refused_budget,
+        gap_timeouts: repair.gap_timeouts,
     }
 }

@@ -112,6 +112,25 @@ pub struct VideoStats {
     pub freeze_count: u64,
     /// Their summed duration in seconds (`totalFreezesDuration`).
     pub total_freezes_duration: f64,
+    /// The video bitrate the encoder is given now, bits per second (`targetBitrate`; 0 while
+    /// paused).
+    pub target_bitrate: u32,
+    /// The video bitrate sent over the last second, bits per second: encoded frames, without
+    /// headers or retransmissions.
+    pub sent_bitrate: u32,
+    /// Pictures held back while the congestion window was full over a standing queue (a link
+    /// that just got slower draining first).
+    pub frames_held: u64,
+    /// Video retransmissions sent (`retransmittedPacketsSent`).
+    pub retransmitted_packets_sent: u64,
+    /// NACKed video packets not resent because the congestion window was full over a standing
+    /// queue.
+    pub retransmissions_refused_congested: u64,
+    /// NACKed video packets not resent because the retransmission budget was spent.
+    pub retransmissions_refused_budget: u64,
+    /// Times the receiver gave up waiting for missing video packets (its gap timer) and asked
+    /// for a keyframe.
+    pub gap_timeouts: u64,
 }
 
 impl VideoStats {
@@ -128,7 +147,7 @@ impl VideoStats {
             QualityLimitation::Bandwidth => 1,
             QualityLimitation::Cpu => 2,
         };
-        let rows: [(&str, &str, &str, f64); 21] = [
+        let rows: [(&str, &str, &str, f64); 28] = [
             (
                 "frames_encoded_total",
                 "counter",
@@ -255,6 +274,48 @@ impl VideoStats {
                 "What limits sent quality: 0 none, 1 bandwidth, 2 cpu.",
                 f64::from(limitation),
             ),
+            (
+                "target_bitrate_bps",
+                "gauge",
+                "Video bitrate the encoder is given.",
+                f64::from(self.target_bitrate),
+            ),
+            (
+                "sent_bitrate_bps",
+                "gauge",
+                "Encoded video bitrate sent over the last second.",
+                f64::from(self.sent_bitrate),
+            ),
+            (
+                "frames_held_total",
+                "counter",
+                "Pictures held back while the send queue drained.",
+                self.frames_held as f64,
+            ),
+            (
+                "retransmitted_packets_sent_total",
+                "counter",
+                "Video retransmissions sent.",
+                self.retransmitted_packets_sent as f64,
+            ),
+            (
+                "retransmissions_refused_congested_total",
+                "counter",
+                "NACKed video packets not resent: congestion window full over a queue.",
+                self.retransmissions_refused_congested as f64,
+            ),
+            (
+                "retransmissions_refused_budget_total",
+                "counter",
+                "NACKed video packets not resent: retransmission budget spent.",
+                self.retransmissions_refused_budget as f64,
+            ),
+            (
+                "gap_timeouts_total",
+                "counter",
+                "Times the receiver gave up on missing video packets.",
+                self.gap_timeouts as f64,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
@@ -323,6 +384,16 @@ impl FreezeDetector {
 /// Least bitrate the encoder is given while video is sent.
 const ENCODER_FLOOR_BPS: u32 = 50_000;
 
+/// Queueing delay that, with a full congestion window, holds new pictures back: the
+/// bottleneck's queue is overflowing (a link that just got slower), and a picture sent into
+/// it, above all the step-down's keyframe, is lost or waits behind the queue. A randomly lossy
+/// path fills the window without a queue (lost feedback), so the window alone does not count.
+const HOLD_QUEUE: Duration = Duration::from_millis(60);
+/// Pictures are held back at most this long in a row; congestion that lasts longer is the
+/// link's steady state, which the ladder handles (and the window's figures come from the
+/// peer's feedback: if that stops, video must not stop with it).
+const HOLD_MAX: Duration = Duration::from_millis(1000);
+
 /// What the sender does with a picture the application offers.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Admit {
@@ -353,6 +424,33 @@ pub(crate) struct VideoSender {
     pub(crate) captured: u64,
     pub(crate) sent_size: (u32, u32),
     encode_ms: Option<f32>,
+    /// The current run of pictures held back for a full queue.
+    held: Option<HeldSince>,
+    /// Pictures held back for a full queue.
+    pub(crate) held_pictures: u64,
+    /// (when, bytes) of the frames encoded over the last second.
+    sent_bytes: std::collections::VecDeque<(Instant, usize)>,
+}
+
+/// A run of pictures held back for a full queue.
+#[derive(Debug, Clone, Copy)]
+struct HeldSince {
+    /// When it began.
+    since: Instant,
+    /// Video retransmissions the engine had refused as congested by then.
+    refused: u64,
+    /// Held for [`HOLD_MAX`] and still congested: sending again until it clears.
+    gave_up: bool,
+}
+
+/// What [`VideoSender::hold`] decides about a picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Keep it back: the queue is overflowing.
+    Skip,
+    /// Send it; `keyframe`: as a keyframe, because repairs were refused while held back (the
+    /// receiver is missing packets it would otherwise wait on until its gap timer asks).
+    Send { keyframe: bool },
 }
 
 /// Bounding box of a rung applied to a picture: the largest even size with the picture's
@@ -382,6 +480,64 @@ impl VideoSender {
             captured: 0,
             sent_size: (0, 0),
             encode_ms: None,
+            held: None,
+            held_pictures: 0,
+            sent_bytes: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The encoded video bitrate over the last second before `now`, bits per second.
+    pub(crate) fn sent_bitrate(&mut self, now: Instant) -> u32 {
+        while self
+            .sent_bytes
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > Duration::from_secs(1))
+        {
+            self.sent_bytes.pop_front();
+        }
+        let bytes: usize = self.sent_bytes.iter().map(|(_, b)| b).sum();
+        u32::try_from(bytes * 8).unwrap_or(u32::MAX)
+    }
+
+    /// Whether to send a picture now, given whether the path is `congested` (a full
+    /// congestion window over a standing queue) and how many video retransmissions the
+    /// engine has `refused` as congested so far. While congested, pictures are held back (for
+    /// at most [`HOLD_MAX`] per episode) so the bottleneck's queue drains at the link's rate instead
+    /// of the encoder's pictures, and the keyframe of a step down, overflowing it; the first
+    /// picture after is a keyframe if repairs were refused meanwhile.
+    pub(crate) fn hold(&mut self, now: Instant, congested: bool, refused: u64) -> Hold {
+        match self.held {
+            // Held back long enough: the congestion is not a queue left by a drop but the
+            // link's steady state, which the ladder handles; send until it clears.
+            Some(HeldSince { gave_up: true, .. }) if congested => Hold::Send { keyframe: false },
+            Some(HeldSince { since, .. })
+                if congested && now.saturating_duration_since(since) < HOLD_MAX =>
+            {
+                self.held_pictures += 1;
+                Hold::Skip
+            }
+            Some(ref mut h) if congested => {
+                h.gave_up = true;
+                Hold::Send {
+                    keyframe: refused > h.refused,
+                }
+            }
+            None if congested => {
+                self.held = Some(HeldSince {
+                    since: now,
+                    refused,
+                    gave_up: false,
+                });
+                self.held_pictures += 1;
+                Hold::Skip
+            }
+            Some(h) => {
+                self.held = None;
+                Hold::Send {
+                    keyframe: !h.gave_up && refused > h.refused,
+                }
+            }
+            None => Hold::Send { keyframe: false },
         }
     }
 
@@ -424,7 +580,14 @@ impl VideoSender {
             target.video_bps
         };
         let loss = path.session().remote_loss_smoothed() as f32;
-        let change = self.update(now, video_bps, loss);
+        // The congestion window's pushback while a queue drains (right after the link got
+        // slower) is not the link's rate: it must not count towards going audio-only, or the
+        // drain paused video for the whole resume delay (docs/benchmarks.md round 7). The
+        // rung still follows what the encoder may send now.
+        let floor = LadderConfig::default().audio_only_below;
+        let unpushed = path.session().video_bps_without_pushback();
+        let ladder_bps = video_bps.max(unpushed.min(floor));
+        let change = self.update(now, ladder_bps, loss);
         if !self.paused {
             // Below the floor but not yet paused (the ladder's grace period), the lowest rung
             // goes on at the floor rate rather than at the rate it had before the drop.
@@ -453,12 +616,31 @@ impl VideoSender {
         else {
             return false;
         };
+        let session = path.session();
+        let cc = session.congestion_controller();
+        let congested = cc.window_full() && cc.queue_delay() >= HOLD_QUEUE;
+        let refused = session.video_repair().refused_congested;
+        match self.hold(now, congested, refused) {
+            Hold::Skip => return false,
+            Hold::Send { keyframe: true } => {
+                debug!("keyframe after pictures held back for a full queue");
+                path.force_keyframe();
+            }
+            Hold::Send { keyframe: false } => {}
+        }
         let resized = resize(picture, width, height);
         let picture = resized.as_ref().unwrap_or(picture);
-        let before = path.video_stats().total_encode_time;
+        let before = path.video_stats();
         match path.send_video(now, picture) {
             Ok(sent) => {
-                let took = path.video_stats().total_encode_time - before;
+                let after = path.video_stats();
+                let took = after.total_encode_time - before.total_encode_time;
+                let bytes = after.bytes_encoded.saturating_sub(before.bytes_encoded);
+                if bytes > 0 {
+                    self.sent_bytes
+                        .push_back((now, usize::try_from(bytes).unwrap_or(usize::MAX)));
+                    let _ = self.sent_bitrate(now);
+                }
                 self.encoded((took * 1e3) as f32);
                 if sent {
                     self.sent_size = (width, height);
@@ -573,6 +755,31 @@ mod tests {
         f.frame(t);
         assert_eq!(f.count, 1);
         assert!(f.fps(t) >= 1.0);
+    }
+
+    #[test]
+    fn pictures_wait_for_a_full_queue_then_resume_with_a_keyframe() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = VideoSender::new(true, 1_000_000);
+        assert_eq!(s.hold(at(0), false, 0), Hold::Send { keyframe: false });
+        // The queue overflows: pictures wait while it drains; repairs were refused meanwhile,
+        // so the first picture after is a keyframe.
+        assert_eq!(s.hold(at(33), true, 0), Hold::Skip);
+        assert_eq!(s.hold(at(66), true, 4), Hold::Skip);
+        assert_eq!(s.hold(at(100), false, 4), Hold::Send { keyframe: true });
+        assert_eq!(s.hold(at(133), false, 4), Hold::Send { keyframe: false });
+        assert_eq!(s.held_pictures, 2);
+        // Drained without refused repairs: no keyframe needed.
+        assert_eq!(s.hold(at(200), true, 4), Hold::Skip);
+        assert_eq!(s.hold(at(233), false, 4), Hold::Send { keyframe: false });
+        // Congestion that outlasts HOLD_MAX is the link's steady state: pictures go again
+        // (the ladder decides), until it clears.
+        assert_eq!(s.hold(at(300), true, 4), Hold::Skip);
+        assert_eq!(s.hold(at(1350), true, 9), Hold::Send { keyframe: true });
+        assert_eq!(s.hold(at(1400), true, 9), Hold::Send { keyframe: false });
+        assert_eq!(s.hold(at(1450), false, 9), Hold::Send { keyframe: false });
+        assert_eq!(s.hold(at(1500), true, 9), Hold::Skip);
     }
 
     #[test]

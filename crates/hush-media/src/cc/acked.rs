@@ -99,6 +99,25 @@ impl Delivered {
             .sum()
     }
 
+    /// What the receiver got from the arrival at `from_us` on (the arrivals kept: up to
+    /// 500 ms), in bits per second, the same way as [`rate_bps`](Self::rate_bps). From the
+    /// moment a queue began to rise at the bottleneck its packets leave back to back, so this
+    /// is its rate, without the deliveries before (which a window may still hold right after
+    /// the link got slower). `None` with fewer than five arrivals or 50 ms.
+    pub(super) fn rate_since(&self, from_us: i64) -> Option<f64> {
+        let last = self.arrivals.back()?.recv_us;
+        let (count, first) = self
+            .arrivals
+            .iter()
+            .filter(|a| a.recv_us >= from_us && a.recv_us <= last)
+            .fold((0usize, last), |(n, f), a| (n + 1, f.min(a.recv_us)));
+        let span = (last - first) as f64 / 1e6;
+        if count < 5 || span < 0.05 {
+            return None;
+        }
+        Some(self.bytes_between(first, last) as f64 * 8.0 / span)
+    }
+
     /// What the receiver got over the last 250 ms of arrivals, in bits per second: the bytes
     /// after the window's first arrival over the time since it, which is exact for a saturated
     /// bottleneck whatever the packet sizes. The window stretches (up to 500 ms) to hold five

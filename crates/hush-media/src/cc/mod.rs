@@ -11,7 +11,8 @@
 //! [`CongestionController`] combines:
 //! - a delay-based rate: a trendline overuse detector ([`delay`]) drives an AIMD controller.
 //!   On overuse the rate becomes 0.85 × the *acknowledged* rate (what the receiver got over the
-//!   last 250 ms, which is the bottleneck's capacity while its queue is busy), once per episode;
+//!   last 250 ms, which is the bottleneck's capacity while its queue is busy, or since the queue
+//!   began to rise if that is less), once per episode unless the queue keeps growing;
 //!   it holds while the queue drains; then it rises additively near the capacity measured at
 //!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
 //!   1.5 × the acknowledged rate + 10 kbps;
@@ -114,6 +115,9 @@ const FAST_START_DOUBLING_SECS: f64 = 0.25;
 /// more): from 24 kbps, 1.5 × took a 24 kbps link to 46 kbps and overflowed its 300 ms of
 /// queue; 1.25 × takes it to 40.
 const FAST_START_GAIN: f64 = 1.25;
+/// Queueing delay growth since the last cut that shows the cut left the rate above the link
+/// (ms): the next overuse may cut again, whatever the acknowledged rate did meanwhile.
+const QUEUE_GROWTH_MS: f64 = 30.0;
 /// Time between pushback updates.
 const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
@@ -148,6 +152,11 @@ pub struct CongestionController {
     probe_guard_until: Option<Instant>,
     /// Still in fast start: no queue seen on the path yet (see [`CcConfig::fast_start`]).
     fast_start: bool,
+    /// Arrival (µs) of the first packet of the latest run that met a queue (queueing delay of
+    /// at least [`BASELINE_DELAY_MS`]); `None` once a packet got through without one.
+    queue_rise: Option<i64>,
+    /// Queueing delay when the delay-based rate was last cut (ms).
+    cut_queue_ms: f64,
     /// When the last transport-wide feedback arrived, and the smoothed time between them.
     last_feedback: Option<Instant>,
     feedback_gap: Duration,
@@ -180,6 +189,8 @@ impl CongestionController {
             last_pushback: None,
             probe_guard_until: None,
             fast_start,
+            queue_rise: None,
+            cut_queue_ms: 0.0,
             last_feedback: None,
             feedback_gap: INITIAL_FEEDBACK_GAP,
         }
@@ -382,6 +393,15 @@ impl CongestionController {
             .long_base
             .map_or(window_base, |(_, d)| d.min(window_base));
         self.queue_delay_ms = (lowest - base) as f64 / 1000.0;
+        for r in results {
+            let Some(recv) = r.recv_us else { continue };
+            let queued = (recv - self.send_us(r.send_time) - base) as f64 / 1000.0;
+            if queued < BASELINE_DELAY_MS {
+                self.queue_rise = None;
+            } else if self.queue_rise.is_none() {
+                self.queue_rise = Some(recv);
+            }
+        }
     }
 
     fn send_us(&mut self, t: Instant) -> i64 {
@@ -422,22 +442,45 @@ impl CongestionController {
         let after_guard = self.probe_guard_until.is_some_and(|t| now >= t);
         let link_dropped =
             after_guard || self.loss_fraction() > 0.10 || self.queue_delay_ms > PROBE_QUEUE_MAX_MS;
-        let capacity_sample = match (acked, probed) {
+        // Right after the link got slower, the 250 ms window still holds what the queue let
+        // out at the old rate: 0.85 × that left the estimate above the new link (304–533 kbps
+        // on 300, docs/benchmarks.md round 7) and the queue grew into loss. The arrivals since
+        // the queue began to rise left the bottleneck back to back: their rate is the link's.
+        let recent = self
+            .queue_rise
+            .and_then(|from| self.delivered.rate_since(from));
+        let acked_now = match (acked, recent) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, _) => a,
+        };
+        let capacity_sample = match (acked_now, probed) {
             (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
         };
+        // A queue still growing well past where the last cut left it: that cut was above the
+        // link, cut again (GCC's decrease repeats while overuse lasts).
+        let queue_grew = self.queue_delay_ms > self.cut_queue_ms + QUEUE_GROWTH_MS;
+        let before = self.delay.rate();
         match self.detector.usage() {
             Usage::Overuse if self.probe_overuse(now) => self.delay.on_probe_overuse(now),
-            Usage::Overuse => self.delay.on_overuse(now, capacity_sample, self.rtt),
+            Usage::Overuse => self
+                .delay
+                .on_overuse(now, capacity_sample, self.rtt, queue_grew),
             Usage::Underuse => self.delay.on_underuse(),
             // A queue that stands without growing (a drop-tail bottleneck kept full since the
             // call began: its delay no longer changes, so the trend shows nothing) is overuse
             // all the same.
             Usage::Normal if self.queue_delay_ms >= STANDING_QUEUE_MS => {
-                self.delay.on_overuse(now, capacity_sample, self.rtt)
+                self.delay
+                    .on_overuse(now, capacity_sample, self.rtt, queue_grew)
             }
             Usage::Normal => self.delay.on_normal(dt, acked, self.rtt),
+        }
+        if self.delay.rate() < before {
+            self.cut_queue_ms = self.queue_delay_ms;
+        } else if self.queue_delay_ms < BASELINE_DELAY_MS {
+            self.cut_queue_ms = 0.0;
         }
         self.update_fast_start(now, dt, acked);
         self.update_loss_rate(now, dt, acked);
@@ -468,7 +511,7 @@ impl CongestionController {
             tracing::debug!(rate = self.target_bps(), ?acked, "fast start ends");
             self.fast_start = false;
             if self.delay.last_overuse().is_none() {
-                self.delay.on_overuse(now, acked, self.rtt);
+                self.delay.on_overuse(now, acked, self.rtt, false);
                 self.loss_rate = self
                     .loss_rate
                     .min(self.delay.rate().max(self.loss_rate * 0.5));

@@ -166,8 +166,17 @@ impl AimdRate {
     /// bottleneck over the last short window, i.e. its capacity while it is saturated). The
     /// decrease is taken from that measurement, not from the previous rate, so the repeated
     /// overuse signals of one episode (packets sent before the cut keep arriving late for a
-    /// while) do not compound.
-    pub(super) fn on_overuse(&mut self, now: Instant, acked: Option<f64>, rtt: Duration) {
+    /// while) do not compound; unless `queue_grew`: the queue kept growing past where the last
+    /// cut left it, so that cut was still above the link (its sample held deliveries from
+    /// before the link got slower), and the next one, an RTT + 100 ms later, takes β × the
+    /// acknowledged rate again.
+    pub(super) fn on_overuse(
+        &mut self,
+        now: Instant,
+        acked: Option<f64>,
+        rtt: Duration,
+        queue_grew: bool,
+    ) {
         self.last_overuse = Some(now);
         self.state = State::Hold;
         let recent = self
@@ -177,7 +186,7 @@ impl AimdRate {
             return;
         }
         if let (Some(a), Some(first)) = (acked, self.episode_sample) {
-            if a > EPISODE_DROP * first {
+            if a > EPISODE_DROP * first && !queue_grew {
                 return;
             }
         }
@@ -259,10 +268,10 @@ mod tests {
     fn overuse_goes_to_beta_times_acked_once_per_episode() {
         let t0 = Instant::now();
         let mut r = AimdRate::new(1_000_000.0);
-        r.on_overuse(t0, Some(150_000.0), RTT);
+        r.on_overuse(t0, Some(150_000.0), RTT, false);
         assert_eq!(r.rate(), BETA * 150_000.0);
         // Overuse again 50 ms later, with a lower sample: no second cut within an RTT.
-        r.on_overuse(t0 + Duration::from_millis(50), Some(100_000.0), RTT);
+        r.on_overuse(t0 + Duration::from_millis(50), Some(100_000.0), RTT, false);
         assert_eq!(r.rate(), BETA * 150_000.0);
         // Later in the same episode, samples a little off (noise): the rate stays, it does not
         // ratchet down or compound.
@@ -271,20 +280,41 @@ mod tests {
                 t0 + Duration::from_millis(500 * (i as u64 + 1)),
                 Some(s),
                 RTT,
+                false,
             );
             assert_eq!(r.rate(), BETA * 150_000.0);
         }
         assert_eq!(r.capacity(), Some(150_000.0));
         // A real further drop in the same episode is followed.
-        r.on_overuse(t0 + Duration::from_secs(3), Some(100_000.0), RTT);
+        r.on_overuse(t0 + Duration::from_secs(3), Some(100_000.0), RTT, false);
         assert_eq!(r.rate(), BETA * 100_000.0);
+    }
+
+    #[test]
+    fn a_queue_still_growing_cuts_again_within_the_episode() {
+        // The first sample held deliveries at the old rate (358 kbps on a 300 kbps link): the
+        // cut stays above the link. With the queue still growing an RTT + 100 ms later, the
+        // next overuse cuts to β × what arrives now, though that is within 10 % of the first.
+        let t0 = Instant::now();
+        let mut r = AimdRate::new(2_000_000.0);
+        r.on_overuse(t0, Some(358_000.0), RTT, false);
+        assert_eq!(r.rate(), BETA * 358_000.0);
+        let later = t0 + Duration::from_millis(200);
+        r.on_overuse(later, Some(330_000.0), RTT, false);
+        assert_eq!(
+            r.rate(),
+            BETA * 358_000.0,
+            "no growth: the episode's cut holds"
+        );
+        r.on_overuse(later, Some(330_000.0), RTT, true);
+        assert_eq!(r.rate(), BETA * 330_000.0);
     }
 
     #[test]
     fn hold_then_additive_increase_near_capacity() {
         let t0 = Instant::now();
         let mut r = AimdRate::new(1_000_000.0);
-        r.on_overuse(t0, Some(150_000.0), RTT);
+        r.on_overuse(t0, Some(150_000.0), RTT, false);
         let cut = r.rate();
         r.on_underuse();
         r.on_normal(0.1, Some(150_000.0), RTT); // leaves the hold
@@ -314,12 +344,12 @@ mod tests {
     fn capacity_resets_when_throughput_leaves_its_band() {
         let t0 = Instant::now();
         let mut r = AimdRate::new(1_000_000.0);
-        r.on_overuse(t0, Some(150_000.0), RTT);
+        r.on_overuse(t0, Some(150_000.0), RTT, false);
         r.on_normal(0.1, Some(600_000.0), RTT);
         assert_eq!(r.capacity(), None);
         // A probe that got through whole far above the capacity replaces it, and lifts the
         // rate.
-        r.on_overuse(t0 + Duration::from_secs(1), Some(150_000.0), RTT);
+        r.on_overuse(t0 + Duration::from_secs(1), Some(150_000.0), RTT, false);
         r.on_probe(900_000.0, false);
         assert_eq!(r.capacity(), Some(900_000.0));
         assert_eq!(r.rate(), PROBE_SHARE * 900_000.0);
@@ -327,9 +357,9 @@ mod tests {
         r.on_probe(1_000_000.0, true);
         assert_eq!(r.capacity(), Some(1_000_000.0));
         // A sample far below: the capacity restarts from it.
-        r.on_overuse(t0 + Duration::from_secs(2), Some(1_000_000.0), RTT);
+        r.on_overuse(t0 + Duration::from_secs(2), Some(1_000_000.0), RTT, false);
         r.on_normal(0.1, Some(1_000_000.0), RTT);
-        r.on_overuse(t0 + Duration::from_secs(3), Some(300_000.0), RTT);
+        r.on_overuse(t0 + Duration::from_secs(3), Some(300_000.0), RTT, false);
         assert_eq!(r.capacity(), Some(300_000.0));
     }
 }

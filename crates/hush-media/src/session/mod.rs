@@ -204,6 +204,9 @@ pub struct MediaSession {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     target: Option<EncoderTarget>,
+    /// The video bitrate without the congestion window's pushback (see
+    /// [`MediaSession::video_bps_without_pushback`]).
+    video_bps_unpushed: u32,
     nacks_sent: u64,
     retransmissions_sent: u64,
     video_repair: crate::VideoRepairStats,
@@ -296,6 +299,7 @@ impl MediaSession {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             target: None,
+            video_bps_unpushed: 0,
             nacks_sent: 0,
             retransmissions_sent: 0,
             video_repair: crate::VideoRepairStats::default(),
@@ -736,6 +740,9 @@ impl MediaSession {
         }
         let rtx_bps = self.rtx_rate.bps(now) as f64;
         let t = self.allocate(rtcp_bps, rtx_bps);
+        self.video_bps_unpushed = self
+            .allocate_at(self.cc.target_bps() as f64, rtcp_bps, rtx_bps)
+            .video_bps;
         if self.target.is_none_or(|old| significant_change(&old, &t)) {
             self.target = Some(t);
             self.events.push_back(Event::EncoderTarget(t));
@@ -745,6 +752,15 @@ impl MediaSession {
     /// The encoder settings now, as last announced with [`Event::EncoderTarget`].
     pub fn encoder_target(&self) -> Option<EncoderTarget> {
         self.target
+    }
+
+    /// The video bitrate the estimate leaves without the congestion window's pushback (0 if
+    /// that is below the video threshold): what video gets once the queue the window holds
+    /// back has drained. [`EncoderTarget::video_bps`] is what the encoder may produce now;
+    /// this is for decisions that must ride out a drain, such as the ladder's audio-only floor
+    /// (right after a link got slower the pushback held video under it for over a second).
+    pub fn video_bps_without_pushback(&self) -> u32 {
+        self.video_bps_unpushed
     }
 
     /// Loss the peer reports on what we send (fraction, smoothed over its reports).
@@ -759,8 +775,7 @@ impl MediaSession {
 
     /// The congestion controller's encoder rate less our own RTCP: what the media may send.
     fn media_rate(&self, rtcp_bps: f64) -> f64 {
-        let encoder = self.cc.encoder_bps() as f64;
-        (encoder - rtcp_bps).max(encoder * 0.5)
+        media_rate_of(self.cc.encoder_bps() as f64, rtcp_bps)
     }
 
     /// The audio's share of [`media_rate`](Self::media_rate), headers included: all of it
@@ -778,14 +793,20 @@ impl MediaSession {
     /// covers everything we send on the path, so our own RTCP comes off it first, and the
     /// retransmissions the peer's losses call for (`rtx_bps` sent over the last second).
     fn allocate(&self, rtcp_bps: f64, rtx_bps: f64) -> EncoderTarget {
+        self.allocate_at(self.cc.encoder_bps() as f64, rtcp_bps, rtx_bps)
+    }
+
+    /// [`allocate`](Self::allocate) of `encoder_bps` rather than the congestion controller's
+    /// encoder rate.
+    fn allocate_at(&self, encoder_bps: f64, rtcp_bps: f64, rtx_bps: f64) -> EncoderTarget {
         let p = self.protection;
-        let target = self.media_rate(rtcp_bps);
+        let target = media_rate_of(encoder_bps, rtcp_bps);
         let packet = self.config.audio_frame * self.audio_packet_frames as u32;
         let pps = 1.0 / packet.as_secs_f64().max(0.001);
         let overhead = pps * protection::AUDIO_PACKET_BITS;
         let copies = 1.0 + p.red_distance as f64;
         let has_video = self.video_pz.is_some();
-        let audio_share = self.audio_share(rtcp_bps);
+        let audio_share = if has_video { target * 0.5 } else { target };
         // With in-band FEC on, Opus adds LBRR only when the rate leaves room for it: with 10 %
         // expected loss, opus-pure put it in no packet at 16 kbps and in 82 % (all but pauses
         // and quiet dips) at 24 kbps, so audio keeps 24 kbps then (taking it from video), if
@@ -886,6 +907,11 @@ impl MediaSession {
 /// Whether `new` differs enough from `old` to announce. Small steps are not (the encoder need
 /// not follow every wobble of the estimate), except the step to the audio's full rate: a call
 /// that climbed to within 5 % of it would otherwise stay just under it for good.
+/// What the media may send of an encoder rate of `encoder_bps`, less our own RTCP.
+fn media_rate_of(encoder_bps: f64, rtcp_bps: f64) -> f64 {
+    (encoder_bps - rtcp_bps).max(encoder_bps * 0.5)
+}
+
 fn significant_change(old: &EncoderTarget, new: &EncoderTarget) -> bool {
     let rel = |a: u32, b: u32| (f64::from(a) - f64::from(b)).abs() > 0.05 * f64::from(a.max(1));
     let full = protection::AUDIO_MAX_BPS as u32;

@@ -65,8 +65,14 @@ pub struct LadderConfig {
     pub rungs: Vec<Rung>,
     /// To step up, the bitrate must reach the next rung's floor times this.
     pub up_margin: f64,
-    /// Conditions must hold this long before each step up (and before video resumes).
+    /// Conditions must hold this long before each step up.
     pub up_after: Duration,
+    /// The bitrate must stay above the resume threshold this long before video resumes after
+    /// going audio-only. Longer than `up_after`: with only audio on the path the congestion
+    /// controller's estimate climbs past a thin link's capacity without seeing it (nothing
+    /// fills the link), and video resumed into a 150 kbps link only to overflow it and pause
+    /// again (the bandwidth-step tests).
+    pub resume_after: Duration,
     /// Loss above this fraction steps down one rung (at most once per `up_after`).
     pub max_loss: f32,
     /// Loss must be below this fraction to step up.
@@ -88,6 +94,7 @@ impl Default for LadderConfig {
             rungs: DEFAULT_RUNGS.to_vec(),
             up_margin: 1.2,
             up_after: Duration::from_millis(1500),
+            resume_after: Duration::from_millis(2000),
             // Loss reports count packets before NACK/RTX repaired them, and the congestion
             // controller already cuts its estimate for loss over 10 %: at 10 % random loss
             // on a 40 ms path the repair delivers every frame, and the old 10 % / 2 %
@@ -226,7 +233,7 @@ impl VideoLadder {
                 return None;
             }
             let since = *self.good_since.get_or_insert(now);
-            if now.saturating_duration_since(since) < c.up_after {
+            if now.saturating_duration_since(since) < c.resume_after {
                 return None;
             }
             // The next stable period (for the next step up) starts now.
@@ -379,7 +386,7 @@ mod tests {
         let back = first_time(&tl, 20.0, Some(0));
         assert!(back <= 10.0, "full resolution {back:.1} s after recovery");
         assert!(
-            first_time(&tl, 20.0, Some(4)) >= 1.4,
+            first_time(&tl, 20.0, Some(4)) >= 1.9,
             "resumes only after a stable period"
         );
     }
