@@ -79,19 +79,7 @@ fn send_report(
 ) {
     let mut out = Vec::with_capacity(28 + Suite::RTCP_OVERHEAD);
     packet::write_sender_report(&mut out, config.rtcp_ssrc, ntp32);
-    match p.egress.protect_rtcp(&mut out) {
-        Ok(()) => {
-            p.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
-            transmits.push_back(Transmit {
-                leg: p.leg,
-                bytes: out,
-            });
-        }
-        Err(e) => {
-            p.stats.send_errors += 1;
-            trace!(leg = %p.leg, error = %e, "sender report failed");
-        }
-    }
+    p.send_rtcp(now, out, transmits, "sender report");
 }
 
 /// A hook that sees every RTP packet the SFU forwards, as the SFU sees it: after hop SRTP is
@@ -545,20 +533,8 @@ impl Participant {
         if packets.is_empty() {
             return;
         }
-        let mut out = hush_media::rtcp::write_compound(&packets);
-        match self.egress.protect_rtcp(&mut out) {
-            Ok(()) => {
-                self.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
-                transmits.push_back(Transmit {
-                    leg: self.leg,
-                    bytes: out,
-                });
-            }
-            Err(e) => {
-                self.stats.send_errors += 1;
-                trace!(leg = %self.leg, error = %e, "uplink nack failed");
-            }
-        }
+        let out = hush_media::rtcp::write_compound(&packets);
+        self.send_rtcp(now, out, transmits, "uplink nack");
     }
 
     /// Records the arrival of one of this participant's transport-wide sequence numbers (an
@@ -582,22 +558,11 @@ impl Participant {
             return;
         }
         if let Some(fb) = self.uplink_twcc.build(config.rtcp_ssrc, 0) {
-            let mut out = hush_media::rtcp::write_compound(&[
+            let out = hush_media::rtcp::write_compound(&[
                 hush_media::rtcp::RtcpPacket::TransportFeedback(fb),
             ]);
-            match self.egress.protect_rtcp(&mut out) {
-                Ok(()) => {
-                    self.stats.uplink_feedback_sent += 1;
-                    self.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
-                    transmits.push_back(Transmit {
-                        leg: self.leg,
-                        bytes: out,
-                    });
-                }
-                Err(e) => {
-                    self.stats.send_errors += 1;
-                    trace!(leg = %self.leg, error = %e, "uplink feedback failed");
-                }
+            if self.send_rtcp(now, out, transmits, "uplink feedback") {
+                self.stats.uplink_feedback_sent += 1;
             }
         }
         self.uplink_feedback_at = self
@@ -655,6 +620,33 @@ impl Participant {
         };
         self.tseq_next = seq.wrapping_add(1);
         seq
+    }
+
+    /// Protects one RTCP packet the SFU originates for this leg and queues it, counted as sent
+    /// without a transport sequence number. `what` names the packet in the trace of a failure
+    /// (counted in `send_errors`). True if it was queued.
+    fn send_rtcp(
+        &mut self,
+        now: Instant,
+        mut out: Vec<u8>,
+        transmits: &mut VecDeque<Transmit>,
+        what: &'static str,
+    ) -> bool {
+        match self.egress.protect_rtcp(&mut out) {
+            Ok(()) => {
+                self.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
+                transmits.push_back(Transmit {
+                    leg: self.leg,
+                    bytes: out,
+                });
+                true
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                trace!(leg = %self.leg, error = %e, what, "rtcp not protected");
+                false
+            }
+        }
     }
 
     /// Bytes sent on this leg without a transport sequence number (RTCP, resends).
@@ -1874,19 +1866,8 @@ fn send_pli(
     }
     let mut out = Vec::with_capacity(12 + Suite::RTCP_OVERHEAD);
     packet::write_pli(&mut out, config.rtcp_ssrc, media_ssrc);
-    match owner.egress.protect_rtcp(&mut out) {
-        Ok(()) => {
-            owner.stats.plis_relayed += 1;
-            owner.untracked_sent(now, out.len() + UDP_IP_OVERHEAD);
-            transmits.push_back(Transmit {
-                leg: owner.leg,
-                bytes: out,
-            });
-        }
-        Err(e) => {
-            owner.stats.send_errors += 1;
-            trace!(leg = %owner.leg, error = %e, "pli failed");
-        }
+    if owner.send_rtcp(now, out, transmits, "pli") {
+        owner.stats.plis_relayed += 1;
     }
 }
 
