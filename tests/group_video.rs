@@ -29,11 +29,19 @@ async fn sfu() -> Server {
 /// A 640×360 picture that moves with `n` (so the encoder has real work), tinted per sender.
 fn picture(n: u32, tint: u8) -> I420Frame {
     let (w, h) = (640usize, 360usize);
-    let mut y = vec![0u8; w * h];
-    for (i, px) in y.iter_mut().enumerate() {
-        let (x, r) = (i % w, i / w);
-        *px = ((x + r + n as usize * 4) % 200 + 20) as u8;
-    }
+    picture_from(pattern(n, w, h), tint)
+}
+
+/// The luma of [`picture`]: a diagonal ramp moving 4 pixels a picture.
+fn pattern(n: u32, w: usize, h: usize) -> Vec<u8> {
+    (0..w * h)
+        .map(|i| ((i % w + i / w + n as usize * 4) % 200 + 20) as u8)
+        .collect()
+}
+
+/// A 640×360 I420 picture of this luma, its chroma flat and tinted.
+fn picture_from(y: Vec<u8>, tint: u8) -> I420Frame {
+    let (w, h) = (640usize, 360usize);
     let c = (w / 2) * (h / 2);
     I420Frame::new(
         640,
@@ -59,11 +67,7 @@ fn busy_picture(n: u32, tint: u8) -> I420Frame {
         state ^= state << 17;
         state
     };
-    let mut y = vec![0u8; w * h];
-    for (i, px) in y.iter_mut().enumerate() {
-        let (x, r) = (i % w, i / w);
-        *px = ((x + r + n as usize * 4) % 200 + 20) as u8;
-    }
+    let mut y = pattern(n, w, h);
     for by in 0..h / 16 {
         for bx in 0..w / 16 {
             if next() % 10 != 0 {
@@ -76,15 +80,7 @@ fn busy_picture(n: u32, tint: u8) -> I420Frame {
             }
         }
     }
-    let c = (w / 2) * (h / 2);
-    I420Frame::new(
-        640,
-        360,
-        [y, vec![tint; c], vec![128; c]],
-        [w, w / 2, w / 2],
-        Instant::now(),
-    )
-    .unwrap()
+    picture_from(y, tint)
 }
 
 /// Everyone sends `pictures` pictures at 15 per second; returns, per receiver, the heights of
