@@ -261,9 +261,18 @@ async fn video_recovers_after_a_burst_of_loss() {
     let (_, before) = exchange(&a, &b, 1.3, 0).await;
     assert!(before >= 10, "{before} pictures before the burst");
     // Through the burst and the recovery. The outage cuts the estimate so far that video
-    // may pause (audio-only) for a few seconds before it resumes by itself.
+    // may pause (audio-only) for a few seconds before it resumes by itself. How soon it
+    // resumes is the bandwidth-step benchmark's to measure (docs/benchmarks.md): here, on a
+    // machine that may be running other tests, it must resume by itself within 15 s more.
     exchange(&a, &b, 6.0, 100).await;
-    let (_, after) = exchange(&a, &b, 2.5, 200).await;
+    let mut n = 200;
+    let resume_by = Instant::now() + Duration::from_secs(15);
+    while a.stats().await.expect("stats").video.expect("video").paused {
+        assert!(Instant::now() < resume_by, "video did not resume by itself");
+        exchange(&a, &b, 0.5, n).await;
+        n += 15;
+    }
+    let (_, after) = exchange(&a, &b, 2.5, n).await;
     let v = b.stats().await.expect("stats").video.expect("video");
     let sa = a.stats().await.expect("stats");
     let sent = sa.video.expect("video");
