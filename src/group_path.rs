@@ -1029,15 +1029,9 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
     /// at the probe's rate, as the SFU and the 1:1 session do.
     fn schedule_probe(&mut self, now: Instant, probe: Probe) {
         let header = 12 + 12 + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
-        let padding = (probe.bytes / 5).saturating_sub(header).clamp(36, 255);
-        let size = padding + header;
-        let n = probe.bytes.div_ceil(size).max(5);
-        let gap = Duration::from_secs_f64(size as f64 * 8.0 / probe.rate_bps.max(1) as f64);
-        let padding = u8::try_from(padding).unwrap_or(u8::MAX);
-        for k in 0..n {
-            let at = now + gap.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
-            self.probes.push_back((at, probe.cluster, padding));
-        }
+        let packets = probe.padding_packets(now, header);
+        self.probes
+            .extend(packets.map(|(at, padding)| (at, probe.cluster, padding)));
     }
 
     /// Sends the probe padding packets due, on the SSRC of the highest stopped layer (its

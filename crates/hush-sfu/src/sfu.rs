@@ -36,17 +36,9 @@ const PROBE_HEADER: usize = 12 + 8 + Suite::RTP_OVERHEAD + UDP_IP_OVERHEAD;
 /// Spreads a probe burst over packets of at most 255 bytes of padding (at least five), paced at
 /// the probe's rate, as hush-media's session does for 1:1 calls.
 fn schedule_probe(p: &mut Participant, now: Instant, probe: hush_media::cc::Probe) {
-    let padding = (probe.bytes / 5)
-        .saturating_sub(PROBE_HEADER)
-        .clamp(36, 255);
-    let size = padding + PROBE_HEADER;
-    let n = probe.bytes.div_ceil(size).max(5);
-    let gap = Duration::from_secs_f64(size as f64 * 8.0 / probe.rate_bps.max(1) as f64);
-    let padding = u8::try_from(padding).unwrap_or(u8::MAX);
-    for k in 0..n {
-        let at = now + gap.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
-        p.probes.push_back((at, probe.cluster, padding));
-    }
+    let packets = probe.padding_packets(now, PROBE_HEADER);
+    p.probes
+        .extend(packets.map(|(at, padding)| (at, probe.cluster, padding)));
 }
 
 /// Time between two transport-wide feedback messages to a sender about the packets it sends

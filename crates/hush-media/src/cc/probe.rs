@@ -19,6 +19,39 @@ pub struct Probe {
     pub bytes: usize,
 }
 
+impl Probe {
+    /// The burst as padding packets, each `header` bytes of headers (RTP, SRTP, UDP/IP) plus
+    /// its padding: at least five packets, with 36 to 255 bytes of padding each (small ones
+    /// for a small burst, so that a probe into a slow bottleneck adds little queue), paced at
+    /// the probe's rate from `now`. Yields when each is due and its padding length.
+    ///
+    /// ```
+    /// use hush_media::cc::Probe;
+    /// let probe = Probe { cluster: 1, rate_bps: 800_000, bytes: 1_500 };
+    /// let now = hush_media::Instant::now();
+    /// let packets: Vec<_> = probe.padding_packets(now, 60).collect();
+    /// // Five packets of 60 + 240 bytes, one every 3 ms at 800 kbit/s.
+    /// assert_eq!(packets.len(), 5);
+    /// assert!(packets.iter().all(|&(_, padding)| padding == 240));
+    /// assert_eq!(packets[4].0 - now, std::time::Duration::from_millis(12));
+    /// ```
+    pub fn padding_packets(
+        &self,
+        now: Instant,
+        header: usize,
+    ) -> impl Iterator<Item = (Instant, u8)> {
+        let padding = (self.bytes / 5).saturating_sub(header).clamp(36, 255);
+        let size = padding + header;
+        let n = self.bytes.div_ceil(size).max(5);
+        let gap = Duration::from_secs_f64(size as f64 * 8.0 / self.rate_bps.max(1) as f64);
+        let padding = u8::try_from(padding).unwrap_or(u8::MAX);
+        (0..n).map(move |k| {
+            let k = u32::try_from(k).unwrap_or(u32::MAX);
+            (now + gap.saturating_mul(k), padding)
+        })
+    }
+}
+
 /// How long a burst lasts at its rate. Short, so that a burst into a saturated bottleneck adds
 /// only a few tens of milliseconds of queue.
 const BURST: Duration = Duration::from_millis(15);

@@ -546,18 +546,9 @@ impl MediaSession {
             self.next_feedback = now + self.feedback_interval(now);
         }
         if let Some(p) = self.cc.poll_probe(now) {
-            // At least five packets; small ones for a small burst, so that a probe into a slow
-            // bottleneck adds little queue.
-            let header = 12 + 8 + WIRE_OVERHEAD;
-            let padding = (p.bytes / 5).saturating_sub(header).clamp(36, 255);
-            let size = padding + header;
-            let padding = padding as u8; // at most 255: clamped above
-            let n = p.bytes.div_ceil(size).max(5);
-            let gap = Duration::from_secs_f64(size as f64 * 8.0 / p.rate_bps.max(1) as f64);
-            for i in 0..n {
-                self.probe_queue
-                    .push_back((now + gap * i as u32, p.cluster, padding));
-            }
+            let packets = p.padding_packets(now, 12 + 8 + WIRE_OVERHEAD);
+            self.probe_queue
+                .extend(packets.map(|(at, padding)| (at, p.cluster, padding)));
         }
         while let Some(&(at, cluster, padding)) = self.probe_queue.front() {
             if at > now {
