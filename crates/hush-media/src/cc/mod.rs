@@ -362,11 +362,13 @@ impl CongestionController {
     fn track_queue_delay(&mut self, results: &[PacketResult]) {
         // One-way delay up to an unknown clock offset; its minimum over 10 s is the base.
         let mut lowest: Option<i64> = None;
+        let mut added = 0;
         for r in results {
             let Some(recv) = r.recv_us else { continue };
             let send_us = self.send_us(r.send_time);
             let d = recv - send_us;
             self.owd.push_back((recv, d));
+            added += 1;
             lowest = Some(lowest.map_or(d, |l| l.min(d)));
         }
         let (Some(&(last, _)), Some(lowest)) = (self.owd.back(), lowest) else {
@@ -393,9 +395,11 @@ impl CongestionController {
             .long_base
             .map_or(window_base, |(_, d)| d.min(window_base));
         self.queue_delay_ms = (lowest - base) as f64 / 1000.0;
-        for r in results {
-            let Some(recv) = r.recv_us else { continue };
-            let queued = (recv - self.send_us(r.send_time) - base) as f64 / 1000.0;
+        // This feedback's samples, in order (the newest `added` of the history, less any the
+        // bound just dropped).
+        let from = self.owd.len().saturating_sub(added);
+        for &(recv, d) in self.owd.range(from..) {
+            let queued = (d - base) as f64 / 1000.0;
             if queued < BASELINE_DELAY_MS {
                 self.queue_rise = None;
             } else if self.queue_rise.is_none() {
