@@ -51,7 +51,8 @@
 //! line to stderr every 250 ms (`HUSH_EXAMPLE_TRACE_MS` to change it): its estimate, send rate,
 //! loss, RTT, video state, frames, bytes and keyframes encoded, keyframe requests received,
 //! NACKed packets and retransmissions sent (cumulative); and a `picture` line for each picture
-//! it receives (arrival time, width, frame number, `send_video` → `recv_video` delay in ms).
+//! it receives (arrival time, width, frame number, `send_video` → `recv_video` delay in ms);
+//! both end with the side that prints them (`side alice`, `side bob`).
 //! In an audio-only call both sides print an
 //! `atrace` line at the same interval instead: congestion target, encoder output, wire send rate (kbps),
 //! RTT and how far it is above the path's round trip (`over_path`: queueing, and on a slow link
@@ -549,6 +550,7 @@ async fn video_side(
     duration: Duration,
     record: bool,
     start: Instant,
+    who: &str,
 ) -> Result<Seen, Failure> {
     let mut seen = Seen::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(33));
@@ -573,7 +575,7 @@ async fn video_side(
                     let q = st.quality.as_ref();
                     let v = st.video.as_ref();
                     eprintln!(
-                        "trace {:5.2} target {} send {} loss {:.3} rtt {:?} paused {:?} sent {:?}x{:?}@{:?} encoded {:?} bytes {:?} keyframes {:?} asked {:?} nacks {:?} rtx {:?}",
+                        "trace {:5.2} target {} send {} loss {:.3} rtt {:?} paused {:?} sent {:?}x{:?}@{:?} encoded {:?} bytes {:?} keyframes {:?} asked {:?} nacks {:?} rtx {:?} side {who}",
                         start.elapsed().as_secs_f64(),
                         st.media.target_bps,
                         q.map_or(0, |q| q.send_bps),
@@ -614,7 +616,7 @@ async fn video_side(
                 if trace {
                     let delay = peer_sent.lock().ok().and_then(|v| v.get(k).copied().flatten());
                     eprintln!(
-                        "picture {:6.3} width {} number {k} delay_ms {:.0}",
+                        "picture {:6.3} width {} number {k} delay_ms {:.0} side {who}",
                         start.elapsed().as_secs_f64(),
                         p.width(),
                         delay.map_or(-1.0, |t| now.duration_since(t).as_secs_f64() * 1e3),
@@ -947,6 +949,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
                     call_seconds,
                     record_video,
                     connected,
+                    "bob",
                 )
                 .await
                 .map(Some),
@@ -1005,6 +1008,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
                 call_seconds,
                 false,
                 connected,
+                "alice",
             )
             .await
             .map(Some),
