@@ -389,6 +389,14 @@ const ENCODER_FLOOR_BPS: u32 = 50_000;
 /// it, above all the step-down's keyframe, is lost or waits behind the queue. A randomly lossy
 /// path fills the window without a queue (lost feedback), so the window alone does not count.
 const HOLD_QUEUE: Duration = Duration::from_millis(60);
+/// Queueing delay predicted for a picture sent now (what was sent since the last feedback, at
+/// the rate the path delivers) that holds pictures back even before the congestion window
+/// fills, once the measured queue is rising too: right after a link got slower the estimate
+/// still allows the old rate, and the drop-tail queue overflows before the first cut.
+const HOLD_PREDICTED: Duration = Duration::from_millis(100);
+/// Measured queueing delay under which the prediction alone holds nothing back (the
+/// probing baseline: a path without a queue is not congested, however the feedback lags).
+const HOLD_RISING: Duration = Duration::from_millis(20);
 /// Pictures are held back at most this long in a row; congestion that lasts longer is the
 /// link's steady state, which the ladder handles (and the window's figures come from the
 /// peer's feedback: if that stops, video must not stop with it).
@@ -618,7 +626,14 @@ impl VideoSender {
         };
         let session = path.session();
         let cc = session.congestion_controller();
-        let congested = cc.window_full() && cc.queue_delay() >= HOLD_QUEUE;
+        // The measured queue is as old as the feedback's way back (through the other
+        // direction's queue right after a drop): pictures held on it alone went out ~0.1 s
+        // after the queue had drained, and the hold began ~0.1 s after the queue overflowed.
+        let measured = cc.queue_delay();
+        let predicted = cc.predicted_queue_delay(now);
+        let congested = measured >= HOLD_RISING
+            && predicted >= HOLD_QUEUE
+            && (predicted >= HOLD_PREDICTED || (cc.window_full() && measured >= HOLD_QUEUE));
         let refused = session.video_repair().refused_congested;
         match self.hold(now, congested, refused) {
             Hold::Skip => return false,

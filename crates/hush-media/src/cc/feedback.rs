@@ -158,6 +158,11 @@ impl SendHistory {
         self.outstanding
     }
 
+    /// (send time, size) of every packet no feedback has covered yet, oldest first.
+    pub fn unsettled(&self) -> impl Iterator<Item = (Instant, usize)> + '_ {
+        self.sent.values().map(|s| (s.time, s.size))
+    }
+
     /// Resolves a feedback message against the history. Unknown sequence numbers are skipped.
     pub fn on_feedback(&mut self, fb: &TransportFeedback) -> Vec<PacketResult> {
         // Unwrap the base relative to the newest sequence number we sent.

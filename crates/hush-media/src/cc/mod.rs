@@ -160,6 +160,14 @@ pub struct CongestionController {
     /// When the last transport-wide feedback arrived, and the smoothed time between them.
     last_feedback: Option<Instant>,
     feedback_gap: Duration,
+    /// The newest-sent packet the feedback reported received: when it was sent, and the
+    /// queueing delay it met (ms).
+    last_reported: Option<(Instant, f64)>,
+    /// The deepest queueing delay over the one-way delays kept (ms).
+    deepest_queue_ms: f64,
+    /// The rate the path delivered at the last update (the capacity sample's, before any
+    /// probe), bits per second.
+    delivered_bps: Option<f64>,
 }
 
 impl CongestionController {
@@ -193,6 +201,9 @@ impl CongestionController {
             cut_queue_ms: 0.0,
             last_feedback: None,
             feedback_gap: INITIAL_FEEDBACK_GAP,
+            last_reported: None,
+            deepest_queue_ms: 0.0,
+            delivered_bps: None,
         }
     }
 
@@ -238,6 +249,38 @@ impl CongestionController {
     /// seen over 10 s (the lowest, so that jitter does not count as queue).
     pub fn queue_delay(&self) -> Duration {
         Duration::from_secs_f64(self.queue_delay_ms.max(0.0) / 1000.0)
+    }
+
+    /// The queueing delay a packet sent now would meet, predicted from the last feedback: the
+    /// newest packet it reports met its queue; each packet sent since adds its transmission
+    /// time at the rate the path delivered, while the queue drains in real time, and never
+    /// past the deepest queue seen once packets were lost (a drop-tail queue's size).
+    /// The [`queue_delay`](Self::queue_delay) measured is as old as the feedback's way back,
+    /// which right after a link got slower crosses the other direction's queue too (a few
+    /// hundred milliseconds); this is the queue now. The measured delay while no rate is known.
+    pub fn predicted_queue_delay(&self, now: Instant) -> Duration {
+        let (Some((reported, queued_ms)), Some(bps)) =
+            (self.last_reported, self.delivered_bps.filter(|b| *b > 0.0))
+        else {
+            return self.queue_delay();
+        };
+        let cap = if self.loss_fraction() > 0.0 {
+            self.deepest_queue_ms.max(queued_ms)
+        } else {
+            f64::INFINITY
+        };
+        let ms = |later: Instant, earlier: Instant| {
+            later.saturating_duration_since(earlier).as_secs_f64() * 1e3
+        };
+        let mut queue = queued_ms.max(0.0);
+        let mut at = reported;
+        for (sent, size) in self.history.unsettled().filter(|(t, _)| *t > reported) {
+            queue = (queue - ms(sent, at)).max(0.0);
+            queue = (queue + size as f64 * 8e3 / bps).min(cap);
+            at = sent;
+        }
+        queue = (queue - ms(now, at)).max(0.0);
+        Duration::from_secs_f64(queue / 1e3)
     }
 
     /// The bottleneck capacity measured at recent overuses, in bits per second, while the
@@ -363,6 +406,7 @@ impl CongestionController {
         // One-way delay up to an unknown clock offset; its minimum over 10 s is the base.
         let mut lowest: Option<i64> = None;
         let mut added = 0;
+        let mut newest: Option<(Instant, i64)> = None;
         for r in results {
             let Some(recv) = r.recv_us else { continue };
             let send_us = self.send_us(r.send_time);
@@ -370,6 +414,9 @@ impl CongestionController {
             self.owd.push_back((recv, d));
             added += 1;
             lowest = Some(lowest.map_or(d, |l| l.min(d)));
+            if newest.is_none_or(|(t, _)| r.send_time >= t) {
+                newest = Some((r.send_time, d));
+            }
         }
         let (Some(&(last, _)), Some(lowest)) = (self.owd.back(), lowest) else {
             return;
@@ -395,6 +442,11 @@ impl CongestionController {
             .long_base
             .map_or(window_base, |(_, d)| d.min(window_base));
         self.queue_delay_ms = (lowest - base) as f64 / 1000.0;
+        if let Some((sent, d)) = newest {
+            self.last_reported = Some((sent, (d - base) as f64 / 1000.0));
+        }
+        let deepest = self.owd.iter().map(|(_, d)| *d).max().unwrap_or(base);
+        self.deepest_queue_ms = (deepest - base) as f64 / 1000.0;
         // This feedback's samples, in order (the newest `added` of the history, less any the
         // bound just dropped).
         let from = self.owd.len().saturating_sub(added);
@@ -457,6 +509,7 @@ impl CongestionController {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, _) => a,
         };
+        self.delivered_bps = acked_now;
         let capacity_sample = match (acked_now, probed) {
             (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
@@ -571,5 +624,77 @@ impl CongestionController {
             let ceiling = acked.map_or(self.loss_rate, |a| 1.5 * a + 10_000.0);
             self.loss_rate = self.loss_rate.max(self.delay.rate().min(ceiling));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 300 kbps bottleneck that drops nothing, 10 ms each way; 1000-byte packets every
+    /// 10 ms (800 kbps) for 400 ms, then nothing; feedback every 50 ms that waits 150 ms in the
+    /// other direction's queue. Calls `check(ms, queue a packet sent now meets, controller)`
+    /// every millisecond.
+    fn overfilled_link(mut check: impl FnMut(u64, f64, &CongestionController)) {
+        let t0 = Instant::now();
+        let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
+        let mut cc = CongestionController::new(CcConfig::default());
+        let mut rec = TwccRecorder::default();
+        let per_packet_ms = 1000.0 * 8.0 / 300_000.0 * 1e3;
+        let mut free_at = 0.0f64;
+        let mut arriving: Vec<(f64, u16)> = Vec::new();
+        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        for ms in 0..1500u64 {
+            let now = at(ms as f64);
+            if ms < 400 && ms % 10 == 0 {
+                let seq = cc.on_packet_sent(now, 1000, None);
+                free_at = free_at.max(ms as f64) + per_packet_ms;
+                arriving.push((free_at + 10.0, seq));
+            }
+            arriving.retain(|&(t, seq)| {
+                if t <= ms as f64 {
+                    rec.record(at(t), seq);
+                }
+                t > ms as f64
+            });
+            if ms % 50 == 0 {
+                if let Some(fb) = rec.build(1, 2) {
+                    feedback.push((ms + 150, fb));
+                }
+            }
+            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
+                let (_, fb) = feedback.remove(0);
+                cc.on_feedback(now, &fb);
+            }
+            check(ms, (free_at - ms as f64).max(0.0), &cc);
+        }
+    }
+
+    #[test]
+    fn predicted_queue_is_the_queue_now_while_the_measured_one_lags() {
+        let mut seen = 0;
+        overfilled_link(|ms, truth, cc| {
+            let now = cc.send_epoch.map(|e| e + Duration::from_millis(ms));
+            let Some(now) = now else { return };
+            let measured = cc.queue_delay().as_secs_f64() * 1e3;
+            let predicted = cc.predicted_queue_delay(now).as_secs_f64() * 1e3;
+            if ms == 400 {
+                // Sending stops with ~670 ms queued; the feedback so far shows ~100 ms.
+                seen += 1;
+                assert!(truth > 600.0, "{truth}");
+                assert!(measured < 0.5 * truth, "measured {measured}, truth {truth}");
+                assert!(
+                    (predicted - truth).abs() < 0.1 * truth,
+                    "predicted {predicted}, truth {truth}"
+                );
+            }
+            if truth == 0.0 && ms < 1100 {
+                // Drained: the feedback still shows the queue the last packets met.
+                seen += 1;
+                assert!(measured >= 60.0, "at {ms} ms: measured {measured}");
+                assert!(predicted < 10.0, "at {ms} ms: predicted {predicted}");
+            }
+        });
+        assert!(seen > 10, "{seen}");
     }
 }
