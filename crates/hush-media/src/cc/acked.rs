@@ -118,6 +118,14 @@ impl Delivered {
         Some(self.bytes_between(first, last) as f64 * 8.0 / span)
     }
 
+    /// What the receiver got over the newest `span_us` of arrivals, as
+    /// [`rate_since`](Self::rate_since) does: while a queue stands at the bottleneck, the
+    /// rate it serves now, without a longer window's deliveries from before a drop.
+    pub(super) fn latest_rate(&self, span_us: i64) -> Option<f64> {
+        let last = self.arrivals.back()?.recv_us;
+        self.rate_since(last - span_us)
+    }
+
     /// What the receiver got over the last 250 ms of arrivals, in bits per second: the bytes
     /// after the window's first arrival over the time since it, which is exact for a saturated
     /// bottleneck whatever the packet sizes. The window stretches (up to 500 ms) to hold five

@@ -118,6 +118,8 @@ const FAST_START_GAIN: f64 = 1.25;
 /// Queueing delay growth since the last cut that shows the cut left the rate above the link
 /// (ms): the next overuse may cut again, whatever the acknowledged rate did meanwhile.
 const QUEUE_GROWTH_MS: f64 = 30.0;
+/// Newest arrivals whose rate is the bottleneck's while a queue stands (µs).
+const SERVING_SPAN_US: i64 = 100_000;
 /// Time between pushback updates.
 const PUSHBACK_PERIOD: Duration = Duration::from_millis(25);
 
@@ -509,7 +511,17 @@ impl CongestionController {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, _) => a,
         };
-        self.delivered_bps = acked_now;
+        // The queue's prediction drains it at the rate the bottleneck serves now: while a
+        // queue stands, the newest 100 ms of arrivals (the first feedback after a drop holds
+        // too few arrivals since the queue's rise for that rate, and the 250 ms window still
+        // the old link's, which predicted the queue drained while it overflowed).
+        let serving = (self.queue_delay_ms >= BASELINE_DELAY_MS)
+            .then(|| self.delivered.latest_rate(SERVING_SPAN_US))
+            .flatten();
+        self.delivered_bps = match (acked_now, serving) {
+            (Some(a), Some(s)) => Some(a.min(s)),
+            (a, s) => a.or(s),
+        };
         let capacity_sample = match (acked_now, probed) {
             (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
