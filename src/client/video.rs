@@ -402,6 +402,21 @@ const HOLD_RISING: Duration = Duration::from_millis(20);
 /// peer's feedback: if that stops, video must not stop with it).
 const HOLD_MAX: Duration = Duration::from_millis(1000);
 
+/// Whether the bottleneck's queue is overflowing, so new pictures wait: from the queueing
+/// delay `measured` (the last feedback's), the one `predicted` for a packet sent now, and
+/// whether the congestion window is full. The measured queue is as old as the feedback's way
+/// back, which right after a drop crosses the other direction's queue too: holding on it
+/// alone began ~0.1 s after the queue overflowed and ended ~0.1 s after it had drained
+/// (docs/benchmarks.md, issue 14's eighth round). So a rising measured queue with a long
+/// predicted one holds pictures before the estimate is cut (the window still allows the old
+/// rate), and a predicted queue under [`HOLD_QUEUE`] lets them go, whatever the measured one
+/// still shows.
+fn queue_overflowing(measured: Duration, predicted: Duration, window_full: bool) -> bool {
+    measured >= HOLD_RISING
+        && predicted >= HOLD_QUEUE
+        && (predicted >= HOLD_PREDICTED || (window_full && measured >= HOLD_QUEUE))
+}
+
 /// What the sender does with a picture the application offers.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Admit {
@@ -626,14 +641,11 @@ impl VideoSender {
         };
         let session = path.session();
         let cc = session.congestion_controller();
-        // The measured queue is as old as the feedback's way back (through the other
-        // direction's queue right after a drop): pictures held on it alone went out ~0.1 s
-        // after the queue had drained, and the hold began ~0.1 s after the queue overflowed.
-        let measured = cc.queue_delay();
-        let predicted = cc.predicted_queue_delay(now);
-        let congested = measured >= HOLD_RISING
-            && predicted >= HOLD_QUEUE
-            && (predicted >= HOLD_PREDICTED || (cc.window_full() && measured >= HOLD_QUEUE));
+        let congested = queue_overflowing(
+            cc.queue_delay(),
+            cc.predicted_queue_delay(now),
+            cc.window_full(),
+        );
         let refused = session.video_repair().refused_congested;
         match self.hold(now, congested, refused) {
             Hold::Skip => return false,
@@ -795,6 +807,23 @@ mod tests {
         assert_eq!(s.hold(at(1400), true, 9), Hold::Send { keyframe: false });
         assert_eq!(s.hold(at(1450), false, 9), Hold::Send { keyframe: false });
         assert_eq!(s.hold(at(1500), true, 9), Hold::Skip);
+    }
+
+    #[test]
+    fn pictures_wait_on_the_queue_predicted_now() {
+        let ms = Duration::from_millis;
+        // Traced after a 2 Mbps -> 300 kbps drop: the first feedback showing the queue
+        // (57 ms, the window not yet full: the estimate still at 1.9 Mbps) while ~380 ms are
+        // predicted for a picture sent now: hold.
+        assert!(queue_overflowing(ms(57), ms(380), false));
+        // Later the feedback still shows 270 ms while the queue has drained: send.
+        assert!(!queue_overflowing(ms(270), ms(0), true));
+        // A full window over a standing queue still holds, as before.
+        assert!(queue_overflowing(ms(100), ms(80), true));
+        // No queue measured (random loss fills the window, a keyframe's burst the
+        // prediction): never hold.
+        assert!(!queue_overflowing(ms(5), ms(300), true));
+        assert!(!queue_overflowing(ms(57), ms(80), false));
     }
 
     #[test]
