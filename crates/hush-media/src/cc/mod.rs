@@ -429,7 +429,10 @@ impl CongestionController {
         {
             self.owd.pop_front();
         }
-        let window_base = self.owd.iter().map(|(_, d)| *d).min().unwrap_or(lowest);
+        let (window_base, deepest) = self
+            .owd
+            .iter()
+            .fold((lowest, lowest), |(lo, hi), &(_, d)| (lo.min(d), hi.max(d)));
         // The base is also remembered for a minute: a drop-tail queue that filled in the
         // call's first moments and never drained since would otherwise become the baseline
         // once the first 10 s of samples are gone, and the standing queue turn invisible.
@@ -447,7 +450,6 @@ impl CongestionController {
         if let Some((sent, d)) = newest {
             self.last_reported = Some((sent, (d - base) as f64 / 1000.0));
         }
-        let deepest = self.owd.iter().map(|(_, d)| *d).max().unwrap_or(base);
         self.deepest_queue_ms = (deepest - base) as f64 / 1000.0;
         // This feedback's samples, in order (the newest `added` of the history, less any the
         // bound just dropped).
