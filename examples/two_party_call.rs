@@ -541,7 +541,9 @@ struct Seen {
     bytes_per_second: Vec<u64>,
 }
 
-/// Sends pictures at 30 fps for `duration` while taking the peer's.
+/// Sends pictures at 30 fps for `duration` while taking the peer's; `who` names the side in
+/// the trace lines.
+#[allow(clippy::too_many_arguments)]
 async fn video_side(
     call: &Call,
     source: &VideoSource,
