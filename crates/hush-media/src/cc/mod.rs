@@ -167,8 +167,9 @@ pub struct CongestionController {
     last_reported: Option<(Instant, f64)>,
     /// The deepest queueing delay over the one-way delays kept (ms).
     deepest_queue_ms: f64,
-    /// The rate the path delivered at the last update (the capacity sample's, before any
-    /// probe), bits per second.
+    /// The rate the bottleneck serves, as of the last update: the acknowledged rate (the
+    /// capacity sample's, before any probe), or the newest arrivals' while a queue stands if
+    /// lower; bits per second.
     delivered_bps: Option<f64>,
 }
 
