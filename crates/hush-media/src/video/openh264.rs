@@ -77,16 +77,13 @@ impl Default for OpenH264Tuning {
 /// OpenH264's safe API cannot change the bitrate of a running encoder, so
 /// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe): at once for a drop of
 /// 30 % or more, for a smaller move (over 15 %) only once it has lasted 1 s going down or
-/// 3 s going up, and with whatever rate is wanted when the picture size changes (which
-/// restarts it anyway).
+/// 3 s going up (see `video/restart.rs`).
 pub struct OpenH264Encoder {
     config: VideoEncoderConfig,
     tuning: OpenH264Tuning,
     encoder: Option<Encoder>,
     wanted: (u32, f32),
     policy: RestartPolicy,
-    /// Size of the last picture encoded.
-    size: Option<(u32, u32)>,
     frames_since_start: u64,
     force_keyframe: bool,
     epoch: Option<Instant>,
@@ -154,7 +151,6 @@ impl OpenH264Encoder {
             encoder: None,
             wanted: (config.bitrate_bps, config.framerate),
             policy: RestartPolicy::default(),
-            size: None,
             frames_since_start: 0,
             force_keyframe: false,
             epoch: None,
@@ -207,18 +203,10 @@ impl OpenH264Encoder {
         Encoder::with_api_config(OpenH264API::from_source(), ec).map_err(codec_err)
     }
 
-    /// Restarts the encoder if a pending rate change is due, or with the wanted rate if the
-    /// picture size changed (OpenH264 would start over with an IDR at the old rate).
-    fn apply_rates(&mut self, size: (u32, u32)) -> Result<(), VideoError> {
-        let resized = self.size.is_some_and(|s| s != size);
-        self.size = Some(size);
+    /// Restarts the encoder if the [`RestartPolicy`] says a pending rate change is due.
+    fn apply_rates(&mut self) -> Result<(), VideoError> {
         let running = (self.config.bitrate_bps, self.config.framerate);
-        if resized {
-            self.policy.restarted();
-            if running == self.wanted {
-                return Ok(());
-            }
-        } else if !self
+        if !self
             .policy
             .restart_now(running, self.wanted, self.frames_since_start)
         {
@@ -229,7 +217,6 @@ impl OpenH264Encoder {
             from_bps = self.config.bitrate_bps,
             to_bps = bps,
             fps,
-            resized,
             "restarting OpenH264 for a new rate"
         );
         self.config.bitrate_bps = bps;
@@ -247,7 +234,7 @@ impl VideoEncoder for OpenH264Encoder {
     }
 
     fn encode(&mut self, frame: &I420Frame) -> Result<Option<EncodedVideoFrame>, VideoError> {
-        self.apply_rates((frame.width(), frame.height()))?;
+        self.apply_rates()?;
         let epoch = *self.epoch.get_or_insert(frame.capture_time);
         let ms = frame
             .capture_time

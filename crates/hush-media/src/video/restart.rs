@@ -90,12 +90,6 @@ impl RestartPolicy {
         }
         restart
     }
-
-    /// The encoder restarted for another reason (a new picture size): the new rate is in
-    /// force, nothing is pending.
-    pub(crate) fn restarted(&mut self) {
-        self.out = None;
-    }
 }
 
 #[cfg(test)]
