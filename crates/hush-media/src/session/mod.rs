@@ -183,7 +183,7 @@ pub struct MediaSession {
     rtt: Option<Duration>,
     remote_loss: f64,
     /// The last [`RECENT_LOSS_REPORTS`] values of `remote_loss`, newest last.
-    remote_loss_recent: std::collections::VecDeque<f64>,
+    remote_loss_recent: VecDeque<f64>,
     /// `remote_loss` smoothed over reports.
     remote_loss_smoothed: f64,
     /// Reports of our audio's loss received so far.
@@ -286,7 +286,7 @@ impl MediaSession {
             last_sr: None,
             rtt: None,
             remote_loss: 0.0,
-            remote_loss_recent: std::collections::VecDeque::new(),
+            remote_loss_recent: VecDeque::new(),
             remote_loss_smoothed: 0.0,
             remote_reports: 0,
             rtt_from_rtcp: false,

@@ -75,9 +75,9 @@ impl Default for OpenH264Tuning {
 /// [module docs](super).
 ///
 /// OpenH264's safe API cannot change the bitrate of a running encoder, so
-/// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe): at once for a drop of
-/// 30 % or more, for a smaller move (over 15 %) only once it has lasted 1 s going down or
-/// 3 s going up (see `video/restart.rs`).
+/// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe): for a drop of over 15 %
+/// at most every 0.5 s, for a rise of over 15 % only once it has lasted 3 s (see
+/// `video/restart.rs`).
 pub struct OpenH264Encoder {
     config: VideoEncoderConfig,
     tuning: OpenH264Tuning,
