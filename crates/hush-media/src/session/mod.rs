@@ -45,12 +45,6 @@ const RED_MIN_COPY_BPS: f64 = 10_000.0;
 /// `protection::VIDEO_DOUBLE_RTX_LOSS`), and some resends need another attempt.
 const RTX_RESERVE_PER_LOSS: f64 = 1.5;
 
-/// Reports of the peer (one each 500 ms or so) whose highest loss bounds the smoothed loss
-/// for the retransmission reserve: after a blackout the reserve falls once this many reports
-/// in a row were cleaner, while one report's sampling noise (25 audio packets: at 10 % loss
-/// one report in four shows 4 % or less) no longer moves it.
-pub(crate) const RECENT_LOSS_REPORTS: usize = 4;
-
 /// Most of the peer's send rate our transport-wide feedback may take (WebRTC: 5 %).
 const FEEDBACK_SHARE: f64 = 0.05;
 /// A typical feedback packet on the wire, in bits (RTCP with a few packets' status and
@@ -182,8 +176,6 @@ pub struct MediaSession {
     last_sr: Option<(u32, Instant)>,
     rtt: Option<Duration>,
     remote_loss: f64,
-    /// The last [`RECENT_LOSS_REPORTS`] values of `remote_loss`, newest last.
-    remote_loss_recent: VecDeque<f64>,
     /// `remote_loss` smoothed over reports.
     remote_loss_smoothed: f64,
     /// Reports of our audio's loss received so far.
@@ -286,7 +278,6 @@ impl MediaSession {
             last_sr: None,
             rtt: None,
             remote_loss: 0.0,
-            remote_loss_recent: VecDeque::new(),
             remote_loss_smoothed: 0.0,
             remote_reports: 0,
             rtt_from_rtcp: false,
@@ -830,17 +821,9 @@ impl MediaSession {
         // second, whichever is more (the report lags the first losses by a second or two).
         let room = (target - audio_total).max(0.0);
         // The smoothed loss lags a burst by seconds (it moves an eighth per report): once the
-        // recent reports are all cleaner, the reserve follows them, or video would stay
-        // squeezed (or paused) long after a blackout. Not the latest report alone: on a
-        // randomly lossy path its noise moved the video target by 20-30 % every report, and
-        // each move restarted the encoder (a keyframe; docs/benchmarks.md, issue 14 round 8).
-        // What is really resent is covered by `rtx_bps`.
-        let recent = self
-            .remote_loss_recent
-            .iter()
-            .copied()
-            .fold(self.remote_loss, f64::max);
-        let loss = self.remote_loss_smoothed.min(recent);
+        // latest report is cleaner, the reserve follows it, or video would stay squeezed (or
+        // paused) long after a blackout. What is really resent is covered by `rtx_bps`.
+        let loss = self.remote_loss_smoothed.min(self.remote_loss);
         let copies = if loss > protection::VIDEO_DOUBLE_RTX_LOSS {
             2.0
         } else {

@@ -145,10 +145,6 @@ impl MediaSession {
         let ours = self.config.local_audio.ssrc;
         for b in blocks.iter().filter(|b| b.ssrc == ours) {
             self.remote_loss = f64::from(b.fraction_lost) / 256.0;
-            if self.remote_loss_recent.len() == super::RECENT_LOSS_REPORTS {
-                self.remote_loss_recent.pop_front();
-            }
-            self.remote_loss_recent.push_back(self.remote_loss);
             // A report covers 500 ms, 25 audio packets: protection follows the smoothed loss,
             // not each report's sampling noise.
             // The first report is the estimate; later ones move it by an eighth (a report of
