@@ -830,8 +830,6 @@ mod tests {
     /// What Bob got: his pictures as (seconds, width), and the repair counters of both ends.
     struct Outcome {
         got: Vec<(f64, u32)>,
-        /// Alice's congestion controller's target at each picture, as (seconds, bps).
-        targets: Vec<(f64, u64)>,
         bob: hush_media::VideoRepairStats,
         alice: hush_media::VideoRepairStats,
         keyframes_encoded: u64,
@@ -910,7 +908,6 @@ mod tests {
             })
             .collect();
         let mut got = Vec::new();
-        let mut targets = Vec::new();
         let tick = Duration::from_millis(2);
         let (mut next_audio, mut next_video, mut n) = (0.0, 0.0, 0usize);
         let mut t = 0.0;
@@ -940,7 +937,6 @@ mod tests {
                 let mut p = pictures[n % pictures.len()].clone();
                 p.capture_time = now;
                 sender.step(&mut a, now);
-                targets.push((t, a.session().target_bps()));
                 sender.send(&mut a, now, &p);
                 if both {
                     sender_b.step(&mut b, now);
@@ -988,7 +984,6 @@ mod tests {
         }
         Outcome {
             got,
-            targets,
             bob: b.session().video_repair(),
             alice: a.session().video_repair(),
             keyframes_encoded: a.video_stats().key_frames_encoded,
@@ -1064,7 +1059,6 @@ mod tests {
     /// congestion window without a queue (a lost feedback packet, a keyframe's burst) does not
     /// refuse them. Before that, seed 2 had 30 retransmissions refused and 4 freezes; now 0 and
     /// 1 (one 228 ms interval, a repair that needed a second round trip: docs/benchmarks.md).
-    /// And the loss does not hold the estimate down: it reaches 1.5 Mbps within 3 s.
     #[test]
     fn video_at_ten_percent_loss_is_repaired_without_keyframes() {
         let mut total_freezes = 0;
@@ -1080,17 +1074,6 @@ mod tests {
                 count <= 1,
                 "seed {seed}: {count} freezes, longest {longest:.3} s"
             );
-            // Loss on a path with no queue is no reason to stop probing: the estimate climbs
-            // to the full rate within seconds. With probes held at over 5 % loss it stayed at
-            // 808 kbps for over 5 s (issue 14, round 8).
-            let early = out
-                .targets
-                .iter()
-                .filter(|&&(t, _)| t < 3.0)
-                .map(|&(_, bps)| bps)
-                .max()
-                .unwrap_or(0);
-            assert!(early >= 1_500_000, "seed {seed}: {early} bps by 3 s");
             total_freezes += count;
         }
         assert!(total_freezes <= 1, "{total_freezes} freezes");

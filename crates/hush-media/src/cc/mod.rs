@@ -100,11 +100,6 @@ const MAX_OWD_SAMPLES: usize = 8192;
 /// Pushback never asks the encoders for less than this (or the target, if lower). Low
 /// enough for pushback to work on a 24 kbps link.
 const MIN_PUSHBACK_BPS: f64 = 10_000.0;
-/// Probes wait while more than this fraction of the last second's packets was lost. Loss with
-/// the delay at its baseline (the other conditions) is mostly a lossy link, whose capacity a
-/// probe still measures; the bound was 5 %, which at 10 % random loss kept the estimate where
-/// the last cut left it for the rest of the call (issue 14, round 8).
-const PROBE_MAX_LOSS: f64 = 0.2;
 /// Queueing delay above the base that counts as overuse even while it holds steady (ms).
 const STANDING_QUEUE_MS: f64 = 60.0;
 /// How long the lowest one-way delay seen is kept as the base (µs).
@@ -314,14 +309,10 @@ impl CongestionController {
             .delay
             .last_overuse()
             .is_some_and(|t| now.saturating_duration_since(t) < QUIET_AFTER_OVERUSE);
-        // Loss with the one-way delay at its baseline is a lossy link (a radio), not a full
-        // one: the probe's delivered rate still measures the path, and without probes the
-        // estimate stayed where the last cut left it for as long as the loss lasted (at 10 %
-        // random loss video stayed paused or small for most of a call: issue 14, round 8).
         let quiet = self.detector.usage() == Usage::Normal
             && self.queue_delay_ms < BASELINE_DELAY_MS
             && !after_overuse
-            && self.loss_fraction() <= PROBE_MAX_LOSS;
+            && self.loss_fraction() <= 0.05;
         let probe = self.prober.poll(
             now,
             Conditions {
