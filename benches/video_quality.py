@@ -273,7 +273,13 @@ def main():
                    "matched_psnr": m_psnr, "matched_ssim": m_ssim,
                    "x264_kbps": x_kbps_all, "x264_psnr": x_psnr, "x264_ssim": x_ssim,
                    "shown": shown_n, "due": len(window), "freezes": r["freezes"],
-                   "freezes_s": r["freezes_s"], "call": r}
+                   "freezes_s": r["freezes_s"], "call": r,
+                   # Both sides' repair counters (their VideoStats lines): NACKed packets
+                   # refused by the retransmission budget, and gaps given up on.
+                   "refused_budget": sum(int(x) for x in re.findall(
+                       r"retransmissions_refused_budget: (\d+)", p.stdout)),
+                   "gap_timeouts": sum(int(x) for x in re.findall(
+                       r"gap_timeouts: (\d+)", p.stdout))}
             summary.setdefault(loss_s, []).append(row)
             print(f"| {loss_s} % | {seed} | {kbps:.0f} | {psnr:.2f} / {ssim:.4f} | "
                   f"{m_psnr:.2f} / {m_ssim:.4f} | "

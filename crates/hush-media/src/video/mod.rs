@@ -15,6 +15,7 @@ mod annexb;
 pub mod ladder;
 #[cfg(feature = "openh264")]
 mod openh264;
+mod restart;
 
 pub use self::annexb::{
     annexb_nal_units, contains_idr, nal_type, sps_dimensions, NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SEI,

@@ -10,6 +10,7 @@ use openh264::{OpenH264API, Timestamp};
 use tracing::debug;
 
 use super::annexb::contains_idr;
+use super::restart::RestartPolicy;
 use super::{
     EncodedVideoFrame, I420Frame, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig,
     VideoError,
@@ -22,14 +23,6 @@ fn codec_err(e: openh264::Error) -> VideoError {
         source: Box::new(e),
     }
 }
-
-/// A rate change smaller than this fraction of the running target is not applied (each change
-/// restarts the encoder, which costs a keyframe).
-const MIN_RATE_STEP: f64 = 0.15;
-/// A lower target waits at least this many seconds of frames after the last restart.
-const DOWN_HOLD_S: f32 = 0.5;
-/// A higher target waits at least this many seconds of frames after the last restart.
-const UP_HOLD_S: f32 = 3.0;
 
 /// Encoder knobs beyond [`VideoEncoderConfig`], for measuring settings against each other
 /// (the `video_quality` bench). [`Default`] is what hush uses.
@@ -82,13 +75,15 @@ impl Default for OpenH264Tuning {
 /// [module docs](super).
 ///
 /// OpenH264's safe API cannot change the bitrate of a running encoder, so
-/// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe) when the target moved by
-/// more than 15 %, at most every 0.5 s going down and every 3 s going up.
+/// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe): for a drop of over 15 %
+/// at most every 0.5 s, for a rise of over 15 % only once it has lasted 3 s (see
+/// `video/restart.rs`).
 pub struct OpenH264Encoder {
     config: VideoEncoderConfig,
     tuning: OpenH264Tuning,
     encoder: Option<Encoder>,
     wanted: (u32, f32),
+    policy: RestartPolicy,
     frames_since_start: u64,
     force_keyframe: bool,
     epoch: Option<Instant>,
@@ -155,6 +150,7 @@ impl OpenH264Encoder {
             tuning,
             encoder: None,
             wanted: (config.bitrate_bps, config.framerate),
+            policy: RestartPolicy::default(),
             frames_since_start: 0,
             force_keyframe: false,
             epoch: None,
@@ -207,23 +203,16 @@ impl OpenH264Encoder {
         Encoder::with_api_config(OpenH264API::from_source(), ec).map_err(codec_err)
     }
 
-    /// Restarts the encoder if a pending rate change is due.
+    /// Restarts the encoder if the [`RestartPolicy`] says a pending rate change is due.
     fn apply_rates(&mut self) -> Result<(), VideoError> {
+        let running = (self.config.bitrate_bps, self.config.framerate);
+        if !self
+            .policy
+            .restart_now(running, self.wanted, self.frames_since_start)
+        {
+            return Ok(());
+        }
         let (bps, fps) = self.wanted;
-        let cur = f64::from(self.config.bitrate_bps);
-        let change = (f64::from(bps) - cur) / cur;
-        let fps_change = ((fps - self.config.framerate) / self.config.framerate).abs();
-        if change.abs() < MIN_RATE_STEP && fps_change < 0.1 {
-            return Ok(());
-        }
-        let hold = if change < 0.0 || fps < self.config.framerate {
-            DOWN_HOLD_S
-        } else {
-            UP_HOLD_S
-        };
-        if (self.frames_since_start as f32) < hold * self.config.framerate {
-            return Ok(());
-        }
         debug!(
             from_bps = self.config.bitrate_bps,
             to_bps = bps,
