@@ -37,6 +37,14 @@ pub const WIRE_OVERHEAD: usize = 44;
 /// heavily.
 pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
 
+/// What Opus produces of its target while it codes speech as SILK wideband (below
+/// [`crate::codec::WIDEBAND_BELOW_BPS`]): its VBR leaves about a tenth of the target unused
+/// (bare Opus on the audio benchmark's samples: 13.1 kbps at a 14 kbps target, 14.7 at 16,
+/// 16.3 at 18; in a 24 kbps call 12.0–12.5 kbps of a 13 kbps share). On an audio-only call
+/// nothing else uses what it leaves, so the encoder is asked for its share over this
+/// (docs/benchmarks.md, issue 17, eighth round).
+const SILK_VBR_YIELD: f64 = 0.9;
+
 /// Least encoder rate of each copy for RED to be worth its copies.
 const RED_MIN_COPY_BPS: f64 = 10_000.0;
 
@@ -90,7 +98,8 @@ pub struct Transmit {
 /// What the encoders should do, after congestion control and loss changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncoderTarget {
-    /// Audio codec bitrate.
+    /// Audio codec bitrate. On an audio-only call below Opus's wideband cap it is set a tenth
+    /// above the audio's share, which SILK's VBR leaves partly unused.
     pub audio_bps: u32,
     /// Video codec bitrate (0 while audio-only).
     pub video_bps: u32,
@@ -331,7 +340,12 @@ impl MediaSession {
     /// A round trip measured outside the session before its first RTCP report (ICE's
     /// connectivity checks on the path the media takes). Until RTCP measures one, the session
     /// would plan its retransmission room and the startup guard at a default of 100 ms; this
-    /// sizes them to the real path instead. Ignored once RTCP has measured the RTT.
+    /// sizes them to the real path instead. Ignored once RTCP has measured the RTT. The
+    /// congestion controller does not take it: ICE's checks are small packets, and its
+    /// window must cover the round trip media packets take (on a 24 kbps link a 100 ms
+    /// packet alone takes 80 ms to cross; on loopback behind the facade's simulated link
+    /// the checks took 0.3 ms on a 100 ms path, and a window planned on that held the
+    /// encoder back in the call's first seconds).
     ///
     /// ```
     /// # use std::time::{Duration, Instant};
@@ -343,7 +357,6 @@ impl MediaSession {
     pub fn seed_rtt(&mut self, rtt: Duration) {
         if !self.rtt_from_rtcp {
             self.rtt = Some(rtt);
-            self.cc.set_rtt(rtt);
         }
     }
 
@@ -840,8 +853,13 @@ impl MediaSession {
             min_video
         };
         let audio_only = !has_video || video < resume;
+        let audio_bps = if has_video {
+            audio
+        } else {
+            encoder_setting(audio)
+        };
         EncoderTarget {
-            audio_bps: audio as u32,
+            audio_bps: audio_bps as u32,
             video_bps: if audio_only { 0 } else { video as u32 },
             audio_only,
             inband_fec: p.inband_fec,
@@ -895,14 +913,27 @@ impl MediaSession {
     }
 }
 
-/// Whether `new` differs enough from `old` to announce. Small steps are not (the encoder need
-/// not follow every wobble of the estimate), except the step to the audio's full rate: a call
-/// that climbed to within 5 % of it would otherwise stay just under it for good.
 /// What the media may send of an encoder rate of `encoder_bps`, less our own RTCP.
 fn media_rate_of(encoder_bps: f64, rtcp_bps: f64) -> f64 {
     (encoder_bps - rtcp_bps).max(encoder_bps * 0.5)
 }
 
+/// The bitrate to set on an audio-only call's Opus encoder so that it produces about
+/// `share_bps`: over [`SILK_VBR_YIELD`] while that stays within the wideband cap
+/// ([`crate::codec::WIDEBAND_BELOW_BPS`]; the setting never crosses it, so the coded band
+/// does not change), the share itself above.
+fn encoder_setting(share_bps: f64) -> f64 {
+    let cap = f64::from(crate::codec::WIDEBAND_BELOW_BPS) - 1.0;
+    if share_bps >= cap {
+        share_bps
+    } else {
+        (share_bps / SILK_VBR_YIELD).min(cap)
+    }
+}
+
+/// Whether `new` differs enough from `old` to announce. Small steps are not (the encoder need
+/// not follow every wobble of the estimate), except the step to the audio's full rate: a call
+/// that climbed to within 5 % of it would otherwise stay just under it for good.
 fn significant_change(old: &EncoderTarget, new: &EncoderTarget) -> bool {
     let rel = |a: u32, b: u32| (f64::from(a) - f64::from(b)).abs() > 0.05 * f64::from(a.max(1));
     let full = protection::AUDIO_MAX_BPS as u32;
