@@ -58,10 +58,18 @@ const FEEDBACK_SHARE: f64 = 0.05;
 /// A typical feedback packet on the wire, in bits (RTCP with a few packets' status and
 /// deltas, SRTCP, IPv4/UDP): about 80 bytes.
 const FEEDBACK_BITS: f64 = 640.0;
-/// Longest time between transport-wide feedback packets. On a 24 kbps link (audio in
-/// 80–120 ms packets) feedback every 250 ms cost 2.6 kbps, a sixth of the encoder's rate;
-/// every 500 ms still covers four to six packets.
+/// Longest time between transport-wide feedback packets where [`FEEDBACK_SHARE`] allows it.
+/// On a 24 kbps link (audio in 80–120 ms packets) feedback every 250 ms cost 2.6 kbps, a sixth
+/// of the encoder's rate; every 500 ms still covers four to six packets.
 const MAX_FEEDBACK_INTERVAL: Duration = Duration::from_millis(500);
+/// On a path slower than that (the peer sends under 25.6 kbps: feedback at 5 % would come
+/// less often than every [`MAX_FEEDBACK_INTERVAL`]), feedback takes at most this share of
+/// the peer's rate, up to [`SLOW_PATH_MAX_FEEDBACK_INTERVAL`] apart. On a 24 kbps link,
+/// feedback every 500 ms (1.3 kbps) and reports (0.7 kbps) together took 8 % of the link;
+/// RFC 3550 gives all of RTCP 5 %. Every second still covers ten 100 ms audio packets.
+const SLOW_PATH_FEEDBACK_SHARE: f64 = 0.025;
+/// Longest time between transport-wide feedback packets on a slow path.
+const SLOW_PATH_MAX_FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time between transport-wide feedback packets in the session's first
 /// [`STARTUP_GUARD`]: the sender's fast start rises only as fast as feedback shows the path
 /// delivering, and finds a slow link's queue only when feedback reports it.
@@ -642,19 +650,27 @@ impl MediaSession {
 
     /// Time until the next transport-wide feedback: the configured interval, longer on a slow
     /// path so that feedback takes at most [`FEEDBACK_SHARE`] of what the peer sends us (as
-    /// WebRTC's receiver does), up to [`MAX_FEEDBACK_INTERVAL`]. Every 50 ms, feedback alone
-    /// would cost about 12 kbps, half a 24 kbps link.
+    /// WebRTC's receiver does), up to [`MAX_FEEDBACK_INTERVAL`]; on a path slower still, at
+    /// most [`SLOW_PATH_FEEDBACK_SHARE`], up to [`SLOW_PATH_MAX_FEEDBACK_INTERVAL`]. Every
+    /// 50 ms, feedback alone would cost about 12 kbps, half a 24 kbps link.
     fn feedback_interval(&mut self, now: Instant) -> Duration {
         let recv_bps = self.recv_rate.bps(now) as f64;
-        let wanted = if recv_bps > 0.0 {
-            Duration::from_secs_f64((FEEDBACK_BITS / (FEEDBACK_SHARE * recv_bps)).min(1.0))
+        let at_share =
+            |share: f64| Duration::from_secs_f64((FEEDBACK_BITS / (share * recv_bps)).min(1.0));
+        let (wanted, longest) = if recv_bps <= 0.0 {
+            (self.config.feedback_interval, MAX_FEEDBACK_INTERVAL)
+        } else if at_share(FEEDBACK_SHARE) > MAX_FEEDBACK_INTERVAL {
+            (
+                at_share(SLOW_PATH_FEEDBACK_SHARE),
+                SLOW_PATH_MAX_FEEDBACK_INTERVAL,
+            )
         } else {
-            self.config.feedback_interval
+            (at_share(FEEDBACK_SHARE), MAX_FEEDBACK_INTERVAL)
         };
         let longest = if now < self.start + STARTUP_GUARD {
             STARTUP_MAX_FEEDBACK_INTERVAL
         } else {
-            MAX_FEEDBACK_INTERVAL
+            longest
         };
         wanted.clamp(
             self.config.feedback_interval,

@@ -927,3 +927,22 @@ fn an_rtt_seeded_from_ice_does_not_shrink_the_congestion_window() {
     assert_eq!(cc.outstanding_bytes(), 26 * 75);
     assert_eq!(cc.encoder_bps(), cc.target_bps(), "pushed back");
 }
+
+#[test]
+fn feedback_on_a_path_under_26_kbps_takes_half_the_share() {
+    // On a 24 kbps link feedback every 500 ms (1.3 kbps) and the reports (0.7 kbps) took 8 %
+    // of the link: there, feedback takes 2.5 % of the peer's rate, up to a second apart.
+    let t0 = Instant::now();
+    let mut s = super::MediaSession::new(crate::SessionConfig::default(), t0);
+    let now = t0 + Duration::from_secs(3);
+    s.recv_rate.add(now, 2_500); // 20 kbps from the peer
+    assert_eq!(s.feedback_interval(now), Duration::from_secs(1));
+    s.recv_rate.add(now, 2_500); // 40 kbps: 5 %, as before
+    assert_eq!(s.feedback_interval(now), Duration::from_millis(320));
+    s.recv_rate.add(now, 35_000); // 320 kbps: the configured 50 ms
+    assert_eq!(s.feedback_interval(now), Duration::from_millis(50));
+    // In the call's start, 250 ms at most whatever the rate.
+    let mut early = super::MediaSession::new(crate::SessionConfig::default(), t0);
+    early.recv_rate.add(t0, 2_500);
+    assert_eq!(early.feedback_interval(t0), Duration::from_millis(250));
+}
