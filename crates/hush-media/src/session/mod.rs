@@ -37,6 +37,14 @@ pub const WIRE_OVERHEAD: usize = 44;
 /// heavily.
 pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
 
+/// What Opus produces of its target while it codes speech as SILK wideband (below
+/// [`crate::codec::WIDEBAND_BELOW_BPS`]): its VBR leaves about a tenth of the target unused
+/// (bare Opus on the audio benchmark's samples: 13.1 kbps at a 14 kbps target, 14.7 at 16,
+/// 16.3 at 18; in a 24 kbps call 12.0–12.5 kbps of a 13 kbps share). On an audio-only call
+/// nothing else uses what it leaves, so the encoder is asked for its share over this
+/// (docs/benchmarks.md, issue 17, eighth round).
+const SILK_VBR_YIELD: f64 = 0.9;
+
 /// Least encoder rate of each copy for RED to be worth its copies.
 const RED_MIN_COPY_BPS: f64 = 10_000.0;
 
@@ -50,10 +58,18 @@ const FEEDBACK_SHARE: f64 = 0.05;
 /// A typical feedback packet on the wire, in bits (RTCP with a few packets' status and
 /// deltas, SRTCP, IPv4/UDP): about 80 bytes.
 const FEEDBACK_BITS: f64 = 640.0;
-/// Longest time between transport-wide feedback packets. On a 24 kbps link (audio in
-/// 80–120 ms packets) feedback every 250 ms cost 2.6 kbps, a sixth of the encoder's rate;
-/// every 500 ms still covers four to six packets.
+/// Longest time between transport-wide feedback packets where [`FEEDBACK_SHARE`] allows it.
+/// On a 24 kbps link (audio in 80–120 ms packets) feedback every 250 ms cost 2.6 kbps, a sixth
+/// of the encoder's rate; every 500 ms still covers four to six packets.
 const MAX_FEEDBACK_INTERVAL: Duration = Duration::from_millis(500);
+/// On a path slower than that (the peer sends under 25.6 kbps: feedback at 5 % would come
+/// less often than every [`MAX_FEEDBACK_INTERVAL`]), feedback takes at most this share of
+/// the peer's rate, up to [`SLOW_PATH_MAX_FEEDBACK_INTERVAL`] apart. On a 24 kbps link,
+/// feedback every 500 ms (1.3 kbps) and reports (0.7 kbps) together took 8 % of the link;
+/// RFC 3550 gives all of RTCP 5 %. Every second still covers ten 100 ms audio packets.
+const SLOW_PATH_FEEDBACK_SHARE: f64 = 0.025;
+/// Longest time between transport-wide feedback packets on a slow path.
+const SLOW_PATH_MAX_FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time between transport-wide feedback packets in the session's first
 /// [`STARTUP_GUARD`]: the sender's fast start rises only as fast as feedback shows the path
 /// delivering, and finds a slow link's queue only when feedback reports it.
@@ -90,7 +106,8 @@ pub struct Transmit {
 /// What the encoders should do, after congestion control and loss changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncoderTarget {
-    /// Audio codec bitrate.
+    /// Audio codec bitrate. On an audio-only call below Opus's wideband cap it is set a tenth
+    /// above the audio's share, which SILK's VBR leaves partly unused.
     pub audio_bps: u32,
     /// Video codec bitrate (0 while audio-only).
     pub video_bps: u32,
@@ -331,7 +348,12 @@ impl MediaSession {
     /// A round trip measured outside the session before its first RTCP report (ICE's
     /// connectivity checks on the path the media takes). Until RTCP measures one, the session
     /// would plan its retransmission room and the startup guard at a default of 100 ms; this
-    /// sizes them to the real path instead. Ignored once RTCP has measured the RTT.
+    /// sizes them to the real path instead. Ignored once RTCP has measured the RTT. The
+    /// congestion controller does not take it: ICE's checks are small packets, and its
+    /// window must cover the round trip media packets take (on a 24 kbps link a 100 ms
+    /// packet alone takes 80 ms to cross; on loopback behind the facade's simulated link
+    /// the checks took 0.3 ms on a 100 ms path, and a window planned on that held the
+    /// encoder back in the call's first seconds).
     ///
     /// ```
     /// # use std::time::{Duration, Instant};
@@ -343,7 +365,6 @@ impl MediaSession {
     pub fn seed_rtt(&mut self, rtt: Duration) {
         if !self.rtt_from_rtcp {
             self.rtt = Some(rtt);
-            self.cc.set_rtt(rtt);
         }
     }
 
@@ -629,19 +650,27 @@ impl MediaSession {
 
     /// Time until the next transport-wide feedback: the configured interval, longer on a slow
     /// path so that feedback takes at most [`FEEDBACK_SHARE`] of what the peer sends us (as
-    /// WebRTC's receiver does), up to [`MAX_FEEDBACK_INTERVAL`]. Every 50 ms, feedback alone
-    /// would cost about 12 kbps, half a 24 kbps link.
+    /// WebRTC's receiver does), up to [`MAX_FEEDBACK_INTERVAL`]; on a path slower still, at
+    /// most [`SLOW_PATH_FEEDBACK_SHARE`], up to [`SLOW_PATH_MAX_FEEDBACK_INTERVAL`]. Every
+    /// 50 ms, feedback alone would cost about 12 kbps, half a 24 kbps link.
     fn feedback_interval(&mut self, now: Instant) -> Duration {
         let recv_bps = self.recv_rate.bps(now) as f64;
-        let wanted = if recv_bps > 0.0 {
-            Duration::from_secs_f64((FEEDBACK_BITS / (FEEDBACK_SHARE * recv_bps)).min(1.0))
+        let at_share =
+            |share: f64| Duration::from_secs_f64((FEEDBACK_BITS / (share * recv_bps)).min(1.0));
+        let (wanted, longest) = if recv_bps <= 0.0 {
+            (self.config.feedback_interval, MAX_FEEDBACK_INTERVAL)
+        } else if at_share(FEEDBACK_SHARE) > MAX_FEEDBACK_INTERVAL {
+            (
+                at_share(SLOW_PATH_FEEDBACK_SHARE),
+                SLOW_PATH_MAX_FEEDBACK_INTERVAL,
+            )
         } else {
-            self.config.feedback_interval
+            (at_share(FEEDBACK_SHARE), MAX_FEEDBACK_INTERVAL)
         };
         let longest = if now < self.start + STARTUP_GUARD {
             STARTUP_MAX_FEEDBACK_INTERVAL
         } else {
-            MAX_FEEDBACK_INTERVAL
+            longest
         };
         wanted.clamp(
             self.config.feedback_interval,
@@ -840,8 +869,13 @@ impl MediaSession {
             min_video
         };
         let audio_only = !has_video || video < resume;
+        let audio_bps = if has_video {
+            audio
+        } else {
+            encoder_setting(audio)
+        };
         EncoderTarget {
-            audio_bps: audio as u32,
+            audio_bps: audio_bps as u32,
             video_bps: if audio_only { 0 } else { video as u32 },
             audio_only,
             inband_fec: p.inband_fec,
@@ -895,14 +929,27 @@ impl MediaSession {
     }
 }
 
-/// Whether `new` differs enough from `old` to announce. Small steps are not (the encoder need
-/// not follow every wobble of the estimate), except the step to the audio's full rate: a call
-/// that climbed to within 5 % of it would otherwise stay just under it for good.
 /// What the media may send of an encoder rate of `encoder_bps`, less our own RTCP.
 fn media_rate_of(encoder_bps: f64, rtcp_bps: f64) -> f64 {
     (encoder_bps - rtcp_bps).max(encoder_bps * 0.5)
 }
 
+/// The bitrate to set on an audio-only call's Opus encoder so that it produces about
+/// `share_bps`: over [`SILK_VBR_YIELD`] while that stays within the wideband cap
+/// ([`crate::codec::WIDEBAND_BELOW_BPS`]; the setting never crosses it, so the coded band
+/// does not change), the share itself above.
+fn encoder_setting(share_bps: f64) -> f64 {
+    let cap = f64::from(crate::codec::WIDEBAND_BELOW_BPS) - 1.0;
+    if share_bps >= cap {
+        share_bps
+    } else {
+        (share_bps / SILK_VBR_YIELD).min(cap)
+    }
+}
+
+/// Whether `new` differs enough from `old` to announce. Small steps are not (the encoder need
+/// not follow every wobble of the estimate), except the step to the audio's full rate: a call
+/// that climbed to within 5 % of it would otherwise stay just under it for good.
 fn significant_change(old: &EncoderTarget, new: &EncoderTarget) -> bool {
     let rel = |a: u32, b: u32| (f64::from(a) - f64::from(b)).abs() > 0.05 * f64::from(a.max(1));
     let full = protection::AUDIO_MAX_BPS as u32;

@@ -877,3 +877,72 @@ fn the_step_to_the_full_audio_rate_is_always_announced() {
     assert!(!super::significant_change(&target(32_000), &target(31_427)));
     assert!(!super::significant_change(&target(32_000), &target(32_000)));
 }
+
+#[test]
+fn an_audio_only_encoder_is_asked_for_a_tenth_more_than_its_share_at_silk_rates() {
+    // SILK's VBR produces about 0.9 × its target: on a 24 kbps link the call's encoder
+    // produced 12.0–12.5 kbps of a 13 kbps share, and nothing else used the rest. The
+    // setting stays under the wideband cap, and the full rate and video calls are as before.
+    let now = Instant::now();
+    let mut s = super::MediaSession::new(crate::SessionConfig::default(), now);
+    s.audio_packet_frames = 5;
+    let headers = 10.0 * super::protection::AUDIO_PACKET_BITS;
+    let share = 22_000.0 - headers;
+    let t = s.allocate_at(24_000.0, 2_000.0, 0.0);
+    assert_eq!(t.audio_bps, (share / 0.9) as u32, "{t:?}");
+    let near_cap = s.allocate_at(30_000.0, 2_000.0, 0.0);
+    assert_eq!(
+        near_cap.audio_bps,
+        crate::codec::WIDEBAND_BELOW_BPS - 1,
+        "{near_cap:?}"
+    );
+    s.audio_packet_frames = 1;
+    assert_eq!(s.allocate_at(200_000.0, 2_000.0, 0.0).audio_bps, 32_000);
+    let mut v = super::MediaSession::new(crate::SessionConfig::default().with_h264_video(), now);
+    v.audio_packet_frames = 5;
+    let t = v.allocate_at(48_000.0, 4_000.0, 0.0);
+    assert_eq!(t.audio_bps, (22_000.0 - headers) as u32, "{t:?}");
+}
+
+#[test]
+fn an_rtt_seeded_from_ice_does_not_shrink_the_congestion_window() {
+    // ICE's checks are small packets, and behind the facade's simulated link they skipped
+    // it (0.3 ms on a 100 ms path): a congestion window planned on that pushed the encoder
+    // back while the first packets waited for feedback. The window keeps the default RTT
+    // until RTCP measures one; the seed still plans the repairs (`rtt`).
+    let t0 = Instant::now();
+    let mut config = crate::SessionConfig::default();
+    config.cc.start_bps = 24_000;
+    let mut s = super::MediaSession::new(config, t0);
+    s.seed_rtt(Duration::from_micros(300));
+    assert_eq!(s.rtt(), Some(Duration::from_micros(300)));
+    // 1,950 bytes outstanding: over a window of 24 kbps × (0.3 ms + 500 ms between feedback
+    // packets + 100 ms), under one planned on the default 100 ms round trip.
+    for i in 0..26 {
+        let now = t0 + Duration::from_millis(20 * i);
+        s.send_audio(now, &[0x55; 10], None);
+        while s.poll_transmit().is_some() {}
+    }
+    let cc = s.congestion_controller();
+    assert_eq!(cc.outstanding_bytes(), 26 * 75);
+    assert_eq!(cc.encoder_bps(), cc.target_bps(), "pushed back");
+}
+
+#[test]
+fn feedback_on_a_path_under_26_kbps_takes_half_the_share() {
+    // On a 24 kbps link feedback every 500 ms (1.3 kbps) and the reports (0.7 kbps) took 8 %
+    // of the link: there, feedback takes 2.5 % of the peer's rate, up to a second apart.
+    let t0 = Instant::now();
+    let mut s = super::MediaSession::new(crate::SessionConfig::default(), t0);
+    let now = t0 + Duration::from_secs(3);
+    s.recv_rate.add(now, 2_500); // 20 kbps from the peer
+    assert_eq!(s.feedback_interval(now), Duration::from_secs(1));
+    s.recv_rate.add(now, 2_500); // 40 kbps: 5 %, as before
+    assert_eq!(s.feedback_interval(now), Duration::from_millis(320));
+    s.recv_rate.add(now, 35_000); // 320 kbps: the configured 50 ms
+    assert_eq!(s.feedback_interval(now), Duration::from_millis(50));
+    // In the call's start, 250 ms at most whatever the rate.
+    let mut early = super::MediaSession::new(crate::SessionConfig::default(), t0);
+    early.recv_rate.add(t0, 2_500);
+    assert_eq!(early.feedback_interval(t0), Duration::from_millis(250));
+}
