@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::group::{
-    everyone_joins, info, invitation, joined_and_connected, sframe_header, sframe_key_id,
-    wait_event, WAIT,
+    everyone_joins, everyone_joins_shared, info, invitation, joined_and_connected, sframe_header,
+    sframe_key_id, wait_event, WAIT,
 };
 use common::{devices, loopback_config, tone};
 use hush::{Client, FrameSource, GroupCall, GroupCallEvent};
@@ -109,11 +109,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn three_participants_hear_each_other_and_the_sfu_forwards_only_ciphertext() {
     let (server, tapped) = tapped_sfu().await;
     let (clients, _network) = devices(3, loopback_config());
-    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let calls = everyone_joins_shared(&clients, &server).await;
     let frames = 50;
     let heard = talk(&calls, &[0, 1, 2], 0, frames).await;
     for (i, h) in heard.iter().enumerate() {
@@ -188,11 +184,7 @@ fn tapped_audio(tapped: &Tapped, from: usize) -> Vec<Vec<u8>> {
 async fn after_a_kick_the_others_send_under_fresh_keys_the_kicked_member_never_receives() {
     let (server, tapped) = tapped_sfu().await;
     let (clients, network) = devices(3, loopback_config());
-    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let calls = everyone_joins_shared(&clients, &server).await;
     // Everyone talks: the generation each sender used while the kicked member was in.
     talk(&calls, &[0, 1, 2], 0, 20).await;
     let mut before: HashMap<u8, u16> = HashMap::new();
@@ -511,11 +503,7 @@ async fn evil_sfu() -> (Server, Arc<Mutex<Evil>>) {
 async fn an_sfu_that_tampers_with_frames_gets_them_refused_and_counted_and_the_call_goes_on() {
     let (server, evil) = evil_sfu().await;
     let (clients, _network) = devices(3, loopback_config());
-    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let calls = everyone_joins_shared(&clients, &server).await;
     // The SFU learns whose stream is whose: A (0) speaks first, then B (1).
     talk(&calls, &[0], 0, 5).await;
     talk(&calls, &[1], 5, 5).await;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::group::{everyone_joins, info, invitation, joined_and_connected};
+use common::group::{everyone_joins_shared, info, invitation, joined_and_connected};
 use common::{devices, devices_configured, loopback_config};
 use hush::{Client, Error, GroupCall, I420Frame, SimulatedLink, GROUP_VIDEO_LAYERS};
 use hush_sfu::join::SfuSigningKey;
@@ -133,11 +133,7 @@ async fn film_from(
 async fn three_participants_see_each_other_and_a_small_view_gets_the_low_layer() {
     let server = sfu().await;
     let (clients, _network) = devices(3, loopback_config());
-    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let calls = everyone_joins_shared(&clients, &server).await;
     let ids: Vec<DeviceId> = clients.iter().map(Client::device_id).collect();
 
     // Everyone sees everyone, on the top layer (no view limit, no bandwidth estimate).
@@ -226,11 +222,7 @@ async fn a_receiver_on_a_capped_downlink_gets_a_lower_layer_while_the_other_keep
         }
         config
     });
-    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let calls = everyone_joins_shared(&clients, &server).await;
     let sender = clients[0].device_id();
     let seen = film_from(&calls, &[0], 120).await;
     let fast = seen[1].get(&sender).cloned().unwrap_or_default();
@@ -324,11 +316,7 @@ async fn a_sender_on_a_capped_uplink_stops_its_top_layer_and_starts_it_again_whe
         config
     });
     let t0 = Instant::now();
-    let calls: Vec<Arc<GroupCall>> = everyone_joins(&clients, &server)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let calls = everyone_joins_shared(&clients, &server).await;
     let ids: Vec<DeviceId> = clients.iter().map(Client::device_id).collect();
     let (cap, lift, end) = (t0 + CAP_AT, t0 + LIFT_AT, t0 + END_AT);
 

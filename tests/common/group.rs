@@ -1,6 +1,7 @@
 //! Helpers shared by the group call tests (`group_call`, `group_e2ee`, `group_e2ee_relay`,
 //! `group_video`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hush::{Client, ClientEvent, GroupCall, GroupCallEvent, GroupInvite, SfuInfo};
@@ -60,6 +61,18 @@ pub(crate) async fn everyone_joins(clients: &[Client], server: &Server) -> Vec<G
         joined_and_connected(call, clients.len() - 1).await;
     }
     calls
+}
+
+/// [`everyone_joins`], each call behind an [`Arc`] for tasks that send and receive at once.
+pub(crate) async fn everyone_joins_shared(
+    clients: &[Client],
+    server: &Server,
+) -> Vec<Arc<GroupCall>> {
+    everyone_joins(clients, server)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect()
 }
 
 /// Waits until `call` is connected and has seen `n` participants join.
