@@ -101,9 +101,17 @@ impl NackScheduler {
         self.missing.len()
     }
 
+    /// The time between two attempts at one packet on a path with this round trip:
+    /// `max(rtt × retry_factor, min_interval)`. On a path shorter than `min_interval` it is
+    /// longer than the round trip, so a receiver that waits for a second attempt must wait
+    /// this long, not one more round trip.
+    pub fn retry_interval(&self, rtt: Duration) -> Duration {
+        rtt.mul_f64(self.retry_factor).max(self.min_interval)
+    }
+
     /// The extended sequence numbers to NACK now; `rtt` paces the retries.
     pub fn poll_nacks(&mut self, now: Instant, rtt: Duration) -> Vec<u64> {
-        let interval = rtt.mul_f64(self.retry_factor).max(self.min_interval);
+        let interval = self.retry_interval(rtt);
         let (max_age, max_retries) = (self.max_age, self.max_retries);
         let repeat_after = self.repeat_after;
         self.missing.retain(|_, m| {

@@ -69,9 +69,16 @@ pub(crate) const MAX_BURST_FRAMES: usize = 8;
 /// or after its RED copies. A retransmission waits for that packet and then travels itself,
 /// so it meets the path's jitter (`jitter`, its p95) twice where the original met it once:
 /// once more is added.
+///
+/// Attempts after the first go one `retry_interval` apart (the NACK scheduler's
+/// [`retry_interval`](crate::nack::NackScheduler::retry_interval)): a round trip on a long
+/// path, but on a path shorter than the scheduler's shortest interval the wait for a second
+/// attempt is that interval. Counting a round trip per attempt there held room for the first
+/// attempt only, and every lost NACK or retransmission was a concealed frame.
 pub(crate) fn repair_delay(
     attempts: u32,
     rtt: Duration,
+    retry_interval: Duration,
     frame: Duration,
     red_depth: usize,
     burst: usize,
@@ -81,7 +88,7 @@ pub(crate) fn repair_delay(
     if attempts == 0 {
         frame * red_depth.max(1) as u32 + REPAIR_MARGIN
     } else {
-        rtt * attempts + noticed + REPAIR_MARGIN + jitter
+        retry_interval.max(rtt) * (attempts - 1) + rtt + noticed + REPAIR_MARGIN + jitter
     }
 }
 
@@ -308,17 +315,63 @@ mod tests {
     }
 
     #[test]
+    fn the_room_held_covers_the_second_attempt_the_nack_scheduler_sends() {
+        use crate::nack::NackScheduler;
+        // Packet 2 is lost: due at t0 + 20 ms, noticed when packet 3 arrives a frame later.
+        // Whatever the round trip, the retransmission answering the scheduler's second
+        // attempt (and its repeat of the first NACK) must arrive within the room held.
+        for rtt_ms in [1, 5, 15, 40, 100] {
+            let rtt = ms(rtt_ms);
+            let mut nack = NackScheduler::default();
+            let t0 = crate::Instant::now();
+            let due = t0 + FRAME;
+            nack.on_packet(t0, 1);
+            nack.on_packet(due + FRAME, 3);
+            let mut sent = Vec::new();
+            for step in 0..1000 {
+                let now = due + FRAME + ms(step);
+                if nack.poll_nacks(now, rtt).contains(&2) {
+                    sent.push(now);
+                }
+            }
+            let second = sent[0] + nack.retry_interval(rtt);
+            let attempts: Vec<_> = sent.iter().filter(|&&t| t <= second).collect();
+            assert!(attempts.len() >= 2, "{rtt_ms} ms: {sent:?}");
+            let room = repair_delay(2, rtt, nack.retry_interval(rtt), FRAME, 0, 1, ms(0));
+            let last = **attempts.last().expect("two attempts") + rtt;
+            assert!(
+                last <= due + room - REPAIR_MARGIN,
+                "{rtt_ms} ms: the second attempt lands {:?} after the frame was due, \
+                 room {room:?}",
+                last - due
+            );
+        }
+    }
+
+    #[test]
     fn receiver_waits_for_what_can_repair() {
         // Two attempts at high loss when they fit, one otherwise, none past the budget.
         assert_eq!(retransmission_attempts(0.1, ms(100), FRAME, MAX_RTT), 2);
         assert_eq!(retransmission_attempts(0.02, ms(100), FRAME, MAX_RTT), 1);
         assert_eq!(retransmission_attempts(0.1, ms(300), FRAME, MAX_RTT), 0);
-        assert_eq!(repair_delay(2, ms(100), FRAME, 0, 1, ms(0)), ms(230));
-        assert_eq!(repair_delay(1, ms(40), FRAME, 0, 1, ms(5)), ms(75));
+        assert_eq!(
+            repair_delay(2, ms(100), ms(100), FRAME, 0, 1, ms(0)),
+            ms(230)
+        );
+        assert_eq!(repair_delay(1, ms(40), ms(40), FRAME, 0, 1, ms(5)), ms(75));
         // A burst of 6 is noticed when the packet after it arrives, 6 frames after its first.
-        assert_eq!(repair_delay(1, ms(40), FRAME, 0, 6, ms(5)), ms(175));
+        assert_eq!(repair_delay(1, ms(40), ms(40), FRAME, 0, 6, ms(5)), ms(175));
         // Without retransmission: until the last RED copy (or the next packet's LBRR) is here.
-        assert_eq!(repair_delay(0, ms(300), FRAME, 2, 1, ms(5)), ms(50));
-        assert_eq!(repair_delay(0, ms(300), FRAME, 0, 6, ms(5)), ms(30));
+        assert_eq!(
+            repair_delay(0, ms(300), ms(300), FRAME, 2, 1, ms(5)),
+            ms(50)
+        );
+        assert_eq!(
+            repair_delay(0, ms(300), ms(300), FRAME, 0, 6, ms(5)),
+            ms(30)
+        );
+        // A 1 ms path with a 20 ms retry interval: the second attempt is asked for 20 ms after
+        // the first and travels 1 ms.
+        assert_eq!(repair_delay(2, ms(1), ms(20), FRAME, 0, 1, ms(0)), ms(51));
     }
 }

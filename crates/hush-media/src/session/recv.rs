@@ -455,6 +455,7 @@ impl MediaSession {
             protection::repair_delay(
                 attempts,
                 rtt,
+                self.audio_nack.retry_interval(rtt),
                 frame,
                 self.remote_red_depth,
                 burst,

@@ -240,7 +240,18 @@ impl MediaSession {
         // retransmissions it has seen (`allocate`), but it follows them a second late, and
         // with no slack every burst of losses had its repairs refused (frames then waited for
         // the gap timeout and a keyframe). Real overflow is caught by the window check above.
-        let budget = (target / 2).min(target.saturating_sub(others) + target / 10);
+        //
+        // Audio repairs answer only what the path lost of a stream of a few dozen kbps, and
+        // a lost audio packet is heard: they are bounded by half the target alone. While the
+        // estimate is still at its 24 kbps start below the audio's own rate (loss holds fast
+        // start back), what the rest left was 2.4 kbps, and every lost 100 ms packet went
+        // unrepaired: five frames concealed each.
+        let leftover = target.saturating_sub(others) + target / 10;
+        let budget = if audio {
+            target / 2
+        } else {
+            (target / 2).min(leftover)
+        };
         let total = packets.len();
         for (i, p) in packets.into_iter().enumerate() {
             let bits = (p.payload.len() + 12 + 8 + super::WIRE_OVERHEAD) as u64 * 8;
