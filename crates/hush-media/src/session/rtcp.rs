@@ -9,8 +9,10 @@ use crate::Instant;
 /// Seconds from 1900 (NTP era 0) to 1970.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
-/// Queueing delay from which a full congestion window refuses video retransmissions.
-const VIDEO_RTX_QUEUE: Duration = Duration::from_millis(30);
+/// Queueing delay from which the path counts as overflowing for retransmissions: a full
+/// congestion window then refuses video ones, and audio ones keep within what the rest of
+/// the traffic leaves of the target.
+const RTX_OVERFLOW_QUEUE: Duration = Duration::from_millis(30);
 
 impl MediaSession {
     /// 64-bit NTP time of `now`, from the configured wall clock at the session start.
@@ -186,7 +188,7 @@ impl MediaSession {
         // burst) fills it with no queue at all, and the refused repairs froze the picture
         // (`client::video` loss test: 30 refusals, 4 freezes in 15 s). Overflow builds a
         // queue first.
-        let video_congested = congested && self.cc.queue_delay() >= VIDEO_RTX_QUEUE;
+        let video_congested = congested && self.cc.queue_delay() >= RTX_OVERFLOW_QUEUE;
         let audio = media_ssrc == self.config.local_audio.ssrc;
         let double_video = self.remote_loss_smoothed > protection::VIDEO_DOUBLE_RTX_LOSS;
         let packets = if audio {
@@ -241,13 +243,14 @@ impl MediaSession {
         // with no slack every burst of losses had its repairs refused (frames then waited for
         // the gap timeout and a keyframe). Real overflow is caught by the window check above.
         //
-        // Audio repairs answer only what the path lost of a stream of a few dozen kbps, and
-        // a lost audio packet is heard: they are bounded by half the target alone. While the
-        // estimate is still at its 24 kbps start below the audio's own rate (loss holds fast
-        // start back), what the rest left was 2.4 kbps, and every lost 100 ms packet went
-        // unrepaired: five frames concealed each.
+        // Audio repairs on a path with no queue are not overflow: they answer what the path
+        // lost of a stream of a few dozen kbps, and a lost audio packet is heard, so half the
+        // target alone bounds them. While the estimate was still at its 24 kbps start below
+        // the audio's own rate (loss holds fast start back), what the rest left was 2.4 kbps
+        // and every lost 100 ms packet went unrepaired: five frames concealed each. With a
+        // queue standing (a slow link), the losses may be our own and the rule is video's.
         let leftover = target.saturating_sub(others) + target / 10;
-        let budget = if audio {
+        let budget = if audio && self.cc.queue_delay() < RTX_OVERFLOW_QUEUE {
             target / 2
         } else {
             (target / 2).min(leftover)
