@@ -525,7 +525,12 @@ impl CongestionController {
             (Some(a), Some(s)) => Some(a.min(s)),
             (a, s) => a.or(s),
         };
+        // After the path held packets back and let them out at once (a stall, not a
+        // bottleneck), the rate received over the window is no capacity sample: a cut then
+        // takes β × the rate itself instead (it cannot tell how far below the path it is).
+        let held_back = self.delivered.held_back();
         let capacity_sample = match (acked_now, probed) {
+            _ if held_back => None,
             (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
@@ -554,7 +559,7 @@ impl CongestionController {
         } else if self.queue_delay_ms < BASELINE_DELAY_MS {
             self.cut_queue_ms = 0.0;
         }
-        self.update_fast_start(now, dt, acked);
+        self.update_fast_start(now, dt, acked.filter(|_| !held_back));
         self.update_loss_rate(now, dt, acked);
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.delay.clamp(min, max);
@@ -711,5 +716,71 @@ mod tests {
             }
         });
         assert!(seen > 10, "{seen}");
+    }
+
+    /// A 10 Mbps path, 20 ms each way, losing every tenth packet; 1200-byte packets every 8 ms
+    /// (1.2 Mbps) and feedback every 50 ms. At 3 s the whole process (both ends and the path
+    /// between them, as in one call on a busy machine) stops for 300 ms: the packets in flight
+    /// come out at its end, all at once, 300 ms late. Returns the target just before the stall
+    /// and the lowest one in the 2 s after it.
+    fn stalled_call() -> (u64, u64) {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut cc = CongestionController::new(CcConfig {
+            fast_start: true,
+            ..CcConfig::default()
+        });
+        cc.set_rtt(Duration::from_millis(40));
+        let mut rec = TwccRecorder::default();
+        let mut arriving: Vec<(u64, u16)> = Vec::new();
+        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        // From just after a feedback to when the next one is due: the receiver's feedback
+        // timer fires as soon as it runs again, over the late packets alone.
+        let (stall_from, stall_to) = (3_001, 3_300);
+        let (mut before, mut lowest) = (0, u64::MAX);
+        for ms in 0..5_300u64 {
+            if (stall_from..stall_to).contains(&ms) {
+                continue;
+            }
+            let now = at(ms);
+            if ms % 8 == 0 {
+                let seq = cc.on_packet_sent(now, 1200, None);
+                if seq % 10 != 3 {
+                    arriving.push((ms + 20, seq));
+                }
+            }
+            arriving.retain(|&(t, seq)| {
+                if t <= ms {
+                    rec.record(now, seq);
+                }
+                t > ms
+            });
+            if ms % 50 == 0 {
+                if let Some(fb) = rec.build(1, 2) {
+                    feedback.push((ms + 20, fb));
+                }
+            }
+            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
+                let (_, fb) = feedback.remove(0);
+                cc.on_feedback(now, &fb);
+            }
+            if ms == stall_from - 1 {
+                before = cc.target_bps();
+            }
+            if ms >= stall_to && ms < stall_to + 2_000 {
+                lowest = lowest.min(cc.target_bps());
+            }
+        }
+        (before, lowest)
+    }
+
+    #[test]
+    fn a_stall_of_the_process_is_no_capacity_sample() {
+        let (before, lowest) = stalled_call();
+        assert!(before > 1_000_000, "{before}");
+        assert!(
+            lowest >= before / 2,
+            "{before} bps before the stall, {lowest} after"
+        );
     }
 }
