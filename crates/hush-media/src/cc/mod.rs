@@ -560,7 +560,7 @@ impl CongestionController {
             self.cut_queue_ms = 0.0;
         }
         self.update_fast_start(now, dt, acked.filter(|_| !held_back));
-        self.update_loss_rate(now, dt, acked);
+        self.update_loss_rate(now, dt, acked, held_back);
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.delay.clamp(min, max);
         self.loss_rate = self.loss_rate.clamp(min, max * 1.5);
@@ -613,7 +613,7 @@ impl CongestionController {
         recent && below
     }
 
-    fn update_loss_rate(&mut self, now: Instant, dt: f64, acked: Option<f64>) {
+    fn update_loss_rate(&mut self, now: Instant, dt: f64, acked: Option<f64>, held_back: bool) {
         let loss = self.loss_fraction();
         if self.losses.len() < 20 {
             return;
@@ -621,7 +621,10 @@ impl CongestionController {
         // Loss with no queue standing on the path is not congestion (a lossy radio, a bad
         // link): sending less would not lose less, and only starves the codec. Loss from an
         // overflowing queue comes with the queue's delay.
-        let queue_standing = self.queue_delay_ms >= BASELINE_DELAY_MS;
+        // Nor is the delay of packets the path held back and let out at once (a stall): at
+        // steady random loss the loss-based rate rises again only under 2 % loss, so each
+        // stall taken for a queue lowered it for the rest of the call.
+        let queue_standing = self.queue_delay_ms >= BASELINE_DELAY_MS && !held_back;
         if loss > 0.10 && queue_standing {
             let since = self
                 .last_loss_decrease
@@ -721,9 +724,9 @@ mod tests {
     /// A 10 Mbps path, 20 ms each way, losing every tenth packet; 1200-byte packets every 8 ms
     /// (1.2 Mbps) and feedback every 50 ms. At 3 s the whole process (both ends and the path
     /// between them, as in one call on a busy machine) stops for 300 ms: the packets in flight
-    /// come out at its end, all at once, 300 ms late. Returns the target just before the stall
-    /// and the lowest one in the 2 s after it.
-    fn stalled_call() -> (u64, u64) {
+    /// come out at its end, all at once, 300 ms late. Returns the target just before the stall,
+    /// the lowest one in the 2 s after it and the one at their end.
+    fn stalled_call() -> (u64, u64, u64) {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut cc = CongestionController::new(CcConfig {
@@ -738,7 +741,7 @@ mod tests {
         // timer fires as soon as it runs again, over the late packets alone.
         let (stall_from, stall_to) = (3_001, 3_300);
         let (mut before, mut lowest) = (0, u64::MAX);
-        for ms in 0..5_300u64 {
+        for ms in 0..stall_to + 2_000 {
             if (stall_from..stall_to).contains(&ms) {
                 continue;
             }
@@ -767,20 +770,25 @@ mod tests {
             if ms == stall_from - 1 {
                 before = cc.target_bps();
             }
-            if ms >= stall_to && ms < stall_to + 2_000 {
+            if ms >= stall_to {
                 lowest = lowest.min(cc.target_bps());
             }
         }
-        (before, lowest)
+        (before, lowest, cc.target_bps())
     }
 
     #[test]
     fn a_stall_of_the_process_is_no_capacity_sample() {
-        let (before, lowest) = stalled_call();
+        let (before, lowest, end) = stalled_call();
         assert!(before > 1_000_000, "{before}");
         assert!(
             lowest >= before / 2,
             "{before} bps before the stall, {lowest} after"
+        );
+        // Nor a standing queue for the loss-based rate, which would stay cut for good.
+        assert!(
+            end as f64 >= 0.95 * before as f64,
+            "{before} bps before the stall, {end} 2 s after"
         );
     }
 }
