@@ -5,7 +5,6 @@ mod config;
 mod protection;
 mod recv;
 mod rtcp;
-mod video_loss;
 
 pub use config::{SessionConfig, StreamIds};
 
@@ -198,9 +197,6 @@ pub struct MediaSession {
     remote_loss_smoothed: f64,
     /// Reports of our audio's loss received so far.
     remote_reports: u64,
-    /// The peer's reports of our video's loss: the latest and the smoothed fraction, with
-    /// when the last report that covered enough packets came (see `video_loss`).
-    remote_video_loss: video_loss::VideoLossReport,
     /// RTCP has measured the RTT (a seeded one no longer applies).
     rtt_from_rtcp: bool,
     /// Fraction of the peer's audio lost before recovery, smoothed over report intervals.
@@ -301,7 +297,6 @@ impl MediaSession {
             remote_loss: 0.0,
             remote_loss_smoothed: 0.0,
             remote_reports: 0,
-            remote_video_loss: video_loss::VideoLossReport::default(),
             rtt_from_rtcp: false,
             recv_loss: 0.0,
             protection: protection::AudioProtection {
@@ -764,9 +759,9 @@ impl MediaSession {
             self.audio_packet_frames = n;
         }
         let rtx_bps = self.rtx_rate.bps(now) as f64;
-        let t = self.allocate(now, rtcp_bps, rtx_bps);
+        let t = self.allocate(rtcp_bps, rtx_bps);
         self.video_bps_unpushed = self
-            .allocate_at(now, self.cc.target_bps() as f64, rtcp_bps, rtx_bps)
+            .allocate_at(self.cc.target_bps() as f64, rtcp_bps, rtx_bps)
             .video_bps;
         if self.target.is_none_or(|old| significant_change(&old, &t)) {
             self.target = Some(t);
@@ -817,19 +812,13 @@ impl MediaSession {
     /// Splits the congestion controller's encoder rate between audio and video. The estimate
     /// covers everything we send on the path, so our own RTCP comes off it first, and the
     /// retransmissions the peer's losses call for (`rtx_bps` sent over the last second).
-    fn allocate(&self, now: Instant, rtcp_bps: f64, rtx_bps: f64) -> EncoderTarget {
-        self.allocate_at(now, self.cc.encoder_bps() as f64, rtcp_bps, rtx_bps)
+    fn allocate(&self, rtcp_bps: f64, rtx_bps: f64) -> EncoderTarget {
+        self.allocate_at(self.cc.encoder_bps() as f64, rtcp_bps, rtx_bps)
     }
 
     /// [`allocate`](Self::allocate) of `encoder_bps` rather than the congestion controller's
     /// encoder rate.
-    fn allocate_at(
-        &self,
-        now: Instant,
-        encoder_bps: f64,
-        rtcp_bps: f64,
-        rtx_bps: f64,
-    ) -> EncoderTarget {
+    fn allocate_at(&self, encoder_bps: f64, rtcp_bps: f64, rtx_bps: f64) -> EncoderTarget {
         let p = self.protection;
         let target = media_rate_of(encoder_bps, rtcp_bps);
         let packet = self.config.audio_frame * self.audio_packet_frames as u32;
@@ -863,14 +852,7 @@ impl MediaSession {
         // The smoothed loss lags a burst by seconds (it moves an eighth per report): once the
         // latest report is cleaner, the reserve follows it, or video would stay squeezed (or
         // paused) long after a blackout. What is really resent is covered by `rtx_bps`.
-        // The video stream's own reports when there are recent ones: a report of our audio
-        // holds 25 packets, and at 10 % random loss one in four shows 4 % or less, so a
-        // reserve following it swung the video target by a third every few reports (each
-        // drop an encoder restart, an IDR); the video's hold a hundred packets or more.
-        let loss = self
-            .remote_video_loss
-            .loss(now)
-            .unwrap_or_else(|| self.remote_loss_smoothed.min(self.remote_loss));
+        let loss = self.remote_loss_smoothed.min(self.remote_loss);
         let copies = if loss > protection::VIDEO_DOUBLE_RTX_LOSS {
             2.0
         } else {

@@ -143,12 +143,6 @@ impl MediaSession {
 
     fn on_report_blocks(&mut self, now: Instant, blocks: &[ReportBlock]) {
         let ours = self.config.local_audio.ssrc;
-        if let Some(v) = self.config.local_video {
-            for b in blocks.iter().filter(|b| b.ssrc == v.ssrc) {
-                self.remote_video_loss
-                    .on_report(now, b.fraction_lost, b.highest_seq);
-            }
-        }
         for b in blocks.iter().filter(|b| b.ssrc == ours) {
             self.remote_loss = f64::from(b.fraction_lost) / 256.0;
             // A report covers 500 ms, 25 audio packets: protection follows the smoothed loss,

@@ -888,22 +888,19 @@ fn an_audio_only_encoder_is_asked_for_a_tenth_more_than_its_share_at_silk_rates(
     s.audio_packet_frames = 5;
     let headers = 10.0 * super::protection::AUDIO_PACKET_BITS;
     let share = 22_000.0 - headers;
-    let t = s.allocate_at(now, 24_000.0, 2_000.0, 0.0);
+    let t = s.allocate_at(24_000.0, 2_000.0, 0.0);
     assert_eq!(t.audio_bps, (share / 0.9) as u32, "{t:?}");
-    let near_cap = s.allocate_at(now, 30_000.0, 2_000.0, 0.0);
+    let near_cap = s.allocate_at(30_000.0, 2_000.0, 0.0);
     assert_eq!(
         near_cap.audio_bps,
         crate::codec::WIDEBAND_BELOW_BPS - 1,
         "{near_cap:?}"
     );
     s.audio_packet_frames = 1;
-    assert_eq!(
-        s.allocate_at(now, 200_000.0, 2_000.0, 0.0).audio_bps,
-        32_000
-    );
+    assert_eq!(s.allocate_at(200_000.0, 2_000.0, 0.0).audio_bps, 32_000);
     let mut v = super::MediaSession::new(crate::SessionConfig::default().with_h264_video(), now);
     v.audio_packet_frames = 5;
-    let t = v.allocate_at(now, 48_000.0, 4_000.0, 0.0);
+    let t = v.allocate_at(48_000.0, 4_000.0, 0.0);
     assert_eq!(t.audio_bps, (22_000.0 - headers) as u32, "{t:?}");
 }
 
@@ -948,28 +945,4 @@ fn feedback_on_a_path_under_26_kbps_takes_half_the_share() {
     let mut early = super::MediaSession::new(crate::SessionConfig::default(), t0);
     early.recv_rate.add(t0, 2_500);
     assert_eq!(early.feedback_interval(t0), Duration::from_millis(250));
-}
-
-/// At 10 % random loss the retransmission reserve follows the peer's reports of our *video*
-/// stream (a hundred packets and more each), not those of our audio (25 packets: one in four
-/// shows 4 % or less): the video target then holds steady instead of jumping by a third every
-/// few reports (each drop back an OpenH264 restart, an IDR).
-#[test]
-fn the_video_target_holds_steady_under_random_loss() {
-    let mut config = lossy(LossModel::Random(0.10), 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
-    call.run_until(Duration::from_secs(6));
-    let cc = call.a.target_bps();
-    let mut targets = Vec::new();
-    for step in 1..=40 {
-        call.run_until(Duration::from_secs(6) + Duration::from_millis(250 * step));
-        if call.a.target_bps() == cc {
-            targets.push(call.a.encoder_target().expect("a target").video_bps);
-        }
-    }
-    assert!(targets.len() >= 20, "the estimate kept moving: {targets:?}");
-    let low = *targets.iter().min().expect("targets") as f64;
-    let high = *targets.iter().max().expect("targets") as f64;
-    assert!(high < 1.15 * low, "video target {low}..{high}: {targets:?}");
 }
