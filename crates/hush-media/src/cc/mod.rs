@@ -12,13 +12,15 @@
 //! - a delay-based rate: a trendline overuse detector ([`delay`]) drives an AIMD controller.
 //!   On overuse the rate becomes 0.85 × the *acknowledged* rate (what the receiver got over the
 //!   last 250 ms, which is the bottleneck's capacity while its queue is busy, or since the queue
-//!   began to rise if that is less), once per episode unless the queue keeps growing;
-//!   it holds while the queue drains; then it rises additively near the capacity measured at
+//!   began to rise if that is less), once per episode unless the queue keeps growing; after
+//!   the path held packets back and let them out at once (a pause in delivery: a CPU stall on
+//!   a busy machine, a radio outage), 0.85 × the rate itself, as that window measured the
+//!   pause and not the link; it holds while the queue drains; then it rises additively near the capacity measured at
 //!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
 //!   1.5 × the acknowledged rate + 10 kbps;
 //! - a loss-based rate: cut by half the loss fraction above 10 % loss while a queue stands on
-//!   the path (queueing delay over 20 ms; loss without a queue is a lossy link, not
-//!   congestion, and sending less would not lose less), never below 0.85 × the acknowledged
+//!   the path (queueing delay over 20 ms, not the delay of a delivery pause; loss without a
+//!   queue is a lossy link, not congestion, and sending less would not lose less), never below 0.85 × the acknowledged
 //!   rate (losses from an overflowing queue must not take the rate under what the path
 //!   delivers); raised 5 %/s below 2 %;
 //! - probing: short padding bursts at two or three times the target, only while the delay is
@@ -525,7 +527,12 @@ impl CongestionController {
             (Some(a), Some(s)) => Some(a.min(s)),
             (a, s) => a.or(s),
         };
+        // After the path held packets back and let them out at once (a stall, not a
+        // bottleneck), the rate received over the window is no capacity sample: a cut then
+        // takes β × the rate itself instead (it cannot tell how far below the path it is).
+        let held_back = self.delivered.held_back();
         let capacity_sample = match (acked_now, probed) {
+            _ if held_back => None,
             (Some(a), Some(_)) if link_dropped => Some(a),
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
@@ -554,8 +561,8 @@ impl CongestionController {
         } else if self.queue_delay_ms < BASELINE_DELAY_MS {
             self.cut_queue_ms = 0.0;
         }
-        self.update_fast_start(now, dt, acked);
-        self.update_loss_rate(now, dt, acked);
+        self.update_fast_start(now, dt, acked.filter(|_| !held_back));
+        self.update_loss_rate(now, dt, acked, held_back);
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.delay.clamp(min, max);
         self.loss_rate = self.loss_rate.clamp(min, max * 1.5);
@@ -608,7 +615,7 @@ impl CongestionController {
         recent && below
     }
 
-    fn update_loss_rate(&mut self, now: Instant, dt: f64, acked: Option<f64>) {
+    fn update_loss_rate(&mut self, now: Instant, dt: f64, acked: Option<f64>, held_back: bool) {
         let loss = self.loss_fraction();
         if self.losses.len() < 20 {
             return;
@@ -616,7 +623,10 @@ impl CongestionController {
         // Loss with no queue standing on the path is not congestion (a lossy radio, a bad
         // link): sending less would not lose less, and only starves the codec. Loss from an
         // overflowing queue comes with the queue's delay.
-        let queue_standing = self.queue_delay_ms >= BASELINE_DELAY_MS;
+        // Nor is the delay of packets the path held back and let out at once (a stall): at
+        // steady random loss the loss-based rate rises again only under 2 % loss, so each
+        // stall taken for a queue lowered it for the rest of the call.
+        let queue_standing = self.queue_delay_ms >= BASELINE_DELAY_MS && !held_back;
         if loss > 0.10 && queue_standing {
             let since = self
                 .last_loss_decrease
@@ -711,5 +721,76 @@ mod tests {
             }
         });
         assert!(seen > 10, "{seen}");
+    }
+
+    /// A 10 Mbps path, 20 ms each way, losing every tenth packet; 1200-byte packets every 8 ms
+    /// (1.2 Mbps) and feedback every 50 ms. At 3 s the whole process (both ends and the path
+    /// between them, as in one call on a busy machine) stops for 300 ms: the packets in flight
+    /// come out at its end, all at once, 300 ms late. Returns the target just before the stall,
+    /// the lowest one in the 2 s after it and the one at their end.
+    fn stalled_call() -> (u64, u64, u64) {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut cc = CongestionController::new(CcConfig {
+            fast_start: true,
+            ..CcConfig::default()
+        });
+        cc.set_rtt(Duration::from_millis(40));
+        let mut rec = TwccRecorder::default();
+        let mut arriving: Vec<(u64, u16)> = Vec::new();
+        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        // From just after a feedback to when the next one is due: the receiver's feedback
+        // timer fires as soon as it runs again, over the late packets alone.
+        let (stall_from, stall_to) = (3_001, 3_300);
+        let (mut before, mut lowest) = (0, u64::MAX);
+        for ms in 0..stall_to + 2_000 {
+            if (stall_from..stall_to).contains(&ms) {
+                continue;
+            }
+            let now = at(ms);
+            if ms % 8 == 0 {
+                let seq = cc.on_packet_sent(now, 1200, None);
+                if seq % 10 != 3 {
+                    arriving.push((ms + 20, seq));
+                }
+            }
+            arriving.retain(|&(t, seq)| {
+                if t <= ms {
+                    rec.record(now, seq);
+                }
+                t > ms
+            });
+            if ms % 50 == 0 {
+                if let Some(fb) = rec.build(1, 2) {
+                    feedback.push((ms + 20, fb));
+                }
+            }
+            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
+                let (_, fb) = feedback.remove(0);
+                cc.on_feedback(now, &fb);
+            }
+            if ms == stall_from - 1 {
+                before = cc.target_bps();
+            }
+            if ms >= stall_to {
+                lowest = lowest.min(cc.target_bps());
+            }
+        }
+        (before, lowest, cc.target_bps())
+    }
+
+    #[test]
+    fn a_stall_of_the_process_is_no_capacity_sample() {
+        let (before, lowest, end) = stalled_call();
+        assert!(before > 1_000_000, "{before}");
+        assert!(
+            lowest >= before / 2,
+            "{before} bps before the stall, {lowest} after"
+        );
+        // Nor a standing queue for the loss-based rate, which would stay cut for good.
+        assert!(
+            end as f64 >= 0.95 * before as f64,
+            "{before} bps before the stall, {end} 2 s after"
+        );
     }
 }
