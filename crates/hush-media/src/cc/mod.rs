@@ -15,14 +15,14 @@
 //!   began to rise if that is less), once per episode unless the queue keeps growing; after
 //!   the path held packets back and let them out at once (a pause in delivery: a CPU stall on
 //!   a busy machine, a radio outage), 0.85 × the rate itself, as that window measured the
-//!   pause and not the link; it holds while the queue drains; then it rises additively near the capacity measured at
-//!   the last overuses (multiplicatively, ~8 %/s, when that is unknown), never beyond
-//!   1.5 × the acknowledged rate + 10 kbps;
+//!   pause and not the link; it holds while the queue drains; then it rises additively near
+//!   the capacity measured at the last overuses (multiplicatively, ~8 %/s, when that is
+//!   unknown), never beyond 1.5 × the acknowledged rate + 10 kbps;
 //! - a loss-based rate: cut by half the loss fraction above 10 % loss while a queue stands on
 //!   the path (queueing delay over 20 ms, not the delay of a delivery pause; loss without a
-//!   queue is a lossy link, not congestion, and sending less would not lose less), never below 0.85 × the acknowledged
-//!   rate (losses from an overflowing queue must not take the rate under what the path
-//!   delivers); raised 5 %/s below 2 %;
+//!   queue is a lossy link, not congestion, and sending less would not lose less), never
+//!   below 0.85 × the acknowledged rate (losses from an overflowing queue must not take the
+//!   rate under what the path delivers); raised 5 %/s below 2 %;
 //! - probing: short padding bursts at two or three times the target, only while the delay is
 //!   at its baseline and no overuse happened for two seconds; the receive rate during a burst
 //!   measures the path, so the estimate climbs in a few steps when capacity returns.
