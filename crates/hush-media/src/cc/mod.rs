@@ -256,6 +256,13 @@ impl CongestionController {
         Duration::from_secs_f64(self.queue_delay_ms.max(0.0) / 1000.0)
     }
 
+    /// Sets the measured queueing delay, as feedback showing that queue would (the session's
+    /// tests of what a standing queue changes).
+    #[cfg(test)]
+    pub(crate) fn set_queue_delay_for_test(&mut self, queue: Duration) {
+        self.queue_delay_ms = queue.as_secs_f64() * 1000.0;
+    }
+
     /// The queueing delay a packet sent now would meet, predicted from the last feedback: the
     /// newest packet it reports met its queue; each packet sent since adds its transmission
     /// time at the rate the path delivered, while the queue drains in real time, and never
