@@ -32,7 +32,11 @@ use std::time::{Duration, Instant};
 use hush_crypto::MediaKeys;
 use hush_media::codec::{Codec, OpusCodec};
 use hush_media::jitter::Playout;
-use hush_media::video::{EncodedVideoFrame, I420Frame, VideoDecoder, VideoEncoder, VideoError};
+use hush_media::rtp::VideoFrame;
+use hush_media::video::{
+    EncodedVideoFrame, I420Frame, PlayoutStats, VideoDecoder, VideoEncoder, VideoError,
+    VideoPlayout,
+};
 use hush_media::{Event, MediaSession, SessionConfig, TransmitKind};
 use hush_srtp::SrtpContext;
 use tracing::debug;
@@ -108,6 +112,11 @@ pub struct MediaPath {
     encoder: Option<Box<dyn VideoEncoder>>,
     decoder: Option<Box<dyn VideoDecoder>>,
     decoded: VecDeque<I420Frame>,
+    /// Decoded pictures waiting for their render time.
+    playout: VideoPlayout<I420Frame>,
+    /// Received frames waiting for their render time (no decoder on the path: the
+    /// application decodes them).
+    encoded_playout: VideoPlayout<VideoFrame>,
     pending: VecDeque<Event>,
     video_fps: f32,
     /// The encoder's rates come from [`set_video_rates`](Self::set_video_rates).
@@ -134,6 +143,8 @@ impl MediaPath {
             encoder: None,
             decoder: None,
             decoded: VecDeque::new(),
+            playout: VideoPlayout::new(),
+            encoded_playout: VideoPlayout::new(),
             pending: VecDeque::new(),
             video_fps: 30.0,
             ladder_rates: false,
@@ -259,10 +270,28 @@ impl MediaPath {
         self.video_stats
     }
 
-    /// The next decoded picture received, in order; its `capture_time` is the instant the
-    /// engine handed its frame out.
+    /// The next decoded picture received, in order, once its render time came; its
+    /// `capture_time` is that render time. A picture is decoded as soon as its frame is
+    /// complete, then held until its capture time (the RTP timestamp, mapped to the local clock
+    /// through the fastest transit seen) plus the path's playout delay: zero on a clean path,
+    /// what the repairs of lost packets take on a lossy one (up to 400 ms; see
+    /// [`hush_media::video::playout`]). [`poll_timeout`](Self::poll_timeout) includes the next
+    /// render time.
     pub fn poll_video(&mut self) -> Option<I420Frame> {
         self.decoded.pop_front()
+    }
+
+    /// The render-time scheduler's figures for received video (with a decoder on the path, or
+    /// for the frames handed out encoded without one), and its delay now.
+    pub fn video_playout(&self) -> (PlayoutStats, Duration) {
+        if self.decoder.is_some() {
+            (self.playout.stats(), self.playout.target_delay())
+        } else {
+            (
+                self.encoded_playout.stats(),
+                self.encoded_playout.target_delay(),
+            )
+        }
     }
 
     /// Runs the video codecs on the engine's events: decodes received frames (asking for a
@@ -292,7 +321,7 @@ impl MediaPath {
                         Ok(Some(picture)) => {
                             self.video_stats.frames_decoded += 1;
                             self.video_stats.key_frames_decoded += u64::from(frame.keyframe);
-                            self.decoded.push_back(picture);
+                            self.playout.push(now, frame.timestamp, picture);
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -302,6 +331,10 @@ impl MediaPath {
                             self.session.request_keyframe(now);
                         }
                     }
+                }
+                Event::Video(frame) => {
+                    let ts = frame.timestamp;
+                    self.encoded_playout.push(now, ts, frame);
                 }
                 Event::KeyframeRequested => {
                     self.video_stats.keyframe_requests_received += 1;
@@ -325,7 +358,19 @@ impl MediaPath {
                 other => self.pending.push_back(other),
             }
         }
+        self.release_video(now);
         self.protect_transmits();
+    }
+
+    /// Hands out the received pictures (and encoded frames) whose render time came.
+    fn release_video(&mut self, now: Instant) {
+        while let Some((render, mut picture)) = self.playout.poll(now) {
+            picture.capture_time = render;
+            self.decoded.push_back(picture);
+        }
+        while let Some((_, frame)) = self.encoded_playout.poll(now) {
+            self.pending.push_back(Event::Video(frame));
+        }
     }
 
     /// Handles one datagram received on the call's ICE path: authenticates and decrypts it in
@@ -367,7 +412,8 @@ impl MediaPath {
 
     /// The next media event (audio playout, encoder target, ...). With video codecs set
     /// ([`set_video_codecs`](Self::set_video_codecs)), received video comes out decoded from
-    /// [`poll_video`](Self::poll_video) instead of as `Event::Video`.
+    /// [`poll_video`](Self::poll_video) instead of as `Event::Video`; without a decoder each
+    /// `Event::Video` comes at its render time, as [`poll_video`](Self::poll_video) says.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.pending
@@ -375,10 +421,18 @@ impl MediaPath {
             .or_else(|| self.session.poll_event())
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    /// When [`handle_timeout`](Self::handle_timeout) should next run: the engine's timers and
+    /// the render time of the next received picture held.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.session.poll_timeout()
+        [
+            self.session.poll_timeout(),
+            self.playout.poll_timeout(),
+            self.encoded_playout.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Counters of the protection layer.

@@ -578,6 +578,7 @@ impl MediaTask {
             let _ = self.audio_out.try_send(frame);
         }
         if let Some(v) = st.video.as_mut() {
+            // Each picture comes out of the path at its render time (`capture_time`).
             while let Some(picture) = path.poll_video() {
                 v.received_size = (picture.width(), picture.height());
                 v.freezes.frame(now);
@@ -603,6 +604,8 @@ impl MediaTask {
                         continue;
                     }
                     v.received_size = v.remote_size;
+                    // The path let it out at its render time (the task wakes at the path's
+                    // deadline): it is shown now, and `now` is that time.
                     v.freezes.frame(now);
                     v.encoded_delivered += 1;
                     v.encoded_keyframes += u64::from(frame.keyframe);

@@ -877,6 +877,8 @@ mod tests {
         bob: hush_media::VideoRepairStats,
         alice: hush_media::VideoRepairStats,
         keyframes_encoded: u64,
+        /// Bob's render-time scheduler: its figures and its delay at the end.
+        playout: (hush_media::video::PlayoutStats, Duration),
     }
 
     /// The issue's bandwidth steps: 2 Mbps, then 300 kbps at 5 s, 150 kbps at 10 s, 2 Mbps
@@ -1031,6 +1033,7 @@ mod tests {
             bob: b.session().video_repair(),
             alice: a.session().video_repair(),
             keyframes_encoded: a.video_stats().key_frames_encoded,
+            playout: b.video_playout(),
         }
     }
 
@@ -1089,11 +1092,12 @@ mod tests {
         let (count, longest) = freezes(&out.got, 3.0);
         eprintln!(
             "seed {seed}: {} pictures, {count} freezes (longest interval {longest:.3} s), \
-             keyframes encoded {}, Bob {:?}, Alice {:?}",
+             keyframes encoded {}, Bob {:?}, Alice {:?}, Bob's playout {:?}",
             out.got.len(),
             out.keyframes_encoded,
             out.bob,
-            out.alice
+            out.alice,
+            out.playout,
         );
         (out, count, longest)
     }
@@ -1101,11 +1105,12 @@ mod tests {
     /// 10 % random loss both ways at 40 ms RTT, both sides sending video: retransmissions
     /// repair every frame before the gap timeout (nobody asks for a keyframe), and a full
     /// congestion window without a queue (a lost feedback packet, a keyframe's burst) does not
-    /// refuse them. Before that, seed 2 had 30 retransmissions refused and 4 freezes; now 0 and
-    /// 1 (one 228 ms interval, a repair that needed a second round trip: docs/benchmarks.md).
+    /// refuse them. Before that, seed 2 had 30 retransmissions refused and 4 freezes; then 0
+    /// and 1 (one 228 ms interval, a repair that needed a second round trip); with Bob's
+    /// pictures shown at their render time (`video::playout`) no freeze is left, and no
+    /// interval comes near the rule's `mean + 150 ms` (docs/benchmarks.md, tenth round).
     #[test]
     fn video_at_ten_percent_loss_is_repaired_without_keyframes() {
-        let mut total_freezes = 0;
         for seed in [1, 2] {
             let (out, count, longest) = lossy_call(seed);
             assert!(out.got.len() > 300, "{} pictures", out.got.len());
@@ -1115,12 +1120,10 @@ mod tests {
                 assert_eq!(side.refused_congested, 0, "seed {seed}: {side:?}");
             }
             assert!(
-                count <= 1,
+                count == 0 && longest < 0.17,
                 "seed {seed}: {count} freezes, longest {longest:.3} s"
             );
-            total_freezes += count;
         }
-        assert!(total_freezes <= 1, "{total_freezes} freezes");
     }
 
     /// The issue's targets on Bob's pictures; `max_gap` is the longest time without a picture

@@ -1,5 +1,6 @@
 //! Video codecs: raw I420 pictures, the codec-neutral [`VideoEncoder`]/[`VideoDecoder`] traits,
-//! H.264 Annex B helpers, the resolution/frame-rate adaptation [`ladder`], and (feature
+//! H.264 Annex B helpers, the resolution/frame-rate adaptation [`ladder`], the render-time
+//! scheduler of received pictures ([`playout`]), and (feature
 //! `openh264`, on by default) the OpenH264 implementation.
 //!
 //! The engine moves encoded access units; it never needs to know which codec made them. An
@@ -15,6 +16,7 @@ mod annexb;
 pub mod ladder;
 #[cfg(feature = "openh264")]
 mod openh264;
+pub mod playout;
 mod restart;
 
 pub use self::annexb::{
@@ -23,6 +25,7 @@ pub use self::annexb::{
 };
 #[cfg(feature = "openh264")]
 pub use self::openh264::{OpenH264Decoder, OpenH264Encoder, OpenH264Tuning};
+pub use self::playout::{PlayoutStats, VideoPlayout};
 
 use std::time::Duration;
 

@@ -1,0 +1,428 @@
+//! When each received picture is shown: a render-time scheduler for video (sans-IO).
+//!
+//! A picture that is complete (decodable, or decoded) is not shown the moment it is: it gets a
+//! render time, its capture time mapped to the local clock plus a target delay, and waits for
+//! it. So a repair that takes a round trip or two no longer shows as a frozen picture followed
+//! by a burst: pictures keep their spacing, later by the delay the repairs need.
+//!
+//! - The capture time is the picture's RTP timestamp (90 kHz), mapped through the lowest
+//!   transit seen (arrival minus capture) over the last [`TRANSIT_WINDOW`]: the picture that
+//!   crossed the path fastest defines "on time".
+//! - Each picture's *lateness* is its transit beyond that lowest one: the path's queueing and
+//!   jitter, the sender's pacing of a large frame, and above all the repairs (a NACK and its
+//!   retransmission, one round trip; a second round when one of them was lost), including
+//!   the wait of the pictures decoded after a repaired one.
+//! - The target delay is the largest lateness over the last [`LATENESS_WINDOW`] less
+//!   [`TOLERANCE`] (a picture that much behind its render time still leaves an interval under
+//!   the webrtc-stats freeze rule's `mean + 150 ms`, and on a clean path keyframes and pacing
+//!   stay under it, so the delay stays at zero there), capped at [`MAX_DELAY`]. It rises at
+//!   once with a late picture and falls by [`FALL_PER_SECOND`] once the late pictures left
+//!   the window, so a calm stretch between repairs does not drop it just before the next one.
+//! - A picture that comes after its render time is shown at once (and raises the delay);
+//!   order is never changed: a picture is never shown before the one before it.
+//!
+//! The driver pushes pictures in decode order with [`VideoPlayout::push`], takes those due with
+//! [`VideoPlayout::poll`], and wakes at [`VideoPlayout::poll_timeout`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tracing::trace;
+
+use crate::time::Instant;
+
+/// The RTP clock rate of video.
+const VIDEO_CLOCK_HZ: f64 = 90_000.0;
+/// How far back the lowest transit is looked for. Long enough that a run of repaired or
+/// queued pictures does not become the new "on time"; a path whose delay rose for longer than
+/// this (a new route) is then on time again.
+pub const TRANSIT_WINDOW: Duration = Duration::from_secs(20);
+/// How far back the largest lateness sets the target delay.
+pub const LATENESS_WINDOW: Duration = Duration::from_secs(10);
+/// Lateness beyond its render time a picture may have without a freeze: its interval to the
+/// picture before stays under `mean + 150 ms` (webrtc-stats), with a margin for the driver's
+/// wake-ups.
+pub const TOLERANCE: Duration = Duration::from_millis(50);
+/// Most delay the scheduler adds: beyond it, a late picture is better shown late than every
+/// picture held for it.
+pub const MAX_DELAY: Duration = Duration::from_millis(400);
+/// How fast the target delay falls once no picture in [`LATENESS_WINDOW`] needs it: pictures
+/// then come a tenth quicker than they were captured (30 ms apart instead of 33), which no
+/// one sees.
+pub const FALL_PER_SECOND: f64 = 0.05;
+
+/// Lateness beyond which a picture restarts the timing (see [`VideoPlayout::push`]): far over
+/// any repair (the receiver gives a gap up after at most four times its limit) and over
+/// [`MAX_DELAY`].
+pub const RESTART_AFTER: Duration = Duration::from_secs(3);
+
+/// A picture waiting for its render time.
+#[derive(Debug)]
+struct Held<T> {
+    render: Instant,
+    item: T,
+}
+
+/// A render-time scheduler for one received video stream. See the [module docs](self).
+#[derive(Debug)]
+pub struct VideoPlayout<T> {
+    held: VecDeque<Held<T>>,
+    /// The last RTP timestamp pushed and its unwrapped value.
+    last_ts: Option<(u32, i64)>,
+    /// The local instant transits are counted from (the first push).
+    origin: Option<Instant>,
+    /// (arrival, transit in seconds), increasing transits: the window's minimum is the front.
+    transits: VecDeque<(Instant, f64)>,
+    /// (arrival, lateness), decreasing lateness: the window's maximum is the front.
+    lateness: VecDeque<(Instant, Duration)>,
+    target: Duration,
+    /// When the target last changed (for its slow fall).
+    updated: Option<Instant>,
+    /// The render time of the last picture pushed (render times never go back).
+    last_render: Option<Instant>,
+    stats: PlayoutStats,
+}
+
+/// Counters of a [`VideoPlayout`].
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct PlayoutStats {
+    /// Pictures pushed.
+    pub pictures: u64,
+    /// Pictures that came after their render time (shown at once).
+    pub late: u64,
+    /// Total time pictures were held for their render time, in seconds.
+    pub total_held: f64,
+    /// Largest target delay so far.
+    pub max_target: Duration,
+}
+
+impl<T> Default for VideoPlayout<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> VideoPlayout<T> {
+    /// An empty scheduler with no delay.
+    pub fn new() -> Self {
+        Self {
+            held: VecDeque::new(),
+            last_ts: None,
+            origin: None,
+            transits: VecDeque::new(),
+            lateness: VecDeque::new(),
+            target: Duration::ZERO,
+            updated: None,
+            last_render: None,
+            stats: PlayoutStats::default(),
+        }
+    }
+
+    /// A picture became complete at `now`, with RTP timestamp `rtp_timestamp`. Pictures are
+    /// pushed in the order they are to be shown (decode order). A picture more than
+    /// [`RESTART_AFTER`] behind the fastest one of the window starts the timing over (a
+    /// restarted stream must not leave every later picture "late").
+    pub fn push(&mut self, now: Instant, rtp_timestamp: u32, item: T) {
+        let origin = *self.origin.get_or_insert(now);
+        let ext = match self.last_ts {
+            Some((ts, ext)) => ext + i64::from(rtp_timestamp.wrapping_sub(ts) as i32),
+            None => 0,
+        };
+        self.last_ts = Some((rtp_timestamp, ext));
+        let capture = ext as f64 / VIDEO_CLOCK_HZ;
+        let transit = now.saturating_duration_since(origin).as_secs_f64() - capture;
+
+        // A picture this far behind the fastest is no repair: the sender's clock or the path
+        // changed (a restarted stream, a new route). Its timing starts over from here.
+        if self
+            .transits
+            .front()
+            .is_some_and(|&(_, t)| transit - t > RESTART_AFTER.as_secs_f64())
+        {
+            self.transits.clear();
+            self.lateness.clear();
+        }
+        // The lowest transit of the window, this picture's included.
+        while self.transits.back().is_some_and(|&(_, t)| t >= transit) {
+            self.transits.pop_back();
+        }
+        self.transits.push_back((now, transit));
+        while self
+            .transits
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > TRANSIT_WINDOW)
+        {
+            self.transits.pop_front();
+        }
+        let lowest = self.transits.front().map_or(transit, |&(_, t)| t);
+        let late = Duration::from_secs_f64((transit - lowest).max(0.0));
+
+        while self.lateness.back().is_some_and(|&(_, l)| l <= late) {
+            self.lateness.pop_back();
+        }
+        self.lateness.push_back((now, late));
+        self.update_target(now);
+
+        // On time: its capture mapped through the lowest transit, plus the target delay.
+        let on_time = now.checked_sub(late).map_or(now, |t| t + self.target);
+        let render = self.last_render.map_or(on_time, |r| on_time.max(r));
+        if render < now {
+            self.stats.late += 1;
+        }
+        let render = render.max(now);
+        self.last_render = Some(render);
+        self.stats.pictures += 1;
+        self.stats.total_held += render.saturating_duration_since(now).as_secs_f64();
+        trace!(
+            rtp_timestamp,
+            late_ms = late.as_secs_f64() * 1e3,
+            target_ms = self.target.as_secs_f64() * 1e3,
+            hold_ms = render.saturating_duration_since(now).as_secs_f64() * 1e3,
+            "video picture scheduled"
+        );
+        self.held.push_back(Held { render, item });
+    }
+
+    /// The next picture due at `now`, with its render time; pictures come out in the order
+    /// they were pushed.
+    pub fn poll(&mut self, now: Instant) -> Option<(Instant, T)> {
+        if self.held.front().is_some_and(|h| h.render <= now) {
+            self.held.pop_front().map(|h| (h.render, h.item))
+        } else {
+            None
+        }
+    }
+
+    /// When the next picture is due, if one is held.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.held.front().map(|h| h.render)
+    }
+
+    /// The delay added now beyond the lowest transit.
+    pub fn target_delay(&self) -> Duration {
+        self.target
+    }
+
+    /// Pictures held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> PlayoutStats {
+        self.stats
+    }
+
+    /// Updates the target delay from the window's largest lateness at `now`.
+    fn update_target(&mut self, now: Instant) {
+        while self
+            .lateness
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > LATENESS_WINDOW)
+        {
+            self.lateness.pop_front();
+        }
+        let largest = self.lateness.front().map_or(Duration::ZERO, |&(_, l)| l);
+        let wanted = largest.saturating_sub(TOLERANCE).min(MAX_DELAY);
+        let since = self
+            .updated
+            .map_or(Duration::ZERO, |u| now.saturating_duration_since(u));
+        if wanted >= self.target {
+            self.target = wanted;
+        } else {
+            let fall = since.mul_f64(FALL_PER_SECOND);
+            self.target = self.target.saturating_sub(fall).max(wanted);
+        }
+        self.updated = Some(now);
+        self.stats.max_target = self.stats.max_target.max(self.target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: Duration = Duration::from_micros(33_333);
+    const TICKS: u32 = 3000;
+
+    /// Pictures `n` (RTP timestamp `n * 3000` from `ts0`) pushed as they arrive, and taken
+    /// when due as (n, shown at).
+    struct Run {
+        p: VideoPlayout<u32>,
+        t0: Instant,
+        ts0: u32,
+        last: Instant,
+        shown: Vec<(u32, Instant)>,
+    }
+
+    impl Run {
+        fn new(ts0: u32) -> Self {
+            let t0 = Instant::now();
+            Self {
+                p: VideoPlayout::new(),
+                t0,
+                ts0,
+                last: t0,
+                shown: Vec::new(),
+            }
+        }
+
+        /// Runs the scheduler's clock to `until`, waking at each deadline.
+        fn run_to(&mut self, until: Instant) {
+            while let Some(at) = self.p.poll_timeout().filter(|&at| at <= until) {
+                while let Some((render, n)) = self.p.poll(at) {
+                    assert!(render <= at);
+                    self.shown.push((n, at));
+                }
+            }
+        }
+
+        /// Picture `n` arrives `transit` after its capture (or, in decode order, with the one
+        /// before it if that came later).
+        fn arrive(&mut self, n: u32, transit: Duration) {
+            let at = (self.t0 + FRAME * n + transit).max(self.last);
+            self.last = at;
+            self.run_to(at);
+            self.p.push(at, self.ts0.wrapping_add(n * TICKS), n);
+            self.run_to(at);
+        }
+
+        fn finish(&mut self) {
+            self.run_to(self.t0 + Duration::from_secs(3600));
+        }
+
+        /// Longest interval between two pictures shown.
+        fn longest_interval(&self) -> Duration {
+            self.shown
+                .windows(2)
+                .map(|w| w[1].1.saturating_duration_since(w[0].1))
+                .max()
+                .unwrap_or_default()
+        }
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// On a clean path (20 ms transit, a few ms of jitter, a keyframe paced out 40 ms late
+    /// now and then) nothing is held: each picture is shown the moment it is complete.
+    #[test]
+    fn a_clean_path_adds_no_delay() {
+        let mut r = Run::new(1234);
+        for n in 0..300 {
+            let jitter = ms(u64::from(n * 7 % 5));
+            let keyframe = if n % 90 == 45 { ms(40) } else { Duration::ZERO };
+            r.arrive(n, ms(20) + jitter + keyframe);
+            assert_eq!(r.p.held(), 0, "picture {n} held");
+        }
+        assert_eq!(r.p.target_delay(), Duration::ZERO);
+        assert_eq!(r.shown.len(), 300);
+        assert_eq!(r.p.stats().total_held, 0.0);
+    }
+
+    /// A repair that needs a second round (the picture and the two behind it, which wait
+    /// for it to be decoded, come 250 ms late) is a freeze the first time; the delay then
+    /// rises, and the same repair 2 s later leaves no interval over `mean + 150 ms`, with the
+    /// pictures in order.
+    #[test]
+    fn a_second_round_repair_is_covered_once_seen() {
+        let mut r = Run::new(0);
+        let repaired = |n: u32| match n % 60 {
+            // 250 ms late, the next two complete behind it (decode order).
+            30 => Some(ms(250)),
+            31 => Some(ms(250) - FRAME),
+            32 => Some(ms(250) - FRAME * 2),
+            _ => None,
+        };
+        for n in 0..240 {
+            r.arrive(n, ms(20) + repaired(n).unwrap_or_default());
+        }
+        r.finish();
+        assert_eq!(r.shown.len(), 240);
+        assert!(r.shown.windows(2).all(|w| w[0].0 + 1 == w[1].0), "in order");
+        let first_repair: Vec<_> = r.shown.iter().filter(|s| s.0 < 40).copied().collect();
+        let after: Vec<_> = r.shown.iter().filter(|s| s.0 >= 40).copied().collect();
+        let longest = |v: &[(u32, Instant)]| {
+            v.windows(2)
+                .map(|w| w[1].1.saturating_duration_since(w[0].1))
+                .max()
+                .unwrap_or_default()
+        };
+        assert!(
+            longest(&first_repair) >= ms(250),
+            "the first one is seen late"
+        );
+        assert!(
+            longest(&after) <= FRAME + TOLERANCE + ms(1),
+            "later repairs hidden: longest interval {:?}",
+            longest(&after)
+        );
+        let wanted = ms(250) - TOLERANCE;
+        assert!(
+            r.p.target_delay().abs_diff(wanted) <= ms(1),
+            "{:?}",
+            r.p.target_delay()
+        );
+        // The delay is what the repairs need, no more: a picture on time waits 200 ms.
+        assert!(r.p.stats().max_target <= ms(200));
+    }
+
+    /// The delay never goes over [`MAX_DELAY`] (a picture later still is shown at once), and
+    /// once no late picture is left in the window it falls slowly, never in a step.
+    #[test]
+    fn the_delay_is_capped_and_falls_slowly() {
+        let mut r = Run::new(u32::MAX - 100 * TICKS);
+        for n in 0..30 {
+            r.arrive(n, ms(20));
+        }
+        r.arrive(30, ms(1020));
+        assert_eq!(r.p.target_delay(), MAX_DELAY);
+        assert_eq!(r.p.stats().late, 1);
+        // Pictures after it, on time, wait the capped delay (the timestamps wrapped meanwhile).
+        let mut targets = Vec::new();
+        for n in 31..30 + 30 * 20 {
+            r.arrive(n, ms(20));
+            targets.push(r.p.target_delay());
+        }
+        r.finish();
+        let within_window = (LATENESS_WINDOW.as_secs_f64() * 30.0) as usize - 5;
+        assert!(targets[..within_window].iter().all(|&t| t == MAX_DELAY));
+        for w in targets.windows(2) {
+            assert!(w[1] <= w[0]);
+            assert!(
+                w[0] - w[1] <= FRAME.mul_f64(FALL_PER_SECOND) + ms(1),
+                "{w:?}"
+            );
+        }
+        assert!(
+            *targets.last().unwrap() < MAX_DELAY,
+            "falls after the window"
+        );
+        assert!(r.shown.windows(2).all(|w| w[0].0 + 1 == w[1].0), "in order");
+        assert!(
+            r.longest_interval() >= ms(600),
+            "the late one was shown late"
+        );
+    }
+
+    /// A stream whose timestamps jump back (the sender restarted it) does not leave every
+    /// later picture late: the timing starts over and the delay comes back down at once.
+    #[test]
+    fn a_restarted_stream_starts_the_timing_over() {
+        let mut p = VideoPlayout::new();
+        let t0 = Instant::now();
+        for n in 0..30u32 {
+            p.push(t0 + FRAME * n + ms(20), 900_000 + n * TICKS, n);
+        }
+        // Timestamps back by ten seconds' worth: pictures look 10 s late.
+        for n in 30..60u32 {
+            let at = t0 + FRAME * n + ms(20);
+            p.push(at, n * TICKS, n);
+            assert_eq!(p.target_delay(), Duration::ZERO, "picture {n}");
+            while p.poll(at).is_some() {}
+            assert_eq!(p.held(), 0);
+        }
+    }
+}
