@@ -12,12 +12,16 @@
 //!   jitter, the sender's pacing of a large frame, and above all the repairs (a NACK and its
 //!   retransmission, one round trip; a second round when one of them was lost), including
 //!   the wait of the pictures decoded after a repaired one.
-//! - The target delay is the largest lateness over the last [`LATENESS_WINDOW`] less
-//!   [`TOLERANCE`] (a picture that much behind its render time still leaves an interval under
-//!   the webrtc-stats freeze rule's `mean + 150 ms`, and on a clean path keyframes and pacing
-//!   stay under it, so the delay stays at zero there), capped at [`MAX_DELAY`]. It rises at
-//!   once with a late picture and falls by [`FALL_PER_SECOND`] once the late pictures left
-//!   the window, so a calm stretch between repairs does not drop it just before the next one.
+//! - The target delay is the [`LATENESS_QUANTILE`] of the lateness over the last
+//!   [`LATENESS_WINDOW`] less [`TOLERANCE`] (a picture that much behind its render time still
+//!   leaves an interval under the webrtc-stats freeze rule's `mean + 150 ms`, and on a clean
+//!   path keyframes and pacing stay under it, so the delay stays at zero there), capped at
+//!   [`MAX_DELAY`]. It rises at once with the late pictures and falls by [`FALL_PER_SECOND`]
+//!   once they left the window, so a calm stretch between repairs does not drop it just
+//!   before the next one. A quantile and not the largest: the few pictures later still (a
+//!   third repair round, a stall of the process) set the delay for seconds when the largest
+//!   did (a median 100–400 ms more glass to glass at 10 % loss), for no fewer freezes: those
+//!   left were pictures never sent or given up (docs/benchmarks.md, issue 14's tenth round).
 //! - A picture that comes after its render time is shown at once (and raises the delay);
 //!   order is never changed: a picture is never shown before the one before it.
 //!
@@ -37,8 +41,10 @@ const VIDEO_CLOCK_HZ: f64 = 90_000.0;
 /// queued pictures does not become the new "on time"; a path whose delay rose for longer than
 /// this (a new route) is then on time again.
 pub const TRANSIT_WINDOW: Duration = Duration::from_secs(20);
-/// How far back the largest lateness sets the target delay.
+/// How far back the lateness sets the target delay.
 pub const LATENESS_WINDOW: Duration = Duration::from_secs(10);
+/// Which quantile of the window's lateness the target delay covers (less [`TOLERANCE`]).
+pub const LATENESS_QUANTILE: f64 = 0.98;
 /// Lateness beyond its render time a picture may have without a freeze: its interval to the
 /// picture before stays under `mean + 150 ms` (webrtc-stats), with a margin for the driver's
 /// wake-ups.
@@ -73,8 +79,10 @@ pub struct VideoPlayout<T> {
     origin: Option<Instant>,
     /// (arrival, transit in seconds), increasing transits: the window's minimum is the front.
     transits: VecDeque<(Instant, f64)>,
-    /// (arrival, lateness), decreasing lateness: the window's maximum is the front.
+    /// (arrival, lateness) of the pictures in the window, oldest first.
     lateness: VecDeque<(Instant, Duration)>,
+    /// Scratch space for the quantile.
+    sorted: Vec<Duration>,
     target: Duration,
     /// When the target last changed (for its slow fall).
     updated: Option<Instant>,
@@ -112,6 +120,7 @@ impl<T> VideoPlayout<T> {
             origin: None,
             transits: VecDeque::new(),
             lateness: VecDeque::new(),
+            sorted: Vec::new(),
             target: Duration::ZERO,
             updated: None,
             last_render: None,
@@ -158,9 +167,6 @@ impl<T> VideoPlayout<T> {
         let lowest = self.transits.front().map_or(transit, |&(_, t)| t);
         let late = Duration::from_secs_f64((transit - lowest).max(0.0));
 
-        while self.lateness.back().is_some_and(|&(_, l)| l <= late) {
-            self.lateness.pop_back();
-        }
         self.lateness.push_back((now, late));
         self.update_target(now);
 
@@ -214,7 +220,7 @@ impl<T> VideoPlayout<T> {
         self.stats
     }
 
-    /// Updates the target delay from the window's largest lateness at `now`.
+    /// Updates the target delay from the window's lateness at `now`.
     fn update_target(&mut self, now: Instant) {
         while self
             .lateness
@@ -223,8 +229,16 @@ impl<T> VideoPlayout<T> {
         {
             self.lateness.pop_front();
         }
-        let largest = self.lateness.front().map_or(Duration::ZERO, |&(_, l)| l);
-        let wanted = largest.saturating_sub(TOLERANCE).min(MAX_DELAY);
+        self.sorted.clear();
+        self.sorted.extend(self.lateness.iter().map(|&(_, l)| l));
+        let covered = if self.sorted.is_empty() {
+            Duration::ZERO
+        } else {
+            let at = ((self.sorted.len() as f64 * LATENESS_QUANTILE) as usize)
+                .min(self.sorted.len() - 1);
+            *self.sorted.select_nth_unstable(at).1
+        };
+        let wanted = covered.saturating_sub(TOLERANCE).min(MAX_DELAY);
         let since = self
             .updated
             .map_or(Duration::ZERO, |u| now.saturating_duration_since(u));
@@ -354,57 +368,56 @@ mod tests {
             longest(&first_repair) >= ms(250),
             "the first one is seen late"
         );
+        // No freeze: an interval over max(3 × mean, mean + 150 ms) with a mean of 33 ms.
         assert!(
-            longest(&after) <= FRAME + TOLERANCE + ms(1),
+            longest(&after) <= FRAME + ms(100),
             "later repairs hidden: longest interval {:?}",
             longest(&after)
         );
-        let wanted = ms(250) - TOLERANCE;
-        assert!(
-            r.p.target_delay().abs_diff(wanted) <= ms(1),
-            "{:?}",
-            r.p.target_delay()
-        );
-        // The delay is what the repairs need, no more: a picture on time waits 200 ms.
-        assert!(r.p.stats().max_target <= ms(200));
+        // The delay is what the repairs need less the tolerance, no more.
+        let target = r.p.target_delay();
+        assert!(target >= ms(150) && target <= ms(200), "{target:?}");
+        assert!(r.p.stats().max_target <= ms(250) - TOLERANCE + ms(1));
     }
 
-    /// The delay never goes over [`MAX_DELAY`] (a picture later still is shown at once), and
-    /// once no late picture is left in the window it falls slowly, never in a step.
+    /// The delay never goes over [`MAX_DELAY`] (pictures later still are shown at once), and
+    /// once the late pictures left the window it falls slowly, never in a step.
     #[test]
     fn the_delay_is_capped_and_falls_slowly() {
         let mut r = Run::new(u32::MAX - 100 * TICKS);
         for n in 0..30 {
             r.arrive(n, ms(20));
         }
-        r.arrive(30, ms(1020));
+        // A stall: ten pictures a second late.
+        for n in 30..40 {
+            r.arrive(n, ms(1020));
+        }
         assert_eq!(r.p.target_delay(), MAX_DELAY);
-        assert_eq!(r.p.stats().late, 1);
+        assert!(r.p.stats().late >= 1);
+        let stalled = r.last;
         // Pictures after it, on time, wait the capped delay (the timestamps wrapped meanwhile).
         let mut targets = Vec::new();
-        for n in 31..30 + 30 * 20 {
+        for n in 40..40 + 30 * 20 {
             r.arrive(n, ms(20));
-            targets.push(r.p.target_delay());
+            targets.push((r.last, r.p.target_delay()));
         }
         r.finish();
-        let within_window = (LATENESS_WINDOW.as_secs_f64() * 30.0) as usize - 5;
-        assert!(targets[..within_window].iter().all(|&t| t == MAX_DELAY));
+        for &(at, target) in &targets {
+            if at < stalled + LATENESS_WINDOW - ms(500) {
+                assert_eq!(target, MAX_DELAY);
+            }
+        }
         for w in targets.windows(2) {
-            assert!(w[1] <= w[0]);
-            assert!(
-                w[0] - w[1] <= FRAME.mul_f64(FALL_PER_SECOND) + ms(1),
-                "{w:?}"
-            );
+            let (a, b) = (w[0].1, w[1].1);
+            assert!(b <= a);
+            assert!(a - b <= FRAME.mul_f64(FALL_PER_SECOND) + ms(1), "{w:?}");
         }
         assert!(
-            *targets.last().unwrap() < MAX_DELAY,
+            targets.last().unwrap().1 < MAX_DELAY,
             "falls after the window"
         );
         assert!(r.shown.windows(2).all(|w| w[0].0 + 1 == w[1].0), "in order");
-        assert!(
-            r.longest_interval() >= ms(600),
-            "the late one was shown late"
-        );
+        assert!(r.longest_interval() >= ms(600), "the stall was seen");
     }
 
     /// A stream whose timestamps jump back (the sender restarted it) does not leave every
