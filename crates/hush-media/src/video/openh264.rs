@@ -77,8 +77,7 @@ impl Default for OpenH264Tuning {
 /// OpenH264's safe API cannot change the bitrate of a running encoder, so
 /// [`set_rates`](VideoEncoder::set_rates) restarts it (one keyframe): for a drop of over 15 %
 /// at most every 0.5 s, for a rise of over 15 % only once it has lasted 3 s (see
-/// `video/restart.rs`). A new picture size restarts OpenH264 anyway (an IDR at the new
-/// size), so the wanted rates are applied with it, whatever the holds say.
+/// `video/restart.rs`).
 pub struct OpenH264Encoder {
     config: VideoEncoderConfig,
     tuning: OpenH264Tuning,
@@ -89,8 +88,6 @@ pub struct OpenH264Encoder {
     force_keyframe: bool,
     epoch: Option<Instant>,
     restarts: u64,
-    /// Size of the last picture encoded.
-    size: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for OpenH264Encoder {
@@ -158,7 +155,6 @@ impl OpenH264Encoder {
             force_keyframe: false,
             epoch: None,
             restarts: 0,
-            size: None,
         };
         enc.encoder = Some(enc.build()?);
         Ok(enc)
@@ -207,18 +203,13 @@ impl OpenH264Encoder {
         Encoder::with_api_config(OpenH264API::from_source(), ec).map_err(codec_err)
     }
 
-    /// Restarts the encoder if the [`RestartPolicy`] says a pending rate change is due, or
-    /// if the picture size changed (`resized`) and the rates did too: OpenH264 starts over
-    /// at a new size in any case, and one kept at the old, lower rate for a larger picture
-    /// (the ladder's step up, while a rise waits out its 3 s) skipped most pictures: 1 in 4
-    /// shown at 480x270 for over a second of a call at 10 % loss (docs/benchmarks.md, issue
-    /// 14's tenth round).
-    fn apply_rates(&mut self, resized: bool) -> Result<(), VideoError> {
+    /// Restarts the encoder if the [`RestartPolicy`] says a pending rate change is due.
+    fn apply_rates(&mut self) -> Result<(), VideoError> {
         let running = (self.config.bitrate_bps, self.config.framerate);
-        let due = self
+        if !self
             .policy
-            .restart_now(running, self.wanted, self.frames_since_start);
-        if !due && !(resized && running != self.wanted) {
+            .restart_now(running, self.wanted, self.frames_since_start)
+        {
             return Ok(());
         }
         let (bps, fps) = self.wanted;
@@ -243,10 +234,7 @@ impl VideoEncoder for OpenH264Encoder {
     }
 
     fn encode(&mut self, frame: &I420Frame) -> Result<Option<EncodedVideoFrame>, VideoError> {
-        let size = (frame.width(), frame.height());
-        let resized = self.size.is_some_and(|s| s != size);
-        self.size = Some(size);
-        self.apply_rates(resized)?;
+        self.apply_rates()?;
         let epoch = *self.epoch.get_or_insert(frame.capture_time);
         let ms = frame
             .capture_time
@@ -514,38 +502,6 @@ mod tests {
         for n in 0..30 {
             enc.encode(&picture(160, 96, 22 + n, t)).unwrap();
         }
-        assert_eq!(enc.restarts(), 1);
-    }
-
-    /// The ladder steps up to a larger picture while a rise still waits out its hold: the
-    /// new size takes the wanted rates at once (OpenH264 starts over at a new size anyway),
-    /// and the encoder, no longer held at the small picture's rate, skips nothing.
-    #[test]
-    fn a_new_picture_size_takes_the_wanted_rates_at_once() {
-        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
-            bitrate_bps: 150_000,
-            framerate: 15.0,
-            ..VideoEncoderConfig::default()
-        })
-        .unwrap();
-        let t = Instant::now();
-        for n in 0..15 {
-            enc.encode(&picture(320, 180, n, t + Duration::from_millis(66) * n))
-                .unwrap();
-        }
-        enc.set_rates(1_200_000, 20.0);
-        let mut out = 0;
-        for n in 15..35 {
-            let at = t + Duration::from_millis(66) * 15 + Duration::from_millis(50) * (n - 15);
-            out += usize::from(enc.encode(&picture(480, 270, n, at)).unwrap().is_some());
-        }
-        assert_eq!(enc.config().bitrate_bps, 1_200_000);
-        assert_eq!(enc.restarts(), 1);
-        assert!(out >= 19, "{out} of 20 pictures encoded at the new size");
-        // Same size, a rise: held again.
-        enc.set_rates(2_000_000, 20.0);
-        enc.encode(&picture(480, 270, 40, t + Duration::from_secs(3)))
-            .unwrap();
         assert_eq!(enc.restarts(), 1);
     }
 
