@@ -198,8 +198,8 @@ impl Call {
     /// its `capture_time`: render it now. A picture is decoded as soon as its frame is complete
     /// and then held until its capture time on the peer (mapped to the local clock through the
     /// fastest transit seen) plus a playout delay that follows what repairing lost packets
-    /// takes on this path: zero on a clean path, on a lossy one about the longest repair of
-    /// the last seconds less 50 ms, at most 400 ms
+    /// takes on this path: zero on a clean path, on a lossy one what all but the slowest 2 %
+    /// of the last 10 s of pictures needed, less 50 ms, at most 400 ms
     /// ([`hush_media::video::playout`]). So pictures keep their spacing through a repair
     /// instead of freezing and then coming in a burst; the price is that delay (on a path
     /// losing 10 %, ~100 ms more glass to glass). `None` after the call ended. Pictures the
