@@ -20,8 +20,9 @@
 //!   once they left the window, so a calm stretch between repairs does not drop it just
 //!   before the next one. A quantile and not the largest: the few pictures later still (a
 //!   third repair round, a stall of the process) set the delay for seconds when the largest
-//!   did (a median 100–400 ms more glass to glass at 10 % loss), for no fewer freezes: those
-//!   left were pictures never sent or given up (docs/benchmarks.md, issue 14's tenth round).
+//!   did (136–411 ms median glass to glass at 10 % loss, against 65–68 ms without the
+//!   scheduler), for no fewer freezes: those left were pictures never sent or given up
+//!   (docs/benchmarks.md, issue 14's tenth round).
 //! - A picture that comes after its render time is shown at once (and raises the delay);
 //!   order is never changed: a picture is never shown before the one before it.
 //!
