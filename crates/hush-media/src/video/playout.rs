@@ -54,8 +54,8 @@ pub const TOLERANCE: Duration = Duration::from_millis(50);
 /// picture held for it.
 pub const MAX_DELAY: Duration = Duration::from_millis(400);
 /// How fast the target delay falls once no picture in [`LATENESS_WINDOW`] needs it: pictures
-/// then come a tenth quicker than they were captured (30 ms apart instead of 33), which no
-/// one sees.
+/// then come a twentieth quicker than they were captured (31.7 ms apart instead of 33.3),
+/// which no one sees.
 pub const FALL_PER_SECOND: f64 = 0.05;
 
 /// Lateness beyond which a picture restarts the timing (see [`VideoPlayout::push`]): far over
