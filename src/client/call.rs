@@ -202,9 +202,9 @@ impl Call {
     /// of the last 10 s of pictures needed, less 50 ms, at most 400 ms
     /// ([`hush_media::video::playout`]). So pictures keep their spacing through a repair
     /// instead of freezing and then coming in a burst; the price is that delay (on a path
-    /// losing 10 %, 10–30 ms more glass to glass at the median). `None` after the call ended. Pictures the
-    /// application does not take in time are dropped (counted in
-    /// [`VideoStats::frames_dropped`]).
+    /// losing 10 %, about 30 ms more glass to glass at the median: docs/benchmarks.md, issue
+    /// 14's tenth round). `None` after the call ended. Pictures the application does not take
+    /// in time are dropped (counted in [`VideoStats::frames_dropped`]).
     pub async fn recv_video(&self) -> Option<I420Frame> {
         let v = self.video(false).ok()?;
         v.decoded.lock().await.recv().await
