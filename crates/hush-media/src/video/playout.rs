@@ -35,6 +35,7 @@ use std::time::Duration;
 use tracing::trace;
 
 use crate::time::Instant;
+use crate::wire::TsUnwrapper;
 
 /// The RTP clock rate of video.
 const VIDEO_CLOCK_HZ: f64 = 90_000.0;
@@ -74,8 +75,8 @@ struct Held<T> {
 #[derive(Debug)]
 pub struct VideoPlayout<T> {
     held: VecDeque<Held<T>>,
-    /// The last RTP timestamp pushed and its unwrapped value.
-    last_ts: Option<(u32, i64)>,
+    /// Extends the pictures' RTP timestamps past their wrap.
+    timestamps: TsUnwrapper,
     /// The local instant transits are counted from (the first push).
     origin: Option<Instant>,
     /// (arrival, transit in seconds), increasing transits: the window's minimum is the front.
@@ -117,7 +118,7 @@ impl<T> VideoPlayout<T> {
     pub fn new() -> Self {
         Self {
             held: VecDeque::new(),
-            last_ts: None,
+            timestamps: TsUnwrapper::default(),
             origin: None,
             transits: VecDeque::new(),
             lateness: VecDeque::new(),
@@ -135,12 +136,7 @@ impl<T> VideoPlayout<T> {
     /// restarted stream must not leave every later picture "late").
     pub fn push(&mut self, now: Instant, rtp_timestamp: u32, item: T) {
         let origin = *self.origin.get_or_insert(now);
-        let ext = match self.last_ts {
-            Some((ts, ext)) => ext + i64::from(rtp_timestamp.wrapping_sub(ts) as i32),
-            None => 0,
-        };
-        self.last_ts = Some((rtp_timestamp, ext));
-        let capture = ext as f64 / VIDEO_CLOCK_HZ;
+        let capture = self.timestamps.unwrap(rtp_timestamp) as f64 / VIDEO_CLOCK_HZ;
         let transit = now.saturating_duration_since(origin).as_secs_f64() - capture;
 
         // A picture this far behind the fastest is no repair: the sender's clock or the path
