@@ -1050,7 +1050,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
             };
             let bytes: Vec<String> = own.bytes_per_second.iter().map(u64::to_string).collect();
             format!(
-                ",\"video_setup_ms\":{:.1},\"video_setup_back_ms\":{:.1},\"video_pictures_offered\":{},\"video_kbps\":{:.1},\"video_bytes_per_second\":[{}],\"video_frames_sent\":{},\"video_frames_received\":{},\"video_frames_decoded\":{},\"g2g_median_ms\":{:.1},\"g2g_p95_ms\":{:.1},\"resolution_steps\":{},\"pauses\":{},\"freezes\":{},\"freezes_s\":{:.2},\"pli_sent\":{},\"frames_dropped\":{},\"video_frames_captured\":{},\"video_keyframes_sent\":{},\"keyframe_requests_received\":{},\"encode_ms\":{:.2},\"decode_ms\":{:.2},\"cpu_core_pct\":{:.1}{}",
+                ",\"video_setup_ms\":{:.1},\"video_setup_back_ms\":{:.1},\"video_pictures_offered\":{},\"video_kbps\":{:.1},\"video_bytes_per_second\":[{}],\"video_frames_sent\":{},\"video_frames_received\":{},\"video_frames_decoded\":{},\"g2g_median_ms\":{:.1},\"g2g_p95_ms\":{:.1},\"resolution_steps\":{},\"pauses\":{},\"freezes\":{},\"freezes_s\":{:.2},\"pli_sent\":{},\"frames_dropped\":{},\"video_frames_captured\":{},\"video_keyframes_sent\":{},\"keyframe_requests_received\":{},\"encode_ms\":{:.2},\"decode_ms\":{:.2},\"sync_skew_ms\":{},\"sync_audio_delay_ms\":{:.1},\"sync_video_delay_ms\":{:.1},\"cpu_core_pct\":{:.1}{}",
                 since_offer(seen.first),
                 since_offer(own.first),
                 own.offered,
@@ -1072,6 +1072,10 @@ async fn run(args: Args) -> Result<bool, Failure> {
                 sent.keyframe_requests_received,
                 sent.encode_ms_mean,
                 recv.decode_ms_mean,
+                recv.sync_skew_ms
+                    .map_or_else(|| "null".to_owned(), |s| format!("{s:.1}")),
+                recv.sync_audio_delay.as_secs_f64() * 1e3,
+                recv.sync_video_delay.as_secs_f64() * 1e3,
                 cpu.unwrap_or(-1.0),
                 step_report(&args.steps, seen, full),
             )

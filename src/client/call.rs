@@ -203,8 +203,12 @@ impl Call {
     /// ([`hush_media::video::playout`]). So pictures keep their spacing through a repair
     /// instead of freezing and then coming in a burst; the price is that delay (on a path
     /// losing 10 %, about 30 ms more glass to glass at the median: docs/benchmarks.md, issue
-    /// 14's tenth round). `None` after the call ended. Pictures the application does not take
-    /// in time are dropped (counted in [`VideoStats::frames_dropped`]).
+    /// 14's tenth round). Pictures are also held in step with the call's sound (lip sync,
+    /// [`hush_media::sync`]): when the audio waits longer for its repairs than the video, the
+    /// pictures wait as long (and the other way round), so a picture is shown with the sound
+    /// captured with it, within 30 ms ([`VideoStats::sync_skew_ms`]). `None` after the call
+    /// ended. Pictures the application does not take in time are dropped (counted in
+    /// [`VideoStats::frames_dropped`]).
     pub async fn recv_video(&self) -> Option<I420Frame> {
         let v = self.video(false).ok()?;
         v.decoded.lock().await.recv().await

@@ -669,6 +669,7 @@ fn set_codecs(path: &mut MediaPath) {
 fn video_stats(v: &mut VideoState, path: Option<&MediaPath>, now: Instant) -> VideoStats {
     let c = path.map(MediaPath::video_stats).unwrap_or_default();
     let repair = path.map(|p| p.session().video_repair()).unwrap_or_default();
+    let sync = path.map(MediaPath::lip_sync).unwrap_or_default();
     let target = path
         .and_then(|p| p.session().encoder_target())
         .filter(|_| !v.sender.paused())
@@ -710,5 +711,8 @@ fn video_stats(v: &mut VideoState, path: Option<&MediaPath>, now: Instant) -> Vi
         retransmissions_refused_congested: repair.refused_congested,
         retransmissions_refused_budget: repair.refused_budget,
         gap_timeouts: repair.gap_timeouts,
+        sync_skew_ms: sync.skew.map(|s| s * 1e3),
+        sync_audio_delay: sync.audio_delay,
+        sync_video_delay: sync.video_delay,
     }
 }

@@ -131,6 +131,14 @@ pub struct VideoStats {
     /// Times the receiver gave up waiting for missing video packets (its gap timer) and asked
     /// for a keyframe.
     pub gap_timeouts: u64,
+    /// Lip sync: how far the received picture trails the sound played with it, in
+    /// milliseconds (the median of the last second; negative when the picture is ahead);
+    /// `None` before both were received. Kept within 30 ms by delaying the earlier one.
+    pub sync_skew_ms: Option<f64>,
+    /// Delay added to the received audio to play in step with the video.
+    pub sync_audio_delay: Duration,
+    /// Delay added to the received video to show in step with the audio.
+    pub sync_video_delay: Duration,
 }
 
 impl VideoStats {
@@ -147,7 +155,7 @@ impl VideoStats {
             QualityLimitation::Bandwidth => 1,
             QualityLimitation::Cpu => 2,
         };
-        let rows: [(&str, &str, &str, f64); 28] = [
+        let rows: [(&str, &str, &str, f64); 30] = [
             (
                 "frames_encoded_total",
                 "counter",
@@ -316,11 +324,31 @@ impl VideoStats {
                 "Times the receiver gave up on missing video packets.",
                 self.gap_timeouts as f64,
             ),
+            (
+                "sync_audio_delay_seconds",
+                "gauge",
+                "Delay added to received audio for lip sync.",
+                self.sync_audio_delay.as_secs_f64(),
+            ),
+            (
+                "sync_video_delay_seconds",
+                "gauge",
+                "Delay added to received video for lip sync.",
+                self.sync_video_delay.as_secs_f64(),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
             out.push_str(&format!(
                 "# HELP hush_video_{name} {help}\n# TYPE hush_video_{name} {kind}\nhush_video_{name}{l} {value}\n"
+            ));
+        }
+        if let Some(skew) = self.sync_skew_ms {
+            out.push_str(&format!(
+                "# HELP hush_video_sync_skew_seconds How far received video trails its audio.\n\
+                 # TYPE hush_video_sync_skew_seconds gauge\n\
+                 hush_video_sync_skew_seconds{l} {}\n",
+                skew / 1e3
             ));
         }
         out

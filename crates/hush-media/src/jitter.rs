@@ -166,6 +166,7 @@ pub struct JitterBuffer {
     last_arrival: Option<Instant>,
     transits: VecDeque<f64>,
     extra_delay: Duration,
+    sync_delay: Duration,
     /// How long playout has waited, with nothing buffered, for the frame now due.
     underrun_wait: Duration,
     out: VecDeque<Playout>,
@@ -196,6 +197,7 @@ impl JitterBuffer {
             last_arrival: None,
             transits: VecDeque::new(),
             extra_delay: Duration::ZERO,
+            sync_delay: Duration::ZERO,
             underrun_wait: Duration::ZERO,
             out: VecDeque::new(),
             stats: JitterStats::default(),
@@ -210,6 +212,12 @@ impl JitterBuffer {
     /// Extra delay on top of the measured jitter, e.g. to leave time for a retransmission.
     pub fn set_extra_delay(&mut self, extra: Duration) {
         self.extra_delay = extra;
+    }
+
+    /// Delay added to the target, beyond its bounds, to play in step with the call's video
+    /// ([`crate::sync::LipSync`]).
+    pub fn set_sync_delay(&mut self, delay: Duration) {
+        self.sync_delay = delay;
     }
 
     /// Whether to produce [`Playout::Fec`] for missing frames.
@@ -232,7 +240,8 @@ impl JitterBuffer {
     /// p95, with headroom) plus the extra delay, within the configured bounds. Until ten
     /// packets are measured it is at least the initial delay, and already more when the first
     /// packets show jitter: a call may start with no delay at all and grow it only when the
-    /// path shows it is needed.
+    /// path shows it is needed. The sync delay ([`set_sync_delay`](Self::set_sync_delay)) is
+    /// added last.
     pub fn target_delay(&self) -> Duration {
         let measured = self.jitter_p95().mul_f64(self.config.headroom.max(0.0)) + self.extra_delay;
         let target = if self.transits.len() < 10 {
@@ -240,7 +249,7 @@ impl JitterBuffer {
         } else {
             measured
         };
-        target.clamp(self.config.min_delay, self.config.max_delay)
+        target.clamp(self.config.min_delay, self.config.max_delay) + self.sync_delay
     }
 
     fn min_transit(&self) -> f64 {

@@ -79,6 +79,7 @@ pub mod rtp;
 mod session;
 pub mod sim;
 pub mod stats;
+pub mod sync;
 mod time;
 pub mod video;
 mod wire;

@@ -191,6 +191,14 @@ pub struct MediaSession {
     last_pli: Option<Instant>,
     twcc_rx: crate::cc::TwccRecorder,
     last_sr: Option<(u32, Instant)>,
+    /// The peer's audio and video clocks, from its latest sender reports (lip sync).
+    remote_clocks: [Option<crate::sync::SenderClock>; 2],
+    /// The timestamp of the last audio frame handed to [`send_audio`](Self::send_audio), and
+    /// when: the audio's clock, for sender reports.
+    audio_clock: Option<(u32, Instant)>,
+    /// Video packets and payload octets sent (the video sender report's counts).
+    video_packets_sent: u32,
+    video_octets_sent: u32,
     rtt: Option<Duration>,
     remote_loss: f64,
     /// `remote_loss` smoothed over reports.
@@ -293,6 +301,10 @@ impl MediaSession {
             last_pli: None,
             twcc_rx: crate::cc::TwccRecorder::default(),
             last_sr: None,
+            remote_clocks: [None; 2],
+            audio_clock: None,
+            video_packets_sent: 0,
+            video_octets_sent: 0,
             rtt: None,
             remote_loss: 0.0,
             remote_loss_smoothed: 0.0,
@@ -382,6 +394,7 @@ impl MediaSession {
     /// bandwidth, or they are not single-frame Opus packets) go out in separate packets.
     pub fn send_audio(&mut self, now: Instant, frame: &[u8], level: Option<AudioLevel>) {
         let ts = self.audio_ts;
+        self.audio_clock = Some((ts, now));
         self.audio_ts = self.audio_ts.wrapping_add(self.audio_ts_step());
         if !self.audio_pending.is_empty() && !self.joins_pending(frame) {
             self.flush_audio(now);
@@ -484,7 +497,7 @@ impl MediaSession {
     /// With [`VideoPayload::H264`] the frame is an Annex B access unit (packetized per RFC 6184;
     /// `keyframe` is then read from the stream by the receiver, not sent).
     pub fn send_video(&mut self, now: Instant, frame: &[u8], keyframe: bool) {
-        let ts = (now.saturating_duration_since(self.start).as_secs_f64() * 90_000.0) as u32;
+        let ts = self.video_ts(now);
         let format = self.config.video_payload;
         let Some(pz) = self.video_pz.as_mut() else {
             return;
@@ -497,6 +510,10 @@ impl MediaSession {
             if let Some(rtx) = self.video_rtx.as_mut() {
                 rtx.on_sent(now, &packet);
             }
+            self.video_packets_sent = self.video_packets_sent.wrapping_add(1);
+            self.video_octets_sent = self
+                .video_octets_sent
+                .wrapping_add(packet.payload.len() as u32);
             self.send_rtp(now, packet, None, 0);
         }
     }
@@ -781,6 +798,26 @@ impl MediaSession {
     /// (right after a link got slower the pushback held video under it for over a second).
     pub fn video_bps_without_pushback(&self) -> u32 {
         self.video_bps_unpushed
+    }
+
+    /// The RTP timestamp of video sent at `now` (90 kHz from the session's start).
+    fn video_ts(&self, now: Instant) -> u32 {
+        (now.saturating_duration_since(self.start).as_secs_f64() * 90_000.0) as u32
+    }
+
+    /// The peer's clock of its audio or video stream, from its latest RTCP sender report:
+    /// what [`crate::sync::LipSync`] plays the two in step by. `None` before one came.
+    pub fn remote_sender_clock(
+        &self,
+        stream: crate::sync::SyncStream,
+    ) -> Option<crate::sync::SenderClock> {
+        self.remote_clocks[stream as usize]
+    }
+
+    /// Adds `delay` to the audio's playout delay, to play in step with the video
+    /// ([`crate::sync::LipSync`]).
+    pub fn set_audio_sync_delay(&mut self, delay: Duration) {
+        self.jitter.set_sync_delay(delay);
     }
 
     /// Loss the peer reports on what we send (fraction, smoothed over its reports).

@@ -4,6 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::{protection, MediaSession};
 use crate::rtcp::{write_compound, ReceiverReport, ReportBlock, RtcpPacket, Sdes, SenderReport};
+use crate::sync::SyncStream;
 use crate::Instant;
 
 /// Seconds from 1900 (NTP era 0) to 1970.
@@ -70,22 +71,47 @@ impl MediaSession {
     pub(super) fn send_report(&mut self, now: Instant) {
         let reports = self.report_blocks(now);
         let ssrc = self.config.local_audio.ssrc;
-        let first = if self.audio_sent_any {
+        let ntp_time = self.ntp(now);
+        let mut packets = Vec::with_capacity(3);
+        packets.push(if self.audio_sent_any {
+            // The audio's timestamp now: the last frame's, plus the time since it was handed
+            // over (RFC 3550 §6.4.1: the RTP time of the same instant as the NTP time).
+            let rtp_time = self.audio_clock.map_or(self.last_rtp_ts, |(ts, at)| {
+                let since = now.saturating_duration_since(at).as_secs_f64();
+                ts.wrapping_add((since * f64::from(self.config.jitter.clock_rate)) as u32)
+            });
             RtcpPacket::SenderReport(SenderReport {
                 ssrc,
-                ntp_time: self.ntp(now),
-                rtp_time: self.last_rtp_ts,
-                packet_count: self.packets_sent,
-                octet_count: self.octets_sent,
+                ntp_time,
+                rtp_time,
+                // The audio's own counts: the video has its report.
+                packet_count: self.packets_sent.wrapping_sub(self.video_packets_sent),
+                octet_count: self.octets_sent.wrapping_sub(self.video_octets_sent),
                 reports,
             })
         } else {
             RtcpPacket::ReceiverReport(ReceiverReport { ssrc, reports })
-        };
-        let sdes = RtcpPacket::Sdes(Sdes {
-            chunks: vec![(ssrc, self.config.cname.as_bytes().to_vec())],
         });
-        self.send_rtcp(now, write_compound(&[first, sdes]));
+        if let Some(video) = self
+            .config
+            .local_video
+            .filter(|_| self.video_packets_sent > 0)
+        {
+            // The video's own report ties its timestamps to the same wall clock: the peer
+            // plays the two streams in step by it (lip sync).
+            packets.push(RtcpPacket::SenderReport(SenderReport {
+                ssrc: video.ssrc,
+                ntp_time,
+                rtp_time: self.video_ts(now),
+                packet_count: self.video_packets_sent,
+                octet_count: self.video_octets_sent,
+                reports: Vec::new(),
+            }));
+        }
+        packets.push(RtcpPacket::Sdes(Sdes {
+            chunks: vec![(ssrc, self.config.cname.as_bytes().to_vec())],
+        }));
+        self.send_rtcp(now, write_compound(&packets));
     }
 
     pub(super) fn send_feedback(&mut self, now: Instant) {
@@ -107,8 +133,17 @@ impl MediaSession {
         for p in packets {
             match p {
                 RtcpPacket::SenderReport(sr) => {
+                    let clock = |clock_rate| crate::sync::SenderClock {
+                        ntp: sr.ntp_time,
+                        rtp: sr.rtp_time,
+                        clock_rate,
+                    };
                     if sr.ssrc == self.config.remote_audio.ssrc {
                         self.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+                        self.remote_clocks[SyncStream::Audio as usize] =
+                            Some(clock(self.config.jitter.clock_rate));
+                    } else if self.config.remote_video.is_some_and(|v| v.ssrc == sr.ssrc) {
+                        self.remote_clocks[SyncStream::Video as usize] = Some(clock(90_000));
                     }
                     self.on_report_blocks(now, &sr.reports);
                 }

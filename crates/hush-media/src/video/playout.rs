@@ -86,6 +86,8 @@ pub struct VideoPlayout<T> {
     /// Scratch space for the quantile.
     sorted: Vec<Duration>,
     target: Duration,
+    /// Added to every render time, to show pictures in step with the sound.
+    sync_delay: Duration,
     /// When the target last changed (for its slow fall).
     updated: Option<Instant>,
     /// The render time of the last picture pushed (render times never go back).
@@ -124,6 +126,7 @@ impl<T> VideoPlayout<T> {
             lateness: VecDeque::new(),
             sorted: Vec::new(),
             target: Duration::ZERO,
+            sync_delay: Duration::ZERO,
             updated: None,
             last_render: None,
             stats: PlayoutStats::default(),
@@ -168,7 +171,9 @@ impl<T> VideoPlayout<T> {
         self.update_target(now);
 
         // On time: its capture mapped through the lowest transit, plus the target delay.
-        let on_time = now.checked_sub(late).map_or(now, |t| t + self.target);
+        let on_time = now
+            .checked_sub(late)
+            .map_or(now, |t| t + self.target + self.sync_delay);
         let render = self.last_render.map_or(on_time, |r| on_time.max(r));
         if render < now {
             self.stats.late += 1;
@@ -202,9 +207,16 @@ impl<T> VideoPlayout<T> {
         self.held.front().map(|h| h.render)
     }
 
-    /// The delay added now beyond the lowest transit.
+    /// The delay added now beyond the lowest transit (the sync delay not included).
     pub fn target_delay(&self) -> Duration {
         self.target
+    }
+
+    /// Delay added to the render times of the pictures pushed from now on, to show them in
+    /// step with the call's sound ([`crate::sync::LipSync`]). A smaller one than before shows
+    /// the next pictures sooner, never before the ones already scheduled.
+    pub fn set_sync_delay(&mut self, delay: Duration) {
+        self.sync_delay = delay;
     }
 
     /// Pictures held now.
