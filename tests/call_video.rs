@@ -158,6 +158,11 @@ async fn video_both_ways_camera_off_and_on_and_mute_reach_the_peer() {
     assert!(prom.contains("hush_video_frames_decoded_total{call=\"1\"}"));
     assert!(prom.contains("hush_video_sent_bitrate_bps{call=\"1\"}"));
     assert!(prom.contains("hush_video_retransmissions_refused_congested_total{call=\"1\"}"));
+    // Lip sync measured picture against sound (sender reports of both streams) and, on
+    // loopback, found them within what it leaves alone.
+    let skew = v.sync_skew_ms.expect("lip sync measured");
+    assert!(skew.abs() < 60.0, "{v:?}");
+    assert!(prom.contains("hush_video_sync_skew_seconds{call=\"1\"}"));
     a.hangup().expect("hangup");
 }
 
