@@ -42,6 +42,10 @@ pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(500);
 const MIN_SAMPLES: usize = 5;
 /// An audio latency older than this is not the audio playing now (muted, stalled).
 const AUDIO_STALE: Duration = Duration::from_millis(200);
+/// A skew beyond this is no path's: a clock not yet reported again (a sender's audio
+/// timestamps stand still while it is muted, and its report after unmuting moves them on).
+/// Such an interval changes nothing.
+const IMPLAUSIBLE_SKEW: Duration = Duration::from_secs(2);
 
 /// Seconds from the NTP era to the given NTP time (the 64-bit fixed-point format).
 fn ntp_secs(ntp: u64) -> f64 {
@@ -215,13 +219,15 @@ impl LipSync {
     }
 
     fn update(&mut self) {
-        let (audio, video) = if self.skews.len() < MIN_SAMPLES {
-            // Not both streams flowing: no sync to keep.
-            self.correcting = false;
-            (Duration::ZERO, Duration::ZERO)
-        } else {
+        let median = (self.skews.len() >= MIN_SAMPLES).then(|| {
             let mid = self.skews.len() / 2;
-            let skew = *self.skews.select_nth_unstable_by(mid, f64::total_cmp).1;
+            *self.skews.select_nth_unstable_by(mid, f64::total_cmp).1
+        });
+        self.skews.clear();
+        if median.is_some_and(|m| m.abs() > IMPLAUSIBLE_SKEW.as_secs_f64()) {
+            return;
+        }
+        let (audio, video) = if let Some(skew) = median {
             self.stats.skew = Some(skew);
             // What the streams differ by without the sync delays.
             let own = skew - self.video_delay.as_secs_f64() + self.audio_delay.as_secs_f64();
@@ -238,8 +244,11 @@ impl LipSync {
                 (true, true) => (hold, Duration::ZERO),
                 (true, false) => (Duration::ZERO, hold),
             }
+        } else {
+            // Not both streams flowing: no sync to keep.
+            self.correcting = false;
+            (Duration::ZERO, Duration::ZERO)
         };
-        self.skews.clear();
         self.audio_delay = step_towards(self.audio_delay, audio);
         self.video_delay = step_towards(self.video_delay, video);
         self.stats.audio_delay = self.audio_delay;
@@ -346,6 +355,19 @@ mod tests {
             s.handle_timeout(at);
         }
         assert_eq!(s.video_delay(), before - MAX_STEP * 3);
+    }
+
+    #[test]
+    fn an_implausible_skew_changes_nothing() {
+        let (mut s, t0) = synced();
+        run(&mut s, t0, 0, 8, 270, 100);
+        let held = s.video_delay();
+        assert!(held > Duration::from_millis(150));
+        // The sender's audio timestamps stood still for 5 s (muted) and its next report has
+        // not come: the audio looks 5 s late for a second.
+        run(&mut s, t0, 8, 1, 5_270, 100);
+        assert_eq!(s.video_delay(), held);
+        assert_eq!(s.audio_delay(), Duration::ZERO);
     }
 
     #[test]
