@@ -364,8 +364,8 @@ mod tests {
         let held = s.video_delay();
         assert!(held > Duration::from_millis(150));
         // The sender's audio timestamps stood still for 5 s (muted) and its next report has
-        // not come: the audio looks 5 s late for a second.
-        run(&mut s, t0, 8, 1, 5_270, 100);
+        // not come: the audio looks 5 s late for a second (measured by the update at 9 s).
+        run(&mut s, t0, 8, 2, 5_270, 100);
         assert_eq!(s.video_delay(), held);
         assert_eq!(s.audio_delay(), Duration::ZERO);
     }
