@@ -3,11 +3,11 @@
 //! A receiver plays audio behind a jitter buffer sized for the repairs audio needs, and shows
 //! video behind a render-time scheduler sized for the repairs video needs
 //! ([`crate::video::playout`]). The two delays differ: at 10 % loss on a 40 ms path the audio
-//! waits ~270 ms (two retransmission rounds, its bursts) and the picture 50–160 ms, so the
-//! picture ran up to 220 ms ahead of the sound — over what viewers accept (ITU-R BT.1359:
-//! sound later than picture is noticed from about 125 ms). [`LipSync`] measures the
-//! difference and holds the earlier stream back by it, as libwebrtc's stream synchronization
-//! does.
+//! waits 150 ms (two retransmission rounds) and the picture 65–105 ms, so the picture ran
+//! 54–86 ms ahead of the sound in virtual time and 62–121 ms in real calls — near what
+//! viewers notice (ITU-R BT.1359: sound after the picture from about 125 ms, sound before it
+//! from 45 ms). [`LipSync`] measures the difference and holds the earlier stream back by it,
+//! as libwebrtc's stream synchronization does.
 //!
 //! - **A common clock.** Both streams of a sender are stamped by its own clocks; its RTCP sender
 //!   reports tie each stream's RTP timestamps to one wall clock (NTP time, RFC 3550 §6.4.1).
