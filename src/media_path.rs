@@ -932,7 +932,10 @@ mod av_sync_tests {
                 .filter(|w| w[0].0 > 1.0)
                 .map(|w| w[1].0 - w[0].0)
                 .fold(0.0, f64::max);
-            assert!(longest < 0.150, "seed {seed}: {longest:.3} s without a picture");
+            assert!(
+                longest < 0.150,
+                "seed {seed}: {longest:.3} s without a picture"
+            );
             assert!(stats.skew.is_some(), "{stats:?}");
             let (lo, hi) = p
                 .clock_offsets
