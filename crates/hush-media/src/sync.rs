@@ -20,7 +20,8 @@
 //!   less the sync delays in place, is what the streams differ by on their own. Beyond
 //!   [`TOLERANCE`] the earlier stream is held back by all of it (the later one never waits
 //!   less than its repairs need), moving at most [`MAX_STEP`] an update so the audio stretches
-//!   and the pictures slow down unnoticed, and at most [`MAX_SYNC_DELAY`]. Without both
+//!   and the pictures slow down unnoticed, and at most [`MAX_SYNC_DELAY`] for the pictures,
+//!   [`MAX_AUDIO_SYNC_DELAY`] for the sound (it is what the conversation waits for). Without both
 //!   streams flowing (camera off, muted) the delays go back to zero at the same pace.
 
 use std::time::Duration;
@@ -36,8 +37,12 @@ pub const TOLERANCE: Duration = Duration::from_millis(30);
 /// frames a second, a picture is shown at most 50 ms later than its predecessor's spacing
 /// (under the webrtc-stats freeze rule's `mean + 150 ms`).
 pub const MAX_STEP: Duration = Duration::from_millis(50);
-/// Most delay added to either stream for sync.
+/// Most delay added to the video for sync.
 pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(500);
+/// Most delay added to the audio for sync: the sound is what the conversation waits for, and
+/// one-way delays over 150–200 ms make people talk over each other (ITU-T G.114); a picture
+/// further behind than this stays behind.
+pub const MAX_AUDIO_SYNC_DELAY: Duration = Duration::from_millis(200);
 /// Pictures measured in an interval before it counts.
 const MIN_SAMPLES: usize = 5;
 /// An audio latency older than this is not the audio playing now (muted, stalled).
@@ -237,12 +242,12 @@ impl LipSync {
                 TOLERANCE
             };
             self.correcting = own.abs() > bound.as_secs_f64();
-            let hold = Duration::from_secs_f64(own.abs()).min(MAX_SYNC_DELAY);
+            let hold = Duration::from_secs_f64(own.abs());
             match (self.correcting, own > 0.0) {
                 (false, _) => (Duration::ZERO, Duration::ZERO),
                 // The picture trails: hold the sound.
-                (true, true) => (hold, Duration::ZERO),
-                (true, false) => (Duration::ZERO, hold),
+                (true, true) => (hold.min(MAX_AUDIO_SYNC_DELAY), Duration::ZERO),
+                (true, false) => (Duration::ZERO, hold.min(MAX_SYNC_DELAY)),
             }
         } else {
             // Not both streams flowing: no sync to keep.
@@ -355,6 +360,16 @@ mod tests {
             s.handle_timeout(at);
         }
         assert_eq!(s.video_delay(), before - MAX_STEP * 3);
+    }
+
+    #[test]
+    fn the_sound_is_held_less_than_the_picture_can_be() {
+        let (mut s, t0) = synced();
+        run(&mut s, t0, 0, 12, 40, 640);
+        assert_eq!(s.audio_delay(), MAX_AUDIO_SYNC_DELAY);
+        let (mut s, t0) = synced();
+        run(&mut s, t0, 0, 12, 640, 40);
+        assert_eq!(s.video_delay(), MAX_SYNC_DELAY);
     }
 
     #[test]
