@@ -93,7 +93,7 @@ mod tests {
         for i in 30..60u64 {
             w.observe(
                 t0 + Duration::from_millis(i * 100),
-                counters(150 + (i - 30) * 3, (i - 30), 0),
+                counters(150 + (i - 30) * 3, i - 30, 0),
             );
         }
         assert!((w.unrepaired_loss(0.12) - 0.03).abs() < 1e-6);
