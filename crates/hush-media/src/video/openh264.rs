@@ -213,8 +213,8 @@ impl OpenH264Encoder {
     /// the new size with the small picture's rate (a rise is held for 3 s by the policy) and
     /// skip 1 picture in 4 at the larger one, 200-430 ms between pictures right after the step
     /// (docs/benchmarks.md, issue 14's tenth and eleventh rounds). Above that rate the step
-    /// keeps it: an encoder taking the full wanted rate at every step up made the queue a
-    /// link drop right after has to drain longer (the virtual bandwidth-step case). The
+    /// keeps it: taking the wanted rates at every step up lengthened the gap at a link drop
+    /// 3 s later in the virtual bandwidth-step case (0.49 to 0.56 s, cause not found). The
     /// policy's hold clock is not reset: a drop right after the step still applies at once.
     fn apply_size(&mut self, size: (u32, u32)) -> Result<(), VideoError> {
         let area = |s: (u32, u32)| u64::from(s.0) * u64::from(s.1);
