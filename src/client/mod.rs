@@ -23,6 +23,7 @@ mod group;
 mod media;
 mod turn;
 mod video;
+mod video_repair;
 
 use std::time::Duration;
 

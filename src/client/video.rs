@@ -10,6 +10,7 @@ use hush_media::video::ladder::{LadderChange, LadderConfig, LadderInput, Quality
 use hush_media::video::{ladder::VideoLadder, I420Frame};
 use tracing::debug;
 
+use super::video_repair::{RepairCounters, RepairWatch};
 use crate::media_path::MediaPath;
 
 /// How a call carries video.
@@ -481,6 +482,8 @@ pub(crate) struct VideoSender {
     pub(crate) held_pictures: u64,
     /// (when, bytes) of the frames encoded over the last second.
     sent_bytes: std::collections::VecDeque<(Instant, usize)>,
+    /// How much of the peer's reported loss the retransmissions leave (the ladder's step up).
+    repair: RepairWatch,
 }
 
 /// A run of pictures held back for a full queue.
@@ -534,6 +537,7 @@ impl VideoSender {
             held: None,
             held_pictures: 0,
             sent_bytes: std::collections::VecDeque::new(),
+            repair: RepairWatch::default(),
         }
     }
 
@@ -592,14 +596,21 @@ impl VideoSender {
         }
     }
 
-    /// Feeds the engine's video rate, the peer's loss report and the encoder's time; returns
-    /// what changed.
-    pub(crate) fn update(&mut self, now: Instant, video_bps: u32, loss: f32) -> Option<SendChange> {
+    /// Feeds the engine's video rate, the peer's loss report (before repair, and the part
+    /// of it repair left) and the encoder's time; returns what changed.
+    pub(crate) fn update(
+        &mut self,
+        now: Instant,
+        video_bps: u32,
+        loss: f32,
+        unrepaired_loss: f32,
+    ) -> Option<SendChange> {
         let change = self.ladder.update(
             now,
             LadderInput {
                 video_bps,
                 loss,
+                unrepaired_loss,
                 encode_ms: self.encode_ms,
             },
         )?;
@@ -631,6 +642,16 @@ impl VideoSender {
             target.video_bps
         };
         let loss = path.session().remote_loss_smoothed() as f32;
+        let repair = path.session().video_repair();
+        self.repair.observe(
+            now,
+            RepairCounters {
+                resent: repair.retransmissions_sent,
+                refused: repair.refused_budget + repair.refused_congested,
+                keyframe_requests: path.video_stats().keyframe_requests_received,
+            },
+        );
+        let unrepaired = self.repair.unrepaired_loss(loss);
         // The congestion window's pushback while a queue drains (right after the link got
         // slower) is not the link's rate: it must not count towards going audio-only, or the
         // drain paused video for the whole resume delay (docs/benchmarks.md round 7). The
@@ -638,7 +659,7 @@ impl VideoSender {
         let floor = LadderConfig::default().audio_only_below;
         let unpushed = path.session().video_bps_without_pushback();
         let ladder_bps = video_bps.max(unpushed.min(floor));
-        let change = self.update(now, ladder_bps, loss);
+        let change = self.update(now, ladder_bps, loss, unrepaired);
         if !self.paused {
             // Below the floor but not yet paused (the ladder's grace period), the lowest rung
             // goes on at the floor rate rather than at the rate it had before the drop.
@@ -870,10 +891,13 @@ mod tests {
         }
         assert!((18..=21).contains(&sent), "{sent} of 30 at 20 fps");
         // The link collapses: the lowest rung for the 1 s grace, then paused, nothing admitted.
-        assert_eq!(s.update(t0, 10_000, 0.0), Some(SendChange::Rung));
+        assert_eq!(s.update(t0, 10_000, 0.0, 0.0), Some(SendChange::Rung));
         assert_eq!(s.rung(), Some((320, 180, 15.0)));
         let later = t0 + Duration::from_millis(1100);
-        assert_eq!(s.update(later, 10_000, 0.0), Some(SendChange::Paused(true)));
+        assert_eq!(
+            s.update(later, 10_000, 0.0, 0.0),
+            Some(SendChange::Paused(true))
+        );
         assert_eq!(
             s.admit(t0 + Duration::from_secs(2), (640, 360)),
             Admit::Skip
