@@ -32,6 +32,7 @@
 mod acked;
 pub mod delay;
 mod feedback;
+mod link_rate;
 mod probe;
 mod rate;
 
@@ -45,6 +46,7 @@ use std::time::Duration;
 use crate::rtcp::TransportFeedback;
 use crate::Instant;
 use acked::Delivered;
+use link_rate::SerializationRate;
 use probe::{Conditions, ProbeResult, Prober};
 use rate::{AimdRate, BETA};
 
@@ -173,6 +175,8 @@ pub struct CongestionController {
     /// capacity sample's, before any probe), or the newest arrivals' while a queue stands if
     /// lower; bits per second.
     delivered_bps: Option<f64>,
+    /// The link's rate from the packets' own transmission times (slow links only).
+    serialization: SerializationRate,
 }
 
 impl CongestionController {
@@ -209,6 +213,7 @@ impl CongestionController {
             last_reported: None,
             deepest_queue_ms: 0.0,
             delivered_bps: None,
+            serialization: SerializationRate::default(),
         }
     }
 
@@ -424,6 +429,7 @@ impl CongestionController {
             let send_us = self.send_us(r.send_time);
             let d = recv - send_us;
             self.owd.push_back((recv, d));
+            self.serialization.on_arrival(recv, r.size, d);
             added += 1;
             lowest = Some(lowest.map_or(d, |l| l.min(d)));
             if newest.is_none_or(|(t, _)| r.send_time >= t) {
@@ -604,8 +610,24 @@ impl CongestionController {
             }
             return;
         }
-        let Some(acked) = acked else { return };
         let grown = self.delay.rate() * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
+        // On a slow link the packets' own transmission times show its rate before the sender
+        // fills it (the acknowledged rate only shows what was sent): fast start ends before
+        // its next step would pass the link. The rate goes where a cut would take it, β ×
+        // the link (room for what the start queued to drain), and the link's rate becomes the
+        // capacity, which the rate then rises to within 95 % of. The cut at the first queue
+        // takes β × the acknowledged rate instead, which on a 24 kbps link was 18–21 kbps:
+        // the capacity stayed there and the encoder at 8–12 kbps for two seconds.
+        if let Some(link) = self.serialization.rate_bps().filter(|l| grown > BETA * l) {
+            let ceiling = acked.map_or(f64::MAX, |a| FAST_START_GAIN * a + 10_000.0);
+            let rate = (BETA * link).min(self.delay.rate().max(ceiling));
+            tracing::debug!(link, rate, "fast start ends at the link's rate");
+            self.fast_start = false;
+            self.delay.settle(rate, link);
+            self.loss_rate = self.loss_rate.max(rate);
+            return;
+        }
+        let Some(acked) = acked else { return };
         let rate = grown.min(FAST_START_GAIN * acked + 10_000.0);
         self.delay.raise_to(rate);
         self.loss_rate = self.loss_rate.max(self.delay.rate());
@@ -799,5 +821,70 @@ mod tests {
             end as f64 >= 0.95 * before as f64,
             "{before} bps before the stall, {end} 2 s after"
         );
+    }
+
+    /// Audio-like packets (80 ms apart, 100–300 bytes: about 21 kbps) from a 24 kbps start
+    /// with fast start, over a link of `link_bps` with 50 ms each way; feedback every 250 ms.
+    /// Returns the highest target over the first 2 s, the target at their end and the link
+    /// capacity known then.
+    fn audio_start(link_bps: f64) -> (u64, u64, Option<u64>) {
+        const SIZES: [usize; 12] = [100, 100, 104, 180, 285, 270, 240, 300, 210, 160, 290, 250];
+        let t0 = Instant::now();
+        let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
+        let mut cc = CongestionController::new(CcConfig {
+            start_bps: 24_000,
+            fast_start: true,
+            probing: false,
+            ..CcConfig::default()
+        });
+        let mut rec = TwccRecorder::default();
+        let mut free_at = 0.0f64;
+        let mut arriving: Vec<(f64, u16)> = Vec::new();
+        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        let mut highest = 0;
+        for ms in 0..2000u64 {
+            let now = at(ms as f64);
+            if ms % 80 == 0 {
+                let size = SIZES[(ms / 80) as usize % SIZES.len()];
+                let seq = cc.on_packet_sent(now, size, None);
+                free_at = free_at.max(ms as f64) + size as f64 * 8e3 / link_bps;
+                arriving.push((free_at + 50.0, seq));
+            }
+            arriving.retain(|&(t, seq)| {
+                if t <= ms as f64 {
+                    rec.record(at(t), seq);
+                }
+                t > ms as f64
+            });
+            if ms % 250 == 0 {
+                if let Some(fb) = rec.build(1, 2) {
+                    feedback.push((ms + 50, fb));
+                }
+            }
+            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
+                let (_, fb) = feedback.remove(0);
+                cc.on_feedback(now, &fb);
+            }
+            highest = highest.max(cc.target_bps());
+        }
+        (highest, cc.target_bps(), cc.link_capacity_bps())
+    }
+
+    #[test]
+    fn fast_start_stops_under_a_slow_link_it_has_not_filled() {
+        // The sender stays under the link, so no queue shows: only the packets' transmission
+        // times tell that a doubling would overflow it.
+        let (highest, end, capacity) = audio_start(24_000.0);
+        assert!(
+            highest <= 24_000,
+            "fast start rose to {highest} bps on 24 kbps"
+        );
+        assert!((19_000..=23_000).contains(&end), "{end} bps at 2 s");
+        // The link's rate is the capacity the rate rises to, not the ~21 kbps sent.
+        let capacity = capacity.expect("a capacity");
+        assert!((23_000..=25_000).contains(&capacity), "capacity {capacity}");
+        // On a fast path it still doubles.
+        let (highest, _, _) = audio_start(1_000_000.0);
+        assert!(highest >= 40_000, "{highest} bps on 1 Mbps");
     }
 }
