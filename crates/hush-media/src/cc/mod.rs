@@ -550,6 +550,11 @@ impl CongestionController {
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
         };
+        let capacity_sample = if self.fast_start {
+            self.with_link_rate(capacity_sample)
+        } else {
+            capacity_sample
+        };
         // A queue still growing well past where the last cut left it: that cut was above the
         // link, cut again (GCC's decrease repeats while overuse lasts).
         let queue_grew = self.queue_delay_ms > self.cut_queue_ms + QUEUE_GROWTH_MS;
@@ -603,7 +608,8 @@ impl CongestionController {
             tracing::debug!(rate = self.target_bps(), ?acked, "fast start ends");
             self.fast_start = false;
             if self.delay.last_overuse().is_none() {
-                self.delay.on_overuse(now, acked, self.rtt, false);
+                let sample = self.with_link_rate(acked);
+                self.delay.on_overuse(now, sample, self.rtt, false);
                 self.loss_rate = self
                     .loss_rate
                     .min(self.delay.rate().max(self.loss_rate * 0.5));
@@ -612,25 +618,40 @@ impl CongestionController {
         }
         let grown = self.delay.rate() * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
         // On a slow link the packets' own transmission times show its rate before the sender
-        // fills it (the acknowledged rate only shows what was sent): fast start ends before
-        // its next step would pass the link. The rate goes where a cut would take it, β ×
-        // the link (room for what the start queued to drain), and the link's rate becomes the
-        // capacity, which the rate then rises to within 95 % of. The cut at the first queue
-        // takes β × the acknowledged rate instead, which on a 24 kbps link was 18–21 kbps:
-        // the capacity stayed there and the encoder at 8–12 kbps for two seconds.
-        if let Some(link) = self.serialization.rate_bps().filter(|l| grown > BETA * l) {
-            let ceiling = acked.map_or(f64::MAX, |a| FAST_START_GAIN * a + 10_000.0);
-            let rate = (BETA * link).min(self.delay.rate().max(ceiling));
-            tracing::debug!(link, rate, "fast start ends at the link's rate");
-            self.fast_start = false;
-            self.delay.settle(rate, link);
-            self.loss_rate = self.loss_rate.max(rate);
+        // fills it (the acknowledged rate only shows what was sent): fast start stops short of
+        // it, at the rate a cut would take (β × the link, room for what the start queued to
+        // drain), and the link's rate becomes the capacity, which the rate then rises to
+        // within 95 % of. The cut at the first queue takes β × the acknowledged rate instead,
+        // which on a 24 kbps link was 18–21 kbps: the capacity stayed there and the encoder
+        // at 8–12 kbps for two seconds.
+        let ceiling = acked.map_or(f64::MAX, |a| FAST_START_GAIN * a + 10_000.0);
+        if let Some(link) = self.serialization.rate_bps() {
+            let stop = BETA * link;
+            if grown >= stop && (ceiling >= stop || self.delay.rate() >= stop) {
+                tracing::debug!(link, "fast start ends at the link's rate");
+                self.fast_start = false;
+                self.delay.settle(stop, link);
+                self.loss_rate = self.loss_rate.max(stop);
+                return;
+            }
+        }
+        if acked.is_none() {
             return;
         }
-        let Some(acked) = acked else { return };
-        let rate = grown.min(FAST_START_GAIN * acked + 10_000.0);
+        let rate = grown.min(ceiling);
         self.delay.raise_to(rate);
         self.loss_rate = self.loss_rate.max(self.delay.rate());
+    }
+
+    /// The capacity sample at fast start's first queue: the acknowledged rate, or the link's
+    /// rate from the packets' transmission times where that is higher. The acknowledged rate
+    /// is what the sender sent over the last 250 ms of arrivals, which after a quiet start is
+    /// well under the link (a 24 kbps call was cut to 11 kbps, and took 8 s to climb back).
+    fn with_link_rate(&self, acked: Option<f64>) -> Option<f64> {
+        match (acked, self.serialization.rate_bps()) {
+            (Some(a), Some(l)) => Some(a.max(l)),
+            (a, l) => a.or(l),
+        }
     }
 
     /// Whether an overuse now is our last probe's doing: it started moments ago, and our
@@ -823,12 +844,15 @@ mod tests {
         );
     }
 
-    /// Audio-like packets (80 ms apart, 100–300 bytes: about 21 kbps) from a 24 kbps start
-    /// with fast start, over a link of `link_bps` with 50 ms each way; feedback every 250 ms.
-    /// Returns the highest target over the first 2 s, the target at their end and the link
-    /// capacity known then.
-    fn audio_start(link_bps: f64) -> (u64, u64, Option<u64>) {
-        const SIZES: [usize; 12] = [100, 100, 104, 180, 285, 270, 240, 300, 210, 160, 290, 250];
+    /// Sizes of 80 ms audio packets in a call's first second: quiet, then speech (about
+    /// 21 kbps).
+    const SPEECH: [usize; 12] = [100, 100, 104, 180, 285, 270, 240, 300, 210, 160, 290, 250];
+
+    /// Audio-like packets of `sizes` (in turn), 80 ms apart, from a 24 kbps start with fast
+    /// start, over a link of `link_bps` with 50 ms each way; feedback every 250 ms. Returns
+    /// the highest target over the first 2 s, the target at their end and the link capacity
+    /// known then.
+    fn audio_start(link_bps: f64, sizes: &[usize]) -> (u64, u64, Option<u64>) {
         let t0 = Instant::now();
         let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
         let mut cc = CongestionController::new(CcConfig {
@@ -845,7 +869,7 @@ mod tests {
         for ms in 0..2000u64 {
             let now = at(ms as f64);
             if ms % 80 == 0 {
-                let size = SIZES[(ms / 80) as usize % SIZES.len()];
+                let size = sizes[(ms / 80) as usize % sizes.len()];
                 let seq = cc.on_packet_sent(now, size, None);
                 free_at = free_at.max(ms as f64) + size as f64 * 8e3 / link_bps;
                 arriving.push((free_at + 50.0, seq));
@@ -874,7 +898,7 @@ mod tests {
     fn fast_start_stops_under_a_slow_link_it_has_not_filled() {
         // The sender stays under the link, so no queue shows: only the packets' transmission
         // times tell that a doubling would overflow it.
-        let (highest, end, capacity) = audio_start(24_000.0);
+        let (highest, end, capacity) = audio_start(24_000.0, &SPEECH);
         assert!(
             highest <= 24_000,
             "fast start rose to {highest} bps on 24 kbps"
@@ -884,7 +908,19 @@ mod tests {
         let capacity = capacity.expect("a capacity");
         assert!((23_000..=25_000).contains(&capacity), "capacity {capacity}");
         // On a fast path it still doubles.
-        let (highest, _, _) = audio_start(1_000_000.0);
+        let (highest, _, _) = audio_start(1_000_000.0, &SPEECH);
         assert!(highest >= 40_000, "{highest} bps on 1 Mbps");
+    }
+
+    #[test]
+    fn fast_start_cut_after_a_quiet_start_takes_the_link_rate() {
+        // Quiet, then loud packets above the link: the first queue shows while the
+        // acknowledged rate still holds the quiet ones (about 15 kbps); the cut comes from the
+        // link's 24 kbps instead.
+        let sizes: Vec<usize> = [60; 5].into_iter().chain([300; 20]).collect();
+        let (_, end, capacity) = audio_start(24_000.0, &sizes);
+        assert!(end >= 19_000, "{end} bps at 2 s");
+        let capacity = capacity.expect("a capacity");
+        assert!(capacity >= 22_000, "capacity {capacity}");
     }
 }
