@@ -181,8 +181,8 @@ impl MediaPath {
         let n = self.encoded.len();
         self.session.send_audio(now, &self.encoded, None);
         self.protect_transmits();
-        // The engine may announce a new target as it takes the frame (its first one, or the
-        // congestion window's pushback): the codec takes it now, before the application's
+        // The engine may announce a new target as it takes the frame (its first one, or, with
+        // video, the congestion window's pushback): the codec takes it now, before the application's
         // `poll_event` could take it past the codec.
         self.run_codecs(now);
         Ok(n)
