@@ -185,6 +185,10 @@ impl MediaPath {
         let n = self.encoded.len();
         self.session.send_audio(now, &self.encoded, None);
         self.protect_transmits();
+        // The engine may announce a new target as it takes the frame (its first one, or, with
+        // video, the congestion window's pushback): the codec takes it now, before the application's
+        // `poll_event` could take it past the codec.
+        self.run_codecs(now);
         Ok(n)
     }
 
@@ -685,6 +689,55 @@ mod tests {
             }
         }
         assert!(decoded >= 48, "{decoded} of 50 frames decoded");
+    }
+
+    /// The engine announces its first target as it takes the first frame, and an
+    /// application polls events right after sending, as the client's media task does: the
+    /// codec must have taken the target by then. (It used to stay at the 32 kbps it was
+    /// created with until the next target, which came from a timer or a packet.)
+    #[test]
+    fn the_codec_takes_targets_announced_as_a_frame_is_sent() {
+        use hush_media::codec::Codec as _;
+        let (ak, _) = test_keys();
+        let t0 = Instant::now();
+        let mut config = SessionConfig::default();
+        // A 24 kbps start (a slow link's): the encoder's share is far under 32 kbps.
+        config.cc.start_bps = 24_000;
+        let mut alice = MediaPath::new(&ak, config, t0).unwrap();
+        alice.set_audio_codec(OpusCodec::new(1, 20, 32_000).unwrap());
+        let mut unchanged = OpusCodec::new(1, 20, 32_000).unwrap();
+        let (mut sent, mut at_32k) = (0, 0);
+        let mut target = None;
+        for n in 0..50u32 {
+            let now = t0 + Duration::from_millis(u64::from(n) * 20);
+            let pcm: Vec<i16> = (0..960u32)
+                .map(|i| {
+                    let t = f64::from(n * 960 + i);
+                    ((t * 0.0575).sin() * 6000.0
+                        + (t * 0.31).sin() * 3000.0
+                        + (t * 1.7).sin() * 1500.0) as i16
+                })
+                .collect();
+            let n_sent = alice.send_pcm(now, &pcm).unwrap();
+            let mut reference = Vec::new();
+            unchanged.encode(&pcm, &mut reference).unwrap();
+            if n >= 10 {
+                sent += n_sent;
+                at_32k += reference.len();
+            }
+            while alice.poll_datagram().is_some() {}
+            while let Some(e) = alice.poll_event() {
+                if let Event::EncoderTarget(t) = e {
+                    target = Some(t.audio_bps);
+                }
+            }
+        }
+        let target = target.expect("a target announced");
+        assert!(target < 24_000, "{target}");
+        assert!(
+            (sent as f64) < 0.8 * at_32k as f64,
+            "{sent} bytes sent at a {target} bps target, {at_32k} at 32 kbps"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@
 mod acked;
 pub mod delay;
 mod feedback;
+mod link_rate;
 mod probe;
 mod rate;
 
@@ -45,6 +46,7 @@ use std::time::Duration;
 use crate::rtcp::TransportFeedback;
 use crate::Instant;
 use acked::Delivered;
+use link_rate::SerializationRate;
 use probe::{Conditions, ProbeResult, Prober};
 use rate::{AimdRate, BETA};
 
@@ -173,6 +175,8 @@ pub struct CongestionController {
     /// capacity sample's, before any probe), or the newest arrivals' while a queue stands if
     /// lower; bits per second.
     delivered_bps: Option<f64>,
+    /// The link's rate from the packets' own transmission times (slow links only).
+    serialization: SerializationRate,
 }
 
 impl CongestionController {
@@ -209,6 +213,7 @@ impl CongestionController {
             last_reported: None,
             deepest_queue_ms: 0.0,
             delivered_bps: None,
+            serialization: SerializationRate::default(),
         }
     }
 
@@ -424,6 +429,7 @@ impl CongestionController {
             let send_us = self.send_us(r.send_time);
             let d = recv - send_us;
             self.owd.push_back((recv, d));
+            self.serialization.on_arrival(recv, r.size, d);
             added += 1;
             lowest = Some(lowest.map_or(d, |l| l.min(d)));
             if newest.is_none_or(|(t, _)| r.send_time >= t) {
@@ -544,6 +550,11 @@ impl CongestionController {
             (Some(a), Some(p)) => Some(a.max(p)),
             (a, p) => a.or(p),
         };
+        let capacity_sample = if self.fast_start {
+            self.with_link_rate(capacity_sample)
+        } else {
+            capacity_sample
+        };
         // A queue still growing well past where the last cut left it: that cut was above the
         // link, cut again (GCC's decrease repeats while overuse lasts).
         let queue_grew = self.queue_delay_ms > self.cut_queue_ms + QUEUE_GROWTH_MS;
@@ -597,18 +608,61 @@ impl CongestionController {
             tracing::debug!(rate = self.target_bps(), ?acked, "fast start ends");
             self.fast_start = false;
             if self.delay.last_overuse().is_none() {
-                self.delay.on_overuse(now, acked, self.rtt, false);
+                let sample = self.with_link_rate(acked);
+                self.delay.on_overuse(now, sample, self.rtt, false);
                 self.loss_rate = self
                     .loss_rate
                     .min(self.delay.rate().max(self.loss_rate * 0.5));
             }
             return;
         }
-        let Some(acked) = acked else { return };
         let grown = self.delay.rate() * 2f64.powf(dt / FAST_START_DOUBLING_SECS);
-        let rate = grown.min(FAST_START_GAIN * acked + 10_000.0);
+        // On a slow link the packets' own transmission times show its rate before the sender
+        // fills it (the acknowledged rate only shows what was sent): fast start stops short of
+        // it, at the rate a cut would take (β × the link, room for what the start queued to
+        // drain), and the link's rate becomes the capacity, which the rate then rises to
+        // within 95 % of. The cut at the first queue takes β × the acknowledged rate instead,
+        // which on a 24 kbps link was 18–21 kbps: the capacity stayed there and the encoder
+        // at 8–12 kbps for two seconds.
+        let ceiling = acked.map_or(f64::MAX, |a| FAST_START_GAIN * a + 10_000.0);
+        if let Some(link) = self.link_rate(acked) {
+            let stop = BETA * link;
+            if grown >= stop && (ceiling >= stop || self.delay.rate() >= stop) {
+                tracing::debug!(link, "fast start ends at the link's rate");
+                self.fast_start = false;
+                self.delay.settle(stop, link);
+                self.loss_rate = self.loss_rate.max(stop);
+                return;
+            }
+        }
+        if acked.is_none() {
+            return;
+        }
+        let rate = grown.min(ceiling);
         self.delay.raise_to(rate);
         self.loss_rate = self.loss_rate.max(self.delay.rate());
+    }
+
+    /// The link's rate from the packets' transmission times, unless the acknowledged rate is
+    /// higher: the path has delivered that much, so the estimate then came from packets that
+    /// all met a queue, which only lie above the no-queue line (one 24 kbps call read 13.3
+    /// kbps with 20.7 acknowledged and fast start stopped at 11.3; docs/benchmarks.md, issue
+    /// 17, eleventh round).
+    fn link_rate(&self, acked: Option<f64>) -> Option<f64> {
+        self.serialization
+            .rate_bps()
+            .filter(|link| acked.is_none_or(|a| *link >= a))
+    }
+
+    /// The capacity sample at fast start's first queue: the acknowledged rate, or the link's
+    /// rate from the packets' transmission times where that is higher. The acknowledged rate
+    /// is what the sender sent over the last 250 ms of arrivals, which after a quiet start is
+    /// well under the link (a 24 kbps call was cut to 11 kbps, and took 8 s to climb back).
+    fn with_link_rate(&self, acked: Option<f64>) -> Option<f64> {
+        match (acked, self.serialization.rate_bps()) {
+            (Some(a), Some(l)) => Some(a.max(l)),
+            (a, l) => a.or(l),
+        }
     }
 
     /// Whether an overuse now is our last probe's doing: it started moments ago, and our
@@ -799,5 +853,105 @@ mod tests {
             end as f64 >= 0.95 * before as f64,
             "{before} bps before the stall, {end} 2 s after"
         );
+    }
+
+    /// Sizes of 80 ms audio packets in a call's first second: quiet, then speech (about
+    /// 21 kbps).
+    const SPEECH: [usize; 12] = [100, 100, 104, 180, 285, 270, 240, 300, 210, 160, 290, 250];
+
+    /// Audio-like packets of `sizes` (in turn), 80 ms apart, from a 24 kbps start with fast
+    /// start, over a link of `link_bps` with 50 ms each way; feedback every 250 ms. Returns
+    /// the highest target over the first 2 s, the target at their end and the link capacity
+    /// known then.
+    fn audio_start(link_bps: f64, sizes: &[usize]) -> (u64, u64, Option<u64>) {
+        let t0 = Instant::now();
+        let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
+        let mut cc = CongestionController::new(CcConfig {
+            start_bps: 24_000,
+            fast_start: true,
+            probing: false,
+            ..CcConfig::default()
+        });
+        let mut rec = TwccRecorder::default();
+        let mut free_at = 0.0f64;
+        let mut arriving: Vec<(f64, u16)> = Vec::new();
+        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        let mut highest = 0;
+        for ms in 0..2000u64 {
+            let now = at(ms as f64);
+            if ms % 80 == 0 {
+                let size = sizes[(ms / 80) as usize % sizes.len()];
+                let seq = cc.on_packet_sent(now, size, None);
+                free_at = free_at.max(ms as f64) + size as f64 * 8e3 / link_bps;
+                arriving.push((free_at + 50.0, seq));
+            }
+            arriving.retain(|&(t, seq)| {
+                if t <= ms as f64 {
+                    rec.record(at(t), seq);
+                }
+                t > ms as f64
+            });
+            if ms % 250 == 0 {
+                if let Some(fb) = rec.build(1, 2) {
+                    feedback.push((ms + 50, fb));
+                }
+            }
+            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
+                let (_, fb) = feedback.remove(0);
+                cc.on_feedback(now, &fb);
+            }
+            highest = highest.max(cc.target_bps());
+        }
+        (highest, cc.target_bps(), cc.link_capacity_bps())
+    }
+
+    #[test]
+    fn fast_start_stops_under_a_slow_link_it_has_not_filled() {
+        // The sender stays under the link, so no queue shows: only the packets' transmission
+        // times tell that a doubling would overflow it.
+        let (highest, end, capacity) = audio_start(24_000.0, &SPEECH);
+        assert!(
+            highest <= 24_000,
+            "fast start rose to {highest} bps on 24 kbps"
+        );
+        assert!((19_000..=23_000).contains(&end), "{end} bps at 2 s");
+        // The link's rate is the capacity the rate rises to, not the ~21 kbps sent.
+        let capacity = capacity.expect("a capacity");
+        assert!((23_000..=25_000).contains(&capacity), "capacity {capacity}");
+        // On a fast path it still doubles.
+        let (highest, _, _) = audio_start(1_000_000.0, &SPEECH);
+        assert!(highest >= 40_000, "{highest} bps on 1 Mbps");
+    }
+
+    #[test]
+    fn fast_start_cut_after_a_quiet_start_takes_the_link_rate() {
+        // Quiet, then loud packets above the link: the first queue shows while the
+        // acknowledged rate still holds the quiet ones (about 15 kbps); the cut comes from the
+        // link's 24 kbps instead.
+        let sizes: Vec<usize> = [60; 5].into_iter().chain([300; 20]).collect();
+        let (_, end, capacity) = audio_start(24_000.0, &sizes);
+        assert!(end >= 19_000, "{end} bps at 2 s");
+        let capacity = capacity.expect("a capacity");
+        assert!(capacity >= 22_000, "capacity {capacity}");
+    }
+
+    #[test]
+    fn a_link_rate_under_the_acknowledged_rate_is_not_taken() {
+        // Small and large packets on a 13.3 kbps line, as packets that all met a queue read
+        // on a 24 kbps link in one call's start, with 20.7 kbps acknowledged.
+        let mut cc = CongestionController::new(CcConfig::default());
+        for i in 0..6 {
+            let size = if i % 2 == 0 { 100 } else { 300 };
+            cc.serialization.on_arrival(
+                i * 80_000,
+                size,
+                50_000 + size as i64 * 8_000_000 / 13_300,
+            );
+        }
+        let link = cc.serialization.rate_bps().expect("a rate");
+        assert!((12_000.0..14_500.0).contains(&link), "{link}");
+        assert_eq!(cc.link_rate(Some(20_700.0)), None);
+        assert_eq!(cc.link_rate(Some(12_000.0)), Some(link));
+        assert_eq!(cc.link_rate(None), Some(link));
     }
 }

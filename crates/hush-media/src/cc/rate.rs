@@ -133,6 +133,15 @@ impl AimdRate {
         }
     }
 
+    /// Fast start ends before the path showed a queue, on a measured link rate: the rate
+    /// becomes `bps` and `link_bps` the capacity, which the rate then rises to within 95 %
+    /// of (as after an overuse) rather than multiplicatively.
+    pub(super) fn settle(&mut self, bps: f64, link_bps: f64) {
+        self.capacity.on_overuse(link_bps);
+        self.rate = bps;
+        self.state = State::Hold;
+    }
+
     /// Clamps the rate into `[min, max]`.
     pub(super) fn clamp(&mut self, min: f64, max: f64) {
         self.rate = self.rate.clamp(min, max);

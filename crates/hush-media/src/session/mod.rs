@@ -832,7 +832,24 @@ impl MediaSession {
 
     /// The congestion controller's encoder rate less our own RTCP: what the media may send.
     fn media_rate(&self, rtcp_bps: f64) -> f64 {
-        media_rate_of(self.cc.encoder_bps() as f64, rtcp_bps)
+        media_rate_of(self.encoder_rate(), rtcp_bps)
+    }
+
+    /// The rate the encoders share: with video, the congestion controller's encoder rate (its
+    /// target less the congestion window's pushback); without video, the target itself. An
+    /// audio-only call is at most 32 kbps of Opus, and the window it would be pushed back by
+    /// measures feedback's spacing more than a queue: on a slow path feedback comes up to 1 s
+    /// apart, a lost one doubles that, and with the codec following every pushback step
+    /// (each announced as a frame is sent) a 24 kbps call at 10 % loss held its encoder at
+    /// 0.2–0.4 of its target for seven seconds, 0.6–0.8 for five without loss
+    /// (docs/benchmarks.md, issue 17, eleventh round). The queue itself is the delay-based
+    /// rate's to answer.
+    fn encoder_rate(&self) -> f64 {
+        if self.video_pz.is_some() {
+            self.cc.encoder_bps() as f64
+        } else {
+            self.cc.target_bps() as f64
+        }
     }
 
     /// The audio's share of [`media_rate`](Self::media_rate), headers included: all of it
@@ -850,7 +867,7 @@ impl MediaSession {
     /// covers everything we send on the path, so our own RTCP comes off it first, and the
     /// retransmissions the peer's losses call for (`rtx_bps` sent over the last second).
     fn allocate(&self, rtcp_bps: f64, rtx_bps: f64) -> EncoderTarget {
-        self.allocate_at(self.cc.encoder_bps() as f64, rtcp_bps, rtx_bps)
+        self.allocate_at(self.encoder_rate(), rtcp_bps, rtx_bps)
     }
 
     /// [`allocate`](Self::allocate) of `encoder_bps` rather than the congestion controller's

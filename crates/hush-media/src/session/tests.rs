@@ -909,6 +909,33 @@ fn an_audio_only_encoder_is_asked_for_a_tenth_more_than_its_share_at_silk_rates(
 }
 
 #[test]
+fn an_audio_only_encoder_takes_the_target_when_feedback_is_late() {
+    // On a slow path feedback comes up to 1 s apart and a lost one doubles that: the bytes
+    // sent meanwhile overfill the congestion window with no queue on the path. With the
+    // codec following every pushback step, a 24 kbps call at 10 % loss held its encoder at
+    // 0.2–0.4 of the target for seconds. Audio alone takes the target itself.
+    let t0 = Instant::now();
+    let mut config = crate::SessionConfig::default();
+    config.cc.start_bps = 24_000;
+    config.max_audio_packet = Duration::from_millis(120);
+    let mut s = super::MediaSession::new(config, t0);
+    // 1.5 s of 20 ms frames and no feedback.
+    for i in 0..75 {
+        let now = t0 + Duration::from_millis(20 * i);
+        s.send_audio(now, &[0x55; 40], None);
+        while s.poll_transmit().is_some() {}
+    }
+    let cc = s.congestion_controller();
+    assert!(
+        cc.encoder_bps() * 2 < cc.target_bps(),
+        "{} outstanding, no pushback to ride out",
+        cc.outstanding_bytes()
+    );
+    let target = s.encoder_target().expect("a target");
+    assert!(target.audio_bps >= 14_000, "{target:?}");
+}
+
+#[test]
 fn an_rtt_seeded_from_ice_does_not_shrink_the_congestion_window() {
     // ICE's checks are small packets, and behind the facade's simulated link they skipped
     // it (0.3 ms on a 100 ms path): a congestion window planned on that pushed the encoder
