@@ -572,6 +572,35 @@ pub fn live_keyed_paths() -> usize {
     LIVE_PATHS.load(Ordering::Relaxed)
 }
 
+/// Test helper: runs both paths' timers at `now` and carries their datagrams over two
+/// simulated links (`links.0` from the first path to the second, `links.1` back).
+#[cfg(test)]
+pub(crate) fn exchange_over(
+    now: Instant,
+    (a, b): (&mut MediaPath, &mut MediaPath),
+    (ab, ba): (
+        &mut hush_media::sim::NetSim<Vec<u8>>,
+        &mut hush_media::sim::NetSim<Vec<u8>>,
+    ),
+) {
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    while let Some(d) = a.poll_datagram() {
+        ab.handle_packet(now, d);
+    }
+    while let Some(d) = b.poll_datagram() {
+        ba.handle_packet(now, d);
+    }
+    ab.handle_timeout(now);
+    ba.handle_timeout(now);
+    while let Some(d) = ab.poll_transmit() {
+        let _ = b.handle_datagram(now, d);
+    }
+    while let Some(d) = ba.poll_transmit() {
+        let _ = a.handle_datagram(now, d);
+    }
+}
+
 /// Two mirrored sets of media keys from a real key exchange, for doc examples, tests and benches
 /// (feature `test-hooks`).
 #[cfg(any(test, feature = "test-hooks"))]
@@ -910,22 +939,7 @@ mod av_sync_tests {
                 );
                 video_n += 1;
             }
-            a.handle_timeout(now);
-            b.handle_timeout(now);
-            while let Some(d) = a.poll_datagram() {
-                ab.handle_packet(now, d);
-            }
-            while let Some(d) = b.poll_datagram() {
-                ba.handle_packet(now, d);
-            }
-            ab.handle_timeout(now);
-            ba.handle_timeout(now);
-            while let Some(d) = ab.poll_transmit() {
-                let _ = b.handle_datagram(now, d);
-            }
-            while let Some(d) = ba.poll_transmit() {
-                let _ = a.handle_datagram(now, d);
-            }
+            exchange_over(now, (&mut a, &mut b), (&mut ab, &mut ba));
             while a.poll_event().is_some() {}
             let secs = t.as_secs_f64();
             while let Some(e) = b.poll_event() {

@@ -1057,22 +1057,7 @@ mod tests {
                 n += 1;
                 next_video += 1.0 / 30.0;
             }
-            a.handle_timeout(now);
-            b.handle_timeout(now);
-            while let Some(d) = a.poll_datagram() {
-                ab.handle_packet(now, d);
-            }
-            while let Some(d) = b.poll_datagram() {
-                ba.handle_packet(now, d);
-            }
-            ab.handle_timeout(now);
-            ba.handle_timeout(now);
-            while let Some(d) = ab.poll_transmit() {
-                let _ = b.handle_datagram(now, d);
-            }
-            while let Some(d) = ba.poll_transmit() {
-                let _ = a.handle_datagram(now, d);
-            }
+            crate::media_path::exchange_over(now, (&mut a, &mut b), (&mut ab, &mut ba));
             while let Some(p) = b.poll_video() {
                 got.push((t, p.width()));
             }

@@ -232,11 +232,8 @@ impl OpenH264Encoder {
             ?size,
             "OpenH264 takes the wanted rates at a larger picture"
         );
-        self.config.bitrate_bps = bps;
-        self.config.framerate = fps;
-        self.encoder = Some(self.build()?);
+        self.rebuild_at(bps, fps)?;
         self.policy = RestartPolicy::default();
-        self.restarts += 1;
         Ok(())
     }
 
@@ -256,10 +253,16 @@ impl OpenH264Encoder {
             fps,
             "restarting OpenH264 for a new rate"
         );
+        self.rebuild_at(bps, fps)?;
+        self.frames_since_start = 0;
+        Ok(())
+    }
+
+    /// Starts OpenH264 over at `bps` and `fps` (its next frame is an IDR).
+    fn rebuild_at(&mut self, bps: u32, fps: f32) -> Result<(), VideoError> {
         self.config.bitrate_bps = bps;
         self.config.framerate = fps;
         self.encoder = Some(self.build()?);
-        self.frames_since_start = 0;
         self.restarts += 1;
         Ok(())
     }
