@@ -3,8 +3,8 @@
 //! A receiver plays audio behind a jitter buffer sized for the repairs audio needs, and shows
 //! video behind a render-time scheduler sized for the repairs video needs
 //! ([`crate::video::playout`]). The two delays differ: at 10 % loss on a 40 ms path the audio
-//! waits 150 ms (two retransmission rounds) and the picture 65–105 ms, so the picture ran
-//! 54–86 ms ahead of the sound in virtual time and 62–121 ms in real calls — near what
+//! waits 150 ms (two retransmission rounds) and the picture 65–106 ms, so the picture ran
+//! 44–86 ms ahead of the sound in virtual time and 62–121 ms in real calls — near what
 //! viewers notice (ITU-R BT.1359: sound after the picture from about 125 ms, sound before it
 //! from 45 ms). [`LipSync`] measures the difference and holds the earlier stream back by it,
 //! as libwebrtc's stream synchronization does.
