@@ -156,7 +156,7 @@ impl VideoStats {
             QualityLimitation::Bandwidth => 1,
             QualityLimitation::Cpu => 2,
         };
-        let rows: [(&str, &str, &str, f64); 30] = [
+        let mut rows: Vec<(&str, &str, &str, f64)> = vec![
             (
                 "frames_encoded_total",
                 "counter",
@@ -338,18 +338,19 @@ impl VideoStats {
                 self.sync_video_delay.as_secs_f64(),
             ),
         ];
+        // Only once measured: a zero would read as "in step".
+        if let Some(skew) = self.sync_skew_ms {
+            rows.push((
+                "sync_skew_seconds",
+                "gauge",
+                "How far received video trails its audio.",
+                skew / 1e3,
+            ));
+        }
         let mut out = String::new();
         for (name, kind, help, value) in rows {
             out.push_str(&format!(
                 "# HELP hush_video_{name} {help}\n# TYPE hush_video_{name} {kind}\nhush_video_{name}{l} {value}\n"
-            ));
-        }
-        if let Some(skew) = self.sync_skew_ms {
-            out.push_str(&format!(
-                "# HELP hush_video_sync_skew_seconds How far received video trails its audio.\n\
-                 # TYPE hush_video_sync_skew_seconds gauge\n\
-                 hush_video_sync_skew_seconds{l} {}\n",
-                skew / 1e3
             ));
         }
         out

@@ -429,7 +429,10 @@ impl CongestionController {
             let send_us = self.send_us(r.send_time);
             let d = recv - send_us;
             self.owd.push_back((recv, d));
-            self.serialization.on_arrival(recv, r.size, d);
+            if self.fast_start {
+                // Only fast start reads the link's rate from them.
+                self.serialization.on_arrival(recv, r.size, d);
+            }
             added += 1;
             lowest = Some(lowest.map_or(d, |l| l.min(d)));
             if newest.is_none_or(|(t, _)| r.send_time >= t) {
@@ -659,10 +662,7 @@ impl CongestionController {
     /// is what the sender sent over the last 250 ms of arrivals, which after a quiet start is
     /// well under the link (a 24 kbps call was cut to 11 kbps, and took 8 s to climb back).
     fn with_link_rate(&self, acked: Option<f64>) -> Option<f64> {
-        match (acked, self.serialization.rate_bps()) {
-            (Some(a), Some(l)) => Some(a.max(l)),
-            (a, l) => a.or(l),
-        }
+        self.link_rate(acked).or(acked)
     }
 
     /// Whether an overuse now is our last probe's doing: it started moments ago, and our
