@@ -225,14 +225,7 @@ impl OpenH264Encoder {
             return Ok(());
         }
         let (bps, fps) = self.wanted;
-        debug!(
-            from_bps = self.config.bitrate_bps,
-            to_bps = bps,
-            fps,
-            ?size,
-            "OpenH264 takes the wanted rates at a larger picture"
-        );
-        self.rebuild_at(bps, fps)?;
+        self.rebuild_at(bps, fps, "a larger picture out of its skipping range")?;
         self.policy = RestartPolicy::default();
         Ok(())
     }
@@ -247,19 +240,21 @@ impl OpenH264Encoder {
             return Ok(());
         }
         let (bps, fps) = self.wanted;
-        debug!(
-            from_bps = self.config.bitrate_bps,
-            to_bps = bps,
-            fps,
-            "restarting OpenH264 for a new rate"
-        );
-        self.rebuild_at(bps, fps)?;
+        self.rebuild_at(bps, fps, "a new rate")?;
         self.frames_since_start = 0;
         Ok(())
     }
 
-    /// Starts OpenH264 over at `bps` and `fps` (its next frame is an IDR).
-    fn rebuild_at(&mut self, bps: u32, fps: f32) -> Result<(), VideoError> {
+    /// Starts OpenH264 over at `bps` and `fps` (its next frame is an IDR), for `reason`.
+    fn rebuild_at(&mut self, bps: u32, fps: f32, reason: &'static str) -> Result<(), VideoError> {
+        debug!(
+            from_bps = self.config.bitrate_bps,
+            to_bps = bps,
+            fps,
+            size = ?self.size,
+            reason,
+            "restarting OpenH264"
+        );
         self.config.bitrate_bps = bps;
         self.config.framerate = fps;
         self.encoder = Some(self.build()?);
