@@ -164,8 +164,10 @@ pub struct MediaSession {
     audio_rtx: RtxSender,
     video_pz: Option<Packetizer>,
     video_rtx: Option<RtxSender>,
-    packets_sent: u32,
-    octets_sent: u32,
+    /// The audio stream's own packets and payload octets (its sender report's counts):
+    /// not its retransmissions (their own SSRC), not video, not padding.
+    audio_packets_sent: u32,
+    audio_octets_sent: u32,
     last_rtp_ts: u32,
     cc: CongestionController,
     probe_queue: VecDeque<(Instant, u32, u8)>,
@@ -271,8 +273,8 @@ impl MediaSession {
             audio_rtx: RtxSender::new(config.local_audio.rtx_ssrc, config.audio_rtx_pt),
             video_pz,
             video_rtx,
-            packets_sent: 0,
-            octets_sent: 0,
+            audio_packets_sent: 0,
+            audio_octets_sent: 0,
             last_rtp_ts: 0,
             cc: CongestionController::new(config.cc.clone()),
             probe_queue: VecDeque::new(),
@@ -528,9 +530,11 @@ impl MediaSession {
         }
         let mut data = Vec::with_capacity(packet.payload.len() + 40);
         packet.write_padded(&mut data, padding);
-        if is_media {
-            self.packets_sent = self.packets_sent.wrapping_add(1);
-            self.octets_sent = self.octets_sent.wrapping_add(packet.payload.len() as u32);
+        if is_media && packet.header.ssrc == self.config.local_audio.ssrc {
+            self.audio_packets_sent = self.audio_packets_sent.wrapping_add(1);
+            self.audio_octets_sent = self
+                .audio_octets_sent
+                .wrapping_add(packet.payload.len() as u32);
         }
         self.send_rate.add(now, data.len() + WIRE_OVERHEAD);
         if !is_media {

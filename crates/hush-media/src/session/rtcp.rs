@@ -85,8 +85,8 @@ impl MediaSession {
                 ntp_time,
                 rtp_time,
                 // The audio's own counts: the video has its report.
-                packet_count: self.packets_sent.wrapping_sub(self.video_packets_sent),
-                octet_count: self.octets_sent.wrapping_sub(self.video_octets_sent),
+                packet_count: self.audio_packets_sent,
+                octet_count: self.audio_octets_sent,
                 reports,
             })
         } else {

@@ -221,6 +221,70 @@ fn video_loss_is_repaired_by_retransmissions() {
     assert!(m.keyframe_requests <= 2, "{m:?}");
 }
 
+/// Each sender report counts its own stream's packets and payload octets (RFC 3550 §6.4.1):
+/// the audio's leaves out the retransmissions (sent on their own SSRC) and the video.
+#[test]
+fn sender_reports_count_only_their_own_streams_packets() {
+    use crate::rtcp::{parse_compound, RtcpPacket};
+    use crate::session::{MediaSession, SessionConfig};
+    use crate::TransmitKind;
+
+    let t0 = Instant::now();
+    let config = SessionConfig::default().with_h264_video();
+    let mut a = MediaSession::new(config.clone(), t0);
+    let (audio, video) = (
+        config.local_audio.ssrc,
+        config.local_video.expect("video").ssrc,
+    );
+    let mut audio_seqs = Vec::new();
+    let mut audio_octets = 0;
+    for n in 0..20u32 {
+        let now = t0 + Duration::from_millis(u64::from(n) * 20);
+        a.send_audio(now, &[0x11; 40], None);
+        if n % 2 == 0 {
+            a.send_video(now, &[0, 0, 0, 1, 0x65, 0x22, 0x33], true);
+        }
+        while let Some(t) = a.poll_transmit() {
+            if let Ok(p) = crate::rtp::RtpPacket::parse(&t.data) {
+                if p.header.ssrc == audio {
+                    audio_seqs.push(p.header.sequence_number);
+                    audio_octets += p.payload.len() as u32;
+                }
+            }
+        }
+    }
+    assert_eq!(audio_seqs.len(), 20);
+    let now = t0 + Duration::from_millis(500);
+    // Both streams lose packets and resend them.
+    a.on_nack(now, audio, &audio_seqs[..4]);
+    let sent = |a: &mut MediaSession| {
+        let mut rtp = 0;
+        while let Some(t) = a.poll_transmit() {
+            rtp += usize::from(t.kind == TransmitKind::Rtp);
+        }
+        rtp
+    };
+    assert!(sent(&mut a) >= 4, "audio retransmissions went");
+    a.send_report(now);
+    let mut reports = Vec::new();
+    while let Some(t) = a.poll_transmit() {
+        if t.kind == TransmitKind::Rtcp {
+            reports.extend(parse_compound(&t.data).expect("our own RTCP"));
+        }
+    }
+    let counts = |ssrc: u32| {
+        reports.iter().find_map(|p| match p {
+            RtcpPacket::SenderReport(sr) if sr.ssrc == ssrc => {
+                Some((sr.packet_count, sr.octet_count))
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(counts(audio), Some((20, audio_octets)), "{reports:?}");
+    let (video_packets, _) = counts(video).expect("a video report");
+    assert_eq!(video_packets, 10);
+}
+
 /// On a path losing more than 5 %, each video retransmission goes twice (a failed attempt
 /// costs a round trip more, past the 150 ms a frozen picture is counted from); on a clean
 /// path once.
