@@ -390,6 +390,9 @@ impl MediaPath {
         self.playout.set_sync_delay(self.lip_sync.video_delay());
         self.encoded_playout
             .set_sync_delay(self.lip_sync.video_delay());
+        let room = self.session.video_repair_room(now);
+        self.playout.set_repair_room(room);
+        self.encoded_playout.set_repair_room(room);
         self.protect_transmits();
     }
 

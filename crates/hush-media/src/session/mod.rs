@@ -37,6 +37,9 @@ pub const WIRE_OVERHEAD: usize = 44;
 /// heavily.
 pub(crate) const STARTUP_GUARD: Duration = Duration::from_secs(2);
 
+/// How long the receiver keeps room for repairs after the last loss it saw.
+pub(crate) const LOSS_MEMORY: Duration = Duration::from_secs(10);
+
 /// What Opus produces of its target while it codes speech as SILK wideband (below
 /// [`crate::codec::WIDEBAND_BELOW_BPS`]): its VBR leaves about a tenth of the target unused
 /// (bare Opus on the audio benchmark's samples: 13.1 kbps at a 14 kbps target, 14.7 at 16,
@@ -214,6 +217,8 @@ pub struct MediaSession {
     /// What the audio sender spends on protection now.
     protection: protection::AudioProtection,
     last_audio_loss: Option<Instant>,
+    /// When a lost video packet was last asked for.
+    last_video_loss: Option<Instant>,
     /// Until then, before any loss could be measured, the receiver makes room for a
     /// retransmission as soon as a gap shows, and plans it for a lossy path (see
     /// [`STARTUP_GUARD`]).
@@ -319,6 +324,7 @@ impl MediaSession {
                 expected_loss_percent: 0,
             },
             last_audio_loss: None,
+            last_video_loss: None,
             startup_guard_until: now + STARTUP_GUARD,
             suspected_loss: VecDeque::new(),
             recent_gaps: VecDeque::new(),
@@ -380,6 +386,33 @@ impl MediaSession {
         if !self.rtt_from_rtcp {
             self.rtt = Some(rtt);
         }
+    }
+
+    /// What one repair of a lost video packet takes at `now`, for the receiver's video
+    /// playout ([`crate::video::VideoPlayout::set_repair_room`]): the round trip of the NACK
+    /// and its retransmission, the wait for the NACK's repeat (one in ten is lost at 10 %
+    /// loss) and a margin, while loss shows (the same evidence the audio's jitter buffer
+    /// holds room on: a gap in the audio in the call's first seconds, or a loss of either
+    /// stream in the last 10 s); zero while it does not, so a clean path adds no delay.
+    ///
+    /// ```
+    /// # use std::time::{Duration, Instant};
+    /// # use hush_media::{MediaSession, SessionConfig};
+    /// let now = Instant::now();
+    /// let session = MediaSession::new(SessionConfig::default(), now);
+    /// assert_eq!(session.video_repair_room(now), Duration::ZERO);
+    /// ```
+    pub fn video_repair_room(&self, now: Instant) -> Duration {
+        let recently =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < LOSS_MEMORY);
+        let seen = (now < self.startup_guard_until && !self.suspected_loss.is_empty())
+            || recently(self.last_audio_loss)
+            || recently(self.last_video_loss);
+        if !seen {
+            return Duration::ZERO;
+        }
+        let rtt = self.rtt_or_default();
+        rtt + self.video_nack.retry_interval(rtt) + protection::REPAIR_MARGIN
     }
 
     fn audio_ts_step(&self) -> u32 {

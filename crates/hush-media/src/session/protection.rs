@@ -18,7 +18,7 @@ use std::time::Duration;
 const NEGLIGIBLE_LOSS: f64 = 0.005;
 /// Slack on top of the round trips: the NACK goes out when the next packet shows the gap,
 /// one frame after the loss, plus the sender's and receiver's scheduling.
-const REPAIR_MARGIN: Duration = Duration::from_millis(10);
+pub(crate) const REPAIR_MARGIN: Duration = Duration::from_millis(10);
 /// Measured loss above which the receiver waits for a second retransmission, when it fits.
 const SECOND_ATTEMPT_LOSS: f64 = 0.05;
 

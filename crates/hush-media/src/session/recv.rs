@@ -430,7 +430,7 @@ impl MediaSession {
         let recent = (now < self.startup_guard_until && !self.suspected_loss.is_empty())
             || self
                 .last_audio_loss
-                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
+                .is_some_and(|t| now.saturating_duration_since(t) < super::LOSS_MEMORY);
         // Losses are of packets: a packet of several frames is noticed, and repaired, whole.
         let frame = self.config.audio_frame * self.remote_packet_frames.max(1) as u32;
         let attempts = if self.audio_nack_enabled() {
@@ -467,6 +467,9 @@ impl MediaSession {
         self.jitter.set_extra_delay(extra);
         if let Some(v) = self.config.remote_video {
             let lost = self.video_nack.poll_nacks(now, rtt);
+            if !lost.is_empty() {
+                self.last_video_loss = Some(now);
+            }
             self.send_nack(now, v.ssrc, &lost);
         }
     }

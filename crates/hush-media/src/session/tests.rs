@@ -285,6 +285,28 @@ fn sender_reports_count_only_their_own_streams_packets() {
     assert_eq!(video_packets, 10);
 }
 
+/// The receiver's video playout is told what one repair takes once loss shows (a round
+/// trip, the wait for a repeated NACK, a margin: 90 ms on a 40 ms path), and nothing on a
+/// clean path, so there its pictures are shown the moment they are complete.
+#[test]
+fn video_repair_room_follows_the_loss_seen() {
+    for (model, lossy_path) in [(LossModel::None, false), (LossModel::Random(0.10), true)] {
+        let mut config = lossy(model, 20);
+        config.video = true;
+        let mut call = CallSim::new(config, Instant::now());
+        call.run_until(Duration::from_secs(3));
+        let room = call.b.video_repair_room(call.now());
+        if lossy_path {
+            assert!(
+                room >= Duration::from_millis(80) && room <= Duration::from_millis(110),
+                "{room:?}"
+            );
+        } else {
+            assert_eq!(room, Duration::ZERO);
+        }
+    }
+}
+
 /// On a path losing more than 5 %, each video retransmission goes twice (a failed attempt
 /// costs a round trip more, past the 150 ms a frozen picture is counted from); on a clean
 /// path once.

@@ -23,6 +23,14 @@
 //!   did (136–411 ms median glass to glass at 10 % loss, against 65–68 ms without the
 //!   scheduler), for no fewer freezes: those left were pictures never sent or given up
 //!   (docs/benchmarks.md, issue 14's tenth round).
+//! - While the path shows loss, the target is at least what one repair needs
+//!   ([`VideoPlayout::set_repair_room`]: a round trip for the NACK and its retransmission,
+//!   which the session knows) plus a picture interval (a picture's last packet lost is
+//!   noticed only when the next picture's first arrives), less [`TOLERANCE`]. The lateness
+//!   window learns this only from repairs already late, so without it the call's first
+//!   repaired picture was a freeze (seen in nearly every call at 10 % loss). That floor
+//!   rises by at most [`FLOOR_STEP`] a picture: the pictures before the first repair are
+//!   spaced a little wider, not stopped.
 //! - A picture that comes after its render time is shown at once (and raises the delay);
 //!   order is never changed: a picture is never shown before the one before it.
 //!
@@ -59,6 +67,15 @@ pub const MAX_DELAY: Duration = Duration::from_millis(400);
 /// which no one sees.
 pub const FALL_PER_SECOND: f64 = 0.05;
 
+/// Most the repair floor rises per picture pushed (see
+/// [`VideoPlayout::set_repair_room`]): pictures come at most this much further apart than
+/// they were captured while it builds (43 ms instead of 33 at 30 fps; 77 instead of 67 at
+/// 15), never in one step.
+pub const FLOOR_STEP: Duration = Duration::from_millis(10);
+/// Longest picture interval the repair floor counts (a slower stream is a paused one, or
+/// its first pictures).
+const MAX_INTERVAL: f64 = 0.2;
+
 /// Lateness beyond which a picture restarts the timing (see [`VideoPlayout::push`]): far over
 /// any repair (the receiver gives a gap up after at most four times its limit) and over
 /// [`MAX_DELAY`].
@@ -88,6 +105,14 @@ pub struct VideoPlayout<T> {
     target: Duration,
     /// Added to every render time, to show pictures in step with the sound.
     sync_delay: Duration,
+    /// What one repair takes while the path shows loss (zero while it does not).
+    repair_room: Duration,
+    /// The floor of the target from the repair room, as far as it has risen.
+    floor: Duration,
+    /// Smoothed interval between pictures' capture times, in seconds.
+    interval: Option<f64>,
+    /// The last picture's capture time, in seconds of its RTP clock.
+    last_capture: Option<f64>,
     /// When the target last changed (for its slow fall).
     updated: Option<Instant>,
     /// The render time of the last picture pushed (render times never go back).
@@ -127,6 +152,10 @@ impl<T> VideoPlayout<T> {
             sorted: Vec::new(),
             target: Duration::ZERO,
             sync_delay: Duration::ZERO,
+            repair_room: Duration::ZERO,
+            floor: Duration::ZERO,
+            interval: None,
+            last_capture: None,
             updated: None,
             last_render: None,
             stats: PlayoutStats::default(),
@@ -168,6 +197,8 @@ impl<T> VideoPlayout<T> {
         let late = Duration::from_secs_f64((transit - lowest).max(0.0));
 
         self.lateness.push_back((now, late));
+        self.update_interval(capture);
+        self.update_floor();
         self.update_target(now);
 
         // On time: its capture mapped through the lowest transit, plus the target delay.
@@ -219,6 +250,27 @@ impl<T> VideoPlayout<T> {
         self.sync_delay = delay;
     }
 
+    /// What one repair of a lost packet takes now: the NACK's round trip and the wait for a
+    /// repeat of it, while the path shows loss; zero while it does not. The target delay is
+    /// held at least this plus a picture interval, less [`TOLERANCE`], rising
+    /// [`FLOOR_STEP`] a picture (see the [module docs](self)).
+    ///
+    /// ```
+    /// # use std::time::{Duration, Instant};
+    /// # use hush_media::video::VideoPlayout;
+    /// let mut playout = VideoPlayout::new();
+    /// playout.set_repair_room(Duration::from_millis(90));
+    /// let t0 = Instant::now();
+    /// for n in 0..30u32 {
+    ///     playout.push(t0 + Duration::from_millis(33) * n, n * 3000, n);
+    /// }
+    /// // 90 ms + 33 ms - 50 ms: a repaired picture is no freeze.
+    /// assert!(playout.target_delay() >= Duration::from_millis(72));
+    /// ```
+    pub fn set_repair_room(&mut self, room: Duration) {
+        self.repair_room = room;
+    }
+
     /// Pictures held now.
     pub fn held(&self) -> usize {
         self.held.len()
@@ -227,6 +279,32 @@ impl<T> VideoPlayout<T> {
     /// The counters.
     pub fn stats(&self) -> PlayoutStats {
         self.stats
+    }
+
+    /// Follows the interval between pictures' capture times.
+    fn update_interval(&mut self, capture: f64) {
+        if let Some(last) = self.last_capture {
+            let d = capture - last;
+            if d > 0.0 && d <= MAX_INTERVAL {
+                let i = self.interval.map_or(d, |i| i + (d - i) / 8.0);
+                self.interval = Some(i);
+            }
+        }
+        self.last_capture = Some(capture);
+    }
+
+    /// Moves the repair floor towards what the repair room asks for: up by at most
+    /// [`FLOOR_STEP`] a picture, down at once (the target itself falls slowly).
+    fn update_floor(&mut self) {
+        let wanted = if self.repair_room.is_zero() {
+            Duration::ZERO
+        } else {
+            let interval = Duration::from_secs_f64(self.interval.unwrap_or(0.0));
+            (self.repair_room + interval)
+                .saturating_sub(TOLERANCE)
+                .min(MAX_DELAY)
+        };
+        self.floor = wanted.min(self.floor + FLOOR_STEP);
     }
 
     /// Updates the target delay from the window's lateness at `now`.
@@ -247,7 +325,10 @@ impl<T> VideoPlayout<T> {
                 .min(self.sorted.len() - 1);
             *self.sorted.select_nth_unstable(at).1
         };
-        let wanted = covered.saturating_sub(TOLERANCE).min(MAX_DELAY);
+        let wanted = covered
+            .saturating_sub(TOLERANCE)
+            .max(self.floor)
+            .min(MAX_DELAY);
         let since = self
             .updated
             .map_or(Duration::ZERO, |u| now.saturating_duration_since(u));
@@ -387,6 +468,56 @@ mod tests {
         let target = r.p.target_delay();
         assert!(target >= ms(150) && target <= ms(200), "{target:?}");
         assert!(r.p.stats().max_target <= ms(250) - TOLERANCE + ms(1));
+    }
+
+    /// Once the path shows loss (the session's repair room), the first repaired picture is
+    /// no freeze: at 15 fps a picture whose last packet was lost comes 180 ms late (noticed
+    /// with the next picture, then a round trip and a repeated NACK). Without the floor its
+    /// interval was 247 ms, over the webrtc-stats rule's 217; the floor builds up in steps
+    /// of at most [`FLOOR_STEP`] a picture, so no picture before it waits longer.
+    #[test]
+    fn the_first_repair_is_covered_once_loss_shows() {
+        const FRAME15: Duration = Duration::from_micros(66_667);
+        let mut p = VideoPlayout::new();
+        p.set_repair_room(ms(90));
+        let t0 = Instant::now();
+        let mut shown: Vec<Instant> = Vec::new();
+        let mut last = t0;
+        let mut floor = Duration::ZERO;
+        for n in 0..40u32 {
+            if n == 20 {
+                floor = p.target_delay();
+            }
+            let late = if n == 20 { ms(180) } else { Duration::ZERO };
+            let at = (t0 + FRAME15 * n + ms(20) + late).max(last);
+            last = at;
+            while let Some(due) = p.poll_timeout().filter(|&d| d <= at) {
+                while p.poll(due).is_some() {
+                    shown.push(due);
+                }
+            }
+            p.push(at, n * 2 * TICKS, n);
+            while p.poll(at).is_some() {
+                shown.push(at);
+            }
+        }
+        while let Some(due) = p.poll_timeout() {
+            while p.poll(due).is_some() {
+                shown.push(due);
+            }
+        }
+        let intervals: Vec<Duration> = shown.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(intervals.len(), 39);
+        for (n, d) in intervals[..19].iter().enumerate() {
+            assert!(*d <= FRAME15 + FLOOR_STEP + ms(1), "interval {n}: {d:?}");
+        }
+        let longest = intervals.iter().max().copied().unwrap_or_default();
+        assert!(
+            longest < FRAME15 + ms(150),
+            "the repaired picture froze: {longest:?}"
+        );
+        // Before the repair: 90 ms + 67 ms - 50 ms.
+        assert!(floor >= ms(105) && floor <= ms(108), "{floor:?}");
     }
 
     /// The delay never goes over [`MAX_DELAY`] (pictures later still are shown at once), and
