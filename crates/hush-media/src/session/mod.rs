@@ -391,7 +391,7 @@ impl MediaSession {
     /// What one repair of a lost video packet takes at `now`, for the receiver's video
     /// playout ([`crate::video::VideoPlayout::set_repair_room`]): the round trip of the NACK
     /// and its retransmission, the wait for the NACK's repeat (one in ten is lost at 10 %
-    /// loss) and a margin, while loss shows (the same evidence the audio's jitter buffer
+    /// loss; it goes 20 ms after the first) and a margin, while loss shows (the same evidence the audio's jitter buffer
     /// holds room on: a gap in the audio in the call's first seconds, or a loss of either
     /// stream in the last 10 s); zero while it does not, so a clean path adds no delay.
     ///
@@ -411,8 +411,8 @@ impl MediaSession {
         if !seen {
             return Duration::ZERO;
         }
-        let rtt = self.rtt_or_default();
-        rtt + self.video_nack.retry_interval(rtt) + protection::REPAIR_MARGIN
+        // The NACK's repeat goes `repeat_after` behind it (not a retry's round trip later).
+        self.rtt_or_default() + self.video_nack.repeat_after + protection::REPAIR_MARGIN
     }
 
     fn audio_ts_step(&self) -> u32 {
