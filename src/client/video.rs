@@ -357,12 +357,23 @@ impl VideoStats {
     }
 }
 
+/// Intervals the freeze rule's mean is taken over (webrtc-stats: the last 30 rendered frames).
+const FREEZE_MEAN_INTERVALS: usize = 30;
+/// Intervals seen before any is judged (libwebrtc's `VideoQualityObserver` waits for 5): the
+/// mean of one or two intervals is no mean, above all at a stream's start, where a keyframe
+/// paced out a few milliseconds ahead of the next picture made a 10 ms "mean" and a 161 ms
+/// interval a freeze.
+const FREEZE_MIN_INTERVALS: usize = 5;
+
 /// Freezes of received video (W3C webrtc-stats definition): a frame interval longer than
-/// max(3 × mean, mean + 150 ms), the mean taken over the recent intervals.
+/// max(3 × mean, mean + 150 ms), the mean the average of the last 30 intervals; judged once
+/// [`FREEZE_MIN_INTERVALS`] were seen.
 #[derive(Debug, Default)]
 pub(crate) struct FreezeDetector {
     last: Option<Instant>,
-    mean: Option<f64>,
+    /// The last [`FREEZE_MEAN_INTERVALS`] intervals, in seconds, and their sum.
+    intervals: std::collections::VecDeque<f64>,
+    sum: f64,
     pub(crate) count: u64,
     pub(crate) total: f64,
     recent: std::collections::VecDeque<Instant>,
@@ -373,15 +384,17 @@ impl FreezeDetector {
     pub(crate) fn frame(&mut self, t: Instant) {
         if let Some(last) = self.last {
             let d = t.saturating_duration_since(last).as_secs_f64();
-            if let Some(mean) = self.mean {
+            if self.intervals.len() >= FREEZE_MIN_INTERVALS {
+                let mean = self.sum / self.intervals.len() as f64;
                 if d > (3.0 * mean).max(mean + 0.150) {
                     self.count += 1;
                     self.total += d;
                 }
-                // About the last 30 intervals.
-                self.mean = Some(mean + (d - mean) / 30.0);
-            } else {
-                self.mean = Some(d.max(0.001));
+            }
+            self.intervals.push_back(d);
+            self.sum += d;
+            if self.intervals.len() > FREEZE_MEAN_INTERVALS {
+                self.sum -= self.intervals.pop_front().unwrap_or_default();
             }
         }
         self.last = Some(t);
@@ -832,6 +845,39 @@ mod tests {
         f.frame(t);
         assert_eq!(f.count, 1);
         assert!(f.fps(t) >= 1.0);
+    }
+
+    /// The first intervals are not judged, and the mean is the plain average of the last
+    /// ones: a keyframe shown 10 ms before the next picture no longer sets the bar for the
+    /// pictures after it (with a mean seeded by the first interval, 170 ms at 15 fps was a
+    /// freeze there). Later the rule applies as before.
+    #[test]
+    fn freezes_are_judged_on_the_average_of_enough_intervals() {
+        let ms = Duration::from_millis;
+        let mut f = FreezeDetector::default();
+        let mut t = Instant::now();
+        f.frame(t);
+        for d in [10, 66, 66, 170] {
+            t += ms(d);
+            f.frame(t);
+        }
+        assert_eq!(f.count, 0);
+        for _ in 0..5 {
+            t += ms(66);
+            f.frame(t);
+        }
+        // The mean of the nine intervals is 71 ms: 230 ms is over 71 + 150.
+        t += ms(230);
+        f.frame(t);
+        assert_eq!(f.count, 1);
+        // And 33 ms apart for a while: the mean follows the last 30 intervals only.
+        for _ in 0..30 {
+            t += ms(33);
+            f.frame(t);
+        }
+        t += ms(190);
+        f.frame(t);
+        assert_eq!(f.count, 2);
     }
 
     #[test]
