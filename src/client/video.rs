@@ -108,8 +108,9 @@ pub struct VideoStats {
     pub decode_ms_mean: f64,
     /// Keyframe requests (PLI) this side sent (`pliCount`).
     pub keyframe_requests_sent: u64,
-    /// Freezes: a frame interval longer than max(3 × mean, mean + 150 ms) while the peer
-    /// was sending video (`freezeCount`).
+    /// Freezes: a frame interval longer than max(3 × mean, mean + 150 ms), the mean the
+    /// average of the last 30 intervals, while the peer was sending video (`freezeCount`;
+    /// the first five intervals of a stream are not judged, as in libwebrtc).
     pub freeze_count: u64,
     /// Their summed duration in seconds (`totalFreezesDuration`).
     pub total_freezes_duration: f64,
