@@ -29,9 +29,8 @@
 //!   noticed only when the next picture's first arrives), less [`TOLERANCE`]. The lateness
 //!   window learns this only from repairs already late, so without it the call's first
 //!   repaired picture stopped the picture for 160–240 ms (traced in most calls at 10 %
-//!   loss). That floor
-//!   rises by at most [`FLOOR_STEP`] a picture: the pictures before the first repair are
-//!   spaced a little wider, not stopped.
+//!   loss). That floor rises by at most [`FLOOR_STEP`] a picture: the pictures before the
+//!   first repair are spaced a little wider, not stopped.
 //! - A picture that comes after its render time is shown at once (and raises the delay);
 //!   order is never changed: a picture is never shown before the one before it.
 //!
