@@ -854,31 +854,23 @@ mod tests {
     /// freeze there). Later the rule applies as before.
     #[test]
     fn freezes_are_judged_on_the_average_of_enough_intervals() {
-        let ms = Duration::from_millis;
         let mut f = FreezeDetector::default();
         let mut t = Instant::now();
         f.frame(t);
-        for d in [10, 66, 66, 170] {
-            t += ms(d);
-            f.frame(t);
-        }
-        assert_eq!(f.count, 0);
-        for _ in 0..5 {
-            t += ms(66);
-            f.frame(t);
-        }
+        // Shows pictures these many ms apart; the freezes counted so far.
+        let mut show = |intervals: &[u64]| {
+            for &d in intervals {
+                t += Duration::from_millis(d);
+                f.frame(t);
+            }
+            f.count
+        };
+        assert_eq!(show(&[10, 66, 66, 170]), 0);
         // The mean of the nine intervals is 71 ms: 230 ms is over 71 + 150.
-        t += ms(230);
-        f.frame(t);
-        assert_eq!(f.count, 1);
+        assert_eq!(show(&[66, 66, 66, 66, 66, 230]), 1);
         // And 33 ms apart for a while: the mean follows the last 30 intervals only.
-        for _ in 0..30 {
-            t += ms(33);
-            f.frame(t);
-        }
-        t += ms(190);
-        f.frame(t);
-        assert_eq!(f.count, 2);
+        assert_eq!(show(&[33; 30]), 1);
+        assert_eq!(show(&[190]), 2);
     }
 
     #[test]
