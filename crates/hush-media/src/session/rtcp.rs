@@ -278,14 +278,20 @@ impl MediaSession {
         // with no slack every burst of losses had its repairs refused (frames then waited for
         // the gap timeout and a keyframe). Real overflow is caught by the window check above.
         //
-        // Audio repairs on a path with no queue are not overflow: they answer what the path
-        // lost of a stream of a few dozen kbps, and a lost audio packet is heard, so half the
-        // target alone bounds them. While the estimate was still at its 24 kbps start below
-        // the audio's own rate (loss holds fast start back), what the rest left was 2.4 kbps
-        // and every lost 100 ms packet went unrepaired: five frames concealed each. With a
-        // queue standing (a slow link), the losses may be our own and the rule is video's.
+        // Repairs on a path with no queue are not overflow: a drop-tail bottleneck queues
+        // before it drops, so losses without a queue are the path's own, and half the target
+        // alone bounds their repairs. Audio: a lost packet is heard; while the estimate was
+        // still at its 24 kbps start below the audio's own rate (loss holds fast start back),
+        // what the rest left was 2.4 kbps and every lost 100 ms packet went unrepaired: five
+        // frames concealed each. Video: the encoder overshoots what it is allotted (a step
+        // up's keyframe, a requested one, busy pictures: 2.0-2.5 Mbps sent of a 2.5 Mbps
+        // target at 10 % loss), so what the rest left was the tenth of slack while repairs
+        // going twice took 0.3-0.6 Mbps; the refused repairs were most of the frames given
+        // up mid-call (docs/benchmarks.md, issue 14's twelfth round), and each keyframe
+        // asked for then refused more. With a queue standing (a slow link), the losses may
+        // be our own and what the rest leaves bounds both.
         let leftover = target.saturating_sub(others) + target / 10;
-        let budget = if audio && self.cc.queue_delay() < RTX_OVERFLOW_QUEUE {
+        let budget = if self.cc.queue_delay() < RTX_OVERFLOW_QUEUE {
             target / 2
         } else {
             (target / 2).min(leftover)
