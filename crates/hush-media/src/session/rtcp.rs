@@ -11,8 +11,8 @@ use crate::Instant;
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// Queueing delay from which the path counts as overflowing for retransmissions: a full
-/// congestion window then refuses video ones, and audio ones keep within what the rest of
-/// the traffic leaves of the target.
+/// congestion window then refuses video ones, and both audio and video ones keep within what
+/// the rest of the traffic leaves of the target (under it, half the target bounds them).
 const RTX_OVERFLOW_QUEUE: Duration = Duration::from_millis(30);
 
 impl MediaSession {
@@ -292,9 +292,9 @@ impl MediaSession {
         // still at its 24 kbps start below the audio's own rate (loss holds fast start back),
         // what the rest left was 2.4 kbps and every lost 100 ms packet went unrepaired: five
         // frames concealed each. Video: the encoder overshoots what it is allotted (a step
-        // up's keyframe, a requested one, busy pictures: 2.0-2.5 Mbps sent of a 2.5 Mbps
-        // target at 10 % loss), so what the rest left was the tenth of slack while repairs
-        // going twice took 0.3-0.6 Mbps; the refused repairs were most of the frames given
+        // up's keyframe, a requested one, busy pictures: the rest of the traffic at 2.0-2.8
+        // Mbps of a 2.5 Mbps target at 10 % loss), so what it left was the tenth of slack
+        // while repairs going twice took 0.3-0.6 Mbps; the refused repairs were most of the frames given
         // up mid-call (docs/benchmarks.md, issue 14's twelfth round), and each keyframe
         // asked for then refused more. With a queue standing (a slow link), the losses may
         // be our own and what the rest leaves bounds both.
