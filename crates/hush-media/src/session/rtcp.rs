@@ -11,8 +11,8 @@ use crate::Instant;
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// Queueing delay from which the path counts as overflowing for retransmissions: a full
-/// congestion window then refuses video ones, and audio ones keep within what the rest of
-/// the traffic leaves of the target.
+/// congestion window then refuses video ones, and both audio and video ones keep within what
+/// the rest of the traffic leaves of the target (under it, half the target bounds them).
 const RTX_OVERFLOW_QUEUE: Duration = Duration::from_millis(30);
 
 impl MediaSession {
@@ -225,7 +225,15 @@ impl MediaSession {
         // queue first.
         let video_congested = congested && self.cc.queue_delay() >= RTX_OVERFLOW_QUEUE;
         let audio = media_ssrc == self.config.local_audio.ssrc;
-        let double_video = self.remote_loss_smoothed > protection::VIDEO_DOUBLE_RTX_LOSS;
+        // The smoothed loss moves an eighth a report from a first one that covers the call's
+        // clean first moments: at 10 % loss it passed 5 % only 5-6 s into the call, and until
+        // then lost retransmissions were most of the frames given up that the budget did not
+        // refuse (docs/benchmarks.md, issue 14's twelfth round). So repairs go twice as
+        // soon as the latest report is over the bound too, and, as audio's, before the
+        // peer's reports have said anything (no loss, nothing to resend: it costs nothing).
+        let video_loss = self.remote_loss_smoothed.max(self.remote_loss);
+        let double_video =
+            now < self.startup_guard_until || video_loss > protection::VIDEO_DOUBLE_RTX_LOSS;
         let packets = if audio {
             let mut packets = self.audio_rtx.on_nack(now, lost, rtt);
             // Before the peer's reports say how lossy the path is, assume the worst.
@@ -278,14 +286,20 @@ impl MediaSession {
         // with no slack every burst of losses had its repairs refused (frames then waited for
         // the gap timeout and a keyframe). Real overflow is caught by the window check above.
         //
-        // Audio repairs on a path with no queue are not overflow: they answer what the path
-        // lost of a stream of a few dozen kbps, and a lost audio packet is heard, so half the
-        // target alone bounds them. While the estimate was still at its 24 kbps start below
-        // the audio's own rate (loss holds fast start back), what the rest left was 2.4 kbps
-        // and every lost 100 ms packet went unrepaired: five frames concealed each. With a
-        // queue standing (a slow link), the losses may be our own and the rule is video's.
+        // Repairs on a path with no queue are not overflow: a drop-tail bottleneck queues
+        // before it drops, so losses without a queue are the path's own, and half the target
+        // alone bounds their repairs. Audio: a lost packet is heard; while the estimate was
+        // still at its 24 kbps start below the audio's own rate (loss holds fast start back),
+        // what the rest left was 2.4 kbps and every lost 100 ms packet went unrepaired: five
+        // frames concealed each. Video: the encoder overshoots what it is allotted (a step
+        // up's keyframe, a requested one, busy pictures: the rest of the traffic at 2.0-2.8
+        // Mbps of a 2.5 Mbps target at 10 % loss), so what it left was the tenth of slack
+        // while repairs going twice took 0.3-0.6 Mbps; the refused repairs were most of the frames given
+        // up mid-call (docs/benchmarks.md, issue 14's twelfth round), and each keyframe
+        // asked for then refused more. With a queue standing (a slow link), the losses may
+        // be our own and what the rest leaves bounds both.
         let leftover = target.saturating_sub(others) + target / 10;
-        let budget = if audio && self.cc.queue_delay() < RTX_OVERFLOW_QUEUE {
+        let budget = if self.cc.queue_delay() < RTX_OVERFLOW_QUEUE {
             target / 2
         } else {
             (target / 2).min(leftover)

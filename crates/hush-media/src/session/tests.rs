@@ -348,6 +348,89 @@ fn video_retransmissions_go_twice_on_a_lossy_path() {
     assert_eq!(answers, [1, 2]);
 }
 
+/// Sends one video frame of `size` bytes from `call.a` now, NACKs its first `nacked` packets
+/// at once and returns how many RTX packets answered.
+fn video_rtx_answering_a_nack(call: &mut CallSim, size: usize, nacked: usize) -> usize {
+    use crate::rtp::RtpPacket;
+    let video = call.a.config().local_video.expect("video stream");
+    let now = call.now();
+    while call.a.poll_transmit().is_some() {}
+    call.a.send_video(now, &vec![0x55; size], false);
+    let mut seqs = Vec::new();
+    while let Some(t) = call.a.poll_transmit() {
+        if let Ok(p) = RtpPacket::parse(&t.data) {
+            if p.header.ssrc == video.ssrc {
+                seqs.push(p.header.sequence_number);
+            }
+        }
+    }
+    assert!(seqs.len() >= nacked, "{} packets", seqs.len());
+    call.a.on_nack(now, video.ssrc, &seqs[..nacked]);
+    let mut rtx = 0;
+    while let Some(t) = call.a.poll_transmit() {
+        if let Ok(p) = RtpPacket::parse(&t.data) {
+            rtx += usize::from(p.header.ssrc == video.rtx_ssrc);
+        }
+    }
+    rtx
+}
+
+/// Video repairs go twice from the call's first moment (before any loss report, as audio's)
+/// and as soon as the latest report is over 5 %, not only once the smoothed loss is (at 10 %
+/// loss that took 5–6 s, and single repairs lost again froze the picture meanwhile).
+#[test]
+fn video_retransmissions_go_twice_before_the_smoothed_loss_says_so() {
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_millis(300));
+    let at_start = video_rtx_answering_a_nack(&mut call, 300, 1);
+    let mut at = Duration::from_secs(3);
+    call.run_until(at);
+    let mut answers = vec![at_start];
+    for (smoothed, latest) in [(0.0, 0.0), (0.02, 0.12), (0.12, 0.0)] {
+        call.a.remote_loss_smoothed = smoothed;
+        call.a.remote_loss = latest;
+        answers.push(video_rtx_answering_a_nack(&mut call, 300, 1));
+        at += Duration::from_millis(300);
+        call.run_until(at);
+    }
+    assert_eq!(answers, [2, 1, 2, 2]);
+}
+
+/// On a path with no queue, video repairs are bounded by half the target, not by what the
+/// rest of the traffic leaves: the encoder overshooting its share (a keyframe, busy
+/// pictures) left only the tenth of slack, and the repairs refused then were most of the
+/// frames given up mid-call at 10 % loss. With a queue standing, what the rest leaves
+/// still bounds them.
+#[test]
+fn video_repairs_are_not_refused_for_an_overshooting_encoder_without_a_queue() {
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(3));
+    let target = call.a.cc.target_bps();
+    // Pictures worth more than the whole target within the last second.
+    let now = call.now();
+    let frame = 20_000;
+    for _ in 0..(target as usize / 8 / frame + 2) {
+        call.a.send_video(now, &vec![0x33; frame], false);
+    }
+    while call.a.poll_transmit().is_some() {}
+    assert!(call.a.send_rate.bps(now) > target + target / 10, "{target}");
+    // More repairs than the tenth of slack carries (packets of ~1.1 kB).
+    let nacked = (target / 10 / 8_000) as usize + 3;
+    let size = (nacked + 1) * 1200;
+    call.a.cc.set_queue_delay_for_test(Duration::ZERO);
+    let without_queue = video_rtx_answering_a_nack(&mut call, size, nacked);
+    call.a
+        .cc
+        .set_queue_delay_for_test(Duration::from_millis(50));
+    let with_queue = video_rtx_answering_a_nack(&mut call, size, nacked);
+    assert_eq!(without_queue, nacked, "{target}");
+    assert!(with_queue < nacked, "{with_queue} of {nacked}");
+}
+
 /// A full intra request (RFC 5104) for our video asks our encoder for a keyframe like a PLI;
 /// the same request sent again (same sequence number) does not ask twice, a new one does, and
 /// one for another stream is not ours.
