@@ -391,9 +391,10 @@ impl MediaSession {
     /// What one repair of a lost video packet takes at `now`, for the receiver's video
     /// playout ([`crate::video::VideoPlayout::set_repair_room`]): the round trip of the NACK
     /// and its retransmission, the wait for the NACK's repeat (one in ten is lost at 10 %
-    /// loss; it goes 20 ms after the first) and a margin, while loss shows (the same evidence the audio's jitter buffer
-    /// holds room on: a gap in the audio in the call's first seconds, or a loss of either
-    /// stream in the last 10 s); zero while it does not, so a clean path adds no delay.
+    /// loss; it goes 20 ms after the first) and a margin, while loss shows (the evidence the
+    /// audio's jitter buffer holds room on, a gap in the audio in the call's first seconds or
+    /// a loss in the last 10 s, or a video loss in the last 10 s); zero while it does not, so
+    /// a clean path adds no delay.
     ///
     /// ```
     /// # use std::time::{Duration, Instant};
@@ -403,16 +404,24 @@ impl MediaSession {
     /// assert_eq!(session.video_repair_room(now), Duration::ZERO);
     /// ```
     pub fn video_repair_room(&self, now: Instant) -> Duration {
-        let recently =
-            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < LOSS_MEMORY);
-        let seen = (now < self.startup_guard_until && !self.suspected_loss.is_empty())
-            || recently(self.last_audio_loss)
-            || recently(self.last_video_loss);
-        if !seen {
+        let video_loss = self
+            .last_video_loss
+            .is_some_and(|t| now.saturating_duration_since(t) < LOSS_MEMORY);
+        if !self.audio_loss_shows(now) && !video_loss {
             return Duration::ZERO;
         }
         // The NACK's repeat goes `repeat_after` behind it (not a retry's round trip later).
         self.rtt_or_default() + self.video_nack.repeat_after + protection::REPAIR_MARGIN
+    }
+
+    /// Whether the peer's audio shows loss at `now`: a gap in its sequence in the call's
+    /// first seconds (before any loss could be confirmed), or a loss confirmed in the last
+    /// [`LOSS_MEMORY`]. The receiver holds room for repairs while it does.
+    fn audio_loss_shows(&self, now: Instant) -> bool {
+        (now < self.startup_guard_until && !self.suspected_loss.is_empty())
+            || self
+                .last_audio_loss
+                .is_some_and(|t| now.saturating_duration_since(t) < LOSS_MEMORY)
     }
 
     fn audio_ts_step(&self) -> u32 {

@@ -427,10 +427,7 @@ impl MediaSession {
         // call starts without it, so its first frame plays on arrival; the jitter buffer
         // builds the room by stretching when the first gap appears, which also waits out the
         // missing frame's retransmission if it can still come.
-        let recent = (now < self.startup_guard_until && !self.suspected_loss.is_empty())
-            || self
-                .last_audio_loss
-                .is_some_and(|t| now.saturating_duration_since(t) < super::LOSS_MEMORY);
+        let recent = self.audio_loss_shows(now);
         // Losses are of packets: a packet of several frames is noticed, and repaired, whole.
         let frame = self.config.audio_frame * self.remote_packet_frames.max(1) as u32;
         let attempts = if self.audio_nack_enabled() {
