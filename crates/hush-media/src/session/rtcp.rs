@@ -294,9 +294,9 @@ impl MediaSession {
         // frames concealed each. Video: the encoder overshoots what it is allotted (a step
         // up's keyframe, a requested one, busy pictures: the rest of the traffic at 2.0-2.8
         // Mbps of a 2.5 Mbps target at 10 % loss), so what it left was the tenth of slack
-        // while repairs going twice took 0.3-0.6 Mbps; the refused repairs were most of the frames given
-        // up mid-call (docs/benchmarks.md, issue 14's twelfth round), and each keyframe
-        // asked for then refused more. With a queue standing (a slow link), the losses may
+        // while repairs going twice took 0.3-0.6 Mbps; the refused repairs were most of the
+        // frames given up mid-call (docs/benchmarks.md, issue 14's twelfth round), and each
+        // keyframe asked for then refused more. With a queue standing (a slow link), the losses may
         // be our own and what the rest leaves bounds both.
         let leftover = target.saturating_sub(others) + target / 10;
         let budget = if self.cc.queue_delay() < RTX_OVERFLOW_QUEUE {
