@@ -158,11 +158,24 @@ async fn video_both_ways_camera_off_and_on_and_mute_reach_the_peer() {
     assert!(prom.contains("hush_video_frames_decoded_total{call=\"1\"}"));
     assert!(prom.contains("hush_video_sent_bitrate_bps{call=\"1\"}"));
     assert!(prom.contains("hush_video_retransmissions_refused_congested_total{call=\"1\"}"));
-    // Lip sync measured picture against sound (sender reports of both streams) and, on
-    // loopback, found them within what it leaves alone.
+    assert!(prom.contains("hush_video_sync_skew_seconds{call=\"1\"}"));
+    // Lip sync measured picture against sound (sender reports of both streams) and, with
+    // both streams flowing, brings them within what it leaves alone. Right after the camera
+    // came back it may still be converging (it moves 50 ms a second; twice a debug build on
+    // a busy machine read -65 and -72 ms there with 50 ms held), so media flow on for up to
+    // 3 s while it does.
+    let mut n = 300;
+    let mut v = v;
+    for _ in 0..6 {
+        if v.sync_skew_ms.is_some_and(|s| s.abs() < 60.0) {
+            break;
+        }
+        exchange(&a, &b, 0.5, n).await;
+        n += 20;
+        v = b.stats().await.expect("stats").video.expect("video stats");
+    }
     let skew = v.sync_skew_ms.expect("lip sync measured");
     assert!(skew.abs() < 60.0, "{v:?}");
-    assert!(prom.contains("hush_video_sync_skew_seconds{call=\"1\"}"));
     a.hangup().expect("hangup");
 }
 
