@@ -312,36 +312,16 @@ fn video_repair_room_follows_the_loss_seen() {
 /// path once.
 #[test]
 fn video_retransmissions_go_twice_on_a_lossy_path() {
-    use crate::rtp::RtpPacket;
     let mut config = lossy(LossModel::None, 20);
     config.video = true;
     let mut call = CallSim::new(config, Instant::now());
     let mut at = Duration::from_secs(2);
     call.run_until(at);
-    let video = call.a.config().local_video.expect("video stream");
     let mut answers = Vec::new();
     for loss in [0.0, 0.12] {
         call.a.remote_loss_smoothed = loss;
-        let now = call.now();
-        while call.a.poll_transmit().is_some() {}
-        call.a.send_video(now, &[0x55; 300], false);
-        let mut seqs = Vec::new();
-        while let Some(t) = call.a.poll_transmit() {
-            if let Ok(p) = RtpPacket::parse(&t.data) {
-                if p.header.ssrc == video.ssrc {
-                    seqs.push(p.header.sequence_number);
-                }
-            }
-        }
-        assert_eq!(seqs.len(), 1, "one small frame, one packet");
-        call.a.on_nack(now, video.ssrc, &seqs);
-        let mut rtx = 0;
-        while let Some(t) = call.a.poll_transmit() {
-            if let Ok(p) = RtpPacket::parse(&t.data) {
-                rtx += usize::from(p.header.ssrc == video.rtx_ssrc);
-            }
-        }
-        answers.push(rtx);
+        // One small frame, one packet.
+        answers.push(video_rtx_answering_a_nack(&mut call, 300, 1));
         at += Duration::from_millis(500);
         call.run_until(at);
     }
