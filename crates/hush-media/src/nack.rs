@@ -25,10 +25,10 @@ struct Missing {
 /// A missing packet is NACKed when first noticed, once more `repeat_after` later (a NACK
 /// crosses the same lossy path as the packet it asks for: on a path losing 10 %, one NACK in
 /// ten is lost and its packet waits a whole round trip more), then again every
-/// `max(rtt, min_interval)` after the first, up to `max_retries` times, and forgotten after
-/// `max_age` (when it could no longer be played) or once it arrives. The sender answers the
-/// repeat only if the first was lost ([`RtxSender::on_nack`] ignores a request repeated
-/// within 0.8 × RTT).
+/// `max(rtt, min_interval)` after the first (each retry repeated the same way if
+/// `repeat_retries`), up to `max_retries` NACKs, and forgotten after `max_age` (when it could
+/// no longer be played) or once it arrives. The sender answers a repeat only if the NACK it
+/// repeats was lost ([`RtxSender::on_nack`] ignores a request repeated within 0.8 × RTT).
 #[derive(Debug, Clone)]
 pub struct NackScheduler {
     missing: BTreeMap<u64, Missing>,
@@ -41,6 +41,11 @@ pub struct NackScheduler {
     pub max_age: Duration,
     /// When the first NACK of a packet is repeated, if that is sooner than the retry.
     pub repeat_after: Duration,
+    /// Whether each retry is repeated `repeat_after` later too, not only the first NACK. A
+    /// retry is sent because an earlier attempt failed (its NACKs or the retransmission
+    /// were lost); on a lossy path a single retry is lost one time in ten again, and a
+    /// video frame waiting for it is given up before the next one can come back.
+    pub repeat_retries: bool,
     /// Retries go every `max(rtt × retry_factor, min_interval)`. At 1.0 a retry races the
     /// retransmission it asks for (which comes back one round trip after the NACK, plus
     /// pacing), and the sender answers it again.
@@ -56,6 +61,7 @@ impl Default for NackScheduler {
             min_interval: Duration::from_millis(20),
             max_age: Duration::from_millis(1000),
             repeat_after: Duration::from_millis(20),
+            repeat_retries: false,
             retry_factor: 1.0,
         }
     }
@@ -113,7 +119,7 @@ impl NackScheduler {
     pub fn poll_nacks(&mut self, now: Instant, rtt: Duration) -> Vec<u64> {
         let interval = self.retry_interval(rtt);
         let (max_age, max_retries) = (self.max_age, self.max_retries);
-        let repeat_after = self.repeat_after;
+        let (repeat_after, repeat_retries) = (self.repeat_after, self.repeat_retries);
         self.missing.retain(|_, m| {
             now.saturating_duration_since(m.first_seen) < max_age && m.retries < max_retries
         });
@@ -123,7 +129,7 @@ impl NackScheduler {
                 m.next_send = match m.repeat_of.take() {
                     // The repeat: the retry stays one interval after the first.
                     Some(first) => (first + interval).max(now),
-                    None if m.retries == 0 && repeat_after < interval => {
+                    None if (m.retries == 0 || repeat_retries) && repeat_after < interval => {
                         m.repeat_of = Some(now);
                         now + repeat_after
                     }
@@ -283,6 +289,30 @@ mod tests {
         n.forget(102);
         assert_eq!(n.missing_count(), 0);
         assert_eq!(n.poll_timeout(), None);
+    }
+
+    #[test]
+    fn repeats_every_retry_when_asked() {
+        let t0 = Instant::now();
+        let mut n = NackScheduler::default();
+        n.repeat_retries = true;
+        n.retry_factor = 1.5;
+        n.on_packet(t0, 100);
+        n.on_packet(t0, 102);
+        let rtt = ms(40);
+        let sent: Vec<u64> = (0..=200)
+            .filter(|&t| !n.poll_nacks(t0 + ms(t), rtt).is_empty())
+            .collect();
+        // The first NACK and each retry (every 1.5 RTT after the first) go twice, 20 ms
+        // apart: a retry lost on a lossy path is not a whole retry interval lost.
+        assert_eq!(sent, [0, 20, 60, 80, 120, 140, 180, 200]);
+        // Without it, only the first is repeated.
+        n.repeat_retries = false;
+        n.on_packet(t0 + ms(300), 104);
+        let sent: Vec<u64> = (300..=500)
+            .filter(|&t| n.poll_nacks(t0 + ms(t), rtt).iter().any(|&s| s == 103))
+            .collect();
+        assert_eq!(sent, [300, 320, 360, 420, 480]);
     }
 
     #[test]
