@@ -356,15 +356,15 @@ impl MediaTask {
                             path.seed_rtt(rtt);
                         }
                         if let Some(v) = st.video.as_mut() {
-                            if !v.task.encoded {
-                                set_codecs(&mut path);
-                            }
                             let start = path
                                 .session()
                                 .encoder_target()
                                 .map_or(0, |t| t.video_bps)
                                 .max((path.session().target_bps() / 2) as u32);
                             v.sender = VideoSender::new(v.sender.camera_on, start);
+                            if !v.task.encoded {
+                                set_codecs(&mut path, v.sender.fps());
+                            }
                         }
                         st.path = Some(path);
                         st.keyed_at = Some(Instant::now());
@@ -632,13 +632,20 @@ impl MediaTask {
     }
 }
 
-/// OpenH264 encoder and decoder on the path; without them (the library failed to start) the
-/// call goes on without video in that direction.
-fn set_codecs(path: &mut MediaPath) {
+/// OpenH264 encoder and decoder on the path, the encoder starting at the sender's first rung's
+/// frame rate `fps`; without them (the library failed to start) the call goes on without
+/// video in that direction.
+fn set_codecs(path: &mut MediaPath, fps: f32) {
+    let fps = if fps > 0.0 { fps } else { 30.0 };
     use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
     let encoder = OpenH264Encoder::new(VideoEncoderConfig {
-        // Starts low; the engine's first target follows at once.
+        // Starts low; the engine's first target follows at once. At the rung's frame rate:
+        // started at 30 frames a second under a 15 fps rung, the encoder restarted for the
+        // frame rate a second into the call, and the restart's keyframe, at a rate where
+        // OpenH264 skips pictures, froze the picture in about one call in eight at 10 %
+        // loss (docs/benchmarks.md, issue 14's thirteenth round).
         bitrate_bps: 300_000,
+        framerate: fps,
         max_nal_size: path
             .session()
             .config()
@@ -661,7 +668,7 @@ fn set_codecs(path: &mut MediaPath) {
         decoder
             .ok()
             .map(|d| Box::new(d) as Box<dyn hush_media::video::VideoDecoder>),
-        30.0,
+        fps,
     );
 }
 

@@ -208,31 +208,43 @@ impl OpenH264Encoder {
         Encoder::with_api_config(OpenH264API::from_source(), ec).map_err(codec_err)
     }
 
-    /// At a larger picture (a ladder step up) with a running rate where OpenH264 skips
-    /// pictures, starts the encoder over with the wanted rates: OpenH264 would start over at
-    /// the new size with the small picture's rate (a rise is held for 3 s by the policy) and
-    /// skip 1 picture in 4 at the larger one, 200-430 ms between pictures right after the step
-    /// (docs/benchmarks.md, issue 14's tenth and eleventh rounds). Above that rate the step
-    /// keeps it: taking the wanted rates at every step up lengthened the gap at a link drop
-    /// 3 s later in the virtual bandwidth-step case (0.49 to 0.56 s, cause not found). The
-    /// policy's hold clock is not reset: a drop right after the step still applies at once.
+    /// At a new picture size (a ladder step) OpenH264 starts over with an IDR anyway, so the
+    /// encoder is restarted there at the wanted rates, and the restart policy's holds count
+    /// from it. Before, only a larger picture out of OpenH264's skipping range took them
+    /// (docs/benchmarks.md, issue 14's tenth and eleventh rounds); elsewhere the step kept the
+    /// small picture's rates, and the policy restarted the encoder for them a few frames later
+    /// (a new frame rate, a drop, not held by the step's IDR): two keyframes of 24–45 kB
+    /// within 60 ms at 480×270 and 640×360, whose burst held pictures back for a full queue
+    /// and froze the picture for 0.4–0.55 s at 10 % loss (issue 14's thirteenth round).
     fn apply_size(&mut self, size: (u32, u32)) -> Result<(), VideoError> {
-        let area = |s: (u32, u32)| u64::from(s.0) * u64::from(s.1);
-        let grew = self.size.is_some_and(|s| area(size) > area(s));
+        let changed = self.size.is_some_and(|s| s != size);
         self.size = Some(size);
-        let skipping = self.config.bitrate_bps < self.tuning.frame_skip_below_bps;
-        if !grew || !skipping || self.wanted.0 <= self.config.bitrate_bps {
+        if !changed {
             return Ok(());
         }
-        let (bps, fps) = self.wanted;
-        self.rebuild_at(bps, fps, "a larger picture out of its skipping range")?;
+        if self.wanted != (self.config.bitrate_bps, self.config.framerate) {
+            let (bps, fps) = self.wanted;
+            self.rebuild_at(bps, fps, "a new picture size")?;
+        }
         self.policy = RestartPolicy::default();
+        self.frames_since_start = 0;
         Ok(())
     }
 
     /// Restarts the encoder if the [`RestartPolicy`] says a pending rate change is due.
     fn apply_rates(&mut self) -> Result<(), VideoError> {
         let running = (self.config.bitrate_bps, self.config.framerate);
+        if self.frames_since_start == 0 && self.wanted != running {
+            // Nothing encoded since the encoder (re)started: its next frame is an IDR anyway,
+            // so the rates the engine asked for before it are taken now, at no cost. Held
+            // back by the policy instead, a first target that differed from the starting
+            // guess restarted the encoder (a second keyframe) a second into the call.
+            let (bps, fps) = self.wanted;
+            self.config.bitrate_bps = bps;
+            self.config.framerate = fps;
+            self.encoder = Some(self.build()?);
+            return Ok(());
+        }
         if !self
             .policy
             .restart_now(running, self.wanted, self.frames_since_start)
@@ -520,6 +532,31 @@ mod tests {
         assert!(dec.decode(&key.data, t).unwrap().is_some());
     }
 
+    /// Rates asked for before the first frame (the engine's first target, a frame rate
+    /// the sender settled on) are taken with that frame's IDR, not held back by the restart
+    /// policy to cost a second keyframe later.
+    #[test]
+    fn rates_asked_before_the_first_frame_cost_no_restart() {
+        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps: 300_000,
+            ..VideoEncoderConfig::default()
+        })
+        .unwrap();
+        let t = Instant::now();
+        enc.set_rates(200_000, 15.0);
+        let keyframes: Vec<bool> = (0..40)
+            .filter_map(|n| enc.encode(&picture(160, 96, n, t)).unwrap())
+            .map(|f| f.keyframe)
+            .collect();
+        assert_eq!(enc.restarts(), 0);
+        assert_eq!(
+            (enc.config().bitrate_bps, enc.config().framerate),
+            (200_000, 15.0)
+        );
+        assert_eq!(keyframes.iter().filter(|&&k| k).count(), 1, "{keyframes:?}");
+        assert!(keyframes[0]);
+    }
+
     #[test]
     fn rate_changes_restart_only_on_large_steps() {
         let mut enc = OpenH264Encoder::new(VideoEncoderConfig::default()).unwrap();
@@ -541,11 +578,11 @@ mod tests {
         assert_eq!(enc.restarts(), 1);
     }
 
-    /// A larger picture (a ladder step up) at a rate where OpenH264 skips pictures takes the
-    /// wanted rate at once: OpenH264 starts over at the new size anyway. Before, it kept the
-    /// small picture's rate for 3 s.
+    /// A new picture size (a ladder step) takes the wanted rates at once: OpenH264 starts
+    /// over at the new size anyway. The restart policy's holds then count from that IDR, so a
+    /// rate change right after the step does not cost a second keyframe at once.
     #[test]
-    fn a_larger_picture_takes_the_wanted_rate_out_of_skipping() {
+    fn a_new_picture_size_takes_the_wanted_rates_in_its_one_keyframe() {
         let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
             bitrate_bps: 200_000,
             ..Default::default()
@@ -561,14 +598,33 @@ mod tests {
         let f = enc.encode(&picture(320, 192, 21, t)).unwrap().unwrap();
         assert!(f.keyframe);
         assert_eq!(enc.config().bitrate_bps, 900_000);
-        // A drop right after the step is not held by the step's restart.
+        // A drop right after the step waits the policy's hold (0.5 s of frames) from the
+        // step's keyframe, rather than restarting (a second keyframe) at once.
         enc.set_rates(400_000, 30.0);
-        enc.encode(&picture(320, 192, 22, t)).unwrap();
+        let keys: Vec<bool> = (22..36)
+            .filter_map(|n| enc.encode(&picture(320, 192, n, t)).unwrap())
+            .map(|f| f.keyframe)
+            .collect();
+        assert_eq!(enc.config().bitrate_bps, 900_000);
+        assert!(keys.iter().all(|k| !k), "{keys:?}");
+        let f = enc.encode(&picture(320, 192, 36, t)).unwrap().unwrap();
+        assert!(f.keyframe);
         assert_eq!(enc.config().bitrate_bps, 400_000);
-        // Above the skipping rate a step up keeps the running rate (the policy decides).
-        enc.set_rates(1_500_000, 30.0);
-        enc.encode(&picture(480, 288, 23, t)).unwrap();
-        assert_eq!(enc.config().bitrate_bps, 400_000);
+        // Above the skipping rate a step takes the wanted rates too, frame rate included.
+        enc.set_rates(1_500_000, 20.0);
+        let restarts = enc.restarts();
+        let f = enc.encode(&picture(480, 288, 37, t)).unwrap().unwrap();
+        assert!(f.keyframe);
+        assert_eq!(
+            (enc.config().bitrate_bps, enc.config().framerate),
+            (1_500_000, 20.0)
+        );
+        assert_eq!(enc.restarts(), restarts + 1);
+        let keys: Vec<bool> = (38..60)
+            .filter_map(|n| enc.encode(&picture(480, 288, n, t)).unwrap())
+            .map(|f| f.keyframe)
+            .collect();
+        assert!(keys.iter().all(|k| !k), "{keys:?}");
     }
 
     /// Panning textured content with a moving object: hush's default makes one IDR (the
