@@ -92,6 +92,9 @@ pub struct OpenH264Encoder {
     restarts: u64,
     /// The size of the last picture encoded.
     size: Option<(u32, u32)>,
+    /// Started over for a larger picture: its rate control does not skip pictures, whatever
+    /// the rate (see [`apply_size`](Self::apply_size)), until the next restart.
+    step_up: bool,
 }
 
 impl std::fmt::Debug for OpenH264Encoder {
@@ -160,6 +163,7 @@ impl OpenH264Encoder {
             epoch: None,
             restarts: 0,
             size: None,
+            step_up: false,
         };
         enc.encoder = Some(enc.build()?);
         Ok(enc)
@@ -197,7 +201,7 @@ impl OpenH264Encoder {
             .adaptive_quantization(t.adaptive_quant)
             .background_detection(t.background_detection)
             .scene_change_detect(t.scene_change_detect)
-            .skip_frames(t.frame_skip || c.bitrate_bps < t.frame_skip_below_bps)
+            .skip_frames(t.frame_skip || (c.bitrate_bps < t.frame_skip_below_bps && !self.step_up))
             .qp(QpRange::new(t.qp_range.0, t.qp_range.1))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .intra_frame_period(IntraFramePeriod::from_num_frames(period))
@@ -216,13 +220,24 @@ impl OpenH264Encoder {
     /// (a new frame rate, a drop, not held by the step's IDR): two keyframes of 24–45 kB
     /// within 60 ms at 480×270 and 640×360, whose burst held pictures back for a full queue
     /// and froze the picture for 0.4–0.55 s at 10 % loss (issue 14's thirteenth round).
+    ///
+    /// A larger picture's encoder does not skip pictures, even below
+    /// [`OpenH264Tuning::frame_skip_below_bps`]: the step's IDR (25 kB at 480×270) is most of
+    /// a second of a 240–300 kbps budget, and OpenH264 paid it back by skipping three pictures
+    /// in four for 0.6–0.8 s, a freeze at each step up from 320×180 at 10 % loss. A step up
+    /// comes from a rising estimate, so the link has room for the IDR; on a link that is
+    /// really that thin, the next drop restarts the encoder with skipping again.
     fn apply_size(&mut self, size: (u32, u32)) -> Result<(), VideoError> {
-        let changed = self.size.is_some_and(|s| s != size);
-        self.size = Some(size);
-        if !changed {
+        let area = |s: (u32, u32)| u64::from(s.0) * u64::from(s.1);
+        let previous = self.size.replace(size);
+        let Some(previous) = previous.filter(|&p| p != size) else {
             return Ok(());
-        }
-        if self.wanted != (self.config.bitrate_bps, self.config.framerate) {
+        };
+        let step_up = area(size) > area(previous);
+        let skipping = self.config.bitrate_bps < self.tuning.frame_skip_below_bps;
+        let rates_differ = self.wanted != (self.config.bitrate_bps, self.config.framerate);
+        if rates_differ || (step_up != self.step_up && skipping) {
+            self.step_up = step_up;
             let (bps, fps) = self.wanted;
             self.rebuild_at(bps, fps, "a new picture size")?;
         }
@@ -252,6 +267,7 @@ impl OpenH264Encoder {
             return Ok(());
         }
         let (bps, fps) = self.wanted;
+        self.step_up = false;
         self.rebuild_at(bps, fps, "a new rate")?;
         self.frames_since_start = 0;
         Ok(())
@@ -625,6 +641,33 @@ mod tests {
             .map(|f| f.keyframe)
             .collect();
         assert!(keys.iter().all(|k| !k), "{keys:?}");
+    }
+
+    /// A step up below the skipping rate: the larger picture's IDR is most of a second of
+    /// that budget, and OpenH264's rate control, left to skip, paid it back with the pictures
+    /// after it. The step's encoder sends them all.
+    #[test]
+    fn a_step_up_below_the_skipping_rate_skips_no_picture_after_its_keyframe() {
+        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps: 250_000,
+            ..VideoEncoderConfig::default()
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        let at = |n: u32| t0 + Duration::from_millis(u64::from(n) * 33);
+        for n in 0..30 {
+            enc.encode(&picture(320, 192, n, at(n))).unwrap();
+        }
+        let sent: Vec<bool> = (30..60)
+            .map(|n| enc.encode(&picture(640, 384, n, at(n))).unwrap().is_some())
+            .collect();
+        assert!(sent.iter().all(|&s| s), "{sent:?}");
+        // A drop restarts it with skipping again (the link may really be that thin).
+        enc.set_rates(150_000, 30.0);
+        let sent: Vec<bool> = (60..150)
+            .map(|n| enc.encode(&picture(640, 384, n, at(n))).unwrap().is_some())
+            .collect();
+        assert!(sent.iter().any(|&s| !s), "{sent:?}");
     }
 
     /// Panning textured content with a moving object: hush's default makes one IDR (the
