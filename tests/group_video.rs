@@ -512,9 +512,10 @@ async fn a_sender_on_a_capped_uplink_stops_its_top_layer_and_starts_it_again_whe
             "receiver {r} of 0: cap→top stopped {to_stop:?}, top stopped→lower layer here \
              {:?}, lift→top back {:?}; longest gap before the cap {gap_before:?}, around the \
              switch {gap_switch:?}, capped after it {gap:?}, after the top came back \
-             {gap_after:?}",
+             {gap_after:?}; settled at {:.1}s, gaps over 300 ms {gaps:?}",
             switched(r) - stopped,
-            back - lift
+            back - lift,
+            (settled - t0).as_secs_f64()
         );
     }
     // The other sender's top layer reached receiver 2 throughout.

@@ -213,14 +213,21 @@ impl Source {
         let starting = now.saturating_duration_since(started) < LAYER_IDLE;
         let l = self.layers.get_mut(layer)?;
         l.meter.add(now, len, marking);
-        l.last_packet = Some(now);
-        l.stopped = false;
         l.packets = l.packets.saturating_add(1);
         l.marked |= marking.is_some();
         let switch_point = match marking {
             Some(m) => m & (MARK_START | MARK_INDEPENDENT) == MARK_START | MARK_INDEPENDENT,
             None => !l.marked && l.packets > UNMARKED_AFTER,
         };
+        // A stopped layer starts again at a keyframe (the sender's first frame of it is one).
+        // Anything else of it is from before the stop, late or resent for the SFU's NACK: it
+        // arrives behind the BYE on a congested uplink. Taken as a restart, it made receivers
+        // that were waiting for the layer below's keyframe stay on the stopped layer and
+        // miss that keyframe, and the SFU ask the sender for keyframes of the stopped layer.
+        if !l.stopped || switch_point || !l.marked {
+            l.stopped = false;
+            l.last_packet = Some(now);
+        }
         let mut views = [LayerView::default(); MAX_LAYERS];
         let mut count = 0;
         for (v, l) in views.iter_mut().zip(&self.layers) {
@@ -804,5 +811,51 @@ mod tests {
         // Without a hold: down and up every second (about 19 switches); with it, down at 1 s,
         // up after 2 s, down again (hold 4 s), up, down (hold 8 s)...
         assert!(switches <= 8, "{switches} switches");
+    }
+
+    #[test]
+    fn a_late_packet_of_a_stopped_layer_does_not_start_it_again() {
+        let t0 = Instant::now();
+        let layer = |ssrc, height| Layer {
+            ssrc,
+            height,
+            meter: RateMeter::default(),
+            last_packet: None,
+            packets: 0,
+            marked: false,
+            stopped: false,
+        };
+        let mut src = Source {
+            ssrc: 1,
+            started: None,
+            layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
+        };
+        let key = Some(MARK_START | MARK_INDEPENDENT);
+        let mut sub = Subscription::new(1);
+        for ssrc in [1, 2, 3] {
+            let p = src.on_packet(t0, ssrc, 100, key).unwrap();
+            sub.on_packet(t0, &p, 1, 1, None);
+        }
+        assert_eq!(sub.current, Some(2));
+        // The top layer stops; a packet of it from before the stop (or resent) arrives behind
+        // the BYE, before the middle layer's keyframe.
+        assert!(src.stop_layer(3));
+        let t1 = t0 + Duration::from_millis(30);
+        let p = src.on_packet(t1, 3, 100, Some(0)).unwrap();
+        assert!(!p.views()[2].active, "a late packet restarted the layer");
+        let d = sub.on_packet(t1, &p, 2, 2, None);
+        assert_eq!(sub.target, Some(1));
+        assert_eq!(
+            d.keyframe,
+            Some(2),
+            "no keyframe asked of the stopped layer"
+        );
+        // The middle layer's keyframe: the receiver switches there.
+        let p = src.on_packet(t1, 2, 100, key).unwrap();
+        assert!(sub.on_packet(t1, &p, 3, 3, None).switched);
+        assert_eq!(sub.current, Some(1));
+        // The top layer's keyframe starts it again.
+        let p = src.on_packet(t1, 3, 100, key).unwrap();
+        assert!(p.views()[2].active);
     }
 }
