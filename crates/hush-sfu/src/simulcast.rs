@@ -47,9 +47,11 @@ const MARK_START: u8 = 0x80;
 /// Frame marking: the frame is independent (a keyframe).
 const MARK_INDEPENDENT: u8 = 0x20;
 
-/// Bitrate of one layer: the larger of its rate over the last [`METER_WINDOW`] without
-/// keyframes, and its rate over the [`KEYFRAME_SPREAD`] that began with its last keyframe (the
-/// keyframe and the frames after it, which an encoder makes larger to refine the picture).
+/// Bitrate of one layer: the larger of its delta frames' rate over the last [`METER_WINDOW`]
+/// and its rate over the last [`KEYFRAME_SPREAD`] measured that began with a keyframe (the
+/// keyframe, the frames after it, which an encoder makes larger to refine the picture, and any
+/// keyframe more within it). Until one such spread is measured, every packet's rate over the
+/// last window.
 ///
 /// Keyframes are counted apart because they come in bursts the SFU itself sets off: a switch
 /// to a layer asks for one. Counted in the window they fall in, they made a layer's rate jump
@@ -65,11 +67,16 @@ struct RateMeter {
     start: Option<Instant>,
     /// Bytes of delta frames (or of every packet, on an unmarked layer) in this window.
     bytes: u64,
+    /// Bytes of every packet in this window.
+    all_bytes: u64,
     /// The rate of delta frames over the last whole window.
     delta_bps: Option<u64>,
-    /// When the last keyframe began, and the bytes of the layer since.
+    /// The rate of every packet over the last whole window.
+    all_bps: Option<u64>,
+    /// When the keyframe that began the spread being measured came, and the bytes of the layer
+    /// since (keyframes within the spread included: frequent keyframes are part of the rate).
     keyframe: Option<(Instant, u64)>,
-    /// The rate over the [`KEYFRAME_SPREAD`] from the last keyframe whose spread is over.
+    /// The rate over the last whole [`KEYFRAME_SPREAD`] measured.
     after_keyframe_bps: Option<u64>,
 }
 
@@ -78,18 +85,14 @@ impl RateMeter {
     fn add(&mut self, now: Instant, len: usize, marking: Option<u8>) {
         let start = *self.start.get_or_insert(now);
         let len = len as u64;
-        let independent = marking.is_some_and(|m| m & MARK_INDEPENDENT != 0);
         if let Some((at, bytes)) = self.keyframe {
             if now.saturating_duration_since(at) >= KEYFRAME_SPREAD {
                 self.after_keyframe_bps = Some(rate(bytes, KEYFRAME_SPREAD));
                 self.keyframe = None;
             }
         }
-        if marking
-            .is_some_and(|m| m & (MARK_START | MARK_INDEPENDENT) == MARK_START | MARK_INDEPENDENT)
-        {
-            // A keyframe within the spread of the one before starts a new spread: the rate
-            // is that of one switch.
+        let independent = marking.is_some_and(|m| m & MARK_INDEPENDENT != 0);
+        if self.keyframe.is_none() && independent && marking.is_some_and(|m| m & MARK_START != 0) {
             self.keyframe = Some((now, 0));
         }
         if let Some((_, bytes)) = &mut self.keyframe {
@@ -98,18 +101,24 @@ impl RateMeter {
         if !independent {
             self.bytes = self.bytes.saturating_add(len);
         }
+        self.all_bytes = self.all_bytes.saturating_add(len);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= METER_WINDOW {
             self.delta_bps = Some(rate(self.bytes, elapsed));
+            self.all_bps = Some(rate(self.all_bytes, elapsed));
             self.start = Some(now);
             self.bytes = 0;
+            self.all_bytes = 0;
         }
     }
 
-    /// The layer's rate, once a whole window is measured.
+    /// The layer's rate, once a whole window is measured: every packet's over the last window
+    /// until a spread after a keyframe has been measured.
     fn bps(&self) -> Option<u64> {
-        self.delta_bps
-            .map(|d| d.max(self.after_keyframe_bps.unwrap_or(0)))
+        match self.after_keyframe_bps {
+            Some(k) => self.delta_bps.map(|d| d.max(k)),
+            None => self.all_bps,
+        }
     }
 }
 
@@ -857,5 +866,29 @@ mod tests {
         // The top layer's keyframe starts it again.
         let p = src.on_packet(t1, 3, 100, key).unwrap();
         assert!(p.views()[2].active);
+    }
+
+    #[test]
+    fn frequent_keyframes_count_in_a_layers_rate() {
+        // 900-byte delta frames at 15 a second and a 13 kB keyframe every fifth frame (a
+        // receiver behind a lossy link asking again and again): about 400 kbit/s, not the
+        // 100 kbit/s of the delta frames alone. (A first version of the keyframe spread
+        // started again at every keyframe and never counted them: a receiver behind a
+        // 250 kbit/s downlink stayed on the top layer, asking for keyframe after keyframe.)
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        for f in 0..60u64 {
+            let now = t0 + Duration::from_millis(f * 1000 / 15);
+            if f % 5 == 0 {
+                for i in 0..11 {
+                    let start = if i == 0 { MARK_START } else { 0 };
+                    m.add(now, 1182, Some(start | MARK_INDEPENDENT));
+                }
+            } else {
+                m.add(now, 900, Some(MARK_START));
+            }
+        }
+        let bps = m.bps().unwrap();
+        assert!((350_000..450_000).contains(&bps), "{bps}");
     }
 }
