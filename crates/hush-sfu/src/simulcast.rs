@@ -810,7 +810,7 @@ mod tests {
         // Every layer's frames the same size, keyframes too; the share lets the top layer
         // through for 1 s, then not for 1 s, and so on.
         let share = |t: Duration| {
-            if t.as_secs() % 2 == 0 {
+            if t.as_secs().is_multiple_of(2) {
                 400_000
             } else {
                 150_000
