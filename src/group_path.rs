@@ -503,7 +503,7 @@ pub struct GroupPathStats {
     /// between it and the SFU), from its send history.
     pub video_packets_resent: u64,
     /// Sequence numbers the SFU NACKed that were no longer in the send history (or resent
-    /// too often already).
+    /// too often already, or of a layer stopped since).
     pub video_resends_unserved: u64,
     /// Transport-wide feedback messages received from the SFU about this participant's
     /// packets (its uplink estimate comes from them).
@@ -1394,6 +1394,17 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
             for p in rtcp::parse_compound(&datagram).unwrap_or_default() {
                 match p {
                     RtcpPacket::Nack(nack) if self.video_out.contains_key(&nack.media_ssrc) => {
+                        // Not for a layer stopped since: its receivers wait for the layer
+                        // below's keyframe, and the resends would go into the congested
+                        // uplink that made the layer stop, ahead of that keyframe.
+                        let stopped = self
+                            .video_out
+                            .get(&nack.media_ssrc)
+                            .is_some_and(|v| !self.uplink.is_sending(v.layer));
+                        if stopped {
+                            self.stats.video_resends_unserved += nack.lost.len() as u64;
+                            continue;
+                        }
                         // Lost on the way to the SFU: the same protected bytes again (the
                         // SFU's SRTP never saw that index, so it takes them).
                         for seq in nack.lost {

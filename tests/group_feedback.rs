@@ -1,11 +1,12 @@
 //! What a group call client sends back to the SFU, and what it buys: transport-wide feedback
 //! (the SFU picks each receiver's simulcast layer from its downlink's estimate), NACKs answered
 //! from the SFU's cache (a lost packet costs no keyframe), and a keyframe request at once when
-//! a stream starts with a frame nothing can decode (a late joiner).
+//! a stream starts with a frame nothing can decode (a late joiner); no resends of a layer the
+//! sender stopped.
 //!
 //! Real joins, hop SRTP and SFrame; `GroupMediaPath` on every participant with the real
 //! `hush_sfu::Sfu` core between them; simulated time (1 ms steps), a bottleneck or loss on
-//! the SFU → receiver hop of one participant. Nothing in the client is scripted: its feedback,
+//! the SFU → receiver hop of one participant or on a sender's hop to the SFU. Nothing in the client is scripted: its feedback,
 //! NACKs and keyframe requests come from `GroupMediaPath::handle_datagram` and
 //! `handle_timeout` alone.
 
@@ -77,6 +78,10 @@ struct Member {
     uplink_lose_every: Option<u64>,
     uplink_datagrams: u64,
     uplink_lost: u64,
+    /// Video packets (not probes) it sent of its top layer while that layer was stopped.
+    stopped_top_layer_sent: u64,
+    /// A drop-tail bottleneck on its hop to the SFU (what would wait over 300 ms is dropped).
+    uplink_link: Option<Bottleneck>,
 }
 
 struct Sim {
@@ -155,6 +160,8 @@ impl Sim {
             uplink_lose_every: None,
             uplink_datagrams: 0,
             uplink_lost: 0,
+            stopped_top_layer_sent: 0,
+            uplink_link: None,
         });
     }
 
@@ -219,6 +226,18 @@ impl Sim {
                 m.video.push(v);
             }
         }
+        let mut uplink = Vec::new();
+        for m in self.members.iter_mut().flatten() {
+            if let Some(link) = &mut m.uplink_link {
+                while link.queue.front().is_some_and(|(t, _)| *t <= now) {
+                    let (t, bytes) = link.queue.pop_front().unwrap();
+                    uplink.push((t, m.leg, bytes));
+                }
+            }
+        }
+        for (t, leg, bytes) in uplink {
+            let _ = self.sfu.handle_input(t, leg, &bytes);
+        }
         self.sfu.handle_timeout(now);
         self.pump();
     }
@@ -231,10 +250,28 @@ impl Sim {
                 while let Some(d) = m.path.poll_datagram() {
                     moved = true;
                     m.uplink_datagrams += 1;
+                    if d[8..12] == LAYERS[2].to_be_bytes()
+                        && d[1] & 0x7f != 127
+                        && !m.path.layer_sending(2)
+                    {
+                        m.stopped_top_layer_sent += 1;
+                    }
                     if m.uplink_lose_every
                         .is_some_and(|k| m.uplink_datagrams % k == 0)
                     {
                         m.uplink_lost += 1;
+                        continue;
+                    }
+                    if let Some(link) = &mut m.uplink_link {
+                        let start = link.free_at.max(now);
+                        let wire = (d.len() + 28) as u64 * 8;
+                        let done = start + Duration::from_micros(wire * 1_000_000 / link.bps);
+                        if done.saturating_duration_since(now) > Duration::from_millis(300) {
+                            link.dropped += 1;
+                        } else {
+                            link.free_at = done;
+                            link.queue.push_back((done, d));
+                        }
                         continue;
                     }
                     let _ = self.sfu.handle_input(now, m.leg, &d);
@@ -577,4 +614,34 @@ fn without_uplink_nacks_the_same_uplink_loss_costs_keyframes() {
         "{:?}",
         sim.keyframes
     );
+}
+
+#[test]
+fn a_layer_stopped_behind_a_congested_uplink_is_not_resent() {
+    // The sender's uplink becomes a 1 Mbit/s drop-tail bottleneck (300 ms queue) under its
+    // 1.9 Mbit/s of layers: packets are dropped, the SFU NACKs them, the estimate falls and the
+    // top layer stops. The SFU goes on NACKing that layer's lost packets for a while; resending
+    // them would only add to the queue that made the layer stop (docs/benchmarks.md, "Eighth
+    // round": they took the place of the lower layer's keyframe).
+    let mut sim = Sim::new(3, &[], [300, 2000, 5500]);
+    for _ in 0..10 {
+        sim.send_frame();
+    }
+    let now = sim.now;
+    sim.member_mut(0).uplink_link = Some(Bottleneck {
+        bps: 1_000_000,
+        free_at: now,
+        queue: VecDeque::new(),
+        dropped: 0,
+    });
+    let mut stopped = false;
+    for _ in 0..150 {
+        sim.send_frame();
+        stopped |= !sim.member(0).path.layer_sending(2);
+    }
+    let sender = sim.member(0);
+    let s = sender.path.stats();
+    assert!(stopped, "the top layer never stopped: {s:?}");
+    assert_eq!(sender.stopped_top_layer_sent, 0, "{s:?}");
+    assert!(s.video_resends_unserved > 0, "{s:?}");
 }

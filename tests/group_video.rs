@@ -231,6 +231,20 @@ async fn a_receiver_on_a_capped_downlink_gets_a_lower_layer_while_the_other_keep
     let stats1 = calls[1].stats().await.unwrap();
     assert_eq!(fast.last(), Some(&360), "uncapped: {fast:?} {stats1:?}");
     assert!(fast.iter().all(|&h| h == 360), "uncapped: {fast:?}");
+    // For the record (docs/benchmarks.md): the capped receiver's pictures as runs of
+    // (height, count).
+    let mut runs: Vec<(u32, usize)> = Vec::new();
+    for &h in &slow {
+        match runs.last_mut() {
+            Some((last, n)) if *last == h => *n += 1,
+            _ => runs.push((h, 1)),
+        }
+    }
+    eprintln!(
+        "capped receiver: {} pictures, runs (height, count) {runs:?}; uncapped: {}",
+        slow.len(),
+        fast.len()
+    );
     let last = slow.last().copied();
     assert!(last.is_some_and(|h| h < 360), "capped: {slow:?} {stats2:?}");
     // It kept receiving pictures (on the lower layer) to the end.
@@ -498,9 +512,10 @@ async fn a_sender_on_a_capped_uplink_stops_its_top_layer_and_starts_it_again_whe
             "receiver {r} of 0: cap→top stopped {to_stop:?}, top stopped→lower layer here \
              {:?}, lift→top back {:?}; longest gap before the cap {gap_before:?}, around the \
              switch {gap_switch:?}, capped after it {gap:?}, after the top came back \
-             {gap_after:?}",
+             {gap_after:?}; settled at {:.1}s, gaps over 300 ms {gaps:?}",
             switched(r) - stopped,
-            back - lift
+            back - lift,
+            (settled - t0).as_secs_f64()
         );
     }
     // The other sender's top layer reached receiver 2 throughout.

@@ -19,6 +19,10 @@ use crate::join::{simulcast_sources, StreamDecl, MAX_LAYERS};
 const VIDEO_CLOCK_HZ: u128 = 90_000;
 /// Length of one bitrate measurement window of a layer.
 const METER_WINDOW: Duration = Duration::from_millis(500);
+/// A layer's rate is at least its rate over this long from its last keyframe: a receiver gets
+/// a layer only if its share carries a switch to it (the keyframe and the larger frames after
+/// it) within about this time.
+const KEYFRAME_SPREAD: Duration = Duration::from_secs(1);
 /// A layer with no packet for this long is not offered (the sender stopped it). A layer that
 /// has sent nothing yet counts as active this long after its source's first packet, so that
 /// receivers do not climb through the layers as their first packets arrive one by one.
@@ -27,6 +31,14 @@ const LAYER_IDLE: Duration = Duration::from_secs(1);
 /// moving down only needs the rate under the share), so that a rate near the share does not
 /// switch back and forth.
 const UPGRADE_HEADROOM: f64 = 0.85;
+/// After a receiver's share pushed it down a layer, it goes up again no sooner than this.
+const UPGRADE_HOLD: Duration = Duration::from_secs(2);
+/// A receiver pushed down again within this long of going up doubles its hold for the next
+/// try (up to [`UPGRADE_HOLD_MAX`]); one that stayed up this long starts again from
+/// [`UPGRADE_HOLD`].
+const UPGRADE_TRIAL: Duration = Duration::from_secs(5);
+/// Longest hold before going up again.
+const UPGRADE_HOLD_MAX: Duration = Duration::from_secs(16);
 /// A layer whose first packets carry no frame marking element at all is switched to at any
 /// packet (the receiver's depacketizer waits for a keyframe as after a loss).
 const UNMARKED_AFTER: u32 = 64;
@@ -35,26 +47,85 @@ const MARK_START: u8 = 0x80;
 /// Frame marking: the frame is independent (a keyframe).
 const MARK_INDEPENDENT: u8 = 0x20;
 
-/// Bitrate of one layer over [`METER_WINDOW`]s.
+/// Bitrate of one layer: the larger of its delta frames' rate over the last [`METER_WINDOW`]
+/// and its rate over the last [`KEYFRAME_SPREAD`] measured that began with a keyframe (the
+/// keyframe, the frames after it, which an encoder makes larger to refine the picture, and any
+/// keyframe more within it). Until one such spread is measured, every packet's rate over the
+/// last window.
+///
+/// Keyframes are counted apart because they come in bursts the SFU itself sets off: a switch
+/// to a layer asks for one. Counted in the window they fall in, they made a layer's rate jump
+/// threefold to sixfold for that window alone, so a receiver whose share lay between a layer's
+/// rate with and without a keyframe went up (at a window without), asked for a keyframe, went
+/// down again at the window that held it, asked the layer below for one, and so on: behind a
+/// 250 kbit/s downlink a receiver switched 5 to 8 times in 8 s (docs/sfu.md "Simulcast",
+/// docs/benchmarks.md). Measured so, a layer's rate is the same whether or not a keyframe fell
+/// in the last window, and a layer whose switch a receiver's share cannot carry is not chosen
+/// for it.
 #[derive(Debug, Default)]
 struct RateMeter {
     start: Option<Instant>,
+    /// Bytes of delta frames (or of every packet, on an unmarked layer) in this window.
     bytes: u64,
-    bps: Option<u64>,
+    /// Bytes of every packet in this window.
+    all_bytes: u64,
+    /// The rate of delta frames over the last whole window.
+    delta_bps: Option<u64>,
+    /// The rate of every packet over the last whole window.
+    all_bps: Option<u64>,
+    /// When the keyframe that began the spread being measured came, and the bytes of the layer
+    /// since (keyframes within the spread included: frequent keyframes are part of the rate).
+    keyframe: Option<(Instant, u64)>,
+    /// The rate over the last whole [`KEYFRAME_SPREAD`] measured.
+    after_keyframe_bps: Option<u64>,
 }
 
 impl RateMeter {
-    fn add(&mut self, now: Instant, len: usize) {
+    /// Counts one packet of `len` bytes; `marking` is its frame marking byte, if any.
+    fn add(&mut self, now: Instant, len: usize, marking: Option<u8>) {
         let start = *self.start.get_or_insert(now);
-        self.bytes = self.bytes.saturating_add(len as u64);
+        let len = len as u64;
+        if let Some((at, bytes)) = self.keyframe {
+            if now.saturating_duration_since(at) >= KEYFRAME_SPREAD {
+                self.after_keyframe_bps = Some(rate(bytes, KEYFRAME_SPREAD));
+                self.keyframe = None;
+            }
+        }
+        let independent = marking.is_some_and(|m| m & MARK_INDEPENDENT != 0);
+        if self.keyframe.is_none() && independent && marking.is_some_and(|m| m & MARK_START != 0) {
+            self.keyframe = Some((now, 0));
+        }
+        if let Some((_, bytes)) = &mut self.keyframe {
+            *bytes = bytes.saturating_add(len);
+        }
+        if !independent {
+            self.bytes = self.bytes.saturating_add(len);
+        }
+        self.all_bytes = self.all_bytes.saturating_add(len);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= METER_WINDOW {
-            let bps = u128::from(self.bytes) * 8 * 1_000_000 / elapsed.as_micros().max(1);
-            self.bps = Some(u64::try_from(bps).unwrap_or(u64::MAX));
+            self.delta_bps = Some(rate(self.bytes, elapsed));
+            self.all_bps = Some(rate(self.all_bytes, elapsed));
             self.start = Some(now);
             self.bytes = 0;
+            self.all_bytes = 0;
         }
     }
+
+    /// The layer's rate, once a whole window is measured: every packet's over the last window
+    /// until a spread after a keyframe has been measured.
+    fn bps(&self) -> Option<u64> {
+        match self.after_keyframe_bps {
+            Some(k) => self.delta_bps.map(|d| d.max(k)),
+            None => self.all_bps,
+        }
+    }
+}
+
+/// `bytes` over `elapsed`, in bits per second.
+fn rate(bytes: u64, elapsed: Duration) -> u64 {
+    let bps = u128::from(bytes) * 8 * 1_000_000 / elapsed.as_micros().max(1);
+    u64::try_from(bps).unwrap_or(u64::MAX)
 }
 
 /// One layer of a sender's source, as the SFU sees it arrive.
@@ -150,22 +221,29 @@ impl Source {
         let started = *self.started.get_or_insert(now);
         let starting = now.saturating_duration_since(started) < LAYER_IDLE;
         let l = self.layers.get_mut(layer)?;
-        l.meter.add(now, len);
-        l.last_packet = Some(now);
-        l.stopped = false;
+        l.meter.add(now, len, marking);
         l.packets = l.packets.saturating_add(1);
         l.marked |= marking.is_some();
         let switch_point = match marking {
             Some(m) => m & (MARK_START | MARK_INDEPENDENT) == MARK_START | MARK_INDEPENDENT,
             None => !l.marked && l.packets > UNMARKED_AFTER,
         };
+        // A stopped layer starts again at a keyframe (the sender's first frame of it is one).
+        // Anything else of it is from before the stop, late or resent for the SFU's NACK: it
+        // arrives behind the BYE on a congested uplink. Taken as a restart, it made receivers
+        // that were waiting for the layer below's keyframe stay on the stopped layer and
+        // miss that keyframe, and the SFU ask the sender for keyframes of the stopped layer.
+        if !l.stopped || switch_point || !l.marked {
+            l.stopped = false;
+            l.last_packet = Some(now);
+        }
         let mut views = [LayerView::default(); MAX_LAYERS];
         let mut count = 0;
         for (v, l) in views.iter_mut().zip(&self.layers) {
             *v = LayerView {
                 ssrc: l.ssrc,
                 height: l.height,
-                bps: l.meter.bps,
+                bps: l.meter.bps(),
                 active: !l.stopped
                     && match l.last_packet {
                         Some(t) => now.saturating_duration_since(t) < LAYER_IDLE,
@@ -276,6 +354,12 @@ pub(crate) struct Subscription {
     /// The layer to switch to at its next keyframe.
     pub(crate) target: Option<usize>,
     rewriter: Rewriter,
+    /// No switch up before this (the share pushed this receiver down).
+    hold_until: Option<Instant>,
+    /// The hold after the next push down.
+    hold: Duration,
+    /// When this receiver last switched up.
+    went_up: Option<Instant>,
 }
 
 /// What [`Subscription::on_packet`] decided.
@@ -297,6 +381,9 @@ impl Subscription {
             current: None,
             target: None,
             rewriter: Rewriter::default(),
+            hold_until: None,
+            hold: UPGRADE_HOLD,
+            went_up: None,
         }
     }
 
@@ -343,6 +430,46 @@ impl Subscription {
         Some(pick)
     }
 
+    /// Applies the upgrade hold to the layer chosen, `want`: while it lasts, a receiver stays
+    /// on its current layer rather than going up. A choice below the current layer that the
+    /// share made (the view and the layers sent would allow the current one) starts a hold:
+    /// [`UPGRADE_HOLD`], doubled each time the receiver is pushed down within
+    /// [`UPGRADE_TRIAL`] of going up. Without it, a receiver whose share lies between a layer's
+    /// rate and what the switch to it costs (its keyframe, and the larger frames an encoder
+    /// makes after one) went up and down every second, each time waiting for a keyframe.
+    fn hold_back(
+        &mut self,
+        now: Instant,
+        views: &[LayerView],
+        share: Option<u64>,
+        want: Option<usize>,
+    ) -> Option<usize> {
+        let (Some(w), Some(c)) = (want, self.current) else {
+            return want;
+        };
+        if w > c {
+            let held = self.hold_until.is_some_and(|t| now < t);
+            let current_ok = views.get(c).is_some_and(|v| v.active);
+            return if held && current_ok { Some(c) } else { want };
+        }
+        let pushed_down = w < c
+            && self.target != want
+            && share.is_some()
+            && self.choose(views, None).is_some_and(|free| free >= c);
+        if pushed_down {
+            let failed = self
+                .went_up
+                .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_TRIAL);
+            self.hold = if failed {
+                (self.hold * 2).min(UPGRADE_HOLD_MAX)
+            } else {
+                UPGRADE_HOLD
+            };
+            self.hold_until = Some(now + self.hold);
+        }
+        want
+    }
+
     /// Handles one packet of this source (`seq`, `ts` as received) for this receiver, with
     /// its bandwidth `share`.
     pub(crate) fn on_packet(
@@ -354,11 +481,12 @@ impl Subscription {
         share: Option<u64>,
     ) -> Decision {
         let mut d = Decision::default();
-        let want = self.choose(p.views(), share);
+        let mut want = self.choose(p.views(), share);
         if want.is_none() {
             self.reset();
             return d;
         }
+        want = self.hold_back(now, p.views(), share, want);
         if want == self.current {
             self.target = None;
         } else {
@@ -369,6 +497,9 @@ impl Subscription {
         if self.target == Some(p.layer) && p.switch_point {
             self.rewriter.switch(now, seq, ts);
             d.switched = self.current.is_some();
+            if self.current.is_some_and(|c| p.layer > c) {
+                self.went_up = Some(now);
+            }
             self.current = Some(p.layer);
             self.target = None;
             d.keyframe = None;
@@ -597,5 +728,167 @@ mod tests {
         // Its next packet starts it again.
         let p = src.on_packet(t1, 3, 100, key).unwrap();
         assert!(p.views()[2].active);
+    }
+
+    /// A simulated sender at 15 frames a second with three layers of delta frames of `deltas`
+    /// bytes and keyframes of `keys` bytes (at the start and when asked), the 7 frames after a
+    /// keyframe twice as large (an encoder refining the picture), in packets of at most 1200
+    /// bytes; one receiver with the bandwidth share `share(elapsed)`, for `secs` seconds.
+    /// Returns its layer switches and the layer it ends on.
+    fn simulate(
+        deltas: [u64; 3],
+        keys: [u64; 3],
+        share: impl Fn(Duration) -> u64,
+        secs: u64,
+    ) -> (u32, Option<usize>) {
+        let t0 = Instant::now();
+        let layer = |ssrc, height| Layer {
+            ssrc,
+            height,
+            meter: RateMeter::default(),
+            last_packet: None,
+            packets: 0,
+            marked: false,
+            stopped: false,
+        };
+        let mut src = Source {
+            ssrc: 1,
+            started: None,
+            layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
+        };
+        let mut sub = Subscription::new(1);
+        let mut asked = [true; 3];
+        let mut refining = [0u32; 3];
+        let mut seqs = [0u16; 3];
+        let mut switches = 0;
+        for frame in 0..secs * 15 {
+            let now = t0 + Duration::from_millis(frame * 1000 / 15);
+            for l in 0..3 {
+                let key = std::mem::take(&mut asked[l]);
+                let size = if key {
+                    refining[l] = 7;
+                    keys[l]
+                } else if refining[l] > 0 {
+                    refining[l] -= 1;
+                    deltas[l] * 2
+                } else {
+                    deltas[l]
+                };
+                let packets = size.div_ceil(1200);
+                for i in 0..packets {
+                    let mut marking = if key { MARK_INDEPENDENT } else { 0 };
+                    if i == 0 {
+                        marking |= MARK_START;
+                    }
+                    let len = (size - i * 1200).min(1200) as usize;
+                    let p = src
+                        .on_packet(now, l as u32 + 1, len, Some(marking))
+                        .unwrap();
+                    let d = sub.on_packet(now, &p, seqs[l], frame as u32, Some(share(now - t0)));
+                    seqs[l] = seqs[l].wrapping_add(1);
+                    if let Some(k) = d.keyframe {
+                        asked[k as usize - 1] = true;
+                    }
+                    switches += u32::from(d.switched);
+                }
+            }
+        }
+        (switches, sub.current)
+    }
+
+    #[test]
+    fn keyframes_do_not_make_a_receiver_switch_up_and_down() {
+        // The top layer's delta frames (108 kbit/s) fit a 150 kbit/s share with the headroom
+        // to go up, but not its keyframe and the frames after it; the middle layer's fit.
+        let (switches, last) = simulate([250, 400, 900], [2000, 5000, 13000], |_| 150_000, 10);
+        assert_eq!(last, Some(1));
+        assert!(switches <= 2, "{switches} switches");
+    }
+
+    #[test]
+    fn a_receiver_pushed_down_waits_longer_each_time_before_going_up_again() {
+        // Every layer's frames the same size, keyframes too; the share lets the top layer
+        // through for 1 s, then not for 1 s, and so on.
+        let share = |t: Duration| {
+            if t.as_secs().is_multiple_of(2) {
+                400_000
+            } else {
+                150_000
+            }
+        };
+        let (switches, _) = simulate([250, 500, 1500], [250, 500, 1500], share, 20);
+        // Without a hold: down and up every second (about 19 switches); with it, down at 1 s,
+        // up after 2 s, down again (hold 4 s), up, down (hold 8 s)...
+        assert!(switches <= 8, "{switches} switches");
+    }
+
+    #[test]
+    fn a_late_packet_of_a_stopped_layer_does_not_start_it_again() {
+        let t0 = Instant::now();
+        let layer = |ssrc, height| Layer {
+            ssrc,
+            height,
+            meter: RateMeter::default(),
+            last_packet: None,
+            packets: 0,
+            marked: false,
+            stopped: false,
+        };
+        let mut src = Source {
+            ssrc: 1,
+            started: None,
+            layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
+        };
+        let key = Some(MARK_START | MARK_INDEPENDENT);
+        let mut sub = Subscription::new(1);
+        for ssrc in [1, 2, 3] {
+            let p = src.on_packet(t0, ssrc, 100, key).unwrap();
+            sub.on_packet(t0, &p, 1, 1, None);
+        }
+        assert_eq!(sub.current, Some(2));
+        // The top layer stops; a packet of it from before the stop (or resent) arrives behind
+        // the BYE, before the middle layer's keyframe.
+        assert!(src.stop_layer(3));
+        let t1 = t0 + Duration::from_millis(30);
+        let p = src.on_packet(t1, 3, 100, Some(0)).unwrap();
+        assert!(!p.views()[2].active, "a late packet restarted the layer");
+        let d = sub.on_packet(t1, &p, 2, 2, None);
+        assert_eq!(sub.target, Some(1));
+        assert_eq!(
+            d.keyframe,
+            Some(2),
+            "no keyframe asked of the stopped layer"
+        );
+        // The middle layer's keyframe: the receiver switches there.
+        let p = src.on_packet(t1, 2, 100, key).unwrap();
+        assert!(sub.on_packet(t1, &p, 3, 3, None).switched);
+        assert_eq!(sub.current, Some(1));
+        // The top layer's keyframe starts it again.
+        let p = src.on_packet(t1, 3, 100, key).unwrap();
+        assert!(p.views()[2].active);
+    }
+
+    #[test]
+    fn frequent_keyframes_count_in_a_layers_rate() {
+        // 900-byte delta frames at 15 a second and a 13 kB keyframe every fifth frame (a
+        // receiver behind a lossy link asking again and again): about 400 kbit/s, not the
+        // 100 kbit/s of the delta frames alone. (A first version of the keyframe spread
+        // started again at every keyframe and never counted them: a receiver behind a
+        // 250 kbit/s downlink stayed on the top layer, asking for keyframe after keyframe.)
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        for f in 0..60u64 {
+            let now = t0 + Duration::from_millis(f * 1000 / 15);
+            if f % 5 == 0 {
+                for i in 0..11 {
+                    let start = if i == 0 { MARK_START } else { 0 };
+                    m.add(now, 1182, Some(start | MARK_INDEPENDENT));
+                }
+            } else {
+                m.add(now, 900, Some(MARK_START));
+            }
+        }
+        let bps = m.bps().unwrap();
+        assert!((350_000..450_000).contains(&bps), "{bps}");
     }
 }
