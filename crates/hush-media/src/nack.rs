@@ -294,9 +294,11 @@ mod tests {
     #[test]
     fn repeats_every_retry_when_asked() {
         let t0 = Instant::now();
-        let mut n = NackScheduler::default();
-        n.repeat_retries = true;
-        n.retry_factor = 1.5;
+        let mut n = NackScheduler {
+            repeat_retries: true,
+            retry_factor: 1.5,
+            ..NackScheduler::default()
+        };
         n.on_packet(t0, 100);
         n.on_packet(t0, 102);
         let rtt = ms(40);
@@ -310,7 +312,7 @@ mod tests {
         n.repeat_retries = false;
         n.on_packet(t0 + ms(300), 104);
         let sent: Vec<u64> = (300..=500)
-            .filter(|&t| n.poll_nacks(t0 + ms(t), rtt).iter().any(|&s| s == 103))
+            .filter(|&t| n.poll_nacks(t0 + ms(t), rtt).contains(&103))
             .collect();
         assert_eq!(sent, [300, 320, 360, 420, 480]);
     }
