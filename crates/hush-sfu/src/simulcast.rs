@@ -688,9 +688,9 @@ mod tests {
         assert!(src.on_packet(t0, 2, 100, None).is_none());
     }
 
-    #[test]
-    fn a_stopped_layer_is_left_at_the_next_packet_not_after_the_idle_time() {
-        let t0 = Instant::now();
+    /// A source of three layers (90, 180, 360 lines; SSRCs 1–3) whose first packets, each a
+    /// keyframe, came at `t0`, and a receiver without a share that took the top one.
+    fn three_layers_received_at_the_top(t0: Instant) -> (Source, Subscription) {
         let layer = |ssrc, height| Layer {
             ssrc,
             height,
@@ -712,6 +712,14 @@ mod tests {
             sub.on_packet(t0, &p, 1, 1, None);
         }
         assert_eq!(sub.current, Some(2));
+        (src, sub)
+    }
+
+    #[test]
+    fn a_stopped_layer_is_left_at_the_next_packet_not_after_the_idle_time() {
+        let t0 = Instant::now();
+        let (mut src, mut sub) = three_layers_received_at_the_top(t0);
+        let key = Some(MARK_START | MARK_INDEPENDENT);
         // The sender says goodbye to the top layer: at the next packet of the low layer (a
         // few milliseconds later, far inside the idle time) the receiver targets the middle
         // layer and asks for its keyframe.
@@ -825,27 +833,8 @@ mod tests {
     #[test]
     fn a_late_packet_of_a_stopped_layer_does_not_start_it_again() {
         let t0 = Instant::now();
-        let layer = |ssrc, height| Layer {
-            ssrc,
-            height,
-            meter: RateMeter::default(),
-            last_packet: None,
-            packets: 0,
-            marked: false,
-            stopped: false,
-        };
-        let mut src = Source {
-            ssrc: 1,
-            started: None,
-            layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
-        };
+        let (mut src, mut sub) = three_layers_received_at_the_top(t0);
         let key = Some(MARK_START | MARK_INDEPENDENT);
-        let mut sub = Subscription::new(1);
-        for ssrc in [1, 2, 3] {
-            let p = src.on_packet(t0, ssrc, 100, key).unwrap();
-            sub.on_packet(t0, &p, 1, 1, None);
-        }
-        assert_eq!(sub.current, Some(2));
         // The top layer stops; a packet of it from before the stop (or resent) arrives behind
         // the BYE, before the middle layer's keyframe.
         assert!(src.stop_layer(3));
