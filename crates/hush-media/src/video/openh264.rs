@@ -443,6 +443,15 @@ mod tests {
 
     /// A moving gradient with a bouncing square: enough texture and motion to exercise the
     /// encoder without input files.
+    /// An encoder with the default settings at `bps`.
+    fn encoder_at(bps: u32) -> OpenH264Encoder {
+        OpenH264Encoder::new(VideoEncoderConfig {
+            bitrate_bps: bps,
+            ..VideoEncoderConfig::default()
+        })
+        .unwrap()
+    }
+
     fn picture(w: u32, h: u32, n: u32, t: Instant) -> I420Frame {
         let mut f = I420Frame::filled(w, h, [0, 128, 128], t).unwrap();
         let [y, u, _] = f.planes_mut();
@@ -553,11 +562,7 @@ mod tests {
     /// policy to cost a second keyframe later.
     #[test]
     fn rates_asked_before_the_first_frame_cost_no_restart() {
-        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
-            bitrate_bps: 300_000,
-            ..VideoEncoderConfig::default()
-        })
-        .unwrap();
+        let mut enc = encoder_at(300_000);
         let t = Instant::now();
         enc.set_rates(200_000, 15.0);
         let keyframes: Vec<bool> = (0..40)
@@ -599,11 +604,7 @@ mod tests {
     /// rate change right after the step does not cost a second keyframe at once.
     #[test]
     fn a_new_picture_size_takes_the_wanted_rates_in_its_one_keyframe() {
-        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
-            bitrate_bps: 200_000,
-            ..Default::default()
-        })
-        .unwrap();
+        let mut enc = encoder_at(200_000);
         let t = Instant::now();
         for n in 0..20 {
             enc.encode(&picture(160, 96, n, t)).unwrap();
@@ -648,11 +649,7 @@ mod tests {
     /// after it. The step's encoder sends them all.
     #[test]
     fn a_step_up_below_the_skipping_rate_skips_no_picture_after_its_keyframe() {
-        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
-            bitrate_bps: 250_000,
-            ..VideoEncoderConfig::default()
-        })
-        .unwrap();
+        let mut enc = encoder_at(250_000);
         let t0 = Instant::now();
         let at = |n: u32| t0 + Duration::from_millis(u64::from(n) * 33);
         for n in 0..30 {
@@ -676,11 +673,7 @@ mod tests {
     #[test]
     fn default_settings_make_no_spurious_idrs_on_moving_content() {
         let (w, h) = (320u32, 180u32);
-        let mut enc = OpenH264Encoder::new(VideoEncoderConfig {
-            bitrate_bps: 400_000,
-            ..Default::default()
-        })
-        .unwrap();
+        let mut enc = encoder_at(400_000);
         let t0 = Instant::now();
         let mut idrs = 0;
         for n in 0..90u32 {
