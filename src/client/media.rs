@@ -636,14 +636,14 @@ impl MediaTask {
 /// frame rate `fps`; without them (the library failed to start) the call goes on without
 /// video in that direction.
 fn set_codecs(path: &mut MediaPath, fps: f32) {
-    let fps = if fps > 0.0 { fps } else { 30.0 };
     use hush_media::video::{OpenH264Decoder, OpenH264Encoder, VideoEncoderConfig};
+    let fps = if fps > 0.0 { fps } else { 30.0 };
     let encoder = OpenH264Encoder::new(VideoEncoderConfig {
         // Starts low; the engine's first target follows at once. At the rung's frame rate:
         // started at 30 frames a second under a 15 fps rung, the encoder restarted for the
         // frame rate a second into the call, and the restart's keyframe, at a rate where
-        // OpenH264 skips pictures, froze the picture in about one call in eight at 10 %
-        // loss (docs/benchmarks.md, issue 14's thirteenth round).
+        // OpenH264 skips pictures, froze the picture in 3 of 30 calls at 10 % loss
+        // (docs/benchmarks.md, issue 14's thirteenth round).
         bitrate_bps: 300_000,
         framerate: fps,
         max_nal_size: path

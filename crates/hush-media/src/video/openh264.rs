@@ -441,8 +441,6 @@ mod tests {
     use super::super::{NAL_IDR, NAL_PPS, NAL_SPS};
     use super::*;
 
-    /// A moving gradient with a bouncing square: enough texture and motion to exercise the
-    /// encoder without input files.
     /// An encoder with the default settings at `bps`.
     fn encoder_at(bps: u32) -> OpenH264Encoder {
         OpenH264Encoder::new(VideoEncoderConfig {
@@ -452,6 +450,8 @@ mod tests {
         .unwrap()
     }
 
+    /// A moving gradient with a bouncing square: enough texture and motion to exercise the
+    /// encoder without input files.
     fn picture(w: u32, h: u32, n: u32, t: Instant) -> I420Frame {
         let mut f = I420Frame::filled(w, h, [0, 128, 128], t).unwrap();
         let [y, u, _] = f.planes_mut();
