@@ -688,9 +688,8 @@ mod tests {
         assert!(src.on_packet(t0, 2, 100, None).is_none());
     }
 
-    /// A source of three layers (90, 180, 360 lines; SSRCs 1–3) whose first packets, each a
-    /// keyframe, came at `t0`, and a receiver without a share that took the top one.
-    fn three_layers_received_at_the_top(t0: Instant) -> (Source, Subscription) {
+    /// A source of three layers (90, 180, 360 lines; SSRCs 1–3) that has sent nothing yet.
+    fn three_layer_source() -> Source {
         let layer = |ssrc, height| Layer {
             ssrc,
             height,
@@ -700,11 +699,17 @@ mod tests {
             marked: false,
             stopped: false,
         };
-        let mut src = Source {
+        Source {
             ssrc: 1,
             started: None,
             layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
-        };
+        }
+    }
+
+    /// [`three_layer_source`] whose first packets, each a keyframe, came at `t0`, and a
+    /// receiver without a share that took the top one.
+    fn three_layers_received_at_the_top(t0: Instant) -> (Source, Subscription) {
+        let mut src = three_layer_source();
         let key = Some(MARK_START | MARK_INDEPENDENT);
         let mut sub = Subscription::new(1);
         for ssrc in [1, 2, 3] {
@@ -750,20 +755,7 @@ mod tests {
         secs: u64,
     ) -> (u32, Option<usize>) {
         let t0 = Instant::now();
-        let layer = |ssrc, height| Layer {
-            ssrc,
-            height,
-            meter: RateMeter::default(),
-            last_packet: None,
-            packets: 0,
-            marked: false,
-            stopped: false,
-        };
-        let mut src = Source {
-            ssrc: 1,
-            started: None,
-            layers: vec![layer(1, 90), layer(2, 180), layer(3, 360)],
-        };
+        let mut src = three_layer_source();
         let mut sub = Subscription::new(1);
         let mut asked = [true; 3];
         let mut refining = [0u32; 3];
