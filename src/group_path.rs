@@ -1397,11 +1397,8 @@ impl<C: FrameCrypto> GroupMediaPath<C> {
                         // Not for a layer stopped since: its receivers wait for the layer
                         // below's keyframe, and the resends would go into the congested
                         // uplink that made the layer stop, ahead of that keyframe.
-                        let stopped = self
-                            .video_out
-                            .get(&nack.media_ssrc)
-                            .is_some_and(|v| !self.uplink.is_sending(v.layer));
-                        if stopped {
+                        let layer = self.video_out[&nack.media_ssrc].layer;
+                        if !self.uplink.is_sending(layer) {
                             self.stats.video_resends_unserved += nack.lost.len() as u64;
                             continue;
                         }

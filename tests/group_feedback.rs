@@ -6,9 +6,9 @@
 //!
 //! Real joins, hop SRTP and SFrame; `GroupMediaPath` on every participant with the real
 //! `hush_sfu::Sfu` core between them; simulated time (1 ms steps), a bottleneck or loss on
-//! the SFU → receiver hop of one participant or on a sender's hop to the SFU. Nothing in the client is scripted: its feedback,
-//! NACKs and keyframe requests come from `GroupMediaPath::handle_datagram` and
-//! `handle_timeout` alone.
+//! the SFU → receiver hop of one participant or on a sender's hop to the SFU. Nothing in the
+//! client is scripted: its feedback, NACKs and keyframe requests come from
+//! `GroupMediaPath::handle_datagram` and `handle_timeout` alone.
 
 mod common;
 
@@ -49,13 +49,45 @@ fn number(v: &ParticipantVideo) -> u32 {
     u32::from_be_bytes(v.frame[1..5].try_into().unwrap())
 }
 
-/// A drop-tail bottleneck on the SFU → participant hop: a FIFO drained at `bps`, dropping what
-/// would wait longer than 1 s.
+/// A drop-tail bottleneck on one hop: a FIFO drained at `bps`, dropping what would wait
+/// longer than `limit`.
 struct Bottleneck {
     bps: u64,
+    limit: Duration,
     free_at: Instant,
     queue: VecDeque<(Instant, Vec<u8>)>,
     dropped: usize,
+}
+
+impl Bottleneck {
+    fn new(now: Instant, bps: u64, limit: Duration) -> Self {
+        Self {
+            bps,
+            limit,
+            free_at: now,
+            queue: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Queues a datagram sent at `now` (IPv4 and UDP headers counted), or drops it.
+    fn offer(&mut self, now: Instant, bytes: Vec<u8>) {
+        let start = self.free_at.max(now);
+        let wire = (bytes.len() + 28) as u64 * 8;
+        let done = start + Duration::from_micros(wire * 1_000_000 / self.bps);
+        if done.saturating_duration_since(now) > self.limit {
+            self.dropped += 1;
+        } else {
+            self.free_at = done;
+            self.queue.push_back((done, bytes));
+        }
+    }
+
+    /// The datagrams through the bottleneck by `now`, with when each came out.
+    fn take_due(&mut self, now: Instant) -> Vec<(Instant, Vec<u8>)> {
+        let due = self.queue.iter().take_while(|(t, _)| *t <= now).count();
+        self.queue.drain(..due).collect()
+    }
 }
 
 struct Member {
@@ -216,8 +248,7 @@ impl Sim {
         let now = self.now;
         for m in self.members.iter_mut().flatten() {
             if let Some(link) = &mut m.link {
-                while link.queue.front().is_some_and(|(t, _)| *t <= now) {
-                    let (t, bytes) = link.queue.pop_front().unwrap();
+                for (t, bytes) in link.take_due(now) {
                     let _ = m.path.handle_datagram(t, bytes);
                 }
             }
@@ -229,10 +260,8 @@ impl Sim {
         let mut uplink = Vec::new();
         for m in self.members.iter_mut().flatten() {
             if let Some(link) = &mut m.uplink_link {
-                while link.queue.front().is_some_and(|(t, _)| *t <= now) {
-                    let (t, bytes) = link.queue.pop_front().unwrap();
-                    uplink.push((t, m.leg, bytes));
-                }
+                let leg = m.leg;
+                uplink.extend(link.take_due(now).into_iter().map(|(t, b)| (t, leg, b)));
             }
         }
         for (t, leg, bytes) in uplink {
@@ -263,15 +292,7 @@ impl Sim {
                         continue;
                     }
                     if let Some(link) = &mut m.uplink_link {
-                        let start = link.free_at.max(now);
-                        let wire = (d.len() + 28) as u64 * 8;
-                        let done = start + Duration::from_micros(wire * 1_000_000 / link.bps);
-                        if done.saturating_duration_since(now) > Duration::from_millis(300) {
-                            link.dropped += 1;
-                        } else {
-                            link.free_at = done;
-                            link.queue.push_back((done, d));
-                        }
+                        link.offer(now, d);
                         continue;
                     }
                     let _ = self.sfu.handle_input(now, m.leg, &d);
@@ -301,17 +322,7 @@ impl Sim {
                     continue;
                 }
                 match &mut m.link {
-                    Some(link) => {
-                        let start = link.free_at.max(now);
-                        let wire = (t.bytes.len() + 28) as u64 * 8;
-                        let done = start + Duration::from_micros(wire * 1_000_000 / link.bps);
-                        if done.saturating_duration_since(now) > Duration::from_secs(1) {
-                            link.dropped += 1;
-                            continue;
-                        }
-                        link.free_at = done;
-                        link.queue.push_back((done, t.bytes));
-                    }
+                    Some(link) => link.offer(now, t.bytes),
                     None => {
                         let _ = m.path.handle_datagram(now, t.bytes);
                         while let Some(v) = m.path.poll_video() {
@@ -338,12 +349,7 @@ fn a_receiver_on_a_capped_downlink_gets_a_lower_layer_from_its_own_feedback_and_
     let mut sim = Sim::new(4, &[], [300, 2000, 5500]);
     let capped = sim.leg(2);
     let now = sim.now;
-    sim.member_mut(2).link = Some(Bottleneck {
-        bps: 400_000,
-        free_at: now,
-        queue: VecDeque::new(),
-        dropped: 0,
-    });
+    sim.member_mut(2).link = Some(Bottleneck::new(now, 400_000, Duration::from_secs(1)));
     for _ in 0..240 {
         sim.send_frame();
     }
@@ -628,12 +634,8 @@ fn a_layer_stopped_behind_a_congested_uplink_is_not_resent() {
         sim.send_frame();
     }
     let now = sim.now;
-    sim.member_mut(0).uplink_link = Some(Bottleneck {
-        bps: 1_000_000,
-        free_at: now,
-        queue: VecDeque::new(),
-        dropped: 0,
-    });
+    sim.member_mut(0).uplink_link =
+        Some(Bottleneck::new(now, 1_000_000, Duration::from_millis(300)));
     let mut stopped = false;
     for _ in 0..150 {
         sim.send_frame();
