@@ -378,6 +378,21 @@ fn video_retransmissions_go_twice_before_the_smoothed_loss_says_so() {
     assert_eq!(answers, [2, 1, 2, 2]);
 }
 
+/// On a path losing 10 %, video repairs go twice whatever the peer's latest reports say:
+/// they count its audio only (25 packets a report), and read 0 to 4 % at times.
+#[test]
+fn video_retransmissions_go_twice_while_the_transport_feedback_shows_loss() {
+    let mut config = lossy(LossModel::Random(0.10), 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(3));
+    let loss = call.a.cc.loss_fraction();
+    assert!(loss > 0.05, "transport loss {loss}");
+    call.a.remote_loss_smoothed = 0.04;
+    call.a.remote_loss = 0.0;
+    assert_eq!(video_rtx_answering_a_nack(&mut call, 300, 1), 2);
+}
+
 /// On a path with no queue, video repairs are bounded by half the target, not by what the
 /// rest of the traffic leaves: the encoder overshooting its share (a keyframe, busy
 /// pictures) left only the tenth of slack, and the repairs refused then were most of the
