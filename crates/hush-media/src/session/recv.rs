@@ -17,6 +17,10 @@ use crate::{red, Instant};
 const MAX_SUSPECTED: usize = 64;
 /// Gaps in the audio sequence remembered for their length (loss bursts).
 const RECENT_GAPS: usize = 16;
+/// Slack of the video gap timer on top of the NACK schedule's third attempt: the NACK goes
+/// when a later packet shows the gap, the sender paces its answer behind other packets, and
+/// both ends run late on a busy machine.
+const GAP_MARGIN: Duration = Duration::from_millis(50);
 
 /// Bytes over the last second.
 #[derive(Debug, Clone, Default)]
@@ -325,8 +329,18 @@ impl MediaSession {
         }
     }
 
+    /// How long the frame the depacketizer waits at may wait for its missing packets before
+    /// they are skipped (and a keyframe asked for): long enough for the NACK schedule's third
+    /// attempt to come back (the first NACK and two retries one retry interval apart, each
+    /// repeated `repeat_after` later if lost, answered a round trip later), plus
+    /// [`GAP_MARGIN`]; at least 200 ms. It was max(3 × RTT, 200 ms), which at 40 ms RTT left
+    /// the third attempt no slack: an answer that came 1 ms after it, under load, cost a
+    /// keyframe and a 0.34 s freeze where the repaired frame would have been shown 0.1 s late.
     pub(super) fn video_gap_limit(&self) -> Duration {
-        (self.rtt_or_default() * 3).max(Duration::from_millis(200))
+        let rtt = self.rtt_or_default();
+        let third_attempt =
+            self.video_nack.retry_interval(rtt) * 2 + self.video_nack.repeat_after + rtt;
+        (third_attempt + GAP_MARGIN).max(Duration::from_millis(200))
     }
 
     pub(super) fn check_video_gap(&mut self, now: Instant) {

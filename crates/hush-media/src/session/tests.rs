@@ -393,6 +393,52 @@ fn video_retransmissions_go_twice_while_the_transport_feedback_shows_loss() {
     assert_eq!(video_rtx_answering_a_nack(&mut call, 300, 1), 2);
 }
 
+/// The frame waiting for a missing packet is not given up while the NACK schedule's third
+/// attempt can still come back: at 40 ms RTT that is the first NACK and two retries 60 ms
+/// apart, each repeated 20 ms later if lost, answered a round trip later, plus the
+/// scheduling of both ends. The limit was max(3 × RTT, 200 ms), and a third attempt's answer
+/// arriving 1 ms after it (under load) cost a keyframe and a 0.34 s freeze
+/// (docs/benchmarks.md, issue 14's fourteenth round).
+#[test]
+fn a_repair_after_three_attempts_is_waited_for() {
+    use crate::rtp::RtpPacket;
+    let mut config = lossy(LossModel::None, 20);
+    config.video = true;
+    let mut call = CallSim::new(config, Instant::now());
+    call.run_until(Duration::from_secs(2));
+    let video = call.a.config().local_video.expect("video stream");
+    let start = call.now();
+    while call.a.poll_transmit().is_some() {}
+    call.a.send_video(start, &vec![0x55; 3000], true);
+    let mut packets = Vec::new();
+    while let Some(t) = call.a.poll_transmit() {
+        if RtpPacket::parse(&t.data).is_ok_and(|p| p.header.ssrc == video.ssrc) {
+            packets.push(t.data);
+        }
+    }
+    assert!(packets.len() >= 3, "{} packets", packets.len());
+    let held = packets.remove(1);
+    let before = call.b.video_repair();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    for p in &packets {
+        call.b.handle_packet(at(20), p).expect("video packet");
+    }
+    // B's NACKs (and everything else it sends) are lost; the packet comes at last 220 ms
+    // after the gap showed.
+    for ms in 21..=240 {
+        call.b.handle_timeout(at(ms));
+        while call.b.poll_transmit().is_some() {}
+    }
+    call.b.handle_packet(at(240), &held).expect("video packet");
+    call.b.handle_timeout(at(241));
+    let after = call.b.video_repair();
+    assert_eq!(after.gap_timeouts, before.gap_timeouts, "{after:?}");
+    assert_eq!(
+        after.keyframe_requests_sent, before.keyframe_requests_sent,
+        "{after:?}"
+    );
+}
+
 /// On a path with no queue, video repairs are bounded by half the target, not by what the
 /// rest of the traffic leaves: the encoder overshooting its share (a keyframe, busy
 /// pictures) left only the tenth of slack, and the repairs refused then were most of the
