@@ -21,7 +21,8 @@
 //! simulcast layers it forwards here), a receiver report for each of the SFU's sender reports
 //! (its RTT), NACKs for missing video packets (resent from the SFU's cache; video frames are
 //! handed out whole and in order, waiting at most [`VIDEO_RECOVERY_WAIT`] for a resend), and a
-//! PLI when a frame is given up or a stream has not had a keyframe yet.
+//! PLI when a frame is given up (and no keyframe is held behind it) or a stream has not had a
+//! keyframe yet.
 //!
 //! The uplink is congestion controlled too (docs/sfu.md "Uplink congestion control"): every
 //! RTP packet sent carries a transport-wide sequence number, the SFU reports their arrivals,
@@ -670,8 +671,8 @@ impl VideoIn {
             .packets
             .range(n + 1..)
             .find(|(_, p)| p.mark & MARK_START != 0)
-            .map(|(&k, p)| (k, p.mark & MARK_KEY != 0));
-        let to = next_start.map_or_else(|| self.highest.map_or(n + 1, |h| h + 1), |s| s.0);
+            .map(|(&k, _)| k);
+        let to = next_start.unwrap_or_else(|| self.highest.map_or(n + 1, |h| h + 1));
         let kept = self.packets.split_off(&to);
         self.bytes = kept.values().map(|p| p.payload.len()).sum();
         self.packets = kept;
@@ -682,10 +683,22 @@ impl VideoIn {
         self.stalled = false;
         a.incomplete += 1;
         // The frames after a loss go to the decoder anyway (it refuses those whose
-        // reference is gone); a keyframe is asked for unless one is next.
-        if !next_start.is_some_and(|s| s.1) {
+        // reference is gone); a keyframe is asked for unless one is held, next or further on.
+        // One further on is the SFU's switch to another layer: the old layer's frames before
+        // it, lost on the sender's uplink, are given up one by one, and the keyframe is
+        // waited for (its own missing packets asked for). A new one would follow it into the
+        // same uplink: on a congested one, into a full queue that drops it and the frames
+        // behind it (docs/benchmarks.md, "Ninth round").
+        if !self.holds_keyframe() {
             a.need_key = true;
         }
+    }
+
+    /// Whether a packet that starts a keyframe is held.
+    fn holds_keyframe(&self) -> bool {
+        self.packets
+            .values()
+            .any(|p| p.mark & (MARK_START | MARK_KEY) == MARK_START | MARK_KEY)
     }
 
     /// Moves every frame that is whole at the head into `out`, in order; gives up the head
@@ -1698,6 +1711,35 @@ mod tests {
         assert_eq!((a.incomplete, a.need_key), (1, true));
         assert_eq!(out, vec![(6, false, vec![6])]);
         assert!(v.packets.is_empty() && v.bytes == 0);
+    }
+
+    #[test]
+    fn frames_given_up_before_a_held_keyframe_ask_for_no_other() {
+        // The SFU switched this stream to another layer at a keyframe while frames of the old
+        // one still miss packets lost on the sender's uplink (the sender stopped that layer:
+        // they never come). The frames before the keyframe are given up; the keyframe, itself
+        // missing a packet, is waited for, and no other is asked for.
+        let t0 = Instant::now();
+        let mut v = VideoIn::new(device());
+        let one = MARK_START | MARK_END;
+        assert_eq!(feed(&mut v, t0, 10, 1, one | MARK_KEY).len(), 1);
+        // Old layer: frame 2 (11, 12) misses 12, frame 3 (13, 14) misses 14.
+        assert!(feed(&mut v, t0, 11, 2, MARK_START).is_empty());
+        assert!(feed(&mut v, t0, 13, 3, MARK_START).is_empty());
+        // New layer, later: keyframe 4 (15, 16, 17) misses 17, NACKed to the SFU.
+        let switch = t0 + VIDEO_RECOVERY_WAIT / 2;
+        let key = MARK_START | MARK_KEY;
+        assert!(feed(&mut v, switch, 15, 4, key).is_empty());
+        assert!(feed(&mut v, switch, 16, 4, MARK_KEY).is_empty());
+        assert!(feed(&mut v, switch, 18, 5, one).is_empty());
+        let mut out = Vec::new();
+        let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
+        assert!(out.is_empty());
+        assert_eq!((a.incomplete, a.need_key), (2, false));
+        assert_eq!(v.give_up_at(), Some(switch + VIDEO_RECOVERY_WAIT));
+        // The keyframe's last packet comes (resent): it and the frame behind it go out.
+        let f = feed(&mut v, t0 + VIDEO_RECOVERY_WAIT, 17, 4, MARK_KEY | MARK_END);
+        assert_eq!(f, vec![(4, true, vec![15, 16, 17]), (5, false, vec![18])]);
     }
 
     #[test]
