@@ -694,8 +694,11 @@ impl VideoIn {
         // follow it into the same uplink: on a congested one, into a full queue that drops it
         // and the frames behind it (docs/benchmarks.md, "Ninth round"). Without one, the frames
         // after the loss go to the decoder anyway (it refuses those whose reference is gone)
-        // and a keyframe is asked for.
-        if key_start.is_none() {
+        // and a keyframe is asked for. A stream that has had no keyframe yet asks in any case,
+        // as it does for the delta frames it drops: behind a congested downlink at the start
+        // of a call, the keyframe held was often lost in part too, and waiting it out left the
+        // receiver ~400 ms longer without a picture and then on a lower layer for 2 s.
+        if key_start.is_none() || self.waiting_key {
             a.need_key = true;
         }
     }
@@ -1739,6 +1742,20 @@ mod tests {
         // The keyframe's last packet comes (resent): it and the frame behind it go out.
         let f = feed(&mut v, t0 + VIDEO_RECOVERY_WAIT, 16, 4, MARK_KEY | MARK_END);
         assert_eq!(f, vec![(4, true, vec![14, 15, 16]), (5, false, vec![17])]);
+    }
+
+    #[test]
+    fn a_stream_without_a_keyframe_yet_asks_when_it_gives_up_a_frame_before_a_held_one() {
+        let t0 = Instant::now();
+        let mut v = VideoIn::new(device());
+        // Frame 1 (10, 11) misses 11; keyframe 2 (12, 13) misses 13.
+        assert!(feed(&mut v, t0, 10, 1, MARK_START).is_empty());
+        let later = t0 + VIDEO_RECOVERY_WAIT / 2;
+        assert!(feed(&mut v, later, 12, 2, MARK_START | MARK_KEY).is_empty());
+        let mut out = Vec::new();
+        let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
+        assert!(out.is_empty());
+        assert_eq!((a.incomplete, a.need_key), (1, true));
     }
 
     #[test]
