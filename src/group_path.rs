@@ -662,21 +662,16 @@ impl VideoIn {
         wait
     }
 
-    /// Gives up the frame at the head: everything before the next keyframe held goes (the
-    /// frames up to it refer to the one given up, or to frames that do), or, with no keyframe
-    /// held, everything before the next frame start.
+    /// Gives up the frame at the head: everything before the next frame start held goes.
     fn give_up(&mut self, a: &mut Assembly) {
         let Some(n) = self.next else {
             return;
         };
-        let start_after = |mask: u8| {
-            self.packets
-                .range(n + 1..)
-                .find(|(_, p)| p.mark & mask == mask)
-                .map(|(&k, _)| k)
-        };
-        let key_start = start_after(MARK_START | MARK_KEY);
-        let next_start = key_start.or_else(|| start_after(MARK_START));
+        let next_start = self
+            .packets
+            .range(n + 1..)
+            .find(|(_, p)| p.mark & MARK_START != 0)
+            .map(|(&k, _)| k);
         let to = next_start.unwrap_or_else(|| self.highest.map_or(n + 1, |h| h + 1));
         let kept = self.packets.split_off(&to);
         self.bytes = kept.values().map(|p| p.payload.len()).sum();
@@ -687,20 +682,27 @@ impl VideoIn {
         self.next = Some(to);
         self.stalled = false;
         a.incomplete += 1;
-        // With a keyframe held, the stream goes on from it (waiting for its own missing
-        // packets, which are asked for), and no other is asked for. That keyframe may be
-        // further on than the next frame: the SFU's switch to another layer, behind frames of
-        // the old one lost on the sender's uplink that never come back. A new keyframe would
-        // follow it into the same uplink: on a congested one, into a full queue that drops it
-        // and the frames behind it (docs/benchmarks.md, "Ninth round"). Without one, the frames
-        // after the loss go to the decoder anyway (it refuses those whose reference is gone)
-        // and a keyframe is asked for. A stream that has had no keyframe yet asks in any case,
-        // as it does for the delta frames it drops: behind a congested downlink at the start
-        // of a call, the keyframe held was often lost in part too, and waiting it out left the
-        // receiver ~400 ms longer without a picture and then on a lower layer for 2 s.
-        if key_start.is_none() || self.waiting_key {
+        // The frames after a loss go to the decoder anyway (it refuses those whose reference is
+        // gone); a keyframe is asked for unless one is held, next or further on. One further on
+        // is the SFU's switch to another layer behind frames of the old one whose packets were
+        // lost on the sender's uplink and never come back: they are given up in turn and the
+        // keyframe is waited for (its own missing packets asked for). A new one would follow
+        // it into the same uplink: on a congested one, into a full queue that drops it and the
+        // frames behind it (docs/benchmarks.md, "Ninth round"). A stream that has had no
+        // keyframe yet asks in any case, as it does for the delta frames it drops: behind a
+        // congested downlink at the start of a call, the keyframe held was often lost in part
+        // too, and waiting it out left the receiver ~400 ms longer without a picture and then
+        // on a lower layer for 2 s.
+        if !self.holds_keyframe() || self.waiting_key {
             a.need_key = true;
         }
+    }
+
+    /// Whether a packet that starts a keyframe is held.
+    fn holds_keyframe(&self) -> bool {
+        self.packets
+            .values()
+            .any(|p| p.mark & (MARK_START | MARK_KEY) == MARK_START | MARK_KEY)
     }
 
     /// Moves every frame that is whole at the head into `out`, in order; gives up the head
@@ -1719,13 +1721,14 @@ mod tests {
     fn frames_given_up_before_a_held_keyframe_ask_for_no_other() {
         // The SFU switched this stream to another layer at a keyframe while frames of the old
         // one still miss packets lost on the sender's uplink (the sender stopped that layer:
-        // they never come). The frames before the keyframe are given up at once, together;
-        // the keyframe, itself missing a packet, is waited for, and no other is asked for.
+        // they never come). The frame missing a packet is given up, the one after it still
+        // handed out; the keyframe, itself missing a packet, is waited for, and no other is
+        // asked for.
         let t0 = Instant::now();
         let mut v = VideoIn::new(device());
         let one = MARK_START | MARK_END;
         assert_eq!(feed(&mut v, t0, 10, 1, one | MARK_KEY).len(), 1);
-        // Old layer: frame 2 (11, 12) misses 12; frame 3 (13) is whole but refers to 2.
+        // Old layer: frame 2 (11, 12) misses 12; frame 3 (13) is whole.
         assert!(feed(&mut v, t0, 11, 2, MARK_START).is_empty());
         assert!(feed(&mut v, t0, 13, 3, one).is_empty());
         // New layer, later: keyframe 4 (14, 15, 16) misses 16, NACKed to the SFU.
@@ -1736,7 +1739,7 @@ mod tests {
         assert!(feed(&mut v, switch, 17, 5, one).is_empty());
         let mut out = Vec::new();
         let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
-        assert!(out.is_empty());
+        assert_eq!(out, vec![(3, false, vec![13])]);
         assert_eq!((a.incomplete, a.need_key), (1, false));
         assert_eq!(v.give_up_at(), Some(switch + VIDEO_RECOVERY_WAIT));
         // The keyframe's last packet comes (resent): it and the frame behind it go out.
