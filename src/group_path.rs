@@ -671,8 +671,8 @@ impl VideoIn {
             .packets
             .range(n + 1..)
             .find(|(_, p)| p.mark & MARK_START != 0)
-            .map(|(&k, _)| k);
-        let to = next_start.unwrap_or_else(|| self.highest.map_or(n + 1, |h| h + 1));
+            .map(|(&k, p)| (k, p.mark & MARK_KEY != 0));
+        let to = next_start.map_or_else(|| self.highest.map_or(n + 1, |h| h + 1), |s| s.0);
         let kept = self.packets.split_off(&to);
         self.bytes = kept.values().map(|p| p.payload.len()).sum();
         self.packets = kept;
@@ -689,11 +689,17 @@ impl VideoIn {
         // keyframe is waited for (its own missing packets asked for). A new one would follow
         // it into the same uplink: on a congested one, into a full queue that drops it and the
         // frames behind it (docs/benchmarks.md, "Ninth round"). A stream that has had no
-        // keyframe yet asks in any case, as it does for the delta frames it drops: behind a
-        // congested downlink at the start of a call, the keyframe held was often lost in part
+        // keyframe yet asks unless the next frame is one, as before: behind a congested
+        // downlink at the start of a call, the keyframe held further on was often lost in part
         // too, and waiting it out left the receiver ~400 ms longer without a picture and then
         // on a lower layer for 2 s.
-        if !self.holds_keyframe() || self.waiting_key {
+        let key_next = next_start.is_some_and(|s| s.1);
+        let key_held = if self.waiting_key {
+            key_next
+        } else {
+            self.holds_keyframe()
+        };
+        if !key_held {
             a.need_key = true;
         }
     }
@@ -1751,10 +1757,11 @@ mod tests {
     fn a_stream_without_a_keyframe_yet_asks_when_it_gives_up_a_frame_before_a_held_one() {
         let t0 = Instant::now();
         let mut v = VideoIn::new(device());
-        // Frame 1 (10, 11) misses 11; keyframe 2 (12, 13) misses 13.
+        // Frame 1 (10, 11) misses 11; frame 2 (12, 13) misses 13; keyframe 3 (14, 15) misses 15.
         assert!(feed(&mut v, t0, 10, 1, MARK_START).is_empty());
         let later = t0 + VIDEO_RECOVERY_WAIT / 2;
-        assert!(feed(&mut v, later, 12, 2, MARK_START | MARK_KEY).is_empty());
+        assert!(feed(&mut v, later, 12, 2, MARK_START).is_empty());
+        assert!(feed(&mut v, later, 14, 3, MARK_START | MARK_KEY).is_empty());
         let mut out = Vec::new();
         let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
         assert!(out.is_empty());
