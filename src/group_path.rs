@@ -689,10 +689,10 @@ impl VideoIn {
         // keyframe is waited for (its own missing packets asked for). A new one would follow
         // it into the same uplink: on a congested one, into a full queue that drops it and the
         // frames behind it (docs/benchmarks.md, "Ninth round"). A stream that has had no
-        // keyframe yet asks unless the next frame is one, as before: behind a congested
-        // downlink at the start of a call, the keyframe held further on was often lost in part
-        // too, and waiting it out left the receiver ~400 ms longer without a picture and then
-        // on a lower layer for 2 s.
+        // keyframe yet asks unless the next frame is one, as before: at the start of a call
+        // behind a congested downlink, the keyframe held further on was often lost in part too,
+        // and waiting it out (traced in a version that did) left the receiver ~400 ms longer
+        // without a picture and then on a lower layer for 2 s.
         let key_next = next_start.is_some_and(|s| s.1);
         let key_held = if self.waiting_key {
             key_next
