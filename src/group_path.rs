@@ -21,7 +21,8 @@
 //! simulcast layers it forwards here), a receiver report for each of the SFU's sender reports
 //! (its RTT), NACKs for missing video packets (resent from the SFU's cache; video frames are
 //! handed out whole and in order, waiting at most [`VIDEO_RECOVERY_WAIT`] for a resend), and a
-//! PLI when a frame is given up or a stream has not had a keyframe yet.
+//! PLI when a frame is given up (and no keyframe is held behind it) or a stream has not had a
+//! keyframe yet.
 //!
 //! The uplink is congestion controlled too (docs/sfu.md "Uplink congestion control"): every
 //! RTP packet sent carries a transport-wide sequence number, the SFU reports their arrivals,
@@ -681,11 +682,33 @@ impl VideoIn {
         self.next = Some(to);
         self.stalled = false;
         a.incomplete += 1;
-        // The frames after a loss go to the decoder anyway (it refuses those whose
-        // reference is gone); a keyframe is asked for unless one is next.
-        if !next_start.is_some_and(|s| s.1) {
+        // The frames after a loss go to the decoder anyway (it refuses those whose reference is
+        // gone); a keyframe is asked for unless one is held, next or further on. One further on
+        // is the SFU's switch to another layer behind frames of the old one whose packets were
+        // lost on the sender's uplink and never come back: they are given up in turn and the
+        // keyframe is waited for (its own missing packets asked for). A new one would follow
+        // it into the same uplink: on a congested one, into a full queue that drops it and the
+        // frames behind it (docs/benchmarks.md, "Ninth round"). A stream that has had no
+        // keyframe yet asks unless the next frame is one, as before: at the start of a call
+        // behind a congested downlink, the keyframe held further on was often lost in part too,
+        // and waiting it out (traced in a version that did) left the receiver ~400 ms longer
+        // without a picture and then on a lower layer for 2 s.
+        let key_next = next_start.is_some_and(|s| s.1);
+        let key_held = if self.waiting_key {
+            key_next
+        } else {
+            self.holds_keyframe()
+        };
+        if !key_held {
             a.need_key = true;
         }
+    }
+
+    /// Whether a packet that starts a keyframe is held.
+    fn holds_keyframe(&self) -> bool {
+        self.packets
+            .values()
+            .any(|p| p.mark & (MARK_START | MARK_KEY) == MARK_START | MARK_KEY)
     }
 
     /// Moves every frame that is whole at the head into `out`, in order; gives up the head
@@ -1698,6 +1721,51 @@ mod tests {
         assert_eq!((a.incomplete, a.need_key), (1, true));
         assert_eq!(out, vec![(6, false, vec![6])]);
         assert!(v.packets.is_empty() && v.bytes == 0);
+    }
+
+    #[test]
+    fn frames_given_up_before_a_held_keyframe_ask_for_no_other() {
+        // The SFU switched this stream to another layer at a keyframe while frames of the old
+        // one still miss packets lost on the sender's uplink (the sender stopped that layer:
+        // they never come). The frame missing a packet is given up, the one after it still
+        // handed out; the keyframe, itself missing a packet, is waited for, and no other is
+        // asked for.
+        let t0 = Instant::now();
+        let mut v = VideoIn::new(device());
+        let one = MARK_START | MARK_END;
+        assert_eq!(feed(&mut v, t0, 10, 1, one | MARK_KEY).len(), 1);
+        // Old layer: frame 2 (11, 12) misses 12; frame 3 (13) is whole.
+        assert!(feed(&mut v, t0, 11, 2, MARK_START).is_empty());
+        assert!(feed(&mut v, t0, 13, 3, one).is_empty());
+        // New layer, later: keyframe 4 (14, 15, 16) misses 16, NACKed to the SFU.
+        let switch = t0 + VIDEO_RECOVERY_WAIT / 2;
+        let key = MARK_START | MARK_KEY;
+        assert!(feed(&mut v, switch, 14, 4, key).is_empty());
+        assert!(feed(&mut v, switch, 15, 4, MARK_KEY).is_empty());
+        assert!(feed(&mut v, switch, 17, 5, one).is_empty());
+        let mut out = Vec::new();
+        let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
+        assert_eq!(out, vec![(3, false, vec![13])]);
+        assert_eq!((a.incomplete, a.need_key), (1, false));
+        assert_eq!(v.give_up_at(), Some(switch + VIDEO_RECOVERY_WAIT));
+        // The keyframe's last packet comes (resent): it and the frame behind it go out.
+        let f = feed(&mut v, t0 + VIDEO_RECOVERY_WAIT, 16, 4, MARK_KEY | MARK_END);
+        assert_eq!(f, vec![(4, true, vec![14, 15, 16]), (5, false, vec![17])]);
+    }
+
+    #[test]
+    fn a_stream_without_a_keyframe_yet_asks_when_it_gives_up_a_frame_before_a_held_one() {
+        let t0 = Instant::now();
+        let mut v = VideoIn::new(device());
+        // Frame 1 (10, 11) misses 11; frame 2 (12, 13) misses 13; keyframe 3 (14, 15) misses 15.
+        assert!(feed(&mut v, t0, 10, 1, MARK_START).is_empty());
+        let later = t0 + VIDEO_RECOVERY_WAIT / 2;
+        assert!(feed(&mut v, later, 12, 2, MARK_START).is_empty());
+        assert!(feed(&mut v, later, 14, 3, MARK_START | MARK_KEY).is_empty());
+        let mut out = Vec::new();
+        let a = v.assemble(t0 + VIDEO_RECOVERY_WAIT, &mut out);
+        assert!(out.is_empty());
+        assert_eq!((a.incomplete, a.need_key), (1, true));
     }
 
     #[test]

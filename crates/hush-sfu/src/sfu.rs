@@ -1529,7 +1529,7 @@ fn handle_rtp(
         let layer = sender
             .sources
             .iter_mut()
-            .find_map(|s| s.on_packet(now, info.ssrc, buf.len(), info.marking))
+            .find_map(|s| s.on_packet(now, info.ssrc, info.seq, buf.len(), info.marking))
             .ok_or(PacketError::UndeclaredSsrc(info.ssrc))?;
         match test_hooks(config, buf) {
             None => {

@@ -140,6 +140,8 @@ pub(crate) struct Layer {
     /// The sender said it stopped this layer (an RTCP BYE for its SSRC), until its next
     /// packet: not offered from then on, without waiting out [`LAYER_IDLE`].
     stopped: bool,
+    /// The newest sequence number of this layer seen.
+    highest_seq: Option<u16>,
 }
 
 /// A sender's simulcast source.
@@ -201,6 +203,7 @@ impl Source {
                             packets: 0,
                             marked: false,
                             stopped: false,
+                            highest_seq: None,
                         })
                         .collect(),
                 })
@@ -208,12 +211,13 @@ impl Source {
             .collect()
     }
 
-    /// Records a packet of layer `ssrc` (`len` bytes, frame marking `marking`); `None` if the
-    /// SSRC is not a layer of this source.
+    /// Records packet `seq` of layer `ssrc` (`len` bytes, frame marking `marking`); `None` if
+    /// the SSRC is not a layer of this source.
     pub(crate) fn on_packet(
         &mut self,
         now: Instant,
         ssrc: u32,
+        seq: u16,
         len: usize,
         marking: Option<u8>,
     ) -> Option<LayerPacket> {
@@ -224,10 +228,24 @@ impl Source {
         l.meter.add(now, len, marking);
         l.packets = l.packets.saturating_add(1);
         l.marked |= marking.is_some();
-        let switch_point = match marking {
-            Some(m) => m & (MARK_START | MARK_INDEPENDENT) == MARK_START | MARK_INDEPENDENT,
-            None => !l.marked && l.packets > UNMARKED_AFTER,
-        };
+        // A packet older than one of its layer already seen (a resend for the SFU's NACK, or
+        // reordered) is no switch point even if it starts a keyframe: the frames after that
+        // keyframe went by before it and were not forwarded to a receiver switching there, so
+        // it would decode the keyframe and then nothing up to the next one. Seen behind a
+        // congested uplink: the sender's keyframe on stopping its top layer was lost in the
+        // queue, its resend came ~200 ms after the frames that follow it, and the receivers
+        // showed one picture and froze ~400 ms more (docs/benchmarks.md, "Ninth round").
+        let late = l
+            .highest_seq
+            .is_some_and(|h| (seq.wrapping_sub(h) as i16) < 0);
+        if !late {
+            l.highest_seq = Some(seq);
+        }
+        let switch_point = !late
+            && match marking {
+                Some(m) => m & (MARK_START | MARK_INDEPENDENT) == MARK_START | MARK_INDEPENDENT,
+                None => !l.marked && l.packets > UNMARKED_AFTER,
+            };
         // A stopped layer starts again at a keyframe (the sender's first frame of it is one).
         // Anything else of it is from before the stop, late or resent for the SFU's NACK: it
         // arrives behind the BYE on a congested uplink. Taken as a restart, it made receivers
@@ -271,6 +289,9 @@ impl Source {
         match self.layers.iter_mut().find(|l| l.ssrc == ssrc) {
             Some(l) => {
                 l.stopped = true;
+                // Its sequence numbers go on under the sender's probes, which the SFU does not
+                // count here: the restart's keyframe is compared with nothing from before.
+                l.highest_seq = None;
                 true
             }
             None => false,
@@ -667,25 +688,26 @@ mod tests {
                 packets: 0,
                 marked: false,
                 stopped: false,
+                highest_seq: None,
             }],
         };
         for _ in 0..UNMARKED_AFTER {
-            assert!(!src.on_packet(t0, 1, 100, None).unwrap().switch_point);
+            assert!(!src.on_packet(t0, 1, 0, 100, None).unwrap().switch_point);
         }
-        assert!(src.on_packet(t0, 1, 100, None).unwrap().switch_point);
+        assert!(src.on_packet(t0, 1, 0, 100, None).unwrap().switch_point);
         // Once marked, only a keyframe start is a switch point.
         assert!(
-            !src.on_packet(t0, 1, 100, Some(MARK_START))
+            !src.on_packet(t0, 1, 0, 100, Some(MARK_START))
                 .unwrap()
                 .switch_point
         );
-        assert!(!src.on_packet(t0, 1, 100, None).unwrap().switch_point);
+        assert!(!src.on_packet(t0, 1, 0, 100, None).unwrap().switch_point);
         assert!(
-            src.on_packet(t0, 1, 100, Some(MARK_START | MARK_INDEPENDENT))
+            src.on_packet(t0, 1, 0, 100, Some(MARK_START | MARK_INDEPENDENT))
                 .unwrap()
                 .switch_point
         );
-        assert!(src.on_packet(t0, 2, 100, None).is_none());
+        assert!(src.on_packet(t0, 2, 0, 100, None).is_none());
     }
 
     /// A source of three layers (90, 180, 360 lines; SSRCs 1–3) that has sent nothing yet.
@@ -698,6 +720,7 @@ mod tests {
             packets: 0,
             marked: false,
             stopped: false,
+            highest_seq: None,
         };
         Source {
             ssrc: 1,
@@ -713,7 +736,7 @@ mod tests {
         let key = Some(MARK_START | MARK_INDEPENDENT);
         let mut sub = Subscription::new(1);
         for ssrc in [1, 2, 3] {
-            let p = src.on_packet(t0, ssrc, 100, key).unwrap();
+            let p = src.on_packet(t0, ssrc, 0, 100, key).unwrap();
             sub.on_packet(t0, &p, 1, 1, None);
         }
         assert_eq!(sub.current, Some(2));
@@ -731,16 +754,46 @@ mod tests {
         assert!(src.stop_layer(3));
         assert!(!src.stop_layer(9));
         let t1 = t0 + Duration::from_millis(30);
-        let p = src.on_packet(t1, 1, 100, None).unwrap();
+        let p = src.on_packet(t1, 1, 0, 100, None).unwrap();
         let d = sub.on_packet(t1, &p, 2, 2, None);
         assert_eq!(sub.target, Some(1));
         assert_eq!(d.keyframe, Some(2));
-        let p = src.on_packet(t1, 2, 100, key).unwrap();
+        let p = src.on_packet(t1, 2, 0, 100, key).unwrap();
         assert!(sub.on_packet(t1, &p, 3, 3, None).switched);
         assert_eq!(sub.current, Some(1));
         // Its next packet starts it again.
-        let p = src.on_packet(t1, 3, 100, key).unwrap();
+        let p = src.on_packet(t1, 3, 0, 100, key).unwrap();
         assert!(p.views()[2].active);
+    }
+
+    #[test]
+    fn a_keyframe_start_that_comes_after_later_packets_of_its_layer_is_no_switch_point() {
+        let t0 = Instant::now();
+        let (mut src, mut sub) = three_layers_received_at_the_top(t0);
+        let key = Some(MARK_START | MARK_INDEPENDENT);
+        let delta = Some(MARK_START);
+        // The top layer stops; the middle layer's keyframe (10) is lost on the uplink, the
+        // frames after it (11, 12) arrive: the receiver waits on the top layer's last frame.
+        assert!(src.stop_layer(3));
+        let t1 = t0 + Duration::from_millis(30);
+        for seq in [11, 12] {
+            let p = src.on_packet(t1, 2, seq, 100, delta).unwrap();
+            assert!(!sub.on_packet(t1, &p, seq, seq.into(), None).switched);
+        }
+        assert_eq!(sub.target, Some(1));
+        // The keyframe's resend: the receiver would get it and then nothing up to the next
+        // one, since 11 and 12 went by. Not switched at; the keyframe is asked for again.
+        let t2 = t1 + Duration::from_millis(200);
+        let p = src.on_packet(t2, 2, 10, 100, key).unwrap();
+        assert!(!p.switch_point);
+        let d = sub.on_packet(t2, &p, 10, 10, None);
+        assert!(!d.switched && d.forward.is_none());
+        assert_eq!(d.keyframe, Some(2));
+        // The next keyframe is.
+        let p = src.on_packet(t2, 2, 13, 100, key).unwrap();
+        assert!(p.switch_point);
+        assert!(sub.on_packet(t2, &p, 13, 13, None).switched);
+        assert_eq!(sub.current, Some(1));
     }
 
     /// A simulated sender at 15 frames a second with three layers of delta frames of `deltas`
@@ -782,7 +835,7 @@ mod tests {
                     }
                     let len = (size - i * 1200).min(1200) as usize;
                     let p = src
-                        .on_packet(now, l as u32 + 1, len, Some(marking))
+                        .on_packet(now, l as u32 + 1, 0, len, Some(marking))
                         .unwrap();
                     let d = sub.on_packet(now, &p, seqs[l], frame as u32, Some(share(now - t0)));
                     seqs[l] = seqs[l].wrapping_add(1);
@@ -831,7 +884,7 @@ mod tests {
         // the BYE, before the middle layer's keyframe.
         assert!(src.stop_layer(3));
         let t1 = t0 + Duration::from_millis(30);
-        let p = src.on_packet(t1, 3, 100, Some(0)).unwrap();
+        let p = src.on_packet(t1, 3, 0, 100, Some(0)).unwrap();
         assert!(!p.views()[2].active, "a late packet restarted the layer");
         let d = sub.on_packet(t1, &p, 2, 2, None);
         assert_eq!(sub.target, Some(1));
@@ -841,11 +894,11 @@ mod tests {
             "no keyframe asked of the stopped layer"
         );
         // The middle layer's keyframe: the receiver switches there.
-        let p = src.on_packet(t1, 2, 100, key).unwrap();
+        let p = src.on_packet(t1, 2, 0, 100, key).unwrap();
         assert!(sub.on_packet(t1, &p, 3, 3, None).switched);
         assert_eq!(sub.current, Some(1));
         // The top layer's keyframe starts it again.
-        let p = src.on_packet(t1, 3, 100, key).unwrap();
+        let p = src.on_packet(t1, 3, 0, 100, key).unwrap();
         assert!(p.views()[2].active);
     }
 
