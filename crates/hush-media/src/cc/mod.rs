@@ -787,6 +787,43 @@ mod tests {
         assert!(seen > 10, "{seen}");
     }
 
+    /// The far end of the tests' paths, 20 ms each way: arrivals recorded as they come,
+    /// transport feedback built every 50 ms and delivered 20 ms later.
+    #[derive(Default)]
+    struct FeedbackLoop {
+        rec: TwccRecorder,
+        arriving: Vec<(u64, u16)>,
+        feedback: Vec<(u64, TransportFeedback)>,
+    }
+
+    impl FeedbackLoop {
+        /// Packet `seq`, sent at millisecond `ms`, arrives 20 ms later.
+        fn carry(&mut self, ms: u64, seq: u16) {
+            self.arriving.push((ms + 20, seq));
+        }
+
+        /// Millisecond `ms` (at `now`): what arrived is recorded, feedback is built, and what
+        /// is due reaches `cc`.
+        fn run(&mut self, cc: &mut CongestionController, ms: u64, now: Instant) {
+            let rec = &mut self.rec;
+            self.arriving.retain(|&(t, seq)| {
+                if t <= ms {
+                    rec.record(now, seq);
+                }
+                t > ms
+            });
+            if ms % 50 == 0 {
+                if let Some(fb) = self.rec.build(1, 2) {
+                    self.feedback.push((ms + 20, fb));
+                }
+            }
+            while self.feedback.first().is_some_and(|(due, _)| *due <= ms) {
+                let (_, fb) = self.feedback.remove(0);
+                cc.on_feedback(now, &fb);
+            }
+        }
+    }
+
     /// A 10 Mbps path, 20 ms each way, losing every tenth packet; 1200-byte packets every 8 ms
     /// (1.2 Mbps) and feedback every 50 ms. At 3 s the whole process (both ends and the path
     /// between them, as in one call on a busy machine) stops for 300 ms: the packets in flight
@@ -800,9 +837,7 @@ mod tests {
             ..CcConfig::default()
         });
         cc.set_rtt(Duration::from_millis(40));
-        let mut rec = TwccRecorder::default();
-        let mut arriving: Vec<(u64, u16)> = Vec::new();
-        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        let mut path = FeedbackLoop::default();
         // From just after a feedback to when the next one is due: the receiver's feedback
         // timer fires as soon as it runs again, over the late packets alone.
         let (stall_from, stall_to) = (3_001, 3_300);
@@ -815,24 +850,10 @@ mod tests {
             if ms % 8 == 0 {
                 let seq = cc.on_packet_sent(now, 1200, None);
                 if seq % 10 != 3 {
-                    arriving.push((ms + 20, seq));
+                    path.carry(ms, seq);
                 }
             }
-            arriving.retain(|&(t, seq)| {
-                if t <= ms {
-                    rec.record(now, seq);
-                }
-                t > ms
-            });
-            if ms % 50 == 0 {
-                if let Some(fb) = rec.build(1, 2) {
-                    feedback.push((ms + 20, fb));
-                }
-            }
-            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
-                let (_, fb) = feedback.remove(0);
-                cc.on_feedback(now, &fb);
-            }
+            path.run(&mut cc, ms, now);
             if ms == stall_from - 1 {
                 before = cc.target_bps();
             }
@@ -870,26 +891,20 @@ mod tests {
             ..CcConfig::default()
         });
         cc.set_rtt(Duration::from_millis(40));
-        let mut rec = TwccRecorder::default();
-        let mut arriving: Vec<(u64, u16)> = Vec::new();
-        let mut feedback: Vec<(u64, TransportFeedback)> = Vec::new();
+        let mut path = FeedbackLoop::default();
         let mut padding: Vec<(u64, usize, u32)> = Vec::new();
         let mut sent = 0u32;
-        let mut send = |cc: &mut CongestionController,
-                        arriving: &mut Vec<(u64, u16)>,
-                        ms: u64,
-                        size,
-                        probe| {
+        let mut send = |cc: &mut CongestionController, path: &mut FeedbackLoop, ms, size, probe| {
             let seq = cc.on_packet_sent(at(ms), size, probe);
             sent += 1;
             if sent % 10 != 3 {
-                arriving.push((ms + 20, seq));
+                path.carry(ms, seq);
             }
         };
         for ms in 0..6_000 {
             let now = at(ms);
             if ms % 48 == 0 {
-                send(&mut cc, &mut arriving, ms, 1200, None);
+                send(&mut cc, &mut path, ms, 1200, None);
             }
             if let Some(p) = cc.poll_probe(now) {
                 for (t, pad) in p.padding_packets(now, 60) {
@@ -898,24 +913,10 @@ mod tests {
                 }
             }
             for (_, size, cluster) in padding.iter().filter(|p| p.0 <= ms) {
-                send(&mut cc, &mut arriving, ms, *size, Some(*cluster));
+                send(&mut cc, &mut path, ms, *size, Some(*cluster));
             }
             padding.retain(|p| p.0 > ms);
-            arriving.retain(|&(t, seq)| {
-                if t <= ms {
-                    rec.record(now, seq);
-                }
-                t > ms
-            });
-            if ms % 50 == 0 {
-                if let Some(fb) = rec.build(1, 2) {
-                    feedback.push((ms + 20, fb));
-                }
-            }
-            while feedback.first().is_some_and(|(due, _)| *due <= ms) {
-                let (_, fb) = feedback.remove(0);
-                cc.on_feedback(now, &fb);
-            }
+            path.run(&mut cc, ms, now);
         }
         cc.target_bps()
     }
