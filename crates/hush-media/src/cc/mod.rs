@@ -787,6 +787,16 @@ mod tests {
         assert!(seen > 10, "{seen}");
     }
 
+    /// A controller with fast start, on a path of 40 ms RTT.
+    fn fast_start_at_40_ms() -> CongestionController {
+        let mut cc = CongestionController::new(CcConfig {
+            fast_start: true,
+            ..CcConfig::default()
+        });
+        cc.set_rtt(Duration::from_millis(40));
+        cc
+    }
+
     /// The far end of the tests' paths, 20 ms each way: arrivals recorded as they come,
     /// transport feedback built every 50 ms and delivered 20 ms later.
     #[derive(Default)]
@@ -812,7 +822,7 @@ mod tests {
                 }
                 t > ms
             });
-            if ms % 50 == 0 {
+            if ms.is_multiple_of(50) {
                 if let Some(fb) = self.rec.build(1, 2) {
                     self.feedback.push((ms + 20, fb));
                 }
@@ -832,11 +842,7 @@ mod tests {
     fn stalled_call() -> (u64, u64, u64) {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut cc = CongestionController::new(CcConfig {
-            fast_start: true,
-            ..CcConfig::default()
-        });
-        cc.set_rtt(Duration::from_millis(40));
+        let mut cc = fast_start_at_40_ms();
         let mut path = FeedbackLoop::default();
         // From just after a feedback to when the next one is due: the receiver's feedback
         // timer fires as soon as it runs again, over the late packets alone.
@@ -886,11 +892,7 @@ mod tests {
     fn app_limited_on_a_lossy_path() -> u64 {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut cc = CongestionController::new(CcConfig {
-            fast_start: true,
-            ..CcConfig::default()
-        });
-        cc.set_rtt(Duration::from_millis(40));
+        let mut cc = fast_start_at_40_ms();
         let mut path = FeedbackLoop::default();
         let mut padding: Vec<(u64, usize, u32)> = Vec::new();
         let mut sent = 0u32;
