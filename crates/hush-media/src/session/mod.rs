@@ -292,13 +292,13 @@ impl MediaSession {
             video_rx: RecvStream::new(90_000),
             jitter: JitterBuffer::new(jitter_cfg),
             audio_nack: NackScheduler::default(),
-            // A video frame waits for its packets (the gap timeout is 3 RTT), so retries
-            // can leave the retransmission time to arrive: at one RTT each video loss was
-            // resent twice (measured: 2.5 retransmissions per loss at 10 % loss). Each retry
-            // goes twice: the gap timer leaves room for two of them, and at 10 % loss a
-            // packet whose first attempt failed lost its retries one time in ten each; that
-            // was most of the frames still given up mid-call (docs/benchmarks.md, issue
-            // 14's thirteenth round).
+            // A video frame waits for its packets (the gap timer leaves room for the first
+            // NACK and two retries, `video_gap_limit`), so retries can leave the
+            // retransmission time to arrive: at one RTT each video loss was resent twice
+            // (measured: 2.5 retransmissions per loss at 10 % loss). Each retry goes twice:
+            // at 10 % loss a packet whose first attempt failed lost its retries one time in
+            // ten each; that was most of the frames still given up mid-call
+            // (docs/benchmarks.md, issue 14's thirteenth round).
             video_nack: {
                 let mut n = NackScheduler::default();
                 n.retry_factor = 1.5;
