@@ -4,6 +4,13 @@ use crate::sim::{CallConfig, CallSim, LossModel, SimConfig};
 use crate::Event;
 use crate::Instant;
 
+/// A call with video over [`lossy`] links, 20 ms each way.
+fn video_call(loss: LossModel) -> CallSim {
+    let mut config = lossy(loss, 20);
+    config.video = true;
+    CallSim::new(config, Instant::now())
+}
+
 fn lossy(loss: LossModel, one_way_ms: u64) -> CallConfig {
     let link = |seed| SimConfig {
         seed,
@@ -203,9 +210,7 @@ fn real_loss_makes_room_for_retransmissions() {
 /// estimate, the retransmission budget was empty and frames were lost to the gap timeout.
 #[test]
 fn video_loss_is_repaired_by_retransmissions() {
-    let mut config = lossy(LossModel::Random(0.10), 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::Random(0.10));
     call.run_until(Duration::from_secs(15));
     let m = call.metrics();
     let target = call.a.encoder_target().expect("a target");
@@ -291,9 +296,7 @@ fn sender_reports_count_only_their_own_streams_packets() {
 #[test]
 fn video_repair_room_follows_the_loss_seen() {
     for (model, lossy_path) in [(LossModel::None, false), (LossModel::Random(0.10), true)] {
-        let mut config = lossy(model, 20);
-        config.video = true;
-        let mut call = CallSim::new(config, Instant::now());
+        let mut call = video_call(model);
         call.run_until(Duration::from_secs(3));
         let room = call.b.video_repair_room(call.now());
         if lossy_path {
@@ -312,9 +315,7 @@ fn video_repair_room_follows_the_loss_seen() {
 /// path once.
 #[test]
 fn video_retransmissions_go_twice_on_a_lossy_path() {
-    let mut config = lossy(LossModel::None, 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::None);
     let mut at = Duration::from_secs(2);
     call.run_until(at);
     let mut answers = Vec::new();
@@ -360,9 +361,7 @@ fn video_rtx_answering_a_nack(call: &mut CallSim, size: usize, nacked: usize) ->
 /// loss that took 5–6 s, and single repairs lost again froze the picture meanwhile).
 #[test]
 fn video_retransmissions_go_twice_before_the_smoothed_loss_says_so() {
-    let mut config = lossy(LossModel::None, 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::None);
     call.run_until(Duration::from_millis(300));
     let at_start = video_rtx_answering_a_nack(&mut call, 300, 1);
     let mut at = Duration::from_secs(3);
@@ -382,9 +381,7 @@ fn video_retransmissions_go_twice_before_the_smoothed_loss_says_so() {
 /// they count its audio only (25 packets a report), and read 0 to 4 % at times.
 #[test]
 fn video_retransmissions_go_twice_while_the_transport_feedback_shows_loss() {
-    let mut config = lossy(LossModel::Random(0.10), 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::Random(0.10));
     call.run_until(Duration::from_secs(3));
     let loss = call.a.cc.loss_fraction();
     assert!(loss > 0.05, "transport loss {loss}");
@@ -402,9 +399,7 @@ fn video_retransmissions_go_twice_while_the_transport_feedback_shows_loss() {
 #[test]
 fn a_repair_after_three_attempts_is_waited_for() {
     use crate::rtp::RtpPacket;
-    let mut config = lossy(LossModel::None, 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::None);
     call.run_until(Duration::from_secs(2));
     let video = call.a.config().local_video.expect("video stream");
     let start = call.now();
@@ -446,9 +441,7 @@ fn a_repair_after_three_attempts_is_waited_for() {
 /// still bounds them.
 #[test]
 fn video_repairs_are_not_refused_for_an_overshooting_encoder_without_a_queue() {
-    let mut config = lossy(LossModel::None, 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::None);
     call.run_until(Duration::from_secs(3));
     let target = call.a.cc.target_bps();
     // Pictures worth more than the whole target within the last second.
@@ -478,9 +471,7 @@ fn video_repairs_are_not_refused_for_an_overshooting_encoder_without_a_queue() {
 #[test]
 fn fir_requests_a_keyframe_once_per_sequence_number() {
     use crate::rtcp::{write_compound, Fir, RtcpPacket};
-    let mut config = lossy(LossModel::None, 20);
-    config.video = true;
-    let mut call = CallSim::new(config, Instant::now());
+    let mut call = video_call(LossModel::None);
     call.run_until(Duration::from_millis(500));
     while call.a.poll_event().is_some() {}
     let video = call.a.config().local_video.expect("video stream");

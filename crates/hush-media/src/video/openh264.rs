@@ -255,10 +255,7 @@ impl OpenH264Encoder {
             // back by the policy instead, a first target that differed from the starting
             // guess restarted the encoder (a second keyframe) a second into the call.
             let (bps, fps) = self.wanted;
-            self.config.bitrate_bps = bps;
-            self.config.framerate = fps;
-            self.encoder = Some(self.build()?);
-            return Ok(());
+            return self.build_at(bps, fps);
         }
         if !self
             .policy
@@ -283,10 +280,16 @@ impl OpenH264Encoder {
             reason,
             "restarting OpenH264"
         );
+        self.build_at(bps, fps)?;
+        self.restarts += 1;
+        Ok(())
+    }
+
+    /// Builds OpenH264 anew at `bps` and `fps`.
+    fn build_at(&mut self, bps: u32, fps: f32) -> Result<(), VideoError> {
         self.config.bitrate_bps = bps;
         self.config.framerate = fps;
         self.encoder = Some(self.build()?);
-        self.restarts += 1;
         Ok(())
     }
 }
