@@ -232,10 +232,10 @@ impl MediaSession {
         // soon as the latest report is over the bound too, and, as audio's, before the
         // peer's reports have said anything (no loss, nothing to resend: it costs nothing).
         // Or as soon as the transport feedback shows it: the reports count the peer's audio
-        // only, 25 packets each, and at 10 % loss one in four or five read under 5 % (0 and
-        // 1 in 26 at times); each repair then went once, and three lost in a row froze the
-        // picture (docs/benchmarks.md, issue 14's fourteenth round). The feedback counts
-        // every packet of the last second, before any repair.
+        // only, 25 packets each, and at 10 % loss about one in four reads under 5 % (worked
+        // out; 0 and 1 in 26 at times); each repair then went once, and three lost in a row
+        // froze the picture (docs/benchmarks.md, issue 14's fourteenth round). The feedback
+        // counts every packet of the last second, before any repair.
         let video_loss = self
             .remote_loss_smoothed
             .max(self.remote_loss)
